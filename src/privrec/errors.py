@@ -1,0 +1,129 @@
+"""Every exception privrec raises on purpose.
+
+One module so that callers can catch ``PrivrecError`` for anything the library
+detected, and so that the messages follow one shape: *where* (file, line,
+field), *what was expected* and *what was found*.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "ConfigError",
+    "DataWarning",
+    "DataError",
+    "DuplicateInteractionError",
+    "NotFittedError",
+    "PrivacyWarning",
+    "PrivrecError",
+    "UnknownItemError",
+    "UnknownUserError",
+]
+
+
+class PrivrecError(Exception):
+    """Base class of every error privrec raises deliberately."""
+
+
+class DataError(PrivrecError, ValueError):
+    """Input data that cannot be used as it is.
+
+    Parameters
+    ----------
+    message
+        What is wrong, in one sentence.
+    file, line, field
+        Where it was found (``line`` is 1-based, as an editor shows it).
+    expected, found
+        What a valid value looks like and what was there instead.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        expected: str | None = None,
+        found: object = None,
+    ) -> None:
+        self.message = message
+        self.file = None if file is None else str(file)
+        self.line = line
+        self.field = field
+        self.expected = expected
+        self.found = found
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.file is not None:
+            where.append(f"file {self.file!r}")
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        if self.field is not None:
+            where.append(f"field {self.field!r}")
+        text = self.message
+        if where:
+            text = f"{', '.join(where)}: {text}"
+        if self.expected is not None:
+            text += f" (expected {self.expected}"
+            text += f", found {self.found!r})" if self.found is not None else ")"
+        elif self.found is not None:
+            text += f" (found {self.found!r})"
+        return text
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # Keep keyword-only fields through pickling (multiprocessing, pytest-xdist).
+        return (
+            _rebuild_data_error,
+            (type(self), self.message, self.file, self.line, self.field, self.expected, self.found),
+        )
+
+
+def _rebuild_data_error(
+    cls: type[DataError],
+    message: str,
+    file: str | None,
+    line: int | None,
+    field: str | None,
+    expected: str | None,
+    found: object,
+) -> DataError:
+    return cls(message, file=file, line=line, field=field, expected=expected, found=found)
+
+
+class DuplicateInteractionError(DataError):
+    """Duplicate (user, item) pairs met under the ``duplicates="error"`` policy."""
+
+
+class ConfigError(PrivrecError, ValueError):
+    """An invalid hyper-parameter or configuration value."""
+
+
+class NotFittedError(PrivrecError, AttributeError):
+    """A model was used before ``fit`` (or ``load``) gave it its learned state."""
+
+
+class UnknownUserError(PrivrecError, KeyError):
+    """An external user id that the fitted model has never seen."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the sentence readable
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownItemError(PrivrecError, KeyError):
+    """An external item id that the fitted model has never seen."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DataWarning(UserWarning):
+    """Something in the data was changed under a documented policy (e.g. duplicates merged)."""
+
+
+class PrivacyWarning(UserWarning):
+    """A setting weakens privacy or is only fit for tests (e.g. seeded noise)."""

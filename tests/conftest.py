@@ -1,0 +1,31 @@
+"""Shared fixtures: real-data finder that skips with a reason, small synthetic data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from privrec.data.shared import ENV_VAR, shared_dataset
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=30, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def require_dataset(name: str) -> Path:
+    """Path of a shared real dataset, or skip the test saying where it was looked for."""
+    path = shared_dataset(name)
+    if path is None:
+        pytest.skip(f"real dataset {name!r} not found in ../shared/data or ${ENV_VAR}")
+    return path
+
+
+@pytest.fixture
+def dataset():  # type: ignore[no-untyped-def]
+    """``dataset("ml-100k")`` -> Path, skipping when the shared data are absent."""
+    return require_dataset

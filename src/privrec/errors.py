@@ -11,9 +11,10 @@ from pathlib import Path
 
 __all__ = [
     "ConfigError",
-    "DataWarning",
     "DataError",
+    "DataWarning",
     "DuplicateInteractionError",
+    "MissingUserDataError",
     "NotFittedError",
     "PrivacyWarning",
     "PrivrecError",
@@ -105,6 +106,10 @@ class ConfigError(PrivrecError, ValueError):
 
 class NotFittedError(PrivrecError, AttributeError):
     """A model was used before ``fit`` (or ``load``) gave it its learned state."""
+
+
+class MissingUserDataError(PrivrecError, LookupError):
+    """A model loaded without training interactions was asked about a training user."""
 
 
 class UnknownUserError(PrivrecError, KeyError):

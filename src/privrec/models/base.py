@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
@@ -21,7 +22,13 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError, DataError, NotFittedError, UnknownUserError
+from privrec.errors import (
+    ConfigError,
+    DataError,
+    MissingUserDataError,
+    NotFittedError,
+    UnknownUserError,
+)
 from privrec.models.ranking import mask_seen, top_k
 
 __all__ = ["MODEL_REGISTRY", "ModelConfig", "Recommender", "load_model", "register"]
@@ -59,12 +66,14 @@ def as_interactions(data: Interactions | sp.spmatrix | sp.sparray) -> Interactio
     )
 
 
-def as_user_items(user_items: Interactions | sp.spmatrix | sp.sparray | npt.ArrayLike, n_items: int) -> sp.csr_matrix:
+def as_user_items(
+    user_items: Interactions | sp.spmatrix | sp.sparray | npt.ArrayLike, n_items: int
+) -> sp.csr_matrix:
     """Histories of new users as a float32 CSR with ``n_items`` columns."""
     if isinstance(user_items, Interactions):
         m = user_items.matrix
     elif sp.issparse(user_items):
-        m = sp.csr_matrix(user_items)
+        m = sp.csr_matrix(user_items)  # type: ignore[arg-type]
     else:
         arr = np.asarray(user_items, dtype=np.float32)
         if arr.ndim == 1:
@@ -73,13 +82,17 @@ def as_user_items(user_items: Interactions | sp.spmatrix | sp.sparray | npt.Arra
     if m.shape[1] != n_items:
         raise DataError(
             "user histories must cover the model's catalogue",
-            field="n_items", expected=str(n_items), found=m.shape[1],
+            field="n_items",
+            expected=str(n_items),
+            found=m.shape[1],
         )
     m = sp.csr_matrix(m, dtype=np.float32, copy=True)
     m.sum_duplicates()
     m.sort_indices()
     if m.nnz and not np.isfinite(m.data).all():
-        raise DataError("user histories hold non-finite values", field="value", expected="finite numbers")
+        raise DataError(
+            "user histories hold non-finite values", field="value", expected="finite numbers"
+        )
     return m
 
 
@@ -113,7 +126,9 @@ class Recommender(ABC):
         names = set(self._param_names())
         for key, value in params.items():
             if key not in names:
-                raise ConfigError(f"{type(self).__name__} has no parameter {key!r}; known: {sorted(names)}")
+                raise ConfigError(
+                    f"{type(self).__name__} has no parameter {key!r}; known: {sorted(names)}"
+                )
             setattr(self, key, value)
         return self
 
@@ -137,7 +152,9 @@ class Recommender(ABC):
             except pydantic.ValidationError as exc:
                 err = exc.errors()[0]
                 field = ".".join(str(p) for p in err["loc"])
-                raise ConfigError(f"{cls.__name__}: invalid {field}={err.get('input')!r}: {err['msg']}") from None
+                raise ConfigError(
+                    f"{cls.__name__}: invalid {field}={err.get('input')!r}: {err['msg']}"
+                ) from None
         return cls(**config.model_dump())
 
     def __repr__(self) -> str:
@@ -153,6 +170,7 @@ class Recommender(ABC):
         self.user_ids_ = np.asarray(data.user_ids)
         self.item_ids_ = np.asarray(data.item_ids)
         self.user_items_ = data.matrix
+        self._released_only = False
         return self
 
     @abstractmethod
@@ -164,7 +182,9 @@ class Recommender(ABC):
 
     def _check_fitted(self) -> None:
         if not self.is_fitted:
-            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit(interactions) or load(path) first")
+            raise NotFittedError(
+                f"{type(self).__name__} is not fitted yet: call fit(interactions) or load(path) first"
+            )
 
     @property
     def n_users_(self) -> int:
@@ -185,7 +205,9 @@ class Recommender(ABC):
     def _score_histories(self, user_items: sp.csr_matrix) -> np.ndarray:
         """Dense (n, n_items) scores for new users given their histories."""
 
-    def fold_in(self, user_items: Interactions | sp.spmatrix | sp.sparray | npt.ArrayLike) -> np.ndarray:
+    def fold_in(
+        self, user_items: Interactions | sp.spmatrix | sp.sparray | npt.ArrayLike
+    ) -> np.ndarray:
         """Representation of users not seen in training, from their histories alone.
 
         Factor models return user factors; memory-based models (popularity,
@@ -207,7 +229,9 @@ class Recommender(ABC):
         single = arr.ndim == 0
         arr = np.atleast_1d(arr)
         if arr.ndim != 1:
-            raise IndexError(f"user_ids must be an index or a 1-D array of indices, got shape {arr.shape}")
+            raise IndexError(
+                f"user_ids must be an index or a 1-D array of indices, got shape {arr.shape}"
+            )
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
             raise IndexError(
                 f"user_ids must be integer row indices, got dtype {arr.dtype}; "
@@ -246,6 +270,11 @@ class Recommender(ABC):
         (item_indices, scores), best first.
         """
         self._check_fitted()
+        if getattr(self, "_released_only", False):
+            raise MissingUserDataError(
+                f"this {type(self).__name__} was loaded from a file holding only its released parameters "
+                "(no training interactions); serve users with recommend_history(user_items, k)"
+            )
         users, single = self._check_users(user_ids)
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
@@ -287,7 +316,11 @@ class Recommender(ABC):
         the returned arrays have one row per history.
         """
         self._check_fitted()
-        single = not sp.issparse(user_items) and not isinstance(user_items, Interactions) and np.ndim(user_items) == 1
+        single = (
+            not sp.issparse(user_items)
+            and not isinstance(user_items, Interactions)
+            and np.ndim(user_items) == 1  # type: ignore[arg-type]
+        )
         hist = as_user_items(user_items, self.n_items_)
         items, scores = self._recommend_blocks(
             hist.shape[0],
@@ -298,7 +331,14 @@ class Recommender(ABC):
         )
         return (items[0], scores[0]) if single else (items, scores)
 
-    def _recommend_blocks(self, n: int, score, seen, k: int, exclude_seen: bool) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    def _recommend_blocks(
+        self,
+        n: int,
+        score: Callable[[int, int], np.ndarray],
+        seen: Callable[[int, int], sp.csr_matrix],
+        k: int,
+        exclude_seen: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
         kk = int(min(k, self.n_items_))
         items = np.empty((n, kk), dtype=np.int64)
         scores = np.empty((n, kk), dtype=np.float32)
@@ -316,18 +356,34 @@ class Recommender(ABC):
         """Learned arrays specific to the model (saved in the npz)."""
         return {}
 
-    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:  # noqa: B027 (optional hook)
         """Restore what ``_state`` returned."""
 
     def _extra_meta(self) -> dict[str, Any]:
         return {}
 
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted model to one ``.npz`` file: arrays plus JSON metadata, no pickle."""
+    #: whether ``save`` stores the training interactions by default (private models: no)
+    save_user_data: ClassVar[bool] = True
+
+    def _set_extra_meta(self, extra: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Restore what ``_extra_meta`` returned."""
+
+    def save(self, path: str | Path, *, include_user_data: bool | None = None) -> Path:
+        """Write the fitted model to one ``.npz`` file: arrays plus JSON metadata, no pickle.
+
+        ``include_user_data`` stores the training interactions too (needed to
+        recommend to known users with seen items excluded after loading). It
+        defaults to ``True`` for non-private models and ``False`` for private
+        ones, whose file then holds only what the privacy guarantee releases;
+        such a model serves users through :meth:`recommend_history`.
+        """
         self._check_fitted()
+        with_data = self.save_user_data if include_user_data is None else include_user_data
         path = Path(path)
         if path.suffix != ".npz":
-            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+            path = (
+                path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+            )
         from privrec import __version__
 
         meta = {
@@ -338,8 +394,9 @@ class Recommender(ABC):
             "privrec_version": __version__,
             "params": self.config().model_dump(mode="json"),
             "extra": self._extra_meta(),
+            "has_user_data": with_data,
         }
-        um = self.user_items_
+        um = self.user_items_ if with_data else _empty_csr(self.user_items_.shape)
         arrays: dict[str, np.ndarray] = {
             "__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             "user_ids": _ids_for_npz(self.user_ids_),
@@ -362,9 +419,20 @@ class Recommender(ABC):
         model = load_model(path)
         if cls is not Recommender and not isinstance(model, cls):
             raise DataError(
-                "the file holds a different model", file=path, field="model", expected=cls.name, found=model.name
+                "the file holds a different model",
+                file=path,
+                field="model",
+                expected=cls.name,
+                found=model.name,
             )
         return model
+
+
+def _empty_csr(shape: tuple[int, int]) -> sp.csr_matrix:
+    return sp.csr_matrix(
+        (np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(shape[0] + 1, np.int64)),
+        shape=shape,
+    )
 
 
 def _ids_for_npz(ids: np.ndarray) -> np.ndarray:
@@ -376,6 +444,8 @@ def _ids_for_npz(ids: np.ndarray) -> np.ndarray:
 
 def load_model(path: str | Path) -> Recommender:
     """Load any registered model saved with :meth:`Recommender.save`."""
+    import privrec.models.all  # noqa: F401  (registers every built-in model)
+
     path = Path(path)
     if not path.exists():
         raise DataError("model file not found", file=path)
@@ -389,22 +459,36 @@ def load_model(path: str | Path) -> Recommender:
     meta = json.loads(arrays.pop("__meta__").tobytes().decode())
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise DataError(
-            "unsupported model file format", file=path, field="format",
-            expected=f"{FORMAT} v{FORMAT_VERSION}", found=f"{meta.get('format')} v{meta.get('format_version')}",
+            "unsupported model file format",
+            file=path,
+            field="format",
+            expected=f"{FORMAT} v{FORMAT_VERSION}",
+            found=f"{meta.get('format')} v{meta.get('format_version')}",
         )
     name = meta["model"]
     if name not in MODEL_REGISTRY:
-        raise DataError("unknown model type", file=path, field="model", expected=" | ".join(MODEL_REGISTRY), found=name)
+        raise DataError(
+            "unknown model type",
+            file=path,
+            field="model",
+            expected=" | ".join(MODEL_REGISTRY),
+            found=name,
+        )
     cls = MODEL_REGISTRY[name]
     model = cls.from_config(meta["params"])
-    shape = tuple(int(s) for s in arrays.pop("ui_shape"))
+    n_rows, n_cols = (int(s) for s in arrays.pop("ui_shape"))
+    shape = (n_rows, n_cols)
     model.user_items_ = sp.csr_matrix(
         (arrays.pop("ui_data"), arrays.pop("ui_indices"), arrays.pop("ui_indptr")), shape=shape
     )
     model.user_ids_ = arrays.pop("user_ids")
     model.item_ids_ = arrays.pop("item_ids")
-    model._set_state({k.removeprefix("state_"): v for k, v in arrays.items() if k.startswith("state_")})
+    model._set_state(
+        {k.removeprefix("state_"): v for k, v in arrays.items() if k.startswith("state_")}
+    )
+    model._set_extra_meta(meta.get("extra", {}))
+    model._released_only = not meta.get("has_user_data", True)
     return model
 
 
-__all__ += ["as_interactions", "as_user_items", "UnknownUserError"]
+__all__ += ["UnknownUserError", "as_interactions", "as_user_items"]

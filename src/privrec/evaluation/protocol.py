@@ -1,0 +1,327 @@
+"""Run a fitted model on a :class:`~privrec.evaluation.splits.Split` and report metrics.
+
+:func:`evaluate` asks the model for one ranked list per evaluated user (at the
+largest cut-off, in batches), derives every metric at every cut-off from it,
+and breaks Recall/NDCG down by user activity: averages hide that most models
+serve heavy users far better than light ones, which matters when judging what
+a privacy mechanism costs and whom it costs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import scipy.sparse as sp
+
+from privrec.errors import DataError
+from privrec.evaluation.metrics import METRICS, PerUserMetrics, normalize_ks, per_user_metrics
+from privrec.evaluation.splits import Split
+
+__all__ = ["EvaluationResult", "SupportsRecommend", "evaluate"]
+
+_GROUP_METRICS = ("recall", "ndcg")
+
+
+class SupportsRecommend(Protocol):
+    """What :func:`evaluate` needs from a model: the ``Recommender`` scoring contract."""
+
+    def recommend(
+        self, user_ids: npt.ArrayLike, k: int = ..., exclude_seen: bool = ...
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def recommend_history(
+        self, user_items: Any, k: int = ..., exclude_seen: bool = ...
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _json_float(v: float) -> float | None:
+    return None if math.isnan(v) else float(v)
+
+
+@dataclass(frozen=True, eq=False)
+class EvaluationResult:
+    """Metrics of one model on one evaluation set.
+
+    Attributes
+    ----------
+    table
+        Mean metric values: one row per metric (``recall``, ``ndcg``,
+        ``precision``, ``hitrate``, ``map``, ``mrr``, ``coverage``), one column
+        per cut-off ``k``.
+    per_group
+        One row per user-activity group (quantiles of the number of
+        training / fold-in interactions of the evaluated users; labels carry
+        the group's range, e.g. ``"Q1 (1–12)"``): ``n_users``,
+        ``min_history``, ``max_history`` and ``recall@k`` / ``ndcg@k`` columns.
+    per_user
+        One row per evaluated user: ``user_id``, ``history``, ``n_targets``,
+        ``group`` and every ``metric@k``.
+    n_users
+        Users evaluated (those with at least one target).
+    n_users_without_targets
+        Users of the evaluation set left out because they had no target.
+    model, protocol, on
+        Model name, split protocol and which set (``"test"``/``"valid"``).
+    ks
+        Cut-offs, ascending.
+    """
+
+    table: pd.DataFrame
+    per_group: pd.DataFrame
+    per_user: pd.DataFrame
+    n_users: int
+    n_users_without_targets: int
+    model: str
+    protocol: str
+    on: str
+    ks: tuple[int, ...]
+
+    def metric(self, name: str, k: int) -> float:
+        """One mean value, e.g. ``result.metric("recall", 20)`` (names are case-insensitive)."""
+        key = name.lower()
+        if key not in self.table.index:
+            raise KeyError(f"unknown metric {name!r}; available: {list(self.table.index)}")
+        if k not in self.table.columns:
+            raise KeyError(f"k={k} was not evaluated; available: {list(self.table.columns)}")
+        return float(cast(float, self.table.loc[key, k]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-friendly dict (NaN becomes ``None``; keys of ``k`` are strings)."""
+        metrics = {
+            str(name): {str(k): _json_float(float(self.table.loc[name, k])) for k in self.ks}
+            for name in self.table.index
+        }
+        groups: list[dict[str, Any]] = []
+        for label, row in self.per_group.iterrows():
+            g: dict[str, Any] = {"group": str(label)}
+            for col, v in row.items():
+                if col in ("n_users", "min_history", "max_history"):
+                    g[str(col)] = int(cast(int, v))
+                else:
+                    g[str(col)] = _json_float(float(cast(float, v)))
+            groups.append(g)
+        return {
+            "model": self.model,
+            "protocol": self.protocol,
+            "on": self.on,
+            "k": list(self.ks),
+            "n_users": self.n_users,
+            "n_users_without_targets": self.n_users_without_targets,
+            "metrics": metrics,
+            "per_group": groups,
+        }
+
+    def __str__(self) -> str:
+        head = f"{self.model} on {self.on} ({self.protocol}): {self.n_users} users" + (
+            f", {self.n_users_without_targets} without targets skipped"
+            if self.n_users_without_targets
+            else ""
+        )
+        tab = self.table.copy()
+        tab.columns = [f"@{k}" for k in tab.columns]
+        lines = [head, "", tab.to_string(float_format=lambda v: f"{v:.4f}")]
+        if len(self.per_group):
+            pg = self.per_group.drop(columns=["min_history", "max_history"])
+            pg.index.name = None
+            lines += ["", "by user activity:", pg.to_string(float_format=lambda v: f"{v:.4f}")]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        summary = ", ".join(
+            f"{m}@{k}={self.metric(m, k):.4f}"
+            for m in ("recall", "ndcg")
+            for k in self.ks
+            if m in self.table.index
+        )
+        return (
+            f"EvaluationResult(model={self.model!r}, on={self.on!r}, "
+            f"n_users={self.n_users}, {summary})"
+        )
+
+
+def _model_name(model: object) -> str:
+    name = getattr(type(model), "name", None)
+    if isinstance(name, str) and name not in ("", "recommender"):
+        return name
+    return type(model).__name__
+
+
+def _activity_groups(history: np.ndarray, groups: int) -> tuple[np.ndarray, list[str]]:
+    """Group index of each user by quantiles of ``history``, and labels with each group's range.
+
+    Quantile edges are cut on the values, so ties (many users with the same
+    count) can leave a group empty; empty groups are dropped and the rest
+    renumbered, so labels are always ``Q1..Qm`` with ``m <= groups``.
+    """
+    if history.size == 0:
+        return np.zeros(0, dtype=np.int64), []
+    inner = np.quantile(history, np.linspace(0, 1, groups + 1)[1:-1])
+    raw = np.searchsorted(inner, history, side="left")
+    present, idx = np.unique(raw, return_inverse=True)
+    lo = np.full(present.size, np.iinfo(np.int64).max)
+    hi = np.full(present.size, np.iinfo(np.int64).min)
+    np.minimum.at(lo, idx, history)
+    np.maximum.at(hi, idx, history)
+    labels = [f"Q{g + 1} ({lo[g]}–{hi[g]})" for g in range(present.size)]
+    return idx.astype(np.int64), labels
+
+
+def _rank(
+    model: SupportsRecommend, split: Split, on: str, rows: np.ndarray, k: int, batch_size: int
+) -> np.ndarray:
+    es = split.eval_set("valid" if on == "valid" else "test")
+    parts: list[np.ndarray] = []
+    for lo in range(0, rows.size, batch_size):  # batches of users, not single users
+        sel = rows[lo : lo + batch_size]
+        if es.fold_in is not None:
+            items, _ = model.recommend_history(
+                sp.csr_matrix(es.fold_in[sel]), k=k, exclude_seen=True
+            )
+        else:
+            assert es.users is not None
+            items, _ = model.recommend(es.users[sel], k=k, exclude_seen=True)
+        items = np.asarray(items)
+        if items.ndim != 2 or items.shape[0] != sel.size:
+            raise DataError(
+                "the model returned lists of the wrong shape",
+                field="recommend",
+                expected=f"({sel.size}, <= {k})",
+                found=items.shape,
+            )
+        parts.append(items[:, :k].astype(np.int64))
+    if not parts:
+        return np.zeros((0, k), dtype=np.int64)
+    width = max(p.shape[1] for p in parts)
+    return np.vstack(
+        [np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=-1) for p in parts]
+    )
+
+
+def evaluate(
+    model: SupportsRecommend,
+    split: Split,
+    k: int | Sequence[int] = (10, 20, 50),
+    on: Literal["test", "valid"] = "test",
+    groups: int | None = 4,
+    metrics: Sequence[str] | None = None,
+    *,
+    batch_size: int = 4096,
+) -> EvaluationResult:
+    """Evaluate a fitted model on the test (or validation) users of a split.
+
+    The model is asked once per batch of users for its top ``max(k)`` items —
+    ``recommend`` for users in training (their training items excluded),
+    ``recommend_history`` for held-out users (their fold-in items excluded) —
+    and every metric at every ``k`` is derived from those lists.
+
+    Parameters
+    ----------
+    model
+        Anything with the :class:`~privrec.models.base.Recommender` methods,
+        fitted on ``split.train``.
+    split
+        From :mod:`privrec.evaluation.splits`.
+    k
+        Cut-offs.
+    on
+        ``"test"`` or ``"valid"`` (for model selection).
+    groups
+        Number of user-activity quantile groups (``None`` or 0: no breakdown).
+    metrics
+        Subset of :data:`~privrec.evaluation.metrics.METRICS`; all by default.
+        Catalogue coverage is always reported (naming it is allowed).
+    batch_size
+        Users per model call; bounds memory for large catalogues.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from privrec.data import Interactions
+    >>> from privrec.evaluation.splits import random_holdout
+    >>> x = Interactions.from_arrays(np.repeat(np.arange(4), 5), np.tile(np.arange(5), 4))
+    >>> split = random_holdout(x, test_fraction=0.4, seed=0)
+    >>> class Oracle:  # ranks each user's held-out items first
+    ...     def recommend(self, users, k=10, exclude_seen=True):
+    ...         t = split.test.targets.toarray()[np.searchsorted(split.test.users, users)]
+    ...         order = np.argsort(-t, axis=1, kind="stable")[:, :k]
+    ...         return order, np.take_along_axis(t, order, axis=1)
+    ...     def recommend_history(self, user_items, k=10, exclude_seen=True):
+    ...         raise NotImplementedError
+    >>> result = evaluate(Oracle(), split, k=(1, 2))
+    >>> result.metric("recall", 2), result.n_users
+    (1.0, 4)
+    """
+    ks = normalize_ks(k)
+    if on not in ("test", "valid"):
+        raise DataError("unknown evaluation set", field="on", expected="'test' | 'valid'", found=on)
+    if groups is not None and (isinstance(groups, bool) or groups < 0):
+        raise DataError("groups must be >= 0 or None", field="groups", found=groups)
+    if batch_size < 1:
+        raise DataError("batch_size must be >= 1", field="batch_size", found=batch_size)
+    # coverage is always reported; accept it in the list rather than reject it
+    names = METRICS if metrics is None else tuple(m.lower() for m in metrics if m != "coverage")
+    es = split.eval_set(on)
+    has_targets = es.n_targets > 0
+    rows = np.flatnonzero(has_targets)
+    top = _rank(model, split, on, rows, ks[-1], batch_size)
+    res: PerUserMetrics = per_user_metrics(top, sp.csr_matrix(es.targets[rows]), ks, names)
+
+    table = pd.DataFrame(
+        [[float(v) for v in res.mean()[m].values()] for m in names]
+        + [[res.coverage[kk] for kk in ks]],
+        index=[*names, "coverage"],
+        columns=list(ks),
+    )
+    table.columns.name = "k"
+
+    history = es.history_counts(split.train)[rows].astype(np.int64)
+    per_user = pd.DataFrame(
+        {
+            "user_id": es.user_ids[rows],
+            "history": history,
+            "n_targets": res.n_targets,
+        }
+    )
+    for m in names:
+        for j, kk in enumerate(ks):
+            per_user[f"{m}@{kk}"] = res.values[m][:, j]
+
+    group_cols = [f"{m}@{kk}" for kk in ks for m in _GROUP_METRICS if m in names]
+    if groups:
+        gidx, labels = _activity_groups(history, int(groups))
+        per_user["group"] = (
+            pd.Categorical.from_codes(gidx, categories=pd.Index(labels)) if labels else []
+        )
+        agg = per_user.groupby("group", observed=True)
+        per_group = pd.DataFrame(
+            {
+                "n_users": agg.size(),
+                "min_history": agg["history"].min(),
+                "max_history": agg["history"].max(),
+            }
+        )
+        for col in group_cols:
+            per_group[col] = agg[col].mean()
+        per_group.index = pd.Index([str(i) for i in per_group.index], name="group")
+    else:
+        per_group = pd.DataFrame(
+            columns=["n_users", "min_history", "max_history", *group_cols]
+        ).rename_axis("group")
+
+    return EvaluationResult(
+        table=table,
+        per_group=per_group,
+        per_user=per_user,
+        n_users=res.n_users,
+        n_users_without_targets=int((~has_targets).sum()),
+        model=_model_name(model),
+        protocol=split.protocol,
+        on=on,
+        ks=ks,
+    )

@@ -1,0 +1,84 @@
+"""Shared machinery of the differentially private models.
+
+A private model takes its privacy parameters as required constructor
+arguments — ε, δ and the **privacy unit** — because they are part of what the
+model *is*, not tuning knobs with safe defaults. It records every noisy
+release as a labelled dp-accounting event while fitting, and carries the
+resulting :class:`~privrec.privacy.guarantee.PrivacyGuarantee` (saved with the
+model). Noise is drawn from a ChaCha20 CSPRNG unless ``seed`` is set, which
+warns that the result is not private.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import pydantic
+
+from privrec.data.interactions import Interactions
+from privrec.models.base import ModelConfig, Recommender
+from privrec.privacy.accounting import AccountantKind
+from privrec.privacy.budget import Budget
+from privrec.privacy.events import SpentEvent
+from privrec.privacy.guarantee import PrivacyGuarantee
+from privrec.privacy.randomness import resolve_generator
+from privrec.privacy.units import PrivacyUnit
+
+__all__ = ["PrivateConfig", "PrivateRecommender"]
+
+
+class PrivateConfig(ModelConfig):
+    """Privacy fields every private model's config has (no defaults for ε, δ, unit)."""
+
+    epsilon: float = pydantic.Field(gt=0, allow_inf_nan=False)
+    delta: float = pydantic.Field(gt=0, lt=1)
+    unit: PrivacyUnit
+    accountant: Literal["pld", "rdp"] = "pld"
+    seed: int | None = None
+
+
+class PrivateRecommender(Recommender):
+    """Base of private models: budget checks, noise source, event ledger, guarantee."""
+
+    save_user_data: ClassVar[bool] = False
+    mechanism_name: ClassVar[str] = "private model"
+
+    guarantee_: PrivacyGuarantee
+
+    def _begin(self, data: Interactions, config: Any) -> tuple[Budget, np.random.Generator]:
+        """Validate the budget against the data and open a fresh noise source and ledger."""
+        budget = Budget(config.epsilon, config.delta)
+        n_units = data.n_users if config.unit is PrivacyUnit.USER else max(data.nnz, 1)
+        budget.check_delta(n_units)
+        self._spent: list[SpentEvent] = []
+        return budget, resolve_generator(config.seed)
+
+    def _spend(self, label: str, event: Any) -> None:
+        self._spent.append(SpentEvent(label, event))
+
+    def _finish(
+        self, config: Any, *, released: list[str], not_released: list[str], threat_model: str
+    ) -> None:
+        self.guarantee_ = PrivacyGuarantee.from_events(
+            self._spent,
+            delta=config.delta,
+            unit=config.unit,
+            accountant=AccountantKind(config.accountant),
+            mechanism=self.mechanism_name,
+            released=released,
+            not_released=not_released,
+            threat_model=threat_model,
+            seeded_noise=config.seed is not None,
+        )
+
+    @property
+    def privacy_guarantee(self) -> PrivacyGuarantee:
+        self._check_fitted()
+        return self.guarantee_
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {"guarantee": self.guarantee_.model_dump(mode="json")}
+
+    def _set_extra_meta(self, extra: dict[str, Any]) -> None:
+        self.guarantee_ = PrivacyGuarantee.model_validate(extra["guarantee"])

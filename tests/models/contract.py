@@ -120,7 +120,7 @@ class RecommenderContract:
             np.testing.assert_allclose(s_scores, b_scores[row], rtol=1e-5, atol=1e-6)
 
     def test_save_load_round_trip(self, fitted: Recommender, tmp_path: Path) -> None:
-        path = fitted.save(tmp_path / "model.npz")
+        path = fitted.save(tmp_path / "model.npz", include_user_data=True)
         again = load_model(path)
         assert type(again) is type(fitted)
         assert again.get_params() == fitted.get_params()
@@ -131,6 +131,7 @@ class RecommenderContract:
         np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
         np.testing.assert_array_equal(again.item_ids_, fitted.item_ids_)
         assert type(fitted).load(path).get_params() == fitted.get_params()
+        assert getattr(again, "guarantee_", None) == getattr(fitted, "guarantee_", None)
 
     def test_unknown_users(self, fitted: Recommender) -> None:
         with pytest.raises(IndexError, match="out of range"):

@@ -1,0 +1,85 @@
+"""DPEASE: contract, Gram sensitivity under both units, head restriction, accounting."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given
+from hypothesis import strategies as st
+
+from privrec.models.dp_ease import DPEASE, bounded_gram
+from privrec.privacy.accounting import epsilon_of
+from privrec.privacy.events import total_event
+from privrec.privacy.randomness import seeded_generator
+from privrec.privacy.units import PrivacyUnit
+
+from .contract import RecommenderContract, checkerboard
+
+pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
+
+
+class TestDPEASEContract(RecommenderContract):
+    personalised = False  # 40 users cannot carry a personalised signal through DP noise
+
+    def make_model(self) -> DPEASE:
+        return DPEASE(epsilon=8.0, delta=1e-3, unit="user", regularization=50.0, seed=0)
+
+
+@st.composite
+def binary(draw: st.DrawFn) -> np.ndarray:
+    n_users = draw(st.integers(1, 15))
+    n_items = draw(st.integers(1, 12))
+    p = draw(st.floats(0, 1))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    return (rng.random((n_users, n_items)) < p).astype(np.float32)
+
+
+@given(binary(), st.floats(0.5, 20.0), st.data())
+def test_user_sensitivity(d: np.ndarray, c: float, data: st.DataObject) -> None:
+    u = data.draw(st.integers(0, d.shape[0] - 1))
+    g1, sens = bounded_gram(
+        sp.csr_matrix(d), PrivacyUnit.USER, c, 5, seeded_generator(0, warn=False)
+    )
+    d2 = d.copy()
+    d2[u] = 0
+    g2, _ = bounded_gram(sp.csr_matrix(d2), PrivacyUnit.USER, c, 5, seeded_generator(0, warn=False))
+    assert np.linalg.norm(g1 - g2) <= sens + 1e-9
+
+
+@given(binary(), st.integers(1, 6), st.integers(0, 1000), st.data())
+def test_interaction_sensitivity(d: np.ndarray, b: int, seed: int, data: st.DataObject) -> None:
+    rows, cols = np.nonzero(d)
+    if len(rows) == 0:
+        return
+    j = data.draw(st.integers(0, len(rows) - 1))
+    d2 = d.copy()
+    d2[rows[j], cols[j]] = 0
+    g1, sens = bounded_gram(
+        sp.csr_matrix(d), PrivacyUnit.INTERACTION, 1.0, b, seeded_generator(seed, warn=False)
+    )
+    g2, _ = bounded_gram(
+        sp.csr_matrix(d2), PrivacyUnit.INTERACTION, 1.0, b, seeded_generator(seed, warn=False)
+    )
+    assert np.linalg.norm(g1 - g2) <= sens + 1e-9
+
+
+def test_head_restriction_charges_counts_and_meets_budget() -> None:
+    data, _ = checkerboard(n_users=60, n_items=30)
+    m = DPEASE(epsilon=2.0, delta=1e-4, unit="user", max_items=10, seed=3).fit(data)
+    labels = [s.label for s in m.guarantee_.spent_events]
+    assert labels == ["noisy item counts (head selection)", "noisy item Gram matrix"]
+    assert len(m.head_items_) == 10
+    eps = epsilon_of(total_event(m.guarantee_.spent_events), 1e-4)
+    assert 0.99 * 2.0 <= eps <= 2.0
+    items, scores = m.recommend(np.arange(5), k=30, exclude_seen=False)
+    assert set(items[0][np.isfinite(scores[0])]) <= set(m.head_items_.tolist())
+
+
+def test_rdp_accountant_split() -> None:
+    data, _ = checkerboard(n_users=60, n_items=30)
+    m = DPEASE(
+        epsilon=2.0, delta=1e-4, unit="interaction", max_items=10, accountant="rdp", seed=3
+    ).fit(data)
+    eps = epsilon_of(total_event(m.guarantee_.spent_events), 1e-4, "rdp", PrivacyUnit.INTERACTION)
+    assert 0.99 * 2.0 <= eps <= 2.0

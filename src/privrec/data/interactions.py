@@ -12,7 +12,13 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
-from privrec.errors import DataError, DataWarning, DuplicateInteractionError, UnknownItemError, UnknownUserError
+from privrec.errors import (
+    DataError,
+    DataWarning,
+    DuplicateInteractionError,
+    UnknownItemError,
+    UnknownUserError,
+)
 
 __all__ = ["DuplicatePolicy", "Interactions"]
 
@@ -118,44 +124,66 @@ class Interactions:
         """
         if duplicates not in _POLICIES:
             raise DataError(
-                "unknown duplicate policy", field="duplicates", expected=" | ".join(_POLICIES), found=duplicates
+                "unknown duplicate policy",
+                field="duplicates",
+                expected=" | ".join(_POLICIES),
+                found=duplicates,
             )
         u_arr = np.asarray(users)
         i_arr = np.asarray(items)
         n = len(u_arr)
         if len(i_arr) != n:
-            raise DataError("users and items differ in length", file=source, expected=str(n), found=len(i_arr))
+            raise DataError(
+                "users and items differ in length", file=source, expected=str(n), found=len(i_arr)
+            )
         if values is None:
             v = np.ones(n, dtype=np.float64)
         else:
             try:
                 v = np.asarray(values, dtype=np.float64)
             except (TypeError, ValueError) as exc:
-                raise DataError("values are not numeric", file=source, field="value", found=str(exc)) from None
+                raise DataError(
+                    "values are not numeric", file=source, field="value", found=str(exc)
+                ) from None
             if len(v) != n:
-                raise DataError("values differ in length from users", file=source, expected=str(n), found=len(v))
+                raise DataError(
+                    "values differ in length from users", file=source, expected=str(n), found=len(v)
+                )
         bad = ~np.isfinite(v)
         if bad.any():
             j = int(np.flatnonzero(bad)[0])
             raise DataError(
-                "value is not finite", file=source, line=None, field="value",
-                expected="a finite number", found=f"{v[j]} at row {j}",
+                "value is not finite",
+                file=source,
+                line=None,
+                field="value",
+                expected="a finite number",
+                found=f"{v[j]} at row {j}",
             )
         if not allow_negative and (v < 0).any():
             j = int(np.flatnonzero(v < 0)[0])
             raise DataError(
-                "negative weight", file=source, field="value", expected=">= 0", found=f"{v[j]} at row {j}"
+                "negative weight",
+                file=source,
+                field="value",
+                expected=">= 0",
+                found=f"{v[j]} at row {j}",
             )
         ts: np.ndarray | None = None
         if timestamps is not None:
             ts = np.asarray(timestamps, dtype=np.float64)
             if len(ts) != n:
-                raise DataError("timestamps differ in length", file=source, expected=str(n), found=len(ts))
+                raise DataError(
+                    "timestamps differ in length", file=source, expected=str(n), found=len(ts)
+                )
             if not np.isfinite(ts).all():
                 j = int(np.flatnonzero(~np.isfinite(ts))[0])
                 raise DataError(
-                    "timestamp is not finite", file=source, field="timestamp",
-                    expected="a finite number", found=f"{ts[j]} at row {j}",
+                    "timestamp is not finite",
+                    file=source,
+                    field="timestamp",
+                    expected="a finite number",
+                    found=f"{ts[j]} at row {j}",
                 )
 
         u_idx, u_ids = _index(u_arr, user_ids, "user", source)
@@ -172,10 +200,13 @@ class Interactions:
             if duplicates == "error":
                 j = int(np.flatnonzero(~first)[0])
                 row = int(order[j])
+                pair = (u_arr[row : row + 1].tolist()[0], i_arr[row : row + 1].tolist()[0])
                 raise DuplicateInteractionError(
                     "duplicate (user, item) pair",
-                    file=source, field="user,item", expected="each pair at most once",
-                    found=f"({u_arr[row]!r}, {i_arr[row]!r}) again at row {row}",
+                    file=source,
+                    field="user,item",
+                    expected="each pair at most once",
+                    found=f"{pair!r} again at row {row}",
                 )
             starts = np.flatnonzero(first)
             if duplicates == "sum":
@@ -225,16 +256,21 @@ class Interactions:
         missing = [c for c in needed if c not in df.columns]
         if missing:
             raise DataError(
-                "missing column", file=source, field=missing[0],
-                expected=f"columns {needed}", found=list(map(str, df.columns)),
+                "missing column",
+                file=source,
+                field=missing[0],
+                expected=f"columns {needed}",
+                found=list(map(str, df.columns)),
             )
         for c in (user_col, item_col):
             na = df[c].isna().to_numpy()
             if na.any():
                 j = int(np.flatnonzero(na)[0])
-                raise DataError("missing id", file=source, line=j + 1, field=c, expected="an id", found="empty")
+                raise DataError(
+                    "missing id", file=source, line=j + 1, field=c, expected="an id", found="empty"
+                )
         numeric: dict[str, np.ndarray] = {}
-        for c in (value_col, timestamp_col):
+        for c in (value_col, timestamp_col):  # type: ignore[assignment]
             if c is None:
                 continue
             col = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
@@ -242,8 +278,12 @@ class Interactions:
             if bad.any():
                 j = int(np.flatnonzero(bad)[0])
                 raise DataError(
-                    "value is not a finite number", file=source, line=j + 1, field=c,
-                    expected="a finite number", found=str(df[c].iloc[j]),
+                    "value is not a finite number",
+                    file=source,
+                    line=j + 1,
+                    field=c,
+                    expected="a finite number",
+                    found=str(df[c].iloc[j]),
                 )
             numeric[c] = col
         return cls.from_arrays(
@@ -264,15 +304,15 @@ class Interactions:
         item_ids: Sequence[Any] | np.ndarray | None = None,
     ) -> Interactions:
         """Wrap an existing sparse matrix; ids default to ``0..n-1``."""
-        m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)  # type: ignore[call-overload]
         m.sum_duplicates()
         m.sort_indices()
         if m.data.size and not np.isfinite(m.data).all():
-            raise DataError("matrix holds non-finite values", field="value", expected="finite numbers")
+            raise DataError(
+                "matrix holds non-finite values", field="value", expected="finite numbers"
+            )
         uids = np.arange(m.shape[0]) if user_ids is None else np.asarray(user_ids)
         iids = np.arange(m.shape[1]) if item_ids is None else np.asarray(item_ids)
-        m.indptr = m.indptr.astype(np.int64)
-        m.indices = m.indices.astype(np.int32)
         return cls(m, uids.copy(), iids.copy(), None)
 
     # -------------------------------------------------------------- properties
@@ -335,7 +375,9 @@ class Interactions:
         return pd.DataFrame(out)
 
     # ---------------------------------------------------------- transformations
-    def _with(self, matrix: sp.csr_matrix, keep: np.ndarray | None = None, **ids: np.ndarray) -> Interactions:
+    def _with(
+        self, matrix: sp.csr_matrix, keep: np.ndarray | None = None, **ids: np.ndarray
+    ) -> Interactions:
         ts = None
         if self.timestamps is not None:
             ts = np.array(self.timestamps if keep is None else self.timestamps[keep])
@@ -366,7 +408,9 @@ class Interactions:
         keep = np.asarray(self.matrix.data >= threshold)
         return self._masked(keep, np.ones(self.nnz, dtype=np.float32))
 
-    def filter(self, min_user_interactions: int = 1, min_item_interactions: int = 1) -> Interactions:
+    def filter(
+        self, min_user_interactions: int = 1, min_item_interactions: int = 1
+    ) -> Interactions:
         """Drop users and items with too few interactions, repeated until nothing changes.
 
         Removing a light item can push a user under the threshold and vice versa,
@@ -375,7 +419,9 @@ class Interactions:
         Dropped users and items leave the id maps.
         """
         if min_user_interactions < 0 or min_item_interactions < 0:
-            raise DataError("thresholds must be >= 0", found=(min_user_interactions, min_item_interactions))
+            raise DataError(
+                "thresholds must be >= 0", found=(min_user_interactions, min_item_interactions)
+            )
         m = self.matrix
         users = np.arange(self.n_users)
         items = np.arange(self.n_items)
@@ -387,8 +433,8 @@ class Interactions:
             keep_entry = user_ok[row_of] & item_ok[m.indices]
             ucnt = np.bincount(row_of[keep_entry], minlength=self.n_users)
             icnt = np.bincount(m.indices[keep_entry], minlength=self.n_items)
-            new_u = user_ok & (ucnt >= max(min_user_interactions, 1))
-            new_i = item_ok & (icnt >= max(min_item_interactions, 1))
+            new_u = user_ok & (ucnt >= min_user_interactions)
+            new_i = item_ok & (icnt >= min_item_interactions)
             if (new_u == user_ok).all() and (new_i == item_ok).all():
                 break
             user_ok, item_ok = new_u, new_i
@@ -403,18 +449,26 @@ class Interactions:
         indptr = np.zeros(len(u_keep) + 1, dtype=np.int64)
         np.cumsum(np.bincount(rows, minlength=len(u_keep)), out=indptr[1:])
         new = sp.csr_matrix(
-            (m.data[keep_entry].astype(np.float32), i_new[m.indices[keep_entry]].astype(np.int32), indptr),
+            (
+                m.data[keep_entry].astype(np.float32),
+                i_new[m.indices[keep_entry]].astype(np.int32),
+                indptr,
+            ),
             shape=(len(u_keep), len(i_keep)),
         )
         new.sort_indices()  # order is preserved by the monotone re-index, but be explicit
-        return self._with(new, keep_entry, user_ids=self.user_ids[u_keep], item_ids=self.item_ids[i_keep])
+        return self._with(
+            new, keep_entry, user_ids=self.user_ids[u_keep], item_ids=self.item_ids[i_keep]
+        )
 
     def subset_users(self, users: npt.ArrayLike) -> Interactions:
         """Rows for the given user indices (or a boolean mask), keeping the whole item space."""
         idx = np.asarray(users)
         if idx.dtype == bool:
             if idx.shape != (self.n_users,):
-                raise DataError("mask length differs from n_users", expected=str(self.n_users), found=idx.shape)
+                raise DataError(
+                    "mask length differs from n_users", expected=str(self.n_users), found=idx.shape
+                )
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64)
         if idx.size and (idx.min() < -self.n_users or idx.max() >= self.n_users):
@@ -422,7 +476,14 @@ class Interactions:
         idx = np.where(idx < 0, idx + self.n_users, idx)
         m = self.matrix
         new = m[idx]
-        new = sp.csr_matrix((new.data.astype(np.float32), new.indices.astype(np.int32), new.indptr.astype(np.int64)), shape=new.shape)
+        new = sp.csr_matrix(
+            (
+                new.data.astype(np.float32),
+                new.indices.astype(np.int32),
+                new.indptr.astype(np.int64),
+            ),
+            shape=new.shape,
+        )
         ts = None
         if self.timestamps is not None:
             pos = _row_positions(m.indptr, idx)
@@ -431,7 +492,7 @@ class Interactions:
 
     def with_matrix(self, matrix: sp.spmatrix | sp.sparray) -> Interactions:
         """Same id maps, new values (timestamps are dropped unless the pattern is unchanged)."""
-        m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+        m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)  # type: ignore[call-overload]
         m.sum_duplicates()
         m.sort_indices()
         same = (
@@ -441,7 +502,10 @@ class Interactions:
             and np.array_equal(m.indices, self.matrix.indices)
         )
         return Interactions(
-            sp.csr_matrix((m.data, m.indices.astype(np.int32), m.indptr.astype(np.int64)), shape=self.matrix.shape),
+            sp.csr_matrix(
+                (m.data, m.indices.astype(np.int32), m.indptr.astype(np.int64)),
+                shape=self.matrix.shape,
+            ),
             np.array(self.user_ids),
             np.array(self.item_ids),
             np.array(self.timestamps) if same and self.timestamps is not None else None,
@@ -466,15 +530,24 @@ def _index(
         codes, uniques = pd.factorize(pd.Series(values, copy=False), sort=True)
         if (codes < 0).any():
             j = int(np.flatnonzero(codes < 0)[0])
-            raise DataError(f"missing {kind} id", file=source, field=kind, expected="an id", found=f"empty at row {j}")
+            raise DataError(
+                f"missing {kind} id",
+                file=source,
+                field=kind,
+                expected="an id",
+                found=f"empty at row {j}",
+            )
         return codes.astype(np.int64), np.asarray(uniques)
     ids = np.asarray(fixed)
     idx = pd.Index(ids).get_indexer(pd.Index(values))
     if (idx < 0).any():
         j = int(np.flatnonzero(idx < 0)[0])
         raise DataError(
-            f"{kind} id outside the given index space", file=source, field=kind,
-            expected=f"one of the {len(ids)} known {kind} ids", found=values[j],
+            f"{kind} id outside the given index space",
+            file=source,
+            field=kind,
+            expected=f"one of the {len(ids)} known {kind} ids",
+            found=values[j],
         )
     return idx.astype(np.int64), ids
 
@@ -487,8 +560,8 @@ def _lookup(
     if (idx < 0).any():
         missing = arr[idx < 0]
         raise err(
-            f"unknown {kind} id {missing[0]!r}"
+            f"unknown {kind} id {missing.tolist()[0]!r}"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
             + f"; the data has {len(known)} {kind}s"
         )
-    return idx.astype(np.int64)
+    return np.asarray(idx, dtype=np.int64)

@@ -1,5 +1,22 @@
 """Recommenders, private and not, on one contract (:class:`Recommender`)."""
 
+from privrec.models.als import ImplicitALS
 from privrec.models.base import MODEL_REGISTRY, ModelConfig, Recommender, load_model
+from privrec.models.dp_ease import DPEASE
+from privrec.models.dp_popularity import DPPopularity
+from privrec.models.ease import EASE
+from privrec.models.knn import ItemKNN
+from privrec.models.popularity import Popularity
 
-__all__ = ["MODEL_REGISTRY", "ModelConfig", "Recommender", "load_model"]
+__all__ = [
+    "DPEASE",
+    "EASE",
+    "MODEL_REGISTRY",
+    "DPPopularity",
+    "ImplicitALS",
+    "ItemKNN",
+    "ModelConfig",
+    "Popularity",
+    "Recommender",
+    "load_model",
+]

@@ -119,7 +119,7 @@ def epsilon_of(
 
     >>> import dp_accounting
     >>> round(epsilon_of(dp_accounting.GaussianDpEvent(1.0), 1e-5), 2)
-    4.36
+    4.38
     """
     kind = _kind(kind)
     event = events if isinstance(events, dp_accounting.DpEvent) else compose(events)

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from privrec.errors import ConfigError
-from privrec.models.als import ImplicitALS
+from privrec.models.als import AUTO_ALPHA0, ImplicitALS
 from privrec.models.als_kernels import (
     cg_half_step,
     cholesky_half_step,
@@ -19,6 +19,8 @@ from privrec.models.als_kernels import (
     solve_from_statistics,
 )
 from privrec.models.base import load_model
+
+from .contract import RecommenderContract
 
 
 def planted(
@@ -43,6 +45,13 @@ def planted(
     return m, p
 
 
+def ro(a: np.ndarray) -> np.ndarray:
+    """Read-only view: the model passes CSR arrays read-only, so tests reuse its compiled kernels."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 def kernel_inputs(
     m: sp.csr_matrix, k: int = 8, seed: int = 1
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -52,9 +61,9 @@ def kernel_inputs(
     iu.sort_indices()
     users = (rng.standard_normal((m.shape[0], k)) * 0.3).astype(np.float32)
     return (
-        iu.indptr.astype(np.int64),
-        iu.indices.astype(np.int32),
-        iu.data.astype(np.float32),
+        ro(iu.indptr.astype(np.int64)),
+        ro(iu.indices.astype(np.int32)),
+        ro(iu.data.astype(np.float32)),
         users,
         gramian(users).astype(np.float32),
     )
@@ -111,15 +120,30 @@ def test_explicit_statistics_equal_the_kernel(data: sp.csr_matrix) -> None:
     np.testing.assert_allclose(rhs[j], ((alpha0 + wj)[:, None] * users[rows]).sum(0), rtol=1e-4)
 
 
+def test_solve_from_statistics_survives_singular_systems() -> None:
+    gram = np.zeros((3, 3))
+    lhs = np.zeros((2, 3, 3))
+    rhs = np.ones((2, 3), dtype=np.float32)
+    out = solve_from_statistics(gram, lhs, rhs, alpha0=0.0, reg_per_item=0.0)
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+
+
+def test_float64_matches_float32(data: sp.csr_matrix) -> None:
+    a = ImplicitALS(factors=4, iterations=3, solver="cholesky").fit(data)
+    b = ImplicitALS(factors=4, iterations=3, solver="cholesky", dtype="float64").fit(data)
+    assert b.item_factors_.dtype == np.float64
+    np.testing.assert_allclose(a.item_factors_, b.item_factors_, atol=1e-3)
+
+
 def test_fold_in_of_a_training_row_matches_its_factors(data: sp.csr_matrix) -> None:
     model = ImplicitALS(factors=8, iterations=10, solver="cholesky", num_threads=1).fit(data)
     # one more exact user step makes the stored factors the fold-in solution
     y = model.item_factors_
-    ptr = data.indptr.astype(np.int64)
-    w = (data.data * model.alpha).astype(np.float32)
+    ptr = ro(data.indptr.astype(np.int64))
+    w = ro((data.data * model.alpha).astype(np.float32))
     cholesky_half_step(
-        ptr, data.indices.astype(np.int32), w, y, gramian(y), model.user_factors_,
-        model.alpha0, model.regularization, model.reg_exponent,
+        ptr, ro(data.indices.astype(np.int32)), w, y, gramian(y), model.user_factors_,
+        model.alpha0_, model.regularization, model.reg_exponent,
     )  # fmt: skip
     before = model.item_factors_.copy()
     folded = model.fold_in(data[:5])
@@ -149,6 +173,14 @@ def test_defaults_and_types(data: sp.csr_matrix) -> None:
     np.testing.assert_allclose(scores, model.user_factors_[:2] @ model.item_factors_.T)
 
 
+def test_auto_alpha0_scales_with_density(data: sp.csr_matrix) -> None:
+    model = ImplicitALS(factors=4, iterations=1).fit(data)
+    density = data.nnz / (data.shape[0] * data.shape[1])
+    assert model.alpha0_ == pytest.approx(AUTO_ALPHA0 * density)
+    fixed = ImplicitALS(factors=4, iterations=1, alpha0=0.25).fit(data)
+    assert fixed.alpha0_ == 0.25
+
+
 def test_deterministic_for_a_seed(data: sp.csr_matrix) -> None:
     a = ImplicitALS(factors=8, iterations=3, seed=5, num_threads=1).fit(data)
     b = ImplicitALS(factors=8, iterations=3, seed=5, num_threads=1).fit(data)
@@ -170,6 +202,7 @@ def test_progress_callback(data: sp.csr_matrix) -> None:
         {"factors": 0},
         {"regularization": -0.1},
         {"alpha0": -1.0},
+        {"alpha0": "sometimes"},
         {"solver": "lu"},
         {"cg_steps": 0},
         {"reg_exponent": 3.0},
@@ -190,3 +223,8 @@ def test_save_load_round_trip(data: sp.csr_matrix, tmp_path: Path) -> None:
     users = np.arange(data.shape[0])
     np.testing.assert_array_equal(loaded.recommend(users, k=7)[0], model.recommend(users, k=7)[0])
     np.testing.assert_array_equal(loaded.fold_in(data[:3]), model.fold_in(data[:3]))
+
+
+class TestImplicitALSContract(RecommenderContract):
+    def make_model(self) -> ImplicitALS:
+        return ImplicitALS(factors=8, iterations=10, regularization=0.05, seed=0, num_threads=1)

@@ -1,0 +1,33 @@
+"""Run every benchmark in turn (``make bench``); ``--quick`` for a smoke run.
+
+Each benchmark writes JSON + Markdown under ``benchmarks/results/`` with the
+machine it ran on. Benchmarks needing the shared real datasets skip them with a
+message when ``../shared/data`` (or ``$PRIVREC_DATA``) is absent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["bench_als.py"]
+
+
+def main() -> int:
+    extra = sys.argv[1:]
+    failed = []
+    for name in BENCHMARKS:
+        print(f"== {name} {' '.join(extra)}", flush=True)
+        rc = subprocess.call([sys.executable, str(HERE / name), *extra])
+        if rc != 0:
+            failed.append(name)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""DPALS: accounting pinned by hand composition, sensitivities, contract, guarantee."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privrec.errors import ConfigError
+from privrec.models import load_model
+from privrec.models.als_kernels import gramian, item_statistics
+from privrec.models.dp_als import DPALS, DPALSSensitivity, dpals_event
+from privrec.privacy.accounting import epsilon_of
+from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
+from privrec.privacy.events import total_event
+from privrec.privacy.randomness import seeded_generator
+from privrec.privacy.units import PrivacyUnit
+
+from .contract import RecommenderContract, checkerboard
+
+pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
+
+
+class TestDPALSContract(RecommenderContract):
+    personalised = False  # 40 users cannot carry a personalised signal through DP noise
+
+    def make_model(self) -> DPALS:
+        return DPALS(epsilon=5.0, delta=1e-3, unit="user", factors=4, max_per_user=10, seed=0)
+
+
+def test_reference_configuration_epsilon_by_hand() -> None:
+    """s0 = s1 = s2 = σ, B = 100, T = 3, plus the count release: ε derived by hand composition.
+
+    Per step the multipliers are σ, σ/√B, σ/√B; a composition of Gaussian mechanisms with
+    multipliers z_i is one Gaussian mechanism with multiplier (Σ z_i⁻²)^(-1/2).
+    """
+    sigma, b, t, z_count = 30.0, 100, 3, 15.0
+    rate = t * (1 / sigma**2 + b / sigma**2 + b / sigma**2) + 1 / z_count**2
+    by_hand = dp_accounting.get_epsilon_gaussian(rate**-0.5, 1e-6)
+    event = dpals_event(sigma, t, b, (1.0, 1.0, 1.0, 0.5))
+    assert epsilon_of(event, 1e-6) == pytest.approx(by_hand, rel=1e-9)
+    # an independent accountant on the un-simplified event agrees up to its discretisation
+    acc = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-4)
+    acc.compose(event)
+    assert acc.get_epsilon(1e-6) == pytest.approx(by_hand, rel=2e-3)
+    assert by_hand == pytest.approx(3.91089, abs=1e-4)  # pinned
+
+
+@pytest.mark.parametrize("eps", [1.0, 5.0])
+def test_fit_meets_budget_and_records_events(eps: float) -> None:
+    data, _ = checkerboard(n_users=60, n_items=20)
+    m = DPALS(epsilon=eps, delta=1e-4, unit="user", factors=4, iterations=2, seed=1).fit(data)
+    g = m.privacy_guarantee
+    assert 0.99 * eps <= g.epsilon <= eps
+    labels = [e.label for e in g.spent_events]
+    assert labels[0] == "noisy item counts" and len(labels) == 1 + 3 * 2
+    assert g.recompute_epsilon() == pytest.approx(g.epsilon, rel=1e-12)
+    assert epsilon_of(total_event(g.spent_events), 1e-4) <= eps
+
+
+def test_interaction_unit_doubles_sensitivity() -> None:
+    u = DPALSSensitivity.of(PrivacyUnit.USER, 2.0, 100, 50)
+    i = DPALSSensitivity.of(PrivacyUnit.INTERACTION, 2.0, 100, 50)
+    assert (u.gram, u.lhs, u.rhs, u.counts) == pytest.approx((4.0, 40.0, 20.0, math.sqrt(50)))
+    assert (i.gram, i.lhs, i.rhs, i.counts) == pytest.approx((8.0, 80.0, 40.0, math.sqrt(2)))
+
+
+@st.composite
+def problem(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    n_users = draw(st.integers(2, 12))
+    n_items = draw(st.integers(1, 10))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
+    x = (rng.random((n_users, n_items)) < draw(st.floats(0.1, 1.0))).astype(np.float32)
+    f = rng.standard_normal((n_users, 3)) * draw(st.floats(0.1, 5.0))
+    return x, f
+
+
+@settings(max_examples=40)
+@given(problem(), st.sampled_from(["uniform", "tail", "adaptive"]), st.integers(1, 6), st.data())
+def test_statistics_user_sensitivity(
+    p: tuple[np.ndarray, np.ndarray], method: str, b: int, data: st.DataObject
+) -> None:
+    """Removing any one user moves Gramian, LHS and RHS by at most the stated sensitivities."""
+    x, f = p
+    gamma = 1.5
+    u = data.draw(st.integers(0, x.shape[0] - 1))
+    counts = x.sum(axis=0) + 1.0
+
+    def stats(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = sp.csr_matrix(mat)
+        rng = seeded_generator(0, warn=False)
+        if method == "adaptive":
+            w = adaptive_weights(m, counts, 0.5, float(b))
+        else:
+            w = sample_per_user(
+                m, b, rng, "uniform" if method == "uniform" else "least_popular", counts
+            )
+        fc = clip_rows(f, gamma)
+        lhs, rhs = item_statistics(w, fc, w.data, alpha0=0.0)
+        present = np.asarray(m.sum(axis=1)).ravel() > 0
+        return gramian(fc[present]), lhs, rhs
+
+    x2 = x.copy()
+    x2[u] = 0
+    g1, l1, r1 = stats(x)
+    g2, l2, r2 = stats(x2)
+    s = DPALSSensitivity.of(PrivacyUnit.USER, gamma, b, 1)
+    assert np.linalg.norm(g1 - g2) <= s.gram + 1e-6
+    assert np.linalg.norm(l1 - l2) <= s.lhs + 1e-6
+    assert np.linalg.norm(r1 - r2) <= s.rhs + 1e-6
+
+
+def test_non_private_limit_learns() -> None:
+    """With a huge ε the model is personalised on checkerboard data."""
+    data, answer = checkerboard(n_users=200, n_items=20, hide=2)
+    m = DPALS(
+        epsilon=1e6, delta=1e-3, unit="user", factors=4, iterations=4, regularization=0.1, seed=2
+    ).fit(data)
+    users = np.arange(1, 200)
+    items, _ = m.recommend(users, k=2)
+    assert np.take_along_axis(answer[users], items, axis=1).mean() >= 0.9
+
+
+def test_head_fraction_limits_catalogue() -> None:
+    data, _ = checkerboard(n_users=60, n_items=20)
+    m = DPALS(epsilon=2.0, delta=1e-4, unit="user", factors=4, head_fraction=0.25, seed=1).fit(data)
+    assert len(m.head_items_) == 5
+    items, scores = m.recommend(1, k=20, exclude_seen=False)
+    assert set(items[np.isfinite(scores)].tolist()) <= set(m.head_items_.tolist())
+
+
+def test_released_file_has_no_user_data_and_folds_in(tmp_path: Path) -> None:
+    data, _ = checkerboard(n_users=60, n_items=20)
+    m = DPALS(epsilon=2.0, delta=1e-4, unit="user", factors=4, seed=1).fit(data)
+    again = load_model(m.save(tmp_path / "dpals.npz"))
+    assert again.user_items_.nnz == 0
+    np.testing.assert_allclose(
+        again.fold_in(data.matrix[[3]]), m.user_factors_[[3]], rtol=1e-4, atol=1e-5
+    )
+    assert again.privacy_guarantee == m.privacy_guarantee
+
+
+def test_invalid_method() -> None:
+    with pytest.raises(ConfigError, match="method"):
+        DPALS(epsilon=1.0, delta=1e-6, unit="user", method="fancy").config()  # type: ignore[arg-type]

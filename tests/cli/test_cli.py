@@ -125,3 +125,85 @@ def test_unknown_model_and_user(udata: Path, tmp_path: Path) -> None:
     runner.invoke(app, ["train", "--data", str(udata), "--model", "popularity", "-o", str(out)])
     res = runner.invoke(app, ["recommend", str(out), "--user", "99999"])
     assert res.exit_code == 1 and "unknown user" in res.output
+
+
+def test_train_private_model_and_explain(udata: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dpals.npz"
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(udata),
+            "--model",
+            "dpals",
+            "--epsilon",
+            "2",
+            "--delta",
+            "1e-4",
+            "--unit",
+            "user",
+            "-p",
+            "factors=4",
+            "-o",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "privacy: (2, 1.0e-04)-DP per user" in res.output
+    res = runner.invoke(app, ["privacy", "explain", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "differentially private" in res.output and "joint DP" in res.output
+    assert "noisy item counts" in res.output
+    res = runner.invoke(app, ["privacy", "explain", str(out), "--json"])
+    assert res.exit_code == 0 and '"epsilon"' in res.output
+
+
+def test_private_model_needs_budget_and_unit(udata: Path, tmp_path: Path) -> None:
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(udata),
+            "--model",
+            "dppopularity",
+            "--epsilon",
+            "1",
+            "-o",
+            str(tmp_path / "m"),
+        ],
+    )
+    assert res.exit_code == 1 and "missing: delta, unit" in res.output
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(udata),
+            "--model",
+            "ease",
+            "--epsilon",
+            "1",
+            "-o",
+            str(tmp_path / "m"),
+        ],
+    )
+    assert res.exit_code == 1 and "not a private model" in res.output
+
+
+def test_explain_refuses_non_private_model(udata: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pop.npz"
+    runner.invoke(app, ["train", "--data", str(udata), "--model", "popularity", "-o", str(out)])
+    res = runner.invoke(app, ["privacy", "explain", str(out)])
+    assert res.exit_code == 1 and "not a private model" in res.output
+
+
+def test_demo_writes_report(tmp_path: Path) -> None:
+    report = tmp_path / "report.html"
+    res = runner.invoke(app, ["demo", "--users", "400", "--items", "120", "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    text = report.read_text()
+    assert "dpals (ε=1)" in text and "dppopularity (ε=4)" in text
+    assert "data:image/png;base64," in text and "differentially private" in text
+    assert report.with_suffix(".png").stat().st_size > 1000

@@ -33,6 +33,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Inspect interaction data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+privacy_app = typer.Typer(
+    help="Inspect the privacy guarantee of a saved model.", no_args_is_help=True
+)
+app.add_typer(privacy_app, name="privacy")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -103,6 +107,17 @@ def _parse_params(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _privacy_params(epsilon: float | None, delta: float | None, unit: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if epsilon is not None:
+        out["epsilon"] = epsilon
+    if delta is not None:
+        out["delta"] = delta
+    if unit is not None:
+        out["unit"] = unit
+    return out
+
+
 def _read_config(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
@@ -118,12 +133,24 @@ def _read_config(path: Path | None) -> dict[str, Any]:
 def _build_model(name: str, params: dict[str, Any]) -> Any:
     import privrec.models.all  # noqa: F401  (registers every model)
     from privrec.models import MODEL_REGISTRY
+    from privrec.models.private import PrivateRecommender
 
     if name not in MODEL_REGISTRY:
         raise ConfigError(
             f"unknown model {name!r}; choose one of: {', '.join(sorted(MODEL_REGISTRY))}"
         )
-    return MODEL_REGISTRY[name].from_config(params)
+    cls = MODEL_REGISTRY[name]
+    given = [p for p in ("epsilon", "delta", "unit") if p in params]
+    if issubclass(cls, PrivateRecommender):
+        missing = [p for p in ("epsilon", "delta", "unit") if p not in params]
+        if missing:
+            raise ConfigError(
+                f"{name} is a private model: give --epsilon, --delta and --unit "
+                f"(missing: {', '.join(missing)})"
+            )
+    elif given:
+        raise ConfigError(f"{name} is not a private model: --{given[0]} does not apply to it")
+    return cls.from_config(params)
 
 
 def _fit(model: Any, data: Any) -> Any:
@@ -189,6 +216,16 @@ def train(
         list[str] | None, typer.Option("--param", "-p", help="Hyper-parameter key=value.")
     ] = None,
     binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold as 1.")] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Privacy budget ε (private models).")
+    ] = None,
+    delta: Annotated[float | None, typer.Option(help="Privacy budget δ (private models).")] = None,
+    unit: Annotated[
+        str | None, typer.Option(help="Privacy unit: user or interaction (private models).")
+    ] = None,
+    include_user_data: Annotated[
+        bool, typer.Option(help="Private models: also store the training interactions in the file.")
+    ] = False,
 ) -> None:
     """Fit a model on a whole interaction file and save it.
 
@@ -205,7 +242,11 @@ def train(
         path = data_path or (Path(data_cfg["path"]) if "path" in data_cfg else None)
         if path is None:
             raise ConfigError("no data given: pass --data or set [data] path = ... in the config")
-        params = {**cfg.get("params", {}), **_parse_params(param)}
+        params = {
+            **cfg.get("params", {}),
+            **_parse_params(param),
+            **_privacy_params(epsilon, delta, unit),
+        }
         model = _build_model(name, params)
         data = _load_data(
             path,
@@ -214,11 +255,17 @@ def train(
         )
         t0 = time.perf_counter()
         _fit(model, data)
-        saved = model.save(output)
+        saved = model.save(output, include_user_data=True if include_user_data else None)
         console.print(
             f"fitted [bold]{model.name}[/] on {data.n_users:,} users × {data.n_items:,} items "
             f"({data.nnz:,} interactions) in {time.perf_counter() - t0:.1f} s → {saved}"
         )
+        guarantee = getattr(model, "guarantee_", None)
+        if guarantee is not None:
+            console.print(
+                f"privacy: ({guarantee.epsilon:.3g}, {guarantee.delta:.1e})-DP per {guarantee.unit.value}; "
+                f"`privrec privacy explain {saved}` says what that means"
+            )
 
 
 # ----------------------------------------------------------------- evaluate
@@ -268,6 +315,11 @@ def evaluate(
         bool, typer.Option(help="Also print the per-activity-group breakdown.")
     ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Privacy budget ε (private models).")
+    ] = None,
+    delta: Annotated[float | None, typer.Option(help="Privacy budget δ (private models).")] = None,
+    unit: Annotated[str | None, typer.Option(help="Privacy unit (private models).")] = None,
 ) -> None:
     """Split the data, fit each model on the training part, and report ranking metrics."""
     from privrec.evaluation import evaluate as run_eval
@@ -277,7 +329,9 @@ def evaluate(
         split = _make_split(protocol, data_path, fmt, binarize, seed, test_fraction)
         results = []
         for name in model_name:
-            model = _build_model(name, _parse_params(param))
+            model = _build_model(
+                name, {**_parse_params(param), **_privacy_params(epsilon, delta, unit)}
+            )
             _fit(model, split.train)
             res = run_eval(model, split, k=ks)
             results.append(res)
@@ -321,43 +375,113 @@ def _coerce_ids(raw: list[str], known: np.ndarray) -> np.ndarray:
     return np.array(raw, dtype=object if known.dtype == object else known.dtype)
 
 
+# ------------------------------------------------------------------ privacy
+@privacy_app.command("explain")
+def privacy_explain(
+    model_path: Annotated[Path, typer.Argument(help="A private model saved by `privrec train`.")],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the guarantee as JSON instead.")
+    ] = False,
+) -> None:
+    """Print what a saved private model promises, in numbers and in plain words."""
+    from privrec.models import load_model
+
+    with _errors():
+        model = load_model(model_path)
+        guarantee = getattr(model, "guarantee_", None)
+        if guarantee is None:
+            raise ConfigError(
+                f"{model.name} is not a private model: it carries no privacy guarantee"
+            )
+        if json_out:
+            console.print_json(guarantee.to_json())
+            return
+        console.print(guarantee.explain(), highlight=False)
+        table = Table(
+            "release", "accounting event", title="noisy releases (composed by the accountant)"
+        )
+        for spent in guarantee.spent_events:
+            table.add_row(spent.label, repr(spent.event))
+        console.print(table)
+
+
 # --------------------------------------------------------------------- demo
+DEMO_EPSILONS = (1.0, 4.0)
+
+
 @app.command()
 def demo(
-    users: Annotated[int, typer.Option(help="Synthetic users.")] = 3000,
-    items: Annotated[int, typer.Option(help="Synthetic items.")] = 1500,
-    seed: Annotated[int, typer.Option()] = 0,
+    users: Annotated[int, typer.Option(help="Synthetic users.")] = 20_000,
+    items: Annotated[int, typer.Option(help="Synthetic items.")] = 1000,
+    seed: Annotated[
+        int, typer.Option(help="Data and split seed (the privacy noise is never seeded).")
+    ] = 0,
+    report: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path(
+        "report.html"
+    ),
+    private: Annotated[bool, typer.Option(help="Also train the private models.")] = True,
 ) -> None:
-    """Synthetic data → Popularity vs ImplicitALS vs EASE vs ItemKNN: Recall/NDCG@20."""
+    """Synthetic data → non-private baselines and private models (ε = 1, 4): Recall/NDCG@20 + report."""
     from privrec.data import synthetic
     from privrec.evaluation import evaluate as run_eval
     from privrec.evaluation import random_holdout
+    from privrec.report import ReportRow, write_html_report
 
     with _errors():
         t_start = time.perf_counter()
         data = synthetic(n_users=users, n_items=items, seed=seed)
         split = random_holdout(data, test_fraction=0.2, seed=seed)
+        delta = 1e-6
         console.print(
             f"synthetic data: {data.n_users:,} users × {data.n_items:,} items, {data.nnz:,} interactions "
             f"(seed {seed}); 20% of each user's items held out"
         )
-        table = Table(title="privrec demo: ranking quality on held-out items")
-        for col in ("model", "Recall@20", "NDCG@20", "Coverage@20", "fit s"):
+        table = Table(
+            title="privrec demo: ranking quality on held-out items",
+            caption="ε = ∞: not private. Private models: user-level (ε, δ)-DP.",
+        )
+        for col in ("model", "ε (user level)", "Recall@20", "NDCG@20", "Coverage@20", "fit s"):
             table.add_column(col, justify="right" if col != "model" else "left")
-        for name in ("popularity", "itemknn", "ease", "als"):
-            model = _build_model(name, {})
+        runs: list[tuple[str, str, float, dict[str, Any]]] = [
+            (name, name, float("inf"), {}) for name in ("popularity", "itemknn", "ease", "als")
+        ]
+        if private:
+            for eps in DEMO_EPSILONS:
+                for name in ("dppopularity", "dpals"):
+                    runs.append((name, name, eps, {"epsilon": eps, "delta": delta, "unit": "user"}))
+        rows: list[ReportRow] = []
+        for name, family, eps, params in runs:
+            model = _build_model(name, params)
             t0 = time.perf_counter()
             _fit(model, split.train)
             fit_s = time.perf_counter() - t0
             res = run_eval(model, split, k=(20,))
+            metrics = {
+                "Recall@20": res.metric("recall", 20),
+                "NDCG@20": res.metric("ndcg", 20),
+                "Coverage@20": res.metric("coverage", 20),
+            }
+            label = name if not params else f"{name} (ε={eps:g})"
+            rows.append(ReportRow(label, family, eps, metrics, getattr(model, "guarantee_", None)))
             table.add_row(
-                name,
-                f"{res.metric('recall', 20):.4f}",
-                f"{res.metric('ndcg', 20):.4f}",
-                f"{res.metric('coverage', 20):.3f}",
+                label,
+                "∞" if not params else f"{eps:g}",
+                f"{metrics['Recall@20']:.4f}",
+                f"{metrics['NDCG@20']:.4f}",
+                f"{metrics['Coverage@20']:.3f}",
                 f"{fit_s:.1f}",
             )
         console.print(table)
+        if private:
+            out = write_html_report(
+                report,
+                rows,
+                title="privrec demo: privacy-utility report",
+                dataset=f"synthetic ({data.n_users:,} users × {data.n_items:,} items, seed {seed})",
+                metric_names=["Recall@20", "NDCG@20", "Coverage@20"],
+                plot_metric="Recall@20",
+            )
+            console.print(f"report: {out} (plot: {out.with_suffix('.png')}); δ = {delta:g}")
         console.print(f"total {time.perf_counter() - t_start:.1f} s")
 
 

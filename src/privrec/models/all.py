@@ -1,10 +1,11 @@
 """Import every built-in model so that it registers itself (CLI, ``load_model``)."""
 
 from privrec.models.als import ImplicitALS
+from privrec.models.dp_als import DPALS
 from privrec.models.dp_ease import DPEASE
 from privrec.models.dp_popularity import DPPopularity
 from privrec.models.ease import EASE
 from privrec.models.knn import ItemKNN
 from privrec.models.popularity import Popularity
 
-__all__ = ["DPEASE", "EASE", "DPPopularity", "ImplicitALS", "ItemKNN", "Popularity"]
+__all__ = ["DPALS", "DPEASE", "EASE", "DPPopularity", "ImplicitALS", "ItemKNN", "Popularity"]

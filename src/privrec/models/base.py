@@ -42,6 +42,17 @@ MODEL_REGISTRY: dict[str, type[Recommender]] = {}
 R = TypeVar("R", bound="type[Recommender]")
 
 
+def _config_error(cls_name: str, exc: pydantic.ValidationError) -> ConfigError:
+    """One readable line for the first validation problem."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "missing":
+        return ConfigError(f"{cls_name}: missing required parameter {field!r}")
+    if err["type"] == "extra_forbidden":
+        return ConfigError(f"{cls_name} has no parameter {field!r}")
+    return ConfigError(f"{cls_name}: invalid {field}={err.get('input')!r}: {err['msg']}")
+
+
 def register(cls: R) -> R:
     """Class decorator: make a model loadable by name (CLI, ``load_model``)."""
     MODEL_REGISTRY[cls.name] = cls
@@ -137,11 +148,7 @@ class Recommender(ABC):
         try:
             return self.Config(**self.get_params())
         except pydantic.ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise ConfigError(
-                f"{type(self).__name__}: invalid {field}={err.get('input')!r}: {err['msg']}"
-            ) from None
+            raise _config_error(type(self).__name__, exc) from None
 
     @classmethod
     def from_config(cls, config: ModelConfig | dict[str, Any]) -> Self:
@@ -150,11 +157,7 @@ class Recommender(ABC):
             try:
                 config = cls.Config(**config)
             except pydantic.ValidationError as exc:
-                err = exc.errors()[0]
-                field = ".".join(str(p) for p in err["loc"])
-                raise ConfigError(
-                    f"{cls.__name__}: invalid {field}={err.get('input')!r}: {err['msg']}"
-                ) from None
+                raise _config_error(cls.__name__, exc) from None
         return cls(**config.model_dump())
 
     def __repr__(self) -> str:

@@ -400,8 +400,10 @@ def privacy_explain(
         table = Table(
             "release", "accounting event", title="noisy releases (composed by the accountant)"
         )
+        from privrec.privacy.events import describe_event
+
         for spent in guarantee.spent_events:
-            table.add_row(spent.label, repr(spent.event))
+            table.add_row(spent.label, describe_event(spent.event))
         console.print(table)
 
 

@@ -17,7 +17,7 @@ import dp_accounting
 
 from privrec.errors import DataError
 
-__all__ = ["SpentEvent", "event_from_dict", "event_to_dict", "total_event"]
+__all__ = ["SpentEvent", "describe_event", "event_from_dict", "event_to_dict", "total_event"]
 
 _ALLOWED = {
     "GaussianDpEvent",
@@ -98,3 +98,20 @@ def total_event(spent: Sequence[SpentEvent]) -> dp_accounting.DpEvent:
     if len(spent) == 1:
         return spent[0].event
     return dp_accounting.ComposedDpEvent([s.event for s in spent])
+
+
+def describe_event(event: dp_accounting.DpEvent) -> str:
+    """Short human-readable form, e.g. ``"Gaussian (z = 10.4)"`` or ``"3 × [Gaussian (z = 2)]"``."""
+    if isinstance(event, dp_accounting.GaussianDpEvent):
+        return f"Gaussian (z = {event.noise_multiplier:.4g})"
+    if isinstance(event, dp_accounting.LaplaceDpEvent):
+        return f"Laplace (z = {event.noise_multiplier:.4g})"
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        return f"{event.count} × [{describe_event(event.event)}]"
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        return " + ".join(describe_event(e) for e in event.events)
+    if isinstance(event, dp_accounting.PoissonSampledDpEvent):
+        return (
+            f"Poisson-sampled (q = {event.sampling_probability:.4g}) {describe_event(event.event)}"
+        )
+    return type(event).__name__

@@ -6,6 +6,10 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
+# Flower (for the SecAgg+ comparison) lives in its own venv: its pins (typer, rich, ray) must not
+# constrain privrec's environment.
+FLWR_VENV := .venv-flwr
+FLWR_STAMP := $(FLWR_VENV)/.installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
 .PHONY: demo test lint typecheck bench bench-quick clean
@@ -33,11 +37,16 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
 
-bench: $(BENCH_STAMP)
-	$(PY) benchmarks/run.py
+$(FLWR_STAMP):
+	$(PYTHON) -m venv $(FLWR_VENV)
+	$(FLWR_VENV)/bin/pip install --quiet "flwr[simulation]>=1.20,<2"
+	@touch $@
+
+bench: $(BENCH_STAMP) $(FLWR_STAMP)
+	PRIVREC_FLWR_PYTHON=$(CURDIR)/$(FLWR_VENV)/bin/python $(PY) benchmarks/run.py
 
 bench-quick: $(BENCH_STAMP)
 	$(PY) benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) $(FLWR_VENV) .cache .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

@@ -13,11 +13,17 @@ __all__ = [
     "ConfigError",
     "DataError",
     "DataWarning",
+    "DuplicateClientError",
     "DuplicateInteractionError",
+    "InsecureParametersError",
+    "InvalidInputError",
+    "MessageRejected",
     "MissingUserDataError",
     "NotFittedError",
     "PrivacyWarning",
     "PrivrecError",
+    "ProtocolAbort",
+    "ProtocolError",
     "UnknownItemError",
     "UnknownUserError",
 ]
@@ -126,9 +132,54 @@ class UnknownItemError(PrivrecError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class ProtocolError(PrivrecError):
+    """A secure-computation protocol (e.g. secure aggregation) could not proceed as specified."""
+
+
+class ProtocolAbort(ProtocolError):  # noqa: N818  (named by the protocol spec)
+    """A protocol round stopped safely instead of producing a possibly wrong or leaking result.
+
+    Parameters
+    ----------
+    phase
+        The protocol phase that detected the problem (e.g. ``"unmask"``).
+    reason
+        Why the round cannot continue, in one sentence.
+    """
+
+    def __init__(self, phase: str, reason: str) -> None:
+        self.phase = phase
+        self.reason = reason
+        super().__init__(f"protocol aborted in phase {phase!r}: {reason}")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.phase, self.reason))
+
+
+class MessageRejected(ProtocolError):  # noqa: N818
+    """A protocol message was malformed, tampered with (AEAD failure), replayed or misaddressed."""
+
+
+class DuplicateClientError(MessageRejected):
+    """Two participants claimed the same client id (in a configuration or within one phase)."""
+
+
+class InvalidInputError(ProtocolError, ValueError):
+    """A client's private input has the wrong shape or values outside the protocol's range."""
+
+
 class DataWarning(UserWarning):
     """Something in the data was changed under a documented policy (e.g. duplicates merged)."""
 
 
 class PrivacyWarning(UserWarning):
     """A setting weakens privacy or is only fit for tests (e.g. seeded noise)."""
+
+
+class InsecureParametersError(ConfigError):
+    """Encryption parameters or key material below the security bar.
+
+    Raised for homomorphic-encryption parameters that miss 128-bit security
+    (too many modulus bits for the ring degree) and for a context that carries
+    a secret key where only public material may go (e.g. sent to a server).
+    """

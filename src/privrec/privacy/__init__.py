@@ -12,6 +12,15 @@ from privrec.privacy.accounting import (
 )
 from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
+from privrec.privacy.distributed import (
+    DistributedDPConfig,
+    DistributedDPEncoder,
+    DistributedDPPlan,
+    DistributedGuarantee,
+    calibrate_distributed,
+    sample_discrete_gaussian,
+    sample_skellam,
+)
 from privrec.privacy.events import SpentEvent, event_from_dict, event_to_dict, total_event
 from privrec.privacy.guarantee import PrivacyGuarantee
 from privrec.privacy.mechanisms import (
@@ -29,11 +38,16 @@ from privrec.privacy.units import PrivacyUnit
 __all__ = [
     "AccountantKind",
     "Budget",
+    "DistributedDPConfig",
+    "DistributedDPEncoder",
+    "DistributedDPPlan",
+    "DistributedGuarantee",
     "PrivacyGuarantee",
     "PrivacyUnit",
     "SpentEvent",
     "adaptive_weights",
     "calibrate",
+    "calibrate_distributed",
     "clip_rows",
     "compose",
     "discrete_gaussian",
@@ -47,7 +61,9 @@ __all__ = [
     "laplace_event",
     "make_accountant",
     "resolve_generator",
+    "sample_discrete_gaussian",
     "sample_per_user",
+    "sample_skellam",
     "secure_generator",
     "seeded_generator",
     "symmetric_gaussian",

@@ -1,0 +1,1016 @@
+"""Homomorphic private scoring: the server scores a user it cannot see.
+
+A recommender's released item factors ``Y`` (n_items × k) are public to the
+serving server; a user's factor vector ``u`` and the scores ``Y u`` reveal the
+user's taste. Here the **client** folds itself in from its own history, encrypts
+``u`` under CKKS (approximate arithmetic on encrypted real vectors) and sends it
+with a *public* context (public key, and rotation keys when the packing needs
+them; never the secret key). The **server** multiplies the ciphertext by its
+plaintext item matrix and returns encrypted scores for the whole catalogue; only
+the client can decrypt them, remove its seen items and take the top-k.
+
+Two packings are offered because they trade upload against server work:
+
+``Packing.REPLICATED``
+    The client sends k ciphertexts, the f-th holding ``u_f`` in every slot. The
+    server computes ``Σ_f enc(u_f) ⊙ Y[:, f]`` per chunk of ``slot_count`` items
+    with plaintext multiplications and additions only: **no rotation (Galois)
+    keys**, the fastest server compute, but a k-fold larger upload.
+``Packing.COMPACT`` (default)
+    The client sends one ciphertext holding ``u`` (zero-padded to a power-of-two
+    period p ≥ k and repeated across the slots) plus, once per session, the
+    rotation key for one slot. The server forms the p rotations of that
+    ciphertext once per query and multiplies them by the generalised diagonals
+    of each chunk of the item matrix (the diagonal method of Halevi and Shoup):
+    the smallest upload, paid for by p - 1 key-switching rotations per query.
+
+Both are ciphertext × plaintext-matrix products with one rescale per chunk of
+``slot_count`` items; the server encodes its item matrix once and reuses it.
+
+Security: parameters must meet 128-bit security under the HE-standard bounds
+(:data:`HE_STANDARD_MAX_BITS`); this is checked when a context is created *and*
+when one is loaded from bytes, and a context carrying a secret key is refused by
+the server (:class:`~privrec.errors.InsecureParametersError`).
+
+Model extraction: the client learns the scores, so without noise k linearly
+independent queries reveal ``Y`` exactly. :class:`ScoreNoise` makes the server
+add calibrated Gaussian noise to every encrypted score (see
+``docs/secure_scoring.md`` for what that does and does not protect).
+
+The cryptography sits behind the small :class:`HEBackend` protocol, implemented
+by :class:`TenSEALBackend`, so that another library can be plugged in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import dp_accounting
+import numpy as np
+import numpy.typing as npt
+
+from privrec.errors import ConfigError, DataError, InsecureParametersError, MessageRejected
+from privrec.models.ranking import top_k
+from privrec.privacy.accounting import calibrate, epsilon_of
+from privrec.privacy.budget import Budget
+from privrec.privacy.mechanisms import gaussian_event
+from privrec.privacy.randomness import secure_generator
+
+__all__ = [
+    "DEFAULT_PACKING",
+    "HE_STANDARD_MAX_BITS",
+    "CKKSParams",
+    "HEBackend",
+    "Packing",
+    "PrivateScoringClient",
+    "PrivateScoringServer",
+    "ScoreNoise",
+    "ScoringRequest",
+    "ScoringResponse",
+    "TenSEALBackend",
+    "check_security",
+    "private_recommend",
+]
+
+#: Largest total coefficient-modulus bits per ring degree for 128-bit classical
+#: security with a ternary secret (HomomorphicEncryption.org standard, Table 1;
+#: the same bounds SEAL enforces).
+HE_STANDARD_MAX_BITS: dict[int, int] = {
+    1024: 27,
+    2048: 54,
+    4096: 109,
+    8192: 218,
+    16384: 438,
+    32768: 881,
+}
+
+_MAGIC_REQUEST = b"PRHEQ1"
+_MAGIC_RESPONSE = b"PRHER1"
+
+
+def check_security(poly_modulus_degree: int, total_modulus_bits: int) -> None:
+    """Refuse parameters below 128-bit security.
+
+    Security of RLWE falls as the modulus grows for a fixed ring degree, so the
+    bound is on the *total* bits of the modulus chain (special prime included).
+
+    Raises
+    ------
+    InsecureParametersError
+        When the degree is not a standard power of two or the modulus is too large.
+    """
+    bound = HE_STANDARD_MAX_BITS.get(int(poly_modulus_degree))
+    if bound is None:
+        raise InsecureParametersError(
+            f"poly_modulus_degree={poly_modulus_degree} is not one of the HE-standard degrees "
+            f"{sorted(HE_STANDARD_MAX_BITS)}"
+        )
+    if total_modulus_bits > bound:
+        raise InsecureParametersError(
+            f"coefficient modulus of {total_modulus_bits} bits exceeds the 128-bit security bound "
+            f"of {bound} bits for poly_modulus_degree={poly_modulus_degree}"
+        )
+
+
+class Packing(StrEnum):
+    """How the user vector is laid out in ciphertexts (see the module docstring)."""
+
+    REPLICATED = "replicated"
+    COMPACT = "compact"
+
+
+#: Default: 64× smaller upload and ~60× less client work than the replicated packing at 64
+#: factors, for one 0.7 MB rotation key per session and a server compute still within the
+#: 0.3 s target at 10k items (measurements in ``docs/secure_scoring.md``).
+DEFAULT_PACKING = Packing.COMPACT
+
+
+@dataclass(frozen=True)
+class CKKSParams:
+    """CKKS parameters: ring degree, modulus chain (bits per prime) and scale.
+
+    The default ``8192, (60, 40, 60), 2**40`` is the smallest ring that gives
+    the one multiplicative level scoring needs: the 40-bit scale sets the
+    precision (measured errors ~2e-8 replicated, up to ~7e-6 compact, on scores of
+    order one), the 60-bit first prime leaves 20 bits above the scale, so
+    scores must stay below 2**19 in absolute value (‖u‖ · max‖y_i‖ bounds
+    them), and the last 60-bit prime is the key-switching prime.
+    160 bits ≤ 218, the 128-bit bound at degree 8192.
+    """
+
+    poly_modulus_degree: int = 8192
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
+    scale_bits: int = 40
+
+    @property
+    def total_bits(self) -> int:
+        return int(sum(self.coeff_mod_bit_sizes))
+
+    @property
+    def slot_count(self) -> int:
+        return self.poly_modulus_degree // 2
+
+    def validate(self) -> None:
+        """Check 128-bit security and that one rescale by ``2**scale_bits`` fits the chain."""
+        check_security(self.poly_modulus_degree, self.total_bits)
+        sizes = self.coeff_mod_bit_sizes
+        if len(sizes) < 3:
+            raise ConfigError(
+                "CKKS scoring needs at least three primes (data, one level, special), "
+                f"found coeff_mod_bit_sizes={sizes}"
+            )
+        if not all(17 <= b <= 60 for b in sizes):
+            raise ConfigError(f"each prime must have 17..60 bits, found {sizes}")
+        if not 20 <= self.scale_bits <= min(sizes[1:-1]):
+            raise ConfigError(
+                f"scale_bits={self.scale_bits} must be in 20..{min(sizes[1:-1])} (the middle primes): "
+                "the product is rescaled by one middle prime, which must match the scale"
+            )
+
+
+# --------------------------------------------------------------------------- backend
+@runtime_checkable
+class HEBackend(Protocol):
+    """What private scoring needs from a homomorphic-encryption library.
+
+    Contexts, ciphertexts and encoded plaintexts are opaque handles (``Any``)
+    owned by the backend. A *secret* context can encrypt and decrypt; a
+    *public* one (loaded from :meth:`context_bytes` without the secret key) can
+    only encrypt and compute. The ciphertext × plaintext-matrix product is
+    expressed by two primitives so a backend can share work across chunks:
+    :meth:`weighted_sum` (Σ_f ct_f ⊙ p_f, one rescale) and :meth:`rotations`.
+    """
+
+    name: str
+
+    def keygen(self, params: CKKSParams, *, rotations: bool) -> Any:
+        """A fresh secret context (keys included), after validating ``params``."""
+        ...
+
+    def context_bytes(self, context: Any, *, include_secret_key: bool = False) -> bytes:
+        """Serialise ``context``; the secret key only when explicitly asked (client backups)."""
+        ...
+
+    def load_context(self, data: bytes) -> Any:
+        """Deserialise a context, checking 128-bit security before and after parsing."""
+        ...
+
+    def context_params(self, context: Any) -> CKKSParams: ...
+
+    def is_private(self, context: Any) -> bool:
+        """Whether the context holds a secret key."""
+        ...
+
+    def has_rotation_keys(self, context: Any) -> bool: ...
+
+    def encrypt(self, context: Any, values: npt.NDArray[np.float64]) -> Any: ...
+
+    def decrypt(self, context: Any, ciphertext: Any) -> npt.NDArray[np.float64]: ...
+
+    def serialize(self, ciphertext: Any) -> bytes: ...
+
+    def deserialize(self, context: Any, data: bytes) -> Any: ...
+
+    def encode(self, context: Any, values: npt.NDArray[np.float64]) -> Any:
+        """A plaintext at the level and scale of a fresh ciphertext (servers cache these)."""
+        ...
+
+    def weighted_sum(self, context: Any, ciphertexts: Sequence[Any], plains: Sequence[Any]) -> Any:
+        """``Σ_f ciphertexts[f] ⊙ plains[f]`` slot-wise, rescaled once; needs no rotation keys."""
+        ...
+
+    def rotations(self, context: Any, ciphertext: Any, n: int) -> list[Any]:
+        """``ciphertext`` rotated left by 0, 1, …, n-1 slots (needs rotation keys)."""
+        ...
+
+    def add_plain(self, context: Any, ciphertext: Any, values: npt.NDArray[np.float64]) -> Any:
+        """``ciphertext + values``, encoded at the ciphertext's own level and scale."""
+        ...
+
+
+@dataclass
+class _SealContext:
+    """A TenSEAL/SEAL context and the keys it holds (the secret key only on the client)."""
+
+    params: CKKSParams
+    seal: Any
+    public_key: Any
+    galois_keys: Any | None = None
+    secret_key: Any | None = None
+    _helpers: dict[str, Any] = field(default_factory=dict)
+
+    def is_private(self) -> bool:
+        """Whether this context can decrypt (holds the secret key), as TenSEAL names it."""
+        return self.secret_key is not None
+
+
+_MAGIC_CONTEXT = b"PRHEC1"
+
+
+class TenSEALBackend:
+    """:class:`HEBackend` on the SEAL bindings that ship with TenSEAL (``tenseal.sealapi``).
+
+    Why the SEAL level rather than TenSEAL's ``CKKSVector``: scoring multiplies
+    the same released item matrix for every query, and ``CKKSVector`` re-encodes
+    its plaintext operand and rescales after every product. Here the server
+    encodes the item matrix once per parameter set and rescales once per chunk
+    (≈5× faster), and the compact packing needs only the rotation key for one
+    slot (≈0.7 MB) instead of TenSEAL's full set (≈18 MB at degree 8192).
+    SEAL's own 128-bit check (``sec_level=tc128``) runs on every context, in
+    addition to :func:`check_security`.
+
+    SEAL's Python bindings serialise to files only, so objects pass through a
+    private temporary directory (in ``/dev/shm`` when available); use one
+    backend per thread.
+    """
+
+    name = "tenseal"
+
+    def __init__(self) -> None:
+        try:
+            import tenseal.sealapi as sealapi
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ConfigError(
+                "homomorphic scoring needs TenSEAL: pip install 'privrec[he]'"
+            ) from exc
+        self._s: Any = sealapi
+        shm = Path("/dev/shm")
+        self._tmp = tempfile.TemporaryDirectory(
+            prefix="privrec-he-", dir=str(shm) if shm.is_dir() else None
+        )
+        self._path = str(Path(self._tmp.name) / "obj")
+
+    # (de)serialisation through the private temp file -----------------------
+    def _dump(self, obj: Any) -> bytes:
+        obj.save(self._path)
+        return Path(self._path).read_bytes()
+
+    def _load_into(self, obj: Any, data: bytes, *args: Any) -> Any:
+        Path(self._path).write_bytes(data)
+        obj.load(*args, self._path)
+        return obj
+
+    def _seal_context(self, params: CKKSParams) -> tuple[Any, Any]:
+        s = self._s
+        parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(params.poly_modulus_degree)
+        parms.set_coeff_modulus(
+            s.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+        )
+        return parms, self._checked_context(parms)
+
+    def _checked_context(self, parms: Any) -> Any:
+        s = self._s
+        degree = int(parms.poly_modulus_degree())
+        bits = [int(m.bit_count()) for m in parms.coeff_modulus()]
+        check_security(degree, sum(bits))  # on what the parameters really hold
+        ctx = s.SEALContext(parms, True, s.SEC_LEVEL_TYPE.TC128)
+        if not ctx.parameters_set():
+            raise InsecureParametersError(
+                f"SEAL refuses the parameters: {ctx.parameters_error_message()}"
+            )
+        return ctx
+
+    # contexts ---------------------------------------------------------------
+    def keygen(self, params: CKKSParams, *, rotations: bool) -> _SealContext:
+        params.validate()
+        s = self._s
+        _, ctx = self._seal_context(params)
+        keygen = s.KeyGenerator(ctx)
+        public_key = s.PublicKey()
+        keygen.create_public_key(public_key)
+        galois = None
+        if rotations:
+            galois = s.GaloisKeys()
+            # the Galois element of a left rotation by one slot is 3 (mod 2N)
+            keygen.create_galois_keys([3], galois)
+        return _SealContext(params, ctx, public_key, galois, keygen.secret_key())
+
+    def context_bytes(self, context: _SealContext, *, include_secret_key: bool = False) -> bytes:
+        p = context.params
+        parms, _ = self._seal_context(p)
+        header = {
+            "scheme": "ckks",
+            "poly_modulus_degree": p.poly_modulus_degree,
+            "coeff_mod_bit_sizes": list(p.coeff_mod_bit_sizes),
+            "scale_bits": p.scale_bits,
+            "galois_keys": context.galois_keys is not None,
+            "secret_key": include_secret_key and context.secret_key is not None,
+        }
+        blobs = [self._dump(parms), self._dump(context.public_key)]
+        if context.galois_keys is not None:
+            blobs.append(self._dump(context.galois_keys))
+        if header["secret_key"]:
+            blobs.append(self._dump(context.secret_key))
+        return _pack(_MAGIC_CONTEXT, header, blobs)
+
+    def load_context(self, data: bytes) -> _SealContext:
+        s = self._s
+        header, blobs = _unpack(_MAGIC_CONTEXT, data)
+        try:
+            params = CKKSParams(
+                int(header["poly_modulus_degree"]),
+                tuple(int(b) for b in header["coeff_mod_bit_sizes"]),
+                int(header["scale_bits"]),
+            )
+            has_galois, has_secret = bool(header["galois_keys"]), bool(header["secret_key"])
+            scheme = header["scheme"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageRejected(f"malformed context header: {exc}") from None
+        if scheme != "ckks":
+            raise MessageRejected(f"expected a CKKS context, found {scheme!r}")
+        try:
+            params.validate()  # refuse before parsing any key material
+        except InsecureParametersError:
+            raise
+        except ConfigError as exc:
+            raise MessageRejected(f"unusable context parameters: {exc}") from None
+        if len(blobs) != 2 + has_galois + has_secret:
+            raise MessageRejected("context payloads do not match its header")
+        try:
+            parms = self._load_into(s.EncryptionParameters(s.SCHEME_TYPE.CKKS), blobs[0])
+        except Exception as exc:  # SEAL raises plain ValueError/RuntimeError
+            raise MessageRejected(f"unreadable encryption parameters: {exc}") from None
+        ctx = self._checked_context(parms)
+        bits = tuple(int(m.bit_count()) for m in parms.coeff_modulus())
+        if int(parms.poly_modulus_degree()) != params.poly_modulus_degree or (
+            bits != params.coeff_mod_bit_sizes
+        ):
+            raise MessageRejected("context header disagrees with its encryption parameters")
+        try:
+            public_key = self._load_into(s.PublicKey(), blobs[1], ctx)
+            galois = self._load_into(s.GaloisKeys(), blobs[2], ctx) if has_galois else None
+            secret = self._load_into(s.SecretKey(), blobs[-1], ctx) if has_secret else None
+        except Exception as exc:
+            raise MessageRejected(
+                f"key material is not valid for these parameters: {exc}"
+            ) from None
+        return _SealContext(params, ctx, public_key, galois, secret)
+
+    def context_params(self, context: _SealContext) -> CKKSParams:
+        return context.params
+
+    def is_private(self, context: _SealContext) -> bool:
+        return context.secret_key is not None
+
+    def has_rotation_keys(self, context: _SealContext) -> bool:
+        return context.galois_keys is not None
+
+    def _helper(self, context: _SealContext, name: str) -> Any:
+        h = context._helpers.get(name)
+        if h is None:
+            s = self._s
+            if name == "encoder":
+                h = s.CKKSEncoder(context.seal)
+            elif name == "evaluator":
+                h = s.Evaluator(context.seal)
+            elif name == "encryptor":
+                h = s.Encryptor(context.seal, context.public_key)
+            else:
+                h = s.Decryptor(context.seal, context.secret_key)
+            context._helpers[name] = h
+        return h
+
+    # ciphertexts -----------------------------------------------------------
+    def encode(self, context: _SealContext, values: npt.NDArray[np.float64]) -> Any:
+        plain = self._s.Plaintext()
+        self._helper(context, "encoder").encode(
+            np.asarray(values, dtype=np.float64).tolist(), 2.0**context.params.scale_bits, plain
+        )
+        return plain
+
+    def encrypt(self, context: _SealContext, values: npt.NDArray[np.float64]) -> Any:
+        ct = self._s.Ciphertext()
+        self._helper(context, "encryptor").encrypt(self.encode(context, values), ct)
+        return ct
+
+    def decrypt(self, context: _SealContext, ciphertext: Any) -> npt.NDArray[np.float64]:
+        if context.secret_key is None:
+            raise InsecureParametersError("this context holds no secret key: it cannot decrypt")
+        plain = self._s.Plaintext()
+        self._helper(context, "decryptor").decrypt(ciphertext, plain)
+        return np.asarray(self._helper(context, "encoder").decode_double(plain), dtype=np.float64)
+
+    def serialize(self, ciphertext: Any) -> bytes:
+        return self._dump(ciphertext)
+
+    def deserialize(self, context: _SealContext, data: bytes) -> Any:
+        try:
+            return self._load_into(self._s.Ciphertext(), data, context.seal)
+        except Exception as exc:
+            raise MessageRejected(f"not a valid CKKS ciphertext for this context: {exc}") from None
+
+    def weighted_sum(
+        self, context: _SealContext, ciphertexts: Sequence[Any], plains: Sequence[Any]
+    ) -> Any:
+        ev = self._helper(context, "evaluator")
+        acc, tmp = self._s.Ciphertext(), self._s.Ciphertext()
+        ev.multiply_plain(ciphertexts[0], plains[0], acc)
+        for ct, plain in zip(ciphertexts[1:], plains[1:], strict=True):
+            ev.multiply_plain(ct, plain, tmp)
+            ev.add_inplace(acc, tmp)
+        ev.rescale_to_next_inplace(acc)  # one rescale for the whole sum
+        return acc
+
+    def rotations(self, context: _SealContext, ciphertext: Any, n: int) -> list[Any]:
+        if context.galois_keys is None:
+            raise MessageRejected("rotations need the rotation (Galois) key in the context")
+        ev = self._helper(context, "evaluator")
+        out = [ciphertext]
+        for _ in range(n - 1):  # sequential one-slot rotations: one key suffices
+            nxt = self._s.Ciphertext()
+            ev.rotate_vector(out[-1], 1, context.galois_keys, nxt)
+            out.append(nxt)
+        return out
+
+    def add_plain(
+        self, context: _SealContext, ciphertext: Any, values: npt.NDArray[np.float64]
+    ) -> Any:
+        plain = self._s.Plaintext()
+        self._helper(context, "encoder").encode(
+            np.asarray(values, dtype=np.float64).tolist(),
+            ciphertext.parms_id(),
+            ciphertext.scale,
+            plain,
+        )
+        out = self._s.Ciphertext()
+        self._helper(context, "evaluator").add_plain(ciphertext, plain, out)
+        return out
+
+
+# --------------------------------------------------------------------------- messages
+def _pack(magic: bytes, header: dict[str, Any], blobs: Sequence[bytes]) -> bytes:
+    head = json.dumps({**header, "lengths": [len(b) for b in blobs]}).encode()
+    return b"".join([magic, struct.pack("<I", len(head)), head, *blobs])
+
+
+def _unpack(magic: bytes, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    if not data.startswith(magic) or len(data) < len(magic) + 4:
+        raise MessageRejected(f"not a private-scoring message (expected magic {magic!r})")
+    (n,) = struct.unpack_from("<I", data, len(magic))
+    start = len(magic) + 4
+    try:
+        header = json.loads(data[start : start + n])
+        if not isinstance(header, dict):
+            raise TypeError("the header is not a JSON object")
+        lengths = [int(x) for x in header.pop("lengths")]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageRejected(f"malformed message header: {exc}") from None
+    pos, blobs = start + n, []
+    for length in lengths:
+        if length < 0 or pos + length > len(data):
+            raise MessageRejected("truncated message: a payload runs past the end")
+        blobs.append(data[pos : pos + length])
+        pos += length
+    if pos != len(data):
+        raise MessageRejected(f"{len(data) - pos} trailing bytes after the last payload")
+    return header, blobs
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """Client → server: the encrypted user vector and (first time) the public context.
+
+    ``context`` is ``None`` when the server already holds the context named by
+    ``context_id`` (SHA-256 of its bytes), so rotation keys travel once per session.
+    """
+
+    packing: Packing
+    n_factors: int
+    context_id: str
+    ciphertexts: tuple[bytes, ...]
+    context: bytes | None = None
+
+    @property
+    def ciphertext_bytes(self) -> int:
+        return sum(len(c) for c in self.ciphertexts)
+
+    @property
+    def context_bytes(self) -> int:
+        return 0 if self.context is None else len(self.context)
+
+    def to_bytes(self) -> bytes:
+        header = {
+            "packing": self.packing.value,
+            "n_factors": self.n_factors,
+            "context_id": self.context_id,
+            "has_context": self.context is not None,
+        }
+        blobs = ([self.context] if self.context is not None else []) + list(self.ciphertexts)
+        return _pack(_MAGIC_REQUEST, header, blobs)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ScoringRequest:
+        header, blobs = _unpack(_MAGIC_REQUEST, data)
+        try:
+            packing = Packing(header["packing"])
+            has_context = bool(header["has_context"])
+            n_factors = int(header["n_factors"])
+            context_id = str(header["context_id"])
+        except (KeyError, ValueError) as exc:
+            raise MessageRejected(f"malformed request header: {exc}") from None
+        context = blobs.pop(0) if has_context and blobs else None
+        if has_context and context is None:
+            raise MessageRejected("request announces a context but carries none")
+        return cls(packing, n_factors, context_id, tuple(blobs), context)
+
+
+@dataclass(frozen=True)
+class ScoringResponse:
+    """Server → client: encrypted scores, ``slot_count`` items per ciphertext.
+
+    ``noise_sigma`` is the standard deviation of the Gaussian noise the server
+    added to each score (0 when none), so the client knows how noisy they are.
+    """
+
+    n_items: int
+    ciphertexts: tuple[bytes, ...]
+    noise_sigma: float = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(c) for c in self.ciphertexts)
+
+    def to_bytes(self) -> bytes:
+        header = {"n_items": self.n_items, "noise_sigma": self.noise_sigma}
+        return _pack(_MAGIC_RESPONSE, header, self.ciphertexts)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ScoringResponse:
+        header, blobs = _unpack(_MAGIC_RESPONSE, data)
+        try:
+            return cls(int(header["n_items"]), tuple(blobs), float(header["noise_sigma"]))
+        except (KeyError, ValueError) as exc:
+            raise MessageRejected(f"malformed response header: {exc}") from None
+
+
+# --------------------------------------------------------------------------- DP noise
+@dataclass(frozen=True)
+class ScoreNoise:
+    """Gaussian noise on every returned score, against model extraction.
+
+    Privacy unit: **one item's factor row**. The server clips its released rows
+    to ``item_clip_norm`` (C_Y) and the protocol states that clients clip their
+    vector to ``user_clip_norm`` (C_u); zeroing one row then changes one score
+    by at most ``C_u · C_Y``, the L2 sensitivity of the whole score vector. Each
+    query is one Gaussian mechanism with noise multiplier calibrated by
+    privrec's accountant to ``(epsilon, delta)`` *per query*; ``n`` queries
+    compose (:meth:`epsilon_after`).
+
+    The server cannot check ``‖u‖ ≤ C_u`` on an encrypted vector, so the
+    guarantee holds against clients that follow the protocol; a client that
+    scales its vector up divides the effective noise by that factor.
+    """
+
+    epsilon: float
+    delta: float
+    item_clip_norm: float
+    user_clip_norm: float
+    noise_multiplier: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        budget = Budget(self.epsilon, self.delta)
+        for name in ("item_clip_norm", "user_clip_norm"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be finite and > 0, found {value}")
+        z = calibrate(budget, gaussian_event)
+        object.__setattr__(self, "noise_multiplier", float(z))
+
+    @property
+    def sensitivity(self) -> float:
+        """L2 sensitivity of one query's score vector to one item row: ``C_u · C_Y``."""
+        return self.item_clip_norm * self.user_clip_norm
+
+    @property
+    def sigma(self) -> float:
+        """Standard deviation of the noise on each score."""
+        return self.noise_multiplier * self.sensitivity
+
+    def event(self, n_queries: int = 1) -> dp_accounting.DpEvent:
+        one = gaussian_event(self.noise_multiplier)
+        return one if n_queries == 1 else dp_accounting.SelfComposedDpEvent(one, n_queries)
+
+    def epsilon_after(self, n_queries: int, delta: float | None = None) -> float:
+        """ε (at ``delta``, default the per-query δ) of ``n_queries`` answered queries."""
+        return epsilon_of(self.event(n_queries), self.delta if delta is None else delta)
+
+
+# --------------------------------------------------------------------------- parties
+@dataclass
+class _Timings:
+    values: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.values[name] = self.values.get(name, 0.0) + seconds
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(lo, min(n, lo + size)) for lo in range(0, n, size)]
+
+
+class PrivateScoringServer:
+    """Holds the released item factors and scores encrypted user vectors.
+
+    Parameters
+    ----------
+    item_factors
+        Released item factors, shape (n_items, k) — what the model publishes.
+    params
+        The CKKS parameters the server accepts; a context with any other
+        parameters (or below 128-bit security, or holding a secret key) is refused.
+    noise
+        Optional :class:`ScoreNoise`; rows are then clipped to its ``item_clip_norm``.
+    backend
+        The :class:`HEBackend` (TenSEAL by default).
+    rng
+        Noise source; a ChaCha20 CSPRNG by default. Pass a seeded one only in tests.
+    max_sessions
+        How many client contexts to keep (least recently used are dropped).
+    """
+
+    def __init__(
+        self,
+        item_factors: npt.ArrayLike,
+        *,
+        params: CKKSParams | None = None,
+        noise: ScoreNoise | None = None,
+        backend: HEBackend | None = None,
+        rng: np.random.Generator | None = None,
+        max_sessions: int = 8,
+    ) -> None:
+        y = np.asarray(item_factors, dtype=np.float64)
+        if y.ndim != 2 or y.shape[0] == 0 or y.shape[1] == 0:
+            raise DataError("item factors must be a non-empty (n_items, k) matrix", found=y.shape)
+        if not np.isfinite(y).all():
+            raise DataError("item factors hold non-finite values", expected="finite numbers")
+        self.params = params or CKKSParams()
+        self.params.validate()
+        if y.shape[1] > self.params.slot_count:
+            raise ConfigError(
+                f"{y.shape[1]} factors exceed the {self.params.slot_count} slots of one ciphertext"
+            )
+        if noise is not None:
+            norms = np.linalg.norm(y, axis=1, keepdims=True)
+            y = y * np.minimum(1.0, noise.item_clip_norm / np.maximum(norms, 1e-300))
+        self.noise = noise
+        self.backend: HEBackend = backend or TenSEALBackend()
+        self._yt = np.ascontiguousarray(y.T)  # (k, n_items): one row per factor
+        self._rng = rng
+        self._sessions: OrderedDict[str, Any] = OrderedDict()
+        self._encoded: dict[Packing, list[list[Any]]] = {}
+        self.max_sessions = max_sessions
+        self.queries_answered = 0
+        self.last_timings: dict[str, float] = {}
+
+    @classmethod
+    def from_model(cls, model: Any, **kwargs: Any) -> PrivateScoringServer:
+        """A server for a fitted factor model's released ``item_factors_``."""
+        factors = getattr(model, "item_factors_", None)
+        if factors is None:
+            raise ConfigError(
+                f"{type(model).__name__} has no item_factors_: private scoring needs a factor model"
+            )
+        return cls(factors, **kwargs)
+
+    @property
+    def n_items(self) -> int:
+        return int(self._yt.shape[1])
+
+    @property
+    def n_factors(self) -> int:
+        return int(self._yt.shape[0])
+
+    def contexts(self) -> list[Any]:
+        """The client contexts held (all public: the server never holds a secret key)."""
+        return list(self._sessions.values())
+
+    def _context(self, request: ScoringRequest) -> Any:
+        if request.context is None:
+            ctx = self._sessions.get(request.context_id)
+            if ctx is None:
+                raise MessageRejected(
+                    f"unknown context {request.context_id[:12]}…: send the public context again"
+                )
+            self._sessions.move_to_end(request.context_id)
+            return ctx
+        if hashlib.sha256(request.context).hexdigest() != request.context_id:
+            raise MessageRejected("context bytes do not match the announced context id")
+        ctx = self.backend.load_context(request.context)
+        if self.backend.is_private(ctx):
+            del ctx
+            raise InsecureParametersError(
+                "the client sent a context holding its secret key: refused (the server must only "
+                "ever receive public keys); send context_bytes(ctx), not include_secret_key=True"
+            )
+        got = self.backend.context_params(ctx)
+        if got != self.params:
+            raise InsecureParametersError(
+                f"context parameters {got} differ from the parameters this server accepts "
+                f"{self.params}"
+            )
+        if request.packing is Packing.COMPACT and not self.backend.has_rotation_keys(ctx):
+            raise MessageRejected("the compact packing needs rotation (Galois) keys in the context")
+        self._sessions[request.context_id] = ctx
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return ctx
+
+    def _blocks(self, packing: Packing, ctx: Any) -> list[list[Any]]:
+        """The item matrix encoded once per packing, one list of plaintexts per chunk.
+
+        Encoding dominates a product's cost, and the item matrix is the same for
+        every query, so it is done once (memory: k plaintexts of ~130 KB per
+        chunk of ``slot_count`` items at degree 8192).
+        """
+        blocks = self._encoded.get(packing)
+        if blocks is not None:
+            return blocks
+        slots, k = self.params.slot_count, self.n_factors
+        blocks = []
+        for lo, hi in _chunks(self.n_items, slots):
+            if packing is Packing.REPLICATED:
+                rows = np.zeros((k, slots))
+                rows[:, : hi - lo] = self._yt[:, lo:hi]
+            else:
+                period = _period(k)
+                padded = np.zeros((period, hi - lo))
+                padded[:k] = self._yt[:, lo:hi]
+                # generalised diagonals: slot j of diagonal i multiplies u[(j + i) mod period]
+                j = np.arange(hi - lo)
+                rows = np.zeros((period, slots))
+                rows[:, : hi - lo] = padded[(j[None, :] + np.arange(period)[:, None]) % period, j]
+            blocks.append([self.backend.encode(ctx, r) for r in rows])
+        self._encoded[packing] = blocks
+        return blocks
+
+    def prepare(self, packing: Packing | str = DEFAULT_PACKING) -> float:
+        """Encode the item matrix for ``packing`` ahead of the first query; returns seconds."""
+        t0 = time.perf_counter()
+        ctx = self.backend.keygen(self.params, rotations=False)  # a throwaway encoding context
+        self._blocks(Packing(packing), ctx)
+        del ctx
+        return time.perf_counter() - t0
+
+    def score(self, request: ScoringRequest | bytes) -> ScoringResponse:
+        """Encrypted scores of every item for the encrypted user vector in ``request``."""
+        t = _Timings()
+        t0 = time.perf_counter()
+        req = ScoringRequest.from_bytes(request) if isinstance(request, bytes) else request
+        if req.n_factors != self.n_factors:
+            raise MessageRejected(
+                f"request has {req.n_factors} factors, the item matrix has {self.n_factors}"
+            )
+        ctx = self._context(req)
+        expected = self.n_factors if req.packing is Packing.REPLICATED else 1
+        if len(req.ciphertexts) != expected:
+            raise MessageRejected(
+                f"{req.packing.value} packing expects {expected} ciphertexts, "
+                f"found {len(req.ciphertexts)}"
+            )
+        cts = [self.backend.deserialize(ctx, c) for c in req.ciphertexts]
+        t.add("load", time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        blocks = self._blocks(req.packing, ctx)
+        t.add("encode", time.perf_counter() - t1)
+        t1 = time.perf_counter()
+        if req.packing is Packing.COMPACT:  # rotations once per query, shared by all chunks
+            cts = self.backend.rotations(ctx, cts[0], _period(self.n_factors))
+        sigma = self.noise.sigma if self.noise is not None else 0.0
+        if sigma > 0 and self._rng is None:
+            self._rng = secure_generator()
+        encrypted = []
+        for plains in blocks:
+            enc = self.backend.weighted_sum(ctx, cts, plains)
+            if sigma > 0:
+                assert self._rng is not None
+                noise = self._rng.normal(0.0, sigma, size=self.params.slot_count)
+                enc = self.backend.add_plain(ctx, enc, noise)
+            encrypted.append(enc)
+        t.add("compute", time.perf_counter() - t1)
+        t2 = time.perf_counter()
+        out = tuple(self.backend.serialize(e) for e in encrypted)
+        t.add("serialize", time.perf_counter() - t2)
+        self.queries_answered += 1
+        self.last_timings = t.values
+        return ScoringResponse(self.n_items, out, sigma)
+
+
+def _period(k: int) -> int:
+    """Smallest power of two ≥ k: the replication period of the compact packing."""
+    return 1 << max(0, (k - 1).bit_length())
+
+
+class PrivateScoringClient:
+    """Owns the secret key; encrypts its user vector and decrypts its scores.
+
+    Parameters
+    ----------
+    packing
+        :class:`Packing` (default :data:`DEFAULT_PACKING`).
+    params
+        CKKS parameters; must match the server's.
+    backend
+        The :class:`HEBackend` (TenSEAL by default).
+    user_clip_norm
+        Clip the user vector to this L2 norm before encrypting — the bound a
+        server's :class:`ScoreNoise` assumes (``None``: no clipping).
+    """
+
+    def __init__(
+        self,
+        *,
+        packing: Packing | str = DEFAULT_PACKING,
+        params: CKKSParams | None = None,
+        backend: HEBackend | None = None,
+        user_clip_norm: float | None = None,
+    ) -> None:
+        try:
+            self.packing = Packing(packing)
+        except ValueError:
+            raise ConfigError(
+                f"unknown packing {packing!r}; choose {[p.value for p in Packing]}"
+            ) from None
+        self.params = params or CKKSParams()
+        self.backend: HEBackend = backend or TenSEALBackend()
+        self.user_clip_norm = user_clip_norm
+        t0 = time.perf_counter()
+        self._context = self.backend.keygen(self.params, rotations=self.packing is Packing.COMPACT)
+        self.public_context = self.backend.context_bytes(self._context)
+        self.context_id = hashlib.sha256(self.public_context).hexdigest()
+        self._context_sent = False
+        self.keygen_seconds = time.perf_counter() - t0
+        self.last_timings: dict[str, float] = {}
+
+    @staticmethod
+    def fold_in(model: Any, user_items: Any) -> npt.NDArray[np.float64]:
+        """The user's factors from their own history and the released item factors.
+
+        Runs on the client: the history never leaves it.
+        """
+        u = np.asarray(model.fold_in(user_items), dtype=np.float64)
+        return u.reshape(-1) if u.ndim == 2 and u.shape[0] == 1 else u
+
+    def encrypt_query(
+        self, user_vector: npt.ArrayLike, *, resend_context: bool = False
+    ) -> ScoringRequest:
+        """Encrypt ``user_vector``; the public context is attached on the first query only."""
+        t0 = time.perf_counter()
+        u = np.asarray(user_vector, dtype=np.float64).reshape(-1)
+        if u.size == 0 or not np.isfinite(u).all():
+            raise DataError("the user vector must be non-empty and finite", found=u.shape)
+        if self.user_clip_norm is not None:
+            norm = float(np.linalg.norm(u))
+            if norm > self.user_clip_norm:
+                u = u * (self.user_clip_norm / norm)
+        slots = self.params.slot_count
+        if u.size > slots:
+            raise ConfigError(f"{u.size} factors exceed the {slots} slots of one ciphertext")
+        if self.packing is Packing.REPLICATED:
+            cts = [self.backend.encrypt(self._context, np.full(slots, x)) for x in u]
+        else:  # u zero-padded to a power-of-two period and repeated across all slots
+            period = _period(u.size)
+            padded = np.zeros(period)
+            padded[: u.size] = u
+            cts = [self.backend.encrypt(self._context, np.tile(padded, slots // period))]
+        blobs = tuple(self.backend.serialize(c) for c in cts)
+        send = resend_context or not self._context_sent
+        self._context_sent = True
+        self.last_timings = {"encrypt": time.perf_counter() - t0}
+        return ScoringRequest(
+            self.packing,
+            int(u.size),
+            self.context_id,
+            blobs,
+            self.public_context if send else None,
+        )
+
+    def decrypt_scores(self, response: ScoringResponse | bytes) -> npt.NDArray[np.float64]:
+        """All items' scores, in the server's item order."""
+        t0 = time.perf_counter()
+        resp = ScoringResponse.from_bytes(response) if isinstance(response, bytes) else response
+        parts = [
+            self.backend.decrypt(self._context, self.backend.deserialize(self._context, c))
+            for c in resp.ciphertexts
+        ]
+        slots = self.params.slot_count
+        scores = np.concatenate([p[:slots] for p in parts]) if parts else np.empty(0)
+        if scores.size < resp.n_items:
+            raise MessageRejected(
+                f"response holds {scores.size} scores for a catalogue of {resp.n_items} items"
+            )
+        self.last_timings["decrypt"] = time.perf_counter() - t0
+        return scores[: resp.n_items]
+
+    def recommend(
+        self,
+        response: ScoringResponse | bytes,
+        k: int = 10,
+        seen: npt.ArrayLike | None = None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top-``k`` ``(item_indices, scores)``, best first, leaving out ``seen`` items.
+
+        Like :meth:`~privrec.models.base.Recommender.recommend`: when fewer than
+        ``k`` items remain the tail is padded with item ``-1`` and score ``-inf``.
+        """
+        scores = self.decrypt_scores(response).astype(np.float32)
+        if seen is not None:
+            idx = np.asarray(seen, dtype=np.int64).reshape(-1)
+            scores[idx] = -np.inf
+        kk = int(min(max(k, 0), scores.size))
+        items, top = top_k(scores[None, :], kk)
+        return items[0], top[0]
+
+    @property
+    def context(self) -> Any:
+        """The secret context (never sent anywhere)."""
+        return self._context
+
+
+def private_recommend(
+    model: Any,
+    user_items: Any,
+    k: int = 10,
+    *,
+    server: PrivateScoringServer | None = None,
+    client: PrivateScoringClient | None = None,
+    packing: Packing | str = DEFAULT_PACKING,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Client and server in one process: fold in, encrypt, score, decrypt, top-k.
+
+    ``user_items`` is the user's history as a 1-D row over the model's items;
+    seen items are left out. Items a private model did not release (DPALS
+    tail items) are left out too, as its own ``recommend`` does.
+
+    >>> import numpy as np, scipy.sparse as sp
+    >>> from privrec.models.als import ImplicitALS
+    >>> rng = np.random.default_rng(0)
+    >>> x = sp.random(40, 30, density=0.2, random_state=0, format="csr")
+    >>> model = ImplicitALS(factors=4, iterations=3).fit(x)
+    >>> hist = x[0].toarray()[0]
+    >>> items, scores = private_recommend(model, hist, k=5)
+    >>> (items == model.recommend_history(hist, k=5)[0]).all()
+    np.True_
+    """
+    client = client or PrivateScoringClient(packing=packing)
+    server = server or PrivateScoringServer.from_model(model, params=client.params)
+    u = client.fold_in(model, np.asarray(user_items).reshape(1, -1))
+    response = server.score(client.encrypt_query(u))
+    hist = np.asarray(user_items).reshape(-1)
+    seen = np.flatnonzero(hist)
+    head = getattr(model, "head_items_", None)
+    if head is not None:
+        unreleased = np.setdiff1d(np.arange(server.n_items), np.asarray(head))
+        seen = np.union1d(seen, unreleased)
+    return client.recommend(response, k, seen)

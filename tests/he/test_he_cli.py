@@ -1,0 +1,72 @@
+"""``privrec he score``: a trained model scored privately end to end from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("tenseal")
+
+from privrec.cli.main import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    lines = []
+    for u in range(1, 41):
+        for t, i in enumerate(rng.choice(np.arange(1, 61), size=10, replace=False)):
+            lines.append(f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + t}")
+    data = tmp_path / "u.data"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "als.npz"
+    res = runner.invoke(
+        app,
+        ["train", "--data", str(data), "--model", "als", "-o", str(out), "-p", "factors=8"],
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.parametrize("packing", ["replicated", "compact"])
+def test_he_score_prints_top_k_bytes_and_timings(model_file: Path, packing: str) -> None:
+    res = runner.invoke(
+        app, ["he", "score", str(model_file), "--user", "3", "-k", "5", "--packing", packing]
+    )
+    assert res.exit_code == 0, res.output
+    assert "private top-5 for user 3" in res.output
+    assert "bytes up" in res.output and "bytes down" in res.output
+    assert "server" in res.output and "decrypt" in res.output
+    assert "218" in res.output  # the 128-bit bound is printed next to the modulus size
+
+
+def test_he_score_matches_plaintext_fold_in(model_file: Path) -> None:
+    """Same list as the plaintext model scoring the user folded in from the same history."""
+    from privrec.models import load_model
+
+    model = load_model(model_file)
+    idx = model.user_index([7])
+    ref, _ = model.recommend_history(model.user_items_[idx], k=5)
+    private = runner.invoke(app, ["he", "score", str(model_file), "--user", "7", "-k", "5"])
+    assert private.exit_code == 0, private.output
+    rows = [line.split("│") for line in private.output.splitlines() if line.count("│") >= 3]
+    shown = [r[2].strip() for r in rows if r[2].strip().isdigit()]
+    assert shown == [str(i) for i in model.item_ids_[ref[0]]]
+
+
+def test_he_score_with_noise_and_errors(model_file: Path) -> None:
+    res = runner.invoke(
+        app,
+        ["he", "score", str(model_file), "--user", "3", "--noise-epsilon", "1.0"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "score noise" in res.output
+    bad = runner.invoke(app, ["he", "score", str(model_file), "--user", "999"])
+    assert bad.exit_code == 1
+    wrong = runner.invoke(app, ["he", "score", str(model_file), "--user", "3", "--packing", "x"])
+    assert wrong.exit_code == 1 and "packing" in wrong.output

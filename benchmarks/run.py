@@ -12,7 +12,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_als.py", "bench_distributed_dp.py", "bench_secagg.py", "bench_he.py"]
+BENCHMARKS = [
+    "bench_als.py",
+    "bench_distributed_dp.py",
+    "bench_secagg.py",
+    "bench_he.py",
+    "bench_silo.py",
+    "privacy_utility.py",
+]
 
 
 def main() -> int:

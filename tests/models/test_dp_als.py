@@ -15,10 +15,18 @@ from hypothesis import strategies as st
 from privrec.errors import ConfigError
 from privrec.models import load_model
 from privrec.models.als_kernels import gramian, item_statistics
-from privrec.models.dp_als import DPALS, DPALSSensitivity, dpals_event
+from privrec.models.dp_als import (
+    DPALS,
+    DPALSSensitivity,
+    dpals_event,
+    resolve_iterations,
+    resolve_regularization,
+    select_head,
+)
 from privrec.privacy.accounting import epsilon_of
 from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
 from privrec.privacy.events import total_event
+from privrec.privacy.postprocessing import project_psd, psd_solve
 from privrec.privacy.randomness import seeded_generator
 from privrec.privacy.units import PrivacyUnit
 
@@ -149,3 +157,59 @@ def test_released_file_has_no_user_data_and_folds_in(tmp_path: Path) -> None:
 def test_invalid_method() -> None:
     with pytest.raises(ConfigError, match="method"):
         DPALS(epsilon=1.0, delta=1e-6, unit="user", method="fancy").config()  # type: ignore[arg-type]
+
+
+def test_item_statistics_blas_path_matches_definition() -> None:
+    """The gathered-GEMM item statistics equal Σ w x xᵀ and Σ (α0 + w) x, threaded or not."""
+    rng = np.random.default_rng(3)
+    m = sp.random(300, 40, density=0.15, format="csr", random_state=4)
+    f = rng.standard_normal((300, 6))
+    w = rng.random(m.nnz)
+    dense_w = sp.csr_matrix((w, m.indices, m.indptr), shape=m.shape).toarray()
+    seen = dense_w != 0
+    lhs_ref = np.einsum("uj,ua,ub->jab", dense_w, f, f)
+    rhs_ref = np.einsum("uj,ua->ja", (0.2 + dense_w) * seen, f)
+    for threads in (1, 2):
+        lhs, rhs = item_statistics(m, f, w, alpha0=0.2, num_threads=threads)
+        np.testing.assert_allclose(lhs, lhs_ref, atol=1e-10)
+        np.testing.assert_allclose(rhs, rhs_ref, atol=1e-10)
+    lhs32, _ = item_statistics(m, f.astype(np.float32), w, alpha0=0.2)
+    assert lhs32.dtype == np.float32
+    np.testing.assert_allclose(lhs32, lhs_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("project", ["always", "if_indefinite"])
+def test_psd_solve_matches_explicit_projection(project: str) -> None:
+    rng = np.random.default_rng(5)
+    k, n = 5, 30
+    base = np.eye(k) * 0.5
+    noise = rng.standard_normal((n, k, k)) * 2.0
+    stack = (noise + np.swapaxes(noise, 1, 2)) / 2
+    rhs = rng.standard_normal((n, k))
+    reg = rng.uniform(1.0, 3.0, n)
+    y, projected = psd_solve(base, stack, rhs, reg, project)  # type: ignore[arg-type]
+    for j in range(n):
+        a = base + stack[j]
+        if project == "always" or projected[j]:
+            a = project_psd(a)
+        assert projected[j] == (
+            np.linalg.eigvalsh(
+                base + stack[j] + (reg[j] if project == "if_indefinite" else 0) * np.eye(k)
+            )[0]
+            <= 0
+        )
+        np.testing.assert_allclose(y[j], np.linalg.solve(a + reg[j] * np.eye(k), rhs[j]), atol=1e-8)
+
+
+def test_automatic_head_and_regularisation() -> None:
+    counts = np.array([50.0, 5.0, 30.0, 1.0, 40.0])
+    assert select_head(counts, None, 35.0, 1).tolist() == [0, 4]
+    assert select_head(counts, None, 35.0, 3).tolist() == [0, 2, 4]
+    assert select_head(counts, 0.2, 1e9, 3).tolist() == [0]
+    assert resolve_regularization(None, 10.0, 0.5) == pytest.approx(1000.0)
+    assert resolve_regularization(7.0, 10.0, 0.5) == 7.0
+    assert resolve_iterations(None, 1.0) == 2 and resolve_iterations(None, 5.0) == 3
+    data, _ = checkerboard(n_users=60, n_items=20)
+    m = DPALS(epsilon=1.0, delta=1e-4, unit="user", factors=4, head_min=7, seed=1).fit(data)
+    assert len(m.head_items_) >= 7 and m.iterations_ == 2
+    assert m.regularization_ == pytest.approx(max(1.0, 400 * m.noise_scale_ * 0.3**2))

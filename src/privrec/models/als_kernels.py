@@ -363,28 +363,76 @@ def regularization_weights(
     return np.asarray(regularization * (c + alpha0 * n_other) ** reg_exponent)
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _item_stats_kernel(
+@njit(fastmath=True, cache=True, nogil=True)
+def _gather_item_block(
     indptr: npt.NDArray[np.int64],
     indices: npt.NDArray[np.int32],
     weights: npt.NDArray[np.floating],
     factors: npt.NDArray[np.floating],
     alpha0: float,
+    lo: int,
+    hi: int,
+    x: npt.NDArray[np.floating],
+    wx: npt.NDArray[np.floating],
+    rhs: npt.NDArray[np.floating],
+) -> None:
+    """Gather the factors of items ``lo..hi-1``'s users (item-major) into ``x`` and ``w·x``.
+
+    Row ``t`` of ``x`` is the factor of the ``t``-th stored entry of the block;
+    ``rhs[i] = Σ (alpha0 + w) x`` is accumulated on the way. Releases the GIL
+    so that two Python threads can gather and multiply concurrently.
+    """
+    k = factors.shape[1]
+    base = indptr[lo]
+    for i in range(lo, hi):
+        for a in range(k):
+            rhs[i, a] = 0.0
+        for e in range(indptr[i], indptr[i + 1]):
+            t = e - base
+            u = indices[e]
+            w = weights[e]
+            c = alpha0 + w
+            for a in range(k):
+                v = factors[u, a]
+                x[t, a] = v
+                wx[t, a] = w * v
+                rhs[i, a] += c * v
+
+
+# Stored entries gathered per block by each worker of item_statistics (bounded scratch memory).
+_STATS_BLOCK = 1 << 16
+
+
+def _item_stats_range(
+    indptr: npt.NDArray[np.int64],
+    indices: npt.NDArray[np.int32],
+    weights: npt.NDArray[np.floating],
+    factors: npt.NDArray[np.floating],
+    alpha0: float,
+    lo: int,
+    hi: int,
     lhs: npt.NDArray[np.floating],
     rhs: npt.NDArray[np.floating],
 ) -> None:
-    n_rows, k = rhs.shape
-    for row in prange(n_rows):
-        for j in range(indptr[row], indptr[row + 1]):
-            i = indices[j]
-            w = weights[j]
-            c = alpha0 + w
-            for a in range(k):
-                fa = factors[i, a]
-                rhs[row, a] += c * fa
-                wa = w * fa
-                for b in range(k):
-                    lhs[row, a, b] += wa * factors[i, b]
+    k = factors.shape[1]
+    x = np.empty((_STATS_BLOCK, k), dtype=factors.dtype)
+    wx = np.empty_like(x)
+    j = lo
+    while j < hi:
+        start = int(indptr[j])
+        # as many whole items as fit in the block (at least one, which may be longer)
+        j2 = int(np.searchsorted(indptr, start + _STATS_BLOCK, side="right")) - 1
+        j2 = min(max(j2, j + 1), hi)
+        n = int(indptr[j2]) - start
+        if n > x.shape[0]:
+            x = np.empty((n, k), dtype=factors.dtype)
+            wx = np.empty_like(x)
+        _gather_item_block(indptr, indices, weights, factors, alpha0, j, j2, x, wx, rhs)
+        for i in range(j, j2):
+            a, b = int(indptr[i]) - start, int(indptr[i + 1]) - start
+            if b > a:
+                np.matmul(wx[a:b].T, x[a:b], out=lhs[i])  # one GEMM per item (BLAS)
+        j = j2
 
 
 def item_statistics(
@@ -393,6 +441,7 @@ def item_statistics(
     weights: npt.ArrayLike,
     *,
     alpha0: float,
+    num_threads: int | None = None,
 ) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.floating]]:
     """Per-item sufficient statistics of the item half-step, as plain arrays.
 
@@ -407,6 +456,8 @@ def item_statistics(
         model, ``alpha * value``).
     alpha0
         Unobserved weight (keyword-only: it changes ``rhs``).
+    num_threads
+        Worker threads (default: numba's thread count).
 
     Returns
     -------
@@ -421,7 +472,17 @@ def item_statistics(
     item step needs (:func:`solve_from_statistics`). A user's contribution to
     them is bounded by its factors' norm and its weights, which is what a
     Gaussian mechanism calibrates to. Memory is ``n_items × k²`` floats.
+
+    Implementation: the entries are grouped by item; worker threads gather
+    blocks of an item's user factors (and the weighted copies) with a
+    GIL-free numba kernel and form each ``lhs_j = (w·X_j)ᵀ X_j`` with one
+    single-threaded BLAS GEMM — the ``nnz·k²`` flops run at BLAS speed rather
+    than as scalar rank-1 updates. Computed in the dtype of ``user_factors``
+    (float32 halves memory traffic and doubles the GEMM rate).
     """
+    import numba
+    from threadpoolctl import threadpool_limits
+
     m = sp.csr_matrix(user_items)
     w = np.asarray(weights, dtype=user_factors.dtype).ravel()
     if w.shape[0] != m.nnz:
@@ -432,15 +493,30 @@ def item_statistics(
     n_items, k = m.shape[1], f.shape[1]
     lhs = np.zeros((n_items, k, k), dtype=f.dtype)
     rhs = np.zeros((n_items, k), dtype=f.dtype)
-    _item_stats_kernel(
-        by_item.indptr.astype(np.int64),
-        by_item.indices.astype(np.int32),
-        np.asarray(by_item.data, dtype=f.dtype),
-        f,
-        float(alpha0),
-        lhs,
-        rhs,
-    )
+    indptr = by_item.indptr.astype(np.int64)
+    indices = by_item.indices.astype(np.int32)
+    data = np.asarray(by_item.data, dtype=f.dtype)
+    threads = max(1, num_threads or numba.get_num_threads())
+    # split the items into contiguous ranges of about equal numbers of entries
+    cuts = np.searchsorted(indptr, np.linspace(0, m.nnz, 4 * threads + 1)[1:-1], side="left")
+    bounds = np.unique(np.concatenate([[0], cuts, [n_items]])).astype(np.int64)
+    ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
+    with threadpool_limits(1, "blas"):
+        if threads == 1 or len(ranges) == 1:
+            for lo, hi in ranges:
+                _item_stats_range(indptr, indices, data, f, float(alpha0), lo, hi, lhs, rhs)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                futures = [
+                    pool.submit(
+                        _item_stats_range, indptr, indices, data, f, float(alpha0), lo, hi, lhs, rhs
+                    )
+                    for lo, hi in ranges
+                ]
+                for fut in futures:
+                    fut.result()
     return lhs, rhs
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "MessageRejected",
     "MissingUserDataError",
     "NotFittedError",
+    "PeerUnavailable",
     "PrivacyWarning",
     "PrivrecError",
     "ProtocolAbort",
@@ -182,4 +183,12 @@ class InsecureParametersError(ConfigError):
     Raised for homomorphic-encryption parameters that miss 128-bit security
     (too many modulus bits for the ring degree) and for a context that carries
     a secret key where only public material may go (e.g. sent to a server).
+    """
+
+
+class PeerUnavailable(ProtocolError):  # noqa: N818
+    """A network peer did not answer in time, closed its connection or could not be reached.
+
+    Raised by the authenticated channel of :mod:`privrec.secure.channel`; the cross-silo
+    protocol turns it into a :class:`ProtocolAbort` naming the phase it happened in.
     """

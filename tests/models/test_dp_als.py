@@ -213,3 +213,12 @@ def test_automatic_head_and_regularisation() -> None:
     m = DPALS(epsilon=1.0, delta=1e-4, unit="user", factors=4, head_min=7, seed=1).fit(data)
     assert len(m.head_items_) >= 7 and m.iterations_ == 2
     assert m.regularization_ == pytest.approx(max(1.0, 400 * m.noise_scale_ * 0.3**2))
+
+
+def test_cold_start_falls_back_to_private_popularity() -> None:
+    data, _ = checkerboard(n_users=60, n_items=20)
+    m = DPALS(epsilon=2.0, delta=1e-4, unit="user", factors=4, seed=1).fit(data)
+    items, _ = m.recommend(0, k=5)  # user 0 has no interactions
+    head = m.head_items_
+    expected = head[np.argsort(-m.noisy_counts_[head], kind="stable")][:5]
+    np.testing.assert_array_equal(np.sort(items), np.sort(expected))

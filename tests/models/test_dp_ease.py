@@ -83,3 +83,11 @@ def test_rdp_accountant_split() -> None:
     ).fit(data)
     eps = epsilon_of(total_event(m.guarantee_.spent_events), 1e-4, "rdp", PrivacyUnit.INTERACTION)
     assert 0.99 * 2.0 <= eps <= 2.0
+
+
+def test_cold_start_uses_gram_diagonal() -> None:
+    data, _ = checkerboard(n_users=60, n_items=20)
+    m = DPEASE(epsilon=2.0, delta=1e-4, unit="user", seed=1).fit(data)
+    items, _ = m.recommend(0, k=5)  # user 0 has no interactions
+    expected = np.argsort(-m.item_popularity_, kind="stable")[:5]
+    np.testing.assert_array_equal(np.sort(items), np.sort(m.head_items_[expected]))

@@ -410,6 +410,11 @@ class DPALS(PrivateRecommender):
     def _scores_from_factors(self, u: np.ndarray) -> np.ndarray:
         out = np.full((u.shape[0], self.item_factors_.shape[0]), -np.inf, dtype=np.float32)
         out[:, self.head_items_] = u @ self.item_factors_[self.head_items_].T
+        # Cold start: a user with no history (all-zero factors) gets the private popularity
+        # ranking of the head items from the released noisy counts (post-processing).
+        cold = ~np.any(u != 0, axis=1)
+        if cold.any():
+            out[np.ix_(cold, self.head_items_)] = self.noisy_counts_[self.head_items_]
         return out
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:

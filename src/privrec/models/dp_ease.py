@@ -100,6 +100,7 @@ class DPEASE(PrivateRecommender):
 
     weights_: np.ndarray
     head_items_: np.ndarray
+    item_popularity_: np.ndarray
     noise_multiplier_: float
 
     def __init__(
@@ -163,6 +164,9 @@ class DPEASE(PrivateRecommender):
         noisy_gram = symmetric_gaussian(gram, z_gram, sens_g, rng)
         self._spend("noisy item Gram matrix", gaussian_event(z_gram))
         self.weights_ = ease_from_gram(noisy_gram, config.regularization)
+        # the diagonal of the released Gram matrix is a (bounded, noisy) item count: the
+        # cold-start ranking for users without history, at no extra privacy cost
+        self.item_popularity_ = np.diag(noisy_gram).astype(np.float32)
         self.head_items_ = head.astype(np.int64)
         self.noise_multiplier_ = float(z_gram)
         self._finish(
@@ -185,6 +189,9 @@ class DPEASE(PrivateRecommender):
         out = np.full((user_items.shape[0], n_items), -np.inf, dtype=np.float32)
         sub = sp.csr_matrix(user_items[:, self.head_items_])
         out[:, self.head_items_] = np.asarray(sub @ self.weights_, dtype=np.float32)
+        cold = np.diff(sub.indptr) == 0
+        if cold.any():
+            out[np.ix_(cold, self.head_items_)] = self.item_popularity_
         return out
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
@@ -194,10 +201,12 @@ class DPEASE(PrivateRecommender):
         return {
             "weights": self.weights_,
             "head_items": self.head_items_,
+            "item_popularity": self.item_popularity_,
             "noise_multiplier": np.asarray(self.noise_multiplier_),
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.weights_ = arrays["weights"]
         self.head_items_ = arrays["head_items"]
+        self.item_popularity_ = arrays["item_popularity"]
         self.noise_multiplier_ = float(arrays["noise_multiplier"])

@@ -1,0 +1,414 @@
+"""A minimal authenticated, encrypted channel over TCP for the cross-silo protocol.
+
+Why not TLS: every party already has a static X25519 key pair created at set-up and a roster
+(``roster.json``) with everybody's public key, so a certificate authority adds nothing; a
+small Noise-like handshake over the ``cryptography`` primitives SecAgg already uses is enough
+and keeps the protocol binding (session, step, sender, receiver, message type) explicit.
+
+Handshake (initiator ``I`` connects to responder ``R``)
+    ``I → R``: magic, ``I``'s name, ``R``'s name, a fresh ephemeral X25519 public key ``E_I``.
+    ``R → I``: magic, ``R``'s name, a fresh ephemeral key ``E_R``. Both compute
+    ``HKDF-SHA256(DH(s_I, S_R) ‖ DH(e_I, E_R))`` with the SHA-256 of the transcript as salt:
+    the static–static term authenticates (only holders of the roster keys can compute it, so
+    a man in the middle cannot), the ephemeral–ephemeral term makes every connection's keys
+    fresh (frames of an old session are useless in a new one). 64 bytes come out: one
+    AES-256-GCM key per direction. Each side then sends an encrypted confirmation frame; a
+    wrong key shows up there as :class:`~privrec.errors.MessageRejected`.
+
+Frames
+    ``u32 length ‖ u64 step ‖ u8 type ‖ AES-GCM ciphertext``. The nonce is a per-direction
+    counter (never sent: the receiver knows which frame it expects), and the associated data
+    binds the session id (transcript hash), step, sender, receiver, type and counter. A
+    tampered byte, a replayed or reordered frame, or a frame re-addressed to another party
+    fails authentication and raises :class:`~privrec.errors.MessageRejected`. Every read has
+    a timeout; silence, a closed socket or a refused connection raise
+    :class:`~privrec.errors.PeerUnavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from privrec.errors import ConfigError, MessageRejected, PeerUnavailable
+
+__all__ = [
+    "MAX_FRAME",
+    "Channel",
+    "Identity",
+    "Listener",
+    "PartyInfo",
+    "Roster",
+    "connect",
+    "generate_keys",
+]
+
+MAGIC = b"PRSC1"
+#: Largest accepted frame (bytes): bigger lengths are rejected before any allocation.
+MAX_FRAME = 1 << 31
+_HEAD = struct.Struct("<IQB")  # length of the rest, step, type
+_CONFIRM = 255
+_INFO = b"privrec/silo-channel/v1"
+
+
+def _raw(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+@dataclass(frozen=True)
+class PartyInfo:
+    """One roster entry: role, static public key and (for listening roles) the address."""
+
+    name: str
+    role: str
+    public_key: bytes
+    host: str = "127.0.0.1"
+    port: int = 0
+
+
+@dataclass(frozen=True)
+class Roster:
+    """Every party's public information, agreed at set-up (``roster.json``)."""
+
+    parties: dict[str, PartyInfo]
+
+    def names(self, role: str) -> list[str]:
+        """Names of the parties with ``role``, sorted (the protocol's fixed order)."""
+        return sorted(n for n, p in self.parties.items() if p.role == role)
+
+    def __getitem__(self, name: str) -> PartyInfo:
+        try:
+            return self.parties[name]
+        except KeyError:
+            raise MessageRejected(f"party {name!r} is not in the roster") from None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                n: {
+                    "role": p.role,
+                    "public_key": p.public_key.hex(),
+                    "host": p.host,
+                    "port": p.port,
+                }
+                for n, p in sorted(self.parties.items())
+            },
+            indent=2,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Roster:
+        raw = json.loads(Path(path).read_text())
+        parties = {}
+        for name, d in raw.items():
+            key = bytes.fromhex(d["public_key"])
+            if len(key) != 32:
+                raise ConfigError(f"roster: public key of {name!r} is not 32 bytes")
+            parties[name] = PartyInfo(name, d["role"], key, d.get("host", "127.0.0.1"), d["port"])
+        return cls(parties)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A party's name and static private key (``<name>.key``, readable by its owner only)."""
+
+    name: str
+    key: X25519PrivateKey
+
+    @property
+    def public_key(self) -> bytes:
+        return _raw(self.key)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Identity:
+        d = json.loads(Path(path).read_text())
+        return cls(d["name"], X25519PrivateKey.from_private_bytes(bytes.fromhex(d["private_key"])))
+
+
+def generate_keys(
+    directory: str | Path, parties: dict[str, tuple[str, str, int]]
+) -> tuple[Roster, dict[str, Identity]]:
+    """Create static keys for ``parties`` (name → (role, host, port)) and write the set-up files.
+
+    Writes ``roster.json`` (public: give it to every party) and one ``<name>.key`` per party
+    (secret: give it to that party only; created with mode 0600).
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    ids: dict[str, Identity] = {}
+    infos: dict[str, PartyInfo] = {}
+    for name, (role, host, port) in parties.items():
+        ident = Identity(name, X25519PrivateKey.generate())
+        ids[name] = ident
+        infos[name] = PartyInfo(name, role, ident.public_key, host, port)
+        raw = ident.key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        path = out / f"{name}.key"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"name": name, "private_key": raw.hex()}, fh)
+    roster = Roster(infos)
+    (out / "roster.json").write_text(roster.to_json())
+    return roster, ids
+
+
+def _recv_exact(sock: socket.socket, n: int, peer: str) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except TimeoutError:
+            raise PeerUnavailable(f"no data from {peer!r} before the timeout") from None
+        except OSError as exc:
+            raise PeerUnavailable(f"connection to {peer!r} failed: {exc}") from None
+        if k == 0:
+            raise PeerUnavailable(f"{peer!r} closed the connection")
+        got += k
+    return bytes(buf)
+
+
+def _send_all(sock: socket.socket, data: bytes, peer: str) -> None:
+    try:
+        sock.sendall(data)
+    except OSError as exc:
+        raise PeerUnavailable(f"cannot send to {peer!r}: {exc}") from None
+
+
+def _name_bytes(name: str) -> bytes:
+    raw = name.encode()
+    if not 0 < len(raw) < 256:
+        raise ConfigError(f"party names are 1..255 bytes, got {name!r}")
+    return bytes([len(raw)]) + raw
+
+
+class Channel:
+    """One authenticated, encrypted, ordered connection between two roster parties.
+
+    Built by :func:`connect` (initiator) or :meth:`Listener.accept` (responder). ``timeout``
+    bounds every read in seconds.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        me: str,
+        peer: str,
+        send_key: bytes,
+        recv_key: bytes,
+        session: bytes,
+        timeout: float,
+    ) -> None:
+        self.sock = sock
+        self.me = me
+        self.peer = peer
+        self.session = session
+        self.timeout = timeout
+        self._send = AESGCM(send_key)
+        self._recv = AESGCM(recv_key)
+        self._send_ctr = 0
+        self._recv_ctr = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def _ad(self, step: int, kind: int, sender: str, receiver: str, ctr: int) -> bytes:
+        return b"".join(
+            [
+                _INFO,
+                self.session,
+                struct.pack("<QBQ", step, kind, ctr),
+                _name_bytes(sender),
+                _name_bytes(receiver),
+            ]
+        )
+
+    def seal(self, step: int, kind: int, payload: bytes) -> bytes:
+        """Encrypt one frame (advances the send counter); :meth:`send_raw` puts it on the wire."""
+        ctr = self._send_ctr
+        self._send_ctr += 1
+        nonce = bytes(4) + struct.pack("<Q", ctr)
+        body = self._send.encrypt(nonce, payload, self._ad(step, kind, self.me, self.peer, ctr))
+        return _HEAD.pack(8 + 1 + len(body), step, kind) + body
+
+    def send_raw(self, frame: bytes) -> None:
+        """Write an already sealed frame (tests use it to replay or tamper)."""
+        _send_all(self.sock, frame, self.peer)
+        self.bytes_sent += len(frame)
+
+    def send(self, step: int, kind: int, payload: bytes) -> None:
+        """Encrypt and send one message of type ``kind`` for protocol step ``step``."""
+        self.send_raw(self.seal(step, kind, payload))
+
+    def recv_any(self, timeout: float | None = None) -> tuple[int, int, bytes]:
+        """Next frame as ``(step, type, payload)``; raises on any authentication failure."""
+        self.sock.settimeout(self.timeout if timeout is None else timeout)
+        head = _recv_exact(self.sock, 4, self.peer)
+        (length,) = struct.unpack("<I", head)
+        if not 9 + 16 <= length <= MAX_FRAME:
+            raise MessageRejected(f"frame from {self.peer!r} has an invalid length {length}")
+        rest = _recv_exact(self.sock, length, self.peer)
+        self.bytes_received += 4 + length
+        step, kind = struct.unpack("<QB", rest[:9])
+        ctr = self._recv_ctr
+        nonce = bytes(4) + struct.pack("<Q", ctr)
+        try:
+            payload = self._recv.decrypt(
+                nonce, rest[9:], self._ad(step, kind, self.peer, self.me, ctr)
+            )
+        except InvalidTag:
+            raise MessageRejected(
+                f"frame from {self.peer!r} failed authentication "
+                "(tampered, replayed, reordered or misaddressed)"
+            ) from None
+        self._recv_ctr += 1
+        return int(step), int(kind), payload
+
+    def recv(self, step: int, kind: int, timeout: float | None = None) -> bytes:
+        """Next frame, which must be of type ``kind`` for ``step`` (else MessageRejected)."""
+        got_step, got_kind, payload = self.recv_any(timeout)
+        if (got_step, got_kind) != (step, kind):
+            raise MessageRejected(
+                f"expected message type {kind} for step {step} from {self.peer!r}, "
+                f"got type {got_kind} for step {got_step}"
+            )
+        return payload
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _hello(name: str, peer: str | None, eph: bytes) -> bytes:
+    return MAGIC + _name_bytes(name) + (_name_bytes(peer) if peer else b"") + eph
+
+
+def _read_name(sock: socket.socket, who: str) -> str:
+    n = _recv_exact(sock, 1, who)[0]
+    return _recv_exact(sock, n, who).decode(errors="replace")
+
+
+def _keys(
+    me: Identity, peer_static: bytes, eph: X25519PrivateKey, peer_eph: bytes, transcript: bytes
+) -> tuple[bytes, bytes, bytes]:
+    try:
+        ss = me.key.exchange(X25519PublicKey.from_public_bytes(peer_static))
+        ee = eph.exchange(X25519PublicKey.from_public_bytes(peer_eph))
+    except ValueError:
+        raise MessageRejected("handshake: invalid public key") from None
+    salt = hashlib.sha256(transcript).digest()
+    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=salt, info=_INFO).derive(ss + ee)
+    return okm[:32], okm[32:], salt[:16]
+
+
+def _confirm(ch: Channel) -> Channel:
+    ch.send(0, _CONFIRM, b"confirm")
+    try:
+        ch.recv(0, _CONFIRM)
+    except MessageRejected:
+        ch.close()
+        raise MessageRejected(
+            f"handshake with {ch.peer!r} failed: the peer does not hold the key of the roster "
+            "(wrong set-up files or a man in the middle)"
+        ) from None
+    return ch
+
+
+def connect(
+    me: Identity, roster: Roster, peer: str, *, timeout: float = 30.0, retry_for: float = 10.0
+) -> Channel:
+    """Open a channel to the listening party ``peer`` (retrying refused connections)."""
+    info = roster[peer]
+    deadline = time.monotonic() + retry_for
+    while True:
+        try:
+            sock = socket.create_connection((info.host, info.port), timeout=timeout)
+            break
+        except OSError as exc:
+            if time.monotonic() >= deadline:
+                raise PeerUnavailable(
+                    f"cannot reach {peer!r} at {info.host}:{info.port}: {exc}"
+                ) from None
+            time.sleep(0.05)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(timeout)
+    eph = X25519PrivateKey.generate()
+    hello = _hello(me.name, peer, _raw(eph))
+    _send_all(sock, hello, peer)
+    if _recv_exact(sock, len(MAGIC), peer) != MAGIC:
+        sock.close()
+        raise MessageRejected(f"{peer!r} did not answer with the channel protocol")
+    name = _read_name(sock, peer)
+    if name != peer:
+        sock.close()
+        raise MessageRejected(f"connected to {name!r} instead of {peer!r}")
+    peer_eph = _recv_exact(sock, 32, peer)
+    transcript = hello + MAGIC + _name_bytes(name) + peer_eph
+    k_out, k_in, session = _keys(me, info.public_key, eph, peer_eph, transcript)
+    return _confirm(Channel(sock, me.name, peer, k_out, k_in, session, timeout))
+
+
+class Listener:
+    """A listening socket for one party's address in the roster."""
+
+    def __init__(self, me: Identity, roster: Roster, *, timeout: float = 30.0) -> None:
+        self.me = me
+        self.roster = roster
+        self.timeout = timeout
+        info = roster[me.name]
+        self.sock = socket.create_server((info.host, info.port), reuse_port=False)
+        self.sock.listen(64)
+
+    def accept(self, timeout: float | None = None) -> Channel:
+        """Accept one party from the roster and run the responder side of the handshake."""
+        self.sock.settimeout(self.timeout if timeout is None else timeout)
+        try:
+            sock, _ = self.sock.accept()
+        except TimeoutError:
+            raise PeerUnavailable(f"{self.me.name}: no connection before the timeout") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.timeout)
+        try:
+            if _recv_exact(sock, len(MAGIC), "?") != MAGIC:
+                raise MessageRejected("not the channel protocol")
+            peer = _read_name(sock, "?")
+            target = _read_name(sock, peer)
+            if target != self.me.name:
+                raise MessageRejected(f"{peer!r} wanted {target!r}, not {self.me.name!r}")
+            info = self.roster[peer]
+            peer_eph = _recv_exact(sock, 32, peer)
+        except Exception:
+            sock.close()
+            raise
+        eph = X25519PrivateKey.generate()
+        hello = MAGIC + _name_bytes(peer) + _name_bytes(target) + peer_eph
+        reply = MAGIC + _name_bytes(self.me.name) + _raw(eph)
+        _send_all(sock, reply, peer)
+        k_in, k_out, session = _keys(self.me, info.public_key, eph, peer_eph, hello + reply)
+        return _confirm(Channel(sock, self.me.name, peer, k_out, k_in, session, self.timeout))
+
+    def close(self) -> None:
+        self.sock.close()

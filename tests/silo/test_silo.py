@@ -1,0 +1,253 @@
+"""Cross-silo DPALS: fixed point, shares, the secure path against central statistics, accounting,
+noise, faults and resume (servers and silos in threads over loopback TCP)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.stats
+
+from privrec.errors import InvalidInputError, ProtocolAbort
+from privrec.models.dp_als import select_head
+from privrec.privacy.contribution import adaptive_weights
+from privrec.privacy.distributed import ddg_rdp
+from privrec.privacy.postprocessing import project_psd, psd_solve
+from privrec.secure.silo import (
+    Segment,
+    SiloConfig,
+    binary,
+    decode_fixed,
+    encode_fixed,
+    fixed_sigma,
+    run_local,
+    silo_statistics,
+    split_shares,
+    unpack_statistics,
+)
+
+N_ITEMS = 60
+
+
+def _data(n_users: int = 240, seed: int = 0) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    pop = rng.zipf(1.6, N_ITEMS).astype(np.float64)
+    pop /= pop.sum()
+    rows, cols = [], []
+    for u in range(n_users):
+        items = rng.choice(N_ITEMS, size=rng.integers(3, 15), replace=False, p=pop)
+        rows += [u] * len(items)
+        cols += items.tolist()
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_users, N_ITEMS))
+
+
+def _split(x: sp.csr_matrix, k: int = 3) -> list[sp.csr_matrix]:
+    cuts = np.linspace(0, x.shape[0], k + 1).astype(int)
+    return [sp.csr_matrix(x[a:b]) for a, b in itertools.pairwise(cuts)]
+
+
+def _config(**kw: object) -> SiloConfig:
+    base: dict[str, object] = dict(
+        epsilon=4.0,
+        delta=1e-6,
+        n_items=N_ITEMS,
+        factors=4,
+        head_min=40,
+        seed=7,
+        count_sample=1000,
+        iterations=2,
+    )
+    base.update(kw)
+    return SiloConfig(**base)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ fixed point and shares
+def test_shares_sum_and_are_uniform() -> None:
+    v = encode_fixed(np.linspace(-5, 5, 50_000), 32, 3)
+    a, b = split_shares(v)
+    assert np.array_equal(a + b, v)
+    # the top byte of either share is uniform on 256 values, whatever v is
+    for share in (a, b):
+        top = (share >> np.uint64(56)).astype(np.int64)
+        _, p = scipy.stats.chisquare(np.bincount(top, minlength=256))
+        assert p > 1e-4
+    a2, _ = split_shares(v)
+    assert not np.array_equal(a, a2)  # fresh randomness every time
+
+
+@pytest.mark.parametrize("frac_bits", [16, 32, 40])
+def test_fixed_point_round_trip_and_bounds(frac_bits: int) -> None:
+    rng = np.random.default_rng(1)
+    parts = [rng.normal(scale=100, size=1000) for _ in range(3)]
+    total = sum(encode_fixed(p, frac_bits, 3) for p in parts)
+    err = np.abs(decode_fixed(total, frac_bits) - sum(parts))
+    assert err.max() <= 3 * 2.0 ** -(frac_bits + 1) * (1 + 1e-9) + 1e-12 * 300
+    limit = 2.0**62 / 3 / 2.0**frac_bits
+    encode_fixed(np.array([0.99 * limit]), frac_bits, 3)
+    with pytest.raises(InvalidInputError):
+        encode_fixed(np.array([1.01 * limit]), frac_bits, 3)
+    with pytest.raises(InvalidInputError):
+        encode_fixed(np.array([np.nan]), frac_bits, 3)
+
+
+def test_secure_sum_of_silo_statistics_equals_central() -> None:
+    x = _data()
+    silos = _split(x)
+    rng = np.random.default_rng(2)
+    y = rng.normal(scale=0.3, size=(N_ITEMS, 4))
+    counts = np.asarray(x.sum(axis=0)).ravel()
+
+    def stats(m: sp.csr_matrix) -> np.ndarray:
+        xh = binary(m)
+        w = adaptive_weights(xh, np.maximum(counts, 1.0), 0.5, 50.0)
+        return silo_statistics(xh, w, y, alpha0=2.0, user_regularization=0.1, clip_norm=0.3)
+
+    central = stats(x)
+    shares = [split_shares(encode_fixed(stats(m), 32, 3)) for m in silos]
+    s0 = sum(a for a, _ in shares)
+    s1 = sum(b for _, b in shares)
+    decoded = decode_fixed(s0 + s1, 32)
+    assert np.max(np.abs(decoded - central)) <= 3 * 2.0**-33 + 1e-12
+    g, lhs, _ = unpack_statistics(decoded, N_ITEMS, 4)
+    assert np.allclose(g, g.T) and np.allclose(lhs, np.transpose(lhs, (0, 2, 1)))
+
+
+# ------------------------------------------------------------------ the protocol end to end
+def _central_reference(x: sp.csr_matrix, c: SiloConfig) -> np.ndarray:
+    """Noise-free DPALS item steps on the union, with the same public choices as the driver."""
+    counts = np.asarray(binary(x).sum(axis=0)).ravel()  # count_sample ≥ history: no sampling
+    head = select_head(counts, c.head_fraction, 0.0, c.head_min)  # noise off: any threshold ≤ 0
+    xh = binary(x[:, head])
+    w = adaptive_weights(xh, np.maximum(counts[head], 1.0), c.adaptive_exponent, c.max_per_user)
+    y0 = np.random.default_rng(c.seed + 1).standard_normal((c.n_items, c.factors))  # type: ignore[operator]
+    y = y0[head] * (c.init_scale / math.sqrt(c.factors))
+    return head, y, xh, w
+
+
+def test_noise_off_reproduces_central_dpals_steps() -> None:
+    x = _data()
+    c = _config(insecure_disable_noise=True, head_snr=0.0)
+    result = run_local(_split(x), c, allow_no_noise=True, timeout=20)
+    head, y, xh, w = _central_reference(x, c)
+    assert np.array_equal(result.head_items, head)
+    reg = np.full(len(head), 1.0 if c.regularization is None else c.regularization)
+    from privrec.models.dp_als import resolve_regularization
+
+    reg[:] = resolve_regularization(c.regularization, result.noise_scale, c.clip_norm)
+    for _ in range(2):
+        v = silo_statistics(
+            xh,
+            w,
+            y,
+            alpha0=c.alpha0,
+            user_regularization=c.user_regularization,
+            clip_norm=c.clip_norm,
+        )
+        g, lhs, rhs = unpack_statistics(v, len(head), c.factors)
+        y, _ = psd_solve(c.alpha0 * project_psd(g), lhs, rhs, reg, "if_indefinite")
+    np.testing.assert_allclose(result.item_factors[head], y, atol=1e-6)
+    assert math.isinf(result.guarantee.epsilon)
+    assert "NO NOISE" in result.guarantee.threat_model
+
+
+def test_servers_refuse_noise_free_plans_by_default() -> None:
+    with pytest.raises(ProtocolAbort, match="without noise"):
+        run_local(_split(_data()), _config(insecure_disable_noise=True), timeout=20)
+
+
+def test_guarantee_epsilon_events_and_threat_model() -> None:
+    c = _config(epsilon=2.0)
+    result = run_local(_split(_data()), c, timeout=20)
+    g = result.guarantee
+    assert g.accountant.value == "rdp"
+    assert 0.97 * c.epsilon <= g.epsilon <= c.epsilon
+    assert g.recompute_epsilon() == pytest.approx(g.epsilon)
+    labels = [e["label"] for e in g.events]
+    assert labels[0] == "noisy item counts" and len(labels) == 1 + 3 * 2
+    assert "do not collude" in g.threat_model
+    assert result.item_factors.shape == (N_ITEMS, 4)
+
+
+def test_one_discrete_gaussian_has_the_gaussian_event_rdp() -> None:
+    """The accounting claim: ddg_rdp with one noise share equals the Gaussian RDP curve."""
+    z, d = 1.7, 100
+    seg = Segment("x", d, z, 0.09)
+    sigma = fixed_sigma(seg, 32)
+    l2 = 0.09 * 2.0**32 + math.sqrt(d)
+    orders = [2.0, 4.0, 16.0, 64.0]
+    ours = ddg_rdp(orders, l2, l2 * math.sqrt(d), sigma, 1, d)
+    gaussian = np.asarray(orders) / (2 * z**2)  # RDP of GaussianDpEvent(z) (Mironov 2017)
+    np.testing.assert_allclose(ours, gaussian, rtol=1e-9)
+
+
+def test_revealed_noise_has_twice_one_share_variance() -> None:
+    """Counts release on a large catalogue: revealed noise = two discrete Gaussians of σ each."""
+    n_items = 20_000
+    rng = np.random.default_rng(3)
+    x = sp.random(90, n_items, density=0.002, random_state=rng, format="csr")
+    c = SiloConfig(
+        epsilon=8.0,
+        delta=1e-6,
+        n_items=n_items,
+        factors=2,
+        iterations=1,
+        head_fraction=0.005,
+        count_sample=10_000,
+        seed=1,
+    )
+    result = run_local(_split(x), c, timeout=30)
+    noise = result.noisy_counts.astype(np.float64) - np.asarray(binary(x).sum(axis=0)).ravel()
+    seg = Segment("c", n_items, c.count_noise_ratio * result.noise_scale, math.sqrt(c.count_sample))
+    per_server = fixed_sigma(seg, c.frac_bits) * 2.0**-c.frac_bits
+    var = float(np.var(noise))
+    # sample variance of 20k normals: relative std √(2/n) ≈ 1%; allow 5 std
+    assert abs(var / (2 * per_server**2) - 1) < 5 * math.sqrt(2 / n_items) + 0.002
+    assert abs(float(np.mean(noise))) < 5 * math.sqrt(2 / n_items) * per_server
+    assert per_server >= c.count_noise_ratio * result.noise_scale * math.sqrt(c.count_sample)
+
+
+def test_killed_server_aborts_and_training_resumes(tmp_path: Path) -> None:
+    x = _data()
+    c = _config(insecure_disable_noise=True, head_snr=0.0, iterations=3)
+    ck = tmp_path / "ck"
+    # rounds: 1 = counts, 2 = step 1, 3 = step 2: server1 dies when step 2 starts
+    with pytest.raises(ProtocolAbort) as info:
+        run_local(
+            _split(x), c, checkpoint=ck, allow_no_noise=True, crash_server_at_round=3, timeout=10
+        )
+    assert info.value.phase == "aggregate" and "server1" in info.value.reason
+    with np.load(ck / "state.npz") as z:
+        assert int(z["completed"]) == 1
+    with pytest.raises(Exception, match="resume"):
+        run_local(_split(x), c, checkpoint=ck, allow_no_noise=True, timeout=10)
+    resumed = run_local(_split(x), c, checkpoint=ck, resume=True, allow_no_noise=True, timeout=10)
+    straight = run_local(_split(x), c, allow_no_noise=True, timeout=10)
+    np.testing.assert_allclose(resumed.item_factors, straight.item_factors, atol=1e-6)
+    # nothing was released by the aborted step: counts + 3 steps × 3 releases
+    assert len(resumed.guarantee.events) == 1 + 3 * 3
+
+
+def test_changed_config_cannot_resume(tmp_path: Path) -> None:
+    x = _data()
+    c = _config(insecure_disable_noise=True, head_snr=0.0, iterations=1)
+    run_local(_split(x), c, checkpoint=tmp_path, allow_no_noise=True, timeout=10)
+    with warnings.catch_warnings(), pytest.raises(Exception, match="configuration"):
+        run_local(
+            _split(x),
+            _config(insecure_disable_noise=True, iterations=2),
+            checkpoint=tmp_path,
+            resume=True,
+            allow_no_noise=True,
+            timeout=10,
+        )
+
+
+def test_servers_refuse_a_plan_with_less_noise_than_their_config() -> None:
+    """A server holding the public config recomputes the noise: a driver cannot lower it."""
+    with pytest.raises(ProtocolAbort, match="less noise"):
+        run_local(_split(_data()), _config(epsilon=8.0), server_config=_config(epsilon=1.0))

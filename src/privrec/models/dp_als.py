@@ -30,7 +30,7 @@ from privrec.privacy.mechanisms import gaussian, gaussian_event
 from privrec.privacy.postprocessing import project_psd, psd_solve
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["DPALS", "DPALSSensitivity", "dpals_event"]
+__all__ = ["DPALS", "DPALSSensitivity", "dpals_event", "exact_user_solve"]
 
 Method = Literal["uniform", "tail", "adaptive"]
 
@@ -396,7 +396,7 @@ class DPALS(PrivateRecommender):
 
     def _fold(self, user_items_head: sp.csr_matrix) -> np.ndarray:
         y = self.item_factors_[self.head_items_].astype(np.float64)
-        return _user_solve(user_items_head, y, self._fit_alpha0, self._fit_user_reg)
+        return exact_user_solve(user_items_head, y, self._fit_alpha0, self._fit_user_reg)
 
     # ------------------------------------------------------------- scoring
     def fold_in(self, user_items: Any) -> np.ndarray:
@@ -493,7 +493,7 @@ def select_head(
     return np.sort(np.argsort(-noisy_counts, kind="stable")[:n_head])
 
 
-def _user_solve(xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float) -> np.ndarray:
+def exact_user_solve(xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float) -> np.ndarray:
     """iALS user step: (α0 YᵀY + Σ_{j∈I_u} y_j y_jᵀ + λI) x_u = Σ_{j∈I_u} y_j, exact (Cholesky kernel)."""
     n_users, k = xh.shape[0], y.shape[1]
     out = np.zeros((n_users, k), dtype=np.float64)
@@ -559,7 +559,7 @@ def _user_cg(
 ) -> np.ndarray:
     """Training-time user step by warm-started conjugate gradient (the iALS user system).
 
-    Returns ``(1 + α0)·x_u`` (the scaling of :func:`_user_solve`'s kernel) as
+    Returns ``(1 + α0)·x_u`` (the scaling of :func:`exact_user_solve`'s kernel) as
     float32; ``warm`` holds the previous step's values. Each user's solve uses
     only the released item factors and that user's own row.
     """

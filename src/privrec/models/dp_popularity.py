@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
 from privrec.models.base import register
+from privrec.models.popularity import PopularityScores
 from privrec.models.private import PrivateConfig, PrivateRecommender
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.contribution import sample_per_user
@@ -46,7 +47,7 @@ class DPPopularityConfig(PrivateConfig):
 
 
 @register
-class DPPopularity(PrivateRecommender):
+class DPPopularity(PopularityScores, PrivateRecommender):
     """Popularity ranking from Gaussian-noised, contribution-bounded item counts.
 
     Parameters
@@ -129,16 +130,6 @@ class DPPopularity(PrivateRecommender):
                 "to add the noise (central DP)."
             ),
         )
-
-    def _score_users(self, users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(
-            self.item_popularity_, (len(users), len(self.item_popularity_))
-        ).copy()
-
-    def _score_histories(self, user_items: sp.csr_matrix) -> np.ndarray:
-        return np.broadcast_to(
-            self.item_popularity_, (user_items.shape[0], len(self.item_popularity_))
-        ).copy()
 
     def _state(self) -> dict[str, np.ndarray]:
         return {

@@ -10,7 +10,22 @@ import scipy.sparse as sp
 from privrec.data.interactions import Interactions
 from privrec.models.base import ModelConfig, Recommender, register
 
-__all__ = ["Popularity"]
+__all__ = ["Popularity", "PopularityScores"]
+
+
+class PopularityScores:
+    """Scoring shared by the popularity models: the same ``item_popularity_`` for every user."""
+
+    item_popularity_: np.ndarray
+
+    def _score_users(self, users: np.ndarray) -> np.ndarray:
+        return self._broadcast(len(users))
+
+    def _score_histories(self, user_items: sp.csr_matrix) -> np.ndarray:
+        return self._broadcast(user_items.shape[0])
+
+    def _broadcast(self, n: int) -> np.ndarray:
+        return np.broadcast_to(self.item_popularity_, (n, len(self.item_popularity_))).copy()
 
 
 class PopularityConfig(ModelConfig):
@@ -18,7 +33,7 @@ class PopularityConfig(ModelConfig):
 
 
 @register
-class Popularity(Recommender):
+class Popularity(PopularityScores, Recommender):
     """Rank items by how many users interacted with them.
 
     Parameters
@@ -55,16 +70,6 @@ class Popularity(Recommender):
         else:
             pop = np.asarray(m.sum(axis=0), dtype=np.float32).ravel()
         self.item_popularity_ = pop
-
-    def _score_users(self, users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(
-            self.item_popularity_, (len(users), len(self.item_popularity_))
-        ).copy()
-
-    def _score_histories(self, user_items: sp.csr_matrix) -> np.ndarray:
-        return np.broadcast_to(
-            self.item_popularity_, (user_items.shape[0], len(self.item_popularity_))
-        ).copy()
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_popularity": self.item_popularity_}

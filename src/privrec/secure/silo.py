@@ -85,10 +85,11 @@ from privrec.errors import (
     PeerUnavailable,
     ProtocolAbort,
 )
-from privrec.models.als_kernels import cholesky_half_step, gramian, item_statistics
+from privrec.models.als_kernels import gramian, item_statistics
 from privrec.models.dp_als import (
     DPALSSensitivity,
     dpals_event,
+    exact_user_solve,
     resolve_iterations,
     resolve_regularization,
     select_head,
@@ -236,22 +237,8 @@ def binary(x: Any) -> sp.csr_matrix:
 
 
 def user_solve(xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float) -> np.ndarray:
-    """Exact iALS user factors from the released item factors (Cholesky, as DPALS's fold-in)."""
-    n_users, k = xh.shape[0], y.shape[1]
-    out = np.zeros((n_users, k), dtype=np.float64)
-    yy = np.ascontiguousarray(y, dtype=np.float64)
-    cholesky_half_step(
-        xh.indptr.astype(np.int64),
-        xh.indices.astype(np.int32),
-        np.ones(xh.nnz, dtype=np.float64),
-        yy,
-        gramian(yy),
-        out,
-        float(alpha0),
-        float(reg),
-        0.0,
-    )
-    return out / (1.0 + alpha0)
+    """Exact iALS user factors from the released item factors (the same solve as DPALS's fold-in)."""
+    return exact_user_solve(xh, y, alpha0, reg)
 
 
 def silo_statistics(

@@ -222,3 +222,47 @@ def test_cold_start_falls_back_to_private_popularity() -> None:
     head = m.head_items_
     expected = head[np.argsort(-m.noisy_counts_[head], kind="stable")][:5]
     np.testing.assert_array_equal(np.sort(items), np.sort(expected))
+
+
+@settings(max_examples=40)
+@given(problem(), st.sampled_from(["uniform", "tail", "adaptive"]), st.integers(1, 6), st.data())
+def test_statistics_interaction_sensitivity(
+    p: tuple[np.ndarray, np.ndarray], method: str, b: int, data: st.DataObject
+) -> None:
+    """Removing one interaction may change that user's factors arbitrarily (within Γ) and their
+    weights; every statistic still moves by at most the interaction-unit sensitivity."""
+    x, f = p
+    rows, cols = np.nonzero(x)
+    if len(rows) == 0:
+        return
+    j = data.draw(st.integers(0, len(rows) - 1))
+    u = int(rows[j])
+    gamma = 1.5
+    counts = x.sum(axis=0) + 1.0
+    f2 = f.copy()
+    f2[u] = (
+        np.random.default_rng(data.draw(st.integers(0, 2**31))).standard_normal(f.shape[1]) * 3.0
+    )
+
+    def stats(mat: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        m = sp.csr_matrix(mat)
+        rng = seeded_generator(0, warn=False)
+        if method == "adaptive":
+            w = adaptive_weights(m, counts, 0.5, float(b))
+        else:
+            w = sample_per_user(
+                m, b, rng, "uniform" if method == "uniform" else "least_popular", counts
+            )
+        fc = clip_rows(factors, gamma)
+        lhs, rhs = item_statistics(w, fc, w.data, alpha0=0.0)
+        present = np.asarray(m.sum(axis=1)).ravel() > 0
+        return gramian(fc[present]), lhs, rhs
+
+    x2 = x.copy()
+    x2[rows[j], cols[j]] = 0
+    g1, l1, r1 = stats(x, f)
+    g2, l2, r2 = stats(x2, f2)
+    s = DPALSSensitivity.of(PrivacyUnit.INTERACTION, gamma, b, 1)
+    assert np.linalg.norm(g1 - g2) <= s.gram + 1e-6
+    assert np.linalg.norm(l1 - l2) <= s.lhs + 1e-6
+    assert np.linalg.norm(r1 - r2) <= s.rhs + 1e-6

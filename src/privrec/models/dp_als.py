@@ -23,6 +23,7 @@ from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError
 from privrec.models.als_kernels import cg_half_step, cholesky_half_step, gramian, item_statistics
 from privrec.models.base import register
+from privrec.models.dp_popularity import bounded_counts
 from privrec.models.private import PrivateConfig, PrivateRecommender
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
@@ -30,7 +31,7 @@ from privrec.privacy.mechanisms import gaussian, gaussian_event
 from privrec.privacy.postprocessing import project_psd, psd_solve
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["DPALS", "DPALSSensitivity", "dpals_event", "exact_user_solve"]
+__all__ = ["DPALS", "DPALSSensitivity", "dpals_event", "exact_user_solve", "user_weights"]
 
 Method = Literal["uniform", "tail", "adaptive"]
 
@@ -307,8 +308,7 @@ class DPALS(PrivateRecommender):
         n_items = x.shape[1]
 
         # 1. noisy counts (one release), used for head selection, sampling, weights, regularisation
-        sampled = sample_per_user(x, c.count_sample, rng) if c.unit is PrivacyUnit.USER else x
-        counts = np.bincount(sampled.indices, minlength=n_items).astype(np.float64)
+        counts, _ = bounded_counts(x, c.unit, c.count_sample, rng)
         z_counts = ratios[3] * sigma
         noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
         self._spend("noisy item counts", gaussian_event(z_counts))
@@ -323,7 +323,7 @@ class DPALS(PrivateRecommender):
         self.regularization_ = reg
 
         # 2. bounded per-user weights c_uj (Σ_j c_uj² ≤ B)
-        weights = self._weights(xh, counts_h, c, rng)
+        weights = user_weights(xh, counts_h, c.method, c.max_per_user, c.adaptive_exponent, rng)
 
         # 3. T private item steps
         k = c.factors
@@ -380,19 +380,6 @@ class DPALS(PrivateRecommender):
                 "against someone who sees your own list. The training server is trusted (central DP)."
             ),
         )
-
-    def _weights(
-        self, xh: sp.csr_matrix, counts: np.ndarray, c: DPALSConfig, rng: np.random.Generator
-    ) -> sp.csr_matrix:
-        if c.method == "uniform":
-            return sample_per_user(xh, c.max_per_user, rng, "uniform")
-        if c.method == "tail":
-            return sample_per_user(xh, c.max_per_user, rng, "least_popular", counts)
-        if c.method == "adaptive":
-            return adaptive_weights(
-                xh, np.maximum(counts, 1.0), c.adaptive_exponent, float(c.max_per_user)
-            )
-        raise ConfigError(f"unknown method {c.method!r}")
 
     def _fold(self, user_items_head: sp.csr_matrix) -> np.ndarray:
         y = self.item_factors_[self.head_items_].astype(np.float64)
@@ -491,6 +478,27 @@ def select_head(
         n_head = int(np.count_nonzero(noisy_counts >= threshold))
         n_head = min(n_items, max(n_head, minimum))
     return np.sort(np.argsort(-noisy_counts, kind="stable")[:n_head])
+
+
+def user_weights(
+    xh: sp.csr_matrix,
+    counts: np.ndarray,
+    method: str,
+    max_per_user: int,
+    adaptive_exponent: float,
+    rng: np.random.Generator,
+) -> sp.csr_matrix:
+    """Per-user weights ``c_uj`` with Σ_j c_uj² ≤ B, spread by ``method`` (see :class:`DPALS`).
+
+    ``counts`` must be the released noisy counts of the columns of ``xh``.
+    """
+    if method == "uniform":
+        return sample_per_user(xh, max_per_user, rng, "uniform")
+    if method == "tail":
+        return sample_per_user(xh, max_per_user, rng, "least_popular", counts)
+    if method == "adaptive":
+        return adaptive_weights(xh, np.maximum(counts, 1.0), adaptive_exponent, float(max_per_user))
+    raise ConfigError(f"unknown method {method!r}")
 
 
 def exact_user_solve(xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float) -> np.ndarray:

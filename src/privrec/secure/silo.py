@@ -93,10 +93,12 @@ from privrec.models.dp_als import (
     resolve_iterations,
     resolve_regularization,
     select_head,
+    user_weights,
 )
+from privrec.models.dp_popularity import bounded_counts
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.budget import Budget
-from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
+from privrec.privacy.contribution import clip_rows
 from privrec.privacy.distributed import sample_discrete_gaussian
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.guarantee import PrivacyGuarantee
@@ -224,8 +226,7 @@ def fixed_sigma(seg: Segment, frac_bits: int) -> float:
 # ------------------------------------------------------------------------------- statistics
 def silo_counts(x: sp.csr_matrix, count_sample: int, rng: np.random.Generator) -> np.ndarray:
     """Item counts over at most ``count_sample`` sampled items per user (L2 sensitivity √cs)."""
-    sampled = sample_per_user(binary(x), count_sample, rng)
-    return np.bincount(sampled.indices, minlength=x.shape[1]).astype(np.float64)
+    return bounded_counts(binary(x), PrivacyUnit.USER, count_sample, rng)[0]
 
 
 def binary(x: Any) -> sp.csr_matrix:
@@ -281,21 +282,6 @@ def unpack_statistics(v: np.ndarray, n_head: int, k: int) -> tuple[np.ndarray, .
     lhs = lhs + np.transpose(np.triu(lhs, 1), (0, 2, 1))
     rhs = v[t + n_head * t :].reshape(n_head, k)
     return g, lhs, rhs
-
-
-def _weights(
-    xh: sp.csr_matrix, counts_h: np.ndarray, meta: dict[str, Any], rng: np.random.Generator
-) -> sp.csr_matrix:
-    method, b = meta["method"], int(meta["max_per_user"])
-    if method == "uniform":
-        return sample_per_user(xh, b, rng, "uniform")
-    if method == "tail":
-        return sample_per_user(xh, b, rng, "least_popular", counts_h)
-    if method == "adaptive":
-        return adaptive_weights(
-            xh, np.maximum(counts_h, 1.0), float(meta["adaptive_exponent"]), float(b)
-        )
-    raise ConfigError(f"unknown method {method!r}")
 
 
 # ----------------------------------------------------------------------------------- config
@@ -621,7 +607,15 @@ class Silo:
         key = head.tobytes() + np.asarray(arrays["counts_h"]).tobytes()
         if self._weights is None or self._weights[0] != key:
             xh = binary(self.x[:, head])
-            self._weights = (key, xh, _weights(xh, arrays["counts_h"], meta, rng))
+            w = user_weights(
+                xh,
+                arrays["counts_h"],
+                str(meta["method"]),
+                int(meta["max_per_user"]),
+                float(meta["adaptive_exponent"]),
+                rng,
+            )
+            self._weights = (key, xh, w)
         _, xh, w = self._weights
         return silo_statistics(
             xh,

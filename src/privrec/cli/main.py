@@ -489,7 +489,7 @@ def demo(
 
 # ------------------------------------------------------- he: private scoring
 he_app = typer.Typer(
-    help="Homomorphic private scoring (needs the [he] extra).", no_args_is_help=True
+    help="Homomorphic private scoring (needs the \\[he] extra).", no_args_is_help=True
 )
 app.add_typer(he_app, name="he")
 

@@ -410,16 +410,27 @@ def _loss(
 
 
 class _Threads:
-    """Run numba kernels on ``n`` threads (0 = all); restores the previous count on exit."""
+    """Run numba kernels on ``n`` threads (0 = all); restores the previous count on exit.
+
+    BLAS is held to one thread meanwhile: the exact solver calls BLAS/LAPACK
+    from inside every numba worker, and threaded BLAS under threaded numba
+    would oversubscribe the cores.
+    """
 
     def __init__(self, n: int) -> None:
         top = int(vars(numba.config)["NUMBA_NUM_THREADS"])  # size of numba's thread pool
         self.n = min(int(n), top) if n > 0 else top
         self.previous = 0
+        self._blas: Any = None
 
     def __enter__(self) -> None:
+        from threadpoolctl import threadpool_limits
+
         self.previous = numba.get_num_threads()
         numba.set_num_threads(self.n)
+        self._blas = threadpool_limits(1, "blas")
 
     def __exit__(self, *exc: object) -> None:
         numba.set_num_threads(self.previous)
+        if self._blas is not None:
+            self._blas.restore_original_limits()

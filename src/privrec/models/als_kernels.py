@@ -24,11 +24,15 @@ allocate their scratch space once per block (never once per row):
   previous factors (Takács et al. 2011); the matrix ``A_u`` is never formed,
   only products ``A_u v`` at ``O(k² + |I_u| k)``. This is the fast default.
 * :func:`cholesky_half_step` — forms ``A_u`` and solves it exactly
-  (``O(|I_u| k² + k³)``), also used to fold in new users.
+  (``O(|I_u| k² + k³)``), also used to fold in new users. The ``|I_u| k²``
+  part is a BLAS ``syrk`` on cache-sized blocks of gathered rows and the
+  factorisation is LAPACK's, both called from inside the numba workers.
 
 The same system can also be written as plain arrays — :func:`gramian`,
 :func:`item_statistics` and :func:`solve_from_statistics` — so that a privacy
 mechanism can perturb the statistics (e.g. add Gaussian noise) before solving.
+:func:`item_statistics` is the hot path of DPALS (one call per private step);
+it uses the same gathered-``syrk`` kernel, grouped by item.
 
 The kernels are compiled on first use and cached on disk (``cache=True``). In
 a fresh environment the first ``fit`` costs about 3 s of compilation (CG) and
@@ -41,10 +45,17 @@ combination of writeable and read-only inputs.
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
+import llvmlite.binding as _llvm
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import get_cython_function_address, intrinsic, overload
 
 __all__ = [
     "cg_half_step",
@@ -68,6 +79,233 @@ def _reg(lam: float, nu: float, count: int, alpha0: float, n_other: int) -> floa
     if nu == 0.0:
         return float(lam)
     return float(lam * (count + alpha0 * n_other) ** nu)
+
+
+# --------------------------------------------------------------------------
+# BLAS/LAPACK from numba kernels (scipy's Fortran-ABI entry points)
+# --------------------------------------------------------------------------
+# The per-row k × k work — Σ w y yᵀ (a symmetric rank-n update) and its
+# Cholesky factorisation — runs at BLAS speed when handed to ?syrk / ?potrf /
+# ?potrs, and a numba kernel can call them directly (no Python, no GIL, inside
+# prange). They are bound by symbol name rather than by embedded address so the
+# kernels stay cacheable (the address is registered anew at every import).
+# Fortran BLAS is column-major: a row-major (n, k) block is a (k, n) matrix
+# with leading dimension k, and the row-major upper triangle of a k × k result
+# is the column-major lower one ('L').
+_VP = types.voidptr
+_ROUTINES = {
+    "ssyrk": "scipy.linalg.cython_blas",
+    "dsyrk": "scipy.linalg.cython_blas",
+    "dpotrf": "scipy.linalg.cython_lapack",
+    "dpotrs": "scipy.linalg.cython_lapack",
+}
+for _name, _module in _ROUTINES.items():
+    _llvm.add_symbol(f"privrec_{_name}", get_cython_function_address(_module, _name))
+_ssyrk: Any = types.ExternalFunction("privrec_ssyrk", types.void(*([_VP] * 10)))
+_dsyrk: Any = types.ExternalFunction("privrec_dsyrk", types.void(*([_VP] * 10)))
+_dpotrf: Any = types.ExternalFunction("privrec_dpotrf", types.void(*([_VP] * 5)))
+_dpotrs: Any = types.ExternalFunction("privrec_dpotrs", types.void(*([_VP] * 8)))
+_CH_L = 76  # ord("L")
+_CH_N = 78  # ord("N")
+
+
+def syrk_upper(
+    x: npt.NDArray[np.floating], n: int, out: npt.NDArray[np.floating], alpha: float, beta: float
+) -> None:
+    """``out ← alpha · x[:n]ᵀ x[:n] + beta · out`` on the upper triangle of ``out`` (numba only).
+
+    ``x`` is a C-contiguous ``(m, k)`` block with ``m ≥ n``, ``out`` a
+    C-contiguous ``(k, k)`` array of the same dtype (float32 or float64); the
+    strict lower triangle of ``out`` is left untouched. Callable from numba
+    kernels only (it is bound to BLAS ``?syrk`` there).
+    """
+    raise NotImplementedError("syrk_upper is only callable from numba kernels")
+
+
+@overload(syrk_upper)
+def _syrk_upper_impl(x, n, out, alpha, beta):  # type: ignore[no-untyped-def]
+    fn = _ssyrk if x.dtype == types.float32 else _dsyrk
+    dt = np.float32 if x.dtype == types.float32 else np.float64
+
+    def impl(x, n, out, alpha, beta):  # type: ignore[no-untyped-def]
+        k = x.shape[1]
+        uplo = np.full(1, _CH_L, dtype=np.uint8)
+        trans = np.full(1, _CH_N, dtype=np.uint8)
+        dims = np.empty(2, dtype=np.int32)
+        dims[0] = k
+        dims[1] = n
+        kk = dims[:1]
+        nn = dims[1:]
+        al = np.full(1, alpha, dtype=dt)
+        be = np.full(1, beta, dtype=dt)
+        fn(uplo.ctypes, trans.ctypes, kk.ctypes, nn.ctypes, al.ctypes, x.ctypes, kk.ctypes,
+           be.ctypes, out.ctypes, kk.ctypes)  # fmt: skip
+
+    return impl
+
+
+def cholesky_solve(m: npt.NDArray[np.float64], v: npt.NDArray[np.float64]) -> bool:
+    """Factorise the upper triangle of ``m`` (row-major, in place) and solve ``m z = v`` into ``v``.
+
+    LAPACK ``dpotrf`` + ``dpotrs``; returns False (``v`` untouched) when ``m``
+    is not positive definite. Callable from numba kernels only.
+    """
+    raise NotImplementedError("cholesky_solve is only callable from numba kernels")
+
+
+@overload(cholesky_solve)
+def _cholesky_solve_impl(m, v):  # type: ignore[no-untyped-def]
+    def impl(m, v):  # type: ignore[no-untyped-def]
+        uplo = np.full(1, _CH_L, dtype=np.uint8)
+        ints = np.empty(3, dtype=np.int32)
+        ints[0] = m.shape[0]
+        ints[1] = 1
+        ints[2] = 0
+        kk = ints[:1]
+        one = ints[1:2]
+        info = ints[2:]
+        _dpotrf(uplo.ctypes, kk.ctypes, m.ctypes, kk.ctypes, info.ctypes)
+        if info[0] != 0:
+            return False
+        _dpotrs(uplo.ctypes, kk.ctypes, one.ctypes, m.ctypes, kk.ctypes, v.ctypes, kk.ctypes,
+                info.ctypes)  # fmt: skip
+        return bool(info[0] == 0)
+
+    return impl
+
+
+@intrinsic
+def _prefetch(typingctx: Any, arr: Any, row: Any, col: Any) -> Any:
+    """Hint the CPU to fetch ``arr[row, col]``'s cache line (``llvm.prefetch``, read, keep)."""
+    sig = types.void(arr, row, col)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        idx = [
+            context.cast(builder, args[1], signature.args[1], types.intp),
+            context.cast(builder, args[2], signature.args[2], types.intp),
+        ]
+        ptr = cgutils.get_item_pointer(  # type: ignore[no-untyped-call]
+            context, builder, aryty, ary, idx, wraparound=False
+        )
+        i8p = builder.bitcast(ptr, ir.IntType(8).as_pointer())
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p.type, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(  # type: ignore[no-untyped-call]
+            builder.module, fnty, "llvm.prefetch.p0i8"
+        )
+        builder.call(fn, [i8p, i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# Entries ahead whose factor rows are prefetched while gathering: the rows are
+# random (one per user of an item), so without it every row is a cache miss.
+_PREFETCH = 16
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _gather_signed(
+    indices: npt.NDArray[np.int32],
+    weights: npt.NDArray[np.floating],
+    perm: npt.NDArray[np.int64],
+    other: npt.NDArray[np.floating],
+    c0: int,
+    n: int,
+    limit: int,
+    alpha0: float,
+    pos: npt.NDArray[np.floating],
+    neg: npt.NDArray[np.floating],
+    bvec: npt.NDArray[np.floating],
+) -> tuple[int, int]:
+    """Gather ``√|w| · y`` of entries ``c0..c0+n-1`` into ``pos`` (w ≥ 0) or ``neg`` (w < 0).
+
+    Then ``Σ w y yᵀ = posᵀ pos − negᵀ neg`` (two ``syrk``); ``bvec`` accumulates
+    ``Σ (alpha0 + w) y`` on the way. The weight of entry ``e`` is
+    ``weights[perm[e]]`` (``weights[e]`` when ``perm`` is empty). Rows of
+    entries up to ``limit`` (the end of the current row of the CSR) are
+    prefetched ahead. Returns the numbers of rows filled.
+    """
+    k = other.shape[1]
+    line = max(1, 64 // other.itemsize)
+    a0 = bvec.dtype.type(alpha0)
+    direct = perm.shape[0] == 0
+    n_pos = 0
+    n_neg = 0
+    for e in range(c0, c0 + n):
+        if e + _PREFETCH < limit:
+            ahead = indices[e + _PREFETCH]
+            for a in range(0, k, line):
+                _prefetch(other, ahead, a)  # type: ignore[call-arg]
+        i = indices[e]
+        w = weights[e] if direct else weights[perm[e]]
+        c = a0 + w
+        if w >= 0:
+            s = np.sqrt(w)
+            for a in range(k):
+                f = other[i, a]
+                pos[n_pos, a] = s * f
+                bvec[a] += c * f
+            n_pos += 1
+        else:
+            s = np.sqrt(-w)
+            for a in range(k):
+                f = other[i, a]
+                neg[n_neg, a] = s * f
+                bvec[a] += c * f
+            n_neg += 1
+    return n_pos, n_neg
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _weighted_outer(
+    indices: npt.NDArray[np.int32],
+    weights: npt.NDArray[np.floating],
+    perm: npt.NDArray[np.int64],
+    other: npt.NDArray[np.floating],
+    start: int,
+    end: int,
+    alpha0: float,
+    pos: npt.NDArray[np.floating],
+    neg: npt.NDArray[np.floating],
+    acc: npt.NDArray[np.floating],
+    bvec: npt.NDArray[np.floating],
+) -> None:
+    """Upper triangle of ``acc = Σ_{e} w_e y_e y_eᵀ`` and ``bvec = Σ_e (alpha0 + w_e) y_e``.
+
+    (``w_e = weights[perm[e]]``, or ``weights[e]`` when ``perm`` is empty.)
+
+    Entries ``start..end-1`` are gathered in blocks of ``pos.shape[0]`` rows
+    (sized to stay in cache) and each block is one or two BLAS ``syrk`` calls.
+    """
+    k = other.shape[1]
+    for a in range(k):
+        bvec[a] = 0.0
+    first = True
+    c0 = start
+    while c0 < end:
+        n = min(pos.shape[0], end - c0)
+        n_pos, n_neg = _gather_signed(
+            indices, weights, perm, other, c0, n, end, alpha0, pos, neg, bvec
+        )
+        if n_pos > 0:
+            syrk_upper(pos, n_pos, acc, 1.0, 0.0 if first else 1.0)
+            first = False
+        if n_neg > 0:
+            syrk_upper(neg, n_neg, acc, -1.0, 0.0 if first else 1.0)
+            first = False
+        c0 += n
+    if first:
+        for a in range(k):
+            for b in range(a, k):
+                acc[a, b] = 0.0
+
+
+# Rows gathered per syrk call: (_GATHER, k) blocks stay in L2 for k ≤ 256.
+_GATHER = 1024
+_NO_PERM = np.zeros(0, dtype=np.int64)
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -176,49 +414,6 @@ def cg_half_step(
                 x[u, a] = xu[a]
 
 
-@njit(fastmath=True, cache=True, inline="always")
-def _chol_solve(m: npt.NDArray[np.float64], v: npt.NDArray[np.float64]) -> bool:
-    """In-place Cholesky ``m = L Lᵀ`` of the lower triangle of ``m``; solves ``m z = v`` into ``v``.
-
-    Row-oriented (every inner loop is a dot product of contiguous row
-    prefixes, which LLVM vectorises; an axpy-style right-looking variant
-    measured 4× slower). Float64 so the exact solver stays exact when ``A`` is
-    ill-conditioned (tiny regularisation). Returns False if ``m`` is not
-    positive definite.
-    """
-    k = m.shape[0]
-    for j in range(k):
-        s = m[j, j]
-        for t in range(j):
-            s -= m[j, t] * m[j, t]
-        if s <= 0.0:
-            return False
-        d = np.sqrt(s)
-        m[j, j] = d
-        for i in range(j + 1, k):
-            s = m[i, j]
-            for t in range(j):
-                s -= m[i, t] * m[j, t]
-            m[i, j] = s / d
-    for i in range(k):  # forward: L z = v
-        s = v[i]
-        for t in range(i):
-            s -= m[i, t] * v[t]
-        v[i] = s / m[i, i]
-    for i in range(k - 1, -1, -1):  # backward: Lᵀ x = z
-        s = v[i]
-        for t in range(i + 1, k):
-            s -= m[t, i] * v[t]
-        v[i] = s / m[i, i]
-    return True
-
-
-# Entries gathered per chunk in the Cholesky kernel; rows shorter than
-# _DENSE_MIN use rank-1 updates instead (dots of a few terms do not vectorise).
-_CHUNK = 128
-_DENSE_MIN = 16
-
-
 @njit(parallel=True, fastmath=True, cache=True)
 def cholesky_half_step(
     indptr: npt.NDArray[np.int64],
@@ -234,24 +429,23 @@ def cholesky_half_step(
     """Solve every row's system exactly and write the solutions into ``x``.
 
     Same arguments as :func:`cg_half_step` (without ``cg_steps``); the values
-    of ``x`` on entry are ignored. The upper triangle of
-    ``sum w y yᵀ`` is accumulated in the working dtype — for long rows as dot
-    products over chunks of gathered, transposed factors (vectorised, no
-    stores in the inner loop), for short rows as rank-1 updates — and the
-    system is factorised in float64.
+    of ``x`` on entry are ignored. The upper triangle of ``Σ w y yᵀ`` is
+    accumulated in the working dtype by BLAS ``syrk`` on cache-sized blocks of
+    gathered ``√|w|·y`` (half the flops of a GEMM, at BLAS speed), and the
+    system is factorised and solved in float64 by LAPACK (``dpotrf``/``dpotrs``),
+    so the exact solver stays exact when ``A`` is ill-conditioned. A row whose
+    system is not positive definite keeps its value of ``x``.
     """
     n_rows, k = x.shape
     n_other = other.shape[0]
     dt = x.dtype
-    zero = dt.type(0.0)
-    a0 = dt.type(alpha0)
     n_blocks = (n_rows + _BLOCK - 1) // _BLOCK
     for blk in prange(n_blocks):
+        pos = np.empty((_GATHER, k), dtype=dt)
+        neg = np.empty((_GATHER, k), dtype=dt)
         acc = np.empty((k, k), dtype=dt)
-        bt = np.empty((k, _CHUNK), dtype=dt)
-        wt = np.empty((k, _CHUNK), dtype=dt)
-        m = np.empty((k, k), dtype=np.float64)
         bvec = np.empty(k, dtype=dt)
+        m = np.empty((k, k), dtype=np.float64)
         v = np.empty(k, dtype=np.float64)
         lo = blk * _BLOCK
         hi = min(lo + _BLOCK, n_rows)
@@ -259,44 +453,15 @@ def cholesky_half_step(
             start = indptr[u]
             end = indptr[u + 1]
             reg = _reg(lam, nu, end - start, alpha0, n_other)
-            for a in range(k):
-                bvec[a] = zero
-                for b in range(a, k):
-                    acc[a, b] = zero
-            if end - start < _DENSE_MIN:
-                for j in range(start, end):
-                    i = indices[j]
-                    w = weights[j]
-                    c = a0 + w
-                    for a in range(k):
-                        ya = w * other[i, a]
-                        bvec[a] += c * other[i, a]
-                        for b in range(a, k):
-                            acc[a, b] += ya * other[i, b]
-            else:
-                for c0 in range(start, end, _CHUNK):
-                    n = min(_CHUNK, end - c0)
-                    for jj in range(n):
-                        i = indices[c0 + jj]
-                        w = weights[c0 + jj]
-                        c = a0 + w
-                        for a in range(k):
-                            f = other[i, a]
-                            bt[a, jj] = f
-                            wt[a, jj] = w * f
-                            bvec[a] += c * f
-                    for a in range(k):
-                        for b in range(a, k):
-                            s = zero
-                            for jj in range(n):
-                                s += wt[a, jj] * bt[b, jj]
-                            acc[a, b] += s
+            _weighted_outer(
+                indices, weights, _NO_PERM, other, start, end, alpha0, pos, neg, acc, bvec
+            )
             for a in range(k):
                 for b in range(a, k):
-                    m[b, a] = alpha0 * gram[a, b] + acc[a, b]
+                    m[a, b] = alpha0 * gram[a, b] + acc[a, b]
                 m[a, a] += reg
                 v[a] = bvec[a]
-            if _chol_solve(m, v):
+            if cholesky_solve(m, v):
                 for a in range(k):
                     x[u, a] = v[a]
 
@@ -363,76 +528,147 @@ def regularization_weights(
     return np.asarray(regularization * (c + alpha0 * n_other) ** reg_exponent)
 
 
-@njit(fastmath=True, cache=True, nogil=True)
-def _gather_item_block(
+@njit(parallel=True, cache=True)
+def _by_column(
     indptr: npt.NDArray[np.int64],
     indices: npt.NDArray[np.int32],
-    weights: npt.NDArray[np.floating],
-    factors: npt.NDArray[np.floating],
-    alpha0: float,
-    lo: int,
-    hi: int,
-    x: npt.NDArray[np.floating],
-    wx: npt.NDArray[np.floating],
-    rhs: npt.NDArray[np.floating],
-) -> None:
-    """Gather the factors of items ``lo..hi-1``'s users (item-major) into ``x`` and ``w·x``.
+    values: npt.NDArray[Any],
+    n_cols: int,
+    row_bounds: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[Any]]:
+    """CSR → CSC by a parallel counting sort: column pointers, row ids (ascending), values.
 
-    Row ``t`` of ``x`` is the factor of the ``t``-th stored entry of the block;
-    ``rhs[i] = Σ (alpha0 + w) x`` is accumulated on the way. Releases the GIL
-    so that two Python threads can gather and multiply concurrently.
+    ``row_bounds`` cuts the rows into chunks; each chunk counts its entries
+    per column, a prefix over (column, chunk) gives every chunk its own write
+    offsets, and the chunks scatter in parallel — in row order, so each
+    column's rows come out sorted.
     """
-    k = factors.shape[1]
-    base = indptr[lo]
-    for i in range(lo, hi):
-        for a in range(k):
-            rhs[i, a] = 0.0
-        for e in range(indptr[i], indptr[i + 1]):
-            t = e - base
-            u = indices[e]
-            w = weights[e]
-            c = alpha0 + w
-            for a in range(k):
-                v = factors[u, a]
-                x[t, a] = v
-                wx[t, a] = w * v
-                rhs[i, a] += c * v
+    n_chunks = row_bounds.shape[0] - 1
+    nnz = indices.shape[0]
+    counts = np.zeros((n_chunks, n_cols), dtype=np.int64)
+    for c in prange(n_chunks):
+        for e in range(indptr[row_bounds[c]], indptr[row_bounds[c + 1]]):
+            counts[c, indices[e]] += 1
+    cptr = np.zeros(n_cols + 1, dtype=np.int64)
+    total = 0
+    for j in range(n_cols):
+        cptr[j] = total
+        for c in range(n_chunks):
+            here = counts[c, j]
+            counts[c, j] = total  # becomes chunk c's write offset in column j
+            total += here
+    cptr[n_cols] = total
+    rows = np.empty(nnz, dtype=np.int32)
+    vals = np.empty(nnz, dtype=values.dtype)
+    for c in prange(n_chunks):
+        fill = counts[c]
+        for r in range(row_bounds[c], row_bounds[c + 1]):
+            for e in range(indptr[r], indptr[r + 1]):
+                j = indices[e]
+                t = fill[j]
+                rows[t] = r
+                vals[t] = values[e]
+                fill[j] = t + 1
+    return cptr, rows, vals
 
 
-# Stored entries gathered per block by each worker of item_statistics (bounded scratch memory).
-_STATS_BLOCK = 1 << 16
+def _row_chunks(indptr: npt.NDArray[np.int64], n_chunks: int) -> npt.NDArray[np.int64]:
+    """Row cut points giving ``n_chunks`` ranges of about equal numbers of entries."""
+    nnz = int(indptr[-1])
+    cuts = np.searchsorted(indptr, np.linspace(0, nnz, n_chunks + 1)[1:-1], side="left")
+    return np.unique(np.concatenate([[0], cuts, [len(indptr) - 1]])).astype(np.int64)
 
 
-def _item_stats_range(
+@njit(parallel=True, fastmath=True, cache=True)
+def _item_statistics_kernel(
     indptr: npt.NDArray[np.int64],
-    indices: npt.NDArray[np.int32],
+    rows: npt.NDArray[np.int32],
     weights: npt.NDArray[np.floating],
+    perm: npt.NDArray[np.int64],
     factors: npt.NDArray[np.floating],
     alpha0: float,
-    lo: int,
-    hi: int,
+    bounds: npt.NDArray[np.int64],
     lhs: npt.NDArray[np.floating],
     rhs: npt.NDArray[np.floating],
 ) -> None:
+    """``lhs[j]`` (full, symmetric) and ``rhs[j]`` for the items of each range in ``bounds``.
+
+    ``indptr``/``rows`` group the entries by item; the weight of grouped entry
+    ``e`` is ``weights[perm[e]]`` (``weights`` in the user-major order).
+    """
     k = factors.shape[1]
-    x = np.empty((_STATS_BLOCK, k), dtype=factors.dtype)
-    wx = np.empty_like(x)
-    j = lo
-    while j < hi:
-        start = int(indptr[j])
-        # as many whole items as fit in the block (at least one, which may be longer)
-        j2 = int(np.searchsorted(indptr, start + _STATS_BLOCK, side="right")) - 1
-        j2 = min(max(j2, j + 1), hi)
-        n = int(indptr[j2]) - start
-        if n > x.shape[0]:
-            x = np.empty((n, k), dtype=factors.dtype)
-            wx = np.empty_like(x)
-        _gather_item_block(indptr, indices, weights, factors, alpha0, j, j2, x, wx, rhs)
-        for i in range(j, j2):
-            a, b = int(indptr[i]) - start, int(indptr[i + 1]) - start
-            if b > a:
-                np.matmul(wx[a:b].T, x[a:b], out=lhs[i])  # one GEMM per item (BLAS)
-        j = j2
+    dt = factors.dtype
+    for c in prange(bounds.shape[0] - 1):
+        pos = np.empty((_GATHER, k), dtype=dt)
+        neg = np.empty((_GATHER, k), dtype=dt)
+        bvec = np.empty(k, dtype=dt)
+        for j in range(bounds[c], bounds[c + 1]):
+            out = lhs[j]
+            _weighted_outer(
+                rows, weights, perm, factors, indptr[j], indptr[j + 1], alpha0, pos, neg, out, bvec
+            )
+            for a in range(k):
+                rhs[j, a] = bvec[a]
+                for b in range(a + 1, k):
+                    out[b, a] = out[a, b]
+
+
+@njit(parallel=True, cache=True)
+def _structure_checksum(
+    indptr: npt.NDArray[np.integer], indices: npt.NDArray[np.integer]
+) -> np.uint64:
+    """Position-weighted wrapping sum of a CSR structure: detects in-place edits of a cached matrix."""
+    total = np.uint64(0)
+    for e in prange(indices.shape[0]):
+        total += (np.uint64(indices[e]) + np.uint64(1)) * (np.uint64(e) * _ODD + np.uint64(1))
+    for r in prange(indptr.shape[0]):
+        total += np.uint64(indptr[r]) * (np.uint64(r) * _ODD + np.uint64(3))
+    return total
+
+
+_ODD = np.uint64(0x9E3779B97F4A7C15)
+
+
+class _Grouping:
+    """The item grouping of one CSR matrix, held while that matrix is alive."""
+
+    def __init__(self, owner: object, checksum: int, shape: tuple[int, int], arrays: Any) -> None:
+        self.ref = weakref.ref(owner, lambda _: _GROUPING.clear())
+        self.checksum = checksum
+        self.shape = shape
+        self.arrays = arrays
+
+
+_GROUPING: list[_Grouping] = []
+
+
+def _group_by_item(
+    owner: object, m: sp.csr_matrix, n_chunks: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int64]]:
+    """Entries of ``m`` grouped by column: column pointers, row ids, and their CSR positions.
+
+    The result for the most recent ``owner`` (the matrix object the caller
+    passed) is memoised while that object lives, and reused only if the
+    object, its shape and a checksum of its index arrays are unchanged — so
+    an in-place edit of the structure is detected and regrouped. Only the
+    structure is cached; weights and factors are read afresh on every call.
+    """
+    indptr = m.indptr.astype(np.int64, copy=False)
+    checksum = int(_structure_checksum(m.indptr, m.indices))
+    shape = (int(m.shape[0]), int(m.shape[1]))
+    for g in _GROUPING:
+        if g.ref() is owner and g.checksum == checksum and g.shape == shape:
+            return g.arrays  # type: ignore[no-any-return]
+    arrays = _by_column(
+        indptr, m.indices.astype(np.int32, copy=False), np.arange(m.nnz, dtype=np.int64),
+        shape[1], _row_chunks(indptr, n_chunks),
+    )  # fmt: skip
+    try:
+        grouping = _Grouping(owner, checksum, shape, arrays)
+    except TypeError:  # not weak-referenceable: do not cache
+        return arrays
+    _GROUPING[:] = [grouping]
+    return arrays
 
 
 def item_statistics(
@@ -473,50 +709,44 @@ def item_statistics(
     them is bounded by its factors' norm and its weights, which is what a
     Gaussian mechanism calibrates to. Memory is ``n_items × k²`` floats.
 
-    Implementation: the entries are grouped by item; worker threads gather
-    blocks of an item's user factors (and the weighted copies) with a
-    GIL-free numba kernel and form each ``lhs_j = (w·X_j)ᵀ X_j`` with one
-    single-threaded BLAS GEMM — the ``nnz·k²`` flops run at BLAS speed rather
-    than as scalar rank-1 updates. Computed in the dtype of ``user_factors``
-    (float32 halves memory traffic and doubles the GEMM rate).
+    Implementation: the entries are regrouped by item (a parallel
+    counting sort; the grouping of the last matrix seen is kept, see
+    :func:`_group_by_item`, because DPALS calls this every step with the same
+    weight matrix and new factors), items are split into ranges of about
+    equal numbers of entries, and a numba ``prange`` over the ranges gathers
+    cache-sized blocks of each
+    item's ``√|w|·x_u`` and hands them to BLAS ``syrk`` (the symmetric rank-n
+    update: half the flops of a GEMM, at BLAS speed; negative weights go
+    through a second block with ``alpha = -1``). Only the upper triangle is
+    computed and then mirrored. Computed in the dtype of ``user_factors``
+    (float32 halves memory traffic and doubles the rate).
     """
     import numba
     from threadpoolctl import threadpool_limits
 
     m = sp.csr_matrix(user_items)
-    w = np.asarray(weights, dtype=user_factors.dtype).ravel()
+    f = np.ascontiguousarray(user_factors)
+    if f.dtype not in (np.float32, np.float64):
+        f = f.astype(np.float64)
+    w = np.asarray(weights, dtype=f.dtype).ravel()
     if w.shape[0] != m.nnz:
         raise ValueError(f"weights must align with the {m.nnz} stored entries, got {w.shape[0]}")
-    by_item = sp.csr_matrix((w, m.indices, m.indptr), shape=m.shape).T.tocsr()
-    by_item.sort_indices()
-    f = np.ascontiguousarray(user_factors)
+    if f.shape[0] != m.shape[0]:
+        raise ValueError(f"user_factors must have {m.shape[0]} rows, got {f.shape[0]}")
     n_items, k = m.shape[1], f.shape[1]
-    lhs = np.zeros((n_items, k, k), dtype=f.dtype)
-    rhs = np.zeros((n_items, k), dtype=f.dtype)
-    indptr = by_item.indptr.astype(np.int64)
-    indices = by_item.indices.astype(np.int32)
-    data = np.asarray(by_item.data, dtype=f.dtype)
+    lhs = np.empty((n_items, k, k), dtype=f.dtype)
+    rhs = np.empty((n_items, k), dtype=f.dtype)
     threads = max(1, num_threads or numba.get_num_threads())
-    # split the items into contiguous ranges of about equal numbers of entries
-    cuts = np.searchsorted(indptr, np.linspace(0, m.nnz, 4 * threads + 1)[1:-1], side="left")
-    bounds = np.unique(np.concatenate([[0], cuts, [n_items]])).astype(np.int64)
-    ranges = list(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True))
-    with threadpool_limits(1, "blas"):
-        if threads == 1 or len(ranges) == 1:
-            for lo, hi in ranges:
-                _item_stats_range(indptr, indices, data, f, float(alpha0), lo, hi, lhs, rhs)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(threads) as pool:
-                futures = [
-                    pool.submit(
-                        _item_stats_range, indptr, indices, data, f, float(alpha0), lo, hi, lhs, rhs
-                    )
-                    for lo, hi in ranges
-                ]
-                for fut in futures:
-                    fut.result()
+    previous = numba.get_num_threads()
+    numba.set_num_threads(min(threads, int(vars(numba.config)["NUMBA_NUM_THREADS"])))
+    try:
+        indptr, rows, perm = _group_by_item(user_items, m, 2 * threads)
+        # contiguous item ranges of about equal numbers of entries (power-law item sizes)
+        bounds = _row_chunks(indptr, 16 * threads)
+        with threadpool_limits(1, "blas"):
+            _item_statistics_kernel(indptr, rows, w, perm, f, float(alpha0), bounds, lhs, rhs)
+    finally:
+        numba.set_num_threads(previous)
     return lhs, rhs
 
 

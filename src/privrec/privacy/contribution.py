@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
+from numba import njit, prange
 
 from privrec.errors import ConfigError
 
@@ -40,29 +42,86 @@ def sample_per_user(
     """
     if max_per_user < 1:
         raise ConfigError(f"max_per_user must be >= 1, found {max_per_user}")
-    m = sp.csr_matrix(matrix)
-    rows = _row_of(m)
-    noise = _keyed_uniform(int(rng.integers(0, 2**63)), rows, m.indices)
-    if strategy == "uniform":
-        key = noise
-    elif strategy == "least_popular":
-        if item_counts is None:
-            raise ConfigError("least_popular sampling needs (private) item_counts")
-        key = np.asarray(item_counts, dtype=np.float64)[m.indices] + noise * 1e-6
-    else:
+    if strategy not in ("uniform", "least_popular"):
         raise ConfigError(
             f"unknown sampling strategy {strategy!r}; choose 'uniform' or 'least_popular'"
         )
-    order = np.lexsort((key, rows))
-    starts = m.indptr[:-1]
-    rank = np.empty(m.nnz, dtype=np.int64)
-    rank[order] = np.arange(m.nnz) - np.repeat(starts, np.diff(m.indptr))
-    keep = rank < max_per_user
-    out = sp.csr_matrix(
-        (np.ones(int(keep.sum()), dtype=np.float32), (rows[keep], m.indices[keep])), shape=m.shape
+    if strategy == "least_popular" and item_counts is None:
+        raise ConfigError("least_popular sampling needs (private) item_counts")
+    m = sp.csr_matrix(matrix)
+    counts = (
+        np.asarray(item_counts, dtype=np.float64).ravel()
+        if strategy == "least_popular"
+        else np.zeros(0, dtype=np.float64)
     )
-    out.sort_indices()
+    if strategy == "least_popular" and counts.shape[0] < m.shape[1]:
+        raise ConfigError(f"item_counts must have {m.shape[1]} entries, found {counts.shape[0]}")
+    salt = int(rng.integers(0, 2**63))
+    indptr = m.indptr.astype(np.int64, copy=False)
+    indices = m.indices  # int32 or int64: the kernel is compiled per dtype
+    keep = np.ones(m.nnz, dtype=np.bool_)
+    _select_rows(indptr, indices, counts, np.uint64(salt), int(max_per_user),
+                 strategy == "least_popular", keep)  # fmt: skip
+    kept_per_row = np.minimum(np.diff(indptr), max_per_user)  # every longer row keeps exactly B
+    out_indptr = np.concatenate([[0], np.cumsum(kept_per_row)]).astype(m.indptr.dtype)
+    out_indices = m.indices[keep]
+    out = sp.csr_matrix(
+        (np.ones(out_indices.shape[0], dtype=np.float32), out_indices, out_indptr), shape=m.shape
+    )
+    out.sum_duplicates()  # canonical (sorted, duplicates summed), as a COO → CSR build gives
     return out
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX_COL = np.uint64(0xD1B54A32D192ED03)
+_MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX_2 = np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True, inline="always")
+def _keyed_uniform_one(salt: np.uint64, row: np.uint64, col: np.uint64) -> float:
+    """Scalar :func:`_keyed_uniform` (bit-identical: the same wrapping uint64 arithmetic)."""
+    z = salt + row * _GOLDEN
+    z = z ^ (col * _MIX_COL)
+    z = (z ^ (z >> np.uint64(30))) * _MIX_1
+    z = (z ^ (z >> np.uint64(27))) * _MIX_2
+    z = z ^ (z >> np.uint64(31))
+    return float(z >> np.uint64(11)) / 9007199254740992.0  # 2**53
+
+
+@njit(parallel=True, cache=True)
+def _select_rows(
+    indptr: npt.NDArray[np.int64],
+    indices: npt.NDArray[np.integer],
+    counts: npt.NDArray[np.float64],
+    salt: np.uint64,
+    max_per_user: int,
+    least_popular: bool,
+    keep: npt.NDArray[np.bool_],
+) -> None:
+    """Mark the ``max_per_user`` smallest-key entries of every longer row (``keep`` starts all True).
+
+    The key of entry (u, j) is the keyed uniform of (salt, u, j) — or the item
+    count plus 1e-6 × it (least popular first, random ties) — and the order is
+    a stable sort, so the selection equals a lexsort by (row, key) exactly.
+    Rows with at most ``max_per_user`` entries are kept whole without hashing.
+    Parallel over rows; no fastmath, so the keys are bit-identical to numpy's.
+    """
+    n_rows = indptr.shape[0] - 1
+    for r in prange(n_rows):
+        start = indptr[r]
+        n = indptr[r + 1] - start
+        if n <= max_per_user:
+            continue
+        key = np.empty(n, dtype=np.float64)
+        ur = np.uint64(r)
+        for t in range(n):
+            j = indices[start + t]
+            h = _keyed_uniform_one(salt, ur, np.uint64(j))
+            key[t] = counts[j] + h * 1e-6 if least_popular else h
+        order = np.argsort(key, kind="mergesort")
+        for t in range(max_per_user, n):
+            keep[start + order[t]] = False
 
 
 def _keyed_uniform(salt: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -72,12 +131,13 @@ def _keyed_uniform(salt: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     shared stream would tie every user's sample to the number of interactions
     before them. Hashing (row, column) with a secret random salt (SplitMix64
     finaliser) makes each user's choice a function of their own entries only.
+    (Vectorised reference of the scalar kernel used by :func:`sample_per_user`.)
     """
     with np.errstate(over="ignore"):
-        z = np.uint64(salt) + rows.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        z = z ^ (cols.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03))
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = np.uint64(salt) + rows.astype(np.uint64) * _GOLDEN
+        z = z ^ (cols.astype(np.uint64) * _MIX_COL)
+        z = (z ^ (z >> np.uint64(30))) * _MIX_1
+        z = (z ^ (z >> np.uint64(27))) * _MIX_2
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 

@@ -45,6 +45,61 @@ def project_psd(stack: np.ndarray, floor: float = 0.0) -> np.ndarray:
     return out
 
 
+@njit(fastmath=True, cache=True, inline="always")
+def _cholesky_lower(a: npt.NDArray[np.float64]) -> bool:
+    """In-place Cholesky ``a = L Lᵀ`` of the lower triangle; False at a non-positive pivot.
+
+    Row-oriented: every inner loop is a dot product of contiguous row prefixes
+    (vectorised by LLVM).
+    """
+    k = a.shape[0]
+    for j in range(k):
+        s = a[j, j]
+        for t in range(j):
+            s -= a[j, t] * a[j, t]
+        if s <= 0.0:
+            return False
+        d = np.sqrt(s)
+        a[j, j] = d
+        for i in range(j + 1, k):
+            s = a[i, j]
+            for t in range(j):
+                s -= a[i, t] * a[j, t]
+            a[i, j] = s / d
+    return True
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _cholesky_solve_lower(low: npt.NDArray[np.float64], v: npt.NDArray[np.float64]) -> None:
+    """Solve ``L Lᵀ z = v`` in place, ``L`` the lower triangle of ``low``."""
+    k = low.shape[0]
+    for i in range(k):
+        s = v[i]
+        for t in range(i):
+            s -= low[i, t] * v[t]
+        v[i] = s / low[i, i]
+    for i in range(k - 1, -1, -1):
+        s = v[i]
+        for t in range(i + 1, k):
+            s -= low[t, i] * v[t]
+        v[i] = s / low[i, i]
+
+
+@njit(fastmath=True, cache=True, inline="always")
+def _load_system(
+    base: npt.NDArray[np.float64],
+    mat: npt.NDArray[np.floating],
+    diag: float,
+    a: npt.NDArray[np.float64],
+) -> None:
+    """``a ← base + mat + diag·I`` (lower triangle only, in float64)."""
+    k = a.shape[0]
+    for i in range(k):
+        for t in range(i + 1):
+            a[i, t] = base[i, t] + mat[i, t]
+        a[i, i] += diag
+
+
 @njit(parallel=True, cache=True)
 def _psd_solve_kernel(
     base: npt.NDArray[np.float64],
@@ -53,43 +108,43 @@ def _psd_solve_kernel(
     reg: npt.NDArray[np.float64],
     out: npt.NDArray[np.float64],
     projected: npt.NDArray[np.bool_],
-    shift: float,
+    always: bool,
 ) -> None:
     n, k = rhs.shape
-    for j in prange(n):
-        a = base + stack[j].astype(np.float64)
-        for c in range(k):
-            a[c, c] += shift * reg[j]
-        low = np.zeros((k, k))
-        pd = True
-        for c in range(k):  # Cholesky of a (lower), stops at the first non-positive pivot
-            s = a[c, c]
-            for t in range(c):
-                s -= low[c, t] * low[c, t]
-            if s <= 0.0:
-                pd = False
-                break
-            d = np.sqrt(s)
-            low[c, c] = d
-            for i in range(c + 1, k):
-                s = a[i, c]
-                for t in range(c):
-                    s -= low[i, t] * low[c, t]
-                low[i, c] = s / d
-        if pd:
-            m = a.copy()
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    for blk in prange(n_blocks):
+        a = np.empty((k, k), dtype=np.float64)
+        v = np.empty(k, dtype=np.float64)
+        for j in range(blk * _BLOCK, min(n, (blk + 1) * _BLOCK)):
             for c in range(k):
-                m[c, c] += (1.0 - shift) * reg[j]
-            out[j] = np.linalg.solve(m, rhs[j].astype(np.float64))
-        else:
+                v[c] = rhs[j, c]
+            # if_indefinite: the test factorises the regularised matrix M + reg·I
+            # itself, so when it passes the same factor solves the system.
+            # always: M itself must pass; then M + reg·I is factorised to solve.
+            _load_system(base, stack[j], 0.0 if always else reg[j], a)
+            pd = _cholesky_lower(a)
+            if pd and always:
+                _load_system(base, stack[j], reg[j], a)
+                pd = _cholesky_lower(a)
+            if pd:
+                _cholesky_solve_lower(a, v)
+                for c in range(k):
+                    out[j, c] = v[c]
+                continue
             projected[j] = True
-            for c in range(k):
-                a[c, c] -= shift * reg[j]
-            w, v = np.linalg.eigh(a)
-            z = v.T @ rhs[j].astype(np.float64)
+            full = base + stack[j].astype(np.float64)
+            for r in range(k):  # symmetrise from the lower triangle
+                for c in range(r + 1, k):
+                    full[r, c] = full[c, r]
+            w, vec = np.linalg.eigh(full)
+            z = vec.T @ v
             for c in range(k):
                 z[c] /= max(w[c], 0.0) + reg[j]
-            out[j] = v @ z
+            out[j] = vec @ z
+
+
+# Systems per parallel task (scratch allocated once per block).
+_BLOCK = 32
 
 
 def psd_solve(
@@ -107,9 +162,14 @@ def psd_solve(
     only paid where needed: a Cholesky factorisation first tests whether
     ``base + stack_j`` is already positive definite — then it is its own
     projection and the system is solved directly; otherwise the
-    eigendecomposition both projects and solves. Post-processing of noisy
-    releases only. Returns the solutions (float64) and a boolean mask of the
-    systems that needed projecting. Parallel over the stack (numba).
+    eigendecomposition both projects and solves. With ``"if_indefinite"`` the
+    test is made on ``base + stack_j + reg_j I`` (the projection is skipped
+    whenever the regularised system is positive definite), and the factor of
+    that test is the one that solves — one factorisation per system, in float64
+    on the lower triangle, with scratch space allocated once per block of
+    systems. Post-processing of noisy releases only. Returns the solutions
+    (float64) and a boolean mask of the systems that needed projecting.
+    Parallel over the stack (numba).
     """
     n, k = rhs.shape
     out = np.zeros((n, k), dtype=np.float64)
@@ -121,6 +181,6 @@ def psd_solve(
         np.ascontiguousarray(reg, dtype=np.float64),
         out,
         projected,
-        0.0 if project == "always" else 1.0,
+        project == "always",
     )
     return out, projected

@@ -2,8 +2,11 @@
 
 Usage::
 
-    python benchmarks/privacy_utility.py           # full run (about 25-35 min on 2 cores)
-    python benchmarks/privacy_utility.py --quick   # ml-100k + ml-1m, ε ∈ {1, ∞}, no speed row
+    python benchmarks/privacy_utility.py           # full run (about 30-40 min on 2 cores)
+    python benchmarks/privacy_utility.py --quick   # ml-100k + ml-1m, ε ∈ {1, ∞}
+    # or one data set per process, then merge the parts into the report:
+    python benchmarks/privacy_utility.py --datasets gowalla-lightgcn --part gowalla
+    python benchmarks/privacy_utility.py --merge ml100k ml1m gowalla
 
 Quality
     Recall@20 and NDCG@20, overall and per user-activity quartile, for DPALS
@@ -22,14 +25,15 @@ Quality
     Private cells are the mean of :data:`SEEDS` seeded noise draws (seeded for
     reproducibility — seeded noise is NOT private, fine for a benchmark). The
     selection grids are small (see :data:`GRIDS`), one noise draw per candidate;
-    DPALS's candidates (each method separately) are its ε-aware defaults and two
-    B = 30 variants; DPEASE picks its ridge; ImplicitALS runs its defaults (the
-    lead's grid in ``bench_als.py``), EASE picks its ridge.
-Speed
-    DPALS seconds per private step against ImplicitALS seconds per epoch on a
-    MovieLens-20M-sized synthetic matrix (138k × 20k, ~20M interactions), 64
-    factors, whole catalogue (``head_fraction=1.0``), 2 threads, each in its own
-    subprocess.
+    DPALS's candidates (each method separately) are its ε-aware defaults, 8
+    factors, and three B = 30 variants (the last with Γ = 1, 64 factors,
+    α0 = 0.5); DPEASE's are its ε-aware defaults and two variants (C = 30, a
+    larger ridge). Selection scores at most :data:`SELECT_USERS` validation
+    users (a fixed random subset; only gowalla has more). ImplicitALS runs its defaults (the lead's grid in
+    ``bench_als.py``), EASE picks its ridge.
+
+The DPALS-vs-ImplicitALS epoch time is measured by ``bench_dpals_speed.py``
+(``results/dpals_speed.md``).
 
 Results: ``benchmarks/results/privacy_utility.{json,md,png}``.
 """
@@ -40,9 +44,7 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -70,11 +72,20 @@ COUNTERPART = {
     "dpease": "ease",
     "dppopularity": "popularity",
 }
+# Hyper-parameters are selected on at most this many validation users (a fixed random subset;
+# gowalla has ~30k, and the selection fits and scores every candidate at every ε).
+SELECT_USERS = 8000
 # DPEASE / EASE run on at most this many head items on gowalla (the dense Gram is n_items²).
 EASE_MAX_ITEMS = {"gowalla-lightgcn": 3000}
 GRIDS: dict[str, list[dict[str, Any]]] = {
-    "dpals": [{}, {"max_per_user": 30}, {"max_per_user": 30, "clip_norm": 1.0}],
-    "dpease": [{"regularization": r} for r in (500.0, 5000.0)],
+    "dpals": [
+        {},
+        {"factors": 8},
+        {"max_per_user": 30},
+        {"max_per_user": 30, "clip_norm": 1.0},
+        {"max_per_user": 30, "clip_norm": 1.0, "factors": 64, "alpha0": 0.5},
+    ],
+    "dpease": [{}, {"max_contribution": 30.0}, {"reg_scale": 10.0}],
 }
 # Reference DP-ALS (anchors.md): ε -> (adaptive, tail) Recall@20 on test.
 ANCHORS: dict[str, dict[float, tuple[float, float]]] = {
@@ -180,7 +191,23 @@ def _splits(dataset: str) -> tuple[Any, Any, str, str]:
         return split, split, "valid", "test"
     sel = load_split(DATA / dataset, merge_valid_into_train=False)
     rep = load_split(DATA / dataset, merge_valid_into_train=True)
-    return sel, rep, "valid", "test"
+    return _subsample_valid(sel, SELECT_USERS), rep, "valid", "test"
+
+
+def _subsample_valid(split: Any, n: int) -> Any:
+    """The split with at most ``n`` validation users (a fixed random subset), to keep selection cheap."""
+    import dataclasses
+
+    es = split.valid
+    if es is None or es.targets.shape[0] <= n:
+        return split
+    rows = np.sort(np.random.default_rng(123).choice(es.targets.shape[0], size=n, replace=False))
+    users = None if es.users is None else es.users[rows]
+    fold_in = None if es.fold_in is None else es.fold_in[rows]
+    sub = dataclasses.replace(
+        es, targets=es.targets[rows], user_ids=es.user_ids[rows], users=users, fold_in=fold_in
+    )
+    return dataclasses.replace(split, valid=sub)
 
 
 def _score(
@@ -243,76 +270,6 @@ def quality(datasets: tuple[str, ...], epsilons: tuple[float, ...]) -> list[dict
                     flush=True,
                 )
     return rows
-
-
-# ------------------------------------------------------------------ speed
-def _child(spec: dict[str, Any]) -> dict[str, Any]:
-    with np.load(spec["path"]) as f:
-        m = sp.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=tuple(f["shape"]))
-    from privrec.data.interactions import Interactions
-
-    data = Interactions(m, np.arange(m.shape[0]), np.arange(m.shape[1]))
-    ends: list[float] = []
-    small = sp.random(60, 40, density=0.2, format="csr", random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if spec["model"] == "implicitals":
-            from privrec.models.als import ImplicitALS
-
-            ImplicitALS(factors=4, iterations=1).fit(small)  # load the JIT cache
-            model: Any = ImplicitALS(factors=64, iterations=spec["iterations"], num_threads=THREADS)
-        else:
-            from privrec.models.dp_als import DPALS
-
-            kw: dict[str, Any] = {"epsilon": 5.0, "delta": DELTA, "unit": "user", "seed": 0}
-            DPALS(**kw, factors=4, iterations=1, head_fraction=1.0).fit(small)
-            model = DPALS(**kw, factors=64, iterations=spec["iterations"], head_fraction=1.0)
-        t0 = time.perf_counter()
-        model.fit(data, progress=lambda i, n: ends.append(time.perf_counter()))
-    total = time.perf_counter() - t0
-    steps = np.diff(np.array([t0, *ends]))
-    return {
-        "model": spec["model"],
-        "iterations": spec["iterations"],
-        "step_seconds": [round(float(s), 3) for s in steps],
-        "seconds_per_step": round(float(np.median(steps)), 3),
-        "fit_seconds": round(total, 2),
-    }
-
-
-def speed() -> dict[str, Any]:
-    from privrec.data.synthetic import synthetic
-
-    cache = Path(tempfile.gettempdir()) / "privrec_synth20m.npz"
-    if not cache.exists():
-        x = synthetic(138_000, 20_000, 145, seed=0, timestamps=False)
-        mm = x.matrix
-        np.savez(
-            cache, data=mm.data, indices=mm.indices, indptr=mm.indptr, shape=np.array(mm.shape)
-        )
-        del x, mm
-    with np.load(cache) as f:
-        nnz = int(f["data"].shape[0])
-    out: dict[str, Any] = {"n_users": 138_000, "n_items": 20_000, "nnz": nnz, "runs": []}
-    for model, iters in (("implicitals", 3), ("dpals", 3)):
-        spec = {"path": str(cache), "model": model, "iterations": iters}
-        env = {**os.environ, "NUMBA_NUM_THREADS": str(THREADS)}
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(spec)],
-            capture_output=True, text=True, env=env, check=False,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
-            raise RuntimeError(f"{model} child failed")
-        row = json.loads(proc.stdout.strip().splitlines()[-1])
-        out["runs"].append(row)
-        print(f"  [speed] {row}", flush=True)
-    # DPALS's first interval also holds the one-off set-up (noisy counts, per-user sampling and
-    # weights); the steady-state step is the median of the later ones.
-    dp = out["runs"][1]
-    dp["steady_seconds_per_step"] = round(float(np.median(dp["step_seconds"][1:])), 3)
-    out["ratio"] = round(dp["steady_seconds_per_step"] / out["runs"][0]["seconds_per_step"], 2)
-    return out
 
 
 # ----------------------------------------------------------------- report
@@ -404,26 +361,10 @@ def markdown(result: dict[str, Any]) -> str:
                     + " |"
                 )
         lines.append("")
-    sp_ = result.get("speed")
-    if sp_:
-        lines += [
-            f"## Speed (synthetic {sp_['n_users']:,} × {sp_['n_items']:,}, {sp_['nnz']:,} interactions, "
-            f"64 factors, whole catalogue, {THREADS} threads)",
-            "",
-            "| model | s per step/epoch (median) | steps |",
-            "|---|---:|---:|",
-        ]
-        for r in sp_["runs"]:
-            lines.append(f"| {r['model']} | {r['seconds_per_step']:.2f} | {r['iterations']} |")
-        dp = sp_["runs"][1]
-        lines += [
-            "",
-            f"DPALS steps: {dp['step_seconds']} s; the first also holds the one-off set-up (noisy "
-            "counts, per-user sampling, weights). Steady-state DPALS private step / ImplicitALS "
-            f"epoch = {dp.get('steady_seconds_per_step', 0):.2f} / "
-            f"{sp_['runs'][0]['seconds_per_step']:.2f} = {sp_['ratio']:.2f}×.",
-            "",
-        ]
+    lines += [
+        "DPALS-vs-ImplicitALS epoch time: see `dpals_speed.md` (`benchmarks/bench_dpals_speed.py`).",
+        "",
+    ]
     lines += ["## Machine", "", machine_markdown(result["machine"]), ""]
     return "\n".join(lines)
 
@@ -472,19 +413,24 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _write(result: dict[str, Any], out: Path, stem: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    (out / f"{stem}.md").write_text(markdown(result))
+    if result["quality"]:
+        plot(result, out / f"{stem}.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument(
-        "--only-speed", action="store_true", help="re-measure speed into the existing results"
-    )
+    ap.add_argument("--datasets", help="comma-separated subset of the data sets")
+    ap.add_argument("--epsilons", help="comma-separated subset of the ε grid")
+    ap.add_argument("--part", help="write only results/privacy_utility-part-PART.json")
+    ap.add_argument("--merge", nargs="+", metavar="PART", help="merge parts into the report")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
-    if args.child:
-        print(json.dumps(_child(json.loads(args.child))))
-        return
+    out = Path(args.out)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "quick": args.quick,
@@ -492,38 +438,39 @@ def main() -> None:
         "delta": DELTA,
         "seeds": list(SEEDS),
         "grids": GRIDS,
+        "quality": [],
     }
-    out = Path(args.out)
-    if args.only_speed:
-        path = out / "privacy_utility.json"
-        result = json.loads(path.read_text())
-        for r in result["quality"]:
-            r["epsilon"] = float(r["epsilon"])
-        result["speed"] = speed()
-        result["speed_date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        (out / "privacy_utility.md").write_text(markdown(result))
-        plot(result, out / "privacy_utility.png")
+    if args.merge:
+        parts = [
+            json.loads((out / f"privacy_utility-part-{p}.json").read_text()) for p in args.merge
+        ]
+        result["date"] = max(p["date"] for p in parts)
+        for part in parts:
+            for r in part["quality"]:
+                r["epsilon"] = float(r["epsilon"])
+            result["quality"] += part["quality"]
+        _write(result, out, "privacy_utility")
         print(markdown(result))
         return
     if not DATA.exists():
         print(f"shared data not found at {DATA}; skipping quality", flush=True)
         datasets: tuple[str, ...] = ()
+    elif args.datasets:
+        datasets = tuple(args.datasets.split(","))
     elif args.quick:
         datasets = ("ml-100k", "ml-1m-implicit-r3")
     else:
         datasets = ("ml-100k", "ml-1m-implicit-r3", "gowalla-lightgcn")
-    result["quality"] = quality(datasets, (1.0,) if args.quick else EPSILONS)
-    if not (args.quick or args.skip_speed):
-        result["speed"] = speed()
-    out.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    (out / f"privacy_utility{suffix}.json").write_text(
-        json.dumps(result, indent=2, default=str) + "\n"
-    )
-    (out / f"privacy_utility{suffix}.md").write_text(markdown(result))
-    if result["quality"]:
-        plot(result, out / f"privacy_utility{suffix}.png")
+    epsilons: tuple[float, ...] = (1.0,) if args.quick else EPSILONS
+    if args.epsilons:
+        epsilons = tuple(float(e) for e in args.epsilons.split(","))
+    result["quality"] = quality(datasets, epsilons)
+    if args.part:
+        path = out / f"privacy_utility-part-{args.part}.json"
+        path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(f"wrote {path}")
+        return
+    _write(result, out, "privacy_utility-quick" if args.quick else "privacy_utility")
     print(markdown(result))
 
 

@@ -19,10 +19,13 @@ from privrec.models.dp_als import (
     DPALS,
     DPALSSensitivity,
     dpals_event,
+    head_threshold,
     resolve_iterations,
+    resolve_popularity_blend,
     resolve_regularization,
     select_head,
 )
+from privrec.models.private import blend_popularity
 from privrec.privacy.accounting import epsilon_of
 from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
 from privrec.privacy.events import total_event
@@ -147,6 +150,7 @@ def test_released_file_has_no_user_data_and_folds_in(tmp_path: Path) -> None:
     data, _ = checkerboard(n_users=60, n_items=20)
     m = DPALS(epsilon=2.0, delta=1e-4, unit="user", factors=4, seed=1).fit(data)
     again = load_model(m.save(tmp_path / "dpals.npz"))
+    assert isinstance(again, DPALS)
     assert again.user_items_.nnz == 0
     np.testing.assert_allclose(
         again.fold_in(data.matrix[[3]]), m.user_factors_[[3]], rtol=1e-4, atol=1e-5
@@ -266,3 +270,58 @@ def test_statistics_interaction_sensitivity(
     assert np.linalg.norm(g1 - g2) <= s.gram + 1e-6
     assert np.linalg.norm(l1 - l2) <= s.lhs + 1e-6
     assert np.linalg.norm(r1 - r2) <= s.rhs + 1e-6
+
+
+def test_blend_popularity_standardises_rows_and_ranks_cold_users_by_popularity() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((4, 6)).astype(np.float32)
+    scores[1] *= 1000.0  # the scale of a row does not matter
+    scores[3] = 0.0  # a user without history
+    counts = np.array([10.0, 500.0, -3.0, 80.0, 20.0, 5.0])
+    out = blend_popularity(scores, counts, 0.0)
+    np.testing.assert_allclose(out[:3].mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(out[:3].std(axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_array_equal(np.argsort(-out[0]), np.argsort(-scores[0]))  # β = 0 keeps ranks
+    blended = blend_popularity(scores, counts, 0.5)
+    np.testing.assert_allclose(
+        blended[1], blend_popularity(scores[[1]] / 1000.0, counts, 0.5)[0], rtol=1e-4, atol=1e-5
+    )
+    assert np.argsort(-blended[3], kind="stable")[:3].tolist() == [1, 3, 4]
+    # a huge β gives the popularity ranking for everybody (negative noisy counts count as 0)
+    assert np.argsort(-blend_popularity(scores, counts, 1e4)[0])[:3].tolist() == [1, 3, 4]
+
+
+def test_popularity_blend_default_and_round_trip(tmp_path: Path) -> None:
+    assert resolve_popularity_blend(None, 1.0) > resolve_popularity_blend(None, 5.0)
+    assert resolve_popularity_blend(None, 5.0) > resolve_popularity_blend(None, 20.0) > 0
+    assert resolve_popularity_blend(0.0, 1.0) == 0.0
+    data, _ = checkerboard(n_users=60, n_items=20)
+    m = DPALS(epsilon=2.0, delta=1e-4, unit="user", factors=4, seed=1).fit(data)
+    assert m.popularity_blend_ == resolve_popularity_blend(None, 2.0)
+    off = DPALS(epsilon=2.0, delta=1e-4, unit="user", factors=4, popularity_blend=0.0, seed=1).fit(
+        data
+    )
+    # same noise draws, same factors: the blend only re-ranks (post-processing, same guarantee)
+    np.testing.assert_array_equal(m.item_factors_, off.item_factors_)
+    assert m.privacy_guarantee.epsilon == off.privacy_guarantee.epsilon
+    again = load_model(m.save(tmp_path / "dpals.npz"))
+    assert isinstance(again, DPALS)
+    assert again.popularity_blend_ == m.popularity_blend_
+    hist = data.matrix[[5, 7]]
+    np.testing.assert_array_equal(
+        again.recommend_history(hist, k=5)[0], m.recommend_history(hist, k=5)[0]
+    )
+    with pytest.raises(ConfigError):
+        DPALS(epsilon=1.0, delta=1e-6, unit="user", popularity_blend=-1.0).config()
+
+
+def test_count_sample_defaults_to_the_weight_budget() -> None:
+    data, _ = checkerboard(n_users=60, n_items=20)
+    kw = {"epsilon": 2.0, "delta": 1e-4, "unit": "user", "factors": 4, "max_per_user": 3, "seed": 4}
+    a = DPALS(**kw).fit(data)  # type: ignore[arg-type]
+    b = DPALS(**kw, count_sample=3).fit(data)  # type: ignore[arg-type]
+    c = DPALS(**kw, count_sample=20).fit(data)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(a.noisy_counts_, b.noisy_counts_)
+    assert not np.array_equal(a.noisy_counts_, c.noisy_counts_)
+    assert head_threshold(7.0, 2.0, 100) == pytest.approx(14.0)
+    assert head_threshold(7.0, 2.0, 25) == pytest.approx(7.0)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from privrec.models.dp_ease import DPEASE, bounded_gram
+from privrec.models import load_model
+from privrec.models.dp_ease import (
+    DPEASE,
+    bounded_gram,
+    gram_sensitivity,
+    resolve_ease_blend,
+    resolve_ease_regularization,
+)
 from privrec.privacy.accounting import epsilon_of
 from privrec.privacy.events import total_event
 from privrec.privacy.randomness import seeded_generator
@@ -91,3 +100,35 @@ def test_cold_start_uses_gram_diagonal() -> None:
     items, _ = m.recommend(0, k=5)  # user 0 has no interactions
     expected = np.argsort(-m.item_popularity_, kind="stable")[:5]
     np.testing.assert_array_equal(np.sort(items), np.sort(m.head_items_[expected]))
+
+
+def test_whole_catalogue_without_head_selection_spends_only_the_gram() -> None:
+    data, _ = checkerboard(n_users=60, n_items=20)
+    m = DPEASE(epsilon=2.0, delta=1e-4, unit="user", head_snr=0.0, seed=1).fit(data)
+    assert [s.label for s in m.guarantee_.spent_events] == ["noisy item Gram matrix"]
+    assert len(m.head_items_) == 20
+    assert 0.99 * 2.0 <= m.privacy_guarantee.epsilon <= 2.0
+
+
+def test_automatic_head_regularisation_and_blend(tmp_path: Path) -> None:
+    assert resolve_ease_regularization(None, 10.0, 100, 3.0) == pytest.approx(600.0)
+    assert resolve_ease_regularization(None, 0.01, 100, 3.0) == 100.0  # floor
+    assert resolve_ease_regularization(42.0, 10.0, 100, 3.0) == 42.0
+    assert gram_sensitivity(PrivacyUnit.USER, 7.0, 5) == 7.0
+    assert gram_sensitivity(PrivacyUnit.INTERACTION, 7.0, 5) == pytest.approx(np.sqrt(18))
+    assert resolve_ease_blend(None, 1.0) > resolve_ease_blend(None, 20.0) > 0
+    data, _ = checkerboard(n_users=60, n_items=30)
+    m = DPEASE(epsilon=1.0, delta=1e-4, unit="user", head_min=4, seed=3).fit(data)
+    # at ε = 1 with 60 users no count clears the threshold: the head is the floor
+    assert len(m.head_items_) == 4
+    noise_std = m.noise_multiplier_ * 10.0  # the default C
+    assert m.regularization_ == pytest.approx(resolve_ease_regularization(None, noise_std, 4, 3.0))
+    big = DPEASE(epsilon=1e5, delta=1e-4, unit="user", head_min=4, seed=3).fit(data)
+    assert len(big.head_items_) == 30  # noiseless limit: every item clears it
+    again = load_model(m.save(tmp_path / "dpease.npz"))
+    assert isinstance(again, DPEASE)
+    assert again.popularity_blend_ == m.popularity_blend_ == resolve_ease_blend(None, 1.0)
+    hist = data.matrix[[5, 7]]
+    np.testing.assert_array_equal(
+        again.recommend_history(hist, k=3)[0], m.recommend_history(hist, k=3)[0]
+    )

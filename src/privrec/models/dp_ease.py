@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -13,13 +14,24 @@ from privrec.errors import ConfigError
 from privrec.models.base import register
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.ease import ease_from_gram, item_gram
-from privrec.models.private import PrivateConfig, PrivateRecommender
+from privrec.models.private import PrivateConfig, PrivateRecommender, blend_popularity
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.contribution import sample_per_user
 from privrec.privacy.mechanisms import gaussian, gaussian_event, symmetric_gaussian
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["DPEASE", "bounded_gram"]
+__all__ = ["DPEASE", "bounded_gram", "resolve_ease_regularization"]
+
+HEAD_SNR = 6.0
+REG_SCALE = 3.0
+MAX_CONTRIBUTION = 10.0
+
+
+def gram_sensitivity(unit: PrivacyUnit, max_contribution: float, max_per_user: int) -> float:
+    """Frobenius sensitivity of :func:`bounded_gram` (C, or √(2(2B − 1)) per interaction)."""
+    if unit is PrivacyUnit.USER:
+        return float(max_contribution)
+    return float(np.sqrt(2 * (2 * max_per_user - 1)))
 
 
 def bounded_gram(
@@ -46,17 +58,36 @@ def bounded_gram(
     if unit is PrivacyUnit.USER:
         n_u = np.diff(x.indptr).astype(np.float64)
         w = np.minimum(1.0, max_contribution / np.maximum(n_u, 1.0))
-        return item_gram(x, w), float(max_contribution)
+        return item_gram(x, w), gram_sensitivity(unit, max_contribution, max_per_user)
     kept = sample_per_user(x, max_per_user, rng)
-    return item_gram(kept), float(np.sqrt(2 * (2 * max_per_user - 1)))
+    return item_gram(kept), gram_sensitivity(unit, max_contribution, max_per_user)
 
 
 class DPEASEConfig(PrivateConfig):
-    regularization: float = pydantic.Field(default=500.0, gt=0, allow_inf_nan=False)
-    max_contribution: float = pydantic.Field(default=30.0, gt=0, allow_inf_nan=False)
+    regularization: float | None = pydantic.Field(default=None, gt=0, allow_inf_nan=False)
+    reg_scale: float = pydantic.Field(default=REG_SCALE, gt=0, allow_inf_nan=False)
+    max_contribution: float = pydantic.Field(default=MAX_CONTRIBUTION, gt=0, allow_inf_nan=False)
     max_per_user: int = pydantic.Field(default=30, ge=1)
     max_items: int = pydantic.Field(default=5000, ge=1)
+    head_snr: float = pydantic.Field(default=HEAD_SNR, ge=0, allow_inf_nan=False)
+    head_min: int = pydantic.Field(default=100, ge=1)
     count_budget_fraction: float = pydantic.Field(default=0.1, gt=0, lt=1)
+    popularity_blend: float | None = pydantic.Field(default=None, ge=0, le=10, allow_inf_nan=False)
+
+
+def resolve_ease_regularization(
+    regularization: float | None, noise_std: float, n_items: int, scale: float
+) -> float:
+    """Default EASE ridge: ``scale`` × the spectral norm of the Gram noise, at least 100.
+
+    A symmetric n×n Gaussian matrix of entry std s has spectral norm ≈ 2 s √n,
+    so a ridge of that order keeps the noise from dominating the inverse;
+    ``scale`` was picked on validation data. From σ and the head size only
+    (both already public), so it costs no privacy.
+    """
+    if regularization is not None:
+        return float(regularization)
+    return max(100.0, scale * 2.0 * noise_std * math.sqrt(n_items))
 
 
 @register
@@ -68,30 +99,44 @@ class DPEASE(PrivateRecommender):
     epsilon, delta, unit
         The budget and privacy unit (required).
     regularization
-        λ of EASE; noise on the Gram matrix calls for more than the
+        λ of EASE. Default (``None``): ``reg_scale`` × the spectral norm of the
+        Gram noise (:func:`resolve_ease_regularization`), so it grows as ε
+        shrinks — noise on the Gram matrix calls for far more than the
         non-private optimum.
+    reg_scale
+        Multiplier of the automatic λ.
     max_contribution
         C: Frobenius bound of one user's Gram term (user unit).
     max_per_user
-        B: items kept per user under the interaction unit (and for the head
-        selection counts under the user unit).
-    max_items
-        When the catalogue is larger, first pick this many head items by noisy
-        counts (charged to the budget) and learn EASE on them only; other
-        items are never recommended.
+        B: items kept per user under the interaction unit (and for the
+        head-selection counts under the user unit).
+    max_items, head_snr, head_min
+        Head selection: learn EASE only on the items whose noisy count is at
+        least ``head_snr`` × the Gram noise std (an item pair's co-occurrence
+        can only rise above the noise when both items are that popular), at
+        least ``head_min`` and at most ``max_items`` of them; other items are
+        never recommended. ``head_snr = 0`` with a catalogue of at most
+        ``max_items`` items skips the selection (and its count release).
     count_budget_fraction
         Share of the privacy "rate" (Σ 1/z²) spent on the head-selection counts.
+    popularity_blend
+        β: scores are the row-standardised EASE scores plus β × the
+        standardised log popularity from the released Gram diagonal
+        (:func:`privrec.models.private.blend_popularity`). Default (``None``):
+        ε-aware, larger at small ε (picked on validation data).
 
     Privacy
     -------
     Mechanism: symmetric Gaussian noise on the bounded Gram matrix
     (sensitivity C under the user unit, √(2(2B−1)) under the interaction unit;
-    add/remove neighbouring), event ``GaussianDpEvent(z_g)``; plus, when the
-    catalogue exceeds ``max_items``, Gaussian noisy counts (sensitivity √B /
-    1), event ``GaussianDpEvent(z_c)``. The multipliers are calibrated jointly
-    so the composed event meets (ε, δ). Released: the noisy Gram matrix and the
-    EASE weights computed from it. A user's scores ``x_u B`` use that user's
-    own history only (joint DP).
+    add/remove neighbouring), event ``GaussianDpEvent(z_g)``; plus, when a
+    head is selected, Gaussian noisy counts (sensitivity √B / 1), event
+    ``GaussianDpEvent(z_c)``. The multipliers are calibrated jointly so the
+    composed event meets (ε, δ). Released: the head set, the noisy Gram matrix
+    and the EASE weights computed from it. The head size, the default λ and β
+    depend only on the noisy counts, σ and ε (post-processing), and so does
+    the popularity prior (the diagonal of the released Gram matrix). A
+    user's scores ``x_u B`` use that user's own history only (joint DP).
     """
 
     name = "dpease"
@@ -102,17 +147,23 @@ class DPEASE(PrivateRecommender):
     head_items_: np.ndarray
     item_popularity_: np.ndarray
     noise_multiplier_: float
+    regularization_: float
+    popularity_blend_: float
 
     def __init__(
         self,
         epsilon: float,
         delta: float,
         unit: PrivacyUnit | Literal["user", "interaction"],
-        regularization: float = 500.0,
-        max_contribution: float = 30.0,
+        regularization: float | None = None,
+        reg_scale: float = REG_SCALE,
+        max_contribution: float = MAX_CONTRIBUTION,
         max_per_user: int = 30,
         max_items: int = 5000,
+        head_snr: float = HEAD_SNR,
+        head_min: int = 100,
         count_budget_fraction: float = 0.1,
+        popularity_blend: float | None = None,
         accountant: Literal["pld", "rdp"] = "pld",
         seed: int | None = None,
     ) -> None:
@@ -120,16 +171,20 @@ class DPEASE(PrivateRecommender):
         self.delta = delta
         self.unit = unit
         self.regularization = regularization
+        self.reg_scale = reg_scale
         self.max_contribution = max_contribution
         self.max_per_user = max_per_user
         self.max_items = max_items
+        self.head_snr = head_snr
+        self.head_min = head_min
         self.count_budget_fraction = count_budget_fraction
+        self.popularity_blend = popularity_blend
         self.accountant = accountant
         self.seed = seed
 
     def _fit(self, data: Interactions, config: DPEASEConfig) -> None:
         budget, rng = self._begin(data, config)
-        restrict = data.n_items > config.max_items
+        restrict = data.n_items > config.max_items or config.head_snr > 0
         f = config.count_budget_fraction if restrict else 0.0
         z_eff = calibrate(budget, gaussian_event, kind=config.accountant, unit=config.unit)
         if config.accountant == "rdp":
@@ -146,13 +201,16 @@ class DPEASE(PrivateRecommender):
                 unit=config.unit,
             )
         z_gram = z_eff / np.sqrt(1.0 - f)
+        sens_g = gram_sensitivity(config.unit, config.max_contribution, config.max_per_user)
         m = data.matrix
         if restrict:
             z_count = z_eff / np.sqrt(f)
             counts, sens = bounded_counts(m, config.unit, config.max_per_user, rng)
             noisy = gaussian(counts, z_count, sens, rng)
-            head = np.sort(np.argsort(-noisy, kind="stable")[: config.max_items])
             self._spend("noisy item counts (head selection)", gaussian_event(z_count))
+            n_head = int(np.count_nonzero(noisy >= config.head_snr * z_gram * sens_g))
+            n_head = min(max(n_head, config.head_min), config.max_items, data.n_items)
+            head = np.sort(np.argsort(-noisy, kind="stable")[:n_head])
             m = sp.csr_matrix(m[:, head])
         else:
             head = np.arange(data.n_items)
@@ -163,12 +221,17 @@ class DPEASE(PrivateRecommender):
         )
         noisy_gram = symmetric_gaussian(gram, z_gram, sens_g, rng)
         self._spend("noisy item Gram matrix", gaussian_event(z_gram))
-        self.weights_ = ease_from_gram(noisy_gram, config.regularization)
+        reg = resolve_ease_regularization(
+            config.regularization, float(z_gram * sens_g), len(head), config.reg_scale
+        )
+        self.regularization_ = reg
+        self.weights_ = ease_from_gram(noisy_gram, reg)
         # the diagonal of the released Gram matrix is a (bounded, noisy) item count: the
-        # cold-start ranking for users without history, at no extra privacy cost
+        # popularity prior and the cold-start ranking, at no extra privacy cost
         self.item_popularity_ = np.diag(noisy_gram).astype(np.float32)
         self.head_items_ = head.astype(np.int64)
         self.noise_multiplier_ = float(z_gram)
+        self.popularity_blend_ = resolve_ease_blend(config.popularity_blend, config.epsilon)
         self._finish(
             config,
             released=["the noisy item Gram matrix", "EASE item-item weights derived from it"]
@@ -188,7 +251,14 @@ class DPEASE(PrivateRecommender):
         n_items = user_items.shape[1]
         out = np.full((user_items.shape[0], n_items), -np.inf, dtype=np.float32)
         sub = sp.csr_matrix(user_items[:, self.head_items_])
-        out[:, self.head_items_] = np.asarray(sub @ self.weights_, dtype=np.float32)
+        scores = np.asarray(sub @ self.weights_, dtype=np.float32)
+        if self.popularity_blend_ > 0:
+            # a user without history has constant (zero) scores: the popularity ranking
+            out[:, self.head_items_] = blend_popularity(
+                scores, self.item_popularity_, self.popularity_blend_
+            )
+            return out
+        out[:, self.head_items_] = scores
         cold = np.diff(sub.indptr) == 0
         if cold.any():
             out[np.ix_(cold, self.head_items_)] = self.item_popularity_
@@ -203,6 +273,7 @@ class DPEASE(PrivateRecommender):
             "head_items": self.head_items_,
             "item_popularity": self.item_popularity_,
             "noise_multiplier": np.asarray(self.noise_multiplier_),
+            "popularity_blend": np.asarray(self.popularity_blend_),
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -210,3 +281,14 @@ class DPEASE(PrivateRecommender):
         self.head_items_ = arrays["head_items"]
         self.item_popularity_ = arrays["item_popularity"]
         self.noise_multiplier_ = float(arrays["noise_multiplier"])
+        # files written before the blend existed scored with the EASE weights alone
+        self.popularity_blend_ = float(arrays.get("popularity_blend", 0.0))
+
+
+def resolve_ease_blend(blend: float | None, epsilon: float) -> float:
+    """Default β of DPEASE's popularity blend: larger at small ε (picked on validation data)."""
+    if blend is not None:
+        return float(blend)
+    if epsilon < 2.0:
+        return 1.0
+    return 0.5 if epsilon < 5.0 else 0.25

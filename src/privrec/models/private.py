@@ -25,7 +25,7 @@ from privrec.privacy.guarantee import PrivacyGuarantee
 from privrec.privacy.randomness import resolve_generator
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["PrivateConfig", "PrivateRecommender"]
+__all__ = ["PrivateConfig", "PrivateRecommender", "blend_popularity"]
 
 
 class PrivateConfig(ModelConfig):
@@ -82,3 +82,23 @@ class PrivateRecommender(Recommender):
 
     def _set_extra_meta(self, extra: dict[str, Any]) -> None:
         self.guarantee_ = PrivacyGuarantee.model_validate(extra["guarantee"])
+
+
+def blend_popularity(scores: np.ndarray, noisy_counts: np.ndarray, beta: float) -> np.ndarray:
+    """Row-standardised ``scores`` plus ``beta`` × the standardised log noisy counts.
+
+    ``scores`` are one user per row over the same items as ``noisy_counts``.
+    Standardising each row (mean 0, std 1) makes β comparable across users,
+    data sets and ε (the scale of factor scores varies with the noise and the
+    ridge); the prior ``log(1 + max(ñ_j, 0))`` is standardised over the items.
+    Pure post-processing: the counts are already released (and charged), and a
+    row uses only that user's own scores. A constant row (a user with no
+    history) becomes the popularity ranking.
+    """
+    s = np.asarray(scores, dtype=np.float32)
+    prior = np.log1p(np.maximum(np.asarray(noisy_counts, dtype=np.float64), 0.0))
+    prior = (prior - prior.mean()) / max(float(prior.std()), 1e-12)
+    sd = s.std(axis=1, keepdims=True)
+    z = (s - s.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, np.float32(1.0))
+    out: np.ndarray = (z + np.float32(beta) * prior.astype(np.float32)).astype(np.float32)
+    return out

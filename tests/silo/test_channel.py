@@ -136,3 +136,53 @@ def test_cli_keys_writes_roster_and_private_keys(tmp_path: Path) -> None:
     assert roster.names("silo") == ["silo1", "silo2"]
     assert roster["server1"].port == 7303
     assert Identity.load(tmp_path / "driver.key").public_key == roster["driver"].public_key
+
+
+def test_arrays_travel_in_chunks_and_a_swapped_chunk_is_rejected(
+    pair: tuple[Channel, Channel],
+) -> None:
+    """A 9 MiB array goes as 3 frames straight into the receiver's array; chunks are bound to
+    their position (the nonce counter), so delivering them out of order fails."""
+    import numpy as np
+
+    from privrec.secure.channel import CHUNK
+    from privrec.secure.silo import SHARE, _recv_array
+
+    client, server = pair
+    data = np.arange(9 * (1 << 20) // 8, dtype=np.uint64)
+    out = np.empty_like(data)
+    before = client.bytes_sent
+    sender = threading.Thread(target=client.send_array, args=(4, SHARE, data))
+    sender.start()
+    wall, cpu = _recv_array(server, 4, SHARE, out, 5.0)
+    sender.join(5)
+    assert np.array_equal(out, data) and wall >= 0 and cpu >= 0
+    assert client.bytes_sent - before == data.nbytes + 3 * (13 + 16) and data.nbytes > 2 * CHUNK
+    # the same three chunks, sealed for step 5, delivered 2nd before 1st
+    small = data[: (2 * CHUNK) // 8]
+    frames: list[bytes] = []
+    client.sock, real = _Capture(frames), client.sock  # type: ignore[assignment]
+    client.send_array(5, SHARE, small)
+    client.sock = real
+
+    def replay() -> None:
+        try:
+            client.send_raw(frames[1])
+            client.send_raw(frames[0])
+        except PeerUnavailable:  # the receiver hangs up after rejecting the first chunk
+            pass
+
+    sender = threading.Thread(target=replay, daemon=True)  # the socket buffer may be smaller
+    sender.start()
+    with pytest.raises(MessageRejected, match="failed authentication"):
+        _recv_array(server, 5, SHARE, np.empty_like(small), 5.0)
+
+
+class _Capture:
+    """A socket stand-in that records what is sent."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = frames
+
+    def sendall(self, data: memoryview) -> None:
+        self.frames.append(bytes(data))

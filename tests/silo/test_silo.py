@@ -15,17 +15,25 @@ import scipy.stats
 
 from privrec.errors import InvalidInputError, ProtocolAbort
 from privrec.models.dp_als import select_head
+from privrec.models.dp_ease import bounded_gram
+from privrec.models.ease import ease_from_gram
 from privrec.privacy.contribution import adaptive_weights
 from privrec.privacy.distributed import ddg_rdp
 from privrec.privacy.postprocessing import project_psd, psd_solve
+from privrec.privacy.units import PrivacyUnit
+from privrec.secure.prg import add_mask, expand
 from privrec.secure.silo import (
     Segment,
     SiloConfig,
+    SiloEASEConfig,
     binary,
     decode_fixed,
+    ease_noise,
     encode_fixed,
     fixed_sigma,
+    load_config,
     run_local,
+    seed_share,
     silo_statistics,
     split_shares,
     unpack_statistics,
@@ -251,3 +259,117 @@ def test_servers_refuse_a_plan_with_less_noise_than_their_config() -> None:
     """A server holding the public config recomputes the noise: a driver cannot lower it."""
     with pytest.raises(ProtocolAbort, match="less noise"):
         run_local(_split(_data()), _config(epsilon=8.0), server_config=_config(epsilon=1.0))
+
+
+# ------------------------------------------------------------------ seed-compressed shares
+def test_seed_share_and_its_expansion_sum_to_the_value() -> None:
+    v = encode_fixed(np.linspace(-5, 5, 10_001), 32, 3)
+    seed = bytes(range(32))
+    second = seed_share(v.copy(), seed)
+    assert np.array_equal(second + expand(seed, v.size, 64), v)
+    acc = np.zeros(v.size, dtype=np.uint64)
+    add_mask(acc, seed)  # what the first server does with the seed
+    assert np.array_equal(acc + second, v)
+    top = (second >> np.uint64(56)).astype(np.int64)  # uniform without the seed
+    assert scipy.stats.chisquare(np.bincount(top, minlength=256))[1] > 1e-4
+
+
+# ------------------------------------------------------------------ DPEASE through the silos
+def _central_ease(x: sp.csr_matrix, head: np.ndarray, c: SiloEASEConfig) -> tuple[np.ndarray, ...]:
+    """Central DPEASE's computation on the union with the noise left out."""
+    gram, sens = bounded_gram(
+        binary(x[:, head]),
+        PrivacyUnit.USER,
+        c.max_contribution,
+        c.max_per_user,
+        None,  # type: ignore[arg-type]
+    )
+    assert sens == c.max_contribution
+    return gram, ease_from_gram(gram, c.regularization)
+
+
+def test_dpease_noise_off_equals_central_dpease_on_the_union() -> None:
+    x = _data()
+    c = SiloEASEConfig(
+        epsilon=2.0, delta=1e-6, n_items=N_ITEMS, regularization=5.0, insecure_disable_noise=True
+    )
+    result = run_local(_split(x), c, allow_no_noise=True, timeout=20)
+    head = np.arange(N_ITEMS)
+    gram, weights = _central_ease(x, head, c)
+    assert np.array_equal(result.head_items, head) and result.noisy_counts is None
+    np.testing.assert_allclose(result.item_popularity, np.diag(gram), atol=1e-6)
+    np.testing.assert_allclose(result.weights, weights, rtol=1e-5, atol=1e-6)
+    assert [e["label"] for e in result.guarantee.events] == ["noisy item Gram matrix"]
+    assert math.isinf(result.guarantee.epsilon)
+
+
+def test_dpease_head_selection_from_noisy_counts_matches_central() -> None:
+    """Catalogue larger than max_items: counts first (no sampling: B ≥ every history)."""
+    x = _data()
+    c = SiloEASEConfig(
+        epsilon=2.0,
+        delta=1e-6,
+        n_items=N_ITEMS,
+        max_items=25,
+        max_per_user=20,
+        insecure_disable_noise=True,
+    )
+    result = run_local(_split(x), c, allow_no_noise=True, timeout=20)
+    counts = np.asarray(binary(x).sum(axis=0)).ravel()
+    assert result.noisy_counts is not None
+    np.testing.assert_allclose(result.noisy_counts, counts, atol=1e-6)
+    head = np.sort(np.argsort(-counts, kind="stable")[:25])  # central DPEASE's selection
+    assert np.array_equal(result.head_items, head)
+    _, weights = _central_ease(x, head, c)
+    np.testing.assert_allclose(result.weights, weights, rtol=1e-5, atol=1e-6)
+    scores = result.scores(x[:5])
+    assert scores.shape == (5, N_ITEMS) and np.all(np.isinf(np.delete(scores, head, axis=1)))
+
+
+def test_dpease_guarantee_and_noise() -> None:
+    x = _data()
+    c = SiloEASEConfig(epsilon=3.0, delta=1e-6, n_items=N_ITEMS, max_items=30)
+    result = run_local(_split(x), c, timeout=20)
+    g = result.guarantee
+    assert g.accountant.value == "rdp" and 0.97 * c.epsilon <= g.epsilon <= c.epsilon
+    assert [e["label"] for e in g.events] == [
+        "noisy item counts (head selection)",
+        "noisy item Gram matrix",
+    ]
+    assert "do not collude" in g.threat_model
+    z_gram, z_count = ease_noise(c)
+    assert z_count is not None and result.noise_multiplier == z_gram
+    # the rate split of central DPEASE: f of Σ 1/z² to the counts
+    f = c.count_budget_fraction
+    assert (1 / z_count**2) / (1 / z_count**2 + 1 / z_gram**2) == pytest.approx(f)
+    # revealed Gram noise: two shares of σ = z·(C·2^f + √d) in fixed point each
+    _, weights = _central_ease(x, result.head_items, c)
+    assert not np.allclose(result.weights, weights, atol=1e-3)
+
+
+def test_configs_round_trip_and_servers_check_dpease_plans() -> None:
+    e = SiloEASEConfig(epsilon=1.0, delta=1e-6, n_items=10)
+    a = _config()
+    assert load_config(e.model_dump_json()) == e and load_config(a.model_dump_json()) == a
+    with pytest.raises(ProtocolAbort, match="less noise"):
+        run_local(
+            _split(_data()),
+            SiloEASEConfig(epsilon=8.0, delta=1e-6, n_items=N_ITEMS),
+            server_config=SiloEASEConfig(epsilon=1.0, delta=1e-6, n_items=N_ITEMS),
+            timeout=20,
+        )
+
+
+def test_dpease_revealed_gram_noise_is_two_shares() -> None:
+    """The released popularity is the noisy Gram diagonal: its noise has variance 2σ² (one
+    discrete Gaussian of σ = z·(C·2^f + √d) per server, in fixed point)."""
+    n_items = 400
+    x = sp.random(90, n_items, density=0.05, random_state=np.random.default_rng(5), format="csr")
+    c = SiloEASEConfig(epsilon=2.0, delta=1e-6, n_items=n_items, max_contribution=5.0)
+    result = run_local(_split(x), c, timeout=30)
+    gram, _ = _central_ease(sp.csr_matrix(x), np.arange(n_items), c)
+    noise = result.item_popularity.astype(np.float64) - np.diag(gram)
+    seg = Segment("g", n_items * (n_items + 1) // 2, result.noise_multiplier, c.max_contribution)
+    per_server = fixed_sigma(seg, c.frac_bits) * 2.0**-c.frac_bits
+    # 400 draws: the sample variance has relative std √(2/400) ≈ 7%; one share would give 0.5
+    assert abs(float(np.var(noise)) / (2 * per_server**2) - 1) < 0.3

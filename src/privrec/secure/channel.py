@@ -16,7 +16,11 @@ Handshake (initiator ``I`` connects to responder ``R``)
     wrong key shows up there as :class:`~privrec.errors.MessageRejected`.
 
 Frames
-    ``u32 length ‖ u64 step ‖ u8 type ‖ AES-GCM ciphertext``. The nonce is a per-direction
+    ``u32 length ‖ u64 step ‖ u8 type ‖ AES-GCM ciphertext``. Large arrays travel as a run of
+    frames of at most :data:`CHUNK` plaintext bytes (:meth:`Channel.send_array`), each sealed
+    into a reused buffer and opened straight into the receiver's array
+    (:meth:`Channel.recv_frame` + :meth:`Channel.open_frame`): no staging copies, bounded
+    buffers, and the receiver authenticates chunk *i* while chunk *i + 1* is on the wire. The nonce is a per-direction
     counter (never sent: the receiver knows which frame it expects), and the associated data
     binds the session id (transcript hash), step, sender, receiver, type and counter. A
     tampered byte, a replayed or reordered frame, or a frame re-addressed to another party
@@ -37,6 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -46,6 +51,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from privrec.errors import ConfigError, MessageRejected, PeerUnavailable
 
 __all__ = [
+    "CHUNK",
     "MAX_FRAME",
     "Channel",
     "Identity",
@@ -59,6 +65,9 @@ __all__ = [
 MAGIC = b"PRSC1"
 #: Largest accepted frame (bytes): bigger lengths are rejected before any allocation.
 MAX_FRAME = 1 << 31
+#: Plaintext bytes per frame when an array is sent in chunks (4 MiB).
+CHUNK = 1 << 22
+_TAG = 16
 _HEAD = struct.Struct("<IQB")  # length of the rest, step, type
 _CONFIRM = 255
 _INFO = b"privrec/silo-channel/v1"
@@ -170,7 +179,12 @@ def generate_keys(
 
 def _recv_exact(sock: socket.socket, n: int, peer: str) -> bytes:
     buf = bytearray(n)
-    view = memoryview(buf)
+    _recv_into(sock, memoryview(buf), peer)
+    return bytes(buf)
+
+
+def _recv_into(sock: socket.socket, view: memoryview, peer: str) -> None:
+    n = len(view)
     got = 0
     while got < n:
         try:
@@ -182,10 +196,9 @@ def _recv_exact(sock: socket.socket, n: int, peer: str) -> bytes:
         if k == 0:
             raise PeerUnavailable(f"{peer!r} closed the connection")
         got += k
-    return bytes(buf)
 
 
-def _send_all(sock: socket.socket, data: bytes, peer: str) -> None:
+def _send_all(sock: socket.socket, data: bytes | memoryview, peer: str) -> None:
     try:
         sock.sendall(data)
     except OSError as exc:
@@ -227,6 +240,8 @@ class Channel:
         self._recv_ctr = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self._out = bytearray(0)  # reused sealing buffer (array chunks)
+        self._in = bytearray(0)  # reused receive buffer
 
     def _ad(self, step: int, kind: int, sender: str, receiver: str, ctr: int) -> bytes:
         return b"".join(
@@ -256,29 +271,79 @@ class Channel:
         """Encrypt and send one message of type ``kind`` for protocol step ``step``."""
         self.send_raw(self.seal(step, kind, payload))
 
-    def recv_any(self, timeout: float | None = None) -> tuple[int, int, bytes]:
-        """Next frame as ``(step, type, payload)``; raises on any authentication failure."""
+    def send_array(self, step: int, kind: int, data: np.ndarray) -> None:
+        """Send a contiguous array's bytes as frames of ≤ :data:`CHUNK` bytes of type ``kind``.
+
+        Each chunk is sealed into one reused buffer (``encrypt_into``): fresh multi-megabyte
+        allocations cost more page faults than the AES-GCM itself. The receiver must know the
+        total length (it is part of the protocol's public plan).
+        """
+        view = np.ascontiguousarray(data).reshape(-1).view(np.uint8).data
+        total = len(view)
+        if len(self._out) < _HEAD.size + min(total, CHUNK) + _TAG:
+            self._out = bytearray(_HEAD.size + min(total, CHUNK) + _TAG)
+        out = memoryview(self._out)
+        for start in range(0, max(total, 1), CHUNK):
+            chunk = view[start : start + CHUNK]
+            ctr = self._send_ctr
+            self._send_ctr += 1
+            n = _HEAD.size + len(chunk) + _TAG
+            _HEAD.pack_into(out, 0, n - 4, step, kind)
+            nonce = bytes(4) + struct.pack("<Q", ctr)
+            ad = self._ad(step, kind, self.me, self.peer, ctr)
+            self._send.encrypt_into(nonce, chunk, ad, out[_HEAD.size : n])
+            _send_all(self.sock, out[:n], self.peer)
+            self.bytes_sent += n
+
+    def recv_frame(self, timeout: float | None = None) -> tuple[int, int, memoryview]:
+        """Read the next frame, still sealed: ``(step, type, ciphertext)``.
+
+        The ciphertext view points into a reused buffer and is valid until the next read;
+        pass it to :meth:`open_frame` (frames must be opened in order, as they arrive).
+        """
         self.sock.settimeout(self.timeout if timeout is None else timeout)
         head = _recv_exact(self.sock, 4, self.peer)
         (length,) = struct.unpack("<I", head)
-        if not 9 + 16 <= length <= MAX_FRAME:
+        if not 9 + _TAG <= length <= MAX_FRAME:
             raise MessageRejected(f"frame from {self.peer!r} has an invalid length {length}")
-        rest = _recv_exact(self.sock, length, self.peer)
+        if len(self._in) < length:
+            self._in = bytearray(length)
+        rest = memoryview(self._in)[:length]
+        _recv_into(self.sock, rest, self.peer)
         self.bytes_received += 4 + length
-        step, kind = struct.unpack("<QB", rest[:9])
+        step, kind = struct.unpack_from("<QB", rest)
+        return int(step), int(kind), rest[9:]
+
+    def open_frame(
+        self, step: int, kind: int, body: memoryview, out: memoryview | None = None
+    ) -> bytes:
+        """Authenticate and decrypt a frame from :meth:`recv_frame` (advances the counter).
+
+        With ``out`` (exactly ``len(body) - 16`` writable bytes) the plaintext is written there
+        and ``b""`` is returned. Raises :class:`MessageRejected` if the frame was tampered with,
+        replayed, reordered or misaddressed.
+        """
         ctr = self._recv_ctr
         nonce = bytes(4) + struct.pack("<Q", ctr)
+        ad = self._ad(step, kind, self.peer, self.me, ctr)
         try:
-            payload = self._recv.decrypt(
-                nonce, rest[9:], self._ad(step, kind, self.peer, self.me, ctr)
-            )
+            if out is None:
+                payload = self._recv.decrypt(nonce, body, ad)
+            else:
+                self._recv.decrypt_into(nonce, body, ad, out)
+                payload = b""
         except InvalidTag:
             raise MessageRejected(
                 f"frame from {self.peer!r} failed authentication "
                 "(tampered, replayed, reordered or misaddressed)"
             ) from None
         self._recv_ctr += 1
-        return int(step), int(kind), payload
+        return payload
+
+    def recv_any(self, timeout: float | None = None) -> tuple[int, int, bytes]:
+        """Next frame as ``(step, type, payload)``; raises on any authentication failure."""
+        step, kind, body = self.recv_frame(timeout)
+        return step, kind, self.open_frame(step, kind, body)
 
     def recv(self, step: int, kind: int, timeout: float | None = None) -> bytes:
         """Next frame, which must be of type ``kind`` for ``step`` (else MessageRejected)."""

@@ -1,19 +1,24 @@
-"""Cross-silo DPALS: K data holders, two non-colluding aggregation servers, one DP model.
+"""Cross-silo DPALS and DPEASE: K data holders, two non-colluding aggregation servers, one DP model.
 
 Roles (one process each, or threads for tests — :func:`run_local`)
     * **silos** (:class:`Silo`) hold disjoint sets of users over one shared item catalogue.
       Per step they solve their own users exactly from the released item factors, clip them
       to Γ and compute the DPALS item-step statistics with the per-user bounds of central
       DPALS (:func:`silo_statistics`); once, the sampled item counts (:func:`silo_counts`).
-      The vector is encoded in fixed point and split into two additive shares mod 2^64, one
-      per server.
+      For DPEASE (:class:`SiloEASEConfig`) they compute central DPEASE's bounded item Gram
+      matrix instead (:func:`silo_gram`). The vector is encoded in fixed point and split into
+      two additive shares mod 2^64: server 0 gets the first as its 32-byte PRG seed (sent
+      before the silo computes), server 1 the second as an array (:func:`seed_share`); both
+      sends run at once.
     * **aggregation servers** (:class:`AggregationServer`) sum the shares they receive, add
-      their own discrete-Gaussian noise share (in fixed point) and send the partial sum to
-      the driver. Each sees only uniformly random shares.
-    * the **driver** (:class:`Driver`) holds no data: it sends each step's public inputs
-      (released item factors, head items, noisy counts), adds the two partials, decodes,
-      projects onto the PSD cone and solves the items exactly as DPALS does, checkpointing
-      after each completed step. It may run inside a silo's organisation.
+      their own discrete-Gaussian noise share (in fixed point, drawn in the background while
+      the shares arrive, or ahead of a repeated plan) and send the partial sum to the driver.
+      Each sees only uniformly random shares or their seeds.
+    * the **driver** (:class:`Driver`, :class:`EASEDriver`) holds no data: it sends each
+      step's public inputs (released item factors, head items, noisy counts), waits for both
+      partials at once, adds them, decodes, and solves as DPALS (PSD projection, item solve)
+      or DPEASE (EASE on the noisy Gram matrix) does, checkpointing after each completed
+      release. It may run inside a silo's organisation.
 
 All traffic goes over :mod:`privrec.secure.channel` (X25519 + HKDF-SHA256 + AES-GCM with
 static keys from the set-up roster).
@@ -70,9 +75,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 import pydantic
@@ -95,8 +101,10 @@ from privrec.models.dp_als import (
     select_head,
     user_weights,
 )
+from privrec.models.dp_ease import bounded_gram
 from privrec.models.dp_popularity import bounded_counts
-from privrec.privacy.accounting import calibrate
+from privrec.models.ease import ease_from_gram
+from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import clip_rows
 from privrec.privacy.distributed import sample_discrete_gaussian
@@ -107,32 +115,44 @@ from privrec.privacy.postprocessing import project_psd, psd_solve
 from privrec.privacy.randomness import secure_generator
 from privrec.privacy.units import PrivacyUnit
 from privrec.secure.channel import Channel, Identity, Listener, Roster, connect, generate_keys
-from privrec.secure.prg import expand
+from privrec.secure.prg import add_mask, expand
 
 __all__ = [
     "DEFAULT_FRAC_BITS",
     "AggregationServer",
+    "AnyConfig",
     "Driver",
+    "EASEDriver",
     "Segment",
     "Silo",
     "SiloConfig",
+    "SiloEASEConfig",
+    "SiloEASEResult",
     "SiloResult",
     "decode_fixed",
+    "ease_noise",
+    "ease_noise_plan",
     "encode_fixed",
     "fixed_sigma",
+    "head_by_counts",
+    "load_config",
+    "make_driver",
     "noise_plan",
     "noise_scale",
     "run_local",
+    "seed_share",
     "setup_keys",
     "silo_counts",
+    "silo_gram",
     "silo_statistics",
     "split_shares",
+    "unpack_gram",
     "unpack_statistics",
 ]
 
 DEFAULT_FRAC_BITS = 32
 # message types
-JOB, SHARE, PLAN, PARTIAL, ABORT, BYE, FAILED = 1, 2, 3, 4, 5, 6, 7
+JOB, SHARE, PLAN, PARTIAL, ABORT, BYE, FAILED, SEED = 1, 2, 3, 4, 5, 6, 7, 8
 _IDLE = 3600.0  # how long silos and servers wait for the driver's next step
 _NOISE_LIMIT = 2.0**60 / 40.0
 
@@ -172,40 +192,71 @@ def _unpack(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 
 # ------------------------------------------------------------------------------ fixed point
-def encode_fixed(x: np.ndarray, frac_bits: int, n_silos: int) -> np.ndarray:
+def encode_fixed(
+    x: np.ndarray,
+    frac_bits: int,
+    n_silos: int,
+    *,
+    out: np.ndarray | None = None,
+    scratch: np.ndarray | None = None,
+) -> np.ndarray:
     """``round(x·2^f)`` as two's-complement ``uint64``; refuses values that could overflow the sum.
 
     Raises :class:`InvalidInputError` when some ``|round(x·2^f)| > 2^62 / n_silos`` (then the
     sum of ``n_silos`` encodings plus the bounded noise might wrap mod 2^64) or ``x`` is not
-    finite.
+    finite. ``out`` (``uint64``) and ``scratch`` (``float64``), both of ``x``'s size, are
+    optional reused buffers: a silo encodes a vector of the same size every step, and fresh
+    multi-megabyte arrays cost more in page faults than the arithmetic.
     """
     v = np.asarray(x, dtype=np.float64).ravel()
-    if not np.all(np.isfinite(v)):
-        raise InvalidInputError("statistics must be finite")
-    z = np.rint(v * 2.0**frac_bits)
+    z = np.empty(v.size) if scratch is None else scratch[: v.size]
+    np.multiply(v, 2.0**frac_bits, out=z)
+    np.rint(z, out=z)
     limit = 2.0**62 / n_silos
-    if z.size and float(np.max(np.abs(z))) > limit:
-        raise InvalidInputError(
-            f"a statistic is too large for fixed point with {frac_bits} fractional bits "
-            f"and {n_silos} silos (|value| ≤ {limit / 2.0**frac_bits:.3g})"
-        )
-    return z.astype(np.int64).view(np.uint64)
+    if z.size:
+        big = max(float(z.max()), -float(z.min()))  # NaN propagates into both
+        if not math.isfinite(big):
+            raise InvalidInputError("statistics must be finite")
+        if big > limit:
+            raise InvalidInputError(
+                f"a statistic is too large for fixed point with {frac_bits} fractional bits "
+                f"and {n_silos} silos (|value| ≤ {limit / 2.0**frac_bits:.3g})"
+            )
+    res = np.empty(v.size, dtype=np.uint64) if out is None else out[: v.size]
+    np.copyto(res.view(np.int64), z, casting="unsafe")  # |z| ≤ 2^62: exact
+    return res
 
 
 def decode_fixed(s: np.ndarray, frac_bits: int) -> np.ndarray:
     """Inverse of :func:`encode_fixed` for a (noisy) sum mod 2^64."""
-    out: np.ndarray = np.asarray(s, dtype=np.uint64).view(np.int64).astype(np.float64)
-    return out * 2.0**-frac_bits
+    out: np.ndarray = np.multiply(np.asarray(s, dtype=np.uint64).view(np.int64), 2.0**-frac_bits)
+    return out
 
 
 def split_shares(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Two additive shares mod 2^64: ``r`` uniform (AES-256-CTR keyed from ``os.urandom``), ``v - r``.
 
-    Either share alone is uniformly distributed and independent of ``v``.
+    Either share alone is uniformly distributed and independent of ``v``. The protocol sends
+    the first share in compressed form, as its 32-byte seed (:func:`seed_share`).
     """
     v = np.asarray(v, dtype=np.uint64)
     r = expand(os.urandom(32), v.size, 64).astype(np.uint64).reshape(v.shape)
     return r, v - r
+
+
+def seed_share(v: np.ndarray, seed: bytes) -> np.ndarray:
+    """The second share ``v - PRG(seed)`` mod 2^64, computed in place in ``v`` (``uint64``).
+
+    The first share is ``PRG(seed)`` = :func:`privrec.secure.prg.expand` ``(seed, len(v), 64)``
+    (AES-256-CTR), so a silo sends the first server only the 32-byte ``seed`` (drawn from
+    ``os.urandom``) and the second server ``v - PRG(seed)``; the first server expands the seed
+    itself (:func:`privrec.secure.prg.add_mask`). Either server's view is still independent of
+    ``v``: the seed is, and ``v - PRG(seed)`` is uniform to anyone without the seed. This
+    halves the bytes a silo sends and encrypts, and the seed can leave before the statistics
+    are computed, so the first server's partial sum never waits for the silos.
+    """
+    add_mask(v, seed, subtract=True)
+    return v
 
 
 @dataclass(frozen=True)
@@ -296,6 +347,7 @@ class SiloConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
 
+    model: Literal["dpals"] = "dpals"
     epsilon: float = pydantic.Field(gt=0, allow_inf_nan=False)
     delta: float = pydantic.Field(gt=0, lt=1)
     n_items: int = pydantic.Field(ge=1)
@@ -387,12 +439,181 @@ class SiloResult:
     bytes_sent: int = 0
     #: per silo, seconds of local statistics computation per release (filled by run_local)
     silo_seconds: list[list[float]] = field(default_factory=list)
+    #: per-release timings of every role (filled by run_local): ``driver`` (round, receive,
+    #: decode), ``servers`` (noise, receive, sum, send, per server) and ``silos`` (compute,
+    #: encode, send, per silo); "receive" counts from the first byte of a message, not waiting
+    timings: dict[str, Any] = field(default_factory=dict)
 
     def user_factors(self, user_items: Any, config: SiloConfig) -> np.ndarray:
         """A silo's own users' factors from the released item factors (never leaves the silo)."""
         xh = binary(sp.csr_matrix(user_items)[:, self.head_items])
         y = self.item_factors[self.head_items].astype(np.float64)
         return user_solve(xh, y, config.alpha0, config.user_regularization)
+
+
+# ---------------------------------------------------------------------------------- DPEASE
+_MAX_EASE_ITEMS = 40_000  # a dense n² Gram matrix, as in DPEASE
+
+
+def silo_gram(
+    x: sp.csr_matrix, max_contribution: float, max_per_user: int, rng: np.random.Generator
+) -> np.ndarray:
+    """One silo's bounded item Gram matrix (DPEASE, user unit) as its upper triangle.
+
+    :func:`privrec.models.dp_ease.bounded_gram` on the silo's own users (already restricted to
+    the head items): user ``u`` enters with weight ``min(1, C/n_u)``, so their term has
+    Frobenius norm ≤ C. The upper triangle (row-major, diagonal included) has L2 norm at
+    most the Frobenius one and is all that symmetric noise needs. Additive over users: the
+    sum over silos is the same function on the union.
+    """
+    g, _ = bounded_gram(x, PrivacyUnit.USER, max_contribution, max_per_user, rng)
+    out: np.ndarray = g[_triu_mask(g.shape[0])]
+    return out
+
+
+def _triu_mask(n: int) -> np.ndarray:
+    return np.triu(np.ones((n, n), dtype=bool))
+
+
+def unpack_gram(v: np.ndarray, n: int) -> np.ndarray:
+    """The symmetric ``(n, n)`` matrix from its upper triangle (as :func:`silo_gram` lays it out)."""
+    g = np.zeros((n, n))
+    g[_triu_mask(n)] = v
+    g += np.triu(g, 1).T
+    return g
+
+
+def head_by_counts(noisy_counts: np.ndarray, max_items: int) -> np.ndarray:
+    """DPEASE's head set: the ``max_items`` items with the largest noisy counts, sorted by id."""
+    return np.sort(np.argsort(-np.asarray(noisy_counts), kind="stable")[:max_items])
+
+
+class SiloEASEConfig(pydantic.BaseModel):
+    """Public configuration of cross-silo DPEASE (every field is known to all parties).
+
+    The hyper-parameters mean what they mean in :class:`privrec.models.DPEASE` (user unit; a
+    fixed ridge λ, head selection only when the catalogue exceeds ``max_items``);
+    ``frac_bits`` and ``insecure_disable_noise`` are as in :class:`SiloConfig`.
+    """
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    model: Literal["dpease"] = "dpease"
+    epsilon: float = pydantic.Field(gt=0, allow_inf_nan=False)
+    delta: float = pydantic.Field(gt=0, lt=1)
+    n_items: int = pydantic.Field(ge=1)
+    regularization: float = pydantic.Field(default=500.0, gt=0, allow_inf_nan=False)
+    max_contribution: float = pydantic.Field(default=30.0, gt=0, allow_inf_nan=False)
+    max_per_user: int = pydantic.Field(default=30, ge=1)
+    max_items: int = pydantic.Field(default=5000, ge=1)
+    count_budget_fraction: float = pydantic.Field(default=0.1, gt=0, lt=1)
+    frac_bits: int = pydantic.Field(default=DEFAULT_FRAC_BITS, ge=8, le=48)
+    insecure_disable_noise: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _dense_size(self) -> SiloEASEConfig:
+        if min(self.n_items, self.max_items) > _MAX_EASE_ITEMS:
+            raise ValueError(
+                f"DPEASE needs a dense {min(self.n_items, self.max_items)}² Gram matrix; "
+                f"lower max_items to at most {_MAX_EASE_ITEMS}"
+            )
+        return self
+
+    @property
+    def restricted(self) -> bool:
+        """Whether a head set is chosen first from noisy counts (catalogue > ``max_items``)."""
+        return self.n_items > self.max_items
+
+
+AnyConfig = SiloConfig | SiloEASEConfig
+
+
+def load_config(text: str) -> AnyConfig:
+    """A :class:`SiloConfig` or :class:`SiloEASEConfig` from its JSON (by its ``model`` field)."""
+    try:
+        kind = json.loads(text).get("model", "dpals")
+        if kind == "dpease":
+            return SiloEASEConfig.model_validate_json(text)
+        return SiloConfig.model_validate_json(text)
+    except (ValueError, AttributeError) as exc:
+        raise ConfigError(f"not a silo configuration: {exc}") from None
+
+
+def ease_noise(config: SiloEASEConfig) -> tuple[float, float | None]:
+    """``(z_gram, z_count)``: DPEASE's multipliers under the RDP accountant (``z_count`` is
+    ``None`` when the whole catalogue is used).
+
+    Same split as central DPEASE with ``accountant="rdp"``: a share ``f`` of the rate Σ 1/z²
+    goes to the head-selection counts when the catalogue exceeds ``max_items``. Public (a
+    function of the configuration only), so the driver and each server compute it.
+    """
+    budget = Budget(epsilon=config.epsilon, delta=config.delta)
+    if not config.restricted:
+        z = calibrate(budget, gaussian_event, kind="rdp", unit=PrivacyUnit.USER)
+        return z, None
+    f = config.count_budget_fraction
+    z = calibrate(
+        budget,
+        lambda v: compose([gaussian_event(v / math.sqrt(f)), gaussian_event(v / math.sqrt(1 - f))]),
+        kind="rdp",
+        unit=PrivacyUnit.USER,
+    )
+    return z / math.sqrt(1 - f), z / math.sqrt(f)
+
+
+def ease_noise_plan(
+    config: SiloEASEConfig, z: tuple[float, float | None], kind: str, n_head: int = 0
+) -> list[Segment]:
+    """The accounted segment of one DPEASE release (``kind`` ``"counts"`` or ``"gram"``).
+
+    Counts: the catalogue, multiplier ``z_count``, sensitivity √max_per_user (at most that
+    many sampled items per user). Gram: its upper triangle over the head, multiplier
+    ``z_gram``, sensitivity C (``max_contribution``), as DPEASE accounts them.
+    """
+    mult = 0.0 if config.insecure_disable_noise else 1.0
+    z_gram, z_count = z
+    if kind == "counts" and z_count is not None:
+        return [
+            Segment(
+                "noisy item counts (head selection)",
+                config.n_items,
+                mult * z_count,
+                math.sqrt(config.max_per_user),
+            )
+        ]
+    if kind != "gram":
+        raise ConfigError(f"unknown DPEASE release kind {kind!r}")
+    t = n_head * (n_head + 1) // 2
+    return [Segment("noisy item Gram matrix", t, mult * z_gram, config.max_contribution)]
+
+
+@dataclass
+class SiloEASEResult:
+    """What cross-silo DPEASE releases, with its guarantee and timings."""
+
+    weights: np.ndarray
+    head_items: np.ndarray
+    item_popularity: np.ndarray
+    noisy_counts: np.ndarray | None
+    noise_multiplier: float
+    guarantee: PrivacyGuarantee
+    round_seconds: list[float] = field(default_factory=list)
+    solve_seconds: list[float] = field(default_factory=list)
+    bytes_sent: int = 0
+    #: per-release timings of every role (filled by run_local; see SiloResult.timings)
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    def scores(self, user_items: Any) -> np.ndarray:
+        """Scores ``x_u B`` for each row of ``user_items`` (over the catalogue; ``-inf`` off the
+        head); users without head history get the released popularity (the Gram diagonal),
+        as central DPEASE does. Uses each user's own history only (joint DP)."""
+        x = binary(sp.csr_matrix(user_items)[:, self.head_items])
+        out = np.full((x.shape[0], sp.csr_matrix(user_items).shape[1]), -np.inf, np.float32)
+        out[:, self.head_items] = np.asarray(x @ self.weights, dtype=np.float32)
+        cold = np.diff(x.indptr) == 0
+        if cold.any():
+            out[np.ix_(cold, self.head_items)] = self.item_popularity
+        return out
 
 
 # ------------------------------------------------------------------------------------ roles
@@ -431,8 +652,46 @@ def _recv_step(ch: Channel, step: int, kinds: set[int], timeout: float) -> tuple
         return kind, payload
 
 
+def _recv_array(
+    ch: Channel, step: int, kind: int, out: np.ndarray, timeout: float
+) -> tuple[float, float]:
+    """Receive ``out.nbytes`` bytes of type ``kind`` for ``step`` straight into ``out``.
+
+    Frames of older (aborted) steps are authenticated and skipped; a ``FAILED`` message
+    raises :class:`ProtocolAbort` with the sender's reason. Returns the wall seconds from the
+    first byte of the message to its last chunk being authenticated and decrypted (transfer
+    and AES-GCM, not the wait for the sender), and this thread's CPU seconds for it.
+    """
+    view = out.reshape(-1).view(np.uint8).data
+    total, pos, t0 = len(view), 0, 0.0
+    c0 = time.thread_time()
+    while True:
+        got_step, got_kind, body = ch.recv_frame(timeout)
+        if pos == 0:
+            t0 = time.perf_counter()
+        if got_step < step:
+            ch.open_frame(got_step, got_kind, body)
+            continue
+        if got_step == step and got_kind == FAILED and pos == 0:
+            raise ProtocolAbort("aggregate", ch.open_frame(got_step, got_kind, body).decode())
+        n = len(body) - 16
+        if got_step != step or got_kind != kind or pos + n > total or n <= 0:
+            ch.open_frame(got_step, got_kind, body)  # authentic, but not what was expected
+            raise MessageRejected(
+                f"unexpected message type {got_kind} ({n} bytes) for step {got_step} "
+                f"from {ch.peer!r}"
+            )
+        ch.open_frame(got_step, got_kind, body, view[pos : pos + n])
+        pos += n
+        if pos == total:
+            return time.perf_counter() - t0, time.thread_time() - c0
+
+
 class AggregationServer:
     """One of the two non-colluding servers: sums shares, adds its discrete-Gaussian noise share.
+
+    The first server in the roster's order receives each silo's share as a 32-byte seed
+    (:func:`seed_share`) and expands it; the second receives the other share as an array.
 
     Parameters
     ----------
@@ -445,10 +704,10 @@ class AggregationServer:
     crash_at_round
         TEST ONLY: drop every connection when this round's plan arrives (a killed server).
     config
-        The public training configuration, if this server was given its own copy (CLI:
-        ``--config``). Then the server recomputes each release's noise from it and refuses a
-        plan with less noise, so a driver cannot lower the noise it adds; without it the
-        server only refuses plans without noise.
+        The public training configuration (:class:`SiloConfig` or :class:`SiloEASEConfig`),
+        if this server was given its own copy (CLI: ``--config``). Then the server recomputes
+        each release's noise from it and refuses a plan with less noise, so a driver cannot
+        lower the noise it adds; without it the server only refuses plans without noise.
     """
 
     def __init__(
@@ -459,22 +718,36 @@ class AggregationServer:
         timeout: float = 60.0,
         allow_no_noise: bool = False,
         crash_at_round: int | None = None,
-        config: SiloConfig | None = None,
+        config: AnyConfig | None = None,
     ) -> None:
         self.identity = identity
         self.config = config
-        self._sigma = None if config is None else noise_scale(config)[0]
+        self._z: Any = None
+        if isinstance(config, SiloConfig):
+            self._z = noise_scale(config)[0]
+        elif isinstance(config, SiloEASEConfig):
+            self._z = ease_noise(config)
         self.roster = roster
         self.timeout = timeout
         self.allow_no_noise = allow_no_noise
         self.crash_at_round = crash_at_round
         self.listener = Listener(identity, roster, timeout=timeout)
+        self.seed_holder = roster.names("server").index(identity.name) == 0
+        self.timings: list[dict[str, float]] = []
+        self._scratch = np.empty(0, dtype=np.uint64)
+        self._sum = np.empty(0, dtype=np.uint64)
 
     def run(self) -> None:
         """Serve one training session (returns on BYE, raises if the session breaks)."""
         silos = self.roster.names("silo")
         driver_name = self.roster.names("driver")[0]
         chans: dict[str, Channel] = {}
+        # Noise depends only on the public plan: it is drawn in the background while the shares
+        # arrive, and since every DPALS step has the same plan, the next step's noise is drawn
+        # right after a partial is sent (while the driver solves and the silos compute) and
+        # used if the next plan is the same.
+        pool = ThreadPoolExecutor(2, thread_name_prefix=f"{self.identity.name}-noise")
+        ahead: tuple[bytes, Future[tuple[np.ndarray, tuple[float, float]]]] | None = None
         try:
             while len(chans) < len(silos) + 1:
                 ch = _accept(self.listener, max(self.timeout, 30.0))
@@ -494,26 +767,51 @@ class AggregationServer:
                 if self.crash_at_round is not None and step >= self.crash_at_round:
                     return  # the finally block drops every connection, like a killed process
                 try:
-                    partial = self._aggregate(step, payload, [chans[s] for s in silos])
+                    segments, dim, repeats = self._check_plan(payload)
+                    drawn_ahead = ahead is not None and ahead[0] == payload
+                    if ahead is None or not drawn_ahead:  # draw it while the shares arrive
+                        ahead = (payload, pool.submit(_draw_noise, segments, dim))
+                    noise_future, ahead = ahead[1], None
+                    partial, noise_s = self._aggregate(
+                        step, dim, noise_future, [chans[s] for s in silos]
+                    )
                 except (PeerUnavailable, MessageRejected, ConfigError, InvalidInputError) as exc:
                     _safe_send(driver, step, FAILED, f"{self.identity.name}: {exc}".encode())
                     if isinstance(exc, PeerUnavailable | MessageRejected):
                         raise  # a broken silo connection ends the session
                     continue
-                driver.send(step, PARTIAL, partial.tobytes())
+                clock = _Clock()
+                driver.send_array(step, PARTIAL, partial)
+                sent_s = clock.read()
+                self.timings[-1].update(
+                    send=sent_s[0],
+                    send_cpu=sent_s[1],
+                    noise=noise_s[0],
+                    noise_cpu=noise_s[1],
+                    noise_ahead=float(drawn_ahead),
+                )
+                if repeats:
+                    ahead = (payload, pool.submit(_draw_noise, segments, dim))
         finally:
+            pool.shutdown(wait=False, cancel_futures=True)
             for ch in chans.values():
                 ch.close()
             self.listener.close()
 
-    def _aggregate(self, step: int, payload: bytes, silos: list[Channel]) -> np.ndarray:
+    def _check_plan(self, payload: bytes) -> tuple[list[tuple[int, float]], int, bool]:
+        """The plan's segments ``(length, σ)`` and dimension, and whether the next release is
+        likely to repeat it (DPALS steps), after checking its noise."""
         meta, _ = _unpack(payload)
         dim = int(meta["dim"])
         segments = [(int(n), float(s)) for n, s in meta["sigmas"]]
-        if sum(n for n, _ in segments) != dim:
+        if sum(n for n, _ in segments) != dim or dim < 1:
             raise ConfigError("noise plan does not cover the vector")
-        if self.config is not None and self._sigma is not None:
-            expected = noise_plan(self.config, self._sigma, str(meta["kind"]), int(meta["n_head"]))
+        if self.config is not None:
+            kind, n_head = str(meta["kind"]), int(meta["n_head"])
+            if isinstance(self.config, SiloConfig):
+                expected = noise_plan(self.config, self._z, kind, n_head)
+            else:
+                expected = ease_noise_plan(self.config, self._z, kind, n_head)
             if [n for n, _ in segments] != [e.length for e in expected] or any(
                 s < fixed_sigma(e, self.config.frac_bits) * (1 - 1e-9)
                 for (_, s), e in zip(segments, expected, strict=True)
@@ -524,29 +822,105 @@ class AggregationServer:
                 raise ConfigError("refusing a plan without noise (test-only mode)")
             if s > _NOISE_LIMIT:
                 raise ConfigError(f"noise σ = {s:.3g} could overflow the 64-bit sum")
-        # The noise depends only on the public plan, so it is drawn first, while the silos are
-        # still computing: sampling then costs no time on the step's critical path.
-        acc = np.zeros(dim, dtype=np.uint64)
-        rng = secure_generator()
-        start = 0
-        for n, s in segments:
-            if s > 0:
-                acc[start : start + n] = sample_discrete_gaussian(s, n, rng).view(np.uint64)
-            start += n
-        for ch in silos:
-            _, raw = _recv_step(ch, step, {SHARE}, self.timeout)
-            share = np.frombuffer(raw, dtype="<u8")
-            if share.size != dim:
-                raise MessageRejected(f"share from {ch.peer!r} has {share.size} words, not {dim}")
-            acc += share
-        return acc
+        return segments, dim, meta["kind"] == "stats"
+
+    def _aggregate(
+        self,
+        step: int,
+        dim: int,
+        noise: Future[tuple[np.ndarray, tuple[float, float]]],
+        silos: list[Channel],
+    ) -> tuple[np.ndarray, tuple[float, float]]:
+        """Every silo's share (seeds expanded, or arrays received) plus the noise, mod 2^64.
+
+        The noise is drawn in another thread (or was drawn ahead) while the shares arrive;
+        ``noise_wait`` in :attr:`timings` is how long the partial then still waited for it.
+        """
+        got = np.zeros(2)  # receive wall, CPU
+        summed = np.zeros(2)  # sum wall, CPU
+        if self._sum.size != dim:
+            self._sum = np.empty(dim, dtype=np.uint64)
+        acc = self._sum
+        acc.fill(0)
+        if self.seed_holder:
+            for ch in silos:
+                _, seed = _recv_step(ch, step, {SEED}, self.timeout)
+                if len(seed) != 32:
+                    raise MessageRejected(f"seed from {ch.peer!r} is not 32 bytes")
+                clock = _Clock()
+                add_mask(acc, seed)
+                summed += clock.read()
+        else:
+            if self._scratch.size != acc.size:
+                self._scratch = np.empty(acc.size, dtype=np.uint64)
+            for ch in silos:
+                got += _recv_array(ch, step, SHARE, self._scratch, self.timeout)
+                clock = _Clock()
+                np.add(acc, self._scratch, out=acc)
+                summed += clock.read()
+        clock = _Clock()
+        partial, noise_s = noise.result()
+        waited = clock.read()[0]
+        clock = _Clock()
+        np.add(partial, acc, out=partial)
+        summed += clock.read()
+        self.timings.append(
+            {
+                "receive": float(got[0]),
+                "receive_cpu": float(got[1]),
+                "sum": float(summed[0]),
+                "sum_cpu": float(summed[1]),
+                "noise_wait": waited,
+            }
+        )
+        return partial, noise_s
+
+
+def _draw_noise(
+    segments: list[tuple[int, float]], dim: int
+) -> tuple[np.ndarray, tuple[float, float]]:
+    """One server's noise for a plan, in fixed point (``uint64``), and its wall and CPU seconds.
+
+    Each segment gets i.i.d. discrete Gaussians of its σ from
+    :func:`privrec.privacy.distributed.sample_discrete_gaussian` with a fresh ChaCha20
+    :func:`~privrec.privacy.randomness.secure_generator`.
+    """
+    clock = _Clock()
+    acc = np.zeros(dim, dtype=np.uint64)
+    rng = secure_generator()
+    start = 0
+    for n, s in segments:
+        if s > 0:
+            acc[start : start + n] = sample_discrete_gaussian(s, n, rng).view(np.uint64)
+        start += n
+    return acc, clock.read()
+
+
+class _Clock:
+    """Wall seconds and this thread's CPU seconds since creation (CPU time does not count
+    waiting for a peer or for a core, so it stays meaningful on a loaded machine)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.thread_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.thread_time() - self.cpu
+
+
+def _timed_send_array(ch: Channel, step: int, kind: int, data: np.ndarray) -> tuple[float, float]:
+    clock = _Clock()
+    ch.send_array(step, kind, data)
+    return clock.read()
 
 
 class Silo:
     """A data holder: answers the driver's jobs with shares of its bounded statistics.
 
     ``matrix`` is the silo's users × items interaction matrix over the shared catalogue
-    (its users must not appear in any other silo).
+    (its users must not appear in any other silo). Each job's seed share goes to the first
+    server as soon as the job arrives and the array share to the second once computed; the
+    two sends run concurrently, so a server that stops reading can only stall its own share
+    (and is the one the driver names).
     """
 
     def __init__(
@@ -563,7 +937,10 @@ class Silo:
         self.timeout = timeout
         self.n_silos = len(roster.names("silo"))
         self._weights: tuple[bytes, sp.csr_matrix, sp.csr_matrix] | None = None
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.compute_seconds: list[float] = []
+        self.timings: list[dict[str, float]] = []
+        _warm_kernels()
 
     def run(self) -> None:
         """Serve one training session (returns on BYE, raises if the session breaks)."""
@@ -575,6 +952,7 @@ class Silo:
             connect(self.identity, self.roster, s, timeout=t, retry_for=wait)
             for s in self.roster.names("server")
         ]
+        pool = ThreadPoolExecutor(2, thread_name_prefix=f"{self.identity.name}-send")
         try:
             while True:
                 step, kind, payload = driver.recv_any(_IDLE)
@@ -585,15 +963,50 @@ class Silo:
                 if kind != JOB:
                     raise MessageRejected(f"silo expected a job, got type {kind}")
                 meta, arrays = _unpack(payload)
-                t0 = time.perf_counter()
+                dim = int(meta["dim"])
+                seed = os.urandom(32)
+                sent = [pool.submit(servers[0].send, step, SEED, seed)]  # before computing
+                clock = _Clock()
                 vec = self._compute(meta, arrays)
-                self.compute_seconds.append(time.perf_counter() - t0)
-                a, b = split_shares(encode_fixed(vec, int(meta["frac_bits"]), self.n_silos))
-                servers[0].send(step, SHARE, a.tobytes())
-                servers[1].send(step, SHARE, b.tobytes())
+                computed = clock.read()
+                t_end = time.perf_counter()
+                if vec.size != dim:
+                    raise ConfigError(f"statistics have {vec.size} values, the plan {dim}")
+                clock = _Clock()
+                out, scratch = self._buffer(dim)
+                share = seed_share(
+                    encode_fixed(
+                        vec, int(meta["frac_bits"]), self.n_silos, out=out, scratch=scratch
+                    ),
+                    seed,
+                )
+                encoded = clock.read()
+                clock = _Clock()
+                big = pool.submit(_timed_send_array, servers[1], step, SHARE, share)
+                sent[0].result()  # a server that is gone raises PeerUnavailable here
+                send_cpu = big.result()[1]
+                self.compute_seconds.append(computed[0])
+                self.timings.append(
+                    {
+                        "compute": computed[0],
+                        # CLOCK_MONOTONIC: comparable across processes on one machine
+                        "t_start": t_end - computed[0],
+                        "t_end": t_end,
+                        "encode": encoded[0],
+                        "encode_cpu": encoded[1],
+                        "send": clock.read()[0],
+                        "send_cpu": send_cpu,
+                    }
+                )
         finally:
+            pool.shutdown(wait=False, cancel_futures=True)
             for ch in [driver, *servers]:
                 ch.close()
+
+    def _buffer(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        if dim not in self._buffers:
+            self._buffers = {dim: (np.empty(dim, dtype=np.uint64), np.empty(dim))}
+        return self._buffers[dim]
 
     def _compute(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> np.ndarray:
         if int(meta["n_items"]) != self.x.shape[1]:
@@ -604,6 +1017,10 @@ class Silo:
         if meta["kind"] == "counts":
             return silo_counts(self.x, int(meta["count_sample"]), rng)
         head = np.asarray(arrays["head"], dtype=np.int64)
+        if meta["kind"] == "gram":
+            return silo_gram(
+                self.x[:, head], float(meta["max_contribution"]), int(meta["max_per_user"]), rng
+            )
         key = head.tobytes() + np.asarray(arrays["counts_h"]).tobytes()
         if self._weights is None or self._weights[0] != key:
             xh = binary(self.x[:, head])
@@ -627,28 +1044,33 @@ class Silo:
         )
 
 
-class Driver:
-    """Drives cross-silo DPALS: public inputs out, noisy sums in, item solves, checkpoints.
+_warmed = threading.Event()
 
-    Parameters
-    ----------
-    identity, roster
-        The driver's key and the roster (it listens on its roster address for the silos and
-        connects to both servers).
-    config
-        Public training configuration.
-    checkpoint
-        Directory for ``state.npz``, ``events.json`` and ``config.json`` after every completed
-        release; with ``resume=True`` training continues from it (same config required).
-    timeout
-        Seconds to wait for each server's partial sum once a step is sent.
+
+def _warm_kernels() -> None:
+    """Load (or compile) the numba kernels a silo uses, once per process, before it connects.
+
+    Otherwise the first step pays it, and a peer's short timeout can mistake a healthy silo
+    loading its kernels for a stalled one.
     """
+    if _warmed.is_set():
+        return
+    x = sp.csr_matrix(np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]))
+    y = np.full((3, 2), 0.1)
+    silo_statistics(x, x, y, alpha0=1.0, user_regularization=0.1, clip_norm=1.0)
+    _warmed.set()
+
+
+class _DriverBase:
+    """Session, releases and checkpoints shared by the DPALS and DPEASE drivers."""
+
+    config: AnyConfig
 
     def __init__(
         self,
         identity: Identity,
         roster: Roster,
-        config: SiloConfig,
+        config: AnyConfig,
         *,
         checkpoint: str | Path | None = None,
         resume: bool = False,
@@ -662,15 +1084,19 @@ class Driver:
         self.timeout = timeout
         self._silos: dict[str, Channel] = {}
         self._servers: dict[str, Channel] = {}
+        self._partials: dict[str, np.ndarray] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self.spent: list[SpentEvent] = []
         self.round = 0
         self.round_seconds: list[float] = []
         self.solve_seconds: list[float] = []
+        self.timings: list[dict[str, float]] = []
         self._state: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ session
     def _open(self) -> None:
         listener = Listener(self.identity, self.roster, timeout=self.timeout)
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="driver-recv")
         try:
             for s in self.roster.names("server"):
                 self._servers[s] = connect(
@@ -699,10 +1125,21 @@ class Driver:
             ch.close()
         self._silos.clear()
         self._servers.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(ch.bytes_sent for ch in [*self._silos.values(), *self._servers.values()])
 
     # ------------------------------------------------------------------ one release
     def _release(
-        self, meta: dict[str, Any], arrays: dict[str, np.ndarray], segments: list[Segment]
+        self,
+        meta: dict[str, Any],
+        arrays: dict[str, np.ndarray],
+        segments: list[Segment],
+        labels: list[str],
     ) -> np.ndarray:
         c = self.config
         self.round += 1
@@ -712,7 +1149,7 @@ class Driver:
         sigmas = [[s.length, fixed_sigma(s, c.frac_bits)] for s in segments]
         if any(sig > _NOISE_LIMIT for _, sig in sigmas):
             raise ConfigError("noise too large for the 64-bit fixed-point sum; lower frac_bits")
-        job = _pack({**meta, "frac_bits": c.frac_bits, "n_items": c.n_items}, arrays)
+        job = _pack({**meta, "frac_bits": c.frac_bits, "n_items": c.n_items, "dim": dim}, arrays)
         n_head = int(arrays["head"].size) if "head" in arrays else 0
         plan = _pack({"dim": dim, "sigmas": sigmas, "kind": meta["kind"], "n_head": n_head})
         phase = "job"
@@ -721,30 +1158,58 @@ class Driver:
                 ch.send(r, JOB, job)
             for ch in self._servers.values():
                 ch.send(r, PLAN, plan)
-            phase = "aggregate"
-            partials = []
-            for ch in self._servers.values():
-                kind, payload = _recv_step(ch, r, {PARTIAL, FAILED}, self.timeout)
-                if kind == FAILED:
-                    raise ProtocolAbort(phase, payload.decode(errors="replace"))
-                part = np.frombuffer(payload, dtype="<u8")
-                if part.size != dim:
-                    raise ProtocolAbort(phase, f"{ch.peer!r} sent {part.size} words, not {dim}")
-                partials.append(part)
         except (PeerUnavailable, MessageRejected) as exc:
             self._abort(r)
             raise ProtocolAbort(phase, str(exc)) from None
-        except ProtocolAbort:
+        t_sent = time.perf_counter()
+        # Both partials are awaited at once, so the abort names the server(s) that stalled.
+        assert self._pool is not None
+        waits = {
+            name: self._pool.submit(self._receive_partial, ch, r, dim)
+            for name, ch in self._servers.items()
+        }
+        failures: list[str] = []
+        busy = (0.0, 0.0)
+        for fut in waits.values():
+            try:
+                got = fut.result()
+                busy = (max(busy[0], got[0]), busy[1] + got[1])
+            except ProtocolAbort as exc:
+                failures.append(exc.reason)
+            except (PeerUnavailable, MessageRejected) as exc:
+                failures.append(str(exc))
+        if failures:
             self._abort(r)
-            raise
+            raise ProtocolAbort("aggregate", "; ".join(failures))
         # Both partials are in: the release happens now, so its events are journalled first.
-        for s in segments:
-            label = s.name if meta["kind"] == "counts" else f"step {meta['step']}: noisy {s.name}"
+        for s, label in zip(segments, labels, strict=True):
             self.spent.append(SpentEvent(label, gaussian_event(s.z)))
         self._save_events()
-        total = partials[0] + partials[1]
-        self.round_seconds.append(time.perf_counter() - t0)
-        return decode_fixed(total, c.frac_bits)
+        clock = _Clock()
+        p0, p1 = (self._partials[name] for name in self._servers)
+        np.add(p0, p1, out=p0)
+        out = decode_fixed(p0, c.frac_bits)
+        decoded = clock.read()
+        t_done = time.perf_counter()
+        self.round_seconds.append(t_done - t0)
+        self.timings.append(
+            {
+                "round": self.round_seconds[-1],
+                "t_sent": t_sent,
+                "t_done": t_done,
+                "receive": busy[0],
+                "receive_cpu": busy[1],
+                "decode": decoded[0],
+                "decode_cpu": decoded[1],
+            }
+        )
+        return out
+
+    def _receive_partial(self, ch: Channel, r: int, dim: int) -> tuple[float, float]:
+        buf = self._partials.get(ch.peer)
+        if buf is None or buf.size != dim:
+            buf = self._partials[ch.peer] = np.empty(dim, dtype=np.uint64)
+        return _recv_array(ch, r, PARTIAL, buf, self.timeout)
 
     def _abort(self, r: int) -> None:
         for ch in [*self._silos.values(), *self._servers.values()]:
@@ -787,7 +1252,7 @@ class Driver:
             return {}
         if not cfg_path.exists():
             raise ConfigError(f"nothing to resume in {self.checkpoint}")
-        if SiloConfig.model_validate_json(cfg_path.read_text()) != self.config:
+        if load_config(cfg_path.read_text()) != self.config:
             raise ConfigError("resume needs the configuration the run was started with")
         ev = self.checkpoint / "events.json"
         if ev.exists():
@@ -800,7 +1265,64 @@ class Driver:
         with np.load(st, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
 
-    # ------------------------------------------------------------------ training
+    def _guarantee(
+        self, mechanism: str, released: list[str], not_released: list[str]
+    ) -> PrivacyGuarantee:
+        c = self.config
+        return PrivacyGuarantee.from_events(
+            self.spent,
+            delta=c.delta,
+            unit=PrivacyUnit.USER,
+            accountant="rdp",
+            mechanism=mechanism,
+            released=released,
+            not_released=not_released,
+            threat_model=(
+                "honest-but-curious parties; the two aggregation servers do not collude. Either "
+                "server alone sees only uniformly random shares (or their seeds) and its own "
+                "noise, and every revealed sum carries at least the other server's full "
+                "discrete-Gaussian noise, which is what the accounting counts (the second share "
+                "is ignored). Users are disjoint across silos; joint DP for each user's own "
+                "recommendations. Two colluding servers learn every silo's exact statistics."
+                + (" TEST MODE: NO NOISE WAS ADDED." if c.insecure_disable_noise else "")
+            ),
+            seeded_noise=False,
+        )
+
+
+class Driver(_DriverBase):
+    """Drives cross-silo DPALS: public inputs out, noisy sums in, item solves, checkpoints.
+
+    Parameters
+    ----------
+    identity, roster
+        The driver's key and the roster (it listens on its roster address for the silos and
+        connects to both servers).
+    config
+        Public training configuration.
+    checkpoint
+        Directory for ``state.npz``, ``events.json`` and ``config.json`` after every completed
+        release; with ``resume=True`` training continues from it (same config required).
+    timeout
+        Seconds to wait for each server's partial sum once a step is sent.
+    """
+
+    config: SiloConfig
+
+    def __init__(
+        self,
+        identity: Identity,
+        roster: Roster,
+        config: SiloConfig,
+        *,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+        timeout: float = 60.0,
+    ) -> None:
+        super().__init__(
+            identity, roster, config, checkpoint=checkpoint, resume=resume, timeout=timeout
+        )
+
     def train(self) -> SiloResult:
         """Run (or resume) the whole training; raises :class:`ProtocolAbort` on a fault."""
         c = self.config
@@ -811,10 +1333,9 @@ class Driver:
         self._open()
         try:
             if "noisy_counts" not in state:
+                seg = noise_plan(c, sigma, "counts")
                 noisy = self._release(
-                    {"kind": "counts", "count_sample": c.count_sample},
-                    {},
-                    noise_plan(c, sigma, "counts"),
+                    {"kind": "counts", "count_sample": c.count_sample}, {}, seg, [seg[0].name]
                 )
                 seed_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)
                 y0 = seed_rng.standard_normal((c.n_items, k)) * (c.init_scale / math.sqrt(k))
@@ -844,7 +1365,10 @@ class Driver:
                     "user_regularization": c.user_regularization,
                     "clip_norm": c.clip_norm,
                 }
-                v = self._release(meta, {"head": head, "counts_h": counts_h, "y": y}, segments)
+                labels = [f"step {step + 1}: noisy {s.name}" for s in segments]
+                v = self._release(
+                    meta, {"head": head, "counts_h": counts_h, "y": y}, segments, labels
+                )
                 t1 = time.perf_counter()
                 g, lhs, rhs = unpack_statistics(v, n_head, k)
                 y, _ = psd_solve(c.alpha0 * project_psd(g), lhs, rhs, reg_items, "if_indefinite")
@@ -854,7 +1378,7 @@ class Driver:
         except BaseException:
             self._close(ABORT)
             raise
-        sent = sum(ch.bytes_sent for ch in [*self._silos.values(), *self._servers.values()])
+        sent = self.bytes_sent
         self._close(BYE)
         items = np.zeros((c.n_items, k), dtype=np.float32)
         items[head] = y.astype(np.float32)
@@ -871,33 +1395,105 @@ class Driver:
 
     def guarantee(self) -> PrivacyGuarantee:
         """The guarantee of everything released so far (from the journalled events)."""
-        c = self.config
-        return PrivacyGuarantee.from_events(
-            self.spent,
-            delta=c.delta,
-            unit=PrivacyUnit.USER,
-            accountant="rdp",
-            mechanism="cross-silo DPALS (two-server secret sharing, discrete Gaussian)",
-            released=[
+        return self._guarantee(
+            "cross-silo DPALS (two-server secret sharing, discrete Gaussian)",
+            [
                 "item factors (after the last private step)",
                 "noisy item counts and the head item set",
                 "the per-step noisy sums (Gramian, per-item left- and right-hand sides), "
                 "to the driver",
             ],
-            not_released=[
+            [
                 "each silo's statistics (only uniformly random shares leave a silo)",
                 "user factors (solved inside each silo from the released item factors)",
             ],
-            threat_model=(
-                "honest-but-curious parties; the two aggregation servers do not collude. Either "
-                "server alone sees only uniformly random shares and its own noise, and every "
-                "revealed sum carries at least the other server's full discrete-Gaussian noise, "
-                "which is what the accounting counts (the second share is ignored). Users are "
-                "disjoint across silos; joint DP for user factors as in DPALS. Two colluding "
-                "servers learn every silo's exact statistics."
-                + (" TEST MODE: NO NOISE WAS ADDED." if c.insecure_disable_noise else "")
-            ),
-            seeded_noise=False,
+        )
+
+
+class EASEDriver(_DriverBase):
+    """Drives cross-silo DPEASE: (noisy counts →) one noisy item Gram matrix → EASE weights.
+
+    Same session, checkpoint and fault handling as :class:`Driver`. With a catalogue larger
+    than ``max_items`` the noisy counts are released first and the head is chosen from them
+    (as central DPEASE does); then each silo sends shares of its bounded Gram matrix over the
+    head, the servers add noise, and the driver solves EASE on the decoded sum
+    (:func:`privrec.models.ease.ease_from_gram`). Resume reuses released counts.
+    """
+
+    config: SiloEASEConfig
+
+    def __init__(
+        self,
+        identity: Identity,
+        roster: Roster,
+        config: SiloEASEConfig,
+        *,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+        timeout: float = 60.0,
+    ) -> None:
+        super().__init__(
+            identity, roster, config, checkpoint=checkpoint, resume=resume, timeout=timeout
+        )
+
+    def train(self) -> SiloEASEResult:
+        """Run (or resume) the training; raises :class:`ProtocolAbort` on a fault."""
+        c = self.config
+        state = self.prepare()
+        z = ease_noise(c)
+        self._open()
+        try:
+            noisy: np.ndarray | None = None
+            if c.restricted:
+                if "noisy_counts" not in state:
+                    seg = ease_noise_plan(c, z, "counts")
+                    counts = self._release(
+                        {"kind": "counts", "count_sample": c.max_per_user}, {}, seg, [seg[0].name]
+                    )
+                    state = {"noisy_counts": counts}
+                    self._save_state(**state)
+                noisy = np.asarray(state["noisy_counts"], dtype=np.float64)
+                head = head_by_counts(noisy, c.max_items)
+            else:
+                head = np.arange(c.n_items)
+            seg = ease_noise_plan(c, z, "gram", len(head))
+            meta = {
+                "kind": "gram",
+                "max_contribution": c.max_contribution,
+                "max_per_user": c.max_per_user,
+            }
+            v = self._release(meta, {"head": head}, seg, [seg[0].name])
+            t1 = time.perf_counter()
+            gram = unpack_gram(v, len(head))
+            weights = ease_from_gram(gram, c.regularization)
+            self.solve_seconds.append(time.perf_counter() - t1)
+        except BaseException:
+            self._close(ABORT)
+            raise
+        sent = self.bytes_sent
+        self._close(BYE)
+        return SiloEASEResult(
+            weights=weights,
+            head_items=head.astype(np.int64),
+            item_popularity=np.diag(gram).astype(np.float32),
+            noisy_counts=None if noisy is None else noisy.astype(np.float32),
+            noise_multiplier=z[0],
+            guarantee=self.guarantee(),
+            round_seconds=list(self.round_seconds),
+            solve_seconds=list(self.solve_seconds),
+            bytes_sent=sent,
+        )
+
+    def guarantee(self) -> PrivacyGuarantee:
+        """The guarantee of everything released so far (from the journalled events)."""
+        return self._guarantee(
+            "cross-silo DPEASE (two-server secret sharing, discrete Gaussian)",
+            ["the noisy item Gram matrix (to the driver)", "EASE item-item weights derived from it"]
+            + (["noisy item counts and the head item set"] if self.config.restricted else []),
+            [
+                "each silo's Gram matrix (only uniformly random shares leave a silo)",
+                "each user's scores (computed from that user's own history, shown only to them)",
+            ],
         )
 
 
@@ -936,22 +1532,64 @@ def setup_keys(
     return generate_keys(directory, parties)
 
 
+def make_driver(
+    identity: Identity,
+    roster: Roster,
+    config: AnyConfig,
+    *,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    timeout: float = 60.0,
+) -> Driver | EASEDriver:
+    """The driver for ``config``'s model (:class:`Driver` or :class:`EASEDriver`)."""
+    if isinstance(config, SiloEASEConfig):
+        return EASEDriver(
+            identity, roster, config, checkpoint=checkpoint, resume=resume, timeout=timeout
+        )
+    return Driver(identity, roster, config, checkpoint=checkpoint, resume=resume, timeout=timeout)
+
+
+@overload
 def run_local(
     matrices: Sequence[Any],
     config: SiloConfig,
+    *,
+    checkpoint: str | Path | None = ...,
+    resume: bool = ...,
+    timeout: float = ...,
+    allow_no_noise: bool = ...,
+    crash_server_at_round: int | None = ...,
+    server_config: AnyConfig | None = ...,
+) -> SiloResult: ...
+@overload
+def run_local(
+    matrices: Sequence[Any],
+    config: SiloEASEConfig,
+    *,
+    checkpoint: str | Path | None = ...,
+    resume: bool = ...,
+    timeout: float = ...,
+    allow_no_noise: bool = ...,
+    crash_server_at_round: int | None = ...,
+    server_config: AnyConfig | None = ...,
+) -> SiloEASEResult: ...
+def run_local(
+    matrices: Sequence[Any],
+    config: AnyConfig,
     *,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     timeout: float = 30.0,
     allow_no_noise: bool = False,
     crash_server_at_round: int | None = None,
-    server_config: SiloConfig | None = None,
-) -> SiloResult:
+    server_config: AnyConfig | None = None,
+) -> SiloResult | SiloEASEResult:
     """Whole protocol in one process: servers and silos in threads, real loopback TCP.
 
     For tests and benchmarks; ``allow_no_noise`` and ``crash_server_at_round`` are test hooks
     (see :class:`AggregationServer`). The servers check every noise plan against
-    ``server_config`` (default: ``config``).
+    ``server_config`` (default: ``config``). A :class:`SiloConfig` trains DPALS and returns a
+    :class:`SiloResult`; a :class:`SiloEASEConfig` trains DPEASE (:class:`SiloEASEResult`).
     """
     with tempfile.TemporaryDirectory() as keys:
         roster, ids = setup_keys(keys, len(matrices))
@@ -969,7 +1607,7 @@ def run_local(
         silos = [
             Silo(ids[f"silo{i + 1}"], roster, m, timeout=timeout) for i, m in enumerate(matrices)
         ]
-        driver = Driver(
+        driver = make_driver(
             ids["driver"], roster, config, checkpoint=checkpoint, resume=resume, timeout=timeout
         )
         driver.prepare()
@@ -989,8 +1627,20 @@ def run_local(
             th.start()
         try:
             result = driver.train()
-            result.silo_seconds = [list(s.compute_seconds) for s in silos]
-            return result
+        except BaseException as exc:
+            for th in threads:
+                th.join(timeout=timeout)
+            for err in errors:  # what the other roles saw, for the reader of the traceback
+                exc.add_note(f"a role failed with {type(err).__name__}: {err}")
+            raise
         finally:
             for th in threads:
                 th.join(timeout=timeout)
+        result.timings = {
+            "driver": list(driver.timings),
+            "servers": [list(s.timings) for s in servers],
+            "silos": [list(s.timings) for s in silos],
+        }
+        if isinstance(result, SiloResult):
+            result.silo_seconds = [list(s.compute_seconds) for s in silos]
+        return result

@@ -1,0 +1,1025 @@
+"""Secure top-k with MPyC: three parties score a secret-shared user; only the ids come out.
+
+The HE path (:mod:`privrec.secure.he`) hides the user from the server but hands the client
+every score, and with them the item matrix (k well-chosen queries recover it). Here three
+parties run an MPC protocol (MPyC: Shamir secret sharing with threshold 1, honest majority)
+in which the scores stay secret-shared and **only the ids of the top-k items are revealed,
+to the client alone**.
+
+Roles (one process each; :func:`run_party` is the body of a party)
+    * party ``0`` — :data:`CLIENT` (the user's device or its proxy): inputs its folded-in
+      user vector ``u`` and a 0/1 mask of items to leave out (its seen items, items the model
+      did not release); it is the only receiver of the output.
+    * party ``1`` — :data:`MODEL_HOLDER`: inputs the item factor matrix ``Y`` (n_items ×
+      factors) as a secret, or — when the item factors are already public (e.g. DP-released)
+      — every party holds ``Y`` and nobody inputs it (``public_items=True``).
+    * party ``2`` — :data:`HELPER`: inputs nothing; it only holds shares. MPyC needs a third
+      party because Shamir sharing with two parties has no honest majority (t < m/2).
+
+Protocol (all arithmetic on Shamir shares of fixed-point numbers, ``SecFxp(l, f)``)
+    1. Inputs are secret-shared (``mpc.input``); the parties first check that they agree on
+       the public parameters (a SHA-256 digest exchanged by every party), so a mismatch
+       aborts instead of desynchronising.
+    2. ``s = Y u`` (one secure matrix-vector product and one truncation),
+       ``s ← s − C · mask`` with the public constant ``C = ⌈2S⌉ + 1``, ``S`` the public
+       score bound (below): every excluded item falls below every other item, a linear
+       operation (no interaction).
+    3. A bitonic selection network on the secret ``(score, id)`` pairs: rows of
+       ``w = 2^⌈log₂ k⌉`` items are sorted by Batcher's bitonic sorter, then merged
+       pairwise (``max(A, reversed(B))`` keeps the top ``w`` of two sorted rows as a
+       bitonic sequence, which one bitonic merge sorts) until one row is left. Every
+       compare-exchange is one secure comparison and two multiplications, all pairs of a
+       stage at once. Depth for n = 1000, k = 10: 40 comparison levels (k successive argmax
+       tournaments would need 100).
+    4. The first ``k`` ids of that row are opened to party 0 only
+       (``mpc.output(..., receivers=[0])``); parties 1 and 2 receive nothing.
+
+Fixed point and bounds
+    ``S = user_norm_bound · item_norm_bound + 1`` bounds every score (Cauchy–Schwarz, plus
+    slack for rounding). Each party checks its own input: the client ``‖u‖₂ ≤
+    user_norm_bound``, the model holder ``max_i ‖y_i‖₂ ≤ item_norm_bound``. Excluded items
+    sit in ``[−S − C, S − C]`` and padding at ``−S − C − 1``, so a comparison needs only
+    ``f + ⌈log₂(2S + C + 2)⌉ + 1`` bits (:attr:`MPCParams.compare_bits`, 24 with the
+    defaults) instead of MPyC's default ``l`` — comparisons dominate the cost. Inputs are
+    rounded to ``2^-f`` (f = 16): scores are exact to about ``factors · 2^-f``; items whose
+    plaintext scores differ by less than that may come out in either order.
+
+Threat model
+    Semi-honest (honest-but-curious) parties, at most **one** corrupted: any single party
+    learns nothing beyond its own input and output (statistical security ``2^-sec_param``
+    for comparisons). The client learns the top-k ids and nothing else (no scores, no
+    ranks below k), which still reveals something about ``Y`` per query (which items win
+    for its ``u``). Two colluding parties can reconstruct every secret (threshold 1). A
+    malicious party can make the output wrong (no integrity); the norm bounds are checked
+    only by the party that owns the input. Traffic between parties is MPyC's plain TCP
+    unless ``tls`` is given (:func:`make_tls_material`): then every link is TLS with mutual
+    certificate authentication — required across machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from privrec.errors import (
+    ConfigError,
+    InvalidInputError,
+    PeerUnavailable,
+    ProtocolAbort,
+    ProtocolError,
+)
+
+__all__ = [
+    "CLIENT",
+    "HELPER",
+    "MODEL_HOLDER",
+    "N_PARTIES",
+    "MPCParams",
+    "PartyResult",
+    "SecureTopKResult",
+    "TLSFiles",
+    "free_ports",
+    "make_tls_material",
+    "run_party",
+    "secure_recommend",
+    "secure_top_k_local",
+    "tls_name",
+]
+
+#: Party 0: holds the user vector and the exclusion mask, receives the top-k ids.
+CLIENT = 0
+#: Party 1: holds the item factor matrix (secret input unless ``public_items``).
+MODEL_HOLDER = 1
+#: Party 2: holds shares only; needed for an honest majority.
+HELPER = 2
+#: MPyC is insecure with two parties (no honest majority with threshold ≥ 1).
+N_PARTIES = 3
+_ROLE = {CLIENT: "client", MODEL_HOLDER: "model holder", HELPER: "helper"}
+
+
+@dataclass(frozen=True)
+class MPCParams:
+    """Public parameters every party must agree on.
+
+    Parameters
+    ----------
+    bit_length, frac_length
+        MPyC fixed-point type ``SecFxp(bit_length, frac_length)``: values are
+        ``round(x · 2^frac_length)`` and must stay below ``2^(bit_length-1)``.
+    user_norm_bound, item_norm_bound
+        Public bounds on ``‖u‖₂`` and on every ``‖y_i‖₂``; their product bounds the scores
+        and sets the comparison width. Each owner checks its own input against its bound.
+    sec_param
+        Statistical security parameter of MPyC's comparisons (leakage ``2^-sec_param``).
+    """
+
+    bit_length: int = 32
+    frac_length: int = 16
+    user_norm_bound: float = 4.0
+    item_norm_bound: float = 4.0
+    sec_param: int = 30
+
+    @property
+    def score_bound(self) -> float:
+        """``S``: |score| ≤ S for in-bound inputs, with one unit of slack for rounding."""
+        return self.user_norm_bound * self.item_norm_bound + 1.0
+
+    @property
+    def exclusion_offset(self) -> int:
+        """``C = ⌈2S⌉ + 1``: subtracted from excluded items, so they fall below all others."""
+        return math.ceil(2 * self.score_bound) + 1
+
+    @property
+    def padding_value(self) -> float:
+        """``−S − C − 1``: the public score of padding slots, below every excluded item."""
+        return -self.score_bound - self.exclusion_offset - 1.0
+
+    @property
+    def compare_bits(self) -> int:
+        """Bits a comparison needs (sign bit included).
+
+        Items stay in ``[−S, S]``, excluded ones in ``[−S − C, S − C]`` and padding is at
+        ``−S − C − 1``, so every difference is within ``±(2S + C + 1)``.
+        """
+        width = 2 * self.score_bound + self.exclusion_offset + 1  # largest |difference|
+        return self.frac_length + math.ceil(math.log2(width + 1)) + 1
+
+    def validate(self) -> None:
+        """Refuse parameters that would overflow or leak (typed :class:`ConfigError`)."""
+        if not 8 <= self.frac_length <= 32:
+            raise ConfigError(f"frac_length must be in 8..32, found {self.frac_length}")
+        if not self.frac_length < self.bit_length <= 128:
+            raise ConfigError(
+                f"bit_length must be in {self.frac_length + 1}..128, found {self.bit_length}"
+            )
+        for name in ("user_norm_bound", "item_norm_bound"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{name} must be positive and finite, found {v!r}")
+        if not 20 <= self.sec_param <= 128:
+            raise ConfigError(f"sec_param must be in 20..128, found {self.sec_param}")
+        if self.compare_bits > self.bit_length:
+            raise ConfigError(
+                f"score bound {self.score_bound:g} needs {self.compare_bits}-bit comparisons "
+                f"but bit_length is {self.bit_length}: raise bit_length or lower the norm bounds"
+            )
+
+
+@dataclass(frozen=True)
+class PartyResult:
+    """What one party ends with: the ids for the client, ``None`` for everybody else.
+
+    ``bytes_sent`` counts this party's protocol messages to its peers (MPyC's counter);
+    ``seconds`` is the wall time from all parties connected to the output, ``cpu_seconds``
+    this process's CPU time over the same span.
+    """
+
+    party_id: int
+    items: npt.NDArray[np.int64] | None
+    bytes_sent: int
+    seconds: float
+    cpu_seconds: float
+
+
+@dataclass(frozen=True)
+class SecureTopKResult:
+    """Result of :func:`secure_top_k_local`.
+
+    ``items``: the client's top-k item indices, best first, padded with ``-1`` when fewer
+    than k items are not excluded. Per-party statistics are indexed by party id;
+    ``wall_seconds`` includes starting the three processes and connecting them.
+    """
+
+    items: npt.NDArray[np.int64]
+    bytes_sent: tuple[int, ...]
+    party_seconds: tuple[float, ...]
+    party_cpu_seconds: tuple[float, ...]
+    wall_seconds: float
+
+    @property
+    def total_bytes(self) -> int:
+        return int(sum(self.bytes_sent))
+
+    @property
+    def seconds(self) -> float:
+        """The protocol's latency: the slowest party's compute span."""
+        return float(max(self.party_seconds))
+
+
+# --------------------------------------------------------------------------- validation
+def _check_k(k: int, n_items: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= n_items:
+        raise ConfigError(f"k must be an integer in 1..n_items={n_items}, found {k!r}")
+    return int(k)
+
+
+def _check_shape(n_items: int, n_factors: int) -> None:
+    for name, v in (("n_items", n_items), ("n_factors", n_factors)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise ConfigError(f"{name} must be a positive integer, found {v!r}")
+
+
+def _user_vector(u: npt.ArrayLike, n_factors: int, params: MPCParams) -> npt.NDArray[np.float64]:
+    arr = np.asarray(u, dtype=np.float64)
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.shape != (n_factors,):
+        raise InvalidInputError(f"user vector must have shape ({n_factors},), found {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InvalidInputError("user vector holds NaN or infinite values")
+    norm = float(np.linalg.norm(arr))
+    if norm > params.user_norm_bound:
+        raise InvalidInputError(
+            f"‖u‖₂ = {norm:.4g} exceeds user_norm_bound = {params.user_norm_bound:g} "
+            "(scores could overflow the fixed-point range): raise the bound for every party"
+        )
+    return arr
+
+
+def _item_matrix(
+    y: npt.ArrayLike, n_items: int, n_factors: int, params: MPCParams
+) -> npt.NDArray[np.float64]:
+    arr = np.asarray(y, dtype=np.float64)
+    if arr.shape != (n_items, n_factors):
+        raise InvalidInputError(
+            f"item factors must have shape ({n_items}, {n_factors}), found {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        raise InvalidInputError("item factors hold NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1)
+    worst = int(np.argmax(norms))
+    if norms[worst] > params.item_norm_bound:
+        raise InvalidInputError(
+            f"item {worst} has ‖y‖₂ = {norms[worst]:.4g} > item_norm_bound = "
+            f"{params.item_norm_bound:g}: raise the bound for every party"
+        )
+    return arr
+
+
+def _exclusion_mask(exclude: npt.ArrayLike | None, n_items: int) -> npt.NDArray[np.int64]:
+    mask = np.zeros(n_items, dtype=np.int64)
+    if exclude is None:
+        return mask
+    idx = np.asarray(exclude).reshape(-1)
+    if idx.size == 0:
+        return mask
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise InvalidInputError(f"excluded items must be integer indices, found dtype {idx.dtype}")
+    bad = (idx < 0) | (idx >= n_items)
+    if bad.any():
+        raise InvalidInputError(
+            f"excluded item {int(idx[bad][0])} is outside the catalogue 0..{n_items - 1}"
+        )
+    mask[idx] = 1
+    return mask
+
+
+def _addresses(addresses: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+    out = [(str(h), int(p)) for h, p in addresses]
+    if len(out) != N_PARTIES:
+        raise ConfigError(
+            f"secure top-k runs exactly {N_PARTIES} parties (MPyC is insecure with 2), "
+            f"found {len(out)} addresses"
+        )
+    for host, port in out:
+        if not host or not 0 < port < 65536:
+            raise ConfigError(f"bad party address {host}:{port}")
+    return out
+
+
+def _public_digest(
+    n_items: int,
+    n_factors: int,
+    k: int,
+    params: MPCParams,
+    public_y: npt.NDArray[np.float64] | None,
+) -> str:
+    """What all parties must agree on, hashed (the public item matrix included)."""
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            {"n_items": n_items, "n_factors": n_factors, "k": k, "params": asdict(params)},
+            sort_keys=True,
+        ).encode()
+    )
+    h.update(b"public" if public_y is not None else b"secret")
+    if public_y is not None:
+        h.update(np.ascontiguousarray(public_y, dtype="<f8").tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- runtime
+def _runtime(party_id: int, addresses: Sequence[tuple[str, int]], params: MPCParams) -> Any:
+    """A fresh MPyC runtime for this party, built from an explicit command line.
+
+    MPyC configures itself from ``sys.argv`` when imported (and may even spawn parties for
+    ``-M``), so the real command line is swapped for a clean one while it is imported and
+    while :func:`mpyc.runtime.setup` runs; ``--no-prss`` makes random bits come from
+    products of the parties' random ±1 inputs instead of one modular square root per bit.
+    """
+    argv = sys.argv
+    base = [argv[0] if argv else "privrec-mpc", "--no-log"]
+    try:
+        sys.argv = list(base)
+        import mpyc.runtime as mpyc_runtime  # first import runs MPyC's setup on ``base``
+
+        sys.argv = [
+            *base,
+            "--no-prss",
+            "-I",
+            str(party_id),
+            "-L",
+            str(params.bit_length),
+            "-K",
+            str(params.sec_param),
+            *[a for host, port in addresses for a in ("-P", f"{host}:{port}")],
+        ]
+        return mpyc_runtime.setup()
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ConfigError("secure top-k needs MPyC: pip install 'privrec[mpc]'") from exc
+    finally:
+        sys.argv = argv
+
+
+def tls_name(party_id: int) -> str:
+    """The DNS name in party ``party_id``'s certificate, checked by every peer connecting to it."""
+    return f"privrec-mpc-party-{party_id}"
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """One party's TLS material (PEM): the set-up CA, its own certificate and private key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def in_dir(cls, directory: str | Path, party_id: int) -> TLSFiles:
+        """The files :func:`make_tls_material` wrote for ``party_id`` in ``directory``."""
+        d = Path(directory)
+        return cls(d / "ca.pem", d / f"party-{party_id}.pem", d / f"party-{party_id}.key")
+
+    def contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+        """(server, client) contexts: TLS ≥ 1.2, mutual authentication against the CA."""
+        for f in (self.ca, self.cert, self.key):
+            if not Path(f).is_file():
+                raise ConfigError(f"TLS file {f} not found")
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca))
+        server.verify_mode = ssl.CERT_REQUIRED
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
+        for ctx in (server, client):
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            ctx.load_cert_chain(str(self.cert), str(self.key))
+        return server, client
+
+
+def make_tls_material(directory: str | Path, *, days: int = 365) -> Path:
+    """Create a CA and one certificate per party (``ca.pem``, ``party-<i>.pem|.key``).
+
+    Set-up step for :func:`run_party` with ``tls``: give each party ``ca.pem`` and its own
+    certificate and key, and keep ``ca.key`` offline (or delete it). Every certificate
+    names its party (:func:`tls_name`), so a party connecting to party ``j`` checks that it
+    reached ``j``. EC P-256 keys and X.509 from ``cryptography``; key files are mode 0600.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+
+    def certificate(
+        name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: Any, ca: bool
+    ) -> x509.Certificate:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(issuer if not ca else subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(name)]), False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = certificate("privrec-mpc CA", ca_key, x509.Name([]), ca_key, True)
+    (d / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    write_key(d / "ca.key", ca_key)
+    for i in range(N_PARTIES):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = certificate(tls_name(i), key, ca_cert.subject, ca_key, False)
+        (d / f"party-{i}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_key(d / f"party-{i}.key", key)
+    return d
+
+
+async def _start(rt: Any, bind_host: str, tls: TLSFiles | None) -> None:
+    """Connect the parties like ``Runtime.start`` does, but listen on ``bind_host`` only.
+
+    MPyC's own ``start`` listens on every interface; party ``i`` listens for parties
+    ``< i`` and connects to parties ``> i``. With ``tls`` every link is TLS with mutual
+    certificate authentication, and a party connecting to ``j`` checks ``j``'s name; a
+    certificate that fails verification aborts at once instead of being retried.
+    """
+    from mpyc import asyncoro
+
+    server_ctx, client_ctx = tls.contexts() if tls is not None else (None, None)
+    loop = rt._loop
+    for peer in rt.parties:
+        peer.protocol = asyncio.Future(loop=loop) if peer.pid == rt.pid else None
+    server = None
+    if rt.pid:
+        server = await loop.create_server(
+            lambda: asyncoro.MessageExchanger(rt),
+            host=bind_host,
+            port=rt.parties[rt.pid].port,
+            ssl=server_ctx,
+        )
+    for peer in rt.parties[rt.pid + 1 :]:
+        while True:
+            try:
+                await loop.create_connection(
+                    lambda pid=peer.pid: asyncoro.MessageExchanger(rt, pid),
+                    peer.host,
+                    peer.port,
+                    ssl=client_ctx,
+                    server_hostname=tls_name(peer.pid) if client_ctx is not None else None,
+                )
+                break
+            except ssl.SSLError as exc:
+                raise ProtocolAbort(
+                    "connect", f"TLS with party {peer.pid} at {peer.host}:{peer.port} failed: {exc}"
+                ) from None
+            except OSError:
+                await asyncio.sleep(0.05)
+    await rt.parties[rt.pid].protocol
+    if server is not None:
+        server.close()
+    rt.start_time = time.time()
+
+
+_Stage = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
+
+
+def _bitonic_stages(width: int, *, full_sort: bool) -> list[_Stage]:
+    """Public compare-exchange stages ``(P, Q)`` of a bitonic network on ``width`` positions.
+
+    In each stage position ``P[j]`` receives the larger and ``Q[j]`` the smaller of the two.
+    ``full_sort``: Batcher's bitonic sorter (descending); otherwise only the final merge,
+    which sorts any bitonic sequence (log₂ width stages).
+    """
+    stages: list[_Stage] = []
+    sizes = [1 << e for e in range(1, width.bit_length())] if full_sort else [width]
+    for size in sizes:
+        stride = size // 2
+        while stride >= 1:
+            i = np.arange(width, dtype=np.int64)
+            j = i ^ stride
+            keep = j > i
+            i, j = i[keep], j[keep]
+            up = (i & size) != 0 if full_sort else np.zeros(i.size, dtype=bool)
+            stages.append((np.where(up, j, i), np.where(up, i, j)))  # ascending blocks swap
+            stride //= 2
+    return stages
+
+
+def _exchange(rt: Any, v: Any, ids: Any, p: Any, q: Any, bits: int) -> tuple[Any, Any]:
+    """One vectorised compare-exchange stage on every row of ``v`` (values) and ``ids``.
+
+    One secure comparison per pair, ``np_sgn(a − b, l=bits, LT=True)``: the values are
+    known to fit ``bits`` bits, which saves random bits (the main cost) against MPyC's
+    full-width comparison; then one multiplication each to move values and ids.
+    """
+    a, b = v[:, p], v[:, q]
+    c = rt.np_sgn(a - b, l=bits, LT=True)  # 1 where a < b: the pair swaps
+    dv = c * (b - a)
+    di = c * (ids[:, q] - ids[:, p])
+    perm = np.argsort(np.concatenate((p, q)))
+    v = rt.np_concatenate((a + dv, b - dv), axis=1)[:, perm]
+    ids = rt.np_concatenate((ids[:, p] + di, ids[:, q] - di), axis=1)[:, perm]
+    return v, ids
+
+
+def _select_top(rt: Any, secfxp: Any, scores: Any, k: int, low: float, bits: int) -> Any:
+    """Secret ids of the ``k`` largest ``scores`` (best first), by a bitonic selection network.
+
+    The scores (padded with ``low`` to rows of ``w = 2^⌈log₂ k⌉``) are sorted row-wise by
+    Batcher's bitonic sorter; rows are then merged pairwise: ``max(A, reversed(B))`` of two
+    descending rows holds their top ``w`` as a bitonic sequence, which one bitonic merge
+    sorts. Depth ``log w (log w + 1)/2 + ⌈log₂(n/w)⌉ (log w + 1)`` comparison levels — 40 for
+    n = 1000, k = 10 — instead of ``k ⌈log₂ n⌉`` (100) for k successive argmax tournaments,
+    and fewer comparisons (≈ 8k against 10k there).
+    """
+    n = scores.size
+    w = 1 << (k - 1).bit_length()
+    rows = -(-n // w)
+    pad = rows * w - n
+    v = scores
+    if pad:
+        v = rt.np_concatenate((v, secfxp.array(np.full(pad, low), integral=False)))
+    v = rt.np_reshape(v, (rows, w))
+    ids = secfxp.array(np.arange(rows * w).reshape(rows, w), integral=True)
+    for p, q in _bitonic_stages(w, full_sort=True):
+        v, ids = _exchange(rt, v, ids, p, q, bits)
+    merge = _bitonic_stages(w, full_sort=False)
+    while v.shape[0] > 1:
+        r = v.shape[0]
+        half = r // 2
+        a, b = v[: 2 * half : 2], v[1 : 2 * half : 2][:, ::-1]
+        ia, ib = ids[: 2 * half : 2], ids[1 : 2 * half : 2][:, ::-1]
+        c = rt.np_sgn(a - b, l=bits, LT=True)  # take b where a < b
+        nv, ni = a + c * (b - a), ia + c * (ib - ia)
+        for p, q in merge:
+            nv, ni = _exchange(rt, nv, ni, p, q, bits)
+        if r % 2:  # an odd row waits for the next level
+            nv = rt.np_concatenate((nv, v[r - 1 :]), axis=0)
+            ni = rt.np_concatenate((ni, ids[r - 1 :]), axis=0)
+        v, ids = nv, ni
+    return ids[0, :k]
+
+
+async def _protocol(
+    rt: Any,
+    party_id: int,
+    n_items: int,
+    n_factors: int,
+    k: int,
+    params: MPCParams,
+    digest: str,
+    user_vector: npt.NDArray[np.float64] | None,
+    mask: npt.NDArray[np.int64] | None,
+    item_factors: npt.NDArray[np.float64] | None,
+    public_items: bool,
+    bind_host: str,
+    tls: TLSFiles | None,
+) -> PartyResult:
+    await _start(rt, bind_host, tls)
+    t0, c0 = time.perf_counter(), time.process_time()
+    digests = await rt.transfer(digest)
+    if any(d != digest for d in digests):
+        bad = [i for i, d in enumerate(digests) if d != digest]
+        raise ProtocolAbort(
+            "setup",
+            f"parties {bad} disagree with party {party_id} on the public parameters "
+            "(n_items, n_factors, k, MPCParams, public item matrix)",
+        )
+    secfxp = rt.SecFxp(params.bit_length, params.frac_length)
+    zeros_u = np.zeros(n_factors)
+    su = rt.input(
+        secfxp.array(user_vector if party_id == CLIENT else zeros_u, integral=False),
+        senders=CLIENT,
+    )
+    smask = rt.input(
+        secfxp.array(mask if party_id == CLIENT else np.zeros(n_items, np.int64), integral=True),
+        senders=CLIENT,
+    )
+    if public_items:
+        assert item_factors is not None
+        scores = item_factors @ su
+    else:
+        local = item_factors if party_id == MODEL_HOLDER else np.zeros((n_items, n_factors))
+        sy = rt.input(secfxp.array(local, integral=False), senders=MODEL_HOLDER)
+        scores = sy @ su
+    scores = scores - smask * params.exclusion_offset
+    ids = _select_top(rt, secfxp, scores, k, params.padding_value, params.compare_bits)
+    opened = await rt.output(ids, receivers=[CLIENT])
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    sent = sum(p.protocol.nbytes_sent for p in rt.parties if p.pid != rt.pid and p.protocol)
+    await rt.shutdown()
+    items = None
+    if party_id == CLIENT:
+        assert mask is not None
+        items = np.rint(np.asarray(opened, dtype=np.float64)).astype(np.int64)
+        if items.size != k or items.min() < 0 or items.max() >= n_items:
+            raise ProtocolAbort("output", f"the opened ids {items.tolist()} are not item indices")
+        items[mask[items] == 1] = -1  # excluded items only surface when too few remain
+    return PartyResult(party_id, items, int(sent), seconds, cpu)
+
+
+def run_party(
+    party_id: int,
+    addresses: Sequence[tuple[str, int]],
+    *,
+    n_items: int,
+    n_factors: int,
+    k: int,
+    user_vector: npt.ArrayLike | None = None,
+    exclude: npt.ArrayLike | None = None,
+    item_factors: npt.ArrayLike | None = None,
+    public_items: bool = False,
+    params: MPCParams | None = None,
+    bind_host: str | None = None,
+    tls: TLSFiles | None = None,
+    timeout: float = 120.0,
+) -> PartyResult:
+    """Run one party of the secure top-k protocol in this process (blocking).
+
+    Meant as the body of a party's process (``privrec mpc party``; the local launcher
+    spawns three): it builds a fresh MPyC runtime for this process.
+
+    Parameters
+    ----------
+    party_id
+        :data:`CLIENT` (0), :data:`MODEL_HOLDER` (1) or :data:`HELPER` (2).
+    addresses
+        ``(host, port)`` of the three parties, in party order; party ``i`` listens on its
+        port for parties ``< i`` (party 0 never listens) and connects to parties ``> i``.
+    n_items, n_factors, k
+        Public shape of the item matrix and the list length (every party the same).
+    user_vector, exclude
+        Client only: its factors (``‖u‖₂ ≤ user_norm_bound``) and the item indices never
+        to recommend (seen, unreleased). Both stay secret-shared.
+    item_factors
+        The model holder's secret ``Y`` — or, with ``public_items=True``, the public ``Y``
+        that every party passes (then nobody inputs it).
+    params
+        :class:`MPCParams` (defaults); must be equal at every party.
+    bind_host
+        Interface to listen on (default: this party's own host in ``addresses``).
+    tls
+        This party's :class:`TLSFiles` (from :func:`make_tls_material`): every link then runs
+        TLS with mutual authentication. Without it the links are MPyC's plain TCP, fit only
+        for loopback or a network that is already protected.
+    timeout
+        Seconds for the whole run, connection included; then :class:`PeerUnavailable`.
+
+    Returns
+    -------
+    PartyResult
+        ``items`` (best first, ``-1`` padding) for the client, ``None`` for the others.
+
+    Raises
+    ------
+    ConfigError, InvalidInputError
+        Bad public parameters or a bad own input — before any connection is made.
+    ProtocolAbort
+        The parties disagree on the public parameters, or a TLS handshake failed.
+    PeerUnavailable
+        The protocol did not finish within ``timeout`` (a peer absent, dead or stuck).
+    """
+    params = params or MPCParams()
+    params.validate()
+    addrs = _addresses(addresses)
+    _check_shape(n_items, n_factors)
+    k = _check_k(k, n_items)
+    if party_id not in _ROLE:
+        raise ConfigError(f"party_id must be 0, 1 or 2, found {party_id!r}")
+    if not timeout > 0:
+        raise ConfigError(f"timeout must be positive, found {timeout!r}")
+    u = mask = y = None
+    if party_id == CLIENT:
+        if user_vector is None:
+            raise ConfigError("the client (party 0) must provide its user vector")
+        u = _user_vector(user_vector, n_factors, params)
+        mask = _exclusion_mask(exclude, n_items)
+    elif user_vector is not None or exclude is not None:
+        raise ConfigError(
+            f"only the client (party 0) inputs a user vector, not the {_ROLE[party_id]}"
+        )
+    if public_items or party_id == MODEL_HOLDER:
+        if item_factors is None:
+            who = "every party" if public_items else "the model holder (party 1)"
+            raise ConfigError(f"{who} must provide the item factors")
+        y = _item_matrix(item_factors, n_items, n_factors, params)
+    elif item_factors is not None:
+        raise ConfigError(
+            f"the {_ROLE[party_id]} must not hold the secret item factors "
+            "(pass public_items=True if they are public)"
+        )
+    digest = _public_digest(n_items, n_factors, k, params, y if public_items else None)
+    rt = _runtime(party_id, addrs, params)
+    coro = _protocol(
+        rt,
+        party_id,
+        n_items,
+        n_factors,
+        k,
+        params,
+        digest,
+        u,
+        mask,
+        y,
+        public_items,
+        bind_host or addrs[party_id][0],
+        tls,
+    )
+    try:
+        result: PartyResult = rt.run(asyncio.wait_for(coro, timeout))
+    except TimeoutError:
+        raise PeerUnavailable(
+            f"party {party_id} ({_ROLE[party_id]}): secure top-k did not finish within "
+            f"{timeout:g} s (a peer is absent, dead or stuck)"
+        ) from None
+    return result
+
+
+# --------------------------------------------------------------------------- processes
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free on ``host`` right now (the OS picks them)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _party_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of a party process spawned by :func:`secure_top_k_local`.
+
+    ``argv``: the spec JSON path and the party id. Inputs come from the party's own
+    ``.npz`` (mode 0600 in a private directory); the result or the error goes to
+    ``result-<id>.json``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    spec_path, party_id = Path(args[0]), int(args[1])
+    spec = json.loads(spec_path.read_text())
+    out = spec_path.parent / f"result-{party_id}.json"
+    try:
+        inputs: dict[str, Any] = {}
+        own = spec_path.parent / f"party-{party_id}.npz"
+        if own.exists():
+            with np.load(own) as data:
+                inputs = {name: data[name] for name in data.files}
+        if spec["public_items"]:
+            with np.load(spec_path.parent / "public.npz") as data:
+                inputs["item_factors"] = data["item_factors"]
+        res = run_party(
+            party_id,
+            [(h, p) for h, p in spec["addresses"]],
+            n_items=spec["n_items"],
+            n_factors=spec["n_factors"],
+            k=spec["k"],
+            public_items=spec["public_items"],
+            params=MPCParams(**spec["params"]),
+            timeout=spec["timeout"],
+            tls=TLSFiles.in_dir(spec["tls_dir"], party_id) if spec.get("tls_dir") else None,
+            **inputs,
+        )
+        payload: dict[str, Any] = {
+            "items": None if res.items is None else res.items.tolist(),
+            "bytes_sent": res.bytes_sent,
+            "seconds": res.seconds,
+            "cpu_seconds": res.cpu_seconds,
+        }
+        rc = 0
+    except Exception as exc:  # reported to the launcher, which raises a typed error
+        payload = {"error": type(exc).__name__, "message": str(exc)}
+        rc = 1
+    out.write_text(json.dumps(payload))
+    return rc
+
+
+# Loads this file directly: importing ``privrec.secure`` would pull in scipy.stats (seconds
+# of start-up per party) for nothing the party needs.
+_PARTY_CODE = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('_privrec_mpc_party', {path!r})\n"
+    "mod = importlib.util.module_from_spec(spec)\n"
+    "sys.modules[spec.name] = mod\n"
+    "spec.loader.exec_module(mod)\n"
+    "sys.exit(mod._party_main())\n"
+)
+
+
+def _kill(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # a process ignoring SIGKILL
+            p.wait(10)
+
+
+def secure_top_k_local(
+    item_factors: npt.ArrayLike,
+    user_vector: npt.ArrayLike,
+    k: int = 10,
+    *,
+    exclude: npt.ArrayLike | None = None,
+    public_items: bool = False,
+    params: MPCParams | None = None,
+    host: str = "127.0.0.1",
+    tls: bool = False,
+    timeout: float = 120.0,
+) -> SecureTopKResult:
+    """Run the three parties as separate processes on ``host`` and return the client's ids.
+
+    Every input is validated here first (typed errors, nothing started). Each party then
+    gets only its own input, through a private temporary directory; the processes talk
+    over TCP on free ports of ``host`` (loopback by default; ``tls=True`` adds mutually
+    authenticated TLS with throw-away certificates, e.g. to measure its cost). If a party
+    fails or the run
+    exceeds ``timeout``, the other processes are killed and :class:`ProtocolAbort` (a
+    party failed, naming it and its error) or :class:`PeerUnavailable` (timeout) is raised.
+    """
+    params = params or MPCParams()
+    params.validate()
+    y = np.asarray(item_factors, dtype=np.float64)
+    if y.ndim != 2:
+        raise InvalidInputError(f"item factors must be a 2-D array, found shape {y.shape}")
+    n_items, n_factors = y.shape
+    _check_shape(n_items, n_factors)
+    k = _check_k(k, n_items)
+    y = _item_matrix(y, n_items, n_factors, params)
+    u = _user_vector(user_vector, n_factors, params)
+    mask = _exclusion_mask(exclude, n_items)
+    if not timeout > 0:
+        raise ConfigError(f"timeout must be positive, found {timeout!r}")
+    t0 = time.perf_counter()
+    inputs = {"user_vector": u, "exclude": np.flatnonzero(mask), "item_factors": y}
+    for attempt in range(2):  # free ports can be taken by someone else before a party binds
+        try:
+            results = _run_processes(
+                host, n_items, n_factors, k, public_items, params, timeout, inputs, tls
+            )
+            break
+        except ProtocolAbort as exc:
+            if attempt or "address already in use" not in exc.reason.lower():
+                raise
+    wall = time.perf_counter() - t0
+    if any(r["items"] is not None for r in results[1:]):  # pragma: no cover - protocol invariant
+        raise ProtocolAbort("output", "a party other than the client received the output")
+    return SecureTopKResult(
+        np.asarray(results[CLIENT]["items"], dtype=np.int64),
+        tuple(int(r["bytes_sent"]) for r in results),
+        tuple(float(r["seconds"]) for r in results),
+        tuple(float(r["cpu_seconds"]) for r in results),
+        wall,
+    )
+
+
+def _run_processes(
+    host: str,
+    n_items: int,
+    n_factors: int,
+    k: int,
+    public_items: bool,
+    params: MPCParams,
+    timeout: float,
+    inputs: dict[str, npt.NDArray[Any]],
+    tls: bool,
+) -> list[dict[str, Any]]:
+    """Start the three party processes on free ports of ``host``, wait, collect the results."""
+    ports = free_ports(N_PARTIES, host)
+    import privrec
+
+    src = str(Path(privrec.__file__).resolve().parents[1])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
+    with tempfile.TemporaryDirectory(prefix="privrec-mpc-") as tmp:  # mode 0700
+        d = Path(tmp)
+        spec = {
+            "addresses": [[host, p] for p in ports],
+            "n_items": n_items,
+            "n_factors": n_factors,
+            "k": k,
+            "public_items": public_items,
+            "params": asdict(params),
+            "timeout": timeout,
+            "tls_dir": str(make_tls_material(d / "tls")) if tls else None,
+        }
+        (d / "spec.json").write_text(json.dumps(spec))
+        np.savez(
+            d / f"party-{CLIENT}.npz", user_vector=inputs["user_vector"], exclude=inputs["exclude"]
+        )
+        holder = "public.npz" if public_items else f"party-{MODEL_HOLDER}.npz"
+        np.savez(d / holder, item_factors=inputs["item_factors"])
+        code = _PARTY_CODE.format(path=str(Path(__file__).resolve()))
+        procs: list[subprocess.Popen[bytes]] = []
+        logs = []
+        try:
+            for pid in range(N_PARTIES):
+                log = open(d / f"log-{pid}.txt", "wb")  # noqa: SIM115 - closed below
+                logs.append(log)
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", code, str(d / "spec.json"), str(pid)],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                        cwd=tmp,
+                    )
+                )
+            deadline = time.monotonic() + timeout + 2.0  # + start-up of the processes
+            while None in (states := [p.poll() for p in procs]):
+                failed = [i for i, rc in enumerate(states) if rc not in (None, 0)]
+                if failed:
+                    _kill(procs)
+                    raise _party_failure(d, failed[0], procs[failed[0]].returncode)
+                if time.monotonic() > deadline:
+                    _kill(procs)
+                    raise PeerUnavailable(
+                        f"secure top-k did not finish within {timeout:g} s; all parties stopped"
+                    )
+                time.sleep(0.02)
+            failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+            if failed:
+                raise _party_failure(d, failed[0], procs[failed[0]].returncode)
+            return [json.loads((d / f"result-{i}.json").read_text()) for i in range(N_PARTIES)]
+        finally:
+            _kill(procs)
+            for log in logs:
+                log.close()
+
+
+def _party_failure(d: Path, pid: int, rc: int | None) -> ProtocolError:
+    """The typed error for a party that exited with ``rc`` (its own message if it left one)."""
+    res = d / f"result-{pid}.json"
+    if res.exists():
+        info = json.loads(res.read_text())
+        reason = f"{info.get('error')}: {info.get('message')}"
+        if info.get("error") == "PeerUnavailable":
+            return PeerUnavailable(f"party {pid} ({_ROLE[pid]}): {info.get('message')}")
+    else:
+        log = (d / f"log-{pid}.txt").read_text(errors="replace").strip().splitlines()
+        reason = f"exit status {rc}" + (f": {log[-1]}" if log else "")
+    return ProtocolAbort("party", f"party {pid} ({_ROLE[pid]}) failed — {reason}")
+
+
+def secure_recommend(
+    model: Any,
+    user_items: Any,
+    k: int = 10,
+    *,
+    public_items: bool = True,
+    params: MPCParams | None = None,
+    tls: bool = False,
+    timeout: float = 120.0,
+) -> SecureTopKResult:
+    """Fold a user in on the client and run :func:`secure_top_k_local` on the model's items.
+
+    ``user_items`` is the user's history as a 1-D row over the model's items; seen items
+    and items a private model did not release (DPALS tail items) are excluded. The item
+    factors of a trained model are public here by default (the released model); pass
+    ``public_items=False`` to have the model holder input them as a secret.
+    """
+    factors = getattr(model, "item_factors_", None)
+    if factors is None:
+        raise ConfigError(
+            f"{type(model).__name__} has no item_factors_: secure top-k needs a factor model"
+        )
+    hist = np.asarray(user_items).reshape(1, -1)
+    u = np.asarray(model.fold_in(hist), dtype=np.float64).reshape(-1)
+    y = np.asarray(factors, dtype=np.float64)
+    exclude = np.flatnonzero(hist[0])
+    head = getattr(model, "head_items_", None)
+    if head is not None:
+        exclude = np.union1d(exclude, np.setdiff1d(np.arange(y.shape[0]), np.asarray(head)))
+    return secure_top_k_local(
+        y,
+        u,
+        k,
+        exclude=exclude,
+        public_items=public_items,
+        params=params,
+        tls=tls,
+        timeout=timeout,
+    )

@@ -1,0 +1,443 @@
+"""MPyC secure top-k: three real processes on 127.0.0.1; only the client gets the ids.
+
+Each protocol run starts three Python processes, so the file keeps to a handful of runs on
+small catalogues (≤ 60 items, 8 factors). Data are chosen with clear score gaps (checked in
+the test) so that fixed-point rounding (~1e-4 here) cannot reorder the plaintext top-k.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Not ``importorskip``: importing mpyc parses sys.argv (pytest's own flags) at import time.
+if importlib.util.find_spec("mpyc") is None:
+    pytest.skip("secure top-k needs the [mpc] extra (mpyc)", allow_module_level=True)
+
+from privrec.errors import (
+    ConfigError,
+    InvalidInputError,
+    PeerUnavailable,
+    ProtocolAbort,
+)
+from privrec.secure import mpc
+from privrec.secure.mpc import (
+    CLIENT,
+    HELPER,
+    MODEL_HOLDER,
+    MPCParams,
+    free_ports,
+    run_party,
+    secure_top_k_local,
+)
+
+N_ITEMS, FACTORS, K = 60, 8, 5
+
+
+def _plain_top_k(y: np.ndarray, u: np.ndarray, k: int, exclude: list[int]) -> np.ndarray:
+    s = y @ u
+    s[exclude] = -np.inf
+    order = np.argsort(-s, kind="stable")
+    kept = s[order[: k + 1]]
+    assert np.all(-np.diff(kept) > 2e-3), "test data must have clear score gaps"
+    return order[:k]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, list[int]]:
+    rng = np.random.default_rng(3)
+    y = rng.normal(0.0, 0.3, size=(N_ITEMS, FACTORS))
+    u = rng.normal(0.0, 0.3, size=FACTORS)
+    best = np.argsort(-(y @ u))
+    exclude = [int(best[0]), int(best[2]), 7]  # excluded items include the plaintext winners
+    return y, u, exclude
+
+
+def _launch(tmp: Path, spec: dict[str, object], inputs: dict[int, dict[str, np.ndarray]]) -> list:
+    """Start the three party processes by hand (explicit 127.0.0.1 addresses) and wait."""
+    (tmp / "spec.json").write_text(json.dumps(spec))
+    for pid, arrays in inputs.items():
+        np.savez(tmp / f"party-{pid}.npz", **arrays)  # type: ignore[arg-type]
+    code = mpc._PARTY_CODE.format(path=mpc.__file__)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp / "spec.json"), str(pid)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        for pid in range(3)
+    ]
+    try:
+        for p in procs:
+            p.wait(90)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [json.loads((tmp / f"result-{i}.json").read_text()) for i in range(3)]
+
+
+def _spec(**kw: object) -> dict[str, object]:
+    spec: dict[str, object] = {
+        "addresses": [["127.0.0.1", p] for p in free_ports(3)],
+        "n_items": N_ITEMS,
+        "n_factors": FACTORS,
+        "k": K,
+        "public_items": False,
+        "params": asdict(MPCParams()),
+        "timeout": 60.0,
+    }
+    spec.update(kw)
+    return spec
+
+
+# ------------------------------------------------------------------ correctness
+def test_secret_items_top_k_equals_plaintext_and_only_client_gets_it(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray, list[int]]
+) -> None:
+    y, u, exclude = data
+    expected = _plain_top_k(y, u, K, exclude)
+    results = _launch(
+        tmp_path,
+        _spec(),
+        {
+            CLIENT: {"user_vector": u, "exclude": np.array(exclude)},
+            MODEL_HOLDER: {"item_factors": y},
+        },
+    )
+    assert all("error" not in r for r in results), results
+    np.testing.assert_array_equal(results[CLIENT]["items"], expected)
+    assert not set(results[CLIENT]["items"]) & set(exclude)
+    # parties 1 and 2 end with nothing: no ids, and they held only their own inputs
+    assert results[MODEL_HOLDER]["items"] is None
+    assert results[HELPER]["items"] is None
+    assert not (tmp_path / f"party-{HELPER}.npz").exists()
+    assert all(r["bytes_sent"] > 0 for r in results)
+
+
+def test_public_items_over_tls_top_k_equals_plaintext(
+    data: tuple[np.ndarray, np.ndarray, list[int]],
+) -> None:
+    y, u, exclude = data
+    res = secure_top_k_local(y, u, K, exclude=exclude, public_items=True, tls=True, timeout=60)
+    np.testing.assert_array_equal(res.items, _plain_top_k(y, u, K, exclude))
+    assert len(res.bytes_sent) == 3 and res.total_bytes > 0
+    assert res.seconds > 0 and res.wall_seconds >= res.seconds
+
+
+# ------------------------------------------------------------------ refusals
+def test_bad_inputs_are_refused_before_anything_starts(
+    data: tuple[np.ndarray, np.ndarray, list[int]],
+) -> None:
+    y, u, _ = data
+    with pytest.raises(InvalidInputError, match=r"shape \(8,\)"):
+        secure_top_k_local(y, u[:5], 3)
+    with pytest.raises(InvalidInputError, match="NaN"):
+        secure_top_k_local(y, np.full(FACTORS, np.nan), 3)
+    with pytest.raises(InvalidInputError, match="user_norm_bound"):
+        secure_top_k_local(y, u * 100, 3)
+    big = y.copy()
+    big[4] *= 100
+    with pytest.raises(InvalidInputError, match="item 4"):
+        secure_top_k_local(big, u, 3)
+    with pytest.raises(ConfigError, match="k must be"):
+        secure_top_k_local(y, u, 0)
+    with pytest.raises(ConfigError, match="k must be"):
+        secure_top_k_local(y, u, N_ITEMS + 1)
+    with pytest.raises(InvalidInputError, match="outside the catalogue"):
+        secure_top_k_local(y, u, 3, exclude=[N_ITEMS])
+    with pytest.raises(InvalidInputError, match="integer"):
+        secure_top_k_local(y, u, 3, exclude=[0.5])
+    with pytest.raises(ConfigError, match="bit_length"):
+        secure_top_k_local(y, u, 3, params=MPCParams(user_norm_bound=1e4, item_norm_bound=1e4))
+    with pytest.raises(ConfigError, match="timeout"):
+        secure_top_k_local(y, u, 3, timeout=0)
+
+
+def test_secure_recommend_needs_a_factor_model() -> None:
+    class NoFactors:
+        pass
+
+    with pytest.raises(ConfigError, match="no item_factors_"):
+        mpc.secure_recommend(NoFactors(), np.zeros(5), k=2)
+
+
+def test_run_party_refuses_role_mismatches(data: tuple[np.ndarray, np.ndarray, list[int]]) -> None:
+    y, u, _ = data
+    addrs = [("127.0.0.1", p) for p in (1, 2, 3)]
+    common = {"n_items": N_ITEMS, "n_factors": FACTORS, "k": 3}
+    with pytest.raises(ConfigError, match="exactly 3 parties"):
+        run_party(0, addrs[:2], user_vector=u, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="must provide its user vector"):
+        run_party(CLIENT, addrs, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="only the client"):
+        run_party(HELPER, addrs, user_vector=u, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="must not hold the secret item factors"):
+        run_party(HELPER, addrs, item_factors=y, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="model holder"):
+        run_party(MODEL_HOLDER, addrs, **common)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="party_id"):
+        run_party(3, addrs, **common)  # type: ignore[arg-type]
+
+
+def test_parties_that_disagree_on_public_parameters_abort(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray, list[int]]
+) -> None:
+    y, u, _ = data
+    spec = _spec()
+    (tmp_path / "other").mkdir()
+    other = {**spec, "k": K + 1}  # the helper was configured with another k
+    (tmp_path / "other" / "spec.json").write_text(json.dumps(other))
+    code = mpc._PARTY_CODE.format(path=mpc.__file__)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    np.savez(tmp_path / "party-0.npz", user_vector=u)
+    np.savez(tmp_path / "party-1.npz", item_factors=y)
+    specs = [tmp_path / "spec.json", tmp_path / "spec.json", tmp_path / "other" / "spec.json"]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(s), str(i)], stderr=subprocess.DEVNULL)
+        for i, s in enumerate(specs)
+    ]
+    try:
+        rcs = [p.wait(60) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert rcs == [1, 1, 1]
+    client = json.loads((tmp_path / "result-0.json").read_text())
+    assert client["error"] == "ProtocolAbort"
+    assert "disagree" in client["message"] and "[2]" in client["message"]
+
+
+# ------------------------------------------------------------------ faults and clean-up
+def _alive_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmd and int(entry.name) != os.getpid():
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to look for processes")
+def test_failed_party_stops_the_others_and_names_itself(
+    monkeypatch: pytest.MonkeyPatch, data: tuple[np.ndarray, np.ndarray, list[int]]
+) -> None:
+    y, u, _ = data
+    marker = f"privrec-mpc-test-{os.getpid()}-crash"
+    fake = (
+        f"import sys, time; tag = {marker!r}\nif sys.argv[2] == '2': sys.exit(3)\ntime.sleep(60)\n"
+    )
+    monkeypatch.setattr(mpc, "_PARTY_CODE", fake)
+    t0 = time.monotonic()
+    with pytest.raises(ProtocolAbort, match=r"party 2 \(helper\) failed.*exit status 3"):
+        secure_top_k_local(y, u, 3, timeout=60)
+    assert time.monotonic() - t0 < 30  # did not wait for the timeout
+    assert _alive_with(marker) == []
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to look for processes")
+def test_stuck_parties_time_out_and_are_killed(
+    monkeypatch: pytest.MonkeyPatch, data: tuple[np.ndarray, np.ndarray, list[int]]
+) -> None:
+    y, u, _ = data
+    marker = f"privrec-mpc-test-{os.getpid()}-stuck"
+    monkeypatch.setattr(mpc, "_PARTY_CODE", f"import time; tag = {marker!r}; time.sleep(60)")
+    with pytest.raises(PeerUnavailable, match="did not finish within 1 s"):
+        secure_top_k_local(y, u, 3, timeout=1.0)
+    assert _alive_with(marker) == []
+
+
+def test_lone_party_times_out_with_a_typed_error(
+    data: tuple[np.ndarray, np.ndarray, list[int]],
+) -> None:
+    """A real party whose peers never come: PeerUnavailable after its own timeout."""
+    y, _, _ = data
+    code = (
+        "import numpy as np\n"
+        "from privrec.errors import PeerUnavailable\n"
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('m', {mpc.__file__!r})\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['m'] = m\n"
+        "spec.loader.exec_module(m); run_party, free_ports = m.run_party, m.free_ports\n"
+        "addrs = [('127.0.0.1', p) for p in free_ports(3)]\n"
+        "y = np.load(__import__('sys').argv[1])\n"
+        "try:\n"
+        "    run_party(1, addrs, n_items=y.shape[0], n_factors=y.shape[1], k=3,\n"
+        "              item_factors=y, timeout=1.0)\n"
+        "except PeerUnavailable as exc:\n"
+        "    print('PeerUnavailable', exc)\n"
+    )
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"privrec-mpc-y-{os.getpid()}.npy"
+    np.save(path, y)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60
+        )
+    finally:
+        path.unlink()
+    assert "PeerUnavailable party 1 (model holder)" in out.stdout, out.stderr[-2000:]
+
+
+def test_params_compare_bits_and_bounds() -> None:
+    p = MPCParams()
+    p.validate()
+    assert p.score_bound == 17.0
+    assert p.exclusion_offset == 35
+    s, c, low = p.score_bound, p.exclusion_offset, p.padding_value
+    # bands are ordered: items in [-S, S] > excluded in [-S - C, S - C] > padding
+    assert s - c < -s and low < -s - c
+    # every difference fits the signed comparison width
+    assert (2 * s + c + 1) * 2**p.frac_length < 2 ** (p.compare_bits - 1)
+    assert p.compare_bits == 24 < p.bit_length
+    with pytest.raises(ConfigError, match="frac_length"):
+        MPCParams(frac_length=4).validate()
+    with pytest.raises(ConfigError, match="item_norm_bound"):
+        MPCParams(item_norm_bound=float("inf")).validate()
+
+
+class _PlainRuntime:
+    """The few MPyC operations the selection network uses, on plain numpy arrays."""
+
+    @staticmethod
+    def np_sgn(a: np.ndarray, l: int, LT: bool) -> np.ndarray:  # noqa: E741
+        assert LT and np.all(np.abs(a) * 2**16 < 2 ** (l - 1)), "comparison out of range"
+        return (a < 0).astype(np.float64)
+
+    @staticmethod
+    def np_concatenate(arrays: tuple[np.ndarray, ...], axis: int = 0) -> np.ndarray:
+        return np.concatenate(arrays, axis=axis)
+
+    @staticmethod
+    def np_reshape(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return a.reshape(shape)
+
+
+class _PlainFxp:
+    @staticmethod
+    def array(x: np.ndarray, integral: bool) -> np.ndarray:
+        return np.asarray(x, dtype=np.float64)
+
+
+def test_selection_network_returns_the_top_k_for_every_shape() -> None:
+    """The network logic in the clear, for every n ≤ 33 and k ≤ n (distinct scores)."""
+    p = MPCParams()
+    rng = np.random.default_rng(0)
+    for n in range(1, 34):
+        for k in range(1, n + 1):
+            scores = rng.permutation(n) / n * 2 * p.score_bound - p.score_bound
+            scores[rng.random(n) < 0.3] -= p.exclusion_offset  # excluded items
+            ids = mpc._select_top(
+                _PlainRuntime(), _PlainFxp(), scores, k, p.padding_value, p.compare_bits
+            )
+            np.testing.assert_array_equal(ids, np.argsort(-scores)[:k], err_msg=f"{n=} {k=}")
+
+
+def test_bitonic_stages_sort_any_input() -> None:
+    rng = np.random.default_rng(1)
+    for width in (1, 2, 4, 8, 16, 32):
+        for _ in range(20):
+            x = rng.normal(size=width)
+            for p, q in mpc._bitonic_stages(width, full_sort=True):
+                hi, lo = np.maximum(x[p], x[q]), np.minimum(x[p], x[q])
+                x[p], x[q] = hi, lo
+            assert np.all(np.diff(x) <= 0)
+
+
+def test_launcher_retries_once_when_a_free_port_was_taken(
+    monkeypatch: pytest.MonkeyPatch, data: tuple[np.ndarray, np.ndarray, list[int]]
+) -> None:
+    y, u, _ = data
+    calls: list[int] = []
+    done = {"bytes_sent": 10, "seconds": 1.0, "cpu_seconds": 0.5}
+
+    def fake(*args: object) -> list[dict[str, object]]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ProtocolAbort(
+                "party",
+                "party 1 (model holder) failed — OSError: [Errno 98] Address already in use",
+            )
+        return [{"items": [5, 4, 3], **done}, {"items": None, **done}, {"items": None, **done}]
+
+    monkeypatch.setattr(mpc, "_run_processes", fake)
+    res = secure_top_k_local(y, u, 3)
+    assert len(calls) == 2 and res.items.tolist() == [5, 4, 3] and res.total_bytes == 30
+
+    def other_failure(*args: object) -> list[dict[str, object]]:
+        calls.append(1)
+        raise ProtocolAbort("party", "party 2 (helper) failed — exit status 3")
+
+    calls.clear()
+    monkeypatch.setattr(mpc, "_run_processes", other_failure)
+    with pytest.raises(ProtocolAbort, match="exit status 3"):
+        secure_top_k_local(y, u, 3)
+    assert len(calls) == 1  # not retried
+
+
+# ------------------------------------------------------------------ TLS
+def test_tls_material_names_each_party_and_protects_keys(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    d = mpc.make_tls_material(tmp_path / "tls")
+    ca = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+    for i in range(3):
+        cert = x509.load_pem_x509_certificate((d / f"party-{i}.pem").read_bytes())
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == [mpc.tls_name(i)]
+        assert cert.issuer == ca.subject
+        assert (d / f"party-{i}.key").stat().st_mode & 0o777 == 0o600
+    assert (d / "ca.key").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(ConfigError, match="not found"):
+        mpc.TLSFiles.in_dir(tmp_path / "missing", 0).contexts()
+
+
+def test_a_party_with_another_partys_certificate_is_refused(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray, list[int]]
+) -> None:
+    """Party 1 presents party 2's (valid) certificate: party 0 aborts at the handshake."""
+    y, u, _ = data
+    good = mpc.make_tls_material(tmp_path / "tls")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("ca.pem", "party-0.pem", "party-0.key", "party-2.pem", "party-2.key"):
+        (bad / name).write_bytes((good / name).read_bytes())
+    (bad / "party-1.pem").write_bytes((good / "party-2.pem").read_bytes())
+    (bad / "party-1.key").write_bytes((good / "party-2.key").read_bytes())
+    spec = _spec(tls_dir=str(bad), timeout=30.0)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    np.savez(tmp_path / "party-0.npz", user_vector=u)
+    np.savez(tmp_path / "party-1.npz", item_factors=y)
+    code = mpc._PARTY_CODE.format(path=mpc.__file__)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(tmp_path / "spec.json"), str(i)],
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(3)
+    ]
+    try:
+        assert procs[0].wait(30) == 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    client = json.loads((tmp_path / "result-0.json").read_text())
+    assert client["error"] == "ProtocolAbort"
+    assert "TLS with party 1" in client["message"]

@@ -1,0 +1,115 @@
+"""``privrec mpc topk`` and ``privrec mpc party``: secure top-k from the command line."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+if importlib.util.find_spec("mpyc") is None:
+    pytest.skip("secure top-k needs the [mpc] extra (mpyc)", allow_module_level=True)
+
+from privrec.cli.main import app
+from privrec.secure.mpc import free_ports
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    lines = []
+    for u in range(1, 41):
+        for t, i in enumerate(rng.choice(np.arange(1, 61), size=10, replace=False)):
+            lines.append(f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + t}")
+    data = tmp_path / "u.data"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "als.npz"
+    res = runner.invoke(
+        app,
+        ["train", "--data", str(data), "--model", "als", "-o", str(out), "-p", "factors=8"],
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_mpc_topk_matches_plaintext_recommend(model_file: Path) -> None:
+    from privrec.models import load_model
+
+    model = load_model(model_file)
+    for user in model.user_ids_:  # a user whose top-5 plaintext scores are well separated
+        hist = model.user_items_[model.user_index([user])]
+        ref, scores = model.recommend_history(hist, k=5)
+        if np.all(-np.diff(scores[0]) > 2e-3):
+            break
+    res = runner.invoke(
+        app, ["mpc", "topk", str(model_file), "--user", str(user), "-k", "4", "--secret-items"]
+    )
+    assert res.exit_code == 0, res.output
+    assert f"secure top-4 for user {user}" in res.output
+    assert "item factors secret" in res.output and "bytes sent" in res.output
+    rows = [line.split("│") for line in res.output.splitlines() if line.count("│") >= 2]
+    shown = [r[2].strip() for r in rows if r[2].strip().isdigit()]
+    assert shown == [str(i) for i in model.item_ids_[ref[0][:4]]]
+
+
+def test_mpc_topk_refuses_out_of_bound_user(model_file: Path) -> None:
+    res = runner.invoke(
+        app, ["mpc", "topk", str(model_file), "--user", "3", "--user-norm-bound", "1e-6"]
+    )
+    assert res.exit_code == 1
+    assert "InvalidInputError" in res.output and "user_norm_bound" in res.output
+
+
+def test_mpc_party_runs_three_cli_processes(tmp_path: Path) -> None:
+    """The deployment path: `mpc keys`, then each party its own `privrec mpc party` process
+    with its own input only, over mutually authenticated TLS.
+
+    Also: fewer items left than k → the list is padded with -1."""
+    rng = np.random.default_rng(11)
+    y = rng.normal(0.0, 0.3, size=(20, 4))
+    u = np.array([0.6, -0.3, 0.2, 0.4])
+    np.save(tmp_path / "u.npy", u)
+    keep = np.array([3, 11])  # everything else is excluded: k = 3 > 2 items left
+    np.save(tmp_path / "seen.npy", np.setdiff1d(np.arange(20), keep))
+    np.save(tmp_path / "y.npy", y)
+    keys = runner.invoke(app, ["mpc", "keys", str(tmp_path / "tls")])
+    assert keys.exit_code == 0, keys.output
+    ports = free_ports(3)
+    common = ["--n-items", "20", "--factors", "4", "-k", "3", "--timeout", "60"]
+    common += ["--tls-dir", str(tmp_path / "tls")]
+    for p in ports:
+        common += ["--party", f"127.0.0.1:{p}"]
+    own = [
+        ["--user-vector", str(tmp_path / "u.npy"), "--exclude", str(tmp_path / "seen.npy")],
+        ["--item-factors", str(tmp_path / "y.npy")],
+        [],
+    ]
+    cmd = [sys.executable, "-m", "privrec.cli.main", "mpc", "party"]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--id", str(i), *common, *own[i]],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    try:
+        outs = [p.communicate(timeout=90)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    best = keep[np.argsort(-(y[keep] @ u))]
+    expected = f"{best[0]} {best[1]} -1"  # padded like Recommender.recommend
+    assert f"top-k items: {expected}" in outs[0]
+    assert "receives no output" in outs[1] and "receives no output" in outs[2]
+    assert "top-k items" not in outs[1] + outs[2]

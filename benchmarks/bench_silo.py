@@ -6,11 +6,12 @@ Usage::
     python benchmarks/bench_silo.py --quick    # ε = 5 only
 
 Utility: each model at the same (ε, δ = 1e-6), trained on train + valid and evaluated on test
-(Recall@20, NDCG@20). DPALS uses its defaults (32 factors); cross-silo DPEASE uses the fixed
-DPEASE hyper-parameters of :class:`~privrec.secure.silo.SiloEASEConfig` and central DPEASE is
-run with the same ones. Central models account with PLD; the cross-silo ones with RDP and
-discrete Gaussians, and each of the two servers adds a full noise share (docs/cross_silo.md),
-so some utility loss is expected and is what this measures.
+(Recall@20, NDCG@20). Every model runs with its defaults — the cross-silo configs share
+central DPALS's and DPEASE's (count_sample = B, SNR head rules, noise-scaled ridges, C = 10,
+popularity blend of the released counts at scoring); the noise-derived ones see the noise each
+path reveals. Central models account with PLD; the cross-silo ones with RDP and discrete
+Gaussians, and each of the two servers adds a full noise share (docs/cross_silo.md), so some
+utility loss is expected and is what this measures.
 
 Time of the secure path per ALS step, all in one run (each server and silo in its own
 process, the driver in this one; real loopback TCP with the AES-GCM channel; one shared 2-core
@@ -36,7 +37,6 @@ silos and two servers competing for the cores, which separate machines would not
 from __future__ import annotations
 
 import argparse
-import inspect
 import itertools
 import json
 import os
@@ -198,7 +198,7 @@ def _median(rows: list[dict[str, float]], key: str) -> float:
 def _dpals(
     eps: float, split: Any, x: sp.csr_matrix, silos: list[sp.csr_matrix]
 ) -> list[dict[str, Any]]:
-    from privrec.models.dp_als import DPALS, resolve_regularization
+    from privrec.models.dp_als import DPALS
     from privrec.privacy.contribution import adaptive_weights
     from privrec.privacy.postprocessing import project_psd, psd_solve
     from privrec.secure.silo import (
@@ -214,7 +214,12 @@ def _dpals(
     central.fit(split.train)
     fit_s = time.perf_counter() - t0
     row = {"epsilon": eps, "model": "central DPALS (PLD)", **_metrics(central, split)}
-    row.update(fit_seconds=round(fit_s, 2), steps=central.iterations_)
+    row.update(
+        fit_seconds=round(fit_s, 2),
+        steps=central.iterations_,
+        regularization=round(central.regularization_, 2),
+        head_items=len(central.head_items_),
+    )
     rows.append(row)
     print(row, flush=True)
 
@@ -233,7 +238,7 @@ def _dpals(
         "user_regularization": config.user_regularization,
         "clip_norm": config.clip_norm,
     }
-    reg = resolve_regularization(config.regularization, result.noise_scale, config.clip_norm)
+    reg = result.regularization
     n_head, k = len(result.head_items), config.factors
 
     def central_step() -> None:
@@ -253,9 +258,8 @@ def _dpals(
     parts = [_secure_parts(result.timings, i, cpu=False) for i in steps]
     parts_cpu = [_secure_parts(result.timings, i, cpu=True) for i in steps]
     walls = [p["round"] + s for p, s in zip(parts, result.solve_seconds, strict=True)]
-    users = np.vstack([result.user_factors(m, config) for m in silos])
-    unreleased = np.setdiff1d(np.arange(x.shape[1]), result.head_items)
-    model = _Factors(users, result.item_factors, unreleased, x)
+    # each silo scores its own users (own histories + the release), as central DPALS scores
+    model = _Scores(lambda rows: result.scores(rows, config), x)
     added, added_cpu = _median(parts, "added"), _median(parts_cpu, "added")
     all_in, all_in_cpu = _median(parts, "all_in"), _median(parts_cpu, "all_in")
     worst = max(p["added"] for p in parts)
@@ -267,6 +271,7 @@ def _dpals(
         "steps": len(parts),
         "achieved_epsilon": round(result.guarantee.epsilon, 4),
         "head_items": len(result.head_items),
+        "regularization": round(result.regularization, 2),
         "shared_words_per_step": int(sum(s.length for s in _stats_plan(config, result))),
         "central_step_seconds": round(central_wall, 4),
         "central_step_cpu_seconds": round(central_cpu, 4),
@@ -299,74 +304,26 @@ def _stats_plan(config: Any, result: Any) -> list[Any]:
     return noise_plan(config, result.noise_scale, "stats", len(result.head_items))
 
 
-class _Factors(_Scores):
-    """Released item factors with each silo's own user factors (head items only)."""
-
-    def __init__(
-        self, users: np.ndarray, items: np.ndarray, unreleased: np.ndarray, train: sp.csr_matrix
-    ) -> None:
-        super().__init__(lambda rows: np.asarray(rows.toarray()), train)
-        self.users, self.items, self.unreleased = users, items, unreleased
-
-    def recommend(
-        self, user_ids: np.ndarray, k: int = 10, exclude_seen: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        from privrec.models.ranking import mask_seen, top_k
-
-        idx = np.atleast_1d(np.asarray(user_ids))
-        scores = self.users[idx] @ self.items.T
-        scores[:, self.unreleased] = -np.inf
-        if exclude_seen:
-            mask_seen(scores, sp.csr_matrix(self.train[idx]))
-        return top_k(scores, k)
-
-
 def _dpease(
     eps: float, split: Any, x: sp.csr_matrix, silos: list[sp.csr_matrix]
 ) -> list[dict[str, Any]]:
     from privrec.models.dp_ease import DPEASE
-    from privrec.privacy.accounting import calibrate
-    from privrec.privacy.budget import Budget
-    from privrec.privacy.mechanisms import gaussian_event
-    from privrec.privacy.units import PrivacyUnit
-    from privrec.secure.silo import SiloEASEConfig, ease_noise
+    from privrec.secure.silo import SiloEASEConfig
 
-    # λ from the noise by one rule for both models: 6·s·√n, about 3 × the spectral norm of
-    # the symmetric Gram noise of entry std s (a fixed λ = 500, DPEASE's default, leaves both
-    # near zero recall at ε ≤ 5 on ml-1m). s = z·C centrally (PLD), √2·z·C across silos (RDP,
-    # two noise shares).
-    n, c_bound = x.shape[1], 30.0
-    z_central = calibrate(
-        Budget(epsilon=eps, delta=1e-6), gaussian_event, kind="pld", unit=PrivacyUnit.USER
-    )
-    probe = SiloEASEConfig(epsilon=eps, delta=1e-6, n_items=n, max_contribution=c_bound)
-    z_silo = ease_noise(probe)[0]
-
-    def ridge(noise_std: float) -> float:
-        return max(100.0, 6.0 * noise_std * float(np.sqrt(n)))
-
-    config = probe.model_copy(update={"regularization": ridge(np.sqrt(2) * z_silo * c_bound)})
-    # central DPEASE with the same mechanism and hyper-parameters (fixed λ, no head selection
-    # below max_items, raw EASE scores); newer options are switched off where they exist
-    kwargs: dict[str, Any] = {
-        "regularization": ridge(z_central * c_bound),
-        "max_contribution": config.max_contribution,
-        "max_per_user": config.max_per_user,
-        "max_items": config.max_items,
-        "count_budget_fraction": config.count_budget_fraction,
-    }
-    accepted = inspect.signature(DPEASE).parameters
-    kwargs.update(
-        {k: v for k, v in {"head_snr": 0.0, "popularity_blend": 0.0}.items() if k in accepted}
-    )
+    # both with their (shared) defaults: noisy head, ridge from each path's revealed Gram
+    # noise std (z·C centrally, √2·z·C across silos), popularity blend at scoring
+    config = SiloEASEConfig(epsilon=eps, delta=1e-6, n_items=x.shape[1])
     rows: list[dict[str, Any]] = []
-    central = DPEASE(epsilon=eps, delta=1e-6, unit="user", **kwargs)
+    central = DPEASE(epsilon=eps, delta=1e-6, unit="user")
     t0 = time.perf_counter()
     central.fit(split.train)
     fit_s = time.perf_counter() - t0
     row = {"epsilon": eps, "model": "central DPEASE (PLD)", **_metrics(central, split)}
     row.update(
-        fit_seconds=round(fit_s, 2), steps=1, regularization=round(kwargs["regularization"], 1)
+        fit_seconds=round(fit_s, 2),
+        steps=1,
+        regularization=round(central.regularization_, 1),
+        head_items=len(central.head_items_),
     )
     rows.append(row)
     print(row, flush=True)
@@ -389,7 +346,7 @@ def _dpease(
         "secure_parts_seconds": {k: round(v, 4) for k, v in p.items()},
         "secure_parts_cpu_seconds": {k: round(v, 4) for k, v in p_cpu.items()},
         "ease_solve_seconds": round(result.solve_seconds[-1], 3),
-        "regularization": round(config.regularization, 1),
+        "regularization": round(result.regularization, 1),
         "bytes_sent_by_driver": result.bytes_sent,
     }
     rows.append(row)
@@ -416,18 +373,20 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Cross-silo DPALS and DPEASE vs central (ml-1m-implicit-r3, 3 silos by user)",
         "",
-        f"Run {result['date']}. δ = 1e-6; DPALS defaults (32 factors); DPEASE C = 30, λ = 6·s·√n "
-        "from each model's Gram noise std s (λ column); "
-        "test Recall/NDCG@20.",
+        f"Run {result['date']}. δ = 1e-6; every model with its defaults (shared by central and "
+        "cross-silo: DPALS 32 factors, count_sample = B, SNR head rule; DPEASE C = 10, noisy head; "
+        "both a ridge λ from the noise each path reveals and the popularity blend of the "
+        "released counts at scoring); test Recall/NDCG@20.",
         "",
-        "| ε | model | Recall@20 | NDCG@20 | steps | λ | fit s |",
-        "|---|---|---|---|---|---|---|",
+        "| ε | model | Recall@20 | NDCG@20 | steps | head items | λ | fit s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
-        lam = f"{r['regularization']:,.0f}" if "regularization" in r else "—"
+        lam = f"{r['regularization']:,.4g}" if "regularization" in r else "—"
+        head = f"{r['head_items']:,}" if "head_items" in r else "—"
         lines.append(
             f"| {r['epsilon']:g} | {r['model']} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | "
-            f"{r['steps']} | {lam} | {r['fit_seconds']:.1f} |"
+            f"{r['steps']} | {head} | {lam} | {r['fit_seconds']:.1f} |"
         )
     lines += [
         "",

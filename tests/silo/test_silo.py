@@ -14,9 +14,24 @@ import scipy.sparse as sp
 import scipy.stats
 
 from privrec.errors import InvalidInputError, ProtocolAbort
-from privrec.models.dp_als import select_head
-from privrec.models.dp_ease import bounded_gram
+from privrec.models.dp_als import (
+    DPALS,
+    head_threshold,
+    resolve_popularity_blend,
+    resolve_regularization,
+    select_head,
+)
+from privrec.models.dp_ease import (
+    DPEASE,
+    HEAD_SNR,
+    MAX_CONTRIBUTION,
+    REG_SCALE,
+    bounded_gram,
+    resolve_ease_blend,
+    resolve_ease_regularization,
+)
 from privrec.models.ease import ease_from_gram
+from privrec.models.private import blend_popularity
 from privrec.privacy.contribution import adaptive_weights
 from privrec.privacy.distributed import ddg_rdp
 from privrec.privacy.postprocessing import project_psd, psd_solve
@@ -31,9 +46,13 @@ from privrec.secure.silo import (
     ease_noise,
     encode_fixed,
     fixed_sigma,
+    head_by_counts,
     load_config,
+    revealed_sigma,
+    revealed_std,
     run_local,
     seed_share,
+    silo_head,
     silo_statistics,
     split_shares,
     unpack_statistics,
@@ -143,10 +162,13 @@ def test_noise_off_reproduces_central_dpals_steps() -> None:
     result = run_local(_split(x), c, allow_no_noise=True, timeout=20)
     head, y, xh, w = _central_reference(x, c)
     assert np.array_equal(result.head_items, head)
-    reg = np.full(len(head), 1.0 if c.regularization is None else c.regularization)
-    from privrec.models.dp_als import resolve_regularization
-
-    reg[:] = resolve_regularization(c.regularization, result.noise_scale, c.clip_norm)
+    # central DPALS's ridge rule at the σ the silo path reveals: √2σ (two noise shares), up to
+    # fixed-point rounding; computed from the planned noise although the noise is off
+    sigma_rev = revealed_sigma(c, result.noise_scale, len(head))
+    assert sigma_rev == pytest.approx(math.sqrt(2) * result.noise_scale, rel=1e-6)
+    assert sigma_rev > math.sqrt(2) * result.noise_scale
+    assert result.regularization == resolve_regularization(None, sigma_rev, c.clip_norm)
+    reg = np.full(len(head), result.regularization)
     for _ in range(2):
         v = silo_statistics(
             xh,
@@ -161,6 +183,64 @@ def test_noise_off_reproduces_central_dpals_steps() -> None:
     np.testing.assert_allclose(result.item_factors[head], y, atol=1e-6)
     assert math.isinf(result.guarantee.epsilon)
     assert "NO NOISE" in result.guarantee.threat_model
+    # scoring: central DPALS's own scoring on the released state gives the same scores
+    assert result.popularity_blend == resolve_popularity_blend(None, c.epsilon) > 0
+    central = _central_dpals(result, c)
+    users = result.user_factors(x[:20], c).astype(np.float32)
+    np.testing.assert_allclose(
+        result.scores(x[:20], c), central._scores_from_factors(users), rtol=1e-5, atol=1e-5
+    )
+
+
+def _central_dpals(result: object, c: SiloConfig) -> DPALS:
+    """A central DPALS holding the silo release (its scoring is what the silo must equal)."""
+    model = DPALS(epsilon=c.epsilon, delta=c.delta, unit="user")
+    model._set_state(
+        {
+            "item_factors": result.item_factors,  # type: ignore[attr-defined]
+            "head_items": result.head_items,  # type: ignore[attr-defined]
+            "noisy_counts": result.noisy_counts,  # type: ignore[attr-defined]
+            "noise_scale": np.asarray(result.noise_scale),  # type: ignore[attr-defined]
+            "fold": np.asarray([c.alpha0, c.user_regularization]),
+            "popularity_blend": np.asarray(result.popularity_blend),  # type: ignore[attr-defined]
+        }
+    )
+    return model
+
+
+def test_defaults_match_central_dpals_and_dpease() -> None:
+    """Every shared hyper-parameter has central's default (the issue: same model as central)."""
+    silo = SiloConfig(epsilon=1.0, delta=1e-6, n_items=10)
+    central = DPALS(epsilon=1.0, delta=1e-6, unit="user").get_params()
+    for name, value in central.items():
+        if name in SiloConfig.model_fields and name not in ("epsilon", "delta"):
+            assert getattr(silo, name) == value, name
+    assert silo.count_sample is None and silo.sampled == silo.max_per_user
+    ease = SiloEASEConfig(epsilon=1.0, delta=1e-6, n_items=10)
+    central = DPEASE(epsilon=1.0, delta=1e-6, unit="user").get_params()
+    for name, value in central.items():
+        if name in SiloEASEConfig.model_fields and name not in ("epsilon", "delta"):
+            assert getattr(ease, name) == value, name
+    assert (ease.max_contribution, ease.head_snr, ease.reg_scale, ease.regularization) == (
+        MAX_CONTRIBUTION,
+        HEAD_SNR,
+        REG_SCALE,
+        None,
+    )
+    assert ease.restricted  # head rule on, as in central DPEASE, even for a small catalogue
+    assert not ease.model_copy(update={"head_snr": 0.0}).restricted
+
+
+def test_silo_head_rule_uses_the_revealed_rhs_noise_and_the_sample() -> None:
+    """Threshold head_snr · √2·r2σ · √(count_sample/100): the revealed noise is two shares."""
+    c = SiloConfig(epsilon=2.0, delta=1e-6, n_items=500, max_per_user=30, head_min=5)
+    counts = np.random.default_rng(4).gamma(0.5, 200.0, size=500)
+    sigma = 0.8
+    thr = head_threshold(c.head_snr, math.sqrt(2) * c.rhs_noise_ratio * sigma, 30)
+    assert thr == pytest.approx(c.head_snr * math.sqrt(2) * sigma * math.sqrt(0.3))
+    head = silo_head(c, sigma, counts)
+    assert np.array_equal(head, select_head(counts, None, thr, 5))
+    assert 5 < len(head) < 500
 
 
 def test_servers_refuse_noise_free_plans_by_default() -> None:
@@ -275,7 +355,9 @@ def test_seed_share_and_its_expansion_sum_to_the_value() -> None:
 
 
 # ------------------------------------------------------------------ DPEASE through the silos
-def _central_ease(x: sp.csr_matrix, head: np.ndarray, c: SiloEASEConfig) -> tuple[np.ndarray, ...]:
+def _central_ease(
+    x: sp.csr_matrix, head: np.ndarray, c: SiloEASEConfig, reg: float | None = None
+) -> tuple[np.ndarray, ...]:
     """Central DPEASE's computation on the union with the noise left out."""
     gram, sens = bounded_gram(
         binary(x[:, head]),
@@ -285,13 +367,21 @@ def _central_ease(x: sp.csr_matrix, head: np.ndarray, c: SiloEASEConfig) -> tupl
         None,  # type: ignore[arg-type]
     )
     assert sens == c.max_contribution
-    return gram, ease_from_gram(gram, c.regularization)
+    lam = reg if reg is not None else c.regularization
+    assert lam is not None
+    return gram, ease_from_gram(gram, lam)
 
 
 def test_dpease_noise_off_equals_central_dpease_on_the_union() -> None:
     x = _data()
     c = SiloEASEConfig(
-        epsilon=2.0, delta=1e-6, n_items=N_ITEMS, regularization=5.0, insecure_disable_noise=True
+        epsilon=2.0,
+        delta=1e-6,
+        n_items=N_ITEMS,
+        regularization=5.0,
+        head_snr=0.0,
+        popularity_blend=0.0,
+        insecure_disable_noise=True,
     )
     result = run_local(_split(x), c, allow_no_noise=True, timeout=20)
     head = np.arange(N_ITEMS)
@@ -312,6 +402,8 @@ def test_dpease_head_selection_from_noisy_counts_matches_central() -> None:
         n_items=N_ITEMS,
         max_items=25,
         max_per_user=20,
+        head_snr=0.0,
+        regularization=500.0,
         insecure_disable_noise=True,
     )
     result = run_local(_split(x), c, allow_no_noise=True, timeout=20)
@@ -324,6 +416,59 @@ def test_dpease_head_selection_from_noisy_counts_matches_central() -> None:
     np.testing.assert_allclose(result.weights, weights, rtol=1e-5, atol=1e-6)
     scores = result.scores(x[:5])
     assert scores.shape == (5, N_ITEMS) and np.all(np.isinf(np.delete(scores, head, axis=1)))
+
+
+def _central_dpease(result: object, c: SiloEASEConfig) -> DPEASE:
+    """A central DPEASE holding the silo release (its scoring is what the silo must equal)."""
+    model = DPEASE(epsilon=c.epsilon, delta=c.delta, unit="user")
+    model._set_state(
+        {
+            "weights": result.weights,  # type: ignore[attr-defined]
+            "head_items": result.head_items,  # type: ignore[attr-defined]
+            "item_popularity": result.item_popularity,  # type: ignore[attr-defined]
+            "noise_multiplier": np.asarray(result.noise_multiplier),  # type: ignore[attr-defined]
+            "popularity_blend": np.asarray(result.popularity_blend),  # type: ignore[attr-defined]
+        }
+    )
+    return model
+
+
+def test_dpease_defaults_noise_off_equal_central_dpease() -> None:
+    """Central DPEASE's defaults through the silos: noisy head (count ≥ head_snr × the revealed
+    Gram noise std), ridge from the revealed noise std, popularity blend at scoring."""
+    x = _data()
+    c = SiloEASEConfig(
+        epsilon=2.0, delta=1e-6, n_items=N_ITEMS, head_min=20, insecure_disable_noise=True
+    )
+    result = run_local(_split(x), c, allow_no_noise=True, timeout=20)
+    z_gram = ease_noise(c)[0]
+    counts = np.asarray(binary(x).sum(axis=0)).ravel()
+    gram_std = math.sqrt(2) * z_gram * c.max_contribution
+    head = head_by_counts(counts, c.max_items, c.head_snr * gram_std, c.head_min)
+    n = len(head)
+    assert n == 20 and np.array_equal(result.head_items, head)  # the floor: few items clear it
+    # the ridge: central's rule on the revealed std, √2·z·(C + √d·2^-f) (planned noise)
+    noisy_c = c.model_copy(update={"insecure_disable_noise": False})
+    seg = Segment("g", n * (n + 1) // 2, z_gram, c.max_contribution)
+    std = revealed_std(seg, c.frac_bits)
+    assert std == pytest.approx(gram_std, rel=1e-6) and std > gram_std
+    lam = resolve_ease_regularization(None, std, n, REG_SCALE)
+    assert result.regularization == pytest.approx(lam, rel=1e-12)
+    assert lam == pytest.approx(max(100.0, 6.0 * gram_std * math.sqrt(n)), rel=1e-6)
+    assert noisy_c.regularization is None
+    gram, weights = _central_ease(x, head, c, lam)
+    np.testing.assert_allclose(result.weights, weights, rtol=1e-5, atol=1e-6)
+    # scoring with the blend, exactly as central DPEASE scores the same release
+    assert result.popularity_blend == resolve_ease_blend(None, c.epsilon) > 0
+    hist = sp.csr_matrix(x[:30])
+    ours = result.scores(hist)
+    np.testing.assert_allclose(ours, _central_dpease(result, c)._score_histories(hist))
+    expected = blend_popularity(
+        np.asarray(binary(hist[:, head]) @ weights, dtype=np.float32),
+        np.diag(gram),
+        result.popularity_blend,
+    )
+    np.testing.assert_allclose(ours[:, head], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_dpease_guarantee_and_noise() -> None:
@@ -343,7 +488,7 @@ def test_dpease_guarantee_and_noise() -> None:
     f = c.count_budget_fraction
     assert (1 / z_count**2) / (1 / z_count**2 + 1 / z_gram**2) == pytest.approx(f)
     # revealed Gram noise: two shares of σ = z·(C·2^f + √d) in fixed point each
-    _, weights = _central_ease(x, result.head_items, c)
+    _, weights = _central_ease(x, result.head_items, c, result.regularization)
     assert not np.allclose(result.weights, weights, atol=1e-3)
 
 
@@ -365,9 +510,9 @@ def test_dpease_revealed_gram_noise_is_two_shares() -> None:
     discrete Gaussian of σ = z·(C·2^f + √d) per server, in fixed point)."""
     n_items = 400
     x = sp.random(90, n_items, density=0.05, random_state=np.random.default_rng(5), format="csr")
-    c = SiloEASEConfig(epsilon=2.0, delta=1e-6, n_items=n_items, max_contribution=5.0)
+    c = SiloEASEConfig(epsilon=2.0, delta=1e-6, n_items=n_items, max_contribution=5.0, head_snr=0.0)
     result = run_local(_split(x), c, timeout=30)
-    gram, _ = _central_ease(sp.csr_matrix(x), np.arange(n_items), c)
+    gram, _ = _central_ease(sp.csr_matrix(x), np.arange(n_items), c, result.regularization)
     noise = result.item_popularity.astype(np.float64) - np.diag(gram)
     seg = Segment("g", n_items * (n_items + 1) // 2, result.noise_multiplier, c.max_contribution)
     per_server = fixed_sigma(seg, c.frac_bits) * 2.0**-c.frac_bits

@@ -18,7 +18,9 @@ Roles (one process each, or threads for tests — :func:`run_local`)
       step's public inputs (released item factors, head items, noisy counts), waits for both
       partials at once, adds them, decodes, and solves as DPALS (PSD projection, item solve)
       or DPEASE (EASE on the noisy Gram matrix) does, checkpointing after each completed
-      release. It may run inside a silo's organisation.
+      release. It may run inside a silo's organisation. Head rules, ridges and the popularity
+      blend are central DPALS's and DPEASE's own functions, fed with the noise the driver
+      actually sees (both servers' shares: :func:`revealed_std`).
 
 All traffic goes over :mod:`privrec.secure.channel` (X25519 + HKDF-SHA256 + AES-GCM with
 static keys from the set-up roster).
@@ -78,7 +80,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 import pydantic
@@ -96,14 +98,24 @@ from privrec.models.dp_als import (
     DPALSSensitivity,
     dpals_event,
     exact_user_solve,
+    head_threshold,
     resolve_iterations,
+    resolve_popularity_blend,
     resolve_regularization,
     select_head,
     user_weights,
 )
-from privrec.models.dp_ease import bounded_gram
+from privrec.models.dp_ease import (
+    HEAD_SNR,
+    MAX_CONTRIBUTION,
+    REG_SCALE,
+    bounded_gram,
+    resolve_ease_blend,
+    resolve_ease_regularization,
+)
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.ease import ease_from_gram
+from privrec.models.private import blend_popularity
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import clip_rows
@@ -139,11 +151,14 @@ __all__ = [
     "make_driver",
     "noise_plan",
     "noise_scale",
+    "revealed_sigma",
+    "revealed_std",
     "run_local",
     "seed_share",
     "setup_keys",
     "silo_counts",
     "silo_gram",
+    "silo_head",
     "silo_statistics",
     "split_shares",
     "unpack_gram",
@@ -155,6 +170,7 @@ DEFAULT_FRAC_BITS = 32
 JOB, SHARE, PLAN, PARTIAL, ABORT, BYE, FAILED, SEED = 1, 2, 3, 4, 5, 6, 7, 8
 _IDLE = 3600.0  # how long silos and servers wait for the driver's next step
 _NOISE_LIMIT = 2.0**60 / 40.0
+_C = TypeVar("_C", "SiloConfig", "SiloEASEConfig")
 
 
 # ------------------------------------------------------------------------------------ codec
@@ -274,6 +290,26 @@ def fixed_sigma(seg: Segment, frac_bits: int) -> float:
     return seg.z * (seg.sensitivity * 2.0**frac_bits + math.sqrt(seg.length))
 
 
+def revealed_std(seg: Segment, frac_bits: int) -> float:
+    """Per-coordinate noise std of the revealed (decoded) sum: ``√2 · fixed_sigma · 2^-f``.
+
+    Both servers' partial sums are added, so the driver sees two independent discrete
+    Gaussians of σ each (variance ``2σ²``; the accounting counts only one of them). This,
+    not the accounted multiplier, is the noise the post-processing has to cope with, so the
+    noise-derived defaults (head threshold, ridge) are computed from it. Public: a function
+    of the configuration only.
+    """
+    return math.sqrt(2.0) * fixed_sigma(seg, frac_bits) * 2.0**-frac_bits
+
+
+def _with_noise(config: _C) -> _C:
+    """``config`` with noise on: post-processing is tuned to the planned noise, so switching
+    the noise off (a test hook) changes nothing but the noise."""
+    if not config.insecure_disable_noise:
+        return config
+    return config.model_copy(update={"insecure_disable_noise": False})
+
+
 # ------------------------------------------------------------------------------- statistics
 def silo_counts(x: sp.csr_matrix, count_sample: int, rng: np.random.Generator) -> np.ndarray:
     """Item counts over at most ``count_sample`` sampled items per user (L2 sensitivity √cs)."""
@@ -339,8 +375,10 @@ def unpack_statistics(v: np.ndarray, n_head: int, k: int) -> tuple[np.ndarray, .
 class SiloConfig(pydantic.BaseModel):
     """Public training configuration (every field is known to all parties).
 
-    The DPALS hyper-parameters mean what they mean in :class:`privrec.models.DPALS`;
-    ``frac_bits`` is the fixed-point precision. ``insecure_disable_noise`` is a **test-only**
+    The DPALS hyper-parameters mean what they mean in :class:`privrec.models.DPALS`, with
+    the same defaults (``count_sample`` = B, ε-aware ``popularity_blend``, automatic head and
+    ridge); the noise-derived defaults see the noise the silo path actually reveals
+    (:func:`revealed_sigma`). ``frac_bits`` is the fixed-point precision. ``insecure_disable_noise`` is a **test-only**
     switch: the driver then asks for no noise, the guarantee says ε = ∞, and servers refuse
     such plans unless they were built with ``allow_no_noise=True`` (the CLI never does).
     """
@@ -364,12 +402,13 @@ class SiloConfig(pydantic.BaseModel):
     head_fraction: float | None = pydantic.Field(default=None, gt=0, le=1)
     head_snr: float = pydantic.Field(default=7.0, ge=0)
     head_min: int = pydantic.Field(default=300, ge=1)
-    count_sample: int = pydantic.Field(default=100, ge=1)
+    count_sample: int | None = pydantic.Field(default=None, ge=1)
     gram_noise_ratio: float = pydantic.Field(default=1.0, gt=0)
     lhs_noise_ratio: float = pydantic.Field(default=5.0, gt=0)
     rhs_noise_ratio: float = pydantic.Field(default=1.0, gt=0)
     count_noise_ratio: float = pydantic.Field(default=0.2, gt=0)
     init_scale: float = pydantic.Field(default=0.1, gt=0)
+    popularity_blend: float | None = pydantic.Field(default=None, ge=0, le=10, allow_inf_nan=False)
     seed: int | None = None
     frac_bits: int = pydantic.Field(default=DEFAULT_FRAC_BITS, ge=8, le=48)
     insecure_disable_noise: bool = False
@@ -382,6 +421,11 @@ class SiloConfig(pydantic.BaseModel):
             self.rhs_noise_ratio,
             self.count_noise_ratio,
         )
+
+    @property
+    def sampled(self) -> int:
+        """Items per user sampled for the noisy counts: ``count_sample``, default B (as DPALS)."""
+        return self.max_per_user if self.count_sample is None else self.count_sample
 
 
 def noise_scale(config: SiloConfig) -> tuple[float, int]:
@@ -400,6 +444,35 @@ def noise_scale(config: SiloConfig) -> tuple[float, int]:
     return sigma, iterations
 
 
+def revealed_sigma(config: SiloConfig, sigma: float, n_head: int) -> float:
+    """The σ that central DPALS's noise-derived defaults should see on the silo path.
+
+    Central DPALS sets its ridge from σ because its left-hand sides carry noise of entry std
+    ``r1·σ·Γ²`` (:func:`privrec.models.dp_als.resolve_regularization`). Across silos the
+    revealed left-hand sides carry :func:`revealed_std` of their segment,
+    ``√2·(r1σ/√B)·(√B·Γ² + √d·2^-f)``, i.e. ``r1·σ'·Γ²`` with
+    ``σ' = √2·σ·(1 + √d·2^-f / (√B·Γ²))`` — √2σ up to a rounding term below 1e-6 relative.
+    Computed from the planned noise even when it is switched off (test hook).
+    """
+    lhs = noise_plan(_with_noise(config), sigma, "stats", n_head)[1]
+    return revealed_std(lhs, config.frac_bits) / (config.lhs_noise_ratio * config.clip_norm**2)
+
+
+def silo_head(config: SiloConfig, sigma: float, noisy_counts: np.ndarray) -> np.ndarray:
+    """DPALS's head rule on the released counts, with the silo path's right-hand-side noise.
+
+    :func:`~privrec.models.dp_als.head_threshold` gets the revealed right-hand-side noise std
+    in units of Γ, ``√2·r2·σ`` (its rounding term depends on the head size, which this
+    chooses, and is below 1e-6 relative: left out), and the sampled count ``count_sample``.
+    Post-processing of the released counts and public settings.
+    """
+    rhs_std = math.sqrt(2.0) * config.rhs_noise_ratio * sigma
+    threshold = head_threshold(config.head_snr, rhs_std, config.sampled)
+    return select_head(
+        np.asarray(noisy_counts, dtype=np.float64), config.head_fraction, threshold, config.head_min
+    )
+
+
 def noise_plan(config: SiloConfig, sigma: float, kind: str, n_head: int = 0) -> list[Segment]:
     """The accounted segments of one release (``kind`` ``"counts"`` or ``"stats"``).
 
@@ -410,7 +483,7 @@ def noise_plan(config: SiloConfig, sigma: float, kind: str, n_head: int = 0) -> 
     r0, r1, r2, r3 = config.ratios
     mult = 0.0 if config.insecure_disable_noise else 1.0
     sens = DPALSSensitivity.of(
-        PrivacyUnit.USER, config.clip_norm, config.max_per_user, config.count_sample
+        PrivacyUnit.USER, config.clip_norm, config.max_per_user, config.sampled
     )
     if kind == "counts":
         return [Segment("noisy item counts", config.n_items, mult * r3 * sigma, sens.counts)]
@@ -434,6 +507,10 @@ class SiloResult:
     noisy_counts: np.ndarray
     noise_scale: float
     guarantee: PrivacyGuarantee
+    #: the item ridge λ the driver used (from public settings and the planned noise)
+    regularization: float = 0.0
+    #: β of the popularity blend at scoring time (0: factor scores alone)
+    popularity_blend: float = 0.0
     round_seconds: list[float] = field(default_factory=list)
     solve_seconds: list[float] = field(default_factory=list)
     bytes_sent: int = 0
@@ -449,6 +526,28 @@ class SiloResult:
         xh = binary(sp.csr_matrix(user_items)[:, self.head_items])
         y = self.item_factors[self.head_items].astype(np.float64)
         return user_solve(xh, y, config.alpha0, config.user_regularization)
+
+    def scores(self, user_items: Any, config: SiloConfig) -> np.ndarray:
+        """Scores over the catalogue for each row of ``user_items`` (``-inf`` off the head), as
+        central DPALS scores: factor scores blended with the released noisy counts
+        (:func:`~privrec.models.private.blend_popularity`, β = ``popularity_blend``); with
+        β = 0, raw factor scores and the noisy-count ranking for users without history.
+
+        Runs inside a silo on its own users' histories (joint DP: post-processing of the
+        released item factors and counts plus the user's own data).
+        """
+        head = self.head_items
+        u = self.user_factors(user_items, config).astype(np.float32)
+        raw = u @ self.item_factors[head].T  # float32, as central DPALS scores
+        out = np.full((u.shape[0], self.item_factors.shape[0]), -np.inf, dtype=np.float32)
+        if self.popularity_blend > 0:
+            out[:, head] = blend_popularity(raw, self.noisy_counts[head], self.popularity_blend)
+            return out
+        out[:, head] = raw
+        cold = ~np.any(u != 0, axis=1)
+        if cold.any():
+            out[np.ix_(cold, head)] = self.noisy_counts[head]
+        return out
 
 
 # ---------------------------------------------------------------------------------- DPEASE
@@ -483,17 +582,33 @@ def unpack_gram(v: np.ndarray, n: int) -> np.ndarray:
     return g
 
 
-def head_by_counts(noisy_counts: np.ndarray, max_items: int) -> np.ndarray:
-    """DPEASE's head set: the ``max_items`` items with the largest noisy counts, sorted by id."""
-    return np.sort(np.argsort(-np.asarray(noisy_counts), kind="stable")[:max_items])
+def head_by_counts(
+    noisy_counts: np.ndarray, max_items: int, threshold: float = math.inf, minimum: int = 1
+) -> np.ndarray:
+    """DPEASE's head set, sorted by id: the items whose noisy count is at least ``threshold``,
+    at least ``minimum`` and at most ``max_items`` of them, the largest counts first.
+
+    The same rule as central DPEASE (:func:`~privrec.models.dp_als.select_head` capped at
+    ``max_items``); with the default ``threshold`` (∞) and ``minimum`` 1 it is simply the
+    ``max_items`` largest counts. Post-processing of the released counts.
+    """
+    counts = np.asarray(noisy_counts, dtype=np.float64)
+    head = select_head(counts, None, threshold, minimum)
+    if len(head) > max_items:
+        head = np.sort(np.argsort(-counts, kind="stable")[:max_items])
+    return head
 
 
 class SiloEASEConfig(pydantic.BaseModel):
     """Public configuration of cross-silo DPEASE (every field is known to all parties).
 
-    The hyper-parameters mean what they mean in :class:`privrec.models.DPEASE` (user unit; a
-    fixed ridge λ, head selection only when the catalogue exceeds ``max_items``);
-    ``frac_bits`` and ``insecure_disable_noise`` are as in :class:`SiloConfig`.
+    The hyper-parameters mean what they mean in :class:`privrec.models.DPEASE` (user unit),
+    with the same defaults: C = ``MAX_CONTRIBUTION``, a noisy head (``head_snr``,
+    ``head_min``, at most ``max_items``), the noise-scaled ridge
+    (:func:`~privrec.models.dp_ease.resolve_ease_regularization`) and the ε-aware popularity
+    blend. The noise-derived ones see the noise the silo path reveals (:func:`revealed_std`,
+    √2 × one server's σ). ``frac_bits`` and ``insecure_disable_noise`` are as in
+    :class:`SiloConfig`.
     """
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
@@ -502,11 +617,15 @@ class SiloEASEConfig(pydantic.BaseModel):
     epsilon: float = pydantic.Field(gt=0, allow_inf_nan=False)
     delta: float = pydantic.Field(gt=0, lt=1)
     n_items: int = pydantic.Field(ge=1)
-    regularization: float = pydantic.Field(default=500.0, gt=0, allow_inf_nan=False)
-    max_contribution: float = pydantic.Field(default=30.0, gt=0, allow_inf_nan=False)
+    regularization: float | None = pydantic.Field(default=None, gt=0, allow_inf_nan=False)
+    reg_scale: float = pydantic.Field(default=REG_SCALE, gt=0, allow_inf_nan=False)
+    max_contribution: float = pydantic.Field(default=MAX_CONTRIBUTION, gt=0, allow_inf_nan=False)
     max_per_user: int = pydantic.Field(default=30, ge=1)
     max_items: int = pydantic.Field(default=5000, ge=1)
+    head_snr: float = pydantic.Field(default=HEAD_SNR, ge=0, allow_inf_nan=False)
+    head_min: int = pydantic.Field(default=100, ge=1)
     count_budget_fraction: float = pydantic.Field(default=0.1, gt=0, lt=1)
+    popularity_blend: float | None = pydantic.Field(default=None, ge=0, le=10, allow_inf_nan=False)
     frac_bits: int = pydantic.Field(default=DEFAULT_FRAC_BITS, ge=8, le=48)
     insecure_disable_noise: bool = False
 
@@ -521,8 +640,9 @@ class SiloEASEConfig(pydantic.BaseModel):
 
     @property
     def restricted(self) -> bool:
-        """Whether a head set is chosen first from noisy counts (catalogue > ``max_items``)."""
-        return self.n_items > self.max_items
+        """Whether a head set is chosen first from noisy counts (catalogue > ``max_items``, or
+        the head rule is on: ``head_snr > 0``), as central DPEASE decides."""
+        return self.n_items > self.max_items or self.head_snr > 0
 
 
 AnyConfig = SiloConfig | SiloEASEConfig
@@ -544,7 +664,7 @@ def ease_noise(config: SiloEASEConfig) -> tuple[float, float | None]:
     ``None`` when the whole catalogue is used).
 
     Same split as central DPEASE with ``accountant="rdp"``: a share ``f`` of the rate Σ 1/z²
-    goes to the head-selection counts when the catalogue exceeds ``max_items``. Public (a
+    goes to the head-selection counts when a head is selected (:attr:`SiloEASEConfig.restricted`). Public (a
     function of the configuration only), so the driver and each server compute it.
     """
     budget = Budget(epsilon=config.epsilon, delta=config.delta)
@@ -597,6 +717,10 @@ class SiloEASEResult:
     noisy_counts: np.ndarray | None
     noise_multiplier: float
     guarantee: PrivacyGuarantee
+    #: the EASE ridge λ the driver used (from public settings and the planned noise)
+    regularization: float = 0.0
+    #: β of the popularity blend at scoring time (0: EASE scores alone)
+    popularity_blend: float = 0.0
     round_seconds: list[float] = field(default_factory=list)
     solve_seconds: list[float] = field(default_factory=list)
     bytes_sent: int = 0
@@ -604,12 +728,20 @@ class SiloEASEResult:
     timings: dict[str, Any] = field(default_factory=dict)
 
     def scores(self, user_items: Any) -> np.ndarray:
-        """Scores ``x_u B`` for each row of ``user_items`` (over the catalogue; ``-inf`` off the
-        head); users without head history get the released popularity (the Gram diagonal),
-        as central DPEASE does. Uses each user's own history only (joint DP)."""
+        """Scores for each row of ``user_items`` over the catalogue (``-inf`` off the head), as
+        central DPEASE scores: ``x_u B`` blended with the released popularity (the Gram
+        diagonal; :func:`~privrec.models.private.blend_popularity`, β = ``popularity_blend``);
+        with β = 0, raw ``x_u B`` and the popularity for users without head history. Uses
+        each user's own history only (joint DP)."""
         x = binary(sp.csr_matrix(user_items)[:, self.head_items])
         out = np.full((x.shape[0], sp.csr_matrix(user_items).shape[1]), -np.inf, np.float32)
-        out[:, self.head_items] = np.asarray(x @ self.weights, dtype=np.float32)
+        raw = np.asarray(x @ self.weights, dtype=np.float32)
+        if self.popularity_blend > 0:
+            out[:, self.head_items] = blend_popularity(
+                raw, self.item_popularity, self.popularity_blend
+            )
+            return out
+        out[:, self.head_items] = raw
         cold = np.diff(x.indptr) == 0
         if cold.any():
             out[np.ix_(cold, self.head_items)] = self.item_popularity
@@ -1327,7 +1459,6 @@ class Driver(_DriverBase):
         """Run (or resume) the whole training; raises :class:`ProtocolAbort` on a fault."""
         c = self.config
         state = self.prepare()
-        r2 = c.rhs_noise_ratio
         sigma, iterations = noise_scale(c)
         k = c.factors
         self._open()
@@ -1335,18 +1466,20 @@ class Driver(_DriverBase):
             if "noisy_counts" not in state:
                 seg = noise_plan(c, sigma, "counts")
                 noisy = self._release(
-                    {"kind": "counts", "count_sample": c.count_sample}, {}, seg, [seg[0].name]
+                    {"kind": "counts", "count_sample": c.sampled}, {}, seg, [seg[0].name]
                 )
                 seed_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)
                 y0 = seed_rng.standard_normal((c.n_items, k)) * (c.init_scale / math.sqrt(k))
                 state = {"noisy_counts": noisy, "completed": np.asarray(0), "y_all": y0}
                 self._save_state(**state)
             noisy = np.asarray(state["noisy_counts"], dtype=np.float64)
-            head = select_head(noisy, c.head_fraction, c.head_snr * r2 * sigma, c.head_min)
+            head = silo_head(c, sigma, noisy)
             counts_h = noisy[head]
-            reg = resolve_regularization(c.regularization, sigma, c.clip_norm)
-            reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
             n_head = len(head)
+            reg = resolve_regularization(
+                c.regularization, revealed_sigma(c, sigma, n_head), c.clip_norm
+            )
+            reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
             segments = noise_plan(c, sigma, "stats", n_head)
             y = (
                 np.asarray(state["y_all"], dtype=np.float64)[head]
@@ -1388,6 +1521,8 @@ class Driver(_DriverBase):
             noisy_counts=noisy.astype(np.float32),
             noise_scale=sigma,
             guarantee=self.guarantee(),
+            regularization=reg,
+            popularity_blend=resolve_popularity_blend(c.popularity_blend, c.epsilon),
             round_seconds=list(self.round_seconds),
             solve_seconds=list(self.solve_seconds),
             bytes_sent=sent,
@@ -1413,11 +1548,13 @@ class Driver(_DriverBase):
 class EASEDriver(_DriverBase):
     """Drives cross-silo DPEASE: (noisy counts →) one noisy item Gram matrix → EASE weights.
 
-    Same session, checkpoint and fault handling as :class:`Driver`. With a catalogue larger
-    than ``max_items`` the noisy counts are released first and the head is chosen from them
-    (as central DPEASE does); then each silo sends shares of its bounded Gram matrix over the
+    Same session, checkpoint and fault handling as :class:`Driver`. With the head rule on
+    (``head_snr > 0``) or a catalogue larger than ``max_items`` the noisy counts are released
+    first and the head is chosen from them (central DPEASE's rule at the revealed noise,
+    :func:`head_by_counts`); then each silo sends shares of its bounded Gram matrix over the
     head, the servers add noise, and the driver solves EASE on the decoded sum
-    (:func:`privrec.models.ease.ease_from_gram`). Resume reuses released counts.
+    (:func:`privrec.models.ease.ease_from_gram`) with central's noise-scaled ridge at the
+    revealed Gram noise std (:func:`revealed_std`). Resume reuses released counts.
     """
 
     config: SiloEASEConfig
@@ -1453,10 +1590,14 @@ class EASEDriver(_DriverBase):
                     state = {"noisy_counts": counts}
                     self._save_state(**state)
                 noisy = np.asarray(state["noisy_counts"], dtype=np.float64)
-                head = head_by_counts(noisy, c.max_items)
+                # central DPEASE's rule: count ≥ head_snr × the Gram noise std, here the
+                # revealed one, √2·z_gram·C (the rounding term needs the head size; < 1e-6)
+                gram_std = math.sqrt(2.0) * z[0] * c.max_contribution
+                head = head_by_counts(noisy, c.max_items, c.head_snr * gram_std, c.head_min)
             else:
                 head = np.arange(c.n_items)
-            seg = ease_noise_plan(c, z, "gram", len(head))
+            n_head = len(head)
+            seg = ease_noise_plan(c, z, "gram", n_head)
             meta = {
                 "kind": "gram",
                 "max_contribution": c.max_contribution,
@@ -1464,8 +1605,13 @@ class EASEDriver(_DriverBase):
             }
             v = self._release(meta, {"head": head}, seg, [seg[0].name])
             t1 = time.perf_counter()
-            gram = unpack_gram(v, len(head))
-            weights = ease_from_gram(gram, c.regularization)
+            gram = unpack_gram(v, n_head)
+            # the ridge from the revealed Gram noise std (both servers' shares), as planned
+            noise_std = revealed_std(
+                ease_noise_plan(_with_noise(c), z, "gram", n_head)[0], c.frac_bits
+            )
+            reg = resolve_ease_regularization(c.regularization, noise_std, n_head, c.reg_scale)
+            weights = ease_from_gram(gram, reg)
             self.solve_seconds.append(time.perf_counter() - t1)
         except BaseException:
             self._close(ABORT)
@@ -1479,6 +1625,8 @@ class EASEDriver(_DriverBase):
             noisy_counts=None if noisy is None else noisy.astype(np.float32),
             noise_multiplier=z[0],
             guarantee=self.guarantee(),
+            regularization=reg,
+            popularity_blend=resolve_ease_blend(c.popularity_blend, c.epsilon),
             round_seconds=list(self.round_seconds),
             solve_seconds=list(self.solve_seconds),
             bytes_sent=sent,

@@ -5,18 +5,26 @@ The public surface is small: a :class:`RoundConfig` that every party agrees on, 
 exchange (:mod:`privrec.secure.messages`), and :func:`choose_parameters` for the
 neighbour count and threshold. :func:`privrec.federated.simulate_secagg` runs a whole
 round in one process. See ``docs/secagg.md``.
+
+The names are imported on first use (module ``__getattr__``), so that importing one
+submodule (say :mod:`privrec.secure.messages` in a Flower ClientApp, a fresh process per
+message) does not pay for the others.
 """
 
 from __future__ import annotations
 
-from privrec.secure.graph import SecAggParameters, choose_parameters, neighbour_graph
-from privrec.secure.secagg import (
-    PHASES,
-    AggregateResult,
-    RoundConfig,
-    SecAggClient,
-    SecAggServer,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from privrec.secure.graph import SecAggParameters, choose_parameters, neighbour_graph
+    from privrec.secure.secagg import (
+        PHASES,
+        AggregateResult,
+        RoundConfig,
+        SecAggClient,
+        SecAggServer,
+    )
 
 __all__ = [
     "PHASES",
@@ -28,3 +36,27 @@ __all__ = [
     "choose_parameters",
     "neighbour_graph",
 ]
+
+_LAZY = {
+    "PHASES": "secagg",
+    "AggregateResult": "secagg",
+    "RoundConfig": "secagg",
+    "SecAggClient": "secagg",
+    "SecAggServer": "secagg",
+    "SecAggParameters": "graph",
+    "choose_parameters": "graph",
+    "neighbour_graph": "graph",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

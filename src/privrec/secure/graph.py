@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 from privrec.errors import ConfigError
 from privrec.secure.prg import public_stream
@@ -185,6 +184,10 @@ def choose_parameters(
         raise ConfigError(
             f"{dropped} dropouts + {corrupt} corrupt clients leave no honest survivors among {n}"
         )
+    # scipy.stats costs ~0.3 s to import; only the server picks parameters, so a client
+    # process (one per Flower message) should not pay for it.
+    from scipy import stats
+
     leak_target = 2.0**-security_bits
     abort_target = 2.0**-correctness_bits
     others = n - 1

@@ -24,6 +24,11 @@ Round, in four phases (``U1 ⊇ U2 ⊇ U3 ⊇ U4`` are the clients still present
    dropped), never both. The server rebuilds the seeds and keys, checks them against the
    commitments and public keys, and removes all remaining masks.
 
+A client's in-round state can leave the process between phases
+(:meth:`SecAggClient.export_state` / :meth:`SecAggClient.restore_state`) for transports
+that run each phase in a fresh process, such as a Flower SuperNode. That state is secret
+key material: it must stay on the device.
+
 Failure semantics: the result is the exact sum of the inputs of the clients in ``U3``,
 or :class:`~privrec.errors.ProtocolAbort` (with the phase and the reason). Malformed,
 misaddressed, replayed or tampered messages raise
@@ -86,8 +91,22 @@ PHASES = ("advertise_keys", "share_keys", "masked_input", "unmask")
 _SECRET_LEN = 32
 _SHARE_LEN = shamir.share_bytes(_SECRET_LEN)
 _U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
 _DOMAIN = b"privrec-secagg/v1/"
 _ABORTED = -1
+
+# Client state encoding (see SecAggClient.export_state).
+_STATE_MAGIC = b"PSS"
+_STATE_VERSION = 1
+_STATE_PLAIN = 0
+_STATE_SEALED = 1
+_STATE_HEADER = struct.Struct("<3sBB32sQB")  # magic, version, mode, config digest, id, step
+_STATE_DIGEST_LEN = 32
+_STATE_NONCE_LEN = 12
+_STATE_STEP_ABORTED = 0xFF
+_STATE_KEY_LEN = 32
+_PEER_LEN = 8 + 3 * 32  # sender id, enc public key, mask public key, seed commitment
+_HELD_LEN = 8 + 2 * _SHARE_LEN  # owner id, seed share, key share
 
 
 def _id(i: int) -> bytes:
@@ -277,6 +296,88 @@ class RoundConfig:
         return len(self.client_ids)
 
 
+def _config_digest(config: RoundConfig) -> bytes:
+    """SHA-256 of every field of the round configuration: binds a stored state to its round."""
+    ids = np.asarray(config.client_ids, dtype="<u8").tobytes()
+    fields = (config.dim, config.bits, config.neighbours, config.threshold, config.min_survivors)
+    return hashlib.sha256(
+        _DOMAIN
+        + b"round-config"
+        + _U32.pack(len(config.round_id))
+        + config.round_id
+        + _U32.pack(len(config.client_ids))
+        + ids
+        + b"".join(_U64.pack(v) for v in fields)
+    ).digest()
+
+
+def _state_key(key: bytes | None) -> AESGCM | None:
+    if key is None:
+        return None
+    if not isinstance(key, bytes) or len(key) != _STATE_KEY_LEN:
+        raise ConfigError(
+            f"the state key must be {_STATE_KEY_LEN} bytes (AES-256-GCM, e.g. "
+            "AESGCM.generate_key(bit_length=256)), got "
+            + (f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__)
+        )
+    return AESGCM(key)
+
+
+def _seal_state(header: bytes, body: bytes, key: bytes | None) -> bytes:
+    """Frame a state: ``header | body | SHA-256`` or ``header | nonce | AES-GCM(body)``."""
+    aead = _state_key(key)
+    if aead is None:
+        return header + body + hashlib.sha256(header + body).digest()
+    nonce = os.urandom(_STATE_NONCE_LEN)
+    return header + nonce + aead.encrypt(nonce, body, header)
+
+
+def _open_state(data: bytes, config: RoundConfig, key: bytes | None) -> tuple[int, int, memoryview]:
+    """Check a state's frame and round binding; returns ``(client id, step, body)``."""
+    aead = _state_key(key)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MessageRejected(f"SecAgg client state must be bytes, got {type(data).__name__}")
+    view = memoryview(bytes(data))
+    size = _STATE_HEADER.size
+    if len(view) < size or bytes(view[:3]) != _STATE_MAGIC:
+        raise MessageRejected("not a privrec SecAgg client state (bad magic or too short)")
+    _, version, mode, digest, client_id, step = _STATE_HEADER.unpack(view[:size])
+    if version != _STATE_VERSION:
+        raise MessageRejected(
+            f"SecAgg client state version {version}, this privrec reads version {_STATE_VERSION}"
+        )
+    header = bytes(view[:size])
+    if mode == _STATE_PLAIN:
+        if aead is not None:
+            raise MessageRejected(
+                "expected a sealed (AES-GCM) SecAgg client state, got a plain one"
+            )
+        if len(view) < size + _STATE_DIGEST_LEN:
+            raise MessageRejected("truncated SecAgg client state")
+        body = view[size : len(view) - _STATE_DIGEST_LEN]
+        check = hashlib.sha256(header + bytes(body)).digest()
+        if check != bytes(view[len(view) - _STATE_DIGEST_LEN :]):
+            raise MessageRejected("SecAgg client state fails its checksum (corrupted or tampered)")
+    elif mode == _STATE_SEALED:
+        if aead is None:
+            raise MessageRejected("SecAgg client state is sealed: pass the key it was sealed with")
+        nonce = bytes(view[size : size + _STATE_NONCE_LEN])
+        try:
+            plain = aead.decrypt(nonce, bytes(view[size + _STATE_NONCE_LEN :]), header)
+        except (InvalidTag, ValueError) as exc:
+            raise MessageRejected(
+                "SecAgg client state fails authentication (wrong key, corrupted or tampered)"
+            ) from exc
+        body = memoryview(plain)
+    else:
+        raise MessageRejected(f"unknown SecAgg client state mode {mode}")
+    if digest != _config_digest(config):
+        raise MessageRejected("SecAgg client state belongs to another round or round configuration")
+    if client_id not in config.neighbour_sets:
+        raise MessageRejected(f"SecAgg client state of client {client_id}, not in this round")
+    return int(client_id), int(step), body
+
+
 def _check_round(round_id: bytes, config: RoundConfig, what: str) -> None:
     if round_id != config.round_id:
         raise MessageRejected(f"{what} belongs to another round (replayed or misrouted)")
@@ -295,7 +396,9 @@ class SecAggClient:
     Notes
     -----
     All keys and seeds come from ``cryptography`` / ``os.urandom``. The object keeps its
-    secrets in memory for the round only; create a new client for each round.
+    secrets in memory for the round only; create a new client for each round. Between two
+    phases it can be moved to another process with :meth:`export_state` and
+    :meth:`restore_state` (secret material: keep it on the device).
     """
 
     def __init__(self, config: RoundConfig, client_id: int) -> None:
@@ -336,6 +439,178 @@ class SecAggClient:
     def _abort(self, phase: str, reason: str) -> ProtocolAbort:
         self._phase = _ABORTED
         return ProtocolAbort(phase, reason)
+
+    def export_state(self, *, key: bytes | None = None) -> bytes:
+        """This client's in-round state as bytes, to resume it in another process.
+
+        For transports that run each phase in a fresh process (a Flower SuperNode starts a
+        new ClientApp per message). Only what the remaining phases need is kept:
+
+        ======================  ====================================================
+        after                   the state holds
+        ======================  ====================================================
+        (nothing yet)           nothing secret
+        ``advertise_keys``      both X25519 private keys and the self-mask seed
+        ``share_keys``          the same, plus the live neighbours' public keys
+        ``masked_input``        the neighbours' Shamir shares received (not the own
+                                keys or seed: no later phase needs them)
+        ``unmask`` / an abort   nothing secret (the client answers nothing more)
+        ======================  ====================================================
+
+        **The state is secret key material and must stay on the device.** Whoever reads it
+        after ``advertise_keys`` or ``share_keys`` holds the self-mask seed and the mask key,
+        so together with the server it can unmask this client's input; after
+        ``masked_input`` it holds this client's shares of its neighbours' secrets. Never send
+        it to the server or log it. If the platform stores it anywhere but the device's
+        memory (a file, a database, another container), seal it: pass ``key``, a 32-byte
+        node-local key (``AESGCM.generate_key(bit_length=256)``, kept in the device's key
+        store, never sent), and the state is encrypted and authenticated with AES-256-GCM.
+        Without ``key`` it is plain bytes with a SHA-256 checksum (detects corruption, not a
+        deliberate forger).
+
+        Restoring is forking: resume only from the **latest** exported state and discard it
+        once used. Rolling a client back to an earlier state lets a malicious server ask it
+        twice in ``unmask`` and obtain both shares of a neighbour (which unmasks that
+        neighbour); the single-use state machine only prevents this within one object.
+
+        Format (version 1): ``b"PSS"``, version byte, mode byte (0 plain, 1 sealed), the
+        SHA-256 digest of the :class:`RoundConfig`, the client id (u64 little-endian), the
+        step byte (0-4, 255 = aborted); then the body (fixed-size fields for the table
+        above, each list a u32 count plus sorted fixed-size records) followed by its
+        SHA-256 over header and body (plain), or a 12-byte nonce and the AES-GCM ciphertext
+        of the body with the header as associated data (sealed). No pickle.
+
+        Parameters
+        ----------
+        key
+            Optional 32-byte AES-256-GCM key to seal the state with (see above).
+
+        Raises
+        ------
+        ConfigError
+            ``key`` is not 32 bytes.
+        """
+        step = _STATE_STEP_ABORTED if self._phase == _ABORTED else self._phase
+        body: list[bytes] = []
+        if step in (1, 2):
+            assert self._enc_key is not None and self._mask_key is not None
+            body += [
+                self._enc_key.private_bytes_raw(),
+                self._mask_key.private_bytes_raw(),
+                self._seed,
+            ]
+        if step == 2:
+            body.append(_U32.pack(len(self._peers)))
+            for v in sorted(self._peers):
+                adv = self._peers[v]
+                body += [_id(v), adv.enc_public_key, adv.mask_public_key, adv.seed_commitment]
+        if step == 3:
+            body.append(_U32.pack(len(self._held)))
+            for v in sorted(self._held):
+                seed_share, key_share = self._held[v]
+                body += [_id(v), seed_share, key_share]
+        header = _STATE_HEADER.pack(
+            _STATE_MAGIC,
+            _STATE_VERSION,
+            _STATE_PLAIN if key is None else _STATE_SEALED,
+            _config_digest(self.config),
+            self.client_id,
+            step,
+        )
+        return _seal_state(header, b"".join(body), key)
+
+    @classmethod
+    def restore_state(
+        cls,
+        data: bytes,
+        config: RoundConfig,
+        *,
+        key: bytes | None = None,
+        client_id: int | None = None,
+    ) -> SecAggClient:
+        """Rebuild a client from :meth:`export_state`, for the same round, at the same step.
+
+        Everything is checked before the client is built: the frame (magic, version,
+        checksum or AES-GCM tag), the round binding (the digest of ``config``), the client
+        id, the step and, for that step, the exact size and content of every field (keys
+        of the right length, neighbours of this client only, sorted without repeats, at
+        least ``t`` of them, no trailing bytes). See :meth:`export_state` for what the state
+        contains and why it must stay on the device, sealed at rest.
+
+        Parameters
+        ----------
+        data
+            The exported state.
+        config
+            The round this node is currently in; a state of any other round is refused.
+        key
+            The 32-byte key the state was sealed with; ``None`` for a plain state. A plain
+            state is refused when a key is given (no downgrade).
+        client_id
+            If given, the state must be this client's.
+
+        Raises
+        ------
+        MessageRejected
+            Malformed, truncated, tampered, of another version, sealed with another key (or
+            sealed and no key given / plain and a key given), of another round or client,
+            or inconsistent with the round.
+        ConfigError
+            ``key`` is not 32 bytes.
+        """
+        cid, step, body = _open_state(data, config, key)
+        if client_id is not None and cid != client_id:
+            raise MessageRejected(f"SecAgg client state of client {cid}, expected {client_id}")
+        if step not in (0, 1, 2, 3, 4, _STATE_STEP_ABORTED):
+            raise MessageRejected(f"SecAgg client state at unknown step {step}")
+        mine = config.neighbour_sets[cid]
+        pos = 0
+
+        def take(n: int) -> bytes:
+            nonlocal pos
+            if pos + n > len(body):
+                raise MessageRejected("truncated SecAgg client state")
+            out = bytes(body[pos : pos + n])
+            pos += n
+            return out
+
+        def records(size: int) -> list[tuple[int, bytes]]:
+            count = int(_U32.unpack(take(4))[0])
+            if not config.threshold <= count <= len(mine):
+                raise MessageRejected(
+                    f"SecAgg client state lists {count} neighbours, expected "
+                    f"{config.threshold} to {len(mine)}"
+                )
+            out = []
+            for _ in range(count):
+                rec = take(size)
+                out.append((int(_U64.unpack(rec[:8])[0]), rec[8:]))
+            ids = [v for v, _ in out]
+            if ids != sorted(set(ids)) or not set(ids) <= mine:
+                raise MessageRejected(
+                    "SecAgg client state lists non-neighbours, repeats or is unsorted"
+                )
+            return out
+
+        client = cls(config, cid)
+        if step in (1, 2):
+            enc, mask, seed = take(32), take(32), take(_SECRET_LEN)
+            client._enc_key = X25519PrivateKey.from_private_bytes(enc)
+            client._mask_key = X25519PrivateKey.from_private_bytes(mask)
+            client._seed = seed
+        if step == 2:
+            client._peers = {
+                v: AdvertiseKeys(config.round_id, v, rec[:32], rec[32:64], rec[64:])
+                for v, rec in records(_PEER_LEN)
+            }
+        if step == 3:
+            client._held = {
+                v: (rec[:_SHARE_LEN], rec[_SHARE_LEN:]) for v, rec in records(_HELD_LEN)
+            }
+        if pos != len(body):
+            raise MessageRejected("trailing bytes after SecAgg client state")
+        client._phase = _ABORTED if step == _STATE_STEP_ABORTED else step
+        return client
 
     def advertise_keys(self) -> AdvertiseKeys:
         """Phase 1: fresh key pairs and self-mask seed; publish the public parts."""

@@ -17,8 +17,11 @@ BENCHMARKS = [
     "bench_distributed_dp.py",
     "bench_secagg.py",
     "bench_he.py",
+    "bench_mpc.py",
     "bench_silo.py",
     "privacy_utility.py",
+    "bench_dpals_speed.py",
+    "bench_federated.py",
 ]
 
 

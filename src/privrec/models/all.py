@@ -1,5 +1,6 @@
 """Import every built-in model so that it registers itself (CLI, ``load_model``)."""
 
+from privrec.federated.model import FederatedMF
 from privrec.models.als import ImplicitALS
 from privrec.models.dp_als import DPALS
 from privrec.models.dp_ease import DPEASE
@@ -8,4 +9,13 @@ from privrec.models.ease import EASE
 from privrec.models.knn import ItemKNN
 from privrec.models.popularity import Popularity
 
-__all__ = ["DPALS", "DPEASE", "EASE", "DPPopularity", "ImplicitALS", "ItemKNN", "Popularity"]
+__all__ = [
+    "DPALS",
+    "DPEASE",
+    "EASE",
+    "DPPopularity",
+    "FederatedMF",
+    "ImplicitALS",
+    "ItemKNN",
+    "Popularity",
+]

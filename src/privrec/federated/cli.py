@@ -1,0 +1,191 @@
+"""``privrec federated ...``: simulate FederatedMF training from the command line.
+
+Registered on the main app by :mod:`privrec.cli.main`; heavy imports happen inside the command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+federated_app = typer.Typer(
+    help="Federated training (FederatedMF) simulated on one machine.", no_args_is_help=True
+)
+
+
+def _data(path: Path, fmt: str | None, seed: int) -> tuple[Any, Any, str]:
+    """(training matrix, (history, targets) for validation, description)."""
+    import scipy.sparse as sp
+
+    from privrec.data import load
+    from privrec.data.shared import shared_dataset
+    from privrec.errors import DataError
+    from privrec.evaluation import load_split, random_holdout
+
+    if not path.exists():
+        found = shared_dataset(str(path))
+        if found is None:
+            raise DataError("no such file, folder or shared dataset", file=path)
+        path = found
+    if path.is_dir() and (path / "train.txt").exists():
+        split = load_split(path, merge_valid_into_train=False)
+        label = f"{path.name}: train.txt, Recall@20 on valid.txt"
+    else:
+        split = random_holdout(load(path, format=fmt), test_fraction=0.2, seed=seed)
+        label = f"{path.name}: 80/20 random holdout per user, Recall@20 on the held-out part"
+    es = split.valid if split.valid is not None else split.test
+    x = split.train.matrix
+    assert es.users is not None
+    return x, (sp.csr_matrix(x[es.users]), es.targets), label
+
+
+@federated_app.command("simulate")
+def simulate(
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Interaction file, LightGCN split folder, or shared dataset name "
+            "(e.g. ml-1m-implicit-r3).",
+        ),
+    ],
+    fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
+    epsilon: Annotated[
+        float | None, typer.Option(help="Target user-level ε (calibrates z).")
+    ] = None,
+    delta: Annotated[float, typer.Option(help="δ of the guarantee.")] = 1e-5,
+    noise_multiplier: Annotated[
+        float | None, typer.Option(help="Per-round noise multiplier z instead of ε.")
+    ] = None,
+    rounds: Annotated[int, typer.Option(help="Training rounds.")] = 30,
+    clients_per_round: Annotated[int, typer.Option(help="Expected (Poisson) cohort size.")] = 1000,
+    head_items: Annotated[
+        int, typer.Option(help="Most popular items trained (noisy counts).")
+    ] = 1000,
+    factors: Annotated[int, typer.Option(help="Embedding size.")] = 16,
+    server_lr: Annotated[float, typer.Option(help="Server (Adam) learning rate.")] = 0.05,
+    aggregation: Annotated[
+        str,
+        typer.Option(help="distributed (SecAgg+ and client noise) or central (trusted server)."),
+    ] = "distributed",
+    secure: Annotated[
+        str, typer.Option(help="full SecAgg+ protocol, or fast path (same sums, no cryptography).")
+    ] = "fast",
+    dropout: Annotated[float, typer.Option(help="Probability a sampled client crashes.")] = 0.0,
+    straggler: Annotated[float, typer.Option(help="Probability a client is slow.")] = 0.0,
+    timeout: Annotated[float, typer.Option(help="Round timeout (s) for slow clients.")] = 60.0,
+    garbage: Annotated[float, typer.Option(help="Probability a client sends garbage.")] = 0.0,
+    fault_seed: Annotated[int, typer.Option(help="Seed of the simulated faults.")] = 0,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoint after each round (and resume from it).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Resume from --checkpoint-dir.")] = False,
+    eval_every: Annotated[int, typer.Option(help="Evaluate Recall@20 every N rounds.")] = 5,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed sampling and noise (NOT private; experiments only).")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Other FederatedMF setting key=value.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write round reports as JSON.")
+    ] = None,
+) -> None:
+    """Simulate FederatedMF training: per-round ε, clip norm, survivors, bytes and Recall@20."""
+    from rich.table import Table
+
+    from privrec.cli.main import _errors, _parse_params, console, err_console
+    from privrec.errors import ConfigError
+    from privrec.federated.mf import FederatedMFConfig
+    from privrec.federated.training import FaultModel, FederatedSimulation
+
+    with _errors():
+        if secure not in ("fast", "full"):
+            raise ConfigError(f"--secure must be 'fast' or 'full', found {secure!r}")
+        x, val, label = _data(data, fmt, 0)
+        faults = FaultModel(
+            dropout=dropout,
+            straggler=straggler,
+            round_timeout=timeout,
+            garbage=garbage,
+            seed=fault_seed,
+        )
+        opts: dict[str, Any] = {
+            "secure": secure,
+            "faults": faults,
+            "validation": val,
+            "eval_every": eval_every,
+            "checkpoint_dir": checkpoint_dir,
+        }
+        if resume:
+            if checkpoint_dir is None:
+                raise ConfigError("--resume needs --checkpoint-dir")
+            opts.pop("checkpoint_dir")
+            sim = FederatedSimulation.resume(checkpoint_dir, x, **opts)
+        else:
+            settings: dict[str, Any] = {
+                "epsilon": epsilon,
+                "delta": delta,
+                "noise_multiplier": noise_multiplier,
+                "rounds": rounds,
+                "clients_per_round": clients_per_round,
+                "head_items": head_items,
+                "factors": factors,
+                "server_lr": server_lr,
+                "aggregation": aggregation,
+                "seed": seed,
+            }
+            settings.update(_parse_params(param))
+            if settings["epsilon"] is None and settings["noise_multiplier"] is None:
+                raise ConfigError("give --epsilon (calibrated) or --noise-multiplier")
+            cfg = FederatedMFConfig.create(**settings)
+            sim = FederatedSimulation(cfg, x, **opts)
+        srv = sim.server
+        err_console.print(
+            f"{label}; {x.shape[0]:,} clients, {x.shape[1]:,} items; "
+            f"q = {srv.q:.4g} (≈{srv.expected_clients:.0f} clients/round); "
+            f"z = {srv.noise_multiplier:.4g}; aggregation {srv.config.aggregation}"
+            + (
+                f", secure sum: {sim._mode_label()}"
+                if srv.config.aggregation == "distributed"
+                else ""
+            ),
+            highlight=False,
+        )
+        reports = sim.run(progress=err_console.is_terminal)
+        table = Table(title="FederatedMF rounds")
+        for col in (
+            "round",
+            "survivors/sampled",
+            "clip norm",
+            "ε so far",
+            "Recall@20",
+            "bytes up",
+            "s",
+        ):
+            table.add_column(col, justify="right")
+        for r in reports:
+            if r["aborted"]:
+                table.add_row(str(r["round"]), "aborted", r["aborted"], "", "", "", "")
+                continue
+            table.add_row(
+                str(r["round"]),
+                f"{r['survivors']}/{r['sampled']}",
+                f"{r['clip_norm']:.4g}",
+                f"{r['epsilon']:.4g}",
+                "" if r["recall"] is None else f"{r['recall']:.4f}",
+                f"{r['bytes_up']:,}",
+                f"{r['seconds']:.2f}",
+            )
+        console.print(table)
+        console.print(srv.guarantee().explain(), highlight=False)
+        if json_out is not None:
+            json_out.write_text(
+                json.dumps(
+                    {"config": srv.config.model_dump(mode="json"), "rounds": reports}, indent=1
+                )
+            )

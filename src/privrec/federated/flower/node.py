@@ -1,0 +1,480 @@
+"""What a SuperNode does with each message of a FederatedMF round.
+
+In a real cross-device deployment a SuperNode is one device holding one user. For tests and
+demos a SuperNode here hosts a **partition of simulated users** of one dataset: its
+``node_config`` names the data (``data = "synthetic"`` with ``synthetic-*`` sizes, or a path
+that :func:`privrec.data.load` reads) and the partition (``partition-id`` of
+``num-partitions``; user ``u`` of the dataset lives on partition ``u mod num-partitions``).
+Each hosted user is still a separate SecAgg+ client with its own keys, its own exact
+on-device solve, its own clipping and its own share of the distributed-DP noise; only the
+transport is shared. So what the server sees is exactly what it would see with one user per
+device, except that it learns which users share a node.
+
+Handlers (one per Flower message; each runs in a fresh ``flwr-clientapp`` process, so all
+state between phases goes through ``Context.state``):
+
+``describe``
+    Announce the hosted user ids (pseudonymous dataset row numbers) and the catalogue size.
+``advertise_keys``
+    Start a round: create one :class:`~privrec.secure.secagg.SecAggClient` per sampled
+    hosted user, return their advertisements; any previous round's state is discarded.
+``share_keys``
+    Return each user's encrypted Shamir shares for its neighbours.
+``masked_input``
+    Receive the shares, the item factors and the public round settings; compute each user's
+    clipped update (:func:`~privrec.federated.mf.client_update`), pack it with the clip bit
+    (:func:`~privrec.federated.mf.pack_payload`), encode it with distributed DP
+    (:class:`~privrec.privacy.distributed.DistributedDPEncoder`: rotation, conditional
+    rounding, discrete Gaussian noise share, wrap to ``2^b``) and mask it.
+``unmask``
+    Reveal, per neighbour, the one share the server is entitled to. When the message also
+    carries the next round's description (``next-round``, pipelining), start that round
+    right away and return its advertisements too: one Flower round trip less per round.
+
+Privacy: this is where each user's update is protected. Mechanism: distributed discrete
+Gaussian (KLS21) through :class:`~privrec.privacy.distributed.DistributedDPEncoder`, each user
+adding its share of the noise sized for the round's ``min_survivors``. Sensitivity: the
+payload ``[a·Δ, β·(b − ½)]`` has L2 norm ≤ 1 (:func:`~privrec.federated.mf.pack_payload`),
+``Δ2`` on the integer grid after conditional rounding. Privacy unit: one user (the whole
+history). Neighbouring relation: add/remove one user's history. Accounting: the server
+charges ``PoissonSampled(q, plan.dp_event(survivors))`` per round to the RDP accountant
+(:meth:`~privrec.federated.mf.FederatedMFServer.apply`). The server cannot switch a node's
+protection off: a round without noise is refused, and a seed in the FederatedMF config is
+ignored (fresh ChaCha20 randomness from the OS is used), unless the node's **own**
+``node_config`` says ``test-mode = true`` — then both are honoured with a
+:class:`~privrec.errors.PrivacyWarning` (reproducible tests only; predictable noise is no noise).
+The noise *level* and the SecAgg+ parameters are the server's choice (honest-but-curious
+server, as in ``docs/secagg.md``).
+
+A user whose state machine rejects a message (tampered, replayed, out of order, a refused
+unmask request) is skipped — it drops out of the round — and the node answers for the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+
+from privrec.errors import ConfigError, DataError, MessageRejected, PrivacyWarning, ProtocolError
+from privrec.federated.flower.codec import (
+    PROTOCOL,
+    ddp_from_json,
+    decode_messages,
+    export_client,
+    get_float,
+    get_int,
+    get_str,
+    messages_record,
+    restore_client,
+    round_from_record,
+    round_record,
+)
+from privrec.secure.messages import KeyDirectory, ShareDelivery, UnmaskRequest
+from privrec.secure.secagg import RoundConfig, SecAggClient
+
+__all__ = [
+    "NodeData",
+    "handle",
+    "load_node_data",
+    "model_record",
+    "node_settings",
+    "task_record",
+]
+
+log = logging.getLogger(__name__)
+
+_STATE_ROUND = "privrec.round"
+_STATE_CLIENTS = "privrec.clients"
+
+
+# ----------------------------------------------------------------------------------------------
+# The node's users
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeData:
+    """The users a SuperNode hosts and their histories (binary implicit feedback).
+
+    Attributes
+    ----------
+    user_ids
+        Sorted global ids of the hosted users (rows of the dataset).
+    histories
+        CSR ``(len(user_ids), n_items)``: row ``i`` is the history of ``user_ids[i]``.
+    n_items
+        Catalogue size (the same on every node of a federation).
+    """
+
+    user_ids: np.ndarray
+    histories: sp.csr_matrix
+    n_items: int
+
+    def items_of(self, user: int) -> np.ndarray:
+        """Catalogue indices of one hosted user's items."""
+        row = int(np.searchsorted(self.user_ids, user))
+        if row >= self.user_ids.size or self.user_ids[row] != user:
+            raise DataError("user is not hosted on this node", field="user", found=user)
+        lo, hi = self.histories.indptr[row], self.histories.indptr[row + 1]
+        return np.asarray(self.histories.indices[lo:hi], dtype=np.int64)
+
+
+def _int(cfg: Mapping[str, Any], key: str, default: int | None = None) -> int:
+    value = cfg.get(key, default)
+    if value is None:
+        raise ConfigError(f"node_config needs {key!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ConfigError(f"node_config {key!r} must be an integer, found {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"node_config {key!r} must be an integer, found {value!r}") from None
+
+
+def load_node_data(node_config: Mapping[str, Any]) -> NodeData:
+    """This node's partition of the dataset named in its ``node_config``.
+
+    Keys: ``data`` (``"synthetic"`` — the default — or a file path for
+    :func:`privrec.data.load`, with optional ``format``), ``partition-id`` and
+    ``num-partitions`` (default ``0`` of ``1``), and for synthetic data ``synthetic-users``,
+    ``synthetic-items``, ``synthetic-per-user`` and ``synthetic-seed``.
+
+    Raises
+    ------
+    ConfigError
+        Missing or invalid keys, or a partition id outside ``[0, num-partitions)``.
+    """
+    source = str(node_config.get("data", "synthetic"))
+    n_parts = _int(node_config, "num-partitions", 1)
+    part = _int(node_config, "partition-id", 0)
+    if n_parts < 1 or not 0 <= part < n_parts:
+        raise ConfigError(f"partition-id must be in [0, num-partitions={n_parts}), found {part}")
+    if source == "synthetic":
+        from privrec.data.synthetic import synthetic
+
+        data = synthetic(
+            n_users=_int(node_config, "synthetic-users", 200),
+            n_items=_int(node_config, "synthetic-items", 100),
+            interactions_per_user=float(node_config.get("synthetic-per-user", 10.0)),
+            seed=_int(node_config, "synthetic-seed", 0),
+            timestamps=False,
+            n_threads=1,
+        )
+    else:
+        from privrec.data.loaders import load
+
+        fmt = node_config.get("format")
+        data = load(source, None if fmt is None else str(fmt))
+    matrix = sp.csr_matrix(data.binarize().matrix, dtype=np.float64)
+    users = np.arange(part, matrix.shape[0], n_parts, dtype=np.int64)
+    return NodeData(users, sp.csr_matrix(matrix[users]), int(matrix.shape[1]))
+
+
+# ----------------------------------------------------------------------------------------------
+# State between phases
+# ----------------------------------------------------------------------------------------------
+
+
+def _reset(context: Context) -> None:
+    for key in (_STATE_ROUND, _STATE_CLIENTS):
+        if key in context.state:
+            del context.state[key]
+
+
+def _load_clients(context: Context, round_id: bytes) -> tuple[RoundConfig, dict[int, SecAggClient]]:
+    if _STATE_ROUND not in context.state.config_records:
+        raise ProtocolError("no SecAgg round in progress on this node")
+    config, _ = round_from_record(context.state.config_records[_STATE_ROUND])
+    if config.round_id != round_id:
+        raise ProtocolError("message belongs to another SecAgg round than the node's current one")
+    stored = context.state.config_records.get(_STATE_CLIENTS, ConfigRecord())
+    clients: dict[int, SecAggClient] = {}
+    for key, blob in stored.items():
+        if isinstance(blob, bytes):
+            clients[int(key)] = restore_client(config, blob, client_id=int(key))
+    return config, clients
+
+
+def _save_clients(context: Context, clients: Mapping[int, SecAggClient]) -> None:
+    context.state[_STATE_CLIENTS] = ConfigRecord(
+        {str(u): export_client(c) for u, c in sorted(clients.items())}
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Handlers
+# ----------------------------------------------------------------------------------------------
+
+
+def _test_mode(context: Context) -> bool:
+    """Whether this node's own ``node_config`` allows noise-free and seeded rounds (tests)."""
+    value = context.node_config.get("test-mode", False)
+    return value is True or str(value).lower() == "true"
+
+
+def node_settings(context: Context) -> dict[str, Any]:
+    """The node's data settings: run config ``node.*`` defaults, overridden by ``node_config``.
+
+    The defaults let the simulation engine (whose virtual SuperNodes only get
+    ``partition-id`` / ``num-partitions``) use a dataset file; a real SuperNode's own
+    ``node_config`` always wins.
+    """
+    merged = {k[len("node.") :]: v for k, v in context.run_config.items() if k.startswith("node.")}
+    merged.pop("test-mode", None)  # only the node itself may weaken its privacy
+    merged.update(context.node_config)
+    return merged
+
+
+def _describe(content: RecordDict, context: Context) -> RecordDict:
+    data = load_node_data(node_settings(context))
+    return RecordDict(
+        {
+            "node": ConfigRecord(
+                {
+                    "protocol": PROTOCOL,
+                    "user-ids": [int(u) for u in data.user_ids],
+                    "n-items": data.n_items,
+                }
+            )
+        }
+    )
+
+
+def _start_round(record: ConfigRecord, context: Context) -> ConfigRecord:
+    """Phase 1: fresh SecAgg+ clients for the node's sampled users; their advertisements."""
+    _reset(context)  # one round at a time: a new round discards the last one's secrets
+    config, meta = round_from_record(record)
+    data = load_node_data(node_settings(context))
+    hosted = set(data.user_ids.tolist())
+    invited = set(config.client_ids)
+    users = sorted(u for u in meta["users"] if u in hosted and u in invited)
+    if len(users) != len(meta["users"]):
+        log.warning("ignoring %d users this node does not host", len(meta["users"]) - len(users))
+    clients = {u: SecAggClient(config, u) for u in users}
+    adverts = [clients[u].advertise_keys() for u in users]
+    context.state[_STATE_ROUND] = round_record(
+        config, round_=meta["round"], attempt=meta["attempt"], kind=meta["kind"], users=users
+    )
+    _save_clients(context, clients)
+    return messages_record(adverts)
+
+
+def _advertise_keys(content: RecordDict, context: Context) -> RecordDict:
+    return RecordDict({"msgs": _start_round(_config(content, "round"), context)})
+
+
+def _config(content: RecordDict, name: str) -> ConfigRecord:
+    record = content.config_records.get(name)
+    if record is None:
+        raise MessageRejected(f"message has no {name!r} record")
+    return record
+
+
+def _round_id(content: RecordDict) -> bytes:
+    rid = _config(content, "meta").get("round-id")
+    if not isinstance(rid, bytes):
+        raise ProtocolError("message does not name its SecAgg round")
+    return rid
+
+
+def _share_keys(content: RecordDict, context: Context) -> RecordDict:
+    _, clients = _load_clients(context, _round_id(content))
+    directories, _ = decode_messages(content.config_records.get("msgs"), KeyDirectory)
+    out = []
+    for d in directories:
+        client = clients.get(d.receiver)
+        if client is None:
+            continue
+        try:
+            out.append(client.share_keys(d))
+        except ProtocolError as exc:
+            log.warning("user %d leaves the round in share_keys: %s", d.receiver, exc)
+    _save_clients(context, clients)
+    return RecordDict({"msgs": messages_record(out)})
+
+
+def _user_rng(seed: int | None, round_: int, attempt: int, user: int) -> np.random.Generator:
+    """Rounding and noise of one user's encoding: the CSPRNG, or (tests only) seeded ChaCha20."""
+    from privrec.privacy.randomness import secure_generator, seeded_generator
+
+    if seed is None:
+        return secure_generator()
+    digest = hashlib.sha256(f"privrec-flower/{seed}/{round_}/{attempt}/{user}".encode()).digest()
+    return seeded_generator(int.from_bytes(digest[:8], "little"), warn=False)
+
+
+def _masked_input(content: RecordDict, context: Context) -> RecordDict:
+    from privrec.federated.mf import (
+        FederatedMFConfig,
+        RoundSpec,
+        client_count_vector,
+        client_update,
+        pack_payload,
+    )
+    from privrec.privacy.distributed import DistributedDPEncoder
+
+    config, clients = _load_clients(context, _round_id(content))
+    _, meta = round_from_record(context.state.config_records[_STATE_ROUND])
+    deliveries, _ = decode_messages(content.config_records.get("msgs"), ShareDelivery)
+    task = _config(content, "task")
+    mf_config = FederatedMFConfig.model_validate_json(get_str(task, "mf-config"))
+    ddp = ddp_from_json(get_str(task, "ddp"))
+    encoder = DistributedDPEncoder(ddp)
+    if encoder.encoded_dim != config.dim or encoder.bits != config.bits:
+        raise ConfigError(
+            f"distributed-DP encoding ({encoder.encoded_dim} words of {encoder.bits} bits) does "
+            f"not match the SecAgg round ({config.dim} words of {config.bits} bits)"
+        )
+    add_noise = bool(task.get("noise", True))
+    test_mode = _test_mode(context)
+    if not add_noise:
+        if not test_mode:
+            raise ConfigError(
+                "the server asked for a round without distributed-DP noise; this node refuses "
+                "(only a node started with node_config test-mode=true accepts that)"
+            )
+        warnings.warn(
+            "this round adds no distributed-DP noise: the sum is NOT differentially private",
+            PrivacyWarning,
+            stacklevel=2,
+        )
+    seed = mf_config.seed if test_mode else None
+    if seed is not None:
+        warnings.warn(
+            "seeded client rounding and noise (test mode): reproducible and NOT private",
+            PrivacyWarning,
+            stacklevel=2,
+        )
+    kind = meta["kind"]
+    data = load_node_data(node_settings(context))
+    if kind == "train":
+        model = content.array_records.get("model")
+        if model is None or "item_factors" not in model or "head_items" not in model:
+            raise MessageRejected("masked-input message carries no item factors / head items")
+        item_factors = model["item_factors"].numpy()
+        head = np.asarray(model["head_items"].numpy(), dtype=np.int64)
+        spec = RoundSpec(
+            round=get_int(task, "round"),
+            clip_norm=get_float(task, "clip-norm"),
+            value_scale=get_float(task, "value-scale"),
+            bit_scale=get_float(task, "bit-scale"),
+            dim=get_int(task, "payload-dim"),
+            aggregation="distributed",
+            ddp=ddp,
+        )
+    elif kind != "count":
+        raise ConfigError(f"unknown round kind {kind!r}")
+    out = []
+    for d in deliveries:
+        client = clients.get(d.receiver)
+        if client is None:
+            continue
+        items = data.items_of(d.receiver)
+        if kind == "train":
+            pos = np.searchsorted(head, items)
+            pos = np.minimum(pos, head.size - 1)
+            update = client_update(item_factors, pos[head[pos] == items], mf_config, spec.clip_norm)
+            payload = pack_payload(update, spec)
+        else:
+            payload = client_count_vector(items, data.n_items)
+        rng = _user_rng(seed, meta["round"], meta["attempt"], d.receiver)
+        if add_noise:
+            encoded = encoder.encode(payload, rng)
+        else:
+            encoded = encoder.wrap(encoder.quantise(payload, rng))
+        try:
+            out.append(client.masked_input(d, encoded))
+        except ProtocolError as exc:
+            log.warning("user %d leaves the round in masked_input: %s", d.receiver, exc)
+    _save_clients(context, clients)
+    return RecordDict({"msgs": messages_record(out)})
+
+
+def _unmask(content: RecordDict, context: Context) -> RecordDict:
+    requests, _ = decode_messages(content.config_records.get("msgs"), UnmaskRequest)
+    out = []
+    if requests:
+        _, clients = _load_clients(context, _round_id(content))
+        for q in requests:
+            client = clients.get(q.receiver)
+            if client is None:
+                continue
+            try:
+                out.append(client.unmask(q))
+            except ProtocolError as exc:
+                log.warning("user %d refuses to unmask: %s", q.receiver, exc)
+    _reset(context)  # the round is over for this node: forget its secrets
+    reply = RecordDict({"msgs": messages_record(out)})
+    nxt = content.config_records.get("next-round")
+    if nxt is not None:  # pipelined: phase 1 of the next round rides on this message
+        reply["next-msgs"] = _start_round(nxt, context)
+    return reply
+
+
+_HANDLERS = {
+    "describe": _describe,
+    "advertise_keys": _advertise_keys,
+    "share_keys": _share_keys,
+    "masked_input": _masked_input,
+    "unmask": _unmask,
+}
+
+
+def handle(action: str, content: RecordDict, context: Context) -> RecordDict:
+    """Run one handler (``describe`` or a SecAgg+ phase) and return the reply's content."""
+    try:
+        fn = _HANDLERS[action]
+    except KeyError:
+        raise ConfigError(f"unknown action {action!r}; known: {sorted(_HANDLERS)}") from None
+    return fn(content, context)
+
+
+def task_record(
+    *,
+    mf_config_json: str,
+    ddp_json: str,
+    noise: bool,
+    round_: int,
+    clip_norm: float = math.nan,
+    value_scale: float = math.nan,
+    bit_scale: float = math.nan,
+    payload_dim: int = 0,
+) -> ConfigRecord:
+    """The public settings a node needs to compute and encode its users' payloads."""
+    return ConfigRecord(
+        {
+            "mf-config": mf_config_json,
+            "ddp": ddp_json,
+            "noise": bool(noise),
+            "round": int(round_),
+            "clip-norm": float(clip_norm),
+            "value-scale": float(value_scale),
+            "bit-scale": float(bit_scale),
+            "payload-dim": int(payload_dim),
+        }
+    )
+
+
+def model_record(item_factors: np.ndarray, head_items: np.ndarray) -> ArrayRecord:
+    """The current head item factors and the head's catalogue indices."""
+    return ArrayRecord(
+        {
+            "item_factors": Array(np.ascontiguousarray(item_factors, dtype=np.float64)),
+            "head_items": Array(np.ascontiguousarray(head_items, dtype=np.int64)),
+        }
+    )
+
+
+def mf_config_json(config: Any) -> str:
+    """A FederatedMF config as JSON (the public hyper-parameters)."""
+    return json.dumps(config.model_dump(mode="json"))

@@ -1,0 +1,184 @@
+"""FederatedMF accounting (Poisson sampling, PLD/RDP, noise split) and adaptive clipping."""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+import numpy as np
+import pytest
+from dp_accounting import pld
+
+from privrec.errors import ConfigError
+from privrec.federated import FederatedMFConfig, FederatedMFServer, split_noise
+from privrec.privacy.accounting import epsilon_of
+
+pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
+
+
+def _server(**kw: object) -> FederatedMFServer:
+    base: dict[str, object] = {
+        "factors": 2,
+        "noise_multiplier": 1.0,
+        "sampling_rate": 0.1,
+        "rounds": 10,
+        "aggregation": "central",
+        "head_items": None,
+    }
+    base.update(kw)
+    return FederatedMFServer(FederatedMFConfig.create(**base), n_items=3, population=1000)
+
+
+def test_rounds_are_poisson_sampled_gaussians_composed_with_pld() -> None:
+    srv = _server()
+    for _ in range(10):
+        srv.apply(np.zeros(6), 100.0, 50.0)
+    ref = pld.PLDAccountant(value_discretization_interval=1e-4)
+    ref.compose(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0)), 10
+        )
+    )
+    g = srv.guarantee()
+    assert g.epsilon == pytest.approx(ref.get_epsilon(1e-5), rel=1e-9)
+    assert g.epsilon == pytest.approx(2.8545, abs=1e-3)  # pinned
+    # the per-round figure (coarser grid) is an upper bound, and close
+    assert g.epsilon <= srv.epsilon() <= g.epsilon * 1.01
+    assert [e.label for e in g.spent_events] == ["rounds 1-10"]
+    assert g.recompute_epsilon() == pytest.approx(g.epsilon)
+    assert "TRUSTED server" in g.threat_model
+
+
+def test_noise_split_between_values_and_clip_bit() -> None:
+    """Andrew et al.: z_Δ = (z⁻² − (2σ_b)⁻²)^(-1/2), so the pair composes to exactly z."""
+    z, sb = 1.3, 2.0
+    zd = split_noise(z, sb)
+    assert zd**-2 + (2 * sb) ** -2 == pytest.approx(z**-2)
+    pair = dp_accounting.ComposedDpEvent(
+        [dp_accounting.GaussianDpEvent(zd), dp_accounting.GaussianDpEvent(2 * sb)]
+    )
+    assert epsilon_of(pair, 1e-5) == pytest.approx(
+        epsilon_of(dp_accounting.GaussianDpEvent(z), 1e-5), rel=1e-9
+    )
+    assert zd > z  # the values get a share of the budget: a larger multiplier than z
+    with pytest.raises(ConfigError, match="2·σ_b > z"):
+        split_noise(2.0, 1.0)
+    # the server's payload scales realise that split: value noise z_Δ·C, bit noise σ_b
+    srv = _server(clip_count_stddev=sb, noise_multiplier=z)
+    a, b, zdelta = srv.scales()
+    assert z / a == pytest.approx(zdelta * srv.clip_norm)
+    assert z / b == pytest.approx(sb)
+    assert (a * srv.clip_norm) ** 2 + (b / 2) ** 2 == pytest.approx(1.0)
+
+
+def test_calibrated_budget_is_met_including_the_head_selection() -> None:
+    """Distributed DP (RDP): with the planned survivor count every round, ε stays within budget."""
+    cfg = FederatedMFConfig.create(
+        factors=2, epsilon=2.0, sampling_rate=0.05, rounds=20, head_items=2, clip_count_stddev=20.0
+    )
+    srv = FederatedMFServer(cfg, n_items=4, population=2000)
+    m_head = srv.count_encoder().plan.min_survivors
+    srv.select_head(np.array([5.0, 1.0, 3.0, 0.0]), survivors=m_head)
+    assert srv.head_items is not None and srv.head_items.tolist() == [0, 2]
+    for _ in range(20):
+        srv.apply(np.zeros(srv.item_factors.size), 100.0, 50.0, survivors=srv.min_survivors)
+    g = srv.guarantee()
+    assert 0.95 * 2.0 <= g.epsilon <= 2.0
+    assert g.recompute_epsilon() <= g.epsilon  # denser default orders: never larger
+    labels = [e.label for e in g.spent_events]
+    assert labels == ["private head selection (noisy item counts)", "rounds 1-20"]
+    head_event = g.spent_events[0].event
+    assert isinstance(head_event, dp_accounting.PoissonSampledDpEvent)
+    # the head alone spends (about) its share of ε
+    assert epsilon_of(head_event, 1e-5, "rdp") == pytest.approx(0.2, rel=0.05)
+
+
+def test_distributed_rounds_are_charged_for_the_actual_survivors() -> None:
+    srv = _server(aggregation="distributed", sampling_rate=0.2, rounds=3)
+    m = srv.min_survivors
+    assert m == math.floor(0.8 * 200)
+    plan = srv.encoder().plan
+    # at the planned survivor count the discrete sum is (almost exactly) a Gaussian with multiplier z
+    z_eff = plan.dp_event(m).noise_multiplier
+    assert z_eff == pytest.approx(1.0, rel=0.02)
+    srv.apply(np.zeros(6), 200.0, 100.0, survivors=m)
+    eps_full = srv.epsilon()
+    few = _server(aggregation="distributed", sampling_rate=0.2, rounds=3)
+    few.rotation_seed = srv.rotation_seed
+    few.apply(np.zeros(6), 200.0, 100.0, survivors=m // 2)  # half the noise shares are missing
+    assert few.epsilon() > eps_full
+    ev = few.spent[-1].event
+    assert isinstance(ev, dp_accounting.SelfComposedDpEvent)
+    assert isinstance(ev.event, dp_accounting.PoissonSampledDpEvent)
+    assert ev.event.sampling_probability == 0.2  # dropped clients still count as sampled
+    g = srv.guarantee()
+    assert "honest-but-curious" in g.threat_model and "no amplification" in g.threat_model
+    eps_server = srv.epsilon_against_server()
+    assert eps_server is not None and eps_server > g.epsilon  # the server knows who took part
+
+
+def test_abort_costs_nothing() -> None:
+    srv = _server()
+    srv.record_abort("masked_input", "only 1 masked input")
+    assert srv.spent == [] and srv.epsilon() == 0.0
+    assert srv.history[-1]["aborted"]
+
+
+# ------------------------------------------------------------------ adaptive clipping
+
+
+def _clip_run(start_factor: float, gamma: float, rounds: int, seed: int) -> tuple[float, float]:
+    """Run the server's clip-norm update on lognormal update norms; (final C, true quantile)."""
+    rng = np.random.default_rng(seed)
+    median = 3.0
+    srv = _server(
+        noise_multiplier=0.8,
+        sampling_rate=0.1,
+        rounds=rounds,
+        clip_norm=start_factor * median,
+        target_quantile=gamma,
+        server_optimizer="sgd",
+        server_lr=1e-12,
+    )
+    srv.rng = np.random.default_rng(seed + 1)
+    n = 100
+    for _ in range(rounds):
+        norms = median * np.exp(0.5 * rng.standard_normal(n))
+        _, b, _ = srv.scales()
+        payload = np.zeros((n, srv.payload_dim))
+        payload[:, -1] = b * ((norms <= srv.clip_norm).astype(float) - 0.5)
+        noisy = srv.central_noise(payload.sum(axis=0))  # noise on the bit count too
+        update_sum, unclipped = srv.unpack(noisy, n)
+        srv.apply(update_sum, n, unclipped)
+    true_q = median * math.exp(0.5 * _norm_ppf(gamma))
+    return srv.clip_norm, true_q
+
+
+def _norm_ppf(p: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(p))
+
+
+@pytest.mark.parametrize("start", [1e-3, 1e3])
+@pytest.mark.parametrize("gamma", [0.5, 0.8])
+def test_adaptive_clip_converges_to_the_target_quantile(start: float, gamma: float) -> None:
+    """From 1000× below or above the median the clip norm reaches the γ-quantile of the norms.
+
+    With η = 0.2 the log clip norm moves by at most η·max(γ, 1−γ) per round, so ~7/0.1 rounds
+    are needed from 1e-3; 250 rounds leave time to settle. A sign error in the update would
+    drive C to 0 or ∞ instead.
+    """
+    c, q = _clip_run(start, gamma, rounds=250, seed=int(start * 10) % 97)
+    assert q / 1.35 <= c <= q * 1.35, (c, q)
+
+
+def test_clip_update_direction() -> None:
+    """Too many unclipped updates shrink C; too few grow it (geometric, rate η)."""
+    srv = _server(clip_norm=2.0, server_optimizer="sgd", server_lr=1e-9, clip_lr=0.2)
+    srv.apply(np.zeros(6), 100.0, 100.0)  # b̄ = 1
+    assert srv.clip_norm == pytest.approx(2.0 * math.exp(-0.2 * 0.5))
+    srv.apply(np.zeros(6), 100.0, 0.0)  # b̄ = 0
+    assert srv.clip_norm == pytest.approx(2.0)
+    srv.apply(np.zeros(6), 100.0, 250.0)  # a noised count above n is clamped to b̄ = 1
+    assert srv.clip_norm == pytest.approx(2.0 * math.exp(-0.1))

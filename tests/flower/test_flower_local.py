@@ -1,0 +1,339 @@
+"""The Flower apps' logic in one process: same handlers, every message and node state serialised.
+
+Fast companions of ``test_flower_deploy.py``: they run the coordinator against the real
+ClientApp handlers through :class:`~tests.flower.local.LocalTransport`, which serialises each
+message and each node's ``Context`` as Flower would between processes, and inject faults a
+real deployment would see (a node missing a phase, garbage, impersonation, aborts).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="flwr (the [federated] extra) is not installed")
+
+from flwr.app import ConfigRecord, RecordDict
+
+from privrec.errors import ConfigError, MessageRejected, ProtocolAbort
+from privrec.federated.flower.codec import (
+    decode_messages,
+    export_client,
+    messages_record,
+    restore_client,
+    round_from_record,
+    round_record,
+)
+from privrec.federated.flower.coordinator import Coordinator, parse_run_config
+from privrec.federated.mf import FederatedMFServer
+from privrec.secure.messages import MaskedInput
+from privrec.secure.secagg import RoundConfig, SecAggClient, SecAggServer
+
+from .local import (
+    USERS,
+    LocalTransport,
+    full_matrix,
+    reference_round,
+    round_log,
+    run_config,
+    training_loss,
+)
+
+PHASES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seeded / noise-free runs warn by design
+        yield
+
+
+def _train(ckpt: Path, transport: LocalTransport, **mf: Any) -> Coordinator:
+    config, settings = parse_run_config(run_config(ckpt, **mf))
+    coordinator = Coordinator(transport, config, settings, say=lambda _: None)
+    coordinator.run()
+    return coordinator
+
+
+def _check_sums(ckpt: Path, rounds: list[int]) -> None:
+    matrix = full_matrix()
+    for r in rounds:
+        ref = reference_round(ckpt, r, matrix)
+        assert ref["exact"]
+        assert np.linalg.norm(ref["decoded"] - ref["expected"]) <= ref["bound"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Codec
+# ----------------------------------------------------------------------------------------------
+
+
+def test_client_state_survives_a_process_boundary_at_every_phase() -> None:
+    config = RoundConfig.create(6, dim=5, bits=16, neighbours=4, threshold=3)
+    blobs = {u: export_client(SecAggClient(config, u)) for u in config.client_ids}
+    server = SecAggServer(config)
+
+    def step(name: str, arg: dict[int, Any] | None, *extra: Any) -> dict[int, Any]:
+        out = {}
+        for u in sorted(blobs if arg is None else arg):
+            client = restore_client(config, blobs[u])  # a fresh process per phase
+            call = getattr(client, name)
+            out[u] = call(*(() if arg is None else (arg[u],)), *(e[u] for e in extra))
+            blobs[u] = export_client(client)
+        return out
+
+    adverts = step("advertise_keys", None)
+    directories = server.advertise_keys(adverts.values())
+    shares = step("share_keys", directories)
+    deliveries = server.share_keys(shares.values())
+    inputs = {u: np.arange(5, dtype=np.uint16) * (u + 1) for u in deliveries}
+    del deliveries[5]  # user 5 drops out before masking
+    masked = step("masked_input", deliveries, inputs)
+    requests = server.masked_input(masked.values())
+    result = server.unmask(step("unmask", requests).values())
+    expected = np.sum([inputs[u].astype(np.uint64) for u in range(5)], axis=0) % (1 << 16)
+    assert result.survivors == (0, 1, 2, 3, 4)
+    assert result.sum.tolist() == expected.tolist()
+
+
+def test_client_state_rejects_garbage() -> None:
+    config = RoundConfig.create(4, dim=3, bits=8, neighbours=3, threshold=2)
+    client = SecAggClient(config, 0)
+    client.advertise_keys()
+    blob = export_client(client)
+    with pytest.raises(MessageRejected):
+        restore_client(config, blob[:-3])
+    with pytest.raises(MessageRejected):
+        restore_client(config, blob + b"x")
+    with pytest.raises(MessageRejected):
+        restore_client(config, b"nope" + blob[4:])
+
+
+def test_round_record_round_trip_and_version_check() -> None:
+    config = RoundConfig.create([3, 7, 9], dim=4, bits=12, neighbours=2, threshold=2)
+    rec = round_record(config, round_=2, attempt=1, kind="train", users=[7])
+    back, meta = round_from_record(rec)
+    assert back == config
+    assert meta == {"round": 2, "attempt": 1, "kind": "train", "users": [7]}
+    rec["protocol"] = "privrec-flower/0"
+    with pytest.raises(MessageRejected, match="protocol"):
+        round_from_record(rec)
+
+
+def test_decode_messages_counts_garbage_without_raising() -> None:
+    config = RoundConfig.create(3, dim=2, bits=8, neighbours=2, threshold=2)
+    good = SecAggClient(config, 1).advertise_keys()
+    rec = ConfigRecord({"msgs": [good.to_bytes(), b"garbage", good.to_bytes()[:-1]]})
+    msgs, bad = decode_messages(rec, type(good))
+    assert msgs == [good] and bad == 2
+    assert decode_messages(rec, MaskedInput) == ([], 3)
+
+
+def test_run_config_parsing() -> None:
+    config, settings = parse_run_config(run_config(Path("/tmp/x"), secagg_bits=20))
+    assert config.head_items is None and config.clients_per_round is None
+    assert config.secagg_bits == 20 and settings.save_aggregates
+    with pytest.raises(ConfigError, match="unknown run config key"):
+        parse_run_config({"round-timeot": 3})
+    central, settings = parse_run_config(run_config(Path("/tmp/x"), aggregation="central"))
+    with pytest.raises(ConfigError, match="distributed"):
+        Coordinator(LocalTransport(2), central, settings)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training rounds
+# ----------------------------------------------------------------------------------------------
+
+
+def test_two_rounds_sum_exactly_and_improve_the_model(tmp_path: Path) -> None:
+    transport = LocalTransport(3)
+    _train(tmp_path, transport)
+    # round 2's advertisements rode on round 1's unmask message (pipelining)
+    assert transport.calls == ["describe", *PHASES, *PHASES[1:]]
+    log = round_log(tmp_path)
+    assert [(e["round"], e["survivors"], e["aborted"]) for e in log] == [
+        (1, USERS, None),
+        (2, USERS, None),
+    ]
+    _check_sums(tmp_path, [1, 2])
+    matrix = full_matrix()
+    losses = [training_loss(tmp_path / f"round-{r:04d}.npz", matrix) for r in (0, 1, 2)]
+    assert losses[2] < losses[1] < losses[0]
+
+
+def test_without_pipelining_every_round_has_four_trips(tmp_path: Path) -> None:
+    config, settings = parse_run_config({**run_config(tmp_path), "pipeline": False})
+    transport = LocalTransport(3)
+    Coordinator(transport, config, settings, say=lambda _: None).run()
+    assert transport.calls == ["describe", *PHASES, *PHASES]
+    _check_sums(tmp_path, [1, 2])
+
+
+def test_a_node_silent_in_unmask_keeps_its_input_but_misses_the_next_round(
+    tmp_path: Path,
+) -> None:
+    seen = {"n": 0}
+
+    def fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
+        if action == "unmask" and node == 100 and seen["n"] == 0:
+            seen["n"] += 1
+            return None  # also loses its users' pipelined advertisements for round 2
+        return reply
+
+    _train(tmp_path, LocalTransport(3, fault), min_survivor_fraction=0.5)
+    first, second = round_log(tmp_path)
+    assert first["survivors"] == USERS and first["dropped"]["unmask"] == USERS // 3
+    assert second["survivors"] == USERS - USERS // 3
+    assert second["dropped"]["advertise_keys"] == USERS // 3
+    _check_sums(tmp_path, [1, 2])
+
+
+def test_a_node_missing_the_masked_input_deadline_drops_out(tmp_path: Path) -> None:
+    def fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
+        return None if action == "masked_input" and node == 100 else reply
+
+    _train(tmp_path, LocalTransport(3, fault), rounds=1, min_survivor_fraction=0.5)
+    (entry,) = round_log(tmp_path)
+    assert entry["survivors"] == USERS - USERS // 3
+    assert entry["dropped"]["masked_input"] == USERS // 3
+    assert entry["nodes"]["masked_input"] == 2
+    _check_sums(tmp_path, [1])  # the dropped users' pairwise masks were removed
+
+
+def test_too_few_survivors_abort_and_retry_with_a_fresh_sample(tmp_path: Path) -> None:
+    calls = {"n": 0}
+
+    def fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
+        if action == "share_keys" and node == 101 and calls["n"] == 0:
+            calls["n"] += 1
+            return None  # only in the first attempt
+        return reply
+
+    coordinator = _train(tmp_path, LocalTransport(3, fault), rounds=1)
+    first, second = round_log(tmp_path)
+    assert first["aborted"].startswith("masked_input") and first["survivors"] == 0
+    assert second["attempt"] == 1 and second["aborted"] is None
+    srv = coordinator.server
+    assert srv is not None and srv.round == 1
+    assert [h.get("aborted", False) for h in srv.history] == [True, False]
+    assert len(srv.spent) == 1  # the abort released nothing and is charged nothing
+    _check_sums(tmp_path, [1])
+
+
+def test_retries_exhausted_stop_with_the_reason(tmp_path: Path) -> None:
+    def fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
+        return None if action == "advertise_keys" and node != 100 else reply
+
+    with pytest.raises(ProtocolAbort, match="masked inputs, at least 28 required"):
+        _train(tmp_path, LocalTransport(3, fault), rounds=1)
+    assert [e["attempt"] for e in round_log(tmp_path)] == [0, 1, 2]
+    assert FederatedMFServer.load(tmp_path / "server.npz").round == 0  # last good state
+
+
+def test_garbage_and_impersonation_are_dropped_not_fatal(tmp_path: Path) -> None:
+    stolen: dict[str, Any] = {}
+
+    def fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
+        if action != "masked_input":
+            return reply
+        msgs, _ = decode_messages(reply.config_records["msgs"], MaskedInput)
+        if node == 100:
+            stolen["msg"] = msgs[0]
+            return reply
+        if node == 101:  # one user's masked vector is truncated
+            bad = MaskedInput(msgs[0].round_id, msgs[0].sender, msgs[0].bits, msgs[0].values[:-2])
+            return RecordDict({"msgs": messages_record([bad, *msgs[1:]])})
+        # node 102 also replays a user of node 100 (it was not asked for that user)
+        return RecordDict({"msgs": messages_record([*msgs, stolen["msg"]])})
+
+    _train(tmp_path, LocalTransport(3, fault), rounds=1, min_survivor_fraction=0.5)
+    (entry,) = round_log(tmp_path)
+    assert entry["rejected"] == 2
+    assert entry["survivors"] == USERS - 1
+    _check_sums(tmp_path, [1])
+
+
+def test_training_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
+    _train(tmp_path, LocalTransport(3), rounds=1)
+    after_one = FederatedMFServer.load(tmp_path / "server.npz")
+    transport = LocalTransport(3)
+    _train(tmp_path, transport, rounds=2)
+    assert transport.calls == ["describe", *PHASES]  # only round 2 ran
+    resumed = FederatedMFServer.load(tmp_path / "server.npz")
+    assert resumed.round == 2
+    np.testing.assert_array_equal(
+        FederatedMFServer.load(tmp_path / "round-0001.npz").item_factors, after_one.item_factors
+    )
+    _check_sums(tmp_path, [2])
+
+
+def test_private_head_selection_runs_a_secure_counting_round_first(tmp_path: Path) -> None:
+    transport = LocalTransport(3)
+    coordinator = _train(tmp_path, transport, head_items=12, rounds=1)
+    assert transport.calls == ["describe", *PHASES, *PHASES]
+    count, train = round_log(tmp_path)
+    assert (count["kind"], count["round"], count["survivors"]) == ("count", 0, USERS)
+    assert train["kind"] == "train"
+    srv = coordinator.server
+    assert srv is not None and srv.head_items is not None and srv.head_items.size == 12
+    assert srv.item_factors.shape == (12, 4)
+    assert srv.spent[0].label.startswith("private head selection")
+    _check_sums(tmp_path, [1])
+
+
+def test_with_noise_the_spend_stays_within_the_budget(tmp_path: Path) -> None:
+    coordinator = _train(tmp_path, LocalTransport(3), noise_multiplier="", epsilon=5.0)
+    srv = coordinator.server
+    assert srv is not None and srv.round == 2 and srv.noise_multiplier > 0
+    eps = srv.epsilon()
+    assert 0 < eps <= 5.0 * (1 + 1e-6)
+    assert round_log(tmp_path)[-1]["epsilon"] == pytest.approx(eps)
+    ref = reference_round(tmp_path, 1, full_matrix())
+    # the clients' noise is in the sum: far more than rounding separates it from the clean sum
+    assert np.linalg.norm(ref["decoded"] - ref["expected"]) > 3 * ref["bound"]
+
+
+def test_node_rejects_bad_settings_and_incomplete_messages() -> None:
+    from flwr.app import Context
+
+    from privrec.errors import ProtocolError
+    from privrec.federated.flower.node import handle, load_node_data
+
+    from .local import node_config
+
+    with pytest.raises(ConfigError, match="partition-id"):
+        load_node_data({"partition-id": 3, "num-partitions": 3})
+    with pytest.raises(ConfigError, match="integer"):
+        load_node_data({"partition-id": "zero"})
+    ctx = Context(
+        run_id=1, node_id=1, node_config=node_config(0, 1), state=RecordDict(), run_config={}
+    )
+    with pytest.raises(MessageRejected, match="'round'"):
+        handle("advertise_keys", RecordDict(), ctx)
+    with pytest.raises(ProtocolError, match="no SecAgg round"):
+        handle("share_keys", RecordDict({"meta": ConfigRecord({"round-id": b"r" * 16})}), ctx)
+    with pytest.raises(ConfigError, match="unknown action"):
+        handle("train", RecordDict(), ctx)
+
+
+def test_nodes_refuse_noise_free_rounds_and_seeds_unless_in_test_mode(tmp_path: Path) -> None:
+    transport = LocalTransport(3, test_mode=False)
+    with pytest.raises(ProtocolAbort, match="masked inputs"):
+        _train(tmp_path / "refused", transport, rounds=1)
+    assert transport.errors and all("refuses" in e for e in transport.errors)
+
+    def sum_mod(name: str, test_mode: bool) -> np.ndarray:
+        _train(
+            tmp_path / name, LocalTransport(3, test_mode=test_mode), noise_multiplier=1.0, rounds=1
+        )
+        out: np.ndarray = np.load(tmp_path / name / "aggregate-0001.npz")["sum_mod"]
+        return out
+
+    # the server's seed is honoured only in test mode: otherwise the noise is fresh each time
+    assert np.array_equal(sum_mod("t1", True), sum_mod("t2", True))
+    assert not np.array_equal(sum_mod("p1", False), sum_mod("p2", False))

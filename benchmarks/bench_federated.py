@@ -345,7 +345,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="ml-1m only, ε = 5, small timing round")
     ap.add_argument(
         "--datasets", nargs="*", default=None,
-        help="only these datasets (rows of the others are kept from the previous results)",
+        help="only these datasets (other rows are kept from the previous results)",
     )  # fmt: skip
     ap.add_argument("--skip-timing", action="store_true", help="keep the previous timing")
     ap.add_argument("--epsilons", nargs="*", type=float, default=None, help="only these ε")
@@ -364,9 +364,10 @@ def main() -> int:
     rows = quality(datasets, epsilons, args.quick, tuple(args.central_epsilons))
     speed_now = {} if args.skip_timing else timing(args.quick)
     previous: dict[str, Any] = {}  # read late: another run may have written meanwhile
-    if (out / "federated.json").exists() and (args.datasets or args.skip_timing):
+    if (out / "federated.json").exists() and (args.datasets or args.epsilons or args.skip_timing):
         previous = json.loads((out / "federated.json").read_text())
-    kept = [r for r in previous.get("quality", []) if r["dataset"] not in datasets]
+    done = {(r["dataset"], r["epsilon"]) for r in rows}
+    kept = [r for r in previous.get("quality", []) if (r["dataset"], r["epsilon"]) not in done]
     rows = sorted(kept + rows, key=lambda r: (DATASETS.index(r["dataset"]), r["epsilon"]))
     speed = previous.get("speed", {}) if args.skip_timing else speed_now
     payload = {

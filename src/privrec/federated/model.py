@@ -20,7 +20,7 @@ from privrec.data.interactions import Interactions
 from privrec.federated.mf import FederatedMFConfig, user_vectors
 from privrec.federated.training import FaultModel, FederatedSimulation, SecureMode
 from privrec.models.base import as_user_items, register
-from privrec.models.private import PrivateRecommender
+from privrec.models.private import PrivateRecommender, head_item_scores
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["FederatedMF"]
@@ -197,12 +197,8 @@ class FederatedMF(PrivateRecommender):
         return self._fold(sp.csr_matrix(hist[:, self.head_items_]))
 
     def _scores_from_factors(self, u: np.ndarray) -> np.ndarray:
-        out = np.full((u.shape[0], self.item_factors_.shape[0]), -np.inf, dtype=np.float32)
-        out[:, self.head_items_] = u @ self.item_factors_[self.head_items_].T
-        cold = ~np.any(u != 0, axis=1)
-        if cold.any():  # no history: released noisy popularity of the head (post-processing)
-            out[np.ix_(cold, self.head_items_)] = self.popularity_[self.head_items_]
-        return out
+        # no history: released noisy popularity of the head (post-processing)
+        return head_item_scores(u, self.item_factors_, self.head_items_, self.popularity_, 0.0)
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._scores_from_factors(self.user_factors_[users])

@@ -24,7 +24,12 @@ from privrec.errors import ConfigError
 from privrec.models.als_kernels import cg_half_step, cholesky_half_step, gramian, item_statistics
 from privrec.models.base import register
 from privrec.models.dp_popularity import bounded_counts
-from privrec.models.private import PrivateConfig, PrivateRecommender, blend_popularity
+from privrec.models.private import (
+    PrivateConfig,
+    PrivateRecommender,
+    blend_popularity,
+    head_item_scores,
+)
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
 from privrec.privacy.mechanisms import gaussian, gaussian_event
@@ -423,23 +428,9 @@ class DPALS(PrivateRecommender):
         return self._fold(sp.csr_matrix(hist[:, self.head_items_])).astype(np.float32)
 
     def _scores_from_factors(self, u: np.ndarray) -> np.ndarray:
-        out = np.full((u.shape[0], self.item_factors_.shape[0]), -np.inf, dtype=np.float32)
-        head = self.head_items_
-        scores = u @ self.item_factors_[head].T
-        if self.popularity_blend_ > 0:
-            # Standardised factor scores plus β × the standardised popularity prior; a user with
-            # no history (all-zero factors, constant scores) gets the popularity ranking.
-            out[:, head] = blend_popularity(
-                scores, self.noisy_counts_[head], self.popularity_blend_
-            )
-            return out
-        out[:, head] = scores
-        # Cold start: a user with no history (all-zero factors) gets the private popularity
-        # ranking of the head items from the released noisy counts (post-processing).
-        cold = ~np.any(u != 0, axis=1)
-        if cold.any():
-            out[np.ix_(cold, head)] = self.noisy_counts_[head]
-        return out
+        return head_item_scores(
+            u, self.item_factors_, self.head_items_, self.noisy_counts_, self.popularity_blend_
+        )
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._scores_from_factors(self.user_factors_[users])

@@ -84,6 +84,28 @@ class PrivateRecommender(Recommender):
         self.guarantee_ = PrivacyGuarantee.model_validate(extra["guarantee"])
 
 
+def head_item_scores(
+    u: np.ndarray, item_factors: np.ndarray, head: np.ndarray, noisy_counts: np.ndarray, beta: float
+) -> np.ndarray:
+    """Catalogue scores of users ``u`` from factors released for the ``head`` items only.
+
+    Off the head, ``-inf``. With ``beta > 0`` the factor scores are blended with the
+    released noisy counts (:func:`blend_popularity`); with ``beta = 0`` they are kept raw
+    and a user with no history (all-zero factors) gets the noisy-count ranking of the
+    head. Post-processing of released statistics and the user's own factors only.
+    """
+    out = np.full((u.shape[0], item_factors.shape[0]), -np.inf, dtype=np.float32)
+    scores = u @ item_factors[head].T
+    if beta > 0:
+        out[:, head] = blend_popularity(scores, noisy_counts[head], beta)
+        return out
+    out[:, head] = scores
+    cold = ~np.any(u != 0, axis=1)
+    if cold.any():
+        out[np.ix_(cold, head)] = noisy_counts[head]
+    return out
+
+
 def blend_popularity(scores: np.ndarray, noisy_counts: np.ndarray, beta: float) -> np.ndarray:
     """Row-standardised ``scores`` plus ``beta`` × the standardised log noisy counts.
 

@@ -115,7 +115,7 @@ from privrec.models.dp_ease import (
 )
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.ease import ease_from_gram
-from privrec.models.private import blend_popularity
+from privrec.models.private import blend_popularity, head_item_scores
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import clip_rows
@@ -536,18 +536,10 @@ class SiloResult:
         Runs inside a silo on its own users' histories (joint DP: post-processing of the
         released item factors and counts plus the user's own data).
         """
-        head = self.head_items
-        u = self.user_factors(user_items, config).astype(np.float32)
-        raw = u @ self.item_factors[head].T  # float32, as central DPALS scores
-        out = np.full((u.shape[0], self.item_factors.shape[0]), -np.inf, dtype=np.float32)
-        if self.popularity_blend > 0:
-            out[:, head] = blend_popularity(raw, self.noisy_counts[head], self.popularity_blend)
-            return out
-        out[:, head] = raw
-        cold = ~np.any(u != 0, axis=1)
-        if cold.any():
-            out[np.ix_(cold, head)] = self.noisy_counts[head]
-        return out
+        u = self.user_factors(user_items, config).astype(np.float32)  # float32, as central
+        return head_item_scores(
+            u, self.item_factors, self.head_items, self.noisy_counts, self.popularity_blend
+        )
 
 
 # ---------------------------------------------------------------------------------- DPEASE

@@ -29,3 +29,27 @@ def require_dataset(name: str) -> Path:
 def dataset():  # type: ignore[no-untyped-def]
     """``dataset("ml-100k")`` -> Path, skipping when the shared data are absent."""
     return require_dataset
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    """A small ImplicitALS model (40 users × 60 items, 8 factors) trained through the CLI."""
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from privrec.cli.main import app
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for u in range(1, 41):
+        for t, i in enumerate(rng.choice(np.arange(1, 61), size=10, replace=False)):
+            lines.append(f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + t}")
+    data = tmp_path / "u.data"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "als.npz"
+    res = CliRunner().invoke(
+        app,
+        ["train", "--data", str(data), "--model", "als", "-o", str(out), "-p", "factors=8"],
+    )
+    assert res.exit_code == 0, res.output
+    return out

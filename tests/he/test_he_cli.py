@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -13,24 +12,6 @@ pytest.importorskip("tenseal")
 from privrec.cli.main import app
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    lines = []
-    for u in range(1, 41):
-        for t, i in enumerate(rng.choice(np.arange(1, 61), size=10, replace=False)):
-            lines.append(f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + t}")
-    data = tmp_path / "u.data"
-    data.write_text("\n".join(lines) + "\n")
-    out = tmp_path / "als.npz"
-    res = runner.invoke(
-        app,
-        ["train", "--data", str(data), "--model", "als", "-o", str(out), "-p", "factors=8"],
-    )
-    assert res.exit_code == 0, res.output
-    return out
 
 
 @pytest.mark.parametrize("packing", ["replicated", "compact"])

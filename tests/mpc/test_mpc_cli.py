@@ -20,24 +20,6 @@ from privrec.secure.mpc import free_ports
 runner = CliRunner()
 
 
-@pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    lines = []
-    for u in range(1, 41):
-        for t, i in enumerate(rng.choice(np.arange(1, 61), size=10, replace=False)):
-            lines.append(f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + t}")
-    data = tmp_path / "u.data"
-    data.write_text("\n".join(lines) + "\n")
-    out = tmp_path / "als.npz"
-    res = runner.invoke(
-        app,
-        ["train", "--data", str(data), "--model", "als", "-o", str(out), "-p", "factors=8"],
-    )
-    assert res.exit_code == 0, res.output
-    return out
-
-
 def test_mpc_topk_matches_plaintext_recommend(model_file: Path) -> None:
     from privrec.models import load_model
 

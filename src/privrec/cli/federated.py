@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from privrec.cli.common import console, err_console, handle_errors, parse_params
+
 federated_app = typer.Typer(
     help="Federated training (FederatedMF) simulated on one machine.", no_args_is_help=True
 )
@@ -98,12 +100,11 @@ def simulate(
     """Simulate FederatedMF training: per-round ε, clip norm, survivors, bytes and Recall@20."""
     from rich.table import Table
 
-    from privrec.cli.main import _errors, _parse_params, console, err_console
     from privrec.errors import ConfigError
     from privrec.federated.mf import FederatedMFConfig
     from privrec.federated.training import FaultModel, FederatedSimulation
 
-    with _errors():
+    with handle_errors():
         if secure not in ("fast", "full"):
             raise ConfigError(f"--secure must be 'fast' or 'full', found {secure!r}")
         x, val, label = _data(data, fmt, 0)
@@ -139,7 +140,7 @@ def simulate(
                 "aggregation": aggregation,
                 "seed": seed,
             }
-            settings.update(_parse_params(param))
+            settings.update(parse_params(param))
             if settings["epsilon"] is None and settings["noise_multiplier"] is None:
                 raise ConfigError("give --epsilon (calibrated) or --noise-multiplier")
             cfg = FederatedMFConfig.create(**settings)

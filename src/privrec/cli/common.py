@@ -150,3 +150,38 @@ def coerce_ids(raw: list[str], known: np.ndarray) -> np.ndarray:
         except ValueError:
             pass
     return np.array(raw, dtype=object if known.dtype == object else known.dtype)
+
+
+def load_history(path: Path, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Read one user's history for a model that keeps no user data (``--history FILE``).
+
+    The file lists the user's items by their *external* ids, one per line; anything after the
+    first comma, tab or space (a rating, a timestamp) is ignored, as are blank lines, lines
+    starting with ``#`` and a first line ``item…`` (a header). Returns the internal item indices
+    (sorted, unique) and how many listed items the model's catalogue does not hold — those
+    cannot influence a recommendation and are left out.
+    """
+    from privrec.errors import DataError
+
+    if not path.is_file():
+        raise DataError("history file not found", file=path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            "history file is not UTF-8 text", file=path, expected="UTF-8", found=str(exc)
+        ) from None
+    raw: list[str] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        first = line.replace(",", " ").replace("\t", " ").strip().split(" ", 1)[0]
+        if not first or first.startswith("#"):
+            continue
+        if lineno == 1 and first.lower().startswith("item"):
+            continue
+        raw.append(first)
+    wanted = coerce_ids(raw, item_ids) if raw else np.zeros(0, dtype=item_ids.dtype)
+    order = np.argsort(item_ids, kind="stable")
+    pos = np.searchsorted(item_ids[order], wanted)
+    pos = np.minimum(pos, max(len(order) - 1, 0))
+    found = (item_ids[order][pos] == wanted) if len(order) else np.zeros(len(wanted), dtype=bool)
+    return np.unique(order[pos[found]]).astype(np.int64), int((~found).sum())

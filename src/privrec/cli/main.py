@@ -18,8 +18,10 @@ from privrec.cli import training
 from privrec.cli.common import STATE
 from privrec.cli.data import data_app
 from privrec.cli.federated import federated_app
+from privrec.cli.he import he_app
+from privrec.cli.mpc import mpc_app
 from privrec.cli.privacy import privacy_app
-from privrec.cli.secure import he_app, mpc_app, silo_app
+from privrec.cli.silo import silo_app
 
 app = typer.Typer(
     name="privrec",

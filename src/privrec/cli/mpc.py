@@ -1,0 +1,167 @@
+"""``privrec mpc …``: secure top-k with three MPyC parties."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from privrec.cli.common import coerce_ids, console, handle_errors
+from privrec.errors import ConfigError
+
+# ------------------------------------------------------- mpc: secure top-k (MPyC)
+mpc_app = typer.Typer(
+    help="Secure top-k with three MPyC parties (needs the \\[mpc] extra; see docs/secure_scoring.md).",
+    no_args_is_help=True,
+)
+_UserBoundOpt = Annotated[
+    float, typer.Option("--user-norm-bound", help="Public bound on the user vector's L2 norm.")
+]
+
+
+@mpc_app.command("topk")
+def mpc_topk(
+    model_path: Annotated[Path, typer.Argument(help="A factor model saved by `privrec train`.")],
+    user: Annotated[
+        str, typer.Option("--user", "-u", help="External user id (history read from the file).")
+    ],
+    k: Annotated[int, typer.Option("--k", "-k")] = 10,
+    public_items: Annotated[
+        bool,
+        typer.Option(
+            "--public-items/--secret-items",
+            help="Item factors known to all parties (released model) or input by party 1 only.",
+        ),
+    ] = True,
+    user_norm_bound: _UserBoundOpt = 4.0,
+    item_norm_bound: Annotated[
+        float | None,
+        typer.Option(help="Public bound on item-row norms (default: from the model's factors)."),
+    ] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Mutually authenticated TLS between the parties.")
+    ] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds for the whole run.")] = 300.0,
+) -> None:
+    """Top-k for one user by three local MPyC processes on 127.0.0.1.
+
+    Party 0 (the client) folds the user in and inputs u and its seen items, party 1 the
+    item factors; only party 0 learns the top-k ids (no scores).
+    """
+    from privrec.errors import MissingUserDataError
+    from privrec.models import load_model
+    from privrec.secure.mpc import MPCParams, secure_recommend
+
+    with handle_errors():
+        model = load_model(model_path)
+        if getattr(model, "_released_only", False):
+            raise MissingUserDataError(
+                f"{model_path} holds only released parameters: no history for user {user!r}"
+            )
+        if not hasattr(model, "item_factors_"):
+            raise ConfigError(f"{type(model).__name__} is not a factor model (no item factors)")
+        idx = model.user_index(coerce_ids([user], model.user_ids_))
+        history = model.user_items_[idx].toarray()[0]
+        if item_norm_bound is None:
+            item_norm_bound = float(np.linalg.norm(model.item_factors_, axis=1).max()) * 1.01
+        params = MPCParams(user_norm_bound=user_norm_bound, item_norm_bound=item_norm_bound)
+        res = secure_recommend(
+            model, history, k=k, public_items=public_items, params=params, tls=tls, timeout=timeout
+        )
+        console.print(f"secure top-{k} for user {user} (ids only, no scores):")
+        table = Table("rank", "item")
+        for rank, item in enumerate(res.items, start=1):
+            if item >= 0:
+                table.add_row(str(rank), str(model.item_ids_[item]))
+        console.print(table)
+        console.print(
+            f"3 parties (MPyC, threshold 1), item factors {'public' if public_items else 'secret'}; "
+            f"bytes sent {res.total_bytes:,} ({', '.join(f'{b:,}' for b in res.bytes_sent)}); "
+            f"protocol {res.seconds:.2f} s, wall {res.wall_seconds:.2f} s"
+        )
+
+
+@mpc_app.command("keys")
+def mpc_keys(
+    out: Annotated[Path, typer.Argument(help="Folder for ca.pem and party-<i>.pem/.key.")],
+) -> None:
+    """Create a CA and TLS certificates for the three parties of `privrec mpc party`."""
+    from privrec.secure.mpc import make_tls_material
+
+    with handle_errors():
+        make_tls_material(out)
+        console.print(
+            f"wrote {out}/ca.pem and party-0/1/2.pem/.key: give each party ca.pem and its own "
+            "pair; keep ca.key offline"
+        )
+
+
+@mpc_app.command("party")
+def mpc_party(
+    party_id: Annotated[int, typer.Option("--id", help="0 client, 1 model holder, 2 helper.")],
+    parties: Annotated[
+        list[str], typer.Option("--party", help="host:port of parties 0, 1, 2 (repeat 3 times).")
+    ],
+    n_items: Annotated[int, typer.Option("--n-items", help="Catalogue size (public).")],
+    factors: Annotated[int, typer.Option("--factors", help="Factors per item (public).")],
+    k: Annotated[int, typer.Option("--k", "-k")] = 10,
+    user_vector: Annotated[
+        Path | None, typer.Option("--user-vector", help="Party 0: the user's factors (.npy).")
+    ] = None,
+    exclude: Annotated[
+        Path | None, typer.Option("--exclude", help="Party 0: item indices to leave out (.npy).")
+    ] = None,
+    item_factors: Annotated[
+        Path | None,
+        typer.Option("--item-factors", help="Party 1 (or all with --public-items): Y (.npy)."),
+    ] = None,
+    public_items: Annotated[
+        bool, typer.Option("--public-items", help="Every party holds the same public Y.")
+    ] = False,
+    user_norm_bound: _UserBoundOpt = 4.0,
+    item_norm_bound: Annotated[float, typer.Option(help="Public bound on item-row norms.")] = 4.0,
+    bind: Annotated[
+        str | None, typer.Option("--bind", help="Interface to listen on (default: own host).")
+    ] = None,
+    tls_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-dir",
+            help="Folder with ca.pem and this party's party-<id>.pem/.key (`privrec mpc keys`).",
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout")] = 300.0,
+) -> None:
+    """Run one party of secure top-k; every party must get the same public options."""
+    from privrec.secure.mpc import MPCParams, TLSFiles, run_party
+
+    with handle_errors():
+        addrs = []
+        for item in parties:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit():
+                raise ConfigError(f"--party must be host:port, found {item!r}")
+            addrs.append((host, int(port)))
+        res = run_party(
+            party_id,
+            addrs,
+            n_items=n_items,
+            n_factors=factors,
+            k=k,
+            user_vector=None if user_vector is None else np.load(user_vector),
+            exclude=None if exclude is None else np.load(exclude),
+            item_factors=None if item_factors is None else np.load(item_factors),
+            public_items=public_items,
+            params=MPCParams(user_norm_bound=user_norm_bound, item_norm_bound=item_norm_bound),
+            bind_host=bind,
+            tls=None if tls_dir is None else TLSFiles.in_dir(tls_dir, party_id),
+            timeout=timeout,
+        )
+        if res.items is not None:
+            console.print("top-k items: " + " ".join(str(i) for i in res.items))
+        else:
+            console.print(f"party {party_id} done (receives no output)")
+        console.print(f"bytes sent {res.bytes_sent:,}; protocol {res.seconds:.2f} s")

@@ -106,15 +106,12 @@ def read_config(path: Path | None) -> dict[str, Any]:
 
 
 def build_model(name: str, params: dict[str, Any]) -> Any:
-    import privrec.models.all  # noqa: F401  (registers every model)
-    from privrec.models import MODEL_REGISTRY
     from privrec.models.private import PrivateRecommender
+    from privrec.models.registry import available_models, model_class
 
-    if name not in MODEL_REGISTRY:
-        raise ConfigError(
-            f"unknown model {name!r}; choose one of: {', '.join(sorted(MODEL_REGISTRY))}"
-        )
-    cls = MODEL_REGISTRY[name]
+    cls = model_class(name)
+    if cls is None:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(available_models())}")
     given = [p for p in ("epsilon", "delta", "unit") if p in params]
     if issubclass(cls, PrivateRecommender):
         missing = [p for p in ("epsilon", "delta", "unit") if p not in params]

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Self
 
 import numpy as np
+import numpy.typing as npt
 import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError
-from privrec.models.base import register
+from privrec.errors import ConfigError, ModelFileError
+from privrec.models.base import check_array, register
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.ease import ease_from_gram, item_gram
 from privrec.models.private import PrivateConfig, PrivateRecommender, blend_popularity
@@ -182,6 +183,18 @@ class DPEASE(PrivateRecommender):
         self.accountant = accountant
         self.seed = seed
 
+    def fit(
+        self,
+        interactions: Interactions | sp.spmatrix | sp.sparray,
+        *,
+        item_ids: npt.ArrayLike | None = None,
+    ) -> Self:
+        """Fit; ``item_ids`` fixes the item catalogue so that nothing about it is learned from
+        the data (:meth:`~privrec.models.base.Recommender.with_catalogue`)."""
+        if item_ids is not None:
+            self.with_catalogue(item_ids)
+        return super().fit(interactions)
+
     def _fit(self, data: Interactions, config: DPEASEConfig) -> None:
         budget, rng = self._begin(data, config)
         restrict = data.n_items > config.max_items or config.head_snr > 0
@@ -277,12 +290,25 @@ class DPEASE(PrivateRecommender):
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.weights_ = arrays["weights"]
-        self.head_items_ = arrays["head_items"]
-        self.item_popularity_ = arrays["item_popularity"]
-        self.noise_multiplier_ = float(arrays["noise_multiplier"])
+        n = len(self.item_ids_)
+        head = check_array(arrays, "head_items", kind="iu", shape=(None,), low=0, high=n - 1)
+        h = len(head)
+        if h == 0 or np.any(np.diff(head.astype(np.int64)) <= 0):
+            raise ModelFileError(
+                "head items must be non-empty, sorted and unique", field="state_head_items"
+            )
+        self.head_items_ = head.astype(np.int64)
+        self.weights_ = check_array(arrays, "weights", kind="f", shape=(h, h))
+        self.item_popularity_ = check_array(arrays, "item_popularity", kind="f", shape=(h,))
+        self.noise_multiplier_ = float(
+            check_array(arrays, "noise_multiplier", kind="f", shape=(), low=0)
+        )
         # files written before the blend existed scored with the EASE weights alone
-        self.popularity_blend_ = float(arrays.get("popularity_blend", 0.0))
+        self.popularity_blend_ = (
+            float(check_array(arrays, "popularity_blend", kind="f", shape=(), low=0, high=10))
+            if "popularity_blend" in arrays
+            else 0.0
+        )
 
 
 def resolve_ease_blend(blend: float | None, epsilon: float) -> float:

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError
-from privrec.models.base import ModelConfig, Recommender, register
+from privrec.models.base import ModelConfig, Recommender, check_array, register
 
 __all__ = ["EASE", "ease_from_gram", "item_gram"]
 
@@ -104,4 +104,5 @@ class EASE(Recommender):
         return {"weights": self.weights_}
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.weights_ = arrays["weights"]
+        n = len(self.item_ids_)
+        self.weights_ = check_array(arrays, "weights", kind="f", shape=(n, n))

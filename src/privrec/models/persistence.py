@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import warnings
 import zipfile
 import zlib
@@ -173,6 +174,22 @@ def save_model(model: Recommender, path: str | Path, *, include_user_data: bool 
 
 
 # --------------------------------------------------------------------------------- reading
+# What the zip layer raises on a damaged archive (central directory, local headers, inflate,
+# CRC, unsupported versions or compression methods, encrypted members).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    struct.error,
+    OSError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    OverflowError,
+)
+
+
 class _Reader:
     """Reads the members of one model archive with every size checked before decompression."""
 
@@ -201,7 +218,7 @@ class _Reader:
             raise self.too_large("<file>", size)
         try:
             zf = zipfile.ZipFile(self.path)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        except _ZIP_ERRORS as exc:
             raise self.error(
                 "not a privrec model file (not an .npz archive)", found=str(exc)
             ) from None
@@ -209,16 +226,12 @@ class _Reader:
             try:
                 infos = zf.infolist()
                 return self._read_members(zf, infos)
-            except (
-                zipfile.BadZipFile,
-                zlib.error,
-                EOFError,
-                NotImplementedError,
-                RuntimeError,
-            ) as exc:
-                raise self.error("the model archive is corrupt", found=str(exc)) from None
-            except OSError as exc:
-                raise self.error("the model archive cannot be read", found=str(exc)) from None
+            except DataError:
+                raise
+            except _ZIP_ERRORS as exc:
+                raise self.error(
+                    "the model archive is corrupt", found=f"{type(exc).__name__}: {exc}"
+                ) from None
 
     def _read_members(
         self, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]
@@ -320,18 +333,10 @@ class _Reader:
         spec: Mapping[str, Any] | None = None,
         cap: int | None = None,
     ) -> np.ndarray:
-        fmt = np.lib.format
         with zf.open(info) as fh:
-            try:
-                version = fmt.read_magic(fh)
-                if version == (1, 0):
-                    shape, fortran, dtype = fmt.read_array_header_1_0(fh, max_header_size=10_000)
-                elif version == (2, 0):
-                    shape, fortran, dtype = fmt.read_array_header_2_0(fh, max_header_size=10_000)
-                else:
-                    raise ValueError(f"unsupported .npy version {version}")
-            except (ValueError, SyntaxError, TypeError, OverflowError, EOFError) as exc:
-                raise self.error("malformed array header", field=key, found=str(exc)) from None
+            shape, fortran, dtype = _npy_header(
+                fh, lambda msg, found: self.error(msg, field=key, found=found)
+            )
             header_len = fh.tell()
             if dtype.kind not in _KINDS or dtype.hasobject or dtype.fields is not None:
                 raise self.error(
@@ -380,6 +385,58 @@ class _Reader:
         if not dtype.isnative:
             arr = arr.astype(dtype.newbyteorder("="))
         return arr
+
+
+_MAGIC = b"\x93NUMPY"
+_MAX_HEADER = 10_000
+
+
+def _npy_header(fh: Any, error: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    """Parse an ``.npy`` header from ``fh`` without trusting it.
+
+    numpy's own reader tokenises the header text, which a hostile file can make raise
+    tokenizer errors; here the header is a bounded, literal-only Python dict with exactly the
+    keys ``descr`` (a dtype string), ``fortran_order`` (bool) and ``shape`` (tuple of
+    non-negative ints), else ``error(message, found)`` is raised.
+    """
+    import ast
+
+    start = fh.read(8)
+    if len(start) != 8 or start[:6] != _MAGIC:
+        raise error("not an .npy array", None)
+    major = start[6]
+    if major not in (1, 2, 3) or start[7] != 0:
+        raise error("unsupported .npy version", f"{start[6]}.{start[7]}")
+    size_bytes = 2 if major == 1 else 4
+    raw = fh.read(size_bytes)
+    if len(raw) != size_bytes:
+        raise error("truncated .npy header", None)
+    hlen = int.from_bytes(raw, "little")
+    if hlen > _MAX_HEADER:
+        raise error("oversized .npy header", hlen)
+    text = fh.read(hlen)
+    if len(text) != hlen:
+        raise error("truncated .npy header", None)
+    try:
+        with warnings.catch_warnings():  # odd escapes in hostile text warn while parsing
+            warnings.simplefilter("ignore")
+            header = ast.literal_eval(text.decode("utf-8" if major == 3 else "latin-1"))
+    except Exception as exc:  # any failure to read untrusted header text means "malformed"
+        raise error("malformed array header", f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise error("malformed array header", "expected keys descr, fortran_order, shape")
+    descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
+    if not isinstance(descr, str) or not isinstance(fortran, bool):
+        raise error("malformed array header", "descr must be text and fortran_order a bool")
+    if not isinstance(shape, tuple) or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
+    ):
+        raise error("malformed array shape", shape)
+    try:
+        dtype = np.dtype(descr)
+    except (TypeError, ValueError, SyntaxError) as exc:
+        raise error("unknown array dtype", str(exc)) from None
+    return shape, fortran, dtype
 
 
 def _strict_params(cls: type[Recommender], params: dict[str, Any], path: Path) -> Any:

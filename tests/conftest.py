@@ -158,7 +158,9 @@ def scan_artifact(
                 text(blob[pos + 8 : pos + 8 + length].decode("latin-1"), f"png {kind.decode()}")
             pos += 12 + length
     else:
-        text(blob.decode("utf-8"), path.name)
+        body = blob.decode("utf-8")
+        # embedded images are scanned as PNGs on their own; their base64 is not text
+        text(re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", body), path.name)
     return problems
 
 

@@ -11,10 +11,10 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError, ModelFileError
+from privrec.errors import ModelFileError
 from privrec.models.base import check_array, register
 from privrec.models.dp_popularity import bounded_counts
-from privrec.models.ease import ease_from_gram, item_gram
+from privrec.models.ease import check_ease_memory, ease_from_gram, item_gram
 from privrec.models.private import PrivateConfig, PrivateRecommender, blend_popularity
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.contribution import sample_per_user
@@ -227,21 +227,21 @@ class DPEASE(PrivateRecommender):
             m = sp.csr_matrix(m[:, head])
         else:
             head = np.arange(data.n_items)
-        if len(head) > 40_000:
-            raise ConfigError(f"DPEASE needs a dense {len(head)}² matrix; lower max_items")
+        check_ease_memory(len(head), None, "DPEASE")
         gram, sens_g = bounded_gram(
             m, config.unit, config.max_contribution, config.max_per_user, rng
         )
         noisy_gram = symmetric_gaussian(gram, z_gram, sens_g, rng)
+        del gram
         self._spend("noisy item Gram matrix", gaussian_event(z_gram))
         reg = resolve_ease_regularization(
             config.regularization, float(z_gram * sens_g), len(head), config.reg_scale
         )
         self.regularization_ = reg
-        self.weights_ = ease_from_gram(noisy_gram, reg)
         # the diagonal of the released Gram matrix is a (bounded, noisy) item count: the
         # popularity prior and the cold-start ranking, at no extra privacy cost
         self.item_popularity_ = np.diag(noisy_gram).astype(np.float32)
+        self.weights_ = ease_from_gram(noisy_gram, reg, overwrite=True)
         self.head_items_ = head.astype(np.int64)
         self.noise_multiplier_ = float(z_gram)
         self.popularity_blend_ = resolve_ease_blend(config.popularity_blend, config.epsilon)

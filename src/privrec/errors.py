@@ -29,6 +29,7 @@ __all__ = [
     "PrivrecError",
     "ProtocolAbort",
     "ProtocolError",
+    "SignatureError",
     "UnknownItemError",
     "UnknownUserError",
 ]
@@ -218,6 +219,11 @@ class GuaranteeMismatchError(ModelFileError):
     """A stored privacy guarantee that its own records do not support: ε differs from the one
     recomputed from the stored events, δ/unit/accountant disagree with the model's parameters,
     or the events are malformed. The stored ε is never shown in that case."""
+
+
+class SignatureError(ModelFileError):
+    """A model file's Ed25519 signature is missing, malformed, by another key, or does not match
+    the file's bytes."""
 
 
 class OutputPathError(ConfigError):

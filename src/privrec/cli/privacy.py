@@ -65,14 +65,31 @@ def privacy_explain(
 @privacy_app.command("verify")
 def privacy_verify(
     model_path: Annotated[Path, typer.Argument(help="A private model file to check.")],
+    public_key: Annotated[
+        str | None,
+        typer.Option(
+            "--public-key",
+            help="Require an Ed25519 signature (MODEL.sig) by this key: hex, or a .pub file.",
+        ),
+    ] = None,
 ) -> None:
     """Recompute ε from the stored accounting events and check it against the stored guarantee.
 
     Also checks the events are well formed and that δ, the privacy unit, the accountant and
-    the seeded-noise flag agree with the model's parameters. Exits with status 1 (and prints
-    the mismatch) when anything disagrees.
+    the seeded-noise flag agree with the model's parameters; when the file is signed (or
+    --public-key is given), checks the signature too. Exits with status 1 (and prints the
+    mismatch) when anything disagrees.
     """
+    from privrec.models.signing import signature_path, verify_file
+
     with handle_errors():
+        signed = signature_path(model_path).is_file()
+        signer = None
+        if signed or public_key is not None:
+            key = public_key
+            if key is not None and Path(key).is_file():
+                key = Path(key).read_text().strip()
+            signer = verify_file(model_path, key)
         model = _private_model(model_path)
         g = model.guarantee_
         recomputed = g.recompute_epsilon()
@@ -84,3 +101,41 @@ def privacy_verify(
             highlight=False,
             markup=False,
         )
+        if signer is not None:
+            console.print(
+                f"signature: valid Ed25519 signature by {signer}"
+                + ("" if public_key else " (pass --public-key to require this signer)"),
+                highlight=False,
+                markup=False,
+            )
+        else:
+            console.print("signature: none (sign with `privrec privacy sign`)", highlight=False)
+
+
+@privacy_app.command("keygen")
+def privacy_keygen(
+    key_path: Annotated[Path, typer.Argument(help="Where to create the private signing key.")],
+) -> None:
+    """Create an Ed25519 signing key (mode 0600, never overwritten) and KEY.pub beside it."""
+    from privrec.models.signing import generate_key
+
+    with handle_errors():
+        pub = generate_key(key_path)
+        console.print(
+            f"private key: {key_path} (mode 600); public key: {pub} — give the public key to reviewers",
+            highlight=False,
+        )
+
+
+@privacy_app.command("sign")
+def privacy_sign(
+    model_path: Annotated[Path, typer.Argument(help="A model file to sign.")],
+    key: Annotated[Path, typer.Option("--key", help="Private key from `privrec privacy keygen`.")],
+) -> None:
+    """Sign a model file (detached Ed25519 signature over its SHA-256, written to MODEL.sig)."""
+    from privrec.models.signing import sign_file
+
+    with handle_errors():
+        _private_model(model_path)  # only a file whose guarantee verifies is worth signing
+        out = sign_file(model_path, key)
+        console.print(f"signed {model_path} → {out}", highlight=False)

@@ -305,3 +305,35 @@ def test_python_dash_m_privrec() -> None:
     )
     assert res.returncode == 0, res.stderr
     assert "privrec" in res.stdout and "report" in res.stdout
+
+
+def test_train_with_explicit_catalogue_and_tuning_declaration(
+    members: Path, tmp_path: Path
+) -> None:
+    items = tmp_path / "catalogue.txt"
+    catalogue = [f"item-{i:03d}" for i in range(61)] + ["item-new-release"]
+    items.write_text("item\n" + "\n".join(catalogue) + "\n")
+    model = tmp_path / "pop.npz"
+    res = runner.invoke(
+        app,
+        ["train", "-d", str(members), "-f", "csv", "-m", "dppopularity", *PRIVATE,
+         "--items", str(items), "--tuning", "private", "-o", str(model)],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    from privrec.models import load_model
+
+    m = load_model(model)
+    assert list(m.item_ids_) == catalogue and m.guarantee_.catalogue == "given"
+    text = runner.invoke(app, ["privacy", "explain", str(model)]).output
+    assert "passed explicitly" in text and "NOT charged" in text
+    res = runner.invoke(
+        app, ["train", "-d", str(members), "-f", "csv", "-m", "popularity", "--tuning", "public"]
+    )
+    assert res.exit_code == 1 and "not a private model" in res.output
+    items.write_text("item-000\n")
+    res = runner.invoke(
+        app,
+        ["train", "-d", str(members), "-f", "csv", "-m", "dppopularity", *PRIVATE, "--items", str(items),
+         "-o", str(tmp_path / "x.npz")],
+    )  # fmt: skip
+    assert res.exit_code == 1 and "not in the given catalogue" in res.output

@@ -351,9 +351,13 @@ def build_model(name: str, params: dict[str, Any], privacy: dict[str, Any] | Non
     return cls.from_config(params)
 
 
+#: a first line that names the column rather than an item
+_ITEM_HEADERS = frozenset({"item", "items", "item_id", "itemid", "item-id", "item id", "id"})
+
+
 def read_items(path: Path) -> list[str]:
     """An item catalogue file (``--items``): one external item id per line; blank lines,
-    ``#`` comments and a first line ``item…`` (a header) are skipped."""
+    ``#`` comments and a first line ``item`` / ``item_id`` (a header) are skipped."""
     if not path.is_file():
         raise DataError("item catalogue file not found", file=path)
     try:
@@ -365,7 +369,7 @@ def read_items(path: Path) -> list[str]:
         item = line.strip()
         if not item or item.startswith("#"):
             continue
-        if lineno == 1 and item.lower().startswith("item"):
+        if lineno == 1 and item.lower() in _ITEM_HEADERS:
             continue
         out.append(item)
     if not out:
@@ -429,7 +433,7 @@ def load_history(path: Path, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
 
     The file lists the user's items by their *external* ids, one per line; anything after the
     first comma, tab or space (a rating, a timestamp) is ignored, as are blank lines, lines
-    starting with ``#`` and a first line ``item…`` (a header). Returns the internal item indices
+    starting with ``#`` and a first line ``item`` / ``item_id`` (a header). Returns the internal item indices
     (sorted, unique) and how many listed items the model's catalogue does not hold — those
     cannot influence a recommendation and are left out.
     """
@@ -448,7 +452,7 @@ def load_history(path: Path, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
         first = line.replace(",", " ").replace("\t", " ").strip().split(" ", 1)[0]
         if not first or first.startswith("#"):
             continue
-        if lineno == 1 and first.lower().startswith("item"):
+        if lineno == 1 and first.lower() in _ITEM_HEADERS:
             continue
         raw.append(first)
     wanted = coerce_ids(raw, item_ids) if raw else np.zeros(0, dtype=item_ids.dtype)

@@ -320,3 +320,14 @@ def test_non_private_round_trip_keeps_known_users(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         again.recommend(np.arange(5), k=3)[0], model.recommend(np.arange(5), k=3)[0]
     )
+
+
+def test_non_private_model_saved_without_user_data_round_trips(tmp_path: Path) -> None:
+    data = synthetic(n_users=60, n_items=30, seed=1)
+    model = EASE(regularization=10.0).fit(data)
+    first = load_model(model.save(tmp_path / "a.npz", include_user_data=False))
+    again = load_model(first.save(tmp_path / "b.npz"))  # nothing to include: saved without
+    hist = data.matrix[:3]
+    np.testing.assert_array_equal(
+        again.recommend_history(hist, k=4)[0], model.recommend_history(hist, k=4)[0]
+    )

@@ -123,8 +123,11 @@ def save_model(model: Recommender, path: str | Path, *, include_user_data: bool 
 
     model._check_fitted()
     private = isinstance(model, PrivateRecommender)
-    with_data = model.save_user_data if include_user_data is None else include_user_data
     released_only = bool(getattr(model, "_released_only", False))
+    if include_user_data is None:  # defaults: non-private models keep their data when they have it
+        with_data = model.save_user_data and not released_only
+    else:
+        with_data = include_user_data
     if with_data and released_only:
         raise ConfigError(
             f"this {type(model).__name__} holds no training interactions (it was loaded from or "

@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from privrec.governance import schema as S
+from privrec.governance import schema as tbl
 
 __all__ = ["GENESIS", "AuditVerification", "append", "canonical_json", "fingerprint", "verify"]
 
@@ -35,17 +35,17 @@ GENESIS = "0" * 64
 
 #: Tables whose every row must match the last fingerprint the log recorded for it.
 TRACKED: dict[str, sa.Table] = {
-    t.name: t
+    t.name: t  # type: ignore[attr-defined, misc]
     for t in (
-        S.Charge.__table__,
-        S.Budget.__table__,
-        S.Dataset.__table__,
-        S.Deletion.__table__,
-        S.Artifact.__table__,
-        S.Principal.__table__,
-        S.ApiKey.__table__,
-        S.DatasetVersion.__table__,
-    )  # type: ignore[misc]
+        tbl.Charge.__table__,
+        tbl.Budget.__table__,
+        tbl.Dataset.__table__,
+        tbl.Deletion.__table__,
+        tbl.Artifact.__table__,
+        tbl.Principal.__table__,
+        tbl.ApiKey.__table__,
+        tbl.DatasetVersion.__table__,
+    )
 }
 
 
@@ -79,11 +79,9 @@ def row_fingerprints(conn: Connection, table: str, ids: list[int]) -> dict[str, 
 
 
 def consent_digest(conn: Connection, first_id: int, last_id: int) -> str:
-    t = S.Consent.__table__
+    t = tbl.Consent.__table__
     h = hashlib.sha256()
-    rows = conn.execute(
-        sa.select(t).where(t.c.id >= first_id, t.c.id <= last_id).order_by(t.c.id)  # type: ignore[attr-defined]
-    )
+    rows = conn.execute(sa.select(t).where(t.c.id >= first_id, t.c.id <= last_id).order_by(t.c.id))
     for r in rows:
         h.update(fingerprint(r).encode())
     return h.hexdigest()
@@ -96,7 +94,7 @@ def chain_hash(prev: str, at: float, actor: str, action: str, payload: str) -> s
 
 def read_head(conn: Connection) -> tuple[int, str]:
     raw = conn.execute(
-        sa.select(S.Meta.value).where(S.Meta.key == "audit_head")
+        sa.select(tbl.Meta.value).where(tbl.Meta.key == "audit_head")
     ).scalar_one_or_none()
     if raw is None:
         return 0, GENESIS
@@ -129,12 +127,12 @@ def append(
     seq += 1
     h = chain_hash(prev, at, actor, action, text)
     conn.execute(
-        sa.insert(S.AuditRow).values(
+        sa.insert(tbl.AuditRow).values(
             seq=seq, at=at, actor=actor, action=action, payload=text, prev_hash=prev, hash=h
         )
     )
     head = canonical_json({"seq": seq, "hash": h})
-    conn.execute(sa.update(S.Meta).where(S.Meta.key == "audit_head").values(value=head))
+    conn.execute(sa.update(tbl.Meta).where(tbl.Meta.key == "audit_head").values(value=head))
     return seq
 
 
@@ -160,13 +158,13 @@ def verify(conn: Connection, *, expect_head: str | None = None) -> AuditVerifica
     its content (edited), or a row whose ``prev_hash`` is not its predecessor's hash (reordered,
     or inserted). Then every tracked table row must equal the fingerprint last logged for it.
     """
-    t = S.AuditRow.__table__
+    t = tbl.AuditRow.__table__
     prev_hash = GENESIS
     expected = 1
     n = 0
     latest: dict[str, tuple[str, int]] = {}
     consent_batches: list[tuple[int, int, str, int]] = []
-    result = conn.execution_options(yield_per=2000).execute(sa.select(t).order_by(t.c.seq))  # type: ignore[attr-defined]
+    result = conn.execution_options(yield_per=2000).execute(sa.select(t).order_by(t.c.seq))
     for row in result:
         if row.seq != expected:
             which = (

@@ -99,6 +99,16 @@ def create_ledger_engine(url: str | Path | None = None) -> Engine:
     return engine
 
 
+def _after_fork_in_child() -> None:
+    # A forked child must not use (or close) the parent's pooled connections: drop them unclosed.
+    for engine in _ENGINES.values():
+        engine.dispose(close=False)
+    _ENGINES.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def dispose_engines() -> None:
     """Close every cached engine (tests; forked children must not share connections)."""
     for engine in _ENGINES.values():

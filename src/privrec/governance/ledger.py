@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from privrec.data.interactions import Interactions
 from privrec.errors import (
@@ -37,7 +37,7 @@ from privrec.errors import (
     UnknownDatasetError,
 )
 from privrec.governance import audit
-from privrec.governance import schema as S
+from privrec.governance import schema as tbl
 from privrec.governance.auth import (
     Principal,
     Role,
@@ -60,22 +60,15 @@ from privrec.governance.db import (
     write_transaction,
 )
 from privrec.governance.policy import Policy, PolicyReport, apply_policy, content_hash
-from privrec.governance.records import (
-    ArtifactRecord,
-    BudgetStatus,
-    ChargeInfo,
-    DatasetInfo,
-    GovernedData,
-    UserLineage,
-)
+from privrec.governance.reading import LedgerBase, file_sha256
+from privrec.governance.records import BudgetStatus, ChargeInfo, DatasetInfo, GovernedData
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["API_KEY_ENV", "Ledger"]
+__all__ = ["API_KEY_ENV", "Ledger", "file_sha256"]
 
 API_KEY_ENV = "PRIVREC_API_KEY"
 SCOPES = ("dataset", "analyst", "purpose")
-LIVE = ("reserved", "committed")
 _VERIFIED: dict[tuple[str, str], str] = {}  # (url, sha256(key)) -> stored scrypt hash
 
 
@@ -83,17 +76,12 @@ def _now() -> float:
     return time.time()
 
 
-class Ledger:
+class Ledger(LedgerBase):
     """A connection to the ledger acting as one authenticated principal.
 
     Make one with :meth:`init` (a new ledger and its first owner) or :meth:`connect` (an API
     key). See ``docs/governance.md`` for the model and a worked example.
     """
-
-    def __init__(self, engine: Engine, url: str, principal: Principal) -> None:
-        self.engine = engine
-        self.url = url
-        self.principal = principal
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -111,13 +99,13 @@ class Ledger:
         hashed = hash_secret(secret, salt)
         now = _now()
         with write_transaction(engine) as conn:
-            if conn.execute(sa.select(sa.func.count()).select_from(S.Principal)).scalar_one():
+            if conn.execute(sa.select(sa.func.count()).select_from(tbl.Principal)).scalar_one():
                 raise GovernanceError(
                     "this ledger is already initialised; ask its owner for a key "
                     "(`privrec keys create NAME --role ROLE`)"
                 )
             conn.execute(
-                sa.insert(S.Meta).values(
+                sa.insert(tbl.Meta).values(
                     [
                         {"key": "user_key", "value": secrets.token_hex(32)},
                         {
@@ -129,7 +117,7 @@ class Ledger:
                 )
             )
             pid = conn.execute(
-                sa.insert(S.Principal)
+                sa.insert(tbl.Principal)
                 .values(
                     name=owner,
                     role=Role.OWNER.value,
@@ -137,7 +125,7 @@ class Ledger:
                     created_by=owner,
                     disabled=False,
                 )
-                .returning(S.Principal.id)
+                .returning(tbl.Principal.id)
             ).scalar_one()
             kid = cls._insert_key(conn, pid, key_id, salt, hashed, now)
             audit.append(
@@ -162,9 +150,11 @@ class Ledger:
         with read_transaction(engine) as conn:
             check_schema(conn, resolved)
             row = conn.execute(
-                sa.select(S.ApiKey, S.Principal.name, S.Principal.role, S.Principal.disabled)
-                .join(S.Principal, S.Principal.id == S.ApiKey.principal_id)
-                .where(S.ApiKey.key_id == key_id)
+                sa.select(
+                    tbl.ApiKey, tbl.Principal.name, tbl.Principal.role, tbl.Principal.disabled
+                )
+                .join(tbl.Principal, tbl.Principal.id == tbl.ApiKey.principal_id)
+                .where(tbl.ApiKey.key_id == key_id)
             ).first()
         if row is None or row.revoked_at is not None or row.disabled:
             raise AuthenticationError("unknown or revoked API key")
@@ -181,7 +171,7 @@ class Ledger:
     ) -> int:
         return int(
             conn.execute(
-                sa.insert(S.ApiKey)
+                sa.insert(tbl.ApiKey)
                 .values(
                     key_id=key_id,
                     principal_id=principal_id,
@@ -191,46 +181,8 @@ class Ledger:
                     created_at=now,
                     revoked_at=None,
                 )
-                .returning(S.ApiKey.id)
+                .returning(tbl.ApiKey.id)
             ).scalar_one()
-        )
-
-    @property
-    def actor(self) -> str:
-        return self.principal.name
-
-    def _user_key(self, conn: Connection) -> bytes:
-        return bytes.fromhex(
-            conn.execute(sa.select(S.Meta.value).where(S.Meta.key == "user_key")).scalar_one()
-        )
-
-    def _dataset(self, conn: Connection, name: str) -> Any:
-        row = conn.execute(sa.select(S.Dataset).where(S.Dataset.name == name)).first()
-        if row is None:
-            known = conn.execute(sa.select(S.Dataset.name).order_by(S.Dataset.name)).scalars().all()
-            hint = (
-                f"; known: {', '.join(known)}"
-                if known
-                else "; register it with `privrec policy set`"
-            )
-            raise UnknownDatasetError(f"unknown dataset {name!r}{hint}")
-        return row
-
-    def _log(
-        self,
-        conn: Connection,
-        action: str,
-        payload: dict[str, Any],
-        rows: dict[str, list[int]] | None = None,
-        at: float | None = None,
-    ) -> int:
-        return audit.append(
-            conn,
-            at=_now() if at is None else at,
-            actor=self.actor,
-            action=action,
-            payload=payload,
-            rows=rows,
         )
 
     # ------------------------------------------------------------------ keys and roles (owner)
@@ -245,13 +197,13 @@ class Ledger:
         hashed = hash_secret(secret, salt)
         now = _now()
         with write_transaction(self.engine) as conn:
-            row = conn.execute(sa.select(S.Principal).where(S.Principal.name == name)).first()
+            row = conn.execute(sa.select(tbl.Principal).where(tbl.Principal.name == name)).first()
             touched: dict[str, list[int]] = {}
             if row is None:
                 if wanted is None:
                     raise GovernanceError(f"{name!r} is new: give a role (owner, analyst, auditor)")
                 pid = conn.execute(
-                    sa.insert(S.Principal)
+                    sa.insert(tbl.Principal)
                     .values(
                         name=name,
                         role=wanted.value,
@@ -259,7 +211,7 @@ class Ledger:
                         created_by=self.actor,
                         disabled=False,
                     )
-                    .returning(S.Principal.id)
+                    .returning(tbl.Principal.id)
                 ).scalar_one()
                 touched["principals"] = [pid]
             else:
@@ -279,12 +231,14 @@ class Ledger:
         require(self.principal, "manage", "revoking keys")
         now = _now()
         with write_transaction(self.engine) as conn:
-            row = conn.execute(sa.select(S.ApiKey).where(S.ApiKey.key_id == key_id)).first()
+            row = conn.execute(sa.select(tbl.ApiKey).where(tbl.ApiKey.key_id == key_id)).first()
             if row is None:
                 raise UnknownDatasetError(f"unknown key id {key_id!r}")
             if row.revoked_at is not None:
                 raise GovernanceError(f"key {key_id} was already revoked")
-            conn.execute(sa.update(S.ApiKey).where(S.ApiKey.id == row.id).values(revoked_at=now))
+            conn.execute(
+                sa.update(tbl.ApiKey).where(tbl.ApiKey.id == row.id).values(revoked_at=now)
+            )
             self._log(conn, "key.revoke", {"key_id": key_id}, {"api_keys": [row.id]}, now)
 
     def keys(self) -> list[dict[str, Any]]:
@@ -293,14 +247,14 @@ class Ledger:
         with read_transaction(self.engine) as conn:
             rows = conn.execute(
                 sa.select(
-                    S.ApiKey.key_id,
-                    S.Principal.name,
-                    S.Principal.role,
-                    S.ApiKey.created_at,
-                    S.ApiKey.revoked_at,
+                    tbl.ApiKey.key_id,
+                    tbl.Principal.name,
+                    tbl.Principal.role,
+                    tbl.ApiKey.created_at,
+                    tbl.ApiKey.revoked_at,
                 )
-                .join(S.Principal, S.Principal.id == S.ApiKey.principal_id)
-                .order_by(S.ApiKey.id)
+                .join(tbl.Principal, tbl.Principal.id == tbl.ApiKey.principal_id)
+                .order_by(tbl.ApiKey.id)
             ).all()
         return [dict(r._mapping) for r in rows]
 
@@ -312,10 +266,10 @@ class Ledger:
             raise GovernanceError(f"invalid dataset name {dataset!r}")
         now = _now()
         with write_transaction(self.engine) as conn:
-            row = conn.execute(sa.select(S.Dataset).where(S.Dataset.name == dataset)).first()
+            row = conn.execute(sa.select(tbl.Dataset).where(tbl.Dataset.name == dataset)).first()
             if row is None:
                 did = conn.execute(
-                    sa.insert(S.Dataset)
+                    sa.insert(tbl.Dataset)
                     .values(
                         name=dataset,
                         unit=policy.unit.value,
@@ -325,7 +279,7 @@ class Ledger:
                         created_at=now,
                         created_by=self.actor,
                     )
-                    .returning(S.Dataset.id)
+                    .returning(tbl.Dataset.id)
                 ).scalar_one()
             else:
                 did = row.id
@@ -335,8 +289,8 @@ class Ledger:
                         "change (register the data under a new name)"
                     )
                 conn.execute(
-                    sa.update(S.Dataset)
-                    .where(S.Dataset.id == did)
+                    sa.update(tbl.Dataset)
+                    .where(tbl.Dataset.id == did)
                     .values(
                         unit=policy.unit.value,
                         policy_json=policy.canonical(),
@@ -361,8 +315,8 @@ class Ledger:
         return bool(
             conn.execute(
                 sa.select(sa.func.count())
-                .select_from(S.Charge)
-                .where(S.Charge.dataset_id == dataset_id)
+                .select_from(tbl.Charge)
+                .where(tbl.Charge.dataset_id == dataset_id)
             ).scalar_one()
         )
 
@@ -379,10 +333,10 @@ class Ledger:
         now: float,
     ) -> int:
         row = conn.execute(
-            sa.select(S.Budget.id).where(
-                S.Budget.dataset_id == dataset_id,
-                S.Budget.scope == scope,
-                S.Budget.scope_value == value,
+            sa.select(tbl.Budget.id).where(
+                tbl.Budget.dataset_id == dataset_id,
+                tbl.Budget.scope == scope,
+                tbl.Budget.scope_value == value,
             )
         ).first()
         values = {
@@ -396,12 +350,12 @@ class Ledger:
         if row is None:
             return int(
                 conn.execute(
-                    sa.insert(S.Budget)
+                    sa.insert(tbl.Budget)
                     .values(dataset_id=dataset_id, scope=scope, scope_value=value, **values)
-                    .returning(S.Budget.id)
+                    .returning(tbl.Budget.id)
                 ).scalar_one()
             )
-        conn.execute(sa.update(S.Budget).where(S.Budget.id == row.id).values(**values))
+        conn.execute(sa.update(tbl.Budget).where(tbl.Budget.id == row.id).values(**values))
         return int(row.id)
 
     def set_budget(
@@ -430,7 +384,7 @@ class Ledger:
                 "a dataset budget takes no value; analyst and purpose budgets name one"
             )
         try:
-            BudgetRule(epsilon=epsilon, delta=delta, period_days=period_days, accountant=accountant)  # type: ignore[arg-type]
+            BudgetRule(epsilon=epsilon, delta=delta, period_days=period_days, accountant=accountant)
         except pydantic.ValidationError as exc:
             err = exc.errors()[0]
             raise GovernanceError(
@@ -485,11 +439,13 @@ class Ledger:
                     for d, (_, g) in zip(digests, recs, strict=True)
                 ]
                 ids = (
-                    conn.execute(sa.insert(S.Consent).returning(S.Consent.id), rows).scalars().all()
+                    conn.execute(sa.insert(tbl.Consent).returning(tbl.Consent.id), rows)
+                    .scalars()
+                    .all()
                 )
                 first, last = min(ids), max(ids)
             conn.execute(
-                sa.update(S.Dataset).where(S.Dataset.id == ds.id).values(epoch=ds.epoch + 1)
+                sa.update(tbl.Dataset).where(tbl.Dataset.id == ds.id).values(epoch=ds.epoch + 1)
             )
             granted = sum(1 for _, g in recs if g)
             counts = {"records": len(recs), "granted": granted, "revoked": len(recs) - granted}
@@ -511,7 +467,7 @@ class Ledger:
             ds = self._dataset(conn, dataset)
             h = digest_hex(user_digests(self._user_key(conn), [user])[0])
             did = conn.execute(
-                sa.insert(S.Deletion)
+                sa.insert(tbl.Deletion)
                 .values(
                     dataset_id=ds.id,
                     user_hash=h,
@@ -519,10 +475,10 @@ class Ledger:
                     requested_by=self.actor,
                     reason=reason[:500],
                 )
-                .returning(S.Deletion.id)
+                .returning(tbl.Deletion.id)
             ).scalar_one()
             conn.execute(
-                sa.update(S.Dataset).where(S.Dataset.id == ds.id).values(epoch=ds.epoch + 1)
+                sa.update(tbl.Dataset).where(tbl.Dataset.id == ds.id).values(epoch=ds.epoch + 1)
             )
             self._log(
                 conn,
@@ -555,7 +511,9 @@ class Ledger:
                     [
                         int(h, 16)
                         for h in conn.execute(
-                            sa.select(S.Deletion.user_hash).where(S.Deletion.dataset_id == ds.id)
+                            sa.select(tbl.Deletion.user_hash).where(
+                                tbl.Deletion.dataset_id == ds.id
+                            )
                         ).scalars()
                     ],
                     dtype=np.uint64,
@@ -580,7 +538,7 @@ class Ledger:
                 if current.epoch != ds.epoch:
                     continue  # a deletion, consent import or policy change landed meanwhile: redo
                 vid = conn.execute(
-                    sa.insert(S.DatasetVersion)
+                    sa.insert(tbl.DatasetVersion)
                     .values(
                         dataset_id=ds.id,
                         content_hash=h,
@@ -594,7 +552,7 @@ class Ledger:
                         created_at=now,
                         created_by=self.actor,
                     )
-                    .returning(S.DatasetVersion.id)
+                    .returning(tbl.DatasetVersion.id)
                 ).scalar_one()
                 self._log(
                     conn,
@@ -618,9 +576,9 @@ class Ledger:
         latest: dict[str, bool] = {}
         if src == "ledger":
             rows = conn.execute(
-                sa.select(S.Consent.user_hash, S.Consent.granted)
-                .where(S.Consent.dataset_id == dataset_id)
-                .order_by(S.Consent.id)
+                sa.select(tbl.Consent.user_hash, tbl.Consent.granted)
+                .where(tbl.Consent.dataset_id == dataset_id)
+                .order_by(tbl.Consent.id)
             )
             for h, g in rows:
                 latest[h] = bool(g)
@@ -643,7 +601,7 @@ class Ledger:
                 [
                     int(h, 16)
                     for h in conn.execute(
-                        sa.select(S.Deletion.user_hash).where(S.Deletion.dataset_id == ds.id)
+                        sa.select(tbl.Deletion.user_hash).where(tbl.Deletion.dataset_id == ds.id)
                     ).scalars()
                 ],
                 dtype=np.uint64,
@@ -695,8 +653,9 @@ class Ledger:
             use = purpose if purpose is not None else policy.purpose
             if idempotency_key is not None:
                 old = conn.execute(
-                    sa.select(S.Charge).where(
-                        S.Charge.actor == self.actor, S.Charge.idempotency_key == idempotency_key
+                    sa.select(tbl.Charge).where(
+                        tbl.Charge.actor == self.actor,
+                        tbl.Charge.idempotency_key == idempotency_key,
                     )
                 ).first()
                 if old is not None:
@@ -736,7 +695,7 @@ class Ledger:
                         cap=b.epsilon,
                     )
             cid = conn.execute(
-                sa.insert(S.Charge)
+                sa.insert(tbl.Charge)
                 .values(
                     dataset_id=ds.id,
                     version_id=None if data is None else data.version_id,
@@ -755,7 +714,7 @@ class Ledger:
                     created_at=now,
                     updated_at=now,
                 )
-                .returning(S.Charge.id)
+                .returning(tbl.Charge.id)
             ).scalar_one()
             self._log(
                 conn,
@@ -764,14 +723,8 @@ class Ledger:
                 {"charges": [cid]},
                 now,
             )
-            row = conn.execute(sa.select(S.Charge).where(S.Charge.id == cid)).one()
+            row = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).one()
         return ChargeInfo.from_row(row, dataset)
-
-    @staticmethod
-    def _scope_label(dataset: str, b: Any) -> str:
-        if b.scope == "dataset":
-            return f"dataset {dataset!r}"
-        return f"{b.scope} {b.scope_value!r} on dataset {dataset!r}"
 
     def _check_version(self, conn: Connection, ds: Any, data: GovernedData) -> None:
         if not isinstance(data, GovernedData):
@@ -779,7 +732,7 @@ class Ledger:
                 "this data did not pass through the dataset's policy (use ledger.load)"
             )
         v = conn.execute(
-            sa.select(S.DatasetVersion).where(S.DatasetVersion.id == data.version_id)
+            sa.select(tbl.DatasetVersion).where(tbl.DatasetVersion.id == data.version_id)
         ).first()
         if v is None or v.dataset_id != ds.id or v.content_hash != data.content_hash:
             raise PolicyViolation(
@@ -794,43 +747,18 @@ class Ledger:
     def _applicable_budgets(self, conn: Connection, dataset_id: int, purpose: str) -> list[Any]:
         return list(
             conn.execute(
-                sa.select(S.Budget).where(
-                    S.Budget.dataset_id == dataset_id,
+                sa.select(tbl.Budget).where(
+                    tbl.Budget.dataset_id == dataset_id,
                     sa.or_(
-                        S.Budget.scope == "dataset",
-                        sa.and_(S.Budget.scope == "analyst", S.Budget.scope_value == self.actor),
-                        sa.and_(S.Budget.scope == "purpose", S.Budget.scope_value == purpose),
+                        tbl.Budget.scope == "dataset",
+                        sa.and_(
+                            tbl.Budget.scope == "analyst", tbl.Budget.scope_value == self.actor
+                        ),
+                        sa.and_(tbl.Budget.scope == "purpose", tbl.Budget.scope_value == purpose),
                     ),
                 )
             ).all()
         )
-
-    @staticmethod
-    def _scope_filter(dataset_id: int, b: Any, now: float) -> list[Any]:
-        cond: list[Any] = [S.Charge.dataset_id == dataset_id, S.Charge.status.in_(LIVE)]
-        if b.scope == "analyst":
-            cond.append(S.Charge.actor == b.scope_value)
-        elif b.scope == "purpose":
-            cond.append(S.Charge.purpose == b.scope_value)
-        if b.period_days is not None:
-            cond.append(S.Charge.created_at >= now - b.period_days * 86400.0)
-        return cond
-
-    def _spent_terms(
-        self, conn: Connection, dataset_id: int, b: Any, now: float
-    ) -> tuple[float, list[tuple[str, int]]]:
-        cond = self._scope_filter(dataset_id, b, now)
-        rate = conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(S.Charge.gaussian_rate), 0.0)).where(
-                *cond, S.Charge.gaussian_rate.is_not(None)
-            )
-        ).scalar_one()
-        grouped = conn.execute(
-            sa.select(S.Charge.events_json, sa.func.count())
-            .where(*cond, S.Charge.gaussian_rate.is_(None))
-            .group_by(S.Charge.events_json)
-        ).all()
-        return float(rate), [(str(t), int(n)) for t, n in grouped]
 
     def commit(
         self,
@@ -861,7 +789,7 @@ class Ledger:
             art_id = None
             if artifact is not None:
                 art_id = conn.execute(
-                    sa.insert(S.Artifact)
+                    sa.insert(tbl.Artifact)
                     .values(
                         dataset_id=row.dataset_id,
                         version_id=row.version_id,
@@ -869,12 +797,12 @@ class Ledger:
                         created_by=self.actor,
                         **artifact,
                     )
-                    .returning(S.Artifact.id)
+                    .returning(tbl.Artifact.id)
                 ).scalar_one()
                 touched["artifacts"] = [art_id]
             conn.execute(
-                sa.update(S.Charge)
-                .where(S.Charge.id == cid)
+                sa.update(tbl.Charge)
+                .where(tbl.Charge.id == cid)
                 .values(
                     status="committed",
                     artifact_id=art_id,
@@ -894,7 +822,7 @@ class Ledger:
                 touched,
                 now,
             )
-            out = conn.execute(sa.select(S.Charge).where(S.Charge.id == cid)).one()
+            out = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).one()
             name = self._dataset_name(conn, out.dataset_id)
         return ChargeInfo.from_row(out, name)
 
@@ -914,8 +842,8 @@ class Ledger:
                     f"charge {cid} is {row.status}; only a reserved charge can be aborted"
                 )
             conn.execute(
-                sa.update(S.Charge)
-                .where(S.Charge.id == cid)
+                sa.update(tbl.Charge)
+                .where(tbl.Charge.id == cid)
                 .values(status="aborted", updated_at=now, note=reason[:2000])
             )
             self._log(
@@ -925,22 +853,17 @@ class Ledger:
                 {"charges": [cid]},
                 now,
             )
-            out = conn.execute(sa.select(S.Charge).where(S.Charge.id == cid)).one()
+            out = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).one()
             name = self._dataset_name(conn, out.dataset_id)
         return ChargeInfo.from_row(out, name)
 
     def _own_charge(self, conn: Connection, cid: int) -> Any:
-        row = conn.execute(sa.select(S.Charge).where(S.Charge.id == cid)).first()
+        row = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).first()
         if row is None:
             raise UnknownDatasetError(f"unknown charge {cid}")
         if row.actor != self.actor:
             raise GovernanceError(f"charge {cid} belongs to {row.actor}, not {self.actor}")
         return row
-
-    def _dataset_name(self, conn: Connection, dataset_id: int) -> str:
-        return str(
-            conn.execute(sa.select(S.Dataset.name).where(S.Dataset.id == dataset_id)).scalar_one()
-        )
 
     def note(self, charge: ChargeInfo | int, text: str) -> None:
         """Attach a note to one's own reserved charge (e.g. why it stays reserved after a failure)."""
@@ -950,8 +873,8 @@ class Ledger:
         with write_transaction(self.engine) as conn:
             self._own_charge(conn, cid)
             conn.execute(
-                sa.update(S.Charge)
-                .where(S.Charge.id == cid)
+                sa.update(tbl.Charge)
+                .where(tbl.Charge.id == cid)
                 .values(note=text[:2000], updated_at=now)
             )
             self._log(
@@ -963,381 +886,3 @@ class Ledger:
         from privrec.governance.training import train
 
         return train(self, model, data, **kwargs)
-
-    # ------------------------------------------------------------------ reading
-    def datasets(self) -> list[DatasetInfo]:
-        require(self.principal, "read_own", "listing datasets")
-        with read_transaction(self.engine) as conn:
-            names = conn.execute(sa.select(S.Dataset.name).order_by(S.Dataset.name)).scalars().all()
-        return [self.dataset(n) for n in names]
-
-    def dataset(self, name: str) -> DatasetInfo:
-        require(self.principal, "read_own", "reading a dataset")
-        with read_transaction(self.engine) as conn:
-            ds = self._dataset(conn, name)
-
-            def count(model: Any) -> int:
-                return int(
-                    conn.execute(
-                        sa.select(sa.func.count())
-                        .select_from(model)
-                        .where(model.dataset_id == ds.id)
-                    ).scalar_one()
-                )
-
-            return DatasetInfo(
-                id=ds.id,
-                name=ds.name,
-                unit=ds.unit,
-                policy=json.loads(ds.policy_json),
-                policy_hash=ds.policy_hash,
-                epoch=ds.epoch,
-                created_at=ds.created_at,
-                versions=count(S.DatasetVersion),
-                deletions=count(S.Deletion),
-                consents=count(S.Consent),
-            )
-
-    def status(self, dataset: str | None = None) -> list[BudgetStatus]:
-        """Every budget visible to the caller with its composed ε, naive sum and charge counts.
-
-        Analysts see dataset and purpose budgets and their own analyst budget.
-        """
-        require(self.principal, "read_own", "reading budgets")
-        now = _now()
-        out: list[BudgetStatus] = []
-        with read_transaction(self.engine) as conn:
-            q = sa.select(S.Budget, S.Dataset.name, S.Dataset.unit).join(
-                S.Dataset, S.Dataset.id == S.Budget.dataset_id
-            )
-            if dataset is not None:
-                q = q.where(S.Dataset.id == self._dataset(conn, dataset).id)
-            if not self.principal.can("read_all"):
-                q = q.where(sa.or_(S.Budget.scope != "analyst", S.Budget.scope_value == self.actor))
-            for b in conn.execute(
-                q.order_by(S.Dataset.name, S.Budget.scope, S.Budget.scope_value)
-            ).all():
-                rate, grouped = self._spent_terms(conn, b.dataset_id, b, now)
-                composed = composed_epsilon(
-                    rate, grouped, b.delta, b.accountant, PrivacyUnit(b.unit)
-                )
-                cond = self._scope_filter(b.dataset_id, b, now)
-                naive = conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.sum(S.Charge.epsilon), 0.0)).where(*cond)
-                ).scalar_one()
-                cond_all = [c for c in cond if c is not cond[1]]
-                counts = dict(
-                    conn.execute(
-                        sa.select(S.Charge.status, sa.func.count())
-                        .where(*cond_all)
-                        .group_by(S.Charge.status)
-                    ).all()
-                )
-                out.append(
-                    BudgetStatus(
-                        dataset=b.name,
-                        scope=b.scope,
-                        scope_value=b.scope_value,
-                        epsilon=b.epsilon,
-                        delta=b.delta,
-                        period_days=b.period_days,
-                        accountant=b.accountant,
-                        composed_epsilon=composed,
-                        naive_epsilon=float(naive),
-                        committed=int(counts.get("committed", 0)),
-                        reserved=int(counts.get("reserved", 0)),
-                        aborted=int(counts.get("aborted", 0)),
-                    )
-                )
-        return out
-
-    def history(
-        self,
-        dataset: str | None = None,
-        *,
-        limit: int | None = 100,
-        actor: str | None = None,
-        since: float | None = None,
-        status: str | None = None,
-    ) -> list[ChargeInfo]:
-        """Charges, newest first (analysts see only their own)."""
-        require(self.principal, "read_own", "reading charges")
-        with read_transaction(self.engine) as conn:
-            q = sa.select(S.Charge, S.Dataset.name.label("dataset_name")).join(
-                S.Dataset, S.Dataset.id == S.Charge.dataset_id
-            )
-            if dataset is not None:
-                q = q.where(S.Charge.dataset_id == self._dataset(conn, dataset).id)
-            if not self.principal.can("read_all"):
-                actor = self.actor if actor in (None, self.actor) else "\x00nobody"
-            if actor is not None:
-                q = q.where(S.Charge.actor == actor)
-            if since is not None:
-                q = q.where(S.Charge.created_at >= since)
-            if status is not None:
-                q = q.where(S.Charge.status == status)
-            q = q.order_by(S.Charge.id.desc())
-            if limit is not None:
-                q = q.limit(limit)
-            return [ChargeInfo.from_row(r, r.dataset_name) for r in conn.execute(q).all()]
-
-    def spend_over_time(
-        self, dataset: str, *, scope: str = "dataset", value: str = "", points: int = 50
-    ) -> list[tuple[float, float, float]]:
-        """``(time, composed ε, naive ε)`` after each of up to ``points`` evenly spaced charges."""
-        require(self.principal, "read_own", "reading budgets")
-        if scope == "analyst" and value != self.actor:
-            require(self.principal, "read_all", "reading another analyst's budget")
-        with read_transaction(self.engine) as conn:
-            ds = self._dataset(conn, dataset)
-            b = conn.execute(
-                sa.select(S.Budget).where(
-                    S.Budget.dataset_id == ds.id,
-                    S.Budget.scope == scope,
-                    S.Budget.scope_value == value,
-                )
-            ).first()
-            if b is None:
-                raise UnknownDatasetError(f"no {scope} budget {value!r} on dataset {dataset!r}")
-            cond = [S.Charge.dataset_id == ds.id, S.Charge.status.in_(LIVE)]
-            if scope == "analyst":
-                cond.append(S.Charge.actor == value)
-            elif scope == "purpose":
-                cond.append(S.Charge.purpose == value)
-            rows = conn.execute(
-                sa.select(
-                    S.Charge.created_at,
-                    S.Charge.gaussian_rate,
-                    S.Charge.events_json,
-                    S.Charge.epsilon,
-                )
-                .where(*cond)
-                .order_by(S.Charge.id)
-            ).all()
-        if not rows:
-            return []
-        marks = sorted(
-            {int(round(x)) for x in np.linspace(0, len(rows) - 1, min(points, len(rows)))}
-        )
-        out = []
-        rate = 0.0
-        naive = 0.0
-        grouped: dict[str, int] = {}
-        j = 0
-        for i, r in enumerate(rows):
-            if r.gaussian_rate is not None:
-                rate += r.gaussian_rate
-            else:
-                grouped[r.events_json] = grouped.get(r.events_json, 0) + 1
-            naive += r.epsilon
-            if j < len(marks) and i == marks[j]:
-                eps = composed_epsilon(
-                    rate, list(grouped.items()), b.delta, b.accountant, PrivacyUnit(ds.unit)
-                )
-                out.append((float(r.created_at), eps, naive))
-                j += 1
-        return out
-
-    def artifact(self, ref: int | str | Path) -> ArtifactRecord:
-        """An artifact by id, by file hash, or by the file itself (hashed)."""
-        require(self.principal, "read_own", "reading artifacts")
-        with read_transaction(self.engine) as conn:
-            q = sa.select(S.Artifact, S.Dataset.name.label("dataset_name")).join(
-                S.Dataset, S.Dataset.id == S.Artifact.dataset_id
-            )
-            if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-                q = q.where(S.Artifact.id == int(ref))
-            elif (
-                isinstance(ref, str)
-                and len(ref) == 64
-                and all(c in "0123456789abcdef" for c in ref)
-            ):
-                q = q.where(S.Artifact.file_hash == ref)
-            else:
-                path = Path(ref)
-                if not path.is_file():
-                    raise UnknownDatasetError(
-                        f"no artifact {str(ref)!r}: not an id, a file hash or a file"
-                    )
-                q = q.where(S.Artifact.file_hash == file_sha256(path))
-            row = conn.execute(q.order_by(S.Artifact.id.desc())).first()
-            if row is None:
-                raise UnknownDatasetError(f"the ledger has no artifact {str(ref)!r}")
-            if not self.principal.can("read_all") and row.created_by != self.actor:
-                require(self.principal, "read_all", "reading another analyst's artifact")
-            charges = (
-                conn.execute(
-                    sa.select(S.Charge.id)
-                    .where(S.Charge.artifact_id == row.id)
-                    .order_by(S.Charge.id)
-                )
-                .scalars()
-                .all()
-            )
-        return _artifact_record(row, tuple(int(c) for c in charges))
-
-    def artifacts(self, dataset: str | None = None) -> list[ArtifactRecord]:
-        require(self.principal, "read_all", "listing artifacts")
-        with read_transaction(self.engine) as conn:
-            q = sa.select(S.Artifact, S.Dataset.name.label("dataset_name")).join(
-                S.Dataset, S.Dataset.id == S.Artifact.dataset_id
-            )
-            if dataset is not None:
-                q = q.where(S.Artifact.dataset_id == self._dataset(conn, dataset).id)
-            rows = conn.execute(q.order_by(S.Artifact.id)).all()
-            links: dict[int, list[int]] = {}
-            for cid, aid in conn.execute(
-                sa.select(S.Charge.id, S.Charge.artifact_id).where(
-                    S.Charge.artifact_id.is_not(None)
-                )
-            ):
-                links.setdefault(int(aid), []).append(int(cid))
-        return [_artifact_record(r, tuple(links.get(r.id, []))) for r in rows]
-
-    def version(self, version_id: int) -> dict[str, Any]:
-        require(self.principal, "read_own", "reading dataset versions")
-        with read_transaction(self.engine) as conn:
-            v = conn.execute(
-                sa.select(S.DatasetVersion).where(S.DatasetVersion.id == version_id)
-            ).first()
-            if v is None:
-                raise UnknownDatasetError(f"unknown dataset version {version_id}")
-            return {
-                "id": v.id,
-                "dataset": self._dataset_name(conn, v.dataset_id),
-                "content_hash": v.content_hash,
-                "policy_hash": v.policy_hash,
-                "epoch": v.epoch,
-                "n_users": v.n_users,
-                "n_items": v.n_items,
-                "nnz": v.nnz,
-                "report": json.loads(v.report_json),
-                "created_at": v.created_at,
-                "created_by": v.created_by,
-            }
-
-    def lineage_of_user(self, user: Any, dataset: str | None = None) -> list[UserLineage]:
-        """Artifacts trained on dataset versions that contained ``user`` (and whether a retrain is due)."""
-        require(self.principal, "read_all", "tracing a person's lineage")
-        out: list[UserLineage] = []
-        with read_transaction(self.engine) as conn:
-            key = self._user_key(conn)
-            d = user_digests(key, [user])[0]
-            h = digest_hex(d)
-            q = sa.select(
-                S.DatasetVersion.id, S.DatasetVersion.dataset_id, S.DatasetVersion.members
-            )
-            if dataset is not None:
-                q = q.where(S.DatasetVersion.dataset_id == self._dataset(conn, dataset).id)
-            holding: dict[int, int] = {}
-            for vid, did, blob in conn.execute(q):
-                members = np.frombuffer(blob, dtype="<u8")
-                i = int(np.searchsorted(members, d))
-                if i < members.size and members[i] == d:
-                    holding[int(vid)] = int(did)
-            if not holding:
-                return []
-            rows = conn.execute(
-                sa.select(S.Artifact, S.Dataset.name.label("dataset_name"), S.Dataset.policy_json)
-                .join(S.Dataset, S.Dataset.id == S.Artifact.dataset_id)
-                .where(S.Artifact.version_id.in_(list(holding)))
-                .order_by(S.Artifact.id)
-            ).all()
-            for r in rows:
-                req = conn.execute(
-                    sa.select(sa.func.min(S.Deletion.requested_at)).where(
-                        S.Deletion.dataset_id == r.dataset_id, S.Deletion.user_hash == h
-                    )
-                ).scalar_one()
-                within = Policy.from_json(r.policy_json).deletion.retrain_within_days
-                due = None if req is None or within is None else float(req) + within * 86400.0
-                out.append(UserLineage(_artifact_record(r, ()), int(r.version_id), req, due))
-        return out
-
-    def retrains_due(self, dataset: str | None = None) -> list[UserLineage]:
-        """Artifacts trained before a deletion request on data holding that person, under a policy
-        that requires a retrain (``[deletion] retrain_within_days``). Ids are never returned."""
-        require(self.principal, "read_all", "listing retrains due")
-        out: list[UserLineage] = []
-        with read_transaction(self.engine) as conn:
-            q = sa.select(S.Dataset)
-            if dataset is not None:
-                q = q.where(S.Dataset.name == dataset)
-            for ds in conn.execute(q).all():
-                within = Policy.from_json(ds.policy_json).deletion.retrain_within_days
-                if within is None:
-                    continue
-                dels = conn.execute(
-                    sa.select(S.Deletion.user_hash, S.Deletion.requested_at).where(
-                        S.Deletion.dataset_id == ds.id
-                    )
-                ).all()
-                if not dels:
-                    continue
-                wanted = {int(h, 16): t for h, t in dels}
-                keys = np.array(sorted(wanted), dtype=np.uint64)
-                arts = conn.execute(
-                    sa.select(
-                        S.Artifact, S.Dataset.name.label("dataset_name"), S.DatasetVersion.members
-                    )
-                    .join(S.Dataset, S.Dataset.id == S.Artifact.dataset_id)
-                    .join(S.DatasetVersion, S.DatasetVersion.id == S.Artifact.version_id)
-                    .where(S.Artifact.dataset_id == ds.id)
-                ).all()
-                for a in arts:
-                    members = np.frombuffer(a.members, dtype="<u8")
-                    hit = keys[np.isin(keys, members)]
-                    times = [wanted[int(k)] for k in hit if wanted[int(k)] >= a.created_at]
-                    if times:
-                        first = min(times)
-                        out.append(
-                            UserLineage(
-                                _artifact_record(a, ()),
-                                int(a.version_id),
-                                first,
-                                first + within * 86400.0,
-                            )
-                        )
-        return out
-
-    def audit_log(self, limit: int = 50) -> list[dict[str, Any]]:
-        require(self.principal, "read_all", "reading the audit log")
-        with read_transaction(self.engine) as conn:
-            rows = conn.execute(
-                sa.select(S.AuditRow).order_by(S.AuditRow.seq.desc()).limit(limit)
-            ).all()
-        return [dict(r._mapping) for r in rows]
-
-    def verify_audit_log(self, *, expect_head: str | None = None) -> audit.AuditVerification:
-        """Walk the hash chain and compare the tables with it; see :func:`privrec.governance.audit.verify`."""
-        require(self.principal, "read_all", "verifying the audit log")
-        with read_transaction(self.engine) as conn:
-            return audit.verify(conn, expect_head=expect_head)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _artifact_record(r: Any, charge_ids: tuple[int, ...]) -> ArtifactRecord:
-    return ArtifactRecord(
-        id=r.id,
-        dataset=r.dataset_name,
-        file_hash=r.file_hash,
-        path=r.path,
-        model_kind=r.model_kind,
-        config=json.loads(r.config_json),
-        privrec_version=r.privrec_version,
-        git_commit=r.git_commit,
-        guarantee=json.loads(r.guarantee_json),
-        seeded_noise=bool(r.seeded_noise),
-        version_id=r.version_id,
-        dataset_hash=r.dataset_hash,
-        created_at=r.created_at,
-        created_by=r.created_by,
-        charge_ids=charge_ids,
-    )

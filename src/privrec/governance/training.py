@@ -133,6 +133,10 @@ class ChargeSession:
         self._noise_drawn = True  # from here on the computation may draw noise
         return self.charge
 
+    def gate(self, planned: list[SpentEvent]) -> None:
+        """A model's ``release_gate``: reserve the planned releases (raises to refuse)."""
+        self.reserve(planned)
+
     def released(self) -> None:
         """Noisy output has left the process: from now on the charge can only be committed."""
         if self.charge is None:
@@ -234,7 +238,7 @@ def train(
         data=data,
     )
     with session:
-        model.release_gate = session.reserve
+        model.release_gate = session.gate
         try:
             model.fit(data.interactions, **fit_kwargs)
         finally:

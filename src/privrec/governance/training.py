@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -38,7 +39,14 @@ from privrec.privacy.events import SpentEvent
 if TYPE_CHECKING:
     from privrec.governance.ledger import Ledger
 
-__all__ = ["ChargeSession", "TrainingRecord", "artifact_info", "federated_events", "train"]
+__all__ = [
+    "ChargeSession",
+    "TrainingRecord",
+    "artifact_info",
+    "federated_events",
+    "train",
+    "train_from_cli",
+]
 
 
 @functools.cache
@@ -195,6 +203,7 @@ def train(
     output: str | Path,
     purpose: str | None = None,
     include_user_data: bool | None = None,
+    fit: Callable[[Any, Any], Any] | None = None,
     **fit_kwargs: Any,
 ) -> TrainingRecord:
     """Fit a private ``model`` on governed ``data`` through a write-ahead charge, save and record it.
@@ -240,7 +249,10 @@ def train(
     with session:
         model.release_gate = session.gate
         try:
-            model.fit(data.interactions, **fit_kwargs)
+            if fit is not None:  # e.g. the CLI's progress bar
+                fit(model, data.interactions)
+            else:
+                model.fit(data.interactions, **fit_kwargs)
         finally:
             model.release_gate = None
         spent = model.guarantee_.spent_events
@@ -271,3 +283,34 @@ def federated_events(server: Any) -> list[SpentEvent]:
     """
     event = server._planned_event(server.noise_multiplier, server.head_noise_multiplier)
     return [SpentEvent(f"FederatedMF: {server.config.rounds} rounds (planned)", event)]
+
+
+def train_from_cli(
+    model: Any,
+    data: Any,
+    *,
+    url: str | None,
+    api_key: str | None,
+    dataset: str,
+    purpose: str | None,
+    output: Path,
+    include_user_data: bool | None,
+    fit: Callable[[Any, Any], Any] | None = None,
+) -> tuple[TrainingRecord, Any]:
+    """``privrec train … --dataset NAME``: connect, load through the policy, train; returns the
+    record and the dataset budget's status after the charge."""
+    from privrec.governance.ledger import Ledger
+
+    ledger = Ledger.connect(url, api_key)
+    governed = ledger.load(dataset, data)
+    rec = train(
+        ledger,
+        model,
+        governed,
+        output=output,
+        purpose=purpose,
+        include_user_data=include_user_data,
+        fit=fit,
+    )
+    (status,) = [s for s in ledger.status(dataset) if s.scope == "dataset"]
+    return rec, status

@@ -76,8 +76,13 @@ def test_edited_charge_is_caught_against_the_log(setup: LedgerSetup) -> None:
     """Lowering a charge's cost in the charges table (not the log) is detected too."""
     _activity(setup)
     (cid,) = [c.id for c in setup.auditor.history(limit=1)]
-    events = json.dumps([{"event": {"noise_multiplier": 1e6, "type": "GaussianDpEvent"}, "label": "q"}])
-    _exec(setup, f"UPDATE charges SET gaussian_rate = 1e-12, events_json = '{events}' WHERE id = {cid}")
+    events = json.dumps(
+        [{"event": {"noise_multiplier": 1e6, "type": "GaussianDpEvent"}, "label": "q"}]
+    )
+    _exec(
+        setup,
+        f"UPDATE charges SET gaussian_rate = 1e-12, events_json = '{events}' WHERE id = {cid}",
+    )
     v = setup.auditor.verify_audit_log()
     assert not v.ok and f"charges row {cid} was edited" in v.message
 

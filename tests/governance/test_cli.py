@@ -32,7 +32,11 @@ def invoke(*args: str, key: str | None = None) -> tuple[int, str]:
 
 def write_data(path: Path) -> Path:
     rng = np.random.default_rng(0)
-    lines = [f"{u}\t{i}\t4\t88000{u:04d}" for u in range(1, 121) for i in rng.choice(60, 10, replace=False) + 1]
+    lines = [
+        f"{u}\t{i}\t4\t88000{u:04d}"
+        for u in range(1, 121)
+        for i in rng.choice(60, 10, replace=False) + 1
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 

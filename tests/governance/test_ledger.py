@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import ClassVar
 
 import dp_accounting
 import numpy as np
@@ -206,7 +207,9 @@ def test_training_refusals(setup: LedgerSetup, tmp_path: Path) -> None:
         setup.analyst.train(Popularity(), data, output=tmp_path / "b.npz")
     with pytest.raises(PolicyViolation, match="user level"):
         setup.analyst.train(
-            DPPopularity(epsilon=1.0, delta=1e-6, unit="interaction"), data, output=tmp_path / "c.npz"
+            DPPopularity(epsilon=1.0, delta=1e-6, unit="interaction"),
+            data,
+            output=tmp_path / "c.npz",
         )
     before = audit_rows(setup)
     with pytest.raises(BudgetExceededError, match="remaining"):
@@ -230,7 +233,7 @@ def test_two_retrains_then_refusal(setup: LedgerSetup, tmp_path: Path) -> None:
 class _Spy(DPPopularity):
     """DPPopularity that remembers the matrix it was fitted on."""
 
-    seen: list[Interactions] = []
+    seen: ClassVar[list[Interactions]] = []
 
     def _fit(self, data, config):  # type: ignore[no-untyped-def]
         _Spy.seen.append(data)
@@ -245,7 +248,9 @@ def test_forgotten_user_is_absent_from_later_trainings(setup: LedgerSetup, tmp_p
     assert gone in _Spy.seen[-1].user_ids
     setup.owner.forget("ratings", gone, reason="GDPR art. 17")
     with pytest.raises(PolicyViolation, match="load it again"):
-        setup.analyst.train(_Spy(epsilon=0.5, delta=1e-6, unit="user"), first, output=tmp_path / "b")
+        setup.analyst.train(
+            _Spy(epsilon=0.5, delta=1e-6, unit="user"), first, output=tmp_path / "b"
+        )
     second = setup.analyst.load("ratings", raw)
     assert second.report.step("deletion").users_dropped == 1
     setup.analyst.train(_Spy(epsilon=0.5, delta=1e-6, unit="user"), second, output=tmp_path / "c")

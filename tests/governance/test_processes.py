@@ -54,7 +54,9 @@ def _crash_worker(url: str, key: str, data: object, out: Path, i: int) -> None:
             else:
                 z = QUERY_Z[(i // 2) % 2]
                 c = ledger.reserve("crash", [SpentEvent("q", dp_accounting.GaussianDpEvent(z))])
-                (out / f"q{i}-{n}.out").write_text(f"noisy answer {np.random.normal(0, z)}")
+                (out / f"q{i}-{n}.out").write_text(
+                    f"noisy answer {np.random.default_rng().normal(0, z)}"
+                )
                 ledger.commit(c, result={"n": n})
         except BudgetExceededError:
             while True:
@@ -64,7 +66,11 @@ def _crash_worker(url: str, key: str, data: object, out: Path, i: int) -> None:
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_never_under_reports(ledger_url: str, tmp_path: Path) -> None:
-    policy = {"purpose": "crash test", "unit": "interaction", "budget": {"epsilon": 80.0, "delta": DELTA}}
+    policy = {
+        "purpose": "crash test",
+        "unit": "interaction",
+        "budget": {"epsilon": 80.0, "delta": DELTA},
+    }
     s = make_setup(ledger_url, policy)
     s.owner.set_policy("crash", _policy(policy))
     data = s.analyst.load("crash", synthetic(n_users=150, n_items=40, seed=2))

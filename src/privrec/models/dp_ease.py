@@ -16,8 +16,8 @@ from privrec.models.dp_popularity import bounded_counts
 from privrec.models.ease import ease_from_gram, item_gram
 from privrec.models.private import PrivateConfig, PrivateRecommender, blend_popularity
 from privrec.privacy.accounting import calibrate
-from privrec.privacy.events import SpentEvent
 from privrec.privacy.contribution import sample_per_user
+from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event, symmetric_gaussian
 from privrec.privacy.units import PrivacyUnit
 

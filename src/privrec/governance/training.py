@@ -98,10 +98,10 @@ class ChargeSession:
 
     Use as a context manager: call :meth:`reserve` with the planned events before drawing any
     noise, :meth:`released` once output has left the process (a file written, a message sent to
-    clients), and :meth:`commit` at the end. Leaving the block with an exception aborts the charge
-    only if it was reserved and nothing was released *and* the caller declared no noise drawn
-    (``noise_drawn=False`` via :meth:`before_noise_failed`); otherwise the charge stays reserved,
-    with a note, so the ledger over-reports rather than under-reports.
+    clients), and :meth:`commit` at the end. Leaving the block with an exception after the
+    reservation keeps the charge reserved, with a note: noise may have been drawn, so the ledger
+    over-reports rather than under-reports. Only :meth:`Ledger.abort` releases a reservation, for a
+    computation known to have stopped before drawing noise.
     """
 
     def __init__(

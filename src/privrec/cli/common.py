@@ -388,8 +388,7 @@ def fit_with_progress(model: Any, data: Any, label: str | None = None) -> Any:
     compile_notice(model.name)
     steps = model.name in _STEP_MODELS
     t0 = time.perf_counter()
-    if not stderr_is_tty():
-        note(f"fitting {name}…")
+    if not stderr_is_tty():  # a log: one line per step and one at the end, nothing before
 
         def line(done: int, total: int) -> None:
             note(f"fitting {name}: step {done}/{total} ({time.perf_counter() - t0:.1f} s)")

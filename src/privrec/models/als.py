@@ -339,7 +339,7 @@ class ImplicitALS(Recommender):
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         k = self.factors
         self.item_factors_ = np.ascontiguousarray(
-            check_array(arrays, "item_factors", kind="f", shape=(len(self.item_ids_), k))
+            check_array(arrays, "item_factors", kind="f", shape=(self._known_n_items(), k))
         )
         # known users' factors; a file saved without user data holds none to serve
         self.user_factors_ = np.ascontiguousarray(

@@ -408,6 +408,11 @@ class Recommender(ABC):
     def _set_extra_meta(self, extra: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore what ``_extra_meta`` returned."""
 
+    def _known_n_items(self) -> int | None:
+        """Catalogue size when the catalogue is already set (always, when loading a file)."""
+        ids = getattr(self, "item_ids_", None)
+        return None if ids is None else len(ids)
+
     def _check_state(self) -> None:  # noqa: B027 (optional hook)
         """Validate arrays restored by ``_set_state`` against the catalogue and the parameters.
 

@@ -484,8 +484,10 @@ class DPALS(PrivateRecommender):
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        n = len(self.item_ids_)
-        self.item_factors_ = check_array(arrays, "item_factors", kind="f", shape=(n, self.factors))
+        self.item_factors_ = check_array(
+            arrays, "item_factors", kind="f", shape=(self._known_n_items(), None)
+        )
+        n = self.item_factors_.shape[0]
         head = check_array(arrays, "head_items", kind="iu", shape=(None,), low=0, high=n - 1)
         if len(head) == 0 or np.any(np.diff(head.astype(np.int64)) <= 0):
             raise ModelFileError(
@@ -505,6 +507,12 @@ class DPALS(PrivateRecommender):
             float(check_array(arrays, "popularity_blend", kind="f", shape=(), low=0, high=10))
             if "popularity_blend" in arrays
             else 0.0
+        )
+
+    def _check_state(self) -> None:
+        # a file's factors must have the width its parameters say
+        check_array(
+            self.item_factors_, "item_factors", kind="f", shape=(len(self.item_ids_), self.factors)
         )
 
     def _set_extra_meta(self, extra: dict[str, Any]) -> None:

@@ -303,8 +303,10 @@ class DPEASE(PrivateRecommender):
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        n = len(self.item_ids_)
-        head = check_array(arrays, "head_items", kind="iu", shape=(None,), low=0, high=n - 1)
+        n = self._known_n_items()
+        head = check_array(
+            arrays, "head_items", kind="iu", shape=(None,), low=0, high=None if n is None else n - 1
+        )
         h = len(head)
         if h == 0 or np.any(np.diff(head.astype(np.int64)) <= 0):
             raise ModelFileError(

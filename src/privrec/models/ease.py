@@ -227,5 +227,7 @@ class EASE(Recommender):
         return {"weights": self.weights_}
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        n = len(self.item_ids_)
+        n = self._known_n_items()
+        if n is None:  # state set directly, without a catalogue: a square matrix of any size
+            n = int(np.asarray(arrays.get("weights", np.zeros((0, 0)))).shape[0])
         self.weights_ = check_array(arrays, "weights", kind="f", shape=(n, n))

@@ -106,7 +106,9 @@ class ItemKNN(Recommender):
         return {"sim_data": s.data, "sim_indices": s.indices, "sim_indptr": s.indptr}
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        n = len(self.item_ids_)
+        n = self._known_n_items()
+        if n is None:  # state set directly, without a catalogue
+            n = len(np.asarray(arrays.get("sim_indptr", np.zeros(1)))) - 1
         ptr = check_array(arrays, "sim_indptr", kind="iu", shape=(n + 1,), low=0)
         nnz = int(ptr[-1])
         ind = check_array(arrays, "sim_indices", kind="iu", shape=(nnz,), low=0, high=n - 1)

@@ -18,6 +18,7 @@ __all__ = [
     "DataWarning",
     "DuplicateClientError",
     "DuplicateInteractionError",
+    "EngineError",
     "GovernanceError",
     "GuaranteeMismatchError",
     "InsecureParametersError",
@@ -41,6 +42,7 @@ __all__ = [
     "UnknownDatasetError",
     "UnknownItemError",
     "UnknownUserError",
+    "WorkerLostError",
 ]
 
 
@@ -314,3 +316,12 @@ class AuditLogError(GovernanceError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.args[0],), {"seq": self.seq})
+
+
+# ------------------------------------------------------------ distributed engine (privrec.engine)
+class EngineError(PrivrecError):
+    """A distributed training could not run (cluster unreachable, workers lost too often…)."""
+
+
+class WorkerLostError(EngineError):
+    """A worker died more often than the engine's retry limit allows; nothing was released."""

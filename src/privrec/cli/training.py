@@ -119,11 +119,26 @@ def train(
     key: Annotated[
         str | None, typer.Option(envvar="PRIVREC_API_KEY", help="Ledger: your API key.")
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (one process) or ray (--data is a user-sharded Parquet directory; "
+            "dpals, dppopularity, dpease).",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (e.g. auto); default: start a local cluster."),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Ray: user partitions (actors).", min=1)] = 2,
+    threads: Annotated[int, typer.Option(help="Ray: CPUs per worker.", min=1)] = 1,
 ) -> None:
     """Fit a model on a whole interaction file and save it.
 
     A TOML config may hold ``model = "als"``, a \\[params] table and a \\[data] table
-    (``path``, ``format``, ``binarize``); command-line options override it.
+    (``path``, ``format``, ``binarize``); command-line options override it. With
+    ``--engine ray`` the data is a directory written by ``privrec data shard`` and the model
+    is trained on a Ray cluster (docs/scale.md).
     """
     with handle_errors():
         check_output(output)
@@ -147,6 +162,20 @@ def train(
                 raise ConfigError(f"{name} is not a private model: --tuning does not apply to it")
             model.declare_tuning(tuning)
         catalogue = read_items(items) if items is not None else None
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"unknown engine {engine!r}; choose local or ray")
+        if engine == "ray":
+            from privrec.cli.engine import train_distributed
+
+            if include_user_data:
+                raise ConfigError("--include-user-data: a Ray training keeps no user data")
+            train_distributed(
+                model, path, output=output, address=address, workers=workers, threads=threads,
+                catalogue=catalogue, binarize=binarize if binarize is not None
+                else data_cfg.get("binarize"), ledger=ledger, dataset=dataset, purpose=purpose,
+                key=key, force_weak_delta=force_weak_delta,
+            )  # fmt: skip
+            return
         data = load_data(
             path,
             fmt or data_cfg.get("format"),

@@ -27,7 +27,7 @@ from privrec.models.base import _empty_csr
 from privrec.privacy.contribution import draw_salt
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["fit_distributed"]
+__all__ = ["check_distributable", "fit_distributed"]
 
 _CLUSTER = (
     "The training cluster (the driver and every worker holding user partitions) is trusted, as "
@@ -54,21 +54,7 @@ def fit_distributed(
     progress: Callable[[int, int], None] | None,
 ) -> Any:
     """Fit ``model`` over ``group``'s partitions and complete it as ``Recommender.fit`` does."""
-    from privrec.models.dp_als import DPALS
-    from privrec.models.dp_ease import DPEASE
-    from privrec.models.dp_popularity import DPPopularity
-
-    if isinstance(model, DPALS):
-        fit: Callable[..., None] = _fit_dpals
-    elif isinstance(model, DPEASE):
-        fit = _fit_dpease
-    elif isinstance(model, DPPopularity):
-        fit = _fit_dppopularity
-    else:
-        raise ConfigError(
-            f"{getattr(model, 'name', type(model).__name__)} has no distributed implementation; "
-            "the Ray engine trains dpals, dppopularity and dpease"
-        )
+    fit = check_distributable(model)
     if n_users == 0:
         raise ConfigError("no interactions left to train on (after the policy)")
     config = model.config()
@@ -81,6 +67,24 @@ def fit_distributed(
     model._catalogue_source = "given" if given else "data"
     model._after_fit()
     return model
+
+
+def check_distributable(model: Any) -> Callable[..., None]:
+    """The driver function for ``model``'s class, or :class:`ConfigError` (before any work)."""
+    from privrec.models.dp_als import DPALS
+    from privrec.models.dp_ease import DPEASE
+    from privrec.models.dp_popularity import DPPopularity
+
+    if isinstance(model, DPALS):
+        return _fit_dpals
+    if isinstance(model, DPEASE):
+        return _fit_dpease
+    if isinstance(model, DPPopularity):
+        return _fit_dppopularity
+    raise ConfigError(
+        f"{getattr(model, 'name', type(model).__name__)} has no distributed implementation; "
+        "the Ray engine trains dpals, dppopularity and dpease"
+    )
 
 
 # ----------------------------------------------------------------------------- DPPopularity

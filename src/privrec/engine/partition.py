@@ -119,10 +119,10 @@ class Partition:
             )
         )
         del parts
-        report = None
+        report = digest = None
         if policy is not None:
             from privrec.governance.db import user_digests
-            from privrec.governance.policy import apply_policy
+            from privrec.governance.policy import apply_policy, content_hash
 
             data, report = apply_policy(
                 data,
@@ -132,9 +132,10 @@ class Partition:
                 consented=policy.consented,
                 now=policy.now,
             )
+            digest = content_hash(data)
         self.data = data
         self._n_items = len(item_ids)
-        return {"n_users": data.n_users, "nnz": data.nnz, "report": report}
+        return {"n_users": data.n_users, "nnz": data.nnz, "report": report, "hash": digest}
 
     def sorted_user_ids(self) -> np.ndarray:
         assert self.data is not None

@@ -39,6 +39,7 @@ failures of one call, :class:`~privrec.errors.WorkerLostError` (nothing was rele
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -95,12 +96,12 @@ class WorkerGroup:
             max_restarts=0,
             runtime_env={"env_vars": env},
         )(Partition)
-        self.actors = [self._spawn(i) for i in range(len(assignment))]
+        self.key = (str(source.path), source.binarize, repr(assignment))
+        idle = engine._idle.pop(self.key, None)
+        self.actors = idle if idle is not None else [self._spawn(i) for i in range(len(assignment))]
         self.setup: list[tuple[str, tuple[Any, ...]]] = []
         self.replaced = 0
         self.bytes_reduced = 0
-        #: test hook: called with (call name, actors) right after a call was submitted
-        self.after_submit: Callable[[str, list[Any]], None] | None = None
 
     def _spawn(self, i: int) -> Any:
         return self._cls.remote(self.source, self.assignment[i], self.engine.threads_per_worker)
@@ -148,8 +149,8 @@ class WorkerGroup:
 
         def attempt() -> list[Any]:
             refs = [getattr(a, name).remote(*args) for a in self.actors]
-            if self.after_submit is not None:
-                self.after_submit(name, self.actors)
+            if self.engine.after_submit is not None:
+                self.engine.after_submit(name, self.actors)
             return list(ray.get(refs))
 
         out = self._retrying(name, attempt)
@@ -180,8 +181,8 @@ class WorkerGroup:
         def attempt() -> tuple[np.ndarray, ...]:
             actors = list(self.actors)
             computed = [getattr(a, name).remote(*args) for a in actors]
-            if self.after_submit is not None:
-                self.after_submit(name, actors)
+            if self.engine.after_submit is not None:
+                self.engine.after_submit(name, actors)
             absorbed = []
             stride = 1
             while stride < len(actors):
@@ -199,10 +200,12 @@ class WorkerGroup:
 
         return tuple(self._retrying(name, attempt))
 
-    def kill(self) -> None:
-        ray = _ray()
-        for a in self.actors:
-            ray.kill(a, no_restart=True)
+    def release(self) -> None:
+        """Hand the actors back to the engine: the next fit on the same shards reuses them
+        (every fit starts with ``load``, which replaces all of a worker's state)."""
+        for old in self.engine._idle.pop(self.key, []):
+            _ray().kill(old, no_restart=True)
+        self.engine._idle[self.key] = self.actors
 
 
 class RayEngine:
@@ -248,10 +251,15 @@ class RayEngine:
         self.object_store_memory = object_store_memory
         self.ping_timeout = ping_timeout
         self._started = False
+        self._idle: dict[tuple[Any, ...], list[Any]] = {}
         #: the workers of the last fit (kept for inspection: bytes reduced, replacements)
         self.last_group: WorkerGroup | None = None
         #: the merged counts-only policy report of the last fit (``None`` without a policy)
         self.last_policy_report: Any = None
+        self.last_content_hash: str | None = None
+        #: fault-injection hook (tests): called with (call name, actors) right after a call's
+        #: tasks were submitted to the workers, before their results are awaited
+        self.after_submit: Callable[[str, list[Any]], None] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -282,7 +290,12 @@ class RayEngine:
         self._started = True
 
     def shutdown(self) -> None:
-        """Disconnect (and stop the local cluster this engine started)."""
+        """Stop the idle workers, and the local cluster when this engine started it."""
+        if self._idle and _ray().is_initialized():
+            for actors in self._idle.values():
+                for a in actors:
+                    _ray().kill(a, no_restart=True)
+        self._idle.clear()
         if self._started:
             _ray().shutdown()
             self._started = False
@@ -317,6 +330,12 @@ class RayEngine:
         self.last_policy_report = (
             merge_policy_reports([r["report"] for r in loaded]) if policy is not None else None
         )
+        #: SHA-256 over the workers' content hashes of their filtered partitions (with a policy)
+        self.last_content_hash = (
+            hashlib.sha256("".join(r["hash"] for r in loaded).encode()).hexdigest()
+            if policy is not None
+            else None
+        )
         ids = [ray.put(i) for i in group.call_all("sorted_user_ids")]
         group.call_all("set_row_keys", *ids, setup=True)
         return (
@@ -334,9 +353,12 @@ class RayEngine:
         item_ids: Any = None,
         policy: PolicyFilter | None = None,
         progress: Callable[[int, int], None] | None = None,
+        on_loaded: Callable[[int, int], None] | None = None,
     ) -> Any:
         """Fit ``model`` (DPALS, DPPopularity or DPEASE) on ``data``; returns the fitted model.
 
+        ``on_loaded(n_users, nnz)`` is called once the workers hold their (filtered) users,
+        before anything is computed from them (the CLI refuses a weak δ there).
         ``item_ids`` fixes the catalogue (as ``fit(..., item_ids=...)`` does on one machine);
         ``policy`` filters every worker's users as the ledger's ``load`` would
         (:meth:`PolicyFilter.from_ledger`). A ledger attached as ``model.release_gate`` is
@@ -344,15 +366,18 @@ class RayEngine:
         histories stay on the workers and are dropped): it is saved, explained and served
         (``recommend_history``) like any private model file.
         """
-        from privrec.engine.fitting import fit_distributed
+        from privrec.engine.fitting import check_distributable, fit_distributed
 
+        check_distributable(model)
         group, catalogue, n_users, nnz = self.workers(data, item_ids=item_ids, policy=policy)
         try:
+            if on_loaded is not None:
+                on_loaded(n_users, nnz)
             return fit_distributed(
                 model, group, catalogue, n_users, nnz, given=item_ids is not None, progress=progress
             )
         finally:
-            group.kill()
+            group.release()
 
 
 def _catalogue(source: ParquetSource, item_ids: Any) -> np.ndarray:

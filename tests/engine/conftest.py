@@ -1,0 +1,59 @@
+"""One real local Ray cluster per test session (2 CPUs, loopback only), stopped at the end."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        _node_ip_address="127.0.0.1",
+        object_store_memory=200 * 1024 * 1024,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def small_data():  # type: ignore[no-untyped-def]
+    """400 users × 120 items with timestamps; some users longer than B = 10 (sampling matters)."""
+    from privrec.data import synthetic
+
+    return synthetic(n_users=400, n_items=120, seed=0)
+
+
+@pytest.fixture(scope="session")
+def shards(small_data, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    from privrec.engine import write_user_shards
+
+    out = tmp_path_factory.mktemp("shards") / "data"
+    write_user_shards(small_data, out, 5)
+    return out
+
+
+def seeded(cls, **kw):  # type: ignore[no-untyped-def]
+    """A private model with seeded noise (warns: not private — tests only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(seed=3, **kw)
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
@@ -46,14 +44,3 @@ def shards(small_data, tmp_path_factory) -> Path:  # type: ignore[no-untyped-def
     out = tmp_path_factory.mktemp("shards") / "data"
     write_user_shards(small_data, out, 5)
     return out
-
-
-def seeded(cls, **kw):  # type: ignore[no-untyped-def]
-    """A private model with seeded noise (warns: not private — tests only)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return cls(seed=3, **kw)
-
-
-def max_diff(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())

@@ -8,6 +8,7 @@ float sums — with the noise on (ε = 1) and with it negligible (ε = 10⁶).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,6 @@ import pytest
 from privrec.engine import ParquetSource, RayEngine
 from privrec.errors import ConfigError
 from privrec.models import DPALS, DPEASE, DPPopularity
-from tests.engine.conftest import max_diff, seeded
 
 pytestmark = [
     pytest.mark.usefixtures("ray_cluster"),
@@ -26,6 +26,17 @@ pytestmark = [
 ]
 
 TOL = 1e-4  # float32 statistics summed in another order
+
+
+def seeded(cls, **kw):  # type: ignore[no-untyped-def]
+    """A private model with seeded noise (warns: not private — tests only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(seed=3, **kw)
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
 
 
 def _events(model: Any) -> list[dict[str, Any]]:
@@ -67,7 +78,10 @@ def test_dpease_and_dppopularity_equal_single_machine(
     engine: RayEngine, small_data: Any, shards: Path, unit: str
 ) -> None:
     kw: dict[str, Any] = dict(epsilon=2.0, delta=1e-6, unit=unit, max_per_user=10)
-    a, b = seeded(DPPopularity, **kw).fit(small_data), engine.fit(seeded(DPPopularity, **kw), shards)
+    a, b = (
+        seeded(DPPopularity, **kw).fit(small_data),
+        engine.fit(seeded(DPPopularity, **kw), shards),
+    )
     assert max_diff(a.item_popularity_, b.item_popularity_) < 1e-5
     assert _events(a) == _events(b)
     a, b = seeded(DPEASE, **kw).fit(small_data), engine.fit(seeded(DPEASE, **kw), shards)
@@ -98,7 +112,7 @@ def test_a_non_distributed_model_is_refused(engine: RayEngine, shards: Path) -> 
 
 
 def test_worker_killed_mid_step_is_replaced_and_the_ledger_charged_once(
-    small_data: Any, shards: Path, tmp_path: Path
+    engine: RayEngine, small_data: Any, shards: Path, tmp_path: Path
 ) -> None:
     """A worker dies while step 2's statistics are computed: the step is retried from the
     broadcast item factors on a fresh worker, the result equals the single-machine one, and the
@@ -129,7 +143,6 @@ def test_worker_killed_mid_step_is_replaced_and_the_ledger_charged_once(
     )
     before = len(owner.history("ratings"))
 
-    engine = RayEngine(num_workers=2)
     step_calls: list[str] = []
     killed: list[int] = []
 
@@ -141,10 +154,13 @@ def test_worker_killed_mid_step_is_replaced_and_the_ledger_charged_once(
                 killed.append(1)
 
     engine.after_submit = kill_during_step_two
-    dist, path, charge = train_on_ray(
-        ann, seeded(DPALS, **kw), engine, ParquetSource.open(shards), dataset="ratings",
-        output=tmp_path / "d.npz",
-    )  # fmt: skip
+    try:
+        dist, path, charge = train_on_ray(
+            ann, seeded(DPALS, **kw), engine, ParquetSource.open(shards), dataset="ratings",
+            output=tmp_path / "d.npz",
+        )  # fmt: skip
+    finally:
+        engine.after_submit = None
     assert killed and engine.last_group is not None and engine.last_group.replaced == 1
     assert engine.last_policy_report.users_out == single.model.user_items_.shape[0]
     assert engine.last_policy_report.step("deletion").users_dropped == 1
@@ -153,4 +169,3 @@ def test_worker_killed_mid_step_is_replaced_and_the_ledger_charged_once(
     assert len(history) == before + 1  # one charge for the Ray training, despite the retry
     assert charge.status == "committed" and path.exists()
     assert _events(single.model) == _events(dist)
-    engine.shutdown()

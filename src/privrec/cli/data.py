@@ -46,7 +46,9 @@ def data_stats(
 
 @data_app.command("shard")
 def data_shard(
-    path: Annotated[Path, typer.Argument(help="Interaction file (any format) or Parquet directory.")],
+    path: Annotated[
+        Path, typer.Argument(help="Interaction file (any format) or Parquet directory.")
+    ],
     out: Annotated[Path, typer.Argument(help="New directory for the user-sharded Parquet files.")],
     shards: Annotated[int, typer.Option(help="Number of shard files.", min=1, max=4096)] = 16,
     fmt: Annotated[

@@ -243,7 +243,11 @@ def _fit_dpease(
     model: Any, c: Any, budget: Any, rng: np.random.Generator, group: WorkerGroup, n_items: int,
     progress: Callable[[int, int], None] | None,
 ) -> None:  # fmt: skip
-    from privrec.models.dp_ease import gram_sensitivity, resolve_ease_blend, resolve_ease_regularization
+    from privrec.models.dp_ease import (
+        gram_sensitivity,
+        resolve_ease_blend,
+        resolve_ease_regularization,
+    )
     from privrec.models.ease import check_ease_memory, ease_from_gram
     from privrec.privacy.accounting import calibrate, compose
     from privrec.privacy.events import SpentEvent
@@ -258,7 +262,10 @@ def _fit_dpease(
             return [z / np.sqrt(f), z / np.sqrt(1 - f)] if restrict else [z]
 
         z_eff = calibrate(
-            budget, lambda z: compose([gaussian_event(v) for v in split(z)]), kind="rdp", unit=c.unit
+            budget,
+            lambda z: compose([gaussian_event(v) for v in split(z)]),
+            kind="rdp",
+            unit=c.unit,
         )
     z_gram = z_eff / np.sqrt(1.0 - f)
     z_count = z_eff / np.sqrt(f) if restrict else 0.0
@@ -280,13 +287,13 @@ def _fit_dpease(
         head = np.arange(n_items)
     check_ease_memory(len(head), None, "DPEASE")
     salt_g = draw_salt(rng) if c.unit is PrivacyUnit.INTERACTION else None
-    (gram,) = group.reduce(
-        "ease_gram", head, c.unit, c.max_contribution, c.max_per_user, salt_g
-    )
+    (gram,) = group.reduce("ease_gram", head, c.unit, c.max_contribution, c.max_per_user, salt_g)
     noisy_gram = symmetric_gaussian(gram, z_gram, sens_g, rng)
     del gram
     model._spend("noisy item Gram matrix", gaussian_event(z_gram))
-    reg = resolve_ease_regularization(c.regularization, float(z_gram * sens_g), len(head), c.reg_scale)
+    reg = resolve_ease_regularization(
+        c.regularization, float(z_gram * sens_g), len(head), c.reg_scale
+    )
     model.regularization_ = reg
     model.item_popularity_ = np.diag(noisy_gram).astype(np.float32)
     model.weights_ = ease_from_gram(noisy_gram, reg, overwrite=True)

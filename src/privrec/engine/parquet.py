@@ -21,6 +21,7 @@ Nothing is ever read whole: the item catalogue is one pass over the ``item`` col
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -127,7 +128,9 @@ class ParquetSource:
     # ------------------------------------------------------------------ layout
     def shard_files(self) -> list[tuple[int, Path]]:
         """(shard, file) of every shard that has a file (empty shards may have none)."""
-        return [(s, _file(self.path, s)) for s in range(self.n_shards) if _file(self.path, s).exists()]
+        return [
+            (s, _file(self.path, s)) for s in range(self.n_shards) if _file(self.path, s).exists()
+        ]
 
     def assign(self, n_workers: int) -> list[list[tuple[int, Path]]]:
         """Shards of each of ``n_workers`` workers: shard ``s`` goes to worker ``s mod n_workers``."""
@@ -281,7 +284,9 @@ def write_user_shards(
         try:
             dataset = ds.dataset(str(src), format="parquet")
         except Exception as exc:  # pyarrow raises several unrelated types
-            raise DataError("not a readable Parquet source", file=src, found=str(exc)[:200]) from None
+            raise DataError(
+                "not a readable Parquet source", file=src, found=str(exc)[:200]
+            ) from None
         missing = [c for c in wanted.values() if c not in dataset.schema.names]
         if missing:
             raise DataError(
@@ -328,7 +333,7 @@ def _interaction_batches(data: Interactions, batch_rows: int) -> Iterator[dict[s
         cuts = np.concatenate([[0], cuts])
     if cuts[-1] != n_users:
         cuts = np.concatenate([cuts, [n_users]])
-    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+    for a, b in itertools.pairwise(cuts):
         lo, hi = int(m.indptr[a]), int(m.indptr[b])
         rows = np.repeat(np.arange(a, b), np.diff(m.indptr[a : b + 1]))
         batch = {

@@ -25,6 +25,7 @@ import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
 from privrec.engine.parquet import ParquetSource
+from privrec.models.base import _empty_csr
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["Partition", "PolicyFilter", "merge_policy_reports"]
@@ -84,8 +85,8 @@ def _stack(parts: list[Interactions], item_ids: np.ndarray) -> Interactions:
     if len(parts) == 1:
         return parts[0]
     m = sp.csr_matrix(sp.vstack([p.matrix for p in parts], format="csr"), dtype=np.float32)
-    ts = [p.timestamps for p in parts]
-    timestamps = None if any(t is None for t in ts) else np.concatenate(ts)  # type: ignore[arg-type]
+    ts = [p.timestamps for p in parts if p.timestamps is not None]
+    timestamps = np.concatenate(ts) if len(ts) == len(parts) else None
     return Interactions(m, np.concatenate([p.user_ids for p in parts]), item_ids, timestamps)
 
 
@@ -113,7 +114,7 @@ class Partition:
             _stack(parts, np.asarray(item_ids))
             if parts
             else Interactions(
-                sp.csr_matrix((0, len(item_ids)), dtype=np.float32),
+                _empty_csr((0, len(item_ids))),
                 np.zeros(0, dtype=np.asarray(item_ids).dtype),
                 np.asarray(item_ids),
             )
@@ -175,6 +176,19 @@ class Partition:
 
     def ping(self) -> int:
         return os.getpid()
+
+    def peak_rss(self) -> int:
+        """Peak resident memory of this worker process, in bytes (benchmarks)."""
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+    def cpu_seconds(self) -> float:
+        """CPU time of this worker process (user + system), in seconds (benchmarks)."""
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return float(r.ru_utime + r.ru_stime)
 
     # ---------------------------------------------------------- statistics
     def bounded_counts(self, unit: PrivacyUnit, max_per_user: int, salt: int | None) -> None:

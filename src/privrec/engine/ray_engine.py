@@ -99,6 +99,15 @@ class WorkerGroup:
         self.key = (str(source.path), source.binarize, repr(assignment))
         idle = engine._idle.pop(self.key, None)
         self.actors = idle if idle is not None else [self._spawn(i) for i in range(len(assignment))]
+        try:  # an actor that cannot be placed (too few free CPUs) would wait forever
+            ray.get([a.ping.remote() for a in self.actors], timeout=engine.ping_timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.kill()
+            raise EngineError(
+                f"{len(self.actors)} workers of {engine.threads_per_worker} CPU(s) did not start "
+                f"within {engine.ping_timeout:g} s; free CPUs on the cluster: "
+                f"{ray.available_resources().get('CPU', 0):g} (other engines still running?)"
+            ) from None
         self.setup: list[tuple[str, tuple[Any, ...]]] = []
         self.replaced = 0
         self.bytes_reduced = 0
@@ -153,7 +162,7 @@ class WorkerGroup:
                 self.engine.after_submit(name, self.actors)
             return list(ray.get(refs))
 
-        out = self._retrying(name, attempt)
+        out: list[Any] = self._retrying(name, attempt)
         if setup:
             self.setup.append((name, args))
         return out
@@ -165,7 +174,10 @@ class WorkerGroup:
             self._retrying(
                 name,
                 lambda: ray.get(
-                    [getattr(a, name).remote(*args) for a, args in zip(self.actors, per_worker, strict=True)]
+                    [
+                        getattr(a, name).remote(*args)
+                        for a, args in zip(self.actors, per_worker, strict=True)
+                    ]
                 ),
             )
         )
@@ -199,6 +211,10 @@ class WorkerGroup:
             return out
 
         return tuple(self._retrying(name, attempt))
+
+    def kill(self) -> None:
+        for a in self.actors:
+            _ray().kill(a, no_restart=True)
 
     def release(self) -> None:
         """Hand the actors back to the engine: the next fit on the same shards reuses them

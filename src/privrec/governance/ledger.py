@@ -605,9 +605,7 @@ class Ledger(LedgerBase):
         )
         return report
 
-    def policy_inputs(
-        self, dataset: str
-    ) -> tuple[Policy, bytes, np.ndarray, np.ndarray | None]:
+    def policy_inputs(self, dataset: str) -> tuple[Policy, bytes, np.ndarray, np.ndarray | None]:
         """What :func:`apply_policy` needs besides the data: the policy, the user-hash key, and the
         hashes of deleted and of consenting users.
 

@@ -58,7 +58,30 @@ _LAZY = {
     "make_target": "targets",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "TARGETS",
+    "AuditTarget",
+    "Canaries",
+    "CanaryDesign",
+    "MembershipResult",
+    "ModelAudit",
+    "MultiRunAudit",
+    "MultiRunBound",
+    "OneRunAudit",
+    "OneRunBound",
+    "auc",
+    "audit_model",
+    "clopper_pearson",
+    "make_target",
+    "multi_run_audit",
+    "multi_run_bound",
+    "one_run_audit",
+    "one_run_bound",
+    "one_run_epsilon",
+    "one_run_p_value",
+    "plant",
+    "recommendation_mia",
+]
 
 
 def __getattr__(name: str) -> Any:

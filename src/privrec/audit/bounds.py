@@ -48,6 +48,7 @@ __all__ = [
     "OneRunBound",
     "auc",
     "auc_confidence_interval",
+    "best_threshold",
     "clopper_pearson",
     "default_guess_grid",
     "multi_run_bound",
@@ -289,13 +290,16 @@ def multi_run_bound(
     delta: float,
     confidence: float = 0.95,
     n_thresholds: int = 15,
+    threshold: float | None = None,
 ) -> MultiRunBound:
     """ε lower bound from scores of runs with (``scores_in``) and without the canary.
 
-    Thresholds are ``n_thresholds`` quantiles of the pooled scores (fixed before looking
-    at which runs are which); at each, FPR and FNR get one-sided Clopper–Pearson upper
-    bounds at ``1 − β / (2·n_thresholds)`` each (union bound over the two rates and the
-    thresholds), and ε ≥ max(log((1−δ−FNR̄)/FPR̄), log((1−δ−FPR̄)/FNR̄)).
+    With ``threshold`` given (chosen on other runs), FPR and FNR at it get one-sided
+    Clopper–Pearson upper bounds at ``1 − β/2`` each. Otherwise the thresholds are
+    ``n_thresholds`` quantiles of the pooled scores, each tested at
+    ``1 − β / (2·n_thresholds)`` (union bound over the rates and the thresholds). Then
+    ε ≥ max(log((1−δ−FNR̄)/FPR̄), log((1−δ−FPR̄)/FNR̄)). A run's guess is "in" when its
+    score exceeds the threshold.
     """
     a = np.asarray(scores_in, dtype=np.float64).ravel()
     b = np.asarray(scores_out, dtype=np.float64).ravel()
@@ -307,9 +311,12 @@ def multi_run_bound(
     conf = _check_confidence(confidence)
     if n_thresholds < 1:
         raise ConfigError(f"n_thresholds must be >= 1, found {n_thresholds}")
-    pooled = np.concatenate([a, b])
-    qs = np.linspace(0, 1, n_thresholds + 2)[1:-1]
-    thresholds = np.unique(np.quantile(pooled, qs))
+    if threshold is not None:
+        thresholds = np.asarray([float(threshold)])
+        n_thresholds = 1
+    else:
+        pooled = np.concatenate([a, b])
+        thresholds = np.unique(np.quantile(pooled, np.linspace(0, 1, n_thresholds + 2)[1:-1]))
     per_conf = 1.0 - (1.0 - conf) / (2 * n_thresholds)
     best: MultiRunBound | None = None
     for t in thresholds:
@@ -330,10 +337,34 @@ def multi_run_bound(
                 confidence=conf,
                 delta=float(delta),
                 n_thresholds=n_thresholds,
-                cap=_eps_from_rates(_upper(0, b.size, per_conf), _upper(0, a.size, per_conf), delta),
+                cap=_eps_from_rates(
+                    _upper(0, b.size, per_conf), _upper(0, a.size, per_conf), delta
+                ),
             )
     assert best is not None
     return best
+
+
+def best_threshold(
+    scores_in: np.ndarray, scores_out: np.ndarray, delta: float, confidence: float = 0.95
+) -> float:
+    """The threshold whose Clopper–Pearson ε bound is largest on these runs.
+
+    Candidates are the 5%–95% quantiles of the pooled scores (extreme thresholds have
+    too few runs beyond them to bound anything). Meant for a first half of the runs;
+    the bound is then computed on the other half at this threshold.
+    """
+    a = np.asarray(scores_in, dtype=np.float64).ravel()
+    b = np.asarray(scores_out, dtype=np.float64).ravel()
+    pooled = np.concatenate([a, b])
+    best, best_t = -1.0, float(np.median(pooled))
+    for t in np.unique(np.quantile(pooled, np.linspace(0.05, 0.95, 37))):
+        fpr_u = _upper(int((b > t).sum()), b.size, 1.0 - (1.0 - confidence) / 2)
+        fnr_u = _upper(int((a <= t).sum()), a.size, 1.0 - (1.0 - confidence) / 2)
+        e = _eps_from_rates(fpr_u, fnr_u, delta)
+        if e > best:
+            best, best_t = e, float(t)
+    return best_t
 
 
 # ---------------------------------------------------------------------------------- AUC

@@ -38,7 +38,7 @@ import scipy.sparse as sp
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError
 
-__all__ = ["CanaryDesign", "Canaries", "plant"]
+__all__ = ["Canaries", "CanaryDesign", "plant"]
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ class CanaryDesign:
     label: str = "tight"
 
     def __post_init__(self) -> None:
-        if self.n_canaries < 2:
-            raise ConfigError(f"n_canaries must be >= 2, found {self.n_canaries}")
+        if self.n_canaries < 1:
+            raise ConfigError(f"n_canaries must be >= 1, found {self.n_canaries}")
         if self.items_per_canary < 1:
             raise ConfigError(f"items_per_canary must be >= 1, found {self.items_per_canary}")
         if self.pool_items is not None and self.pool_items < self.items_per_canary:
@@ -135,8 +135,8 @@ def plant(
     ``included`` fixes the membership bits (e.g. every canary in or out for a multi-run
     audit); by default each is included with probability ½.
     """
-    matrix = base.matrix if isinstance(base, Interactions) else sp.csr_matrix(base)
-    x = sp.csr_matrix(matrix, dtype=np.float32, copy=True)
+    matrix = base.matrix if isinstance(base, Interactions) else base
+    x = sp.csr_matrix(matrix, dtype=np.float32, copy=True)  # type: ignore[call-overload]
     x.data[:] = 1.0
     n_u, n_i = x.shape
     m, length = design.n_canaries, design.items_per_canary

@@ -67,7 +67,7 @@ def record_item_steps(module: ModuleType, user_step: str) -> Iterator[ItemStepRe
             "cannot be observed (the model changed; the audit needs a release hook)"
         )
     rec = ItemStepRecord()
-    orig_solve: Callable[..., Any] = module.psd_solve
+    orig_solve: Callable[..., Any] = getattr(module, "psd_solve")  # noqa: B009
     orig_user: Callable[..., Any] = getattr(module, user_step)
 
     def user(*args: Any, **kwargs: Any) -> Any:
@@ -84,10 +84,10 @@ def record_item_steps(module: ModuleType, user_step: str) -> Iterator[ItemStepRe
             rec._pending = None
         return out
 
-    module.psd_solve = solve
+    setattr(module, "psd_solve", solve)  # noqa: B010
     setattr(module, user_step, user)
     try:
         yield rec
     finally:
-        module.psd_solve = orig_solve
+        setattr(module, "psd_solve", orig_solve)  # noqa: B010
         setattr(module, user_step, orig_user)

@@ -21,12 +21,12 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import scipy.sparse as sp
 
-from privrec.audit.canaries import CanaryDesign, Canaries
+from privrec.audit.canaries import Canaries, CanaryDesign
 from privrec.errors import ConfigError, PrivacyWarning
 from privrec.privacy.units import PrivacyUnit
 
@@ -147,7 +147,7 @@ class AuditTarget(ABC):
 def _fit_quiet(model: Any, data: Any, **kwargs: Any) -> Any:
     """Fit, silencing only the seeded-noise warning (the audit reports seeded runs itself)."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=PrivacyWarning, message="seeded noise")
+        warnings.filterwarnings("ignore", category=PrivacyWarning, message=".*seeded")
         warnings.filterwarnings("ignore", category=PrivacyWarning, message=".*delta.*")
         return model.fit(data, **kwargs)
 
@@ -329,19 +329,17 @@ class DPALSTarget(AuditTarget):
     def __init__(self, **params: Any) -> None:
         super().__init__(**{"pool_cap": 20000, **params})
 
-
     def contribution_bound(self) -> int:
         return int(self.params.get("max_per_user", 100))
 
     def run(self, canaries: Canaries) -> TargetRun:
         from privrec.audit.recording import record_item_steps
-        from privrec.models import DPALS
-        from privrec.models import dp_als
+        from privrec.models import DPALS, dp_als
 
         model = DPALS(**self._model_params(canaries.design))
         with record_item_steps(dp_als, "_user_cg") as rec:
             _fit_quiet(model, canaries.data)
-        c = model.config()
+        c = cast(dp_als.DPALSConfig, model.config())
         b = c.max_per_user
         count_sample = b if c.count_sample is None else c.count_sample
         sens = dp_als.DPALSSensitivity.of(c.unit, c.clip_norm, b, count_sample)
@@ -425,7 +423,6 @@ class CrossSiloTarget(AuditTarget):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**{"pool_cap": 20000, **params})
-
 
     def contribution_bound(self) -> int:
         return int(self.params.get("max_per_user", 100))

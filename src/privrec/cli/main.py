@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from privrec.cli import training
+from privrec.cli.audit import audit_app
 from privrec.cli.common import STATE
 from privrec.cli.data import data_app
 from privrec.cli.federated import federated_app
@@ -49,6 +50,7 @@ app.add_typer(he_app, name="he")
 app.add_typer(silo_app, name="silo")
 app.add_typer(mpc_app, name="mpc")
 app.add_typer(federated_app, name="federated")
+app.add_typer(audit_app, name="audit")
 
 
 def run() -> None:  # pragma: no cover - console entry point helper

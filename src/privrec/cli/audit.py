@@ -34,9 +34,7 @@ SyntheticOpt = Annotated[
 ]
 ModelOpt = Annotated[
     str,
-    typer.Option(
-        "--model", "-m", help="dppopularity, dpease, dpals, federated_mf or silo_dpals."
-    ),
+    typer.Option("--model", "-m", help="dppopularity, dpease, dpals, federated_mf or silo_dpals."),
 ]
 ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="Parameter key=value.")]
 JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")]

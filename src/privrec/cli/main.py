@@ -18,9 +18,12 @@ from privrec.cli import training
 from privrec.cli.audit import audit_app as privacy_audit_app
 from privrec.cli.common import STATE
 from privrec.cli.data import data_app
+from privrec.cli.experiment import experiment_app
 from privrec.cli.federated import federated_app
 from privrec.cli.governance import (
     audit_app as audit_log_app,
+)
+from privrec.cli.governance import (
     consent_app,
     forget,
     keys_app,
@@ -67,6 +70,7 @@ app.command()(forget)
 app.command()(lineage)
 app.add_typer(audit_log_app, name="audit-log")
 app.add_typer(privacy_audit_app, name="audit")
+app.add_typer(experiment_app, name="experiment")
 
 
 def run() -> None:  # pragma: no cover - console entry point helper

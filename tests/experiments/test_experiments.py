@@ -79,6 +79,7 @@ def test_run_experiment_and_report(tmp_path: Path):
     assert low.epsilon == pytest.approx(1.0, abs=1e-6)
     assert high.epsilon_all_draws is not None and high.epsilon_all_draws > high.epsilon
     assert "recall@10" in high.comparisons and "coverage@10" in high.comparisons
+    assert high.compared_to == "eps1" and low.compared_to is None
     assert set(high.group_comparisons) == set(res.groups) and len(res.groups) >= 2
     # same seeds, same split: the runner is deterministic
     again = run_experiment(load_experiment(TOML))

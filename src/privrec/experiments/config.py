@@ -10,13 +10,19 @@
     [experiment]
     k = [20]
     repeats = 3            # noise draws per variant (common seeds across variants)
-    baseline = "adaptive ε=1"
+    baseline = "adaptive ε=1"   # what variants are compared with (default: the first)
     detect = 0.01          # difference the power estimate is for
 
     [[variant]]
     name = "adaptive ε=1"
     model = "dpals"
     params = { epsilon = 1.0, delta = 1e-5, unit = "user", method = "adaptive" }
+
+    [[variant]]
+    name = "tail ε=1"
+    model = "dpals"
+    params = { epsilon = 1.0, delta = 1e-5, unit = "user", method = "tail" }
+    compare_to = "adaptive ε=1"   # optional, per variant
 
 Every variant is trained on the same split; draw ``r`` of every variant uses model seed
 ``seed + r`` (common random numbers: the variants differ only in their settings), unless
@@ -80,6 +86,8 @@ class VariantSpec(_Strict):
     name: str = pydantic.Field(min_length=1, max_length=100)
     model: str
     params: dict[str, Any] = pydantic.Field(default_factory=dict)
+    #: the variant this one is compared with (default: the experiment's baseline)
+    compare_to: str | None = None
 
 
 class ExperimentConfig(_Strict):
@@ -94,7 +102,18 @@ class ExperimentConfig(_Strict):
             raise ValueError("variant names must be unique")
         if self.experiment.baseline is not None and self.experiment.baseline not in names:
             raise ValueError(f"baseline {self.experiment.baseline!r} is not a variant")
+        for v in self.variant:
+            if v.compare_to is not None and (v.compare_to not in names or v.compare_to == v.name):
+                raise ValueError(
+                    f"variant {v.name!r}: compare_to {v.compare_to!r} is not another variant"
+                )
         return self
+
+    def reference_of(self, name: str) -> str | None:
+        """The variant ``name`` is compared with (``None`` for the baseline itself)."""
+        v = next(v for v in self.variant if v.name == name)
+        ref = v.compare_to or self.baseline
+        return None if ref == name else ref
 
     @property
     def baseline(self) -> str:

@@ -61,11 +61,13 @@ def _plots(res: ExperimentResult) -> list[tuple[str, str]]:
                     [c.mean_diff - c.ci_low if c else 0 for c in cells],
                     [c.ci_high - c.mean_diff if c else 0 for c in cells],
                 ]
-                ax.bar(x, mean, width=width, yerr=err, capsize=3, label=v.name)
+                ax.bar(
+                    x, mean, width=width, yerr=err, capsize=3, label=f"{v.name} − {v.compared_to}"
+                )
             ax.axhline(0, color="black", linewidth=0.8)
             ax.set_xticks(np.arange(len(res.groups)) + width * (len(others) - 1) / 2)
             ax.set_xticklabels(res.groups, rotation=20, ha="right", fontsize=8)
-            ax.set_title(f"{key}: variant − {res.baseline}", fontsize=9)
+            ax.set_title(f"{key}: variant − its reference", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
@@ -109,13 +111,13 @@ def to_markdown(res: ExperimentResult) -> str:
         ckeys = list(comp[0].comparisons)
         lines += [
             "",
-            f"Paired differences to **{res.baseline}** (mean [95% interval]; p-values: bootstrap, "
-            "paired t-test over users); users needed to detect "
+            "Paired differences to the reference variant (mean [95% interval]; p-values: "
+            "bootstrap, paired t-test over users); users needed to detect "
             f"{res.config.experiment.detect:g} at α = {res.config.experiment.alpha:g}, "
             f"power {res.config.experiment.power:g}:",
             "",
-            "| variant | metric | difference | p | users needed | power now |",
-            "|---|---|---|---|---:|---:|",
+            "| variant | vs | metric | difference | p | users needed | power now |",
+            "|---|---|---|---|---|---:|---:|",
         ]
         for v in comp:
             for k in ckeys:
@@ -123,12 +125,12 @@ def to_markdown(res: ExperimentResult) -> str:
                 need = v.users_needed.get(k)
                 pw = v.power.get(k)
                 lines.append(
-                    f"| {v.name} | {k} | {_cell(c)} | {_p(c)} | "
+                    f"| {v.name} | {v.compared_to} | {k} | {_cell(c)} | {_p(c)} | "
                     f"{'—' if need is None else f'{need:,}'} | {'—' if pw is None else f'{pw:.2f}'} |"
                 )
         lines += [
             "",
-            "By user activity (training interactions), paired differences to the baseline:",
+            "By user activity (training interactions), paired differences to the reference variant:",
             "",
             "| variant | group (users) | "
             + " | ".join(k for k in ckeys if not k.startswith("coverage"))

@@ -68,6 +68,7 @@ class VariantResult:
     group_comparisons: dict[str, dict[str, PairedComparison]] = field(default_factory=dict)
     users_needed: dict[str, int] = field(default_factory=dict)
     power: dict[str, float] = field(default_factory=dict)
+    compared_to: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +82,7 @@ class VariantResult:
             "means": self.means,
             "draw_means": self.draw_means,
             "by_group": self.by_group,
+            "compared_to": self.compared_to,
             "comparisons": {k: v.to_dict() for k, v in self.comparisons.items()},
             "group_comparisons": {
                 g: {k: v.to_dict() for k, v in d.items()} for g, d in self.group_comparisons.items()
@@ -303,7 +305,6 @@ def run_experiment(
         )
     assert users is not None
     gidx, labels = _groups(history[users], spec.groups)
-    base = config.baseline
     keys = [f"{m}@{kk}" for m in ("recall", "ndcg") if m in spec.metrics for kk in ks]
     for vr in out:
         a = arrays[vr.name]
@@ -311,8 +312,10 @@ def run_experiment(
             lab: {key: float(a[key][:, gidx == g].mean()) for key in a}
             for g, lab in enumerate(labels)
         }
-        if vr.name == base:
+        base = config.reference_of(vr.name)
+        if base is None:
             continue
+        vr.compared_to = base
         b = arrays[base]
         for key in keys:
             cmp = paired_comparison(

@@ -35,6 +35,7 @@ from privrec.cli.he import he_app
 from privrec.cli.monitor import monitor_app
 from privrec.cli.mpc import mpc_app
 from privrec.cli.privacy import privacy_app
+from privrec.cli.risk import check, risk
 from privrec.cli.silo import silo_app
 
 app = typer.Typer(
@@ -73,6 +74,8 @@ app.add_typer(audit_log_app, name="audit-log")
 app.add_typer(privacy_audit_app, name="audit")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(monitor_app, name="monitor")
+app.command()(risk)
+app.command()(check)
 
 
 def run() -> None:  # pragma: no cover - console entry point helper

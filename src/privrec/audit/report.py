@@ -57,10 +57,10 @@ def to_markdown(results: Sequence[AnyResult]) -> str:
             "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for m in multi:
-            b = m.bound
+            mb = m.bound
             lines.append(
-                f"| {m.model} | {m.claimed_epsilon:.3g} | {m.runs} | {b.fpr:.3f} | {b.fnr:.3f} "
-                f"| {b.epsilon_lb:.2f} | {b.cap:.2f} | {'**FLAGGED**' if m.flagged else 'ok'} |"
+                f"| {m.model} | {m.claimed_epsilon:.3g} | {m.runs} | {mb.fpr:.3f} | {mb.fnr:.3f} "
+                f"| {mb.epsilon_lb:.2f} | {mb.cap:.2f} | {'**FLAGGED**' if m.flagged else 'ok'} |"
             )
         lines.append("")
     if mia:

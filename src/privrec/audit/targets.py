@@ -107,21 +107,20 @@ class AuditTarget(ABC):
             length = self.heavy_factor * bound
         else:
             raise ConfigError(f"unknown canary design {kind!r}; choose 'tight' or 'heavy'")
-        return CanaryDesign(
-            n_canaries,
-            length,
-            self.pool(n_canaries, length),
-            kind,
-        )
+        return CanaryDesign(n_canaries, length, self.pool(n_canaries, length, kind), kind)
 
-    def pool(self, n_canaries: int, length: int) -> int | None:
+    #: largest canary-item pool per design (``None``: dedicated items); ``pool_cap`` overrides
+    pool_caps: ClassVar[dict[str, int | None]] = {"tight": None, "heavy": None}
+
+    def pool(self, n_canaries: int, length: int, kind: str = "tight") -> int | None:
         """Canary-item pool size (``None``: dedicated items).
 
         Models with per-item released state use a pool of ``max(4L, min(cap, mL/8))``
-        items (``cap`` = the ``pool_cap`` audit parameter): each item is shared by at
-        most about 8 canaries when the cap allows, and never by more than a quarter.
+        items: each item is shared by about 8 canaries when the cap allows, and never by
+        more than a quarter of them. ``cap`` is the ``pool_cap`` audit parameter, else the
+        target's per-design default.
         """
-        cap = self.params.get("pool_cap")
+        cap = self.params.get("pool_cap", self.pool_caps.get(kind))
         if cap is None:
             return None
         return int(max(4 * length, min(int(cap), n_canaries * length // 8)))
@@ -240,8 +239,7 @@ class DPEASETarget(AuditTarget):
     overrides: ClassVar[dict[str, Any]] = {"head_snr": 0.0}
     heavy_factor: ClassVar[int] = 8  # the weight min(1, C/n) makes the bug grow like L itself
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**{"pool_cap": 3000, **params})
+    pool_caps: ClassVar[dict[str, int | None]] = {"tight": 3000, "heavy": 3000}
 
     def contribution_bound(self) -> int:
         return max(1, int(self.params.get("max_contribution", 10.0)))
@@ -326,8 +324,10 @@ class DPALSTarget(AuditTarget):
     overrides: ClassVar[dict[str, Any]] = {"head_fraction": 1.0}
     heavy_overrides: ClassVar[dict[str, Any]] = {"alpha0": 0.0}
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**{"pool_cap": 20000, **params})
+    # tight: a small pool keeps the implicit-negative term α0·YᵀY (it grows with the catalogue)
+    # from shrinking the canaries' factors below the clip norm; heavy (α0 = 0): a large pool
+    # keeps canaries from interfering when a bug amplifies all of them
+    pool_caps: ClassVar[dict[str, int | None]] = {"tight": 4000, "heavy": 20000}
 
     def contribution_bound(self) -> int:
         return int(self.params.get("max_per_user", 100))
@@ -421,8 +421,10 @@ class CrossSiloTarget(AuditTarget):
     audit_params: ClassVar[tuple[str, ...]] = ("pool_cap", "silos")
     overrides: ClassVar[dict[str, Any]] = {"head_fraction": 1.0}
 
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**{"pool_cap": 20000, **params})
+    # tight: a small pool keeps the implicit-negative term α0·YᵀY (it grows with the catalogue)
+    # from shrinking the canaries' factors below the clip norm; heavy (α0 = 0): a large pool
+    # keeps canaries from interfering when a bug amplifies all of them
+    pool_caps: ClassVar[dict[str, int | None]] = {"tight": 4000, "heavy": 20000}
 
     def contribution_bound(self) -> int:
         return int(self.params.get("max_per_user", 100))

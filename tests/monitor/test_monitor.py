@@ -157,3 +157,37 @@ def test_cli_monitor(tmp_path: Path):
     assert json.loads(out.read_text())["shift"] == "activity"
     bad = CliRunner().invoke(app, ["monitor", "simulate", "--shift", "sideways"])
     assert bad.exit_code == 1 and "unknown shift" in bad.output
+
+
+def test_monitor_windows_are_charged_to_a_real_ledger(tmp_path: Path):
+    from privrec.errors import BudgetExceededError
+    from privrec.governance import Ledger
+    from privrec.governance.db import dispose_engines
+    from privrec.governance.policy import policy_from_dict
+    from privrec.monitor import LedgerWindowCharge
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    try:
+        owner, _ = Ledger.init(url, owner="olga")
+        owner.set_policy(
+            "clicks",
+            policy_from_dict(
+                {"purpose": "monitoring", "unit": "user", "budget": {"epsilon": 2.0, "delta": 1e-5}}
+            ),
+        )
+        analyst = Ledger.connect(url, owner.create_key("ann", "analyst"))
+        mon = DriftMonitor(
+            MonitorConfig(epsilon_per_window=0.5, delta=1e-6),
+            50,
+            charge=LedgerWindowCharge(analyst, "clicks"),
+        )
+        stream = synthetic_stream(30, 100, 50, seed=0)
+        with pytest.raises(BudgetExceededError):
+            for w in stream:
+                mon.observe(w)
+        charges = analyst.history("clicks", limit=None)
+        assert len(charges) == len(mon.reports) >= 2 and all(c.kind == "monitor" for c in charges)
+        (status,) = [s for s in analyst.status("clicks") if s.scope == "dataset"]
+        assert status.composed_epsilon <= 2.0
+    finally:
+        dispose_engines()

@@ -79,9 +79,17 @@ def monitor_run(
     fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
     max_items: Annotated[int, typer.Option(help="Items counted per user and window (B).")] = 20,
     json_out: Annotated[Path | None, typer.Option("--json", help="Window reports as JSON.")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", envvar="PRIVREC_DB", help="Charge every window to this ledger."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", envvar="PRIVREC_API_KEY", show_default=False)
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="Ledger dataset to charge.")] = None,
 ) -> None:
     """Monitor a timestamped interaction file window by window."""
-    from privrec.monitor import DriftMonitor, MonitorConfig, time_windows
+    from privrec.monitor import DriftMonitor, LedgerWindowCharge, MonitorConfig, time_windows
 
     with handle_errors():
         x = load_data(data, fmt)
@@ -96,7 +104,12 @@ def monitor_run(
             false_alarm=false_alarm,
             max_items_per_user=max_items,
         )
-        mon = DriftMonitor(cfg, x.n_items, model=rec)
+        charge = None
+        if dataset is not None:
+            from privrec.governance import Ledger
+
+            charge = LedgerWindowCharge(Ledger.connect(db, key), dataset)
+        mon = DriftMonitor(cfg, x.n_items, model=rec, charge=charge)
         reports = [mon.observe(w) for w in time_windows(x, days)]
         console.print(_table(reports))
         g = mon.guarantee

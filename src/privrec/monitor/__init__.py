@@ -6,6 +6,7 @@ for synthetic streams with injected shifts and for splitting real data into time
 
 from privrec.monitor.core import (
     DriftMonitor,
+    LedgerWindowCharge,
     MonitorConfig,
     WindowReport,
     activity_buckets,
@@ -15,6 +16,7 @@ from privrec.monitor.streams import synthetic_stream, time_windows
 
 __all__ = [
     "DriftMonitor",
+    "LedgerWindowCharge",
     "MonitorConfig",
     "WindowReport",
     "activity_buckets",

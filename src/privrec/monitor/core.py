@@ -58,6 +58,7 @@ from privrec.privacy.units import PrivacyUnit
 
 __all__ = [
     "DriftMonitor",
+    "LedgerWindowCharge",
     "MonitorConfig",
     "WindowReport",
     "activity_buckets",
@@ -296,3 +297,24 @@ class DriftMonitor:
         n_hidden = np.bincount(row_of[hidden], minlength=rows.size)
         recall = hits / np.minimum(c.k, np.maximum(n_hidden, 1))
         return float(np.clip(recall, 0.0, 1.0).sum()), float(rows.size)
+
+
+class LedgerWindowCharge:
+    """A monitor ``charge`` hook that records every window in a governance ledger.
+
+    Called before the window draws noise: the window's releases are reserved (refused with
+    ``BudgetExceededError`` past a budget, and the window is then not released) and
+    committed as a ``kind="monitor"`` charge — the release follows at once, and a committed
+    charge can only over-report.
+    """
+
+    def __init__(self, ledger: Any, dataset: str, *, purpose: str | None = None) -> None:
+        self.ledger = ledger
+        self.dataset = dataset
+        self.purpose = purpose
+
+    def __call__(self, events: list[SpentEvent], description: str) -> None:
+        info = self.ledger.reserve(
+            self.dataset, events, purpose=self.purpose, kind="monitor", description=description
+        )
+        self.ledger.commit(info, result={"window": description})

@@ -85,14 +85,16 @@ def multi_run_audit(
     scores = np.empty(runs)
     member = np.arange(runs) % 2 == 0
     claimed = delta = float("nan")
-    for r in range(runs):
+    try:
+        for r in range(runs):
+            if model_seed is not None:
+                target.params["seed"] = int(model_seed) + r  # fresh (seeded) noise per run
+            out = target.run(with_canary if member[r] else without)
+            scores[r] = float(sum(float(v[0]) for v in out.parts.values()))
+            claimed, delta = out.epsilon, out.delta
+    finally:
         if model_seed is not None:
-            target.params["seed"] = int(model_seed) + r
-        out = target.run(with_canary if member[r] else without)
-        scores[r] = float(sum(float(v[0]) for v in out.parts.values()))
-        claimed, delta = out.epsilon, out.delta
-    if model_seed is not None:
-        target.params["seed"] = model_seed
+            target.params["seed"] = model_seed
     half = runs // 2
     t = best_threshold(
         scores[:half][member[:half]], scores[:half][~member[:half]], delta, confidence

@@ -219,6 +219,13 @@ def run_experiment(
     """
     t0 = time.perf_counter()
     spec = config.experiment
+    if spec.seeded:
+        warnings.warn(
+            "experiment: every model is trained with seeded noise (common random numbers across "
+            "variants) — reproducible and NOT private; none of these models may be released",
+            PrivacyWarning,
+            stacklevel=2,
+        )
     split = load_split_for(config.data) if split is None else split
     ks = sorted(set(spec.k))
     kmax = ks[-1]

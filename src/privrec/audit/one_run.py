@@ -4,7 +4,8 @@
 model once, scores every canary from the release and turns the guesses into an ε lower
 bound (:func:`privrec.audit.bounds.one_run_bound`). :func:`audit_model` runs several
 canary designs — the tight one (closest bound on a correct model) and the heavy one
-(catches a missing contribution bound) — each at confidence ``1 − β / n_designs``, so
+(catches a missing contribution bound), and for factor models the clip design (catches
+missing factor clipping) — each at confidence ``1 − β / n_designs``, so
 the largest bound holds at ``1 − β`` and a model whose bound exceeds its claimed ε is
 **flagged**: at that confidence, its implementation does not deliver the guarantee.
 """
@@ -138,11 +139,12 @@ def audit_model(
     base: Interactions,
     *,
     n_canaries: int = 2000,
-    designs: Sequence[str] = ("tight", "heavy"),
+    designs: Sequence[str] | None = None,
     confidence: float = 0.95,
     seed: int | None = None,
 ) -> ModelAudit:
-    """Run each named design (Bonferroni over designs) and collect the verdict."""
+    """Run each named design (default: the target's; Bonferroni over designs), collect the verdict."""
+    designs = target.designs if designs is None else tuple(designs)
     if not designs:
         raise ConfigError("give at least one canary design")
     per = 1.0 - (1.0 - confidence) / len(designs)

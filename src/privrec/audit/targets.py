@@ -92,21 +92,25 @@ class AuditTarget(ABC):
     #: heavy canaries hold this many times the per-user bound
     heavy_factor: ClassVar[int] = 32
 
+    #: the designs an audit runs by default
+    designs: ClassVar[tuple[str, ...]] = ("tight", "heavy")
+
     def design(self, kind: str, n_canaries: int, base_items: int) -> CanaryDesign:
-        """The ``"tight"`` (L = bound) or ``"heavy"`` (L = 32 × bound) canary design.
+        """The ``"tight"`` (L = bound), ``"heavy"`` (L = 32 × bound) or ``"clip"`` design.
 
         Tight canaries spend exactly the sensitivity one user is allowed (the closest
         bound on a correct model); heavy ones hold far more than the bound, which a
         correct model caps (their per-item signal shrinks) and a model that forgot the
         cap releases in full (it grows like the square root of the excess or faster).
+        ``"clip"`` (factor models) has tight canaries trained without the implicit-negative
+        term, so their factors far exceed the clip norm (see :attr:`heavy_overrides`).
         """
         bound = 1 if self.unit is PrivacyUnit.INTERACTION else self.contribution_bound()
-        if kind == "tight":
-            length = bound
-        elif kind == "heavy":
-            length = self.heavy_factor * bound
-        else:
-            raise ConfigError(f"unknown canary design {kind!r}; choose 'tight' or 'heavy'")
+        if kind not in self.designs and kind not in ("tight", "heavy"):
+            raise ConfigError(
+                f"unknown canary design {kind!r} for {self.name}; choose one of {', '.join(self.designs)}"
+            )
+        length = self.heavy_factor * bound if kind == "heavy" else bound
         return CanaryDesign(n_canaries, length, self.pool(n_canaries, length, kind), kind)
 
     #: largest canary-item pool per design (``None``: dedicated items); ``pool_cap`` overrides
@@ -131,12 +135,12 @@ class AuditTarget(ABC):
 
     #: parameters of the audit itself, not of the model
     audit_params: ClassVar[tuple[str, ...]] = ("pool_cap",)
-    #: extra settings of the heavy design (privacy-neutral; see each target)
+    #: extra settings of the heavy and clip designs (privacy-neutral; see each target)
     heavy_overrides: ClassVar[dict[str, Any]] = {}
 
     def _model_params(self, design: CanaryDesign | None = None) -> dict[str, Any]:
         p = {**self.params, **self.overrides}
-        if design is not None and design.label == "heavy":
+        if design is not None and design.label in ("heavy", "clip"):
             p.update(self.heavy_overrides)
         for key in self.audit_params:
             p.pop(key, None)
@@ -327,7 +331,8 @@ class DPALSTarget(AuditTarget):
     # tight: a small pool keeps the implicit-negative term α0·YᵀY (it grows with the catalogue)
     # from shrinking the canaries' factors below the clip norm; heavy (α0 = 0): a large pool
     # keeps canaries from interfering when a bug amplifies all of them
-    pool_caps: ClassVar[dict[str, int | None]] = {"tight": 4000, "heavy": 20000}
+    pool_caps: ClassVar[dict[str, int | None]] = {"tight": 4000, "heavy": 20000, "clip": 20000}
+    designs: ClassVar[tuple[str, ...]] = ("tight", "heavy", "clip")
 
     def contribution_bound(self) -> int:
         return int(self.params.get("max_per_user", 100))
@@ -424,7 +429,8 @@ class CrossSiloTarget(AuditTarget):
     # tight: a small pool keeps the implicit-negative term α0·YᵀY (it grows with the catalogue)
     # from shrinking the canaries' factors below the clip norm; heavy (α0 = 0): a large pool
     # keeps canaries from interfering when a bug amplifies all of them
-    pool_caps: ClassVar[dict[str, int | None]] = {"tight": 4000, "heavy": 20000}
+    pool_caps: ClassVar[dict[str, int | None]] = {"tight": 4000, "heavy": 20000, "clip": 20000}
+    designs: ClassVar[tuple[str, ...]] = ("tight", "heavy", "clip")
 
     def contribution_bound(self) -> int:
         return int(self.params.get("max_per_user", 100))

@@ -87,7 +87,8 @@ def audit_run(
     param: ParamOpt = None,
     canaries: Annotated[int, typer.Option(help="m, canary users.")] = 2000,
     design: Annotated[
-        list[str] | None, typer.Option(help="Canary designs: tight, heavy (default both).")
+        list[str] | None,
+        typer.Option(help="Canary designs: tight, heavy, clip (factor models); default all."),
     ] = None,
     confidence: Annotated[float, typer.Option(help="Confidence of the bound.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Seed of the canary inclusion bits.")] = 0,
@@ -107,7 +108,7 @@ def audit_run(
             target,
             base,
             n_canaries=canaries,
-            designs=tuple(design or ("tight", "heavy")),
+            designs=tuple(design) if design else None,
             confidence=confidence,
             seed=seed,
         )

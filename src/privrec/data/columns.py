@@ -87,7 +87,9 @@ def id_column(col: pd.Series, name: str, where: Where, *, text: bool) -> np.ndar
     column as text. Typed ids (DataFrame, Parquet) keep their type.
     """
     if text:
-        return _text_ids(col.astype(str), name, where)
+        return _text_ids(
+            col if isinstance(col.dtype, pd.StringDtype) else col.astype(str), name, where
+        )
     if len(col) == 0:
         return col.to_numpy()
     _nulls(col, name, where, "id", _ID_EXPECTED)
@@ -175,8 +177,18 @@ def _text_ids(s: pd.Series, name: str, where: Where, *, canonical: bool = True) 
             f"{lens[j]} characters",
         )
     if canonical and bool(s.str.fullmatch(_CANONICAL_INT).all()):
-        return s.to_numpy(dtype=object).astype(np.int64)
+        return _to_int64(s)
     return s.to_numpy(dtype=object)
+
+
+def _to_int64(s: pd.Series) -> np.ndarray:
+    """Canonical decimal strings (at most 18 digits) to int64, exactly; Arrow's cast is fast."""
+    try:
+        import pyarrow as pa
+
+        return np.asarray(pa.array(s).cast(pa.int64()).to_numpy(), dtype=np.int64)
+    except (ImportError, TypeError, ValueError):  # pragma: no cover  (no Arrow-backed strings)
+        return s.to_numpy(dtype=object).astype(np.int64)
 
 
 # ------------------------------------------------------------------ numbers

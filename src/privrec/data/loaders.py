@@ -127,6 +127,7 @@ def _read_fixed(
     n = len(fields)
     double = sep == "::"
     names = [f"c{k}" for k in range(2 * n - 1 if double else n)]
+    used = names[::2] if double else names  # the gaps of "::" need no parsing
     try:
         with warnings.catch_warnings():
             # A line with extra fields makes pandas warn and cut it; the separator count
@@ -137,6 +138,7 @@ def _read_fixed(
                 sep=sep[0],
                 header=None,
                 names=names,
+                usecols=used,
                 skiprows=1 if header else 0,
                 engine="c",
                 quoting=csv.QUOTE_NONE,
@@ -154,7 +156,7 @@ def _read_fixed(
     else:
         head_seps = first_line(raw).count(sep.encode()) if header else 0
         seps_ok = raw.count(sep.encode()) - head_seps == (n - 1) * rows
-    cols = [df[names[2 * k if double else k]] for k in range(n)]
+    cols = [df[c] for c in used]
     if rows == 0 or not seps_ok or not all(map(_fast_ok, cols, fields)):
         return exact_fixed(path, raw, fields, sep, header=header)
     return {
@@ -336,6 +338,10 @@ def load_lastfm(
 
 # ---------------------------------------------------------------- list format
 _INT64_DIGITS = len(str(INT64_MAX))  # 19
+_SOLID = np.ones(256, dtype=bool)  # byte -> part of a token (not space, tab, VT, FF, CR, LF)
+_SOLID[[9, 10, 11, 12, 13, 32]] = False
+_DIGIT = np.zeros(256, dtype=bool)
+_DIGIT[48:58] = True
 
 
 def read_user_item_lists(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -375,19 +381,19 @@ def read_user_item_lists(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.nda
     # Vectorised over bytes: token boundaries, line numbers, then a decimal parse.
     buf = np.frombuffer(raw, dtype=np.uint8)
     lf = buf == 10
-    cr = buf == 13
     # A line ends at every LF and at every CR not followed by LF (CRLF counts once).
-    brk = lf | (cr & ~np.concatenate((lf[1:], [False])))
-    blank_b = lf | cr | (buf == 32) | (buf == 9) | (buf == 11) | (buf == 12)
-    solid = ~blank_b
+    brk = lf
+    if b"\r" in raw:
+        brk = lf | ((buf == 13) & ~np.concatenate((lf[1:], [False])))
+    solid = _SOLID[buf]
+    blank_b = ~solid
     starts = np.flatnonzero(solid & np.concatenate(([True], blank_b[:-1])))
     if starts.size == 0:
         raise no_rows(p, 1, header=False)
     ends = np.flatnonzero(solid & np.concatenate((blank_b[1:], [True])))
     line_of = np.cumsum(brk)[starts]  # 0-based line of each token
     lengths = ends - starts + 1
-    digit = (buf >= 48) & (buf <= 57)
-    if (solid & ~digit).any() or int(lengths.max()) > _INT64_DIGITS:
+    if (solid & ~_DIGIT[buf]).any() or int(lengths.max()) > _INT64_DIGITS:
         _locate_list_error(p, raw, line_of)
     # Each digit times 10**(distance to its token's end), summed per token in uint64:
     # 19 digits stay below 2**64, so nothing wraps before the int64 range check.

@@ -31,6 +31,7 @@ from privrec.data.textspec import (
     check_path,
     column_name,
     decode_line,
+    iter_lines,
     line_ends,
     no_rows,
     read_bytes,
@@ -115,10 +116,10 @@ def _csv_records(
 
 def _first_line(raw: bytes, sep: str, path: Path) -> tuple[int, str] | None:
     """Number and text of the first non-blank line (the header of a quote-free file)."""
-    for k, b in enumerate(split_lines(raw)):
-        text = decode_line(b, k + 1, path)
+    for lineno, b in iter_lines(raw):
+        text = decode_line(b, lineno, path)
         if not blank(text, sep):
-            return k + 1, text
+            return lineno, text
     return None
 
 
@@ -198,6 +199,7 @@ def _fast_delimited(
                 sep=sep,
                 header=None,
                 names=[f"c{k}" for k in range(n)],
+                usecols=[f"c{k}" for k in sorted({*pos, n - 1})],  # others need no parsing
                 skiprows=header_line,
                 engine="c",
                 index_col=False,

@@ -55,6 +55,7 @@ __all__ = [
     "decode_line",
     "exact_fixed",
     "first_line",
+    "iter_lines",
     "no_rows",
     "read_bytes",
     "short",
@@ -229,6 +230,19 @@ def split_lines(raw: bytes) -> list[bytes]:
     if lines and lines[-1] == b"":
         lines.pop()  # the file ends with a line break
     return lines
+
+
+def iter_lines(raw: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(line number, line without its end)``, lazily (a header search stops early)."""
+    body = raw[len(codecs.BOM_UTF8) :] if raw.startswith(codecs.BOM_UTF8) else raw
+    pos = 0
+    lineno = 0
+    for m in _EOL.finditer(body):
+        lineno += 1
+        yield lineno, body[pos : m.start()]
+        pos = m.end()
+    if pos < len(body):
+        yield lineno + 1, body[pos:]
 
 
 def first_line(raw: bytes) -> bytes:

@@ -294,6 +294,8 @@ def test_from_arrays_refuses_nested_ids() -> None:
         Interactions.from_arrays([[1, 2], [3, 4]], [1, 2])
     with pytest.raises(DataError, match="not an integer or a string"):
         Interactions.from_arrays([[1, 2], [3]], [1, 2])
+    with pytest.raises(DataError, match="unsupported type"):
+        Interactions.from_arrays([True, False], [1, 2])
     with pytest.raises(DataError, match="repeat"):
         Interactions.from_arrays([1], [1], item_ids=[1, 1, 2])
 

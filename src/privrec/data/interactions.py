@@ -561,9 +561,9 @@ def _id_array(ids: Sequence[Any] | np.ndarray, kind: str, source: str | None) ->
         raise DataError(
             f"{kind} ids must be one-dimensional", file=source, field=kind, found=arr.shape
         )
-    if arr.dtype.kind in "OUS" and pd.api.types.infer_dtype(arr, skipna=True) not in _ID_KINDS:
-        s = pd.Series(arr, dtype=object)
-        id_column(s, kind, Where(source, lambda j: j + 1), text=False)
+    odd = arr.dtype.kind in "OUS" and pd.api.types.infer_dtype(arr, skipna=True) not in _ID_KINDS
+    if odd or arr.dtype.kind in "bcmMV":  # lists, mixes; booleans, complex, dates, bytes
+        id_column(pd.Series(arr), kind, Where(source, lambda j: j + 1), text=False)
     return arr
 
 

@@ -129,24 +129,19 @@ def _read_fixed(
     names = [f"c{k}" for k in range(2 * n - 1 if double else n)]
     used = names[::2] if double else names  # the gaps of "::" need no parsing
     try:
-        with warnings.catch_warnings():
-            # A line with extra fields makes pandas warn and cut it; the separator count
-            # below refuses such a file instead, so the warning would only mislead.
-            warnings.simplefilter("ignore", pd.errors.ParserWarning)
-            df = pd.read_csv(
-                io.BytesIO(raw),
-                sep=sep[0],
-                header=None,
-                names=names,
-                usecols=used,
-                skiprows=1 if header else 0,
-                engine="c",
-                quoting=csv.QUOTE_NONE,
-                index_col=False,
-                na_filter=False,
-                low_memory=False,
-                encoding="utf-8",
-            )
+        df = pd.read_csv(
+            io.BytesIO(raw),
+            sep=sep[0],
+            header=None,
+            names=names,
+            usecols=used,
+            skiprows=1 if header else 0,
+            engine="c",
+            quoting=csv.QUOTE_NONE,
+            na_filter=False,
+            low_memory=False,
+            encoding="utf-8",
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OverflowError):
         return exact_fixed(path, raw, fields, sep, header=header)
     rows = len(df)

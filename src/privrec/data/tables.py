@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import io
 import threading
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -192,22 +191,19 @@ def _fast_delimited(
     needed = [c for c in wanted if c is not None]
     ids = {pos[needed.index(c)] for c in wanted[:2] if c is not None}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", pd.errors.ParserWarning)  # extra fields: refused below
-            df = pd.read_csv(
-                io.BytesIO(raw),
-                sep=sep,
-                header=None,
-                names=[f"c{k}" for k in range(n)],
-                usecols=[f"c{k}" for k in sorted({*pos, n - 1})],  # others need no parsing
-                skiprows=header_line,
-                engine="c",
-                index_col=False,
-                na_filter=False,
-                dtype={f"c{k}": str for k in ids},
-                low_memory=False,
-                encoding="utf-8",
-            )
+        df = pd.read_csv(
+            io.BytesIO(raw),
+            sep=sep,
+            header=None,
+            names=[f"c{k}" for k in range(n)],
+            usecols=[f"c{k}" for k in sorted({*pos, n - 1})],  # others need no parsing
+            skiprows=header_line,
+            engine="c",
+            na_filter=False,
+            dtype={f"c{k}": str for k in ids},
+            low_memory=False,
+            encoding="utf-8",
+        )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OverflowError):
         return None
     if len(df) == 0 or raw.count(sep.encode()) != header.count(sep) + (n - 1) * len(df):

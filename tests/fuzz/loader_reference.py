@@ -233,7 +233,7 @@ def _ref_delimited(raw: bytes, sep: str, kw: dict[str, Any]) -> Ok:
                 t = pd.to_datetime(v, utc=True, format="ISO8601", errors="coerce")
                 if not _ISO.fullmatch(v) or pd.isna(t):
                     raise _Refuse(lines[j], "date")
-                times.append((t - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
+                times.append(_secs(t))
     return _sum_ok(list(zip(ids[0], ids[1], values, times, strict=True)))
 
 
@@ -319,7 +319,7 @@ def _ref_times(col: pd.Series) -> list[float | None]:
             t = pd.to_datetime(v, utc=True, format="ISO8601", errors="coerce")
             if not _ISO.fullmatch(v) or pd.isna(t):
                 raise _Refuse(j + 1, "date")
-            out.append((t - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1))
+            out.append(_secs(t))
         return out
     for j, v in enumerate(vals):
         if isinstance(v, str):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import decimal
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,6 +202,7 @@ def number_column(col: pd.Series, field: Field, where: Where, *, text: bool) -> 
     if not text:
         _nulls(col, field.name, where, "value", field.expected())
     kind = col.dtype.kind
+    texts: list[str | None] | None = None  # the text of each value, where there was one
     if kind in "iuf" or (kind == "b" and not text):
         v = col.to_numpy(dtype=np.float64)
     elif kind == "b":  # pandas turned "True"/"False" text into booleans
@@ -212,31 +213,34 @@ def number_column(col: pd.Series, field: Field, where: Where, *, text: bool) -> 
         obj = np.asarray(col.to_numpy(), dtype=object)
         inferred = pd.api.types.infer_dtype(obj, skipna=False)
         if inferred == "string" or text:
-            v = _text_numbers(pd.Series(obj, dtype=object).astype(str), field, where)
+            s = pd.Series(obj, dtype=object).astype(str)
+            v = _text_numbers(s)
+            texts = list(s)
         else:  # numbers as Python objects, decimals, or a mix with something else
-            v = _each_number(obj, field, where)
-    _check_numbers(v, field, where)
+            v, texts = _each_number(obj, field, where)
+    _check_numbers(v, field, where, texts)
     return v
 
 
-def _text_numbers(s: pd.Series, field: Field, where: Where) -> np.ndarray:
+def _text_numbers(s: pd.Series) -> np.ndarray:
+    """Values of number texts; NaN where the text is not a number (reported in row order)."""
     ok = s.str.fullmatch(FLOAT_RE.pattern).to_numpy(dtype=bool)
-    if not ok.all():
-        j = _first(~ok)
-        _raise_field(field, str(s.iloc[j]), j, where)
-    return s.to_numpy(dtype=object).astype(np.float64)
+    v = np.full(len(s), np.nan)
+    v[ok] = s[ok].to_numpy(dtype=object).astype(np.float64)
+    return v
 
 
-def _each_number(obj: np.ndarray, field: Field, where: Where) -> np.ndarray:
+def _each_number(
+    obj: np.ndarray, field: Field, where: Where
+) -> tuple[np.ndarray, list[str | None]]:
     out = np.empty(len(obj), dtype=np.float64)
+    texts: list[str | None] = [None] * len(obj)
     for j, v in enumerate(obj):
         if field.kind == "time" and isinstance(v, bool | np.bool_):
             raise where.error("timestamp is a boolean", j, field.name, field.expected(), _found(v))
         if isinstance(v, str):
-            try:
-                out[j] = field.parse(v)
-            except FieldProblem as p:
-                raise where.error(p.message, j, field.name, field.expected(), p.found) from None
+            texts[j] = v
+            out[j] = float(v) if FLOAT_RE.fullmatch(v) else math.nan
         elif isinstance(v, int | float | np.integer | np.floating | np.bool_ | decimal.Decimal):
             try:
                 out[j] = float(v)
@@ -244,42 +248,37 @@ def _each_number(obj: np.ndarray, field: Field, where: Where) -> np.ndarray:
                 out[j] = math.inf
         else:
             raise where.error("value is not a number", j, field.name, field.expected(), _found(v))
-    return out
+    return out, texts
 
 
-def _raise_field(field: Field, text: str, j: int, where: Where) -> None:
-    try:
-        field.parse(text)
-    except FieldProblem as p:
-        raise where.error(p.message, j, field.name, field.expected(), p.found) from None
-    raise where.error(  # pragma: no cover  (the rule and the regex agree)
-        "value is not a number", j, field.name, field.expected(), short(text)
-    )
-
-
-def _check_numbers(v: np.ndarray, field: Field, where: Where) -> None:
+def _check_numbers(
+    v: np.ndarray, field: Field, where: Where, texts: Sequence[str | None] | None = None
+) -> None:
+    """Raise at the first row that is not a number, not finite or out of the field's range."""
     bad = ~np.isfinite(v)
+    w = np.where(bad, 0.0, v)
     if field.kind == "time":
-        bad |= np.abs(np.where(bad, 0.0, v)) >= TIME_LIMIT
+        bad |= np.abs(w) >= TIME_LIMIT
     else:
-        w = np.where(bad, 0.0, v)
         if field.low is not None:
             bad |= w < field.low
         if field.high is not None:
             bad |= w > field.high
         bad |= np.abs(w) > np.finfo(np.float32).max
-    if bad.any():
-        j = _first(bad)
+    if not bad.any():
+        return
+    j = _first(bad)
+    text = None if texts is None else texts[j]
+    if text is None:
         x = float(v[j])
         text = repr(x) if not x.is_integer() or not math.isfinite(x) else str(int(x))
-        if not math.isfinite(x):
-            raise where.error("value is not finite", j, field.name, field.expected(), text)
-        if field.kind == "time":
-            raise where.error("timestamp out of range", j, field.name, field.expected(), text)
-        try:
-            field.check_range(x, text)
-        except FieldProblem as p:
-            raise where.error(p.message, j, field.name, field.expected(), p.found) from None
+    try:
+        field.parse(text)  # the rule itself says what is wrong
+    except FieldProblem as p:
+        raise where.error(p.message, j, field.name, field.expected(), p.found) from None
+    raise where.error(  # pragma: no cover  (the vectorised test and the rule agree)
+        "value is not a number", j, field.name, field.expected(), short(text)
+    )
 
 
 # ------------------------------------------------------------------ timestamps

@@ -22,7 +22,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the ``fuzz`` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    __package__ = "fuzz"  # noqa: A001
+    __package__ = "fuzz"
 
 from .loader_cases import FIXED, TEXT_FORMATS, Case, generate
 

@@ -333,10 +333,6 @@ def load_lastfm(
 
 # ---------------------------------------------------------------- list format
 _INT64_DIGITS = len(str(INT64_MAX))  # 19
-_SOLID = np.ones(256, dtype=bool)  # byte -> part of a token (not space, tab, VT, FF, CR, LF)
-_SOLID[[9, 10, 11, 12, 13, 32]] = False
-_DIGIT = np.zeros(256, dtype=bool)
-_DIGIT[48:58] = True
 
 
 def read_user_item_lists(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -380,15 +376,17 @@ def read_user_item_lists(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.nda
     brk = lf
     if b"\r" in raw:
         brk = lf | ((buf == 13) & ~np.concatenate((lf[1:], [False])))
-    solid = _SOLID[buf]
-    blank_b = ~solid
+    blank_b = ((buf >= 9) & (buf <= 13)) | (buf == 32)  # tab, LF, VT, FF, CR, space
+    solid = ~blank_b
     starts = np.flatnonzero(solid & np.concatenate(([True], blank_b[:-1])))
     if starts.size == 0:
         raise no_rows(p, 1, header=False)
     ends = np.flatnonzero(solid & np.concatenate((blank_b[1:], [True])))
     line_of = np.cumsum(brk)[starts]  # 0-based line of each token
     lengths = ends - starts + 1
-    if (solid & ~_DIGIT[buf]).any() or int(lengths.max()) > _INT64_DIGITS:
+    longest = int(lengths.max())
+    digit = (buf - np.uint8(48)) < 10  # wraps below "0", so one comparison
+    if (solid & ~digit).any() or longest > _INT64_DIGITS:
         _locate_list_error(p, raw, line_of)
     # Each digit times 10**(distance to its token's end), summed per token in uint64:
     # 19 digits stay below 2**64, so nothing wraps before the int64 range check.
@@ -398,7 +396,7 @@ def read_user_item_lists(path: PathLike) -> tuple[np.ndarray, np.ndarray, np.nda
     terms = (buf[pos] - np.uint8(48)).astype(np.uint64) * powers[ends[token] - pos]
     offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     values_u = np.add.reduceat(terms, offsets)
-    if (values_u > np.uint64(INT64_MAX)).any():
+    if longest == _INT64_DIGITS and (values_u > np.uint64(INT64_MAX)).any():
         _locate_list_error(p, raw, line_of)
     values = values_u.astype(np.int64)
     first = np.ones(starts.size, dtype=bool)

@@ -81,8 +81,9 @@ def test_recover_gram_returns_the_released_noisy_gram(base, monkeypatch):  # typ
     orig = dp_ease.symmetric_gaussian
 
     def spy(*args):  # type: ignore[no-untyped-def]
-        seen["g"] = orig(*args)
-        return seen["g"]
+        out = orig(*args)
+        seen["g"] = out.copy()  # DPEASE solves EASE in place on the released matrix
+        return out
 
     monkeypatch.setattr(dp_ease, "symmetric_gaussian", spy)
     with warnings.catch_warnings():

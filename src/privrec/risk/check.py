@@ -20,14 +20,12 @@ Every violation is one line; any violation makes the check fail.
 from __future__ import annotations
 
 import glob
-import json
 import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pydantic
 
 from privrec.errors import ConfigError
@@ -131,16 +129,21 @@ def _expand(patterns: list[str]) -> list[Path]:
 
 
 def _read(path: Path) -> tuple[dict[str, Any], Any]:
-    """(metadata, guarantee or None) of a model file, without trusting it further."""
-    from privrec.privacy.guarantee import PrivacyGuarantee
+    """(facts, guarantee or None) of a model file, read with privrec's hardened loader.
 
-    with np.load(path, allow_pickle=False) as npz:
-        if "__meta__" not in npz.files:
-            raise ConfigError("not a privrec model file (no metadata)")
-        meta = json.loads(npz["__meta__"].tobytes().decode())
-        meta["_stores_interactions"] = bool("ui_data" in npz.files and npz["ui_data"].size > 0)
-    g = (meta.get("extra") or {}).get("guarantee")
-    return meta, None if g is None else PrivacyGuarantee.model_validate(g)
+    The file is treated as hostile (size limits, dtype and shape checks: see
+    :mod:`privrec.models.persistence`); its guarantee is *not* verified here, so that a
+    mismatch is reported as a finding with both numbers instead of a load error.
+    """
+    from privrec.models import load_model
+
+    model = load_model(path, verify=False)
+    facts = {
+        "model": model.name,
+        "_stores_interactions": not bool(getattr(model, "_released_only", True))
+        and int(getattr(getattr(model, "user_items_", None), "nnz", 0)) > 0,
+    }
+    return facts, getattr(model, "guarantee_", None)
 
 
 def _check_file(path: Path, release: bool, policy: PolicySection, rep: CheckReport) -> Any:

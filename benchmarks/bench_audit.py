@@ -246,6 +246,8 @@ def markdown(res: dict[str, Any]) -> str:
             f"| {r['model']} | {r['bug']} | {', '.join(f'{x:.2f}' for x in r['eps_lb'])} | "
             f"{sum(r['flagged'])}/{len(r['flagged'])} |"
         )
+    for note in res.get("notes", []):
+        out += ["", note]
     return "\n".join(out) + "\n"
 
 

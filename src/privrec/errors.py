@@ -17,6 +17,7 @@ __all__ = [
     "DuplicateInteractionError",
     "InsecureParametersError",
     "InvalidInputError",
+    "KeyFileError",
     "MessageRejected",
     "MissingUserDataError",
     "NotFittedError",
@@ -192,3 +193,12 @@ class PeerUnavailable(ProtocolError):  # noqa: N818
     Raised by the authenticated channel of :mod:`privrec.secure.channel`; the cross-silo
     protocol turns it into a :class:`ProtocolAbort` naming the phase it happened in.
     """
+
+
+# --------------------------------------------------------------------------- secure computation
+# (engineer "secure": key files, SecAgg+ and silo errors)
+
+
+class KeyFileError(ConfigError):
+    """A secret key file that cannot be used safely: unreadable, malformed, not a regular file,
+    or readable by other users (a key must be mode 0600, owner only)."""

@@ -35,12 +35,14 @@ def silo_keys(
     ] = "7100,7101,7102",
 ) -> None:
     """Create static X25519 keys and the public roster for driver, 2 servers and K silos."""
+    from privrec.secure.channel import check_port
     from privrec.secure.silo import setup_keys
 
     with handle_errors():
-        port_list = [int(p) for p in ports.split(",")]
-        if len(port_list) != 3:
-            raise ConfigError("--ports needs three ports: driver,server0,server1")
+        raw = [p.strip() for p in ports.split(",")]
+        if len(raw) != 3 or not all(p.isdigit() for p in raw):
+            raise ConfigError(f"--ports needs three ports driver,server0,server1, found {ports!r}")
+        port_list = [check_port(int(p), "--ports") for p in raw]
         roster, _ = setup_keys(out, silos, host=host, ports=port_list)
         console.print(
             f"wrote {out / 'roster.json'} (public) and {len(roster.parties)} key files "

@@ -329,7 +329,7 @@ class FederatedSimulation:
                         ],
                         dtype=bool,
                     )
-                    need = max(2, enc.plan.min_survivors)
+                    need = srv.round_min_survivors(len(ids), "count")
                     if int(keep_mask.sum()) < need:
                         raise ProtocolAbort(
                             "masked_input",
@@ -340,7 +340,7 @@ class FederatedSimulation:
                     if enc.bits < 64:
                         acc &= np.uint64((1 << enc.bits) - 1)
                     n_keep = int(keep_mask.sum())
-                    srv.select_head(enc.decode(acc, n_keep), survivors=n_keep)
+                    srv.select_head(enc.decode(acc, n_keep), survivors=n_keep, sampled=len(ids))
                     return
                 encoded = self._encode_rows(w, enc, noise_rng)
                 res = secure_sum(
@@ -351,11 +351,12 @@ class FederatedSimulation:
                     crash=crash,
                     garbage=garbage,
                     mode=self.secure,
-                    min_survivors=enc.plan.min_survivors,
+                    min_survivors=srv.round_min_survivors(len(ids), "count"),
                     corrupt_fraction=self.config.corrupt_fraction,
+                    threat_model=self.config.threat_model,
                 )
                 n_surv = len(res.survivors)
-                srv.select_head(enc.decode(res.sum, n_surv), survivors=n_surv)
+                srv.select_head(enc.decode(res.sum, n_surv), survivors=n_surv, sampled=len(ids))
                 return
             except ProtocolAbort as exc:
                 srv.record_abort(exc.phase, f"head counting round: {exc.reason}")
@@ -541,7 +542,7 @@ class FederatedSimulation:
                 # are encoded, block by block, and summed modulo 2^b (no cryptography; the same
                 # sum as SecAgg+, see secure_round; bounded memory).
                 ok = send & ~np.isin(np.arange(n), list(garbage))
-                need = max(2, enc.plan.min_survivors)
+                need = srv.round_min_survivors(n)
                 if int(ok.sum()) < need:
                     raise ProtocolAbort(
                         "masked_input",
@@ -573,11 +574,12 @@ class FederatedSimulation:
                     crash=crash,
                     garbage=garbage,
                     mode="full",
-                    min_survivors=enc.plan.min_survivors,
+                    min_survivors=srv.round_min_survivors(n),
                     neighbours=self.config.secagg_neighbours,
                     threshold=self.config.secagg_threshold,
                     dropout_rate=max(self.faults.dropout, 0.05),
                     corrupt_fraction=self.config.corrupt_fraction,
+                    threat_model=self.config.threat_model,
                 )
                 n_surv = len(res.survivors)
                 noisy = enc.decode(res.sum, n_surv)
@@ -588,7 +590,7 @@ class FederatedSimulation:
                 stats = dict(res.stats)
                 bits = bits_sent[pos[np.asarray(res.survivors, dtype=np.int64)]]
         update_sum, unclipped = srv.unpack(noisy, srv.expected_clients)
-        srv.apply(update_sum, srv.expected_clients, unclipped, survivors=n_surv)
+        srv.apply(update_sum, srv.expected_clients, unclipped, survivors=n_surv, sampled=n)
         recall = None
         if self.validation is not None and (r % self.eval_every == 0 or r == self.config.rounds):
             assert srv.head_items is not None

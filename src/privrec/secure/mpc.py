@@ -379,9 +379,12 @@ class TLSFiles:
 
     def contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         """(server, client) contexts: TLS ≥ 1.2, mutual authentication against the CA."""
+        from privrec.secure.keyfiles import check_secret
+
         for f in (self.ca, self.cert, self.key):
             if not Path(f).is_file():
                 raise ConfigError(f"TLS file {f} not found")
+        check_secret(self.key)  # a private key others can read is refused
         server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca))
         server.verify_mode = ssl.CERT_REQUIRED
         client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
@@ -406,19 +409,24 @@ def make_tls_material(directory: str | Path, *, days: int = 365) -> Path:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
+    from privrec.secure.keyfiles import write_secret
+
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create key directory {str(d)!r}: {exc.strerror}") from None
     now = datetime.datetime.now(datetime.UTC)
 
     def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-        path.write_bytes(
+        write_secret(
+            path,
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
-            )
+            ),
         )
-        path.chmod(0o600)
 
     def certificate(
         name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: Any, ca: bool

@@ -126,7 +126,15 @@ from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.postprocessing import project_psd, psd_solve
 from privrec.privacy.randomness import secure_generator
 from privrec.privacy.units import PrivacyUnit
-from privrec.secure.channel import Channel, Identity, Listener, Roster, connect, generate_keys
+from privrec.secure.channel import (
+    Channel,
+    Identity,
+    Listener,
+    Roster,
+    check_port,
+    connect,
+    generate_keys,
+)
 from privrec.secure.prg import add_mask, expand
 
 __all__ = [
@@ -1662,6 +1670,10 @@ def setup_keys(
     if n_silos < 1:
         raise ConfigError("at least one silo is needed")
     p = list(ports) or [_free_port() for _ in range(3)]
+    if len(p) != 3:
+        raise ConfigError(f"ports: three listening ports (driver, server0, server1), found {p}")
+    for port in p:
+        check_port(port, "listening port of driver/server0/server1")
     parties = {
         "driver": ("driver", host, p[0]),
         "server0": ("server", host, p[1]),

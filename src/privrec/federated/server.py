@@ -276,12 +276,38 @@ class FederatedMFServer:
         """Honest noise shares the per-device noise is sized for (training rounds)."""
         return max(1, self.min_survivors - self.corrupt_bound(self.max_clients))
 
+    @property
+    def count_min_survivors(self) -> int:
+        """Fewest survivors the head-counting round accepts."""
+        return self._count_sizes()[0]
+
     def _count_sizes(self) -> tuple[int, int, int]:
         """``(min survivors, noise shares, max clients)`` of the head-counting round."""
         e = max(1.0, self.q_head * self.population)
         m = max(2, math.floor(self.config.min_survivor_fraction * e))
         top = max(m, math.ceil(e + 8.0 * math.sqrt(e) + 8))
         return m, max(1, m - self.corrupt_bound(top)), top
+
+    def expected_epsilon(self) -> float:
+        """ε the whole run is expected to spend when every sampled device survives.
+
+        The noise is sized for the worst completed round (:attr:`noise_shares` honest
+        survivors), so a run whose rounds keep most devices spends less than it asked; this
+        is that expectation (distributed DP; dp-accounting on the Gaussian the honest noise
+        shares of an expected cohort add up to). Central DP: the calibrated ε itself.
+        """
+        c = self.config
+        z, zh = self.noise_multiplier, self.head_noise_multiplier
+        if z == 0:
+            return math.inf
+        if c.aggregation == "distributed":
+            e = max(1, round(self.expected_clients))
+            z *= math.sqrt(max(1, e - self.corrupt_bound(e)) / self.noise_shares)
+            if zh > 0:
+                eh = max(1, round(self.q_head * self.population))
+                shares = self._count_sizes()[1]
+                zh *= math.sqrt(max(1, eh - self.corrupt_bound(eh)) / shares)
+        return fast_epsilon(self._planned_event(z, zh), c.delta, c.accountant)
 
     def planned_round_event(self) -> dp_accounting.DpEvent:
         """The event a training round is calibrated to (a ledger can check it before the round)."""

@@ -12,8 +12,7 @@ from dp_accounting import pld
 from privrec.errors import ConfigError
 from privrec.federated import FederatedMFConfig, FederatedMFServer, split_noise
 from privrec.federated.accounting import fast_epsilon
-from privrec.privacy.accounting import AccountantKind
-from privrec.privacy.accounting import epsilon_of
+from privrec.privacy.accounting import AccountantKind, epsilon_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
 

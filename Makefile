@@ -28,6 +28,7 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/privrec demo
+	PRIVREC=$(CURDIR)/$(VENV)/bin/privrec PYTHON=$(CURDIR)/$(PY) bash examples/governance/demo.sh
 
 test: $(STAMP) lint
 	$(PY) -m pytest

@@ -10,22 +10,31 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "AuditLogError",
+    "AuthenticationError",
+    "BudgetExceededError",
     "ConfigError",
     "DataError",
     "DataWarning",
     "DuplicateClientError",
     "DuplicateInteractionError",
+    "GovernanceError",
     "InsecureParametersError",
     "InvalidInputError",
     "KeyFileError",
+    "LedgerSchemaError",
     "MessageRejected",
     "MissingUserDataError",
     "NotFittedError",
     "PeerUnavailable",
+    "PermissionDeniedError",
+    "PolicyError",
+    "PolicyViolation",
     "PrivacyWarning",
     "PrivrecError",
     "ProtocolAbort",
     "ProtocolError",
+    "UnknownDatasetError",
     "UnknownItemError",
     "UnknownUserError",
 ]
@@ -195,6 +204,81 @@ class PeerUnavailable(ProtocolError):  # noqa: N818
     """
 
 
+# ----------------------------------------------------------------- governance (privrec.governance)
+class GovernanceError(PrivrecError):
+    """A privacy-operations rule of the ledger (budgets, roles, policy, audit log) refused an action.
+
+    Raised *before* anything is written: the ledger validates first, then mutates inside one
+    transaction, so a refused action leaves the database unchanged.
+    """
+
+
+class BudgetExceededError(GovernanceError):
+    """A charge would take a budget past its cap; nothing was reserved and no noise was drawn.
+
+    Parameters
+    ----------
+    scope
+        Which budget refused (e.g. ``"dataset ratings"``, ``"analyst bob on ratings"``).
+    remaining
+        ε still available in that scope at the budget's δ (composed, never summed).
+    requested
+        ε the refused charge would cost on its own at that δ.
+    """
+
+    def __init__(self, scope: str, *, remaining: float, requested: float, cap: float) -> None:
+        self.scope = scope
+        self.remaining = remaining
+        self.requested = requested
+        self.cap = cap
+        super().__init__(
+            f"refused: {scope} has ε = {max(remaining, 0.0):.4g} remaining of {cap:.4g}; "
+            f"this charge needs ε = {requested:.4g} on its own"
+        )
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_rebuild_budget_error, (self.scope, self.remaining, self.requested, self.cap))
+
+
+def _rebuild_budget_error(
+    scope: str, remaining: float, requested: float, cap: float
+) -> BudgetExceededError:
+    return BudgetExceededError(scope, remaining=remaining, requested=requested, cap=cap)
+
+
+class PermissionDeniedError(GovernanceError, PermissionError):
+    """The caller's role (owner, analyst, auditor) does not allow the action."""
+
+
+class AuthenticationError(GovernanceError):
+    """An API key that is unknown, malformed or revoked."""
+
+
+class UnknownDatasetError(GovernanceError, LookupError):
+    """A dataset (or charge, artifact) name or id the ledger does not know."""
+
+
+class PolicyError(ConfigError):
+    """A data-use policy file that is malformed or inconsistent (TOML or schema problem)."""
+
+
+class PolicyViolation(GovernanceError):  # noqa: N818  (a refusal, not a crash)
+    """Data or a model that did not pass through the dataset's policy (or passed before a deletion)."""
+
+
+class LedgerSchemaError(GovernanceError):
+    """A ledger database that is missing, not initialised, or from a newer privrec schema."""
+
+
+class AuditLogError(GovernanceError):
+    """The hash-chained audit log does not verify; the message names the first bad row."""
+
+    def __init__(self, message: str, *, seq: int | None = None) -> None:
+        self.seq = seq
+        super().__init__(message)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.args[0],), {"seq": self.seq})
 # --------------------------------------------------------------------------- secure computation
 # (engineer "secure": key files, SecAgg+ and silo errors)
 

@@ -18,6 +18,15 @@ from privrec.cli import training
 from privrec.cli.common import STATE
 from privrec.cli.data import data_app
 from privrec.cli.federated import federated_app
+from privrec.cli.governance import (
+    audit_app,
+    consent_app,
+    forget,
+    keys_app,
+    ledger_app,
+    lineage,
+    policy_app,
+)
 from privrec.cli.he import he_app
 from privrec.cli.mpc import mpc_app
 from privrec.cli.privacy import privacy_app
@@ -49,6 +58,13 @@ app.add_typer(he_app, name="he")
 app.add_typer(silo_app, name="silo")
 app.add_typer(mpc_app, name="mpc")
 app.add_typer(federated_app, name="federated")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(keys_app, name="keys")
+app.add_typer(policy_app, name="policy")
+app.add_typer(consent_app, name="consent")
+app.command()(forget)
+app.command()(lineage)
+app.add_typer(audit_app, name="audit-log")
 
 
 def run() -> None:  # pragma: no cover - console entry point helper

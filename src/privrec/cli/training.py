@@ -57,6 +57,17 @@ def train(
     include_user_data: Annotated[
         bool, typer.Option(help="Private models: also store the training interactions in the file.")
     ] = False,
+    ledger: Annotated[
+        str | None,
+        typer.Option(help="Charge the ledger at this URL (default $PRIVREC_DB or privrec.db)."),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Ledger dataset: apply its policy and charge its budget.")
+    ] = None,
+    purpose: Annotated[str | None, typer.Option(help="Ledger: purpose of this charge.")] = None,
+    key: Annotated[
+        str | None, typer.Option(envvar="PRIVREC_API_KEY", help="Ledger: your API key.")
+    ] = None,
 ) -> None:
     """Fit a model on a whole interaction file and save it.
 
@@ -85,11 +96,28 @@ def train(
             binarize if binarize is not None else data_cfg.get("binarize"),
         )
         t0 = time.perf_counter()
-        fit_with_progress(model, data)
-        saved = model.save(output, include_user_data=True if include_user_data else None)
+        if dataset is not None or ledger is not None:  # privacy ledger (privrec.governance)
+            if dataset is None:
+                raise ConfigError("--ledger needs --dataset NAME (the ledger dataset to charge)")
+            from privrec.governance.training import train_from_cli
+
+            rec, spent = train_from_cli(
+                model, data, url=ledger, api_key=key, dataset=dataset, purpose=purpose,
+                output=output, include_user_data=include_user_data or None, fit=fit_with_progress,
+            )  # fmt: skip
+            saved, seen = rec.path, rec.model.user_items_  # the policy-filtered matrix
+            console.print(
+                f"ledger: charge {rec.charge.id} committed, artifact {rec.artifact.id}; {dataset!r} "
+                f"spent ε = {spent.composed_epsilon:.4g} composed (naive sum {spent.naive_epsilon:.4g}) "
+                f"of {spent.epsilon:g}, remaining {spent.remaining:.4g}"
+            )
+        else:
+            fit_with_progress(model, data)
+            saved = model.save(output, include_user_data=True if include_user_data else None)
+            seen = data.matrix
         console.print(
-            f"fitted [bold]{model.name}[/] on {data.n_users:,} users × {data.n_items:,} items "
-            f"({data.nnz:,} interactions) in {time.perf_counter() - t0:.1f} s → {saved}"
+            f"fitted [bold]{model.name}[/] on {seen.shape[0]:,} users × {seen.shape[1]:,} items "
+            f"({seen.nnz:,} interactions) in {time.perf_counter() - t0:.1f} s → {saved}"
         )
         guarantee = getattr(model, "guarantee_", None)
         if guarantee is not None:

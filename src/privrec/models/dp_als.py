@@ -32,6 +32,7 @@ from privrec.models.private import (
 )
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
+from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event
 from privrec.privacy.postprocessing import project_psd, psd_solve
 from privrec.privacy.units import PrivacyUnit
@@ -110,6 +111,30 @@ def dpals_event(
     return compose(
         [gaussian_event(r3 * sigma), dp_accounting.SelfComposedDpEvent(step, iterations)]
     )
+
+
+def dpals_releases(
+    sigma: float, iterations: int, max_per_user: int, ratios: tuple[float, float, float, float]
+) -> list[SpentEvent]:
+    """The labelled releases of one training, in order (:func:`dpals_event` is their composition).
+
+    Announced before any noise is drawn (the write-ahead charge of :mod:`privrec.governance`);
+    ``fit`` then records exactly these as it makes them.
+    """
+    r0, r1, r2, r3 = ratios
+    b = math.sqrt(max_per_user)
+    out = [SpentEvent("noisy item counts", gaussian_event(r3 * sigma))]
+    for step in range(iterations):
+        out += [
+            SpentEvent(f"step {step + 1}: noisy Gramian", gaussian_event(r0 * sigma)),
+            SpentEvent(
+                f"step {step + 1}: noisy item left-hand sides", gaussian_event(r1 * sigma / b)
+            ),
+            SpentEvent(
+                f"step {step + 1}: noisy item right-hand sides", gaussian_event(r2 * sigma / b)
+            ),
+        ]
+    return out
 
 
 class DPALSConfig(PrivateConfig):
@@ -332,6 +357,7 @@ class DPALS(PrivateRecommender):
         )
         self.noise_scale_ = sigma
         self.iterations_ = iterations
+        self._plan(dpals_releases(sigma, iterations, c.max_per_user, ratios))
         x = sp.csr_matrix(data.matrix, copy=True)
         x.data[:] = 1.0
         n_items = x.shape[1]

@@ -17,6 +17,7 @@ from privrec.models.ease import ease_from_gram, item_gram
 from privrec.models.private import PrivateConfig, PrivateRecommender, blend_popularity
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.contribution import sample_per_user
+from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event, symmetric_gaussian
 from privrec.privacy.units import PrivacyUnit
 
@@ -201,6 +202,18 @@ class DPEASE(PrivateRecommender):
                 unit=config.unit,
             )
         z_gram = z_eff / np.sqrt(1.0 - f)
+        self._plan(
+            (
+                [
+                    SpentEvent(
+                        "noisy item counts (head selection)", gaussian_event(z_eff / np.sqrt(f))
+                    )
+                ]
+                if restrict
+                else []
+            )
+            + [SpentEvent("noisy item Gram matrix", gaussian_event(z_gram))]
+        )
         sens_g = gram_sensitivity(config.unit, config.max_contribution, config.max_per_user)
         m = data.matrix
         if restrict:

@@ -14,6 +14,7 @@ from privrec.models.popularity import PopularityScores
 from privrec.models.private import PrivateConfig, PrivateRecommender
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.contribution import sample_per_user
+from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event
 from privrec.privacy.units import PrivacyUnit
 
@@ -110,6 +111,7 @@ class DPPopularity(PopularityScores, PrivateRecommender):
     def _fit(self, data: Interactions, config: DPPopularityConfig) -> None:
         budget, rng = self._begin(data, config)
         z = calibrate(budget, gaussian_event, kind=config.accountant, unit=config.unit)
+        self._plan([SpentEvent("noisy item counts", gaussian_event(z))])
         counts, sens = bounded_counts(data.matrix, config.unit, config.max_per_user, rng)
         self.item_popularity_ = gaussian(counts, z, sens, rng).astype(np.float32)
         self.noise_multiplier_ = z

@@ -11,6 +11,7 @@ warns that the result is not private.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -46,13 +47,29 @@ class PrivateRecommender(Recommender):
 
     guarantee_: PrivacyGuarantee
 
+    #: Write-ahead hook (set by :mod:`privrec.governance`): called by :meth:`_plan` with every
+    #: release ``fit`` is about to make, before any noise is drawn; it may refuse by raising.
+    release_gate: Callable[[list[SpentEvent]], None] | None = None
+
     def _begin(self, data: Interactions, config: Any) -> tuple[Budget, np.random.Generator]:
         """Validate the budget against the data and open a fresh noise source and ledger."""
         budget = Budget(config.epsilon, config.delta)
         n_units = data.n_users if config.unit is PrivacyUnit.USER else max(data.nnz, 1)
         budget.check_delta(n_units)
         self._spent: list[SpentEvent] = []
+        self._planned: list[SpentEvent] | None = None
         return budget, resolve_generator(config.seed)
+
+    def _plan(self, planned: list[SpentEvent]) -> None:
+        """Announce the releases ``fit`` will make, after calibration and before any noise is drawn.
+
+        A ledger attached as :attr:`release_gate` reserves their charge here (and refuses when a
+        budget would be exceeded, so no noise is ever drawn); :meth:`_finish` checks that the
+        releases actually made are exactly the ones announced.
+        """
+        self._planned = list(planned)
+        if self.release_gate is not None:
+            self.release_gate(list(planned))
 
     def _spend(self, label: str, event: Any) -> None:
         self._spent.append(SpentEvent(label, event))
@@ -60,6 +77,13 @@ class PrivateRecommender(Recommender):
     def _finish(
         self, config: Any, *, released: list[str], not_released: list[str], threat_model: str
     ) -> None:
+        planned = getattr(self, "_planned", None)
+        if planned is not None and [p.to_dict() for p in planned] != [
+            s.to_dict() for s in self._spent
+        ]:
+            raise RuntimeError(  # a bug in the model: its write-ahead charge would be wrong
+                f"{type(self).__name__} released other events than it announced to _plan"
+            )
         self.guarantee_ = PrivacyGuarantee.from_events(
             self._spent,
             delta=config.delta,

@@ -1,0 +1,212 @@
+"""Connecting to the ledger database: SQLite (WAL, ``BEGIN IMMEDIATE``) or PostgreSQL (row lock).
+
+Why these choices:
+
+* **SQLite** is the embedded default (a file, no server). WAL lets readers work while one writer
+  writes; ``synchronous=FULL`` makes a committed reservation survive a power cut, not only a
+  process crash; every writing transaction starts with ``BEGIN IMMEDIATE`` so the budget it
+  checks cannot change before it commits.
+* **PostgreSQL** (``postgresql+psycopg://…``) is for teams. Every writing transaction first takes
+  ``SELECT … FOR UPDATE`` on the ledger's one ``audit_head`` row: writers queue on that lock, so
+  the remaining budget a transaction reads is still the remaining budget when it commits, and the
+  audit log's chain never forks.
+* The schema is created and evolved by Alembic migrations shipped in this package. Opening a
+  database whose revision this privrec does not know (a newer privrec wrote it) is refused
+  before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from privrec.errors import LedgerSchemaError
+
+__all__ = [
+    "DEFAULT_URL",
+    "ENV_VAR",
+    "HEAD_REVISION",
+    "KNOWN_REVISIONS",
+    "create_ledger_engine",
+    "resolve_url",
+    "schema_revision",
+    "upgrade",
+    "user_digests",
+    "write_transaction",
+]
+
+ENV_VAR = "PRIVREC_DB"
+DEFAULT_URL = "sqlite:///privrec.db"
+#: Alembic revisions this privrec can read, oldest first (tests check it matches the scripts).
+KNOWN_REVISIONS: tuple[str, ...] = ("0001",)
+HEAD_REVISION = KNOWN_REVISIONS[-1]
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def resolve_url(url: str | Path | None = None) -> str:
+    """``url``, else ``$PRIVREC_DB``, else ``sqlite:///privrec.db``; a bare path means a SQLite file."""
+    raw = str(url) if url is not None else os.environ.get(ENV_VAR) or DEFAULT_URL
+    if "://" not in raw:
+        raw = f"sqlite:///{raw}"
+    if raw.startswith("postgresql://") or raw.startswith("postgres://"):
+        raw = "postgresql+psycopg://" + raw.split("://", 1)[1]
+    return raw
+
+
+def create_ledger_engine(url: str | Path | None = None) -> Engine:
+    """An engine for the ledger (cached per URL within a process)."""
+    resolved = resolve_url(url)
+    engine = _ENGINES.get(resolved)
+    if engine is not None:
+        return engine
+    if resolved.startswith("sqlite"):
+        engine = sa.create_engine(resolved, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            mode = conn.get_execution_options().get("privrec_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if mode else "BEGIN")
+
+    elif resolved.startswith("postgresql"):
+        engine = sa.create_engine(resolved, pool_pre_ping=True)
+    else:
+        raise LedgerSchemaError(
+            f"unsupported ledger URL {resolved.split('://', 1)[0]!r}: use sqlite:///FILE or "
+            "postgresql+psycopg://USER@HOST:PORT/DB"
+        )
+    _ENGINES[resolved] = engine
+    return engine
+
+
+def _after_fork_in_child() -> None:
+    # A forked child must not use (or close) the parent's pooled connections: drop them unclosed.
+    for engine in _ENGINES.values():
+        engine.dispose(close=False)
+    _ENGINES.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def dispose_engines() -> None:
+    """Close every cached engine (tests; forked children must not share connections)."""
+    for engine in _ENGINES.values():
+        engine.dispose()
+    _ENGINES.clear()
+
+
+def schema_revision(conn: Connection) -> str | None:
+    """The database's Alembic revision, or ``None`` for a database never initialised."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    row = conn.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+    return None if row is None else str(row[0])
+
+
+def check_schema(conn: Connection, url: str) -> None:
+    """Refuse a database this privrec cannot safely use (not initialised, older or newer schema)."""
+    rev = schema_revision(conn)
+    if rev is None:
+        raise LedgerSchemaError(
+            f"no privrec ledger at {_safe(url)}: run `privrec ledger init` first"
+        )
+    if rev not in KNOWN_REVISIONS:
+        raise LedgerSchemaError(
+            f"the ledger at {_safe(url)} has schema revision {rev!r}, newer than this privrec "
+            f"understands (up to {HEAD_REVISION!r}); upgrade privrec before using it"
+        )
+    if rev != HEAD_REVISION:
+        raise LedgerSchemaError(
+            f"the ledger at {_safe(url)} has schema revision {rev!r}; run `privrec ledger init` "
+            f"to migrate it to {HEAD_REVISION!r}"
+        )
+
+
+def upgrade(engine: Engine) -> None:
+    """Create or migrate the schema to this privrec's head revision (Alembic, in one transaction)."""
+    from alembic import command
+    from alembic.config import Config
+
+    with engine.connect() as conn:
+        rev = schema_revision(conn)
+        conn.rollback()
+    if rev is not None and rev not in KNOWN_REVISIONS:
+        raise LedgerSchemaError(
+            f"the ledger has schema revision {rev!r}, newer than this privrec understands "
+            f"(up to {HEAD_REVISION!r}); upgrade privrec before using it"
+        )
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect().execution_options(privrec_write=True) as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+        conn.commit()
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One serialised writing transaction: ``BEGIN IMMEDIATE`` (SQLite) or the head-row lock (PostgreSQL).
+
+    Everything inside commits together or not at all — the action and its audit-log row alike.
+    """
+    with engine.connect().execution_options(privrec_write=True) as conn, conn.begin():
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql(
+                "SELECT value FROM ledger_meta WHERE key = 'audit_head' FOR UPDATE"
+            )
+        yield conn
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A read-only snapshot (one transaction, so a listing is consistent)."""
+    with engine.connect() as conn, conn.begin():
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield conn
+
+
+def user_digests(key: bytes, user_ids: np.ndarray | list[Any]) -> np.ndarray:
+    """Keyed 64-bit hashes (BLAKE2b) of user ids as ``uint64``: what the ledger stores instead of ids.
+
+    Ids are hashed through their text form, so ``7`` and ``"7"`` are the same person — the form
+    a CSV of consents or a command line gives them in.
+    """
+    out = np.empty(len(user_ids), dtype=np.uint64)
+    for i, u in enumerate(user_ids):
+        h = hashlib.blake2b(str(u).encode(), key=key, digest_size=8).digest()
+        out[i] = int.from_bytes(h, "little")
+    return out
+
+
+def digest_hex(value: int | np.integer[Any]) -> str:
+    return f"{int(value):016x}"
+
+
+def _safe(url: str) -> str:
+    """The URL without its password (for messages)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # pragma: no cover - malformed URLs are reported by create_engine
+        return url.split("@")[-1]

@@ -1,0 +1,349 @@
+"""Data-use policy: purpose, columns, retention, consent, minimisation, unit and budget — applied once.
+
+A policy is a TOML file validated by pydantic (unknown keys are errors)::
+
+    purpose = "weekly recommendations"
+    unit = "user"                       # the privacy unit every training on this dataset uses
+    columns = ["user", "item", "timestamp"]   # "value" absent: ratings are dropped (binarised)
+    retention_days = 365                # interactions older than this are dropped
+    max_interactions_per_user = 200     # minimisation: the most recent 200 per user are kept
+
+    [consent]
+    required = true
+    source = "ledger"                   # imported with `privrec consent import`, or a CSV path
+
+    [budget]                            # the dataset's lifetime (or per-period) cap
+    epsilon = 8.0
+    delta = 1e-6
+    # period_days = 30
+
+    [deletion]
+    retrain_within_days = 30            # models trained before a deletion must be retrained
+
+:func:`apply_policy` is the **one** place a policy touches data. It returns the filtered
+interactions and a :class:`PolicyReport` of what was dropped and why — counts only, never ids.
+Steps run in a fixed order: deletion requests, consent, retention, minimisation, empty users,
+columns. The report's exact counts are an internal record for the data controller and the
+auditor (they are not differentially private and must not be published).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydantic
+import scipy.sparse as sp
+
+from privrec.data.interactions import Interactions
+from privrec.errors import DataError, PolicyError, PolicyViolation
+from privrec.privacy.units import PrivacyUnit
+
+__all__ = [
+    "BudgetRule",
+    "ConsentRule",
+    "Policy",
+    "PolicyReport",
+    "PolicyStep",
+    "apply_policy",
+    "load_policy",
+    "read_consents",
+]
+
+Column = Literal["user", "item", "value", "timestamp"]
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class ConsentRule(_Strict):
+    required: bool = False
+    #: ``"ledger"`` (records imported with ``privrec consent import``) or a CSV file of consents
+    source: str = "ledger"
+
+
+class BudgetRule(_Strict):
+    epsilon: float = pydantic.Field(gt=0, allow_inf_nan=False)
+    delta: float = pydantic.Field(gt=0, lt=1)
+    period_days: float | None = pydantic.Field(default=None, gt=0, allow_inf_nan=False)
+    accountant: Literal["pld", "rdp"] = "pld"
+
+
+class DeletionRule(_Strict):
+    #: after a deletion request, models trained on data that held the person must be retrained
+    #: within this many days (``None``: no retrain required — DP already bounds what they reveal)
+    retrain_within_days: float | None = pydantic.Field(default=None, ge=0, allow_inf_nan=False)
+
+
+class Policy(_Strict):
+    """A dataset's data-use policy (see the module docstring for the TOML form)."""
+
+    purpose: str = pydantic.Field(min_length=1, max_length=128)
+    unit: PrivacyUnit
+    columns: tuple[Column, ...] = ("user", "item")
+    retention_days: float | None = pydantic.Field(default=None, gt=0, allow_inf_nan=False)
+    max_interactions_per_user: int | None = pydantic.Field(default=None, ge=1)
+    consent: ConsentRule = ConsentRule()
+    budget: BudgetRule
+    deletion: DeletionRule = DeletionRule()
+
+    @pydantic.field_validator("columns")
+    @classmethod
+    def _needs_user_item(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        missing = [c for c in ("user", "item") if c not in v]
+        if missing:
+            raise ValueError(f"columns must include 'user' and 'item' (missing {missing[0]!r})")
+        if len(set(v)) != len(v):
+            raise ValueError("columns are listed twice")
+        return v
+
+    def canonical(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.canonical().encode()).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str) -> Policy:
+        return cls.model_validate_json(text)
+
+
+def _policy_error(where: str, exc: pydantic.ValidationError) -> PolicyError:
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "missing":
+        return PolicyError(f"policy {where}: missing required field {field!r}")
+    if err["type"] == "extra_forbidden":
+        return PolicyError(f"policy {where}: unknown field {field!r}")
+    msg = err["msg"].removeprefix("Value error, ")
+    return PolicyError(f"policy {where}: field {field!r}: {msg} (found {err.get('input')!r})")
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a TOML policy; every problem is one :class:`PolicyError` line."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PolicyError(f"policy file {str(path)!r} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"policy file {str(path)!r} is not valid TOML: {exc}") from None
+    return policy_from_dict(raw, where=repr(str(path)))
+
+
+def policy_from_dict(raw: dict[str, Any], where: str = "(dict)") -> Policy:
+    try:
+        return Policy.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        raise _policy_error(where, exc) from None
+
+
+class PolicyStep(_Strict):
+    """One filtering step: why, and how many users / interactions it removed (counts only)."""
+
+    step: str
+    reason: str
+    users_dropped: int
+    interactions_dropped: int
+
+
+class PolicyReport(_Strict):
+    """What :func:`apply_policy` kept and dropped, counts only (no ids, no per-user numbers)."""
+
+    policy_hash: str
+    users_in: int
+    interactions_in: int
+    users_out: int
+    interactions_out: int
+    steps: tuple[PolicyStep, ...]
+    columns_dropped: tuple[str, ...]
+
+    def step(self, name: str) -> PolicyStep:
+        for s in self.steps:
+            if s.step == name:
+                return s
+        raise KeyError(name)
+
+
+_TRUE = {"1", "true", "yes", "y", "granted", "given", "opt-in", "optin"}
+_FALSE = {"0", "false", "no", "n", "revoked", "withdrawn", "denied", "opt-out", "optout"}
+
+
+def read_consents(path: str | Path) -> list[tuple[str, bool]]:
+    """Consent records from a CSV with columns ``user`` and ``consent`` (true/false, granted/revoked…).
+
+    Later lines win over earlier ones for the same user. Problems name the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("consent file not found", file=path)
+    out: list[tuple[str, bool]] = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = [h.strip().lower() for h in next(reader, [])]
+            if "user" not in header or "consent" not in header:
+                raise DataError(
+                    "missing column",
+                    file=path,
+                    line=1,
+                    expected="a header with 'user' and 'consent'",
+                    found=header,
+                )
+            iu, ic = header.index("user"), header.index("consent")
+            for lineno, row in enumerate(reader, start=2):
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) <= max(iu, ic) or not row[iu].strip():
+                    raise DataError(
+                        "missing field", file=path, line=lineno, field="user", found=row
+                    )
+                flag = row[ic].strip().lower()
+                if flag not in _TRUE | _FALSE:
+                    raise DataError(
+                        "unreadable consent value",
+                        file=path,
+                        line=lineno,
+                        field="consent",
+                        expected="true/false (or granted/revoked)",
+                        found=row[ic],
+                    )
+                out.append((row[iu].strip(), flag in _TRUE))
+    except UnicodeDecodeError as exc:
+        raise DataError("consent file is not UTF-8 text", file=path, found=str(exc)) from None
+    return out
+
+
+def _step(step: str, reason: str, users: int, interactions: int) -> PolicyStep:
+    return PolicyStep(
+        step=step, reason=reason, users_dropped=int(users), interactions_dropped=int(interactions)
+    )
+
+
+def apply_policy(
+    data: Interactions,
+    policy: Policy,
+    *,
+    user_digests: np.ndarray,
+    deleted: np.ndarray,
+    consented: np.ndarray | None,
+    now: float,
+) -> tuple[Interactions, PolicyReport]:
+    """Filter ``data`` by ``policy``; returns the data a training may see and a counts-only report.
+
+    Parameters
+    ----------
+    user_digests
+        The ledger's keyed hash of each row's user id (aligned with ``data.user_ids``).
+    deleted
+        Hashes of users with a deletion request for this dataset: always dropped.
+    consented
+        Hashes of users whose latest consent record grants it (used when consent is required).
+    now
+        Unix time the retention window is measured from.
+    """
+    n_users, nnz = data.n_users, data.nnz
+    counts = data.user_counts
+    steps: list[PolicyStep] = []
+    gone = np.isin(user_digests, deleted)
+    steps.append(
+        _step("deletion", "a deletion request was recorded", gone.sum(), counts[gone].sum())
+    )
+    keep_user = ~gone
+    if policy.consent.required:
+        if consented is None:
+            raise PolicyViolation("the policy requires consent but no consent records were given")
+        no = keep_user & ~np.isin(user_digests, consented)
+        steps.append(_step("consent", "no consent on record", no.sum(), counts[no].sum()))
+        keep_user &= ~no
+    m = data.matrix
+    row_of = np.repeat(np.arange(n_users), np.diff(m.indptr))
+    keep = keep_user[row_of]
+    ts = None if data.timestamps is None else np.asarray(data.timestamps, dtype=np.float64)
+    if policy.retention_days is not None:
+        if ts is None:
+            raise PolicyViolation(
+                "the policy sets retention_days but the data have no timestamps to apply it to"
+            )
+        old = keep & (ts < now - policy.retention_days * 86400.0)
+        steps.append(
+            _step(
+                "retention",
+                f"older than {policy.retention_days:g} days",
+                0,
+                old.sum(),
+            )
+        )
+        keep &= ~old
+    cap = policy.max_interactions_per_user
+    if cap is not None:
+        # rank each user's kept interactions, most recent first (without timestamps: a uniform
+        # random order, reproducible for the same data); keep the first `cap`
+        order_key = -ts if ts is not None else np.random.default_rng(0).random(nnz)
+        order_key = np.where(keep, order_key, np.inf)
+        order = np.lexsort((order_key, row_of))
+        rank = np.arange(nnz) - m.indptr[row_of[order]]
+        over = np.zeros(nnz, dtype=bool)
+        over[order[rank >= cap]] = True
+        over &= keep
+        steps.append(_step("minimisation", f"more than {cap} interactions per user", 0, over.sum()))
+        keep &= ~over
+    kept_per_user = np.bincount(row_of[keep], minlength=n_users)
+    empty = keep_user & (kept_per_user == 0)
+    steps.append(_step("empty", "no interactions left after the steps above", empty.sum(), 0))
+    users = np.flatnonzero(kept_per_user > 0)
+    new_row = np.full(n_users, -1, dtype=np.int64)
+    new_row[users] = np.arange(len(users))
+    indptr = np.zeros(len(users) + 1, dtype=np.int64)
+    np.cumsum(kept_per_user[users], out=indptr[1:])
+    values = m.data[keep].astype(np.float32)
+    dropped_cols = []
+    if "value" not in policy.columns:
+        values = np.ones_like(values)
+        dropped_cols.append("value")
+    matrix = sp.csr_matrix(
+        (values, np.array(m.indices[keep], dtype=np.int32), indptr),
+        shape=(len(users), data.n_items),
+    )
+    out_ts = None if ts is None else ts[keep]
+    if ts is not None and "timestamp" not in policy.columns:
+        out_ts = None
+        dropped_cols.append("timestamp")
+    out = Interactions(matrix, np.array(data.user_ids[users]), np.array(data.item_ids), out_ts)
+    report = PolicyReport(
+        policy_hash=policy.digest(),
+        users_in=n_users,
+        interactions_in=nnz,
+        users_out=out.n_users,
+        interactions_out=out.nnz,
+        steps=tuple(steps),
+        columns_dropped=tuple(dropped_cols),
+    )
+    return out, report
+
+
+def content_hash(data: Interactions) -> str:
+    """SHA-256 of the normalised interactions (canonical CSR, ids as text, timestamps if kept)."""
+    m = data.matrix
+    h = hashlib.sha256()
+    h.update(f"{m.shape[0]}x{m.shape[1]}:{m.nnz}\n".encode())
+    for ids in (data.user_ids, data.item_ids):
+        h.update("\x1f".join(map(str, ids.tolist())).encode())
+        h.update(b"\x1e")
+    h.update(np.ascontiguousarray(m.indptr, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(m.indices, dtype=np.int32).tobytes())
+    h.update(np.ascontiguousarray(m.data, dtype=np.float32).tobytes())
+    if data.timestamps is not None:
+        h.update(np.ascontiguousarray(data.timestamps, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)

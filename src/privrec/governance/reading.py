@@ -1,0 +1,516 @@
+"""Reading the ledger: budgets with composed ε, charges, artifacts, lineage, the audit log.
+
+:class:`LedgerBase` holds the connection, the caller's principal and every read-only query;
+:class:`~privrec.governance.ledger.Ledger` adds the actions that write. Listings are single SQL
+queries (aggregations in the database), so a ledger of 10,000 charges lists in milliseconds;
+composed ε uses the exact Gaussian-rate rewrite of :mod:`privrec.governance.composition`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from privrec.errors import UnknownDatasetError
+from privrec.governance import audit
+from privrec.governance import schema as tbl
+from privrec.governance.auth import Principal, require
+from privrec.governance.composition import composed_epsilon
+from privrec.governance.db import digest_hex, read_transaction, user_digests
+from privrec.governance.policy import Policy
+from privrec.governance.records import (
+    ArtifactRecord,
+    BudgetStatus,
+    ChargeInfo,
+    DatasetInfo,
+    UserLineage,
+)
+from privrec.privacy.units import PrivacyUnit
+
+__all__ = ["LIVE", "LedgerBase", "file_sha256"]
+
+LIVE = ("reserved", "committed")
+
+
+def _now() -> float:
+    return time.time()
+
+
+class LedgerBase:
+    """Connection, principal and read-only queries shared by :class:`~privrec.governance.Ledger`."""
+
+    def __init__(self, engine: Engine, url: str, principal: Principal) -> None:
+        self.engine = engine
+        self.url = url
+        self.principal = principal
+
+    @property
+    def actor(self) -> str:
+        return self.principal.name
+
+    def _user_key(self, conn: Connection) -> bytes:
+        return bytes.fromhex(
+            conn.execute(sa.select(tbl.Meta.value).where(tbl.Meta.key == "user_key")).scalar_one()
+        )
+
+    def _dataset(self, conn: Connection, name: str) -> Any:
+        row = conn.execute(sa.select(tbl.Dataset).where(tbl.Dataset.name == name)).first()
+        if row is None:
+            known = (
+                conn.execute(sa.select(tbl.Dataset.name).order_by(tbl.Dataset.name)).scalars().all()
+            )
+            hint = (
+                f"; known: {', '.join(known)}"
+                if known
+                else "; register it with `privrec policy set`"
+            )
+            raise UnknownDatasetError(f"unknown dataset {name!r}{hint}")
+        return row
+
+    def _log(
+        self,
+        conn: Connection,
+        action: str,
+        payload: dict[str, Any],
+        rows: dict[str, list[int]] | None = None,
+        at: float | None = None,
+    ) -> int:
+        return audit.append(
+            conn,
+            at=_now() if at is None else at,
+            actor=self.actor,
+            action=action,
+            payload=payload,
+            rows=rows,
+        )
+
+    @staticmethod
+    def _scope_label(dataset: str, b: Any) -> str:
+        if b.scope == "dataset":
+            return f"dataset {dataset!r}"
+        return f"{b.scope} {b.scope_value!r} on dataset {dataset!r}"
+
+    @staticmethod
+    def _scope_filter(dataset_id: int, b: Any, now: float) -> list[Any]:
+        cond: list[Any] = [tbl.Charge.dataset_id == dataset_id, tbl.Charge.status.in_(LIVE)]
+        if b.scope == "analyst":
+            cond.append(tbl.Charge.actor == b.scope_value)
+        elif b.scope == "purpose":
+            cond.append(tbl.Charge.purpose == b.scope_value)
+        if b.period_days is not None:
+            cond.append(tbl.Charge.created_at >= now - b.period_days * 86400.0)
+        return cond
+
+    def _spent_terms(
+        self, conn: Connection, dataset_id: int, b: Any, now: float
+    ) -> tuple[float, list[tuple[str, int]]]:
+        cond = self._scope_filter(dataset_id, b, now)
+        rate = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(tbl.Charge.gaussian_rate), 0.0)).where(
+                *cond, tbl.Charge.gaussian_rate.is_not(None)
+            )
+        ).scalar_one()
+        grouped = conn.execute(
+            sa.select(tbl.Charge.events_json, sa.func.count())
+            .where(*cond, tbl.Charge.gaussian_rate.is_(None))
+            .group_by(tbl.Charge.events_json)
+        ).all()
+        return float(rate or 0.0), [(str(t), int(n)) for t, n in grouped]
+
+    def _dataset_name(self, conn: Connection, dataset_id: int) -> str:
+        return str(
+            conn.execute(
+                sa.select(tbl.Dataset.name).where(tbl.Dataset.id == dataset_id)
+            ).scalar_one()
+        )
+
+    # ------------------------------------------------------------------ reading
+    def datasets(self) -> list[DatasetInfo]:
+        require(self.principal, "read_own", "listing datasets")
+        with read_transaction(self.engine) as conn:
+            names = (
+                conn.execute(sa.select(tbl.Dataset.name).order_by(tbl.Dataset.name)).scalars().all()
+            )
+        return [self.dataset(n) for n in names]
+
+    def dataset(self, name: str) -> DatasetInfo:
+        require(self.principal, "read_own", "reading a dataset")
+        with read_transaction(self.engine) as conn:
+            ds = self._dataset(conn, name)
+
+            def count(model: Any) -> int:
+                return int(
+                    conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(model)
+                        .where(model.dataset_id == ds.id)
+                    ).scalar_one()
+                )
+
+            return DatasetInfo(
+                id=ds.id,
+                name=ds.name,
+                unit=ds.unit,
+                policy=json.loads(ds.policy_json),
+                policy_hash=ds.policy_hash,
+                epoch=ds.epoch,
+                created_at=ds.created_at,
+                versions=count(tbl.DatasetVersion),
+                deletions=count(tbl.Deletion),
+                consents=count(tbl.Consent),
+            )
+
+    def status(self, dataset: str | None = None) -> list[BudgetStatus]:
+        """Every budget visible to the caller with its composed ε, naive sum and charge counts.
+
+        Analysts see dataset and purpose budgets and their own analyst budget.
+        """
+        require(self.principal, "read_own", "reading budgets")
+        now = _now()
+        out: list[BudgetStatus] = []
+        with read_transaction(self.engine) as conn:
+            q = sa.select(tbl.Budget, tbl.Dataset.name, tbl.Dataset.unit).join(
+                tbl.Dataset, tbl.Dataset.id == tbl.Budget.dataset_id
+            )
+            if dataset is not None:
+                q = q.where(tbl.Dataset.id == self._dataset(conn, dataset).id)
+            if not self.principal.can("read_all"):
+                q = q.where(
+                    sa.or_(tbl.Budget.scope != "analyst", tbl.Budget.scope_value == self.actor)
+                )
+            for b in conn.execute(
+                q.order_by(tbl.Dataset.name, tbl.Budget.scope, tbl.Budget.scope_value)
+            ).all():
+                rate, grouped = self._spent_terms(conn, b.dataset_id, b, now)
+                composed = composed_epsilon(
+                    rate, grouped, b.delta, b.accountant, PrivacyUnit(b.unit)
+                )
+                cond = self._scope_filter(b.dataset_id, b, now)
+                naive = conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(tbl.Charge.epsilon), 0.0)).where(*cond)
+                ).scalar_one()
+                cond_all = [c for c in cond if c is not cond[1]]
+                counts = dict(
+                    conn.execute(
+                        sa.select(tbl.Charge.status, sa.func.count())
+                        .where(*cond_all)
+                        .group_by(tbl.Charge.status)
+                    ).all()
+                )
+                out.append(
+                    BudgetStatus(
+                        dataset=b.name,
+                        scope=b.scope,
+                        scope_value=b.scope_value,
+                        epsilon=b.epsilon,
+                        delta=b.delta,
+                        period_days=b.period_days,
+                        accountant=b.accountant,
+                        composed_epsilon=composed,
+                        naive_epsilon=float(naive),
+                        committed=int(counts.get("committed", 0)),
+                        reserved=int(counts.get("reserved", 0)),
+                        aborted=int(counts.get("aborted", 0)),
+                    )
+                )
+        return out
+
+    def history(
+        self,
+        dataset: str | None = None,
+        *,
+        limit: int | None = 100,
+        actor: str | None = None,
+        since: float | None = None,
+        status: str | None = None,
+    ) -> list[ChargeInfo]:
+        """Charges, newest first (analysts see only their own)."""
+        require(self.principal, "read_own", "reading charges")
+        with read_transaction(self.engine) as conn:
+            q = sa.select(tbl.Charge, tbl.Dataset.name.label("dataset_name")).join(
+                tbl.Dataset, tbl.Dataset.id == tbl.Charge.dataset_id
+            )
+            if dataset is not None:
+                q = q.where(tbl.Charge.dataset_id == self._dataset(conn, dataset).id)
+            if not self.principal.can("read_all"):
+                actor = self.actor if actor in (None, self.actor) else "\x00nobody"
+            if actor is not None:
+                q = q.where(tbl.Charge.actor == actor)
+            if since is not None:
+                q = q.where(tbl.Charge.created_at >= since)
+            if status is not None:
+                q = q.where(tbl.Charge.status == status)
+            q = q.order_by(tbl.Charge.id.desc())
+            if limit is not None:
+                q = q.limit(limit)
+            return [ChargeInfo.from_row(r, r.dataset_name) for r in conn.execute(q).all()]
+
+    def spend_over_time(
+        self, dataset: str, *, scope: str = "dataset", value: str = "", points: int = 50
+    ) -> list[tuple[float, float, float]]:
+        """``(time, composed ε, naive ε)`` after each of up to ``points`` evenly spaced charges."""
+        require(self.principal, "read_own", "reading budgets")
+        if scope == "analyst" and value != self.actor:
+            require(self.principal, "read_all", "reading another analyst's budget")
+        with read_transaction(self.engine) as conn:
+            ds = self._dataset(conn, dataset)
+            b = conn.execute(
+                sa.select(tbl.Budget).where(
+                    tbl.Budget.dataset_id == ds.id,
+                    tbl.Budget.scope == scope,
+                    tbl.Budget.scope_value == value,
+                )
+            ).first()
+            if b is None:
+                raise UnknownDatasetError(f"no {scope} budget {value!r} on dataset {dataset!r}")
+            cond = [tbl.Charge.dataset_id == ds.id, tbl.Charge.status.in_(LIVE)]
+            if scope == "analyst":
+                cond.append(tbl.Charge.actor == value)
+            elif scope == "purpose":
+                cond.append(tbl.Charge.purpose == value)
+            rows = conn.execute(
+                sa.select(
+                    tbl.Charge.created_at,
+                    tbl.Charge.gaussian_rate,
+                    tbl.Charge.events_json,
+                    tbl.Charge.epsilon,
+                )
+                .where(*cond)
+                .order_by(tbl.Charge.id)
+            ).all()
+        if not rows:
+            return []
+        marks = sorted({round(x) for x in np.linspace(0, len(rows) - 1, min(points, len(rows)))})
+        out = []
+        rate = 0.0
+        naive = 0.0
+        grouped: dict[str, int] = {}
+        j = 0
+        for i, r in enumerate(rows):
+            if r.gaussian_rate is not None:
+                rate += r.gaussian_rate
+            else:
+                grouped[r.events_json] = grouped.get(r.events_json, 0) + 1
+            naive += r.epsilon
+            if j < len(marks) and i == marks[j]:
+                eps = composed_epsilon(
+                    rate, list(grouped.items()), b.delta, b.accountant, PrivacyUnit(ds.unit)
+                )
+                out.append((float(r.created_at), eps, naive))
+                j += 1
+        return out
+
+    def artifact(self, ref: int | str | Path) -> ArtifactRecord:
+        """An artifact by id, by file hash, or by the file itself (hashed)."""
+        require(self.principal, "read_own", "reading artifacts")
+        with read_transaction(self.engine) as conn:
+            q = sa.select(tbl.Artifact, tbl.Dataset.name.label("dataset_name")).join(
+                tbl.Dataset, tbl.Dataset.id == tbl.Artifact.dataset_id
+            )
+            if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+                q = q.where(tbl.Artifact.id == int(ref))
+            elif (
+                isinstance(ref, str)
+                and len(ref) == 64
+                and all(c in "0123456789abcdef" for c in ref)
+            ):
+                q = q.where(tbl.Artifact.file_hash == ref)
+            else:
+                path = Path(ref)
+                if not path.is_file():
+                    raise UnknownDatasetError(
+                        f"no artifact {str(ref)!r}: not an id, a file hash or a file"
+                    )
+                q = q.where(tbl.Artifact.file_hash == file_sha256(path))
+            row = conn.execute(q.order_by(tbl.Artifact.id.desc())).first()
+            if row is None:
+                raise UnknownDatasetError(f"the ledger has no artifact {str(ref)!r}")
+            if not self.principal.can("read_all") and row.created_by != self.actor:
+                require(self.principal, "read_all", "reading another analyst's artifact")
+            charges = (
+                conn.execute(
+                    sa.select(tbl.Charge.id)
+                    .where(tbl.Charge.artifact_id == row.id)
+                    .order_by(tbl.Charge.id)
+                )
+                .scalars()
+                .all()
+            )
+        return _artifact_record(row, tuple(int(c) for c in charges))
+
+    def artifacts(self, dataset: str | None = None) -> list[ArtifactRecord]:
+        require(self.principal, "read_all", "listing artifacts")
+        with read_transaction(self.engine) as conn:
+            q = sa.select(tbl.Artifact, tbl.Dataset.name.label("dataset_name")).join(
+                tbl.Dataset, tbl.Dataset.id == tbl.Artifact.dataset_id
+            )
+            if dataset is not None:
+                q = q.where(tbl.Artifact.dataset_id == self._dataset(conn, dataset).id)
+            rows = conn.execute(q.order_by(tbl.Artifact.id)).all()
+            links: dict[int, list[int]] = {}
+            for cid, aid in conn.execute(
+                sa.select(tbl.Charge.id, tbl.Charge.artifact_id).where(
+                    tbl.Charge.artifact_id.is_not(None)
+                )
+            ):
+                links.setdefault(int(aid or 0), []).append(int(cid))
+        return [_artifact_record(r, tuple(links.get(r.id, []))) for r in rows]
+
+    def version(self, version_id: int) -> dict[str, Any]:
+        require(self.principal, "read_own", "reading dataset versions")
+        with read_transaction(self.engine) as conn:
+            v = conn.execute(
+                sa.select(tbl.DatasetVersion).where(tbl.DatasetVersion.id == version_id)
+            ).first()
+            if v is None:
+                raise UnknownDatasetError(f"unknown dataset version {version_id}")
+            return {
+                "id": v.id,
+                "dataset": self._dataset_name(conn, v.dataset_id),
+                "content_hash": v.content_hash,
+                "policy_hash": v.policy_hash,
+                "epoch": v.epoch,
+                "n_users": v.n_users,
+                "n_items": v.n_items,
+                "nnz": v.nnz,
+                "report": json.loads(v.report_json),
+                "created_at": v.created_at,
+                "created_by": v.created_by,
+            }
+
+    def lineage_of_user(self, user: Any, dataset: str | None = None) -> list[UserLineage]:
+        """Artifacts trained on dataset versions that contained ``user`` (and whether a retrain is due)."""
+        require(self.principal, "read_all", "tracing a person's lineage")
+        out: list[UserLineage] = []
+        with read_transaction(self.engine) as conn:
+            key = self._user_key(conn)
+            d = user_digests(key, [user])[0]
+            h = digest_hex(d)
+            q = sa.select(
+                tbl.DatasetVersion.id, tbl.DatasetVersion.dataset_id, tbl.DatasetVersion.members
+            )
+            if dataset is not None:
+                q = q.where(tbl.DatasetVersion.dataset_id == self._dataset(conn, dataset).id)
+            holding: dict[int, int] = {}
+            for vid, did, blob in conn.execute(q):
+                members = np.frombuffer(blob, dtype="<u8")
+                i = int(np.searchsorted(members, d))
+                if i < members.size and members[i] == d:
+                    holding[int(vid)] = int(did)
+            if not holding:
+                return []
+            rows = conn.execute(
+                sa.select(
+                    tbl.Artifact, tbl.Dataset.name.label("dataset_name"), tbl.Dataset.policy_json
+                )
+                .join(tbl.Dataset, tbl.Dataset.id == tbl.Artifact.dataset_id)
+                .where(tbl.Artifact.version_id.in_(list(holding)))
+                .order_by(tbl.Artifact.id)
+            ).all()
+            for r in rows:
+                req = conn.execute(
+                    sa.select(sa.func.min(tbl.Deletion.requested_at)).where(
+                        tbl.Deletion.dataset_id == r.dataset_id, tbl.Deletion.user_hash == h
+                    )
+                ).scalar_one()
+                within = Policy.from_json(r.policy_json).deletion.retrain_within_days
+                due = None if req is None or within is None else float(req) + within * 86400.0
+                out.append(UserLineage(_artifact_record(r, ()), int(r.version_id), req, due))
+        return out
+
+    def retrains_due(self, dataset: str | None = None) -> list[UserLineage]:
+        """Artifacts trained before a deletion request on data holding that person, under a policy
+        that requires a retrain (``[deletion] retrain_within_days``). Ids are never returned."""
+        require(self.principal, "read_all", "listing retrains due")
+        out: list[UserLineage] = []
+        with read_transaction(self.engine) as conn:
+            q = sa.select(tbl.Dataset)
+            if dataset is not None:
+                q = q.where(tbl.Dataset.name == dataset)
+            for ds in conn.execute(q).all():
+                within = Policy.from_json(ds.policy_json).deletion.retrain_within_days
+                if within is None:
+                    continue
+                dels = conn.execute(
+                    sa.select(tbl.Deletion.user_hash, tbl.Deletion.requested_at).where(
+                        tbl.Deletion.dataset_id == ds.id
+                    )
+                ).all()
+                if not dels:
+                    continue
+                wanted = {int(h, 16): t for h, t in dels}
+                keys = np.array(sorted(wanted), dtype=np.uint64)
+                arts = conn.execute(
+                    sa.select(
+                        tbl.Artifact,
+                        tbl.Dataset.name.label("dataset_name"),
+                        tbl.DatasetVersion.members,
+                    )
+                    .join(tbl.Dataset, tbl.Dataset.id == tbl.Artifact.dataset_id)
+                    .join(tbl.DatasetVersion, tbl.DatasetVersion.id == tbl.Artifact.version_id)
+                    .where(tbl.Artifact.dataset_id == ds.id)
+                ).all()
+                for a in arts:
+                    members = np.frombuffer(a.members, dtype="<u8")
+                    hit = keys[np.isin(keys, members)]
+                    times = [wanted[int(k)] for k in hit if wanted[int(k)] >= a.created_at]
+                    if times:
+                        first = min(times)
+                        out.append(
+                            UserLineage(
+                                _artifact_record(a, ()),
+                                int(a.version_id),
+                                first,
+                                first + within * 86400.0,
+                            )
+                        )
+        return out
+
+    def audit_log(self, limit: int = 50) -> list[dict[str, Any]]:
+        require(self.principal, "read_all", "reading the audit log")
+        with read_transaction(self.engine) as conn:
+            rows = conn.execute(
+                sa.select(tbl.AuditRow).order_by(tbl.AuditRow.seq.desc()).limit(limit)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def verify_audit_log(self, *, expect_head: str | None = None) -> audit.AuditVerification:
+        """Walk the hash chain and compare the tables with it; see :func:`privrec.governance.audit.verify`."""
+        require(self.principal, "read_all", "verifying the audit log")
+        with read_transaction(self.engine) as conn:
+            return audit.verify(conn, expect_head=expect_head)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _artifact_record(r: Any, charge_ids: tuple[int, ...]) -> ArtifactRecord:
+    return ArtifactRecord(
+        id=r.id,
+        dataset=r.dataset_name,
+        file_hash=r.file_hash,
+        path=r.path,
+        model_kind=r.model_kind,
+        config=json.loads(r.config_json),
+        privrec_version=r.privrec_version,
+        git_commit=r.git_commit,
+        guarantee=json.loads(r.guarantee_json),
+        seeded_noise=bool(r.seeded_noise),
+        version_id=r.version_id,
+        dataset_hash=r.dataset_hash,
+        created_at=r.created_at,
+        created_by=r.created_by,
+        charge_ids=charge_ids,
+    )

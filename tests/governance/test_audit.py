@@ -1,0 +1,111 @@
+"""Tampering with the database directly: verify names the first bad row (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+
+import dp_accounting
+import pytest
+
+from privrec.governance.db import create_ledger_engine
+from privrec.privacy.events import SpentEvent
+
+from .conftest import LedgerSetup
+
+
+def _activity(s: LedgerSetup, n: int = 6) -> None:
+    for i in range(n):
+        c = s.analyst.reserve(
+            "ratings", [SpentEvent("q", dp_accounting.GaussianDpEvent(30.0 + i))], kind="query"
+        )
+        s.analyst.commit(c, result={"i": i})
+
+
+def _exec(s: LedgerSetup, sql: str) -> None:
+    with create_ledger_engine(s.url).begin() as c:
+        c.exec_driver_sql(sql)
+
+
+def test_untouched_log_verifies(setup: LedgerSetup) -> None:
+    _activity(setup)
+    v = setup.auditor.verify_audit_log()
+    assert v.ok and v.rows == 4 + 12 and len(v.head_hash) == 64
+    assert setup.owner.verify_audit_log(expect_head=v.head_hash).ok
+    assert not setup.owner.verify_audit_log(expect_head="0" * 64).ok
+
+
+def test_edited_row_is_named(setup: LedgerSetup) -> None:
+    _activity(setup)
+    _exec(setup, "UPDATE audit_log SET actor = 'mallory' WHERE seq = 9")
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and v.first_bad_seq == 9 and "row 9 was edited" in v.message
+
+
+def test_edited_payload_is_named(setup: LedgerSetup) -> None:
+    _activity(setup)
+    _exec(setup, "UPDATE audit_log SET payload = replace(payload, 'query', 'QUERY') WHERE seq = 5")
+    v = setup.auditor.verify_audit_log()
+    assert v.first_bad_seq == 5 and "edited" in v.message
+
+
+def test_deleted_row_is_named(setup: LedgerSetup) -> None:
+    _activity(setup)
+    _exec(setup, "DELETE FROM audit_log WHERE seq = 7")
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and v.first_bad_seq == 7 and "row 7 is missing" in v.message
+
+
+def test_deleted_tail_is_named(setup: LedgerSetup) -> None:
+    _activity(setup)
+    _exec(setup, "DELETE FROM audit_log WHERE seq >= 15")
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and v.first_bad_seq == 15 and "deleted" in v.message
+
+
+def test_reordered_rows_are_named(setup: LedgerSetup) -> None:
+    _activity(setup)
+    # swap rows 10 and 11 (their seq numbers), through a free slot
+    _exec(setup, "UPDATE audit_log SET seq = 100000 WHERE seq = 10")
+    _exec(setup, "UPDATE audit_log SET seq = 10 WHERE seq = 11")
+    _exec(setup, "UPDATE audit_log SET seq = 11 WHERE seq = 100000")
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and v.first_bad_seq == 10 and "row 10 is out of order" in v.message
+
+
+def test_edited_charge_is_caught_against_the_log(setup: LedgerSetup) -> None:
+    """Lowering a charge's cost in the charges table (not the log) is detected too."""
+    _activity(setup)
+    (cid,) = [c.id for c in setup.auditor.history(limit=1)]
+    events = json.dumps(
+        [{"event": {"noise_multiplier": 1e6, "type": "GaussianDpEvent"}, "label": "q"}]
+    )
+    _exec(
+        setup,
+        f"UPDATE charges SET gaussian_rate = 1e-12, events_json = '{events}' WHERE id = {cid}",
+    )
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and f"charges row {cid} was edited" in v.message
+
+
+def test_deleted_charge_is_caught(setup: LedgerSetup) -> None:
+    _activity(setup)
+    _exec(setup, "DELETE FROM charges WHERE id = 2")
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and "charges/2" in v.message and "deleted" in v.message
+
+
+def test_changed_consent_batch_is_caught(setup: LedgerSetup) -> None:
+    setup.owner.import_consents("ratings", [(1, True), (2, True), (3, False)], source="crm")
+    assert setup.auditor.verify_audit_log().ok
+    _exec(setup, "UPDATE consents SET granted = true WHERE id = 3")
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and "consent records 1-3" in v.message
+
+
+@pytest.mark.parametrize("table", ["budgets", "deletions"])
+def test_other_tracked_tables(setup: LedgerSetup, table: str) -> None:
+    setup.owner.forget("ratings", 42)
+    column = {"budgets": "epsilon = 99", "deletions": "reason = 'x'"}[table]
+    _exec(setup, f"UPDATE {table} SET {column}")
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and f"table {table} row 1 was edited" in v.message

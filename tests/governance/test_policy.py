@@ -1,0 +1,148 @@
+"""Policy: exact counts for deletion, consent, retention and minimisation; malformed files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from privrec.data import Interactions
+from privrec.errors import DataError, PolicyError, PolicyViolation
+from privrec.governance.policy import load_policy, policy_from_dict, read_consents
+
+from .conftest import POLICY, make_setup
+
+DAY = 86400.0
+
+
+def dataset(now: float) -> Interactions:
+    """12 users; user u has u+1 interactions, item j of user u is j*10 days old (u0: 1, u11: 12)."""
+    users, items, ts, vals = [], [], [], []
+    for u in range(12):
+        for j in range(u + 1):
+            users.append(f"u{u}")
+            items.append(f"i{j}")
+            ts.append(now - j * 10 * DAY - 3600)
+            vals.append(float(1 + j % 5))
+    return Interactions.from_arrays(users, items, vals, ts)
+
+
+def _policy(**extra: object) -> dict[str, object]:
+    return {**POLICY, "columns": ["user", "item", "value", "timestamp"], **extra}
+
+
+def test_counts_are_exact_through_the_ledger(ledger_url: str, tmp_path: Path) -> None:
+    now = time.time()
+    pol = _policy(
+        retention_days=45,  # keeps ages 0,10,20,30,40 days: at most 5 per user
+        max_interactions_per_user=3,
+        consent={"required": True},
+    )
+    s = make_setup(ledger_url, pol)
+    data = dataset(now)
+    # consent for u1..u11, then u2 withdraws; u3 asks to be forgotten
+    s.owner.import_consents("ratings", [(f"u{u}", True) for u in range(1, 12)], source="crm")
+    s.owner.import_consents("ratings", [("u2", False)], source="crm")
+    s.owner.forget("ratings", "u3")
+    g = s.analyst.load("ratings", data)
+    r = g.report
+    assert (r.users_in, r.interactions_in) == (12, 78)
+    assert (r.step("deletion").users_dropped, r.step("deletion").interactions_dropped) == (1, 4)
+    # u0 never consented (1 interaction), u2 withdrew (3)
+    assert (r.step("consent").users_dropped, r.step("consent").interactions_dropped) == (2, 4)
+    # remaining users u1, u4..u11: interactions older than 45 days are those with j >= 5
+    expected_old = sum(max(0, u + 1 - 5) for u in [1, *range(4, 12)])
+    assert r.step("retention").interactions_dropped == expected_old
+    expected_over = sum(max(0, min(u + 1, 5) - 3) for u in [1, *range(4, 12)])
+    assert r.step("minimisation").interactions_dropped == expected_over
+    assert r.step("empty").users_dropped == 0
+    assert r.users_out == 9 and r.interactions_out == 78 - 4 - 4 - expected_old - expected_over
+    x = g.interactions
+    assert set(x.user_ids) == {"u1", *(f"u{u}" for u in range(4, 12))}
+    assert int(x.user_counts.max()) == 3
+    # the most recent three are kept: every kept interaction is at most 20 days old
+    assert x.timestamps is not None and float(x.timestamps.min()) >= now - 20 * DAY - 3601
+    # the report holds counts only
+    assert "u1" not in r.model_dump_json()
+
+
+def test_columns_not_allowed_are_dropped(ledger_url: str) -> None:
+    s = make_setup(ledger_url)  # columns = user, item
+    g = s.analyst.load("ratings", dataset(time.time()))
+    assert g.interactions.timestamps is None
+    assert set(np.unique(g.interactions.matrix.data)) == {1.0}
+    assert g.report.columns_dropped == ("value", "timestamp")
+
+
+def test_consent_from_a_csv_file(ledger_url: str, tmp_path: Path) -> None:
+    csv = tmp_path / "consents.csv"
+    csv.write_text("user,consent\nu5,yes\nu6,granted\nu7,true\nu6,revoked\n")
+    s = make_setup(ledger_url, _policy(consent={"required": True, "source": str(csv)}))
+    g = s.analyst.load("ratings", dataset(time.time()))
+    assert sorted(g.interactions.user_ids) == ["u5", "u7"]
+    assert g.report.step("consent").users_dropped == 10
+
+
+def test_retention_without_timestamps_is_refused(ledger_url: str) -> None:
+    s = make_setup(ledger_url, _policy(retention_days=10))
+    no_ts = Interactions.from_arrays(["a", "b"], ["x", "y"])
+    with pytest.raises(PolicyViolation, match="no timestamps"):
+        s.analyst.load("ratings", no_ts)
+    assert s.owner.dataset("ratings").versions == 0
+
+
+def test_minimisation_without_timestamps_is_reproducible() -> None:
+    from privrec.governance.db import user_digests
+    from privrec.governance.policy import apply_policy
+
+    data = Interactions.from_arrays(np.repeat(np.arange(5), 10), np.tile(np.arange(10), 5))
+    pol = policy_from_dict({**POLICY, "max_interactions_per_user": 4})
+    kw = {
+        "user_digests": user_digests(b"k", data.user_ids),
+        "deleted": np.zeros(0, np.uint64),
+        "consented": None,
+        "now": 0.0,
+    }
+    a, rep = apply_policy(data, pol, **kw)  # type: ignore[arg-type]
+    b, _ = apply_policy(data, pol, **kw)  # type: ignore[arg-type]
+    assert a.nnz == 20 and rep.step("minimisation").interactions_dropped == 30
+    assert np.array_equal(a.matrix.indices, b.matrix.indices)
+
+
+BAD = {
+    "not toml": ("purpose = ", "not valid TOML"),
+    "unknown field": ('purpose="p"\nunit="user"\ncolour="red"\n[budget]\nepsilon=1\ndelta=1e-6\n', "unknown field 'colour'"),
+    "no budget": ('purpose="p"\nunit="user"\n', "missing required field 'budget'"),
+    "negative epsilon": ('purpose="p"\nunit="user"\n[budget]\nepsilon=-1\ndelta=1e-6\n', "budget.epsilon"),
+    "bad unit": ('purpose="p"\nunit="household"\n[budget]\nepsilon=1\ndelta=1e-6\n', "'unit'"),
+    "no item column": ('purpose="p"\nunit="user"\ncolumns=["user"]\n[budget]\nepsilon=1\ndelta=1e-6\n', "must include 'user' and 'item'"),
+    "zero retention": ('purpose="p"\nunit="user"\nretention_days=0\n[budget]\nepsilon=1\ndelta=1e-6\n', "retention_days"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_malformed_policy_files_are_one_line_errors(case: str, tmp_path: Path) -> None:
+    text, expected = BAD[case]
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_policy_file() -> None:
+    with pytest.raises(PolicyError, match="not found"):
+        load_policy("/nonexistent/policy.toml")
+
+
+def test_bad_consent_files_name_the_line(tmp_path: Path) -> None:
+    p = tmp_path / "c.csv"
+    p.write_text("user,consent\na,yes\nb,maybe\n")
+    with pytest.raises(DataError, match="line 3") as info:
+        read_consents(p)
+    assert "maybe" in str(info.value)
+    p.write_text("id,ok\n")
+    with pytest.raises(DataError, match="missing column"):
+        read_consents(p)

@@ -279,6 +279,8 @@ class AuditLogError(GovernanceError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.args[0],), {"seq": self.seq})
+
+
 # --------------------------------------------------------------------------- secure computation
 # (engineer "secure": key files, SecAgg+ and silo errors)
 

@@ -492,7 +492,13 @@ class Listener:
         self.roster = roster
         self.timeout = timeout
         info = roster[me.name]
-        self.sock = socket.create_server((info.host, info.port), reuse_port=False)
+        try:
+            self.sock = socket.create_server((info.host, info.port), reuse_port=False)
+        except OSError as exc:
+            raise ConfigError(
+                f"{me.name} cannot listen on {info.host}:{info.port} (from the roster): "
+                f"{exc.strerror or exc}"
+            ) from None
         self.sock.listen(64)
 
     def accept(self, timeout: float | None = None) -> Channel:

@@ -122,7 +122,8 @@ class _DriverBase:
                 )
             silos = set(self.roster.names("silo"))
             while len(self._silos) < len(silos):
-                ch = _accept(listener, max(self.timeout, 30.0))
+                missing = sorted(silos - set(self._silos))
+                ch = _accept(listener, max(self.timeout, 30.0), missing)
                 if ch.peer not in silos or ch.peer in self._silos:
                     ch.close()
                     raise MessageRejected(f"unexpected connection from {ch.peer!r}")

@@ -7,6 +7,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -69,20 +70,25 @@ def _safe_send(ch: Channel, step: int, kind: int, payload: bytes) -> None:
         ch.send(step, kind, payload)
 
 
-def _accept(listener: Listener, timeout: float) -> Channel:
+def _accept(listener: Listener, timeout: float, missing: Sequence[str] = ()) -> Channel:
     """Next roster party to complete the handshake; failed handshakes are dropped, not fatal.
 
     A port scanner or an impostor without a roster key must not be able to stop a session,
-    so only silence until ``timeout`` (overall) raises :class:`PeerUnavailable`.
+    so only silence until ``timeout`` (overall) raises :class:`PeerUnavailable`, naming the
+    parties still ``missing``.
     """
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise PeerUnavailable(f"{listener.me.name}: not every party connected in time")
+            who = ", ".join(repr(m) for m in missing) or "a party"
+            raise PeerUnavailable(
+                f"{listener.me.name}: {who} did not connect within {timeout:g} s (not started, "
+                "failed at start-up, wrong roster or key, or unreachable)"
+            )
         try:
             return listener.accept(left)
-        except MessageRejected:
+        except (MessageRejected, PeerUnavailable):  # a failed handshake, or this wait's end
             continue
 
 
@@ -92,6 +98,8 @@ def _recv_step(ch: Channel, step: int, kinds: set[int], timeout: float) -> tuple
         got_step, kind, payload = ch.recv_any(timeout)
         if got_step < step:
             continue
+        if got_step == step and kind == FAILED:  # the peer could not take part: its reason
+            raise ProtocolAbort("aggregate", payload.decode("utf-8", errors="replace"))
         if got_step != step or kind not in kinds:
             raise MessageRejected(
                 f"unexpected message type {kind} for step {got_step} from {ch.peer!r}"
@@ -152,9 +160,9 @@ class AggregationServer:
         TEST ONLY: drop every connection when this round's plan arrives (a killed server).
     config
         The public training configuration (:class:`SiloConfig` or :class:`SiloEASEConfig`),
-        if this server was given its own copy (CLI: ``--config``). Then the server recomputes
-        each release's noise from it and refuses a plan with less noise, so a driver cannot
-        lower the noise it adds; without it the server only refuses plans without noise.
+        the server's own copy (CLI: ``--config``), **required**: the server recomputes each
+        release's noise from it and refuses a plan with less, so a driver cannot lower the
+        noise the server adds.
     """
 
     def __init__(
@@ -162,18 +170,22 @@ class AggregationServer:
         identity: Identity,
         roster: Roster,
         *,
+        config: AnyConfig | None,
         timeout: float = 60.0,
         allow_no_noise: bool = False,
         crash_at_round: int | None = None,
-        config: AnyConfig | None = None,
     ) -> None:
         self.identity = identity
-        self.config = config
-        self._z: Any = None
         if isinstance(config, SiloConfig):
-            self._z = noise_scale(config)[0]
+            self._z: Any = noise_scale(config)[0]
         elif isinstance(config, SiloEASEConfig):
             self._z = ease_noise(config)
+        else:
+            raise ConfigError(
+                "an aggregation server needs the run's public configuration (CLI: --config "
+                "run.json) to check that every step carries the noise it requires"
+            )
+        self.config: AnyConfig = config
         self.roster = roster
         self.timeout = timeout
         self.allow_no_noise = allow_no_noise
@@ -197,7 +209,8 @@ class AggregationServer:
         ahead: tuple[bytes, Future[tuple[np.ndarray, tuple[float, float]]]] | None = None
         try:
             while len(chans) < len(silos) + 1:
-                ch = _accept(self.listener, max(self.timeout, 30.0))
+                missing = [p for p in [driver_name, *silos] if p not in chans]
+                ch = _accept(self.listener, max(self.timeout, 30.0), missing)
                 if ch.peer in chans or self.roster[ch.peer].role == "server":
                     ch.close()
                     raise MessageRejected(f"unexpected connection from {ch.peer!r}")
@@ -222,6 +235,9 @@ class AggregationServer:
                     partial, noise_s = self._aggregate(
                         step, dim, noise_future, [chans[s] for s in silos]
                     )
+                except ProtocolAbort as exc:  # a silo reported why it cannot take part
+                    _safe_send(driver, step, FAILED, f"{self.identity.name}: {exc.reason}".encode())
+                    continue
                 except (PeerUnavailable, MessageRejected, ConfigError, InvalidInputError) as exc:
                     _safe_send(driver, step, FAILED, f"{self.identity.name}: {exc}".encode())
                     if isinstance(exc, PeerUnavailable | MessageRejected):
@@ -247,29 +263,32 @@ class AggregationServer:
 
     def _check_plan(self, payload: bytes) -> tuple[list[tuple[int, float]], int, bool]:
         """The plan's segments ``(length, σ)`` and dimension, and whether the next release is
-        likely to repeat it (DPALS steps), after checking its noise."""
+        likely to repeat it (DPALS steps), after checking its noise against this server's own
+        copy of the configuration (a driver cannot lower it)."""
         meta, _ = _unpack(payload)
-        dim = int(meta["dim"])
-        segments = [(int(n), float(s)) for n, s in meta["sigmas"]]
-        if sum(n for n, _ in segments) != dim or dim < 1:
-            raise ConfigError("noise plan does not cover the vector")
-        if self.config is not None:
+        try:
+            dim = int(meta["dim"])
+            segments = [(int(n), float(s)) for n, s in meta["sigmas"]]
             kind, n_head = str(meta["kind"]), int(meta["n_head"])
-            if isinstance(self.config, SiloConfig):
-                expected = noise_plan(self.config, self._z, kind, n_head)
-            else:
-                expected = ease_noise_plan(self.config, self._z, kind, n_head)
-            if [n for n, _ in segments] != [e.length for e in expected] or any(
-                s < fixed_sigma(e, self.config.frac_bits) * (1 - 1e-9)
-                for (_, s), e in zip(segments, expected, strict=True)
-            ):
-                raise ConfigError("the plan has less noise than the configuration requires")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MessageRejected(f"malformed noise plan: {exc!r}") from None
+        if sum(n for n, _ in segments) != dim or dim < 1 or n_head < 0:
+            raise ConfigError("noise plan does not cover the vector")
+        if isinstance(self.config, SiloConfig):
+            expected = noise_plan(self.config, self._z, kind, n_head)
+        else:
+            expected = ease_noise_plan(self.config, self._z, kind, n_head)
+        if [n for n, _ in segments] != [e.length for e in expected] or any(
+            not s >= fixed_sigma(e, self.config.frac_bits) * (1 - 1e-9)
+            for (_, s), e in zip(segments, expected, strict=True)
+        ):
+            raise ConfigError("the plan has less noise than the configuration requires")
         for _, s in segments:
             if s == 0 and not self.allow_no_noise:
                 raise ConfigError("refusing a plan without noise (test-only mode)")
-            if s > _NOISE_LIMIT:
+            if not s <= _NOISE_LIMIT:
                 raise ConfigError(f"noise σ = {s:.3g} could overflow the 64-bit sum")
-        return segments, dim, meta["kind"] == "stats"
+        return segments, dim, kind == "stats"
 
     def _aggregate(
         self,
@@ -364,7 +383,10 @@ class Silo:
     """A data holder: answers the driver's jobs with shares of its bounded statistics.
 
     ``matrix`` is the silo's users × items interaction matrix over the shared catalogue
-    (its users must not appear in any other silo). Each job's seed share goes to the first
+    (its users must not appear in any other silo); it may have fewer columns than the
+    catalogue (items nobody in this silo touched): the catalogue size comes with the first
+    job, and a silo whose data names an item outside it reports that to the servers, which
+    name it to the driver at once (no timeout). Each job's seed share goes to the first
     server as soon as the job arrives and the array share to the second once computed; the
     two sends run concurrently, so a server that stops reading can only stall its own share
     (and is the one the driver names).
@@ -410,23 +432,32 @@ class Silo:
                 if kind != JOB:
                     raise MessageRejected(f"silo expected a job, got type {kind}")
                 meta, arrays = _unpack(payload)
-                dim = int(meta["dim"])
                 seed = os.urandom(32)
                 sent = [pool.submit(servers[0].send, step, SEED, seed)]  # before computing
                 clock = _Clock()
-                vec = self._compute(meta, arrays)
-                computed = clock.read()
-                t_end = time.perf_counter()
-                if vec.size != dim:
-                    raise ConfigError(f"statistics have {vec.size} values, the plan {dim}")
-                clock = _Clock()
-                out, scratch = self._buffer(dim)
-                share = seed_share(
-                    encode_fixed(
-                        vec, int(meta["frac_bits"]), self.n_silos, out=out, scratch=scratch
-                    ),
-                    seed,
-                )
+                try:
+                    dim = int(meta["dim"])
+                    vec = self._compute(meta, arrays)
+                    computed = clock.read()
+                    t_end = time.perf_counter()
+                    if vec.size != dim:
+                        raise ConfigError(f"statistics have {vec.size} values, the plan {dim}")
+                    clock = _Clock()
+                    out, scratch = self._buffer(dim)
+                    share = seed_share(
+                        encode_fixed(
+                            vec, int(meta["frac_bits"]), self.n_silos, out=out, scratch=scratch
+                        ),
+                        seed,
+                    )
+                except (ConfigError, InvalidInputError, KeyError, TypeError, ValueError) as exc:
+                    # Tell both servers why (they name this silo to the driver at once); the
+                    # seed share already sent is uniformly random and reveals nothing.
+                    sent[0].result()
+                    reason = f"silo {self.identity.name!r} cannot take part: {exc}".encode()
+                    for ch in servers:
+                        _safe_send(ch, step, FAILED, reason)
+                    continue
                 encoded = clock.read()
                 clock = _Clock()
                 big = pool.submit(_timed_send_array, servers[1], step, SHARE, share)
@@ -455,11 +486,22 @@ class Silo:
             self._buffers = {dim: (np.empty(dim, dtype=np.uint64), np.empty(dim))}
         return self._buffers[dim]
 
-    def _compute(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> np.ndarray:
-        if int(meta["n_items"]) != self.x.shape[1]:
+    def _catalogue(self, n_items: int) -> None:
+        """Fit the silo's matrix to the shared catalogue of ``n_items`` (announced in each job)."""
+        if n_items == self.x.shape[1]:
+            return
+        used = self.x.indices.max(initial=-1) if self.x.nnz else -1
+        if used >= n_items:
             raise ConfigError(
-                f"silo has {self.x.shape[1]} items, the driver {meta['n_items']} (shared catalogue)"
+                f"its data names item {int(used)}, but the shared catalogue has {n_items} items "
+                f"(ids 0..{n_items - 1}); the silo files and the configuration disagree"
             )
+        x = self.x
+        self.x = sp.csr_matrix((x.data, x.indices, x.indptr), shape=(x.shape[0], n_items))
+        self._weights = None
+
+    def _compute(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> np.ndarray:
+        self._catalogue(int(meta["n_items"]))
         rng = secure_generator()
         if meta["kind"] == "counts":
             return silo_counts(self.x, int(meta["count_sample"]), rng)

@@ -70,6 +70,7 @@ MAX_FRAME = 1 << 31
 #: Plaintext bytes per frame when an array is sent in chunks (4 MiB).
 CHUNK = 1 << 22
 _TAG = 16
+_GROW = CHUNK + 64  # first receive-buffer size: one array chunk frame
 _HEAD = struct.Struct("<IQB")  # length of the rest, step, type
 _CONFIRM = 255
 _INFO = b"privrec/silo-channel/v1"
@@ -354,10 +355,18 @@ class Channel:
         (length,) = struct.unpack("<I", head)
         if not 9 + _TAG <= length <= MAX_FRAME:
             raise MessageRejected(f"frame from {self.peer!r} has an invalid length {length}")
-        if len(self._in) < length:
-            self._in = bytearray(length)
+        # The buffer grows only as bytes actually arrive: a length field claiming 2 GiB costs
+        # the sender 2 GiB of traffic before it costs this process 2 GiB of memory.
+        got = 0
+        while got < length:
+            want = min(length, max(got * 2, _GROW))
+            if len(self._in) < want:
+                grown = bytearray(want)
+                grown[:got] = self._in[:got]
+                self._in = grown
+            _recv_into(self.sock, memoryview(self._in)[got:want], self.peer)
+            got = want
         rest = memoryview(self._in)[:length]
-        _recv_into(self.sock, rest, self.peer)
         self.bytes_received += 4 + length
         step, kind = struct.unpack_from("<QB", rest)
         return int(step), int(kind), rest[9:]

@@ -57,18 +57,37 @@ def _pack(meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> 
 
 
 def _unpack(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Inverse of :func:`_pack`, strict: the arrays must tile the body exactly, in order, each
+    of the size its dtype and shape say; anything else is :class:`MessageRejected`."""
     try:
+        if len(data) < 4:
+            raise ValueError("shorter than its header length")
         (n,) = struct.unpack("<I", data[:4])
+        if 4 + n > len(data):
+            raise ValueError("header longer than the payload")
         head = json.loads(data[4 : 4 + n])
+        if not isinstance(head, dict) or not isinstance(head.get("meta"), dict):
+            raise ValueError("header is not {meta, arrays}")
         body = memoryview(data)[4 + n :]
         arrays = {}
-        for name, dtype, shape, offset, nbytes in head["arrays"]:
-            if dtype not in _DTYPES or offset + nbytes > len(body):
+        pos = 0
+        for spec in head["arrays"]:
+            name, dtype, shape, offset, nbytes = spec
+            if dtype not in _DTYPES or not isinstance(shape, list):
                 raise ValueError(f"bad array {name!r}")
-            a = np.frombuffer(body[offset : offset + nbytes], dtype=np.dtype(dtype))
-            arrays[str(name)] = a.reshape(shape)
+            dims = [int(d) for d in shape]
+            if any(isinstance(d, bool) or d < 0 for d in shape) or offset != pos:
+                raise ValueError(f"bad array {name!r}")
+            size = int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize
+            if nbytes != size or pos + size > len(body) or str(name) in arrays:
+                raise ValueError(f"bad array {name!r}")
+            a = np.frombuffer(body[pos : pos + size], dtype=np.dtype(dtype))
+            arrays[str(name)] = a.reshape(dims)
+            pos += size
+        if pos != len(body):
+            raise ValueError("trailing bytes after the arrays")
         return dict(head["meta"]), arrays
-    except (ValueError, KeyError, TypeError, struct.error) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError, struct.error) as exc:
         raise MessageRejected(f"malformed payload: {exc}") from None
 
 

@@ -213,3 +213,10 @@ def test_clip_update_direction() -> None:
     assert srv.clip_norm == pytest.approx(2.0)
     srv.apply(np.zeros(6), 100.0, 250.0)  # a noised count above n is clamped to b̄ = 1
     assert srv.clip_norm == pytest.approx(2.0 * math.exp(-0.1))
+
+
+def test_cohort_rate_does_not_reveal_the_population() -> None:
+    """q from clients_per_round is rounded up to two significant digits (stored in every event)."""
+    cfg = FederatedMFConfig.create(factors=2, noise_multiplier=1.0, clients_per_round=100)
+    assert cfg.sampling_probability(943) == 0.11  # not 100/943
+    assert cfg.sampling_probability(1000) == 0.1 and cfg.sampling_probability(50) == 1.0

@@ -19,6 +19,16 @@ Aggregation = Literal["central", "distributed"]
 DEFAULT_COHORT = 1000
 
 
+def _round_up(x: float, digits: int = 2) -> float:
+    """``x > 0`` rounded up to ``digits`` significant digits (as a decimal, e.g. 0.0347 → 0.035)."""
+    import math
+    from decimal import ROUND_CEILING, Decimal
+
+    exponent = math.floor(math.log10(x)) - digits + 1
+    step = Decimal(1).scaleb(exponent)
+    return float(Decimal(repr(x)).quantize(step, rounding=ROUND_CEILING))
+
+
 class FederatedMFConfig(ModelConfig):
     """Hyper-parameters of federated MF training (validated, JSON round-trip).
 
@@ -141,10 +151,16 @@ class FederatedMFConfig(ModelConfig):
         return AccountantKind.RDP if self.aggregation == "distributed" else AccountantKind.PLD
 
     def sampling_probability(self, population: int) -> float:
-        """Poisson rate ``q`` for a population of ``population`` users."""
+        """Poisson rate ``q`` for a population of ``population`` users.
+
+        From ``clients_per_round``, ``q = cohort / population`` rounded **up** to two
+        significant digits: the rate is stored in every accounting event of the released
+        model, and the exact ratio would reveal the exact number of users. Rounding up samples
+        (and charges) slightly more, never less.
+        """
         if population < 1:
             raise ConfigError(f"population must be >= 1, found {population}")
         if self.sampling_rate is not None:
             return float(self.sampling_rate)
         cohort = DEFAULT_COHORT if self.clients_per_round is None else self.clients_per_round
-        return min(1.0, cohort / population)
+        return min(1.0, _round_up(cohort / population))

@@ -1,9 +1,9 @@
 """Cross-silo results as ordinary privrec models: a :class:`~privrec.models.DPALS` or
 :class:`~privrec.models.DPEASE` holding exactly what the silos released, with its guarantee.
 
-The object is built from the released arrays through the model classes' own persistence
-hooks (``_set_state`` / ``_set_extra_meta``, the path :func:`~privrec.models.load_model`
-takes), so saving it with :meth:`~privrec.models.base.Recommender.save` gives a normal model
+The object is built from the released arrays with the model classes' own
+:meth:`~privrec.models.private.PrivateRecommender.from_release` (the arrays checked as a loaded
+file's are, the guarantee verified against the parameters), so saving it with :meth:`~privrec.models.base.Recommender.save` gives a normal model
 file: ``privrec privacy explain`` reads its guarantee, and ``recommend`` scores a user from
 that user's own history, exactly as :meth:`SiloResult.scores` does inside a silo.
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from privrec.errors import ConfigError, DataError
 from privrec.models.dp_als import DPALS
@@ -84,38 +84,42 @@ def to_model(
         External ids of the catalogue, in index order (public); default ``0 .. n_items-1``.
     """
     ids = _catalogue(item_ids, config.n_items)
-    model: PrivateRecommender
     state: dict[str, np.ndarray]
     if isinstance(result, SiloResult):
         if not isinstance(config, SiloConfig):
             raise ConfigError("a DPALS result needs its SiloConfig")
         c = config
-        model = DPALS(
-            epsilon=c.epsilon,
-            delta=c.delta,
-            unit="user",
-            accountant="rdp",
-            factors=c.factors,
-            iterations=c.iterations,
-            method=c.method,
-            max_per_user=c.max_per_user,
-            adaptive_exponent=c.adaptive_exponent,
-            clip_norm=c.clip_norm,
-            regularization=c.regularization,
-            reg_exponent=c.reg_exponent,
-            user_regularization=c.user_regularization,
-            alpha0=c.alpha0,
-            head_fraction=c.head_fraction,
-            head_snr=c.head_snr,
-            head_min=c.head_min,
-            count_sample=c.count_sample,
-            gram_noise_ratio=c.gram_noise_ratio,
-            lhs_noise_ratio=c.lhs_noise_ratio,
-            rhs_noise_ratio=c.rhs_noise_ratio,
-            count_noise_ratio=c.count_noise_ratio,
-            init_scale=c.init_scale,
-            popularity_blend=c.popularity_blend,
-        )
+        params: dict[str, Any] = {
+            "epsilon": c.epsilon,
+            "delta": c.delta,
+            "unit": "user",
+            "accountant": "rdp",
+            **{
+                name: getattr(c, name)
+                for name in (
+                    "factors",
+                    "iterations",
+                    "method",
+                    "max_per_user",
+                    "adaptive_exponent",
+                    "clip_norm",
+                    "regularization",
+                    "reg_exponent",
+                    "user_regularization",
+                    "alpha0",
+                    "head_fraction",
+                    "head_snr",
+                    "head_min",
+                    "count_sample",
+                    "gram_noise_ratio",
+                    "lhs_noise_ratio",
+                    "rhs_noise_ratio",
+                    "count_noise_ratio",
+                    "init_scale",
+                    "popularity_blend",
+                )
+            },
+        }
         state = {
             "item_factors": np.asarray(result.item_factors, dtype=np.float32),
             "head_items": np.asarray(result.head_items, dtype=np.int64),
@@ -124,40 +128,35 @@ def to_model(
             "fold": np.asarray([c.alpha0, c.user_regularization]),
             "popularity_blend": np.asarray(result.popularity_blend),
         }
-    else:
-        if not isinstance(config, SiloEASEConfig):
-            raise ConfigError("a DPEASE result needs its SiloEASEConfig")
-        e = config
-        model = DPEASE(
-            epsilon=e.epsilon,
-            delta=e.delta,
-            unit="user",
-            accountant="rdp",
-            regularization=e.regularization,
-            reg_scale=e.reg_scale,
-            max_contribution=e.max_contribution,
-            max_per_user=e.max_per_user,
-            max_items=e.max_items,
-            head_snr=e.head_snr,
-            head_min=e.head_min,
-            count_budget_fraction=e.count_budget_fraction,
-            popularity_blend=e.popularity_blend,
-        )
-        state = {
-            "weights": np.asarray(result.weights),
-            "head_items": np.asarray(result.head_items, dtype=np.int64),
-            "item_popularity": np.asarray(result.item_popularity, dtype=np.float32),
-            "noise_multiplier": np.asarray(result.noise_multiplier),
-            "popularity_blend": np.asarray(result.popularity_blend),
-        }
-    # Zero training users: nothing per user, not even how many there were.
-    model.user_items_ = sp.csr_matrix(
-        (np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(1, np.int64)),
-        shape=(0, config.n_items),
-    )
-    model.user_ids_ = np.zeros(0, dtype=np.int64)
-    model.item_ids_ = ids
-    model._set_state(state)
-    model._set_extra_meta({"guarantee": result.guarantee.model_dump(mode="json")})
-    model._released_only = True
-    return model
+        return DPALS.from_release(params, item_ids=ids, state=state, guarantee=result.guarantee)
+    if not isinstance(config, SiloEASEConfig):
+        raise ConfigError("a DPEASE result needs its SiloEASEConfig")
+    e = config
+    params = {
+        "epsilon": e.epsilon,
+        "delta": e.delta,
+        "unit": "user",
+        "accountant": "rdp",
+        **{
+            name: getattr(e, name)
+            for name in (
+                "regularization",
+                "reg_scale",
+                "max_contribution",
+                "max_per_user",
+                "max_items",
+                "head_snr",
+                "head_min",
+                "count_budget_fraction",
+                "popularity_blend",
+            )
+        },
+    }
+    state = {
+        "weights": np.asarray(result.weights),
+        "head_items": np.asarray(result.head_items, dtype=np.int64),
+        "item_popularity": np.asarray(result.item_popularity, dtype=np.float32),
+        "noise_multiplier": np.asarray(result.noise_multiplier),
+        "popularity_blend": np.asarray(result.popularity_blend),
+    }
+    return DPEASE.from_release(params, item_ids=ids, state=state, guarantee=result.guarantee)

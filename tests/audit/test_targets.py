@@ -113,6 +113,8 @@ def test_library_api_targets_run(base, name, params):  # type: ignore[no-untyped
     audit = audit_model(t, base, n_canaries=60, designs=("tight",), seed=0)
     assert not audit.flagged
     assert audit.audits[0].bound.m == 60
+    if name == "silo_dpals":  # every step's released statistics were observed at the driver
+        assert "3 private steps observed at the driver" in audit.audits[0].notes
 
 
 def test_multi_run_audit_small(base):  # type: ignore[no-untyped-def]

@@ -53,22 +53,26 @@ class ItemStepRecord:
 
 
 @contextmanager
-def record_item_steps(module: ModuleType, user_step: str) -> Iterator[ItemStepRecord]:
+def record_item_steps(
+    module: ModuleType, user_step: str, user_module: ModuleType | None = None
+) -> Iterator[ItemStepRecord]:
     """Record ``(y_prev, rhs)`` per step of a model implemented in ``module``.
 
-    ``user_step`` names the module's per-step user solve, whose second argument is the
-    item-factor matrix the users are solved from (``"_user_cg"`` for DPALS,
-    ``"user_solve"`` for the cross-silo silos). ``module.psd_solve`` must be the solve
-    that receives each step's noisy statistics.
+    ``module.psd_solve`` must be the solve that receives each step's noisy statistics;
+    ``user_step`` names the per-step user solve (in ``user_module``, default ``module``),
+    whose second argument is the item-factor matrix the users are solved from
+    (``"_user_cg"`` for DPALS; ``"user_solve"`` of :mod:`privrec.secure.silo_stats` for the
+    cross-silo silos, whose driver's solve is in :mod:`privrec.secure.silo_driver`).
     """
-    if not hasattr(module, "psd_solve") or not hasattr(module, user_step):
+    umod = module if user_module is None else user_module
+    if not hasattr(module, "psd_solve") or not hasattr(umod, user_step):
         raise ConfigError(
-            f"{module.__name__} has no psd_solve/{user_step}: the released per-step statistics "
-            "cannot be observed (the model changed; the audit needs a release hook)"
+            f"{module.__name__}.psd_solve / {umod.__name__}.{user_step} not found: the released "
+            "per-step statistics cannot be observed (the model changed; the audit needs a release hook)"
         )
     rec = ItemStepRecord()
     orig_solve: Callable[..., Any] = getattr(module, "psd_solve")  # noqa: B009
-    orig_user: Callable[..., Any] = getattr(module, user_step)
+    orig_user: Callable[..., Any] = getattr(umod, user_step)
 
     def user(*args: Any, **kwargs: Any) -> Any:
         with rec._lock:  # the last user solve before a step's release saw the step's input
@@ -85,9 +89,9 @@ def record_item_steps(module: ModuleType, user_step: str) -> Iterator[ItemStepRe
         return out
 
     setattr(module, "psd_solve", solve)  # noqa: B010
-    setattr(module, user_step, user)
+    setattr(umod, user_step, user)
     try:
         yield rec
     finally:
         setattr(module, "psd_solve", orig_solve)  # noqa: B010
-        setattr(module, user_step, orig_user)
+        setattr(umod, user_step, orig_user)

@@ -344,6 +344,7 @@ class DPALSTarget(AuditTarget):
         model = DPALS(**self._model_params(canaries.design))
         with record_item_steps(dp_als, "_user_cg") as rec:
             _fit_quiet(model, canaries.data)
+        _require_steps(rec.steps, model.iterations_)
         c = cast(dp_als.DPALSConfig, model.config())
         b = c.max_per_user
         count_sample = b if c.count_sample is None else c.count_sample
@@ -370,6 +371,14 @@ class DPALSTarget(AuditTarget):
             ),
             model.privacy_guarantee,
             [f"{rec.steps} private steps observed"],
+        )
+
+
+def _require_steps(seen: int, expected: int) -> None:
+    if seen != expected:
+        raise ConfigError(
+            f"observed {seen} of {expected} private steps: the model's step functions changed "
+            "and the audit can no longer see its released statistics (it needs a release hook)"
         )
 
 
@@ -438,7 +447,7 @@ class CrossSiloTarget(AuditTarget):
     def run(self, canaries: Canaries) -> TargetRun:
         from privrec.audit.recording import record_item_steps
         from privrec.models.dp_als import DPALSSensitivity
-        from privrec.secure import silo
+        from privrec.secure import silo, silo_driver, silo_stats
 
         params = {k: v for k, v in self._model_params(canaries.design).items() if k != "unit"}
         if self.unit is not PrivacyUnit.USER:
@@ -450,10 +459,11 @@ class CrossSiloTarget(AuditTarget):
         parts = [sp.csr_matrix(x[rows]) for rows in np.array_split(order, n_silos)]
         with (
             warnings.catch_warnings(),
-            record_item_steps(silo, "user_solve") as rec,
+            record_item_steps(silo_driver, "user_solve", silo_stats) as rec,
         ):
             warnings.filterwarnings("ignore", category=PrivacyWarning)
             result = silo.run_local(parts, config)
+        _require_steps(rec.steps, silo.noise_scale(config)[1])
         b = config.max_per_user
         sens = DPALSSensitivity.of(PrivacyUnit.USER, config.clip_norm, b, config.sampled)
         sigma = float(result.noise_scale)

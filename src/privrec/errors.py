@@ -23,6 +23,7 @@ __all__ = [
     "GuaranteeMismatchError",
     "InsecureParametersError",
     "InvalidInputError",
+    "KeyFileError",
     "LedgerSchemaError",
     "MessageRejected",
     "MissingUserDataError",
@@ -316,6 +317,15 @@ class AuditLogError(GovernanceError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.args[0],), {"seq": self.seq})
+
+
+# --------------------------------------------------------------------------- secure computation
+# (engineer "secure": key files, SecAgg+ and silo errors)
+
+
+class KeyFileError(ConfigError):
+    """A secret key file that cannot be used safely: unreadable, malformed, not a regular file,
+    or readable by other users (a key must be mode 0600, owner only)."""
 
 
 # ------------------------------------------------------------ distributed engine (privrec.engine)

@@ -86,27 +86,46 @@ def params(iterations: int) -> dict[str, Any]:
                 head_fraction=1.0)  # fmt: skip
 
 
-def run_20m(data: Path, iterations: int) -> dict[str, Any]:
+def run_20m(data: Path, iterations: int, repeats: int) -> dict[str, Any]:
+    """Ray and single-process fits interleaved ``repeats`` times; medians over all timed steps."""
     import ray
 
     from privrec.engine import ParquetSource, RayEngine
     from privrec.models import DPALS
 
     src = ParquetSource.open(data)
-    out: dict[str, Any] = {}
-    with RayEngine(num_workers=2) as engine:
-        r = _timed_fit(lambda cb: engine.fit(DPALS(**params(iterations)), src, progress=cb))
-        group = engine.last_group
-        assert group is not None
-        out["ray"] = {k: v for k, v in r.items() if k != "model"}
-        out["ray"]["workers_cpu_s"] = sum(ray.get([a.cpu_seconds.remote() for a in group.actors]))
-        out["ray"]["bytes_reduced"] = group.bytes_reduced
     t0 = time.perf_counter()
     whole = src.to_interactions()
     load_s = time.perf_counter() - t0
-    r = _timed_fit(lambda cb: DPALS(**params(iterations)).fit(whole, progress=cb))
-    out["single"] = {k: v for k, v in r.items() if k != "model"} | {"load_s": load_s}
-    out["ratio_median_step"] = out["ray"]["median_step_s"] / out["single"]["median_step_s"]
+    runs: dict[str, list[dict[str, Any]]] = {"ray": [], "single": []}
+    with RayEngine(num_workers=2) as engine:
+        for _ in range(repeats):
+            before = engine.last_group.actors if engine.last_group is not None else []
+            cpu0 = sum(ray.get([a.cpu_seconds.remote() for a in before])) if before else 0.0
+            r = _timed_fit(lambda cb: engine.fit(DPALS(**params(iterations)), src, progress=cb))
+            group = engine.last_group
+            assert group is not None
+            r.pop("model")
+            r["workers_cpu_s"] = sum(ray.get([a.cpu_seconds.remote() for a in group.actors])) - cpu0
+            r["bytes_reduced"] = group.bytes_reduced
+            r["users"], r["nnz"] = engine.last_sizes
+            runs["ray"].append(r)
+            r = _timed_fit(lambda cb: DPALS(**params(iterations)).fit(whole, progress=cb))
+            r.pop("model")
+            runs["single"].append(r)
+    out: dict[str, Any] = {"runs": runs, "single_load_s": load_s}
+    for side in ("ray", "single"):
+        steps = [s for r in runs[side] for s in r["step_s"]]
+        out[f"{side}_median_step_s"] = statistics.median(steps)
+        out[f"{side}_median_wall_s"] = statistics.median(r["wall_s"] for r in runs[side])
+    out["ray_median_cpu_s"] = statistics.median(
+        r["driver_cpu_s"] + r["workers_cpu_s"] for r in runs["ray"]
+    )
+    out["single_median_cpu_s"] = statistics.median(r["driver_cpu_s"] for r in runs["single"])
+    out["ratio_median_step"] = out["ray_median_step_s"] / out["single_median_step_s"]
+    out["ratio_cpu"] = out["ray_median_cpu_s"] / out["single_median_cpu_s"]
+    out["nnz"] = runs["ray"][0]["nnz"]
+    out["users_with_data"] = runs["ray"][0]["users"]
     return out
 
 
@@ -125,6 +144,7 @@ def run_100m(data: Path) -> dict[str, Any]:
         out = {k: v for k, v in r.items() if k != "model"}
         out["worker_peak_rss_gb"] = [p / 1e9 for p in peaks]
         out["bytes_reduced"] = group.bytes_reduced
+        out["users_with_data"], out["nnz"] = engine.last_sizes
     out["driver_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
     return out
 
@@ -134,7 +154,8 @@ def main() -> None:
     ap.add_argument("--size", choices=["20m", "100m"], default="20m")
     ap.add_argument("--quick", action="store_true", help="1M interactions, smoke run")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/privrec-bench-scale"))
-    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--iterations", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the shards afterwards")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
@@ -154,7 +175,7 @@ def main() -> None:
     gen_s = time.perf_counter() - t0
     load = os.getloadavg()
     try:
-        res = run_20m(data, args.iterations) if args.size == "20m" else run_100m(data)
+        res = run_20m(data, args.iterations, args.repeats) if args.size == "20m" else run_100m(data)
     finally:
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)

@@ -273,6 +273,8 @@ class RayEngine:
         #: the merged counts-only policy report of the last fit (``None`` without a policy)
         self.last_policy_report: Any = None
         self.last_content_hash: str | None = None
+        #: (users, interactions) the workers held after the policy, in the last fit
+        self.last_sizes: tuple[int, int] = (0, 0)
         #: fault-injection hook (tests): called with (call name, actors) right after a call's
         #: tasks were submitted to the workers, before their results are awaited
         self.after_submit: Callable[[str, list[Any]], None] | None = None
@@ -354,12 +356,8 @@ class RayEngine:
         )
         ids = [ray.put(i) for i in group.call_all("sorted_user_ids")]
         group.call_all("set_row_keys", *ids, setup=True)
-        return (
-            group,
-            catalogue,
-            sum(r["n_users"] for r in loaded),
-            sum(r["nnz"] for r in loaded),
-        )
+        self.last_sizes = (sum(r["n_users"] for r in loaded), sum(r["nnz"] for r in loaded))
+        return (group, catalogue, *self.last_sizes)
 
     def fit(
         self,

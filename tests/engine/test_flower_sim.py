@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("flwr.simulation")
 
-from privrec.engine.flower_sim import run_federated_simulation, simulation_apps  # noqa: E402
-from privrec.errors import ConfigError  # noqa: E402
+from privrec.engine.flower_sim import run_federated_simulation, simulation_apps
+from privrec.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

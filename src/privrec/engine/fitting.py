@@ -21,7 +21,7 @@ from typing import Any, cast
 import numpy as np
 
 from privrec.data.interactions import Interactions
-from privrec.engine.ray_engine import WorkerGroup
+from privrec.engine.ray_engine import WorkerGroup, _ray
 from privrec.errors import ConfigError
 from privrec.models.base import _empty_csr
 from privrec.privacy.contribution import draw_salt
@@ -125,7 +125,7 @@ def _fit_dpals(
     model: Any, c: Any, budget: Any, rng: np.random.Generator, group: WorkerGroup, n_items: int,
     progress: Callable[[int, int], None] | None,
 ) -> None:  # fmt: skip
-    ray = __import__("ray")
+    ray = _ray()
     from privrec.models.dp_als import (
         _PROJECT,
         DPALSSensitivity,

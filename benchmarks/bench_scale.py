@@ -40,7 +40,7 @@ def write_synthetic(out: Path, n_users: int, n_items: int, nnz: int, shards: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from privrec.engine.parquet import MANIFEST, user_shard
+    from privrec.engine.parquet import shard_path, user_shard, write_manifest
 
     out.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -58,11 +58,9 @@ def write_synthetic(out: Path, n_users: int, n_items: int, nnz: int, shards: int
         key = np.unique(u * n_items + i)  # distinct pairs, sorted by user
         pq.write_table(
             pa.table({"user": key // n_items, "item": key % n_items}),
-            out / f"part-{s:05d}.parquet",
+            shard_path(out, s),
         )
-    meta = {"format": "privrec-user-shards", "version": 1, "n_shards": shards,
-            "hash": "pandas-hash_array", "columns": ["user", "item"]}  # fmt: skip
-    (out / MANIFEST).write_text(json.dumps(meta))
+    write_manifest(out, shards, ["user", "item"])
 
 
 def _cpu() -> float:

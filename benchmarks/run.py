@@ -24,6 +24,7 @@ BENCHMARKS = [
     "bench_federated.py",
     "bench_audit.py",
     "bench_monitor.py",
+    "bench_scale.py",
 ]
 
 

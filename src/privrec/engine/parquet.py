@@ -34,7 +34,14 @@ import pandas as pd
 from privrec.data.interactions import Interactions
 from privrec.errors import DataError
 
-__all__ = ["MANIFEST", "ParquetSource", "user_shard", "write_user_shards"]
+__all__ = [
+    "MANIFEST",
+    "ParquetSource",
+    "shard_path",
+    "user_shard",
+    "write_manifest",
+    "write_user_shards",
+]
 
 MANIFEST = "_privrec_shards.json"
 _FORMAT = "privrec-user-shards"
@@ -312,15 +319,26 @@ def write_user_shards(
     finally:
         for w in writers.values():
             w.close()
+    return write_manifest(out, n_shards, names)
+
+
+def write_manifest(directory: Path, n_shards: int, columns: list[str]) -> ParquetSource:
+    """Declare ``directory`` a user-sharded dataset (for writers that wrote ``part-*.parquet``
+    themselves, by :func:`user_shard`, e.g. the synthetic data of ``benchmarks/bench_scale.py``)."""
     meta = {
         "format": _FORMAT,
         "version": 1,
         "n_shards": n_shards,
         "hash": _HASH,
-        "columns": names,
+        "columns": columns,
     }
-    (out / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    return ParquetSource.open(out)
+    (directory / MANIFEST).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return ParquetSource.open(directory)
+
+
+def shard_path(directory: Path, shard: int) -> Path:
+    """The file of ``shard`` in ``directory``."""
+    return _file(directory, shard)
 
 
 def _interaction_batches(data: Interactions, batch_rows: int) -> Iterator[dict[str, np.ndarray]]:

@@ -90,6 +90,8 @@ def test_commit_abort_and_idempotent_replay(setup: LedgerSetup) -> None:
     assert len(a.history("ratings")) == 1
     with pytest.raises(GovernanceError, match="different request"):
         a.reserve("ratings", gauss(9.0), idempotency_key="q-1")
+    with pytest.raises(GovernanceError, match="different request"):  # same noise, other question
+        a.reserve("ratings", gauss(10.0), idempotency_key="q-1", description="top 5 items")
     b = a.reserve("ratings", gauss(10.0))
     a.abort(b, reason="stopped before drawing noise")
     (status,) = setup.owner.status("ratings")

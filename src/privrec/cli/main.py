@@ -30,6 +30,7 @@ from privrec.cli.governance import (
 from privrec.cli.he import he_app
 from privrec.cli.mpc import mpc_app
 from privrec.cli.privacy import privacy_app
+from privrec.cli.serve import serve
 from privrec.cli.silo import silo_app
 
 app = typer.Typer(
@@ -65,6 +66,7 @@ app.add_typer(consent_app, name="consent")
 app.command()(forget)
 app.command()(lineage)
 app.add_typer(audit_app, name="audit-log")
+app.command()(serve)
 
 
 def run() -> None:  # pragma: no cover - console entry point helper

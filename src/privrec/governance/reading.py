@@ -385,6 +385,20 @@ class LedgerBase:
                 "created_by": v.created_by,
             }
 
+    def latest_version(self, dataset: str) -> dict[str, Any] | None:
+        """The dataset's most recent version (as :meth:`version`), or ``None`` before any load.
+
+        Holds the policy report's exact counts: an internal record, so owner and auditor only.
+        """
+        require(self.principal, "read_all", "reading a dataset's policy report")
+        with read_transaction(self.engine) as conn:
+            vid = conn.execute(
+                sa.select(sa.func.max(tbl.DatasetVersion.id)).where(
+                    tbl.DatasetVersion.dataset_id == self._dataset(conn, dataset).id
+                )
+            ).scalar_one()
+        return None if vid is None else self.version(int(vid))
+
     def lineage_of_user(self, user: Any, dataset: str | None = None) -> list[UserLineage]:
         """Artifacts trained on dataset versions that contained ``user`` (and whether a retrain is due)."""
         require(self.principal, "read_all", "tracing a person's lineage")

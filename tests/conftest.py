@@ -53,3 +53,19 @@ def model_file(tmp_path: Path) -> Path:
     )
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():  # type: ignore[no-untyped-def]
+    """One throw-away PostgreSQL cluster per test session (ledger and service tests share it),
+    or the reason it could not start (a string)."""
+    from privrec.governance.pgcluster import start, stop
+
+    started = start()
+    if isinstance(started, str):
+        yield started
+        return
+    try:
+        yield started
+    finally:
+        stop(started)

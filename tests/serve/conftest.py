@@ -17,14 +17,14 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from privrec.data import synthetic  # noqa: E402
-from privrec.data.interactions import Interactions  # noqa: E402
-from privrec.governance import Ledger  # noqa: E402
-from privrec.serve.app import ServeSettings, create_app  # noqa: E402
-from privrec.serve.datasets import load_dataset_specs  # noqa: E402
-from privrec.serve.demo import DemoWorld, build_demo  # noqa: E402
+from privrec.data import synthetic
+from privrec.data.interactions import Interactions
+from privrec.governance import Ledger
+from privrec.serve.app import ServeSettings, create_app
+from privrec.serve.datasets import load_dataset_specs
+from privrec.serve.demo import DemoWorld, build_demo
 
 ITEM_TOKENS = [f"itm{secrets.token_hex(8)}" for _ in range(120)]
 

@@ -28,9 +28,15 @@ USER, INTER = PrivacyUnit.USER, PrivacyUnit.INTERACTION
 
 @pytest.mark.parametrize(
     ("epsilon", "delta", "z"),
-    [(1.0, 1e-6, 4.224683015083926), (0.5, 1e-6, 8.057626538342033), (0.1, 1e-5, 30.74956625558125)],
+    [
+        (1.0, 1e-6, 4.224683015083926),
+        (0.5, 1e-6, 8.057626538342033),
+        (0.1, 1e-5, 30.74956625558125),
+    ],
 )
-def test_calibration_is_pinned_and_charged_epsilon_matches(epsilon: float, delta: float, z: float) -> None:
+def test_calibration_is_pinned_and_charged_epsilon_matches(
+    epsilon: float, delta: float, z: float
+) -> None:
     assert noise_multiplier(epsilon, delta) == pytest.approx(z, rel=1e-9)
     plan = plan_query("item_counts", epsilon=epsilon, delta=delta, unit=USER, m=10, bound=4)
     (spent,) = plan.events()
@@ -53,7 +59,9 @@ def test_calibration_is_pinned_and_charged_epsilon_matches(epsilon: float, delta
         ("segment_counts", INTER, 4, 32, 1.0),
     ],
 )
-def test_stated_sensitivities(kind: str, unit: PrivacyUnit, m: int, bound: int, sens: float) -> None:
+def test_stated_sensitivities(
+    kind: str, unit: PrivacyUnit, m: int, bound: int, sens: float
+) -> None:
     plan = plan_query(kind, epsilon=1.0, delta=1e-6, unit=unit, m=m, bound=bound)
     assert plan.sensitivity == pytest.approx(sens)
     assert plan.sigma == pytest.approx(sens * 4.224683015083926, rel=1e-9)
@@ -103,7 +111,14 @@ def test_removing_one_user_moves_each_answer_by_at_most_its_sensitivity(seed: in
     codes = np.random.default_rng(seed).integers(-1, 3, size=m.shape[0])
     worst = {"item_counts": 0.0, "cooccurrence": 0.0, "segment_counts": 0.0}
     for kind in worst:
-        plan = plan_query(kind, epsilon=1.0, delta=1e-6, unit=USER, m=len(cols) if kind != "segment_counts" else 3, bound=3)
+        plan = plan_query(
+            kind,
+            epsilon=1.0,
+            delta=1e-6,
+            unit=USER,
+            m=len(cols) if kind != "segment_counts" else 3,
+            bound=3,
+        )
         for u in range(m.shape[0]):
             d = _without_user(m, u)
             if kind == "item_counts":
@@ -127,7 +142,14 @@ def test_removing_one_interaction_under_the_interaction_unit(seed: int) -> None:
     cols = np.array([1, 2, 4, 6, 9])
     codes = np.zeros(m.shape[0], dtype=np.int64)
     plans = {
-        k: plan_query(k, epsilon=1.0, delta=1e-6, unit=INTER, m=len(cols) if k != "segment_counts" else 1, bound=3)
+        k: plan_query(
+            k,
+            epsilon=1.0,
+            delta=1e-6,
+            unit=INTER,
+            m=len(cols) if k != "segment_counts" else 1,
+            bound=3,
+        )
         for k in ("item_counts", "cooccurrence", "segment_counts")
     }
     coo = m.tocoo()
@@ -135,11 +157,18 @@ def test_removing_one_interaction_under_the_interaction_unit(seed: int) -> None:
         d = _without_interaction(m, u, j)
         for kind, plan in plans.items():
             if kind == "item_counts":
-                gap = np.linalg.norm(_exact_item_counts(m, cols, plan, _rng(0)) - _exact_item_counts(d, cols, plan, _rng(0)))
+                gap = np.linalg.norm(
+                    _exact_item_counts(m, cols, plan, _rng(0))
+                    - _exact_item_counts(d, cols, plan, _rng(0))
+                )
             elif kind == "cooccurrence":
-                gap = np.linalg.norm(_exact_pairs(m, cols, plan, _rng(0)) - _exact_pairs(d, cols, plan, _rng(0)))
+                gap = np.linalg.norm(
+                    _exact_pairs(m, cols, plan, _rng(0)) - _exact_pairs(d, cols, plan, _rng(0))
+                )
             else:
-                gap = np.linalg.norm(_exact_segments(m, codes, 1, cols) - _exact_segments(d, codes, 1, cols))
+                gap = np.linalg.norm(
+                    _exact_segments(m, codes, 1, cols) - _exact_segments(d, codes, 1, cols)
+                )
             assert gap <= plan.sensitivity + 1e-9
 
 

@@ -26,8 +26,13 @@ def _err(r, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
 
 def test_health_me_and_openapi(client: TestClient, world: DemoWorld) -> None:
     assert client.get("/v1/health").json()["status"] == "ok"
-    assert client.get("/v1/me", headers=auth(world, "ann")).json() == {"name": "ann", "role": "analyst"}
-    assert client.get("/v1/me", headers={"X-API-Key": world.keys["dora"]}).json()["role"] == "auditor"
+    assert client.get("/v1/me", headers=auth(world, "ann")).json() == {
+        "name": "ann",
+        "role": "analyst",
+    }
+    assert (
+        client.get("/v1/me", headers={"X-API-Key": world.keys["dora"]}).json()["role"] == "auditor"
+    )
     spec = client.get("/v1/openapi.json").json()
     assert all(p.startswith("/v1/") for p in spec["paths"])
     assert client.get("/docs").status_code == 404  # no CDN-backed docs page
@@ -47,15 +52,21 @@ def test_bad_keys_get_401(client: TestClient, headers: dict[str, str], why: str)
     assert why in body["message"]
 
 
-def test_wrong_secret_and_revoked_key(client: TestClient, world: DemoWorld, fresh_analyst: Analyst) -> None:
+def test_wrong_secret_and_revoked_key(
+    client: TestClient, world: DemoWorld, fresh_analyst: Analyst
+) -> None:
     key_id = fresh_analyst.key.split("_")[1]
     forged = f"prk_{key_id}_{secrets.token_urlsafe(32)}"
-    _err(client.get("/v1/me", headers={"Authorization": f"Bearer {forged}"}), 401, "unauthenticated")
+    _err(
+        client.get("/v1/me", headers={"Authorization": f"Bearer {forged}"}), 401, "unauthenticated"
+    )
     assert client.get("/v1/me", headers=fresh_analyst.headers).status_code == 200
     Ledger.connect(world.url, world.keys["olga"]).revoke_key(key_id)
     # spending re-checks the key in the ledger at once (reads may reuse it for key_ttl seconds)
     r = client.post(
-        "/v1/datasets/ratings/queries/top-k", headers=fresh_analyst.headers, json={"epsilon": 0.1, "k": 3}
+        "/v1/datasets/ratings/queries/top-k",
+        headers=fresh_analyst.headers,
+        json={"epsilon": 0.1, "k": 3},
     )
     _err(r, 401, "unauthenticated")
 
@@ -70,13 +81,18 @@ def test_wrong_roles_get_403(client: TestClient, world: DemoWorld) -> None:
         assert client.get(path, headers=auth(world, "dora")).status_code == 200
 
 
-def test_query_answer_charge_and_exhausted_budget(client: TestClient, world: DemoWorld, fresh_analyst: Analyst) -> None:
+def test_query_answer_charge_and_exhausted_budget(
+    client: TestClient, world: DemoWorld, fresh_analyst: Analyst
+) -> None:
     h = fresh_analyst.headers
     owner = Ledger.connect(world.url, world.keys["olga"])
-    before = {b.scope_value: b for b in owner.status("ratings") if b.scope == "analyst"}[fresh_analyst.name]
+    before = {b.scope_value: b for b in owner.status("ratings") if b.scope == "analyst"}[
+        fresh_analyst.name
+    ]
     assert before.composed_epsilon == 0
     r = client.post(
-        "/v1/datasets/ratings/queries/item-counts", headers=h,
+        "/v1/datasets/ratings/queries/item-counts",
+        headers=h,
         json={"epsilon": 0.6, "items": ITEM_TOKENS[:4]},
     )
     assert r.status_code == 200, r.text
@@ -91,13 +107,13 @@ def test_query_answer_charge_and_exhausted_budget(client: TestClient, world: Dem
     assert charge.result["counts"] == ans["counts"]
     # 0.6 composed with 0.8 exceeds the analyst's cap of 1 (composition, not the sum, decides:
     # 0.6 with 0.6 would still fit): refused with 403 naming the remaining budget
-    r = client.post(
-        "/v1/datasets/ratings/queries/top-k", headers=h, json={"epsilon": 0.8, "k": 5}
-    )
+    r = client.post("/v1/datasets/ratings/queries/top-k", headers=h, json={"epsilon": 0.8, "k": 5})
     body = _err(r, 403, "budget_exceeded")
     assert body["remaining_epsilon"] == pytest.approx(0.4, abs=1e-3)
     assert body["cap_epsilon"] == 1.0 and body["requested_epsilon"] == pytest.approx(0.8, rel=1e-4)
-    assert len(Ledger.connect(world.url, fresh_analyst.key).history("ratings")) == 1  # nothing written
+    assert (
+        len(Ledger.connect(world.url, fresh_analyst.key).history("ratings")) == 1
+    )  # nothing written
 
 
 def test_idempotent_retry_returns_the_same_noisy_answer_without_a_second_charge(
@@ -110,25 +126,36 @@ def test_idempotent_retry_returns_the_same_noisy_answer_without_a_second_charge(
     assert b["charge"] == {"id": a["charge"]["id"], "replayed": True}
     assert b["items"] == a["items"]
     assert len(Ledger.connect(world.url, fresh_analyst.key).history("ratings")) == 1
-    other = client.post("/v1/datasets/ratings/queries/top-k", headers=h, json={"epsilon": 0.3, "k": 6})
+    other = client.post(
+        "/v1/datasets/ratings/queries/top-k", headers=h, json={"epsilon": 0.3, "k": 6}
+    )
     assert "different request" in _err(other, 409, "conflict")["message"]
 
 
-def test_segment_and_cooccurrence_queries(client: TestClient, world: DemoWorld, fresh_analyst: Analyst) -> None:
+def test_segment_and_cooccurrence_queries(
+    client: TestClient, world: DemoWorld, fresh_analyst: Analyst
+) -> None:
     h = fresh_analyst.headers
     seg = client.post(
-        "/v1/datasets/ratings/queries/segment-counts", headers=h, json={"epsilon": 0.2, "column": "region"}
+        "/v1/datasets/ratings/queries/segment-counts",
+        headers=h,
+        json={"epsilon": 0.2, "column": "region"},
     ).json()
     assert [s["value"] for s in seg["segments"]] == ["north", "south", "east", "west"]
     co = client.post(
-        "/v1/datasets/ratings/queries/cooccurrence", headers=h,
+        "/v1/datasets/ratings/queries/cooccurrence",
+        headers=h,
         json={"epsilon": 0.2, "items": ITEM_TOKENS[:3]},
     ).json()
     assert [p["items"] for p in co["pairs"]] == [
-        [ITEM_TOKENS[0], ITEM_TOKENS[1]], [ITEM_TOKENS[0], ITEM_TOKENS[2]], [ITEM_TOKENS[1], ITEM_TOKENS[2]]
+        [ITEM_TOKENS[0], ITEM_TOKENS[1]],
+        [ITEM_TOKENS[0], ITEM_TOKENS[2]],
+        [ITEM_TOKENS[1], ITEM_TOKENS[2]],
     ]
     r = client.post(
-        "/v1/datasets/ratings/queries/segment-counts", headers=h, json={"epsilon": 0.2, "column": "income"}
+        "/v1/datasets/ratings/queries/segment-counts",
+        headers=h,
+        json={"epsilon": 0.2, "column": "income"},
     )
     assert "not a declared segment column" in _err(r, 422, "invalid_request")["message"]
 
@@ -138,27 +165,55 @@ def test_segment_and_cooccurrence_queries(client: TestClient, world: DemoWorld, 
     [
         ("/v1/datasets/ratings/queries/top-k", {"epsilon": -1, "k": 5}, "malformed_request"),
         ("/v1/datasets/ratings/queries/top-k", {"epsilon": 0.1}, "malformed_request"),
-        ("/v1/datasets/ratings/queries/top-k", {"epsilon": 0.1, "k": 5, "extra": 1}, "malformed_request"),
-        ("/v1/datasets/ratings/queries/item-counts", {"epsilon": 0.1, "items": []}, "malformed_request"),
-        ("/v1/datasets/ratings/queries/cooccurrence", {"epsilon": 0.1, "items": ["a"] * 21}, "malformed_request"),
-        ("/v1/datasets/ratings/queries/item-counts", {"epsilon": 0.1, "items": ["nope"]}, "unknown_item"),
+        (
+            "/v1/datasets/ratings/queries/top-k",
+            {"epsilon": 0.1, "k": 5, "extra": 1},
+            "malformed_request",
+        ),
+        (
+            "/v1/datasets/ratings/queries/item-counts",
+            {"epsilon": 0.1, "items": []},
+            "malformed_request",
+        ),
+        (
+            "/v1/datasets/ratings/queries/cooccurrence",
+            {"epsilon": 0.1, "items": ["a"] * 21},
+            "malformed_request",
+        ),
+        (
+            "/v1/datasets/ratings/queries/item-counts",
+            {"epsilon": 0.1, "items": ["nope"]},
+            "unknown_item",
+        ),
         ("/v1/recommend", {"model": "x", "history": "not a list"}, "malformed_request"),
         ("/v1/recommend", {"model": "../etc/passwd", "history": []}, "malformed_request"),
         ("/v1/recommend", {"model": "x", "history": [], "k": 0}, "malformed_request"),
     ],
 )
-def test_malformed_bodies_get_422(client: TestClient, world: DemoWorld, fresh_analyst: Analyst, path: str, body: dict, code: str) -> None:  # type: ignore[type-arg]
+def test_malformed_bodies_get_422(
+    client: TestClient, world: DemoWorld, fresh_analyst: Analyst, path: str, body: dict, code: str
+) -> None:  # type: ignore[type-arg]
     _err(client.post(path, headers=fresh_analyst.headers, json=body), 422, code)
     assert not Ledger.connect(world.url, fresh_analyst.key).history("ratings")  # nothing charged
 
 
 def test_not_json_and_unknown_things(client: TestClient, world: DemoWorld) -> None:
     h = auth(world, "ann")
-    r = client.post("/v1/recommend", headers={**h, "Content-Type": "application/json"}, content=b"{oops")
+    r = client.post(
+        "/v1/recommend", headers={**h, "Content-Type": "application/json"}, content=b"{oops"
+    )
     _err(r, 422, "malformed_request")
-    _err(client.post("/v1/recommend", headers=h, json={"model": "no-such-model", "history": []}), 404, "unknown_model")
+    _err(
+        client.post("/v1/recommend", headers=h, json={"model": "no-such-model", "history": []}),
+        404,
+        "unknown_model",
+    )
     _err(client.get("/v1/models/no-such-model", headers=h), 404, "unknown_model")
-    _err(client.post("/v1/datasets/nope/queries/top-k", headers=h, json={"epsilon": 0.1, "k": 1}), 404, "unknown_dataset")
+    _err(
+        client.post("/v1/datasets/nope/queries/top-k", headers=h, json={"epsilon": 0.1, "k": 1}),
+        404,
+        "unknown_dataset",
+    )
     _err(client.get("/v1/nothing-here", headers=h), 404, "not_found")
     _err(client.delete("/v1/models", headers=h), 405, "method_not_allowed")
 
@@ -172,7 +227,13 @@ def test_oversized_requests_get_413(client: TestClient, world: DemoWorld) -> Non
         for _ in range(100):
             yield b" " * 1024  # streamed without Content-Length
 
-    _err(client.post("/v1/recommend", headers={**h, "Content-Type": "application/json"}, content=chunks()), 413, "request_too_large")
+    _err(
+        client.post(
+            "/v1/recommend", headers={**h, "Content-Type": "application/json"}, content=chunks()
+        ),
+        413,
+        "request_too_large",
+    )
 
 
 def test_rate_limit_per_key(world: DemoWorld) -> None:
@@ -185,8 +246,12 @@ def test_rate_limit_per_key(world: DemoWorld) -> None:
 
 
 def test_recommend_from_history(client: TestClient, world: DemoWorld, model_id: str) -> None:
-    history = ITEM_TOKENS[:6] + ["not-in-catalogue"]
-    r = client.post("/v1/recommend", headers=auth(world, "ann"), json={"model": model_id, "history": history, "k": 10})
+    history = [*ITEM_TOKENS[:6], "not-in-catalogue"]
+    r = client.post(
+        "/v1/recommend",
+        headers=auth(world, "ann"),
+        json={"model": model_id, "history": history, "k": 10},
+    )
     assert r.status_code == 200, r.text
     out = r.json()
     items = [i["item"] for i in out["items"]]
@@ -201,13 +266,18 @@ def test_recommend_from_history(client: TestClient, world: DemoWorld, model_id: 
     assert out["guarantee"]["unit"] == "user" and out["guarantee"]["epsilon"] <= 1.0
 
 
-def test_models_listing_has_guarantee_lineage_and_evaluation(client: TestClient, world: DemoWorld) -> None:
+def test_models_listing_has_guarantee_lineage_and_evaluation(
+    client: TestClient, world: DemoWorld
+) -> None:
     models = client.get("/v1/models", headers=auth(world, "dora")).json()["models"]
     assert {m["id"] for m in models} == {"dpals-eps1", "dpals-eps4"}
     for m in models:
         g = m["guarantee"]
         assert m["private"] and m["served"] and g["unit"] == "user" and g["delta"] == 1e-6
-        assert "differentially private" in m["plain_language"] and m["plain_language"] == g["explanation"]
+        assert (
+            "differentially private" in m["plain_language"]
+            and m["plain_language"] == g["explanation"]
+        )
         assert m["lineage"]["recorded"] and m["lineage"]["trained_by"] == "trainer"
         assert m["lineage"]["charge_ids"] and m["lineage"]["dataset"] == "ratings"
         ev = m["evaluation"]
@@ -235,15 +305,25 @@ def test_non_private_models_are_listed_but_not_served(world: DemoWorld, tmp_path
     with TestClient(app) as c:
         listing = c.get("/v1/models", headers=auth(world, "ann")).json()
         plain = next(m for m in listing["models"] if m["id"] == "plain-pop")
-        assert not plain["private"] and not plain["served"] and "no differential-privacy" in plain["plain_language"]
+        assert (
+            not plain["private"]
+            and not plain["served"]
+            and "no differential-privacy" in plain["plain_language"]
+        )
         assert listing["rejected"][0]["file"] == "broken.npz"
-        r = c.post("/v1/recommend", headers=auth(world, "ann"), json={"model": "plain-pop", "history": []})
+        r = c.post(
+            "/v1/recommend", headers=auth(world, "ann"), json={"model": "plain-pop", "history": []}
+        )
         _err(r, 403, "not_private")
 
 
 def test_budgets_are_role_aware(client: TestClient, world: DemoWorld) -> None:
     mine = client.get("/v1/budgets", headers=auth(world, "ann")).json()["budgets"]
-    assert {(b["scope"], b["scope_value"]) for b in mine} == {("dataset", ""), ("analyst", "ann"), ("purpose", "analytics")}
+    assert {(b["scope"], b["scope_value"]) for b in mine} == {
+        ("dataset", ""),
+        ("analyst", "ann"),
+        ("purpose", "analytics"),
+    }
     everyone = client.get("/v1/budgets?series=true", headers=auth(world, "dora")).json()["budgets"]
     assert ("analyst", "ben") in {(b["scope"], b["scope_value"]) for b in everyone}
     ledger = Ledger.connect(world.url, world.keys["dora"])
@@ -261,7 +341,10 @@ def test_audit_and_governance_views(client: TestClient, world: DemoWorld) -> Non
     gov = client.get("/v1/governance", headers=auth(world, "olga")).json()
     (ds,) = gov["datasets"]
     assert ds["deletion_requests"] == 1 and ds["retrain_within_days"] == 30
-    assert {r["artifact_id"] for r in ds["retrains_due"]} == {1, 2}  # both trained before the deletion
+    assert {r["artifact_id"] for r in ds["retrains_due"]} == {
+        1,
+        2,
+    }  # both trained before the deletion
     assert ds["latest_version"]["steps"][0]["step"] == "deletion"
     assert gov["monitors"] == [] and gov["monitors_note"]
 

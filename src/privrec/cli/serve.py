@@ -24,7 +24,9 @@ def _loopback(host: str) -> bool:
 def serve(
     db: Annotated[
         str | None,
-        typer.Option("--db", envvar="PRIVREC_DB", help="Ledger URL (default sqlite:///privrec.db)."),
+        typer.Option(
+            "--db", envvar="PRIVREC_DB", help="Ledger URL (default sqlite:///privrec.db)."
+        ),
     ] = None,
     models: Annotated[
         Path, typer.Option("--models", help="Directory of model files (*.npz) to serve.")
@@ -49,7 +51,9 @@ def serve(
     allow_non_private: Annotated[
         bool, typer.Option(help="Also serve models without a DP guarantee (warns).")
     ] = False,
-    log_level: Annotated[str, typer.Option(help="Log level (the log never holds requests).")] = "info",
+    log_level: Annotated[
+        str, typer.Option(help="Log level (the log never holds requests).")
+    ] = "info",
 ) -> None:
     """Serve recommendations, DP analytics queries and the privacy dashboard.
 

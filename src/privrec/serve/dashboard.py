@@ -198,7 +198,12 @@ def governance(ledger: Ledger) -> dict[str, Any]:
     return {
         "datasets": out,
         "monitors": [
-            {"seq": r["seq"], "at": r["at"], "action": r["action"], "summary": _summary(r["payload"])}
+            {
+                "seq": r["seq"],
+                "at": r["at"],
+                "action": r["action"],
+                "summary": _summary(r["payload"]),
+            }
             for r in monitors
         ],
         "monitors_note": None

@@ -87,7 +87,9 @@ def load_dataset_specs(
             raise ServeConfigError(f"datasets file {str(p)!r} is not valid TOML: {exc}") from None
         extra = set(raw) - {"datasets"}
         if extra:
-            raise ServeConfigError(f"datasets file {str(p)!r}: unknown section {sorted(extra)[0]!r}")
+            raise ServeConfigError(
+                f"datasets file {str(p)!r}: unknown section {sorted(extra)[0]!r}"
+            )
         for name, body in dict(raw.get("datasets", {})).items():
             try:
                 spec = DatasetSpec.model_validate(body)

@@ -182,8 +182,12 @@ def build_demo(
     for name, role in (("ann", "analyst"), ("ben", "analyst"), ("dora", "auditor")):
         keys[name] = owner.create_key(name, role)
     for name in ("ann", "ben"):
-        owner.set_budget("ratings", epsilon=analyst_epsilon, delta=1e-6, scope="analyst", value=name)
-    owner.set_budget("ratings", epsilon=analyst_epsilon * 2, delta=1e-6, scope="purpose", value="analytics")
+        owner.set_budget(
+            "ratings", epsilon=analyst_epsilon, delta=1e-6, scope="analyst", value=name
+        )
+    owner.set_budget(
+        "ratings", epsilon=analyst_epsilon * 2, delta=1e-6, scope="purpose", value="analytics"
+    )
     trainer = Ledger.connect(url, owner.create_key("trainer", "analyst"))
 
     governed = trainer.load("ratings", load(data_file, format="tsv"))
@@ -205,9 +209,21 @@ def build_demo(
         ann = Ledger.connect(url, keys["ann"])
         ben = Ledger.connect(url, keys["ben"])
         run_query(ann, ds, QueryRequest("top_k", 0.5, purpose="analytics", k=10))
-        run_query(ben, ds, QueryRequest("segment_counts", 0.3, purpose="analytics", column=next(iter(columns))))
-        run_query(ann, ds, QueryRequest("item_counts", 0.4, purpose="analytics", items=tuple(ds.item_ids(np.arange(5)))))
-        owner.forget("ratings", np.asarray(split.train.user_ids)[0], reason="user asked to be forgotten")
+        run_query(
+            ben,
+            ds,
+            QueryRequest("segment_counts", 0.3, purpose="analytics", column=next(iter(columns))),
+        )
+        run_query(
+            ann,
+            ds,
+            QueryRequest(
+                "item_counts", 0.4, purpose="analytics", items=tuple(ds.item_ids(np.arange(5)))
+            ),
+        )
+        owner.forget(
+            "ratings", np.asarray(split.train.user_ids)[0], reason="user asked to be forgotten"
+        )
 
     key_file = root / "keys.txt"
     key_file.write_text(

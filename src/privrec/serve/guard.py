@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -165,7 +166,7 @@ class BodyLimit:
                     if not started and not refused:
                         refused = True  # answer now: whatever the app does next is dropped
                         await _send_json(send, 413, _too_large(limit))
-                    raise _TooLarge
+                    raise _TooLargeError
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -176,13 +177,11 @@ class BodyLimit:
                 started = True
             await send(message)
 
-        try:
+        with contextlib.suppress(_TooLargeError):
             await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            pass
 
 
-class _TooLarge(Exception):
+class _TooLargeError(Exception):
     pass
 
 
@@ -222,9 +221,7 @@ class AccessLog:
             access_log.error("internal error: %s", type(exc).__name__)
             if status == 0:
                 status = 500
-                await _send_json(
-                    send, 500, error_body(500, "internal_error", "internal error")
-                )
+                await _send_json(send, 500, error_body(500, "internal_error", "internal error"))
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "(unrouted)"

@@ -109,7 +109,9 @@ class ServedModel:
 
     @property
     def private(self) -> bool:
-        return self.guarantee is not None and not bool(getattr(self.guarantee, "seeded_noise", False))
+        return self.guarantee is not None and not bool(
+            getattr(self.guarantee, "seeded_noise", False)
+        )
 
     @property
     def kind(self) -> str:

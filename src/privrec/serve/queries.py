@@ -151,9 +151,9 @@ def compute(
     else:
         assert req.column is not None
         values = ds.segments[req.column]
-        cols = None if req.items is None else ds.item_positions(list(req.items))
+        among = None if req.items is None else ds.item_positions(list(req.items))
         noisy = analytics.segment_counts(
-            view.matrix, view.codes[req.column], len(values), cols, qp, rng
+            view.matrix, view.codes[req.column], len(values), among, qp, rng
         )
         answer = {
             "segments": [

@@ -323,7 +323,11 @@ def _answer(
         raise ConfigError("Idempotency-Key must be 1-128 printable characters")
     out = run_query(ledger, ds, req, idempotency_key=idem, seed=ctx.settings.seed)
     budgets = [_budget(b) for b in ledger.status(dataset)]
-    return {**out.answer, "charge": {"id": out.charge_id, "replayed": out.replayed}, "budgets": budgets}
+    return {
+        **out.answer,
+        "charge": {"id": out.charge_id, "replayed": out.replayed},
+        "budgets": budgets,
+    }
 
 
 def _budget(b: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from privrec.errors import (
     DataError,
     GovernanceError,
     LedgerSchemaError,
+    MessageRejected,
     PermissionDeniedError,
     PolicyViolation,
     PrivrecError,
@@ -109,6 +110,7 @@ def _status_of(exc: PrivrecError) -> tuple[int, str]:
         (PolicyViolation, 409, "policy_violation"),
         (GovernanceError, 409, "conflict"),
         (DataError, 422, "invalid_request"),
+        (MessageRejected, 422, "invalid_request"),
         (ConfigError, 422, "invalid_request"),
     ]
     for cls, status, code in table:

@@ -87,3 +87,64 @@ def auth(world: DemoWorld, who: str) -> dict[str, str]:
 @pytest.fixture
 def model_id(world: DemoWorld) -> str:
     return Path(world.models[0]).name.removesuffix(".npz")
+
+
+class LiveServer:
+    """uvicorn serving ``app`` on 127.0.0.1 (a free port) in a thread; stopped on exit."""
+
+    def __init__(self, app: object) -> None:
+        import socket
+        import threading
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, ws="none")  # type: ignore[arg-type]
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty ledger URL on SQLite, then on the session's throw-away PostgreSQL cluster."""
+    import os
+    import uuid
+
+    from privrec.governance.db import dispose_engines
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'privrec.db'}"
+        dispose_engines()
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    if isinstance(cluster, str):
+        if os.environ.get("PRIVREC_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PRIVREC_REQUIRE_POSTGRES=1 but {cluster}")
+        pytest.skip(cluster)
+    name = "s_" + uuid.uuid4().hex[:12]
+    cluster.sql(f"CREATE DATABASE {name}")
+    yield cluster.url(name)
+    dispose_engines()
+    cluster.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -109,4 +109,5 @@ def serve(
             access_log=False,  # uvicorn's access log names client addresses; ours does not
             log_level=log_level,
             server_header=False,
+            ws="none",
         )

@@ -102,7 +102,14 @@ class LiveServer:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, ws="none")  # type: ignore[arg-type]
+            uvicorn.Config(
+                app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                access_log=False,
+                ws="none",
+            )  # type: ignore[arg-type]
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -39,7 +39,11 @@ def _fits(cap: float, eps: float, delta: float) -> int:
 @pytest.mark.slow
 def test_racing_analysts_never_overspend(any_ledger_url: str, tmp_path: Path) -> None:
     world = build_demo(
-        tmp_path, data=tokenised(n_users=200, n_items=60), epsilons=(), queries=False, url=any_ledger_url
+        tmp_path,
+        data=tokenised(n_users=200, n_items=60),
+        epsilons=(),
+        queries=False,
+        url=any_ledger_url,
     )
     owner = Ledger.connect(world.url, world.keys["olga"])
     owner.set_budget("ratings", epsilon=CAP, delta=1e-6, scope="purpose", value="race")
@@ -55,7 +59,9 @@ def test_racing_analysts_never_overspend(any_ledger_url: str, tmp_path: Path) ->
 
         def analyst(key: str) -> None:
             mine = []
-            with httpx.Client(base_url=srv.url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as c:
+            with httpx.Client(
+                base_url=srv.url, timeout=120, headers={"Authorization": f"Bearer {key}"}
+            ) as c:
                 start.wait()
                 for _ in range(expected):  # each keeps asking until refused (bounded)
                     r = c.post(
@@ -75,6 +81,8 @@ def test_racing_analysts_never_overspend(any_ledger_url: str, tmp_path: Path) ->
             t.join(timeout=600)
     assert set(results) <= {200, 403}, sorted(set(results))
     assert results.count(200) == expected  # filled exactly, not one answer more
-    (race,) = [b for b in owner.status("ratings") if b.scope == "purpose" and b.scope_value == "race"]
+    (race,) = [
+        b for b in owner.status("ratings") if b.scope == "purpose" and b.scope_value == "race"
+    ]
     assert race.composed_epsilon <= CAP and race.committed == expected and race.reserved == 0
     assert owner.verify_audit_log().ok

@@ -47,13 +47,30 @@ def test_recommend_requests_leave_no_trace(
     files_before = _snapshot(world.root)
     h = auth(world, "ann")
     with TestClient(create_app(settings_for(world)), raise_server_exceptions=False) as c:
-        ok = c.post("/v1/recommend", headers=h, json={"model": model_id, "history": history, "k": 5})
+        ok = c.post(
+            "/v1/recommend", headers=h, json={"model": model_id, "history": history, "k": 5}
+        )
         assert ok.status_code == 200
         recommended = [i["item"] for i in ok.json()["items"]]
         # error paths carry the history too: malformed, unknown model, oversized, internal error
-        assert c.post("/v1/recommend", headers=h, json={"model": model_id, "history": history, "k": "x"}).status_code == 422
-        assert c.post("/v1/recommend", headers=h, json={"model": "nope", "history": history}).status_code == 404
-        assert c.post("/v1/recommend", headers=h, json={"model": model_id, "history": history * 400}).status_code == 413
+        assert (
+            c.post(
+                "/v1/recommend", headers=h, json={"model": model_id, "history": history, "k": "x"}
+            ).status_code
+            == 422
+        )
+        assert (
+            c.post(
+                "/v1/recommend", headers=h, json={"model": "nope", "history": history}
+            ).status_code
+            == 404
+        )
+        assert (
+            c.post(
+                "/v1/recommend", headers=h, json={"model": model_id, "history": history * 400}
+            ).status_code
+            == 413
+        )
 
         def boom(self: ServedModel, hist: list[object], k: int) -> object:
             raise RuntimeError(f"cannot score {hist}")  # a message that quotes the request
@@ -81,7 +98,9 @@ def test_encrypted_scoring_route(client: TestClient, world: DemoWorld, model_id:
     model = load_model(world.models_dir / f"{model_id}.npz")  # the released model, client side
     pos = {v: i for i, v in enumerate(model.item_ids_.tolist())}
     idx = np.array(sorted(pos[t] for t in ITEM_TOKENS[:8]))
-    row = sp.csr_matrix((np.ones(idx.size, np.float32), idx, [0, idx.size]), shape=(1, model.n_items_))
+    row = sp.csr_matrix(
+        (np.ones(idx.size, np.float32), idx, [0, idx.size]), shape=(1, model.n_items_)
+    )
     he = PrivateScoringClient(packing="replicated")
     u = he.fold_in(model, row)
     request = he.encrypt_query(u).to_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -97,6 +98,13 @@ def serve(
             allow_non_private=allow_non_private,
         )
         app = create_app(settings)
+        # the service's own log: route templates, statuses, times (never requests' contents)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s %(message)s"))
+        service_log = logging.getLogger("privrec.serve")
+        service_log.addHandler(handler)
+        service_log.setLevel(log_level.upper())
+        service_log.propagate = False
         console.print(
             f"privrec serve on http://{host}:{port}/  (dashboard /dashboard/, API /v1, "
             f"OpenAPI /v1/openapi.json); {len(app.state.ctx.models.list())} models, "

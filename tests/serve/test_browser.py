@@ -143,7 +143,7 @@ def test_dashboard_in_chromium(
     status = {b.label: b for b in me.status("ratings")}
     chart = page.evaluate(
         "() => { const d = document.getElementById('budget-chart').data;"
-        " return {x: d[0].x, spent: d[0].y, remaining: d[1].y, naive: d[2].y}; }"
+        " return {x: d[0].x, spent: d[0].customdata, remaining: d[1].customdata, naive: d[2].customdata}; }"
     )
     assert len(chart["x"]) == len(status) == 3
     for x, spent, rem, naive in zip(

@@ -48,7 +48,7 @@ def test_no_server_errors(world: DemoWorld, model_id: str) -> None:
                 max_examples=n, deadline=None, derandomize=True, database=None,
                 suppress_health_check=list(HealthCheck),
             )  # fmt: skip
-            def run(case: Any) -> None:
+            def run(case: Any, who: str = who) -> None:
                 headers = dict(case.headers or {})
                 headers.update(auth(world, who))
                 response = case.call(headers=headers)

@@ -45,13 +45,21 @@ async function loadBudgets() {
   const data = await api("/v1/budgets?series=true");
   const bs = data.budgets;
   const names = bs.map(label);
+  const pct = (v, b) => (100 * v) / b.epsilon;
   Plotly.react("budget-chart", [
-    { type: "bar", name: "spent ε (composed)", x: names, y: bs.map((b) => b.composed_epsilon), marker: { color: "#1d3557" } },
-    { type: "bar", name: "remaining ε", x: names, y: bs.map((b) => b.remaining_epsilon), marker: { color: "#a8dadc" } },
-    { type: "scatter", mode: "markers", name: "naive Σε (not used)", x: names, y: bs.map((b) => b.naive_epsilon),
-      marker: { symbol: "diamond", size: 12, color: "#e63946" } },
-  ], { barmode: "stack", title: { text: "Budgets: spent (composed) and remaining ε, naive sum beside" },
-       margin: { t: 40, b: 80 }, yaxis: { title: { text: "ε" } }, legend: { orientation: "h" } }, PLOT);
+    { type: "bar", name: "spent ε (composed)", x: names, y: bs.map((b) => pct(b.composed_epsilon, b)),
+      customdata: bs.map((b) => b.composed_epsilon), marker: { color: "#1d3557" },
+      text: bs.map((b) => `${fmt(b.composed_epsilon, 3)} of ${fmt(b.epsilon, 2)}`), textposition: "inside",
+      hovertemplate: "spent ε = %{customdata:.4f} (%{y:.1f}% of the cap)<extra></extra>" },
+    { type: "bar", name: "remaining ε", x: names, y: bs.map((b) => pct(b.remaining_epsilon, b)),
+      customdata: bs.map((b) => b.remaining_epsilon), marker: { color: "#a8dadc" },
+      hovertemplate: "remaining ε = %{customdata:.4f}<extra></extra>" },
+    { type: "scatter", mode: "markers", name: "naive Σε (not used)", x: names, y: bs.map((b) => pct(b.naive_epsilon, b)),
+      customdata: bs.map((b) => b.naive_epsilon), marker: { symbol: "diamond", size: 12, color: "#e63946" },
+      hovertemplate: "naive Σε = %{customdata:.4f}<extra></extra>" },
+  ], { barmode: "stack", title: { text: "Budgets: share of each cap spent (composed ε), naive sum beside" },
+       margin: { t: 40, b: 80 }, yaxis: { title: { text: "% of the budget's ε cap" }, range: [0, 105] },
+       legend: { orientation: "h" } }, PLOT);
   fillTable("budget-table", bs, (tr, b) => {
     tr.dataset.budget = label(b);
     cell(tr, b.dataset); cell(tr, b.scope === "dataset" ? "whole dataset" : `${b.scope} ${b.scope_value}`);
@@ -61,14 +69,16 @@ async function loadBudgets() {
     cell(tr, `${b.committed} committed, ${b.reserved} reserved`, "num");
   });
   const traces = [];
-  for (const b of bs) {
-    if (!b.series || !b.series.length) continue;
+  const colours = ["#1d3557", "#e76f51", "#2a9d8f", "#8e44ad", "#e9c46a", "#264653"];
+  bs.forEach((b, i) => {
+    if (!b.series || !b.series.length) return;
     const x = b.series.map((p) => new Date(p.t * 1000).toISOString());
-    traces.push({ type: "scatter", mode: "lines+markers", name: `${label(b)} composed`, x, y: b.series.map((p) => p.composed) });
-    traces.push({ type: "scatter", mode: "lines", line: { dash: "dot" }, name: `${label(b)} naive Σ`, x, y: b.series.map((p) => p.naive) });
-  }
-  Plotly.react("budget-time", traces, { title: { text: "Spent ε over time: composed vs naive sum" },
-    margin: { t: 40 }, yaxis: { title: { text: "ε" } }, legend: { orientation: "h" } }, PLOT);
+    const color = colours[i % colours.length];
+    traces.push({ type: "scatter", mode: "lines+markers", name: `${label(b)}: composed`, x, y: b.series.map((p) => p.composed), line: { color } });
+    traces.push({ type: "scatter", mode: "lines", name: `${label(b)}: naive Σ`, x, y: b.series.map((p) => p.naive), line: { color, dash: "dot" } });
+  });
+  Plotly.react("budget-time", traces, { title: { text: "Spent ε over time: composed (solid) vs naive sum (dotted)" },
+    margin: { t: 40, b: 60 }, yaxis: { title: { text: "ε" } }, legend: { orientation: "h", y: -0.25 } }, PLOT);
   const ch = await api("/v1/charges?limit=15");
   fillTable("charge-table", ch.charges, (tr, c) => {
     cell(tr, c.id); cell(tr, utc(c.created_at)); cell(tr, c.dataset); cell(tr, c.actor);
@@ -138,6 +148,7 @@ async function runQuery(ev) {
     body.items = $("q-items").value.split(",").map((s) => s.trim()).filter(Boolean);
   }
   if (kind === "segment-counts") body.column = $("q-column").value;
+  if ($("q-purpose").value.trim()) body.purpose = $("q-purpose").value.trim();
   $("query-error").hidden = true;
   try {
     const ans = await api(`/v1/datasets/${encodeURIComponent($("q-dataset").value)}/queries/${kind}`, {
@@ -208,6 +219,13 @@ async function loadModels() {
       (lin.artifact_id ? `artifact #${lin.artifact_id} trained by ${lin.trained_by} on ${lin.dataset} version ${lin.dataset_version} ` +
         `(privrec ${lin.privrec_version}${lin.git_commit ? ", " + lin.git_commit.slice(0, 10) : ""}), charges ${lin.charge_ids.join(", ")}.` : lin.note + ".");
     card.appendChild(info);
+    if (m.evaluation) {
+      const ev = document.createElement("p"); const e = m.evaluation; const k = e.k.includes(10) ? 10 : e.k[0];
+      ev.textContent = `Evaluation (${e.protocol}, held-out users): Recall@${k} = ${fmt((e.metrics.recall || {})[k], 3)}, ` +
+        `NDCG@${k} = ${fmt((e.metrics.ndcg || {})[k], 3)}; by activity quartile (Q1 lightest): ` +
+        e.per_group.map((g) => `${g.group} ${fmt(g[`recall@${k}`], 3)}`).join(", ") + ".";
+      card.appendChild(ev);
+    }
     const pre = document.createElement("pre"); pre.textContent = m.plain_language; card.appendChild(pre);
     list.appendChild(card);
   }

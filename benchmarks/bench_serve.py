@@ -74,7 +74,11 @@ def build(work: Path, quick: bool) -> dict[str, Any]:
     owner.set_policy(
         "ml1m",
         policy_from_dict(
-            {"purpose": "recommendations", "unit": "user", "budget": {"epsilon": 50.0, "delta": 1e-6}}
+            {
+                "purpose": "recommendations",
+                "unit": "user",
+                "budget": {"epsilon": 50.0, "delta": 1e-6},
+            }
         ),
     )
     trainer = Ledger.connect(url, owner.create_key("trainer", "analyst"))
@@ -82,13 +86,22 @@ def build(work: Path, quick: bool) -> dict[str, Any]:
     models = work / "models"
     models.mkdir()
     t0 = time.perf_counter()
-    rec = trainer.train(DPALS(epsilon=1.0, delta=1e-6, unit="user"), governed, output=models / "dpals-ml1m.npz")
+    rec = trainer.train(
+        DPALS(epsilon=1.0, delta=1e-6, unit="user"), governed, output=models / "dpals-ml1m.npz"
+    )
     fit_s = time.perf_counter() - t0
     data_file = work / "train.tsv"
     m = train.matrix.tocoo()
     with data_file.open("w") as fh:
         fh.write("user\titem\n")
-        fh.writelines(f"{u}\t{i}\n" for u, i in zip(np.asarray(train.user_ids)[m.row].tolist(), np.asarray(train.item_ids)[m.col].tolist(), strict=True))
+        fh.writelines(
+            f"{u}\t{i}\n"
+            for u, i in zip(
+                np.asarray(train.user_ids)[m.row].tolist(),
+                np.asarray(train.item_ids)[m.col].tolist(),
+                strict=True,
+            )
+        )
     (work / "datasets.toml").write_text(
         '[datasets.ml1m]\nfile = "train.tsv"\nformat = "tsv"\nmax_per_user = 32\n', encoding="utf-8"
     )
@@ -101,7 +114,12 @@ def build(work: Path, quick: bool) -> dict[str, Any]:
         if row is None:
             continue
         cols = train.matrix[row].indices
-        histories.append([int(x) if str(x).isdigit() else str(x) for x in np.asarray(train.item_ids)[cols].tolist()])
+        histories.append(
+            [
+                int(x) if str(x).isdigit() else str(x)
+                for x in np.asarray(train.item_ids)[cols].tolist()
+            ]
+        )
     return {
         "url": url,
         "owner_key": okey,
@@ -112,7 +130,7 @@ def build(work: Path, quick: bool) -> dict[str, Any]:
         "model_path": rec.path,
         "n_users": train.n_users,
         "n_items": train.n_items,
-        "head_items": int(len(rec.model.head_items_)),
+        "head_items": len(rec.model.head_items_),
     }
 
 
@@ -132,7 +150,10 @@ class Server:
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/v1/health", timeout=2).status_code == 200:
+                if (
+                    httpx.get(f"http://127.0.0.1:{self.port}/v1/health", timeout=2).status_code
+                    == 200
+                ):
                     return
             except httpx.TransportError:
                 pass
@@ -159,7 +180,9 @@ def _request(port: int, key: str, body: dict[str, Any], path: str = "/v1/recomme
     ).encode() + raw
 
 
-async def _one_client(port: int, requests: list[bytes], start: int, n: int, out: list[float], statuses: list[int]) -> None:
+async def _one_client(
+    port: int, requests: list[bytes], start: int, n: int, out: list[float], statuses: list[int]
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         for i in range(n):
@@ -176,11 +199,15 @@ async def _one_client(port: int, requests: list[bytes], start: int, n: int, out:
         writer.close()
 
 
-async def _level(port: int, requests: list[bytes], clients: int, per_client: int) -> tuple[list[float], list[int], float]:
+async def _level(
+    port: int, requests: list[bytes], clients: int, per_client: int
+) -> tuple[list[float], list[int], float]:
     lat: list[float] = []
     statuses: list[int] = []
     t0 = time.perf_counter()
-    await asyncio.gather(*(_one_client(port, requests, c * 97, per_client, lat, statuses) for c in range(clients)))
+    await asyncio.gather(
+        *(_one_client(port, requests, c * 97, per_client, lat, statuses) for c in range(clients))
+    )
     return lat, statuses, time.perf_counter() - t0
 
 
@@ -188,14 +215,18 @@ def recommend_latency(setup: dict[str, Any], work: Path, quick: bool) -> list[di
     server = Server(work, setup["url"], setup["models"])
     try:
         reqs = [
-            _request(server.port, setup["analyst_key"], {"model": "dpals-ml1m", "history": h, "k": 10})
+            _request(
+                server.port, setup["analyst_key"], {"model": "dpals-ml1m", "history": h, "k": 10}
+            )
             for h in setup["histories"]
         ]
         asyncio.run(_level(server.port, reqs, 4, 100))  # warm-up
         rows = []
         total = {1: 400, 16: 2400, 64: 3840} if quick else {1: 1500, 16: 8000, 64: 12800}
         for clients in LEVELS:
-            lat, statuses, wall = asyncio.run(_level(server.port, reqs, clients, total[clients] // clients))
+            lat, statuses, wall = asyncio.run(
+                _level(server.port, reqs, clients, total[clients] // clients)
+            )
             ms = np.array(lat) * 1e3
             rows.append(
                 {
@@ -208,7 +239,10 @@ def recommend_latency(setup: dict[str, Any], work: Path, quick: bool) -> list[di
                     "throughput_rps": len(lat) / wall,
                 }
             )
-            print(f"  {clients:>2} clients: p50 {rows[-1]['p50_ms']:.2f} ms, p99 {rows[-1]['p99_ms']:.2f} ms, {rows[-1]['throughput_rps']:.0f} req/s", flush=True)
+            print(
+                f"  {clients:>2} clients: p50 {rows[-1]['p50_ms']:.2f} ms, p99 {rows[-1]['p99_ms']:.2f} ms, {rows[-1]['throughput_rps']:.0f} req/s",
+                flush=True,
+            )
     finally:
         server.stop()
     return rows
@@ -218,7 +252,9 @@ def in_process_reference(setup: dict[str, Any]) -> dict[str, float]:
     from privrec.models import load_model
     from privrec.serve.models import ServedModel
 
-    sm = ServedModel("dpals-ml1m", setup["model_path"], load_model(setup["model_path"]), "", None, None)
+    sm = ServedModel(
+        "dpals-ml1m", setup["model_path"], load_model(setup["model_path"]), "", None, None
+    )
     hs = setup["histories"]
     for h in hs[:100]:
         sm.recommend(h, 10)
@@ -246,8 +282,14 @@ def race(setup: dict[str, Any], work: Path) -> dict[str, Any]:
         fits += 1
     server = Server(work, setup["url"], setup["models"])
     try:
+
         async def analyst(key: str, out: list[int]) -> None:
-            msg = _request(server.port, key, {"epsilon": eps, "k": 5, "purpose": "race"}, "/v1/datasets/ml1m/queries/top-k")
+            msg = _request(
+                server.port,
+                key,
+                {"epsilon": eps, "k": 5, "purpose": "race"},
+                "/v1/datasets/ml1m/queries/top-k",
+            )
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             try:
                 for _ in range(fits + 1):
@@ -299,8 +341,13 @@ def dashboard(work: Path, quick: bool, repeats: int) -> dict[str, Any]:
     dwork = work / "dash"
     (dwork / "models").mkdir(parents=True)
     url = f"sqlite:///{dwork / 'privrec.db'}"
-    owner, okey = Ledger.init(url, owner="olga")
-    owner.set_policy("ratings", policy_from_dict({"purpose": "analytics", "unit": "user", "budget": {"epsilon": 1e6, "delta": 1e-6}}))
+    owner, _okey = Ledger.init(url, owner="olga")
+    owner.set_policy(
+        "ratings",
+        policy_from_dict(
+            {"purpose": "analytics", "unit": "user", "budget": {"epsilon": 1e6, "delta": 1e-6}}
+        ),
+    )
     analysts = [Ledger.connect(url, owner.create_key(f"analyst{i}", "analyst")) for i in range(4)]
     for i in range(4):
         owner.set_budget("ratings", epsilon=1e5, delta=1e-6, scope="analyst", value=f"analyst{i}")
@@ -333,7 +380,10 @@ def dashboard(work: Path, quick: bool, repeats: int) -> dict[str, Any]:
                       "--disable-background-networking", "--disable-component-update", "--disable-sync"],
             )  # fmt: skip
             try:
-                for who, key in (("auditor", auditor_key), ("analyst", owner.create_key("viewer", "analyst"))):
+                for who, key in (
+                    ("auditor", auditor_key),
+                    ("analyst", owner.create_key("viewer", "analyst")),
+                ):
                     times = []
                     for r in range(repeats + 1):
                         page = ctx.new_page()
@@ -348,7 +398,11 @@ def dashboard(work: Path, quick: bool, repeats: int) -> dict[str, Any]:
                         if who == "auditor" and r == repeats:
                             page.screenshot(path=str(work / "dashboard-10k.png"), full_page=True)
                         page.close()
-                    out[who] = {"median_s": statistics.median(times), "max_s": max(times), "runs": times}
+                    out[who] = {
+                        "median_s": statistics.median(times),
+                        "max_s": max(times),
+                        "runs": times,
+                    }
                     print(f"  dashboard as {who}: median {out[who]['median_s']:.2f} s", flush=True)
             finally:
                 ctx.close()
@@ -421,12 +475,19 @@ def markdown(res: dict[str, Any]) -> str:
             f"| auditor | 8 | {d['auditor']['median_s']:.2f} | {d['auditor']['max_s']:.2f} |",
             f"| analyst | 4 | {d['analyst']['median_s']:.2f} | {d['analyst']['max_s']:.2f} |",
         ]
-    lines += ["", "Command: `nice -n 10 python benchmarks/bench_serve.py`.", "", machine_markdown(res["machine"])]
+    lines += [
+        "",
+        "Command: `nice -n 10 python benchmarks/bench_serve.py`.",
+        "",
+        machine_markdown(res["machine"]),
+    ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-dashboard", action="store_true")
     ap.add_argument("--repeats", type=int, default=5)
@@ -441,14 +502,19 @@ def main() -> None:
         res["in_process"] = in_process_reference(setup)
         print("racing analysts:", flush=True)
         res["race"] = race(setup, work)
-        print(f"  answers {res['race']['answers']} (fits {res['race']['fits_by_composition']}), overspend {res['race']['overspend_epsilon']}", flush=True)
+        print(
+            f"  answers {res['race']['answers']} (fits {res['race']['fits_by_composition']}), overspend {res['race']['overspend_epsilon']}",
+            flush=True,
+        )
         res["setup"] = {k: setup[k] for k in ("fit_seconds", "n_users", "n_items", "head_items")}
         if not args.skip_dashboard:
             print("dashboard:", flush=True)
             res["dashboard"] = dashboard(work, args.quick, args.repeats)
             shot = work / "dashboard-10k.png"
             if shot.exists():
-                (RESULTS / ("serve-dashboard-quick.png" if args.quick else "serve-dashboard.png")).write_bytes(shot.read_bytes())
+                (
+                    RESULTS / ("serve-dashboard-quick.png" if args.quick else "serve-dashboard.png")
+                ).write_bytes(shot.read_bytes())
     name = "serve-quick" if args.quick else "serve"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2, default=str))

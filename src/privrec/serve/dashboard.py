@@ -17,7 +17,7 @@ from privrec.serve.models import ServedModel
 __all__ = ["artifact_entry", "audit", "charge_entry", "governance", "series", "tradeoff"]
 
 
-def series(ledger: Ledger, b: Any, points: int = 60) -> list[dict[str, float]]:
+def series(ledger: Ledger, b: Any, points: int = 32) -> list[dict[str, float]]:
     """Composed and naive ε of a budget after evenly spaced charges, oldest first."""
     return [
         {"t": t, "composed": c, "naive": n}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -308,7 +309,7 @@ def test_listing_ten_thousand_charges_is_fast(setup: LedgerSetup) -> None:
     assert len(setup.owner.history("ratings", limit=None)) == 10_000
     curve = setup.owner.spend_over_time("ratings", points=20)
     assert 10 <= len(curve) <= 20 and curve[-1][1] == pytest.approx(expected, rel=1e-9)
-    assert all(a[1] < b[1] for a, b in zip(curve, curve[1:], strict=False))
+    assert all(a[1] < b[1] for a, b in itertools.pairwise(curve))
     assert json.loads(ce.json)[0]["label"] == "query"
     # the hand-inserted rows were never logged: the audit check notices
     assert not setup.auditor.verify_audit_log().ok

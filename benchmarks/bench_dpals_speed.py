@@ -18,8 +18,10 @@ Data
     speeds up the memory-bound CG epoch far more than the compute-bound
     private step, so its ratio is not comparable with the target.
 Models (each in its own subprocess, 64 factors, 2 threads)
-    * privrec ``ImplicitALS`` (conjugate gradient, its defaults otherwise);
-    * ``implicit`` 0.7 ``AlternatingLeastSquares`` (CG), the reference library;
+    * privrec ``ImplicitALS`` (conjugate gradient) and ``implicit`` 0.7
+      ``AlternatingLeastSquares`` (CG), the reference library, at EQUAL parameters:
+      the same objective (observed weight 2, unobserved weight 1, plain ridge 0.01)
+      and 3 CG steps per row (:data:`ALS_PARAMS`, as in ``bench_als.py``);
     * ``DPALS`` at ε = 5 with the whole catalogue (``head_fraction=1``) and 4
       private steps. The steady step is the median of steps 2–4 (step 1 also
       holds the one-off set-up: noisy counts with per-user sampling, head
@@ -35,8 +37,9 @@ Baseline
     replaces under the same load.
 Contention
     The machine may be shared. Models run interleaved (round 1: all three,
-    round 2: all three, …) so that background load hits them alike; the
-    tables report the median over rounds of each run's median step, the
+    round 2: all three, …) so that background load hits them alike; the first
+    epoch/step of every run is a warm-up (one-off set-up) and is left out; the
+    tables report the median over rounds (default 3) of each run's median step, the
     per-round ratios, and the process CPU seconds per step (less sensitive to
     other processes than wall time). The load average before and after each
     run is recorded.
@@ -71,6 +74,18 @@ THREADS = 2
 FACTORS = 64
 ITERATIONS = 4
 TARGET = 1.3
+#: the two ALS implementations at equal parameters (implicit's confidence alpha·value is
+#: privrec's alpha0 + alpha·value: 2 = 1 + 1 on binary data; implicit 0.7 takes 3 CG steps)
+ALS_PARAMS: dict[str, dict[str, Any]] = {
+    "implicitals": {
+        "regularization": 0.01,
+        "alpha": 1.0,
+        "alpha0": 1.0,
+        "reg_exponent": 0.0,
+        "cg_steps": 3,
+    },
+    "implicit": {"regularization": 0.01, "alpha": 2.0},
+}
 FULL: dict[str, Any] = {"n_users": 138_000, "n_items": 20_000, "interactions_per_user": 145.0}
 # 1/10 of the users and of the items, so entries per item (what the item-side work per entry
 # is amortised over: per-item solves and noise) stay as at full scale
@@ -108,7 +123,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             with threadpool_limits(1, "blas"):
                 imp = implicit.cpu.als.AlternatingLeastSquares(
                     factors=FACTORS, iterations=ITERATIONS, num_threads=THREADS, use_cg=True,
-                    random_state=0,
+                    random_state=0, **ALS_PARAMS["implicit"],
                 )  # fmt: skip
                 t0, c0 = time.perf_counter(), time.process_time()
                 imp.fit(m, show_progress=False, callback=tick)
@@ -121,8 +136,9 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
                 ImplicitALS(factors=4, iterations=1).fit(small)  # load the JIT cache
                 model: Any = ImplicitALS(
-                    factors=FACTORS, iterations=ITERATIONS, num_threads=THREADS
-                )
+                    factors=FACTORS, iterations=ITERATIONS, num_threads=THREADS,
+                    **ALS_PARAMS["implicitals"],
+                )  # fmt: skip
             else:
                 from privrec.models.dp_als import DPALS
                 from privrec.privacy.contribution import sample_per_user
@@ -235,6 +251,7 @@ def run(quick: bool, rounds: int, baseline_src: str | None = None) -> dict[str, 
         # wall time alone flatters whichever model ran in a quieter moment: require both
         "meets_target": bool(ratio <= TARGET and cpu_ratio <= TARGET),
         "baseline_src": baseline_src,
+        "als_params": ALS_PARAMS,
     }
 
 

@@ -19,12 +19,16 @@ __all__ = [
     "DuplicateClientError",
     "DuplicateInteractionError",
     "GovernanceError",
+    "GuaranteeMismatchError",
     "InsecureParametersError",
     "InvalidInputError",
     "LedgerSchemaError",
     "MessageRejected",
     "MissingUserDataError",
+    "ModelFileError",
+    "ModelFileTooLargeError",
     "NotFittedError",
+    "OutputPathError",
     "PeerUnavailable",
     "PermissionDeniedError",
     "PolicyError",
@@ -34,6 +38,7 @@ __all__ = [
     "ProtocolAbort",
     "ProtocolError",
     "ServeConfigError",
+    "SignatureError",
     "UnknownDatasetError",
     "UnknownItemError",
     "UnknownModelError",
@@ -203,6 +208,37 @@ class PeerUnavailable(ProtocolError):  # noqa: N818
     Raised by the authenticated channel of :mod:`privrec.secure.channel`; the cross-silo
     protocol turns it into a :class:`ProtocolAbort` naming the phase it happened in.
     """
+
+
+# --- model files, guarantees and command-line outputs (area: artifacts) -------------------------
+
+
+class ModelFileError(DataError):
+    """A model file that is not a well-formed privrec model: unknown members, arrays whose
+    header disagrees with the metadata, malformed metadata or state, or a broken archive.
+
+    Raised before any array is used, so a hostile file never reaches a model's code.
+    """
+
+
+class ModelFileTooLargeError(ModelFileError):
+    """A model file whose declared arrays exceed the configured size limit (checked from the
+    ``.npy`` headers before anything is decompressed)."""
+
+
+class GuaranteeMismatchError(ModelFileError):
+    """A stored privacy guarantee that its own records do not support: ε differs from the one
+    recomputed from the stored events, δ/unit/accountant disagree with the model's parameters,
+    or the events are malformed. The stored ε is never shown in that case."""
+
+
+class SignatureError(ModelFileError):
+    """A model file's Ed25519 signature is missing, malformed, by another key, or does not match
+    the file's bytes."""
+
+
+class OutputPathError(ConfigError):
+    """An output file that cannot be written (checked before any work starts)."""
 
 
 # ----------------------------------------------------------------- governance (privrec.governance)

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from privrec.cli import training
+from privrec.cli import recommend, report, training
 from privrec.cli.common import STATE
 from privrec.cli.data import data_app
 from privrec.cli.federated import federated_app
@@ -52,7 +52,8 @@ def _main(
 app.add_typer(data_app, name="data")
 app.command()(training.train)
 app.command()(training.evaluate)
-app.command()(training.recommend)
+app.command()(recommend.recommend)
+app.command()(report.report)
 app.command()(training.demo)
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(he_app, name="he")

@@ -1,6 +1,9 @@
-"""Import every built-in model so that it registers itself (CLI, ``load_model``)."""
+"""Import every built-in model so that it registers itself (CLI, ``load_model``).
 
-from privrec.federated.model import FederatedMF
+Only models of this floor: models defined higher up (FederatedMF) are found through the
+``privrec.models`` entry points (:mod:`privrec.models.registry`).
+"""
+
 from privrec.models.als import ImplicitALS
 from privrec.models.dp_als import DPALS
 from privrec.models.dp_ease import DPEASE
@@ -14,7 +17,6 @@ __all__ = [
     "DPEASE",
     "EASE",
     "DPPopularity",
-    "FederatedMF",
     "ImplicitALS",
     "ItemKNN",
     "Popularity",

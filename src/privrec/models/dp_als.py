@@ -15,15 +15,16 @@ from typing import Any, Literal
 
 import dp_accounting
 import numpy as np
+import numpy.typing as npt
 import pydantic
 import scipy.linalg
 import scipy.sparse as sp
 from numba import njit, prange
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, ModelFileError
 from privrec.models.als_kernels import cg_half_step, cholesky_half_step, gramian, item_statistics
-from privrec.models.base import register
+from privrec.models.base import check_array, register
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.private import (
     PrivateConfig,
@@ -330,8 +331,15 @@ class DPALS(PrivateRecommender):
         interactions: Interactions | sp.spmatrix | sp.sparray,
         *,
         progress: Callable[[int, int], None] | None = None,
+        item_ids: npt.ArrayLike | None = None,
     ) -> DPALS:
-        """Fit; ``progress(step, total)`` is called after each private item step."""
+        """Fit; ``progress(step, total)`` is called after each private item step.
+
+        ``item_ids`` fixes the item catalogue so that nothing about it is learned from the
+        data (:meth:`~privrec.models.base.Recommender.with_catalogue`).
+        """
+        if item_ids is not None:
+            self.with_catalogue(item_ids)
         self._progress = progress
         try:
             super().fit(interactions)
@@ -477,13 +485,36 @@ class DPALS(PrivateRecommender):
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.item_factors_ = arrays["item_factors"]
-        self.head_items_ = arrays["head_items"]
-        self.noisy_counts_ = arrays["noisy_counts"]
-        self.noise_scale_ = float(arrays["noise_scale"])
-        self._fit_alpha0, self._fit_user_reg = (float(v) for v in arrays["fold"])
+        self.item_factors_ = check_array(
+            arrays, "item_factors", kind="f", shape=(self._known_n_items(), None)
+        )
+        n = self.item_factors_.shape[0]
+        head = check_array(arrays, "head_items", kind="iu", shape=(None,), low=0, high=n - 1)
+        if len(head) == 0 or np.any(np.diff(head.astype(np.int64)) <= 0):
+            raise ModelFileError(
+                "head items must be non-empty, sorted and unique", field="state_head_items"
+            )
+        self.head_items_ = head.astype(np.int64)
+        self.noisy_counts_ = check_array(arrays, "noisy_counts", kind="f", shape=(n,))
+        self.noise_scale_ = float(check_array(arrays, "noise_scale", kind="f", shape=(), low=0))
+        fold = check_array(arrays, "fold", kind="f", shape=(2,), low=0)
+        if fold[1] <= 0:
+            raise ModelFileError(
+                "the user ridge must be positive", field="state_fold", found=float(fold[1])
+            )
+        self._fit_alpha0, self._fit_user_reg = float(fold[0]), float(fold[1])
         # files written before the blend existed scored with the factors alone
-        self.popularity_blend_ = float(arrays.get("popularity_blend", 0.0))
+        self.popularity_blend_ = (
+            float(check_array(arrays, "popularity_blend", kind="f", shape=(), low=0, high=10))
+            if "popularity_blend" in arrays
+            else 0.0
+        )
+
+    def _check_state(self) -> None:
+        # a file's factors must have the width its parameters say
+        check_array(
+            self.item_factors_, "item_factors", kind="f", shape=(len(self.item_ids_), self.factors)
+        )
 
     def _set_extra_meta(self, extra: dict[str, Any]) -> None:
         super()._set_extra_meta(extra)

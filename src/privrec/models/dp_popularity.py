@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
 import numpy as np
+import numpy.typing as npt
 import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.models.base import register
+from privrec.models.base import check_array, register
 from privrec.models.popularity import PopularityScores
 from privrec.models.private import PrivateConfig, PrivateRecommender
 from privrec.privacy.accounting import calibrate
@@ -108,6 +109,18 @@ class DPPopularity(PopularityScores, PrivateRecommender):
         self.accountant = accountant
         self.seed = seed
 
+    def fit(
+        self,
+        interactions: Interactions | sp.spmatrix | sp.sparray,
+        *,
+        item_ids: npt.ArrayLike | None = None,
+    ) -> Self:
+        """Fit; ``item_ids`` fixes the item catalogue so that nothing about it is learned from
+        the data (:meth:`~privrec.models.base.Recommender.with_catalogue`)."""
+        if item_ids is not None:
+            self.with_catalogue(item_ids)
+        return super().fit(interactions)
+
     def _fit(self, data: Interactions, config: DPPopularityConfig) -> None:
         budget, rng = self._begin(data, config)
         z = calibrate(budget, gaussian_event, kind=config.accountant, unit=config.unit)
@@ -141,4 +154,11 @@ class DPPopularity(PopularityScores, PrivateRecommender):
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.item_popularity_ = arrays["item_popularity"]
-        self.noise_multiplier_ = float(arrays["noise_multiplier"])
+        self.noise_multiplier_ = float(
+            check_array(arrays, "noise_multiplier", kind="f", shape=(), low=0)
+        )
+
+    def _check_state(self) -> None:
+        check_array(
+            self.item_popularity_, "item_popularity", kind="f", shape=(len(self.item_ids_),)
+        )

@@ -22,6 +22,20 @@ from privrec.serve.demo import DemoWorld  # noqa: E402
 from .conftest import auth, settings_for  # noqa: E402
 
 
+def _runner(strategy: Any, n: int, headers: dict[str, str], seen: set[int]) -> Any:
+    @given(case=strategy)
+    @settings(
+        max_examples=n, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(HealthCheck),
+    )  # fmt: skip
+    def run(case: Any) -> None:
+        response = case.call(headers={**dict(case.headers or {}), **headers})
+        seen.add(response.status_code)
+        assert response.status_code < 500, (case.as_curl_command(), response.text[:300])
+
+    return run
+
+
 @pytest.mark.slow
 def test_no_server_errors(world: DemoWorld, model_id: str) -> None:
     from schemathesis.generation.modes import GenerationMode
@@ -43,17 +57,8 @@ def test_no_server_errors(world: DemoWorld, model_id: str) -> None:
             if mode is GenerationMode.NEGATIVE and op.method.upper() == "GET" and not fixed:
                 continue
 
-            @given(case=op.as_strategy(mode, path_parameters=params or None))
-            @settings(
-                max_examples=n, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck),
-            )  # fmt: skip
-            def run(case: Any, who: str = who) -> None:
-                headers = dict(case.headers or {})
-                headers.update(auth(world, who))
-                response = case.call(headers=headers)
-                seen.add(response.status_code)
-                assert response.status_code < 500, (case.as_curl_command(), response.text[:300])
-
+            run = _runner(
+                op.as_strategy(mode, path_parameters=params or None), n, auth(world, who), seen
+            )
             run()
     assert {200, 403, 404, 422} <= seen

@@ -27,13 +27,14 @@ from privrec.serve.datasets import load_dataset_specs
 from privrec.serve.demo import DemoWorld, build_demo
 
 ITEM_TOKENS = [f"itm{secrets.token_hex(8)}" for _ in range(120)]
+USER_TOKENS = [f"usr{secrets.token_hex(8)}" for _ in range(400)]
 
 
 def tokenised(n_users: int = 300, n_items: int = 120, seed: int = 3) -> Interactions:
     base = synthetic(n_users=n_users, n_items=n_items, seed=seed)
     m = base.matrix.tocoo()
     return Interactions.from_arrays(
-        [f"u{u}" for u in np.asarray(base.user_ids)[m.row].tolist()],
+        [USER_TOKENS[u] for u in np.asarray(base.user_ids)[m.row].tolist()],
         [ITEM_TOKENS[i] for i in m.col.tolist()],
     )
 

@@ -357,3 +357,39 @@ def test_dashboard_files_are_served_offline(client: TestClient) -> None:
     assert js.status_code == 200 and len(js.content) > 1_000_000
     assert client.get("/dashboard/static/../../etc/passwd").status_code == 404
     assert client.get("/", follow_redirects=False).headers["location"] == "/dashboard/"
+
+
+def test_api_responses_hold_no_user_ids_or_exact_counts(
+    client: TestClient,
+    world: DemoWorld,
+    fresh_analyst: Analyst,
+    model_id: str,
+    no_user_data,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """What an analyst can read back holds no training user's id and no exact user or interaction
+    count (the owner/auditor-only governance view holds the ledger's internal counts by design)."""
+    data = Ledger.connect(world.url, world.keys["dora"]).latest_version("ratings")
+    assert data is not None
+    users = [
+        line.split("\t")[0]
+        for line in (world.root / "data" / "ratings.tsv").read_text().splitlines()[1:]
+    ]
+    h = fresh_analyst.headers
+    answers = {
+        "models": client.get("/v1/models", headers=h).json(),
+        "evaluations": client.get("/v1/evaluations", headers=h).json(),
+        "datasets": client.get("/v1/datasets", headers=h).json(),
+        "segments": client.post(
+            "/v1/datasets/ratings/queries/segment-counts",
+            headers=h,
+            json={"epsilon": 0.2, "column": "region"},
+        ).json(),
+        "recommend": client.post(
+            "/v1/recommend", headers=h, json={"model": model_id, "history": ITEM_TOKENS[:3]}
+        ).json(),
+    }
+    out = tmp_path / "responses.json"
+    out.write_text(json.dumps(answers, ensure_ascii=False), encoding="utf-8")
+    assert len(set(users)) > 200
+    no_user_data(out, user_ids=sorted(set(users)), counts=[data["n_users"], data["nnz"]])

@@ -69,9 +69,14 @@ _bearer = HTTPBearer(auto_error=False, description="A ledger API key: prk_<id>_<
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def _ctx(request: Request) -> ServeContext:
+def _state(request: Request) -> ServeContext:
     ctx: ServeContext = request.app.state.ctx
     return ctx
+
+
+async def _ctx(request: Request) -> ServeContext:
+    """The service's shared state (async: a sync dependency would cost a thread hop)."""
+    return _state(request)
 
 
 async def _key(
@@ -87,7 +92,7 @@ async def _key(
             "no API key: send `Authorization: Bearer prk_…` or `X-API-Key`",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    wait = _ctx(request).limiter.allow(key_ident(key))
+    wait = _state(request).limiter.allow(key_ident(key))
     if wait > 0:
         raise ApiError(
             429,
@@ -101,12 +106,12 @@ async def _key(
 
 async def reader(request: Request, key: Annotated[str, Depends(_key)]) -> Ledger:
     """The caller's ledger for reads (a verified key is reused for a few seconds)."""
-    return _ctx(request).keys.ledger(key)
+    return _state(request).keys.ledger(key)
 
 
 def spender(request: Request, key: Annotated[str, Depends(_key)]) -> Ledger:
     """The caller's ledger re-checked in the database (anything that spends budget)."""
-    return _ctx(request).keys.ledger(key, fresh=True)
+    return _state(request).keys.ledger(key, fresh=True)
 
 
 Reader = Annotated[Ledger, Depends(reader)]

@@ -342,17 +342,17 @@ def dashboard(work: Path, quick: bool, repeats: int) -> dict[str, Any]:
     (dwork / "models").mkdir(parents=True)
     url = f"sqlite:///{dwork / 'privrec.db'}"
     owner, _okey = Ledger.init(url, owner="olga")
-    owner.set_policy(
+    owner.set_policy(  # caps the 10,000 charges fill to roughly two thirds
         "ratings",
         policy_from_dict(
-            {"purpose": "analytics", "unit": "user", "budget": {"epsilon": 1e6, "delta": 1e-6}}
+            {"purpose": "analytics", "unit": "user", "budget": {"epsilon": 300.0, "delta": 1e-6}}
         ),
     )
     analysts = [Ledger.connect(url, owner.create_key(f"analyst{i}", "analyst")) for i in range(4)]
     for i in range(4):
-        owner.set_budget("ratings", epsilon=1e5, delta=1e-6, scope="analyst", value=f"analyst{i}")
+        owner.set_budget("ratings", epsilon=100.0, delta=1e-6, scope="analyst", value=f"analyst{i}")
     for p in ("analytics", "marketing", "research"):
-        owner.set_budget("ratings", epsilon=1e5, delta=1e-6, scope="purpose", value=p)
+        owner.set_budget("ratings", epsilon=130.0, delta=1e-6, scope="purpose", value=p)
     auditor_key = owner.create_key("dora", "auditor")
     data = synthetic(n_users=300, n_items=100, seed=0)
     for a in analysts:

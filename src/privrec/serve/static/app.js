@@ -58,8 +58,8 @@ async function loadBudgets() {
       customdata: bs.map((b) => b.naive_epsilon), marker: { symbol: "diamond", size: 12, color: "#e63946" },
       hovertemplate: "naive Σε = %{customdata:.4f}<extra></extra>" },
   ], { barmode: "stack", title: { text: "Budgets: share of each cap spent (composed ε), naive sum beside" },
-       margin: { t: 40, b: 80 }, yaxis: { title: { text: "% of the budget's ε cap" }, range: [0, 105] },
-       legend: { orientation: "h" } }, PLOT);
+       margin: { t: 70, b: 110 }, yaxis: { title: { text: "% of the budget's ε cap" }, range: [0, 105] },
+       xaxis: { automargin: true }, legend: { orientation: "h", x: 0, y: 1.12 } }, PLOT);
   fillTable("budget-table", bs, (tr, b) => {
     tr.dataset.budget = label(b);
     cell(tr, b.dataset); cell(tr, b.scope === "dataset" ? "whole dataset" : `${b.scope} ${b.scope_value}`);

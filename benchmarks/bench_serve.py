@@ -417,6 +417,11 @@ class _DashServer(Server):
 
 
 # ------------------------------------------------------------------------------ report
+def _load(res: dict[str, Any], when: str) -> str:
+    v = res.get(f"load_average_at_{when}")
+    return "not recorded" if not v else f"{v[0]:.1f}"
+
+
 def markdown(res: dict[str, Any]) -> str:
     s = res["setup"]
     lines = [
@@ -428,7 +433,8 @@ def markdown(res: dict[str, Any]) -> str:
         "the load generator (raw HTTP/1.1 keep-alive, asyncio) runs in the benchmark process on the same "
         "machine. Each request: `POST /v1/recommend` with a held-out user's history (fold-in), k = 10.",
         "",
-        "**The machine was shared** (2 cores, other engineers' jobs running): the server, the load "
+        "**The machine was shared** (2 cores, other engineers' jobs running; 1-minute load average "
+        f"{_load(res, 'start')} at the start, {_load(res, 'end')} at the end): the server, the load "
         "generator and everything else compete for the same two cores, so these are upper bounds.",
         "",
         "| concurrent clients | requests | errors | p50 (ms) | p90 (ms) | p99 (ms) | throughput (req/s) |",
@@ -496,7 +502,11 @@ def main() -> None:
         work = Path(tmp)
         print("training DPALS on ml-1m-implicit-r3 through the ledger…", flush=True)
         setup = build(work, args.quick)
-        res: dict[str, Any] = {"machine": machine_info(), "quick": args.quick}
+        res: dict[str, Any] = {
+            "machine": machine_info(),
+            "quick": args.quick,
+            "load_average_at_start": os.getloadavg(),
+        }
         print("recommend latency:", flush=True)
         res["recommend"] = recommend_latency(setup, work, args.quick)
         res["in_process"] = in_process_reference(setup)
@@ -515,6 +525,7 @@ def main() -> None:
                 (
                     RESULTS / ("serve-dashboard-quick.png" if args.quick else "serve-dashboard.png")
                 ).write_bytes(shot.read_bytes())
+    res["load_average_at_end"] = os.getloadavg()
     name = "serve-quick" if args.quick else "serve"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2, default=str))

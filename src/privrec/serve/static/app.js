@@ -54,11 +54,14 @@ async function loadBudgets() {
     { type: "bar", name: "remaining ε", x: names, y: bs.map((b) => pct(b.remaining_epsilon, b)),
       customdata: bs.map((b) => b.remaining_epsilon), marker: { color: "#a8dadc" },
       hovertemplate: "remaining ε = %{customdata:.4f}<extra></extra>" },
-    { type: "scatter", mode: "markers", name: "naive Σε (not used)", x: names, y: bs.map((b) => pct(b.naive_epsilon, b)),
-      customdata: bs.map((b) => b.naive_epsilon), marker: { symbol: "diamond", size: 12, color: "#e63946" },
+    { type: "scatter", mode: "markers+text", name: "naive Σε (not used; past the top: beyond the cap)", x: names,
+      y: bs.map((b) => Math.min(pct(b.naive_epsilon, b), 103)),
+      text: bs.map((b) => (b.naive_epsilon > b.epsilon ? `Σ ${fmt(b.naive_epsilon / b.epsilon, 1)}× cap` : "")),
+      textposition: "top center", customdata: bs.map((b) => b.naive_epsilon),
+      marker: { symbol: "diamond", size: 12, color: "#e63946" },
       hovertemplate: "naive Σε = %{customdata:.4f}<extra></extra>" },
   ], { barmode: "stack", title: { text: "Budgets: share of each cap spent (composed ε), naive sum beside" },
-       margin: { t: 70, b: 110 }, yaxis: { title: { text: "% of the budget's ε cap" }, range: [0, 105] },
+       margin: { t: 70, b: 110 }, yaxis: { title: { text: "% of the budget's ε cap" }, range: [0, 112] },
        xaxis: { automargin: true }, legend: { orientation: "h", x: 0, y: 1.12 } }, PLOT);
   fillTable("budget-table", bs, (tr, b) => {
     tr.dataset.budget = label(b);

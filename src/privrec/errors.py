@@ -22,6 +22,7 @@ __all__ = [
     "GuaranteeMismatchError",
     "InsecureParametersError",
     "InvalidInputError",
+    "KeyFileError",
     "LedgerSchemaError",
     "MessageRejected",
     "MissingUserDataError",
@@ -325,3 +326,12 @@ class UnknownModelError(PrivrecError, LookupError):
 
 class ServeConfigError(ConfigError):
     """A service configuration (datasets file, limits, bind address) that cannot be used."""
+
+
+# --------------------------------------------------------------------------- secure computation
+# (engineer "secure": key files, SecAgg+ and silo errors)
+
+
+class KeyFileError(ConfigError):
+    """A secret key file that cannot be used safely: unreadable, malformed, not a regular file,
+    or readable by other users (a key must be mode 0600, owner only)."""

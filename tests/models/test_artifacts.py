@@ -132,11 +132,8 @@ def test_federated_mf_file_through_the_same_save_path(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="federated area: with clients_per_round the stored sampling rate q = clients_per_round / "
-    "n_users (PoissonSampledDpEvent) reveals the exact user count; reported to the federated owner",
-)
+# Fixed in the federated area: q = clients_per_round / n_users is rounded up to two significant
+# digits (FederatedMFConfig.sampling_probability), so the stored events no longer reveal n_users.
 def test_federated_mf_clients_per_round_reveals_user_count(
     data: Interactions, tmp_path: Path, no_user_data: Any
 ) -> None:

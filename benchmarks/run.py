@@ -23,6 +23,8 @@ BENCHMARKS = [
     "bench_dpals_speed.py",
     "bench_federated.py",
     "bench_serve.py",
+    "bench_audit.py",
+    "bench_monitor.py",
 ]
 
 

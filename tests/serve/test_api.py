@@ -346,7 +346,7 @@ def test_audit_and_governance_views(client: TestClient, world: DemoWorld) -> Non
         2,
     }  # both trained before the deletion
     assert ds["latest_version"]["steps"][0]["step"] == "deletion"
-    assert gov["monitors"] == [] and gov["monitors_note"]
+    assert all(m["window"] for m in gov["monitors"])  # drift monitors' windows, if any
 
 
 def test_dashboard_files_are_served_offline(client: TestClient) -> None:
@@ -393,3 +393,18 @@ def test_api_responses_hold_no_user_ids_or_exact_counts(
     out.write_text(json.dumps(answers, ensure_ascii=False), encoding="utf-8")
     assert len(set(users)) > 200
     no_user_data(out, user_ids=sorted(set(users)), counts=[data["n_users"], data["nnz"]])
+
+
+def test_drift_monitor_windows_appear_in_the_governance_view(
+    client: TestClient, world: DemoWorld, fresh_analyst: Analyst
+) -> None:
+    from privrec.monitor.core import LedgerWindowCharge
+    from privrec.privacy.events import SpentEvent
+    from privrec.privacy.mechanisms import gaussian_event
+
+    charge = LedgerWindowCharge(Ledger.connect(world.url, fresh_analyst.key), "ratings")
+    charge([SpentEvent("window counts", gaussian_event(20.0))], "window 7 of a popularity monitor")
+    gov = client.get("/v1/governance", headers=auth(world, "dora")).json()
+    (w,) = [m for m in gov["monitors"] if m["by"] == fresh_analyst.name]
+    assert w["window"] == "window 7 of a popularity monitor" and w["status"] == "committed"
+    assert gov["monitors_note"] is None

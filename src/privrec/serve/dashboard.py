@@ -140,7 +140,8 @@ def _summary(payload: str) -> str:
 
 def governance(ledger: Ledger) -> dict[str, Any]:
     """Per dataset: policy (retention, consent, minimisation), consent and deletion counts, the
-    latest policy report (what was dropped and why), retrains due; drift monitors when recorded.
+    latest policy report (what was dropped and why), retrains due; the drift monitors' windows
+    (charged to the ledger by ``privrec.monitor.LedgerWindowCharge``) when there are any.
 
     These are the ledger's exact internal figures (owner and auditor only; never published).
     """
@@ -194,21 +195,25 @@ def governance(ledger: Ledger) -> dict[str, Any]:
                 ],
             }
         )
-    monitors = [r for r in ledger.audit_log(limit=500) if str(r["action"]).startswith("monitor.")]
+    # drift monitors (privrec.monitor) charge each window to the ledger as kind "monitor"
+    windows = [c for c in ledger.history(limit=2000) if c.kind == "monitor"][:200]
     return {
         "datasets": out,
         "monitors": [
             {
-                "seq": r["seq"],
-                "at": r["at"],
-                "action": r["action"],
-                "summary": _summary(r["payload"]),
+                "at": c.created_at,
+                "dataset": c.dataset,
+                "by": c.actor,
+                "purpose": c.purpose,
+                "epsilon": c.epsilon,
+                "status": c.status,
+                "window": str((c.result or {}).get("window") or c.description)[:300],
             }
-            for r in monitors
+            for c in windows
         ],
         "monitors_note": None
-        if monitors
-        else "No drift monitor has recorded anything in the ledger yet.",
+        if windows
+        else "No drift monitor has charged a window to the ledger yet.",
     }
 
 

@@ -299,7 +299,9 @@ async function loadGovernance() {
     list.appendChild(card);
   }
   const mon = $("monitors");
-  mon.textContent = data.monitors_note || data.monitors.map((m) => `${utc(m.at)} ${m.action} ${m.summary}`).join("\n");
+  mon.textContent = data.monitors_note || data.monitors.map((m) =>
+    `${utc(m.at)} ${m.dataset} — ${m.window} (by ${m.by}, ${m.purpose}, ε = ${fmt(m.epsilon, 3)}, ${m.status})`).join("\n");
+  mon.style.whiteSpace = "pre-line";
 }
 
 // ------------------------------------------------------------------ shell

@@ -36,6 +36,7 @@ from privrec.cli.monitor import monitor_app
 from privrec.cli.mpc import mpc_app
 from privrec.cli.privacy import privacy_app
 from privrec.cli.risk import check, risk
+from privrec.cli.serve import serve
 from privrec.cli.silo import silo_app
 
 app = typer.Typer(
@@ -77,6 +78,7 @@ app.add_typer(experiment_app, name="experiment")
 app.add_typer(monitor_app, name="monitor")
 app.command()(risk)
 app.command()(check)
+app.command()(serve)
 
 
 def run() -> None:  # pragma: no cover - console entry point helper

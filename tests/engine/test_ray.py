@@ -169,3 +169,17 @@ def test_worker_killed_mid_step_is_replaced_and_the_ledger_charged_once(
     assert len(history) == before + 1  # one charge for the Ray training, despite the retry
     assert charge.status == "committed" and path.exists()
     assert _events(single.model) == _events(dist)
+
+
+def test_a_worker_that_died_between_fits_is_replaced(
+    engine: RayEngine, small_data: Any, shards: Path
+) -> None:
+    import ray
+
+    kw: dict[str, Any] = dict(epsilon=2.0, delta=1e-6, unit="user", max_per_user=10)
+    engine.fit(seeded(DPPopularity, **kw), shards)
+    assert engine.last_group is not None
+    ray.kill(engine.last_group.actors[0], no_restart=True)  # an idle worker dies
+    b = engine.fit(seeded(DPPopularity, **kw), shards)
+    a = seeded(DPPopularity, **kw).fit(small_data)
+    assert max_diff(a.item_popularity_, b.item_popularity_) < 1e-5

@@ -99,6 +99,13 @@ class WorkerGroup:
         self.key = (str(source.path), source.binarize, repr(assignment))
         idle = engine._idle.pop(self.key, None)
         self.actors = idle if idle is not None else [self._spawn(i) for i in range(len(assignment))]
+        for i, actor in enumerate(self.actors):  # an idle worker may have died since its last fit
+            try:
+                ray.get(actor.ping.remote(), timeout=engine.ping_timeout)
+            except _failure_types():
+                self.actors[i] = self._spawn(i)
+            except ray.exceptions.GetTimeoutError:
+                break
         try:  # an actor that cannot be placed (too few free CPUs) would wait forever
             ray.get([a.ping.remote() for a in self.actors], timeout=engine.ping_timeout)
         except ray.exceptions.GetTimeoutError:

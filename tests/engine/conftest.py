@@ -1,4 +1,8 @@
-"""One real local Ray cluster per test session (2 CPUs, loopback only), stopped at the end."""
+"""One real local Ray cluster for the engine tests (2 CPUs, loopback only), stopped after them.
+
+Package scope: the cluster (and Ray's threads in the test process) is gone before other test
+packages run — some of them fork processes.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import pytest
 ray = __import__("ray") if os.environ.get("CI") else pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_cluster() -> Iterator[None]:
     if ray.is_initialized():
         yield

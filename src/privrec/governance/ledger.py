@@ -631,6 +631,7 @@ class Ledger(LedgerBase):
         description: str = "",
         data: GovernedData | None = None,
         idempotency_key: str | None = None,
+        accountant: str | None = None,
     ) -> ChargeInfo:
         """Reserve a charge for ``events`` before any noise is drawn (write-ahead).
 
@@ -641,9 +642,13 @@ class Ledger(LedgerBase):
 
         With ``idempotency_key``, a repeated call by the same analyst returns the existing charge
         (``replayed=True``, with its stored ``result``) and charges nothing.
+
+        ``accountant="rdp"`` marks events proven only in Rényi DP (distributed discrete noise,
+        cross-silo releases): the scope is then composed with RDP (see
+        :mod:`privrec.governance.composition`).
         """
         require(self.principal, "spend", "charging a budget")
-        ce = ChargeEvents(events)
+        ce = ChargeEvents(events, accountant=accountant)
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
             raise GovernanceError("idempotency keys are 1-128 characters")
         now = _now()

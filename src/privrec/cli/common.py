@@ -263,9 +263,13 @@ def make_split(
     test_fraction: float,
 ) -> Any:
     from privrec import evaluation as ev
+    from privrec.data.shared import shared_dataset
 
     if not data_path.exists():
-        raise DataError("file or folder not found", file=data_path)
+        found = shared_dataset(str(data_path))  # a shared dataset's name (e.g. ml-100k)
+        if found is None:
+            raise DataError("file or folder not found", file=data_path)
+        data_path = found
     if protocol is Protocol.files:
         return ev.load_split(data_path, merge_valid_into_train=True)
     data = load_data(data_path, fmt, binarize)

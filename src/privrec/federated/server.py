@@ -123,11 +123,12 @@ class FederatedMFServer:
         self._eps_cache: tuple[object, float] = (None, 0.0)
         self._worst: dict[tuple[str, float, int], dp_accounting.DpEvent] = {}
         if _calibrate:
-            self._calibrate()
+            # the head first: a public head's size sets the payload the noise is checked for
             if head_items is not None:
                 self._set_head(np.asarray(head_items, dtype=np.int64))
             elif config.head_items is None or config.head_items >= self.n_items:
                 self._set_head(np.arange(self.n_items, dtype=np.int64))
+            self._calibrate()
 
     # ------------------------------------------------------------------ noise & accounting
     @property

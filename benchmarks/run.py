@@ -23,6 +23,9 @@ BENCHMARKS = [
     "bench_dpals_speed.py",
     "bench_federated.py",
     "bench_model_load.py",
+    "bench_serve.py",
+    "bench_audit.py",
+    "bench_monitor.py",
 ]
 
 

@@ -55,6 +55,22 @@ def model_file(tmp_path: Path) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def pg_cluster():  # type: ignore[no-untyped-def]
+    """One throw-away PostgreSQL cluster per test session (ledger and service tests share it),
+    or the reason it could not start (a string)."""
+    from privrec.governance.pgcluster import start, stop
+
+    started = start()
+    if isinstance(started, str):
+        yield started
+        return
+    try:
+        yield started
+    finally:
+        stop(started)
+
+
 # ---------------------------------------------------------------- artifact membership checks
 def scan_artifact(
     path: Path, *, user_ids: list[str], counts: list[int], denominators: list[int] = ()

@@ -38,9 +38,11 @@ __all__ = [
     "PrivrecError",
     "ProtocolAbort",
     "ProtocolError",
+    "ServeConfigError",
     "SignatureError",
     "UnknownDatasetError",
     "UnknownItemError",
+    "UnknownModelError",
     "UnknownUserError",
 ]
 
@@ -315,6 +317,15 @@ class AuditLogError(GovernanceError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.args[0],), {"seq": self.seq})
+
+
+# ----------------------------------------------------------------- service (privrec.serve)
+class UnknownModelError(PrivrecError, LookupError):
+    """A model id the recommendation service does not serve (not in its models directory)."""
+
+
+class ServeConfigError(ConfigError):
+    """A service configuration (datasets file, limits, bind address) that cannot be used."""
 
 
 # --------------------------------------------------------------------------- secure computation

@@ -26,6 +26,7 @@ budget's accountant says.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Sequence
@@ -127,6 +128,8 @@ def composed_epsilon(
     ``grouped`` holds ``(events JSON, number of charges with exactly these events)``. A scope
     holding an RDP-only charge is composed with RDP at the integer orders (module docstring).
     """
+    if not grouped:
+        return _gaussian_epsilon(float(gaussian_rate), float(delta), str(accountant), unit)
     parts: list[dp_accounting.DpEvent] = []
     if gaussian_rate > 0:
         parts.append(dp_accounting.GaussianDpEvent(gaussian_rate**-0.5))
@@ -140,3 +143,12 @@ def composed_epsilon(
     if rdp_only:
         return _rdp_epsilon(dp_accounting.ComposedDpEvent(parts), delta, unit)
     return epsilon_of(parts, delta, accountant, unit)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _gaussian_epsilon(rate: float, delta: float, accountant: str, unit: PrivacyUnit) -> float:
+    """ε of Gaussian charges alone (their summed rate): memoised, since listings and the spend
+    curves ask for the same exact rates again and again (dp-accounting's closed form costs ms)."""
+    if rate <= 0:
+        return 0.0
+    return epsilon_of([dp_accounting.GaussianDpEvent(rate**-0.5)], delta, accountant, unit)

@@ -17,6 +17,7 @@ import dp_accounting
 import numpy as np
 import numpy.typing as npt
 import pydantic
+import scipy.linalg
 import scipy.sparse as sp
 from numba import njit, prange
 
@@ -619,6 +620,9 @@ def user_weights(
     raise ConfigError(f"unknown method {method!r}")
 
 
+_FEW_USERS = 4
+
+
 def exact_user_solve(xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float) -> np.ndarray:
     """iALS user step: (α0 YᵀY + Σ_{j∈I_u} y_j y_jᵀ + λI) x_u = Σ_{j∈I_u} y_j, exact (Cholesky kernel).
 
@@ -630,6 +634,20 @@ def exact_user_solve(xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float
     n_users, k = xh.shape[0], y.shape[1]
     out = np.zeros((n_users, k), dtype=np.float64)
     yy = np.ascontiguousarray(y, dtype=np.float64)
+    if n_users <= _FEW_USERS:
+        # A handful of users (a service folding in one request): the same system solved with
+        # numpy/LAPACK directly. Starting the parallel kernel and scanning the loaded BLAS
+        # libraries for threadpool_limits cost milliseconds; this costs microseconds.
+        g = alpha0 * (yy.T @ yy)
+        eye = reg * np.eye(k)
+        for u in range(n_users):
+            yi = yy[xh.indices[xh.indptr[u] : xh.indptr[u + 1]]]
+            try:
+                c = np.linalg.cholesky(g + yi.T @ yi + eye)
+            except np.linalg.LinAlgError:
+                continue  # not positive definite: the kernel leaves the row at zero too
+            out[u] = scipy.linalg.cho_solve((c, True), yi.sum(axis=0))
+        return out
     # The kernel solves (α0 G + Σ w y yᵀ + λI) x = Σ (α0 + w) y; with w = 1 the matrix is ours and the
     # right-hand side is (1 + α0) Σ y, so the solution is (1 + α0) times the one we want.
     w = np.ones(xh.nnz, dtype=np.float64)

@@ -22,6 +22,7 @@ BENCHMARKS = [
     "privacy_utility.py",
     "bench_dpals_speed.py",
     "bench_federated.py",
+    "bench_model_load.py",
     "bench_serve.py",
     "bench_audit.py",
     "bench_monitor.py",

@@ -230,13 +230,22 @@ def evaluate(
         ),
     ],
     model_name: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             "--model",
             "-m",
             help="Model name (repeat to compare; baselines and private models mix).",
         ),
-    ],
+    ] = None,
+    model_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model-file",
+            help="A saved model to evaluate without training (repeatable): a cross-silo or "
+            "federated result or any privrec model file. The split's test users are scored "
+            "from their own histories; items are matched by external id.",
+        ),
+    ] = None,
     protocol: Annotated[Protocol, typer.Option(help="Split protocol.")] = Protocol.holdout,
     fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
     param: Annotated[
@@ -266,37 +275,62 @@ def evaluate(
     """Split the data, fit each model on the training part, and report ranking metrics.
 
     Baselines and private models can be compared in one run: --epsilon, --delta and --unit
-    apply to the private ones.
+    apply to the private ones. A saved model (--model-file) is evaluated as it is, without
+    training: each test user is scored from their own history, as the model serves users.
     """
+    import dataclasses
+
     from privrec.evaluation import evaluate as run_eval
+    from privrec.evaluation import on_split
+    from privrec.models import load_model
     from privrec.report.compare import scoped_params
 
     with handle_errors():
         check_output(json_out)
+        names, files = list(model_name or []), list(model_file or [])
+        if not names and not files:
+            raise ConfigError("nothing to evaluate: give --model NAME or --model-file FILE")
         ks = tuple(k or (10, 20, 50))
         if any(v < 1 for v in ks):
             raise ConfigError(f"--k must be >= 1, got {min(ks)}")
         privacy = privacy_params(epsilon, delta, unit)
-        if privacy and not any(is_private(n) for n in model_name):
+        if privacy and not any(is_private(n) for n in names):
             raise ConfigError(
-                f"--{next(iter(privacy))} applies to private models, and none was given"
+                f"--{next(iter(privacy))} applies to private models to train, and none was given"
             )
         params = parse_params(param)
-        models = [build_model(n, scoped_params(params, n), privacy) for n in model_name]
+        models = [build_model(n, scoped_params(params, n), privacy) for n in names]
+        saved = [(f, load_model(f)) for f in files]  # verified (a private model's guarantee)
         split = make_split(protocol, data_path, fmt, binarize, seed, test_fraction)
         for model in models:
             if getattr(model, "mechanism_name", None) is not None:
                 check_delta_for_data(model.get_params(), split.train, force_weak_delta)
         results = []
-        for model in models:
-            fit_with_progress(model, split.train)
-            if not stderr_is_tty():
-                note(f"evaluating {model.name}…")
-            res = run_eval(model, split, k=ks)
+
+        def show(res: Any) -> None:
             results.append(res)
             console.print(str(res), highlight=False, markup=False)
             if groups:
                 console.print(res.per_group.to_string(), highlight=False, markup=False)
+
+        for path, loaded in saved:
+            label = f"{loaded.name} ({path.name})"
+            if not stderr_is_tty():
+                note(f"evaluating {label}…")
+            res = run_eval(on_split(loaded, split, label), split, k=ks)
+            show(dataclasses.replace(res, model=label))
+            g = getattr(loaded, "guarantee_", None)
+            if g is not None:
+                console.print(
+                    f"{label}: ({g.epsilon:.3g}, {g.delta:.1e})-DP per {g.unit.value} "
+                    "(guarantee verified on load)",
+                    highlight=False,
+                )
+        for model in models:
+            fit_with_progress(model, split.train)
+            if not stderr_is_tty():
+                note(f"evaluating {model.name}…")
+            show(run_eval(model, split, k=ks))
         if json_out is not None:
             json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
 

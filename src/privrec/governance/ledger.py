@@ -646,6 +646,7 @@ class Ledger(LedgerBase):
         description: str = "",
         data: GovernedData | None = None,
         idempotency_key: str | None = None,
+        accountant: str | None = None,
     ) -> ChargeInfo:
         """Reserve a charge for ``events`` before any noise is drawn (write-ahead).
 
@@ -658,9 +659,13 @@ class Ledger(LedgerBase):
         (``replayed=True``, with its stored ``result``) and charges nothing. The repeat must be
         the same request — same dataset, events and ``description`` (a query service puts the
         canonical request there) — or it is refused as a different request.
+
+        ``accountant="rdp"`` marks events proven only in Rényi DP (distributed discrete noise,
+        cross-silo releases): the scope is then composed with RDP (see
+        :mod:`privrec.governance.composition`).
         """
         require(self.principal, "spend", "charging a budget")
-        ce = ChargeEvents(events)
+        ce = ChargeEvents(events, accountant=accountant)
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
             raise GovernanceError("idempotency keys are 1-128 characters")
         now = _now()

@@ -78,7 +78,6 @@ class ServeSettings:
     #: seeded query noise: reproducible and NOT private (tests only; warns)
     seed: int | None = None
 
-
     def to_json(self, log_level: str = "info") -> str:
         """The settings as JSON (what worker processes rebuild them from)."""
         return json.dumps(

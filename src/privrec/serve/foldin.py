@@ -29,7 +29,6 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg.lapack import dpotrs
 
-
 __all__ = ["DPALSKernel", "GenericKernel", "Kernel", "kernel_for"]
 
 log = logging.getLogger("privrec.serve")

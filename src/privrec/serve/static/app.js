@@ -40,15 +40,15 @@ function fillTable(id, rows, render) {
 
 function label(b) { return b.scope === "dataset" ? b.dataset : `${b.dataset} · ${b.scope} ${b.scope_value}`; }
 
-// plotly.js (4.8 MB) is compiled once the page has loaded, not before it can be used: signing in
-// and the first API calls overlap with it, and the charts are drawn when both are ready.
+// plotly.js (basic bundle, 1.2 MB) is compiled once the page has loaded, not before the page can be
+// used: signing in and the first API calls overlap with it; the charts are drawn when both are ready.
 let plotlyPromise = null;
 function loadPlotly() {
   if (!plotlyPromise) {
     plotlyPromise = new Promise((resolve, reject) => {
       if (window.Plotly) { resolve(window.Plotly); return; }
       const s = document.createElement("script");
-      s.src = "/dashboard/static/plotly.min.js";
+      s.src = "/dashboard/static/plotly-basic.min.js";
       s.onload = () => resolve(window.Plotly);
       s.onerror = () => { plotlyPromise = null; reject(new Error("could not load the chart library")); };
       document.head.appendChild(s);

@@ -26,6 +26,7 @@ BENCHMARKS = [
     "bench_serve.py",
     "bench_audit.py",
     "bench_monitor.py",
+    "bench_scale.py",
 ]
 
 

@@ -23,7 +23,13 @@ __all__ = ["DPPopularity", "bounded_counts"]
 
 
 def bounded_counts(
-    user_items: sp.csr_matrix, unit: PrivacyUnit, max_per_user: int, rng: np.random.Generator
+    user_items: sp.csr_matrix,
+    unit: PrivacyUnit,
+    max_per_user: int,
+    rng: np.random.Generator | None,
+    *,
+    salt: int | None = None,
+    row_keys: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Item counts with bounded per-unit contribution, and their L2 sensitivity.
 
@@ -32,9 +38,12 @@ def bounded_counts(
     user changes the count vector by at most √max_per_user in L2.
     INTERACTION unit: every (user, item) pair counts once; one interaction
     changes one count by 1 (sensitivity 1).
+
+    ``salt`` and ``row_keys`` pass through to :func:`sample_per_user` (a distributed worker
+    samples its users exactly as the whole matrix would).
     """
     if unit is PrivacyUnit.USER:
-        bounded = sample_per_user(user_items, max_per_user, rng)
+        bounded = sample_per_user(user_items, max_per_user, rng, salt=salt, row_keys=row_keys)
         sens = float(np.sqrt(max_per_user))
     else:
         bounded = sp.csr_matrix(user_items, copy=True)

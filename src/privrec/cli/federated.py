@@ -289,7 +289,7 @@ def simulate(
             budget = f"noise multiplier z = {c.noise_multiplier:g} (no ε target; see the end)"
         err_console.print(budget, highlight=False)
         err_console.print(
-            f"{label}; ≈ {rounded(x.shape[0])} clients, {x.shape[1]:,} items; "
+            f"{label}; {rounded(x.shape[0])} clients, {x.shape[1]:,} items; "
             f"q = {srv.q:.4g} (≈{srv.expected_clients:.0f} clients/round); "
             f"z = {srv.noise_multiplier:.4g}; aggregation {c.aggregation}"
             + (

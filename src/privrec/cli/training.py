@@ -257,7 +257,7 @@ def _train_distributed(
         sizes.update(users=n_users, nnz=nnz)
         check_delta_for_data(model.get_params(), _Sizes(n_users, nnz), force_weak_delta)
         note(
-            f"ray: {workers} workers hold ≈ {rounded(n_users)} users "
+            f"ray: {workers} workers hold {rounded(n_users)} users "
             f"({time.perf_counter() - t0:.1f} s to read and filter)"
         )
 
@@ -282,8 +282,8 @@ def _train_distributed(
             saved = model.save(output)
         moved = engine.last_group.bytes_reduced if engine.last_group is not None else 0
     console.print(
-        f"fitted [bold]{model.name}[/] on ray ({workers} workers) on ≈ {rounded(sizes['users'])} users × "
-        f"{len(model.item_ids_):,} items (≈ {rounded(sizes['nnz'])} interactions) in "
+        f"fitted [bold]{model.name}[/] on ray ({workers} workers) on {rounded(sizes['users'])} users × "
+        f"{len(model.item_ids_):,} items ({rounded(sizes['nnz'])} interactions) in "
         f"{time.perf_counter() - t0:.1f} s, {moved / 1e6:.1f} MB reduced → {saved}",
         highlight=False,
     )

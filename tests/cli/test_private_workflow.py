@@ -337,3 +337,15 @@ def test_train_with_explicit_catalogue_and_tuning_declaration(
          "-o", str(tmp_path / "x.npz")],
     )  # fmt: skip
     assert res.exit_code == 1 and "not in the given catalogue" in res.output
+
+
+def test_seeded_training_does_not_print_a_bare_privacy_claim(members: Path, tmp_path: Path) -> None:
+    """The warning goes to stderr; stdout's summary line must itself say the model is not private."""
+    args = ["train", "-d", str(members), "-f", "csv", "-m", "dppopularity", *PRIVATE]
+    seeded = runner.invoke(app, [*args, "-p", "seed=3", "-o", str(tmp_path / "seeded.npz")])
+    assert seeded.exit_code == 0, seeded.output
+    line = " ".join(seeded.stdout.split())
+    assert "-DP per user" in line and "seeded: this model is NOT private" in line, line
+    fresh = runner.invoke(app, [*args, "-o", str(tmp_path / "fresh.npz")])
+    assert fresh.exit_code == 0, fresh.output
+    assert "NOT private" not in fresh.stdout

@@ -413,6 +413,22 @@ def fit_with_progress(model: Any, data: Any, label: str | None = None) -> Any:
         return model.fit(data, progress=step)
 
 
+def privacy_summary(guarantee: Any, saved: object) -> str:
+    """The one line a training prints about its guarantee (plain text, no markup).
+
+    A model trained with seeded noise carries the (ε, δ) of its mechanism but is **not
+    private** (its noise can be reproduced): the line says so itself, since the warning goes to
+    stderr and a log of stdout alone must not read as a privacy claim.
+    """
+    line = (
+        f"privacy: ({guarantee.epsilon:.3g}, {guarantee.delta:.1e})-DP per "
+        f"{guarantee.unit.value}; `privrec privacy explain {saved}` says what that means"
+    )
+    if getattr(guarantee, "seeded_noise", False):
+        line += " — but the noise was seeded: this model is NOT private (tests and experiments only)"
+    return line
+
+
 def rounded(n: int) -> str:
     """A count for logs and reports, to two significant figures (``≈ 940``): exact counts of
     training users are not something a private run should print."""

@@ -30,6 +30,7 @@ from privrec.cli.common import (
     number_check,
     parse_params,
     privacy_params,
+    privacy_summary,
     read_config,
     read_items,
     rounded,
@@ -213,11 +214,7 @@ def train(
         )
         guarantee = getattr(model, "guarantee_", None)
         if guarantee is not None:
-            console.print(
-                f"privacy: ({guarantee.epsilon:.3g}, {guarantee.delta:.1e})-DP per {guarantee.unit.value}; "
-                f"`privrec privacy explain {saved}` says what that means",
-                highlight=False,
-            )
+            console.print(privacy_summary(guarantee, saved), highlight=False, markup=False)
 
 
 # ------------------------------------------------------- train --engine ray
@@ -288,11 +285,7 @@ def _train_distributed(
         highlight=False,
     )
     g = model.guarantee_
-    console.print(
-        f"privacy: ({g.epsilon:.3g}, {g.delta:.1e})-DP per {g.unit.value}; "
-        f"`privrec privacy explain {saved}` says what that means",
-        highlight=False,
-    )
+    console.print(privacy_summary(g, saved), highlight=False, markup=False)
 
 
 class _Sizes:

@@ -425,7 +425,9 @@ def privacy_summary(guarantee: Any, saved: object) -> str:
         f"{guarantee.unit.value}; `privrec privacy explain {saved}` says what that means"
     )
     if getattr(guarantee, "seeded_noise", False):
-        line += " — but the noise was seeded: this model is NOT private (tests and experiments only)"
+        line += (
+            " — but the noise was seeded: this model is NOT private (tests and experiments only)"
+        )
     return line
 
 

@@ -91,6 +91,11 @@ def test_private_model_end_to_end(members: Path, tmp_path: Path, no_user_data: A
 
     res = runner.invoke(app, ["recommend", str(model), "--user", "member-0001-zq"])
     assert res.exit_code == 1 and "--history" in res.output
+    # a history that is a folder (or a device) is named as such, not as missing
+    res = runner.invoke(app, ["recommend", str(model), "--history", str(tmp_path)])
+    assert res.exit_code == 1 and "history file is not a regular file" in res.output, res.output
+    res = runner.invoke(app, ["recommend", str(model), "--history", str(tmp_path / "nope.txt")])
+    assert res.exit_code == 1 and "history file not found" in res.output
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])

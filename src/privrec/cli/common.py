@@ -478,7 +478,8 @@ def load_history(path: Path, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
     from privrec.errors import DataError
 
     if not path.is_file():
-        raise DataError("history file not found", file=path)
+        what = "is not a regular file" if path.exists() else "not found"
+        raise DataError(f"history file {what}", file=path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -85,3 +85,39 @@ def test_a_model_sharing_no_item_is_refused(udata: Path, tmp_path: Path) -> None
     assert "Traceback" not in res.output
     none = runner.invoke(app, ["evaluate", "-d", str(udata)])
     assert none.exit_code == 1 and "nothing to evaluate" in none.output
+
+
+def test_evaluate_prints_no_exact_counts_nor_the_heaviest_history(tmp_path: Path) -> None:
+    """Opening what ``privrec evaluate`` prints and writes: held-out evaluation is not private,
+    so no exact user counts and no "Q4 (119–590)" label carrying one person's history length."""
+    import re
+
+    from privrec.data import load
+    from privrec.evaluation.protocol import round_count
+
+    rng = np.random.default_rng(2)
+    sizes = np.r_[rng.integers(8, 131, 437), 590]
+    lines = [
+        f"{u}\t{i}\t5\t{880000000 + t}"
+        for u, s in enumerate(sizes, start=1)
+        for t, i in enumerate(rng.choice(np.arange(1, 701), s, replace=False))
+    ]
+    data = tmp_path / "u.data"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "e.json"
+    res = runner.invoke(
+        app, ["evaluate", "-d", str(data), "-m", "popularity", "--groups", "--json", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    split = random_holdout(load(data), test_fraction=0.2, seed=0)
+    exact = evaluate(Popularity().fit(split.train), split, k=(10, 20, 50))
+    heaviest = int(exact.per_group["max_history"].max())
+    counts = [exact.n_users, *(int(n) for n in exact.per_group["n_users"])]
+    secret = [n for n in (heaviest, *counts) if round_count(n) != n]
+    assert heaviest in secret and exact.n_users in secret
+    for name, text in {"stdout": res.output, "json": out.read_text()}.items():
+        for n in secret:
+            pattern = rf"(?<![\d.,])({n:,}|{n})(?!\d)"
+            assert re.search(pattern, text) is None, (name, n)
+    assert "Q4 (≥" in res.output and "min_history" not in res.output
+    assert json.loads(out.read_text())[0]["n_users"].startswith("≈")

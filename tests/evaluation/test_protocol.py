@@ -23,6 +23,7 @@ from privrec.evaluation import (
     split_from_interactions,
     strong_generalization,
 )
+from privrec.evaluation.protocol import round_count
 from privrec.models.ranking import mask_seen, top_k
 
 
@@ -199,15 +200,54 @@ def test_activity_groups_have_ranges_in_labels() -> None:
     pg = r.per_group
     assert len(pg) == 4
     assert int(pg["n_users"].sum()) == r.n_users
+    # labels carry the quantile edges between groups (exact below 100), not the users' extremes
     for label, row in pg.iterrows():
-        m = re.fullmatch(r"Q(\d) \((\d+)–(\d+)\)", str(label))
-        assert m is not None
-        assert (int(m[2]), int(m[3])) == (row["min_history"], row["max_history"])
+        m = re.fullmatch(r"Q(\d) \((?:≤ (\d+)|(\d+)–(\d+)|≥ (\d+))\)", str(label))
+        assert m is not None, label
+        if m[2] is not None:
+            assert row["max_history"] <= int(m[2])
+        elif m[5] is not None:
+            assert row["min_history"] >= int(m[5])
+        else:
+            assert int(m[3]) <= row["min_history"] <= row["max_history"] <= int(m[4])
+    assert str(pg.index[0]).startswith("Q1 (≤") and str(pg.index[-1]).startswith("Q4 (≥")
     assert (np.diff(pg["min_history"].to_numpy()) > 0).all()  # ordered by activity
     assert {"recall@5", "ndcg@5", "recall@10", "ndcg@10"} <= set(pg.columns)
     # group means weighted by size give the overall mean
     overall = (pg["recall@10"] * pg["n_users"]).sum() / pg["n_users"].sum()
     assert overall == pytest.approx(r.metric("recall", 10))
+
+
+def _exact(n: int) -> str:
+    """A regex for ``n`` printed as a number of its own (not part of 0.4370 or 1437)."""
+    return rf"(?<![\d.,]){n:,}(?![\d])|(?<![\d.,]){n}(?![\d])"
+
+
+def test_printed_evaluation_hides_exact_counts_and_the_heaviest_history() -> None:
+    # 437 users with 8..130 items, one with 590: "Q4 (119–590)" would print that person's count
+    rng = np.random.default_rng(0)
+    n_users, n_items = 438, 700
+    sizes = np.r_[rng.integers(8, 131, n_users - 1), 590]
+    u = np.repeat(np.arange(n_users), sizes)
+    i = np.concatenate([rng.choice(n_items, s, replace=False) for s in sizes])
+    split = random_holdout(Interactions.from_arrays(u, i), test_fraction=0.2, seed=0)
+    r = evaluate(FixedOrder(split.train), split, k=(5, 10), groups=4)
+    heaviest = int(r.per_group["max_history"].max())
+    assert heaviest > 400 and r.n_users > 400  # the exact values exist in-process
+    sizes_ = [int(n) for n in r.per_group["n_users"]]
+    outputs = {
+        "str": str(r),
+        "repr": repr(r),
+        "groups_table": r.groups_table().to_string(),
+        "json": json.dumps(r.to_dict()),
+    }
+    for name, text in outputs.items():
+        for n in (heaviest, r.n_users, *sizes_):
+            if round_count(n) == n:  # e.g. 110 prints as "≈ 110" and gives nothing away
+                continue
+            assert re.search(_exact(n), text) is None, (name, n)
+    assert "≈ 440" in outputs["str"] and "Q4 (≥" in outputs["str"]
+    assert "min_history" not in outputs["str"] and "max_history" not in outputs["groups_table"]
 
 
 def test_ties_collapse_groups() -> None:
@@ -217,7 +257,7 @@ def test_ties_collapse_groups() -> None:
     i = (np.arange(5)[None, :] + np.arange(n_users)[:, None]).ravel() % n_items
     split = random_holdout(Interactions.from_arrays(u, i), test_fraction=0.2, seed=0)
     r = evaluate(FixedOrder(split.train), split, k=3, groups=4)
-    assert list(r.per_group.index) == ["Q1 (4–4)"]
+    assert list(r.per_group.index) == ["Q1 (≤ 4)"]
     assert evaluate(FixedOrder(split.train), split, k=3, groups=None).per_group.empty
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,60 @@ def test_experiment_charges_a_real_ledger(tmp_path: Path):
         assert status.composed_epsilon <= 3.0 and status.committed == len(history) >= 2
     finally:
         dispose_engines()
+
+
+def _exact(n: int) -> str:
+    """A regex for ``n`` printed as a number of its own (not part of 0.4370 or 1437)."""
+    return rf"(?<![\d.,]){n:,}(?![\d])|(?<![\d.,]){n}(?![\d])"
+
+
+def test_experiment_outputs_hide_exact_counts_and_the_heaviest_history(tmp_path: Path):
+    from privrec.experiments.runner import load_split_for
+
+    # 437 users with 8..130 items and one with 590: its count must not label the top group
+    rng = np.random.default_rng(1)
+    sizes = np.r_[rng.integers(8, 131, 437), 590]
+    lines = [
+        f"{u}\t{i}\t5\t{880000000 + t}"
+        for u, s in enumerate(sizes, start=1)
+        for t, i in enumerate(rng.choice(np.arange(1, 701), s, replace=False))
+    ]
+    data = tmp_path / "u.data"
+    data.write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(TOML.replace('synthetic = "400x120"', f'path = "{data}"'))
+    files = {n: tmp_path / n for n in ("e.html", "e.json", "e.md")}
+    res = CliRunner().invoke(
+        app,
+        [
+            "experiment",
+            "run",
+            str(cfg),
+            "-o",
+            str(files["e.html"]),
+            "--json",
+            str(files["e.json"]),
+            "--markdown",
+            str(files["e.md"]),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    exact = run_experiment(load_experiment(cfg))
+    split = load_split_for(load_experiment(cfg).data)
+    heaviest = int(split.eval_set("test").history_counts(split.train).max())
+    assert heaviest > 400 and exact.n_users > 400
+    from privrec.evaluation.protocol import round_count
+
+    # numbers that differ from their rounding (110 users print as "≈ 110" and give nothing away)
+    secret = [n for n in (heaviest, exact.n_users, *exact.group_sizes) if round_count(n) != n]
+    assert heaviest in secret and exact.n_users in secret
+    outputs = {"stdout": res.output} | {n: p.read_text() for n, p in files.items()}
+    for name, text in outputs.items():
+        for n in secret:
+            assert re.search(_exact(n), text) is None, (name, n)
+    doc = json.loads(outputs["e.json"])
+    assert doc["n_users"].startswith("≈") and all(s.startswith("≈") for s in doc["group_sizes"])
+    assert doc["groups"][-1].startswith("Q4 (≥")
+    cmp = doc["variants"][1]["comparisons"]["recall@10"]
+    assert cmp["users"].startswith("≈")
+    assert "not differentially private" in outputs["e.html"]

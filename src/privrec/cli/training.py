@@ -351,6 +351,8 @@ def evaluate(
     Baselines and private models can be compared in one run: --epsilon, --delta and --unit
     apply to the private ones. A saved model (--model-file) is evaluated as it is, without
     training: each test user is scored from their own history, as the model serves users.
+    Held-out evaluation is not differentially private, so the table and --json round user
+    counts to two significant figures and label activity groups by rounded quantile edges.
     """
     import dataclasses
 
@@ -383,9 +385,7 @@ def evaluate(
 
         def show(res: Any) -> None:
             results.append(res)
-            console.print(str(res), highlight=False, markup=False)
-            if groups:
-                console.print(res.per_group.to_string(), highlight=False, markup=False)
+            console.print(res.format(groups=groups), highlight=False, markup=False)
 
         for path, loaded in saved:
             label = f"{loaded.name} ({path.name})"

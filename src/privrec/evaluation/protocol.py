@@ -23,7 +23,14 @@ from privrec.errors import DataError
 from privrec.evaluation.metrics import METRICS, PerUserMetrics, normalize_ks, per_user_metrics
 from privrec.evaluation.splits import Split
 
-__all__ = ["EvaluationResult", "SupportsRecommend", "approx_count", "evaluate"]
+__all__ = [
+    "EvaluationResult",
+    "SupportsRecommend",
+    "activity_groups",
+    "approx_count",
+    "evaluate",
+    "round_count",
+]
 
 _GROUP_METRICS = ("recall", "ndcg")
 
@@ -40,13 +47,27 @@ class SupportsRecommend(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+def round_count(n: int) -> int:
+    """``n`` to two significant figures (``937 → 940``; below 100 unchanged).
+
+    Evaluation outputs are computed on held-out data and are *not* differentially private;
+    what leaves the process (printed tables, JSON, HTML) carries counts and activity bounds
+    rounded by this rule, so no exact number of users and no one person's history length
+    (the heaviest user's count is the top of the activity range) is shown.
+    """
+    n = int(n)
+    if abs(n) < 100:
+        return n
+    digits = len(str(abs(n))) - 2
+    return int(round(n, -digits))
+
+
 def approx_count(n: int) -> str:
     """A count to two significant figures, as text (``"≈ 940"``): reports and JSON files carry
     no exact number of users."""
     if n < 10:
         return f"≈ {n}" if n else "0"
-    digits = len(str(int(n))) - 2
-    return f"≈ {round(n, -digits):,}"
+    return f"≈ {round_count(n):,}"
 
 
 def _json_float(v: float) -> float | None:
@@ -66,8 +87,9 @@ class EvaluationResult:
     per_group
         One row per user-activity group (quantiles of the number of
         training / fold-in interactions of the evaluated users; labels carry
-        the group's range, e.g. ``"Q1 (1–12)"``): ``n_users``,
-        ``min_history``, ``max_history`` and ``recall@k`` / ``ndcg@k`` columns.
+        the rounded quantile edges, e.g. ``"Q1 (≤ 12)"``, see :func:`activity_groups`):
+        ``n_users``, ``min_history``, ``max_history`` (exact, for in-process use only) and
+        ``recall@k`` / ``ndcg@k`` columns. :meth:`groups_table` is the printable form.
     per_user
         One row per evaluated user: ``user_id``, ``history``, ``n_targets``,
         ``group`` and every ``metric@k``.
@@ -142,19 +164,36 @@ class EvaluationResult:
             "per_group": groups,
         }
 
+    def groups_table(self) -> pd.DataFrame:
+        """The per-activity-group breakdown as printed: users rounded by :func:`round_count`
+        (text ``"≈ 940"``), no exact history bounds — the form fit to leave the process."""
+        pg = self.per_group.drop(columns=["min_history", "max_history"]).copy()
+        pg["n_users"] = [approx_count(int(n)) for n in self.per_group["n_users"]]
+        pg = pg.rename(columns={"n_users": "users"})
+        pg.index.name = None
+        return pg
+
     def __str__(self) -> str:
-        head = f"{self.model} on {self.on} ({self.protocol}): {self.n_users} users" + (
-            f", {self.n_users_without_targets} without targets skipped"
-            if self.n_users_without_targets
-            else ""
+        return self.format()
+
+    def format(self, *, groups: bool = True) -> str:
+        """The printable summary (what ``privrec evaluate`` prints), with the per-activity-group
+        breakdown unless ``groups=False``. Held-out evaluation is not differentially private:
+        the text rounds user counts and shows activity groups by rounded quantile edges."""
+        head = (
+            f"{self.model} on {self.on} ({self.protocol}): {approx_count(self.n_users)} users"
+            + (
+                f", {approx_count(self.n_users_without_targets)} without targets skipped"
+                if self.n_users_without_targets
+                else ""
+            )
         )
         tab = self.table.copy()
         tab.columns = [f"@{k}" for k in tab.columns]
         lines = [head, "", tab.to_string(float_format=lambda v: f"{v:.4f}")]
-        if len(self.per_group):
-            pg = self.per_group.drop(columns=["min_history", "max_history"])
-            pg.index.name = None
-            lines += ["", "by user activity:", pg.to_string(float_format=lambda v: f"{v:.4f}")]
+        if groups and len(self.per_group):
+            pg = self.groups_table().to_string(float_format=lambda v: f"{v:.4f}")
+            lines += ["", "by user activity:", pg]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -166,7 +205,7 @@ class EvaluationResult:
         )
         return (
             f"EvaluationResult(model={self.model!r}, on={self.on!r}, "
-            f"n_users={self.n_users}, {summary})"
+            f"n_users={approx_count(self.n_users)!r}, {summary})"
         )
 
 
@@ -177,23 +216,37 @@ def _model_name(model: object) -> str:
     return type(model).__name__
 
 
-def _activity_groups(history: np.ndarray, groups: int) -> tuple[np.ndarray, list[str]]:
+def activity_groups(history: np.ndarray, groups: int) -> tuple[np.ndarray, list[str]]:
     """Group index of each user by quantiles of ``history``, and labels with each group's range.
 
     Quantile edges are cut on the values, so ties (many users with the same
     count) can leave a group empty; empty groups are dropped and the rest
     renumbered, so labels are always ``Q1..Qm`` with ``m <= groups``.
+
+    Labels are fit to be printed: they show the quantile *edges* between groups, rounded
+    by :func:`round_count` — ``"Q1 (≤ 12)"``, ``"Q2 (13–30)"``, ``"Q4 (≥ 120)"`` — never the
+    lightest or heaviest user's own count (the top group's maximum is one person's exact
+    history length).
     """
     if history.size == 0:
         return np.zeros(0, dtype=np.int64), []
     inner = np.quantile(history, np.linspace(0, 1, groups + 1)[1:-1])
     raw = np.searchsorted(inner, history, side="left")
     present, idx = np.unique(raw, return_inverse=True)
-    lo = np.full(present.size, np.iinfo(np.int64).max)
-    hi = np.full(present.size, np.iinfo(np.int64).min)
-    np.minimum.at(lo, idx, history)
-    np.maximum.at(hi, idx, history)
-    labels = [f"Q{g + 1} ({lo[g]}–{hi[g]})" for g in range(present.size)]
+    # group r holds inner[r-1] < h <= inner[r]; histories are integers
+    upper = [round_count(math.floor(e)) for e in inner]
+    lower = [round_count(math.floor(e) + 1) for e in inner]
+    labels = []
+    for g, r in enumerate(int(v) for v in present):
+        if inner.size == 0:
+            rng = "all"
+        elif r == 0:
+            rng = f"≤ {upper[0]:,}"
+        elif r == inner.size:
+            rng = f"≥ {lower[-1]:,}"
+        else:
+            rng = f"{lower[r - 1]:,}–{upper[r]:,}"
+        labels.append(f"Q{g + 1} ({rng})")
     return idx.astype(np.int64), labels
 
 
@@ -319,7 +372,7 @@ def evaluate(
 
     group_cols = [f"{m}@{kk}" for kk in ks for m in _GROUP_METRICS if m in names]
     if groups:
-        gidx, labels = _activity_groups(history, int(groups))
+        gidx, labels = activity_groups(history, int(groups))
         per_user["group"] = (
             pd.Categorical.from_codes(gidx, categories=pd.Index(labels)) if labels else []
         )

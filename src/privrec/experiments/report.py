@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from privrec.evaluation.protocol import approx_count
 from privrec.experiments.runner import ExperimentResult
 
 __all__ = ["to_markdown", "write_report"]
@@ -92,7 +93,8 @@ def to_markdown(res: ExperimentResult) -> str:
     """Summary tables: metrics and ε per variant, paired comparisons, per-group comparisons."""
     keys = list(res.variants[0].means)
     lines = [
-        f"Split: {res.split}; {res.n_users:,} evaluated users, {res.n_items:,} items; "
+        f"Split: {res.split}; {approx_count(res.n_users)} evaluated users, "
+        f"{approx_count(res.n_items)} items; "
         f"{res.config.experiment.repeats} noise draws per variant; baseline: {res.baseline}.",
         "",
         "| variant | model | ε per model | ε of all draws | " + " | ".join(keys) + " |",
@@ -141,7 +143,7 @@ def to_markdown(res: ExperimentResult) -> str:
             for g, n in zip(res.groups, res.group_sizes, strict=True):
                 cells = v.group_comparisons.get(g, {})
                 lines.append(
-                    f"| {v.name} | {g} ({n:,}) | "
+                    f"| {v.name} | {g} ({approx_count(n)}) | "
                     + " | ".join(
                         _cell(cells[k]) if k in cells else "—"
                         for k in ckeys
@@ -196,7 +198,9 @@ th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}img{{max
 <p>Generated {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")} in {res.seconds:.0f} s. Every variant was
 trained on the same split with the same noise-draw seeds; differences are paired by user and draw.
 "ε of all draws" composes every model the experiment trained (what it would cost if all were released);
-the models were not released. Seeded noise is reproducible and not private: experiments only.</p>
+the models were not released. Seeded noise is reproducible and not private: experiments only.
+Metrics are measured on held-out data and are not differentially private: user counts are rounded
+to two significant figures and activity groups are labelled by rounded quantile edges.</p>
 {_md_table_to_html(to_markdown(res))}
 {figures}
 </body></html>

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from privrec.errors import ConfigError, PrivacyWarning
 from privrec.evaluation.metrics import per_user_metrics
+from privrec.evaluation.protocol import activity_groups, approx_count
 from privrec.evaluation.splits import Split
 from privrec.experiments.config import DataSpec, ExperimentConfig
 from privrec.experiments.stats import (
@@ -94,7 +95,13 @@ class VariantResult:
 
 @dataclass
 class ExperimentResult:
-    """All variants of one experiment."""
+    """All variants of one experiment.
+
+    The counts here are exact, for in-process use. The experiment evaluates on held-out data
+    and is not differentially private, so :meth:`to_dict` (the ``--json`` file), the Markdown
+    and the HTML report round them (``"≈ 940"``), as ``privrec evaluate`` does, and label
+    activity groups by rounded quantile edges, never by one person's history length.
+    """
 
     config: ExperimentConfig
     split: str
@@ -113,11 +120,11 @@ class ExperimentResult:
         return {
             "config": self.config.model_dump(mode="json"),
             "split": self.split,
-            "n_users": self.n_users,
-            "n_items": self.n_items,
+            "n_users": approx_count(self.n_users),
+            "n_items": approx_count(self.n_items),
             "baseline": self.baseline,
             "groups": self.groups,
-            "group_sizes": self.group_sizes,
+            "group_sizes": [approx_count(n) for n in self.group_sizes],
             "seconds": self.seconds,
             "variants": [v.to_dict() for v in self.variants],
         }
@@ -150,18 +157,6 @@ def load_split_for(spec: DataSpec) -> Split:
     if spec.protocol == "leave-last-out":
         return ev.leave_last_out(data)
     return ev.strong_generalization(data, n_heldout_users=0.1, seed=spec.seed)
-
-
-def _groups(history: np.ndarray, groups: int) -> tuple[np.ndarray, list[str]]:
-    """Activity quantile group of each user (empty groups dropped), with ranges as labels."""
-    inner = np.quantile(history, np.linspace(0, 1, groups + 1)[1:-1])
-    raw = np.searchsorted(inner, history, side="left")
-    present, idx = np.unique(raw, return_inverse=True)
-    labels = []
-    for g in range(present.size):
-        h = history[idx == g]
-        labels.append(f"Q{g + 1} ({int(h.min())}–{int(h.max())})")
-    return idx.astype(np.int64), labels
 
 
 def _build(name: str, params: dict[str, Any]) -> Any:
@@ -311,7 +306,7 @@ def run_experiment(
             )
         )
     assert users is not None
-    gidx, labels = _groups(history[users], spec.groups)
+    gidx, labels = activity_groups(history[users], spec.groups)
     keys = [f"{m}@{kk}" for m in ("recall", "ndcg") if m in spec.metrics for kk in ks]
     for vr in out:
         a = arrays[vr.name]

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.stats
 
 from privrec.errors import ConfigError
+from privrec.evaluation.protocol import approx_count
 
 __all__ = [
     "PairedComparison",
@@ -57,10 +58,14 @@ class PairedComparison:
     draws: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """JSON-friendly; the number of users is rounded (``"≈ 940"``): a group's exact size
+        is not something a non-private evaluation output should carry."""
+        out = {
             k: (None if isinstance(v, float) and math.isnan(v) else v)
             for k, v in asdict(self).items()
         }
+        out["users"] = approx_count(self.users)
+        return out
 
 
 def paired_comparison(

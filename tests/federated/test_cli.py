@@ -119,3 +119,40 @@ def test_extending_an_epsilon_calibrated_run_is_refused(tmp_path: Path) -> None:
               "--rounds", "3"]
     )  # fmt: skip
     assert res.exit_code == 1 and "calibrated for 1 rounds" in res.output
+
+
+def test_simulate_prints_and_writes_rounded_cohort_sizes(tmp_path: Path) -> None:
+    """Opening ``--json`` and the printed table: sampled cohorts, survivors and bytes are
+    rounded (no guarantee covers them); the exact log stays in the server-side checkpoint."""
+    import re
+
+    from privrec.evaluation.protocol import round_count
+    from privrec.federated.training import _SIM_STATE
+
+    data = _split(tmp_path / "split", n_users=900)
+    ck, out = tmp_path / "ck", tmp_path / "rounds.json"
+    args = [
+        "federated", "simulate", "-d", str(data), "--noise-multiplier", "0.8", "--rounds", "2",
+        "--clients-per-round", "450", "--head-items", "10", "--factors", "2", "--seed", "0",
+        "--dropout", "0.05", "--checkpoint-dir", str(ck), "--json", str(out),
+        "-p", "clip_count_stddev=5.0",
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    exact = json.loads((ck / _SIM_STATE).read_text())["reports"]
+    secret = {
+        n
+        for r in exact
+        for n in (r["sampled"], r["survivors"], r["bytes_up"], *r["dropped"].values())
+        if round_count(n) != n
+    }
+    assert {r["sampled"] for r in exact} <= secret  # cohorts of ~450 are not round numbers
+    written = json.loads(out.read_text())["rounds"]
+    for r in written:
+        assert r["sampled"].startswith("≈") and r["survivors"].startswith("≈")
+        assert all(v.startswith("≈") or v == "0" for v in r["dropped"].values())
+        assert r["bytes_up"] == round_count(r["bytes_up"])
+    for name, text in {"stdout": res.output, "json": out.read_text()}.items():
+        for n in secret:
+            assert re.search(rf"(?<![\d.,])({n:,}|{n})(?!\d)", text) is None, (name, n)
+    assert "cohort sizes are not covered" in " ".join(res.output.split())

@@ -174,7 +174,7 @@ def simulate(
 
     from privrec.errors import ConfigError
     from privrec.federated.mf import FederatedMFConfig
-    from privrec.federated.training import FaultModel, FederatedSimulation
+    from privrec.federated.training import FaultModel, FederatedSimulation, public_round
 
     def given(*names: str) -> list[str]:
         """The options among ``names`` typed on the command line (not left at their default)."""
@@ -306,15 +306,16 @@ def simulate(
             highlight=False,
         )
 
-        def line(r: Any) -> None:  # one line per round when stderr is a log, not a terminal
-            if r.aborted:
-                text = f"round {r.round} attempt {r.attempt}: aborted ({r.aborted})"
+        def line(report: Any) -> None:  # one line per round when stderr is a log, not a terminal
+            r = public_round(report)
+            if r["aborted"]:
+                text = f"round {r['round']} attempt {r['attempt']}: aborted ({r['aborted']})"
             else:
                 text = (
-                    f"round {r.round}/{c.rounds}: ε so far {r.epsilon:.4g}, "
-                    f"survivors {r.survivors}/{r.sampled}, clip {r.clip_norm:.4g}"
-                    + (f", Recall@20 {r.recall:.4f}" if r.recall is not None else "")
-                    + f", {r.seconds:.2f} s"
+                    f"round {r['round']}/{c.rounds}: ε so far {r['epsilon']:.4g}, "
+                    f"survivors {r['survivors']}/{r['sampled']}, clip {r['clip_norm']:.4g}"
+                    + (f", Recall@20 {r['recall']:.4f}" if r["recall"] is not None else "")
+                    + f", {r['seconds']:.2f} s"
                 )
             err_console.print(text, highlight=False, soft_wrap=True)
 
@@ -354,11 +355,21 @@ def _run_and_report(
     """Run the simulation, print its rounds and guarantee, save the model, commit the charge."""
     from rich.table import Table
 
+    from privrec.federated.training import public_round
+
     srv = sim.server
     c = srv.config
     interactive = err_console.is_terminal
-    reports = sim.run(progress=interactive, on_round=None if interactive else line)
-    table = Table(title="FederatedMF rounds")
+    # cohort sizes are exact counts of people that no guarantee covers: printed and written
+    # rounded (public_round), as evaluation outputs are
+    reports = [
+        public_round(r)
+        for r in sim.run(progress=interactive, on_round=None if interactive else line)
+    ]
+    table = Table(
+        title="FederatedMF rounds",
+        caption="counts rounded to two significant figures: cohort sizes are not covered by ε",
+    )
     for col in (
         "round",
         "survivors/sampled",
@@ -379,7 +390,7 @@ def _run_and_report(
             f"{r['clip_norm']:.4g}",
             f"{r['epsilon']:.4g}",
             "" if r["recall"] is None else f"{r['recall']:.4f}",
-            f"{r['bytes_up']:,}",
+            f"≈ {r['bytes_up']:,}",
             f"{r['seconds']:.2f}",
         )
     console.print(table)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,7 @@ import scipy.sparse as sp
 
 from privrec.errors import ConfigError, DataError, InvalidInputError, PrivacyWarning, ProtocolAbort
 from privrec.evaluation.metrics import per_user_metrics
+from privrec.evaluation.protocol import approx_count, round_count
 from privrec.federated.mf import FederatedMFConfig, FederatedMFServer, user_vectors
 from privrec.federated.mf import client_updates as _client_updates
 from privrec.federated.secure_round import secure_sum
@@ -40,7 +42,13 @@ from privrec.privacy.randomness import secure_generator, seeded_generator
 from privrec.secure.prg import word_dtype
 from privrec.secure.secagg import PHASES
 
-__all__ = ["FaultModel", "FederatedSimulation", "RoundReport", "validation_recall"]
+__all__ = [
+    "FaultModel",
+    "FederatedSimulation",
+    "RoundReport",
+    "public_round",
+    "validation_recall",
+]
 
 SecureMode = Literal["full", "fast"]
 _BATCH_FLOATS = 1 << 23  # floats per client batch (64 MB of float64)
@@ -127,6 +135,35 @@ class RoundReport:
     secure: str
     aborted: str | None = None
     extra: dict[str, float] = field(default_factory=dict)
+
+
+_COUNTS = ("sampled", "survivors", "stragglers", "rejected")
+_INTEGER = re.compile(r"(?<![\w.])\d+(?![\w.])")
+
+
+def public_round(report: RoundReport | Mapping[str, Any]) -> dict[str, Any]:
+    """A round report fit to leave the simulator (``--json``, printed tables, logs).
+
+    No guarantee covers the sizes of a round: the Poisson-sampled cohort, its survivors,
+    stragglers and rejected devices are exact counts of people, and the bytes uploaded are a
+    count of survivors times a payload. They are rounded as evaluation outputs are
+    (:func:`~privrec.evaluation.protocol.approx_count`: ``"≈ 940"``; bytes and the unclipped
+    fraction to two significant figures), and so are the numbers in an abort reason. The
+    exact values stay in :attr:`FederatedSimulation.reports` (in-process and checkpoints, on
+    the server's side).
+    """
+    d = asdict(report) if isinstance(report, RoundReport) else dict(report)
+    for key in _COUNTS:
+        d[key] = approx_count(int(d[key]))
+    d["dropped"] = {p: approx_count(int(n)) for p, n in dict(d.get("dropped") or {}).items()}
+    for key in ("bytes_up", "bytes_down"):
+        d[key] = round_count(int(d[key]))
+    frac = d.get("unclipped_fraction")
+    if isinstance(frac, float) and not math.isnan(frac):
+        d["unclipped_fraction"] = round(frac, 2)
+    if d.get("aborted"):
+        d["aborted"] = _INTEGER.sub(lambda m: approx_count(int(m[0])), str(d["aborted"]))
+    return d
 
 
 def validation_recall(
@@ -278,7 +315,7 @@ class FederatedSimulation:
                         advance=1,
                         description=(
                             f"round {report.round}: ε={report.epsilon:.3g} C={report.clip_norm:.3g} "
-                            f"survivors={report.survivors}"
+                            f"survivors {public_round(report)['survivors']}"
                             + (f" R@20={report.recall:.4f}" if report.recall is not None else "")
                         ),
                     )

@@ -107,6 +107,24 @@ def test_cli_flow(ledger_url: str, tmp_path: Path) -> None:
         assert code == 1 and err in out and len(out.strip().splitlines()) == 1, (args, out)
     assert audit_rows(ledger_url) == before
 
+    # absurd caps are one-line typed errors; weak ones are set but warn (the training rule)
+    for eps, delta in [("nan", "1e-6"), ("inf", "1e-6"), ("0", "1e-6"), ("1", "1"), ("1", "nan")]:
+        code, out = invoke(
+            "ledger", "budget", "ml", "--epsilon", eps, "--delta", delta, *db, key=owner
+        )
+        assert code == 1 and len(out.strip().splitlines()) == 1, (eps, delta, out)
+    assert audit_rows(ledger_url) == before
+    code, out = invoke(
+        "ledger", "budget", "ml", "--epsilon", "1e308", "--delta", "1e-6", *db, key=owner
+    )
+    assert code == 0 and "PrivacyWarning" in out and "epsilon=1e+308 is a weak guarantee" in out, (
+        out
+    )
+    code, out = invoke(
+        "ledger", "budget", "ml", "--epsilon", "1.6", "--delta", "0.9", *db, key=owner
+    )
+    assert code == 0 and "delta=0.9 is not below 1/" in " ".join(out.split()), out
+
     # tampering is reported with the first bad row
     with create_ledger_engine(ledger_url).begin() as c:
         c.exec_driver_sql("UPDATE audit_log SET action = 'nothing' WHERE seq = 3")

@@ -137,6 +137,43 @@ def test_roles_are_enforced_and_refusals_write_nothing(setup: LedgerSetup) -> No
     assert setup.auditor.history() == []
 
 
+def test_weak_caps_warn_and_absurd_caps_are_typed_errors(setup: LedgerSetup) -> None:
+    from privrec.errors import PrivacyWarning
+
+    owner = setup.owner
+    before = audit_rows(setup)
+    for eps, delta in [
+        (float("nan"), 1e-6), (float("inf"), 1e-6), (0.0, 1e-6), (-1.0, 1e-6),
+        (1.0, 1.0), (1.0, float("nan")), (1.0, float("inf")), (1.0, 0.0),
+    ]:  # fmt: skip
+        with pytest.raises(GovernanceError, match="invalid budget"):
+            owner.set_budget("ratings", epsilon=eps, delta=delta)
+    assert audit_rows(setup) == before  # refused before anything was written
+    # no version registered yet: ε > 10 and δ ≥ 0.01 warn (the rule training uses)
+    with pytest.warns(PrivacyWarning, match=r"budget cap: epsilon=1e\+308 is a weak guarantee"):
+        owner.set_budget("ratings", epsilon=1e308, delta=1e-6)
+    with pytest.warns(PrivacyWarning, match="budget cap: delta=1 is a weak guarantee"):
+        owner.set_budget("ratings", scope="analyst", value="ann", epsilon=1.0, delta=0.999999999999)
+    # with a version registered, δ is held against one over its number of users
+    version = setup.analyst.load("ratings", small_data())
+    n = version.interactions.n_users
+    assert 100 < n <= 200
+    with pytest.warns(PrivacyWarning, match=f"not below 1/{n}"):
+        owner.set_budget("ratings", scope="purpose", value="ads", epsilon=1.0, delta=0.005)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyWarning)
+        status = owner.set_budget("ratings", epsilon=2.0, delta=1e-6)
+    assert status.epsilon == 2.0
+    # registering a policy with a weak cap warns too
+    from privrec.governance.policy import policy_from_dict
+
+    from .conftest import POLICY
+
+    weak = policy_from_dict({**POLICY, "budget": {"epsilon": 50.0, "delta": 1e-6}})
+    with pytest.warns(PrivacyWarning, match="epsilon=50 is a weak"):
+        owner.set_policy("ratings", weak)
+
+
 def test_keys_are_scrypt_hashed_and_revocable(setup: LedgerSetup) -> None:
     with create_ledger_engine(setup.url).connect() as c:
         stored = c.exec_driver_sql("SELECT hash, params FROM api_keys").all()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from privrec.data import Interactions
-from privrec.errors import DataError, PolicyError, PolicyViolation
+from privrec.errors import DataError, PolicyError, PolicyViolation, PrivacyWarning
 from privrec.governance.policy import load_policy, policy_from_dict, read_consents
 
 from .conftest import POLICY, make_setup
@@ -119,6 +120,11 @@ BAD = {
     "bad unit": ('purpose="p"\nunit="household"\n[budget]\nepsilon=1\ndelta=1e-6\n', "'unit'"),
     "no item column": ('purpose="p"\nunit="user"\ncolumns=["user"]\n[budget]\nepsilon=1\ndelta=1e-6\n', "must include 'user' and 'item'"),
     "zero retention": ('purpose="p"\nunit="user"\nretention_days=0\n[budget]\nepsilon=1\ndelta=1e-6\n', "retention_days"),
+    "nan epsilon": ('purpose="p"\nunit="user"\n[budget]\nepsilon=nan\ndelta=1e-6\n', "budget.epsilon"),
+    "infinite epsilon": ('purpose="p"\nunit="user"\n[budget]\nepsilon=inf\ndelta=1e-6\n', "budget.epsilon"),
+    "zero epsilon": ('purpose="p"\nunit="user"\n[budget]\nepsilon=0\ndelta=1e-6\n', "budget.epsilon"),
+    "delta of one": ('purpose="p"\nunit="user"\n[budget]\nepsilon=1\ndelta=1.0\n', "budget.delta"),
+    "nan delta": ('purpose="p"\nunit="user"\n[budget]\nepsilon=1\ndelta=nan\n', "budget.delta"),
 }  # fmt: skip
 
 
@@ -130,6 +136,24 @@ def test_malformed_policy_files_are_one_line_errors(case: str, tmp_path: Path) -
     with pytest.raises(PolicyError) as info:
         load_policy(path)
     assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("cap", "expected"),
+    [
+        ("epsilon=1e308\ndelta=1e-6", r"epsilon=1e\+308 is a weak"),
+        ("epsilon=1\ndelta=0.5", "delta=0.5"),
+    ],
+)
+def test_a_policy_file_with_a_weak_cap_warns(cap: str, expected: str, tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(f'purpose="p"\nunit="user"\n[budget]\n{cap}\n')
+    with pytest.warns(PrivacyWarning, match=expected):
+        load_policy(path)
+    path.write_text('purpose="p"\nunit="user"\n[budget]\nepsilon=2\ndelta=1e-6\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyWarning)
+        assert load_policy(path).budget.epsilon == 2.0
 
 
 def test_missing_policy_file() -> None:

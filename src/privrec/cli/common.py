@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from privrec.errors import ConfigError, DataError, OutputPathError, PrivacyWarning, PrivrecError
+from privrec.errors import ConfigError, DataError, OutputPathError, PrivrecError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -167,29 +167,20 @@ def check_output(path: Path | None) -> Path | None:
     return path
 
 
-#: above this ε the command line warns that the guarantee is weak (73% at ε = 1, 99.995% at 10)
-WEAK_EPSILON = 10.0
-
-
 def check_delta_for_data(params: dict[str, Any], data: Any, force: bool) -> None:
     """δ ≥ 1/(number of privacy units) is an error on the command line unless forced.
 
     Such a δ lets a mechanism publish one unit's data outright and still be "(ε, δ)-DP"; the
     library only warns, the command line refuses (``--force-weak-delta`` to train anyway).
 
-    An ε above :data:`WEAK_EPSILON` is allowed but warns, in the plain-language reading of
-    ``explain`` (settings that weaken privacy warn).
+    An ε above :data:`~privrec.privacy.budget.WEAK_EPSILON` is allowed but warns
+    (:func:`~privrec.privacy.budget.warn_weak_budget`, the rule the ledger's caps share).
     """
+    from privrec.privacy.budget import warn_weak_budget
+
     eps = params.get("epsilon")
-    if isinstance(eps, int | float) and eps > WEAK_EPSILON:
-        right = 100.0 / (1.0 + math.exp(-min(eps, 700.0)))
-        odds = "more than 99.99%" if right > 99.99 else f"up to {right:.4g}%"
-        warnings.warn(
-            f"epsilon={eps:g} is a weak guarantee: someone guessing whether a person's data was "
-            f"used could be right {odds} of the time (a coin flip: 50%)",
-            PrivacyWarning,
-            stacklevel=2,
-        )
+    if isinstance(eps, int | float):
+        warn_weak_budget(eps, stacklevel=2)
     delta = params.get("delta")
     if delta is None:
         return

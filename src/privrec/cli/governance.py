@@ -285,10 +285,16 @@ def policy_set(
     key: KeyOpt = None,
 ) -> None:
     """Register a dataset under a policy, or replace its policy (owner); sets the dataset budget."""
+    import warnings
+
+    from privrec.errors import PrivacyWarning
     from privrec.governance.policy import load_policy
 
     with handle_errors():
-        info = _connect(db, key).set_policy(dataset, load_policy(policy_file))
+        with warnings.catch_warnings():  # set_policy warns about a weak cap, knowing the data
+            warnings.simplefilter("ignore", PrivacyWarning)
+            policy = load_policy(policy_file)
+        info = _connect(db, key).set_policy(dataset, policy)
         console.print(
             f"dataset {info.name!r}: policy {info.policy_hash[:12]}… in force (unit {info.unit})"
         )

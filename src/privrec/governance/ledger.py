@@ -267,6 +267,10 @@ class Ledger(LedgerBase):
         now = _now()
         with write_transaction(self.engine) as conn:
             row = conn.execute(sa.select(tbl.Dataset).where(tbl.Dataset.name == dataset)).first()
+            b = policy.budget
+            self._warn_weak_cap(
+                conn, None if row is None else row.id, policy.unit.value, b.epsilon, b.delta
+            )
             if row is None:
                 did = conn.execute(
                     sa.insert(tbl.Dataset)
@@ -298,7 +302,6 @@ class Ledger(LedgerBase):
                         epoch=row.epoch + 1,
                     )
                 )
-            b = policy.budget
             bid = self._upsert_budget(
                 conn, did, "dataset", "", b.epsilon, b.delta, b.period_days, b.accountant, now
             )
@@ -393,6 +396,7 @@ class Ledger(LedgerBase):
         now = _now()
         with write_transaction(self.engine) as conn:
             ds = self._dataset(conn, dataset)
+            self._warn_weak_cap(conn, ds.id, ds.unit, epsilon, delta)  # before writing
             bid = self._upsert_budget(
                 conn, ds.id, scope, value, epsilon, delta, period_days, accountant, now
             )

@@ -127,7 +127,12 @@ def _policy_error(where: str, exc: pydantic.ValidationError) -> PolicyError:
 
 
 def load_policy(path: str | Path) -> Policy:
-    """Read and validate a TOML policy; every problem is one :class:`PolicyError` line."""
+    """Read and validate a TOML policy; every problem is one :class:`PolicyError` line.
+
+    A ``[budget]`` cap that weakens privacy (ε above 10, δ at or above 0.01) warns
+    (:class:`~privrec.errors.PrivacyWarning`); an invalid one (ε ≤ 0, non-finite, δ outside
+    (0, 1)) is a :class:`PolicyError`.
+    """
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -135,7 +140,13 @@ def load_policy(path: str | Path) -> Policy:
         raise PolicyError(f"policy file {str(path)!r} not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PolicyError(f"policy file {str(path)!r} is not valid TOML: {exc}") from None
-    return policy_from_dict(raw, where=repr(str(path)))
+    policy = policy_from_dict(raw, where=repr(str(path)))
+    from privrec.privacy.budget import warn_weak_budget
+
+    # the file sets the dataset's cap: a weak one warns here, by the rule training uses
+    b = policy.budget
+    warn_weak_budget(b.epsilon, b.delta, what=f"policy {str(path)!r}: budget cap: ")
+    return policy
 
 
 def policy_from_dict(raw: dict[str, Any], where: str = "(dict)") -> Policy:

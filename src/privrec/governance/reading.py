@@ -132,6 +132,26 @@ class LedgerBase:
             ).scalar_one()
         )
 
+    def _warn_weak_cap(
+        self, conn: Connection, dataset_id: int | None, unit: str, epsilon: float, delta: float
+    ) -> None:
+        """Warn (:class:`~privrec.errors.PrivacyWarning`) about a cap that weakens privacy,
+        by the rule training shares (:func:`~privrec.privacy.budget.warn_weak_budget`): ε above
+        10, δ at or above one over the latest registered version's number of privacy units
+        (or above 0.01 when no version is registered yet)."""
+        from privrec.privacy.budget import warn_weak_budget
+
+        row = None
+        if dataset_id is not None:
+            row = conn.execute(
+                sa.select(tbl.DatasetVersion.n_users, tbl.DatasetVersion.nnz)
+                .where(tbl.DatasetVersion.dataset_id == dataset_id)
+                .order_by(tbl.DatasetVersion.id.desc())
+                .limit(1)
+            ).first()
+        n = None if row is None else int(row.n_users if unit == PrivacyUnit.USER else row.nnz)
+        warn_weak_budget(epsilon, delta, n_units=n, what="budget cap: ", stacklevel=3)
+
     # ------------------------------------------------------------------ reading
     def datasets(self) -> list[DatasetInfo]:
         require(self.principal, "read_own", "listing datasets")

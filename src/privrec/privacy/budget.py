@@ -9,7 +9,70 @@ import pydantic
 
 from privrec.errors import ConfigError, PrivacyWarning
 
-__all__ = ["Budget"]
+__all__ = ["WEAK_DELTA", "WEAK_EPSILON", "Budget", "warn_weak_budget"]
+
+#: above this ε a guarantee is weak (a guesser is right 73% of the time at ε = 1, 99.995% at 10):
+#: the command line and the ledger warn (:func:`warn_weak_budget`)
+WEAK_EPSILON = 10.0
+
+#: with the number of privacy units unknown, a δ at or above this is weak for any data set of
+#: more than 100 units; when the number is known, δ ≥ 1/n is the rule
+WEAK_DELTA = 0.01
+
+
+def warn_weak_budget(
+    epsilon: float | None,
+    delta: float | None = None,
+    *,
+    n_units: int | None = None,
+    what: str = "",
+    stacklevel: int = 2,
+) -> None:
+    """Warn (:class:`PrivacyWarning`) about an (ε, δ) setting that weakens privacy.
+
+    ε above :data:`WEAK_EPSILON` warns, in the plain-language reading of ``explain`` (how often
+    someone guessing whether a person's data was used could be right). δ warns at or above
+    ``1/n_units`` — a mechanism could publish one unit's data outright and still meet it — or,
+    with ``n_units`` unknown, at or above :data:`WEAK_DELTA`. Invalid values (ε ≤ 0, non-finite,
+    δ outside (0, 1)) are the caller's typed errors, not warnings. ``what`` prefixes the
+    message (e.g. ``"budget cap: "``).
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     warn_weak_budget(1.0, 1e-6, n_units=10_000)
+    ...     warn_weak_budget(50.0)
+    >>> [str(x.message)[:33] for x in w]
+    ['epsilon=50 is a weak guarantee: s']
+    """
+    if isinstance(epsilon, int | float) and epsilon > WEAK_EPSILON:
+        right = 100.0 / (1.0 + math.exp(-min(float(epsilon), 700.0)))
+        odds = "more than 99.99%" if right > 99.99 else f"up to {right:.4g}%"
+        warnings.warn(
+            f"{what}epsilon={epsilon:g} is a weak guarantee: someone guessing whether a person's "
+            f"data was used could be right {odds} of the time (a coin flip: 50%)",
+            PrivacyWarning,
+            stacklevel=stacklevel + 1,
+        )
+    if not isinstance(delta, int | float):
+        return
+    if n_units is not None and n_units > 0:
+        if delta >= 1.0 / n_units:
+            warnings.warn(
+                f"{what}delta={delta:g} is not below 1/{n_units:,} (one over the number of "
+                "privacy units): a mechanism could publish one unit's data outright and still "
+                f"meet it. Use delta <= {1.0 / n_units:.1e}, ideally much smaller",
+                PrivacyWarning,
+                stacklevel=stacklevel + 1,
+            )
+    elif delta >= WEAK_DELTA:
+        warnings.warn(
+            f"{what}delta={delta:g} is a weak guarantee for any data set of more than "
+            f"{round(1 / WEAK_DELTA)} people: a mechanism could publish one person's data "
+            "outright with that probability and still meet it",
+            PrivacyWarning,
+            stacklevel=stacklevel + 1,
+        )
 
 
 class Budget(pydantic.BaseModel):

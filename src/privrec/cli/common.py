@@ -363,34 +363,6 @@ def build_model(name: str, params: dict[str, Any], privacy: dict[str, Any] | Non
     return cls.from_config(params)
 
 
-#: a first line that names the column rather than an item
-_ITEM_HEADERS = frozenset({"item", "items", "item_id", "itemid", "item-id", "item id", "id"})
-
-
-def read_items(path: Path) -> list[str]:
-    """An item catalogue file (``--items``): one external item id per line; blank lines,
-    ``#`` comments and a first line ``item`` / ``item_id`` (a header) are skipped."""
-    if not path.is_file():
-        raise DataError("item catalogue file not found", file=path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError("item catalogue is not UTF-8 text", file=path, found=str(exc)) from None
-    out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        item = line.strip()
-        if not item or item.startswith("#"):
-            continue
-        if lineno == 1 and item.lower() in _ITEM_HEADERS:
-            continue
-        out.append(item)
-    if not out:
-        raise DataError("item catalogue file lists no item", file=path)
-    if len(set(out)) != len(out):
-        raise DataError("item catalogue lists an item twice", file=path)
-    return out
-
-
 _STEP_MODELS = {"als", "dpals"}  # fit(..., progress=callback(done, total))
 
 
@@ -466,6 +438,7 @@ def load_history(path: Path, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
     (sorted, unique) and how many listed items the model's catalogue does not hold — those
     cannot influence a recommendation and are left out.
     """
+    from privrec.data.loaders import ITEM_HEADERS
     from privrec.errors import DataError
 
     if not path.is_file():
@@ -482,7 +455,7 @@ def load_history(path: Path, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
         first = line.replace(",", " ").replace("\t", " ").strip().split(" ", 1)[0]
         if not first or first.startswith("#"):
             continue
-        if lineno == 1 and first.lower() in _ITEM_HEADERS:
+        if lineno == 1 and first.lower() in ITEM_HEADERS:
             continue
         raw.append(first)
     wanted = coerce_ids(raw, item_ids) if raw else np.zeros(0, dtype=item_ids.dtype)

@@ -32,7 +32,6 @@ from privrec.cli.common import (
     privacy_params,
     privacy_summary,
     read_config,
-    read_items,
     rounded,
     stderr_is_tty,
 )
@@ -163,7 +162,9 @@ def train(
             if not private:
                 raise ConfigError(f"{name} is not a private model: --tuning does not apply to it")
             model.declare_tuning(tuning)
-        catalogue = read_items(items) if items is not None else None
+        from privrec.data.loaders import read_item_catalogue
+
+        catalogue = read_item_catalogue(items) if items is not None else None
         if engine not in ("local", "ray"):
             raise ConfigError(f"unknown engine {engine!r}; choose local or ray")
         if engine == "ray":

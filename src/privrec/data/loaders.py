@@ -61,6 +61,7 @@ __all__ = [
     "load_parquet",
     "load_tsv",
     "load_user_item_lists",
+    "read_item_catalogue",
     "read_user_item_lists",
 ]
 
@@ -559,3 +560,35 @@ def load(path: PathLike, format: str | None = None, **kw: Any) -> Interactions:
             + ", ".join(k for k in params if k != "path")
         )
     return loader(path, **kw)
+
+
+# ---------------------------------------------------------------- item catalogues
+#: a first line that names the column rather than an item
+ITEM_HEADERS = frozenset({"item", "items", "item_id", "itemid", "item-id", "item id", "id"})
+
+
+def read_item_catalogue(path: PathLike) -> list[str]:
+    """An item catalogue file (``train --items``, a served dataset's ``items``): one external
+    item id per line; blank lines, ``#`` comments and a first line ``item`` / ``item_id`` (a
+    header) are skipped. A catalogue given this way does not depend on the data, so a private
+    result need not assume the set of items people interacted with public."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("item catalogue file not found", file=path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError("item catalogue is not UTF-8 text", file=path, found=str(exc)) from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        if lineno == 1 and item.lower() in ITEM_HEADERS:
+            continue
+        out.append(item)
+    if not out:
+        raise DataError("item catalogue file lists no item", file=path)
+    if len(set(out)) != len(out):
+        raise DataError("item catalogue lists an item twice", file=path)
+    return out

@@ -22,8 +22,9 @@ segment counts     a user is in one segment → 1                  1: one intera
                                                                  one user active or inactive
 =================  ===========================================  ==================================
 
-What is assumed public: the item catalogue (the item ids of the registered data file, as every
-privrec model file already publishes them), the declared segment values, and the query itself
+What is assumed public: the item catalogue (the dataset's declared ``items`` file, or else the item
+ids of the registered data file, as every privrec model file already publishes them), the declared
+segment values, and the query itself
 (which items, which column). Everything released is the noisy vector and what is computed from
 it alone (rounding, the top-k order): post-processing, free under DP.
 

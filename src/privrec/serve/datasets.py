@@ -9,10 +9,18 @@ with ``--data NAME=FILE``::
     format = "tsv"                # optional when the name gives it away
     max_per_user = 32             # B: contribution bound of count queries (user unit)
     max_items_per_query = 1000
+    items = "catalogue.txt"       # optional: the public item catalogue, one id per line
 
     [datasets.ratings.segments]   # optional: a per-user table of declared segment columns
     file = "users.csv"            # CSV with a header; the user id column is "user"
     columns = { gender = ["F", "M"], age = ["<25", "25-44", "45+"] }
+
+Without ``items`` the catalogue is the set of items of the raw file, which is then *assumed
+public* (as in model files without ``train --items``): an item only one person interacted with
+would otherwise be revealed by being answerable. With ``items`` (the format of ``train --items``:
+one external id per line, ``#`` comments and an ``item`` header skipped) the catalogue does not
+depend on the data; every item of the data must be in it, catalogue items nobody interacted
+with count zero.
 
 The declared values of a segment column are its public domain: counts are released for exactly
 these values (others are never counted), so the answer never reveals which values occur.
@@ -69,6 +77,7 @@ class DatasetSpec(_Strict):
     format: str | None = None
     max_per_user: int = pydantic.Field(default=32, ge=2, le=10_000)
     max_items_per_query: int = pydantic.Field(default=1000, ge=2, le=100_000)
+    items: Path | None = None
     segments: SegmentSpec | None = None
 
 
@@ -103,9 +112,13 @@ def load_dataset_specs(
             seg = spec.segments
             if seg is not None and not seg.file.is_absolute():
                 seg = seg.model_copy(update={"file": base / seg.file})
+            items = spec.items
+            if items is not None and not items.is_absolute():
+                items = base / items
             specs[name] = spec.model_copy(
                 update={
                     "file": spec.file if spec.file.is_absolute() else base / spec.file,
+                    "items": items,
                     "segments": seg,
                 }
             )
@@ -136,15 +149,50 @@ class ServedDataset:
         if not spec.file.exists():
             raise ServeConfigError(f"dataset {name!r}: data file {str(spec.file)!r} not found")
         self.raw: Interactions = load(spec.file, format=spec.format)
-        # The catalogue: item ids of the registered file, assumed public (as in model files).
-        self.catalogue = np.asarray(self.raw.item_ids)
+        # The catalogue: the declared one, or the item ids of the file, assumed public then
+        self.catalogue = (
+            np.asarray(self.raw.item_ids)
+            if spec.items is None
+            else self._read_catalogue(spec.items)
+        )
         self._item_pos = {str(v): i for i, v in enumerate(self.catalogue.tolist())}
+        outside = [
+            v for v in np.asarray(self.raw.item_ids).tolist() if str(v) not in self._item_pos
+        ]
+        if outside:
+            raise ServeConfigError(
+                f"dataset {name!r}: {len(outside):,} item(s) of the data are not in the "
+                f"catalogue {str(spec.items)!r}, e.g. {str(outside[0])[:64]!r}"
+            )
         self.segments: dict[str, tuple[str, ...]] = {}
         self._segment_of: dict[str, dict[str, int]] = {}
         if spec.segments is not None:
             self._read_segments(spec.segments)
         self._lock = threading.Lock()
         self._view: View | None = None
+
+    def _read_catalogue(self, path: Path) -> np.ndarray:
+        """The declared catalogue, with the data's id type (integer ids answer as integers)."""
+        from privrec.data.loaders import read_item_catalogue
+        from privrec.errors import DataError
+
+        try:
+            ids = read_item_catalogue(path)
+        except DataError as exc:
+            raise ServeConfigError(f"dataset {self.name!r}: {exc}") from None
+        if np.issubdtype(np.asarray(self.raw.item_ids).dtype, np.integer):
+            try:
+                ints = np.array([int(v) for v in ids], dtype=np.int64)
+            except ValueError:
+                pass
+            else:
+                if np.unique(ints).size != ints.size:
+                    raise ServeConfigError(
+                        f"dataset {self.name!r}: item catalogue {str(path)!r} lists an item "
+                        "twice (as integers, e.g. 7 and 07)"
+                    )
+                return ints
+        return np.array(ids, dtype=object)
 
     def _read_segments(self, seg: SegmentSpec) -> None:
         if not seg.file.exists():

@@ -37,6 +37,9 @@ class PrivacyGuarantee(pydantic.BaseModel):
     not_released: tuple[str, ...]
     threat_model: str
     seeded_noise: bool = False
+    #: Personalised budgets (protection tiers), one ``{"requested_epsilon", "epsilon", "weight"}``
+    #: per tier; the loosest tier's ε is ``epsilon`` (:mod:`privrec.privacy.personalized`).
+    tiers: tuple[dict[str, float], ...] = ()
 
     @classmethod
     def from_events(
@@ -100,6 +103,11 @@ class PrivacyGuarantee(pydantic.BaseModel):
             f"Accounting: {len(self.events)} noisy releases composed with the "
             f"{self.accountant.value.upper()} accountant of dp-accounting."
         )
+        for t in self.tiers:
+            lines.append(
+                f"Protection tier: users who asked for epsilon {t['requested_epsilon']:g} contribute "
+                f"with weight {t['weight']:.3g} and are ({t['epsilon']:.3g}, {self.delta:.1e})-DP."
+            )
         if self.unit is PrivacyUnit.INTERACTION:
             lines.append(
                 "Caution: interaction-level privacy does not protect a person with many interactions; "

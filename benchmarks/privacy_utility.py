@@ -10,7 +10,9 @@ Usage::
 
 Quality
     Recall@20 and NDCG@20, overall and per user-activity quartile, for DPALS
-    (``method="adaptive"`` and ``"tail"``), DPEASE and DPPopularity at user-level
+    (``method="adaptive"`` picked on validation, ``"adaptive"`` with its
+    defaults untouched — ``dpals-default``, what travels to unseen data — and
+    ``"tail"`` with its defaults), DPEASE and DPPopularity (defaults) at user-level
     ε ∈ {0.5, 1, 2, 5, 10, 20}, δ = 1e-5, with their non-private counterparts
     (ImplicitALS, EASE, Popularity) as the ε = ∞ column.
 
@@ -21,16 +23,21 @@ Quality
     * ``ml-100k`` (``u.data``, ratings ≥ 4 as positives): strong generalisation,
       held-out validation users for the selection and held-out test users for
       the report.
+    * ``movietweetings-100k`` (short histories, the anchors' protocol): ratings ≥ 7
+      as positives, users with ≥ 3, per-user random 20% test holdout (seed 0);
+      selection on a further 20% holdout of the training part (seed 1).
 
     Private cells are the mean of :data:`SEEDS` seeded noise draws (seeded for
     reproducibility — seeded noise is NOT private, fine for a benchmark). The
-    selection grids are small (see :data:`GRIDS`), one noise draw per candidate;
-    DPALS's candidates (each method separately) are its ε-aware defaults, 8
-    factors, and three B = 30 variants (the last with Γ = 1, 64 factors,
-    α0 = 0.5); DPEASE's are its ε-aware defaults and two variants (C = 30, a
-    larger ridge). Selection scores at most :data:`SELECT_USERS` validation
-    users (a fixed random subset; only gowalla has more). ImplicitALS runs its defaults (the lead's grid in
-    ``bench_als.py``), EASE picks its ridge.
+    selection grids are small (see :data:`GRIDS`), one noise draw per candidate,
+    and NOT charged to ε (as in the reference; ``bench_private_tuning.py``
+    measures the charged alternative): DPALS's candidates are its defaults (the
+    data-adaptive bounds), 8 factors, no per-user shrinkage of the blend, B at
+    the 60th percentile, and the nominal bound B₀ = 100; DPEASE's are its
+    defaults, C = 10 and a larger ridge. Selection scores at most
+    :data:`SELECT_USERS` validation users (a fixed random subset; only gowalla has
+    more). ImplicitALS runs its defaults (the lead's grid in ``bench_als.py``),
+    EASE picks its ridge.
 
 The DPALS-vs-ImplicitALS epoch time is measured by ``bench_dpals_speed.py``
 (``results/dpals_speed.md``).
@@ -65,9 +72,10 @@ K = 20
 EPSILONS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0)
 SEEDS = (0, 1)
 THREADS = 2
-PRIVATE = ("dpals-adaptive", "dpals-tail", "dpease", "dppopularity")
+PRIVATE = ("dpals-adaptive", "dpals-default", "dpals-tail", "dpease", "dppopularity")
 COUNTERPART = {
     "dpals-adaptive": "implicitals",
+    "dpals-default": "implicitals",
     "dpals-tail": "implicitals",
     "dpease": "ease",
     "dppopularity": "popularity",
@@ -78,15 +86,18 @@ SELECT_USERS = 8000
 # DPEASE / EASE run on at most this many head items on gowalla (the dense Gram is n_items²).
 EASE_MAX_ITEMS = {"gowalla-lightgcn": 3000}
 GRIDS: dict[str, list[dict[str, Any]]] = {
-    "dpals": [
+    "dpals-adaptive": [
         {},
         {"factors": 8},
-        {"max_per_user": 30},
-        {"max_per_user": 30, "clip_norm": 1.0},
-        {"max_per_user": 30, "clip_norm": 1.0, "factors": 64, "alpha0": 0.5},
+        {"popularity_shrinkage": 0.0},
+        {"bound_quantile": 0.6},
+        {"nominal_bound": 100},
     ],
-    "dpease": [{}, {"max_contribution": 30.0}, {"reg_scale": 10.0}],
+    "dpease": [{}, {"max_contribution": 10.0}, {"reg_scale": 10.0}],
 }
+# Short-history data (anchors.md protocol): ratings >= 7 are positives, users with >= 3 of them,
+# a per-user random 20% test holdout (seed 0); selection holds out 20% of the training part (seed 1).
+MOVIETWEETINGS = "movietweetings-100k"
 # Reference DP-ALS (anchors.md): ε -> (adaptive, tail) Recall@20 on test.
 ANCHORS: dict[str, dict[float, tuple[float, float]]] = {
     "ml-1m-implicit-r3": {1.0: (0.216, 0.181), 5.0: (0.294, 0.260), 10.0: (0.313, 0.276)},
@@ -153,7 +164,7 @@ def _make(model: str, dataset: str, eps: float | None, params: dict[str, Any], s
     from privrec.models.popularity import Popularity
 
     priv: dict[str, Any] = {"epsilon": eps, "delta": DELTA, "unit": "user", "seed": seed}
-    if model == "dpals-adaptive":
+    if model in ("dpals-adaptive", "dpals-default"):
         return DPALS(**priv, method="adaptive", **params)
     if model == "dpals-tail":
         return DPALS(**priv, method="tail", **params)
@@ -189,6 +200,14 @@ def _splits(dataset: str) -> tuple[Any, Any, str, str]:
         data = data.filter(min_user_interactions=1, min_item_interactions=1)
         split = strong_generalization(data, 0.15, 0.8, seed=0, valid=True)
         return split, split, "valid", "test"
+    if dataset == MOVIETWEETINGS:
+        from privrec.evaluation import random_holdout
+
+        data = load(DATA / dataset / "ratings.dat", format="movietweetings", binarize=7.0)
+        data = data.filter(min_user_interactions=3, min_item_interactions=1)
+        report = random_holdout(data, 0.2, seed=0)
+        select = random_holdout(report.train, 0.2, seed=1)
+        return select, report, "test", "test"
     sel = load_split(DATA / dataset, merge_valid_into_train=False)
     rep = load_split(DATA / dataset, merge_valid_into_train=True)
     return _subsample_valid(sel, SELECT_USERS), rep, "valid", "test"
@@ -247,8 +266,7 @@ def quality(datasets: tuple[str, ...], epsilons: tuple[float, ...]) -> list[dict
         for model in (*PRIVATE, "implicitals", "ease", "popularity"):
             private = model in PRIVATE
             for eps in epsilons if private else (None,):
-                grid_key = "dpals" if model.startswith("dpals") else model
-                grid = GRIDS.get(grid_key, [{}])
+                grid = GRIDS.get(model, [{}])
                 if model == "ease":
                     grid = [{"regularization": r} for r in (100.0, 300.0, 1000.0)]
                 chosen, valid_scores = grid[0], []
@@ -354,7 +372,7 @@ def markdown(result: dict[str, Any]) -> str:
         groups = [g["group"] for g in sample["per_group"]]
         lines += ["| model | ε | " + " | ".join(groups) + " |", "|---|---|" + "---:|" * len(groups)]
         for r in rows:
-            if r["dataset"] == ds and (r["epsilon"] in (1.0, 10.0) or math.isinf(r["epsilon"])):
+            if r["dataset"] == ds and (r["epsilon"] in (1.0, 5.0) or math.isinf(r["epsilon"])):
                 lines.append(
                     f"| {r['model']} | {_fmt_eps(r['epsilon'])} | "
                     + " | ".join(f"{g['recall']:.4f}" for g in r["per_group"])
@@ -460,7 +478,7 @@ def main() -> None:
     elif args.quick:
         datasets = ("ml-100k", "ml-1m-implicit-r3")
     else:
-        datasets = ("ml-100k", "ml-1m-implicit-r3", "gowalla-lightgcn")
+        datasets = ("ml-100k", MOVIETWEETINGS, "ml-1m-implicit-r3", "gowalla-lightgcn")
     epsilons: tuple[float, ...] = (1.0,) if args.quick else EPSILONS
     if args.epsilons:
         epsilons = tuple(float(e) for e in args.epsilons.split(","))

@@ -33,7 +33,7 @@ from privrec.privacy.bounds import LENGTHS_LABEL
 from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
 from privrec.privacy.events import total_event
-from privrec.privacy.postprocessing import project_psd, psd_solve
+from privrec.privacy.postprocessing import diagonal_solve, project_psd, psd_solve, shared_solve
 from privrec.privacy.randomness import seeded_generator
 from privrec.privacy.units import PrivacyUnit
 
@@ -402,3 +402,64 @@ def test_count_sample_defaults_to_the_weight_budget() -> None:
     assert not np.array_equal(a.noisy_counts_, c.noisy_counts_)
     assert head_threshold(7.0, 2.0, 100) == pytest.approx(14.0)
     assert head_threshold(7.0, 2.0, 25) == pytest.approx(7.0)
+
+
+def test_cheaper_left_hand_sides_reduce_to_psd_solve() -> None:
+    """The shared and diagonal solvers equal psd_solve on the corresponding stacks."""
+    rng = np.random.default_rng(5)
+    k, n = 4, 6
+    a = rng.standard_normal((k, k))
+    base = a @ a.T - 1.0 * np.eye(k)  # indefinite: the projection matters
+    rhs = rng.standard_normal((n, k))
+    reg = rng.uniform(0.5, 2.0, n)
+    want, _ = psd_solve(project_psd(base), np.zeros((n, k, k)), rhs, reg, "always")
+    np.testing.assert_allclose(shared_solve(base, rhs, reg), want, atol=1e-9)
+    d = rng.standard_normal((n, k))
+    stack = np.stack([np.diag(np.maximum(v, 0.0)) for v in d])
+    want, _ = psd_solve(project_psd(base), stack, rhs, reg, "if_indefinite")
+    np.testing.assert_allclose(diagonal_solve(base, d, rhs, reg), want, atol=1e-9)
+
+
+@settings(max_examples=30)
+@given(problem(), st.integers(1, 6), st.data())
+def test_lhs_diagonal_user_sensitivity(
+    p: tuple[np.ndarray, np.ndarray], b: int, data: st.DataObject
+) -> None:
+    """Removing one user moves Σ_u c_uj x_u∘x_u by at most √B Γ² (the full LHS's bound)."""
+    x, f = p
+    gamma = 1.5
+    u = data.draw(st.integers(0, x.shape[0] - 1))
+    counts = x.sum(axis=0) + 1.0
+
+    def diag(mat: np.ndarray) -> np.ndarray:
+        w = adaptive_weights(sp.csr_matrix(mat), counts, 0.5, float(b))
+        fc = clip_rows(f, gamma)
+        return np.asarray(w.T @ (fc * fc))
+
+    x2 = x.copy()
+    x2[u] = 0
+    s = DPALSSensitivity.of(PrivacyUnit.USER, gamma, b, 1)
+    assert np.linalg.norm(diag(x) - diag(x2)) <= s.lhs + 1e-6
+
+
+@pytest.mark.parametrize("lhs", ["diagonal", "none"])
+def test_cheaper_lhs_releases_and_budget(lhs: str) -> None:
+    data, _ = checkerboard(n_users=60, n_items=20)
+    m = DPALS(
+        epsilon=2.0,
+        delta=1e-4,
+        unit="user",
+        factors=4,
+        iterations=2,
+        lhs=lhs,
+        seed=1,  # type: ignore[arg-type]
+    ).fit(data)
+    labels = [e.label for e in m.privacy_guarantee.spent_events]
+    per_step = 3 if lhs == "diagonal" else 2
+    assert len(labels) == 2 + per_step * 2
+    assert ("step 1: noisy item left-hand-side diagonals" in labels) == (lhs == "diagonal")
+    assert 0.99 * 2.0 <= m.privacy_guarantee.epsilon <= 2.0
+    # the diagonal release costs what the full one does (same multiplier, bound ≤ the full one's)
+    assert dpals_event(30.0, 2, 30, (1.0, 5.0, 1.0, 0.2), lhs="diagonal") == dpals_event(
+        30.0, 2, 30, (1.0, 5.0, 1.0, 0.2), lhs="full"
+    )

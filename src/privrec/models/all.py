@@ -1,5 +1,6 @@
 """Import every built-in model so that it registers itself (CLI, ``load_model``)."""
 
+from privrec.federated.dpals import FederatedDPALS
 from privrec.federated.model import FederatedMF
 from privrec.models.als import ImplicitALS
 from privrec.models.dp_als import DPALS
@@ -14,6 +15,7 @@ __all__ = [
     "DPEASE",
     "EASE",
     "DPPopularity",
+    "FederatedDPALS",
     "FederatedMF",
     "ImplicitALS",
     "ItemKNN",

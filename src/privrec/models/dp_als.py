@@ -48,7 +48,7 @@ from privrec.privacy.bounds import LENGTHS_LABEL, length_sensitivity, noisy_leng
 from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event
-from privrec.privacy.postprocessing import project_psd, psd_solve
+from privrec.privacy.postprocessing import diagonal_solve, project_psd, psd_solve, shared_solve
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
 ]
 
 Method = Literal["uniform", "tail", "adaptive"]
+LHS = Literal["full", "diagonal", "none"]
 
 
 class DPALSSensitivity(pydantic.BaseModel):
@@ -114,6 +115,7 @@ def dpals_event(
     max_per_user: int,
     ratios: tuple[float, float, float, float],
     length_ratio: float | None = None,
+    lhs: LHS = "full",
 ) -> dp_accounting.DpEvent:
     """The whole training's accounting event for noise scale σ.
 
@@ -125,26 +127,41 @@ def dpals_event(
     (``count_stddev / √count_sample``). With ``length_ratio`` (a data-adaptive
     bound), first the history-length histogram with multiplier ``length_ratio·σ``
     (sensitivity 1), and ``max_per_user`` is the nominal bound B₀ that fixes the
-    split (see :class:`DPALS`).
+    split (see :class:`DPALS`). ``lhs="diagonal"`` releases only the diagonals of
+    the left-hand sides (same multiplier: their sensitivity is at most the full
+    one's), ``"none"`` no left-hand side at all.
     """
     first = [] if length_ratio is None else [gaussian_event(length_ratio * sigma)]
     return compose(
         [
             *first,
             gaussian_event(ratios[3] * sigma),
-            dp_accounting.SelfComposedDpEvent(_step_event(sigma, max_per_user, ratios), iterations),
+            dp_accounting.SelfComposedDpEvent(
+                _step_event(sigma, max_per_user, ratios, lhs), iterations
+            ),
         ]
     )
 
 
 def _step_event(
-    sigma: float, max_per_user: int, ratios: tuple[float, float, float, float]
+    sigma: float, max_per_user: int, ratios: tuple[float, float, float, float], lhs: LHS
 ) -> dp_accounting.DpEvent:
+    return compose([s.event for s in _step_releases(1, sigma, max_per_user, ratios, lhs)])
+
+
+def _step_releases(
+    step: int, sigma: float, max_per_user: int, ratios: tuple[float, float, float, float], lhs: LHS
+) -> list[SpentEvent]:
     r0, r1, r2, _ = ratios
     b = math.sqrt(max_per_user)
-    return compose(
-        [gaussian_event(r0 * sigma), gaussian_event(r1 * sigma / b), gaussian_event(r2 * sigma / b)]
+    out = [SpentEvent(f"step {step}: noisy Gramian", gaussian_event(r0 * sigma))]
+    if lhs != "none":
+        what = "left-hand sides" if lhs == "full" else "left-hand-side diagonals"
+        out.append(SpentEvent(f"step {step}: noisy item {what}", gaussian_event(r1 * sigma / b)))
+    out.append(
+        SpentEvent(f"step {step}: noisy item right-hand sides", gaussian_event(r2 * sigma / b))
     )
+    return out
 
 
 def dpals_releases(
@@ -153,28 +170,19 @@ def dpals_releases(
     max_per_user: int,
     ratios: tuple[float, float, float, float],
     length_ratio: float | None = None,
+    lhs: LHS = "full",
 ) -> list[SpentEvent]:
     """The labelled releases of one training, in order (:func:`dpals_event` is their composition).
 
     Announced before any noise is drawn (the write-ahead charge of :mod:`privrec.governance`);
     ``fit`` then records exactly these as it makes them.
     """
-    r0, r1, r2, r3 = ratios
-    b = math.sqrt(max_per_user)
     out = []
     if length_ratio is not None:
         out.append(SpentEvent(LENGTHS_LABEL, gaussian_event(length_ratio * sigma)))
-    out.append(SpentEvent("noisy item counts", gaussian_event(r3 * sigma)))
+    out.append(SpentEvent("noisy item counts", gaussian_event(ratios[3] * sigma)))
     for step in range(iterations):
-        out += [
-            SpentEvent(f"step {step + 1}: noisy Gramian", gaussian_event(r0 * sigma)),
-            SpentEvent(
-                f"step {step + 1}: noisy item left-hand sides", gaussian_event(r1 * sigma / b)
-            ),
-            SpentEvent(
-                f"step {step + 1}: noisy item right-hand sides", gaussian_event(r2 * sigma / b)
-            ),
-        ]
+        out += _step_releases(step + 1, sigma, max_per_user, ratios, lhs)
     return out
 
 
@@ -182,6 +190,7 @@ class DPALSConfig(PrivateConfig):
     factors: int | None = pydantic.Field(default=None, ge=1, le=1024)
     iterations: int | None = pydantic.Field(default=None, ge=1, le=100)
     method: Method = "adaptive"
+    lhs: LHS = "full"
     max_per_user: int | None = pydantic.Field(default=None, ge=1)
     bound_quantile: float = pydantic.Field(default=0.75, gt=0, lt=1)
     nominal_bound: int = pydantic.Field(default=30, ge=1)
@@ -368,6 +377,7 @@ class DPALS(PrivateRecommender):
         factors: int | None = None,
         iterations: int | None = None,
         method: Method = "adaptive",
+        lhs: LHS = "full",
         max_per_user: int | None = None,
         bound_quantile: float = 0.75,
         nominal_bound: int = 30,
@@ -399,6 +409,7 @@ class DPALS(PrivateRecommender):
         self.factors = factors
         self.iterations = iterations
         self.method = method
+        self.lhs = lhs
         self.max_per_user = max_per_user
         self.bound_quantile = bound_quantile
         self.nominal_bound = nominal_bound
@@ -461,13 +472,13 @@ class DPALS(PrivateRecommender):
         # σ for the user unit; the interaction unit's doubled sensitivities are applied to the noise.
         sigma = calibrate(
             budget,
-            lambda s: dpals_event(s, iterations, b_plan, ratios, length_ratio),
+            lambda s: dpals_event(s, iterations, b_plan, ratios, length_ratio, c.lhs),
             kind=c.accountant,
             unit=c.unit,
         )
         self.noise_scale_ = sigma
         self.iterations_ = iterations
-        planned = dpals_releases(sigma, iterations, b_plan, ratios, length_ratio)
+        planned = dpals_releases(sigma, iterations, b_plan, ratios, length_ratio, c.lhs)
         tier_w = plan_tiers(self, c, planned, self._user_epsilons, data.n_users)
         self._plan(planned)
         x = sp.csr_matrix(data.matrix, copy=True)
@@ -518,6 +529,7 @@ class DPALS(PrivateRecommender):
         # 2. bounded per-user weights c_uj (Σ_j c_uj² ≤ B)
         weights = user_weights(xh, counts_h, c.method, bound, c.adaptive_exponent, rng)
 
+        weights_t = sp.csr_matrix(weights.T) if c.lhs != "full" else None
         # 3. T private item steps
         init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)  # data-independent
         y = (init_rng.standard_normal((n_head, k)) * (c.init_scale / math.sqrt(k))).astype(
@@ -531,21 +543,26 @@ class DPALS(PrivateRecommender):
             if tier_w is not None:  # personalised budgets: user u enters with norm ≤ w_u·Γ
                 u *= tier_w.astype(np.float32)[:, None]
             g = symmetric_noise(gramian(u.astype(np.float64)), ratios[0] * sigma * sens.gram, rng)
-            lhs, rhs = item_statistics(weights, u, weights.data, alpha0=0.0)
-            # multipliers r1·σ/√B₀ against sensitivities √B Γ² (×2 for interactions)
-            lhs = symmetric_noise(lhs, ratios[1] * sigma / b * sens.lhs, rng)
-            rhs = rhs + gaussian_noise(rhs.shape, ratios[2] * sigma / b * sens.rhs, rng)
-            self._spend(f"step {step + 1}: noisy Gramian", gaussian_event(ratios[0] * sigma))
-            self._spend(
-                f"step {step + 1}: noisy item left-hand sides",
-                gaussian_event(ratios[1] * sigma / b),
-            )
-            self._spend(
-                f"step {step + 1}: noisy item right-hand sides",
-                gaussian_event(ratios[2] * sigma / b),
-            )
+            # multipliers r1·σ/√B₀ and r2·σ/√B₀ against sensitivities √B Γ², √B Γ (×2 per interaction)
+            lhs_std, rhs_std = ratios[1] * sigma / b * sens.lhs, ratios[2] * sigma / b * sens.rhs
+            if c.lhs == "full":
+                lhs, rhs = item_statistics(weights, u, weights.data, alpha0=0.0)
+                lhs = symmetric_noise(lhs, lhs_std, rng)
+            else:  # Σ_u c_uj x_u (and Σ_u c_uj x_u∘x_u) as sparse products: no k×k per item
+                rhs = np.asarray(weights_t @ u, dtype=np.float32)
+                if c.lhs == "diagonal":
+                    lhs = np.asarray(weights_t @ (u * u), dtype=np.float32)
+                    lhs += gaussian_noise(lhs.shape, lhs_std, rng)
+            rhs = rhs + gaussian_noise(rhs.shape, rhs_std, rng)
+            for release in _step_releases(step + 1, sigma, b_plan, ratios, c.lhs):
+                self._spend(release.label, release.event)
             g = project_psd(g)
-            y, _ = psd_solve(c.alpha0 * g, lhs, rhs, reg_items, _PROJECT)
+            if c.lhs == "full":
+                y, _ = psd_solve(c.alpha0 * g, lhs, rhs, reg_items, _PROJECT)
+            elif c.lhs == "diagonal":
+                y = diagonal_solve(c.alpha0 * g, lhs, rhs, reg_items)
+            else:
+                y = shared_solve(c.alpha0 * g, rhs, reg_items)
             if self._progress is not None:
                 self._progress(step + 1, iterations)
         self.item_factors_ = np.zeros((n_items, k), dtype=np.float32)

@@ -74,7 +74,7 @@ def test_fit_meets_budget_and_records_events(eps: float) -> None:
     g = m.privacy_guarantee
     assert 0.99 * eps <= g.epsilon <= eps
     labels = [e.label for e in g.spent_events]
-    assert labels[:2] == [LENGTHS_LABEL, "noisy item counts"] and len(labels) == 2 + 3 * 2
+    assert labels[:2] == [LENGTHS_LABEL, "noisy item counts"] and len(labels) == 2 + 2 * 2
     assert g.recompute_epsilon() == pytest.approx(g.epsilon, rel=1e-12)
     assert epsilon_of(total_event(g.spent_events), 1e-4) <= eps
 
@@ -97,10 +97,10 @@ def test_adaptive_event_pinned_by_hand() -> None:
 
 
 def test_fixed_bounds_reduce_to_the_fixed_design() -> None:
-    """Given B and k, no histogram is released and σ is calibrated with B itself (as before)."""
+    """Given B, k and lhs="full", no histogram is released and σ is calibrated as before."""
     data, _ = checkerboard(n_users=60, n_items=20)
     kw = {"epsilon": 2.0, "delta": 1e-4, "unit": "user", "iterations": 2, "seed": 1}
-    m = DPALS(**kw, factors=4, max_per_user=10).fit(data)  # type: ignore[arg-type]
+    m = DPALS(**kw, factors=4, max_per_user=10, lhs="full").fit(data)  # type: ignore[arg-type]
     labels = [e.label for e in m.privacy_guarantee.spent_events]
     assert labels[0] == "noisy item counts" and len(labels) == 1 + 3 * 2
     expected = calibrate(Budget(2.0, 1e-4), lambda s: dpals_event(s, 2, 10, (1.0, 5.0, 1.0, 0.2)))

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from privrec.cli import training
+from privrec.cli import budgets, training
 from privrec.cli.common import STATE
 from privrec.cli.data import data_app
 from privrec.cli.federated import federated_app
@@ -53,6 +53,8 @@ app.command()(training.train)
 app.command()(training.evaluate)
 app.command()(training.recommend)
 app.command()(training.demo)
+app.command()(budgets.tune)
+app.command("train-tiers")(budgets.train_tiers)
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(he_app, name="he")
 app.add_typer(silo_app, name="silo")

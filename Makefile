@@ -12,7 +12,7 @@ FLWR_VENV := .venv-flwr
 FLWR_STAMP := $(FLWR_VENV)/.installed
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: demo test lint typecheck bench bench-quick clean
+.PHONY: demo serve test lint typecheck bench bench-quick clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/privrec demo
 	PRIVREC=$(CURDIR)/$(VENV)/bin/privrec PYTHON=$(CURDIR)/$(PY) bash examples/governance/demo.sh
+
+# The service and dashboard on a demo world in .serve-demo/ (built once; keys printed).
+SERVE_DIR ?= .serve-demo
+serve: $(STAMP)
+	$(PY) -m privrec.serve.demo $(SERVE_DIR)
+	$(VENV)/bin/privrec serve --db sqlite:///$(CURDIR)/$(SERVE_DIR)/privrec.db \
+		--models $(SERVE_DIR)/models --datasets $(SERVE_DIR)/datasets.toml
 
 test: $(STAMP) lint
 	$(PY) -m pytest
@@ -50,4 +57,4 @@ bench-quick: $(BENCH_STAMP)
 	$(PY) benchmarks/run.py --quick
 
 clean:
-	rm -rf $(VENV) $(FLWR_VENV) .cache .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) $(FLWR_VENV) $(SERVE_DIR) .cache .pytest_cache .mypy_cache .ruff_cache build src/*.egg-info

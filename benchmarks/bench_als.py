@@ -14,11 +14,19 @@ Quality
     valid.txt (recorded in :data:`IMPLICIT_GRID` / :data:`IMPLICIT_BEST`).
 Speed and memory
     A synthetic MovieLens-20M-sized matrix (138k users, 20k items, ~20M
-    interactions, from :func:`privrec.data.synthetic.synthetic`), 64 factors.
-    Each (library, solver) runs in its own subprocess on 2 threads, reading the
-    matrix from a ``.npz`` written once by the parent. Seconds per epoch are the
-    median (and the minimum) over epochs, from each library's per-epoch
-    callback, so the first epoch includes the one-off transpose and set-up.
+    interactions, from :func:`privrec.data.synthetic.synthetic`), 64 factors,
+    at EQUAL parameters: both libraries minimise the same objective (observed
+    weight 2, unobserved weight 1, plain ridge 0.01 on the binary matrix —
+    privrec ``alpha0=1, alpha=1, reg_exponent=0``, implicit ``alpha=2``;
+    recorded in :data:`SPEED_PARAMS`) with 3 CG steps per row. Each (library, solver) runs in its own subprocess on 2
+    threads, reading the matrix from a ``.npz`` written once by the parent;
+    the runs are repeated ``--repeats`` times (default 3) and interleaved
+    (privrec CG, implicit CG, privrec Cholesky, implicit Cholesky, then again)
+    so that background load hits both libraries alike. Within a run the FIRST
+    epoch is a warm-up (it holds the one-off transpose and set-up) and is left
+    out; a run's figure is the median of its other epochs, and the table
+    reports the median over repeats (and the range). Ratios come from the same
+    repeats. Process CPU seconds per epoch are recorded beside wall time.
     Memory: ``ru_maxrss`` is NOT usable here — Linux carries it over from the
     parent through fork + exec, so every child reported the parent's peak.
     We read the child's own high-water mark ``VmHWM`` from
@@ -80,6 +88,21 @@ IMPLICIT_BEST: dict[str, dict[str, float]] = {
     "ml-1m-implicit-r3": {"regularization": 100.0, "alpha": 10.0},
     "gowalla-lightgcn": {"regularization": 1.0, "alpha": 100.0},
 }
+
+# Speed runs: the same objective and work in both libraries (see the module docstring).
+SPEED_PARAMS: dict[str, dict[str, Any]] = {
+    "privrec": {
+        "regularization": 0.01,
+        "alpha": 1.0,
+        "alpha0": 1.0,
+        "reg_exponent": 0.0,
+        "cg_steps": 3,
+    },
+    # implicit's confidence alpha·value is privrec's alpha0 + alpha·value: on binary data 2 = 1 + 1;
+    # implicit 0.7 always takes 3 CG steps
+    "implicit": {"regularization": 0.01, "alpha": 2.0},
+}
+EPOCHS = {"cg": 5, "cholesky": 3}  # the first is a warm-up, left out of the figures
 
 SYNTH_FULL: dict[str, Any] = {"n_users": 138_000, "n_items": 20_000, "interactions_per_user": 145.0}
 SYNTH_QUICK: dict[str, Any] = {"n_users": 13_800, "n_items": 20_000, "interactions_per_user": 145.0}
@@ -179,6 +202,12 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     with np.load(spec["path"]) as f:
         m = sp.csr_matrix((f["data"], f["indices"], f["indptr"]), shape=tuple(f["shape"]))
     epoch_ends: list[float] = []
+    cpu_ends: list[float] = []
+
+    def tick() -> None:
+        epoch_ends.append(time.perf_counter())
+        cpu_ends.append(time.process_time())
+
     if spec["library"] == "privrec":
         from privrec.data.interactions import Interactions
         from privrec.models.als import ImplicitALS
@@ -193,13 +222,13 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         )
         model = ImplicitALS(
             factors=FACTORS, iterations=spec["iterations"], solver=spec["solver"],
-            num_threads=THREADS,
+            num_threads=THREADS, **SPEED_PARAMS["privrec"],
         )  # fmt: skip
         peak_load = _proc_status_kb("VmHWM")
         reset = _reset_peak()
         before = _proc_status_kb("VmRSS")
-        t0 = time.perf_counter()
-        model.fit(data, progress=lambda i, n: epoch_ends.append(time.perf_counter()))
+        t0, c0 = time.perf_counter(), time.process_time()
+        model.fit(data, progress=lambda i, n: tick())
     else:
         import implicit.cpu.als
         from threadpoolctl import threadpool_limits
@@ -210,24 +239,27 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             before = _proc_status_kb("VmRSS")
             imp = implicit.cpu.als.AlternatingLeastSquares(
                 factors=FACTORS, iterations=spec["iterations"], num_threads=THREADS,
-                use_cg=spec["solver"] == "cg", random_state=0, **spec.get("params", {}),
+                use_cg=spec["solver"] == "cg", random_state=0, **SPEED_PARAMS["implicit"],
             )  # fmt: skip
-            t0 = time.perf_counter()
-            imp.fit(
-                m, show_progress=False,
-                callback=lambda *a: epoch_ends.append(time.perf_counter()),
-            )  # fmt: skip
+            t0, c0 = time.perf_counter(), time.process_time()
+            imp.fit(m, show_progress=False, callback=lambda *a: tick())
     total = time.perf_counter() - t0
     peak_fit = _proc_status_kb("VmHWM")
     peak = max(peak_fit, peak_load)
     epochs = np.diff(np.array([t0, *epoch_ends]))
+    cpu_epochs = np.diff(np.array([c0, *cpu_ends]))
+    steady, cpu_steady = epochs[1:], cpu_epochs[1:]  # the first epoch is the warm-up
     return {
         "library": spec["library"],
         "solver": spec["solver"],
         "iterations": spec["iterations"],
+        "params": SPEED_PARAMS[spec["library"]],
         "epoch_seconds": [round(float(e), 3) for e in epochs],
-        "seconds_per_epoch": round(float(np.median(epochs)), 3),
-        "min_seconds_per_epoch": round(float(np.min(epochs)), 3),
+        "cpu_epoch_seconds": [round(float(e), 3) for e in cpu_epochs],
+        "seconds_per_epoch": round(float(np.median(steady)), 3),
+        "cpu_seconds_per_epoch": round(float(np.median(cpu_steady)), 3),
+        "min_seconds_per_epoch": round(float(np.min(steady)), 3),
+        "load_avg": round(os.getloadavg()[0], 2),
         "fit_seconds": round(total, 2),
         "peak_rss_mb": round(peak / 1024, 1),
         "rss_before_fit_mb": round(before / 1024, 1),
@@ -238,7 +270,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def speed(quick: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def speed(quick: bool, repeats: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     from privrec.data.synthetic import synthetic
 
     shape = SYNTH_QUICK if quick else SYNTH_FULL
@@ -250,35 +282,69 @@ def speed(quick: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         "nnz": x.nnz,
         "generator": "privrec.data.synthetic",
         "gen_seconds": round(gen_s, 1),
+        "repeats": repeats,
+        "epochs": EPOCHS,
     }
     print(f"[speed] synthetic {x} in {gen_s:.1f}s", flush=True)
-    rows: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synthetic.npz"
         m = x.matrix
         np.savez(path, data=m.data, indices=m.indices, indptr=m.indptr, shape=np.array(m.shape))
         del x, m
-        cg_iters = 3 if quick else 5
-        runs = [
-            ("privrec", "cg", cg_iters),
-            ("implicit", "cg", cg_iters),
-            ("privrec", "cholesky", 2),
-            ("implicit", "cholesky", 2),
-        ]
-        for library, solver, iters in runs:
-            spec = {"path": str(path), "library": library, "solver": solver, "iterations": iters}
-            env = {**os.environ, "NUMBA_NUM_THREADS": str(THREADS)}
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", json.dumps(spec)],
-                capture_output=True, text=True, env=env, check=False,
-            )  # fmt: skip
-            if out.returncode != 0:
-                print(out.stderr, file=sys.stderr)
-                raise RuntimeError(f"{library}/{solver} child failed")
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            print(f"  {row}", flush=True)
-    return info, rows
+        for r in range(repeats):  # interleaved: load spikes hit every configuration alike
+            for solver in ("cg", "cholesky"):
+                for library in ("privrec", "implicit"):
+                    spec = {
+                        "path": str(path),
+                        "library": library,
+                        "solver": solver,
+                        "iterations": EPOCHS[solver],
+                    }
+                    env = {**os.environ, "NUMBA_NUM_THREADS": str(THREADS)}
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--child", json.dumps(spec)],
+                        capture_output=True, text=True, env=env, check=False,
+                    )  # fmt: skip
+                    if out.returncode != 0:
+                        print(out.stderr, file=sys.stderr)
+                        raise RuntimeError(f"{library}/{solver} child failed")
+                    row = json.loads(out.stdout.strip().splitlines()[-1])
+                    row["repeat"] = r + 1
+                    runs.append(row)
+                    print(f"  [repeat {r + 1}] {row}", flush=True)
+    return info, runs
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (library, solver): medians over repeats of each run's steady figures."""
+    out = []
+    for solver in ("cg", "cholesky"):
+        for library in ("privrec", "implicit"):
+            rows = [r for r in runs if r["library"] == library and r["solver"] == solver]
+            if not rows:
+                continue
+            sec = [r["seconds_per_epoch"] for r in rows]
+            out.append(
+                {
+                    "library": library,
+                    "solver": solver,
+                    "iterations": rows[0]["iterations"],
+                    "repeats": len(rows),
+                    "seconds_per_epoch": round(float(np.median(sec)), 3),
+                    "range_seconds_per_epoch": [min(sec), max(sec)],
+                    "cpu_seconds_per_epoch": round(
+                        float(np.median([r["cpu_seconds_per_epoch"] for r in rows])), 3
+                    ),
+                    "peak_rss_mb": float(np.median([r["peak_rss_mb"] for r in rows])),
+                    "fit_rss_delta_mb": (
+                        None
+                        if any(r["fit_rss_delta_mb"] is None for r in rows)
+                        else float(np.median([r["fit_rss_delta_mb"] for r in rows]))
+                    ),
+                }
+            )
+    return out
 
 
 # ------------------------------------------------------------------ report
@@ -310,14 +376,20 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     lines += [
-        "| solver | library | s/epoch median (min) | epochs | peak RSS MB | RSS Δ during fit MB |"
+        f"Equal parameters ({json.dumps(SPEED_PARAMS)}); {s.get('repeats', 1)} interleaved "
+        "repeats per configuration; the first epoch of every run is a warm-up and left out.",
+        "",
+        "| solver | library | s/epoch: median over repeats (range) | CPU s/epoch | epochs per run "
+        "| peak RSS MB | RSS Δ during fit MB |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    lines += ["|---|---|---:|---:|---:|---:|"]
-    by = {(r["library"], r["solver"]): r for r in result["speed"]}
+    summary = result.get("summary") or summarise(result["speed"])
+    by = {(r["library"], r["solver"]): r for r in summary}
     for (lib, solver), r in by.items():
+        lo, hi = r["range_seconds_per_epoch"]
         lines.append(
-            f"| {solver} | {lib} | {r['seconds_per_epoch']:.2f} ({r['min_seconds_per_epoch']:.2f}) "
-            f"| {r['iterations']} "
+            f"| {solver} | {lib} | {r['seconds_per_epoch']:.2f} ({lo:.2f}–{hi:.2f}) "
+            f"| {r['cpu_seconds_per_epoch']:.2f} | {r['iterations']} (1 warm-up) "
             f"| {r['peak_rss_mb']:.0f} | {r['fit_rss_delta_mb'] or float('nan'):.0f} |"
         )
     lines += [
@@ -333,7 +405,8 @@ def markdown(result: dict[str, Any]) -> str:
         if a and b:
             lines.append(
                 f"- {solver}: privrec / implicit time per epoch = "
-                f"{_ratio(a['seconds_per_epoch'], b['seconds_per_epoch'])}, "
+                f"{_ratio(a['seconds_per_epoch'], b['seconds_per_epoch'])} "
+                f"(CPU {_ratio(a['cpu_seconds_per_epoch'], b['cpu_seconds_per_epoch'])}), "
                 f"peak RSS = {_ratio(a['peak_rss_mb'], b['peak_rss_mb'])}, "
                 f"RSS Δ = {_ratio(a['fit_rss_delta_mb'], b['fit_rss_delta_mb'])}"
             )
@@ -346,6 +419,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="ml-1m only, 1/10-scale speed test")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--skip-quality", action="store_true", help="speed/memory only")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per configuration (interleaved)")
     ap.add_argument("--out", default=str(HERE / "results"), help="results folder")
     args = ap.parse_args()
     if args.child:
@@ -361,7 +435,8 @@ def main() -> None:
     }
     datasets = DATASETS[:1] if args.quick else DATASETS
     result["quality"] = [] if args.skip_quality else quality(datasets)
-    result["synthetic"], result["speed"] = speed(args.quick)
+    result["synthetic"], result["speed"] = speed(args.quick, args.repeats)
+    result["summary"] = summarise(result["speed"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""

@@ -19,8 +19,10 @@ Data
     speeds up the memory-bound CG epoch far more than the compute-bound
     private step, so its ratio is not comparable with the target.
 Models (each in its own subprocess, 64 factors, 2 threads)
-    * privrec ``ImplicitALS`` (conjugate gradient, its defaults otherwise);
-    * ``implicit`` 0.7 ``AlternatingLeastSquares`` (CG), the reference library;
+    * privrec ``ImplicitALS`` (conjugate gradient) and ``implicit`` 0.7
+      ``AlternatingLeastSquares`` (CG), the reference library, at EQUAL parameters:
+      the same objective (observed weight 2, unobserved weight 1, plain ridge 0.01)
+      and 3 CG steps per row (:data:`ALS_PARAMS`, as in ``bench_als.py``);
     * ``DPALS`` at ε = 5 with the whole catalogue (``head_fraction=1``), B = 100
       and 4 private steps, once per left-hand-side variant (:data:`LHS_VARIANTS`:
       ``lhs="full"``, per-item k×k statistics; ``"none"``, the noisy Gramian
@@ -38,7 +40,8 @@ Baseline
     replaces under the same load.
 Contention
     The machine may be shared. Models run interleaved (round 1: all models,
-    round 2: all models, …) so that background load hits them alike; the
+    round 2: all models, …) so that background load hits them alike; the first
+    epoch/step of every run is a warm-up (one-off set-up) and is left out; the
     tables report the median over rounds of each run's median step, the
     median of the per-round ratios (each against the ImplicitALS epoch of the
     same round), and the process CPU seconds per step (less sensitive to
@@ -75,6 +78,18 @@ THREADS = 2
 FACTORS = 64
 ITERATIONS = 4
 TARGET = 1.3
+#: the two ALS implementations at equal parameters (implicit's confidence alpha·value is
+#: privrec's alpha0 + alpha·value: 2 = 1 + 1 on binary data; implicit 0.7 takes 3 CG steps)
+ALS_PARAMS: dict[str, dict[str, Any]] = {
+    "implicitals": {
+        "regularization": 0.01,
+        "alpha": 1.0,
+        "alpha0": 1.0,
+        "reg_exponent": 0.0,
+        "cg_steps": 3,
+    },
+    "implicit": {"regularization": 0.01, "alpha": 2.0},
+}
 FULL: dict[str, Any] = {"n_users": 138_000, "n_items": 20_000, "interactions_per_user": 145.0}
 # the same users and items at a half and a quarter of the interactions (issue 15: 5M, 10M, 20M)
 SCALES: dict[str, dict[str, Any]] = {
@@ -120,7 +135,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
             with threadpool_limits(1, "blas"):
                 imp = implicit.cpu.als.AlternatingLeastSquares(
                     factors=FACTORS, iterations=ITERATIONS, num_threads=THREADS, use_cg=True,
-                    random_state=0,
+                    random_state=0, **ALS_PARAMS["implicit"],
                 )  # fmt: skip
                 t0, c0 = time.perf_counter(), time.process_time()
                 imp.fit(m, show_progress=False, callback=tick)
@@ -133,8 +148,9 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
                 ImplicitALS(factors=4, iterations=1).fit(small)  # load the JIT cache
                 model: Any = ImplicitALS(
-                    factors=FACTORS, iterations=ITERATIONS, num_threads=THREADS
-                )
+                    factors=FACTORS, iterations=ITERATIONS, num_threads=THREADS,
+                    **ALS_PARAMS["implicitals"],
+                )  # fmt: skip
             else:
                 from privrec.models.dp_als import DPALS
                 from privrec.privacy.contribution import sample_per_user
@@ -257,7 +273,7 @@ def run_scale(
             summary[model]["meets_target"] = bool(
                 np.median(wall) <= TARGET and np.median(cpu) <= TARGET
             )
-    return {"data": info, "runs": runs, "summary": summary}
+    return {"data": info, "runs": runs, "summary": summary, "als_params": ALS_PARAMS}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -267,7 +283,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Run {result['date']} ({'quick' if result['quick'] else 'full'} mode, "
         f"{result['rounds']} round(s) per scale, models interleaved within a round). Synthetic "
         f"138,000 users × 20,000 items at three densities; {FACTORS} factors, {THREADS} threads, "
-        f"whole catalogue (`head_fraction=1`), B = 100, ε = 5, {ITERATIONS} epochs/steps per run. "
+        f"whole catalogue (`head_fraction=1`), B = 100, ε = 5, {ITERATIONS} epochs/steps per run "
+        "(the first left out as warm-up); the two ALS implementations at equal parameters "
+        f"({ALS_PARAMS}). "
         "The machine was shared with other engineers' jobs: the load average of every run is "
         "listed below, and the CPU-seconds ratio (same run) is the steadier estimate.",
         "",

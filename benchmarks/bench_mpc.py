@@ -49,7 +49,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from machine import machine_info, machine_markdown  # noqa: E402
-from privrec.secure.mpc import MPCParams, secure_top_k_local  # noqa: E402
+from privrec.secure.mpc import MPCParams  # noqa: E402
+from privrec.secure.mpc_local import secure_top_k_local  # noqa: E402
 
 FACTORS = 64
 K = 10

@@ -28,6 +28,14 @@ Flower
     (its four SecAgg+ stages, excluding Ray start-up) and its unmask stage; the same n, d
     and dropouts are run through privrec for the side-by-side table.
 
+Method (both sides): one warm-up run that is left out (imports, first-use caches, Ray
+actor start-up), then ``--repeats`` measured runs, reported as the **median** with the range.
+privrec's runs are interleaved with Flower's at the same n, d and dropout, and the headline
+speed-up is at **equal protocol parameters**: privrec run with Flower's own k and t (Flower
+shares to n/2 neighbours with a threshold of half of them). Flower runs ``--repeats + 1``
+rounds in one simulation (its first round carries the actors' start-up) and the median is
+over the rounds after the first. The machine (and how loaded it was) is recorded.
+
 Results go to ``benchmarks/results/secagg.{json,md}`` (``secagg-quick.*`` with --quick).
 """
 
@@ -57,7 +65,7 @@ TARGET_SECONDS = 20.0
 FLOWER_SCRIPT = r"""
 import json, sys, time
 import numpy as np
-N, D, DROP = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+N, D, DROP, ROUNDS = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Context
@@ -117,7 +125,7 @@ marks = {}
 def main(grid: Grid, context: Context) -> None:
     strategy = FedAvg(fraction_fit=1.0, fraction_evaluate=0.0, min_fit_clients=N,
                       min_available_clients=N)
-    ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=1), strategy=strategy)
+    ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=ROUNDS), strategy=strategy)
     shares = 0.5 if N > 10 else (N - 1 if (N - 1) % 2 else N - 2)
     wf = SecAggPlusWorkflow(num_shares=shares, reconstruction_threshold=0.5)
     for stage in ("setup_stage", "share_keys_stage", "collect_masked_vectors_stage",
@@ -127,7 +135,7 @@ def main(grid: Grid, context: Context) -> None:
         def timed(*a, _o=orig, _s=stage, **k):
             t = time.perf_counter()
             r = _o(*a, **k)
-            marks[_s + "_s"] = time.perf_counter() - t
+            marks.setdefault(_s + "_s", []).append(time.perf_counter() - t)
             return r
 
         setattr(wf, stage, timed)
@@ -136,7 +144,7 @@ def main(grid: Grid, context: Context) -> None:
         def __call__(self, g, c):
             t = time.perf_counter()
             wf(g, c)
-            marks["round_s"] = time.perf_counter() - t
+            marks.setdefault("round_s", []).append(time.perf_counter() - t)
 
     DefaultWorkflow(fit_workflow=Timed())(grid, ctx)
     keys = [dt for size, dt in combine_log if size > 32]
@@ -161,12 +169,23 @@ FLOWER_KT = {10: (8, 4), 50: (24, 12)}
 
 
 def run_privrec(
-    n: int, d: int, dropout: float, k: int | None = None, t: int | None = None
+    n: int,
+    d: int,
+    dropout: float,
+    k: int | None = None,
+    t: int | None = None,
+    repeats: int = 1,
 ) -> dict[str, Any]:
-    """One simulated round; CPU time, per-role time, bytes and server breakdown."""
-    c0, w0 = time.process_time(), time.perf_counter()
-    r = simulate_secagg(n, d, bits=BITS, dropout=dropout, seed=0, neighbours=k, threshold=t)
-    cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+    """Simulated rounds after one left-out warm-up: median CPU / wall time over ``repeats``,
+    and the last round's per-role time, bytes and server breakdown."""
+    simulate_secagg(n, d, bits=BITS, dropout=dropout, seed=0, neighbours=k, threshold=t)
+    cpus, walls = [], []
+    for _ in range(max(1, repeats)):
+        c0, w0 = time.process_time(), time.perf_counter()
+        r = simulate_secagg(n, d, bits=BITS, dropout=dropout, seed=0, neighbours=k, threshold=t)
+        cpus.append(time.process_time() - c0)
+        walls.append(time.perf_counter() - w0)
+    cpu, wall = float(np.median(cpus)), float(np.median(walls))
     if not r.exact:
         raise AssertionError(f"wrong sum at n={n} d={d} dropout={dropout}")
     survivors = list(r.survivors)
@@ -184,6 +203,8 @@ def run_privrec(
         "t": r.threshold,
         "cpu_s": cpu,
         "wall_s": wall,
+        "cpu_s_runs": cpus,
+        "wall_s_runs": walls,
         "client_s": r.timings["client"]["total"],
         "client_s_per_client": r.timings["client"]["total"] / n,
         "server_s": r.timings["server"]["total"],
@@ -218,8 +239,11 @@ def flower_python() -> str | None:
     return str(default) if default.exists() else None
 
 
-def run_flower(python: str, n: int, d: int, dropout: float) -> dict[str, Any] | str:
-    """Flower's SecAgg+ round in a subprocess; its timings, or the reason it failed."""
+def run_flower(
+    python: str, n: int, d: int, dropout: float, repeats: int = 3
+) -> dict[str, Any] | str:
+    """Flower's SecAgg+ rounds in a subprocess (``repeats`` after a left-out first round);
+    their median timings, or the reason it failed."""
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "flower_round.py"
         script.write_text(FLOWER_SCRIPT)
@@ -231,7 +255,7 @@ def run_flower(python: str, n: int, d: int, dropout: float) -> dict[str, Any] | 
         }
         try:
             proc = subprocess.run(
-                [python, str(script), str(n), str(d), str(dropout)],
+                [python, str(script), str(n), str(d), str(dropout), str(repeats + 1)],
                 capture_output=True,
                 text=True,
                 timeout=900,
@@ -243,6 +267,11 @@ def run_flower(python: str, n: int, d: int, dropout: float) -> dict[str, Any] | 
     for line in (proc.stdout + proc.stderr).splitlines():
         if line.startswith("FLWR_RESULT "):
             out: dict[str, Any] = json.loads(line.removeprefix("FLWR_RESULT "))
+            per_round = [k for k in out if k == "round_s" or k.endswith("_stage_s")]
+            for key in per_round:
+                warm = out[key][1:] or out[key]  # the first round carries the actors' start-up
+                out[key + "_runs"] = out[key]
+                out[key] = float(np.median(warm))
             return out
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
     return f"Flower run gave no result (exit {proc.returncode}): {' | '.join(tail)}"
@@ -259,8 +288,10 @@ def markdown(res: dict[str, Any]) -> str:
         f"Generated by `benchmarks/bench_secagg.py{' --quick' if res['quick'] else ''}` on "
         f"{res['date']}. b = {BITS} bits, dropouts in the masked-input phase, k and t from "
         "`choose_parameters` (5 % corrupt clients). CPU = process CPU time of the whole "
-        "simulated round (all clients, server and message encoding on one thread); client / "
-        "server = summed wall time of each role's protocol calls.",
+        "simulated round (all clients, server and message encoding on one thread), **median "
+        f"of {res.get('repeats', 1)} runs after a left-out warm-up run** (half as many at "
+        "n = 1000); client / server = summed wall time of each role's protocol calls (last "
+        f"run). Load average at the start: {res.get('load_average')}.",
         "",
         "## privrec",
         "",
@@ -295,12 +326,13 @@ def markdown(res: dict[str, Any]) -> str:
         lines.append(f"Skipped: {flower}")
     elif flower:
         lines += [
-            "| n | d | dropout | Flower round s | privrec CPU s | speed-up | "
-            "privrec CPU s at Flower's k, t (speed-up) | "
+            "| n | d | dropout | Flower round s (median, warm) | "
+            "privrec CPU s at Flower's k, t (**speed-up, equal parameters**) | "
+            "privrec CPU s at its own k, t (speed-up) | "
             "client crypto s, all clients (Flower / privrec) | "
             "key rebuild s per dropped client (Flower / privrec) | "
             "Flower unmask stage s / privrec server s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for f in flower:
             p = f["privrec"]
@@ -313,9 +345,10 @@ def markdown(res: dict[str, Any]) -> str:
             fl_key = sum(keys) / len(keys) if keys else None
             lines.append(
                 f"| {f['n']} | {f['d']:,} | {f['dropout']:.0%} ({fl['dropped']}) | "
-                f"{fmt(fl['round_s'])} | {fmt(p['cpu_s'])} | {fl['round_s'] / p['cpu_s']:.0f}x | "
+                f"{fmt(fl['round_s'])} | "
                 f"{fmt(same['cpu_s'])} (k={same['k']}, t={same['t']}; "
-                f"{fl['round_s'] / same['cpu_s']:.0f}x) | "
+                f"**{fl['round_s'] / same['cpu_s']:.0f}x**) | "
+                f"{fmt(p['cpu_s'])} (k={p['k']}, t={p['t']}; {fl['round_s'] / p['cpu_s']:.0f}x) | "
                 f"{fmt(fl.get('client_secagg_s'))} / {fmt(p['client_s'], 3)} | "
                 f"{fmt(fl_key, 3)} / {fmt(p['key_rebuild_s_per_dropped_client'], 5)} | "
                 f"{fmt(fl['unmask_stage_s'])} / {fmt(p['server_s'], 3)} |"
@@ -345,6 +378,7 @@ def markdown(res: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="n = 100, d = 10k, no Flower")
+    parser.add_argument("--repeats", type=int, default=5, help="measured runs after a warm-up")
     args = parser.parse_args()
     if args.quick:
         grid = [(100, 10_000, p) for p in (0.0, 0.05, 0.2)]
@@ -357,8 +391,10 @@ def main() -> int:
         "machine": machine_info(),
         "privrec": [],
     }
+    res["repeats"] = args.repeats
+    res["load_average"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     for n, d, p in grid:
-        row = run_privrec(n, d, p)
+        row = run_privrec(n, d, p, repeats=args.repeats if n <= 100 else max(1, args.repeats // 2))
         res["privrec"].append(row)
         print(
             f"privrec n={n} d={d} dropout={p:.0%}: k={row['k']} t={row['t']} "
@@ -382,9 +418,9 @@ def main() -> int:
         else:
             rows = []
             for n, p in ((10, 0.0), (10, 0.1), (50, 0.0), (50, 0.05)):
-                fl = run_flower(python, n, 100_000, p)
-                pr = run_privrec(n, 100_000, p)
-                same = run_privrec(n, 100_000, p, *FLOWER_KT[n])
+                fl = run_flower(python, n, 100_000, p, repeats=args.repeats)
+                pr = run_privrec(n, 100_000, p, repeats=args.repeats)
+                same = run_privrec(n, 100_000, p, *FLOWER_KT[n], repeats=args.repeats)
                 rows.append(
                     {
                         "n": n,

@@ -22,6 +22,9 @@ BENCHMARKS = [
     "privacy_utility.py",
     "bench_dpals_speed.py",
     "bench_federated.py",
+    "bench_serve.py",
+    "bench_audit.py",
+    "bench_monitor.py",
 ]
 
 

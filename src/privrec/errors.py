@@ -19,12 +19,17 @@ __all__ = [
     "DuplicateClientError",
     "DuplicateInteractionError",
     "GovernanceError",
+    "GuaranteeMismatchError",
     "InsecureParametersError",
     "InvalidInputError",
+    "KeyFileError",
     "LedgerSchemaError",
     "MessageRejected",
     "MissingUserDataError",
+    "ModelFileError",
+    "ModelFileTooLargeError",
     "NotFittedError",
+    "OutputPathError",
     "PeerUnavailable",
     "PermissionDeniedError",
     "PolicyError",
@@ -33,8 +38,11 @@ __all__ = [
     "PrivrecError",
     "ProtocolAbort",
     "ProtocolError",
+    "ServeConfigError",
+    "SignatureError",
     "UnknownDatasetError",
     "UnknownItemError",
+    "UnknownModelError",
     "UnknownUserError",
 ]
 
@@ -203,6 +211,37 @@ class PeerUnavailable(ProtocolError):  # noqa: N818
     """
 
 
+# --- model files, guarantees and command-line outputs (area: artifacts) -------------------------
+
+
+class ModelFileError(DataError):
+    """A model file that is not a well-formed privrec model: unknown members, arrays whose
+    header disagrees with the metadata, malformed metadata or state, or a broken archive.
+
+    Raised before any array is used, so a hostile file never reaches a model's code.
+    """
+
+
+class ModelFileTooLargeError(ModelFileError):
+    """A model file whose declared arrays exceed the configured size limit (checked from the
+    ``.npy`` headers before anything is decompressed)."""
+
+
+class GuaranteeMismatchError(ModelFileError):
+    """A stored privacy guarantee that its own records do not support: ε differs from the one
+    recomputed from the stored events, δ/unit/accountant disagree with the model's parameters,
+    or the events are malformed. The stored ε is never shown in that case."""
+
+
+class SignatureError(ModelFileError):
+    """A model file's Ed25519 signature is missing, malformed, by another key, or does not match
+    the file's bytes."""
+
+
+class OutputPathError(ConfigError):
+    """An output file that cannot be written (checked before any work starts)."""
+
+
 # ----------------------------------------------------------------- governance (privrec.governance)
 class GovernanceError(PrivrecError):
     """A privacy-operations rule of the ledger (budgets, roles, policy, audit log) refused an action.
@@ -278,3 +317,21 @@ class AuditLogError(GovernanceError):
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.args[0],), {"seq": self.seq})
+
+
+# ----------------------------------------------------------------- service (privrec.serve)
+class UnknownModelError(PrivrecError, LookupError):
+    """A model id the recommendation service does not serve (not in its models directory)."""
+
+
+class ServeConfigError(ConfigError):
+    """A service configuration (datasets file, limits, bind address) that cannot be used."""
+
+
+# --------------------------------------------------------------------------- secure computation
+# (engineer "secure": key files, SecAgg+ and silo errors)
+
+
+class KeyFileError(ConfigError):
+    """A secret key file that cannot be used safely: unreadable, malformed, not a regular file,
+    or readable by other users (a key must be mode 0600, owner only)."""

@@ -309,7 +309,7 @@ def test_empty_files(
 
 def test_user_item_lists_bad_token(tmp_path: Path) -> None:
     p = write(tmp_path, "train.txt", "0 1 2\n1 3 x4\n")
-    with pytest.raises(DataError, match="not an integer") as e:
+    with pytest.raises(DataError, match="not a non-negative integer") as e:
         read_user_item_lists(p)
     assert (e.value.line, e.value.field, e.value.found) == (2, "item", "x4")
     q = write(tmp_path, "valid.txt", "0 1\n\n-1 3\n")

@@ -125,11 +125,15 @@ def test_result_accessors_and_rendering(tiny: tuple[Any, FixedOrder]) -> None:
     assert "fixed-order" in text and "recall" in text and "@2" in text
     assert "1 without targets" in text
     assert "recall@2" in repr(r)
-    d = r.to_dict()
+    d = r.to_dict(exact=True)
     again = json.loads(json.dumps(d))
     assert again["metrics"]["recall"]["2"] == 1.0
     assert again["n_users"] == 2 and again["k"] == [1, 2]
     assert sum(g["n_users"] for g in again["per_group"]) == 2
+    # what leaves the machine (evaluate --json): no exact counts, no history lengths
+    public = json.loads(json.dumps(r.to_dict()))
+    assert public["n_users"] == "≈ 2" and "n_users" not in public["per_group"][0]
+    assert public["per_group"][0]["group"] == "Q1" and "min_history" not in public["per_group"][0]
 
 
 def test_to_dict_turns_nan_into_none() -> None:

@@ -56,3 +56,59 @@ def test_simulate_needs_a_budget(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["federated", "simulate", "-d", str(data)])
     assert res.exit_code == 1
     assert "--epsilon" in res.output
+
+
+def test_resume_keeps_the_runs_settings_and_refuses_conflicts(tmp_path: Path) -> None:
+    data = _split(tmp_path / "split")
+    ck = tmp_path / "ck"
+    start = [
+        "federated", "simulate", "-d", str(data), "--noise-multiplier", "0.8", "--rounds", "1",
+        "--clients-per-round", "60", "--head-items", "10", "--factors", "2", "--seed", "0",
+        "--secure", "full", "--dropout", "0.05", "--threat-model", "malicious",
+        "--checkpoint-dir", str(ck), "-p", "clip_count_stddev=5.0",
+    ]  # fmt: skip
+    first = CliRunner().invoke(app, start)
+    assert first.exit_code == 0, first.output
+    # not a terminal: one line per round on stderr, and the ε line first
+    assert "round 1/1: ε so far" in first.output
+    assert first.output.startswith("noise multiplier z = 0.8")
+    assert "malicious server" in first.output
+    resume = ["federated", "simulate", "-d", str(data), "--checkpoint-dir", str(ck), "--resume"]
+    for flags, match in [
+        (["--secure", "fast"], "secure='full'"),
+        (["--dropout", "0.2"], "faults"),
+        (["--epsilon", "1"], "--epsilon: a resumed run keeps"),
+        (["--rounds", "0"], "already completed"),
+    ]:
+        res = CliRunner().invoke(app, [*resume, *flags])
+        assert res.exit_code == 1, flags
+        assert match in res.output, res.output
+    # same settings are fine, and --rounds extends a fixed-noise run (never ignored)
+    out = tmp_path / "r.json"
+    more = CliRunner().invoke(
+        app, [*resume, "--secure", "full", "--rounds", "2", "--json", str(out)]
+    )
+    assert more.exit_code == 0, more.output
+    assert "resuming after round 1 of 2 (secure=full" in more.output
+    rounds = json.loads(out.read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(r["secure"] == "secagg+ (full protocol)" for r in rounds)
+
+
+def test_extending_an_epsilon_calibrated_run_is_refused(tmp_path: Path) -> None:
+    data = _split(tmp_path / "split")
+    ck = tmp_path / "ck"
+    start = [
+        "federated", "simulate", "-d", str(data), "--epsilon", "5", "--rounds", "1",
+        "--clients-per-round", "60", "--head-items", "10", "--factors", "2", "--seed", "0",
+        "--checkpoint-dir", str(ck),
+    ]  # fmt: skip
+    first = CliRunner().invoke(app, start)
+    assert first.exit_code == 0, first.output
+    assert first.output.startswith("ε asked 5 at δ = 1e-05; expected spend ≈")
+    assert "ε spent" in first.output and "of 5 asked" in first.output
+    res = CliRunner().invoke(
+        app, ["federated", "simulate", "-d", str(data), "--checkpoint-dir", str(ck), "--resume",
+              "--rounds", "3"]
+    )  # fmt: skip
+    assert res.exit_code == 1 and "calibrated for 1 rounds" in res.output

@@ -11,7 +11,8 @@ from dp_accounting import pld
 
 from privrec.errors import ConfigError
 from privrec.federated import FederatedMFConfig, FederatedMFServer, split_noise
-from privrec.privacy.accounting import epsilon_of
+from privrec.federated.accounting import fast_epsilon
+from privrec.privacy.accounting import AccountantKind, epsilon_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
 
@@ -77,7 +78,8 @@ def test_calibrated_budget_is_met_including_the_head_selection() -> None:
         factors=2, epsilon=2.0, sampling_rate=0.05, rounds=20, head_items=2, clip_count_stddev=20.0
     )
     srv = FederatedMFServer(cfg, n_items=4, population=2000)
-    m_head = srv.count_encoder().plan.min_survivors
+    m_head = srv.count_min_survivors
+    # the worst completed counting round: its floor of survivors out of the largest cohort
     srv.select_head(np.array([5.0, 1.0, 3.0, 0.0]), survivors=m_head)
     assert srv.head_items is not None and srv.head_items.tolist() == [0, 2]
     for _ in range(20):
@@ -98,8 +100,10 @@ def test_distributed_rounds_are_charged_for_the_actual_survivors() -> None:
     m = srv.min_survivors
     assert m == math.floor(0.8 * 200)
     plan = srv.encoder().plan
-    # at the planned survivor count the discrete sum is (almost exactly) a Gaussian with multiplier z
-    z_eff = plan.dp_event(m).noise_multiplier
+    # at the planned count of honest noise shares the discrete sum is (almost exactly) a
+    # Gaussian with multiplier z
+    assert plan.min_survivors == srv.noise_shares == m - srv.corrupt_bound(srv.max_clients)
+    z_eff = plan.dp_event(srv.noise_shares).noise_multiplier
     assert z_eff == pytest.approx(1.0, rel=0.02)
     srv.apply(np.zeros(6), 200.0, 100.0, survivors=m)
     eps_full = srv.epsilon()
@@ -115,6 +119,33 @@ def test_distributed_rounds_are_charged_for_the_actual_survivors() -> None:
     assert "honest-but-curious" in g.threat_model and "no amplification" in g.threat_model
     eps_server = srv.epsilon_against_server()
     assert eps_server is not None and eps_server > g.epsilon  # the server knows who took part
+
+
+def test_only_honest_survivors_are_charged() -> None:
+    """Devices colluding with the server add noise it knows: they are not charged as noise."""
+    srv = _server(aggregation="distributed", sampling_rate=0.2, rounds=3, corrupt_fraction=0.05)
+    assert (srv.min_survivors, srv.max_clients) == (160, 322)
+    assert srv.corrupt_bound(200) == 10 and srv.corrupt_bound(srv.max_clients) == 17
+    assert srv.noise_shares == 143  # 160 survivors of at most 322 sampled, 17 of them corrupt
+    assert srv.honest_survivors(190, 200) == 180
+    srv.apply(np.zeros(6), 200.0, 100.0, survivors=190, sampled=200)
+    plan = srv.encoder().plan
+    inner = plan.dp_event(180)  # the honest survivors' noise only
+    expected = dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(0.2, inner), 1)
+    assert srv.spent[-1].event == expected
+    assert srv.history[-1]["honest_survivors"] == 180
+    assert srv.epsilon() == pytest.approx(2.3378, abs=1e-3)  # pinned
+    # charging all 190 survivors (the old rule) understates ε against the colluding server
+    all_190 = dp_accounting.PoissonSampledDpEvent(0.2, plan.dp_event(190))
+    assert fast_epsilon(all_190, 1e-5, AccountantKind.RDP) < srv.epsilon()
+    # the noise is sized so the honest survivors alone carry it in the worst completed round
+    assert plan.dp_event(srv.honest_survivors(srv.min_survivors)).noise_multiplier >= 0.98
+    # and every secure sum must keep one honest survivor beyond the corrupt bound
+    assert srv.round_min_survivors(322) >= srv.corrupt_bound(322) + 1
+    tiny = _server(
+        aggregation="distributed", sampling_rate=0.01, corrupt_fraction=0.4, adaptive_clipping=False
+    )
+    assert tiny.round_min_survivors(40) == 17  # more than the 16 possibly corrupt devices
 
 
 def test_abort_costs_nothing() -> None:
@@ -182,3 +213,10 @@ def test_clip_update_direction() -> None:
     assert srv.clip_norm == pytest.approx(2.0)
     srv.apply(np.zeros(6), 100.0, 250.0)  # a noised count above n is clamped to b̄ = 1
     assert srv.clip_norm == pytest.approx(2.0 * math.exp(-0.1))
+
+
+def test_cohort_rate_does_not_reveal_the_population() -> None:
+    """q from clients_per_round is rounded up to two significant digits (stored in every event)."""
+    cfg = FederatedMFConfig.create(factors=2, noise_multiplier=1.0, clients_per_round=100)
+    assert cfg.sampling_probability(943) == 0.11  # not 100/943
+    assert cfg.sampling_probability(1000) == 0.1 and cfg.sampling_probability(50) == 1.0

@@ -85,13 +85,18 @@ class LocalTransport:
         parts: int,
         fault: Callable[[str, int, RecordDict], RecordDict | None] | None = None,
         test_mode: bool = True,
+        extra: Callable[[int], dict[str, Any]] | None = None,
     ) -> None:
         self.contexts = {
             100 + p: context_to_proto(
                 Context(
                     run_id=1,
                     node_id=100 + p,
-                    node_config={**node_config(p, parts), "test-mode": test_mode},
+                    node_config={
+                        **node_config(p, parts),
+                        "test-mode": test_mode,
+                        **(extra(p) if extra is not None else {}),
+                    },
                     state=RecordDict(),
                     run_config={},
                 )

@@ -166,6 +166,64 @@ def test_two_rounds_sum_exactly_and_improve_the_model(tmp_path: Path) -> None:
     assert losses[2] < losses[1] < losses[0]
 
 
+def _pki(tmp_path: Path, parts: int = 3) -> tuple[Path, Any]:
+    from privrec.federated.flower.identity import create_identities
+
+    pki = create_identities(range(USERS), parts, tmp_path / "pki")
+
+    def extra(p: int) -> dict[str, Any]:
+        return {
+            "pki": str(pki),
+            "identity-keys": str(tmp_path / "pki" / f"node-{p}.keys"),
+            "threat-model": "malicious",
+        }
+
+    return pki, extra
+
+
+def test_malicious_server_rounds_sign_and_cross_check_the_survivors(tmp_path: Path) -> None:
+    pki, extra = _pki(tmp_path)
+    transport = LocalTransport(3, extra=extra)
+    ckpt = tmp_path / "ck"
+    config, settings = parse_run_config(
+        {**run_config(ckpt), "mf.threat-model": "malicious", "pki": str(pki)}
+    )
+    Coordinator(transport, config, settings, say=lambda _: None).run()
+    malicious = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
+    assert transport.calls == ["describe", *malicious, *malicious[1:]]
+    assert transport.errors == []
+    assert [(e["survivors"], e["aborted"]) for e in round_log(ckpt)] == [(USERS, None)] * 2
+    _check_sums(ckpt, [1, 2])
+    g = FederatedMFServer.load(ckpt / "server.npz").guarantee()
+    assert "malicious server" in g.threat_model
+
+
+def test_nodes_refuse_forged_identity_keys_and_downgrades(tmp_path: Path) -> None:
+    from privrec.federated.flower.identity import create_identities
+
+    pki, extra = _pki(tmp_path)
+    forged = create_identities(range(USERS), 3, tmp_path / "forged")  # the server's own keys
+    config, settings = parse_run_config(
+        {**run_config(tmp_path / "a", rounds=1), "mf.threat-model": "malicious", "pki": str(forged)}
+    )
+    transport = LocalTransport(3, extra=extra)
+    with pytest.raises(ProtocolAbort):
+        Coordinator(transport, config, settings, say=lambda _: None).run()
+    assert transport.errors and all("PKI" in e for e in transport.errors)
+    # a node that requires malicious-server rounds refuses an honest-but-curious one
+    transport = LocalTransport(3, extra=extra)
+    config, settings = parse_run_config(run_config(tmp_path / "b", rounds=1))
+    with pytest.raises(ProtocolAbort):
+        Coordinator(transport, config, settings, say=lambda _: None).run()
+    assert any("requires rounds secured against a malicious server" in e for e in transport.errors)
+    with pytest.raises(ConfigError, match="pki"):
+        Coordinator(
+            LocalTransport(3),
+            *parse_run_config({**run_config(tmp_path), "mf.threat-model": "malicious"}),
+        )
+    del pki
+
+
 def test_without_pipelining_every_round_has_four_trips(tmp_path: Path) -> None:
     config, settings = parse_run_config({**run_config(tmp_path), "pipeline": False})
     transport = LocalTransport(3)

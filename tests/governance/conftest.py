@@ -20,22 +20,9 @@ import pytest
 
 from privrec.governance import Ledger
 from privrec.governance.db import dispose_engines
-from privrec.governance.pgcluster import PgCluster, start, stop
 from privrec.governance.policy import policy_from_dict
 
-REQUIRE_ENV = "PRIVREC_REQUIRE_POSTGRES"
-
-
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster | str]:
-    started = start()
-    if isinstance(started, str):
-        yield started
-        return
-    try:
-        yield started
-    finally:
-        stop(started)
+REQUIRE_ENV = "PRIVREC_REQUIRE_POSTGRES"  # the session's pg_cluster fixture is in tests/conftest.py
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -15,7 +15,7 @@ from privrec.models.als import ImplicitALS
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.budget import Budget
 from privrec.privacy.mechanisms import gaussian_event
-from privrec.secure import he
+from privrec.secure import he_backend as he
 from privrec.secure.he import (
     CKKSParams,
     HEBackend,

@@ -51,3 +51,38 @@ def test_he_score_with_noise_and_errors(model_file: Path) -> None:
     assert bad.exit_code == 1
     wrong = runner.invoke(app, ["he", "score", str(model_file), "--user", "3", "--packing", "x"])
     assert wrong.exit_code == 1 and "packing" in wrong.output
+
+
+def test_he_score_with_a_history_for_a_private_model(model_file: Path) -> None:
+    import warnings
+
+    import numpy as np
+
+    from privrec.data import load
+    from privrec.models import DPALS, load_model
+
+    data = load(model_file.parent / "u.data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        DPALS(epsilon=8.0, delta=1e-3, unit="user", factors=4, seed=0).fit(data).save(
+            model_file.parent / "dpals.npz"
+        )
+    model = load_model(model_file.parent / "dpals.npz")
+    x = data.matrix.tocsr()
+    items = data.item_ids[x.indices[x.indptr[4] : x.indptr[5]]]
+    hist = model_file.parent / "h.txt"
+    hist.write_text("item\n" + "\n".join(str(i) for i in items) + "\n")
+    res = runner.invoke(
+        app,
+        ["he", "score", str(model_file.parent / "dpals.npz"), "--history", str(hist), "-k", "4"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "history in h.txt" in res.output  # the table title wraps
+    row = np.zeros((1, model.n_items_))
+    row[0, np.searchsorted(model.item_ids_, items)] = 1
+    ref, _ = model.recommend_history(row, k=4)
+    rows = [line.split("│") for line in res.output.splitlines() if line.count("│") >= 3]
+    shown = [r[2].strip() for r in rows if r[2].strip().isdigit()]
+    assert set(shown) == {str(i) for i in model.item_ids_[ref[0]]}
+    bad = runner.invoke(app, ["he", "score", str(model_file.parent / "dpals.npz"), "--user", "3"])
+    assert bad.exit_code == 1 and "--history" in bad.output

@@ -29,7 +29,7 @@ from privrec.errors import (
     PeerUnavailable,
     ProtocolAbort,
 )
-from privrec.secure import mpc
+from privrec.secure import mpc, mpc_local
 from privrec.secure.mpc import (
     CLIENT,
     HELPER,
@@ -37,8 +37,8 @@ from privrec.secure.mpc import (
     MPCParams,
     free_ports,
     run_party,
-    secure_top_k_local,
 )
+from privrec.secure.mpc_local import secure_recommend, secure_top_k_local
 
 N_ITEMS, FACTORS, K = 60, 8, 5
 
@@ -169,7 +169,7 @@ def test_secure_recommend_needs_a_factor_model() -> None:
         pass
 
     with pytest.raises(ConfigError, match="no item_factors_"):
-        mpc.secure_recommend(NoFactors(), np.zeros(5), k=2)
+        secure_recommend(NoFactors(), np.zeros(5), k=2)
 
 
 def test_run_party_refuses_role_mismatches(data: tuple[np.ndarray, np.ndarray, list[int]]) -> None:
@@ -375,7 +375,7 @@ def test_launcher_retries_once_when_a_free_port_was_taken(
             )
         return [{"items": [5, 4, 3], **done}, {"items": None, **done}, {"items": None, **done}]
 
-    monkeypatch.setattr(mpc, "_run_processes", fake)
+    monkeypatch.setattr(mpc_local, "_run_processes", fake)
     res = secure_top_k_local(y, u, 3)
     assert len(calls) == 2 and res.items.tolist() == [5, 4, 3] and res.total_bytes == 30
 
@@ -384,7 +384,7 @@ def test_launcher_retries_once_when_a_free_port_was_taken(
         raise ProtocolAbort("party", "party 2 (helper) failed — exit status 3")
 
     calls.clear()
-    monkeypatch.setattr(mpc, "_run_processes", other_failure)
+    monkeypatch.setattr(mpc_local, "_run_processes", other_failure)
     with pytest.raises(ProtocolAbort, match="exit status 3"):
         secure_top_k_local(y, u, 3)
     assert len(calls) == 1  # not retried
@@ -419,6 +419,8 @@ def test_a_party_with_another_partys_certificate_is_refused(
         (bad / name).write_bytes((good / name).read_bytes())
     (bad / "party-1.pem").write_bytes((good / "party-2.pem").read_bytes())
     (bad / "party-1.key").write_bytes((good / "party-2.key").read_bytes())
+    for key in bad.glob("*.key"):
+        key.chmod(0o600)  # (a copied key others can read would be refused before TLS starts)
     spec = _spec(tls_dir=str(bad), timeout=30.0)
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     np.savez(tmp_path / "party-0.npz", user_vector=u)

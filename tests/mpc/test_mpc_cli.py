@@ -95,3 +95,94 @@ def test_mpc_party_runs_three_cli_processes(tmp_path: Path) -> None:
     assert f"top-k items: {expected}" in outs[0]
     assert "receives no output" in outs[1] and "receives no output" in outs[2]
     assert "top-k items" not in outs[1] + outs[2]
+
+
+def _private_model(model_file: Path) -> tuple[Path, Path]:
+    """A DPALS file (no users in it) trained on the model_file's data, and one user's history."""
+    import warnings
+
+    from privrec.data import load
+    from privrec.models import DPALS
+
+    data = load(model_file.parent / "u.data")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DPALS(epsilon=8.0, delta=1e-3, unit="user", factors=4, seed=0).fit(data)
+    path = model.save(model_file.parent / "dpals.npz")
+    x = data.matrix.tocsr()
+    items = data.item_ids[x.indices[x.indptr[2] : x.indptr[3]]]
+    hist = model_file.parent / "history.txt"
+    hist.write_text("\n".join(str(i) for i in items) + "\n999999\n")  # one unknown item
+    return path, hist
+
+
+def test_mpc_topk_with_a_history_for_a_private_model(model_file: Path) -> None:
+    from privrec.cli.common import load_history
+    from privrec.models import load_model
+
+    path, hist = _private_model(model_file)
+    model = load_model(path)
+    assert model.n_users_ == 0 or getattr(model, "_released_only", False)
+    res = runner.invoke(app, ["mpc", "topk", str(path), "--history", str(hist), "-k", "3"])
+    assert res.exit_code == 0, res.output
+    assert "secure top-3 for the history in history.txt" in res.output
+    assert "1 listed item(s) are not in the model's catalogue" in res.output
+    idx, _ = load_history(hist, model.item_ids_)
+    row = np.zeros((1, model.n_items_))
+    row[0, idx] = 1
+    ref, _ = model.recommend_history(row, k=3)
+    rows = [line.split("│") for line in res.output.splitlines() if line.count("│") >= 2]
+    shown = {r[2].strip() for r in rows if r[2].strip().isdigit()}
+    assert len(shown & {str(i) for i in model.item_ids_[ref[0]]}) >= 2  # ties may swap one
+    bad = runner.invoke(app, ["mpc", "topk", str(path), "--user", "3"])
+    assert bad.exit_code == 1 and "--history" in bad.output
+    both = runner.invoke(app, ["mpc", "topk", str(path)])
+    assert both.exit_code == 1 and "exactly one of --user" in both.output
+
+
+def test_mpc_export_feeds_three_party_processes_that_print_external_ids(
+    model_file: Path, tmp_path: Path
+) -> None:
+    from privrec.models import load_model
+
+    model = load_model(model_file)
+    for user in model.user_ids_:  # a user whose top-3 plaintext scores are well separated
+        hist = model.user_items_[model.user_index([user])]
+        ref, scores = model.recommend_history(hist, k=3)
+        if np.all(-np.diff(scores[0]) > 2e-3):
+            break
+    out = tmp_path / "inputs"
+    res = runner.invoke(
+        app, ["mpc", "export", str(model_file), "--user", str(user), "-k", "3", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert (out / "party-0" / "user-vector.npy").stat().st_mode & 0o077 == 0
+    commands = [line for line in res.output.splitlines() if line.startswith("privrec mpc party")]
+    assert len(commands) == 3
+    ports = free_ports(3)
+    procs = []
+    for line in commands:
+        for p in ports:
+            line = line.replace(
+                "HOST0:PORT" if p == ports[0] else "HOST1:PORT" if p == ports[1] else "HOST2:PORT",
+                f"127.0.0.1:{p}",
+            )
+        args = [*line.split()[1:], "--timeout", "60"]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "privrec.cli.main", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    try:
+        outs = [p.communicate(timeout=90)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    expected = " ".join(str(i) for i in model.item_ids_[ref[0]])
+    assert f"top-k items: {expected}" in outs[0]  # external ids, as `mpc topk` prints

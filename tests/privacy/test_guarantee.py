@@ -64,3 +64,123 @@ def test_explain_mentions_what_matters() -> None:
     assert "single user" in text and "item factors" in text and "user factors" in text
     assert "NOT private" in _guarantee(seeded=True).explain()
     assert "Caution" in _guarantee(PrivacyUnit.INTERACTION).explain()
+
+
+def _at_epsilon_one() -> PrivacyGuarantee:
+    z = 1.0
+    while dp_accounting.get_epsilon_gaussian(z, 1e-6) > 1.0:
+        z *= 1.01
+    return PrivacyGuarantee.from_events(
+        [SpentEvent("counts", dp_accounting.GaussianDpEvent(z))],
+        delta=1e-6,
+        unit=PrivacyUnit.USER,
+        accountant="pld",
+        mechanism="M",
+        released=["counts"],
+        not_released=[],
+        threat_model="central DP",
+        seeded_noise=False,
+    )
+
+
+def test_explain_reads_delta_correctly_and_discloses_what_is_public() -> None:
+    g = _at_epsilon_one()
+    text = g.explain()
+    assert "except with probability" not in text  # δ is not a failure probability
+    assert "additive slack" in text
+    # hypothesis-testing reading: (e^ε + δ) / (1 + e^ε) at ε ≈ 1
+    assert "73.1%" in text
+    # ε at two other δ, from the same events
+    assert f"ε = {g.recompute_epsilon(delta=1e-5):.3g} at δ = 1e-05" in text
+    assert f"ε = {g.recompute_epsilon(delta=1e-7):.3g} at δ = 1e-07" in text
+    assert g.recompute_epsilon(delta=1e-7) > g.epsilon > g.recompute_epsilon(delta=1e-5)
+    assert "Assumed public" in text and "item catalogue" in text
+    assert "was not declared" in text  # tuning disclosure
+    from privrec import __version__
+
+    assert f"privrec {__version__}" in text and g.privrec_version == __version__
+    assert "1 noisy release composed" in text  # grammar
+
+
+def test_tuning_declarations_are_explained() -> None:
+    g = _at_epsilon_one()
+    assert "NOT charged" in g.with_disclosure(tuning="private").explain()
+    assert "nothing to charge" in g.with_disclosure(tuning="defaults").explain()
+    assert (
+        "(factors, rounds)" in g.with_disclosure(non_default_params=("factors", "rounds")).explain()
+    )
+
+
+@pytest.mark.parametrize("fake", [-5.0, 0.01, 0.5, 3.0])
+def test_a_faked_epsilon_is_never_explained(fake: float) -> None:
+    from privrec.errors import GuaranteeMismatchError
+
+    d = _guarantee().model_dump(mode="json")
+    d["epsilon"] = fake
+    g = PrivacyGuarantee.model_validate(d)
+    assert not g.verified
+    with pytest.raises(GuaranteeMismatchError, match=r"stored ε is not what|epsilon must be >= 0"):
+        g.explain()
+    with pytest.raises(GuaranteeMismatchError):
+        g.verify()
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "GaussianDpEvent", "noise_multiplier": "4"},
+        {"type": "GaussianDpEvent", "noise_multiplier": -1.0},
+        {"type": "GaussianDpEvent", "noise_multiplier": float("nan")},
+        {"type": "GaussianDpEvent"},
+        {"type": "GaussianDpEvent", "noise_multiplier": 1.0, "extra": 1},
+        {"type": "PickleDpEvent"},
+        {
+            "type": "PoissonSampledDpEvent",
+            "sampling_probability": 1.5,
+            "event": {"type": "NoOpDpEvent"},
+        },
+        {"type": "SelfComposedDpEvent", "count": 10**12, "event": {"type": "NoOpDpEvent"}},
+        {"type": "SelfComposedDpEvent", "count": True, "event": {"type": "NoOpDpEvent"}},
+        {"type": "ComposedDpEvent", "events": []},
+        [1, 2],
+    ],
+)
+def test_malformed_events_are_refused(event: object) -> None:
+    from privrec.errors import GuaranteeMismatchError
+
+    d = _guarantee().model_dump(mode="json")
+    d["events"] = [{"label": "x", "event": event}]
+    g = PrivacyGuarantee.model_validate(d)
+    with pytest.raises(GuaranteeMismatchError, match="malformed"):
+        g.verify()
+
+
+def test_deeply_nested_events_are_refused() -> None:
+    from privrec.errors import GuaranteeMismatchError
+
+    ev: dict[str, object] = {"type": "GaussianDpEvent", "noise_multiplier": 1.0}
+    for _ in range(40):
+        ev = {"type": "SelfComposedDpEvent", "count": 1, "event": ev}
+    d = _guarantee().model_dump(mode="json")
+    d["events"] = [{"label": "x", "event": ev}]
+    with pytest.raises(GuaranteeMismatchError, match="deeper"):
+        PrivacyGuarantee.model_validate(d).verify()
+
+
+def test_params_must_agree_with_the_guarantee() -> None:
+    from privrec.errors import GuaranteeMismatchError
+    from privrec.privacy.verify import check_against_params
+
+    g = _guarantee()
+    check_against_params(
+        g, {"delta": 1e-6, "unit": "user", "accountant": "pld", "seed": None, "epsilon": 50.0}
+    )
+    for bad in (
+        {"delta": 1e-5},
+        {"unit": "interaction"},
+        {"accountant": "rdp"},
+        {"seed": 3},
+        {"epsilon": g.epsilon / 2},
+    ):
+        with pytest.raises(GuaranteeMismatchError):
+            check_against_params(g, bad)

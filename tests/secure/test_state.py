@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privrec.errors import ConfigError, MessageRejected, ProtocolAbort, ProtocolError
-from privrec.secure import RoundConfig, SecAggClient, SecAggServer
-from privrec.secure import secagg as secagg_module
+from privrec.secure import RoundConfig, SecAggClient, SecAggServer, client_state
 from privrec.secure.messages import KeyDirectory, UnmaskRequest
+from privrec.secure.round import id_bytes
 
 ROUND = bytes(range(16))
 KEY = bytes(range(32))
@@ -126,8 +126,8 @@ def test_state_holds_only_what_later_phases_need() -> None:
     assert restored._mask_key is None and restored._seed == b""
     # header + checksum only, before any secret exists
     assert len(fresh) == len(SecAggClient(config, 1).export_state()) == HEADER + 32
-    # 3 keys/seeds + 4 neighbours * (id + 3 * 32 bytes): compact, no pickle
-    assert len(after_share) == HEADER + 96 + 4 + 4 * 104 + 32
+    # 3 keys/seeds + the server's round key + 4 neighbours * (id + 3 * 32 bytes): compact, no pickle
+    assert len(after_share) == HEADER + 96 + 32 + 4 + 4 * 104 + 32
 
 
 def test_aborted_client_state_carries_no_secrets_and_stays_aborted() -> None:
@@ -179,7 +179,7 @@ def test_foreign_round_client_key_and_version_are_refused() -> None:
     with pytest.raises(MessageRejected, match="expected 3"):
         SecAggClient.restore_state(data, config, client_id=3)
     with pytest.raises(MessageRejected, match="version"):
-        SecAggClient.restore_state(data[:3] + b"\x02" + data[4:], config)
+        SecAggClient.restore_state(data[:3] + b"\x01" + data[4:], config)
     with pytest.raises(MessageRejected, match="magic"):
         SecAggClient.restore_state(b"PSA" + data[3:], config)
     # no downgrade: a plain state is refused where a sealed one is expected, and vice versa
@@ -197,15 +197,13 @@ def test_foreign_round_client_key_and_version_are_refused() -> None:
 
 
 def _frame(config: RoundConfig, client_id: int, step: int, body: bytes) -> bytes:
-    header = secagg_module._STATE_HEADER.pack(
-        b"PSS", 1, 0, secagg_module._config_digest(config), client_id, step
-    )
-    return secagg_module._seal_state(header, body, None)
+    header = client_state.HEADER.pack(b"PSS", 2, 0, config.digest, client_id, step)
+    return client_state.seal_state(header, body, None)
 
 
 def test_well_framed_but_inconsistent_state_is_refused() -> None:
     """A correct checksum is not enough: the content must fit the round."""
-    assert secagg_module._STATE_HEADER.size == HEADER
+    assert client_state.HEADER.size == HEADER
     config, data = _state_at_share_keys()
     body = data[HEADER:-32]
     assert SecAggClient.restore_state(_frame(config, 2, 2, body), config).client_id == 2
@@ -217,16 +215,17 @@ def test_well_framed_but_inconsistent_state_is_refused() -> None:
         SecAggClient.restore_state(_frame(config, 2, 1, body), config)
     nbrs = sorted(config.neighbour_sets[2])
     outsider = next(u for u in config.client_ids if u != 2 and u not in nbrs)
-    swapped = body[:100] + secagg_module._id(outsider) + body[108:]  # first record's id
-    with pytest.raises(MessageRejected, match="non-neighbours"):
+    # keys and seed (96 bytes), the server's round key (32), then the neighbour count (4)
+    swapped = body[:132] + id_bytes(outsider) + body[140:]  # first record's id
+    with pytest.raises(MessageRejected, match="unknown ids"):
         SecAggClient.restore_state(_frame(config, 2, 2, swapped), config)
-    few = body[:96] + (2).to_bytes(4, "little") + body[100 : 100 + 2 * 104]
-    with pytest.raises(MessageRejected, match="neighbours, expected"):
+    few = body[:128] + (2).to_bytes(4, "little") + body[132 : 132 + 2 * 104]
+    with pytest.raises(MessageRejected, match="entries, expected"):
         SecAggClient.restore_state(_frame(config, 2, 2, few), config)
 
 
 @settings(max_examples=200, deadline=None)
-@given(step=st.sampled_from([0, 1, 2, 3, 4, 255]), body=st.binary(max_size=600))
+@given(step=st.sampled_from([0, 1, 2, 3, 4, 5, 255]), body=st.binary(max_size=600))
 def test_arbitrary_well_framed_bodies_raise_only_message_rejected(step: int, body: bytes) -> None:
     config = _config()
     try:

@@ -146,7 +146,8 @@ def test_arrays_travel_in_chunks_and_a_swapped_chunk_is_rejected(
     import numpy as np
 
     from privrec.secure.channel import CHUNK
-    from privrec.secure.silo import SHARE, _recv_array
+    from privrec.secure.silo_roles import _recv_array
+    from privrec.secure.silo_wire import SHARE
 
     client, server = pair
     data = np.arange(9 * (1 << 20) // 8, dtype=np.uint64)

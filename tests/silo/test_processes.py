@@ -72,6 +72,14 @@ def test_processes_abort_on_frozen_server_then_resume(tmp_path: Path) -> None:
     for i in (1, 2):
         _write_silo(tmp_path / f"silo{i}.txt", 100 * i, 80, n_items, i)
     ck = tmp_path / "ck"
+    from privrec.secure.silo import SiloConfig
+
+    run = tmp_path / "run.json"
+    run.write_text(
+        SiloConfig(
+            epsilon=5, delta=1e-6, n_items=n_items, factors=4, iterations=iters
+        ).model_dump_json()
+    )
 
     def roles(tag: str) -> list[subprocess.Popen[bytes]]:
         out = []
@@ -85,6 +93,8 @@ def test_processes_abort_on_frozen_server_then_resume(tmp_path: Path) -> None:
                         roster,
                         "--key",
                         str(tmp_path / "keys" / f"{s}.key"),
+                        "--config",
+                        str(run),
                         "--timeout",
                         "30",
                     ],
@@ -122,14 +132,8 @@ def test_processes_abort_on_frozen_server_then_resume(tmp_path: Path) -> None:
                 roster,
                 "--key",
                 str(tmp_path / "keys" / "driver.key"),
-                "--n-items",
-                str(n_items),
-                "--epsilon",
-                "5",
-                "--factors",
-                "4",
-                "--iterations",
-                str(iters),
+                "--config",
+                str(run),
                 "--checkpoint",
                 str(ck),
                 "--out",
@@ -232,9 +236,12 @@ def test_cli_train_writes_model_and_guarantee(tmp_path: Path, model: str) -> Non
             th.join(20)
     assert res.exit_code == 0, res.output
     assert "user-level ε = 3" in res.output or "ε = 2.9" in res.output
-    with np.load(tmp_path / "m.npz") as z:
-        if model == "dpals":
-            assert z["item_factors"].shape == (n_items, 4)
-        else:
-            assert z["weights"].shape == (20, 20) and z["head_items"].shape == (20,)
-    assert '"accountant": "rdp"' in (tmp_path / "m.json").read_text()
+    from privrec.models import load_model
+
+    loaded = load_model(tmp_path / "m.npz")  # a normal privrec model file
+    assert loaded.privacy_guarantee.accountant.value == "rdp"  # type: ignore[attr-defined]
+    assert loaded.n_users_ == 0 and loaded.n_items_ == n_items
+    if model == "dpals":
+        assert loaded.item_factors_.shape == (n_items, 4)  # type: ignore[attr-defined]
+    else:
+        assert loaded.weights_.shape == (20, 20) and loaded.head_items_.shape == (20,)  # type: ignore[attr-defined]

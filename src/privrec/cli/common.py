@@ -6,8 +6,12 @@ The command modules (:mod:`privrec.cli.training`, :mod:`privrec.cli.secure`, …
 
 from __future__ import annotations
 
+import math
+import os
+import time
 import tomllib
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -18,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from privrec.errors import ConfigError, PrivrecError
+from privrec.errors import ConfigError, DataError, OutputPathError, PrivrecError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -34,17 +38,191 @@ class Protocol(StrEnum):
 
 @contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn library errors into one red line and exit status 1 (unless --debug)."""
+    """Turn library errors into one red line and exit status 1 (unless --debug).
+
+    Also file-system errors (missing files, permissions, full disks): one line naming the path,
+    never a traceback.
+    """
     try:
-        yield
-    except (PrivrecError, FileNotFoundError, KeyError, IndexError, ValueError) as exc:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            yield
+    except (PrivrecError, OSError, KeyError, IndexError, ValueError) as exc:
         if STATE["debug"]:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         err_console.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {msg}", highlight=False, soft_wrap=True
+            f"[bold red]error:[/] {type(exc).__name__}: {msg}",
+            highlight=False,
+            soft_wrap=True,
+            markup=True,
         )
         raise typer.Exit(1) from None
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Warnings as one line naming their kind — not the library source path and line."""
+    if STATE["debug"]:
+        warnings._showwarnmsg_impl(  # type: ignore[attr-defined]
+            warnings.WarningMessage(message, category, filename, lineno, file, line)
+        )
+        return
+    err_console.print(
+        f"[yellow]warning:[/] {category.__name__}: {message}", highlight=False, soft_wrap=True
+    )
+
+
+# ----------------------------------------------------------------------------- parse-time checks
+def number_check(
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> Callable[[float | None], float | None]:
+    """A typer callback refusing NaN, ±inf and values outside the given bounds at parse time."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return None
+        bounds = []
+        if gt is not None:
+            bounds.append(f"> {gt:g}")
+        if ge is not None:
+            bounds.append(f">= {ge:g}")
+        if lt is not None:
+            bounds.append(f"< {lt:g}")
+        if le is not None:
+            bounds.append(f"<= {le:g}")
+        ok = math.isfinite(value) and not (
+            (gt is not None and not value > gt)
+            or (ge is not None and not value >= ge)
+            or (lt is not None and not value < lt)
+            or (le is not None and not value <= le)
+        )
+        if not ok:
+            want = "a finite number" + (f" {' and '.join(bounds)}" if bounds else "")
+            raise typer.BadParameter(f"must be {want}, got {value!r}")
+        return value
+
+    return check
+
+
+def parse_epsilons(text: str) -> list[float]:
+    """``"0.5,1,2,5"`` → ``[0.5, 1.0, 2.0, 5.0]`` (finite, positive, sorted, unique)."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            v = float(part)
+        except ValueError:
+            raise typer.BadParameter(f"not a number: {part!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise typer.BadParameter(f"every ε must be a finite number > 0, got {part!r}")
+        out.append(v)
+    if not out:
+        raise typer.BadParameter("give at least one ε")
+    return sorted(set(out))
+
+
+def check_output(path: Path | None) -> Path | None:
+    """Fail now — before any work — when ``path`` cannot be written.
+
+    Creates nothing that stays behind: a file that did not exist is created and removed again;
+    a missing parent folder must be creatable under its nearest existing ancestor.
+    """
+    if path is None:
+        return None
+    if path.is_dir():
+        raise OutputPathError(f"output {str(path)!r} is a folder, not a file")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(
+            f"output {str(path)!r} cannot be written: {str(parent)!r} is not a folder"
+        )
+    try:
+        if path.parent.exists():
+            existed = path.exists()
+            with path.open("ab"):
+                pass
+            if not existed:
+                path.unlink()
+        else:
+            probe = parent / f".privrec-write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+    except OSError as exc:
+        raise OutputPathError(
+            f"output {str(path)!r} cannot be written: {exc.strerror or exc}"
+        ) from None
+    return path
+
+
+def check_delta_for_data(params: dict[str, Any], data: Any, force: bool) -> None:
+    """δ ≥ 1/(number of privacy units) is an error on the command line unless forced.
+
+    Such a δ lets a mechanism publish one unit's data outright and still be "(ε, δ)-DP"; the
+    library only warns, the command line refuses (``--force-weak-delta`` to train anyway).
+    """
+    delta = params.get("delta")
+    if delta is None:
+        return
+    unit = str(params.get("unit", "user")).lower()
+    n = data.n_users if unit == "user" else max(data.nnz, 1)
+    if n > 0 and delta >= 1.0 / n:
+        what = "users" if unit == "user" else "interactions"
+        msg = (
+            f"delta={delta:g} is not below 1/(number of {what}) ≈ {1.0 / n:.1e}: a mechanism could "
+            "publish one person's data outright and still meet it. Use a much smaller delta"
+        )
+        if not force:
+            raise ConfigError(msg + ", or pass --force-weak-delta to train anyway")
+        warnings.warn(msg + " (forced with --force-weak-delta)", stacklevel=2)
+
+
+# ---------------------------------------------------------------------------------- progress
+def stderr_is_tty() -> bool:
+    return err_console.is_terminal
+
+
+def note(text: str) -> None:
+    """One progress line on stderr (kept in logs; rich progress bars are for terminals)."""
+    err_console.print(text, highlight=False, soft_wrap=True, markup=False)
+
+
+def kernels_cold() -> bool:
+    """Whether privrec's numba kernels have never been compiled into the cache folder."""
+    from privrec import numba_cache_dir
+
+    root = Path(numba_cache_dir())
+    try:
+        return not any(root.glob("*/als_kernels.*.nbi"))
+    except OSError:
+        return True
+
+
+_NUMBA_MODELS = {"als", "dpals", "federated_mf"}
+
+
+def compile_notice(model_name: str) -> None:
+    """Say once, before a long silence, that the kernels are being compiled."""
+    if model_name in _NUMBA_MODELS and kernels_cold() and not STATE.get("compile_noted"):
+        STATE["compile_noted"] = True
+        from privrec import numba_cache_dir
+
+        note(
+            "compiling kernels once (about a minute); they are cached in "
+            f"{numba_cache_dir()} for later runs"
+        )
 
 
 def progress_bar() -> Progress:
@@ -62,10 +240,41 @@ def progress_bar() -> Progress:
 def load_data(path: Path, fmt: str | None, binarize: float | None = None) -> Any:
     from privrec.data import load
 
+    if not path.exists():
+        raise DataError("file not found", file=path)
     data = load(path, format=fmt)
     if binarize is not None:
         data = data.binarize(binarize)
+        if data.nnz == 0:
+            raise DataError(
+                f"no interaction has a value >= {binarize:g}: nothing to train on",
+                file=path,
+                field="binarize",
+            )
     return data
+
+
+def make_split(
+    protocol: Protocol,
+    data_path: Path,
+    fmt: str | None,
+    binarize: float | None,
+    seed: int,
+    test_fraction: float,
+) -> Any:
+    from privrec import evaluation as ev
+
+    if not data_path.exists():
+        raise DataError("file or folder not found", file=data_path)
+    if protocol is Protocol.files:
+        return ev.load_split(data_path, merge_valid_into_train=True)
+    data = load_data(data_path, fmt, binarize)
+    if protocol is Protocol.holdout:
+        return ev.random_holdout(data, test_fraction=test_fraction, seed=seed)
+    if protocol is Protocol.leave_last_out:
+        return ev.leave_last_out(data)
+    n = max(1, round(0.1 * data.n_users))
+    return ev.strong_generalization(data, n_heldout_users=n, seed=seed)
 
 
 def parse_params(items: list[str] | None) -> dict[str, Any]:
@@ -105,18 +314,32 @@ def read_config(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
 
 
-def build_model(name: str, params: dict[str, Any]) -> Any:
-    import privrec.models.all  # noqa: F401  (registers every model)
-    from privrec.models import MODEL_REGISTRY
+def is_private(name: str) -> bool:
+    """Whether the registered model ``name`` is a private one (unknown names: ``False``)."""
     from privrec.models.private import PrivateRecommender
+    from privrec.models.registry import model_class
 
-    if name not in MODEL_REGISTRY:
-        raise ConfigError(
-            f"unknown model {name!r}; choose one of: {', '.join(sorted(MODEL_REGISTRY))}"
-        )
-    cls = MODEL_REGISTRY[name]
+    cls = model_class(name)
+    return cls is not None and issubclass(cls, PrivateRecommender)
+
+
+def build_model(name: str, params: dict[str, Any], privacy: dict[str, Any] | None = None) -> Any:
+    """A model from its registry name and parameters.
+
+    ``privacy`` (ε, δ, unit from the command line) goes to private models only; with
+    ``privacy=None`` they must be in ``params`` and a non-private model refuses them.
+    """
+    from privrec.models.private import PrivateRecommender
+    from privrec.models.registry import available_models, model_class
+
+    cls = model_class(name)
+    if cls is None:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(available_models())}")
+    private = issubclass(cls, PrivateRecommender)
+    if privacy is not None and private:
+        params = {**params, **privacy}
     given = [p for p in ("epsilon", "delta", "unit") if p in params]
-    if issubclass(cls, PrivateRecommender):
+    if private:
         missing = [p for p in ("epsilon", "delta", "unit") if p not in params]
         if missing:
             raise ConfigError(
@@ -128,18 +351,70 @@ def build_model(name: str, params: dict[str, Any]) -> Any:
     return cls.from_config(params)
 
 
-def fit_with_progress(model: Any, data: Any) -> Any:
-    iterations = model.get_params().get("iterations")
-    if iterations is None:
-        with err_console.status(f"fitting {model.name}…"):
+#: a first line that names the column rather than an item
+_ITEM_HEADERS = frozenset({"item", "items", "item_id", "itemid", "item-id", "item id", "id"})
+
+
+def read_items(path: Path) -> list[str]:
+    """An item catalogue file (``--items``): one external item id per line; blank lines,
+    ``#`` comments and a first line ``item`` / ``item_id`` (a header) are skipped."""
+    if not path.is_file():
+        raise DataError("item catalogue file not found", file=path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError("item catalogue is not UTF-8 text", file=path, found=str(exc)) from None
+    out = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        item = line.strip()
+        if not item or item.startswith("#"):
+            continue
+        if lineno == 1 and item.lower() in _ITEM_HEADERS:
+            continue
+        out.append(item)
+    if not out:
+        raise DataError("item catalogue file lists no item", file=path)
+    if len(set(out)) != len(out):
+        raise DataError("item catalogue lists an item twice", file=path)
+    return out
+
+
+_STEP_MODELS = {"als", "dpals"}  # fit(..., progress=callback(done, total))
+
+
+def fit_with_progress(model: Any, data: Any, label: str | None = None) -> Any:
+    """Fit ``model``: a progress bar on a terminal, one line per step when stderr is a log."""
+    name = label or model.name
+    compile_notice(model.name)
+    steps = model.name in _STEP_MODELS
+    t0 = time.perf_counter()
+    if not stderr_is_tty():  # a log: one line per step and one at the end, nothing before
+
+        def line(done: int, total: int) -> None:
+            note(f"fitting {name}: step {done}/{total} ({time.perf_counter() - t0:.1f} s)")
+
+        out = model.fit(data, progress=line) if steps else model.fit(data)
+        note(f"fitted {name} in {time.perf_counter() - t0:.1f} s")
+        return out
+    if not steps:
+        with err_console.status(f"fitting {name}…"):
             return model.fit(data)
     with progress_bar() as bar:
-        task = bar.add_task(f"fitting {model.name}", total=int(iterations))
+        iterations = model.get_params().get("iterations")
+        task = bar.add_task(f"fitting {name}", total=iterations)
 
         def step(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
         return model.fit(data, progress=step)
+
+
+def rounded(n: int) -> str:
+    """A count for logs and reports, to two significant figures (``≈ 940``): exact counts of
+    training users are not something a private run should print."""
+    from privrec.evaluation.protocol import approx_count
+
+    return approx_count(n)
 
 
 def coerce_ids(raw: list[str], known: np.ndarray) -> np.ndarray:
@@ -157,7 +432,7 @@ def load_history(path: Path, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
 
     The file lists the user's items by their *external* ids, one per line; anything after the
     first comma, tab or space (a rating, a timestamp) is ignored, as are blank lines, lines
-    starting with ``#`` and a first line ``item…`` (a header). Returns the internal item indices
+    starting with ``#`` and a first line ``item`` / ``item_id`` (a header). Returns the internal item indices
     (sorted, unique) and how many listed items the model's catalogue does not hold — those
     cannot influence a recommendation and are left out.
     """
@@ -176,7 +451,7 @@ def load_history(path: Path, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
         first = line.replace(",", " ").replace("\t", " ").strip().split(" ", 1)[0]
         if not first or first.startswith("#"):
             continue
-        if lineno == 1 and first.lower().startswith("item"):
+        if lineno == 1 and first.lower() in _ITEM_HEADERS:
             continue
         raw.append(first)
     wanted = coerce_ids(raw, item_ids) if raw else np.zeros(0, dtype=item_ids.dtype)

@@ -77,6 +77,14 @@ def simulate(
     secure: Annotated[
         str, typer.Option(help="full SecAgg+ protocol, or fast path (same sums, no cryptography).")
     ] = "fast",
+    threat_model: Annotated[
+        str,
+        typer.Option(
+            "--threat-model",
+            help="Server SecAgg+ is secured against: honest-but-curious, or malicious (Bell et "
+            "al.'s threshold, signed keys and survivor sets; a PKI in deployment).",
+        ),
+    ] = "honest-but-curious",
     dropout: Annotated[float, typer.Option(help="Probability a sampled client crashes.")] = 0.0,
     straggler: Annotated[float, typer.Option(help="Probability a client is slow.")] = 0.0,
     timeout: Annotated[float, typer.Option(help="Round timeout (s) for slow clients.")] = 60.0,
@@ -85,7 +93,14 @@ def simulate(
     checkpoint_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint after each round (and resume from it).")
     ] = None,
-    resume: Annotated[bool, typer.Option(help="Resume from --checkpoint-dir.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Resume from --checkpoint-dir with the run's own settings (training "
+            "configuration, --secure, fault flags); --rounds may stop it early or extend a "
+            "fixed-noise run."
+        ),
+    ] = False,
     eval_every: Annotated[int, typer.Option(help="Evaluate Recall@20 every N rounds.")] = 5,
     seed: Annotated[
         int | None, typer.Option(help="Seed sampling and noise (NOT private; experiments only).")
@@ -98,16 +113,36 @@ def simulate(
     ] = None,
 ) -> None:
     """Simulate FederatedMF training: per-round ε, clip norm, survivors, bytes and Recall@20."""
+    import click
     from rich.table import Table
 
     from privrec.errors import ConfigError
     from privrec.federated.mf import FederatedMFConfig
     from privrec.federated.training import FaultModel, FederatedSimulation
 
+    def given(*names: str) -> list[str]:
+        """The options among ``names`` typed on the command line (not left at their default)."""
+        ctx = click.get_current_context()
+        return [
+            n
+            for n in names
+            if ctx.get_parameter_source(n) is click.core.ParameterSource.COMMANDLINE
+        ]
+
     with handle_errors():
         if secure not in ("fast", "full"):
             raise ConfigError(f"--secure must be 'fast' or 'full', found {secure!r}")
+        if threat_model not in ("honest-but-curious", "malicious"):
+            raise ConfigError(
+                f"--threat-model must be honest-but-curious or malicious, found {threat_model!r}"
+            )
+        for name, value in (("dropout", dropout), ("straggler", straggler), ("garbage", garbage)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"--{name} must be a probability in [0, 1], found {value}")
+        if json_out is not None and json_out.parent and not json_out.parent.is_dir():
+            raise ConfigError(f"--json: folder {str(json_out.parent)!r} does not exist")
         x, val, label = _data(data, fmt, 0)
+        fault_flags = ("dropout", "straggler", "timeout", "garbage", "fault_seed")
         faults = FaultModel(
             dropout=dropout,
             straggler=straggler,
@@ -115,18 +150,37 @@ def simulate(
             garbage=garbage,
             seed=fault_seed,
         )
-        opts: dict[str, Any] = {
-            "secure": secure,
-            "faults": faults,
-            "validation": val,
-            "eval_every": eval_every,
-            "checkpoint_dir": checkpoint_dir,
-        }
         if resume:
             if checkpoint_dir is None:
                 raise ConfigError("--resume needs --checkpoint-dir")
-            opts.pop("checkpoint_dir")
-            sim = FederatedSimulation.resume(checkpoint_dir, x, **opts)
+            training_flags = given(
+                "epsilon",
+                "delta",
+                "noise_multiplier",
+                "clients_per_round",
+                "head_items",
+                "factors",
+                "server_lr",
+                "aggregation",
+                "threat_model",
+                "seed",
+                "param",
+            )
+            if training_flags:
+                flags = ", ".join("--" + f.replace("_", "-") for f in training_flags)
+                raise ConfigError(
+                    f"{flags}: a resumed run keeps the training configuration of its "
+                    "checkpoint; leave these out (or start a new run in another folder)"
+                )
+            sim = FederatedSimulation.resume(
+                checkpoint_dir,
+                x,
+                secure=secure if given("secure") else None,  # type: ignore[arg-type]
+                faults=faults if given(*fault_flags) else None,
+                rounds=rounds if given("rounds") else None,
+                validation=val,
+                **({"eval_every": eval_every} if given("eval_every") else {}),
+            )
         else:
             settings: dict[str, Any] = {
                 "epsilon": epsilon,
@@ -138,26 +192,70 @@ def simulate(
                 "factors": factors,
                 "server_lr": server_lr,
                 "aggregation": aggregation,
+                "threat_model": threat_model,
                 "seed": seed,
             }
             settings.update(parse_params(param))
             if settings["epsilon"] is None and settings["noise_multiplier"] is None:
                 raise ConfigError("give --epsilon (calibrated) or --noise-multiplier")
             cfg = FederatedMFConfig.create(**settings)
-            sim = FederatedSimulation(cfg, x, **opts)
+            sim = FederatedSimulation(
+                cfg,
+                x,
+                secure=secure,  # type: ignore[arg-type]
+                faults=faults,
+                validation=val,
+                eval_every=eval_every,
+                checkpoint_dir=checkpoint_dir,
+            )
         srv = sim.server
+        c = srv.config
+        if c.epsilon is not None:
+            budget = (
+                f"ε asked {c.epsilon:g} at δ = {c.delta:g}; expected spend ≈ "
+                f"{srv.expected_epsilon():.3g} if every sampled client survives (the noise is "
+                + (
+                    f"sized for the worst completed round: {srv.noise_shares} honest survivors "
+                    "of the largest cohort; fewer survivors spend more, up to the asked ε)"
+                    if c.aggregation == "distributed"
+                    else "calibrated to the asked ε)"
+                )
+            )
+        else:
+            budget = f"noise multiplier z = {c.noise_multiplier:g} (no ε target; see the end)"
+        err_console.print(budget, highlight=False)
         err_console.print(
             f"{label}; {x.shape[0]:,} clients, {x.shape[1]:,} items; "
             f"q = {srv.q:.4g} (≈{srv.expected_clients:.0f} clients/round); "
-            f"z = {srv.noise_multiplier:.4g}; aggregation {srv.config.aggregation}"
+            f"z = {srv.noise_multiplier:.4g}; aggregation {c.aggregation}"
             + (
-                f", secure sum: {sim._mode_label()}"
-                if srv.config.aggregation == "distributed"
+                f", secure sum: {sim._mode_label()}, {c.threat_model} server"
+                if c.aggregation == "distributed"
+                else ""
+            )
+            + (
+                f"; resuming after round {srv.round} of {c.rounds} "
+                f"(secure={sim.secure}, faults from the checkpoint)"
+                if resume
                 else ""
             ),
             highlight=False,
         )
-        reports = sim.run(progress=err_console.is_terminal)
+
+        def line(r: Any) -> None:  # one line per round when stderr is a log, not a terminal
+            if r.aborted:
+                text = f"round {r.round} attempt {r.attempt}: aborted ({r.aborted})"
+            else:
+                text = (
+                    f"round {r.round}/{c.rounds}: ε so far {r.epsilon:.4g}, "
+                    f"survivors {r.survivors}/{r.sampled}, clip {r.clip_norm:.4g}"
+                    + (f", Recall@20 {r.recall:.4f}" if r.recall is not None else "")
+                    + f", {r.seconds:.2f} s"
+                )
+            err_console.print(text, highlight=False, soft_wrap=True)
+
+        interactive = err_console.is_terminal
+        reports = sim.run(progress=interactive, on_round=None if interactive else line)
         table = Table(title="FederatedMF rounds")
         for col in (
             "round",
@@ -183,7 +281,14 @@ def simulate(
                 f"{r['seconds']:.2f}",
             )
         console.print(table)
-        console.print(srv.guarantee().explain(), highlight=False)
+        g = srv.guarantee()
+        console.print(
+            f"ε spent {g.epsilon:.4g}"
+            + (f" of {c.epsilon:g} asked" if c.epsilon is not None else "")
+            + f" at δ = {g.delta:g} (user level, {g.accountant.value} accountant)",
+            highlight=False,
+        )
+        console.print(g.explain(), highlight=False)
         if json_out is not None:
             json_out.write_text(
                 json.dumps(

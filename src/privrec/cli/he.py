@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from privrec.cli.common import coerce_ids, console, handle_errors
+from privrec.cli.common import console, handle_errors
 
 # ------------------------------------------------------- he: private scoring
 he_app = typer.Typer(
@@ -22,9 +22,18 @@ he_app = typer.Typer(
 def he_score(
     model_path: Annotated[Path, typer.Argument(help="A factor model saved by `privrec train`.")],
     user: Annotated[
-        str, typer.Option("--user", "-u", help="External user id (history read from the file).")
-    ],
-    k: Annotated[int, typer.Option("--k", "-k")] = 10,
+        str | None,
+        typer.Option("--user", "-u", help="External user id (history read from the model file)."),
+    ] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            "--history",
+            help="The user's history: external item ids, one per line (private models, "
+            "which keep no users).",
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1)] = 10,
     packing: Annotated[
         str, typer.Option(help="compact (smallest upload) or replicated (no rotation keys).")
     ] = "compact",
@@ -41,7 +50,9 @@ def he_score(
     keeps the secret key; the server sees only ciphertexts and the public
     context. Prints the top-k, the bytes each way and where the time went.
     """
-    from privrec.errors import MissingUserDataError
+    import scipy.sparse as sp
+
+    from privrec.cli.mpc import user_history
     from privrec.models import load_model
     from privrec.secure.he import (
         HE_STANDARD_MAX_BITS,
@@ -52,12 +63,8 @@ def he_score(
 
     with handle_errors():
         model = load_model(model_path)
-        if getattr(model, "_released_only", False):
-            raise MissingUserDataError(
-                f"{model_path} holds only released parameters: no history for user {user!r}"
-            )
-        idx = model.user_index(coerce_ids([user], model.user_ids_))
-        history = model.user_items_[idx]
+        row, who = user_history(model, model_path, user, history)
+        items_row = sp.csr_matrix(row.reshape(1, -1))
         noise = (
             ScoreNoise(noise_epsilon, noise_delta, item_clip, user_clip)
             if noise_epsilon is not None
@@ -68,17 +75,17 @@ def he_score(
         )
         server = PrivateScoringServer.from_model(model, params=client.params, noise=noise)
         prep_s = server.prepare(client.packing)
-        request = client.encrypt_query(client.fold_in(model, history)).to_bytes()
+        request = client.encrypt_query(client.fold_in(model, items_row)).to_bytes()
         encrypt_s = client.last_timings["encrypt"]
         t0 = time.perf_counter()
         response = server.score(request).to_bytes()
         server_s = time.perf_counter() - t0
-        seen = history.indices
+        seen = items_row.indices
         head = getattr(model, "head_items_", None)
         if head is not None:  # items a private model did not release are never recommended
             seen = np.union1d(seen, np.setdiff1d(np.arange(model.n_items_), head))
         items, scores = client.recommend(response, k=k, seen=seen)
-        table = Table("rank", "item", "score", title=f"private top-{k} for user {user}")
+        table = Table("rank", "item", "score", title=f"private top-{k} for {who}")
         for rank, (item, score) in enumerate(zip(items, scores, strict=True), start=1):
             if item >= 0:
                 table.add_row(str(rank), str(model.item_ids_[item]), f"{score:.4f}")

@@ -14,12 +14,16 @@ from typing import Annotated
 
 import typer
 
-from privrec.cli import budgets, training
+from privrec.cli import budgets, recommend, report, training
+from privrec.cli.audit import audit_app as privacy_audit_app
 from privrec.cli.common import STATE
 from privrec.cli.data import data_app
+from privrec.cli.experiment import experiment_app
 from privrec.cli.federated import federated_app
 from privrec.cli.governance import (
-    audit_app,
+    audit_app as audit_log_app,
+)
+from privrec.cli.governance import (
     consent_app,
     forget,
     keys_app,
@@ -28,8 +32,11 @@ from privrec.cli.governance import (
     policy_app,
 )
 from privrec.cli.he import he_app
+from privrec.cli.monitor import monitor_app
 from privrec.cli.mpc import mpc_app
 from privrec.cli.privacy import privacy_app
+from privrec.cli.risk import check, risk
+from privrec.cli.serve import serve
 from privrec.cli.silo import silo_app
 
 app = typer.Typer(
@@ -51,7 +58,8 @@ def _main(
 app.add_typer(data_app, name="data")
 app.command()(training.train)
 app.command()(training.evaluate)
-app.command()(training.recommend)
+app.command()(recommend.recommend)
+app.command()(report.report)
 app.command()(training.demo)
 app.command()(budgets.tune)
 app.command("train-tiers")(budgets.train_tiers)
@@ -66,7 +74,13 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(consent_app, name="consent")
 app.command()(forget)
 app.command()(lineage)
-app.add_typer(audit_app, name="audit-log")
+app.add_typer(audit_log_app, name="audit-log")
+app.add_typer(privacy_audit_app, name="audit")
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(monitor_app, name="monitor")
+app.command()(risk)
+app.command()(check)
+app.command()(serve)
 
 
 def run() -> None:  # pragma: no cover - console entry point helper

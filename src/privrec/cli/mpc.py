@@ -3,14 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 from rich.table import Table
 
-from privrec.cli.common import coerce_ids, console, handle_errors
+from privrec.cli.common import coerce_ids, console, err_console, handle_errors, load_history
 from privrec.errors import ConfigError
+
+
+def user_history(
+    model: Any, model_path: Path, user: str | None, history: Path | None
+) -> tuple[np.ndarray, str]:
+    """One user's history as a 0/1 row over the model's items, from ``--user`` or ``--history``.
+
+    A private model keeps no users: its user's items come from ``--history`` (external item
+    ids, one per line); ``--user`` reads a non-private model's stored history.
+    """
+    from privrec.errors import MissingUserDataError
+
+    if (user is None) == (history is None):
+        raise ConfigError("give exactly one of --user ID and --history FILE")
+    row = np.zeros(model.n_items_, dtype=np.float64)
+    if history is not None:
+        idx, unknown = load_history(history, np.asarray(model.item_ids_))
+        if unknown:
+            err_console.print(
+                f"note: {unknown} listed item(s) are not in the model's catalogue and were "
+                "left out",
+                highlight=False,
+            )
+        row[idx] = 1.0
+        return row, f"the history in {history.name}"
+    assert user is not None
+    if getattr(model, "_released_only", False) or model.n_users_ == 0:
+        raise MissingUserDataError(
+            f"{model_path} holds only released parameters, no users: pass the user's items "
+            "with --history FILE"
+        )
+    idx = model.user_index(coerce_ids([user], model.user_ids_))
+    row[:] = model.user_items_[idx].toarray()[0]
+    return row, f"user {user}"
+
 
 # ------------------------------------------------------- mpc: secure top-k (MPyC)
 mpc_app = typer.Typer(
@@ -26,9 +61,18 @@ _UserBoundOpt = Annotated[
 def mpc_topk(
     model_path: Annotated[Path, typer.Argument(help="A factor model saved by `privrec train`.")],
     user: Annotated[
-        str, typer.Option("--user", "-u", help="External user id (history read from the file).")
-    ],
-    k: Annotated[int, typer.Option("--k", "-k")] = 10,
+        str | None,
+        typer.Option("--user", "-u", help="External user id (history read from the model file)."),
+    ] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option(
+            "--history",
+            help="The user's history: external item ids, one per line (private models, "
+            "which keep no users).",
+        ),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1)] = 10,
     public_items: Annotated[
         bool,
         typer.Option(
@@ -51,27 +95,22 @@ def mpc_topk(
     Party 0 (the client) folds the user in and inputs u and its seen items, party 1 the
     item factors; only party 0 learns the top-k ids (no scores).
     """
-    from privrec.errors import MissingUserDataError
     from privrec.models import load_model
-    from privrec.secure.mpc import MPCParams, secure_recommend
+    from privrec.secure.mpc import MPCParams
+    from privrec.secure.mpc_local import secure_recommend
 
     with handle_errors():
         model = load_model(model_path)
-        if getattr(model, "_released_only", False):
-            raise MissingUserDataError(
-                f"{model_path} holds only released parameters: no history for user {user!r}"
-            )
         if not hasattr(model, "item_factors_"):
             raise ConfigError(f"{type(model).__name__} is not a factor model (no item factors)")
-        idx = model.user_index(coerce_ids([user], model.user_ids_))
-        history = model.user_items_[idx].toarray()[0]
+        row, who = user_history(model, model_path, user, history)
         if item_norm_bound is None:
             item_norm_bound = float(np.linalg.norm(model.item_factors_, axis=1).max()) * 1.01
         params = MPCParams(user_norm_bound=user_norm_bound, item_norm_bound=item_norm_bound)
         res = secure_recommend(
-            model, history, k=k, public_items=public_items, params=params, tls=tls, timeout=timeout
+            model, row, k=k, public_items=public_items, params=params, tls=tls, timeout=timeout
         )
-        console.print(f"secure top-{k} for user {user} (ids only, no scores):")
+        console.print(f"secure top-{k} for {who} (ids only, no scores):")
         table = Table("rank", "item")
         for rank, item in enumerate(res.items, start=1):
             if item >= 0:
@@ -133,6 +172,14 @@ def mpc_party(
             help="Folder with ca.pem and this party's party-<id>.pem/.key (`privrec mpc keys`).",
         ),
     ] = None,
+    items: Annotated[
+        Path | None,
+        typer.Option(
+            "--items",
+            help="Party 0: the catalogue's external ids (items.txt of `mpc export`), to print "
+            "them instead of indices.",
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout")] = 300.0,
 ) -> None:
     """Run one party of secure top-k; every party must get the same public options."""
@@ -161,7 +208,87 @@ def mpc_party(
             timeout=timeout,
         )
         if res.items is not None:
-            console.print("top-k items: " + " ".join(str(i) for i in res.items))
+            ids = None
+            if items is not None:
+                from privrec.secure.silo_model import read_catalogue
+
+                ids = read_catalogue(items)
+                if len(ids) != n_items:
+                    raise ConfigError(f"--items lists {len(ids)} items, --n-items is {n_items}")
+            shown = [  # -1 pads a list longer than the items left, as Recommender.recommend
+                str(ids[i]) if ids is not None and i >= 0 else str(i) for i in res.items.tolist()
+            ]
+            console.print("top-k items: " + " ".join(shown))
         else:
             console.print(f"party {party_id} done (receives no output)")
         console.print(f"bytes sent {res.bytes_sent:,}; protocol {res.seconds:.2f} s")
+
+
+@mpc_app.command("export")
+def mpc_export(
+    model_path: Annotated[Path, typer.Argument(help="A factor model saved by `privrec train`.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the parties' input files.")],
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", help="External user id (non-private model).")
+    ] = None,
+    history: Annotated[
+        Path | None,
+        typer.Option("--history", help="The user's items: external ids, one per line."),
+    ] = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1)] = 10,
+    public_items: Annotated[
+        bool,
+        typer.Option(
+            "--public-items/--secret-items",
+            help="Item factors known to all parties (released model) or input by party 1 only.",
+        ),
+    ] = True,
+    user_norm_bound: _UserBoundOpt = 4.0,
+    item_norm_bound: Annotated[
+        float | None,
+        typer.Option(help="Public bound on item-row norms (default: from the model's factors)."),
+    ] = None,
+) -> None:
+    """Write each party's input files for `privrec mpc party` on separate machines.
+
+    party-0/ (the user's folded-in vector and the items to leave out: secret, mode 0600) goes
+    to the client only, party-1/ (or public/) to the model holder (or everyone); items.txt and
+    public.json are public. Prints the three `mpc party` commands.
+    """
+    from privrec.models import load_model
+    from privrec.secure.mpc import MPCParams
+    from privrec.secure.mpc_local import export_party_inputs
+
+    with handle_errors():
+        model = load_model(model_path)
+        if not hasattr(model, "item_factors_"):
+            raise ConfigError(f"{type(model).__name__} is not a factor model (no item factors)")
+        row, who = user_history(model, model_path, user, history)
+        if item_norm_bound is None:
+            item_norm_bound = float(np.linalg.norm(model.item_factors_, axis=1).max()) * 1.01
+        params = MPCParams(user_norm_bound=user_norm_bound, item_norm_bound=item_norm_bound)
+        pub = export_party_inputs(model, row, out, k=k, public_items=public_items, params=params)
+        y = "public" if public_items else "party-1"
+        common = (
+            f"--n-items {pub['n_items']} --factors {pub['factors']} --k {pub['k']} "
+            f"--user-norm-bound {pub['user_norm_bound']:g} "
+            f"--item-norm-bound {pub['item_norm_bound']:.6g}"
+            + (" --public-items" if public_items else "")
+            + " --party HOST0:PORT --party HOST1:PORT --party HOST2:PORT"
+        )
+        console.print(f"wrote the inputs of {who} to {out}/ (party-0/ is secret: client only)")
+        for pid, extra in (
+            (
+                0,
+                f"--user-vector {out}/party-0/user-vector.npy --exclude {out}/party-0/exclude.npy"
+                f" --items {out}/items.txt"
+                + (f" --item-factors {out}/{y}/item-factors.npy" if public_items else ""),
+            ),
+            (1, f"--item-factors {out}/{y}/item-factors.npy"),
+            (2, f"--item-factors {out}/{y}/item-factors.npy" if public_items else ""),
+        ):
+            console.print(
+                f"privrec mpc party --id {pid} {common} {extra}".rstrip(),
+                highlight=False,
+                soft_wrap=True,
+            )

@@ -1,17 +1,21 @@
-"""``privrec silo …``: cross-silo DPALS / DPEASE over two non-colluding aggregation servers."""
+"""``privrec silo …``: cross-silo DPALS / DPEASE over two non-colluding aggregation servers.
+
+``split`` turns one dataset into silo files plus the public item catalogue, ``config`` writes the
+public run configuration every party checks, ``keys`` the roster and key files; then ``serve``
+(×2), ``join`` (per silo) and ``train`` run the session (docs/cross_silo.md).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 
-from privrec.cli.common import console, handle_errors
+from privrec.cli.common import console, err_console, handle_errors
 from privrec.errors import ConfigError
 
-# ------------------------------------------------------- silo: cross-silo DPALS
 silo_app = typer.Typer(
     help="Cross-silo DPALS or DPEASE over two non-colluding aggregation servers (docs/cross_silo.md).",
     no_args_is_help=True,
@@ -19,6 +23,37 @@ silo_app = typer.Typer(
 _RosterOpt = Annotated[Path, typer.Option("--roster", help="roster.json from `privrec silo keys`.")]
 _KeyOpt = Annotated[Path, typer.Option("--key", help="This party's <name>.key (secret).")]
 _TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds to wait for any peer.")]
+_ConfigOpt = Annotated[
+    Path,
+    typer.Option(
+        "--config", help="The run's public configuration (run.json from `privrec silo config`)."
+    ),
+]
+
+
+def _check_timeout(timeout: float) -> None:
+    if not (timeout > 0 and np.isfinite(timeout)):
+        raise ConfigError(f"--timeout must be a positive number of seconds, found {timeout}")
+
+
+def _read_config(path: Path) -> Any:
+    from privrec.secure.silo import load_config
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"configuration {str(path)!r} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the configuration {str(path)!r}: {exc}") from None
+    return load_config(text)
+
+
+def _writable(path: Path, what: str) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{what}: folder {str(parent)!r} does not exist")
+    if path.exists() and path.is_dir():
+        raise ConfigError(f"{what}: {str(path)!r} is a folder")
 
 
 @silo_app.command("keys")
@@ -34,13 +69,15 @@ def silo_keys(
         str, typer.Option("--ports", help="Ports of driver,server0,server1 (comma-separated).")
     ] = "7100,7101,7102",
 ) -> None:
-    """Create static X25519 keys and the public roster for driver, 2 servers and K silos."""
+    """Create static X25519 keys (mode 0600) and the public roster for driver, 2 servers, K silos."""
+    from privrec.secure.channel import check_port
     from privrec.secure.silo import setup_keys
 
     with handle_errors():
-        port_list = [int(p) for p in ports.split(",")]
-        if len(port_list) != 3:
-            raise ConfigError("--ports needs three ports: driver,server0,server1")
+        raw = [p.strip() for p in ports.split(",")]
+        if len(raw) != 3 or not all(p.isdigit() for p in raw):
+            raise ConfigError(f"--ports needs three ports driver,server0,server1, found {ports!r}")
+        port_list = [check_port(int(p), "--ports") for p in raw]
         roster, _ = setup_keys(out, silos, host=host, ports=port_list)
         console.print(
             f"wrote {out / 'roster.json'} (public) and {len(roster.parties)} key files "
@@ -48,26 +85,145 @@ def silo_keys(
         )
 
 
+@silo_app.command("split")
+def silo_split(
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Interaction file, LightGCN split folder (its train.txt is split), or shared "
+            "dataset name (e.g. ml-1m-implicit-r3)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for silo<i>.txt and items.txt.")],
+    silos: Annotated[int, typer.Option("--silos", min=1, help="Number of silos K.")] = 3,
+    fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random assignment of users.")] = 0,
+) -> None:
+    """Split one dataset's users at random over K silos (a demo or test of a real federation).
+
+    Writes ``silo<i>.txt`` (``user item item …`` lines, items as catalogue indices, users as
+    silo-local row numbers) and ``items.txt`` (the shared catalogue: external item ids in index
+    order, assumed public), and prints the catalogue size the configuration needs.
+    """
+    from privrec.data import load
+    from privrec.data.shared import shared_dataset
+    from privrec.errors import DataError
+
+    with handle_errors():
+        path = data
+        if not path.exists():
+            found = shared_dataset(str(path))
+            if found is None:
+                raise DataError("no such file or shared dataset", file=path)
+            path = found
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--out: cannot create {str(out)!r}: {exc.strerror}") from None
+        if path.is_dir() and (path / "train.txt").exists():
+            from privrec.evaluation import load_split
+
+            interactions = load_split(path, merge_valid_into_train=False).train
+        else:
+            interactions = load(path, format=fmt)
+        x = interactions.matrix.tocsr()
+        x.sort_indices()
+        rng = np.random.default_rng(seed)
+        owner = rng.integers(0, silos, size=x.shape[0])
+        counts = []
+        for i in range(silos):
+            rows = np.flatnonzero(owner == i)
+            lines = []
+            for local, u in enumerate(rows.tolist()):
+                items = x.indices[x.indptr[u] : x.indptr[u + 1]]
+                if items.size:
+                    lines.append(" ".join(str(v) for v in [local, *items.tolist()]))
+            (out / f"silo{i + 1}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            counts.append(len(lines))
+        item_ids = np.asarray(interactions.item_ids)
+        (out / "items.txt").write_text(
+            "\n".join(str(v) for v in item_ids.tolist()) + "\n", encoding="utf-8"
+        )
+        console.print(
+            f"wrote {silos} silo files ({', '.join(str(c) for c in counts)} users) and "
+            f"{out / 'items.txt'}: catalogue of {len(item_ids)} items",
+            highlight=False,
+        )
+
+
+@silo_app.command("config")
+def silo_config(
+    out: Annotated[Path, typer.Option("--out", help="The public run configuration to write.")],
+    epsilon: Annotated[float, typer.Option("--epsilon", help="User-level ε over the union.")],
+    items: Annotated[
+        Path | None,
+        typer.Option("--items", help="The shared catalogue (items.txt of `silo split`)."),
+    ] = None,
+    n_items: Annotated[
+        int | None, typer.Option("--n-items", min=1, help="Catalogue size, without --items.")
+    ] = None,
+    delta: Annotated[float, typer.Option("--delta")] = 1e-6,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", help="dpals (item factors) or dpease (EASE weights from a noisy Gram)."
+        ),
+    ] = "dpals",
+    factors: Annotated[int, typer.Option("--factors", help="DPALS embedding size.")] = 32,
+    iterations: Annotated[int | None, typer.Option("--iterations", help="DPALS steps.")] = None,
+) -> None:
+    """Write the run's public configuration (run.json): give the same file to both servers and
+    the driver."""
+    import pydantic
+
+    from privrec.secure.silo import SiloConfig, SiloEASEConfig
+    from privrec.secure.silo_model import read_catalogue
+
+    with handle_errors():
+        if (items is None) == (n_items is None):
+            raise ConfigError("give the catalogue as --items FILE or its size as --n-items")
+        size = len(read_catalogue(items)) if items is not None else int(n_items or 0)
+        _writable(out, "--out")
+        if model not in ("dpals", "dpease"):
+            raise ConfigError(f"--model must be dpals or dpease, got {model!r}")
+        cfg: Any
+        try:
+            if model == "dpease":
+                cfg = SiloEASEConfig(epsilon=epsilon, delta=delta, n_items=size)
+            else:
+                cfg = SiloConfig(
+                    epsilon=epsilon,
+                    delta=delta,
+                    n_items=size,
+                    factors=factors,
+                    iterations=iterations,
+                )
+        except pydantic.ValidationError as exc:  # out-of-range settings
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise ConfigError(f"invalid configuration {where}: {err['msg']}") from None
+        out.write_text(cfg.model_dump_json(indent=1), encoding="utf-8")
+        console.print(f"wrote {out}: {model}, ε = {epsilon:g}, δ = {delta:g}, {size} items")
+
+
 @silo_app.command("serve")
 def silo_serve(
     roster: _RosterOpt,
     key: _KeyOpt,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="The run's public config.json (written by `train` in its checkpoint "
-            "directory): the server then refuses any step with less noise than it requires.",
-        ),
-    ] = None,
+    config: _ConfigOpt,
     timeout: _TimeoutOpt = 60.0,
 ) -> None:
-    """Run an aggregation server for one training session."""
+    """Run an aggregation server for one training session.
+
+    The server checks every step's noise plan against its own copy of the configuration and
+    refuses one with less noise than it requires.
+    """
     from privrec.secure.channel import Identity, Roster
-    from privrec.secure.silo import AggregationServer, load_config
+    from privrec.secure.silo import AggregationServer
 
     with handle_errors():
-        cfg = None if config is None else load_config(config.read_text())
+        _check_timeout(timeout)
+        cfg = _read_config(config)
         AggregationServer(
             Identity.load(key), Roster.load(roster), timeout=timeout, config=cfg
         ).run()
@@ -78,10 +234,18 @@ def silo_join(
     roster: _RosterOpt,
     key: _KeyOpt,
     data: Annotated[Path, typer.Option("--data", help="This silo's `user item item …` file.")],
-    n_items: Annotated[int, typer.Option("--n-items", min=1, help="Shared catalogue size.")],
+    n_items: Annotated[
+        int | None,
+        typer.Option(
+            "--n-items",
+            min=1,
+            help="Shared catalogue size, to check the file before joining (default: the size "
+            "the driver announces; a mismatch is reported to every party at once).",
+        ),
+    ] = None,
     timeout: _TimeoutOpt = 60.0,
 ) -> None:
-    """Join a training session as a silo with its own users' data (item ids < n_items)."""
+    """Join a training session as a silo with its own users' data (item ids < catalogue size)."""
     import scipy.sparse as sp
 
     from privrec.data.loaders import read_user_item_lists
@@ -89,12 +253,18 @@ def silo_join(
     from privrec.secure.silo import Silo
 
     with handle_errors():
+        _check_timeout(timeout)
         users, items, all_users = read_user_item_lists(data)
-        if items.size and int(items.max()) >= n_items:
-            raise ConfigError(f"{data}: item id {int(items.max())} ≥ --n-items {n_items}")
+        if items.size and int(items.min()) < 0:
+            raise ConfigError(f"{data}: item ids must be catalogue indices ≥ 0")
+        width = int(items.max()) + 1 if items.size else 0
+        if n_items is not None and width > n_items:
+            raise ConfigError(f"{data}: item id {width - 1} ≥ --n-items {n_items}")
         rows = np.searchsorted(all_users, users)
         x = sp.csr_matrix(
-            (np.ones(len(rows)), (rows, items)), shape=(len(all_users), n_items), dtype=np.float64
+            (np.ones(len(rows)), (rows, items)),
+            shape=(len(all_users), n_items or width),
+            dtype=np.float64,
         )
         Silo(Identity.load(key), Roster.load(roster), x, timeout=timeout).run()
 
@@ -103,68 +273,42 @@ def silo_join(
 def silo_train(
     roster: _RosterOpt,
     key: _KeyOpt,
-    n_items: Annotated[
-        int | None, typer.Option("--n-items", min=1, help="Shared catalogue size.")
-    ] = None,
-    epsilon: Annotated[
-        float | None, typer.Option("--epsilon", help="User-level ε over the union.")
-    ] = None,
-    delta: Annotated[float, typer.Option("--delta")] = 1e-6,
-    factors: Annotated[int, typer.Option("--factors")] = 32,
-    iterations: Annotated[int | None, typer.Option("--iterations")] = None,
-    model: Annotated[
-        str,
+    config_file: _ConfigOpt,
+    items: Annotated[
+        Path | None,
         typer.Option(
-            "--model",
-            help="dpals (item factors) or dpease (EASE weights from a noisy Gram matrix).",
+            "--items",
+            help="The shared catalogue (items.txt): the model then speaks external item ids.",
         ),
-    ] = "dpals",
+    ] = None,
     checkpoint: Annotated[
         Path, typer.Option("--checkpoint", help="Directory written after every step.")
     ] = Path("silo-checkpoint"),
     resume: Annotated[bool, typer.Option("--resume", help="Continue from --checkpoint.")] = False,
     out: Annotated[
-        Path, typer.Option("--out", help="Released item factors (.npz) + guarantee (.json).")
+        Path, typer.Option("--out", help="The released model (a privrec model file).")
     ] = Path("silo-model.npz"),
-    config_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="A SiloConfig or SiloEASEConfig as JSON (the file the servers get); replaces "
-            "--model, --n-items, --epsilon, --delta, --factors and --iterations.",
-        ),
-    ] = None,
     timeout: _TimeoutOpt = 60.0,
 ) -> None:
-    """Drive cross-silo DPALS or DPEASE training (the driver holds no data)."""
+    """Drive cross-silo DPALS or DPEASE training (the driver holds no data); save the model.
+
+    The result is a normal privrec model file (DPALS or DPEASE, with its guarantee and no
+    users): `privrec privacy explain` reads it and `privrec recommend --history` scores a
+    user from their own items.
+    """
     from privrec.secure.channel import Identity, Roster
-    from privrec.secure.silo import (
-        AnyConfig,
-        SiloConfig,
-        SiloEASEConfig,
-        SiloResult,
-        load_config,
-        make_driver,
-    )
+    from privrec.secure.silo import SiloResult, make_driver
+    from privrec.secure.silo_model import read_catalogue, to_model
 
     with handle_errors():
-        config: AnyConfig
-        if config_file is not None:
-            config = load_config(config_file.read_text())
-        elif n_items is None or epsilon is None:
-            raise ConfigError("--n-items and --epsilon are required (or give --config)")
-        elif model == "dpease":
-            config = SiloEASEConfig(epsilon=epsilon, delta=delta, n_items=n_items)
-        elif model == "dpals":
-            config = SiloConfig(
-                epsilon=epsilon,
-                delta=delta,
-                n_items=n_items,
-                factors=factors,
-                iterations=iterations,
+        _check_timeout(timeout)
+        config = _read_config(config_file)
+        catalogue = None if items is None else read_catalogue(items)
+        if catalogue is not None and len(catalogue) != config.n_items:
+            raise ConfigError(
+                f"--items lists {len(catalogue)} items, the configuration {config.n_items}"
             )
-        else:
-            raise ConfigError(f"--model must be dpals or dpease, got {model!r}")
+        _writable(out, "--out")
         driver = make_driver(
             Identity.load(key),
             Roster.load(roster),
@@ -174,28 +318,20 @@ def silo_train(
             timeout=timeout,
         )
         result = driver.train()
-        if isinstance(result, SiloResult):
-            np.savez(
-                out,
-                item_factors=result.item_factors,
-                head_items=result.head_items,
-                noisy_counts=result.noisy_counts,
-                popularity_blend=np.asarray(result.popularity_blend),
-            )
-            what = f"{len(result.head_items)} head items × {result.item_factors.shape[1]} factors"
-        else:
-            np.savez(
-                out,
-                weights=result.weights,
-                head_items=result.head_items,
-                item_popularity=result.item_popularity,
-                popularity_blend=np.asarray(result.popularity_blend),
-            )
-            what = f"EASE weights over {len(result.head_items)} items"
-        out.with_suffix(".json").write_text(result.guarantee.to_json())
-        console.print(
-            f"released {out} ({what}); "
-            f"user-level ε = {result.guarantee.epsilon:.4g} at δ = {config.delta:g} "
-            "(RDP accountant)"
+        model = to_model(result, config, catalogue)
+        path = model.save(out)
+        what = (
+            f"{len(result.head_items)} head items × {result.item_factors.shape[1]} factors"
+            if isinstance(result, SiloResult)
+            else f"EASE weights over {len(result.head_items)} items"
         )
-        console.print("per-release seconds: " + ", ".join(f"{s:.2f}" for s in result.round_seconds))
+        g = result.guarantee
+        console.print(
+            f"released {path} ({type(model).__name__}, {what}); user-level ε = {g.epsilon:.4g} "
+            f"at δ = {config.delta:g} (RDP accountant)",
+            highlight=False,
+        )
+        err_console.print(
+            "per-release seconds: " + ", ".join(f"{s:.2f}" for s in result.round_seconds),
+            highlight=False,
+        )

@@ -1,6 +1,7 @@
-"""``privrec train | evaluate | recommend | demo``: fit, compare and use models.
+"""``privrec train | evaluate | demo``: fit and compare models.
 
-Registered as top-level commands by :mod:`privrec.cli.main`.
+Registered as top-level commands by :mod:`privrec.cli.main`; ``recommend`` lives in
+:mod:`privrec.cli.recommend` and ``report`` in :mod:`privrec.cli.report`.
 """
 
 from __future__ import annotations
@@ -16,18 +17,50 @@ from rich.table import Table
 from privrec.cli.common import (
     Protocol,
     build_model,
-    coerce_ids,
+    check_delta_for_data,
+    check_output,
     console,
     fit_with_progress,
     handle_errors,
+    is_private,
     load_data,
+    make_split,
+    note,
+    number_check,
     parse_params,
     privacy_params,
     read_config,
+    read_items,
+    rounded,
+    stderr_is_tty,
 )
 from privrec.errors import ConfigError
 
 DEMO_EPSILONS = (1.0, 4.0)
+
+#: shared option types (parse-time checks: NaN, ±inf and out-of-range numbers are refused)
+Epsilon = Annotated[
+    float | None,
+    typer.Option(help="Privacy budget ε (private models).", callback=number_check(gt=0)),
+]
+Delta = Annotated[
+    float | None,
+    typer.Option(
+        help="Privacy budget δ (private models); must be below 1/number of users.",
+        callback=number_check(gt=0, lt=1),
+    ),
+]
+Binarize = Annotated[
+    float | None,
+    typer.Option(help="Keep values >= threshold as 1.", callback=number_check()),
+]
+ForceWeakDelta = Annotated[
+    bool,
+    typer.Option(
+        "--force-weak-delta",
+        help="Train even when δ is not below 1/number of users (weak: warns).",
+    ),
+]
 
 
 # -------------------------------------------------------------------- train
@@ -46,16 +79,34 @@ def train(
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Hyper-parameter key=value.")
     ] = None,
-    binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold as 1.")] = None,
-    epsilon: Annotated[
-        float | None, typer.Option(help="Privacy budget ε (private models).")
-    ] = None,
-    delta: Annotated[float | None, typer.Option(help="Privacy budget δ (private models).")] = None,
+    binarize: Binarize = None,
+    epsilon: Epsilon = None,
+    delta: Delta = None,
     unit: Annotated[
         str | None, typer.Option(help="Privacy unit: user or interaction (private models).")
     ] = None,
+    items: Annotated[
+        Path | None,
+        typer.Option(
+            "--items",
+            help="Item catalogue file (one id per line). Private models then learn nothing "
+            "about the catalogue from the data; without it, the catalogue is assumed public.",
+        ),
+    ] = None,
+    tuning: Annotated[
+        str | None,
+        typer.Option(
+            help="How the hyper-parameters were chosen (private models; written into the "
+            "guarantee): defaults, public (other data) or private (this data; not charged).",
+        ),
+    ] = None,
+    force_weak_delta: ForceWeakDelta = False,
     include_user_data: Annotated[
-        bool, typer.Option(help="Private models: also store the training interactions in the file.")
+        bool,
+        typer.Option(
+            help="Private models: also store the training users and interactions in the file "
+            "(NOT covered by the guarantee)."
+        ),
     ] = False,
     ledger: Annotated[
         str | None,
@@ -71,11 +122,11 @@ def train(
 ) -> None:
     """Fit a model on a whole interaction file and save it.
 
-    A TOML config may hold ``model = "als"``, a ``[params]`` table and a
-    ``[data]`` table (``path``, ``format``, ``binarize``); command-line
-    options override it.
+    A TOML config may hold ``model = "als"``, a \\[params] table and a \\[data] table
+    (``path``, ``format``, ``binarize``); command-line options override it.
     """
     with handle_errors():
+        check_output(output)
         cfg = read_config(config)
         data_cfg = cfg.get("data", {})
         name = model_name or cfg.get("model")
@@ -90,11 +141,21 @@ def train(
             **privacy_params(epsilon, delta, unit),
         }
         model = build_model(name, params)
+        private = is_private(name)
+        if tuning is not None:
+            if not private:
+                raise ConfigError(f"{name} is not a private model: --tuning does not apply to it")
+            model.declare_tuning(tuning)
+        catalogue = read_items(items) if items is not None else None
         data = load_data(
             path,
             fmt or data_cfg.get("format"),
             binarize if binarize is not None else data_cfg.get("binarize"),
         )
+        if private:
+            check_delta_for_data(model.get_params(), data, force_weak_delta)
+        if catalogue is not None:
+            model.with_catalogue(catalogue)
         t0 = time.perf_counter()
         if dataset is not None or ledger is not None:  # privacy ledger (privrec.governance)
             if dataset is None:
@@ -115,40 +176,23 @@ def train(
             fit_with_progress(model, data)
             saved = model.save(output, include_user_data=True if include_user_data else None)
             seen = data.matrix
+        users = rounded(seen.shape[0]) if private else f"{seen.shape[0]:,}"
+        inter = rounded(seen.nnz) if private else f"{seen.nnz:,}"
         console.print(
-            f"fitted [bold]{model.name}[/] on {seen.shape[0]:,} users × {seen.shape[1]:,} items "
-            f"({seen.nnz:,} interactions) in {time.perf_counter() - t0:.1f} s → {saved}"
+            f"fitted [bold]{model.name}[/] on {users} users × {seen.shape[1]:,} items "
+            f"({inter} interactions) in {time.perf_counter() - t0:.1f} s → {saved}",
+            highlight=False,
         )
         guarantee = getattr(model, "guarantee_", None)
         if guarantee is not None:
             console.print(
                 f"privacy: ({guarantee.epsilon:.3g}, {guarantee.delta:.1e})-DP per {guarantee.unit.value}; "
-                f"`privrec privacy explain {saved}` says what that means"
+                f"`privrec privacy explain {saved}` says what that means",
+                highlight=False,
             )
 
 
 # ----------------------------------------------------------------- evaluate
-def make_split(
-    protocol: Protocol,
-    data_path: Path,
-    fmt: str | None,
-    binarize: float | None,
-    seed: int,
-    test_fraction: float,
-) -> Any:
-    from privrec import evaluation as ev
-
-    if protocol is Protocol.files:
-        return ev.load_split(data_path, merge_valid_into_train=True)
-    data = load_data(data_path, fmt, binarize)
-    if protocol is Protocol.holdout:
-        return ev.random_holdout(data, test_fraction=test_fraction, seed=seed)
-    if protocol is Protocol.leave_last_out:
-        return ev.leave_last_out(data)
-    n = max(1, round(0.1 * data.n_users))
-    return ev.strong_generalization(data, n_heldout_users=n, seed=seed)
-
-
 def evaluate(
     data_path: Annotated[
         Path,
@@ -157,74 +201,80 @@ def evaluate(
         ),
     ],
     model_name: Annotated[
-        list[str], typer.Option("--model", "-m", help="Model name (repeat to compare).")
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model name (repeat to compare; baselines and private models mix).",
+        ),
     ],
     protocol: Annotated[Protocol, typer.Option(help="Split protocol.")] = Protocol.holdout,
     fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
     param: Annotated[
         list[str] | None,
-        typer.Option("--param", "-p", help="Hyper-parameter key=value (all models)."),
+        typer.Option(
+            "--param",
+            "-p",
+            help="Hyper-parameter key=value for every model, or model.key=value for one.",
+        ),
     ] = None,
     k: Annotated[list[int] | None, typer.Option("--k", help="Cut-offs (repeatable).")] = None,
-    binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold as 1.")] = None,
+    binarize: Binarize = None,
     seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
-    test_fraction: Annotated[float, typer.Option(help="Holdout fraction per user.")] = 0.2,
+    test_fraction: Annotated[
+        float,
+        typer.Option(help="Holdout fraction per user.", callback=number_check(gt=0, lt=1)),
+    ] = 0.2,
     groups: Annotated[
         bool, typer.Option(help="Also print the per-activity-group breakdown.")
     ] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
-    epsilon: Annotated[
-        float | None, typer.Option(help="Privacy budget ε (private models).")
-    ] = None,
-    delta: Annotated[float | None, typer.Option(help="Privacy budget δ (private models).")] = None,
+    epsilon: Epsilon = None,
+    delta: Delta = None,
     unit: Annotated[str | None, typer.Option(help="Privacy unit (private models).")] = None,
+    force_weak_delta: ForceWeakDelta = False,
 ) -> None:
-    """Split the data, fit each model on the training part, and report ranking metrics."""
+    """Split the data, fit each model on the training part, and report ranking metrics.
+
+    Baselines and private models can be compared in one run: --epsilon, --delta and --unit
+    apply to the private ones.
+    """
     from privrec.evaluation import evaluate as run_eval
+    from privrec.report.compare import scoped_params
 
     with handle_errors():
+        check_output(json_out)
         ks = tuple(k or (10, 20, 50))
-        split = make_split(protocol, data_path, fmt, binarize, seed, test_fraction)
-        results = []
-        for name in model_name:
-            model = build_model(
-                name, {**parse_params(param), **privacy_params(epsilon, delta, unit)}
+        if any(v < 1 for v in ks):
+            raise ConfigError(f"--k must be >= 1, got {min(ks)}")
+        privacy = privacy_params(epsilon, delta, unit)
+        if privacy and not any(is_private(n) for n in model_name):
+            raise ConfigError(
+                f"--{next(iter(privacy))} applies to private models, and none was given"
             )
+        params = parse_params(param)
+        models = [build_model(n, scoped_params(params, n), privacy) for n in model_name]
+        split = make_split(protocol, data_path, fmt, binarize, seed, test_fraction)
+        for model in models:
+            if getattr(model, "mechanism_name", None) is not None:
+                check_delta_for_data(model.get_params(), split.train, force_weak_delta)
+        results = []
+        for model in models:
             fit_with_progress(model, split.train)
+            if not stderr_is_tty():
+                note(f"evaluating {model.name}…")
             res = run_eval(model, split, k=ks)
             results.append(res)
-            console.print(str(res))
+            console.print(str(res), highlight=False, markup=False)
             if groups:
-                console.print(res.per_group.to_string())
+                console.print(res.per_group.to_string(), highlight=False, markup=False)
         if json_out is not None:
-            json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2, default=float))
-
-
-# ---------------------------------------------------------------- recommend
-def recommend(
-    model_path: Annotated[Path, typer.Argument(help="A model saved by `privrec train`.")],
-    user: Annotated[list[str], typer.Option("--user", "-u", help="External user id (repeatable).")],
-    k: Annotated[int, typer.Option("--k", "-k")] = 10,
-    include_seen: Annotated[bool, typer.Option(help="Allow items the user already has.")] = False,
-) -> None:
-    """Print the top-k items for users of a saved model."""
-    from privrec.models import load_model
-
-    with handle_errors():
-        model = load_model(model_path)
-        ids = coerce_ids(user, model.user_ids_)
-        items, scores = model.recommend_ids(ids, k=k, exclude_seen=not include_seen)
-        table = Table("user", "rank", "item", "score")
-        for u, row_items, row_scores in zip(user, items, scores, strict=True):
-            for rank, (item, score) in enumerate(zip(row_items, row_scores, strict=True), start=1):
-                if item is not None:
-                    table.add_row(str(u), str(rank), str(item), f"{score:.4f}")
-        console.print(table)
+            json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
 
 
 def demo(
-    users: Annotated[int, typer.Option(help="Synthetic users.")] = 20_000,
-    items: Annotated[int, typer.Option(help="Synthetic items.")] = 1000,
+    users: Annotated[int, typer.Option(help="Synthetic users.", min=10)] = 20_000,
+    items: Annotated[int, typer.Option(help="Synthetic items.", min=10)] = 1000,
     seed: Annotated[
         int, typer.Option(help="Data and split seed (the privacy noise is never seeded).")
     ] = 0,
@@ -233,13 +283,16 @@ def demo(
     ),
     private: Annotated[bool, typer.Option(help="Also train the private models.")] = True,
 ) -> None:
-    """Synthetic data → non-private baselines and private models (ε = 1, 4): Recall/NDCG@20 + report."""
+    """Synthetic data → non-private baselines and private models (ε = 1, 4): Recall/NDCG@20 + report.
+
+    The same comparison as ``privrec report`` (one noise draw), on synthetic data.
+    """
     from privrec.data import synthetic
-    from privrec.evaluation import evaluate as run_eval
     from privrec.evaluation import random_holdout
-    from privrec.report import ReportRow, write_html_report
+    from privrec.report import ModelSpec, run_comparison, write_html_report
 
     with handle_errors():
+        check_output(report)
         t_start = time.perf_counter()
         data = synthetic(n_users=users, n_items=items, seed=seed)
         split = random_holdout(data, test_fraction=0.2, seed=seed)
@@ -248,40 +301,34 @@ def demo(
             f"synthetic data: {data.n_users:,} users × {data.n_items:,} items, {data.nnz:,} interactions "
             f"(seed {seed}); 20% of each user's items held out"
         )
+        specs = [ModelSpec(n) for n in ("popularity", "itemknn", "ease", "als")]
+        if private:
+            specs += [ModelSpec("dppopularity"), ModelSpec("dpals")]
         table = Table(
             title="privrec demo: ranking quality on held-out items",
             caption="ε = ∞: not private. Private models: user-level (ε, δ)-DP.",
         )
         for col in ("model", "ε (user level)", "Recall@20", "NDCG@20", "Coverage@20", "fit s"):
             table.add_column(col, justify="right" if col != "model" else "left")
-        runs: list[tuple[str, str, float, dict[str, Any]]] = [
-            (name, name, float("inf"), {}) for name in ("popularity", "itemknn", "ease", "als")
-        ]
-        if private:
-            for eps in DEMO_EPSILONS:
-                for name in ("dppopularity", "dpals"):
-                    runs.append((name, name, eps, {"epsilon": eps, "delta": delta, "unit": "user"}))
-        rows: list[ReportRow] = []
-        for name, family, eps, params in runs:
-            model = build_model(name, params)
+        timings: dict[str, float] = {}
+
+        def fit(label: str, model: Any, train: Any) -> Any:
             t0 = time.perf_counter()
-            fit_with_progress(model, split.train)
-            fit_s = time.perf_counter() - t0
-            res = run_eval(model, split, k=(20,))
-            metrics = {
-                "Recall@20": res.metric("recall", 20),
-                "NDCG@20": res.metric("ndcg", 20),
-                "Coverage@20": res.metric("coverage", 20),
-            }
-            label = name if not params else f"{name} (ε={eps:g})"
-            rows.append(ReportRow(label, family, eps, metrics, getattr(model, "guarantee_", None)))
+            out = fit_with_progress(model, train, label)
+            timings[label] = time.perf_counter() - t0
+            return out
+
+        rows = run_comparison(
+            split, specs, epsilons=DEMO_EPSILONS, delta=delta, draws=1, k=20, fit=fit
+        )
+        for r in rows:
             table.add_row(
-                label,
-                "∞" if not params else f"{eps:g}",
-                f"{metrics['Recall@20']:.4f}",
-                f"{metrics['NDCG@20']:.4f}",
-                f"{metrics['Coverage@20']:.3f}",
-                f"{fit_s:.1f}",
+                r.model,
+                f"{r.epsilon:g}" if r.private else "∞",
+                f"{r.metrics['Recall@20']:.4f}",
+                f"{r.metrics['NDCG@20']:.4f}",
+                f"{r.metrics['Coverage@20']:.3f}",
+                f"{timings.get(r.model, float('nan')):.1f}",
             )
         console.print(table)
         if private:
@@ -289,9 +336,12 @@ def demo(
                 report,
                 rows,
                 title="privrec demo: privacy-utility report",
-                dataset=f"synthetic ({data.n_users:,} users × {data.n_items:,} items, seed {seed})",
+                dataset=f"synthetic ({rounded(data.n_users)} users × {rounded(data.n_items)} items, seed {seed})",
                 metric_names=["Recall@20", "NDCG@20", "Coverage@20"],
                 plot_metric="Recall@20",
+                notes=[
+                    "one noise draw per private model; `privrec report --seeds N` adds error bars"
+                ],
             )
             console.print(f"report: {out} (plot: {out.with_suffix('.png')}); δ = {delta:g}")
         console.print(f"total {time.perf_counter() - t_start:.1f} s")

@@ -12,7 +12,10 @@ import numpy.typing as npt
 import pandas as pd
 import scipy.sparse as sp
 
+from privrec.data.columns import Where, id_column, number_column, time_column
+from privrec.data.textspec import FLOAT32_MAX, Field
 from privrec.errors import (
+    ConfigError,
     DataError,
     DataWarning,
     DuplicateInteractionError,
@@ -129,8 +132,8 @@ class Interactions:
                 expected=" | ".join(_POLICIES),
                 found=duplicates,
             )
-        u_arr = np.asarray(users)
-        i_arr = np.asarray(items)
+        u_arr = _id_array(users, "user", source)
+        i_arr = _id_array(items, "item", source)
         n = len(u_arr)
         if len(i_arr) != n:
             raise DataError(
@@ -145,9 +148,12 @@ class Interactions:
                 raise DataError(
                     "values are not numeric", file=source, field="value", found=str(exc)
                 ) from None
-            if len(v) != n:
+            if v.ndim != 1 or len(v) != n:
                 raise DataError(
-                    "values differ in length from users", file=source, expected=str(n), found=len(v)
+                    "values differ in length from users",
+                    file=source,
+                    expected=str(n),
+                    found=v.shape,
                 )
         bad = ~np.isfinite(v)
         if bad.any():
@@ -169,10 +175,16 @@ class Interactions:
                 expected=">= 0",
                 found=f"{v[j]} at row {j}",
             )
+        _check_float32(v, source, "value")
         ts: np.ndarray | None = None
         if timestamps is not None:
-            ts = np.asarray(timestamps, dtype=np.float64)
-            if len(ts) != n:
+            try:
+                ts = np.asarray(timestamps, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise DataError(
+                    "timestamps are not numeric", file=source, field="timestamp", found=str(exc)
+                ) from None
+            if ts.ndim != 1 or len(ts) != n:
                 raise DataError(
                     "timestamps differ in length", file=source, expected=str(n), found=len(ts)
                 )
@@ -216,6 +228,7 @@ class Interactions:
                 ends = np.append(starts[1:], n) - 1
                 vals = v[order][ends]
                 tsv = None if ts is None else ts[order][ends]
+            _check_float32(vals, source, "value (sum of duplicates)")
             warnings.warn(
                 f"{n_dup} duplicate (user, item) interactions"
                 f"{f' in {source}' if source else ''} merged with policy {duplicates!r}",
@@ -249,48 +262,40 @@ class Interactions:
     ) -> Interactions:
         """Build from a pandas DataFrame with named columns.
 
-        Raises :class:`DataError` naming the missing column, or the first row
-        (as ``line``, 1-based data row) holding a missing or non-numeric value.
+        The columns are checked like a Parquet file's (see
+        :mod:`privrec.data.columns`): ids are integers, floats or non-empty
+        strings, one kind per column (a list, a dict or a mix of numbers and
+        text is refused); values and timestamps are numbers (timestamps may
+        also be datetimes). A :class:`DataError` names the column and the first
+        bad row (as ``line``, 1-based data row).
         """
         needed = [c for c in (user_col, item_col, value_col, timestamp_col) if c is not None]
-        missing = [c for c in needed if c not in df.columns]
-        if missing:
-            raise DataError(
-                "missing column",
-                file=source,
-                field=missing[0],
-                expected=f"columns {needed}",
-                found=list(map(str, df.columns)),
-            )
-        for c in (user_col, item_col):
-            na = df[c].isna().to_numpy()
-            if na.any():
-                j = int(np.flatnonzero(na)[0])
+        cols = list(df.columns)
+        for c in needed:
+            hits = sum(1 for name in cols if name == c)
+            if hits != 1:
                 raise DataError(
-                    "missing id", file=source, line=j + 1, field=c, expected="an id", found="empty"
-                )
-        numeric: dict[str, np.ndarray] = {}
-        for c in (value_col, timestamp_col):  # type: ignore[assignment]
-            if c is None:
-                continue
-            col = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
-            bad = ~np.isfinite(col)
-            if bad.any():
-                j = int(np.flatnonzero(bad)[0])
-                raise DataError(
-                    "value is not a finite number",
+                    "missing column" if hits == 0 else "column name appears more than once",
                     file=source,
-                    line=j + 1,
-                    field=c,
-                    expected="a finite number",
-                    found=str(df[c].iloc[j]),
+                    field=str(c),
+                    expected=f"columns {needed}",
+                    found=list(map(str, cols)),
                 )
-            numeric[c] = col
+        where = Where(source, lambda j: j + 1)
+        users = id_column(df[user_col], user_col, where, text=False)
+        items = id_column(df[item_col], item_col, where, text=False)
+        values = None
+        if value_col is not None:
+            f = Field(value_col, "float", None if allow_negative else 0.0)
+            values = number_column(df[value_col], f, where, text=False)
+        times = None
+        if timestamp_col is not None:
+            times = time_column(df[timestamp_col], timestamp_col, where, text=False)
         return cls.from_arrays(
-            df[user_col].to_numpy(),
-            df[item_col].to_numpy(),
-            None if value_col is None else numeric[value_col],
-            None if timestamp_col is None else numeric[timestamp_col],
+            users,
+            items,
+            values,
+            times,
             duplicates=duplicates,
             allow_negative=allow_negative,
             source=source,
@@ -405,6 +410,11 @@ class Interactions:
         >>> x.binarize(3).matrix.toarray().tolist()
         [[1.0, 0.0], [0.0, 1.0]]
         """
+        if not isinstance(threshold, int | float | np.number) or not np.isfinite(threshold):
+            raise ConfigError(
+                f"binarize threshold must be a finite number, not {threshold!r} "
+                "(a NaN threshold would silently keep no interaction)"
+            )
         keep = np.asarray(self.matrix.data >= threshold)
         return self._masked(keep, np.ones(self.nnz, dtype=np.float32))
 
@@ -523,6 +533,40 @@ def _row_positions(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return offs + np.arange(total)
 
 
+def _check_float32(v: np.ndarray, source: str | None, field: str) -> None:
+    """Weights are stored as float32: a bigger magnitude would silently become infinity."""
+    big = np.abs(v) > FLOAT32_MAX
+    if big.any():
+        j = int(np.flatnonzero(big)[0])
+        raise DataError(
+            "value too large to store as float32",
+            file=source,
+            field=field,
+            expected=f"a magnitude of at most {FLOAT32_MAX:.4g}",
+            found=f"{v[j]} at row {j}",
+        )
+
+
+_ID_KINDS = ("string", "integer", "floating", "mixed-integer-float", "empty")
+
+
+def _id_array(ids: Sequence[Any] | np.ndarray, kind: str, source: str | None) -> np.ndarray:
+    """A 1-D array of scalar ids; lists, dicts or numbers mixed with text are refused by row."""
+    try:
+        arr = np.asarray(ids) if not isinstance(ids, pd.Series) else ids.to_numpy()
+    except ValueError:  # a ragged nest of lists
+        arr = np.empty(len(ids), dtype=object)
+        arr[:] = list(ids)
+    if arr.ndim != 1:
+        raise DataError(
+            f"{kind} ids must be one-dimensional", file=source, field=kind, found=arr.shape
+        )
+    odd = arr.dtype.kind in "OUS" and pd.api.types.infer_dtype(arr, skipna=True) not in _ID_KINDS
+    if odd or arr.dtype.kind in "bcmMV":  # lists, mixes; booleans, complex, dates, bytes
+        id_column(pd.Series(arr), kind, Where(source, lambda j: j + 1), text=False)
+    return arr
+
+
 def _index(
     values: np.ndarray, fixed: Sequence[Any] | np.ndarray | None, kind: str, source: str | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -539,6 +583,14 @@ def _index(
             )
         return codes.astype(np.int64), np.asarray(uniques)
     ids = np.asarray(fixed)
+    if not pd.Index(ids).is_unique:
+        raise DataError(
+            f"the given {kind} ids repeat an id",
+            file=source,
+            field=f"{kind}_ids",
+            expected="each id once",
+            found=f"{len(ids) - pd.Index(ids).nunique(dropna=False)} repeated",
+        )
     idx = pd.Index(ids).get_indexer(pd.Index(values))
     if (idx < 0).any():
         j = int(np.flatnonzero(idx < 0)[0])

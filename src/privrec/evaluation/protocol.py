@@ -23,7 +23,7 @@ from privrec.errors import DataError
 from privrec.evaluation.metrics import METRICS, PerUserMetrics, normalize_ks, per_user_metrics
 from privrec.evaluation.splits import Split
 
-__all__ = ["EvaluationResult", "SupportsRecommend", "evaluate"]
+__all__ = ["EvaluationResult", "SupportsRecommend", "approx_count", "evaluate"]
 
 _GROUP_METRICS = ("recall", "ndcg")
 
@@ -38,6 +38,15 @@ class SupportsRecommend(Protocol):
     def recommend_history(
         self, user_items: Any, k: int = ..., exclude_seen: bool = ...
     ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def approx_count(n: int) -> str:
+    """A count to two significant figures, as text (``"≈ 940"``): reports and JSON files carry
+    no exact number of users."""
+    if n < 10:
+        return f"≈ {n}" if n else "0"
+    digits = len(str(int(n))) - 2
+    return f"≈ {round(n, -digits):,}"
 
 
 def _json_float(v: float) -> float | None:
@@ -91,28 +100,44 @@ class EvaluationResult:
             raise KeyError(f"k={k} was not evaluated; available: {list(self.table.columns)}")
         return float(cast(float, self.table.loc[key, k]))
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-friendly dict (NaN becomes ``None``; keys of ``k`` are strings)."""
+    def to_dict(self, *, exact: bool = False) -> dict[str, Any]:
+        """Plain JSON-friendly dict (NaN becomes ``None``; keys of ``k`` are strings).
+
+        This is what ``privrec evaluate --json`` writes, so by default it is fit to leave the
+        machine: metrics rounded to 4 decimals, user counts to two significant figures
+        (``"≈ 940"``) and activity groups labelled ``Q1``… without the users' exact history
+        lengths. ``exact=True`` keeps full precision and exact counts (for in-process use).
+        """
+
+        def num(v: float) -> float | None:
+            out = _json_float(v)
+            return out if out is None or exact else round(out, 4)
+
         metrics = {
-            str(name): {str(k): _json_float(float(self.table.loc[name, k])) for k in self.ks}
+            str(name): {str(k): num(float(self.table.loc[name, k])) for k in self.ks}
             for name in self.table.index
         }
         groups: list[dict[str, Any]] = []
         for label, row in self.per_group.iterrows():
-            g: dict[str, Any] = {"group": str(label)}
+            g: dict[str, Any] = {"group": str(label) if exact else str(label).split(" ")[0]}
             for col, v in row.items():
                 if col in ("n_users", "min_history", "max_history"):
-                    g[str(col)] = int(cast(int, v))
+                    if exact:
+                        g[str(col)] = int(cast(int, v))
                 else:
-                    g[str(col)] = _json_float(float(cast(float, v)))
+                    g[str(col)] = num(float(cast(float, v)))
             groups.append(g)
+        users: Any = self.n_users if exact else approx_count(self.n_users)
+        skipped: Any = (
+            self.n_users_without_targets if exact else approx_count(self.n_users_without_targets)
+        )
         return {
             "model": self.model,
             "protocol": self.protocol,
             "on": self.on,
             "k": list(self.ks),
-            "n_users": self.n_users,
-            "n_users_without_targets": self.n_users_without_targets,
+            "n_users": users,
+            "n_users_without_targets": skipped,
             "metrics": metrics,
             "per_group": groups,
         }

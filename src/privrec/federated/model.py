@@ -96,6 +96,7 @@ class FederatedMF(PrivateRecommender):
         secagg_neighbours: int | None = None,
         secagg_threshold: int | None = None,
         corrupt_fraction: float = 0.05,
+        threat_model: Literal["honest-but-curious", "malicious"] = "honest-but-curious",
         init_scale: float = 0.1,
         seed: int | None = None,
     ) -> None:
@@ -130,6 +131,7 @@ class FederatedMF(PrivateRecommender):
         self.secagg_neighbours = secagg_neighbours
         self.secagg_threshold = secagg_threshold
         self.corrupt_fraction = corrupt_fraction
+        self.threat_model = threat_model
         self.init_scale = init_scale
         self.seed = seed
 

@@ -16,8 +16,14 @@ return the sum modulo ``2^b`` over the clients whose masked input the server acc
     for utility sweeps, never a deployment.
 
 Faults: a client may crash before sending its message of any phase, or send a malformed
-masked input (wrong length), which the server rejects; such a client is then treated as
-dropped in ``masked_input``. A client crashing in ``unmask`` has its input in the sum.
+masked input (wrong length, or one bit flipped on the way, which fails the input's HMAC),
+which the server rejects; such a client is then treated as dropped in ``masked_input``. A
+client crashing in ``unmask`` (or, against a malicious server, in ``consistency_check``) has
+its input in the sum.
+
+``threat_model="malicious"`` runs SecAgg+ with Bell et al.'s threshold for a malicious
+server, signed advertisements and the signed consistency check; the simulation plays the PKI
+(fresh Ed25519 identities per round). The fast path's sums are the same for both.
 """
 
 from __future__ import annotations
@@ -29,9 +35,16 @@ from typing import Literal
 import numpy as np
 
 from privrec.errors import MessageRejected, ProtocolAbort
+from privrec.secure.graph import ThreatModel, check_threat_model
 from privrec.secure.messages import MaskedInput, decode
 from privrec.secure.prg import word_dtype
-from privrec.secure.secagg import PHASES, RoundConfig, SecAggClient, SecAggServer
+from privrec.secure.secagg import (
+    PHASES,
+    RoundConfig,
+    SecAggClient,
+    SecAggServer,
+    generate_identities,
+)
 
 __all__ = ["SecureSum", "secure_sum"]
 
@@ -79,6 +92,7 @@ def secure_sum(
     threshold: int | None = None,
     dropout_rate: float = 0.05,
     corrupt_fraction: float = 0.05,
+    threat_model: ThreatModel = "honest-but-curious",
 ) -> SecureSum:
     """Sum the encoded vectors of participants ``0..n-1`` modulo ``2^bits``.
 
@@ -92,12 +106,15 @@ def secure_sum(
         Participant -> phase (one of ``advertise_keys``, ``share_keys``, ``masked_input``,
         ``unmask``) before whose message it crashes.
     garbage
-        Participants that send a malformed masked input (wrong length).
+        Participants whose masked input arrives malformed: odd ones truncated by a word,
+        even ones with one bit flipped (caught by the input's HMAC).
     mode
         ``"full"`` protocol or ``"fast"`` path (see the module docstring).
     min_survivors, neighbours, threshold, dropout_rate, corrupt_fraction
         SecAgg+ parameters (``None`` = chosen by
         :func:`~privrec.secure.graph.choose_parameters`).
+    threat_model
+        ``"honest-but-curious"`` or ``"malicious"`` server (full mode; see the module docstring).
 
     Raises
     ------
@@ -105,6 +122,7 @@ def secure_sum(
         Too few survivors (both modes) or, in ``full`` mode, any abort of the protocol.
     """
     crash = dict(crash or {})
+    threat = check_threat_model(threat_model)
     if mode == "fast":
         dtype = word_dtype(bits)
         acc = np.zeros(dim, dtype=dtype)
@@ -127,6 +145,7 @@ def secure_sum(
             _reduce(acc, bits), tuple(survivors), dropped, up, np.zeros(n, np.int64), "fast"
         )
 
+    identities, public = generate_identities(range(n)) if threat == "malicious" else ({}, {})
     config = RoundConfig.create(
         n,
         dim,
@@ -136,10 +155,12 @@ def secure_sum(
         min_survivors=max(2, min_survivors),
         dropout_rate=min(max(dropout_rate, 0.0), 0.5),
         corrupt_fraction=corrupt_fraction,
+        threat_model=threat,
+        identity_keys=public,
     )
     up = np.zeros(n, dtype=np.int64)
     down = np.zeros(n, dtype=np.int64)
-    clients = {u: SecAggClient(config, u) for u in range(n)}
+    clients = {u: SecAggClient(config, u, identity_key=identities.get(u)) for u in range(n)}
     server = SecAggServer(config)
 
     def send(msg: object, who: int, upward: bool) -> object:
@@ -164,19 +185,30 @@ def secure_sum(
             continue
         msg = clients[u].masked_input(s_in, input_of(u))  # type: ignore[arg-type]
         if u in garbage:
-            msg = MaskedInput(msg.round_id, msg.sender, msg.bits, msg.values[:-1])
+            msg = _garbled(msg, u)
         out = send(msg, u, True)
         assert isinstance(out, MaskedInput)
         masked.append(out)
     rejected: list[int] = []
     while True:  # the server rejects a batch with a malformed message; drop it and resubmit
         try:
-            requests = server.masked_input(masked)
+            if config.malicious:
+                checks = server.masked_input_consistency(masked)
+            else:
+                requests = server.masked_input(masked)
             break
         except MessageRejected as exc:
-            bad = _sender_of(exc, masked, config)
+            bad = _sender_of(exc, masked, server)
             rejected.append(bad)
             masked = [m for m in masked if m.sender != bad]
+    if config.malicious:
+        signatures = []
+        for u, c in checks.items():
+            c_in = send(c, u, False)
+            if crash.get(u) == "consistency_check":
+                continue
+            signatures.append(send(clients[u].consistency_check(c_in), u, True))  # type: ignore[arg-type]
+        requests = server.consistency_check(signatures)  # type: ignore[arg-type]
     responses = []
     for u, r in requests.items():
         r_in = send(r, u, False)
@@ -199,10 +231,20 @@ def secure_sum(
     )
 
 
-def _sender_of(exc: MessageRejected, masked: list[MaskedInput], config: RoundConfig) -> int:
-    """Which message the server rejected (re-checking the same rule it applies)."""
-    size = config.dim * word_dtype(config.bits).itemsize
+def _garbled(msg: MaskedInput, u: int) -> MaskedInput:
+    """What a faulty link delivers: a truncated vector (odd ``u``) or one flipped bit (even)."""
+    if u % 2:
+        return MaskedInput(msg.round_id, msg.sender, msg.bits, msg.values[:-1], msg.tag)
+    flipped = bytearray(msg.values)
+    flipped[len(flipped) // 2] ^= 0x10
+    return MaskedInput(msg.round_id, msg.sender, msg.bits, bytes(flipped), msg.tag)
+
+
+def _sender_of(exc: MessageRejected, masked: list[MaskedInput], server: SecAggServer) -> int:
+    """Which message the server rejected (the server's own check, message by message)."""
     for m in masked:
-        if m.bits != config.bits or len(m.values) != size:
+        try:
+            server.check_masked_input(m)
+        except MessageRejected:
             return m.sender
     raise exc

@@ -16,9 +16,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from privrec.errors import ConfigError, InvalidInputError
-from privrec.secure.graph import resolve_count
+from privrec.secure.graph import ThreatModel, check_threat_model, resolve_count
 from privrec.secure.messages import (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     KeyDirectory,
     MaskedInput,
     Message,
@@ -29,7 +31,14 @@ from privrec.secure.messages import (
     decode,
 )
 from privrec.secure.prg import word_dtype
-from privrec.secure.secagg import PHASES, RoundConfig, SecAggClient, SecAggServer
+from privrec.secure.secagg import (
+    MALICIOUS_PHASES,
+    PHASES,
+    RoundConfig,
+    SecAggClient,
+    SecAggServer,
+    generate_identities,
+)
 
 __all__ = ["SecAggResult", "simulate_secagg"]
 
@@ -65,6 +74,8 @@ class SecAggResult:
     exact
         Whether ``sum`` equals the plaintext sum of the survivors' inputs (a check only a
         simulator can make).
+    threat_model
+        The server the round was secured against.
     """
 
     sum: NDArray[np.uint64]
@@ -78,23 +89,25 @@ class SecAggResult:
     timings: Mapping[str, Mapping[str, float]]
     server_stats: Mapping[str, float]
     exact: bool
+    threat_model: str = "honest-but-curious"
 
 
 def _schedule(
     dropout: float | int | Mapping[str, float | int],
     ids: list[int],
     rng: np.random.Generator,
+    phases: tuple[str, ...] = PHASES,
 ) -> dict[str, set[int]]:
     if isinstance(dropout, Mapping):
-        unknown = set(dropout) - set(PHASES)
+        unknown = set(dropout) - set(phases)
         if unknown:
-            raise ConfigError(f"unknown dropout phase(s) {sorted(unknown)}; phases are {PHASES}")
+            raise ConfigError(f"unknown dropout phase(s) {sorted(unknown)}; phases are {phases}")
         spec = dict(dropout)
     else:
         spec = {"masked_input": dropout}
     alive = list(ids)
     out: dict[str, set[int]] = {}
-    for phase in PHASES:
+    for phase in phases:
         value = spec.get(phase, 0)
         if isinstance(value, float):
             if not 0.0 <= value <= 1.0:
@@ -120,6 +133,7 @@ def simulate_secagg(
     *,
     corrupt_fraction: int | float = 0.05,
     min_survivors: int | float | None = None,
+    threat_model: ThreatModel = "honest-but-curious",
 ) -> SecAggResult:
     """Simulate one SecAgg+ round with ``n_clients`` clients holding ``dim``-vectors.
 
@@ -147,6 +161,11 @@ def simulate_secagg(
         vectors drawn from ``seed``.
     corrupt_fraction, min_survivors
         Passed to the parameter choice / round configuration.
+    threat_model
+        ``"honest-but-curious"`` or ``"malicious"`` (Bell et al.'s threshold, signed
+        advertisements and the signed consistency check, which adds the phase
+        ``"consistency_check"`` before ``"unmask"``; the simulation plays the PKI and gives
+        every client a fresh Ed25519 identity).
 
     Returns
     -------
@@ -161,10 +180,13 @@ def simulate_secagg(
     """
     if not isinstance(n_clients, int) or n_clients < 2:
         raise ConfigError(f"n_clients must be an integer >= 2, got {n_clients!r}")
+    threat = check_threat_model(threat_model)
+    phases = MALICIOUS_PHASES if threat == "malicious" else PHASES
     rng = np.random.default_rng(seed)
     ids = list(range(n_clients))
-    plan = _schedule(dropout, ids, rng)
+    plan = _schedule(dropout, ids, rng, phases)
     n_drop = sum(len(v) for v in plan.values())
+    identities, public = generate_identities(ids) if threat == "malicious" else ({}, {})
     config = RoundConfig.create(
         ids,
         dim,
@@ -174,6 +196,8 @@ def simulate_secagg(
         min_survivors=min_survivors,
         dropout_rate=min(n_drop, max(0, n_clients - 3)),
         corrupt_fraction=corrupt_fraction,
+        threat_model=threat,
+        identity_keys=public,
     )
     dtype = word_dtype(bits)
     if inputs is None:
@@ -195,9 +219,9 @@ def simulate_secagg(
             )
         get_input = matrix.__getitem__
 
-    client_time = dict.fromkeys(PHASES, 0.0)
-    server_time = dict.fromkeys(PHASES, 0.0)
-    wire_time = dict.fromkeys(PHASES, 0.0)
+    client_time = dict.fromkeys(phases, 0.0)
+    server_time = dict.fromkeys(phases, 0.0)
+    wire_time = dict.fromkeys(phases, 0.0)
     up = np.zeros(n_clients, dtype=np.int64)
     down = np.zeros(n_clients, dtype=np.int64)
 
@@ -210,7 +234,7 @@ def simulate_secagg(
         assert isinstance(out, kind)
         return out
 
-    clients = {u: SecAggClient(config, u) for u in ids}
+    clients = {u: SecAggClient(config, u, identity_key=identities.get(u)) for u in ids}
     server = SecAggServer(config)
 
     # Phase 1
@@ -257,7 +281,23 @@ def simulate_secagg(
         expected += np.asarray(x).astype(dtype)
         masked.append(wire(msg3, MaskedInput, u, True, phase))
     t0 = time.perf_counter()
-    requests = server.masked_input(masked)
+    if config.malicious:
+        checks = server.masked_input_consistency(masked)
+        server_time[phase] += time.perf_counter() - t0
+        phase = "consistency_check"
+        signatures = []
+        for u, check in checks.items():
+            c_in = wire(check, ConsistencyRequest, u, False, phase)
+            if u in plan[phase]:
+                continue
+            t0 = time.perf_counter()
+            msg_c = clients[u].consistency_check(c_in)
+            client_time[phase] += time.perf_counter() - t0
+            signatures.append(wire(msg_c, ConsistencySignature, u, True, phase))
+        t0 = time.perf_counter()
+        requests = server.consistency_check(signatures)
+    else:
+        requests = server.masked_input(masked)
     server_time[phase] += time.perf_counter() - t0
     del masked
 
@@ -299,4 +339,5 @@ def simulate_secagg(
         timings=timings,
         server_stats=result.stats,
         exact=bool(np.array_equal(result.sum, expected_sum)),
+        threat_model=threat,
     )

@@ -222,6 +222,7 @@ class FederatedSimulation:
         self.server = server
         self.reports: list[dict[str, Any]] = []
         self.aborts = 0
+        self._on_round: Callable[[RoundReport], None] | None = None
         if config.seed is not None:
             warnings.warn(
                 "seeded simulation: client sampling and noise are reproducible and NOT private",
@@ -252,6 +253,7 @@ class FederatedSimulation:
     ) -> list[dict[str, Any]]:
         """Train until ``rounds`` (default ``config.rounds``) rounds are complete in total."""
         target = self.config.rounds if rounds is None else int(rounds)
+        self._on_round = on_round
         if self.server.needs_head:
             self._head_round()
         todo = range(self.server.round, target)
@@ -329,7 +331,7 @@ class FederatedSimulation:
                         ],
                         dtype=bool,
                     )
-                    need = max(2, enc.plan.min_survivors)
+                    need = srv.round_min_survivors(len(ids), "count")
                     if int(keep_mask.sum()) < need:
                         raise ProtocolAbort(
                             "masked_input",
@@ -340,7 +342,7 @@ class FederatedSimulation:
                     if enc.bits < 64:
                         acc &= np.uint64((1 << enc.bits) - 1)
                     n_keep = int(keep_mask.sum())
-                    srv.select_head(enc.decode(acc, n_keep), survivors=n_keep)
+                    srv.select_head(enc.decode(acc, n_keep), survivors=n_keep, sampled=len(ids))
                     return
                 encoded = self._encode_rows(w, enc, noise_rng)
                 res = secure_sum(
@@ -351,11 +353,12 @@ class FederatedSimulation:
                     crash=crash,
                     garbage=garbage,
                     mode=self.secure,
-                    min_survivors=enc.plan.min_survivors,
+                    min_survivors=srv.round_min_survivors(len(ids), "count"),
                     corrupt_fraction=self.config.corrupt_fraction,
+                    threat_model=self.config.threat_model,
                 )
                 n_surv = len(res.survivors)
-                srv.select_head(enc.decode(res.sum, n_surv), survivors=n_surv)
+                srv.select_head(enc.decode(res.sum, n_surv), survivors=n_surv, sampled=len(ids))
                 return
             except ProtocolAbort as exc:
                 srv.record_abort(exc.phase, f"head counting round: {exc.reason}")
@@ -454,28 +457,27 @@ class FederatedSimulation:
             except ProtocolAbort as exc:
                 srv.record_abort(exc.phase, exc.reason)
                 self.aborts += 1
-                self.reports.append(
-                    asdict(
-                        RoundReport(
-                            round=r,
-                            attempt=attempt,
-                            sampled=len(ids),
-                            survivors=0,
-                            dropped={},
-                            stragglers=n_late,
-                            rejected=len(garbage),
-                            clip_norm=srv.clip_norm,
-                            unclipped_fraction=float("nan"),
-                            epsilon=srv.epsilon(),
-                            recall=None,
-                            bytes_up=0,
-                            bytes_down=0,
-                            seconds=time.perf_counter() - t0,
-                            secure=self._mode_label(),
-                            aborted=f"{exc.phase}: {exc.reason}",
-                        )
-                    )
+                aborted = RoundReport(
+                    round=r,
+                    attempt=attempt,
+                    sampled=len(ids),
+                    survivors=0,
+                    dropped={},
+                    stragglers=n_late,
+                    rejected=len(garbage),
+                    clip_norm=srv.clip_norm,
+                    unclipped_fraction=float("nan"),
+                    epsilon=srv.epsilon(),
+                    recall=None,
+                    bytes_up=0,
+                    bytes_down=0,
+                    seconds=time.perf_counter() - t0,
+                    secure=self._mode_label(),
+                    aborted=f"{exc.phase}: {exc.reason}",
                 )
+                self.reports.append(asdict(aborted))
+                if self._on_round is not None:
+                    self._on_round(aborted)
                 if attempt == self.max_retries:
                     raise
                 continue
@@ -541,7 +543,7 @@ class FederatedSimulation:
                 # are encoded, block by block, and summed modulo 2^b (no cryptography; the same
                 # sum as SecAgg+, see secure_round; bounded memory).
                 ok = send & ~np.isin(np.arange(n), list(garbage))
-                need = max(2, enc.plan.min_survivors)
+                need = srv.round_min_survivors(n)
                 if int(ok.sum()) < need:
                     raise ProtocolAbort(
                         "masked_input",
@@ -573,11 +575,12 @@ class FederatedSimulation:
                     crash=crash,
                     garbage=garbage,
                     mode="full",
-                    min_survivors=enc.plan.min_survivors,
+                    min_survivors=srv.round_min_survivors(n),
                     neighbours=self.config.secagg_neighbours,
                     threshold=self.config.secagg_threshold,
                     dropout_rate=max(self.faults.dropout, 0.05),
                     corrupt_fraction=self.config.corrupt_fraction,
+                    threat_model=self.config.threat_model,
                 )
                 n_surv = len(res.survivors)
                 noisy = enc.decode(res.sum, n_surv)
@@ -588,7 +591,7 @@ class FederatedSimulation:
                 stats = dict(res.stats)
                 bits = bits_sent[pos[np.asarray(res.survivors, dtype=np.int64)]]
         update_sum, unclipped = srv.unpack(noisy, srv.expected_clients)
-        srv.apply(update_sum, srv.expected_clients, unclipped, survivors=n_surv)
+        srv.apply(update_sum, srv.expected_clients, unclipped, survivors=n_surv, sampled=n)
         recall = None
         if self.validation is not None and (r % self.eval_every == 0 or r == self.config.rounds):
             assert srv.head_items is not None
@@ -625,7 +628,15 @@ class FederatedSimulation:
         assert self.checkpoint_dir is not None
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.server.save(self.checkpoint_dir / _CHECKPOINT)
-        state = {"reports": self.reports, "aborts": self.aborts, "round": self.server.round}
+        state = {
+            "reports": self.reports,
+            "aborts": self.aborts,
+            "round": self.server.round,
+            # the run's own settings: a resumed run continues with exactly these
+            "secure": self.secure,
+            "faults": {**asdict(self.faults), "dropout_phases": list(self.faults.dropout_phases)},
+            "eval_every": self.eval_every,
+        }
         tmp = self.checkpoint_dir / (_SIM_STATE + ".tmp")
         tmp.write_text(json.dumps(state, default=_json_default))
         tmp.replace(self.checkpoint_dir / _SIM_STATE)
@@ -633,16 +644,70 @@ class FederatedSimulation:
 
     @classmethod
     def resume(
-        cls, checkpoint_dir: str | Path, user_items: sp.csr_matrix, **kwargs: Any
+        cls,
+        checkpoint_dir: str | Path,
+        user_items: sp.csr_matrix,
+        *,
+        secure: SecureMode | None = None,
+        faults: FaultModel | None = None,
+        rounds: int | None = None,
+        **kwargs: Any,
     ) -> FederatedSimulation:
-        """Continue from the last completed round saved in ``checkpoint_dir``."""
+        """Continue from the last completed round saved in ``checkpoint_dir``.
+
+        The run keeps the settings it was started with: the training configuration, the
+        secure-sum mode and the fault model come from the checkpoint. ``secure`` and
+        ``faults`` may be passed only if they equal the checkpoint's (else
+        :class:`ConfigError` naming both), so a full SecAgg+ run never silently resumes on the
+        fast path. ``rounds`` changes the target: fewer than the configured rounds stops
+        early; more extends a run with a fixed noise multiplier, and is refused for an
+        ε-calibrated run (its noise was sized for the configured rounds).
+        """
         d = Path(checkpoint_dir)
         if not (d / _CHECKPOINT).exists():
             raise DataError("no checkpoint to resume from", file=d / _CHECKPOINT)
         server = FederatedMFServer.load(d / _CHECKPOINT)
+        state_path = d / _SIM_STATE
+        state: dict[str, Any] = {}
+        if state_path.exists():
+            try:
+                state = json.loads(state_path.read_text())
+            except ValueError as exc:
+                raise DataError(
+                    "unreadable simulation state", file=state_path, found=str(exc)
+                ) from None
+        saved_secure = state.get("secure", "fast")
+        if secure is not None and secure != saved_secure:
+            raise ConfigError(
+                f"the checkpoint's run uses secure={saved_secure!r}; resuming with "
+                f"secure={secure!r} would change how the remaining rounds are summed "
+                "(leave it out to keep the checkpoint's)"
+            )
+        saved_faults = FaultModel(
+            **{
+                **state.get("faults", {}),
+                "dropout_phases": tuple(state.get("faults", {}).get("dropout_phases", PHASES)),
+            }
+        )
+        if faults is not None and faults != saved_faults:
+            raise ConfigError(
+                f"the checkpoint's run uses faults {saved_faults}; resuming with {faults} "
+                "would change the simulated faults (leave them out to keep the checkpoint's)"
+            )
+        if rounds is not None:
+            server.config = _retarget(server, int(rounds))
+        kwargs.setdefault("eval_every", int(state.get("eval_every", 1)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PrivacyWarning)
-            sim = cls(server.config, user_items, server=server, checkpoint_dir=d, **kwargs)
+            sim = cls(
+                server.config,
+                user_items,
+                server=server,
+                checkpoint_dir=d,
+                secure=saved_secure,
+                faults=saved_faults,
+                **kwargs,
+            )
         if sim.user_items.shape != (server.population, server.n_items):
             raise DataError(
                 "the histories do not match the checkpoint",
@@ -650,12 +715,26 @@ class FederatedSimulation:
                 expected=f"({server.population}, {server.n_items})",
                 found=sim.user_items.shape,
             )
-        state_path = d / _SIM_STATE
-        if state_path.exists():
-            state = json.loads(state_path.read_text())
+        if state:
             sim.reports = list(state["reports"])
             sim.aborts = int(state["aborts"])
         return sim
+
+
+def _retarget(server: FederatedMFServer, rounds: int) -> FederatedMFConfig:
+    """The configuration with ``rounds`` as its target, if the run may go there."""
+    c = server.config
+    if rounds < max(1, server.round):
+        raise ConfigError(
+            f"rounds={rounds}: the checkpoint has already completed {server.round} rounds"
+        )
+    if rounds > c.rounds and c.epsilon is not None:
+        raise ConfigError(
+            f"rounds={rounds}: this run's noise was calibrated for {c.rounds} rounds at "
+            f"epsilon={c.epsilon:g}; more rounds would spend more than that. Start a new run "
+            "(or train with a fixed noise multiplier, which can be extended)"
+        )
+    return c.model_copy(update={"rounds": rounds})
 
 
 def _device_encoding(

@@ -16,6 +16,7 @@ The *naive* sum of each charge's own ε is computed beside it, only to show the 
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -66,6 +67,8 @@ def composed_epsilon(
 
     ``grouped`` holds ``(events JSON, number of charges with exactly these events)``.
     """
+    if not grouped:
+        return _gaussian_epsilon(float(gaussian_rate), float(delta), str(accountant), unit)
     parts: list[dp_accounting.DpEvent] = []
     if gaussian_rate > 0:
         parts.append(dp_accounting.GaussianDpEvent(gaussian_rate**-0.5))
@@ -75,3 +78,12 @@ def composed_epsilon(
     if not parts:
         return 0.0
     return epsilon_of(parts, delta, accountant, unit)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _gaussian_epsilon(rate: float, delta: float, accountant: str, unit: PrivacyUnit) -> float:
+    """ε of Gaussian charges alone (their summed rate): memoised, since listings and the spend
+    curves ask for the same exact rates again and again (dp-accounting's closed form costs ms)."""
+    if rate <= 0:
+        return 0.0
+    return epsilon_of([dp_accounting.GaussianDpEvent(rate**-0.5)], delta, accountant, unit)

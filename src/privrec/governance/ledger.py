@@ -640,7 +640,9 @@ class Ledger(LedgerBase):
         :class:`~privrec.errors.BudgetExceededError` (nothing written) otherwise.
 
         With ``idempotency_key``, a repeated call by the same analyst returns the existing charge
-        (``replayed=True``, with its stored ``result``) and charges nothing.
+        (``replayed=True``, with its stored ``result``) and charges nothing. The repeat must be
+        the same request — same dataset, events and ``description`` (a query service puts the
+        canonical request there) — or it is refused as a different request.
         """
         require(self.principal, "spend", "charging a budget")
         ce = ChargeEvents(events)
@@ -659,7 +661,11 @@ class Ledger(LedgerBase):
                     )
                 ).first()
                 if old is not None:
-                    if old.events_json != ce.json or old.dataset_id != ds.id:
+                    if (
+                        old.events_json != ce.json
+                        or old.dataset_id != ds.id
+                        or old.description != description[:2000]
+                    ):
                         raise GovernanceError(
                             f"idempotency key {idempotency_key!r} was used for a different request"
                         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -255,7 +256,13 @@ class LedgerBase:
     def spend_over_time(
         self, dataset: str, *, scope: str = "dataset", value: str = "", points: int = 50
     ) -> list[tuple[float, float, float]]:
-        """``(time, composed ε, naive ε)`` after each of up to ``points`` evenly spaced charges."""
+        """``(time, composed ε, naive ε)`` after up to ``points`` evenly spaced charges and the last.
+
+        The charges sampled are every ``step``-th one, ``step`` a power of two, so they stay the
+        same as charges are added (until the step doubles, when every other one stays): the
+        composed ε of a point already computed is reused (see
+        :func:`~privrec.governance.composition.composed_epsilon`).
+        """
         require(self.principal, "read_own", "reading budgets")
         if scope == "analyst" and value != self.actor:
             require(self.principal, "read_all", "reading another analyst's budget")
@@ -287,7 +294,7 @@ class LedgerBase:
             ).all()
         if not rows:
             return []
-        marks = sorted({round(x) for x in np.linspace(0, len(rows) - 1, min(points, len(rows)))})
+        marks = _marks(len(rows), points)
         out = []
         rate = 0.0
         naive = 0.0
@@ -384,6 +391,20 @@ class LedgerBase:
                 "created_at": v.created_at,
                 "created_by": v.created_by,
             }
+
+    def latest_version(self, dataset: str) -> dict[str, Any] | None:
+        """The dataset's most recent version (as :meth:`version`), or ``None`` before any load.
+
+        Holds the policy report's exact counts: an internal record, so owner and auditor only.
+        """
+        require(self.principal, "read_all", "reading a dataset's policy report")
+        with read_transaction(self.engine) as conn:
+            vid = conn.execute(
+                sa.select(sa.func.max(tbl.DatasetVersion.id)).where(
+                    tbl.DatasetVersion.dataset_id == self._dataset(conn, dataset).id
+                )
+            ).scalar_one()
+        return None if vid is None else self.version(int(vid))
 
     def lineage_of_user(self, user: Any, dataset: str | None = None) -> list[UserLineage]:
         """Artifacts trained on dataset versions that contained ``user`` (and whether a retrain is due)."""
@@ -486,6 +507,14 @@ class LedgerBase:
         require(self.principal, "read_all", "verifying the audit log")
         with read_transaction(self.engine) as conn:
             return audit.verify(conn, expect_head=expect_head)
+
+
+def _marks(n: int, points: int) -> list[int]:
+    """Indices of at most ``points`` of ``n`` charges: every ``step``-th (a power of two) and the last."""
+    if n <= points:
+        return list(range(n))
+    step = 1 << max(0, math.ceil(math.log2(n / max(points - 1, 1))))
+    return [*range(step - 1, n - 1, step), n - 1]
 
 
 def file_sha256(path: str | Path) -> str:

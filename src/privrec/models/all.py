@@ -1,7 +1,9 @@
-"""Import every built-in model so that it registers itself (CLI, ``load_model``)."""
+"""Import every built-in model so that it registers itself (CLI, ``load_model``).
 
-from privrec.federated.dpals import FederatedDPALS
-from privrec.federated.model import FederatedMF
+Only models of this floor: models defined higher up (FederatedMF) are found through the
+``privrec.models`` entry points (:mod:`privrec.models.registry`).
+"""
+
 from privrec.models.als import ImplicitALS
 from privrec.models.dp_als import DPALS
 from privrec.models.dp_ease import DPEASE
@@ -15,8 +17,6 @@ __all__ = [
     "DPEASE",
     "EASE",
     "DPPopularity",
-    "FederatedDPALS",
-    "FederatedMF",
     "ImplicitALS",
     "ItemKNN",
     "Popularity",

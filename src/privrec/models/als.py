@@ -47,14 +47,14 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import DataError
+from privrec.errors import ModelFileError
 from privrec.models.als_kernels import (
     cg_half_step,
     cholesky_half_step,
     gramian,
     row_loss,
 )
-from privrec.models.base import ModelConfig, Recommender, as_user_items, register
+from privrec.models.base import ModelConfig, Recommender, as_user_items, check_array, register
 
 __all__ = ["AUTO_ALPHA0", "ImplicitALS", "ImplicitALSConfig", "resolve_alpha0"]
 
@@ -337,20 +337,25 @@ class ImplicitALS(Recommender):
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        try:
-            self.user_factors_ = np.ascontiguousarray(arrays["user_factors"])
-            self.item_factors_ = np.ascontiguousarray(arrays["item_factors"])
-            self.alpha0_ = float(arrays["alpha0"])
-        except KeyError as exc:
-            raise DataError("model file lacks the ALS factors", field=str(exc.args[0])) from None
-        if self.item_factors_.shape[0] != self.user_items_.shape[1] or (
-            self.user_factors_.shape[0] != self.user_items_.shape[0]
-        ):
-            raise DataError(
-                "ALS factors do not match the stored interactions",
-                expected=f"{self.user_items_.shape}",
-                found=(self.user_factors_.shape, self.item_factors_.shape),
-            )
+        k = self.factors
+        self.item_factors_ = np.ascontiguousarray(
+            check_array(arrays, "item_factors", kind="f", shape=(self._known_n_items(), k))
+        )
+        # known users' factors; a file saved without user data holds none to serve
+        self.user_factors_ = np.ascontiguousarray(
+            check_array(arrays, "user_factors", kind="f", shape=(None, k))
+        )
+        if self.user_factors_.shape[0] != self.user_items_.shape[0]:
+            if self.user_items_.shape[0] == 0:
+                self.user_factors_ = self.user_factors_[:0]
+            else:
+                raise ModelFileError(
+                    "ALS user factors do not match the stored users",
+                    field="state_user_factors",
+                    expected=f"{self.user_items_.shape[0]} rows",
+                    found=self.user_factors_.shape[0],
+                )
+        self.alpha0_ = float(check_array(arrays, "alpha0", kind="f", shape=(), low=0))
 
 
 def resolve_alpha0(alpha0: float | str, nnz: int, n_users: int, n_items: int) -> float:

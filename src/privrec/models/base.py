@@ -9,8 +9,8 @@ hyper-parameters; ``fit`` learns and returns ``self``; learned attributes end in
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +33,6 @@ from privrec.models.ranking import mask_seen, top_k
 
 __all__ = ["MODEL_REGISTRY", "ModelConfig", "Recommender", "load_model", "register"]
 
-FORMAT = "privrec-model"
-FORMAT_VERSION = 1
 _SCORE_BLOCK = 1 << 24  # floats per scoring block (64 MB of float32)
 
 MODEL_REGISTRY: dict[str, type[Recommender]] = {}
@@ -165,16 +163,50 @@ class Recommender(ABC):
         return f"{type(self).__name__}({args})"
 
     # -------------------------------------------------------------------- fit
+    def with_catalogue(self, item_ids: npt.ArrayLike) -> Self:
+        """Fix the item catalogue before ``fit``: columns are these ids, in this order.
+
+        Every item of the training data must be in it; catalogue items nobody interacted with
+        get empty columns. For a private model this is how the catalogue stops depending on
+        the data: without it, the catalogue is the set of items someone interacted with, which
+        the guarantee then has to assume public. Returns ``self`` (chainable).
+        """
+        ids = np.asarray(item_ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise DataError(
+                "the item catalogue must be a non-empty 1-D list of ids",
+                field="item_ids",
+                found=ids.shape,
+            )
+        if ids.dtype == object:
+            ids = ids.astype(str)
+        if len(np.unique(ids)) != len(ids):
+            raise DataError("the item catalogue holds duplicate ids", field="item_ids")
+        self._catalogue = ids
+        return self
+
     def fit(self, interactions: Interactions | sp.spmatrix | sp.sparray) -> Self:
-        """Learn from a users × items matrix; returns ``self``."""
+        """Learn from a users × items matrix; returns ``self``.
+
+        The columns are the data's items unless a catalogue was fixed with
+        :meth:`with_catalogue` (the private models also take it as ``fit(..., item_ids=...)``).
+        """
         cfg = self.config()
         data = as_interactions(interactions)
+        catalogue = getattr(self, "_catalogue", None)
+        if catalogue is not None:
+            data = on_catalogue(data, catalogue)
+        self._catalogue_source = "data" if catalogue is None else "given"
         self._fit(data, cfg)
         self.user_ids_ = np.asarray(data.user_ids)
         self.item_ids_ = np.asarray(data.item_ids)
         self.user_items_ = data.matrix
         self._released_only = False
+        self._after_fit()
         return self
+
+    def _after_fit(self) -> None:  # noqa: B027 (optional hook)
+        """Called once the learned state is complete (private models complete their guarantee)."""
 
     @abstractmethod
     def _fit(self, data: Interactions, config: Any) -> None: ...
@@ -223,9 +255,18 @@ class Recommender(ABC):
     def user_index(self, external_ids: npt.ArrayLike) -> np.ndarray:
         """Internal indices of external user ids (:class:`~privrec.errors.UnknownUserError` if unseen)."""
         self._check_fitted()
+        self._check_user_data()
         return Interactions(self.user_items_, self.user_ids_, self.item_ids_).user_index(
             np.atleast_1d(np.asarray(external_ids))
         )
+
+    def _check_user_data(self) -> None:
+        if getattr(self, "_released_only", False):
+            raise MissingUserDataError(
+                f"this {type(self).__name__} holds only its released parameters (no training users "
+                "or interactions); serve a user from their own history: recommend_history(user_items, k) "
+                "in Python, `privrec recommend MODEL --history FILE` on the command line"
+            )
 
     def _check_users(self, user_ids: npt.ArrayLike) -> tuple[np.ndarray, bool]:
         arr = np.asarray(user_ids)
@@ -273,11 +314,7 @@ class Recommender(ABC):
         (item_indices, scores), best first.
         """
         self._check_fitted()
-        if getattr(self, "_released_only", False):
-            raise MissingUserDataError(
-                f"this {type(self).__name__} was loaded from a file holding only its released parameters "
-                "(no training interactions); serve users with recommend_history(user_items, k)"
-            )
+        self._check_user_data()
         users, single = self._check_users(user_ids)
         if k < 0:
             raise ValueError(f"k must be >= 0, got {k}")
@@ -371,50 +408,32 @@ class Recommender(ABC):
     def _set_extra_meta(self, extra: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore what ``_extra_meta`` returned."""
 
+    def _known_n_items(self) -> int | None:
+        """Catalogue size when the catalogue is already set (always, when loading a file)."""
+        ids = getattr(self, "item_ids_", None)
+        return None if ids is None else len(ids)
+
+    def _check_state(self) -> None:  # noqa: B027 (optional hook)
+        """Validate arrays restored by ``_set_state`` against the catalogue and the parameters.
+
+        Raise :class:`~privrec.errors.ModelFileError` (see :func:`check_array`); called by
+        :func:`load_model` before the model is used.
+        """
+
     def save(self, path: str | Path, *, include_user_data: bool | None = None) -> Path:
         """Write the fitted model to one ``.npz`` file: arrays plus JSON metadata, no pickle.
 
-        ``include_user_data`` stores the training interactions too (needed to
-        recommend to known users with seen items excluded after loading). It
-        defaults to ``True`` for non-private models and ``False`` for private
-        ones, whose file then holds only what the privacy guarantee releases;
-        such a model serves users through :meth:`recommend_history`.
+        ``include_user_data`` stores the training users and interactions too (needed to
+        recommend to known users by id after loading). It defaults to ``True`` for non-private
+        models and ``False`` for private ones, whose file then holds only what the privacy
+        guarantee releases and what a user's own side needs — the item catalogue, the
+        released arrays, the hyper-parameters and the guarantee; no user ids, no user count.
+        Asking for it on a private model warns (:class:`~privrec.errors.PrivacyWarning`).
+        Such a model serves users through :meth:`recommend_history`.
         """
-        self._check_fitted()
-        with_data = self.save_user_data if include_user_data is None else include_user_data
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = (
-                path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-            )
-        from privrec import __version__
+        from privrec.models.persistence import save_model
 
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": self.name,
-            "class": type(self).__name__,
-            "privrec_version": __version__,
-            "params": self.config().model_dump(mode="json"),
-            "extra": self._extra_meta(),
-            "has_user_data": with_data,
-        }
-        um = self.user_items_ if with_data else _empty_csr(self.user_items_.shape)
-        arrays: dict[str, np.ndarray] = {
-            "__meta__": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-            "user_ids": _ids_for_npz(self.user_ids_),
-            "item_ids": _ids_for_npz(self.item_ids_),
-            "ui_data": um.data,
-            "ui_indices": um.indices,
-            "ui_indptr": um.indptr,
-            "ui_shape": np.asarray(um.shape, dtype=np.int64),
-        }
-        for key, value in self._state().items():
-            arrays[f"state_{key}"] = np.asarray(value)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as fh:
-            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
-        return path
+        return save_model(self, path, include_user_data=include_user_data)
 
     @classmethod
     def load(cls, path: str | Path) -> Recommender:
@@ -438,60 +457,82 @@ def _empty_csr(shape: tuple[int, int]) -> sp.csr_matrix:
     )
 
 
-def _ids_for_npz(ids: np.ndarray) -> np.ndarray:
-    arr = np.asarray(ids)
-    if arr.dtype == object:
-        return arr.astype(str)
-    return arr
+def on_catalogue(data: Interactions, catalogue: np.ndarray) -> Interactions:
+    """``data`` with its columns re-indexed to ``catalogue`` (every data item must be in it)."""
+    import pandas as pd
 
-
-def load_model(path: str | Path) -> Recommender:
-    """Load any registered model saved with :meth:`Recommender.save`."""
-    import privrec.models.all  # noqa: F401  (registers every built-in model)
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError("model file not found", file=path)
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError) as exc:
-        raise DataError("not a privrec model file", file=path, found=str(exc)) from None
-    if "__meta__" not in arrays:
-        raise DataError("not a privrec model file (no metadata)", file=path, field="__meta__")
-    meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+    ids = np.asarray(data.item_ids)
+    cat = np.asarray(catalogue)
+    if np.issubdtype(ids.dtype, np.integer) and cat.dtype.kind == "U":
+        with contextlib.suppress(ValueError):  # a catalogue read from a text file, for integer ids
+            cat = cat.astype(ids.dtype)
+    pos = pd.Index(cat).get_indexer(pd.Index(ids))
+    if (pos < 0).any():
+        missing = ids[pos < 0]
         raise DataError(
-            "unsupported model file format",
-            file=path,
-            field="format",
-            expected=f"{FORMAT} v{FORMAT_VERSION}",
-            found=f"{meta.get('format')} v{meta.get('format_version')}",
+            f"{len(missing)} item(s) of the training data are not in the given catalogue",
+            field="item_ids",
+            expected="every interacted item listed in the catalogue",
+            found=missing[:5].tolist(),
         )
-    name = meta["model"]
-    if name not in MODEL_REGISTRY:
-        raise DataError(
-            "unknown model type",
-            file=path,
-            field="model",
-            expected=" | ".join(MODEL_REGISTRY),
-            found=name,
-        )
-    cls = MODEL_REGISTRY[name]
-    model = cls.from_config(meta["params"])
-    n_rows, n_cols = (int(s) for s in arrays.pop("ui_shape"))
-    shape = (n_rows, n_cols)
-    model.user_items_ = sp.csr_matrix(
-        (arrays.pop("ui_data"), arrays.pop("ui_indices"), arrays.pop("ui_indptr")), shape=shape
+    m = data.matrix
+    new = sp.csr_matrix(
+        (m.data.copy(), pos[m.indices].astype(np.int32), m.indptr.copy()),
+        shape=(m.shape[0], len(cat)),
     )
-    model.user_ids_ = arrays.pop("user_ids")
-    model.item_ids_ = arrays.pop("item_ids")
-    model._set_state(
-        {k.removeprefix("state_"): v for k, v in arrays.items() if k.startswith("state_")}
-    )
-    model._set_extra_meta(meta.get("extra", {}))
-    model._released_only = not meta.get("has_user_data", True)
-    return model
+    new.sort_indices()
+    return Interactions(new, np.array(data.user_ids), cat.copy(), None)
 
 
-__all__ += ["UnknownUserError", "as_interactions", "as_user_items"]
+def check_array(
+    arrays: dict[str, np.ndarray] | np.ndarray,
+    name: str,
+    *,
+    kind: str,
+    shape: tuple[int | None, ...],
+    low: float | None = None,
+    high: float | None = None,
+) -> np.ndarray:
+    """One restored array, checked: dtype kind (``"f"``, ``"iu"``…), shape (``None`` = any length)
+    and value range; raises :class:`~privrec.errors.ModelFileError` naming it."""
+    from privrec.errors import ModelFileError
+
+    a = arrays.get(name) if isinstance(arrays, dict) else arrays
+    field = f"state_{name}"
+    if a is None:
+        raise ModelFileError("the model file lacks this array", field=field)
+    a = np.asarray(a)
+    if a.dtype.kind not in kind:
+        raise ModelFileError("wrong array type", field=field, expected=kind, found=str(a.dtype))
+    if a.ndim != len(shape) or any(
+        w is not None and w != s for w, s in zip(shape, a.shape, strict=True)
+    ):
+        raise ModelFileError(
+            "wrong array shape",
+            field=field,
+            expected=str(tuple("*" if w is None else w for w in shape)),
+            found=a.shape,
+        )
+    if a.size and a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ModelFileError("array holds non-finite values", field=field)
+    if a.size and low is not None and float(a.min()) < low:
+        raise ModelFileError(
+            "array value out of range", field=field, expected=f">= {low:g}", found=float(a.min())
+        )
+    if a.size and high is not None and float(a.max()) > high:
+        raise ModelFileError(
+            "array value out of range", field=field, expected=f"<= {high:g}", found=float(a.max())
+        )
+    return a
+
+
+def load_model(
+    path: str | Path, *, verify: bool = True, max_bytes: int | None = None
+) -> Recommender:
+    """Load any registered model saved with :meth:`Recommender.save` (see :mod:`privrec.models.persistence`)."""
+    from privrec.models.persistence import load_model as _load
+
+    return _load(path, verify=verify, max_bytes=max_bytes)
+
+
+__all__ += ["UnknownUserError", "as_interactions", "as_user_items", "check_array", "on_catalogue"]

@@ -15,13 +15,15 @@ from typing import Any, Literal
 
 import dp_accounting
 import numpy as np
+import numpy.typing as npt
 import pydantic
+import scipy.linalg
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, ModelFileError
 from privrec.models.als_kernels import cg_half_step, cholesky_half_step, gramian, item_statistics
-from privrec.models.base import register
+from privrec.models.base import check_array, register
 from privrec.models.dp_noise import gaussian_noise, symmetric_noise
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import (
@@ -455,12 +457,17 @@ class DPALS(PrivateRecommender):
         interactions: Interactions | sp.spmatrix | sp.sparray,
         *,
         progress: Callable[[int, int], None] | None = None,
+        item_ids: npt.ArrayLike | None = None,
         user_epsilons: np.ndarray | Sequence[float] | None = None,
     ) -> DPALS:
         """Fit; ``progress(step, total)`` is called after each private item step.
 
-        ``user_epsilons``: each user's protection tier (one of ``tiers`` or ε), see ``tiers``.
+        ``item_ids`` fixes the item catalogue so that nothing about it is learned from the
+        data (:meth:`~privrec.models.base.Recommender.with_catalogue`); ``user_epsilons``
+        gives each user's protection tier (one of ``tiers`` or ε), see ``tiers``.
         """
+        if item_ids is not None:
+            self.with_catalogue(item_ids)
         self._progress = progress
         self._user_epsilons = user_epsilons
         try:
@@ -661,14 +668,46 @@ class DPALS(PrivateRecommender):
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.item_factors_ = arrays["item_factors"]
-        self.head_items_ = arrays["head_items"]
-        self.noisy_counts_ = arrays["noisy_counts"]
-        self.noise_scale_ = float(arrays["noise_scale"])
-        self._fit_alpha0, self._fit_user_reg = (float(v) for v in arrays["fold"])
+        self.item_factors_ = check_array(
+            arrays, "item_factors", kind="f", shape=(self._known_n_items(), None)
+        )
+        n = self.item_factors_.shape[0]
+        head = check_array(arrays, "head_items", kind="iu", shape=(None,), low=0, high=n - 1)
+        if len(head) == 0 or np.any(np.diff(head.astype(np.int64)) <= 0):
+            raise ModelFileError(
+                "head items must be non-empty, sorted and unique", field="state_head_items"
+            )
+        self.head_items_ = head.astype(np.int64)
+        self.noisy_counts_ = check_array(arrays, "noisy_counts", kind="f", shape=(n,))
+        self.noise_scale_ = float(check_array(arrays, "noise_scale", kind="f", shape=(), low=0))
+        fold = check_array(arrays, "fold", kind="f", shape=(2,), low=0)
+        if fold[1] <= 0:
+            raise ModelFileError(
+                "the user ridge must be positive", field="state_fold", found=float(fold[1])
+            )
+        self._fit_alpha0, self._fit_user_reg = float(fold[0]), float(fold[1])
         # files written before the blend existed scored with the factors alone
-        self.popularity_blend_ = float(arrays.get("popularity_blend", 0.0))
-        self.popularity_shrinkage_ = float(arrays.get("popularity_shrinkage", 0.0))
+        self.popularity_blend_ = (
+            float(check_array(arrays, "popularity_blend", kind="f", shape=(), low=0, high=10))
+            if "popularity_blend" in arrays
+            else 0.0
+        )
+        # files written before the per-user shrinkage existed blended every user alike
+        self.popularity_shrinkage_ = (
+            float(check_array(arrays, "popularity_shrinkage", kind="f", shape=(), low=0, high=1000))
+            if "popularity_shrinkage" in arrays
+            else 0.0
+        )
+        self.factors_ = int(self.item_factors_.shape[1])
+
+    def _check_state(self) -> None:
+        # a file's factors must have the width its parameters say (any width ≥ 1 when k was
+        # read from the data: the released factors then define it)
+        check_array(
+            self.item_factors_, "item_factors", kind="f", shape=(len(self.item_ids_), self.factors)
+        )
+        if self.item_factors_.shape[1] < 1:
+            raise ModelFileError("item factors need at least one column", field="item_factors")
 
     def _set_extra_meta(self, extra: dict[str, Any]) -> None:
         super()._set_extra_meta(extra)
@@ -704,6 +743,9 @@ def user_weights(
     raise ConfigError(f"unknown method {method!r}")
 
 
+_FEW_USERS = 4
+
+
 def exact_user_solve(xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float) -> np.ndarray:
     """iALS user step: (α0 YᵀY + Σ_{j∈I_u} y_j y_jᵀ + λI) x_u = Σ_{j∈I_u} y_j, exact (Cholesky kernel).
 
@@ -715,6 +757,20 @@ def exact_user_solve(xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float
     n_users, k = xh.shape[0], y.shape[1]
     out = np.zeros((n_users, k), dtype=np.float64)
     yy = np.ascontiguousarray(y, dtype=np.float64)
+    if n_users <= _FEW_USERS:
+        # A handful of users (a service folding in one request): the same system solved with
+        # numpy/LAPACK directly. Starting the parallel kernel and scanning the loaded BLAS
+        # libraries for threadpool_limits cost milliseconds; this costs microseconds.
+        g = alpha0 * (yy.T @ yy)
+        eye = reg * np.eye(k)
+        for u in range(n_users):
+            yi = yy[xh.indices[xh.indptr[u] : xh.indptr[u + 1]]]
+            try:
+                c = np.linalg.cholesky(g + yi.T @ yi + eye)
+            except np.linalg.LinAlgError:
+                continue  # not positive definite: the kernel leaves the row at zero too
+            out[u] = scipy.linalg.cho_solve((c, True), yi.sum(axis=0))
+        return out
     # The kernel solves (α0 G + Σ w y yᵀ + λI) x = Σ (α0 + w) y; with w = 1 the matrix is ours and the
     # right-hand side is (1 + α0) Σ y, so the solution is (1 + α0) times the one we want.
     w = np.ones(xh.nnz, dtype=np.float64)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
+import numpy.typing as npt
 import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError
-from privrec.models.base import register
+from privrec.errors import ConfigError, ModelFileError
+from privrec.models.base import check_array, register
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import LengthProfile, resolve_bound, resolve_shrinkage, user_blend
-from privrec.models.ease import ease_from_gram, item_gram
+from privrec.models.ease import check_ease_memory, ease_from_gram, item_gram
 from privrec.models.private import PrivateConfig, PrivateRecommender, blend_popularity
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.bounds import LENGTHS_LABEL, length_sensitivity, noisy_length_histogram
@@ -228,6 +229,18 @@ class DPEASE(PrivateRecommender):
         self.accountant = accountant
         self.seed = seed
 
+    def fit(
+        self,
+        interactions: Interactions | sp.spmatrix | sp.sparray,
+        *,
+        item_ids: npt.ArrayLike | None = None,
+    ) -> Self:
+        """Fit; ``item_ids`` fixes the item catalogue so that nothing about it is learned from
+        the data (:meth:`~privrec.models.base.Recommender.with_catalogue`)."""
+        if item_ids is not None:
+            self.with_catalogue(item_ids)
+        return super().fit(interactions)
+
     def _fit(self, data: Interactions, config: DPEASEConfig) -> None:
         budget, rng = self._begin(data, config)
         restrict = data.n_items > config.max_items or config.head_snr > 0
@@ -276,19 +289,19 @@ class DPEASE(PrivateRecommender):
             m = sp.csr_matrix(m[:, head])
         else:
             head = np.arange(data.n_items)
-        if len(head) > 40_000:
-            raise ConfigError(f"DPEASE needs a dense {len(head)}² matrix; lower max_items")
+        check_ease_memory(len(head), None, "DPEASE")
         gram, sens_g = bounded_gram(m, config.unit, c_max, bound, rng)
         noisy_gram = symmetric_gaussian(gram, z_gram, sens_g, rng)
+        del gram
         self._spend("noisy item Gram matrix", gaussian_event(z_gram))
         reg = resolve_ease_regularization(
             config.regularization, float(z_gram * sens_g), len(head), config.reg_scale
         )
         self.regularization_ = reg
-        self.weights_ = ease_from_gram(noisy_gram, reg)
         # the diagonal of the released Gram matrix is a (bounded, noisy) item count: the
         # popularity prior and the cold-start ranking, at no extra privacy cost
         self.item_popularity_ = np.diag(noisy_gram).astype(np.float32)
+        self.weights_ = ease_from_gram(noisy_gram, reg, overwrite=True)
         self.head_items_ = head.astype(np.int64)
         self.noise_multiplier_ = float(z_gram)
         self.popularity_blend_ = resolve_ease_blend(config.popularity_blend, config.epsilon)
@@ -350,13 +363,33 @@ class DPEASE(PrivateRecommender):
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        self.weights_ = arrays["weights"]
-        self.head_items_ = arrays["head_items"]
-        self.item_popularity_ = arrays["item_popularity"]
-        self.noise_multiplier_ = float(arrays["noise_multiplier"])
+        n = self._known_n_items()
+        head = check_array(
+            arrays, "head_items", kind="iu", shape=(None,), low=0, high=None if n is None else n - 1
+        )
+        h = len(head)
+        if h == 0 or np.any(np.diff(head.astype(np.int64)) <= 0):
+            raise ModelFileError(
+                "head items must be non-empty, sorted and unique", field="state_head_items"
+            )
+        self.head_items_ = head.astype(np.int64)
+        self.weights_ = check_array(arrays, "weights", kind="f", shape=(h, h))
+        self.item_popularity_ = check_array(arrays, "item_popularity", kind="f", shape=(h,))
+        self.noise_multiplier_ = float(
+            check_array(arrays, "noise_multiplier", kind="f", shape=(), low=0)
+        )
         # files written before the blend existed scored with the EASE weights alone
-        self.popularity_blend_ = float(arrays.get("popularity_blend", 0.0))
-        self.popularity_shrinkage_ = float(arrays.get("popularity_shrinkage", 0.0))
+        self.popularity_blend_ = (
+            float(check_array(arrays, "popularity_blend", kind="f", shape=(), low=0, high=10))
+            if "popularity_blend" in arrays
+            else 0.0
+        )
+        # files written before the per-user shrinkage existed blended every user alike
+        self.popularity_shrinkage_ = (
+            float(check_array(arrays, "popularity_shrinkage", kind="f", shape=(), low=0, high=1000))
+            if "popularity_shrinkage" in arrays
+            else 0.0
+        )
 
 
 def resolve_ease_blend(blend: float | None, epsilon: float) -> float:

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from typing import Literal, Self
 
 import numpy as np
+import numpy.typing as npt
 import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.models.base import register
+from privrec.models.base import check_array, register
 from privrec.models.popularity import PopularityScores
 from privrec.models.private import PrivateConfig, PrivateRecommender
 from privrec.models.tiers import finish_tiers, plan_tiers
@@ -168,9 +169,14 @@ class DPPopularity(PopularityScores, PrivateRecommender):
         self,
         interactions: Interactions | sp.spmatrix | sp.sparray,
         *,
+        item_ids: npt.ArrayLike | None = None,
         user_epsilons: np.ndarray | Sequence[float] | None = None,
     ) -> Self:
-        """Fit; ``user_epsilons`` gives each user's protection tier (one of ``tiers`` or ε)."""
+        """Fit; ``item_ids`` fixes the item catalogue so that nothing about it is learned from
+        the data (:meth:`~privrec.models.base.Recommender.with_catalogue`); ``user_epsilons``
+        gives each user's protection tier (one of ``tiers`` or ε)."""
+        if item_ids is not None:
+            self.with_catalogue(item_ids)
         self._user_epsilons = user_epsilons
         try:
             super().fit(interactions)
@@ -240,4 +246,11 @@ class DPPopularity(PopularityScores, PrivateRecommender):
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.item_popularity_ = arrays["item_popularity"]
-        self.noise_multiplier_ = float(arrays["noise_multiplier"])
+        self.noise_multiplier_ = float(
+            check_array(arrays, "noise_multiplier", kind="f", shape=(), low=0)
+        )
+
+    def _check_state(self) -> None:
+        check_array(
+            self.item_popularity_, "item_popularity", kind="f", shape=(len(self.item_ids_),)
+        )

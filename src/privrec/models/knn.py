@@ -7,7 +7,8 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.models.base import ModelConfig, Recommender, register
+from privrec.errors import ModelFileError
+from privrec.models.base import ModelConfig, Recommender, check_array, register
 
 __all__ = ["ItemKNN", "cosine_neighbours"]
 
@@ -105,7 +106,15 @@ class ItemKNN(Recommender):
         return {"sim_data": s.data, "sim_indices": s.indices, "sim_indptr": s.indptr}
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
-        n = len(arrays["sim_indptr"]) - 1
-        self.similarity_ = sp.csr_matrix(
-            (arrays["sim_data"], arrays["sim_indices"], arrays["sim_indptr"]), shape=(n, n)
-        )
+        n = self._known_n_items()
+        if n is None:  # state set directly, without a catalogue
+            n = len(np.asarray(arrays.get("sim_indptr", np.zeros(1)))) - 1
+        ptr = check_array(arrays, "sim_indptr", kind="iu", shape=(n + 1,), low=0)
+        nnz = int(ptr[-1])
+        ind = check_array(arrays, "sim_indices", kind="iu", shape=(nnz,), low=0, high=n - 1)
+        data = check_array(arrays, "sim_data", kind="f", shape=(nnz,))
+        if ptr[0] != 0 or np.any(np.diff(ptr.astype(np.int64)) < 0):
+            raise ModelFileError(
+                "similarity offsets must start at 0 and not decrease", field="state_sim_indptr"
+            )
+        self.similarity_ = sp.csr_matrix((data, ind, ptr), shape=(n, n))

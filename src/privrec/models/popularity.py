@@ -8,7 +8,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.models.base import ModelConfig, Recommender, register
+from privrec.models.base import ModelConfig, Recommender, check_array, register
 
 __all__ = ["Popularity", "PopularityScores"]
 
@@ -76,3 +76,8 @@ class Popularity(PopularityScores, Recommender):
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.item_popularity_ = arrays["item_popularity"]
+
+    def _check_state(self) -> None:
+        check_array(
+            self.item_popularity_, "item_popularity", kind="f", shape=(len(self.item_ids_),)
+        )

@@ -11,22 +11,27 @@ warns that the result is not private.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self, get_args
 
 import numpy as np
+import numpy.typing as npt
 import pydantic
 
 from privrec.data.interactions import Interactions
-from privrec.models.base import ModelConfig, Recommender
+from privrec.errors import ConfigError, DataError
+from privrec.models.base import ModelConfig, Recommender, _empty_csr
 from privrec.privacy.accounting import AccountantKind
 from privrec.privacy.budget import Budget
 from privrec.privacy.events import SpentEvent
-from privrec.privacy.guarantee import PrivacyGuarantee
+from privrec.privacy.guarantee import PrivacyGuarantee, Tuning
 from privrec.privacy.randomness import resolve_generator
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["PrivateConfig", "PrivateRecommender", "blend_popularity"]
+
+_PRIVACY_PARAMS = frozenset({"epsilon", "delta", "unit", "accountant", "seed"})
 
 
 class PrivateConfig(ModelConfig):
@@ -96,6 +101,79 @@ class PrivateRecommender(Recommender):
             seeded_noise=config.seed is not None,
         )
 
+    def declare_tuning(self, how: Tuning) -> Self:
+        """Say how the hyper-parameters were chosen; it is written into the guarantee.
+
+        ``"defaults"`` (privrec's, chosen on public benchmark data), ``"public"`` (chosen on
+        public or separate data) or ``"private"`` (chosen on this training data — not charged
+        to ε, which :meth:`~privrec.privacy.guarantee.PrivacyGuarantee.explain` then says in
+        capitals). Without a declaration the guarantee says it is unknown and lists the
+        settings that differ from the defaults. Returns ``self`` (chainable).
+        """
+        if how not in get_args(Tuning):
+            raise ConfigError(
+                f"unknown tuning declaration {how!r}; choose one of {', '.join(get_args(Tuning))}"
+            )
+        self._tuning: Tuning = how
+        return self
+
+    def _non_default_params(self) -> tuple[str, ...]:
+        cfg = self.config()
+        out = []
+        for name, field in type(cfg).model_fields.items():
+            if name in _PRIVACY_PARAMS or field.is_required():
+                continue
+            if getattr(cfg, name) != field.get_default(call_default_factory=True):
+                out.append(name)
+        return tuple(out)
+
+    def _after_fit(self) -> None:
+        self.guarantee_ = self.guarantee_.with_disclosure(
+            catalogue="given" if getattr(self, "_catalogue_source", "data") == "given" else "data",
+            tuning=getattr(self, "_tuning", "unstated"),
+            non_default_params=self._non_default_params(),
+        )
+
+    @classmethod
+    def from_release(
+        cls,
+        params: ModelConfig | dict[str, Any],
+        *,
+        item_ids: npt.ArrayLike,
+        state: dict[str, np.ndarray],
+        guarantee: PrivacyGuarantee,
+    ) -> Self:
+        """A model built from released arrays only — e.g. the result of cross-silo training.
+
+        ``state`` holds what :meth:`_state` would return (for DPALS: ``item_factors``,
+        ``head_items``, ``noisy_counts``, ``noise_scale``, ``fold`` = [α0, user ridge],
+        ``popularity_blend``); ``item_ids`` is the catalogue. The arrays are checked as a
+        loaded file's are and the guarantee is verified against ``params`` (δ, unit,
+        accountant, seed, ε within the budget), so the model can be saved with :meth:`save`,
+        explained, verified and served through :meth:`recommend_history` like any other.
+        It knows no users.
+        """
+        from privrec.privacy.verify import check_against_params
+
+        model = cls.from_config(params)
+        ids = np.asarray(item_ids)
+        if ids.dtype == object:
+            ids = ids.astype(str)
+        if ids.ndim != 1 or ids.size == 0 or len(np.unique(ids)) != len(ids):
+            raise DataError(
+                "item_ids must be a non-empty 1-D array of unique ids", field="item_ids"
+            )
+        model.item_ids_ = ids
+        model.user_ids_ = np.zeros(0, dtype=ids.dtype)
+        model.user_items_ = _empty_csr((0, len(ids)))
+        model._released_only = True
+        model._set_state({k: np.asarray(v) for k, v in state.items()})
+        model._check_state()
+        model._set_extra_meta({"guarantee": guarantee.model_dump(mode="json")})
+        model.guarantee_ = model.guarantee_.with_disclosure().verify()
+        check_against_params(model.guarantee_, model.config().model_dump(mode="json"))
+        return model
+
     @property
     def privacy_guarantee(self) -> PrivacyGuarantee:
         self._check_fitted()
@@ -105,7 +183,10 @@ class PrivateRecommender(Recommender):
         return {"guarantee": self.guarantee_.model_dump(mode="json")}
 
     def _set_extra_meta(self, extra: dict[str, Any]) -> None:
-        self.guarantee_ = PrivacyGuarantee.model_validate(extra["guarantee"])
+        # strict: a number stored as text is a malformed file, not something to coerce
+        self.guarantee_ = PrivacyGuarantee.model_validate_json(
+            json.dumps(extra["guarantee"]), strict=True
+        )
 
 
 def head_item_scores(

@@ -61,6 +61,6 @@ def finish_tiers(model: Any) -> None:
     """Add the tiers (ε from the accountant, weight) to the fitted model's guarantee."""
     tiers = getattr(model, "_tiers", [])
     if tiers:
-        model.guarantee_ = model.guarantee_.model_copy(
-            update={"tiers": tuple(t.model_dump() for t in tiers)}
-        )
+        old = model.guarantee_
+        model.guarantee_ = old.model_copy(update={"tiers": tuple(t.model_dump() for t in tiers)})
+        model.guarantee_._verified = old._verified  # ε and the events are unchanged

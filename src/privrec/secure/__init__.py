@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from privrec.secure.graph import SecAggParameters, choose_parameters, neighbour_graph
     from privrec.secure.secagg import (
+        MALICIOUS_PHASES,
         PHASES,
         AggregateResult,
         RoundConfig,
         SecAggClient,
         SecAggServer,
+        generate_identities,
     )
 
 __all__ = [
+    "MALICIOUS_PHASES",
     "PHASES",
     "AggregateResult",
     "RoundConfig",
@@ -34,10 +37,13 @@ __all__ = [
     "SecAggParameters",
     "SecAggServer",
     "choose_parameters",
+    "generate_identities",
     "neighbour_graph",
 ]
 
 _LAZY = {
+    "MALICIOUS_PHASES": "secagg",
+    "generate_identities": "secagg",
     "PHASES": "secagg",
     "AggregateResult": "secagg",
     "RoundConfig": "secagg",

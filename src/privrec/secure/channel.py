@@ -48,7 +48,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from privrec.errors import ConfigError, MessageRejected, PeerUnavailable
+from privrec.errors import ConfigError, KeyFileError, MessageRejected, PeerUnavailable
+from privrec.secure.keyfiles import read_secret, write_secret
 
 __all__ = [
     "CHUNK",
@@ -58,6 +59,7 @@ __all__ = [
     "Listener",
     "PartyInfo",
     "Roster",
+    "check_port",
     "connect",
     "generate_keys",
 ]
@@ -68,6 +70,7 @@ MAX_FRAME = 1 << 31
 #: Plaintext bytes per frame when an array is sent in chunks (4 MiB).
 CHUNK = 1 << 22
 _TAG = 16
+_GROW = CHUNK + 64  # first receive-buffer size: one array chunk frame
 _HEAD = struct.Struct("<IQB")  # length of the rest, step, type
 _CONFIRM = 255
 _INFO = b"privrec/silo-channel/v1"
@@ -120,13 +123,30 @@ class Roster:
 
     @classmethod
     def load(cls, path: str | Path) -> Roster:
-        raw = json.loads(Path(path).read_text())
+        """Read ``roster.json``; anything malformed is a :class:`ConfigError` naming the file."""
+        p = Path(path)
+        try:
+            raw = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"roster {str(p)!r} not found") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(f"roster {str(p)!r} is not readable JSON: {exc}") from None
+        if not isinstance(raw, dict) or not raw:
+            raise ConfigError(f"roster {str(p)!r} must map party names to their entries")
         parties = {}
         for name, d in raw.items():
-            key = bytes.fromhex(d["public_key"])
+            try:
+                key = bytes.fromhex(d["public_key"])
+                role, host, port = str(d["role"]), str(d.get("host", "127.0.0.1")), d["port"]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"roster {str(p)!r}: entry {name!r} is malformed ({exc})"
+                ) from None
             if len(key) != 32:
                 raise ConfigError(f"roster: public key of {name!r} is not 32 bytes")
-            parties[name] = PartyInfo(name, d["role"], key, d.get("host", "127.0.0.1"), d["port"])
+            _name_bytes(str(name))
+            check_port(port, f"roster entry {name!r}", allow_zero=True)
+            parties[str(name)] = PartyInfo(str(name), role, key, host, int(port))
         return cls(parties)
 
 
@@ -143,8 +163,23 @@ class Identity:
 
     @classmethod
     def load(cls, path: str | Path) -> Identity:
-        d = json.loads(Path(path).read_text())
-        return cls(d["name"], X25519PrivateKey.from_private_bytes(bytes.fromhex(d["private_key"])))
+        """Read a ``<name>.key`` file (refused when other users may read it: mode 0600)."""
+        raw = read_secret(path)
+        try:
+            d = json.loads(raw.decode("utf-8"))
+            return cls(
+                str(d["name"]), X25519PrivateKey.from_private_bytes(bytes.fromhex(d["private_key"]))
+            )
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise KeyFileError(f"key file {str(path)!r} is malformed: {exc}") from None
+
+
+def check_port(port: object, what: str, *, allow_zero: bool = False) -> int:
+    """A TCP port in 1..65535 (0 = "does not listen" where allowed), else :class:`ConfigError`."""
+    low = 0 if allow_zero else 1
+    if isinstance(port, bool) or not isinstance(port, int) or not low <= port <= 65535:
+        raise ConfigError(f"{what}: port must be an integer in {low}..65535, found {port!r}")
+    return port
 
 
 def generate_keys(
@@ -153,10 +188,25 @@ def generate_keys(
     """Create static keys for ``parties`` (name → (role, host, port)) and write the set-up files.
 
     Writes ``roster.json`` (public: give it to every party) and one ``<name>.key`` per party
-    (secret: give it to that party only; created with mode 0600).
+    (secret: give it to that party only; mode 0600 even when the file existed before, see
+    :func:`privrec.secure.keyfiles.write_secret`). Names, hosts and ports are checked before
+    anything is written.
     """
+    for name, (_, host, port) in parties.items():
+        _name_bytes(name)
+        if not host:
+            raise ConfigError(f"party {name!r}: empty host")
+        check_port(port, f"party {name!r}", allow_zero=True)
+    listening = [port for _, _, port in parties.values() if port]
+    if len(set(listening)) != len(listening):
+        raise ConfigError(f"two parties listen on the same port: {sorted(listening)}")
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create key directory {str(out)!r}: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"key directory {str(out)!r} is not writable")
     ids: dict[str, Identity] = {}
     infos: dict[str, PartyInfo] = {}
     for name, (role, host, port) in parties.items():
@@ -168,10 +218,9 @@ def generate_keys(
             serialization.PrivateFormat.Raw,
             serialization.NoEncryption(),
         )
-        path = out / f"{name}.key"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"name": name, "private_key": raw.hex()}, fh)
+        write_secret(
+            out / f"{name}.key", json.dumps({"name": name, "private_key": raw.hex()}).encode()
+        )
     roster = Roster(infos)
     (out / "roster.json").write_text(roster.to_json())
     return roster, ids
@@ -306,10 +355,18 @@ class Channel:
         (length,) = struct.unpack("<I", head)
         if not 9 + _TAG <= length <= MAX_FRAME:
             raise MessageRejected(f"frame from {self.peer!r} has an invalid length {length}")
-        if len(self._in) < length:
-            self._in = bytearray(length)
+        # The buffer grows only as bytes actually arrive: a length field claiming 2 GiB costs
+        # the sender 2 GiB of traffic before it costs this process 2 GiB of memory.
+        got = 0
+        while got < length:
+            want = min(length, max(got * 2, _GROW))
+            if len(self._in) < want:
+                grown = bytearray(want)
+                grown[:got] = self._in[:got]
+                self._in = grown
+            _recv_into(self.sock, memoryview(self._in)[got:want], self.peer)
+            got = want
         rest = memoryview(self._in)[:length]
-        _recv_into(self.sock, rest, self.peer)
         self.bytes_received += 4 + length
         step, kind = struct.unpack_from("<QB", rest)
         return int(step), int(kind), rest[9:]
@@ -444,7 +501,13 @@ class Listener:
         self.roster = roster
         self.timeout = timeout
         info = roster[me.name]
-        self.sock = socket.create_server((info.host, info.port), reuse_port=False)
+        try:
+            self.sock = socket.create_server((info.host, info.port), reuse_port=False)
+        except OSError as exc:
+            raise ConfigError(
+                f"{me.name} cannot listen on {info.host}:{info.port} (from the roster): "
+                f"{exc.strerror or exc}"
+            ) from None
         self.sock.listen(64)
 
     def accept(self, timeout: float | None = None) -> Channel:

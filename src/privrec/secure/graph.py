@@ -14,13 +14,39 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from privrec.errors import ConfigError
 from privrec.secure.prg import public_stream
 
-__all__ = ["SecAggParameters", "choose_parameters", "neighbour_graph", "resolve_count"]
+__all__ = [
+    "THREAT_MODELS",
+    "SecAggParameters",
+    "ThreatModel",
+    "check_threat_model",
+    "choose_parameters",
+    "corrupt_neighbour_bound",
+    "neighbour_graph",
+    "resolve_count",
+    "threshold_for",
+]
+
+#: The server a round is secured against: one that follows the protocol and only looks
+#: (``"honest-but-curious"``), or one that may deviate from it (``"malicious"``: Bell et al.'s
+#: threshold rule, signed advertisements and the signed consistency check).
+ThreatModel = Literal["honest-but-curious", "malicious"]
+THREAT_MODELS: tuple[str, ...] = ("honest-but-curious", "malicious")
+
+
+def check_threat_model(value: object) -> ThreatModel:
+    """``value`` if it names a threat model, else :class:`ConfigError`."""
+    if value == "honest-but-curious":
+        return "honest-but-curious"
+    if value == "malicious":
+        return "malicious"
+    raise ConfigError(f"threat_model must be one of {THREAT_MODELS}, got {value!r}")
 
 
 def resolve_count(value: int | float, total: int, name: str) -> int:
@@ -133,6 +159,38 @@ def _runs_bound(n: int, removed: int, k: int) -> float:
     return min(1.0, (n * p_run) ** 2)
 
 
+def corrupt_neighbour_bound(
+    n: int, k: int, corrupt: int, *, security_bits: int = 40
+) -> tuple[int, float]:
+    """``(c, p)``: the fewest corrupt neighbours ``c`` an honest client exceeds w.p. ``p ≤ 2^-bits / n``.
+
+    Neighbourhoods are uniformly random ``k``-subsets of the other ``n - 1`` clients, so the
+    number of corrupt neighbours is hypergeometric; ``p`` is its tail ``P[X > c]`` (the
+    union bound over the ``n`` clients is the caller's ``p · n``).
+    """
+    from scipy import stats
+
+    others = n - 1
+    k = min(k, others)
+    cs = np.arange(k + 1)
+    tail = stats.hypergeom.sf(cs, others, min(corrupt, others), k)  # P[X > c]
+    c_max = int(np.argmax(tail * n <= 2.0**-security_bits))
+    return c_max, float(tail[c_max])
+
+
+def threshold_for(k: int, corrupt_neighbours: int, *, malicious_server: bool) -> int:
+    """Bell et al.'s threshold for degree ``k`` and at most ``c`` corrupt neighbours.
+
+    ``t > c`` against an honest-but-curious server (the corrupt neighbours alone cannot
+    rebuild a secret); ``t > (k + c) / 2`` against a malicious one: every honest neighbour
+    reveals only one of a client's two secrets, so two groups of honest neighbours told
+    different stories plus the ``c`` corrupt ones (who reveal both) would need
+    ``2(t - c) ≤ k - c`` -- impossible. Never below 2.
+    """
+    c = corrupt_neighbours
+    return max(2, (k + c) // 2 + 1) if malicious_server else max(2, c + 1)
+
+
 def choose_parameters(
     n: int,
     dropout_rate: int | float = 0.05,
@@ -193,10 +251,8 @@ def choose_parameters(
     others = n - 1
     candidates = [k for k in range(2, n - 1) if k % 2 == 0 or n % 2 == 0] + [n - 1]
     for k in candidates:
-        cs = np.arange(k + 1)
-        corrupt_tail = stats.hypergeom.sf(cs, others, min(corrupt, others), k)  # P[X > c]
-        c_max = int(np.argmax(corrupt_tail * n <= leak_target))
-        t = max(2, (k + c_max) // 2 + 1) if malicious_server else max(2, c_max + 1)
+        c_max, corrupt_p = corrupt_neighbour_bound(n, k, corrupt, security_bits=security_bits)
+        t = threshold_for(k, c_max, malicious_server=malicious_server)
         if t > k:
             continue
         complete = k == n - 1
@@ -206,14 +262,14 @@ def choose_parameters(
         drop_tail = float(stats.hypergeom.sf(k - t, others, min(dropped, others), k))
         if drop_tail * n > abort_target:
             continue
-        leak = float(corrupt_tail[c_max]) * n + runs
+        leak = corrupt_p * n + runs
         rule = "t > (k + c) / 2" if malicious_server else "t > c"
         graph = "complete graph (classic SecAgg)" if complete else f"random Harary graph, k={k}"
         explanation = (
             f"n={n} clients, tolerating {dropped} dropouts and {corrupt} corrupt clients: "
             f"{graph}, threshold t={t}. An honest client has more than c={c_max} corrupt "
-            f"neighbours with probability <= {corrupt_tail[c_max]:.2e} (x n = "
-            f"{float(corrupt_tail[c_max]) * n:.2e} <= 2^-{security_bits}); rule {rule}"
+            f"neighbours with probability <= {corrupt_p:.2e} (x n = "
+            f"{corrupt_p * n:.2e} <= 2^-{security_bits}); rule {rule}"
             + ("" if complete else f"; honest survivors disconnected w.p. <= {runs:.2e}")
             + f". A neighbourhood keeps fewer than t survivors (round aborts) with "
             f"probability <= {drop_tail * n:.2e} (<= 2^-{correctness_bits}). k is the "

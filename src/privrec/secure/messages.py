@@ -4,15 +4,18 @@ Every message the client and server state machines exchange is one of these, so 
 same protocol code runs in-process (the simulator) or over any transport that moves
 bytes. :meth:`to_bytes` / :func:`decode` give a compact, versioned binary encoding:
 
-``b"PSA1"`` | one type byte | fields in declaration order, where an integer is an
+``b"PSA2"`` | one type byte | fields in declaration order, where an integer is an
 unsigned 64-bit little-endian number, a byte string is a 4-byte length plus the bytes,
 an id list is a 4-byte count plus 8-byte ids, and a nested message list is a 4-byte
 count plus, for each, a 4-byte length and the nested encoding.
 
 Decoding is strict: unknown types, truncation and trailing bytes raise
-:class:`~privrec.errors.MessageRejected`. Authenticity is not this module's job: the
-secret parts (key shares) travel inside AES-GCM ciphertexts built by
-:mod:`privrec.secure.secagg`, which binds the round and both parties.
+:class:`~privrec.errors.MessageRejected`; nothing is allocated beyond what the bytes hold.
+Authenticity is not this module's job: the secret parts (key shares) travel inside AES-GCM
+ciphertexts built by :mod:`privrec.secure.secagg`, which binds the round and both parties;
+masked inputs carry an HMAC the server checks (``MaskedInput.tag``); against a malicious
+server, advertisements and survivor sets carry Ed25519 signatures (``signature`` fields).
+Version 2 (``PSA2``) added those fields; version 1 messages are refused.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from privrec.secure.prg import word_dtype
 
 __all__ = [
     "AdvertiseKeys",
+    "ConsistencyRequest",
+    "ConsistencySignature",
     "EncryptedShare",
     "KeyDirectory",
     "MaskedInput",
@@ -36,12 +41,13 @@ __all__ = [
     "RevealedShare",
     "ShareDelivery",
     "ShareKeys",
+    "Signature",
     "UnmaskRequest",
     "UnmaskResponse",
     "decode",
 ]
 
-MAGIC = b"PSA1"
+MAGIC = b"PSA2"
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 M = TypeVar("M", bound="Message")
@@ -146,7 +152,9 @@ class AdvertiseKeys(Message):
 
     ``seed_commitment`` is SHA-256 of the self-mask seed (with round and sender), letting
     the server check a reconstructed seed, i.e. detect bad shares instead of summing
-    garbage.
+    garbage. ``signature`` (malicious-server rounds only, else empty) is the sender's
+    Ed25519 signature over the round configuration and these fields, so a server cannot
+    substitute its own keys for a neighbour's.
     """
 
     TAG: ClassVar[int] = 1
@@ -156,27 +164,35 @@ class AdvertiseKeys(Message):
         "enc_public_key": "bytes",
         "mask_public_key": "bytes",
         "seed_commitment": "bytes",
+        "signature": "bytes",
     }
     round_id: bytes
     sender: int
     enc_public_key: bytes
     mask_public_key: bytes
     seed_commitment: bytes
+    signature: bytes = b""
 
 
 @dataclass(frozen=True)
 class KeyDirectory(Message):
-    """Phase 1, server -> client: the advertisements of the receiver's live neighbours."""
+    """Phase 1, server -> client: the advertisements of the receiver's live neighbours.
+
+    ``server_key`` is the server's X25519 public key of this round: the client derives from
+    it the key of the HMAC on its masked input, which only the server can check.
+    """
 
     TAG: ClassVar[int] = 2
     KINDS: ClassVar[dict[str, str]] = {
         "round_id": "bytes",
         "receiver": "int",
         "entries": "AdvertiseKeys",
+        "server_key": "bytes",
     }
     round_id: bytes
     receiver: int
     entries: tuple[AdvertiseKeys, ...]
+    server_key: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -230,7 +246,13 @@ class ShareDelivery(Message):
 
 @dataclass(frozen=True)
 class MaskedInput(Message):
-    """Phase 3, client -> server: the masked vector, ``dim`` little-endian words of ``bits``."""
+    """Phase 3, client -> server: the masked vector, ``dim`` little-endian words of ``bits``.
+
+    ``tag`` is HMAC-SHA256 over the round, sender, ``bits`` and ``values`` under a key only
+    this client and the server can derive (X25519 of the client's encryption key and the
+    server's round key): a flipped bit makes the server reject the input instead of
+    adding it to the sum.
+    """
 
     TAG: ClassVar[int] = 6
     KINDS: ClassVar[dict[str, str]] = {
@@ -238,11 +260,13 @@ class MaskedInput(Message):
         "sender": "int",
         "bits": "int",
         "values": "bytes",
+        "tag": "bytes",
     }
     round_id: bytes
     sender: int
     bits: int
     values: bytes
+    tag: bytes = b""
 
     def array(self) -> NDArray[np.unsignedinteger]:
         """The masked vector as a read-only array of the word type for ``bits``."""
@@ -253,8 +277,56 @@ class MaskedInput(Message):
 
 
 @dataclass(frozen=True)
+class Signature(Message):
+    """An Ed25519 signature by client ``signer`` (inside :class:`UnmaskRequest`)."""
+
+    TAG: ClassVar[int] = 10
+    KINDS: ClassVar[dict[str, str]] = {"signer": "int", "signature": "bytes"}
+    signer: int
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class ConsistencyRequest(Message):
+    """Malicious-server rounds, server -> client: the set of all clients whose input is summed.
+
+    The client signs it (:class:`ConsistencySignature`) and later reveals shares only if at
+    least ``t`` of its neighbours signed the very same set.
+    """
+
+    TAG: ClassVar[int] = 11
+    KINDS: ClassVar[dict[str, str]] = {
+        "round_id": "bytes",
+        "receiver": "int",
+        "survivors": "ids",
+    }
+    round_id: bytes
+    receiver: int
+    survivors: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(Message):
+    """Malicious-server rounds, client -> server: the sender's signature of the survivor set."""
+
+    TAG: ClassVar[int] = 12
+    KINDS: ClassVar[dict[str, str]] = {
+        "round_id": "bytes",
+        "sender": "int",
+        "signature": "bytes",
+    }
+    round_id: bytes
+    sender: int
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class UnmaskRequest(Message):
-    """Phase 4, server -> client: which neighbours survived and which dropped out."""
+    """Phase 4, server -> client: which neighbours survived and which dropped out.
+
+    In malicious-server rounds ``signatures`` carries the receiver's neighbours' signatures
+    of the survivor set (see :class:`ConsistencyRequest`); empty otherwise.
+    """
 
     TAG: ClassVar[int] = 7
     KINDS: ClassVar[dict[str, str]] = {
@@ -263,12 +335,14 @@ class UnmaskRequest(Message):
         "survivors": "ids",
         "dropped": "ids",
         "n_survivors": "int",
+        "signatures": "Signature",
     }
     round_id: bytes
     receiver: int
     survivors: tuple[int, ...]
     dropped: tuple[int, ...]
     n_survivors: int
+    signatures: tuple[Signature, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,6 +374,8 @@ class UnmaskResponse(Message):
 
 _CLASSES: tuple[type[Message], ...] = (
     AdvertiseKeys,
+    ConsistencyRequest,
+    ConsistencySignature,
     KeyDirectory,
     EncryptedShare,
     ShareKeys,
@@ -307,6 +383,7 @@ _CLASSES: tuple[type[Message], ...] = (
     MaskedInput,
     UnmaskRequest,
     RevealedShare,
+    Signature,
     UnmaskResponse,
 )
 _BY_TAG: dict[int, type[Message]] = {c.TAG: c for c in _CLASSES}

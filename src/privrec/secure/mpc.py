@@ -59,16 +59,12 @@ Threat model
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import math
-import os
 import socket
 import ssl
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -83,8 +79,8 @@ from privrec.errors import (
     InvalidInputError,
     PeerUnavailable,
     ProtocolAbort,
-    ProtocolError,
 )
+from privrec.secure.mpc_tls import N_PARTIES, TLSFiles, make_tls_material, tls_name
 
 __all__ = [
     "CLIENT",
@@ -98,8 +94,6 @@ __all__ = [
     "free_ports",
     "make_tls_material",
     "run_party",
-    "secure_recommend",
-    "secure_top_k_local",
     "tls_name",
 ]
 
@@ -109,8 +103,6 @@ CLIENT = 0
 MODEL_HOLDER = 1
 #: Party 2: holds shares only; needed for an honest majority.
 HELPER = 2
-#: MPyC is insecure with two parties (no honest majority with threshold ≥ 1).
-N_PARTIES = 3
 _ROLE = {CLIENT: "client", MODEL_HOLDER: "model holder", HELPER: "helper"}
 
 
@@ -356,100 +348,6 @@ def _runtime(party_id: int, addresses: Sequence[tuple[str, int]], params: MPCPar
         raise ConfigError("secure top-k needs MPyC: pip install 'privrec[mpc]'") from exc
     finally:
         sys.argv = argv
-
-
-def tls_name(party_id: int) -> str:
-    """The DNS name in party ``party_id``'s certificate, checked by every peer connecting to it."""
-    return f"privrec-mpc-party-{party_id}"
-
-
-@dataclass(frozen=True)
-class TLSFiles:
-    """One party's TLS material (PEM): the set-up CA, its own certificate and private key."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-    @classmethod
-    def in_dir(cls, directory: str | Path, party_id: int) -> TLSFiles:
-        """The files :func:`make_tls_material` wrote for ``party_id`` in ``directory``."""
-        d = Path(directory)
-        return cls(d / "ca.pem", d / f"party-{party_id}.pem", d / f"party-{party_id}.key")
-
-    def contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-        """(server, client) contexts: TLS ≥ 1.2, mutual authentication against the CA."""
-        for f in (self.ca, self.cert, self.key):
-            if not Path(f).is_file():
-                raise ConfigError(f"TLS file {f} not found")
-        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca))
-        server.verify_mode = ssl.CERT_REQUIRED
-        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
-        for ctx in (server, client):
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(str(self.cert), str(self.key))
-        return server, client
-
-
-def make_tls_material(directory: str | Path, *, days: int = 365) -> Path:
-    """Create a CA and one certificate per party (``ca.pem``, ``party-<i>.pem|.key``).
-
-    Set-up step for :func:`run_party` with ``tls``: give each party ``ca.pem`` and its own
-    certificate and key, and keep ``ca.key`` offline (or delete it). Every certificate
-    names its party (:func:`tls_name`), so a party connecting to party ``j`` checks that it
-    reached ``j``. EC P-256 keys and X.509 from ``cryptography``; key files are mode 0600.
-    """
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-
-    def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        path.chmod(0o600)
-
-    def certificate(
-        name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: Any, ca: bool
-    ) -> x509.Certificate:
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer if not ca else subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), True)
-        )
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName(name)]), False
-            )
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = certificate("privrec-mpc CA", ca_key, x509.Name([]), ca_key, True)
-    (d / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    write_key(d / "ca.key", ca_key)
-    for i in range(N_PARTIES):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = certificate(tls_name(i), key, ca_cert.subject, ca_key, False)
-        (d / f"party-{i}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        write_key(d / f"party-{i}.key", key)
-    return d
 
 
 async def _start(rt: Any, bind_host: str, tls: TLSFiles | None) -> None:
@@ -823,203 +721,3 @@ _PARTY_CODE = (
     "spec.loader.exec_module(mod)\n"
     "sys.exit(mod._party_main())\n"
 )
-
-
-def _kill(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-    for p in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):  # a process ignoring SIGKILL
-            p.wait(10)
-
-
-def secure_top_k_local(
-    item_factors: npt.ArrayLike,
-    user_vector: npt.ArrayLike,
-    k: int = 10,
-    *,
-    exclude: npt.ArrayLike | None = None,
-    public_items: bool = False,
-    params: MPCParams | None = None,
-    host: str = "127.0.0.1",
-    tls: bool = False,
-    timeout: float = 120.0,
-) -> SecureTopKResult:
-    """Run the three parties as separate processes on ``host`` and return the client's ids.
-
-    Every input is validated here first (typed errors, nothing started). Each party then
-    gets only its own input, through a private temporary directory; the processes talk
-    over TCP on free ports of ``host`` (loopback by default; ``tls=True`` adds mutually
-    authenticated TLS with throw-away certificates, e.g. to measure its cost). If a party
-    fails or the run
-    exceeds ``timeout``, the other processes are killed and :class:`ProtocolAbort` (a
-    party failed, naming it and its error) or :class:`PeerUnavailable` (timeout) is raised.
-    """
-    params = params or MPCParams()
-    params.validate()
-    y = np.asarray(item_factors, dtype=np.float64)
-    if y.ndim != 2:
-        raise InvalidInputError(f"item factors must be a 2-D array, found shape {y.shape}")
-    n_items, n_factors = y.shape
-    _check_shape(n_items, n_factors)
-    k = _check_k(k, n_items)
-    y = _item_matrix(y, n_items, n_factors, params)
-    u = _user_vector(user_vector, n_factors, params)
-    mask = _exclusion_mask(exclude, n_items)
-    if not timeout > 0:
-        raise ConfigError(f"timeout must be positive, found {timeout!r}")
-    t0 = time.perf_counter()
-    inputs = {"user_vector": u, "exclude": np.flatnonzero(mask), "item_factors": y}
-    for attempt in range(2):  # free ports can be taken by someone else before a party binds
-        try:
-            results = _run_processes(
-                host, n_items, n_factors, k, public_items, params, timeout, inputs, tls
-            )
-            break
-        except ProtocolAbort as exc:
-            if attempt or "address already in use" not in exc.reason.lower():
-                raise
-    wall = time.perf_counter() - t0
-    if any(r["items"] is not None for r in results[1:]):  # pragma: no cover - protocol invariant
-        raise ProtocolAbort("output", "a party other than the client received the output")
-    return SecureTopKResult(
-        np.asarray(results[CLIENT]["items"], dtype=np.int64),
-        tuple(int(r["bytes_sent"]) for r in results),
-        tuple(float(r["seconds"]) for r in results),
-        tuple(float(r["cpu_seconds"]) for r in results),
-        wall,
-    )
-
-
-def _run_processes(
-    host: str,
-    n_items: int,
-    n_factors: int,
-    k: int,
-    public_items: bool,
-    params: MPCParams,
-    timeout: float,
-    inputs: dict[str, npt.NDArray[Any]],
-    tls: bool,
-) -> list[dict[str, Any]]:
-    """Start the three party processes on free ports of ``host``, wait, collect the results."""
-    ports = free_ports(N_PARTIES, host)
-    import privrec
-
-    src = str(Path(privrec.__file__).resolve().parents[1])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p),
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-    }
-    with tempfile.TemporaryDirectory(prefix="privrec-mpc-") as tmp:  # mode 0700
-        d = Path(tmp)
-        spec = {
-            "addresses": [[host, p] for p in ports],
-            "n_items": n_items,
-            "n_factors": n_factors,
-            "k": k,
-            "public_items": public_items,
-            "params": asdict(params),
-            "timeout": timeout,
-            "tls_dir": str(make_tls_material(d / "tls")) if tls else None,
-        }
-        (d / "spec.json").write_text(json.dumps(spec))
-        np.savez(
-            d / f"party-{CLIENT}.npz", user_vector=inputs["user_vector"], exclude=inputs["exclude"]
-        )
-        holder = "public.npz" if public_items else f"party-{MODEL_HOLDER}.npz"
-        np.savez(d / holder, item_factors=inputs["item_factors"])
-        code = _PARTY_CODE.format(path=str(Path(__file__).resolve()))
-        procs: list[subprocess.Popen[bytes]] = []
-        logs = []
-        try:
-            for pid in range(N_PARTIES):
-                log = open(d / f"log-{pid}.txt", "wb")  # noqa: SIM115 - closed below
-                logs.append(log)
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, "-c", code, str(d / "spec.json"), str(pid)],
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                        cwd=tmp,
-                    )
-                )
-            deadline = time.monotonic() + timeout + 2.0  # + start-up of the processes
-            while None in (states := [p.poll() for p in procs]):
-                failed = [i for i, rc in enumerate(states) if rc not in (None, 0)]
-                if failed:
-                    _kill(procs)
-                    raise _party_failure(d, failed[0], procs[failed[0]].returncode)
-                if time.monotonic() > deadline:
-                    _kill(procs)
-                    raise PeerUnavailable(
-                        f"secure top-k did not finish within {timeout:g} s; all parties stopped"
-                    )
-                time.sleep(0.02)
-            failed = [i for i, p in enumerate(procs) if p.returncode != 0]
-            if failed:
-                raise _party_failure(d, failed[0], procs[failed[0]].returncode)
-            return [json.loads((d / f"result-{i}.json").read_text()) for i in range(N_PARTIES)]
-        finally:
-            _kill(procs)
-            for log in logs:
-                log.close()
-
-
-def _party_failure(d: Path, pid: int, rc: int | None) -> ProtocolError:
-    """The typed error for a party that exited with ``rc`` (its own message if it left one)."""
-    res = d / f"result-{pid}.json"
-    if res.exists():
-        info = json.loads(res.read_text())
-        reason = f"{info.get('error')}: {info.get('message')}"
-        if info.get("error") == "PeerUnavailable":
-            return PeerUnavailable(f"party {pid} ({_ROLE[pid]}): {info.get('message')}")
-    else:
-        log = (d / f"log-{pid}.txt").read_text(errors="replace").strip().splitlines()
-        reason = f"exit status {rc}" + (f": {log[-1]}" if log else "")
-    return ProtocolAbort("party", f"party {pid} ({_ROLE[pid]}) failed — {reason}")
-
-
-def secure_recommend(
-    model: Any,
-    user_items: Any,
-    k: int = 10,
-    *,
-    public_items: bool = True,
-    params: MPCParams | None = None,
-    tls: bool = False,
-    timeout: float = 120.0,
-) -> SecureTopKResult:
-    """Fold a user in on the client and run :func:`secure_top_k_local` on the model's items.
-
-    ``user_items`` is the user's history as a 1-D row over the model's items; seen items
-    and items a private model did not release (DPALS tail items) are excluded. The item
-    factors of a trained model are public here by default (the released model); pass
-    ``public_items=False`` to have the model holder input them as a secret.
-    """
-    factors = getattr(model, "item_factors_", None)
-    if factors is None:
-        raise ConfigError(
-            f"{type(model).__name__} has no item_factors_: secure top-k needs a factor model"
-        )
-    hist = np.asarray(user_items).reshape(1, -1)
-    u = np.asarray(model.fold_in(hist), dtype=np.float64).reshape(-1)
-    y = np.asarray(factors, dtype=np.float64)
-    exclude = np.flatnonzero(hist[0])
-    head = getattr(model, "head_items_", None)
-    if head is not None:
-        exclude = np.union1d(exclude, np.setdiff1d(np.arange(y.shape[0]), np.asarray(head)))
-    return secure_top_k_local(
-        y,
-        u,
-        k,
-        exclude=exclude,
-        public_items=public_items,
-        params=params,
-        tls=tls,
-        timeout=timeout,
-    )

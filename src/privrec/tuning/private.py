@@ -188,6 +188,12 @@ def private_tune(
         threat_model=inner.threat_model,
         seeded_noise=seed is not None,
     )
+    guarantee = guarantee.with_disclosure(
+        catalogue=inner.catalogue, tuning="charged", non_default_params=inner.non_default_params
+    )
+    # the released model's parameters state the budget its guarantee meets (the selection's,
+    # under RDP), so a loaded file checks out against them; its σ is the trial's
+    chosen.set_params(epsilon=float(epsilon), accountant="rdp")
     chosen.guarantee_ = guarantee
     return TuningResult(chosen, params, noisy, trials, eps_model, guarantee)
 

@@ -41,7 +41,13 @@ def masked_input(msg: Message, context: Context) -> Message:
     return Message(handle("masked_input", msg.content, context), reply_to=msg)
 
 
+@app.train("privrec_consistency_check")
+def consistency_check(msg: Message, context: Context) -> Message:
+    """Malicious-server rounds: sign the survivor set before unmasking."""
+    return Message(handle("consistency_check", msg.content, context), reply_to=msg)
+
+
 @app.train("privrec_unmask")
 def unmask(msg: Message, context: Context) -> Message:
-    """SecAgg+ phase 4."""
+    """SecAgg+ last phase: reveal the shares the server is entitled to."""
     return Message(handle("unmask", msg.content, context), reply_to=msg)

@@ -4,7 +4,8 @@ Wire records (all public, all plain Flower records):
 
 ``round``  (:class:`~flwr.app.ConfigRecord`)
     The SecAgg+ :class:`~privrec.secure.secagg.RoundConfig` (fresh ``round-id``, the sampled
-    client ids, ``dim``, ``bits``, ``neighbours``, ``threshold``, ``min-survivors``) plus the
+    client ids, ``dim``, ``bits``, ``neighbours``, ``threshold``, ``min-survivors``,
+    ``threat-model`` and, against a malicious server, the clients' ``identity-keys``) plus the
     training round, attempt and round kind.
 ``msgs``  (:class:`~flwr.app.ConfigRecord`, key ``"msgs"``: list of bytes)
     One SecAgg+ protocol message per user hosted on the node, each in its own versioned byte
@@ -29,10 +30,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from flwr.app import ConfigRecord
 
 from privrec.errors import MessageRejected
+from privrec.secure.graph import check_threat_model
 from privrec.secure.messages import Message, decode
 from privrec.secure.secagg import RoundConfig, SecAggClient
 
 if TYPE_CHECKING:  # imported where used: dp_accounting costs ~1 s at ClientApp start-up
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from privrec.privacy.distributed import DistributedDPConfig
 
 __all__ = [
@@ -52,14 +56,16 @@ __all__ = [
 ]
 
 #: Protocol tag checked by both sides (a node refuses messages of another version).
-PROTOCOL = "privrec-flower/1"
+PROTOCOL = "privrec-flower/2"
 
-#: Flower message types (``<category>.<action>``) of the discovery and the four phases.
+#: Flower message types (``<category>.<action>``) of the discovery and the SecAgg+ phases
+#: (``consistency_check`` only in malicious-server rounds).
 ACTIONS = {
     "describe": "query.privrec_describe",
     "advertise_keys": "train.privrec_advertise_keys",
     "share_keys": "train.privrec_share_keys",
     "masked_input": "train.privrec_masked_input",
+    "consistency_check": "train.privrec_consistency_check",
     "unmask": "train.privrec_unmask",
 }
 
@@ -85,6 +91,8 @@ def round_record(
             "neighbours": int(config.neighbours),
             "threshold": int(config.threshold),
             "min-survivors": int(config.min_survivors),
+            "threat-model": config.threat_model,
+            "identity-keys": list(config.identity_keys),
             "round": int(round_),
             "attempt": int(attempt),
             "kind": kind,
@@ -117,6 +125,12 @@ def get_str(record: ConfigRecord, key: str) -> str:
     return str(_get(record, key, str))
 
 
+def _identity_keys(values: list[Any]) -> tuple[bytes, ...]:
+    if not all(isinstance(k, bytes) for k in values):
+        raise MessageRejected("round record field 'identity-keys' must list byte strings")
+    return tuple(values)
+
+
 def round_from_record(record: ConfigRecord) -> tuple[RoundConfig, dict[str, Any]]:
     """Inverse of :func:`round_record`: ``(RoundConfig, {"round", "attempt", "kind", "users"})``.
 
@@ -139,6 +153,8 @@ def round_from_record(record: ConfigRecord) -> tuple[RoundConfig, dict[str, Any]
         neighbours=int(_get(record, "neighbours", int)),
         threshold=int(_get(record, "threshold", int)),
         min_survivors=int(_get(record, "min-survivors", int)),
+        threat_model=check_threat_model(_get(record, "threat-model", str)),
+        identity_keys=_identity_keys(_get(record, "identity-keys", list)),
     )
     meta = {
         "round": int(_get(record, "round", int)),
@@ -205,7 +221,12 @@ def export_client(client: SecAggClient, *, key: bytes | None = None) -> bytes:
 
 
 def restore_client(
-    config: RoundConfig, blob: bytes, *, key: bytes | None = None, client_id: int | None = None
+    config: RoundConfig,
+    blob: bytes,
+    *,
+    key: bytes | None = None,
+    client_id: int | None = None,
+    identity_key: Ed25519PrivateKey | None = None,
 ) -> SecAggClient:
     """Rebuild a client exported by :func:`export_client` for the same round.
 
@@ -215,7 +236,9 @@ def restore_client(
         Not a client state, truncated, tampered, trailing bytes, of another round or client
         (:meth:`SecAggClient.restore_state`).
     """
-    return SecAggClient.restore_state(blob, config, key=key, client_id=client_id)
+    return SecAggClient.restore_state(
+        blob, config, key=key, client_id=client_id, identity_key=identity_key
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from privrec.federated.mf import FederatedMFConfig, FederatedMFServer
 from privrec.privacy.distributed import DistributedDPEncoder
 from privrec.secure.messages import (
     AdvertiseKeys,
+    ConsistencySignature,
     MaskedInput,
     Message,
     ShareKeys,
@@ -111,6 +112,10 @@ class DeploySettings:
     pipeline
         Send the next round's phase 1 (its sample and round description) with this round's
         unmask requests, so a round costs three Flower round trips instead of four.
+    pki
+        Path of the users' public identity keys (``pki.json``,
+        :mod:`privrec.federated.flower.identity`); required with
+        ``mf.threat-model = "malicious"``.
     """
 
     round_timeout: float = 120.0
@@ -121,6 +126,7 @@ class DeploySettings:
     max_retries: int = 2
     resume: bool = True
     pipeline: bool = True
+    pki: str = ""
 
     def __post_init__(self) -> None:
         if not (self.round_timeout > 0 and math.isfinite(self.round_timeout)):
@@ -244,6 +250,16 @@ class Coordinator:
         self.logs: list[RoundLog] = []
         self.ckpt = Path(settings.checkpoint_dir) if settings.checkpoint_dir else None
         self._prefetch: _Prefetch | None = None
+        self.pki: dict[int, bytes] = {}
+        if config.threat_model == "malicious":
+            if not settings.pki:
+                raise ConfigError(
+                    "mf.threat-model = malicious needs the users' identity keys: set pki = "
+                    "<pki.json> (privrec.federated.flower.identity.create_identities)"
+                )
+            from privrec.federated.flower.identity import load_pki
+
+            self.pki = load_pki(settings.pki)
 
     # ------------------------------------------------------------------ discovery
     def discover(self) -> None:
@@ -388,11 +404,14 @@ class Coordinator:
                 fh.write(json.dumps(asdict(entry)) + "\n")
 
     # ------------------------------------------------------------------ one attempt
-    def _round_config(self, enc: DistributedDPEncoder, ids: np.ndarray) -> RoundConfig:
+    def _round_config(
+        self, enc: DistributedDPEncoder, ids: np.ndarray, kind: str = "train"
+    ) -> RoundConfig:
         """A fresh SecAgg+ round for ``ids``, or an abort if the sample cannot carry the noise."""
         cfg = self.config
+        assert self.server is not None
         n = int(ids.size)
-        m = enc.plan.min_survivors
+        m = self.server.round_min_survivors(n, kind)
         if n < max(2, m):
             raise ProtocolAbort(
                 "advertise_keys", f"only {n} users sampled, the noise is planned for {m}"
@@ -409,7 +428,17 @@ class Coordinator:
             threshold=cfg.secagg_threshold,
             min_survivors=m,
             corrupt_fraction=cfg.corrupt_fraction,
+            threat_model=cfg.threat_model,
+            identity_keys=self._identity_keys(ids),
         )
+
+    def _identity_keys(self, ids: np.ndarray) -> dict[int, bytes]:
+        if self.config.threat_model != "malicious":
+            return {}
+        missing = [int(u) for u in ids.tolist() if int(u) not in self.pki]
+        if missing:
+            raise ConfigError(f"users {missing[:5]} have no identity key in the PKI")
+        return {int(u): self.pki[int(u)] for u in ids.tolist()}
 
     def _attempt(self, entry: RoundLog, ids: np.ndarray, pre: _Prefetch | None = None) -> None:
         srv = self.server
@@ -444,7 +473,7 @@ class Coordinator:
             )
         if pre is not None and (pre.config.dim, pre.config.bits) != (enc.encoded_dim, enc.bits):
             pre = None  # the encoding changed: advertise again for the same sample
-        rc = pre.config if pre is not None else self._round_config(enc, ids)
+        rc = pre.config if pre is not None else self._round_config(enc, ids, entry.kind)
         nxt = None
         if entry.kind == "train" and self.settings.pipeline and entry.round < cfg.rounds:
             ids_next = self._sample(srv.q, entry.round + 1, 0)
@@ -457,7 +486,7 @@ class Coordinator:
         entry.dropped = {p: len(v) for p, v in result.dropped.items()}
         noisy = enc.decode(result.sum, n_surv)
         if entry.kind == "count":
-            srv.select_head(noisy, survivors=n_surv)
+            srv.select_head(noisy, survivors=n_surv, sampled=int(ids.size))
             entry.epsilon = srv.epsilon()
             return
         update_sum, unclipped = srv.unpack(noisy, srv.expected_clients)
@@ -472,7 +501,9 @@ class Coordinator:
                 attempt=np.int64(entry.attempt),
                 sum_mod=result.sum,
             )
-        srv.apply(update_sum, srv.expected_clients, unclipped, survivors=n_surv)
+        srv.apply(
+            update_sum, srv.expected_clients, unclipped, survivors=n_surv, sampled=int(ids.size)
+        )
         entry.epsilon = srv.epsilon()
         entry.clip_norm = clip_before
         entry.unclipped_fraction = float(srv.history[-1].get("unclipped_fraction", math.nan))
@@ -624,7 +655,20 @@ class Coordinator:
             for node, users in asked.items()
         }
         masked = self._exchange(entry, "masked_input", contents, asked, MaskedInput)
-        requests = self._run_phase(entry, server, "masked_input", masked)
+        if rc.malicious:
+            # Malicious server: every survivor signs the survivor set before anyone unmasks.
+            checks = self._run_phase(entry, server, "masked_input_consistency", masked)
+            asked = self._by_node(sorted(checks))
+            contents = {
+                node: RecordDict({"meta": meta, "msgs": messages_record(checks[u] for u in users)})
+                for node, users in asked.items()
+            }
+            signed = self._exchange(
+                entry, "consistency_check", contents, asked, ConsistencySignature
+            )
+            requests = self._run_phase(entry, server, "consistency_check", signed)
+        else:
+            requests = self._run_phase(entry, server, "masked_input", masked)
 
         # Phase 4: unmask requests out, shares of seeds / dropped keys back. Pipelined: the
         # next round's description rides along and its advertisements come back with them.

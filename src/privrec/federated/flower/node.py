@@ -26,6 +26,8 @@ state between phases goes through ``Context.state``):
     (:func:`~privrec.federated.mf.pack_payload`), encode it with distributed DP
     (:class:`~privrec.privacy.distributed.DistributedDPEncoder`: rotation, conditional
     rounding, discrete Gaussian noise share, wrap to ``2^b``) and mask it.
+``consistency_check`` (malicious-server rounds only)
+    Sign the survivor set the server announces (see :mod:`privrec.secure.secagg`).
 ``unmask``
     Reveal, per neighbour, the one share the server is entitled to. When the message also
     carries the next round's description (``next-round``, pipelining), start that round
@@ -43,8 +45,13 @@ protection off: a round without noise is refused, and a seed in the FederatedMF 
 ignored (fresh ChaCha20 randomness from the OS is used), unless the node's **own**
 ``node_config`` says ``test-mode = true`` — then both are honoured with a
 :class:`~privrec.errors.PrivacyWarning` (reproducible tests only; predictable noise is no noise).
-The noise *level* and the SecAgg+ parameters are the server's choice (honest-but-curious
-server, as in ``docs/secagg.md``).
+The noise *level* and the SecAgg+ parameters are the server's choice. Against a malicious
+server (``mf.threat-model = "malicious"``) each user signs with its long-term Ed25519 identity
+key (``node_config`` ``identity-keys``: this node's ``node-<p>.keys``, mode 0600), and the node
+checks every identity key the round lists against its own copy of the PKI (``pki``), so the
+server cannot impersonate anyone (:mod:`privrec.federated.flower.identity`). A node whose own
+``node_config`` says ``threat-model = "malicious"`` refuses rounds secured only against an
+honest-but-curious server: the server cannot downgrade it.
 
 A user whose state machine rejects a message (tampered, replayed, out of order, a refused
 unmask request) is skipped — it drops out of the round — and the node answers for the others.
@@ -79,7 +86,7 @@ from privrec.federated.flower.codec import (
     round_from_record,
     round_record,
 )
-from privrec.secure.messages import KeyDirectory, ShareDelivery, UnmaskRequest
+from privrec.secure.messages import ConsistencyRequest, KeyDirectory, ShareDelivery, UnmaskRequest
 from privrec.secure.secagg import RoundConfig, SecAggClient
 
 __all__ = [
@@ -191,17 +198,50 @@ def _reset(context: Context) -> None:
             del context.state[key]
 
 
+def _identities(context: Context, config: RoundConfig) -> dict[int, Any]:
+    """The node's users' Ed25519 identity keys, after checking the round's keys against the PKI."""
+    if not config.malicious:
+        return {}
+    from privrec.federated.flower.identity import load_identity_keys, load_pki
+
+    settings = dict(context.node_config)
+    if not settings.get("pki") or not settings.get("identity-keys"):
+        raise ConfigError(
+            "a malicious-server round needs this node's own PKI and identity keys "
+            "(node_config pki = <pki.json>, identity-keys = <node-p.keys>)"
+        )
+    pki = load_pki(str(settings["pki"]))
+    for u, key in zip(config.client_ids, config.identity_keys, strict=True):
+        if pki.get(u) != key:
+            raise MessageRejected(
+                f"the round's identity key of user {u} is not the one in this node's PKI: "
+                "refusing (the server may be impersonating users)"
+            )
+    return load_identity_keys(str(settings["identity-keys"]))
+
+
+def _check_threat_model(context: Context, config: RoundConfig) -> None:
+    required = str(context.node_config.get("threat-model", "honest-but-curious"))
+    if required == "malicious" and not config.malicious:
+        raise ConfigError(
+            "this node requires rounds secured against a malicious server (node_config "
+            "threat-model = malicious); the server asked for an honest-but-curious round"
+        )
+
+
 def _load_clients(context: Context, round_id: bytes) -> tuple[RoundConfig, dict[int, SecAggClient]]:
     if _STATE_ROUND not in context.state.config_records:
         raise ProtocolError("no SecAgg round in progress on this node")
     config, _ = round_from_record(context.state.config_records[_STATE_ROUND])
     if config.round_id != round_id:
         raise ProtocolError("message belongs to another SecAgg round than the node's current one")
+    keys = _identities(context, config)
     stored = context.state.config_records.get(_STATE_CLIENTS, ConfigRecord())
     clients: dict[int, SecAggClient] = {}
     for key, blob in stored.items():
         if isinstance(blob, bytes):
-            clients[int(key)] = restore_client(config, blob, client_id=int(key))
+            u = int(key)
+            clients[u] = restore_client(config, blob, client_id=u, identity_key=keys.get(u))
     return config, clients
 
 
@@ -254,13 +294,20 @@ def _start_round(record: ConfigRecord, context: Context) -> ConfigRecord:
     """Phase 1: fresh SecAgg+ clients for the node's sampled users; their advertisements."""
     _reset(context)  # one round at a time: a new round discards the last one's secrets
     config, meta = round_from_record(record)
+    _check_threat_model(context, config)
+    keys = _identities(context, config)
     data = load_node_data(node_settings(context))
     hosted = set(data.user_ids.tolist())
     invited = set(config.client_ids)
     users = sorted(u for u in meta["users"] if u in hosted and u in invited)
     if len(users) != len(meta["users"]):
         log.warning("ignoring %d users this node does not host", len(meta["users"]) - len(users))
-    clients = {u: SecAggClient(config, u) for u in users}
+    if config.malicious:
+        missing = [u for u in users if u not in keys]
+        if missing:
+            log.warning("no identity key for users %s: they sit this round out", missing[:5])
+        users = [u for u in users if u in keys]
+    clients = {u: SecAggClient(config, u, identity_key=keys.get(u)) for u in users}
     adverts = [clients[u].advertise_keys() for u in users]
     context.state[_STATE_ROUND] = round_record(
         config, round_=meta["round"], attempt=meta["attempt"], kind=meta["kind"], users=users
@@ -400,6 +447,23 @@ def _masked_input(content: RecordDict, context: Context) -> RecordDict:
     return RecordDict({"msgs": messages_record(out)})
 
 
+def _consistency_check(content: RecordDict, context: Context) -> RecordDict:
+    """Malicious-server rounds: each user signs the survivor set (or refuses, and drops out)."""
+    _, clients = _load_clients(context, _round_id(content))
+    requests, _ = decode_messages(content.config_records.get("msgs"), ConsistencyRequest)
+    out = []
+    for q in requests:
+        client = clients.get(q.receiver)
+        if client is None:
+            continue
+        try:
+            out.append(client.consistency_check(q))
+        except ProtocolError as exc:
+            log.warning("user %d refuses the survivor set: %s", q.receiver, exc)
+    _save_clients(context, clients)
+    return RecordDict({"msgs": messages_record(out)})
+
+
 def _unmask(content: RecordDict, context: Context) -> RecordDict:
     requests, _ = decode_messages(content.config_records.get("msgs"), UnmaskRequest)
     out = []
@@ -426,6 +490,7 @@ _HANDLERS = {
     "advertise_keys": _advertise_keys,
     "share_keys": _share_keys,
     "masked_input": _masked_input,
+    "consistency_check": _consistency_check,
     "unmask": _unmask,
 }
 

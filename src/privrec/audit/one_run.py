@@ -1,0 +1,164 @@
+"""The one-run audit of a private model, and the battery a CI runs.
+
+:func:`one_run_audit` plants m canaries (each included with probability ½), trains the
+model once, scores every canary from the release and turns the guesses into an ε lower
+bound (:func:`privrec.audit.bounds.one_run_bound`). :func:`audit_model` runs several
+canary designs — the tight one (closest bound on a correct model) and the heavy one
+(catches a missing contribution bound), and for factor models the clip design (catches
+missing factor clipping) — each at confidence ``1 − β / n_designs``, so
+the largest bound holds at ``1 − β`` and a model whose bound exceeds its claimed ε is
+**flagged**: at that confidence, its implementation does not deliver the guarantee.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from privrec.audit.bounds import OneRunBound, one_run_bound
+from privrec.audit.canaries import CanaryDesign, plant
+from privrec.audit.targets import AuditTarget
+from privrec.data.interactions import Interactions
+from privrec.errors import ConfigError
+
+__all__ = ["ModelAudit", "OneRunAudit", "audit_model", "one_run_audit"]
+
+
+@dataclass(frozen=True)
+class OneRunAudit:
+    """One design's one-run audit of one model."""
+
+    model: str
+    design: CanaryDesign
+    claimed_epsilon: float
+    delta: float
+    bound: OneRunBound
+    seeded_noise: bool
+    seconds: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def flagged(self) -> bool:
+        """ε lower bound above the claimed ε (at the bound's confidence)."""
+        return self.bound.epsilon_lb > self.claimed_epsilon
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "design": {
+                "label": self.design.label,
+                "n_canaries": self.design.n_canaries,
+                "items_per_canary": self.design.items_per_canary,
+                "pool_items": self.design.pool_items,
+            },
+            "claimed_epsilon": self.claimed_epsilon,
+            "delta": self.delta,
+            "flagged": self.flagged,
+            "seeded_noise": self.seeded_noise,
+            "seconds": self.seconds,
+            "notes": list(self.notes),
+            "bound": self.bound.to_dict(),
+        }
+
+
+def one_run_audit(
+    target: AuditTarget,
+    base: Interactions,
+    design: CanaryDesign,
+    *,
+    confidence: float = 0.95,
+    seed: int | None = None,
+    grid: Sequence[int] | None = None,
+) -> OneRunAudit:
+    """Plant ``design``'s canaries in ``base``, train ``target`` once, bound ε.
+
+    ``seed`` fixes which canaries are included (and the canary-item pool); the model's
+    own noise follows its ``seed`` parameter (none: CSPRNG).
+    """
+    t0 = time.perf_counter()
+    canaries = plant(base, design, seed=seed)
+    run = target.run(canaries)
+    bound = one_run_bound(
+        run.scores, canaries.included, delta=run.delta, confidence=confidence, grid=grid
+    )
+    return OneRunAudit(
+        model=target.name,
+        design=design,
+        claimed_epsilon=run.epsilon,
+        delta=run.delta,
+        bound=bound,
+        seeded_noise=run.seeded_noise,
+        seconds=time.perf_counter() - t0,
+        notes=tuple(run.notes),
+    )
+
+
+@dataclass(frozen=True)
+class ModelAudit:
+    """Every design's audit of one model; flagged if any design's bound exceeds ε."""
+
+    model: str
+    claimed_epsilon: float
+    confidence: float
+    audits: tuple[OneRunAudit, ...] = field(default_factory=tuple)
+
+    @property
+    def epsilon_lb(self) -> float:
+        return max(a.bound.epsilon_lb for a in self.audits)
+
+    @property
+    def flagged(self) -> bool:
+        return any(a.flagged for a in self.audits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "claimed_epsilon": self.claimed_epsilon,
+            "confidence": self.confidence,
+            "epsilon_lb": self.epsilon_lb,
+            "flagged": self.flagged,
+            "audits": [a.to_dict() for a in self.audits],
+        }
+
+    def summary(self) -> str:
+        verdict = "FLAGGED" if self.flagged else "ok"
+        parts = ", ".join(
+            f"{a.design.label}: ε_LB {a.bound.epsilon_lb:.2f} ({a.bound.correct}/{a.bound.guesses})"
+            for a in self.audits
+        )
+        return (
+            f"{self.model} claimed ε={self.claimed_epsilon:.3g}: {verdict} — {parts} "
+            f"at {self.confidence:.0%} confidence"
+        )
+
+
+def audit_model(
+    target: AuditTarget,
+    base: Interactions,
+    *,
+    n_canaries: int = 2000,
+    designs: Sequence[str] | None = None,
+    confidence: float = 0.95,
+    seed: int | None = None,
+) -> ModelAudit:
+    """Run each named design (default: the target's; Bonferroni over designs), collect the verdict."""
+    designs = target.designs if designs is None else tuple(designs)
+    if not designs:
+        raise ConfigError("give at least one canary design")
+    per = 1.0 - (1.0 - confidence) / len(designs)
+    audits = []
+    for i, kind in enumerate(designs):
+        design = target.design(kind, n_canaries, base.n_items)
+        audits.append(
+            one_run_audit(
+                target, base, design, confidence=per, seed=None if seed is None else seed + i
+            )
+        )
+    return ModelAudit(
+        model=target.name,
+        claimed_epsilon=audits[0].claimed_epsilon,
+        confidence=confidence,
+        audits=tuple(audits),
+    )

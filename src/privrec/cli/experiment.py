@@ -1,0 +1,58 @@
+"""``privrec experiment run``: offline A/B of privacy variants from a TOML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from privrec.cli.common import console, err_console, handle_errors
+
+experiment_app = typer.Typer(
+    help="Compare privacy variants on one split with paired statistics.", no_args_is_help=True
+)
+
+
+@experiment_app.command("run")
+def experiment_run(
+    config: Annotated[
+        Path, typer.Argument(help="Experiment TOML ([data], [experiment], [[variant]]).")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML report.")] = Path(
+        "experiment.html"
+    ),
+    json_out: Annotated[Path | None, typer.Option("--json", help="All results as JSON.")] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Summary tables as Markdown.")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", envvar="PRIVREC_DB", help="Charge every fit to this ledger."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", envvar="PRIVREC_API_KEY", show_default=False)
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Ledger dataset to charge (with --db).")
+    ] = None,
+    purpose: Annotated[str | None, typer.Option(help="Purpose recorded with the charges.")] = None,
+) -> None:
+    """Train each variant several times on the same split and compare it with the baseline."""
+    from privrec.experiments import load_experiment, run_experiment, write_report
+    from privrec.experiments.report import to_markdown
+
+    with handle_errors():
+        cfg = load_experiment(config)
+        charge: Any = None
+        if dataset is not None:
+            from privrec.experiments import LedgerCharge
+            from privrec.governance import Ledger
+
+            charge = LedgerCharge(Ledger.connect(db, key), dataset, purpose=purpose)
+        with err_console.status("running the experiment…") as status:
+            res = run_experiment(cfg, charge=charge, progress=lambda m: status.update(m))
+        md = to_markdown(res)
+        console.print(md, highlight=False, markup=False)
+        write_report(res, output, json_path=json_out)
+        if markdown is not None:
+            markdown.write_text(md)
+        console.print(f"report → {output}")

@@ -1,0 +1,111 @@
+"""``privrec risk`` and ``privrec check``: a pipeline's risk assessment, and CI privacy checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from privrec.cli.common import console, err_console, handle_errors
+
+
+def risk(
+    config: Annotated[
+        Path | None, typer.Argument(help="Pipeline description (TOML); see --example.")
+    ] = None,
+    markdown: Annotated[Path | None, typer.Option(help="Write the assessment as Markdown.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write it as JSON.")] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Exit 1 when any leakage channel is unmitigated.")
+    ] = False,
+    example: Annotated[bool, typer.Option(help="Print an example pipeline TOML and exit.")] = False,
+) -> None:
+    """Privacy risk assessment: data, touchpoints, leakage channels and their mitigations."""
+    from privrec.risk import EXAMPLE, assess, load_pipeline
+
+    if example:
+        console.print(EXAMPLE.strip(), highlight=False, markup=False)
+        return
+    with handle_errors():
+        if config is None:
+            from privrec.errors import ConfigError
+
+            raise ConfigError("give a pipeline TOML (or --example to print one)")
+        rep = assess(load_pipeline(config))
+        md = rep.to_markdown()
+        console.print(md, highlight=False, markup=False)
+        if markdown is not None:
+            markdown.write_text(md)
+        if json_out is not None:
+            json_out.write_text(rep.to_json() + "\n")
+    if strict and rep.unmitigated:
+        for c in rep.unmitigated:
+            err_console.print(
+                f"unmitigated: {c.name} — {c.mitigation}", highlight=False, markup=False
+            )
+        raise typer.Exit(1)
+
+
+def check(
+    artifacts: Annotated[
+        list[Path] | None, typer.Argument(help="Model files (all are checked).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="check.toml.")] = None,
+    release: Annotated[
+        list[Path] | None, typer.Option(help="A file marked for release (repeat).")
+    ] = None,
+    max_epsilon: Annotated[float | None, typer.Option(help="Policy: largest ε allowed.")] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Also verify this ledger (audit log, charges, artifacts)."),
+    ] = None,
+    key: Annotated[
+        str | None, typer.Option("--key", envvar="PRIVREC_API_KEY", show_default=False)
+    ] = None,
+    expect_head: Annotated[str | None, typer.Option(help="Pinned audit-log head hash.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the findings as JSON.")
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Print passed checks too.")
+    ] = False,
+) -> None:
+    """CI privacy checks: ε re-derived from events, no seeded noise in releases, policy, ledger."""
+    from privrec.risk import CheckConfig, load_check_config, run_check
+
+    with handle_errors():
+        cfg = load_check_config(config) if config is not None else CheckConfig()
+        update: dict[str, object] = {}
+        if artifacts:
+            update["artifacts"] = [*cfg.artifacts, *map(str, artifacts)]
+        if release:
+            update["release"] = [*cfg.release, *map(str, release)]
+        if max_epsilon is not None:
+            update["policy"] = cfg.policy.model_copy(update={"max_epsilon": max_epsilon})
+        if db is not None or key is not None or expect_head is not None:
+            update["ledger"] = cfg.ledger.model_copy(
+                update={
+                    k: v
+                    for k, v in (("url", db), ("api_key", key), ("expect_head", expect_head))
+                    if v is not None
+                }
+            )
+        rep = run_check(cfg.model_copy(update=update))
+        for f in rep.findings:
+            if verbose or f.level == "violation":
+                console.print(f.line(), highlight=False, markup=False)
+        for gap in rep.gaps:
+            err_console.print(f"note: {gap}", highlight=False, markup=False)
+        if json_out is not None:
+            import json
+
+            json_out.write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+        n = len(rep.findings)
+        console.print(
+            f"{n - len(rep.violations)}/{n} checks passed"
+            + (f", {len(rep.violations)} violation(s)" if rep.violations else ""),
+            highlight=False,
+        )
+    if not rep.passed:
+        raise typer.Exit(1)

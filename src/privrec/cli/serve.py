@@ -1,0 +1,121 @@
+"""``privrec serve``: the recommendation service, DP query API and dashboard (needs ``[serve]``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import warnings
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from privrec.cli.common import console, handle_errors
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db", envvar="PRIVREC_DB", help="Ledger URL (default sqlite:///privrec.db)."
+        ),
+    ] = None,
+    models: Annotated[
+        Path, typer.Option("--models", help="Directory of model files (*.npz) to serve.")
+    ] = Path("models"),
+    datasets: Annotated[
+        Path | None,
+        typer.Option("--datasets", help="TOML file naming the datasets open to DP queries."),
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option("--data", help="NAME=FILE: a dataset open to DP queries (repeatable)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    rate_limit: Annotated[
+        float, typer.Option(help="Requests per second per API key (0: no limit).")
+    ] = 50.0,
+    burst: Annotated[int, typer.Option(help="Burst allowed above the rate.")] = 100,
+    key_ttl: Annotated[
+        float, typer.Option(help="Seconds a verified key is reused for reads.")
+    ] = 5.0,
+    allow_non_private: Annotated[
+        bool, typer.Option(help="Also serve models without a DP guarantee (warns).")
+    ] = False,
+    log_level: Annotated[
+        str, typer.Option(help="Log level (the log never holds requests).")
+    ] = "info",
+) -> None:
+    """Serve recommendations, DP analytics queries and the privacy dashboard.
+
+    Recommendations are folded in from the user's own history and nothing of a request is kept;
+    every DP query is charged to the analyst's budget in the ledger before its answer leaves.
+    Open http://HOST:PORT/dashboard/ and sign in with an API key (`privrec keys create`).
+    """
+    with handle_errors():
+        try:
+            import uvicorn
+
+            from privrec.serve.app import ServeSettings, create_app
+            from privrec.serve.datasets import load_dataset_specs
+        except ImportError as exc:  # pragma: no cover - the extra is missing
+            raise typer.BadParameter(
+                f"privrec serve needs the [serve] extra (pip install 'privrec[serve]'): {exc}"
+            ) from None
+        from privrec.errors import PrivacyWarning, ServeConfigError
+        from privrec.governance.db import resolve_url
+
+        pairs = {}
+        for item in data or []:
+            if "=" not in item:
+                raise ServeConfigError(f"--data expects NAME=FILE, found {item!r}")
+            name, file = item.split("=", 1)
+            pairs[name.strip()] = file.strip()
+        if not _loopback(host):
+            warnings.warn(
+                f"binding to {host}: the service is reachable from other machines; put it behind "
+                "TLS (API keys travel in headers)",
+                PrivacyWarning,
+                stacklevel=1,
+            )
+        settings = ServeSettings(
+            db_url=resolve_url(db),
+            models_dir=models,
+            datasets=load_dataset_specs(datasets, pairs),
+            rate_limit=rate_limit,
+            burst=burst,
+            key_ttl=key_ttl,
+            allow_non_private=allow_non_private,
+        )
+        app = create_app(settings)
+        # the service's own log: route templates, statuses, times (never requests' contents)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s %(message)s"))
+        service_log = logging.getLogger("privrec.serve")
+        service_log.addHandler(handler)
+        service_log.setLevel(log_level.upper())
+        service_log.propagate = False
+        console.print(
+            f"privrec serve on http://{host}:{port}/  (dashboard /dashboard/, API /v1, "
+            f"OpenAPI /v1/openapi.json); {len(app.state.ctx.models.list())} models, "
+            f"{len(settings.datasets)} datasets"
+        )
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            access_log=False,  # uvicorn's access log names client addresses; ours does not
+            log_level=log_level,
+            server_header=False,
+            ws="none",
+        )

@@ -1,0 +1,32 @@
+"""Offline A/B tests of privacy variants: one split, repeated noise draws, paired statistics.
+
+See :mod:`privrec.experiments.config` for the TOML, :func:`run_experiment` to run it and
+:func:`write_report` for the HTML report.
+"""
+
+from privrec.experiments.config import ExperimentConfig, VariantSpec, load_experiment
+from privrec.experiments.report import write_report
+from privrec.experiments.runner import (
+    ChargeHook,
+    ExperimentResult,
+    LedgerCharge,
+    VariantResult,
+    run_experiment,
+)
+from privrec.experiments.stats import PairedComparison, paired_comparison, power, users_needed
+
+__all__ = [
+    "ChargeHook",
+    "ExperimentConfig",
+    "ExperimentResult",
+    "LedgerCharge",
+    "PairedComparison",
+    "VariantResult",
+    "VariantSpec",
+    "load_experiment",
+    "paired_comparison",
+    "power",
+    "run_experiment",
+    "users_needed",
+    "write_report",
+]

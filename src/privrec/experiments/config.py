@@ -1,0 +1,143 @@
+"""An experiment's TOML: the data and split, the privacy variants, the statistics.
+
+.. code-block:: toml
+
+    [data]
+    path = "../shared/data/ml-1m-implicit-r3"   # or: synthetic = "2000x500"
+    protocol = "files"                           # files | holdout | leave-last-out | strong
+    seed = 0
+
+    [experiment]
+    k = [20]
+    repeats = 3            # noise draws per variant (common seeds across variants)
+    baseline = "adaptive ε=1"   # what variants are compared with (default: the first)
+    detect = 0.01          # difference the power estimate is for
+
+    [[variant]]
+    name = "adaptive ε=1"
+    model = "dpals"
+    params = { epsilon = 1.0, delta = 1e-5, unit = "user", method = "adaptive" }
+
+    [[variant]]
+    name = "tail ε=1"
+    model = "dpals"
+    params = { epsilon = 1.0, delta = 1e-5, unit = "user", method = "tail" }
+    compare_to = "adaptive ε=1"   # optional, per variant
+
+Every variant is trained on the same split; draw ``r`` of every variant uses model seed
+``seed + r`` (common random numbers: the variants differ only in their settings), unless
+``seeded = false`` asks for fresh CSPRNG noise per fit. Seeded noise is for experiments:
+the models trained here are never meant for release.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+
+from privrec.errors import ConfigError
+
+__all__ = ["DataSpec", "ExperimentConfig", "StatsSpec", "VariantSpec", "load_experiment"]
+
+
+Metric = Literal["recall", "ndcg", "coverage"]
+_METRICS: tuple[Metric, ...] = ("recall", "ndcg", "coverage")
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    path: str | None = None
+    synthetic: str | None = None
+    format: str | None = None
+    binarize: float | None = None
+    protocol: Literal["files", "holdout", "leave-last-out", "strong"] = "holdout"
+    test_fraction: float = pydantic.Field(default=0.2, gt=0, lt=1)
+    seed: int = 0
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        if (self.path is None) == (self.synthetic is None):
+            raise ValueError("give exactly one of data.path and data.synthetic")
+        return self
+
+
+class StatsSpec(_Strict):
+    k: list[int] = pydantic.Field(default_factory=lambda: [20])
+    metrics: list[Metric] = pydantic.Field(default_factory=lambda: list(_METRICS))
+    repeats: int = pydantic.Field(default=3, ge=1, le=100)
+    seed: int = 0
+    seeded: bool = True
+    baseline: str | None = None
+    bootstrap: int = pydantic.Field(default=1000, ge=50, le=100_000)
+    confidence: float = pydantic.Field(default=0.95, gt=0, lt=1)
+    detect: float = pydantic.Field(default=0.01, gt=0)
+    alpha: float = pydantic.Field(default=0.05, gt=0, lt=1)
+    power: float = pydantic.Field(default=0.8, gt=0, lt=1)
+    groups: int = pydantic.Field(default=4, ge=1, le=10)
+
+
+class VariantSpec(_Strict):
+    name: str = pydantic.Field(min_length=1, max_length=100)
+    model: str
+    params: dict[str, Any] = pydantic.Field(default_factory=dict)
+    #: the variant this one is compared with (default: the experiment's baseline)
+    compare_to: str | None = None
+
+
+class ExperimentConfig(_Strict):
+    data: DataSpec
+    experiment: StatsSpec = pydantic.Field(default_factory=StatsSpec)
+    variant: list[VariantSpec] = pydantic.Field(min_length=1)
+
+    @pydantic.model_validator(mode="after")
+    def _names(self) -> ExperimentConfig:
+        names = [v.name for v in self.variant]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be unique")
+        if self.experiment.baseline is not None and self.experiment.baseline not in names:
+            raise ValueError(f"baseline {self.experiment.baseline!r} is not a variant")
+        for v in self.variant:
+            if v.compare_to is not None and (v.compare_to not in names or v.compare_to == v.name):
+                raise ValueError(
+                    f"variant {v.name!r}: compare_to {v.compare_to!r} is not another variant"
+                )
+        return self
+
+    def reference_of(self, name: str) -> str | None:
+        """The variant ``name`` is compared with (``None`` for the baseline itself)."""
+        v = next(v for v in self.variant if v.name == name)
+        ref = v.compare_to or self.baseline
+        return None if ref == name else ref
+
+    @property
+    def baseline(self) -> str:
+        return self.experiment.baseline or self.variant[0].name
+
+
+def load_experiment(source: str | Path | dict[str, Any]) -> ExperimentConfig:
+    """Parse and validate an experiment from a TOML file, TOML text or a dict."""
+    if isinstance(source, dict):
+        raw = source
+    else:
+        text = source
+        if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"experiment file {str(path)!r} not found")
+            text = path.read_text(encoding="utf-8")
+        try:
+            raw = tomllib.loads(str(text))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"experiment is not valid TOML: {exc}") from None
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "experiment"
+        raise ConfigError(f"experiment: {where}: {err['msg']}") from None

@@ -1,0 +1,389 @@
+"""Run an experiment: every privacy variant on one split, repeated noise draws, paired statistics."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import scipy.sparse as sp
+
+from privrec.errors import ConfigError, PrivacyWarning
+from privrec.evaluation.metrics import per_user_metrics
+from privrec.evaluation.splits import Split
+from privrec.experiments.config import DataSpec, ExperimentConfig
+from privrec.experiments.stats import (
+    PairedComparison,
+    coverage,
+    coverage_comparison,
+    paired_comparison,
+    power,
+    users_needed,
+)
+from privrec.privacy.events import SpentEvent
+
+__all__ = [
+    "ChargeHook",
+    "ExperimentResult",
+    "LedgerCharge",
+    "VariantResult",
+    "load_split_for",
+    "run_experiment",
+]
+
+
+class ChargeHook(Protocol):
+    """Where an experiment's fits are charged (e.g. a budget ledger).
+
+    ``reserve`` is called with a fit's planned releases **before the model draws any
+    noise** (through the model's ``release_gate``) and may raise to refuse the fit;
+    ``commit`` once the fit was evaluated.
+    """
+
+    def reserve(
+        self, variant: str, draw: int, events: list[SpentEvent], description: str
+    ) -> None: ...
+
+    def commit(self, variant: str, draw: int, result: dict[str, float]) -> None: ...
+
+
+@dataclass
+class VariantResult:
+    """One variant over its draws: mean metrics, ε, and the comparison with the baseline."""
+
+    name: str
+    model: str
+    params: dict[str, Any]
+    epsilon: float | None
+    delta: float | None
+    epsilon_all_draws: float | None
+    seconds: float
+    means: dict[str, float]
+    draw_means: dict[str, list[float]]
+    by_group: dict[str, dict[str, float]]
+    comparisons: dict[str, PairedComparison] = field(default_factory=dict)
+    group_comparisons: dict[str, dict[str, PairedComparison]] = field(default_factory=dict)
+    users_needed: dict[str, int] = field(default_factory=dict)
+    power: dict[str, float] = field(default_factory=dict)
+    compared_to: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model,
+            "params": self.params,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "epsilon_all_draws": self.epsilon_all_draws,
+            "seconds": self.seconds,
+            "means": self.means,
+            "draw_means": self.draw_means,
+            "by_group": self.by_group,
+            "compared_to": self.compared_to,
+            "comparisons": {k: v.to_dict() for k, v in self.comparisons.items()},
+            "group_comparisons": {
+                g: {k: v.to_dict() for k, v in d.items()} for g, d in self.group_comparisons.items()
+            },
+            "users_needed": self.users_needed,
+            "power": self.power,
+        }
+
+
+@dataclass
+class ExperimentResult:
+    """All variants of one experiment."""
+
+    config: ExperimentConfig
+    split: str
+    n_users: int
+    n_items: int
+    groups: list[str]
+    group_sizes: list[int]
+    variants: list[VariantResult]
+    seconds: float
+
+    @property
+    def baseline(self) -> str:
+        return self.config.baseline
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.model_dump(mode="json"),
+            "split": self.split,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "baseline": self.baseline,
+            "groups": self.groups,
+            "group_sizes": self.group_sizes,
+            "seconds": self.seconds,
+            "variants": [v.to_dict() for v in self.variants],
+        }
+
+
+def load_split_for(spec: DataSpec) -> Split:
+    """The one split every variant is trained and evaluated on."""
+    from privrec import evaluation as ev
+    from privrec.data import load, synthetic
+
+    if spec.protocol == "files":
+        if spec.path is None:
+            raise ConfigError("protocol 'files' needs data.path (a folder of train/valid/test)")
+        return ev.load_split(spec.path, merge_valid_into_train=True)
+    if spec.synthetic is not None:
+        try:
+            users, items = (int(v) for v in spec.synthetic.lower().split("x"))
+        except ValueError:
+            raise ConfigError(
+                f"data.synthetic expects USERSxITEMS, found {spec.synthetic!r}"
+            ) from None
+        data = synthetic(n_users=users, n_items=items, seed=spec.seed)
+    else:
+        assert spec.path is not None
+        data = load(spec.path, format=spec.format)
+        if spec.binarize is not None:
+            data = data.binarize(spec.binarize)
+    if spec.protocol == "holdout":
+        return ev.random_holdout(data, test_fraction=spec.test_fraction, seed=spec.seed)
+    if spec.protocol == "leave-last-out":
+        return ev.leave_last_out(data)
+    return ev.strong_generalization(data, n_heldout_users=0.1, seed=spec.seed)
+
+
+def _groups(history: np.ndarray, groups: int) -> tuple[np.ndarray, list[str]]:
+    """Activity quantile group of each user (empty groups dropped), with ranges as labels."""
+    inner = np.quantile(history, np.linspace(0, 1, groups + 1)[1:-1])
+    raw = np.searchsorted(inner, history, side="left")
+    present, idx = np.unique(raw, return_inverse=True)
+    labels = []
+    for g in range(present.size):
+        h = history[idx == g]
+        labels.append(f"Q{g + 1} ({int(h.min())}–{int(h.max())})")
+    return idx.astype(np.int64), labels
+
+
+def _build(name: str, params: dict[str, Any]) -> Any:
+    import privrec.models.all  # noqa: F401  (registers every model)
+    from privrec.models import MODEL_REGISTRY
+
+    if name not in MODEL_REGISTRY:
+        raise ConfigError(
+            f"unknown model {name!r}; choose one of: {', '.join(sorted(MODEL_REGISTRY))}"
+        )
+    return MODEL_REGISTRY[name].from_config(params)
+
+
+def _top_lists(model: Any, split: Split, k: int) -> np.ndarray:
+    es = split.test
+    parts = []
+    for lo in range(0, es.n_users, 4096):
+        sel = np.arange(lo, min(es.n_users, lo + 4096))
+        if es.fold_in is not None:
+            items, _ = model.recommend_history(sp.csr_matrix(es.fold_in[sel]), k=k)
+        else:
+            assert es.users is not None
+            items, _ = model.recommend(es.users[sel], k=k)
+        items = np.asarray(items, dtype=np.int64)
+        if items.shape[1] < k:
+            items = np.pad(items, ((0, 0), (0, k - items.shape[1])), constant_values=-1)
+        parts.append(items)
+    return np.vstack(parts) if parts else np.zeros((0, k), np.int64)
+
+
+def _composed_epsilon(guarantees: list[Any]) -> float | None:
+    """ε of all draws' releases composed (what the experiment would cost if all were released)."""
+    if not guarantees or guarantees[0] is None:
+        return None
+    from privrec.privacy.accounting import epsilon_of
+    from privrec.privacy.events import total_event
+
+    g = guarantees[0]
+    events = [e for gg in guarantees for e in gg.spent_events]
+    return float(epsilon_of(total_event(events), g.delta, g.accountant, g.unit))
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    *,
+    split: Split | None = None,
+    charge: ChargeHook | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ExperimentResult:
+    """Train every variant ``repeats`` times on one split and compare each with the baseline.
+
+    ``charge`` (optional) is told about every fit before it draws noise and after it was
+    evaluated — the hook a budget ledger plugs into (:class:`LedgerCharge`); an exception
+    it raises (budget exceeded) stops the experiment before that fit's noise is drawn.
+    """
+    t0 = time.perf_counter()
+    spec = config.experiment
+    if spec.seeded:
+        warnings.warn(
+            "experiment: every model is trained with seeded noise (common random numbers across "
+            "variants) — reproducible and NOT private; none of these models may be released",
+            PrivacyWarning,
+            stacklevel=2,
+        )
+    split = load_split_for(config.data) if split is None else split
+    ks = sorted(set(spec.k))
+    kmax = ks[-1]
+    es = split.test
+    history = es.history_counts(split.train)
+    # metric arrays per variant: name -> metric key -> (draws, evaluated users)
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    tops: dict[str, list[np.ndarray]] = {}
+    out: list[VariantResult] = []
+    users: np.ndarray | None = None
+    for v in config.variant:
+        tv = time.perf_counter()
+        per_draw: dict[str, list[np.ndarray]] = {}
+        tops[v.name] = []
+        guarantees = []
+        for r in range(spec.repeats):
+            params = dict(v.params)
+            if spec.seeded:
+                params["seed"] = spec.seed + r
+            model = _build(v.model, params)
+            if progress is not None:
+                progress(f"{v.name}: draw {r + 1}/{spec.repeats}")
+            desc = f"experiment variant {v.name!r}, draw {r + 1}"
+            reserved: list[bool] = []
+            if charge is not None and hasattr(model, "release_gate"):
+
+                def gate(
+                    planned: list[SpentEvent],
+                    _n: str = v.name,
+                    _r: int = r,
+                    _d: str = desc,
+                    _done: list[bool] = reserved,
+                ) -> None:
+                    charge.reserve(_n, _r, planned, _d)
+                    _done.append(True)
+
+                model.release_gate = gate
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=PrivacyWarning, message=".*seeded")
+                model.fit(split.train)
+            g = getattr(model, "guarantee_", None)
+            guarantees.append(g)
+            if charge is not None and g is not None and not reserved:
+                # a model without the write-ahead hook: charged before any output leaves
+                charge.reserve(v.name, r, g.spent_events, desc)
+            top = _top_lists(model, split, kmax)
+            pum = per_user_metrics(top, es.targets, k=ks, metrics=("recall", "ndcg"))
+            if charge is not None and g is not None:
+                charge.commit(
+                    v.name,
+                    r,
+                    {
+                        f"recall@{kk}": float(pum.values["recall"][:, j].mean())
+                        for j, kk in enumerate(ks)
+                    },
+                )
+            users = pum.users
+            for m in ("recall", "ndcg"):
+                for j, kk in enumerate(ks):
+                    per_draw.setdefault(f"{m}@{kk}", []).append(pum.values[m][:, j])
+            tops[v.name].append(top[pum.users])
+        arrays[v.name] = {key: np.vstack(vals) for key, vals in per_draw.items()}
+        g0 = guarantees[0]
+        means = {key: float(a.mean()) for key, a in arrays[v.name].items()}
+        draw_means = {key: [float(x) for x in a.mean(axis=1)] for key, a in arrays[v.name].items()}
+        if "coverage" in spec.metrics:
+            for kk in ks:
+                covs = [coverage(t, split.train.n_items, kk) for t in tops[v.name]]
+                means[f"coverage@{kk}"] = float(np.mean(covs))
+                draw_means[f"coverage@{kk}"] = covs
+        out.append(
+            VariantResult(
+                name=v.name,
+                model=v.model,
+                params=dict(v.params),
+                epsilon=None if g0 is None else float(g0.epsilon),
+                delta=None if g0 is None else float(g0.delta),
+                epsilon_all_draws=_composed_epsilon(guarantees),
+                seconds=time.perf_counter() - tv,
+                means=means,
+                draw_means=draw_means,
+                by_group={},
+            )
+        )
+    assert users is not None
+    gidx, labels = _groups(history[users], spec.groups)
+    keys = [f"{m}@{kk}" for m in ("recall", "ndcg") if m in spec.metrics for kk in ks]
+    for vr in out:
+        a = arrays[vr.name]
+        vr.by_group = {
+            lab: {key: float(a[key][:, gidx == g].mean()) for key in a}
+            for g, lab in enumerate(labels)
+        }
+        base = config.reference_of(vr.name)
+        if base is None:
+            continue
+        vr.compared_to = base
+        b = arrays[base]
+        for key in keys:
+            cmp = paired_comparison(
+                a[key], b[key], confidence=spec.confidence, n_boot=spec.bootstrap, seed=spec.seed
+            )
+            vr.comparisons[key] = cmp
+            vr.users_needed[key] = users_needed(cmp.sd_diff, spec.detect, spec.alpha, spec.power)
+            vr.power[key] = power(cmp.users, cmp.sd_diff, spec.detect, spec.alpha)
+            for g, lab in enumerate(labels):
+                sel = gidx == g
+                if sel.sum() >= 2:
+                    vr.group_comparisons.setdefault(lab, {})[key] = paired_comparison(
+                        a[key][:, sel],
+                        b[key][:, sel],
+                        confidence=spec.confidence,
+                        n_boot=spec.bootstrap,
+                        seed=spec.seed,
+                    )
+        if "coverage" in spec.metrics:
+            for kk in ks:
+                vr.comparisons[f"coverage@{kk}"] = coverage_comparison(
+                    tops[vr.name],
+                    tops[base],
+                    split.train.n_items,
+                    kk,
+                    confidence=spec.confidence,
+                    n_boot=max(50, min(spec.bootstrap, 300)),
+                    seed=spec.seed,
+                )
+    return ExperimentResult(
+        config=config,
+        split=split.protocol,
+        n_users=int(users.size),
+        n_items=int(split.train.n_items),
+        groups=labels,
+        group_sizes=[int((gidx == g).sum()) for g in range(len(labels))],
+        variants=out,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+class LedgerCharge:
+    """A :class:`ChargeHook` recording every fit of an experiment in a governance ledger.
+
+    Each fit is reserved before it draws noise (refused with ``BudgetExceededError`` when it
+    would pass a budget) and committed as a ``kind="experiment"`` charge with its recall:
+    models trained for an experiment spend privacy like any other use of the data, even
+    though none of them is released.
+    """
+
+    def __init__(self, ledger: Any, dataset: str, *, purpose: str | None = None) -> None:
+        self.ledger = ledger
+        self.dataset = dataset
+        self.purpose = purpose
+        self._open: dict[tuple[str, int], Any] = {}
+
+    def reserve(self, variant: str, draw: int, events: list[SpentEvent], description: str) -> None:
+        self._open[(variant, draw)] = self.ledger.reserve(
+            self.dataset, events, purpose=self.purpose, kind="experiment", description=description
+        )
+
+    def commit(self, variant: str, draw: int, result: dict[str, float]) -> None:
+        info = self._open.pop((variant, draw))
+        self.ledger.commit(info, result={"variant": variant, "draw": draw, **result})

@@ -1,0 +1,239 @@
+"""The device's side of FederatedMF: exact user solve, clipped dense update, payload.
+
+Pure numpy; runs on the device (and, vectorised, in the simulator). See
+:mod:`privrec.federated.mf` for the mechanism and its privacy argument.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from privrec.errors import ConfigError, DataError
+from privrec.federated.config import Aggregation, FederatedMFConfig
+from privrec.privacy.distributed import DistributedDPConfig
+
+__all__ = [
+    "ClientUpdate",
+    "RoundSpec",
+    "client_count_vector",
+    "client_update",
+    "client_updates",
+    "pack_payload",
+    "split_noise",
+    "user_vectors",
+]
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """One client's contribution: its clipped dense update and clip bit.
+
+    Attributes
+    ----------
+    delta
+        Clipped update (descent direction = minus the gradient of the client's own loss with
+        respect to every head item factor), flattened row-major, length ``n_head·k``.
+    unclipped
+        Whether the update's norm was at most the clip norm before clipping.
+    norm
+        The update's L2 norm before clipping (stays on the device in deployment).
+    """
+
+    delta: np.ndarray
+    unclipped: bool
+    norm: float
+
+
+def _check_factors(item_factors: np.ndarray) -> np.ndarray:
+    y = np.asarray(item_factors, dtype=np.float64)
+    if y.ndim != 2 or y.shape[0] < 1 or y.shape[1] < 1:
+        raise DataError(
+            "item factors must be a non-empty 2-D array", field="item_factors", found=y.shape
+        )
+    if not np.all(np.isfinite(y)):
+        raise DataError("item factors contain NaN or infinite values", field="item_factors")
+    return y
+
+
+def _check_items(items: np.ndarray, n_head: int) -> np.ndarray:
+    arr = np.asarray(items)
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise DataError(
+            "items must be a 1-D array of integer column indices",
+            field="items",
+            found=f"shape {arr.shape}, dtype {arr.dtype}",
+        )
+    arr = np.unique(arr.astype(np.int64))
+    if arr.size and (arr[0] < 0 or arr[-1] >= n_head):
+        raise DataError(
+            "item index out of range", field="items", expected=f"0 <= i < {n_head}", found=arr
+        )
+    return arr
+
+
+def _user_vector(
+    y: np.ndarray, gram: np.ndarray, items: np.ndarray, alpha0: float, reg: float
+) -> np.ndarray:
+    k = y.shape[1]
+    if items.size == 0:
+        return np.zeros(k)
+    yi = y[items]
+    a = alpha0 * gram + yi.T @ yi + reg * np.eye(k)
+    out: np.ndarray = np.linalg.solve(a, yi.sum(axis=0))
+    return out
+
+
+def client_update(
+    item_factors: np.ndarray, items: np.ndarray, config: FederatedMFConfig, clip_norm: float
+) -> ClientUpdate:
+    """One device's clipped update, from the current head item factors and its own items.
+
+    The user vector solves ``(α0 YᵀY + Σ_{j∈I} y_j y_jᵀ + λ_u I) x = Σ_{j∈I} y_j`` exactly (the
+    minimiser of the device's iALS loss for fixed ``Y``). The update is minus the gradient of
+    that loss with respect to every head item factor,
+    ``Δ = −2 r xᵀ`` with ``r_j = α0·(x·y_j) + 1[j∈I]·(x·y_j − 1)`` — dense over all head items,
+    so its support reveals nothing about ``I`` — clipped to L2 norm ``clip_norm``.
+
+    Parameters
+    ----------
+    item_factors
+        ``(n_head, k)`` current head item factors as sent by the server.
+    items
+        The user's items as row indices into ``item_factors`` (binary implicit feedback;
+        duplicates are ignored).
+    config
+        Training configuration (``alpha0``, ``user_regularization``).
+    clip_norm
+        Current clip norm ``C > 0``.
+    """
+    y = _check_factors(item_factors)
+    if not (clip_norm > 0 and math.isfinite(clip_norm)):
+        raise ConfigError(f"clip_norm must be > 0 and finite, found {clip_norm}")
+    idx = _check_items(items, y.shape[0])
+    x = _user_vector(y, y.T @ y, idx, config.alpha0, config.user_regularization)
+    s = y @ x
+    r = config.alpha0 * s
+    r[idx] += s[idx] - 1.0
+    norm = 2.0 * float(np.linalg.norm(r)) * float(np.linalg.norm(x))
+    factor = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    delta = (-2.0 * factor) * np.outer(r, x).ravel()
+    return ClientUpdate(delta=delta, unclipped=bool(norm <= clip_norm), norm=norm)
+
+
+def user_vectors(
+    item_factors: np.ndarray, user_items: sp.csr_matrix, alpha0: float, reg: float
+) -> np.ndarray:
+    """Exact user vectors for a batch of histories (rows; columns = head positions)."""
+    from privrec.models.dp_als import exact_user_solve
+
+    y = _check_factors(item_factors)
+    m = sp.csr_matrix(user_items)
+    m.sort_indices()
+    return exact_user_solve(m, y, alpha0, reg)
+
+
+def client_updates(
+    item_factors: np.ndarray,
+    user_items: sp.csr_matrix,
+    config: FederatedMFConfig,
+    clip_norm: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`client_update` for many simulated devices at once (same numbers, vectorised).
+
+    Returns ``(deltas (n, n_head·k), unclipped (n,), norms (n,))``. Each row depends only on
+    that device's own history and the shared item factors.
+    """
+    y = _check_factors(item_factors)
+    m = sp.csr_matrix(user_items, dtype=np.float64)
+    if m.shape[1] != y.shape[0]:
+        raise DataError(
+            "histories must have one column per head item",
+            field="user_items",
+            expected=str(y.shape[0]),
+            found=m.shape[1],
+        )
+    m.data[:] = 1.0
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    x = user_vectors(y, m, config.alpha0, config.user_regularization)
+    s = x @ y.T
+    r = config.alpha0 * s
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    r[rows, m.indices] += s[rows, m.indices] - 1.0
+    norms = 2.0 * np.linalg.norm(r, axis=1) * np.linalg.norm(x, axis=1)
+    factor = np.where(norms > 0, np.minimum(1.0, clip_norm / np.maximum(norms, 1e-300)), 1.0)
+    deltas = ((-2.0 * factor)[:, None, None] * r[:, :, None] * x[:, None, :]).reshape(
+        m.shape[0], -1
+    )
+    return deltas, norms <= clip_norm, norms
+
+
+def client_count_vector(items: np.ndarray, n_items: int) -> np.ndarray:
+    """A device's contribution to the private item counts (head selection): L2 norm ≤ 1.
+
+    ``1/sqrt(|I|)`` on each of its (distinct) items, so adding or removing one user moves the
+    count vector by at most 1 in L2 — sensitivity 1 whatever the history length.
+    """
+    idx = _check_items(items, n_items)
+    out = np.zeros(n_items)
+    if idx.size:
+        out[idx] = 1.0 / math.sqrt(idx.size)
+    return out
+
+
+def split_noise(noise_multiplier: float, clip_count_stddev: float) -> float:
+    """Values' noise multiplier ``z_Δ = (z⁻² − (2σ_b)⁻²)^(-1/2)`` (Andrew et al. 2021).
+
+    The round releases the clipped values (sensitivity ``C``) and the centred clip-bit count
+    (sensitivity ½) with one noise budget ``z``: Gaussian mechanisms compose like one with
+    ``z⁻² = z_Δ⁻² + (σ_b/½)⁻²``. Raises :class:`ConfigError` when ``2σ_b ≤ z`` (the bit count
+    alone would already exceed the budget).
+    """
+    z, sb = float(noise_multiplier), float(clip_count_stddev)
+    if z == 0:
+        return 0.0
+    if 2.0 * sb <= z:
+        raise ConfigError(
+            f"clip_count_stddev={sb:g} is too small for noise_multiplier={z:g}: "
+            "need 2·σ_b > z (raise clip_count_stddev or disable adaptive clipping)"
+        )
+    return float((z**-2 - (2.0 * sb) ** -2) ** -0.5)
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What a client needs, besides the item factors, to build its payload in one round.
+
+    ``payload = [value_scale·Δ, bit_scale·(b − ½)]`` has L2 norm ≤ 1 (see the module
+    docstring); with distributed DP it is then encoded with ``ddp`` (a
+    :class:`~privrec.privacy.distributed.DistributedDPConfig`, public) and summed by SecAgg+.
+    """
+
+    round: int
+    clip_norm: float
+    value_scale: float
+    bit_scale: float
+    dim: int
+    aggregation: Aggregation
+    ddp: DistributedDPConfig | None
+
+
+def pack_payload(update: ClientUpdate, spec: RoundSpec) -> np.ndarray:
+    """The client's float payload ``[a·Δ, β·(b − ½)]`` (norm ≤ 1) for this round."""
+    delta = np.asarray(update.delta, dtype=np.float64)
+    n_values = spec.dim - 1
+    if delta.shape != (n_values,):
+        raise DataError(
+            "update has the wrong length", field="delta", expected=str(n_values), found=delta.shape
+        )
+    out = np.empty(spec.dim)
+    out[:n_values] = spec.value_scale * delta
+    out[n_values] = spec.bit_scale * (float(update.unclipped) - 0.5)
+    norm = float(np.linalg.norm(out))
+    if norm > 1.0:  # only rounding can push it over; keep the sensitivity exact
+        out /= norm
+    return out

@@ -1,0 +1,789 @@
+"""The server's side of FederatedMF: item factors, optimiser, clip norm, noise and accountant.
+
+See :mod:`privrec.federated.mf` for the mechanism and its privacy argument.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dp_accounting
+import numpy as np
+
+from privrec.errors import ConfigError, DataError, InvalidInputError, PrivacyWarning
+from privrec.federated.accounting import calibrate_multiplier, fast_epsilon, head_count_event
+from privrec.federated.client import RoundSpec, split_noise
+from privrec.federated.config import FederatedMFConfig
+from privrec.privacy.accounting import AccountantKind
+from privrec.privacy.budget import Budget
+from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
+from privrec.privacy.events import SpentEvent, total_event
+from privrec.privacy.guarantee import PrivacyGuarantee
+from privrec.privacy.units import PrivacyUnit
+
+__all__ = ["FederatedMFServer"]
+
+
+def _same_event(a: dp_accounting.DpEvent, b: dp_accounting.DpEvent) -> bool:
+    return bool(a == b)
+
+
+class FederatedMFServer:
+    """Server state of federated MF: item factors, optimiser, clip norm, round, accountant.
+
+    Parameters
+    ----------
+    config
+        Training configuration.
+    n_items
+        Catalogue size.
+    population
+        Number of users (devices) that may be sampled; fixes ``q`` with ``clients_per_round``.
+    head_items
+        Catalogue indices the model trains (``None``: the whole catalogue if
+        ``config.head_items`` is ``None``, else chosen later by :meth:`select_head` from
+        private counts). A given head must come from **public** data: it is not charged.
+    rng
+        Noise source for the central variant (default: seeded ChaCha20 if ``config.seed`` is set
+        — with a warning — else the CSPRNG).
+
+    Attributes
+    ----------
+    ledger_hook
+        Optional callable given every :class:`~privrec.privacy.events.SpentEvent` as it is
+        charged, before it enters :attr:`spent` (a privacy ledger records or refuses it; an
+        exception stops training). To refuse a round *before* it runs, check
+        :meth:`planned_round_event` against the remaining budget.
+
+    Distributed DP and corrupt devices
+        At most ``corrupt_fraction`` of the devices sampled in a round collude with the
+        server; their noise shares are known to it and protect nobody. Each round is charged
+        for its **honest** survivors only, ``survivors − ⌈corrupt_fraction · sampled⌉``
+        (:meth:`honest_survivors`), and each device's noise share is sized so that
+        :attr:`noise_shares` honest shares already carry the planned noise (the worst case of
+        a completed round: :attr:`min_survivors` survivors out of :attr:`max_clients`
+        sampled). The secure sum of a round needs at least one honest survivor more than the
+        corrupt bound (:meth:`round_min_survivors`), so every released sum carries honest noise.
+    """
+
+    def __init__(
+        self,
+        config: FederatedMFConfig,
+        n_items: int,
+        population: int,
+        head_items: np.ndarray | None = None,
+        rng: np.random.Generator | None = None,
+        *,
+        _calibrate: bool = True,
+    ) -> None:
+        from privrec.privacy.randomness import resolve_generator
+
+        if n_items < 1:
+            raise ConfigError(f"n_items must be >= 1, found {n_items}")
+        self.config = config
+        self.n_items = int(n_items)
+        self.population = int(population)
+        self.q = config.sampling_probability(self.population)
+        self.expected_clients = max(1.0, self.q * self.population)
+        self.rng = resolve_generator(config.seed) if rng is None else rng
+        self.round = 0
+        self.clip_norm = float(config.clip_norm)
+        self.spent: list[SpentEvent] = []
+        self._runs: list[int] = []  # rounds summarised by each spent record
+        self.history: list[dict[str, Any]] = []
+        self.ledger_hook: Callable[[SpentEvent], None] | None = None
+        self.head_items: np.ndarray | None = None
+        self.item_factors = np.zeros((0, config.factors))
+        self.adam_m = np.zeros(0)
+        self.adam_v = np.zeros(0)
+        self.rotation_seed = int(self.rng.integers(0, 2**31 - 1))
+        sb = config.clip_count_stddev
+        self.clip_count_stddev = self.expected_clients / 20.0 if sb is None else float(sb)
+        self.noise_multiplier = 0.0
+        self.head_noise_multiplier = 0.0
+        self.public_head = head_items is not None
+        self._encoder: DistributedDPEncoder | None = None
+        self._count_encoder: DistributedDPEncoder | None = None
+        self._eps_cache: tuple[object, float] = (None, 0.0)
+        if _calibrate:
+            self._calibrate()
+            if head_items is not None:
+                self._set_head(np.asarray(head_items, dtype=np.int64))
+            elif config.head_items is None or config.head_items >= self.n_items:
+                self._set_head(np.arange(self.n_items, dtype=np.int64))
+
+    # ------------------------------------------------------------------ noise & accounting
+    @property
+    def needs_head(self) -> bool:
+        """Whether :meth:`select_head` must run (private head selection) before round 1."""
+        return self.head_items is None
+
+    def _round_event(self, z: float) -> dp_accounting.DpEvent:
+        if z == 0:
+            return dp_accounting.NonPrivateDpEvent()
+        inner = dp_accounting.GaussianDpEvent(z)
+        return inner if self.q >= 1.0 else dp_accounting.PoissonSampledDpEvent(self.q, inner)
+
+    @property
+    def q_head(self) -> float:
+        """Poisson rate of the head-selection counting round."""
+        r = self.config.head_sampling_rate
+        return self.q if r is None else float(r)
+
+    def _head_event(
+        self, z: float, inner: dp_accounting.DpEvent | None = None
+    ) -> dp_accounting.DpEvent:
+        base = head_count_event(z) if inner is None else inner
+        if z == 0 or self.q_head >= 1.0:
+            return base
+        return dp_accounting.PoissonSampledDpEvent(self.q_head, base)
+
+    def _planned_event(self, z: float, z_head: float) -> dp_accounting.DpEvent:
+        rounds = dp_accounting.SelfComposedDpEvent(self._round_event(z), self.config.rounds)
+        if not self._charges_head:
+            return rounds
+        return dp_accounting.ComposedDpEvent([self._head_event(z_head), rounds])
+
+    @property
+    def _charges_head(self) -> bool:
+        c = self.config
+        return not self.public_head and c.head_items is not None and c.head_items < self.n_items
+
+    def _calibrate(self) -> None:
+        c = self.config
+        if c.epsilon is None:
+            assert c.noise_multiplier is not None
+            self.noise_multiplier = float(c.noise_multiplier)
+            self.head_noise_multiplier = float(c.noise_multiplier)
+            if self.noise_multiplier == 0:
+                warnings.warn(
+                    "noise_multiplier=0: federated training without noise is NOT differentially "
+                    "private (use only to test the protocol)",
+                    PrivacyWarning,
+                    stacklevel=3,
+                )
+        else:
+            budget = Budget(c.epsilon, c.delta)
+            budget.check_delta(self.population)
+            kind = c.accountant
+            z_head = 0.0
+            if self._charges_head:
+                head_budget = Budget(c.epsilon * c.head_epsilon_fraction, c.delta)
+                z_head = calibrate_multiplier(head_budget, self._head_event, kind)
+            self.head_noise_multiplier = z_head
+            self.noise_multiplier = calibrate_multiplier(
+                budget, lambda z: self._planned_event(z, z_head), kind
+            )
+        if c.adaptive_clipping and self.noise_multiplier > 0:
+            split_noise(self.noise_multiplier, self.clip_count_stddev)  # validates 2σ_b > z
+        self._encoder = None
+
+    def _spend(self, label: str, event: dp_accounting.DpEvent) -> None:
+        """Record a release; identical consecutive round events are kept as one run."""
+        if self.ledger_hook is not None:
+            self.ledger_hook(SpentEvent(label, event))
+        if (
+            label.startswith("round")
+            and self.spent
+            and self.spent[-1].label.startswith("round")
+            and isinstance(self.spent[-1].event, dp_accounting.SelfComposedDpEvent)
+            and _same_event(self.spent[-1].event.event, event)
+        ):
+            n = self._runs[-1] + 1
+            first = self.round - n + 1
+            self.spent[-1] = SpentEvent(
+                f"rounds {first}-{self.round}", dp_accounting.SelfComposedDpEvent(event, n)
+            )
+            self._runs[-1] = n
+            return
+        if label.startswith("round"):
+            event = dp_accounting.SelfComposedDpEvent(event, 1)
+        self.spent.append(SpentEvent(label, event))
+        self._runs.append(1)
+
+    def epsilon(self, delta: float | None = None) -> float:
+        """ε spent so far (at the config's δ), computed by dp-accounting from the records."""
+        if not self.spent:
+            return 0.0
+        key = (len(self.spent), self._runs[-1], delta)
+        if self._eps_cache[0] != key:
+            d = self.config.delta if delta is None else delta
+            self._eps_cache = (
+                key,
+                fast_epsilon(total_event(self.spent), d, self.config.accountant),
+            )
+        return self._eps_cache[1]
+
+    def epsilon_against_server(self) -> float | None:
+        """Distributed DP: ε against the aggregation server itself, which sees who took part.
+
+        Amplification by sampling needs the sample to be secret; the SecAgg server knows which
+        clients sent inputs, so against it each round is the unsampled event. ``None`` for the
+        central variant (the trusted server sees the raw updates).
+        """
+        if self.config.aggregation != "distributed" or not self.spent:
+            return None
+
+        def strip(e: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
+            if isinstance(e, dp_accounting.PoissonSampledDpEvent):
+                return e.event
+            if isinstance(e, dp_accounting.SelfComposedDpEvent):
+                return dp_accounting.SelfComposedDpEvent(strip(e.event), e.count)
+            if isinstance(e, dp_accounting.ComposedDpEvent):
+                return dp_accounting.ComposedDpEvent([strip(x) for x in e.events])
+            return e
+
+        return fast_epsilon(strip(total_event(self.spent)), self.config.delta, AccountantKind.RDP)
+
+    # ------------------------------------------------------------------ distributed encoding
+    def corrupt_bound(self, sampled: int) -> int:
+        """Most devices of a round of ``sampled`` that may collude with the server (rounded up)."""
+        return math.ceil(self.config.corrupt_fraction * int(sampled) - 1e-9)
+
+    def honest_survivors(self, survivors: int, sampled: int | None = None) -> int:
+        """Survivors whose noise the server does not know: ``survivors − corrupt_bound(sampled)``.
+
+        ``sampled`` defaults to :attr:`max_clients` (the largest cohort a round accepts), the
+        conservative choice when the cohort size is not known.
+        """
+        n = self.max_clients if sampled is None else int(sampled)
+        return int(survivors) - self.corrupt_bound(n)
+
+    @property
+    def min_survivors(self) -> int:
+        """Fewest survivors a training round accepts: ``min_survivor_fraction`` of the cohort."""
+        return max(2, math.floor(self.config.min_survivor_fraction * self.expected_clients))
+
+    def round_min_survivors(self, sampled: int, kind: str = "train") -> int:
+        """The secure sum's floor for a cohort of ``sampled``: the planned minimum, and at least
+        one honest survivor beyond the corrupt bound."""
+        floor = self.min_survivors if kind == "train" else self._count_sizes()[0]
+        return max(floor, self.corrupt_bound(sampled) + 1)
+
+    @property
+    def max_clients(self) -> int:
+        """Overflow bound of the secure sum: expected cohort + 8 standard deviations."""
+        e = self.expected_clients
+        return max(self.min_survivors, math.ceil(e + 8.0 * math.sqrt(e) + 8))
+
+    @property
+    def noise_shares(self) -> int:
+        """Honest noise shares the per-device noise is sized for (training rounds)."""
+        return max(1, self.min_survivors - self.corrupt_bound(self.max_clients))
+
+    @property
+    def count_min_survivors(self) -> int:
+        """Fewest survivors the head-counting round accepts."""
+        return self._count_sizes()[0]
+
+    def _count_sizes(self) -> tuple[int, int, int]:
+        """``(min survivors, noise shares, max clients)`` of the head-counting round."""
+        e = max(1.0, self.q_head * self.population)
+        m = max(2, math.floor(self.config.min_survivor_fraction * e))
+        top = max(m, math.ceil(e + 8.0 * math.sqrt(e) + 8))
+        return m, max(1, m - self.corrupt_bound(top)), top
+
+    def expected_epsilon(self) -> float:
+        """ε the whole run is expected to spend when every sampled device survives.
+
+        The noise is sized for the worst completed round (:attr:`noise_shares` honest
+        survivors), so a run whose rounds keep most devices spends less than it asked; this
+        is that expectation (distributed DP; dp-accounting on the Gaussian the honest noise
+        shares of an expected cohort add up to). Central DP: the calibrated ε itself.
+        """
+        c = self.config
+        z, zh = self.noise_multiplier, self.head_noise_multiplier
+        if z == 0:
+            return math.inf
+        if c.aggregation == "distributed":
+            e = max(1, round(self.expected_clients))
+            z *= math.sqrt(max(1, e - self.corrupt_bound(e)) / self.noise_shares)
+            if zh > 0:
+                eh = max(1, round(self.q_head * self.population))
+                shares = self._count_sizes()[1]
+                zh *= math.sqrt(max(1, eh - self.corrupt_bound(eh)) / shares)
+        return fast_epsilon(self._planned_event(z, zh), c.delta, c.accountant)
+
+    def planned_round_event(self) -> dp_accounting.DpEvent:
+        """The event a training round is calibrated to (a ledger can check it before the round)."""
+        return self._round_event(self.noise_multiplier)
+
+    def ddp_config(self, dim: int) -> DistributedDPConfig:
+        """Public distributed-DP settings for a payload of ``dim`` coordinates (norm ≤ 1).
+
+        The per-client noise makes the sum over :attr:`noise_shares` honest clients carry
+        noise of standard deviation ``z·Δ2`` on the grid (``Δ2`` the rounded sensitivity), i.e.
+        a Gaussian multiplier ``z`` relative to the payload norm bound 1.
+        """
+        z = self.noise_multiplier if self.noise_multiplier > 0 else 1.0
+        return DistributedDPConfig(
+            clip=1.0,
+            dim=dim,
+            min_survivors=self.noise_shares,
+            rotation_seed=self.rotation_seed,
+            noise_multiplier=z,
+            bits=self.config.secagg_bits,
+            mechanism=self.config.ddp_mechanism,
+            max_clients=self.max_clients,
+        )
+
+    def encoder(self) -> DistributedDPEncoder:
+        """The (cached) distributed-DP encoder of the training payload."""
+        if self._encoder is None:
+            self._encoder = DistributedDPEncoder(self.ddp_config(self.payload_dim))
+        return self._encoder
+
+    @property
+    def payload_dim(self) -> int:
+        if self.head_items is None:
+            raise ConfigError("the head items are not chosen yet: call select_head first")
+        return len(self.head_items) * self.config.factors + 1
+
+    def scales(self) -> tuple[float, float, float]:
+        """``(value_scale a, bit_scale β, z_Δ)`` for the current clip norm (payload norm ≤ 1)."""
+        z, c = self.noise_multiplier, self.clip_norm
+        if not self.config.adaptive_clipping:
+            return 1.0 / c, 0.0, z
+        if z == 0:  # no noise: any split with a²C² + β²/4 ≤ 1
+            return 1.0 / (math.sqrt(2.0) * c), 1.0 / math.sqrt(2.0), 0.0
+        z_delta = split_noise(z, self.clip_count_stddev)
+        return z / (z_delta * c), z / self.clip_count_stddev, z_delta
+
+    def round_spec(self) -> RoundSpec:
+        """Everything public a client needs this round (with the item factors)."""
+        a, b, _ = self.scales()
+        dim = self.payload_dim
+        ddp = self.encoder().config if self.config.aggregation == "distributed" else None
+        return RoundSpec(
+            round=self.round + 1,
+            clip_norm=self.clip_norm,
+            value_scale=a,
+            bit_scale=b,
+            dim=dim,
+            aggregation=self.config.aggregation,
+            ddp=ddp,
+        )
+
+    def validate_payload(self, payload: np.ndarray) -> np.ndarray:
+        """Central variant: check one device's payload before it enters the sum.
+
+        Raises :class:`~privrec.errors.InvalidInputError` for a wrong length, non-finite values
+        or a norm above 1 (which would break the sensitivity bound); the caller drops that
+        device from the round.
+        """
+        v = np.asarray(payload, dtype=np.float64)
+        if v.shape != (self.payload_dim,):
+            raise InvalidInputError(f"payload has shape {v.shape}, expected ({self.payload_dim},)")
+        if not np.all(np.isfinite(v)):
+            raise InvalidInputError("payload contains NaN or infinite values")
+        norm = float(np.linalg.norm(v))
+        if norm > 1.0 + 1e-9:
+            raise InvalidInputError(f"payload norm {norm:.6g} exceeds the bound 1")
+        return v
+
+    def central_noise(self, payload_sum: np.ndarray) -> np.ndarray:
+        """Central variant: the trusted server adds ``N(0, z²)`` to each summed coordinate.
+
+        Mechanism: Gaussian, L2 sensitivity 1 (payload norm bound), multiplier ``z``;
+        event ``PoissonSampled(q, Gaussian(z))`` recorded by :meth:`apply`.
+        """
+        s = np.asarray(payload_sum, dtype=np.float64)
+        if self.noise_multiplier == 0:
+            return s.copy()
+        return s + self.noise_multiplier * self.rng.standard_normal(s.shape)
+
+    def unpack(self, noisy_payload_sum: np.ndarray, n_clients: float) -> tuple[np.ndarray, float]:
+        """Noised payload sum → (noised sum of clipped updates, noised count of unclipped).
+
+        ``n_clients`` is the denominator used for the mean (the expected cohort in
+        simulation): the centred bits' sum plus ``n_clients/2``.
+        """
+        s = np.asarray(noisy_payload_sum, dtype=np.float64)
+        if s.shape != (self.payload_dim,):
+            raise DataError(
+                "payload sum has the wrong length",
+                field="payload_sum",
+                expected=str(self.payload_dim),
+                found=s.shape,
+            )
+        a, b, _ = self.scales()
+        update_sum = s[:-1] / a
+        unclipped = float(s[-1] / b + n_clients / 2.0) if b > 0 else float("nan")
+        return update_sum, unclipped
+
+    # ------------------------------------------------------------------ head selection
+    def count_encoder(self) -> DistributedDPEncoder:
+        """Distributed-DP encoder of the counting round (dimension = catalogue, norm ≤ 1)."""
+        if self._count_encoder is None:
+            z = self.head_noise_multiplier if self.head_noise_multiplier > 0 else 1.0
+            _, shares, top = self._count_sizes()
+            self._count_encoder = DistributedDPEncoder(
+                DistributedDPConfig(
+                    clip=1.0,
+                    dim=self.n_items,
+                    min_survivors=shares,
+                    rotation_seed=self.rotation_seed + 1,
+                    noise_multiplier=z,
+                    mechanism=self.config.ddp_mechanism,
+                    max_clients=top,
+                )
+            )
+        return self._count_encoder
+
+    def select_head(
+        self,
+        noisy_counts: np.ndarray,
+        *,
+        survivors: int | None = None,
+        sampled: int | None = None,
+    ) -> np.ndarray:
+        """Choose the ``head_items`` largest **noisy** counts (post-processing), sorted by id.
+
+        ``noisy_counts`` is the noised sum of :func:`client_count_vector` over the clients of
+        the counting round (Poisson rate :attr:`q_head`); with distributed DP, ``survivors`` is
+        how many clients' noise is in it and ``sampled`` the round's cohort: the round is
+        charged for the honest survivors' noise only (:meth:`honest_survivors`; unknown
+        ``sampled`` counts as the largest cohort).
+        """
+        c = np.asarray(noisy_counts, dtype=np.float64)
+        if c.shape != (self.n_items,):
+            raise DataError(
+                "noisy counts have the wrong length",
+                field="noisy_counts",
+                expected=str(self.n_items),
+                found=c.shape,
+            )
+        n_head = self.n_items if self.config.head_items is None else self.config.head_items
+        head = np.sort(np.argsort(-c, kind="stable")[: min(n_head, self.n_items)])
+        z = self.head_noise_multiplier
+        if self.config.aggregation == "distributed" and z > 0:
+            if survivors is None or survivors < 1:
+                raise DataError(
+                    "distributed counting round needs its survivor count", field="survivors"
+                )
+            top = self._count_sizes()[2]
+            honest = int(survivors) - self.corrupt_bound(top if sampled is None else sampled)
+            if honest < 1:
+                raise DataError(
+                    "no honest survivor's noise in the counting round's sum",
+                    field="survivors",
+                    found=survivors,
+                )
+            event = self._head_event(z, self.count_encoder().plan.dp_event(honest))
+        else:
+            event = self._head_event(z)
+        self._spend("private head selection (noisy item counts)", event)
+        self.noisy_counts = c
+        self._set_head(head)
+        return head
+
+    def count_noise(self, count_sum: np.ndarray) -> np.ndarray:
+        """Central variant of the count release: ``N(0, z_h²)`` per item (sensitivity 1)."""
+        s = np.asarray(count_sum, dtype=np.float64)
+        if self.head_noise_multiplier == 0:
+            return s.copy()
+        return s + self.head_noise_multiplier * self.rng.standard_normal(s.shape)
+
+    def _set_head(self, head: np.ndarray) -> None:
+        if head.ndim != 1 or head.size == 0 or head.min() < 0 or head.max() >= self.n_items:
+            raise DataError("invalid head items", field="head_items", found=head)
+        if np.unique(head).size != head.size:
+            raise DataError("head items must be distinct", field="head_items")
+        self.head_items = np.sort(head.astype(np.int64))
+        k = self.config.factors
+        init = np.random.default_rng(None if self.config.seed is None else self.config.seed + 1)
+        self.item_factors = init.standard_normal((head.size, k)) * (
+            self.config.init_scale / math.sqrt(k)
+        )
+        self.adam_m = np.zeros(self.item_factors.size)
+        self.adam_v = np.zeros(self.item_factors.size)
+        self._encoder = None
+
+    def to_head(self, items: np.ndarray) -> np.ndarray:
+        """Catalogue item indices → positions in the head (items outside it are dropped)."""
+        assert self.head_items is not None
+        items = np.asarray(items, dtype=np.int64)
+        pos = np.searchsorted(self.head_items, items)
+        pos = np.minimum(pos, self.head_items.size - 1)
+        out: np.ndarray = pos[self.head_items[pos] == items]
+        return out
+
+    # ------------------------------------------------------------------ one round
+    def apply(
+        self,
+        update_sum: np.ndarray,
+        n_clients: float,
+        unclipped_sum: float,
+        *,
+        survivors: int | None = None,
+        sampled: int | None = None,
+    ) -> None:
+        """Apply the decoded, already-noised sum of clipped updates as a mean step.
+
+        Parameters
+        ----------
+        update_sum
+            Noised sum of the clipped updates (length ``n_head·k``).
+        n_clients
+            Denominator of the mean: the expected cohort ``q·N`` (public; dividing by the
+            actual count would leak it) — or the fixed cohort size.
+        unclipped_sum
+            Noised count of the clients whose update was within the clip norm.
+        survivors
+            Clients whose inputs (and, with distributed DP, noise) are in the sum. Default:
+            ``round(n_clients)``.
+        sampled
+            The round's cohort. With distributed DP the round is charged for the honest
+            survivors only, ``survivors − ⌈corrupt_fraction · sampled⌉`` (default: the largest
+            cohort a round accepts, :attr:`max_clients`).
+
+        The clip norm moves geometrically, ``C ← C·exp(−η(b̄ − γ))`` with
+        ``b̄ = unclipped_sum / n_clients`` clamped to [0, 1]: too many unclipped updates
+        (``b̄ > γ``) shrink ``C``, too few grow it. Validation happens before any state changes.
+        """
+        if self.head_items is None:
+            raise ConfigError("the head items are not chosen yet: call select_head first")
+        g = np.asarray(update_sum, dtype=np.float64)
+        if g.shape != (self.item_factors.size,):
+            raise DataError(
+                "update sum has the wrong length",
+                field="update_sum",
+                expected=str(self.item_factors.size),
+                found=g.shape,
+            )
+        if not np.all(np.isfinite(g)):
+            raise DataError("update sum contains NaN or infinite values", field="update_sum")
+        if not (n_clients > 0 and math.isfinite(n_clients)):
+            raise DataError("n_clients must be > 0", field="n_clients", found=n_clients)
+        n_surv = round(n_clients) if survivors is None else int(survivors)
+        if n_surv < 1:
+            raise DataError("survivors must be >= 1", field="survivors", found=survivors)
+        honest = self.honest_survivors(n_surv, sampled)
+        if self.config.aggregation == "distributed" and self.noise_multiplier > 0 and honest < 1:
+            raise DataError(
+                "no honest survivor's noise in the sum (all survivors may collude with the "
+                "server); the secure sum should have aborted",
+                field="survivors",
+                found=n_surv,
+            )
+        event = self._charge(honest)
+
+        c = self.config
+        mean_update = g / n_clients  # descent direction
+        grad = -mean_update + 2.0 * c.item_regularization * self.item_factors.ravel()
+        if c.server_optimizer == "sgd":
+            step = c.server_lr * grad
+        else:
+            t = self.round + 1
+            self.adam_m = c.adam_beta1 * self.adam_m + (1 - c.adam_beta1) * grad
+            self.adam_v = c.adam_beta2 * self.adam_v + (1 - c.adam_beta2) * grad * grad
+            m_hat = self.adam_m / (1 - c.adam_beta1**t)
+            v_hat = self.adam_v / (1 - c.adam_beta2**t)
+            step = c.server_lr * m_hat / (np.sqrt(v_hat) + c.adam_eps)
+        self.item_factors = self.item_factors - step.reshape(self.item_factors.shape)
+        old_clip = self.clip_norm
+        b_bar = float("nan")
+        if c.adaptive_clipping and math.isfinite(unclipped_sum):
+            b_bar = min(1.0, max(0.0, unclipped_sum / n_clients))
+            self.clip_norm = old_clip * math.exp(-c.clip_lr * (b_bar - c.target_quantile))
+        self.round += 1
+        self._spend(f"round {self.round}", event)
+        self.history.append(
+            {
+                "round": self.round,
+                "clip_norm": old_clip,
+                "unclipped_fraction": b_bar,
+                "survivors": n_surv,
+                "honest_survivors": honest,
+            }
+        )
+
+    def _charge(self, honest: int) -> dp_accounting.DpEvent:
+        """The round's event: the honest survivors' noise (distributed) or the server's."""
+        z = self.noise_multiplier
+        if z == 0:
+            return dp_accounting.NonPrivateDpEvent()
+        if self.config.aggregation == "central":
+            return self._round_event(z)
+        plan = self.encoder().plan
+        inner = plan.dp_event(honest)
+        return inner if self.q >= 1.0 else dp_accounting.PoissonSampledDpEvent(self.q, inner)
+
+    def record_abort(self, phase: str, reason: str) -> None:
+        """A round that aborted released nothing about the data: logged, no privacy spend."""
+        self.history.append(
+            {"round": self.round + 1, "aborted": True, "phase": phase, "reason": reason}
+        )
+
+    # ------------------------------------------------------------------ guarantee
+    def guarantee(self) -> PrivacyGuarantee:
+        """The (ε, δ) guarantee of what has been released so far, with its threat model."""
+        c = self.config
+        if c.aggregation == "distributed":
+            eps_server = self.epsilon_against_server()
+            server_kind = (
+                "a malicious server (it may deviate from the protocol: SecAgg+ with Bell et al.'s "
+                "threshold, signed device keys and the signed consistency check; device identity "
+                "keys come from a PKI the server does not control)"
+                if c.threat_model == "malicious"
+                else "an honest-but-curious server (it follows the protocol)"
+            )
+            threat = (
+                "distributed DP with secure aggregation (SecAgg+): each sampled device clips its "
+                "update and adds its share of discrete Gaussian noise before masking; the server "
+                f"learns only the noised sum modulo 2^b of the surviving devices. Assumes {server_kind} "
+                f"and at most a {c.corrupt_fraction:g} fraction of each round's devices colluding "
+                "with it, whose noise it knows: each round is charged only for its honest "
+                "survivors (survivors minus that fraction of the sampled devices, rounded up), "
+                f"and each device's noise is sized so that {self.noise_shares} honest survivors "
+                f"carry the planned noise (at least {self.min_survivors} survivors, "
+                f"{c.min_survivor_fraction:g} of the expected {self.expected_clients:.0f}, of at "
+                f"most {self.max_clients} sampled). The stated ε uses "
+                "amplification by Poisson sampling, which holds for everyone who sees only the "
+                "released item factors; the aggregation server knows which devices took part, "
+                f"and against it the guarantee is ε = {eps_server:.4g} (no amplification)."
+                if eps_server is not None
+                else "distributed DP with secure aggregation (nothing released yet)"
+            )
+        else:
+            threat = (
+                "central DP: a TRUSTED server receives the clipped updates in the clear and adds "
+                "Gaussian noise to their sum; the released item factors are DP with respect to any "
+                "one user (with amplification by Poisson sampling, the sample being kept secret). "
+                "Nothing protects a user against the server itself."
+            )
+        threat += (
+            " User vectors and recommendations are computed on the device from the released "
+            "item factors (joint DP / billboard model)."
+        )
+        released = [
+            "item factors of the head items after every round",
+            "the head item set (from noisy counts unless public)",
+            "the clip norm of every round (from noised clip-bit counts)",
+        ]
+        not_released = [
+            "user vectors (solved and kept on each device)",
+            "each user's recommendations (computed on the device)",
+        ]
+        mechanism = f"FederatedMF ({c.aggregation} DP)"
+        if c.accountant is AccountantKind.PLD:
+            return PrivacyGuarantee.from_events(
+                self.spent,
+                delta=c.delta,
+                unit=PrivacyUnit.USER,
+                accountant=c.accountant,
+                mechanism=mechanism,
+                released=released,
+                not_released=not_released,
+                threat_model=threat,
+                seeded_noise=c.seed is not None,
+            )
+        # RDP: ε at the integer orders of RDP_ACCOUNTING_ORDERS, an upper bound of what
+        # recompute_epsilon() finds at dp-accounting's default (denser) orders.
+        return PrivacyGuarantee(
+            epsilon=self.epsilon(),
+            delta=c.delta,
+            unit=PrivacyUnit.USER,
+            accountant=c.accountant,
+            mechanism=mechanism,
+            events=tuple(e.to_dict() for e in self.spent),
+            released=tuple(released),
+            not_released=tuple(not_released),
+            threat_model=threat,
+            seeded_noise=c.seed is not None,
+        )
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """``(arrays, meta)``: numpy arrays and JSON-able metadata (no pickle anywhere)."""
+        arrays = {
+            "item_factors": self.item_factors,
+            "adam_m": self.adam_m,
+            "adam_v": self.adam_v,
+            "head_items": np.zeros(0, np.int64) if self.head_items is None else self.head_items,
+        }
+        meta = {
+            "config": self.config.model_dump(mode="json"),
+            "n_items": self.n_items,
+            "population": self.population,
+            "round": self.round,
+            "clip_norm": self.clip_norm,
+            "noise_multiplier": self.noise_multiplier,
+            "head_noise_multiplier": self.head_noise_multiplier,
+            "clip_count_stddev": self.clip_count_stddev,
+            "rotation_seed": self.rotation_seed,
+            "public_head": self.public_head,
+            "has_head": self.head_items is not None,
+            "spent": [s.to_dict() for s in self.spent],
+            "runs": self._runs,
+            "history": self.history,
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_state(
+        cls,
+        arrays: dict[str, np.ndarray],
+        meta: dict[str, Any],
+        rng: np.random.Generator | None = None,
+    ) -> FederatedMFServer:
+        """Rebuild a server from :meth:`state_dict` output (no re-calibration)."""
+        config = FederatedMFConfig.model_validate(meta["config"])
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore", PrivacyWarning
+            )  # seeded rng re-created: warned at start
+            srv = cls(
+                config, int(meta["n_items"]), int(meta["population"]), rng=rng, _calibrate=False
+            )
+        srv.round = int(meta["round"])
+        srv.clip_norm = float(meta["clip_norm"])
+        srv.noise_multiplier = float(meta["noise_multiplier"])
+        srv.head_noise_multiplier = float(meta["head_noise_multiplier"])
+        srv.clip_count_stddev = float(meta["clip_count_stddev"])
+        srv.rotation_seed = int(meta["rotation_seed"])
+        srv.public_head = bool(meta["public_head"])
+        srv.spent = [SpentEvent.from_dict(d) for d in meta["spent"]]
+        srv._runs = [int(r) for r in meta["runs"]]
+        srv.history = list(meta["history"])
+        srv._encoder = None
+        if meta["has_head"]:
+            srv.head_items = np.asarray(arrays["head_items"], dtype=np.int64)
+            srv.item_factors = np.asarray(arrays["item_factors"], dtype=np.float64)
+            srv.adam_m = np.asarray(arrays["adam_m"], dtype=np.float64)
+            srv.adam_v = np.asarray(arrays["adam_v"], dtype=np.float64)
+        return srv
+
+    def save(self, path: str | Path) -> Path:
+        """Checkpoint to ``path`` (``.npz`` with the metadata as a JSON byte array)."""
+        arrays, meta = self.state_dict()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("wb") as fh:
+            np.savez(
+                fh,
+                __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                **arrays,  # type: ignore[arg-type]
+            )
+        tmp.replace(path)  # atomic: a crash mid-write never leaves a half checkpoint
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, rng: np.random.Generator | None = None) -> FederatedMFServer:
+        """Read a checkpoint written by :meth:`save`."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise DataError("not a FederatedMF checkpoint", file=path, found=str(exc)) from None
+        if "__meta__" not in arrays:
+            raise DataError("not a FederatedMF checkpoint (no metadata)", file=path)
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+        return cls.from_state(arrays, meta, rng)

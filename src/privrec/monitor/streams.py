@@ -1,0 +1,114 @@
+"""Synthetic interaction streams with a known drift, to measure detection and false alarms.
+
+Every window draws fresh users from one generative model: item popularity ``p_j``
+(Zipf-like, exponent ``a``), latent item vectors ``y_j`` and user vectors ``x_u``; a user
+with ``n_u`` interactions (log-normal around ``mean_activity``) picks ``n_u`` distinct
+items with probability ∝ ``p_j · exp(⟨x_u, y_j⟩ / T)`` (Gumbel top-k). From window
+``shift_at`` on, one part of the model changes:
+
+* ``"popularity"`` — the popularity of a random ``shift_size`` share of the items is
+  reassigned (new items become hits, old hits fade);
+* ``"activity"`` — mean activity is multiplied by ``1 + shift_size``;
+* ``"quality"`` — a ``shift_size`` share of the item vectors is redrawn (tastes change),
+  so a model trained before the shift recommends worse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from privrec.errors import ConfigError
+
+__all__ = ["synthetic_stream", "time_windows"]
+
+Shift = Literal["none", "popularity", "activity", "quality"]
+SHIFTS: tuple[str, ...] = ("none", "popularity", "activity", "quality")
+
+
+def synthetic_stream(
+    n_windows: int,
+    users_per_window: int = 2000,
+    n_items: int = 300,
+    *,
+    shift: Shift = "none",
+    shift_at: int | None = None,
+    shift_size: float = 0.5,
+    mean_activity: float = 12.0,
+    popularity_exponent: float = 0.8,
+    rank: int = 8,
+    temperature: float = 0.25,
+    seed: int = 0,
+) -> list[sp.csr_matrix]:
+    """``n_windows`` binary ``users × n_items`` matrices (fresh users in each window).
+
+    ``shift_at`` is the 1-based index of the first shifted window (``None``: no shift).
+    """
+    if n_windows < 1 or users_per_window < 1 or n_items < 2:
+        raise ConfigError("need n_windows >= 1, users_per_window >= 1 and n_items >= 2")
+    if shift != "none" and shift_at is None:
+        raise ConfigError(f"shift={shift!r} needs shift_at")
+    rng = np.random.default_rng(seed)
+    pop = rng.permutation(1.0 / np.arange(1, n_items + 1) ** popularity_exponent)
+    y = rng.normal(size=(n_items, rank)) / np.sqrt(rank)
+    mean = mean_activity
+    shifted_pop, shifted_y, shifted_mean = pop.copy(), y.copy(), mean
+    moved = rng.random(n_items) < shift_size
+    if shift == "popularity":
+        shifted_pop[moved] = rng.permutation(pop[moved])
+        shifted_pop[moved] = rng.permutation(pop)[: int(moved.sum())]
+    elif shift == "quality":
+        shifted_y[moved] = rng.normal(size=(int(moved.sum()), rank)) / np.sqrt(rank)
+    elif shift == "activity":
+        shifted_mean = mean * (1.0 + shift_size)
+    out = []
+    for w in range(1, n_windows + 1):
+        after = shift_at is not None and w >= shift_at
+        p, yy, m = (shifted_pop, shifted_y, shifted_mean) if after else (pop, y, mean)
+        x = rng.normal(size=(users_per_window, rank)) / np.sqrt(rank)
+        sigma = 0.8
+        n_u = np.clip(
+            np.round(rng.lognormal(np.log(m) - sigma**2 / 2, sigma, users_per_window)), 1, n_items
+        ).astype(np.int64)
+        keys = (
+            np.log(p)[None, :]
+            + (x @ yy.T) / temperature
+            + rng.gumbel(size=(users_per_window, n_items))
+        )
+        order = np.argsort(-keys, axis=1)
+        cols = np.concatenate([order[u, : n_u[u]] for u in range(users_per_window)])
+        indptr = np.concatenate([[0], np.cumsum(n_u)])
+        mat = sp.csr_matrix(
+            (np.ones(cols.size, np.float32), cols, indptr), shape=(users_per_window, n_items)
+        )
+        mat.sort_indices()
+        out.append(mat)
+    return out
+
+
+def time_windows(data: Any, days: float) -> list[sp.csr_matrix]:
+    """Split timestamped interactions into consecutive windows of ``days`` (empty windows dropped).
+
+    Timestamps are seconds (Unix time). Every window keeps the whole item space; rows are
+    the data's users (users without interactions in a window have empty rows).
+    """
+    if days <= 0:
+        raise ConfigError(f"window length must be > 0 days, found {days}")
+    ts = getattr(data, "timestamps", None)
+    if ts is None:
+        raise ConfigError("the data has no timestamps: windows by time need them")
+    m = sp.csr_matrix(data.matrix)
+    t = np.asarray(ts, dtype=np.float64)
+    w = np.floor((t - t.min()) / (days * 86400.0)).astype(np.int64)
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    out = []
+    for k in np.unique(w):
+        sel = w == k
+        out.append(
+            sp.csr_matrix(
+                (np.ones(int(sel.sum()), np.float32), (rows[sel], m.indices[sel])), shape=m.shape
+            )
+        )
+    return out

@@ -1,0 +1,206 @@
+"""Checking a stored guarantee against its own records before anyone reads its ε.
+
+A guarantee travels inside a model file, which anyone can edit. :func:`check_guarantee`
+accepts it only when
+
+* every stored event is a well-formed dp-accounting event of a known type, with values in
+  range (finite non-negative noise multipliers, probabilities in [0, 1], positive integer
+  counts) and bounded size — so a hostile file cannot make the accountant run for hours;
+* δ lies in (0, 1) and ε is what the stored accountant gives for the stored events at δ
+  (for RDP, at most 5 % above it: a conversion at fewer orders is still a valid bound);
+
+and :func:`check_against_params` adds that δ, the unit, the accountant and the seeded flag
+agree with the model's own parameters and that ε does not exceed the budget asked for.
+Everything else is a :class:`~privrec.errors.GuaranteeMismatchError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from privrec.errors import GuaranteeMismatchError
+
+if TYPE_CHECKING:
+    from privrec.privacy.guarantee import PrivacyGuarantee
+
+__all__ = ["check_against_params", "check_event_dict", "check_guarantee", "quiet_accountant"]
+
+#: Event nodes a stored guarantee may hold in total (a DPALS fit stores a few dozen).
+MAX_EVENT_NODES = 100_000
+#: Nesting depth of stored events.
+MAX_EVENT_DEPTH = 32
+#: Largest self-composition count (rounds × steps of any real training are far below it).
+MAX_COMPOSITION = 10_000_000
+#: Relative tolerance between the stored and the recomputed ε.
+EPSILON_RTOL = 1e-6
+#: How far above the recomputed value a stored RDP ε may be: an accountant may convert RDP to
+#: (ε, δ) at fewer orders than dp-accounting's default (FederatedMF does), which gives a slightly
+#: larger — still valid — ε. A stored ε *below* the recomputed one is always refused.
+RDP_SLACK = 0.05
+
+_FIELDS: dict[str, dict[str, str]] = {
+    "GaussianDpEvent": {"noise_multiplier": "multiplier"},
+    "LaplaceDpEvent": {"noise_multiplier": "multiplier"},
+    "PoissonSampledDpEvent": {"sampling_probability": "probability", "event": "event"},
+    "SampledWithoutReplacementDpEvent": {
+        "source_dataset_size": "count",
+        "sample_size": "count",
+        "event": "event",
+    },
+    "SampledWithReplacementDpEvent": {
+        "source_dataset_size": "count",
+        "sample_size": "count",
+        "event": "event",
+    },
+    "SelfComposedDpEvent": {"event": "event", "count": "count"},
+    "ComposedDpEvent": {"events": "events"},
+    "NoOpDpEvent": {},
+    "NonPrivateDpEvent": {},
+    # private hyper-parameter selection (privrec.tuning): best of a random number of trials
+    "RepeatAndSelectDpEvent": {"event": "event", "mean": "mean", "shape": "shape"},
+}
+
+
+@contextmanager
+def quiet_accountant() -> Iterator[None]:
+    """Silence dp-accounting's absl warnings (RDP orders it skips) while re-deriving ε."""
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _bad(reason: str, found: object = None) -> GuaranteeMismatchError:
+    return GuaranteeMismatchError(
+        f"the stored privacy guarantee is malformed: {reason}", field="guarantee", found=found
+    )
+
+
+def _real(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_event_dict(d: object, *, _depth: int = 0, _budget: list[int] | None = None) -> None:
+    """Raise :class:`GuaranteeMismatchError` unless ``d`` is a well-formed stored event."""
+    budget = [MAX_EVENT_NODES] if _budget is None else _budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _bad(f"more than {MAX_EVENT_NODES} event records")
+    if _depth > MAX_EVENT_DEPTH:
+        raise _bad(f"events nested deeper than {MAX_EVENT_DEPTH} levels")
+    if not isinstance(d, Mapping):
+        raise _bad("an event is not a JSON object", type(d).__name__)
+    kind = d.get("type")
+    if not isinstance(kind, str) or kind not in _FIELDS:
+        raise _bad("unknown event type", kind)
+    spec = _FIELDS[kind]
+    keys = set(d) - {"type"}
+    if keys != set(spec):
+        raise _bad(f"{kind} must have exactly the fields {sorted(spec)}", sorted(keys))
+    for key, role in spec.items():
+        v = d[key]
+        if role == "multiplier":
+            if not (_real(v) and v >= 0):
+                raise _bad(f"{kind}.{key} must be a finite number >= 0", v)
+        elif role == "probability":
+            if not (_real(v) and 0 <= v <= 1):
+                raise _bad(f"{kind}.{key} must be a probability in [0, 1]", v)
+        elif role == "count":
+            if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COMPOSITION):
+                raise _bad(f"{kind}.{key} must be an integer in [0, {MAX_COMPOSITION}]", v)
+        elif role == "mean":
+            if not (_real(v) and 0 < v <= MAX_COMPOSITION):
+                raise _bad(f"{kind}.{key} must be a number in (0, {MAX_COMPOSITION}]", v)
+        elif role == "shape":
+            if not (isinstance(v, int | float) and not isinstance(v, bool) and v >= 0):
+                raise _bad(f"{kind}.{key} must be a number >= 0 (inf allowed)", v)
+        elif role == "event":
+            check_event_dict(v, _depth=_depth + 1, _budget=budget)
+        else:  # events
+            if not isinstance(v, list) or not v:
+                raise _bad(f"{kind}.{key} must be a non-empty list of events", type(v).__name__)
+            for e in v:
+                check_event_dict(e, _depth=_depth + 1, _budget=budget)
+    if kind.startswith("SampledWith") and d["sample_size"] > d["source_dataset_size"]:
+        raise _bad(f"{kind}: sample larger than the dataset", d["sample_size"])
+
+
+def check_guarantee(g: PrivacyGuarantee) -> float:
+    """Validate ``g``'s events and recompute ε from them; returns the recomputed ε.
+
+    Raises :class:`GuaranteeMismatchError` when the events are malformed or ε differs from the
+    recomputed value by more than a relative 1e-6.
+    """
+    if not (_real(g.delta) and 0 < g.delta < 1):
+        raise _bad("delta must be in (0, 1)", g.delta)
+    if not (g.epsilon >= 0 or math.isinf(g.epsilon)) or math.isnan(g.epsilon):
+        raise _bad("epsilon must be >= 0", g.epsilon)
+    budget = [MAX_EVENT_NODES]
+    for spent in g.events:
+        if not isinstance(spent, Mapping) or set(spent) != {"label", "event"}:
+            raise _bad("a spent event must be {label, event}", spent)
+        if not isinstance(spent["label"], str):
+            raise _bad("an event label must be text", spent["label"])
+        check_event_dict(spent["event"], _budget=budget)
+    try:
+        with quiet_accountant():
+            # with the two other δ that explain() shows: the events are composed only once
+            recomputed = g.epsilons_at(
+                [g.delta, *(d for d in (g.delta * 10, g.delta / 10) if d < 1)]
+            )[0]
+    except GuaranteeMismatchError:
+        raise
+    except Exception as exc:  # dp-accounting refusing the events is a malformed guarantee
+        raise _bad(f"the accountant cannot compose the stored events ({exc})") from None
+    upper = RDP_SLACK if g.accountant.value == "rdp" else EPSILON_RTOL
+    same = (math.isinf(recomputed) and math.isinf(g.epsilon)) or (
+        recomputed * (1 - EPSILON_RTOL) - 1e-9 <= g.epsilon <= recomputed * (1 + upper) + 1e-9
+    )
+    if not same:
+        raise GuaranteeMismatchError(
+            "the stored ε is not what the stored events give: the guarantee was altered or "
+            "corrupted, so no ε from this file can be trusted",
+            field="guarantee.epsilon",
+            expected=f"{recomputed:.6g} (recomputed with the {g.accountant.value.upper()} accountant)",
+            found=g.epsilon,
+        )
+    return recomputed
+
+
+def check_against_params(g: PrivacyGuarantee, params: Mapping[str, Any]) -> None:
+    """Raise :class:`GuaranteeMismatchError` when ``g`` disagrees with the model's parameters.
+
+    Only parameters the model has are compared: ``delta`` (equal), ``unit`` and ``accountant``
+    (equal), ``seed`` (set exactly when the guarantee says the noise was seeded) and
+    ``epsilon`` (the spent ε may not exceed the asked budget).
+    """
+
+    def mismatch(field: str, expected: object, found: object) -> GuaranteeMismatchError:
+        return GuaranteeMismatchError(
+            "the stored privacy guarantee disagrees with the model's parameters",
+            field=f"guarantee.{field}",
+            expected=str(expected),
+            found=found,
+        )
+
+    if "delta" in params and params["delta"] is not None and params["delta"] != g.delta:
+        raise mismatch("delta", params["delta"], g.delta)
+    if "unit" in params and params["unit"] is not None and str(params["unit"]) != g.unit.value:
+        raise mismatch("unit", params["unit"], g.unit.value)
+    acc = params.get("accountant")
+    if isinstance(acc, str) and acc != g.accountant.value:
+        raise mismatch("accountant", acc, g.accountant.value)
+    if "seed" in params and (params["seed"] is not None) != g.seeded_noise:
+        raise mismatch(
+            "seeded_noise", "seeded" if params["seed"] is not None else "not seeded", g.seeded_noise
+        )
+    asked = params.get("epsilon")
+    if _real(asked) and g.epsilon > asked * (1 + EPSILON_RTOL) + 1e-9:  # type: ignore[operator]
+        raise mismatch("epsilon", f"at most the asked budget {asked}", g.epsilon)

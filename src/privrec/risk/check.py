@@ -1,0 +1,354 @@
+"""``privrec check``: the privacy checks a team's CI runs on its artifacts (and ledger).
+
+For every model file given:
+
+* its guarantee's ε is **re-derived from its recorded events** with dp-accounting and must
+  equal the stated ε (a file edited by hand, or written by a buggy accountant, fails);
+* a file **marked for release** must not carry seeded noise (predictable noise is no
+  noise), must be private, and must hold no training interactions unless the policy
+  allows it;
+* the **policy** (``max_epsilon``, ``max_delta``, required unit) holds.
+
+With a ledger (``[ledger] url``): the audit-log hash chain verifies (optionally against a
+pinned head), every charge's ε re-derives from its events, no budget's composed spend
+exceeds its cap, and every release file is a recorded artifact whose recorded guarantee
+matches the file's.
+
+Every violation is one line; any violation makes the check fail.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+
+from privrec.errors import ConfigError
+
+__all__ = ["CheckConfig", "CheckReport", "Finding", "load_check_config", "run_check"]
+
+_TOL = 1e-6
+
+
+class _S(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class PolicySection(_S):
+    max_epsilon: float | None = pydantic.Field(default=None, gt=0)
+    max_delta: float | None = pydantic.Field(default=None, gt=0, lt=1)
+    unit: Literal["user", "interaction"] | None = None
+    allow_user_data: bool = False
+    allow_non_private: bool = False
+
+
+class LedgerSection(_S):
+    url: str | None = None
+    api_key: str | None = None
+    expect_head: str | None = None
+
+
+class CheckConfig(_S):
+    artifacts: list[str] = pydantic.Field(default_factory=list)
+    release: list[str] = pydantic.Field(default_factory=list)
+    policy: PolicySection = pydantic.Field(default_factory=PolicySection)
+    ledger: LedgerSection = pydantic.Field(default_factory=LedgerSection)
+
+
+def load_check_config(path: str | Path) -> CheckConfig:
+    """Read ``check.toml``; relative artifact patterns are taken relative to its folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"check config {str(p)!r} not found")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"check config is not valid TOML: {exc}") from None
+    try:
+        cfg = CheckConfig.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        raise ConfigError(f"check config: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    base = p.parent
+
+    def anchor(pats: list[str]) -> list[str]:
+        return [q if Path(q).is_absolute() else str(base / q) for q in pats]
+
+    return cfg.model_copy(
+        update={"artifacts": anchor(cfg.artifacts), "release": anchor(cfg.release)}
+    )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One checked fact: ``ok`` or a ``violation``, about one subject."""
+
+    level: Literal["ok", "violation"]
+    subject: str
+    message: str
+
+    def line(self) -> str:
+        return f"{'FAIL' if self.level == 'violation' else 'ok  '} {self.subject}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    findings: list[Finding] = field(default_factory=list)
+    gaps: list[str] = field(default_factory=list)
+
+    @property
+    def violations(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == "violation"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "violations": [f.line() for f in self.violations],
+            "findings": [f.__dict__ for f in self.findings],
+            "gaps": self.gaps,
+        }
+
+
+def _expand(patterns: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for pat in patterns:
+        hits = sorted(glob.glob(pat, recursive=True))
+        if not hits and not any(ch in pat for ch in "*?["):
+            hits = [pat]  # a plain missing path is reported, not silently skipped
+        out.extend(Path(h) for h in hits)
+    return list(dict.fromkeys(out))
+
+
+def _read(path: Path) -> tuple[dict[str, Any], Any]:
+    """(facts, guarantee or None) of a model file, read with privrec's hardened loader.
+
+    The file is treated as hostile (size limits, dtype and shape checks: see
+    :mod:`privrec.models.persistence`); its guarantee is *not* verified here, so that a
+    mismatch is reported as a finding with both numbers instead of a load error.
+    """
+    from privrec.models import load_model
+
+    model = load_model(path, verify=False)
+    facts = {
+        "model": model.name,
+        "_stores_interactions": not bool(getattr(model, "_released_only", True))
+        and int(getattr(getattr(model, "user_items_", None), "nnz", 0)) > 0,
+    }
+    return facts, getattr(model, "guarantee_", None)
+
+
+def _check_file(path: Path, release: bool, policy: PolicySection, rep: CheckReport) -> Any:
+    add = rep.findings.append
+    name = str(path)
+    if not path.is_file():
+        add(Finding("violation", name, "file not found"))
+        return None
+    try:
+        meta, g = _read(path)
+    except Exception as exc:  # any unreadable file is a finding, not a crash
+        add(Finding("violation", name, f"unreadable model file ({type(exc).__name__}: {exc})"))
+        return None
+    kind = meta.get("model", "?")
+    if g is None:
+        if release and not policy.allow_non_private:
+            add(
+                Finding(
+                    "violation", name, f"{kind} is not a private model but is marked for release"
+                )
+            )
+        else:
+            add(Finding("ok", name, f"{kind}: not private (not marked for release)"))
+        return None
+    try:
+        eps = g.recompute_epsilon()
+    except Exception as exc:
+        add(Finding("violation", name, f"its events cannot be re-accounted ({exc})"))
+        return g
+    if not (
+        math.isclose(eps, g.epsilon, rel_tol=_TOL, abs_tol=_TOL)
+        or (math.isinf(eps) and math.isinf(g.epsilon))
+    ):
+        add(
+            Finding(
+                "violation",
+                name,
+                f"states ε = {g.epsilon:.6g} but its {len(g.events)} events give ε = {eps:.6g}",
+            )
+        )
+    else:
+        add(
+            Finding(
+                "ok",
+                name,
+                f"ε = {g.epsilon:.4g} re-derived from {len(g.events)} events ({g.accountant.value})",
+            )
+        )
+    if release and g.seeded_noise:
+        add(
+            Finding(
+                "violation", name, "trained with seeded noise (not private) and marked for release"
+            )
+        )
+    if release and meta["_stores_interactions"] and not policy.allow_user_data:
+        add(
+            Finding(
+                "violation",
+                name,
+                "stores training interactions, which its guarantee does not cover",
+            )
+        )
+    if policy.max_epsilon is not None and g.epsilon > policy.max_epsilon * (1 + _TOL):
+        add(
+            Finding(
+                "violation",
+                name,
+                f"ε = {g.epsilon:.4g} exceeds the policy's max_epsilon {policy.max_epsilon:g}",
+            )
+        )
+    if policy.max_delta is not None and g.delta > policy.max_delta * (1 + _TOL):
+        add(
+            Finding(
+                "violation",
+                name,
+                f"δ = {g.delta:.2g} exceeds the policy's max_delta {policy.max_delta:g}",
+            )
+        )
+    if policy.unit is not None and g.unit.value != policy.unit:
+        add(
+            Finding(
+                "violation",
+                name,
+                f"privacy unit {g.unit.value} but the policy requires {policy.unit}",
+            )
+        )
+    return g
+
+
+def _check_ledger(cfg: CheckConfig, release: list[Path], rep: CheckReport) -> None:
+    from privrec.governance import Ledger
+    from privrec.governance.ledger import file_sha256
+    from privrec.privacy.accounting import epsilon_of
+    from privrec.privacy.events import SpentEvent, total_event
+    from privrec.privacy.units import PrivacyUnit
+
+    add = rep.findings.append
+    led = cfg.ledger
+    ledger = Ledger.connect(led.url, led.api_key)
+    v = ledger.verify_audit_log(expect_head=led.expect_head)
+    add(
+        Finding(
+            "ok" if v.ok else "violation",
+            "audit log",
+            f"{v.message} ({v.rows} rows, head {v.head_hash[:12]}…)",
+        )
+    )
+    for info in ledger.datasets():
+        status = [s for s in ledger.status(info.name)]
+        for s in status:
+            if s.composed_epsilon > s.epsilon * (1 + _TOL):
+                add(
+                    Finding(
+                        "violation",
+                        f"budget {info.name}/{s.label}",
+                        f"spent ε {s.composed_epsilon:.4g} exceeds the cap {s.epsilon:g}",
+                    )
+                )
+        base = next((s for s in status if s.scope == "dataset"), None)
+        if base is None:
+            continue
+        bad = 0
+        charges = ledger.history(info.name, limit=None)
+        for c in charges:
+            if c.status == "aborted":
+                continue
+            events = [SpentEvent.from_dict(e) for e in c.events]
+            eps = epsilon_of(
+                total_event(events), base.delta, base.accountant, PrivacyUnit(info.unit)
+            )
+            if not math.isclose(eps, c.epsilon, rel_tol=1e-4, abs_tol=1e-6):
+                bad += 1
+                add(
+                    Finding(
+                        "violation",
+                        f"charge {c.id}",
+                        f"records ε = {c.epsilon:.6g}, its events give {eps:.6g}",
+                    )
+                )
+        if not bad:
+            add(
+                Finding(
+                    "ok",
+                    f"ledger {info.name}",
+                    f"{len(charges)} charges re-derive; budgets within caps",
+                )
+            )
+    for path in release:
+        if not path.is_file():
+            continue
+        digest = file_sha256(path)
+        recorded = {a.file_hash: a for a in ledger.artifacts()}
+        art = recorded.get(digest)
+        if art is None:
+            add(
+                Finding(
+                    "violation",
+                    str(path),
+                    "marked for release but not a recorded artifact of the ledger",
+                )
+            )
+            continue
+        try:
+            _, g = _read(path)
+        except Exception:
+            continue
+        if g is not None and not math.isclose(
+            float(art.guarantee.get("epsilon", math.nan)), g.epsilon, rel_tol=_TOL
+        ):
+            add(
+                Finding(
+                    "violation",
+                    str(path),
+                    "the ledger's recorded guarantee differs from the file's",
+                )
+            )
+        elif art.seeded_noise:
+            add(
+                Finding(
+                    "violation", str(path), "recorded in the ledger as trained with seeded noise"
+                )
+            )
+        else:
+            add(
+                Finding(
+                    "ok", str(path), f"recorded artifact {art.id} (charges {list(art.charge_ids)})"
+                )
+            )
+
+
+def run_check(cfg: CheckConfig) -> CheckReport:
+    """Run every check the configuration asks for."""
+    rep = CheckReport()
+    release = _expand(cfg.release)
+    everything = list(dict.fromkeys([*_expand(cfg.artifacts), *release]))
+    if not everything:
+        raise ConfigError("nothing to check: give artifacts or release files")
+    rel = set(release)
+    for path in everything:
+        _check_file(path, path in rel, cfg.policy, rep)
+    if cfg.ledger.url is not None:
+        try:
+            _check_ledger(cfg, release, rep)
+        except ImportError as exc:  # pragma: no cover - governance is a core part of privrec
+            rep.gaps.append(f"ledger checks skipped: {exc}")
+    else:
+        rep.gaps.append("no ledger given: audit-log chain and budget consistency not checked")
+    return rep

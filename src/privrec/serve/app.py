@@ -1,0 +1,255 @@
+"""The FastAPI application: settings, shared state, JSON errors, limits and the dashboard files.
+
+:func:`create_app` builds one app from :class:`ServeSettings`; ``privrec serve`` runs it on
+uvicorn bound to 127.0.0.1 unless told otherwise. Routes live in :mod:`privrec.serve.routes`
+(``/v1/…``); the dashboard (``/dashboard/``) is static HTML and JavaScript reading those routes,
+with plotly.js served from the installed ``plotly`` package — no CDN, it works offline.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from privrec.errors import (
+    AuthenticationError,
+    BudgetExceededError,
+    ConfigError,
+    DataError,
+    GovernanceError,
+    LedgerSchemaError,
+    MessageRejected,
+    PermissionDeniedError,
+    PolicyViolation,
+    PrivrecError,
+    ServeConfigError,
+    UnknownDatasetError,
+    UnknownItemError,
+    UnknownModelError,
+)
+from privrec.governance.db import resolve_url
+from privrec.serve.datasets import DatasetSpec, ServedDataset
+from privrec.serve.guard import AccessLog, BodyLimit, KeyCache, RateLimiter, error_body
+from privrec.serve.models import ModelStore
+
+__all__ = ["ApiError", "ServeContext", "ServeSettings", "create_app"]
+
+log = logging.getLogger("privrec.serve")
+API_VERSION = "1"
+
+
+@dataclass
+class ServeSettings:
+    """Everything ``privrec serve`` is told. Limits are per API key and per request."""
+
+    db_url: str
+    models_dir: Path
+    datasets: dict[str, DatasetSpec] = field(default_factory=dict)
+    #: requests per second per key (token bucket; 0 disables) and the burst allowed
+    rate_limit: float = 50.0
+    burst: int = 100
+    #: seconds a verified key is reused for reads (revocation takes effect within this time)
+    key_ttl: float = 5.0
+    max_body_bytes: int = 64 * 1024
+    max_he_body_bytes: int = 64 * 1024 * 1024
+    allow_non_private: bool = False
+    #: seeded query noise: reproducible and NOT private (tests only; warns)
+    seed: int | None = None
+
+
+class ApiError(Exception):
+    """An error the API reports as JSON: status, code, message (and extra fields)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+        self.extra = extra
+
+
+@dataclass
+class ServeContext:
+    settings: ServeSettings
+    url: str
+    keys: KeyCache
+    limiter: RateLimiter
+    models: ModelStore
+    datasets: dict[str, ServedDataset]
+    he_servers: dict[str, Any] = field(default_factory=dict)
+    audit_cache: dict[str, Any] = field(default_factory=dict)
+
+
+def _status_of(exc: PrivrecError) -> tuple[int, str]:
+    """The HTTP status and code of a library error (most specific class first)."""
+    table: list[tuple[type[Exception], int, str]] = [
+        (AuthenticationError, 401, "unauthenticated"),
+        (BudgetExceededError, 403, "budget_exceeded"),
+        (PermissionDeniedError, 403, "forbidden"),
+        (UnknownModelError, 404, "unknown_model"),
+        (UnknownDatasetError, 404, "unknown_dataset"),
+        (UnknownItemError, 422, "unknown_item"),
+        (LedgerSchemaError, 503, "ledger_unavailable"),
+        (PolicyViolation, 409, "policy_violation"),
+        (GovernanceError, 409, "conflict"),
+        (DataError, 422, "invalid_request"),
+        (MessageRejected, 422, "invalid_request"),
+        (ConfigError, 422, "invalid_request"),
+    ]
+    for cls, status, code in table:
+        if isinstance(exc, cls):
+            return status, code
+    return 400, "bad_request"
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _static_dir() -> Path:
+    return Path(str(resources.files("privrec.serve") / "static"))
+
+
+def plotly_js() -> Path:
+    """plotly.min.js from the installed ``plotly`` package (MIT licence, shipped in its wheel)."""
+    import plotly
+
+    path = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    if not path.exists():  # pragma: no cover - a broken plotly install
+        raise ServeConfigError(f"plotly.js not found at {path}: reinstall plotly")
+    return path
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    """The service: ``/v1`` API, OpenAPI at ``/v1/openapi.json``, dashboard at ``/dashboard/``."""
+    from privrec.governance import Ledger  # noqa: F401  (fail early if governance is broken)
+    from privrec.serve import routes
+
+    if not settings.models_dir.is_dir():
+        raise ServeConfigError(f"models directory {str(settings.models_dir)!r} does not exist")
+    url = resolve_url(settings.db_url)
+    ctx = ServeContext(
+        settings=settings,
+        url=url,
+        keys=KeyCache(url, ttl=settings.key_ttl),
+        limiter=RateLimiter(settings.rate_limit, settings.burst),
+        models=ModelStore(settings.models_dir, allow_non_private=settings.allow_non_private),
+        datasets={name: ServedDataset(name, spec) for name, spec in settings.datasets.items()},
+    )
+    app = FastAPI(
+        title="privrec service",
+        version=API_VERSION,
+        description=(
+            "Private recommendations by fold-in, DP analytics queries charged write-ahead to the "
+            "privacy ledger, and the ledger's budgets, lineage and audit log. Authenticate with "
+            "a ledger API key: `Authorization: Bearer prk_…`."
+        ),
+        openapi_url="/v1/openapi.json",
+        docs_url=None,  # the stock docs pages load scripts from a CDN; the service works offline
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _json(
+            exc.status, error_body(exc.status, exc.code, exc.message, **exc.extra), exc.headers
+        )
+
+    @app.exception_handler(PrivrecError)
+    async def _library_error(_: Request, exc: PrivrecError) -> JSONResponse:
+        status, code = _status_of(exc)
+        extra: dict[str, Any] = {}
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, BudgetExceededError):
+            extra = {
+                "scope": exc.scope,
+                "remaining_epsilon": max(exc.remaining, 0.0),
+                "requested_epsilon": exc.requested,
+                "cap_epsilon": exc.cap,
+            }
+        return _json(status, error_body(status, code, str(exc), **extra), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # the offending input is not echoed back (it may be a user's history)
+        problems = [
+            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
+            for e in exc.errors()[:20]
+        ]
+        first = problems[0] if problems else {"where": "body", "problem": "invalid"}
+        return _json(
+            422,
+            error_body(
+                422,
+                "malformed_request",
+                f"malformed request: {first['where']}: {first['problem']}",
+                problems=problems,
+            ),
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _json(
+            exc.status_code,
+            error_body(exc.status_code, code, str(exc.detail)),
+            dict(exc.headers) if exc.headers else None,
+        )
+
+    app.include_router(routes.router)
+
+    static = _static_dir()
+
+    @app.get("/", include_in_schema=False)
+    def _root() -> RedirectResponse:
+        return RedirectResponse("/dashboard/")
+
+    @app.get("/dashboard", include_in_schema=False)
+    def _dashboard_slash() -> RedirectResponse:
+        return RedirectResponse("/dashboard/")
+
+    @app.get("/dashboard/", include_in_schema=False)
+    def _dashboard() -> FileResponse:
+        return FileResponse(static / "index.html", media_type="text/html")
+
+    assets = {
+        "app.js": (static / "app.js", "text/javascript"),
+        "app.css": (static / "app.css", "text/css"),
+        "plotly.min.js": (plotly_js(), "text/javascript"),
+    }
+
+    @app.get("/dashboard/static/{name}", include_in_schema=False)
+    def _asset(name: str) -> Response:
+        found = assets.get(name)
+        if found is None:
+            raise ApiError(404, "not_found", "no such dashboard file")
+        return FileResponse(
+            found[0], media_type=found[1], headers={"Cache-Control": "max-age=3600"}
+        )
+
+    def limit_for(path: str) -> int:
+        if path.endswith("/he-score"):
+            return settings.max_he_body_bytes
+        return settings.max_body_bytes
+
+    app.add_middleware(BodyLimit, limit_for=limit_for)
+    app.add_middleware(AccessLog)
+    return app

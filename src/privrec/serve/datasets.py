@@ -1,0 +1,224 @@
+"""Datasets the service answers DP queries about: where their data lives and what may be asked.
+
+The ledger knows a dataset by name, policy and budgets but holds no data (only hashes). The
+service is told where each dataset's interaction file is, in a TOML file (``--datasets``) or
+with ``--data NAME=FILE``::
+
+    [datasets.ratings]
+    file = "ratings.tsv"          # any format privrec loads (relative to this file)
+    format = "tsv"                # optional when the name gives it away
+    max_per_user = 32             # B: contribution bound of count queries (user unit)
+    max_items_per_query = 1000
+
+    [datasets.ratings.segments]   # optional: a per-user table of declared segment columns
+    file = "users.csv"            # CSV with a header; the user id column is "user"
+    columns = { gender = ["F", "M"], age = ["<25", "25-44", "45+"] }
+
+The declared values of a segment column are its public domain: counts are released for exactly
+these values (others are never counted), so the answer never reveals which values occur.
+
+Every answer is computed on the data **after** the dataset's policy (deletions, consent,
+retention, minimisation): :meth:`ServedDataset.view` loads the file through
+:meth:`Ledger.load <privrec.governance.Ledger.load>` as the querying analyst, and the ledger
+refuses a charge against a version older than the latest deletion or consent change, so the view
+is reloaded then.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydantic
+import scipy.sparse as sp
+
+from privrec.data.interactions import Interactions
+from privrec.errors import ServeConfigError, UnknownItemError
+from privrec.governance.records import GovernedData
+
+__all__ = ["DatasetSpec", "SegmentSpec", "ServedDataset", "View", "load_dataset_specs"]
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class SegmentSpec(_Strict):
+    file: Path
+    user_column: str = "user"
+    columns: dict[str, tuple[str, ...]]
+
+    @pydantic.field_validator("columns")
+    @classmethod
+    def _declared(cls, v: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for name, values in v.items():
+            if not values:
+                raise ValueError(f"segment column {name!r} declares no values")
+            if len(set(values)) != len(values):
+                raise ValueError(f"segment column {name!r} declares a value twice")
+        return v
+
+
+class DatasetSpec(_Strict):
+    file: Path
+    format: str | None = None
+    max_per_user: int = pydantic.Field(default=32, ge=2, le=10_000)
+    max_items_per_query: int = pydantic.Field(default=1000, ge=2, le=100_000)
+    segments: SegmentSpec | None = None
+
+
+def load_dataset_specs(
+    path: str | Path | None = None, data: dict[str, str] | None = None
+) -> dict[str, DatasetSpec]:
+    """Dataset specs from a TOML file and/or ``NAME=FILE`` pairs (paths relative to the TOML file)."""
+    specs: dict[str, DatasetSpec] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ServeConfigError(f"datasets file {str(p)!r} not found") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ServeConfigError(f"datasets file {str(p)!r} is not valid TOML: {exc}") from None
+        extra = set(raw) - {"datasets"}
+        if extra:
+            raise ServeConfigError(
+                f"datasets file {str(p)!r}: unknown section {sorted(extra)[0]!r}"
+            )
+        for name, body in dict(raw.get("datasets", {})).items():
+            try:
+                spec = DatasetSpec.model_validate(body)
+            except pydantic.ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(x) for x in err["loc"])
+                raise ServeConfigError(
+                    f"datasets file {str(p)!r}: dataset {name!r}: {where}: {err['msg']}"
+                ) from None
+            base = p.parent
+            seg = spec.segments
+            if seg is not None and not seg.file.is_absolute():
+                seg = seg.model_copy(update={"file": base / seg.file})
+            specs[name] = spec.model_copy(
+                update={
+                    "file": spec.file if spec.file.is_absolute() else base / spec.file,
+                    "segments": seg,
+                }
+            )
+    for name, file in (data or {}).items():
+        specs[name] = DatasetSpec(file=Path(file))
+    return specs
+
+
+@dataclass(frozen=True)
+class View:
+    """The policy-filtered data one ledger version holds, indexed by the public catalogue."""
+
+    governed: GovernedData
+    #: users × catalogue items (binary); catalogue items the policy left empty are empty columns
+    matrix: sp.csr_matrix
+    #: per segment column, each user's code into the declared values (-1: not declared)
+    codes: dict[str, np.ndarray]
+
+
+class ServedDataset:
+    """One dataset's raw file, public catalogue, segment table and its current policy view."""
+
+    def __init__(self, name: str, spec: DatasetSpec) -> None:
+        from privrec.data import load
+
+        self.name = name
+        self.spec = spec
+        if not spec.file.exists():
+            raise ServeConfigError(f"dataset {name!r}: data file {str(spec.file)!r} not found")
+        self.raw: Interactions = load(spec.file, format=spec.format)
+        # The catalogue: item ids of the registered file, assumed public (as in model files).
+        self.catalogue = np.asarray(self.raw.item_ids)
+        self._item_pos = {str(v): i for i, v in enumerate(self.catalogue.tolist())}
+        self.segments: dict[str, tuple[str, ...]] = {}
+        self._segment_of: dict[str, dict[str, int]] = {}
+        if spec.segments is not None:
+            self._read_segments(spec.segments)
+        self._lock = threading.Lock()
+        self._view: View | None = None
+
+    def _read_segments(self, seg: SegmentSpec) -> None:
+        if not seg.file.exists():
+            raise ServeConfigError(
+                f"dataset {self.name!r}: segments file {str(seg.file)!r} not found"
+            )
+        with seg.file.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            for col in (seg.user_column, *seg.columns):
+                if col not in header:
+                    raise ServeConfigError(
+                        f"dataset {self.name!r}: segments file has no column {col!r}"
+                    )
+            maps: dict[str, dict[str, int]] = {c: {} for c in seg.columns}
+            index = {c: {v: i for i, v in enumerate(vals)} for c, vals in seg.columns.items()}
+            for row in reader:
+                user = str(row[seg.user_column]).strip()
+                for c in seg.columns:
+                    code = index[c].get(str(row[c]).strip())
+                    if code is not None:
+                        maps[c][user] = code
+        self.segments = dict(seg.columns)
+        self._segment_of = maps
+
+    # ------------------------------------------------------------------ public catalogue
+    @property
+    def n_items(self) -> int:
+        return int(self.catalogue.shape[0])
+
+    def item_positions(self, ids: list[Any]) -> np.ndarray:
+        """Catalogue positions of external item ids (:class:`UnknownItemError` for any other)."""
+        out = np.empty(len(ids), dtype=np.int64)
+        for j, v in enumerate(ids):
+            pos = self._item_pos.get(str(v))
+            if pos is None:
+                raise UnknownItemError(
+                    f"item {str(v)[:64]!r} is not in dataset {self.name!r}'s catalogue"
+                )
+            out[j] = pos
+        return out
+
+    def item_ids(self, positions: np.ndarray) -> list[Any]:
+        return [_plain(v) for v in self.catalogue[positions].tolist()]
+
+    # ------------------------------------------------------------------ the policy view
+    def view(self, ledger: Any, *, refresh: bool = False) -> View:
+        """The data after the dataset's policy, loaded through the ledger (cached until stale)."""
+        with self._lock:
+            if self._view is None or refresh:
+                governed = ledger.load(self.name, self.raw)
+                self._view = self._index(governed)
+            return self._view
+
+    def _index(self, governed: GovernedData) -> View:
+        data = governed.interactions
+        pos = np.array([self._item_pos[str(v)] for v in np.asarray(data.item_ids).tolist()])
+        m = sp.csr_matrix(data.matrix, dtype=np.float32, copy=True)
+        m.eliminate_zeros()
+        m.data[:] = 1.0
+        coo = m.tocoo()
+        matrix = sp.csr_matrix(
+            (coo.data, (coo.row, pos[coo.col])), shape=(m.shape[0], self.n_items), dtype=np.float32
+        )
+        users = [str(u) for u in np.asarray(data.user_ids).tolist()]
+        codes = {
+            c: np.array([mp.get(u, -1) for u in users], dtype=np.int64)
+            for c, mp in self._segment_of.items()
+        }
+        return View(governed, matrix, codes)
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-friendly item id (numpy scalars to Python)."""
+    if isinstance(v, np.generic):
+        return v.item()
+    return v

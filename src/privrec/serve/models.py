@@ -1,0 +1,241 @@
+"""The models a service serves: every privrec model file in one directory, with what it promises.
+
+A model is known by its file name without ``.npz`` (``models/dpals-eps1.npz`` → ``dpals-eps1``).
+For each the service keeps the loaded model, its file hash (the ledger knows artifacts by it),
+its privacy guarantee and, when present, its recorded evaluation: ``<name>.eval.json`` beside
+the file, as written by :func:`record_evaluation` (an
+:class:`~privrec.evaluation.EvaluationResult` or a list of them, as ``privrec evaluate --json``
+writes).
+
+**Recommendations by fold-in.** A request carries the user's own history; the model folds the
+user in from it (DPALS: the user's factors are solved from the released item factors and the
+history alone — joint DP) and returns the top items. Nothing of the request is kept: the history
+lives in local variables of one call and is never logged, stored or cached.
+
+Models without a differential-privacy guarantee are listed but not served unless the service is
+started with ``allow_non_private`` (their files and answers may reveal training users).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from privrec.errors import PrivacyWarning, PrivrecError, UnknownModelError
+from privrec.governance.reading import file_sha256
+
+__all__ = ["ModelStore", "ServedModel", "record_evaluation", "sanitize_evaluation"]
+
+log = logging.getLogger("privrec.serve")
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_GROUP = re.compile(r"^(Q\d+)")
+
+
+def sanitize_evaluation(result: dict[str, Any]) -> dict[str, Any]:
+    """What the API shows of a recorded evaluation: mean metrics and per-activity-group Recall/NDCG.
+
+    Evaluations are computed on held-out data and are not differentially private. The service
+    drops what pins down individuals: the exact history range of each group (the heaviest
+    group's maximum is one person's count) and the exact numbers of users.
+    """
+    groups = []
+    for g in result.get("per_group", []) or []:
+        label = str(g.get("group", ""))
+        m = _GROUP.match(label)
+        groups.append(
+            {
+                "group": m.group(1) if m else label.split(" ")[0],
+                **{
+                    k: v
+                    for k, v in g.items()
+                    if k.startswith(("recall@", "ndcg@")) and isinstance(v, int | float | None)
+                },
+            }
+        )
+    metrics = {
+        name: {str(k): v for k, v in values.items()}
+        for name, values in dict(result.get("metrics", {})).items()
+        if name in ("recall", "ndcg", "precision", "hitrate", "map", "mrr", "coverage")
+    }
+    return {
+        "protocol": result.get("protocol"),
+        "on": result.get("on"),
+        "k": list(result.get("k", [])),
+        "metrics": metrics,
+        "per_group": groups,
+    }
+
+
+def record_evaluation(model_path: str | Path, result: Any) -> Path:
+    """Write ``result`` (an ``EvaluationResult`` or its dict) beside the model as ``<name>.eval.json``."""
+    path = Path(model_path)
+    data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    out = path.with_name(path.name.removesuffix(".npz") + ".eval.json")
+    out.write_text(json.dumps(data, indent=2, default=float), encoding="utf-8")
+    return out
+
+
+def _guarantee(model: Any) -> Any:
+    g = getattr(model, "guarantee_", None)
+    return g if g is not None and hasattr(g, "explain") and hasattr(g, "epsilon") else None
+
+
+@dataclass
+class ServedModel:
+    """One loaded model file and everything the listing shows about it."""
+
+    id: str
+    path: Path
+    model: Any
+    file_hash: str
+    guarantee: Any
+    evaluation: dict[str, Any] | None
+
+    def __post_init__(self) -> None:
+        ids = np.asarray(self.model.item_ids_)
+        self.item_ids: list[Any] = [v.item() if isinstance(v, np.generic) else v for v in ids]
+        self._index = {str(v): i for i, v in enumerate(self.item_ids)}
+        self.n_items = len(self.item_ids)
+
+    @property
+    def private(self) -> bool:
+        return self.guarantee is not None and not bool(
+            getattr(self.guarantee, "seeded_noise", False)
+        )
+
+    @property
+    def kind(self) -> str:
+        return str(getattr(type(self.model), "name", type(self.model).__name__))
+
+    def guarantee_summary(self) -> dict[str, Any] | None:
+        g = self.guarantee
+        if g is None:
+            return None
+        unit = getattr(g, "unit", None)
+        accountant = getattr(g, "accountant", None)
+        return {
+            "epsilon": float(g.epsilon),
+            "delta": float(g.delta),
+            "unit": getattr(unit, "value", unit),
+            "accountant": getattr(accountant, "value", accountant),
+            "mechanism": getattr(g, "mechanism", None),
+            "seeded_noise": bool(getattr(g, "seeded_noise", False)),
+            "explanation": str(g.explain()),
+        }
+
+    def recommend(self, history: list[Any], k: int) -> tuple[list[dict[str, Any]], int]:
+        """Top-``k`` items for a user given only their own ``history`` (external item ids).
+
+        Unknown ids in the history are ignored (their number is returned). Items the model
+        does not release (e.g. DPALS items off the private head, score ``-inf``) are never
+        recommended; seen items are left out.
+        """
+        pos = [self._index.get(str(v)) for v in history]
+        known = np.unique(np.array([p for p in pos if p is not None], dtype=np.int64))
+        row = sp.csr_matrix(
+            (np.ones(known.shape[0], np.float32), known, np.array([0, known.shape[0]])),
+            shape=(1, self.n_items),
+        )
+        items, scores = self.model.recommend_history(row, k=min(k, self.n_items))
+        out = [
+            {"item": self.item_ids[int(i)], "score": round(float(s), 6)}
+            for i, s in zip(items[0], scores[0], strict=True)
+            if i >= 0 and np.isfinite(s)
+        ]
+        return out, len(pos) - int(sum(p is not None for p in pos))
+
+
+class ModelStore:
+    """Every model file of a directory, loaded once; listing re-scans when the directory changes."""
+
+    def __init__(self, directory: str | Path, *, allow_non_private: bool = False) -> None:
+        self.directory = Path(directory)
+        self.allow_non_private = allow_non_private
+        self._lock = threading.Lock()
+        self._models: dict[str, ServedModel] = {}
+        self.rejected: dict[str, str] = {}
+        self._stamp: tuple[float, int] | None = None
+        self.refresh()
+
+    def _dir_stamp(self) -> tuple[float, int]:
+        st = self.directory.stat()
+        return (st.st_mtime, len(list(self.directory.glob("*"))))
+
+    def refresh(self) -> None:
+        """Load new or changed files, drop removed ones (cheap when nothing changed)."""
+        from privrec.models import load_model
+
+        stamp = self._dir_stamp()
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            seen = set()
+            for path in sorted(self.directory.glob("*.npz")):
+                mid = path.name.removesuffix(".npz")
+                if not _ID.match(mid):
+                    self.rejected[path.name] = "file name is not a valid model id"
+                    continue
+                seen.add(mid)
+                digest = file_sha256(path)
+                current = self._models.get(mid)
+                if current is not None and current.file_hash == digest:
+                    current.evaluation = _read_eval(path)
+                    continue
+                try:
+                    model = load_model(path)
+                except PrivrecError as exc:
+                    self.rejected[path.name] = str(exc)
+                    log.warning("model %s not served: %s", path.name, type(exc).__name__)
+                    continue
+                sm = ServedModel(mid, path, model, digest, _guarantee(model), _read_eval(path))
+                if not sm.private and not self.allow_non_private:
+                    warnings.warn(
+                        f"model {mid!r} has no differential-privacy guarantee: listed, not served "
+                        "(start the service with allow_non_private to serve it)",
+                        PrivacyWarning,
+                        stacklevel=2,
+                    )
+                self._models[mid] = sm
+                self.rejected.pop(path.name, None)
+            for gone in set(self._models) - seen:
+                del self._models[gone]
+            self._stamp = stamp
+
+    def list(self) -> list[ServedModel]:
+        self.refresh()
+        return [self._models[k] for k in sorted(self._models)]
+
+    def get(self, model_id: str) -> ServedModel:
+        sm = self._models.get(model_id)
+        if sm is None:
+            self.refresh()
+            sm = self._models.get(model_id)
+        if sm is None:
+            raise UnknownModelError(f"no model {model_id[:128]!r} is served here")
+        return sm
+
+    def servable(self, sm: ServedModel) -> bool:
+        return sm.private or self.allow_non_private
+
+
+def _read_eval(path: Path) -> dict[str, Any] | None:
+    side = path.with_name(path.name.removesuffix(".npz") + ".eval.json")
+    if not side.exists():
+        return None
+    try:
+        raw = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(raw, list):
+        raw = raw[0] if raw else None
+    return sanitize_evaluation(raw) if isinstance(raw, dict) else None

@@ -1,0 +1,214 @@
+"""Answering a DP query: plan, charge write-ahead, compute, commit, release — in that order.
+
+1. **Plan** (:func:`privrec.serve.analytics.plan_query`): validate the request, resolve item
+   ids against the public catalogue and calibrate the noise. Nothing touches the data yet.
+2. **Reserve** the charge in the analyst's name (:meth:`Ledger.reserve`), inside the ledger's
+   serialised transaction that checks every applicable budget (dataset, analyst, purpose).
+   A charge that would pass a cap raises :class:`~privrec.errors.BudgetExceededError`: nothing
+   is written and no noise is drawn (the API answers 403 with the remaining ε).
+3. **Compute** the noisy answer (CSPRNG noise) on the policy-filtered data of the version the
+   charge names.
+4. **Commit** the charge with the answer stored as its result. Only then does the answer leave.
+
+Idempotency: a request carrying an ``Idempotency-Key`` that the same analyst already used for
+the same request gets the *stored* answer and no second charge — re-sending a paid-for release
+is post-processing. If the first attempt reserved but never committed (it crashed or is still
+running), the retry computes an answer and commits it; the ledger keeps only the first commit,
+and both attempts return that one, so a charge never releases two different noisy answers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from privrec.errors import ConfigError, GovernanceError, PolicyViolation
+from privrec.governance import Ledger
+from privrec.governance.policy import Policy
+from privrec.privacy.randomness import resolve_generator
+from privrec.privacy.units import PrivacyUnit
+from privrec.serve import analytics
+from privrec.serve.analytics import QueryPlan
+from privrec.serve.datasets import ServedDataset, View
+
+__all__ = ["QueryOutcome", "QueryRequest", "run_query"]
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """A validated query (the API's body, plus the route's kind)."""
+
+    kind: str
+    epsilon: float
+    delta: float | None = None
+    purpose: str | None = None
+    items: tuple[Any, ...] | None = None
+    k: int | None = None
+    column: str | None = None
+
+    def canonical(self) -> str:
+        """The request as canonical JSON: what an idempotent retry must repeat exactly."""
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "epsilon": self.epsilon,
+                "delta": self.delta,
+                "purpose": self.purpose,
+                "items": None if self.items is None else [str(i) for i in self.items],
+                "k": self.k,
+                "column": self.column,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    answer: dict[str, Any]
+    charge_id: int
+    replayed: bool
+
+
+def _policy(ledger: Ledger, name: str) -> Policy:
+    return Policy.model_validate(ledger.dataset(name).policy)
+
+
+def plan(ds: ServedDataset, req: QueryRequest, unit: PrivacyUnit, delta: float) -> QueryPlan:
+    """Validate ``req`` against the dataset and calibrate it (no data read)."""
+    b = ds.spec.max_per_user
+    if req.kind in ("item_counts", "cooccurrence"):
+        if not req.items:
+            raise ConfigError(f"a {req.kind} query needs a list of items")
+        if len(set(map(str, req.items))) != len(req.items):
+            raise ConfigError("an item is listed twice")
+        limit = 20 if req.kind == "cooccurrence" else ds.spec.max_items_per_query
+        if len(req.items) > limit:
+            raise ConfigError(f"a {req.kind} query takes at most {limit} items")
+        ds.item_positions(list(req.items))  # unknown ids: UnknownItemError, before any charge
+        m = len(req.items)
+    elif req.kind == "top_k":
+        if req.k is None or not 1 <= req.k <= min(ds.n_items, 1000):
+            raise ConfigError(f"k must be between 1 and {min(ds.n_items, 1000)}")
+        m = ds.n_items
+    elif req.kind == "segment_counts":
+        if req.column not in ds.segments:
+            declared = ", ".join(ds.segments) or "none"
+            raise ConfigError(
+                f"{req.column!r} is not a declared segment column of {ds.name!r} (declared: {declared})"
+            )
+        if req.items is not None:
+            if len(req.items) > ds.spec.max_items_per_query:
+                raise ConfigError(f"at most {ds.spec.max_items_per_query} items")
+            ds.item_positions(list(req.items))
+        m = len(ds.segments[req.column])
+    else:
+        raise ConfigError(f"unknown query {req.kind!r}")
+    return analytics.plan_query(req.kind, epsilon=req.epsilon, delta=delta, unit=unit, m=m, bound=b)
+
+
+def compute(
+    ds: ServedDataset, view: View, req: QueryRequest, qp: QueryPlan, seed: int | None
+) -> dict[str, Any]:
+    """The noisy answer (rounded: post-processing) and how it was made."""
+    rng = resolve_generator(seed)
+    answer: dict[str, Any]
+    if req.kind == "item_counts":
+        assert req.items is not None
+        cols = ds.item_positions(list(req.items))
+        noisy = analytics.item_counts(view.matrix, cols, qp, rng)
+        answer = {
+            "counts": [
+                {"item": i, "count": round(float(c), 2)}
+                for i, c in zip(ds.item_ids(cols), noisy, strict=True)
+            ]
+        }
+    elif req.kind == "top_k":
+        assert req.k is not None
+        top, noisy = analytics.top_k_popular(view.matrix, req.k, qp, rng)
+        answer = {
+            "items": [
+                {"item": i, "count": round(float(c), 2)}
+                for i, c in zip(ds.item_ids(top), noisy, strict=True)
+            ]
+        }
+    elif req.kind == "cooccurrence":
+        assert req.items is not None
+        cols = ds.item_positions(list(req.items))
+        noisy = analytics.cooccurrence_counts(view.matrix, cols, qp, rng)
+        ids = ds.item_ids(cols)
+        iu = np.triu_indices(len(cols), k=1)
+        answer = {
+            "pairs": [
+                {"items": [ids[a], ids[b]], "count": round(float(c), 2)}
+                for a, b, c in zip(iu[0].tolist(), iu[1].tolist(), noisy, strict=True)
+            ]
+        }
+    else:
+        assert req.column is not None
+        values = ds.segments[req.column]
+        among = None if req.items is None else ds.item_positions(list(req.items))
+        noisy = analytics.segment_counts(
+            view.matrix, view.codes[req.column], len(values), among, qp, rng
+        )
+        answer = {
+            "segments": [
+                {"value": v, "count": round(float(c), 2)}
+                for v, c in zip(values, noisy, strict=True)
+            ]
+        }
+    return {"kind": req.kind, "dataset": ds.name, **answer, "privacy": qp.describe()}
+
+
+def run_query(
+    ledger: Ledger,
+    ds: ServedDataset,
+    req: QueryRequest,
+    *,
+    idempotency_key: str | None = None,
+    seed: int | None = None,
+) -> QueryOutcome:
+    """Plan, reserve (write-ahead), compute, commit; returns the released answer."""
+    policy = _policy(ledger, ds.name)
+    delta = req.delta if req.delta is not None else policy.budget.delta
+    qp = plan(ds, req, policy.unit, delta)
+    canonical = req.canonical()
+    description = f"{req.kind} {hashlib.sha256(canonical.encode()).hexdigest()[:32]} {canonical}"
+    view = ds.view(ledger)
+    for attempt in range(2):
+        try:
+            charge = ledger.reserve(
+                ds.name,
+                qp.events(),
+                purpose=req.purpose,
+                kind="query",
+                description=description[:2000],
+                data=view.governed,
+                idempotency_key=idempotency_key,
+            )
+            break
+        except PolicyViolation:
+            if attempt:
+                raise
+            # a deletion, consent import or policy change since the view was loaded: reload
+            view = ds.view(ledger, refresh=True)
+    if charge.replayed:
+        if charge.status == "committed" and charge.result is not None:
+            return QueryOutcome(charge.result, charge.id, True)
+        if charge.status != "reserved":
+            raise GovernanceError(
+                f"the request with this idempotency key ended as {charge.status}; "
+                "send it again with a new key"
+            )
+    try:
+        answer = compute(ds, view, req, qp, seed)
+    except Exception as exc:
+        # Noise may have been drawn: the charge stays reserved (never under-report).
+        ledger.note(charge, f"query failed after reserving ({type(exc).__name__}); kept")
+        raise
+    done = ledger.commit(charge, result=answer)
+    return QueryOutcome(done.result, done.id, charge.replayed)

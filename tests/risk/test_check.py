@@ -1,0 +1,135 @@
+"""``privrec check``: artifacts re-accounted, seeded releases refused, policy, ledger consistency."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from privrec.cli.main import app
+from privrec.data import synthetic
+from privrec.models import EASE, DPPopularity
+from privrec.risk import CheckConfig, run_check
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):  # type: ignore[no-untyped-def]
+    d = tmp_path_factory.mktemp("artifacts")
+    data = synthetic(n_users=120, n_items=40, seed=0)
+    good = DPPopularity(epsilon=1.0, delta=1e-5, unit="user").fit(data).save(d / "good.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        seeded = (
+            DPPopularity(epsilon=1.0, delta=1e-5, unit="user", seed=0)
+            .fit(data)
+            .save(d / "seeded.npz")
+        )
+    big = DPPopularity(epsilon=8.0, delta=1e-5, unit="user").fit(data).save(d / "eps8.npz")
+    ease = EASE().fit(data).save(d / "ease.npz")
+    # a tampered file: its stated ε no longer matches its events
+    with np.load(good) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays["__meta__"].tobytes().decode())
+    meta["extra"]["guarantee"]["epsilon"] = 0.1
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    tampered = d / "tampered.npz"
+    np.savez(tampered, **arrays)
+    return {
+        "good": good,
+        "seeded": seeded,
+        "eps8": big,
+        "ease": ease,
+        "tampered": tampered,
+        "dir": d,
+    }
+
+
+def _lines(rep):  # type: ignore[no-untyped-def]
+    return [f.line() for f in rep.violations]
+
+
+def test_good_release_passes(files):  # type: ignore[no-untyped-def]
+    rep = run_check(CheckConfig(release=[str(files["good"])]))
+    assert rep.passed, _lines(rep)
+    assert rep.gaps  # no ledger given: reported as a gap, not silently skipped
+
+
+def test_each_violation_is_one_line(files):  # type: ignore[no-untyped-def]
+    rep = run_check(
+        CheckConfig(
+            artifacts=[str(files["tampered"]), str(files["dir"] / "missing.npz")],
+            release=[str(files["seeded"]), str(files["ease"]), str(files["eps8"])],
+            policy={"max_epsilon": 4.0},  # type: ignore[arg-type]
+        )
+    )
+    text = "\n".join(_lines(rep))
+    # DPPopularity releases a length histogram (its data-adaptive B) and the counts
+    assert "tampered.npz: states ε = 0.1 but its 2 events give ε = 1" in text
+    assert "seeded.npz: trained with seeded noise" in text
+    assert "ease.npz: ease is not a private model but is marked for release" in text
+    assert "eps8.npz: ε = 8 exceeds the policy's max_epsilon 4" in text
+    assert "missing.npz: file not found" in text
+    assert all("\n" not in line for line in _lines(rep))
+
+
+def test_ledger_consistency(tmp_path: Path, files):  # type: ignore[no-untyped-def]
+    from privrec.governance import Ledger
+    from privrec.governance.db import dispose_engines
+    from privrec.governance.policy import policy_from_dict
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    try:
+        owner, _ = Ledger.init(url, owner="olga")
+        owner.set_policy(
+            "ratings",
+            policy_from_dict(
+                {"purpose": "recs", "unit": "user", "budget": {"epsilon": 5.0, "delta": 1e-5}}
+            ),
+        )
+        analyst = Ledger.connect(url, owner.create_key("ann", "analyst"))
+        auditor_key = owner.create_key("dora", "auditor")
+        data = analyst.load("ratings", synthetic(n_users=120, n_items=40, seed=0))
+        rec = analyst.train(
+            DPPopularity(epsilon=1.0, delta=1e-5, unit="user"), data, output=tmp_path / "m.npz"
+        )
+        ok = run_check(
+            CheckConfig(release=[str(rec.path)], ledger={"url": url, "api_key": auditor_key})
+        )  # type: ignore[arg-type]
+        assert ok.passed, _lines(ok)
+        assert any(f.subject == "audit log" and f.level == "ok" for f in ok.findings)
+        unknown = run_check(
+            CheckConfig(release=[str(files["good"])], ledger={"url": url, "api_key": auditor_key})  # type: ignore[arg-type]
+        )
+        assert "not a recorded artifact of the ledger" in "\n".join(_lines(unknown))
+        pinned = run_check(
+            CheckConfig(
+                artifacts=[str(rec.path)],
+                ledger={"url": url, "api_key": auditor_key, "expect_head": "0" * 64},
+            )  # type: ignore[arg-type]
+        )
+        assert any(f.subject == "audit log" for f in pinned.violations)
+    finally:
+        dispose_engines()
+
+
+def test_cli_check(files, tmp_path: Path):  # type: ignore[no-untyped-def]
+    ok = runner.invoke(app, ["check", "--release", str(files["good"]), "-v"])
+    assert ok.exit_code == 0, ok.output
+    assert "re-derived" in ok.output
+    bad = runner.invoke(
+        app, ["check", "--release", str(files["seeded"]), "--json", str(tmp_path / "c.json")]
+    )
+    assert bad.exit_code == 1 and "FAIL" in bad.output
+    assert json.loads((tmp_path / "c.json").read_text())["passed"] is False
+    cfg = tmp_path / "check.toml"
+    cfg.write_text(f'artifacts = ["{files["dir"]}/*.npz"]\n[policy]\nmax_epsilon = 10.0\n')
+    res = runner.invoke(app, ["check", "-c", str(cfg)])
+    assert res.exit_code == 1 and "tampered.npz" in res.output
+    none = runner.invoke(app, ["check"])
+    assert none.exit_code == 1 and "nothing to check" in none.output

@@ -57,7 +57,14 @@ from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError, ProtocolAbort
 from privrec.federated.secure_round import secure_sum
 from privrec.models.base import register
-from privrec.models.dp_als import DPALS, DPALSConfig, dpals_event, exact_user_solve, user_weights
+from privrec.models.dp_als import (
+    DEFAULT_SHRINKAGE,
+    DPALS,
+    DPALSConfig,
+    dpals_event,
+    exact_user_solve,
+    user_weights,
+)
 from privrec.models.dp_rules import (
     LengthProfile,
     head_threshold,
@@ -244,7 +251,7 @@ class FederatedDPALS(DPALS):
         self._fit_alpha0, self._fit_user_reg = c.alpha0, c.user_regularization
         self.popularity_blend_ = resolve_popularity_blend(c.popularity_blend, c.epsilon)
         self.popularity_shrinkage_ = resolve_shrinkage(
-            c.popularity_shrinkage, c.popularity_blend, self.popularity_blend_, profile, 200.0
+            c.popularity_shrinkage, c.popularity_blend, profile, DEFAULT_SHRINKAGE
         )
         self.user_factors_ = self._fold(xh).astype(np.float32)
         self._finish(

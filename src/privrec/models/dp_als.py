@@ -317,7 +317,7 @@ class DPALS(PrivateRecommender):
         below ε = 10, 0.1 from there), picked on validation data; 0 turns it off.
     popularity_shrinkage
         s: with both left to their defaults, user u's blend weight is
-        ``β + s / n_u`` with ``n_u`` their own history length and s = 200·β / m,
+        ``β + s / n_u`` with ``n_u`` their own history length and s = 40 / m,
         m the private median history length
         (:func:`~privrec.models.dp_rules.resolve_shrinkage`): the fewer items a user
         has, and the shorter histories are in the data set, the noisier the factor
@@ -594,7 +594,7 @@ class DPALS(PrivateRecommender):
         self._fit_user_reg = c.user_regularization
         self.popularity_blend_ = resolve_popularity_blend(c.popularity_blend, c.epsilon)
         self.popularity_shrinkage_ = resolve_shrinkage(
-            c.popularity_shrinkage, c.popularity_blend, self.popularity_blend_, profile, _SHRINKAGE
+            c.popularity_shrinkage, c.popularity_blend, profile, DEFAULT_SHRINKAGE
         )
         self.user_factors_ = self._fold(xh).astype(np.float32)
         self._finish(
@@ -794,7 +794,7 @@ def exact_user_solve(xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float
 # DPPopularity's bound: the median beat the 75th percentile for counts on ml-100k validation users)
 _COUNT_QUANTILE = 0.5
 # per-user shrinkage of the blend, in units of β (:func:`~privrec.models.dp_rules.resolve_shrinkage`)
-_SHRINKAGE = 200.0
+DEFAULT_SHRINKAGE = 40.0
 # n·ε per factor of the data-adaptive k (:func:`~privrec.models.dp_rules.resolve_factors`)
 _FACTOR_SCALE = 1000.0
 _PROJECT: Literal["always", "if_indefinite"] = "if_indefinite"

@@ -308,9 +308,8 @@ class DPEASE(PrivateRecommender):
         self.popularity_shrinkage_ = resolve_shrinkage(
             config.popularity_shrinkage,
             config.popularity_blend,
-            self.popularity_blend_,
             profile,
-            _SHRINKAGE,
+            _SHRINKAGE * self.popularity_blend_,  # DPEASE's fades with its β (chosen so)
         )
         self._finish(
             config,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import dp_accounting
+import numpy as np
 import pytest
 
 from privrec.data import synthetic
@@ -83,3 +84,15 @@ def test_dpals_candidates_and_bad_input() -> None:
         private_tune(DPALS, [{}], data, epsilon=1.0, delta=1e-5, unit="interaction")
     with pytest.raises(ConfigError, match="not a private model"):
         private_tune(dict, [{}], data, epsilon=1.0, delta=1e-5)  # type: ignore[arg-type]
+
+
+def test_tuned_model_serves_whole_histories() -> None:
+    """The chosen trial learnt on the split's training part; users are served from all items."""
+    data = synthetic(n_users=300, n_items=40, interactions_per_user=8, seed=4)
+    res = private_tune(DPALS, [{"factors": 4}], data, epsilon=2.0, delta=1e-5, seed=1)
+    m = res.model
+    assert m.user_items_.nnz == data.nnz
+    items, _ = m.recommend(3, k=40)
+    seen = set(data.matrix[3].indices.tolist())
+    assert not seen & set(items.ravel().tolist())
+    np.testing.assert_allclose(m.user_factors_[:5], m.fold_in(data.matrix[:5]), rtol=1e-5)

@@ -116,9 +116,10 @@ def private_tune(
     Returns
     -------
     TuningResult
-        The chosen trial's model — trained on the training part of the split — whose
-        ``privacy_guarantee`` is replaced by the selection's, the chosen candidate, its noisy
-        score, the number of trials and each trial's model ε.
+        The chosen trial's model — its released arrays learnt on the training part of the
+        split, its users served from their whole histories — whose ``privacy_guarantee`` is
+        replaced by the selection's, the chosen candidate, its noisy score, the number of
+        trials and each trial's model ε.
     """
     if not grid:
         raise ConfigError("the grid needs at least one candidate")
@@ -195,7 +196,21 @@ def private_tune(
     # under RDP), so a loaded file checks out against them; its σ is the trial's
     chosen.set_params(epsilon=float(epsilon), accountant="rdp")
     chosen.guarantee_ = guarantee
+    _attach_histories(chosen, data)
     return TuningResult(chosen, params, noisy, trials, eps_model, guarantee)
+
+
+def _attach_histories(model: PrivateRecommender, data: Interactions) -> None:
+    """Serve every user from their whole history, not only the training part of the split.
+
+    The chosen trial was fitted on the training part; its released arrays are final, but a
+    user's own list should exclude — and DPALS's user factors be solved from — all of that
+    user's items. Post-processing with each user's own data only (joint DP), as ``fit``
+    itself does; the split's index spaces are the data's, so the shapes agree.
+    """
+    model.user_items_ = data.matrix
+    if hasattr(model, "user_factors_") and hasattr(model, "fold_in"):
+        model.user_factors_ = model.fold_in(data.matrix)
 
 
 def _check_gaussian(model: PrivateRecommender, z_model: float) -> None:

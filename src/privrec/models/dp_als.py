@@ -38,6 +38,7 @@ from privrec.models.dp_rules import (
     select_head,
     user_blend,
 )
+from privrec.models.item_sums import item_sums
 from privrec.models.private import (
     PrivateConfig,
     PrivateRecommender,
@@ -550,7 +551,6 @@ class DPALS(PrivateRecommender):
         # 2. bounded per-user weights c_uj (Σ_j c_uj² ≤ B)
         weights = user_weights(xh, counts_h, c.method, bound, c.adaptive_exponent, rng)
 
-        weights_t = sp.csr_matrix(weights.T) if c.lhs != "full" else None
         # 3. T private item steps
         init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)  # data-independent
         y = (init_rng.standard_normal((n_head, k)) * (c.init_scale / math.sqrt(k))).astype(
@@ -569,11 +569,10 @@ class DPALS(PrivateRecommender):
             if c.lhs == "full":
                 lhs, rhs = item_statistics(weights, u, weights.data, alpha0=0.0)
                 lhs = symmetric_noise(lhs, lhs_std, rng)
-            else:  # Σ_u c_uj x_u (and Σ_u c_uj x_u∘x_u) as sparse products: no k×k per item
-                rhs = np.asarray(weights_t @ u, dtype=np.float32)
-                if c.lhs == "diagonal":
-                    lhs = np.asarray(weights_t @ (u * u), dtype=np.float32)
-                    lhs += gaussian_noise(lhs.shape, lhs_std, rng)
+            else:  # Σ_u c_uj x_u (and Σ_u c_uj x_u∘x_u): no k×k per item
+                rhs, diag = item_sums(weights, u, square=c.lhs == "diagonal")
+                if diag is not None:
+                    lhs = diag + gaussian_noise(diag.shape, lhs_std, rng)
             rhs = rhs + gaussian_noise(rhs.shape, rhs_std, rng)
             for release in _step_releases(step + 1, sigma, b_plan, ratios, c.lhs):
                 self._spend(release.label, release.event)

@@ -314,7 +314,8 @@ def markdown(result: dict[str, Any]) -> str:
         "ε = ∞ is the non-private counterpart (ImplicitALS for DPALS, EASE for DPEASE, "
         "Popularity for DPPopularity). DPALS cells at ε ∈ {1, 5, 10} are compared with the "
         "reference DP-ALS of `anchors.md` (adaptive rows against its adaptive-weights figures, "
-        "tail rows against its tail figures); note privrec pays ε for choosing its head items.",
+        "tail rows against its tail figures); note privrec pays ε for choosing its head items. "
+        "The machine (2 cores) was shared with other engineers' jobs; the run was niced.",
         "",
     ]
     rows = result["quality"]
@@ -379,12 +380,75 @@ def markdown(result: dict[str, Any]) -> str:
                     + " |"
                 )
         lines.append("")
+    lines += _targets(rows)
     lines += [
         "DPALS-vs-ImplicitALS epoch time: see `dpals_speed.md` (`benchmarks/bench_dpals_speed.py`).",
         "",
     ]
     lines += ["## Machine", "", machine_markdown(result["machine"]), ""]
     return "\n".join(lines)
+
+
+# issue 15's utility targets: (dataset, model, ε, at least)
+_LEVELS = (
+    ("gowalla-lightgcn", "dpals-adaptive", 1.0, 0.066),
+    ("gowalla-lightgcn", "dpals-adaptive", 5.0, 0.11),
+    ("ml-1m-implicit-r3", "dpals-adaptive", 5.0, 0.34),
+)
+
+
+def _row(rows: list[dict[str, Any]], ds: str, model: str, eps: float) -> dict[str, Any] | None:
+    return next(
+        (r for r in rows if r["dataset"] == ds and r["model"] == model and r["epsilon"] == eps),
+        None,
+    )
+
+
+def _targets(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the issue's utility targets stand, read off the rows above (met / NOT met)."""
+    out = ["## Targets", "", "| target | measured | |", "|---|---|---|"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**NOT met**"
+
+    for ds, model, eps, level in _LEVELS:
+        r = _row(rows, ds, model, eps)
+        if r is not None:
+            out.append(
+                f"| {ds} {model} ε={_fmt_eps(eps)} ≥ {level} | {r['recall']:.4f} ± "
+                f"{r.get('recall_std', 0.0):.4f} | {verdict(r['recall'] >= level)} |"
+            )
+    out += [
+        "",
+        "Against DPPopularity (✓ = above it; lightest quartile: DPALS's Recall@20 of the "
+        "quarter of users with the shortest training histories, ✓ = not below DPPopularity's):",
+        "",
+        "| dataset | ε | dppopularity | dpals-default | dpals-adaptive | dpease "
+        "| lightest quartile: dppopularity / dpals-default / dpals-adaptive |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    mark = {True: "✓", False: "✗"}
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        for eps in sorted({r["epsilon"] for r in rows if r["dataset"] == ds}):
+            pop = _row(rows, ds, "dppopularity", eps)
+            if math.isinf(eps) or pop is None or (eps < 1.0 and ds != "ml-100k"):
+                continue
+            cells, quart = [], [f"{pop['per_group'][0]['recall']:.4f}"]
+            for model in ("dpals-default", "dpals-adaptive", "dpease"):
+                r = _row(rows, ds, model, eps)
+                if r is None:
+                    cells.append("")
+                    continue
+                cells.append(f"{r['recall']:.4f} {mark[r['recall'] > pop['recall']]}")
+                if model != "dpease":
+                    q, p = r["per_group"][0]["recall"], pop["per_group"][0]["recall"]
+                    quart.append(f"{q:.4f} {mark[q >= p]}")
+            out.append(
+                f"| {ds} | {_fmt_eps(eps)} | {pop['recall']:.4f} | "
+                + " | ".join(cells)
+                + f" | {' / '.join(quart)} |"
+            )
+    return [*out, ""]
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -22,9 +22,11 @@ BENCHMARKS = [
     "privacy_utility.py",
     "bench_dpals_speed.py",
     "bench_federated.py",
+    "bench_model_load.py",
     "bench_serve.py",
     "bench_audit.py",
     "bench_monitor.py",
+    "bench_scale.py",
 ]
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "DataWarning",
     "DuplicateClientError",
     "DuplicateInteractionError",
+    "EngineError",
     "GovernanceError",
     "GuaranteeMismatchError",
     "InsecureParametersError",
@@ -44,6 +45,7 @@ __all__ = [
     "UnknownItemError",
     "UnknownModelError",
     "UnknownUserError",
+    "WorkerLostError",
 ]
 
 
@@ -335,3 +337,12 @@ class ServeConfigError(ConfigError):
 class KeyFileError(ConfigError):
     """A secret key file that cannot be used safely: unreadable, malformed, not a regular file,
     or readable by other users (a key must be mode 0600, owner only)."""
+
+
+# ------------------------------------------------------------ distributed engine (privrec.engine)
+class EngineError(PrivrecError):
+    """A distributed training could not run (cluster unreachable, workers lost too often…)."""
+
+
+class WorkerLostError(EngineError):
+    """A worker died more often than the engine's retry limit allows; nothing was released."""

@@ -69,3 +69,18 @@ def test_train_tiers_from_a_csv(udata: Path, tmp_path: Path) -> None:
     asks.write_text("\n".join([*rows[:-1], "120,0.7"]) + "\n")  # an undeclared tier
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "declared tier" in res.output
+
+
+def test_train_federated_dpals_from_the_cli(udata: Path, tmp_path: Path) -> None:
+    # FederatedDPALS is a privrec.models entry point: `privrec train -m federated_dpals`
+    out = tmp_path / "fed.npz"
+    res = runner.invoke(
+        app,
+        ["train", "-d", str(udata), "-m", "federated_dpals", "--epsilon", "5", "--delta", "1e-4", "--unit", "user",
+         "-p", "factors=4", "-p", "secure=fast", "-o", str(out), "--format", "ml-100k"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    g = load_model(out).privacy_guarantee
+    assert g.accountant.value == "rdp" and g.epsilon <= 5.0
+    with np.load(out, allow_pickle=False) as z:
+        assert not any("user" in n for n in z.files), z.files

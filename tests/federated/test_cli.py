@@ -105,7 +105,8 @@ def test_extending_an_epsilon_calibrated_run_is_refused(tmp_path: Path) -> None:
     ]  # fmt: skip
     first = CliRunner().invoke(app, start)
     assert first.exit_code == 0, first.output
-    assert first.output.startswith("ε asked 5 at δ = 1e-05; expected spend ≈")
+    assert first.output.startswith("ε asked 5 at δ = 1e-05; each completed round is charged its")
+    assert "the true loss is ≈" in " ".join(first.output.split())
     assert "ε spent" in first.output and "of 5 asked" in first.output
     res = CliRunner().invoke(
         app, ["federated", "simulate", "-d", str(data), "--checkpoint-dir", str(ck), "--resume",

@@ -174,7 +174,7 @@ def test_server_sgd_step_and_validation_before_mutation() -> None:
     srv = FederatedMFServer(cfg, n_items=3, population=100, head_items=np.arange(3))
     y0 = srv.item_factors.copy()
     g = np.arange(12, dtype=float)
-    srv.apply(g, 4.0, float("nan"))
+    srv.apply(g, 4.0, float("nan"), survivors=srv.min_survivors)
     np.testing.assert_allclose(srv.item_factors.ravel(), y0.ravel() + 0.5 * g / 4)
     assert srv.round == 1 and srv.clip_norm == cfg.clip_norm
     before = srv.item_factors.copy()

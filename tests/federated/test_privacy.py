@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from dp_accounting import pld
 
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, DataError
 from privrec.federated import FederatedMFConfig, FederatedMFServer, split_noise
 from privrec.federated.accounting import fast_epsilon
 from privrec.privacy.accounting import AccountantKind, epsilon_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
+
+#: ε (RDP, δ = 1e-5) of one round at q = 0.2, z = 1, charged for its 143 planned honest shares
+EPS_143 = 2.8680
 
 
 def _server(**kw: object) -> FederatedMFServer:
@@ -95,7 +98,10 @@ def test_calibrated_budget_is_met_including_the_head_selection() -> None:
     assert epsilon_of(head_event, 1e-5, "rdp") == pytest.approx(0.2, rel=0.05)
 
 
-def test_distributed_rounds_are_charged_for_the_actual_survivors() -> None:
+def test_distributed_rounds_are_charged_their_worst_case_whatever_the_cohort() -> None:
+    """Every completed round is charged the sum over the fewest honest shares it may have: a
+    bound that does not depend on how many devices took part (so no stored event reveals a
+    cohort size), and one a ledger can reserve before round 1."""
     srv = _server(aggregation="distributed", sampling_rate=0.2, rounds=3)
     m = srv.min_survivors
     assert m == math.floor(0.8 * 200)
@@ -105,18 +111,33 @@ def test_distributed_rounds_are_charged_for_the_actual_survivors() -> None:
     assert plan.min_survivors == srv.noise_shares == m - srv.corrupt_bound(srv.max_clients)
     z_eff = plan.dp_event(srv.noise_shares).noise_multiplier
     assert z_eff == pytest.approx(1.0, rel=0.02)
+    planned = srv.planned_events()
+    seen: list[object] = []
+    srv.ledger_hook = seen.append
     srv.apply(np.zeros(6), 200.0, 100.0, survivors=m)
-    eps_full = srv.epsilon()
-    few = _server(aggregation="distributed", sampling_rate=0.2, rounds=3)
-    few.rotation_seed = srv.rotation_seed
-    few.apply(np.zeros(6), 200.0, 100.0, survivors=m // 2)  # half the noise shares are missing
-    assert few.epsilon() > eps_full
-    ev = few.spent[-1].event
+    more = _server(aggregation="distributed", sampling_rate=0.2, rounds=3)
+    more.apply(np.zeros(6), 200.0, 100.0, survivors=m + 35, sampled=205)
+    assert more.spent == srv.spent and more.epsilon() == srv.epsilon()  # cohort-independent
+    assert more.history[-1]["honest_survivors"] > srv.history[-1]["honest_survivors"]
+    ev = srv.spent[-1].event
     assert isinstance(ev, dp_accounting.SelfComposedDpEvent)
     assert isinstance(ev.event, dp_accounting.PoissonSampledDpEvent)
     assert ev.event.sampling_probability == 0.2  # dropped clients still count as sampled
+    assert ev.event.event == plan.dp_event(srv.noise_shares)
+    # the hook saw the round before it was applied; the plan holds 3 such rounds
+    assert [s.event for s in seen] == [ev.event]  # type: ignore[attr-defined]
+    assert [p.label for p in planned] == ["rounds 1-3"]
+    assert planned[0].event == dp_accounting.SelfComposedDpEvent(ev.event, 3)
+    # fewer honest shares than planned: refused before anything changes (the secure sum
+    # aborts below round_min_survivors, so only a misused API gets here)
+    few = _server(aggregation="distributed", sampling_rate=0.2, rounds=3)
+    y0 = few.item_factors.copy()
+    with pytest.raises(DataError, match="honest survivors"):
+        few.apply(np.zeros(6), 200.0, 100.0, survivors=m // 2)
+    assert few.round == 0 and few.spent == [] and np.array_equal(few.item_factors, y0)
     g = srv.guarantee()
     assert "honest-but-curious" in g.threat_model and "no amplification" in g.threat_model
+    assert "does not depend on how many devices took part" in g.threat_model
     eps_server = srv.epsilon_against_server()
     assert eps_server is not None and eps_server > g.epsilon  # the server knows who took part
 
@@ -130,18 +151,26 @@ def test_only_honest_survivors_are_charged() -> None:
     assert srv.honest_survivors(190, 200) == 180
     srv.apply(np.zeros(6), 200.0, 100.0, survivors=190, sampled=200)
     plan = srv.encoder().plan
-    inner = plan.dp_event(180)  # the honest survivors' noise only
+    inner = plan.dp_event(143)  # the worst completed round's honest noise shares
     expected = dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(0.2, inner), 1)
     assert srv.spent[-1].event == expected
     assert srv.history[-1]["honest_survivors"] == 180
-    assert srv.epsilon() == pytest.approx(2.3378, abs=1e-3)  # pinned
-    # charging all 190 survivors (the old rule) understates ε against the colluding server
+    assert srv.epsilon() == pytest.approx(EPS_143, abs=1e-3)  # pinned
+    # the charge bounds the round's true loss (its 180 honest survivors' noise) ...
+    honest_180 = dp_accounting.PoissonSampledDpEvent(0.2, plan.dp_event(180))
+    assert fast_epsilon(honest_180, 1e-5, AccountantKind.RDP) <= srv.epsilon()
+    # ... and charging all 190 survivors (counting the colluders' noise) would understate it
     all_190 = dp_accounting.PoissonSampledDpEvent(0.2, plan.dp_event(190))
-    assert fast_epsilon(all_190, 1e-5, AccountantKind.RDP) < srv.epsilon()
+    assert fast_epsilon(all_190, 1e-5, AccountantKind.RDP) < fast_epsilon(
+        honest_180, 1e-5, AccountantKind.RDP
+    )
     # the noise is sized so the honest survivors alone carry it in the worst completed round
     assert plan.dp_event(srv.honest_survivors(srv.min_survivors)).noise_multiplier >= 0.98
-    # and every secure sum must keep one honest survivor beyond the corrupt bound
-    assert srv.round_min_survivors(322) >= srv.corrupt_bound(322) + 1
+    # every secure sum must keep the planned honest shares beyond the corrupt bound
+    assert srv.round_min_survivors(322) == srv.corrupt_bound(322) + srv.noise_shares
+    assert srv.round_min_survivors(200) == srv.min_survivors
+    with pytest.raises(DataError, match="honest survivors"):  # 159 of 322: 142 honest < 143
+        srv.apply(np.zeros(6), 200.0, 100.0, survivors=159, sampled=322)
     tiny = _server(
         aggregation="distributed", sampling_rate=0.01, corrupt_fraction=0.4, adaptive_clipping=False
     )

@@ -323,37 +323,3 @@ def test_seeded_noise_is_flagged(setup: LedgerSetup, tmp_path: Path) -> None:
             DPPopularity(epsilon=0.5, delta=1e-6, unit="user", seed=3), data, output=tmp_path / "s"
         )
     assert rec.artifact.seeded_noise
-
-
-def test_federated_training_is_charged_before_round_one(setup: LedgerSetup) -> None:
-    """FederatedMF: the planned event of every round is reserved before any round runs."""
-    from privrec.federated.mf import FederatedMFConfig
-    from privrec.federated.training import FederatedSimulation
-    from privrec.governance import ChargeSession
-    from privrec.governance.training import federated_events
-
-    data = setup.analyst.load("ratings", small_data())
-    cfg = FederatedMFConfig.create(
-        epsilon=0.8, delta=1e-6, rounds=3, clients_per_round=40, head_items=20, factors=4
-    )
-    sim = FederatedSimulation(cfg, data.interactions.matrix)
-    with ChargeSession(setup.analyst, "ratings", kind="federated", data=data) as cs:
-        charge = cs.reserve(federated_events(sim.server))
-        sim.run()
-        cs.released()
-        cs.commit(result={"rounds": sim.server.round})
-    spent = sim.server.guarantee()
-    (status,) = setup.owner.status("ratings")
-    assert status.committed == 1 and charge.kind == "federated"
-    assert status.composed_epsilon >= spent.epsilon - 1e-9
-    assert status.composed_epsilon <= 0.8 + 1e-6
-    # a second federated run that would exceed the budget is refused before round one
-    big = FederatedMFConfig.create(
-        epsilon=3.0, delta=1e-6, rounds=3, clients_per_round=40, head_items=20, factors=4
-    )
-    sim2 = FederatedSimulation(big, data.interactions.matrix)
-    with pytest.raises(BudgetExceededError):
-        ChargeSession(setup.analyst, "ratings", kind="federated", data=data).reserve(
-            federated_events(sim2.server)
-        )
-    assert sim2.server.round == 0

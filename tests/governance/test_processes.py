@@ -121,7 +121,10 @@ def test_sigkill_at_random_points_never_under_reports(ledger_url: str, tmp_path:
         f"committed + {status.reserved} reserved charges; composed ε {status.composed_epsilon:.4f} "
         f">= released ε {true_eps:.4f}"
     )
-    assert status.composed_epsilon >= true_eps
+    # the same multiset of events composed in another order differs in the last bits (PLD
+    # convolution is not exactly associative in floating point): 1e-9 relative is far below
+    # anything a charge could hide
+    assert status.composed_epsilon >= true_eps * (1 - 1e-9)
     assert status.committed + status.reserved >= len(released)
     assert s.auditor.verify_audit_log().ok
 

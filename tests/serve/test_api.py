@@ -351,10 +351,13 @@ def test_audit_and_governance_views(client: TestClient, world: DemoWorld) -> Non
 
 def test_dashboard_files_are_served_offline(client: TestClient) -> None:
     page = client.get("/dashboard/")
-    assert page.status_code == 200 and "/dashboard/static/plotly.min.js" in page.text
+    assert page.status_code == 200 and "/dashboard/static/plotly-basic.min.js" in page.text
     assert "http" not in page.text.replace("http-equiv", "")  # nothing fetched from elsewhere
-    js = client.get("/dashboard/static/plotly.min.js")
+    js = client.get("/dashboard/static/plotly-basic.min.js")
     assert js.status_code == 200 and len(js.content) > 1_000_000
+    assert b"plotly.js (basic - minified) v" in js.content[:200]
+    lic = client.get("/dashboard/static/plotly-basic.LICENSE.txt")
+    assert lic.status_code == 200 and lic.text.startswith("MIT License")
     assert client.get("/dashboard/static/../../etc/passwd").status_code == 404
     assert client.get("/", follow_redirects=False).headers["location"] == "/dashboard/"
 

@@ -80,7 +80,7 @@ def test_recommend_requests_leave_no_trace(
         assert bad.status_code == 500 and bad.json()["error"]["message"] == "internal error"
     out, err = capfd.readouterr()
     logged = caplog.text + out + err
-    assert "/v1/recommend" in caplog.text  # the access log did run (route template, status)
+    assert "POST /v1/recommend 200" in caplog.text  # the access log ran (template, status)
     assert "internal error: RuntimeError" in caplog.text
     for token in history + recommended:
         assert token not in logged, f"{token} leaked into the logs"

@@ -83,8 +83,12 @@ def test_the_documented_session_runs_as_written(tmp_path: Path) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-    explain = (tmp_path / f"{len(commands) - 1:02d}.log").read_text()
+    at = {c.split()[1] + " " + c.split()[2]: i for i, c in enumerate(commands)}
+    explain = (tmp_path / f"{at['privacy explain']:02d}.log").read_text()
     assert "rdp" in explain.lower()
+    # the released model evaluated on the split without training (scored from histories)
+    evaluated = (tmp_path / f"{at['evaluate --model-file']:02d}.log").read_text()
+    assert "dpals (model.npz)" in evaluated and "recall" in evaluated.lower()
     from privrec.models import DPALS, load_model
 
     model = load_model(tmp_path / "model.npz")

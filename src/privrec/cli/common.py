@@ -263,9 +263,13 @@ def make_split(
     test_fraction: float,
 ) -> Any:
     from privrec import evaluation as ev
+    from privrec.data.shared import shared_dataset
 
     if not data_path.exists():
-        raise DataError("file or folder not found", file=data_path)
+        found = shared_dataset(str(data_path))  # a shared dataset's name (e.g. ml-100k)
+        if found is None:
+            raise DataError("file or folder not found", file=data_path)
+        data_path = found
     if protocol is Protocol.files:
         return ev.load_split(data_path, merge_valid_into_train=True)
     data = load_data(data_path, fmt, binarize)
@@ -460,3 +464,37 @@ def load_history(path: Path, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
     pos = np.minimum(pos, max(len(order) - 1, 0))
     found = (item_ids[order][pos] == wanted) if len(order) else np.zeros(len(wanted), dtype=bool)
     return np.unique(order[pos[found]]).astype(np.int64), int((~found).sum())
+
+
+def user_history(
+    model: Any, model_path: Path, user: str | None, history: Path | None
+) -> tuple[np.ndarray, str]:
+    """One user's history as a 0/1 row over the model's items, from ``--user`` or ``--history``.
+
+    A private model keeps no users: its user's items come from ``--history`` (external item
+    ids, one per line); ``--user`` reads a non-private model's stored history.
+    """
+    from privrec.errors import MissingUserDataError
+
+    if (user is None) == (history is None):
+        raise ConfigError("give exactly one of --user ID and --history FILE")
+    row = np.zeros(model.n_items_, dtype=np.float64)
+    if history is not None:
+        idx, unknown = load_history(history, np.asarray(model.item_ids_))
+        if unknown:
+            err_console.print(
+                f"note: {unknown} listed item(s) are not in the model's catalogue and were "
+                "left out",
+                highlight=False,
+            )
+        row[idx] = 1.0
+        return row, f"the history in {history.name}"
+    assert user is not None
+    if getattr(model, "_released_only", False) or model.n_users_ == 0:
+        raise MissingUserDataError(
+            f"{model_path} holds only released parameters, no users: pass the user's items "
+            "with --history FILE"
+        )
+    idx = model.user_index(coerce_ids([user], model.user_ids_))
+    row[:] = model.user_items_[idx].toarray()[0]
+    return row, f"user {user}"

@@ -42,3 +42,37 @@ def data_stats(
         for k, v in rows:
             table.add_row(k, v)
         console.print(table)
+
+
+@data_app.command("shard")
+def data_shard(
+    path: Annotated[
+        Path, typer.Argument(help="Interaction file (any format) or Parquet directory.")
+    ],
+    out: Annotated[Path, typer.Argument(help="New directory for the user-sharded Parquet files.")],
+    shards: Annotated[int, typer.Option(help="Number of shard files.", min=1, max=4096)] = 16,
+    fmt: Annotated[
+        str | None, typer.Option("--format", "-f", help="File format (inferred when omitted).")
+    ] = None,
+) -> None:
+    """Write interactions as Parquet shards partitioned by a hash of the user id (for --engine ray).
+
+    A Parquet source (a *.parquet file or a directory of them, columns user, item and optionally
+    weight, timestamp) is streamed in batches; any other file is loaded first.
+    """
+    from privrec.engine.parquet import write_user_shards
+
+    with handle_errors():
+        if path.is_dir() or (path.suffix == ".parquet" and fmt in (None, "parquet")):
+            import pyarrow.dataset as ds
+
+            names = set(ds.dataset(str(path), format="parquet").schema.names)
+            src = write_user_shards(
+                path, out, shards,
+                weight_col="weight" if "weight" in names else None,
+                timestamp_col="timestamp" if "timestamp" in names else None,
+            )  # fmt: skip
+        else:
+            src = write_user_shards(load_data(path, fmt), out, shards)
+        n = len(src.shard_files())
+        console.print(f"wrote {n} shard files ({', '.join(src.columns)}) → {out}", highlight=False)

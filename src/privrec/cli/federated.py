@@ -5,21 +5,31 @@ Registered on the main app by :mod:`privrec.cli.main`; heavy imports happen insi
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from privrec.cli.common import console, err_console, handle_errors, parse_params
+from privrec.cli.common import check_output, console, err_console, handle_errors, parse_params
 
 federated_app = typer.Typer(
     help="Federated training (FederatedMF) simulated on one machine.", no_args_is_help=True
 )
 
 
-def _data(path: Path, fmt: str | None, seed: int) -> tuple[Any, Any, str]:
-    """(training matrix, (history, targets) for validation, description)."""
+def _data(
+    path: Path, fmt: str | None, seed: int, govern: Callable[[Any], Any] | None = None
+) -> tuple[Any, Any, str, Any, Any]:
+    """(training matrix, (history, targets) for validation, description, governed data or
+    ``None``, item catalogue).
+
+    With ``govern`` (a ledger dataset's ``load``), the interactions — a file, or a split
+    folder's train.txt — pass through the dataset's policy first, and validation is a random
+    holdout of what the policy kept.
+    """
     import scipy.sparse as sp
 
     from privrec.data import load
@@ -32,16 +42,26 @@ def _data(path: Path, fmt: str | None, seed: int) -> tuple[Any, Any, str]:
         if found is None:
             raise DataError("no such file, folder or shared dataset", file=path)
         path = found
-    if path.is_dir() and (path / "train.txt").exists():
+    governed = None
+    folder = path.is_dir() and (path / "train.txt").exists()
+    if folder and govern is None:
         split = load_split(path, merge_valid_into_train=False)
         label = f"{path.name}: train.txt, Recall@20 on valid.txt"
     else:
-        split = random_holdout(load(path, format=fmt), test_fraction=0.2, seed=seed)
-        label = f"{path.name}: 80/20 random holdout per user, Recall@20 on the held-out part"
+        data = load_split(path).train if folder else load(path, format=fmt)
+        if govern is not None:
+            governed = govern(data)
+            data = governed.interactions
+        split = random_holdout(data, test_fraction=0.2, seed=seed)
+        label = (
+            f"{path.name}{': train.txt' if folder else ''}"
+            f"{' through the ledger policy' if governed is not None else ''}: 80/20 random "
+            "holdout per user, Recall@20 on the held-out part"
+        )
     es = split.valid if split.valid is not None else split.test
     x = split.train.matrix
     assert es.users is not None
-    return x, (sp.csr_matrix(x[es.users]), es.targets), label
+    return x, (sp.csr_matrix(x[es.users]), es.targets), label, governed, split.train.item_ids
 
 
 @federated_app.command("simulate")
@@ -111,10 +131,39 @@ def simulate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write round reports as JSON.")
     ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Save the trained model: a privrec FederatedMF file with its guarantee and no "
+            "users (privacy explain, recommend --history, evaluate --model-file).",
+        ),
+    ] = None,
+    ledger: Annotated[
+        str | None,
+        typer.Option(help="Charge the ledger at this URL (default $PRIVREC_DB or privrec.db)."),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Ledger dataset: load the data through its policy and reserve the whole run's "
+            "charge on its budget before round 1."
+        ),
+    ] = None,
+    purpose: Annotated[str | None, typer.Option(help="Ledger: purpose of this charge.")] = None,
+    key: Annotated[
+        str | None, typer.Option(envvar="PRIVREC_API_KEY", help="Ledger: your API key.")
+    ] = None,
 ) -> None:
-    """Simulate FederatedMF training: per-round ε, clip norm, survivors, bytes and Recall@20."""
+    """Simulate FederatedMF training: per-round ε, clip norm, survivors, bytes and Recall@20.
+
+    With --dataset the run goes through the privacy ledger: the data passes the dataset's
+    policy, every round's charge is reserved before round 1 (refused in one line when a budget
+    cannot take it), and the charge is committed with the saved model (--out) or the run's
+    result.
+    """
     import click
-    from rich.table import Table
 
     from privrec.errors import ConfigError
     from privrec.federated.mf import FederatedMFConfig
@@ -141,7 +190,17 @@ def simulate(
                 raise ConfigError(f"--{name} must be a probability in [0, 1], found {value}")
         if json_out is not None and json_out.parent and not json_out.parent.is_dir():
             raise ConfigError(f"--json: folder {str(json_out.parent)!r} does not exist")
-        x, val, label = _data(data, fmt, 0)
+        check_output(out)
+        led: Any = None
+        if dataset is not None or ledger is not None:  # privacy ledger (privrec.governance)
+            if dataset is None:
+                raise ConfigError("--ledger needs --dataset NAME (the ledger dataset to charge)")
+            from privrec.governance.ledger import Ledger
+
+            led = Ledger.connect(ledger, key)
+        x, val, label, governed, item_ids = _data(
+            data, fmt, 0, None if led is None else lambda d: led.load(dataset, d)
+        )
         fault_flags = ("dropout", "straggler", "timeout", "garbage", "fault_seed")
         faults = FaultModel(
             dropout=dropout,
@@ -211,15 +270,13 @@ def simulate(
         srv = sim.server
         c = srv.config
         if c.epsilon is not None:
-            budget = (
-                f"ε asked {c.epsilon:g} at δ = {c.delta:g}; expected spend ≈ "
-                f"{srv.expected_epsilon():.3g} if every sampled client survives (the noise is "
-                + (
-                    f"sized for the worst completed round: {srv.noise_shares} honest survivors "
-                    "of the largest cohort; fewer survivors spend more, up to the asked ε)"
-                    if c.aggregation == "distributed"
-                    else "calibrated to the asked ε)"
-                )
+            budget = f"ε asked {c.epsilon:g} at δ = {c.delta:g}; " + (
+                "each completed round is charged its worst case (the fewest honest survivors "
+                "a round may complete with carry the planned noise), so a full run spends what "
+                f"was asked; the true loss is ≈ {srv.expected_epsilon():.3g} when every sampled "
+                "client survives"
+                if c.aggregation == "distributed"
+                else "the noise is calibrated to it"
             )
         else:
             budget = f"noise multiplier z = {c.noise_multiplier:g} (no ε target; see the end)"
@@ -254,44 +311,110 @@ def simulate(
                 )
             err_console.print(text, highlight=False, soft_wrap=True)
 
-        interactive = err_console.is_terminal
-        reports = sim.run(progress=interactive, on_round=None if interactive else line)
-        table = Table(title="FederatedMF rounds")
-        for col in (
-            "round",
-            "survivors/sampled",
-            "clip norm",
-            "ε so far",
-            "Recall@20",
-            "bytes up",
-            "s",
-        ):
-            table.add_column(col, justify="right")
-        for r in reports:
-            if r["aborted"]:
-                table.add_row(str(r["round"]), "aborted", r["aborted"], "", "", "", "")
-                continue
-            table.add_row(
-                str(r["round"]),
-                f"{r['survivors']}/{r['sampled']}",
-                f"{r['clip_norm']:.4g}",
-                f"{r['epsilon']:.4g}",
-                "" if r["recall"] is None else f"{r['recall']:.4f}",
-                f"{r['bytes_up']:,}",
-                f"{r['seconds']:.2f}",
+        session: Any = None
+        if led is not None:
+            from privrec.governance.training import federated_events, federated_session
+
+            assert dataset is not None
+            if federated_events(srv, remaining=True):
+                session = federated_session(
+                    led, dataset, srv, data=governed, purpose=purpose, remaining=True
+                )
+                err_console.print(
+                    f"ledger: charge {session.charge.id} reserved on {dataset!r} before round "
+                    f"{srv.round + 1} (ε = {session.charge.epsilon:.4g} for the rounds to come)",
+                    highlight=False,
+                )
+            else:
+                err_console.print(
+                    "ledger: no round left to run, nothing to charge", highlight=False
+                )
+        with session if session is not None else contextlib.nullcontext():
+            _run_and_report(sim, json_out, out, item_ids, session, governed, dataset, led, line)
+
+
+def _run_and_report(
+    sim: Any,
+    json_out: Path | None,
+    out: Path | None,
+    item_ids: Any,
+    session: Any,
+    governed: Any,
+    dataset: str | None,
+    led: Any,
+    line: Callable[[Any], None],
+) -> None:
+    """Run the simulation, print its rounds and guarantee, save the model, commit the charge."""
+    from rich.table import Table
+
+    srv = sim.server
+    c = srv.config
+    interactive = err_console.is_terminal
+    reports = sim.run(progress=interactive, on_round=None if interactive else line)
+    table = Table(title="FederatedMF rounds")
+    for col in (
+        "round",
+        "survivors/sampled",
+        "clip norm",
+        "ε so far",
+        "Recall@20",
+        "bytes up",
+        "s",
+    ):
+        table.add_column(col, justify="right")
+    for r in reports:
+        if r["aborted"]:
+            table.add_row(str(r["round"]), "aborted", r["aborted"], "", "", "", "")
+            continue
+        table.add_row(
+            str(r["round"]),
+            f"{r['survivors']}/{r['sampled']}",
+            f"{r['clip_norm']:.4g}",
+            f"{r['epsilon']:.4g}",
+            "" if r["recall"] is None else f"{r['recall']:.4f}",
+            f"{r['bytes_up']:,}",
+            f"{r['seconds']:.2f}",
+        )
+    console.print(table)
+    g = srv.guarantee()
+    console.print(
+        f"ε spent {g.epsilon:.4g}"
+        + (f" of {c.epsilon:g} asked" if c.epsilon is not None else "")
+        + f" at δ = {g.delta:g} (user level, {g.accountant.value} accountant)",
+        highlight=False,
+    )
+    console.print(g.explain(), highlight=False)
+    if json_out is not None:
+        json_out.write_text(
+            json.dumps({"config": srv.config.model_dump(mode="json"), "rounds": reports}, indent=1)
+        )
+    saved = None
+    if out is not None and srv.round > 0:
+        from privrec.federated.model import FederatedMF
+
+        model = FederatedMF.from_server(srv, item_ids)
+        if session is not None:
+            from privrec.governance.training import release_model
+
+            saved, _ = release_model(
+                session,
+                model,
+                out,
+                config=c.model_dump(mode="json"),
+                dataset_hash=governed.content_hash,
             )
-        console.print(table)
-        g = srv.guarantee()
+        else:
+            saved = model.save(out)
+        console.print(f"model: {saved} (FederatedMF, no users)", highlight=False)
+    if session is not None:
+        if saved is None:
+            session.released()
+            session.commit(result={"rounds": srv.round, "epsilon": g.epsilon})
+        (status,) = [s for s in led.status(dataset) if s.scope == "dataset"]
         console.print(
-            f"ε spent {g.epsilon:.4g}"
-            + (f" of {c.epsilon:g} asked" if c.epsilon is not None else "")
-            + f" at δ = {g.delta:g} (user level, {g.accountant.value} accountant)",
+            f"ledger: charge {session.charge.id} committed"
+            + (f" (+{len(session.top_ups)} top-up)" if session.top_ups else "")
+            + f"; {dataset!r} spent ε = {status.composed_epsilon:.4g} composed of "
+            f"{status.epsilon:g}, remaining {status.remaining:.4g}",
             highlight=False,
         )
-        console.print(g.explain(), highlight=False)
-        if json_out is not None:
-            json_out.write_text(
-                json.dumps(
-                    {"config": srv.config.model_dump(mode="json"), "rounds": reports}, indent=1
-                )
-            )

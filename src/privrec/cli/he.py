@@ -10,7 +10,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from privrec.cli.common import console, handle_errors
+from privrec.cli.common import console, handle_errors, user_history
 
 # ------------------------------------------------------- he: private scoring
 he_app = typer.Typer(
@@ -52,7 +52,6 @@ def he_score(
     """
     import scipy.sparse as sp
 
-    from privrec.cli.mpc import user_history
     from privrec.models import load_model
     from privrec.secure.he import (
         HE_STANDARD_MAX_BITS,

@@ -3,49 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import numpy as np
 import typer
 from rich.table import Table
 
-from privrec.cli.common import coerce_ids, console, err_console, handle_errors, load_history
+from privrec.cli.common import console, handle_errors, user_history
 from privrec.errors import ConfigError
-
-
-def user_history(
-    model: Any, model_path: Path, user: str | None, history: Path | None
-) -> tuple[np.ndarray, str]:
-    """One user's history as a 0/1 row over the model's items, from ``--user`` or ``--history``.
-
-    A private model keeps no users: its user's items come from ``--history`` (external item
-    ids, one per line); ``--user`` reads a non-private model's stored history.
-    """
-    from privrec.errors import MissingUserDataError
-
-    if (user is None) == (history is None):
-        raise ConfigError("give exactly one of --user ID and --history FILE")
-    row = np.zeros(model.n_items_, dtype=np.float64)
-    if history is not None:
-        idx, unknown = load_history(history, np.asarray(model.item_ids_))
-        if unknown:
-            err_console.print(
-                f"note: {unknown} listed item(s) are not in the model's catalogue and were "
-                "left out",
-                highlight=False,
-            )
-        row[idx] = 1.0
-        return row, f"the history in {history.name}"
-    assert user is not None
-    if getattr(model, "_released_only", False) or model.n_users_ == 0:
-        raise MissingUserDataError(
-            f"{model_path} holds only released parameters, no users: pass the user's items "
-            "with --history FILE"
-        )
-    idx = model.user_index(coerce_ids([user], model.user_ids_))
-    row[:] = model.user_items_[idx].toarray()[0]
-    return row, f"user {user}"
-
 
 # ------------------------------------------------------- mpc: secure top-k (MPyC)
 mpc_app = typer.Typer(

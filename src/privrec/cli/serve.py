@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Annotated
@@ -55,6 +55,15 @@ def serve(
     log_level: Annotated[
         str, typer.Option(help="Log level (the log never holds requests).")
     ] = "info",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Worker processes (each loads the models; rate limits and key caches are per "
+            "process).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve recommendations, DP analytics queries and the privacy dashboard.
 
@@ -66,7 +75,12 @@ def serve(
         try:
             import uvicorn
 
-            from privrec.serve.app import ServeSettings, create_app
+            from privrec.serve.app import (
+                SETTINGS_ENV,
+                ServeSettings,
+                configure_log,
+                create_app,
+            )
             from privrec.serve.datasets import load_dataset_specs
         except ImportError as exc:  # pragma: no cover - the extra is missing
             raise typer.BadParameter(
@@ -97,24 +111,29 @@ def serve(
             key_ttl=key_ttl,
             allow_non_private=allow_non_private,
         )
-        app = create_app(settings)
-        # the service's own log: route templates, statuses, times (never requests' contents)
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s %(message)s"))
-        service_log = logging.getLogger("privrec.serve")
-        service_log.addHandler(handler)
-        service_log.setLevel(log_level.upper())
-        service_log.propagate = False
+        app = create_app(settings)  # also checks the settings before any worker starts
+        configure_log(log_level)
         console.print(
             f"privrec serve on http://{host}:{port}/  (dashboard /dashboard/, API /v1, "
             f"OpenAPI /v1/openapi.json); {len(app.state.ctx.models.list())} models, "
             f"{len(settings.datasets)} datasets"
+            + (
+                f"; {workers} worker processes (rate limits and key caches per process)"
+                if workers > 1
+                else ""
+            )
         )
+        if workers > 1:
+            del app  # each worker builds its own from the settings
+            os.environ[SETTINGS_ENV] = settings.to_json(log_level)
         uvicorn.run(
-            app,
+            app if workers == 1 else "privrec.serve.app:app_from_environment",
+            factory=workers > 1,
+            workers=workers if workers > 1 else None,
             host=host,
             port=port,
             access_log=False,  # uvicorn's access log names client addresses; ours does not
+            proxy_headers=False,  # client addresses are never used, kept or logged
             log_level=log_level,
             server_header=False,
             ws="none",

@@ -7,6 +7,7 @@ public run configuration every party checks, ``keys`` the roster and key files; 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -289,18 +290,50 @@ def silo_train(
         Path, typer.Option("--out", help="The released model (a privrec model file).")
     ] = Path("silo-model.npz"),
     timeout: _TimeoutOpt = 60.0,
+    ledger: Annotated[
+        str | None,
+        typer.Option(help="Charge the ledger at this URL (default $PRIVREC_DB or privrec.db)."),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="Ledger dataset standing for the union of the silos' users (registered by its "
+            "owner with the policy every silo applies): the whole run's charge is reserved on "
+            "its budget before the first noisy release."
+        ),
+    ] = None,
+    purpose: Annotated[str | None, typer.Option(help="Ledger: purpose of this charge.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="PRIVREC_API_KEY", help="Ledger: your API key."),
+    ] = None,
 ) -> None:
     """Drive cross-silo DPALS or DPEASE training (the driver holds no data); save the model.
 
     The result is a normal privrec model file (DPALS or DPEASE, with its guarantee and no
     users): `privrec privacy explain` reads it and `privrec recommend --history` scores a
-    user from their own items.
+    user from their own items. With --dataset the run is charged to a ledger dataset
+    (docs/cross_silo.md, "Through the privacy ledger").
     """
     from privrec.secure.channel import Identity, Roster
     from privrec.secure.silo import SiloResult, make_driver
     from privrec.secure.silo_model import read_catalogue, to_model
 
     with handle_errors():
+        led: Any = None
+        if dataset is not None or ledger is not None:
+            if dataset is None:
+                raise ConfigError("--ledger needs --dataset NAME (the ledger dataset to charge)")
+            from privrec.errors import PolicyViolation
+            from privrec.governance.ledger import Ledger
+
+            led = Ledger.connect(ledger, api_key)
+            unit = led.dataset(dataset).unit
+            if unit != "user":
+                raise PolicyViolation(
+                    f"dataset {dataset!r} is governed at the {unit} level; cross-silo training "
+                    "protects users"
+                )
         _check_timeout(timeout)
         config = _read_config(config_file)
         catalogue = None if items is None else read_catalogue(items)
@@ -317,9 +350,44 @@ def silo_train(
             resume=resume,
             timeout=timeout,
         )
-        result = driver.train()
-        model = to_model(result, config, catalogue)
-        path = model.save(out)
+        session: Any = None
+        if led is not None:
+            from privrec.governance.composition import RDP_ONLY
+            from privrec.governance.training import ChargeSession, silo_events
+
+            driver.prepare()  # a resumed run: only the releases not yet journalled
+            planned = silo_events(driver)
+            if planned:
+                session = ChargeSession(
+                    led,
+                    str(dataset),
+                    kind="cross-silo",
+                    purpose=purpose,
+                    description=f"cross-silo {config.model} (ε={config.epsilon:g}, "
+                    f"δ={config.delta:g}), {len(planned)} releases",
+                )
+                charge = session.reserve(planned, accountant=RDP_ONLY)
+                driver.ledger_hook = session.cover
+                err_console.print(
+                    f"ledger: charge {charge.id} reserved on {dataset!r} before the first "
+                    f"release (ε = {charge.epsilon:.4g})",
+                    highlight=False,
+                )
+        with session if session is not None else contextlib.nullcontext():
+            result = driver.train()
+            model = to_model(result, config, catalogue)
+            if session is not None:
+                from privrec.governance.training import release_model
+
+                path, committed = release_model(
+                    session,
+                    model,
+                    out,
+                    config=config.model_dump(mode="json"),
+                    dataset_hash="",  # the driver never sees the silos' data
+                )
+            else:
+                path = model.save(out)
         what = (
             f"{len(result.head_items)} head items × {result.item_factors.shape[1]} factors"
             if isinstance(result, SiloResult)
@@ -335,3 +403,11 @@ def silo_train(
             "per-release seconds: " + ", ".join(f"{s:.2f}" for s in result.round_seconds),
             highlight=False,
         )
+        if session is not None:
+            (status,) = [s for s in led.status(dataset) if s.scope == "dataset"]
+            console.print(
+                f"ledger: charge {committed.id} committed, artifact {committed.artifact_id}; "
+                f"{dataset!r} spent ε = {status.composed_epsilon:.4g} composed of "
+                f"{status.epsilon:g}, remaining {status.remaining:.4g}",
+                highlight=False,
+            )

@@ -1,7 +1,8 @@
 """``privrec train | evaluate | demo``: fit and compare models.
 
 Registered as top-level commands by :mod:`privrec.cli.main`; ``recommend`` lives in
-:mod:`privrec.cli.recommend` and ``report`` in :mod:`privrec.cli.report`.
+:mod:`privrec.cli.recommend` and ``report`` in :mod:`privrec.cli.report`. ``train --engine ray``
+trains on a Ray cluster (:mod:`privrec.engine`, imported only then).
 """
 
 from __future__ import annotations
@@ -119,11 +120,26 @@ def train(
     key: Annotated[
         str | None, typer.Option(envvar="PRIVREC_API_KEY", help="Ledger: your API key.")
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (one process) or ray (--data is a user-sharded Parquet directory; "
+            "dpals, dppopularity, dpease).",
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (e.g. auto); default: start a local cluster."),
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Ray: user partitions (actors).", min=1)] = 2,
+    threads: Annotated[int, typer.Option(help="Ray: CPUs per worker.", min=1)] = 1,
 ) -> None:
     """Fit a model on a whole interaction file and save it.
 
     A TOML config may hold ``model = "als"``, a \\[params] table and a \\[data] table
-    (``path``, ``format``, ``binarize``); command-line options override it.
+    (``path``, ``format``, ``binarize``); command-line options override it. With
+    ``--engine ray`` the data is a directory written by ``privrec data shard`` and the model
+    is trained on a Ray cluster (docs/scale.md).
     """
     with handle_errors():
         check_output(output)
@@ -147,6 +163,18 @@ def train(
                 raise ConfigError(f"{name} is not a private model: --tuning does not apply to it")
             model.declare_tuning(tuning)
         catalogue = read_items(items) if items is not None else None
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"unknown engine {engine!r}; choose local or ray")
+        if engine == "ray":
+            if include_user_data:
+                raise ConfigError("--include-user-data: a Ray training keeps no user data")
+            _train_distributed(
+                model, path, output=output, address=address, workers=workers, threads=threads,
+                catalogue=catalogue, binarize=binarize if binarize is not None
+                else data_cfg.get("binarize"), ledger=ledger, dataset=dataset, purpose=purpose,
+                key=key, force_weak_delta=force_weak_delta,
+            )  # fmt: skip
+            return
         data = load_data(
             path,
             fmt or data_cfg.get("format"),
@@ -192,6 +220,88 @@ def train(
             )
 
 
+# ------------------------------------------------------- train --engine ray
+def _train_distributed(
+    model: Any,
+    data_path: Path,
+    *,
+    output: Path,
+    address: str | None,
+    workers: int,
+    threads: int,
+    catalogue: Any,
+    binarize: float | None,
+    ledger: str | None,
+    dataset: str | None,
+    purpose: str | None,
+    key: str | None,
+    force_weak_delta: bool,
+) -> None:
+    """Fit ``model`` on a Ray cluster (``address``; ``None`` starts a local one) and save it."""
+    from privrec.engine import ParquetSource, RayEngine
+
+    if getattr(model, "mechanism_name", None) is None or model.name not in (
+        "dpals",
+        "dppopularity",
+        "dpease",
+    ):
+        raise ConfigError(
+            f"--engine ray trains dpals, dppopularity and dpease; {model.name} runs with "
+            "--engine local"
+        )
+    source = ParquetSource.open(data_path, binarize=binarize)
+    t0 = time.perf_counter()
+    sizes: dict[str, int] = {}
+
+    def loaded(n_users: int, nnz: int) -> None:
+        sizes.update(users=n_users, nnz=nnz)
+        check_delta_for_data(model.get_params(), _Sizes(n_users, nnz), force_weak_delta)
+        note(
+            f"ray: {workers} workers hold ≈ {rounded(n_users)} users "
+            f"({time.perf_counter() - t0:.1f} s to read and filter)"
+        )
+
+    def progress(done: int, total: int) -> None:
+        note(f"fitting {model.name} on ray: step {done}/{total} ({time.perf_counter() - t0:.1f} s)")
+
+    with RayEngine(address, num_workers=workers, threads_per_worker=threads) as engine:
+        if dataset is not None or ledger is not None:
+            if dataset is None:
+                raise ConfigError("--ledger needs --dataset NAME (the ledger dataset to charge)")
+            from privrec.engine.governed import train_on_ray
+            from privrec.governance.ledger import Ledger
+
+            book = Ledger.connect(ledger, key)
+            _, saved, charge = train_on_ray(
+                book, model, engine, source, dataset=dataset, output=output, purpose=purpose,
+                item_ids=catalogue, progress=progress, on_loaded=loaded,
+            )  # fmt: skip
+            console.print(f"ledger: charge {charge.id} committed on {dataset!r}", highlight=False)
+        else:
+            engine.fit(model, source, item_ids=catalogue, progress=progress, on_loaded=loaded)
+            saved = model.save(output)
+        moved = engine.last_group.bytes_reduced if engine.last_group is not None else 0
+    console.print(
+        f"fitted [bold]{model.name}[/] on ray ({workers} workers) on ≈ {rounded(sizes['users'])} users × "
+        f"{len(model.item_ids_):,} items (≈ {rounded(sizes['nnz'])} interactions) in "
+        f"{time.perf_counter() - t0:.1f} s, {moved / 1e6:.1f} MB reduced → {saved}",
+        highlight=False,
+    )
+    g = model.guarantee_
+    console.print(
+        f"privacy: ({g.epsilon:.3g}, {g.delta:.1e})-DP per {g.unit.value}; "
+        f"`privrec privacy explain {saved}` says what that means",
+        highlight=False,
+    )
+
+
+class _Sizes:
+    """What ``check_delta_for_data`` reads of the data: its numbers of users and interactions."""
+
+    def __init__(self, n_users: int, nnz: int) -> None:
+        self.n_users, self.nnz = n_users, nnz
+
+
 # ----------------------------------------------------------------- evaluate
 def evaluate(
     data_path: Annotated[
@@ -201,13 +311,22 @@ def evaluate(
         ),
     ],
     model_name: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             "--model",
             "-m",
             help="Model name (repeat to compare; baselines and private models mix).",
         ),
-    ],
+    ] = None,
+    model_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model-file",
+            help="A saved model to evaluate without training (repeatable): a cross-silo or "
+            "federated result or any privrec model file. The split's test users are scored "
+            "from their own histories; items are matched by external id.",
+        ),
+    ] = None,
     protocol: Annotated[Protocol, typer.Option(help="Split protocol.")] = Protocol.holdout,
     fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
     param: Annotated[
@@ -237,37 +356,62 @@ def evaluate(
     """Split the data, fit each model on the training part, and report ranking metrics.
 
     Baselines and private models can be compared in one run: --epsilon, --delta and --unit
-    apply to the private ones.
+    apply to the private ones. A saved model (--model-file) is evaluated as it is, without
+    training: each test user is scored from their own history, as the model serves users.
     """
+    import dataclasses
+
     from privrec.evaluation import evaluate as run_eval
+    from privrec.evaluation import on_split
+    from privrec.models import load_model
     from privrec.report.compare import scoped_params
 
     with handle_errors():
         check_output(json_out)
+        names, files = list(model_name or []), list(model_file or [])
+        if not names and not files:
+            raise ConfigError("nothing to evaluate: give --model NAME or --model-file FILE")
         ks = tuple(k or (10, 20, 50))
         if any(v < 1 for v in ks):
             raise ConfigError(f"--k must be >= 1, got {min(ks)}")
         privacy = privacy_params(epsilon, delta, unit)
-        if privacy and not any(is_private(n) for n in model_name):
+        if privacy and not any(is_private(n) for n in names):
             raise ConfigError(
-                f"--{next(iter(privacy))} applies to private models, and none was given"
+                f"--{next(iter(privacy))} applies to private models to train, and none was given"
             )
         params = parse_params(param)
-        models = [build_model(n, scoped_params(params, n), privacy) for n in model_name]
+        models = [build_model(n, scoped_params(params, n), privacy) for n in names]
+        saved = [(f, load_model(f)) for f in files]  # verified (a private model's guarantee)
         split = make_split(protocol, data_path, fmt, binarize, seed, test_fraction)
         for model in models:
             if getattr(model, "mechanism_name", None) is not None:
                 check_delta_for_data(model.get_params(), split.train, force_weak_delta)
         results = []
-        for model in models:
-            fit_with_progress(model, split.train)
-            if not stderr_is_tty():
-                note(f"evaluating {model.name}…")
-            res = run_eval(model, split, k=ks)
+
+        def show(res: Any) -> None:
             results.append(res)
             console.print(str(res), highlight=False, markup=False)
             if groups:
                 console.print(res.per_group.to_string(), highlight=False, markup=False)
+
+        for path, loaded in saved:
+            label = f"{loaded.name} ({path.name})"
+            if not stderr_is_tty():
+                note(f"evaluating {label}…")
+            res = run_eval(on_split(loaded, split, label), split, k=ks)
+            show(dataclasses.replace(res, model=label))
+            g = getattr(loaded, "guarantee_", None)
+            if g is not None:
+                console.print(
+                    f"{label}: ({g.epsilon:.3g}, {g.delta:.1e})-DP per {g.unit.value} "
+                    "(guarantee verified on load)",
+                    highlight=False,
+                )
+        for model in models:
+            fit_with_progress(model, split.train)
+            if not stderr_is_tty():
+                note(f"evaluating {model.name}…")
+            show(run_eval(model, split, k=ks))
         if json_out is not None:
             json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
 

@@ -8,6 +8,7 @@ from privrec.evaluation.metrics import (
     per_user_metrics,
 )
 from privrec.evaluation.protocol import EvaluationResult, SupportsRecommend, evaluate
+from privrec.evaluation.saved import SavedModelOnSplit, on_split
 from privrec.evaluation.splits import (
     EvalSet,
     Split,
@@ -24,6 +25,7 @@ __all__ = [
     "EvalSet",
     "EvaluationResult",
     "PerUserMetrics",
+    "SavedModelOnSplit",
     "Split",
     "SupportsRecommend",
     "catalogue_coverage",
@@ -31,6 +33,7 @@ __all__ = [
     "hits_matrix",
     "leave_last_out",
     "load_split",
+    "on_split",
     "per_user_metrics",
     "random_holdout",
     "split_from_frames",

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import dp_accounting
 
 from privrec.errors import ConfigError
-from privrec.privacy.accounting import AccountantKind, simplify
+from privrec.privacy.accounting import INTEGER_RDP_ORDERS, AccountantKind, simplify
 from privrec.privacy.budget import Budget
 from privrec.privacy.units import PrivacyUnit
 
@@ -36,11 +36,9 @@ def head_count_event(noise_multiplier: float) -> dp_accounting.DpEvent:
 PLD_INTERVAL = 1e-3
 
 #: Integer RDP orders of the distributed variant's accountant (a subset of dp-accounting's
-#: defaults; ε at fewer orders is an upper bound of ε at more).
-RDP_ACCOUNTING_ORDERS: tuple[float, ...] = (
-    *(float(a) for a in range(2, 65)),
-    *(72.0, 80.0, 96.0, 112.0, 128.0, 160.0, 192.0, 256.0),
-)
+#: defaults; ε at fewer orders is an upper bound of ε at more). The ledger composes
+#: RDP-only charges at the same orders.
+RDP_ACCOUNTING_ORDERS: tuple[float, ...] = INTEGER_RDP_ORDERS
 
 
 @contextlib.contextmanager

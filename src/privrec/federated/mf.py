@@ -27,8 +27,8 @@ Privacy (shared by both variants)
     gives the values noise ``z_Δ·C`` and the bit count noise ``σ_b``, where (Andrew et al. 2021)
     ``z_Δ = (z⁻² − (2σ_b)⁻²)^(-1/2)``. Rounds are ``PoissonSampledDpEvent(q, Gaussian(z))``
     composed over the rounds with the PLD accountant (central) or, for distributed DP, the
-    RDP-dominating event of the KLS21 bound for the **actual** number of survivors,
-    Poisson-sampled, with the RDP accountant. The head items are chosen from noisy item
+    RDP-dominating event of the KLS21 bound for the fewest honest survivors a completed round
+    can have (``noise_shares``), Poisson-sampled, with the RDP accountant. The head items are chosen from noisy item
     counts (each user's items weighted ``1/sqrt(|I_u|)``, L2 sensitivity 1, everyone
     participates: one ``GaussianDpEvent``) — or given from public data.
     Everything else (user vectors, the server optimiser, the clip-norm update from the noised
@@ -37,9 +37,11 @@ Privacy (shared by both variants)
 Dropouts and aborts
     A sampled client that drops out is still accounted as sampled (its inclusion probability
     is at most ``q`` whatever happens), so ``PoissonSampled(q, ·)`` is an upper bound on the
-    true spend; with distributed DP only the survivors' noise is in the sum, so each round is
-    charged for its actual survivor count. A round that aborts releases nothing about the
-    data (SecAgg reveals no partial sum) and is recorded with no spend.
+    true spend; with distributed DP only the honest survivors' noise protects anyone, so a
+    round with fewer than ``noise_shares`` of them aborts, and every completed round is charged
+    that worst case (a bound independent of the cohort size; see
+    :class:`~privrec.federated.server.FederatedMFServer`). A round that aborts releases nothing
+    about the data (SecAgg reveals no partial sum) and is recorded with no spend.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.federated.mf import FederatedMFConfig, user_vectors
+from privrec.errors import ConfigError
+from privrec.federated.mf import FederatedMFConfig, FederatedMFServer, user_vectors
 from privrec.federated.training import FaultModel, FederatedSimulation, SecureMode
 from privrec.models.base import as_user_items, register
 from privrec.models.private import PrivateRecommender, head_item_scores
@@ -184,6 +185,31 @@ class FederatedMF(PrivateRecommender):
         x.data[:] = 1.0
         self.user_factors_ = self._fold(sp.csr_matrix(x[:, self.head_items_]))
         self.guarantee_ = srv.guarantee()
+
+    @classmethod
+    def from_server(cls, server: FederatedMFServer, item_ids: Any) -> FederatedMF:
+        """The released model of a finished (simulated or deployed) run: the server's item
+        factors, head, noisy counts and guarantee over the catalogue ``item_ids`` — no users
+        (:meth:`~privrec.models.private.PrivateRecommender.from_release`). Saving it gives a
+        normal privrec model file (``privacy explain``, ``recommend --history``,
+        ``evaluate --model-file``)."""
+        if server.head_items is None or server.round == 0:
+            raise ConfigError("the federated run has released no model yet (no round completed)")
+        c = server.config
+        n_items = server.n_items
+        items = np.zeros((n_items, c.factors), dtype=np.float32)
+        items[server.head_items] = server.item_factors.astype(np.float32)
+        counts = getattr(server, "noisy_counts", None)
+        state: dict[str, np.ndarray] = {
+            "item_factors": items,
+            "head_items": server.head_items.astype(np.int64),
+            "popularity": np.zeros(n_items, np.float32)
+            if counts is None
+            else np.asarray(counts, np.float32),
+            "noise_multiplier": np.asarray(float(server.noise_multiplier)),
+            "fold": np.asarray([c.alpha0, c.user_regularization]),
+        }
+        return cls.from_release(c, item_ids=item_ids, state=state, guarantee=server.guarantee())
 
     def _fold(self, user_items_head: sp.csr_matrix) -> np.ndarray:
         y = self.item_factors_[self.head_items_].astype(np.float64)

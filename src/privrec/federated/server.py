@@ -26,7 +26,10 @@ from privrec.privacy.events import SpentEvent, total_event
 from privrec.privacy.guarantee import PrivacyGuarantee
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["FederatedMFServer"]
+__all__ = ["HEAD_LABEL", "FederatedMFServer"]
+
+#: Label of the private head selection's event.
+HEAD_LABEL = "private head selection (noisy item counts)"
 
 
 def _same_event(a: dp_accounting.DpEvent, b: dp_accounting.DpEvent) -> bool:
@@ -55,20 +58,28 @@ class FederatedMFServer:
     Attributes
     ----------
     ledger_hook
-        Optional callable given every :class:`~privrec.privacy.events.SpentEvent` as it is
-        charged, before it enters :attr:`spent` (a privacy ledger records or refuses it; an
-        exception stops training). To refuse a round *before* it runs, check
-        :meth:`planned_round_event` against the remaining budget.
+        Optional callable given every :class:`~privrec.privacy.events.SpentEvent` (the head
+        selection, then one per round) **before** the release changes any state — before the
+        head is set or the item factors move (a privacy ledger checks it against its
+        reservation, tops the charge up or refuses; an exception stops training with nothing
+        of that release applied). :meth:`planned_events` gives, before round 1, exactly the
+        events a complete run records, for a ledger to reserve.
 
     Distributed DP and corrupt devices
         At most ``corrupt_fraction`` of the devices sampled in a round collude with the
-        server; their noise shares are known to it and protect nobody. Each round is charged
-        for its **honest** survivors only, ``survivors − ⌈corrupt_fraction · sampled⌉``
-        (:meth:`honest_survivors`), and each device's noise share is sized so that
-        :attr:`noise_shares` honest shares already carry the planned noise (the worst case of
-        a completed round: :attr:`min_survivors` survivors out of :attr:`max_clients`
-        sampled). The secure sum of a round needs at least one honest survivor more than the
-        corrupt bound (:meth:`round_min_survivors`), so every released sum carries honest noise.
+        server; their noise shares are known to it and protect nobody. Only **honest**
+        survivors count, ``survivors − ⌈corrupt_fraction · sampled⌉``
+        (:meth:`honest_survivors`). Each device's noise share is sized so that
+        :attr:`noise_shares` honest shares carry the planned noise — the fewest honest
+        survivors a completed round can have (:attr:`min_survivors` survivors out of at most
+        :attr:`max_clients` sampled); the secure sum aborts below
+        :meth:`round_min_survivors`, and :meth:`apply` refuses a sum with fewer honest
+        survivors. Every completed round is therefore charged this worst case, the event of
+        the sum over :attr:`noise_shares` honest shares: a provable upper bound on the round's
+        true loss that does not depend on how many devices took part. (Charging each round's
+        actual survivors would store a function of the cohort size — hence of the number of
+        users — in every released event, which no guarantee covers, and would make the charge
+        data-dependent.)
     """
 
     def __init__(
@@ -110,12 +121,14 @@ class FederatedMFServer:
         self._encoder: DistributedDPEncoder | None = None
         self._count_encoder: DistributedDPEncoder | None = None
         self._eps_cache: tuple[object, float] = (None, 0.0)
+        self._worst: dict[tuple[str, float, int], dp_accounting.DpEvent] = {}
         if _calibrate:
-            self._calibrate()
+            # the head first: a public head's size sets the payload the noise is checked for
             if head_items is not None:
                 self._set_head(np.asarray(head_items, dtype=np.int64))
             elif config.head_items is None or config.head_items >= self.n_items:
                 self._set_head(np.arange(self.n_items, dtype=np.int64))
+            self._calibrate()
 
     # ------------------------------------------------------------------ noise & accounting
     @property
@@ -144,10 +157,68 @@ class FederatedMFServer:
         return dp_accounting.PoissonSampledDpEvent(self.q_head, base)
 
     def _planned_event(self, z: float, z_head: float) -> dp_accounting.DpEvent:
+        """The whole run as calibrated: Gaussian rounds of multiplier ``z`` (and the head)."""
         rounds = dp_accounting.SelfComposedDpEvent(self._round_event(z), self.config.rounds)
         if not self._charges_head:
             return rounds
         return dp_accounting.ComposedDpEvent([self._head_event(z_head), rounds])
+
+    # -- the events a completed round is charged (distributed: its worst case)
+    @property
+    def _planned_head_size(self) -> int:
+        if self.head_items is not None:
+            return len(self.head_items)
+        n = self.n_items if self.config.head_items is None else self.config.head_items
+        return min(n, self.n_items)
+
+    def _worst_inner(self, kind: str, z: float) -> dp_accounting.DpEvent:
+        """Distributed DP: the RDP-dominating event of a sum over the fewest honest noise
+        shares a completed round can have, with the devices' noise sized for multiplier ``z``
+        (``kind`` ``"train"`` or ``"count"``). One function for the plan and the charge, so
+        the two are the same event."""
+        dim = self._planned_head_size * self.config.factors + 1 if kind == "train" else 0
+        key = (kind, float(z), dim)
+        if key not in self._worst:
+            if kind == "train":
+                plan = DistributedDPEncoder(self.ddp_config(dim, z)).plan
+                self._worst[key] = plan.dp_event(self.noise_shares)
+            else:
+                _, shares, _ = self._count_sizes()
+                self._worst[key] = self._count_encoder_for(z).plan.dp_event(shares)
+        return self._worst[key]
+
+    def _charged_round_event(self, z: float) -> dp_accounting.DpEvent:
+        """What a completed training round is charged (central: the Gaussian release)."""
+        if z == 0 or self.config.aggregation == "central":
+            return self._round_event(z)
+        inner = self._worst_inner("train", z)
+        return inner if self.q >= 1.0 else dp_accounting.PoissonSampledDpEvent(self.q, inner)
+
+    def _charged_head_event(self, z_head: float) -> dp_accounting.DpEvent:
+        if z_head == 0 or self.config.aggregation == "central":
+            return self._head_event(z_head)
+        return self._head_event(z_head, self._worst_inner("count", z_head))
+
+    def planned_events(self, *, remaining: bool = False) -> list[SpentEvent]:
+        """The events a complete run records, labelled as :attr:`spent` will label them.
+
+        A ledger reserves these before round 1 (:func:`privrec.governance.training.federated_events`):
+        every completed round is charged exactly its planned event (distributed DP: the worst
+        case, see the class docstring), so a run never spends more, and aborted or missing
+        rounds only less. ``remaining=True``: only what is still to come (a resumed run).
+        """
+        out: list[SpentEvent] = []
+        if self._charges_head and (not remaining or self.head_items is None):
+            out.append(SpentEvent(HEAD_LABEL, self._charged_head_event(self.head_noise_multiplier)))
+        first = self.round + 1 if remaining else 1
+        last = self.config.rounds
+        if last >= first:
+            label = f"round {first}" if first == last else f"rounds {first}-{last}"
+            event = self._charged_round_event(self.noise_multiplier)
+            out.append(
+                SpentEvent(label, dp_accounting.SelfComposedDpEvent(event, last - first + 1))
+            )
+        return out
 
     @property
     def _charges_head(self) -> bool:
@@ -179,14 +250,36 @@ class FederatedMFServer:
             self.noise_multiplier = calibrate_multiplier(
                 budget, lambda z: self._planned_event(z, z_head), kind
             )
+            if c.aggregation == "distributed":
+                self._meet_budget_at_worst_case(budget)
         if c.adaptive_clipping and self.noise_multiplier > 0:
             split_noise(self.noise_multiplier, self.clip_count_stddev)  # validates 2σ_b > z
         self._encoder = None
 
-    def _spend(self, label: str, event: dp_accounting.DpEvent) -> None:
-        """Record a release; identical consecutive round events are kept as one run."""
+    def _meet_budget_at_worst_case(self, budget: Budget) -> None:
+        """Distributed DP: the charged worst-case events (discrete sums over the fewest honest
+        shares) stay within the budget. Their multiplier equals ``z`` up to KLS21's τ terms
+        (below 1e-8 at the grid scales used); when those terms matter, both multipliers grow
+        by 0.1 % steps until the charged run fits."""
+        c = self.config
+        for _ in range(200):
+            event = total_event(self.planned_events())
+            if fast_epsilon(event, c.delta, c.accountant) <= budget.epsilon:
+                return
+            self.noise_multiplier *= 1.001
+            self.head_noise_multiplier *= 1.001
+        raise ConfigError(
+            f"the distributed noise cannot meet epsilon={budget.epsilon:g} for the worst "
+            "completed round; raise min_survivor_fraction or lower the rounds"
+        )
+
+    def _announce(self, label: str, event: dp_accounting.DpEvent) -> None:
+        """Tell the ledger hook about a release before anything of it is applied."""
         if self.ledger_hook is not None:
             self.ledger_hook(SpentEvent(label, event))
+
+    def _spend(self, label: str, event: dp_accounting.DpEvent) -> None:
+        """Record a release; identical consecutive round events are kept as one run."""
         if (
             label.startswith("round")
             and self.spent
@@ -260,10 +353,15 @@ class FederatedMFServer:
         return max(2, math.floor(self.config.min_survivor_fraction * self.expected_clients))
 
     def round_min_survivors(self, sampled: int, kind: str = "train") -> int:
-        """The secure sum's floor for a cohort of ``sampled``: the planned minimum, and at least
-        one honest survivor beyond the corrupt bound."""
-        floor = self.min_survivors if kind == "train" else self._count_sizes()[0]
-        return max(floor, self.corrupt_bound(sampled) + 1)
+        """The secure sum's floor for a cohort of ``sampled``: the planned minimum, and enough
+        survivors beyond the corrupt bound that the honest ones carry the planned noise
+        (:attr:`noise_shares`, at least one) — the worst case every completed round is
+        charged for."""
+        if kind == "train":
+            floor, shares = self.min_survivors, self.noise_shares
+        else:
+            floor, shares, _ = self._count_sizes()
+        return max(floor, self.corrupt_bound(sampled) + shares)
 
     @property
     def max_clients(self) -> int:
@@ -289,12 +387,13 @@ class FederatedMFServer:
         return m, max(1, m - self.corrupt_bound(top)), top
 
     def expected_epsilon(self) -> float:
-        """ε the whole run is expected to spend when every sampled device survives.
+        """The privacy loss of a run whose every sampled device survives (information only).
 
-        The noise is sized for the worst completed round (:attr:`noise_shares` honest
-        survivors), so a run whose rounds keep most devices spends less than it asked; this
-        is that expectation (distributed DP; dp-accounting on the Gaussian the honest noise
-        shares of an expected cohort add up to). Central DP: the calibrated ε itself.
+        Distributed DP charges every completed round its worst case (:attr:`noise_shares`
+        honest survivors), so the charged ε is what was asked; a run whose rounds keep most
+        devices loses less than that, and this is that expectation (dp-accounting on the
+        Gaussian the honest noise shares of an expected cohort add up to). It is never
+        charged: it depends on the cohort sizes. Central DP: the calibrated ε itself.
         """
         c = self.config
         z, zh = self.noise_multiplier, self.head_noise_multiplier
@@ -310,17 +409,19 @@ class FederatedMFServer:
         return fast_epsilon(self._planned_event(z, zh), c.delta, c.accountant)
 
     def planned_round_event(self) -> dp_accounting.DpEvent:
-        """The event a training round is calibrated to (a ledger can check it before the round)."""
-        return self._round_event(self.noise_multiplier)
+        """The event every completed training round is charged (a ledger can check it first)."""
+        return self._charged_round_event(self.noise_multiplier)
 
-    def ddp_config(self, dim: int) -> DistributedDPConfig:
+    def ddp_config(self, dim: int, noise_multiplier: float | None = None) -> DistributedDPConfig:
         """Public distributed-DP settings for a payload of ``dim`` coordinates (norm ≤ 1).
 
         The per-client noise makes the sum over :attr:`noise_shares` honest clients carry
         noise of standard deviation ``z·Δ2`` on the grid (``Δ2`` the rounded sensitivity), i.e.
-        a Gaussian multiplier ``z`` relative to the payload norm bound 1.
+        a Gaussian multiplier ``z`` relative to the payload norm bound 1 (``z`` defaults to
+        :attr:`noise_multiplier`).
         """
-        z = self.noise_multiplier if self.noise_multiplier > 0 else 1.0
+        z = self.noise_multiplier if noise_multiplier is None else noise_multiplier
+        z = z if z > 0 else 1.0
         return DistributedDPConfig(
             clip=1.0,
             dim=dim,
@@ -420,20 +521,22 @@ class FederatedMFServer:
     def count_encoder(self) -> DistributedDPEncoder:
         """Distributed-DP encoder of the counting round (dimension = catalogue, norm ≤ 1)."""
         if self._count_encoder is None:
-            z = self.head_noise_multiplier if self.head_noise_multiplier > 0 else 1.0
-            _, shares, top = self._count_sizes()
-            self._count_encoder = DistributedDPEncoder(
-                DistributedDPConfig(
-                    clip=1.0,
-                    dim=self.n_items,
-                    min_survivors=shares,
-                    rotation_seed=self.rotation_seed + 1,
-                    noise_multiplier=z,
-                    mechanism=self.config.ddp_mechanism,
-                    max_clients=top,
-                )
-            )
+            self._count_encoder = self._count_encoder_for(self.head_noise_multiplier)
         return self._count_encoder
+
+    def _count_encoder_for(self, z: float) -> DistributedDPEncoder:
+        _, shares, top = self._count_sizes()
+        return DistributedDPEncoder(
+            DistributedDPConfig(
+                clip=1.0,
+                dim=self.n_items,
+                min_survivors=shares,
+                rotation_seed=self.rotation_seed + 1,
+                noise_multiplier=z if z > 0 else 1.0,
+                mechanism=self.config.ddp_mechanism,
+                max_clients=top,
+            )
+        )
 
     def select_head(
         self,
@@ -446,9 +549,10 @@ class FederatedMFServer:
 
         ``noisy_counts`` is the noised sum of :func:`client_count_vector` over the clients of
         the counting round (Poisson rate :attr:`q_head`); with distributed DP, ``survivors`` is
-        how many clients' noise is in it and ``sampled`` the round's cohort: the round is
-        charged for the honest survivors' noise only (:meth:`honest_survivors`; unknown
-        ``sampled`` counts as the largest cohort).
+        how many clients' noise is in it and ``sampled`` the round's cohort (unknown: the
+        largest cohort). Only honest survivors count (:meth:`honest_survivors`); fewer than
+        the counting round's planned noise shares are refused (the secure sum should have
+        aborted), and the round is charged that worst case.
         """
         c = np.asarray(noisy_counts, dtype=np.float64)
         if c.shape != (self.n_items,):
@@ -466,18 +570,18 @@ class FederatedMFServer:
                 raise DataError(
                     "distributed counting round needs its survivor count", field="survivors"
                 )
-            top = self._count_sizes()[2]
+            _, shares, top = self._count_sizes()
             honest = int(survivors) - self.corrupt_bound(top if sampled is None else sampled)
-            if honest < 1:
+            if honest < shares:
                 raise DataError(
-                    "no honest survivor's noise in the counting round's sum",
+                    f"only {honest} honest survivors' noise in the counting round's sum, "
+                    f"planned for at least {shares}; the secure sum should have aborted",
                     field="survivors",
                     found=survivors,
                 )
-            event = self._head_event(z, self.count_encoder().plan.dp_event(honest))
-        else:
-            event = self._head_event(z)
-        self._spend("private head selection (noisy item counts)", event)
+        event = self._charged_head_event(z)
+        self._announce(HEAD_LABEL, event)
+        self._spend(HEAD_LABEL, event)
         self.noisy_counts = c
         self._set_head(head)
         return head
@@ -564,14 +668,20 @@ class FederatedMFServer:
         if n_surv < 1:
             raise DataError("survivors must be >= 1", field="survivors", found=survivors)
         honest = self.honest_survivors(n_surv, sampled)
-        if self.config.aggregation == "distributed" and self.noise_multiplier > 0 and honest < 1:
+        if (
+            self.config.aggregation == "distributed"
+            and self.noise_multiplier > 0
+            and honest < self.noise_shares
+        ):
             raise DataError(
-                "no honest survivor's noise in the sum (all survivors may collude with the "
-                "server); the secure sum should have aborted",
+                f"only {honest} honest survivors' noise in the sum, planned for at least "
+                f"{self.noise_shares} (the rest may collude with the server); the secure sum "
+                "should have aborted",
                 field="survivors",
                 found=n_surv,
             )
-        event = self._charge(honest)
+        event = self._charged_round_event(self.noise_multiplier)
+        self._announce(f"round {self.round + 1}", event)
 
         c = self.config
         mean_update = g / n_clients  # descent direction
@@ -603,17 +713,6 @@ class FederatedMFServer:
             }
         )
 
-    def _charge(self, honest: int) -> dp_accounting.DpEvent:
-        """The round's event: the honest survivors' noise (distributed) or the server's."""
-        z = self.noise_multiplier
-        if z == 0:
-            return dp_accounting.NonPrivateDpEvent()
-        if self.config.aggregation == "central":
-            return self._round_event(z)
-        plan = self.encoder().plan
-        inner = plan.dp_event(honest)
-        return inner if self.q >= 1.0 else dp_accounting.PoissonSampledDpEvent(self.q, inner)
-
     def record_abort(self, phase: str, reason: str) -> None:
         """A round that aborted released nothing about the data: logged, no privacy spend."""
         self.history.append(
@@ -638,12 +737,14 @@ class FederatedMFServer:
                 "update and adds its share of discrete Gaussian noise before masking; the server "
                 f"learns only the noised sum modulo 2^b of the surviving devices. Assumes {server_kind} "
                 f"and at most a {c.corrupt_fraction:g} fraction of each round's devices colluding "
-                "with it, whose noise it knows: each round is charged only for its honest "
-                "survivors (survivors minus that fraction of the sampled devices, rounded up), "
-                f"and each device's noise is sized so that {self.noise_shares} honest survivors "
-                f"carry the planned noise (at least {self.min_survivors} survivors, "
-                f"{c.min_survivor_fraction:g} of the expected {self.expected_clients:.0f}, of at "
-                f"most {self.max_clients} sampled). The stated ε uses "
+                "with it, whose noise it knows. Only honest survivors' noise counts (survivors "
+                "minus that fraction of the sampled devices, rounded up): each device's noise is "
+                "sized so that the honest survivors of the worst round allowed to complete "
+                f"({c.min_survivor_fraction:g} of the expected cohort surviving out of the "
+                "largest cohort accepted) carry the planned noise, a round with fewer aborts "
+                "and releases nothing, and every completed round is charged that worst case — "
+                "an upper bound that does not depend on how many devices took part. "
+                "The stated ε uses "
                 "amplification by Poisson sampling, which holds for everyone who sees only the "
                 "released item factors; the aggregation server knows which devices took part, "
                 f"and against it the guarantee is ε = {eps_server:.4g} (no amplification)."

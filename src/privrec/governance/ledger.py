@@ -594,6 +594,29 @@ class Ledger(LedgerBase):
     def check_policy(self, dataset: str, data: Interactions) -> PolicyReport:
         """What :meth:`load` would keep and drop (counts only), without registering anything."""
         require(self.principal, "read_own", "checking a policy")
+        policy, key, deleted, consented = self._policy_inputs(dataset)
+        _, report = apply_policy(
+            data,
+            policy,
+            user_digests=user_digests(key, data.user_ids),
+            deleted=deleted,
+            consented=consented,
+            now=_now(),
+        )
+        return report
+
+    def policy_inputs(self, dataset: str) -> tuple[Policy, bytes, np.ndarray, np.ndarray | None]:
+        """What :func:`apply_policy` needs besides the data: the policy, the user-hash key, and the
+        hashes of deleted and of consenting users.
+
+        For trainings that filter the data where it lies (the workers of :mod:`privrec.engine`
+        apply the policy to their own users); needs the right to spend, as :meth:`load` does,
+        because the key lets its holder hash user ids the way the ledger does.
+        """
+        require(self.principal, "spend", "loading data for training")
+        return self._policy_inputs(dataset)
+
+    def _policy_inputs(self, dataset: str) -> tuple[Policy, bytes, np.ndarray, np.ndarray | None]:
         with read_transaction(self.engine) as conn:
             ds = self._dataset(conn, dataset)
             key = self._user_key(conn)
@@ -610,15 +633,7 @@ class Ledger(LedgerBase):
             consented = (
                 self._consented(conn, ds.id, policy, key) if policy.consent.required else None
             )
-        _, report = apply_policy(
-            data,
-            policy,
-            user_digests=user_digests(key, data.user_ids),
-            deleted=deleted,
-            consented=consented,
-            now=_now(),
-        )
-        return report
+        return policy, key, deleted, consented
 
     # ------------------------------------------------------------------ charging (analyst)
     def reserve(
@@ -631,6 +646,7 @@ class Ledger(LedgerBase):
         description: str = "",
         data: GovernedData | None = None,
         idempotency_key: str | None = None,
+        accountant: str | None = None,
     ) -> ChargeInfo:
         """Reserve a charge for ``events`` before any noise is drawn (write-ahead).
 
@@ -643,9 +659,13 @@ class Ledger(LedgerBase):
         (``replayed=True``, with its stored ``result``) and charges nothing. The repeat must be
         the same request — same dataset, events and ``description`` (a query service puts the
         canonical request there) — or it is refused as a different request.
+
+        ``accountant="rdp"`` marks events proven only in Rényi DP (distributed discrete noise,
+        cross-silo releases): the scope is then composed with RDP (see
+        :mod:`privrec.governance.composition`).
         """
         require(self.principal, "spend", "charging a budget")
-        ce = ChargeEvents(events)
+        ce = ChargeEvents(events, accountant=accountant)
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
             raise GovernanceError("idempotency keys are 1-128 characters")
         now = _now()

@@ -15,8 +15,15 @@ A failure before step 1 leaves nothing behind; a failure after it keeps the char
 drawn), so the ledger may over-report but never under-reports.
 
 :class:`ChargeSession` is the same protocol for trainings that are not a
-:class:`~privrec.models.private.PrivateRecommender` — FederatedMF servers and cross-silo drivers
-announce their planned events, train, then commit (see :func:`federated_events`).
+:class:`~privrec.models.private.PrivateRecommender`: FederatedMF servers and cross-silo drivers
+announce every event a complete run records (:func:`federated_events`, :func:`silo_events`),
+the session reserves them before the first noisy release, and the computation's
+``ledger_hook`` hands each release to :meth:`ChargeSession.cover` *before* it is applied: a
+release the reservation holds is ticked off, any other is charged on top (budget-checked, or
+refused with nothing of it applied). The charge is never lowered. Both reserve with
+``accountant="rdp"``: their events are proven only in Rényi DP (see
+:mod:`privrec.governance.composition`), so the ledger's ε for them is the RDP one — the same
+number, at the same orders, as the model's own guarantee.
 """
 
 from __future__ import annotations
@@ -26,13 +33,17 @@ import functools
 import json
 import os
 import subprocess
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import dp_accounting
+
 from privrec.errors import GovernanceError, PolicyViolation
+from privrec.governance.composition import RDP_ONLY, event_key
 from privrec.governance.records import ArtifactRecord, ChargeInfo, GovernedData
 from privrec.privacy.events import SpentEvent
 
@@ -44,6 +55,8 @@ __all__ = [
     "TrainingRecord",
     "artifact_info",
     "federated_events",
+    "release_model",
+    "silo_events",
     "train",
     "train_from_cli",
 ]
@@ -102,6 +115,11 @@ class ChargeSession:
     reservation keeps the charge reserved, with a note: noise may have been drawn, so the ledger
     over-reports rather than under-reports. Only :meth:`Ledger.abort` releases a reservation, for a
     computation known to have stopped before drawing noise.
+
+    A computation that announces each release (a ``ledger_hook``) passes :meth:`cover`: every
+    release is checked against the reserved events *before* it is applied, and one the
+    reservation does not hold (more rounds than planned, a weaker event) is charged on top —
+    within the budgets, or refused. So the charges always hold at least every release made.
     """
 
     def __init__(
@@ -122,11 +140,16 @@ class ChargeSession:
         self.data = data
         self.charge: ChargeInfo | None = None
         self.planned: list[SpentEvent] = []
+        #: charges added by :meth:`cover` for releases the reservation did not hold
+        self.top_ups: list[ChargeInfo] = []
+        self.accountant: str | None = None
+        self._units: Counter[str] = Counter()
         self._released = False
         self._noise_drawn = False
 
     # -- protocol
-    def reserve(self, planned: list[SpentEvent]) -> ChargeInfo:
+    def reserve(self, planned: list[SpentEvent], *, accountant: str | None = None) -> ChargeInfo:
+        """Reserve ``planned`` (``accountant="rdp"``: events proven only in RDP)."""
         if self.charge is not None:
             raise GovernanceError("this charge session already reserved its charge")
         self.charge = self.ledger.reserve(
@@ -136,10 +159,40 @@ class ChargeSession:
             kind=self.kind,
             description=self.description,
             data=self.data,
+            accountant=accountant,
         )
         self.planned = list(planned)
+        self.accountant = accountant
+        for key, n in (_units(s.event) for s in planned):
+            self._units[key] += n
         self._noise_drawn = True  # from here on the computation may draw noise
         return self.charge
+
+    def cover(self, release: SpentEvent) -> None:
+        """A ``ledger_hook``: ``release`` is about to be applied — make sure it is charged.
+
+        Ticks it off the reserved events when they hold it (the same event, as many times);
+        otherwise reserves it as an extra charge (:attr:`top_ups`), which raises
+        :class:`~privrec.errors.BudgetExceededError` — stopping the computation before the
+        release — when a budget cannot take it.
+        """
+        if self.charge is None:
+            raise GovernanceError("a release before the charge was reserved (write-ahead violated)")
+        key, n = _units(release.event)
+        if self._units[key] >= n:
+            self._units[key] -= n
+            return
+        self.top_ups.append(
+            self.ledger.reserve(
+                self.dataset,
+                [release],
+                purpose=self.purpose,
+                kind=self.kind,
+                description=f"{self.description}: {release.label}, beyond the reservation"[:2000],
+                data=self.data,
+                accountant=self.accountant,
+            )
+        )
 
     def gate(self, planned: list[SpentEvent]) -> None:
         """A model's ``release_gate``: reserve the planned releases (raises to refuse)."""
@@ -152,9 +205,13 @@ class ChargeSession:
         self._released = True
 
     def commit(self, *, artifact: dict[str, Any] | None = None, result: Any = None) -> ChargeInfo:
+        """Commit the charge (and any top-ups) with the artifact or result."""
         if self.charge is None:
             raise GovernanceError("nothing reserved to commit")
         self.charge = self.ledger.commit(self.charge, artifact=artifact, result=result)
+        self.top_ups = [
+            self.ledger.commit(c, note=f"top-up of charge {self.charge.id}") for c in self.top_ups
+        ]
         return self.charge
 
     def __enter__(self) -> ChargeSession:
@@ -169,11 +226,19 @@ class ChargeSession:
         if exc is None or self.charge is None or self.charge.status != "reserved":
             return
         with contextlib.suppress(Exception):  # the original error matters more
-            self.ledger.note(
-                self.charge,
-                f"kept after a failure ({type(exc).__name__}): noise may have been drawn"
-                + ("; output was released" if self._released else ""),
-            )
+            for charge in [self.charge, *self.top_ups]:
+                self.ledger.note(
+                    charge,
+                    f"kept after a failure ({type(exc).__name__}): noise may have been drawn"
+                    + ("; output was released" if self._released else ""),
+                )
+
+
+def _units(event: dp_accounting.DpEvent) -> tuple[str, int]:
+    """``(key, count)``: a self-composed event is ``count`` releases of its inner event."""
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        return event_key(event.event), int(event.count)
+    return event_key(event), 1
 
 
 @dataclass(frozen=True)
@@ -193,6 +258,31 @@ def _atomic_save(model: Any, output: Path, include_user_data: bool | None) -> Pa
     written = model.save(tmp, include_user_data=include_user_data)
     os.replace(written, final)
     return final
+
+
+def release_model(
+    session: ChargeSession,
+    model: Any,
+    output: str | Path,
+    *,
+    config: dict[str, Any],
+    dataset_hash: str,
+) -> tuple[Path, ChargeInfo]:
+    """Save a fitted private ``model`` atomically (the release), then commit ``session`` with
+    the artifact. For computations run through a :class:`ChargeSession` (FederatedMF,
+    cross-silo); :func:`train` does the same for central models."""
+    path = _atomic_save(model, Path(output), None)
+    session.released()
+    g = model.guarantee_
+    art = artifact_info(
+        path,
+        model_kind=model.name,
+        config=config,
+        guarantee=g.model_dump(mode="json"),
+        seeded_noise=g.seeded_noise,
+        dataset_hash=dataset_hash,
+    )
+    return path, session.commit(artifact=art)
 
 
 def train(
@@ -275,14 +365,55 @@ def train(
     return TrainingRecord(model, path, charge, ledger.artifact(charge.artifact_id))
 
 
-def federated_events(server: Any) -> list[SpentEvent]:
-    """The planned events of a calibrated :class:`~privrec.federated.mf.FederatedMFServer`.
+def federated_events(server: Any, *, remaining: bool = False) -> list[SpentEvent]:
+    """What a :class:`ChargeSession` reserves before round 1 of a calibrated
+    :class:`~privrec.federated.mf.FederatedMFServer`: exactly the events a complete run
+    records (private head selection, then every round at the event each completed round is
+    charged — with distributed DP its worst case, the fewest honest noise shares a round may
+    complete with). ``remaining=True``: only those still to come (a resumed run). Reserve them
+    with ``accountant="rdp"`` when ``server.config.aggregation == "distributed"`` (or use
+    :func:`federated_session`)."""
+    return list(server.planned_events(remaining=remaining))
 
-    Its whole training (private head selection, then every round) as one labelled event — what
-    a :class:`ChargeSession` reserves before round 1. ``server`` must have been calibrated.
+
+def federated_session(
+    ledger: Ledger,
+    dataset: str,
+    server: Any,
+    *,
+    data: GovernedData | None = None,
+    purpose: str | None = None,
+    remaining: bool = False,
+) -> ChargeSession:
+    """Reserve a FederatedMF run's events and hook the server's releases to the charge.
+
+    Returns the open session (use it as a context manager around the run; commit at the end).
+    Raises :class:`~privrec.errors.BudgetExceededError` before round 1 when a budget cannot take
+    the run.
     """
-    event = server._planned_event(server.noise_multiplier, server.head_noise_multiplier)
-    return [SpentEvent(f"FederatedMF: {server.config.rounds} rounds (planned)", event)]
+    c = server.config
+    what = f"ε={c.epsilon:g}" if c.epsilon is not None else f"z={c.noise_multiplier:g}"
+    session = ChargeSession(
+        ledger,
+        dataset,
+        kind="federated",
+        purpose=purpose,
+        description=f"FederatedMF, {c.aggregation} DP, {c.rounds} rounds ({what}, δ={c.delta:g})",
+        data=data,
+    )
+    session.reserve(
+        federated_events(server, remaining=remaining),
+        accountant=RDP_ONLY if c.aggregation == "distributed" else None,
+    )
+    server.ledger_hook = session.cover
+    return session
+
+
+def silo_events(driver: Any, *, remaining: bool = True) -> list[SpentEvent]:
+    """The events a cross-silo :class:`~privrec.secure.silo_driver.Driver` (or
+    ``EASEDriver``) records over a complete run — after :meth:`prepare`, by default only
+    those not yet journalled (a resumed run). Reserve them with ``accountant="rdp"``."""
+    return list(driver.planned_events(remaining=remaining))
 
 
 def train_from_cli(

@@ -46,7 +46,10 @@ def bounded_gram(
     unit: PrivacyUnit,
     max_contribution: float,
     max_per_user: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
+    *,
+    salt: int | None = None,
+    row_keys: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Item Gram matrix with bounded per-unit contribution, and its Frobenius sensitivity.
 
@@ -59,6 +62,8 @@ def bounded_gram(
     independent of other users), weight 1. Removing one interaction either
     changes nothing or swaps one kept item for another, which changes at most
     ``2(2B − 1)`` entries by 1: Frobenius sensitivity ``√(2(2B − 1))``.
+
+    ``salt`` and ``row_keys`` pass through to :func:`sample_per_user`.
     """
     x = sp.csr_matrix(user_items, copy=True)
     x.data[:] = 1.0
@@ -66,7 +71,7 @@ def bounded_gram(
         n_u = np.diff(x.indptr).astype(np.float64)
         w = np.minimum(1.0, max_contribution / np.maximum(n_u, 1.0))
         return item_gram(x, w), gram_sensitivity(unit, max_contribution, max_per_user)
-    kept = sample_per_user(x, max_per_user, rng)
+    kept = sample_per_user(x, max_per_user, rng, salt=salt, row_keys=row_keys)
     return item_gram(kept), gram_sensitivity(unit, max_contribution, max_per_user)
 
 

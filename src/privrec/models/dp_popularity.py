@@ -35,8 +35,11 @@ def bounded_counts(
     user_items: sp.csr_matrix,
     unit: PrivacyUnit,
     max_per_user: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     user_weights: np.ndarray | None = None,
+    *,
+    salt: int | None = None,
+    row_keys: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Item counts with bounded per-unit contribution, and their L2 sensitivity.
 
@@ -47,9 +50,12 @@ def bounded_counts(
     changes one count by 1 (sensitivity 1).
     With ``user_weights`` (≤ 1, personalised budgets) user u's entries count ``w_u``: their
     own sensitivity is ``w_u`` times the one returned (the full-weight bound).
+
+    ``salt`` and ``row_keys`` pass through to :func:`sample_per_user` (a distributed worker
+    samples its users exactly as the whole matrix would).
     """
     if unit is PrivacyUnit.USER:
-        bounded = sample_per_user(user_items, max_per_user, rng)
+        bounded = sample_per_user(user_items, max_per_user, rng, salt=salt, row_keys=row_keys)
         sens = float(np.sqrt(max_per_user))
     else:
         bounded = sp.csr_matrix(user_items, copy=True)

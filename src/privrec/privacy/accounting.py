@@ -22,6 +22,7 @@ from privrec.privacy.budget import Budget
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = [
+    "INTEGER_RDP_ORDERS",
     "AccountantKind",
     "calibrate",
     "compose",
@@ -29,6 +30,15 @@ __all__ = [
     "make_accountant",
     "simplify",
 ]
+
+#: Integer RDP orders for events whose RDP curve is only proven at integer orders (the
+#: distributed discrete-Gaussian / Skellam bounds) and for Poisson-subsampled events, whose
+#: fractional-order series in dp-accounting is slow. A subset of orders still gives a valid
+#: (ε, δ): ε is a minimum over the orders used. FederatedMF and the ledger use exactly these.
+INTEGER_RDP_ORDERS: tuple[float, ...] = (
+    *(float(a) for a in range(2, 65)),
+    *(72.0, 80.0, 96.0, 112.0, 128.0, 160.0, 192.0, 256.0),
+)
 
 # Noise multipliers are searched in this range; below it ε explodes, above it nothing is learnt.
 _BRACKET = (0.05, 1e5)

@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from privrec.errors import ConfigError
 
-__all__ = ["adaptive_weights", "clip_rows", "sample_per_user"]
+__all__ = ["adaptive_weights", "clip_rows", "draw_salt", "sample_per_user"]
 
 
 def _row_of(m: sp.csr_matrix) -> np.ndarray:
@@ -26,9 +26,12 @@ def _row_of(m: sp.csr_matrix) -> np.ndarray:
 def sample_per_user(
     matrix: sp.csr_matrix,
     max_per_user: int,
-    rng: np.random.Generator,
+    rng: np.random.Generator | None,
     strategy: Literal["uniform", "least_popular"] = "uniform",
     item_counts: np.ndarray | None = None,
+    *,
+    salt: int | None = None,
+    row_keys: np.ndarray | None = None,
 ) -> sp.csr_matrix:
     """Keep at most ``max_per_user`` interactions of each user, values set to 1.
 
@@ -39,6 +42,13 @@ def sample_per_user(
     removing a user removes at most ``max_per_user`` unit entries: L2
     sensitivity of any count built on the result is √max_per_user (L1:
     max_per_user).
+
+    The choice is keyed: entry (u, j) is ranked by a hash of (salt, key of row u, column j),
+    with the secret salt drawn from ``rng`` (:func:`draw_salt`) unless ``salt`` is given.
+    ``row_keys`` (uint64, one per row; default the row index) lets a matrix that holds only a
+    partition of the users sample exactly as the whole matrix would — a distributed worker
+    passes each user's row in the whole data set — so a user's sample, and so their bounded
+    contribution, does not depend on which worker holds them.
     """
     if max_per_user < 1:
         raise ConfigError(f"max_per_user must be >= 1, found {max_per_user}")
@@ -56,11 +66,18 @@ def sample_per_user(
     )
     if strategy == "least_popular" and counts.shape[0] < m.shape[1]:
         raise ConfigError(f"item_counts must have {m.shape[1]} entries, found {counts.shape[0]}")
-    salt = int(rng.integers(0, 2**63))
+    salt = draw_salt(rng) if salt is None else int(salt)
+    keys = (
+        np.arange(m.shape[0], dtype=np.uint64)
+        if row_keys is None
+        else np.ascontiguousarray(row_keys, dtype=np.uint64)
+    )
+    if keys.shape != (m.shape[0],):
+        raise ConfigError(f"row_keys must have {m.shape[0]} entries, found {keys.shape[0]}")
     indptr = m.indptr.astype(np.int64, copy=False)
     indices = m.indices  # int32 or int64: the kernel is compiled per dtype
     keep = np.ones(m.nnz, dtype=np.bool_)
-    _select_rows(indptr, indices, counts, np.uint64(salt), int(max_per_user),
+    _select_rows(indptr, indices, keys, counts, np.uint64(salt), int(max_per_user),
                  strategy == "least_popular", keep)  # fmt: skip
     kept_per_row = np.minimum(np.diff(indptr), max_per_user)  # every longer row keeps exactly B
     out_indptr = np.concatenate([[0], np.cumsum(kept_per_row)]).astype(m.indptr.dtype)
@@ -70,6 +87,13 @@ def sample_per_user(
     )
     out.sum_duplicates()  # canonical (sorted, duplicates summed), as a COO → CSR build gives
     return out
+
+
+def draw_salt(rng: np.random.Generator | None) -> int:
+    """The secret salt of one keyed sample (:func:`sample_per_user`), drawn from ``rng``."""
+    if rng is None:
+        raise ConfigError("sampling needs a random generator or a salt")
+    return int(rng.integers(0, 2**63))
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -93,6 +117,7 @@ def _keyed_uniform_one(salt: np.uint64, row: np.uint64, col: np.uint64) -> float
 def _select_rows(
     indptr: npt.NDArray[np.int64],
     indices: npt.NDArray[np.integer],
+    row_keys: npt.NDArray[np.uint64],
     counts: npt.NDArray[np.float64],
     salt: np.uint64,
     max_per_user: int,
@@ -101,7 +126,7 @@ def _select_rows(
 ) -> None:
     """Mark the ``max_per_user`` smallest-key entries of every longer row (``keep`` starts all True).
 
-    The key of entry (u, j) is the keyed uniform of (salt, u, j) — or the item
+    The key of entry (u, j) is the keyed uniform of (salt, row_keys[u], j) — or the item
     count plus 1e-6 × it (least popular first, random ties) — and the order is
     a stable sort, so the selection equals a lexsort by (row, key) exactly.
     Rows with at most ``max_per_user`` entries are kept whole without hashing.
@@ -114,7 +139,7 @@ def _select_rows(
         if n <= max_per_user:
             continue
         key = np.empty(n, dtype=np.float64)
-        ur = np.uint64(r)
+        ur = row_keys[r]
         for t in range(n):
             j = indices[start + t]
             h = _keyed_uniform_one(salt, ur, np.uint64(j))

@@ -9,7 +9,13 @@ from typing import Any, Literal
 import dp_accounting
 import pydantic
 
-from privrec.privacy.accounting import AccountantKind, epsilon_of, make_accountant, simplify
+from privrec.privacy.accounting import (
+    INTEGER_RDP_ORDERS,
+    AccountantKind,
+    epsilon_of,
+    make_accountant,
+    simplify,
+)
 from privrec.privacy.events import SpentEvent, total_event
 from privrec.privacy.units import PrivacyUnit
 
@@ -98,6 +104,8 @@ class PrivacyGuarantee(pydantic.BaseModel):
 
     _verified: bool = pydantic.PrivateAttr(default=False)
     _eps_cache: dict[float, float] = pydantic.PrivateAttr(default_factory=dict)
+    #: whether ``_eps_cache`` holds ε at :data:`INTEGER_RDP_ORDERS` (the fast path, below)
+    _integer_orders: bool = pydantic.PrivateAttr(default=False)
 
     def __eq__(self, other: object) -> bool:
         # the same promise whether or not this process has re-checked it yet
@@ -174,22 +182,40 @@ class PrivacyGuarantee(pydantic.BaseModel):
             return self.epsilons_at([at])[0]
         return epsilon_of(total_event(self.spent_events), at, kind, self.unit)
 
-    def epsilons_at(self, deltas: list[float]) -> list[float]:
+    def epsilons_at(self, deltas: list[float], *, dense: bool = False) -> list[float]:
         """ε at each δ from the recorded events, with the guarantee's accountant.
 
         The events are composed once (the costly part for sampled or RDP events) and the
         results are kept, so verifying and explaining a guarantee compose them only once.
+
+        RDP with Poisson-sampled events (FederatedMF) is composed at
+        :data:`~privrec.privacy.accounting.INTEGER_RDP_ORDERS` — the orders FederatedMF's own
+        accountant and the ledger use — because dp-accounting's fractional-order series for a
+        subsampled Gaussian is slow (seconds for a few dozen distinct rounds). ε at fewer
+        orders is still a valid bound, never below the one at more orders; ``dense=True``
+        forces dp-accounting's default (denser) orders.
         """
+        event = simplify(total_event(self.spent_events))
+        integer = not dense and self.accountant is AccountantKind.RDP and _has_sampling(event)
+        if integer != self._integer_orders:
+            self._eps_cache.clear()
+            self._integer_orders = integer
         missing = [d for d in deltas if d not in self._eps_cache]
         if missing:
-            event = simplify(total_event(self.spent_events))
             if self.accountant is AccountantKind.PLD and isinstance(
                 event, dp_accounting.GaussianDpEvent
             ):
                 for d in missing:
                     self._eps_cache[d] = epsilon_of(event, d, self.accountant, self.unit)
             else:
-                acc = make_accountant(self.accountant, self.unit)
+                acc = (
+                    dp_accounting.rdp.RdpAccountant(
+                        orders=list(INTEGER_RDP_ORDERS),
+                        neighboring_relation=self.unit.relation,
+                    )
+                    if integer
+                    else make_accountant(self.accountant, self.unit)
+                )
                 acc.compose(event)
                 for d in missing:
                     self._eps_cache[d] = float(acc.get_epsilon(d))
@@ -323,6 +349,16 @@ class PrivacyGuarantee(pydantic.BaseModel):
     def from_json(cls, text: str) -> PrivacyGuarantee:
         """Parse a guarantee (not yet verified: :meth:`verify` or :meth:`explain` check it)."""
         return cls.model_validate(json.loads(text))
+
+
+def _has_sampling(event: dp_accounting.DpEvent) -> bool:
+    if isinstance(event, dp_accounting.PoissonSampledDpEvent):
+        return True
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        return _has_sampling(event.event)
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        return any(_has_sampling(e) for e in event.events)
+    return False
 
 
 def _exp(eps: float) -> str:

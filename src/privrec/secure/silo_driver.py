@@ -8,6 +8,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,13 @@ __all__ = ["Driver", "EASEDriver"]
 
 
 class _DriverBase:
-    """Session, releases and checkpoints shared by the DPALS and DPEASE drivers."""
+    """Session, releases and checkpoints shared by the DPALS and DPEASE drivers.
+
+    ``ledger_hook`` (optional) is given each release's labelled events before the release is
+    asked of the servers (a privacy ledger checks them against its reservation, tops it up or
+    refuses; an exception aborts the run with nothing released). :meth:`planned_events` lists,
+    before the first release, exactly the events a complete run records.
+    """
 
     config: AnyConfig
 
@@ -106,6 +113,22 @@ class _DriverBase:
         self.solve_seconds: list[float] = []
         self.timings: list[dict[str, float]] = []
         self._state: dict[str, np.ndarray] | None = None
+        self.ledger_hook: Callable[[SpentEvent], None] | None = None
+
+    def _planned(self) -> list[SpentEvent]:
+        raise NotImplementedError
+
+    def planned_events(self, *, remaining: bool = False) -> list[SpentEvent]:
+        """Every event a complete run records, labelled as :attr:`spent` labels them (the noise
+        is a function of the public configuration only). ``remaining=True``: those not yet in
+        the journal — call :meth:`prepare` first when resuming."""
+        planned = self._planned()
+        if not remaining:
+            return planned
+        done = [e.to_dict() for e in self.spent]
+        if [e.to_dict() for e in planned[: len(done)]] != done:
+            raise ConfigError("the journalled releases are not this configuration's plan")
+        return planned[len(done) :]
 
     # ------------------------------------------------------------------ session
     def _open(self) -> None:
@@ -164,6 +187,13 @@ class _DriverBase:
         sigmas = [[s.length, fixed_sigma(s, c.frac_bits)] for s in segments]
         if any(sig > _NOISE_LIMIT for _, sig in sigmas):
             raise ConfigError("noise too large for the 64-bit fixed-point sum; lower frac_bits")
+        events = [
+            SpentEvent(label, gaussian_event(s.z))
+            for s, label in zip(segments, labels, strict=True)
+        ]
+        if self.ledger_hook is not None:  # before anything is asked of the servers
+            for e in events:
+                self.ledger_hook(e)
         job = _pack({**meta, "frac_bits": c.frac_bits, "n_items": c.n_items, "dim": dim}, arrays)
         n_head = int(arrays["head"].size) if "head" in arrays else 0
         plan = _pack({"dim": dim, "sigmas": sigmas, "kind": meta["kind"], "n_head": n_head})
@@ -197,8 +227,7 @@ class _DriverBase:
             self._abort(r)
             raise ProtocolAbort("aggregate", "; ".join(failures))
         # Both partials are in: the release happens now, so its events are journalled first.
-        for s, label in zip(segments, labels, strict=True):
-            self.spent.append(SpentEvent(label, gaussian_event(s.z)))
+        self.spent.extend(events)
         self._save_events()
         clock = _Clock()
         p0, p1 = (self._partials[name] for name in self._servers)
@@ -338,6 +367,18 @@ class Driver(_DriverBase):
             identity, roster, config, checkpoint=checkpoint, resume=resume, timeout=timeout
         )
 
+    def _planned(self) -> list[SpentEvent]:
+        c = self.config
+        sigma, iterations = noise_scale(c)
+        (counts,) = noise_plan(c, sigma, "counts")
+        out = [SpentEvent(counts.name, gaussian_event(counts.z))]
+        stats = noise_plan(c, sigma, "stats", 0)  # the multipliers do not depend on the head
+        for step in range(iterations):
+            out += [
+                SpentEvent(f"step {step + 1}: noisy {s.name}", gaussian_event(s.z)) for s in stats
+            ]
+        return out
+
     def train(self) -> SiloResult:
         """Run (or resume) the whole training; raises :class:`ProtocolAbort` on a fault."""
         c = self.config
@@ -455,6 +496,17 @@ class EASEDriver(_DriverBase):
         super().__init__(
             identity, roster, config, checkpoint=checkpoint, resume=resume, timeout=timeout
         )
+
+    def _planned(self) -> list[SpentEvent]:
+        c = self.config
+        z = ease_noise(c)
+        out = []
+        if c.restricted:
+            (counts,) = ease_noise_plan(c, z, "counts")
+            out.append(SpentEvent(counts.name, gaussian_event(counts.z)))
+        (gram,) = ease_noise_plan(c, z, "gram", 0)
+        out.append(SpentEvent(gram.name, gaussian_event(gram.z)))
+        return out
 
     def train(self) -> SiloEASEResult:
         """Run (or resume) the training; raises :class:`ProtocolAbort` on a fault."""

@@ -9,12 +9,91 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy as sa
+
 from privrec.governance import Ledger
+from privrec.governance import schema as tbl
+from privrec.governance.db import read_transaction
 from privrec.serve.models import ServedModel
 
-__all__ = ["artifact_entry", "audit", "charge_entry", "governance", "series", "tradeoff"]
+__all__ = [
+    "ViewCache",
+    "artifact_entry",
+    "audit",
+    "charge_entry",
+    "governance",
+    "ledger_head",
+    "series",
+    "tradeoff",
+]
+
+
+def ledger_head(ledger: Ledger) -> str:
+    """The audit log's head: it changes with every write to the ledger (one primary-key read).
+
+    Every writing transaction of the ledger appends to the hash-chained audit log and moves
+    this head, so a view computed when the head was ``h`` is still the ledger's view while the
+    head is ``h`` (up to the clock, for budgets with a period).
+    """
+    with read_transaction(ledger.engine) as conn:
+        head = conn.execute(
+            sa.select(tbl.Meta.value).where(tbl.Meta.key == "audit_head")
+        ).scalar_one_or_none()
+    return str(head or "")
+
+
+class ViewCache:
+    """Answers of the dashboard's heavy reads (budgets with their spend curves), per caller.
+
+    A budget listing composes every charge of each scope (and, with ``series``, the composed ε
+    after up to 32 charges per budget): with 10,000 charges that is hundreds of milliseconds,
+    while the ledger changes far less often than the dashboard is looked at. An answer is
+    reused only while the ledger's head (:func:`ledger_head`) is the one it was computed at —
+    any charge, commit, abort or budget change invalidates it — and, when a budget has a
+    period (its window slides with the clock), for at most ``max_age`` seconds. Entries are
+    keyed by the caller's name and role, so each sees exactly what the ledger showed them.
+    Nothing of a request is kept: only aggregate budget figures the caller was shown.
+    """
+
+    def __init__(self, max_age: float = 5.0, max_entries: int = 256) -> None:
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[Any, ...], tuple[str, float | None, Any]] = {}
+
+    def get(
+        self,
+        ledger: Ledger,
+        key: tuple[Any, ...],
+        compute: Callable[[], Any],
+        *,
+        expires: Callable[[Any], bool] = lambda _: False,
+    ) -> Any:
+        """``compute()``'s answer for ``key``, reused while the ledger's head is unchanged.
+
+        ``expires(answer)`` says whether the answer depends on the clock (then it is kept
+        ``max_age`` seconds at most).
+        """
+        p = ledger.principal
+        full = (p.name, p.role.value, *key)
+        head = ledger_head(ledger)  # read before computing: a later write moves it on
+        now = time.monotonic()
+        with self._lock:
+            hit = self._entries.get(full)
+        if hit is not None and hit[0] == head and (hit[1] is None or hit[1] > now):
+            return hit[2]
+        answer = compute()
+        until = now + self.max_age if expires(answer) else None
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[full] = (head, until, answer)
+        return answer
 
 
 def series(ledger: Ledger, b: Any, points: int = 32) -> list[dict[str, float]]:

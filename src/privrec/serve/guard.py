@@ -60,18 +60,44 @@ class KeyCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._lock = threading.Lock()
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[bytes, _Entry] = {}
+
+    def cached(self, key: str) -> Principal | None:
+        """The key's principal if it was verified less than ``ttl`` seconds ago, else ``None``."""
+        digest = hashlib.sha256(key.encode()).digest()
+        with self._lock:
+            hit = self._entries.get(digest)
+        if hit is not None and hit.expires > time.monotonic():
+            return hit.principal
+        return None
+
+    def principal(self, key: str) -> Principal:
+        """The key's principal, verified in the database at most every ``ttl`` seconds.
+
+        For routes that only read or recommend (no ledger object is needed); anything that
+        spends budget uses ``ledger(key, fresh=True)``. A verification may hash the secret
+        (scrypt): callers on the event loop check :meth:`cached` first and run this in a thread.
+        """
+        parse_key(key)  # malformed keys: AuthenticationError without a database round trip
+        hit = self.cached(key)
+        if hit is not None:
+            return hit
+        return self._verify(key, hashlib.sha256(key.encode()).digest()).principal
 
     def ledger(self, key: str, *, fresh: bool = False) -> Ledger:
         """The ledger acting as the key's principal; ``fresh`` re-checks the key in the database."""
         parse_key(key)  # malformed keys: AuthenticationError without a database round trip
-        digest = hashlib.sha256(key.encode()).hexdigest()
+        digest = hashlib.sha256(key.encode()).digest()
         now = time.monotonic()
         if not fresh:
             with self._lock:
                 hit = self._entries.get(digest)
             if hit is not None and hit.expires > now:
                 return Ledger(create_ledger_engine(self.url), self.url, hit.principal)
+        return self._verify(key, digest)
+
+    def _verify(self, key: str, digest: bytes) -> Ledger:
+        now = time.monotonic()
         led = Ledger.connect(self.url, key)
         with self._lock:
             if len(self._entries) >= self.max_entries:

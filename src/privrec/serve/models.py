@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import warnings
@@ -28,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from privrec.errors import PrivacyWarning, PrivrecError, UnknownModelError
 from privrec.governance.reading import file_sha256
+from privrec.serve.foldin import Kernel, kernel_for
 
 __all__ = ["ModelStore", "ServedModel", "record_evaluation", "sanitize_evaluation"]
 
@@ -105,7 +106,11 @@ class ServedModel:
         ids = np.asarray(self.model.item_ids_)
         self.item_ids: list[Any] = [v.item() if isinstance(v, np.generic) else v for v in ids]
         self._index = {str(v): i for i, v in enumerate(self.item_ids)}
+        # an int in a history names the item whose id prints as it does (str(5) == "5"): the same
+        # lookup as str(v) without formatting every int of every request
+        self._int_index = {int(s): i for s, i in self._index.items() if _is_int_text(s)}
         self.n_items = len(self.item_ids)
+        self.kernel: Kernel = kernel_for(self.model)
 
     @property
     def private(self) -> bool:
@@ -140,19 +145,31 @@ class ServedModel:
         does not release (e.g. DPALS items off the private head, score ``-inf``) are never
         recommended; seen items are left out.
         """
-        pos = [self._index.get(str(v)) for v in history]
-        known = np.unique(np.array([p for p in pos if p is not None], dtype=np.int64))
-        row = sp.csr_matrix(
-            (np.ones(known.shape[0], np.float32), known, np.array([0, known.shape[0]])),
-            shape=(1, self.n_items),
-        )
-        items, scores = self.model.recommend_history(row, k=min(k, self.n_items))
+        pos: list[int] = []
+        unknown = 0
+        by_int, by_str = self._int_index, self._index
+        for v in history:
+            p = by_int.get(v) if type(v) is int else by_str.get(str(v))
+            if p is None:
+                unknown += 1
+            else:
+                pos.append(p)
+        known = np.array(sorted(set(pos)), dtype=np.int64)
+        items, scores = self.kernel(known, min(k, self.n_items))
+        ids = self.item_ids
         out = [
-            {"item": self.item_ids[int(i)], "score": round(float(s), 6)}
-            for i, s in zip(items[0], scores[0], strict=True)
-            if i >= 0 and np.isfinite(s)
+            {"item": ids[i], "score": round(s, 6)}
+            for i, s in zip(items.tolist(), scores.tolist(), strict=True)
+            if i >= 0 and math.isfinite(s)
         ]
-        return out, len(pos) - int(sum(p is not None for p in pos))
+        return out, unknown
+
+
+def _is_int_text(s: str) -> bool:
+    try:
+        return str(int(s)) == s
+    except ValueError:
+        return False
 
 
 class ModelStore:

@@ -35,6 +35,7 @@ from privrec.errors import ConfigError, PermissionDeniedError, UnknownDatasetErr
 from privrec.governance import Ledger
 from privrec.serve import dashboard
 from privrec.serve.app import ApiError, ServeContext
+from privrec.serve.fastpath import recommendation
 from privrec.serve.guard import key_ident
 from privrec.serve.models import ServedModel
 from privrec.serve.queries import QueryRequest, run_query
@@ -106,7 +107,10 @@ async def _key(
 
 async def reader(request: Request, key: Annotated[str, Depends(_key)]) -> Ledger:
     """The caller's ledger for reads (a verified key is reused for a few seconds)."""
-    return _state(request).keys.ledger(key)
+    keys = _state(request).keys
+    if keys.cached(key) is None:  # verifying may hash the secret (scrypt): not on the loop
+        return await run_in_threadpool(keys.ledger, key)
+    return keys.ledger(key)
 
 
 def spender(request: Request, key: Annotated[str, Depends(_key)]) -> Ledger:
@@ -217,31 +221,11 @@ async def recommend(ctx: Ctx, _ledger: Reader, body: RecommendRequest) -> Respon
 
     For DPALS the user's factors are solved from the released item factors and this history
     only (joint DP): the answer depends on other people only through the released model.
+    Well-formed requests are answered by :mod:`privrec.serve.fastpath` before they reach this
+    route (same checks, same answer); this route answers the rest.
     """
-    sm = ctx.models.get(body.model)
-    if not ctx.models.servable(sm):
-        raise ApiError(
-            403,
-            "not_private",
-            f"model {sm.id!r} has no differential-privacy guarantee and this service does not "
-            "serve such models",
-        )
-    items, unknown = sm.recommend(body.history, body.k)
     # a Response is returned as it is (the schema above documents it; re-validating costs time)
-    return JSONResponse(
-        {
-            "model": sm.id,
-            "items": items,
-            "unknown_history_items": unknown,
-            "guarantee": None
-            if sm.guarantee is None
-            else {
-                "epsilon": float(sm.guarantee.epsilon),
-                "delta": float(sm.guarantee.delta),
-                "unit": getattr(sm.guarantee.unit, "value", str(sm.guarantee.unit)),
-            },
-        }
-    )
+    return JSONResponse(recommendation(ctx, body.model, body.history, body.k))
 
 
 _he_lock = threading.Lock()
@@ -404,18 +388,29 @@ def query_segment_counts(
 # ---------------------------------------------------------------------------- ledger views
 @router.get("/budgets", tags=["ledger"], responses=_errors)
 def budgets(
+    ctx: Ctx,
     ledger: Reader,
     dataset: Annotated[str | None, Query(max_length=128)] = None,
     series: bool = False,
 ) -> dict[str, Any]:
     """Budgets you may see (analysts: dataset, purpose and their own): composed ε, naive Σε,
     remaining; with ``series=true`` also the spend after each charge over time."""
-    out = []
-    for b in ledger.status(dataset):
-        entry = _budget(b)
-        if series:
-            entry["series"] = dashboard.series(ledger, b)
-        out.append(entry)
+
+    def compute() -> list[dict[str, Any]]:
+        out = []
+        for b in ledger.status(dataset):
+            entry = _budget(b)
+            if series:
+                entry["series"] = dashboard.series(ledger, b)
+            out.append(entry)
+        return out
+
+    out = ctx.views.get(
+        ledger,
+        ("budgets", dataset, series),
+        compute,
+        expires=lambda bs: any(b["period_days"] is not None for b in bs),
+    )
     return {"budgets": out}
 
 

@@ -40,10 +40,41 @@ function fillTable(id, rows, render) {
 
 function label(b) { return b.scope === "dataset" ? b.dataset : `${b.dataset} · ${b.scope} ${b.scope_value}`; }
 
+// plotly.js (basic bundle, 1.2 MB) is compiled once the page has loaded, not before the page can be
+// used: signing in and the first API calls overlap with it; the charts are drawn when both are ready.
+let plotlyPromise = null;
+function loadPlotly() {
+  if (!plotlyPromise) {
+    plotlyPromise = new Promise((resolve, reject) => {
+      if (window.Plotly) { resolve(window.Plotly); return; }
+      const s = document.createElement("script");
+      s.src = "/dashboard/static/plotly-basic.min.js";
+      s.onload = () => resolve(window.Plotly);
+      s.onerror = () => { plotlyPromise = null; reject(new Error("could not load the chart library")); };
+      document.head.appendChild(s);
+    });
+  }
+  return plotlyPromise;
+}
+
 // ------------------------------------------------------------------ budgets
 async function loadBudgets() {
-  const data = await api("/v1/budgets?series=true");
+  // the budgets (with their spend curves), the recent charges and the chart library, together
+  const [data, ch] = await Promise.all([api("/v1/budgets?series=true"), api("/v1/charges?limit=15")]);
   const bs = data.budgets;
+  fillTable("charge-table", ch.charges, (tr, c) => {
+    cell(tr, c.id); cell(tr, utc(c.created_at)); cell(tr, c.dataset); cell(tr, c.actor);
+    cell(tr, c.purpose); cell(tr, c.kind); cell(tr, c.status); cell(tr, fmt(c.epsilon), "num");
+  });
+  fillTable("budget-table", bs, (tr, b) => {
+    tr.dataset.budget = label(b);
+    cell(tr, b.dataset); cell(tr, b.scope === "dataset" ? "whole dataset" : `${b.scope} ${b.scope_value}`);
+    cell(tr, fmt(b.epsilon), "num cap"); cell(tr, b.delta.toExponential(1), "num");
+    cell(tr, fmt(b.composed_epsilon), "num spent"); cell(tr, fmt(b.naive_epsilon), "num naive");
+    cell(tr, fmt(b.remaining_epsilon), "num remaining");
+    cell(tr, `${b.committed} committed, ${b.reserved} reserved`, "num");
+  });
+  await loadPlotly();
   const names = bs.map(label);
   const pct = (v, b) => (100 * v) / b.epsilon;
   Plotly.react("budget-chart", [
@@ -63,14 +94,6 @@ async function loadBudgets() {
   ], { barmode: "stack", title: { text: "Budgets: share of each cap spent (composed ε), naive sum beside" },
        margin: { t: 70, b: 110 }, yaxis: { title: { text: "% of the budget's ε cap" }, range: [0, 112] },
        xaxis: { automargin: true }, legend: { orientation: "h", x: 0, y: 1.12 } }, PLOT);
-  fillTable("budget-table", bs, (tr, b) => {
-    tr.dataset.budget = label(b);
-    cell(tr, b.dataset); cell(tr, b.scope === "dataset" ? "whole dataset" : `${b.scope} ${b.scope_value}`);
-    cell(tr, fmt(b.epsilon), "num cap"); cell(tr, b.delta.toExponential(1), "num");
-    cell(tr, fmt(b.composed_epsilon), "num spent"); cell(tr, fmt(b.naive_epsilon), "num naive");
-    cell(tr, fmt(b.remaining_epsilon), "num remaining");
-    cell(tr, `${b.committed} committed, ${b.reserved} reserved`, "num");
-  });
   const traces = [];
   const colours = ["#1d3557", "#e76f51", "#2a9d8f", "#8e44ad", "#e9c46a", "#264653"];
   bs.forEach((b, i) => {
@@ -82,11 +105,6 @@ async function loadBudgets() {
   });
   Plotly.react("budget-time", traces, { title: { text: "Spent ε over time: composed (solid) vs naive sum (dotted)" },
     margin: { t: 40, b: 60 }, yaxis: { title: { text: "ε" } }, legend: { orientation: "h", y: -0.25 } }, PLOT);
-  const ch = await api("/v1/charges?limit=15");
-  fillTable("charge-table", ch.charges, (tr, c) => {
-    cell(tr, c.id); cell(tr, utc(c.created_at)); cell(tr, c.dataset); cell(tr, c.actor);
-    cell(tr, c.purpose); cell(tr, c.kind); cell(tr, c.status); cell(tr, fmt(c.epsilon), "num");
-  });
   document.body.dataset.budgetsRendered = String(Number(document.body.dataset.budgetsRendered || 0) + 1);
 }
 
@@ -175,7 +193,7 @@ async function runQuery(ev) {
 
 // ------------------------------------------------------------------ trade-off
 async function loadTradeoff() {
-  const data = await api("/v1/evaluations");
+  const [data] = await Promise.all([api("/v1/evaluations"), loadPlotly()]);
   const pts = data.points.filter((p) => p.epsilon !== null);
   const k = data.k.includes(10) ? 10 : data.k[0];
   if (!pts.length || k === undefined) {
@@ -349,4 +367,5 @@ for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("c
 $("q-kind").addEventListener("change", onKind);
 $("q-dataset").addEventListener("change", onKind);
 $("query-form").addEventListener("submit", runQuery);
+window.addEventListener("load", () => setTimeout(() => loadPlotly().catch(() => {}), 0));
 if (state.key) start();

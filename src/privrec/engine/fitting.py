@@ -1,0 +1,421 @@
+"""The driver's side of the distributed fits: the single-machine mechanisms, statistic by statistic.
+
+Each function below follows its model's single-machine ``_fit`` release by release — the same
+calibration (``calibrate`` over the same event), the same ``_plan`` announcement, the same
+random draws in the same order from the model's generator (noise, and the sampling salts the
+workers key their samples with), the same post-processing — with every sum over users replaced
+by a tree reduce of the workers' partial sums (:meth:`WorkerGroup.reduce`). The functions that
+compute those sums on a worker are the single-machine ones
+(:mod:`privrec.engine.partition`). What is released, its sensitivity, its accounting events and
+so the guarantee are therefore the single-machine model's; the only difference is who holds
+the data (a cluster, trusted as the single training server is: central DP).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from privrec.data.interactions import Interactions
+from privrec.engine.ray_engine import WorkerGroup, _ray
+from privrec.errors import ConfigError
+from privrec.models.base import _empty_csr
+from privrec.privacy.contribution import draw_salt
+from privrec.privacy.units import PrivacyUnit
+
+__all__ = ["check_distributable", "fit_distributed"]
+
+_CLUSTER = (
+    "The training cluster (the driver and every worker holding user partitions) is trusted, as "
+    "the single training server is (central DP)."
+)
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """What ``PrivateRecommender._begin`` reads of the data: its numbers of users and interactions."""
+
+    n_users: int
+    nnz: int
+
+
+def fit_distributed(
+    model: Any,
+    group: WorkerGroup,
+    catalogue: np.ndarray,
+    n_users: int,
+    nnz: int,
+    *,
+    given: bool,
+    progress: Callable[[int, int], None] | None,
+) -> Any:
+    """Fit ``model`` over ``group``'s partitions and complete it as ``Recommender.fit`` does."""
+    fit = check_distributable(model)
+    if n_users == 0:
+        raise ConfigError("no interactions left to train on (after the policy)")
+    config = model.config()
+    budget, rng = model._begin(cast(Interactions, _Sizes(n_users, nnz)), config)
+    fit(model, config, budget, rng, group, len(catalogue), progress)
+    model.user_ids_ = np.zeros(0, dtype=catalogue.dtype)
+    model.item_ids_ = np.asarray(catalogue)
+    model.user_items_ = _empty_csr((0, len(catalogue)))
+    model._released_only = True
+    model._catalogue_source = "given" if given else "data"
+    model._after_fit()
+    return model
+
+
+def check_distributable(model: Any) -> Callable[..., None]:
+    """The driver function for ``model``'s class, or :class:`ConfigError` (before any work)."""
+    from privrec.models.dp_als import DPALS
+    from privrec.models.dp_ease import DPEASE
+    from privrec.models.dp_popularity import DPPopularity
+
+    if getattr(model, "tiers", None):
+        # protection tiers need each user's requested ε on the workers (not in the shards)
+        raise ConfigError(
+            f"{model.name}: protection tiers (tiers=…) are not supported by the Ray engine; "
+            "train with per-user epsilons on one machine (privrec train-tiers)"
+        )
+    if isinstance(model, DPALS):
+        return _fit_dpals
+    if isinstance(model, DPEASE):
+        return _fit_dpease
+    if isinstance(model, DPPopularity):
+        return _fit_dppopularity
+    raise ConfigError(
+        f"{getattr(model, 'name', type(model).__name__)} has no distributed implementation; "
+        "the Ray engine trains dpals, dppopularity and dpease"
+    )
+
+
+# ----------------------------------------------------------------------------- DPPopularity
+def _length_profile(
+    group: WorkerGroup, unit: PrivacyUnit, z_len: float, rng: np.random.Generator, n_items: int
+) -> tuple[np.ndarray, float]:
+    """The noisy history-length histogram (:func:`~privrec.privacy.bounds.noisy_length_histogram`).
+
+    The workers' histograms of their users' lengths add up to the whole one; the driver adds the
+    noise once. Returns the noisy histogram and its noise std.
+    """
+    from privrec.privacy.bounds import length_sensitivity
+    from privrec.privacy.mechanisms import gaussian
+
+    (hist,) = group.reduce("length_histogram", n_items)
+    sens = length_sensitivity(unit)
+    return gaussian(hist, z_len, sens, rng), z_len * sens
+
+
+def _fit_dppopularity(
+    model: Any, c: Any, budget: Any, rng: np.random.Generator, group: WorkerGroup, n_items: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:  # fmt: skip
+    from privrec.models.dp_popularity import _FIXED_BOUND, split_multipliers
+    from privrec.privacy.accounting import calibrate, compose
+    from privrec.privacy.bounds import LENGTHS_LABEL, quantile_from_histogram
+    from privrec.privacy.events import SpentEvent
+    from privrec.privacy.mechanisms import gaussian, gaussian_event
+
+    adaptive = c.max_per_user is None and c.unit is PrivacyUnit.USER
+    f = c.length_budget_fraction
+    z_len = 0.0
+    if adaptive:
+        z = calibrate(
+            budget,
+            lambda v: compose([gaussian_event(m) for m in split_multipliers(v, f)]),
+            kind=c.accountant,
+            unit=c.unit,
+        )
+        z_len, z = split_multipliers(z, f)
+        planned = [
+            SpentEvent(LENGTHS_LABEL, gaussian_event(z_len)),
+            SpentEvent("noisy item counts", gaussian_event(z)),
+        ]
+    else:
+        z = calibrate(budget, gaussian_event, kind=c.accountant, unit=c.unit)
+        planned = [SpentEvent("noisy item counts", gaussian_event(z))]
+    model._tiers = []
+    model._plan(planned)
+    if adaptive:
+        hist, std = _length_profile(group, c.unit, z_len, rng, n_items)
+        model._spend(LENGTHS_LABEL, gaussian_event(z_len))
+        q = quantile_from_histogram(hist, c.bound_quantile, noise_std=std)
+        bound = max(1, min(round(q), n_items))
+    else:
+        bound = _FIXED_BOUND if c.max_per_user is None else c.max_per_user
+    salt = draw_salt(rng) if c.unit is PrivacyUnit.USER else None
+    (counts,) = group.reduce("bounded_counts", c.unit, bound, salt)
+    sens = math.sqrt(bound) if c.unit is PrivacyUnit.USER else 1.0
+    model.item_popularity_ = gaussian(counts, z, sens, rng).astype(np.float32)
+    model.noise_multiplier_ = z
+    model.max_per_user_ = bound
+    model._spend("noisy item counts", gaussian_event(z))
+    if progress is not None:
+        progress(1, 1)
+    model._finish(
+        c,
+        released=["noisy item counts", "the popularity ranking and any top-k list derived from it"],
+        not_released=[
+            "raw interactions",
+            "each user's seen-item filter (uses only that user's data)",
+        ],
+        threat_model=(
+            "anyone who sees the released counts or lists, with any side information, learns about "
+            f"one {c.unit.value} no more than the (ε, δ) bound allows. " + _CLUSTER
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------- DPALS
+def _fit_dpals(
+    model: Any, c: Any, budget: Any, rng: np.random.Generator, group: WorkerGroup, n_items: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:  # fmt: skip
+    ray = _ray()
+    from privrec.models.dp_als import (
+        _COUNT_QUANTILE,
+        _FACTOR_SCALE,
+        _PROJECT,
+        DEFAULT_SHRINKAGE,
+        DPALSSensitivity,
+        _step_releases,
+        dpals_event,
+        dpals_releases,
+    )
+    from privrec.models.dp_noise import gaussian_noise, symmetric_noise
+    from privrec.models.dp_rules import (
+        LengthProfile,
+        head_threshold,
+        resolve_bound,
+        resolve_factors,
+        resolve_iterations,
+        resolve_popularity_blend,
+        resolve_regularization,
+        resolve_shrinkage,
+        select_head,
+    )
+    from privrec.privacy.accounting import calibrate
+    from privrec.privacy.bounds import LENGTHS_LABEL
+    from privrec.privacy.mechanisms import gaussian, gaussian_event
+    from privrec.privacy.postprocessing import diagonal_solve, project_psd, psd_solve, shared_solve
+
+    ratios = model._ratios(c)
+    iterations = resolve_iterations(c.iterations, c.epsilon)
+    adaptive = c.max_per_user is None or c.factors is None
+    length_ratio = c.length_noise_ratio if adaptive else None
+    b_plan = c.nominal_bound if c.max_per_user is None else c.max_per_user
+    sigma = calibrate(
+        budget,
+        lambda s: dpals_event(s, iterations, b_plan, ratios, length_ratio, c.lhs),
+        kind=c.accountant,
+        unit=c.unit,
+    )
+    model.noise_scale_ = sigma
+    model.iterations_ = iterations
+    model._tiers = []
+    model._plan(dpals_releases(sigma, iterations, b_plan, ratios, length_ratio, c.lhs))
+
+    # 0. (data-adaptive bounds) noisy history-length histogram → B, count sample, k
+    profile = None
+    if length_ratio is not None:
+        z_len = length_ratio * sigma
+        hist, std = _length_profile(group, c.unit, z_len, rng, n_items)
+        profile = LengthProfile(hist, std, n_items)
+        model._spend(LENGTHS_LABEL, gaussian_event(z_len))
+    bound = resolve_bound(c.max_per_user, profile, c.bound_quantile)
+    count_sample = resolve_bound(
+        c.count_sample if c.max_per_user is None else (c.count_sample or bound),
+        profile,
+        _COUNT_QUANTILE,
+        floor=1,
+    )
+    k = resolve_factors(c.factors, profile, c.epsilon, _FACTOR_SCALE)
+    model.max_per_user_, model.count_sample_, model.factors_ = bound, count_sample, k
+    sens = DPALSSensitivity.of(c.unit, c.clip_norm, bound, count_sample)
+    b = math.sqrt(b_plan)
+    sigma_eff = sigma * math.sqrt(bound / b_plan)
+    model.effective_noise_scale_ = sigma_eff
+
+    # 1. noisy counts (one release): head, sampling, weights, regularisation
+    salt = draw_salt(rng) if c.unit is PrivacyUnit.USER else None
+    (counts,) = group.reduce("bounded_counts", c.unit, count_sample, salt)
+    z_counts = ratios[3] * sigma
+    noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
+    model._spend("noisy item counts", gaussian_event(z_counts))
+    head = select_head(
+        noisy_counts,
+        c.head_fraction,
+        head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample),
+        c.head_min,
+    )
+    counts_h = noisy_counts[head]
+    n_head = len(head)
+    reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)
+    model.regularization_ = reg
+
+    # 2. per-user weights on the workers (keyed samples salted by the driver's generator)
+    if c.method not in ("uniform", "tail", "adaptive"):
+        raise ConfigError(f"unknown method {c.method!r}")
+    salt_w = draw_salt(rng) if c.method in ("uniform", "tail") else None
+    group.call_all(
+        "dpals_prepare", head, counts_h, c.method, bound, c.adaptive_exponent, salt_w,
+        setup=True,
+    )  # fmt: skip
+
+    # 3. T private item steps
+    init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)  # data-independent
+    y = (init_rng.standard_normal((n_head, k)) * (c.init_scale / math.sqrt(k))).astype(np.float64)
+    reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
+    history: list[Any] = []
+    for step in range(iterations):
+        # the user solves cast the item factors to float32: broadcast them so
+        history.append(ray.put(np.ascontiguousarray(y, dtype=np.float32)))
+        parts = group.reduce(
+            "dpals_step", step, c.alpha0, c.user_regularization, c.clip_norm, c.lhs, *history
+        )
+        g = symmetric_noise(parts[0], ratios[0] * sigma * sens.gram, rng)
+        lhs_std, rhs_std = ratios[1] * sigma / b * sens.lhs, ratios[2] * sigma / b * sens.rhs
+        rhs = parts[1]
+        if c.lhs == "full":  # the same draws, in the same order, as DPALS._fit
+            lhs = symmetric_noise(parts[2], lhs_std, rng)
+        elif c.lhs == "diagonal":
+            lhs = parts[2] + gaussian_noise(parts[2].shape, lhs_std, rng)
+        rhs = rhs + gaussian_noise(rhs.shape, rhs_std, rng)
+        for release in _step_releases(step + 1, sigma, b_plan, ratios, c.lhs):
+            model._spend(release.label, release.event)
+        g = project_psd(g)
+        if c.lhs == "full":
+            y, _ = psd_solve(c.alpha0 * g, lhs, rhs, reg_items, _PROJECT)
+        elif c.lhs == "diagonal":
+            y = diagonal_solve(c.alpha0 * g, lhs, rhs, reg_items)
+        else:
+            y = shared_solve(c.alpha0 * g, rhs, reg_items)
+        del parts, rhs
+        if progress is not None:
+            progress(step + 1, iterations)
+    model.item_factors_ = np.zeros((n_items, k), dtype=np.float32)
+    model.item_factors_[head] = y.astype(np.float32)
+    model.head_items_ = head.astype(np.int64)
+    model.noisy_counts_ = noisy_counts.astype(np.float32)
+    model._fit_alpha0 = c.alpha0
+    model._fit_user_reg = c.user_regularization
+    model.popularity_blend_ = resolve_popularity_blend(c.popularity_blend, c.epsilon)
+    model.popularity_shrinkage_ = resolve_shrinkage(
+        c.popularity_shrinkage, c.popularity_blend, profile, DEFAULT_SHRINKAGE
+    )
+    model.user_factors_ = np.zeros((0, k), dtype=np.float32)
+    model._finish(
+        c,
+        released=[
+            "item factors (all of them, after the last private step)",
+            "noisy item counts and the head item set",
+            "the per-step noisy statistics (Gramian, per-item left- and right-hand sides)",
+        ],
+        not_released=[
+            "user factors (each solved on the worker holding the user, from the released item "
+            "factors and that user's own data; dropped at the end)",
+            "each user's recommendations (computed from their own data, shown only to them)",
+        ],
+        threat_model=(
+            "joint DP ('billboard' model): the released item factors are (ε, δ)-DP with respect "
+            f"to any one {c.unit.value}; your own recommendations use your own data. " + _CLUSTER
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------- DPEASE
+def _fit_dpease(
+    model: Any, c: Any, budget: Any, rng: np.random.Generator, group: WorkerGroup, n_items: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:  # fmt: skip
+    from privrec.models.dp_ease import (
+        _SHRINKAGE,
+        gram_sensitivity,
+        resolve_contribution,
+        resolve_ease_blend,
+        resolve_ease_regularization,
+    )
+    from privrec.models.dp_rules import LengthProfile, resolve_bound, resolve_shrinkage
+    from privrec.models.ease import check_ease_memory, ease_from_gram
+    from privrec.privacy.accounting import calibrate, compose
+    from privrec.privacy.bounds import LENGTHS_LABEL
+    from privrec.privacy.events import SpentEvent
+    from privrec.privacy.mechanisms import gaussian, gaussian_event, symmetric_gaussian
+
+    restrict = n_items > c.max_items or c.head_snr > 0
+    adaptive = c.max_per_user is None
+    f_len = c.length_budget_fraction if adaptive else 0.0
+    f_count = c.count_budget_fraction if restrict else 0.0
+    if f_len + f_count >= 0.9:
+        raise ConfigError("length_budget_fraction + count_budget_fraction must stay below 0.9")
+    shares = [f for f in (f_len, f_count) if f > 0] + [1.0 - f_len - f_count]
+    z_eff = calibrate(
+        budget,
+        lambda z: compose([gaussian_event(z / math.sqrt(f)) for f in shares]),
+        kind=c.accountant,
+        unit=c.unit,
+    )
+    z_len, z_count = (z_eff / math.sqrt(f) if f > 0 else 0.0 for f in (f_len, f_count))
+    z_gram = z_eff / math.sqrt(shares[-1])
+    model._plan(
+        ([SpentEvent(LENGTHS_LABEL, gaussian_event(z_len))] if adaptive else [])
+        + ([SpentEvent("noisy item counts (head selection)", gaussian_event(z_count))] if restrict else [])
+        + [SpentEvent("noisy item Gram matrix", gaussian_event(z_gram))]
+    )  # fmt: skip
+    profile = None
+    if adaptive:
+        hist, std = _length_profile(group, c.unit, z_len, rng, n_items)
+        model._spend(LENGTHS_LABEL, gaussian_event(z_len))
+        profile = LengthProfile(hist, std, n_items)
+    bound = resolve_bound(c.max_per_user, profile, c.bound_quantile, floor=1)
+    c_max = resolve_contribution(c.max_contribution, profile)
+    model.max_per_user_, model.max_contribution_ = bound, c_max
+    sens_g = gram_sensitivity(c.unit, c_max, bound)
+    if restrict:
+        salt = draw_salt(rng) if c.unit is PrivacyUnit.USER else None
+        (counts,) = group.reduce("bounded_counts", c.unit, bound, salt)
+        sens = math.sqrt(bound) if c.unit is PrivacyUnit.USER else 1.0
+        noisy = gaussian(counts, z_count, sens, rng)
+        model._spend("noisy item counts (head selection)", gaussian_event(z_count))
+        n_head = int(np.count_nonzero(noisy >= c.head_snr * z_gram * sens_g))
+        n_head = min(max(n_head, c.head_min), c.max_items, n_items)
+        head = np.sort(np.argsort(-noisy, kind="stable")[:n_head])
+    else:
+        head = np.arange(n_items)
+    check_ease_memory(len(head), None, "DPEASE")
+    salt_g = draw_salt(rng) if c.unit is PrivacyUnit.INTERACTION else None
+    (gram,) = group.reduce("ease_gram", head, c.unit, c_max, bound, salt_g)
+    noisy_gram = symmetric_gaussian(gram, z_gram, sens_g, rng)
+    del gram
+    model._spend("noisy item Gram matrix", gaussian_event(z_gram))
+    reg = resolve_ease_regularization(
+        c.regularization, float(z_gram * sens_g), len(head), c.reg_scale
+    )
+    model.regularization_ = reg
+    model.item_popularity_ = np.diag(noisy_gram).astype(np.float32)
+    model.weights_ = ease_from_gram(noisy_gram, reg, overwrite=True)
+    model.head_items_ = head.astype(np.int64)
+    model.noise_multiplier_ = float(z_gram)
+    model.popularity_blend_ = resolve_ease_blend(c.popularity_blend, c.epsilon)
+    model.popularity_shrinkage_ = resolve_shrinkage(
+        c.popularity_shrinkage, c.popularity_blend, profile, _SHRINKAGE * model.popularity_blend_
+    )
+    if progress is not None:
+        progress(1, 1)
+    model._finish(
+        c,
+        released=["the noisy item Gram matrix", "EASE item-item weights derived from it"]
+        + (["the head item set chosen from noisy counts"] if restrict else []),
+        not_released=[
+            "raw interactions",
+            "each user's scores (computed from that user's own history, shown only to them)",
+        ],
+        threat_model=(
+            "joint DP ('billboard' model): the released item-item weights are (ε, δ)-DP; a user's "
+            "recommendations combine them with that user's own data only. " + _CLUSTER
+        ),
+    )

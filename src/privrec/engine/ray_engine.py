@@ -1,0 +1,414 @@
+"""Private training on a Ray cluster: user partitions on workers, a tree reduce, noise once.
+
+:class:`RayEngine` trains the same model classes as one machine does
+(:class:`~privrec.models.DPALS`, :class:`~privrec.models.DPPopularity`,
+:class:`~privrec.models.DPEASE`) over a user-sharded Parquet directory
+(:mod:`privrec.engine.parquet`) that need not fit one machine::
+
+    engine = RayEngine(address="auto", num_workers=8)   # or RayEngine() for a local cluster
+    model = engine.fit(DPALS(epsilon=1.0, delta=1e-7, unit="user"), "s3-mount/interactions/")
+    model.save("dpals.npz")
+
+Who does what
+-------------
+* **Workers** (one Ray actor per user partition, :class:`~privrec.engine.partition.Partition`)
+  read their shards, apply the dataset policy, and compute for their users whatever is computed
+  per user: keyed samples, weights, user solves, clipping, and their share of every statistic.
+* **The tree reduce** sums those shares pairwise between workers (``⌈log₂ W⌉`` rounds); the
+  driver receives one total per statistic, never W partials.
+* **The driver** calibrates the noise, announces the releases (``_plan``, the ledger's
+  write-ahead charge) before drawing any noise, adds the noise **once** to each total, solves
+  the items and broadcasts them (Ray's object store: each node fetches them once).
+
+The driver draws every random number the single-machine ``fit`` draws, in the same order, from
+the same kind of generator — sampling salts included; the workers draw none — so the
+mechanism, its accounting events and its guarantee are the single-machine ones, and with a
+seed the released arrays equal the single-machine ones up to the order of float sums
+(``tests/engine``).
+
+Failures
+--------
+A worker that dies (process killed, node lost) is replaced: the new actor re-reads its shards
+and replays the set-up calls (policy, sampling keys, weights) — deterministic functions of the
+data and of values the driver broadcast — and the step is retried; user solves warm-started
+from earlier steps are replayed from the broadcast item factors, so the retried step computes
+exactly what the first attempt would have. Noise is drawn only after a reduce has succeeded, so
+a retry draws none and records no event: a ledger is charged once. After ``max_retries``
+failures of one call, :class:`~privrec.errors.WorkerLostError` (nothing was released).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from privrec.engine.parquet import ParquetSource
+from privrec.engine.partition import Partition, PolicyFilter, merge_policy_reports
+from privrec.errors import ConfigError, EngineError, PrivrecError, WorkerLostError
+
+__all__ = ["RayEngine", "WorkerGroup"]
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - the [ray] extra is missing
+        raise EngineError(
+            "the Ray engine needs the [ray] extra: pip install 'privrec[ray]'"
+        ) from None
+    return ray
+
+
+def _failure_types() -> tuple[type[BaseException], ...]:
+    ex = _ray().exceptions
+    return (ex.RayActorError, ex.ObjectLostError, ex.OwnerDiedError, ex.WorkerCrashedError)
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """A worker's own error (a DataError in a shard…) rather than Ray's wrapper of it."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, PrivrecError) else exc
+
+
+class WorkerGroup:
+    """The actors of one training, their set-up history, and the tree reduce over them."""
+
+    def __init__(
+        self,
+        engine: RayEngine,
+        source: ParquetSource,
+        assignment: list[list[tuple[int, Path]]],
+    ) -> None:
+        ray = _ray()
+        self.engine = engine
+        self.source = source
+        self.assignment = assignment
+        env = {"NUMBA_NUM_THREADS": str(engine.threads_per_worker)}
+        if "NUMBA_CACHE_DIR" in os.environ:
+            env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
+        self._cls = ray.remote(
+            num_cpus=engine.threads_per_worker,
+            max_restarts=0,
+            runtime_env={"env_vars": env},
+        )(Partition)
+        self.key = (str(source.path), source.binarize, repr(assignment))
+        idle = engine._idle.pop(self.key, None)
+        self.actors = idle if idle is not None else [self._spawn(i) for i in range(len(assignment))]
+        for i, actor in enumerate(self.actors):  # an idle worker may have died since its last fit
+            try:
+                ray.get(actor.ping.remote(), timeout=engine.ping_timeout)
+            except _failure_types():
+                self.actors[i] = self._spawn(i)
+            except ray.exceptions.GetTimeoutError:
+                break
+        try:  # an actor that cannot be placed (too few free CPUs) would wait forever
+            ray.get([a.ping.remote() for a in self.actors], timeout=engine.ping_timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.kill()
+            raise EngineError(
+                f"{len(self.actors)} workers of {engine.threads_per_worker} CPU(s) did not start "
+                f"within {engine.ping_timeout:g} s; free CPUs on the cluster: "
+                f"{ray.available_resources().get('CPU', 0):g} (other engines still running?)"
+            ) from None
+        self.setup: list[tuple[str, tuple[Any, ...]]] = []
+        self.replaced = 0
+        self.bytes_reduced = 0
+
+    def _spawn(self, i: int) -> Any:
+        return self._cls.remote(self.source, self.assignment[i], self.engine.threads_per_worker)
+
+    # ----------------------------------------------------------- failures
+    def _retrying(self, what: str, attempt: Callable[[], Any]) -> Any:
+        ray = _ray()
+        failures = _failure_types()
+        for tries in range(self.engine.max_retries + 1):
+            try:
+                return attempt()
+            except failures as exc:
+                if tries == self.engine.max_retries:
+                    raise WorkerLostError(
+                        f"{what}: a worker was lost {tries + 1} times (max_retries="
+                        f"{self.engine.max_retries}); nothing was released by this call"
+                    ) from exc
+                self._replace_dead()
+            except ray.exceptions.RayTaskError as exc:
+                raise _unwrap(exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _replace_dead(self) -> None:
+        """Start a new actor for every dead one and replay the set-up calls on it."""
+        ray = _ray()
+        failures = _failure_types()
+        for i, actor in enumerate(self.actors):
+            try:
+                ray.get(actor.ping.remote(), timeout=self.engine.ping_timeout)
+                continue
+            except failures:
+                pass
+            except ray.exceptions.GetTimeoutError:
+                ray.kill(actor, no_restart=True)
+            fresh = self._spawn(i)
+            for name, args in self.setup:
+                ray.get(getattr(fresh, name).remote(*args))
+            self.actors[i] = fresh
+            self.replaced += 1
+
+    # -------------------------------------------------------------- calls
+    def call_all(self, name: str, *args: Any, setup: bool = False) -> list[Any]:
+        """Call ``name`` on every worker; with ``setup``, remember it for replacement workers."""
+        ray = _ray()
+
+        def attempt() -> list[Any]:
+            refs = [getattr(a, name).remote(*args) for a in self.actors]
+            if self.engine.after_submit is not None:
+                self.engine.after_submit(name, self.actors)
+            return list(ray.get(refs))
+
+        out: list[Any] = self._retrying(name, attempt)
+        if setup:
+            self.setup.append((name, args))
+        return out
+
+    def call_each(self, name: str, per_worker: list[tuple[Any, ...]]) -> list[Any]:
+        """Call ``name`` on worker ``i`` with ``per_worker[i]`` (not replayed)."""
+        ray = _ray()
+        return list(
+            self._retrying(
+                name,
+                lambda: ray.get(
+                    [
+                        getattr(a, name).remote(*args)
+                        for a, args in zip(self.actors, per_worker, strict=True)
+                    ]
+                ),
+            )
+        )
+
+    def reduce(self, name: str, *args: Any) -> tuple[np.ndarray, ...]:
+        """Every worker computes its partial sums with ``name``; they are summed by a tree.
+
+        Round r (stride 2^r): worker ``i`` absorbs worker ``i + 2^r``'s partial, for ``i`` a
+        multiple of ``2^(r+1)``; worker 0 ends with the total, which alone goes to the driver.
+        """
+        ray = _ray()
+
+        def attempt() -> tuple[np.ndarray, ...]:
+            actors = list(self.actors)
+            computed = [getattr(a, name).remote(*args) for a in actors]
+            if self.engine.after_submit is not None:
+                self.engine.after_submit(name, actors)
+            absorbed = []
+            stride = 1
+            while stride < len(actors):
+                for i in range(0, len(actors), 2 * stride):
+                    if i + stride < len(actors):
+                        child = actors[i + stride].partial.remote()
+                        absorbed.append(actors[i].absorb.remote(child))
+                stride *= 2
+            total = actors[0].partial.remote()
+            ray.get(computed)
+            ray.get(absorbed)
+            out = tuple(ray.get(total))
+            self.bytes_reduced += len(actors) * sum(int(a.nbytes) for a in out)
+            return out
+
+        return tuple(self._retrying(name, attempt))
+
+    def kill(self) -> None:
+        for a in self.actors:
+            _ray().kill(a, no_restart=True)
+
+    def release(self) -> None:
+        """Hand the actors back to the engine: the next fit on the same shards reuses them
+        (every fit starts with ``load``, which replaces all of a worker's state)."""
+        for old in self.engine._idle.pop(self.key, []):
+            _ray().kill(old, no_restart=True)
+        self.engine._idle[self.key] = self.actors
+
+
+class RayEngine:
+    """Run a private model's ``fit`` on a Ray cluster over a user-sharded Parquet directory.
+
+    Parameters
+    ----------
+    address
+        A running cluster (``"auto"``, ``"ray://head:10001"``, ``"127.0.0.1:6379"``), or
+        ``None`` to start a local one (``num_workers × threads_per_worker`` CPUs) that
+        :meth:`shutdown` stops. An already initialised Ray is used as it is.
+    num_workers
+        User partitions, one Ray actor each. Shards are dealt round-robin, so at most the
+        number of shards.
+    threads_per_worker
+        CPUs (Ray resource and numba threads) of each worker.
+    max_retries
+        Worker losses tolerated per call before :class:`~privrec.errors.WorkerLostError`.
+    object_store_memory
+        Bytes of the local cluster's object store (``None``: Ray's default).
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_workers: int = 2,
+        threads_per_worker: int = 1,
+        max_retries: int = 3,
+        object_store_memory: int | None = None,
+        ping_timeout: float = 60.0,
+    ) -> None:
+        if num_workers < 1:
+            raise ConfigError(f"num_workers must be >= 1, found {num_workers}")
+        if threads_per_worker < 1:
+            raise ConfigError(f"threads_per_worker must be >= 1, found {threads_per_worker}")
+        if max_retries < 0:
+            raise ConfigError(f"max_retries must be >= 0, found {max_retries}")
+        self.address = address
+        self.num_workers = num_workers
+        self.threads_per_worker = threads_per_worker
+        self.max_retries = max_retries
+        self.object_store_memory = object_store_memory
+        self.ping_timeout = ping_timeout
+        self._started = False
+        self._idle: dict[tuple[Any, ...], list[Any]] = {}
+        #: the workers of the last fit (kept for inspection: bytes reduced, replacements)
+        self.last_group: WorkerGroup | None = None
+        #: the merged counts-only policy report of the last fit (``None`` without a policy)
+        self.last_policy_report: Any = None
+        self.last_content_hash: str | None = None
+        #: (users, interactions) the workers held after the policy, in the last fit
+        self.last_sizes: tuple[int, int] = (0, 0)
+        #: fault-injection hook (tests): called with (call name, actors) right after a call's
+        #: tasks were submitted to the workers, before their results are awaited
+        self.after_submit: Callable[[str, list[Any]], None] | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RayEngine(address={self.address!r}, num_workers={self.num_workers}, "
+            f"threads_per_worker={self.threads_per_worker})"
+        )
+
+    # ------------------------------------------------------------ cluster
+    def connect(self) -> None:
+        """Join the cluster (or start a local one); idempotent."""
+        ray = _ray()
+        if ray.is_initialized():
+            return
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "configure_logging": False,
+        }
+        if self.address is None:
+            kwargs["num_cpus"] = self.num_workers * self.threads_per_worker
+            kwargs["_node_ip_address"] = "127.0.0.1"  # a local cluster listens on loopback only
+            if self.object_store_memory is not None:
+                kwargs["object_store_memory"] = self.object_store_memory
+        try:
+            ray.init(address=self.address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise EngineError(f"cannot reach the Ray cluster at {self.address!r}: {exc}") from None
+        self._started = True
+
+    def shutdown(self) -> None:
+        """Stop the idle workers, and the local cluster when this engine started it."""
+        if self._idle and _ray().is_initialized():
+            for actors in self._idle.values():
+                for a in actors:
+                    _ray().kill(a, no_restart=True)
+        self._idle.clear()
+        if self._started:
+            _ray().shutdown()
+            self._started = False
+
+    def __enter__(self) -> RayEngine:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # ---------------------------------------------------------------- fit
+    def workers(
+        self,
+        data: str | Path | ParquetSource,
+        *,
+        item_ids: Any = None,
+        policy: PolicyFilter | None = None,
+    ) -> tuple[WorkerGroup, np.ndarray, int, int]:
+        """Start the workers on ``data``: read, filter, key; returns (group, catalogue, users, nnz)."""
+        self.connect()
+        source = data if isinstance(data, ParquetSource) else ParquetSource.open(data)
+        catalogue = _catalogue(source, item_ids)
+        assignment = [a for a in source.assign(self.num_workers) if a]
+        if not assignment:
+            raise ConfigError(f"{source.path} has no shard files")
+        group = WorkerGroup(self, source, assignment)
+        self.last_group = group
+        ray = _ray()
+        catalogue_ref = ray.put(catalogue)
+        loaded = group.call_all("load", catalogue_ref, policy, setup=True)
+        self.last_policy_report = (
+            merge_policy_reports([r["report"] for r in loaded]) if policy is not None else None
+        )
+        #: SHA-256 over the workers' content hashes of their filtered partitions (with a policy)
+        self.last_content_hash = (
+            hashlib.sha256("".join(r["hash"] for r in loaded).encode()).hexdigest()
+            if policy is not None
+            else None
+        )
+        ids = [ray.put(i) for i in group.call_all("sorted_user_ids")]
+        group.call_all("set_row_keys", *ids, setup=True)
+        self.last_sizes = (sum(r["n_users"] for r in loaded), sum(r["nnz"] for r in loaded))
+        return (group, catalogue, *self.last_sizes)
+
+    def fit(
+        self,
+        model: Any,
+        data: str | Path | ParquetSource,
+        *,
+        item_ids: Any = None,
+        policy: PolicyFilter | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        on_loaded: Callable[[int, int], None] | None = None,
+    ) -> Any:
+        """Fit ``model`` (DPALS, DPPopularity or DPEASE) on ``data``; returns the fitted model.
+
+        ``on_loaded(n_users, nnz)`` is called once the workers hold their (filtered) users,
+        before anything is computed from them (the CLI refuses a weak δ there).
+        ``item_ids`` fixes the catalogue (as ``fit(..., item_ids=...)`` does on one machine);
+        ``policy`` filters every worker's users as the ledger's ``load`` would
+        (:meth:`PolicyFilter.from_ledger`). A ledger attached as ``model.release_gate`` is
+        charged once, before any noise. The fitted model knows no users (user factors and
+        histories stay on the workers and are dropped): it is saved, explained and served
+        (``recommend_history``) like any private model file.
+        """
+        from privrec.engine.fitting import check_distributable, fit_distributed
+
+        check_distributable(model)
+        group, catalogue, n_users, nnz = self.workers(data, item_ids=item_ids, policy=policy)
+        try:
+            if on_loaded is not None:
+                on_loaded(n_users, nnz)
+            return fit_distributed(
+                model, group, catalogue, n_users, nnz, given=item_ids is not None, progress=progress
+            )
+        finally:
+            group.release()
+
+
+def _catalogue(source: ParquetSource, item_ids: Any) -> np.ndarray:
+    from privrec.errors import DataError
+
+    if item_ids is None:
+        return source.item_catalogue()
+    ids = np.asarray(item_ids)
+    if ids.dtype == object:
+        ids = ids.astype(str)
+    if ids.ndim != 1 or ids.size == 0 or len(np.unique(ids)) != len(ids):
+        raise DataError("item_ids must be a non-empty 1-D array of unique ids", field="item_ids")
+    return ids

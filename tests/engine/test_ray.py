@@ -1,0 +1,217 @@
+"""Private training on a real local Ray cluster equals single-machine training, release for release.
+
+One cluster for the session (``ray_cluster``, 2 CPUs), tiny data. With the same seed the driver
+draws the same noise and sampling salts as the single-machine ``fit``, and the workers sample
+each user by their row in the whole data set, so the released arrays agree up to the order of
+float sums — with the noise on (ε = 1) and with it negligible (ε = 10⁶).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from privrec.engine import ParquetSource, RayEngine
+from privrec.errors import ConfigError
+from privrec.models import DPALS, DPEASE, DPPopularity
+
+pytestmark = [
+    pytest.mark.usefixtures("ray_cluster"),
+    pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning"),
+]
+
+TOL = 1e-4  # float32 statistics summed in another order
+
+
+def seeded(cls, **kw):  # type: ignore[no-untyped-def]
+    """A private model with seeded noise (warns: not private — tests only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(seed=3, **kw)
+
+
+def max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max())
+
+
+def _events(model: Any) -> list[dict[str, Any]]:
+    return [e.to_dict() for e in model.privacy_guarantee.spent_events]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[RayEngine]:
+    eng = RayEngine(num_workers=2)  # its workers are reused from fit to fit on the same shards
+    yield eng
+    eng.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("method", "epsilon", "extra"),
+    [
+        ("adaptive", 1.0, {}),  # lhs="none" (default), fixed B and k
+        ("adaptive", 1.0, {"max_per_user": None, "factors": None}),  # data-adaptive B, k
+        ("adaptive", 1.0, {"lhs": "diagonal"}),
+        ("adaptive", 1.0, {"lhs": "full"}),
+        ("uniform", 1e6, {}),
+        ("tail", 1e6, {"lhs": "full"}),
+    ],
+)
+def test_dpals_equals_single_machine(
+    engine: RayEngine,
+    small_data: Any,
+    shards: Path,
+    method: str,
+    epsilon: float,
+    extra: dict[str, Any],
+) -> None:
+    kw = dict(epsilon=epsilon, delta=1e-6, unit="user", factors=8, method=method,
+              max_per_user=10, head_min=60) | extra  # fmt: skip
+    steps: list[tuple[int, int]] = []
+    one = seeded(DPALS, **kw).fit(small_data)
+    dist = engine.fit(seeded(DPALS, **kw), shards, progress=lambda d, t: steps.append((d, t)))
+    assert np.array_equal(one.head_items_, dist.head_items_)
+    assert max_diff(one.noisy_counts_, dist.noisy_counts_) < 1e-9  # integer counts, same noise
+    assert max_diff(one.item_factors_, dist.item_factors_) < TOL * max(
+        1.0, float(np.abs(one.item_factors_).max())
+    )
+    assert _events(one) == _events(dist)
+    assert (one.max_per_user_, one.count_sample_, one.factors_) == (
+        dist.max_per_user_, dist.count_sample_, dist.factors_
+    )  # fmt: skip
+    assert dist.popularity_shrinkage_ == pytest.approx(one.popularity_shrinkage_)
+    assert dist.privacy_guarantee.epsilon == pytest.approx(one.privacy_guarantee.epsilon)
+    assert steps == [(i + 1, one.iterations_) for i in range(one.iterations_)]
+    # the tree reduce moved the statistics: W × (Gramian + per-item lhs/rhs) per step, + counts
+    assert engine.last_group is not None and engine.last_group.bytes_reduced > 0
+
+
+@pytest.mark.parametrize(("unit", "bound"), [("user", 10), ("interaction", 10), ("user", None)])
+def test_dpease_and_dppopularity_equal_single_machine(
+    engine: RayEngine, small_data: Any, shards: Path, unit: str, bound: int | None
+) -> None:
+    # bound None: data-adaptive B (and DPEASE's C) from the noisy length histogram
+    kw: dict[str, Any] = dict(epsilon=2.0, delta=1e-6, unit=unit, max_per_user=bound)
+    a, b = (
+        seeded(DPPopularity, **kw).fit(small_data),
+        engine.fit(seeded(DPPopularity, **kw), shards),
+    )
+    assert max_diff(a.item_popularity_, b.item_popularity_) < 1e-5
+    assert _events(a) == _events(b)
+    assert a.max_per_user_ == b.max_per_user_
+    a, b = seeded(DPEASE, **kw).fit(small_data), engine.fit(seeded(DPEASE, **kw), shards)
+    assert np.array_equal(a.head_items_, b.head_items_)
+    assert max_diff(a.weights_, b.weights_) < 1e-6
+    assert _events(a) == _events(b)
+    assert (a.max_per_user_, a.max_contribution_) == (b.max_per_user_, b.max_contribution_)
+    assert b.popularity_shrinkage_ == pytest.approx(a.popularity_shrinkage_)
+
+
+def test_the_model_file_holds_no_user_data(engine: RayEngine, shards: Path, tmp_path: Path) -> None:
+    model = engine.fit(
+        seeded(DPALS, epsilon=1.0, delta=1e-6, unit="user", factors=4, iterations=1), shards
+    )
+    path = model.save(tmp_path / "m.npz")
+    with np.load(path, allow_pickle=False) as z:
+        names = set(z.files)
+    assert not any("user" in n for n in names), names
+    loaded = DPALS.load(path)
+    assert loaded.n_users_ == 0 and len(loaded.item_ids_) == 120
+    recs, _ = loaded.recommend_history(np.ones((1, 120), dtype=np.float32), k=5)
+    assert recs.shape == (1, 5)
+
+
+def test_a_non_distributed_model_is_refused(engine: RayEngine, shards: Path) -> None:
+    from privrec.models.base import MODEL_REGISTRY
+
+    with pytest.raises(ConfigError, match="no distributed implementation"):
+        engine.fit(MODEL_REGISTRY["popularity"](), shards)
+
+
+@pytest.mark.parametrize("cls", [DPALS, DPPopularity])
+def test_protection_tiers_are_refused_before_any_release(
+    engine: RayEngine, shards: Path, cls: Any
+) -> None:
+    # each user's requested ε is not in the shards: refused, nothing planned or spent
+    model = seeded(cls, epsilon=3.0, delta=1e-6, unit="user", tiers=(0.5, 1.0))
+    with pytest.raises(ConfigError, match="protection tiers"):
+        engine.fit(model, shards)
+    assert not hasattr(model, "guarantee_")
+
+
+def test_worker_killed_mid_step_is_replaced_and_the_ledger_charged_once(
+    engine: RayEngine, small_data: Any, shards: Path, tmp_path: Path
+) -> None:
+    """A worker dies while step 2's statistics are computed: the step is retried from the
+    broadcast item factors on a fresh worker, the result equals the single-machine one, and the
+    ledger holds exactly one charge for the Ray training."""
+    import ray
+
+    from privrec.engine.governed import train_on_ray
+    from privrec.governance import Ledger
+    from privrec.governance.policy import policy_from_dict
+    from privrec.governance.training import train
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    owner, _ = Ledger.init(url, owner="olga")
+    owner.set_policy(
+        "ratings",
+        policy_from_dict({
+            "purpose": "recommendations", "unit": "user", "columns": ["user", "item", "timestamp"],
+            "max_interactions_per_user": 25, "budget": {"epsilon": 10.0, "delta": 1e-5},
+        }),
+    )  # fmt: skip
+    owner.forget("ratings", small_data.user_ids[7])
+    ann = Ledger.connect(url, owner.create_key("ann", "analyst"))
+    kw = dict(epsilon=1.0, delta=1e-6, unit="user", factors=8, iterations=3, max_per_user=10,
+              head_min=60)  # fmt: skip
+
+    single = train(
+        ann, seeded(DPALS, **kw), ann.load("ratings", small_data), output=tmp_path / "one.npz"
+    )
+    before = len(owner.history("ratings"))
+
+    step_calls: list[str] = []
+    killed: list[int] = []
+
+    def kill_during_step_two(name: str, actors: list[Any]) -> None:
+        if name == "dpals_step":
+            step_calls.append(name)
+            if len(step_calls) == 2:  # the second step's tasks were just submitted
+                ray.kill(actors[1], no_restart=True)
+                killed.append(1)
+
+    engine.after_submit = kill_during_step_two
+    try:
+        dist, path, charge = train_on_ray(
+            ann, seeded(DPALS, **kw), engine, ParquetSource.open(shards), dataset="ratings",
+            output=tmp_path / "d.npz",
+        )  # fmt: skip
+    finally:
+        engine.after_submit = None
+    assert killed and engine.last_group is not None and engine.last_group.replaced == 1
+    assert engine.last_policy_report.users_out == single.model.user_items_.shape[0]
+    assert engine.last_policy_report.step("deletion").users_dropped == 1
+    assert max_diff(single.model.item_factors_, dist.item_factors_) < TOL
+    history = owner.history("ratings")
+    assert len(history) == before + 1  # one charge for the Ray training, despite the retry
+    assert charge.status == "committed" and path.exists()
+    assert _events(single.model) == _events(dist)
+
+
+def test_a_worker_that_died_between_fits_is_replaced(
+    engine: RayEngine, small_data: Any, shards: Path
+) -> None:
+    import ray
+
+    kw: dict[str, Any] = dict(epsilon=2.0, delta=1e-6, unit="user", max_per_user=10)
+    engine.fit(seeded(DPPopularity, **kw), shards)
+    assert engine.last_group is not None
+    ray.kill(engine.last_group.actors[0], no_restart=True)  # an idle worker dies
+    b = engine.fit(seeded(DPPopularity, **kw), shards)
+    a = seeded(DPPopularity, **kw).fit(small_data)
+    assert max_diff(a.item_popularity_, b.item_popularity_) < 1e-5

@@ -111,6 +111,17 @@ def test_weak_delta_is_an_error_unless_forced(udata: Path, tmp_path: Path) -> No
     assert "warning:" in res.output and ".py:" not in res.output  # one line, no source path
 
 
+def test_a_weak_epsilon_warns(udata: Path, tmp_path: Path) -> None:
+    """Settings that weaken privacy warn: ε = 50 trains, with its plain-language reading."""
+    base = ["train", "-d", str(udata), "-m", "dppopularity", "--delta", "1e-6", "--unit", "user"]
+    res = runner.invoke(app, [*base, "--epsilon", "50", "-o", str(tmp_path / "weak.npz")])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "PrivacyWarning: epsilon=50 is a weak guarantee" in out and "more than 99.99%" in out
+    res = runner.invoke(app, [*base, "--epsilon", "2", "-o", str(tmp_path / "ok.npz")])
+    assert res.exit_code == 0 and "weak guarantee" not in res.output
+
+
 def test_unwritable_outputs_fail_before_any_work(udata: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

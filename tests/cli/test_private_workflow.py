@@ -91,6 +91,11 @@ def test_private_model_end_to_end(members: Path, tmp_path: Path, no_user_data: A
 
     res = runner.invoke(app, ["recommend", str(model), "--user", "member-0001-zq"])
     assert res.exit_code == 1 and "--history" in res.output
+    # a history that is a folder (or a device) is named as such, not as missing
+    res = runner.invoke(app, ["recommend", str(model), "--history", str(tmp_path)])
+    assert res.exit_code == 1 and "history file is not a regular file" in res.output, res.output
+    res = runner.invoke(app, ["recommend", str(model), "--history", str(tmp_path / "nope.txt")])
+    assert res.exit_code == 1 and "history file not found" in res.output
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -337,3 +342,40 @@ def test_train_with_explicit_catalogue_and_tuning_declaration(
          "-o", str(tmp_path / "x.npz")],
     )  # fmt: skip
     assert res.exit_code == 1 and "not in the given catalogue" in res.output
+
+
+def test_seeded_training_does_not_print_a_bare_privacy_claim(members: Path, tmp_path: Path) -> None:
+    """The warning goes to stderr; stdout's summary line must itself say the model is not private."""
+    args = ["train", "-d", str(members), "-f", "csv", "-m", "dppopularity", *PRIVATE]
+    seeded = runner.invoke(app, [*args, "-p", "seed=3", "-o", str(tmp_path / "seeded.npz")])
+    assert seeded.exit_code == 0, seeded.output
+    line = " ".join(seeded.stdout.split())
+    assert "-DP per user" in line and "seeded: this model is NOT private" in line, line
+    fresh = runner.invoke(app, [*args, "-o", str(tmp_path / "fresh.npz")])
+    assert fresh.exit_code == 0, fresh.output
+    assert "NOT private" not in fresh.stdout
+
+
+def test_verify_says_an_unsigned_consistent_forgery_is_not_proof_of_origin(
+    members: Path, tmp_path: Path
+) -> None:
+    """Someone who edits both the events and ε keeps the file consistent: ``verify`` cannot
+    refuse it without a signature, so it must not read as proof; a signature or the ledger can."""
+    from privrec.privacy.guarantee import PrivacyGuarantee
+
+    model = tmp_path / "pop.npz"
+    args = ["train", "-d", str(members), "-f", "csv", "-m", "dppopularity", *PRIVATE]
+    assert runner.invoke(app, [*args, "-o", str(model)]).exit_code == 0
+    with np.load(model, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["__meta__"].tobytes().decode())
+    g = meta["extra"]["guarantee"]
+    for e in g["events"]:
+        e["event"]["noise_multiplier"] *= 10  # claims 10× the noise that was drawn
+    g["epsilon"] = PrivacyGuarantee.model_validate(g).recompute_epsilon()
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    forged = tmp_path / "forged.npz"
+    np.savez_compressed(forged, **arrays)
+    res = runner.invoke(app, ["privacy", "verify", str(forged)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0 and "does not show who produced the file" in out, out

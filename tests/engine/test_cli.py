@@ -28,6 +28,7 @@ def test_shard_then_train_on_ray(small_data, tmp_path: Path) -> None:  # type: i
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "step 1/2" in res.output and "step 2/2" in res.output
+    assert "users" in res.output and "≈ ≈" not in res.output  # counts rounded once, as in train
     assert "privacy: (1, 1.0e-06)-DP per user" in res.output
     from privrec.models import DPALS
 

@@ -41,6 +41,12 @@ def test_simulate_reports_rounds_and_resumes(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "FederatedMF rounds" in res.output and "differentially private" in res.output
+    # the plain-language guarantee is printed as text: its P[...] is not eaten as rich markup,
+    # and it names the privrec release that computed it
+    flat = " ".join(res.output.split())
+    assert "P[release ∈ S with your whole history] ≤" in flat, flat
+    assert "Computed by privrec unknown" not in flat and "Computed by privrec 0." in flat
+    assert "≈ 120 clients" in flat and "≈ ≈" not in flat  # rounded as in train, once
     rounds = json.loads(out.read_text())["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and rounds[-1]["recall"] is not None
     assert (ck / "server.npz").exists()

@@ -132,6 +132,26 @@ def test_errors_and_time_windows():
         time_windows(Interactions.from_arrays([1], [1]), 7)
 
 
+def test_time_windows_are_a_calendar_grid_that_keeps_empty_windows():
+    """Which windows are released must not depend on who was active: the grid starts at the
+    Unix epoch (not at one person's first timestamp) and an empty window is released too."""
+    day = 86400
+    base = 7 * day * 2900  # a window boundary of the 7-day grid counted from the epoch
+    x = Interactions.from_arrays(
+        [1, 1, 2], [1, 2, 1], timestamps=[base + 5 * day, base + 6 * day, base + 22 * day]
+    )
+    wins = time_windows(x, 7)
+    # days 5, 6 | 7–13 (empty) | 14–20 (empty) | 22: four windows, not two, and not shifted to day 5
+    assert [w.nnz for w in wins] == [2, 0, 0, 1]
+    mon = DriftMonitor(MonitorConfig(epsilon_per_window=1.0, delta=1e-6, seed=0), x.n_items)
+    reps = [mon.observe(w) for w in wins]  # an empty window is released (noise only)
+    assert len(reps) == 4 and len(mon.spent) > 0
+    with pytest.raises(ConfigError, match="windows"):  # a hostile span is refused, not looped
+        time_windows(Interactions.from_arrays([1, 2], [1, 1], timestamps=[0, 2**62]), 1)
+    with pytest.raises(ConfigError):
+        time_windows(x, float("nan"))
+
+
 def test_cli_monitor(tmp_path: Path):
     out = tmp_path / "sim.json"
     res = CliRunner().invoke(

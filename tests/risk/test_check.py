@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from privrec.cli.main import app
 from privrec.data import synthetic
+from privrec.errors import ConfigError
 from privrec.models import EASE, DPPopularity
 from privrec.risk import CheckConfig, run_check
 
@@ -114,6 +115,17 @@ def test_ledger_consistency(tmp_path: Path, files):  # type: ignore[no-untyped-d
             )  # type: ignore[arg-type]
         )
         assert any(f.subject == "audit log" for f in pinned.violations)
+        # the ledger alone can be checked (a CI job for the ledger) …
+        alone = run_check(CheckConfig(ledger={"url": url, "api_key": auditor_key}))  # type: ignore[arg-type]
+        assert alone.passed and any(f.subject == "audit log" for f in alone.findings)
+        # … but a pattern that matches nothing is an error, not a vacuous pass
+        with pytest.raises(ConfigError, match="match no file"):
+            run_check(
+                CheckConfig(
+                    artifacts=[str(tmp_path / "none-*.npz")],
+                    ledger={"url": url, "api_key": auditor_key},
+                )  # type: ignore[arg-type]
+            )
     finally:
         dispose_engines()
 

@@ -188,6 +188,13 @@ def test_segment_and_cooccurrence_queries(
         ("/v1/recommend", {"model": "x", "history": "not a list"}, "malformed_request"),
         ("/v1/recommend", {"model": "../etc/passwd", "history": []}, "malformed_request"),
         ("/v1/recommend", {"model": "x", "history": [], "k": 0}, "malformed_request"),
+        # no coercion: JSON true is not the item id 1 nor k = 1 nor ε = 1; "0.1" is not a number
+        ("/v1/recommend", {"model": "x", "history": [True]}, "malformed_request"),
+        ("/v1/recommend", {"model": "x", "history": [50.0]}, "malformed_request"),
+        ("/v1/recommend", {"model": "x", "history": [], "k": True}, "malformed_request"),
+        ("/v1/datasets/ratings/queries/top-k", {"epsilon": True, "k": 3}, "malformed_request"),
+        ("/v1/datasets/ratings/queries/top-k", {"epsilon": "0.1", "k": 3}, "malformed_request"),
+        ("/v1/datasets/ratings/queries/top-k", {"epsilon": 0.1, "k": True}, "malformed_request"),
     ],
 )
 def test_malformed_bodies_get_422(

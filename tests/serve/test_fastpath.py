@@ -185,9 +185,16 @@ def test_fast_path_is_taken_and_hands_over_the_rest(
     h = auth(world, "ann")
     ok = client.post("/v1/recommend", headers=h, json={"model": model_id, "history": []})
     assert ok.status_code == 200  # answered without the route
-    # the schema coerces "5" to 5: not the fast path's business, the route answers (here: fails)
-    r = client.post("/v1/recommend", headers=h, json={"model": model_id, "history": [], "k": "5"})
+    # a JSON media type other than application/json: not the fast path's business, the route
+    # answers (here: fails); the schema is strict, so "k": "5" is the route's 422
+    r = client.post(
+        "/v1/recommend",
+        headers={**h, "Content-Type": "application/merge-patch+json"},
+        content=json.dumps({"model": model_id, "history": []}).encode(),
+    )
     assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    r = client.post("/v1/recommend", headers=h, json={"model": model_id, "history": [], "k": "5"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "malformed_request"
     # malformed: the route's own 422, and no rate-limit token was taken by the fast path first
     r = client.post("/v1/recommend", headers=h, json={"model": model_id, "history": [1.5]})
     assert r.status_code == 422 and r.json()["error"]["code"] == "malformed_request"

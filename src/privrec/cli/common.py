@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from privrec.errors import ConfigError, DataError, OutputPathError, PrivrecError
+from privrec.errors import ConfigError, DataError, OutputPathError, PrivacyWarning, PrivrecError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -167,12 +167,29 @@ def check_output(path: Path | None) -> Path | None:
     return path
 
 
+#: above this ε the command line warns that the guarantee is weak (73% at ε = 1, 99.995% at 10)
+WEAK_EPSILON = 10.0
+
+
 def check_delta_for_data(params: dict[str, Any], data: Any, force: bool) -> None:
     """δ ≥ 1/(number of privacy units) is an error on the command line unless forced.
 
     Such a δ lets a mechanism publish one unit's data outright and still be "(ε, δ)-DP"; the
     library only warns, the command line refuses (``--force-weak-delta`` to train anyway).
+
+    An ε above :data:`WEAK_EPSILON` is allowed but warns, in the plain-language reading of
+    ``explain`` (settings that weaken privacy warn).
     """
+    eps = params.get("epsilon")
+    if isinstance(eps, int | float) and eps > WEAK_EPSILON:
+        right = 100.0 / (1.0 + math.exp(-min(eps, 700.0)))
+        odds = "more than 99.99%" if right > 99.99 else f"up to {right:.4g}%"
+        warnings.warn(
+            f"epsilon={eps:g} is a weak guarantee: someone guessing whether a person's data was "
+            f"used could be right {odds} of the time (a coin flip: 50%)",
+            PrivacyWarning,
+            stacklevel=2,
+        )
     delta = params.get("delta")
     if delta is None:
         return
@@ -413,6 +430,24 @@ def fit_with_progress(model: Any, data: Any, label: str | None = None) -> Any:
         return model.fit(data, progress=step)
 
 
+def privacy_summary(guarantee: Any, saved: object) -> str:
+    """The one line a training prints about its guarantee (plain text, no markup).
+
+    A model trained with seeded noise carries the (ε, δ) of its mechanism but is **not
+    private** (its noise can be reproduced): the line says so itself, since the warning goes to
+    stderr and a log of stdout alone must not read as a privacy claim.
+    """
+    line = (
+        f"privacy: ({guarantee.epsilon:.3g}, {guarantee.delta:.1e})-DP per "
+        f"{guarantee.unit.value}; `privrec privacy explain {saved}` says what that means"
+    )
+    if getattr(guarantee, "seeded_noise", False):
+        line += (
+            " — but the noise was seeded: this model is NOT private (tests and experiments only)"
+        )
+    return line
+
+
 def rounded(n: int) -> str:
     """A count for logs and reports, to two significant figures (``≈ 940``): exact counts of
     training users are not something a private run should print."""
@@ -443,7 +478,8 @@ def load_history(path: Path, item_ids: np.ndarray) -> tuple[np.ndarray, int]:
     from privrec.errors import DataError
 
     if not path.is_file():
-        raise DataError("history file not found", file=path)
+        what = "is not a regular file" if path.exists() else "not found"
+        raise DataError(f"history file {what}", file=path)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:

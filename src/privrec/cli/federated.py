@@ -13,7 +13,14 @@ from typing import Annotated, Any
 
 import typer
 
-from privrec.cli.common import check_output, console, err_console, handle_errors, parse_params
+from privrec.cli.common import (
+    check_output,
+    console,
+    err_console,
+    handle_errors,
+    parse_params,
+    rounded,
+)
 
 federated_app = typer.Typer(
     help="Federated training (FederatedMF) simulated on one machine.", no_args_is_help=True
@@ -282,7 +289,7 @@ def simulate(
             budget = f"noise multiplier z = {c.noise_multiplier:g} (no ε target; see the end)"
         err_console.print(budget, highlight=False)
         err_console.print(
-            f"{label}; {x.shape[0]:,} clients, {x.shape[1]:,} items; "
+            f"{label}; {rounded(x.shape[0])} clients, {x.shape[1]:,} items; "
             f"q = {srv.q:.4g} (≈{srv.expected_clients:.0f} clients/round); "
             f"z = {srv.noise_multiplier:.4g}; aggregation {c.aggregation}"
             + (
@@ -383,7 +390,7 @@ def _run_and_report(
         + f" at δ = {g.delta:g} (user level, {g.accountant.value} accountant)",
         highlight=False,
     )
-    console.print(g.explain(), highlight=False)
+    console.print(g.explain(), highlight=False, markup=False)  # its [..] is text, not markup
     if json_out is not None:
         json_out.write_text(
             json.dumps({"config": srv.config.model_dump(mode="json"), "rounds": reports}, indent=1)

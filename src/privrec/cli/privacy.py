@@ -109,7 +109,14 @@ def privacy_verify(
                 markup=False,
             )
         else:
-            console.print("signature: none (sign with `privrec privacy sign`)", highlight=False)
+            console.print(
+                "signature: none — the stored ε and events agree with each other, which anyone "
+                "editing both could arrange: this does not show who produced the file (sign it "
+                "with `privrec privacy sign`, or check a release against the ledger with "
+                "`privrec check --release FILE --db URL`)",
+                highlight=False,
+                markup=False,
+            )
 
 
 @privacy_app.command("keygen")

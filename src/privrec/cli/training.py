@@ -30,6 +30,7 @@ from privrec.cli.common import (
     number_check,
     parse_params,
     privacy_params,
+    privacy_summary,
     read_config,
     read_items,
     rounded,
@@ -213,11 +214,7 @@ def train(
         )
         guarantee = getattr(model, "guarantee_", None)
         if guarantee is not None:
-            console.print(
-                f"privacy: ({guarantee.epsilon:.3g}, {guarantee.delta:.1e})-DP per {guarantee.unit.value}; "
-                f"`privrec privacy explain {saved}` says what that means",
-                highlight=False,
-            )
+            console.print(privacy_summary(guarantee, saved), highlight=False, markup=False)
 
 
 # ------------------------------------------------------- train --engine ray
@@ -257,7 +254,7 @@ def _train_distributed(
         sizes.update(users=n_users, nnz=nnz)
         check_delta_for_data(model.get_params(), _Sizes(n_users, nnz), force_weak_delta)
         note(
-            f"ray: {workers} workers hold ≈ {rounded(n_users)} users "
+            f"ray: {workers} workers hold {rounded(n_users)} users "
             f"({time.perf_counter() - t0:.1f} s to read and filter)"
         )
 
@@ -282,17 +279,13 @@ def _train_distributed(
             saved = model.save(output)
         moved = engine.last_group.bytes_reduced if engine.last_group is not None else 0
     console.print(
-        f"fitted [bold]{model.name}[/] on ray ({workers} workers) on ≈ {rounded(sizes['users'])} users × "
-        f"{len(model.item_ids_):,} items (≈ {rounded(sizes['nnz'])} interactions) in "
+        f"fitted [bold]{model.name}[/] on ray ({workers} workers) on {rounded(sizes['users'])} users × "
+        f"{len(model.item_ids_):,} items ({rounded(sizes['nnz'])} interactions) in "
         f"{time.perf_counter() - t0:.1f} s, {moved / 1e6:.1f} MB reduced → {saved}",
         highlight=False,
     )
     g = model.guarantee_
-    console.print(
-        f"privacy: ({g.epsilon:.3g}, {g.delta:.1e})-DP per {g.unit.value}; "
-        f"`privrec privacy explain {saved}` says what that means",
-        highlight=False,
-    )
+    console.print(privacy_summary(g, saved), highlight=False, markup=False)
 
 
 class _Sizes:

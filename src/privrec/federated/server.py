@@ -15,6 +15,7 @@ from typing import Any
 import dp_accounting
 import numpy as np
 
+from privrec import __version__
 from privrec.errors import ConfigError, DataError, InvalidInputError, PrivacyWarning
 from privrec.federated.accounting import calibrate_multiplier, fast_epsilon, head_count_event
 from privrec.federated.client import RoundSpec, split_noise
@@ -797,6 +798,7 @@ class FederatedMFServer:
             not_released=tuple(not_released),
             threat_model=threat,
             seeded_noise=c.seed is not None,
+            privrec_version=__version__,
         )
 
     # ------------------------------------------------------------------ checkpoints

@@ -88,27 +88,48 @@ def synthetic_stream(
     return out
 
 
-def time_windows(data: Any, days: float) -> list[sp.csr_matrix]:
-    """Split timestamped interactions into consecutive windows of ``days`` (empty windows dropped).
+#: most windows one call may cut (a hostile timestamp range must not mean billions of windows)
+MAX_WINDOWS = 10_000
 
-    Timestamps are seconds (Unix time). Every window keeps the whole item space; rows are
-    the data's users (users without interactions in a window have empty rows).
+
+def time_windows(data: Any, days: float) -> list[sp.csr_matrix]:
+    """Split timestamped interactions into consecutive windows of ``days``.
+
+    Timestamps are seconds (Unix time). The windows are a fixed calendar grid counted from the
+    Unix epoch — not from the data's earliest interaction, which is one person's timestamp —
+    and every window from the first to the last one holding data is returned, **empty ones
+    included**: whether a window is released must not depend on whether someone was active in
+    it (an empty window dropped would reveal that nobody was). What remains data-dependent,
+    and is assumed public, is the span of the data at the grid's resolution (its first and last
+    window). Every window keeps the whole item space; rows are the data's users (users without
+    interactions in a window have empty rows).
     """
-    if days <= 0:
-        raise ConfigError(f"window length must be > 0 days, found {days}")
+    if not (days > 0 and np.isfinite(days)):
+        raise ConfigError(f"window length must be a finite number of days > 0, found {days}")
     ts = getattr(data, "timestamps", None)
     if ts is None:
         raise ConfigError("the data has no timestamps: windows by time need them")
     m = sp.csr_matrix(data.matrix)
     t = np.asarray(ts, dtype=np.float64)
-    w = np.floor((t - t.min()) / (days * 86400.0)).astype(np.int64)
+    if t.size == 0:
+        return []
+    w = np.floor(t / (days * 86400.0))
+    first, last = float(w.min()), float(w.max())
+    if last - first + 1 > MAX_WINDOWS:
+        raise ConfigError(
+            f"the timestamps span {last - first + 1:.3g} windows of {days:g} days "
+            f"(at most {MAX_WINDOWS:,}): use longer windows or check the timestamps"
+        )
+    w = (w - first).astype(np.int64)
     rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    order = np.argsort(w, kind="stable")
+    bounds = np.searchsorted(w[order], np.arange(int(last - first) + 2))
     out = []
-    for k in np.unique(w):
-        sel = w == k
+    for k in range(int(last - first) + 1):
+        sel = order[bounds[k] : bounds[k + 1]]
         out.append(
             sp.csr_matrix(
-                (np.ones(int(sel.sum()), np.float32), (rows[sel], m.indices[sel])), shape=m.shape
+                (np.ones(len(sel), np.float32), (rows[sel], m.indices[sel])), shape=m.shape
             )
         )
     return out

@@ -340,7 +340,13 @@ def run_check(cfg: CheckConfig) -> CheckReport:
     release = _expand(cfg.release)
     everything = list(dict.fromkeys([*_expand(cfg.artifacts), *release]))
     if not everything:
-        raise ConfigError("nothing to check: give artifacts or release files")
+        if cfg.artifacts or cfg.release:  # a CI check must not pass on a pattern matching nothing
+            raise ConfigError(
+                "nothing to check: the artifact and release patterns match no file "
+                f"({', '.join([*cfg.artifacts, *cfg.release])})"
+            )
+        if cfg.ledger.url is None:
+            raise ConfigError("nothing to check: give artifacts, release files or a ledger (--db)")
     rel = set(release)
     for path in everything:
         _check_file(path, path in rel, cfg.policy, rep)

@@ -26,7 +26,9 @@ MODEL_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class _Strict(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid")
+    # strict types too: JSON ``true`` is not the item id 1 nor k = 1 nor ε = 1, and "1" is not a
+    # number (an integer is still a valid float)
+    model_config = pydantic.ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorDetail(pydantic.BaseModel):

@@ -2,17 +2,18 @@
 
 Usage::
 
-    python benchmarks/bench_dpals_speed.py            # MovieLens-20M scale (~10 min on 2 cores)
-    python benchmarks/bench_dpals_speed.py --quick    # 1/10 of users and items (~2 min)
-    python benchmarks/bench_dpals_speed.py --rounds 3 # repeat every model 3 times
+    python benchmarks/bench_dpals_speed.py                  # 5M, 10M and 20M interactions
+    python benchmarks/bench_dpals_speed.py --scales 20M     # one scale
+    python benchmarks/bench_dpals_speed.py --quick          # 1/10 of users and items (~2 min)
+    python benchmarks/bench_dpals_speed.py --rounds 3       # repeat every model 3 times
 
-The target (issue 3): a steady DPALS private item step costs at most 1.3× one
-ImplicitALS epoch at MovieLens-20M scale.
+The target (issue 15): a steady DPALS private item step costs at most 1.3× one
+ImplicitALS CG epoch at 5M, 10M and 20M interactions, in wall and CPU time.
 
 Data
-    ``privrec.data.synthetic(138_000, 20_000, 145, seed=0, timestamps=False)``
-    (~19.8M interactions; ``--quick``: 13,800 users × 2,000 items, the same
-    number of entries per item), written once to a
+    ``privrec.data.synthetic(138_000, 20_000, m, seed=0, timestamps=False)`` with
+    m = 36, 72 and 145 interactions per user on average (~5M, ~10M, ~19.8M;
+    ``--quick``: 13,800 users × 2,000 items at m = 145), each written once to a
     ``.npz`` in the temporary folder and read by every child. ``--quick`` is a
     smoke run only: at that size every factor matrix fits in cache, which
     speeds up the memory-bound CG epoch far more than the compute-bound
@@ -22,8 +23,10 @@ Models (each in its own subprocess, 64 factors, 2 threads)
       ``AlternatingLeastSquares`` (CG), the reference library, at EQUAL parameters:
       the same objective (observed weight 2, unobserved weight 1, plain ridge 0.01)
       and 3 CG steps per row (:data:`ALS_PARAMS`, as in ``bench_als.py``);
-    * ``DPALS`` at ε = 5 with the whole catalogue (``head_fraction=1``) and 4
-      private steps. The steady step is the median of steps 2–4 (step 1 also
+    * ``DPALS`` at ε = 5 with the whole catalogue (``head_fraction=1``), B = 100
+      and 4 private steps, once per left-hand-side variant (:data:`LHS_VARIANTS`:
+      ``lhs="full"``, per-item k×k statistics; ``"none"``, the noisy Gramian
+      alone). The steady step is the median of steps 2–4 (step 1 also
       holds the one-off set-up: noisy counts with per-user sampling, head
       selection, weights — and 8 rather than 4 warm-up CG user steps). The
       set-up is reported as step 1 minus the steady step, and
@@ -36,11 +39,12 @@ Baseline
     ``git archive``), so that an optimisation is measured against the code it
     replaces under the same load.
 Contention
-    The machine may be shared. Models run interleaved (round 1: all three,
-    round 2: all three, …) so that background load hits them alike; the first
+    The machine may be shared. Models run interleaved (round 1: all models,
+    round 2: all models, …) so that background load hits them alike; the first
     epoch/step of every run is a warm-up (one-off set-up) and is left out; the
-    tables report the median over rounds (default 3) of each run's median step, the
-    per-round ratios, and the process CPU seconds per step (less sensitive to
+    tables report the median over rounds of each run's median step, the
+    median of the per-round ratios (each against the ImplicitALS epoch of the
+    same round), and the process CPU seconds per step (less sensitive to
     other processes than wall time). The load average before and after each
     run is recorded.
 
@@ -87,6 +91,14 @@ ALS_PARAMS: dict[str, dict[str, Any]] = {
     "implicit": {"regularization": 0.01, "alpha": 2.0},
 }
 FULL: dict[str, Any] = {"n_users": 138_000, "n_items": 20_000, "interactions_per_user": 145.0}
+# the same users and items at a half and a quarter of the interactions (issue 15: 5M, 10M, 20M)
+SCALES: dict[str, dict[str, Any]] = {
+    "5M": {**FULL, "interactions_per_user": 36.0},
+    "10M": {**FULL, "interactions_per_user": 72.0},
+    "20M": FULL,
+}
+# DPALS left-hand-side variants timed side by side (``DPALS(lhs=...)``)
+LHS_VARIANTS = ("full", "none")
 # 1/10 of the users and of the items, so entries per item (what the item-side work per entry
 # is amortised over: per-item solves and noise) stay as at full scale
 QUICK: dict[str, Any] = {"n_users": 13_800, "n_items": 2_000, "interactions_per_user": 145.0}
@@ -151,7 +163,14 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
                 s0 = time.perf_counter()
                 sample_per_user(m, 100, rng)
                 out["sample_per_user_seconds"] = round(time.perf_counter() - s0, 3)
-                model = DPALS(**kw, factors=FACTORS, iterations=ITERATIONS, head_fraction=1.0)
+                model = DPALS(
+                    **kw,
+                    factors=FACTORS,
+                    iterations=ITERATIONS,
+                    head_fraction=1.0,
+                    max_per_user=100,
+                    lhs=spec.get("lhs", "full"),
+                )
             t0, c0 = time.perf_counter(), time.process_time()
             model.fit(data, progress=tick)
     total, cpu_total = time.perf_counter() - t0, time.process_time() - c0
@@ -164,7 +183,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
         load_before=round(load0, 2),
         load_after=round(os.getloadavg()[0], 2),
     )
-    if spec["model"] == "dpals":
+    if spec["model"].startswith("dpals"):
         steady = float(np.median(steps[1:]))
         out["steady_seconds"] = round(steady, 3)
         out["steady_cpu_seconds"] = round(float(np.median(cpu_steps[1:])), 3)
@@ -179,11 +198,11 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _data(quick: bool) -> tuple[str, dict[str, Any]]:
+def _data(quick: bool, scale: str = "20M") -> tuple[str, dict[str, Any]]:
     from privrec.data.synthetic import synthetic
 
-    shape = QUICK if quick else FULL
-    name = "privrec_synth2m_2k.npz" if quick else "privrec_synth20m.npz"  # full: as privacy_utility
+    shape = QUICK if quick or scale == "quick" else SCALES[scale]
+    name = "privrec_synth2m_2k.npz" if quick else f"privrec_synth{scale.lower()}.npz"
     path = Path(tempfile.gettempdir()) / name
     if not path.exists():
         x = synthetic(**shape, seed=0, timestamps=False)
@@ -195,125 +214,130 @@ def _data(quick: bool) -> tuple[str, dict[str, Any]]:
     return str(path), {**shape, "nnz": nnz}
 
 
-def run(quick: bool, rounds: int, baseline_src: str | None = None) -> dict[str, Any]:
-    path, info = _data(quick)
+def _has_implicit() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("implicit") is not None
+
+
+def _spec(path: str, model: str) -> dict[str, Any]:
+    if model.startswith("dpals"):
+        lhs = model.removesuffix("_baseline").split("-", 1)[1]
+        return {"path": path, "model": "dpals", "lhs": lhs}
+    return {"path": path, "model": model}
+
+
+def run_scale(
+    quick: bool, scale: str, rounds: int, baseline_src: str | None = None
+) -> dict[str, Any]:
+    path, info = _data(quick, scale)
     runs: list[dict[str, Any]] = []
-    models = ["implicitals", "implicit", "dpals"] + (["dpals_baseline"] if baseline_src else [])
+    dp = [f"dpals-{v}" for v in LHS_VARIANTS]
+    models = ["implicitals"] + (["implicit"] if _has_implicit() else []) + dp
+    models += ["dpals-full_baseline"] if baseline_src else []
     for r in range(rounds):
         for model in models:
-            spec = {"path": path, "model": model.removesuffix("_baseline")}
             env = {**os.environ, "NUMBA_NUM_THREADS": str(THREADS)}
-            if model == "dpals_baseline" and baseline_src:
+            if model.endswith("_baseline") and baseline_src:
                 env["PYTHONPATH"] = os.pathsep.join([baseline_src, env.get("PYTHONPATH", "")])
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", json.dumps(spec)],
+                [sys.executable, __file__, "--child", json.dumps(_spec(path, model))],
                 capture_output=True, text=True, env=env, check=False,
             )  # fmt: skip
             if proc.returncode != 0:
                 print(proc.stderr, file=sys.stderr)
                 raise RuntimeError(f"{model} child failed")
             row = json.loads(proc.stdout.strip().splitlines()[-1])
-            row["model"] = model
-            row["round"] = r + 1
+            row.update(model=model, round=r + 1, scale=scale)
             runs.append(row)
-            print(f"  [round {r + 1}] {row}", flush=True)
+            print(f"  [{scale} round {r + 1}] {row}", flush=True)
     summary: dict[str, Any] = {}
     for model in models:
         rows = [x for x in runs if x["model"] == model]
         summary[model] = {
-            "steady_seconds": round(float(np.median([x["steady_seconds"] for x in rows])), 3),
-            "steady_cpu_seconds": round(
-                float(np.median([x["steady_cpu_seconds"] for x in rows])), 3
-            ),
+            key: round(float(np.median([x[key] for x in rows])), 3)
+            for key in ("steady_seconds", "steady_cpu_seconds")
         }
-    for name in models[2:]:
-        dp = [x for x in runs if x["model"] == name]
-        for key in ("setup_seconds", "final_fold_seconds", "sample_per_user_seconds"):
-            summary[name][key] = round(float(np.median([x[key] for x in dp])), 3)
-    per_round = []
-    for r in range(rounds):
-        got = {x["model"]: x for x in runs if x["round"] == r + 1}
-        per_round.append(
-            round(got["dpals"]["steady_seconds"] / got["implicitals"]["steady_seconds"], 2)
-        )
-    ratio = summary["dpals"]["steady_seconds"] / summary["implicitals"]["steady_seconds"]
-    cpu_ratio = (
-        summary["dpals"]["steady_cpu_seconds"] / summary["implicitals"]["steady_cpu_seconds"]
-    )
-    return {
-        "data": info,
-        "runs": runs,
-        "summary": summary,
-        "ratio": round(ratio, 3),
-        "ratio_per_round": per_round,
-        "cpu_ratio": round(cpu_ratio, 3),
-        "target": TARGET,
-        # wall time alone flatters whichever model ran in a quieter moment: require both
-        "meets_target": bool(ratio <= TARGET and cpu_ratio <= TARGET),
-        "baseline_src": baseline_src,
-        "als_params": ALS_PARAMS,
-    }
+        if model.startswith("dpals"):
+            for key in ("setup_seconds", "final_fold_seconds", "sample_per_user_seconds"):
+                summary[model][key] = round(float(np.median([x[key] for x in rows])), 3)
+            # ratios against the ImplicitALS epoch of the same round, then their median
+            by_round = {x["round"]: x for x in runs if x["model"] == "implicitals"}
+            wall = [x["steady_seconds"] / by_round[x["round"]]["steady_seconds"] for x in rows]
+            cpu = [
+                x["steady_cpu_seconds"] / by_round[x["round"]]["steady_cpu_seconds"] for x in rows
+            ]
+            summary[model]["ratio_per_round"] = [round(v, 2) for v in wall]
+            summary[model]["ratio"] = round(float(np.median(wall)), 3)
+            summary[model]["cpu_ratio"] = round(float(np.median(cpu)), 3)
+            summary[model]["meets_target"] = bool(
+                np.median(wall) <= TARGET and np.median(cpu) <= TARGET
+            )
+    return {"data": info, "runs": runs, "summary": summary, "als_params": ALS_PARAMS}
 
 
 def markdown(result: dict[str, Any]) -> str:
-    d, s = result["data"], result["summary"]
     lines = [
         "# DPALS private step vs ImplicitALS epoch",
         "",
         f"Run {result['date']} ({'quick' if result['quick'] else 'full'} mode, "
-        f"{result['rounds']} round(s), models interleaved).",
+        f"{result['rounds']} round(s) per scale, models interleaved within a round). Synthetic "
+        f"138,000 users × 20,000 items at three densities; {FACTORS} factors, {THREADS} threads, "
+        f"whole catalogue (`head_fraction=1`), B = 100, ε = 5, {ITERATIONS} epochs/steps per run "
+        "(the first left out as warm-up); the two ALS implementations at equal parameters "
+        f"({ALS_PARAMS}). "
+        "The machine was shared with other engineers' jobs: the load average of every run is "
+        "listed below, and the CPU-seconds ratio (same run) is the steadier estimate.",
         "",
-        f"Synthetic {d['n_users']:,} users × {d['n_items']:,} items, {d['nnz']:,} interactions; "
-        f"{FACTORS} factors, {THREADS} threads, whole catalogue, {ITERATIONS} epochs/steps per run.",
-        "",
-        "| model | s per epoch/step (median) | CPU s per epoch/step |",
-        "|---|---:|---:|",
-        f"| privrec ImplicitALS (CG) epoch | {s['implicitals']['steady_seconds']:.2f} "
-        f"| {s['implicitals']['steady_cpu_seconds']:.2f} |",
-        f"| implicit 0.7 ALS (CG) epoch | {s['implicit']['steady_seconds']:.2f} "
-        f"| {s['implicit']['steady_cpu_seconds']:.2f} |",
-        f"| DPALS private step (steady) | {s['dpals']['steady_seconds']:.2f} "
-        f"| {s['dpals']['steady_cpu_seconds']:.2f} |",
-        "",
-        f"**DPALS steady step / ImplicitALS epoch = {result['ratio']:.2f}× in wall time "
-        f"(per round {result['ratio_per_round']}), {result['cpu_ratio']:.2f}× in CPU "
-        f"seconds.** Target ≤ {result['target']}× in both: "
-        f"{'met' if result['meets_target'] else 'NOT met'}.",
-        "",
-        "Both models run on 2 threads, so on an idle machine the wall-time ratio should be close "
-        "to the CPU-seconds ratio; when other processes compete for the cores, wall times swing "
-        "by ±50% between runs (see the per-run table and load averages) and the CPU-seconds "
-        "ratio is the steadier estimate.",
-        "",
+        "| scale | interactions | ImplicitALS CG epoch s (CPU s) | implicit 0.7 CG epoch s "
+        "| DPALS step, `lhs` | s (CPU s) | / ImplicitALS wall | / ImplicitALS CPU | ≤ "
+        f"{TARGET}× |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
-    if "dpals_baseline" in s:
-        b = s["dpals_baseline"]
-        lines += [
-            f"Baseline DPALS (privrec imported from `{result['baseline_src']}`) in the same rounds: "
-            f"steady step {b['steady_seconds']:.2f} s ({b['steady_cpu_seconds']:.2f} CPU s) = "
-            f"{b['steady_seconds'] / s['implicitals']['steady_seconds']:.2f}× the ImplicitALS "
-            f"epoch; set-up {b['setup_seconds']:.2f} s (`sample_per_user` "
-            f"{b['sample_per_user_seconds']:.2f} s); final fold {b['final_fold_seconds']:.2f} s.",
-            "",
-        ]
+    for scale, res in result["scales"].items():
+        s = res["summary"]
+        ials = s["implicitals"]
+        imp = s.get("implicit")
+        imp_cell = "—" if imp is None else f"{imp['steady_seconds']:.2f}"
+        for model in (m for m in s if m.startswith("dpals")):
+            d = s[model]
+            lhs = model.removeprefix("dpals-")
+            lines.append(
+                f"| {scale} | {res['data']['nnz']:,} | {ials['steady_seconds']:.2f} "
+                f"({ials['steady_cpu_seconds']:.2f}) | {imp_cell} | {lhs} | "
+                f"{d['steady_seconds']:.2f} ({d['steady_cpu_seconds']:.2f}) | {d['ratio']:.2f} "
+                f"{d['ratio_per_round']} | {d['cpu_ratio']:.2f} | "
+                f"{'yes' if d['meets_target'] else 'no'} |"
+            )
     lines += [
-        "DPALS one-off costs (not part of the steady step):",
         "",
-        f"- set-up (step 1 minus the steady step: noisy counts, head, weights, extra warm-up "
-        f"CG): {s['dpals']['setup_seconds']:.2f} s, of which `sample_per_user` alone "
-        f"{s['dpals']['sample_per_user_seconds']:.2f} s;",
-        f"- final fold (exact solve of every user): {s['dpals']['final_fold_seconds']:.2f} s.",
+        "DPALS one-off costs (not part of the steady step; `lhs=full`): set-up = step 1 minus "
+        "the steady step (length histogram absent here: B is given; noisy counts, head, weights, "
+        "extra warm-up CG); final fold = exact solve of every user.",
+        "",
+        "| scale | `lhs` | set-up s | of which `sample_per_user` s | final fold s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for scale, res in result["scales"].items():
+        for model, d in res["summary"].items():
+            if model.startswith("dpals"):
+                lines.append(
+                    f"| {scale} | {model.removeprefix('dpals-')} | {d['setup_seconds']:.2f} | "
+                    f"{d['sample_per_user_seconds']:.2f} | {d['final_fold_seconds']:.2f} |"
+                )
+    lines += [
         "",
         "Every run (load average before → after):",
         "",
-        "| round | model | steps/epochs s | CPU s | load |",
-        "|---:|---|---|---|---|",
+        "| scale | round | model | steps/epochs s | CPU s | load |",
+        "|---|---:|---|---|---|---|",
     ]
-    for r in result["runs"]:
-        lines.append(
-            f"| {r['round']} | {r['model']} | {r['step_seconds']} | {r['cpu_step_seconds']} "
-            f"| {r['load_before']} → {r['load_after']} |"
-        )
+    for res in result["scales"].values():
+        for r in res["runs"]:
+            lines.append(
+                f"| {r['scale']} | {r['round']} | {r['model']} | {r['step_seconds']} "
+                f"| {r['cpu_step_seconds']} | {r['load_before']} → {r['load_after']} |"
+            )
     lines += ["", "## Machine", "", machine_markdown(result["machine"]), ""]
     return "\n".join(lines)
 
@@ -321,7 +345,8 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="13,800 users × 2,000 items")
-    ap.add_argument("--rounds", type=int, default=None, help="repeats (default 3, quick 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="repeats (default 2, quick 1)")
+    ap.add_argument("--scales", default="5M,10M,20M", help="comma-separated subset of 5M,10M,20M")
     ap.add_argument("--baseline-src", help="also time DPALS importing privrec from this folder")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(HERE / "results"), help="results folder")
@@ -329,14 +354,17 @@ def main() -> None:
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else 2)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "quick": args.quick,
         "rounds": rounds,
         "machine": machine_info(),
     }
-    result.update(run(args.quick, rounds, args.baseline_src))
+    scales = ["quick"] if args.quick else args.scales.split(",")
+    result["scales"] = {
+        scale: run_scale(args.quick, scale, rounds, args.baseline_src) for scale in scales
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if args.quick else ""

@@ -51,13 +51,26 @@ def engine() -> Iterator[RayEngine]:
 
 
 @pytest.mark.parametrize(
-    ("method", "epsilon"), [("adaptive", 1.0), ("uniform", 1e6), ("tail", 1e6)]
+    ("method", "epsilon", "extra"),
+    [
+        ("adaptive", 1.0, {}),  # lhs="none" (default), fixed B and k
+        ("adaptive", 1.0, {"max_per_user": None, "factors": None}),  # data-adaptive B, k
+        ("adaptive", 1.0, {"lhs": "diagonal"}),
+        ("adaptive", 1.0, {"lhs": "full"}),
+        ("uniform", 1e6, {}),
+        ("tail", 1e6, {"lhs": "full"}),
+    ],
 )
 def test_dpals_equals_single_machine(
-    engine: RayEngine, small_data: Any, shards: Path, method: str, epsilon: float
+    engine: RayEngine,
+    small_data: Any,
+    shards: Path,
+    method: str,
+    epsilon: float,
+    extra: dict[str, Any],
 ) -> None:
     kw = dict(epsilon=epsilon, delta=1e-6, unit="user", factors=8, method=method,
-              max_per_user=10, head_min=60)  # fmt: skip
+              max_per_user=10, head_min=60) | extra  # fmt: skip
     steps: list[tuple[int, int]] = []
     one = seeded(DPALS, **kw).fit(small_data)
     dist = engine.fit(seeded(DPALS, **kw), shards, progress=lambda d, t: steps.append((d, t)))
@@ -67,27 +80,35 @@ def test_dpals_equals_single_machine(
         1.0, float(np.abs(one.item_factors_).max())
     )
     assert _events(one) == _events(dist)
+    assert (one.max_per_user_, one.count_sample_, one.factors_) == (
+        dist.max_per_user_, dist.count_sample_, dist.factors_
+    )  # fmt: skip
+    assert dist.popularity_shrinkage_ == pytest.approx(one.popularity_shrinkage_)
     assert dist.privacy_guarantee.epsilon == pytest.approx(one.privacy_guarantee.epsilon)
     assert steps == [(i + 1, one.iterations_) for i in range(one.iterations_)]
     # the tree reduce moved the statistics: W × (Gramian + per-item lhs/rhs) per step, + counts
     assert engine.last_group is not None and engine.last_group.bytes_reduced > 0
 
 
-@pytest.mark.parametrize("unit", ["user", "interaction"])
+@pytest.mark.parametrize(("unit", "bound"), [("user", 10), ("interaction", 10), ("user", None)])
 def test_dpease_and_dppopularity_equal_single_machine(
-    engine: RayEngine, small_data: Any, shards: Path, unit: str
+    engine: RayEngine, small_data: Any, shards: Path, unit: str, bound: int | None
 ) -> None:
-    kw: dict[str, Any] = dict(epsilon=2.0, delta=1e-6, unit=unit, max_per_user=10)
+    # bound None: data-adaptive B (and DPEASE's C) from the noisy length histogram
+    kw: dict[str, Any] = dict(epsilon=2.0, delta=1e-6, unit=unit, max_per_user=bound)
     a, b = (
         seeded(DPPopularity, **kw).fit(small_data),
         engine.fit(seeded(DPPopularity, **kw), shards),
     )
     assert max_diff(a.item_popularity_, b.item_popularity_) < 1e-5
     assert _events(a) == _events(b)
+    assert a.max_per_user_ == b.max_per_user_
     a, b = seeded(DPEASE, **kw).fit(small_data), engine.fit(seeded(DPEASE, **kw), shards)
     assert np.array_equal(a.head_items_, b.head_items_)
     assert max_diff(a.weights_, b.weights_) < 1e-6
     assert _events(a) == _events(b)
+    assert (a.max_per_user_, a.max_contribution_) == (b.max_per_user_, b.max_contribution_)
+    assert b.popularity_shrinkage_ == pytest.approx(a.popularity_shrinkage_)
 
 
 def test_the_model_file_holds_no_user_data(engine: RayEngine, shards: Path, tmp_path: Path) -> None:
@@ -109,6 +130,17 @@ def test_a_non_distributed_model_is_refused(engine: RayEngine, shards: Path) -> 
 
     with pytest.raises(ConfigError, match="no distributed implementation"):
         engine.fit(MODEL_REGISTRY["popularity"](), shards)
+
+
+@pytest.mark.parametrize("cls", [DPALS, DPPopularity])
+def test_protection_tiers_are_refused_before_any_release(
+    engine: RayEngine, shards: Path, cls: Any
+) -> None:
+    # each user's requested ε is not in the shards: refused, nothing planned or spent
+    model = seeded(cls, epsilon=3.0, delta=1e-6, unit="user", tiers=(0.5, 1.0))
+    with pytest.raises(ConfigError, match="protection tiers"):
+        engine.fit(model, shards)
+    assert not hasattr(model, "guarantee_")
 
 
 def test_worker_killed_mid_step_is_replaced_and_the_ledger_charged_once(

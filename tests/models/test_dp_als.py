@@ -12,6 +12,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from privrec.data import synthetic
 from privrec.errors import ConfigError
 from privrec.models import load_model
 from privrec.models.als_kernels import gramian, item_statistics
@@ -19,6 +20,7 @@ from privrec.models.dp_als import (
     DPALS,
     DPALSSensitivity,
     dpals_event,
+    dpals_releases,
     head_threshold,
     resolve_iterations,
     resolve_popularity_blend,
@@ -26,10 +28,12 @@ from privrec.models.dp_als import (
     select_head,
 )
 from privrec.models.private import blend_popularity
-from privrec.privacy.accounting import epsilon_of
+from privrec.privacy.accounting import calibrate, epsilon_of
+from privrec.privacy.bounds import LENGTHS_LABEL
+from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
 from privrec.privacy.events import total_event
-from privrec.privacy.postprocessing import project_psd, psd_solve
+from privrec.privacy.postprocessing import diagonal_solve, project_psd, psd_solve, shared_solve
 from privrec.privacy.randomness import seeded_generator
 from privrec.privacy.units import PrivacyUnit
 
@@ -70,9 +74,76 @@ def test_fit_meets_budget_and_records_events(eps: float) -> None:
     g = m.privacy_guarantee
     assert 0.99 * eps <= g.epsilon <= eps
     labels = [e.label for e in g.spent_events]
-    assert labels[0] == "noisy item counts" and len(labels) == 1 + 3 * 2
+    assert labels[:2] == [LENGTHS_LABEL, "noisy item counts"] and len(labels) == 2 + 2 * 2
     assert g.recompute_epsilon() == pytest.approx(g.epsilon, rel=1e-12)
     assert epsilon_of(total_event(g.spent_events), 1e-4) <= eps
+
+
+def test_adaptive_event_pinned_by_hand() -> None:
+    """The data-adaptive plan adds one histogram release (multiplier r_h·σ) to the fixed-B₀ split."""
+    sigma, b0, t, ratios, r_h = 40.0, 30, 2, (1.0, 5.0, 1.0, 0.2), 0.5
+    rate = 1 / (r_h * sigma) ** 2 + 1 / (0.2 * sigma) ** 2
+    rate += t * (1 / sigma**2 + b0 / (5 * sigma) ** 2 + b0 / sigma**2)
+    by_hand = dp_accounting.get_epsilon_gaussian(rate**-0.5, 1e-5)
+    event = dpals_event(sigma, t, b0, ratios, length_ratio=r_h)
+    assert epsilon_of(event, 1e-5) == pytest.approx(by_hand, rel=1e-9)
+    assert by_hand == pytest.approx(0.89231, abs=1e-4)  # pinned
+    releases = dpals_releases(sigma, t, b0, ratios, length_ratio=r_h)
+    assert [r.label for r in releases][:2] == [LENGTHS_LABEL, "noisy item counts"]
+    assert epsilon_of(total_event(releases), 1e-5) == pytest.approx(by_hand, rel=1e-9)
+    # without the histogram: exactly the fixed-B design
+    assert dpals_event(sigma, t, b0, ratios) == dpals_event(sigma, t, b0, ratios, None)
+    assert dpals_releases(sigma, t, b0, ratios)[0].label == "noisy item counts"
+
+
+def test_fixed_bounds_reduce_to_the_fixed_design() -> None:
+    """Given B, k and lhs="full", no histogram is released and σ is calibrated as before."""
+    data, _ = checkerboard(n_users=60, n_items=20)
+    kw = {"epsilon": 2.0, "delta": 1e-4, "unit": "user", "iterations": 2, "seed": 1}
+    m = DPALS(**kw, factors=4, max_per_user=10, lhs="full").fit(data)  # type: ignore[arg-type]
+    labels = [e.label for e in m.privacy_guarantee.spent_events]
+    assert labels[0] == "noisy item counts" and len(labels) == 1 + 3 * 2
+    expected = calibrate(Budget(2.0, 1e-4), lambda s: dpals_event(s, 2, 10, (1.0, 5.0, 1.0, 0.2)))
+    assert m.noise_scale_ == pytest.approx(expected, rel=1e-12)
+    assert m.effective_noise_scale_ == m.noise_scale_
+    assert (m.max_per_user_, m.count_sample_, m.factors_) == (10, 10, 4)
+
+
+def test_bound_adapts_to_history_length() -> None:
+    """Short histories get a small B, long ones a large B (the 75th percentile, privately)."""
+    short = synthetic(n_users=3000, n_items=400, interactions_per_user=6, seed=0)
+    long = synthetic(n_users=3000, n_items=400, interactions_per_user=80, seed=0)
+    kw = {"epsilon": 1.0, "delta": 1e-5, "unit": "user", "iterations": 1, "seed": 0}
+    a = DPALS(**kw).fit(short)  # type: ignore[arg-type]
+    b = DPALS(**kw).fit(long)  # type: ignore[arg-type]
+    for m, d in ((a, short), (b, long)):
+        q75 = np.quantile(np.diff(d.matrix.indptr), 0.75)
+        assert q75 / 2 <= m.max_per_user_ <= q75 * 2
+        q50 = np.quantile(np.diff(d.matrix.indptr), 0.5)
+        assert q50 / 2 <= m.count_sample_ <= q50 * 2  # the counts sample the median
+        # the item statistics' noise follows B at the budget split of B₀ = 30
+        assert m.effective_noise_scale_ == pytest.approx(
+            m.noise_scale_ * math.sqrt(m.max_per_user_ / 30)
+        )
+    assert a.max_per_user_ < 20 < b.max_per_user_
+    assert a.privacy_guarantee.epsilon <= 1.0 and b.privacy_guarantee.epsilon <= 1.0
+
+
+def test_per_user_shrinkage_of_the_blend() -> None:
+    """Shrinkage 0 reproduces the constant blend; with it, short histories lean to popularity."""
+    data, _ = checkerboard(n_users=80, n_items=20)
+    kw = {"epsilon": 2.0, "delta": 1e-4, "unit": "user", "factors": 4, "seed": 1}
+    kw |= {"max_per_user": 5, "popularity_blend": 0.3}
+    flat = DPALS(**kw).fit(data)  # type: ignore[arg-type]
+    zero = DPALS(**kw, popularity_shrinkage=0.0).fit(data)  # type: ignore[arg-type]
+    users = np.arange(1, 80)
+    np.testing.assert_array_equal(flat.recommend(users, k=5)[1], zero.recommend(users, k=5)[1])
+    big = DPALS(**kw, popularity_shrinkage=1e3).fit(data)  # type: ignore[arg-type]
+    # the prior dominates: every user's list is the popularity order of the head (unseen part)
+    order = big.head_items_[np.argsort(-big.noisy_counts_[big.head_items_], kind="stable")]
+    items, _ = big.recommend(3, k=3, exclude_seen=False)
+    np.testing.assert_array_equal(items, order[:3])
+    assert DPALS(epsilon=1.0, delta=1e-5, unit="user").config().popularity_shrinkage is None
 
 
 def test_interaction_unit_doubles_sensitivity() -> None:
@@ -128,11 +199,16 @@ def test_statistics_user_sensitivity(
 
 
 def test_non_private_limit_learns() -> None:
-    """With a huge ε the model is personalised on checkerboard data."""
+    """With a huge ε the model is personalised on checkerboard data.
+
+    The checkerboard's items are equally popular, so the popularity prior of the blend is pure
+    noise there: it is turned off to test what the factors learn.
+    """
     data, answer = checkerboard(n_users=200, n_items=20, hide=2)
     m = DPALS(
-        epsilon=1e6, delta=1e-3, unit="user", factors=4, iterations=4, regularization=0.1, seed=2
-    ).fit(data)
+        epsilon=1e6, delta=1e-3, unit="user", factors=4, iterations=4, regularization=0.1, seed=2,
+        popularity_blend=0.0,
+    ).fit(data)  # fmt: skip
     users = np.arange(1, 200)
     items, _ = m.recommend(users, k=2)
     assert np.take_along_axis(answer[users], items, axis=1).mean() >= 0.9
@@ -216,7 +292,8 @@ def test_automatic_head_and_regularisation() -> None:
     data, _ = checkerboard(n_users=60, n_items=20)
     m = DPALS(epsilon=1.0, delta=1e-4, unit="user", factors=4, head_min=7, seed=1).fit(data)
     assert len(m.head_items_) >= 7 and m.iterations_ == 2
-    assert m.regularization_ == pytest.approx(max(1.0, 400 * m.noise_scale_ * 0.3**2))
+    # the ridge follows the noise the statistics actually carry (σ·√(B/B₀) with a data-adaptive B)
+    assert m.regularization_ == pytest.approx(max(1.0, 400 * m.effective_noise_scale_ * 0.3**2))
 
 
 def test_cold_start_falls_back_to_private_popularity() -> None:
@@ -325,3 +402,64 @@ def test_count_sample_defaults_to_the_weight_budget() -> None:
     assert not np.array_equal(a.noisy_counts_, c.noisy_counts_)
     assert head_threshold(7.0, 2.0, 100) == pytest.approx(14.0)
     assert head_threshold(7.0, 2.0, 25) == pytest.approx(7.0)
+
+
+def test_cheaper_left_hand_sides_reduce_to_psd_solve() -> None:
+    """The shared and diagonal solvers equal psd_solve on the corresponding stacks."""
+    rng = np.random.default_rng(5)
+    k, n = 4, 6
+    a = rng.standard_normal((k, k))
+    base = a @ a.T - 1.0 * np.eye(k)  # indefinite: the projection matters
+    rhs = rng.standard_normal((n, k))
+    reg = rng.uniform(0.5, 2.0, n)
+    want, _ = psd_solve(project_psd(base), np.zeros((n, k, k)), rhs, reg, "always")
+    np.testing.assert_allclose(shared_solve(base, rhs, reg), want, atol=1e-9)
+    d = rng.standard_normal((n, k))
+    stack = np.stack([np.diag(np.maximum(v, 0.0)) for v in d])
+    want, _ = psd_solve(project_psd(base), stack, rhs, reg, "if_indefinite")
+    np.testing.assert_allclose(diagonal_solve(base, d, rhs, reg), want, atol=1e-9)
+
+
+@settings(max_examples=30)
+@given(problem(), st.integers(1, 6), st.data())
+def test_lhs_diagonal_user_sensitivity(
+    p: tuple[np.ndarray, np.ndarray], b: int, data: st.DataObject
+) -> None:
+    """Removing one user moves Σ_u c_uj x_u∘x_u by at most √B Γ² (the full LHS's bound)."""
+    x, f = p
+    gamma = 1.5
+    u = data.draw(st.integers(0, x.shape[0] - 1))
+    counts = x.sum(axis=0) + 1.0
+
+    def diag(mat: np.ndarray) -> np.ndarray:
+        w = adaptive_weights(sp.csr_matrix(mat), counts, 0.5, float(b))
+        fc = clip_rows(f, gamma)
+        return np.asarray(w.T @ (fc * fc))
+
+    x2 = x.copy()
+    x2[u] = 0
+    s = DPALSSensitivity.of(PrivacyUnit.USER, gamma, b, 1)
+    assert np.linalg.norm(diag(x) - diag(x2)) <= s.lhs + 1e-6
+
+
+@pytest.mark.parametrize("lhs", ["diagonal", "none"])
+def test_cheaper_lhs_releases_and_budget(lhs: str) -> None:
+    data, _ = checkerboard(n_users=60, n_items=20)
+    m = DPALS(
+        epsilon=2.0,
+        delta=1e-4,
+        unit="user",
+        factors=4,
+        iterations=2,
+        lhs=lhs,
+        seed=1,  # type: ignore[arg-type]
+    ).fit(data)
+    labels = [e.label for e in m.privacy_guarantee.spent_events]
+    per_step = 3 if lhs == "diagonal" else 2
+    assert len(labels) == 2 + per_step * 2
+    assert ("step 1: noisy item left-hand-side diagonals" in labels) == (lhs == "diagonal")
+    assert 0.99 * 2.0 <= m.privacy_guarantee.epsilon <= 2.0
+    # the diagonal release costs what the full one does (same multiplier, bound ≤ the full one's)
+    assert dpals_event(30.0, 2, 30, (1.0, 5.0, 1.0, 0.2), lhs="diagonal") == dpals_event(
+        30.0, 2, 30, (1.0, 5.0, 1.0, 0.2), lhs="full"
+    )

@@ -19,6 +19,7 @@ from privrec.models.dp_ease import (
     resolve_ease_regularization,
 )
 from privrec.privacy.accounting import epsilon_of
+from privrec.privacy.bounds import LENGTHS_LABEL
 from privrec.privacy.events import total_event
 from privrec.privacy.randomness import seeded_generator
 from privrec.privacy.units import PrivacyUnit
@@ -77,6 +78,9 @@ def test_head_restriction_charges_counts_and_meets_budget() -> None:
     data, _ = checkerboard(n_users=60, n_items=30)
     m = DPEASE(epsilon=2.0, delta=1e-4, unit="user", max_items=10, seed=3).fit(data)
     labels = [s.label for s in m.guarantee_.spent_events]
+    assert labels == [LENGTHS_LABEL, "noisy item counts (head selection)", "noisy item Gram matrix"]
+    fixed = DPEASE(epsilon=2.0, delta=1e-4, unit="user", max_items=10, max_per_user=30, seed=3)
+    labels = [s.label for s in fixed.fit(data).guarantee_.spent_events]
     assert labels == ["noisy item counts (head selection)", "noisy item Gram matrix"]
     assert len(m.head_items_) == 10
     eps = epsilon_of(total_event(m.guarantee_.spent_events), 1e-4)
@@ -104,7 +108,8 @@ def test_cold_start_uses_gram_diagonal() -> None:
 
 def test_whole_catalogue_without_head_selection_spends_only_the_gram() -> None:
     data, _ = checkerboard(n_users=60, n_items=20)
-    m = DPEASE(epsilon=2.0, delta=1e-4, unit="user", head_snr=0.0, seed=1).fit(data)
+    m = DPEASE(epsilon=2.0, delta=1e-4, unit="user", head_snr=0.0, max_per_user=30, seed=1)
+    m.fit(data)
     assert [s.label for s in m.guarantee_.spent_events] == ["noisy item Gram matrix"]
     assert len(m.head_items_) == 20
     assert 0.99 * 2.0 <= m.privacy_guarantee.epsilon <= 2.0

@@ -16,7 +16,9 @@ from scipy import stats
 
 from privrec.models import als_kernels
 from privrec.models.als_kernels import cholesky_half_step, gramian, item_statistics
-from privrec.models.dp_als import _packed_normals, _symmetric_noise, exact_user_solve
+from privrec.models.dp_als import exact_user_solve
+from privrec.models.dp_noise import _packed_normals
+from privrec.models.dp_noise import symmetric_noise as _symmetric_noise
 from privrec.privacy.contribution import _keyed_uniform, sample_per_user
 from privrec.privacy.postprocessing import project_psd, psd_solve
 from privrec.privacy.randomness import seeded_generator

@@ -70,7 +70,8 @@ def test_each_violation_is_one_line(files):  # type: ignore[no-untyped-def]
         )
     )
     text = "\n".join(_lines(rep))
-    assert "tampered.npz: states ε = 0.1 but its 1 events give ε = 1" in text
+    # DPPopularity releases a length histogram (its data-adaptive B) and the counts
+    assert "tampered.npz: states ε = 0.1 but its 2 events give ε = 1" in text
     assert "seeded.npz: trained with seeded noise" in text
     assert "ease.npz: ease is not a private model but is marked for release" in text
     assert "eps8.npz: ε = 8 exceeds the policy's max_epsilon 4" in text

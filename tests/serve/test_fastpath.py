@@ -40,14 +40,18 @@ def _histories(n_items: int, head: np.ndarray, seed: int = 0) -> list[np.ndarray
     return out
 
 
-@pytest.mark.parametrize("blend", [None, 0.0])
+@pytest.mark.parametrize(
+    ("blend", "shrink"), [(None, None), (0.0, None), (0.5, 0.0), (0.5, 2.5), (0.3, 40.0)]
+)
 def test_dpals_kernel_is_the_models_own_answer(
-    world: DemoWorld, model_id: str, blend: float | None
+    world: DemoWorld, model_id: str, blend: float | None, shrink: float | None
 ) -> None:
     model = load_model(world.models_dir / f"{model_id}.npz")
-    if blend is not None:  # the raw-factor branch (cold users get the noisy-count ranking)
+    if blend is not None:  # 0: the raw-factor branch (cold users get the noisy-count ranking)
         model = copy.deepcopy(model)
         model.popularity_blend_ = blend
+    if shrink is not None:  # the per-user blend β + s / n_u (s = 0: the same β for everyone)
+        model.popularity_shrinkage_ = shrink
     kernel = foldin.kernel_for(model)
     assert isinstance(kernel, foldin.DPALSKernel)
     generic = foldin.GenericKernel(model)

@@ -58,20 +58,22 @@ def record_item_steps(
 ) -> Iterator[ItemStepRecord]:
     """Record ``(y_prev, rhs)`` per step of a model implemented in ``module``.
 
-    ``module.psd_solve`` must be the solve that receives each step's noisy statistics;
+    ``module.psd_solve`` (or ``diagonal_solve`` / ``shared_solve``, DPALS's cheaper left-hand
+    sides) must be the solve that receives each step's noisy statistics;
     ``user_step`` names the per-step user solve (in ``user_module``, default ``module``),
     whose second argument is the item-factor matrix the users are solved from
     (``"_user_cg"`` for DPALS; ``"user_solve"`` of :mod:`privrec.secure.silo_stats` for the
     cross-silo silos, whose driver's solve is in :mod:`privrec.secure.silo_driver`).
     """
     umod = module if user_module is None else user_module
-    if not hasattr(module, "psd_solve") or not hasattr(umod, user_step):
+    solves = [name for name in _SOLVES if hasattr(module, name)]
+    if not solves or not hasattr(umod, user_step):
         raise ConfigError(
             f"{module.__name__}.psd_solve / {umod.__name__}.{user_step} not found: the released "
             "per-step statistics cannot be observed (the model changed; the audit needs a release hook)"
         )
     rec = ItemStepRecord()
-    orig_solve: Callable[..., Any] = getattr(module, "psd_solve")  # noqa: B009
+    originals: dict[str, Callable[..., Any]] = {name: getattr(module, name) for name in solves}
     orig_user: Callable[..., Any] = getattr(umod, user_step)
 
     def user(*args: Any, **kwargs: Any) -> Any:
@@ -79,19 +81,32 @@ def record_item_steps(
             rec._pending = np.array(args[1], dtype=np.float64, copy=True)
         return orig_user(*args, **kwargs)
 
-    def solve(*args: Any, **kwargs: Any) -> Any:
-        out = orig_solve(*args, **kwargs)
-        with rec._lock:
-            if rec._pending is not None:
-                rec.y_prev.append(rec._pending)
-                rec.rhs.append(np.array(args[2], dtype=np.float64, copy=True))
-            rec._pending = None
-        return out
+    def wrap(name: str) -> Callable[..., Any]:
+        orig, at = originals[name], _SOLVES[name]
 
-    setattr(module, "psd_solve", solve)  # noqa: B010
+        def solve(*args: Any, **kwargs: Any) -> Any:
+            out = orig(*args, **kwargs)
+            with rec._lock:
+                if rec._pending is not None:
+                    rec.y_prev.append(rec._pending)
+                    rec.rhs.append(np.array(args[at], dtype=np.float64, copy=True))
+                rec._pending = None
+            return out
+
+        return solve
+
+    for name in solves:
+        setattr(module, name, wrap(name))
     setattr(umod, user_step, user)
     try:
         yield rec
     finally:
-        setattr(module, "psd_solve", orig_solve)  # noqa: B010
+        for name, orig in originals.items():
+            setattr(module, name, orig)
         setattr(umod, user_step, orig_user)
+
+
+# The item solves that receive a step's noisy right-hand sides, and where: DPALS calls one of
+# them per step depending on its ``lhs`` (full: psd_solve; diagonal: diagonal_solve; none:
+# shared_solve).
+_SOLVES: dict[str, int] = {"psd_solve": 2, "diagonal_solve": 2, "shared_solve": 1}

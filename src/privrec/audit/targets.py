@@ -346,11 +346,13 @@ class DPALSTarget(AuditTarget):
             _fit_quiet(model, canaries.data)
         _require_steps(rec.steps, model.iterations_)
         c = cast(dp_als.DPALSConfig, model.config())
-        b = c.max_per_user
-        count_sample = b if c.count_sample is None else c.count_sample
+        # the bounds the fit used (read from its private length histogram unless given), and
+        # the nominal bound B₀ its multipliers were calibrated with
+        b, count_sample = int(model.max_per_user_), int(model.count_sample_)
+        b_plan = c.nominal_bound if c.max_per_user is None else c.max_per_user
         sens = dp_als.DPALSSensitivity.of(c.unit, c.clip_norm, b, count_sample)
         sigma = float(model.noise_scale_)
-        rhs_std = c.rhs_noise_ratio * sigma / math.sqrt(b) * sens.rhs
+        rhs_std = c.rhs_noise_ratio * sigma / math.sqrt(b_plan) * sens.rhs
         count_std = c.count_noise_ratio * sigma * sens.counts
         return _guarantee_run(
             _als_scores(

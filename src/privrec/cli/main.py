@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from privrec.cli import recommend, report, training
+from privrec.cli import budgets, recommend, report, training
 from privrec.cli.audit import audit_app as privacy_audit_app
 from privrec.cli.common import STATE
 from privrec.cli.data import data_app
@@ -61,6 +61,8 @@ app.command()(training.evaluate)
 app.command()(recommend.recommend)
 app.command()(report.report)
 app.command()(training.demo)
+app.command()(budgets.tune)
+app.command("train-tiers")(budgets.train_tiers)
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(he_app, name="he")
 app.add_typer(silo_app, name="silo")

@@ -75,6 +75,12 @@ def check_distributable(model: Any) -> Callable[..., None]:
     from privrec.models.dp_ease import DPEASE
     from privrec.models.dp_popularity import DPPopularity
 
+    if getattr(model, "tiers", None):
+        # protection tiers need each user's requested ε on the workers (not in the shards)
+        raise ConfigError(
+            f"{model.name}: protection tiers (tiers=…) are not supported by the Ray engine; "
+            "train with per-user epsilons on one machine (privrec train-tiers)"
+        )
     if isinstance(model, DPALS):
         return _fit_dpals
     if isinstance(model, DPEASE):
@@ -88,21 +94,65 @@ def check_distributable(model: Any) -> Callable[..., None]:
 
 
 # ----------------------------------------------------------------------------- DPPopularity
+def _length_profile(
+    group: WorkerGroup, unit: PrivacyUnit, z_len: float, rng: np.random.Generator, n_items: int
+) -> tuple[np.ndarray, float]:
+    """The noisy history-length histogram (:func:`~privrec.privacy.bounds.noisy_length_histogram`).
+
+    The workers' histograms of their users' lengths add up to the whole one; the driver adds the
+    noise once. Returns the noisy histogram and its noise std.
+    """
+    from privrec.privacy.bounds import length_sensitivity
+    from privrec.privacy.mechanisms import gaussian
+
+    (hist,) = group.reduce("length_histogram", n_items)
+    sens = length_sensitivity(unit)
+    return gaussian(hist, z_len, sens, rng), z_len * sens
+
+
 def _fit_dppopularity(
     model: Any, c: Any, budget: Any, rng: np.random.Generator, group: WorkerGroup, n_items: int,
     progress: Callable[[int, int], None] | None,
 ) -> None:  # fmt: skip
-    from privrec.privacy.accounting import calibrate
+    from privrec.models.dp_popularity import _FIXED_BOUND, split_multipliers
+    from privrec.privacy.accounting import calibrate, compose
+    from privrec.privacy.bounds import LENGTHS_LABEL, quantile_from_histogram
     from privrec.privacy.events import SpentEvent
     from privrec.privacy.mechanisms import gaussian, gaussian_event
 
-    z = calibrate(budget, gaussian_event, kind=c.accountant, unit=c.unit)
-    model._plan([SpentEvent("noisy item counts", gaussian_event(z))])
+    adaptive = c.max_per_user is None and c.unit is PrivacyUnit.USER
+    f = c.length_budget_fraction
+    z_len = 0.0
+    if adaptive:
+        z = calibrate(
+            budget,
+            lambda v: compose([gaussian_event(m) for m in split_multipliers(v, f)]),
+            kind=c.accountant,
+            unit=c.unit,
+        )
+        z_len, z = split_multipliers(z, f)
+        planned = [
+            SpentEvent(LENGTHS_LABEL, gaussian_event(z_len)),
+            SpentEvent("noisy item counts", gaussian_event(z)),
+        ]
+    else:
+        z = calibrate(budget, gaussian_event, kind=c.accountant, unit=c.unit)
+        planned = [SpentEvent("noisy item counts", gaussian_event(z))]
+    model._tiers = []
+    model._plan(planned)
+    if adaptive:
+        hist, std = _length_profile(group, c.unit, z_len, rng, n_items)
+        model._spend(LENGTHS_LABEL, gaussian_event(z_len))
+        q = quantile_from_histogram(hist, c.bound_quantile, noise_std=std)
+        bound = max(1, min(round(q), n_items))
+    else:
+        bound = _FIXED_BOUND if c.max_per_user is None else c.max_per_user
     salt = draw_salt(rng) if c.unit is PrivacyUnit.USER else None
-    (counts,) = group.reduce("bounded_counts", c.unit, c.max_per_user, salt)
-    sens = math.sqrt(c.max_per_user) if c.unit is PrivacyUnit.USER else 1.0
+    (counts,) = group.reduce("bounded_counts", c.unit, bound, salt)
+    sens = math.sqrt(bound) if c.unit is PrivacyUnit.USER else 1.0
     model.item_popularity_ = gaussian(counts, z, sens, rng).astype(np.float32)
     model.noise_multiplier_ = z
+    model.max_per_user_ = bound
     model._spend("noisy item counts", gaussian_event(z))
     if progress is not None:
         progress(1, 1)
@@ -127,35 +177,68 @@ def _fit_dpals(
 ) -> None:  # fmt: skip
     ray = _ray()
     from privrec.models.dp_als import (
+        _COUNT_QUANTILE,
+        _FACTOR_SCALE,
         _PROJECT,
+        DEFAULT_SHRINKAGE,
         DPALSSensitivity,
-        _noise,
-        _symmetric_noise,
+        _step_releases,
         dpals_event,
         dpals_releases,
+    )
+    from privrec.models.dp_noise import gaussian_noise, symmetric_noise
+    from privrec.models.dp_rules import (
+        LengthProfile,
         head_threshold,
+        resolve_bound,
+        resolve_factors,
         resolve_iterations,
         resolve_popularity_blend,
         resolve_regularization,
+        resolve_shrinkage,
         select_head,
     )
     from privrec.privacy.accounting import calibrate
+    from privrec.privacy.bounds import LENGTHS_LABEL
     from privrec.privacy.mechanisms import gaussian, gaussian_event
-    from privrec.privacy.postprocessing import project_psd, psd_solve
+    from privrec.privacy.postprocessing import diagonal_solve, project_psd, psd_solve, shared_solve
 
-    count_sample = c.max_per_user if c.count_sample is None else c.count_sample
-    sens = DPALSSensitivity.of(c.unit, c.clip_norm, c.max_per_user, count_sample)
     ratios = model._ratios(c)
     iterations = resolve_iterations(c.iterations, c.epsilon)
+    adaptive = c.max_per_user is None or c.factors is None
+    length_ratio = c.length_noise_ratio if adaptive else None
+    b_plan = c.nominal_bound if c.max_per_user is None else c.max_per_user
     sigma = calibrate(
         budget,
-        lambda s: dpals_event(s, iterations, c.max_per_user, ratios),
+        lambda s: dpals_event(s, iterations, b_plan, ratios, length_ratio, c.lhs),
         kind=c.accountant,
         unit=c.unit,
     )
     model.noise_scale_ = sigma
     model.iterations_ = iterations
-    model._plan(dpals_releases(sigma, iterations, c.max_per_user, ratios))
+    model._tiers = []
+    model._plan(dpals_releases(sigma, iterations, b_plan, ratios, length_ratio, c.lhs))
+
+    # 0. (data-adaptive bounds) noisy history-length histogram → B, count sample, k
+    profile = None
+    if length_ratio is not None:
+        z_len = length_ratio * sigma
+        hist, std = _length_profile(group, c.unit, z_len, rng, n_items)
+        profile = LengthProfile(hist, std, n_items)
+        model._spend(LENGTHS_LABEL, gaussian_event(z_len))
+    bound = resolve_bound(c.max_per_user, profile, c.bound_quantile)
+    count_sample = resolve_bound(
+        c.count_sample if c.max_per_user is None else (c.count_sample or bound),
+        profile,
+        _COUNT_QUANTILE,
+        floor=1,
+    )
+    k = resolve_factors(c.factors, profile, c.epsilon, _FACTOR_SCALE)
+    model.max_per_user_, model.count_sample_, model.factors_ = bound, count_sample, k
+    sens = DPALSSensitivity.of(c.unit, c.clip_norm, bound, count_sample)
+    b = math.sqrt(b_plan)
+    sigma_eff = sigma * math.sqrt(bound / b_plan)
+    model.effective_noise_scale_ = sigma_eff
 
     # 1. noisy counts (one release): head, sampling, weights, regularisation
     salt = draw_salt(rng) if c.unit is PrivacyUnit.USER else None
@@ -166,12 +249,12 @@ def _fit_dpals(
     head = select_head(
         noisy_counts,
         c.head_fraction,
-        head_threshold(c.head_snr, ratios[2] * sigma, count_sample),
+        head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample),
         c.head_min,
     )
     counts_h = noisy_counts[head]
     n_head = len(head)
-    reg = resolve_regularization(c.regularization, sigma, c.clip_norm)
+    reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)
     model.regularization_ = reg
 
     # 2. per-user weights on the workers (keyed samples salted by the driver's generator)
@@ -179,36 +262,39 @@ def _fit_dpals(
         raise ConfigError(f"unknown method {c.method!r}")
     salt_w = draw_salt(rng) if c.method in ("uniform", "tail") else None
     group.call_all(
-        "dpals_prepare", head, counts_h, c.method, c.max_per_user, c.adaptive_exponent, salt_w,
+        "dpals_prepare", head, counts_h, c.method, bound, c.adaptive_exponent, salt_w,
         setup=True,
     )  # fmt: skip
 
     # 3. T private item steps
-    k = c.factors
     init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)  # data-independent
     y = (init_rng.standard_normal((n_head, k)) * (c.init_scale / math.sqrt(k))).astype(np.float64)
     reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
-    b = math.sqrt(c.max_per_user)
     history: list[Any] = []
     for step in range(iterations):
         # the user solves cast the item factors to float32: broadcast them so
         history.append(ray.put(np.ascontiguousarray(y, dtype=np.float32)))
-        g, lhs, rhs = group.reduce(
-            "dpals_step", step, c.alpha0, c.user_regularization, c.clip_norm, *history
+        parts = group.reduce(
+            "dpals_step", step, c.alpha0, c.user_regularization, c.clip_norm, c.lhs, *history
         )
-        g = _symmetric_noise(g, ratios[0] * sigma * sens.gram, rng)
-        lhs = _symmetric_noise(lhs, ratios[1] * sigma / b * sens.lhs, rng)
-        rhs = rhs + _noise(rhs.shape, ratios[2] * sigma / b * sens.rhs, rng)
-        model._spend(f"step {step + 1}: noisy Gramian", gaussian_event(ratios[0] * sigma))
-        model._spend(
-            f"step {step + 1}: noisy item left-hand sides", gaussian_event(ratios[1] * sigma / b)
-        )
-        model._spend(
-            f"step {step + 1}: noisy item right-hand sides", gaussian_event(ratios[2] * sigma / b)
-        )
+        g = symmetric_noise(parts[0], ratios[0] * sigma * sens.gram, rng)
+        lhs_std, rhs_std = ratios[1] * sigma / b * sens.lhs, ratios[2] * sigma / b * sens.rhs
+        rhs = parts[1]
+        if c.lhs == "full":  # the same draws, in the same order, as DPALS._fit
+            lhs = symmetric_noise(parts[2], lhs_std, rng)
+        elif c.lhs == "diagonal":
+            lhs = parts[2] + gaussian_noise(parts[2].shape, lhs_std, rng)
+        rhs = rhs + gaussian_noise(rhs.shape, rhs_std, rng)
+        for release in _step_releases(step + 1, sigma, b_plan, ratios, c.lhs):
+            model._spend(release.label, release.event)
         g = project_psd(g)
-        y, _ = psd_solve(c.alpha0 * g, lhs, rhs, reg_items, _PROJECT)
-        del lhs, rhs
+        if c.lhs == "full":
+            y, _ = psd_solve(c.alpha0 * g, lhs, rhs, reg_items, _PROJECT)
+        elif c.lhs == "diagonal":
+            y = diagonal_solve(c.alpha0 * g, lhs, rhs, reg_items)
+        else:
+            y = shared_solve(c.alpha0 * g, rhs, reg_items)
+        del parts, rhs
         if progress is not None:
             progress(step + 1, iterations)
     model.item_factors_ = np.zeros((n_items, k), dtype=np.float32)
@@ -218,6 +304,9 @@ def _fit_dpals(
     model._fit_alpha0 = c.alpha0
     model._fit_user_reg = c.user_regularization
     model.popularity_blend_ = resolve_popularity_blend(c.popularity_blend, c.epsilon)
+    model.popularity_shrinkage_ = resolve_shrinkage(
+        c.popularity_shrinkage, c.popularity_blend, profile, DEFAULT_SHRINKAGE
+    )
     model.user_factors_ = np.zeros((0, k), dtype=np.float32)
     model._finish(
         c,
@@ -244,40 +333,52 @@ def _fit_dpease(
     progress: Callable[[int, int], None] | None,
 ) -> None:  # fmt: skip
     from privrec.models.dp_ease import (
+        _SHRINKAGE,
         gram_sensitivity,
+        resolve_contribution,
         resolve_ease_blend,
         resolve_ease_regularization,
     )
+    from privrec.models.dp_rules import LengthProfile, resolve_bound, resolve_shrinkage
     from privrec.models.ease import check_ease_memory, ease_from_gram
     from privrec.privacy.accounting import calibrate, compose
+    from privrec.privacy.bounds import LENGTHS_LABEL
     from privrec.privacy.events import SpentEvent
     from privrec.privacy.mechanisms import gaussian, gaussian_event, symmetric_gaussian
 
     restrict = n_items > c.max_items or c.head_snr > 0
-    f = c.count_budget_fraction if restrict else 0.0
-    z_eff = calibrate(budget, gaussian_event, kind=c.accountant, unit=c.unit)
-    if c.accountant == "rdp":
-
-        def split(z: float) -> list[float]:
-            return [z / np.sqrt(f), z / np.sqrt(1 - f)] if restrict else [z]
-
-        z_eff = calibrate(
-            budget,
-            lambda z: compose([gaussian_event(v) for v in split(z)]),
-            kind="rdp",
-            unit=c.unit,
-        )
-    z_gram = z_eff / np.sqrt(1.0 - f)
-    z_count = z_eff / np.sqrt(f) if restrict else 0.0
+    adaptive = c.max_per_user is None
+    f_len = c.length_budget_fraction if adaptive else 0.0
+    f_count = c.count_budget_fraction if restrict else 0.0
+    if f_len + f_count >= 0.9:
+        raise ConfigError("length_budget_fraction + count_budget_fraction must stay below 0.9")
+    shares = [f for f in (f_len, f_count) if f > 0] + [1.0 - f_len - f_count]
+    z_eff = calibrate(
+        budget,
+        lambda z: compose([gaussian_event(z / math.sqrt(f)) for f in shares]),
+        kind=c.accountant,
+        unit=c.unit,
+    )
+    z_len, z_count = (z_eff / math.sqrt(f) if f > 0 else 0.0 for f in (f_len, f_count))
+    z_gram = z_eff / math.sqrt(shares[-1])
     model._plan(
-        ([SpentEvent("noisy item counts (head selection)", gaussian_event(z_count))] if restrict else [])
+        ([SpentEvent(LENGTHS_LABEL, gaussian_event(z_len))] if adaptive else [])
+        + ([SpentEvent("noisy item counts (head selection)", gaussian_event(z_count))] if restrict else [])
         + [SpentEvent("noisy item Gram matrix", gaussian_event(z_gram))]
     )  # fmt: skip
-    sens_g = gram_sensitivity(c.unit, c.max_contribution, c.max_per_user)
+    profile = None
+    if adaptive:
+        hist, std = _length_profile(group, c.unit, z_len, rng, n_items)
+        model._spend(LENGTHS_LABEL, gaussian_event(z_len))
+        profile = LengthProfile(hist, std, n_items)
+    bound = resolve_bound(c.max_per_user, profile, c.bound_quantile, floor=1)
+    c_max = resolve_contribution(c.max_contribution, profile)
+    model.max_per_user_, model.max_contribution_ = bound, c_max
+    sens_g = gram_sensitivity(c.unit, c_max, bound)
     if restrict:
         salt = draw_salt(rng) if c.unit is PrivacyUnit.USER else None
-        (counts,) = group.reduce("bounded_counts", c.unit, c.max_per_user, salt)
-        sens = math.sqrt(c.max_per_user) if c.unit is PrivacyUnit.USER else 1.0
+        (counts,) = group.reduce("bounded_counts", c.unit, bound, salt)
+        sens = math.sqrt(bound) if c.unit is PrivacyUnit.USER else 1.0
         noisy = gaussian(counts, z_count, sens, rng)
         model._spend("noisy item counts (head selection)", gaussian_event(z_count))
         n_head = int(np.count_nonzero(noisy >= c.head_snr * z_gram * sens_g))
@@ -287,7 +388,7 @@ def _fit_dpease(
         head = np.arange(n_items)
     check_ease_memory(len(head), None, "DPEASE")
     salt_g = draw_salt(rng) if c.unit is PrivacyUnit.INTERACTION else None
-    (gram,) = group.reduce("ease_gram", head, c.unit, c.max_contribution, c.max_per_user, salt_g)
+    (gram,) = group.reduce("ease_gram", head, c.unit, c_max, bound, salt_g)
     noisy_gram = symmetric_gaussian(gram, z_gram, sens_g, rng)
     del gram
     model._spend("noisy item Gram matrix", gaussian_event(z_gram))
@@ -300,6 +401,9 @@ def _fit_dpease(
     model.head_items_ = head.astype(np.int64)
     model.noise_multiplier_ = float(z_gram)
     model.popularity_blend_ = resolve_ease_blend(c.popularity_blend, c.epsilon)
+    model.popularity_shrinkage_ = resolve_shrinkage(
+        c.popularity_shrinkage, c.popularity_blend, profile, _SHRINKAGE * model.popularity_blend_
+    )
     if progress is not None:
         progress(1, 1)
     model._finish(

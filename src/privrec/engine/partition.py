@@ -191,6 +191,17 @@ class Partition:
         return float(r.ru_utime + r.ru_stime)
 
     # ---------------------------------------------------------- statistics
+    def length_histogram(self, n_items: int) -> None:
+        """Partial history-length histogram (:func:`~privrec.privacy.bounds.length_histogram`).
+
+        Bins run up to the catalogue size (public), as on one machine; counts of disjoint user
+        sets add up to the whole histogram.
+        """
+        from privrec.privacy.bounds import length_histogram
+
+        x = self.binary()
+        self._partial = (length_histogram(np.diff(x.indptr), max_length=n_items),)
+
     def bounded_counts(self, unit: PrivacyUnit, max_per_user: int, salt: int | None) -> None:
         """Partial item counts, bounded per unit as :func:`~privrec.models.dp_popularity.bounded_counts`."""
         from privrec.models.dp_popularity import bounded_counts
@@ -261,9 +272,14 @@ class Partition:
         alpha0: float,
         user_regularization: float,
         clip_norm: float,
+        lhs: str,
         *item_history: np.ndarray,
     ) -> None:
-        """User solves, clipping and this worker's Gramian / left- / right-hand sides for ``step``.
+        """User solves, clipping and this worker's Gramian / right-hand sides (/ left-hand sides).
+
+        The partial sums are ``(Gramian, Σ c_uj x_u)`` with ``lhs="none"``, plus ``Σ c_uj x_u∘x_u``
+        with ``"diagonal"`` or the per-item k×k ``Σ c_uj x_u x_uᵀ`` with ``"full"`` — the
+        statistics :class:`~privrec.models.DPALS` releases for that variant.
 
         ``item_history[s]`` are the item factors broadcast before step ``s`` (``s ≤ step``). The
         user solves are warm-started from the previous step's, as on one machine; a worker that
@@ -272,6 +288,7 @@ class Partition:
         """
         from privrec.models.als_kernels import gramian, item_statistics
         from privrec.models.dp_als import _user_cg
+        from privrec.models.item_sums import item_sums
         from privrec.privacy.contribution import clip_rows
 
         y = item_history[step]
@@ -287,15 +304,23 @@ class Partition:
         self._xs = {s: v for s, v in self._xs.items() if s == step - 1} | {step: xs}
         n_head = y.shape[0]
         if self.xh.shape[0] == 0:
-            self._partial = (
+            zeros: tuple[np.ndarray, ...] = (
                 np.zeros((k, k), np.float64),
-                np.zeros((n_head, k, k), np.float32),
                 np.zeros((n_head, k), np.float32),
             )
+            if lhs == "full":
+                zeros += (np.zeros((n_head, k, k), np.float32),)
+            elif lhs == "diagonal":
+                zeros += (np.zeros((n_head, k), np.float32),)
+            self._partial = zeros
             return
         u = clip_rows(xs / np.float32(1.0 + alpha0), clip_norm)
-        g = gramian(u.astype(np.float64))
-        lhs, rhs = item_statistics(
-            self.weights, u, self.weights.data, alpha0=0.0, num_threads=self.threads
-        )
-        self._partial = (np.asarray(g, dtype=np.float64), lhs, rhs)
+        g = np.asarray(gramian(u.astype(np.float64)), dtype=np.float64)
+        if lhs == "full":
+            full, rhs = item_statistics(
+                self.weights, u, self.weights.data, alpha0=0.0, num_threads=self.threads
+            )
+            self._partial = (g, rhs, full)
+            return
+        rhs, diag = item_sums(self.weights, u, square=lhs == "diagonal")
+        self._partial = (g, rhs) if diag is None else (g, rhs, diag)

@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from privrec.federated.dpals import FederatedDPALS, FederatedDPALSConfig
     from privrec.federated.mf import (
         ClientUpdate,
         FederatedMFConfig,
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from privrec.federated.training import FaultModel, FederatedSimulation, RoundReport
 
 _LAZY = {
+    "FederatedDPALS": "dpals",
+    "FederatedDPALSConfig": "dpals",
     "ClientUpdate": "mf",
     "FederatedMFConfig": "mf",
     "FederatedMFServer": "mf",
@@ -50,6 +53,8 @@ _LAZY = {
 __all__ = [
     "ClientUpdate",
     "FaultModel",
+    "FederatedDPALS",
+    "FederatedDPALSConfig",
     "FederatedMF",
     "FederatedMFConfig",
     "FederatedMFServer",

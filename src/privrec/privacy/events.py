@@ -29,7 +29,16 @@ _ALLOWED = {
     "ComposedDpEvent",
     "NoOpDpEvent",
     "NonPrivateDpEvent",
+    "RepeatAndSelectDpEvent",
 }
+
+
+def _event_class(name: str) -> type[dp_accounting.DpEvent]:
+    """dp-accounting exports most event types at the top level, the rest in ``dp_event``."""
+    from dp_accounting import dp_event
+
+    cls = getattr(dp_accounting, name, None) or getattr(dp_event, name)
+    return cls  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ def event_from_dict(d: dict[str, Any]) -> dp_accounting.DpEvent:
         raise DataError(
             "unknown event type", field="type", expected=" | ".join(sorted(_ALLOWED)), found=name
         )
-    cls = getattr(dp_accounting, str(name))
+    cls = _event_class(str(name))
     kwargs: dict[str, Any] = {}
     for key, value in d.items():
         if key == "type":
@@ -110,6 +119,9 @@ def describe_event(event: dp_accounting.DpEvent) -> str:
         return f"{event.count} × [{describe_event(event.event)}]"
     if isinstance(event, dp_accounting.ComposedDpEvent):
         return " + ".join(describe_event(e) for e in event.events)
+    if type(event).__name__ == "RepeatAndSelectDpEvent":
+        inner = describe_event(event.event)
+        return f"best of a random number (mean {event.mean:g}) of [{inner}]"
     if isinstance(event, dp_accounting.PoissonSampledDpEvent):
         return (
             f"Poisson-sampled (q = {event.sampling_probability:.4g}) {describe_event(event.event)}"

@@ -24,7 +24,7 @@ __all__ = ["Catalogue", "PrivacyGuarantee", "Tuning", "distinguishing_accuracy"]
 #: Where the item catalogue came from: the training data (assumed public) or the trainer.
 Catalogue = Literal["data", "given"]
 #: How the hyper-parameters were chosen, as declared by whoever trained the model.
-Tuning = Literal["unstated", "defaults", "public", "private"]
+Tuning = Literal["unstated", "defaults", "public", "private", "charged"]
 
 _TUNING_TEXT = {
     "defaults": (
@@ -34,6 +34,10 @@ _TUNING_TEXT = {
     "public": (
         "chosen on public or separate data, not on this training data (as declared by the "
         "trainer): nothing to charge"
+    ),
+    "charged": (
+        "chosen on this training data by private selection (privrec.tuning, Papernot & Steinke "
+        "2022), and that choice is charged: the stated ε covers the selection"
     ),
     "private": (
         "WARNING: chosen by comparing results on this same private data, and that choice is NOT "
@@ -94,6 +98,9 @@ class PrivacyGuarantee(pydantic.BaseModel):
     tuning: Tuning = "unstated"
     #: hyper-parameters set to something other than privrec's defaults
     non_default_params: tuple[str, ...] = ()
+    #: Personalised budgets (protection tiers), one ``{"requested_epsilon", "epsilon", "weight"}``
+    #: per tier; the loosest tier's ε is ``epsilon`` (:mod:`privrec.privacy.personalized`).
+    tiers: tuple[dict[str, float], ...] = ()
 
     _verified: bool = pydantic.PrivateAttr(default=False)
     _eps_cache: dict[float, float] = pydantic.PrivateAttr(default_factory=dict)
@@ -280,6 +287,11 @@ class PrivacyGuarantee(pydantic.BaseModel):
             "stored events and checked. Computed by privrec "
             f"{self.privrec_version}."
         )
+        for t in self.tiers:
+            lines.append(
+                f"Protection tier: users who asked for epsilon {t['requested_epsilon']:g} contribute "
+                f"with weight {t['weight']:.3g} and are ({t['epsilon']:.3g}, {self.delta:.1e})-DP."
+            )
         if self.unit is PrivacyUnit.INTERACTION:
             lines.append(
                 "Caution: interaction-level privacy does not protect a person with many interactions; "

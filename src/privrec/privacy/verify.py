@@ -60,6 +60,8 @@ _FIELDS: dict[str, dict[str, str]] = {
     "ComposedDpEvent": {"events": "events"},
     "NoOpDpEvent": {},
     "NonPrivateDpEvent": {},
+    # private hyper-parameter selection (privrec.tuning): best of a random number of trials
+    "RepeatAndSelectDpEvent": {"event": "event", "mean": "mean", "shape": "shape"},
 }
 
 
@@ -113,6 +115,12 @@ def check_event_dict(d: object, *, _depth: int = 0, _budget: list[int] | None = 
         elif role == "count":
             if not (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COMPOSITION):
                 raise _bad(f"{kind}.{key} must be an integer in [0, {MAX_COMPOSITION}]", v)
+        elif role == "mean":
+            if not (_real(v) and 0 < v <= MAX_COMPOSITION):
+                raise _bad(f"{kind}.{key} must be a number in (0, {MAX_COMPOSITION}]", v)
+        elif role == "shape":
+            if not (isinstance(v, int | float) and not isinstance(v, bool) and v >= 0):
+                raise _bad(f"{kind}.{key} must be a number >= 0 (inf allowed)", v)
         elif role == "event":
             check_event_dict(v, _depth=_depth + 1, _budget=budget)
         else:  # events

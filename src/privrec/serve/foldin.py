@@ -58,7 +58,9 @@ class DPALSKernel:
     """DPALS fold-in + head scoring + top-k for one history (see the module docstring).
 
     Mirrors ``DPALS._fold`` (``exact_user_solve``'s few-users branch), ``head_item_scores``
-    with ``blend_popularity``, ``mask_seen`` and ``top_k``, restricted to the head items.
+    with ``blend_popularity`` (or, with a per-user shrinkage ``s``, the blend weight
+    ``β + s / n_u`` of ``DPALS._scores_from_factors``), ``mask_seen`` and ``top_k``, restricted
+    to the head items.
     """
 
     def __init__(self, model: Any) -> None:
@@ -80,7 +82,11 @@ class DPALSKernel:
         self.cold = counts  # beta = 0: a user without history gets the noisy-count ranking
         prior = np.log1p(np.maximum(np.asarray(counts, dtype=np.float64), 0.0))
         prior = (prior - prior.mean()) / max(float(prior.std()), 1e-12)
-        self.prior = np.float32(self.beta) * prior.astype(np.float32)
+        self.prior32 = prior.astype(np.float32)
+        self.prior = np.float32(self.beta) * self.prior32
+        # per-user shrinkage of the blend (β + s / n_u, n_u the history's length), as
+        # DPALS._scores_from_factors with dp_rules.user_blend
+        self.shrink = float(getattr(model, "popularity_shrinkage_", 0.0))
 
     def _fold(self, hp: np.ndarray) -> np.ndarray:
         yi = self.y64[hp]
@@ -103,7 +109,11 @@ class DPALSKernel:
             s = np.asarray(s, dtype=np.float32)
             sd = s.std(axis=1, keepdims=True)
             z = (s - s.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, np.float32(1.0))
-            s = (z + self.prior).astype(np.float32)
+            if self.shrink > 0:
+                b = np.float32(self.beta + self.shrink / max(float(known.shape[0]), 1.0))
+                s = (z + b * self.prior32).astype(np.float32)
+            else:
+                s = (z + self.prior).astype(np.float32)
         elif not np.any(u != 0):
             s = self.cold[None, :].astype(np.float32)
         s = np.asarray(s, dtype=np.float32)

@@ -1,0 +1,161 @@
+"""``privrec tune`` and ``privrec train-tiers``: privacy-budget features of the private models.
+
+``tune`` picks hyper-parameters on the data itself and charges the selection to ε
+(:func:`privrec.tuning.private_tune`); ``train-tiers`` fits DPPopularity or DPALS with
+protection tiers, each user's tier read from a CSV file (:mod:`privrec.privacy.personalized`).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from privrec.cli.common import (
+    build_model,
+    console,
+    err_console,
+    handle_errors,
+    load_data,
+    parse_params,
+    privacy_params,
+    read_config,
+)
+from privrec.errors import ConfigError, DataError
+
+__all__ = ["train_tiers", "tune"]
+
+
+def tune(
+    data_path: Annotated[Path, typer.Option("--data", "-d", help="Interaction file.")],
+    model_name: Annotated[
+        str, typer.Option("--model", "-m", help="dpals, dpease or dppopularity.")
+    ],
+    grid: Annotated[
+        Path, typer.Option("--grid", "-g", help="TOML file with [[candidates]] tables.")
+    ],
+    epsilon: Annotated[float, typer.Option(help="Budget ε of the whole selection.")],
+    delta: Annotated[float, typer.Option(help="Budget δ.")],
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("model.npz"),
+    fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
+    binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold as 1.")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", "-p", help="Shared key=value for every candidate."),
+    ] = None,
+    mean_trials: Annotated[
+        float | None, typer.Option(help="Mean number of trials (default 2 × candidates).")
+    ] = None,
+) -> None:
+    """Tune on the data itself, paying for it: the saved model's guarantee covers the selection.
+
+    The grid file lists candidates, e.g. ``[[candidates]]`` / ``factors = 8`` /
+    ``[[candidates]]`` / ``popularity_shrinkage = 0.0``. Only the chosen candidate, its noisy
+    validation score and the number of trials are released (Papernot & Steinke 2022).
+    """
+    with handle_errors():
+        candidates = read_config(grid).get("candidates")
+        if not isinstance(candidates, list) or not candidates:
+            raise ConfigError(f"{grid}: needs a non-empty array of 'candidates' tables")
+        probe = build_model(model_name, {"epsilon": epsilon, "delta": delta, "unit": "user"})
+        data = load_data(data_path, fmt, binarize)
+        from privrec.tuning import private_tune
+
+        with err_console.status(f"tuning {probe.name} privately…"):
+            res = private_tune(
+                type(probe),
+                [dict(c) for c in candidates],
+                data,
+                epsilon=epsilon,
+                delta=delta,
+                mean_trials=mean_trials,
+                base_params=parse_params(param),
+            )
+        saved = res.model.save(output)
+        g = res.guarantee
+        console.print(
+            f"chose {res.params or 'the defaults'} after {res.trials} trial(s) "
+            f"(noisy validation score {res.noisy_score:.1f}; each trial's model at ε = "
+            f"{res.trial_epsilon:.3g}) → {saved}"
+        )
+        console.print(f"privacy: ({g.epsilon:.3g}, {g.delta:.1e})-DP per user, selection included")
+
+
+def train_tiers(
+    data_path: Annotated[Path, typer.Option("--data", "-d", help="Interaction file.")],
+    model_name: Annotated[str, typer.Option("--model", "-m", help="dpals or dppopularity.")],
+    tiers_file: Annotated[
+        Path, typer.Option("--user-epsilons", help="CSV: user,epsilon (one row per user).")
+    ],
+    epsilon: Annotated[float, typer.Option(help="The loosest tier's ε (the model's).")],
+    delta: Annotated[float, typer.Option(help="Budget δ.")],
+    tiers: Annotated[str, typer.Option(help="Stricter tiers on offer, e.g. 0.5,1.")],
+    output: Annotated[Path, typer.Option("--output", "-o")] = Path("model.npz"),
+    fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
+    binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold as 1.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p")] = None,
+) -> None:
+    """Fit with protection tiers: each user gets the ε they asked for (a declared tier)."""
+    with handle_errors():
+        if model_name not in ("dpals", "dppopularity"):
+            raise ConfigError(
+                f"protection tiers exist for dpals and dppopularity, not {model_name!r}"
+            )
+        try:
+            offered = tuple(float(t) for t in tiers.split(",") if t.strip())
+        except ValueError:
+            raise ConfigError(
+                f"--tiers expects numbers separated by commas, found {tiers!r}"
+            ) from None
+        params: dict[str, Any] = {
+            **parse_params(param),
+            **privacy_params(epsilon, delta, "user"),
+            "tiers": offered,
+        }
+        model = build_model(model_name, params)
+        data = load_data(data_path, fmt, binarize)
+        asks = read_user_epsilons(tiers_file, np.asarray(data.user_ids))
+        with err_console.status(f"fitting {model.name} with protection tiers…"):
+            model.fit(data, user_epsilons=asks)
+        saved = model.save(output)
+        for t in model.privacy_guarantee.tiers:
+            console.print(
+                f"tier ε = {t['requested_epsilon']:g}: weight {t['weight']:.3g}, "
+                f"({t['epsilon']:.3g}, {delta:.1e})-DP"
+            )
+        console.print(f"→ {saved}")
+
+
+def read_user_epsilons(path: Path, user_ids: np.ndarray) -> np.ndarray:
+    """Each training user's requested ε from ``user,epsilon`` rows; every user exactly once."""
+    try:
+        with path.open(newline="") as fh:
+            rows = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
+    except FileNotFoundError:
+        raise ConfigError(f"user-epsilons file {str(path)!r} not found") from None
+    if rows and rows[0][:2] == ["user", "epsilon"]:
+        rows = rows[1:]
+    index = {str(u): i for i, u in enumerate(user_ids.tolist())}
+    out = np.full(len(user_ids), np.nan)
+    for line, row in enumerate(rows, start=1):
+        if len(row) != 2:
+            raise DataError("expected two columns", field=f"{path}:{line}", expected="user,epsilon")
+        u, raw = row[0].strip(), row[1].strip()
+        if u not in index:
+            raise DataError("unknown user", field=f"{path}:{line}", found=u)
+        try:
+            out[index[u]] = float(raw)
+        except ValueError:
+            raise DataError("epsilon is not a number", field=f"{path}:{line}", found=raw) from None
+    missing = np.flatnonzero(np.isnan(out))
+    if missing.size:
+        raise DataError(
+            "every training user needs a tier",
+            field=str(path),
+            expected="one row per user",
+            found=f"{missing.size} users without one, e.g. {user_ids[missing[0]]!r}",
+        )
+    return out

@@ -1,0 +1,227 @@
+"""Private hyper-parameter selection (Papernot & Steinke, ICLR 2022): repeated random trials, best kept.
+
+Why: picking hyper-parameters on a validation split of the users' own data is a release like any
+other — which candidate wins says something about the data — and the usual practice (ours in
+``benchmarks/privacy_utility.py``, and the reference's) does not charge it. Here it is charged.
+
+Mechanism
+---------
+Draw K ~ Geometric(1 / mean) (K ≥ 1, from the CSPRNG). K times: draw a candidate uniformly from
+the grid, fit it (a DP model, calibrated to one Gaussian-equivalent multiplier ``z_m``) on the
+training part of a per-user random split, and score it on the held-out part with a DP score —
+the sum over validation users of their Recall@k (each in [0, 1], so sensitivity 1 per user, or
+per interaction) plus Gaussian noise of std ``z_s``. Keep the trial with the highest noisy
+score; release only its model, its candidate and its noisy score (never the other trials).
+
+Guarantee
+---------
+Each trial is a composition of Gaussian mechanisms — the model's releases (all Gaussian: it is
+checked that they collapse to one Gaussian of multiplier ≥ ``z_m``) and the score — so it is
+exactly one Gaussian mechanism with multiplier ``z = (z_m⁻² + z_s⁻²)^(-1/2)``; the same for
+every candidate, so the random choice of candidate does not change it. Theorem 2 of Papernot &
+Steinke (2022) bounds the Rényi DP of "repeat a random number of times, output the best", which
+dp-accounting implements as ``RepeatAndSelectDpEvent(GaussianDpEvent(z), mean, shape=1)`` under
+its RDP accountant; ``z`` is calibrated so that this event meets (ε, δ). The split, the order of
+candidates and K are independent of the data. Neighbouring relation: add/remove one user (the
+user unit only: under the interaction unit, one more interaction can move another item of the
+same user across the split).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dp_accounting
+from dp_accounting import dp_event
+
+from privrec.data.interactions import Interactions
+from privrec.errors import ConfigError
+from privrec.evaluation import evaluate, random_holdout
+from privrec.models.private import PrivateRecommender
+from privrec.privacy.accounting import calibrate, simplify
+from privrec.privacy.budget import Budget
+from privrec.privacy.events import SpentEvent, total_event
+from privrec.privacy.guarantee import PrivacyGuarantee
+from privrec.privacy.randomness import resolve_generator
+from privrec.privacy.units import PrivacyUnit
+
+__all__ = ["TuningResult", "private_tune", "selection_event"]
+
+SELECTION_LABEL = "private hyper-parameter selection (best of a random number of trials)"
+
+
+def selection_event(z: float, mean_trials: float) -> dp_accounting.DpEvent:
+    """The whole selection's event: the best of Geometric(1/mean) trials of one Gaussian(z)."""
+    return dp_event.RepeatAndSelectDpEvent(
+        dp_accounting.GaussianDpEvent(z), float(mean_trials), 1.0
+    )
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """The selected model (its guarantee covers the whole selection) and what was released with it."""
+
+    model: PrivateRecommender
+    params: dict[str, Any]
+    noisy_score: float
+    trials: int
+    trial_epsilon: float
+    guarantee: PrivacyGuarantee
+
+
+def private_tune(
+    model_cls: type[PrivateRecommender],
+    grid: Sequence[Mapping[str, Any]],
+    data: Interactions,
+    *,
+    epsilon: float,
+    delta: float,
+    unit: PrivacyUnit | str = PrivacyUnit.USER,
+    mean_trials: float | None = None,
+    score_fraction: float = 0.05,
+    valid_fraction: float = 0.2,
+    k: int = 20,
+    base_params: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    release_gate: Callable[[list[SpentEvent]], None] | None = None,
+) -> TuningResult:
+    """Pick among ``grid`` on ``data`` itself, paying for it: the result is (ε, δ)-DP as a whole.
+
+    Parameters
+    ----------
+    model_cls
+        A private model class whose releases are all Gaussian (DPALS, DPEASE, DPPopularity).
+    grid
+        Candidate hyper-parameters (dicts of constructor arguments), at least one.
+    epsilon, delta, unit
+        The budget of the whole selection, model included (user unit only).
+    mean_trials
+        Mean of the geometric number of trials; default ``2 × len(grid)`` (every candidate is
+        tried about twice on average; the cost grows only logarithmically with it).
+    score_fraction
+        Share of each trial's privacy rate (Σ 1/z²) spent on its noisy score.
+    valid_fraction, k
+        Each user's held-out share and the Recall cut-off of the score.
+    base_params
+        Constructor arguments shared by every candidate.
+    seed
+        Seeded noise, trial count and candidate draws — NOT private, for experiments.
+    release_gate
+        Called once, before any noise is drawn, with the selection's single labelled event
+        (the write-ahead charge of :mod:`privrec.governance`); it may refuse by raising.
+
+    Returns
+    -------
+    TuningResult
+        The chosen trial's model — its released arrays learnt on the training part of the
+        split, its users served from their whole histories — whose ``privacy_guarantee`` is
+        replaced by the selection's, the chosen candidate, its noisy score, the number of
+        trials and each trial's model ε.
+    """
+    if not grid:
+        raise ConfigError("the grid needs at least one candidate")
+    if not (isinstance(model_cls, type) and issubclass(model_cls, PrivateRecommender)):
+        raise ConfigError(f"{model_cls!r} is not a private model class")
+    if not 0 < score_fraction < 1:
+        raise ConfigError(f"score_fraction must be in (0, 1), found {score_fraction}")
+    unit = PrivacyUnit(unit)
+    if unit is not PrivacyUnit.USER:
+        # one interaction more can move another of that user's items across the split, so the
+        # training part would differ in two interactions: only the user unit is covered
+        raise ConfigError("private_tune supports the user unit only")
+    mean = float(mean_trials) if mean_trials is not None else 2.0 * len(grid)
+    if not mean >= 1:
+        raise ConfigError(f"mean_trials must be >= 1, found {mean}")
+    shared = dict(base_params or {})
+    for key in ("epsilon", "delta", "unit", "accountant", "seed"):
+        if key in shared or any(key in g for g in grid):
+            raise ConfigError(f"{key!r} is set by private_tune, not by the grid")
+    budget = Budget(epsilon, delta)
+    budget.check_delta(data.n_users if unit is PrivacyUnit.USER else max(data.nnz, 1))
+    z = calibrate(budget, lambda v: selection_event(v, mean), kind="rdp", unit=unit)
+    z_model = z / math.sqrt(1.0 - score_fraction)
+    z_score = z / math.sqrt(score_fraction)
+    eps_model = float(dp_accounting.get_epsilon_gaussian(z_model, delta))
+    planned = [SpentEvent(SELECTION_LABEL, selection_event(z, mean))]
+    if release_gate is not None:
+        release_gate(list(planned))
+
+    rng = resolve_generator(seed)
+    split = random_holdout(data, valid_fraction, seed=int(rng.integers(2**31)))
+    trials = int(rng.geometric(1.0 / mean))
+    best: tuple[float, int, PrivateRecommender, dict[str, Any]] | None = None
+    for t in range(trials):
+        params = dict(grid[int(rng.integers(len(grid)))])
+        model = model_cls(
+            epsilon=eps_model,  # type: ignore[call-arg]
+            delta=delta,
+            unit=unit,
+            accountant="pld",
+            seed=None if seed is None else seed + 1 + t,
+            **shared,
+            **params,
+        )
+        model.fit(split.train)
+        _check_gaussian(model, z_model)
+        per_user = evaluate(model, split, k=(k,), on="test", groups=None, metrics=("recall",))
+        total = float(per_user.per_user[f"recall@{k}"].sum())
+        noisy = total + float(rng.normal(0.0, z_score))  # sensitivity 1: each recall is in [0, 1]
+        if best is None or noisy > best[0]:
+            best = (noisy, t, model, params)
+    assert best is not None  # K ≥ 1
+    noisy, _, chosen, params = best
+    inner = chosen.privacy_guarantee
+    guarantee = PrivacyGuarantee.from_events(
+        planned,
+        delta=delta,
+        unit=unit,
+        accountant="rdp",
+        mechanism=f"{inner.mechanism} with private hyper-parameter selection",
+        released=[
+            *inner.released,
+            "the chosen hyper-parameters and their noisy validation score",
+            "the number of trials (independent of the data)",
+        ],
+        not_released=[*inner.not_released, "the other trials' models and scores"],
+        threat_model=inner.threat_model,
+        seeded_noise=seed is not None,
+    )
+    guarantee = guarantee.with_disclosure(
+        catalogue=inner.catalogue, tuning="charged", non_default_params=inner.non_default_params
+    )
+    # the released model's parameters state the budget its guarantee meets (the selection's,
+    # under RDP), so a loaded file checks out against them; its σ is the trial's
+    chosen.set_params(epsilon=float(epsilon), accountant="rdp")
+    chosen.guarantee_ = guarantee
+    _attach_histories(chosen, data)
+    return TuningResult(chosen, params, noisy, trials, eps_model, guarantee)
+
+
+def _attach_histories(model: PrivateRecommender, data: Interactions) -> None:
+    """Serve every user from their whole history, not only the training part of the split.
+
+    The chosen trial was fitted on the training part; its released arrays are final, but a
+    user's own list should exclude — and DPALS's user factors be solved from — all of that
+    user's items. Post-processing with each user's own data only (joint DP), as ``fit``
+    itself does; the split's index spaces are the data's, so the shapes agree.
+    """
+    model.user_items_ = data.matrix
+    if hasattr(model, "user_factors_") and hasattr(model, "fold_in"):
+        model.user_factors_ = model.fold_in(data.matrix)
+
+
+def _check_gaussian(model: PrivateRecommender, z_model: float) -> None:
+    """The trial's model must be one Gaussian mechanism of multiplier ≥ z_model (as accounted)."""
+    event = simplify(total_event(model.privacy_guarantee.spent_events))
+    if not isinstance(event, dp_accounting.GaussianDpEvent):
+        raise ConfigError(
+            f"{type(model).__name__}'s releases are not all Gaussian: private selection cannot "
+            "account for them"
+        )
+    if event.noise_multiplier < z_model * (1 - 1e-9):
+        raise RuntimeError(  # a calibration bug: the trial would spend more than accounted
+            f"trial multiplier {event.noise_multiplier} below the accounted {z_model}"
+        )

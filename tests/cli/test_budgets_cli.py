@@ -1,0 +1,86 @@
+"""``privrec tune`` and ``privrec train-tiers`` end to end, with the saved guarantees opened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from privrec.cli.main import app
+from privrec.models import load_model
+
+runner = CliRunner()
+pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
+
+
+@pytest.fixture
+def udata(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    lines = []
+    for u in range(1, 121):
+        for t, i in enumerate(rng.choice(np.arange(1, 41), size=10, replace=False)):
+            lines.append(f"{u}\t{i}\t5\t{880000000 + t}")
+    path = tmp_path / "u.data"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_tune_charges_the_selection(udata: Path, tmp_path: Path) -> None:
+    grid = tmp_path / "grid.toml"
+    grid.write_text("[[candidates]]\nmax_per_user = 3\n\n[[candidates]]\nmax_per_user = 8\n")
+    out = tmp_path / "tuned.npz"
+    res = runner.invoke(
+        app,
+        ["tune", "-d", str(udata), "-m", "dppopularity", "-g", str(grid), "--epsilon", "1",
+         "--delta", "1e-4", "-o", str(out), "--format", "ml-100k"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "selection included" in res.output
+    g = load_model(out).privacy_guarantee
+    assert g.accountant.value == "rdp" and g.epsilon <= 1.0
+    assert g.events[0]["event"]["type"] == "RepeatAndSelectDpEvent"
+    bad = tmp_path / "bad.toml"
+    bad.write_text("candidates = []\n")
+    res = runner.invoke(
+        app,
+        ["tune", "-d", str(udata), "-m", "dppopularity", "-g", str(bad), "--epsilon", "1",
+         "--delta", "1e-4", "--format", "ml-100k"],
+    )  # fmt: skip
+    assert res.exit_code == 1 and "candidates" in res.output
+
+
+def test_train_tiers_from_a_csv(udata: Path, tmp_path: Path) -> None:
+    asks = tmp_path / "asks.csv"
+    rows = ["user,epsilon"] + [f"{u},{[0.5, 1.0, 3.0][u % 3]}" for u in range(1, 121)]
+    asks.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "tiered.npz"
+    args = ["train-tiers", "-d", str(udata), "-m", "dppopularity", "--user-epsilons", str(asks),
+            "--epsilon", "3", "--delta", "1e-4", "--tiers", "0.5,1", "-o", str(out),
+            "--format", "ml-100k"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    tiers = load_model(out).privacy_guarantee.tiers
+    assert [t["requested_epsilon"] for t in tiers] == [0.5, 1.0, 3.0]
+    asks.write_text("\n".join(rows[:-1]) + "\n")  # one user without a tier
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "every training user needs a tier" in res.output
+    asks.write_text("\n".join([*rows[:-1], "120,0.7"]) + "\n")  # an undeclared tier
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "declared tier" in res.output
+
+
+def test_train_federated_dpals_from_the_cli(udata: Path, tmp_path: Path) -> None:
+    # FederatedDPALS is a privrec.models entry point: `privrec train -m federated_dpals`
+    out = tmp_path / "fed.npz"
+    res = runner.invoke(
+        app,
+        ["train", "-d", str(udata), "-m", "federated_dpals", "--epsilon", "5", "--delta", "1e-4", "--unit", "user",
+         "-p", "factors=4", "-p", "secure=fast", "-o", str(out), "--format", "ml-100k"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    g = load_model(out).privacy_guarantee
+    assert g.accountant.value == "rdp" and g.epsilon <= 5.0
+    with np.load(out, allow_pickle=False) as z:
+        assert not any("user" in n for n in z.files), z.files

@@ -220,7 +220,7 @@ def test_activity_groups_have_ranges_in_labels() -> None:
 
 def _exact(n: int) -> str:
     """A regex for ``n`` printed as a number of its own (not part of 0.4370 or 1437)."""
-    return rf"(?<![\d.,]){n:,}(?![\d])|(?<![\d.,]){n}(?![\d])"
+    return rf"(?<![\w.,]){n:,}(?!\w)|(?<![\w.,]){n}(?!\w)"
 
 
 def test_printed_evaluation_hides_exact_counts_and_the_heaviest_history() -> None:

@@ -1,0 +1,316 @@
+"""Write-ahead charging: reserve before any noise is drawn, commit once released, abort if never.
+
+:meth:`LedgerCharging.reserve` composes the scope's reserved and committed charges with the new
+events (dp-accounting, at each budget's δ), refuses with
+:class:`~privrec.errors.BudgetExceededError` if any cap would be passed, and otherwise inserts the
+charge as ``reserved`` — all before any noise is drawn. :meth:`LedgerCharging.commit` marks it
+``committed`` once the artifact is written. A reserved charge counts exactly like a committed
+one, so a process killed at any point after reserving never under-reports; only
+:meth:`LedgerCharging.abort` (before any noise was drawn) releases it.
+
+Mixed into :class:`~privrec.governance.ledger.Ledger`; like every ledger action, each method
+checks the caller's role, validates, and writes in one serialised transaction with its audit row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from privrec.errors import (
+    BudgetExceededError,
+    GovernanceError,
+    PolicyViolation,
+    UnknownDatasetError,
+)
+from privrec.governance import schema as tbl
+from privrec.governance.auth import require
+from privrec.governance.composition import ChargeEvents, composed_epsilon
+from privrec.governance.db import write_transaction
+from privrec.governance.policy import Policy
+from privrec.governance.reading import LedgerBase, _now
+from privrec.governance.records import ChargeInfo, GovernedData
+from privrec.privacy.events import SpentEvent
+from privrec.privacy.units import PrivacyUnit
+
+__all__ = ["LedgerCharging"]
+
+
+class LedgerCharging(LedgerBase):
+    """Reserving, committing, aborting and annotating one's own charges (analyst)."""
+
+    # ------------------------------------------------------------------ charging (analyst)
+    def reserve(
+        self,
+        dataset: str,
+        events: Sequence[SpentEvent] | Sequence[dict[str, Any]],
+        *,
+        purpose: str | None = None,
+        kind: str = "query",
+        description: str = "",
+        data: GovernedData | None = None,
+        idempotency_key: str | None = None,
+        accountant: str | None = None,
+    ) -> ChargeInfo:
+        """Reserve a charge for ``events`` before any noise is drawn (write-ahead).
+
+        Checks, in one serialised transaction, that the composition of the scope's reserved and
+        committed charges with these events stays within every applicable budget — the dataset's,
+        the analyst's and the purpose's — and inserts the charge as ``reserved``. Raises
+        :class:`~privrec.errors.BudgetExceededError` (nothing written) otherwise.
+
+        With ``idempotency_key``, a repeated call by the same analyst returns the existing charge
+        (``replayed=True``, with its stored ``result``) and charges nothing. The repeat must be
+        the same request — same dataset, events and ``description`` (a query service puts the
+        canonical request there) — or it is refused as a different request.
+
+        ``accountant="rdp"`` marks events proven only in Rényi DP (distributed discrete noise,
+        cross-silo releases): the scope is then composed with RDP (see
+        :mod:`privrec.governance.composition`).
+        """
+        require(self.principal, "spend", "charging a budget")
+        ce = ChargeEvents(events, accountant=accountant)
+        if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
+            raise GovernanceError("idempotency keys are 1-128 characters")
+        now = _now()
+        with write_transaction(self.engine) as conn:
+            ds = self._dataset(conn, dataset)
+            policy = Policy.from_json(ds.policy_json)
+            use = purpose if purpose is not None else policy.purpose
+            if idempotency_key is not None:
+                old = conn.execute(
+                    sa.select(tbl.Charge).where(
+                        tbl.Charge.actor == self.actor,
+                        tbl.Charge.idempotency_key == idempotency_key,
+                    )
+                ).first()
+                if old is not None:
+                    if (
+                        old.events_json != ce.json
+                        or old.dataset_id != ds.id
+                        or old.description != description[:2000]
+                    ):
+                        raise GovernanceError(
+                            f"idempotency key {idempotency_key!r} was used for a different request"
+                        )
+                    return ChargeInfo.from_row(old, dataset, replayed=True)
+            if data is not None:
+                self._check_version(conn, ds, data)
+            unit = PrivacyUnit(ds.unit)
+            budgets = self._applicable_budgets(conn, ds.id, use)
+            dataset_budget = next((b for b in budgets if b.scope == "dataset"), None)
+            if dataset_budget is None:
+                raise PolicyViolation(f"dataset {dataset!r} has no budget; its owner must set one")
+            own = ce.epsilon(dataset_budget.delta, dataset_budget.accountant, unit)
+            for b in budgets:
+                rate, grouped = self._spent_terms(conn, ds.id, b, now)
+                new_grouped = list(grouped)
+                new_rate = rate
+                if ce.gaussian_rate is not None:
+                    new_rate += ce.gaussian_rate
+                else:
+                    new_grouped.append((ce.json, 1))
+                after = composed_epsilon(new_rate, new_grouped, b.delta, b.accountant, unit)
+                if not after <= b.epsilon * (1 + 1e-12):
+                    before = composed_epsilon(rate, grouped, b.delta, b.accountant, unit)
+                    alone = (
+                        own
+                        if b.delta == dataset_budget.delta
+                        else ce.epsilon(b.delta, b.accountant, unit)
+                    )
+                    raise BudgetExceededError(
+                        self._scope_label(dataset, b),
+                        remaining=b.epsilon - before,
+                        requested=alone,
+                        cap=b.epsilon,
+                    )
+            cid = conn.execute(
+                sa.insert(tbl.Charge)
+                .values(
+                    dataset_id=ds.id,
+                    version_id=None if data is None else data.version_id,
+                    actor=self.actor,
+                    purpose=use,
+                    kind=kind[:32],
+                    description=description[:2000],
+                    events_json=ce.json,
+                    gaussian_rate=ce.gaussian_rate,
+                    epsilon=own,
+                    status="reserved",
+                    idempotency_key=idempotency_key,
+                    result_json=None,
+                    artifact_id=None,
+                    note="",
+                    created_at=now,
+                    updated_at=now,
+                )
+                .returning(tbl.Charge.id)
+            ).scalar_one()
+            self._log(
+                conn,
+                "charge.reserve",
+                {"dataset": dataset, "charge": cid, "purpose": use, "kind": kind, "epsilon": own},
+                {"charges": [cid]},
+                now,
+            )
+            row = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).one()
+        return ChargeInfo.from_row(row, dataset)
+
+    def _check_version(self, conn: Connection, ds: Any, data: GovernedData) -> None:
+        if not isinstance(data, GovernedData):
+            raise PolicyViolation(
+                "this data did not pass through the dataset's policy (use ledger.load)"
+            )
+        v = conn.execute(
+            sa.select(tbl.DatasetVersion).where(tbl.DatasetVersion.id == data.version_id)
+        ).first()
+        if v is None or v.dataset_id != ds.id or v.content_hash != data.content_hash:
+            raise PolicyViolation(
+                f"this data was not loaded through dataset {ds.name!r}'s policy (unknown version)"
+            )
+        if v.epoch != ds.epoch:
+            raise PolicyViolation(
+                f"dataset {ds.name!r} changed since this data was loaded (deletion requests, consents "
+                "or policy): load it again so the change applies"
+            )
+
+    def _applicable_budgets(self, conn: Connection, dataset_id: int, purpose: str) -> list[Any]:
+        return list(
+            conn.execute(
+                sa.select(tbl.Budget).where(
+                    tbl.Budget.dataset_id == dataset_id,
+                    sa.or_(
+                        tbl.Budget.scope == "dataset",
+                        sa.and_(
+                            tbl.Budget.scope == "analyst", tbl.Budget.scope_value == self.actor
+                        ),
+                        sa.and_(tbl.Budget.scope == "purpose", tbl.Budget.scope_value == purpose),
+                    ),
+                )
+            ).all()
+        )
+
+    def commit(
+        self,
+        charge: ChargeInfo | int,
+        *,
+        artifact: dict[str, Any] | None = None,
+        result: Any = None,
+        note: str = "",
+    ) -> ChargeInfo:
+        """Mark a reserved charge committed (its output was released), recording the artifact or result.
+
+        ``artifact`` is what :func:`privrec.governance.training.artifact_info` returns;
+        ``result`` is any JSON-serialisable released answer (kept for idempotent replays).
+        """
+        require(self.principal, "spend", "committing a charge")
+        cid = charge if isinstance(charge, int) else charge.id
+        now = _now()
+        result_json = None if result is None else json.dumps(result, sort_keys=True, default=float)
+        with write_transaction(self.engine) as conn:
+            row = self._own_charge(conn, cid)
+            if row.status == "committed":
+                return ChargeInfo.from_row(row, self._dataset_name(conn, row.dataset_id))
+            if row.status != "reserved":
+                raise GovernanceError(
+                    f"charge {cid} is {row.status}; only a reserved charge can be committed"
+                )
+            touched: dict[str, list[int]] = {"charges": [cid]}
+            art_id = None
+            if artifact is not None:
+                art_id = conn.execute(
+                    sa.insert(tbl.Artifact)
+                    .values(
+                        dataset_id=row.dataset_id,
+                        version_id=row.version_id,
+                        created_at=now,
+                        created_by=self.actor,
+                        **artifact,
+                    )
+                    .returning(tbl.Artifact.id)
+                ).scalar_one()
+                touched["artifacts"] = [art_id]
+            conn.execute(
+                sa.update(tbl.Charge)
+                .where(tbl.Charge.id == cid)
+                .values(
+                    status="committed",
+                    artifact_id=art_id,
+                    result_json=result_json,
+                    updated_at=now,
+                    note=note[:2000],
+                )
+            )
+            self._log(
+                conn,
+                "charge.commit",
+                {
+                    "charge": cid,
+                    "artifact": art_id,
+                    "file_hash": None if artifact is None else artifact["file_hash"],
+                },
+                touched,
+                now,
+            )
+            out = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).one()
+            name = self._dataset_name(conn, out.dataset_id)
+        return ChargeInfo.from_row(out, name)
+
+    def abort(self, charge: ChargeInfo | int, *, reason: str) -> ChargeInfo:
+        """Release a reservation whose computation stopped **before any noise was drawn**.
+
+        Aborting a charge whose noisy output may have left the process would under-report; the
+        training wrapper never does it once the write-ahead gate has opened.
+        """
+        require(self.principal, "spend", "aborting a charge")
+        cid = charge if isinstance(charge, int) else charge.id
+        now = _now()
+        with write_transaction(self.engine) as conn:
+            row = self._own_charge(conn, cid)
+            if row.status != "reserved":
+                raise GovernanceError(
+                    f"charge {cid} is {row.status}; only a reserved charge can be aborted"
+                )
+            conn.execute(
+                sa.update(tbl.Charge)
+                .where(tbl.Charge.id == cid)
+                .values(status="aborted", updated_at=now, note=reason[:2000])
+            )
+            self._log(
+                conn,
+                "charge.abort",
+                {"charge": cid, "reason": reason[:500]},
+                {"charges": [cid]},
+                now,
+            )
+            out = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).one()
+            name = self._dataset_name(conn, out.dataset_id)
+        return ChargeInfo.from_row(out, name)
+
+    def _own_charge(self, conn: Connection, cid: int) -> Any:
+        row = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).first()
+        if row is None:
+            raise UnknownDatasetError(f"unknown charge {cid}")
+        if row.actor != self.actor:
+            raise GovernanceError(f"charge {cid} belongs to {row.actor}, not {self.actor}")
+        return row
+
+    def note(self, charge: ChargeInfo | int, text: str) -> None:
+        """Attach a note to one's own reserved charge (e.g. why it stays reserved after a failure)."""
+        require(self.principal, "spend", "annotating a charge")
+        cid = charge if isinstance(charge, int) else charge.id
+        now = _now()
+        with write_transaction(self.engine) as conn:
+            self._own_charge(conn, cid)
+            conn.execute(
+                sa.update(tbl.Charge)
+                .where(tbl.Charge.id == cid)
+                .values(note=text[:2000], updated_at=now)
+            )
+            self._log(
+                conn, "charge.note", {"charge": cid, "note": text[:500]}, {"charges": [cid]}, now
+            )

@@ -1,0 +1,264 @@
+"""The data side of the ledger: consents, deletion requests, and loading data through the policy.
+
+:meth:`LedgerIntake.load` is the one door from raw data to training: it applies the dataset's
+policy (consents, deletions, retention, contribution caps) and registers the resulting version,
+which is the only kind of data a charge for training accepts. Consent imports and deletion
+requests bump the dataset's epoch, so data loaded before them is refused afterwards and a load
+that races with them starts again.
+
+Mixed into :class:`~privrec.governance.ledger.Ledger`; like every ledger action, each method
+checks the caller's role, validates, and writes in one serialised transaction with its audit row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from privrec.data.interactions import Interactions
+from privrec.errors import GovernanceError
+from privrec.governance import audit
+from privrec.governance import schema as tbl
+from privrec.governance.auth import require
+from privrec.governance.db import (
+    digest_hex,
+    read_transaction,
+    user_digests,
+    write_transaction,
+)
+from privrec.governance.policy import Policy, PolicyReport, apply_policy, content_hash
+from privrec.governance.reading import LedgerBase, _now
+from privrec.governance.records import GovernedData
+
+__all__ = ["LedgerIntake"]
+
+
+class LedgerIntake(LedgerBase):
+    """Consents, deletion requests (owner) and loading data through the policy (analyst)."""
+
+    # ------------------------------------------------------------------ consent and deletion (owner)
+    def import_consents(
+        self, dataset: str, records: Iterable[tuple[Any, bool]], *, source: str = ""
+    ) -> dict[str, int]:
+        """Record consents (``(user id, granted)``; later records win). Returns counts."""
+        require(self.principal, "manage", "importing consents")
+        recs = list(records)
+        now = _now()
+        with write_transaction(self.engine) as conn:
+            ds = self._dataset(conn, dataset)
+            key = self._user_key(conn)
+            digests = user_digests(key, [u for u, _ in recs])
+            first = None
+            last = None
+            if recs:
+                rows = [
+                    {
+                        "dataset_id": ds.id,
+                        "user_hash": digest_hex(d),
+                        "granted": bool(g),
+                        "recorded_at": now,
+                        "source": source[:500],
+                    }
+                    for d, (_, g) in zip(digests, recs, strict=True)
+                ]
+                ids = (
+                    conn.execute(sa.insert(tbl.Consent).returning(tbl.Consent.id), rows)
+                    .scalars()
+                    .all()
+                )
+                first, last = min(ids), max(ids)
+            conn.execute(
+                sa.update(tbl.Dataset).where(tbl.Dataset.id == ds.id).values(epoch=ds.epoch + 1)
+            )
+            granted = sum(1 for _, g in recs if g)
+            counts = {"records": len(recs), "granted": granted, "revoked": len(recs) - granted}
+            payload: dict[str, Any] = {"dataset": dataset, "source": source[:500], **counts}
+            if first is not None and last is not None:
+                payload["consent_batch"] = {
+                    "first_id": first,
+                    "last_id": last,
+                    "digest": audit.consent_digest(conn, first, last),
+                }
+            self._log(conn, "consent.import", payload, {"datasets": [ds.id]}, now)
+        return counts
+
+    def forget(self, dataset: str, user: Any, *, reason: str = "") -> int:
+        """Record a deletion request: every later load of ``dataset`` drops ``user``. Returns its id."""
+        require(self.principal, "manage", "recording deletion requests")
+        now = _now()
+        with write_transaction(self.engine) as conn:
+            ds = self._dataset(conn, dataset)
+            h = digest_hex(user_digests(self._user_key(conn), [user])[0])
+            did = conn.execute(
+                sa.insert(tbl.Deletion)
+                .values(
+                    dataset_id=ds.id,
+                    user_hash=h,
+                    requested_at=now,
+                    requested_by=self.actor,
+                    reason=reason[:500],
+                )
+                .returning(tbl.Deletion.id)
+            ).scalar_one()
+            conn.execute(
+                sa.update(tbl.Dataset).where(tbl.Dataset.id == ds.id).values(epoch=ds.epoch + 1)
+            )
+            self._log(
+                conn,
+                "deletion.request",
+                {"dataset": dataset, "user_hash": h, "reason": reason[:500]},
+                {"deletions": [did], "datasets": [ds.id]},
+                now,
+            )
+        return int(did)
+
+    # ------------------------------------------------------------------ loading through the policy (analyst)
+    def load(
+        self, dataset: str, data: Interactions | str | Path, *, format: str | None = None
+    ) -> GovernedData:
+        """Apply ``dataset``'s policy to ``data`` (a file or :class:`Interactions`) and register the version.
+
+        This is the one door from raw data to training: the result carries the policy's
+        counts-only report, and :meth:`train` accepts nothing else.
+        """
+        require(self.principal, "spend", "loading data for training")
+        if not isinstance(data, Interactions):
+            from privrec.data import load as load_file
+
+            data = load_file(data, format=format)
+        for _attempt in range(5):
+            with read_transaction(self.engine) as conn:
+                ds = self._dataset(conn, dataset)
+                key = self._user_key(conn)
+                deleted = np.array(
+                    [
+                        int(h, 16)
+                        for h in conn.execute(
+                            sa.select(tbl.Deletion.user_hash).where(
+                                tbl.Deletion.dataset_id == ds.id
+                            )
+                        ).scalars()
+                    ],
+                    dtype=np.uint64,
+                )
+                policy = Policy.from_json(ds.policy_json)
+                consented = None
+                if policy.consent.required:
+                    consented = self._consented(conn, ds.id, policy, key)
+            digests = user_digests(key, data.user_ids)
+            out, report = apply_policy(
+                data, policy, user_digests=digests, deleted=deleted, consented=consented, now=_now()
+            )
+            h = content_hash(out)
+            members = (
+                np.sort(digests[np.isin(data.user_ids, out.user_ids)])
+                if out.n_users
+                else np.zeros(0, np.uint64)
+            )
+            now = _now()
+            with write_transaction(self.engine) as conn:
+                current = self._dataset(conn, dataset)
+                if current.epoch != ds.epoch:
+                    continue  # a deletion, consent import or policy change landed meanwhile: redo
+                vid = conn.execute(
+                    sa.insert(tbl.DatasetVersion)
+                    .values(
+                        dataset_id=ds.id,
+                        content_hash=h,
+                        policy_hash=ds.policy_hash,
+                        epoch=ds.epoch,
+                        n_users=out.n_users,
+                        n_items=out.n_items,
+                        nnz=out.nnz,
+                        report_json=report.model_dump_json(),
+                        members=members.astype("<u8").tobytes(),
+                        created_at=now,
+                        created_by=self.actor,
+                    )
+                    .returning(tbl.DatasetVersion.id)
+                ).scalar_one()
+                self._log(
+                    conn,
+                    "dataset.load",
+                    {
+                        "dataset": dataset,
+                        "version": vid,
+                        "content_hash": h,
+                        "report": report.model_dump(mode="json"),
+                    },
+                    {"dataset_versions": [vid]},
+                    now,
+                )
+            return GovernedData(dataset, int(vid), h, int(ds.epoch), out, report)
+        raise GovernanceError(f"dataset {dataset!r} kept changing while loading; try again")
+
+    def _consented(
+        self, conn: Connection, dataset_id: int, policy: Policy, key: bytes
+    ) -> np.ndarray:
+        src = policy.consent.source
+        latest: dict[str, bool] = {}
+        if src == "ledger":
+            rows = conn.execute(
+                sa.select(tbl.Consent.user_hash, tbl.Consent.granted)
+                .where(tbl.Consent.dataset_id == dataset_id)
+                .order_by(tbl.Consent.id)
+            )
+            for h, g in rows:
+                latest[h] = bool(g)
+            return np.array([int(h, 16) for h, g in latest.items() if g], dtype=np.uint64)
+        from privrec.governance.policy import read_consents
+
+        recs = read_consents(src)
+        granted: dict[str, bool] = {}
+        for u, g in recs:
+            granted[u] = g
+        return user_digests(key, [u for u, g in granted.items() if g])
+
+    def check_policy(self, dataset: str, data: Interactions) -> PolicyReport:
+        """What :meth:`load` would keep and drop (counts only), without registering anything."""
+        require(self.principal, "read_own", "checking a policy")
+        policy, key, deleted, consented = self._policy_inputs(dataset)
+        _, report = apply_policy(
+            data,
+            policy,
+            user_digests=user_digests(key, data.user_ids),
+            deleted=deleted,
+            consented=consented,
+            now=_now(),
+        )
+        return report
+
+    def policy_inputs(self, dataset: str) -> tuple[Policy, bytes, np.ndarray, np.ndarray | None]:
+        """What :func:`apply_policy` needs besides the data: the policy, the user-hash key, and the
+        hashes of deleted and of consenting users.
+
+        For trainings that filter the data where it lies (the workers of :mod:`privrec.engine`
+        apply the policy to their own users); needs the right to spend, as :meth:`load` does,
+        because the key lets its holder hash user ids the way the ledger does.
+        """
+        require(self.principal, "spend", "loading data for training")
+        return self._policy_inputs(dataset)
+
+    def _policy_inputs(self, dataset: str) -> tuple[Policy, bytes, np.ndarray, np.ndarray | None]:
+        with read_transaction(self.engine) as conn:
+            ds = self._dataset(conn, dataset)
+            key = self._user_key(conn)
+            deleted = np.array(
+                [
+                    int(h, 16)
+                    for h in conn.execute(
+                        sa.select(tbl.Deletion.user_hash).where(tbl.Deletion.dataset_id == ds.id)
+                    ).scalars()
+                ],
+                dtype=np.uint64,
+            )
+            policy = Policy.from_json(ds.policy_json)
+            consented = (
+                self._consented(conn, ds.id, policy, key) if policy.consent.required else None
+            )
+        return policy, key, deleted, consented

@@ -27,6 +27,7 @@ from privrec.models.base import check_array, register
 from privrec.models.dp_noise import gaussian_noise, symmetric_noise
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import (
+    MAX_ADAPTIVE_FACTORS,
     LengthProfile,
     head_threshold,
     resolve_bound,
@@ -38,6 +39,7 @@ from privrec.models.dp_rules import (
     select_head,
     user_blend,
 )
+from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.item_sums import item_sums
 from privrec.models.private import (
     PrivateConfig,
@@ -653,6 +655,23 @@ class DPALS(PrivateRecommender):
     def _score_histories(self, user_items: sp.csr_matrix) -> np.ndarray:
         lengths = np.diff(sp.csr_matrix(user_items).indptr)
         return self._scores_from_factors(self.fold_in(user_items), lengths)
+
+    @classmethod
+    def _file_layout(cls, config: Any, n_items: int) -> FileLayout:
+        # factors are zero off the head (sparse, pinned to n × k); data-adaptive k ≤ 64
+        k = "k" if config.factors is None else int(config.factors)
+        return FileLayout(
+            {
+                "item_factors": ArraySpec((n_items, k), sparse=True),
+                "head_items": ArraySpec(("h",), kinds="iu"),
+                "noisy_counts": ArraySpec((n_items,), sparse=True),
+                "noise_scale": ArraySpec(()),
+                "fold": ArraySpec((2,)),
+                "popularity_blend": ArraySpec((), optional=True),
+                "popularity_shrinkage": ArraySpec((), optional=True),
+            },
+            bounds={"h": n_items, "k": MAX_ADAPTIVE_FACTORS},
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         # user factors are derived from user data and are not part of the release

@@ -322,3 +322,30 @@ print(field, grown, time.perf_counter() - t)
     assert field == "item_ids"
     assert grown_kib < 32 << 10, f"peak RSS grew by {grown_kib / 1024:.0f} MiB"
     assert seconds < MAX_SECONDS
+
+
+def test_text_catalogue_padded_to_a_long_id_still_loads(tmp_path: Path) -> None:
+    """numpy pads text ids to the longest one: such a real catalogue compresses ~70:1."""
+    rng = np.random.default_rng(0)
+    n = 20_000
+    ids = [f"https://shop.example/p/{x}" for x in rng.choice(10**7, n - 1, replace=False)]
+    catalogue = np.array([*ids, "x" * 200])
+    arrays: dict[str, Any] = {
+        "item_ids": catalogue,
+        "state_item_popularity": rng.random(n).astype(np.float32),
+    }
+    params = Popularity().config().model_dump(mode="json")
+    path = craft(tmp_path / "t.npz", "popularity", params, arrays)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("item_ids.npy")
+    assert info.file_size > MAX_RATIO * info.compress_size  # above the numeric bound
+    assert load_model(path).n_items_ == n
+
+
+def test_text_catalogue_of_nothing_stops_at_the_ratio(tmp_path: Path) -> None:
+    arrays: dict[str, Any] = {
+        "item_ids": ("<U64", (BIG // 256,)),
+        "state_item_popularity": ("<f4", (BIG // 256,)),
+    }
+    params = Popularity().config().model_dump(mode="json")
+    _refused_fast(craft(tmp_path / "z.npz", "popularity", params, arrays), "item_ids")

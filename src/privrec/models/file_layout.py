@@ -17,13 +17,15 @@ gigabytes before it fails. So, before any array's data is read:
   head; implicit-feedback interaction values are all ones).
 
 Why 64: measured on real saved models of every built-in kind (ml-100k, ml-1m-implicit-r3,
-gowalla-lightgcn; ``docs/model_files.md``), no array outside the ``sparse`` ones compresses
-more than 5.3:1 — ids 5.1–5.3, indices 1.8–4.9, counts 2.4–3.9, released noise and factors
-1.1 — while a run of zeros compresses about 1,000:1. 64 leaves twelve times the largest
-measured ratio as headroom (text ids padded to their longest entry compress better than
-numbers) and caps what a crafted member can make the loader allocate at 64 times its size
-on disk. The ``sparse`` arrays reached 986:1 (all-ones interaction values) and 106:1
-(gowalla DPALS factors at ε = 1, a 1 % head).
+gowalla-lightgcn; ``docs/privacy.md``, "Verifying a guarantee"), no array outside the
+``sparse`` ones compresses more than 5.3:1 — ids, offsets and indices 1.8–5.3, counts
+2.4–3.9, released noise and factors 1.1 — while a run of zeros compresses about 1,000:1. 64
+leaves twelve times the largest measured ratio as headroom and caps what a crafted member can
+make the loader allocate at 64 times its size on disk. Text ids are stored as UTF-32 padded to
+the longest id, which deflate undoes: ISBN-like ids compress 6:1, URL-like ones 21:1, and 68–80:1
+when one id is several times longer than the rest — so text arrays get 4 × 64 = 256:1. The
+``sparse`` arrays reached 986:1 (all-ones interaction values) and 106:1 (gowalla DPALS factors
+at ε = 1, a 1 % head).
 
 So whatever a crafted file declares, the loader allocates at most 64 × the compressed size of
 the ratio-bounded arrays plus what a genuine model of that catalogue and those parameters
@@ -41,6 +43,7 @@ from privrec.errors import ModelFileError
 __all__ = [
     "MAX_RATIO",
     "RATIO_SLACK",
+    "TEXT_FACTOR",
     "ArraySpec",
     "FileLayout",
     "check_layout",
@@ -53,6 +56,8 @@ MAX_RATIO = 64
 #: Bytes a member may exceed ``MAX_RATIO ×`` its compressed size by (tiny arrays and headers
 #: compress poorly or oddly; 256 members × 64 KiB bounds what this lets through at 16 MiB).
 RATIO_SLACK = 64 << 10
+#: Extra allowance for text arrays (UTF-32, padded to the longest entry): 4 × 64 = 256:1.
+TEXT_FACTOR = 4
 #: Widest per-item array a model without a stated layout may store mostly zeros (the largest
 #: factor count any built-in model accepts).
 MAX_GENERIC_WIDTH = 1024
@@ -84,15 +89,22 @@ class FileLayout:
     bounds: Mapping[str, int] = field(default_factory=dict)
 
 
-def check_ratio(key: str, size: int, compressed: int, path: Path, *, sparse: bool = False) -> None:
-    """Refuse a member that inflates more than :data:`MAX_RATIO` (a decompression bomb)."""
-    if sparse or size <= MAX_RATIO * compressed + RATIO_SLACK:
+def check_ratio(
+    key: str, size: int, compressed: int, path: Path, *, sparse: bool = False, text: bool = False
+) -> None:
+    """Refuse a member that inflates more than :data:`MAX_RATIO` (a decompression bomb).
+
+    Text arrays get :data:`TEXT_FACTOR` times more: numpy stores every character in four
+    bytes and pads every id to the longest one, both of which deflate removes.
+    """
+    limit = MAX_RATIO * (TEXT_FACTOR if text else 1)
+    if sparse or size <= limit * compressed + RATIO_SLACK:
         return
     raise ModelFileError(
         "array compresses implausibly well (a decompression bomb?)",
         file=path,
         field=key,
-        expected=f"uncompressed ≤ {MAX_RATIO} × compressed size",
+        expected=f"uncompressed ≤ {limit} × compressed size",
         found=f"{size:,} bytes from {compressed:,} ({size / max(compressed, 1):,.0f}:1)",
     )
 

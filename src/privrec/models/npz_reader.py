@@ -183,7 +183,9 @@ class ArchiveReader:
         wanted = plan(meta, headers)
         for key, sparse in wanted.items():  # every bound before the first byte is inflated
             h = headers[key]
-            check_ratio(key, h.size, h.compressed, self.path, sparse=sparse)
+            check_ratio(
+                key, h.size, h.compressed, self.path, sparse=sparse, text=h.dtype.kind == "U"
+            )
         return meta, {key: self._data(zf, headers[key], key) for key in wanted}
 
     def _check_meta(self, meta: object) -> dict[str, Any]:

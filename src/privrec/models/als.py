@@ -55,6 +55,7 @@ from privrec.models.als_kernels import (
     row_loss,
 )
 from privrec.models.base import ModelConfig, Recommender, as_user_items, check_array, register
+from privrec.models.file_layout import ArraySpec, FileLayout
 
 __all__ = ["AUTO_ALPHA0", "ImplicitALS", "ImplicitALSConfig", "resolve_alpha0"]
 
@@ -329,6 +330,18 @@ class ImplicitALS(Recommender):
         return cfg.model_copy(update={"alpha0": self.alpha0_})
 
     # ------------------------------------------------------------ persistence
+    @classmethod
+    def _file_layout(cls, config: Any, n_items: int) -> FileLayout:
+        k = int(config.factors)
+        # item rows of items nobody used are zeros; user rows are one per stored user
+        return FileLayout(
+            {
+                "item_factors": ArraySpec((n_items, k), sparse=True),
+                "user_factors": ArraySpec((None, k)),
+                "alpha0": ArraySpec(()),
+            }
+        )
+
     def _state(self) -> dict[str, np.ndarray]:
         return {
             "user_factors": self.user_factors_,

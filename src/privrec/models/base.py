@@ -14,7 +14,7 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +30,9 @@ from privrec.errors import (
     UnknownUserError,
 )
 from privrec.models.ranking import mask_seen, top_k
+
+if TYPE_CHECKING:
+    from privrec.models.file_layout import FileLayout
 
 __all__ = ["MODEL_REGISTRY", "ModelConfig", "Recommender", "load_model", "register"]
 
@@ -419,6 +422,17 @@ class Recommender(ABC):
         Raise :class:`~privrec.errors.ModelFileError` (see :func:`check_array`); called by
         :func:`load_model` before the model is used.
         """
+
+    @classmethod
+    def _file_layout(cls, config: Any, n_items: int) -> FileLayout | None:
+        """The arrays this model's file holds, with shapes from ``config`` and ``n_items``.
+
+        :func:`load_model` checks the declared shapes against it from the ``.npy`` headers,
+        before any array is decompressed (:mod:`privrec.models.file_layout`), so a file
+        declaring arrays larger than such a model holds fails at its header. ``None`` (plug-in
+        models that state nothing) leaves only the generic size and ratio bounds.
+        """
+        return None
 
     def save(self, path: str | Path, *, include_user_data: bool | None = None) -> Path:
         """Write the fitted model to one ``.npz`` file: arrays plus JSON metadata, no pickle.

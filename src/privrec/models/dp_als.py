@@ -5,6 +5,10 @@ al. (ICML 2023, adaptive per-item weights): only the item factors are
 released; each user's factors are solved from the released item factors and
 that user's own data, and are never released (the "billboard" model of joint
 differential privacy).
+
+The accounting (sensitivities, releases, the DP event) lives in
+:mod:`privrec.models.dp_als_accounting` and the user side (contribution weights, user solves)
+in :mod:`privrec.models.dp_als_users`; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,20 +17,24 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-import dp_accounting
 import numpy as np
 import numpy.typing as npt
 import pydantic
-import scipy.linalg
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError, ModelFileError
-from privrec.models.als_kernels import cg_half_step, cholesky_half_step, gramian, item_statistics
+from privrec.errors import ModelFileError
+from privrec.models.als_kernels import gramian, item_statistics
 from privrec.models.base import check_array, register
+from privrec.models.dp_als_accounting import LHS, DPALSSensitivity, dpals_event, dpals_releases
+from privrec.models.dp_als_accounting import _step_releases as _step_releases
+from privrec.models.dp_als_users import _FEW_USERS as _FEW_USERS
+from privrec.models.dp_als_users import _user_cg as _user_cg
+from privrec.models.dp_als_users import exact_user_solve, user_weights
 from privrec.models.dp_noise import gaussian_noise, symmetric_noise
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import (
+    MAX_ADAPTIVE_FACTORS,
     LengthProfile,
     head_threshold,
     resolve_bound,
@@ -38,6 +46,7 @@ from privrec.models.dp_rules import (
     select_head,
     user_blend,
 )
+from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.item_sums import item_sums
 from privrec.models.private import (
     PrivateConfig,
@@ -46,10 +55,9 @@ from privrec.models.private import (
     head_item_scores,
 )
 from privrec.models.tiers import finish_tiers, plan_tiers
-from privrec.privacy.accounting import calibrate, compose
+from privrec.privacy.accounting import calibrate
 from privrec.privacy.bounds import LENGTHS_LABEL, length_sensitivity, noisy_length_histogram
-from privrec.privacy.contribution import adaptive_weights, clip_rows, sample_per_user
-from privrec.privacy.events import SpentEvent
+from privrec.privacy.contribution import clip_rows
 from privrec.privacy.mechanisms import gaussian, gaussian_event
 from privrec.privacy.postprocessing import diagonal_solve, project_psd, psd_solve, shared_solve
 from privrec.privacy.units import PrivacyUnit
@@ -70,123 +78,16 @@ __all__ = [
 ]
 
 Method = Literal["uniform", "tail", "adaptive"]
-LHS = Literal["full", "diagonal", "none"]
 
 
-class DPALSSensitivity(pydantic.BaseModel):
-    """L2 sensitivities of the released statistics for one privacy unit (in absolute units)."""
-
-    model_config = pydantic.ConfigDict(frozen=True)
-
-    gram: float
-    lhs: float
-    rhs: float
-    counts: float
-
-    @classmethod
-    def of(
-        cls, unit: PrivacyUnit, clip_norm: float, max_per_user: int, count_sample: int
-    ) -> DPALSSensitivity:
-        """Sensitivities given the contribution bounds.
-
-        USER (add/remove one user ``u`` whose clipped factors satisfy ‖x_u‖ ≤ Γ
-        and whose weights satisfy Σ_j c_uj² ≤ B):
-
-        * Gramian Σ_u x_u x_uᵀ: ‖x_u x_uᵀ‖_F = ‖x_u‖² ≤ Γ².
-        * Per-item left-hand sides Σ_u c_uj x_u x_uᵀ, all items stacked:
-          √(Σ_j c_uj² ‖x_u‖⁴) ≤ √B Γ².
-        * Per-item right-hand sides Σ_u c_uj x_u: √(Σ_j c_uj² ‖x_u‖²) ≤ √B Γ.
-        * Item counts over ≤ count_sample sampled items per user: √count_sample.
-
-        INTERACTION (one interaction of user ``u`` added or removed): ``u``'s
-        factors are solved from all of ``u``'s data, so the whole of ``u``'s
-        contribution may change — from one bounded value to another — which
-        doubles the first three bounds; the count sample may swap one item
-        (√2). Interaction-level privacy therefore saves nothing here.
-        """
-        f = 2.0 if unit is PrivacyUnit.INTERACTION else 1.0
-        b = math.sqrt(max_per_user)
-        counts = math.sqrt(2.0) if unit is PrivacyUnit.INTERACTION else math.sqrt(count_sample)
-        return cls(
-            gram=f * clip_norm**2, lhs=f * b * clip_norm**2, rhs=f * b * clip_norm, counts=counts
-        )
-
-
-def dpals_event(
-    sigma: float,
-    iterations: int,
-    max_per_user: int,
-    ratios: tuple[float, float, float, float],
-    length_ratio: float | None = None,
-    lhs: LHS = "full",
-) -> dp_accounting.DpEvent:
-    """The whole training's accounting event for noise scale σ.
-
-    Per step, three Gaussian releases with multipliers ``r0·σ`` (Gramian),
-    ``r1·σ/√B`` (left-hand sides) and ``r2·σ/√B`` (right-hand sides) — the
-    noise standard deviations are ``r0·σ·Γ²``, ``r1·σ·Γ²`` and ``r2·σ·Γ`` against
-    sensitivities ``Γ²``, ``√B Γ²`` and ``√B Γ`` — composed over the
-    ``iterations`` steps, plus one noisy-count release with multiplier ``r3·σ``
-    (``count_stddev / √count_sample``). With ``length_ratio`` (a data-adaptive
-    bound), first the history-length histogram with multiplier ``length_ratio·σ``
-    (sensitivity 1), and ``max_per_user`` is the nominal bound B₀ that fixes the
-    split (see :class:`DPALS`). ``lhs="diagonal"`` releases only the diagonals of
-    the left-hand sides (same multiplier: their sensitivity is at most the full
-    one's), ``"none"`` no left-hand side at all.
-    """
-    first = [] if length_ratio is None else [gaussian_event(length_ratio * sigma)]
-    return compose(
-        [
-            *first,
-            gaussian_event(ratios[3] * sigma),
-            dp_accounting.SelfComposedDpEvent(
-                _step_event(sigma, max_per_user, ratios, lhs), iterations
-            ),
-        ]
-    )
-
-
-def _step_event(
-    sigma: float, max_per_user: int, ratios: tuple[float, float, float, float], lhs: LHS
-) -> dp_accounting.DpEvent:
-    return compose([s.event for s in _step_releases(1, sigma, max_per_user, ratios, lhs)])
-
-
-def _step_releases(
-    step: int, sigma: float, max_per_user: int, ratios: tuple[float, float, float, float], lhs: LHS
-) -> list[SpentEvent]:
-    r0, r1, r2, _ = ratios
-    b = math.sqrt(max_per_user)
-    out = [SpentEvent(f"step {step}: noisy Gramian", gaussian_event(r0 * sigma))]
-    if lhs != "none":
-        what = "left-hand sides" if lhs == "full" else "left-hand-side diagonals"
-        out.append(SpentEvent(f"step {step}: noisy item {what}", gaussian_event(r1 * sigma / b)))
-    out.append(
-        SpentEvent(f"step {step}: noisy item right-hand sides", gaussian_event(r2 * sigma / b))
-    )
-    return out
-
-
-def dpals_releases(
-    sigma: float,
-    iterations: int,
-    max_per_user: int,
-    ratios: tuple[float, float, float, float],
-    length_ratio: float | None = None,
-    lhs: LHS = "full",
-) -> list[SpentEvent]:
-    """The labelled releases of one training, in order (:func:`dpals_event` is their composition).
-
-    Announced before any noise is drawn (the write-ahead charge of :mod:`privrec.governance`);
-    ``fit`` then records exactly these as it makes them.
-    """
-    out = []
-    if length_ratio is not None:
-        out.append(SpentEvent(LENGTHS_LABEL, gaussian_event(length_ratio * sigma)))
-    out.append(SpentEvent("noisy item counts", gaussian_event(ratios[3] * sigma)))
-    for step in range(iterations):
-        out += _step_releases(step + 1, sigma, max_per_user, ratios, lhs)
-    return out
+# quantile of the history lengths that sets the count sample with a data-adaptive B (as
+# DPPopularity's bound: the median beat the 75th percentile for counts on ml-100k validation users)
+_COUNT_QUANTILE = 0.5
+# per-user shrinkage of the blend, in units of β (:func:`~privrec.models.dp_rules.resolve_shrinkage`)
+DEFAULT_SHRINKAGE = 40.0
+# n·ε per factor of the data-adaptive k (:func:`~privrec.models.dp_rules.resolve_factors`)
+_FACTOR_SCALE = 1000.0
+_PROJECT: Literal["always", "if_indefinite"] = "if_indefinite"
 
 
 class DPALSConfig(PrivateConfig):
@@ -654,6 +555,23 @@ class DPALS(PrivateRecommender):
         lengths = np.diff(sp.csr_matrix(user_items).indptr)
         return self._scores_from_factors(self.fold_in(user_items), lengths)
 
+    @classmethod
+    def _file_layout(cls, config: Any, n_items: int) -> FileLayout:
+        # factors are zero off the head (sparse, pinned to n × k); data-adaptive k ≤ 64
+        k = "k" if config.factors is None else int(config.factors)
+        return FileLayout(
+            {
+                "item_factors": ArraySpec((n_items, k), sparse=True),
+                "head_items": ArraySpec(("h",), kinds="iu"),
+                "noisy_counts": ArraySpec((n_items,), sparse=True),
+                "noise_scale": ArraySpec(()),
+                "fold": ArraySpec((2,)),
+                "popularity_blend": ArraySpec((), optional=True),
+                "popularity_shrinkage": ArraySpec((), optional=True),
+            },
+            bounds={"h": n_items, "k": MAX_ADAPTIVE_FACTORS},
+        )
+
     def _state(self) -> dict[str, np.ndarray]:
         # user factors are derived from user data and are not part of the release
         return {
@@ -719,107 +637,3 @@ class DPALS(PrivateRecommender):
             self.user_factors_ = np.zeros(
                 (self.user_items_.shape[0], self.item_factors_.shape[1]), np.float32
             )
-
-
-def user_weights(
-    xh: sp.csr_matrix,
-    counts: np.ndarray,
-    method: str,
-    max_per_user: int,
-    adaptive_exponent: float,
-    rng: np.random.Generator,
-) -> sp.csr_matrix:
-    """Per-user weights ``c_uj`` with Σ_j c_uj² ≤ B, spread by ``method`` (see :class:`DPALS`).
-
-    ``counts`` must be the released noisy counts of the columns of ``xh``.
-    """
-    if method == "uniform":
-        return sample_per_user(xh, max_per_user, rng, "uniform")
-    if method == "tail":
-        return sample_per_user(xh, max_per_user, rng, "least_popular", counts)
-    if method == "adaptive":
-        return adaptive_weights(xh, np.maximum(counts, 1.0), adaptive_exponent, float(max_per_user))
-    raise ConfigError(f"unknown method {method!r}")
-
-
-_FEW_USERS = 4
-
-
-def exact_user_solve(xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float) -> np.ndarray:
-    """iALS user step: (α0 YᵀY + Σ_{j∈I_u} y_j y_jᵀ + λI) x_u = Σ_{j∈I_u} y_j, exact (Cholesky kernel).
-
-    Float64 throughout; the kernel forms Σ y yᵀ with BLAS ``syrk`` per user and
-    factorises with LAPACK, so BLAS is held to one thread inside it.
-    """
-    from threadpoolctl import threadpool_limits
-
-    n_users, k = xh.shape[0], y.shape[1]
-    out = np.zeros((n_users, k), dtype=np.float64)
-    yy = np.ascontiguousarray(y, dtype=np.float64)
-    if n_users <= _FEW_USERS:
-        # A handful of users (a service folding in one request): the same system solved with
-        # numpy/LAPACK directly. Starting the parallel kernel and scanning the loaded BLAS
-        # libraries for threadpool_limits cost milliseconds; this costs microseconds.
-        g = alpha0 * (yy.T @ yy)
-        eye = reg * np.eye(k)
-        for u in range(n_users):
-            yi = yy[xh.indices[xh.indptr[u] : xh.indptr[u + 1]]]
-            try:
-                c = np.linalg.cholesky(g + yi.T @ yi + eye)
-            except np.linalg.LinAlgError:
-                continue  # not positive definite: the kernel leaves the row at zero too
-            out[u] = scipy.linalg.cho_solve((c, True), yi.sum(axis=0))
-        return out
-    # The kernel solves (α0 G + Σ w y yᵀ + λI) x = Σ (α0 + w) y; with w = 1 the matrix is ours and the
-    # right-hand side is (1 + α0) Σ y, so the solution is (1 + α0) times the one we want.
-    w = np.ones(xh.nnz, dtype=np.float64)
-    with threadpool_limits(1, "blas"):
-        cholesky_half_step(
-            xh.indptr.astype(np.int64, copy=False),
-            xh.indices.astype(np.int32, copy=False),
-            w,
-            yy,
-            gramian(yy),
-            out,
-            float(alpha0),
-            float(reg),
-            0.0,
-        )
-    out /= 1.0 + alpha0
-    return out
-
-
-# quantile of the history lengths that sets the count sample with a data-adaptive B (as
-# DPPopularity's bound: the median beat the 75th percentile for counts on ml-100k validation users)
-_COUNT_QUANTILE = 0.5
-# per-user shrinkage of the blend, in units of β (:func:`~privrec.models.dp_rules.resolve_shrinkage`)
-DEFAULT_SHRINKAGE = 40.0
-# n·ε per factor of the data-adaptive k (:func:`~privrec.models.dp_rules.resolve_factors`)
-_FACTOR_SCALE = 1000.0
-_PROJECT: Literal["always", "if_indefinite"] = "if_indefinite"
-
-
-def _user_cg(
-    xh: sp.csr_matrix, y: np.ndarray, alpha0: float, reg: float, warm: np.ndarray, steps: int
-) -> np.ndarray:
-    """Training-time user step by warm-started conjugate gradient (the iALS user system).
-
-    Returns ``(1 + α0)·x_u`` (the scaling of :func:`exact_user_solve`'s kernel) as
-    float32; ``warm`` holds the previous step's values. Each user's solve uses
-    only the released item factors and that user's own row.
-    """
-    yy = np.ascontiguousarray(y, dtype=np.float32)
-    x = np.array(warm, dtype=np.float32, copy=True)
-    cg_half_step(
-        xh.indptr.astype(np.int64, copy=False),
-        xh.indices.astype(np.int32, copy=False),
-        np.ones(xh.nnz, dtype=np.float32),
-        yy,
-        gramian(yy),
-        x,
-        float(alpha0),
-        float(reg),
-        0.0,
-        steps,
-    )
-    return x

@@ -16,6 +16,7 @@ from privrec.models.base import check_array, register
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import LengthProfile, resolve_bound, resolve_shrinkage, user_blend
 from privrec.models.ease import check_ease_memory, ease_from_gram, item_gram
+from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.private import PrivateConfig, PrivateRecommender, blend_popularity
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.bounds import LENGTHS_LABEL, length_sensitivity, noisy_length_histogram
@@ -355,6 +356,21 @@ class DPEASE(PrivateRecommender):
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._score_histories(self.user_items_[users])
+
+    @classmethod
+    def _file_layout(cls, config: Any, n_items: int) -> FileLayout:
+        # the h × h weights are released noise: dense, so the ratio bound applies
+        return FileLayout(
+            {
+                "head_items": ArraySpec(("h",), kinds="iu"),
+                "weights": ArraySpec(("h", "h")),
+                "item_popularity": ArraySpec(("h",), sparse=True),
+                "noise_multiplier": ArraySpec(()),
+                "popularity_blend": ArraySpec((), optional=True),
+                "popularity_shrinkage": ArraySpec((), optional=True),
+            },
+            bounds={"h": n_items},
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         return {

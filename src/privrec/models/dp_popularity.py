@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
 from privrec.models.base import check_array, register
+from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.popularity import PopularityScores
 from privrec.models.private import PrivateConfig, PrivateRecommender
 from privrec.models.tiers import finish_tiers, plan_tiers
@@ -243,6 +244,15 @@ class DPPopularity(PopularityScores, PrivateRecommender):
             ),
         )
         finish_tiers(self)
+
+    @classmethod
+    def _file_layout(cls, config: Any, n_items: int) -> FileLayout:
+        return FileLayout(
+            {
+                "item_popularity": ArraySpec((n_items,), sparse=True),
+                "noise_multiplier": ArraySpec(()),
+            }
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         return {

@@ -17,6 +17,7 @@ import numpy as np
 from privrec.privacy.bounds import quantile_from_histogram
 
 __all__ = [
+    "MAX_ADAPTIVE_FACTORS",
     "LengthProfile",
     "head_threshold",
     "resolve_bound",
@@ -68,6 +69,10 @@ def resolve_bound(
     return max(floor, round(profile.quantile(quantile)))
 
 
+#: Largest data-adaptive factor count k (:func:`resolve_factors`).
+MAX_ADAPTIVE_FACTORS = 64
+
+
 def resolve_factors(
     factors: int | None, profile: LengthProfile | None, epsilon: float, scale: float
 ) -> int:
@@ -83,7 +88,7 @@ def resolve_factors(
         return int(factors)
     if profile is None:
         raise ValueError("data-adaptive factors need the released length profile")
-    target = min(64.0, max(8.0, profile.n_users * epsilon / scale))
+    target = min(float(MAX_ADAPTIVE_FACTORS), max(8.0, profile.n_users * epsilon / scale))
     return min(int(2 ** round(math.log2(target))), max(2, profile.max_length // 4))
 
 

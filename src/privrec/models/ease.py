@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pydantic
@@ -13,6 +14,7 @@ import scipy.sparse as sp
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError
 from privrec.models.base import ModelConfig, Recommender, check_array, register
+from privrec.models.file_layout import ArraySpec, FileLayout
 
 __all__ = [
     "EASE",
@@ -222,6 +224,10 @@ class EASE(Recommender):
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._score_histories(self.user_items_[users])
+
+    @classmethod
+    def _file_layout(cls, config: Any, n_items: int) -> FileLayout:
+        return FileLayout({"weights": ArraySpec((n_items, n_items))})
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights_}

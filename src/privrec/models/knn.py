@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pydantic
 import scipy.sparse as sp
@@ -9,6 +11,7 @@ import scipy.sparse as sp
 from privrec.data.interactions import Interactions
 from privrec.errors import ModelFileError
 from privrec.models.base import ModelConfig, Recommender, check_array, register
+from privrec.models.file_layout import ArraySpec, FileLayout
 
 __all__ = ["ItemKNN", "cosine_neighbours"]
 
@@ -100,6 +103,19 @@ class ItemKNN(Recommender):
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
         return self._score_histories(self.user_items_[users])
+
+    @classmethod
+    def _file_layout(cls, config: Any, n_items: int) -> FileLayout:
+        # each item keeps at most `neighbours` others: nnz ≤ n·min(neighbours, n)
+        nnz = n_items * min(int(config.neighbours), n_items)
+        return FileLayout(
+            {
+                "sim_indptr": ArraySpec((n_items + 1,), kinds="iu"),
+                "sim_indices": ArraySpec(("nnz",), kinds="iu"),
+                "sim_data": ArraySpec(("nnz",), sparse=True),
+            },
+            bounds={"nnz": nnz},
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         s = self.similarity_

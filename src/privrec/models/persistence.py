@@ -7,21 +7,29 @@ hyper-parameters and the guarantee. No user ids, no user count, no training stru
 ``include_user_data=True`` is asked for explicitly (which warns: that file is then outside
 the guarantee). The metadata records the dtype and shape of every array.
 
-Reading (:func:`load_model`) treats the file as hostile until proven otherwise:
+Reading (:func:`load_model`) treats the file as hostile until proven otherwise; nothing is
+decompressed until every check that the headers allow has passed
+(:mod:`privrec.models.npz_reader`, :mod:`privrec.models.file_layout`):
 
-1. the archive's member names must be ones privrec writes, and the declared sizes must fit
-   the limit (``max_bytes``, default 4 GiB or ``$PRIVREC_MAX_MODEL_BYTES``);
-2. each member's ``.npy`` header is parsed *before* its data is decompressed: plain numeric or
-   text dtypes only, shape and dtype equal to what the metadata declares, the byte count equal
-   to the header's, and the running total within the limit — a "decompression bomb" stops at
-   its header;
-3. the metadata is a JSON object of the expected shape; hyper-parameters are validated
-   strictly (a string where a number belongs is an error, not coerced);
-4. the model checks its own arrays (shapes against the catalogue and the parameters, index
-   ranges, finiteness) and a private model's guarantee is re-verified: ε recomputed from the
-   stored events, δ / unit / accountant consistent with the parameters
-   (:mod:`privrec.privacy.verify`);
-5. the loaded model scores one empty history, so a file that loads also works.
+1. the archive's member names must be ones privrec writes, the declared sizes must fit the
+   limit (``max_bytes``, default 4 GiB or ``$PRIVREC_MAX_MODEL_BYTES``) and the compressed
+   sizes the file on disk (no overlapping members);
+2. the metadata (itself size- and ratio-bounded) is a JSON object of the expected shape;
+   hyper-parameters are validated strictly (a string where a number belongs is an error, not
+   coerced);
+3. each member's ``.npy`` header is parsed without decompressing its data: plain numeric or
+   text dtypes only, shape and dtype equal to what the metadata declares, the byte count
+   equal to the header's, and the running total within the limit;
+4. every declared shape is checked against the model's layout — what a model of this class,
+   these parameters and this catalogue size holds (DPALS factors are ``(n_items, k)``, head
+   items at most ``n_items``, the user arrays one CSR matrix over the catalogue) — and every
+   member's decompression ratio is bounded (64:1, except arrays that are legitimately mostly
+   zeros and whose size the layout pins): a file declaring huge arrays of zeros, or a giant
+   catalogue, stops at its headers. Arrays the model does not read are never decompressed;
+5. the model checks its own arrays' contents (index ranges, finiteness, uniqueness) and a
+   private model's guarantee is re-verified: ε recomputed from the stored events, δ / unit /
+   accountant consistent with the parameters (:mod:`privrec.privacy.verify`);
+6. the loaded model scores one empty history, so a file that loads also works.
 
 Every failure is a :class:`~privrec.errors.ModelFileError` (a ``DataError``) naming the file
 and the field.
@@ -31,11 +39,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import struct
 import warnings
-import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,13 +48,10 @@ import numpy as np
 import pydantic
 import scipy.sparse as sp
 
-from privrec.errors import (
-    ConfigError,
-    DataError,
-    ModelFileError,
-    ModelFileTooLargeError,
-    PrivacyWarning,
-)
+from privrec.errors import ConfigError, DataError, ModelFileError, PrivacyWarning
+from privrec.models.file_layout import check_layout, generic_sparse
+from privrec.models.npz_reader import ENV_MAX as _ENV_MAX
+from privrec.models.npz_reader import FORMAT, KINDS, ArchiveReader, Header
 
 if TYPE_CHECKING:
     from privrec.models.base import Recommender
@@ -65,22 +66,11 @@ __all__ = [
     "save_model",
 ]
 
-FORMAT = "privrec-model"
 FORMAT_VERSION = 2
-_READABLE = (1, 2)
 #: Default cap on the decompressed size of a model file's arrays.
 DEFAULT_MAX_BYTES = 4 << 30
-_ENV_MAX = "PRIVREC_MAX_MODEL_BYTES"
-_MAX_META_BYTES = 64 << 20
-_MAX_MEMBERS = 256
-_MAX_NDIM = 3
 #: Arrays that describe training users; never written for a private model by default.
 USER_DATA_KEYS = ("user_ids", "ui_data", "ui_indices", "ui_indptr", "ui_shape")
-_NAME = re.compile(
-    r"^(__meta__|item_ids|user_ids|ui_data|ui_indices|ui_indptr|ui_shape|state_[A-Za-z_][A-Za-z0-9_]{0,63})$"
-)
-# bool, signed/unsigned integers, floats, unicode text: nothing that can hold objects
-_KINDS = frozenset("biufU")
 
 
 def max_model_bytes(explicit: int | None = None) -> int:
@@ -153,7 +143,7 @@ def save_model(model: Recommender, path: str | Path, *, include_user_data: bool 
     for key, value in model._state().items():
         arrays[f"state_{key}"] = np.require(np.asarray(value), requirements="C")
     for key, value in arrays.items():
-        if value.dtype.kind not in _KINDS:
+        if value.dtype.kind not in KINDS:
             raise ConfigError(
                 f"array {key!r} has dtype {value.dtype}, which model files do not hold"
             )
@@ -177,271 +167,6 @@ def save_model(model: Recommender, path: str | Path, *, include_user_data: bool 
 
 
 # --------------------------------------------------------------------------------- reading
-# What the zip layer raises on a damaged archive (central directory, local headers, inflate,
-# CRC, unsupported versions or compression methods, encrypted members).
-_ZIP_ERRORS = (
-    zipfile.BadZipFile,
-    zipfile.LargeZipFile,
-    zlib.error,
-    struct.error,
-    OSError,
-    EOFError,
-    ValueError,
-    NotImplementedError,
-    RuntimeError,
-    OverflowError,
-)
-
-
-class _Reader:
-    """Reads the members of one model archive with every size checked before decompression."""
-
-    def __init__(self, path: Path, max_bytes: int) -> None:
-        self.path = path
-        self.budget = max_bytes
-        self.limit = max_bytes
-
-    def error(self, message: str, field: str | None = None, **kw: Any) -> ModelFileError:
-        return ModelFileError(message, file=self.path, field=field, **kw)
-
-    def too_large(self, field: str, needed: int) -> ModelFileTooLargeError:
-        return ModelFileTooLargeError(
-            f"the model file declares {needed:,} bytes of arrays, above the limit of "
-            f"{self.limit:,} bytes (raise it with max_bytes= or ${_ENV_MAX})",
-            file=self.path,
-            field=field,
-        )
-
-    def read_all(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        try:
-            size = self.path.stat().st_size
-        except OSError as exc:
-            raise DataError("model file cannot be read", file=self.path, found=str(exc)) from None
-        if size > self.limit:
-            raise self.too_large("<file>", size)
-        try:
-            zf = zipfile.ZipFile(self.path)
-        except _ZIP_ERRORS as exc:
-            raise self.error(
-                "not a privrec model file (not an .npz archive)", found=str(exc)
-            ) from None
-        with zf:
-            try:
-                infos = zf.infolist()
-                return self._read_members(zf, infos)
-            except DataError:
-                raise
-            except _ZIP_ERRORS as exc:
-                raise self.error(
-                    "the model archive is corrupt", found=f"{type(exc).__name__}: {exc}"
-                ) from None
-
-    def _read_members(
-        self, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo]
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        if len(infos) > _MAX_MEMBERS:
-            raise self.error("too many members", expected=f"<= {_MAX_MEMBERS}", found=len(infos))
-        members: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
-            name = info.filename
-            key = name[:-4] if name.endswith(".npy") else name
-            if not name.endswith(".npy") or not _NAME.match(key):
-                raise self.error("unexpected member in the model archive", field=name)
-            if key in members:
-                raise self.error("duplicate member in the model archive", field=name)
-            members[key] = info
-        declared = sum(i.file_size for i in infos)
-        if declared > self.limit:
-            raise self.too_large("<archive>", declared)
-        if "__meta__" not in members:
-            raise self.error("not a privrec model file (no metadata)", field="__meta__")
-        raw = self._read_npy(zf, members.pop("__meta__"), "__meta__", cap=_MAX_META_BYTES)
-        if raw.dtype != np.uint8 or raw.ndim != 1:
-            raise self.error(
-                "metadata must be a 1-D uint8 array", field="__meta__", found=str(raw.dtype)
-            )
-        try:
-            meta = json.loads(raw.tobytes().decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise self.error("metadata is not JSON", field="__meta__", found=str(exc)) from None
-        meta = self._check_meta(meta)
-        declared_arrays = meta.get("arrays")
-        if declared_arrays is not None and set(declared_arrays) != set(members):
-            raise self.error(
-                "the archive's arrays differ from those the metadata declares",
-                field="arrays",
-                expected=str(sorted(declared_arrays)),
-                found=sorted(members),
-            )
-        arrays: dict[str, np.ndarray] = {}
-        for key, info in members.items():
-            spec = None if declared_arrays is None else declared_arrays[key]
-            arrays[key] = self._read_npy(zf, info, key, spec=spec)
-        return meta, arrays
-
-    def _check_meta(self, meta: object) -> dict[str, Any]:
-        if not isinstance(meta, dict):
-            raise self.error(
-                "metadata must be a JSON object", field="__meta__", found=type(meta).__name__
-            )
-        fmt, version = meta.get("format"), meta.get("format_version")
-        if fmt != FORMAT or version not in _READABLE or isinstance(version, bool):
-            raise self.error(
-                "unsupported model file format",
-                field="format",
-                expected=f"{FORMAT} v{' or v'.join(map(str, _READABLE))}",
-                found=f"{fmt} v{version}",
-            )
-        types = {
-            "model": str,
-            "params": dict,
-            "extra": dict,
-            "has_user_data": bool,
-        }
-        for key, typ in types.items():
-            if key in meta and not isinstance(meta[key], typ):
-                raise self.error(
-                    f"metadata field {key!r} has the wrong type",
-                    field=key,
-                    expected=typ.__name__,
-                    found=type(meta[key]).__name__,
-                )
-        if "model" not in meta or "params" not in meta:
-            raise self.error("metadata lacks the model name or its parameters", field="model")
-        arrays = meta.get("arrays")
-        if version >= 2:
-            ok = isinstance(arrays, dict) and all(
-                isinstance(v, dict)
-                and isinstance(v.get("dtype"), str)
-                and isinstance(v.get("shape"), list)
-                and all(
-                    isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v["shape"]
-                )
-                for v in arrays.values()
-            )
-            if not ok:
-                raise self.error(
-                    "metadata must declare every array's dtype and shape",
-                    field="arrays",
-                    expected="{name: {dtype: str, shape: [int, ...]}}",
-                )
-        return meta
-
-    def _read_npy(
-        self,
-        zf: zipfile.ZipFile,
-        info: zipfile.ZipInfo,
-        key: str,
-        *,
-        spec: Mapping[str, Any] | None = None,
-        cap: int | None = None,
-    ) -> np.ndarray:
-        with zf.open(info) as fh:
-            shape, fortran, dtype = _npy_header(
-                fh, lambda msg, found: self.error(msg, field=key, found=found)
-            )
-            header_len = fh.tell()
-            if dtype.kind not in _KINDS or dtype.hasobject or dtype.fields is not None:
-                raise self.error(
-                    "array dtype not allowed in a model file",
-                    field=key,
-                    expected="bool, integer, float or text",
-                    found=str(dtype),
-                )
-            if len(shape) > _MAX_NDIM:
-                raise self.error("array has too many dimensions", field=key, found=len(shape))
-            if spec is not None and (
-                spec["dtype"] != dtype.str or [int(s) for s in spec["shape"]] != list(shape)
-            ):
-                raise self.error(
-                    "array header disagrees with the metadata",
-                    field=key,
-                    expected=f"{spec['dtype']} {tuple(spec['shape'])}",
-                    found=f"{dtype.str} {tuple(shape)}",
-                )
-            count = 1
-            for s in shape:
-                count *= int(s)
-            nbytes = count * dtype.itemsize
-            if cap is not None and nbytes > cap:
-                raise self.too_large(key, nbytes)
-            if nbytes > self.budget:
-                raise self.too_large(key, self.limit - self.budget + nbytes)
-            if header_len + nbytes != info.file_size:
-                raise self.error(
-                    "array data size disagrees with its header",
-                    field=key,
-                    expected=f"{header_len + nbytes} bytes",
-                    found=f"{info.file_size} bytes",
-                )
-            self.budget -= nbytes
-            buf = bytearray(nbytes)
-            view = memoryview(buf)
-            pos = 0
-            while pos < nbytes:
-                got = fh.readinto(view[pos:])  # type: ignore[attr-defined]
-                if not got:
-                    raise self.error("array data is truncated", field=key)
-                pos += got
-        arr = np.frombuffer(buf, dtype=dtype)
-        arr = arr.reshape(shape, order="F" if fortran else "C")
-        if not dtype.isnative:
-            arr = arr.astype(dtype.newbyteorder("="))
-        return arr
-
-
-_MAGIC = b"\x93NUMPY"
-_MAX_HEADER = 10_000
-
-
-def _npy_header(fh: Any, error: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
-    """Parse an ``.npy`` header from ``fh`` without trusting it.
-
-    numpy's own reader tokenises the header text, which a hostile file can make raise
-    tokenizer errors; here the header is a bounded, literal-only Python dict with exactly the
-    keys ``descr`` (a dtype string), ``fortran_order`` (bool) and ``shape`` (tuple of
-    non-negative ints), else ``error(message, found)`` is raised.
-    """
-    import ast
-
-    start = fh.read(8)
-    if len(start) != 8 or start[:6] != _MAGIC:
-        raise error("not an .npy array", None)
-    major = start[6]
-    if major not in (1, 2, 3) or start[7] != 0:
-        raise error("unsupported .npy version", f"{start[6]}.{start[7]}")
-    size_bytes = 2 if major == 1 else 4
-    raw = fh.read(size_bytes)
-    if len(raw) != size_bytes:
-        raise error("truncated .npy header", None)
-    hlen = int.from_bytes(raw, "little")
-    if hlen > _MAX_HEADER:
-        raise error("oversized .npy header", hlen)
-    text = fh.read(hlen)
-    if len(text) != hlen:
-        raise error("truncated .npy header", None)
-    try:
-        with warnings.catch_warnings():  # odd escapes in hostile text warn while parsing
-            warnings.simplefilter("ignore")
-            header = ast.literal_eval(text.decode("utf-8" if major == 3 else "latin-1"))
-    except Exception as exc:  # any failure to read untrusted header text means "malformed"
-        raise error("malformed array header", f"{type(exc).__name__}: {exc}") from None
-    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
-        raise error("malformed array header", "expected keys descr, fortran_order, shape")
-    descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]
-    if not isinstance(descr, str) or not isinstance(fortran, bool):
-        raise error("malformed array header", "descr must be text and fortran_order a bool")
-    if not isinstance(shape, tuple) or not all(
-        isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape
-    ):
-        raise error("malformed array shape", shape)
-    try:
-        dtype = np.dtype(descr)
-    except (TypeError, ValueError, SyntaxError) as exc:
-        raise error("unknown array dtype", str(exc)) from None
-    return shape, fortran, dtype
-
-
 def _strict_params(cls: type[Recommender], params: dict[str, Any], path: Path) -> Any:
     """The model's config from stored parameters, validated strictly (no str → number coercion)."""
     from privrec.models.base import _config_error
@@ -499,6 +224,100 @@ def _user_matrix(
     return uids, m
 
 
+def _model_type(name: str, path: Path) -> type[Recommender]:
+    from privrec.models.registry import available_models, model_class
+
+    cls = model_class(name)
+    if cls is None:
+        raise ModelFileError(
+            "unknown model type",
+            file=path,
+            field="model",
+            expected=" | ".join(available_models()),
+            found=name,
+        )
+    return cls
+
+
+def _plan_reads(
+    path: Path, meta: dict[str, Any], headers: Mapping[str, Header], cls: Any, cfg: Any
+) -> dict[str, bool]:
+    """Check every header against the model's layout; the members to inflate (→ ``sparse``).
+
+    Runs before any array is decompressed: the catalogue's header gives ``n_items``, the
+    model class its layout from the validated parameters (:meth:`Recommender._file_layout`),
+    and arrays the model does not read are never inflated.
+    """
+    ids = headers.get("item_ids")
+    if ids is None or len(ids.shape) != 1 or ids.dtype.kind not in "iuU":
+        raise ModelFileError(
+            "the item catalogue must be a 1-D integer or text array", file=path, field="item_ids"
+        )
+    n_items = ids.shape[0]
+    wanted = {"item_ids": False}
+    if bool(meta.get("has_user_data", True)):
+        wanted |= _user_headers(headers, n_items, path)
+    else:
+        stray = [k for k in USER_DATA_KEYS if k in headers]
+        if stray and meta["format_version"] >= 2:
+            raise ModelFileError(
+                "the file says it holds no user data but carries user arrays",
+                file=path,
+                field=stray[0],
+            )
+        # version-1 files stored empty placeholders (and, wrongly, user ids): never inflated
+    state = {
+        k.removeprefix("state_"): (h.shape, h.dtype.kind)
+        for k, h in headers.items()
+        if k.startswith("state_")
+    }
+    layout = cls._file_layout(cfg, n_items)
+    if layout is None:
+        sparse, keys = generic_sparse(state, n_items), list(state)
+    else:
+        sparse = check_layout(layout, state, path)
+        keys = [k for k in layout.arrays if k in state]  # arrays it does not use stay packed
+    return wanted | {f"state_{k}": k in sparse for k in keys}
+
+
+def _user_headers(headers: Mapping[str, Header], n_items: int, path: Path) -> dict[str, bool]:
+    """The stored users' arrays must describe one CSR matrix over the catalogue."""
+    missing = [k for k in USER_DATA_KEYS if k not in headers]
+    if missing:
+        raise ModelFileError(
+            "the file says it holds user data but lacks this array", file=path, field=missing[0]
+        )
+    shape = {k: headers[k].shape for k in USER_DATA_KEYS}
+    n_users = shape["user_ids"][0] if len(shape["user_ids"]) == 1 else -1
+    nnz = shape["ui_indices"][0] if len(shape["ui_indices"]) == 1 else -1
+    want = {
+        "user_ids": (n_users,),
+        "ui_indptr": (n_users + 1,),
+        "ui_indices": (nnz,),
+        "ui_data": (nnz,),
+        "ui_shape": (2,),
+    }
+    for key, expected in want.items():
+        if min(expected) < 0 or shape[key] != expected:
+            raise ModelFileError(
+                "user arrays disagree in shape",
+                file=path,
+                field=key,
+                expected=str(expected),
+                found=str(shape[key]),
+            )
+    if nnz > n_users * n_items:
+        raise ModelFileError(
+            "more stored interactions than users × items",
+            file=path,
+            field="ui_indices",
+            expected=f"<= {n_users * n_items:,}",
+            found=nnz,
+        )
+    # interaction values are often all ones (implicit feedback): pinned to the indices' count
+    return {k: k == "ui_data" for k in USER_DATA_KEYS}
+
+
 def _unique(a: np.ndarray) -> bool:
     return len(np.unique(a)) == len(a)
 
@@ -529,34 +348,26 @@ def load_model(
     """
     from privrec.models.base import _empty_csr
     from privrec.models.private import PrivateRecommender
-    from privrec.models.registry import model_class
 
     path = Path(path)
     if not path.exists():
         raise DataError("model file not found", file=path)
     if not path.is_file():
         raise DataError("model path is not a file", file=path)
-    meta, arrays = _Reader(path, max_model_bytes(max_bytes)).read_all()
-    name = meta["model"]
-    cls = model_class(name)
-    if cls is None:
-        from privrec.models.registry import available_models
+    found: dict[str, Any] = {}
 
-        raise ModelFileError(
-            "unknown model type",
-            file=path,
-            field="model",
-            expected=" | ".join(available_models()),
-            found=name,
-        )
-    cfg = _strict_params(cls, meta["params"], path)
+    def plan(meta: dict[str, Any], headers: Mapping[str, Header]) -> dict[str, bool]:
+        # the class and strict parameters first: the layout the headers must fit follows
+        found["cls"] = cls = _model_type(meta["model"], path)
+        found["cfg"] = cfg = _strict_params(cls, meta["params"], path)
+        return _plan_reads(path, meta, headers, cls, cfg)
+
+    meta, arrays = ArchiveReader(path, max_model_bytes(max_bytes)).read(plan)
+    cls: type[Recommender] = found["cls"]
+    cfg = found["cfg"]
     model = cls.from_config(cfg)
     private = isinstance(model, PrivateRecommender)
-    item_ids = arrays.pop("item_ids", None)
-    if item_ids is None or item_ids.ndim != 1 or item_ids.dtype.kind not in "iuU":
-        raise ModelFileError(
-            "the item catalogue must be a 1-D integer or text array", file=path, field="item_ids"
-        )
+    item_ids = arrays.pop("item_ids")
     if not _unique(item_ids):
         raise ModelFileError("item ids must be unique", file=path, field="item_ids")
     n_items = len(item_ids)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
 from privrec.models.base import ModelConfig, Recommender, check_array, register
+from privrec.models.file_layout import ArraySpec, FileLayout
 
 __all__ = ["Popularity", "PopularityScores"]
 
@@ -70,6 +71,10 @@ class Popularity(PopularityScores, Recommender):
         else:
             pop = np.asarray(m.sum(axis=0), dtype=np.float32).ravel()
         self.item_popularity_ = pop
+
+    @classmethod
+    def _file_layout(cls, config: Any, n_items: int) -> FileLayout:
+        return FileLayout({"item_popularity": ArraySpec((n_items,), sparse=True)})
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"item_popularity": self.item_popularity_}

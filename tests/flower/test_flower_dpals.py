@@ -122,3 +122,18 @@ def test_nodes_not_in_test_mode_ignore_the_seed_and_keep_their_salt(tmp_path: Pa
     # fresh CSPRNG noise: not the simulation's seeded draw
     assert not np.array_equal(fl.noisy_counts_, sim.noisy_counts_)
     assert not transport.errors
+
+
+def test_the_example_apps_run_config_parses_for_both_algorithms() -> None:
+    import tomllib
+
+    from flwr.common.config import flatten_dict
+
+    root = Path(__file__).resolve().parents[2]
+    with (root / "examples" / "flower" / "pyproject.toml").open("rb") as fh:
+        cfg = flatten_dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    assert cfg["algorithm"] == "mf"
+    mf, _ = parse_run_config(cfg)
+    params, settings = parse_dpals_run_config({**cfg, "algorithm": "dpals"})
+    assert settings.algorithm == "dpals" and params["epsilon"] == 1.0 and params["factors"] is None
+    assert mf.factors == 16

@@ -84,7 +84,8 @@ def parse_dpals_run_config(
     for need in ("epsilon", "delta"):
         if need not in params:
             raise ConfigError(f"federated DPALS needs dpals.{need} in the run config")
-    params.pop("secure", None)  # the Flower run is the secure path
+    for sim_only in ("secure", "dropout"):  # simulation settings: Flower runs the real thing
+        params.pop(sim_only, None)
     model = FederatedDPALS(**params)
     model.config()  # typed errors now, not after the nodes connected
     return params, settings

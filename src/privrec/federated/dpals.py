@@ -45,9 +45,11 @@ Simulation modes (``secure=``)
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pydantic
@@ -78,13 +80,25 @@ from privrec.models.dp_rules import (
 )
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.bounds import LENGTH_EDGES, LENGTHS_LABEL, length_histogram
+from privrec.privacy.contribution import draw_salt, sample_per_user
 from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.postprocessing import diagonal_solve, project_psd, shared_solve
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["FederatedDPALS", "FederatedDPALSConfig", "round_vectors"]
+__all__ = [
+    "DeviceTask",
+    "Devices",
+    "FederatedDPALS",
+    "FederatedDPALSConfig",
+    "SimulatedDevices",
+    "SumResult",
+    "device_rng",
+    "device_salts",
+    "device_vectors",
+    "round_vectors",
+]
 
 Secure = Literal["aggregate", "fast", "full"]
 
@@ -153,14 +167,56 @@ class FederatedDPALS(DPALS):
     # ----------------------------------------------------------------------------- training
     def _fit(self, data: Interactions, config: Any) -> None:
         c: FederatedDPALSConfig = config
+        x = sp.csr_matrix(data.matrix, copy=True)
+        x.data[:] = 1.0
+        budget, rng = self._begin(data, c)
+        fault_rng = np.random.default_rng(None if c.seed is None else c.seed + 7)
+        salt = draw_salt(rng) if c.seed is None else c.seed
+        devices = SimulatedDevices(x, c.secure, c.dropout, rng, fault_rng, salt, c.seed)
+        self._train(devices, x.shape[0], x.shape[1], c, budget, rng)
+        xh = sp.csr_matrix(x[:, self.head_items_])
+        xh.sort_indices()
+        self.user_factors_ = self._fold(xh).astype(np.float32)
+
+    def fit_devices(self, devices: Devices, n_users: int, n_items: int) -> FederatedDPALS:
+        """Train with devices the server cannot see (Flower): the server side of :meth:`fit`.
+
+        ``devices`` runs each round's secure sum (:class:`Devices`); the server knows only
+        the population size and the catalogue. The model holds its released parameters only
+        (no training users: serve users from their own histories with ``recommend_history``).
+        """
+        from types import SimpleNamespace
+
+        c = self.config()
+        assert isinstance(c, FederatedDPALSConfig)
+        self._progress, self._user_epsilons = None, None
+        budget, rng = self._begin(SimpleNamespace(n_users=n_users, nnz=0), c)  # type: ignore[arg-type]
+        self._catalogue_source = "given"
+        self._train(devices, n_users, n_items, c, budget, rng)
+        self.user_factors_ = np.zeros((0, self.factors_), dtype=np.float32)
+        self.user_ids_ = np.zeros(0, dtype=np.int64)
+        catalogue = getattr(self, "_catalogue", None)
+        given = catalogue is not None and len(catalogue) == n_items
+        self.item_ids_ = np.asarray(catalogue) if given else np.arange(n_items, dtype=np.int64)
+        self.user_items_ = sp.csr_matrix(np.zeros((0, n_items), dtype=np.float32))
+        self._released_only = True
+        self._after_fit()
+        return self
+
+    def _train(
+        self,
+        devices: Devices,
+        n_users: int,
+        n_items: int,
+        c: FederatedDPALSConfig,
+        budget: Any,
+        rng: np.random.Generator,
+    ) -> None:
+        """The server's side of training: plan, rounds of secure sums, item solves, release."""
         if c.unit is not PrivacyUnit.USER:
             raise ConfigError("federated DPALS protects devices: the unit is the user")
         if c.tiers:
             raise ConfigError("personalised budgets are not available in federated DPALS")
-        budget, rng = self._begin(data, c)
-        x = sp.csr_matrix(data.matrix, copy=True)
-        x.data[:] = 1.0
-        n_users, n_items = x.shape
         n_min = max(2, math.ceil(c.min_survivor_fraction * n_users))
         ratios = self._ratios(c)
         iterations = resolve_iterations(c.iterations, c.epsilon)
@@ -180,8 +236,8 @@ class FederatedDPALS(DPALS):
             ("counts", ratios[3] * sigma)
         ]
         targets += [(f"step {t + 1}", sigma / step_norm) for t in range(iterations)]
-        self._rng, self._n_min, self._config, self.rounds_ = rng, n_min, c, []
-        self._fault_rng = np.random.default_rng(None if c.seed is None else c.seed + 7)
+        self._devices, self._n_min, self._n_users, self._config = devices, n_min, n_users, c
+        self._rng, self.rounds_ = rng, []
         # dimensions are public: the histogram grid, the catalogue, and (for steps) k and the
         # head size, known only after the counts round — steps are planned with their noise
         # multiplier, which does not depend on the dimension.
@@ -191,8 +247,8 @@ class FederatedDPALS(DPALS):
 
         profile = None
         if r_len is not None:
-            onehot = _onehot_lengths(np.diff(x.indptr), n_items)
-            hist = self._round("lengths", onehot, 1.0, r_len * sigma, planned[0])
+            task = DeviceTask("lengths", "lengths", n_items)
+            hist = self._round(task, 1.0, r_len * sigma, planned[0])
             profile = LengthProfile(hist, r_len * sigma, n_items)
         bound = resolve_bound(c.max_per_user, profile, c.bound_quantile)
         count_sample = resolve_bound(
@@ -208,8 +264,7 @@ class FederatedDPALS(DPALS):
 
         # counts: each device samples ≤ count_sample of its items (its own randomness)
         noisy_counts = self._round(
-            "counts",
-            _sampled_rows(x, count_sample, rng),
+            DeviceTask("counts", "counts", n_items, count_sample=count_sample),
             math.sqrt(count_sample),
             ratios[3] * sigma,
             planned[len(targets) - iterations - 1],
@@ -220,22 +275,32 @@ class FederatedDPALS(DPALS):
             head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample),
             c.head_min,
         )
-        xh = sp.csr_matrix(x[:, head])
-        xh.sort_indices()
         counts_h = noisy_counts[head]
         reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)
         self.regularization_ = reg
-        weights = user_weights(xh, counts_h, c.method, bound, c.adaptive_exponent, rng)
         reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
         init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)
         y = init_rng.standard_normal((len(head), k)) * (c.init_scale / math.sqrt(k))
         scales = _part_scales(ratios, c.clip_norm, bound, b_plan)
         for t in range(iterations):
-            u = exact_user_solve(xh, y, c.alpha0, c.user_regularization)  # on each device
-            u = _clip(u, c.clip_norm)
-            vectors = round_vectors(u, weights, scales, c.lhs)
+            task = DeviceTask(
+                "step",
+                f"step {t + 1}",
+                n_items,
+                head=head,
+                head_counts=counts_h,
+                item_factors=y,
+                scales=scales,
+                method=c.method,
+                bound=bound,
+                adaptive_exponent=c.adaptive_exponent,
+                alpha0=c.alpha0,
+                user_regularization=c.user_regularization,
+                clip_norm=c.clip_norm,
+                lhs=c.lhs,
+            )
             event = planned[len(targets) - iterations + t]
-            decoded = self._round(f"step {t + 1}", vectors, step_norm, sigma / step_norm, event)
+            decoded = self._round(task, step_norm, sigma / step_norm, event)
             g, rhs, diag = _unpack(decoded, k, len(head), scales, c.lhs)
             g = project_psd(g)
             if diag is not None:
@@ -253,7 +318,6 @@ class FederatedDPALS(DPALS):
         self.popularity_shrinkage_ = resolve_shrinkage(
             c.popularity_shrinkage, c.popularity_blend, profile, DEFAULT_SHRINKAGE
         )
-        self.user_factors_ = self._fold(xh).astype(np.float32)
         self._finish(
             c,
             released=[
@@ -270,74 +334,233 @@ class FederatedDPALS(DPALS):
                 f"devices' discrete-Gaussian noise (sized for ≥ {n_min} honest survivors); the "
                 "released model is (ε, δ)-DP per user without a trusted server. Devices colluding "
                 "with the server remove their own noise share only. Joint DP for each user's own "
-                "list. Simulated rounds"
-                + (
-                    " ('aggregate' mode: the noise of the decoded sums is drawn centrally)."
-                    if c.secure == "aggregate"
-                    else f" ('{c.secure}' SecAgg+ path)."
-                )
+                "list. " + devices.description
             ),
         )
-        del self._rng, self._config
+        del self._rng, self._config, self._devices
 
-    def _round(
-        self, kind: str, vectors: sp.csr_matrix, norm: float, z: float, planned: SpentEvent
-    ) -> np.ndarray:
+    def _round(self, task: DeviceTask, norm: float, z: float, planned: SpentEvent) -> np.ndarray:
         """One secure sum with distributed DP: decoded noisy sum (and the round's report).
 
-        ``vectors`` holds every device's contribution (one row each, L2 norm ≤ ``norm``); the
+        Every device's contribution (:func:`device_vectors`) has L2 norm ≤ ``norm``; the
         round's sum carries noise of multiplier ``z`` (std ``z·norm``) for ``n_min`` survivors.
         """
         c = self._config
-        rng: np.random.Generator = self._rng
-        n, dim = vectors.shape
-        alive = self._fault_rng.random(n) >= c.dropout
-        survivors = int(alive.sum())
-        enc = _encoder(dim, norm, z, self._n_min, n, c.mechanism)
-        if survivors < self._n_min:
-            raise ProtocolAbort(
-                "masked_input", f"{kind}: {survivors} survivors, {self._n_min} planned for"
-            )
+        dim = task.dim(self.factors_ if task.kind == "step" else 0)
+        enc = _encoder(dim, norm, z, self._n_min, self._n_users, c.mechanism)
         t0 = time.perf_counter()
-        if c.secure == "aggregate":
-            total = np.asarray(vectors[alive].sum(axis=0), dtype=np.float64).ravel()
-            plan = enc.plan
-            std = plan.gamma * math.sqrt(survivors * (plan.local_variance + 0.25))
-            decoded = total + rng.standard_normal(total.shape) * std
-            device_s = float("nan")
-        else:
-            dense = vectors.toarray()
-            ids = np.flatnonzero(alive)
-            d0 = time.perf_counter()
-            encoded = enc.encode(dense[ids], rng)
-            device_s = (time.perf_counter() - d0) / max(len(ids), 1)
-            crash = {int(i): "masked_input" for i in np.flatnonzero(~alive)}
-            full = np.zeros((n, enc.encoded_dim), dtype=np.uint64)
-            full[ids] = encoded
-            res = secure_sum(
-                n, enc.encoded_dim, enc.bits, lambda i: full[i], crash=crash, mode=c.secure,
-                min_survivors=self._n_min,
-            )  # fmt: skip
-            decoded = enc.decode(res.sum, len(res.survivors))
-            survivors = len(res.survivors)
+        res = self._devices.secure_sum(task, enc, self._n_min)
         server_s = time.perf_counter() - t0
         self._spend(planned.label, planned.event)
         word = 4 if enc.bits <= 32 else 8
         self.rounds_.append(
             {
-                "round": kind,
+                "round": task.label,
                 "dim": dim,
                 "padded_dim": enc.encoded_dim,
                 "bits": enc.bits,
                 "bytes_per_device": enc.encoded_dim * word,
-                "survivors": survivors,
-                "devices": n,
+                "survivors": res.survivors,
+                "devices": self._n_users,
                 "noise_multiplier": z,
-                "device_seconds": device_s,
+                "device_seconds": res.device_seconds,
                 "seconds": server_s,
+                **res.extra,
             }
         )
-        return decoded
+        return res.decoded
+
+
+# ------------------------------------------------------------------------------- devices
+@dataclass(frozen=True)
+class DeviceTask:
+    """What every device needs for one round: public settings and released state only.
+
+    ``kind`` is ``"lengths"``, ``"counts"`` or ``"step"``; ``label`` names the round
+    (``"step 2"``). Steps carry the head items, their noisy counts (for the weights), the
+    current item factors and the part scales.
+    """
+
+    kind: Literal["lengths", "counts", "step"]
+    label: str
+    n_items: int
+    count_sample: int = 0
+    head: np.ndarray | None = None
+    head_counts: np.ndarray | None = None
+    item_factors: np.ndarray | None = None
+    scales: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    method: str = "adaptive"
+    bound: int = 1
+    adaptive_exponent: float = 0.5
+    alpha0: float = 1.0
+    user_regularization: float = 0.1
+    clip_norm: float = 1.0
+    lhs: str = "none"
+
+    def dim(self, k: int) -> int:
+        """Length of one device's vector (``k``: the factors, for step rounds)."""
+        if self.kind == "lengths":
+            return len(length_histogram(np.zeros(0), self.n_items))
+        if self.kind == "counts":
+            return self.n_items
+        assert self.head is not None
+        parts = 2 if self.lhs == "diagonal" else 1
+        return k * (k + 1) // 2 + parts * len(self.head) * k
+
+    def settings(self) -> dict[str, Any]:
+        """The scalar fields (JSON-able), for the wire."""
+        return {
+            f: getattr(self, f)
+            for f in self.__dataclass_fields__
+            if f not in ("head", "head_counts", "item_factors")
+        }
+
+
+def device_salts(base: int) -> tuple[int, int]:
+    """The keys of a device's count sample and of its step weights (uniform/tail), from ``base``.
+
+    ``base`` is the device's secret (drawn from the CSPRNG) — or, in seeded test runs, the
+    seed, so that the simulation and a Flower run sample the same items.
+    """
+    out = []
+    for what in ("counts", "weights"):
+        digest = hashlib.sha256(f"privrec-dpals-salt/{base}/{what}".encode()).digest()
+        out.append(int.from_bytes(digest[:8], "little") >> 1)
+    return out[0], out[1]
+
+
+def device_rng(seed: int, label: str, attempt: int, user: int) -> np.random.Generator:
+    """Seeded (test-only) rounding and noise of one device's encoding in one round."""
+    from privrec.privacy.randomness import seeded_generator
+
+    digest = hashlib.sha256(f"privrec-dpals/{seed}/{label}/{attempt}/{user}".encode()).digest()
+    return seeded_generator(int.from_bytes(digest[:8], "little"), warn=False)
+
+
+def device_vectors(
+    task: DeviceTask, x: sp.csr_matrix, row_keys: np.ndarray, salt: int
+) -> sp.csr_matrix:
+    """Each device's contribution to one round, one row per device (what runs on the device).
+
+    ``x`` holds the devices' binary histories over the whole catalogue, ``row_keys`` their
+    global user ids (the keyed samples do not depend on which rows a caller holds) and
+    ``salt`` the devices' secret (:func:`device_salts`). Row ``u`` depends on user ``u``'s data,
+    the public task and the secret only. Shared by the simulation and the Flower nodes.
+    """
+    keys = np.asarray(row_keys, dtype=np.uint64)
+    count_salt, weight_salt = device_salts(salt)
+    if task.kind == "lengths":
+        return _onehot_lengths(np.diff(x.indptr), task.n_items)
+    if task.kind == "counts":
+        return sample_per_user(x, task.count_sample, None, salt=count_salt, row_keys=keys)
+    assert task.head is not None and task.head_counts is not None
+    assert task.item_factors is not None
+    xh = sp.csr_matrix(x[:, task.head])
+    xh.sort_indices()
+    if task.method == "adaptive":
+        weights = user_weights(
+            xh,
+            task.head_counts,
+            "adaptive",
+            task.bound,
+            task.adaptive_exponent,
+            None,  # type: ignore[arg-type]
+        )
+    else:  # central DPALS's uniform / tail samples, keyed per device
+        strategy: Literal["uniform", "least_popular"] = (
+            "uniform" if task.method == "uniform" else "least_popular"
+        )
+        weights = sample_per_user(
+            xh, task.bound, None, strategy, task.head_counts, salt=weight_salt, row_keys=keys
+        )
+    u = exact_user_solve(xh, task.item_factors, task.alpha0, task.user_regularization)
+    return round_vectors(_clip(u, task.clip_norm), weights, task.scales, task.lhs)
+
+
+@dataclass(frozen=True)
+class SumResult:
+    """A decoded secure sum and what the round's report records about it."""
+
+    decoded: np.ndarray
+    survivors: int
+    device_seconds: float = float("nan")
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Devices(Protocol):
+    """Where the rounds' secure sums run: simulated here, Flower SuperNodes in deployment."""
+
+    description: str
+
+    def secure_sum(self, task: DeviceTask, enc: DistributedDPEncoder, n_min: int) -> SumResult:
+        """Every device computes :func:`device_vectors` for ``task``, encodes it with ``enc``;
+        the decoded sum of the survivors (:class:`~privrec.errors.ProtocolAbort` below
+        ``n_min``)."""
+        ...
+
+
+class SimulatedDevices:
+    """All devices in one process (:class:`FederatedDPALS`'s ``secure`` modes)."""
+
+    def __init__(
+        self,
+        x: sp.csr_matrix,
+        secure: Secure,
+        dropout: float,
+        rng: np.random.Generator,
+        fault_rng: np.random.Generator,
+        salt: int,
+        seed: int | None,
+    ) -> None:
+        self.x, self.secure, self.dropout = x, secure, dropout
+        self.rng, self.fault_rng, self.salt, self.seed = rng, fault_rng, salt, seed
+        self.keys = np.arange(x.shape[0], dtype=np.uint64)
+        self.description = "Simulated rounds" + (
+            " ('aggregate' mode: the noise of the decoded sums is drawn centrally)."
+            if secure == "aggregate"
+            else f" ('{secure}' SecAgg+ path)."
+        )
+
+    def secure_sum(self, task: DeviceTask, enc: DistributedDPEncoder, n_min: int) -> SumResult:
+        vectors = device_vectors(task, self.x, self.keys, self.salt)
+        n = vectors.shape[0]
+        alive = self.fault_rng.random(n) >= self.dropout
+        survivors = int(alive.sum())
+        if survivors < n_min:
+            raise ProtocolAbort(
+                "masked_input", f"{task.label}: {survivors} survivors, {n_min} planned for"
+            )
+        if self.secure == "aggregate":
+            total = np.asarray(vectors[alive].sum(axis=0), dtype=np.float64).ravel()
+            plan = enc.plan
+            std = plan.gamma * math.sqrt(survivors * (plan.local_variance + 0.25))
+            return SumResult(total + self.rng.standard_normal(total.shape) * std, survivors)
+        dense = vectors.toarray()
+        ids = np.flatnonzero(alive)
+        d0 = time.perf_counter()
+        if self.seed is None:
+            encoded = enc.encode(dense[ids], self.rng)
+        else:  # seeded tests: each device's own stream, as a Flower node in test mode draws it
+            encoded = (
+                np.stack(
+                    [
+                        enc.encode(dense[i], device_rng(self.seed, task.label, 0, int(i)))
+                        for i in ids
+                    ]
+                )
+                if len(ids)
+                else np.zeros((0, enc.encoded_dim), dtype=np.uint64)
+            )
+        device_s = (time.perf_counter() - d0) / max(len(ids), 1)
+        crash = {int(i): "masked_input" for i in np.flatnonzero(~alive)}
+        full = np.zeros((n, enc.encoded_dim), dtype=np.uint64)
+        full[ids] = encoded
+        res = secure_sum(
+            n, enc.encoded_dim, enc.bits, lambda i: full[i], crash=crash,
+            mode=self.secure, min_survivors=n_min,
+        )  # fmt: skip
+        decoded = enc.decode(res.sum, len(res.survivors))
+        return SumResult(decoded, len(res.survivors), device_s)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -432,13 +655,6 @@ def _onehot_lengths(lengths: np.ndarray, n_items: int) -> sp.csr_matrix:
     return sp.csr_matrix(
         (np.ones(int(present.sum())), (np.flatnonzero(present), bins[present])), shape=(n, n_bins)
     )
-
-
-def _sampled_rows(x: sp.csr_matrix, count_sample: int, rng: np.random.Generator) -> sp.csr_matrix:
-    """Each device's count vector: ≤ count_sample of its items, 1 each (sampled on the device)."""
-    from privrec.privacy.contribution import sample_per_user
-
-    return sample_per_user(x, count_sample, rng)
 
 
 def _encoder(

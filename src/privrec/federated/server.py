@@ -5,7 +5,6 @@ See :mod:`privrec.federated.mf` for the mechanism and its privacy argument.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable
@@ -15,8 +14,8 @@ from typing import Any
 import dp_accounting
 import numpy as np
 
-from privrec import __version__
 from privrec.errors import ConfigError, DataError, InvalidInputError, PrivacyWarning
+from privrec.federated import server_checkpoint
 from privrec.federated.accounting import calibrate_multiplier, fast_epsilon, head_count_event
 from privrec.federated.client import RoundSpec, split_noise
 from privrec.federated.config import FederatedMFConfig
@@ -25,7 +24,6 @@ from privrec.privacy.budget import Budget
 from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
 from privrec.privacy.events import SpentEvent, total_event
 from privrec.privacy.guarantee import PrivacyGuarantee
-from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["HEAD_LABEL", "FederatedMFServer"]
 
@@ -723,110 +721,14 @@ class FederatedMFServer:
     # ------------------------------------------------------------------ guarantee
     def guarantee(self) -> PrivacyGuarantee:
         """The (ε, δ) guarantee of what has been released so far, with its threat model."""
-        c = self.config
-        if c.aggregation == "distributed":
-            eps_server = self.epsilon_against_server()
-            server_kind = (
-                "a malicious server (it may deviate from the protocol: SecAgg+ with Bell et al.'s "
-                "threshold, signed device keys and the signed consistency check; device identity "
-                "keys come from a PKI the server does not control)"
-                if c.threat_model == "malicious"
-                else "an honest-but-curious server (it follows the protocol)"
-            )
-            threat = (
-                "distributed DP with secure aggregation (SecAgg+): each sampled device clips its "
-                "update and adds its share of discrete Gaussian noise before masking; the server "
-                f"learns only the noised sum modulo 2^b of the surviving devices. Assumes {server_kind} "
-                f"and at most a {c.corrupt_fraction:g} fraction of each round's devices colluding "
-                "with it, whose noise it knows. Only honest survivors' noise counts (survivors "
-                "minus that fraction of the sampled devices, rounded up): each device's noise is "
-                "sized so that the honest survivors of the worst round allowed to complete "
-                f"({c.min_survivor_fraction:g} of the expected cohort surviving out of the "
-                "largest cohort accepted) carry the planned noise, a round with fewer aborts "
-                "and releases nothing, and every completed round is charged that worst case — "
-                "an upper bound that does not depend on how many devices took part. "
-                "The stated ε uses "
-                "amplification by Poisson sampling, which holds for everyone who sees only the "
-                "released item factors; the aggregation server knows which devices took part, "
-                f"and against it the guarantee is ε = {eps_server:.4g} (no amplification)."
-                if eps_server is not None
-                else "distributed DP with secure aggregation (nothing released yet)"
-            )
-        else:
-            threat = (
-                "central DP: a TRUSTED server receives the clipped updates in the clear and adds "
-                "Gaussian noise to their sum; the released item factors are DP with respect to any "
-                "one user (with amplification by Poisson sampling, the sample being kept secret). "
-                "Nothing protects a user against the server itself."
-            )
-        threat += (
-            " User vectors and recommendations are computed on the device from the released "
-            "item factors (joint DP / billboard model)."
-        )
-        released = [
-            "item factors of the head items after every round",
-            "the head item set (from noisy counts unless public)",
-            "the clip norm of every round (from noised clip-bit counts)",
-        ]
-        not_released = [
-            "user vectors (solved and kept on each device)",
-            "each user's recommendations (computed on the device)",
-        ]
-        mechanism = f"FederatedMF ({c.aggregation} DP)"
-        if c.accountant is AccountantKind.PLD:
-            return PrivacyGuarantee.from_events(
-                self.spent,
-                delta=c.delta,
-                unit=PrivacyUnit.USER,
-                accountant=c.accountant,
-                mechanism=mechanism,
-                released=released,
-                not_released=not_released,
-                threat_model=threat,
-                seeded_noise=c.seed is not None,
-            )
-        # RDP: ε at the integer orders of RDP_ACCOUNTING_ORDERS, an upper bound of what
-        # recompute_epsilon() finds at dp-accounting's default (denser) orders.
-        return PrivacyGuarantee(
-            epsilon=self.epsilon(),
-            delta=c.delta,
-            unit=PrivacyUnit.USER,
-            accountant=c.accountant,
-            mechanism=mechanism,
-            events=tuple(e.to_dict() for e in self.spent),
-            released=tuple(released),
-            not_released=tuple(not_released),
-            threat_model=threat,
-            seeded_noise=c.seed is not None,
-            privrec_version=__version__,
-        )
+        from privrec.federated.server_guarantee import server_guarantee
+
+        return server_guarantee(self)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """``(arrays, meta)``: numpy arrays and JSON-able metadata (no pickle anywhere)."""
-        arrays = {
-            "item_factors": self.item_factors,
-            "adam_m": self.adam_m,
-            "adam_v": self.adam_v,
-            "head_items": np.zeros(0, np.int64) if self.head_items is None else self.head_items,
-        }
-        meta = {
-            "config": self.config.model_dump(mode="json"),
-            "n_items": self.n_items,
-            "population": self.population,
-            "round": self.round,
-            "clip_norm": self.clip_norm,
-            "noise_multiplier": self.noise_multiplier,
-            "head_noise_multiplier": self.head_noise_multiplier,
-            "clip_count_stddev": self.clip_count_stddev,
-            "rotation_seed": self.rotation_seed,
-            "public_head": self.public_head,
-            "has_head": self.head_items is not None,
-            "spent": [s.to_dict() for s in self.spent],
-            "runs": self._runs,
-            "history": self.history,
-        }
-        return arrays, meta
+        return server_checkpoint.state_dict(self)
 
     @classmethod
     def from_state(
@@ -836,57 +738,13 @@ class FederatedMFServer:
         rng: np.random.Generator | None = None,
     ) -> FederatedMFServer:
         """Rebuild a server from :meth:`state_dict` output (no re-calibration)."""
-        config = FederatedMFConfig.model_validate(meta["config"])
-        with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore", PrivacyWarning
-            )  # seeded rng re-created: warned at start
-            srv = cls(
-                config, int(meta["n_items"]), int(meta["population"]), rng=rng, _calibrate=False
-            )
-        srv.round = int(meta["round"])
-        srv.clip_norm = float(meta["clip_norm"])
-        srv.noise_multiplier = float(meta["noise_multiplier"])
-        srv.head_noise_multiplier = float(meta["head_noise_multiplier"])
-        srv.clip_count_stddev = float(meta["clip_count_stddev"])
-        srv.rotation_seed = int(meta["rotation_seed"])
-        srv.public_head = bool(meta["public_head"])
-        srv.spent = [SpentEvent.from_dict(d) for d in meta["spent"]]
-        srv._runs = [int(r) for r in meta["runs"]]
-        srv.history = list(meta["history"])
-        srv._encoder = None
-        if meta["has_head"]:
-            srv.head_items = np.asarray(arrays["head_items"], dtype=np.int64)
-            srv.item_factors = np.asarray(arrays["item_factors"], dtype=np.float64)
-            srv.adam_m = np.asarray(arrays["adam_m"], dtype=np.float64)
-            srv.adam_v = np.asarray(arrays["adam_v"], dtype=np.float64)
-        return srv
+        return server_checkpoint.from_state(cls, arrays, meta, rng)
 
     def save(self, path: str | Path) -> Path:
         """Checkpoint to ``path`` (``.npz`` with the metadata as a JSON byte array)."""
-        arrays, meta = self.state_dict()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as fh:
-            np.savez(
-                fh,
-                __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                **arrays,  # type: ignore[arg-type]
-            )
-        tmp.replace(path)  # atomic: a crash mid-write never leaves a half checkpoint
-        return path
+        return server_checkpoint.save(self, path)
 
     @classmethod
     def load(cls, path: str | Path, rng: np.random.Generator | None = None) -> FederatedMFServer:
         """Read a checkpoint written by :meth:`save`."""
-        path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError) as exc:
-            raise DataError("not a FederatedMF checkpoint", file=path, found=str(exc)) from None
-        if "__meta__" not in arrays:
-            raise DataError("not a FederatedMF checkpoint (no metadata)", file=path)
-        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-        return cls.from_state(arrays, meta, rng)
+        return server_checkpoint.load(cls, path, rng)

@@ -64,7 +64,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -361,20 +361,12 @@ def _user_rng(seed: int | None, round_: int, attempt: int, user: int) -> np.rand
 
 
 def _masked_input(content: RecordDict, context: Context) -> RecordDict:
-    from privrec.federated.mf import (
-        FederatedMFConfig,
-        RoundSpec,
-        client_count_vector,
-        client_update,
-        pack_payload,
-    )
     from privrec.privacy.distributed import DistributedDPEncoder
 
     config, clients = _load_clients(context, _round_id(content))
     _, meta = round_from_record(context.state.config_records[_STATE_ROUND])
     deliveries, _ = decode_messages(content.config_records.get("msgs"), ShareDelivery)
     task = _config(content, "task")
-    mf_config = FederatedMFConfig.model_validate_json(get_str(task, "mf-config"))
     ddp = ddp_from_json(get_str(task, "ddp"))
     encoder = DistributedDPEncoder(ddp)
     if encoder.encoded_dim != config.dim or encoder.bits != config.bits:
@@ -395,15 +387,65 @@ def _masked_input(content: RecordDict, context: Context) -> RecordDict:
             PrivacyWarning,
             stacklevel=2,
         )
-    seed = mf_config.seed if test_mode else None
+    kind = meta["kind"]
+    data = load_node_data(node_settings(context))
+    users = [d.receiver for d in deliveries if d.receiver in clients]
+    if kind == "dpals":
+        from privrec.federated.flower.dpals import dpals_payloads
+
+        payloads, rng_of = dpals_payloads(content, task, data, users, context, test_mode)
+    else:
+        payloads, rng_of = _mf_payloads(content, task, data, users, meta, test_mode)
+    out = []
+    for d in deliveries:
+        client = clients.get(d.receiver)
+        if client is None:
+            continue
+        payload = payloads[d.receiver]
+        rng = rng_of(d.receiver)
+        if add_noise:
+            encoded = encoder.encode(payload, rng)
+        else:
+            encoded = encoder.wrap(encoder.quantise(payload, rng))
+        try:
+            out.append(client.masked_input(d, encoded))
+        except ProtocolError as exc:
+            log.warning("user %d leaves the round in masked_input: %s", d.receiver, exc)
+    _save_clients(context, clients)
+    return RecordDict({"msgs": messages_record(out)})
+
+
+def warn_seeded(seed: int | None) -> None:
+    """Seeded rounding and noise are honoured in test mode only, and always warn."""
     if seed is not None:
         warnings.warn(
             "seeded client rounding and noise (test mode): reproducible and NOT private",
             PrivacyWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
+
+
+def _mf_payloads(
+    content: RecordDict,
+    task: ConfigRecord,
+    data: NodeData,
+    users: list[int],
+    meta: dict[str, Any],
+    test_mode: bool,
+) -> tuple[dict[int, np.ndarray], Callable[[int], np.random.Generator]]:
+    """FederatedMF: each user's packed, clipped update (or count vector) and its noise source."""
+    from privrec.federated.mf import (
+        FederatedMFConfig,
+        RoundSpec,
+        client_count_vector,
+        client_update,
+        pack_payload,
+    )
+
+    mf_config = FederatedMFConfig.model_validate_json(get_str(task, "mf-config"))
+    seed = mf_config.seed if test_mode else None
+    warn_seeded(seed)
     kind = meta["kind"]
-    data = load_node_data(node_settings(context))
     if kind == "train":
         model = content.array_records.get("model")
         if model is None or "item_factors" not in model or "head_items" not in model:
@@ -417,34 +459,21 @@ def _masked_input(content: RecordDict, context: Context) -> RecordDict:
             bit_scale=get_float(task, "bit-scale"),
             dim=get_int(task, "payload-dim"),
             aggregation="distributed",
-            ddp=ddp,
+            ddp=ddp_from_json(get_str(task, "ddp")),
         )
     elif kind != "count":
         raise ConfigError(f"unknown round kind {kind!r}")
-    out = []
-    for d in deliveries:
-        client = clients.get(d.receiver)
-        if client is None:
-            continue
-        items = data.items_of(d.receiver)
+    payloads = {}
+    for user in users:
+        items = data.items_of(user)
         if kind == "train":
             pos = np.searchsorted(head, items)
             pos = np.minimum(pos, head.size - 1)
             update = client_update(item_factors, pos[head[pos] == items], mf_config, spec.clip_norm)
-            payload = pack_payload(update, spec)
+            payloads[user] = pack_payload(update, spec)
         else:
-            payload = client_count_vector(items, data.n_items)
-        rng = _user_rng(seed, meta["round"], meta["attempt"], d.receiver)
-        if add_noise:
-            encoded = encoder.encode(payload, rng)
-        else:
-            encoded = encoder.wrap(encoder.quantise(payload, rng))
-        try:
-            out.append(client.masked_input(d, encoded))
-        except ProtocolError as exc:
-            log.warning("user %d leaves the round in masked_input: %s", d.receiver, exc)
-    _save_clients(context, clients)
-    return RecordDict({"msgs": messages_record(out)})
+            payloads[user] = client_count_vector(items, data.n_items)
+    return payloads, lambda u: _user_rng(seed, meta["round"], meta["attempt"], u)
 
 
 def _consistency_check(content: RecordDict, context: Context) -> RecordDict:

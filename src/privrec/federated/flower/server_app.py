@@ -89,7 +89,17 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Train FederatedMF over the connected SuperNodes with SecAgg+ and distributed DP."""
+    """Train FederatedMF (or, with ``algorithm = "dpals"``, federated DPALS) over the connected
+    SuperNodes with SecAgg+ and distributed DP."""
+    if context.run_config.get("algorithm", "mf") == "dpals":
+        from privrec.federated.flower.dpals import DPALSCoordinator, parse_dpals_run_config
+
+        params, dep = parse_dpals_run_config(context.run_config)
+        transport = GridTransport(grid)
+        nodes = transport.wait_for_nodes(dep.min_nodes, dep.node_wait)
+        log(INFO, "privrec federated DPALS on %d SuperNodes", len(nodes))
+        DPALSCoordinator(transport, params, dep, say=lambda s: log(INFO, "%s", s)).run()
+        return
     config, settings = parse_run_config(context.run_config)
     transport = GridTransport(grid)
     nodes = transport.wait_for_nodes(settings.min_nodes, settings.node_wait)

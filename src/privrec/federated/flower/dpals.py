@@ -1,0 +1,272 @@
+"""Federated DPALS on Flower: the simulated rounds of :mod:`privrec.federated.dpals`, deployed.
+
+The server side is :class:`~privrec.federated.dpals.FederatedDPALS` itself
+(:meth:`~privrec.federated.dpals.FederatedDPALS.fit_devices`): the same plan, calibration,
+accounting, item solves and guarantee as the simulation. Only where each round's secure sum
+runs differs: :class:`FlowerDevices` sends the round's public task
+(:class:`~privrec.federated.dpals.DeviceTask`: the round kind, count sample, head items, their
+noisy counts and the current item factors) with the SecAgg+ masked-input message of
+:class:`~privrec.federated.flower.rounds.SecureRounds`, and every hosted user computes its own
+contribution on its node with the simulation's code
+(:func:`~privrec.federated.dpals.device_vectors`: length one-hot, count sample, or exact
+solve, clip and :func:`~privrec.federated.dpals.round_vectors`), encodes it with distributed
+DP and masks it. The server decodes the sum and solves the items.
+
+Privacy: as in :mod:`privrec.federated.dpals` — unit one user (one device, add/remove); every
+round a secure sum of vectors of L2 norm ≤ the round's bound with the devices' discrete
+Gaussian noise sized for ``min_survivor_fraction`` of the population; the same planned
+``GaussianDpEvent`` per round, composed by dp-accounting's RDP accountant. A round whose
+SecAgg+ sum ends with fewer survivors than planned aborts before decoding (no release, no
+charge) and is retried with every user, at most ``max-retries`` times. The devices' secret
+salt (their count and weight samples) is drawn on the node from the CSPRNG and kept in its
+``Context.state`` for the run; a node in ``test-mode`` honours the task's seed instead (the
+simulation's seeded samples and noise, for the equality tests — not private, and it warns).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
+
+from privrec.errors import ConfigError, MessageRejected, ProtocolAbort
+from privrec.federated.dpals import (
+    DeviceTask,
+    FederatedDPALS,
+    SumResult,
+    device_rng,
+    device_vectors,
+)
+from privrec.federated.flower.codec import ddp_to_json, get_str
+from privrec.federated.flower.node import NodeData, warn_seeded
+from privrec.federated.flower.rounds import DeploySettings, RoundLog, SecureRounds, Transport
+from privrec.privacy.distributed import DistributedDPEncoder
+from privrec.secure.secagg import RoundConfig
+
+__all__ = ["DPALSCoordinator", "FlowerDevices", "dpals_payloads", "parse_dpals_run_config"]
+
+MODEL = "model.npz"
+_STATE_SALT = "privrec.dpals"
+_ARRAYS = ("head", "head_counts", "item_factors")
+
+
+def parse_dpals_run_config(
+    run_config: Mapping[str, Any],
+) -> tuple[dict[str, Any], DeploySettings]:
+    """``dpals.<param>`` → :class:`FederatedDPALS` parameters, the rest → deployment settings.
+
+    ``mf.*`` and ``node.*`` keys are ignored; dashes become underscores and ``""`` means
+    ``None``, as in :func:`~privrec.federated.flower.coordinator.parse_run_config`. The
+    parameters are validated (:meth:`FederatedDPALS.config`) before anything starts.
+    """
+    params: dict[str, Any] = {}
+    dep: dict[str, Any] = {}
+    known = set(DeploySettings.__dataclass_fields__)
+    for key, value in run_config.items():
+        if key.startswith(("node.", "mf.")):
+            continue
+        if key.startswith("dpals."):
+            params[key[6:].replace("-", "_")] = None if value == "" else value
+            continue
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"unknown run config key {key!r}; known: dpals.*, {sorted(known)}")
+        dep[name] = value
+    try:
+        settings = DeploySettings(**dep)
+    except TypeError as exc:
+        raise ConfigError(f"invalid run config: {exc}") from None
+    for need in ("epsilon", "delta"):
+        if need not in params:
+            raise ConfigError(f"federated DPALS needs dpals.{need} in the run config")
+    for sim_only in ("secure", "dropout"):  # simulation settings: Flower runs the real thing
+        params.pop(sim_only, None)
+    model = FederatedDPALS(**params)
+    model.config()  # typed errors now, not after the nodes connected
+    return params, settings
+
+
+# ----------------------------------------------------------------------------------------------
+# Server side
+# ----------------------------------------------------------------------------------------------
+
+
+def task_records(task: DeviceTask, enc: DistributedDPEncoder, seed: int | None) -> RecordDict:
+    """The masked-input message's public part: the task, the encoding and the item factors."""
+    settings = {**task.settings(), "scales": list(task.scales), "seed": seed}
+    rec = RecordDict(
+        {
+            "task": ConfigRecord(
+                {"dpals": json.dumps(settings), "ddp": ddp_to_json(enc.config), "noise": True}
+            )
+        }
+    )
+    arrays = {
+        name: Array(np.ascontiguousarray(getattr(task, name)))
+        for name in _ARRAYS
+        if getattr(task, name) is not None
+    }
+    if arrays:
+        rec["model"] = ArrayRecord(arrays)
+    return rec
+
+
+class FlowerDevices:
+    """:class:`~privrec.federated.dpals.Devices` on SuperNodes: each round one SecAgg+ sum."""
+
+    def __init__(self, rounds: DPALSCoordinator, seed: int | None) -> None:
+        self.rounds = rounds
+        self.seed = seed
+        self.count = 0
+        self.description = (
+            "Flower rounds (privrec SecAgg+ between the SuperNodes' users, "
+            f"{len(rounds.node_users)} nodes)."
+        )
+
+    def secure_sum(self, task: DeviceTask, enc: DistributedDPEncoder, n_min: int) -> SumResult:
+        r = self.rounds
+        self.count += 1
+        ids = np.asarray(sorted(r.user_node), dtype=np.int64)
+        extra = task_records(task, enc, self.seed)
+        for attempt in range(r.settings.max_retries + 1):
+            entry = RoundLog(round=self.count, attempt=attempt, kind="dpals", sampled=int(ids.size))
+            t0 = time.perf_counter()
+            try:
+                rc = RoundConfig.create(
+                    ids.tolist(), enc.encoded_dim, enc.bits, min_survivors=n_min
+                )
+                result = r._secure_sum(entry, rc, extra)
+            except ProtocolAbort as exc:
+                entry.aborted = f"{exc.phase}: {exc.reason}"
+                entry.seconds = time.perf_counter() - t0
+                r._log(entry)
+                if attempt == r.settings.max_retries:
+                    raise
+                continue
+            n_surv = len(result.survivors)
+            entry.survivors = n_surv
+            entry.dropped = {p: len(v) for p, v in result.dropped.items()}
+            decoded = enc.decode(result.sum, n_surv)
+            entry.seconds = time.perf_counter() - t0
+            r._log(entry)
+            n = max(int(ids.size), 1)
+            return SumResult(
+                decoded,
+                n_surv,
+                extra={
+                    "flower_bytes_up_per_device": entry.bytes_up / n,
+                    "flower_bytes_down_per_device": entry.bytes_down / n,
+                    "flower_phase_seconds": dict(entry.phase_seconds),
+                    "flower_seconds": entry.seconds,
+                    "attempts": attempt + 1,
+                },
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class DPALSCoordinator(SecureRounds):
+    """Trains :class:`FederatedDPALS` over SuperNodes; the released model is written to
+    ``checkpoint-dir/model.npz`` (no users: serve them from their own histories)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        params: Mapping[str, Any],
+        settings: DeploySettings,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__(transport, settings, say)
+        self.model = FederatedDPALS(**{**params, "secure": "full"})
+        self.model.config()
+
+    def run(self) -> FederatedDPALS:
+        """Discover the nodes, run every round, save and return the released model."""
+        if not self.user_node:
+            self.discover()
+        devices = FlowerDevices(self, self.model.seed)
+        self.model.fit_devices(devices, self.population, self.n_items)
+        g = self.model.privacy_guarantee
+        if self.ckpt is not None:
+            self.ckpt.mkdir(parents=True, exist_ok=True)
+            self.model.save(self.ckpt / MODEL)
+            Path(self.ckpt / "dpals_rounds.json").write_text(
+                json.dumps(self.model.rounds_, indent=1, default=float), encoding="utf-8"
+            )
+        self.say(
+            f"done: federated DPALS, {len(self.model.rounds_)} rounds, ε = {g.epsilon:.4g} at "
+            f"δ = {g.delta:g} (user level, {g.accountant.value} accountant)"
+        )
+        return self.model
+
+
+# ----------------------------------------------------------------------------------------------
+# Node side
+# ----------------------------------------------------------------------------------------------
+
+
+def _task_from(content: RecordDict, task: ConfigRecord) -> tuple[DeviceTask, int | None]:
+    try:
+        raw: dict[str, Any] = json.loads(get_str(task, "dpals"))
+        seed = raw.pop("seed", None)
+        raw["scales"] = tuple(float(v) for v in raw["scales"])
+        model = content.array_records.get("model")
+        arrays: dict[str, Any] = {}
+        if model is not None:
+            arrays = {n: model[n].numpy() for n in _ARRAYS if n in model}
+        if "head" in arrays:
+            arrays["head"] = np.asarray(arrays["head"], dtype=np.int64)
+        return DeviceTask(**raw, **arrays), None if seed is None else int(seed)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MessageRejected(f"malformed federated DPALS task: {exc}") from None
+
+
+def _node_salt(context: Context) -> int:
+    """This node's secret salt for the run (CSPRNG; kept in ``Context.state``, never sent)."""
+    rec = context.state.config_records.get(_STATE_SALT)
+    value = None if rec is None else rec.get("salt")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    from privrec.privacy.contribution import draw_salt
+    from privrec.privacy.randomness import secure_generator
+
+    salt = draw_salt(secure_generator())
+    context.state[_STATE_SALT] = ConfigRecord({"salt": salt})
+    return salt
+
+
+def dpals_payloads(
+    content: RecordDict,
+    task: ConfigRecord,
+    data: NodeData,
+    users: list[int],
+    context: Context,
+    test_mode: bool,
+) -> tuple[dict[int, np.ndarray], Callable[[int], np.random.Generator]]:
+    """Each hosted user's contribution to the round (the simulation's code) and its noise source.
+
+    A seed in the task is honoured only on a node in ``test-mode`` (with a
+    :class:`~privrec.errors.PrivacyWarning`); otherwise salts and noise come from the CSPRNG.
+    """
+    from privrec.privacy.randomness import secure_generator
+
+    device_task, seed = _task_from(content, task)
+    if device_task.kind not in ("lengths", "counts", "step"):
+        raise ConfigError(f"unknown federated DPALS round {device_task.kind!r}")
+    seed = seed if test_mode else None
+    warn_seeded(seed)
+    salt = seed if seed is not None else _node_salt(context)
+    rows = np.searchsorted(data.user_ids, np.asarray(users, dtype=np.int64))
+    x = data.histories[rows]
+    x.data[:] = 1.0
+    vectors = device_vectors(device_task, x, np.asarray(users, dtype=np.int64), salt)
+    dense = vectors.toarray()
+    payloads = {u: dense[i] for i, u in enumerate(users)}
+    if seed is None:
+        return payloads, lambda u: secure_generator()
+    label = device_task.label
+    return payloads, lambda u: device_rng(seed, label, 0, u)

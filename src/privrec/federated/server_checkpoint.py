@@ -1,0 +1,113 @@
+"""Checkpoints of a FederatedMF server: numpy arrays and JSON metadata in one ``.npz``, no pickle.
+
+Split from :mod:`privrec.federated.server`, whose ``state_dict`` / ``from_state`` / ``save`` /
+``load`` call these functions. A checkpoint holds the server's state (item factors, optimiser
+moments, clip norm, noise multipliers, the accountant's records): nothing of any user.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from privrec.errors import DataError, PrivacyWarning
+from privrec.federated.config import FederatedMFConfig
+from privrec.privacy.events import SpentEvent
+
+if TYPE_CHECKING:
+    from privrec.federated.server import FederatedMFServer
+
+__all__ = ["from_state", "load", "save", "state_dict"]
+
+
+def state_dict(self: FederatedMFServer) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """``(arrays, meta)``: numpy arrays and JSON-able metadata (no pickle anywhere)."""
+    arrays = {
+        "item_factors": self.item_factors,
+        "adam_m": self.adam_m,
+        "adam_v": self.adam_v,
+        "head_items": np.zeros(0, np.int64) if self.head_items is None else self.head_items,
+    }
+    meta = {
+        "config": self.config.model_dump(mode="json"),
+        "n_items": self.n_items,
+        "population": self.population,
+        "round": self.round,
+        "clip_norm": self.clip_norm,
+        "noise_multiplier": self.noise_multiplier,
+        "head_noise_multiplier": self.head_noise_multiplier,
+        "clip_count_stddev": self.clip_count_stddev,
+        "rotation_seed": self.rotation_seed,
+        "public_head": self.public_head,
+        "has_head": self.head_items is not None,
+        "spent": [s.to_dict() for s in self.spent],
+        "runs": self._runs,
+        "history": self.history,
+    }
+    return arrays, meta
+
+
+def from_state(
+    cls: type[FederatedMFServer],
+    arrays: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    rng: np.random.Generator | None = None,
+) -> FederatedMFServer:
+    """Rebuild a server from :meth:`state_dict` output (no re-calibration)."""
+    config = FederatedMFConfig.model_validate(meta["config"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PrivacyWarning)  # seeded rng re-created: warned at start
+        srv = cls(config, int(meta["n_items"]), int(meta["population"]), rng=rng, _calibrate=False)
+    srv.round = int(meta["round"])
+    srv.clip_norm = float(meta["clip_norm"])
+    srv.noise_multiplier = float(meta["noise_multiplier"])
+    srv.head_noise_multiplier = float(meta["head_noise_multiplier"])
+    srv.clip_count_stddev = float(meta["clip_count_stddev"])
+    srv.rotation_seed = int(meta["rotation_seed"])
+    srv.public_head = bool(meta["public_head"])
+    srv.spent = [SpentEvent.from_dict(d) for d in meta["spent"]]
+    srv._runs = [int(r) for r in meta["runs"]]
+    srv.history = list(meta["history"])
+    srv._encoder = None
+    if meta["has_head"]:
+        srv.head_items = np.asarray(arrays["head_items"], dtype=np.int64)
+        srv.item_factors = np.asarray(arrays["item_factors"], dtype=np.float64)
+        srv.adam_m = np.asarray(arrays["adam_m"], dtype=np.float64)
+        srv.adam_v = np.asarray(arrays["adam_v"], dtype=np.float64)
+    return srv
+
+
+def save(self: FederatedMFServer, path: str | Path) -> Path:
+    """Checkpoint to ``path`` (``.npz`` with the metadata as a JSON byte array)."""
+    arrays, meta = state_dict(self)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        np.savez(
+            fh,
+            __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+            **arrays,  # type: ignore[arg-type]
+        )
+    tmp.replace(path)  # atomic: a crash mid-write never leaves a half checkpoint
+    return path
+
+
+def load(
+    cls: type[FederatedMFServer], path: str | Path, rng: np.random.Generator | None = None
+) -> FederatedMFServer:
+    """Read a checkpoint written by :meth:`save`."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise DataError("not a FederatedMF checkpoint", file=path, found=str(exc)) from None
+    if "__meta__" not in arrays:
+        raise DataError("not a FederatedMF checkpoint (no metadata)", file=path)
+    meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    return from_state(cls, arrays, meta, rng)

@@ -1,0 +1,139 @@
+"""Federated DPALS on Flower's message path (in process): the same model and ε as the simulation.
+
+The coordinator runs against the real ClientApp handlers through
+:class:`~tests.flower.local.LocalTransport` (every message and node state serialised as
+between Flower processes); the nodes run in test mode, so they honour the seed and draw the
+simulation's salts and noise streams — the two runs must then release the same model.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr", reason="flwr (the [federated] extra) is not installed")
+
+from privrec.errors import ConfigError
+from privrec.federated.dpals import FederatedDPALS
+from privrec.federated.flower.coordinator import parse_run_config
+from privrec.federated.flower.dpals import DPALSCoordinator, parse_dpals_run_config
+from privrec.models import load_model
+
+from .local import USERS, LocalTransport, full_matrix
+
+PARAMS: dict[str, Any] = {"epsilon": 5.0, "delta": 1e-3, "factors": 3, "iterations": 2, "seed": 5}
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # seeded runs warn by design
+        yield
+
+
+def _run_config(ckpt: Path, **extra: Any) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "algorithm": "dpals",
+        "round-timeout": 60.0,
+        "min-nodes": 3,
+        "checkpoint-dir": str(ckpt),
+        "mf.factors": 8,  # other algorithms' keys are ignored
+    }
+    cfg.update({f"dpals.{k.replace('_', '-')}": v for k, v in {**PARAMS, **extra}.items()})
+    return cfg
+
+
+def _flower(ckpt: Path, transport: LocalTransport, **extra: Any) -> DPALSCoordinator:
+    params, settings = parse_dpals_run_config(_run_config(ckpt, **extra))
+    coordinator = DPALSCoordinator(transport, params, settings, say=lambda _: None)
+    coordinator.run()
+    return coordinator
+
+
+@pytest.mark.parametrize("method", ["adaptive", "uniform"])
+def test_flower_run_releases_the_simulations_model_and_epsilon(tmp_path: Path, method: str) -> None:
+    sim = FederatedDPALS(**PARAMS, method=method, secure="fast")
+    sim.fit(full_matrix())
+    coordinator = _flower(tmp_path, LocalTransport(3), method=method)
+    fl = coordinator.model
+    np.testing.assert_array_equal(fl.head_items_, sim.head_items_)
+    np.testing.assert_array_equal(fl.noisy_counts_, sim.noisy_counts_)
+    np.testing.assert_allclose(fl.item_factors_, sim.item_factors_, rtol=1e-6, atol=1e-7)
+    g_fl, g_sim = fl.privacy_guarantee, sim.privacy_guarantee
+    assert g_fl.epsilon == g_sim.epsilon and g_fl.delta == g_sim.delta
+    assert [e.to_dict() for e in g_fl.spent_events] == [e.to_dict() for e in g_sim.spent_events]
+    assert g_fl.accountant.value == "rdp"
+    kinds = [r["round"] for r in fl.rounds_]
+    assert kinds == [r["round"] for r in sim.rounds_] == ["lengths", "counts", "step 1", "step 2"]
+    for r in fl.rounds_:
+        assert r["survivors"] == USERS and r["flower_bytes_up_per_device"] > r["bytes_per_device"]
+    # the released model: no users, scores histories like the simulation's
+    saved = load_model(tmp_path / "model.npz")
+    hist = full_matrix()[[1, 2]]
+    np.testing.assert_array_equal(
+        saved.recommend_history(hist, k=5)[0], sim.recommend_history(hist, k=5)[0]
+    )
+    logged = json.loads((tmp_path / "dpals_rounds.json").read_text())
+    assert [r["round"] for r in logged] == kinds
+
+
+def test_a_node_missing_a_deadline_aborts_the_round_and_it_is_retried(tmp_path: Path) -> None:
+    missed: list[str] = []
+
+    def fault(action: str, node: int, reply: Any) -> Any:
+        if action == "masked_input" and node == 101 and not missed:
+            missed.append(action)  # its 12 users drop out: 24 < 33 planned survivors
+            return None
+        return reply
+
+    coordinator = _flower(tmp_path, LocalTransport(3, fault=fault))
+    logs = [(e.round, e.attempt, e.aborted is not None) for e in coordinator.logs]
+    assert logs[:2] == [(1, 0, True), (1, 1, False)]
+    assert coordinator.model.rounds_[0]["attempts"] == 2
+    # an aborted round is not charged: the same ε as a run without faults
+    sim = FederatedDPALS(**PARAMS, secure="fast").fit(full_matrix())
+    assert coordinator.model.privacy_guarantee.epsilon == sim.privacy_guarantee.epsilon
+
+
+def test_run_config_is_checked_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown run config key"):
+        parse_dpals_run_config({**_run_config(tmp_path), "no-such-key": 1})
+    with pytest.raises(ConfigError, match=r"dpals\.epsilon"):
+        parse_dpals_run_config({"algorithm": "dpals", "dpals.delta": 1e-3})
+    with pytest.raises(ConfigError):
+        parse_dpals_run_config({**_run_config(tmp_path), "dpals.lhs": "full"})
+    with pytest.raises(ConfigError, match="algorithm"):
+        parse_run_config({"algorithm": "als"})
+    # FederatedMF's parser ignores the DPALS keys and vice versa
+    parse_run_config({**_run_config(tmp_path), "algorithm": "mf", "mf.epsilon": 5.0})
+
+
+def test_nodes_not_in_test_mode_ignore_the_seed_and_keep_their_salt(tmp_path: Path) -> None:
+    transport = LocalTransport(3, test_mode=False)
+    coordinator = _flower(tmp_path, transport)
+    sim = FederatedDPALS(**PARAMS, secure="fast").fit(full_matrix())
+    fl = coordinator.model
+    assert fl.privacy_guarantee.epsilon == sim.privacy_guarantee.epsilon
+    # fresh CSPRNG noise: not the simulation's seeded draw
+    assert not np.array_equal(fl.noisy_counts_, sim.noisy_counts_)
+    assert not transport.errors
+
+
+def test_the_example_apps_run_config_parses_for_both_algorithms() -> None:
+    import tomllib
+
+    from flwr.common.config import flatten_dict
+
+    root = Path(__file__).resolve().parents[2]
+    with (root / "examples" / "flower" / "pyproject.toml").open("rb") as fh:
+        cfg = flatten_dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    assert cfg["algorithm"] == "mf"
+    mf, _ = parse_run_config(cfg)
+    params, settings = parse_dpals_run_config({**cfg, "algorithm": "dpals"})
+    assert settings.algorithm == "dpals" and params["epsilon"] == 1.0 and params["factors"] is None
+    assert mf.factors == 16

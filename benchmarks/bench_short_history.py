@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_short_history.py           # full run (about 20 min on 2 cores)
+    python benchmarks/bench_short_history.py           # full run (about 12 min on 2 cores)
     python benchmarks/bench_short_history.py --quick   # one seed, ε = 1, a small synthetic set
 
 Issue 15 item 6: with only a handful of items per user, a factor model has little to learn

@@ -26,6 +26,7 @@ BENCHMARKS = [
     "bench_personalized.py",
     "bench_private_tuning.py",
     "bench_federated.py",
+    "bench_short_history.py",
     "bench_model_load.py",
     "bench_serve.py",
     "bench_audit.py",

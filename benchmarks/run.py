@@ -22,6 +22,7 @@ BENCHMARKS = [
     "privacy_utility.py",
     "bench_dpals_speed.py",
     "bench_dpals_lhs.py",
+    "bench_dpals_small_eps.py",
     "bench_federated_dpals.py",
     "bench_personalized.py",
     "bench_private_tuning.py",

@@ -54,10 +54,12 @@ from privrec.models.private import (
     blend_popularity,
     head_item_scores,
 )
+from privrec.models.releases import ReleaseHook
 from privrec.models.tiers import finish_tiers, plan_tiers
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.bounds import LENGTHS_LABEL, length_sensitivity, noisy_length_histogram
 from privrec.privacy.contribution import clip_rows
+from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event
 from privrec.privacy.postprocessing import diagonal_solve, project_psd, psd_solve, shared_solve
 from privrec.privacy.units import PrivacyUnit
@@ -361,22 +363,37 @@ class DPALS(PrivateRecommender):
         progress: Callable[[int, int], None] | None = None,
         item_ids: npt.ArrayLike | None = None,
         user_epsilons: np.ndarray | Sequence[float] | None = None,
+        on_release: ReleaseHook | None = None,
     ) -> DPALS:
         """Fit; ``progress(step, total)`` is called after each private item step.
 
         ``item_ids`` fixes the item catalogue so that nothing about it is learned from the
         data (:meth:`~privrec.models.base.Recommender.with_catalogue`); ``user_epsilons``
         gives each user's protection tier (one of ``tiers`` or ε), see ``tiers``.
+
+        ``on_release(release)`` is called once for every noisy statistic the guarantee
+        counts, in the order of :func:`dpals_releases` (same labels): the length histogram
+        (data-adaptive bounds), the counts, then per step the Gramian, the left-hand sides
+        (``lhs`` ≠ ``"none"``) and the right-hand sides — each a
+        :class:`~privrec.models.releases.Release` with the array **after** its noise was
+        added (never the clean statistic), its noise std and sensitivity as the accounting
+        states them, and for a step's statistics the item factors its users were solved
+        from. The model keeps only its final item factors; this shows an auditor
+        (:mod:`privrec.audit`) everything else it released. Post-processing: the hook gets
+        read-only copies and cannot change the fit (the same seeded fit gives the same
+        factors with or without it); an exception it raises aborts the fit.
         """
         if item_ids is not None:
             self.with_catalogue(item_ids)
         self._progress = progress
         self._user_epsilons = user_epsilons
+        self._on_release = on_release
         try:
             super().fit(interactions)
         finally:
             self._progress = None
             self._user_epsilons = None
+            self._on_release = None
         return self
 
     def _ratios(self, c: DPALSConfig) -> tuple[float, float, float, float]:
@@ -413,8 +430,15 @@ class DPALS(PrivateRecommender):
         if length_ratio is not None:
             z_len = length_ratio * sigma
             hist = noisy_length_histogram(x, c.unit, z_len, rng, tier_w)
-            profile = LengthProfile(hist, z_len * length_sensitivity(c.unit), n_items)
-            self._spend(LENGTHS_LABEL, gaussian_event(z_len))
+            len_sens = length_sensitivity(c.unit)
+            profile = LengthProfile(hist, z_len * len_sens, n_items)
+            self._release(
+                SpentEvent(LENGTHS_LABEL, gaussian_event(z_len)),
+                hist,
+                name="lengths",
+                noise_std=z_len * len_sens,
+                sensitivity=len_sens,
+            )
         bound = resolve_bound(c.max_per_user, profile, c.bound_quantile)
         count_sample = resolve_bound(
             c.count_sample if c.max_per_user is None else (c.count_sample or bound),
@@ -435,7 +459,13 @@ class DPALS(PrivateRecommender):
         counts, _ = bounded_counts(x, c.unit, count_sample, rng, tier_w)
         z_counts = ratios[3] * sigma
         noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
-        self._spend("noisy item counts", gaussian_event(z_counts))
+        self._release(
+            SpentEvent("noisy item counts", gaussian_event(z_counts)),
+            noisy_counts,
+            name="counts",
+            noise_std=z_counts * sens.counts,
+            sensitivity=sens.counts,
+        )
         head = select_head(
             noisy_counts,
             c.head_fraction,
@@ -464,7 +494,8 @@ class DPALS(PrivateRecommender):
             u = clip_rows(xs / np.float32(1.0 + c.alpha0), c.clip_norm)
             if tier_w is not None:  # personalised budgets: user u enters with norm ≤ w_u·Γ
                 u *= tier_w.astype(np.float32)[:, None]
-            g = symmetric_noise(gramian(u.astype(np.float64)), ratios[0] * sigma * sens.gram, rng)
+            gram_std = ratios[0] * sigma * sens.gram
+            g = symmetric_noise(gramian(u.astype(np.float64)), gram_std, rng)
             # multipliers r1·σ/√B₀ and r2·σ/√B₀ against sensitivities √B Γ², √B Γ (×2 per interaction)
             lhs_std, rhs_std = ratios[1] * sigma / b * sens.lhs, ratios[2] * sigma / b * sens.rhs
             if c.lhs == "full":
@@ -475,8 +506,28 @@ class DPALS(PrivateRecommender):
                 if diag is not None:
                     lhs = diag + gaussian_noise(diag.shape, lhs_std, rng)
             rhs = rhs + gaussian_noise(rhs.shape, rhs_std, rng)
-            for release in _step_releases(step + 1, sigma, b_plan, ratios, c.lhs):
-                self._spend(release.label, release.event)
+            # every statistic now carries its noise: record it (and show it to the hook), in the
+            # order of _step_releases, with the item factors this step's users were solved from
+            noisy: list[tuple[str, np.ndarray, float, float, np.ndarray | None]] = [
+                ("gramian", g, gram_std, sens.gram, None)
+            ]
+            if c.lhs != "none":
+                noisy.append(
+                    ("lhs" if c.lhs == "full" else "lhs_diagonal", lhs, lhs_std, sens.lhs, head)
+                )
+            noisy.append(("rhs", rhs, rhs_std, sens.rhs, head))
+            spent = _step_releases(step + 1, sigma, b_plan, ratios, c.lhs)
+            for release, (name, value, std, delta_l2, items) in zip(spent, noisy, strict=True):
+                self._release(
+                    release,
+                    value,
+                    name=name,
+                    noise_std=std,
+                    sensitivity=delta_l2,
+                    step=step + 1,
+                    items=items,
+                    item_factors=y,
+                )
             g = project_psd(g)
             if c.lhs == "full":
                 y, _ = psd_solve(c.alpha0 * g, lhs, rhs, reg_items, _PROJECT)

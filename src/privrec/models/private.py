@@ -22,6 +22,7 @@ import pydantic
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError, DataError
 from privrec.models.base import ModelConfig, Recommender, _empty_csr
+from privrec.models.releases import Release, ReleaseHook, read_only
 from privrec.privacy.accounting import AccountantKind
 from privrec.privacy.budget import Budget
 from privrec.privacy.events import SpentEvent
@@ -56,6 +57,10 @@ class PrivateRecommender(Recommender):
     #: release ``fit`` is about to make, before any noise is drawn; it may refuse by raising.
     release_gate: Callable[[list[SpentEvent]], None] | None = None
 
+    #: The ``on_release`` hook of the fit in progress (see :mod:`privrec.models.releases`);
+    #: set by the models' ``fit`` for one call only.
+    _on_release: ReleaseHook | None = None
+
     def _begin(self, data: Interactions, config: Any) -> tuple[Budget, np.random.Generator]:
         """Validate the budget against the data and open a fresh noise source and ledger."""
         budget = Budget(config.epsilon, config.delta)
@@ -78,6 +83,41 @@ class PrivateRecommender(Recommender):
 
     def _spend(self, label: str, event: Any) -> None:
         self._spent.append(SpentEvent(label, event))
+
+    def _release(
+        self,
+        spent: SpentEvent,
+        value: np.ndarray,
+        *,
+        name: str,
+        noise_std: float,
+        sensitivity: float,
+        step: int | None = None,
+        items: np.ndarray | None = None,
+        item_factors: np.ndarray | None = None,
+    ) -> None:
+        """Record a noisy release (as :meth:`_spend`) and show it to the fit's ``on_release`` hook.
+
+        Call it only once ``value`` carries its noise. The hook gets read-only copies (made
+        only when a hook is set), so it can neither see the clean statistic nor change the fit.
+        """
+        self._spent.append(spent)
+        hook = self._on_release
+        if hook is None:
+            return
+        hook(
+            Release(
+                label=spent.label,
+                name=name,
+                step=step,
+                value=read_only(value),
+                noise_std=float(noise_std),
+                sensitivity=float(sensitivity),
+                event=spent.event,
+                items=read_only(items),
+                item_factors=read_only(item_factors),
+            )
+        )
 
     def _finish(
         self, config: Any, *, released: list[str], not_released: list[str], threat_model: str

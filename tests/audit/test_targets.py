@@ -13,6 +13,7 @@ from privrec.audit.targets import combine_parts, recover_gram
 from privrec.data import synthetic
 from privrec.errors import ConfigError
 from privrec.models import DPALS, DPEASE, dp_als, dp_ease
+from privrec.models.releases import Release
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,32 @@ def test_record_item_steps_sees_every_step_and_restores(base):  # type: ignore[n
     assert (dp_als.psd_solve, dp_als._user_cg) == orig
     with pytest.raises(ConfigError), record_item_steps(dp_als, "no_such_function"):
         pass
+
+
+@pytest.mark.parametrize("lhs", ["none", "diagonal", "full"])
+def test_release_hook_shows_what_the_recorder_saw(base, lhs):  # type: ignore[no-untyped-def]
+    """DPALSTarget reads the hook; it gives exactly the recorder's per-step inputs and releases.
+
+    And it reports each release the accounting lists (same count and labels as
+    :func:`dpals_releases`), so nothing the guarantee counts is hidden from the audit.
+    """
+    seen: list[Release] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DPALS(epsilon=4.0, delta=1e-5, unit="user", factors=4, lhs=lhs, seed=0)
+        with record_item_steps(dp_als, "_user_cg") as rec:
+            model.fit(base, on_release=seen.append)
+    rhs = [r for r in seen if r.name == "rhs"]
+    assert len(rhs) == rec.steps == model.iterations_
+    for r, y, v in zip(rhs, rec.y_prev, rec.rhs, strict=True):
+        assert np.array_equal(np.asarray(r.item_factors, dtype=np.float64), y)
+        assert np.array_equal(np.asarray(r.value, dtype=np.float64), v)
+    c = model.config()
+    planned = dp_als.dpals_releases(
+        model.noise_scale_, model.iterations_, c.nominal_bound, model._ratios(c), 0.5, lhs
+    )
+    assert [r.label for r in seen] == [p.label for p in planned]
+    assert [e.label for e in model.privacy_guarantee.spent_events] == [r.label for r in seen]
 
 
 def test_recover_gram_returns_the_released_noisy_gram(base, monkeypatch):  # type: ignore[no-untyped-def]

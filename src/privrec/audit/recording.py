@@ -1,6 +1,11 @@
-"""Watching what an item-step model releases, step by step, while it trains.
+"""Watching what the cross-silo DPALS driver releases, step by step, while it trains.
 
-DPALS (and cross-silo DPALS) release, at every private step, noisy per-item
+Central DPALS shows its releases through ``fit(on_release=…)``
+(:mod:`privrec.models.releases`), which the audit uses; this wrapper remains for the
+cross-silo driver, which has no such hook yet (it also still works on central DPALS, which
+the tests use to check that the hook shows exactly what it records).
+
+DPALS and cross-silo DPALS release, at every private step, noisy per-item
 right-hand sides ``r̃_j = Σ_u c_uj x_u + noise`` — their guarantee lists "the per-step
 noisy statistics" among the released outputs — but keep only the final item factors.
 An auditor who may look at everything released needs them: the strongest canary score
@@ -13,8 +18,7 @@ duration of one ``fit``, the module-level functions the model calls at each step
 post-processing solve that receives the noisy statistics (``psd_solve``: its right-hand
 sides in, the step's item factors out) and the user step that receives the previous
 item factors. Nothing else is read, and every value recorded is either released or
-data-independent. Single-threaded use only (module attributes are swapped); the
-models would need a release callback to make this unnecessary.
+data-independent. Single-threaded use only (module attributes are swapped).
 """
 
 from __future__ import annotations

@@ -316,7 +316,8 @@ class DPALSTarget(AuditTarget):
     """DPALS: matched filters on the noisy counts and on every step's right-hand sides.
 
     Released and used: the noisy counts (artifact) and, per step, the noisy right-hand
-    sides with the item factors the step started from (:func:`record_item_steps`). A
+    sides with the item factors the step started from, which the model shows through its
+    ``fit(on_release=…)`` hook (:mod:`privrec.models.releases`). A
     canary adds 1 to the counts of its (at most count_sample) items and ``c_ij x_i(t)`` to
     its items' right-hand sides, where ``x_i(t)`` is its factor clipped to Γ. Canary
     items come from a pool (per-item statistics are ``k × k``) and are all trained
@@ -338,13 +339,16 @@ class DPALSTarget(AuditTarget):
         return int(self.params.get("max_per_user", 100))
 
     def run(self, canaries: Canaries) -> TargetRun:
-        from privrec.audit.recording import record_item_steps
         from privrec.models import DPALS, dp_als
+        from privrec.models.releases import Release
 
         model = DPALS(**self._model_params(canaries.design))
-        with record_item_steps(dp_als, "_user_cg") as rec:
-            _fit_quiet(model, canaries.data)
-        _require_steps(rec.steps, model.iterations_)
+        released: list[Release] = []
+        _fit_quiet(model, canaries.data, on_release=released.append)
+        steps = [r for r in released if r.name == "rhs"]
+        _require_steps(len(steps), model.iterations_)
+        y_prev = [np.asarray(r.item_factors, dtype=np.float64) for r in steps]
+        rhs = [np.asarray(r.value, dtype=np.float64) for r in steps]
         c = cast(dp_als.DPALSConfig, model.config())
         # the bounds the fit used (read from its private length histogram unless given), and
         # the nominal bound B₀ its multipliers were calibrated with
@@ -359,8 +363,8 @@ class DPALSTarget(AuditTarget):
                 canaries,
                 np.asarray(model.head_items_),
                 np.asarray(model.noisy_counts_, dtype=np.float64),
-                rec.y_prev,
-                rec.rhs,
+                y_prev,
+                rhs,
                 method=c.method,
                 bound=b,
                 count_sample=count_sample,
@@ -372,15 +376,15 @@ class DPALSTarget(AuditTarget):
                 count_std=count_std,
             ),
             model.privacy_guarantee,
-            [f"{rec.steps} private steps observed"],
+            [f"{len(steps)} private steps observed"],
         )
 
 
 def _require_steps(seen: int, expected: int) -> None:
     if seen != expected:
         raise ConfigError(
-            f"observed {seen} of {expected} private steps: the model's step functions changed "
-            "and the audit can no longer see its released statistics (it needs a release hook)"
+            f"observed {seen} of {expected} private steps: the audit can no longer see the "
+            "model's released per-step statistics (its release hook or step functions changed)"
         )
 
 

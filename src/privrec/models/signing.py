@@ -272,7 +272,8 @@ def _check(
 ) -> FileSignature:
     if parsed is None:
         raise SignatureError(
-            "the model file is not signed (a verify key was given, so a signature is required)",
+            "the model file is not signed (no well-formed signature block at its end; a verify "
+            "key was given, so a signature is required)",
             file=path,
             field="<zip comment>",
             expected=f"a signature by {fingerprint(key)}",

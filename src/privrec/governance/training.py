@@ -271,11 +271,13 @@ def release_model(
     *,
     config: dict[str, Any],
     dataset_hash: str,
+    signing_key: Any = None,
 ) -> tuple[Path, ChargeInfo]:
-    """Save a fitted private ``model`` atomically (the release), then commit ``session`` with
-    the artifact. For computations run through a :class:`ChargeSession` (FederatedMF,
-    cross-silo); :func:`train` does the same for central models."""
-    path = _atomic_save(model, Path(output), None)
+    """Save a fitted private ``model`` atomically (the release; signed with ``signing_key``),
+    then commit ``session`` with the artifact. For computations run through a
+    :class:`ChargeSession` (FederatedMF, cross-silo); :func:`train` does the same for central
+    models."""
+    path = _atomic_save(model, Path(output), None, signing_key)
     session.released()
     g = model.guarantee_
     art = artifact_info(

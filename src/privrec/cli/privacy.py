@@ -101,9 +101,10 @@ def privacy_verify(
         if model.file_signature_ is None or not model.file_signature_.verified:
             console.print(
                 signature_line(model) + ". The stored ε and events agree with each other, "
-                "which anyone editing both could arrange; only a signature checked against the "
-                "producer's key (--verify-key) shows who wrote the file, and only the ledger "
-                "(`privrec check --release FILE --db URL`) that its charge was recorded",
+                "which anyone editing both could arrange: this does not show who produced the "
+                "file — only a signature checked against the producer's key (--verify-key) "
+                "does, and only the ledger (`privrec check --release FILE --db URL`) shows that "
+                "its charge was recorded",
                 highlight=False,
                 markup=False,
             )

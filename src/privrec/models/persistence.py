@@ -131,11 +131,13 @@ def save_model(
     """Write ``model`` (see :meth:`privrec.models.base.Recommender.save`)."""
     from privrec import __version__
     from privrec.models.private import PrivateRecommender
-    from privrec.models.signing import load_signing_key, sign_file
 
     model._check_fitted()
-    # the key is read (and its file mode checked) before anything is written
-    signer = None if signing_key is None else load_signing_key(signing_key)
+    signer = None
+    if signing_key is not None:  # read (and its file mode checked) before anything is written
+        from privrec.models.signing import load_signing_key
+
+        signer = load_signing_key(signing_key)
     private = isinstance(model, PrivateRecommender)
     released_only = bool(getattr(model, "_released_only", False))
     if include_user_data is None:  # defaults: non-private models keep their data when they have it
@@ -188,6 +190,8 @@ def save_model(
     with out.open("wb") as fh:
         np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
     if signer is not None:
+        from privrec.models.signing import sign_file
+
         sign_file(out, signer)
     return out
 

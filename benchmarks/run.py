@@ -29,6 +29,7 @@ BENCHMARKS = [
     "bench_federated.py",
     "bench_short_history.py",
     "bench_model_load.py",
+    "bench_signing.py",
     "bench_serve.py",
     "bench_audit.py",
     "bench_monitor.py",

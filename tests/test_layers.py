@@ -134,3 +134,15 @@ def test_importing_the_bottom_floors_loads_nothing_above_them() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
     )
     assert out.stdout.split() == []
+
+
+@pytest.mark.parametrize("module", ["errors", "keyfiles"])
+def test_root_modules_below_the_floors_import_only_errors(module: str) -> None:
+    """:mod:`privrec.keyfiles` sits beside :mod:`privrec.errors`, under every floor (models/
+    signs files with it, secure/ writes channel keys with it): it may import nothing else."""
+    offenders = [
+        f"{module}.py:{line} imports {name}"
+        for line, name in _imports(PACKAGE / f"{module}.py")
+        if name != "privrec" and not _is_under(name, ("privrec.errors",))
+    ]
+    assert offenders == []

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from privrec.cli.main import app
 from privrec.errors import ConfigError, KeyFileError
+from privrec.keyfiles import check_secret, read_secret, write_secret
 from privrec.secure.channel import Identity, Roster
-from privrec.secure.keyfiles import check_secret, read_secret, write_secret
 from privrec.secure.silo import setup_keys
 
 runner = CliRunner()

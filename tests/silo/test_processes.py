@@ -201,10 +201,12 @@ def test_cli_train_writes_model_and_guarantee(tmp_path: Path, model: str) -> Non
     from typer.testing import CliRunner
 
     from privrec.cli.main import app
+    from privrec.models.signing import generate_keypair
     from privrec.secure.silo import AggregationServer, AnyConfig, Silo, SiloConfig, SiloEASEConfig
 
     n_items = 30
     roster, ids = setup_keys(tmp_path / "keys", 2)
+    signing = generate_keypair(tmp_path / "signing")
     rng = np.random.default_rng(0)
     config: AnyConfig = (
         SiloConfig(epsilon=3, delta=1e-6, n_items=n_items, factors=4, iterations=2)
@@ -228,7 +230,7 @@ def test_cli_train_writes_model_and_guarantee(tmp_path: Path, model: str) -> Non
                 "silo", "train", "--roster", str(tmp_path / "keys" / "roster.json"),
                 "--key", str(tmp_path / "keys" / "driver.key"),
                 "--config", str(tmp_path / "run.json"), "--checkpoint", str(tmp_path / "ck"), "--out", str(tmp_path / "m.npz"),
-                "--timeout", "20",
+                "--timeout", "20", "--sign-key", str(signing[0]),
             ],
         )  # fmt: skip
     finally:
@@ -238,7 +240,8 @@ def test_cli_train_writes_model_and_guarantee(tmp_path: Path, model: str) -> Non
     assert "user-level ε = 3" in res.output or "ε = 2.9" in res.output
     from privrec.models import load_model
 
-    loaded = load_model(tmp_path / "m.npz")  # a normal privrec model file
+    # a normal privrec model file, signed by the driver's model-signing key
+    loaded = load_model(tmp_path / "m.npz", verify_key=signing[1])
     assert loaded.privacy_guarantee.accountant.value == "rdp"  # type: ignore[attr-defined]
     assert loaded.n_users_ == 0 and loaded.n_items_ == n_items
     if model == "dpals":

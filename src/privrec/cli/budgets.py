@@ -15,6 +15,7 @@ import numpy as np
 import typer
 
 from privrec.cli.common import (
+    SignKeyOpt,
     build_model,
     console,
     err_console,
@@ -23,6 +24,7 @@ from privrec.cli.common import (
     parse_params,
     privacy_params,
     read_config,
+    signing_key,
 )
 from privrec.errors import ConfigError, DataError
 
@@ -49,6 +51,7 @@ def tune(
     mean_trials: Annotated[
         float | None, typer.Option(help="Mean number of trials (default 2 × candidates).")
     ] = None,
+    sign_key: SignKeyOpt = None,
 ) -> None:
     """Tune on the data itself, paying for it: the saved model's guarantee covers the selection.
 
@@ -57,6 +60,7 @@ def tune(
     validation score and the number of trials are released (Papernot & Steinke 2022).
     """
     with handle_errors():
+        signer = signing_key(sign_key)
         candidates = read_config(grid).get("candidates")
         if not isinstance(candidates, list) or not candidates:
             raise ConfigError(f"{grid}: needs a non-empty array of 'candidates' tables")
@@ -74,7 +78,7 @@ def tune(
                 mean_trials=mean_trials,
                 base_params=parse_params(param),
             )
-        saved = res.model.save(output)
+        saved = res.model.save(output, signing_key=signer)
         g = res.guarantee
         console.print(
             f"chose {res.params or 'the defaults'} after {res.trials} trial(s) "
@@ -97,9 +101,11 @@ def train_tiers(
     fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
     binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold as 1.")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p")] = None,
+    sign_key: SignKeyOpt = None,
 ) -> None:
     """Fit with protection tiers: each user gets the ε they asked for (a declared tier)."""
     with handle_errors():
+        signer = signing_key(sign_key)
         if model_name not in ("dpals", "dppopularity"):
             raise ConfigError(
                 f"protection tiers exist for dpals and dppopularity, not {model_name!r}"
@@ -120,7 +126,7 @@ def train_tiers(
         asks = read_user_epsilons(tiers_file, np.asarray(data.user_ids))
         with err_console.status(f"fitting {model.name} with protection tiers…"):
             model.fit(data, user_epsilons=asks)
-        saved = model.save(output)
+        saved = model.save(output, signing_key=signer)
         for t in model.privacy_guarantee.tiers:
             console.print(
                 f"tier ε = {t['requested_epsilon']:g}: weight {t['weight']:.3g}, "

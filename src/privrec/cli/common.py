@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -27,6 +27,46 @@ from privrec.errors import ConfigError, DataError, OutputPathError, PrivrecError
 console = Console()
 err_console = Console(stderr=True)
 STATE: dict[str, bool] = {"debug": False}
+
+
+#: ``--sign-key``: every command that writes a model file can sign it
+SignKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-key",
+        help="Sign the model file with this Ed25519 private key (signing.key from "
+        "`privrec privacy keygen DIR`; must be mode 600).",
+    ),
+]
+#: ``--verify-key``: every command that reads a model file can require a signature
+VerifyKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--verify-key",
+        help="Refuse the model file unless it is signed by this Ed25519 public key "
+        "(signing.pub); checked before anything in the file is read.",
+    ),
+]
+
+
+def signing_key(path: Path | None) -> Any:
+    """The private key of ``--sign-key``, read (and its mode checked) before any work starts."""
+    if path is None:
+        return None
+    from privrec.models.signing import load_signing_key
+
+    return load_signing_key(path)
+
+
+def signature_line(model: Any) -> str:
+    """What a command prints about the signature of the model file it loaded."""
+    sig = getattr(model, "file_signature_", None)
+    if sig is None:
+        return (
+            "signature: none — nothing shows who produced this file (sign it with "
+            "`privrec privacy sign` or `privrec train --sign-key`)"
+        )
+    return f"signature: {sig.describe()}"
 
 
 class Protocol(StrEnum):

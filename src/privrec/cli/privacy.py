@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from privrec.cli.common import console, handle_errors
+from privrec.cli.common import VerifyKeyOpt, console, handle_errors, signature_line
 from privrec.errors import ConfigError
 
 privacy_app = typer.Typer(
@@ -16,10 +16,11 @@ privacy_app = typer.Typer(
 )
 
 
-def _private_model(model_path: Path) -> Any:
+def _private_model(model_path: Path, verify_key: Path | None = None) -> Any:
     from privrec.models import load_model
 
-    model = load_model(model_path)  # verifies the guarantee (ε from the events, parameters)
+    # verifies the signature first (with a key), then the guarantee (ε from the events)
+    model = load_model(model_path, verify_key=verify_key)
     guarantee = getattr(model, "guarantee_", None)
     if guarantee is None:
         raise ConfigError(f"{model.name} is not a private model: it carries no privacy guarantee")
@@ -32,19 +33,30 @@ def privacy_explain(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the guarantee as JSON instead.")
     ] = False,
+    verify_key: VerifyKeyOpt = None,
 ) -> None:
     """Print what a saved private model promises, in numbers and in plain words.
 
     The guarantee is verified first (ε recomputed from the stored events); a file whose
-    records do not back up its ε is refused and no ε is printed.
+    records do not back up its ε is refused and no ε is printed. With --verify-key, a file
+    not signed by that key is refused before it is read. The file's signer is printed either
+    way (marked unchecked without a key).
     """
     with handle_errors():
-        model = _private_model(model_path)
+        model = _private_model(model_path, verify_key)
         guarantee = model.guarantee_
         if json_out:
-            console.print_json(guarantee.to_json())
+            import json
+
+            doc = json.loads(guarantee.to_json())
+            sig = model.file_signature_
+            doc["file_signature"] = (
+                None if sig is None else {"signer": sig.fingerprint, "verified": sig.verified}
+            )
+            console.print_json(json.dumps(doc))
             return
         console.print(guarantee.explain(), highlight=False, markup=False)
+        console.print(signature_line(model), highlight=False, markup=False)
         if not getattr(model, "_released_only", True):
             console.print(
                 "WARNING: this file also stores the training users and interactions "
@@ -65,32 +77,17 @@ def privacy_explain(
 @privacy_app.command("verify")
 def privacy_verify(
     model_path: Annotated[Path, typer.Argument(help="A private model file to check.")],
-    public_key: Annotated[
-        str | None,
-        typer.Option(
-            "--public-key",
-            help="Require an Ed25519 signature (MODEL.sig) by this key: hex, or a .pub file.",
-        ),
-    ] = None,
+    verify_key: VerifyKeyOpt = None,
 ) -> None:
     """Recompute ε from the stored accounting events and check it against the stored guarantee.
 
     Also checks the events are well formed and that δ, the privacy unit, the accountant and
-    the seeded-noise flag agree with the model's parameters; when the file is signed (or
-    --public-key is given), checks the signature too. Exits with status 1 (and prints the
-    mismatch) when anything disagrees.
+    the seeded-noise flag agree with the model's parameters; with --verify-key, first checks
+    that the file is signed by that key and unchanged since. Exits with status 1 (and prints
+    the mismatch) when anything disagrees.
     """
-    from privrec.models.signing import signature_path, verify_file
-
     with handle_errors():
-        signed = signature_path(model_path).is_file()
-        signer = None
-        if signed or public_key is not None:
-            key = public_key
-            if key is not None and Path(key).is_file():
-                key = Path(key).read_text().strip()
-            signer = verify_file(model_path, key)
-        model = _private_model(model_path)
+        model = _private_model(model_path, verify_key)
         g = model.guarantee_
         recomputed = g.recompute_epsilon()
         console.print(
@@ -101,48 +98,54 @@ def privacy_verify(
             highlight=False,
             markup=False,
         )
-        if signer is not None:
+        if model.file_signature_ is None or not model.file_signature_.verified:
             console.print(
-                f"signature: valid Ed25519 signature by {signer}"
-                + ("" if public_key else " (pass --public-key to require this signer)"),
+                signature_line(model) + ". The stored ε and events agree with each other, "
+                "which anyone editing both could arrange: this does not show who produced the "
+                "file — only a signature checked against the producer's key (--verify-key) "
+                "does, and only the ledger (`privrec check --release FILE --db URL`) shows that "
+                "its charge was recorded",
                 highlight=False,
                 markup=False,
             )
         else:
-            console.print(
-                "signature: none — the stored ε and events agree with each other, which anyone "
-                "editing both could arrange: this does not show who produced the file (sign it "
-                "with `privrec privacy sign`, or check a release against the ledger with "
-                "`privrec check --release FILE --db URL`)",
-                highlight=False,
-                markup=False,
-            )
+            console.print(signature_line(model), highlight=False, markup=False)
 
 
 @privacy_app.command("keygen")
 def privacy_keygen(
-    key_path: Annotated[Path, typer.Argument(help="Where to create the private signing key.")],
+    directory: Annotated[
+        Path, typer.Argument(help="Folder for signing.key (private) and signing.pub (public).")
+    ],
 ) -> None:
-    """Create an Ed25519 signing key (mode 0600, never overwritten) and KEY.pub beside it."""
-    from privrec.models.signing import generate_key
+    """Create an Ed25519 model-signing key pair: DIR/signing.key (mode 600, never overwritten)
+    and DIR/signing.pub (give it to whoever loads your models)."""
+    from privrec.models.signing import fingerprint, generate_keypair, load_verify_key
 
     with handle_errors():
-        pub = generate_key(key_path)
+        private, public = generate_keypair(directory)
         console.print(
-            f"private key: {key_path} (mode 600); public key: {pub} — give the public key to reviewers",
+            f"private key: {private} (mode 600; keep it secret); public key: {public} "
+            f"(fingerprint {fingerprint(load_verify_key(public))}) — hand it to reviewers",
             highlight=False,
+            markup=False,
         )
 
 
 @privacy_app.command("sign")
 def privacy_sign(
-    model_path: Annotated[Path, typer.Argument(help="A model file to sign.")],
-    key: Annotated[Path, typer.Option("--key", help="Private key from `privrec privacy keygen`.")],
+    model_path: Annotated[Path, typer.Argument(help="A model file to sign (in place).")],
+    key: Annotated[
+        Path, typer.Option("--key", help="Private key (signing.key from `privrec privacy keygen`).")
+    ],
 ) -> None:
-    """Sign a model file (detached Ed25519 signature over its SHA-256, written to MODEL.sig)."""
-    from privrec.models.signing import sign_file
+    """Sign a model file in place (Ed25519 over all its bytes, stored in the zip comment).
+
+    Only a file whose guarantee verifies is signed; a signed file is re-signed."""
+    from privrec.models.signing import load_signing_key, sign_file
 
     with handle_errors():
+        signer = load_signing_key(key)
         _private_model(model_path)  # only a file whose guarantee verifies is worth signing
-        out = sign_file(model_path, key)
-        console.print(f"signed {model_path} → {out}", highlight=False)
+        sig = sign_file(model_path, signer)
+        console.print(f"signed {model_path} as {sig.fingerprint}", highlight=False, markup=False)

@@ -20,6 +20,7 @@ import typer
 from rich.table import Table
 
 from privrec.cli.common import (
+    VerifyKeyOpt,
     check_output,
     coerce_ids,
     console,
@@ -59,8 +60,12 @@ def recommend(
     ] = None,
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="List length.")] = 10,
     include_seen: Annotated[bool, typer.Option(help="Allow items the user already has.")] = False,
+    verify_key: VerifyKeyOpt = None,
 ) -> None:
-    """Print (or write) the top-k items for users of a saved model."""
+    """Print (or write) the top-k items for users of a saved model.
+
+    With --verify-key, the model file must be signed by that key (checked before it is read).
+    """
     from privrec.models import load_model
 
     with handle_errors():
@@ -73,7 +78,7 @@ def recommend(
         if out is not None and out.suffix.lower() not in _OUT_SUFFIXES:
             raise ConfigError(f"--out must end in {', '.join(_OUT_SUFFIXES)}, got {out.name!r}")
         check_output(out)
-        model = load_model(model_path)
+        model = load_model(model_path, verify_key=verify_key)
         exclude = not include_seen
         if user:
             ids = coerce_ids(user, model.user_ids_)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from privrec.cli.common import console, err_console, handle_errors
+from privrec.cli.common import VerifyKeyOpt, console, err_console, handle_errors
 
 
 def risk(
@@ -70,8 +70,10 @@ def check(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Print passed checks too.")
     ] = False,
+    verify_key: VerifyKeyOpt = None,
 ) -> None:
-    """CI privacy checks: ε re-derived from events, no seeded noise in releases, policy, ledger."""
+    """CI privacy checks: ε re-derived from events, no seeded noise in releases, policy, ledger,
+    and (with --verify-key) every file signed by that key."""
     from privrec.risk import CheckConfig, load_check_config, run_check
 
     with handle_errors():
@@ -81,6 +83,8 @@ def check(
             update["artifacts"] = [*cfg.artifacts, *map(str, artifacts)]
         if release:
             update["release"] = [*cfg.release, *map(str, release)]
+        if verify_key is not None:
+            update["signing"] = cfg.signing.model_copy(update={"verify_key": str(verify_key)})
         if max_epsilon is not None:
             update["policy"] = cfg.policy.model_copy(update={"max_epsilon": max_epsilon})
         if db is not None or key is not None or expect_head is not None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from privrec.cli.common import console, err_console, handle_errors
+from privrec.cli.common import SignKeyOpt, console, err_console, handle_errors, signing_key
 from privrec.errors import ConfigError
 
 silo_app = typer.Typer(
@@ -307,8 +307,10 @@ def silo_train(
         str | None,
         typer.Option("--api-key", envvar="PRIVREC_API_KEY", help="Ledger: your API key."),
     ] = None,
+    sign_key: SignKeyOpt = None,
 ) -> None:
-    """Drive cross-silo DPALS or DPEASE training (the driver holds no data); save the model.
+    """Drive cross-silo DPALS or DPEASE training (the driver holds no data); save the model
+    (signed, with --sign-key).
 
     The result is a normal privrec model file (DPALS or DPEASE, with its guarantee and no
     users): `privrec privacy explain` reads it and `privrec recommend --history` scores a
@@ -320,6 +322,7 @@ def silo_train(
     from privrec.secure.silo_model import read_catalogue, to_model
 
     with handle_errors():
+        signer = signing_key(sign_key)
         led: Any = None
         if dataset is not None or ledger is not None:
             if dataset is None:
@@ -385,9 +388,10 @@ def silo_train(
                     out,
                     config=config.model_dump(mode="json"),
                     dataset_hash="",  # the driver never sees the silos' data
+                    signing_key=signer,
                 )
             else:
-                path = model.save(out)
+                path = model.save(out, signing_key=signer)
         what = (
             f"{len(result.head_items)} head items × {result.item_factors.shape[1]} factors"
             if isinstance(result, SiloResult)

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from privrec.cli.common import (
     Protocol,
+    SignKeyOpt,
     build_model,
     check_delta_for_data,
     check_output,
@@ -33,6 +34,7 @@ from privrec.cli.common import (
     privacy_summary,
     read_config,
     rounded,
+    signing_key,
     stderr_is_tty,
 )
 from privrec.errors import ConfigError
@@ -133,8 +135,9 @@ def train(
     ] = None,
     workers: Annotated[int, typer.Option(help="Ray: user partitions (actors).", min=1)] = 2,
     threads: Annotated[int, typer.Option(help="Ray: CPUs per worker.", min=1)] = 1,
+    sign_key: SignKeyOpt = None,
 ) -> None:
-    """Fit a model on a whole interaction file and save it.
+    """Fit a model on a whole interaction file and save it (signed, with --sign-key).
 
     A TOML config may hold ``model = "als"``, a \\[params] table and a \\[data] table
     (``path``, ``format``, ``binarize``); command-line options override it. With
@@ -143,6 +146,7 @@ def train(
     """
     with handle_errors():
         check_output(output)
+        signer = signing_key(sign_key)  # a missing or readable key fails before training
         cfg = read_config(config)
         data_cfg = cfg.get("data", {})
         name = model_name or cfg.get("model")
@@ -174,7 +178,7 @@ def train(
                 model, path, output=output, address=address, workers=workers, threads=threads,
                 catalogue=catalogue, binarize=binarize if binarize is not None
                 else data_cfg.get("binarize"), ledger=ledger, dataset=dataset, purpose=purpose,
-                key=key, force_weak_delta=force_weak_delta,
+                key=key, force_weak_delta=force_weak_delta, signer=signer,
             )  # fmt: skip
             return
         data = load_data(
@@ -195,6 +199,7 @@ def train(
             rec, spent = train_from_cli(
                 model, data, url=ledger, api_key=key, dataset=dataset, purpose=purpose,
                 output=output, include_user_data=include_user_data or None, fit=fit_with_progress,
+                signing_key=signer,
             )  # fmt: skip
             saved, seen = rec.path, rec.model.user_items_  # the policy-filtered matrix
             console.print(
@@ -204,7 +209,9 @@ def train(
             )
         else:
             fit_with_progress(model, data)
-            saved = model.save(output, include_user_data=True if include_user_data else None)
+            saved = model.save(
+                output, include_user_data=True if include_user_data else None, signing_key=signer
+            )
             seen = data.matrix
         users = rounded(seen.shape[0]) if private else f"{seen.shape[0]:,}"
         inter = rounded(seen.nnz) if private else f"{seen.nnz:,}"
@@ -216,6 +223,14 @@ def train(
         guarantee = getattr(model, "guarantee_", None)
         if guarantee is not None:
             console.print(privacy_summary(guarantee, saved), highlight=False, markup=False)
+        _signed_note(signer, saved)
+
+
+def _signed_note(signer: Any, saved: object) -> None:
+    if signer is not None:
+        from privrec.models.signing import fingerprint
+
+        console.print(f"signed {saved} as {fingerprint(signer)}", highlight=False, markup=False)
 
 
 # ------------------------------------------------------- train --engine ray
@@ -234,6 +249,7 @@ def _train_distributed(
     purpose: str | None,
     key: str | None,
     force_weak_delta: bool,
+    signer: Any = None,
 ) -> None:
     """Fit ``model`` on a Ray cluster (``address``; ``None`` starts a local one) and save it."""
     from privrec.engine import ParquetSource, RayEngine
@@ -272,12 +288,12 @@ def _train_distributed(
             book = Ledger.connect(ledger, key)
             _, saved, charge = train_on_ray(
                 book, model, engine, source, dataset=dataset, output=output, purpose=purpose,
-                item_ids=catalogue, progress=progress, on_loaded=loaded,
+                item_ids=catalogue, progress=progress, on_loaded=loaded, signing_key=signer,
             )  # fmt: skip
             console.print(f"ledger: charge {charge.id} committed on {dataset!r}", highlight=False)
         else:
             engine.fit(model, source, item_ids=catalogue, progress=progress, on_loaded=loaded)
-            saved = model.save(output)
+            saved = model.save(output, signing_key=signer)
         moved = engine.last_group.bytes_reduced if engine.last_group is not None else 0
     console.print(
         f"fitted [bold]{model.name}[/] on ray ({workers} workers) on {rounded(sizes['users'])} users × "
@@ -287,6 +303,7 @@ def _train_distributed(
     )
     g = model.guarantee_
     console.print(privacy_summary(g, saved), highlight=False, markup=False)
+    _signed_note(signer, saved)
 
 
 class _Sizes:

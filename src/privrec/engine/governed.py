@@ -38,6 +38,7 @@ def train_on_ray(
     item_ids: Any = None,
     progress: Callable[[int, int], None] | None = None,
     on_loaded: Callable[[int, int], None] | None = None,
+    signing_key: Any = None,
 ) -> tuple[Any, Path, Any]:
     """Train ``model`` on the cluster under ``dataset``'s policy and budget; returns
     (model, file, committed charge)."""
@@ -73,7 +74,7 @@ def train_on_ray(
             )  # fmt: skip
         finally:
             model.release_gate = None
-        path = _atomic_save(model, Path(output), None)
+        path = _atomic_save(model, Path(output), None, signing_key)
         session.released()
         art = artifact_info(
             path,

@@ -251,11 +251,15 @@ class TrainingRecord:
     artifact: ArtifactRecord
 
 
-def _atomic_save(model: Any, output: Path, include_user_data: bool | None) -> Path:
-    """``model.save`` to a temporary name, then rename: the release is all or nothing."""
+def _atomic_save(
+    model: Any, output: Path, include_user_data: bool | None, signing_key: Any = None
+) -> Path:
+    """``model.save`` to a temporary name, then rename: the release is all or nothing (and,
+    with ``signing_key``, signed before the ledger records its hash)."""
     final = output if output.suffix == ".npz" else output.with_suffix(output.suffix + ".npz")
     tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp.npz")
-    written = model.save(tmp, include_user_data=include_user_data)
+    signed = {} if signing_key is None else {"signing_key": signing_key}
+    written = model.save(tmp, include_user_data=include_user_data, **signed)
     os.replace(written, final)
     return final
 
@@ -267,11 +271,13 @@ def release_model(
     *,
     config: dict[str, Any],
     dataset_hash: str,
+    signing_key: Any = None,
 ) -> tuple[Path, ChargeInfo]:
-    """Save a fitted private ``model`` atomically (the release), then commit ``session`` with
-    the artifact. For computations run through a :class:`ChargeSession` (FederatedMF,
-    cross-silo); :func:`train` does the same for central models."""
-    path = _atomic_save(model, Path(output), None)
+    """Save a fitted private ``model`` atomically (the release; signed with ``signing_key``),
+    then commit ``session`` with the artifact. For computations run through a
+    :class:`ChargeSession` (FederatedMF, cross-silo); :func:`train` does the same for central
+    models."""
+    path = _atomic_save(model, Path(output), None, signing_key)
     session.released()
     g = model.guarantee_
     art = artifact_info(
@@ -294,6 +300,7 @@ def train(
     purpose: str | None = None,
     include_user_data: bool | None = None,
     fit: Callable[[Any, Any], Any] | None = None,
+    signing_key: Any = None,
     **fit_kwargs: Any,
 ) -> TrainingRecord:
     """Fit a private ``model`` on governed ``data`` through a write-ahead charge, save and record it.
@@ -350,7 +357,7 @@ def train(
             session.reserve(spent)
         elif [s.to_dict() for s in spent] != [s.to_dict() for s in session.planned]:
             raise GovernanceError(f"{model.name} released other events than it reserved")
-        path = _atomic_save(model, Path(output), include_user_data)
+        path = _atomic_save(model, Path(output), include_user_data, signing_key)
         session.released()
         art = artifact_info(
             path,
@@ -427,6 +434,7 @@ def train_from_cli(
     output: Path,
     include_user_data: bool | None,
     fit: Callable[[Any, Any], Any] | None = None,
+    signing_key: Any = None,
 ) -> tuple[TrainingRecord, Any]:
     """``privrec train … --dataset NAME``: connect, load through the policy, train; returns the
     record and the dataset budget's status after the charge."""
@@ -442,6 +450,7 @@ def train_from_cli(
         purpose=purpose,
         include_user_data=include_user_data,
         fit=fit,
+        signing_key=signing_key,
     )
     (status,) = [s for s in ledger.status(dataset) if s.scope == "dataset"]
     return rec, status

@@ -33,6 +33,7 @@ from privrec.models.ranking import mask_seen, top_k
 
 if TYPE_CHECKING:
     from privrec.models.file_layout import FileLayout
+    from privrec.models.signing import FileSignature, SigningKey, VerifyKey
 
 __all__ = ["MODEL_REGISTRY", "ModelConfig", "Recommender", "load_model", "register"]
 
@@ -123,6 +124,9 @@ class Recommender(ABC):
     user_ids_: np.ndarray
     item_ids_: np.ndarray
     user_items_: sp.csr_matrix
+    #: the signature block of the file the model was loaded from (``None``: not loaded, or
+    #: not signed); ``verified`` only when ``load_model(..., verify_key=...)`` checked it
+    file_signature_: FileSignature | None = None
 
     # ------------------------------------------------------------- parameters
     @classmethod
@@ -434,7 +438,13 @@ class Recommender(ABC):
         """
         return None
 
-    def save(self, path: str | Path, *, include_user_data: bool | None = None) -> Path:
+    def save(
+        self,
+        path: str | Path,
+        *,
+        include_user_data: bool | None = None,
+        signing_key: SigningKey | None = None,
+    ) -> Path:
         """Write the fitted model to one ``.npz`` file: arrays plus JSON metadata, no pickle.
 
         ``include_user_data`` stores the training users and interactions too (needed to
@@ -444,15 +454,20 @@ class Recommender(ABC):
         released arrays, the hyper-parameters and the guarantee; no user ids, no user count.
         Asking for it on a private model warns (:class:`~privrec.errors.PrivacyWarning`).
         Such a model serves users through :meth:`recommend_history`.
+
+        ``signing_key`` (an Ed25519 private key, or the path of ``signing.key`` from
+        :func:`privrec.models.signing.generate_keypair`) signs the file, so that a reader with
+        the public key can refuse any edited or forged copy (:mod:`privrec.models.signing`).
         """
         from privrec.models.persistence import save_model
 
-        return save_model(self, path, include_user_data=include_user_data)
+        return save_model(self, path, include_user_data=include_user_data, signing_key=signing_key)
 
     @classmethod
-    def load(cls, path: str | Path) -> Recommender:
-        """Read a model written by :meth:`save` (of this class or, from the base, any registered class)."""
-        model = load_model(path)
+    def load(cls, path: str | Path, *, verify_key: VerifyKey | None = None) -> Recommender:
+        """Read a model written by :meth:`save` (of this class or, from the base, any registered
+        class); ``verify_key`` requires a valid signature by that key (see :func:`load_model`)."""
+        model = load_model(path, verify_key=verify_key)
         if cls is not Recommender and not isinstance(model, cls):
             raise DataError(
                 "the file holds a different model",
@@ -541,12 +556,16 @@ def check_array(
 
 
 def load_model(
-    path: str | Path, *, verify: bool = True, max_bytes: int | None = None
+    path: str | Path,
+    *,
+    verify: bool = True,
+    max_bytes: int | None = None,
+    verify_key: VerifyKey | None = None,
 ) -> Recommender:
     """Load any registered model saved with :meth:`Recommender.save` (see :mod:`privrec.models.persistence`)."""
     from privrec.models.persistence import load_model as _load
 
-    return _load(path, verify=verify, max_bytes=max_bytes)
+    return _load(path, verify=verify, max_bytes=max_bytes, verify_key=verify_key)
 
 
 __all__ += ["UnknownUserError", "as_interactions", "as_user_items", "check_array", "on_catalogue"]

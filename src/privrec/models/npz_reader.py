@@ -12,6 +12,7 @@ to decompress; nothing else is inflated. Every failure is a
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import struct
@@ -83,9 +84,12 @@ Plan = Callable[[dict[str, Any], Mapping[str, Header]], Mapping[str, bool]]
 class ArchiveReader:
     """Reads one model archive with every size checked before decompression."""
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, data: bytes | None = None) -> None:
         self.path = path
         self.limit = max_bytes
+        #: the file's bytes, when the caller already read (and checked) them: a signature
+        #: verified over ``data`` then covers exactly what is parsed (no re-read of ``path``)
+        self.data = data
 
     def error(self, message: str, field: str | None = None, **kw: Any) -> ModelFileError:
         return ModelFileError(message, file=self.path, field=field, **kw)
@@ -101,13 +105,13 @@ class ArchiveReader:
     def read(self, plan: Plan) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The metadata and the arrays ``plan`` asks for, after ``plan`` saw every header."""
         try:
-            size = self.path.stat().st_size
+            size = self.path.stat().st_size if self.data is None else len(self.data)
         except OSError as exc:
             raise DataError("model file cannot be read", file=self.path, found=str(exc)) from None
         if size > self.limit:
             raise self.too_large("<file>", size)
         try:
-            zf = zipfile.ZipFile(self.path)
+            zf = zipfile.ZipFile(self.path if self.data is None else io.BytesIO(self.data))
         except _ZIP_ERRORS as exc:
             raise self.error(
                 "not a privrec model file (not an .npz archive)", found=str(exc)

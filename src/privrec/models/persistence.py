@@ -31,6 +31,14 @@ decompressed until every check that the headers allow has passed
    accountant consistent with the parameters (:mod:`privrec.privacy.verify`);
 6. the loaded model scores one empty history, so a file that loads also works.
 
+Before all of that, with ``verify_key``, the file's Ed25519 signature must be valid for that
+key (:mod:`privrec.models.signing`): the file is read once, the signature checked over its raw
+bytes, and those same bytes parsed — a file that is unsigned, signed by another key or changed
+in any byte is refused with :class:`~privrec.errors.SignatureError` before any zip structure is
+parsed or any member decompressed. Steps 1–6 prove that a file is well formed and that its ε
+follows from its stored events; only the signature shows who produced it, so only it catches a
+*consistent* forgery (noise parameters and ε edited together, factors swapped).
+
 Every failure is a :class:`~privrec.errors.ModelFileError` (a ``DataError``) naming the file
 and the field.
 """
@@ -48,13 +56,20 @@ import numpy as np
 import pydantic
 import scipy.sparse as sp
 
-from privrec.errors import ConfigError, DataError, ModelFileError, PrivacyWarning
+from privrec.errors import (
+    ConfigError,
+    DataError,
+    ModelFileError,
+    ModelFileTooLargeError,
+    PrivacyWarning,
+)
 from privrec.models.file_layout import check_layout, generic_sparse
 from privrec.models.npz_reader import ENV_MAX as _ENV_MAX
 from privrec.models.npz_reader import FORMAT, KINDS, ArchiveReader, Header
 
 if TYPE_CHECKING:
     from privrec.models.base import Recommender
+    from privrec.models.signing import FileSignature, SigningKey, VerifyKey
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -106,12 +121,23 @@ def _npz_path(path: str | Path) -> Path:
     return p
 
 
-def save_model(model: Recommender, path: str | Path, *, include_user_data: bool | None) -> Path:
+def save_model(
+    model: Recommender,
+    path: str | Path,
+    *,
+    include_user_data: bool | None,
+    signing_key: SigningKey | None = None,
+) -> Path:
     """Write ``model`` (see :meth:`privrec.models.base.Recommender.save`)."""
     from privrec import __version__
     from privrec.models.private import PrivateRecommender
 
     model._check_fitted()
+    signer = None
+    if signing_key is not None:  # read (and its file mode checked) before anything is written
+        from privrec.models.signing import load_signing_key
+
+        signer = load_signing_key(signing_key)
     private = isinstance(model, PrivateRecommender)
     released_only = bool(getattr(model, "_released_only", False))
     if include_user_data is None:  # defaults: non-private models keep their data when they have it
@@ -163,6 +189,10 @@ def save_model(model: Recommender, path: str | Path, *, include_user_data: bool 
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as fh:
         np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+    if signer is not None:
+        from privrec.models.signing import sign_file
+
+        sign_file(out, signer)
     return out
 
 
@@ -323,7 +353,11 @@ def _unique(a: np.ndarray) -> bool:
 
 
 def load_model(
-    path: str | Path, *, verify: bool = True, max_bytes: int | None = None
+    path: str | Path,
+    *,
+    verify: bool = True,
+    max_bytes: int | None = None,
+    verify_key: VerifyKey | None = None,
 ) -> Recommender:
     """Load a model saved with :meth:`~privrec.models.base.Recommender.save`, defensively.
 
@@ -338,13 +372,19 @@ def load_model(
         printing.
     max_bytes
         Cap on the decompressed size of the arrays (default :func:`max_model_bytes`).
+    verify_key
+        The signer's Ed25519 public key (or the path of its ``signing.pub``): the file must
+        carry a valid signature by it, checked before anything else is read. Without it a
+        signed file loads as before, and :attr:`~privrec.models.base.Recommender.file_signature_`
+        shows the signer it *claims* (unchecked).
 
     Raises
     ------
     ModelFileError
         Anything wrong with the file; :class:`~privrec.errors.ModelFileTooLargeError` for
         sizes, :class:`~privrec.errors.GuaranteeMismatchError` for a guarantee its records do
-        not support.
+        not support, :class:`~privrec.errors.SignatureError` (with ``verify_key``) for a file
+        that is unsigned, signed by another key, or changed since it was signed.
     """
     from privrec.models.base import _empty_csr
     from privrec.models.private import PrivateRecommender
@@ -362,7 +402,9 @@ def load_model(
         found["cfg"] = cfg = _strict_params(cls, meta["params"], path)
         return _plan_reads(path, meta, headers, cls, cfg)
 
-    meta, arrays = ArchiveReader(path, max_model_bytes(max_bytes)).read(plan)
+    limit = max_model_bytes(max_bytes)
+    data, signature = _signed_bytes(path, verify_key, limit)
+    meta, arrays = ArchiveReader(path, limit, data).read(plan)
     cls: type[Recommender] = found["cls"]
     cfg = found["cfg"]
     model = cls.from_config(cfg)
@@ -397,6 +439,7 @@ def load_model(
     model.user_items_ = um
     model._released_only = not has_user_data
     model._catalogue_source = "file"
+    model.file_signature_ = signature
     try:
         model._set_state(state)
         model._check_state()
@@ -428,6 +471,35 @@ def load_model(
             raise _refile(exc, path) from None
     _smoke(model, path)
     return model
+
+
+def _signed_bytes(
+    path: Path, verify_key: VerifyKey | None, limit: int
+) -> tuple[bytes | None, FileSignature | None]:
+    """With a key: the file's bytes, read once and signature-checked (the reader parses these
+    very bytes, so nothing can change between check and use). Without: only the signature
+    block the file claims, and ``None`` (the reader opens the file itself)."""
+    from privrec.models.signing import load_verify_key, read_signature, verify_bytes
+
+    if verify_key is None:
+        return None, read_signature(path)
+    key = load_verify_key(verify_key)
+    try:
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > limit:
+                raise ModelFileTooLargeError(
+                    f"the model file has {size:,} bytes, above the limit of {limit:,} bytes "
+                    f"(raise it with max_bytes= or ${_ENV_MAX})",
+                    file=path,
+                    field="<file>",
+                )
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise DataError("model file cannot be read", file=path, found=str(exc)) from None
+    if len(data) > limit:  # grew while being read
+        raise ModelFileTooLargeError("the model file grew while it was read", file=path)
+    return data, verify_bytes(data, key, path)
 
 
 def _refile(exc: DataError, path: Path) -> DataError:

@@ -7,7 +7,11 @@ For every model file given:
 * a file **marked for release** must not carry seeded noise (predictable noise is no
   noise), must be private, and must hold no training interactions unless the policy
   allows it;
-* the **policy** (``max_epsilon``, ``max_delta``, required unit) holds.
+* the **policy** (``max_epsilon``, ``max_delta``, required unit) holds;
+* with a verify key (``[signing] verify_key`` or ``--verify-key``), the file is **signed by
+  that key** and unchanged since (checked before anything else in the file is read; an
+  unsigned, re-signed or edited file is a violation — the one check a consistent forgery of
+  noise parameters and ε cannot pass).
 
 With a ledger (``[ledger] url``): the audit-log hash chain verifies (optionally against a
 pinned head), every charge's ε re-derives from its events, no budget's composed spend
@@ -53,11 +57,16 @@ class LedgerSection(_S):
     expect_head: str | None = None
 
 
+class SigningSection(_S):
+    verify_key: str | None = None
+
+
 class CheckConfig(_S):
     artifacts: list[str] = pydantic.Field(default_factory=list)
     release: list[str] = pydantic.Field(default_factory=list)
     policy: PolicySection = pydantic.Field(default_factory=PolicySection)
     ledger: LedgerSection = pydantic.Field(default_factory=LedgerSection)
+    signing: SigningSection = pydantic.Field(default_factory=SigningSection)
 
 
 def load_check_config(path: str | Path) -> CheckConfig:
@@ -79,9 +88,13 @@ def load_check_config(path: str | Path) -> CheckConfig:
     def anchor(pats: list[str]) -> list[str]:
         return [q if Path(q).is_absolute() else str(base / q) for q in pats]
 
-    return cfg.model_copy(
-        update={"artifacts": anchor(cfg.artifacts), "release": anchor(cfg.release)}
-    )
+    update: dict[str, Any] = {
+        "artifacts": anchor(cfg.artifacts),
+        "release": anchor(cfg.release),
+    }
+    if cfg.signing.verify_key is not None:
+        update["signing"] = SigningSection(verify_key=anchor([cfg.signing.verify_key])[0])
+    return cfg.model_copy(update=update)
 
 
 @dataclass(frozen=True)
@@ -128,35 +141,46 @@ def _expand(patterns: list[str]) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def _read(path: Path) -> tuple[dict[str, Any], Any]:
+def _read(path: Path, verify_key: Any = None) -> tuple[dict[str, Any], Any]:
     """(facts, guarantee or None) of a model file, read with privrec's hardened loader.
 
     The file is treated as hostile (size limits, dtype and shape checks: see
     :mod:`privrec.models.persistence`); its guarantee is *not* verified here, so that a
-    mismatch is reported as a finding with both numbers instead of a load error.
+    mismatch is reported as a finding with both numbers instead of a load error. With
+    ``verify_key`` its signature is (and a bad one raises ``SignatureError``).
     """
     from privrec.models import load_model
 
-    model = load_model(path, verify=False)
+    model = load_model(path, verify=False, verify_key=verify_key)
     facts = {
         "model": model.name,
         "_stores_interactions": not bool(getattr(model, "_released_only", True))
         and int(getattr(getattr(model, "user_items_", None), "nnz", 0)) > 0,
+        "_signature": model.file_signature_,
     }
     return facts, getattr(model, "guarantee_", None)
 
 
-def _check_file(path: Path, release: bool, policy: PolicySection, rep: CheckReport) -> Any:
+def _check_file(
+    path: Path, release: bool, policy: PolicySection, rep: CheckReport, verify_key: Any = None
+) -> Any:
+    from privrec.errors import SignatureError
+
     add = rep.findings.append
     name = str(path)
     if not path.is_file():
         add(Finding("violation", name, "file not found"))
         return None
     try:
-        meta, g = _read(path)
+        meta, g = _read(path, verify_key)
+    except SignatureError as exc:  # nothing else of the file is trusted, so nothing else is read
+        add(Finding("violation", name, f"signature refused: {exc.message}"))
+        return None
     except Exception as exc:  # any unreadable file is a finding, not a crash
         add(Finding("violation", name, f"unreadable model file ({type(exc).__name__}: {exc})"))
         return None
+    if verify_key is not None:
+        add(Finding("ok", name, f"signed by {meta['_signature'].fingerprint}, unchanged since"))
     kind = meta.get("model", "?")
     if g is None:
         if release and not policy.allow_non_private:
@@ -347,9 +371,14 @@ def run_check(cfg: CheckConfig) -> CheckReport:
             )
         if cfg.ledger.url is None:
             raise ConfigError("nothing to check: give artifacts, release files or a ledger (--db)")
+    key = None
+    if cfg.signing.verify_key is not None:
+        from privrec.models.signing import load_verify_key
+
+        key = load_verify_key(cfg.signing.verify_key)  # a bad key file is an error, not a finding
     rel = set(release)
     for path in everything:
-        _check_file(path, path in rel, cfg.policy, rep)
+        _check_file(path, path in rel, cfg.policy, rep, key)
     if cfg.ledger.url is not None:
         try:
             _check_ledger(cfg, release, rep)
@@ -357,4 +386,9 @@ def run_check(cfg: CheckConfig) -> CheckReport:
             rep.gaps.append(f"ledger checks skipped: {exc}")
     else:
         rep.gaps.append("no ledger given: audit-log chain and budget consistency not checked")
+    if key is None and everything:
+        rep.gaps.append(
+            "no verify key given: who produced the files is not checked (a consistent forgery of "
+            "noise parameters and ε passes the other checks)"
+        )
     return rep

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from privrec.errors import ConfigError, KeyFileError, MessageRejected, PeerUnavailable
-from privrec.secure.keyfiles import read_secret, write_secret
+from privrec.keyfiles import read_secret, write_secret
 
 __all__ = [
     "CHUNK",
@@ -189,7 +189,7 @@ def generate_keys(
 
     Writes ``roster.json`` (public: give it to every party) and one ``<name>.key`` per party
     (secret: give it to that party only; mode 0600 even when the file existed before, see
-    :func:`privrec.secure.keyfiles.write_secret`). Names, hosts and ports are checked before
+    :func:`privrec.keyfiles.write_secret`). Names, hosts and ports are checked before
     anything is written.
     """
     for name, (_, host, port) in parties.items():

@@ -273,7 +273,7 @@ def export_party_inputs(
     ``public.json`` the options every party must be given alike. Inputs are checked against
     the norm bounds first, as :func:`secure_top_k_local` does. Returns the public options.
     """
-    from privrec.secure.keyfiles import write_secret
+    from privrec.keyfiles import write_secret
 
     params = params or MPCParams()
     params.validate()

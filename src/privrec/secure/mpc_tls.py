@@ -39,7 +39,7 @@ class TLSFiles:
 
     def contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         """(server, client) contexts: TLS ≥ 1.2, mutual authentication against the CA."""
-        from privrec.secure.keyfiles import check_secret
+        from privrec.keyfiles import check_secret
 
         for f in (self.ca, self.cert, self.key):
             if not Path(f).is_file():
@@ -69,7 +69,7 @@ def make_tls_material(directory: str | Path, *, days: int = 365) -> Path:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from privrec.secure.keyfiles import write_secret
+    from privrec.keyfiles import write_secret
 
     d = Path(directory)
     try:

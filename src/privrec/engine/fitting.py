@@ -8,7 +8,10 @@ by a tree reduce of the workers' partial sums (:meth:`WorkerGroup.reduce`). The 
 compute those sums on a worker are the single-machine ones
 (:mod:`privrec.engine.partition`). What is released, its sensitivity, its accounting events and
 so the guarantee are therefore the single-machine model's; the only difference is who holds
-the data (a cluster, trusted as the single training server is: central DP).
+the data (a cluster, trusted as the single training server is: central DP). DPALS's noisy
+releases and item solves are the model's own methods (``_release_lengths``, ``_release_counts``,
+``_private_step``), fed the reduced sums, so its ``on_release`` hook sees on the engine exactly
+what it sees on one machine.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from privrec.data.interactions import Interactions
 from privrec.engine.ray_engine import WorkerGroup, _ray
 from privrec.errors import ConfigError
 from privrec.models.base import _empty_csr
+from privrec.models.releases import ReleaseHook
 from privrec.privacy.contribution import draw_salt
 from privrec.privacy.units import PrivacyUnit
 
@@ -52,14 +56,23 @@ def fit_distributed(
     *,
     given: bool,
     progress: Callable[[int, int], None] | None,
+    on_release: ReleaseHook | None = None,
 ) -> Any:
-    """Fit ``model`` over ``group``'s partitions and complete it as ``Recommender.fit`` does."""
-    fit = check_distributable(model)
+    """Fit ``model`` over ``group``'s partitions and complete it as ``Recommender.fit`` does.
+
+    ``on_release`` is DPALS's ``fit(on_release=…)`` hook: the driver reports every noisy
+    release through the model's own ``_release``, as the single-machine fit does.
+    """
+    fit = check_distributable(model, on_release=on_release)
     if n_users == 0:
         raise ConfigError("no interactions left to train on (after the policy)")
     config = model.config()
     budget, rng = model._begin(cast(Interactions, _Sizes(n_users, nnz)), config)
-    fit(model, config, budget, rng, group, len(catalogue), progress)
+    model._on_release = on_release
+    try:
+        fit(model, config, budget, rng, group, len(catalogue), progress)
+    finally:
+        model._on_release = None
     model.user_ids_ = np.zeros(0, dtype=catalogue.dtype)
     model.item_ids_ = np.asarray(catalogue)
     model.user_items_ = _empty_csr((0, len(catalogue)))
@@ -69,11 +82,20 @@ def fit_distributed(
     return model
 
 
-def check_distributable(model: Any) -> Callable[..., None]:
+def check_distributable(
+    model: Any, *, on_release: ReleaseHook | None = None
+) -> Callable[..., None]:
     """The driver function for ``model``'s class, or :class:`ConfigError` (before any work)."""
     from privrec.models.dp_als import DPALS
     from privrec.models.dp_ease import DPEASE
     from privrec.models.dp_popularity import DPPopularity
+
+    if on_release is not None and not isinstance(model, DPALS):
+        # as on one machine, where only DPALS.fit takes the hook
+        raise ConfigError(
+            f"{getattr(model, 'name', type(model).__name__)}: on_release is supported for dpals "
+            "only"
+        )
 
     if getattr(model, "tiers", None):
         # protection tiers need each user's requested ε on the workers (not in the shards)
@@ -179,16 +201,12 @@ def _fit_dpals(
     from privrec.models.dp_als import (
         _COUNT_QUANTILE,
         _FACTOR_SCALE,
-        _PROJECT,
         DEFAULT_SHRINKAGE,
         DPALSSensitivity,
-        _step_releases,
         dpals_event,
         dpals_releases,
     )
-    from privrec.models.dp_noise import gaussian_noise, symmetric_noise
     from privrec.models.dp_rules import (
-        LengthProfile,
         head_threshold,
         resolve_bound,
         resolve_factors,
@@ -199,9 +217,7 @@ def _fit_dpals(
         select_head,
     )
     from privrec.privacy.accounting import calibrate
-    from privrec.privacy.bounds import LENGTHS_LABEL
-    from privrec.privacy.mechanisms import gaussian, gaussian_event
-    from privrec.privacy.postprocessing import diagonal_solve, project_psd, psd_solve, shared_solve
+    from privrec.privacy.mechanisms import gaussian
 
     ratios = model._ratios(c)
     iterations = resolve_iterations(c.iterations, c.epsilon)
@@ -223,9 +239,8 @@ def _fit_dpals(
     profile = None
     if length_ratio is not None:
         z_len = length_ratio * sigma
-        hist, std = _length_profile(group, c.unit, z_len, rng, n_items)
-        profile = LengthProfile(hist, std, n_items)
-        model._spend(LENGTHS_LABEL, gaussian_event(z_len))
+        hist, _ = _length_profile(group, c.unit, z_len, rng, n_items)
+        profile = model._release_lengths(hist, z_len, c.unit, n_items)
     bound = resolve_bound(c.max_per_user, profile, c.bound_quantile)
     count_sample = resolve_bound(
         c.count_sample if c.max_per_user is None else (c.count_sample or bound),
@@ -236,7 +251,6 @@ def _fit_dpals(
     k = resolve_factors(c.factors, profile, c.epsilon, _FACTOR_SCALE)
     model.max_per_user_, model.count_sample_, model.factors_ = bound, count_sample, k
     sens = DPALSSensitivity.of(c.unit, c.clip_norm, bound, count_sample)
-    b = math.sqrt(b_plan)
     sigma_eff = sigma * math.sqrt(bound / b_plan)
     model.effective_noise_scale_ = sigma_eff
 
@@ -245,7 +259,7 @@ def _fit_dpals(
     (counts,) = group.reduce("bounded_counts", c.unit, count_sample, salt)
     z_counts = ratios[3] * sigma
     noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
-    model._spend("noisy item counts", gaussian_event(z_counts))
+    model._release_counts(noisy_counts, z_counts, sens)
     head = select_head(
         noisy_counts,
         c.head_fraction,
@@ -277,24 +291,12 @@ def _fit_dpals(
         parts = group.reduce(
             "dpals_step", step, c.alpha0, c.user_regularization, c.clip_norm, c.lhs, *history
         )
-        g = symmetric_noise(parts[0], ratios[0] * sigma * sens.gram, rng)
-        lhs_std, rhs_std = ratios[1] * sigma / b * sens.lhs, ratios[2] * sigma / b * sens.rhs
-        rhs = parts[1]
-        if c.lhs == "full":  # the same draws, in the same order, as DPALS._fit
-            lhs = symmetric_noise(parts[2], lhs_std, rng)
-        elif c.lhs == "diagonal":
-            lhs = parts[2] + gaussian_noise(parts[2].shape, lhs_std, rng)
-        rhs = rhs + gaussian_noise(rhs.shape, rhs_std, rng)
-        for release in _step_releases(step + 1, sigma, b_plan, ratios, c.lhs):
-            model._spend(release.label, release.event)
-        g = project_psd(g)
-        if c.lhs == "full":
-            y, _ = psd_solve(c.alpha0 * g, lhs, rhs, reg_items, _PROJECT)
-        elif c.lhs == "diagonal":
-            y = diagonal_solve(c.alpha0 * g, lhs, rhs, reg_items)
-        else:
-            y = shared_solve(c.alpha0 * g, rhs, reg_items)
-        del parts, rhs
+        # the same noise, releases (and hook calls) and item solve as DPALS._fit
+        y = model._private_step(
+            step + 1, parts[0], parts[2] if c.lhs != "none" else None, parts[1], y=y, head=head,
+            reg_items=reg_items, sigma=sigma, b_plan=b_plan, sens=sens, c=c, rng=rng,
+        )  # fmt: skip
+        del parts
         if progress is not None:
             progress(step + 1, iterations)
     model.item_factors_ = np.zeros((n_items, k), dtype=np.float32)

@@ -50,6 +50,7 @@ import numpy as np
 from privrec.engine.parquet import ParquetSource
 from privrec.engine.partition import Partition, PolicyFilter, merge_policy_reports
 from privrec.errors import ConfigError, EngineError, PrivrecError, WorkerLostError
+from privrec.models.releases import ReleaseHook
 
 __all__ = ["RayEngine", "WorkerGroup"]
 
@@ -375,6 +376,7 @@ class RayEngine:
         policy: PolicyFilter | None = None,
         progress: Callable[[int, int], None] | None = None,
         on_loaded: Callable[[int, int], None] | None = None,
+        on_release: ReleaseHook | None = None,
     ) -> Any:
         """Fit ``model`` (DPALS, DPPopularity or DPEASE) on ``data``; returns the fitted model.
 
@@ -385,18 +387,21 @@ class RayEngine:
         (:meth:`PolicyFilter.from_ledger`). A ledger attached as ``model.release_gate`` is
         charged once, before any noise. The fitted model knows no users (user factors and
         histories stay on the workers and are dropped): it is saved, explained and served
-        (``recommend_history``) like any private model file.
+        (``recommend_history``) like any private model file. ``on_release`` (DPALS only) is
+        ``DPALS.fit``'s release hook: it sees the same releases, in the same order, as on one
+        machine (:mod:`privrec.models.releases`).
         """
         from privrec.engine.fitting import check_distributable, fit_distributed
 
-        check_distributable(model)
+        check_distributable(model, on_release=on_release)
         group, catalogue, n_users, nnz = self.workers(data, item_ids=item_ids, policy=policy)
         try:
             if on_loaded is not None:
                 on_loaded(n_users, nnz)
             return fit_distributed(
-                model, group, catalogue, n_users, nnz, given=item_ids is not None, progress=progress
-            )
+                model, group, catalogue, n_users, nnz, given=item_ids is not None,
+                progress=progress, on_release=on_release,
+            )  # fmt: skip
         finally:
             group.release()
 

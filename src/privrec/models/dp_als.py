@@ -399,6 +399,103 @@ class DPALS(PrivateRecommender):
     def _ratios(self, c: DPALSConfig) -> tuple[float, float, float, float]:
         return (c.gram_noise_ratio, c.lhs_noise_ratio, c.rhs_noise_ratio, c.count_noise_ratio)
 
+    # The releases, shared with the Ray engine's driver (privrec.engine.fitting), which passes
+    # the workers' reduced sums: both fits then add the same noise in the same order, report the
+    # same releases (labels, steps, stds, events) to the ``on_release`` hook, and solve alike.
+    def _release_lengths(
+        self, hist: np.ndarray, z_len: float, unit: PrivacyUnit, n_items: int
+    ) -> LengthProfile:
+        """Record the noisy length histogram (multiplier ``z_len``); its profile → B, k."""
+        len_sens = length_sensitivity(unit)
+        self._release(
+            SpentEvent(LENGTHS_LABEL, gaussian_event(z_len)),
+            hist,
+            name="lengths",
+            noise_std=z_len * len_sens,
+            sensitivity=len_sens,
+        )
+        return LengthProfile(hist, z_len * len_sens, n_items)
+
+    def _release_counts(
+        self, noisy_counts: np.ndarray, z_counts: float, sens: DPALSSensitivity
+    ) -> None:
+        """Record the noisy item counts (multiplier ``z_counts``)."""
+        self._release(
+            SpentEvent("noisy item counts", gaussian_event(z_counts)),
+            noisy_counts,
+            name="counts",
+            noise_std=z_counts * sens.counts,
+            sensitivity=sens.counts,
+        )
+
+    def _private_step(
+        self,
+        step: int,
+        gram: np.ndarray,
+        lhs: np.ndarray | None,
+        rhs: np.ndarray,
+        *,
+        y: np.ndarray,
+        head: np.ndarray,
+        reg_items: np.ndarray,
+        sigma: float,
+        b_plan: int,
+        sens: DPALSSensitivity,
+        c: DPALSConfig,
+        rng: np.random.Generator,
+    ) -> np.ndarray:
+        """Private item step ``step`` (1..T) from its clean sums; returns the new item factors.
+
+        ``gram`` is Σ_u x_u x_uᵀ, ``lhs`` the per-item left-hand sides (``None`` with
+        ``lhs="none"``; diagonals with ``"diagonal"``), ``rhs`` Σ_u c_uj x_u over the head items;
+        ``y`` the item factors the step's users were solved from. Adds the noise (Gramian,
+        left-hand sides, right-hand sides, in that order), records every release (and shows it
+        to the hook) in the order of ``_step_releases``, then solves the items: post-processing.
+        """
+        ratios = self._ratios(c)
+        b = math.sqrt(b_plan)
+        gram_std = ratios[0] * sigma * sens.gram
+        # multipliers r1·σ/√B₀ and r2·σ/√B₀ against sensitivities √B Γ², √B Γ (×2 per interaction)
+        lhs_std, rhs_std = ratios[1] * sigma / b * sens.lhs, ratios[2] * sigma / b * sens.rhs
+        g = symmetric_noise(gram, gram_std, rng)
+        noisy: list[tuple[str, np.ndarray, float, float, np.ndarray | None]] = [
+            ("gramian", g, gram_std, sens.gram, None)
+        ]
+        if c.lhs == "none":
+            lhs = None
+        else:
+            if lhs is None:
+                raise ValueError(f"lhs={c.lhs!r} needs the per-item left-hand sides")
+            if c.lhs == "full":
+                lhs = symmetric_noise(lhs, lhs_std, rng)
+            else:
+                lhs = lhs + gaussian_noise(lhs.shape, lhs_std, rng)
+            name = "lhs" if c.lhs == "full" else "lhs_diagonal"
+            noisy.append((name, lhs, lhs_std, sens.lhs, head))
+        rhs = rhs + gaussian_noise(rhs.shape, rhs_std, rng)
+        noisy.append(("rhs", rhs, rhs_std, sens.rhs, head))
+        # every statistic now carries its noise: record it (and show it to the hook), with the
+        # item factors this step's users were solved from
+        spent = _step_releases(step, sigma, b_plan, ratios, c.lhs)
+        for release, (name, value, std, delta_l2, items) in zip(spent, noisy, strict=True):
+            self._release(
+                release,
+                value,
+                name=name,
+                noise_std=std,
+                sensitivity=delta_l2,
+                step=step,
+                items=items,
+                item_factors=y,
+            )
+        g = project_psd(g)
+        if lhs is None:  # lhs="none"
+            return shared_solve(c.alpha0 * g, rhs, reg_items)
+        if c.lhs == "full":
+            y_new, _ = psd_solve(c.alpha0 * g, lhs, rhs, reg_items, _PROJECT)
+            return y_new
+        return diagonal_solve(c.alpha0 * g, lhs, rhs, reg_items)
+
     def _fit(self, data: Interactions, config: Any) -> None:
         c: DPALSConfig = config
         budget, rng = self._begin(data, c)
@@ -430,15 +527,7 @@ class DPALS(PrivateRecommender):
         if length_ratio is not None:
             z_len = length_ratio * sigma
             hist = noisy_length_histogram(x, c.unit, z_len, rng, tier_w)
-            len_sens = length_sensitivity(c.unit)
-            profile = LengthProfile(hist, z_len * len_sens, n_items)
-            self._release(
-                SpentEvent(LENGTHS_LABEL, gaussian_event(z_len)),
-                hist,
-                name="lengths",
-                noise_std=z_len * len_sens,
-                sensitivity=len_sens,
-            )
+            profile = self._release_lengths(hist, z_len, c.unit, n_items)
         bound = resolve_bound(c.max_per_user, profile, c.bound_quantile)
         count_sample = resolve_bound(
             c.count_sample if c.max_per_user is None else (c.count_sample or bound),
@@ -451,7 +540,6 @@ class DPALS(PrivateRecommender):
         sens = DPALSSensitivity.of(c.unit, c.clip_norm, bound, count_sample)
         # the item statistics' multipliers are r·σ/√B₀ against sensitivities ∝ √B: their noise is
         # that of σ_eff = σ·√(B/B₀) (= σ with a fixed B), which the noise-scaled defaults follow
-        b = math.sqrt(b_plan)
         sigma_eff = sigma * math.sqrt(bound / b_plan)
         self.effective_noise_scale_ = sigma_eff
 
@@ -459,13 +547,7 @@ class DPALS(PrivateRecommender):
         counts, _ = bounded_counts(x, c.unit, count_sample, rng, tier_w)
         z_counts = ratios[3] * sigma
         noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
-        self._release(
-            SpentEvent("noisy item counts", gaussian_event(z_counts)),
-            noisy_counts,
-            name="counts",
-            noise_std=z_counts * sens.counts,
-            sensitivity=sens.counts,
-        )
+        self._release_counts(noisy_counts, z_counts, sens)
         head = select_head(
             noisy_counts,
             c.head_fraction,
@@ -494,47 +576,17 @@ class DPALS(PrivateRecommender):
             u = clip_rows(xs / np.float32(1.0 + c.alpha0), c.clip_norm)
             if tier_w is not None:  # personalised budgets: user u enters with norm ≤ w_u·Γ
                 u *= tier_w.astype(np.float32)[:, None]
-            gram_std = ratios[0] * sigma * sens.gram
-            g = symmetric_noise(gramian(u.astype(np.float64)), gram_std, rng)
-            # multipliers r1·σ/√B₀ and r2·σ/√B₀ against sensitivities √B Γ², √B Γ (×2 per interaction)
-            lhs_std, rhs_std = ratios[1] * sigma / b * sens.lhs, ratios[2] * sigma / b * sens.rhs
+            g = gramian(u.astype(np.float64))
+            lhs: np.ndarray | None = None
             if c.lhs == "full":
                 lhs, rhs = item_statistics(weights, u, weights.data, alpha0=0.0)
-                lhs = symmetric_noise(lhs, lhs_std, rng)
             else:  # Σ_u c_uj x_u (and Σ_u c_uj x_u∘x_u): no k×k per item
-                rhs, diag = item_sums(weights, u, square=c.lhs == "diagonal")
-                if diag is not None:
-                    lhs = diag + gaussian_noise(diag.shape, lhs_std, rng)
-            rhs = rhs + gaussian_noise(rhs.shape, rhs_std, rng)
-            # every statistic now carries its noise: record it (and show it to the hook), in the
-            # order of _step_releases, with the item factors this step's users were solved from
-            noisy: list[tuple[str, np.ndarray, float, float, np.ndarray | None]] = [
-                ("gramian", g, gram_std, sens.gram, None)
-            ]
-            if c.lhs != "none":
-                noisy.append(
-                    ("lhs" if c.lhs == "full" else "lhs_diagonal", lhs, lhs_std, sens.lhs, head)
-                )
-            noisy.append(("rhs", rhs, rhs_std, sens.rhs, head))
-            spent = _step_releases(step + 1, sigma, b_plan, ratios, c.lhs)
-            for release, (name, value, std, delta_l2, items) in zip(spent, noisy, strict=True):
-                self._release(
-                    release,
-                    value,
-                    name=name,
-                    noise_std=std,
-                    sensitivity=delta_l2,
-                    step=step + 1,
-                    items=items,
-                    item_factors=y,
-                )
-            g = project_psd(g)
-            if c.lhs == "full":
-                y, _ = psd_solve(c.alpha0 * g, lhs, rhs, reg_items, _PROJECT)
-            elif c.lhs == "diagonal":
-                y = diagonal_solve(c.alpha0 * g, lhs, rhs, reg_items)
-            else:
-                y = shared_solve(c.alpha0 * g, rhs, reg_items)
+                rhs, lhs = item_sums(weights, u, square=c.lhs == "diagonal")
+            y = self._private_step(
+                step + 1, g, lhs, rhs, y=y, head=head, reg_items=reg_items, sigma=sigma,
+                b_plan=b_plan, sens=sens, c=c, rng=rng,
+            )  # fmt: skip
+            del g, lhs, rhs
             if self._progress is not None:
                 self._progress(step + 1, iterations)
         self.item_factors_ = np.zeros((n_items, k), dtype=np.float32)

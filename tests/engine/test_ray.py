@@ -19,6 +19,8 @@ import pytest
 from privrec.engine import ParquetSource, RayEngine
 from privrec.errors import ConfigError
 from privrec.models import DPALS, DPEASE, DPPopularity
+from privrec.models.dp_als import dpals_releases
+from privrec.models.releases import Release
 
 pytestmark = [
     pytest.mark.usefixtures("ray_cluster"),
@@ -88,6 +90,67 @@ def test_dpals_equals_single_machine(
     assert steps == [(i + 1, one.iterations_) for i in range(one.iterations_)]
     # the tree reduce moved the statistics: W × (Gramian + per-item lhs/rhs) per step, + counts
     assert engine.last_group is not None and engine.last_group.bytes_reduced > 0
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "extra"),
+    [
+        (1e6, {}),  # noise negligible: the released statistics themselves agree (lhs="none")
+        (1e6, {"lhs": "full", "method": "tail"}),
+        (1.0, {"max_per_user": None, "factors": None, "lhs": "diagonal"}),  # + length histogram
+    ],
+)
+def test_dpals_release_hook_sees_what_one_machine_shows(
+    engine: RayEngine, small_data: Any, shards: Path, epsilon: float, extra: dict[str, Any]
+) -> None:
+    """``on_release`` on the engine: the same releases as ``dpals_releases`` and as the
+    single-machine hook (labels, order, steps, noise, events, items), and with the same seed the
+    same arrays up to the order of float sums."""
+    kw = dict(epsilon=epsilon, delta=1e-6, unit="user", factors=8, max_per_user=10,
+              head_min=60) | extra  # fmt: skip
+    one_seen: list[Release] = []
+    dist_seen: list[Release] = []
+    one = seeded(DPALS, **kw).fit(small_data, on_release=one_seen.append)
+    model = seeded(DPALS, **kw)
+    dist = engine.fit(model, shards, on_release=dist_seen.append)
+    c = dist.config()
+    adaptive = c.max_per_user is None or c.factors is None
+    planned = dpals_releases(
+        dist.noise_scale_,
+        dist.iterations_,
+        c.nominal_bound if c.max_per_user is None else c.max_per_user,
+        dist._ratios(c),
+        c.length_noise_ratio if adaptive else None,
+        c.lhs,
+    )
+    assert [r.label for r in dist_seen] == [p.label for p in planned]
+    assert [r.event for r in dist_seen] == [p.event for p in planned]
+    assert len(dist_seen) == len(one_seen) == len(one.privacy_guarantee.spent_events)
+    assert any(r.name == "lengths" for r in dist_seen) == adaptive
+    for a, b in zip(one_seen, dist_seen, strict=True):
+        assert (a.label, a.name, a.step, a.event) == (b.label, b.name, b.step, b.event)
+        assert b.noise_std == pytest.approx(a.noise_std, rel=1e-12)
+        assert b.sensitivity == pytest.approx(a.sensitivity, rel=1e-12)
+        assert not b.value.flags.writeable and a.value.shape == b.value.shape
+        scale = max(1.0, float(np.abs(a.value).max()))
+        assert max_diff(a.value, b.value) < TOL * scale, b.label
+        for attr in ("items", "item_factors"):
+            x, y = getattr(a, attr), getattr(b, attr)
+            assert (x is None) == (y is None), (b.label, attr)
+            if x is not None:
+                assert max_diff(x, y) < TOL * max(1.0, float(np.abs(x).max())), (b.label, attr)
+    # what the last step's users were solved from, and the counts, are what the model keeps
+    assert np.array_equal(dist_seen[-1].items, dist.head_items_)  # type: ignore[arg-type]
+    counts = next(r for r in dist_seen if r.name == "counts")
+    assert np.allclose(counts.value, dist.noisy_counts_, rtol=1e-6, atol=1e-4)
+    assert model._on_release is None  # a fit argument: cleared after the fit
+
+
+def test_release_hook_on_the_engine_is_dpals_only(engine: RayEngine, shards: Path) -> None:
+    model = seeded(DPPopularity, epsilon=1.0, delta=1e-6, unit="user", max_per_user=10)
+    with pytest.raises(ConfigError, match="on_release"):
+        engine.fit(model, shards, on_release=lambda r: None)
+    assert not hasattr(model, "guarantee_")
 
 
 @pytest.mark.parametrize(("unit", "bound"), [("user", 10), ("interaction", 10), ("user", None)])

@@ -198,42 +198,12 @@ def _fit_dpals(
     progress: Callable[[int, int], None] | None,
 ) -> None:  # fmt: skip
     ray = _ray()
-    from privrec.models.dp_als import (
-        _COUNT_QUANTILE,
-        _FACTOR_SCALE,
-        DEFAULT_SHRINKAGE,
-        DPALSSensitivity,
-        dpals_event,
-        dpals_releases,
-    )
-    from privrec.models.dp_rules import (
-        head_threshold,
-        resolve_bound,
-        resolve_factors,
-        resolve_iterations,
-        resolve_popularity_blend,
-        resolve_regularization,
-        resolve_shrinkage,
-        select_head,
-    )
-    from privrec.privacy.accounting import calibrate
+    from privrec.models.dp_rules import head_threshold, resolve_regularization, select_head
     from privrec.privacy.mechanisms import gaussian
 
-    ratios = model._ratios(c)
-    iterations = resolve_iterations(c.iterations, c.epsilon)
-    adaptive = c.max_per_user is None or c.factors is None
-    length_ratio = c.length_noise_ratio if adaptive else None
-    b_plan = c.nominal_bound if c.max_per_user is None else c.max_per_user
-    sigma = calibrate(
-        budget,
-        lambda s: dpals_event(s, iterations, b_plan, ratios, length_ratio, c.lhs),
-        kind=c.accountant,
-        unit=c.unit,
-    )
-    model.noise_scale_ = sigma
-    model.iterations_ = iterations
+    ratios, iterations, length_ratio, b_plan, sigma, planned = model._calibrate(c, budget)
     model._tiers = []
-    model._plan(dpals_releases(sigma, iterations, b_plan, ratios, length_ratio, c.lhs))
+    model._plan(planned)
 
     # 0. (data-adaptive bounds) noisy history-length histogram → B, count sample, k
     profile = None
@@ -241,18 +211,7 @@ def _fit_dpals(
         z_len = length_ratio * sigma
         hist, _ = _length_profile(group, c.unit, z_len, rng, n_items)
         profile = model._release_lengths(hist, z_len, c.unit, n_items)
-    bound = resolve_bound(c.max_per_user, profile, c.bound_quantile)
-    count_sample = resolve_bound(
-        c.count_sample if c.max_per_user is None else (c.count_sample or bound),
-        profile,
-        _COUNT_QUANTILE,
-        floor=1,
-    )
-    k = resolve_factors(c.factors, profile, c.epsilon, _FACTOR_SCALE)
-    model.max_per_user_, model.count_sample_, model.factors_ = bound, count_sample, k
-    sens = DPALSSensitivity.of(c.unit, c.clip_norm, bound, count_sample)
-    sigma_eff = sigma * math.sqrt(bound / b_plan)
-    model.effective_noise_scale_ = sigma_eff
+    bound, count_sample, k, sens, sigma_eff = model._resolve_sizes(c, profile, sigma, b_plan)
 
     # 1. noisy counts (one release): head, sampling, weights, regularisation
     salt = draw_salt(rng) if c.unit is PrivacyUnit.USER else None
@@ -299,16 +258,7 @@ def _fit_dpals(
         del parts
         if progress is not None:
             progress(step + 1, iterations)
-    model.item_factors_ = np.zeros((n_items, k), dtype=np.float32)
-    model.item_factors_[head] = y.astype(np.float32)
-    model.head_items_ = head.astype(np.int64)
-    model.noisy_counts_ = noisy_counts.astype(np.float32)
-    model._fit_alpha0 = c.alpha0
-    model._fit_user_reg = c.user_regularization
-    model.popularity_blend_ = resolve_popularity_blend(c.popularity_blend, c.epsilon)
-    model.popularity_shrinkage_ = resolve_shrinkage(
-        c.popularity_shrinkage, c.popularity_blend, profile, DEFAULT_SHRINKAGE
-    )
+    model._keep(c, y, head, noisy_counts, n_items, profile)
     model.user_factors_ = np.zeros((0, k), dtype=np.float32)
     model._finish(
         c,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,7 @@ from privrec.models.releases import ReleaseHook
 from privrec.models.tiers import finish_tiers, plan_tiers
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.bounds import LENGTHS_LABEL, length_sensitivity, noisy_length_histogram
+from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import clip_rows
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event
@@ -80,6 +81,17 @@ __all__ = [
 ]
 
 Method = Literal["uniform", "tail", "adaptive"]
+
+
+class _Calibration(NamedTuple):
+    """What :meth:`DPALS._calibrate` fixes before the data is read."""
+
+    ratios: tuple[float, float, float, float]
+    iterations: int
+    length_ratio: float | None
+    b_plan: int
+    sigma: float
+    planned: list[SpentEvent]
 
 
 # quantile of the history lengths that sets the count sample with a data-adaptive B (as
@@ -399,6 +411,70 @@ class DPALS(PrivateRecommender):
     def _ratios(self, c: DPALSConfig) -> tuple[float, float, float, float]:
         return (c.gram_noise_ratio, c.lhs_noise_ratio, c.rhs_noise_ratio, c.count_noise_ratio)
 
+    # The fit's stages, shared with the Ray engine's driver (privrec.engine.fitting).
+    def _calibrate(self, c: DPALSConfig, budget: Budget) -> _Calibration:
+        """σ for ``budget`` and the releases it plans: (ratios, T, r_h, B₀, σ, releases)."""
+        ratios = self._ratios(c)
+        iterations = resolve_iterations(c.iterations, c.epsilon)
+        # A data-adaptive B or k needs the private length histogram; the budget split is then
+        # fixed by the nominal bound B₀ (the events cannot depend on a B read from the data).
+        adaptive = c.max_per_user is None or c.factors is None
+        length_ratio = c.length_noise_ratio if adaptive else None
+        b_plan = c.nominal_bound if c.max_per_user is None else c.max_per_user
+        # σ for the user unit; the interaction unit's doubled sensitivities are applied to the noise.
+        sigma = calibrate(
+            budget,
+            lambda s: dpals_event(s, iterations, b_plan, ratios, length_ratio, c.lhs),
+            kind=c.accountant,
+            unit=c.unit,
+        )
+        self.noise_scale_ = sigma
+        self.iterations_ = iterations
+        planned = dpals_releases(sigma, iterations, b_plan, ratios, length_ratio, c.lhs)
+        return _Calibration(ratios, iterations, length_ratio, b_plan, sigma, planned)
+
+    def _resolve_sizes(
+        self, c: DPALSConfig, profile: LengthProfile | None, sigma: float, b_plan: int
+    ) -> tuple[int, int, int, DPALSSensitivity, float]:
+        """B, the count sample and k (given, or from the noisy lengths), sensitivities, σ_eff."""
+        bound = resolve_bound(c.max_per_user, profile, c.bound_quantile)
+        count_sample = resolve_bound(
+            c.count_sample if c.max_per_user is None else (c.count_sample or bound),
+            profile,
+            _COUNT_QUANTILE,
+            floor=1,
+        )
+        k = resolve_factors(c.factors, profile, c.epsilon, _FACTOR_SCALE)
+        self.max_per_user_, self.count_sample_, self.factors_ = bound, count_sample, k
+        sens = DPALSSensitivity.of(c.unit, c.clip_norm, bound, count_sample)
+        # the item statistics' multipliers are r·σ/√B₀ against sensitivities ∝ √B: their noise is
+        # that of σ_eff = σ·√(B/B₀) (= σ with a fixed B), which the noise-scaled defaults follow
+        sigma_eff = sigma * math.sqrt(bound / b_plan)
+        self.effective_noise_scale_ = sigma_eff
+        return bound, count_sample, k, sens, sigma_eff
+
+    def _keep(
+        self,
+        c: DPALSConfig,
+        y: np.ndarray,
+        head: np.ndarray,
+        noisy_counts: np.ndarray,
+        n_items: int,
+        profile: LengthProfile | None,
+    ) -> None:
+        """Keep what the model scores with: the last step's item factors (zero off the head),
+        the noisy counts, the user-solve settings and the popularity blend (post-processing)."""
+        self.item_factors_ = np.zeros((n_items, y.shape[1]), dtype=np.float32)
+        self.item_factors_[head] = y.astype(np.float32)
+        self.head_items_ = head.astype(np.int64)
+        self.noisy_counts_ = noisy_counts.astype(np.float32)
+        self._fit_alpha0 = c.alpha0
+        self._fit_user_reg = c.user_regularization
+        self.popularity_blend_ = resolve_popularity_blend(c.popularity_blend, c.epsilon)
+        self.popularity_shrinkage_ = resolve_shrinkage(
+            c.popularity_shrinkage, c.popularity_blend, profile, DEFAULT_SHRINKAGE
+        )
+
     # The releases, shared with the Ray engine's driver (privrec.engine.fitting), which passes
     # the workers' reduced sums: both fits then add the same noise in the same order, report the
     # same releases (labels, steps, stds, events) to the ``on_release`` hook, and solve alike.
@@ -499,23 +575,7 @@ class DPALS(PrivateRecommender):
     def _fit(self, data: Interactions, config: Any) -> None:
         c: DPALSConfig = config
         budget, rng = self._begin(data, c)
-        ratios = self._ratios(c)
-        iterations = resolve_iterations(c.iterations, c.epsilon)
-        # A data-adaptive B or k needs the private length histogram; the budget split is then
-        # fixed by the nominal bound B₀ (the events cannot depend on a B read from the data).
-        adaptive = c.max_per_user is None or c.factors is None
-        length_ratio = c.length_noise_ratio if adaptive else None
-        b_plan = c.nominal_bound if c.max_per_user is None else c.max_per_user
-        # σ for the user unit; the interaction unit's doubled sensitivities are applied to the noise.
-        sigma = calibrate(
-            budget,
-            lambda s: dpals_event(s, iterations, b_plan, ratios, length_ratio, c.lhs),
-            kind=c.accountant,
-            unit=c.unit,
-        )
-        self.noise_scale_ = sigma
-        self.iterations_ = iterations
-        planned = dpals_releases(sigma, iterations, b_plan, ratios, length_ratio, c.lhs)
+        ratios, iterations, length_ratio, b_plan, sigma, planned = self._calibrate(c, budget)
         tier_w = plan_tiers(self, c, planned, self._user_epsilons, data.n_users)
         self._plan(planned)
         x = sp.csr_matrix(data.matrix, copy=True)
@@ -528,20 +588,7 @@ class DPALS(PrivateRecommender):
             z_len = length_ratio * sigma
             hist = noisy_length_histogram(x, c.unit, z_len, rng, tier_w)
             profile = self._release_lengths(hist, z_len, c.unit, n_items)
-        bound = resolve_bound(c.max_per_user, profile, c.bound_quantile)
-        count_sample = resolve_bound(
-            c.count_sample if c.max_per_user is None else (c.count_sample or bound),
-            profile,
-            _COUNT_QUANTILE,
-            floor=1,
-        )
-        k = resolve_factors(c.factors, profile, c.epsilon, _FACTOR_SCALE)
-        self.max_per_user_, self.count_sample_, self.factors_ = bound, count_sample, k
-        sens = DPALSSensitivity.of(c.unit, c.clip_norm, bound, count_sample)
-        # the item statistics' multipliers are r·σ/√B₀ against sensitivities ∝ √B: their noise is
-        # that of σ_eff = σ·√(B/B₀) (= σ with a fixed B), which the noise-scaled defaults follow
-        sigma_eff = sigma * math.sqrt(bound / b_plan)
-        self.effective_noise_scale_ = sigma_eff
+        bound, count_sample, k, sens, sigma_eff = self._resolve_sizes(c, profile, sigma, b_plan)
 
         # 1. noisy counts (one release), used for head selection, sampling, weights, regularisation
         counts, _ = bounded_counts(x, c.unit, count_sample, rng, tier_w)
@@ -589,16 +636,7 @@ class DPALS(PrivateRecommender):
             del g, lhs, rhs
             if self._progress is not None:
                 self._progress(step + 1, iterations)
-        self.item_factors_ = np.zeros((n_items, k), dtype=np.float32)
-        self.item_factors_[head] = y.astype(np.float32)
-        self.head_items_ = head.astype(np.int64)
-        self.noisy_counts_ = noisy_counts.astype(np.float32)
-        self._fit_alpha0 = c.alpha0
-        self._fit_user_reg = c.user_regularization
-        self.popularity_blend_ = resolve_popularity_blend(c.popularity_blend, c.epsilon)
-        self.popularity_shrinkage_ = resolve_shrinkage(
-            c.popularity_shrinkage, c.popularity_blend, profile, DEFAULT_SHRINKAGE
-        )
+        self._keep(c, y, head, noisy_counts, n_items, profile)
         self.user_factors_ = self._fold(xh).astype(np.float32)
         self._finish(
             c,

@@ -80,7 +80,7 @@ def test_federated_training_is_charged_before_round_one(setup: LedgerSetup) -> N
     sim = FederatedSimulation(cfg, data.interactions.matrix)
     planned = federated_events(sim.server)
     assert [p.label for p in planned] == [
-        "private head selection (noisy item counts)",
+        "counting round (noisy item counts and history lengths)",
         "rounds 1-3",
     ]
     with federated_session(setup.analyst, "ratings", sim.server, data=data) as cs:

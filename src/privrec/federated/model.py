@@ -45,7 +45,11 @@ class FederatedMF(PrivateRecommender):
     See :mod:`privrec.federated.mf`: user-level DP of the released item factors (Poisson
     sampling, Gaussian/distributed discrete Gaussian noise with L2 sensitivity 1 on the
     payload, PLD or RDP accounting through dp-accounting); user vectors and recommendations are
-    computed from each user's own data and never released (joint DP).
+    computed from each user's own data and never released (joint DP). One counting round runs
+    first (0/1 indicators of ≤ ``count_bound`` items and a length bin per user, sensitivity
+    √(B + 1), one Gaussian event): its noisy counts pick the head and are blended into every
+    user's ranking, more for users with few items (``popularity_blend``,
+    ``popularity_shrinkage``; post-processing).
 
     >>> from privrec.data.synthetic import synthetic
     >>> import warnings; warnings.simplefilter("ignore")

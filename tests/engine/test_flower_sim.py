@@ -18,7 +18,9 @@ def test_a_round_with_every_virtual_client_in_secagg() -> None:
     lines: list[str] = []
     rows = run_federated_simulation(12, rounds=1, factors=4, n_items=40, client_cpus=1.0,
                                     say=lines.append)  # fmt: skip
-    (row,) = rows
+    count, row = rows  # the counting round (popularity prior) always runs first
+    assert count["kind"] == "count" and count.get("aborted") is None
+    assert count["sampled"] == 12 and count["survivors"] == 12
     assert row["kind"] == "train" and row.get("aborted") is None
     assert row["sampled"] == 12 and row["survivors"] == 12  # one SecAgg+ client per node
     assert 0 < row["epsilon"] <= 5.0

@@ -22,6 +22,7 @@ from privrec.federated import (
     client_updates,
     pack_payload,
 )
+from privrec.federated.client import count_dim
 from privrec.federated.mf import _user_vector
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
@@ -124,13 +125,19 @@ def test_batch_updates_equal_single_device_updates() -> None:
         assert b[r] == u.unclipped and n[r] == pytest.approx(u.norm)
 
 
-def test_count_vector_has_unit_norm() -> None:
-    v = client_count_vector(np.array([3, 1, 3, 7]), 10)
-    assert np.linalg.norm(v) == pytest.approx(1.0)
-    assert np.flatnonzero(v).tolist() == [1, 3, 7]
-    assert not client_count_vector(np.array([], dtype=np.int64), 4).any()
+def test_count_vector_is_bounded_indicators_and_a_length_bin() -> None:
+    v = client_count_vector(np.array([3, 1, 3, 7]), 10, bound=3)
+    assert v.shape == (count_dim(10),)
+    # three distinct items within B = 3: all counted with weight 1, plus the length bin of 3
+    assert np.linalg.norm(v) * np.sqrt(3 + 1) == pytest.approx(2.0)
+    assert np.flatnonzero(v[:10]).tolist() == [1, 3, 7]
+    np.testing.assert_allclose(v * 2.0, np.round(v * 2.0))  # 0/1 entries, scaled by 1/√(B + 1)
+    long = client_count_vector(np.arange(9), 10, bound=3, rng=np.random.default_rng(0))
+    assert np.count_nonzero(long[:10]) == 3 and np.count_nonzero(long[10:]) == 1
+    assert np.linalg.norm(long) == pytest.approx(1.0)  # B items + one bin: the bound is tight
+    assert not client_count_vector(np.array([], dtype=np.int64), 4, bound=2).any()
     with pytest.raises(DataError):
-        client_count_vector(np.array([10]), 10)
+        client_count_vector(np.array([10]), 10, bound=2)
 
 
 def test_client_rejects_bad_inputs() -> None:
@@ -193,13 +200,16 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     )  # fmt: skip
     srv = FederatedMFServer(cfg, n_items=8, population=500)
     assert srv.needs_head
-    srv.select_head(srv.count_noise(np.arange(8, dtype=float)))
+    srv.select_head(srv.count_noise(np.arange(srv.count_dim, dtype=float) % 8))
     srv.apply(np.ones(srv.item_factors.size), 10.0, 4.0)
     path = srv.save(tmp_path / "ck.npz")
     again = FederatedMFServer.load(path)
     np.testing.assert_array_equal(again.item_factors, srv.item_factors)
     np.testing.assert_array_equal(again.adam_m, srv.adam_m)
     np.testing.assert_array_equal(again.head_items, srv.head_items)
+    assert srv.noisy_counts is not None and again.noisy_counts is not None
+    np.testing.assert_array_equal(again.noisy_counts, srv.noisy_counts)
+    assert not again.needs_head  # the counting round is not run (or charged) twice
     assert again.clip_norm == srv.clip_norm and again.round == 1
     assert again.noise_multiplier == srv.noise_multiplier
     assert again.epsilon() == pytest.approx(srv.epsilon())

@@ -7,11 +7,15 @@ import math
 import dp_accounting
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from dp_accounting import pld
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from privrec.errors import ConfigError, DataError
 from privrec.federated import FederatedMFConfig, FederatedMFServer, split_noise
-from privrec.federated.accounting import fast_epsilon
+from privrec.federated.accounting import count_epsilon_fraction, fast_epsilon
+from privrec.federated.client import client_count_vector, client_count_vectors
 from privrec.privacy.accounting import AccountantKind, epsilon_of
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
@@ -78,12 +82,15 @@ def test_noise_split_between_values_and_clip_bit() -> None:
 def test_calibrated_budget_is_met_including_the_head_selection() -> None:
     """Distributed DP (RDP): with the planned survivor count every round, ε stays within budget."""
     cfg = FederatedMFConfig.create(
-        factors=2, epsilon=2.0, sampling_rate=0.05, rounds=20, head_items=2, clip_count_stddev=20.0
-    )
+        factors=2, epsilon=2.0, sampling_rate=0.05, rounds=20, head_items=2, clip_count_stddev=20.0,
+        head_epsilon_fraction=0.1, head_sampling_rate=0.05,
+    )  # fmt: skip
     srv = FederatedMFServer(cfg, n_items=4, population=2000)
     m_head = srv.count_min_survivors
     # the worst completed counting round: its floor of survivors out of the largest cohort
-    srv.select_head(np.array([5.0, 1.0, 3.0, 0.0]), survivors=m_head)
+    counts = np.zeros(srv.count_dim)
+    counts[:4] = [5.0, 1.0, 3.0, 0.0]
+    srv.select_head(counts, survivors=m_head)
     assert srv.head_items is not None and srv.head_items.tolist() == [0, 2]
     for _ in range(20):
         srv.apply(np.zeros(srv.item_factors.size), 100.0, 50.0, survivors=srv.min_survivors)
@@ -91,7 +98,7 @@ def test_calibrated_budget_is_met_including_the_head_selection() -> None:
     assert 0.95 * 2.0 <= g.epsilon <= 2.0
     assert g.recompute_epsilon() <= g.epsilon  # denser default orders: never larger
     labels = [e.label for e in g.spent_events]
-    assert labels == ["private head selection (noisy item counts)", "rounds 1-20"]
+    assert labels == ["counting round (noisy item counts and history lengths)", "rounds 1-20"]
     head_event = g.spent_events[0].event
     assert isinstance(head_event, dp_accounting.PoissonSampledDpEvent)
     # the head alone spends (about) its share of ε
@@ -126,8 +133,8 @@ def test_distributed_rounds_are_charged_their_worst_case_whatever_the_cohort() -
     assert ev.event.event == plan.dp_event(srv.noise_shares)
     # the hook saw the round before it was applied; the plan holds 3 such rounds
     assert [s.event for s in seen] == [ev.event]  # type: ignore[attr-defined]
-    assert [p.label for p in planned] == ["rounds 1-3"]
-    assert planned[0].event == dp_accounting.SelfComposedDpEvent(ev.event, 3)
+    assert [p.label for p in planned][1:] == ["rounds 1-3"]  # after the counting round
+    assert planned[-1].event == dp_accounting.SelfComposedDpEvent(ev.event, 3)
     # fewer honest shares than planned: refused before anything changes (the secure sum
     # aborts below round_min_survivors, so only a misused API gets here)
     few = _server(aggregation="distributed", sampling_rate=0.2, rounds=3)
@@ -249,3 +256,88 @@ def test_cohort_rate_does_not_reveal_the_population() -> None:
     cfg = FederatedMFConfig.create(factors=2, noise_multiplier=1.0, clients_per_round=100)
     assert cfg.sampling_probability(943) == 0.11  # not 100/943
     assert cfg.sampling_probability(1000) == 0.1 and cfg.sampling_probability(50) == 1.0
+
+
+# ------------------------------------------------------------------ the counting round
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 30), min_size=2, max_size=12),
+    bound=st.integers(1, 12),
+    removed=st.integers(0, 11),
+    seed=st.integers(0, 2**16),
+)
+def test_removing_one_user_moves_the_counts_by_at_most_sqrt_b(
+    lengths: list[int], bound: int, removed: int, seed: int
+) -> None:
+    """Sensitivity of the counting round (unit: user, add/remove one user's history).
+
+    Each device's count vector is 0/1 indicators of ≤ B of its items plus a one-hot length
+    bin, scaled by 1/√(B + 1): removing one user moves the item counts by ≤ √B and the whole
+    released sum by ≤ √(B + 1) in L2 — by ≤ 1 after the scaling the noise is calibrated to.
+    """
+    n_items = 40
+    gen = np.random.default_rng(seed)
+    histories = [gen.choice(n_items, size=n, replace=False) for n in lengths]
+    # each device samples with its own randomness, whoever else takes part
+    vecs = [
+        client_count_vector(h, n_items, bound, np.random.default_rng([seed, u]))
+        for u, h in enumerate(histories)
+    ]
+    scale = math.sqrt(bound + 1.0)
+    full = np.sum(vecs, axis=0) * scale
+    u = removed % len(histories)
+    without = (np.sum(vecs, axis=0) - vecs[u]) * scale
+    assert np.linalg.norm(full[:n_items] - without[:n_items]) <= math.sqrt(bound) + 1e-9
+    assert np.linalg.norm(full - without) <= scale + 1e-9
+    assert np.linalg.norm(vecs[u]) <= 1.0 + 1e-12
+    assert np.count_nonzero(vecs[u][:n_items]) == min(bound, lengths[u])
+    # the simulator's batched vectors have the same structure
+    rows = sp.csr_matrix(
+        (np.ones(sum(lengths)), np.concatenate([*histories, np.zeros(0, int)]),
+         np.concatenate([[0], np.cumsum(lengths)])),
+        shape=(len(histories), n_items),
+    )  # fmt: skip
+    batch = client_count_vectors(rows, bound, np.random.default_rng(seed)).toarray()
+    assert np.all(np.linalg.norm(batch, axis=1) <= 1.0 + 1e-12)
+    np.testing.assert_array_equal(
+        np.count_nonzero(batch[:, :n_items], axis=1), np.minimum(lengths, bound)
+    )
+    np.testing.assert_allclose(batch[:, n_items:], np.asarray(vecs)[:, n_items:])
+
+
+def test_counting_round_default_share_and_epsilon_are_pinned() -> None:
+    """The default configuration's ε split (central, PLD): pinned values."""
+    cfg = FederatedMFConfig.create(
+        epsilon=5.0, aggregation="central", clients_per_round=1000, seed=0
+    )
+    srv = FederatedMFServer(cfg, n_items=2000, population=10_000)
+    assert srv.config.count_bound == 10 and srv.q_head == 1.0  # everyone counted once
+    share = srv.count_share()
+    assert share == pytest.approx(0.11825, abs=5e-5)
+    # count noise z_h·√(B + 1) = 0.2 % of the 10,000 counted users
+    assert srv.head_noise_multiplier * math.sqrt(11) == pytest.approx(20.0, rel=2e-3)
+    assert srv.head_noise_multiplier == pytest.approx(6.0326, rel=2e-3)
+    assert srv.noise_multiplier == pytest.approx(1.0212, rel=2e-3)
+    (head, rounds) = srv.planned_events()
+    assert head.event == dp_accounting.GaussianDpEvent(srv.head_noise_multiplier)
+    assert fast_epsilon(head.event, 1e-5, AccountantKind.PLD) == pytest.approx(5 * share, rel=0.01)
+    total = dp_accounting.ComposedDpEvent([head.event, rounds.event])
+    assert 4.95 <= fast_epsilon(total, 1e-5, AccountantKind.PLD) <= 5.0
+    small = FederatedMFServer(cfg.model_copy(update={"epsilon": 1.0}), 2000, 10_000)
+    assert small.count_share() == 0.5  # at ε = 1 the counts get the largest share
+    # the rule: more of ε for the counts at small ε, population and large B; within [0.1, 0.5]
+    assert count_epsilon_fraction(1.0, 1e-5, 10_000, 10, 1.0) > count_epsilon_fraction(
+        5.0, 1e-5, 10_000, 10, 1.0
+    )
+    assert count_epsilon_fraction(5.0, 1e-5, 2_000, 10, 1.0) > count_epsilon_fraction(
+        5.0, 1e-5, 20_000, 10, 1.0
+    )
+    assert count_epsilon_fraction(5.0, 1e-5, 10_000, 40, 1.0) > count_epsilon_fraction(
+        5.0, 1e-5, 10_000, 5, 1.0
+    )
+    assert count_epsilon_fraction(0.1, 1e-5, 100, 100, 1.0) == 0.5
+    assert count_epsilon_fraction(100.0, 1e-5, 10**7, 1, 1.0) == 0.1
+    # the population enters rounded to two significant digits only
+    assert count_epsilon_fraction(1.0, 1e-5, 9_951, 10, 1.0) == count_epsilon_fraction(
+        1.0, 1e-5, 9_960, 10, 1.0
+    )

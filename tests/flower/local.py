@@ -185,7 +185,9 @@ def training_loss(ckpt_file: Path, matrix: sp.csr_matrix) -> float:
     return loss / m.shape[0]
 
 
-def round_log(ckpt: Path) -> list[dict[str, Any]]:
-    """The JSON lines the coordinator wrote."""
+def round_log(ckpt: Path, kind: str | None = "train") -> list[dict[str, Any]]:
+    """The JSON lines the coordinator wrote for rounds of ``kind`` (``None``: all of them; the
+    counting round, ``"count"``, always runs before the training rounds)."""
     lines = (ckpt / "rounds.jsonl").read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines]
+    entries = [json.loads(line) for line in lines]
+    return [e for e in entries if kind is None or e["kind"] == kind]

@@ -252,8 +252,10 @@ def test_two_rounds_on_the_deployment_engine(tmp_path: Path) -> None:
     assert run.returncode == 0, output[-4000:]
     assert (ckpt / "rounds.jsonl").exists(), output[-4000:]
 
-    entries = [e for e in round_log(ckpt) if e["aborted"] is None]
-    assert [e["round"] for e in entries] == [1, 2], output[-4000:]
+    done = [e for e in round_log(ckpt, None) if e["aborted"] is None]
+    # the counting round (popularity prior) runs first, then the training rounds
+    assert [(e["kind"], e["round"]) for e in done] == [("count", 0), ("train", 1), ("train", 2)]
+    entries = [e for e in done if e["kind"] == "train"]
     matrix = full_matrix()
     for e in entries:
         assert e["survivors"] == USERS  # every user sampled (q = 1), nobody dropped

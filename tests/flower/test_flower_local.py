@@ -153,8 +153,10 @@ def test_run_config_parsing() -> None:
 def test_two_rounds_sum_exactly_and_improve_the_model(tmp_path: Path) -> None:
     transport = LocalTransport(3)
     _train(tmp_path, transport)
-    # round 2's advertisements rode on round 1's unmask message (pipelining)
-    assert transport.calls == ["describe", *PHASES, *PHASES[1:]]
+    # the counting round first; round 2's advertisements rode on round 1's unmask (pipelining)
+    assert transport.calls == ["describe", *PHASES, *PHASES, *PHASES[1:]]
+    (count,) = round_log(tmp_path, "count")
+    assert (count["round"], count["survivors"], count["aborted"]) == (0, USERS, None)
     log = round_log(tmp_path)
     assert [(e["round"], e["survivors"], e["aborted"]) for e in log] == [
         (1, USERS, None),
@@ -190,7 +192,7 @@ def test_malicious_server_rounds_sign_and_cross_check_the_survivors(tmp_path: Pa
     )
     Coordinator(transport, config, settings, say=lambda _: None).run()
     malicious = ("advertise_keys", "share_keys", "masked_input", "consistency_check", "unmask")
-    assert transport.calls == ["describe", *malicious, *malicious[1:]]
+    assert transport.calls == ["describe", *malicious, *malicious, *malicious[1:]]
     assert transport.errors == []
     assert [(e["survivors"], e["aborted"]) for e in round_log(ckpt)] == [(USERS, None)] * 2
     _check_sums(ckpt, [1, 2])
@@ -228,19 +230,20 @@ def test_without_pipelining_every_round_has_four_trips(tmp_path: Path) -> None:
     config, settings = parse_run_config({**run_config(tmp_path), "pipeline": False})
     transport = LocalTransport(3)
     Coordinator(transport, config, settings, say=lambda _: None).run()
-    assert transport.calls == ["describe", *PHASES, *PHASES]
+    assert transport.calls == ["describe", *PHASES, *PHASES, *PHASES]  # count, 1, 2
     _check_sums(tmp_path, [1, 2])
 
 
 def test_a_node_silent_in_unmask_keeps_its_input_but_misses_the_next_round(
     tmp_path: Path,
 ) -> None:
-    seen = {"n": 0}
+    unmasks = {"n": 0}
 
     def fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
-        if action == "unmask" and node == 100 and seen["n"] == 0:
-            seen["n"] += 1
-            return None  # also loses its users' pipelined advertisements for round 2
+        if action == "unmask" and node == 100:
+            unmasks["n"] += 1
+            if unmasks["n"] == 2:  # round 1's unmask (the first was the counting round's)
+                return None  # also loses its users' pipelined advertisements for round 2
         return reply
 
     _train(tmp_path, LocalTransport(3, fault), min_survivor_fraction=0.5)
@@ -273,13 +276,13 @@ def test_too_few_survivors_abort_and_retry_with_a_fresh_sample(tmp_path: Path) -
         return reply
 
     coordinator = _train(tmp_path, LocalTransport(3, fault), rounds=1)
-    first, second = round_log(tmp_path)
+    first, second = round_log(tmp_path, "count")  # the fault hit the first (counting) round
     assert first["aborted"].startswith("masked_input") and first["survivors"] == 0
     assert second["attempt"] == 1 and second["aborted"] is None
     srv = coordinator.server
     assert srv is not None and srv.round == 1
     assert [h.get("aborted", False) for h in srv.history] == [True, False]
-    assert len(srv.spent) == 1  # the abort released nothing and is charged nothing
+    assert len(srv.spent) == 2  # counts and round 1: the abort was charged nothing
     _check_sums(tmp_path, [1])
 
 
@@ -289,8 +292,9 @@ def test_retries_exhausted_stop_with_the_reason(tmp_path: Path) -> None:
 
     with pytest.raises(ProtocolAbort, match="masked inputs, at least 28 required"):
         _train(tmp_path, LocalTransport(3, fault), rounds=1)
-    assert [e["attempt"] for e in round_log(tmp_path)] == [0, 1, 2]
-    assert FederatedMFServer.load(tmp_path / "server.npz").round == 0  # last good state
+    assert [e["attempt"] for e in round_log(tmp_path, "count")] == [0, 1, 2]
+    assert round_log(tmp_path) == []
+    assert not (tmp_path / "server.npz").exists()  # nothing was released, nothing saved
 
 
 def test_garbage_and_impersonation_are_dropped_not_fatal(tmp_path: Path) -> None:
@@ -334,13 +338,13 @@ def test_private_head_selection_runs_a_secure_counting_round_first(tmp_path: Pat
     transport = LocalTransport(3)
     coordinator = _train(tmp_path, transport, head_items=12, rounds=1)
     assert transport.calls == ["describe", *PHASES, *PHASES]
-    count, train = round_log(tmp_path)
+    count, train = round_log(tmp_path, None)
     assert (count["kind"], count["round"], count["survivors"]) == ("count", 0, USERS)
     assert train["kind"] == "train"
     srv = coordinator.server
     assert srv is not None and srv.head_items is not None and srv.head_items.size == 12
     assert srv.item_factors.shape == (12, 4)
-    assert srv.spent[0].label.startswith("private head selection")
+    assert srv.spent[0].label.startswith("counting round")
     _check_sums(tmp_path, [1])
 
 

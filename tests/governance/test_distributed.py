@@ -80,7 +80,7 @@ def test_federated_training_is_charged_before_round_one(setup: LedgerSetup) -> N
     sim = FederatedSimulation(cfg, data.interactions.matrix)
     planned = federated_events(sim.server)
     assert [p.label for p in planned] == [
-        "private head selection (noisy item counts)",
+        "counting round (noisy item counts and history lengths)",
         "rounds 1-3",
     ]
     with federated_session(setup.analyst, "ratings", sim.server, data=data) as cs:
@@ -139,10 +139,13 @@ def test_releases_beyond_the_reservation_are_charged_on_top_or_refused(ledger_ur
         noise_multiplier=3.0, delta=1e-6, rounds=2, sampling_rate=0.2, head_items=None, factors=2
     )
     srv = FederatedMFServer(cfg, n_items=3, population=1000)
-    one_round = _rdp(srv.planned_round_event(), 1e-6)
-    two = _rdp(dp_accounting.SelfComposedDpEvent(srv.planned_round_event(), 2), 1e-6)
-    three = _rdp(dp_accounting.SelfComposedDpEvent(srv.planned_round_event(), 3), 1e-6)
-    four = _rdp(dp_accounting.SelfComposedDpEvent(srv.planned_round_event(), 4), 1e-6)
+    count = srv.planned_events()[0].event  # the counting round, always first
+
+    def rounds(n: int) -> float:
+        run = dp_accounting.SelfComposedDpEvent(srv.planned_round_event(), n)
+        return _rdp(dp_accounting.ComposedDpEvent([count, run]), 1e-6)
+
+    one_round, two, three, four = (rounds(n) for n in (1, 2, 3, 4))
     assert one_round < two < three < four
     policy = {
         "purpose": "r",
@@ -151,6 +154,8 @@ def test_releases_beyond_the_reservation_are_charged_on_top_or_refused(ledger_ur
     }
     s = make_setup(ledger_url, policy)
     session = federated_session(s.analyst, "ratings", srv)
+    top = srv._count_sizes()[2]
+    srv.select_head(np.zeros(srv.count_dim), survivors=srv.round_min_survivors(top, "count"))
     step = np.zeros(srv.item_factors.size)
     for _ in range(3):  # the third round is beyond the reservation: topped up
         srv.apply(step, 200.0, 100.0, survivors=srv.min_survivors)

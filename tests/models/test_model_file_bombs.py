@@ -200,6 +200,59 @@ def test_dpease_weights_larger_than_the_catalogue(tmp_path: Path) -> None:
     assert "'h'" in err.message
 
 
+def _federated_arrays(n: int, k: int) -> dict[str, Any]:
+    return {
+        "item_ids": np.arange(n, dtype=np.int64),
+        "state_item_factors": np.zeros((n, k), np.float32),
+        "state_head_items": np.arange(n, dtype=np.int64),
+        "state_popularity": np.zeros(n, np.float32),
+        "state_noise_multiplier": np.asarray(1.0),
+        "state_fold": np.asarray([2.0, 0.1]),
+    }
+
+
+def test_federated_mf_factors_wider_than_its_parameters(tmp_path: Path) -> None:
+    from privrec.federated import FederatedMF
+
+    params = FederatedMF(epsilon=1.0, factors=4).config().model_dump(mode="json")
+    arrays = _federated_arrays(40, 4)
+    arrays["state_item_factors"] = ("<f4", (40, BIG // 160))
+    path = craft(tmp_path / "f.npz", "federated_mf", params, arrays)
+    err = _refused_fast(path, "state_item_factors")
+    assert "parameters and catalogue" in err.message
+
+
+def test_federated_mf_head_larger_than_the_catalogue(tmp_path: Path) -> None:
+    from privrec.federated import FederatedMF
+
+    params = FederatedMF(epsilon=1.0, factors=4).config().model_dump(mode="json")
+    arrays = _federated_arrays(30, 4)
+    arrays["state_head_items"] = ("<i8", (BIG // 8,))
+    err = _refused_fast(
+        craft(tmp_path / "h.npz", "federated_mf", params, arrays), "state_head_items"
+    )
+    assert "'h'" in err.message
+
+
+def test_federated_mf_file_round_trips_with_its_layout(tmp_path: Path) -> None:
+    from privrec.federated import FederatedMF
+
+    data = synthetic(n_users=200, n_items=30, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PrivacyWarning)
+        model = FederatedMF(
+            epsilon=5.0, factors=4, rounds=2, clients_per_round=100, head_items=10,
+            aggregation="central", seed=0,
+        ).fit(data)  # fmt: skip
+    again = load_model(model.save(tmp_path / "fed.npz"))
+    np.testing.assert_array_equal(again.head_items_, model.head_items_)  # type: ignore[attr-defined]
+    assert again.popularity_shrinkage_ == model.popularity_shrinkage_  # type: ignore[attr-defined]
+    history = data.matrix[:3]  # served from the users' own histories (released-only file)
+    np.testing.assert_array_equal(
+        again.recommend_history(history, k=5)[0], model.recommend_history(history, k=5)[0]
+    )
+
+
 def test_knn_with_more_neighbours_than_its_parameters(tmp_path: Path) -> None:
     n = 100
     arrays: dict[str, Any] = {

@@ -44,7 +44,7 @@ def test_a_federated_file_stores_two_events_and_verifies_at_integer_orders(tmp_p
     path = FederatedMF.from_server(sim.server, data.item_ids).save(tmp_path / "fed.npz")
     g = load_model(path).guarantee_
     assert [e["label"] for e in g.events] == [  # ... the stored events do not
-        "private head selection (noisy item counts)",
+        "counting round (noisy item counts and history lengths)",
         "rounds 1-6",
     ]
     assert g.verified and g._integer_orders

@@ -14,14 +14,17 @@ import scipy.sparse as sp
 
 from privrec.errors import ConfigError, DataError
 from privrec.federated.config import Aggregation, FederatedMFConfig
+from privrec.privacy.bounds import LENGTH_EDGES, length_histogram
 from privrec.privacy.distributed import DistributedDPConfig
 
 __all__ = [
     "ClientUpdate",
     "RoundSpec",
     "client_count_vector",
+    "client_count_vectors",
     "client_update",
     "client_updates",
+    "count_dim",
     "pack_payload",
     "split_noise",
     "user_vectors",
@@ -172,16 +175,68 @@ def client_updates(
     return deltas, norms <= clip_norm, norms
 
 
-def client_count_vector(items: np.ndarray, n_items: int) -> np.ndarray:
-    """A device's contribution to the private item counts (head selection): L2 norm ≤ 1.
+def count_dim(n_items: int) -> int:
+    """Length of a count vector: the catalogue plus the history-length bins up to ``n_items``."""
+    return int(n_items) + len(length_histogram(np.ones(1, np.int64), max_length=int(n_items)))
 
-    ``1/sqrt(|I|)`` on each of its (distinct) items, so adding or removing one user moves the
-    count vector by at most 1 in L2 — sensitivity 1 whatever the history length.
+
+def client_count_vector(
+    items: np.ndarray, n_items: int, bound: int, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """A device's contribution to the counting round: ``[indicators, length bin] / √(B + 1)``.
+
+    Mechanism input (unit: one user; neighbouring relation: add/remove one user's history).
+    The first ``n_items`` entries are 0/1 indicators of at most ``bound`` = B of the user's
+    distinct items (a uniform sample drawn on the device with ``rng`` — default the CSPRNG —
+    when the history is longer), the rest a one-hot of the history's length bin
+    (:data:`~privrec.privacy.bounds.LENGTH_EDGES`). Unscaled, adding or removing one user moves
+    the counts by at most √B in L2 and the histogram by 1, so the whole vector by at most
+    √(B + 1); scaled by ``1/√(B + 1)`` the payload has norm ≤ 1 like every other FederatedMF
+    payload, and the summed, noised counts are rescaled by √(B + 1) on the server.
     """
+    from privrec.privacy.randomness import secure_generator
+
+    if bound < 1:
+        raise ConfigError(f"count bound must be >= 1, found {bound}")
     idx = _check_items(items, n_items)
-    out = np.zeros(n_items)
+    out = np.zeros(count_dim(n_items))
     if idx.size:
-        out[idx] = 1.0 / math.sqrt(idx.size)
+        out[n_items:] = length_histogram(np.asarray([idx.size]), max_length=int(n_items))
+        if idx.size > bound:
+            gen = secure_generator() if rng is None else rng
+            idx = gen.choice(idx, size=bound, replace=False)
+        out[idx] = 1.0
+    out /= math.sqrt(bound + 1.0)
+    return out
+
+
+def client_count_vectors(
+    rows: sp.csr_matrix, bound: int, rng: np.random.Generator | None
+) -> sp.csr_matrix:
+    """:func:`client_count_vector` of many devices at once (the simulator), as CSR rows.
+
+    The B-item samples are drawn by :func:`~privrec.privacy.contribution.sample_per_user`
+    (uniform, keyed with a secret salt from ``rng``), independently per device.
+    """
+    from privrec.privacy.contribution import sample_per_user
+
+    if bound < 1:
+        raise ConfigError(f"count bound must be >= 1, found {bound}")
+    m = sp.csr_matrix(rows, dtype=np.float64)
+    m.sum_duplicates()
+    n_items = m.shape[1]
+    lengths = np.diff(m.indptr)
+    kept = sp.csr_matrix(sample_per_user(m, bound, rng), dtype=np.float64) if m.nnz else m
+    bins = np.minimum(
+        np.searchsorted(LENGTH_EDGES, np.maximum(lengths, 1), side="right") - 1,
+        count_dim(n_items) - n_items - 1,
+    )
+    present = np.flatnonzero(lengths > 0)
+    hist = sp.csr_matrix(
+        (np.ones(present.size), (present, bins[present])),
+        shape=(m.shape[0], count_dim(n_items) - n_items),
+    )
+    out = sp.csr_matrix(sp.hstack([kept, hist], format="csr") / math.sqrt(bound + 1.0))
     return out
 
 

@@ -43,14 +43,29 @@ class FederatedMFConfig(ModelConfig):
         ``λ_u`` of the on-device user solves; server-side ridge ``λ_i`` added to the mean
         gradient (``2 λ_i Y``; data-independent, so free).
     head_items
-        Number of most popular items the dense update covers (``None`` = whole catalogue,
-        no head selection). The head is chosen from **noisy** item counts, charged to ε
-        (``head_epsilon_fraction`` of it), unless a public head is given to the server.
+        Number of most popular items the dense update covers (``None`` = whole catalogue).
+        The head is chosen from the **noisy** item counts of the counting round (which
+        always runs, see ``count_bound``), unless a public head is given to the server.
+    count_bound
+        B: items of each user's history counted in the counting round (a uniform sample of
+        B items on the device when the history is longer). Each counted item weighs 1, so the
+        released counts estimate how many users hold each item (the popularity prior of the
+        ranking, and the head selection); L2 sensitivity √B for the counts (√(B + 1) with the
+        history-length histogram released in the same sum).
     head_epsilon_fraction
-        Share of ε spent on the head selection when ``epsilon`` is given.
+        Share of ε spent on the counting round when ``epsilon`` is given. ``None``: the rule
+        :func:`~privrec.federated.accounting.count_epsilon_fraction` (more of ε for the counts
+        when ε is small, the population small or B large).
     head_sampling_rate
-        Poisson rate of the one counting round that picks the head (default: the training
-        rate ``q``); its cost grows with the catalogue size, not the head size.
+        Poisson rate of the counting round (default ``None``: 1, every device once); its
+        cost grows with the catalogue size, not the head size.
+    popularity_blend, popularity_shrinkage
+        The ranking blends each user's factor scores with the released noisy counts
+        (:func:`~privrec.models.private.head_item_scores`): weight ``β + s / n_u`` for a user
+        with ``n_u`` items, so short histories lean on popularity. Defaults (``None``): DPALS's
+        rules (:func:`~privrec.models.dp_rules.resolve_popularity_blend` for β,
+        :func:`~privrec.models.dp_rules.resolve_shrinkage` for s, from the released
+        history-length histogram). Post-processing: no privacy cost.
     rounds
         Number of training rounds ``T``.
     sampling_rate, clients_per_round
@@ -95,7 +110,8 @@ class FederatedMFConfig(ModelConfig):
     user_regularization: float = pydantic.Field(default=0.1, gt=0, allow_inf_nan=False)
     item_regularization: float = pydantic.Field(default=0.0, ge=0, allow_inf_nan=False)
     head_items: int | None = pydantic.Field(default=1000, ge=1)
-    head_epsilon_fraction: float = pydantic.Field(default=0.1, gt=0, lt=1)
+    count_bound: int = pydantic.Field(default=10, ge=1, le=10_000)
+    head_epsilon_fraction: float | None = pydantic.Field(default=None, gt=0, lt=1)
     head_sampling_rate: float | None = pydantic.Field(default=None, gt=0, le=1)
     rounds: int = pydantic.Field(default=50, ge=1, le=100_000)
     sampling_rate: float | None = pydantic.Field(default=None, gt=0, le=1)
@@ -122,6 +138,10 @@ class FederatedMFConfig(ModelConfig):
     secagg_threshold: int | None = pydantic.Field(default=None, ge=2)
     corrupt_fraction: float = pydantic.Field(default=0.05, ge=0, lt=0.5)
     threat_model: Literal["honest-but-curious", "malicious"] = "honest-but-curious"
+    popularity_blend: float | None = pydantic.Field(default=None, ge=0, le=10, allow_inf_nan=False)
+    popularity_shrinkage: float | None = pydantic.Field(
+        default=None, ge=0, le=1000, allow_inf_nan=False
+    )
     init_scale: float = pydantic.Field(default=0.1, gt=0, allow_inf_nan=False)
     seed: int | None = None
 

@@ -28,9 +28,13 @@ Privacy (shared by both variants)
     ``z_Δ = (z⁻² − (2σ_b)⁻²)^(-1/2)``. Rounds are ``PoissonSampledDpEvent(q, Gaussian(z))``
     composed over the rounds with the PLD accountant (central) or, for distributed DP, the
     RDP-dominating event of the KLS21 bound for the fewest honest survivors a completed round
-    can have (``noise_shares``), Poisson-sampled, with the RDP accountant. The head items are chosen from noisy item
-    counts (each user's items weighted ``1/sqrt(|I_u|)``, L2 sensitivity 1, everyone
-    participates: one ``GaussianDpEvent``) — or given from public data.
+    can have (``noise_shares``), Poisson-sampled, with the RDP accountant. One counting round
+    always runs first (:func:`client_count_vector`): 0/1 indicators of at most B of the
+    user's items and a one-hot of their history-length bin, scaled by ``1/√(B + 1)`` — L2
+    sensitivity √B on the counts, √(B + 1) with the histogram, 1 after the scaling; one
+    ``GaussianDpEvent(z_h)`` (Poisson-sampled below rate 1) through the same aggregation
+    as the rounds. Its noisy counts choose the head (unless it is public) and are the
+    ranking's popularity prior; its histogram sets the per-user blend.
     Everything else (user vectors, the server optimiser, the clip-norm update from the noised
     bit count, recommendations) is post-processing or stays on the device.
 
@@ -58,6 +62,7 @@ from privrec.federated.client import (
     RoundSpec,
     _user_vector,
     client_count_vector,
+    client_count_vectors,
     client_update,
     client_updates,
     pack_payload,
@@ -79,6 +84,7 @@ __all__ = [
     "_user_vector",
     "calibrate_multiplier",
     "client_count_vector",
+    "client_count_vectors",
     "client_update",
     "client_updates",
     "fast_epsilon",

@@ -32,6 +32,9 @@ def state_dict(self: FederatedMFServer) -> tuple[dict[str, np.ndarray], dict[str
         "adam_v": self.adam_v,
         "head_items": np.zeros(0, np.int64) if self.head_items is None else self.head_items,
     }
+    if self.noisy_counts is not None and self.noisy_lengths is not None:
+        arrays["noisy_counts"] = self.noisy_counts
+        arrays["noisy_lengths"] = self.noisy_lengths
     meta = {
         "config": self.config.model_dump(mode="json"),
         "n_items": self.n_items,
@@ -78,6 +81,13 @@ def from_state(
         srv.item_factors = np.asarray(arrays["item_factors"], dtype=np.float64)
         srv.adam_m = np.asarray(arrays["adam_m"], dtype=np.float64)
         srv.adam_v = np.asarray(arrays["adam_v"], dtype=np.float64)
+    if "noisy_counts" in arrays and "noisy_lengths" in arrays:
+        srv.noisy_counts = np.asarray(arrays["noisy_counts"], dtype=np.float64)
+        srv.noisy_lengths = np.asarray(arrays["noisy_lengths"], dtype=np.float64)
+    elif meta["has_head"]:
+        # a checkpoint from before the counting round always ran: none is owed (or planned)
+        srv.noisy_counts = np.zeros(srv.n_items)
+        srv.noisy_lengths = np.zeros(srv.count_dim - srv.n_items)
     return srv
 
 

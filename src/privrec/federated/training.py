@@ -33,7 +33,12 @@ import scipy.sparse as sp
 from privrec.errors import ConfigError, DataError, InvalidInputError, PrivacyWarning, ProtocolAbort
 from privrec.evaluation.metrics import per_user_metrics
 from privrec.evaluation.protocol import approx_count, round_count
-from privrec.federated.mf import FederatedMFConfig, FederatedMFServer, user_vectors
+from privrec.federated.mf import (
+    FederatedMFConfig,
+    FederatedMFServer,
+    client_count_vectors,
+    user_vectors,
+)
 from privrec.federated.mf import client_updates as _client_updates
 from privrec.federated.secure_round import secure_sum
 from privrec.models.ranking import mask_seen, top_k
@@ -221,7 +226,8 @@ class FederatedSimulation:
     max_retries
         Aborted attempts tolerated per round before the abort is raised.
     head_items
-        Public head items (not charged); default: private head selection.
+        Public head items (the counting round still runs for the popularity prior);
+        default: chosen from the counting round's noisy counts.
     """
 
     def __init__(
@@ -328,15 +334,14 @@ class FederatedSimulation:
         return np.flatnonzero(rng.random(self.user_items.shape[0]) < q)
 
     def _head_round(self) -> None:
-        """Counting round for the private head selection (see :func:`client_count_vector`)."""
+        """The counting round: noisy item counts and history lengths, and the head if it is
+        private (see :func:`~privrec.federated.client.client_count_vector`)."""
         srv = self.server
         for attempt in range(self.max_retries + 1):
             rng = self._rng(1, 0, attempt)
             ids = self._participants(srv.q_head, rng)
             rows = self.user_items[ids]
-            lengths = np.diff(rows.indptr).astype(np.float64)
-            w = sp.diags(np.where(lengths > 0, 1.0 / np.sqrt(np.maximum(lengths, 1.0)), 0.0)) @ rows
-            w = sp.csr_matrix(w)
+            w = client_count_vectors(rows, self.config.count_bound, self._rng(2, 0, attempt))
             noise_rng = self._rng(0, 0, attempt)
             crash, garbage, _ = self.faults.draw(len(ids), self._fault_rng(0, attempt))
             try:

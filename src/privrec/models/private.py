@@ -230,24 +230,42 @@ class PrivateRecommender(Recommender):
 
 
 def head_item_scores(
-    u: np.ndarray, item_factors: np.ndarray, head: np.ndarray, noisy_counts: np.ndarray, beta: float
+    u: np.ndarray,
+    item_factors: np.ndarray,
+    head: np.ndarray,
+    noisy_counts: np.ndarray,
+    beta: float,
+    *,
+    shrinkage: float = 0.0,
+    lengths: np.ndarray | None = None,
 ) -> np.ndarray:
     """Catalogue scores of users ``u`` from factors released for the ``head`` items only.
 
     Off the head, ``-inf``. With ``beta > 0`` the factor scores are blended with the
     released noisy counts (:func:`blend_popularity`); with ``beta = 0`` they are kept raw
     and a user with no history (all-zero factors) gets the noisy-count ranking of the
-    head. Post-processing of released statistics and the user's own factors only.
+    head. With ``shrinkage`` s > 0 and the users' own history ``lengths`` n_u, user u's
+    blend weight is ``β + s / n_u`` (:func:`~privrec.models.dp_rules.user_blend`): the
+    fewer items, the more popularity. Post-processing of released statistics and the
+    user's own data only.
     """
     out = np.full((u.shape[0], item_factors.shape[0]), -np.inf, dtype=np.float32)
     scores = u @ item_factors[head].T
+    counts = noisy_counts[head]
+    if lengths is not None and shrinkage > 0:
+        from privrec.models.dp_rules import user_blend
+
+        prior = blend_popularity(np.zeros((1, len(head)), np.float32), counts, 1.0)
+        out[:, head] = blend_popularity(scores, counts, 0.0)
+        out[:, head] += user_blend(beta, shrinkage, lengths) * prior
+        return out
     if beta > 0:
-        out[:, head] = blend_popularity(scores, noisy_counts[head], beta)
+        out[:, head] = blend_popularity(scores, counts, beta)
         return out
     out[:, head] = scores
     cold = ~np.any(u != 0, axis=1)
     if cold.any():
-        out[np.ix_(cold, head)] = noisy_counts[head]
+        out[np.ix_(cold, head)] = counts
     return out
 
 

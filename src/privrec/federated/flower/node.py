@@ -472,7 +472,11 @@ def _mf_payloads(
             update = client_update(item_factors, pos[head[pos] == items], mf_config, spec.clip_norm)
             payloads[user] = pack_payload(update, spec)
         else:
-            payloads[user] = client_count_vector(items, data.n_items)
+            # the B-item sample is the device's own secret randomness (CSPRNG; seeded in tests)
+            sample_rng = None if seed is None else _user_rng(seed, -1, meta["attempt"], user)
+            payloads[user] = client_count_vector(
+                items, data.n_items, mf_config.count_bound, sample_rng
+            )
     return payloads, lambda u: _user_rng(seed, meta["round"], meta["attempt"], u)
 
 

@@ -166,3 +166,20 @@ def test_the_cli_refuses_to_start_on_an_unsigned_file(
     out = " ".join(res.output.split())
     assert res.exit_code == 1, out
     assert "ServeConfigError" in out and "dpals-eps1.npz" in out and "not signed" in out
+
+
+def test_artifacts_and_lineage_show_the_recorded_signer(world: DemoWorld) -> None:
+    from privrec.governance.records import ArtifactRecord
+    from privrec.serve.dashboard import artifact_entry
+
+    with TestClient(create_app(settings_for(world))) as c:
+        arts = c.get("/v1/artifacts", headers=auth(world, "dora")).json()["artifacts"]
+        assert arts and all(a["signer"] is None for a in arts)  # the demo signs nothing
+        assert all(m["lineage"]["signer"] is None for m in _listing(c, world)["models"])
+    rec = ArtifactRecord(
+        id=1, dataset="d", file_hash="0" * 64, path="/m.npz", model_kind="dppopularity",
+        config={}, privrec_version="x", git_commit=None, guarantee={}, seeded_noise=False,
+        version_id=None, dataset_hash="1" * 64, created_at=0.0, created_by="ann",
+        signer="SHA256:" + "A" * 43,
+    )  # fmt: skip
+    assert artifact_entry(rec)["signer"] == "SHA256:" + "A" * 43

@@ -159,6 +159,7 @@ def _lineage(ledger: Ledger, sm: ServedModel) -> dict[str, Any]:
         "git_commit": rec.git_commit,
         "charge_ids": list(rec.charge_ids),
         "seeded_noise": rec.seeded_noise,
+        "signer": rec.signer,
     }
 
 

@@ -140,3 +140,27 @@ def test_cli_newer_schema_is_one_line(ledger_url: str) -> None:
     code, out = invoke("ledger", "status", "--db", ledger_url, key=owner)
     assert code == 1 and "LedgerSchemaError" in out and "newer" in out
     assert len(out.strip().splitlines()) == 1
+
+
+def test_cli_init_migrates_an_old_ledger(ledger_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from privrec.governance.db import HEAD_REVISION, MIGRATIONS
+
+    code, out = invoke("ledger", "init", "--db", ledger_url)
+    owner = out.strip().splitlines()[-1]
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with create_ledger_engine(ledger_url).connect().execution_options(privrec_write=True) as c:
+        cfg.attributes["connection"] = c
+        command.downgrade(cfg, "0001")  # the schema an older privrec wrote
+        c.commit()
+    code, out = invoke("ledger", "status", "--db", ledger_url, key=owner)
+    assert code == 1 and "ledger init" in out
+    code, out = invoke("ledger", "init", "--db", ledger_url)
+    assert code == 0 and f"migrated from schema 0001 to {HEAD_REVISION}" in out, out
+    code, out = invoke("audit-log", "verify", "--db", ledger_url, key=owner)
+    assert code == 0, out
+    code, out = invoke("ledger", "init", "--db", ledger_url)  # at head: still refused
+    assert code == 1 and "already initialised" in out

@@ -58,12 +58,33 @@ def ledger_init(
     db: DbOpt = None,
     owner: Annotated[str, typer.Option(help="Name of the first owner.")] = "owner",
 ) -> None:
-    """Create the ledger (schema via Alembic) and its first owner; prints the owner's key once."""
+    """Create the ledger (schema via Alembic) and its first owner; prints the owner's key once.
+
+    On a ledger written by an older privrec, migrates its schema to this privrec's (keys,
+    charges and the audit log are kept) and says so.
+    """
+    from privrec.errors import GovernanceError
     from privrec.governance import Ledger
-    from privrec.governance.db import resolve_url
+    from privrec.governance.db import (
+        HEAD_REVISION,
+        create_ledger_engine,
+        resolve_url,
+        schema_revision,
+    )
 
     with handle_errors():
-        _, key = Ledger.init(db, owner=owner)
+        with create_ledger_engine(resolve_url(db)).connect() as conn:
+            before = schema_revision(conn)
+        try:
+            _, key = Ledger.init(db, owner=owner)
+        except GovernanceError:
+            if before is None or before == HEAD_REVISION:
+                raise
+            console.print(
+                f"ledger migrated from schema {before} to {HEAD_REVISION} "
+                "(already initialised: no new owner, existing keys keep working)"
+            )
+            return
         console.print(f"ledger initialised at {resolve_url(db)}; owner [bold]{owner}[/]")
         console.print("owner API key (shown once, stored only as a scrypt hash):")
         console.print(key, highlight=False, soft_wrap=True)
@@ -355,13 +376,13 @@ def lineage(
         if (artifact is None) == (user is None):
             raise GovernanceError("give an ARTIFACT or --user USER")
         if user is not None:
-            table = Table("artifact", "dataset", "version", "model", "trained (UTC)", "deletion requested",
+            table = Table("artifact", "dataset", "version", "model", "trained (UTC)", "signed by", "deletion requested",
                           "trained before deletion", "retrain due", title=f"artifacts trained on data holding user {user}")  # fmt: skip
             for x in ledger.lineage_of_user(user, dataset):
                 a = x.artifact
                 table.add_row(str(a.id), a.dataset, str(x.version_id), a.model_kind, _when(a.created_at),
-                              _when(x.deletion_requested_at), "yes" if x.trained_before_deletion else "no",
-                              _when(x.retrain_due))  # fmt: skip
+                              a.signer or "unsigned", _when(x.deletion_requested_at),
+                              "yes" if x.trained_before_deletion else "no", _when(x.retrain_due))  # fmt: skip
             console.print(table)
             return
         assert artifact is not None
@@ -374,6 +395,7 @@ def lineage(
             ("model", f"{a.model_kind} — {g.get('mechanism', '')}"),
             ("guarantee", f"({_eps(g.get('epsilon', float('nan')))}, {g.get('delta', 0):.1e})-DP per {g.get('unit')}"
              + ("  [red]SEEDED NOISE: NOT PRIVATE[/]" if a.seeded_noise else "")),
+            ("signed by", a.signer or "unsigned"),
             ("charges", ", ".join(map(str, a.charge_ids)) or "-"),
             ("trained by", f"{a.created_by} at {_when(a.created_at)}"),
             ("privrec", f"{a.privrec_version} (git {a.git_commit or 'unknown'})"),

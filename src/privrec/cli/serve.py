@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from privrec.cli.common import console, handle_errors
+from privrec.cli.common import VerifyKeyOpt, console, handle_errors
 
 
 def _loopback(host: str) -> bool:
@@ -64,12 +64,15 @@ def serve(
             "process).",
         ),
     ] = 1,
+    verify_key: VerifyKeyOpt = None,
 ) -> None:
     """Serve recommendations, DP analytics queries and the privacy dashboard.
 
     Recommendations are folded in from the user's own history and nothing of a request is kept;
     every DP query is charged to the analyst's budget in the ledger before its answer leaves.
     Open http://HOST:PORT/dashboard/ and sign in with an API key (`privrec keys create`).
+    With --verify-key, every model file must be signed by that key: one that is not stops the
+    start; one added or replaced later is refused and the model served before stays.
     """
     with handle_errors():
         try:
@@ -110,6 +113,7 @@ def serve(
             burst=burst,
             key_ttl=key_ttl,
             allow_non_private=allow_non_private,
+            verify_key=verify_key,
         )
         app = create_app(settings)  # also checks the settings before any worker starts
         configure_log(log_level)
@@ -117,6 +121,7 @@ def serve(
             f"privrec serve on http://{host}:{port}/  (dashboard /dashboard/, API /v1, "
             f"OpenAPI /v1/openapi.json); {len(app.state.ctx.models.list())} models, "
             f"{len(settings.datasets)} datasets"
+            + (f"; only files signed by {app.state.ctx.models.signer}" if verify_key else "")
             + (
                 f"; {workers} worker processes (rate limits and key caches per process)"
                 if workers > 1

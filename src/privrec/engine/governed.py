@@ -42,7 +42,12 @@ def train_on_ray(
 ) -> tuple[Any, Path, Any]:
     """Train ``model`` on the cluster under ``dataset``'s policy and budget; returns
     (model, file, committed charge)."""
-    from privrec.governance.training import ChargeSession, _atomic_save, artifact_info
+    from privrec.governance.training import (
+        ChargeSession,
+        _atomic_save,
+        artifact_info,
+        signing_identity,
+    )
     from privrec.models.private import PrivateRecommender
 
     if not isinstance(model, PrivateRecommender):
@@ -58,6 +63,7 @@ def train_on_ray(
             f"unit={str(cfg.unit)!r}"  # type: ignore[attr-defined]
         )
     policy = PolicyFilter.from_ledger(ledger, dataset)
+    key, signer = signing_identity(signing_key)  # before the charge: a bad key spends nothing
     session = ChargeSession(
         ledger,
         dataset,
@@ -74,7 +80,7 @@ def train_on_ray(
             )  # fmt: skip
         finally:
             model.release_gate = None
-        path = _atomic_save(model, Path(output), None, signing_key)
+        path = _atomic_save(model, Path(output), None, key)
         session.released()
         art = artifact_info(
             path,
@@ -83,6 +89,7 @@ def train_on_ray(
             guarantee=model.guarantee_.model_dump(mode="json"),
             seeded_noise=model.guarantee_.seeded_noise,
             dataset_hash=engine.last_content_hash or "",
+            signer=signer,
         )
         charge = session.commit(artifact=art)
     return model, path, charge

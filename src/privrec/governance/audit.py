@@ -62,10 +62,19 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+#: Nullable columns added by a migration after the first (``artifacts.signer``, 0002). A row's
+#: fingerprint leaves such a column out while it is ``NULL``: rows written before the column
+#: existed keep the fingerprint the log recorded for them, so an upgraded ledger still verifies;
+#: setting or clearing the value later changes the fingerprint like any other edit.
+LATER_NULLABLE: frozenset[str] = frozenset({"signer"})
+
+
 def fingerprint(row: Any) -> str:
     """SHA-256 of a row's canonical JSON (binary columns by their own SHA-256)."""
     data = {
-        k: _plain(v) for k, v in dict(row._mapping if hasattr(row, "_mapping") else row).items()
+        k: _plain(v)
+        for k, v in dict(row._mapping if hasattr(row, "_mapping") else row).items()
+        if not (v is None and k in LATER_NULLABLE)
     }
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 

@@ -252,6 +252,12 @@ class LedgerCharging(LedgerBase):
                     "charge": cid,
                     "artifact": art_id,
                     "file_hash": None if artifact is None else artifact["file_hash"],
+                    # the signer of a signed release (absent, not null, for unsigned ones)
+                    **(
+                        {"signer": artifact["signer"]}
+                        if artifact is not None and artifact.get("signer")
+                        else {}
+                    ),
                 },
                 touched,
                 now,

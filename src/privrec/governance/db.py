@@ -47,7 +47,7 @@ __all__ = [
 ENV_VAR = "PRIVREC_DB"
 DEFAULT_URL = "sqlite:///privrec.db"
 #: Alembic revisions this privrec can read, oldest first (tests check it matches the scripts).
-KNOWN_REVISIONS: tuple[str, ...] = ("0001",)
+KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002")
 HEAD_REVISION = KNOWN_REVISIONS[-1]
 MIGRATIONS = Path(__file__).with_name("migrations")
 

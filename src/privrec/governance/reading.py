@@ -562,4 +562,5 @@ def _artifact_record(r: Any, charge_ids: tuple[int, ...]) -> ArtifactRecord:
         created_at=r.created_at,
         created_by=r.created_by,
         charge_ids=charge_ids,
+        signer=r.signer,
     )

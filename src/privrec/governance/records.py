@@ -148,6 +148,9 @@ class ArtifactRecord:
     created_at: float
     created_by: str
     charge_ids: tuple[int, ...] = ()
+    #: fingerprint (``SHA256:…``) of the Ed25519 key that signed the released file, ``None`` if
+    #: it was released unsigned
+    signer: str | None = None
 
 
 @dataclass(frozen=True)

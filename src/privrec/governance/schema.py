@@ -184,6 +184,9 @@ class Artifact(Base):
     dataset_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
     created_by: Mapped[str] = mapped_column(String(128))
+    #: the Ed25519 fingerprint (``SHA256:…``) of the key that signed the released file; ``None``
+    #: for an unsigned release (and every artifact recorded before revision 0002)
+    signer: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Consent(Base):

@@ -56,6 +56,7 @@ __all__ = [
     "artifact_info",
     "federated_events",
     "release_model",
+    "signing_identity",
     "silo_events",
     "train",
     "train_from_cli",
@@ -88,12 +89,29 @@ def artifact_info(
     guarantee: dict[str, Any],
     seeded_noise: bool,
     dataset_hash: str,
+    signer: str | None = None,
 ) -> dict[str, Any]:
-    """The artifact fields :meth:`Ledger.commit` records (hashes the file)."""
+    """The artifact fields :meth:`Ledger.commit` records (hashes the file).
+
+    ``signer`` is the fingerprint of the key that signed the file (:func:`signing_identity`);
+    the file's own signature block must name the same key, so the ledger never records a signer
+    the bytes it hashed do not carry.
+    """
     from privrec import __version__
     from privrec.governance.ledger import file_sha256
 
+    if signer is not None:
+        from privrec.models.signing import read_signature
+
+        claimed = read_signature(path)
+        if claimed is None or claimed.fingerprint != signer:
+            raise GovernanceError(
+                f"the released file {str(path)!r} is not signed by {signer} "
+                f"({'unsigned' if claimed is None else 'signed by ' + claimed.fingerprint}): "
+                "nothing recorded"
+            )
     return {
+        "signer": signer,
         "file_hash": file_sha256(path),
         "path": str(Path(path).resolve()),
         "model_kind": model_kind,
@@ -251,6 +269,17 @@ class TrainingRecord:
     artifact: ArtifactRecord
 
 
+def signing_identity(signing_key: Any) -> tuple[Any, str | None]:
+    """``(private key, its fingerprint)`` — the key read once (a missing or group-readable key
+    file fails here, before any noise is drawn) — or ``(None, None)`` without a key."""
+    if signing_key is None:
+        return None, None
+    from privrec.models.signing import fingerprint, load_signing_key
+
+    key = load_signing_key(signing_key)
+    return key, fingerprint(key)
+
+
 def _atomic_save(
     model: Any, output: Path, include_user_data: bool | None, signing_key: Any = None
 ) -> Path:
@@ -277,7 +306,8 @@ def release_model(
     then commit ``session`` with the artifact. For computations run through a
     :class:`ChargeSession` (FederatedMF, cross-silo); :func:`train` does the same for central
     models."""
-    path = _atomic_save(model, Path(output), None, signing_key)
+    key, signer = signing_identity(signing_key)
+    path = _atomic_save(model, Path(output), None, key)
     session.released()
     g = model.guarantee_
     art = artifact_info(
@@ -287,6 +317,7 @@ def release_model(
         guarantee=g.model_dump(mode="json"),
         seeded_noise=g.seeded_noise,
         dataset_hash=dataset_hash,
+        signer=signer,
     )
     return path, session.commit(artifact=art)
 
@@ -333,6 +364,7 @@ def train(
     if content_hash(data.interactions) != data.content_hash:
         raise PolicyViolation("the data changed after ledger.load; load it again")
     eps = getattr(cfg, "epsilon", None)
+    key, signer = signing_identity(signing_key)  # before the charge: a bad key spends nothing
     session = ChargeSession(
         ledger,
         data.dataset,
@@ -357,7 +389,7 @@ def train(
             session.reserve(spent)
         elif [s.to_dict() for s in spent] != [s.to_dict() for s in session.planned]:
             raise GovernanceError(f"{model.name} released other events than it reserved")
-        path = _atomic_save(model, Path(output), include_user_data, signing_key)
+        path = _atomic_save(model, Path(output), include_user_data, key)
         session.released()
         art = artifact_info(
             path,
@@ -366,6 +398,7 @@ def train(
             guarantee=model.guarantee_.model_dump(mode="json"),
             seeded_noise=model.guarantee_.seeded_noise,
             dataset_hash=data.content_hash,
+            signer=signer,
         )
         charge = session.commit(artifact=art)
     assert charge.artifact_id is not None

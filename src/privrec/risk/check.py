@@ -16,7 +16,8 @@ For every model file given:
 With a ledger (``[ledger] url``): the audit-log hash chain verifies (optionally against a
 pinned head), every charge's ε re-derives from its events, no budget's composed spend
 exceeds its cap, and every release file is a recorded artifact whose recorded guarantee
-matches the file's.
+and signer match the file's (a release re-signed or replaced after it was recorded — a file at
+a recorded artifact's path naming another signer — is reported as such).
 
 Every violation is one line; any violation makes the check fail.
 """
@@ -257,6 +258,22 @@ def _check_file(
     return g
 
 
+def _claimed_signer(path: Path) -> str | None:
+    """The fingerprint a file's signature block names (not checked here: the ledger recorded
+    the hash of these bytes, signature block included, so a match pins the signer)."""
+    from privrec.models.signing import read_signature
+
+    try:
+        sig = read_signature(path)
+    except Exception:  # an unreadable file is reported by the file checks
+        return None
+    return None if sig is None else sig.fingerprint
+
+
+def _signed(signer: str | None) -> str:
+    return f"signed by {signer}" if signer else "unsigned"
+
+
 def _check_ledger(cfg: CheckConfig, release: list[Path], rep: CheckReport) -> None:
     from privrec.governance import Ledger
     from privrec.governance.ledger import file_sha256
@@ -315,18 +332,43 @@ def _check_ledger(cfg: CheckConfig, release: list[Path], rep: CheckReport) -> No
                     f"{len(charges)} charges re-derive; budgets within caps",
                 )
             )
+    artifacts = ledger.artifacts() if release else []
+    recorded = {a.file_hash: a for a in artifacts}
+    at_path = {a.path: a for a in artifacts}  # the latest artifact released at each path
     for path in release:
         if not path.is_file():
             continue
         digest = file_sha256(path)
-        recorded = {a.file_hash: a for a in ledger.artifacts()}
+        signer = _claimed_signer(path)
         art = recorded.get(digest)
         if art is None:
+            before = at_path.get(str(path.resolve()))
+            if before is not None and before.signer != signer:
+                add(
+                    Finding(
+                        "violation",
+                        str(path),
+                        f"{_signed(signer)}, but the ledger recorded artifact {before.id} at this "
+                        f"path as {_signed(before.signer)}: re-signed or replaced after release "
+                        "(not a recorded artifact)",
+                    )
+                )
+                continue
             add(
                 Finding(
                     "violation",
                     str(path),
                     "marked for release but not a recorded artifact of the ledger",
+                )
+            )
+            continue
+        if art.signer != signer:  # same bytes, other signer: the ledger row was edited
+            add(
+                Finding(
+                    "violation",
+                    str(path),
+                    f"{_signed(signer)}, but the ledger records artifact {art.id} as "
+                    f"{_signed(art.signer)}",
                 )
             )
             continue
@@ -353,7 +395,11 @@ def _check_ledger(cfg: CheckConfig, release: list[Path], rep: CheckReport) -> No
         else:
             add(
                 Finding(
-                    "ok", str(path), f"recorded artifact {art.id} (charges {list(art.charge_ids)})"
+                    "ok",
+                    str(path),
+                    f"recorded artifact {art.id} (charges {list(art.charge_ids)}"
+                    + (f", signed by {art.signer}" if art.signer else "")
+                    + ")",
                 )
             )
 

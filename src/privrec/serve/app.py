@@ -77,6 +77,9 @@ class ServeSettings:
     allow_non_private: bool = False
     #: seeded query noise: reproducible and NOT private (tests only; warns)
     seed: int | None = None
+    #: an Ed25519 public key file (``signing.pub``): serve only model files it signed — a file
+    #: that fails refuses the start, or is refused on reload while the old model stays served
+    verify_key: Path | None = None
 
     def to_json(self, log_level: str = "info") -> str:
         """The settings as JSON (what worker processes rebuild them from)."""
@@ -92,6 +95,7 @@ class ServeSettings:
                 "max_he_body_bytes": self.max_he_body_bytes,
                 "allow_non_private": self.allow_non_private,
                 "seed": self.seed,
+                "verify_key": None if self.verify_key is None else str(self.verify_key),
                 "log_level": log_level,
             }
         )
@@ -102,6 +106,8 @@ class ServeSettings:
         raw = json.loads(text)
         level = str(raw.pop("log_level", "info"))
         raw["models_dir"] = Path(raw["models_dir"])
+        if raw.get("verify_key") is not None:
+            raw["verify_key"] = Path(raw["verify_key"])
         raw["datasets"] = {n: DatasetSpec.model_validate(d) for n, d in raw["datasets"].items()}
         return cls(**raw), level
 
@@ -217,7 +223,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
         url=url,
         keys=KeyCache(url, ttl=settings.key_ttl),
         limiter=RateLimiter(settings.rate_limit, settings.burst),
-        models=ModelStore(settings.models_dir, allow_non_private=settings.allow_non_private),
+        models=ModelStore(
+            settings.models_dir,
+            allow_non_private=settings.allow_non_private,
+            verify_key=settings.verify_key,
+        ),
         datasets={name: ServedDataset(name, spec) for name, spec in settings.datasets.items()},
     )
     app = FastAPI(

@@ -167,6 +167,7 @@ def artifact_entry(a: Any) -> dict[str, Any]:
         "created_by": a.created_by,
         "charge_ids": list(a.charge_ids),
         "seeded_noise": a.seeded_noise,
+        "signer": a.signer,
         "epsilon": g.get("epsilon"),
         "delta": g.get("delta"),
         "unit": g.get("unit"),

@@ -14,6 +14,15 @@ lives in local variables of one call and is never logged, stored or cached.
 
 Models without a differential-privacy guarantee are listed but not served unless the service is
 started with ``allow_non_private`` (their files and answers may reveal training users).
+
+**Signed files only, with a verify key.** Started with ``verify_key`` (``privrec serve
+--verify-key signing.pub``), the store loads a file only if it carries a valid Ed25519 signature
+by that key, checked by :func:`~privrec.models.persistence.load_model` before anything in the
+file is parsed. At start a file that fails is fatal (:class:`~privrec.errors.ServeConfigError`
+naming it): a service told to serve only signed models must not come up serving fewer than
+the operator put there without saying so. Later, when the directory changes, a new or replaced
+file that fails is refused and listed under ``rejected``; a model already served under that id
+keeps being served (its old, verified bytes stay in memory), so a bad upload loses nothing.
 """
 
 from __future__ import annotations
@@ -30,7 +39,13 @@ from typing import Any
 
 import numpy as np
 
-from privrec.errors import PrivacyWarning, PrivrecError, UnknownModelError
+from privrec.errors import (
+    PrivacyWarning,
+    PrivrecError,
+    ServeConfigError,
+    SignatureError,
+    UnknownModelError,
+)
 from privrec.governance.reading import file_sha256
 from privrec.serve.foldin import Kernel, kernel_for
 
@@ -101,6 +116,20 @@ class ServedModel:
     file_hash: str
     guarantee: Any
     evaluation: dict[str, Any] | None
+
+    @property
+    def signature(self) -> Any:
+        """The file's :class:`~privrec.models.signing.FileSignature` (``None``: not signed);
+        ``verified`` only when the service checked it against its verify key."""
+        return getattr(self.model, "file_signature_", None)
+
+    def signature_summary(self) -> dict[str, Any] | None:
+        """What the API shows of the signature: the signer's fingerprint and whether it was
+        checked (an unchecked fingerprint is only what the file claims)."""
+        sig = self.signature
+        if sig is None:
+            return None
+        return {"signer": sig.fingerprint, "verified": bool(sig.verified)}
 
     def __post_init__(self) -> None:
         ids = np.asarray(self.model.item_ids_)
@@ -175,21 +204,42 @@ def _is_int_text(s: str) -> bool:
 class ModelStore:
     """Every model file of a directory, loaded once; listing re-scans when the directory changes."""
 
-    def __init__(self, directory: str | Path, *, allow_non_private: bool = False) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        allow_non_private: bool = False,
+        verify_key: Any = None,
+    ) -> None:
         self.directory = Path(directory)
         self.allow_non_private = allow_non_private
+        #: an Ed25519 public key (or its PEM file): every file loaded must be signed by it
+        self.verify_key: Any = None
+        self.signer: str | None = None
+        if verify_key is not None:
+            from privrec.models.signing import fingerprint, load_verify_key
+
+            self.verify_key = load_verify_key(verify_key)  # a bad key file fails here
+            self.signer = fingerprint(self.verify_key)
         self._lock = threading.Lock()
         self._models: dict[str, ServedModel] = {}
         self.rejected: dict[str, str] = {}
         self._stamp: tuple[float, int] | None = None
-        self.refresh()
+        self._refresh(starting=True)
 
     def _dir_stamp(self) -> tuple[float, int]:
         st = self.directory.stat()
         return (st.st_mtime, len(list(self.directory.glob("*"))))
 
     def refresh(self) -> None:
-        """Load new or changed files, drop removed ones (cheap when nothing changed)."""
+        """Load new or changed files, drop removed ones (cheap when nothing changed).
+
+        A new or changed file that cannot be loaded (or, with a verify key, is not signed by
+        it) is listed under :attr:`rejected`; a model already served under its id stays served.
+        """
+        self._refresh(starting=False)
+
+    def _refresh(self, *, starting: bool) -> None:
         from privrec.models import load_model
 
         stamp = self._dir_stamp()
@@ -197,7 +247,8 @@ class ModelStore:
             if stamp == self._stamp:
                 return
             seen = set()
-            for path in sorted(self.directory.glob("*.npz")):
+            paths = sorted(self.directory.glob("*.npz"))
+            for path in paths:
                 mid = path.name.removesuffix(".npz")
                 if not _ID.match(mid):
                     self.rejected[path.name] = "file name is not a valid model id"
@@ -207,9 +258,23 @@ class ModelStore:
                 current = self._models.get(mid)
                 if current is not None and current.file_hash == digest:
                     current.evaluation = _read_eval(path)
+                    self.rejected.pop(path.name, None)  # a refused replacement was put back
                     continue
                 try:
-                    model = load_model(path)
+                    model = load_model(path, verify_key=self.verify_key)
+                except SignatureError as exc:
+                    if starting:
+                        raise ServeConfigError(
+                            f"refusing to start: model file {str(path)!r} is not signed by the "
+                            f"verify key {self.signer} ({exc.message}"
+                            + (f"; signed by {exc.found}" if exc.found else "")
+                            + "); sign it with that key's signing.key (`privrec privacy sign`) "
+                            "or move it out of the models directory"
+                        ) from None
+                    self.rejected[path.name] = str(exc)
+                    kept = "; the model loaded before stays served" if current else ""
+                    log.warning("model %s refused: signature check failed%s", path.name, kept)
+                    continue
                 except PrivrecError as exc:
                     self.rejected[path.name] = str(exc)
                     log.warning("model %s not served: %s", path.name, type(exc).__name__)
@@ -226,6 +291,8 @@ class ModelStore:
                 self.rejected.pop(path.name, None)
             for gone in set(self._models) - seen:
                 del self._models[gone]
+            for name in set(self.rejected) - {p.name for p in paths}:
+                del self.rejected[name]  # a refused file that was removed
             self._stamp = stamp
 
     def list(self) -> list[ServedModel]:

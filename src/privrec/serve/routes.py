@@ -159,6 +159,7 @@ def _lineage(ledger: Ledger, sm: ServedModel) -> dict[str, Any]:
         "git_commit": rec.git_commit,
         "charge_ids": list(rec.charge_ids),
         "seeded_noise": rec.seeded_noise,
+        "signer": rec.signer,
     }
 
 
@@ -171,6 +172,7 @@ def model_entry(ctx: ServeContext, ledger: Ledger, sm: ServedModel) -> dict[str,
         "served": ctx.models.servable(sm),
         "n_items": sm.n_items,
         "file_hash": sm.file_hash,
+        "signature": sm.signature_summary(),
         "guarantee": g,
         "plain_language": g["explanation"]
         if g is not None
@@ -189,6 +191,7 @@ def list_models(ctx: Ctx, ledger: Reader) -> dict[str, Any]:
     """Every model file served: guarantee in numbers and in plain language, lineage, evaluation."""
     return {
         "models": [model_entry(ctx, ledger, sm) for sm in ctx.models.list()],
+        "required_signer": ctx.models.signer,
         "rejected": [{"file": f, "reason": r} for f, r in sorted(ctx.models.rejected.items())],
     }
 

@@ -238,7 +238,8 @@ async function loadModels() {
     const lin = m.lineage;
     info.textContent = `${m.kind}, ${m.n_items} items, ${m.served ? "served" : "not served"}. Lineage: ` +
       (lin.artifact_id ? `artifact #${lin.artifact_id} trained by ${lin.trained_by} on ${lin.dataset} version ${lin.dataset_version} ` +
-        `(privrec ${lin.privrec_version}${lin.git_commit ? ", " + lin.git_commit.slice(0, 10) : ""}), charges ${lin.charge_ids.join(", ")}.` : lin.note + ".");
+        `(privrec ${lin.privrec_version}${lin.git_commit ? ", " + lin.git_commit.slice(0, 10) : ""}), charges ${lin.charge_ids.join(", ")}.` : lin.note + ".") +
+      (m.signature ? ` Signed by ${m.signature.signer}${m.signature.verified ? " (verified)" : " (claimed, not checked)"}.` : " Not signed.");
     card.appendChild(info);
     if (m.evaluation) {
       const ev = document.createElement("p"); const e = m.evaluation; const k = e.k.includes(10) ? 10 : e.k[0];
@@ -260,6 +261,7 @@ async function loadModels() {
     cell(tr, a.id); cell(tr, a.model_kind); cell(tr, a.dataset); cell(tr, a.dataset_version);
     cell(tr, fmt(a.epsilon, 3), "num"); cell(tr, a.delta ? a.delta.toExponential(1) : "–", "num"); cell(tr, a.unit);
     cell(tr, a.created_by); cell(tr, utc(a.created_at)); cell(tr, a.charge_ids.join(", "));
+    cell(tr, a.signer ? a.signer.slice(0, 19) + "…" : "unsigned").title = a.signer || "";
     const td = cell(tr, a.file_hash.slice(0, 12) + "…"); td.title = a.plain_language || "";
   });
 }

@@ -156,3 +156,29 @@ def test_simulate_prints_and_writes_rounded_cohort_sizes(tmp_path: Path) -> None
         for n in secret:
             assert re.search(rf"(?<![\d.,])({n:,}|{n})(?!\d)", text) is None, (name, n)
     assert "cohort sizes are not covered" in " ".join(res.output.split())
+
+
+def test_simulate_signs_the_saved_model(tmp_path: Path) -> None:
+    """``--sign-key`` as in ``privrec train``: the saved FederatedMF verifies with the public
+    key; without ``--out`` there is nothing to sign, refused before any round."""
+    from privrec.models import load_model
+    from privrec.models.signing import fingerprint, generate_keypair, load_verify_key
+
+    private, public = generate_keypair(tmp_path / "keys")
+    data = _split(tmp_path / "split", n_users=60)
+    model = tmp_path / "fed.npz"
+    args = [
+        "federated", "simulate", "-d", str(data), "--noise-multiplier", "0.8", "--rounds", "1",
+        "--clients-per-round", "30", "--head-items", "10", "--factors", "2", "--seed", "0",
+        "--aggregation", "central", "--eval-every", "1", "-p", "clip_count_stddev=5.0",
+        "--sign-key", str(private),
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, [*args, "--out", str(model)])
+    assert res.exit_code == 0, res.output
+    fp = fingerprint(load_verify_key(public))
+    assert f"as {fp}" in " ".join(res.output.split())
+    loaded = load_model(model, verify_key=public)
+    assert loaded.file_signature_ is not None and loaded.file_signature_.verified
+    nowhere = CliRunner().invoke(app, args)
+    assert nowhere.exit_code == 1 and "--sign-key needs --out" in nowhere.output
+    assert "FederatedMF rounds" not in nowhere.output

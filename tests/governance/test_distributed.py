@@ -215,6 +215,27 @@ def test_federated_simulate_charges_the_ledger(ledger_url: str, tmp_path: Path) 
     assert len(s.analyst.history("ratings")) == 1
 
 
+def test_federated_simulate_records_its_signer(ledger_url: str, tmp_path: Path) -> None:
+    """``--sign-key`` through the ledger: the released file verifies with the public key and
+    the artifact's recorded signer is that key's fingerprint."""
+    from privrec.models.signing import fingerprint, generate_keypair, load_verify_key
+
+    s = make_setup(ledger_url)
+    private, public = generate_keypair(tmp_path / "keys")
+    model = tmp_path / "fed.npz"
+    args = [
+        "federated", "simulate", "-d", str(_split_folder(tmp_path / "split")), "--epsilon", "1.8",
+        "--delta", "1e-6", "--rounds", "1", "--clients-per-round", "80", "--head-items", "10",
+        "--factors", "2", "--aggregation", "central", "--dataset", "ratings",
+        "--ledger", ledger_url, "--out", str(model), "--sign-key", str(private),
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, args, env={"PRIVREC_API_KEY": s.analyst_key})
+    assert res.exit_code == 0, res.output
+    loaded = load_model(model, verify_key=public)
+    assert loaded.file_signature_ is not None and loaded.file_signature_.verified
+    assert s.analyst.artifact(model).signer == fingerprint(load_verify_key(public))
+
+
 @pytest.fixture
 def federation(tmp_path: Path) -> Iterator[tuple[Path, list[threading.Thread], list[object]]]:
     """Keys, two aggregation servers and three silos running in threads (real loopback TCP);

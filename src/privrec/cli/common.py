@@ -58,6 +58,14 @@ def signing_key(path: Path | None) -> Any:
     return load_signing_key(path)
 
 
+def signed_note(signer: Any, saved: object) -> None:
+    """Print who signed the model file a command just wrote (nothing when it was not signed)."""
+    if signer is not None:
+        from privrec.models.signing import fingerprint
+
+        console.print(f"signed {saved} as {fingerprint(signer)}", highlight=False, markup=False)
+
+
 def signature_line(model: Any) -> str:
     """What a command prints about the signature of the model file it loaded."""
     sig = getattr(model, "file_signature_", None)

@@ -14,12 +14,15 @@ from typing import Annotated, Any
 import typer
 
 from privrec.cli.common import (
+    SignKeyOpt,
     check_output,
     console,
     err_console,
     handle_errors,
     parse_params,
     rounded,
+    signed_note,
+    signing_key,
 )
 
 federated_app = typer.Typer(
@@ -162,13 +165,14 @@ def simulate(
     key: Annotated[
         str | None, typer.Option(envvar="PRIVREC_API_KEY", help="Ledger: your API key.")
     ] = None,
+    sign_key: SignKeyOpt = None,
 ) -> None:
     """Simulate FederatedMF training: per-round ε, clip norm, survivors, bytes and Recall@20.
 
     With --dataset the run goes through the privacy ledger: the data passes the dataset's
     policy, every round's charge is reserved before round 1 (refused in one line when a budget
     cannot take it), and the charge is committed with the saved model (--out) or the run's
-    result.
+    result. With --sign-key the saved model file is signed (and the ledger records the signer).
     """
     import click
 
@@ -198,6 +202,9 @@ def simulate(
         if json_out is not None and json_out.parent and not json_out.parent.is_dir():
             raise ConfigError(f"--json: folder {str(json_out.parent)!r} does not exist")
         check_output(out)
+        if sign_key is not None and out is None:
+            raise ConfigError("--sign-key needs --out: there is no model file to sign")
+        signer = signing_key(sign_key)  # a missing or unreadable key fails before any round
         led: Any = None
         if dataset is not None or ledger is not None:  # privacy ledger (privrec.governance)
             if dataset is None:
@@ -338,7 +345,9 @@ def simulate(
                     "ledger: no round left to run, nothing to charge", highlight=False
                 )
         with session if session is not None else contextlib.nullcontext():
-            _run_and_report(sim, json_out, out, item_ids, session, governed, dataset, led, line)
+            _run_and_report(
+                sim, json_out, out, item_ids, session, governed, dataset, led, line, signer
+            )
 
 
 def _run_and_report(
@@ -351,6 +360,7 @@ def _run_and_report(
     dataset: str | None,
     led: Any,
     line: Callable[[Any], None],
+    signer: Any = None,
 ) -> None:
     """Run the simulation, print its rounds and guarantee, save the model, commit the charge."""
     from rich.table import Table
@@ -420,10 +430,12 @@ def _run_and_report(
                 out,
                 config=c.model_dump(mode="json"),
                 dataset_hash=governed.content_hash,
+                signing_key=signer,
             )
         else:
-            saved = model.save(out)
+            saved = model.save(out, signing_key=signer)
         console.print(f"model: {saved} (FederatedMF, no users)", highlight=False)
+        signed_note(signer, saved)
     if session is not None:
         if saved is None:
             session.released()

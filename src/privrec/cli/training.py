@@ -34,6 +34,7 @@ from privrec.cli.common import (
     privacy_summary,
     read_config,
     rounded,
+    signed_note,
     signing_key,
     stderr_is_tty,
 )
@@ -223,14 +224,7 @@ def train(
         guarantee = getattr(model, "guarantee_", None)
         if guarantee is not None:
             console.print(privacy_summary(guarantee, saved), highlight=False, markup=False)
-        _signed_note(signer, saved)
-
-
-def _signed_note(signer: Any, saved: object) -> None:
-    if signer is not None:
-        from privrec.models.signing import fingerprint
-
-        console.print(f"signed {saved} as {fingerprint(signer)}", highlight=False, markup=False)
+        signed_note(signer, saved)
 
 
 # ------------------------------------------------------- train --engine ray
@@ -303,7 +297,7 @@ def _train_distributed(
     )
     g = model.guarantee_
     console.print(privacy_summary(g, saved), highlight=False, markup=False)
-    _signed_note(signer, saved)
+    signed_note(signer, saved)
 
 
 class _Sizes:

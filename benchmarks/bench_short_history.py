@@ -31,24 +31,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("NUMBA_NUM_THREADS", "2")
-
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from machine import machine_info, machine_markdown  # noqa: E402
+from setting import DATA, DELTA, HERE, K, machine_info, machine_markdown
 
-DATA = Path(os.environ.get("PRIVREC_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
-DELTA = 1e-5
-K = 20
 EPSILONS = (1.0, 5.0)
 SEEDS = (0, 1, 2)
 PRIVATE = ("dppopularity", "dpals", "dpease", "federatedmf")

@@ -24,7 +24,7 @@ from privrec.federated.training import FaultModel, FederatedSimulation, SecureMo
 from privrec.models.base import as_user_items, check_array, register
 from privrec.models.dp_rules import resolve_popularity_blend, resolve_shrinkage
 from privrec.models.file_layout import ArraySpec, FileLayout
-from privrec.models.private import PrivateRecommender, head_item_scores
+from privrec.models.private import PrivateRecommender, head_item_scores, read_blend_state
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["FederatedMF"]
@@ -315,17 +315,8 @@ class FederatedMF(PrivateRecommender):
                 "the user ridge must be positive", field="state_fold", found=float(fold[1])
             )
         self._alpha0, self._user_reg = float(fold[0]), float(fold[1])
-        # files written before the blend existed ranked by the factors alone
-        self.popularity_blend_ = (
-            float(check_array(arrays, "popularity_blend", kind="f", shape=(), low=0, high=10))
-            if "popularity_blend" in arrays
-            else 0.0
-        )
-        self.popularity_shrinkage_ = (
-            float(check_array(arrays, "popularity_shrinkage", kind="f", shape=(), low=0, high=1000))
-            if "popularity_shrinkage" in arrays
-            else 0.0
-        )
+        # files older than the blend read as 0: see read_blend_state
+        self.popularity_blend_, self.popularity_shrinkage_ = read_blend_state(arrays)
         self.history_ = []
 
     def _set_extra_meta(self, extra: dict[str, Any]) -> None:

@@ -53,6 +53,7 @@ from privrec.models.private import (
     PrivateRecommender,
     blend_popularity,
     head_item_scores,
+    read_blend_state,
 )
 from privrec.models.releases import ReleaseHook
 from privrec.models.tiers import finish_tiers, plan_tiers
@@ -744,18 +745,8 @@ class DPALS(PrivateRecommender):
                 "the user ridge must be positive", field="state_fold", found=float(fold[1])
             )
         self._fit_alpha0, self._fit_user_reg = float(fold[0]), float(fold[1])
-        # files written before the blend existed scored with the factors alone
-        self.popularity_blend_ = (
-            float(check_array(arrays, "popularity_blend", kind="f", shape=(), low=0, high=10))
-            if "popularity_blend" in arrays
-            else 0.0
-        )
-        # files written before the per-user shrinkage existed blended every user alike
-        self.popularity_shrinkage_ = (
-            float(check_array(arrays, "popularity_shrinkage", kind="f", shape=(), low=0, high=1000))
-            if "popularity_shrinkage" in arrays
-            else 0.0
-        )
+        # files older than the blend read as 0: see read_blend_state
+        self.popularity_blend_, self.popularity_shrinkage_ = read_blend_state(arrays)
         self.factors_ = int(self.item_factors_.shape[1])
 
     def _check_state(self) -> None:

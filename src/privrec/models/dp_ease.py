@@ -17,7 +17,12 @@ from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import LengthProfile, resolve_bound, resolve_shrinkage, user_blend
 from privrec.models.ease import check_ease_memory, ease_from_gram, item_gram
 from privrec.models.file_layout import ArraySpec, FileLayout
-from privrec.models.private import PrivateConfig, PrivateRecommender, blend_popularity
+from privrec.models.private import (
+    PrivateConfig,
+    PrivateRecommender,
+    blend_popularity,
+    read_blend_state,
+)
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.bounds import LENGTHS_LABEL, length_sensitivity, noisy_length_histogram
 from privrec.privacy.contribution import sample_per_user
@@ -398,18 +403,8 @@ class DPEASE(PrivateRecommender):
         self.noise_multiplier_ = float(
             check_array(arrays, "noise_multiplier", kind="f", shape=(), low=0)
         )
-        # files written before the blend existed scored with the EASE weights alone
-        self.popularity_blend_ = (
-            float(check_array(arrays, "popularity_blend", kind="f", shape=(), low=0, high=10))
-            if "popularity_blend" in arrays
-            else 0.0
-        )
-        # files written before the per-user shrinkage existed blended every user alike
-        self.popularity_shrinkage_ = (
-            float(check_array(arrays, "popularity_shrinkage", kind="f", shape=(), low=0, high=1000))
-            if "popularity_shrinkage" in arrays
-            else 0.0
-        )
+        # files older than the blend read as 0: see read_blend_state
+        self.popularity_blend_, self.popularity_shrinkage_ = read_blend_state(arrays)
 
 
 def resolve_ease_blend(blend: float | None, epsilon: float) -> float:

@@ -21,7 +21,7 @@ import pydantic
 
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError, DataError
-from privrec.models.base import ModelConfig, Recommender, _empty_csr
+from privrec.models.base import ModelConfig, Recommender, _empty_csr, check_array
 from privrec.models.releases import Release, ReleaseHook, read_only
 from privrec.privacy.accounting import AccountantKind
 from privrec.privacy.budget import Budget
@@ -30,7 +30,7 @@ from privrec.privacy.guarantee import PrivacyGuarantee, Tuning
 from privrec.privacy.randomness import resolve_generator
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["PrivateConfig", "PrivateRecommender", "blend_popularity"]
+__all__ = ["PrivateConfig", "PrivateRecommender", "blend_popularity", "read_blend_state"]
 
 _PRIVACY_PARAMS = frozenset({"epsilon", "delta", "unit", "accountant", "seed"})
 
@@ -287,3 +287,24 @@ def blend_popularity(scores: np.ndarray, noisy_counts: np.ndarray, beta: float) 
     z = (s - s.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, np.float32(1.0))
     out: np.ndarray = (z + np.float32(beta) * prior.astype(np.float32)).astype(np.float32)
     return out
+
+
+def read_blend_state(arrays: dict[str, np.ndarray]) -> tuple[float, float]:
+    """The popularity blend β and the per-user shrinkage stored in a model file.
+
+    Files written before either setting existed ranked users by the model alone, so a
+    missing value reads as 0 (no blend, every user alike) rather than today's default:
+    loading an old file must reproduce the recommendations it was released with. Both are
+    range-checked like every other stored parameter (a tampered file gets a typed error).
+    """
+    beta = (
+        float(check_array(arrays, "popularity_blend", kind="f", shape=(), low=0, high=10))
+        if "popularity_blend" in arrays
+        else 0.0
+    )
+    shrinkage = (
+        float(check_array(arrays, "popularity_shrinkage", kind="f", shape=(), low=0, high=1000))
+        if "popularity_shrinkage" in arrays
+        else 0.0
+    )
+    return beta, shrinkage

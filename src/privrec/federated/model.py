@@ -18,13 +18,19 @@ import numpy as np
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError, ModelFileError
+from privrec.errors import ConfigError
 from privrec.federated.mf import FederatedMFConfig, FederatedMFServer, user_vectors
 from privrec.federated.training import FaultModel, FederatedSimulation, SecureMode
 from privrec.models.base import as_user_items, check_array, register
 from privrec.models.dp_rules import resolve_popularity_blend, resolve_shrinkage
 from privrec.models.file_layout import ArraySpec, FileLayout
-from privrec.models.private import PrivateRecommender, head_item_scores, read_blend_state
+from privrec.models.private import (
+    PrivateRecommender,
+    head_item_scores,
+    read_blend_state,
+    read_fold,
+    read_head_items,
+)
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["FederatedMF"]
@@ -299,22 +305,12 @@ class FederatedMF(PrivateRecommender):
             arrays, "item_factors", kind="f", shape=(n, int(self.factors))
         )
         n = self.item_factors_.shape[0]
-        head = check_array(arrays, "head_items", kind="iu", shape=(None,), low=0, high=n - 1)
-        if len(head) == 0 or np.any(np.diff(head.astype(np.int64)) <= 0):
-            raise ModelFileError(
-                "head items must be non-empty, sorted and unique", field="state_head_items"
-            )
-        self.head_items_ = head.astype(np.int64)
+        self.head_items_ = read_head_items(arrays, n)
         self.popularity_ = check_array(arrays, "popularity", kind="f", shape=(n,))
         self.noise_multiplier_ = float(
             check_array(arrays, "noise_multiplier", kind="f", shape=(), low=0)
         )
-        fold = check_array(arrays, "fold", kind="f", shape=(2,), low=0)
-        if fold[1] <= 0:
-            raise ModelFileError(
-                "the user ridge must be positive", field="state_fold", found=float(fold[1])
-            )
-        self._alpha0, self._user_reg = float(fold[0]), float(fold[1])
+        self._alpha0, self._user_reg = read_fold(arrays)
         # files older than the blend read as 0: see read_blend_state
         self.popularity_blend_, self.popularity_shrinkage_ = read_blend_state(arrays)
         self.history_ = []

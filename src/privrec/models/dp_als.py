@@ -54,6 +54,8 @@ from privrec.models.private import (
     blend_popularity,
     head_item_scores,
     read_blend_state,
+    read_fold,
+    read_head_items,
 )
 from privrec.models.releases import ReleaseHook
 from privrec.models.tiers import finish_tiers, plan_tiers
@@ -731,20 +733,10 @@ class DPALS(PrivateRecommender):
             arrays, "item_factors", kind="f", shape=(self._known_n_items(), None)
         )
         n = self.item_factors_.shape[0]
-        head = check_array(arrays, "head_items", kind="iu", shape=(None,), low=0, high=n - 1)
-        if len(head) == 0 or np.any(np.diff(head.astype(np.int64)) <= 0):
-            raise ModelFileError(
-                "head items must be non-empty, sorted and unique", field="state_head_items"
-            )
-        self.head_items_ = head.astype(np.int64)
+        self.head_items_ = read_head_items(arrays, n)
         self.noisy_counts_ = check_array(arrays, "noisy_counts", kind="f", shape=(n,))
         self.noise_scale_ = float(check_array(arrays, "noise_scale", kind="f", shape=(), low=0))
-        fold = check_array(arrays, "fold", kind="f", shape=(2,), low=0)
-        if fold[1] <= 0:
-            raise ModelFileError(
-                "the user ridge must be positive", field="state_fold", found=float(fold[1])
-            )
-        self._fit_alpha0, self._fit_user_reg = float(fold[0]), float(fold[1])
+        self._fit_alpha0, self._fit_user_reg = read_fold(arrays)
         # files older than the blend read as 0: see read_blend_state
         self.popularity_blend_, self.popularity_shrinkage_ = read_blend_state(arrays)
         self.factors_ = int(self.item_factors_.shape[1])

@@ -11,7 +11,7 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError, ModelFileError
+from privrec.errors import ConfigError
 from privrec.models.base import check_array, register
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import LengthProfile, resolve_bound, resolve_shrinkage, user_blend
@@ -22,6 +22,7 @@ from privrec.models.private import (
     PrivateRecommender,
     blend_popularity,
     read_blend_state,
+    read_head_items,
 )
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.bounds import LENGTHS_LABEL, length_sensitivity, noisy_length_histogram
@@ -389,15 +390,8 @@ class DPEASE(PrivateRecommender):
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         n = self._known_n_items()
-        head = check_array(
-            arrays, "head_items", kind="iu", shape=(None,), low=0, high=None if n is None else n - 1
-        )
-        h = len(head)
-        if h == 0 or np.any(np.diff(head.astype(np.int64)) <= 0):
-            raise ModelFileError(
-                "head items must be non-empty, sorted and unique", field="state_head_items"
-            )
-        self.head_items_ = head.astype(np.int64)
+        self.head_items_ = read_head_items(arrays, n)
+        h = len(self.head_items_)
         self.weights_ = check_array(arrays, "weights", kind="f", shape=(h, h))
         self.item_popularity_ = check_array(arrays, "item_popularity", kind="f", shape=(h,))
         self.noise_multiplier_ = float(

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import pydantic
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError, DataError
+from privrec.errors import ConfigError, DataError, ModelFileError
 from privrec.models.base import ModelConfig, Recommender, _empty_csr, check_array
 from privrec.models.releases import Release, ReleaseHook, read_only
 from privrec.privacy.accounting import AccountantKind
@@ -30,7 +30,14 @@ from privrec.privacy.guarantee import PrivacyGuarantee, Tuning
 from privrec.privacy.randomness import resolve_generator
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["PrivateConfig", "PrivateRecommender", "blend_popularity", "read_blend_state"]
+__all__ = [
+    "PrivateConfig",
+    "PrivateRecommender",
+    "blend_popularity",
+    "read_blend_state",
+    "read_fold",
+    "read_head_items",
+]
 
 _PRIVACY_PARAMS = frozenset({"epsilon", "delta", "unit", "accountant", "seed"})
 
@@ -308,3 +315,29 @@ def read_blend_state(arrays: dict[str, np.ndarray]) -> tuple[float, float]:
         else 0.0
     )
     return beta, shrinkage
+
+
+def read_head_items(arrays: dict[str, np.ndarray], n_items: int | None) -> np.ndarray:
+    """The stored head items: non-empty, sorted, unique catalogue indices (int64).
+
+    Scoring indexes the item arrays by them, so a tampered list gets a typed error here
+    rather than an IndexError or silently duplicated scores later.
+    """
+    high = None if n_items is None else n_items - 1
+    head = check_array(arrays, "head_items", kind="iu", shape=(None,), low=0, high=high)
+    if len(head) == 0 or np.any(np.diff(head.astype(np.int64)) <= 0):
+        raise ModelFileError(
+            "head items must be non-empty, sorted and unique", field="state_head_items"
+        )
+    return head.astype(np.int64)
+
+
+def read_fold(arrays: dict[str, np.ndarray]) -> tuple[float, float]:
+    """The stored fold-in settings (α0, user ridge): the ridge must be positive, or the
+    users' solves at recommendation time are singular."""
+    fold = check_array(arrays, "fold", kind="f", shape=(2,), low=0)
+    if fold[1] <= 0:
+        raise ModelFileError(
+            "the user ridge must be positive", field="state_fold", found=float(fold[1])
+        )
+    return float(fold[0]), float(fold[1])

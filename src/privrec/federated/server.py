@@ -15,7 +15,7 @@ import dp_accounting
 import numpy as np
 
 from privrec.errors import ConfigError, DataError, InvalidInputError, PrivacyWarning
-from privrec.federated import server_checkpoint
+from privrec.federated import server_checkpoint, server_counting
 from privrec.federated.accounting import (
     calibrate_multiplier,
     count_epsilon_fraction,
@@ -24,6 +24,7 @@ from privrec.federated.accounting import (
 )
 from privrec.federated.client import RoundSpec, count_dim, split_noise
 from privrec.federated.config import FederatedMFConfig
+from privrec.federated.server_counting import HEAD_LABEL
 from privrec.models.dp_rules import LengthProfile
 from privrec.privacy.accounting import AccountantKind
 from privrec.privacy.budget import Budget
@@ -32,9 +33,6 @@ from privrec.privacy.events import SpentEvent, total_event
 from privrec.privacy.guarantee import PrivacyGuarantee
 
 __all__ = ["HEAD_LABEL", "FederatedMFServer"]
-
-#: Label of the counting round's event (noisy item counts and history lengths; the head).
-HEAD_LABEL = "counting round (noisy item counts and history lengths)"
 
 
 def _same_event(a: dp_accounting.DpEvent, b: dp_accounting.DpEvent) -> bool:
@@ -572,18 +570,7 @@ class FederatedMFServer:
         return self._count_encoder
 
     def _count_encoder_for(self, z: float) -> DistributedDPEncoder:
-        _, shares, top = self._count_sizes()
-        return DistributedDPEncoder(
-            DistributedDPConfig(
-                clip=1.0,
-                dim=self.count_dim,
-                min_survivors=shares,
-                rotation_seed=self.rotation_seed + 1,
-                noise_multiplier=z if z > 0 else 1.0,
-                mechanism=self.config.ddp_mechanism,
-                max_clients=top,
-            )
-        )
+        return server_counting.count_encoder(self, z)
 
     def select_head(
         self,
@@ -595,58 +582,13 @@ class FederatedMFServer:
         """Release the counting round; choose the head from its noisy counts if none is set.
 
         ``noisy_counts`` is the noised sum of :func:`client_count_vector` over the clients of
-        the counting round (Poisson rate :attr:`q_head`), length :attr:`count_dim`; it is
-        rescaled by :attr:`count_scale` into :attr:`noisy_counts` (items) and
-        :attr:`noisy_lengths` (history-length bins). Without a head yet, the head is the
-        ``head_items`` largest noisy counts (post-processing), sorted by id. With distributed
-        DP, ``survivors`` is
-        how many clients' noise is in it and ``sampled`` the round's cohort (unknown: the
-        largest cohort). Only honest survivors count (:meth:`honest_survivors`); fewer than
-        the counting round's planned noise shares are refused (the secure sum should have
-        aborted), and the round is charged that worst case.
+        the counting round (Poisson rate :attr:`q_head`), length :attr:`count_dim`. See
+        :func:`privrec.federated.server_counting.release_counts` for the checks, the charge
+        and the head rule.
         """
-        c = np.asarray(noisy_counts, dtype=np.float64)
-        if c.shape != (self.count_dim,):
-            raise DataError(
-                "noisy counts have the wrong length",
-                field="noisy_counts",
-                expected=str(self.count_dim),
-                found=c.shape,
-            )
-        if not np.all(np.isfinite(c)):
-            raise DataError("noisy counts contain NaN or infinite values", field="noisy_counts")
-        c = c * self.count_scale
-        items = c[: self.n_items]
-        n_head = self.n_items if self.config.head_items is None else self.config.head_items
-        head = (
-            np.sort(np.argsort(-items, kind="stable")[: min(n_head, self.n_items)])
-            if self.head_items is None
-            else None
+        return server_counting.release_counts(
+            self, noisy_counts, survivors=survivors, sampled=sampled
         )
-        z = self.head_noise_multiplier
-        if self.config.aggregation == "distributed" and z > 0:
-            if survivors is None or survivors < 1:
-                raise DataError(
-                    "distributed counting round needs its survivor count", field="survivors"
-                )
-            _, shares, top = self._count_sizes()
-            honest = int(survivors) - self.corrupt_bound(top if sampled is None else sampled)
-            if honest < shares:
-                raise DataError(
-                    f"only {honest} honest survivors' noise in the counting round's sum, "
-                    f"planned for at least {shares}; the secure sum should have aborted",
-                    field="survivors",
-                    found=survivors,
-                )
-        event = self._charged_head_event(z)
-        self._announce(HEAD_LABEL, event)
-        self._spend(HEAD_LABEL, event)
-        self.noisy_counts = items
-        self.noisy_lengths = c[self.n_items :]
-        if head is not None:
-            self._set_head(head)
-        assert self.head_items is not None
-        return self.head_items
 
     def count_noise(self, count_sum: np.ndarray) -> np.ndarray:
         """Central variant of the count release: ``N(0, z_h²)`` per entry of the sum of scaled

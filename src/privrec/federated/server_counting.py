@@ -1,0 +1,109 @@
+"""The counting round of a FederatedMF server: its encoder and its release.
+
+Split from :mod:`privrec.federated.server`
+(:meth:`~privrec.federated.server.FederatedMFServer.select_head` calls :func:`release_counts`).
+The counting round releases, once, the noised sum of every participating device's scaled
+count vector (:func:`~privrec.federated.client.client_count_vector`: the device's items and
+the bin of its history length, L2 norm ≤ 1). Sensitivity 1 in that vector's units under
+add/remove-one-user; the event is the server's ``_charged_head_event`` (central: the
+Gaussian of multiplier ``z_h``; distributed: the worst case over the round's fewest honest
+noise shares), recorded before any state changes. Everything after the noise — the
+rescaling to counts, the head as the largest noisy counts — is post-processing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from privrec.errors import DataError
+from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
+
+if TYPE_CHECKING:
+    from privrec.federated.server import FederatedMFServer
+
+__all__ = ["HEAD_LABEL", "count_encoder", "release_counts"]
+
+#: Label of the counting round's event (noisy item counts and history lengths; the head).
+HEAD_LABEL = "counting round (noisy item counts and history lengths)"
+
+
+def count_encoder(self: FederatedMFServer, z: float) -> DistributedDPEncoder:
+    """Distributed-DP encoder of the counting round for multiplier ``z`` (dimension
+    :attr:`~FederatedMFServer.count_dim`, norm ≤ 1), sized for the round's own cohort
+    (Poisson rate ``q_head``) rather than a training round's."""
+    _, shares, top = self._count_sizes()
+    return DistributedDPEncoder(
+        DistributedDPConfig(
+            clip=1.0,
+            dim=self.count_dim,
+            min_survivors=shares,
+            rotation_seed=self.rotation_seed + 1,
+            noise_multiplier=z if z > 0 else 1.0,
+            mechanism=self.config.ddp_mechanism,
+            max_clients=top,
+        )
+    )
+
+
+def release_counts(
+    self: FederatedMFServer,
+    noisy_counts: np.ndarray,
+    *,
+    survivors: int | None = None,
+    sampled: int | None = None,
+) -> np.ndarray:
+    """Check, charge and apply the counting round's noised sum; return the head items.
+
+    ``noisy_counts`` is rescaled by :attr:`~FederatedMFServer.count_scale` into
+    ``noisy_counts`` (items) and ``noisy_lengths`` (history-length bins). Without a head yet,
+    the head is the ``head_items`` largest noisy counts (post-processing), sorted by id. With
+    distributed DP, ``survivors`` is how many clients' noise is in the sum and ``sampled``
+    the round's cohort (unknown: the largest cohort). Only honest survivors count; fewer than
+    the counting round's planned noise shares are refused (the secure sum should have
+    aborted), and the round is charged that worst case. Nothing changes before every check
+    has passed and the ledger hook has accepted the event.
+    """
+    c = np.asarray(noisy_counts, dtype=np.float64)
+    if c.shape != (self.count_dim,):
+        raise DataError(
+            "noisy counts have the wrong length",
+            field="noisy_counts",
+            expected=str(self.count_dim),
+            found=c.shape,
+        )
+    if not np.all(np.isfinite(c)):
+        raise DataError("noisy counts contain NaN or infinite values", field="noisy_counts")
+    c = c * self.count_scale
+    items = c[: self.n_items]
+    n_head = self.n_items if self.config.head_items is None else self.config.head_items
+    head = (
+        np.sort(np.argsort(-items, kind="stable")[: min(n_head, self.n_items)])
+        if self.head_items is None
+        else None
+    )
+    z = self.head_noise_multiplier
+    if self.config.aggregation == "distributed" and z > 0:
+        if survivors is None or survivors < 1:
+            raise DataError(
+                "distributed counting round needs its survivor count", field="survivors"
+            )
+        _, shares, top = self._count_sizes()
+        honest = int(survivors) - self.corrupt_bound(top if sampled is None else sampled)
+        if honest < shares:
+            raise DataError(
+                f"only {honest} honest survivors' noise in the counting round's sum, "
+                f"planned for at least {shares}; the secure sum should have aborted",
+                field="survivors",
+                found=survivors,
+            )
+    event = self._charged_head_event(z)
+    self._announce(HEAD_LABEL, event)
+    self._spend(HEAD_LABEL, event)
+    self.noisy_counts = items
+    self.noisy_lengths = c[self.n_items :]
+    if head is not None:
+        self._set_head(head)
+    assert self.head_items is not None
+    return self.head_items

@@ -52,25 +52,26 @@ def test_every_signature_fits_its_kernel() -> None:
         assert len(set(sigs)) == len(sigs), f"{name}: a signature listed twice"
 
 
-def _warm(cache: Path) -> str:
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+def test_warm_writes_the_cache_that_later_runs_read(tmp_path: Path) -> None:
+    """Run as a module with ``$NUMBA_CACHE_DIR`` set, the warm-up compiles into that folder, and
+    what it wrote loads back from disk (numba's own cache lookup, as a later process does it).
+    One subprocess: numba fixes its cache folder when first imported."""
+    cache = tmp_path / "numba"
+    code = (
+        "from privrec.models.warm import kernel_signatures, main\n"
+        f"main(['--kernel', {SMALL!r}])\n"
+        f"d, sigs = kernel_signatures({SMALL!r})\n"
+        "print('cache in', d.stats.cache_path)\n"
+        "print('loads', all(d._cache.load_overload(s, d.targetctx) is not None for s in sigs))\n"
+    )
     res = subprocess.run(
-        [sys.executable, "-m", "privrec.models.warm", "--kernel", SMALL],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        env=env,
+        env=dict(os.environ, NUMBA_CACHE_DIR=str(cache)),
         timeout=300,
     )
     assert res.returncode == 0, res.stderr
-    return res.stdout
-
-
-def test_warm_writes_the_cache_that_later_runs_read(tmp_path: Path) -> None:
-    """First run compiles into ``$NUMBA_CACHE_DIR``; a fresh process then finds it there."""
-    cache = tmp_path / "numba"
-    first = _warm(cache)
-    assert f"warm in {cache}: 1 signatures (1 compiled, 0 already cached)" in first
+    assert f"warm in {cache}: 1 signatures (1 compiled, 0 already cached)" in res.stdout
+    assert f"cache in {cache}" in res.stdout and "loads True" in res.stdout
     assert list(cache.glob("models_*/als_kernels._structure_checksum-*.nbi"))
-    second = _warm(cache)
-    assert "1 signatures, 1 cached" in second
-    assert "(0 compiled, 1 already cached)" in second

@@ -18,8 +18,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
+# After installing, compile every numba kernel into $(NUMBA_CACHE_DIR) (about 2 min once), the
+# folder the tests, `make demo` and the CLI under make read: no test pays for a cold compile.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m privrec.models.warm --quiet
 	@touch $@
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)

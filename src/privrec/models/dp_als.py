@@ -40,6 +40,7 @@ from privrec.models.dp_rules import (
     resolve_bound,
     resolve_factors,
     resolve_iterations,
+    resolve_one_round,
     resolve_popularity_blend,
     resolve_regularization,
     resolve_shrinkage,
@@ -84,6 +85,25 @@ __all__ = [
 ]
 
 Method = Literal["uniform", "tail", "adaptive"]
+
+
+def initial_item_factors(
+    n_head: int, k: int, c: DPALSConfig, counts_h: np.ndarray, one_round: bool
+) -> np.ndarray:
+    """The item factors the first user solves start from (``n_head × k``, float64).
+
+    Random (seeded by ``seed + 1``: data-independent) with std ``init_scale / √k``; in one
+    round (:func:`~privrec.models.dp_rules.resolve_one_round`) the first column is the released
+    log noisy counts at the same root-mean-square, so the one round of user solves already
+    carries each user's popularity profile — post-processing of the released counts.
+    """
+    init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)
+    scale = c.init_scale / math.sqrt(k)
+    y = init_rng.standard_normal((n_head, k)) * scale
+    if one_round:
+        prior = np.log1p(np.maximum(np.asarray(counts_h, dtype=np.float64), 0.0))
+        y[:, 0] = prior * (scale / max(float(np.sqrt(np.mean(prior**2))), 1e-12))
+    return y
 
 
 class _Calibration(NamedTuple):
@@ -131,6 +151,7 @@ class DPALSConfig(PrivateConfig):
     rhs_noise_ratio: float = pydantic.Field(default=1.0, gt=0, allow_inf_nan=False)
     count_noise_ratio: float = pydantic.Field(default=0.2, gt=0, allow_inf_nan=False)
     init_scale: float = pydantic.Field(default=0.1, gt=0, allow_inf_nan=False)
+    one_round: bool | None = None
     popularity_blend: float | None = pydantic.Field(default=None, ge=0, le=10, allow_inf_nan=False)
     popularity_shrinkage: float | None = pydantic.Field(
         default=None, ge=0, le=1000, allow_inf_nan=False
@@ -227,6 +248,19 @@ class DPALS(PrivateRecommender):
         left-hand sides matter least once λ is large, so they get little budget
         (more noise); the counts drive head selection and the adaptive weights,
         so they get more than a uniform split would give them.
+    init_scale
+        Scale of the initial item factors (random, data-independent; in one round the first
+        column is the released log counts instead).
+    one_round
+        Fit in one round: the item factors start from the released counts (their first column
+        the log noisy counts, the others random) and every private step re-releases the first
+        step's statistics — the same clipped user factors — which the item solve averages, so
+        the T steps act as one step with √T less noise. Default (``None``): a rule,
+        :func:`~privrec.models.dp_rules.resolve_one_round` — one round when the noisy ``n·ε``
+        is below 1000, where a second round of user solves adds more noise than it learns (on
+        ml-100k validation users at ε = 0.5 it lifted Recall@20 from 0.144 to 0.175, above
+        DPPopularity's 0.154). The releases and their noise are the same either way: the
+        choice is post-processing of the length histogram and costs no privacy.
     popularity_blend
         β: a user's scores are their row-standardised factor scores plus β ×
         the standardised log noisy counts
@@ -303,6 +337,7 @@ class DPALS(PrivateRecommender):
     iterations_: int
     regularization_: float
     popularity_blend_: float
+    one_round_: bool
 
     def __init__(
         self,
@@ -332,6 +367,7 @@ class DPALS(PrivateRecommender):
         rhs_noise_ratio: float = 1.0,
         count_noise_ratio: float = 0.2,
         init_scale: float = 0.1,
+        one_round: bool | None = None,
         popularity_blend: float | None = None,
         popularity_shrinkage: float | None = None,
         tiers: tuple[float, ...] | None = None,
@@ -364,6 +400,7 @@ class DPALS(PrivateRecommender):
         self.rhs_noise_ratio = rhs_noise_ratio
         self.count_noise_ratio = count_noise_ratio
         self.init_scale = init_scale
+        self.one_round = one_round
         self.popularity_blend = popularity_blend
         self.popularity_shrinkage = popularity_shrinkage
         self.tiers = tiers
@@ -448,6 +485,7 @@ class DPALS(PrivateRecommender):
             floor=1,
         )
         k = resolve_factors(c.factors, profile, c.epsilon, _FACTOR_SCALE)
+        self.one_round_ = resolve_one_round(c.one_round, profile, c.epsilon, _FACTOR_SCALE)
         self.max_per_user_, self.count_sample_, self.factors_ = bound, count_sample, k
         sens = DPALSSensitivity.of(c.unit, c.clip_norm, bound, count_sample)
         # the item statistics' multipliers are r·σ/√B₀ against sensitivities ∝ √B: their noise is
@@ -522,6 +560,7 @@ class DPALS(PrivateRecommender):
         sens: DPALSSensitivity,
         c: DPALSConfig,
         rng: np.random.Generator,
+        pool: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] | None = None,
     ) -> np.ndarray:
         """Private item step ``step`` (1..T) from its clean sums; returns the new item factors.
 
@@ -530,6 +569,8 @@ class DPALS(PrivateRecommender):
         ``y`` the item factors the step's users were solved from. Adds the noise (Gramian,
         left-hand sides, right-hand sides, in that order), records every release (and shows it
         to the hook) in the order of ``_step_releases``, then solves the items: post-processing.
+        In one round (``pool`` given) every step releases the same clean sums: the noisy ones are
+        pooled and the items solved from their mean (noise std ÷ √steps so far).
         """
         ratios = self._ratios(c)
         b = math.sqrt(b_plan)
@@ -567,6 +608,12 @@ class DPALS(PrivateRecommender):
                 items=items,
                 item_factors=y,
             )
+        if pool is not None:  # one round: T noisy copies of one statistic, averaged
+            pool.append((g, lhs, rhs))
+            g = sum(p[0] for p in pool) / len(pool)
+            rhs = sum(p[2] for p in pool) / len(pool)
+            if lhs is not None:
+                lhs = sum(p[1] for p in pool if p[1] is not None) / len(pool)
         g = project_psd(g)
         if lhs is None:  # lhs="none"
             return shared_solve(c.alpha0 * g, rhs, reg_items)
@@ -615,28 +662,32 @@ class DPALS(PrivateRecommender):
         weights = user_weights(xh, counts_h, c.method, bound, c.adaptive_exponent, rng)
 
         # 3. T private item steps
-        init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)  # data-independent
-        y = (init_rng.standard_normal((n_head, k)) * (c.init_scale / math.sqrt(k))).astype(
-            np.float64
-        )
+        y = initial_item_factors(n_head, k, c, counts_h, self.one_round_)
         reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
         xs = np.zeros((xh.shape[0], k), dtype=np.float32)  # (1 + α0)·user factors, CG warm start
+        pool: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] | None = None
+        y_users = y  # in one round, the factors every step's users were solved from
+        if self.one_round_:  # every step releases the first step's sums
+            pool = []
         for step in range(iterations):
-            xs = _user_cg(xh, y, c.alpha0, c.user_regularization, xs, 8 if step == 0 else 4)
-            u = clip_rows(xs / np.float32(1.0 + c.alpha0), c.clip_norm)
-            if tier_w is not None:  # personalised budgets: user u enters with norm ≤ w_u·Γ
-                u *= tier_w.astype(np.float32)[:, None]
-            g = gramian(u.astype(np.float64))
-            lhs: np.ndarray | None = None
-            if c.lhs == "full":
-                lhs, rhs = item_statistics(weights, u, weights.data, alpha0=0.0)
-            else:  # Σ_u c_uj x_u (and Σ_u c_uj x_u∘x_u): no k×k per item
-                rhs, lhs = item_sums(weights, u, square=c.lhs == "diagonal")
+            if pool is None or step == 0:
+                xs = _user_cg(xh, y, c.alpha0, c.user_regularization, xs, 8 if step == 0 else 4)
+                u = clip_rows(xs / np.float32(1.0 + c.alpha0), c.clip_norm)
+                if tier_w is not None:  # personalised budgets: user u enters with norm ≤ w_u·Γ
+                    u *= tier_w.astype(np.float32)[:, None]
+                g = gramian(u.astype(np.float64))
+                lhs: np.ndarray | None = None
+                if c.lhs == "full":
+                    lhs, rhs = item_statistics(weights, u, weights.data, alpha0=0.0)
+                else:  # Σ_u c_uj x_u (and Σ_u c_uj x_u∘x_u): no k×k per item
+                    rhs, lhs = item_sums(weights, u, square=c.lhs == "diagonal")
             y = self._private_step(
-                step + 1, g, lhs, rhs, y=y, head=head, reg_items=reg_items, sigma=sigma,
-                b_plan=b_plan, sens=sens, c=c, rng=rng,
+                step + 1, g, lhs, rhs, y=y if pool is None else y_users, head=head,
+                reg_items=reg_items, sigma=sigma, b_plan=b_plan, sens=sens, c=c, rng=rng,
+                pool=pool,
             )  # fmt: skip
-            del g, lhs, rhs
+            if pool is None:
+                del g, lhs, rhs
             if self._progress is not None:
                 self._progress(step + 1, iterations)
         self._keep(c, y, head, noisy_counts, n_items, profile)

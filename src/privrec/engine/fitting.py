@@ -241,7 +241,7 @@ def _fit_dpals(
     )  # fmt: skip
 
     # 3. T private item steps
-    y = initial_item_factors(n_head, k, c, counts_h, model.one_round_)
+    y = initial_item_factors((n_head, k), c.init_scale, c.seed, counts_h, model.one_round_)
     reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
     history: list[Any] = []
     # one round (as DPALS._fit): every step releases the first step's sums, pooled by the solve

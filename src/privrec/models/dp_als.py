@@ -30,7 +30,7 @@ from privrec.models.dp_als_accounting import LHS, DPALSSensitivity, dpals_event,
 from privrec.models.dp_als_accounting import _step_releases as _step_releases
 from privrec.models.dp_als_users import _FEW_USERS as _FEW_USERS
 from privrec.models.dp_als_users import _user_cg as _user_cg
-from privrec.models.dp_als_users import exact_user_solve, user_weights
+from privrec.models.dp_als_users import exact_user_solve, initial_item_factors, user_weights
 from privrec.models.dp_noise import gaussian_noise, symmetric_noise
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import (
@@ -77,6 +77,7 @@ __all__ = [
     "dpals_releases",
     "exact_user_solve",
     "head_threshold",
+    "initial_item_factors",
     "resolve_iterations",
     "resolve_popularity_blend",
     "resolve_regularization",
@@ -85,25 +86,6 @@ __all__ = [
 ]
 
 Method = Literal["uniform", "tail", "adaptive"]
-
-
-def initial_item_factors(
-    n_head: int, k: int, c: DPALSConfig, counts_h: np.ndarray, one_round: bool
-) -> np.ndarray:
-    """The item factors the first user solves start from (``n_head × k``, float64).
-
-    Random (seeded by ``seed + 1``: data-independent) with std ``init_scale / √k``; in one
-    round (:func:`~privrec.models.dp_rules.resolve_one_round`) the first column is the released
-    log noisy counts at the same root-mean-square, so the one round of user solves already
-    carries each user's popularity profile — post-processing of the released counts.
-    """
-    init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)
-    scale = c.init_scale / math.sqrt(k)
-    y = init_rng.standard_normal((n_head, k)) * scale
-    if one_round:
-        prior = np.log1p(np.maximum(np.asarray(counts_h, dtype=np.float64), 0.0))
-        y[:, 0] = prior * (scale / max(float(np.sqrt(np.mean(prior**2))), 1e-12))
-    return y
 
 
 class _Calibration(NamedTuple):
@@ -610,10 +592,10 @@ class DPALS(PrivateRecommender):
             )
         if pool is not None:  # one round: T noisy copies of one statistic, averaged
             pool.append((g, lhs, rhs))
-            g = sum(p[0] for p in pool) / len(pool)
-            rhs = sum(p[2] for p in pool) / len(pool)
+            g = np.mean([p[0] for p in pool], axis=0)
+            rhs = np.mean([p[2] for p in pool], axis=0)
             if lhs is not None:
-                lhs = sum(p[1] for p in pool if p[1] is not None) / len(pool)
+                lhs = np.mean([p[1] for p in pool if p[1] is not None], axis=0)
         g = project_psd(g)
         if lhs is None:  # lhs="none"
             return shared_solve(c.alpha0 * g, rhs, reg_items)
@@ -662,7 +644,7 @@ class DPALS(PrivateRecommender):
         weights = user_weights(xh, counts_h, c.method, bound, c.adaptive_exponent, rng)
 
         # 3. T private item steps
-        y = initial_item_factors(n_head, k, c, counts_h, self.one_round_)
+        y = initial_item_factors((n_head, k), c.init_scale, c.seed, counts_h, self.one_round_)
         reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
         xs = np.zeros((xh.shape[0], k), dtype=np.float32)  # (1 + α0)·user factors, CG warm start
         pool: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] | None = None

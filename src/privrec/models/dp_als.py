@@ -278,7 +278,10 @@ class DPALS(PrivateRecommender):
     solves ``(P(α0 G̃ + L̃_j) + λ_j I) y_j = r̃_j`` (L̃_j = 0 with ``lhs="none"``,
     diagonal with ``"diagonal"``) where P projects onto the PSD cone
     only when the regularised system is not positive definite
-    (:func:`privrec.privacy.postprocessing.psd_solve`). Final user factors are
+    (:func:`privrec.privacy.postprocessing.psd_solve`). In one round (small
+    n·ε, ``one_round``) the users are solved once, from count-started item
+    factors, and each step's solve uses the mean of the noisy statistics
+    released so far. Final user factors are
     exact (Cholesky) solves, so they match :meth:`fold_in`. Defaults were
     chosen on validation splits only — valid.txt of ml-1m-implicit-r3 and
     gowalla-lightgcn (train on train.txt), held-out ml-100k users, and a split of
@@ -297,12 +300,13 @@ class DPALS(PrivateRecommender):
     user (+ noise, std r3·σ·√count_sample). Noise is drawn from the ChaCha20
     generator in float32. Sensitivities and neighbouring relation:
     :meth:`DPALSSensitivity.of`. Events: :func:`dpals_event`. Everything
-    downstream — B, the count sample and k (from the noisy histogram), head
-    selection (from the noisy counts and σ only), the default λ and T (from ε
-    and σ only), sampling and weights from noisy
-    counts, PSD projection and item solves, and the popularity blend at
-    scoring time (released counts and the user's own scores) — is
-    post-processing. User factors
+    downstream — B, the count sample, k and the one-round choice (from the noisy
+    histogram: one round changes which clipped user factors a step sums, never
+    its sensitivity or noise, so the events are the same), head selection (from
+    the noisy counts and σ only), the default λ and T (from ε and σ only),
+    sampling and weights from noisy counts, the count-started item factors, PSD
+    projection, averaging and item solves, and the popularity blend at scoring
+    time (released counts and the user's own scores) — is post-processing. User factors
     are computed from the released item factors and each user's own data,
     never released: the guarantee is joint DP.
     """

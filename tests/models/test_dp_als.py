@@ -490,8 +490,8 @@ def test_initial_item_factors_start_from_the_counts_only_in_one_round() -> None:
     assert np.sqrt(np.mean(one[:, 0] ** 2)) == pytest.approx(0.1 / 2)
 
 
-def test_one_round_costs_nothing_and_averages_the_step_releases() -> None:
-    """Same releases, events and σ either way; one round solves from the steps' mean."""
+def test_one_round_costs_nothing_and_averages_the_step_solves() -> None:
+    """Same releases, events and σ either way; one round keeps the mean of the steps' solves."""
     data = synthetic(n_users=200, n_items=60, seed=1)
     kw = {"epsilon": 2.0, "delta": 1e-5, "unit": "user", "seed": 5}
     seen: list[Release] = []
@@ -513,7 +513,7 @@ def test_one_round_costs_nothing_and_averages_the_step_releases() -> None:
     t = one.iterations_
     assert len(grams) == len(rhs) == t == 3  # ε = 2: three steps
     assert not np.array_equal(rhs[0], rhs[1])  # fresh noise on the same statistic
-    g = project_psd(sum(grams) / t)
     reg = np.full(len(one.head_items_), one.regularization_)
-    y = shared_solve(one.config().alpha0 * g, sum(rhs) / t, reg)
+    a0 = one.config().alpha0
+    y = sum(shared_solve(a0 * project_psd(g), r, reg) for g, r in zip(grams, rhs, strict=True)) / t
     np.testing.assert_allclose(one.item_factors_[one.head_items_], y, rtol=1e-4, atol=1e-6)

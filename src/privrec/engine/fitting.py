@@ -244,11 +244,11 @@ def _fit_dpals(
     y = initial_item_factors((n_head, k), c.init_scale, c.seed, counts_h, model.one_round_)
     reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
     history: list[Any] = []
-    # one round (as DPALS._fit): every step releases the first step's sums, pooled by the solve
-    pool: list[Any] | None = [] if model.one_round_ else None
-    y_users = y
+    # one round (as DPALS._fit): every step sums the same user solves (from the count-started
+    # factors) under fresh noise, and the item factors are the mean of the steps' solves
+    y_start, y_sum = y, np.zeros_like(y)
     for step in range(iterations):
-        if pool is None or step == 0:
+        if not model.one_round_ or step == 0:
             # the user solves cast the item factors to float32: broadcast them so
             history.append(ray.put(np.ascontiguousarray(y, dtype=np.float32)))
             parts = group.reduce(
@@ -257,11 +257,12 @@ def _fit_dpals(
         # the same noise, releases (and hook calls) and item solve as DPALS._fit
         y = model._private_step(
             step + 1, parts[0], parts[2] if c.lhs != "none" else None, parts[1],
-            y=y if pool is None else y_users, head=head, reg_items=reg_items, sigma=sigma,
-            b_plan=b_plan, sens=sens, c=c, rng=rng, pool=pool,
+            y=y_start if model.one_round_ else y, head=head, reg_items=reg_items, sigma=sigma,
+            b_plan=b_plan, sens=sens, c=c, rng=rng,
         )  # fmt: skip
-        if pool is None:
-            del parts
+        if model.one_round_:
+            y_sum += y
+            y = y_sum / (step + 1)
         if progress is not None:
             progress(step + 1, iterations)
     model._keep(c, y, head, noisy_counts, n_items, profile)

@@ -98,9 +98,9 @@ def resolve_one_round(
 ) -> bool:
     """Whether DPALS fits in one round: True when the noisy ``n·ε`` is below ``scale``.
 
-    In one round the item factors start from the released counts and every private step
-    re-releases the first step's statistics, which the item solve averages — T noisy copies of
-    one statistic, i.e. a single step with √T less noise. Below ``n·ε ≈ 1000`` (the same scale
+    In one round the item factors start from the released counts, every private step solves the
+    users from them (the same sums, fresh noise) and the item factors are the mean of the steps'
+    solves — T noisy copies of one statistic, about a single step with √T less noise. Below ``n·ε ≈ 1000`` (the same scale
     at which :func:`resolve_factors` would want less than one factor) a second round of user
     solves adds more noise than it learns. Chosen on validation only: ml-100k users at ε = 0.5
     (n·ε ≈ 330, Recall@20 +0.031) and ε = 1 (+0.004), ml-1m-implicit-r3 at ε = 0.1 (n·ε ≈ 600,

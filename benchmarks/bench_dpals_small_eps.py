@@ -17,7 +17,7 @@ error. Every variant is a public configuration of DPALS: the guarantee is the sa
 
 The lever that closed the gap is the one-round rule (:func:`privrec.models.dp_rules.resolve_one_round`,
 the default below a noisy n·ε of 1000): the item factors start from the released counts and every
-private step re-releases the first step's statistics, which the solve averages. Because a rule must
+private step sums the same user solves under fresh noise; the item factors are the mean of the steps' solves. Because a rule must
 travel, :data:`CHECKS` measures the defaults against the rule switched off and forced on, and
 DPPopularity, on the validation sets of other data (movietweetings-100k: a split of the training
 part; ml-1m-implicit-r3: valid.txt, 8000 users) at several ε.

@@ -22,12 +22,15 @@ from privrec.models.dp_als import (
     dpals_event,
     dpals_releases,
     head_threshold,
+    initial_item_factors,
     resolve_iterations,
     resolve_popularity_blend,
     resolve_regularization,
     select_head,
 )
+from privrec.models.dp_rules import LengthProfile, resolve_one_round
 from privrec.models.private import blend_popularity
+from privrec.models.releases import Release
 from privrec.privacy.accounting import calibrate, epsilon_of
 from privrec.privacy.bounds import LENGTHS_LABEL
 from privrec.privacy.budget import Budget
@@ -463,3 +466,54 @@ def test_cheaper_lhs_releases_and_budget(lhs: str) -> None:
     assert dpals_event(30.0, 2, 30, (1.0, 5.0, 1.0, 0.2), lhs="diagonal") == dpals_event(
         30.0, 2, 30, (1.0, 5.0, 1.0, 0.2), lhs="full"
     )
+
+
+def test_one_round_rule_follows_noisy_n_times_epsilon() -> None:
+    # 400 users (noise-free histogram): one round below n·ε = 1000, separate rounds above
+    p = LengthProfile(np.array([0.0, 0.0, 0.0, 400.0]), 0.0, 50)
+    assert resolve_one_round(None, p, 2.0, 1000.0)  # n·ε = 800
+    assert not resolve_one_round(None, p, 3.0, 1000.0)  # n·ε = 1200
+    assert resolve_one_round(True, p, 100.0, 1000.0)
+    assert not resolve_one_round(False, p, 0.1, 1000.0)
+    assert not resolve_one_round(None, None, 0.1, 1000.0)  # no profile (B and k given)
+
+
+def test_initial_item_factors_start_from_the_counts_only_in_one_round() -> None:
+    counts = np.array([100.0, -3.0, 10.0, 0.0, 50.0])
+    rand = initial_item_factors((5, 4), 0.1, 7, counts, False)
+    expect = np.random.default_rng(8).standard_normal((5, 4)) * (0.1 / 2)  # seed + 1
+    np.testing.assert_allclose(rand, expect, rtol=1e-12)
+    one = initial_item_factors((5, 4), 0.1, 7, counts, True)
+    np.testing.assert_allclose(one[:, 1:], rand[:, 1:], rtol=1e-12)
+    prior = np.log1p(np.maximum(counts, 0.0))
+    np.testing.assert_allclose(one[:, 0] / one[0, 0], prior / prior[0], rtol=1e-12)
+    assert np.sqrt(np.mean(one[:, 0] ** 2)) == pytest.approx(0.1 / 2)
+
+
+def test_one_round_costs_nothing_and_averages_the_step_solves() -> None:
+    """Same releases, events and σ either way; one round keeps the mean of the steps' solves."""
+    data = synthetic(n_users=200, n_items=60, seed=1)
+    kw = {"epsilon": 2.0, "delta": 1e-5, "unit": "user", "seed": 5}
+    seen: list[Release] = []
+    one = DPALS(**kw, one_round=True).fit(data, on_release=seen.append)
+    two = DPALS(**kw, one_round=False).fit(data)
+    assert DPALS(**kw).fit(data).one_round_  # the rule: n·ε ≈ 400 < 1000
+    assert one.one_round_ and not two.one_round_
+    assert one.noise_scale_ == two.noise_scale_
+    assert one.privacy_guarantee.epsilon == two.privacy_guarantee.epsilon
+    assert [e.label for e in one.privacy_guarantee.spent_events] == [
+        e.label for e in two.privacy_guarantee.spent_events
+    ]
+    assert [e.event for e in one.privacy_guarantee.spent_events] == [
+        e.event for e in two.privacy_guarantee.spent_events
+    ]
+    np.testing.assert_array_equal(one.noisy_counts_, two.noisy_counts_)  # same draws up to here
+    grams = [r.value for r in seen if r.name == "gramian"]
+    rhs = [r.value for r in seen if r.name == "rhs"]
+    t = one.iterations_
+    assert len(grams) == len(rhs) == t == 3  # ε = 2: three steps
+    assert not np.array_equal(rhs[0], rhs[1])  # fresh noise on the same statistic
+    reg = np.full(len(one.head_items_), one.regularization_)
+    a0 = one.config().alpha0
+    y = sum(shared_solve(a0 * project_psd(g), r, reg) for g, r in zip(grams, rhs, strict=True)) / t
+    np.testing.assert_allclose(one.item_factors_[one.head_items_], y, rtol=1e-4, atol=1e-6)

@@ -198,6 +198,7 @@ def _fit_dpals(
     progress: Callable[[int, int], None] | None,
 ) -> None:  # fmt: skip
     ray = _ray()
+    from privrec.models.dp_als import initial_item_factors
     from privrec.models.dp_rules import head_threshold, resolve_regularization, select_head
     from privrec.privacy.mechanisms import gaussian
 
@@ -240,22 +241,28 @@ def _fit_dpals(
     )  # fmt: skip
 
     # 3. T private item steps
-    init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)  # data-independent
-    y = (init_rng.standard_normal((n_head, k)) * (c.init_scale / math.sqrt(k))).astype(np.float64)
+    y = initial_item_factors((n_head, k), c.init_scale, c.seed, counts_h, model.one_round_)
     reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
     history: list[Any] = []
+    # one round (as DPALS._fit): every step sums the same user solves (from the count-started
+    # factors) under fresh noise, and the item factors are the mean of the steps' solves
+    y_start, y_sum = y, np.zeros_like(y)
     for step in range(iterations):
-        # the user solves cast the item factors to float32: broadcast them so
-        history.append(ray.put(np.ascontiguousarray(y, dtype=np.float32)))
-        parts = group.reduce(
-            "dpals_step", step, c.alpha0, c.user_regularization, c.clip_norm, c.lhs, *history
-        )
+        if not model.one_round_ or step == 0:
+            # the user solves cast the item factors to float32: broadcast them so
+            history.append(ray.put(np.ascontiguousarray(y, dtype=np.float32)))
+            parts = group.reduce(
+                "dpals_step", step, c.alpha0, c.user_regularization, c.clip_norm, c.lhs, *history
+            )
         # the same noise, releases (and hook calls) and item solve as DPALS._fit
         y = model._private_step(
-            step + 1, parts[0], parts[2] if c.lhs != "none" else None, parts[1], y=y, head=head,
-            reg_items=reg_items, sigma=sigma, b_plan=b_plan, sens=sens, c=c, rng=rng,
+            step + 1, parts[0], parts[2] if c.lhs != "none" else None, parts[1],
+            y=y_start if model.one_round_ else y, head=head, reg_items=reg_items, sigma=sigma,
+            b_plan=b_plan, sens=sens, c=c, rng=rng,
         )  # fmt: skip
-        del parts
+        if model.one_round_:
+            y_sum += y
+            y = y_sum / (step + 1)
         if progress is not None:
             progress(step + 1, iterations)
     model._keep(c, y, head, noisy_counts, n_items, profile)

@@ -30,7 +30,7 @@ from privrec.models.dp_als_accounting import LHS, DPALSSensitivity, dpals_event,
 from privrec.models.dp_als_accounting import _step_releases as _step_releases
 from privrec.models.dp_als_users import _FEW_USERS as _FEW_USERS
 from privrec.models.dp_als_users import _user_cg as _user_cg
-from privrec.models.dp_als_users import exact_user_solve, user_weights
+from privrec.models.dp_als_users import exact_user_solve, initial_item_factors, user_weights
 from privrec.models.dp_noise import gaussian_noise, symmetric_noise
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import (
@@ -40,6 +40,7 @@ from privrec.models.dp_rules import (
     resolve_bound,
     resolve_factors,
     resolve_iterations,
+    resolve_one_round,
     resolve_popularity_blend,
     resolve_regularization,
     resolve_shrinkage,
@@ -76,6 +77,7 @@ __all__ = [
     "dpals_releases",
     "exact_user_solve",
     "head_threshold",
+    "initial_item_factors",
     "resolve_iterations",
     "resolve_popularity_blend",
     "resolve_regularization",
@@ -131,6 +133,7 @@ class DPALSConfig(PrivateConfig):
     rhs_noise_ratio: float = pydantic.Field(default=1.0, gt=0, allow_inf_nan=False)
     count_noise_ratio: float = pydantic.Field(default=0.2, gt=0, allow_inf_nan=False)
     init_scale: float = pydantic.Field(default=0.1, gt=0, allow_inf_nan=False)
+    one_round: bool | None = None
     popularity_blend: float | None = pydantic.Field(default=None, ge=0, le=10, allow_inf_nan=False)
     popularity_shrinkage: float | None = pydantic.Field(
         default=None, ge=0, le=1000, allow_inf_nan=False
@@ -227,6 +230,20 @@ class DPALS(PrivateRecommender):
         left-hand sides matter least once λ is large, so they get little budget
         (more noise); the counts drive head selection and the adaptive weights,
         so they get more than a uniform split would give them.
+    init_scale
+        Scale of the initial item factors (random, data-independent; in one round the first
+        column is the released log counts instead).
+    one_round
+        Fit in one round: the item factors start from the released counts (their first column
+        the log noisy counts, the others random), every private step solves the users from
+        them — the same clipped user factors, so the same sums under fresh noise — and the
+        item factors are the mean of the steps' item solves: the T steps act as one step with
+        about √T less noise. Default (``None``): a rule,
+        :func:`~privrec.models.dp_rules.resolve_one_round` — one round when the noisy ``n·ε``
+        is below 1000, where a second round of user solves adds more noise than it learns (on
+        ml-100k validation users at ε = 0.5 it lifted Recall@20 from 0.144 to 0.175, above
+        DPPopularity's 0.154). The releases and their noise are the same either way: the
+        choice is post-processing of the length histogram and costs no privacy.
     popularity_blend
         β: a user's scores are their row-standardised factor scores plus β ×
         the standardised log noisy counts
@@ -262,7 +279,10 @@ class DPALS(PrivateRecommender):
     solves ``(P(α0 G̃ + L̃_j) + λ_j I) y_j = r̃_j`` (L̃_j = 0 with ``lhs="none"``,
     diagonal with ``"diagonal"``) where P projects onto the PSD cone
     only when the regularised system is not positive definite
-    (:func:`privrec.privacy.postprocessing.psd_solve`). Final user factors are
+    (:func:`privrec.privacy.postprocessing.psd_solve`). In one round (small
+    n·ε, ``one_round``) every step solves the users from the same count-started
+    item factors, so its sums are the same and only the noise is fresh; the item
+    factors are the mean of the steps' solves. Final user factors are
     exact (Cholesky) solves, so they match :meth:`fold_in`. Defaults were
     chosen on validation splits only — valid.txt of ml-1m-implicit-r3 and
     gowalla-lightgcn (train on train.txt), held-out ml-100k users, and a split of
@@ -281,12 +301,13 @@ class DPALS(PrivateRecommender):
     user (+ noise, std r3·σ·√count_sample). Noise is drawn from the ChaCha20
     generator in float32. Sensitivities and neighbouring relation:
     :meth:`DPALSSensitivity.of`. Events: :func:`dpals_event`. Everything
-    downstream — B, the count sample and k (from the noisy histogram), head
-    selection (from the noisy counts and σ only), the default λ and T (from ε
-    and σ only), sampling and weights from noisy
-    counts, PSD projection and item solves, and the popularity blend at
-    scoring time (released counts and the user's own scores) — is
-    post-processing. User factors
+    downstream — B, the count sample, k and the one-round choice (from the noisy
+    histogram: one round changes which clipped user factors a step sums, never
+    its sensitivity or noise, so the events are the same), head selection (from
+    the noisy counts and σ only), the default λ and T (from ε and σ only),
+    sampling and weights from noisy counts, the count-started item factors, PSD
+    projection, item solves and their mean, and the popularity blend at scoring
+    time (released counts and the user's own scores) — is post-processing. User factors
     are computed from the released item factors and each user's own data,
     never released: the guarantee is joint DP.
     """
@@ -303,6 +324,7 @@ class DPALS(PrivateRecommender):
     iterations_: int
     regularization_: float
     popularity_blend_: float
+    one_round_: bool
 
     def __init__(
         self,
@@ -332,6 +354,7 @@ class DPALS(PrivateRecommender):
         rhs_noise_ratio: float = 1.0,
         count_noise_ratio: float = 0.2,
         init_scale: float = 0.1,
+        one_round: bool | None = None,
         popularity_blend: float | None = None,
         popularity_shrinkage: float | None = None,
         tiers: tuple[float, ...] | None = None,
@@ -364,6 +387,7 @@ class DPALS(PrivateRecommender):
         self.rhs_noise_ratio = rhs_noise_ratio
         self.count_noise_ratio = count_noise_ratio
         self.init_scale = init_scale
+        self.one_round = one_round
         self.popularity_blend = popularity_blend
         self.popularity_shrinkage = popularity_shrinkage
         self.tiers = tiers
@@ -448,6 +472,7 @@ class DPALS(PrivateRecommender):
             floor=1,
         )
         k = resolve_factors(c.factors, profile, c.epsilon, _FACTOR_SCALE)
+        self.one_round_ = resolve_one_round(c.one_round, profile, c.epsilon, _FACTOR_SCALE)
         self.max_per_user_, self.count_sample_, self.factors_ = bound, count_sample, k
         sens = DPALSSensitivity.of(c.unit, c.clip_norm, bound, count_sample)
         # the item statistics' multipliers are r·σ/√B₀ against sensitivities ∝ √B: their noise is
@@ -615,14 +640,15 @@ class DPALS(PrivateRecommender):
         weights = user_weights(xh, counts_h, c.method, bound, c.adaptive_exponent, rng)
 
         # 3. T private item steps
-        init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)  # data-independent
-        y = (init_rng.standard_normal((n_head, k)) * (c.init_scale / math.sqrt(k))).astype(
-            np.float64
-        )
+        y = initial_item_factors((n_head, k), c.init_scale, c.seed, counts_h, self.one_round_)
         reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
         xs = np.zeros((xh.shape[0], k), dtype=np.float32)  # (1 + α0)·user factors, CG warm start
+        y_start, y_sum = y, np.zeros_like(y)  # one round: every step's users solve from y_start
         for step in range(iterations):
-            xs = _user_cg(xh, y, c.alpha0, c.user_regularization, xs, 8 if step == 0 else 4)
+            if self.one_round_:  # the same user solve every step: the same sums, fresh noise
+                y, xs = y_start, np.zeros_like(xs)
+            first = step == 0 or self.one_round_
+            xs = _user_cg(xh, y, c.alpha0, c.user_regularization, xs, 8 if first else 4)
             u = clip_rows(xs / np.float32(1.0 + c.alpha0), c.clip_norm)
             if tier_w is not None:  # personalised budgets: user u enters with norm ≤ w_u·Γ
                 u *= tier_w.astype(np.float32)[:, None]
@@ -636,6 +662,9 @@ class DPALS(PrivateRecommender):
                 step + 1, g, lhs, rhs, y=y, head=head, reg_items=reg_items, sigma=sigma,
                 b_plan=b_plan, sens=sens, c=c, rng=rng,
             )  # fmt: skip
+            if self.one_round_:  # the item factors: the mean of the steps' solves so far
+                y_sum += y
+                y = y_sum / (step + 1)
             del g, lhs, rhs
             if self._progress is not None:
                 self._progress(step + 1, iterations)

@@ -4,7 +4,8 @@ Split out of :mod:`privrec.models.dp_als` (which re-exports everything here). Ea
 factors are solved from the released item factors and that user's own data only — exactly
 (:func:`exact_user_solve`, serving and fold-in) or by warm-started conjugate gradient during
 training (:func:`_user_cg`); :func:`user_weights` spreads a user's bounded contribution
-``Σ_j c_uj² ≤ B`` over their items (uniform, tail or adaptive).
+``Σ_j c_uj² ≤ B`` over their items (uniform, tail or adaptive); :func:`initial_item_factors`
+are what the first user solves start from.
 """
 
 from __future__ import annotations
@@ -17,7 +18,31 @@ from privrec.errors import ConfigError
 from privrec.models.als_kernels import cg_half_step, cholesky_half_step, gramian
 from privrec.privacy.contribution import adaptive_weights, sample_per_user
 
-__all__ = ["exact_user_solve", "user_weights"]
+__all__ = ["exact_user_solve", "initial_item_factors", "user_weights"]
+
+
+def initial_item_factors(
+    shape: tuple[int, int],
+    init_scale: float,
+    seed: int | None,
+    noisy_counts: np.ndarray,
+    one_round: bool,
+) -> np.ndarray:
+    """The item factors (head items × k, float64) the first user solves start from.
+
+    Random with std ``init_scale / √k``, seeded by ``seed + 1`` (data-independent). In one
+    round (:func:`~privrec.models.dp_rules.resolve_one_round`) the first column is the released
+    log noisy counts of the head items at the same root-mean-square instead, so the single round
+    of user solves already carries each user's popularity profile: post-processing of the
+    released counts.
+    """
+    rng = np.random.default_rng(None if seed is None else seed + 1)
+    scale = init_scale / np.sqrt(shape[1])
+    y: np.ndarray = rng.standard_normal(shape) * scale
+    if one_round:
+        prior = np.log1p(np.maximum(np.asarray(noisy_counts, dtype=np.float64), 0.0))
+        y[:, 0] = prior * (scale / max(float(np.sqrt(np.mean(prior**2))), 1e-12))
+    return y
 
 
 def user_weights(

@@ -23,6 +23,7 @@ __all__ = [
     "resolve_bound",
     "resolve_factors",
     "resolve_iterations",
+    "resolve_one_round",
     "resolve_popularity_blend",
     "resolve_regularization",
     "resolve_shrinkage",
@@ -90,6 +91,29 @@ def resolve_factors(
         raise ValueError("data-adaptive factors need the released length profile")
     target = min(float(MAX_ADAPTIVE_FACTORS), max(8.0, profile.n_users * epsilon / scale))
     return min(int(2 ** round(math.log2(target))), max(2, profile.max_length // 4))
+
+
+def resolve_one_round(
+    one_round: bool | None, profile: LengthProfile | None, epsilon: float, scale: float
+) -> bool:
+    """Whether DPALS fits in one round: True when the noisy ``n·ε`` is below ``scale``.
+
+    In one round the item factors start from the released counts, every private step solves the
+    users from them (the same sums, fresh noise) and the item factors are the mean of the steps'
+    solves — T noisy copies of one statistic, about a single step with √T less noise. Below ``n·ε ≈ 1000`` (the same scale
+    at which :func:`resolve_factors` would want less than one factor) a second round of user
+    solves adds more noise than it learns. Chosen on validation only: ml-100k users at ε = 0.5
+    (n·ε ≈ 330, Recall@20 +0.031) and ε = 1 (+0.004), ml-1m-implicit-r3 at ε = 0.1 (n·ε ≈ 600,
+    +0.004) won; ml-1m at ε = 0.2 (n·ε ≈ 1200) tied and at ε = 0.5 (≈ 3000) lost 0.013 with it,
+    so larger n·ε keep separate rounds (``benchmarks/bench_dpals_small_eps.py``). n is the noisy
+    user count of the released length histogram and the step releases are the same either way,
+    so the choice costs no privacy. No profile (B and k given) keeps separate rounds.
+    """
+    if one_round is not None:
+        return bool(one_round)
+    if profile is None:
+        return False
+    return profile.n_users * epsilon < scale
 
 
 def resolve_iterations(iterations: int | None, epsilon: float) -> int:

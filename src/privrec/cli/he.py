@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
+import scipy.sparse as sp
 import typer
 from rich.table import Table
 
@@ -50,7 +51,6 @@ def he_score(
     keeps the secret key; the server sees only ciphertexts and the public
     context. Prints the top-k, the bytes each way and where the time went.
     """
-    import scipy.sparse as sp
 
     from privrec.models import load_model
     from privrec.secure.he import (
@@ -74,7 +74,8 @@ def he_score(
         )
         server = PrivateScoringServer.from_model(model, params=client.params, noise=noise)
         prep_s = server.prepare(client.packing)
-        request = client.encrypt_query(client.fold_in(model, items_row)).to_bytes()
+        u = client.fold_in(model, items_row)
+        request = client.encrypt_query(u).to_bytes()
         encrypt_s = client.last_timings["encrypt"]
         t0 = time.perf_counter()
         response = server.score(request).to_bytes()
@@ -83,7 +84,7 @@ def he_score(
         head = getattr(model, "head_items_", None)
         if head is not None:  # items a private model did not release are never recommended
             seen = np.union1d(seen, np.setdiff1d(np.arange(model.n_items_), head))
-        items, scores = client.recommend(response, k=k, seen=seen)
+        items, scores = _rank(model, client, response, u, items_row, k, seen)
         table = Table("rank", "item", "score", title=f"private top-{k} for {who}")
         for rank, (item, score) in enumerate(zip(items, scores, strict=True), start=1):
             if item >= 0:
@@ -112,3 +113,45 @@ def he_score(
                 f"score noise: σ = {noise.sigma:.4g} per score, ({noise.epsilon:g}, "
                 f"{noise.delta:g})-DP per query for one item row (clip {item_clip:g} × {user_clip:g})"
             )
+
+
+def _rank(
+    model: Any,
+    client: Any,
+    response: bytes,
+    u: np.ndarray,
+    items_row: sp.csr_matrix,
+    k: int,
+    seen: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` from the decrypted scores, ranked exactly as the model ranks ``u·Vᵀ``.
+
+    A private model blends its factor scores with its released noisy counts (per user by
+    history length): the client applies the same post-processing to the decrypted inner
+    products, from public model arrays and the user's own history only, so encrypted and
+    plaintext scoring recommend the same items.
+    """
+    from privrec.models.private import rank_head_scores
+    from privrec.models.ranking import top_k
+
+    head = getattr(model, "head_items_", None)
+    counts = getattr(model, "noisy_counts_", None)
+    if counts is None:
+        counts = getattr(model, "popularity_", None)
+    if head is None or counts is None:
+        items, scores = client.recommend(response, k=k, seen=seen)
+        return np.asarray(items), np.asarray(scores)
+    raw = client.decrypt_scores(response)
+    ranked = rank_head_scores(
+        raw[head][None, :].astype(np.float32),
+        head,
+        int(model.n_items_),
+        np.asarray(counts),
+        float(getattr(model, "popularity_blend_", 0.0)),
+        shrinkage=float(getattr(model, "popularity_shrinkage_", 0.0)),
+        lengths=np.array([items_row.nnz]),
+        cold=np.array([not np.any(np.asarray(u) != 0)]),
+    )
+    ranked[0, np.asarray(seen, dtype=np.int64)] = -np.inf
+    items, scores = top_k(ranked, int(min(max(k, 0), ranked.shape[1])))
+    return items[0], scores[0]

@@ -34,6 +34,7 @@ __all__ = [
     "PrivateConfig",
     "PrivateRecommender",
     "blend_popularity",
+    "rank_head_scores",
     "read_blend_state",
     "read_fold",
     "read_head_items",
@@ -256,8 +257,36 @@ def head_item_scores(
     fewer items, the more popularity. Post-processing of released statistics and the
     user's own data only.
     """
-    out = np.full((u.shape[0], item_factors.shape[0]), -np.inf, dtype=np.float32)
     scores = u @ item_factors[head].T
+    cold = ~np.any(u != 0, axis=1)
+    return rank_head_scores(
+        scores, head, item_factors.shape[0], noisy_counts, beta,
+        shrinkage=shrinkage, lengths=lengths, cold=cold,
+    )  # fmt: skip
+
+
+def rank_head_scores(
+    scores: np.ndarray,
+    head: np.ndarray,
+    n_items: int,
+    noisy_counts: np.ndarray,
+    beta: float,
+    *,
+    shrinkage: float = 0.0,
+    lengths: np.ndarray | None = None,
+    cold: np.ndarray | None = None,
+) -> np.ndarray:
+    """Catalogue scores from the raw factor scores ``scores`` (users × head items).
+
+    The ranking half of :func:`head_item_scores`, for a caller that has ``u·Vᵀ`` over the
+    head but not ``u`` itself — a private-scoring client decrypting the server's encrypted
+    inner products (:mod:`privrec.secure.he`) must rank them exactly as the model does.
+    ``cold`` marks users with no history (all-zero factors); with ``beta = 0`` they get
+    the noisy-count ranking of the head. Post-processing of released statistics and the
+    user's own data only.
+    """
+    scores = np.asarray(scores)
+    out = np.full((scores.shape[0], n_items), -np.inf, dtype=np.float32)
     counts = noisy_counts[head]
     if lengths is not None and shrinkage > 0:
         from privrec.models.dp_rules import user_blend
@@ -270,8 +299,7 @@ def head_item_scores(
         out[:, head] = blend_popularity(scores, counts, beta)
         return out
     out[:, head] = scores
-    cold = ~np.any(u != 0, axis=1)
-    if cold.any():
+    if cold is not None and cold.any():
         out[np.ix_(cold, head)] = counts
     return out
 

@@ -45,7 +45,6 @@ from privrec.models.dp_rules import (
     resolve_regularization,
     resolve_shrinkage,
     select_head,
-    user_blend,
 )
 from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.item_sums import item_sums
@@ -706,18 +705,16 @@ class DPALS(PrivateRecommender):
     def _scores_from_factors(self, u: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """Catalogue scores; ``lengths`` (the users' own history lengths) set the per-user blend."""
         shrink = getattr(self, "popularity_shrinkage_", 0.0)
-        if lengths is not None and shrink > 0 and self.popularity_blend_ > 0:
-            out = np.full((u.shape[0], self.item_factors_.shape[0]), -np.inf, dtype=np.float32)
-            head = self.head_items_
-            beta = user_blend(self.popularity_blend_, shrink, lengths)
-            counts = self.noisy_counts_[head]
-            # standardised factor scores plus β_u × the standardised log-count prior
-            prior = blend_popularity(np.zeros((1, len(head)), np.float32), counts, 1.0)
-            out[:, head] = blend_popularity(u @ self.item_factors_[head].T, counts, 0.0)
-            out[:, head] += beta * prior
-            return out
+        # the per-user blend only when both β and the shrinkage are on (β + s/n_u)
+        per_user = lengths is not None and shrink > 0 and self.popularity_blend_ > 0
         return head_item_scores(
-            u, self.item_factors_, self.head_items_, self.noisy_counts_, self.popularity_blend_
+            u,
+            self.item_factors_,
+            self.head_items_,
+            self.noisy_counts_,
+            self.popularity_blend_,
+            shrinkage=shrink if per_user else 0.0,
+            lengths=lengths if per_user else None,
         )
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:

@@ -113,3 +113,25 @@ def test_released_model_scores_like_dpals(tmp_path: object) -> None:
     np.testing.assert_array_equal(
         again.recommend_history(hist, k=5)[0], m.recommend_history(hist, k=5)[0]
     )
+
+
+def test_one_round_rule_is_central_dpals_and_costs_nothing() -> None:
+    """Below noisy n·ε = 1000 the devices solve every step from the same count-started factors
+    and the model keeps the mean of the steps' solves; rounds, noise and events are unchanged."""
+    data = synthetic(n_users=200, n_items=40, interactions_per_user=8, seed=3)
+    kw = {"epsilon": 2.0, "delta": 1e-4, "seed": 4}
+    assert FederatedDPALS(**kw).fit(data).one_round_  # type: ignore[arg-type]  # n·ε ≈ 400
+    one = FederatedDPALS(**kw, one_round=True).fit(data)  # type: ignore[arg-type]
+    two = FederatedDPALS(**kw, one_round=False).fit(data)  # type: ignore[arg-type]
+    assert one.one_round_ and not two.one_round_
+    assert one.noise_scale_ == two.noise_scale_
+    g1, g2 = one.privacy_guarantee, two.privacy_guarantee
+    assert g1.epsilon == g2.epsilon
+    assert [(e.label, e.event) for e in g1.spent_events] == [
+        (e.label, e.event) for e in g2.spent_events
+    ]
+    assert [r["round"] for r in one.rounds_] == [r["round"] for r in two.rounds_]
+    np.testing.assert_array_equal(one.noisy_counts_, two.noisy_counts_)
+    assert not np.allclose(one.item_factors_, two.item_factors_)
+    big = synthetic(n_users=600, n_items=40, interactions_per_user=8, seed=3)
+    assert not FederatedDPALS(**kw).fit(big).one_round_  # type: ignore[arg-type]  # n·ε ≈ 1200

@@ -19,6 +19,10 @@ Rounds (every device of the population takes part; dropouts are tolerated)
        that one noise level on the sum gives central DPALS's noise ratios; the server decodes
        the Gramian and right-hand sides (and diagonals) and solves
        ``(α0 G̃ + diag + λ I) y_j = r̃_j`` (:func:`privrec.privacy.postprocessing.shared_solve`).
+       Below a noisy n·ε of 1000, central DPALS's one-round rule
+       (:func:`~privrec.models.dp_rules.resolve_one_round`): every step broadcasts the same
+       count-started Y and the model keeps the mean of the steps' solves (same rounds, same
+       noise, same events — post-processing of the released histogram and counts).
     A per-item k×k left-hand side would make the payload n_head·k² numbers: the federated
     model uses central DPALS's cheap variants (``lhs="none"`` by default).
 
@@ -65,6 +69,7 @@ from privrec.models.dp_als import (
     DPALSConfig,
     dpals_event,
     exact_user_solve,
+    initial_item_factors,
     user_weights,
 )
 from privrec.models.dp_rules import (
@@ -73,6 +78,7 @@ from privrec.models.dp_rules import (
     resolve_bound,
     resolve_factors,
     resolve_iterations,
+    resolve_one_round,
     resolve_popularity_blend,
     resolve_regularization,
     resolve_shrinkage,
@@ -279,8 +285,13 @@ class FederatedDPALS(DPALS):
         reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)
         self.regularization_ = reg
         reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
-        init_rng = np.random.default_rng(None if c.seed is None else c.seed + 1)
-        y = init_rng.standard_normal((len(head), k)) * (c.init_scale / math.sqrt(k))
+        # central DPALS's one-round rule (post-processing of the released histogram): below a
+        # noisy n·ε of 1000 every round's devices solve from the same count-started factors and
+        # the item factors are the mean of the rounds' solves (same rounds, noise and events)
+        one_round = resolve_one_round(c.one_round, profile, c.epsilon, 1000.0)
+        self.one_round_ = one_round
+        y = initial_item_factors((len(head), k), c.init_scale, c.seed, counts_h, one_round)
+        y_start, y_sum = y, np.zeros_like(y)
         scales = _part_scales(ratios, c.clip_norm, bound, b_plan)
         for t in range(iterations):
             task = DeviceTask(
@@ -289,7 +300,7 @@ class FederatedDPALS(DPALS):
                 n_items,
                 head=head,
                 head_counts=counts_h,
-                item_factors=y,
+                item_factors=y_start if one_round else y,
                 scales=scales,
                 method=c.method,
                 bound=bound,
@@ -307,6 +318,9 @@ class FederatedDPALS(DPALS):
                 y = diagonal_solve(c.alpha0 * g, diag, rhs, reg_items)
             else:
                 y = shared_solve(c.alpha0 * g, rhs, reg_items)
+            if one_round:
+                y_sum += y
+                y = y_sum / (t + 1)
             if self._progress is not None:
                 self._progress(t + 1, iterations)
         self.item_factors_ = np.zeros((n_items, k), dtype=np.float32)

@@ -276,6 +276,26 @@ def run_scale(
     return {"data": info, "runs": runs, "summary": summary, "als_params": ALS_PARAMS}
 
 
+def _load_sentence(result: dict[str, Any]) -> str:
+    """Say how busy the machine was, from the load averages recorded around every run.
+
+    The benchmark's own threads account for a load of about ``THREADS``; anything well above
+    that is another job competing for the cores, which makes wall times (not CPU seconds) swing.
+    """
+    runs = [r for res in result["scales"].values() for r in res["runs"]]
+    peak = max((max(r["load_before"], r["load_after"]) for r in runs), default=0.0)
+    if peak <= THREADS + 0.5:
+        return (
+            f"No other job ran: the 1-minute load average stayed ≤ {peak:.2f} (the benchmark's "
+            f"own {THREADS} threads); every run's load is listed below."
+        )
+    return (
+        f"The machine was shared with other jobs (1-minute load average up to {peak:.2f} with "
+        f"{THREADS} cores): every run's load is listed below, and the CPU-seconds ratio (same "
+        "run) is the steadier estimate."
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# DPALS private step vs ImplicitALS epoch",
@@ -285,9 +305,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"138,000 users × 20,000 items at three densities; {FACTORS} factors, {THREADS} threads, "
         f"whole catalogue (`head_fraction=1`), B = 100, ε = 5, {ITERATIONS} epochs/steps per run "
         "(the first left out as warm-up); the two ALS implementations at equal parameters "
-        f"({ALS_PARAMS}). "
-        "The machine was shared with other engineers' jobs: the load average of every run is "
-        "listed below, and the CPU-seconds ratio (same run) is the steadier estimate.",
+        f"({ALS_PARAMS}). {_load_sentence(result)}",
         "",
         "| scale | interactions | ImplicitALS CG epoch s (CPU s) | implicit 0.7 CG epoch s "
         "| DPALS step, `lhs` | s (CPU s) | / ImplicitALS wall | / ImplicitALS CPU | ≤ "

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,7 +77,7 @@ from privrec.secure.silo_wire import (
 __all__ = ["Driver", "EASEDriver"]
 
 
-class _DriverBase:
+class _DriverBase(ABC):
     """Session, releases and checkpoints shared by the DPALS and DPEASE drivers.
 
     ``ledger_hook`` (optional) is given each release's labelled events before the release is
@@ -115,8 +116,9 @@ class _DriverBase:
         self._state: dict[str, np.ndarray] | None = None
         self.ledger_hook: Callable[[SpentEvent], None] | None = None
 
+    @abstractmethod
     def _planned(self) -> list[SpentEvent]:
-        raise NotImplementedError
+        """Every release of a complete run, from the public configuration alone."""
 
     def planned_events(self, *, remaining: bool = False) -> list[SpentEvent]:
         """Every event a complete run records, labelled as :attr:`spent` labels them (the noise

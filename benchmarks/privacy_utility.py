@@ -297,7 +297,13 @@ def _anchor_note(row: dict[str, Any]) -> str:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# Privacy-utility trade-off (user-level ε, δ = 1e-5)", ""]
-    lines += [f"Run {result['date']} ({'quick' if result['quick'] else 'full'} mode). "]
+    runs = {r["dataset"]: r["run"] for r in result["quality"] if "run" in r}
+    when = (
+        "; ".join(f"{ds} {d}" for ds, d in runs.items())
+        if len(set(runs.values())) > 1
+        else result["date"]
+    )
+    lines += [f"Run {when} ({'quick' if result['quick'] else 'full'} mode). "]
     lines += [
         "Recall@20 on the report set (ml-1m / gowalla: train+valid → test, training items "
         "excluded; ml-100k: strong generalisation, held-out test users). Private cells: mean of "
@@ -521,6 +527,7 @@ def main() -> None:
         for part in parts:
             for r in part["quality"]:
                 r["epsilon"] = float(r["epsilon"])
+                r.setdefault("run", part["date"])  # parts may come from different days
             result["quality"] += part["quality"]
         _write(result, out, "privacy_utility")
         print(markdown(result))

@@ -517,3 +517,28 @@ def test_one_round_costs_nothing_and_averages_the_step_solves() -> None:
     a0 = one.config().alpha0
     y = sum(shared_solve(a0 * project_psd(g), r, reg) for g, r in zip(grams, rhs, strict=True)) / t
     np.testing.assert_allclose(one.item_factors_[one.head_items_], y, rtol=1e-4, atol=1e-6)
+
+
+def test_one_round_solves_the_users_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one round every step's users solve from the same start: their clean sums are computed
+    once and only the noise is drawn per step (the steps' releases still differ)."""
+    import privrec.models.dp_als as mod
+
+    calls: list[int] = []
+    real = mod._user_cg
+
+    def counting(*args: object, **kw: object) -> np.ndarray:
+        calls.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mod, "_user_cg", counting)
+    data = synthetic(n_users=200, n_items=60, seed=1)
+    kw = {"epsilon": 2.0, "delta": 1e-5, "unit": "user", "seed": 5}
+    seen: list[Release] = []
+    one = DPALS(**kw, one_round=True).fit(data, on_release=seen.append)
+    assert one.iterations_ == 3 and len(calls) == 1
+    rhs = [r.value for r in seen if r.name == "rhs"]
+    assert len(rhs) == 3 and not np.array_equal(rhs[0], rhs[2])
+    calls.clear()
+    DPALS(**kw, one_round=False).fit(data)
+    assert len(calls) == 3

@@ -91,10 +91,11 @@ def record_item_steps(
         def solve(*args: Any, **kwargs: Any) -> Any:
             out = orig(*args, **kwargs)
             with rec._lock:
+                # the latest user solve's input stays pending: a model that reuses one user
+                # solve for several steps (DPALS's one round) solved every step's users from it
                 if rec._pending is not None:
                     rec.y_prev.append(rec._pending)
                     rec.rhs.append(np.array(args[at], dtype=np.float64, copy=True))
-                rec._pending = None
             return out
 
         return solve

@@ -643,20 +643,29 @@ class DPALS(PrivateRecommender):
         reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
         xs = np.zeros((xh.shape[0], k), dtype=np.float32)  # (1 + α0)·user factors, CG warm start
         y_start, y_sum = y, np.zeros_like(y)  # one round: every step's users solve from y_start
+        clean: tuple[np.ndarray, np.ndarray | None, np.ndarray] | None = None
         for step in range(iterations):
-            if self.one_round_:  # the same user solve every step: the same sums, fresh noise
-                y, xs = y_start, np.zeros_like(xs)
-            first = step == 0 or self.one_round_
-            xs = _user_cg(xh, y, c.alpha0, c.user_regularization, xs, 8 if first else 4)
-            u = clip_rows(xs / np.float32(1.0 + c.alpha0), c.clip_norm)
-            if tier_w is not None:  # personalised budgets: user u enters with norm ≤ w_u·Γ
-                u *= tier_w.astype(np.float32)[:, None]
-            g = gramian(u.astype(np.float64))
-            lhs: np.ndarray | None = None
-            if c.lhs == "full":
-                lhs, rhs = item_statistics(weights, u, weights.data, alpha0=0.0)
-            else:  # Σ_u c_uj x_u (and Σ_u c_uj x_u∘x_u): no k×k per item
-                rhs, lhs = item_sums(weights, u, square=c.lhs == "diagonal")
+            if clean is None:
+                if self.one_round_:
+                    y, xs = y_start, np.zeros_like(xs)
+                first = step == 0 or self.one_round_
+                xs = _user_cg(xh, y, c.alpha0, c.user_regularization, xs, 8 if first else 4)
+                u = clip_rows(xs / np.float32(1.0 + c.alpha0), c.clip_norm)
+                if tier_w is not None:  # personalised budgets: user u enters with norm ≤ w_u·Γ
+                    u *= tier_w.astype(np.float32)[:, None]
+                g = gramian(u.astype(np.float64))
+                lhs: np.ndarray | None = None
+                if c.lhs == "full":
+                    lhs, rhs = item_statistics(weights, u, weights.data, alpha0=0.0)
+                else:  # Σ_u c_uj x_u (and Σ_u c_uj x_u∘x_u): no k×k per item
+                    rhs, lhs = item_sums(weights, u, square=c.lhs == "diagonal")
+                if self.one_round_:
+                    # one round: every step's users solve from y_start, so their clean sums are
+                    # the same every step — computed once; only the noise is fresh (the noise
+                    # functions add out of place, so the clean sums stay clean)
+                    clean = (g, lhs, rhs)
+            else:
+                (g, lhs, rhs), y = clean, y_start
             y = self._private_step(
                 step + 1, g, lhs, rhs, y=y, head=head, reg_items=reg_items, sigma=sigma,
                 b_plan=b_plan, sens=sens, c=c, rng=rng,

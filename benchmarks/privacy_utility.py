@@ -249,12 +249,17 @@ def _score(
     }
 
 
-def quality(datasets: tuple[str, ...], epsilons: tuple[float, ...]) -> list[dict[str, Any]]:
+ALL_MODELS = (*PRIVATE, "implicitals", "ease", "popularity")
+
+
+def quality(
+    datasets: tuple[str, ...], epsilons: tuple[float, ...], models: tuple[str, ...] = ALL_MODELS
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for dataset in datasets:
         sel, rep, on_sel, on_rep = _splits(dataset)
         print(f"[quality] {dataset}: {rep.train}", flush=True)
-        for model in (*PRIVATE, "implicitals", "ease", "popularity"):
+        for model in models:
             private = model in PRIVATE
             for eps in epsilons if private else (None,):
                 grid = GRIDS.get(model, [{}])
@@ -295,14 +300,25 @@ def _anchor_note(row: dict[str, Any]) -> str:
     return f" ({'beats' if d >= 0 else 'misses'} {ref:.3f} by {abs(d):.3f})"
 
 
+def _run_dates(result: dict[str, Any]) -> str:
+    """When the rows ran: one date, or per data set (and per model where a model was re-run)."""
+    rows = [r for r in result["quality"] if "run" in r]
+    if len({r["run"] for r in rows}) <= 1:
+        return str(result["date"])
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        mine = [r for r in rows if r["dataset"] == ds]
+        dates = [r["run"] for r in mine]
+        main = max(set(dates), key=dates.count)
+        later = {r["model"]: r["run"] for r in mine if r["run"] != main}
+        extra = ", ".join(f"{m} {d}" for m, d in later.items())
+        out.append(f"{ds} {main}" + (f" ({extra})" if extra else ""))
+    return "; ".join(out)
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = ["# Privacy-utility trade-off (user-level ε, δ = 1e-5)", ""]
-    runs = {r["dataset"]: r["run"] for r in result["quality"] if "run" in r}
-    when = (
-        "; ".join(f"{ds} {d}" for ds, d in runs.items())
-        if len(set(runs.values())) > 1
-        else result["date"]
-    )
+    when = _run_dates(result)
     lines += [f"Run {when} ({'quick' if result['quick'] else 'full'} mode). "]
     lines += [
         "Recall@20 on the report set (ml-1m / gowalla: train+valid → test, training items "
@@ -506,7 +522,14 @@ def main() -> None:
     ap.add_argument("--datasets", help="comma-separated subset of the data sets")
     ap.add_argument("--epsilons", help="comma-separated subset of the ε grid")
     ap.add_argument("--part", help="write only results/privacy_utility-part-PART.json")
-    ap.add_argument("--merge", nargs="+", metavar="PART", help="merge parts into the report")
+    ap.add_argument("--models", help=f"comma-separated subset of {','.join(ALL_MODELS)}")
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="PART",
+        help="merge parts into the report (a later part's row replaces an earlier part's row "
+        "of the same data set, model and ε: re-run one model with --models and merge it last)",
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     out = Path(args.out)
@@ -524,11 +547,13 @@ def main() -> None:
             json.loads((out / f"privacy_utility-part-{p}.json").read_text()) for p in args.merge
         ]
         result["date"] = max(p["date"] for p in parts)
+        merged: dict[tuple[str, str, float], dict[str, Any]] = {}
         for part in parts:
             for r in part["quality"]:
                 r["epsilon"] = float(r["epsilon"])
                 r.setdefault("run", part["date"])  # parts may come from different days
-            result["quality"] += part["quality"]
+                merged[(r["dataset"], r["model"], r["epsilon"])] = r  # dicts keep first order
+        result["quality"] = list(merged.values())
         _write(result, out, "privacy_utility")
         print(markdown(result))
         return
@@ -544,7 +569,12 @@ def main() -> None:
     epsilons: tuple[float, ...] = (1.0,) if args.quick else EPSILONS
     if args.epsilons:
         epsilons = tuple(float(e) for e in args.epsilons.split(","))
-    result["quality"] = quality(datasets, epsilons)
+    models = ALL_MODELS
+    if args.models:
+        models = tuple(args.models.split(","))
+        if unknown := set(models) - set(ALL_MODELS):
+            ap.error(f"unknown models {sorted(unknown)}; choose from {ALL_MODELS}")
+    result["quality"] = quality(datasets, epsilons, models)
     if args.part:
         path = out / f"privacy_utility-part-{args.part}.json"
         path.write_text(json.dumps(result, indent=2, default=str) + "\n")

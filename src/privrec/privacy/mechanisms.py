@@ -11,12 +11,15 @@ the privacy unit under which that sensitivity holds.
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
-import dp_accounting
 import numpy as np
 
 from privrec.errors import ConfigError
 from privrec.privacy.randomness import NoiseRandom
+
+if TYPE_CHECKING:  # imported by the event helpers: the samplers alone need no dp-accounting
+    import dp_accounting
 
 __all__ = [
     "discrete_gaussian",
@@ -38,12 +41,16 @@ def _check(noise_multiplier: float, sensitivity: float) -> None:
 
 def gaussian_event(noise_multiplier: float) -> dp_accounting.DpEvent:
     """Accounting record of one Gaussian release (``NonPrivateDpEvent`` when z = 0)."""
+    import dp_accounting
+
     if noise_multiplier == 0:
         return dp_accounting.NonPrivateDpEvent()
     return dp_accounting.GaussianDpEvent(noise_multiplier)
 
 
 def laplace_event(noise_multiplier: float) -> dp_accounting.DpEvent:
+    import dp_accounting
+
     if noise_multiplier == 0:
         return dp_accounting.NonPrivateDpEvent()
     return dp_accounting.LaplaceDpEvent(noise_multiplier)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-import dp_accounting
+if TYPE_CHECKING:  # imported where used: dp-accounting is slow to import
+    import dp_accounting
 
 __all__ = ["PrivacyUnit"]
 
@@ -37,6 +39,8 @@ class PrivacyUnit(StrEnum):
 
     @property
     def relation(self) -> dp_accounting.NeighboringRelation:
+        import dp_accounting
+
         return dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
 
     @classmethod

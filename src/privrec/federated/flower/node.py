@@ -66,10 +66,9 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from privrec.errors import ConfigError, DataError, MessageRejected, PrivacyWarning, ProtocolError
@@ -88,6 +87,9 @@ from privrec.federated.flower.codec import (
 )
 from privrec.secure.messages import ConsistencyRequest, KeyDirectory, ShareDelivery, UnmaskRequest
 from privrec.secure.secagg import RoundConfig, SecAggClient
+
+if TYPE_CHECKING:  # scipy is imported with the data (load_node_data): every message starts a
+    import scipy.sparse as sp  # fresh ClientApp process, and most phases never read the data
 
 __all__ = [
     "NodeData",
@@ -182,6 +184,8 @@ def load_node_data(node_config: Mapping[str, Any]) -> NodeData:
 
         fmt = node_config.get("format")
         data = load(source, None if fmt is None else str(fmt))
+    import scipy.sparse as sp
+
     matrix = sp.csr_matrix(data.binarize().matrix, dtype=np.float64)
     users = np.arange(part, matrix.shape[0], n_parts, dtype=np.int64)
     return NodeData(users, sp.csr_matrix(matrix[users]), int(matrix.shape[1]))

@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-import scipy.optimize
-from dp_accounting.rdp import rdp_privacy_accountant
 
 __all__ = [
     "DEFAULT_BETA",
@@ -93,6 +91,10 @@ def skellam_rdp(orders: Sequence[int], l2: float, l1: float, variance: float) ->
 
 
 def _rdp_to_epsilon(rdp: np.ndarray, delta: float) -> float:
+    # imported here, like scipy.optimize below: a client that only encodes (a Flower
+    # ClientApp process per message) never pays for dp-accounting's or scipy's import
+    from dp_accounting.rdp import rdp_privacy_accountant
+
     eps, _ = rdp_privacy_accountant.compute_epsilon(list(RDP_ORDERS), list(rdp), delta)
     return float(eps)
 
@@ -112,6 +114,8 @@ def _noise_tail(mechanism: Mechanism, total_var: float, p: float) -> float:
     hi = max(1.0, math.sqrt(2.0 * total_var * target))
     while gap(hi) < 0:
         hi *= 2.0
+    import scipy.optimize
+
     return float(scipy.optimize.brentq(gap, 0.0, hi))
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dp_accounting
 import numpy as np
 
 from privrec.errors import ConfigError, DataError
-from privrec.privacy.accounting import calibrate
 from privrec.privacy.budget import Budget
 from privrec.privacy.distributed.bounds import (
     DEFAULT_BETA,
@@ -32,6 +31,9 @@ from privrec.privacy.distributed.bounds import (
 )
 from privrec.privacy.hadamard import next_power_of_two
 from privrec.privacy.units import PrivacyUnit
+
+if TYPE_CHECKING:  # dp-accounting is imported where an event is made: an encoding client never
+    import dp_accounting  # needs it, and it is slow to import (see bounds._rdp_to_epsilon)
 
 __all__ = ["DistributedDPPlan", "DistributedGuarantee", "calibrate_distributed"]
 
@@ -107,6 +109,8 @@ class DistributedDPPlan:
         """
         curve = self.rdp(n_survivors)
         rho = float(np.max(curve / np.asarray(RDP_ORDERS, dtype=np.float64)))
+        import dp_accounting
+
         return dp_accounting.GaussianDpEvent(1.0 / math.sqrt(2.0 * rho))
 
     def guarantee_for(self, n_survivors: int, delta: float | None = None) -> DistributedGuarantee:
@@ -287,6 +291,10 @@ def calibrate_distributed(
     padded = next_power_of_two(int(dim))
 
     if budget is not None:
+        import dp_accounting
+
+        from privrec.privacy.accounting import calibrate
+
         budget.check_delta(n_max)  # warns when δ > 1/(number of clients)
         z = calibrate(budget, lambda s: dp_accounting.GaussianDpEvent(s), kind="rdp", unit=unit)
         delta = budget.delta

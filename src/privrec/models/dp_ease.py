@@ -198,7 +198,8 @@ class DPEASE(PrivateRecommender):
         0.2753 (0.2747); the median-5 synthetic set ε = 1 0.1924 → 0.1926
         (0.1927), ε = 5 0.2140 → 0.2140; ml-100k ε = 1 0.1425 → 0.1500,
         ε = 5 0.2762 → 0.2776; ml-1m-implicit-r3 ε = 1 0.1413 → 0.1423,
-        ε = 5 0.1851 → 0.1849 (``benchmarks/bench_short_history.py``).
+        ε = 5 0.1851 → 0.1849
+        (``benchmarks/bench_short_history.py --validation``).
 
     Privacy
     -------

@@ -38,7 +38,7 @@ from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event, symmetric_gaussian
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["DPEASE", "bounded_gram", "resolve_ease_regularization"]
+__all__ = ["DPEASE", "bounded_gram", "resolve_ease_regularization", "set_popularity"]
 
 HEAD_SNR = 6.0
 REG_SCALE = 3.0
@@ -228,6 +228,8 @@ class DPEASE(PrivateRecommender):
     noise_multiplier_: float
     regularization_: float
     popularity_blend_: float
+    popularity_shrinkage_: float
+    signal_fraction_: float
 
     def __init__(
         self,
@@ -341,29 +343,18 @@ class DPEASE(PrivateRecommender):
         )
         self.regularization_ = reg
         # the diagonal of the released Gram matrix is a (bounded, noisy) item count: the
-        # popularity prior and the cold-start ranking, at no extra privacy cost (with the
-        # fallback, averaged with the released head-selection counts)
-        prior = np.diag(noisy_gram)
-        fallback = config.popularity_fallback and restrict
-        if fallback:
-            # both are released popularity statistics (post-processing): the less noisy mean
-            prior = combine_noisy_estimates(
-                prior, float(z_gram * sens_g), noisy[head], float(z_count * sens)
-            )
-        self.item_popularity_ = prior.astype(np.float32)
+        # popularity prior and the cold-start ranking, at no extra privacy cost
+        prior = np.diag(noisy_gram).copy()
         self.weights_ = ease_from_gram(noisy_gram, reg, overwrite=True)
         self.head_items_ = head.astype(np.int64)
         self.noise_multiplier_ = float(z_gram)
-        beta = resolve_ease_blend(config.popularity_blend, config.epsilon)
-        self.signal_fraction_ = min(1.0, n_signal / max(len(head), 1))
-        if fallback and config.popularity_blend is None:
-            beta = low_signal_blend(beta, n_signal, len(head))
-        self.popularity_blend_ = beta
-        self.popularity_shrinkage_ = resolve_shrinkage(
-            config.popularity_shrinkage,
-            config.popularity_blend,
+        set_popularity(
+            self,
+            config,
             profile,
-            _SHRINKAGE * self.popularity_blend_,  # DPEASE's fades with its β (chosen so)
+            prior,
+            float(z_gram * sens_g),
+            (noisy[head], float(z_count * sens), n_signal) if restrict else None,
         )
         self._finish(
             config,
@@ -441,6 +432,46 @@ class DPEASE(PrivateRecommender):
         )
         # files older than the blend read as 0: see read_blend_state
         self.popularity_blend_, self.popularity_shrinkage_ = read_blend_state(arrays)
+
+
+def set_popularity(
+    model: DPEASE,
+    config: DPEASEConfig,
+    profile: LengthProfile | None,
+    gram_diagonal: np.ndarray,
+    gram_std: float,
+    head_counts: tuple[np.ndarray, float, int] | None,
+) -> None:
+    """Set the popularity prior, β, the shrinkage and the head's signal fraction of ``model``.
+
+    ``gram_diagonal`` is the released Gram matrix's diagonal (noise std ``gram_std``);
+    ``head_counts`` the released head-selection counts of the head items, their noise std and
+    how many items cleared the ``head_snr`` threshold (``None`` without a head selection).
+    With ``popularity_fallback`` and a head selection, the prior is the inverse-variance mean
+    of the two releases (:func:`~privrec.models.dp_rules.combine_noisy_estimates`) and the
+    default β is raised as the fraction of the head above the noise drops
+    (:func:`~privrec.models.dp_rules.low_signal_blend`). Post-processing of accounted
+    releases only. Shared by the single-machine fit and the engine's
+    (:mod:`privrec.engine.fitting`), so both give the same model.
+    """
+    prior = np.asarray(gram_diagonal, dtype=np.float64)
+    n_head = len(prior)
+    beta = resolve_ease_blend(config.popularity_blend, config.epsilon)
+    n_signal = n_head if head_counts is None else head_counts[2]
+    model.signal_fraction_ = min(1.0, n_signal / max(n_head, 1))
+    if config.popularity_fallback and head_counts is not None:
+        counts, count_std, _ = head_counts
+        prior = combine_noisy_estimates(prior, gram_std, counts, count_std)
+        if config.popularity_blend is None:
+            beta = low_signal_blend(beta, n_signal, n_head)
+    model.item_popularity_ = prior.astype(np.float32)
+    model.popularity_blend_ = beta
+    model.popularity_shrinkage_ = resolve_shrinkage(
+        config.popularity_shrinkage,
+        config.popularity_blend,
+        profile,
+        _SHRINKAGE * beta,  # DPEASE's fades with its β (chosen so)
+    )
 
 
 def resolve_ease_blend(blend: float | None, epsilon: float) -> float:

@@ -18,7 +18,7 @@ from privrec.models.dp_ease import (
     resolve_ease_blend,
     resolve_ease_regularization,
 )
-from privrec.models.dp_rules import MAX_BLEND, combine_noisy_estimates, low_signal_blend
+from privrec.models.dp_rules import MAX_BLEND, low_signal_blend
 from privrec.privacy.accounting import epsilon_of
 from privrec.privacy.bounds import LENGTHS_LABEL
 from privrec.privacy.events import total_event
@@ -147,11 +147,6 @@ def test_low_signal_rules() -> None:
     assert low_signal_blend(0.5, 150, 100) == 0.5
     assert low_signal_blend(0.5, 25, 100) == pytest.approx(2.0)
     assert low_signal_blend(1.0, 0, 100) == MAX_BLEND  # capped (the stored range)
-    a, b = np.array([1.0, 2.0]), np.array([3.0, 6.0])
-    np.testing.assert_allclose(combine_noisy_estimates(a, 1.0, b, 1.0), [2.0, 4.0])
-    np.testing.assert_allclose(combine_noisy_estimates(a, 1.0, b, 3.0), [1.2, 2.4])
-    np.testing.assert_array_equal(combine_noisy_estimates(a, 0.0, b, 1.0), a)
-    np.testing.assert_array_equal(combine_noisy_estimates(a, 1.0, b, 0.0), b)
 
 
 def _short(n_users: int, seed: int = 0) -> sp.csr_matrix:
@@ -168,7 +163,7 @@ def _short(n_users: int, seed: int = 0) -> sp.csr_matrix:
 
 
 def test_fallback_off_is_the_old_model() -> None:
-    """``popularity_fallback=False``: the Gram diagonal as prior and the ε-rule β, as before."""
+    """``popularity_fallback=False``: the ε-rule β, as before; the rule changes β (and s) only."""
     x = _short(300)
     kw = {"epsilon": 1.0, "delta": 1e-5, "unit": "user", "head_min": 50, "seed": 4}
     off = DPEASE(**kw, popularity_fallback=False).fit(x)
@@ -180,8 +175,10 @@ def test_fallback_off_is_the_old_model() -> None:
     np.testing.assert_array_equal(on.head_items_, off.head_items_)
     assert on.privacy_guarantee.epsilon == off.privacy_guarantee.epsilon
     assert 0.99 <= on.privacy_guarantee.epsilon <= 1.0  # the pinned ε is unchanged
-    # the rule's prior averages the Gram diagonal with the released counts
-    assert not np.array_equal(on.item_popularity_, off.item_popularity_)
+    np.testing.assert_array_equal(on.item_popularity_, off.item_popularity_)
+    assert on.popularity_shrinkage_ / off.popularity_shrinkage_ == pytest.approx(
+        on.popularity_blend_ / off.popularity_blend_
+    )
     # an explicit β is kept as given (and no head selection: no counts, nothing changes)
     fixed = DPEASE(**kw, popularity_blend=0.7).fit(x)
     assert fixed.popularity_blend_ == 0.7

@@ -359,10 +359,7 @@ def _fit_dpease(
     model.head_items_ = head.astype(np.int64)
     model.noise_multiplier_ = float(z_gram)
     # the same prior, β and shrinkage as the single-machine fit (low-signal fallback included)
-    set_popularity(
-        model, c, profile, prior, float(z_gram * sens_g),
-        (noisy[head], float(z_count * sens), n_signal) if restrict else None,
-    )  # fmt: skip
+    set_popularity(model, c, profile, prior, n_signal if restrict else None)
     if progress is not None:
         progress(1, 1)
     model._finish(

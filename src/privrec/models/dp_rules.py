@@ -18,8 +18,8 @@ from privrec.privacy.bounds import quantile_from_histogram
 
 __all__ = [
     "MAX_ADAPTIVE_FACTORS",
+    "MAX_BLEND",
     "LengthProfile",
-    "combine_noisy_estimates",
     "head_threshold",
     "low_signal_blend",
     "resolve_bound",
@@ -230,29 +230,6 @@ def select_head(
     return np.sort(np.argsort(-noisy_counts, kind="stable")[:n_head])
 
 
-def combine_noisy_estimates(
-    first: np.ndarray, first_std: float, second: np.ndarray, second_std: float
-) -> np.ndarray:
-    """Inverse-variance weighted mean of two independent noisy releases of (about) one vector.
-
-    A model that released two noisy popularity statistics — DPEASE's head-selection counts
-    and the diagonal of its noisy Gram matrix — can rank by their combination, whose noise
-    variance ``1 / (1/σ₁² + 1/σ₂²)`` is below either's: the popularity prior of a short-history
-    user (who leans on it most) gets less noisy. The weights read only the two noise stds
-    (multiplier × sensitivity, public), so this is post-processing of already-accounted
-    releases: no privacy cost. A zero std returns that exact release.
-    """
-    a = np.asarray(first, dtype=np.float64)
-    b = np.asarray(second, dtype=np.float64)
-    if first_std <= 0:
-        return a
-    if second_std <= 0:
-        return b
-    wa, wb = 1.0 / first_std**2, 1.0 / second_std**2
-    out: np.ndarray = (wa * a + wb * b) / (wa + wb)
-    return out
-
-
 #: Largest popularity blend β a model stores (the range its file reader accepts).
 MAX_BLEND = 10.0
 
@@ -268,7 +245,8 @@ def low_signal_blend(blend: float, n_signal: int, n_head: int, cap: float = MAX_
     unchanged whenever the whole head clears the threshold. ρ follows n (counts grow with the
     users) and ε, σ (the threshold shrinks with the noise), so no constant is fitted to a data
     set. Read from the noisy counts and σ only (post-processing; no privacy cost). Chosen on
-    validation splits only (DPEASE, see :class:`~privrec.models.dp_ease.DPEASE`).
+    validation splits only (DPEASE's ``popularity_fallback``, see
+    :class:`~privrec.models.dp_ease.DPEASE`).
     """
     if n_head <= 0 or n_signal >= n_head:
         return float(blend)

@@ -172,6 +172,9 @@ def test_dpease_and_dppopularity_equal_single_machine(
     assert _events(a) == _events(b)
     assert (a.max_per_user_, a.max_contribution_) == (b.max_per_user_, b.max_contribution_)
     assert b.popularity_shrinkage_ == pytest.approx(a.popularity_shrinkage_)
+    # the low-signal fallback (prior and β) is the same post-processing on both
+    assert (b.popularity_blend_, b.signal_fraction_) == (a.popularity_blend_, a.signal_fraction_)
+    assert max_diff(a.item_popularity_, b.item_popularity_) < 1e-5
 
 
 def test_the_model_file_holds_no_user_data(engine: RayEngine, shards: Path, tmp_path: Path) -> None:

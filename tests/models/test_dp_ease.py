@@ -18,6 +18,7 @@ from privrec.models.dp_ease import (
     resolve_ease_blend,
     resolve_ease_regularization,
 )
+from privrec.models.dp_rules import MAX_BLEND, low_signal_blend
 from privrec.privacy.accounting import epsilon_of
 from privrec.privacy.bounds import LENGTHS_LABEL
 from privrec.privacy.events import total_event
@@ -132,8 +133,71 @@ def test_automatic_head_regularisation_and_blend(tmp_path: Path) -> None:
     assert len(big.head_items_) == 30  # noiseless limit: every item clears it
     again = load_model(m.save(tmp_path / "dpease.npz"))
     assert isinstance(again, DPEASE)
-    assert again.popularity_blend_ == m.popularity_blend_ == resolve_ease_blend(None, 1.0)
+    # no count clears the threshold: the low-signal rule raises β (n_head / 1 = 4×)
+    assert m.signal_fraction_ == 0.0
+    assert again.popularity_blend_ == m.popularity_blend_ == 4 * resolve_ease_blend(None, 1.0)
     hist = data.matrix[[5, 7]]
     np.testing.assert_array_equal(
         again.recommend_history(hist, k=3)[0], m.recommend_history(hist, k=3)[0]
     )
+
+
+def test_low_signal_rules() -> None:
+    assert low_signal_blend(0.5, 100, 100) == 0.5  # the whole head clears the threshold
+    assert low_signal_blend(0.5, 150, 100) == 0.5
+    assert low_signal_blend(0.5, 25, 100) == pytest.approx(2.0)
+    assert low_signal_blend(1.0, 0, 100) == MAX_BLEND  # capped (the stored range)
+
+
+def _short(n_users: int, seed: int = 0) -> sp.csr_matrix:
+    """Short histories (2–6 items) over 200 items with a skewed popularity."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, 201) ** 0.8
+    rows = [
+        rng.choice(200, size=rng.integers(2, 7), replace=False, p=p / p.sum())
+        for _ in range(n_users)
+    ]
+    indptr = np.cumsum([0] + [len(r) for r in rows])
+    data = np.ones(indptr[-1], dtype=np.float32)
+    return sp.csr_matrix((data, np.concatenate(rows), indptr), shape=(n_users, 200))
+
+
+def test_fallback_off_is_the_old_model() -> None:
+    """``popularity_fallback=False``: the ε-rule β, as before; the rule changes β (and s) only."""
+    x = _short(300)
+    kw = {"epsilon": 1.0, "delta": 1e-5, "unit": "user", "head_min": 50, "seed": 4}
+    off = DPEASE(**kw, popularity_fallback=False).fit(x)
+    on = DPEASE(**kw).fit(x)
+    assert off.popularity_blend_ == resolve_ease_blend(None, 1.0)
+    assert on.signal_fraction_ < 1.0 < on.popularity_blend_ / off.popularity_blend_
+    # same noise draws (the rule is post-processing): the released weights are identical
+    np.testing.assert_array_equal(on.weights_, off.weights_)
+    np.testing.assert_array_equal(on.head_items_, off.head_items_)
+    assert on.privacy_guarantee.epsilon == off.privacy_guarantee.epsilon
+    assert 0.99 <= on.privacy_guarantee.epsilon <= 1.0  # the pinned ε is unchanged
+    np.testing.assert_array_equal(on.item_popularity_, off.item_popularity_)
+    assert on.popularity_shrinkage_ / off.popularity_shrinkage_ == pytest.approx(
+        on.popularity_blend_ / off.popularity_blend_
+    )
+    # an explicit β is kept as given (and no head selection: no counts, nothing changes)
+    fixed = DPEASE(**kw, popularity_blend=0.7).fit(x)
+    assert fixed.popularity_blend_ == 0.7
+    whole = {**kw, "head_snr": 0.0, "max_per_user": 6}
+    a = DPEASE(**whole).fit(x)
+    b = DPEASE(**whole, popularity_fallback=False).fit(x)
+    np.testing.assert_array_equal(a.item_popularity_, b.item_popularity_)
+    assert a.popularity_blend_ == b.popularity_blend_
+    np.testing.assert_array_equal(
+        a.recommend(np.arange(20), k=10)[0], b.recommend(np.arange(20), k=10)[0]
+    )
+
+
+@pytest.mark.parametrize(("n_users", "epsilon", "fires"), [(300, 1.0, True), (3000, 20.0, False)])
+def test_fallback_fires_at_small_n_eps(n_users: int, epsilon: float, fires: bool) -> None:
+    """Small n·ε: part of the head is below the noise and β grows; large n·ε: β unchanged."""
+    m = DPEASE(epsilon=epsilon, delta=1e-5, unit="user", head_min=50, seed=0).fit(_short(n_users))
+    base = resolve_ease_blend(None, epsilon)
+    assert (m.signal_fraction_ < 1.0) is fires
+    assert (m.popularity_blend_ > base) is fires
+    if not fires:
+        assert m.popularity_blend_ == base

@@ -292,13 +292,12 @@ def _fit_dpease(
     progress: Callable[[int, int], None] | None,
 ) -> None:  # fmt: skip
     from privrec.models.dp_ease import (
-        _SHRINKAGE,
         gram_sensitivity,
         resolve_contribution,
-        resolve_ease_blend,
         resolve_ease_regularization,
+        set_popularity,
     )
-    from privrec.models.dp_rules import LengthProfile, resolve_bound, resolve_shrinkage
+    from privrec.models.dp_rules import LengthProfile, resolve_bound
     from privrec.models.ease import check_ease_memory, ease_from_gram
     from privrec.privacy.accounting import calibrate, compose
     from privrec.privacy.bounds import LENGTHS_LABEL
@@ -340,7 +339,7 @@ def _fit_dpease(
         sens = math.sqrt(bound) if c.unit is PrivacyUnit.USER else 1.0
         noisy = gaussian(counts, z_count, sens, rng)
         model._spend("noisy item counts (head selection)", gaussian_event(z_count))
-        n_head = int(np.count_nonzero(noisy >= c.head_snr * z_gram * sens_g))
+        n_head = n_signal = int(np.count_nonzero(noisy >= c.head_snr * z_gram * sens_g))
         n_head = min(max(n_head, c.head_min), c.max_items, n_items)
         head = np.sort(np.argsort(-noisy, kind="stable")[:n_head])
     else:
@@ -355,14 +354,12 @@ def _fit_dpease(
         c.regularization, float(z_gram * sens_g), len(head), c.reg_scale
     )
     model.regularization_ = reg
-    model.item_popularity_ = np.diag(noisy_gram).astype(np.float32)
+    prior = np.diag(noisy_gram).copy()
     model.weights_ = ease_from_gram(noisy_gram, reg, overwrite=True)
     model.head_items_ = head.astype(np.int64)
     model.noise_multiplier_ = float(z_gram)
-    model.popularity_blend_ = resolve_ease_blend(c.popularity_blend, c.epsilon)
-    model.popularity_shrinkage_ = resolve_shrinkage(
-        c.popularity_shrinkage, c.popularity_blend, profile, _SHRINKAGE * model.popularity_blend_
-    )
+    # the same prior, β and shrinkage as the single-machine fit (low-signal fallback included)
+    set_popularity(model, c, profile, prior, n_signal if restrict else None)
     if progress is not None:
         progress(1, 1)
     model._finish(

@@ -14,7 +14,13 @@ from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError
 from privrec.models.base import check_array, register
 from privrec.models.dp_popularity import bounded_counts
-from privrec.models.dp_rules import LengthProfile, resolve_bound, resolve_shrinkage, user_blend
+from privrec.models.dp_rules import (
+    LengthProfile,
+    low_signal_blend,
+    resolve_bound,
+    resolve_shrinkage,
+    user_blend,
+)
 from privrec.models.ease import check_ease_memory, ease_from_gram, item_gram
 from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.private import (
@@ -31,7 +37,7 @@ from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event, symmetric_gaussian
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["DPEASE", "bounded_gram", "resolve_ease_regularization"]
+__all__ = ["DPEASE", "bounded_gram", "resolve_ease_regularization", "set_popularity"]
 
 HEAD_SNR = 6.0
 REG_SCALE = 3.0
@@ -97,6 +103,7 @@ class DPEASEConfig(PrivateConfig):
     popularity_shrinkage: float | None = pydantic.Field(
         default=None, ge=0, le=1000, allow_inf_nan=False
     )
+    popularity_fallback: bool = True
 
 
 def resolve_contribution(max_contribution: float | None, profile: LengthProfile | None) -> float:
@@ -174,7 +181,23 @@ class DPEASE(PrivateRecommender):
         s: user u's blend weight is ``β + s / n_u`` (their own history length
         n_u); default ``32 β / m`` with m the private median history length
         (:func:`privrec.models.dp_rules.resolve_shrinkage`).
-
+    popularity_fallback
+        With a head selected from noisy counts (default): the default β is
+        divided by the fraction ρ of the head whose noisy count clears the
+        ``head_snr`` threshold (:func:`privrec.models.dp_rules.low_signal_blend`,
+        at most 10; the shrinkage, ∝ β, follows), so the ranking falls back
+        towards the popularity prior as the Gram's signal-to-noise drops
+        (small n·ε); ρ = 1 leaves β as it was. Post-processing of the released
+        counts and σ: no privacy cost. ``False`` gives the model without it.
+        Chosen on validation splits only (Recall@20, 3 noise draws, user-level
+        ε = 1, without → with the rule, DPPopularity in brackets):
+        movietweetings-100k 0.2697 → 0.2734 (0.2736), the median-5 synthetic
+        set 0.1924 → 0.1937 (0.1927), ml-100k 0.1425 → 0.1529 (0.2060),
+        gowalla-lightgcn 0.0324 → 0.0324 (0.0288); ml-1m-implicit-r3 at ε = 1
+        and every set at ε = 5 have ρ = 1 (unchanged). Also averaging the Gram
+        diagonal with the released counts as the prior was tried and dropped:
+        with the β rule it lost 0.0010 on gowalla and 0.0011 on the synthetic
+        set (``benchmarks/bench_short_history.py --validation``).
     Privacy
     -------
     Mechanism: with the data-adaptive defaults, first a noisy history-length
@@ -202,6 +225,8 @@ class DPEASE(PrivateRecommender):
     noise_multiplier_: float
     regularization_: float
     popularity_blend_: float
+    popularity_shrinkage_: float
+    signal_fraction_: float
 
     def __init__(
         self,
@@ -220,6 +245,7 @@ class DPEASE(PrivateRecommender):
         count_budget_fraction: float = 0.1,
         popularity_blend: float | None = None,
         popularity_shrinkage: float | None = None,
+        popularity_fallback: bool = True,
         accountant: Literal["pld", "rdp"] = "pld",
         seed: int | None = None,
     ) -> None:
@@ -238,6 +264,7 @@ class DPEASE(PrivateRecommender):
         self.count_budget_fraction = count_budget_fraction
         self.popularity_blend = popularity_blend
         self.popularity_shrinkage = popularity_shrinkage
+        self.popularity_fallback = popularity_fallback
         self.accountant = accountant
         self.seed = seed
 
@@ -296,11 +323,13 @@ class DPEASE(PrivateRecommender):
             noisy = gaussian(counts, z_count, sens, rng)
             self._spend("noisy item counts (head selection)", gaussian_event(z_count))
             n_head = int(np.count_nonzero(noisy >= config.head_snr * z_gram * sens_g))
+            n_signal = n_head
             n_head = min(max(n_head, config.head_min), config.max_items, data.n_items)
             head = np.sort(np.argsort(-noisy, kind="stable")[:n_head])
             m = sp.csr_matrix(m[:, head])
         else:
             head = np.arange(data.n_items)
+            n_signal = len(head)
         check_ease_memory(len(head), None, "DPEASE")
         gram, sens_g = bounded_gram(m, config.unit, c_max, bound, rng)
         noisy_gram = symmetric_gaussian(gram, z_gram, sens_g, rng)
@@ -312,16 +341,16 @@ class DPEASE(PrivateRecommender):
         self.regularization_ = reg
         # the diagonal of the released Gram matrix is a (bounded, noisy) item count: the
         # popularity prior and the cold-start ranking, at no extra privacy cost
-        self.item_popularity_ = np.diag(noisy_gram).astype(np.float32)
+        prior = np.diag(noisy_gram).copy()
         self.weights_ = ease_from_gram(noisy_gram, reg, overwrite=True)
         self.head_items_ = head.astype(np.int64)
         self.noise_multiplier_ = float(z_gram)
-        self.popularity_blend_ = resolve_ease_blend(config.popularity_blend, config.epsilon)
-        self.popularity_shrinkage_ = resolve_shrinkage(
-            config.popularity_shrinkage,
-            config.popularity_blend,
+        set_popularity(
+            self,
+            config,
             profile,
-            _SHRINKAGE * self.popularity_blend_,  # DPEASE's fades with its β (chosen so)
+            prior,
+            n_signal if restrict else None,
         )
         self._finish(
             config,
@@ -399,6 +428,37 @@ class DPEASE(PrivateRecommender):
         )
         # files older than the blend read as 0: see read_blend_state
         self.popularity_blend_, self.popularity_shrinkage_ = read_blend_state(arrays)
+
+
+def set_popularity(
+    model: DPEASE,
+    config: DPEASEConfig,
+    profile: LengthProfile | None,
+    gram_diagonal: np.ndarray,
+    n_signal: int | None,
+) -> None:
+    """Set the popularity prior, β, the shrinkage and the head's signal fraction of ``model``.
+
+    ``gram_diagonal`` is the released Gram matrix's diagonal (the prior); ``n_signal`` how many
+    items' released head-selection counts cleared the ``head_snr`` threshold (``None``
+    without a head selection). With ``popularity_fallback`` the default β is raised as the
+    fraction of the head above the noise drops (:func:`~privrec.models.dp_rules.low_signal_blend`).
+    Post-processing of accounted releases only. Shared by the single-machine fit and the
+    engine's (:mod:`privrec.engine.fitting`), so both give the same model.
+    """
+    n_head = len(gram_diagonal)
+    beta = resolve_ease_blend(config.popularity_blend, config.epsilon)
+    model.signal_fraction_ = 1.0 if n_signal is None else min(1.0, n_signal / max(n_head, 1))
+    if config.popularity_fallback and n_signal is not None and config.popularity_blend is None:
+        beta = low_signal_blend(beta, n_signal, n_head)
+    model.item_popularity_ = np.asarray(gram_diagonal).astype(np.float32)
+    model.popularity_blend_ = beta
+    model.popularity_shrinkage_ = resolve_shrinkage(
+        config.popularity_shrinkage,
+        config.popularity_blend,
+        profile,
+        _SHRINKAGE * beta,  # DPEASE's fades with its β (chosen so)
+    )
 
 
 def resolve_ease_blend(blend: float | None, epsilon: float) -> float:

@@ -18,8 +18,10 @@ from privrec.privacy.bounds import quantile_from_histogram
 
 __all__ = [
     "MAX_ADAPTIVE_FACTORS",
+    "MAX_BLEND",
     "LengthProfile",
     "head_threshold",
+    "low_signal_blend",
     "resolve_bound",
     "resolve_factors",
     "resolve_iterations",
@@ -226,3 +228,26 @@ def select_head(
         n_head = int(np.count_nonzero(noisy_counts >= threshold))
         n_head = min(n_items, max(n_head, minimum))
     return np.sort(np.argsort(-noisy_counts, kind="stable")[:n_head])
+
+
+#: Largest popularity blend β a model stores (the range its file reader accepts).
+MAX_BLEND = 10.0
+
+
+def low_signal_blend(blend: float, n_signal: int, n_head: int, cap: float = MAX_BLEND) -> float:
+    """β scaled up by ``n_head / n_signal`` when part of the head is below the noise (≤ ``cap``).
+
+    An automatic head keeps the items whose noisy count clears ``head_snr`` × the noise std
+    of the statistics the model learns from (:func:`select_head`), padded to a minimum size
+    with items that do not. The fraction ``ρ = n_signal / n_head`` of the head that clears it
+    says how much of what the model learnt can rise above its noise: β / ρ leans the ranking
+    towards the (far less noisy) popularity prior as that signal-to-noise drops, and is β
+    unchanged whenever the whole head clears the threshold. ρ follows n (counts grow with the
+    users) and ε, σ (the threshold shrinks with the noise), so no constant is fitted to a data
+    set. Read from the noisy counts and σ only (post-processing; no privacy cost). Chosen on
+    validation splits only (DPEASE's ``popularity_fallback``, see
+    :class:`~privrec.models.dp_ease.DPEASE`).
+    """
+    if n_head <= 0 or n_signal >= n_head:
+        return float(blend)
+    return float(min(cap, blend * n_head / max(n_signal, 1)))

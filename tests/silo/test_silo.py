@@ -30,6 +30,7 @@ from privrec.models.dp_ease import (
     resolve_ease_blend,
     resolve_ease_regularization,
 )
+from privrec.models.dp_rules import low_signal_blend
 from privrec.models.ease import ease_from_gram
 from privrec.models.private import blend_popularity
 from privrec.privacy.contribution import adaptive_weights
@@ -460,8 +461,14 @@ def test_dpease_defaults_noise_off_equal_central_dpease() -> None:
     assert noisy_c.regularization is None
     gram, weights = _central_ease(x, head, c, lam)
     np.testing.assert_allclose(result.weights, weights, rtol=1e-5, atol=1e-6)
+    # central's β, raised by the low-signal fallback: only part of the head clears the
+    # threshold (the floor pads it), so β / ρ with ρ the fraction that does
+    n_signal = int(np.count_nonzero(counts >= c.head_snr * gram_std))
+    assert n_signal < n  # here none clears it: β / ρ at its cap
+    beta = resolve_ease_blend(None, c.epsilon)
+    assert result.popularity_blend == pytest.approx(low_signal_blend(beta, n_signal, n))
+    assert result.popularity_blend == pytest.approx(min(10.0, beta * n / max(n_signal, 1)))
     # scoring with the blend, exactly as central DPEASE scores the same release
-    assert result.popularity_blend == resolve_ease_blend(None, c.epsilon) > 0
     hist = sp.csr_matrix(x[:30])
     ours = result.scores(hist)
     np.testing.assert_allclose(ours, _central_dpease(result, c)._score_histories(hist))
@@ -471,6 +478,17 @@ def test_dpease_defaults_noise_off_equal_central_dpease() -> None:
         result.popularity_blend,
     )
     np.testing.assert_allclose(ours[:, head], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_dpease_popularity_fallback_off_keeps_central_blend() -> None:
+    """``popularity_fallback=False`` (or an explicit β) gives the β of the ε rule unchanged."""
+    x = _data()
+    base = {"epsilon": 2.0, "delta": 1e-6, "n_items": N_ITEMS, "head_min": 20}
+    off = SiloEASEConfig(**base, popularity_fallback=False, insecure_disable_noise=True)
+    result = run_local(_split(x), off, allow_no_noise=True, timeout=20)
+    assert result.popularity_blend == resolve_ease_blend(None, off.epsilon)
+    given = SiloEASEConfig(**base, popularity_blend=0.7, insecure_disable_noise=True)
+    assert run_local(_split(x), given, allow_no_noise=True, timeout=20).popularity_blend == 0.7
 
 
 def test_dpease_guarantee_and_noise() -> None:

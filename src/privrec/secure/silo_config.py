@@ -210,7 +210,9 @@ class SiloEASEConfig(pydantic.BaseModel):
     with the same defaults: C = ``MAX_CONTRIBUTION``, a noisy head (``head_snr``,
     ``head_min``, at most ``max_items``), the noise-scaled ridge
     (:func:`~privrec.models.dp_ease.resolve_ease_regularization`) and the ε-aware popularity
-    blend. The noise-derived ones see the noise the silo path reveals (:func:`revealed_std`,
+    blend, raised by central's low-signal fallback (``popularity_fallback``,
+    :func:`~privrec.models.dp_rules.low_signal_blend`) when part of the head is below the
+    noise. The noise-derived ones see the noise the silo path reveals (:func:`revealed_std`,
     √2 × one server's σ). ``frac_bits`` and ``insecure_disable_noise`` are as in
     :class:`SiloConfig`.
     """
@@ -230,6 +232,7 @@ class SiloEASEConfig(pydantic.BaseModel):
     head_min: int = pydantic.Field(default=100, ge=1)
     count_budget_fraction: float = pydantic.Field(default=0.1, gt=0, lt=1)
     popularity_blend: float | None = pydantic.Field(default=None, ge=0, le=10, allow_inf_nan=False)
+    popularity_fallback: bool = True
     frac_bits: int = pydantic.Field(default=DEFAULT_FRAC_BITS, ge=8, le=48)
     insecure_disable_noise: bool = False
 

@@ -30,6 +30,7 @@ from privrec.models.dp_ease import (
     resolve_ease_blend,
     resolve_ease_regularization,
 )
+from privrec.models.dp_rules import low_signal_blend
 from privrec.models.ease import ease_from_gram
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.guarantee import PrivacyGuarantee
@@ -531,9 +532,16 @@ class EASEDriver(_DriverBase):
                 # revealed one, √2·z_gram·C (the rounding term needs the head size; < 1e-6)
                 gram_std = math.sqrt(2.0) * z[0] * c.max_contribution
                 head = head_by_counts(noisy, c.max_items, c.head_snr * gram_std, c.head_min)
+                n_signal = int(np.count_nonzero(noisy >= c.head_snr * gram_std))
             else:
                 head = np.arange(c.n_items)
+                n_signal = len(head)
             n_head = len(head)
+            # central DPEASE's β (set_popularity): raised as the head's signal fraction
+            # drops; post-processing of the released counts and the public σ
+            blend = resolve_ease_blend(c.popularity_blend, c.epsilon)
+            if c.popularity_fallback and c.popularity_blend is None:
+                blend = low_signal_blend(blend, n_signal, n_head)
             seg = ease_noise_plan(c, z, "gram", n_head)
             meta = {
                 "kind": "gram",
@@ -563,7 +571,7 @@ class EASEDriver(_DriverBase):
             noise_multiplier=z[0],
             guarantee=self.guarantee(),
             regularization=reg,
-            popularity_blend=resolve_ease_blend(c.popularity_blend, c.epsilon),
+            popularity_blend=blend,
             round_seconds=list(self.round_seconds),
             solve_seconds=list(self.solve_seconds),
             bytes_sent=sent,

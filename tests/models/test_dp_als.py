@@ -28,7 +28,7 @@ from privrec.models.dp_als import (
     resolve_regularization,
     select_head,
 )
-from privrec.models.dp_rules import LengthProfile, head_capacity, resolve_one_round
+from privrec.models.dp_rules import LengthProfile, head_capacity, head_floor, resolve_one_round
 from privrec.models.private import blend_popularity
 from privrec.models.releases import Release
 from privrec.privacy.accounting import calibrate, epsilon_of
@@ -295,6 +295,19 @@ def test_head_capacity_caps_the_noise_rule_only() -> None:
     assert select_head(counts, None, 25.0, 1, 2).tolist() == [0, 4]  # the largest counts
     assert select_head(counts, None, 25.0, 2, 1).tolist() == [0, 4]  # the floor still holds
     assert select_head(counts, 0.6, 1e9, 1, 1).tolist() == [0, 2, 4]  # a fraction ignores it
+
+
+def test_head_floor_holds_a_quarter_of_the_count_mass() -> None:
+    # concentrated counts: a quarter of the mass is in the first item -> head_min stands
+    counts = np.array([90.0, 5.0, 3.0, 1.0, 1.0])
+    assert head_floor(counts, 2) == 2 and head_floor(counts, 1) == 1
+    # spread counts: a quarter of 10 equal counts takes 3 items
+    flat = np.full(10, 4.0)
+    assert head_floor(flat, 1) == 3 and head_floor(flat, 5) == 5
+    assert head_floor(flat, 1, share=0.5) == 5 and head_floor(flat, 1, share=1.0) == 10
+    assert head_floor(-flat, 2) == 2  # no positive mass: head_min
+    # with the floor as the minimum, select_head keeps it above the threshold and the cap
+    assert len(select_head(flat, None, 100.0, head_floor(flat, 1), 1)) == 3
 
 
 def test_dpals_head_capacity_binds_only_above_the_counts(monkeypatch: pytest.MonkeyPatch) -> None:

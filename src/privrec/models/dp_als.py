@@ -37,6 +37,7 @@ from privrec.models.dp_rules import (
     MAX_ADAPTIVE_FACTORS,
     LengthProfile,
     head_capacity,
+    head_floor,
     head_threshold,
     resolve_bound,
     resolve_factors,
@@ -219,7 +220,11 @@ class DPALS(PrivateRecommender):
         Σ_j ñ_j / k of them (one observation per factor parameter,
         :func:`~privrec.models.dp_rules.head_capacity`: without it the head grew
         with ε until rare, noise-dominated items pulled gowalla's Recall@20 at
-        ε = 20 below ε = 10), but never fewer than ``head_min`` items.
+        ε = 20 below ε = 10), but never fewer than ``head_min`` items nor than
+        the items that hold a quarter of the noisy count mass
+        (:func:`~privrec.models.dp_rules.head_floor`: on spread-out data such as
+        gowalla the noise threshold at ε ≤ 2 left a head too small to hold the
+        interactions users go on to have).
     head_snr, head_min
         The automatic head rule's threshold and floor.
     count_sample
@@ -630,7 +635,7 @@ class DPALS(PrivateRecommender):
             noisy_counts,
             c.head_fraction,
             head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample),
-            c.head_min,
+            head_floor(noisy_counts, c.head_min),
             head_capacity(noisy_counts, k),
         )
         xh = sp.csr_matrix(x[:, head])

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_BLEND",
     "LengthProfile",
     "head_capacity",
+    "head_floor",
     "head_threshold",
     "low_signal_blend",
     "resolve_bound",
@@ -231,6 +232,30 @@ def head_capacity(noisy_counts: np.ndarray, factors: int) -> int:
     return max(1, int(float(np.sum(noisy_counts, dtype=np.float64)) // max(int(factors), 1)))
 
 
+def head_floor(noisy_counts: np.ndarray, minimum: int, share: float = 0.25) -> int:
+    """Fewest head items: ``minimum``, or more if it takes more to hold ``share`` of the count mass.
+
+    An item off the head is never recommended, so a head that holds a small part of the
+    interactions caps recall whatever the noise: with 40,981 items and histories spread over
+    them (gowalla-lightgcn), the noise threshold at ε = 1 kept 316 items, which hold about a
+    tenth of the noisy count mass. The floor is the number of largest noisy counts that sum to
+    ``share`` (a quarter) of their noisy total — it grows with how spread out the data are,
+    not with a catalogue size fitted to one set. On validation (Recall@20, 2 seeds) gowalla at
+    ε = 1 rose from 0.0415 (head 316) to 0.047–0.048 with 600–1,200 items and ε = 2 from
+    0.0621 to 0.0672; a fixed floor of 600 lost on ml-1m-implicit-r3 (0.171 → 0.158 at ε = 1)
+    and ml-100k (0.222 → 0.195), where a quarter of the counts sits in < 100 items, so the
+    rule leaves them (and movietweetings-100k) at ``minimum``. ``share`` = 1/4 was compared
+    with 1/2 on gowalla only (the one set where it binds): 2,400 items scored 0.045 at ε = 1.
+    Post-processing of the released counts (no privacy cost).
+    """
+    c = np.sort(np.asarray(noisy_counts, dtype=np.float64))[::-1]
+    total = float(np.sum(c))
+    if total <= 0 or len(c) == 0:
+        return int(minimum)
+    held = int(np.searchsorted(np.cumsum(c), share * total)) + 1
+    return max(int(minimum), min(held, len(c)))
+
+
 def select_head(
     noisy_counts: np.ndarray,
     fraction: float | None,
@@ -246,7 +271,8 @@ def select_head(
     trained only when its statistics can rise above the noise), at most
     ``capacity`` of them (the largest counts; central DPALS passes
     :func:`head_capacity`, ``None`` keeps every item above the threshold), and
-    never fewer than ``minimum`` items (or the whole catalogue when smaller).
+    never fewer than ``minimum`` items (or the whole catalogue when smaller;
+    central DPALS passes :func:`head_floor`, which the floor wins over the cap).
     """
     n_items = len(noisy_counts)
     if fraction is not None:

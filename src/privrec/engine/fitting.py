@@ -201,6 +201,7 @@ def _fit_dpals(
     from privrec.models.dp_als import initial_item_factors
     from privrec.models.dp_rules import (
         head_capacity,
+        head_floor,
         head_threshold,
         resolve_regularization,
         select_head,
@@ -229,7 +230,7 @@ def _fit_dpals(
         noisy_counts,
         c.head_fraction,
         head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample),
-        c.head_min,
+        head_floor(noisy_counts, c.head_min),
         head_capacity(noisy_counts, k),  # as DPALS._fit
     )
     counts_h = noisy_counts[head]

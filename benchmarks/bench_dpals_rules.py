@@ -58,6 +58,15 @@ NOTES: tuple[str, ...] = (
     "constant threshold fixes it; the cap Σ ñ / k does: ×0.5 → 0.1107, ×1 → 0.1202, ×2 → 0.1062 "
     "at ε = 20. k = 32 (cap 11,512 items) instead: 0.0945 at ε = 20, 0.0965 at ε = 10.",
     "movietweetings-100k ε = 5 with 6 seeds: cap 0.2709 ± 0.0011, before 0.2715 ± 0.0016.",
+    "Caveat — the short-history synthetic set of `bench_short_history.py --validation` "
+    "(synthetic-median5, 2 seeds): before → after ε = 1 0.1942 → 0.1942 (406 items), ε = 5 "
+    "0.2122 ± 0.0019 → 0.2104 ± 0.0018 (867 → 647), ε = 10 0.2206 ± 0.0021 → 0.2094 ± 0.0007 "
+    "(1,109 → 323), ε = 20 0.2206 ± 0.0032 → 0.2098 ± 0.0007 (1,332 → 324): there the cap "
+    "binds hard and costs 5% at ε ≥ 10. Its heads are even more over-parameterised than "
+    "gowalla's (1,332·64 vs Σ ñ ≈ 20,700) yet learn, so one observation per parameter is not "
+    "the whole mechanism; the share of head count mass below σ_eff·√k (0.23 there at ε = 20, "
+    "0.57 on gowalla, but 0.66 on gowalla at ε = 5 where the head is fine) does not separate "
+    "them either. Open.",
     "Coverage floor: a fixed head_min helps gowalla (ε = 1: 600 → 0.0473, 1,200 → 0.0484, 2,400 "
     "→ 0.0452 vs 0.0415; ε = 2: 1,200 → 0.0672, 2,400 → 0.0673 vs 0.0621) but hurts ml-1m (ε = "
     "1: 600 → 0.1583, 1,200 → 0.1408 vs 0.1708; ε = 2: 0.2004 / 0.1783 vs 0.2016) and ml-100k "

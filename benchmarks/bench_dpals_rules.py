@@ -67,6 +67,10 @@ NOTES: tuple[str, ...] = (
     "the whole mechanism; the share of head count mass below σ_eff·√k (0.23 there at ε = 20, "
     "0.57 on gowalla, but 0.66 on gowalla at ε = 5 where the head is fine) does not separate "
     "them either. Open.",
+    "The harm is noise-driven: gowalla at ε = 1000 (1 seed) scores 0.1413 with the full head "
+    "(40,473 items) and 0.1264 capped (5,765). The best head on gowalla grows more slowly than "
+    "the noise threshold (∝ σ) lets it: its count threshold is about 40 / 25 / 20 / 12 at ε = 1 "
+    "/ 5 / 10 / 20 (σ_eff 33.8 / 9.3 / 5.2 / 3.0), roughly ∝ √σ_eff — a next rule to try.",
     "Coverage floor: a fixed head_min helps gowalla (ε = 1: 600 → 0.0473, 1,200 → 0.0484, 2,400 "
     "→ 0.0452 vs 0.0415; ε = 2: 1,200 → 0.0672, 2,400 → 0.0673 vs 0.0621) but hurts ml-1m (ε = "
     "1: 600 → 0.1583, 1,200 → 0.1408 vs 0.1708; ε = 2: 0.2004 / 0.1783 vs 0.2016) and ml-100k "

@@ -228,6 +228,12 @@ def head_capacity(noisy_counts: np.ndarray, factors: int) -> int:
     of the released counts (no privacy cost). It does not bind on ml-100k or
     ml-1m-implicit-r3 (Σñ / k is above their catalogue or their noise-rule head) and on
     movietweetings-100k it changed validation Recall@20 within one seed's sd.
+
+    Known limits (validation, ``benchmarks/results/dpals_rules.md``): the harm is noise-driven
+    — with almost no noise (gowalla at ε = 1000) the full head scores 0.141 and the capped one
+    0.126 — so the cap is a data-scaled proxy, not the mechanism; and on the short-history
+    synthetic set of ``bench_short_history.py`` it binds hard at ε ≥ 10 (about 1,100 → 320
+    items) and costs 5% Recall@20.
     """
     return max(1, int(float(np.sum(noisy_counts, dtype=np.float64)) // max(int(factors), 1)))
 

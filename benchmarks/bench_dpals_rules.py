@@ -68,7 +68,8 @@ NOTES: tuple[str, ...] = (
     "0.57 on gowalla, but 0.66 on gowalla at ε = 5 where the head is fine) does not separate "
     "them either. Open.",
     "The harm is noise-driven: gowalla at ε = 1000 (1 seed) scores 0.1413 with the full head "
-    "(40,473 items) and 0.1264 capped (5,765). The best head on gowalla grows more slowly than "
+    "(40,473 items) and 0.1264 capped (5,765); at ε = 50 (1 seed) before 0.0800 (28,170 items), "
+    "after 0.1297 (5,770). The best head on gowalla grows more slowly than "
     "the noise threshold (∝ σ) lets it: its count threshold is about 40 / 25 / 20 / 12 at ε = 1 "
     "/ 5 / 10 / 20 (σ_eff 33.8 / 9.3 / 5.2 / 3.0), roughly ∝ √σ_eff — a next rule to try.",
     "Coverage floor: a fixed head_min helps gowalla (ε = 1: 600 → 0.0473, 1,200 → 0.0484, 2,400 "

@@ -28,7 +28,7 @@ from privrec.models.dp_als import (
     resolve_regularization,
     select_head,
 )
-from privrec.models.dp_rules import LengthProfile, resolve_one_round
+from privrec.models.dp_rules import LengthProfile, head_capacity, head_floor, resolve_one_round
 from privrec.models.private import blend_popularity
 from privrec.models.releases import Release
 from privrec.privacy.accounting import calibrate, epsilon_of
@@ -282,6 +282,52 @@ def test_psd_solve_matches_explicit_projection(project: str) -> None:
             <= 0
         )
         np.testing.assert_allclose(y[j], np.linalg.solve(a + reg[j] * np.eye(k), rhs[j]), atol=1e-8)
+
+
+def test_head_capacity_caps_the_noise_rule_only() -> None:
+    counts = np.array([50.0, 5.0, 30.0, 1.0, 40.0])
+    # one observation per factor parameter: ⌊Σ ñ_j / k⌋, at least 1 (negative totals too)
+    assert head_capacity(counts, 4) == 31 and head_capacity(counts, 126) == 1
+    assert head_capacity(-counts, 4) == 1
+    # no capacity, or one that does not bind: the previous rule exactly
+    for capacity in (None, 3, 5):
+        assert select_head(counts, None, 25.0, 1, capacity).tolist() == [0, 2, 4]
+    assert select_head(counts, None, 25.0, 1, 2).tolist() == [0, 4]  # the largest counts
+    assert select_head(counts, None, 25.0, 2, 1).tolist() == [0, 4]  # the floor still holds
+    assert select_head(counts, 0.6, 1e9, 1, 1).tolist() == [0, 2, 4]  # a fraction ignores it
+
+
+def test_head_floor_holds_a_quarter_of_the_count_mass() -> None:
+    # concentrated counts: a quarter of the mass is in the first item -> head_min stands
+    counts = np.array([90.0, 5.0, 3.0, 1.0, 1.0])
+    assert head_floor(counts, 2) == 2 and head_floor(counts, 1) == 1
+    # spread counts: a quarter of 10 equal counts takes 3 items
+    flat = np.full(10, 4.0)
+    assert head_floor(flat, 1) == 3 and head_floor(flat, 5) == 5
+    assert head_floor(flat, 1, share=0.5) == 5 and head_floor(flat, 1, share=1.0) == 10
+    assert head_floor(-flat, 2) == 2  # no positive mass: head_min
+    # with the floor as the minimum, select_head keeps it above the threshold and the cap
+    assert len(select_head(flat, None, 100.0, head_floor(flat, 1), 1)) == 3
+
+
+def test_dpals_head_capacity_binds_only_above_the_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At large ε the noise threshold admits nearly every item; the cap keeps Σ ñ / k of them,
+    and where it does not bind the fit is the previous default's, factor for factor."""
+    import privrec.models.dp_als as dp_als_module
+
+    data = synthetic(n_users=300, n_items=200, interactions_per_user=8, seed=3)
+    kw = {"epsilon": 50.0, "delta": 1e-5, "unit": "user", "head_min": 10, "seed": 2}
+    capped = DPALS(**kw, factors=32).fit(data)
+    cap = head_capacity(capped.noisy_counts_, 32)
+    assert len(capped.head_items_) == max(10, cap) < 200
+    loose = DPALS(**kw, factors=2).fit(data)  # Σ ñ / 2 is above the catalogue
+    monkeypatch.setattr(dp_als_module, "head_capacity", lambda counts, k: None)
+    uncapped = DPALS(**kw, factors=32).fit(data)
+    assert len(uncapped.head_items_) > len(capped.head_items_)
+    before = DPALS(**kw, factors=2).fit(data)
+    np.testing.assert_array_equal(loose.head_items_, before.head_items_)
+    np.testing.assert_array_equal(loose.item_factors_, before.item_factors_)
+    assert capped.noise_scale_ == uncapped.noise_scale_  # post-processing: the same σ
 
 
 def test_automatic_head_and_regularisation() -> None:

@@ -199,7 +199,13 @@ def _fit_dpals(
 ) -> None:  # fmt: skip
     ray = _ray()
     from privrec.models.dp_als import initial_item_factors
-    from privrec.models.dp_rules import head_threshold, resolve_regularization, select_head
+    from privrec.models.dp_rules import (
+        head_capacity,
+        head_floor,
+        head_threshold,
+        resolve_regularization,
+        select_head,
+    )
     from privrec.privacy.mechanisms import gaussian
 
     ratios, iterations, length_ratio, b_plan, sigma, planned = model._calibrate(c, budget)
@@ -224,7 +230,8 @@ def _fit_dpals(
         noisy_counts,
         c.head_fraction,
         head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample),
-        c.head_min,
+        head_floor(noisy_counts, c.head_min),
+        head_capacity(noisy_counts, k),  # as DPALS._fit
     )
     counts_h = noisy_counts[head]
     n_head = len(head)

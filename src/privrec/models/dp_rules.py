@@ -20,6 +20,8 @@ __all__ = [
     "MAX_ADAPTIVE_FACTORS",
     "MAX_BLEND",
     "LengthProfile",
+    "head_capacity",
+    "head_floor",
     "head_threshold",
     "low_signal_blend",
     "resolve_bound",
@@ -210,22 +212,81 @@ def head_threshold(head_snr: float, rhs_std: float, count_sample: int) -> float:
     return head_snr * rhs_std * math.sqrt(count_sample / 100.0)
 
 
+def head_capacity(noisy_counts: np.ndarray, factors: int) -> int:
+    """Most head items a rank-``factors`` model can learn: ``⌊Σ_j ñ_j / k⌋`` (at least 1).
+
+    The head's item factors hold ``n_head · k`` numbers, learnt from the interactions the
+    counts see; a head with more parameters than observations trains items from almost
+    nothing. The noise threshold (:func:`head_threshold`) alone falls with σ, so at large ε
+    it admits ever more rare items, each with a factor that is mostly noise — and every user
+    who has one solves from that noise, so the whole model degrades. On gowalla-lightgcn
+    validation (Recall@20, 2 seeds) the head grew from 6,366 items at ε = 10 to 14,054 at
+    ε = 20 and Recall@20 fell from 0.104 to 0.096; capped at Σñ / k (5,756 items) ε = 20
+    scores 0.120 (half the cap: 0.111, twice: 0.106). It scales with n (the counts' total)
+    and k (itself a rule of n·ε) — no constant is fitted: one observation per parameter.
+    The sum of the noisy counts is their unbiased noisy total, so the cap is post-processing
+    of the released counts (no privacy cost). It does not bind on ml-100k or
+    ml-1m-implicit-r3 (Σñ / k is above their catalogue or their noise-rule head) and on
+    movietweetings-100k it changed validation Recall@20 within one seed's sd.
+
+    Known limits (validation, ``benchmarks/results/dpals_rules.md``): the harm is noise-driven
+    — with almost no noise (gowalla at ε = 1000) the full head scores 0.141 and the capped one
+    0.126 — so the cap is a data-scaled proxy, not the mechanism; and on the short-history
+    synthetic set of ``bench_short_history.py`` it binds hard at ε ≥ 10 (about 1,100 → 320
+    items) and costs 5% Recall@20.
+    """
+    return max(1, int(float(np.sum(noisy_counts, dtype=np.float64)) // max(int(factors), 1)))
+
+
+def head_floor(noisy_counts: np.ndarray, minimum: int, share: float = 0.25) -> int:
+    """Fewest head items: ``minimum``, or more if it takes more to hold ``share`` of the count mass.
+
+    An item off the head is never recommended, so a head that holds a small part of the
+    interactions caps recall whatever the noise: with 40,981 items and histories spread over
+    them (gowalla-lightgcn), the noise threshold at ε = 1 kept 316 items, which hold about a
+    tenth of the noisy count mass. The floor is the number of largest noisy counts that sum to
+    ``share`` (a quarter) of their noisy total — it grows with how spread out the data are,
+    not with a catalogue size fitted to one set. On validation (Recall@20, 2 seeds) gowalla at
+    ε = 1 rose from 0.0415 (head 316) to 0.047–0.048 with 600–1,200 items and ε = 2 from
+    0.0621 to 0.0672; a fixed floor of 600 lost on ml-1m-implicit-r3 (0.171 → 0.158 at ε = 1)
+    and ml-100k (0.222 → 0.195), where a quarter of the counts sits in < 100 items, so the
+    rule leaves them (and movietweetings-100k) at ``minimum``. ``share`` = 1/4 was compared
+    with 1/2 on gowalla only (the one set where it binds): 2,400 items scored 0.045 at ε = 1.
+    Post-processing of the released counts (no privacy cost).
+    """
+    c = np.sort(np.asarray(noisy_counts, dtype=np.float64))[::-1]
+    total = float(np.sum(c))
+    if total <= 0 or len(c) == 0:
+        return int(minimum)
+    held = int(np.searchsorted(np.cumsum(c), share * total)) + 1
+    return max(int(minimum), min(held, len(c)))
+
+
 def select_head(
-    noisy_counts: np.ndarray, fraction: float | None, threshold: float, minimum: int
+    noisy_counts: np.ndarray,
+    fraction: float | None,
+    threshold: float,
+    minimum: int,
+    capacity: int | None = None,
 ) -> np.ndarray:
     """Head items from the noisy counts alone (post-processing), sorted by id.
 
     With ``fraction`` set: the ``ceil(fraction · n_items)`` largest noisy counts.
     Otherwise: every item whose noisy count is at least ``threshold`` (the
     model passes ``head_snr`` × the right-hand-side noise std, so an item is
-    trained only when its statistics can rise above the noise), and never fewer
-    than ``minimum`` items (or the whole catalogue when smaller).
+    trained only when its statistics can rise above the noise), at most
+    ``capacity`` of them (the largest counts; central DPALS passes
+    :func:`head_capacity`, ``None`` keeps every item above the threshold), and
+    never fewer than ``minimum`` items (or the whole catalogue when smaller;
+    central DPALS passes :func:`head_floor`, which the floor wins over the cap).
     """
     n_items = len(noisy_counts)
     if fraction is not None:
         n_head = max(1, math.ceil(fraction * n_items))
     else:
         n_head = int(np.count_nonzero(noisy_counts >= threshold))
+        if capacity is not None:
+            n_head = min(n_head, int(capacity))
         n_head = min(n_items, max(n_head, minimum))
     return np.sort(np.argsort(-noisy_counts, kind="stable")[:n_head])
 

@@ -31,7 +31,9 @@ Results: ``benchmarks/results/short_history.{json,md}`` (``short_history-quick``
 (short-history sets: a further 20% of each training user's items, seed 1, as
 ``privacy_utility.py`` does for movietweetings; ml-100k, ml-1m-implicit-r3 and gowalla-lightgcn:
 ``privacy_utility.py``'s selection splits), DPPopularity against DPEASE with and without its
-low-signal popularity fallback (``popularity_fallback``) and DPALS, at ε ∈ {1, 5}. Results:
+low-signal popularity fallback (``popularity_fallback``), DPALS and FederatedMF with and without
+its learnable head (``head_snr``), at ε ∈ {1, 5}; ``--models`` re-runs a subset and keeps the
+other models' rows. Results:
 ``benchmarks/results/short_history-validation.{json,md}``.
 """
 
@@ -86,6 +88,8 @@ VALIDATION_MODELS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("dpease (no fallback)", "dpease", {"popularity_fallback": False}),
     ("dpease", "dpease", {}),
     ("dpals", "dpals", {}),
+    ("federatedmf (no head rule)", "federatedmf", {"head_snr": None}),
+    ("federatedmf", "federatedmf", {}),
 )
 
 
@@ -128,6 +132,8 @@ def run_validation(datasets: list[str], models: list[str]) -> list[dict[str, Any
                             "popularity_blend": float(m.popularity_blend_),
                             "head": len(m.head_items_),
                         }
+                    elif model == "federatedmf":
+                        info = {"head": len(m.head_items_)}
                 row = {
                     "dataset": ds,
                     "model": label,
@@ -157,10 +163,12 @@ def validation_markdown(result: dict[str, Any]) -> str:
         "a further 20% of each training user's items (seed 1); ml-100k, ml-1m-implicit-r3 and "
         "gowalla-lightgcn use `privacy_utility.py`'s selection splits. `dpease (no fallback)` is "
         "DPEASE with `popularity_fallback=False` (the model before the rule); ρ is the fraction "
-        "of DPEASE's head whose noisy count clears its SNR threshold, β its resolved blend.",
+        "of DPEASE's head whose noisy count clears its SNR threshold, β its resolved blend. "
+        "`federatedmf (no head rule)` is FederatedMF (aggregation `central`) with `head_snr=None` "
+        "(the model before the learnable-head rule); head: trained items (last seed).",
         "",
-        "| data set | ε | model | Recall@20 | vs DPPopularity | ρ | β |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| data set | ε | model | Recall@20 | vs DPPopularity | ρ | β | head |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         pop = next(
@@ -173,9 +181,10 @@ def validation_markdown(result: dict[str, Any]) -> str:
         diff = "" if r is pop else f"{r['recall'] - pop['recall']:+.4f}"
         rho = f"{r['signal_fraction']:.2f}" if "signal_fraction" in r else ""
         beta = f"{r['popularity_blend']:.2f}" if "popularity_blend" in r else ""
+        head = str(r["head"]) if "head" in r else ""
         lines.append(
             f"| {r['dataset']} | {r['epsilon']:g} | {r['model']} | "
-            f"{r['recall']:.4f} ± {r['recall_std']:.4f} | {diff} | {rho} | {beta} |"
+            f"{r['recall']:.4f} ± {r['recall_std']:.4f} | {diff} | {rho} | {beta} | {head} |"
         )
     lines += ["", "## Machine", "", machine_markdown(result["machine"]), ""]
     return "\n".join(lines)
@@ -360,11 +369,12 @@ def main() -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         path = out / "short_history-validation.json"
-        # data sets not re-run keep their earlier rows (gowalla is run on its own)
+        # rows not re-run (other data sets, other models) are kept (gowalla is run on its own)
+        labels = {label for label, m, _ in VALIDATION_MODELS if m in {"dppopularity", *args.models}}
         kept = [
             r
             for r in (json.loads(path.read_text())["rows"] if path.exists() else [])
-            if r["dataset"] not in args.datasets
+            if r["dataset"] not in args.datasets or r["model"] not in labels
         ]
         val["rows"] = kept + run_validation(args.datasets, ["dppopularity", *args.models])
         path.write_text(json.dumps(val, indent=2) + "\n")

@@ -89,6 +89,7 @@ class FederatedMF(PrivateRecommender):
         user_regularization: float = 0.1,
         item_regularization: float = 0.0,
         head_items: int | None = 1000,
+        head_snr: float | None = 7.0,
         count_bound: int = 10,
         head_epsilon_fraction: float | None = None,
         head_sampling_rate: float | None = None,
@@ -127,6 +128,7 @@ class FederatedMF(PrivateRecommender):
         self.user_regularization = user_regularization
         self.item_regularization = item_regularization
         self.head_items = head_items
+        self.head_snr = head_snr
         self.count_bound = count_bound
         self.head_epsilon_fraction = head_epsilon_fraction
         self.head_sampling_rate = head_sampling_rate

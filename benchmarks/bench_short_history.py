@@ -153,6 +153,20 @@ def run_validation(datasets: list[str], models: list[str]) -> list[dict[str, Any
     return rows
 
 
+def _ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows grouped by data set (first appearance), then ε, then :data:`VALIDATION_MODELS`."""
+    sets = list(dict.fromkeys(r["dataset"] for r in rows))
+    labels = [label for label, _, _ in VALIDATION_MODELS]
+    return sorted(
+        rows,
+        key=lambda r: (
+            sets.index(r["dataset"]),
+            r["epsilon"],
+            labels.index(r["model"]) if r["model"] in labels else len(labels),
+        ),
+    )
+
+
 def validation_markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = [
@@ -376,7 +390,7 @@ def main() -> None:
             for r in (json.loads(path.read_text())["rows"] if path.exists() else [])
             if r["dataset"] not in args.datasets or r["model"] not in labels
         ]
-        val["rows"] = kept + run_validation(args.datasets, ["dppopularity", *args.models])
+        val["rows"] = _ordered(kept + run_validation(args.datasets, ["dppopularity", *args.models]))
         path.write_text(json.dumps(val, indent=2) + "\n")
         (out / "short_history-validation.md").write_text(validation_markdown(val))
         print(validation_markdown(val))

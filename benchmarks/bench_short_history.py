@@ -22,7 +22,8 @@ positives, a per-user random 20% test holdout with seed 0, training items exclud
 
 FederatedMF runs with ``aggregation="central"`` by default (a trusted server adds Gaussian
 noise of the calibrated multiplier, PLD accounting): the distributed-DP simulation gives the
-same model up to discrete noise and rounding but takes ~9 min per fit on movietweetings on this
+same model up to discrete noise and rounding, except that it keeps the configured 1000-item head
+(the learnable-head rule, ``head_snr``, is central-only), but takes ~9 min per fit on movietweetings on this
 machine against ~30 s. ``--distributed`` runs the true default.
 
 Results: ``benchmarks/results/short_history.{json,md}`` (``short_history-quick`` in quick mode).
@@ -315,9 +316,9 @@ def markdown(result: dict[str, Any]) -> str:
         "20% test holdout (seed 0), training items excluded. FederatedMF aggregation: "
         f"`{result['aggregation']}`"
         + (
-            " (trusted server adds the Gaussian noise of the calibrated multiplier; the "
-            "distributed-DP default differs by discrete noise and rounding and takes ~18× "
-            "longer to simulate)."
+            " (trusted server adds the Gaussian noise of the calibrated multiplier and trains "
+            "only the learnable head, `head_snr`; the distributed-DP default differs by discrete "
+            "noise and rounding, keeps the configured head and takes ~18× longer to simulate)."
             if result["aggregation"] == "central"
             else "."
         ),

@@ -22,7 +22,8 @@ positives, a per-user random 20% test holdout with seed 0, training items exclud
 
 FederatedMF runs with ``aggregation="central"`` by default (a trusted server adds Gaussian
 noise of the calibrated multiplier, PLD accounting): the distributed-DP simulation gives the
-same model up to discrete noise and rounding but takes ~9 min per fit on movietweetings on this
+same model up to discrete noise and rounding, except that it keeps the configured 1000-item head
+(the learnable-head rule, ``head_snr``, is central-only), but takes ~9 min per fit on movietweetings on this
 machine against ~30 s. ``--distributed`` runs the true default.
 
 Results: ``benchmarks/results/short_history.{json,md}`` (``short_history-quick`` in quick mode).
@@ -31,7 +32,9 @@ Results: ``benchmarks/results/short_history.{json,md}`` (``short_history-quick``
 (short-history sets: a further 20% of each training user's items, seed 1, as
 ``privacy_utility.py`` does for movietweetings; ml-100k, ml-1m-implicit-r3 and gowalla-lightgcn:
 ``privacy_utility.py``'s selection splits), DPPopularity against DPEASE with and without its
-low-signal popularity fallback (``popularity_fallback``) and DPALS, at ε ∈ {1, 5}. Results:
+low-signal popularity fallback (``popularity_fallback``), DPALS and FederatedMF with and without
+its learnable head (``head_snr``), at ε ∈ {1, 5}; ``--models`` re-runs a subset and keeps the
+other models' rows. Results:
 ``benchmarks/results/short_history-validation.{json,md}``.
 """
 
@@ -86,6 +89,8 @@ VALIDATION_MODELS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("dpease (no fallback)", "dpease", {"popularity_fallback": False}),
     ("dpease", "dpease", {}),
     ("dpals", "dpals", {}),
+    ("federatedmf (no head rule)", "federatedmf", {"head_snr": None}),
+    ("federatedmf", "federatedmf", {}),
 )
 
 
@@ -128,6 +133,8 @@ def run_validation(datasets: list[str], models: list[str]) -> list[dict[str, Any
                             "popularity_blend": float(m.popularity_blend_),
                             "head": len(m.head_items_),
                         }
+                    elif model == "federatedmf":
+                        info = {"head": len(m.head_items_)}
                 row = {
                     "dataset": ds,
                     "model": label,
@@ -147,6 +154,20 @@ def run_validation(datasets: list[str], models: list[str]) -> list[dict[str, Any
     return rows
 
 
+def _ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows grouped by data set (first appearance), then ε, then :data:`VALIDATION_MODELS`."""
+    sets = list(dict.fromkeys(r["dataset"] for r in rows))
+    labels = [label for label, _, _ in VALIDATION_MODELS]
+    return sorted(
+        rows,
+        key=lambda r: (
+            sets.index(r["dataset"]),
+            r["epsilon"],
+            labels.index(r["model"]) if r["model"] in labels else len(labels),
+        ),
+    )
+
+
 def validation_markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = [
@@ -157,10 +178,12 @@ def validation_markdown(result: dict[str, Any]) -> str:
         "a further 20% of each training user's items (seed 1); ml-100k, ml-1m-implicit-r3 and "
         "gowalla-lightgcn use `privacy_utility.py`'s selection splits. `dpease (no fallback)` is "
         "DPEASE with `popularity_fallback=False` (the model before the rule); ρ is the fraction "
-        "of DPEASE's head whose noisy count clears its SNR threshold, β its resolved blend.",
+        "of DPEASE's head whose noisy count clears its SNR threshold, β its resolved blend. "
+        "`federatedmf (no head rule)` is FederatedMF (aggregation `central`) with `head_snr=None` "
+        "(the model before the learnable-head rule); head: trained items (last seed).",
         "",
-        "| data set | ε | model | Recall@20 | vs DPPopularity | ρ | β |",
-        "|---|---:|---|---:|---:|---:|---:|",
+        "| data set | ε | model | Recall@20 | vs DPPopularity | ρ | β | head |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         pop = next(
@@ -173,9 +196,10 @@ def validation_markdown(result: dict[str, Any]) -> str:
         diff = "" if r is pop else f"{r['recall'] - pop['recall']:+.4f}"
         rho = f"{r['signal_fraction']:.2f}" if "signal_fraction" in r else ""
         beta = f"{r['popularity_blend']:.2f}" if "popularity_blend" in r else ""
+        head = str(r["head"]) if "head" in r else ""
         lines.append(
             f"| {r['dataset']} | {r['epsilon']:g} | {r['model']} | "
-            f"{r['recall']:.4f} ± {r['recall_std']:.4f} | {diff} | {rho} | {beta} |"
+            f"{r['recall']:.4f} ± {r['recall_std']:.4f} | {diff} | {rho} | {beta} | {head} |"
         )
     lines += ["", "## Machine", "", machine_markdown(result["machine"]), ""]
     return "\n".join(lines)
@@ -292,9 +316,9 @@ def markdown(result: dict[str, Any]) -> str:
         "20% test holdout (seed 0), training items excluded. FederatedMF aggregation: "
         f"`{result['aggregation']}`"
         + (
-            " (trusted server adds the Gaussian noise of the calibrated multiplier; the "
-            "distributed-DP default differs by discrete noise and rounding and takes ~18× "
-            "longer to simulate)."
+            " (trusted server adds the Gaussian noise of the calibrated multiplier and trains "
+            "only the learnable head, `head_snr`; the distributed-DP default differs by discrete "
+            "noise and rounding, keeps the configured head and takes ~18× longer to simulate)."
             if result["aggregation"] == "central"
             else "."
         ),
@@ -360,13 +384,14 @@ def main() -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         path = out / "short_history-validation.json"
-        # data sets not re-run keep their earlier rows (gowalla is run on its own)
+        # rows not re-run (other data sets, other models) are kept (gowalla is run on its own)
+        labels = {label for label, m, _ in VALIDATION_MODELS if m in {"dppopularity", *args.models}}
         kept = [
             r
             for r in (json.loads(path.read_text())["rows"] if path.exists() else [])
-            if r["dataset"] not in args.datasets
+            if r["dataset"] not in args.datasets or r["model"] not in labels
         ]
-        val["rows"] = kept + run_validation(args.datasets, ["dppopularity", *args.models])
+        val["rows"] = _ordered(kept + run_validation(args.datasets, ["dppopularity", *args.models]))
         path.write_text(json.dumps(val, indent=2) + "\n")
         (out / "short_history-validation.md").write_text(validation_markdown(val))
         print(validation_markdown(val))

@@ -11,12 +11,18 @@ from privrec.models.base import ModelConfig
 from privrec.privacy.accounting import AccountantKind
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["DEFAULT_COHORT", "Aggregation", "FederatedMFConfig"]
+__all__ = ["DEFAULT_COHORT", "HEAD_MINIMUM", "HEAD_SNR", "Aggregation", "FederatedMFConfig"]
 
 Aggregation = Literal["central", "distributed"]
 
 #: Expected cohort size when neither ``sampling_rate`` nor ``clients_per_round`` is given.
 DEFAULT_COHORT = 1000
+
+#: Default ``head_snr`` (:func:`~privrec.models.dp_rules.federated_head_threshold`), chosen on
+#: validation splits only (see ``benchmarks/results/short_history-validation.md``).
+HEAD_SNR = 7.0
+#: The learnable head never drops below this many items (or ``head_items`` when smaller).
+HEAD_MINIMUM = 100
 
 
 def _round_up(x: float, digits: int = 2) -> float:
@@ -46,6 +52,15 @@ class FederatedMFConfig(ModelConfig):
         Number of most popular items the dense update covers (``None`` = whole catalogue).
         The head is chosen from the **noisy** item counts of the counting round (which
         always runs, see ``count_bound``), unless a public head is given to the server.
+    head_snr
+        Learnable head (central aggregation, head chosen from the noisy counts): of the
+        ``head_items`` largest noisy counts, only the items whose count clears
+        ``head_snr · z / (q √T)`` are trained
+        (:func:`~privrec.models.dp_rules.federated_head_threshold`; at least
+        :data:`HEAD_MINIMUM` items). ``None``: the ``head_items`` largest, as before. Post-
+        processing of the counting round and of the calibrated ``z``: no privacy cost. With
+        distributed aggregation the head keeps ``head_items`` items: its worst-case discrete
+        noise events are planned, and reserved, for that payload before the count.
     count_bound
         B: items of each user's history counted in the counting round (a uniform sample of
         B items on the device when the history is longer). Each counted item weighs 1, so the
@@ -110,6 +125,7 @@ class FederatedMFConfig(ModelConfig):
     user_regularization: float = pydantic.Field(default=0.1, gt=0, allow_inf_nan=False)
     item_regularization: float = pydantic.Field(default=0.0, ge=0, allow_inf_nan=False)
     head_items: int | None = pydantic.Field(default=1000, ge=1)
+    head_snr: float | None = pydantic.Field(default=HEAD_SNR, ge=0, allow_inf_nan=False)
     count_bound: int = pydantic.Field(default=10, ge=1, le=10_000)
     head_epsilon_fraction: float | None = pydantic.Field(default=None, gt=0, lt=1)
     head_sampling_rate: float | None = pydantic.Field(default=None, gt=0, le=1)

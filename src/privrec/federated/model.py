@@ -55,7 +55,11 @@ class FederatedMF(PrivateRecommender):
     first (0/1 indicators of ≤ ``count_bound`` items and a length bin per user, sensitivity
     √(B + 1), one Gaussian event): its noisy counts pick the head and are blended into every
     user's ranking, more for users with few items (``popularity_blend``,
-    ``popularity_shrinkage``; post-processing).
+    ``popularity_shrinkage``; post-processing). With central aggregation the head keeps only
+    the items whose noisy count clears ``head_snr · z / (q √T)`` (the training noise an item's
+    factor must rise above; :func:`~privrec.models.dp_rules.federated_head_threshold`) —
+    post-processing of the counts and the calibrated ``z``, so the accounted events are those
+    of the configured head.
 
     >>> from privrec.data.synthetic import synthetic
     >>> import warnings; warnings.simplefilter("ignore")
@@ -89,6 +93,7 @@ class FederatedMF(PrivateRecommender):
         user_regularization: float = 0.1,
         item_regularization: float = 0.0,
         head_items: int | None = 1000,
+        head_snr: float | None = 7.0,
         count_bound: int = 10,
         head_epsilon_fraction: float | None = None,
         head_sampling_rate: float | None = None,
@@ -127,6 +132,7 @@ class FederatedMF(PrivateRecommender):
         self.user_regularization = user_regularization
         self.item_regularization = item_regularization
         self.head_items = head_items
+        self.head_snr = head_snr
         self.count_bound = count_bound
         self.head_epsilon_fraction = head_epsilon_fraction
         self.head_sampling_rate = head_sampling_rate

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from privrec.errors import DataError
+from privrec.federated.config import HEAD_MINIMUM
+from privrec.models.dp_rules import federated_head_size, federated_head_threshold
 from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
 
 if TYPE_CHECKING:
     from privrec.federated.server import FederatedMFServer
 
-__all__ = ["HEAD_LABEL", "count_encoder", "release_counts"]
+__all__ = ["HEAD_LABEL", "count_encoder", "learnable_head_size", "release_counts"]
 
 #: Label of the counting round's event (noisy item counts and history lengths; the head).
 HEAD_LABEL = "counting round (noisy item counts and history lengths)"
@@ -47,6 +49,24 @@ def count_encoder(self: FederatedMFServer, z: float) -> DistributedDPEncoder:
     )
 
 
+def learnable_head_size(self: FederatedMFServer, items: np.ndarray, n_head: int) -> int:
+    """Size of the head chosen from the noisy item counts ``items`` (at most ``n_head``).
+
+    Central aggregation with ``head_snr`` set: the items whose noisy count clears
+    :func:`~privrec.models.dp_rules.federated_head_threshold` for the calibrated training
+    multiplier ``z``, rate ``q`` and ``T`` rounds, at least :data:`HEAD_MINIMUM` — the head an
+    item's factor can be learnt above the training noise for. Otherwise ``n_head`` (the
+    configured ``head_items``). Post-processing of the released counts and of ``z``, ``q``,
+    ``T`` (public): no privacy cost. Distributed aggregation keeps ``n_head``: its worst-case
+    events are planned (and a ledger reserves them) for that payload before the count.
+    """
+    c = self.config
+    if c.head_snr is None or c.aggregation != "central" or self.noise_multiplier <= 0:
+        return n_head
+    tau = federated_head_threshold(c.head_snr, self.noise_multiplier, self.q, c.rounds)
+    return federated_head_size(items, tau, n_head, HEAD_MINIMUM)
+
+
 def release_counts(
     self: FederatedMFServer,
     noisy_counts: np.ndarray,
@@ -58,7 +78,8 @@ def release_counts(
 
     ``noisy_counts`` is rescaled by :attr:`~FederatedMFServer.count_scale` into
     ``noisy_counts`` (items) and ``noisy_lengths`` (history-length bins). Without a head yet,
-    the head is the ``head_items`` largest noisy counts (post-processing), sorted by id. With
+    the head is the largest noisy counts (post-processing), sorted by id: ``head_items`` of
+    them, or fewer under the learnable-head rule (:func:`learnable_head_size`). With
     distributed DP, ``survivors`` is how many clients' noise is in the sum and ``sampled``
     the round's cohort (unknown: the largest cohort). Only honest survivors count; fewer than
     the counting round's planned noise shares are refused (the secure sum should have
@@ -77,12 +98,12 @@ def release_counts(
         raise DataError("noisy counts contain NaN or infinite values", field="noisy_counts")
     c = c * self.count_scale
     items = c[: self.n_items]
-    n_head = self.n_items if self.config.head_items is None else self.config.head_items
-    head = (
-        np.sort(np.argsort(-items, kind="stable")[: min(n_head, self.n_items)])
-        if self.head_items is None
-        else None
+    n_head = min(
+        self.n_items if self.config.head_items is None else self.config.head_items, self.n_items
     )
+    if self.head_items is None:
+        n_head = learnable_head_size(self, items, n_head)
+    head = np.sort(np.argsort(-items, kind="stable")[:n_head]) if self.head_items is None else None
     z = self.head_noise_multiplier
     if self.config.aggregation == "distributed" and z > 0:
         if survivors is None or survivors < 1:

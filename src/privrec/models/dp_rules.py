@@ -20,6 +20,8 @@ __all__ = [
     "MAX_ADAPTIVE_FACTORS",
     "MAX_BLEND",
     "LengthProfile",
+    "federated_head_size",
+    "federated_head_threshold",
     "head_capacity",
     "head_floor",
     "head_threshold",
@@ -312,3 +314,36 @@ def low_signal_blend(blend: float, n_signal: int, n_head: int, cap: float = MAX_
     if n_head <= 0 or n_signal >= n_head:
         return float(blend)
     return float(min(cap, blend * n_head / max(n_signal, 1)))
+
+
+def federated_head_threshold(
+    snr: float, noise_multiplier: float, rate: float, rounds: int
+) -> float:
+    """Noisy-count threshold of FederatedMF's learnable head: ``snr · z / (q · √T)``.
+
+    Over ``T`` rounds of Poisson rate ``q`` an item held by ``c`` users is in about ``q·c·T``
+    clipped updates, while each coordinate of the summed updates gets noise of std ``z`` (in
+    units of one device's clipped update) per round, ``z·√T`` over the run: the item's factor
+    can rise above the training noise only when ``c ≥ snr · z / (q √T)``. The threshold grows
+    with the noise (small ε, few users: ``q`` near 1 but ``z`` large) and shrinks as more
+    rounds and users average it away, so no constant is tied to one data set; ``snr`` was
+    chosen on validation splits (see :data:`privrec.federated.config.HEAD_SNR`). Reads the
+    calibrated multiplier and public settings only: no privacy cost.
+    """
+    if noise_multiplier <= 0:
+        return 0.0
+    return float(snr) * float(noise_multiplier) / (float(rate) * math.sqrt(max(int(rounds), 1)))
+
+
+def federated_head_size(
+    noisy_counts: np.ndarray, threshold: float, maximum: int, minimum: int
+) -> int:
+    """How many items FederatedMF trains: those whose noisy count clears ``threshold``,
+    within ``[min(minimum, maximum), maximum]`` (post-processing of the released counts).
+
+    Items below the threshold would get factors made of training noise, and every trained
+    item also dilutes each device's clipped update (the dense ``α0`` term of the loss reaches
+    every head item), so a head cut to the learnable items trains the rest better.
+    """
+    n = int(np.count_nonzero(np.asarray(noisy_counts) >= threshold))
+    return int(min(maximum, max(n, min(minimum, maximum))))

@@ -30,7 +30,7 @@ from privrec.models.dp_ease import (
     resolve_ease_blend,
     resolve_ease_regularization,
 )
-from privrec.models.dp_rules import low_signal_blend
+from privrec.models.dp_rules import head_capacity, head_floor, low_signal_blend
 from privrec.models.ease import ease_from_gram
 from privrec.models.private import blend_popularity
 from privrec.privacy.contribution import adaptive_weights
@@ -242,8 +242,13 @@ def test_silo_head_rule_uses_the_revealed_rhs_noise_and_the_sample() -> None:
     thr = head_threshold(c.head_snr, math.sqrt(2) * c.rhs_noise_ratio * sigma, 30)
     assert thr == pytest.approx(c.head_snr * math.sqrt(2) * sigma * math.sqrt(0.3))
     head = silo_head(c, sigma, counts)
-    assert np.array_equal(head, select_head(counts, None, thr, 5))
+    floor, cap = head_floor(counts, 5), head_capacity(counts, c.factors)
+    assert np.array_equal(head, select_head(counts, None, thr, floor, cap))  # central's rule
     assert 5 < len(head) < 500
+    # many factors for few counts: the capacity Σ ñ / k binds (but never below the floor)
+    wide = c.model_copy(update={"factors": 1024})
+    narrow = silo_head(wide, sigma, counts)
+    assert len(narrow) == max(head_capacity(counts, 1024), floor) < len(head)
 
 
 def test_servers_refuse_noise_free_plans_by_default() -> None:

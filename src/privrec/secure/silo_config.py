@@ -25,6 +25,7 @@ from privrec.models.dp_ease import (
     MAX_CONTRIBUTION,
     REG_SCALE,
 )
+from privrec.models.dp_rules import head_capacity, head_floor
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.budget import Budget
 from privrec.privacy.mechanisms import gaussian_event
@@ -148,13 +149,21 @@ def silo_head(config: SiloConfig, sigma: float, noisy_counts: np.ndarray) -> np.
 
     :func:`~privrec.models.dp_als.head_threshold` gets the revealed right-hand-side noise std
     in units of Γ, ``√2·r2·σ`` (its rounding term depends on the head size, which this
-    chooses, and is below 1e-6 relative: left out), and the sampled count ``count_sample``.
-    Post-processing of the released counts and public settings.
+    chooses, and is below 1e-6 relative: left out), and the sampled count ``count_sample``;
+    as central DPALS, at most :func:`~privrec.models.dp_rules.head_capacity` items (Σ ñ / k)
+    and at least :func:`~privrec.models.dp_rules.head_floor` (the items holding a quarter of
+    the noisy count mass, or ``head_min``). Post-processing of the released counts and public
+    settings.
     """
+    counts = np.asarray(noisy_counts, dtype=np.float64)
     rhs_std = math.sqrt(2.0) * config.rhs_noise_ratio * sigma
     threshold = head_threshold(config.head_snr, rhs_std, config.sampled)
     return select_head(
-        np.asarray(noisy_counts, dtype=np.float64), config.head_fraction, threshold, config.head_min
+        counts,
+        config.head_fraction,
+        threshold,
+        head_floor(counts, config.head_min),
+        head_capacity(counts, config.factors),
     )
 
 

@@ -135,3 +135,15 @@ def test_one_round_rule_is_central_dpals_and_costs_nothing() -> None:
     assert not np.allclose(one.item_factors_, two.item_factors_)
     big = synthetic(n_users=600, n_items=40, interactions_per_user=8, seed=3)
     assert not FederatedDPALS(**kw).fit(big).one_round_  # type: ignore[arg-type]  # n·ε ≈ 1200
+
+
+def test_head_follows_central_dpals_capacity_rule() -> None:
+    """The server's head is central DPALS's: at most Σ ñ / k items (binding without a threshold)."""
+    data = synthetic(n_users=300, n_items=200, interactions_per_user=5, seed=1)
+    kw = {"epsilon": 50.0, "delta": 1e-4, "factors": 32, "head_min": 5, "head_snr": 0.0}
+    m = FederatedDPALS(**kw, seed=0).fit(data)  # type: ignore[arg-type]
+    lengths = np.diff(data.matrix.tocsr().indptr)
+    # Σ ñ / k: each device counts ≤ count_sample of its items; the noise is small at this ε
+    cap = np.minimum(lengths, m.count_sample_).sum() / 32
+    held = np.count_nonzero(np.asarray((data.matrix > 0).sum(axis=0)).ravel())
+    assert abs(len(m.head_items_) - cap) <= 3 and 2 * len(m.head_items_) < held

@@ -74,6 +74,8 @@ from privrec.models.dp_als import (
 )
 from privrec.models.dp_rules import (
     LengthProfile,
+    head_capacity,
+    head_floor,
     head_threshold,
     resolve_bound,
     resolve_factors,
@@ -279,7 +281,8 @@ class FederatedDPALS(DPALS):
             noisy_counts,
             c.head_fraction,
             head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample),
-            c.head_min,
+            head_floor(noisy_counts, c.head_min),  # central DPALS's floor and capacity
+            head_capacity(noisy_counts, k),
         )
         counts_h = noisy_counts[head]
         reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)

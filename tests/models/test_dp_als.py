@@ -313,7 +313,7 @@ def test_head_floor_holds_a_quarter_of_the_count_mass() -> None:
 def test_dpals_head_capacity_binds_only_above_the_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     """At large ε the noise threshold admits nearly every item; the cap keeps Σ ñ / k of them,
     and where it does not bind the fit is the previous default's, factor for factor."""
-    import privrec.models.dp_als as dp_als_module
+    import privrec.models.dp_rules as dp_rules_module
 
     data = synthetic(n_users=300, n_items=200, interactions_per_user=8, seed=3)
     kw = {"epsilon": 50.0, "delta": 1e-5, "unit": "user", "head_min": 10, "seed": 2}
@@ -321,7 +321,7 @@ def test_dpals_head_capacity_binds_only_above_the_counts(monkeypatch: pytest.Mon
     cap = head_capacity(capped.noisy_counts_, 32)
     assert len(capped.head_items_) == max(10, cap) < 200
     loose = DPALS(**kw, factors=2).fit(data)  # Σ ñ / 2 is above the catalogue
-    monkeypatch.setattr(dp_als_module, "head_capacity", lambda counts, k: None)
+    monkeypatch.setattr(dp_rules_module, "head_capacity", lambda counts, k: None)
     uncapped = DPALS(**kw, factors=32).fit(data)
     assert len(uncapped.head_items_) > len(capped.head_items_)
     before = DPALS(**kw, factors=2).fit(data)

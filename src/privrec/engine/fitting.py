@@ -199,13 +199,7 @@ def _fit_dpals(
 ) -> None:  # fmt: skip
     ray = _ray()
     from privrec.models.dp_als import initial_item_factors
-    from privrec.models.dp_rules import (
-        head_capacity,
-        head_floor,
-        head_threshold,
-        resolve_regularization,
-        select_head,
-    )
+    from privrec.models.dp_rules import dpals_head, head_threshold, resolve_regularization
     from privrec.privacy.mechanisms import gaussian
 
     ratios, iterations, length_ratio, b_plan, sigma, planned = model._calibrate(c, budget)
@@ -226,13 +220,8 @@ def _fit_dpals(
     z_counts = ratios[3] * sigma
     noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
     model._release_counts(noisy_counts, z_counts, sens)
-    head = select_head(
-        noisy_counts,
-        c.head_fraction,
-        head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample),
-        head_floor(noisy_counts, c.head_min),
-        head_capacity(noisy_counts, k),  # as DPALS._fit
-    )
+    threshold = head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample)
+    head = dpals_head(noisy_counts, c.head_fraction, threshold, c.head_min, k)
     counts_h = noisy_counts[head]
     n_head = len(head)
     reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)

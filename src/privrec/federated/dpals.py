@@ -74,8 +74,7 @@ from privrec.models.dp_als import (
 )
 from privrec.models.dp_rules import (
     LengthProfile,
-    head_capacity,
-    head_floor,
+    dpals_head,
     head_threshold,
     resolve_bound,
     resolve_factors,
@@ -84,7 +83,6 @@ from privrec.models.dp_rules import (
     resolve_popularity_blend,
     resolve_regularization,
     resolve_shrinkage,
-    select_head,
 )
 from privrec.privacy.accounting import calibrate
 from privrec.privacy.bounds import LENGTH_EDGES, LENGTHS_LABEL, length_histogram
@@ -277,13 +275,8 @@ class FederatedDPALS(DPALS):
             ratios[3] * sigma,
             planned[len(targets) - iterations - 1],
         )
-        head = select_head(
-            noisy_counts,
-            c.head_fraction,
-            head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample),
-            head_floor(noisy_counts, c.head_min),  # central DPALS's floor and capacity
-            head_capacity(noisy_counts, k),
-        )
+        threshold = head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample)
+        head = dpals_head(noisy_counts, c.head_fraction, threshold, c.head_min, k)
         counts_h = noisy_counts[head]
         reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)
         self.regularization_ = reg

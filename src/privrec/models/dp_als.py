@@ -36,8 +36,7 @@ from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import (
     MAX_ADAPTIVE_FACTORS,
     LengthProfile,
-    head_capacity,
-    head_floor,
+    dpals_head,
     head_threshold,
     resolve_bound,
     resolve_factors,
@@ -215,16 +214,11 @@ class DPALS(PrivateRecommender):
     head_fraction
         Train on this fraction of the catalogue, the most popular by noisy
         counts; other items are never recommended. Default (``None``): an
-        ε-aware rule, :func:`select_head` — every item whose noisy count is at
-        least ``head_snr`` × the right-hand-side noise std (r2·σ), at most
-        Σ_j ñ_j / k of them (one observation per factor parameter,
-        :func:`~privrec.models.dp_rules.head_capacity`: without it the head grew
-        with ε until rare, noise-dominated items pulled gowalla's Recall@20 at
-        ε = 20 below ε = 10), but never fewer than ``head_min`` items nor than
-        the items that hold a quarter of the noisy count mass
-        (:func:`~privrec.models.dp_rules.head_floor`: on spread-out data such as
-        gowalla the noise threshold at ε ≤ 2 left a head too small to hold the
-        interactions users go on to have).
+        ε-aware rule, :func:`~privrec.models.dp_rules.dpals_head` — every item
+        whose noisy count is at least ``head_snr`` × the right-hand-side noise
+        std (r2·σ), at most Σ_j ñ_j / k of them (``head_capacity``), never fewer
+        than ``head_min`` nor than the items holding a quarter of the noisy count
+        mass (``head_floor``; their docstrings say why, with the validation runs).
     head_snr, head_min
         The automatic head rule's threshold and floor.
     count_sample
@@ -631,13 +625,8 @@ class DPALS(PrivateRecommender):
         z_counts = ratios[3] * sigma
         noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
         self._release_counts(noisy_counts, z_counts, sens)
-        head = select_head(
-            noisy_counts,
-            c.head_fraction,
-            head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample),
-            head_floor(noisy_counts, c.head_min),
-            head_capacity(noisy_counts, k),
-        )
+        threshold = head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample)
+        head = dpals_head(noisy_counts, c.head_fraction, threshold, c.head_min, k)
         xh = sp.csr_matrix(x[:, head])
         xh.sort_indices()
         counts_h = noisy_counts[head]

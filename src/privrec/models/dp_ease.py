@@ -447,10 +447,10 @@ def set_popularity(
     engine's (:mod:`privrec.engine.fitting`), so both give the same model.
     """
     n_head = len(gram_diagonal)
-    beta = resolve_ease_blend(config.popularity_blend, config.epsilon)
+    beta = ease_blend(
+        config.popularity_blend, config.epsilon, config.popularity_fallback, n_signal, n_head
+    )
     model.signal_fraction_ = 1.0 if n_signal is None else min(1.0, n_signal / max(n_head, 1))
-    if config.popularity_fallback and n_signal is not None and config.popularity_blend is None:
-        beta = low_signal_blend(beta, n_signal, n_head)
     model.item_popularity_ = np.asarray(gram_diagonal).astype(np.float32)
     model.popularity_blend_ = beta
     model.popularity_shrinkage_ = resolve_shrinkage(
@@ -459,6 +459,22 @@ def set_popularity(
         profile,
         _SHRINKAGE * beta,  # DPEASE's fades with its β (chosen so)
     )
+
+
+def ease_blend(
+    blend: float | None, epsilon: float, fallback: bool, n_signal: int | None, n_head: int
+) -> float:
+    """DPEASE's β: the given one, else the ε rule raised by the low-signal fallback.
+
+    With ``fallback`` and a head chosen from noisy counts (``n_signal`` of its ``n_head``
+    items clearing the threshold) the ε rule's β is divided by their fraction
+    (:func:`~privrec.models.dp_rules.low_signal_blend`). Shared by central and cross-silo
+    DPEASE; post-processing of the released counts and σ.
+    """
+    beta = resolve_ease_blend(blend, epsilon)
+    if fallback and blend is None and n_signal is not None:
+        beta = low_signal_blend(beta, n_signal, n_head)
+    return beta
 
 
 def resolve_ease_blend(blend: float | None, epsilon: float) -> float:

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_ADAPTIVE_FACTORS",
     "MAX_BLEND",
     "LengthProfile",
+    "dpals_head",
     "federated_head_size",
     "federated_head_threshold",
     "head_capacity",
@@ -280,7 +281,7 @@ def select_head(
     ``capacity`` of them (the largest counts; central DPALS passes
     :func:`head_capacity`, ``None`` keeps every item above the threshold), and
     never fewer than ``minimum`` items (or the whole catalogue when smaller;
-    central DPALS passes :func:`head_floor`, which the floor wins over the cap).
+    the floor wins over the cap). DPALS calls it through :func:`dpals_head`.
     """
     n_items = len(noisy_counts)
     if fraction is not None:
@@ -291,6 +292,24 @@ def select_head(
             n_head = min(n_head, int(capacity))
         n_head = min(n_items, max(n_head, minimum))
     return np.sort(np.argsort(-noisy_counts, kind="stable")[:n_head])
+
+
+def dpals_head(
+    noisy_counts: np.ndarray, fraction: float | None, threshold: float, minimum: int, factors: int
+) -> np.ndarray:
+    """DPALS's head: :func:`select_head` with :func:`head_floor` and :func:`head_capacity`.
+
+    The one rule central DPALS, the Ray engine, federated DPALS and cross-silo DPALS train
+    on, so that they keep the same items from the same released counts. Post-processing of
+    the noisy counts, ``threshold`` (from σ) and ``factors`` (from the noisy histogram).
+    """
+    return select_head(
+        noisy_counts,
+        fraction,
+        threshold,
+        head_floor(noisy_counts, minimum),
+        head_capacity(noisy_counts, factors),
+    )
 
 
 #: Largest popularity blend β a model stores (the range its file reader accepts).

@@ -25,7 +25,7 @@ from privrec.models.dp_ease import (
     MAX_CONTRIBUTION,
     REG_SCALE,
 )
-from privrec.models.dp_rules import head_capacity, head_floor
+from privrec.models.dp_rules import dpals_head
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.budget import Budget
 from privrec.privacy.mechanisms import gaussian_event
@@ -155,16 +155,10 @@ def silo_head(config: SiloConfig, sigma: float, noisy_counts: np.ndarray) -> np.
     the noisy count mass, or ``head_min``). Post-processing of the released counts and public
     settings.
     """
-    counts = np.asarray(noisy_counts, dtype=np.float64)
     rhs_std = math.sqrt(2.0) * config.rhs_noise_ratio * sigma
     threshold = head_threshold(config.head_snr, rhs_std, config.sampled)
-    return select_head(
-        counts,
-        config.head_fraction,
-        threshold,
-        head_floor(counts, config.head_min),
-        head_capacity(counts, config.factors),
-    )
+    counts = np.asarray(noisy_counts, dtype=np.float64)
+    return dpals_head(counts, config.head_fraction, threshold, config.head_min, config.factors)
 
 
 def noise_plan(config: SiloConfig, sigma: float, kind: str, n_head: int = 0) -> list[Segment]:

@@ -27,10 +27,9 @@ from privrec.models.dp_als import (
     resolve_regularization,
 )
 from privrec.models.dp_ease import (
-    resolve_ease_blend,
+    ease_blend,
     resolve_ease_regularization,
 )
-from privrec.models.dp_rules import low_signal_blend
 from privrec.models.ease import ease_from_gram
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.guarantee import PrivacyGuarantee
@@ -539,9 +538,9 @@ class EASEDriver(_DriverBase):
             n_head = len(head)
             # central DPEASE's β (set_popularity): raised as the head's signal fraction
             # drops; post-processing of the released counts and the public σ
-            blend = resolve_ease_blend(c.popularity_blend, c.epsilon)
-            if c.popularity_fallback and c.popularity_blend is None:
-                blend = low_signal_blend(blend, n_signal, n_head)
+            blend = ease_blend(
+                c.popularity_blend, c.epsilon, c.popularity_fallback, n_signal, n_head
+            )
             seg = ease_noise_plan(c, z, "gram", n_head)
             meta = {
                 "kind": "gram",

@@ -130,7 +130,7 @@ def test_federated_and_cross_silo_dpals_pass_the_noise_to_the_sqrt_rule(
 
     monkeypatch.setattr(dp_rules, "HEAD_RULE", "sqrt")
     data = synthetic(n_users=300, n_items=200, interactions_per_user=5, seed=1)
-    fed = FederatedDPALS(epsilon=50.0, delta=1e-4, factors=32, head_min=5, seed=0)  # type: ignore[arg-type]
+    fed = FederatedDPALS(epsilon=50.0, delta=1e-4, factors=32, head_min=5, seed=0)
     fed.fit(data)
     assert 5 <= len(fed.head_items_) <= 200
     c = SiloConfig(epsilon=2.0, delta=1e-6, n_items=500, max_per_user=30, head_min=5)

@@ -221,7 +221,15 @@ def _fit_dpals(
     noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
     model._release_counts(noisy_counts, z_counts, sens)
     threshold = head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample)
-    head = dpals_head(noisy_counts, c.head_fraction, threshold, c.head_min, k)
+    head = dpals_head(
+        noisy_counts,
+        c.head_fraction,
+        threshold,
+        c.head_min,
+        k,
+        rhs_std=ratios[2] * sigma_eff,
+        count_sample=count_sample,
+    )
     counts_h = noisy_counts[head]
     n_head = len(head)
     reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)

@@ -276,7 +276,15 @@ class FederatedDPALS(DPALS):
             planned[len(targets) - iterations - 1],
         )
         threshold = head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample)
-        head = dpals_head(noisy_counts, c.head_fraction, threshold, c.head_min, k)
+        head = dpals_head(
+            noisy_counts,
+            c.head_fraction,
+            threshold,
+            c.head_min,
+            k,
+            rhs_std=ratios[2] * sigma_eff,
+            count_sample=count_sample,
+        )
         counts_h = noisy_counts[head]
         reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)
         self.regularization_ = reg

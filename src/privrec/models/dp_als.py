@@ -625,8 +625,10 @@ class DPALS(PrivateRecommender):
         z_counts = ratios[3] * sigma
         noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
         self._release_counts(noisy_counts, z_counts, sens)
-        threshold = head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample)
-        head = dpals_head(noisy_counts, c.head_fraction, threshold, c.head_min, k)
+        rhs_std = ratios[2] * sigma_eff
+        threshold = head_threshold(c.head_snr, rhs_std, count_sample)
+        head = dpals_head(noisy_counts, c.head_fraction, threshold, c.head_min, k,
+                          rhs_std=rhs_std, count_sample=count_sample)  # fmt: skip
         xh = sp.csr_matrix(x[:, head])
         xh.sort_indices()
         counts_h = noisy_counts[head]

@@ -158,7 +158,15 @@ def silo_head(config: SiloConfig, sigma: float, noisy_counts: np.ndarray) -> np.
     rhs_std = math.sqrt(2.0) * config.rhs_noise_ratio * sigma
     threshold = head_threshold(config.head_snr, rhs_std, config.sampled)
     counts = np.asarray(noisy_counts, dtype=np.float64)
-    return dpals_head(counts, config.head_fraction, threshold, config.head_min, config.factors)
+    return dpals_head(
+        counts,
+        config.head_fraction,
+        threshold,
+        config.head_min,
+        config.factors,
+        rhs_std=rhs_std,
+        count_sample=config.sampled,
+    )
 
 
 def noise_plan(config: SiloConfig, sigma: float, kind: str, n_head: int = 0) -> list[Segment]:

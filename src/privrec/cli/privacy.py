@@ -98,6 +98,14 @@ def privacy_verify(
             highlight=False,
             markup=False,
         )
+        for t in g.tiers:
+            console.print(
+                f"  tier: users who asked for ε = {t['requested_epsilon']:g} contribute with weight "
+                f"{t['weight']:.6g} and are ({t['epsilon']:.6g}, {g.delta:.1e})-DP — recomputed "
+                "from the stored events at that weight",
+                highlight=False,
+                markup=False,
+            )
         if model.file_signature_ is None or not model.file_signature_.verified:
             console.print(
                 signature_line(model) + ". The stored ε and events agree with each other, "

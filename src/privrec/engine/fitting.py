@@ -199,6 +199,7 @@ def _fit_dpals(
 ) -> None:  # fmt: skip
     ray = _ray()
     from privrec.models.dp_als import initial_item_factors
+    from privrec.models.dp_als_accounting import released_statistics
     from privrec.models.dp_rules import dpals_head, head_threshold, resolve_regularization
     from privrec.privacy.mechanisms import gaussian
 
@@ -276,7 +277,7 @@ def _fit_dpals(
         released=[
             "item factors (all of them, after the last private step)",
             "noisy item counts and the head item set",
-            "the per-step noisy statistics (Gramian, per-item left- and right-hand sides)",
+            released_statistics(c.lhs),
         ],
         not_released=[
             "user factors (each solved on the worker holding the user, from the released item "

@@ -26,7 +26,13 @@ from privrec.data.interactions import Interactions
 from privrec.errors import ModelFileError
 from privrec.models.als_kernels import gramian, item_statistics
 from privrec.models.base import check_array, register
-from privrec.models.dp_als_accounting import LHS, DPALSSensitivity, dpals_event, dpals_releases
+from privrec.models.dp_als_accounting import (
+    LHS,
+    DPALSSensitivity,
+    dpals_event,
+    dpals_releases,
+    released_statistics,
+)
 from privrec.models.dp_als_accounting import _step_releases as _step_releases
 from privrec.models.dp_als_users import _FEW_USERS as _FEW_USERS
 from privrec.models.dp_als_users import _user_cg as _user_cg
@@ -684,7 +690,7 @@ class DPALS(PrivateRecommender):
             released=[
                 "item factors (all of them, after the last private step)",
                 "noisy item counts and the head item set",
-                "the per-step noisy statistics (Gramian, per-item left- and right-hand sides)",
+                released_statistics(c.lhs),
             ],
             not_released=[
                 "user factors (each solved from the released item factors and that user's own data)",

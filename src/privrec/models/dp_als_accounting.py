@@ -21,9 +21,24 @@ from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["LHS", "DPALSSensitivity", "dpals_event", "dpals_releases"]
+__all__ = ["LHS", "DPALSSensitivity", "dpals_event", "dpals_releases", "released_statistics"]
 
 LHS = Literal["full", "diagonal", "none"]
+
+
+def released_statistics(lhs: str) -> str:
+    """What a DPALS fit releases at every private step, as its guarantee states it.
+
+    ``lhs="none"`` releases no per-item left-hand side and ``"diagonal"`` only their diagonals:
+    a guarantee that listed "per-item left- and right-hand sides" for them would claim a
+    release that never happened (and hide which one did).
+    """
+    per_item = {
+        "full": "per-item left-hand sides (k×k) and right-hand sides",
+        "diagonal": "the diagonals of the per-item left-hand sides and the right-hand sides",
+        "none": "per-item right-hand sides; no per-item left-hand side",
+    }[lhs]
+    return f"the per-step noisy statistics (Gramian, {per_item})"
 
 
 class DPALSSensitivity(pydantic.BaseModel):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -181,7 +181,51 @@ def check_guarantee(g: PrivacyGuarantee) -> float:
             expected=f"{recomputed:.6g} (recomputed with the {g.accountant.value.upper()} accountant)",
             found=g.epsilon,
         )
+    if g.tiers:
+        _check_tiers(g, agrees)
     return recomputed
+
+
+def _check_tiers(g: PrivacyGuarantee, agrees: Callable[[float], bool]) -> None:
+    """Recompute every protection tier's ε from the stored events and its weight.
+
+    A tier promises ε_t to the users who asked for it: its users' contributions were scaled
+    by ``weight``, so ε_t is what the stored events give with every multiplier ÷ weight
+    (:func:`~privrec.privacy.personalized.tier_epsilon`). A stored ε_t that is not that value,
+    or above what its users asked for, or a loosest tier that is not the model's ε, means the
+    file was altered: nothing in it is explained.
+    """
+    from privrec.privacy.personalized import tier_epsilon
+
+    keys = {"requested_epsilon", "epsilon", "weight"}
+    requested: list[float] = []
+    for t in g.tiers:
+        if not isinstance(t, Mapping) or set(t) != keys or not all(_real(t[k]) for k in keys):
+            raise _bad("a protection tier must be {requested_epsilon, epsilon, weight}", t)
+        w, eps, asked = float(t["weight"]), float(t["epsilon"]), float(t["requested_epsilon"])
+        if not 0 < w <= 1 or asked <= 0:
+            raise _bad("a tier's weight must be in (0, 1] and its requested ε > 0", t)
+        try:
+            with quiet_accountant():
+                expected = tier_epsilon(g.spent_events, w, g.delta, g.accountant, g.unit)
+        except Exception as exc:
+            raise _bad(f"the accountant cannot compose a tier's scaled events ({exc})") from None
+        slack = RDP_SLACK if g.accountant.value == "rdp" else EPSILON_RTOL
+        close = expected * (1 - EPSILON_RTOL) - 1e-9 <= eps <= expected * (1 + slack) + 1e-9
+        if not close or eps > asked * (1 + EPSILON_RTOL) + 1e-9:
+            raise GuaranteeMismatchError(
+                "a protection tier's ε is not what the stored events give at its weight (or is "
+                "above what its users asked for): the guarantee was altered or corrupted",
+                field="guarantee.tiers",
+                expected=f"{expected:.6g} at weight {w:.6g}, at most {asked:g}",
+                found=eps,
+            )
+        requested.append(asked)
+    loosest = max(g.tiers, key=lambda t: float(t["requested_epsilon"]))
+    if float(loosest["weight"]) != 1.0 or not agrees(float(loosest["epsilon"])):
+        raise _bad("the loosest protection tier must be the model's own ε at weight 1", loosest)
+    if len(set(requested)) != len(requested):
+        raise _bad("protection tiers must be distinct", requested)
 
 
 def check_against_params(g: PrivacyGuarantee, params: Mapping[str, Any]) -> None:
@@ -214,3 +258,10 @@ def check_against_params(g: PrivacyGuarantee, params: Mapping[str, Any]) -> None
     asked = params.get("epsilon")
     if _real(asked) and g.epsilon > asked * (1 + EPSILON_RTOL) + 1e-9:  # type: ignore[operator]
         raise mismatch("epsilon", f"at most the asked budget {asked}", g.epsilon)
+    if "tiers" in params or g.tiers:
+        declared = params.get("tiers") or ()
+        loosest = {float(asked)} if isinstance(asked, (int, float)) and _real(asked) else set()
+        offered = sorted({float(t) for t in declared} | loosest)
+        stated = sorted(float(t["requested_epsilon"]) for t in g.tiers)
+        if (declared or g.tiers) and offered != stated:
+            raise mismatch("tiers", f"the declared tiers {offered}", stated)

@@ -108,7 +108,7 @@ NOTES: tuple[str, ...] = (
     "at ε = 20. k = 32 (cap 11,512 items) instead: 0.0945 at ε = 20, 0.0965 at ε = 10.",
     "movietweetings-100k ε = 5 with 6 seeds: cap 0.2709 ± 0.0011, before 0.2715 ± 0.0016.",
     "Caveat — the short-history synthetic set of `bench_short_history.py --validation` "
-    "(synthetic-median5, 2 seeds): before → after ε = 1 0.1942 → 0.1942 (406 items), ε = 5 "
+    "(synthetic-median5, 2 seeds; from the earlier run: no capacity → capacity) ε = 1 0.1942 → 0.1942 (406 items), ε = 5 "
     "0.2122 ± 0.0019 → 0.2104 ± 0.0018 (867 → 647), ε = 10 0.2206 ± 0.0021 → 0.2094 ± 0.0007 "
     "(1,109 → 323), ε = 20 0.2206 ± 0.0032 → 0.2098 ± 0.0007 (1,332 → 324): there the cap "
     "binds hard and costs 5% at ε ≥ 10. Its heads are even more over-parameterised than "

@@ -88,3 +88,9 @@ def test_a_guarantee_with_a_faked_tier_is_never_explained(tiered_file: Path) -> 
         fake.explain()
     # the untouched guarantee still verifies from scratch
     PrivacyGuarantee.model_validate(g.model_dump(mode="json")).verify()
+
+
+def test_explain_says_the_headline_epsilon_is_the_loosest_tier(tiered_file: Path) -> None:
+    text = load_model(tiered_file).guarantee_.explain()
+    first = text.splitlines()[0]
+    assert "loosest protection tier" in first and "2 stricter tier(s)" in first

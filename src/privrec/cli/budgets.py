@@ -37,7 +37,7 @@ def tune(
         str, typer.Option("--model", "-m", help="dpals, dpease or dppopularity.")
     ],
     grid: Annotated[
-        Path, typer.Option("--grid", "-g", help="TOML file with [[candidates]] tables.")
+        Path, typer.Option("--grid", "-g", help="TOML file with \\[\\[candidates]] tables.")
     ],
     epsilon: Annotated[float, typer.Option(help="Budget ε of the whole selection.")],
     delta: Annotated[float, typer.Option(help="Budget δ.")],
@@ -55,8 +55,8 @@ def tune(
 ) -> None:
     """Tune on the data itself, paying for it: the saved model's guarantee covers the selection.
 
-    The grid file lists candidates, e.g. ``[[candidates]]`` / ``factors = 8`` /
-    ``[[candidates]]`` / ``popularity_shrinkage = 0.0``. Only the chosen candidate, its noisy
+    The grid file lists candidates, e.g. ``\\[\\[candidates]]`` / ``factors = 8`` /
+    ``\\[\\[candidates]]`` / ``popularity_shrinkage = 0.0``. Only the chosen candidate, its noisy
     validation score and the number of trials are released (Papernot & Steinke 2022).
     """
     with handle_errors():

@@ -250,6 +250,11 @@ class PrivacyGuarantee(pydantic.BaseModel):
             if self.unit is PrivacyUnit.USER
             else "any single interaction"
         )
+        if self.tiers:  # ε is the loosest tier's; the stricter tiers' ε follow below
+            who += (
+                f" who chose the loosest protection tier; {len(self.tiers) - 1} stricter "
+                "tier(s) below get a smaller ε"
+            )
         one = "your whole history" if self.unit is PrivacyUnit.USER else "one interaction"
         eps, delta = self.epsilon, self.delta
         acc = distinguishing_accuracy(eps, delta)

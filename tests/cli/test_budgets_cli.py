@@ -84,3 +84,42 @@ def test_train_federated_dpals_from_the_cli(udata: Path, tmp_path: Path) -> None
     assert g.accountant.value == "rdp" and g.epsilon <= 5.0
     with np.load(out, allow_pickle=False) as z:
         assert not any("user" in n for n in z.files), z.files
+
+
+def test_train_tiers_through_the_ledger(udata: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+
+    def invoke(*args: str, key: str | None = None) -> tuple[int, str]:
+        env = {"COLUMNS": "250", **({"PRIVREC_API_KEY": key} if key else {})}
+        res = runner.invoke(app, list(args), env=env)
+        return res.exit_code, res.output
+
+    code, out = invoke("ledger", "init", "--db", url, "--owner", "olga")
+    assert code == 0, out
+    owner = out.strip().splitlines()[-1]
+    pol = tmp_path / "policy.toml"
+    pol.write_text(
+        'purpose = "recs"\nunit = "user"\ncolumns = ["user", "item"]\n\n'
+        "[budget]\nepsilon = 4\ndelta = 1e-4\n"
+    )
+    assert invoke("policy", "set", str(pol), "--dataset", "ml", "--db", url, key=owner)[0] == 0
+    assert invoke("forget", "5", "--dataset", "ml", "--db", url, key=owner)[0] == 0
+    code, out = invoke("keys", "create", "ann", "--role", "analyst", "--db", url, key=owner)
+    analyst = out.strip().splitlines()[-1]
+    asks = tmp_path / "asks.csv"
+    rows = ["user,epsilon"] + [f"{u},{[0.5, 1.0, 3.0][u % 3]}" for u in range(1, 121)]
+    asks.write_text("\n".join(rows) + "\n")
+    out_path = tmp_path / "tiered.npz"
+    args = ["train-tiers", "-d", str(udata), "-m", "dppopularity", "--user-epsilons", str(asks),
+            "--epsilon", "3", "--delta", "1e-4", "--tiers", "0.5,1", "-o", str(out_path),
+            "--format", "ml-100k", "--ledger", url, "--dataset", "ml"]  # fmt: skip
+    code, out = invoke(*args, key=analyst)
+    assert code == 0, out
+    assert "ledger: charge" in out and "remaining 1" in out
+    model = load_model(out_path)
+    assert [t["requested_epsilon"] for t in model.privacy_guarantee.tiers] == [0.5, 1.0, 3.0]
+    code, out = invoke(*args, key=analyst)  # a second fit at ε = 3 exceeds the budget of 4
+    assert code == 1 and "BudgetExceededError" in out
+    asks.write_text("\n".join([*rows, "999,1"]) + "\n")  # a typo is refused before any charge
+    code, out = invoke(*args[:-4], "--ledger", url, "--dataset", "ml", key=analyst)
+    assert code == 1 and "unknown user" in out

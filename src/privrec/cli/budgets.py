@@ -58,6 +58,8 @@ def tune(
     The grid file lists candidates, e.g. ``\\[\\[candidates]]`` / ``factors = 8`` /
     ``\\[\\[candidates]]`` / ``popularity_shrinkage = 0.0``. Only the chosen candidate, its noisy
     validation score and the number of trials are released (Papernot & Steinke 2022).
+    Not charged to a ledger: tune on data you govern outside it, or train through
+    ``privrec train --dataset`` with the chosen candidate.
     """
     with handle_errors():
         signer = signing_key(sign_key)
@@ -102,8 +104,25 @@ def train_tiers(
     binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold as 1.")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p")] = None,
     sign_key: SignKeyOpt = None,
+    ledger: Annotated[
+        str | None,
+        typer.Option(help="Charge the ledger at this URL (default $PRIVREC_DB or privrec.db)."),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Ledger dataset: apply its policy and charge its budget.")
+    ] = None,
+    purpose: Annotated[str | None, typer.Option(help="Ledger: purpose of this charge.")] = None,
+    key: Annotated[
+        str | None, typer.Option(envvar="PRIVREC_API_KEY", help="Ledger: your API key.")
+    ] = None,
 ) -> None:
-    """Fit with protection tiers: each user gets the ε they asked for (a declared tier)."""
+    """Fit with protection tiers: each user gets the ε they asked for (a declared tier).
+
+    With --dataset (and --ledger), the data goes through the dataset's policy (consent,
+    retention, deletions) and the fit is charged to its budget like ``privrec train``: the
+    dataset is charged the loosest tier's ε (the model's), the worst case over its users.
+    Users the policy removes are not trained on; their rows in --user-epsilons are ignored.
+    """
     with handle_errors():
         signer = signing_key(sign_key)
         if model_name not in ("dpals", "dppopularity"):
@@ -123,10 +142,35 @@ def train_tiers(
         }
         model = build_model(model_name, params)
         data = load_data(data_path, fmt, binarize)
+        # every row checked against the whole file before anything is charged or fitted
         asks = read_user_epsilons(tiers_file, np.asarray(data.user_ids))
-        with err_console.status(f"fitting {model.name} with protection tiers…"):
-            model.fit(data, user_epsilons=asks)
-        saved = model.save(output, signing_key=signer)
+        if dataset is None and ledger is None:
+            with err_console.status(f"fitting {model.name} with protection tiers…"):
+                model.fit(data, user_epsilons=asks)
+            saved = model.save(output, signing_key=signer)
+        else:
+            if dataset is None:
+                raise ConfigError("--ledger needs --dataset NAME (the ledger dataset to charge)")
+            from privrec.governance.training import train_from_cli
+
+            by_user = dict(zip(np.asarray(data.user_ids).tolist(), asks.tolist(), strict=True))
+
+            def fit(m: Any, governed: Any) -> None:  # the policy may have removed users
+                kept = np.asarray([by_user[u] for u in np.asarray(governed.user_ids).tolist()])
+                with err_console.status(f"fitting {m.name} with protection tiers…"):
+                    m.fit(governed, user_epsilons=kept)
+
+            rec, spent = train_from_cli(
+                model, data, url=ledger, api_key=key, dataset=dataset, purpose=purpose,
+                output=output, include_user_data=None, fit=fit, signing_key=signer,
+            )  # fmt: skip
+            saved = rec.path
+            console.print(
+                f"ledger: charge {rec.charge.id} committed, artifact {rec.artifact.id}; "
+                f"{dataset!r} spent ε = {spent.composed_epsilon:.4g} composed of {spent.epsilon:g}, "
+                f"remaining {spent.remaining:.4g}",
+                highlight=False,
+            )
         for t in model.privacy_guarantee.tiers:
             console.print(
                 f"tier ε = {t['requested_epsilon']:g}: weight {t['weight']:.3g}, "

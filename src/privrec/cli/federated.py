@@ -26,7 +26,9 @@ from privrec.cli.common import (
 )
 
 federated_app = typer.Typer(
-    help="Federated training (FederatedMF) simulated on one machine.", no_args_is_help=True
+    help="Federated training (FederatedMF) simulated on one machine. Federated DPALS: "
+    "`privrec train -m federated_dpals`.",
+    no_args_is_help=True,
 )
 
 

@@ -29,6 +29,7 @@ from privrec.models.dp_als import (
     select_head,
 )
 from privrec.models.dp_rules import LengthProfile, head_capacity, head_floor, resolve_one_round
+from privrec.models.item_sums import item_sums
 from privrec.models.private import blend_popularity
 from privrec.models.releases import Release
 from privrec.privacy.accounting import calibrate, epsilon_of
@@ -588,3 +589,92 @@ def test_one_round_solves_the_users_once(monkeypatch: pytest.MonkeyPatch) -> Non
     calls.clear()
     DPALS(**kw, one_round=False).fit(data)
     assert len(calls) == 3
+
+
+def _gdp_epsilon(mu: float, delta: float) -> float:
+    """ε(δ) of μ-Gaussian DP, from the analytic trade-off (Dong, Roth & Su; Balle & Wang):
+    δ(ε) = Φ(−ε/μ + μ/2) − e^ε Φ(−ε/μ − μ/2), decreasing in ε; solved by bisection."""
+    from scipy.stats import norm
+
+    def delta_of(eps: float) -> float:
+        return float(norm.cdf(-eps / mu + mu / 2) - math.exp(eps) * norm.cdf(-eps / mu - mu / 2))
+
+    lo, hi = 0.0, 1.0
+    while delta_of(hi) > delta:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if delta_of(mid) > delta else (lo, mid)
+    return hi
+
+
+def test_default_lhs_none_event_pinned_by_closed_form() -> None:
+    """The default ``lhs="none"`` plan with the length histogram: ε from the GDP closed form.
+
+    Each release's multiplier is its noise std over its sensitivity (DPALSSensitivity, USER):
+    Gramian r0·σ·Γ² / Γ², right-hand sides r2·σ·Γ / (√B Γ), counts r3·σ·√s / √s, histogram
+    r_h·σ / 1 — no left-hand side. Gaussians compose to μ² = Σ (sensitivity/std)².
+    """
+    sigma, t, b, ratios, r_h, gamma, s, delta = 20.0, 3, 30, (1.0, 5.0, 1.0, 0.2), 0.5, 0.7, 9, 1e-5
+    r0, _, r2, r3 = ratios
+    sens = DPALSSensitivity.of(PrivacyUnit.USER, gamma, b, s)
+    gram_std, rhs_std, counts_std = r0 * sigma * gamma**2, r2 * sigma * gamma, r3 * sigma * s**0.5
+    mu2 = (sens.counts / counts_std) ** 2 + (1.0 / (r_h * sigma)) ** 2
+    mu2 += t * ((sens.gram / gram_std) ** 2 + (sens.rhs / rhs_std) ** 2)
+    # the same μ² written out: 1/(r3σ)² + 1/(r_hσ)² + T(1/(r0σ)² + B/(r2σ)²)
+    assert mu2 == pytest.approx(
+        1 / (r3 * sigma) ** 2
+        + 1 / (r_h * sigma) ** 2
+        + t * (1 / (r0 * sigma) ** 2 + b / (r2 * sigma) ** 2),
+        rel=1e-12,
+    )
+    by_hand = _gdp_epsilon(math.sqrt(mu2), delta)
+    event = dpals_event(sigma, t, b, ratios, r_h, "none")
+    assert epsilon_of(event, delta) == pytest.approx(by_hand, rel=1e-6)
+    assert by_hand == pytest.approx(2.22760, abs=1e-4)  # pinned
+    assert epsilon_of(total_event(dpals_releases(sigma, t, b, ratios, r_h, "none")), delta) == (
+        pytest.approx(by_hand, rel=1e-6)
+    )
+    # dropping the left-hand sides is strictly cheaper than releasing them
+    assert epsilon_of(dpals_event(sigma, t, b, ratios, r_h, "full"), delta) > by_hand
+
+
+@settings(max_examples=40)
+@given(problem(), st.sampled_from(["uniform", "tail", "adaptive"]), st.integers(1, 6), st.data())
+def test_lhs_diagonal_interaction_sensitivity(
+    p: tuple[np.ndarray, np.ndarray], method: str, b: int, data: st.DataObject
+) -> None:
+    """Removing one interaction (that user's factors may change arbitrarily within Γ, and their
+    weights with them) moves Σ_u c_uj x_u∘x_u by at most the interaction unit's LHS bound."""
+    x, f = p
+    rows, cols = np.nonzero(x)
+    if len(rows) == 0:
+        return
+    j = data.draw(st.integers(0, len(rows) - 1))
+    u = int(rows[j])
+    gamma = 1.5
+    counts = x.sum(axis=0) + 1.0
+    f2 = f.copy()
+    f2[u] = (
+        np.random.default_rng(data.draw(st.integers(0, 2**31))).standard_normal(f.shape[1]) * 3.0
+    )
+
+    def diag(mat: np.ndarray, factors: np.ndarray) -> np.ndarray:
+        m = sp.csr_matrix(mat)
+        if method == "adaptive":
+            w = adaptive_weights(m, counts, 0.5, float(b))
+        else:
+            rng = seeded_generator(0, warn=False)
+            w = sample_per_user(
+                m, b, rng, "uniform" if method == "uniform" else "least_popular", counts
+            )
+        fc = clip_rows(factors, gamma)
+        _, sq = item_sums(w, fc, square=True)
+        assert sq is not None
+        np.testing.assert_allclose(sq, w.T @ (fc * fc), rtol=1e-4, atol=1e-4)
+        return np.asarray(sq, dtype=np.float64)
+
+    x2 = x.copy()
+    x2[rows[j], cols[j]] = 0
+    s = DPALSSensitivity.of(PrivacyUnit.INTERACTION, gamma, b, 1)
+    assert np.linalg.norm(diag(x, f) - diag(x2, f2)) <= s.lhs * (1 + 1e-5) + 1e-5

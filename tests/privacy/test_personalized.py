@@ -17,7 +17,9 @@ from privrec.models import DPALS, DPPopularity, load_model
 from privrec.models.als_kernels import gramian, item_statistics
 from privrec.models.dp_als import DPALSSensitivity
 from privrec.models.dp_popularity import bounded_counts
+from privrec.models.item_sums import item_sums
 from privrec.privacy.accounting import calibrate, compose
+from privrec.privacy.bounds import length_histogram, length_sensitivity
 from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import adaptive_weights, clip_rows
 from privrec.privacy.events import SpentEvent
@@ -172,3 +174,77 @@ def test_bad_tiers_fail_before_any_release() -> None:
     with pytest.raises(ConfigError, match="user_epsilons"):
         m.fit(data)
     assert calls == []  # refused before the write-ahead charge, before any noise
+
+
+@settings(max_examples=20)  # ~0.1 s per example (the numba kernels' per-call overhead)
+@given(weighted_problem(), st.integers(1, 5), st.data())
+def test_removing_a_tier_interaction_moves_statistics_by_their_weight(
+    p: tuple[np.ndarray, np.ndarray, np.ndarray], b: int, data: st.DataObject
+) -> None:
+    """Interaction unit: one interaction of user u removed, u's factors free to change (within Γ).
+
+    Every statistic — counts, length histogram, Gramian, full and diagonal LHS, RHS — moves by
+    at most w_u times the interaction-unit bound (DPALSSensitivity; √2 for the histogram, as
+    ``length_sensitivity`` states)."""
+    x, f, w = p
+    rows, cols = np.nonzero(x)
+    if len(rows) == 0:
+        return
+    j = data.draw(st.integers(0, len(rows) - 1))
+    u = int(rows[j])
+    gamma = 1.5
+    prior = x.sum(axis=0) + 1.0
+    f2 = f.copy()
+    f2[u] = np.random.default_rng(data.draw(st.integers(0, 2**31))).standard_normal(3) * 3.0
+
+    def stats(mat: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, ...]:
+        m = sp.csr_matrix(mat)
+        counts, _ = bounded_counts(m, PrivacyUnit.INTERACTION, b, None, w)
+        hist = length_histogram(np.diff(m.indptr), max_length=m.shape[1], weights=w)
+        c = adaptive_weights(m, prior, 0.5, float(b))
+        fc = clip_rows(factors, gamma) * w[:, None]
+        lhs, rhs = item_statistics(c, fc, c.data, alpha0=0.0)
+        _, diag = item_sums(c, fc, square=True)
+        assert diag is not None
+        present = np.asarray(m.sum(axis=1)).ravel() > 0
+        return counts, hist, gramian(fc[present]), lhs, np.asarray(diag, np.float64), rhs
+
+    x2 = x.copy()
+    x2[rows[j], cols[j]] = 0
+    s = DPALSSensitivity.of(PrivacyUnit.INTERACTION, gamma, b, b)
+    hist_bound = length_sensitivity(PrivacyUnit.INTERACTION)
+    assert hist_bound == pytest.approx(np.sqrt(2.0))
+    bounds = (s.counts, hist_bound, s.gram, s.lhs, s.lhs, s.rhs)
+    for d, bound in zip(
+        (a - c for a, c in zip(stats(x, f), stats(x2, f2), strict=True)), bounds, strict=True
+    ):
+        assert np.linalg.norm(d) <= w[u] * bound * (1 + 1e-5) + 1e-5
+
+
+@settings(max_examples=40)
+@given(weighted_problem(), st.integers(1, 5), st.data())
+def test_removing_a_tier_user_moves_histogram_and_diagonals_by_their_weight(
+    p: tuple[np.ndarray, np.ndarray, np.ndarray], b: int, data: st.DataObject
+) -> None:
+    """User unit: the weighted length histogram moves by ≤ w_u (sensitivity 1) and the diagonal
+    LHS Σ_u c_uj (w_u x_u)∘(w_u x_u) by ≤ w_u √B Γ² (the full LHS's bound)."""
+    x, f, w = p
+    gamma = 1.5
+    u = data.draw(st.integers(0, x.shape[0] - 1))
+    prior = x.sum(axis=0) + 1.0
+
+    def stats(mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = sp.csr_matrix(mat)
+        hist = length_histogram(np.diff(m.indptr), max_length=m.shape[1], weights=w)
+        c = adaptive_weights(m, prior, 0.5, float(b))
+        _, diag = item_sums(c, clip_rows(f, gamma) * w[:, None], square=True)
+        assert diag is not None
+        return hist, np.asarray(diag, np.float64)
+
+    x2 = x.copy()
+    x2[u] = 0
+    (h1, d1), (h2, d2) = stats(x), stats(x2)
+    s = DPALSSensitivity.of(PrivacyUnit.USER, gamma, b, b)
+    assert length_sensitivity(PrivacyUnit.USER) == 1.0
+    assert np.linalg.norm(h1 - h2) <= w[u] * 1.0 + 1e-9
+    assert np.linalg.norm(d1 - d2) <= w[u] * s.lhs * (1 + 1e-5) + 1e-5

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import dp_accounting
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from privrec.data import synthetic
 from privrec.errors import ConfigError
+from privrec.evaluation import evaluate, random_holdout
+from privrec.evaluation.splits import Split
 from privrec.models import DPALS, DPPopularity
 from privrec.privacy.accounting import calibrate, epsilon_of
 from privrec.privacy.budget import Budget
 from privrec.privacy.events import SpentEvent, event_from_dict, event_to_dict
+from privrec.privacy.randomness import seeded_generator
 from privrec.tuning import private_tune, selection_event
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
@@ -96,3 +101,55 @@ def test_tuned_model_serves_whole_histories() -> None:
     seen = set(data.matrix[3].indices.tolist())
     assert not seen & set(items.ravel().tolist())
     np.testing.assert_allclose(m.user_factors_[:5], m.fold_in(data.matrix[:5]), rtol=1e-5)
+
+
+def test_removing_a_validation_user_moves_the_score_sum_by_at_most_one() -> None:
+    """The noisy score is Σ over validation users of Recall@k plus Gaussian(z_s): for a fixed
+    trial model, dropping any one validation user's targets moves that sum by ≤ 1 (its stated
+    sensitivity), since each user's recall is in [0, 1]."""
+    data = synthetic(n_users=120, n_items=30, interactions_per_user=8, seed=6)
+    split = random_holdout(data, 0.2, seed=3)
+    model = DPALS(epsilon=2.0, delta=1e-5, unit="user", factors=4, iterations=1, seed=2)
+    model.fit(split.train)
+    k = 5
+
+    def score(s: Split) -> float:
+        res = evaluate(model, s, k=(k,), on="test", groups=None, metrics=("recall",))
+        values = res.per_user[f"recall@{k}"].to_numpy()
+        assert np.all((values >= 0.0) & (values <= 1.0))
+        return float(values.sum())
+
+    full = score(split)
+    targets = split.test.targets.tolil()
+    rows = np.flatnonzero(split.test.n_targets > 0)
+    for u in np.random.default_rng(0).choice(rows, size=12, replace=False):
+        less = targets.copy()
+        less.rows[u], less.data[u] = [], []
+        removed = dataclasses.replace(split.test, targets=sp.csr_matrix(less))
+        assert abs(full - score(dataclasses.replace(split, test=removed))) <= 1.0 + 1e-9
+
+
+def test_one_candidate_is_a_plain_fit_at_the_trial_budget() -> None:
+    """One candidate, one trial (mean 1): the released model is the plain DPALS fit on the same
+    split at the trial's ε (the Gaussian-equivalent of 95% of the selection's rate) with the
+    trial's seed (seed + 1): same σ, head, noisy counts and item factors."""
+    data = synthetic(n_users=200, n_items=40, interactions_per_user=8, seed=4)
+    params = {"factors": 4, "iterations": 1}
+    res = private_tune(DPALS, [params], data, epsilon=2.0, delta=1e-5, mean_trials=1.0, seed=7)
+    assert res.trials == 1
+    z = calibrate(Budget(2.0, 1e-5), lambda v: selection_event(v, 1.0), kind="rdp")
+    assert res.trial_epsilon == pytest.approx(
+        dp_accounting.get_epsilon_gaussian(z / math.sqrt(0.95), 1e-5), rel=1e-12
+    )
+    # private_tune's draws with seed 7: first the split's seed (K and the candidate follow)
+    rng = seeded_generator(7, warn=False)
+    split = random_holdout(data, 0.2, seed=int(rng.integers(2**31)))
+    plain = DPALS(
+        epsilon=res.trial_epsilon, delta=1e-5, unit="user", accountant="pld", seed=8, **params
+    ).fit(split.train)
+    m = res.model
+    assert isinstance(m, DPALS)
+    assert m.noise_scale_ == plain.noise_scale_
+    np.testing.assert_array_equal(m.head_items_, plain.head_items_)
+    np.testing.assert_array_equal(m.noisy_counts_, plain.noisy_counts_)
+    np.testing.assert_array_equal(m.item_factors_, plain.item_factors_)

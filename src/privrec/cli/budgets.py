@@ -15,6 +15,10 @@ import numpy as np
 import typer
 
 from privrec.cli.common import (
+    ApiKeyOpt,
+    DatasetOpt,
+    LedgerOpt,
+    PurposeOpt,
     SignKeyOpt,
     build_model,
     console,
@@ -104,17 +108,10 @@ def train_tiers(
     binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold as 1.")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p")] = None,
     sign_key: SignKeyOpt = None,
-    ledger: Annotated[
-        str | None,
-        typer.Option(help="Charge the ledger at this URL (default $PRIVREC_DB or privrec.db)."),
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Ledger dataset: apply its policy and charge its budget.")
-    ] = None,
-    purpose: Annotated[str | None, typer.Option(help="Ledger: purpose of this charge.")] = None,
-    key: Annotated[
-        str | None, typer.Option(envvar="PRIVREC_API_KEY", help="Ledger: your API key.")
-    ] = None,
+    ledger: LedgerOpt = None,
+    dataset: DatasetOpt = None,
+    purpose: PurposeOpt = None,
+    key: ApiKeyOpt = None,
 ) -> None:
     """Fit with protection tiers: each user gets the ε they asked for (a declared tier).
 

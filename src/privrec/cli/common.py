@@ -38,6 +38,18 @@ SignKeyOpt = Annotated[
         "`privrec privacy keygen DIR`; must be mode 600).",
     ),
 ]
+#: ``--ledger``, ``--dataset``, ``--purpose``, ``--key``: the commands that can fit through the ledger
+LedgerOpt = Annotated[
+    str | None,
+    typer.Option(help="Charge the ledger at this URL (default $PRIVREC_DB or privrec.db)."),
+]
+DatasetOpt = Annotated[
+    str | None, typer.Option(help="Ledger dataset: apply its policy and charge its budget.")
+]
+PurposeOpt = Annotated[str | None, typer.Option(help="Ledger: purpose of this charge.")]
+ApiKeyOpt = Annotated[
+    str | None, typer.Option(envvar="PRIVREC_API_KEY", help="Ledger: your API key.")
+]
 #: ``--verify-key``: every command that reads a model file can require a signature
 VerifyKeyOpt = Annotated[
     Path | None,

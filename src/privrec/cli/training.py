@@ -16,7 +16,11 @@ import typer
 from rich.table import Table
 
 from privrec.cli.common import (
+    ApiKeyOpt,
+    DatasetOpt,
+    LedgerOpt,
     Protocol,
+    PurposeOpt,
     SignKeyOpt,
     build_model,
     check_delta_for_data,
@@ -112,17 +116,10 @@ def train(
             "(NOT covered by the guarantee)."
         ),
     ] = False,
-    ledger: Annotated[
-        str | None,
-        typer.Option(help="Charge the ledger at this URL (default $PRIVREC_DB or privrec.db)."),
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Ledger dataset: apply its policy and charge its budget.")
-    ] = None,
-    purpose: Annotated[str | None, typer.Option(help="Ledger: purpose of this charge.")] = None,
-    key: Annotated[
-        str | None, typer.Option(envvar="PRIVREC_API_KEY", help="Ledger: your API key.")
-    ] = None,
+    ledger: LedgerOpt = None,
+    dataset: DatasetOpt = None,
+    purpose: PurposeOpt = None,
+    key: ApiKeyOpt = None,
     engine: Annotated[
         str,
         typer.Option(

@@ -199,7 +199,7 @@ def _fit_dpals(
 ) -> None:  # fmt: skip
     ray = _ray()
     from privrec.models.dp_als import initial_item_factors
-    from privrec.models.dp_als_accounting import released_statistics
+    from privrec.models.dp_als_accounting import released_outputs
     from privrec.models.dp_rules import dpals_head, head_threshold, resolve_regularization
     from privrec.privacy.mechanisms import gaussian
 
@@ -274,11 +274,7 @@ def _fit_dpals(
     model.user_factors_ = np.zeros((0, k), dtype=np.float32)
     model._finish(
         c,
-        released=[
-            "item factors (all of them, after the last private step)",
-            "noisy item counts and the head item set",
-            released_statistics(c.lhs),
-        ],
+        released=released_outputs(c.lhs),
         not_released=[
             "user factors (each solved on the worker holding the user, from the released item "
             "factors and that user's own data; dropped at the end)",

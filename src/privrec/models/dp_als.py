@@ -31,7 +31,7 @@ from privrec.models.dp_als_accounting import (
     DPALSSensitivity,
     dpals_event,
     dpals_releases,
-    released_statistics,
+    released_outputs,
 )
 from privrec.models.dp_als_accounting import _step_releases as _step_releases
 from privrec.models.dp_als_users import _FEW_USERS as _FEW_USERS
@@ -687,11 +687,7 @@ class DPALS(PrivateRecommender):
         self.user_factors_ = self._fold(xh).astype(np.float32)
         self._finish(
             c,
-            released=[
-                "item factors (all of them, after the last private step)",
-                "noisy item counts and the head item set",
-                released_statistics(c.lhs),
-            ],
+            released=released_outputs(c.lhs),
             not_released=[
                 "user factors (each solved from the released item factors and that user's own data)",
                 "each user's recommendations (computed from their own data, shown only to them)",

@@ -21,13 +21,13 @@ from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["LHS", "DPALSSensitivity", "dpals_event", "dpals_releases", "released_statistics"]
+__all__ = ["LHS", "DPALSSensitivity", "dpals_event", "dpals_releases", "released_outputs"]
 
 LHS = Literal["full", "diagonal", "none"]
 
 
-def released_statistics(lhs: str) -> str:
-    """What a DPALS fit releases at every private step, as its guarantee states it.
+def released_outputs(lhs: str) -> list[str]:
+    """What a DPALS fit releases (central and Ray engine alike), as its guarantee states it.
 
     ``lhs="none"`` releases no per-item left-hand side and ``"diagonal"`` only their diagonals:
     a guarantee that listed "per-item left- and right-hand sides" for them would claim a
@@ -38,7 +38,11 @@ def released_statistics(lhs: str) -> str:
         "diagonal": "the diagonals of the per-item left-hand sides and the right-hand sides",
         "none": "per-item right-hand sides; no per-item left-hand side",
     }[lhs]
-    return f"the per-step noisy statistics (Gramian, {per_item})"
+    return [
+        "item factors (all of them, after the last private step)",
+        "noisy item counts and the head item set",
+        f"the per-step noisy statistics (Gramian, {per_item})",
+    ]
 
 
 class DPALSSensitivity(pydantic.BaseModel):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -162,10 +162,7 @@ def check_guarantee(g: PrivacyGuarantee) -> float:
             raise _bad(f"the accountant cannot compose the stored events ({exc})") from None
 
     def agrees(recomputed: float) -> bool:
-        upper = RDP_SLACK if g.accountant.value == "rdp" else EPSILON_RTOL
-        return (math.isinf(recomputed) and math.isinf(g.epsilon)) or (
-            recomputed * (1 - EPSILON_RTOL) - 1e-9 <= g.epsilon <= recomputed * (1 + upper) + 1e-9
-        )
+        return _agrees(g.epsilon, recomputed, g.accountant.value)
 
     recomputed = recompute(dense=False)
     same = agrees(recomputed)
@@ -182,11 +179,19 @@ def check_guarantee(g: PrivacyGuarantee) -> float:
             found=g.epsilon,
         )
     if g.tiers:
-        _check_tiers(g, agrees)
+        _check_tiers(g)
     return recomputed
 
 
-def _check_tiers(g: PrivacyGuarantee, agrees: Callable[[float], bool]) -> None:
+def _agrees(stored: float, recomputed: float, accountant: str) -> bool:
+    """Whether a stored ε is the recomputed one (within the accountant's tolerance)."""
+    upper = RDP_SLACK if accountant == "rdp" else EPSILON_RTOL
+    return (math.isinf(recomputed) and math.isinf(stored)) or (
+        recomputed * (1 - EPSILON_RTOL) - 1e-9 <= stored <= recomputed * (1 + upper) + 1e-9
+    )
+
+
+def _check_tiers(g: PrivacyGuarantee) -> None:
     """Recompute every protection tier's ε from the stored events and its weight.
 
     A tier promises ε_t to the users who asked for it: its users' contributions were scaled
@@ -210,9 +215,10 @@ def _check_tiers(g: PrivacyGuarantee, agrees: Callable[[float], bool]) -> None:
                 expected = tier_epsilon(g.spent_events, w, g.delta, g.accountant, g.unit)
         except Exception as exc:
             raise _bad(f"the accountant cannot compose a tier's scaled events ({exc})") from None
-        slack = RDP_SLACK if g.accountant.value == "rdp" else EPSILON_RTOL
-        close = expected * (1 - EPSILON_RTOL) - 1e-9 <= eps <= expected * (1 + slack) + 1e-9
-        if not close or eps > asked * (1 + EPSILON_RTOL) + 1e-9:
+        if (
+            not _agrees(eps, expected, g.accountant.value)
+            or eps > asked * (1 + EPSILON_RTOL) + 1e-9
+        ):
             raise GuaranteeMismatchError(
                 "a protection tier's ε is not what the stored events give at its weight (or is "
                 "above what its users asked for): the guarantee was altered or corrupted",
@@ -222,7 +228,9 @@ def _check_tiers(g: PrivacyGuarantee, agrees: Callable[[float], bool]) -> None:
             )
         requested.append(asked)
     loosest = max(g.tiers, key=lambda t: float(t["requested_epsilon"]))
-    if float(loosest["weight"]) != 1.0 or not agrees(float(loosest["epsilon"])):
+    if float(loosest["weight"]) != 1.0 or not _agrees(
+        g.epsilon, float(loosest["epsilon"]), g.accountant.value
+    ):
         raise _bad("the loosest protection tier must be the model's own ε at weight 1", loosest)
     if len(set(requested)) != len(requested):
         raise _bad("protection tiers must be distinct", requested)

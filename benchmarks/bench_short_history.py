@@ -106,7 +106,12 @@ def _validation_split(dataset: str) -> tuple[Any, str]:
     return select, on
 
 
-def run_validation(datasets: list[str], models: list[str]) -> list[dict[str, Any]]:
+def run_validation(
+    datasets: list[str],
+    models: list[str],
+    aggregation: str = "central",
+    seeds: tuple[int, ...] = SEEDS,
+) -> list[dict[str, Any]]:
     from privrec.evaluation import evaluate
 
     rows: list[dict[str, Any]] = []
@@ -119,8 +124,8 @@ def run_validation(datasets: list[str], models: list[str]) -> list[dict[str, Any
                 if model not in models:
                     continue
                 recalls, info = [], {}
-                for seed in SEEDS:
-                    m = _make(model, eps, seed, "central")
+                for seed in seeds:
+                    m = _make(model, eps, seed, aggregation)
                     m.set_params(**extra)
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
@@ -143,6 +148,7 @@ def run_validation(datasets: list[str], models: list[str]) -> list[dict[str, Any
                     "recall_std": float(np.std(recalls)),
                     "recalls": [float(r) for r in recalls],
                     "median_train_history": float(np.median(lengths)),
+                    "aggregation": aggregation,
                     **info,
                 }
                 rows.append(row)
@@ -370,16 +376,25 @@ def main() -> None:
         default=sorted({m for _, m, _ in VALIDATION_MODELS}),
         help="models of --validation (DPPopularity is always scored: the bar)",
     )
+    ap.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=list(SEEDS),
+        help="noise seeds of --validation (default: all of SEEDS)",
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
+    aggregation = "distributed" if args.distributed else "central"
     if args.validation:
         val: dict[str, Any] = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": machine_info(),
             "delta": DELTA,
             "k": K,
-            "seeds": list(SEEDS),
+            "seeds": list(args.seeds),
             "synthetic": SYNTHETIC,
+            "aggregation": aggregation,
         }
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -391,12 +406,14 @@ def main() -> None:
             for r in (json.loads(path.read_text())["rows"] if path.exists() else [])
             if r["dataset"] not in args.datasets or r["model"] not in labels
         ]
-        val["rows"] = _ordered(kept + run_validation(args.datasets, ["dppopularity", *args.models]))
+        fresh = run_validation(
+            args.datasets, ["dppopularity", *args.models], aggregation, tuple(args.seeds)
+        )
+        val["rows"] = _ordered(kept + fresh)
         path.write_text(json.dumps(val, indent=2) + "\n")
         (out / "short_history-validation.md").write_text(validation_markdown(val))
         print(validation_markdown(val))
         return
-    aggregation = "distributed" if args.distributed else "central"
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "quick": args.quick,

@@ -25,6 +25,7 @@ __all__ = [
     "client_update",
     "client_updates",
     "count_dim",
+    "check_round_model",
     "pack_payload",
     "split_noise",
     "user_vectors",
@@ -39,7 +40,8 @@ class ClientUpdate:
     ----------
     delta
         Clipped update (descent direction = minus the gradient of the client's own loss with
-        respect to every head item factor), flattened row-major, length ``n_head·k``.
+        respect to every learnable head item factor), flattened row-major, length ``n_head·k``
+        (``n_head`` the learnable head the server sent).
     unclipped
         Whether the update's norm was at most the clip norm before clipping.
     norm
@@ -100,6 +102,13 @@ def client_update(
     that loss with respect to every head item factor,
     ``Δ = −2 r xᵀ`` with ``r_j = α0·(x·y_j) + 1[j∈I]·(x·y_j − 1)`` — dense over all head items,
     so its support reveals nothing about ``I`` — clipped to L2 norm ``clip_norm``.
+
+    ``item_factors`` is the learnable head only: under distributed DP with the learnable-head
+    rule the payload still has the planned head's rows, and :func:`pack_payload` sends zeros
+    for the rows past the learnable head. Those rows enter neither the user vector, nor ``r``,
+    nor the norm, so the clipped update is not diluted by factors nobody trains; the masked
+    update is still clipped to the same ``clip_norm`` (its zero rows add nothing to the
+    norm), so the payload's norm bound — and the round's sensitivity — are unchanged.
 
     Parameters
     ----------
@@ -278,17 +287,72 @@ class RoundSpec:
 
 
 def pack_payload(update: ClientUpdate, spec: RoundSpec) -> np.ndarray:
-    """The client's float payload ``[a·Δ, β·(b − ½)]`` (norm ≤ 1) for this round."""
+    """The client's float payload ``[a·Δ, 0…0, β·(b − ½)]`` (norm ≤ 1) for this round.
+
+    ``Δ`` covers the learnable head; the zeros pad it to the payload's planned rows
+    (``spec.dim − 1`` values; none unless distributed DP's learnable head is smaller than the
+    planned one). Zeros leave the norm — and so the sensitivity — as they are.
+    """
     delta = np.asarray(update.delta, dtype=np.float64)
     n_values = spec.dim - 1
-    if delta.shape != (n_values,):
+    if delta.ndim != 1 or delta.size > n_values:
         raise DataError(
-            "update has the wrong length", field="delta", expected=str(n_values), found=delta.shape
+            "update has the wrong length",
+            field="delta",
+            expected=f"at most {n_values}",
+            found=delta.shape,
         )
-    out = np.empty(spec.dim)
-    out[:n_values] = spec.value_scale * delta
+    out = np.zeros(spec.dim)
+    out[: delta.size] = spec.value_scale * delta
     out[n_values] = spec.bit_scale * (float(update.unclipped) - 0.5)
     norm = float(np.linalg.norm(out))
     if norm > 1.0:  # only rounding can push it over; keep the sensitivity exact
         out /= norm
     return out
+
+
+def check_round_model(
+    item_factors: np.ndarray, head_items: np.ndarray, dim: int, factors: int, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A device's check of what the server sent for a training round, before any use.
+
+    ``head_items`` (the learnable head: catalogue ids, strictly increasing, in
+    ``[0, n_items)``), ``item_factors`` (one finite row of ``factors`` per head item) and the
+    payload length ``dim`` (``rows·factors + 1`` with ``len(head_items) ≤ rows ≤ n_items``: the
+    planned head's rows, zeros past the learnable ones) must agree. Whatever they say, the
+    device's update is clipped to the round's clip norm, so a hostile head or length cannot
+    raise the sensitivity; this turns an inconsistent one into a :class:`DataError` instead of
+    a wrong mapping of the device's items or an oversized allocation. Returns
+    ``(item_factors, head_items)`` as float64 / int64 arrays.
+    """
+    head = np.asarray(head_items)
+    if head.ndim != 1 or head.size < 1 or not np.issubdtype(head.dtype, np.integer):
+        raise DataError(
+            "head items must be a non-empty 1-D array of integer item ids",
+            field="head_items",
+            found=f"shape {head.shape}, dtype {head.dtype}",
+        )
+    head = head.astype(np.int64)
+    if head[0] < 0 or head[-1] >= n_items or np.any(np.diff(head) <= 0):
+        raise DataError(
+            "head items must be distinct catalogue ids in increasing order",
+            field="head_items",
+            expected=f"0 <= i < {n_items}, strictly increasing",
+        )
+    y = _check_factors(item_factors)
+    if y.shape != (head.size, factors):
+        raise DataError(
+            "item factors do not match the head",
+            field="item_factors",
+            expected=f"({head.size}, {factors})",
+            found=y.shape,
+        )
+    values = int(dim) - 1
+    if values < head.size * factors or values % factors or values // factors > n_items:
+        raise DataError(
+            "payload length does not fit the head",
+            field="payload-dim",
+            expected=f"rows·{factors} + 1 with {head.size} <= rows <= {n_items}",
+            found=dim,
+        )
+    return y, head

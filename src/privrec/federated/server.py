@@ -113,6 +113,10 @@ class FederatedMFServer:
         self.history: list[dict[str, Any]] = []
         self.ledger_hook: Callable[[SpentEvent], None] | None = None
         self.head_items: np.ndarray | None = None
+        #: Rows of item factors the training payload carries (``None`` before the head): the
+        #: head's size, except under distributed DP with the learnable-head rule, where it
+        #: stays the planned ``head_items`` and the rows past the learnable head are zeros.
+        self.payload_rows: int | None = None
         #: Released by the counting round (None before it): noisy item counts (rescaled to
         #: item units, noise ``z_h·√(B + 1)``) and the noisy history-length histogram.
         self.noisy_counts: np.ndarray | None = None
@@ -211,8 +215,8 @@ class FederatedMFServer:
     # -- the events a completed round is charged (distributed: its worst case)
     @property
     def _planned_head_size(self) -> int:
-        if self.head_items is not None:
-            return len(self.head_items)
+        if self.payload_rows is not None:
+            return self.payload_rows
         n = self.n_items if self.config.head_items is None else self.config.head_items
         return min(n, self.n_items)
 
@@ -486,9 +490,11 @@ class FederatedMFServer:
 
     @property
     def payload_dim(self) -> int:
-        if self.head_items is None:
+        """``payload_rows·k + 1``: the planned head's factors (zeros past the learnable head)
+        and the clip bit."""
+        if self.head_items is None or self.payload_rows is None:
             raise ConfigError("the head items are not chosen yet: call select_head first")
-        return len(self.head_items) * self.config.factors + 1
+        return self.payload_rows * self.config.factors + 1
 
     def scales(self) -> tuple[float, float, float]:
         """``(value_scale a, bit_scale β, z_Δ)`` for the current clip norm (payload norm ≤ 1)."""
@@ -547,7 +553,9 @@ class FederatedMFServer:
         """Noised payload sum → (noised sum of clipped updates, noised count of unclipped).
 
         ``n_clients`` is the denominator used for the mean (the expected cohort in
-        simulation): the centred bits' sum plus ``n_clients/2``.
+        simulation): the centred bits' sum plus ``n_clients/2``. Coordinates past the learnable
+        head's ``len(head_items)·k`` (distributed DP's padding, zeros on every device) hold
+        only noise and are dropped.
         """
         s = np.asarray(noisy_payload_sum, dtype=np.float64)
         if s.shape != (self.payload_dim,):
@@ -558,7 +566,8 @@ class FederatedMFServer:
                 found=s.shape,
             )
         a, b, _ = self.scales()
-        update_sum = s[:-1] / a
+        assert self.head_items is not None
+        update_sum = s[: self.head_items.size * self.config.factors] / a
         unclipped = float(s[-1] / b + n_clients / 2.0) if b > 0 else float("nan")
         return update_sum, unclipped
 
@@ -598,11 +607,20 @@ class FederatedMFServer:
             return s.copy()
         return s + self.head_noise_multiplier * self.rng.standard_normal(s.shape)
 
-    def _set_head(self, head: np.ndarray) -> None:
+    def _set_head(self, head: np.ndarray, payload_rows: int | None = None) -> None:
         if head.ndim != 1 or head.size == 0 or head.min() < 0 or head.max() >= self.n_items:
             raise DataError("invalid head items", field="head_items", found=head)
         if np.unique(head).size != head.size:
             raise DataError("head items must be distinct", field="head_items")
+        rows = head.size if payload_rows is None else int(payload_rows)
+        if not head.size <= rows <= self.n_items:
+            raise DataError(
+                "the payload must carry at least the head's rows",
+                field="payload_rows",
+                expected=f"{head.size} <= rows <= {self.n_items}",
+                found=rows,
+            )
+        self.payload_rows = rows
         self.head_items = np.sort(head.astype(np.int64))
         k = self.config.factors
         init = np.random.default_rng(None if self.config.seed is None else self.config.seed + 1)

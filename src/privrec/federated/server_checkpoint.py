@@ -47,6 +47,7 @@ def state_dict(self: FederatedMFServer) -> tuple[dict[str, np.ndarray], dict[str
         "rotation_seed": self.rotation_seed,
         "public_head": self.public_head,
         "has_head": self.head_items is not None,
+        "payload_rows": self.payload_rows,
         "spent": [s.to_dict() for s in self.spent],
         "runs": self._runs,
         "history": self.history,
@@ -78,6 +79,8 @@ def from_state(
     srv._encoder = None
     if meta["has_head"]:
         srv.head_items = np.asarray(arrays["head_items"], dtype=np.int64)
+        rows = meta.get("payload_rows")  # absent before the learnable head under distributed DP
+        srv.payload_rows = srv.head_items.size if rows is None else int(rows)
         srv.item_factors = np.asarray(arrays["item_factors"], dtype=np.float64)
         srv.adam_m = np.asarray(arrays["adam_m"], dtype=np.float64)
         srv.adam_v = np.asarray(arrays["adam_v"], dtype=np.float64)

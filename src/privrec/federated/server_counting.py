@@ -52,16 +52,18 @@ def count_encoder(self: FederatedMFServer, z: float) -> DistributedDPEncoder:
 def learnable_head_size(self: FederatedMFServer, items: np.ndarray, n_head: int) -> int:
     """Size of the head chosen from the noisy item counts ``items`` (at most ``n_head``).
 
-    Central aggregation with ``head_snr`` set: the items whose noisy count clears
+    With ``head_snr`` set: the items whose noisy count clears
     :func:`~privrec.models.dp_rules.federated_head_threshold` for the calibrated training
     multiplier ``z``, rate ``q`` and ``T`` rounds, at least :data:`HEAD_MINIMUM` — the head an
     item's factor can be learnt above the training noise for. Otherwise ``n_head`` (the
     configured ``head_items``). Post-processing of the released counts and of ``z``, ``q``,
-    ``T`` (public): no privacy cost. Distributed aggregation keeps ``n_head``: its worst-case
-    events are planned (and a ledger reserves them) for that payload before the count.
+    ``T`` (public): no privacy cost. Both aggregations: distributed DP's worst-case events are
+    planned (and a ledger reserves them) for a payload of ``n_head`` rows before the count, so
+    there the payload keeps ``n_head`` rows (:attr:`~FederatedMFServer.payload_rows`) and the
+    devices send zeros past the learnable head (:func:`~privrec.federated.client.pack_payload`).
     """
     c = self.config
-    if c.head_snr is None or c.aggregation != "central" or self.noise_multiplier <= 0:
+    if c.head_snr is None or self.noise_multiplier <= 0:
         return n_head
     tau = federated_head_threshold(c.head_snr, self.noise_multiplier, self.q, c.rounds)
     return federated_head_size(items, tau, n_head, HEAD_MINIMUM)
@@ -79,7 +81,8 @@ def release_counts(
     ``noisy_counts`` is rescaled by :attr:`~FederatedMFServer.count_scale` into
     ``noisy_counts`` (items) and ``noisy_lengths`` (history-length bins). Without a head yet,
     the head is the largest noisy counts (post-processing), sorted by id: ``head_items`` of
-    them, or fewer under the learnable-head rule (:func:`learnable_head_size`). With
+    them, or fewer under the learnable-head rule (:func:`learnable_head_size`; distributed DP
+    keeps the planned ``head_items`` rows in the payload, zeros past the learnable head). With
     distributed DP, ``survivors`` is how many clients' noise is in the sum and ``sampled``
     the round's cohort (unknown: the largest cohort). Only honest survivors count; fewer than
     the counting round's planned noise shares are refused (the secure sum should have
@@ -101,9 +104,11 @@ def release_counts(
     n_head = min(
         self.n_items if self.config.head_items is None else self.config.head_items, self.n_items
     )
+    planned = n_head
     if self.head_items is None:
         n_head = learnable_head_size(self, items, n_head)
     head = np.sort(np.argsort(-items, kind="stable")[:n_head]) if self.head_items is None else None
+    rows = planned if self.config.aggregation == "distributed" else None
     z = self.head_noise_multiplier
     if self.config.aggregation == "distributed" and z > 0:
         if survivors is None or survivors < 1:
@@ -125,6 +130,6 @@ def release_counts(
     self.noisy_counts = items
     self.noisy_lengths = c[self.n_items :]
     if head is not None:
-        self._set_head(head)
+        self._set_head(head, payload_rows=rows)
     assert self.head_items is not None
     return self.head_items

@@ -467,8 +467,8 @@ class FederatedSimulation:
         for lo in range(0, n_rows, block):
             hi = min(n_rows, lo + block)
             d, b, nrm = _client_updates(srv.item_factors, hist[lo:hi], self.config, spec.clip_norm)
-            rows = np.empty((hi - lo, dim))
-            rows[:, :-1] = spec.value_scale * d
+            rows = np.zeros((hi - lo, dim))  # zeros past the learnable head (pack_payload)
+            rows[:, : d.shape[1]] = spec.value_scale * d
             rows[:, -1] = spec.bit_scale * (b.astype(np.float64) - 0.5)
             over = np.linalg.norm(rows, axis=1)
             big = over > 1.0

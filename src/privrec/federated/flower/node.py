@@ -445,6 +445,7 @@ def _mf_payloads(
         client_update,
         pack_payload,
     )
+    from privrec.federated.client import check_round_model
 
     mf_config = FederatedMFConfig.model_validate_json(get_str(task, "mf-config"))
     seed = mf_config.seed if test_mode else None
@@ -454,8 +455,6 @@ def _mf_payloads(
         model = content.array_records.get("model")
         if model is None or "item_factors" not in model or "head_items" not in model:
             raise MessageRejected("masked-input message carries no item factors / head items")
-        item_factors = model["item_factors"].numpy()
-        head = np.asarray(model["head_items"].numpy(), dtype=np.int64)
         spec = RoundSpec(
             round=get_int(task, "round"),
             clip_norm=get_float(task, "clip-norm"),
@@ -465,6 +464,21 @@ def _mf_payloads(
             aggregation="distributed",
             ddp=ddp_from_json(get_str(task, "ddp")),
         )
+        # the learnable head, its factors and the payload's (planned) rows must agree before use
+        item_factors, head = check_round_model(
+            model["item_factors"].numpy(),
+            model["head_items"].numpy(),
+            spec.dim,
+            mf_config.factors,
+            data.n_items,
+        )
+        if spec.ddp is None or spec.ddp.dim != spec.dim:
+            raise DataError(
+                "payload length does not match the distributed-DP encoding",
+                field="payload-dim",
+                expected=None if spec.ddp is None else str(spec.ddp.dim),
+                found=spec.dim,
+            )
     elif kind != "count":
         raise ConfigError(f"unknown round kind {kind!r}")
     payloads = {}

@@ -399,3 +399,75 @@ def test_nodes_refuse_noise_free_rounds_and_seeds_unless_in_test_mode(tmp_path: 
     # the server's seed is honoured only in test mode: otherwise the noise is fresh each time
     assert np.array_equal(sum_mod("t1", True), sum_mod("t2", True))
     assert not np.array_equal(sum_mod("p1", False), sum_mod("p2", False))
+
+
+def test_a_learnable_head_smaller_than_the_payload_sums_exactly_with_zero_padding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Distributed DP's learnable head on Flower: the nodes get the learnable head's factors
+    and the planned payload length, and send zeros past the learnable rows; the sums equal the
+    local reference (the simulation's device code) exactly. The tiny data set cannot make the
+    rule fire (it keeps at least 100 items), so it is forced to 5 of the 12 planned items."""
+    from privrec.federated import server_counting
+
+    monkeypatch.setattr(server_counting, "learnable_head_size", lambda srv, items, n: 5)
+    coordinator = _train(tmp_path, LocalTransport(3), head_items=12)
+    srv = coordinator.server
+    assert srv is not None and srv.head_items is not None
+    assert srv.head_items.size == 5 and srv.payload_rows == 12
+    assert srv.item_factors.shape == (5, 4) and srv.payload_dim == 12 * 4 + 1
+    _check_sums(tmp_path, [1, 2])
+    for r in (1, 2):
+        ref = reference_round(tmp_path, r, full_matrix())
+        assert not ref["expected"][5 * 4 : -1].any()
+        assert np.abs(ref["decoded"][5 * 4 : -1]).max() <= ref["bound"]  # rounding only
+
+
+def test_node_refuses_a_hostile_head_before_use() -> None:
+    """A training round whose head, factors and payload length disagree is refused with a
+    DataError before any user's update is computed."""
+    from privrec.errors import DataError
+    from privrec.federated.flower.codec import ddp_to_json
+    from privrec.federated.flower.node import (
+        _mf_payloads,
+        load_node_data,
+        mf_config_json,
+        model_record,
+        task_record,
+    )
+    from privrec.federated.mf import FederatedMFConfig
+
+    from .local import node_config
+
+    cfg = FederatedMFConfig.create(noise_multiplier=0.0, factors=2, head_items=None, seed=1)
+    srv = FederatedMFServer(cfg, n_items=24, population=USERS)
+    data = load_node_data(node_config(0, 1))
+
+    def payloads(factors: np.ndarray, head: np.ndarray, dim: int, ddp_dim: int) -> Any:
+        task = task_record(
+            mf_config_json=mf_config_json(cfg),
+            ddp_json=ddp_to_json(srv.ddp_config(ddp_dim)),
+            noise=False,
+            round_=1,
+            clip_norm=1.0,
+            value_scale=1.0,
+            bit_scale=0.0,
+            payload_dim=dim,
+        )
+        content = RecordDict({"task": task, "model": model_record(factors, head)})
+        meta = {"kind": "train", "round": 1, "attempt": 0}
+        return _mf_payloads(content, task, data, [0, 1], meta, True)
+
+    y, head = np.ones((3, 2)), np.array([2, 5, 9])
+    good, _ = payloads(y, head, 7, 7)
+    assert good[0].shape == (7,)
+    with pytest.raises(DataError, match="increasing"):
+        payloads(y, np.array([9, 2, 5]), 7, 7)
+    with pytest.raises(DataError, match="do not match"):
+        payloads(np.ones((4, 2)), head, 7, 7)
+    with pytest.raises(DataError, match="payload length"):
+        payloads(y, head, 5, 5)  # fewer rows than the head
+    with pytest.raises(DataError, match="payload length"):
+        payloads(y, head, 2 * 25 + 1, 2 * 25 + 1)  # more rows than the catalogue
+    with pytest.raises(DataError, match="distributed-DP encoding"):
+        payloads(y, head, 7, 9)

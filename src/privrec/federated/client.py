@@ -20,12 +20,12 @@ from privrec.privacy.distributed import DistributedDPConfig
 __all__ = [
     "ClientUpdate",
     "RoundSpec",
+    "check_round_model",
     "client_count_vector",
     "client_count_vectors",
     "client_update",
     "client_updates",
     "count_dim",
-    "check_round_model",
     "pack_payload",
     "split_noise",
     "user_vectors",

@@ -438,6 +438,7 @@ def _mf_payloads(
     test_mode: bool,
 ) -> tuple[dict[int, np.ndarray], Callable[[int], np.random.Generator]]:
     """FederatedMF: each user's packed, clipped update (or count vector) and its noise source."""
+    from privrec.federated.client import check_round_model
     from privrec.federated.mf import (
         FederatedMFConfig,
         RoundSpec,
@@ -445,7 +446,6 @@ def _mf_payloads(
         client_update,
         pack_payload,
     )
-    from privrec.federated.client import check_round_model
 
     mf_config = FederatedMFConfig.model_validate_json(get_str(task, "mf-config"))
     seed = mf_config.seed if test_mode else None

@@ -22,9 +22,10 @@ positives, a per-user random 20% test holdout with seed 0, training items exclud
 
 FederatedMF runs with ``aggregation="central"`` by default (a trusted server adds Gaussian
 noise of the calibrated multiplier, PLD accounting): the distributed-DP simulation gives the
-same model up to discrete noise and rounding, except that it keeps the configured 1000-item head
-(the learnable-head rule, ``head_snr``, is central-only), but takes ~9 min per fit on movietweetings on this
-machine against ~30 s. ``--distributed`` runs the true default.
+same model up to discrete noise and rounding (both apply the learnable-head rule, ``head_snr``;
+distributed DP keeps the planned 1000-row payload, zeros past the learnable head), but takes
+~9 min per fit on movietweetings on this machine against ~30 s. ``--distributed`` runs the true
+default (with ``--validation`` too; ``--seeds`` and ``--epsilons`` narrow a validation run).
 
 Results: ``benchmarks/results/short_history.{json,md}`` (``short_history-quick`` in quick mode).
 
@@ -111,6 +112,7 @@ def run_validation(
     models: list[str],
     aggregation: str = "central",
     seeds: tuple[int, ...] = SEEDS,
+    epsilons: tuple[float, ...] = EPSILONS,
 ) -> list[dict[str, Any]]:
     from privrec.evaluation import evaluate
 
@@ -119,7 +121,7 @@ def run_validation(
         split, on = _validation_split(ds)
         lengths = np.diff(split.train.matrix.tocsr().indptr)
         print(f"[{ds}] train {split.train}, median train history {np.median(lengths)}", flush=True)
-        for eps in EPSILONS:
+        for eps in epsilons:
             for label, model, extra in VALIDATION_MODELS:
                 if model not in models:
                     continue
@@ -185,7 +187,8 @@ def validation_markdown(result: dict[str, Any]) -> str:
         "gowalla-lightgcn use `privacy_utility.py`'s selection splits. `dpease (no fallback)` is "
         "DPEASE with `popularity_fallback=False` (the model before the rule); ρ is the fraction "
         "of DPEASE's head whose noisy count clears its SNR threshold, β its resolved blend. "
-        "`federatedmf (no head rule)` is FederatedMF (aggregation `central`) with `head_snr=None` "
+        f"`federatedmf (no head rule)` is FederatedMF (aggregation "
+        f"`{result.get('aggregation', 'central')}`) with `head_snr=None` "
         "(the model before the learnable-head rule); head: trained items (last seed).",
         "",
         "| data set | ε | model | Recall@20 | vs DPPopularity | ρ | β | head |",
@@ -383,6 +386,13 @@ def main() -> None:
         default=list(SEEDS),
         help="noise seeds of --validation (default: all of SEEDS)",
     )
+    ap.add_argument(
+        "--epsilons",
+        nargs="+",
+        type=float,
+        default=list(EPSILONS),
+        help="privacy budgets of --validation (default: EPSILONS)",
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     aggregation = "distributed" if args.distributed else "central"
@@ -407,7 +417,11 @@ def main() -> None:
             if r["dataset"] not in args.datasets or r["model"] not in labels
         ]
         fresh = run_validation(
-            args.datasets, ["dppopularity", *args.models], aggregation, tuple(args.seeds)
+            args.datasets,
+            ["dppopularity", *args.models],
+            aggregation,
+            tuple(args.seeds),
+            tuple(args.epsilons),
         )
         val["rows"] = _ordered(kept + fresh)
         path.write_text(json.dumps(val, indent=2) + "\n")

@@ -53,14 +53,15 @@ class FederatedMFConfig(ModelConfig):
         The head is chosen from the **noisy** item counts of the counting round (which
         always runs, see ``count_bound``), unless a public head is given to the server.
     head_snr
-        Learnable head (central aggregation, head chosen from the noisy counts): of the
+        Learnable head (head chosen from the noisy counts): of the
         ``head_items`` largest noisy counts, only the items whose count clears
         ``head_snr · z / (q √T)`` are trained
         (:func:`~privrec.models.dp_rules.federated_head_threshold`; at least
         :data:`HEAD_MINIMUM` items). ``None``: the ``head_items`` largest, as before. Post-
         processing of the counting round and of the calibrated ``z``: no privacy cost. With
-        distributed aggregation the head keeps ``head_items`` items: its worst-case discrete
-        noise events are planned, and reserved, for that payload before the count.
+        distributed aggregation the payload keeps ``head_items`` rows (its worst-case discrete
+        noise events are planned, and reserved, for that payload before the count): devices
+        train the learnable rows only and send zeros for the rest, which the server ignores.
     count_bound
         B: items of each user's history counted in the counting round (a uniform sample of
         B items on the device when the history is longer). Each counted item weighs 1, so the

@@ -55,11 +55,12 @@ class FederatedMF(PrivateRecommender):
     first (0/1 indicators of ≤ ``count_bound`` items and a length bin per user, sensitivity
     √(B + 1), one Gaussian event): its noisy counts pick the head and are blended into every
     user's ranking, more for users with few items (``popularity_blend``,
-    ``popularity_shrinkage``; post-processing). With central aggregation the head keeps only
-    the items whose noisy count clears ``head_snr · z / (q √T)`` (the training noise an item's
-    factor must rise above; :func:`~privrec.models.dp_rules.federated_head_threshold`) —
-    post-processing of the counts and the calibrated ``z``, so the accounted events are those
-    of the configured head.
+    ``popularity_shrinkage``; post-processing). The head keeps only the items whose noisy
+    count clears ``head_snr · z / (q √T)`` (the training noise an item's factor must rise
+    above; :func:`~privrec.models.dp_rules.federated_head_threshold`) — post-processing of the
+    counts and the calibrated ``z``, so the accounted events are those of the configured head
+    (distributed aggregation keeps its payload at ``head_items`` rows, zeros past the
+    learnable head; items outside it are scored by the noisy popularity, as under central).
 
     >>> from privrec.data.synthetic import synthetic
     >>> import warnings; warnings.simplefilter("ignore")

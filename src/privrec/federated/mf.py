@@ -34,7 +34,11 @@ Privacy (shared by both variants)
     sensitivity √B on the counts, √(B + 1) with the histogram, 1 after the scaling; one
     ``GaussianDpEvent(z_h)`` (Poisson-sampled below rate 1) through the same aggregation
     as the rounds. Its noisy counts choose the head (unless it is public) and are the
-    ranking's popularity prior; its histogram sets the per-user blend.
+    ranking's popularity prior; its histogram sets the per-user blend. With ``head_snr`` the
+    trained head is cut to the items whose noisy count clears the training noise
+    (post-processing); with distributed DP the payload keeps the planned ``head_items`` rows
+    and the devices send zeros for the rows past the learnable head — their update over the
+    learnable rows is still clipped to ``C``, so ``‖v_u‖ ≤ 1`` and the events are unchanged.
     Everything else (user vectors, the server optimiser, the clip-norm update from the noised
     bit count, recommendations) is post-processing or stays on the device.
 

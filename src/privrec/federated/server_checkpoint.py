@@ -81,6 +81,13 @@ def from_state(
         srv.head_items = np.asarray(arrays["head_items"], dtype=np.int64)
         rows = meta.get("payload_rows")  # absent before the learnable head under distributed DP
         srv.payload_rows = srv.head_items.size if rows is None else int(rows)
+        if not srv.head_items.size <= srv.payload_rows <= srv.n_items:
+            raise DataError(
+                "the checkpoint's payload rows do not fit its head",
+                field="payload_rows",
+                expected=f"{srv.head_items.size} <= rows <= {srv.n_items}",
+                found=srv.payload_rows,
+            )
         srv.item_factors = np.asarray(arrays["item_factors"], dtype=np.float64)
         srv.adam_m = np.asarray(arrays["adam_m"], dtype=np.float64)
         srv.adam_v = np.asarray(arrays["adam_v"], dtype=np.float64)

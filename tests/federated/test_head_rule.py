@@ -188,7 +188,8 @@ def _fit(**kw: object) -> FederatedMF:
 def test_distributed_model_rule_is_post_processing_and_off_is_unchanged() -> None:
     """Distributed aggregation (the default): the rule trains a smaller head with the same
     events; when it does not fire the model is the one trained without it, bit for bit."""
-    on, off = _fit(aggregation="distributed"), _fit(aggregation="distributed", head_snr=None)
+    dist: dict[str, object] = {"aggregation": "distributed", "rounds": 2}
+    on, off = _fit(**dist), _fit(**dist, head_snr=None)
     assert len(off.head_items_) == 600 and len(on.head_items_) < 600
     assert on.guarantee_.epsilon == off.guarantee_.epsilon
     assert on.noise_multiplier_ == off.noise_multiplier_
@@ -199,7 +200,7 @@ def test_distributed_model_rule_is_post_processing_and_off_is_unchanged() -> Non
     rest = np.setdiff1d(off.head_items_, on.head_items_)
     assert not on.item_factors_[rest].any()
     # a threshold every planned head item clears: the rule does not fire, nothing changes
-    same = _fit(aggregation="distributed", head_snr=1e-9)
+    same = _fit(**dist, head_snr=1e-9)
     np.testing.assert_array_equal(same.head_items_, off.head_items_)
     np.testing.assert_array_equal(same.item_factors_, off.item_factors_)
     np.testing.assert_array_equal(same.user_factors_, off.user_factors_)

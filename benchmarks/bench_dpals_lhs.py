@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_dpals_lhs.py                       # ml-1m, gowalla, movietweetings
     python benchmarks/bench_dpals_lhs.py --datasets ml-1m-implicit-r3
+    python benchmarks/bench_dpals_lhs.py --datasets gowalla-lightgcn --update   # keep the other rows
 
 Issue 15 asks for a cheaper left-hand side with no loss of utility on ml-1m and gowalla beyond
 one seed's standard deviation. Each variant runs with every other parameter at DPALS's
@@ -68,6 +69,7 @@ def quality(datasets: tuple[str, ...]) -> list[dict[str, Any]]:
         for eps in EPSILONS:
             for lhs in VARIANTS:
                 row = {
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "dataset": ds,
                     "epsilon": eps,
                     "lhs": lhs,
@@ -83,11 +85,19 @@ def quality(datasets: tuple[str, ...]) -> list[dict[str, Any]]:
     return rows
 
 
+def _dates(result: dict[str, Any]) -> str:
+    """Each data set's run date (rows may come from separate ``--update`` runs)."""
+    per: dict[str, str] = {}
+    for r in result["quality"]:
+        per.setdefault(r["dataset"], r.get("date", result["date"]))
+    return "; ".join(f"{ds} {d}" for ds, d in per.items())
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# DPALS left-hand-side variants: utility",
         "",
-        f"Run {result['date']}. User-level ε, δ = {DELTA:g}, DPALS defaults otherwise "
+        f"Run {_dates(result)}. User-level ε, δ = {DELTA:g}, DPALS defaults otherwise "
         '(`method="adaptive"`, data-adaptive bounds); Recall@20, mean ± std of seeds '
         f"{list(SEEDS)}; *valid* = the selection split the default was chosen on, *test* = the "
         "report split of `privacy_utility.md`. `none`: items share the noisy Gramian (default); "
@@ -125,16 +135,26 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", help="comma-separated subset")
+    ap.add_argument(
+        "--update", action="store_true", help="keep the other data sets' rows of the last run"
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     datasets = tuple(args.datasets.split(",")) if args.datasets else DATASETS
+    out = Path(args.out)
+    rows = quality(datasets)
+    if args.update and (out / "dpals_lhs.json").exists():
+        old = json.loads((out / "dpals_lhs.json").read_text())
+        kept = [r for r in old["quality"] if r["dataset"] not in datasets]
+        for r in kept:
+            r.setdefault("date", old["date"])
+        rows = kept + rows
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine_info(),
         "seeds": list(SEEDS),
-        "quality": quality(datasets),
+        "quality": rows,
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "dpals_lhs.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (out / "dpals_lhs.md").write_text(markdown(result))

@@ -200,7 +200,10 @@ def main() -> None:
         parts = [
             json.loads((out / f"federated_dpals-part-{p}.json").read_text()) for p in args.merge
         ]
-        result["date"] = max(p["date"] for p in parts)
+        # each part keeps its own run date (parts may be re-run separately)
+        result["date"] = "; ".join(
+            f"{', '.join(sorted({r['dataset'] for r in p['quality']}))} {p['date']}" for p in parts
+        )
         for p in parts:
             result["quality"] += p["quality"]
             result["cost"] += p["cost"]

@@ -642,3 +642,86 @@ def test_nodes_refuse_a_lying_server_before_computing_or_allocating(
     assert all("round setting" in e or "dimension" in e for e in refused)
     assert max(built) < 2**20  # only the counting round's encoders were built
     assert round_log(tmp_path) and all(e["aborted"] for e in round_log(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# What a node sends = what the simulation's device sends
+# ----------------------------------------------------------------------------------------------
+
+
+class _Recording(LocalTransport):
+    """Keeps every message the coordinator sends, by phase and node."""
+
+    def __init__(self) -> None:
+        super().__init__(3)
+        self.sent: list[tuple[str, dict[int, RecordDict]]] = []
+
+    def exchange(self, action: str, contents: Any, *, timeout: float, group: str) -> Any:
+        self.sent.append((action, dict(contents)))
+        return super().exchange(action, contents, timeout=timeout, group=group)
+
+
+def test_node_payloads_equal_the_simulated_devices_with_the_head_rule_firing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The learnable-head rule fires for real (its floor lowered to 2 items for the tiny data
+    set): the head is cut below the 12 planned rows. For every training round and every user,
+    the float payload a Flower node computes from the message it received (before encoding and
+    masking) equals the simulation's device payload for that user from the server state before
+    the round (:meth:`FederatedSimulation._payloads`), zeros past the learnable head included;
+    and the round's secure sum is exactly those payloads encoded with the nodes' seeded
+    (test-mode) rounding and noise."""
+    from privrec.federated import server_counting
+    from privrec.federated.flower.node import (
+        _mf_payloads,
+        _user_rng,
+        check_round_spec,
+        load_node_data,
+    )
+    from privrec.federated.training import FederatedSimulation
+    from privrec.privacy.distributed import DistributedDPEncoder
+
+    from .local import node_config
+
+    monkeypatch.setattr(server_counting, "HEAD_MINIMUM", 2)
+    transport = _Recording()
+    run = {**run_config(tmp_path, head_items=12, noise_multiplier=1.0, head_snr=14.0)}
+    config, settings = parse_run_config({**run, "pipeline": False})
+    Coordinator(transport, config, settings, say=lambda _: None).run()
+    final = FederatedMFServer.load(tmp_path / "server.npz")
+    assert final.head_items is not None and final.payload_rows == 12
+    n_head, k = final.head_items.size, config.factors
+    assert 2 <= n_head < 12  # the rule fired
+    matrix = full_matrix()
+    records = {  # (round, node) -> the round description the node got in phase 1
+        (int(c["round"]["round"]), node): c["round"]
+        for action, contents in transport.sent
+        if action == "advertise_keys"
+        for node, c in contents.items()
+    }
+    masked = [c for a, c in transport.sent if a == "masked_input"][1:]  # [0]: the count
+    assert len(masked) == 2
+    for r, contents in enumerate(masked, start=1):
+        before = FederatedMFServer.load(tmp_path / f"round-{r - 1:04d}.npz")
+        sim = FederatedSimulation(before.config, matrix, server=before)
+        expected, _, _ = sim._payloads(np.arange(USERS), np.ones(USERS, dtype=bool))
+        assert expected.shape == (USERS, 12 * k + 1) and not expected[:, n_head * k : -1].any()
+        enc = DistributedDPEncoder(before.encoder().config)
+        total = np.zeros(enc.encoded_dim, dtype=np.uint64)
+        seen = 0
+        for node, content in contents.items():
+            data = load_node_data(node_config(node - 100, 3))
+            rc, meta = round_from_record(records[(r, node)])
+            task = content.config_records["task"]
+            _, mf_config, spec = check_round_spec(task, rc, "train", data.n_items)
+            users = [int(u) for u in data.user_ids]
+            sent, _ = _mf_payloads(content, data, users, meta, True, mf_config=mf_config, spec=spec)
+            for u, payload in sent.items():
+                np.testing.assert_allclose(payload, expected[u], rtol=1e-9, atol=1e-12)
+                total += enc.encode(payload, _user_rng(config.seed, r, meta["attempt"], u))
+                seen += 1
+        assert seen == USERS
+        total &= np.uint64((1 << enc.bits) - 1)
+        agg = np.load(tmp_path / f"aggregate-{r:04d}.npz")
+        assert agg["survivors"].size == USERS
+        np.testing.assert_array_equal(total, agg["sum_mod"])

@@ -193,3 +193,19 @@ def test_records_that_charge_more_are_kept(saved: tuple[FederatedMFServer, Path]
     back = FederatedMFServer.load(_tamper(path, split))
     assert len(back.spent) == 3
     assert back.epsilon() == pytest.approx(srv.epsilon(), rel=1e-9)
+
+
+def test_lowered_noise_is_refused() -> None:
+    """The noise multiplier lowered in the file, the records recomputed to match it: honestly
+    accounted so far, but the remaining rounds would spend past the run's ε. (With the head
+    rule on, a lowered multiplier also moves the rule's threshold, and the head check refuses
+    it first; here the rule is off.)"""
+    srv = _server(head_snr=None)
+    lower = FederatedMFServer.from_state(*srv.state_dict())  # unedited: within its ε
+    lower.noise_multiplier /= 2
+    lower.spent[-1] = SpentEvent(
+        lower.spent[-1].label,
+        dp_accounting.SelfComposedDpEvent(lower._charged_round_event(lower.noise_multiplier), 2),
+    )
+    with pytest.raises(CheckpointMismatchError, match="more than the run's epsilon"):
+        FederatedMFServer.from_state(*lower.state_dict())

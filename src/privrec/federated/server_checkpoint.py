@@ -13,7 +13,8 @@ A checkpoint is checked against its own records before it is used (:func:`from_s
 head must be the one the model's rule chooses from the stored noisy counts (an edited head
 could train rows the rule never released), and the accountant's records must charge every
 round done at the stored noise (cut records would under-report ε and let a resumed run spend
-past its budget). Either mismatch is a :class:`~privrec.errors.CheckpointMismatchError`.
+past its budget), and an ε-calibrated run's stored noise must still fit its ε. Any mismatch is a
+:class:`~privrec.errors.CheckpointMismatchError`.
 """
 
 from __future__ import annotations
@@ -178,7 +179,30 @@ def from_state(
             "the checkpoint released counts or rounds but has no head", field="has_head"
         )
     _check_records(srv, counted)
+    _check_noise(srv)
     return srv
+
+
+def _check_noise(srv: FederatedMFServer) -> None:
+    """Refuse an ε-calibrated run whose stored noise no longer fits its ε.
+
+    The remaining rounds add the stored multipliers' noise; lowered in the file (with the
+    records edited to match), they would be honestly accounted but would spend past the ε the
+    run was calibrated for. The complete run's planned events
+    (:meth:`~privrec.federated.server.FederatedMFServer.planned_events`, what calibration
+    checked) must stay within it. Finished runs and fixed-multiplier runs have nothing to check.
+    """
+    c = srv.config
+    if c.epsilon is None or srv.round >= c.rounds:
+        return
+    eps = fast_epsilon(total_event(srv.planned_events()), c.delta, c.accountant)
+    if eps > c.epsilon * (1.0 + 1e-9):
+        raise CheckpointMismatchError(
+            "the checkpoint's noise multipliers would spend more than the run's epsilon",
+            field="noise_multiplier",
+            expected=f"epsilon <= {c.epsilon:g} over {c.rounds} rounds",
+            found=f"{eps:.6g}",
+        )
 
 
 def _check_head(

@@ -39,7 +39,8 @@ adding its share of the noise sized for the round's ``min_survivors``. Sensitivi
 payload ``[a·Δ, β·(b − ½)]`` has L2 norm ≤ 1 (:func:`~privrec.federated.mf.pack_payload`),
 ``Δ2`` on the integer grid after conditional rounding. Privacy unit: one user (the whole
 history). Neighbouring relation: add/remove one user's history. Accounting: the server
-charges ``PoissonSampled(q, plan.dp_event(survivors))`` per round to the RDP accountant
+charges ``PoissonSampled(q, plan.dp_event(noise shares))`` per completed round to the RDP
+accountant — the worst case a completed round can have, whatever its survivors
 (:meth:`~privrec.federated.mf.FederatedMFServer.apply`). The server cannot switch a node's
 protection off: a round without noise is refused, and a seed in the FederatedMF config is
 ignored (fresh ChaCha20 randomness from the OS is used), unless the node's **own**

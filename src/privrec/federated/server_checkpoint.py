@@ -113,7 +113,8 @@ def from_state(
     ------
     CheckpointMismatchError
         The stored head is not what the rule gives for the stored counts (or the public head
-        passed), or the accountant's records charge less than the rounds done imply.
+        passed), the accountant's records charge less than the rounds done imply, or an
+        ε-calibrated run's stored noise would take the complete run past its ε.
     DataError
         Malformed state (non-finite noise, arrays that do not fit the head).
     """

@@ -13,6 +13,7 @@ __all__ = [
     "AuditLogError",
     "AuthenticationError",
     "BudgetExceededError",
+    "CheckpointMismatchError",
     "ConfigError",
     "DataError",
     "DataWarning",
@@ -238,6 +239,13 @@ class GuaranteeMismatchError(ModelFileError):
 class SignatureError(ModelFileError):
     """A model file's Ed25519 signature is missing, malformed, by another key, or does not match
     the file's bytes."""
+
+
+class CheckpointMismatchError(DataError):
+    """A training checkpoint whose stored state its own records do not support: a head the
+    model's rule would not choose from the stored noisy counts (or a public head the resuming
+    caller does not confirm), or accountant records that charge fewer rounds, or a smaller ε,
+    than the rounds done and the noise used imply. Raised on load, before the state is used."""
 
 
 class OutputPathError(ConfigError):

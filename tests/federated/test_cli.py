@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -121,13 +122,27 @@ def test_extending_an_epsilon_calibrated_run_is_refused(tmp_path: Path) -> None:
     assert res.exit_code == 1 and "calibrated for 1 rounds" in res.output
 
 
-def test_simulate_prints_and_writes_rounded_cohort_sizes(tmp_path: Path) -> None:
-    """Opening ``--json`` and the printed table: sampled cohorts, survivors and bytes are
-    rounded (no guarantee covers them); the exact log stays in the server-side checkpoint."""
+def test_simulate_prints_and_writes_rounded_cohort_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening ``--json``, the printed table and the checkpoint's files: sampled cohorts,
+    survivors and bytes are rounded in the outputs (no guarantee covers them) and absent from
+    the checkpoint; the exact log exists only in memory (captured here from the run)."""
     import re
 
     from privrec.evaluation.protocol import round_count
-    from privrec.federated.training import _SIM_STATE
+    from privrec.federated.sim_reports import CHECKPOINT_KEYS
+    from privrec.federated.training import _SIM_STATE, FederatedSimulation
+
+    captured: list[dict[str, Any]] = []
+    run = FederatedSimulation.run
+
+    def keep(self: FederatedSimulation, *a: Any, **k: Any) -> list[dict[str, Any]]:
+        out = run(self, *a, **k)
+        captured.extend(out)
+        return out
+
+    monkeypatch.setattr(FederatedSimulation, "run", keep)
 
     data = _split(tmp_path / "split", n_users=900)
     ck, out = tmp_path / "ck", tmp_path / "rounds.json"
@@ -139,7 +154,7 @@ def test_simulate_prints_and_writes_rounded_cohort_sizes(tmp_path: Path) -> None
     ]  # fmt: skip
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    exact = json.loads((ck / _SIM_STATE).read_text())["reports"]
+    exact = [dict(r) for r in captured]
     secret = {
         n
         for r in exact
@@ -152,7 +167,22 @@ def test_simulate_prints_and_writes_rounded_cohort_sizes(tmp_path: Path) -> None
         assert r["sampled"].startswith("≈") and r["survivors"].startswith("≈")
         assert all(v.startswith("≈") or v == "0" for v in r["dropped"].values())
         assert r["bytes_up"] == round_count(r["bytes_up"])
-    for name, text in {"stdout": res.output, "json": out.read_text()}.items():
+    # the checkpoint: its files, opened; no count of people in either
+    assert sorted(p.name for p in ck.iterdir()) == ["server.npz", _SIM_STATE]
+    state = json.loads((ck / _SIM_STATE).read_text())
+    assert [r["round"] for r in state["reports"]] == [1, 2]
+    assert all(set(r) <= set(CHECKPOINT_KEYS) for r in state["reports"])
+    with np.load(ck / "server.npz") as npz:
+        meta_text = npz["__meta__"].tobytes().decode()
+    history = json.loads(meta_text)["history"]
+    assert history and not any("survivors" in h or "sampled" in h for h in history)
+    texts = {
+        "stdout": res.output,
+        "json": out.read_text(),
+        "simulation.json": (ck / _SIM_STATE).read_text(),
+        "server.npz": meta_text,
+    }
+    for name, text in texts.items():
         for n in secret:
             assert re.search(rf"(?<![\d.,])({n:,}|{n})(?!\d)", text) is None, (name, n)
     assert "cohort sizes are not covered" in " ".join(res.output.split())

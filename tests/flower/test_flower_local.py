@@ -410,7 +410,7 @@ def test_a_learnable_head_smaller_than_the_payload_sums_exactly_with_zero_paddin
     rule fire (it keeps at least 100 items), so it is forced to 5 of the 12 planned items."""
     from privrec.federated import server_counting
 
-    monkeypatch.setattr(server_counting, "learnable_head_size", lambda srv, items, n: 5)
+    monkeypatch.setattr(server_counting, "learnable_head_size", lambda srv, items, n, t=None: 5)
     coordinator = _train(tmp_path, LocalTransport(3), head_items=12)
     srv = coordinator.server
     assert srv is not None and srv.head_items is not None
@@ -427,15 +427,12 @@ def test_node_refuses_a_hostile_head_before_use() -> None:
     """A training round whose head, factors and payload length disagree is refused with a
     DataError before any user's update is computed."""
     from privrec.errors import DataError
-    from privrec.federated.flower.codec import ddp_to_json
     from privrec.federated.flower.node import (
         _mf_payloads,
         load_node_data,
-        mf_config_json,
         model_record,
-        task_record,
     )
-    from privrec.federated.mf import FederatedMFConfig
+    from privrec.federated.mf import FederatedMFConfig, RoundSpec
 
     from .local import node_config
 
@@ -444,19 +441,10 @@ def test_node_refuses_a_hostile_head_before_use() -> None:
     data = load_node_data(node_config(0, 1))
 
     def payloads(factors: np.ndarray, head: np.ndarray, dim: int, ddp_dim: int) -> Any:
-        task = task_record(
-            mf_config_json=mf_config_json(cfg),
-            ddp_json=ddp_to_json(srv.ddp_config(ddp_dim)),
-            noise=False,
-            round_=1,
-            clip_norm=1.0,
-            value_scale=1.0,
-            bit_scale=0.0,
-            payload_dim=dim,
-        )
-        content = RecordDict({"task": task, "model": model_record(factors, head)})
+        spec = RoundSpec(1, 1.0, 1.0, 0.0, dim, "distributed", srv.ddp_config(ddp_dim))
+        content = RecordDict({"model": model_record(factors, head)})
         meta = {"kind": "train", "round": 1, "attempt": 0}
-        return _mf_payloads(content, task, data, [0, 1], meta, True)
+        return _mf_payloads(content, data, [0, 1], meta, True, mf_config=cfg, spec=spec)
 
     y, head = np.ones((3, 2)), np.array([2, 5, 9])
     good, _ = payloads(y, head, 7, 7)
@@ -471,3 +459,269 @@ def test_node_refuses_a_hostile_head_before_use() -> None:
         payloads(y, head, 2 * 25 + 1, 2 * 25 + 1)  # more rows than the catalogue
     with pytest.raises(DataError, match="distributed-DP encoding"):
         payloads(y, head, 7, 9)
+
+
+# ----------------------------------------------------------------------------------------------
+# A lying server: round settings no honest server sends
+# ----------------------------------------------------------------------------------------------
+
+
+def _round_message(kind: str = "train") -> tuple[ConfigRecord, RoundConfig, Any]:
+    """An honest server's masked-input task and SecAgg round for a 12-item head (noise 1)."""
+    from privrec.federated.flower.codec import ddp_to_json
+    from privrec.federated.flower.node import mf_config_json, task_record
+    from privrec.federated.mf import FederatedMFConfig
+
+    from .local import ITEMS
+
+    cfg = FederatedMFConfig.create(noise_multiplier=1.0, factors=2, head_items=12, seed=1)
+    srv = FederatedMFServer(cfg, n_items=ITEMS, population=USERS)
+    srv.select_head(np.zeros(srv.count_dim), survivors=USERS, sampled=USERS)
+    if kind == "count":
+        enc = srv.count_encoder()
+        task = task_record(
+            mf_config_json=mf_config_json(cfg), ddp_json=ddp_to_json(enc.config), noise=True,
+            round_=0,
+        )  # fmt: skip
+    else:
+        enc, spec = srv.encoder(), srv.round_spec()
+        task = task_record(
+            mf_config_json=mf_config_json(cfg), ddp_json=ddp_to_json(enc.config), noise=True,
+            round_=1, clip_norm=spec.clip_norm, value_scale=spec.value_scale,
+            bit_scale=spec.bit_scale, payload_dim=spec.dim,
+        )  # fmt: skip
+    rc = RoundConfig.create(
+        list(range(USERS)), enc.encoded_dim, enc.bits, min_survivors=srv.round_min_survivors(USERS)
+    )
+    return task, rc, srv
+
+
+def _with(task: ConfigRecord, ddp: dict[str, Any] | None = None, **fields: Any) -> ConfigRecord:
+    """The task with some fields (and some distributed-DP settings) replaced."""
+    import json
+
+    out = ConfigRecord(dict(task))
+    if ddp:
+        out["ddp"] = json.dumps({**json.loads(str(task["ddp"])), **ddp})
+    for key, value in fields.items():
+        out[key.replace("_", "-")] = value
+    return out
+
+
+def test_check_round_spec_accepts_an_honest_round() -> None:
+    from privrec.federated.flower.node import check_round_spec
+
+    task, rc, srv = _round_message()
+    ddp, cfg, spec = check_round_spec(task, rc, "train", srv.n_items)
+    assert spec == srv.round_spec() and ddp == srv.encoder().config and cfg == srv.config
+    task, rc, srv = _round_message("count")
+    ddp, _, spec = check_round_spec(task, rc, "count", srv.n_items)
+    assert spec is None and ddp.dim == srv.count_dim
+
+
+@pytest.mark.parametrize(
+    ("ddp", "fields", "match"),
+    [
+        ({"noise_multiplier": float("nan")}, {}, "noise"),
+        ({"noise_multiplier": float("inf")}, {}, "noise"),
+        ({"noise_multiplier": 0.0}, {}, "noise"),
+        ({"noise_multiplier": -1.0}, {}, "noise"),
+        ({"clip": -1.0}, {}, "clip"),
+        ({"gamma": float("nan")}, {}, "gamma"),
+        ({"bits": 80}, {}, "bits"),
+        ({"beta": 1.5}, {}, "beta"),
+        ({"min_survivors": 10_000}, {}, "noise shares"),  # each device would add too little
+        ({"max_clients": 1}, {}, "max_clients"),
+        ({}, {"clip_norm": float("nan")}, "clip-norm"),
+        ({}, {"clip_norm": 0.0}, "clip-norm"),
+        ({}, {"clip_norm": -1.0}, "clip-norm"),
+        ({}, {"value_scale": float("inf")}, "value-scale"),
+        ({}, {"value_scale": 0.0}, "value-scale"),
+        ({}, {"bit_scale": -0.5}, "bit-scale"),
+        ({}, {"bit_scale": 0.0}, "bit-scale"),  # adaptive clipping needs the clip bit
+        ({}, {"value_scale": 5.0}, "norm"),  # a payload above the sensitivity bound
+        ({"dim": 2**40}, {"payload_dim": 2**40}, "dimension"),  # the SecAgg round is smaller
+        ({}, {"payload_dim": 12 * 2}, "payload dimension"),  # not whole rows
+        ({"dim": 27}, {}, "payload dimension"),  # the task (25) and the encoding disagree
+    ],
+)
+def test_node_refuses_a_hostile_round_spec(
+    ddp: dict[str, Any], fields: dict[str, Any], match: str
+) -> None:
+    from privrec.errors import PrivrecError
+    from privrec.federated.flower.node import check_round_spec
+
+    task, rc, srv = _round_message()
+    with pytest.raises(PrivrecError, match=match) as info:
+        check_round_spec(_with(task, ddp, **fields), rc, "train", srv.n_items)
+    assert isinstance(info.value, MessageRejected | ConfigError)
+
+
+def test_a_huge_dimension_is_refused_by_what_the_node_derives_itself() -> None:
+    """A server that makes the SecAgg round, the encoding and the payload length agree on an
+    absurd dimension is still refused: a training payload is at most ``min(head_items,
+    n_items)·factors + 1`` long (the node's own catalogue), a count vector exactly this
+    catalogue's length — before the encoder (whose rotation is sized by it) exists."""
+    from privrec.federated.flower.node import check_round_spec
+
+    task, rc, srv = _round_message()
+    huge = 2**40 + 1  # whole rows of 2 factors
+    big_rc = RoundConfig.create(list(range(USERS)), 2**41, rc.bits, min_survivors=rc.min_survivors)
+    with pytest.raises(MessageRejected, match="planned head's 12 rows"):
+        check_round_spec(_with(task, {"dim": huge}, payload_dim=huge), big_rc, "train", 24)
+    # the config's head_items is the server's word too; the node's catalogue still bounds it
+    wide = _with(task, {"dim": huge}, payload_dim=huge)
+    wide["mf-config"] = srv.config.model_copy(update={"head_items": 2**39}).model_dump_json()
+    with pytest.raises(MessageRejected, match="planned head's 24 rows"):
+        check_round_spec(wide, big_rc, "train", 24)
+    count, crc, _ = _round_message("count")
+    big_crc = RoundConfig.create(
+        list(range(USERS)), 2**40, crc.bits, min_survivors=crc.min_survivors
+    )
+    with pytest.raises(MessageRejected, match="catalogue"):
+        check_round_spec(_with(count, {"dim": 2**40}), big_crc, "count", 24)
+
+
+class _LyingServer(LocalTransport):
+    """The coordinator's masked-input messages of training rounds rewritten by ``edit``."""
+
+    def __init__(self, edit: Any) -> None:
+        super().__init__(3)
+        self.edit = edit
+
+    def exchange(self, action: str, contents: Any, *, timeout: float, group: str) -> Any:
+        if action == "masked_input":
+            out = {}
+            for node, content in contents.items():
+                task = content.config_records["task"]
+                if int(task["payload-dim"]) > 0:  # a training round, not the counting round
+                    content = RecordDict(
+                        {**content.config_records, **content.array_records, "task": self.edit(task)}
+                    )
+                out[node] = content
+            contents = out
+        return super().exchange(action, contents, timeout=timeout, group=group)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: _with(t, {"noise_multiplier": 0.0}),
+        lambda t: _with(t, value_scale=float("nan")),
+        lambda t: _with(t, {"dim": 2**40}, payload_dim=2**40),
+    ],
+    ids=["no-noise", "nan-scale", "huge-dim"],
+)
+def test_nodes_refuse_a_lying_server_before_computing_or_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Any
+) -> None:
+    """Through the real handlers: every node refuses the training round's message (the round
+    aborts, nothing is released) and never builds a distributed-DP encoder for it, nor
+    computes an update."""
+    import privrec.federated.client as client_module
+    import privrec.privacy.distributed as ddp_module
+
+    built: list[int] = []
+    real = ddp_module.DistributedDPEncoder
+
+    class Watched(real):  # type: ignore[misc, valid-type]
+        def __init__(self, config: Any) -> None:
+            built.append(int(config.dim))
+            super().__init__(config)
+
+    def no_update(*a: Any, **k: Any) -> Any:
+        raise AssertionError("an update was computed for a refused round")
+
+    monkeypatch.setattr(ddp_module, "DistributedDPEncoder", Watched)  # what the node imports
+    monkeypatch.setattr(client_module, "client_update", no_update)
+    transport = _LyingServer(edit)
+    with pytest.raises(ProtocolAbort):
+        _train(tmp_path, transport, rounds=1, noise_multiplier=1.0)
+    refused = [e for e in transport.errors if e.startswith("masked_input")]
+    assert len(refused) == 3 * 3  # every node, every attempt
+    assert all("round setting" in e or "dimension" in e for e in refused)
+    assert max(built) < 2**20  # only the counting round's encoders were built
+    assert round_log(tmp_path) and all(e["aborted"] for e in round_log(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# What a node sends = what the simulation's device sends
+# ----------------------------------------------------------------------------------------------
+
+
+class _Recording(LocalTransport):
+    """Keeps every message the coordinator sends, by phase and node."""
+
+    def __init__(self) -> None:
+        super().__init__(3)
+        self.sent: list[tuple[str, dict[int, RecordDict]]] = []
+
+    def exchange(self, action: str, contents: Any, *, timeout: float, group: str) -> Any:
+        self.sent.append((action, dict(contents)))
+        return super().exchange(action, contents, timeout=timeout, group=group)
+
+
+def test_node_payloads_equal_the_simulated_devices_with_the_head_rule_firing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The learnable-head rule fires for real (its floor lowered to 2 items for the tiny data
+    set): the head is cut below the 12 planned rows. For every training round and every user,
+    the float payload a Flower node computes from the message it received (before encoding and
+    masking) equals the simulation's device payload for that user from the server state before
+    the round (:meth:`FederatedSimulation._payloads`), zeros past the learnable head included;
+    and the round's secure sum is exactly those payloads encoded with the nodes' seeded
+    (test-mode) rounding and noise."""
+    from privrec.federated import server_counting
+    from privrec.federated.flower.node import (
+        _mf_payloads,
+        _user_rng,
+        check_round_spec,
+        load_node_data,
+    )
+    from privrec.federated.training import FederatedSimulation
+    from privrec.privacy.distributed import DistributedDPEncoder
+
+    from .local import node_config
+
+    monkeypatch.setattr(server_counting, "HEAD_MINIMUM", 2)
+    transport = _Recording()
+    run = {**run_config(tmp_path, head_items=12, noise_multiplier=1.0, head_snr=14.0)}
+    config, settings = parse_run_config({**run, "pipeline": False})
+    Coordinator(transport, config, settings, say=lambda _: None).run()
+    final = FederatedMFServer.load(tmp_path / "server.npz")
+    assert final.head_items is not None and final.payload_rows == 12
+    n_head, k = final.head_items.size, config.factors
+    assert 2 <= n_head < 12  # the rule fired
+    matrix = full_matrix()
+    records = {  # (round, node) -> the round description the node got in phase 1
+        (int(c["round"]["round"]), node): c["round"]
+        for action, contents in transport.sent
+        if action == "advertise_keys"
+        for node, c in contents.items()
+    }
+    masked = [c for a, c in transport.sent if a == "masked_input"][1:]  # [0]: the count
+    assert len(masked) == 2
+    for r, contents in enumerate(masked, start=1):
+        before = FederatedMFServer.load(tmp_path / f"round-{r - 1:04d}.npz")
+        sim = FederatedSimulation(before.config, matrix, server=before)
+        expected, _, _ = sim._payloads(np.arange(USERS), np.ones(USERS, dtype=bool))
+        assert expected.shape == (USERS, 12 * k + 1) and not expected[:, n_head * k : -1].any()
+        enc = DistributedDPEncoder(before.encoder().config)
+        total = np.zeros(enc.encoded_dim, dtype=np.uint64)
+        seen = 0
+        for node, content in contents.items():
+            data = load_node_data(node_config(node - 100, 3))
+            rc, meta = round_from_record(records[(r, node)])
+            task = content.config_records["task"]
+            _, mf_config, spec = check_round_spec(task, rc, "train", data.n_items)
+            users = [int(u) for u in data.user_ids]
+            sent, _ = _mf_payloads(content, data, users, meta, True, mf_config=mf_config, spec=spec)
+            for u, payload in sent.items():
+                np.testing.assert_allclose(payload, expected[u], rtol=1e-9, atol=1e-12)
+                total += enc.encode(payload, _user_rng(config.seed, r, meta["attempt"], u))
+                seen += 1
+        assert seen == USERS
+        total &= np.uint64((1 << enc.bits) - 1)
+        agg = np.load(tmp_path / f"aggregate-{r:04d}.npz")
+        assert agg["survivors"].size == USERS
+        np.testing.assert_array_equal(total, agg["sum_mod"])

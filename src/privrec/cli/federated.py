@@ -396,14 +396,15 @@ def _run_and_report(
         if r["aborted"]:
             table.add_row(str(r["round"]), "aborted", r["aborted"], "", "", "", "")
             continue
+        # rounds read back from a checkpoint carry no cohort sizes (sim_reports): left blank
         table.add_row(
             str(r["round"]),
-            f"{r['survivors']}/{r['sampled']}",
+            f"{r['survivors']}/{r['sampled']}" if "sampled" in r else "",
             f"{r['clip_norm']:.4g}",
             f"{r['epsilon']:.4g}",
-            "" if r["recall"] is None else f"{r['recall']:.4f}",
-            f"≈ {r['bytes_up']:,}",
-            f"{r['seconds']:.2f}",
+            "" if r.get("recall") is None else f"{r['recall']:.4f}",
+            f"≈ {r['bytes_up']:,}" if "bytes_up" in r else "",
+            f"{r['seconds']:.2f}" if "seconds" in r else "",
         )
     console.print(table)
     g = srv.guarantee()

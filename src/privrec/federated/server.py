@@ -117,6 +117,9 @@ class FederatedMFServer:
         #: head's size, except under distributed DP with the learnable-head rule, where it
         #: stays the planned ``head_items`` and the rows past the learnable head are zeros.
         self.payload_rows: int | None = None
+        #: ``T`` the learnable-head rule used when the counts chose the head (a resumed run
+        #: may change the target; its checkpoint check re-applies the rule with this one).
+        self.head_rounds: int | None = None
         #: Released by the counting round (None before it): noisy item counts (rescaled to
         #: item units, noise ``z_h·√(B + 1)``) and the noisy history-length histogram.
         self.noisy_counts: np.ndarray | None = None
@@ -760,15 +763,25 @@ class FederatedMFServer:
         arrays: dict[str, np.ndarray],
         meta: dict[str, Any],
         rng: np.random.Generator | None = None,
+        *,
+        public_head: np.ndarray | None = None,
     ) -> FederatedMFServer:
-        """Rebuild a server from :meth:`state_dict` output (no re-calibration)."""
-        return server_checkpoint.from_state(cls, arrays, meta, rng)
+        """Rebuild a server from :meth:`state_dict` output (no re-calibration), after checking
+        its head and accountant records (:func:`~privrec.federated.server_checkpoint.from_state`;
+        ``public_head`` confirms a public head)."""
+        return server_checkpoint.from_state(cls, arrays, meta, rng, public_head=public_head)
 
     def save(self, path: str | Path) -> Path:
         """Checkpoint to ``path`` (``.npz`` with the metadata as a JSON byte array)."""
         return server_checkpoint.save(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, rng: np.random.Generator | None = None) -> FederatedMFServer:
-        """Read a checkpoint written by :meth:`save`."""
-        return server_checkpoint.load(cls, path, rng)
+    def load(
+        cls,
+        path: str | Path,
+        rng: np.random.Generator | None = None,
+        *,
+        public_head: np.ndarray | None = None,
+    ) -> FederatedMFServer:
+        """Read a checkpoint written by :meth:`save`, checked as :meth:`from_state` does."""
+        return server_checkpoint.load(cls, path, rng, public_head=public_head)

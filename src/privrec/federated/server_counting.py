@@ -25,7 +25,7 @@ from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncode
 if TYPE_CHECKING:
     from privrec.federated.server import FederatedMFServer
 
-__all__ = ["HEAD_LABEL", "count_encoder", "learnable_head_size", "release_counts"]
+__all__ = ["HEAD_LABEL", "count_encoder", "learnable_head_size", "release_counts", "ruled_head"]
 
 #: Label of the counting round's event (noisy item counts and history lengths; the head).
 HEAD_LABEL = "counting round (noisy item counts and history lengths)"
@@ -49,7 +49,9 @@ def count_encoder(self: FederatedMFServer, z: float) -> DistributedDPEncoder:
     )
 
 
-def learnable_head_size(self: FederatedMFServer, items: np.ndarray, n_head: int) -> int:
+def learnable_head_size(
+    self: FederatedMFServer, items: np.ndarray, n_head: int, rounds: int | None = None
+) -> int:
     """Size of the head chosen from the noisy item counts ``items`` (at most ``n_head``).
 
     With ``head_snr`` set: the items whose noisy count clears
@@ -57,7 +59,9 @@ def learnable_head_size(self: FederatedMFServer, items: np.ndarray, n_head: int)
     multiplier ``z``, rate ``q`` and ``T`` rounds, at least :data:`HEAD_MINIMUM` — the head an
     item's factor can be learnt above the training noise for. Otherwise ``n_head`` (the
     configured ``head_items``). Post-processing of the released counts and of ``z``, ``q``,
-    ``T`` (public): no privacy cost. Both aggregations: distributed DP's worst-case events are
+    ``T`` (public): no privacy cost. ``rounds`` is the ``T`` of the rule (default the
+    configured rounds; a checkpoint's check passes the ``T`` the head was chosen with, which a
+    resumed run with another target no longer has). Both aggregations: distributed DP's worst-case events are
     planned (and a ledger reserves them) for a payload of ``n_head`` rows before the count, so
     there the payload keeps ``n_head`` rows (:attr:`~FederatedMFServer.payload_rows`) and the
     devices send zeros past the learnable head (:func:`~privrec.federated.client.pack_payload`).
@@ -65,8 +69,33 @@ def learnable_head_size(self: FederatedMFServer, items: np.ndarray, n_head: int)
     c = self.config
     if c.head_snr is None or self.noise_multiplier <= 0:
         return n_head
-    tau = federated_head_threshold(c.head_snr, self.noise_multiplier, self.q, c.rounds)
+    t = c.rounds if rounds is None else int(rounds)
+    tau = federated_head_threshold(c.head_snr, self.noise_multiplier, self.q, t)
     return federated_head_size(items, tau, n_head, HEAD_MINIMUM)
+
+
+def ruled_head(
+    self: FederatedMFServer, items: np.ndarray | None, rounds: int | None = None
+) -> tuple[np.ndarray, int]:
+    """``(head items, payload rows)`` the model's rule gives for the noisy item counts ``items``.
+
+    The one rule both the counting round's release and a checkpoint's check apply: the whole
+    catalogue when ``head_items`` is unset or covers it (chosen before the count, ``items`` is
+    not read); else the largest noisy counts, sorted by id — ``head_items`` of them, or fewer
+    under the learnable-head rule (:func:`learnable_head_size`, with ``T = rounds``). The
+    payload carries the head's rows, except under distributed DP, which keeps the planned
+    ``head_items`` rows (zeros past the learnable head). Post-processing of the released
+    counts and public settings.
+    """
+    c = self.config
+    if c.head_items is None or c.head_items >= self.n_items:
+        return np.arange(self.n_items, dtype=np.int64), self.n_items
+    if items is None:
+        raise DataError("the head rule needs the noisy item counts", field="noisy_counts")
+    planned = int(c.head_items)
+    n_head = learnable_head_size(self, items, planned, rounds)
+    head = np.sort(np.argsort(-items, kind="stable")[:n_head]).astype(np.int64)
+    return head, planned if c.aggregation == "distributed" else head.size
 
 
 def release_counts(
@@ -101,14 +130,7 @@ def release_counts(
         raise DataError("noisy counts contain NaN or infinite values", field="noisy_counts")
     c = c * self.count_scale
     items = c[: self.n_items]
-    n_head = min(
-        self.n_items if self.config.head_items is None else self.config.head_items, self.n_items
-    )
-    planned = n_head
-    if self.head_items is None:
-        n_head = learnable_head_size(self, items, n_head)
-    head = np.sort(np.argsort(-items, kind="stable")[:n_head]) if self.head_items is None else None
-    rows = planned if self.config.aggregation == "distributed" else None
+    chosen = ruled_head(self, items) if self.head_items is None else None
     z = self.head_noise_multiplier
     if self.config.aggregation == "distributed" and z > 0:
         if survivors is None or survivors < 1:
@@ -129,7 +151,8 @@ def release_counts(
     self._spend(HEAD_LABEL, event)
     self.noisy_counts = items
     self.noisy_lengths = c[self.n_items :]
-    if head is not None:
-        self._set_head(head, payload_rows=rows)
+    if chosen is not None:
+        self._set_head(chosen[0], payload_rows=chosen[1])
+        self.head_rounds = self.config.rounds
     assert self.head_items is not None
     return self.head_items

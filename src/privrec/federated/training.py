@@ -18,11 +18,9 @@ checkpointed atomically, so training resumes from the last good round.
 from __future__ import annotations
 
 import json
-import math
-import re
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +30,6 @@ import scipy.sparse as sp
 
 from privrec.errors import ConfigError, DataError, InvalidInputError, PrivacyWarning, ProtocolAbort
 from privrec.evaluation.metrics import per_user_metrics
-from privrec.evaluation.protocol import approx_count, round_count
 from privrec.federated.mf import (
     FederatedMFConfig,
     FederatedMFServer,
@@ -41,6 +38,7 @@ from privrec.federated.mf import (
 )
 from privrec.federated.mf import client_updates as _client_updates
 from privrec.federated.secure_round import secure_sum
+from privrec.federated.sim_reports import checkpoint_round, json_default, public_round
 from privrec.models.ranking import mask_seen, top_k
 from privrec.privacy.distributed import DistributedDPEncoder
 from privrec.privacy.randomness import secure_generator, seeded_generator
@@ -140,35 +138,6 @@ class RoundReport:
     secure: str
     aborted: str | None = None
     extra: dict[str, float] = field(default_factory=dict)
-
-
-_COUNTS = ("sampled", "survivors", "stragglers", "rejected")
-_INTEGER = re.compile(r"(?<![\w.])\d+(?![\w.])")
-
-
-def public_round(report: RoundReport | Mapping[str, Any]) -> dict[str, Any]:
-    """A round report fit to leave the simulator (``--json``, printed tables, logs).
-
-    No guarantee covers the sizes of a round: the Poisson-sampled cohort, its survivors,
-    stragglers and rejected devices are exact counts of people, and the bytes uploaded are a
-    count of survivors times a payload. They are rounded as evaluation outputs are
-    (:func:`~privrec.evaluation.protocol.approx_count`: ``"≈ 940"``; bytes and the unclipped
-    fraction to two significant figures), and so are the numbers in an abort reason. The
-    exact values stay in :attr:`FederatedSimulation.reports` (in-process and checkpoints, on
-    the server's side).
-    """
-    d = asdict(report) if isinstance(report, RoundReport) else dict(report)
-    for key in _COUNTS:
-        d[key] = approx_count(int(d[key]))
-    d["dropped"] = {p: approx_count(int(n)) for p, n in dict(d.get("dropped") or {}).items()}
-    for key in ("bytes_up", "bytes_down"):
-        d[key] = round_count(int(d[key]))
-    frac = d.get("unclipped_fraction")
-    if isinstance(frac, float) and not math.isnan(frac):
-        d["unclipped_fraction"] = round(frac, 2)
-    if d.get("aborted"):
-        d["aborted"] = _INTEGER.sub(lambda m: approx_count(int(m[0])), str(d["aborted"]))
-    return d
 
 
 def validation_recall(
@@ -666,12 +635,17 @@ class FederatedSimulation:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Server state (npz + JSON) and the round log; written atomically after each round."""
+        """Server state (npz + JSON) and the round log; written atomically after each round.
+
+        ``simulation.json`` keeps the run's own settings and the public part of the round log
+        (:func:`~privrec.federated.sim_reports.checkpoint_round`): no cohort, survivor or
+        drop counts, which no guarantee covers and resuming does not need.
+        """
         assert self.checkpoint_dir is not None
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.server.save(self.checkpoint_dir / _CHECKPOINT)
         state = {
-            "reports": self.reports,
+            "reports": [checkpoint_round(r) for r in self.reports],
             "aborts": self.aborts,
             "round": self.server.round,
             # the run's own settings: a resumed run continues with exactly these
@@ -680,7 +654,7 @@ class FederatedSimulation:
             "eval_every": self.eval_every,
         }
         tmp = self.checkpoint_dir / (_SIM_STATE + ".tmp")
-        tmp.write_text(json.dumps(state, default=_json_default))
+        tmp.write_text(json.dumps(state, default=json_default))
         tmp.replace(self.checkpoint_dir / _SIM_STATE)
         return path
 
@@ -703,12 +677,15 @@ class FederatedSimulation:
         :class:`ConfigError` naming both), so a full SecAgg+ run never silently resumes on the
         fast path. ``rounds`` changes the target: fewer than the configured rounds stops
         early; more extends a run with a fixed noise multiplier, and is refused for an
-        ε-calibrated run (its noise was sized for the configured rounds).
+        ε-calibrated run (its noise was sized for the configured rounds). A run started with
+        a public head must pass it again as ``head_items``: the checkpoint's head is checked
+        against it (or, for a head chosen from the noisy counts, against the head rule;
+        :func:`~privrec.federated.server_checkpoint.from_state`).
         """
         d = Path(checkpoint_dir)
         if not (d / _CHECKPOINT).exists():
             raise DataError("no checkpoint to resume from", file=d / _CHECKPOINT)
-        server = FederatedMFServer.load(d / _CHECKPOINT)
+        server = FederatedMFServer.load(d / _CHECKPOINT, public_head=kwargs.get("head_items"))
         state_path = d / _SIM_STATE
         state: dict[str, Any] = {}
         if state_path.exists():
@@ -788,11 +765,3 @@ def _device_encoding(
     encoder, built with multiplier 1 for its grid; its noise must then not be added.
     """
     return enc.encode(rows, rng) if noisy else enc.wrap(enc.quantise(rows, rng))
-
-
-def _json_default(o: object) -> object:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return None if not math.isfinite(float(o)) else float(o)
-    raise TypeError(type(o).__name__)

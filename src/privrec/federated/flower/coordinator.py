@@ -21,7 +21,8 @@ One training round (``r``, attempt ``a``):
    so steady-state rounds take three Flower round trips instead of four.
 3. Decode the modular sum (:meth:`~privrec.privacy.distributed.DistributedDPEncoder.decode`),
    unpack values and clip-bit count, :meth:`~privrec.federated.mf.FederatedMFServer.apply`
-   (which charges the accountant for the **actual** survivors), checkpoint, log.
+   (which charges the accountant the round's planned worst case, the fewest honest survivors
+   a completed round may have, whatever the actual survivors), checkpoint, log.
 
 A :class:`~privrec.errors.ProtocolAbort` (too few survivors, a neighbourhood below the
 threshold, a bad share) releases nothing: it is recorded with no privacy spend and the round

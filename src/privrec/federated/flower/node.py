@@ -39,7 +39,8 @@ adding its share of the noise sized for the round's ``min_survivors``. Sensitivi
 payload ``[a·Δ, β·(b − ½)]`` has L2 norm ≤ 1 (:func:`~privrec.federated.mf.pack_payload`),
 ``Δ2`` on the integer grid after conditional rounding. Privacy unit: one user (the whole
 history). Neighbouring relation: add/remove one user's history. Accounting: the server
-charges ``PoissonSampled(q, plan.dp_event(survivors))`` per round to the RDP accountant
+charges ``PoissonSampled(q, plan.dp_event(noise shares))`` per completed round to the RDP
+accountant — the worst case a completed round can have, whatever its survivors
 (:meth:`~privrec.federated.mf.FederatedMFServer.apply`). The server cannot switch a node's
 protection off: a round without noise is refused, and a seed in the FederatedMF config is
 ignored (fresh ChaCha20 randomness from the OS is used), unless the node's **own**
@@ -55,6 +56,12 @@ honest-but-curious server: the server cannot downgrade it.
 
 A user whose state machine rejects a message (tampered, replayed, out of order, a refused
 unmask request) is skipped — it drops out of the round — and the node answers for the others.
+
+A round whose public settings no honest server sends is refused as a whole
+(:func:`check_round_spec`, the first thing ``masked_input`` does): non-finite or non-positive
+noise, clip and scale settings, payload settings that promise a norm above 1, noise shares the
+secure sum does not require, or a dimension larger than the node can derive itself — before
+any update is computed and before anything is allocated to the message's sizes.
 """
 
 from __future__ import annotations
@@ -91,8 +98,12 @@ from privrec.secure.secagg import RoundConfig, SecAggClient
 if TYPE_CHECKING:  # scipy is imported with the data (load_node_data): every message starts a
     import scipy.sparse as sp  # fresh ClientApp process, and most phases never read the data
 
+    from privrec.federated.mf import FederatedMFConfig, RoundSpec
+    from privrec.privacy.distributed import DistributedDPConfig
+
 __all__ = [
     "NodeData",
+    "check_round_spec",
     "handle",
     "load_node_data",
     "model_record",
@@ -364,6 +375,121 @@ def _user_rng(seed: int | None, round_: int, attempt: int, user: int) -> np.rand
     return seeded_generator(int.from_bytes(digest[:8], "little"), warn=False)
 
 
+def _finite(value: float, name: str, *, positive: bool = True) -> None:
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise MessageRejected(
+            f"round setting {name} must be finite and {'> 0' if positive else '>= 0'}, "
+            f"found {value!r}"
+        )
+
+
+def check_ddp(ddp: DistributedDPConfig, config: RoundConfig) -> None:
+    """The distributed-DP settings any round must have, checked before the encoder exists.
+
+    The noise multiplier (never a budget object), clip, granularity and probabilities must be
+    finite and in range; the encoding's length must be the SecAgg round's (``dim`` padded to a
+    power of two); and the noise shares each user's noise is sized for (``min_survivors``) may
+    not exceed the survivors the secure sum itself requires — a server claiming more shares
+    would have each device add less noise than the sum that can actually complete needs.
+    """
+    from privrec.privacy.hadamard import next_power_of_two
+
+    if ddp.budget is not None or ddp.noise_multiplier is None:
+        raise MessageRejected("the round's distributed-DP settings must give a noise multiplier")
+    _finite(float(ddp.noise_multiplier), "ddp.noise_multiplier")
+    _finite(float(ddp.clip), "ddp.clip")
+    if ddp.gamma is not None:
+        _finite(float(ddp.gamma), "ddp.gamma")
+    for name in ("modclip_prob", "beta"):
+        value = float(getattr(ddp, name))
+        if not 0.0 < value < 1.0:
+            raise MessageRejected(f"round setting ddp.{name} must be in (0, 1), found {value!r}")
+    if ddp.bits is not None and not 2 <= ddp.bits <= 64:
+        raise MessageRejected(f"round setting ddp.bits must be in [2, 64], found {ddp.bits}")
+    if not 1 <= ddp.min_survivors <= config.min_survivors:
+        raise MessageRejected(
+            f"the noise is sized for {ddp.min_survivors} noise shares, but the secure sum "
+            f"requires only {config.min_survivors} survivors: refusing a round whose noise "
+            "the completed sum may not carry"
+        )
+    if ddp.max_clients is not None and ddp.max_clients < ddp.min_survivors:
+        raise MessageRejected("round setting ddp.max_clients is below ddp.min_survivors")
+    if next_power_of_two(ddp.dim) != config.dim:
+        raise MessageRejected(
+            f"distributed-DP dimension {ddp.dim} does not fit the SecAgg round's {config.dim} "
+            "words (the next power of two)"
+        )
+
+
+def check_round_spec(
+    task: ConfigRecord, config: RoundConfig, kind: str, n_items: int
+) -> tuple[DistributedDPConfig, FederatedMFConfig, RoundSpec | None]:
+    """A FederatedMF node's check of a round's public settings, before any use.
+
+    Called first by ``masked_input`` for the FederatedMF round kinds (``"count"``,
+    ``"train"``): nothing has been computed or allocated to the message's sizes yet. Checks
+    :func:`check_ddp`, then bounds the dimension by what the node derives itself — the
+    counting round's length from its own catalogue (:func:`~privrec.federated.client.count_dim`),
+    a training payload at most ``min(head_items, n_items)·factors + 1`` (the planned head's
+    rows, ``factors`` ≤ 512 by the config's validation; the ``payload-dim`` the task states
+    must be that ``ddp.dim``) — and, for training, that the clip norm and value scale are
+    finite and > 0, the bit scale finite and ≥ 0 (> 0 with adaptive clipping), and that the
+    payload ``[a·Δ, β(b − ½)]`` they define has norm ≤ 1 (``(a·C)² + (β/2)² ≤ 1``), as the
+    sensitivity bound the noise is sized for assumes.
+
+    Returns ``(ddp, mf_config, spec)`` (``spec`` a :class:`~privrec.federated.mf.RoundSpec`
+    for training rounds, else ``None``).
+
+    Raises
+    ------
+    MessageRejected
+        Any setting no honest server sends; the node's users take no part in the round.
+    ConfigError
+        A config that does not validate at all.
+    """
+    from privrec.federated.client import count_dim
+    from privrec.federated.mf import FederatedMFConfig, RoundSpec
+
+    ddp = ddp_from_json(get_str(task, "ddp"))
+    mf_config = FederatedMFConfig.model_validate_json(get_str(task, "mf-config"))
+    check_ddp(ddp, config)
+    if kind == "count":
+        if ddp.dim != count_dim(n_items):
+            raise MessageRejected(
+                f"counting-round dimension {ddp.dim} is not this catalogue's {count_dim(n_items)}"
+            )
+        return ddp, mf_config, None
+    if kind != "train":
+        raise ConfigError(f"unknown round kind {kind!r}")
+    k = int(mf_config.factors)
+    rows = n_items if mf_config.head_items is None else min(int(mf_config.head_items), n_items)
+    dim = get_int(task, "payload-dim")
+    if dim != ddp.dim or dim > rows * k + 1 or (dim - 1) % k or dim <= 1:
+        raise MessageRejected(
+            f"payload dimension {dim} (distributed-DP {ddp.dim}) is not whole rows of {k} "
+            f"factors within the planned head's {rows} rows"
+        )
+    spec = RoundSpec(
+        round=get_int(task, "round"),
+        clip_norm=get_float(task, "clip-norm"),
+        value_scale=get_float(task, "value-scale"),
+        bit_scale=get_float(task, "bit-scale"),
+        dim=dim,
+        aggregation="distributed",
+        ddp=ddp,
+    )
+    _finite(spec.clip_norm, "clip-norm")
+    _finite(spec.value_scale, "value-scale")
+    _finite(spec.bit_scale, "bit-scale", positive=mf_config.adaptive_clipping)
+    norm_sq = (spec.value_scale * spec.clip_norm) ** 2 + (spec.bit_scale / 2.0) ** 2
+    if norm_sq > 1.0 + 1e-9:
+        raise MessageRejected(
+            f"the round's scales allow payload norm {math.sqrt(norm_sq):.6g} > 1, above the "
+            "sensitivity the noise is sized for"
+        )
+    return ddp, mf_config, spec
+
+
 def _masked_input(content: RecordDict, context: Context) -> RecordDict:
     from privrec.privacy.distributed import DistributedDPEncoder
 
@@ -371,13 +497,14 @@ def _masked_input(content: RecordDict, context: Context) -> RecordDict:
     _, meta = round_from_record(context.state.config_records[_STATE_ROUND])
     deliveries, _ = decode_messages(content.config_records.get("msgs"), ShareDelivery)
     task = _config(content, "task")
-    ddp = ddp_from_json(get_str(task, "ddp"))
-    encoder = DistributedDPEncoder(ddp)
-    if encoder.encoded_dim != config.dim or encoder.bits != config.bits:
-        raise ConfigError(
-            f"distributed-DP encoding ({encoder.encoded_dim} words of {encoder.bits} bits) does "
-            f"not match the SecAgg round ({config.dim} words of {config.bits} bits)"
-        )
+    kind = meta["kind"]
+    data = load_node_data(node_settings(context))
+    if kind == "dpals":
+        ddp = ddp_from_json(get_str(task, "ddp"))
+        check_ddp(ddp, config)
+        spec = None
+    else:  # every FederatedMF setting checked before anything is computed or allocated
+        ddp, mf_config, spec = check_round_spec(task, config, kind, data.n_items)
     add_noise = bool(task.get("noise", True))
     test_mode = _test_mode(context)
     if not add_noise:
@@ -391,15 +518,23 @@ def _masked_input(content: RecordDict, context: Context) -> RecordDict:
             PrivacyWarning,
             stacklevel=2,
         )
-    kind = meta["kind"]
-    data = load_node_data(node_settings(context))
     users = [d.receiver for d in deliveries if d.receiver in clients]
     if kind == "dpals":
         from privrec.federated.flower.dpals import dpals_payloads
 
         payloads, rng_of = dpals_payloads(content, task, data, users, context, test_mode)
+        if any(p.shape != (ddp.dim,) for p in payloads.values()):
+            raise MessageRejected("the round's distributed-DP dimension is not the payload's")
     else:
-        payloads, rng_of = _mf_payloads(content, task, data, users, meta, test_mode)
+        payloads, rng_of = _mf_payloads(
+            content, data, users, meta, test_mode, mf_config=mf_config, spec=spec
+        )
+    encoder = DistributedDPEncoder(ddp)
+    if encoder.encoded_dim != config.dim or encoder.bits != config.bits:
+        raise ConfigError(
+            f"distributed-DP encoding ({encoder.encoded_dim} words of {encoder.bits} bits) does "
+            f"not match the SecAgg round ({config.dim} words of {config.bits} bits)"
+        )
     out = []
     for d in deliveries:
         client = clients.get(d.receiver)
@@ -431,39 +566,31 @@ def warn_seeded(seed: int | None) -> None:
 
 def _mf_payloads(
     content: RecordDict,
-    task: ConfigRecord,
     data: NodeData,
     users: list[int],
     meta: dict[str, Any],
     test_mode: bool,
+    *,
+    mf_config: FederatedMFConfig,
+    spec: RoundSpec | None,
 ) -> tuple[dict[int, np.ndarray], Callable[[int], np.random.Generator]]:
-    """FederatedMF: each user's packed, clipped update (or count vector) and its noise source."""
-    from privrec.federated.client import check_round_model
-    from privrec.federated.mf import (
-        FederatedMFConfig,
-        RoundSpec,
-        client_count_vector,
-        client_update,
-        pack_payload,
-    )
+    """FederatedMF: each user's packed, clipped update (or count vector) and its noise source.
 
-    mf_config = FederatedMFConfig.model_validate_json(get_str(task, "mf-config"))
+    ``mf_config`` and ``spec`` (``None`` for the counting round) are what
+    :func:`check_round_spec` returned: the round's settings are checked before this runs.
+    """
+    from privrec.federated.client import check_round_model
+    from privrec.federated.mf import client_count_vector, client_update, pack_payload
+
     seed = mf_config.seed if test_mode else None
     warn_seeded(seed)
     kind = meta["kind"]
     if kind == "train":
         model = content.array_records.get("model")
+        if spec is None:
+            raise MessageRejected("a training round needs its round settings")
         if model is None or "item_factors" not in model or "head_items" not in model:
             raise MessageRejected("masked-input message carries no item factors / head items")
-        spec = RoundSpec(
-            round=get_int(task, "round"),
-            clip_norm=get_float(task, "clip-norm"),
-            value_scale=get_float(task, "value-scale"),
-            bit_scale=get_float(task, "bit-scale"),
-            dim=get_int(task, "payload-dim"),
-            aggregation="distributed",
-            ddp=ddp_from_json(get_str(task, "ddp")),
-        )
         # the learnable head, its factors and the payload's (planned) rows must agree before use
         item_factors, head = check_round_model(
             model["item_factors"].numpy(),
@@ -479,12 +606,14 @@ def _mf_payloads(
                 expected=None if spec.ddp is None else str(spec.ddp.dim),
                 found=spec.dim,
             )
-    elif kind != "count":
+    elif kind == "count":
+        spec = None
+    else:
         raise ConfigError(f"unknown round kind {kind!r}")
     payloads = {}
     for user in users:
         items = data.items_of(user)
-        if kind == "train":
+        if spec is not None:  # a training round
             pos = np.searchsorted(head, items)
             pos = np.minimum(pos, head.size - 1)
             update = client_update(item_factors, pos[head[pos] == items], mf_config, spec.clip_norm)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from privrec.errors import CheckpointMismatchError, DataError, PrivacyWarning
 from privrec.federated.accounting import fast_epsilon
 from privrec.federated.config import FederatedMFConfig
 from privrec.federated.server_counting import HEAD_LABEL, ruled_head
+from privrec.federated.sim_reports import without_numbers
 from privrec.privacy.events import SpentEvent, total_event
 
 if TYPE_CHECKING:
@@ -43,7 +43,6 @@ __all__ = ["charged_events", "from_state", "load", "public_history", "save", "st
 #: Round-log keys that are exact counts of people (the secure sum's survivors): kept in memory
 #: for the operator of the run, never written to a checkpoint.
 _COUNT_KEYS = ("survivors", "honest_survivors", "sampled")
-_INTEGER = re.compile(r"(?<![\w.])\d+(?![\w.])")
 
 
 def public_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -58,7 +57,7 @@ def public_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for entry in history:
         e = {k: v for k, v in entry.items() if k not in _COUNT_KEYS}
         if isinstance(e.get("reason"), str):
-            e["reason"] = _INTEGER.sub("N", e["reason"])
+            e["reason"] = without_numbers(e["reason"])
         out.append(e)
     return out
 

@@ -19,10 +19,17 @@ from typing import Any
 
 from privrec.evaluation.protocol import approx_count, round_count
 
-__all__ = ["CHECKPOINT_KEYS", "checkpoint_round", "json_default", "public_round"]
+__all__ = ["CHECKPOINT_KEYS", "checkpoint_round", "json_default", "public_round", "without_numbers"]
 
 _COUNTS = ("sampled", "survivors", "stragglers", "rejected")
 _INTEGER = re.compile(r"(?<![\w.])\d+(?![\w.])")
+
+
+def without_numbers(text: str) -> str:
+    """``text`` (an abort reason) with each whole number as ``N``: its words stay, the counts
+    of people it may quote ("only 23 masked inputs") do not — what checkpoints keep."""
+    return _INTEGER.sub("N", text)
+
 
 #: What a checkpoint keeps of each round report: the round and attempt, the clip norm (set by
 #: noised clip-bit counts, released), ε so far (from the public events), the validation
@@ -75,7 +82,7 @@ def checkpoint_round(report: Mapping[str, Any] | Any) -> dict[str, Any]:
     d = _as_dict(report)
     out = {k: d[k] for k in CHECKPOINT_KEYS if k in d}
     if out.get("aborted"):
-        out["aborted"] = _INTEGER.sub("N", str(out["aborted"]))
+        out["aborted"] = without_numbers(str(out["aborted"]))
     return out
 
 

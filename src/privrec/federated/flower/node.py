@@ -606,9 +606,7 @@ def _mf_payloads(
                 expected=None if spec.ddp is None else str(spec.ddp.dim),
                 found=spec.dim,
             )
-    elif kind == "count":
-        spec = None
-    else:
+    elif kind != "count":
         raise ConfigError(f"unknown round kind {kind!r}")
     payloads = {}
     for user in users:

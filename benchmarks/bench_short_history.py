@@ -37,7 +37,8 @@ Results: ``benchmarks/results/short_history.{json,md}`` (``short_history-quick``
 ``privacy_utility.py`` does for movietweetings; ml-100k, ml-1m-implicit-r3 and gowalla-lightgcn:
 ``privacy_utility.py``'s selection splits), DPPopularity against DPEASE with and without its
 low-signal popularity fallback (``popularity_fallback``), DPALS and FederatedMF with and without
-its learnable head (``head_snr``), at ε ∈ {1, 5}; ``--models`` re-runs a subset and keeps the
+its learnable head (``head_snr``) and with uniform instead of per-length count weights
+(``count_weighting``), at ε ∈ {1, 5}; ``--models`` re-runs a subset and keeps the
 other models' rows. Results:
 ``benchmarks/results/short_history-validation.{json,md}``.
 """
@@ -94,6 +95,7 @@ VALIDATION_MODELS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("dpease", "dpease", {}),
     ("dpals", "dpals", {}),
     ("federatedmf (no head rule)", "federatedmf", {"head_snr": None}),
+    ("federatedmf (uniform counts)", "federatedmf", {"count_weighting": "uniform"}),
     ("federatedmf", "federatedmf", {}),
 )
 
@@ -192,7 +194,9 @@ def validation_markdown(result: dict[str, Any]) -> str:
         "of DPEASE's head whose noisy count clears its SNR threshold, β its resolved blend. "
         f"`federatedmf (no head rule)` is FederatedMF (aggregation "
         f"`{result.get('aggregation', 'central')}`) with `head_snr=None` "
-        "(the model before the learnable-head rule); head: trained items (last seed).",
+        "(the model before the learnable-head rule), `federatedmf (uniform counts)` with "
+        '`count_weighting="uniform"` (the counting round before the per-length item weights); '
+        "head: trained items (last seed).",
         "",
         "| data set | ε | model | Recall@20 | vs DPPopularity | ρ | β | head |",
         "|---|---:|---|---:|---:|---:|---:|---:|",

@@ -22,7 +22,7 @@ from privrec.federated import (
     client_updates,
     pack_payload,
 )
-from privrec.federated.client import count_dim
+from privrec.federated.client import count_dim, count_item_weights
 from privrec.federated.mf import _user_vector
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
@@ -126,7 +126,7 @@ def test_batch_updates_equal_single_device_updates() -> None:
 
 
 def test_count_vector_is_bounded_indicators_and_a_length_bin() -> None:
-    v = client_count_vector(np.array([3, 1, 3, 7]), 10, bound=3)
+    v = client_count_vector(np.array([3, 1, 3, 7]), 10, bound=3, weighting="uniform")
     assert v.shape == (count_dim(10),)
     # three distinct items within B = 3: all counted with weight 1, plus the length bin of 3
     assert np.linalg.norm(v) * np.sqrt(3 + 1) == pytest.approx(2.0)
@@ -138,6 +138,28 @@ def test_count_vector_is_bounded_indicators_and_a_length_bin() -> None:
     assert not client_count_vector(np.array([], dtype=np.int64), 4, bound=2).any()
     with pytest.raises(DataError):
         client_count_vector(np.array([10]), 10, bound=2)
+
+
+def test_count_vector_gives_short_histories_the_whole_norm() -> None:
+    """``count_weighting="length"``: every count vector has norm 1; ≥ B items: as before."""
+    w = count_item_weights(np.array([0, 1, 3, 10, 40]), bound=10)
+    np.testing.assert_allclose(
+        w, [0, np.sqrt(10 / 11), np.sqrt(10 / 33), 1 / np.sqrt(11), 1 / np.sqrt(11)]
+    )
+    one = client_count_vector(np.array([4]), 100, bound=10)
+    assert one[4] == pytest.approx(np.sqrt(10 / 11)) and np.linalg.norm(one) == pytest.approx(1.0)
+    assert one[100 + 0] == pytest.approx(1 / np.sqrt(11))  # the length bin keeps 1/√(B + 1)
+    three = client_count_vector(np.array([5, 7, 9]), 100, bound=10)
+    assert np.linalg.norm(three) == pytest.approx(1.0)
+    # at least B items: the same vector as the uniform rule (the earlier mechanism)
+    rng = np.random.default_rng
+    long = client_count_vector(np.arange(30), 100, bound=10, rng=rng(0))
+    same = client_count_vector(np.arange(30), 100, bound=10, rng=rng(0), weighting="uniform")
+    np.testing.assert_array_equal(long, same)
+    flat = client_count_vector(np.array([4]), 100, bound=10, weighting="uniform")
+    assert flat[4] == pytest.approx(1 / np.sqrt(11)) and np.linalg.norm(flat) < 1
+    with pytest.raises(ConfigError):
+        count_item_weights(np.array([3]), bound=10, weighting="squared")  # type: ignore[arg-type]
 
 
 def test_client_rejects_bad_inputs() -> None:

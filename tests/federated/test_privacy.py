@@ -16,7 +16,9 @@ from privrec.errors import ConfigError, DataError
 from privrec.federated import FederatedMFConfig, FederatedMFServer, split_noise
 from privrec.federated.accounting import count_epsilon_fraction, fast_epsilon
 from privrec.federated.client import client_count_vector, client_count_vectors
+from privrec.federated.config import CountWeighting
 from privrec.privacy.accounting import AccountantKind, epsilon_of
+from privrec.privacy.bounds import length_histogram
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
 
@@ -265,22 +267,25 @@ def test_cohort_rate_does_not_reveal_the_population() -> None:
     bound=st.integers(1, 12),
     removed=st.integers(0, 11),
     seed=st.integers(0, 2**16),
+    weighting=st.sampled_from(["length", "uniform"]),
 )
 def test_removing_one_user_moves_the_counts_by_at_most_sqrt_b(
-    lengths: list[int], bound: int, removed: int, seed: int
+    lengths: list[int], bound: int, removed: int, seed: int, weighting: CountWeighting
 ) -> None:
     """Sensitivity of the counting round (unit: user, add/remove one user's history).
 
     Each device's count vector is 0/1 indicators of ≤ B of its items plus a one-hot length
-    bin, scaled by 1/√(B + 1): removing one user moves the item counts by ≤ √B and the whole
-    released sum by ≤ √(B + 1) in L2 — by ≤ 1 after the scaling the noise is calibrated to.
+    bin of weight 1/√(B + 1), its m = min(n_u, B) indicators of weight √(B/((B + 1)m))
+    (``"uniform"``: 1/√(B + 1)): removing one user moves the vector sum by ≤ 1 in L2 — the
+    sensitivity the noise is calibrated to — the released item counts (× √(B + 1)) by ≤ √B
+    and the released histogram by 1.
     """
     n_items = 40
     gen = np.random.default_rng(seed)
     histories = [gen.choice(n_items, size=n, replace=False) for n in lengths]
     # each device samples with its own randomness, whoever else takes part
     vecs = [
-        client_count_vector(h, n_items, bound, np.random.default_rng([seed, u]))
+        client_count_vector(h, n_items, bound, np.random.default_rng([seed, u]), weighting)
         for u, h in enumerate(histories)
     ]
     scale = math.sqrt(bound + 1.0)
@@ -297,12 +302,40 @@ def test_removing_one_user_moves_the_counts_by_at_most_sqrt_b(
          np.concatenate([[0], np.cumsum(lengths)])),
         shape=(len(histories), n_items),
     )  # fmt: skip
-    batch = client_count_vectors(rows, bound, np.random.default_rng(seed)).toarray()
+    batch = client_count_vectors(rows, bound, np.random.default_rng(seed), weighting).toarray()
     assert np.all(np.linalg.norm(batch, axis=1) <= 1.0 + 1e-12)
     np.testing.assert_array_equal(
         np.count_nonzero(batch[:, :n_items], axis=1), np.minimum(lengths, bound)
     )
     np.testing.assert_allclose(batch[:, n_items:], np.asarray(vecs)[:, n_items:])
+    np.testing.assert_allclose(
+        batch[:, :n_items].sum(axis=1), np.asarray(vecs)[:, :n_items].sum(axis=1)
+    )
+    np.testing.assert_allclose(
+        full[n_items:], length_histogram(np.asarray(lengths), max_length=n_items)
+    )
+    if weighting == "length":  # every non-empty history uses the whole norm
+        np.testing.assert_allclose(np.linalg.norm(batch, axis=1), np.asarray(lengths) > 0)
+
+
+def test_server_releases_weighted_counts_and_the_length_histogram() -> None:
+    """Central, noise-free sum of real device vectors through ``select_head``."""
+    cfg = FederatedMFConfig.create(
+        factors=2, noise_multiplier=1.0, clients_per_round=4, head_items=None,
+        aggregation="central", clip_count_stddev=20.0,
+    )  # fmt: skip
+    srv = FederatedMFServer(cfg, n_items=20, population=4)
+    histories = [np.array([0]), np.array([0, 1, 2]), np.arange(15), np.arange(2, 14)]
+    total = np.sum([client_count_vector(h, 20, 10, np.random.default_rng(u)) for u, h in
+                    enumerate(histories)], axis=0)  # fmt: skip
+    srv.select_head(total)
+    assert srv.noisy_counts is not None and srv.noisy_lengths is not None
+    np.testing.assert_allclose(
+        srv.noisy_lengths, length_histogram(np.array([1, 3, 15, 12]), max_length=20)
+    )
+    # a one-item user counts √10, a three-item user √(10/3), the long ones 1 per sampled item
+    assert srv.noisy_counts.sum() == pytest.approx(math.sqrt(10) + 3 * math.sqrt(10 / 3) + 20)
+    assert srv.noisy_counts[0] >= math.sqrt(10) + math.sqrt(10 / 3)
 
 
 def test_counting_round_default_share_and_epsilon_are_pinned() -> None:

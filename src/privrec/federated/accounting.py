@@ -28,10 +28,10 @@ __all__ = [
 def head_count_event(noise_multiplier: float) -> dp_accounting.DpEvent:
     """Accounting event of the counting round's sum, before sampling.
 
-    Each device sends its count vector scaled to L2 norm ≤ 1
+    Each device sends a count vector of L2 norm ≤ 1
     (:func:`~privrec.federated.client.client_count_vector`), so the sum has sensitivity 1 and
-    noise of multiplier ``z`` is one ``GaussianDpEvent(z)`` (the counts themselves carry noise
-    ``z·√(B + 1)``).
+    noise of multiplier ``z`` is one ``GaussianDpEvent(z)`` (the counts, rescaled by √(B + 1),
+    carry noise ``z·√(B + 1)``).
     """
     if noise_multiplier == 0:
         return dp_accounting.NonPrivateDpEvent()

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from privrec.errors import ConfigError, DataError
-from privrec.federated.config import Aggregation, FederatedMFConfig
+from privrec.federated.config import Aggregation, CountWeighting, FederatedMFConfig
 from privrec.privacy.bounds import LENGTH_EDGES, length_histogram
 from privrec.privacy.distributed import DistributedDPConfig
 
@@ -26,6 +26,7 @@ __all__ = [
     "client_update",
     "client_updates",
     "count_dim",
+    "count_item_weights",
     "pack_payload",
     "split_noise",
     "user_vectors",
@@ -189,38 +190,73 @@ def count_dim(n_items: int) -> int:
     return int(n_items) + len(length_histogram(np.ones(1, np.int64), max_length=int(n_items)))
 
 
-def client_count_vector(
-    items: np.ndarray, n_items: int, bound: int, rng: np.random.Generator | None = None
+def count_item_weights(
+    lengths: np.ndarray, bound: int, weighting: CountWeighting = "length"
 ) -> np.ndarray:
-    """A device's contribution to the counting round: ``[indicators, length bin] / √(B + 1)``.
+    """Weight of each counted item in a counting-round vector, per user (by history length).
+
+    A user's vector holds ``m = min(n_u, B)`` item indicators of weight ``w`` and a length-bin
+    one-hot of weight ``1/√(B + 1)``. ``"uniform"``: ``w = 1/√(B + 1)`` for everyone (norm
+    ``√(m + 1)/√(B + 1) ≤ 1``). ``"length"`` (default): ``w = √(B / ((B + 1)·m))``, so that
+    ``m·w² + 1/(B + 1) = 1`` — every user, not only those with at least B items, sends a vector
+    of norm exactly 1; users with ``n_u ≥ B`` get the same weight as under ``"uniform"``. Why:
+    with one weight sized for B items, a user with three items used only √(4/11) of the norm
+    they may contribute; here the noise (sized for norm 1) is the same, and a short history is
+    counted with √(B/m) times the signal — on short-history data, most users' items. Users
+    with no items get 0. Public: a function of B and the device's own length only.
+    """
+    if bound < 1:
+        raise ConfigError(f"count bound must be >= 1, found {bound}")
+    n = np.minimum(np.asarray(lengths, dtype=np.float64), float(bound))
+    if weighting == "uniform":
+        return np.where(n > 0, 1.0 / math.sqrt(bound + 1.0), 0.0)
+    if weighting != "length":
+        raise ConfigError(f"count weighting must be 'length' or 'uniform', found {weighting!r}")
+    out: np.ndarray = np.sqrt(bound / ((bound + 1.0) * np.maximum(n, 1.0)))
+    # n ≥ B: exactly the uniform weight (bit for bit, so long histories are counted as before)
+    return np.where(n >= bound, 1.0 / math.sqrt(bound + 1.0), np.where(n > 0, out, 0.0))
+
+
+def client_count_vector(
+    items: np.ndarray,
+    n_items: int,
+    bound: int,
+    rng: np.random.Generator | None = None,
+    weighting: CountWeighting = "length",
+) -> np.ndarray:
+    """A device's contribution to the counting round: ``[w · indicators, length bin / √(B + 1)]``.
 
     Mechanism input (unit: one user; neighbouring relation: add/remove one user's history).
-    The first ``n_items`` entries are 0/1 indicators of at most ``bound`` = B of the user's
+    The first ``n_items`` entries are indicators of at most ``bound`` = B of the user's
     distinct items (a uniform sample drawn on the device with ``rng`` — default the CSPRNG —
-    when the history is longer), the rest a one-hot of the history's length bin
-    (:data:`~privrec.privacy.bounds.LENGTH_EDGES`). Unscaled, adding or removing one user moves
-    the counts by at most √B in L2 and the histogram by 1, so the whole vector by at most
-    √(B + 1); scaled by ``1/√(B + 1)`` the payload has norm ≤ 1 like every other FederatedMF
-    payload, and the summed, noised counts are rescaled by √(B + 1) on the server.
+    when the history is longer) of weight ``w`` (:func:`count_item_weights`), the rest a one-hot
+    of the history's length bin (:data:`~privrec.privacy.bounds.LENGTH_EDGES`) of weight
+    ``1/√(B + 1)``. The vector's L2 norm is at most 1 (exactly 1 under the default weighting),
+    so adding or removing one user moves the sum by at most 1, like every other FederatedMF
+    payload. The server multiplies the noised sum by √(B + 1): the histogram counts users, and
+    a counted item weighs ``√(B + 1)·w`` — 1 for a user with at least B items, ``√(B/m)`` for a
+    user with ``m < B`` under ``"length"``, 1 for everyone under ``"uniform"``.
     """
     from privrec.privacy.randomness import secure_generator
 
-    if bound < 1:
-        raise ConfigError(f"count bound must be >= 1, found {bound}")
     idx = _check_items(items, n_items)
+    w = float(count_item_weights(np.asarray([idx.size]), bound, weighting)[0])
     out = np.zeros(count_dim(n_items))
     if idx.size:
         out[n_items:] = length_histogram(np.asarray([idx.size]), max_length=int(n_items))
+        out[n_items:] /= math.sqrt(bound + 1.0)
         if idx.size > bound:
             gen = secure_generator() if rng is None else rng
             idx = gen.choice(idx, size=bound, replace=False)
-        out[idx] = 1.0
-    out /= math.sqrt(bound + 1.0)
+        out[idx] = w
     return out
 
 
 def client_count_vectors(
-    rows: sp.csr_matrix, bound: int, rng: np.random.Generator | None
+    rows: sp.csr_matrix,
+    bound: int,
+    rng: np.random.Generator | None,
+    weighting: CountWeighting = "length",
 ) -> sp.csr_matrix:
     """:func:`client_count_vector` of many devices at once (the simulator), as CSR rows.
 
@@ -229,12 +265,11 @@ def client_count_vectors(
     """
     from privrec.privacy.contribution import sample_per_user
 
-    if bound < 1:
-        raise ConfigError(f"count bound must be >= 1, found {bound}")
     m = sp.csr_matrix(rows, dtype=np.float64)
     m.sum_duplicates()
     n_items = m.shape[1]
     lengths = np.diff(m.indptr)
+    w = count_item_weights(lengths, bound, weighting)
     kept = sp.csr_matrix(sample_per_user(m, bound, rng), dtype=np.float64) if m.nnz else m
     bins = np.minimum(
         np.searchsorted(LENGTH_EDGES, np.maximum(lengths, 1), side="right") - 1,
@@ -242,11 +277,10 @@ def client_count_vectors(
     )
     present = np.flatnonzero(lengths > 0)
     hist = sp.csr_matrix(
-        (np.ones(present.size), (present, bins[present])),
+        (np.full(present.size, 1.0 / math.sqrt(bound + 1.0)), (present, bins[present])),
         shape=(m.shape[0], count_dim(n_items) - n_items),
     )
-    out = sp.csr_matrix(sp.hstack([kept, hist], format="csr") / math.sqrt(bound + 1.0))
-    return out
+    return sp.csr_matrix(sp.hstack([sp.diags(w) @ kept, hist], format="csr"))
 
 
 def split_noise(noise_multiplier: float, clip_count_stddev: float) -> float:

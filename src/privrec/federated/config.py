@@ -11,9 +11,18 @@ from privrec.models.base import ModelConfig
 from privrec.privacy.accounting import AccountantKind
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["DEFAULT_COHORT", "HEAD_MINIMUM", "HEAD_SNR", "Aggregation", "FederatedMFConfig"]
+__all__ = [
+    "DEFAULT_COHORT",
+    "HEAD_MINIMUM",
+    "HEAD_SNR",
+    "Aggregation",
+    "CountWeighting",
+    "FederatedMFConfig",
+]
 
 Aggregation = Literal["central", "distributed"]
+#: How the counting round weighs a device's items (:func:`~privrec.federated.client.count_item_weights`).
+CountWeighting = Literal["length", "uniform"]
 
 #: Expected cohort size when neither ``sampling_rate`` nor ``clients_per_round`` is given.
 DEFAULT_COHORT = 1000
@@ -64,10 +73,17 @@ class FederatedMFConfig(ModelConfig):
         train the learnable rows only and send zeros for the rest, which the server ignores.
     count_bound
         B: items of each user's history counted in the counting round (a uniform sample of
-        B items on the device when the history is longer). Each counted item weighs 1, so the
-        released counts estimate how many users hold each item (the popularity prior of the
-        ranking, and the head selection); L2 sensitivity √B for the counts (√(B + 1) with the
-        history-length histogram released in the same sum).
+        B items on the device when the history is longer). The released counts are the
+        popularity prior of the ranking and choose the head; L2 sensitivity √B for the counts
+        (√(B + 1) with the history-length histogram released in the same sum).
+    count_weighting
+        ``"length"`` (default): a device with ``m = min(n_u, B)`` counted items weighs each by
+        ``√(B / ((B + 1)·m))`` (:func:`~privrec.federated.client.count_item_weights`), so every
+        count vector has L2 norm 1 — a short history uses the whole norm the noise is sized for;
+        the released counts weigh an item of a user with ≥ B items 1 and of a shorter history
+        ``√(B/m)``, at the same noise and sensitivity 1. ``"uniform"``: every counted item
+        weighs 1 (the counts estimate how many users hold each item; short histories use only
+        part of their norm).
     head_epsilon_fraction
         Share of ε spent on the counting round when ``epsilon`` is given. ``None``: the rule
         :func:`~privrec.federated.accounting.count_epsilon_fraction` (more of ε for the counts
@@ -128,6 +144,7 @@ class FederatedMFConfig(ModelConfig):
     head_items: int | None = pydantic.Field(default=1000, ge=1)
     head_snr: float | None = pydantic.Field(default=HEAD_SNR, ge=0, allow_inf_nan=False)
     count_bound: int = pydantic.Field(default=10, ge=1, le=10_000)
+    count_weighting: CountWeighting = "length"
     head_epsilon_fraction: float | None = pydantic.Field(default=None, gt=0, lt=1)
     head_sampling_rate: float | None = pydantic.Field(default=None, gt=0, le=1)
     rounds: int = pydantic.Field(default=50, ge=1, le=100_000)

@@ -29,9 +29,11 @@ Privacy (shared by both variants)
     composed over the rounds with the PLD accountant (central) or, for distributed DP, the
     RDP-dominating event of the KLS21 bound for the fewest honest survivors a completed round
     can have (``noise_shares``), Poisson-sampled, with the RDP accountant. One counting round
-    always runs first (:func:`client_count_vector`): 0/1 indicators of at most B of the
-    user's items and a one-hot of their history-length bin, scaled by ``1/√(B + 1)`` — L2
-    sensitivity √B on the counts, √(B + 1) with the histogram, 1 after the scaling; one
+    always runs first (:func:`client_count_vector`): indicators of at most B = ``count_bound``
+    of the user's items, each of weight ``√(B/((B + 1)·m))`` for ``m = min(n_u, B)``
+    (``count_weighting="length"``; ``"uniform"``: ``1/√(B + 1)``), and a one-hot of their
+    history-length bin of weight ``1/√(B + 1)`` — L2 norm ≤ 1 (exactly 1 by default), so
+    sensitivity 1; the server's counts (× √(B + 1)) move by at most √B; one
     ``GaussianDpEvent(z_h)`` (Poisson-sampled below rate 1) through the same aggregation
     as the rounds. Its noisy counts choose the head (unless it is public) and are the
     ranking's popularity prior; its histogram sets the per-user blend. With ``head_snr`` the

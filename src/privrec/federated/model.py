@@ -52,8 +52,8 @@ class FederatedMF(PrivateRecommender):
     sampling, Gaussian/distributed discrete Gaussian noise with L2 sensitivity 1 on the
     payload, PLD or RDP accounting through dp-accounting); user vectors and recommendations are
     computed from each user's own data and never released (joint DP). One counting round runs
-    first (0/1 indicators of ≤ ``count_bound`` items and a length bin per user, sensitivity
-    √(B + 1), one Gaussian event): its noisy counts pick the head and are blended into every
+    first (indicators of ≤ ``count_bound`` items, weighted by ``count_weighting``, and a
+    length bin per user, L2 norm ≤ 1, one Gaussian event): its noisy counts pick the head and are blended into every
     user's ranking, more for users with few items (``popularity_blend``,
     ``popularity_shrinkage``; post-processing). The head keeps only the items whose noisy
     count clears ``head_snr · z / (q √T)`` (the training noise an item's factor must rise
@@ -96,6 +96,7 @@ class FederatedMF(PrivateRecommender):
         head_items: int | None = 1000,
         head_snr: float | None = 7.0,
         count_bound: int = 10,
+        count_weighting: Literal["length", "uniform"] = "length",
         head_epsilon_fraction: float | None = None,
         head_sampling_rate: float | None = None,
         rounds: int = 50,
@@ -135,6 +136,7 @@ class FederatedMF(PrivateRecommender):
         self.head_items = head_items
         self.head_snr = head_snr
         self.count_bound = count_bound
+        self.count_weighting = count_weighting
         self.head_epsilon_fraction = head_epsilon_fraction
         self.head_sampling_rate = head_sampling_rate
         self.rounds = rounds

@@ -10,8 +10,9 @@ is estimated *from* the data, privately, and charged like any other release.
 Mechanism
 ---------
 Users are binned by history length on a fixed, data-independent geometric grid
-(:data:`LENGTH_EDGES`: two bins per doubling, so any quantile is resolved to
-±25 %), and the bin counts are released with Gaussian noise. Everything after —
+(:data:`LENGTH_EDGES`: lengths 1, 2 and 3 exactly, then one bin per doubling, so a
+quantile is resolved within a factor of two and interpolated geometrically inside its
+bin), and the bin counts are released with Gaussian noise. Everything after —
 the noisy cumulative distribution, the quantile and the bound derived from it —
 is post-processing of that release.
 
@@ -52,7 +53,7 @@ def _edges(limit: int = 1 << 24) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
-#: Lower edges of the history-length bins: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, … (public,
+#: Lower edges of the history-length bins: 1, 2, 3, 4, 8, 16, 32, 64, … (public,
 #: data-independent). Bin ``b`` holds lengths in ``[LENGTH_EDGES[b], LENGTH_EDGES[b + 1])``.
 LENGTH_EDGES = _edges()
 

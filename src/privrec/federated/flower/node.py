@@ -620,7 +620,7 @@ def _mf_payloads(
             # the B-item sample is the device's own secret randomness (CSPRNG; seeded in tests)
             sample_rng = None if seed is None else _user_rng(seed, -1, meta["attempt"], user)
             payloads[user] = client_count_vector(
-                items, data.n_items, mf_config.count_bound, sample_rng
+                items, data.n_items, mf_config.count_bound, sample_rng, mf_config.count_weighting
             )
     return payloads, lambda u: _user_rng(seed, meta["round"], meta["attempt"], u)
 

@@ -16,7 +16,7 @@ import dp_accounting
 import numpy as np
 import pytest
 
-from privrec.errors import CheckpointMismatchError
+from privrec.errors import CheckpointMismatchError, DataError
 from privrec.federated import FederatedMFConfig, FederatedMFServer
 from privrec.privacy.events import SpentEvent
 
@@ -103,6 +103,36 @@ def _swap_item(arrays: Arrays, meta: Meta) -> None:
     head = arrays["head_items"].copy()
     head[-1] = 1999
     arrays["head_items"] = np.sort(head)
+
+
+def _short_lengths(arrays: Arrays, meta: Meta) -> None:
+    """The histogram edited to say every user has one item (the counts then overstate holders)."""
+    lengths = np.zeros_like(arrays["noisy_lengths"])
+    lengths[0] = 10_000.0
+    arrays["noisy_lengths"] = lengths
+
+
+def test_edited_length_histogram_is_refused(tmp_path: Path) -> None:
+    """The head rule reads the histogram too (the holder weight): editing it changes the head."""
+    cfg = FederatedMFConfig.create(epsilon=1.0, head_items=500, factors=4, rounds=4, seed=0)
+    srv = FederatedMFServer(cfg, n_items=2000, population=10_000)
+    payload = np.zeros(srv.count_dim)
+    payload[: srv.n_items] = 4_000 / (1.0 + np.arange(srv.n_items)) ** 0.8 / srv.count_scale
+    payload[srv.n_items + 6] = 10_000 / srv.count_scale  # everyone has 32-63 items: weight 1
+    srv.select_head(payload, survivors=10_000, sampled=10_000)
+    assert srv.head_items is not None and 100 < srv.head_items.size < 500
+    path = srv.save(tmp_path / "server.npz")
+    assert FederatedMFServer.load(path).head_items.size == srv.head_items.size  # type: ignore[union-attr]
+    with pytest.raises(CheckpointMismatchError) as info:
+        FederatedMFServer.load(_tamper(path, _short_lengths))
+    assert info.value.field == "head_items"
+
+
+def test_misshapen_length_histogram_is_refused(saved: tuple[FederatedMFServer, Path]) -> None:
+    _, path = saved
+    with pytest.raises(DataError) as info:
+        FederatedMFServer.load(_tamper(path, lambda a, m: a.update(noisy_lengths=np.ones(3))))
+    assert info.value.field == "noisy_lengths"
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from privrec.data.synthetic import synthetic
+from privrec.errors import DataError
 from privrec.federated import FederatedMF, FederatedMFConfig, FederatedMFServer
 from privrec.federated.config import HEAD_MINIMUM, HEAD_SNR
+from privrec.federated.server_counting import holder_weight
 from privrec.models.dp_rules import federated_head_size, federated_head_threshold
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
@@ -62,6 +64,34 @@ def test_rule_fires_at_small_n_eps_only(epsilon: float, population: int) -> None
     else:
         assert len(head) == 500
     np.testing.assert_array_equal(head, np.arange(len(head)))  # the largest counts
+
+
+def test_rule_counts_holders_not_length_weighted_counts() -> None:
+    """``count_weighting="length"`` weighs an item of an m-item user √(B/m) in the counts; the
+    rule divides them by the mean weight ω̄ read off the released histogram (post-processing)."""
+    srv = _server(1.0, 10_000)
+    bins = srv.count_dim - srv.n_items
+    only = np.zeros(bins)
+    only[0] = 10_000.0  # every user has one item: each counted item weighs √B
+    assert holder_weight(srv, only) == pytest.approx(math.sqrt(10))
+    only[0], only[1] = 0.0, 10_000.0  # two items each: √(10/2)
+    assert holder_weight(srv, only) == pytest.approx(math.sqrt(5))
+    long = np.zeros(bins)
+    long[6] = 10_000.0  # lengths 32-63 ≥ B: weight 1, as under "uniform"
+    assert holder_weight(srv, long) == 1.0
+    assert holder_weight(srv, None) == 1.0 and holder_weight(srv, np.zeros(bins)) == 1.0
+    uniform = _server(1.0, 10_000, count_weighting="uniform")
+    assert holder_weight(uniform, only) == 1.0
+    with pytest.raises(DataError):
+        holder_weight(srv, np.ones(bins + 1))
+    # the head from weighted counts of two-item users is the head of their holder counts
+    counts = 10_000 * 0.2 / (1.0 + np.arange(srv.n_items)) ** 0.8
+    payload = _counts(srv, counts * math.sqrt(5))
+    payload[srv.n_items :] = only / srv.count_scale
+    head = srv.select_head(payload)
+    tau = federated_head_threshold(HEAD_SNR, srv.noise_multiplier, srv.q, srv.config.rounds)
+    assert len(head) == min(500, max(HEAD_MINIMUM, int(np.count_nonzero(counts >= tau))))
+    np.testing.assert_allclose(srv.noisy_lengths, only)
 
 
 def test_rule_off_keeps_head_items() -> None:

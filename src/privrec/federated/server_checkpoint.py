@@ -146,6 +146,11 @@ def from_state(
         srv.noisy_lengths = np.asarray(arrays["noisy_lengths"], dtype=np.float64)
         if srv.noisy_counts.shape != (srv.n_items,) or not np.all(np.isfinite(srv.noisy_counts)):
             raise DataError("the checkpoint's noisy counts do not fit", field="noisy_counts")
+        bins = (srv.count_dim - srv.n_items,)
+        if srv.noisy_lengths.shape != bins or not np.all(np.isfinite(srv.noisy_lengths)):
+            raise DataError(
+                "the checkpoint's noisy length histogram does not fit", field="noisy_lengths"
+            )
     if meta["has_head"]:
         srv.head_items = np.asarray(arrays["head_items"], dtype=np.int64)
         rows = meta.get("payload_rows")  # absent before the learnable head under distributed DP

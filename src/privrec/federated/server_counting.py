@@ -18,14 +18,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from privrec.errors import DataError
+from privrec.federated.client import count_item_weights
 from privrec.federated.config import HEAD_MINIMUM
 from privrec.models.dp_rules import federated_head_size, federated_head_threshold
+from privrec.privacy.bounds import LENGTH_EDGES
 from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
 
 if TYPE_CHECKING:
     from privrec.federated.server import FederatedMFServer
 
-__all__ = ["HEAD_LABEL", "count_encoder", "learnable_head_size", "release_counts", "ruled_head"]
+__all__ = [
+    "HEAD_LABEL",
+    "count_encoder",
+    "holder_weight",
+    "learnable_head_size",
+    "release_counts",
+    "ruled_head",
+]
 
 #: Label of the counting round's event (noisy item counts and history lengths; the head).
 HEAD_LABEL = "counting round (noisy item counts and history lengths)"
@@ -49,8 +58,50 @@ def count_encoder(self: FederatedMFServer, z: float) -> DistributedDPEncoder:
     )
 
 
+def holder_weight(self: FederatedMFServer, lengths: np.ndarray | None) -> float:
+    """Mean weight ω̄ of a counted item in the released counts, from the noisy histogram.
+
+    Under ``count_weighting="length"`` an item of a user with ``m < B`` counted items weighs
+    ``√(B/m)`` in the counts (:func:`~privrec.federated.client.count_item_weights`), so on
+    short-history data a count overstates how many users hold the item — the quantity the
+    learnable-head rule compares with the training noise (a user's clipped update carries an
+    item with weight 1 whatever their length). ω̄ averages the weight over the counted items,
+    ``Σ_b h_b·m_b·√(B/m_b) / Σ_b h_b·m_b`` with ``h_b`` the noisy user count of length bin
+    ``b`` (negatives as 0) and ``m_b`` the bin's geometric middle length capped at B (the
+    last, open bin: its lower edge); counts divided by ω̄ estimate holders. 1 under
+    ``"uniform"`` or without a histogram; at most √B. Post-processing of the counting round's
+    release and public settings: no privacy cost.
+    """
+    c = self.config
+    if c.count_weighting == "uniform" or lengths is None:
+        return 1.0
+    n_bins = self.count_dim - self.n_items
+    h = np.asarray(lengths, dtype=np.float64)
+    if h.shape != (n_bins,) or not np.all(np.isfinite(h)):
+        raise DataError(
+            "noisy history-length histogram has the wrong shape or non-finite values",
+            field="noisy_lengths",
+            expected=str(n_bins),
+            found=h.shape,
+        )
+    lo = LENGTH_EDGES[:n_bins].astype(np.float64)
+    hi = LENGTH_EDGES[1 : n_bins + 1].astype(np.float64) - 1.0
+    hi[-1] = lo[-1]
+    m = np.minimum(np.sqrt(lo * hi), float(c.count_bound))
+    weight = count_item_weights(m, c.count_bound, c.count_weighting) * np.sqrt(c.count_bound + 1.0)
+    mass = np.maximum(h, 0.0) * m
+    total = float(mass.sum())
+    if not total > 0:
+        return 1.0
+    return float(np.clip((mass * weight).sum() / total, 1.0, np.sqrt(c.count_bound)))
+
+
 def learnable_head_size(
-    self: FederatedMFServer, items: np.ndarray, n_head: int, rounds: int | None = None
+    self: FederatedMFServer,
+    items: np.ndarray,
+    n_head: int,
+    rounds: int | None = None,
+    lengths: np.ndarray | None = None,
 ) -> int:
     """Size of the head chosen from the noisy item counts ``items`` (at most ``n_head``).
 
@@ -59,7 +110,9 @@ def learnable_head_size(
     multiplier ``z``, rate ``q`` and ``T`` rounds, at least :data:`HEAD_MINIMUM` — the head an
     item's factor can be learnt above the training noise for. Otherwise ``n_head`` (the
     configured ``head_items``). Post-processing of the released counts and of ``z``, ``q``,
-    ``T`` (public): no privacy cost. ``rounds`` is the ``T`` of the rule (default the
+    ``T`` (public): no privacy cost. The counts are divided by :func:`holder_weight` of the
+    released histogram ``lengths`` (default the server's) first: the rule is about how many
+    users hold an item. ``rounds`` is the ``T`` of the rule (default the
     configured rounds; a checkpoint's check passes the ``T`` the head was chosen with, which a
     resumed run with another target no longer has). Both aggregations: distributed DP's worst-case events are
     planned (and a ledger reserves them) for a payload of ``n_head`` rows before the count, so
@@ -71,11 +124,15 @@ def learnable_head_size(
         return n_head
     t = c.rounds if rounds is None else int(rounds)
     tau = federated_head_threshold(c.head_snr, self.noise_multiplier, self.q, t)
-    return federated_head_size(items, tau, n_head, HEAD_MINIMUM)
+    omega = holder_weight(self, self.noisy_lengths if lengths is None else lengths)
+    return federated_head_size(np.asarray(items) / omega, tau, n_head, HEAD_MINIMUM)
 
 
 def ruled_head(
-    self: FederatedMFServer, items: np.ndarray | None, rounds: int | None = None
+    self: FederatedMFServer,
+    items: np.ndarray | None,
+    rounds: int | None = None,
+    lengths: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """``(head items, payload rows)`` the model's rule gives for the noisy item counts ``items``.
 
@@ -93,7 +150,7 @@ def ruled_head(
     if items is None:
         raise DataError("the head rule needs the noisy item counts", field="noisy_counts")
     planned = int(c.head_items)
-    n_head = learnable_head_size(self, items, planned, rounds)
+    n_head = learnable_head_size(self, items, planned, rounds, lengths)
     head = np.sort(np.argsort(-items, kind="stable")[:n_head]).astype(np.int64)
     return head, planned if c.aggregation == "distributed" else head.size
 
@@ -130,7 +187,8 @@ def release_counts(
         raise DataError("noisy counts contain NaN or infinite values", field="noisy_counts")
     c = c * self.count_scale
     items = c[: self.n_items]
-    chosen = ruled_head(self, items) if self.head_items is None else None
+    lengths = c[self.n_items :]
+    chosen = ruled_head(self, items, lengths=lengths) if self.head_items is None else None
     z = self.head_noise_multiplier
     if self.config.aggregation == "distributed" and z > 0:
         if survivors is None or survivors < 1:
@@ -150,7 +208,7 @@ def release_counts(
     self._announce(HEAD_LABEL, event)
     self._spend(HEAD_LABEL, event)
     self.noisy_counts = items
-    self.noisy_lengths = c[self.n_items :]
+    self.noisy_lengths = lengths
     if chosen is not None:
         self._set_head(chosen[0], payload_rows=chosen[1])
         self.head_rounds = self.config.rounds

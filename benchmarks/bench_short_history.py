@@ -38,9 +38,10 @@ Results: ``benchmarks/results/short_history.{json,md}`` (``short_history-quick``
 ``privacy_utility.py``'s selection splits), DPPopularity against DPEASE with and without its
 low-signal popularity fallback (``popularity_fallback``), DPALS and FederatedMF with and without
 its learnable head (``head_snr``) and with uniform instead of per-length count weights
-(``count_weighting``), at ε ∈ {1, 5}; ``--models`` re-runs a subset and keeps the
-other models' rows. Results:
-``benchmarks/results/short_history-validation.{json,md}``.
+(``count_weighting``), at ε ∈ {1, 5}; ``--models`` (and ``--labels``, single rows) re-runs a
+subset and keeps the other rows. Results:
+``benchmarks/results/short_history-validation.{json,md}``; with ``--distributed``,
+``short_history-validation-distributed.{json,md}``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ def run_validation(
     aggregation: str = "central",
     seeds: tuple[int, ...] = SEEDS,
     epsilons: tuple[float, ...] = EPSILONS,
+    labels: tuple[str, ...] | None = None,
 ) -> list[dict[str, Any]]:
     from privrec.evaluation import evaluate
 
@@ -128,7 +130,7 @@ def run_validation(
         print(f"[{ds}] train {split.train}, median train history {np.median(lengths)}", flush=True)
         for eps in epsilons:
             for label, model, extra in VALIDATION_MODELS:
-                if model not in models:
+                if model not in models or (labels is not None and label not in labels):
                     continue
                 recalls, info = [], {}
                 for seed in seeds:
@@ -184,7 +186,8 @@ def _ordered(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def validation_markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     lines = [
-        "# Short-history rules on validation splits",
+        "# Short-history rules on validation splits"
+        + (" (FederatedMF: distributed DP)" if result.get("aggregation") == "distributed" else ""),
         "",
         f"Run {result['date']}. User-level ε, δ = {DELTA:g}; Recall@20 on VALIDATION splits only "
         f"(mean ± sd of {len(result['seeds'])} seeded noise draws): short-history sets hold out "
@@ -402,6 +405,12 @@ def main() -> None:
         default=list(EPSILONS),
         help="privacy budgets of --validation (default: EPSILONS)",
     )
+    ap.add_argument(
+        "--labels",
+        nargs="+",
+        default=None,
+        help="only these rows of VALIDATION_MODELS (e.g. 'federatedmf'; DPPopularity always)",
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     aggregation = "distributed" if args.distributed else "central"
@@ -417,9 +426,16 @@ def main() -> None:
         }
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / "short_history-validation.json"
+        # distributed rows go to their own file (the same labels, another aggregation)
+        stem = "short_history-validation" + ("-distributed" if args.distributed else "")
+        path = out / f"{stem}.json"
         # rows not re-run (other data sets, other models) are kept (gowalla is run on its own)
-        labels = {label for label, m, _ in VALIDATION_MODELS if m in {"dppopularity", *args.models}}
+        labels = {
+            label
+            for label, m, _ in VALIDATION_MODELS
+            if m in {"dppopularity", *args.models}
+            and (args.labels is None or label in {"dppopularity", *args.labels})
+        }
         kept = [
             r
             for r in (json.loads(path.read_text())["rows"] if path.exists() else [])
@@ -431,10 +447,11 @@ def main() -> None:
             aggregation,
             tuple(args.seeds),
             tuple(args.epsilons),
+            None if args.labels is None else ("dppopularity", *args.labels),
         )
         val["rows"] = _ordered(kept + fresh)
         path.write_text(json.dumps(val, indent=2) + "\n")
-        (out / "short_history-validation.md").write_text(validation_markdown(val))
+        (out / f"{stem}.md").write_text(validation_markdown(val))
         print(validation_markdown(val))
         return
     result: dict[str, Any] = {

@@ -158,6 +158,7 @@ def run_validation(
                     "recalls": [float(r) for r in recalls],
                     "median_train_history": float(np.median(lengths)),
                     "aggregation": aggregation,
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     **info,
                 }
                 rows.append(row)
@@ -189,7 +190,8 @@ def validation_markdown(result: dict[str, Any]) -> str:
         "# Short-history rules on validation splits"
         + (" (FederatedMF: distributed DP)" if result.get("aggregation") == "distributed" else ""),
         "",
-        f"Run {result['date']}. User-level ε, δ = {DELTA:g}; Recall@20 on VALIDATION splits only "
+        f"Run {result['date']} (rows of models not re-run keep their earlier numbers; each "
+        f"JSON row records its own run date from 2026-12-06 on). User-level ε, δ = {DELTA:g}; Recall@20 on VALIDATION splits only "
         f"(mean ± sd of {len(result['seeds'])} seeded noise draws): short-history sets hold out "
         "a further 20% of each training user's items (seed 1); ml-100k, ml-1m-implicit-r3 and "
         "gowalla-lightgcn use `privacy_utility.py`'s selection splits. `dpease (no fallback)` is "
@@ -339,7 +341,8 @@ def markdown(result: dict[str, Any]) -> str:
             "only the learnable head, `head_snr`). The distributed-DP default trains the same "
             "learnable head but with ≈ 1.26× the noise (RDP accounting, noise sized for the "
             "fewest honest survivors) and takes ~18× longer to simulate; it is not in this "
-            "table (`docs/federated.md`, short histories)."
+            "table (validation: `short_history-validation-distributed.md`; "
+            "`docs/federated.md`, short histories)."
             if result["aggregation"] == "central"
             else "."
         ),

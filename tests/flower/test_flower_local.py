@@ -410,7 +410,9 @@ def test_a_learnable_head_smaller_than_the_payload_sums_exactly_with_zero_paddin
     rule fire (it keeps at least 100 items), so it is forced to 5 of the 12 planned items."""
     from privrec.federated import server_counting
 
-    monkeypatch.setattr(server_counting, "learnable_head_size", lambda srv, items, n, t=None: 5)
+    monkeypatch.setattr(
+        server_counting, "learnable_head_size", lambda srv, items, n, t=None, lengths=None: 5
+    )
     coordinator = _train(tmp_path, LocalTransport(3), head_items=12)
     srv = coordinator.server
     assert srv is not None and srv.head_items is not None

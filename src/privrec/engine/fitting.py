@@ -252,7 +252,9 @@ def _fit_dpals(
     # one round (as DPALS._fit): every step sums the same user solves (from the count-started
     # factors) under fresh noise, and the item factors are the mean of the steps' solves
     y_start, y_sum = y, np.zeros_like(y)
+    y_prev = y
     for step in range(iterations):
+        y_prev = y
         if not model.one_round_ or step == 0:
             # the user solves cast the item factors to float32: broadcast them so
             history.append(ray.put(np.ascontiguousarray(y, dtype=np.float32)))
@@ -270,6 +272,7 @@ def _fit_dpals(
             y = y_sum / (step + 1)
         if progress is not None:
             progress(step + 1, iterations)
+    y = model._final_factors(c, y_prev, y, iterations)  # as DPALS._fit
     model._keep(c, y, head, noisy_counts, n_items, profile)
     model.user_factors_ = np.zeros((0, k), dtype=np.float32)
     model._finish(

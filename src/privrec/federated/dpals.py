@@ -296,8 +296,10 @@ class FederatedDPALS(DPALS):
         self.one_round_ = one_round
         y = initial_item_factors((len(head), k), c.init_scale, c.seed, counts_h, one_round)
         y_start, y_sum = y, np.zeros_like(y)
+        y_prev = y
         scales = _part_scales(ratios, c.clip_norm, bound, b_plan)
         for t in range(iterations):
+            y_prev = y
             task = DeviceTask(
                 "step",
                 f"step {t + 1}",
@@ -327,6 +329,7 @@ class FederatedDPALS(DPALS):
                 y = y_sum / (t + 1)
             if self._progress is not None:
                 self._progress(t + 1, iterations)
+        y = self._final_factors(c, y_prev, y, iterations)  # central DPALS's step averaging
         self.item_factors_ = np.zeros((n_items, k), dtype=np.float32)
         self.item_factors_[head] = y.astype(np.float32)
         self.head_items_ = head.astype(np.int64)

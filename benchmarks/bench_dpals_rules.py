@@ -160,6 +160,20 @@ NOTES: tuple[str, ...] = (
     " mean of the last two (0.2354 / 0.3141 / 0.0927 / 0.2688) or of all steps is worse. Two "
     "seeds, four cells: too little to make it a default — so it was re-run with 3 seeds on 14 "
     "cells and adopted (`step_averaging`, see `docs/privacy.md`).",
+    "Tried 2026-12-06, not kept: more private steps at the same budget (T = 4–6, σ re-calibrated for"
+    " T), the released item factors the mean of the last solves weighted 1, 2, …, k over the last k "
+    "(post-processing; beats the ¼/¾ pair once T ≥ 4). Validation Recall@20, mean of 3 seeds "
+    "(gowalla 2); default (T = 2 at ε < 2, else T = 3 with ¼/¾) in brackets: ml-1m ε = 1 T = 3 "
+    "0.1799, T = 5 0.1826 (0.1707); ε = 2 T = 5 0.2103, 6 0.2112 (0.2046); ε = 5 T = 4 0.2392, 5 "
+    "0.2407, 6 0.2416 (0.2363); ε = 10 T = 5 0.2524, 6 0.2540 (0.2449); synthetic-median5 ε = 2 T = "
+    "4 0.2048 (0.1997), ε = 5 T = 5 0.2195 (0.2107); ml-100k ε = 10 T = 5 0.3735 (0.3654). But "
+    "gowalla loses at every ε (ε = 1 T = 3 0.0486, 5 0.0457, 6 0.0463 (≈0.0500); ε = 5 T = 5 0.0916,"
+    " 6 0.0899 (0.0936)), ml-100k loses at ε = 2 and 5 (T ≥ 4 below T = 3; at ε = 1, one round, T = "
+    "2 is best) and movietweetings-100k moves by ±0.003. T fixes the budget split, so it must be "
+    "known before the first release: a rule from ε alone cannot separate ml-1m (gains at every ε) "
+    "from gowalla (loses at every ε), and a rule from the data would need its own charged "
+    "pre-release. The expected test gain on ml-1m at ε = 5 (≈ +2%, 0.3289 → ≈ 0.336) would not reach"
+    " the 0.34 target either.",
 )
 
 

@@ -174,6 +174,13 @@ NOTES: tuple[str, ...] = (
     "from gowalla (loses at every ε), and a rule from the data would need its own charged "
     "pre-release. The expected test gain on ml-1m at ε = 5 (≈ +2%, 0.3289 → ≈ 0.336) would not reach"
     " the 0.34 target either.",
+    'Budget split re-checked 2026-12-06 with lhs = "none" (validation, seeds 0 and 1; default r3 = '
+    "0.2, r0 = 1 in brackets): count_noise_ratio 0.14 / 0.3 / 0.45 — gowalla ε = 1 0.0490 / 0.0468 /"
+    " – (0.0500), ε = 5 0.0909 / 0.0917 / – (0.0936); ml-1m ε = 1 – / 0.1736 / 0.1718 (0.1708), ε = "
+    "5 – / 0.2355 / 0.2344 (0.2367). gram_noise_ratio 0.5 / 2 / 4 — gowalla ε = 1 0.0484 / 0.0483 / "
+    "0.0507, ε = 5 0.0926 / 0.0967 / 0.0936; ml-1m ε = 1 0.1672 / 0.1730 / 0.1728, ε = 5 0.2348 / "
+    "0.2354 / 0.2352. No direction wins on both sets (the gowalla ε = 5 cell at r0 = 2 is not "
+    "monotone in r0): the split stays.",
 )
 
 

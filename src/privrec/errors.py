@@ -30,6 +30,7 @@ __all__ = [
     "MissingUserDataError",
     "ModelFileError",
     "ModelFileTooLargeError",
+    "NonFiniteResultError",
     "NotFittedError",
     "OutputPathError",
     "PeerUnavailable",
@@ -129,6 +130,11 @@ class DuplicateInteractionError(DataError):
 
 class ConfigError(PrivrecError, ValueError):
     """An invalid hyper-parameter or configuration value."""
+
+
+class NonFiniteResultError(ConfigError):
+    """A fit produced non-finite values (extreme settings, e.g. a zero ridge or a huge clip
+    norm): nothing is released or saved; change the settings."""
 
 
 class NotFittedError(PrivrecError, AttributeError):

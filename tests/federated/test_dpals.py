@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privrec.data import synthetic
-from privrec.errors import ConfigError, ProtocolAbort
+from privrec.errors import ConfigError, NonFiniteResultError, ProtocolAbort
 from privrec.federated.dpals import (
     DeviceTask,
     FederatedDPALS,
+    SumResult,
     _part_scales,
     _step_norm,
     _unpack,
@@ -26,6 +27,7 @@ from privrec.models.dp_als import DPALS, dpals_event
 from privrec.privacy.accounting import epsilon_of
 from privrec.privacy.contribution import adaptive_weights, clip_rows
 from privrec.privacy.events import total_event
+from privrec.privacy.postprocessing import project_psd
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
 
@@ -294,3 +296,57 @@ def test_negligible_noise_matches_central_dpals() -> None:
     cen = DPALS(epsilon=300.0, **kw, **top, unit="user", lhs="none", accountant="rdp").fit(data)  # type: ignore[arg-type]
     np.testing.assert_array_equal(fed.head_items_, cen.head_items_)
     np.testing.assert_array_equal(np.sort(fed.head_items_), np.sort(np.argsort(-clean)[:5]))
+
+
+class _LyingDevices:
+    """A :class:`~privrec.federated.dpals.Devices` backend whose sums lie at round ``at``."""
+
+    description = "lying devices (test)"
+
+    def __init__(self, model: FederatedDPALS, at: str, lie: str) -> None:
+        self.model, self.at, self.lie = model, at, lie
+
+    def secure_sum(self, task: DeviceTask, enc: object, n_min: int) -> SumResult:
+        dim = task.dim(self.model.factors_ if task.kind == "step" else 0)
+        v = np.abs(np.random.default_rng(0).normal(size=dim)) * 5.0
+        survivors = n_min
+        if task.kind == self.at:
+            if self.lie == "few":
+                survivors = n_min - 1
+            elif self.lie == "many":
+                survivors = 10**9
+            elif self.lie == "short":
+                v = v[:-1]
+            elif self.lie == "2d":
+                v = v[None, :]
+            elif self.lie == "nan":
+                v[0] = np.nan
+        return SumResult(v, survivors)
+
+
+@pytest.mark.parametrize("at", ["lengths", "counts", "step"])
+@pytest.mark.parametrize("lie", ["few", "many", "short", "2d", "nan"])
+def test_lying_backend_aborts_the_round_before_anything_is_solved(at: str, lie: str) -> None:
+    """The server itself checks every decoded sum: a survivor count outside [n_min, n] (the
+    noise would be smaller than the announced ε needs), a wrong shape or non-finite entries
+    abort with ProtocolAbort — no model, no guarantee."""
+    m = FederatedDPALS(epsilon=5.0, delta=1e-4, seed=0)
+    with pytest.raises(ProtocolAbort, match=r"survivors|shape|non-finite"):
+        m.fit_devices(_LyingDevices(m, at, lie), 200, 40)
+    assert not hasattr(m, "guarantee_")
+
+
+def test_non_finite_solves_are_refused_not_saved() -> None:
+    """Extreme settings are refused up front (typed); a fit that still overflows raises
+    NonFiniteResultError before it claims a guarantee."""
+    data = synthetic(n_users=120, n_items=30, seed=0)
+    for bad in ({"regularization": 0.0}, {"clip_norm": 1e200}, {"clip_norm": 1e-300}):
+        with pytest.raises(ConfigError):
+            FederatedDPALS(epsilon=5.0, delta=1e-4, seed=0, **bad).fit(data)  # type: ignore[arg-type]
+    m = DPALS(epsilon=5.0, delta=1e-4, unit="user", seed=0, factors=2)
+    m._spent, m._planned = [], None
+    m.item_factors_ = np.array([[1.0, np.inf]])
+    with pytest.raises(NonFiniteResultError, match="item_factors_"):
+        m._finish(m.config(), released=[], not_released=[], threat_model="")
+    with pytest.raises(NonFiniteResultError):
+        project_psd(np.full((2, 2), np.nan))

@@ -80,6 +80,15 @@ def test_flower_run_releases_the_simulations_model_and_epsilon(tmp_path: Path, m
     )
     logged = json.loads((tmp_path / "dpals_rounds.json").read_text())
     assert [r["round"] for r in logged] == kinds
+    # the round log: strict JSON lines, ε so far rising to the model's ε with the last round
+    lines = (tmp_path / "rounds.jsonl").read_text(encoding="utf-8").splitlines()
+    entries = [
+        json.loads(x, parse_constant=lambda c: pytest.fail(f"bare {c} in rounds.jsonl"))
+        for x in lines
+    ]
+    eps = [e["epsilon"] for e in entries if e["kind"] == "dpals" and e["aborted"] is None]
+    assert len(eps) == len(kinds) and eps == sorted(eps) and eps[0] > 0
+    assert eps[-1] == pytest.approx(g_fl.epsilon, rel=1e-9)
 
 
 def test_a_node_missing_a_deadline_aborts_the_round_and_it_is_retried(tmp_path: Path) -> None:

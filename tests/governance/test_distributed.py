@@ -170,6 +170,32 @@ def test_releases_beyond_the_reservation_are_charged_on_top_or_refused(ledger_ur
     assert {c.status for c in s.analyst.history("ratings")} == {"committed"}
 
 
+@pytest.mark.parametrize("kind", ["federated_dpals", "federated_mf"])
+def test_governed_training_of_distributed_models_is_charged_under_rdp(
+    setup: LedgerSetup, tmp_path: Path, kind: str
+) -> None:
+    """``train`` (the path of ``privrec train --dataset``) reserves a distributed model's events
+    with ``accountant="rdp"``: the charge is their RDP ε, never the smaller PLD of the same
+    dominating Gaussians, and the model's own ε (RDP) is what the ledger holds."""
+    from privrec.federated import FederatedDPALS
+
+    data = setup.analyst.load("ratings", _data())
+    model: FederatedDPALS | FederatedMF
+    if kind == "federated_dpals":
+        model = FederatedDPALS(epsilon=0.8, delta=1e-6, seed=0, factors=2, max_per_user=5)
+    else:
+        model = FederatedMF(epsilon=0.8, delta=1e-6, rounds=2, factors=2, head_items=10, seed=0)
+    assert model.rdp_only_events
+    rec = setup.analyst.train(model, data, output=tmp_path / "m.npz")
+    (charge,) = setup.analyst.history("ratings")
+    assert charge.status == "committed"
+    assert all(e.get("accountant") == "rdp" for e in charge.events)
+    spent = dp_accounting.ComposedDpEvent([s.event for s in model.guarantee_.spent_events])
+    assert charge.epsilon == pytest.approx(_rdp(spent, 1e-6), rel=1e-9)
+    assert charge.epsilon > epsilon_of(spent, 1e-6)  # the PLD reading would under-charge
+    assert charge.epsilon >= model.guarantee_.epsilon - 1e-9 and rec.path.exists()
+
+
 # ------------------------------------------------------------------ the CLIs
 def _split_folder(folder: Path, n_users: int = 240, n_items: int = 20) -> Path:
     rng = np.random.default_rng(0)

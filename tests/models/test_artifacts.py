@@ -132,6 +132,28 @@ def test_federated_mf_file_through_the_same_save_path(
     )
 
 
+@pytest.mark.parametrize("fraction", [0.9, 1.0])
+def test_federated_dpals_file_states_no_survivor_count(
+    data: Interactions, tmp_path: Path, no_user_data: Any, fraction: float
+) -> None:
+    """The threat model once said "sized for ≥ n_min honest survivors", n_min = ⌈fraction·n⌉:
+    the exact user count (fraction 1) or within one of it. It now states the fraction."""
+    import math
+
+    from privrec.federated import FederatedDPALS
+
+    model = _fit(
+        FederatedDPALS(epsilon=2.0, delta=1e-6, factors=4, min_survivor_fraction=fraction, seed=0),
+        data,
+    )
+    path = model.save(tmp_path / "fed-dpals.npz")
+    ids = _ids(data)
+    n_min = math.ceil(fraction * data.n_users)
+    ids["counts"] = [*ids["counts"], n_min, n_min - 1, n_min + 1]
+    no_user_data(path, **ids)
+    assert f"{fraction:.0%} of the devices" in load_model(path).privacy_guarantee.threat_model
+
+
 # Fixed in the federated area: q = clients_per_round / n_users is rounded up to two significant
 # digits (FederatedMFConfig.sampling_probability), so the stored events no longer reveal n_users.
 def test_federated_mf_clients_per_round_reveals_user_count(

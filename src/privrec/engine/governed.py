@@ -46,6 +46,7 @@ def train_on_ray(
         ChargeSession,
         _atomic_save,
         artifact_info,
+        model_accountant,
         signing_identity,
     )
     from privrec.models.private import PrivateRecommender
@@ -70,6 +71,7 @@ def train_on_ray(
         kind="training",
         purpose=purpose,
         description=f"{model.name} on Ray (ε={cfg.epsilon:g}, δ={cfg.delta:g})",  # type: ignore[attr-defined]
+        accountant=model_accountant(model),
     )
     with session:
         model.release_gate = session.gate

@@ -60,7 +60,7 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError, ProtocolAbort
+from privrec.errors import ConfigError, NonFiniteResultError, ProtocolAbort
 from privrec.federated.secure_round import secure_sum
 from privrec.models.base import register
 from privrec.models.dp_als import (
@@ -84,7 +84,7 @@ from privrec.models.dp_rules import (
     resolve_regularization,
     resolve_shrinkage,
 )
-from privrec.privacy.accounting import calibrate
+from privrec.privacy.accounting import calibrate, epsilon_of
 from privrec.privacy.bounds import LENGTH_EDGES, LENGTHS_LABEL, length_histogram
 from privrec.privacy.contribution import draw_salt, sample_per_user
 from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
@@ -142,6 +142,21 @@ class FederatedDPALS(DPALS):
     name = "federated_dpals"
     Config = FederatedDPALSConfig
     mechanism_name = "federated DPALS (SecAgg+ with distributed discrete-Gaussian noise)"
+
+    @property
+    def rdp_only_events(self) -> bool:
+        """Always: every round's distributed discrete-Gaussian bound is an RDP bound."""
+        return True
+
+    def epsilon_through_next_round(self) -> float:
+        """ε (RDP, at the model's δ) of the rounds charged so far plus the round in progress —
+        what a round log may say once that round's sum is decoded (the fit charges it next)."""
+        planned = getattr(self, "_planned", None) or []
+        done = len(getattr(self, "_spent", []))
+        events = [p.event for p in planned[: done + 1]]
+        if not events:
+            return 0.0
+        return epsilon_of(events, self.delta, kind="rdp", unit=PrivacyUnit.USER)
 
     rounds_: list[dict[str, Any]]
 
@@ -327,6 +342,10 @@ class FederatedDPALS(DPALS):
             if one_round:
                 y_sum += y
                 y = y_sum / (t + 1)
+            if not np.all(np.isfinite(y)):  # never broadcast non-finite factors to the devices
+                raise NonFiniteResultError(
+                    f"step {t + 1}'s item solve is not finite: a setting is out of its useful range"
+                )
             if self._progress is not None:
                 self._progress(t + 1, iterations)
         y = self._final_factors(c, y_prev, y, iterations)  # central DPALS's step averaging
@@ -352,7 +371,8 @@ class FederatedDPALS(DPALS):
             ],
             threat_model=(
                 "distributed DP: the server learns only secure sums that already carry the "
-                f"devices' discrete-Gaussian noise (sized for ≥ {n_min} honest survivors); the "
+                "devices' discrete-Gaussian noise (sized for at least "
+                f"{c.min_survivor_fraction:.0%} of the devices surviving each round); the "
                 "released model is (ε, δ)-DP per user without a trusted server. Devices colluding "
                 "with the server remove their own noise share only. Joint DP for each user's own "
                 "list. " + devices.description
@@ -372,6 +392,7 @@ class FederatedDPALS(DPALS):
         t0 = time.perf_counter()
         res = self._devices.secure_sum(task, enc, self._n_min)
         server_s = time.perf_counter() - t0
+        decoded = _checked_sum(res, task.label, dim, self._n_min, self._n_users)
         self._spend(planned.label, planned.event)
         word = 4 if enc.bits <= 32 else 8
         self.rounds_.append(
@@ -389,7 +410,37 @@ class FederatedDPALS(DPALS):
                 **res.extra,
             }
         )
-        return res.decoded
+        return decoded
+
+
+def _checked_sum(res: SumResult, label: str, dim: int, n_min: int, n_max: int) -> np.ndarray:
+    """The decoded sum of a :class:`Devices` backend, checked by the server itself.
+
+    A backend (a plug-in, or devices that lie) may report fewer survivors than the noise was
+    sized for — the sum would then carry less noise than the announced ε needs — or return a
+    sum of the wrong shape or with non-finite entries: the round is aborted before anything is
+    solved from it (:class:`~privrec.errors.ProtocolAbort`).
+    """
+    survivors = res.survivors
+    if isinstance(survivors, bool) or not isinstance(survivors, (int, np.integer)):
+        raise ProtocolAbort("unmask", f"{label}: the backend reported no survivor count")
+    if not n_min <= int(survivors) <= n_max:
+        raise ProtocolAbort(
+            "unmask",
+            f"{label}: {int(survivors)} survivors reported, the noise is sized for {n_min} to "
+            f"{n_max} devices",
+        )
+    try:
+        decoded = np.asarray(res.decoded, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolAbort("unmask", f"{label}: the decoded sum is not numeric") from exc
+    if decoded.shape != (dim,):
+        raise ProtocolAbort(
+            "unmask", f"{label}: the decoded sum has shape {decoded.shape}, expected ({dim},)"
+        )
+    if not np.all(np.isfinite(decoded)):
+        raise ProtocolAbort("unmask", f"{label}: the decoded sum has non-finite entries")
+    return decoded
 
 
 # ------------------------------------------------------------------------------- devices

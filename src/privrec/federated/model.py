@@ -75,6 +75,11 @@ class FederatedMF(PrivateRecommender):
     Config = FederatedMFConfig
     mechanism_name = "FederatedMF"
 
+    @property
+    def rdp_only_events(self) -> bool:
+        """With distributed aggregation: the discrete-Gaussian rounds are proven only in RDP."""
+        return self.aggregation == "distributed"
+
     item_factors_: np.ndarray
     user_factors_: np.ndarray
     head_items_: np.ndarray

@@ -149,6 +149,7 @@ class ChargeSession:
         purpose: str | None = None,
         description: str = "",
         data: GovernedData | None = None,
+        accountant: str | None = None,
     ) -> None:
         self.ledger = ledger
         self.dataset = dataset
@@ -160,7 +161,8 @@ class ChargeSession:
         self.planned: list[SpentEvent] = []
         #: charges added by :meth:`cover` for releases the reservation did not hold
         self.top_ups: list[ChargeInfo] = []
-        self.accountant: str | None = None
+        #: ``"rdp"`` when the events are proven only in RDP (:meth:`gate` reserves under it)
+        self.accountant: str | None = accountant
         self._units: Counter[str] = Counter()
         self._released = False
         self._noise_drawn = False
@@ -213,8 +215,9 @@ class ChargeSession:
         )
 
     def gate(self, planned: list[SpentEvent]) -> None:
-        """A model's ``release_gate``: reserve the planned releases (raises to refuse)."""
-        self.reserve(planned)
+        """A model's ``release_gate``: reserve the planned releases (raises to refuse), under
+        the session's accountant (``"rdp"`` for a model whose events are proven only in RDP)."""
+        self.reserve(planned, accountant=self.accountant)
 
     def released(self) -> None:
         """Noisy output has left the process: from now on the charge can only be committed."""
@@ -250,6 +253,12 @@ class ChargeSession:
                     f"kept after a failure ({type(exc).__name__}): noise may have been drawn"
                     + ("; output was released" if self._released else ""),
                 )
+
+
+def model_accountant(model: Any) -> str | None:
+    """``"rdp"`` for a model whose events are proven only in Rényi DP (its
+    ``rdp_only_events``; e.g. distributed discrete-Gaussian rounds), else ``None`` (any)."""
+    return RDP_ONLY if getattr(model, "rdp_only_events", False) else None
 
 
 def _units(event: dp_accounting.DpEvent) -> tuple[str, int]:
@@ -374,6 +383,7 @@ def train(
         if eps is not None
         else model.name,
         data=data,
+        accountant=model_accountant(model),
     )
     with session:
         model.release_gate = session.gate
@@ -386,7 +396,7 @@ def train(
             model.release_gate = None
         spent = model.guarantee_.spent_events
         if session.charge is None:  # a model without the _plan hook: still before any release
-            session.reserve(spent)
+            session.reserve(spent, accountant=session.accountant)
         elif [s.to_dict() for s in spent] != [s.to_dict() for s in session.planned]:
             raise GovernanceError(f"{model.name} released other events than it reserved")
         path = _atomic_save(model, Path(output), include_user_data, key)

@@ -88,7 +88,7 @@ MAX_ADAPTIVE_FACTORS = 64
 def resolve_factors(
     factors: int | None, profile: LengthProfile | None, epsilon: float, scale: float
 ) -> int:
-    """k: the given size, else a power of two near ``n·ε / scale`` within [8, 64] (≤ items / 4).
+    """k: the given size, else a power of two near ``n·ε / scale`` within [8, 64] (≤ items / 4, ≥ 2).
 
     Each item factor is learnt from noisy statistics whose signal grows with the number of
     users n and whose noise shrinks with ε; extra dimensions only add noise until ``n·ε`` is

@@ -20,7 +20,7 @@ import numpy.typing as npt
 import pydantic
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError, DataError, ModelFileError
+from privrec.errors import ConfigError, DataError, ModelFileError, NonFiniteResultError
 from privrec.models.base import ModelConfig, Recommender, _empty_csr, check_array
 from privrec.models.releases import Release, ReleaseHook, read_only
 from privrec.privacy.accounting import AccountantKind
@@ -64,6 +64,13 @@ class PrivateRecommender(Recommender):
     #: Write-ahead hook (set by :mod:`privrec.governance`): called by :meth:`_plan` with every
     #: release ``fit`` is about to make, before any noise is drawn; it may refuse by raising.
     release_gate: Callable[[list[SpentEvent]], None] | None = None
+
+    @property
+    def rdp_only_events(self) -> bool:
+        """True when this model's events are proven only in Rényi DP (distributed discrete
+        noise): a ledger must then compose its charge under RDP, never under PLD, whose ε for the
+        same events would be smaller than the bound actually proven."""
+        return False
 
     #: The ``on_release`` hook of the fit in progress (see :mod:`privrec.models.releases`);
     #: set by the models' ``fit`` for one call only.
@@ -130,6 +137,22 @@ class PrivateRecommender(Recommender):
     def _finish(
         self, config: Any, *, released: list[str], not_released: list[str], threat_model: str
     ) -> None:
+        # an extreme setting (a zero ridge, a huge clip norm) can overflow the solves: refuse
+        # before the model claims a guarantee, so no non-finite model is ever saved or served
+        bad = sorted(
+            name
+            for name, value in vars(self).items()
+            if name.endswith("_")
+            and not name.startswith("_")
+            and isinstance(value, np.ndarray)
+            and value.dtype.kind in "fc"
+            and not np.all(np.isfinite(value))
+        )
+        if bad:
+            raise NonFiniteResultError(
+                f"{type(self).__name__} produced non-finite {', '.join(bad)}: a setting is out of "
+                "its useful range (e.g. regularization 0 or an extreme clip_norm); nothing is released"
+            )
         planned = getattr(self, "_planned", None)
         if planned is not None and [p.to_dict() for p in planned] != [
             s.to_dict() for s in self._spent

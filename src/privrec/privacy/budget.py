@@ -113,10 +113,11 @@ class Budget(pydantic.BaseModel):
             raise ConfigError(f"invalid privacy budget: {exc.errors()[0]['msg']}") from None
 
     def check_delta(self, n_units: int) -> None:
-        """Warn (:class:`PrivacyWarning`) when δ > 1 / number of privacy units."""
-        if n_units > 0 and self.delta > 1.0 / n_units:
+        """Warn (:class:`PrivacyWarning`) when δ ≥ 1 / number of privacy units (as
+        :func:`warn_weak_budget` and the CLI do)."""
+        if n_units > 0 and self.delta >= 1.0 / n_units:
             warnings.warn(
-                f"delta={self.delta:g} exceeds 1/{n_units} (one over the number of privacy units): "
+                f"delta={self.delta:g} is at least 1/{n_units} (one over the number of privacy units): "
                 "a mechanism could expose one unit's data outright and still meet the budget. "
                 f"Use delta <= {1.0 / n_units:.1e}, ideally much smaller.",
                 PrivacyWarning,

@@ -12,6 +12,8 @@ import numpy as np
 import numpy.typing as npt
 from numba import njit, prange
 
+from privrec.errors import NonFiniteResultError
+
 __all__ = ["project_psd", "psd_solve"]
 
 
@@ -37,6 +39,11 @@ def project_psd(stack: np.ndarray, floor: float = 0.0) -> np.ndarray:
     contains it). Runs in parallel over the stack (numba), in float64.
     """
     out = np.array(stack, dtype=np.float64, copy=True)
+    if not np.all(np.isfinite(out)):  # the kernel's eigensolver would fail without a reason
+        raise NonFiniteResultError(
+            "a noisy second-moment matrix is not finite: a setting is out of its useful range "
+            "(e.g. an extreme clip_norm or regularization 0); nothing is released"
+        )
     if out.ndim == 2:
         out = out[None]
         _project_psd_kernel(out, float(floor))

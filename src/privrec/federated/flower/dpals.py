@@ -151,6 +151,7 @@ class FlowerDevices:
             n_surv = len(result.survivors)
             entry.survivors = n_surv
             entry.dropped = {p: len(v) for p, v in result.dropped.items()}
+            entry.epsilon = r.model.epsilon_through_next_round()  # this round included
             decoded = enc.decode(result.sum, n_surv)
             entry.seconds = time.perf_counter() - t0
             r._log(entry)

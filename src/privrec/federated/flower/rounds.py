@@ -254,7 +254,10 @@ class SecureRounds:
         if self.ckpt is not None:
             self.ckpt.mkdir(parents=True, exist_ok=True)
             with (self.ckpt / ROUND_LOG).open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(asdict(entry)) + "\n")
+                # standard JSON: a value not measured in this round (NaN) is written as null
+                row = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                       for k, v in asdict(entry).items()}  # fmt: skip
+                fh.write(json.dumps(row, allow_nan=False) + "\n")
 
     # ------------------------------------------------------------------ one attempt
     def _by_node(self, users: Sequence[int]) -> dict[int, list[int]]:

@@ -96,9 +96,7 @@ def run(dataset: str) -> list[dict[str, Any]]:
                 )
                 assert res.model.privacy_guarantee.epsilon <= eps
                 private.append(_recall(res.model, report))
-                picks.append(
-                    {"params": res.params, "trials": res.trials, "trial_eps": res.trial_epsilon}
-                )
+                picks.append({"params": res.params, "trial_eps": res.trial_epsilon})
         row = {
             "dataset": dataset,
             "epsilon": eps,

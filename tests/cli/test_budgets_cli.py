@@ -49,6 +49,19 @@ def test_tune_charges_the_selection(udata: Path, tmp_path: Path) -> None:
          "--delta", "1e-4", "--format", "ml-100k"],
     )  # fmt: skip
     assert res.exit_code == 1 and "candidates" in res.output
+    for text, encoding, want in (
+        ("candidates = [1, 2]\n", "utf-8", "candidates"),  # not tables
+        ("[[candidates]]\nbogus = 1\n", "utf-8", "bogus"),  # checked before any charge
+        ("[[candidates]]\nmax_per_user = 3\n", "utf-16", "UTF-8"),
+    ):
+        bad.write_text(text, encoding=encoding)
+        res = runner.invoke(
+            app,
+            ["tune", "-d", str(udata), "-m", "dppopularity", "-g", str(bad), "--epsilon", "1",
+             "--delta", "1e-4", "--format", "ml-100k", "-o", str(tmp_path / "never.npz")],
+        )  # fmt: skip
+        assert res.exit_code == 1 and want in res.output and "Traceback" not in res.output
+        assert not (tmp_path / "never.npz").exists()
 
 
 def test_train_tiers_from_a_csv(udata: Path, tmp_path: Path) -> None:
@@ -67,8 +80,24 @@ def test_train_tiers_from_a_csv(udata: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "every training user needs a tier" in res.output
     asks.write_text("\n".join([*rows[:-1], "120,0.7"]) + "\n")  # an undeclared tier
-    res = runner.invoke(app, args)
+    res = runner.invoke(app, args, env={"COLUMNS": "250"})
     assert res.exit_code == 1 and "declared tier" in res.output
+    assert "one of 0.5, 1, 3" in res.output  # the tiers on offer are shown, not eaten as markup
+    # a user twice (the last row would have won: 0.5 then 3) is refused, at the file's own line
+    asks.write_text("\n".join(["# tiers", *rows, "3,3"]) + "\n")
+    res = runner.invoke(app, args, env={"COLUMNS": "250"})
+    assert res.exit_code == 1 and "more than one row" in res.output
+    assert f"asks.csv:{len(rows) + 2}" in res.output
+    # a byte-order mark (spreadsheet exports) is not part of the header; NaN is not an ε
+    asks.write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")
+    assert runner.invoke(app, args).exit_code == 0
+    asks.write_text("\n".join([*rows[:-1], "120,nan"]) + "\n")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 1 and "finite" in res.output
+    assert not any(p.name.startswith("tiered.npz.") for p in tmp_path.iterdir())
+    for extra in ("tiers=0.1", "unit=interaction", "epsilon=9"):  # never silently overridden
+        res = runner.invoke(app, [*args, "-p", extra])
+        assert res.exit_code == 1 and "not accepted" in res.output
 
 
 def test_train_federated_dpals_from_the_cli(udata: Path, tmp_path: Path) -> None:
@@ -108,11 +137,17 @@ def test_train_tiers_through_the_ledger(udata: Path, tmp_path: Path) -> None:
     analyst = out.strip().splitlines()[-1]
     asks = tmp_path / "asks.csv"
     rows = ["user,epsilon"] + [f"{u},{[0.5, 1.0, 3.0][u % 3]}" for u in range(1, 121)]
-    asks.write_text("\n".join(rows) + "\n")
+    # user 5 was forgotten: their row may be gone too (the file is checked on the kept users)
+    asks.write_text("\n".join(r for r in rows if not r.startswith("5,")) + "\n")
     out_path = tmp_path / "tiered.npz"
     args = ["train-tiers", "-d", str(udata), "-m", "dppopularity", "--user-epsilons", str(asks),
             "--epsilon", "3", "--delta", "1e-4", "--tiers", "0.5,1", "-o", str(out_path),
             "--format", "ml-100k", "--ledger", url, "--dataset", "ml"]  # fmt: skip
+    asks_kept = asks.read_text()
+    asks.write_text("\n".join(r for r in rows if not r.startswith(("5,", "6,"))) + "\n")
+    code, out = invoke(*args, key=analyst)  # a kept user without a row: refused, nothing charged
+    assert code == 1 and "every training user needs a tier" in out
+    asks.write_text(asks_kept)
     code, out = invoke(*args, key=analyst)
     assert code == 0, out
     assert "ledger: charge" in out and "remaining 1" in out

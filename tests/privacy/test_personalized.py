@@ -75,6 +75,18 @@ def test_tier_list_and_user_weights_are_validated() -> None:
         user_weights_for([0.7], 1, (0.5, 1.0), (0.1, 1.0))
     with pytest.raises(DataError, match="one requested epsilon per user"):
         user_weights_for([0.5, 1.0], 3, (0.5, 1.0), (0.1, 1.0))
+    # a tiny tier does not swallow ε = 0 or a negative ε (no absolute tolerance)
+    for bad in (0.0, -5e-9, float("nan")):
+        with pytest.raises(DataError, match="declared tier"):
+            user_weights_for([bad], 1, (1e-9, 3.0), (0.1, 1.0))
+    pd = pytest.importorskip("pandas")
+    with pytest.raises(DataError, match="by position"):  # a shuffled Series would mis-assign
+        user_weights_for(pd.Series([0.5, 1.0], index=[1, 0]), 2, (0.5, 1.0), (0.1, 1.0))
+    np.testing.assert_allclose(
+        user_weights_for(pd.Series([1.0, 0.5]), 2, (0.5, 1.0), (0.1, 1.0)), [1.0, 0.1]
+    )
+    with pytest.raises(DataError, match="numbers"):
+        user_weights_for(["high", "low"], 2, (0.5, 1.0), (0.1, 1.0))
 
 
 @st.composite

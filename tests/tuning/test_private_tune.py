@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import dp_accounting
 import numpy as np
@@ -51,8 +52,11 @@ def test_tuned_model_carries_the_whole_selection() -> None:
     assert g is res.guarantee and g.accountant.value == "rdp"
     assert 0.99 <= g.epsilon <= 1.0
     assert g.recompute_epsilon() == pytest.approx(g.epsilon)
-    assert res.params in grid and res.trials >= 1
+    assert res.params in grid and not hasattr(res, "trials")
     assert "the other trials' models and scores" in g.not_released
+    # K stays hidden: revealing it would void the selection's bound
+    assert any("number of trials" in r for r in g.not_released)
+    assert not any("number of trials" in r for r in g.released)
     # each trial's model budget is the Gaussian-equivalent of 95% of the trial's rate
     z = calibrate(Budget(1.0, 1e-5), lambda v: selection_event(v, 6.0), kind="rdp")
     assert res.trial_epsilon == pytest.approx(
@@ -60,11 +64,7 @@ def test_tuned_model_carries_the_whole_selection() -> None:
     )
     assert res.trial_epsilon < 1.0
     again = private_tune(DPPopularity, grid, data, epsilon=1.0, delta=1e-5, seed=3)
-    assert (again.params, again.trials, again.noisy_score) == (
-        res.params,
-        res.trials,
-        res.noisy_score,
-    )
+    assert (again.params, again.noisy_score) == (res.params, res.noisy_score)
 
 
 def test_dpals_candidates_and_bad_input() -> None:
@@ -136,7 +136,6 @@ def test_one_candidate_is_a_plain_fit_at_the_trial_budget() -> None:
     data = synthetic(n_users=200, n_items=40, interactions_per_user=8, seed=4)
     params = {"factors": 4, "iterations": 1}
     res = private_tune(DPALS, [params], data, epsilon=2.0, delta=1e-5, mean_trials=1.0, seed=7)
-    assert res.trials == 1
     z = calibrate(Budget(2.0, 1e-5), lambda v: selection_event(v, 1.0), kind="rdp")
     assert res.trial_epsilon == pytest.approx(
         dp_accounting.get_epsilon_gaussian(z / math.sqrt(0.95), 1e-5), rel=1e-12
@@ -153,3 +152,40 @@ def test_one_candidate_is_a_plain_fit_at_the_trial_budget() -> None:
     np.testing.assert_array_equal(m.head_items_, plain.head_items_)
     np.testing.assert_array_equal(m.noisy_counts_, plain.noisy_counts_)
     np.testing.assert_array_equal(m.item_factors_, plain.item_factors_)
+
+
+def test_every_candidate_is_checked_before_the_charge() -> None:
+    """An invalid candidate anywhere in the grid (unknown key, bad value, not a mapping, a tier
+    set) is a typed error before the selection is charged — not a late TypeError, or none at
+    all when that candidate is never drawn; the mean number of trials is bounded."""
+    data = synthetic(n_users=60, n_items=20, seed=0)
+    bad_grids: list[list[Any]] = [
+        [{}, {"bogus": 1}],
+        [{}, {"max_per_user": 0}],
+        [{}, {"tiers": (0.5,)}],
+        [{}, 3],
+    ]
+    for grid in bad_grids:
+        gate: list[object] = []
+        with pytest.raises(ConfigError):
+            private_tune(
+                DPPopularity, grid, data, epsilon=1.0, delta=1e-5, mean_trials=1.0, seed=0,
+                release_gate=gate.append,
+            )  # fmt: skip
+        assert gate == []
+    for mean in (float("inf"), float("nan"), 0.5, 1e12):
+        with pytest.raises(ConfigError, match="mean_trials"):
+            private_tune(DPPopularity, [{}], data, epsilon=1.0, delta=1e-5, mean_trials=mean)
+
+
+def test_repeated_candidates_do_not_raise_the_number_of_trials() -> None:
+    """The default mean is 2 × the distinct candidates: a repeat changes nothing."""
+    data = synthetic(n_users=60, n_items=20, seed=0)
+    once = private_tune(
+        DPPopularity, [{}, {"max_per_user": 3}], data, epsilon=1.0, delta=1e-5, seed=1
+    )
+    twice = private_tune(
+        DPPopularity, [{}, {"max_per_user": 3}, {"max_per_user": 3}], data, epsilon=1.0,
+        delta=1e-5, seed=1,
+    )  # fmt: skip
+    assert once.guarantee.events == twice.guarantee.events

@@ -60,15 +60,19 @@ def tune(
     """Tune on the data itself, paying for it: the saved model's guarantee covers the selection.
 
     The grid file lists candidates, e.g. ``\\[\\[candidates]]`` / ``factors = 8`` /
-    ``\\[\\[candidates]]`` / ``popularity_shrinkage = 0.0``. Only the chosen candidate, its noisy
-    validation score and the number of trials are released (Papernot & Steinke 2022).
+    ``\\[\\[candidates]]`` / ``popularity_shrinkage = 0.0``. Only the chosen candidate and its
+    noisy validation score are released (Papernot & Steinke 2022; the number of trials is not).
     Not charged to a ledger: tune on data you govern outside it, or train through
     ``privrec train --dataset`` with the chosen candidate.
     """
     with handle_errors():
         signer = signing_key(sign_key)
         candidates = read_config(grid).get("candidates")
-        if not isinstance(candidates, list) or not candidates:
+        if (
+            not isinstance(candidates, list)
+            or not candidates
+            or not all(isinstance(c, dict) for c in candidates)
+        ):
             raise ConfigError(f"{grid}: needs a non-empty array of 'candidates' tables")
         probe = build_model(model_name, {"epsilon": epsilon, "delta": delta, "unit": "user"})
         data = load_data(data_path, fmt, binarize)
@@ -86,10 +90,9 @@ def tune(
             )
         saved = res.model.save(output, signing_key=signer)
         g = res.guarantee
-        console.print(
-            f"chose {res.params or 'the defaults'} after {res.trials} trial(s) "
-            f"(noisy validation score {res.noisy_score:.1f}; each trial's model at ε = "
-            f"{res.trial_epsilon:.3g}) → {saved}"
+        console.print(  # never the number of trials: the selection's bound holds only if it stays hidden
+            f"chose {res.params or 'the defaults'} (noisy validation score "
+            f"{res.noisy_score:.1f}; each trial's model at ε = {res.trial_epsilon:.3g}) → {saved}"
         )
         console.print(f"privacy: ({g.epsilon:.3g}, {g.delta:.1e})-DP per user, selection included")
 
@@ -132,15 +135,23 @@ def train_tiers(
             raise ConfigError(
                 f"--tiers expects numbers separated by commas, found {tiers!r}"
             ) from None
+        given = parse_params(param)
+        if "unit" in given:  # set by the command itself: never silently overridden
+            raise ConfigError("-p unit=… is not accepted: protection tiers are per user")
+        for name in ("tiers", "epsilon", "delta"):  # (``key`` is the API key)
+            if name in given:
+                raise ConfigError(f"-p {name}=… is not accepted here: use --{name}")
         params: dict[str, Any] = {
-            **parse_params(param),
+            **given,
             **privacy_params(epsilon, delta, "user"),
             "tiers": offered,
         }
         model = build_model(model_name, params)
         data = load_data(data_path, fmt, binarize)
-        # every row checked against the whole file before anything is charged or fitted
-        asks = read_user_epsilons(tiers_file, np.asarray(data.user_ids))
+        # every row checked against the whole file before anything is charged or fitted (through
+        # a ledger, users the policy removes need no row: checked on the users it keeps)
+        ids = np.asarray(data.user_ids)
+        asks = read_user_epsilons(tiers_file, ids, every_user=dataset is None and ledger is None)
         if dataset is None and ledger is None:
             with err_console.status(f"fitting {model.name} with protection tiers…"):
                 model.fit(data, user_epsilons=asks)
@@ -150,10 +161,12 @@ def train_tiers(
                 raise ConfigError("--ledger needs --dataset NAME (the ledger dataset to charge)")
             from privrec.governance.training import train_from_cli
 
-            by_user = dict(zip(np.asarray(data.user_ids).tolist(), asks.tolist(), strict=True))
+            by_user = dict(zip(ids.tolist(), asks.tolist(), strict=True))
 
             def fit(m: Any, governed: Any) -> None:  # the policy may have removed users
-                kept = np.asarray([by_user[u] for u in np.asarray(governed.user_ids).tolist()])
+                kept_ids = np.asarray(governed.user_ids)
+                kept = np.asarray([by_user[u] for u in kept_ids.tolist()], dtype=np.float64)
+                require_tiers(kept, kept_ids, str(tiers_file))  # before the fit: nothing charged
                 with err_console.status(f"fitting {m.name} with protection tiers…"):
                     m.fit(governed, user_epsilons=kept)
 
@@ -176,33 +189,54 @@ def train_tiers(
         console.print(f"→ {saved}")
 
 
-def read_user_epsilons(path: Path, user_ids: np.ndarray) -> np.ndarray:
-    """Each training user's requested ε from ``user,epsilon`` rows; every user exactly once."""
+def read_user_epsilons(path: Path, user_ids: np.ndarray, *, every_user: bool = True) -> np.ndarray:
+    """Each training user's requested ε from ``user,epsilon`` rows (NaN for a user without one).
+
+    Every row is checked (two columns, a known user, a finite number, no user twice — a repeat
+    could silently move someone to a looser tier); errors name the file's own line numbers.
+    ``every_user``: every user of ``user_ids`` must have a row (through a ledger the check is
+    made after the policy, on the users it keeps: a forgotten user needs no row).
+    """
     try:
-        with path.open(newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r and not r[0].startswith("#")]
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM (from Excel) is not a name
+            reader = csv.reader(fh)
+            rows = [(reader.line_num, r) for r in reader if r and not r[0].startswith("#")]
     except FileNotFoundError:
         raise ConfigError(f"user-epsilons file {str(path)!r} not found") from None
-    if rows and rows[0][:2] == ["user", "epsilon"]:
+    except UnicodeDecodeError:
+        raise DataError("the file is not UTF-8 text", field=str(path)) from None
+    if rows and [c.strip() for c in rows[0][1][:2]] == ["user", "epsilon"]:
         rows = rows[1:]
     index = {str(u): i for i, u in enumerate(user_ids.tolist())}
     out = np.full(len(user_ids), np.nan)
-    for line, row in enumerate(rows, start=1):
+    for line, row in rows:
+        where = f"{path}:{line}"
         if len(row) != 2:
-            raise DataError("expected two columns", field=f"{path}:{line}", expected="user,epsilon")
+            raise DataError("expected two columns", field=where, expected="user,epsilon")
         u, raw = row[0].strip(), row[1].strip()
         if u not in index:
-            raise DataError("unknown user", field=f"{path}:{line}", found=u)
+            raise DataError("unknown user", field=where, found=u)
+        if not np.isnan(out[index[u]]):
+            raise DataError("a user has more than one row", field=where, found=u)
         try:
-            out[index[u]] = float(raw)
+            value = float(raw)
         except ValueError:
-            raise DataError("epsilon is not a number", field=f"{path}:{line}", found=raw) from None
-    missing = np.flatnonzero(np.isnan(out))
+            raise DataError("epsilon is not a number", field=where, found=raw) from None
+        if not np.isfinite(value):
+            raise DataError("epsilon is not a finite number", field=where, found=raw)
+        out[index[u]] = value
+    if every_user:
+        require_tiers(out, user_ids, str(path))
+    return out
+
+
+def require_tiers(asks: np.ndarray, user_ids: np.ndarray, where: str) -> None:
+    """Every user of ``user_ids`` has a requested ε (no NaN left in ``asks``)."""
+    missing = np.flatnonzero(np.isnan(asks))
     if missing.size:
         raise DataError(
             "every training user needs a tier",
-            field=str(path),
+            field=where,
             expected="one row per user",
-            found=f"{missing.size} users without one, e.g. {user_ids[missing[0]]!r}",
+            found=f"{missing.size} users without one, e.g. {str(user_ids[missing[0]])!r}",
         )
-    return out

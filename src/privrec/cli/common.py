@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from privrec.errors import ConfigError, DataError, OutputPathError, PrivrecError
@@ -111,8 +112,8 @@ def handle_errors() -> Iterator[None]:
         if STATE["debug"]:
             raise
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-        err_console.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {msg}",
+        err_console.print(  # the message is text, not markup: "[0.5, 1.0]" must survive
+            f"[bold red]error:[/] {type(exc).__name__}: {escape(str(msg))}",
             highlight=False,
             soft_wrap=True,
             markup=True,
@@ -135,7 +136,9 @@ def _show_warning(
         )
         return
     err_console.print(
-        f"[yellow]warning:[/] {category.__name__}: {message}", highlight=False, soft_wrap=True
+        f"[yellow]warning:[/] {category.__name__}: {escape(str(message))}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -384,6 +387,8 @@ def read_config(path: Path | None) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
 
 
 def is_private(name: str) -> bool:

@@ -131,7 +131,22 @@ def user_weights_for(
 
     Validated before anything is computed: one value per user, each one of ``tiers``.
     """
-    eps = np.asarray(user_epsilons, dtype=np.float64).ravel()
+    index = getattr(user_epsilons, "index", None)  # a pandas Series: matched by position
+    if index is not None and not callable(index) and list(index) != list(range(len(index))):
+        raise DataError(
+            "requested epsilons are taken by position, in the data's user order",
+            field="user_epsilons",
+            expected="a sequence or array (or a Series with a default 0..n-1 index)",
+            found="a Series with its own index",
+        )
+    try:
+        eps = np.asarray(user_epsilons, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise DataError(
+            "requested epsilons must be numbers, one per user",
+            field="user_epsilons",
+            found=type(user_epsilons).__name__,
+        ) from None
     if eps.shape[0] != n_users:
         raise DataError(
             "one requested epsilon per user is needed",
@@ -141,13 +156,15 @@ def user_weights_for(
         )
     table = np.asarray(tiers, dtype=np.float64)
     idx = np.searchsorted(table, eps)
-    ok = (idx < len(table)) & np.isclose(table[np.minimum(idx, len(table) - 1)], eps)
+    # relative tolerance only: with a tiny tier (1e-9) an absolute one would accept ε = 0
+    near = np.isclose(table[np.minimum(idx, len(table) - 1)], eps, rtol=1e-9, atol=0.0)
+    ok = np.isfinite(eps) & (eps > 0) & (idx < len(table)) & near
     if not ok.all():
         bad = eps[~ok][0]
         raise DataError(
             "a user asked for an epsilon that is not a declared tier",
             field="user_epsilons",
-            expected=f"one of {list(table)}",
+            expected="one of " + ", ".join(f"{t:g}" for t in table),
             found=float(bad),
         )
     return np.asarray(weights, dtype=np.float64)[idx]

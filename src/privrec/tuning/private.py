@@ -22,7 +22,10 @@ every candidate, so the random choice of candidate does not change it. Theorem 2
 Steinke (2022) bounds the Rényi DP of "repeat a random number of times, output the best", which
 dp-accounting implements as ``RepeatAndSelectDpEvent(GaussianDpEvent(z), mean, shape=1)`` under
 its RDP accountant; ``z`` is calibrated so that this event meets (ε, δ). The split, the order of
-candidates and K are independent of the data. Neighbouring relation: add/remove one user (the
+candidates and K are independent of the data. The theorem covers the chosen trial's output
+only: K itself must stay hidden (revealing it turns the selection into a plain best-of-K, which
+the bound does not cover), so it is neither returned nor written anywhere — and, as the run
+time grows with K, do not publish how long a selection took. Neighbouring relation: add/remove one user (the
 user unit only: under the interaction unit, one more interaction can move another item of the
 same user across the split).
 """
@@ -50,6 +53,9 @@ from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["TuningResult", "private_tune", "selection_event"]
 
+#: Largest accepted mean number of trials (the run time grows linearly with it).
+MAX_MEAN_TRIALS = 1000.0
+
 SELECTION_LABEL = "private hyper-parameter selection (best of a random number of trials)"
 
 
@@ -67,7 +73,6 @@ class TuningResult:
     model: PrivateRecommender
     params: dict[str, Any]
     noisy_score: float
-    trials: int
     trial_epsilon: float
     guarantee: PrivacyGuarantee
 
@@ -118,8 +123,9 @@ def private_tune(
     TuningResult
         The chosen trial's model — its released arrays learnt on the training part of the
         split, its users served from their whole histories — whose ``privacy_guarantee`` is
-        replaced by the selection's, the chosen candidate, its noisy score, the number of
-        trials and each trial's model ε.
+        replaced by the selection's, the chosen candidate, its noisy score and each trial's
+        model ε (a function of the budget only). Never the number of trials (see the module
+        docstring).
     """
     if not grid:
         raise ConfigError("the grid needs at least one candidate")
@@ -132,13 +138,21 @@ def private_tune(
         # one interaction more can move another of that user's items across the split, so the
         # training part would differ in two interactions: only the user unit is covered
         raise ConfigError("private_tune supports the user unit only")
+    if not all(isinstance(g, Mapping) for g in grid):
+        raise ConfigError("every grid candidate must be a mapping of constructor arguments")
+    # a repeated candidate would only raise the default number of trials (and their cost)
+    grid = list({repr(sorted(g.items())): dict(g) for g in grid}.values())
     mean = float(mean_trials) if mean_trials is not None else 2.0 * len(grid)
-    if not mean >= 1:
-        raise ConfigError(f"mean_trials must be >= 1, found {mean}")
+    if not 1 <= mean <= MAX_MEAN_TRIALS:
+        raise ConfigError(f"mean_trials must be in [1, {MAX_MEAN_TRIALS:g}], found {mean}")
     shared = dict(base_params or {})
-    for key in ("epsilon", "delta", "unit", "accountant", "seed"):
+    for key in ("epsilon", "delta", "unit", "accountant", "seed", "tiers"):
         if key in shared or any(key in g for g in grid):
             raise ConfigError(f"{key!r} is set by private_tune, not by the grid")
+    # every candidate is checked before anything is charged: a bad one drawn late would
+    # otherwise fail after the selection's budget was reserved (or never be noticed)
+    for g in grid:
+        _check_candidate(model_cls, {**shared, **g}, delta, unit)
     budget = Budget(epsilon, delta)
     budget.check_delta(data.n_users if unit is PrivacyUnit.USER else max(data.nnz, 1))
     z = calibrate(budget, lambda v: selection_event(v, mean), kind="rdp", unit=unit)
@@ -183,9 +197,12 @@ def private_tune(
         released=[
             *inner.released,
             "the chosen hyper-parameters and their noisy validation score",
-            "the number of trials (independent of the data)",
         ],
-        not_released=[*inner.not_released, "the other trials' models and scores"],
+        not_released=[
+            *inner.not_released,
+            "the other trials' models and scores",
+            "the number of trials (the selection's bound holds only while it stays hidden)",
+        ],
         threat_model=inner.threat_model,
         seeded_noise=seed is not None,
     )
@@ -197,7 +214,17 @@ def private_tune(
     chosen.set_params(epsilon=float(epsilon), accountant="rdp")
     chosen.guarantee_ = guarantee
     _attach_histories(chosen, data)
-    return TuningResult(chosen, params, noisy, trials, eps_model, guarantee)
+    return TuningResult(chosen, params, noisy, eps_model, guarantee)
+
+
+def _check_candidate(
+    model_cls: type[PrivateRecommender], params: dict[str, Any], delta: float, unit: PrivacyUnit
+) -> None:
+    """A typed error now if ``params`` does not make a valid ``model_cls`` (unknown key, bad value)."""
+    try:
+        model_cls(epsilon=1.0, delta=delta, unit=unit, accountant="pld", **params).config()  # type: ignore[call-arg]
+    except TypeError as exc:
+        raise ConfigError(f"grid candidate {params!r}: {exc}") from None
 
 
 def _attach_histories(model: PrivateRecommender, data: Interactions) -> None:

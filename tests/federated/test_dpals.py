@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privrec.data import synthetic
-from privrec.errors import ConfigError, NonFiniteResultError, ProtocolAbort
+from privrec.errors import ConfigError, NonFiniteResultError, PrivacyWarning, ProtocolAbort
 from privrec.federated.dpals import (
     DeviceTask,
     FederatedDPALS,
@@ -350,3 +350,11 @@ def test_non_finite_solves_are_refused_not_saved() -> None:
         m._finish(m.config(), released=[], not_released=[], threat_model="")
     with pytest.raises(NonFiniteResultError):
         project_psd(np.full((2, 2), np.nan))
+
+
+def test_no_survivor_margin_warns() -> None:
+    data = synthetic(n_users=60, n_items=20, seed=0)
+    with pytest.warns(PrivacyWarning, match="no margin"):
+        FederatedDPALS(epsilon=5.0, delta=1e-3, factors=2, min_survivor_fraction=1.0, seed=0).fit(
+            data
+        )

@@ -103,6 +103,8 @@ def test_a_node_missing_a_deadline_aborts_the_round_and_it_is_retried(tmp_path: 
     coordinator = _flower(tmp_path, LocalTransport(3, fault=fault))
     logs = [(e.round, e.attempt, e.aborted is not None) for e in coordinator.logs]
     assert logs[:2] == [(1, 0, True), (1, 1, False)]
+    # the aborted attempt is not charged: its line says ε = 0 so far, the retry's says round 1's
+    assert coordinator.logs[0].epsilon == 0.0 < coordinator.logs[1].epsilon
     assert coordinator.model.rounds_[0]["attempts"] == 2
     # an aborted round is not charged: the same ε as a run without faults
     sim = FederatedDPALS(**PARAMS, secure="fast").fit(full_matrix())

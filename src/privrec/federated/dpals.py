@@ -52,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -60,7 +61,7 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError, NonFiniteResultError, ProtocolAbort
+from privrec.errors import ConfigError, NonFiniteResultError, PrivacyWarning, ProtocolAbort
 from privrec.federated.secure_round import secure_sum
 from privrec.models.base import register
 from privrec.models.dp_als import (
@@ -148,12 +149,13 @@ class FederatedDPALS(DPALS):
         """Always: every round's distributed discrete-Gaussian bound is an RDP bound."""
         return True
 
-    def epsilon_through_next_round(self) -> float:
-        """ε (RDP, at the model's δ) of the rounds charged so far plus the round in progress —
-        what a round log may say once that round's sum is decoded (the fit charges it next)."""
+    def epsilon_spent(self, *, with_next_round: bool = False) -> float:
+        """ε (RDP, at the model's δ) of the rounds charged so far — with ``with_next_round``,
+        plus the round in progress: what a round log may say once that round's sum is decoded
+        (the fit charges it next); an aborted attempt adds nothing."""
         planned = getattr(self, "_planned", None) or []
-        done = len(getattr(self, "_spent", []))
-        events = [p.event for p in planned[: done + 1]]
+        done = len(getattr(self, "_spent", [])) + (1 if with_next_round else 0)
+        events = [p.event for p in planned[:done]]
         if not events:
             return 0.0
         return epsilon_of(events, self.delta, kind="rdp", unit=PrivacyUnit.USER)
@@ -239,6 +241,14 @@ class FederatedDPALS(DPALS):
         if c.tiers:
             raise ConfigError("personalised budgets are not available in federated DPALS")
         n_min = max(2, math.ceil(c.min_survivor_fraction * n_users))
+        if c.min_survivor_fraction >= 1.0:
+            warnings.warn(
+                "min_survivor_fraction=1 leaves no margin: the noise assumes every device survives "
+                "and is honest — one dropout aborts a round, and one device colluding with the "
+                "server (removing its noise share) leaves less noise than the announced ε needs",
+                PrivacyWarning,
+                stacklevel=3,
+            )
         ratios = self._ratios(c)
         iterations = resolve_iterations(c.iterations, c.epsilon)
         adaptive = c.max_per_user is None or c.factors is None

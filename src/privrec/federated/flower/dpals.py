@@ -143,6 +143,7 @@ class FlowerDevices:
                 result = r._secure_sum(entry, rc, extra)
             except ProtocolAbort as exc:
                 entry.aborted = f"{exc.phase}: {exc.reason}"
+                entry.epsilon = r.model.epsilon_spent()  # an aborted attempt is not charged
                 entry.seconds = time.perf_counter() - t0
                 r._log(entry)
                 if attempt == r.settings.max_retries:
@@ -151,7 +152,7 @@ class FlowerDevices:
             n_surv = len(result.survivors)
             entry.survivors = n_surv
             entry.dropped = {p: len(v) for p, v in result.dropped.items()}
-            entry.epsilon = r.model.epsilon_through_next_round()  # this round included
+            entry.epsilon = r.model.epsilon_spent(with_next_round=True)  # this round included
             decoded = enc.decode(result.sum, n_surv)
             entry.seconds = time.perf_counter() - t0
             r._log(entry)

@@ -112,6 +112,52 @@ def test_minimisation_without_timestamps_is_reproducible() -> None:
     assert np.array_equal(a.matrix.indices, b.matrix.indices)
 
 
+def test_minimisation_keeps_what_depends_on_the_user_alone() -> None:
+    """Without timestamps the kept interactions of a user depend on that user's (id, item)
+    pairs only: removing another user — or one interaction of another user, or reordering the
+    rows — changes nothing else, so a neighbouring dataset differs in one user's rows only (the
+    sensitivities every mechanism states). It once ranked by position in the whole data: one
+    removed user changed the kept history of most of the others."""
+    from privrec.governance.db import user_digests
+    from privrec.governance.policy import apply_policy
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(120), rng.integers(5, 30, size=120))
+    items = rng.integers(0, 60, size=users.size)
+    pairs = np.unique(np.stack([users, items], axis=1), axis=0)
+    pol = policy_from_dict({**POLICY, "max_interactions_per_user": 6})
+
+    def kept(u: np.ndarray, i: np.ndarray) -> dict[str, set[str]]:
+        data = Interactions.from_arrays([f"u{x}" for x in u], [f"i{x}" for x in i])
+        out, _ = apply_policy(
+            data, pol, user_digests=user_digests(b"k", data.user_ids),
+            deleted=np.zeros(0, np.uint64), consented=None, now=0.0,
+        )  # type: ignore[arg-type]  # fmt: skip
+        m = out.matrix
+        return {
+            str(out.user_ids[r]): {
+                str(out.item_ids[c]) for c in m.indices[m.indptr[r] : m.indptr[r + 1]]
+            }
+            for r in range(out.n_users)
+        }
+
+    full = kept(pairs[:, 0], pairs[:, 1])
+    assert all(len(v) <= 6 for v in full.values())
+    for drop in (0, 7, 119):
+        rest = pairs[pairs[:, 0] != drop]
+        assert kept(rest[:, 0], rest[:, 1]) == {k: v for k, v in full.items() if k != f"u{drop}"}
+    one_less = np.delete(pairs, 3, axis=0)  # one interaction of user 0
+    changed = {k for k, v in kept(one_less[:, 0], one_less[:, 1]).items() if full[k] != v}
+    assert changed <= {"u0"}
+    shuffled = pairs[rng.permutation(len(pairs))]
+    assert kept(shuffled[:, 0], shuffled[:, 1]) == full
+
+
+def test_a_cap_needs_the_user_unit() -> None:
+    with pytest.raises(PolicyError, match="unit = 'user'"):
+        policy_from_dict({**POLICY, "unit": "interaction", "max_interactions_per_user": 5})
+
+
 BAD = {
     "not toml": ("purpose = ", "not valid TOML"),
     "unknown field": ('purpose="p"\nunit="user"\ncolour="red"\n[budget]\nepsilon=1\ndelta=1e-6\n', "unknown field 'colour'"),

@@ -104,6 +104,17 @@ class Policy(_Strict):
             raise ValueError("columns are listed twice")
         return v
 
+    @pydantic.model_validator(mode="after")
+    def _cap_needs_the_user_unit(self) -> Policy:
+        if self.max_interactions_per_user is not None and self.unit is PrivacyUnit.INTERACTION:
+            raise ValueError(
+                "max_interactions_per_user needs unit = 'user': under the interaction unit, "
+                "removing one interaction of a capped user lets another of theirs in, so "
+                "neighbouring datasets would differ in two interactions and every sensitivity "
+                "stated for one would be too small"
+            )
+        return self
+
     def canonical(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
@@ -113,6 +124,38 @@ class Policy(_Strict):
     @classmethod
     def from_json(cls, text: str) -> Policy:
         return cls.model_validate_json(text)
+
+
+#: Key of the minimisation order's hash (public: the order only has to ignore other users)
+_PAIR_KEY = b"privrec minimisation order v1"
+
+
+def _id_hashes(ids: np.ndarray) -> np.ndarray:
+    """A 64-bit keyed BLAKE2b hash of every id's text, as uint64."""
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(str(x).encode(), digest_size=8, key=_PAIR_KEY).digest())
+            for x in np.asarray(ids).tolist()
+        ),
+        dtype=np.uint64,
+        count=len(ids),
+    )
+
+
+def _pair_hashes(
+    user_ids: np.ndarray, item_ids: np.ndarray, rows: np.ndarray, cols: np.ndarray
+) -> np.ndarray:
+    """A pseudo-random uint64 per interaction that depends only on its (user id, item id).
+
+    The two ids' keyed hashes (one Python call per user and per item, not per interaction)
+    are combined and finalised with splitmix64's mixer, vectorised (uint64 arithmetic wraps).
+    """
+    hu, hi = _id_hashes(user_ids), _id_hashes(item_ids)
+    with np.errstate(over="ignore"):
+        z = hu[rows] ^ (hi[cols] * np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return np.asarray(z ^ (z >> np.uint64(31)), dtype=np.uint64)
 
 
 def _policy_error(where: str, exc: pydantic.ValidationError) -> PolicyError:
@@ -295,10 +338,15 @@ def apply_policy(
         keep &= ~old
     cap = policy.max_interactions_per_user
     if cap is not None:
-        # rank each user's kept interactions, most recent first (without timestamps: a uniform
-        # random order, reproducible for the same data); keep the first `cap`
-        order_key = -ts if ts is not None else np.random.default_rng(0).random(nnz)
-        order_key = np.where(keep, order_key, np.inf)
+        # rank each user's kept interactions, most recent first (without timestamps: by a keyed
+        # hash of (user id, item id) — a fixed pseudo-random order that depends on that pair
+        # only, so adding or removing anyone else never changes which of a user's interactions
+        # are kept, and every Ray partition picks the same ones); keep the first `cap`
+        if ts is not None:
+            order_key = np.where(keep, -ts, np.inf)
+        else:
+            pair = _pair_hashes(data.user_ids, data.item_ids, row_of, m.indices)
+            order_key = np.where(keep, pair, np.iinfo(np.uint64).max)
         order = np.lexsort((order_key, row_of))
         rank = np.arange(nnz) - m.indptr[row_of[order]]
         over = np.zeros(nnz, dtype=bool)

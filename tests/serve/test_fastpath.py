@@ -142,6 +142,17 @@ def test_fast_path_answers_byte_for_byte_as_the_route(
         fast, full = _both(c, monkeypatch, bodies[0], {"X-API-Key": world.keys["ann"]})
         assert fast.status_code == 200
         _same(fast, full)
+        # a lone surrogate parses in Python's json but not in the schema's: refused by both
+        lone = {"model": model_id, "history": ["\ud800"]}
+        fast, full = _both(c, monkeypatch, lone, h)
+        assert fast.status_code == 422
+        _same(fast, full)
+        # a body the framework cannot parse at all: the documented 422, not a bare 400
+        for raw in (b'{"model": "\xff\xfe"}', b"[" * 3000 + b"]" * 3000):
+            r = c.post(
+                "/v1/recommend", headers={"Content-Type": "application/json", **h}, content=raw
+            )
+            assert r.status_code == 422 and r.json()["error"]["code"] == "malformed_request"
 
 
 def test_fast_path_rate_limits_and_refuses_non_private_models(

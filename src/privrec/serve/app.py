@@ -272,6 +272,16 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # the framework could not parse the body (bad UTF-8, nesting)
+            return _json(
+                422,
+                error_body(
+                    422,
+                    "malformed_request",
+                    "malformed request: body: not parseable JSON (UTF-8, nesting)",
+                    problems=[{"where": "body", "problem": "not parseable JSON"}],
+                ),
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _json(
             exc.status_code,

@@ -101,6 +101,11 @@ def parse_recommend(body: bytes) -> tuple[str, list[Any], int] | None:
             continue
         if t is not str or not 0 < len(v) <= 256:
             return None
+        if not v.isascii():  # a lone surrogate ("\\ud800") parses here but not in the schema's
+            try:  # JSON parser: let the full route refuse it, byte for byte as documented
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return None
     return model, history, k
 
 

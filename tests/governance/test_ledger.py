@@ -111,6 +111,13 @@ def test_scoped_budgets_analyst_and_purpose(setup: LedgerSetup) -> None:
         setup.analyst.reserve("ratings", gauss(12.0), purpose="ads")
     scopes = {(s.scope, s.scope_value) for s in setup.analyst.status("ratings")}
     assert ("analyst", "ann") in scopes
+    # purpose limitation: a purpose neither the policy's nor given a budget is refused (a
+    # renamed purpose — "Ads", "ads " — would otherwise slip past the "ads" cap); nothing charged
+    n = len(setup.analyst.history("ratings"))
+    for other in ("Ads", "ads ", "no such purpose"):
+        with pytest.raises(PolicyViolation, match="not declared"):
+            setup.analyst.reserve("ratings", gauss(12.0), purpose=other)
+    assert len(setup.analyst.history("ratings")) == n
 
 
 # ----------------------------------------------------------------------------- roles and input

@@ -102,6 +102,12 @@ class LedgerCharging(LedgerBase):
                 self._check_version(conn, ds, data)
             unit = PrivacyUnit(ds.unit)
             budgets = self._applicable_budgets(conn, ds.id, use)
+            if use != policy.purpose and not any(b.scope == "purpose" for b in budgets):
+                # purpose limitation: a free-text purpose would also slip past every purpose cap
+                raise PolicyViolation(
+                    f"purpose {use!r} is not declared for dataset {dataset!r}: use its policy's "
+                    f"purpose ({policy.purpose!r}) or one its owner gave a purpose budget"
+                )
             dataset_budget = next((b for b in budgets if b.scope == "dataset"), None)
             if dataset_budget is None:
                 raise PolicyViolation(f"dataset {dataset!r} has no budget; its owner must set one")

@@ -109,3 +109,48 @@ def test_other_tracked_tables(setup: LedgerSetup, table: str) -> None:
     _exec(setup, f"UPDATE {table} SET {column}")
     v = setup.auditor.verify_audit_log()
     assert not v.ok and f"table {table} row 1 was edited" in v.message
+
+
+def test_replaced_user_key_is_caught(setup: LedgerSetup) -> None:
+    """A new user-hash key would silently cancel every deletion request and consent."""
+    setup.owner.forget("ratings", 42)
+    assert setup.auditor.verify_audit_log().ok
+    _exec(setup, f"UPDATE ledger_meta SET value = '{'ab' * 32}' WHERE key = 'user_key'")
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and v.first_bad_seq == 1 and "user-hash key" in v.message
+
+
+def test_consent_record_outside_a_logged_import_is_caught(setup: LedgerSetup) -> None:
+    setup.owner.import_consents("ratings", [(1, True), (2, False)], source="crm")
+    assert setup.auditor.verify_audit_log().ok
+    _exec(
+        setup,
+        "INSERT INTO consents (id, dataset_id, user_hash, granted, recorded_at, source) "
+        "SELECT 99, dataset_id, user_hash, true, recorded_at + 1, source FROM consents WHERE id = 2",
+    )
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and "consent record 99 was never imported" in v.message
+
+
+def test_malformed_payload_and_head_are_named_not_raised(setup: LedgerSetup) -> None:
+    from privrec.governance.audit import chain_hash, read_head
+
+    _activity(setup, 1)
+    with create_ledger_engine(setup.url).begin() as c:
+        seq, _ = read_head(c)
+        row = c.exec_driver_sql(
+            f"SELECT prev_hash, at, actor, action FROM audit_log WHERE seq = {seq}"
+        ).one()
+        h = chain_hash(row.prev_hash, row.at, row.actor, row.action, "[]")
+        c.exec_driver_sql(f"UPDATE audit_log SET payload = '[]', hash = '{h}' WHERE seq = {seq}")
+        head = json.dumps({"seq": seq, "hash": h}, separators=(",", ":"))
+        c.exec_driver_sql(f"UPDATE ledger_meta SET value = '{head}' WHERE key = 'audit_head'")
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and v.first_bad_seq == seq and "payload is malformed" in v.message
+
+
+def test_garbage_head_is_named_not_raised(setup: LedgerSetup) -> None:
+    _activity(setup, 1)
+    _exec(setup, "UPDATE ledger_meta SET value = 'garbage' WHERE key = 'audit_head'")
+    v = setup.auditor.verify_audit_log()
+    assert not v.ok and "stored head" in v.message

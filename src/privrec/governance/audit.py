@@ -11,9 +11,16 @@ keys — and a digest of each consent batch. :func:`verify` walks the chain and 
 tables with the last fingerprint the log holds for every row, so editing a charge's events in the
 database (to make the spend look smaller) is caught as surely as editing the log.
 
+It also checks the ledger's user-hash key against the fingerprint logged at ``ledger.init`` (a new
+key would silently cancel every deletion request and consent), and that every consent record
+belongs to a logged import.
+
 What it does not do: someone who can write the database *and* recompute every later hash can
-rewrite history; pin the head hash printed by ``privrec audit-log verify`` somewhere they cannot
-write (a ticket, a signed e-mail) and pass it back with ``--expect-head`` to detect that.
+rewrite history — and removing the most recent actions (their rows, their audit rows, the head
+wound back to the row before) needs no hash recomputed at all. Pin the head hash printed by
+``privrec audit-log verify`` somewhere they cannot write (a ticket, a signed e-mail) and pass it
+back with ``--expect-head`` to detect both; ``privrec check --release`` on a model file whose
+charge was removed also fails.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from privrec.errors import AuditLogError
 from privrec.governance import schema as tbl
 
 __all__ = ["GENESIS", "AuditVerification", "append", "canonical_json", "fingerprint", "verify"]
@@ -101,14 +109,24 @@ def chain_hash(prev: str, at: float, actor: str, action: str, payload: str) -> s
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def user_key_fingerprint(user_key: str) -> str:
+    """SHA-256 of the ledger's user-hash key (logged at init; the key itself is never logged)."""
+    return hashlib.sha256(f"privrec user key\n{user_key}".encode()).hexdigest()
+
+
 def read_head(conn: Connection) -> tuple[int, str]:
     raw = conn.execute(
         sa.select(tbl.Meta.value).where(tbl.Meta.key == "audit_head")
     ).scalar_one_or_none()
     if raw is None:
         return 0, GENESIS
-    head = json.loads(raw)
-    return int(head["seq"]), str(head["hash"])
+    try:
+        head = json.loads(raw)
+        return int(head["seq"]), str(head["hash"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise AuditLogError(
+            f"the audit log's stored head is not a valid record: {raw!r:.80}"
+        ) from exc
 
 
 def append(
@@ -173,6 +191,7 @@ def verify(conn: Connection, *, expect_head: str | None = None) -> AuditVerifica
     n = 0
     latest: dict[str, tuple[str, int]] = {}
     consent_batches: list[tuple[int, int, str, int]] = []
+    init_key_print: tuple[str, int] | None = None
     result = conn.execution_options(yield_per=2000).execute(sa.select(t).order_by(t.c.seq))
     for row in result:
         if row.seq != expected:
@@ -196,17 +215,28 @@ def verify(conn: Connection, *, expect_head: str | None = None) -> AuditVerifica
             )
         try:
             body = json.loads(row.payload)
-        except ValueError:
-            return _bad(n, prev_hash, row.seq, f"audit log broken: row {row.seq} is not JSON")
-        for key, fp in body.get("rows", {}).items():
-            latest[key] = (fp, row.seq)
-        batch = body.get("consent_batch")
-        if batch:
-            consent_batches.append((batch["first_id"], batch["last_id"], batch["digest"], row.seq))
+            if not isinstance(body, dict) or not isinstance(body.get("rows", {}), dict):
+                raise ValueError("not an object")
+            for key, fp in body.get("rows", {}).items():
+                latest[key] = (str(fp), row.seq)
+            batch = body.get("consent_batch")
+            if batch:
+                consent_batches.append(
+                    (int(batch["first_id"]), int(batch["last_id"]), str(batch["digest"]), row.seq)
+                )
+            if row.action == "ledger.init" and "user_key_sha256" in body:
+                init_key_print = (str(body["user_key_sha256"]), row.seq)
+        except (ValueError, TypeError, KeyError):
+            return _bad(
+                n, prev_hash, row.seq, f"audit log broken: row {row.seq}'s payload is malformed"
+            )
         prev_hash = row.hash
         expected += 1
         n += 1
-    head_seq, head_hash = read_head(conn)
+    try:
+        head_seq, head_hash = read_head(conn)
+    except AuditLogError as exc:
+        return _bad(n, prev_hash, None, f"audit log broken: {exc}")
     if head_seq != n or head_hash != prev_hash:
         return _bad(
             n,
@@ -260,5 +290,26 @@ def verify(conn: Connection, *, expect_head: str | None = None) -> AuditVerifica
                 prev_hash,
                 seq,
                 f"consent records {first}-{last} (imported in audit-log row {seq}) were changed",
+            )
+    # every consent record must belong to a logged import (an inserted row would grant consent)
+    ct = tbl.Consent.__table__
+    logged_ids = sa.or_(sa.false(), *(ct.c.id.between(a, b) for a, b, _, _ in consent_batches))
+    stray = conn.execute(sa.select(sa.func.min(ct.c.id)).where(sa.not_(logged_ids))).scalar()
+    if stray is not None:
+        return _bad(
+            n, prev_hash, None, f"consent record {stray} was never imported through the ledger"
+        )
+    if init_key_print is not None:
+        key = conn.execute(
+            sa.select(tbl.Meta.value).where(tbl.Meta.key == "user_key")
+        ).scalar_one_or_none()
+        if key is None or user_key_fingerprint(key) != init_key_print[0]:
+            return _bad(
+                n,
+                prev_hash,
+                init_key_print[1],
+                "the ledger's user-hash key differs from the one audit-log row "
+                f"{init_key_print[1]} recorded at init (deletion requests and consents would no "
+                "longer match anyone)",
             )
     return AuditVerification(True, n, prev_hash)

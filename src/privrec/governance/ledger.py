@@ -94,10 +94,11 @@ class Ledger(LedgerCharging, LedgerIntake):
                     "this ledger is already initialised; ask its owner for a key "
                     "(`privrec keys create NAME --role ROLE`)"
                 )
+            user_key = secrets.token_hex(32)
             conn.execute(
                 sa.insert(tbl.Meta).values(
                     [
-                        {"key": "user_key", "value": secrets.token_hex(32)},
+                        {"key": "user_key", "value": user_key},
                         {
                             "key": "audit_head",
                             "value": audit.canonical_json({"seq": 0, "hash": audit.GENESIS}),
@@ -123,7 +124,13 @@ class Ledger(LedgerCharging, LedgerIntake):
                 at=now,
                 actor=owner,
                 action="ledger.init",
-                payload={"owner": owner, "key_id": key_id},
+                # the user-hash key's fingerprint: replacing the key would silently cancel every
+                # deletion request and consent (their hashes would no longer match anyone)
+                payload={
+                    "owner": owner,
+                    "key_id": key_id,
+                    "user_key_sha256": audit.user_key_fingerprint(user_key),
+                },
                 rows={"principals": [pid], "api_keys": [kid]},
             )
         return cls(engine, resolved, Principal(owner, Role.OWNER)), full

@@ -196,6 +196,19 @@ def test_governed_training_of_distributed_models_is_charged_under_rdp(
     assert charge.epsilon >= model.guarantee_.epsilon - 1e-9 and rec.path.exists()
 
 
+def test_federated_mf_through_train_is_refused_before_round_one(
+    setup: LedgerSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FederatedMF announces its rounds before the first one: over budget, no round runs."""
+    data = setup.analyst.load("ratings", _data())
+    ran: list[int] = []
+    monkeypatch.setattr(FederatedSimulation, "run", lambda self, **kw: ran.append(1))
+    model = FederatedMF(epsilon=50.0, delta=1e-6, rounds=2, factors=2, head_items=10, seed=0)
+    with pytest.raises(BudgetExceededError):
+        setup.analyst.train(model, data, output=tmp_path / "m.npz")
+    assert ran == [] and not (tmp_path / "m.npz").exists()
+
+
 # ------------------------------------------------------------------ the CLIs
 def _split_folder(folder: Path, n_users: int = 240, n_items: int = 20) -> Path:
     rng = np.random.default_rng(0)

@@ -202,6 +202,9 @@ class FederatedMF(PrivateRecommender):
         c: FederatedMFConfig = config
         opts = getattr(self, "_sim_options", {}) or {}
         sim = FederatedSimulation(c, data.matrix, **opts)
+        # write-ahead: a ledger attached as release_gate reserves every event a complete run
+        # records (its worst case) before round 1 — and refuses before any noise is drawn
+        self._plan(list(sim.server.planned_events()))
         sim.run(progress=getattr(self, "_progress", False))
         srv = sim.server
         assert srv.head_items is not None

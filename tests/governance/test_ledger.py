@@ -367,3 +367,16 @@ def test_seeded_noise_is_flagged(setup: LedgerSetup, tmp_path: Path) -> None:
             DPPopularity(epsilon=0.5, delta=1e-6, unit="user", seed=3), data, output=tmp_path / "s"
         )
     assert rec.artifact.seeded_noise
+
+
+def test_an_analyst_reads_only_their_own_dataset_versions(setup: LedgerSetup) -> None:
+    """A version's policy report holds exact counts (one deleted person's interactions)."""
+    from privrec.governance import Ledger
+
+    data = synthetic(n_users=30, n_items=10, seed=0)
+    mine = setup.analyst.load("ratings", data)
+    assert setup.analyst.version(mine.version_id)["id"] == mine.version_id
+    bob = Ledger.connect(setup.url, setup.owner.create_key("bob", "analyst"))
+    with pytest.raises(PermissionDeniedError, match="another analyst's dataset version"):
+        bob.version(mine.version_id)
+    assert setup.auditor.version(mine.version_id)["n_users"] == 30

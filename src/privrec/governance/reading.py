@@ -398,6 +398,10 @@ class LedgerBase:
             ).first()
             if v is None:
                 raise UnknownDatasetError(f"unknown dataset version {version_id}")
+            # its policy report holds exact counts (e.g. one deleted person's interactions): an
+            # analyst reads only the versions they loaded themselves, as with artifacts
+            if not self.principal.can("read_all") and v.created_by != self.actor:
+                require(self.principal, "read_all", "reading another analyst's dataset version")
             return {
                 "id": v.id,
                 "dataset": self._dataset_name(conn, v.dataset_id),

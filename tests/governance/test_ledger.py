@@ -380,3 +380,20 @@ def test_an_analyst_reads_only_their_own_dataset_versions(setup: LedgerSetup) ->
     with pytest.raises(PermissionDeniedError, match="another analyst's dataset version"):
         bob.version(mine.version_id)
     assert setup.auditor.version(mine.version_id)["n_users"] == 30
+
+
+def test_a_file_that_is_not_a_ledger_is_one_typed_error(tmp_path: Path) -> None:
+    """Not a database, a directory, a missing file: LedgerSchemaError, and no empty file left."""
+    from privrec.errors import LedgerSchemaError
+    from privrec.governance import Ledger
+
+    (tmp_path / "notes.db").write_text("hello")
+    for target in (
+        tmp_path / "notes.db",
+        tmp_path,
+        tmp_path / "missing" / "x.db",
+        tmp_path / "n.db",
+    ):
+        with pytest.raises(LedgerSchemaError):
+            Ledger.connect(f"sqlite:///{target}", "prk_aaaaaaaaaaaa_secret")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]

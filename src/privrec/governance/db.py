@@ -124,6 +124,22 @@ def schema_revision(conn: Connection) -> str | None:
     return None if row is None else str(row[0])
 
 
+def require_existing(url: str) -> None:
+    """Refuse a SQLite ledger file that does not exist (instead of creating an empty one)."""
+    if url.startswith("sqlite"):
+        db = sa.engine.make_url(url).database
+        if db and db != ":memory:" and not Path(db).is_file():
+            raise LedgerSchemaError(
+                f"no privrec ledger at {_safe(url)}: run `privrec ledger init` first"
+            )
+
+
+def open_error(url: str, exc: Exception) -> LedgerSchemaError:
+    """A database that cannot be opened or read as a ledger (not a database, a directory, …)."""
+    why = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+    return LedgerSchemaError(f"cannot open a privrec ledger at {_safe(url)}: {why}")
+
+
 def check_schema(conn: Connection, url: str) -> None:
     """Refuse a database this privrec cannot safely use (not initialised, older or newer schema)."""
     rev = schema_revision(conn)

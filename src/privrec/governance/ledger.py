@@ -49,7 +49,9 @@ from privrec.governance.charging import LedgerCharging
 from privrec.governance.db import (
     check_schema,
     create_ledger_engine,
+    open_error,
     read_transaction,
+    require_existing,
     resolve_url,
     upgrade,
     write_transaction,
@@ -142,17 +144,21 @@ class Ledger(LedgerCharging, LedgerIntake):
         if not key:
             raise AuthenticationError(f"no API key: pass one (--key) or set ${API_KEY_ENV}")
         resolved = resolve_url(url)
-        engine = create_ledger_engine(resolved)
         key_id, secret = parse_key(key)
-        with read_transaction(engine) as conn:
-            check_schema(conn, resolved)
-            row = conn.execute(
-                sa.select(
-                    tbl.ApiKey, tbl.Principal.name, tbl.Principal.role, tbl.Principal.disabled
-                )
-                .join(tbl.Principal, tbl.Principal.id == tbl.ApiKey.principal_id)
-                .where(tbl.ApiKey.key_id == key_id)
-            ).first()
+        require_existing(resolved)  # a mistyped path must not leave an empty database behind
+        engine = create_ledger_engine(resolved)
+        try:
+            with read_transaction(engine) as conn:
+                check_schema(conn, resolved)
+                row = conn.execute(
+                    sa.select(
+                        tbl.ApiKey, tbl.Principal.name, tbl.Principal.role, tbl.Principal.disabled
+                    )
+                    .join(tbl.Principal, tbl.Principal.id == tbl.ApiKey.principal_id)
+                    .where(tbl.ApiKey.key_id == key_id)
+                ).first()
+        except sa.exc.DBAPIError as exc:
+            raise open_error(resolved, exc) from None
         if row is None or row.revoked_at is not None or row.disabled:
             raise AuthenticationError("unknown or revoked API key")
         cache_key = (resolved, hashlib.sha256(key.encode()).hexdigest())

@@ -113,6 +113,13 @@ def test_cli_flow(ledger_url: str, tmp_path: Path) -> None:
             "ledger", "budget", "ml", "--epsilon", eps, "--delta", delta, *db, key=owner
         )
         assert code == 1 and len(out.strip().splitlines()) == 1, (eps, delta, out)
+    # an empty scope name once set the dataset's own cap
+    for scope in ("--purpose", "--analyst"):
+        code, out = invoke(
+            "ledger", "budget", "ml", "--epsilon", "100", "--delta", "1e-6", scope, " ", *db,
+            key=owner,
+        )  # fmt: skip
+        assert code == 1 and "needs a name" in out, out
     assert audit_rows(ledger_url) == before
     code, out = invoke(
         "ledger", "budget", "ml", "--epsilon", "1e308", "--delta", "1e-6", *db, key=owner

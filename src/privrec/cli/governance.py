@@ -178,9 +178,16 @@ def ledger_budget(
             return
         if epsilon is None or delta is None:
             raise GovernanceError("give both --epsilon and --delta to set a budget")
-        if analyst and purpose:
+        if analyst is not None and purpose is not None:
             raise GovernanceError("a budget is for an analyst or a purpose, not both")
-        scope = "analyst" if analyst else "purpose" if purpose else "dataset"
+        for name, given in (("--analyst", analyst), ("--purpose", purpose)):
+            if given is not None and not given.strip():  # '' must not mean the dataset's cap
+                raise GovernanceError(
+                    f"{name} needs a name (leave it out for the dataset's budget)"
+                )
+        scope = (
+            "analyst" if analyst is not None else "purpose" if purpose is not None else "dataset"
+        )
         s = ledger.set_budget(
             dataset,
             epsilon=epsilon,

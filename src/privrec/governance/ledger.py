@@ -385,7 +385,7 @@ class Ledger(LedgerCharging, LedgerIntake):
             raise GovernanceError(
                 f"unknown budget scope {scope!r}; choose dataset, analyst or purpose"
             )
-        if (scope == "dataset") != (value == ""):
+        if (scope == "dataset") != (value == "") or (value != "" and not value.strip()):
             raise GovernanceError(
                 "a dataset budget takes no value; analyst and purpose budgets name one"
             )

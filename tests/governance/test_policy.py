@@ -84,6 +84,19 @@ def test_consent_from_a_csv_file(ledger_url: str, tmp_path: Path) -> None:
     g = s.analyst.load("ratings", dataset(time.time()))
     assert sorted(g.interactions.user_ids) == ["u5", "u7"]
     assert g.report.step("consent").users_dropped == 10
+    # a withdrawal in the file after the load: the loaded data can no longer be charged
+    import dp_accounting
+
+    from privrec.privacy.events import SpentEvent
+
+    event = [SpentEvent("q", dp_accounting.GaussianDpEvent(50.0))]
+    s.analyst.reserve("ratings", event, data=g)  # unchanged file: fine
+    csv.write_text(csv.read_text() + "u7,withdrawn\n")
+    with pytest.raises(PolicyViolation, match="consent file .* changed"):
+        s.analyst.reserve("ratings", event, data=g)
+    again = s.analyst.load("ratings", dataset(time.time()))
+    assert sorted(again.interactions.user_ids) == ["u5"]
+    s.analyst.reserve("ratings", event, data=again)
 
 
 def test_retention_without_timestamps_is_refused(ledger_url: str) -> None:

@@ -31,7 +31,7 @@ from privrec.governance import schema as tbl
 from privrec.governance.auth import require
 from privrec.governance.composition import ChargeEvents, composed_epsilon
 from privrec.governance.db import write_transaction
-from privrec.governance.policy import Policy
+from privrec.governance.policy import Policy, consent_file_digest
 from privrec.governance.reading import LedgerBase, _now
 from privrec.governance.records import ChargeInfo, GovernedData
 from privrec.privacy.events import SpentEvent
@@ -183,6 +183,15 @@ class LedgerCharging(LedgerBase):
                 f"dataset {ds.name!r} changed since this data was loaded (deletion requests, consents "
                 "or policy): load it again so the change applies"
             )
+        policy = Policy.from_json(ds.policy_json)
+        if policy.consent.required and policy.consent.source != "ledger":
+            # consents kept in a file change outside the ledger: compare the file with the load's
+            loaded = json.loads(v.report_json).get("consent_file_sha256")
+            if loaded != consent_file_digest(policy.consent.source):
+                raise PolicyViolation(
+                    f"the consent file of dataset {ds.name!r} changed since this data was loaded "
+                    "(someone may have withdrawn): load it again so the change applies"
+                )
 
     def _applicable_budgets(self, conn: Connection, dataset_id: int, purpose: str) -> list[Any]:
         return list(

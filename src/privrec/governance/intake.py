@@ -31,7 +31,13 @@ from privrec.governance.db import (
     user_digests,
     write_transaction,
 )
-from privrec.governance.policy import Policy, PolicyReport, apply_policy, content_hash
+from privrec.governance.policy import (
+    Policy,
+    PolicyReport,
+    apply_policy,
+    consent_file_digest,
+    content_hash,
+)
 from privrec.governance.reading import LedgerBase, _now
 from privrec.governance.records import GovernedData
 
@@ -148,12 +154,17 @@ class LedgerIntake(LedgerBase):
                 )
                 policy = Policy.from_json(ds.policy_json)
                 consented = None
+                file_digest = None
                 if policy.consent.required:
+                    if policy.consent.source != "ledger":  # read before the file's records
+                        file_digest = consent_file_digest(policy.consent.source)
                     consented = self._consented(conn, ds.id, policy, key)
             digests = user_digests(key, data.user_ids)
             out, report = apply_policy(
                 data, policy, user_digests=digests, deleted=deleted, consented=consented, now=_now()
             )
+            if file_digest is not None:
+                report = report.model_copy(update={"consent_file_sha256": file_digest})
             h = content_hash(out)
             members = (
                 np.sort(digests[np.isin(data.user_ids, out.user_ids)])

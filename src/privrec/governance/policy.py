@@ -218,6 +218,9 @@ class PolicyReport(_Strict):
     interactions_out: int
     steps: tuple[PolicyStep, ...]
     columns_dropped: tuple[str, ...]
+    #: SHA-256 of the consent file the load read (a policy whose consents live in a file): a
+    #: charge on this version is refused once the file changed (e.g. someone withdrew)
+    consent_file_sha256: str | None = None
 
     def step(self, name: str) -> PolicyStep:
         for s in self.steps:
@@ -228,6 +231,14 @@ class PolicyReport(_Strict):
 
 _TRUE = {"1", "true", "yes", "y", "granted", "given", "opt-in", "optin"}
 _FALSE = {"0", "false", "no", "n", "revoked", "withdrawn", "denied", "opt-out", "optout"}
+
+
+def consent_file_digest(path: str | Path) -> str:
+    """SHA-256 of a consent file's bytes (what a loaded version records)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise PolicyViolation(f"the consent file {str(path)!r} cannot be read: {exc}") from None
 
 
 def read_consents(path: str | Path) -> list[tuple[str, bool]]:

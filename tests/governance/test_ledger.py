@@ -397,3 +397,17 @@ def test_a_file_that_is_not_a_ledger_is_one_typed_error(tmp_path: Path) -> None:
         with pytest.raises(LedgerSchemaError):
             Ledger.connect(f"sqlite:///{target}", "prk_aaaaaaaaaaaa_secret")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
+
+
+def test_last_owner_key_and_look_alike_dataset_names_are_refused(setup: LedgerSetup) -> None:
+    from privrec.governance.policy import policy_from_dict
+
+    from .conftest import POLICY
+
+    all_keys = setup.owner.keys()
+    (own,) = [k for k in all_keys if k["role"] == "owner"]
+    with pytest.raises(GovernanceError, match="last working owner key"):
+        setup.owner.revoke_key(own["key_id"])
+    for name in (" ", "ratings ", " ratings"):
+        with pytest.raises(GovernanceError, match="invalid dataset name"):
+            setup.owner.set_policy(name, policy_from_dict(POLICY))

@@ -92,7 +92,7 @@ def test_consent_from_a_csv_file(ledger_url: str, tmp_path: Path) -> None:
     event = [SpentEvent("q", dp_accounting.GaussianDpEvent(50.0))]
     s.analyst.reserve("ratings", event, data=g)  # unchanged file: fine
     csv.write_text(csv.read_text() + "u7,withdrawn\n")
-    with pytest.raises(PolicyViolation, match="consent file .* changed"):
+    with pytest.raises(PolicyViolation, match=r"consent file .* changed"):
         s.analyst.reserve("ratings", event, data=g)
     again = s.analyst.load("ratings", dataset(time.time()))
     assert sorted(again.interactions.user_ids) == ["u5"]
@@ -184,6 +184,8 @@ BAD = {
     "zero epsilon": ('purpose="p"\nunit="user"\n[budget]\nepsilon=0\ndelta=1e-6\n', "budget.epsilon"),
     "delta of one": ('purpose="p"\nunit="user"\n[budget]\nepsilon=1\ndelta=1.0\n', "budget.delta"),
     "nan delta": ('purpose="p"\nunit="user"\n[budget]\nepsilon=1\ndelta=nan\n', "budget.delta"),
+    "boolean epsilon": ('purpose="p"\nunit="user"\n[budget]\nepsilon=true\ndelta=1e-6\n', "budget.epsilon"),
+    "string epsilon": ('purpose="p"\nunit="user"\n[budget]\nepsilon="1"\ndelta=1e-6\n', "budget.epsilon"),
 }  # fmt: skip
 
 

@@ -239,6 +239,25 @@ class Ledger(LedgerCharging, LedgerIntake):
                 raise UnknownDatasetError(f"unknown key id {key_id!r}")
             if row.revoked_at is not None:
                 raise GovernanceError(f"key {key_id} was already revoked")
+            # never the last working owner key: nobody could then record a deletion request,
+            # change a policy or create a key again (and `ledger init` refuses an initialised ledger)
+            owner_keys = (
+                conn.execute(
+                    sa.select(tbl.ApiKey.id)
+                    .join(tbl.Principal, tbl.Principal.id == tbl.ApiKey.principal_id)
+                    .where(
+                        tbl.Principal.role == Role.OWNER.value,
+                        tbl.Principal.disabled.is_(False),
+                        tbl.ApiKey.revoked_at.is_(None),
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if list(owner_keys) == [row.id]:
+                raise GovernanceError(
+                    "this is the ledger's last working owner key: create another owner key first"
+                )
             conn.execute(
                 sa.update(tbl.ApiKey).where(tbl.ApiKey.id == row.id).values(revoked_at=now)
             )
@@ -265,8 +284,15 @@ class Ledger(LedgerCharging, LedgerIntake):
     def set_policy(self, dataset: str, policy: Policy) -> DatasetInfo:
         """Register ``dataset`` under ``policy`` (or replace its policy); sets the dataset budget too."""
         require(self.principal, "manage", "setting a policy")
-        if not dataset or len(dataset) > 128 or not dataset.isprintable():
-            raise GovernanceError(f"invalid dataset name {dataset!r}")
+        if (
+            not dataset.strip()
+            or dataset != dataset.strip()  # "demo " beside "demo": two budgets for one dataset
+            or len(dataset) > 128
+            or not dataset.isprintable()
+        ):
+            raise GovernanceError(
+                f"invalid dataset name {dataset!r} (printable, no leading or trailing spaces)"
+            )
         now = _now()
         with write_transaction(self.engine) as conn:
             row = conn.execute(sa.select(tbl.Dataset).where(tbl.Dataset.name == dataset)).first()

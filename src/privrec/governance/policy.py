@@ -70,8 +70,9 @@ class ConsentRule(_Strict):
 
 
 class BudgetRule(_Strict):
-    epsilon: float = pydantic.Field(gt=0, allow_inf_nan=False)
-    delta: float = pydantic.Field(gt=0, lt=1)
+    # strict: `epsilon = true` or `epsilon = "1"` in a policy file is a mistake, not 1.0
+    epsilon: float = pydantic.Field(gt=0, allow_inf_nan=False, strict=True)
+    delta: float = pydantic.Field(gt=0, lt=1, strict=True)
     period_days: float | None = pydantic.Field(default=None, gt=0, allow_inf_nan=False)
     accountant: Literal["pld", "rdp"] = "pld"
 

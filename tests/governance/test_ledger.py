@@ -411,3 +411,9 @@ def test_last_owner_key_and_look_alike_dataset_names_are_refused(setup: LedgerSe
     for name in (" ", "ratings ", " ratings"):
         with pytest.raises(GovernanceError, match="invalid dataset name"):
             setup.owner.set_policy(name, policy_from_dict(POLICY))
+
+
+def test_an_empty_user_id_is_not_a_deletion_request(setup: LedgerSetup) -> None:
+    for user in ("", "   "):
+        with pytest.raises(GovernanceError, match="needs a user id"):
+            setup.owner.forget("ratings", user)

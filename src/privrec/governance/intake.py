@@ -96,6 +96,8 @@ class LedgerIntake(LedgerBase):
     def forget(self, dataset: str, user: Any, *, reason: str = "") -> int:
         """Record a deletion request: every later load of ``dataset`` drops ``user``. Returns its id."""
         require(self.principal, "manage", "recording deletion requests")
+        if user is None or (isinstance(user, str) and not user.strip()):
+            raise GovernanceError("a deletion request needs a user id (found an empty one)")
         now = _now()
         with write_transaction(self.engine) as conn:
             ds = self._dataset(conn, dataset)

@@ -182,6 +182,20 @@ def test_fast_path_rate_limits_and_refuses_non_private_models(
         r = c.post("/v1/recommend", headers=auth(world, "ben"), json=body)
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         assert r.json()["error"]["code"] == "rate_limited"
+    # someone who knows ben's key id but not the secret cannot drain ben's bucket
+    key = world.keys["ben"]
+    wrong = {
+        "Authorization": "Bearer " + key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    }
+    with TestClient(create_app(settings_for(world, rate_limit=0.01, burst=2))) as c:
+        assert [
+            c.post("/v1/recommend", headers=wrong, json=body).status_code for _ in range(3)
+        ] == [
+            401,
+            401,
+            429,
+        ]
+        assert c.post("/v1/recommend", headers=auth(world, "ben"), json=body).status_code == 200
 
 
 def test_fast_path_is_taken_and_hands_over_the_rest(

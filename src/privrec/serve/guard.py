@@ -5,8 +5,10 @@
   ``X-API-Key``). Reads and recommendations reuse a verified key for ``ttl`` seconds (so a
   revoked key stops working within that time); anything that spends budget re-opens the
   ledger with the key, so a revoked key never spends.
-* **Rate limits**: a token bucket per key id (``rate`` requests per second, bursts up to
-  ``burst``), checked before the key is verified, so guessing keys is rate limited too.
+* **Rate limits**: a token bucket per presented key (``rate`` requests per second, bursts up
+  to ``burst``), checked before the key is verified. The bucket is the key id *and* a hash of
+  the whole key: someone who knows only a key's (non-secret) id cannot drain its owner's
+  bucket with wrong secrets.
 * **Body limits**: a request whose body exceeds the route's limit is refused with 413 before
   it is read whole (by ``Content-Length``, and by counting when it is streamed).
 * **The access log** names the method, the route *template*, the status and the time — never
@@ -135,9 +137,10 @@ class RateLimiter:
 
 
 def key_ident(key: str) -> str:
-    """The rate-limit identity of a presented key: its public id, or a hash of a malformed one."""
+    """The rate-limit identity of a presented key: its id and a hash of the whole key (a wrong
+    secret is another bucket, never the real key's), or a hash of a malformed one."""
     try:
-        return "k:" + parse_key(key)[0]
+        return "k:" + parse_key(key)[0] + ":" + hashlib.sha256(key.encode()).hexdigest()[:16]
     except AuthenticationError:
         return "x:" + hashlib.sha256(key.encode()).hexdigest()[:16]
 

@@ -295,6 +295,12 @@ def test_models_listing_has_guarantee_lineage_and_evaluation(
     assert all("another analyst" in m["lineage"]["note"] for m in other)
     ev = client.get("/v1/evaluations", headers=auth(world, "ann")).json()
     assert sorted(p["epsilon"] for p in ev["points"]) == pytest.approx([1.0, 4.0], rel=1e-4)
+    # every metric to two decimals: a full-precision mean over n users gives n away
+    values = [v for p in ev["points"] for m in p["metrics"].values() for v in m.values()]
+    values += [
+        v for p in ev["points"] for g in p["per_group"] for k, v in g.items() if k != "group"
+    ]
+    assert values and all(v is None or round(v, 2) == v for v in values)
 
 
 def test_non_private_models_are_listed_but_not_served(world: DemoWorld, tmp_path: Path) -> None:

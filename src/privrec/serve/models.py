@@ -57,12 +57,19 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _GROUP = re.compile(r"^(Q\d+)")
 
 
+def _coarse(v: Any) -> Any:
+    """A metric to two decimals (``None`` and non-numbers unchanged)."""
+    return round(float(v), 2) if isinstance(v, int | float) and not isinstance(v, bool) else v
+
+
 def sanitize_evaluation(result: dict[str, Any]) -> dict[str, Any]:
     """What the API shows of a recorded evaluation: mean metrics and per-activity-group Recall/NDCG.
 
     Evaluations are computed on held-out data and are not differentially private. The service
     drops what pins down individuals: the exact history range of each group (the heaviest
-    group's maximum is one person's count) and the exact numbers of users.
+    group's maximum is one person's count) and the exact numbers of users — and shows every
+    metric to two decimals, because a mean over n users at full precision (0.6833 = 41/60) gives
+    n away. This blurs the counts; it is not a DP guarantee (see docs/serve.md).
     """
     groups = []
     for g in result.get("per_group", []) or []:
@@ -72,14 +79,14 @@ def sanitize_evaluation(result: dict[str, Any]) -> dict[str, Any]:
             {
                 "group": m.group(1) if m else label.split(" ")[0],
                 **{
-                    k: v
+                    k: _coarse(v)
                     for k, v in g.items()
                     if k.startswith(("recall@", "ndcg@")) and isinstance(v, int | float | None)
                 },
             }
         )
     metrics = {
-        name: {str(k): v for k, v in values.items()}
+        name: {str(k): _coarse(v) for k, v in values.items()}
         for name, values in dict(result.get("metrics", {})).items()
         if name in ("recall", "ndcg", "precision", "hitrate", "map", "mrr", "coverage")
     }

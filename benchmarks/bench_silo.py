@@ -92,7 +92,7 @@ def _role(kind: str, keys: str, name: str, matrix: Any, config: Any, queue: Any)
     role: Any = (
         AggregationServer(ident, roster, timeout=300, config=config)
         if kind == "server"
-        else Silo(ident, roster, matrix, timeout=300)
+        else Silo(ident, roster, matrix, timeout=300, config=config)
     )
     try:
         role.run()

@@ -296,7 +296,7 @@ def federation(tmp_path: Path) -> Iterator[tuple[Path, list[threading.Thread], l
         AggregationServer(ids[n], roster, timeout=20, config=cfg) for n in ("server0", "server1")
     ]
     roles += [
-        Silo(ids[f"silo{i + 1}"], roster, sp.csr_matrix(x[a:b]), timeout=20)
+        Silo(ids[f"silo{i + 1}"], roster, sp.csr_matrix(x[a:b]), timeout=20, config=cfg)
         for i, (a, b) in enumerate(itertools.pairwise(cuts))
     ]
     threads = [threading.Thread(target=r.run, daemon=True) for r in roles]  # type: ignore[attr-defined]

@@ -115,6 +115,8 @@ def test_processes_abort_on_frozen_server_then_resume(tmp_path: Path) -> None:
                         str(tmp_path / f"silo{i}.txt"),
                         "--n-items",
                         str(n_items),
+                        "--config",
+                        str(run),
                         "--timeout",
                         "30",
                     ],
@@ -219,7 +221,7 @@ def test_cli_train_writes_model_and_guarantee(tmp_path: Path, model: str) -> Non
     ]
     for i in (1, 2):
         x = sp.random(50, n_items, density=0.2, random_state=rng, format="csr")
-        roles.append(Silo(ids[f"silo{i}"], roster, x, timeout=20))
+        roles.append(Silo(ids[f"silo{i}"], roster, x, timeout=20, config=config))
     threads = [threading.Thread(target=r.run, daemon=True) for r in roles]
     for th in threads:
         th.start()

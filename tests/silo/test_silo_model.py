@@ -112,7 +112,9 @@ def test_a_silo_with_items_outside_the_catalogue_is_named_at_once(tmp_path: Path
     roles: list[AggregationServer | Silo] = [
         AggregationServer(ids[s], roster, timeout=60, config=config) for s in ("server0", "server1")
     ]
-    roles += [Silo(ids[f"silo{i + 1}"], roster, x, timeout=60) for i, x in enumerate(silos)]
+    roles += [
+        Silo(ids[f"silo{i + 1}"], roster, x, timeout=60, config=config) for i, x in enumerate(silos)
+    ]
 
     def quietly(role: AggregationServer | Silo) -> None:
         with contextlib.suppress(PrivrecError):  # the session ends when the driver aborts

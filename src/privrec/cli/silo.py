@@ -245,6 +245,15 @@ def silo_join(
         ),
     ] = None,
     timeout: _TimeoutOpt = 60.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="The run's public configuration (run.json): the silo checks every job against "
+            "it (encoding, bounds, number of releases). Without it a lying driver could lower "
+            "the noise; a warning says so.",
+        ),
+    ] = None,
 ) -> None:
     """Join a training session as a silo with its own users' data (item ids < catalogue size)."""
     import scipy.sparse as sp
@@ -255,6 +264,9 @@ def silo_join(
 
     with handle_errors():
         _check_timeout(timeout)
+        cfg = _read_config(config) if config is not None else None
+        if cfg is not None and n_items is None:
+            n_items = cfg.n_items  # the file is checked against the configured catalogue
         users, items, all_users = read_user_item_lists(data)
         if items.size and int(items.min()) < 0:
             raise ConfigError(f"{data}: item ids must be catalogue indices ≥ 0")
@@ -267,7 +279,7 @@ def silo_join(
             shape=(len(all_users), n_items or width),
             dtype=np.float64,
         )
-        Silo(Identity.load(key), Roster.load(roster), x, timeout=timeout).run()
+        Silo(Identity.load(key), Roster.load(roster), x, timeout=timeout, config=cfg).run()
 
 
 @silo_app.command("train")

@@ -269,7 +269,8 @@ def run_local(
             for s in ("server0", "server1")
         ]
         silos = [
-            Silo(ids[f"silo{i + 1}"], roster, m, timeout=timeout) for i, m in enumerate(matrices)
+            Silo(ids[f"silo{i + 1}"], roster, m, timeout=timeout, config=config)
+            for i, m in enumerate(matrices)
         ]
         driver = make_driver(
             ids["driver"], roster, config, checkpoint=checkpoint, resume=resume, timeout=timeout

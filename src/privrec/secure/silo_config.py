@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pydantic
@@ -36,12 +36,14 @@ __all__ = [
     "AnyConfig",
     "SiloConfig",
     "SiloEASEConfig",
+    "check_job",
     "ease_noise",
     "ease_noise_plan",
     "head_by_counts",
     "load_config",
     "noise_plan",
     "noise_scale",
+    "release_limits",
     "revealed_sigma",
     "silo_head",
 ]
@@ -323,3 +325,48 @@ def ease_noise_plan(
         raise ConfigError(f"unknown DPEASE release kind {kind!r}")
     t = n_head * (n_head + 1) // 2
     return [Segment("noisy item Gram matrix", t, mult * z_gram, config.max_contribution)]
+
+
+def release_limits(config: AnyConfig) -> dict[str, int]:
+    """How many releases of each kind one session of ``config`` makes (DPALS: one counts
+    release and T steps; DPEASE: at most one counts release and one Gramian). A server or silo
+    refuses more: answering a repeated release would let a driver average its noise away."""
+    if isinstance(config, SiloConfig):
+        return {"counts": 1, "stats": noise_scale(config)[1]}
+    return {"counts": 1, "gram": 1}
+
+
+def check_job(config: AnyConfig, meta: dict[str, Any]) -> None:
+    """Refuse a job whose parameters would make the silo's statistics more sensitive (or its
+    fixed-point encoding finer) than ``config`` — the noise the servers add is sized from
+    ``config``, so a driver lying in the job could otherwise lower the noise relative to the
+    signal. Raises :class:`~privrec.errors.ConfigError` naming the field."""
+
+    def at_most(field: str, limit: float) -> None:
+        if not float(meta[field]) <= limit:
+            raise ConfigError(
+                f"the job's {field} {meta[field]!r} exceeds the configuration's {limit:g}"
+            )
+
+    if int(meta["frac_bits"]) != config.frac_bits:
+        raise ConfigError(
+            f"the job's frac_bits {meta['frac_bits']!r} is not the configuration's {config.frac_bits}"
+        )
+    if int(meta["n_items"]) != config.n_items:
+        raise ConfigError(
+            f"the job's catalogue has {meta['n_items']!r} items, the configuration {config.n_items}"
+        )
+    kind = meta["kind"]
+    if kind not in release_limits(config):
+        raise ConfigError(f"a {config.model} session makes no {kind!r} release")
+    if isinstance(config, SiloConfig):
+        if kind == "counts":
+            at_most("count_sample", config.sampled)
+        else:
+            at_most("max_per_user", config.max_per_user)
+            at_most("clip_norm", config.clip_norm)
+    elif kind == "counts":
+        at_most("count_sample", config.max_per_user)
+    else:
+        at_most("max_contribution", config.max_contribution)
+        at_most("max_per_user", config.max_per_user)

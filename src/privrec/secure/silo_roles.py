@@ -7,6 +7,8 @@ import contextlib
 import os
 import threading
 import time
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -19,6 +21,7 @@ from privrec.errors import (
     InvalidInputError,
     MessageRejected,
     PeerUnavailable,
+    PrivacyWarning,
     ProtocolAbort,
 )
 from privrec.models.dp_als import (
@@ -38,10 +41,12 @@ from privrec.secure.silo_config import (
     AnyConfig,
     SiloConfig,
     SiloEASEConfig,
+    check_job,
     ease_noise,
     ease_noise_plan,
     noise_plan,
     noise_scale,
+    release_limits,
 )
 from privrec.secure.silo_stats import binary, silo_counts, silo_gram, silo_statistics
 from privrec.secure.silo_wire import (
@@ -195,6 +200,8 @@ class AggregationServer:
         self.timings: list[dict[str, float]] = []
         self._scratch = np.empty(0, dtype=np.uint64)
         self._sum = np.empty(0, dtype=np.uint64)
+        self._limits = release_limits(config)
+        self._served: Counter[str] = Counter()
 
     def run(self) -> None:
         """Serve one training session (returns on BYE, raises if the session breaks)."""
@@ -274,6 +281,15 @@ class AggregationServer:
             raise MessageRejected(f"malformed noise plan: {exc!r}") from None
         if sum(n for n, _ in segments) != dim or dim < 1 or n_head < 0:
             raise ConfigError("noise plan does not cover the vector")
+        if n_head > self.config.n_items:
+            raise ConfigError(f"the plan's head ({n_head} items) exceeds the catalogue")
+        # never more releases of a kind than the configuration plans: answering repeats would
+        # let a driver average the noise away
+        if self._served[kind] >= self._limits.get(kind, 0):
+            raise ConfigError(
+                f"a {kind!r} release beyond the {self._limits.get(kind, 0)} the configuration plans"
+            )
+        self._served[kind] += 1
         if isinstance(self.config, SiloConfig):
             expected = noise_plan(self.config, self._z, kind, n_head)
         else:
@@ -399,9 +415,22 @@ class Silo:
         matrix: Any,
         *,
         timeout: float = 60.0,
+        config: AnyConfig | None = None,
     ) -> None:
         self.identity = identity
         self.roster = roster
+        if config is None:
+            warnings.warn(
+                "a silo without its own copy of the run's configuration (CLI: --config) cannot "
+                "check the driver's jobs: a lying driver could ask for a finer encoding, larger "
+                "contribution bounds or repeated releases, and so less noise than the guarantee "
+                "states",
+                PrivacyWarning,
+                stacklevel=2,
+            )
+        self.config = config
+        self._limits = release_limits(config) if config is not None else None
+        self._answered: Counter[str] = Counter()
         self.x = binary(matrix)
         self.timeout = timeout
         self.n_silos = len(roster.names("silo"))
@@ -436,6 +465,7 @@ class Silo:
                 sent = [pool.submit(servers[0].send, step, SEED, seed)]  # before computing
                 clock = _Clock()
                 try:
+                    self._check_job(meta)
                     dim = int(meta["dim"])
                     vec = self._compute(meta, arrays)
                     computed = clock.read()
@@ -480,6 +510,18 @@ class Silo:
             pool.shutdown(wait=False, cancel_futures=True)
             for ch in [driver, *servers]:
                 ch.close()
+
+    def _check_job(self, meta: dict[str, Any]) -> None:
+        """The job against the silo's own configuration: bounds, encoding, release count."""
+        if self.config is None or self._limits is None:
+            return
+        check_job(self.config, meta)
+        kind = str(meta["kind"])
+        if self._answered[kind] >= self._limits[kind]:
+            raise ConfigError(
+                f"a {kind!r} release beyond the {self._limits[kind]} the configuration plans"
+            )
+        self._answered[kind] += 1
 
     def _buffer(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         if dim not in self._buffers:

@@ -7,6 +7,7 @@ import itertools
 import math
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,6 +54,7 @@ from privrec.secure.silo import (
     revealed_std,
     run_local,
     seed_share,
+    setup_keys,
     silo_head,
     silo_statistics,
     split_shares,
@@ -543,3 +545,62 @@ def test_dpease_revealed_gram_noise_is_two_shares() -> None:
     per_server = fixed_sigma(seg, c.frac_bits) * 2.0**-c.frac_bits
     # 400 draws: the sample variance has relative std √(2/400) ≈ 7%; one share would give 0.5
     assert abs(float(np.var(noise)) / (2 * per_server**2) - 1) < 0.3
+
+
+def test_tampered_checkpoint_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """A journal cut short (the guarantee would under-report), a state that claims other
+    progress or holds bad arrays, garbage files: CheckpointMismatchError on resume, before any
+    party is contacted."""
+    import json
+    import shutil
+
+    from privrec.errors import CheckpointMismatchError
+    from privrec.secure.silo_driver import Driver
+
+    x = _data()
+    c = _config(insecure_disable_noise=True, head_snr=0.0, iterations=3)
+    ck = tmp_path / "ck"
+    with pytest.raises(ProtocolAbort):
+        run_local(
+            _split(x), c, checkpoint=ck, allow_no_noise=True, crash_server_at_round=3, timeout=10
+        )
+    roster, ids = setup_keys(tmp_path / "keys", 2)
+
+    def prepare(edit: Any) -> None:
+        work = tmp_path / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(ck, work)
+        edit(work)
+        Driver(ids["driver"], roster, c, checkpoint=work, resume=True, timeout=5).prepare()
+
+    prepare(lambda w: None)  # untouched: fine
+
+    def cut_journal(w: Path) -> None:
+        d = json.loads((w / "events.json").read_text())
+        (w / "events.json").write_text(json.dumps({**d, "events": d["events"][:1]}))
+
+    def completed(value: int) -> Any:
+        def edit(w: Path) -> None:
+            with np.load(w / "state.npz") as z:
+                st = {k: z[k] for k in z.files}
+            np.savez(w / "state.npz", **{**st, "completed": np.asarray(value)})
+
+        return edit
+
+    def short_counts(w: Path) -> None:
+        with np.load(w / "state.npz") as z:
+            st = {k: z[k] for k in z.files}
+        np.savez(w / "state.npz", **{**st, "noisy_counts": st["noisy_counts"][:7]})
+
+    edits = [
+        lambda w: (w / "events.json").unlink(),
+        cut_journal,
+        completed(-5),
+        completed(3),
+        short_counts,
+        lambda w: (w / "events.json").write_text("{not json"),
+        lambda w: (w / "state.npz").write_bytes(b"garbage"),
+    ]
+    for edit in edits:
+        with pytest.raises(CheckpointMismatchError):
+            prepare(edit)

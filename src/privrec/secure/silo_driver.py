@@ -8,6 +8,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from privrec.errors import (
+    CheckpointMismatchError,
     ConfigError,
     MessageRejected,
     PeerUnavailable,
@@ -302,14 +304,47 @@ class _DriverBase(ABC):
             raise ConfigError("resume needs the configuration the run was started with")
         ev = self.checkpoint / "events.json"
         if ev.exists():
-            d = json.loads(ev.read_text())
-            self.round = int(d["round"])
-            self.spent = [SpentEvent.from_dict(e) for e in d["events"]]
+            try:
+                d = json.loads(ev.read_text())
+                self.round = int(d["round"])
+                self.spent = [SpentEvent.from_dict(e) for e in d["events"]]
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise CheckpointMismatchError(
+                    f"{ev} is not a readable release journal ({type(exc).__name__})"
+                ) from None
+        # the journal must be a prefix of this configuration's plan, always (not only when a
+        # ledger asks): an edited journal would otherwise make the guarantee under-report
+        planned = [e.to_dict() for e in self._planned()]
+        if [e.to_dict() for e in self.spent] != planned[: len(self.spent)]:
+            raise CheckpointMismatchError(
+                f"{ev}: the journalled releases are not this configuration's plan"
+            )
         st = self.checkpoint / "state.npz"
-        if not st.exists():
-            return {}
-        with np.load(st, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+        state: dict[str, np.ndarray] = {}
+        if st.exists():
+            try:
+                with np.load(st, allow_pickle=False) as z:
+                    state = {k: np.asarray(z[k]) for k in z.files}
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+                raise CheckpointMismatchError(
+                    f"{st} is not a readable checkpoint ({type(exc).__name__})"
+                ) from None
+        self._check_state(state)
+        return state
+
+    def _check_state(self, state: dict[str, np.ndarray]) -> None:
+        """The stored state against the journal: what was released is what was charged."""
+        raise NotImplementedError
+
+    def _state_error(self, what: str) -> CheckpointMismatchError:
+        return CheckpointMismatchError(f"{self.checkpoint}: {what}")
+
+    def _finite(self, state: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> None:
+        a = state.get(name)
+        if a is None:
+            return
+        if a.shape != shape or a.dtype.kind not in "fiu" or not np.all(np.isfinite(a)):
+            raise self._state_error(f"state {name!r} has shape {a.shape}, expected finite {shape}")
 
     def _guarantee(
         self, mechanism: str, released: list[str], not_released: list[str]
@@ -380,6 +415,29 @@ class Driver(_DriverBase):
                 SpentEvent(f"step {step + 1}: noisy {s.name}", gaussian_event(s.z)) for s in stats
             ]
         return out
+
+    def _check_state(self, state: dict[str, np.ndarray]) -> None:
+        c = self.config
+        _, iterations = noise_scale(c)
+        per_step = len(noise_plan(c, 1.0, "stats", 0))
+        n = len(self.spent)
+        if "noisy_counts" not in state:
+            if n > 1:  # at most the counts release, journalled before its state was saved
+                raise self._state_error(f"{n} releases journalled but no state saved")
+            return
+        self._finite(state, "noisy_counts", (c.n_items,))
+        self._finite(state, "y_all", (c.n_items, c.factors))
+        done = int(np.asarray(state.get("completed", -1)).reshape(-1)[0])
+        if not 0 <= done <= iterations:
+            raise self._state_error(f"{done} completed steps, the configuration has {iterations}")
+        # every completed step's releases are journalled (a step may be journalled, not saved)
+        if not 1 + done * per_step <= n <= 1 + (done + 1) * per_step:
+            raise self._state_error(
+                f"{done} completed steps need {1 + done * per_step} journalled releases, found {n}"
+            )
+        y = state.get("y")
+        if y is not None and (y.ndim != 2 or y.shape[1] != c.factors or not np.all(np.isfinite(y))):
+            raise self._state_error(f"state 'y' has shape {y.shape}, expected finite (head, k)")
 
     def train(self) -> SiloResult:
         """Run (or resume) the whole training; raises :class:`ProtocolAbort` on a fault."""
@@ -509,6 +567,15 @@ class EASEDriver(_DriverBase):
         (gram,) = ease_noise_plan(c, z, "gram", 0)
         out.append(SpentEvent(gram.name, gaussian_event(gram.z)))
         return out
+
+    def _check_state(self, state: dict[str, np.ndarray]) -> None:
+        n = len(self.spent)
+        if "noisy_counts" in state:
+            self._finite(state, "noisy_counts", (self.config.n_items,))
+            if not self.config.restricted or n < 1:
+                raise self._state_error("stored noisy counts without their journalled release")
+        elif n > (1 if self.config.restricted else 0):
+            raise self._state_error(f"{n} releases journalled but no state saved")
 
     def train(self) -> SiloEASEResult:
         """Run (or resume) the training; raises :class:`ProtocolAbort` on a fault."""

@@ -235,6 +235,15 @@ def silo_join(
     roster: _RosterOpt,
     key: _KeyOpt,
     data: Annotated[Path, typer.Option("--data", help="This silo's `user item item …` file.")],
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            help="The run's public configuration (run.json, required): the silo checks every job "
+            "against it (encoding, bounds, number of releases), so a lying driver cannot lower "
+            "the noise.",
+        ),
+    ],
     n_items: Annotated[
         int | None,
         typer.Option(
@@ -245,15 +254,6 @@ def silo_join(
         ),
     ] = None,
     timeout: _TimeoutOpt = 60.0,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            help="The run's public configuration (run.json): the silo checks every job against "
-            "it (encoding, bounds, number of releases). Without it a lying driver could lower "
-            "the noise; a warning says so.",
-        ),
-    ] = None,
 ) -> None:
     """Join a training session as a silo with its own users' data (item ids < catalogue size)."""
     import scipy.sparse as sp
@@ -264,8 +264,8 @@ def silo_join(
 
     with handle_errors():
         _check_timeout(timeout)
-        cfg = _read_config(config) if config is not None else None
-        if cfg is not None and n_items is None:
+        cfg = _read_config(config)
+        if n_items is None:
             n_items = cfg.n_items  # the file is checked against the configured catalogue
         users, items, all_users = read_user_item_lists(data)
         if items.size and int(items.min()) < 0:

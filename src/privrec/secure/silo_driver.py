@@ -257,7 +257,9 @@ class _DriverBase(ABC):
         buf = self._partials.get(ch.peer)
         if buf is None or buf.size != dim:
             buf = self._partials[ch.peer] = np.empty(dim, dtype=np.uint64)
-        return _recv_array(ch, r, PARTIAL, buf, self.timeout)
+        # a margin over the servers' own wait: when a silo stalls, the servers' reports naming
+        # it arrive before the driver would blame a server for the silence
+        return _recv_array(ch, r, PARTIAL, buf, self.timeout + _BLAME_MARGIN)
 
     def _abort(self, r: int) -> None:
         for ch in [*self._silos.values(), *self._servers.values()]:
@@ -369,6 +371,10 @@ class _DriverBase(ABC):
             ),
             seeded_noise=False,
         )
+
+
+#: Seconds the driver waits for a partial beyond the servers' timeout (see _receive_partial).
+_BLAME_MARGIN = 5.0
 
 
 class Driver(_DriverBase):

@@ -97,6 +97,10 @@ def _accept(listener: Listener, timeout: float, missing: Sequence[str] = ()) -> 
             continue
 
 
+#: Longest reason a party forwards or shows from a peer's FAILED message.
+_REASON_CHARS = 500
+
+
 def _recv_step(ch: Channel, step: int, kinds: set[int], timeout: float) -> tuple[int, bytes]:
     """Next frame for ``step`` with a type in ``kinds``; frames of older (aborted) steps are skipped."""
     while True:
@@ -104,7 +108,8 @@ def _recv_step(ch: Channel, step: int, kinds: set[int], timeout: float) -> tuple
         if got_step < step:
             continue
         if got_step == step and kind == FAILED:  # the peer could not take part: its reason
-            raise ProtocolAbort("aggregate", payload.decode("utf-8", errors="replace"))
+            reason = payload.decode("utf-8", errors="replace")
+            raise ProtocolAbort("aggregate", " ".join(reason.split())[:_REASON_CHARS])
         if got_step != step or kind not in kinds:
             raise MessageRejected(
                 f"unexpected message type {kind} for step {got_step} from {ch.peer!r}"
@@ -133,7 +138,9 @@ def _recv_array(
             ch.open_frame(got_step, got_kind, body)
             continue
         if got_step == step and got_kind == FAILED and pos == 0:
-            raise ProtocolAbort("aggregate", ch.open_frame(got_step, got_kind, body).decode())
+            reason = ch.open_frame(got_step, got_kind, body).decode(errors="replace")
+            # a peer's reason is shown to an operator: bounded, one line
+            raise ProtocolAbort("aggregate", " ".join(reason.split())[:_REASON_CHARS])
         n = len(body) - 16
         if got_step != step or got_kind != kind or pos + n > total or n <= 0:
             ch.open_frame(got_step, got_kind, body)  # authentic, but not what was expected
@@ -243,7 +250,8 @@ class AggregationServer:
                         step, dim, noise_future, [chans[s] for s in silos]
                     )
                 except ProtocolAbort as exc:  # a silo reported why it cannot take part
-                    _safe_send(driver, step, FAILED, f"{self.identity.name}: {exc.reason}".encode())
+                    why = " ".join(exc.reason.split())[:_REASON_CHARS]
+                    _safe_send(driver, step, FAILED, f"{self.identity.name}: {why}".encode())
                     continue
                 except (PeerUnavailable, MessageRejected, ConfigError, InvalidInputError) as exc:
                     _safe_send(driver, step, FAILED, f"{self.identity.name}: {exc}".encode())

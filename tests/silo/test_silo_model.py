@@ -50,6 +50,7 @@ def test_result_saved_as_a_normal_private_model_without_users(tmp_path: Path, ki
     result = run_local(silos, config, timeout=30)
     catalogue = np.arange(1000, 1000 + N_ITEMS)
     model = to_model(result, config, catalogue)
+    assert model.privacy_guarantee.catalogue == "given"  # the agreed public list, not learnt
     assert isinstance(model, DPALS if kind == "dpals" else DPEASE)
     path = model.save(tmp_path / "silo-model.npz")
     with np.load(path) as z:  # nothing per user, not even a user count

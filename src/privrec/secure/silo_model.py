@@ -128,7 +128,9 @@ def to_model(
             "fold": np.asarray([c.alpha0, c.user_regularization]),
             "popularity_blend": np.asarray(result.popularity_blend),
         }
-        return DPALS.from_release(params, item_ids=ids, state=state, guarantee=result.guarantee)
+        # the catalogue is the silos' agreed public list (config and items file), not learnt
+        given = result.guarantee.with_disclosure(catalogue="given")
+        return DPALS.from_release(params, item_ids=ids, state=state, guarantee=given)
     if not isinstance(config, SiloEASEConfig):
         raise ConfigError("a DPEASE result needs its SiloEASEConfig")
     e = config
@@ -159,4 +161,5 @@ def to_model(
         "noise_multiplier": np.asarray(result.noise_multiplier),
         "popularity_blend": np.asarray(result.popularity_blend),
     }
-    return DPEASE.from_release(params, item_ids=ids, state=state, guarantee=result.guarantee)
+    given = result.guarantee.with_disclosure(catalogue="given")
+    return DPEASE.from_release(params, item_ids=ids, state=state, guarantee=given)

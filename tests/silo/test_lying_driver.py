@@ -88,3 +88,18 @@ def test_server_refuses_releases_beyond_the_plan(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="exceeds the catalogue"):
             server._check_plan(plan("stats", 10**7))
     server.listener.close()
+
+
+def test_a_head_outside_the_catalogue_is_a_typed_refusal(tmp_path: Path) -> None:
+    roster, ids = setup_keys(tmp_path, 1)
+    silo = Silo(ids["silo1"], roster, sp.csr_matrix(np.eye(5, 20)), timeout=5, config=CONFIG)
+    meta = {**_job(), "n_items": 20, "method": "adaptive", "adaptive_exponent": 0.5,
+            "alpha0": 2.0, "user_regularization": 0.1}  # fmt: skip
+    for head in ([0, 25], [-1], [3, 3]):
+        arrays = {
+            "head": np.asarray(head),
+            "counts_h": np.ones(len(head)),
+            "y": np.ones((len(head), 4)),
+        }
+        with pytest.raises(ConfigError, match="head"):
+            silo._compute(meta, arrays)

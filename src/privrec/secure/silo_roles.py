@@ -556,6 +556,11 @@ class Silo:
         if meta["kind"] == "counts":
             return silo_counts(self.x, int(meta["count_sample"]), rng)
         head = np.asarray(arrays["head"], dtype=np.int64)
+        n_items = self.x.shape[1]
+        if head.ndim != 1 or (head.size and (head.min() < 0 or head.max() >= n_items)):
+            raise ConfigError(f"the job's head names items outside the catalogue of {n_items}")
+        if np.unique(head).size != head.size:
+            raise ConfigError("the job's head names an item twice")
         if meta["kind"] == "gram":
             return silo_gram(
                 self.x[:, head], float(meta["max_contribution"]), int(meta["max_per_user"]), rng

@@ -211,3 +211,48 @@ def test_monitor_windows_are_charged_to_a_real_ledger(tmp_path: Path):
         assert status.composed_epsilon <= 2.0
     finally:
         dispose_engines()
+
+
+def test_cli_monitor_through_a_ledger_applies_the_policy(tmp_path: Path):
+    """`monitor run --dataset` loads through the dataset's policy, as training does: a policy
+    that drops timestamps leaves nothing to window (refused, nothing charged), a deleted user
+    is not monitored, an unwritable --json is refused before any window is charged, and what
+    was released before a budget refusal is shown."""
+    from privrec.governance import Ledger
+    from privrec.governance.db import dispose_engines
+    from privrec.governance.policy import policy_from_dict
+
+    rng = np.random.default_rng(0)
+    lines = [
+        f"{u}\t{int(i)}\t5\t{1_600_000_000 + d * 86400}"
+        for u in range(1, 201)
+        for d, i in zip(range(0, 60, 3), rng.integers(1, 40, size=20), strict=False)
+    ]
+    data = tmp_path / "u.data"
+    data.write_text("\n".join(lines) + "\n")
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    try:
+        owner, _ = Ledger.init(url, owner="olga")
+        base = {"purpose": "monitoring", "unit": "user", "budget": {"epsilon": 2.0, "delta": 1e-5}}
+        owner.set_policy("no-ts", policy_from_dict(base))  # columns: user, item
+        owner.set_policy("ts", policy_from_dict({**base, "columns": ["user", "item", "timestamp"]}))
+        key = owner.create_key("ann", "analyst")
+        run = ["monitor", "run", "-d", str(data), "-f", "ml-100k", "--epsilon", "1",
+               "--days", "7", "--db", url]  # fmt: skip
+        env = {"PRIVREC_API_KEY": key, "COLUMNS": "200"}
+        res = CliRunner().invoke(app, [*run, "--dataset", "no-ts"], env=env)
+        assert res.exit_code == 1 and "keeps no timestamps" in res.output, res.output
+        res = CliRunner().invoke(
+            app, [*run, "--dataset", "ts", "--json", str(tmp_path)], env=env
+        )  # a folder: refused first
+        assert res.exit_code == 1 and "OutputPathError" in res.output
+        analyst = Ledger.connect(url, key)
+        assert analyst.history("ts") == [] and analyst.history("no-ts") == []
+        out = tmp_path / "w.json"
+        res = CliRunner().invoke(app, [*run, "--dataset", "ts", "--json", str(out)], env=env)
+        assert res.exit_code == 1 and "BudgetExceededError" in res.output  # 9 windows > ε = 2
+        shown = json.loads(out.read_text())
+        assert shown["stopped"] == "budget exceeded" and len(shown["windows"]) >= 2
+        assert len(analyst.history("ts", limit=None)) == len(shown["windows"])
+    finally:
+        dispose_engines()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
 from rich.table import Table
 
-from privrec.cli.common import console, handle_errors, load_data
-from privrec.errors import ConfigError
+from privrec.cli.common import check_delta_for_data, check_output, console, handle_errors, load_data
+from privrec.errors import BudgetExceededError, ConfigError, PolicyViolation, PrivacyWarning
+from privrec.monitor.core import monitor_config
+from privrec.privacy.budget import warn_weak_budget
 
 monitor_app = typer.Typer(
     help="DP histograms per time window and noise-aware drift alarms.", no_args_is_help=True
@@ -89,31 +92,57 @@ def monitor_run(
     dataset: Annotated[str | None, typer.Option(help="Ledger dataset to charge.")] = None,
 ) -> None:
     """Monitor a timestamped interaction file window by window."""
-    from privrec.monitor import DriftMonitor, LedgerWindowCharge, MonitorConfig, time_windows
+    from privrec.monitor import DriftMonitor, LedgerWindowCharge, time_windows
 
     with handle_errors():
+        check_output(json_out)  # before any window is charged
+        cfg = monitor_config(
+            epsilon_per_window=epsilon,
+            delta=delta,
+            false_alarm=false_alarm,
+            max_items_per_user=max_items,
+        )
+        if db is not None and dataset is None:
+            warnings.warn(
+                "--db (or $PRIVREC_DB) without --dataset: the windows are charged to no budget",
+                PrivacyWarning,
+                stacklevel=1,
+            )
         x = load_data(data, fmt)
         rec = None
         if model is not None:
             from privrec.models import load_model
 
             rec = load_model(model)
-        cfg = MonitorConfig(
-            epsilon_per_window=epsilon,
-            delta=delta,
-            false_alarm=false_alarm,
-            max_items_per_user=max_items,
-        )
         charge = None
         if dataset is not None:
             from privrec.governance import Ledger
 
-            charge = LedgerWindowCharge(Ledger.connect(db, key), dataset)
+            # the dataset's policy first (deletions, consent, retention, minimisation, columns),
+            # as for training: the monitor sees only what the policy lets through
+            ledger = Ledger.connect(db, key)
+            governed = ledger.load(dataset, x)
+            x = governed.interactions
+            if x.timestamps is None:
+                raise PolicyViolation(
+                    f"dataset {dataset!r}'s policy keeps no timestamps: nothing to window"
+                )
+            charge = LedgerWindowCharge(ledger, dataset, data=governed)
+        check_delta_for_data({"epsilon": epsilon, "delta": delta, "unit": "user"}, x, False)
         mon = DriftMonitor(cfg, x.n_items, model=rec, charge=charge)
-        reports = [mon.observe(w) for w in time_windows(x, days)]
+        reports: list[Any] = []
+        try:
+            for w in time_windows(x, days):
+                reports.append(mon.observe(w))
+        except BudgetExceededError:
+            if reports:  # what was charged and released is shown, not thrown away
+                console.print(_table(reports))
+                _write(json_out, reports, {"stopped": "budget exceeded"})
+            raise
         console.print(_table(reports))
         g = mon.guarantee
         console.print(f"all windows together: ({g.epsilon:.3g}, {g.delta:.1e})-DP per user")
+        warn_weak_budget(g.epsilon, what="all windows together: ", stacklevel=1)
         _write(json_out, reports, {"epsilon_total": g.epsilon, "delta": g.delta})
 
 
@@ -142,6 +171,12 @@ def monitor_simulate(
     with handle_errors():
         if shift not in SHIFTS:
             raise ConfigError(f"unknown shift {shift!r}; choose one of: {', '.join(SHIFTS)}")
+        if not 0 <= shift_size <= 10:  # also NaN
+            raise ConfigError(f"--shift-size must be in [0, 10], found {shift_size}")
+        if trials < 1 or windows < 2 or users < 1 or items < 2:
+            raise ConfigError("--trials, --windows, --users and --items must be positive")
+        check_output(json_out)
+        monitor_config(epsilon_per_window=epsilon, delta=delta, false_alarm=false_alarm)
         res = simulate(
             shift=cast(Shift, shift),
             shift_at=None if shift == "none" else shift_at,

@@ -85,6 +85,18 @@ class MonitorConfig(pydantic.BaseModel):
     seed: int | None = None
 
 
+def monitor_config(**settings: Any) -> MonitorConfig:
+    """A :class:`MonitorConfig`, or one :class:`~privrec.errors.ConfigError` line naming the field."""
+    try:
+        return MonitorConfig(**settings)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "settings"
+        raise ConfigError(
+            f"monitor setting {field}: {err['msg']} (found {err.get('input')!r})"
+        ) from None
+
+
 def activity_buckets(per_user: np.ndarray, n_buckets: int) -> np.ndarray:
     """Users per activity bucket: 1, 2–3, 4–7, … (bucket b holds 2^b … 2^(b+1) − 1), last open."""
     a = np.asarray(per_user, dtype=np.int64)
@@ -308,13 +320,22 @@ class LedgerWindowCharge:
     charge can only over-report.
     """
 
-    def __init__(self, ledger: Any, dataset: str, *, purpose: str | None = None) -> None:
+    def __init__(
+        self, ledger: Any, dataset: str, *, purpose: str | None = None, data: Any = None
+    ) -> None:
         self.ledger = ledger
         self.dataset = dataset
         self.purpose = purpose
+        #: the ``GovernedData`` the windows come from: each charge checks it is still current
+        self.data = data
 
     def __call__(self, events: list[SpentEvent], description: str) -> None:
         info = self.ledger.reserve(
-            self.dataset, events, purpose=self.purpose, kind="monitor", description=description
+            self.dataset,
+            events,
+            purpose=self.purpose,
+            kind="monitor",
+            description=description,
+            data=self.data,
         )
         self.ledger.commit(info, result={"window": description})

@@ -47,6 +47,9 @@ def test_config_validation():
         TOML.replace('synthetic = "400x120"', ""),  # no data source
         TOML.replace('name = "eps8"', 'name = "eps1"'),  # duplicate names
         TOML.replace("repeats = 2", "repeats = 0"),
+        TOML.replace("repeats = 2", "repeats = 1"),  # one draw: intervals blind to the noise
+        TOML.replace("k = [10]", "k = []"),
+        TOML.replace("k = [10]", "k = [-5]"),
         TOML + "\n[surprise]\nx = 1\n",
         "not = [valid",
     ]

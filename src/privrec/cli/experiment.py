@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from privrec.cli.common import console, err_console, handle_errors
+from privrec.cli.common import check_output, console, err_console, handle_errors
+from privrec.errors import PrivacyWarning
 
 experiment_app = typer.Typer(
     help="Compare privacy variants on one split with paired statistics.", no_args_is_help=True
@@ -41,15 +43,30 @@ def experiment_run(
     from privrec.experiments.report import to_markdown
 
     with handle_errors():
+        for path in (output, json_out, markdown):  # before any fit is charged
+            check_output(path)
         cfg = load_experiment(config)
         charge: Any = None
+        split = None
+        if db is not None and dataset is None:
+            warnings.warn(
+                "--db (or $PRIVREC_DB) without --dataset: the fits are charged to no budget",
+                PrivacyWarning,
+                stacklevel=1,
+            )
         if dataset is not None:
             from privrec.experiments import LedgerCharge
+            from privrec.experiments.runner import load_split_for
             from privrec.governance import Ledger
 
-            charge = LedgerCharge(Ledger.connect(db, key), dataset, purpose=purpose)
+            ledger = Ledger.connect(db, key)
+            # the dataset's policy first, as for training
+            split = load_split_for(cfg.data, ledger, dataset)
+            charge = LedgerCharge(ledger, dataset, purpose=purpose)
         with err_console.status("running the experiment…") as status:
-            res = run_experiment(cfg, charge=charge, progress=lambda m: status.update(m))
+            res = run_experiment(
+                cfg, charge=charge, split=split, progress=lambda m: status.update(m)
+            )
         md = to_markdown(res)
         console.print(md, highlight=False, markup=False)
         write_report(res, output, json_path=json_out)

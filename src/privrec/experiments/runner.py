@@ -130,11 +130,22 @@ class ExperimentResult:
         }
 
 
-def load_split_for(spec: DataSpec) -> Split:
-    """The one split every variant is trained and evaluated on."""
+def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = None) -> Split:
+    """The one split every variant is trained and evaluated on.
+
+    With a ``ledger`` and ``dataset``, the data first passes the dataset's policy (deletion
+    requests, consent, retention, minimisation, columns) through ``ledger.load``, as training
+    does; a pre-split folder (``protocol = "files"``) cannot, and is refused.
+    """
     from privrec import evaluation as ev
     from privrec.data import load, synthetic
 
+    governed = ledger is not None and dataset is not None
+    if governed and spec.protocol == "files":
+        raise ConfigError(
+            "a pre-split folder (protocol 'files') cannot pass through a dataset's policy: give "
+            "the interaction file as data.path with another protocol"
+        )
     if spec.protocol == "files":
         if spec.path is None:
             raise ConfigError("protocol 'files' needs data.path (a folder of train/valid/test)")
@@ -152,6 +163,8 @@ def load_split_for(spec: DataSpec) -> Split:
         data = load(spec.path, format=spec.format)
         if spec.binarize is not None:
             data = data.binarize(spec.binarize)
+    if governed:
+        data = ledger.load(dataset, data).interactions
     if spec.protocol == "holdout":
         return ev.random_holdout(data, test_fraction=spec.test_fraction, seed=spec.seed)
     if spec.protocol == "leave-last-out":

@@ -32,6 +32,15 @@ def test_audit_run_fails_the_gate_when_flagged(monkeypatch):  # type: ignore[no-
     assert res.exit_code == 1 and "FLAGGED" in res.output
 
 
+def test_an_audit_that_cannot_flag_the_claim_does_not_pass_the_gate():
+    """10 canaries can never show ε_LB ≥ 4: "ok" would mean nothing, so the gate fails."""
+    args = ["audit", "run", "-m", "dppopularity", "--epsilon", "4", "--synthetic", "200x80"]
+    res = runner.invoke(app, [*args, "-p", "max_per_user=5", "--canaries", "10", "--fail-on-flag"])
+    assert res.exit_code == 1 and "cannot detect a violation" in res.output
+    res = runner.invoke(app, [*args, "--canaries", "200", "--confidence", "0.1"])
+    assert res.exit_code == 1 and "confidence" in res.output
+
+
 def test_audit_multi_run_and_mia(tmp_path: Path):
     res = runner.invoke(
         app,

@@ -77,6 +77,8 @@ def multi_run_audit(
     """Train ``runs`` times (half with the canary), pick a threshold on half, bound ε on half."""
     if runs < 8 or runs % 4:
         raise ConfigError(f"runs must be a multiple of 4 and >= 8, found {runs}")
+    if not 0.5 <= confidence < 1.0:
+        raise ConfigError(f"confidence must be in [0.5, 1), found {confidence}")
     t0 = time.perf_counter()
     design = target.design("tight", 1, base.n_items)
     with_canary = plant(base, design, seed=seed, included=np.ones(1, bool))

@@ -147,6 +147,8 @@ def audit_model(
     designs = target.designs if designs is None else tuple(designs)
     if not designs:
         raise ConfigError("give at least one canary design")
+    if not 0.5 <= confidence < 1.0:  # a "lower bound" held with less than even odds says nothing
+        raise ConfigError(f"confidence must be in [0.5, 1), found {confidence}")
     per = 1.0 - (1.0 - confidence) / len(designs)
     audits = []
     for i, kind in enumerate(designs):

@@ -116,7 +116,8 @@ def audit_run(
         if any(a.seeded_noise for a in result.audits):
             err_console.print("note: the model used seeded noise (reproducible, not private)")
         _write([result], json_out, md_out)
-    if fail_on_flag and result.flagged:
+        blind = _blind(min(a.bound.cap for a in result.audits), epsilon, "--canaries")
+    if fail_on_flag and (result.flagged or blind):
         raise typer.Exit(1)
 
 
@@ -146,8 +147,22 @@ def audit_multi_run(
         result = multi_run_audit(target, base, runs=runs, confidence=confidence)
         console.print(result.summary(), highlight=False)
         _write([result], json_out, md_out)
-    if fail_on_flag and result.flagged:
+        blind = _blind(result.bound.cap, epsilon, "--runs")
+    if fail_on_flag and (result.flagged or blind):
         raise typer.Exit(1)
+
+
+def _blind(cap: float, claimed: float, more: str) -> bool:
+    """Say so when the audit could never flag the claim (its largest possible ε lower bound is
+    below the claimed ε): "ok" would then mean nothing, and a CI gate must not pass on it."""
+    if cap >= claimed:
+        return False
+    err_console.print(
+        f"warning: this audit cannot detect a violation — the largest ε lower bound it can show "
+        f"at this confidence is {cap:.2f}, below the claimed ε = {claimed:g}; raise {more}",
+        highlight=False,
+    )
+    return True
 
 
 @audit_app.command("mia")

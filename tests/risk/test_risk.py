@@ -92,3 +92,16 @@ def test_cli_risk_strict(tmp_path: Path):
     strict = runner.invoke(app, ["risk", str(bad), "--strict", "--json", str(tmp_path / "r.json")])
     assert strict.exit_code == 1 and "unmitigated: training data → model" in strict.output
     assert runner.invoke(app, ["risk", "--example"]).exit_code == 0
+
+
+def test_invalid_or_weak_budgets_are_not_mitigated():
+    for bad in ("epsilon = -1.0", "epsilon = nan", "delta = 0.9\\nx = 1"):
+        text = EXAMPLE.replace("epsilon = 1.0", bad, 1)
+        if "x = 1" in bad:
+            text = EXAMPLE.replace("delta = 1e-6", "delta = 1.5", 1)
+        with pytest.raises(ConfigError):
+            load_pipeline(text)
+    weak = assess(load_pipeline(EXAMPLE.replace("epsilon = 1.0", "epsilon = 1e9", 1)))
+    assert _status(weak, "training data → model") == "partial"
+    no_delta = assess(load_pipeline(EXAMPLE.replace("delta = 1e-6\n", "", 1)))
+    assert _status(no_delta, "training data → model") == "partial"

@@ -40,6 +40,7 @@ from typing import Any, Literal
 import pydantic
 
 from privrec.errors import ConfigError
+from privrec.privacy.budget import WEAK_DELTA, WEAK_EPSILON
 
 __all__ = ["EXAMPLE", "Channel", "PipelineConfig", "RiskReport", "assess", "load_pipeline"]
 
@@ -97,8 +98,8 @@ class DataSection(_S):
 
 class TrainingSection(_S):
     model: str
-    epsilon: float | None = None
-    delta: float | None = None
+    epsilon: float | None = pydantic.Field(default=None, gt=0, allow_inf_nan=False)
+    delta: float | None = pydantic.Field(default=None, gt=0, lt=1)
     unit: Literal["user", "interaction"] | None = None
     setting: Literal["central", "federated", "cross-silo"] = "central"
     seeded_noise: bool = False
@@ -165,7 +166,10 @@ def load_pipeline(source: str | Path | dict[str, Any]) -> PipelineConfig:
             path = Path(source)
             if not path.is_file():
                 raise ConfigError(f"pipeline file {str(path)!r} not found")
-            text = path.read_text(encoding="utf-8")
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise ConfigError(f"pipeline file {str(path)!r} is not UTF-8 text") from None
         try:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
@@ -301,6 +305,29 @@ def assess(cfg: PipelineConfig) -> RiskReport:
                 "use unit = user",
             )
         )
+    elif t.delta is None:  # a Gaussian mechanism is never (ε, 0)-DP: the claim is incomplete
+        ch(
+            Channel(
+                "training data → model",
+                "model artifact",
+                "every training user's history",
+                "partial",
+                f"user-level ε = {eps} {t.model}, but no δ is stated",
+                "state the δ the model was trained with (training.delta)",
+            )
+        )
+    elif (t.epsilon or 0) > WEAK_EPSILON or t.delta >= WEAK_DELTA:
+        ch(
+            Channel(
+                "training data → model",
+                "model artifact",
+                "every training user's history",
+                "partial",
+                f"user-level ({eps}, {t.delta:g})-DP {t.model} is a weak guarantee "
+                f"(ε above {WEAK_EPSILON:g} or δ at or above {WEAK_DELTA:g})",
+                "lower ε, and δ well below 1/(number of users)",
+            )
+        )
     else:
         ch(
             Channel(
@@ -308,7 +335,7 @@ def assess(cfg: PipelineConfig) -> RiskReport:
                 "model artifact",
                 "every training user's history",
                 "mitigated",
-                f"user-level ({eps}, {t.delta or 0:g})-DP {t.model}; check with `privrec audit run`",
+                f"user-level ({eps}, {t.delta:g})-DP {t.model}; check with `privrec audit run`",
             )
         )
     # 2. model file contents

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from privrec.cli.common import (
+    check_output,
     console,
     err_console,
     handle_errors,
@@ -59,6 +60,8 @@ def _data(path: Path | None, synthetic: str | None, fmt: str | None, binarize: f
 def _target(model: str, params: list[str] | None, eps: float, delta: float, unit: str) -> Any:
     from privrec.audit import make_target
 
+    if unit not in ("user", "interaction"):
+        raise ConfigError(f"unknown privacy unit {unit!r}; choose user or interaction")
     p = {**parse_params(params), **privacy_params(eps, delta, unit)}
     if model in ("federated_mf", "silo_dpals"):
         p.pop("unit", None)
@@ -102,6 +105,8 @@ def audit_run(
     from privrec.audit import audit_model
 
     with handle_errors():
+        for out in (json_out, md_out):  # before the trainings
+            check_output(out)
         base = _data(data, synthetic, fmt, binarize)
         target = _target(model, param, epsilon, delta, unit)
         result = audit_model(
@@ -142,6 +147,8 @@ def audit_multi_run(
     from privrec.audit import multi_run_audit
 
     with handle_errors():
+        for out in (json_out, md_out):  # before the trainings
+            check_output(out)
         base = _data(data, synthetic, fmt, binarize)
         target = _target(model, param, epsilon, delta, unit)
         result = multi_run_audit(target, base, runs=runs, confidence=confidence)

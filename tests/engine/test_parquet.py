@@ -107,6 +107,33 @@ def test_a_user_in_the_wrong_file_is_refused(shards: Path, tmp_path: Path) -> No
         src.read_shards([(s0, f0)], src.item_catalogue())
 
 
+def test_one_user_id_in_two_integer_widths_is_one_shard_and_refused_mixed(
+    shards: Path, tmp_path: Path
+) -> None:
+    """-7 stored as int32 in one file and int64 in another hashed to different shards: the same
+    person could sit in two files and count twice. The hash now sees one canonical integer, and
+    shard files whose user column types differ are refused."""
+    import shutil
+
+    for v in (-7, 3, 2**40):
+        wide = user_shard(np.asarray([v], dtype=np.int64), 8)
+        if abs(v) < 2**31:
+            assert user_shard(np.asarray([v], dtype=np.int32), 8) == wide
+            assert user_shard(np.asarray([v], dtype=np.int16), 8) == wide
+    bad = tmp_path / "mixed"
+    shutil.copytree(shards, bad)
+    src = ParquetSource.open(bad)
+    (s0, f0), (s1, f1) = src.shard_files()[:2]
+    t0 = pq.read_table(f0)
+    assert pa.types.is_integer(t0.schema.field("user").type)
+    narrow = t0.set_column(
+        t0.schema.get_field_index("user"), "user", t0.column("user").cast(pa.int32())
+    )
+    pq.write_table(narrow, f0)
+    with pytest.raises(DataError, match="user id type differs"):
+        src.read_shards([(s0, f0), (s1, f1)], src.item_catalogue())
+
+
 def test_writer_refuses_a_non_empty_directory(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "x").write_text("keep me")
     with pytest.raises(DataError, match="not empty"):

@@ -59,6 +59,10 @@ def user_shard(user_ids: np.ndarray, n_shards: int) -> np.ndarray:
     ids = np.asarray(user_ids)
     if ids.dtype.kind in "US":
         ids = ids.astype(object)
+    elif ids.dtype.kind == "i":  # one id, one hash: -7 as int32 and as int64 must agree
+        ids = ids.astype(np.int64)
+    elif ids.dtype.kind == "u":
+        ids = ids.astype(np.uint64)
     h = pd.util.hash_array(ids, categorize=False)
     return (h % np.uint64(n_shards)).astype(np.int64)
 
@@ -152,8 +156,15 @@ class ParquetSource:
         files = [str(f) for _, f in self.shard_files()]
         if not files:
             return
-        dataset = ds.dataset(files, format="parquet")
-        yield from dataset.to_batches(columns=columns, batch_size=_ROWS_PER_BATCH)
+        try:
+            dataset = ds.dataset(files, format="parquet")
+            yield from dataset.to_batches(columns=columns, batch_size=_ROWS_PER_BATCH)
+        except (OSError, ValueError, TypeError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(
+                "the shard files cannot be read as one dataset (e.g. their column types differ)",
+                file=self.path,
+                found=str(exc).splitlines()[0][:200],
+            ) from None
 
     def item_catalogue(self) -> np.ndarray:
         """The sorted distinct item ids: one pass over the ``item`` column, batch by batch.
@@ -190,6 +201,7 @@ class ParquetSource:
         import pyarrow.parquet as pq
 
         tables = []
+        user_type = None
         for shard, f in shards:
             try:
                 t = pq.read_table(f, columns=list(self.columns))
@@ -197,6 +209,16 @@ class ParquetSource:
                 raise DataError(
                     "not a readable Parquet shard", file=f, found=str(exc)[:200]
                 ) from None
+            if user_type is None:
+                user_type = t.schema.field("user").type
+            elif t.schema.field("user").type != user_type:  # the same id could then be two users
+                raise DataError(
+                    "the user id type differs between shard files",
+                    file=f,
+                    field="user",
+                    expected=str(user_type),
+                    found=str(t.schema.field("user").type),
+                )
             if t.num_rows:
                 users = np.asarray(t.column("user").unique().to_numpy(zero_copy_only=False))
                 wrong = user_shard(users, self.n_shards) != shard

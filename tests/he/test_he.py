@@ -343,3 +343,34 @@ def test_noisy_scores_keep_signal_with_clipping(
     exact = clipped_y @ (u * 10 / np.linalg.norm(u * 10))
     resid = s - exact
     assert abs(float(np.std(resid)) / noise.sigma - 1.0) < 0.1
+
+
+def test_only_fresh_ciphertexts_are_scored() -> None:
+    """A client that lowers its ciphertext's scale made the server's noise round away (column 0
+    of Y came back to 3e-9 under σ = 4.2); a response sent back as a request, a malformed header:
+    all MessageRejected before anything is computed."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(0, 0.3, size=(50, 4))
+    noise = ScoreNoise(1.0, 1e-6, item_clip_norm=1.0, user_clip_norm=1.0)
+    server = PrivateScoringServer(y, noise=noise)
+    client = PrivateScoringClient(packing="replicated", user_clip_norm=1.0)
+    u = np.array([1.0, 0.0, 0.0, 0.0])
+    honest = server.score(client.encrypt_query(u))  # also registers the context
+    be, ctx = client.backend, client.context
+    cts = [be.encrypt(ctx, np.full(SLOTS, x)) for x in u]
+    for c in cts:
+        c.scale = 1.0
+    stripped = ScoringRequest(
+        Packing.REPLICATED, 4, client.context_id, tuple(be.serialize(c) for c in cts)
+    )
+    with pytest.raises(MessageRejected, match="fresh"):
+        server.score(stripped)
+    echoed = ScoringRequest(Packing.REPLICATED, 4, client.context_id, honest.ciphertexts * 4)
+    with pytest.raises(MessageRejected, match="fresh"):
+        server.score(echoed)
+    from privrec.secure.he import _MAGIC_RESPONSE, _pack
+
+    for header in ({"n_items": None, "noise_sigma": 0.0}, {"n_items": -1, "noise_sigma": 0.0}):
+        with pytest.raises(MessageRejected):
+            ScoringResponse.from_bytes(_pack(_MAGIC_RESPONSE, header, list(honest.ciphertexts)))
+    assert server.queries_answered == 1

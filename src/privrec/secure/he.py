@@ -132,7 +132,7 @@ class ScoringRequest:
             has_context = bool(header["has_context"])
             n_factors = int(header["n_factors"])
             context_id = str(header["context_id"])
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             raise MessageRejected(f"malformed request header: {exc}") from None
         context = blobs.pop(0) if has_context and blobs else None
         if has_context and context is None:
@@ -164,9 +164,12 @@ class ScoringResponse:
     def from_bytes(cls, data: bytes) -> ScoringResponse:
         header, blobs = _unpack(_MAGIC_RESPONSE, data)
         try:
-            return cls(int(header["n_items"]), tuple(blobs), float(header["noise_sigma"]))
-        except (KeyError, ValueError) as exc:
+            n_items, sigma = int(header["n_items"]), float(header["noise_sigma"])
+        except (KeyError, ValueError, TypeError) as exc:
             raise MessageRejected(f"malformed response header: {exc}") from None
+        if n_items < 0 or not math.isfinite(sigma) or sigma < 0:
+            raise MessageRejected("malformed response header: negative or non-finite values")
+        return cls(n_items, tuple(blobs), sigma)
 
 
 # --------------------------------------------------------------------------- DP noise
@@ -394,6 +397,8 @@ class PrivateScoringServer:
                 f"found {len(req.ciphertexts)}"
             )
         cts = [self.backend.deserialize(ctx, c) for c in req.ciphertexts]
+        for ct in cts:
+            self.backend.check_fresh(ctx, ct)
         t.add("load", time.perf_counter() - t0)
         t1 = time.perf_counter()
         blocks = self._blocks(req.packing, ctx)

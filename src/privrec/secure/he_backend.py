@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -174,6 +175,11 @@ class HEBackend(Protocol):
     def serialize(self, ciphertext: Any) -> bytes: ...
 
     def deserialize(self, context: Any, data: bytes) -> Any: ...
+
+    def check_fresh(self, context: Any, ciphertext: Any) -> None:
+        """Refuse (:class:`~privrec.errors.MessageRejected`) anything but a fresh encryption at
+        the agreed level and scale — what a server accepts as a request."""
+        ...
 
     def encode(self, context: Any, values: npt.NDArray[np.float64]) -> Any:
         """A plaintext at the level and scale of a fresh ciphertext (servers cache these)."""
@@ -367,7 +373,8 @@ class TenSEALBackend:
         return context.secret_key is not None
 
     def has_rotation_keys(self, context: _SealContext) -> bool:
-        return context.galois_keys is not None
+        # the one key the compact packing uses: rotation by one slot (Galois element 3)
+        return context.galois_keys is not None and bool(context.galois_keys.has_key(3))
 
     def _helper(self, context: _SealContext, name: str) -> Any:
         h = context._helpers.get(name)
@@ -412,6 +419,22 @@ class TenSEALBackend:
             return self._load_into(self._s.Ciphertext(), data, context.seal)
         except Exception as exc:
             raise MessageRejected(f"not a valid CKKS ciphertext for this context: {exc}") from None
+
+    def check_fresh(self, context: _SealContext, ct: Any) -> None:
+        # only a fresh encryption is a valid request: two components, NTT form, the top level,
+        # the agreed scale — a client that lowers the scale would make the server's noise
+        # vanish in the rounding (its scores would come back without their DP noise)
+        scale = 2.0**context.params.scale_bits
+        if (
+            int(ct.size()) != 2
+            or not ct.is_ntt_form()
+            or list(ct.parms_id()) != list(context.seal.first_parms_id())
+            or not math.isclose(float(ct.scale), scale, rel_tol=1e-9)
+        ):
+            raise MessageRejected(
+                "not a fresh CKKS ciphertext (two components, NTT form, top level, scale "
+                f"2^{context.params.scale_bits})"
+            )
 
     def weighted_sum(
         self, context: _SealContext, ciphertexts: Sequence[Any], plains: Sequence[Any]

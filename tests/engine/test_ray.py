@@ -281,3 +281,37 @@ def test_a_worker_that_died_between_fits_is_replaced(
     b = engine.fit(seeded(DPPopularity, **kw), shards)
     a = seeded(DPPopularity, **kw).fit(small_data)
     assert max_diff(a.item_popularity_, b.item_popularity_) < 1e-5
+
+
+def test_a_replacement_worker_reading_changed_files_stops_the_fit(
+    engine: RayEngine, shards: Path, tmp_path: Path
+) -> None:
+    """A shard file changes mid-fit and a worker dies: its replacement would train on other
+    data than the rest of the fit (and than a ledger's recorded hash) — EngineError instead."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from privrec.errors import EngineError
+
+    work = tmp_path / "changing"
+    shutil.copytree(shards, work)
+    calls: list[str] = []
+
+    def change_then_kill(name: str, actors: list[Any]) -> None:
+        if name == "dpals_step" and not calls:
+            calls.append(name)
+            for _, f in ParquetSource.open(work).shard_files():  # every file changes
+                t = pq.read_table(f)
+                pq.write_table(pa.concat_tables([t, t.slice(0, 5)]), f)
+            ray.kill(actors[1], no_restart=True)
+
+    engine.after_submit = change_then_kill
+    try:
+        kw: dict[str, Any] = dict(epsilon=1.0, delta=1e-6, unit="user", factors=4, iterations=2)
+        with pytest.raises(EngineError, match="changed since the fit began"):
+            engine.fit(seeded(DPALS, **kw), work)
+    finally:
+        engine.after_submit = None

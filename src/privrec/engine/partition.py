@@ -90,6 +90,12 @@ def _stack(parts: list[Interactions], item_ids: np.ndarray) -> Interactions:
     return Interactions(m, np.concatenate([p.user_ids for p in parts]), item_ids, timestamps)
 
 
+def _fingerprint(data: Interactions) -> str:
+    from privrec.governance.policy import content_hash
+
+    return content_hash(data)
+
+
 class Partition:
     """The users of some shards and everything the training computes per user (one worker)."""
 
@@ -136,7 +142,15 @@ class Partition:
             digest = content_hash(data)
         self.data = data
         self._n_items = len(item_ids)
-        return {"n_users": data.n_users, "nnz": data.nnz, "report": report, "hash": digest}
+        # what this worker trains on: a replacement worker must read exactly the same
+        fingerprint = digest if digest is not None else _fingerprint(data)
+        return {
+            "n_users": data.n_users,
+            "nnz": data.nnz,
+            "report": report,
+            "hash": digest,
+            "fingerprint": fingerprint,
+        }
 
     def sorted_user_ids(self) -> np.ndarray:
         assert self.data is not None

@@ -99,6 +99,11 @@ class WorkerGroup:
         )(Partition)
         self.key = (str(source.path), source.binarize, repr(assignment))
         idle = engine._idle.pop(self.key, None)
+        if idle is None:  # this engine's idle workers of other data would hold the CPUs
+            for actors in engine._idle.values():
+                for a in actors:
+                    ray.kill(a, no_restart=True)
+            engine._idle.clear()
         self.actors = idle if idle is not None else [self._spawn(i) for i in range(len(assignment))]
         for i, actor in enumerate(self.actors):  # an idle worker may have died since its last fit
             try:
@@ -117,6 +122,8 @@ class WorkerGroup:
                 f"{ray.available_resources().get('CPU', 0):g} (other engines still running?)"
             ) from None
         self.setup: list[tuple[str, tuple[Any, ...]]] = []
+        #: each set-up call's answer per worker: a replacement must load the same data
+        self._setup_out: dict[str, list[Any]] = {}
         self.replaced = 0
         self.bytes_reduced = 0
 
@@ -155,7 +162,19 @@ class WorkerGroup:
                 ray.kill(actor, no_restart=True)
             fresh = self._spawn(i)
             for name, args in self.setup:
-                ray.get(getattr(fresh, name).remote(*args))
+                got = ray.get(getattr(fresh, name).remote(*args))
+                before = self._setup_out.get(name)
+                if (
+                    before is not None
+                    and isinstance(got, dict)
+                    and got.get("fingerprint") != before[i].get("fingerprint")
+                ):
+                    ray.kill(fresh, no_restart=True)
+                    raise EngineError(
+                        f"worker {i}'s shard files changed since the fit began (its replacement "
+                        "read different data): nothing more is computed; train again on a "
+                        "directory that does not change during the fit"
+                    )
             self.actors[i] = fresh
             self.replaced += 1
 
@@ -173,6 +192,7 @@ class WorkerGroup:
         out: list[Any] = self._retrying(name, attempt)
         if setup:
             self.setup.append((name, args))
+            self._setup_out[name] = out
         return out
 
     def call_each(self, name: str, per_worker: list[tuple[Any, ...]]) -> list[Any]:

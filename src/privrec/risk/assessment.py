@@ -271,73 +271,32 @@ def assess(cfg: PipelineConfig) -> RiskReport:
     ch = rep.channels.append
     eps = "—" if t.epsilon is None else f"{t.epsilon:g}"
 
-    # 1. training data -> model
+    # 1. training data -> model: (data exposed, status, what holds, advice)
+    every = "every training user's history"
+    first: tuple[str, Status, str, str]
     if not private:
-        ch(
-            Channel(
-                "training data → model",
-                "model artifact",
-                "every training user's history",
-                "unmitigated",
-                f"{t.model} is not differentially private",
-                "train a private model (DPALS, DPEASE, DPPopularity) with ε ≤ your policy",
-            )
-        )
+        first = (every, "unmitigated", f"{t.model} is not differentially private",
+                 "train a private model (DPALS, DPEASE, DPPopularity) with ε ≤ your policy")  # fmt: skip
     elif t.seeded_noise:
-        ch(
-            Channel(
-                "training data → model",
-                "model artifact",
-                "every training user's history",
-                "unmitigated",
-                "seeded (predictable) noise: the stated ε does not hold",
-                "train without a seed (CSPRNG noise)",
-            )
-        )
+        first = (every, "unmitigated", "seeded (predictable) noise: the stated ε does not hold",
+                 "train without a seed (CSPRNG noise)")  # fmt: skip
     elif not user_level:
-        ch(
-            Channel(
-                "training data → model",
-                "model artifact",
-                "heavy users' histories",
-                "partial",
-                f"interaction-level DP (ε = {eps}): a user with n interactions gets about n·ε",
-                "use unit = user",
-            )
-        )
+        first = ("heavy users' histories", "partial",
+                 f"interaction-level DP (ε = {eps}): a user with n interactions gets about n·ε",
+                 "use unit = user")  # fmt: skip
     elif t.delta is None:  # a Gaussian mechanism is never (ε, 0)-DP: the claim is incomplete
-        ch(
-            Channel(
-                "training data → model",
-                "model artifact",
-                "every training user's history",
-                "partial",
-                f"user-level ε = {eps} {t.model}, but no δ is stated",
-                "state the δ the model was trained with (training.delta)",
-            )
-        )
+        first = (every, "partial", f"user-level ε = {eps} {t.model}, but no δ is stated",
+                 "state the δ the model was trained with (training.delta)")  # fmt: skip
     elif (t.epsilon or 0) > WEAK_EPSILON or t.delta >= WEAK_DELTA:
-        ch(
-            Channel(
-                "training data → model",
-                "model artifact",
-                "every training user's history",
-                "partial",
-                f"user-level ({eps}, {t.delta:g})-DP {t.model} is a weak guarantee "
-                f"(ε above {WEAK_EPSILON:g} or δ at or above {WEAK_DELTA:g})",
-                "lower ε, and δ well below 1/(number of users)",
-            )
-        )
+        first = (every, "partial",
+                 f"user-level ({eps}, {t.delta:g})-DP {t.model} is a weak guarantee "
+                 f"(ε above {WEAK_EPSILON:g} or δ at or above {WEAK_DELTA:g})",
+                 "lower ε, and δ well below 1/(number of users)")  # fmt: skip
     else:
-        ch(
-            Channel(
-                "training data → model",
-                "model artifact",
-                "every training user's history",
-                "mitigated",
-                f"user-level ({eps}, {t.delta:g})-DP {t.model}; check with `privrec audit run`",
-            )
-        )
+        first = (every, "mitigated",
+                 f"user-level ({eps}, {t.delta:g})-DP {t.model}; check with `privrec audit run`",
+                 "")  # fmt: skip
+    ch(Channel("training data → model", "model artifact", *first))
     # 2. model file contents
     if private and t.include_user_data:
         ch(

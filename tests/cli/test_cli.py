@@ -207,3 +207,22 @@ def test_demo_writes_report(tmp_path: Path) -> None:
     assert "dpals (ε=1)" in text and "dppopularity (ε=4)" in text
     assert "data:image/png;base64," in text and "differentially private" in text
     assert report.with_suffix(".png").stat().st_size > 1000
+
+
+def test_typed_ids_are_matched_exactly_never_cut_to_the_models_width(tmp_path: Path) -> None:
+    """String ids were cast to the model's fixed width: "u100XYZ" became "u100" and was served
+    (and written) as that other person; a history item "i10ZZZ" was read as "i10"."""
+    rows = [f"u{u},i{(u * 7 + j) % 40}" for u in range(300) for j in range(5)]
+    data = tmp_path / "s.csv"
+    data.write_text("user,item\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "als.npz"
+    res = runner.invoke(app, ["train", "-d", str(data), "-f", "csv", "-m", "popularity", "-o", str(out),
+                              "--include-user-data"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["recommend", str(out), "--user", "u100XYZ", "-k", "3"])
+    assert res.exit_code == 1 and "u100XYZ" in res.output
+    assert runner.invoke(app, ["recommend", str(out), "--user", "u100", "-k", "3"]).exit_code == 0
+    hist = tmp_path / "h.txt"
+    hist.write_text("i10ZZZ\n")
+    res = runner.invoke(app, ["recommend", str(out), "--history", str(hist), "-k", "3"])
+    assert "not in the model's catalogue" in res.output

@@ -491,6 +491,8 @@ def coerce_ids(raw: list[str], known: np.ndarray) -> np.ndarray:
             return np.array([int(r) for r in raw], dtype=known.dtype)
         except ValueError:
             pass
+    if known.dtype.kind in "US":  # never the model's fixed width: "u100XYZ" cut to "u100" is
+        return np.array([str(r) for r in raw], dtype=str)  # another person (exact match only)
     return np.array(raw, dtype=object if known.dtype == object else known.dtype)
 
 

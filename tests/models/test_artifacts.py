@@ -221,3 +221,24 @@ def test_unknown_user_on_a_model_with_user_data_is_still_a_key_error(data: Inter
     model = _fit(DPPopularity(epsilon=1.0, delta=1e-6, unit="user", seed=0), data)
     with pytest.raises(UnknownUserError):
         model.recommend_ids(["nobody"], k=2)
+
+
+def test_a_failed_save_keeps_the_previous_file_and_leaves_no_partial_one(
+    data: Interactions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing straight into the target destroyed the good model on a full disk."""
+    import privrec.models.persistence as persistence
+
+    model = _fit(DPPopularity(epsilon=1.0, delta=1e-6, unit="user", seed=0), data)
+    path = model.save(tmp_path / "m.npz")
+    before = path.read_bytes()
+
+    def full_disk(fh: Any, **arrays: Any) -> None:
+        fh.write(b"PK\x03\x04 half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(persistence.np, "savez_compressed", full_disk)
+    with pytest.raises(OSError):
+        model.save(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.npz"]

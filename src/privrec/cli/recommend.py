@@ -21,6 +21,7 @@ from rich.table import Table
 
 from privrec.cli.common import (
     VerifyKeyOpt,
+    atomic_output,
     check_output,
     coerce_ids,
     console,
@@ -189,9 +190,9 @@ def _frame(names: list[str], items: np.ndarray, scores: np.ndarray) -> pd.DataFr
 
 
 def _write(frame: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
     frame = frame.assign(item=frame["item"].astype(str))
-    if out.suffix.lower() == ".parquet":
-        frame.to_parquet(out, index=False)
-    else:
-        frame.to_csv(out, index=False, sep="\t" if out.suffix.lower() == ".tsv" else ",")
+    with atomic_output(out) as tmp:  # never a cut-off file (a full disk, an error)
+        if out.suffix.lower() == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False, sep="\t" if out.suffix.lower() == ".tsv" else ",")

@@ -22,6 +22,7 @@ from privrec.cli.common import (
     Protocol,
     PurposeOpt,
     SignKeyOpt,
+    atomic_output,
     build_model,
     check_delta_for_data,
     check_output,
@@ -415,7 +416,8 @@ def evaluate(
                 note(f"evaluating {model.name}…")
             show(run_eval(model, split, k=ks))
         if json_out is not None:
-            json_out.write_text(json.dumps([r.to_dict() for r in results], indent=2))
+            with atomic_output(json_out) as tmp:
+                tmp.write_text(json.dumps([r.to_dict() for r in results], indent=2))
 
 
 def demo(

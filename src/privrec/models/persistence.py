@@ -187,12 +187,22 @@ def save_model(
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     out = _npz_path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("wb") as fh:
-        np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
-    if signer is not None:
-        from privrec.models.signing import sign_file
+    # written (and signed) beside the target, then renamed over it: a full disk or a crash
+    # never leaves a cut-off file, and never destroys the previous one
+    tmp = out.with_name(f".{out.name.lstrip('.')}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
+            fh.flush()
+            os.fsync(fh.fileno())
+        if signer is not None:
+            from privrec.models.signing import sign_file
 
-        sign_file(out, signer)
+            sign_file(tmp, signer)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 

@@ -230,19 +230,6 @@ def check_output(path: Path | None) -> Path | None:
     return path
 
 
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write to; renamed over ``path`` only when the block
-    succeeds — a full disk or an error never leaves a cut-off file or destroys the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def check_delta_for_data(params: dict[str, Any], data: Any, force: bool) -> None:
     """δ ≥ 1/(number of privacy units) is an error on the command line unless forced.
 

@@ -21,7 +21,6 @@ from rich.table import Table
 
 from privrec.cli.common import (
     VerifyKeyOpt,
-    atomic_output,
     check_output,
     coerce_ids,
     console,
@@ -30,6 +29,7 @@ from privrec.cli.common import (
     note,
 )
 from privrec.errors import ConfigError, DataError
+from privrec.models.persistence import atomic_output
 
 _OUT_SUFFIXES = (".csv", ".tsv", ".parquet")
 

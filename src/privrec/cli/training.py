@@ -22,7 +22,6 @@ from privrec.cli.common import (
     Protocol,
     PurposeOpt,
     SignKeyOpt,
-    atomic_output,
     build_model,
     check_delta_for_data,
     check_output,
@@ -44,6 +43,7 @@ from privrec.cli.common import (
     stderr_is_tty,
 )
 from privrec.errors import ConfigError
+from privrec.models.persistence import atomic_output
 
 DEMO_EPSILONS = (1.0, 4.0)
 

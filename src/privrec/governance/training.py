@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -292,14 +291,11 @@ def signing_identity(signing_key: Any) -> tuple[Any, str | None]:
 def _atomic_save(
     model: Any, output: Path, include_user_data: bool | None, signing_key: Any = None
 ) -> Path:
-    """``model.save`` to a temporary name, then rename: the release is all or nothing (and,
-    with ``signing_key``, signed before the ledger records its hash)."""
-    final = output if output.suffix == ".npz" else output.with_suffix(output.suffix + ".npz")
-    tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp.npz")
+    """``model.save`` — itself all or nothing (written beside the target, then renamed) and,
+    with ``signing_key``, signed before the ledger records its hash."""
     signed = {} if signing_key is None else {"signing_key": signing_key}
-    written = model.save(tmp, include_user_data=include_user_data, **signed)
-    os.replace(written, final)
-    return final
+    path: Path = model.save(output, include_user_data=include_user_data, **signed)
+    return path
 
 
 def release_model(

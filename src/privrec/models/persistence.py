@@ -48,7 +48,8 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +122,19 @@ def _npz_path(path: str | Path) -> Path:
     return p
 
 
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to; renamed over ``path`` only when the block
+    succeeds — a full disk or an error never leaves a cut-off file or destroys the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name.lstrip('.')}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_model(
     model: Recommender,
     path: str | Path,
@@ -186,11 +200,7 @@ def save_model(
     }
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     out = _npz_path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # written (and signed) beside the target, then renamed over it: a full disk or a crash
-    # never leaves a cut-off file, and never destroys the previous one
-    tmp = out.with_name(f".{out.name.lstrip('.')}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(out) as tmp:  # written and signed beside the target, then renamed
         with tmp.open("wb") as fh:
             np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]
             fh.flush()
@@ -199,10 +209,6 @@ def save_model(
             from privrec.models.signing import sign_file
 
             sign_file(tmp, signer)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return out
 
 

@@ -316,11 +316,10 @@ class _DriverBase(ABC):
                 ) from None
         # the journal must be a prefix of this configuration's plan, always (not only when a
         # ledger asks): an edited journal would otherwise make the guarantee under-report
-        planned = [e.to_dict() for e in self._planned()]
-        if [e.to_dict() for e in self.spent] != planned[: len(self.spent)]:
-            raise CheckpointMismatchError(
-                f"{ev}: the journalled releases are not this configuration's plan"
-            )
+        try:
+            self.planned_events(remaining=True)
+        except ConfigError as exc:
+            raise CheckpointMismatchError(f"{ev}: {exc}") from None
         st = self.checkpoint / "state.npz"
         state: dict[str, np.ndarray] = {}
         if st.exists():
@@ -334,9 +333,9 @@ class _DriverBase(ABC):
         self._check_state(state)
         return state
 
+    @abstractmethod
     def _check_state(self, state: dict[str, np.ndarray]) -> None:
         """The stored state against the journal: what was released is what was charged."""
-        raise NotImplementedError
 
     def _state_error(self, what: str) -> CheckpointMismatchError:
         return CheckpointMismatchError(f"{self.checkpoint}: {what}")

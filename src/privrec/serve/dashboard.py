@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -158,7 +159,8 @@ def artifact_entry(a: Any) -> dict[str, Any]:
         "dataset": a.dataset,
         "model_kind": a.model_kind,
         "file_hash": a.file_hash,
-        "path": a.path,
+        # the file's name only: an absolute path would tell API callers the server's layout
+        "file": Path(a.path).name if a.path else None,
         "dataset_version": a.version_id,
         "dataset_hash": a.dataset_hash,
         "privrec_version": a.privrec_version,

@@ -117,9 +117,31 @@ def test_faked_epsilon_is_refused_on_load_and_never_explained(
 
 
 def test_verify_command_recomputes_and_reports(dpals_file: Path) -> None:
+    # the fixture is trained with seeded noise: its numbers agree, but it is no private release
     res = CliRunner().invoke(app, ["privacy", "verify", str(dpals_file)])
-    assert res.exit_code == 0, res.output
-    assert "recomputed" in res.output and "OK" in res.output
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1, out
+    assert "recomputed" in out and "NOT PRIVATE" in out and "drawn from a seed" in out
+    assert ": OK" not in out
+    res = CliRunner().invoke(app, ["privacy", "verify", "--consistency-only", str(dpals_file)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 0, out
+    assert "recomputed" in out and "NOT A PRIVATE RELEASE" in out
+
+
+def test_verify_fails_a_model_saved_with_its_training_users(tmp_path: Path) -> None:
+    from privrec.models import DPPopularity
+
+    data = synthetic(n_users=200, n_items=30, interactions_per_user=5, seed=3)
+    m = DPPopularity(epsilon=1.0, delta=1e-5, unit="user").fit(data)  # CSPRNG noise: a release
+    clean, with_users = tmp_path / "clean.npz", tmp_path / "users.npz"
+    m.save(clean)
+    m.save(with_users, include_user_data=True)
+    res = CliRunner().invoke(app, ["privacy", "verify", str(clean)])
+    assert res.exit_code == 0 and ": OK" in res.output and "NOT PRIVATE" not in res.output
+    res = CliRunner().invoke(app, ["privacy", "verify", str(with_users)])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 1 and "NOT PRIVATE" in out and "training users" in out
 
 
 def _params(**kw: object) -> Callable[[dict[str, Any]], object]:

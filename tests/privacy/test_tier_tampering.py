@@ -35,7 +35,8 @@ def tiered_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_verify_prints_every_recomputed_tier(tiered_file: Path) -> None:
-    res = CliRunner().invoke(app, ["privacy", "verify", str(tiered_file)])
+    # seeded fixture: only the arithmetic is checked here
+    res = CliRunner().invoke(app, ["privacy", "verify", "--consistency-only", str(tiered_file)])
     assert res.exit_code == 0, res.output
     for asked in ("0.5", "1", "3"):
         assert f"asked for ε = {asked} " in res.output

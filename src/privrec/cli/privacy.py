@@ -78,20 +78,43 @@ def privacy_explain(
 def privacy_verify(
     model_path: Annotated[Path, typer.Argument(help="A private model file to check.")],
     verify_key: VerifyKeyOpt = None,
+    consistency_only: Annotated[
+        bool,
+        typer.Option(
+            "--consistency-only",
+            help="Only check that ε and the events agree; do not fail a file trained with "
+            "seeded noise or saved with its training users (test fixtures, experiments).",
+        ),
+    ] = False,
 ) -> None:
     """Recompute ε from the stored accounting events and check it against the stored guarantee.
 
     Also checks the events are well formed and that δ, the privacy unit, the accountant and
     the seeded-noise flag agree with the model's parameters; with --verify-key, first checks
     that the file is signed by that key and unchanged since. Exits with status 1 (and prints
-    the mismatch) when anything disagrees.
+    the mismatch) when anything disagrees — and also when the file is not a private release
+    at all, however consistent its numbers: noise drawn from a seed (anyone who knows the seed
+    can subtract it) or training users stored beside the model (the guarantee does not cover
+    them). ``--consistency-only`` keeps just the arithmetic check for such files.
     """
     with handle_errors():
         model = _private_model(model_path, verify_key)
         g = model.guarantee_
         recomputed = g.recompute_epsilon()
+        not_private = []
+        if g.seeded_noise:
+            not_private.append(
+                "its noise was drawn from a seed (reproducible: whoever knows the seed can "
+                "subtract it)"
+            )
+        if not getattr(model, "_released_only", True):
+            not_private.append(
+                "it stores the training users and interactions (saved with include_user_data), "
+                "which the guarantee does not cover"
+            )
+        verdict = "OK" if not not_private else "CONSISTENT but NOT A PRIVATE RELEASE"
         console.print(
-            f"{model_path}: OK — ε = {g.epsilon:.6g} at δ = {g.delta:.1e} (per {g.unit.value}) "
+            f"{model_path}: {verdict} — ε = {g.epsilon:.6g} at δ = {g.delta:.1e} (per {g.unit.value}) "
             f"recomputed from {len(g.events)} stored event{'s' if len(g.events) != 1 else ''} "
             f"with the {g.accountant.value.upper()} accountant: {recomputed:.6g}; δ, unit, "
             "accountant and seeding agree with the model's parameters; events well formed.",
@@ -118,6 +141,11 @@ def privacy_verify(
             )
         else:
             console.print(signature_line(model), highlight=False, markup=False)
+        if not_private:
+            for why in not_private:
+                console.print(f"NOT PRIVATE: {why}.", style="bold red", highlight=False)
+            if not consistency_only:
+                raise typer.Exit(code=1)
 
 
 @privacy_app.command("keygen")

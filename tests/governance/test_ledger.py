@@ -326,6 +326,56 @@ def test_retrain_required_by_policy(ledger_url: str, tmp_path: Path) -> None:
     assert due.retrain_due == pytest.approx(due.deletion_requested_at + 30 * 86400)
 
 
+def test_consent_withdrawn_after_training_makes_a_retrain_due(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    """Consent withdrawn after a model was trained calls for a retrain like a deletion does
+    (the policy requires consent kept in the ledger); a later grant ends it."""
+    from .conftest import POLICY, make_setup
+
+    policy = {**POLICY, "consent": {"required": True}, "deletion": {"retrain_within_days": 7}}
+    s = make_setup(ledger_url, policy)
+    raw = small_data()
+    s.owner.import_consents("ratings", [(u, True) for u in raw.user_ids])
+    data = s.analyst.load("ratings", raw)
+    s.analyst.train(_dp_pop(0.5), data, output=tmp_path / "a")
+    assert s.owner.retrains_due() == []
+    who, bystander = raw.user_ids[0], raw.user_ids[1]
+    s.owner.import_consents("ratings", [(who, False)])
+    s.owner.import_consents("ratings", [(who, False)])  # a repeat does not push the date back
+    (due,) = s.owner.retrains_due()
+    assert due.deletion_requested_at is None and due.consent_withdrawn_at is not None
+    assert due.retrain_due == pytest.approx(due.consent_withdrawn_at + 7 * 86400)
+    assert due.reason == "withdrew consent" and due.trained_before_withdrawal
+    (mine,) = s.owner.lineage_of_user(who)
+    assert mine.consent_withdrawn_at == due.consent_withdrawn_at
+    assert mine.retrain_due == pytest.approx(due.retrain_due)
+    (theirs,) = s.owner.lineage_of_user(bystander)
+    assert theirs.consent_withdrawn_at is None and theirs.retrain_due is None
+    # a model trained after the withdrawal (on a fresh load, without the person) owes nothing
+    s.analyst.train(_dp_pop(0.5), s.analyst.load("ratings", raw), output=tmp_path / "b")
+    assert [d.artifact.id for d in s.owner.retrains_due()] == [due.artifact.id]
+    s.owner.forget("ratings", who)
+    (both,) = s.owner.retrains_due()
+    assert both.reason == "asked to be deleted and withdrew consent"
+    assert both.retrain_due == pytest.approx(due.retrain_due)  # the earlier of the two counts
+    s.owner.import_consents("ratings", [(bystander, True), (who, True)])
+    (left,) = s.owner.retrains_due()
+    assert left.reason == "asked to be deleted" and left.consent_withdrawn_at is None
+
+
+def test_withdrawal_without_required_consent_calls_for_no_retrain(
+    ledger_url: str, tmp_path: Path
+) -> None:
+    from .conftest import POLICY, make_setup
+
+    s = make_setup(ledger_url, {**POLICY, "deletion": {"retrain_within_days": 7}})
+    raw = small_data()
+    s.analyst.train(_dp_pop(0.5), s.analyst.load("ratings", raw), output=tmp_path / "a")
+    s.owner.import_consents("ratings", [(raw.user_ids[0], False)])  # consent not required
+    assert s.owner.retrains_due() == []
+
+
 def test_listing_ten_thousand_charges_is_fast(setup: LedgerSetup) -> None:
     """Bulk-insert 10,000 charges (bypassing reserve only for set-up speed) and read them back."""
     import json

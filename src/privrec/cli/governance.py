@@ -121,7 +121,7 @@ def ledger_status(
                 console.print(
                     f"[yellow]retrain due[/] by {_when(d.retrain_due)}: artifact {d.artifact.id} "
                     f"({d.artifact.model_kind}, {d.artifact.dataset}) was trained on data holding a "
-                    "person who has since asked to be deleted"
+                    f"person who has since {d.reason}"
                 )
 
 
@@ -384,12 +384,14 @@ def lineage(
             raise GovernanceError("give an ARTIFACT or --user USER")
         if user is not None:
             table = Table("artifact", "dataset", "version", "model", "trained (UTC)", "signed by", "deletion requested",
-                          "trained before deletion", "retrain due", title=f"artifacts trained on data holding user {user}")  # fmt: skip
+                          "trained before deletion", "consent withdrawn", "retrain due",
+                          title=f"artifacts trained on data holding user {user}")  # fmt: skip
             for x in ledger.lineage_of_user(user, dataset):
                 a = x.artifact
                 table.add_row(str(a.id), a.dataset, str(x.version_id), a.model_kind, _when(a.created_at),
                               a.signer or "unsigned", _when(x.deletion_requested_at),
-                              "yes" if x.trained_before_deletion else "no", _when(x.retrain_due))  # fmt: skip
+                              "yes" if x.trained_before_deletion else "no", _when(x.consent_withdrawn_at),
+                              _when(x.retrain_due))  # fmt: skip
             console.print(table)
             return
         assert artifact is not None

@@ -460,19 +460,29 @@ class LedgerBase:
                 .order_by(tbl.Artifact.id)
             ).all()
             for r in rows:
+                policy = Policy.from_json(r.policy_json)
                 req = conn.execute(
                     sa.select(sa.func.min(tbl.Deletion.requested_at)).where(
                         tbl.Deletion.dataset_id == r.dataset_id, tbl.Deletion.user_hash == h
                     )
                 ).scalar_one()
-                within = Policy.from_json(r.policy_json).deletion.retrain_within_days
-                due = None if req is None or within is None else float(req) + within * 86400.0
-                out.append(UserLineage(_artifact_record(r, ()), int(r.version_id), req, due))
+                withdrawn = _withdrawals(conn, r.dataset_id, policy, h).get(int(h, 16))
+                out.append(
+                    UserLineage(
+                        _artifact_record(r, ()),
+                        int(r.version_id),
+                        req,
+                        _due(r.created_at, policy, req, withdrawn),
+                        withdrawn,
+                    )
+                )
         return out
 
     def retrains_due(self, dataset: str | None = None) -> list[UserLineage]:
-        """Artifacts trained before a deletion request on data holding that person, under a policy
-        that requires a retrain (``[deletion] retrain_within_days``). Ids are never returned."""
+        """Artifacts trained on data holding a person who has since asked to be deleted — or,
+        where the policy requires consent kept in the ledger, withdrawn their consent — under a
+        policy that requires a retrain (``[deletion] retrain_within_days``). Ids are never
+        returned."""
         require(self.principal, "read_all", "listing retrains due")
         out: list[UserLineage] = []
         with read_transaction(self.engine) as conn:
@@ -480,18 +490,19 @@ class LedgerBase:
             if dataset is not None:
                 q = q.where(tbl.Dataset.name == dataset)
             for ds in conn.execute(q).all():
-                within = Policy.from_json(ds.policy_json).deletion.retrain_within_days
-                if within is None:
+                policy = Policy.from_json(ds.policy_json)
+                if policy.deletion.retrain_within_days is None:
                     continue
-                dels = conn.execute(
+                dels: dict[int, float] = {}
+                for h, t in conn.execute(
                     sa.select(tbl.Deletion.user_hash, tbl.Deletion.requested_at).where(
                         tbl.Deletion.dataset_id == ds.id
                     )
-                ).all()
-                if not dels:
+                ):
+                    dels[int(h, 16)] = min(float(t), dels.get(int(h, 16), math.inf))
+                wds = _withdrawals(conn, ds.id, policy)
+                if not dels and not wds:
                     continue
-                wanted = {int(h, 16): t for h, t in dels}
-                keys = np.array(sorted(wanted), dtype=np.uint64)
                 arts = conn.execute(
                     sa.select(
                         tbl.Artifact,
@@ -504,16 +515,13 @@ class LedgerBase:
                 ).all()
                 for a in arts:
                     members = np.frombuffer(a.members, dtype="<u8")
-                    hit = keys[np.isin(keys, members)]
-                    times = [wanted[int(k)] for k in hit if wanted[int(k)] >= a.created_at]
-                    if times:
-                        first = min(times)
+                    first_del = _first_after(dels, members, a.created_at)
+                    first_wd = _first_after(wds, members, a.created_at)
+                    due = _due(a.created_at, policy, first_del, first_wd)
+                    if due is not None:
                         out.append(
                             UserLineage(
-                                _artifact_record(a, ()),
-                                int(a.version_id),
-                                first,
-                                first + within * 86400.0,
+                                _artifact_record(a, ()), int(a.version_id), first_del, due, first_wd
                             )
                         )
         return out
@@ -531,6 +539,52 @@ class LedgerBase:
         require(self.principal, "read_all", "verifying the audit log")
         with read_transaction(self.engine) as conn:
             return audit.verify(conn, expect_head=expect_head)
+
+
+def _withdrawals(
+    conn: Connection, dataset_id: int, policy: Policy, user_hash: str | None = None
+) -> dict[int, float]:
+    """People whose consent is currently withdrawn → when that withdrawn state began.
+
+    Only where consent matters and its records live in the ledger (``[consent] required`` with
+    ``source = "ledger"``): a CSV consent file has no per-person times. The latest record wins, as
+    when loading; a later grant ends the withdrawal (and with it the retrain it called for).
+    """
+    if not policy.consent.required or policy.consent.source != "ledger":
+        return {}
+    q = sa.select(tbl.Consent.user_hash, tbl.Consent.granted, tbl.Consent.recorded_at).where(
+        tbl.Consent.dataset_id == dataset_id
+    )
+    if user_hash is not None:
+        q = q.where(tbl.Consent.user_hash == user_hash)
+    began: dict[int, float | None] = {}
+    for h, granted, at in conn.execute(q.order_by(tbl.Consent.id)):
+        k = int(h, 16)
+        if granted:
+            began[k] = None
+        elif began.get(k) is None:
+            began[k] = float(at)
+    return {k: t for k, t in began.items() if t is not None}
+
+
+def _first_after(events: dict[int, float], members: np.ndarray, created_at: float) -> float | None:
+    """The earliest event at or after ``created_at`` of anyone in ``members``."""
+    if not events:
+        return None
+    keys = np.fromiter(events, dtype=np.uint64, count=len(events))
+    times = [events[int(k)] for k in keys[np.isin(keys, members)]]
+    times = [t for t in times if t >= created_at]
+    return min(times) if times else None
+
+
+def _due(
+    created_at: float, policy: Policy, deleted: float | None, withdrawn: float | None
+) -> float | None:
+    """When an artifact must be replaced: ``retrain_within_days`` after the first deletion
+    request or consent withdrawal that came after it was trained (``None``: no retrain due)."""
+    within = policy.deletion.retrain_within_days
+    after = [t for t in (deleted, withdrawn) if t is not None and t >= created_at]
+    return None if within is None or not after else min(after) + within * 86400.0
 
 
 def _marks(n: int, points: int) -> list[int]:

@@ -155,12 +155,18 @@ class ArtifactRecord:
 
 @dataclass(frozen=True)
 class UserLineage:
-    """An artifact trained on a dataset version that contained a given user."""
+    """An artifact trained on a dataset version that contained a given user.
+
+    Two things can make a retrain due: a deletion request, and — where the policy requires
+    consent kept in the ledger — a consent withdrawn after the artifact was trained
+    (``consent_withdrawn_at``: when the person's current withdrawn state began).
+    """
 
     artifact: ArtifactRecord
     version_id: int
     deletion_requested_at: float | None
     retrain_due: float | None
+    consent_withdrawn_at: float | None = None
 
     @property
     def trained_before_deletion(self) -> bool:
@@ -168,3 +174,20 @@ class UserLineage:
             self.deletion_requested_at is not None
             and self.artifact.created_at <= self.deletion_requested_at
         )
+
+    @property
+    def trained_before_withdrawal(self) -> bool:
+        return (
+            self.consent_withdrawn_at is not None
+            and self.artifact.created_at <= self.consent_withdrawn_at
+        )
+
+    @property
+    def reason(self) -> str:
+        """Why a retrain is due, in words (empty when none is)."""
+        why = []
+        if self.trained_before_deletion:
+            why.append("asked to be deleted")
+        if self.trained_before_withdrawal:
+            why.append("withdrew consent")
+        return " and ".join(why)

@@ -270,6 +270,7 @@ def governance(ledger: Ledger) -> dict[str, Any]:
                     {
                         "artifact_id": u.artifact.id,
                         "due": u.retrain_due,
+                        "reason": u.reason,
                         "overdue": u.retrain_due is not None and u.retrain_due < _now(),
                     }
                     for u in due

@@ -467,3 +467,16 @@ def test_an_empty_user_id_is_not_a_deletion_request(setup: LedgerSetup) -> None:
     for user in ("", "   "):
         with pytest.raises(GovernanceError, match="needs a user id"):
             setup.owner.forget("ratings", user)
+
+
+def test_a_padded_user_id_is_refused_not_recorded_for_nobody(setup: LedgerSetup) -> None:
+    """" 17" hashes apart from 17: recorded, it would match nobody and the person stays in."""
+    before = audit_rows(setup)
+    for user in (" 17", "17 ", "17\n"):
+        with pytest.raises(GovernanceError, match="white space"):
+            setup.owner.forget("ratings", user)
+    with pytest.raises(GovernanceError, match="white space"):  # checked before any is written
+        setup.owner.import_consents("ratings", [("16", True), (" 17", False)])
+    assert audit_rows(setup) == before
+    setup.owner.forget("ratings", "17")
+    assert audit_rows(setup) == before + 1

@@ -54,6 +54,8 @@ class LedgerIntake(LedgerBase):
         """Record consents (``(user id, granted)``; later records win). Returns counts."""
         require(self.principal, "manage", "importing consents")
         recs = list(records)
+        for u, _ in recs:  # all checked before anything is written
+            _exact_id(u, "a consent record")
         now = _now()
         with write_transaction(self.engine) as conn:
             ds = self._dataset(conn, dataset)
@@ -98,6 +100,7 @@ class LedgerIntake(LedgerBase):
         require(self.principal, "manage", "recording deletion requests")
         if user is None or (isinstance(user, str) and not user.strip()):
             raise GovernanceError("a deletion request needs a user id (found an empty one)")
+        _exact_id(user, "a deletion request")
         now = _now()
         with write_transaction(self.engine) as conn:
             ds = self._dataset(conn, dataset)
@@ -275,3 +278,13 @@ class LedgerIntake(LedgerBase):
                 self._consented(conn, ds.id, policy, key) if policy.consent.required else None
             )
         return policy, key, deleted, consented
+
+
+def _exact_id(user: Any, what: str) -> None:
+    """Refuse an id with surrounding white space: it hashes apart from the person it names
+    (" 17" is not 17), so the request would be recorded and match nobody."""
+    if isinstance(user, str) and user != user.strip():
+        raise GovernanceError(
+            f"{what} names user {user!r}, with white space around the id: it would match "
+            f"nobody whose id is {user.strip()!r}; give the id exactly"
+        )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -290,14 +291,40 @@ def test_dataframe_ids(users: list[object], row: int, message: str) -> None:
 
 
 def test_from_arrays_refuses_nested_ids() -> None:
-    with pytest.raises(DataError, match="one-dimensional"):
+    with pytest.raises(DataError, match="one-dimensional|not an integer or a string"):
         Interactions.from_arrays([[1, 2], [3, 4]], [1, 2])
     with pytest.raises(DataError, match="not an integer or a string"):
         Interactions.from_arrays([[1, 2], [3]], [1, 2])
-    with pytest.raises(DataError, match="unsupported type"):
+    with pytest.raises(DataError, match="unsupported type|not an integer or a string"):
         Interactions.from_arrays([True, False], [1, 2])
     with pytest.raises(DataError, match="repeat"):
         Interactions.from_arrays([1], [1], item_ids=[1, 1, 2])
+
+
+def test_one_person_cannot_become_several_users() -> None:
+    """Each way one person's data could span several rows (or one pair several entries) — each
+    would multiply that person's contribution past every stated sensitivity — is refused."""
+    dup = sp.csr_matrix(
+        (np.ones(3, np.float32), np.array([3, 3, 1]), np.array([0, 2, 3])), shape=(2, 5)
+    )  # user 0 stores item 3 twice: a non-canonical CSR straight into the constructor
+    with pytest.raises(DataError, match="more than once"):
+        Interactions(dup, np.array(["a", "b"]), np.arange(5))
+    unsorted = sp.csr_matrix(
+        (np.ones(3, np.float32), np.array([3, 1, 1]), np.array([0, 2, 3])), shape=(2, 5)
+    )  # unsorted but distinct: fine
+    assert Interactions(unsorted, np.array(["a", "b"]), np.arange(5)).nnz == 3
+    with pytest.raises(DataError, match="user ids repeat"):
+        Interactions.from_csr(sp.csr_matrix(np.ones((3, 2), np.float32)), user_ids=["a", "a", "b"])
+    with pytest.raises(DataError, match="item ids repeat"):
+        Interactions(sp.csr_matrix(np.ones((1, 2), np.float32)), np.array([0]), np.array([7, 7]))
+    with pytest.raises(DataError, match="user index repeats"):
+        Interactions.from_arrays([1, 2], [1, 2]).subset_users([0, 0, 1])
+    # a plain list mixing numbers and text was turned into text: 1 and 1.0 became two people
+    with pytest.raises(DataError):
+        Interactions.from_arrays([1, 1.0, "2"], [1, 2, 3])
+    with pytest.raises(DataError):
+        Interactions.from_arrays(["a", 2], [1, 2])
+    assert Interactions.from_arrays([1, 1.0, 2], [1, 2, 3]).n_users == 2
 
 
 def test_dataframe_far_future_datetimes() -> None:

@@ -201,3 +201,19 @@ def test_fallback_fires_at_small_n_eps(n_users: int, epsilon: float, fires: bool
     assert (m.popularity_blend_ > base) is fires
     if not fires:
         assert m.popularity_blend_ == base
+
+
+def test_a_pair_stored_many_times_counts_once_in_the_bounded_gram() -> None:
+    """A user whose row stores one item fifty times (a non-canonical CSR handed straight to the
+    statistic) must still move the Gram by at most C (it moved it by 250 at C = 5)."""
+    from privrec.privacy.units import PrivacyUnit
+
+    base = sp.random(30, 8, density=0.4, format="csr", random_state=0, dtype=np.float64)
+    hostile = sp.csr_matrix(
+        (np.ones(50), np.full(50, 3), np.array([0, 50])), shape=(1, 8)
+    )  # fmt: skip
+    with_user = sp.vstack([base, hostile], format="csr")
+    with_user.has_canonical_format = False  # vstack keeps the duplicates as stored
+    g0, sens = bounded_gram(base, PrivacyUnit.USER, 5.0, 10, None)
+    g1, _ = bounded_gram(with_user, PrivacyUnit.USER, 5.0, 10, None)
+    assert np.linalg.norm(g1 - g0) <= sens + 1e-9

@@ -81,6 +81,25 @@ class Interactions:
                 expected=f"{m.nnz} timestamps",
                 found=len(self.timestamps),
             )
+        # One person = one row, one item = one column, one (user, item) pair = one stored entry:
+        # every sensitivity downstream counts a user's row entries, so a repeated id or a
+        # stored duplicate would let one person contribute several times what is stated.
+        for ids, kind in ((self.user_ids, "user"), (self.item_ids, "item")):
+            index = pd.Index(ids)
+            if not index.is_unique:
+                raise DataError(
+                    f"the {kind} ids repeat an id (one {kind} would span several "
+                    f"{'rows' if kind == 'user' else 'columns'})",
+                    field=f"{kind}_ids",
+                    expected="each id once",
+                    found=f"{len(index) - index.nunique(dropna=False)} repeated",
+                )
+        if not m.has_canonical_format and _has_duplicates(m):
+            raise DataError(
+                "the matrix stores a (user, item) pair more than once",
+                expected="one stored entry per pair (Interactions.from_csr sums duplicates)",
+                found="duplicate entries",
+            )
         for a in (m.data, m.indices, m.indptr, self.user_ids, self.item_ids):
             _readonly(a)
         if self.timestamps is not None:
@@ -484,6 +503,12 @@ class Interactions:
         if idx.size and (idx.min() < -self.n_users or idx.max() >= self.n_users):
             raise IndexError(f"user index out of range for {self.n_users} users")
         idx = np.where(idx < 0, idx + self.n_users, idx)
+        if np.unique(idx).size != idx.size:
+            raise DataError(
+                "a user index repeats: one person would become several users",
+                expected="each user index once",
+                found=f"{idx.size - np.unique(idx).size} repeated",
+            )
         m = self.matrix
         new = m[idx]
         new = sp.csr_matrix(
@@ -550,8 +575,26 @@ def _check_float32(v: np.ndarray, source: str | None, field: str) -> None:
 _ID_KINDS = ("string", "integer", "floating", "mixed-integer-float", "empty")
 
 
+def _has_duplicates(m: sp.csr_matrix) -> bool:
+    """Whether a CSR matrix stores some (row, column) more than once (unsorted rows allowed)."""
+    rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+    keys = rows * max(int(m.shape[1]), 1) + m.indices.astype(np.int64)
+    return bool(np.unique(keys).size != keys.size)
+
+
 def _id_array(ids: Sequence[Any] | np.ndarray, kind: str, source: str | None) -> np.ndarray:
     """A 1-D array of scalar ids; lists, dicts or numbers mixed with text are refused by row."""
+    if not isinstance(ids, (np.ndarray, pd.Series)):
+        # np.asarray would turn [1, "2"] into the text ids "1", "2" (and 1.0 into "1.0", a second
+        # person): look at the Python objects first
+        objs = np.empty(len(ids), dtype=object)
+        try:
+            objs[:] = list(ids)
+        except ValueError:  # a nest of equal-length lists
+            for i, x in enumerate(ids):
+                objs[i] = x
+        if pd.api.types.infer_dtype(objs, skipna=True) not in _ID_KINDS:
+            id_column(pd.Series(objs), kind, Where(source, lambda j: j + 1), text=False)
     try:
         arr = np.asarray(ids) if not isinstance(ids, pd.Series) else ids.to_numpy()
     except ValueError:  # a ragged nest of lists

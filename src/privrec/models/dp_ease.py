@@ -79,6 +79,7 @@ def bounded_gram(
     ``salt`` and ``row_keys`` pass through to :func:`sample_per_user`.
     """
     x = sp.csr_matrix(user_items, copy=True)
+    x.sum_duplicates()  # a pair stored twice would count twice in the Gram but once in n_u
     x.data[:] = 1.0
     if unit is PrivacyUnit.USER:
         n_u = np.diff(x.indptr).astype(np.float64)

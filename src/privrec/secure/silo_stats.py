@@ -39,6 +39,7 @@ def silo_counts(x: sp.csr_matrix, count_sample: int, rng: np.random.Generator) -
 def binary(x: Any) -> sp.csr_matrix:
     """A CSR copy of ``x`` with every stored value set to 1 (implicit feedback), sorted indices."""
     out: sp.csr_matrix = sp.csr_matrix(x, dtype=np.float64, copy=True)
+    out.sum_duplicates()  # one stored entry per (user, item): the bounds count entries
     out.data[:] = 1.0
     out.sort_indices()
     return out

@@ -113,7 +113,7 @@ Secure = Literal["aggregate", "fast", "full"]
 class FederatedDPALSConfig(DPALSConfig):
     lhs: Literal["none", "diagonal"] = "none"
     accountant: Literal["rdp"] = "rdp"
-    secure: Secure = "aggregate"
+    secure: Secure = "fast"
     min_survivor_fraction: float = pydantic.Field(default=0.9, gt=0, le=1)
     dropout: float = pydantic.Field(default=0.0, ge=0, lt=1)
     mechanism: Literal["dgauss", "skellam"] = "dgauss"
@@ -127,7 +127,9 @@ class FederatedDPALS(DPALS):
     ``"none"`` or ``"diagonal"``, the accountant RDP) plus the simulation's:
 
     secure
-        ``"aggregate"`` (utility sweeps), ``"fast"`` or ``"full"`` SecAgg+ (module docstring).
+        ``"fast"`` (default: every device encodes its contribution, summed without the
+        cryptography), ``"full"`` SecAgg+, or ``"aggregate"`` (utility sweeps: the decoded sum's
+        noise drawn in one place; module docstring).
     min_survivor_fraction
         The noise is sized for this fraction of the devices surviving each round; a round with
         fewer is aborted before decoding.
@@ -168,7 +170,7 @@ class FederatedDPALS(DPALS):
         delta: float,
         unit: PrivacyUnit | Literal["user"] = "user",
         *,
-        secure: Secure = "aggregate",
+        secure: Secure = "fast",
         min_survivor_fraction: float = 0.9,
         dropout: float = 0.0,
         mechanism: Literal["dgauss", "skellam"] = "dgauss",

@@ -194,6 +194,12 @@ def test_governed_training_of_distributed_models_is_charged_under_rdp(
     assert charge.epsilon == pytest.approx(_rdp(spent, 1e-6), rel=1e-9)
     assert charge.epsilon > epsilon_of(spent, 1e-6)  # the PLD reading would under-charge
     assert charge.epsilon >= model.guarantee_.epsilon - 1e-9 and rec.path.exists()
+    # the audit re-derives the charge as it was composed (RDP), not as the budget's PLD would
+    from privrec.risk.check import CheckConfig, run_check
+
+    cfg = {"url": setup.url, "api_key": setup.auditor_key}
+    rep = run_check(CheckConfig(ledger=cfg))  # type: ignore[arg-type]
+    assert not [f for f in rep.findings if f.level == "violation"], rep.findings
 
 
 def test_federated_mf_through_train_is_refused_before_round_one(

@@ -276,9 +276,8 @@ def _signed(signer: str | None) -> str:
 
 def _check_ledger(cfg: CheckConfig, release: list[Path], rep: CheckReport) -> None:
     from privrec.governance import Ledger
+    from privrec.governance.composition import ChargeEvents
     from privrec.governance.ledger import file_sha256
-    from privrec.privacy.accounting import epsilon_of
-    from privrec.privacy.events import SpentEvent, total_event
     from privrec.privacy.units import PrivacyUnit
 
     add = rep.findings.append
@@ -311,10 +310,9 @@ def _check_ledger(cfg: CheckConfig, release: list[Path], rep: CheckReport) -> No
         for c in charges:
             if c.status == "aborted":
                 continue
-            events = [SpentEvent.from_dict(e) for e in c.events]
-            eps = epsilon_of(
-                total_event(events), base.delta, base.accountant, PrivacyUnit(info.unit)
-            )
+            # a charge proven only in RDP (federated, distributed DP) is marked so in its
+            # events and re-derived with RDP, as the ledger composed it — not with the budget's
+            eps = ChargeEvents(c.events).epsilon(base.delta, base.accountant, PrivacyUnit(info.unit))
             if not math.isclose(eps, c.epsilon, rel_tol=1e-4, abs_tol=1e-6):
                 bad += 1
                 add(

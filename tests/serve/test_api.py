@@ -225,6 +225,34 @@ def test_not_json_and_unknown_things(client: TestClient, world: DemoWorld) -> No
     _err(client.delete("/v1/models", headers=h), 405, "method_not_allowed")
 
 
+def test_error_answers_do_not_echo_the_callers_input(
+    client: TestClient, world: DemoWorld, fresh_analyst: Analyst
+) -> None:
+    h = fresh_analyst.headers
+    marker = "SECRET-7f3a"
+    answers = [
+        client.post(
+            "/v1/datasets/ratings/queries/item-counts",
+            headers=h,
+            json={"epsilon": 0.1, "items": [ITEM_TOKENS[0], marker]},
+        ),
+        client.post(
+            "/v1/datasets/ratings/queries/segment-counts",
+            headers=h,
+            json={"epsilon": 0.1, "column": marker},
+        ),
+        client.post("/v1/recommend", headers=h, json={"model": marker, "history": []}),
+        client.get(f"/v1/models/{marker}", headers=h),
+        client.post(
+            f"/v1/datasets/{marker}/queries/top-k", headers=h, json={"epsilon": 0.1, "k": 1}
+        ),
+    ]
+    assert [r.status_code for r in answers] == [422, 422, 404, 404, 404]
+    for r in answers:
+        assert marker not in r.text, r.text
+    assert "item number 2" in answers[0].json()["error"]["message"]
+
+
 def test_oversized_requests_get_413(client: TestClient, world: DemoWorld) -> None:
     h = auth(world, "ann")
     big = {"model": "m", "history": ["x" * 200] * 400}  # ~ 85 kB > 64 kB
@@ -307,13 +335,20 @@ def test_non_private_models_are_listed_but_not_served(world: DemoWorld, tmp_path
     import shutil
 
     from privrec.data import synthetic
+    from privrec.models.dp_popularity import DPPopularity
     from privrec.models.popularity import Popularity
 
     d = tmp_path / "models"
     shutil.copytree(world.models_dir, d)
-    Popularity().fit(synthetic(n_users=30, n_items=20, seed=0)).save(d / "plain-pop.npz")
+    data = synthetic(n_users=30, n_items=20, seed=0)
+    Popularity().fit(data).save(d / "plain-pop.npz")
+    # a real (unseeded) ε, but the file also stores the training users: no private release
+    with pytest.warns(Warning, match="does not cover"):
+        DPPopularity(epsilon=1.0, delta=1e-5, unit="user").fit(data).save(
+            d / "with-users.npz", include_user_data=True
+        )
     (d / "broken.npz").write_bytes(b"not a model")
-    with pytest.warns(Warning, match="no differential-privacy guarantee"):
+    with pytest.warns(Warning, match="no private release"):
         app = create_app(settings_for(world, models_dir=d))
     with TestClient(app) as c:
         listing = c.get("/v1/models", headers=auth(world, "ann")).json()
@@ -323,11 +358,13 @@ def test_non_private_models_are_listed_but_not_served(world: DemoWorld, tmp_path
             and not plain["served"]
             and "no differential-privacy" in plain["plain_language"]
         )
+        users = next(m for m in listing["models"] if m["id"] == "with-users")
+        assert not users["private"] and not users["served"]
+        assert "training users" in users["plain_language"]
         assert listing["rejected"][0]["file"] == "broken.npz"
-        r = c.post(
-            "/v1/recommend", headers=auth(world, "ann"), json={"model": "plain-pop", "history": []}
-        )
-        _err(r, 403, "not_private")
+        for mid in ("plain-pop", "with-users"):
+            r = c.post("/v1/recommend", headers=auth(world, "ann"), json={"model": mid, "history": []})
+            _err(r, 403, "not_private")
 
 
 def test_budgets_are_role_aware(client: TestClient, world: DemoWorld) -> None:

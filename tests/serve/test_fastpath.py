@@ -164,7 +164,7 @@ def test_fast_path_rate_limits_and_refuses_non_private_models(
     d = tmp_path / "models"
     shutil.copytree(world.models_dir, d)
     Popularity().fit(synthetic(n_users=30, n_items=20, seed=0)).save(d / "plain-pop.npz")
-    with pytest.warns(Warning, match="no differential-privacy guarantee"):
+    with pytest.warns(Warning, match="no private release"):
         app = create_app(settings_for(world, models_dir=d, rate_limit=0))
     with TestClient(app) as c:
         fast, full = _both(

@@ -190,7 +190,15 @@ def library_error_response(exc: PrivrecError) -> JSONResponse:
             "requested_epsilon": exc.requested,
             "cap_epsilon": exc.cap,
         }
-    return _json(status, error_body(status, code, str(exc), **extra), headers)
+    # names that were not found come from the caller: answered with a fixed text, not echoed
+    message = _NOT_FOUND.get(code, str(exc))
+    return _json(status, error_body(status, code, message, **extra), headers)
+
+
+_NOT_FOUND = {
+    "unknown_model": "no model of that name is served here",
+    "unknown_dataset": "no dataset, version or artifact of that name here",
+}
 
 
 def _static_dir() -> Path:

@@ -229,8 +229,8 @@ class ServedDataset:
         for j, v in enumerate(ids):
             pos = self._item_pos.get(str(v))
             if pos is None:
-                raise UnknownItemError(
-                    f"item {str(v)[:64]!r} is not in dataset {self.name!r}'s catalogue"
+                raise UnknownItemError(  # by position: the caller's input is not echoed
+                    f"item number {j + 1} of the query is not in dataset {self.name!r}'s catalogue"
                 )
             out[j] = pos
         return out

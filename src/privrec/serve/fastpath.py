@@ -59,8 +59,8 @@ def recommendation(ctx: ServeContext, model_id: str, history: list[Any], k: int)
         raise ApiError(
             403,
             "not_private",
-            f"model {sm.id!r} has no differential-privacy guarantee and this service does not "
-            "serve such models",
+            f"model {sm.id!r} is no private release (no guarantee, seeded noise, or its "
+            "training users stored in the file) and this service does not serve such models",
         )
     items, unknown = sm.recommend(history, k)
     g = sm.guarantee

@@ -150,8 +150,12 @@ class ServedModel:
 
     @property
     def private(self) -> bool:
-        return self.guarantee is not None and not bool(
-            getattr(self.guarantee, "seeded_noise", False)
+        """A guarantee, unseeded noise, and nothing in the file the guarantee does not cover
+        (a file saved with its training users is no private release, whatever its ε)."""
+        return (
+            self.guarantee is not None
+            and not bool(getattr(self.guarantee, "seeded_noise", False))
+            and bool(getattr(self.model, "_released_only", True))
         )
 
     @property
@@ -289,8 +293,9 @@ class ModelStore:
                 sm = ServedModel(mid, path, model, digest, _guarantee(model), _read_eval(path))
                 if not sm.private and not self.allow_non_private:
                     warnings.warn(
-                        f"model {mid!r} has no differential-privacy guarantee: listed, not served "
-                        "(start the service with allow_non_private to serve it)",
+                        f"model {mid!r} is no private release (no guarantee, seeded noise, or "
+                        "its training users stored in the file): listed, not served (start the "
+                        "service with --allow-non-private to serve it)",
                         PrivacyWarning,
                         stacklevel=2,
                     )
@@ -312,7 +317,7 @@ class ModelStore:
             self.refresh()
             sm = self._models.get(model_id)
         if sm is None:
-            raise UnknownModelError(f"no model {model_id[:128]!r} is served here")
+            raise UnknownModelError("no model of that name is served here")
         return sm
 
     def servable(self, sm: ServedModel) -> bool:

@@ -98,8 +98,8 @@ def plan(ds: ServedDataset, req: QueryRequest, unit: PrivacyUnit, delta: float) 
     elif req.kind == "segment_counts":
         if req.column not in ds.segments:
             declared = ", ".join(ds.segments) or "none"
-            raise ConfigError(
-                f"{req.column!r} is not a declared segment column of {ds.name!r} (declared: {declared})"
+            raise ConfigError(  # the caller's input is not echoed
+                f"the column is not a declared segment column of {ds.name!r} (declared: {declared})"
             )
         if req.items is not None:
             if len(req.items) > ds.spec.max_items_per_query:

@@ -174,16 +174,26 @@ def model_entry(ctx: ServeContext, ledger: Ledger, sm: ServedModel) -> dict[str,
         "file_hash": sm.file_hash,
         "signature": sm.signature_summary(),
         "guarantee": g,
-        "plain_language": g["explanation"]
-        if g is not None
-        else (
-            "This model has no differential-privacy guarantee: its file and its answers may "
-            "reveal the people it was trained on."
-        ),
+        "plain_language": _plain_language(sm, g),
         "lineage": _lineage(ledger, sm),
         "evaluation": sm.evaluation,
         "he_scoring": hasattr(sm.model, "item_factors_"),
     }
+
+
+def _plain_language(sm: ServedModel, g: dict[str, Any] | None) -> str:
+    if g is None:
+        return (
+            "This model has no differential-privacy guarantee: its file and its answers may "
+            "reveal the people it was trained on."
+        )
+    text = str(g["explanation"])
+    if not sm.private and getattr(sm.model, "_released_only", True) is False:
+        text += (
+            " WARNING: this file also stores the training users and interactions, which the "
+            "guarantee does NOT cover: it is no private release."
+        )
+    return text
 
 
 @router.get("/models", tags=["models"], responses=_errors)
@@ -313,7 +323,7 @@ def _answer(
 ) -> dict[str, Any]:
     ds = ctx.datasets.get(dataset)
     if ds is None:
-        raise UnknownDatasetError(f"this service answers no queries about {dataset[:128]!r}")
+        raise UnknownDatasetError("this service answers no queries about a dataset of that name")
     if idem is not None and not (0 < len(idem) <= 128 and idem.isprintable()):
         raise ConfigError("Idempotency-Key must be 1-128 printable characters")
     out = run_query(ledger, ds, req, idempotency_key=idem, seed=ctx.settings.seed)

@@ -153,6 +153,9 @@ def test_train_tiers_through_the_ledger(udata: Path, tmp_path: Path) -> None:
     assert "ledger: charge" in out and "remaining 1" in out
     model = load_model(out_path)
     assert [t["requested_epsilon"] for t in model.privacy_guarantee.tiers] == [0.5, 1.0, 3.0]
+    code, out = invoke(*args, key=analyst)  # over the recorded release: refused, nothing charged
+    assert code == 1 and "PolicyViolation" in out and "artifact 1" in " ".join(out.split())
+    args[args.index(str(out_path))] = str(tmp_path / "tiered-2.npz")
     code, out = invoke(*args, key=analyst)  # a second fit at ε = 3 exceeds the budget of 4
     assert code == 1 and "BudgetExceededError" in out
     asks.write_text("\n".join([*rows, "999,1"]) + "\n")  # a typo is refused before any charge

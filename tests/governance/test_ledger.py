@@ -480,3 +480,19 @@ def test_a_padded_user_id_is_refused_not_recorded_for_nobody(setup: LedgerSetup)
     assert audit_rows(setup) == before
     setup.owner.forget("ratings", "17")
     assert audit_rows(setup) == before + 1
+
+
+def test_a_governed_release_holds_no_user_data_and_overwrites_no_recorded_file(
+    setup: LedgerSetup, tmp_path: Path
+) -> None:
+    data = setup.analyst.load("ratings", small_data())
+    with pytest.raises(PolicyViolation, match="include_user_data"):
+        setup.analyst.train(_dp_pop(0.5), data, output=tmp_path / "u.npz", include_user_data=True)
+    assert not (tmp_path / "u.npz").exists() and setup.analyst.history("ratings") == []
+    rec = setup.analyst.train(_dp_pop(0.5), data, output=tmp_path / "a.npz")
+    before = rec.path.read_bytes()
+    with pytest.raises(PolicyViolation, match="artifact"):  # refused before any charge
+        setup.analyst.train(_dp_pop(0.5), data, output=rec.path)
+    assert rec.path.read_bytes() == before and len(setup.analyst.history("ratings")) == 1
+    (tmp_path / "other.npz").write_bytes(b"not recorded")  # an unrelated file may be replaced
+    setup.analyst.train(_dp_pop(0.5), data, output=tmp_path / "other.npz")

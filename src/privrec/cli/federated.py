@@ -330,9 +330,15 @@ def simulate(
 
         session: Any = None
         if led is not None:
-            from privrec.governance.training import federated_events, federated_session
+            from privrec.governance.training import (
+                federated_events,
+                federated_session,
+                refuse_recorded_output,
+            )
 
             assert dataset is not None
+            if out is not None:  # before any charge: a recorded release is never overwritten
+                refuse_recorded_output(led, Path(out))
             if federated_events(srv, remaining=True):
                 session = federated_session(
                     led, dataset, srv, data=governed, purpose=purpose, remaining=True

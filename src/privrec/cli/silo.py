@@ -368,8 +368,13 @@ def silo_train(
         session: Any = None
         if led is not None:
             from privrec.governance.composition import RDP_ONLY
-            from privrec.governance.training import ChargeSession, silo_events
+            from privrec.governance.training import (
+                ChargeSession,
+                refuse_recorded_output,
+                silo_events,
+            )
 
+            refuse_recorded_output(led, Path(out))  # before any charge or party contacted
             driver.prepare()  # a resumed run: only the releases not yet journalled
             planned = silo_events(driver)
             if planned:

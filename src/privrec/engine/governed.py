@@ -47,6 +47,7 @@ def train_on_ray(
         _atomic_save,
         artifact_info,
         model_accountant,
+        refuse_recorded_output,
         signing_identity,
     )
     from privrec.models.private import PrivateRecommender
@@ -63,6 +64,7 @@ def train_on_ray(
             f"dataset {dataset!r} is governed at the {info.unit} level; the model uses "
             f"unit={str(cfg.unit)!r}"  # type: ignore[attr-defined]
         )
+    refuse_recorded_output(ledger, Path(output))  # a recorded release is never overwritten
     policy = PolicyFilter.from_ledger(ledger, dataset)
     key, signer = signing_identity(signing_key)  # before the charge: a bad key spends nothing
     session = ChargeSession(

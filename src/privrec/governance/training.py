@@ -327,6 +327,29 @@ def release_model(
     return path, session.commit(artifact=art)
 
 
+def refuse_recorded_output(ledger: Ledger, output: Path) -> None:
+    """Refuse to write over a file the ledger records as an artifact: its record (hash, lineage,
+    charges) would then describe bytes that no longer exist."""
+    if not output.is_file():
+        return
+    import sqlalchemy as sa
+
+    from privrec.governance import schema as tbl
+    from privrec.governance.db import read_transaction
+    from privrec.governance.reading import file_sha256
+
+    digest = file_sha256(output)
+    with read_transaction(ledger.engine) as conn:
+        aid = conn.execute(
+            sa.select(tbl.Artifact.id).where(tbl.Artifact.file_hash == digest).limit(1)
+        ).scalar_one_or_none()
+    if aid is not None:
+        raise PolicyViolation(
+            f"{output} is the released file of artifact {aid}: write the new model to another "
+            "path (the ledger's record of that release must keep describing its bytes)"
+        )
+
+
 def train(
     ledger: Ledger,
     model: Any,
@@ -359,6 +382,12 @@ def train(
             f"{getattr(model, 'name', type(model).__name__)} is not differentially private: the "
             "ledger only records releases whose privacy loss it can account for"
         )
+    if include_user_data:
+        raise PolicyViolation(
+            "a governed release holds only what its guarantee covers: include_user_data would "
+            "store the training users and interactions beside the model, which no ε bounds"
+        )
+    refuse_recorded_output(ledger, Path(output))
     cfg = model.config()
     unit = str(getattr(cfg, "unit", ""))
     info = ledger.dataset(data.dataset)

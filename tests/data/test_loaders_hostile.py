@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sp
 
 from privrec.data import (
     Interactions,
@@ -291,11 +291,11 @@ def test_dataframe_ids(users: list[object], row: int, message: str) -> None:
 
 
 def test_from_arrays_refuses_nested_ids() -> None:
-    with pytest.raises(DataError, match="one-dimensional|not an integer or a string"):
+    with pytest.raises(DataError, match=r"one-dimensional|not an integer or a string"):
         Interactions.from_arrays([[1, 2], [3, 4]], [1, 2])
     with pytest.raises(DataError, match="not an integer or a string"):
         Interactions.from_arrays([[1, 2], [3]], [1, 2])
-    with pytest.raises(DataError, match="unsupported type|not an integer or a string"):
+    with pytest.raises(DataError, match=r"unsupported type|not an integer or a string"):
         Interactions.from_arrays([True, False], [1, 2])
     with pytest.raises(DataError, match="repeat"):
         Interactions.from_arrays([1], [1], item_ids=[1, 1, 2])

@@ -470,7 +470,7 @@ def test_an_empty_user_id_is_not_a_deletion_request(setup: LedgerSetup) -> None:
 
 
 def test_a_padded_user_id_is_refused_not_recorded_for_nobody(setup: LedgerSetup) -> None:
-    """" 17" hashes apart from 17: recorded, it would match nobody and the person stays in."""
+    """A padded " 17" hashes apart from 17: recorded, it would match nobody and the person stays in."""
     before = audit_rows(setup)
     for user in (" 17", "17 ", "17\n"):
         with pytest.raises(GovernanceError, match="white space"):

@@ -363,7 +363,9 @@ def test_non_private_models_are_listed_but_not_served(world: DemoWorld, tmp_path
         assert "training users" in users["plain_language"]
         assert listing["rejected"][0]["file"] == "broken.npz"
         for mid in ("plain-pop", "with-users"):
-            r = c.post("/v1/recommend", headers=auth(world, "ann"), json={"model": mid, "history": []})
+            r = c.post(
+                "/v1/recommend", headers=auth(world, "ann"), json={"model": mid, "history": []}
+            )
             _err(r, 403, "not_private")
 
 

@@ -312,7 +312,9 @@ def _check_ledger(cfg: CheckConfig, release: list[Path], rep: CheckReport) -> No
                 continue
             # a charge proven only in RDP (federated, distributed DP) is marked so in its
             # events and re-derived with RDP, as the ledger composed it — not with the budget's
-            eps = ChargeEvents(c.events).epsilon(base.delta, base.accountant, PrivacyUnit(info.unit))
+            eps = ChargeEvents(c.events).epsilon(
+                base.delta, base.accountant, PrivacyUnit(info.unit)
+            )
             if not math.isclose(eps, c.epsilon, rel_tol=1e-4, abs_tol=1e-6):
                 bad += 1
                 add(

@@ -37,6 +37,13 @@ independent queries reveal ``Y`` exactly. :class:`ScoreNoise` makes the server
 add calibrated Gaussian noise to every encrypted score (see
 ``docs/secure_scoring.md`` for what that does and does not protect).
 
+Response re-randomisation: a plaintext product's second component is the
+client's own second component times the server's plaintext, which a client that
+kept its ciphertext can divide out — the item factors, exactly, whatever noise
+was added to the first component. Every returned ciphertext therefore gets a
+fresh encryption of zero under the client's public key added
+(:meth:`HEBackend.rerandomise`), and a context without a public key is refused.
+
 The cryptography sits behind the small :class:`HEBackend` protocol, implemented
 by :class:`TenSEALBackend`, so that another library can be plugged in.
 """
@@ -337,6 +344,11 @@ class PrivateScoringServer:
                 f"context parameters {got} differ from the parameters this server accepts "
                 f"{self.params}"
             )
+        if not self.backend.has_public_key(ctx):
+            raise MessageRejected(
+                "the context holds no public key: every response is re-randomised with a fresh "
+                "encryption of zero under it, and none is sent without"
+            )
         if request.packing is Packing.COMPACT and not self.backend.has_rotation_keys(ctx):
             raise MessageRejected("the compact packing needs rotation (Galois) keys in the context")
         self._sessions[request.context_id] = ctx
@@ -381,7 +393,16 @@ class PrivateScoringServer:
         return time.perf_counter() - t0
 
     def score(self, request: ScoringRequest | bytes) -> ScoringResponse:
-        """Encrypted scores of every item for the encrypted user vector in ``request``."""
+        """Encrypted scores of every item for the encrypted user vector in ``request``.
+
+        Each chunk's ciphertext is the product, plus the DP noise when configured, plus a
+        fresh encryption of zero (:meth:`HEBackend.rerandomise`): only the last makes the
+        response's second component independent of the server's plaintexts, so it is never
+        skipped. The noise is drawn in the real *and* imaginary half of every slot: the
+        client decodes real parts, but it can decrypt both, and a query placed in the
+        imaginary half comes back as ``Y v`` (``last_timings["rerandomise"]`` times the
+        re-randomisation alone).
+        """
         t = _Timings()
         t0 = time.perf_counter()
         req = ScoringRequest.from_bytes(request) if isinstance(request, bytes) else request
@@ -414,10 +435,13 @@ class PrivateScoringServer:
             enc = self.backend.weighted_sum(ctx, cts, plains)
             if sigma > 0:
                 assert self._rng is not None
-                noise = self._rng.normal(0.0, sigma, size=self.params.slot_count)
-                enc = self.backend.add_plain(ctx, enc, noise)
+                real, imag = self._rng.normal(0.0, sigma, size=(2, self.params.slot_count))
+                enc = self.backend.add_plain(ctx, enc, real + 1j * imag)
             encrypted.append(enc)
         t.add("compute", time.perf_counter() - t1)
+        t1 = time.perf_counter()
+        encrypted = [self.backend.rerandomise(ctx, e) for e in encrypted]
+        t.add("rerandomise", time.perf_counter() - t1)
         t2 = time.perf_counter()
         out = tuple(self.backend.serialize(e) for e in encrypted)
         t.add("serialize", time.perf_counter() - t2)

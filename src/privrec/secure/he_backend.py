@@ -152,8 +152,14 @@ class HEBackend(Protocol):
         """A fresh secret context (keys included), after validating ``params``."""
         ...
 
-    def context_bytes(self, context: Any, *, include_secret_key: bool = False) -> bytes:
-        """Serialise ``context``; the secret key only when explicitly asked (client backups)."""
+    def context_bytes(
+        self, context: Any, *, include_secret_key: bool = False, include_public_key: bool = True
+    ) -> bytes:
+        """Serialise ``context``; the secret key only when explicitly asked (client backups).
+
+        ``include_public_key=False`` drops the public key (a context only for computing); a
+        scoring server refuses such a context, as it cannot re-randomise its responses.
+        """
         ...
 
     def load_context(self, data: bytes) -> Any:
@@ -167,6 +173,10 @@ class HEBackend(Protocol):
         ...
 
     def has_rotation_keys(self, context: Any) -> bool: ...
+
+    def has_public_key(self, context: Any) -> bool:
+        """Whether the context can encrypt (holds a public key): :meth:`rerandomise` needs it."""
+        ...
 
     def encrypt(self, context: Any, values: npt.NDArray[np.float64]) -> Any: ...
 
@@ -193,8 +203,28 @@ class HEBackend(Protocol):
         """``ciphertext`` rotated left by 0, 1, …, n-1 slots (needs rotation keys)."""
         ...
 
-    def add_plain(self, context: Any, ciphertext: Any, values: npt.NDArray[np.float64]) -> Any:
-        """``ciphertext + values``, encoded at the ciphertext's own level and scale."""
+    def add_plain(
+        self,
+        context: Any,
+        ciphertext: Any,
+        values: npt.NDArray[np.float64] | npt.NDArray[np.complex128],
+    ) -> Any:
+        """``ciphertext + values``, encoded at the ciphertext's own level and scale.
+
+        Complex ``values`` fill the imaginary half of the slots too: noise meant to cover
+        everything a client can decrypt must be drawn there as well.
+        """
+        ...
+
+    def rerandomise(self, context: Any, ciphertext: Any) -> Any:
+        """``ciphertext`` plus a fresh encryption of zero under the context's public key.
+
+        Decrypts to the same values (up to the fresh encryption's own tiny error), but no
+        component is any longer a function of the request and the server's plaintexts alone:
+        without it, a product's second component is the client's own second component times
+        the server's plaintext, which the client can divide out. Raises
+        :class:`~privrec.errors.MessageRejected` when the context holds no public key.
+        """
         ...
 
 
@@ -204,7 +234,7 @@ class _SealContext:
 
     params: CKKSParams
     seal: Any
-    public_key: Any
+    public_key: Any | None
     galois_keys: Any | None = None
     secret_key: Any | None = None
     _helpers: dict[str, Any] = field(default_factory=dict)
@@ -305,18 +335,28 @@ class TenSEALBackend:
             keygen.create_galois_keys([3], galois)
         return _SealContext(params, ctx, public_key, galois, keygen.secret_key())
 
-    def context_bytes(self, context: _SealContext, *, include_secret_key: bool = False) -> bytes:
+    def context_bytes(
+        self,
+        context: _SealContext,
+        *,
+        include_secret_key: bool = False,
+        include_public_key: bool = True,
+    ) -> bytes:
         p = context.params
+        with_public = include_public_key and context.public_key is not None
         parms, _ = self._seal_context(p)
         header = {
             "scheme": "ckks",
             "poly_modulus_degree": p.poly_modulus_degree,
             "coeff_mod_bit_sizes": list(p.coeff_mod_bit_sizes),
             "scale_bits": p.scale_bits,
+            "public_key": with_public,
             "galois_keys": context.galois_keys is not None,
             "secret_key": include_secret_key and context.secret_key is not None,
         }
-        blobs = [self._dump(parms), self._dump(context.public_key)]
+        blobs = [self._dump(parms)]
+        if with_public:
+            blobs.append(self._dump(context.public_key))
         if context.galois_keys is not None:
             blobs.append(self._dump(context.galois_keys))
         if header["secret_key"]:
@@ -333,6 +373,8 @@ class TenSEALBackend:
                 int(header["scale_bits"]),
             )
             has_galois, has_secret = bool(header["galois_keys"]), bool(header["secret_key"])
+            # contexts written before the flag existed always carried their public key
+            has_public = bool(header.get("public_key", True))
             scheme = header["scheme"]
         except (KeyError, TypeError, ValueError) as exc:
             raise MessageRejected(f"malformed context header: {exc}") from None
@@ -344,7 +386,7 @@ class TenSEALBackend:
             raise
         except ConfigError as exc:
             raise MessageRejected(f"unusable context parameters: {exc}") from None
-        if len(blobs) != 2 + has_galois + has_secret:
+        if len(blobs) != 1 + has_public + has_galois + has_secret:
             raise MessageRejected("context payloads do not match its header")
         try:
             parms = self._load_into(s.EncryptionParameters(s.SCHEME_TYPE.CKKS), blobs[0])
@@ -357,8 +399,9 @@ class TenSEALBackend:
         ):
             raise MessageRejected("context header disagrees with its encryption parameters")
         try:
-            public_key = self._load_into(s.PublicKey(), blobs[1], ctx)
-            galois = self._load_into(s.GaloisKeys(), blobs[2], ctx) if has_galois else None
+            public_key = self._load_into(s.PublicKey(), blobs[1], ctx) if has_public else None
+            at = 1 + has_public
+            galois = self._load_into(s.GaloisKeys(), blobs[at], ctx) if has_galois else None
             secret = self._load_into(s.SecretKey(), blobs[-1], ctx) if has_secret else None
         except Exception as exc:
             raise MessageRejected(
@@ -376,6 +419,9 @@ class TenSEALBackend:
         # the one key the compact packing uses: rotation by one slot (Galois element 3)
         return context.galois_keys is not None and bool(context.galois_keys.has_key(3))
 
+    def has_public_key(self, context: _SealContext) -> bool:
+        return context.public_key is not None
+
     def _helper(self, context: _SealContext, name: str) -> Any:
         h = context._helpers.get(name)
         if h is None:
@@ -385,6 +431,10 @@ class TenSEALBackend:
             elif name == "evaluator":
                 h = s.Evaluator(context.seal)
             elif name == "encryptor":
+                if context.public_key is None:
+                    raise MessageRejected(
+                        "this context holds no public key: it cannot encrypt (nor re-randomise)"
+                    )
                 h = s.Encryptor(context.seal, context.public_key)
             else:
                 h = s.Decryptor(context.seal, context.secret_key)
@@ -460,17 +510,38 @@ class TenSEALBackend:
         return out
 
     def add_plain(
-        self, context: _SealContext, ciphertext: Any, values: npt.NDArray[np.float64]
+        self,
+        context: _SealContext,
+        ciphertext: Any,
+        values: npt.NDArray[np.float64] | npt.NDArray[np.complex128],
     ) -> Any:
         plain = self._s.Plaintext()
+        arr = np.asarray(values)
+        dtype = np.complex128 if np.iscomplexobj(arr) else np.float64
         self._helper(context, "encoder").encode(
-            np.asarray(values, dtype=np.float64).tolist(),
+            arr.astype(dtype, copy=False).tolist(),
             ciphertext.parms_id(),
             ciphertext.scale,
             plain,
         )
         out = self._s.Ciphertext()
         self._helper(context, "evaluator").add_plain(ciphertext, plain, out)
+        return out
+
+    def rerandomise(self, context: _SealContext, ciphertext: Any) -> Any:
+        # SEAL encrypts zero directly at the response's (lower) level: it encrypts one level
+        # up with the public key and divides by the dropped prime, so the added error is
+        # mostly that division's rounding times the secret key (~1e-9 on a score at scale
+        # 2^40, at most ~1e-8: the size of the product's own error, far inside the 1e-5
+        # tolerance). Randomness: SEAL's CSPRNG (Blake2xb seeded from the OS) draws the
+        # ternary u and the errors of u·pk + (e0, e1), the same as any fresh encryption.
+        zero = self._s.Ciphertext()
+        self._helper(context, "encryptor").encrypt_zero(ciphertext.parms_id(), zero)
+        # an encryption of zero decodes to zero at any scale; SEAL's addition only insists
+        # that the two scales agree (encrypt_zero leaves it at 1)
+        zero.scale = ciphertext.scale
+        out = self._s.Ciphertext()
+        self._helper(context, "evaluator").add(ciphertext, zero, out)
         return out
 
 

@@ -182,6 +182,14 @@ NOTES: tuple[str, ...] = (
     "0.0507, ε = 5 0.0926 / 0.0967 / 0.0936; ml-1m ε = 1 0.1672 / 0.1730 / 0.1728, ε = 5 0.2348 / "
     "0.2354 / 0.2352. No direction wins on both sets (the gowalla ε = 5 cell at r0 = 2 is not "
     "monotone in r0): the split stays.",
+    "Neighbour blend 2026-12-06 (post-processing; validation, seeds 0 and 1; a = 0 / 0.5, p the "
+    "power of the cosine): gowalla ε = 1 0.0500 / 0.0556 (p = 2: 0.0555, p = 3: 0.0559; a = 0.3 / "
+    "0.7 at p = 3: 0.0549 / 0.0540), ε = 5 0.0936 / 0.1004 (p = 3: 0.0990; a = 0.3 / 0.7: 0.1000 / "
+    "0.0952; seed 0 alone a = 1: 0.0874); ml-1m ε = 1 0.1708 / 0.1645 (p = 3, a = 0.3: 0.1700), ε = "
+    "5 0.2367 / 0.2342 (p = 3, a = 0.3: 0.2368); movietweetings ε = 1 0.2714 / 0.2583 (p = 3, a = "
+    "0.3: 0.2642), ε = 5 0.2697 / 0.2478; ml-100k (held-out users) ε = 1 0.2225 / 0.2181, ε = 5 "
+    "0.3272 / 0.3272. Gains only where popularity is weak; kept as the option `neighbour_blend` (p ="
+    " 1), off by default, in the benchmark's selection grid.",
 )
 
 

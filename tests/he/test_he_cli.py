@@ -86,3 +86,30 @@ def test_he_score_with_a_history_for_a_private_model(model_file: Path) -> None:
     assert set(shown) == {str(i) for i in model.item_ids_[ref[0]]}
     bad = runner.invoke(app, ["he", "score", str(model_file.parent / "dpals.npz"), "--user", "3"])
     assert bad.exit_code == 1 and "--history" in bad.output
+
+
+def test_he_score_ranks_a_neighbour_blend_like_the_model(model_file: Path) -> None:
+    """The client applies the model's neighbour blend to the decrypted scores itself."""
+    import warnings
+
+    from privrec.data import load
+    from privrec.models import DPALS, load_model
+
+    data = load(model_file.parent / "u.data")
+    path = model_file.parent / "dpals-nb.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        DPALS(epsilon=8.0, delta=1e-3, unit="user", factors=4, neighbour_blend=0.5, seed=0).fit(
+            data
+        ).save(path)
+    model = load_model(path)
+    x = data.matrix.tocsr()
+    items = data.item_ids[x.indices[x.indptr[4] : x.indptr[5]]]
+    hist = model_file.parent / "h-nb.txt"
+    hist.write_text("item\n" + "\n".join(str(i) for i in items) + "\n")
+    res = runner.invoke(app, ["he", "score", str(path), "--history", str(hist), "-k", "4"])
+    assert res.exit_code == 0, res.output
+    rows = [line.split("│") for line in res.output.splitlines() if line.count("│") >= 3]
+    shown = [r[2].strip() for r in rows if r[2].strip().lstrip("-").isdigit()]
+    ref, _ = model.recommend_history(x[4], k=4)
+    assert shown == [str(i) for i in model.item_ids_[ref[0]]]

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 from fastapi.testclient import TestClient
 
 from privrec.models import load_model
@@ -62,6 +63,23 @@ def test_dpals_kernel_is_the_models_own_answer(
             fi, fs = kernel(known, k)
             assert np.array_equal(gi, fi) and np.array_equal(gs, fs), (known, k)
             assert fi.dtype == np.int64 and fs.dtype == np.float32
+
+
+def test_a_neighbour_blend_is_served_by_the_models_own_path(
+    world: DemoWorld, model_id: str
+) -> None:
+    model = copy.deepcopy(load_model(world.models_dir / f"{model_id}.npz"))
+    model.set_params(neighbour_blend=0.5)
+    kernel = foldin.kernel_for(model)
+    assert isinstance(kernel, foldin.GenericKernel)  # the fast kernel mirrors the plain ranking
+    n = model.n_items_
+    for known in _histories(n, np.asarray(model.head_items_)):
+        items, _ = kernel(known, 5)
+        row = sp.csr_matrix(
+            (np.ones(len(known), np.float32), (np.zeros(len(known), int), known)), shape=(1, n)
+        )
+        want, _ = model.recommend_history(row, k=5)
+        assert np.array_equal(items, want[0][: len(items)])
 
 
 def test_a_kernel_that_differs_is_not_used(

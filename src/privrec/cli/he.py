@@ -152,6 +152,13 @@ def _rank(
         lengths=np.array([items_row.nnz]),
         cold=np.array([not np.any(np.asarray(u) != 0)]),
     )
+    weight = float(getattr(model, "neighbour_blend", 0.0) or 0.0)
+    if weight > 0:  # the same post-processing as the model: its factors, the user's own items
+        from privrec.models.private import blend_neighbours
+
+        ranked = blend_neighbours(
+            ranked, items_row[:, head], model.item_factors_[head], head, weight
+        )
     ranked[0, np.asarray(seen, dtype=np.int64)] = -np.inf
     items, scores = top_k(ranked, int(min(max(k, 0), ranked.shape[1])))
     return items[0], scores[0]

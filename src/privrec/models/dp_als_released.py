@@ -20,6 +20,7 @@ from privrec.models.dp_rules import MAX_ADAPTIVE_FACTORS
 from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.private import (
     PrivateRecommender,
+    blend_neighbours,
     head_item_scores,
     read_blend_state,
     read_fold,
@@ -72,12 +73,24 @@ class ReleasedItemFactors(PrivateRecommender):
         )
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:
-        lengths = np.diff(sp.csr_matrix(self.user_items_[users]).indptr)
-        return self._scores_from_factors(self.user_factors_[users], lengths)
+        rows = sp.csr_matrix(self.user_items_[users])
+        lengths = np.diff(rows.indptr)
+        return self._with_neighbours(
+            self._scores_from_factors(self.user_factors_[users], lengths), rows
+        )
 
     def _score_histories(self, user_items: sp.csr_matrix) -> np.ndarray:
-        lengths = np.diff(sp.csr_matrix(user_items).indptr)
-        return self._scores_from_factors(self.fold_in(user_items), lengths)
+        rows = sp.csr_matrix(user_items)
+        lengths = np.diff(rows.indptr)
+        return self._with_neighbours(self._scores_from_factors(self.fold_in(rows), lengths), rows)
+
+    def _with_neighbours(self, ranked: np.ndarray, rows: sp.csr_matrix) -> np.ndarray:
+        """The ``neighbour_blend`` post-processing (:func:`blend_neighbours`), when on."""
+        weight = float(getattr(self, "neighbour_blend", 0.0) or 0.0)
+        if weight <= 0:
+            return ranked
+        head = self.head_items_
+        return blend_neighbours(ranked, rows[:, head], self.item_factors_[head], head, weight)
 
     @classmethod
     def _file_layout(cls, config: Any, n_items: int) -> FileLayout:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, Self, get_args
 import numpy as np
 import numpy.typing as npt
 import pydantic
+import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError, DataError, ModelFileError, NonFiniteResultError
@@ -33,6 +34,7 @@ from privrec.privacy.units import PrivacyUnit
 __all__ = [
     "PrivateConfig",
     "PrivateRecommender",
+    "blend_neighbours",
     "blend_popularity",
     "rank_head_scores",
     "read_blend_state",
@@ -324,6 +326,49 @@ def rank_head_scores(
     out[:, head] = scores
     if cold is not None and cold.any():
         out[np.ix_(cold, head)] = counts
+    return out
+
+
+def _standardise_rows(x: np.ndarray) -> np.ndarray:
+    sd = x.std(axis=1, keepdims=True)
+    out: np.ndarray = (x - x.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
+    return out
+
+
+def blend_neighbours(
+    ranked: np.ndarray,
+    history_head: sp.csr_matrix,
+    head_factors: np.ndarray,
+    head: np.ndarray,
+    weight: float,
+) -> np.ndarray:
+    """Blend catalogue scores with an item-kNN reading of the released head factors.
+
+    For user u with head history H_u, the neighbour score of head item j is
+    ``Σ_{i ∈ H_u} cos(v_i, v_j)``; the head columns of ``ranked`` become
+    ``(1 − weight)`` × their row-standardised values plus ``weight`` × the
+    row-standardised neighbour scores (off-head columns stay as they are, −∞ for a
+    private model). A single ridge solution averages a user's separate clusters of
+    interest into one direction; the sum of similarities keeps them apart. Users
+    without head history keep ``ranked``. Pure post-processing: released factors and
+    the user's own history only.
+    """
+    if weight <= 0:
+        return ranked
+    v = np.asarray(head_factors, dtype=np.float64)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    unit = v / np.where(norms > 0, norms, 1.0)
+    h = sp.csr_matrix(history_head, dtype=np.float64, copy=True)
+    h.sum_duplicates()
+    h.data[:] = 1.0
+    warm = np.diff(h.indptr) > 0
+    if not warm.any():
+        return ranked
+    out = np.array(ranked, dtype=np.float32, copy=True)
+    near = np.asarray((h[warm] @ unit) @ unit.T)
+    base = out[np.ix_(np.flatnonzero(warm), head)].astype(np.float64)
+    mixed = (1.0 - weight) * _standardise_rows(base) + weight * _standardise_rows(near)
+    out[np.ix_(np.flatnonzero(warm), head)] = mixed.astype(np.float32)
     return out
 
 

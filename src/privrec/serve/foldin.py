@@ -162,8 +162,8 @@ def kernel_for(model: Any) -> Kernel:
     generic = GenericKernel(model)
     from privrec.models.dp_als import DPALS
 
-    if type(model) is not DPALS:
-        return generic
+    if type(model) is not DPALS or float(getattr(model, "neighbour_blend", 0.0) or 0.0) > 0:
+        return generic  # the fast kernel mirrors the plain fold-in ranking only
     try:
         fast = DPALSKernel(model)
         rng = np.random.default_rng(0)

@@ -33,8 +33,7 @@ Quality
     and NOT charged to ε (as in the reference; ``bench_private_tuning.py``
     measures the charged alternative): DPALS's candidates are its defaults (the
     data-adaptive bounds), 8 factors, no per-user shrinkage of the blend, B at
-    the 60th percentile, the nominal bound B₀ = 100, and the neighbour blend
-    a = 0.5 (post-processing of the released factors); DPEASE's are its
+    the 60th percentile, and the nominal bound B₀ = 100; DPEASE's are its
     defaults, C = 10 and a larger ridge. Selection scores at most
     :data:`SELECT_USERS` validation users (a fixed random subset; only gowalla has
     more). ImplicitALS runs its defaults (the lead's grid in ``bench_als.py``),
@@ -84,7 +83,6 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
         {"popularity_shrinkage": 0.0},
         {"bound_quantile": 0.6},
         {"nominal_bound": 100},
-        {"neighbour_blend": 0.5},
     ],
     "dpease": [{}, {"max_contribution": 10.0}, {"reg_scale": 10.0}],
 }

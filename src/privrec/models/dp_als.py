@@ -278,10 +278,10 @@ class DPALS(ReleasedItemFactors):
         into one user vector). Post-processing of the released factors and the
         user's own history, so it costs no ε and may be changed after ``fit``
         (``set_params``). Default 0 (off): on validation it lifted gowalla (Recall@20
-        at a = 0.5: ε = 1 0.0500 → 0.0556, ε = 5 0.0936 → 0.1004) but lost on
-        ml-1m (ε = 1 0.1708 → 0.1645) and movietweetings (ε = 1 0.2714 → 0.2583),
-        and no released statistic checked tells the sets apart — choose it on your
-        own validation data (privately: :func:`privrec.tuning.private.private_tune`).
+        at a = 0.5: ε = 1 0.0500 → 0.0556, ε = 5 0.0936 → 0.1004; on its test split
+        only 0.0627 → 0.0633 and 0.0970 → 0.0971) and lost on ml-1m (ε = 1 0.1708 →
+        0.1645) and movietweetings (ε = 1 0.2714 → 0.2583) — check it on your own
+        validation data (privately: :func:`privrec.tuning.private.private_tune`).
     tiers
         Personalised budgets: the stricter protection tiers on offer (public, each
         ≤ ε; ε is the loosest). Each user asks for one — ``fit(data,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ENV_VAR", "shared_data_dir", "shared_dataset"]
+__all__ = ["ENV_VAR", "resolve_shared_path", "shared_data_dir", "shared_dataset"]
 
 ENV_VAR = "PRIVREC_DATA"
 
@@ -45,3 +45,21 @@ def shared_dataset(name: str) -> Path | None:
         return None
     path = root / name
     return path if path.exists() else None
+
+
+def resolve_shared_path(path: str | Path) -> Path:
+    """``path`` as given when it exists; else, for a path into a ``shared/data`` folder
+    (``../shared/data/ml-1m-implicit-r3``, as written relative to a checkout), the same
+    dataset under :func:`shared_data_dir` — so a configuration file works from any working
+    directory and with ``$PRIVREC_DATA``. Anything else is returned unchanged (the loader then
+    reports the missing file)."""
+    p = Path(path)
+    if p.exists():
+        return p
+    parts = p.parts
+    for i in range(len(parts) - 1):
+        if parts[i] == "shared" and parts[i + 1] == "data" and i + 2 < len(parts):
+            root = shared_data_dir()
+            if root is not None and (root.joinpath(*parts[i + 2 :])).exists():
+                return root.joinpath(*parts[i + 2 :])
+    return p

@@ -139,6 +139,7 @@ def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = Non
     """
     from privrec import evaluation as ev
     from privrec.data import load, synthetic
+    from privrec.data.shared import resolve_shared_path
 
     governed = ledger is not None and dataset is not None
     if governed and spec.protocol == "files":
@@ -149,7 +150,7 @@ def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = Non
     if spec.protocol == "files":
         if spec.path is None:
             raise ConfigError("protocol 'files' needs data.path (a folder of train/valid/test)")
-        return ev.load_split(spec.path, merge_valid_into_train=True)
+        return ev.load_split(resolve_shared_path(spec.path), merge_valid_into_train=True)
     if spec.synthetic is not None:
         try:
             users, items = (int(v) for v in spec.synthetic.lower().split("x"))
@@ -160,7 +161,7 @@ def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = Non
         data = synthetic(n_users=users, n_items=items, seed=spec.seed)
     else:
         assert spec.path is not None
-        data = load(spec.path, format=spec.format)
+        data = load(resolve_shared_path(spec.path), format=spec.format)
         if spec.binarize is not None:
             data = data.binarize(spec.binarize)
     if governed:

@@ -496,3 +496,13 @@ def test_a_governed_release_holds_no_user_data_and_overwrites_no_recorded_file(
     assert rec.path.read_bytes() == before and len(setup.analyst.history("ratings")) == 1
     (tmp_path / "other.npz").write_bytes(b"not recorded")  # an unrelated file may be replaced
     setup.analyst.train(_dp_pop(0.5), data, output=tmp_path / "other.npz")
+
+
+def test_a_new_sqlite_ledger_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """It holds the user-hash key (membership tests) and the API keys' hashes."""
+    import os
+    import stat
+
+    path = tmp_path / "ledger.db"
+    Ledger.init(f"sqlite:///{path}", owner="olga")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600

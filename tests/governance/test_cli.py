@@ -56,6 +56,11 @@ def test_cli_flow(ledger_url: str, tmp_path: Path) -> None:
     data = write_data(tmp_path / "u.data")
     code, out = invoke("policy", "check", str(pol), "--data", str(data))
     assert code == 0 and "minimisation" in out and "kept" in out, out
+    assert "keeps no user" not in out
+    stale = tmp_path / "stale.toml"  # timestamps of 1997: a 30-day retention keeps nobody
+    stale.write_text("retention_days = 30\n" + POLICY)
+    code, out = invoke("policy", "check", str(stale), "--data", str(data))
+    assert code == 0 and "keeps no user" in " ".join(out.split()), out
     assert invoke("policy", "set", str(pol), "--dataset", "ml", *db, key=owner)[0] == 0
     code, out = invoke("keys", "create", "ann", "--role", "analyst", *db, key=owner)
     analyst = out.strip().splitlines()[-1]
@@ -131,6 +136,10 @@ def test_cli_flow(ledger_url: str, tmp_path: Path) -> None:
         "ledger", "budget", "ml", "--epsilon", "1.6", "--delta", "0.9", *db, key=owner
     )
     assert code == 0 and "delta=0.9 is not below 1/" in " ".join(out.split()), out
+    code, out = invoke(  # a cap below what the scope already spent: set, with a warning
+        "ledger", "budget", "ml", "--epsilon", "0.5", "--delta", "1e-6", *db, key=owner
+    )
+    assert code == 0 and "above the new cap 0.5" in " ".join(out.split()), out
 
     # tampering is reported with the first bad row
     with create_ledger_engine(ledger_url).begin() as c:

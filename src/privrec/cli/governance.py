@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from privrec.cli.common import console, handle_errors, load_data
+from privrec.cli.common import console, err_console, handle_errors, load_data
 
 ledger_app = typer.Typer(
     help="The privacy budget ledger: initialise, budgets, status, history.", no_args_is_help=True
@@ -202,6 +202,13 @@ def ledger_budget(
             f"({'lifetime' if s.period_days is None else f'per {s.period_days:g} days'}); "
             f"spent {_eps(s.composed_epsilon)}, remaining {_eps(s.remaining)}"
         )
+        if s.composed_epsilon > s.epsilon:
+            err_console.print(
+                f"[bold yellow]warning:[/] ε {_eps(s.composed_epsilon)} is already spent in this "
+                f"scope, above the new cap {s.epsilon:g}: every further charge is refused, and "
+                "`privrec check --db` reports the scope as over its cap",
+                highlight=False,
+            )
 
 
 # ------------------------------------------------------------------------------------ keys
@@ -303,6 +310,13 @@ def policy_check(
             now=time.time(),
         )
         console.print(_report_table(report))
+        if report.users_out == 0 and report.users_in > 0:
+            # e.g. a retention window older than every timestamp: nothing would ever be trained
+            err_console.print(
+                "[bold yellow]warning:[/] this policy keeps no user of this file — see the steps "
+                "above (retention against the file's timestamps? consent?)",
+                highlight=False,
+            )
 
 
 @policy_app.command("set")

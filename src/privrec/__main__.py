@@ -1,5 +1,5 @@
 """``python -m privrec`` runs the command line, like the ``privrec`` script."""
 
-from privrec.cli.main import app
+from privrec.cli.main import main
 
-app(prog_name="privrec")
+main()

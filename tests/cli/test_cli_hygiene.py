@@ -228,3 +228,26 @@ def test_numba_cache_defaults_to_a_per_user_folder(tmp_path: Path) -> None:
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.stdout.split() == [str(tmp_path / "mine")] * 2
+
+
+def test_usage_errors_print_one_line_from_the_script() -> None:
+    """`privrec` (the script and `python -m privrec`) prints a usage error as one line, exit 2."""
+    import subprocess
+    import sys
+
+    for args, needle in (
+        (["train", "--binarize", "nan", "-d", "x"], "must be a finite number"),
+        (["trainx"], "No such command"),
+        (["train", "--no-such-option"], "No such option"),
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", "privrec", *args], capture_output=True, text=True, timeout=120
+        )
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: UsageError:"), res.stderr
+        assert needle in lines[0] and "--help" in lines[0]
+    ok = subprocess.run(
+        [sys.executable, "-m", "privrec", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert ok.returncode == 0 and "Usage" in ok.stdout

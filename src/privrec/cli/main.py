@@ -89,3 +89,31 @@ def run() -> None:  # pragma: no cover - console entry point helper
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
+
+
+def main() -> None:
+    """The ``privrec`` script: :data:`app`, with usage errors (an unknown option, a value that
+    does not parse) printed as one line like every other error, instead of click's framed box."""
+    import sys
+
+    import click
+
+    from privrec.cli.common import err_console
+
+    try:
+        code = app(prog_name="privrec", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:  # the help was printed already, as before
+        sys.exit(2)
+    except click.exceptions.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "privrec"
+        err_console.print(
+            f"error: UsageError: {exc.format_message()} (see '{where} --help')",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
+    except click.exceptions.Abort:
+        err_console.print("aborted", highlight=False, markup=False)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

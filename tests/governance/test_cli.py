@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,9 @@ def test_cli_flow(ledger_url: str, tmp_path: Path) -> None:
     assert code == 0 and "dppopularity" in out and "sha256" in out, out
     code, out = invoke("lineage", "--user", "7", *db, key=auditor)
     assert code == 0 and "dppopularity" in out
+    code, out = invoke("lineage", "--user", "7", "--json", *db, key=auditor)
+    rows = [json.loads(line) for line in out.strip().splitlines()]
+    assert code == 0 and len(rows) == 2 and {r["model"] for r in rows} == {"dppopularity"}, out
     code, out = invoke("lineage", "--user", "5", *db, key=auditor)  # forgotten before training
     assert code == 0 and "dppopularity" not in out
     code, out = invoke("audit-log", "verify", *db, key=auditor)

@@ -386,6 +386,9 @@ def lineage(
     ] = None,
     user: Annotated[str | None, typer.Option("--user", help="External user id.")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset")] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="With --user: one JSON object per artifact instead.")
+    ] = False,
     db: DbOpt = None,
     key: KeyOpt = None,
 ) -> None:
@@ -396,6 +399,17 @@ def lineage(
         ledger = _connect(db, key)
         if (artifact is None) == (user is None):
             raise GovernanceError("give an ARTIFACT or --user USER")
+        if user is not None and json_out:  # a narrow terminal or a pipe cuts the table's cells
+            for x in ledger.lineage_of_user(user, dataset):
+                a = x.artifact
+                print(json.dumps({
+                    "artifact": a.id, "dataset": a.dataset, "version": x.version_id,
+                    "model": a.model_kind, "trained_at": a.created_at, "signer": a.signer,
+                    "deletion_requested_at": x.deletion_requested_at,
+                    "consent_withdrawn_at": x.consent_withdrawn_at,
+                    "retrain_due": x.retrain_due, "reason": x.reason or None,
+                }))  # fmt: skip
+            return
         if user is not None:
             table = Table("artifact", "dataset", "version", "model", "trained (UTC)", "signed by", "deletion requested",
                           "trained before deletion", "consent withdrawn", "retrain due",

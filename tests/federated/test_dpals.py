@@ -358,3 +358,33 @@ def test_no_survivor_margin_warns() -> None:
         FederatedDPALS(epsilon=5.0, delta=1e-3, factors=2, min_survivor_fraction=1.0, seed=0).fit(
             data
         )
+
+
+def test_noise_is_sized_for_the_honest_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Devices colluding with the server remove their own noise shares: every round's noise is
+    planned for the fewest survivors a round accepts minus ⌈corrupt_fraction · n⌉ (it was
+    planned for all the survivors, so 5% colluders raised ε from 5.0 to 5.16)."""
+    import math
+
+    import privrec.federated.dpals as fd
+
+    data = synthetic(n_users=200, n_items=20, seed=0)
+    seen: list[int] = []
+    real = fd._encoder
+
+    def spy(dim: int, norm: float, z: float, n_min: int, n_max: int, mechanism: str) -> object:
+        seen.append(n_min)
+        return real(dim, norm, z, n_min, n_max, mechanism)
+
+    monkeypatch.setattr(fd, "_encoder", spy)
+    m = FederatedDPALS(epsilon=5.0, delta=1e-3, factors=2, corrupt_fraction=0.05, seed=0)
+    m.fit(data)
+    n_min = math.ceil(0.9 * 200)
+    assert seen and set(seen) == {n_min - math.ceil(0.05 * 200)}
+    assert "colluding" in m.privacy_guarantee.threat_model
+    with pytest.warns(PrivacyWarning, match="corrupt_fraction=0"):
+        FederatedDPALS(epsilon=5.0, delta=1e-3, factors=2, corrupt_fraction=0.0, seed=0).fit(data)
+    with pytest.raises(ConfigError, match="honest"):
+        FederatedDPALS(
+            epsilon=5.0, delta=1e-3, factors=2, min_survivor_fraction=0.5, corrupt_fraction=0.6
+        ).fit(data)

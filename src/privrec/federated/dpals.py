@@ -88,7 +88,7 @@ from privrec.models.dp_rules import (
 from privrec.privacy.accounting import calibrate, epsilon_of
 from privrec.privacy.bounds import LENGTH_EDGES, LENGTHS_LABEL, length_histogram
 from privrec.privacy.contribution import draw_salt, sample_per_user
-from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
+from privrec.privacy.distributed import ZERO_OUT_GAP, DistributedDPConfig, DistributedDPEncoder
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.postprocessing import diagonal_solve, project_psd, shared_solve
@@ -115,6 +115,7 @@ class FederatedDPALSConfig(DPALSConfig):
     accountant: Literal["rdp"] = "rdp"
     secure: Secure = "fast"
     min_survivor_fraction: float = pydantic.Field(default=0.9, gt=0, le=1)
+    corrupt_fraction: float = pydantic.Field(default=0.05, ge=0, lt=1)
     dropout: float = pydantic.Field(default=0.0, ge=0, lt=1)
     mechanism: Literal["dgauss", "skellam"] = "dgauss"
 
@@ -131,8 +132,12 @@ class FederatedDPALS(DPALS):
         cryptography), ``"full"`` SecAgg+, or ``"aggregate"`` (utility sweeps: the decoded sum's
         noise drawn in one place; module docstring).
     min_survivor_fraction
-        The noise is sized for this fraction of the devices surviving each round; a round with
-        fewer is aborted before decoding.
+        A round needs this fraction of the devices to survive; with fewer it is aborted before
+        decoding.
+    corrupt_fraction
+        Up to this fraction of all devices may collude with the server and remove their own
+        noise shares (default 0.05, as FederatedMF): the noise is sized for the honest floor,
+        the planned survivors minus ⌈corrupt_fraction · n⌉.
     dropout
         Probability that a device drops out of a round (simulated fault).
     mechanism
@@ -172,6 +177,7 @@ class FederatedDPALS(DPALS):
         *,
         secure: Secure = "fast",
         min_survivor_fraction: float = 0.9,
+        corrupt_fraction: float = 0.05,
         dropout: float = 0.0,
         mechanism: Literal["dgauss", "skellam"] = "dgauss",
         lhs: Literal["none", "diagonal"] = "none",
@@ -181,12 +187,13 @@ class FederatedDPALS(DPALS):
         super().__init__(epsilon, delta, unit, lhs=lhs, accountant=accountant, **dpals)
         self.secure = secure
         self.min_survivor_fraction = min_survivor_fraction
+        self.corrupt_fraction = corrupt_fraction
         self.dropout = dropout
         self.mechanism = mechanism
 
     @classmethod
     def _param_names(cls) -> list[str]:
-        extra = ["secure", "min_survivor_fraction", "dropout", "mechanism"]
+        extra = ["secure", "min_survivor_fraction", "corrupt_fraction", "dropout", "mechanism"]
         return [*DPALS._param_names(), *extra]
 
     # ----------------------------------------------------------------------------- training
@@ -243,11 +250,26 @@ class FederatedDPALS(DPALS):
         if c.tiers:
             raise ConfigError("personalised budgets are not available in federated DPALS")
         n_min = max(2, math.ceil(c.min_survivor_fraction * n_users))
+        # devices colluding with the server take their noise shares out of the sum: the noise
+        # is sized for the honest floor among the fewest survivors a round accepts
+        honest = n_min - math.ceil(c.corrupt_fraction * n_users)
+        if honest < 2:
+            raise ConfigError(
+                f"corrupt_fraction={c.corrupt_fraction:g} of {n_users} devices leaves fewer than "
+                f"two honest devices among the {n_min} survivors a round needs"
+            )
         if c.min_survivor_fraction >= 1.0:
             warnings.warn(
-                "min_survivor_fraction=1 leaves no margin: the noise assumes every device survives "
-                "and is honest — one dropout aborts a round, and one device colluding with the "
-                "server (removing its noise share) leaves less noise than the announced ε needs",
+                "min_survivor_fraction=1 leaves no margin: every device must survive every round "
+                "(one dropout aborts it)",
+                PrivacyWarning,
+                stacklevel=3,
+            )
+        if c.corrupt_fraction == 0:
+            warnings.warn(
+                "corrupt_fraction=0 leaves no margin: the noise assumes no device colludes with "
+                "the server — one that does removes its noise share, leaving less noise than the "
+                "announced ε needs",
                 PrivacyWarning,
                 stacklevel=3,
             )
@@ -270,6 +292,7 @@ class FederatedDPALS(DPALS):
         ]
         targets += [(f"step {t + 1}", sigma / step_norm) for t in range(iterations)]
         self._devices, self._n_min, self._n_users, self._config = devices, n_min, n_users, c
+        self._honest = honest
         self._rng, self.rounds_ = rng, []
         # dimensions are public: the histogram grid, the catalogue, and (for steps) k and the
         # head size, known only after the counts round — steps are planned with their noise
@@ -383,11 +406,12 @@ class FederatedDPALS(DPALS):
             ],
             threat_model=(
                 "distributed DP: the server learns only secure sums that already carry the "
-                "devices' discrete-Gaussian noise (sized for at least "
-                f"{c.min_survivor_fraction:.0%} of the devices surviving each round); the "
-                "released model is (ε, δ)-DP per user without a trusted server. Devices colluding "
-                "with the server remove their own noise share only. Joint DP for each user's own "
-                "list. " + devices.description
+                "devices' discrete-Gaussian noise (a round needs "
+                f"{c.min_survivor_fraction:.0%} of the devices to survive, and the noise is sized "
+                f"for those survivors less {c.corrupt_fraction:.0%} of all devices colluding with "
+                "the server and removing their own noise shares); the released model is (ε, δ)-DP "
+                "per user without a trusted server." + ZERO_OUT_GAP + " Joint DP for each user's "
+                "own list. " + devices.description
             ),
         )
         del self._rng, self._config, self._devices
@@ -400,7 +424,7 @@ class FederatedDPALS(DPALS):
         """
         c = self._config
         dim = task.dim(self.factors_ if task.kind == "step" else 0)
-        enc = _encoder(dim, norm, z, self._n_min, self._n_users, c.mechanism)
+        enc = _encoder(dim, norm, z, self._honest, self._n_users, c.mechanism)
         t0 = time.perf_counter()
         res = self._devices.secure_sum(task, enc, self._n_min)
         server_s = time.perf_counter() - t0

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 from privrec.privacy.distributed.bounds import DEFAULT_BETA as DEFAULT_BETA
 from privrec.privacy.distributed.bounds import RDP_ORDERS as RDP_ORDERS
+from privrec.privacy.distributed.bounds import ZERO_OUT_GAP as ZERO_OUT_GAP
 from privrec.privacy.distributed.bounds import Mechanism as Mechanism
 from privrec.privacy.distributed.bounds import ddg_rdp, skellam_rdp
 from privrec.privacy.distributed.bounds import rounded_l2_bound as rounded_l2_bound

@@ -23,6 +23,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_BETA",
     "RDP_ORDERS",
+    "ZERO_OUT_GAP",
     "Mechanism",
     "ddg_rdp",
     "rounded_l2_bound",
@@ -34,6 +35,16 @@ Mechanism = Literal["dgauss", "skellam"]
 #: RDP orders. Integer orders only: AKL21's Skellam bound is stated for integer α, and the same
 #: grid keeps the two mechanisms comparable.
 RDP_ORDERS: tuple[int, ...] = (*range(2, 129), *range(132, 257, 4), *range(272, 1025, 16))
+
+#: What the bounds' neighbouring relation covers, for threat-model texts: KLS21 and AKL21 compare
+#: sums in which one client's update is replaced by zero while its noise share stays in the sum.
+#: Under add/remove the share leaves too, and the neighbouring sums also differ in variance — a
+#: term not covered (docs/distributed_dp.md, "Known gap").
+ZERO_OUT_GAP = (
+    " The per-round bound is proven for a user's update replaced by zero with their device's "
+    "noise share kept (zero-out); if the share leaves too (strict add/remove), ε is a few "
+    "percent higher (documented gap, docs/distributed_dp.md)."
+)
 
 #: Default probability that one conditional-rounding attempt exceeds ``Δ2`` (KLS21's β). Small,
 #: so re-rounding is rare and its bias (at most β/(1-β) per coordinate) negligible; the price is

@@ -113,3 +113,44 @@ def test_he_score_ranks_a_neighbour_blend_like_the_model(model_file: Path) -> No
     shown = [r[2].strip() for r in rows if r[2].strip().lstrip("-").isdigit()]
     ref, _ = model.recommend_history(x[4], k=4)
     assert shown == [str(i) for i in model.item_ids_[ref[0]]]
+
+
+@pytest.mark.parametrize("params", [{}, {"popularity_blend": 0.0, "popularity_shrinkage": 5.0}])
+@pytest.mark.parametrize("where", ["head", "off-head"])
+def test_he_score_ranks_like_the_model_for_cold_and_unblended_users(
+    model_file: Path, params: dict[str, float], where: str
+) -> None:
+    """A user with no head history (model scores exactly 0; decrypted ones ~1e-6 of CKKS error)
+    and a model with β = 0 but a shrinkage set: the client ranked both unlike the model."""
+    import warnings
+
+    import numpy as np
+
+    from privrec.data import load
+    from privrec.models import DPALS, load_model
+
+    data = load(model_file.parent / "u.data")
+    path = model_file.parent / f"dpals-{len(params)}.npz"
+    if not path.exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            DPALS(epsilon=8.0, delta=1e-3, unit="user", factors=4, seed=0, **params).fit(data).save(
+                path
+            )
+    model = load_model(path)
+    head = set(np.asarray(model.head_items_).tolist())
+    pick = [j for j in range(model.n_items_) if (j in head) == (where == "head")][:3]
+    hist = model_file.parent / f"h-{where}-{len(params)}.txt"
+    hist.write_text("item\n" + "\n".join(str(model.item_ids_[j]) for j in pick) + "\n")
+    res = runner.invoke(app, ["he", "score", str(path), "--history", str(hist), "-k", "5"])
+    assert res.exit_code == 0, res.output
+    rows = [line.split("│") for line in res.output.splitlines() if line.count("│") >= 3]
+    shown = [r[2].strip() for r in rows if r[2].strip().lstrip("-").isdigit()]
+    import scipy.sparse as sp
+
+    row = sp.csr_matrix(
+        (np.ones(len(pick), np.float32), (np.zeros(len(pick), int), pick)),
+        shape=(1, model.n_items_),
+    )
+    ref, _ = model.recommend_history(row, k=5)
+    assert shown == [str(i) for i in model.item_ids_[ref[0]]]

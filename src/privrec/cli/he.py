@@ -142,15 +142,23 @@ def _rank(
         items, scores = client.recommend(response, k=k, seen=seen)
         return np.asarray(items), np.asarray(scores)
     raw = client.decrypt_scores(response)
+    cold = not np.any(np.asarray(u) != 0)
+    if cold:
+        # the model's scores are exactly 0 for a user without head history; the decrypted ones
+        # carry CKKS's ~1e-6 error, which standardising would blow up past the popularity prior
+        raw = np.zeros_like(raw)
+    beta = float(getattr(model, "popularity_blend_", 0.0))
+    shrink = float(getattr(model, "popularity_shrinkage_", 0.0))
     ranked = rank_head_scores(
         raw[head][None, :].astype(np.float32),
         head,
         int(model.n_items_),
         np.asarray(counts),
-        float(getattr(model, "popularity_blend_", 0.0)),
-        shrinkage=float(getattr(model, "popularity_shrinkage_", 0.0)),
+        beta,
+        # as the model's own scoring: the per-user blend only when both β and s are on
+        shrinkage=shrink if beta > 0 else 0.0,
         lengths=np.array([items_row.nnz]),
-        cold=np.array([not np.any(np.asarray(u) != 0)]),
+        cold=np.array([cold]),
     )
     weight = float(getattr(model, "neighbour_blend", 0.0) or 0.0)
     if weight > 0:  # the same post-processing as the model: its factors, the user's own items

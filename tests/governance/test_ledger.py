@@ -503,6 +503,41 @@ def test_a_new_sqlite_ledger_is_readable_by_its_owner_only(tmp_path: Path) -> No
     import os
     import stat
 
+    from typer.testing import CliRunner
+
+    from privrec.cli.main import app
+
     path = tmp_path / "ledger.db"
     Ledger.init(f"sqlite:///{path}", owner="olga")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    cli = tmp_path / "cli.db"  # the command reads the schema revision first: same mode
+    res = CliRunner().invoke(app, ["ledger", "init", "--db", f"sqlite:///{cli}", "--owner", "o"])
+    assert res.exit_code == 0, res.output
+    assert stat.S_IMODE(os.stat(cli).st_mode) == 0o600
+
+
+def test_a_recorded_release_is_safe_without_its_suffix_and_from_a_racing_release(
+    setup: LedgerSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from privrec.governance import training as gt
+
+    data = setup.analyst.load("ratings", small_data())
+    rec = setup.analyst.train(_dp_pop(0.5), data, output=tmp_path / "w1.npz")
+    before = rec.path.read_bytes()
+    with pytest.raises(PolicyViolation, match="artifact"):  # save() would append .npz
+        setup.analyst.train(_dp_pop(0.5), data, output=tmp_path / "w1")
+    assert rec.path.read_bytes() == before
+    # another release lands on the path while this one trains: not replaced, the charge kept
+    real = gt._atomic_save
+
+    def racing(model, output, include, key=None, claim=None):  # type: ignore[no-untyped-def]
+        output.write_bytes(b"the other release")
+        return real(model, output, include, key, claim)
+
+    monkeypatch.setattr(gt, "_atomic_save", racing)
+    n = len(setup.analyst.history("ratings"))
+    with pytest.raises(PolicyViolation, match="appeared or changed"):
+        setup.analyst.train(_dp_pop(0.5), data, output=tmp_path / "new.npz")
+    assert (tmp_path / "new.npz").read_bytes() == b"the other release"
+    assert len(setup.analyst.history("ratings")) == n + 1  # noise was drawn: kept as spent
+    assert not list(tmp_path.glob(".*.release.npz"))  # no temporary left behind

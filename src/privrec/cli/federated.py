@@ -329,6 +329,7 @@ def simulate(
             err_console.print(text, highlight=False, soft_wrap=True)
 
         session: Any = None
+        claim: Any = None
         if led is not None:
             from privrec.governance.training import (
                 federated_events,
@@ -338,7 +339,7 @@ def simulate(
 
             assert dataset is not None
             if out is not None:  # before any charge: a recorded release is never overwritten
-                refuse_recorded_output(led, Path(out))
+                claim = refuse_recorded_output(led, Path(out))
             if federated_events(srv, remaining=True):
                 session = federated_session(
                     led, dataset, srv, data=governed, purpose=purpose, remaining=True
@@ -354,7 +355,7 @@ def simulate(
                 )
         with session if session is not None else contextlib.nullcontext():
             _run_and_report(
-                sim, json_out, out, item_ids, session, governed, dataset, led, line, signer
+                sim, json_out, out, item_ids, session, governed, dataset, led, line, signer, claim
             )
 
 
@@ -369,6 +370,7 @@ def _run_and_report(
     led: Any,
     line: Callable[[Any], None],
     signer: Any = None,
+    claim: Any = None,
 ) -> None:
     """Run the simulation, print its rounds and guarantee, save the model, commit the charge."""
     from rich.table import Table
@@ -440,6 +442,7 @@ def _run_and_report(
                 config=c.model_dump(mode="json"),
                 dataset_hash=governed.content_hash,
                 signing_key=signer,
+                claim=claim,
             )
         else:
             saved = model.save(out, signing_key=signer)

@@ -68,11 +68,13 @@ def ledger_init(
     from privrec.governance.db import (
         HEAD_REVISION,
         create_ledger_engine,
+        create_private_sqlite_file,
         resolve_url,
         schema_revision,
     )
 
     with handle_errors():
+        create_private_sqlite_file(resolve_url(db))  # before SQLite creates it world-readable
         with create_ledger_engine(resolve_url(db)).connect() as conn:
             before = schema_revision(conn)
         try:

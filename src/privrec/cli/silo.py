@@ -366,6 +366,7 @@ def silo_train(
             timeout=timeout,
         )
         session: Any = None
+        claim: Any = None
         if led is not None:
             from privrec.governance.composition import RDP_ONLY
             from privrec.governance.training import (
@@ -374,7 +375,7 @@ def silo_train(
                 silo_events,
             )
 
-            refuse_recorded_output(led, Path(out))  # before any charge or party contacted
+            claim = refuse_recorded_output(led, Path(out))  # before any charge or party contacted
             driver.prepare()  # a resumed run: only the releases not yet journalled
             planned = silo_events(driver)
             if planned:
@@ -406,6 +407,7 @@ def silo_train(
                     config=config.model_dump(mode="json"),
                     dataset_hash="",  # the driver never sees the silos' data
                     signing_key=signer,
+                    claim=claim,
                 )
             else:
                 path = model.save(out, signing_key=signer)

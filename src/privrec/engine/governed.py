@@ -64,7 +64,7 @@ def train_on_ray(
             f"dataset {dataset!r} is governed at the {info.unit} level; the model uses "
             f"unit={str(cfg.unit)!r}"  # type: ignore[attr-defined]
         )
-    refuse_recorded_output(ledger, Path(output))  # a recorded release is never overwritten
+    claim = refuse_recorded_output(ledger, Path(output))  # a recorded release stays
     policy = PolicyFilter.from_ledger(ledger, dataset)
     key, signer = signing_identity(signing_key)  # before the charge: a bad key spends nothing
     session = ChargeSession(
@@ -84,7 +84,7 @@ def train_on_ray(
             )  # fmt: skip
         finally:
             model.release_gate = None
-        path = _atomic_save(model, Path(output), None, key)
+        path = _atomic_save(model, claim.path, None, key, claim)
         session.released()
         art = artifact_info(
             path,

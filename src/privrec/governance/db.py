@@ -226,3 +226,24 @@ def _safe(url: str) -> str:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
     except Exception:  # pragma: no cover - malformed URLs are reported by create_engine
         return url.split("@")[-1]
+
+
+def create_private_sqlite_file(url: str) -> None:
+    """Create a new SQLite ledger file readable by its owner only (mode 600, as signing keys).
+
+    It holds the key of the user hashes (whoever has the file and a candidate id can test
+    membership) and the API keys' hashes; SQLite gives its -wal and -shm files the same mode.
+    An existing file is left as it is.
+    """
+    if not url.startswith("sqlite"):
+        return
+    db = sa.engine.make_url(url).database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return
+    try:
+        fd = os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError:
+        return  # the engine reports an unusable path with its own typed error
+    os.close(fd)

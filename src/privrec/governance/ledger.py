@@ -49,6 +49,7 @@ from privrec.governance.charging import LedgerCharging
 from privrec.governance.db import (
     check_schema,
     create_ledger_engine,
+    create_private_sqlite_file,
     open_error,
     read_transaction,
     require_existing,
@@ -84,7 +85,7 @@ class Ledger(LedgerCharging, LedgerIntake):
         only as a scrypt hash). On an already initialised ledger raises :class:`GovernanceError`.
         """
         resolved = resolve_url(url)
-        _private_sqlite_file(resolved)
+        create_private_sqlite_file(resolved)  # a new file: mode 600 before SQLite creates it
         engine = create_ledger_engine(resolved)
         upgrade(engine)
         full, key_id, secret = new_key()
@@ -453,23 +454,3 @@ class Ledger(LedgerCharging, LedgerIntake):
 
         return train(self, model, data, **kwargs)
 
-
-def _private_sqlite_file(url: str) -> None:
-    """Create a new SQLite ledger file readable by its owner only (mode 600, as signing keys).
-
-    It holds the key of the user hashes (whoever has the file and a candidate id can test
-    membership) and the API keys' hashes; SQLite gives its -wal and -shm files the same mode.
-    An existing file is left as it is.
-    """
-    if not url.startswith("sqlite"):
-        return
-    db = sa.engine.make_url(url).database
-    if not db or db == ":memory:" or db.startswith("file:"):
-        return
-    try:
-        fd = os.open(db, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    except OSError:
-        return  # the engine reports an unusable path with its own typed error
-    os.close(fd)

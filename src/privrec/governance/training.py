@@ -289,13 +289,43 @@ def signing_identity(signing_key: Any) -> tuple[Any, str | None]:
 
 
 def _atomic_save(
-    model: Any, output: Path, include_user_data: bool | None, signing_key: Any = None
+    model: Any,
+    output: Path,
+    include_user_data: bool | None,
+    signing_key: Any = None,
+    claim: OutputClaim | None = None,
 ) -> Path:
     """``model.save`` — itself all or nothing (written beside the target, then renamed) and,
-    with ``signing_key``, signed before the ledger records its hash."""
+    with ``signing_key``, signed before the ledger records its hash. With a ``claim`` (a
+    governed release), the file is written beside the target and put in place only if the
+    target is still as it was when training began: created exclusively if there was none,
+    refused if one appeared or changed meanwhile (the charge is kept: noise was drawn)."""
     signed = {} if signing_key is None else {"signing_key": signing_key}
-    path: Path = model.save(output, include_user_data=include_user_data, **signed)
-    return path
+    if claim is None:
+        path: Path = model.save(output, include_user_data=include_user_data, **signed)
+        return path
+    import os
+
+    target = claim.path
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.release.npz")
+    raced = PolicyViolation(
+        f"{target} appeared or changed while this model trained (another release to the same "
+        "path?): not replaced — the charge is kept; train again to another path"
+    )
+    try:
+        written: Path = model.save(tmp, include_user_data=include_user_data, **signed)
+        if claim.before is None:
+            try:
+                os.link(written, target)  # exclusive: fails if anything is there now
+            except FileExistsError:
+                raise raced from None
+        else:
+            if _stat(target) != claim.before:
+                raise raced
+            os.replace(written, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def release_model(
@@ -306,13 +336,14 @@ def release_model(
     config: dict[str, Any],
     dataset_hash: str,
     signing_key: Any = None,
+    claim: OutputClaim | None = None,
 ) -> tuple[Path, ChargeInfo]:
     """Save a fitted private ``model`` atomically (the release; signed with ``signing_key``),
     then commit ``session`` with the artifact. For computations run through a
     :class:`ChargeSession` (FederatedMF, cross-silo); :func:`train` does the same for central
     models."""
     key, signer = signing_identity(signing_key)
-    path = _atomic_save(model, Path(output), None, key)
+    path = _atomic_save(model, Path(output), None, key, claim)
     session.released()
     g = model.guarantee_
     art = artifact_info(
@@ -327,27 +358,51 @@ def release_model(
     return path, session.commit(artifact=art)
 
 
-def refuse_recorded_output(ledger: Ledger, output: Path) -> None:
+@dataclass(frozen=True)
+class OutputClaim:
+    """Where a governed release will be written, and what was there when training began
+    (``(inode, size, mtime_ns)``, ``None`` if nothing): the release refuses to replace a file
+    that appeared or changed meanwhile — another release racing for the same path."""
+
+    path: Path
+    before: tuple[int, int, int] | None
+
+
+def _stat(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def refuse_recorded_output(ledger: Ledger, output: Path) -> OutputClaim:
     """Refuse to write over a file the ledger records as an artifact: its record (hash, lineage,
-    charges) would then describe bytes that no longer exist."""
-    if not output.is_file():
-        return
+    charges) would then describe bytes that no longer exist. The path is the one the model
+    file will have (``.npz`` appended as ``save`` does). Returns the claim :func:`_atomic_save`
+    checks again at release time."""
     import sqlalchemy as sa
 
     from privrec.governance import schema as tbl
     from privrec.governance.db import read_transaction
     from privrec.governance.reading import file_sha256
+    from privrec.models.persistence import npz_path
 
-    digest = file_sha256(output)
+    out = npz_path(output)
+    claim = OutputClaim(out, _stat(out))
+    if claim.before is None:
+        return claim
+    digest = file_sha256(out)
     with read_transaction(ledger.engine) as conn:
         aid = conn.execute(
             sa.select(tbl.Artifact.id).where(tbl.Artifact.file_hash == digest).limit(1)
         ).scalar_one_or_none()
     if aid is not None:
         raise PolicyViolation(
-            f"{output} is the released file of artifact {aid}: write the new model to another "
+            f"{out} is the released file of artifact {aid}: write the new model to another "
             "path (the ledger's record of that release must keep describing its bytes)"
         )
+    return claim
 
 
 def train(
@@ -387,7 +442,7 @@ def train(
             "a governed release holds only what its guarantee covers: include_user_data would "
             "store the training users and interactions beside the model, which no ε bounds"
         )
-    refuse_recorded_output(ledger, Path(output))
+    claim = refuse_recorded_output(ledger, Path(output))
     cfg = model.config()
     unit = str(getattr(cfg, "unit", ""))
     info = ledger.dataset(data.dataset)
@@ -424,7 +479,7 @@ def train(
             session.reserve(spent, accountant=session.accountant)
         elif [s.to_dict() for s in spent] != [s.to_dict() for s in session.planned]:
             raise GovernanceError(f"{model.name} released other events than it reserved")
-        path = _atomic_save(model, Path(output), include_user_data, key)
+        path = _atomic_save(model, claim.path, include_user_data, key, claim)
         session.released()
         art = artifact_info(
             path,

@@ -115,7 +115,8 @@ def _ids_for_npz(ids: np.ndarray) -> np.ndarray:
     return arr
 
 
-def _npz_path(path: str | Path) -> Path:
+def npz_path(path: str | Path) -> Path:
+    """Where ``save_model(path)`` writes: ``path`` with ``.npz`` appended unless it ends so."""
     p = Path(path)
     if p.suffix != ".npz":
         p = p.with_suffix(p.suffix + ".npz") if p.suffix else p.with_suffix(".npz")
@@ -199,7 +200,7 @@ def save_model(
         "arrays": {k: {"dtype": v.dtype.str, "shape": list(v.shape)} for k, v in arrays.items()},
     }
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    out = _npz_path(path)
+    out = npz_path(path)
     with atomic_output(out) as tmp:  # written and signed beside the target, then renamed
         with tmp.open("wb") as fh:
             np.savez_compressed(fh, **arrays)  # type: ignore[arg-type]

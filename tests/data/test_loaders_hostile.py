@@ -325,6 +325,16 @@ def test_one_person_cannot_become_several_users() -> None:
     with pytest.raises(DataError):
         Interactions.from_arrays(["a", 2], [1, 2])
     assert Interactions.from_arrays([1, 1.0, 2], [1, 2, 3]).n_users == 2
+    # given as an object array, 1 and "1" are two keys to pandas but one person to the ledger
+    mixed = np.array([1, "1"], dtype=object)
+    with pytest.raises(DataError, match="user ids repeat"):
+        Interactions.from_csr(sp.csr_matrix(np.ones((2, 2), np.float32)), user_ids=mixed)
+    with pytest.raises(DataError, match="integers"):
+        Interactions.from_arrays([1, 2], [1, 2]).subset_users(np.array([0.7]))
+    x = Interactions.from_arrays([1, 2], [1, 2])
+    for bad in (np.nan, -1.0, np.inf, 1e39):
+        with pytest.raises(DataError, match="finite and non-negative"):
+            x.with_matrix(sp.csr_matrix(np.array([[bad, 0.0], [0.0, 1.0]])))
 
 
 def test_dataframe_far_future_datetimes() -> None:
@@ -380,3 +390,11 @@ def test_valid_files_load_without_warnings(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         load_csv(write(tmp_path, "x.csv", 'user,item\n"a, b",2\n'))
         load_ml100k(write(tmp_path, "u.data", "1\t2\t3\t4\n"))
+
+
+def test_a_catalogue_listing_an_item_twice_once_cast_is_a_typed_error() -> None:
+    from privrec.models.base import on_catalogue
+
+    x = Interactions.from_arrays([1, 2], [1, 2])
+    with pytest.raises(DataError, match="catalogue lists an item twice"):
+        on_catalogue(x, np.array(["1", "01", "2"]))  # a text file: both read as item 1

@@ -346,7 +346,7 @@ def test_consent_withdrawn_after_training_makes_a_retrain_due(
     (due,) = s.owner.retrains_due()
     assert due.deletion_requested_at is None and due.consent_withdrawn_at is not None
     assert due.retrain_due == pytest.approx(due.consent_withdrawn_at + 7 * 86400)
-    assert due.reason == "withdrew consent" and due.trained_before_withdrawal
+    assert due.reason == "withdrawn consent" and due.trained_before_withdrawal
     (mine,) = s.owner.lineage_of_user(who)
     assert mine.consent_withdrawn_at == due.consent_withdrawn_at
     assert mine.retrain_due == pytest.approx(due.retrain_due)
@@ -357,7 +357,7 @@ def test_consent_withdrawn_after_training_makes_a_retrain_due(
     assert [d.artifact.id for d in s.owner.retrains_due()] == [due.artifact.id]
     s.owner.forget("ratings", who)
     (both,) = s.owner.retrains_due()
-    assert both.reason == "asked to be deleted and withdrew consent"
+    assert both.reason == "asked to be deleted and withdrawn consent"
     assert both.retrain_due == pytest.approx(due.retrain_due)  # the earlier of the two counts
     s.owner.import_consents("ratings", [(bystander, True), (who, True)])
     (left,) = s.owner.retrains_due()
@@ -541,3 +541,20 @@ def test_a_recorded_release_is_safe_without_its_suffix_and_from_a_racing_release
     assert (tmp_path / "new.npz").read_bytes() == b"the other release"
     assert len(setup.analyst.history("ratings")) == n + 1  # noise was drawn: kept as spent
     assert not list(tmp_path.glob(".*.release.npz"))  # no temporary left behind
+
+
+def test_a_deletion_id_nobody_had_warns_and_invisible_characters_are_refused(
+    setup: LedgerSetup,
+) -> None:
+    from privrec.errors import DataWarning
+
+    raw = small_data()
+    setup.analyst.load("ratings", raw)
+    known = str(raw.user_ids[0])
+    with pytest.raises(GovernanceError, match="invisible"):
+        setup.owner.forget("ratings", known + "\u200b")
+    with pytest.warns(DataWarning, match="no loaded version"):
+        setup.owner.forget("ratings", "0" + known)  # "017" is not 17
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        setup.owner.forget("ratings", raw.user_ids[1])  # a real member: no warning

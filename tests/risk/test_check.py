@@ -145,3 +145,34 @@ def test_cli_check(files, tmp_path: Path):  # type: ignore[no-untyped-def]
     assert res.exit_code == 1 and "tampered.npz" in res.output
     none = runner.invoke(app, ["check"])
     assert none.exit_code == 1 and "nothing to check" in none.output
+
+
+def test_a_release_listing_only_the_training_users_fails(files, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """User ids with no interactions beside them are still user data the guarantee does not
+    cover (privacy verify and serve refuse such a file; check passed it)."""
+    data = synthetic(n_users=120, n_items=40, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = (
+            DPPopularity(epsilon=1.0, delta=1e-5, unit="user")
+            .fit(data)
+            .save(tmp_path / "ud.npz", include_user_data=True)
+        )
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays["__meta__"].tobytes().decode())
+    n = len(arrays["user_ids"])
+    empty = {
+        "ui_data": np.zeros(0, np.float32),
+        "ui_indices": np.zeros(0, np.int32),
+        "ui_indptr": np.zeros(n + 1, np.int64),
+    }
+    for k, v in empty.items():
+        arrays[k] = v
+        meta["arrays"][k] = {"dtype": v.dtype.str, "shape": list(v.shape)}
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    ids_only = tmp_path / "ids-only.npz"
+    np.savez(ids_only, **arrays)
+    rep = run_check(CheckConfig(release=[str(ids_only)]))
+    assert not rep.passed
+    assert any("stores training users" in line for line in _lines(rep)), _lines(rep)

@@ -242,12 +242,13 @@ def test_error_answers_do_not_echo_the_callers_input(
             json={"epsilon": 0.1, "column": marker},
         ),
         client.post("/v1/recommend", headers=h, json={"model": marker, "history": []}),
+        client.post("/v1/recommend", headers=h, json={"model": "m", "history": [], marker: 1}),
         client.get(f"/v1/models/{marker}", headers=h),
         client.post(
             f"/v1/datasets/{marker}/queries/top-k", headers=h, json={"epsilon": 0.1, "k": 1}
         ),
     ]
-    assert [r.status_code for r in answers] == [422, 422, 404, 404, 404]
+    assert [r.status_code for r in answers] == [422, 422, 404, 422, 404, 404]
     for r in answers:
         assert marker not in r.text, r.text
     assert "item number 2" in answers[0].json()["error"]["message"]

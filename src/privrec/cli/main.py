@@ -87,15 +87,9 @@ def run() -> None:  # pragma: no cover - console entry point helper
     app()
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
-
-
 def main() -> None:
     """The ``privrec`` script: :data:`app`, with usage errors (an unknown option, a value that
     does not parse) printed as one line like every other error, instead of click's framed box."""
-    import sys
-
     import click
 
     from privrec.cli.common import err_console
@@ -117,3 +111,7 @@ def main() -> None:
         err_console.print("aborted", highlight=False, markup=False)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -86,6 +86,9 @@ class Interactions:
         # stored duplicate would let one person contribute several times what is stated.
         for ids, kind in ((self.user_ids, "user"), (self.item_ids, "item")):
             index = pd.Index(ids)
+            if index.is_unique and ids.dtype == object:
+                # 1 and "1" differ here but are one person to the ledger (ids hash by text)
+                index = pd.Index(np.asarray(ids).astype(str))
             if not index.is_unique:
                 raise DataError(
                     f"the {kind} ids repeat an id (one {kind} would span several "
@@ -499,6 +502,10 @@ class Interactions:
                     "mask length differs from n_users", expected=str(self.n_users), found=idx.shape
                 )
             idx = np.flatnonzero(idx)
+        if idx.size and not np.issubdtype(idx.dtype, np.integer):
+            raise DataError(
+                "user indices must be integers (or a boolean mask)", found=str(idx.dtype)
+            )
         idx = idx.astype(np.int64)
         if idx.size and (idx.min() < -self.n_users or idx.max() >= self.n_users):
             raise IndexError(f"user index out of range for {self.n_users} users")
@@ -530,6 +537,15 @@ class Interactions:
         m = sp.csr_matrix(matrix, dtype=np.float32, copy=True)  # type: ignore[call-overload]
         m.sum_duplicates()
         m.sort_indices()
+        if m.shape != self.matrix.shape:
+            raise DataError(
+                "the new matrix has another shape", expected=str(self.matrix.shape), found=m.shape
+            )
+        if m.nnz and (not np.isfinite(m.data).all() or (m.data < 0).any()):
+            raise DataError(
+                "values must be finite and non-negative (as the loaders require)",
+                found="a NaN, infinite, too large or negative value",
+            )
         same = (
             self.timestamps is not None
             and m.nnz == self.nnz

@@ -12,6 +12,8 @@ checks the caller's role, validates, and writes in one serialised transaction wi
 
 from __future__ import annotations
 
+import unicodedata
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from privrec.data.interactions import Interactions
-from privrec.errors import GovernanceError
+from privrec.errors import DataWarning, GovernanceError
 from privrec.governance import audit
 from privrec.governance import schema as tbl
 from privrec.governance.auth import require
@@ -104,7 +106,9 @@ class LedgerIntake(LedgerBase):
         now = _now()
         with write_transaction(self.engine) as conn:
             ds = self._dataset(conn, dataset)
-            h = digest_hex(user_digests(self._user_key(conn), [user])[0])
+            d = user_digests(self._user_key(conn), [user])[0]
+            h = digest_hex(d)
+            _warn_if_unknown(conn, ds.id, d, user)
             did = conn.execute(
                 sa.insert(tbl.Deletion)
                 .values(
@@ -281,10 +285,38 @@ class LedgerIntake(LedgerBase):
 
 
 def _exact_id(user: Any, what: str) -> None:
-    """Refuse an id with surrounding white space: it hashes apart from the person it names
-    (" 17" is not 17), so the request would be recorded and match nobody."""
+    """Refuse an id with surrounding white space or invisible characters: it hashes apart from
+    the person it names (" 17" is not 17), so the request would be recorded and match nobody."""
     if isinstance(user, str) and user != user.strip():
         raise GovernanceError(
             f"{what} names user {user!r}, with white space around the id: it would match "
             f"nobody whose id is {user.strip()!r}; give the id exactly"
+        )
+    if isinstance(user, str) and any(unicodedata.category(c).startswith("C") for c in user):
+        raise GovernanceError(
+            f"{what} names user {user!r}, with an invisible or control character in the id: "
+            "it would match nobody; give the id exactly"
+        )
+
+
+def _warn_if_unknown(conn: Connection, dataset_id: int, digest: Any, user: Any) -> None:
+    """Warn when no loaded version of the dataset held ``user``: "017" or "17.0" for the
+    person 17 is recorded but matches nobody (a request for someone not loaded yet is fine)."""
+    blobs = conn.execute(
+        sa.select(tbl.DatasetVersion.members).where(tbl.DatasetVersion.dataset_id == dataset_id)
+    ).scalars()
+    seen_any = False
+    for blob in blobs:
+        seen_any = True
+        members = np.frombuffer(blob, dtype="<u8")
+        i = int(np.searchsorted(members, digest))
+        if i < members.size and members[i] == digest:
+            return
+    if seen_any:
+        warnings.warn(
+            f"no loaded version of this dataset held user {user!r}: the request is recorded and "
+            "drops them from later loads, but check the id is written exactly as in the data "
+            '("017", "17.0" and 17 are different ids)',
+            DataWarning,
+            stacklevel=3,
         )

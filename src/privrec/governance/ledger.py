@@ -453,4 +453,3 @@ class Ledger(LedgerCharging, LedgerIntake):
         from privrec.governance.training import train
 
         return train(self, model, data, **kwargs)
-

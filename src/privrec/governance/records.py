@@ -189,5 +189,5 @@ class UserLineage:
         if self.trained_before_deletion:
             why.append("asked to be deleted")
         if self.trained_before_withdrawal:
-            why.append("withdrew consent")
+            why.append("withdrawn consent")
         return " and ".join(why)

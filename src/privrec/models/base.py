@@ -495,7 +495,15 @@ def on_catalogue(data: Interactions, catalogue: np.ndarray) -> Interactions:
     if np.issubdtype(ids.dtype, np.integer) and cat.dtype.kind == "U":
         with contextlib.suppress(ValueError):  # a catalogue read from a text file, for integer ids
             cat = cat.astype(ids.dtype)
-    pos = pd.Index(cat).get_indexer(pd.Index(ids))
+    index = pd.Index(cat)
+    if not index.is_unique:  # e.g. "1" and "01" in a text catalogue, both item 1 once cast
+        raise DataError(
+            "the catalogue lists an item twice",
+            field="item_ids",
+            expected="each item once (after reading the ids as the data's integers)",
+            found=f"{len(index) - index.nunique(dropna=False)} repeated",
+        )
+    pos = index.get_indexer(pd.Index(ids))
     if (pos < 0).any():
         missing = ids[pos < 0]
         raise DataError(

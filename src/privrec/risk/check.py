@@ -155,8 +155,9 @@ def _read(path: Path, verify_key: Any = None) -> tuple[dict[str, Any], Any]:
     model = load_model(path, verify=False, verify_key=verify_key)
     facts = {
         "model": model.name,
-        "_stores_interactions": not bool(getattr(model, "_released_only", True))
-        and int(getattr(getattr(model, "user_items_", None), "nnz", 0)) > 0,
+        # any user data at all — a list of the training users' ids is one even with no
+        # interactions beside it (as privacy verify and serve read it)
+        "_stores_interactions": not bool(getattr(model, "_released_only", True)),
         "_signature": model.file_signature_,
     }
     return facts, getattr(model, "guarantee_", None)
@@ -228,7 +229,7 @@ def _check_file(
             Finding(
                 "violation",
                 name,
-                "stores training interactions, which its guarantee does not cover",
+                "stores training users or interactions, which its guarantee does not cover",
             )
         )
     if policy.max_epsilon is not None and g.epsilon > policy.max_epsilon * (1 + _TOL):

@@ -195,6 +195,15 @@ def library_error_response(exc: PrivrecError) -> JSONResponse:
     return _json(status, error_body(status, code, message, **extra), headers)
 
 
+def _where(error: Any) -> str:
+    """A validation error's location without the caller's own names: an unknown key is the
+    caller's text (it may be anything), so it is not echoed."""
+    loc = [str(p) for p in error.get("loc", ())]
+    if error.get("type") == "extra_forbidden" and loc:
+        loc[-1] = "(an unknown field)"
+    return ".".join(loc)
+
+
 _NOT_FOUND = {
     "unknown_model": "no model of that name is served here",
     "unknown_dataset": "no dataset, version or artifact of that name here",
@@ -263,10 +272,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         # the offending input is not echoed back (it may be a user's history)
-        problems = [
-            {"where": ".".join(str(p) for p in e.get("loc", ())), "problem": e.get("msg", "")}
-            for e in exc.errors()[:20]
-        ]
+        problems = [{"where": _where(e), "problem": e.get("msg", "")} for e in exc.errors()[:20]]
         first = problems[0] if problems else {"where": "body", "problem": "invalid"}
         return _json(
             422,

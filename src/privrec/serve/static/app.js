@@ -313,7 +313,7 @@ async function loadGovernance() {
     }
     if (d.retrains_due.length) {
       const r = document.createElement("p");
-      r.textContent = "Retrains due: " + d.retrains_due.map((x) => `artifact #${x.artifact_id} by ${utc(x.due)}${x.overdue ? " (overdue)" : ""}${x.reason ? " — someone " + x.reason : ""}`).join("; ");
+      r.textContent = "Retrains due: " + d.retrains_due.map((x) => `artifact #${x.artifact_id} by ${utc(x.due)}${x.overdue ? " (overdue)" : ""}${x.reason ? " — someone has since " + x.reason : ""}`).join("; ");
       card.appendChild(r);
     }
     list.appendChild(card);

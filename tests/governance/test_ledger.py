@@ -558,3 +558,14 @@ def test_a_deletion_id_nobody_had_warns_and_invisible_characters_are_refused(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         setup.owner.forget("ratings", raw.user_ids[1])  # a real member: no warning
+
+
+def test_replacing_a_lifetime_cap_by_a_per_period_one_warns(setup: LedgerSetup) -> None:
+    from privrec.errors import PrivacyWarning
+
+    with pytest.warns(PrivacyWarning, match="lifetime cap"):
+        setup.owner.set_budget("ratings", epsilon=1.0, delta=1e-6, period_days=7)
+    with warnings.catch_warnings():  # per-period to per-period, or back to lifetime: no warning
+        warnings.simplefilter("error", PrivacyWarning)
+        setup.owner.set_budget("ratings", epsilon=1.0, delta=1e-6, period_days=14)
+        setup.owner.set_budget("ratings", epsilon=2.0, delta=1e-6)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from privrec.errors import (
     AuthenticationError,
     GovernanceError,
     PolicyViolation,
+    PrivacyWarning,
     UnknownDatasetError,
 )
 from privrec.governance import audit
@@ -428,6 +430,22 @@ class Ledger(LedgerCharging, LedgerIntake):
         with write_transaction(self.engine) as conn:
             ds = self._dataset(conn, dataset)
             self._warn_weak_cap(conn, ds.id, ds.unit, epsilon, delta)  # before writing
+            old_period = conn.execute(
+                sa.select(tbl.Budget.period_days).where(
+                    tbl.Budget.dataset_id == ds.id,
+                    tbl.Budget.scope == scope,
+                    tbl.Budget.scope_value == value,
+                )
+            ).first()
+            if old_period is not None and old_period[0] is None and period_days is not None:
+                warnings.warn(
+                    f"this replaces the scope's lifetime cap with a per-{period_days:g}-day one: "
+                    "spending is then bounded per window only and the lifetime loss grows "
+                    "without bound (one budget per scope — keep the lifetime cap on the dataset "
+                    "and put per-period caps on purposes or analysts)",
+                    PrivacyWarning,
+                    stacklevel=2,
+                )
             bid = self._upsert_budget(
                 conn, ds.id, scope, value, epsilon, delta, period_days, accountant, now
             )

@@ -377,3 +377,23 @@ def test_end_to_end_on_synthetic_data(protocol: str) -> None:
     # on popularity-skewed data the most popular items beat the least popular ones
     assert pop.metric("recall", 20) > worst.metric("recall", 20)
     assert evaluate(Popularity(split.train), split, k=10, on="valid").n_users > 0
+
+
+def test_public_hit_rates_and_precision_do_not_pin_the_user_count() -> None:
+    """Hit rate is (users with a hit) / n: at 4 decimals a few of them gave n = 942 exactly
+    while n_users said "≈ 940". Count ratios are written to 2 decimals, the rest to 4."""
+    from privrec.data import synthetic
+    from privrec.evaluation import random_holdout
+    from privrec.models.popularity import Popularity
+
+    data = synthetic(n_users=137, n_items=40, seed=3)
+    split = random_holdout(data, 0.2, seed=0)
+    r = evaluate(
+        Popularity().fit(split.train), split, k=(5, 10), metrics=("hitrate", "precision", "recall")
+    )
+    public = r.to_dict()["metrics"]
+    exact = r.to_dict(exact=True)["metrics"]
+    for name in ("hitrate", "precision"):
+        for k, v in public[name].items():
+            assert v == round(exact[name][k], 2)
+    assert all(v == round(exact["recall"][k], 4) for k, v in public["recall"].items())

@@ -74,14 +74,16 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[FederatedMFServer, 
 
 def test_unedited_checkpoint_resumes_identically(saved: tuple[FederatedMFServer, Path]) -> None:
     srv, path = saved
-    back = FederatedMFServer.load(path)
+    back = FederatedMFServer.load(path, population=10_000)
     assert back.head_items is not None and srv.head_items is not None
     np.testing.assert_array_equal(back.head_items, srv.head_items)
     assert back.payload_rows == srv.payload_rows and back.round == srv.round == 2
     assert [e.to_dict() for e in back.spent] == [e.to_dict() for e in srv.spent]
     # one more round on the original and on the resumed copy: the same state after it
     step = np.random.default_rng(7).standard_normal(srv.item_factors.size)
-    ref = FederatedMFServer.load(path)  # the original must stay usable by later tests
+    ref = FederatedMFServer.load(
+        path, population=10_000
+    )  # the original must stay usable by later tests
     for s in (ref, back):
         s.apply(step, s.expected_clients, 3.0, survivors=s.max_clients, sampled=s.max_clients)
     np.testing.assert_array_equal(back.item_factors, ref.item_factors)
@@ -122,16 +124,18 @@ def test_edited_length_histogram_is_refused(tmp_path: Path) -> None:
     srv.select_head(payload, survivors=10_000, sampled=10_000)
     assert srv.head_items is not None and 100 < srv.head_items.size < 500
     path = srv.save(tmp_path / "server.npz")
-    assert FederatedMFServer.load(path).head_items.size == srv.head_items.size  # type: ignore[union-attr]
+    assert FederatedMFServer.load(path, population=10_000).head_items.size == srv.head_items.size  # type: ignore[union-attr]
     with pytest.raises(CheckpointMismatchError) as info:
-        FederatedMFServer.load(_tamper(path, _short_lengths))
+        FederatedMFServer.load(_tamper(path, _short_lengths), population=10_000)
     assert info.value.field == "head_items"
 
 
 def test_misshapen_length_histogram_is_refused(saved: tuple[FederatedMFServer, Path]) -> None:
     _, path = saved
     with pytest.raises(DataError) as info:
-        FederatedMFServer.load(_tamper(path, lambda a, m: a.update(noisy_lengths=np.ones(3))))
+        FederatedMFServer.load(
+            _tamper(path, lambda a, m: a.update(noisy_lengths=np.ones(3))), population=10_000
+        )
     assert info.value.field == "noisy_lengths"
 
 
@@ -152,7 +156,7 @@ def test_edited_head_is_refused(
 ) -> None:
     _, path = saved
     with pytest.raises(CheckpointMismatchError) as info:
-        FederatedMFServer.load(_tamper(path, edit))
+        FederatedMFServer.load(_tamper(path, edit), population=10_000)
     assert info.value.field == field
 
 
@@ -163,11 +167,11 @@ def test_a_public_head_must_be_confirmed_by_the_caller(tmp_path: Path) -> None:
     srv.select_head(np.zeros(srv.count_dim), survivors=100, sampled=100)
     path = srv.save(tmp_path / "server.npz")
     with pytest.raises(CheckpointMismatchError, match="public"):
-        FederatedMFServer.load(path)
-    back = FederatedMFServer.load(path, public_head=head)
+        FederatedMFServer.load(path, population=100)
+    back = FederatedMFServer.load(path, public_head=head, population=100)
     np.testing.assert_array_equal(back.head_items, head)
     with pytest.raises(CheckpointMismatchError, match="public head passed"):
-        FederatedMFServer.load(path, public_head=np.array([0, 1, 2, 3, 4]))
+        FederatedMFServer.load(path, public_head=np.array([0, 1, 2, 3, 4]), population=100)
 
 
 def _cut_one_round(arrays: Arrays, meta: Meta) -> None:
@@ -205,7 +209,7 @@ def test_cut_accountant_records_are_refused(
 ) -> None:
     _, path = saved
     with pytest.raises(CheckpointMismatchError, match=match):
-        FederatedMFServer.load(_tamper(path, edit))
+        FederatedMFServer.load(_tamper(path, edit), population=10_000)
 
 
 def test_records_that_charge_more_are_kept(saved: tuple[FederatedMFServer, Path]) -> None:
@@ -220,7 +224,7 @@ def test_records_that_charge_more_are_kept(saved: tuple[FederatedMFServer, Path]
         meta["spent"][-1:] = [SpentEvent(f"round {r}", one).to_dict() for r in (1, 2)]
         meta["runs"][-1:] = [1, 1]
 
-    back = FederatedMFServer.load(_tamper(path, split))
+    back = FederatedMFServer.load(_tamper(path, split), population=10_000)
     assert len(back.spent) == 3
     assert back.epsilon() == pytest.approx(srv.epsilon(), rel=1e-9)
 
@@ -231,11 +235,25 @@ def test_lowered_noise_is_refused() -> None:
     rule on, a lowered multiplier also moves the rule's threshold, and the head check refuses
     it first; here the rule is off.)"""
     srv = _server(head_snr=None)
-    lower = FederatedMFServer.from_state(*srv.state_dict())  # unedited: within its ε
+    lower = FederatedMFServer.from_state(
+        *srv.state_dict(), population=10_000
+    )  # unedited: within its ε
     lower.noise_multiplier /= 2
     lower.spent[-1] = SpentEvent(
         lower.spent[-1].label,
         dp_accounting.SelfComposedDpEvent(lower._charged_round_event(lower.noise_multiplier), 2),
     )
     with pytest.raises(CheckpointMismatchError, match="more than the run's epsilon"):
-        FederatedMFServer.from_state(*lower.state_dict())
+        FederatedMFServer.from_state(*lower.state_dict(), population=10_000)
+
+
+def test_the_population_is_not_stored_and_must_match_the_sampling_rate(tmp_path: Path) -> None:
+    """The checkpoint held the exact number of users (docs: no exact count of people); the
+    caller passes it again and the stored, rounded sampling rate checks it."""
+    srv = _server(rounds_done=1)
+    path = srv.save(tmp_path / "server.npz")
+    _, meta = _read(path)
+    assert "population" not in meta and "10000" not in json.dumps(meta)
+    with pytest.raises(CheckpointMismatchError, match="population is not the checkpoint's"):
+        FederatedMFServer.load(path, population=5_000)
+    assert FederatedMFServer.load(path, population=10_000).q == srv.q

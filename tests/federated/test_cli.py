@@ -214,3 +214,25 @@ def test_simulate_signs_the_saved_model(tmp_path: Path) -> None:
     nowhere = CliRunner().invoke(app, args)
     assert nowhere.exit_code == 1 and "--sign-key needs --out" in nowhere.output
     assert "FederatedMF rounds" not in nowhere.output
+
+
+def test_the_population_is_in_no_log_or_checkpoint(tmp_path: Path) -> None:
+    """With every user sampled (q = 1) the log printed q × the population — the exact count —
+    and the server checkpoint stored it; both are rounded or gone now (resume passes it)."""
+    import re
+
+    data = _split(tmp_path / "split", n_users=137)
+    ck = tmp_path / "ck"
+    args = [
+        "federated", "simulate", "-d", str(data), "--noise-multiplier", "2", "--rounds", "1",
+        "--clients-per-round", "5000", "--head-items", "10", "--factors", "2", "--seed", "0",
+        "--checkpoint-dir", str(ck),
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    with np.load(ck / "server.npz") as npz:
+        meta_text = npz["__meta__"].tobytes().decode()
+    for name, text in {"log": res.output, "server.npz": meta_text}.items():
+        assert re.search(r"(?<![\d.,])137(?!\d)", text) is None, (name, text[:2000])
+    res = CliRunner().invoke(app, [*args[:-2], "--checkpoint-dir", str(ck), "--rounds", "2"])
+    assert res.exit_code == 0, res.output  # resumes with the population read from the data

@@ -136,7 +136,7 @@ def test_distributed_rule_shrinks_the_head_but_keeps_the_payload_and_events() ->
     np.testing.assert_array_equal(update, noisy[: len(head) * on.config.factors] / a)
     # the payload size survives a checkpoint
     arrays, meta = on.state_dict()
-    back = FederatedMFServer.from_state(arrays, meta)
+    back = FederatedMFServer.from_state(arrays, meta, population=on.population)
     assert back.payload_rows == 500 and back.payload_dim == on.payload_dim
     np.testing.assert_array_equal(back.head_items, head)
 

@@ -225,7 +225,11 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     srv.select_head(srv.count_noise(np.arange(srv.count_dim, dtype=float) % 8))
     srv.apply(np.ones(srv.item_factors.size), 10.0, 4.0)
     path = srv.save(tmp_path / "ck.npz")
-    again = FederatedMFServer.load(path)
+    with pytest.raises(DataError, match="population"):  # not stored: an exact count of people
+        FederatedMFServer.load(path)
+    with np.load(path) as npz:
+        assert '"population"' not in npz["__meta__"].tobytes().decode()
+    again = FederatedMFServer.load(path, population=500)
     np.testing.assert_array_equal(again.item_factors, srv.item_factors)
     np.testing.assert_array_equal(again.adam_m, srv.adam_m)
     np.testing.assert_array_equal(again.head_items, srv.head_items)

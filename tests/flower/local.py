@@ -140,7 +140,9 @@ def reference_round(ckpt: Path, round_: int, matrix: sp.csr_matrix) -> dict[str,
     quantisation bound, and whether the modular sum equals the sum of the survivors' encodings
     recomputed with the same (seeded, test-only) rounding.
     """
-    before = FederatedMFServer.load(ckpt / f"round-{round_ - 1:04d}.npz")
+    before = FederatedMFServer.load(
+        ckpt / f"round-{round_ - 1:04d}.npz", population=matrix.shape[0]
+    )
     agg = np.load(ckpt / f"aggregate-{round_:04d}.npz")
     assert before.head_items is not None
     spec = before.round_spec()
@@ -172,7 +174,7 @@ def reference_round(ckpt: Path, round_: int, matrix: sp.csr_matrix) -> dict[str,
 
 def training_loss(ckpt_file: Path, matrix: sp.csr_matrix) -> float:
     """Mean iALS loss of every user, each solving its vector exactly (as on the device)."""
-    srv = FederatedMFServer.load(ckpt_file)
+    srv = FederatedMFServer.load(ckpt_file, population=matrix.shape[0])
     assert srv.head_items is not None
     y = srv.item_factors
     m = sp.csr_matrix(matrix[:, srv.head_items])

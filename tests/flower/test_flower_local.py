@@ -196,7 +196,7 @@ def test_malicious_server_rounds_sign_and_cross_check_the_survivors(tmp_path: Pa
     assert transport.errors == []
     assert [(e["survivors"], e["aborted"]) for e in round_log(ckpt)] == [(USERS, None)] * 2
     _check_sums(ckpt, [1, 2])
-    g = FederatedMFServer.load(ckpt / "server.npz").guarantee()
+    g = FederatedMFServer.load(ckpt / "server.npz", population=USERS).guarantee()
     assert "malicious server" in g.threat_model
 
 
@@ -322,14 +322,15 @@ def test_garbage_and_impersonation_are_dropped_not_fatal(tmp_path: Path) -> None
 
 def test_training_resumes_from_the_last_checkpoint(tmp_path: Path) -> None:
     _train(tmp_path, LocalTransport(3), rounds=1)
-    after_one = FederatedMFServer.load(tmp_path / "server.npz")
+    after_one = FederatedMFServer.load(tmp_path / "server.npz", population=USERS)
     transport = LocalTransport(3)
     _train(tmp_path, transport, rounds=2)
     assert transport.calls == ["describe", *PHASES]  # only round 2 ran
-    resumed = FederatedMFServer.load(tmp_path / "server.npz")
+    resumed = FederatedMFServer.load(tmp_path / "server.npz", population=USERS)
     assert resumed.round == 2
     np.testing.assert_array_equal(
-        FederatedMFServer.load(tmp_path / "round-0001.npz").item_factors, after_one.item_factors
+        FederatedMFServer.load(tmp_path / "round-0001.npz", population=USERS).item_factors,
+        after_one.item_factors,
     )
     _check_sums(tmp_path, [2])
 
@@ -690,7 +691,7 @@ def test_node_payloads_equal_the_simulated_devices_with_the_head_rule_firing(
     run = {**run_config(tmp_path, head_items=12, noise_multiplier=1.0, head_snr=14.0)}
     config, settings = parse_run_config({**run, "pipeline": False})
     Coordinator(transport, config, settings, say=lambda _: None).run()
-    final = FederatedMFServer.load(tmp_path / "server.npz")
+    final = FederatedMFServer.load(tmp_path / "server.npz", population=USERS)
     assert final.head_items is not None and final.payload_rows == 12
     n_head, k = final.head_items.size, config.factors
     assert 2 <= n_head < 12  # the rule fired
@@ -704,7 +705,7 @@ def test_node_payloads_equal_the_simulated_devices_with_the_head_rule_firing(
     masked = [c for a, c in transport.sent if a == "masked_input"][1:]  # [0]: the count
     assert len(masked) == 2
     for r, contents in enumerate(masked, start=1):
-        before = FederatedMFServer.load(tmp_path / f"round-{r - 1:04d}.npz")
+        before = FederatedMFServer.load(tmp_path / f"round-{r - 1:04d}.npz", population=USERS)
         sim = FederatedSimulation(before.config, matrix, server=before)
         expected, _, _ = sim._payloads(np.arange(USERS), np.ones(USERS, dtype=bool))
         assert expected.shape == (USERS, 12 * k + 1) and not expected[:, n_head * k : -1].any()

@@ -98,8 +98,22 @@ class MembershipResult:
     auc_bound: float | None
     seconds: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, *, exact: bool = False) -> dict[str, Any]:
+        """JSON-friendly dict. By default fit to leave the machine as the evaluation reports
+        are: group sizes to two significant figures, AUCs to 3 decimals and hit rates (counts
+        over the members) to 2 — exact numbers would give the eligible users' count away.
+        ``exact=True`` keeps everything (in-process use)."""
+        d = asdict(self)
+        if exact:
+            return d
+        from privrec.evaluation.protocol import approx_count
+
+        d["members"], d["non_members"] = approx_count(self.members), approx_count(self.non_members)
+        for name in ("auc", "auc_low", "auc_high"):
+            d[name] = round(float(d[name]), 3)
+        for name in ("member_hit_rate", "non_member_hit_rate"):
+            d[name] = round(float(d[name]), 2)
+        return d
 
     def summary(self) -> str:
         eps = "non-private" if self.epsilon is None else f"ε={self.epsilon:.3g}"

@@ -299,7 +299,8 @@ def simulate(
         err_console.print(budget, highlight=False)
         err_console.print(
             f"{label}; {rounded(x.shape[0])} clients, {x.shape[1]:,} items; "
-            f"q = {srv.q:.4g} (≈{srv.expected_clients:.0f} clients/round); "
+            # q × the exact population would give the count away (q = 1: all of it)
+            f"q = {srv.q:.4g} ({rounded(round(srv.expected_clients))} clients/round); "
             f"z = {srv.noise_multiplier:.4g}; aggregation {c.aggregation}"
             + (
                 f", secure sum: {sim._mode_label()}, {c.threat_model} server"

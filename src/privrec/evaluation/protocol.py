@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 _GROUP_METRICS = ("recall", "ndcg")
+#: metrics that are a count of users (or of hits) over the number of users
+_COUNT_RATIOS = frozenset({"hitrate", "precision"})
 
 
 class SupportsRecommend(Protocol):
@@ -126,17 +128,23 @@ class EvaluationResult:
         """Plain JSON-friendly dict (NaN becomes ``None``; keys of ``k`` are strings).
 
         This is what ``privrec evaluate --json`` writes, so by default it is fit to leave the
-        machine: metrics rounded to 4 decimals, user counts to two significant figures
+        machine: metrics rounded to 4 decimals (hit rate and precision, counts over the users, to
+        2), user counts to two significant figures
         (``"≈ 940"``) and activity groups labelled ``Q1``… without the users' exact history
         lengths. ``exact=True`` keeps full precision and exact counts (for in-process use).
         """
 
-        def num(v: float) -> float | None:
+        def num(v: float, places: int = 4) -> float | None:
             out = _json_float(v)
-            return out if out is None or exact else round(out, 4)
+            return out if out is None or exact else round(out, places)
 
+        # a hit rate is (users with a hit) / n, and precision (hits) / (k·n): at 4 decimals a
+        # few of them pin n exactly, so they are written to 2
         metrics = {
-            str(name): {str(k): num(float(self.table.loc[name, k])) for k in self.ks}
+            str(name): {
+                str(k): num(float(self.table.loc[name, k]), 2 if name in _COUNT_RATIOS else 4)
+                for k in self.ks
+            }
             for name in self.table.index
         }
         groups: list[dict[str, Any]] = []

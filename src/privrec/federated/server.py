@@ -765,11 +765,14 @@ class FederatedMFServer:
         rng: np.random.Generator | None = None,
         *,
         public_head: np.ndarray | None = None,
+        population: int | None = None,
     ) -> FederatedMFServer:
         """Rebuild a server from :meth:`state_dict` output (no re-calibration), after checking
         its head and accountant records (:func:`~privrec.federated.server_checkpoint.from_state`;
-        ``public_head`` confirms a public head)."""
-        return server_checkpoint.from_state(cls, arrays, meta, rng, public_head=public_head)
+        ``public_head`` confirms a public head; ``population`` is not stored)."""
+        return server_checkpoint.from_state(
+            cls, arrays, meta, rng, public_head=public_head, population=population
+        )
 
     def save(self, path: str | Path) -> Path:
         """Checkpoint to ``path`` (``.npz`` with the metadata as a JSON byte array)."""
@@ -782,6 +785,9 @@ class FederatedMFServer:
         rng: np.random.Generator | None = None,
         *,
         public_head: np.ndarray | None = None,
+        population: int | None = None,
     ) -> FederatedMFServer:
         """Read a checkpoint written by :meth:`save`, checked as :meth:`from_state` does."""
-        return server_checkpoint.load(cls, path, rng, public_head=public_head)
+        return server_checkpoint.load(
+            cls, path, rng, public_head=public_head, population=population
+        )

@@ -76,12 +76,16 @@ def state_dict(self: FederatedMFServer) -> tuple[dict[str, np.ndarray], dict[str
     meta = {
         "config": self.config.model_dump(mode="json"),
         "n_items": self.n_items,
-        "population": self.population,
+        # not the population (an exact count of people): the caller passes it again on load,
+        # and the sampling rate — rounded up to two significant figures — checks it
+        "sampling_rate": self.q,
         "round": self.round,
         "clip_norm": self.clip_norm,
         "noise_multiplier": self.noise_multiplier,
         "head_noise_multiplier": self.head_noise_multiplier,
-        "clip_count_stddev": self.clip_count_stddev,
+        "clip_count_stddev": None
+        if self.config.clip_count_stddev is None
+        else self.clip_count_stddev,
         "rotation_seed": self.rotation_seed,
         "public_head": self.public_head,
         "has_head": self.head_items is not None,
@@ -101,8 +105,13 @@ def from_state(
     rng: np.random.Generator | None = None,
     *,
     public_head: np.ndarray | None = None,
+    population: int | None = None,
 ) -> FederatedMFServer:
     """Rebuild a server from :meth:`state_dict` output (no re-calibration), checked first.
+
+    ``population`` is the number of users (devices) the run samples from — the data's, or the
+    federation's enrolled nodes. It is not stored (an exact count of people); its sampling rate
+    is, and must come out the same. Checkpoints written before carry it and may omit it.
 
     ``public_head`` confirms the head of a run started with a public head: the checkpoint's
     flag alone cannot say the head came from public data (an edited flag would skip the
@@ -118,14 +127,30 @@ def from_state(
         Malformed state (non-finite noise, arrays that do not fit the head).
     """
     config = FederatedMFConfig.model_validate(meta["config"])
+    if population is None:
+        if "population" not in meta:
+            raise DataError(
+                "resuming needs the population (the number of users the run samples from): "
+                "the checkpoint does not store that count",
+                field="population",
+            )
+        population = int(meta["population"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PrivacyWarning)  # seeded rng re-created: warned at start
-        srv = cls(config, int(meta["n_items"]), int(meta["population"]), rng=rng, _calibrate=False)
+        srv = cls(config, int(meta["n_items"]), int(population), rng=rng, _calibrate=False)
+    stored_q = meta.get("sampling_rate")
+    if stored_q is not None and not math.isclose(float(stored_q), srv.q, rel_tol=1e-9):
+        raise CheckpointMismatchError(
+            "the population is not the checkpoint's: its sampling rate was "
+            f"{float(stored_q):.4g}, these users give {srv.q:.4g} (the noise and the "
+            "accounting were planned for that rate)"
+        )
     srv.round = int(meta["round"])
     srv.clip_norm = float(meta["clip_norm"])
     srv.noise_multiplier = float(meta["noise_multiplier"])
     srv.head_noise_multiplier = float(meta["head_noise_multiplier"])
-    srv.clip_count_stddev = float(meta["clip_count_stddev"])
+    if meta.get("clip_count_stddev") is not None:
+        srv.clip_count_stddev = float(meta["clip_count_stddev"])
     for name in ("noise_multiplier", "head_noise_multiplier"):
         value = getattr(srv, name)
         if not (math.isfinite(value) and value >= 0):
@@ -332,6 +357,7 @@ def load(
     rng: np.random.Generator | None = None,
     *,
     public_head: np.ndarray | None = None,
+    population: int | None = None,
 ) -> FederatedMFServer:
     """Read a checkpoint written by :meth:`save` (checked by :func:`from_state`)."""
     path = Path(path)
@@ -343,4 +369,4 @@ def load(
     if "__meta__" not in arrays:
         raise DataError("not a FederatedMF checkpoint (no metadata)", file=path)
     meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-    return from_state(cls, arrays, meta, rng, public_head=public_head)
+    return from_state(cls, arrays, meta, rng, public_head=public_head, population=population)

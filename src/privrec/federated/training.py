@@ -687,7 +687,11 @@ class FederatedSimulation:
         d = Path(checkpoint_dir)
         if not (d / _CHECKPOINT).exists():
             raise DataError("no checkpoint to resume from", file=d / _CHECKPOINT)
-        server = FederatedMFServer.load(d / _CHECKPOINT, public_head=kwargs.get("head_items"))
+        server = FederatedMFServer.load(
+            d / _CHECKPOINT,
+            public_head=kwargs.get("head_items"),
+            population=sp.csr_matrix(user_items).shape[0],
+        )
         state_path = d / _SIM_STATE
         state: dict[str, Any] = {}
         if state_path.exists():

@@ -138,7 +138,7 @@ class Coordinator(SecureRounds):
     # ------------------------------------------------------------------ discovery    # ------------------------------------------------------------------ setup
     def _start_server(self) -> FederatedMFServer:
         if self.ckpt is not None and self.settings.resume and (self.ckpt / CHECKPOINT).exists():
-            srv = FederatedMFServer.load(self.ckpt / CHECKPOINT)
+            srv = FederatedMFServer.load(self.ckpt / CHECKPOINT, population=self.population)
             if srv.n_items != self.n_items:
                 raise ConfigError(
                     f"checkpoint has {srv.n_items} items, the federation has {self.n_items}"

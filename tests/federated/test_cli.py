@@ -29,6 +29,15 @@ def _split(folder: Path, n_users: int = 120, n_items: int = 20) -> Path:
     return folder
 
 
+def _one_round(data: Path, ck: Path, budget: list[str], *, clients: int) -> list[str]:
+    """``federated simulate`` for one round with a checkpoint (the checkpoint is the last two)."""
+    return [
+        "federated", "simulate", "-d", str(data), *budget, "--rounds", "1",
+        "--clients-per-round", str(clients), "--head-items", "10", "--factors", "2", "--seed", "0",
+        "--checkpoint-dir", str(ck),
+    ]  # fmt: skip
+
+
 def test_simulate_reports_rounds_and_resumes(tmp_path: Path) -> None:
     data = _split(tmp_path / "split")
     ck = tmp_path / "ck"
@@ -105,11 +114,7 @@ def test_resume_keeps_the_runs_settings_and_refuses_conflicts(tmp_path: Path) ->
 def test_extending_an_epsilon_calibrated_run_is_refused(tmp_path: Path) -> None:
     data = _split(tmp_path / "split")
     ck = tmp_path / "ck"
-    start = [
-        "federated", "simulate", "-d", str(data), "--epsilon", "5", "--rounds", "1",
-        "--clients-per-round", "60", "--head-items", "10", "--factors", "2", "--seed", "0",
-        "--checkpoint-dir", str(ck),
-    ]  # fmt: skip
+    start = _one_round(data, ck, ["--epsilon", "5"], clients=60)
     first = CliRunner().invoke(app, start)
     assert first.exit_code == 0, first.output
     assert first.output.startswith("ε asked 5 at δ = 1e-05; each completed round is charged its")
@@ -223,11 +228,7 @@ def test_the_population_is_in_no_log_or_checkpoint(tmp_path: Path) -> None:
 
     data = _split(tmp_path / "split", n_users=137)
     ck = tmp_path / "ck"
-    args = [
-        "federated", "simulate", "-d", str(data), "--noise-multiplier", "2", "--rounds", "1",
-        "--clients-per-round", "5000", "--head-items", "10", "--factors", "2", "--seed", "0",
-        "--checkpoint-dir", str(ck),
-    ]  # fmt: skip
+    args = _one_round(data, ck, ["--noise-multiplier", "2"], clients=5000)
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     with np.load(ck / "server.npz") as npz:

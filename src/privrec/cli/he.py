@@ -131,14 +131,11 @@ def _rank(
     products, from public model arrays and the user's own history only, so encrypted and
     plaintext scoring recommend the same items.
     """
-    from privrec.models.private import rank_head_scores
     from privrec.models.ranking import top_k
 
     head = getattr(model, "head_items_", None)
-    counts = getattr(model, "noisy_counts_", None)
-    if counts is None:
-        counts = getattr(model, "popularity_", None)
-    if head is None or counts is None:
+    rank_head = getattr(model, "_rank_head", None)
+    if head is None or rank_head is None:
         items, scores = client.recommend(response, k=k, seen=seen)
         return np.asarray(items), np.asarray(scores)
     raw = client.decrypt_scores(response)
@@ -147,26 +144,12 @@ def _rank(
         # the model's scores are exactly 0 for a user without head history; the decrypted ones
         # carry CKKS's ~1e-6 error, which standardising would blow up past the popularity prior
         raw = np.zeros_like(raw)
-    beta = float(getattr(model, "popularity_blend_", 0.0))
-    shrink = float(getattr(model, "popularity_shrinkage_", 0.0))
-    ranked = rank_head_scores(
-        raw[head][None, :].astype(np.float32),
-        head,
-        int(model.n_items_),
-        np.asarray(counts),
-        beta,
-        # as the model's own scoring: the per-user blend only when both β and s are on
-        shrinkage=shrink if beta > 0 else 0.0,
-        lengths=np.array([items_row.nnz]),
-        cold=np.array([cold]),
+    ranked = rank_head(
+        raw[head][None, :].astype(np.float32), np.array([items_row.nnz]), np.array([cold])
     )
-    weight = float(getattr(model, "neighbour_blend", 0.0) or 0.0)
-    if weight > 0:  # the same post-processing as the model: its factors, the user's own items
-        from privrec.models.private import blend_neighbours
-
-        ranked = blend_neighbours(
-            ranked, items_row[:, head], model.item_factors_[head], head, weight
-        )
+    with_neighbours = getattr(model, "_with_neighbours", None)
+    if with_neighbours is not None:  # the model's own post-processing of the user's items
+        ranked = with_neighbours(ranked, items_row)
     ranked[0, np.asarray(seen, dtype=np.int64)] = -np.inf
     items, scores = top_k(ranked, int(min(max(k, 0), ranked.shape[1])))
     return items[0], scores[0]

@@ -26,7 +26,7 @@ from privrec.models.dp_rules import resolve_popularity_blend, resolve_shrinkage
 from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.private import (
     PrivateRecommender,
-    head_item_scores,
+    rank_head_scores,
     read_blend_state,
     read_fold,
     read_head_items,
@@ -269,14 +269,23 @@ class FederatedMF(PrivateRecommender):
     def _scores_from_factors(self, u: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
         # factor scores blended with the released noisy counts, per user by history length
         # (no history: the noisy popularity of the head); post-processing
-        return head_item_scores(
-            u,
-            self.item_factors_,
+        scores = u @ self.item_factors_[self.head_items_].T
+        return self._rank_head(scores, lengths, cold=~np.any(u != 0, axis=1))
+
+    def _rank_head(
+        self, scores: np.ndarray, lengths: np.ndarray | None, cold: np.ndarray | None
+    ) -> np.ndarray:
+        """The ranking half of the scoring, from raw head scores ``u·Vᵀ`` (also a
+        private-scoring client's, on its decrypted scores)."""
+        return rank_head_scores(
+            scores,
             self.head_items_,
+            self.item_factors_.shape[0],
             self.popularity_,
             self.popularity_blend_,
             shrinkage=self.popularity_shrinkage_,
             lengths=lengths,
+            cold=cold,
         )
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:

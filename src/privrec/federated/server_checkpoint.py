@@ -83,9 +83,6 @@ def state_dict(self: FederatedMFServer) -> tuple[dict[str, np.ndarray], dict[str
         "clip_norm": self.clip_norm,
         "noise_multiplier": self.noise_multiplier,
         "head_noise_multiplier": self.head_noise_multiplier,
-        "clip_count_stddev": None
-        if self.config.clip_count_stddev is None
-        else self.clip_count_stddev,
         "rotation_seed": self.rotation_seed,
         "public_head": self.public_head,
         "has_head": self.head_items is not None,
@@ -149,8 +146,6 @@ def from_state(
     srv.clip_norm = float(meta["clip_norm"])
     srv.noise_multiplier = float(meta["noise_multiplier"])
     srv.head_noise_multiplier = float(meta["head_noise_multiplier"])
-    if meta.get("clip_count_stddev") is not None:
-        srv.clip_count_stddev = float(meta["clip_count_stddev"])
     for name in ("noise_multiplier", "head_noise_multiplier"):
         value = getattr(srv, name)
         if not (math.isfinite(value) and value >= 0):

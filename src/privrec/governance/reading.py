@@ -459,14 +459,18 @@ class LedgerBase:
                 .where(tbl.Artifact.version_id.in_(list(holding)))
                 .order_by(tbl.Artifact.id)
             ).all()
+            withdrawn_by_dataset: dict[int, float | None] = {}
             for r in rows:
                 policy = Policy.from_json(r.policy_json)
+                if r.dataset_id not in withdrawn_by_dataset:  # one query per dataset
+                    found = _withdrawals(conn, r.dataset_id, policy, h)
+                    withdrawn_by_dataset[r.dataset_id] = found.get(int(h, 16))
+                withdrawn = withdrawn_by_dataset[r.dataset_id]
                 req = conn.execute(
                     sa.select(sa.func.min(tbl.Deletion.requested_at)).where(
                         tbl.Deletion.dataset_id == r.dataset_id, tbl.Deletion.user_hash == h
                     )
                 ).scalar_one()
-                withdrawn = _withdrawals(conn, r.dataset_id, policy, h).get(int(h, 16))
                 out.append(
                     UserLineage(
                         _artifact_record(r, ()),
@@ -513,10 +517,11 @@ class LedgerBase:
                     .join(tbl.DatasetVersion, tbl.DatasetVersion.id == tbl.Artifact.version_id)
                     .where(tbl.Artifact.dataset_id == ds.id)
                 ).all()
+                del_keys, wd_keys = _keys(dels), _keys(wds)  # once per dataset
                 for a in arts:
                     members = np.frombuffer(a.members, dtype="<u8")
-                    first_del = _first_after(dels, members, a.created_at)
-                    first_wd = _first_after(wds, members, a.created_at)
+                    first_del = _first_after(dels, del_keys, members, a.created_at)
+                    first_wd = _first_after(wds, wd_keys, members, a.created_at)
                     due = _due(a.created_at, policy, first_del, first_wd)
                     if due is not None:
                         out.append(
@@ -567,11 +572,17 @@ def _withdrawals(
     return {k: t for k, t in began.items() if t is not None}
 
 
-def _first_after(events: dict[int, float], members: np.ndarray, created_at: float) -> float | None:
-    """The earliest event at or after ``created_at`` of anyone in ``members``."""
+def _keys(events: dict[int, float]) -> np.ndarray:
+    return np.fromiter(events, dtype=np.uint64, count=len(events))
+
+
+def _first_after(
+    events: dict[int, float], keys: np.ndarray, members: np.ndarray, created_at: float
+) -> float | None:
+    """The earliest event at or after ``created_at`` of anyone in ``members`` (``keys``: the
+    events' people, as :func:`_keys` gives them)."""
     if not events:
         return None
-    keys = np.fromiter(events, dtype=np.uint64, count=len(events))
     times = [events[int(k)] for k in keys[np.isin(keys, members)]]
     times = [t for t in times if t >= created_at]
     return min(times) if times else None

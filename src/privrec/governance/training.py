@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import subprocess
 from collections import Counter
 from collections.abc import Callable
@@ -304,8 +305,6 @@ def _atomic_save(
     if claim is None:
         path: Path = model.save(output, include_user_data=include_user_data, **signed)
         return path
-    import os
-
     target = claim.path
     tmp = target.with_name(f".{target.stem}.{os.getpid()}.release.npz")
     raced = PolicyViolation(

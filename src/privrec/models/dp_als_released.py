@@ -21,7 +21,7 @@ from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.private import (
     PrivateRecommender,
     blend_neighbours,
-    head_item_scores,
+    rank_head_scores,
     read_blend_state,
     read_fold,
     read_head_items,
@@ -59,17 +59,26 @@ class ReleasedItemFactors(PrivateRecommender):
 
     def _scores_from_factors(self, u: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
         """Catalogue scores; ``lengths`` (the users' own history lengths) set the per-user blend."""
+        scores = u @ self.item_factors_[self.head_items_].T
+        return self._rank_head(scores, lengths, cold=~np.any(u != 0, axis=1))
+
+    def _rank_head(
+        self, scores: np.ndarray, lengths: np.ndarray | None, cold: np.ndarray | None
+    ) -> np.ndarray:
+        """The ranking half of the scoring, from raw head scores ``u·Vᵀ`` — also what a
+        private-scoring client applies to its decrypted scores (``privrec he score``)."""
         shrink = getattr(self, "popularity_shrinkage_", 0.0)
         # the per-user blend only when both β and the shrinkage are on (β + s/n_u)
         per_user = lengths is not None and shrink > 0 and self.popularity_blend_ > 0
-        return head_item_scores(
-            u,
-            self.item_factors_,
+        return rank_head_scores(
+            scores,
             self.head_items_,
+            self.item_factors_.shape[0],
             self.noisy_counts_,
             self.popularity_blend_,
             shrinkage=shrink if per_user else 0.0,
             lengths=lengths if per_user else None,
+            cold=cold,
         )
 
     def _score_users(self, users: np.ndarray) -> np.ndarray:

@@ -188,7 +188,7 @@ def _plain_language(sm: ServedModel, g: dict[str, Any] | None) -> str:
             "reveal the people it was trained on."
         )
     text = str(g["explanation"])
-    if not sm.private and getattr(sm.model, "_released_only", True) is False:
+    if not getattr(sm.model, "_released_only", True):
         text += (
             " WARNING: this file also stores the training users and interactions, which the "
             "guarantee does NOT cover: it is no private release."

@@ -103,3 +103,31 @@ def test_a_head_outside_the_catalogue_is_a_typed_refusal(tmp_path: Path) -> None
         }
         with pytest.raises(ConfigError, match="head"):
             silo._compute(meta, arrays)
+
+
+def test_silo_refuses_item_factors_that_change_the_layout(tmp_path: Path) -> None:
+    """A stats job whose item factors have other columns than the configured factors.
+
+    5 head items × 2 factors and 1 head item × 4 factors give statistics of the same length,
+    so the servers (which check the plan's length) would accept both — but with the first the
+    silos' high-sensitivity entries land where the servers add the Gramian's smaller noise.
+    Found by a hostile review on 2026-12-07 (noise std 8.75 where 44.2 was accounted).
+    """
+    roster, ids = setup_keys(tmp_path, 1)
+    x = sp.csr_matrix(np.eye(5, 20))
+    silo = Silo(ids["silo1"], roster, x, timeout=5, config=CONFIG)
+    meta = {**_job(), "method": CONFIG.method, "adaptive_exponent": CONFIG.adaptive_exponent,
+            "alpha0": CONFIG.alpha0, "user_regularization": CONFIG.user_regularization}  # fmt: skip
+    head = np.arange(5)
+    good = {"head": head, "counts_h": np.full(5, 3.0), "y": np.full((5, CONFIG.factors), 0.1)}
+    assert silo._compute(meta, good).ndim == 1
+    lies = [
+        {**good, "y": np.full((5, 2), 0.1)},  # other factors: another layout, same length
+        {**good, "y": np.full((4, CONFIG.factors), 0.1)},  # a row missing
+        {**good, "counts_h": np.full(3, 3.0)},  # too few counts (was an IndexError)
+        {**good, "counts_h": np.array([1.0, np.nan, 1, 1, 1])},
+        {**good, "y": np.full((5, CONFIG.factors), np.inf)},
+    ]
+    for arrays in lies:
+        with pytest.raises(ConfigError):
+            silo._compute(meta, arrays)

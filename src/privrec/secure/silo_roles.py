@@ -565,12 +565,36 @@ class Silo:
             return silo_gram(
                 self.x[:, head], float(meta["max_contribution"]), int(meta["max_per_user"]), rng
             )
-        key = head.tobytes() + np.asarray(arrays["counts_h"]).tobytes()
+        counts_h = np.asarray(arrays["counts_h"], dtype=np.float64)
+        y = np.asarray(arrays["y"], dtype=np.float64)
+        # The statistics' layout (Gramian, item blocks) follows from the head size and the
+        # number of factors; the servers size each segment's noise from the plan's head size and
+        # the configured factors. A job whose y has other columns could give a layout of the
+        # same length whose high-sensitivity entries land in low-noise segments: refused.
+        factors = getattr(self.config, "factors", None)
+        if (
+            y.ndim != 2
+            or y.shape[0] != head.size
+            or (factors is not None and y.shape[1] != factors)
+        ):
+            raise ConfigError(
+                f"the job's item factors have shape {y.shape}, expected ({head.size}, "
+                f"{factors if factors is not None else 'k'}): one row per head item and the "
+                "configured number of factors"
+            )
+        if counts_h.shape != head.shape or not np.all(np.isfinite(counts_h)):
+            raise ConfigError(
+                f"the job's head counts have shape {counts_h.shape} or non-finite values, "
+                f"expected {head.size} finite counts"
+            )
+        if not np.all(np.isfinite(y)):
+            raise ConfigError("the job's item factors are not finite")
+        key = head.tobytes() + counts_h.tobytes()
         if self._weights is None or self._weights[0] != key:
             xh = binary(self.x[:, head])
             w = user_weights(
                 xh,
-                arrays["counts_h"],
+                counts_h,
                 str(meta["method"]),
                 int(meta["max_per_user"]),
                 float(meta["adaptive_exponent"]),
@@ -581,7 +605,7 @@ class Silo:
         return silo_statistics(
             xh,
             w,
-            np.asarray(arrays["y"], dtype=np.float64),
+            y,
             alpha0=float(meta["alpha0"]),
             user_regularization=float(meta["user_regularization"]),
             clip_norm=float(meta["clip_norm"]),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import scipy.stats
 from typer.testing import CliRunner
 
@@ -248,7 +249,20 @@ def test_cli_monitor_through_a_ledger_applies_the_policy(tmp_path: Path):
         assert res.exit_code == 1 and "OutputPathError" in res.output
         analyst = Ledger.connect(url, key)
         assert analyst.history("ts") == [] and analyst.history("no-ts") == []
-        out = tmp_path / "w.json"
+        # refused before the ledger records any access: a bad window length, a bad δ, a model
+        # whose catalogue is not the data's (until 2026-12-07 the first window was charged)
+        logged = len(owner.audit_log(limit=1000))
+        for bad in (["--days", "0"], ["--days", "1e-9"], ["--delta", "0.5"]):
+            res = CliRunner().invoke(app, [*run, "--dataset", "ts", *bad], env=env)
+            assert res.exit_code in (1, 2) and "Error" in res.output, (bad, res.output)
+        from privrec.models import Popularity
+
+        small = tmp_path / "small.npz"
+        Popularity().fit(sp.csr_matrix(np.ones((3, 7), dtype=np.float32))).save(small)
+        res = CliRunner().invoke(app, [*run, "--dataset", "ts", "--model", str(small)], env=env)
+        assert res.exit_code == 1 and "catalogue" in res.output, res.output
+        assert len(owner.audit_log(limit=1000)) == logged and analyst.history("ts") == []
+        out = tmp_path / "new" / "w.json"  # a folder that does not exist yet is created
         res = CliRunner().invoke(app, [*run, "--dataset", "ts", "--json", str(out)], env=env)
         assert res.exit_code == 1 and "BudgetExceededError" in res.output  # 9 windows > ε = 2
         shown = json.loads(out.read_text())
@@ -256,3 +270,29 @@ def test_cli_monitor_through_a_ledger_applies_the_policy(tmp_path: Path):
         assert len(analyst.history("ts", limit=None)) == len(shown["windows"])
     finally:
         dispose_engines()
+
+
+def test_quality_split_is_secret_and_per_user() -> None:
+    """One user moves the recall sum by at most 1 in expectation over the secret split.
+
+    Until 2026-12-07 the hidden halves came from one key array seeded by the window number
+    and indexed by position: removing one user re-split everyone after them, and the released
+    sum moved by up to ~7 while its noise was sized for 1. Now the keys are i.i.d. draws of the
+    monitor's generator (a CSPRNG), so the other users' splits have the same distribution with
+    or without the user, and the expected sums differ by that user's recall alone (≤ 1).
+    """
+    from privrec.models.ease import EASE
+
+    stream = synthetic_stream(5, users_per_window=400, n_items=120, seed=0)
+    model = EASE(regularization=50.0).fit(sp.vstack(stream[:3]))
+    w = sp.csr_matrix(stream[4])
+    without = sp.csr_matrix(w[1:])  # the first user removed
+    sums: dict[str, list[float]] = {"with": [], "without": []}
+    for _ in range(30):
+        mon = DriftMonitor(MonitorConfig(epsilon_per_window=1.0), 120, model=model)
+        sums["with"].append(mon._quality_sum(w)[0])
+        sums["without"].append(mon._quality_sum(without)[0])
+    a, b = np.asarray(sums["with"]), np.asarray(sums["without"])
+    assert np.std(a) > 0  # a fresh secret split each time, not a public seed
+    se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
+    assert -4 * se <= a.mean() - b.mean() <= 1 + 4 * se

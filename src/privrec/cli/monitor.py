@@ -64,6 +64,7 @@ def _table(reports: list[Any]) -> Table:
 
 def _write(path: Path | None, reports: list[Any], extra: dict[str, Any]) -> None:
     if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)  # check_output allowed a new folder
         path.write_text(
             json.dumps({**extra, "windows": [r.to_dict() for r in reports]}, indent=2) + "\n"
         )
@@ -93,6 +94,7 @@ def monitor_run(
 ) -> None:
     """Monitor a timestamped interaction file window by window."""
     from privrec.monitor import DriftMonitor, LedgerWindowCharge, time_windows
+    from privrec.monitor.streams import check_windows
 
     with handle_errors():
         check_output(json_out)  # before any window is charged
@@ -109,11 +111,16 @@ def monitor_run(
                 stacklevel=1,
             )
         x = load_data(data, fmt)
+        # δ against the raw data's size before the ledger records an access (checked again on
+        # what the policy keeps, which can only be fewer users)
+        check_delta_for_data({"epsilon": epsilon, "delta": delta, "unit": "user"}, x, False)
+        check_windows(x, days)
         rec = None
         if model is not None:
             from privrec.models import load_model
 
             rec = load_model(model)
+            DriftMonitor(cfg, x.n_items, model=rec)  # a catalogue mismatch is refused here
         charge = None
         if dataset is not None:
             from privrec.governance import Ledger

@@ -46,7 +46,7 @@ import pydantic
 import scipy.sparse as sp
 import scipy.stats
 
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, DataError
 from privrec.privacy.accounting import calibrate, epsilon_of
 from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import sample_per_user
@@ -179,6 +179,15 @@ class DriftMonitor:
     ) -> None:
         if n_items < 1:
             raise ConfigError(f"n_items must be >= 1, found {n_items}")
+        model_items = getattr(model, "n_items_", None)
+        if model is not None and model_items is not None and int(model_items) != int(n_items):
+            # refused here, before the first window is charged, not when it is scored
+            raise DataError(
+                "the model's catalogue differs from the monitored data's",
+                field="n_items",
+                expected=str(int(model_items)),
+                found=int(n_items),
+            )
         self.config = config
         self.n_items = int(n_items)
         self.model = model
@@ -290,8 +299,12 @@ class DriftMonitor:
         if rows.size == 0:
             return 0.0, 0.0
         sub = sp.csr_matrix(x[rows])
-        # which half is hidden is data-independent randomness (not privacy noise)
-        keys = np.random.default_rng(len(self.reports)).random(sub.nnz)
+        # Which half is hidden: i.i.d. secret keys, one per (user, item), from the monitor's own
+        # generator (a CSPRNG unless seeded). Each user's split is then independent of everyone
+        # else's, so one user moves the sums by at most (1, 1). Keys from a public seed indexed
+        # by position (as until 2026-12-07) made every later user's split depend on whether an
+        # earlier user was there: one user could move the recall sum by ~7.
+        keys = self._rng.random(sub.nnz)
         row_of = np.repeat(np.arange(rows.size), np.diff(sub.indptr))
         order = np.lexsort((keys, row_of))
         rank = np.empty(sub.nnz, dtype=np.int64)

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from privrec.errors import ConfigError
 
-__all__ = ["synthetic_stream", "time_windows"]
+__all__ = ["check_windows", "synthetic_stream", "time_windows"]
 
 Shift = Literal["none", "popularity", "activity", "quality"]
 SHIFTS: tuple[str, ...] = ("none", "popularity", "activity", "quality")
@@ -92,6 +92,35 @@ def synthetic_stream(
 MAX_WINDOWS = 10_000
 
 
+def _window_index(data: Any, days: float) -> tuple[np.ndarray, float, float]:
+    if not (days > 0 and np.isfinite(days)):
+        raise ConfigError(f"window length must be a finite number of days > 0, found {days}")
+    ts = getattr(data, "timestamps", None)
+    if ts is None:
+        raise ConfigError("the data has no timestamps: windows by time need them")
+    t = np.asarray(ts, dtype=np.float64)
+    if t.size == 0:
+        return t, 0.0, -1.0
+    w = np.floor(t / (days * 86400.0))
+    first, last = float(w.min()), float(w.max())
+    if last - first + 1 > MAX_WINDOWS:
+        raise ConfigError(
+            f"the timestamps span {last - first + 1:.3g} windows of {days:g} days "
+            f"(at most {MAX_WINDOWS:,}): use longer windows or check the timestamps"
+        )
+    return w, first, last
+
+
+def check_windows(data: Any, days: float) -> int:
+    """Validate ``days`` against ``data`` as :func:`time_windows` would and count the windows.
+
+    Cheap (no window is built): the CLI calls it on the raw data before the ledger records an
+    access, so a bad window length is refused with nothing written.
+    """
+    _, first, last = _window_index(data, days)
+    return int(last - first) + 1
+
+
 def time_windows(data: Any, days: float) -> list[sp.csr_matrix]:
     """Split timestamped interactions into consecutive windows of ``days``.
 
@@ -104,22 +133,10 @@ def time_windows(data: Any, days: float) -> list[sp.csr_matrix]:
     window). Every window keeps the whole item space; rows are the data's users (users without
     interactions in a window have empty rows).
     """
-    if not (days > 0 and np.isfinite(days)):
-        raise ConfigError(f"window length must be a finite number of days > 0, found {days}")
-    ts = getattr(data, "timestamps", None)
-    if ts is None:
-        raise ConfigError("the data has no timestamps: windows by time need them")
-    m = sp.csr_matrix(data.matrix)
-    t = np.asarray(ts, dtype=np.float64)
-    if t.size == 0:
+    w, first, last = _window_index(data, days)
+    if w.size == 0:
         return []
-    w = np.floor(t / (days * 86400.0))
-    first, last = float(w.min()), float(w.max())
-    if last - first + 1 > MAX_WINDOWS:
-        raise ConfigError(
-            f"the timestamps span {last - first + 1:.3g} windows of {days:g} days "
-            f"(at most {MAX_WINDOWS:,}): use longer windows or check the timestamps"
-        )
+    m = sp.csr_matrix(data.matrix)
     w = (w - first).astype(np.int64)
     rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
     order = np.argsort(w, kind="stable")

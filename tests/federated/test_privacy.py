@@ -374,3 +374,33 @@ def test_counting_round_default_share_and_epsilon_are_pinned() -> None:
     assert count_epsilon_fraction(1.0, 1e-5, 9_951, 10, 1.0) == count_epsilon_fraction(
         1.0, 1e-5, 9_960, 10, 1.0
     )
+
+
+def test_abort_boundary_probability_is_pinned_and_warned_for_small_cohorts() -> None:
+    """Whether an attempt aborts is decided on counts one user changes by one; the chance of
+    that boundary over a run is pinned here (exact binomial) and warned about past δ/10."""
+    from privrec.errors import PrivacyWarning
+    from privrec.federated.aborts import abort_flip_probability, warn_if_aborts_matter
+
+    # a cohort of 10 needing 8 honest of 10 sampled: flips at s = 7 → 8 only
+    assert abort_flip_probability(20, 0.5, 8, 8, 40, 0.0) == pytest.approx(
+        0.5 * math.comb(19, 7) / 2**19, rel=1e-12
+    )
+    assert abort_flip_probability(1, 0.5, 2, 1, 10, 0.0) == 0.0
+
+    def server(population: int, cohort: int, rounds: int) -> FederatedMFServer:
+        cfg = FederatedMFConfig(
+            epsilon=5.0, delta=1e-5, rounds=rounds, clients_per_round=cohort, factors=4,
+            aggregation="distributed",
+        )  # fmt: skip
+        return FederatedMFServer(cfg, 50, population)
+
+    with pytest.warns(PrivacyWarning, match="abort on counts one user decides"):
+        small = server(400, 100, 3)
+    assert warn_if_aborts_matter(small) == pytest.approx(1.8e-3, rel=0.05)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrivacyWarning)
+        large = server(6040, 2000, 30)  # the ml-1m benchmark's shape
+    assert warn_if_aborts_matter(large) < 1e-20

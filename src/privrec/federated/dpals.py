@@ -34,8 +34,10 @@ Privacy
     the rounds with dp-accounting's RDP accountant. The rounds' noise multipliers are central
     DPALS's (:func:`privrec.models.dp_als.dpals_event`, calibrated under RDP), nudged up until
     the discrete bound meets them. A round with fewer survivors than planned is aborted before
-    anything is decoded (less noise would mean a larger ε than announced); more survivors only
-    add noise. Everything after the decoded sums is central DPALS's post-processing.
+    anything is decoded (less noise would mean a larger ε than announced); the server pads each
+    sum to the (public) enrolled device count's noise shares, so neighbouring sums differ in one
+    device's vector, never in their number of shares (docs/distributed_dp.md, "Neighbouring
+    relation"). Everything after the decoded sums is central DPALS's post-processing.
 
 Simulation modes (``secure=``)
     ``"full"``: every device encodes (clip, rotate, round, noise) and the real SecAgg+ state
@@ -88,7 +90,8 @@ from privrec.models.dp_rules import (
 from privrec.privacy.accounting import calibrate, epsilon_of
 from privrec.privacy.bounds import LENGTH_EDGES, LENGTHS_LABEL, length_histogram
 from privrec.privacy.contribution import draw_salt, sample_per_user
-from privrec.privacy.distributed import ZERO_OUT_GAP, DistributedDPConfig, DistributedDPEncoder
+from privrec.privacy.distributed import NEIGHBOURING_NOTE, DistributedDPConfig, DistributedDPEncoder
+from privrec.privacy.distributed.encoder import padding_generator
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.postprocessing import diagonal_solve, project_psd, shared_solve
@@ -410,8 +413,10 @@ class FederatedDPALS(DPALS):
                 f"{c.min_survivor_fraction:.0%} of the devices to survive, and the noise is sized "
                 f"for those survivors less {c.corrupt_fraction:.0%} of all devices colluding with "
                 "the server and removing their own noise shares); the released model is (ε, δ)-DP "
-                "per user without a trusted server." + ZERO_OUT_GAP + " Joint DP for each user's "
-                "own list. " + devices.description
+                "per user without a trusted server."
+                + NEIGHBOURING_NOTE
+                + " Joint DP for each user's own list. "
+                + devices.description
             ),
         )
         del self._rng, self._config, self._devices
@@ -641,7 +646,8 @@ class SimulatedDevices:
         if self.secure == "aggregate":
             total = np.asarray(vectors[alive].sum(axis=0), dtype=np.float64).ravel()
             plan = enc.plan
-            std = plan.gamma * math.sqrt(survivors * (plan.local_variance + 0.25))
+            # max_clients noise shares after the server's padding, the survivors' rounding
+            std = plan.gamma * math.sqrt(plan.max_clients * plan.local_variance + survivors / 4)
             return SumResult(total + self.rng.standard_normal(total.shape) * std, survivors)
         dense = vectors.toarray()
         ids = np.flatnonzero(alive)
@@ -667,7 +673,8 @@ class SimulatedDevices:
             n, enc.encoded_dim, enc.bits, lambda i: full[i], crash=crash,
             mode=self.secure, min_survivors=n_min,
         )  # fmt: skip
-        decoded = enc.decode(res.sum, len(res.survivors))
+        pad_rng = padding_generator(self.seed, "dpals", task.label, 0)
+        decoded = enc.decode(res.sum, len(res.survivors), rng=pad_rng)
         return SumResult(decoded, len(res.survivors), device_s)
 
 

@@ -28,7 +28,10 @@ Privacy (shared by both variants)
     ``z_Δ = (z⁻² − (2σ_b)⁻²)^(-1/2)``. Rounds are ``PoissonSampledDpEvent(q, Gaussian(z))``
     composed over the rounds with the PLD accountant (central) or, for distributed DP, the
     RDP-dominating event of the KLS21 bound for the fewest honest survivors a completed round
-    can have (``noise_shares``), Poisson-sampled, with the RDP accountant. One counting round
+    can have (``noise_shares``), Poisson-sampled, with the RDP accountant. The server pads every
+    sum to ``max_clients`` noise shares before decoding, so adding a user changes the sum's
+    signal but not how many noise shares it holds — what the bound and amplification by
+    sampling assume (docs/distributed_dp.md, "Neighbouring relation"). One counting round
     always runs first (:func:`client_count_vector`): indicators of at most B = ``count_bound``
     of the user's items, each of weight ``√(B/((B + 1)·m))`` for ``m = min(n_u, B)``
     (``count_weighting="length"``; ``"uniform"``: ``1/√(B + 1)``), and a one-hot of their

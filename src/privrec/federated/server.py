@@ -16,6 +16,7 @@ import numpy as np
 
 from privrec.errors import ConfigError, DataError, InvalidInputError, PrivacyWarning
 from privrec.federated import server_checkpoint, server_counting
+from privrec.federated.aborts import warn_if_aborts_matter
 from privrec.federated.accounting import (
     calibrate_multiplier,
     count_epsilon_fraction,
@@ -304,6 +305,7 @@ class FederatedMFServer:
             )
             if c.aggregation == "distributed":
                 self._meet_budget_at_worst_case(budget)
+                warn_if_aborts_matter(self)
         if c.adaptive_clipping and self.noise_multiplier > 0:
             split_noise(self.noise_multiplier, self.clip_count_stddev)  # validates 2σ_b > z
         self._encoder = None

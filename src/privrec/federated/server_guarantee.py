@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from privrec import __version__
 from privrec.privacy.accounting import AccountantKind
-from privrec.privacy.distributed import ZERO_OUT_GAP
+from privrec.privacy.distributed import NEIGHBOURING_NOTE
 from privrec.privacy.guarantee import PrivacyGuarantee
 from privrec.privacy.units import PrivacyUnit
 
@@ -49,7 +49,7 @@ def server_guarantee(self: FederatedMFServer) -> PrivacyGuarantee:
             "amplification by Poisson sampling, which holds for everyone who sees only the "
             "released item factors; the aggregation server knows which devices took part, "
             f"and against it the guarantee is ε = {eps_server:.4g} (no amplification)."
-            + ZERO_OUT_GAP
+            + NEIGHBOURING_NOTE
             if eps_server is not None
             else "distributed DP with secure aggregation (nothing released yet)"
         )

@@ -45,7 +45,7 @@ from privrec.federated.dpals import (
 from privrec.federated.flower.codec import ddp_to_json, get_str
 from privrec.federated.flower.node import NodeData, warn_seeded
 from privrec.federated.flower.rounds import DeploySettings, RoundLog, SecureRounds, Transport
-from privrec.privacy.distributed import DistributedDPEncoder
+from privrec.privacy.distributed import DistributedDPEncoder, padding_generator
 from privrec.secure.secagg import RoundConfig
 
 __all__ = ["DPALSCoordinator", "FlowerDevices", "dpals_payloads", "parse_dpals_run_config"]
@@ -153,7 +153,8 @@ class FlowerDevices:
             entry.survivors = n_surv
             entry.dropped = {p: len(v) for p, v in result.dropped.items()}
             entry.epsilon = r.model.epsilon_spent(with_next_round=True)  # this round included
-            decoded = enc.decode(result.sum, n_surv)
+            pad_rng = padding_generator(self.seed, "dpals", task.label, attempt)
+            decoded = enc.decode(result.sum, n_surv, rng=pad_rng)
             entry.seconds = time.perf_counter() - t0
             r._log(entry)
             n = max(int(ids.size), 1)

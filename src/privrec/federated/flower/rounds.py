@@ -79,7 +79,10 @@ class DeploySettings:
         Where the server state is written after every completed round (``""``: nowhere).
     save_aggregates
         Also write each round's decoded (noised) sum, the survivors and the pre-round state —
-        what the server saw, for audits and tests.
+        what the server saw, for audits and tests. These files are the server's own view: they
+        name who took part and hold the sum *before* the server's padding, so only the
+        guarantee against the server covers them (``epsilon_against_server``, no
+        amplification); keep them with the server's secrets, never publish them.
     max_retries
         Aborted attempts tolerated per round.
     resume

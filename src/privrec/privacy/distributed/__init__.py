@@ -20,14 +20,16 @@ Client (:meth:`DistributedDPEncoder.encode`)
     6. wrap to ``[0, 2^b)`` (``uint64``), ready for the SecAgg masked-input phase.
 
 Server (:meth:`DistributedDPEncoder.decode`)
-    map the modular sum to the signed range ``[-2^(b-1), 2^(b-1))``, multiply by ``γ``, undo
-    the rotation, drop the padding and optionally divide by the number of survivors.
+    add ``max_clients − survivors`` phantom noise shares (drawn like a client's), map the
+    modular sum to the signed range ``[-2^(b-1), 2^(b-1))``, multiply by ``γ``, undo the
+    rotation, drop the zero-padding and optionally divide by the number of survivors.
 
 Privacy
     Unit: one client's whole update (the client is the privacy unit, which is the user when a
-    client holds one user's data). Neighbouring relation: the surviving set with one client's
-    update replaced by zero (equivalently added/removed while the other survivors' noise is
-    present). Sensitivity: ``Δ2`` (L2) and ``Δ1 = min(Δ2², sqrt(D)·Δ2)`` (L1) on the integer
+    client holds one user's data). Neighbouring relation: one client added or removed — the
+    bounds need the two sums to hold equally many noise shares, which the server's padding to
+    ``max_clients`` shares guarantees (against the server itself, which knows who took part:
+    the client's update replaced by zero, honest shares only). Sensitivity: ``Δ2`` (L2) and ``Δ1 = min(Δ2², sqrt(D)·Δ2)`` (L1) on the integer
     grid, guaranteed by conditional rounding. Accounting:
 
     * discrete Gaussian — the Rényi-DP bound for a **sum of n independent discrete Gaussians**
@@ -69,12 +71,16 @@ Layout
 from __future__ import annotations
 
 from privrec.privacy.distributed.bounds import DEFAULT_BETA as DEFAULT_BETA
+from privrec.privacy.distributed.bounds import NEIGHBOURING_NOTE as NEIGHBOURING_NOTE
 from privrec.privacy.distributed.bounds import RDP_ORDERS as RDP_ORDERS
-from privrec.privacy.distributed.bounds import ZERO_OUT_GAP as ZERO_OUT_GAP
 from privrec.privacy.distributed.bounds import Mechanism as Mechanism
 from privrec.privacy.distributed.bounds import ddg_rdp, skellam_rdp
 from privrec.privacy.distributed.bounds import rounded_l2_bound as rounded_l2_bound
-from privrec.privacy.distributed.encoder import DistributedDPConfig, DistributedDPEncoder
+from privrec.privacy.distributed.encoder import (
+    DistributedDPConfig,
+    DistributedDPEncoder,
+    padding_generator,
+)
 from privrec.privacy.distributed.noise import sample_discrete_gaussian, sample_skellam
 from privrec.privacy.distributed.plan import (
     DistributedDPPlan,
@@ -89,6 +95,7 @@ __all__ = [
     "DistributedGuarantee",
     "calibrate_distributed",
     "ddg_rdp",
+    "padding_generator",
     "sample_discrete_gaussian",
     "sample_skellam",
     "skellam_rdp",

@@ -22,8 +22,8 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_BETA",
+    "NEIGHBOURING_NOTE",
     "RDP_ORDERS",
-    "ZERO_OUT_GAP",
     "Mechanism",
     "ddg_rdp",
     "rounded_l2_bound",
@@ -36,14 +36,19 @@ Mechanism = Literal["dgauss", "skellam"]
 #: grid keeps the two mechanisms comparable.
 RDP_ORDERS: tuple[int, ...] = (*range(2, 129), *range(132, 257, 4), *range(272, 1025, 16))
 
-#: What the bounds' neighbouring relation covers, for threat-model texts: KLS21 and AKL21 compare
-#: sums in which one client's update is replaced by zero while its noise share stays in the sum.
-#: Under add/remove the share leaves too, and the neighbouring sums also differ in variance — a
-#: term not covered (docs/distributed_dp.md, "Known gap").
-ZERO_OUT_GAP = (
-    " The per-round bound is proven for a user's update replaced by zero with their device's "
-    "noise share kept (zero-out); if the share leaves too (strict add/remove), ε is a few "
-    "percent higher (documented gap, docs/distributed_dp.md)."
+#: The neighbouring relations the stated guarantees cover, for threat-model texts. KLS21 and
+#: AKL21 bound sums in which one client's update is replaced by zero while the number of noise
+#: shares stays the same; the server's padding (``DistributedDPEncoder.decode``) keeps that
+#: number fixed at ``max_clients`` whoever takes part, which is what makes add/remove hold
+#: (docs/distributed_dp.md, "Neighbouring relation").
+NEIGHBOURING_NOTE = (
+    " Neighbouring relation: one user added or removed, for everyone who sees only the "
+    "released sums — the server pads every sum with phantom noise shares (drawn like a "
+    "device's) up to the largest cohort a round accepts, so the noise does not depend on who "
+    "took part. Against the aggregation server, which knows who took part and its own phantom "
+    "noise, it is the user's data replaced by nothing (their device still takes part), and "
+    "only honest devices' shares count. Assumed public: the number of enrolled devices (it "
+    "sets the sampling rate, the cohort bounds and each device's noise share)."
 )
 
 #: Default probability that one conditional-rounding attempt exceeds ``Δ2`` (KLS21's β). Small,

@@ -8,6 +8,7 @@ budget, the public rotation seed); :class:`DistributedDPEncoder` resolves it onc
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -23,14 +24,28 @@ from privrec.privacy.distributed.plan import (
     calibrate_distributed,
 )
 from privrec.privacy.hadamard import rotate, rotation_signs, unrotate
-from privrec.privacy.randomness import secure_generator
+from privrec.privacy.randomness import secure_generator, seeded_generator
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["DistributedDPConfig", "DistributedDPEncoder"]
+__all__ = ["DistributedDPConfig", "DistributedDPEncoder", "padding_generator"]
 
 #: Conditional-rounding attempts per row before giving up: each fails with probability ≤ β, so
 #: running out has probability ≤ β^200.
 _MAX_ROUNDING_TRIES = 200
+
+
+def padding_generator(seed: int | None, *where: object) -> np.random.Generator:
+    """The server's generator for the phantom noise shares of one release (:meth:`decode`).
+
+    ``seed=None`` (every private run): a fresh ChaCha20 CSPRNG. A seed (tests only, already
+    warned by the caller): ChaCha20 keyed from the seed and ``where`` (round, attempt, task), so
+    a simulation and a Flower run of the same seeded task pad with the same draws.
+    """
+    if seed is None:
+        return secure_generator()
+    tag = "/".join(str(w) for w in (int(seed), *where))
+    digest = hashlib.sha256(f"privrec-padding/{tag}".encode()).digest()
+    return seeded_generator(int.from_bytes(digest[:8], "little"), warn=False)
 
 
 class DistributedDPConfig(pydantic.BaseModel):
@@ -84,7 +99,9 @@ class DistributedDPEncoder:
     scaled and conditionally rounded clipped update, wrapped modulo ``2^b``.
     Sensitivity: ``Δ2 = plan.delta2``, ``Δ1 = plan.delta1`` on the integer grid (conditional
     rounding makes them hold for every encoded vector). Privacy unit: one client's update.
-    Neighbouring relation: the survivors' updates with one client's update replaced by zero.
+    Neighbouring relation: one client's update added or removed — :meth:`decode` pads the sum to
+    ``max_clients`` noise shares, so the noise does not change with it (against the server,
+    which knows who took part, the update replaced by zero).
     Accounting: KLS21 Prop. 14 (dgauss) or AKL21 Thm. 3.5 (Skellam), as an RDP curve converted
     by dp-accounting; :meth:`guarantee_for` gives the guarantee for the true survivor count.
 
@@ -203,12 +220,52 @@ class DistributedDPEncoder:
             return signed
         return u.view(np.int64)
 
-    def decode(self, sum_mod: np.ndarray, n_survivors: int, *, mean: bool = False) -> np.ndarray:
+    def share_noise(self, n_shares: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The sum of ``n_shares`` independent noise shares, each exactly a client's (int64).
+
+        Discrete Gaussian shares are drawn one by one (a sum of discrete Gaussians is not one,
+        and KLS21's bound is for the sum of i.i.d. shares), in blocks of about four million
+        values; a Skellam sum is one Skellam draw of the summed variance (exact).
+        """
+        k = int(n_shares)
+        d = self.plan.padded_dim
+        gen = secure_generator() if rng is None else rng
+        if k <= 0:
+            return np.zeros(d, dtype=np.int64)
+        if self.plan.mechanism == "skellam":
+            return sample_skellam(k * self.plan.local_variance, d, gen)
+        sigma = math.sqrt(self.plan.local_variance)
+        out = np.zeros(d, dtype=np.int64)
+        rows = max(1, (1 << 22) // d)
+        for start in range(0, k, rows):
+            m = min(rows, k - start)
+            out += sample_discrete_gaussian(sigma, (m, d), gen).sum(axis=0)
+        return out
+
+    def decode(
+        self,
+        sum_mod: np.ndarray,
+        n_survivors: int,
+        *,
+        mean: bool = False,
+        pad: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
         """Server side: the modular sum over ``n_survivors`` clients → float sum (or mean).
+
+        With ``pad`` (the default, and what every release must use) the server first adds
+        ``max_clients − n_survivors`` phantom noise shares, drawn exactly like a client's, so the
+        released sum always carries ``max_clients`` shares: its noise no longer depends on how
+        many devices took part, and adding or removing one user's device changes only the
+        signal. Without it the neighbouring sums also differ in variance — a difference the
+        per-round bound does not cover and amplification by sampling turns into a large one
+        (docs/distributed_dp.md, "Neighbouring relation"). The phantom noise is known to the
+        server, so against the server only the honest clients' shares count, as before.
+        ``rng`` draws the phantom shares (default: a fresh CSPRNG).
 
         Raises :class:`DataError` on a wrong length, out-of-range values, or more survivors than
         ``max_clients`` (the overflow bound would not hold). Report
-        ``self.guarantee_for(n_survivors)`` to the accountant, not the planned budget.
+        ``self.guarantee_for(honest survivors)`` to the accountant, not the planned budget.
         """
         n = _check_count(n_survivors, "n_survivors")
         if n > self.plan.max_clients:
@@ -226,7 +283,13 @@ class DistributedDPEncoder:
                 expected=f"({self.plan.padded_dim},)",
                 found=s.shape,
             )
-        signed = self.unwrap(s).astype(np.float64) * self.plan.gamma
+        signed_int = self.unwrap(s)
+        if pad and n < self.plan.max_clients:
+            # the padded sum is still within the overflow bound: it is sized for max_clients
+            signed_int = self.unwrap(
+                self.wrap(signed_int + self.share_noise(self.plan.max_clients - n, rng))
+            )
+        signed = signed_int.astype(np.float64) * self.plan.gamma
         out = unrotate(signed, self._signs, self.plan.dim)
         return out / n if mean else out
 

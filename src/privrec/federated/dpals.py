@@ -32,7 +32,8 @@ Privacy
     least ``min_survivors`` honest devices; its Rényi-DP bound is KLS21's (Prop. 14), recorded
     as a dominating ``GaussianDpEvent`` (:meth:`DistributedDPPlan.dp_event`) and composed over
     the rounds with dp-accounting's RDP accountant. The rounds' noise multipliers are central
-    DPALS's (:func:`privrec.models.dp_als.dpals_event`, calibrated under RDP), nudged up until
+    DPALS's (:func:`privrec.models.dp_als.dpals_event`, calibrated under RDP at the integer
+    orders the bound is proven at), nudged up until
     the discrete bound meets them. A round with fewer survivors than planned is aborted before
     anything is decoded (less noise would mean a larger ε than announced); the server pads each
     sum to the (public) enrolled device count's noise shares, so neighbouring sums differ in one
@@ -168,7 +169,7 @@ class FederatedDPALS(DPALS):
         events = [p.event for p in planned[:done]]
         if not events:
             return 0.0
-        return epsilon_of(events, self.delta, kind="rdp", unit=PrivacyUnit.USER)
+        return epsilon_of(events, self.delta, "rdp", PrivacyUnit.USER, integer_orders=True)
 
     rounds_: list[dict[str, Any]]
 
@@ -287,6 +288,7 @@ class FederatedDPALS(DPALS):
             lambda s: dpals_event(s, iterations, b_plan, ratios, r_len, c.lhs),
             kind="rdp",
             unit=c.unit,
+            integer_orders=True,  # the orders the bound is proven at, and the ledger's
         )
         self.noise_scale_, self.iterations_ = sigma, iterations
         step_norm = _step_norm(ratios, b_plan, c.lhs)
@@ -680,11 +682,8 @@ class SimulatedDevices:
 
 # ------------------------------------------------------------------------------- helpers
 def _label(kind: str) -> str:
-    if kind == "lengths":
-        return LENGTHS_LABEL + " (secure sum)"
-    if kind == "counts":
-        return "noisy item counts (secure sum)"
-    return f"{kind}: noisy Gramian and item statistics (secure sum)"
+    fixed = {"lengths": LENGTHS_LABEL, "counts": "noisy item counts"}
+    return fixed.get(kind, f"{kind}: noisy Gramian and item statistics") + " (secure sum)"
 
 
 def _step_norm(ratios: tuple[float, float, float, float], b_plan: int, lhs: str) -> float:

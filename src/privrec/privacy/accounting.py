@@ -124,8 +124,14 @@ def epsilon_of(
     delta: float,
     kind: AccountantKind | str = AccountantKind.PLD,
     unit: PrivacyUnit = PrivacyUnit.USER,
+    *,
+    integer_orders: bool = False,
 ) -> float:
     """ε at ``delta`` of the composition of ``events``.
+
+    ``integer_orders`` (RDP only): convert at :data:`INTEGER_RDP_ORDERS` — for events whose RDP
+    curve is proven only at integer orders (distributed discrete noise), and the orders the
+    ledger composes such charges at, so a model and its ledger state the same ε.
 
     >>> import dp_accounting
     >>> round(epsilon_of(dp_accounting.GaussianDpEvent(1.0), 1e-5), 2)
@@ -138,9 +144,19 @@ def epsilon_of(
         # The PLD of one Gaussian mechanism is known in closed form (Balle & Wang 2018);
         # dp-accounting evaluates it exactly instead of on a discretised grid.
         return float(dp_accounting.get_epsilon_gaussian(event.noise_multiplier, delta))
-    acc = make_accountant(kind, unit)
+    acc = _accountant(kind, unit, integer_orders)
     acc.compose(event)
     return float(acc.get_epsilon(delta))
+
+
+def _accountant(
+    kind: AccountantKind, unit: PrivacyUnit, integer_orders: bool
+) -> dp_accounting.PrivacyAccountant:
+    if integer_orders and kind is AccountantKind.RDP:
+        return rdp.RdpAccountant(
+            orders=list(INTEGER_RDP_ORDERS), neighboring_relation=unit.relation
+        )
+    return make_accountant(kind, unit)
 
 
 def calibrate(
@@ -149,8 +165,11 @@ def calibrate(
     kind: AccountantKind | str = AccountantKind.PLD,
     unit: PrivacyUnit = PrivacyUnit.USER,
     bracket: tuple[float, float] = _BRACKET,
+    *,
+    integer_orders: bool = False,
 ) -> float:
-    """Smallest noise multiplier σ whose event meets ``budget``.
+    """Smallest noise multiplier σ whose event meets ``budget`` (``integer_orders``: see
+    :func:`epsilon_of`).
 
     ``event_factory(σ)`` builds the whole training's event for multiplier σ
     (e.g. every step's Gaussian events composed). dp-accounting's Brent search
@@ -163,7 +182,7 @@ def calibrate(
     lo, hi = bracket
 
     def eps(z: float) -> float:
-        return epsilon_of(event_factory(z), budget.delta, kind, unit)
+        return epsilon_of(event_factory(z), budget.delta, kind, unit, integer_orders=integer_orders)
 
     # Bracket by doubling from 1: tiny multipliers make PLD grids enormous, so never probe them blindly.
     upper = 1.0
@@ -192,7 +211,7 @@ def calibrate(
     else:
 
         def fresh() -> dp_accounting.PrivacyAccountant:
-            return make_accountant(kind, unit)
+            return _accountant(_kind(kind), unit, integer_orders)
 
         sigma = float(
             dp_accounting.calibrate_dp_mechanism(

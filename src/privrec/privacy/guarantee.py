@@ -126,11 +126,14 @@ class PrivacyGuarantee(pydantic.BaseModel):
         not_released: list[str],
         threat_model: str,
         seeded_noise: bool,
+        integer_orders: bool = False,
     ) -> PrivacyGuarantee:
+        """The guarantee of ``spent``; ``integer_orders`` for events proven only at integer RDP
+        orders (:func:`~privrec.privacy.accounting.epsilon_of`)."""
         from privrec import __version__
 
         kind = AccountantKind(accountant)
-        eps = epsilon_of(total_event(spent), delta, kind, unit)
+        eps = epsilon_of(total_event(spent), delta, kind, unit, integer_orders=integer_orders)
         out = cls(
             epsilon=eps,
             delta=delta,
@@ -188,15 +191,16 @@ class PrivacyGuarantee(pydantic.BaseModel):
         The events are composed once (the costly part for sampled or RDP events) and the
         results are kept, so verifying and explaining a guarantee compose them only once.
 
-        RDP with Poisson-sampled events (FederatedMF) is composed at
-        :data:`~privrec.privacy.accounting.INTEGER_RDP_ORDERS` — the orders FederatedMF's own
-        accountant and the ledger use — because dp-accounting's fractional-order series for a
-        subsampled Gaussian is slow (seconds for a few dozen distinct rounds). ε at fewer
-        orders is still a valid bound, never below the one at more orders; ``dense=True``
-        forces dp-accounting's default (denser) orders.
+        RDP is composed at :data:`~privrec.privacy.accounting.INTEGER_RDP_ORDERS` — the orders
+        the distributed models' bounds are proven at and the ledger uses, and fast where
+        dp-accounting's fractional-order series for a subsampled Gaussian is slow (seconds for
+        a few dozen distinct rounds). ε at fewer orders is still a valid bound, never below the
+        one at more orders; ``dense=True`` forces dp-accounting's default (denser) orders.
         """
         event = simplify(total_event(self.spent_events))
-        integer = not dense and self.accountant is AccountantKind.RDP and _has_sampling(event)
+        # RDP at the integer orders: the only ones distributed discrete noise is proven at
+        # (FederatedDPALS has no sampling), and a valid — never smaller — ε for every event
+        integer = not dense and self.accountant is AccountantKind.RDP
         if integer != self._integer_orders:
             self._eps_cache.clear()
             self._integer_orders = integer
@@ -354,16 +358,6 @@ class PrivacyGuarantee(pydantic.BaseModel):
     def from_json(cls, text: str) -> PrivacyGuarantee:
         """Parse a guarantee (not yet verified: :meth:`verify` or :meth:`explain` check it)."""
         return cls.model_validate(json.loads(text))
-
-
-def _has_sampling(event: dp_accounting.DpEvent) -> bool:
-    if isinstance(event, dp_accounting.PoissonSampledDpEvent):
-        return True
-    if isinstance(event, dp_accounting.SelfComposedDpEvent):
-        return _has_sampling(event.event)
-    if isinstance(event, dp_accounting.ComposedDpEvent):
-        return any(_has_sampling(e) for e in event.events)
-    return False
 
 
 def _exp(eps: float) -> str:

@@ -103,8 +103,12 @@ def test_a_user_in_the_wrong_file_is_refused(shards: Path, tmp_path: Path) -> No
     (s0, f0), (_, f1) = src.shard_files()[:2]
     t0, t1 = pq.read_table(f0), pq.read_table(f1)
     pq.write_table(pa.concat_tables([t0, t1.slice(0, 1)]), f0)  # one of shard 1's users in 0
-    with pytest.raises(DataError, match="wrong shard"):
+    with pytest.raises(DataError, match="wrong shard") as err:
         src.read_shards([(s0, f0)], src.item_catalogue())
+    # no raw user id in the message (it was "found np.int64(…)"): the file and a count instead
+    n_users = len(set(t0.column("user").to_pylist())) + 1
+    assert err.value.found == f"1 of its {n_users} users belong to other shards"
+    assert err.value.file == str(f0) and "np.int64" not in str(err.value)
 
 
 def test_one_user_id_in_two_integer_widths_is_one_shard_and_refused_mixed(

@@ -73,3 +73,54 @@ def test_row_keys_of_the_wrong_length_are_refused() -> None:
         sample_per_user(m, 2, None, salt=1, row_keys=np.arange(2, dtype=np.uint64))
     with pytest.raises(ConfigError, match="salt"):
         sample_per_user(m, 2, None)
+
+
+@pytest.mark.parametrize("kind", ["float", "str"])
+def test_one_worker_refuses_its_files_holding_user_ids_of_two_types(
+    tmp_path: Path, kind: str
+) -> None:
+    """A worker reads its files one at a time: the type check must span them (2 and 2.0 would
+    be two people), with the single-machine reader's DataError."""
+    from privrec.errors import DataError
+
+    from .conftest import write_mixed_user_types
+
+    write_mixed_user_types(tmp_path / "d", kind)
+    src = ParquetSource.open(tmp_path / "d")
+    with pytest.raises(DataError, match="user id type differs") as single:
+        src.to_interactions()
+    (part,) = [Partition(src, shards, 1) for shards in src.assign(1)]
+    with pytest.raises(DataError, match="user id type differs") as worker:
+        part.load(src.item_catalogue(), None)
+    assert worker.value.found == single.value.found
+    assert part.data is None
+
+
+def test_dpals_prepare_retried_on_a_prepared_worker_is_a_no_op(shards: Path) -> None:
+    """The driver retries dpals_prepare on every worker when one was lost during it: the
+    survivors (their full matrix already dropped) must accept the same call again."""
+    from privrec.errors import EngineError
+
+    (part,) = _partitions(ParquetSource.open(shards), 1)
+    head, counts = np.arange(50), np.linspace(1.0, 50.0, 50)
+    part.dpals_prepare(head, counts, "uniform", 10, 0.5, 77)
+    weights = part.weights.copy()
+    part.dpals_prepare(head, counts, "uniform", 10, 0.5, 77)  # the retry
+    assert (part.weights != weights).nnz == 0
+    with pytest.raises(EngineError, match="holds no data"):
+        part.dpals_prepare(head, counts, "uniform", 10, 0.5, 78)  # not a retry: refused
+
+
+def test_a_workers_data_warnings_are_kept_for_the_driver(tmp_path: Path) -> None:
+    from privrec.errors import DataWarning
+
+    from .conftest import write_duplicate_rows
+
+    write_duplicate_rows(tmp_path / "d")
+    src = ParquetSource.open(tmp_path / "d")
+    (part,) = [Partition(src, shards, 1) for shards in src.assign(1)]
+    part.load(src.item_catalogue(), None)
+    got = part.take_warnings()
+    assert [c for c, _ in got] == [DataWarning, DataWarning]  # one per shard file
+    assert sum(int(m.split()[0]) for _, m in got) == 60 and "duplicate" in got[0][1]
+    assert part.take_warnings() == []  # handed over once

@@ -37,6 +37,7 @@ from privrec.errors import DataError
 __all__ = [
     "MANIFEST",
     "ParquetSource",
+    "UserTypes",
     "shard_path",
     "user_shard",
     "write_manifest",
@@ -69,6 +70,36 @@ def user_shard(user_ids: np.ndarray, n_shards: int) -> np.ndarray:
 
 def _file(directory: Path, shard: int) -> Path:
     return directory / f"part-{shard:05d}.parquet"
+
+
+@dataclass
+class UserTypes:
+    """The user id column type of the shard files read so far, and the first file that had it.
+
+    One id stored as ``2`` in one file and ``2.0`` or ``"2"`` in another hashes to two shards
+    and becomes two users: the same person would be clipped, sampled and counted twice. So
+    every file must store user ids in one type (a worker checks its own files with one of these;
+    the driver compares the workers' types the same way).
+    """
+
+    type: str | None = None
+    file: Path | None = None
+
+    def see(self, user_type: str | None, file: Path | None) -> None:
+        """Record ``file``'s user column type; :class:`DataError` if it differs from the first."""
+        if user_type is None:
+            return
+        if self.type is None:
+            self.type, self.file = user_type, file
+        elif user_type != self.type:
+            raise DataError(
+                "the user id type differs between shard files (the same id in two types would "
+                "be two people)",
+                file=file,
+                field="user",
+                expected=f"{self.type} (as in {self.file.name if self.file else 'the first file'})",
+                found=user_type,
+            )
 
 
 @dataclass(frozen=True)
@@ -186,22 +217,52 @@ class ParquetSource:
         ids = np.asarray(seen.to_numpy(zero_copy_only=False))
         return np.asarray(pd.Index(ids).sort_values())
 
+    def item_id_kind(self) -> str:
+        """The numpy kind of the stored item ids (``"i"``, ``"u"``, ``"f"``; ``"U"`` for text…).
+
+        Read from the first shard file's footer (its schema), not its rows: the driver converts
+        a text catalogue to the data's id type with it, as ``on_catalogue`` does on one machine.
+        """
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        files = self.shard_files()
+        if not files:
+            raise DataError("the shard directory holds no shard files", file=self.path)
+        f = files[0][1]
+        try:
+            t = pq.read_schema(f).field("item").type
+        except Exception as exc:  # pyarrow raises several unrelated types for bad files
+            raise DataError("not a readable Parquet shard", file=f, found=str(exc)[:200]) from None
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return "U"
+        try:
+            return str(np.dtype(t.to_pandas_dtype()).kind)
+        except (NotImplementedError, TypeError):
+            return "O"
+
     # ----------------------------------------------------------------- reading
     def read_shards(
-        self, shards: list[tuple[int, Path]], item_ids: np.ndarray
+        self,
+        shards: list[tuple[int, Path]],
+        item_ids: np.ndarray,
+        *,
+        user_types: UserTypes | None = None,
     ) -> Interactions | None:
         """The interactions of the given shards as one :class:`Interactions` (a worker's part).
 
         Columns and duplicates are treated as the single-machine loaders treat them
         (``Interactions.from_arrays``: duplicate pairs summed with a warning; ``binarize``);
         items outside ``item_ids`` are an error. Users are checked against their shard.
-        Returns ``None`` when the shards are empty.
+        ``user_types`` carries the user column type across calls (a worker reads its files one
+        at a time): files whose user id types differ are refused, since ``2`` and ``2.0`` (or
+        ``"2"``) would be two people with the same id. Returns ``None`` when the shards are empty.
         """
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         tables = []
-        user_type = None
+        types = user_types if user_types is not None else UserTypes()
         for shard, f in shards:
             try:
                 t = pq.read_table(f, columns=list(self.columns))
@@ -209,27 +270,18 @@ class ParquetSource:
                 raise DataError(
                     "not a readable Parquet shard", file=f, found=str(exc)[:200]
                 ) from None
-            if user_type is None:
-                user_type = t.schema.field("user").type
-            elif t.schema.field("user").type != user_type:  # the same id could then be two users
-                raise DataError(
-                    "the user id type differs between shard files",
-                    file=f,
-                    field="user",
-                    expected=str(user_type),
-                    found=str(t.schema.field("user").type),
-                )
+            types.see(str(t.schema.field("user").type), f)
             if t.num_rows:
                 users = np.asarray(t.column("user").unique().to_numpy(zero_copy_only=False))
                 wrong = user_shard(users, self.n_shards) != shard
-                if wrong.any():
+                if wrong.any():  # counts only: an error message never holds a user id
                     raise DataError(
                         "a user is in the wrong shard file (every interaction of a user must be "
                         "in the file of their hash; rewrite the directory with write_user_shards)",
                         file=f,
                         field="user",
-                        expected=f"users of shard {shard}",
-                        found=users[np.flatnonzero(wrong)[0]],
+                        expected=f"only users of shard {shard}",
+                        found=f"{int(wrong.sum())} of its {len(users)} users belong to other shards",
                     )
                 tables.append(t)
         if not tables:

@@ -15,20 +15,29 @@ in-process.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import os
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.engine.parquet import ParquetSource
+from privrec.engine.parquet import ParquetSource, UserTypes
+from privrec.errors import EngineError
 from privrec.models.base import _empty_csr
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["Partition", "PolicyFilter", "merge_policy_reports"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,19 @@ def _fingerprint(data: Interactions) -> str:
     return content_hash(data)
 
 
+def _relayed(
+    method: Callable[Concatenate[Partition, _P], _R],
+) -> Callable[Concatenate[Partition, _P], _R]:
+    """Run a worker call recording its warnings (:meth:`Partition.take_warnings`)."""
+
+    @functools.wraps(method)
+    def call(self: Partition, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._recording():
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class Partition:
     """The users of some shards and everything the training computes per user (one worker)."""
 
@@ -107,13 +129,42 @@ class Partition:
         self.row_keys = np.zeros(0, dtype=np.uint64)
         self._partial: tuple[np.ndarray, ...] = ()
         self._n_items = 0
+        #: warnings raised here since the driver last asked (:meth:`take_warnings`)
+        self._warnings: list[tuple[type[Warning], str]] = []
+        #: what the last ``dpals_prepare`` was computed from (its retry is then a no-op)
+        self._prepared: str | None = None
+
+    @contextlib.contextmanager
+    def _recording(self) -> Iterator[None]:
+        """Keep the warnings raised inside (they would die with this process): the driver
+        re-emits them in the calling process, as a single-machine fit would have shown them."""
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            try:
+                yield
+            finally:
+                self._warnings.extend((w.category, str(w.message)) for w in seen)
+
+    def take_warnings(self) -> list[tuple[type[Warning], str]]:
+        """The warnings recorded since the last call (and forget them)."""
+        out, self._warnings = self._warnings, []
+        return out
 
     # ------------------------------------------------------------- loading
+    @_relayed
     def load(self, item_ids: np.ndarray, policy: PolicyFilter | None) -> dict[str, Any]:
-        """Read the shards (one at a time), apply the policy; returns sizes and the policy report."""
+        """Read the shards (one at a time), apply the policy; returns sizes and the policy report.
+
+        Also returns the user id column type of the files (``user_type``, and ``user_type_file``
+        the first file that had it): the driver compares the workers' types before any user id
+        is compared or counted, as the single-machine reader compares its files'.
+        """
+        self.data = None  # a new fit: nothing of an earlier one is kept
+        self._prepared = None
+        types = UserTypes()
         parts = []
         for shard in self.shards:
-            part = self.source.read_shards([shard], item_ids)
+            part = self.source.read_shards([shard], item_ids, user_types=types)
             if part is not None:
                 parts.append(part)
         data = (
@@ -150,12 +201,15 @@ class Partition:
             "report": report,
             "hash": digest,
             "fingerprint": fingerprint,
+            "user_type": types.type,
+            "user_type_file": None if types.file is None else str(types.file),
         }
 
     def sorted_user_ids(self) -> np.ndarray:
         assert self.data is not None
         return np.sort(np.asarray(self.data.user_ids))
 
+    @_relayed
     def set_row_keys(self, *all_sorted_ids: np.ndarray) -> None:
         """Each user's row in the whole (policy-filtered) data set: the sampling key.
 
@@ -205,6 +259,7 @@ class Partition:
         return float(r.ru_utime + r.ru_stime)
 
     # ---------------------------------------------------------- statistics
+    @_relayed
     def length_histogram(self, n_items: int) -> None:
         """Partial history-length histogram (:func:`~privrec.privacy.bounds.length_histogram`).
 
@@ -216,6 +271,7 @@ class Partition:
         x = self.binary()
         self._partial = (length_histogram(np.diff(x.indptr), max_length=n_items),)
 
+    @_relayed
     def bounded_counts(self, unit: PrivacyUnit, max_per_user: int, salt: int | None) -> None:
         """Partial item counts, bounded per unit as :func:`~privrec.models.dp_popularity.bounded_counts`."""
         from privrec.models.dp_popularity import bounded_counts
@@ -227,6 +283,7 @@ class Partition:
         counts, _ = bounded_counts(x, unit, max_per_user, None, salt=salt, row_keys=self.row_keys)
         self._partial = (counts,)
 
+    @_relayed
     def ease_gram(
         self,
         head: np.ndarray,
@@ -248,6 +305,7 @@ class Partition:
         self._partial = (gram,)
 
     # ---------------------------------------------------------------- DPALS
+    @_relayed
     def dpals_prepare(
         self,
         head: np.ndarray,
@@ -257,7 +315,26 @@ class Partition:
         adaptive_exponent: float,
         salt: int | None,
     ) -> None:
-        """Head columns and the per-user weights ``c_uj`` (Σ_j c_uj² ≤ B), as ``DPALS.fit`` builds them."""
+        """Head columns and the per-user weights ``c_uj`` (Σ_j c_uj² ≤ B), as ``DPALS.fit`` builds them.
+
+        The full matrix is dropped afterwards (the steps need only the head columns and the
+        weights), so this call cannot simply run twice. When a worker is lost during it, the
+        driver retries it on every worker: a survivor that already prepared from the same
+        arguments has nothing to do (the weights are a deterministic function of them and of its
+        data), while the replacement, which re-read its shards, computes them.
+        """
+        key = hashlib.sha256(
+            repr((method, max_per_user, adaptive_exponent, salt)).encode()
+            + np.ascontiguousarray(head, dtype=np.int64).tobytes()
+            + np.ascontiguousarray(counts_head, dtype=np.float64).tobytes()
+        ).hexdigest()
+        if self.data is None:
+            if self._prepared == key:
+                return  # a retry after another worker was lost: this one is done
+            raise EngineError(
+                "dpals_prepare on a worker that holds no data (not loaded, or already prepared "
+                "with other arguments)"
+            )
         from privrec.privacy.contribution import adaptive_weights, sample_per_user
 
         xh = sp.csr_matrix(self.binary()[:, head])
@@ -278,8 +355,10 @@ class Partition:
             )
         self.xh, self.weights = xh, w
         self.data = None  # the head matrix and the weights are all the steps need
+        self._prepared = key
         self._xs: dict[int, np.ndarray] = {-1: np.zeros((xh.shape[0], 0), np.float32)}
 
+    @_relayed
     def dpals_step(
         self,
         step: int,

@@ -35,21 +35,26 @@ from earlier steps are replayed from the broadcast item factors, so the retried 
 exactly what the first attempt would have. Noise is drawn only after a reduce has succeeded, so
 a retry draws none and records no event: a ledger is charged once. After ``max_retries``
 failures of one call, :class:`~privrec.errors.WorkerLostError` (nothing was released).
+A fit that fails for any reason stops its workers (they would hold the cluster's CPUs, and the
+next fit could not start); warnings the workers raised are re-emitted in the calling process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from privrec.engine.parquet import ParquetSource
+from privrec.engine.parquet import ParquetSource, UserTypes
 from privrec.engine.partition import Partition, PolicyFilter, merge_policy_reports
-from privrec.errors import ConfigError, EngineError, PrivrecError, WorkerLostError
+from privrec.errors import ConfigError, DataError, EngineError, PrivrecError, WorkerLostError
 from privrec.models.releases import ReleaseHook
 
 __all__ = ["RayEngine", "WorkerGroup"]
@@ -114,6 +119,9 @@ class WorkerGroup:
                 break
         try:  # an actor that cannot be placed (too few free CPUs) would wait forever
             ray.get([a.ping.remote() for a in self.actors], timeout=engine.ping_timeout)
+        except _failure_types() as exc:  # a worker died while starting
+            self.kill()
+            raise EngineError(f"a worker died while starting: {exc}") from None
         except ray.exceptions.GetTimeoutError:
             self.kill()
             raise EngineError(
@@ -175,6 +183,7 @@ class WorkerGroup:
                         "read different data): nothing more is computed; train again on a "
                         "directory that does not change during the fit"
                     )
+            ray.get(fresh.take_warnings.remote())  # the replayed calls' were shown already
             self.actors[i] = fresh
             self.replaced += 1
 
@@ -240,9 +249,19 @@ class WorkerGroup:
 
         return tuple(self._retrying(name, attempt))
 
+    def relay_warnings(self) -> None:
+        """Re-emit, in this process, the warnings the workers' calls raised (a worker's
+        ``DataWarning`` about merged duplicates is shown as the single-machine reader shows it)."""
+        for got in self.call_all("take_warnings"):
+            for category, message in got:
+                warnings.warn(message, category, stacklevel=4)
+
     def kill(self) -> None:
+        """Stop every actor of the group (after a failed fit: nothing of it is reused)."""
+        ray = _ray()
         for a in self.actors:
-            _ray().kill(a, no_restart=True)
+            with contextlib.suppress(Exception):  # never hide the failure that led here
+                ray.kill(a, no_restart=True)
 
     def release(self) -> None:
         """Hand the actors back to the engine: the next fit on the same shards reuses them
@@ -282,18 +301,28 @@ class RayEngine:
         object_store_memory: int | None = None,
         ping_timeout: float = 60.0,
     ) -> None:
-        if num_workers < 1:
-            raise ConfigError(f"num_workers must be >= 1, found {num_workers}")
-        if threads_per_worker < 1:
-            raise ConfigError(f"threads_per_worker must be >= 1, found {threads_per_worker}")
-        if max_retries < 0:
-            raise ConfigError(f"max_retries must be >= 0, found {max_retries}")
+        # checked here, before a cluster is started: a bad value would fail late and untyped
+        if address is not None and not isinstance(address, str):
+            raise ConfigError(f"address must be a string or None, found {type(address).__name__}")
         self.address = address
-        self.num_workers = num_workers
-        self.threads_per_worker = threads_per_worker
-        self.max_retries = max_retries
-        self.object_store_memory = object_store_memory
-        self.ping_timeout = ping_timeout
+        self.num_workers = _count("num_workers", num_workers, 1)
+        self.threads_per_worker = _count("threads_per_worker", threads_per_worker, 1)
+        self.max_retries = _count("max_retries", max_retries, 0)
+        self.object_store_memory = (
+            None
+            if object_store_memory is None
+            else _count("object_store_memory", object_store_memory, 1)
+        )
+        if (
+            isinstance(ping_timeout, bool)
+            or not isinstance(ping_timeout, (int, float, np.integer, np.floating))
+            or not math.isfinite(ping_timeout)
+            or ping_timeout <= 0
+        ):
+            raise ConfigError(
+                f"ping_timeout must be a finite number of seconds > 0, found {ping_timeout!r}"
+            )
+        self.ping_timeout = float(ping_timeout)
         self._started = False
         self._idle: dict[tuple[Any, ...], list[Any]] = {}
         #: the workers of the last fit (kept for inspection: bytes reduced, replacements)
@@ -361,18 +390,39 @@ class RayEngine:
         item_ids: Any = None,
         policy: PolicyFilter | None = None,
     ) -> tuple[WorkerGroup, np.ndarray, int, int]:
-        """Start the workers on ``data``: read, filter, key; returns (group, catalogue, users, nnz)."""
-        self.connect()
+        """Start the workers on ``data``: read, filter, key; returns (group, catalogue, users, nnz).
+
+        The inputs are checked before the cluster is touched. If anything fails once the
+        workers exist (a bad shard, mixed user id types…), they are stopped: a failed start
+        holds no CPUs, so the next fit can start.
+        """
         source = data if isinstance(data, ParquetSource) else ParquetSource.open(data)
-        catalogue = _catalogue(source, item_ids)
         assignment = [a for a in source.assign(self.num_workers) if a]
         if not assignment:
             raise ConfigError(f"{source.path} has no shard files")
+        catalogue = _catalogue(source, item_ids)
+        self.connect()
         group = WorkerGroup(self, source, assignment)
         self.last_group = group
+        try:
+            self._load(group, catalogue, policy)
+        except BaseException:
+            group.kill()
+            raise
+        return (group, catalogue, *self.last_sizes)
+
+    def _load(
+        self, group: WorkerGroup, catalogue: np.ndarray, policy: PolicyFilter | None
+    ) -> list[dict[str, Any]]:
         ray = _ray()
         catalogue_ref = ray.put(catalogue)
-        loaded = group.call_all("load", catalogue_ref, policy, setup=True)
+        loaded: list[dict[str, Any]] = group.call_all("load", catalogue_ref, policy, setup=True)
+        # each worker checked its own files; one person stored as 2 on one worker and 2.0 or
+        # "2" on another would be two users: refused before any id is compared or counted
+        types = UserTypes()
+        for r in loaded:
+            where = r.get("user_type_file")
+            types.see(r.get("user_type"), None if where is None else Path(where))
         self.last_policy_report = (
             merge_policy_reports([r["report"] for r in loaded]) if policy is not None else None
         )
@@ -385,7 +435,8 @@ class RayEngine:
         ids = [ray.put(i) for i in group.call_all("sorted_user_ids")]
         group.call_all("set_row_keys", *ids, setup=True)
         self.last_sizes = (sum(r["n_users"] for r in loaded), sum(r["nnz"] for r in loaded))
-        return (group, catalogue, *self.last_sizes)
+        group.relay_warnings()
+        return loaded
 
     def fit(
         self,
@@ -414,21 +465,38 @@ class RayEngine:
         from privrec.engine.fitting import check_distributable, fit_distributed
 
         check_distributable(model, on_release=on_release)
+        if item_ids is None:  # a catalogue fixed with model.with_catalogue(ids), as fit() reads it
+            item_ids = getattr(model, "_catalogue", None)
         group, catalogue, n_users, nnz = self.workers(data, item_ids=item_ids, policy=policy)
         try:
             if on_loaded is not None:
                 on_loaded(n_users, nnz)
-            return fit_distributed(
+            fitted = fit_distributed(
                 model, group, catalogue, n_users, nnz, given=item_ids is not None,
                 progress=progress, on_release=on_release,
             )  # fmt: skip
-        finally:
-            group.release()
+            group.relay_warnings()
+        except BaseException:
+            group.kill()  # a failed fit's workers hold CPUs and unknown state: stop them
+            raise
+        group.release()
+        return fitted
+
+
+def _count(name: str, value: Any, low: int) -> int:
+    """``value`` as an int ``>= low``, or :class:`ConfigError` (bools and floats are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, found {value!r}")
+    return int(value)
 
 
 def _catalogue(source: ParquetSource, item_ids: Any) -> np.ndarray:
-    from privrec.errors import DataError
+    """The item catalogue: the data's distinct items, or ``item_ids`` in the data's id type.
 
+    A given catalogue is checked and converted as the single-machine ``with_catalogue`` and
+    ``on_catalogue`` do: text ids (``--items FILE``) become integers when the shards store
+    integer item ids, and two texts naming one integer (``"1"``, ``"01"``) are refused.
+    """
     if item_ids is None:
         return source.item_catalogue()
     ids = np.asarray(item_ids)
@@ -436,4 +504,16 @@ def _catalogue(source: ParquetSource, item_ids: Any) -> np.ndarray:
         ids = ids.astype(str)
     if ids.ndim != 1 or ids.size == 0 or len(np.unique(ids)) != len(ids):
         raise DataError("item_ids must be a non-empty 1-D array of unique ids", field="item_ids")
+    if ids.dtype.kind == "U":
+        kind = source.item_id_kind()
+        if kind in ("i", "u"):
+            with contextlib.suppress(ValueError, OverflowError):  # else: items not in it, later
+                ids = ids.astype(np.int64 if kind == "i" else np.uint64)
+            if len(np.unique(ids)) != len(ids):
+                raise DataError(
+                    "the catalogue lists an item twice",
+                    field="item_ids",
+                    expected="each item once (after reading the ids as the data's integers)",
+                    found=f"{len(ids) - len(np.unique(ids))} repeated",
+                )
     return ids

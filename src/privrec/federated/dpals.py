@@ -169,7 +169,7 @@ class FederatedDPALS(DPALS):
         events = [p.event for p in planned[:done]]
         if not events:
             return 0.0
-        return epsilon_of(events, self.delta, "rdp", PrivacyUnit.USER, integer_orders=True)
+        return epsilon_of(events, self.delta, "rdp", PrivacyUnit.USER)
 
     rounds_: list[dict[str, Any]]
 
@@ -288,7 +288,6 @@ class FederatedDPALS(DPALS):
             lambda s: dpals_event(s, iterations, b_plan, ratios, r_len, c.lhs),
             kind="rdp",
             unit=c.unit,
-            integer_orders=True,  # the orders the bound is proven at, and the ledger's
         )
         self.noise_scale_, self.iterations_ = sigma, iterations
         step_norm = _step_norm(ratios, b_plan, c.lhs)

@@ -172,7 +172,6 @@ class PrivateRecommender(Recommender):
             not_released=not_released,
             threat_model=threat_model,
             seeded_noise=config.seed is not None,
-            integer_orders=self.rdp_only_events,
         )
 
     def declare_tuning(self, how: Tuning) -> Self:

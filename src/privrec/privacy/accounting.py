@@ -31,10 +31,13 @@ __all__ = [
     "simplify",
 ]
 
-#: Integer RDP orders for events whose RDP curve is only proven at integer orders (the
-#: distributed discrete-Gaussian / Skellam bounds) and for Poisson-subsampled events, whose
-#: fractional-order series in dp-accounting is slow. A subset of orders still gives a valid
-#: (ε, δ): ε is a minimum over the orders used. FederatedMF and the ledger use exactly these.
+#: The RDP orders of every RDP accountant in privrec: integers only, because the distributed
+#: discrete-Gaussian / Skellam bounds are proven at integer orders, and dp-accounting's
+#: fractional-order series for a Poisson-subsampled event is slow. Any set of orders at which
+#: the RDP curve holds gives a valid (ε, δ) (ε is a minimum over them); one set everywhere means
+#: a model, its re-derivation (`privacy verify`, `check`) and the ledger state the same ε. Until
+#: 2026-12-07 central RDP models used dp-accounting's default (fractional) orders, so their ε
+#: and a ledger's could differ by up to a few percent.
 INTEGER_RDP_ORDERS: tuple[float, ...] = (
     *(float(a) for a in range(2, 65)),
     *(72.0, 80.0, 96.0, 112.0, 128.0, 160.0, 192.0, 256.0),
@@ -62,14 +65,14 @@ def make_accountant(
     """A fresh accountant for the unit's neighbouring relation.
 
     PLD uses a value discretisation of 1e-4 (pessimistic rounding, so the
-    reported ε is an upper bound); RDP uses dp-accounting's default orders.
+    reported ε is an upper bound); RDP uses :data:`INTEGER_RDP_ORDERS`.
     """
     kind = _kind(kind)
     if kind is AccountantKind.PLD:
         return pld.PLDAccountant(
             neighboring_relation=unit.relation, value_discretization_interval=1e-4
         )
-    return rdp.RdpAccountant(neighboring_relation=unit.relation)
+    return rdp.RdpAccountant(orders=list(INTEGER_RDP_ORDERS), neighboring_relation=unit.relation)
 
 
 def compose(events: Sequence[dp_accounting.DpEvent]) -> dp_accounting.DpEvent:
@@ -124,14 +127,8 @@ def epsilon_of(
     delta: float,
     kind: AccountantKind | str = AccountantKind.PLD,
     unit: PrivacyUnit = PrivacyUnit.USER,
-    *,
-    integer_orders: bool = False,
 ) -> float:
     """ε at ``delta`` of the composition of ``events``.
-
-    ``integer_orders`` (RDP only): convert at :data:`INTEGER_RDP_ORDERS` — for events whose RDP
-    curve is proven only at integer orders (distributed discrete noise), and the orders the
-    ledger composes such charges at, so a model and its ledger state the same ε.
 
     >>> import dp_accounting
     >>> round(epsilon_of(dp_accounting.GaussianDpEvent(1.0), 1e-5), 2)
@@ -144,19 +141,9 @@ def epsilon_of(
         # The PLD of one Gaussian mechanism is known in closed form (Balle & Wang 2018);
         # dp-accounting evaluates it exactly instead of on a discretised grid.
         return float(dp_accounting.get_epsilon_gaussian(event.noise_multiplier, delta))
-    acc = _accountant(kind, unit, integer_orders)
+    acc = make_accountant(kind, unit)
     acc.compose(event)
     return float(acc.get_epsilon(delta))
-
-
-def _accountant(
-    kind: AccountantKind, unit: PrivacyUnit, integer_orders: bool
-) -> dp_accounting.PrivacyAccountant:
-    if integer_orders and kind is AccountantKind.RDP:
-        return rdp.RdpAccountant(
-            orders=list(INTEGER_RDP_ORDERS), neighboring_relation=unit.relation
-        )
-    return make_accountant(kind, unit)
 
 
 def calibrate(
@@ -165,11 +152,8 @@ def calibrate(
     kind: AccountantKind | str = AccountantKind.PLD,
     unit: PrivacyUnit = PrivacyUnit.USER,
     bracket: tuple[float, float] = _BRACKET,
-    *,
-    integer_orders: bool = False,
 ) -> float:
-    """Smallest noise multiplier σ whose event meets ``budget`` (``integer_orders``: see
-    :func:`epsilon_of`).
+    """Smallest noise multiplier σ whose event meets ``budget``.
 
     ``event_factory(σ)`` builds the whole training's event for multiplier σ
     (e.g. every step's Gaussian events composed). dp-accounting's Brent search
@@ -182,7 +166,7 @@ def calibrate(
     lo, hi = bracket
 
     def eps(z: float) -> float:
-        return epsilon_of(event_factory(z), budget.delta, kind, unit, integer_orders=integer_orders)
+        return epsilon_of(event_factory(z), budget.delta, kind, unit)
 
     # Bracket by doubling from 1: tiny multipliers make PLD grids enormous, so never probe them blindly.
     upper = 1.0
@@ -211,7 +195,7 @@ def calibrate(
     else:
 
         def fresh() -> dp_accounting.PrivacyAccountant:
-            return _accountant(_kind(kind), unit, integer_orders)
+            return make_accountant(kind, unit)
 
         sigma = float(
             dp_accounting.calibrate_dp_mechanism(

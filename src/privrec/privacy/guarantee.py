@@ -10,7 +10,6 @@ import dp_accounting
 import pydantic
 
 from privrec.privacy.accounting import (
-    INTEGER_RDP_ORDERS,
     AccountantKind,
     epsilon_of,
     make_accountant,
@@ -126,14 +125,11 @@ class PrivacyGuarantee(pydantic.BaseModel):
         not_released: list[str],
         threat_model: str,
         seeded_noise: bool,
-        integer_orders: bool = False,
     ) -> PrivacyGuarantee:
-        """The guarantee of ``spent``; ``integer_orders`` for events proven only at integer RDP
-        orders (:func:`~privrec.privacy.accounting.epsilon_of`)."""
         from privrec import __version__
 
         kind = AccountantKind(accountant)
-        eps = epsilon_of(total_event(spent), delta, kind, unit, integer_orders=integer_orders)
+        eps = epsilon_of(total_event(spent), delta, kind, unit)
         out = cls(
             epsilon=eps,
             delta=delta,
@@ -191,16 +187,14 @@ class PrivacyGuarantee(pydantic.BaseModel):
         The events are composed once (the costly part for sampled or RDP events) and the
         results are kept, so verifying and explaining a guarantee compose them only once.
 
-        RDP is composed at :data:`~privrec.privacy.accounting.INTEGER_RDP_ORDERS` — the orders
-        the distributed models' bounds are proven at and the ledger uses, and fast where
-        dp-accounting's fractional-order series for a subsampled Gaussian is slow (seconds for
-        a few dozen distinct rounds). ε at fewer orders is still a valid bound, never below the
-        one at more orders; ``dense=True`` forces dp-accounting's default (denser) orders.
+        RDP is composed at :data:`~privrec.privacy.accounting.INTEGER_RDP_ORDERS`, the orders
+        every privrec RDP accountant uses (so the stored ε is re-derived exactly);
+        ``dense=True`` uses dp-accounting's default orders instead — what guarantees written
+        before 2026-12-07 were computed at.
         """
         event = simplify(total_event(self.spent_events))
-        # RDP at the integer orders: the only ones distributed discrete noise is proven at
-        # (FederatedDPALS has no sampling), and a valid — never smaller — ε for every event
-        integer = not dense and self.accountant is AccountantKind.RDP
+        # dense: dp-accounting's default orders, for guarantees written before 2026-12-07
+        integer = not dense
         if integer != self._integer_orders:
             self._eps_cache.clear()
             self._integer_orders = integer
@@ -213,11 +207,8 @@ class PrivacyGuarantee(pydantic.BaseModel):
                     self._eps_cache[d] = epsilon_of(event, d, self.accountant, self.unit)
             else:
                 acc = (
-                    dp_accounting.rdp.RdpAccountant(
-                        orders=list(INTEGER_RDP_ORDERS),
-                        neighboring_relation=self.unit.relation,
-                    )
-                    if integer
+                    dp_accounting.rdp.RdpAccountant(neighboring_relation=self.unit.relation)
+                    if not integer and self.accountant is AccountantKind.RDP
                     else make_accountant(self.accountant, self.unit)
                 )
                 acc.compose(event)

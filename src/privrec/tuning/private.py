@@ -33,6 +33,7 @@ same user across the split).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,12 @@ def private_tune(
         raise ConfigError(f"{model_cls!r} is not a private model class")
     if not 0 < score_fraction < 1:
         raise ConfigError(f"score_fraction must be in (0, 1), found {score_fraction}")
+    # cheap checks before anything is charged (they used to fail after the charge, some after
+    # a noisy model had been trained)
+    if not (isinstance(valid_fraction, int | float) and 0 < valid_fraction < 1):
+        raise ConfigError(f"valid_fraction must be in (0, 1), found {valid_fraction!r}")
+    if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
+        raise ConfigError(f"k must be a positive integer, found {k!r}")
     unit = PrivacyUnit(unit)
     if unit is not PrivacyUnit.USER:
         # one interaction more can move another of that user's items across the split, so the
@@ -167,6 +174,7 @@ def private_tune(
     split = random_holdout(data, valid_fraction, seed=int(rng.integers(2**31)))
     trials = int(rng.geometric(1.0 / mean))
     best: tuple[float, int, PrivateRecommender, dict[str, Any]] | None = None
+    said: list[warnings.WarningMessage] = []  # the chosen trial's warnings
     for t in range(trials):
         params = dict(grid[int(rng.integers(len(grid)))])
         model = model_cls(
@@ -178,14 +186,20 @@ def private_tune(
             **shared,
             **params,
         )
-        model.fit(split.train)
-        _check_gaussian(model, z_model)
-        per_user = evaluate(model, split, k=(k,), on="test", groups=None, metrics=("recall",))
+        # Each trial's warnings are held back: one line per trial would count the trials,
+        # which must stay hidden. Only the chosen trial's are shown (it is released anyway).
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(split.train)
+            _check_gaussian(model, z_model)
+            per_user = evaluate(model, split, k=(k,), on="test", groups=None, metrics=("recall",))
         total = float(per_user.per_user[f"recall@{k}"].sum())
         noisy = total + float(rng.normal(0.0, z_score))  # sensitivity 1: each recall is in [0, 1]
         if best is None or noisy > best[0]:
-            best = (noisy, t, model, params)
+            best, said = (noisy, t, model, params), list(caught)
     assert best is not None  # K ≥ 1
+    for text, category in dict.fromkeys((str(w.message), w.category) for w in said):
+        warnings.warn(text, category, stacklevel=2)
     noisy, _, chosen, params = best
     inner = chosen.privacy_guarantee
     guarantee = PrivacyGuarantee.from_events(

@@ -176,3 +176,69 @@ def test_a_release_listing_only_the_training_users_fails(files, tmp_path: Path):
     rep = run_check(CheckConfig(release=[str(ids_only)]))
     assert not rep.passed
     assert any("stores training users" in line for line in _lines(rep)), _lines(rep)
+
+
+def test_a_relabelled_guarantee_fails_as_the_loader_refuses_it(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A seeded, interaction-level file relabelled as unseeded and user-level re-derives the
+    same ε, so re-deriving ε alone passed it — as a release, under a user-level policy — while
+    ``load_model`` refuses it. check must read the guarantee the way the loader does."""
+    from privrec.errors import GuaranteeMismatchError
+    from privrec.models import load_model
+
+    data = synthetic(n_users=120, n_items=40, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = (
+            DPPopularity(epsilon=1.0, delta=1e-5, unit="interaction", seed=0)
+            .fit(data)
+            .save(tmp_path / "seeded-interaction.npz")
+        )
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays["__meta__"].tobytes().decode())
+    meta["extra"]["guarantee"]["seeded_noise"] = False
+    meta["extra"]["guarantee"]["unit"] = "user"
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    relabelled = tmp_path / "relabelled.npz"
+    np.savez(relabelled, **arrays)
+    with pytest.raises(GuaranteeMismatchError):
+        load_model(relabelled)
+    rep = run_check(CheckConfig(release=[str(relabelled)], policy={"unit": "user"}))  # type: ignore[arg-type]
+    assert not rep.passed
+    assert any("fails verification as loaded" in line for line in _lines(rep)), _lines(rep)
+    cli = runner.invoke(app, ["check", "--release", str(relabelled)])
+    assert cli.exit_code == 1 and "fails verification" in cli.output
+
+
+def test_an_rdp_file_from_before_integer_orders_passes_as_the_loader_takes_it(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Until 2026-12-07 central RDP models stated ε at dp-accounting's default (fractional)
+    orders; the loader accepts such files (denser orders, or within its RDP slack) and so must
+    `check` — it used a 1e-6 tolerance against the integer-order ε and failed them."""
+    import dp_accounting
+
+    from privrec.models import load_model
+    from privrec.privacy.accounting import simplify
+    from privrec.privacy.events import total_event
+
+    data = synthetic(n_users=120, n_items=40, seed=0)
+    path = (
+        DPPopularity(epsilon=3.0, delta=1e-5, unit="user", accountant="rdp")
+        .fit(data)
+        .save(tmp_path / "rdp.npz")
+    )
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays["__meta__"].tobytes().decode())
+    g = load_model(path).privacy_guarantee
+    acc = dp_accounting.rdp.RdpAccountant()  # the old, denser orders
+    acc.compose(simplify(total_event(g.spent_events)))
+    dense = float(acc.get_epsilon(g.delta))
+    assert dense != pytest.approx(g.epsilon, rel=1e-6)  # the two order sets really differ here
+    meta["extra"]["guarantee"]["epsilon"] = dense
+    meta["params"]["epsilon"] = max(dense, meta["params"]["epsilon"])
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays)
+    load_model(old)  # the loader accepts it
+    rep = run_check(CheckConfig(release=[str(old)]))
+    assert rep.passed, _lines(rep)

@@ -107,3 +107,178 @@ def test_invalid_or_weak_budgets_are_not_mitigated():
     assert _status(weak, "training data → model") == "partial"
     no_delta = assess(load_pipeline(EXAMPLE.replace("delta = 1e-6\n", "", 1)))
     assert _status(no_delta, "training data → model") == "partial"
+
+
+# the channels the model's DP guarantee covers: none may be better protected than the model
+_COVERED = (
+    "model file contents",
+    "recommendations → other users",
+    "cumulative loss across releases",
+    "federated updates",
+    "what the federated server sees",
+)
+_RANK = {"unmitigated": 0, "partial": 1, "mitigated": 2}
+
+
+def _channel(rep, name):  # type: ignore[no-untyped-def]
+    return next(c for c in rep.channels if c.name == name)
+
+
+def _assert_bounded(rep) -> None:  # type: ignore[no-untyped-def]
+    model = _channel(rep, "training data → model")
+    for c in rep.channels:
+        if c.name in _COVERED and c.status != "n/a":
+            assert _RANK[c.status] <= _RANK[model.status], (c, model)
+
+
+def test_weak_budget_caps_every_channel_downstream_of_the_model():
+    """r2: ε = 500, δ = 0.5 made the model 'partial' but its lists 'mitigated'."""
+    rep = assess(
+        load_pipeline(
+            {
+                "training": {"model": "dpals", "epsilon": 500.0, "delta": 0.5, "unit": "user"},
+                "ledger": {"enabled": True},
+            }
+        )
+    )
+    assert _status(rep, "training data → model") == "partial"
+    for name in (
+        "recommendations → other users",
+        "model file contents",
+        "cumulative loss across releases",
+    ):
+        c = _channel(rep, name)
+        assert c.status == "partial", c
+        assert "ε = 500 is above 10" in c.mitigation and "δ = 0.5" in c.mitigation
+        assert "lower ε" in c.advice
+    _assert_bounded(rep)
+
+
+def test_interaction_unit_does_not_protect_lists_of_whole_histories():
+    """r1: interaction-level DP left 'recommendations → other users' mitigated."""
+    rep = assess(
+        load_pipeline(
+            {
+                "training": {
+                    "model": "dpals",
+                    "epsilon": 1.0,
+                    "delta": 1e-6,
+                    "unit": "interaction",
+                },
+                "ledger": {"enabled": True},
+            }
+        )
+    )
+    others = _channel(rep, "recommendations → other users")
+    assert others.status == "partial"
+    assert "not a user's whole history" in others.mitigation and others.advice == "use unit = user"
+    assert (
+        _status(rep, "cumulative loss across releases") == "partial"
+    )  # charged, but per interaction
+    _assert_bounded(rep)
+
+
+def test_federated_server_is_not_protected_by_noise_nobody_adds():
+    """r3: federated_mf with no ε and no clipping said 'noise added on devices' (mitigated)."""
+    rep = assess(
+        load_pipeline(
+            {
+                "training": {"model": "federated_mf", "setting": "federated"},
+                "federated": {
+                    "secure_aggregation": True,
+                    "aggregation": "distributed",
+                    "clipping": False,
+                },
+            }
+        )
+    )
+    model = _channel(rep, "training data → model")
+    assert model.status == "unmitigated"
+    assert "no ε is stated" in model.mitigation and "not clipped" in model.mitigation
+    server = _channel(rep, "what the federated server sees")
+    assert server.status == "unmitigated"
+    assert "noise added on devices" not in server.mitigation and "no DP noise" in server.mitigation
+    assert _status(rep, "federated updates") == "unmitigated"
+    _assert_bounded(rep)
+    # clipping off alone voids a stated ε: nothing bounds one device's contribution
+    clip_off = assess(
+        load_pipeline(
+            {
+                "training": {
+                    "model": "federated_mf",
+                    "setting": "federated",
+                    "epsilon": 1.0,
+                    "delta": 1e-6,
+                    "unit": "user",
+                },
+                "federated": {"clipping": False},
+            }
+        )
+    )
+    assert _status(clip_off, "training data → model") == "unmitigated"
+    assert _status(clip_off, "what the federated server sees") == "unmitigated"
+    _assert_bounded(clip_off)
+
+
+def test_unstated_unit_is_not_assumed_user_level():
+    """r4: no unit was read as user-level and reported 'mitigated'."""
+    rep = assess(load_pipeline({"training": {"model": "dpals", "epsilon": 1.0, "delta": 1e-6}}))
+    model = _channel(rep, "training data → model")
+    assert model.status == "partial" and "unit is not stated" in model.mitigation
+    assert "training.unit" in model.advice
+    assert _status(rep, "recommendations → other users") == "partial"
+    assert _status(rep, "model file contents") == "partial"
+    _assert_bounded(rep)
+
+
+def test_sound_user_level_federated_pipeline_stays_mitigated():
+    """The cap must not cost a sound configuration anything."""
+    text = EXAMPLE.replace('setting = "central"', 'setting = "federated"')
+    rep = assess(load_pipeline(text))
+    for name in ("training data → model", "recommendations → other users", *_COVERED):
+        assert _status(rep, name) == "mitigated", name
+
+
+def test_no_report_contradicts_itself():
+    """Over a grid of configurations, no channel the model's guarantee covers is reported
+    better protected than the model, and every capped channel says why."""
+    import itertools
+
+    grid = itertools.product(
+        ("dpals", "als", "federated_mf"),
+        (None, 1.0, 500.0),
+        (None, 1e-6, 0.5),
+        (None, "user", "interaction"),
+        (False, True),  # seeded noise
+        ("central", "federated", "cross-silo"),
+        (False, True),  # clipping
+        (False, True),  # secure aggregation
+        ("distributed", "central"),
+        (False, True),  # ledger
+    )
+    n = 0
+    for model, eps, delta, unit, seeded, setting, clip, secagg, agg, ledger in grid:
+        training = {"model": model, "setting": setting, "seeded_noise": seeded}
+        training |= {k: v for k, v in (("epsilon", eps), ("delta", delta), ("unit", unit)) if v}
+        rep = assess(
+            load_pipeline(
+                {
+                    "training": training,
+                    "federated": {
+                        "clipping": clip,
+                        "secure_aggregation": secagg,
+                        "aggregation": agg,
+                    },
+                    "ledger": {"enabled": ledger},
+                }
+            )
+        )
+        _assert_bounded(rep)
+        model_ch = _channel(rep, "training data → model")
+        if model_ch.status != "mitigated":
+            assert model_ch.advice, model_ch
+            for c in rep.channels:
+                if c.name in _COVERED and c.status != "n/a":
+                    assert c.status != "mitigated"
+        n += 1
+    assert n == 3 * 3 * 3 * 3 * 2 * 3 * 2 * 2 * 2 * 2

@@ -8,7 +8,8 @@ mapping each to the mitigation the configuration provides:
 ============================  =====================================================
 channel                       mitigated when
 ============================  =====================================================
-training data → model         a user-level DP model, finite ε, CSPRNG noise
+training data → model         a stated user-level unit, finite ε and stated δ within
+                              the weak thresholds, CSPRNG noise (clipped if federated)
 model file contents           private models saved without training interactions
 recommendations → others      lists are post-processing of a DP model (joint DP)
 recommendations → the user    shown only to that user (joint DP's stated exception)
@@ -26,6 +27,14 @@ what the scoring server sees  on-device, HE or MPC scoring; else the history is 
 
 Each channel gets a status — ``mitigated``, ``partial`` (mitigated under a stated
 assumption or weakly), ``unmitigated`` or ``n/a`` — with the reason and what to change.
+
+One rule ties the channels to the model: every channel the model's guarantee covers (the
+model, its file, the lists it serves, the cumulative budget, the federated updates and sums)
+is at best as protected as that guarantee, decided once by :func:`model_guarantee`. A weak ε
+or δ, an interaction-level or unstated unit, or a missing δ make them at best ``partial``; no
+ε, seeded noise or unclipped federated updates (the stated ε does not hold) make them
+``unmitigated`` — each with the reason, so a report never calls a list better protected
+than the model it is computed from.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -248,11 +258,139 @@ class RiskReport:
         return "\n".join(lines) + "\n"
 
 
-def assess(cfg: PipelineConfig) -> RiskReport:
-    """Map every leakage channel of the pipeline to its mitigation (see the module docstring)."""
+_RANK: dict[Status, int] = {"unmitigated": 0, "partial": 1, "mitigated": 2}
+
+
+@dataclass(frozen=True)
+class Guarantee:
+    """What the model's DP guarantee actually covers: the one ceiling for every model channel.
+
+    Every channel downstream of the model (the model itself, its file, the lists it serves,
+    the federated updates that build it, the budget its releases are charged to) is protected
+    by this guarantee and nothing stronger, so each of those channels takes the weaker of its
+    own status and :attr:`status` — computed here once, so that no channel can be reported
+    better protected than the model it depends on.
+
+    ``status`` is ``mitigated`` only for a finite ε with a stated δ, both within the weak
+    thresholds of :mod:`privrec.privacy.budget`, at a *stated* user-level unit, with
+    unpredictable noise (and clipped updates when federated). Anything the stated ε does not
+    hold under (no DP, seeded noise, unclipped updates) is ``unmitigated``; anything that
+    holds but weakly or for less than a user's whole history is ``partial``. ``problems``
+    says why, one clause per shortcoming.
+    """
+
+    status: Status
+    claim: str
+    problems: tuple[str, ...]
+    advice: tuple[str, ...]
+    dp: bool  # a DP mechanism is claimed at all (a private model with a finite ε)
+
+    @property
+    def reason(self) -> str:
+        """The guarantee and, if it falls short, every reason why."""
+        if not self.problems:
+            return f"{self.claim}; check with `privrec audit run`"
+        why = "; ".join(self.problems)
+        return f"{self.claim}, but {why}" if self.claim else why
+
+    def bound(self, status: Status, mitigation: str, advice: str = "") -> tuple[Status, str, str]:
+        """``(status, mitigation, advice)`` of a channel the model's guarantee covers, capped.
+
+        A channel whose own mitigation is sound is still only as protected as the guarantee
+        behind it; when the cap applies the reason names the guarantee's shortcomings.
+        """
+        if _RANK[self.status] >= _RANK[status]:
+            return status, mitigation, advice
+        why = f"{mitigation} — only as strong as the model's guarantee: " + "; ".join(self.problems)
+        todo = "; ".join(dict.fromkeys(a for a in (advice, *self.advice) if a))
+        return self.status, why, todo
+
+
+def model_guarantee(cfg: PipelineConfig) -> Guarantee:
+    """The status the training configuration's DP guarantee supports, and why (see :class:`Guarantee`)."""
     t = cfg.training
-    private = t.model in PRIVATE_MODELS and t.epsilon is not None and math.isfinite(t.epsilon)
-    user_level = (t.unit or "user") == "user"
+    fed = (cfg.federated or FederatedSection()) if t.setting == "federated" else None
+    if t.model not in PRIVATE_MODELS:
+        return Guarantee(
+            "unmitigated",
+            "",
+            (f"{t.model} is not differentially private",),
+            ("train a private model (DPALS, DPEASE, DPPopularity) with ε ≤ your policy",),
+            dp=False,
+        )
+    dp = t.epsilon is not None and math.isfinite(t.epsilon)
+    eps = "—" if t.epsilon is None else f"{t.epsilon:g}"
+    # what makes the stated ε not hold at all: the channels it covers are unmitigated
+    fatal: list[tuple[str, str]] = []
+    if not dp:
+        fatal.append(
+            (
+                f"no ε is stated, so {t.model} is not differentially private",
+                "state the ε the model is trained with (training.epsilon)",
+            )
+        )
+    if t.seeded_noise:
+        fatal.append(
+            ("seeded (predictable) noise: the stated ε does not hold", "train without a seed")
+        )
+    if fed is not None and not fed.clipping:
+        fatal.append(
+            (
+                "updates are not clipped: no one's contribution is bounded, so no ε holds",
+                "clip every device's update (federated.clipping = true)",
+            )
+        )
+    # what makes it hold weakly, or for less than a user's whole history: at best partial
+    weak: list[tuple[str, str]] = []
+    if t.unit is None:
+        weak.append(
+            (
+                "the privacy unit is not stated, so user-level DP (a whole history) cannot be "
+                "assumed",
+                "state the unit the model was trained at (training.unit = user)",
+            )
+        )
+    elif t.unit == "interaction":
+        weak.append(
+            (
+                "interaction-level DP protects single interactions, not a user's whole "
+                f"history: a user with n interactions gets about n·ε = n·{eps}",
+                "use unit = user",
+            )
+        )
+    if t.epsilon is not None and t.epsilon > WEAK_EPSILON:
+        weak.append((f"ε = {eps} is above {WEAK_EPSILON:g}: a weak guarantee", "lower ε"))
+    if t.delta is None:  # a Gaussian mechanism is never (ε, 0)-DP: the claim is incomplete
+        weak.append(("no δ is stated", "state the δ the model was trained with (training.delta)"))
+    elif t.delta >= WEAK_DELTA:
+        weak.append(
+            (
+                f"δ = {t.delta:g} is at or above {WEAK_DELTA:g}: a weak guarantee",
+                "use δ well below 1/(number of users)",
+            )
+        )
+    level = {"user": "user-level ", "interaction": "interaction-level ", None: ""}[t.unit]
+    claim = f"{level}({eps if t.delta is None else f'{eps}, {t.delta:g}'})-DP {t.model}"
+    found = fatal or weak  # once the ε does not hold, its weaknesses are moot
+    status: Status = "unmitigated" if fatal else ("partial" if weak else "mitigated")
+    return Guarantee(
+        status,
+        claim if dp else "",
+        tuple(p for p, _ in found),
+        tuple(a for _, a in found),
+        dp=dp,
+    )
+
+
+def assess(cfg: PipelineConfig) -> RiskReport:
+    """Map every leakage channel of the pipeline to its mitigation (see the module docstring).
+
+    The channels the model's guarantee covers are capped by :func:`model_guarantee` through
+    :meth:`Guarantee.bound`, the one place their status is decided against it, so the report
+    cannot call a channel better protected than the guarantee behind it.
+    """
+    t = cfg.training
+    g = model_guarantee(cfg)
     fed = t.setting == "federated"
     silo = t.setting == "cross-silo"
     touch = ["data store", "training server" if t.setting == "central" else "aggregation"]
@@ -269,36 +407,23 @@ def assess(cfg: PipelineConfig) -> RiskReport:
         touch.append("budget ledger")
     rep = RiskReport(cfg.pipeline.name, list(cfg.data.types), touch)
     ch = rep.channels.append
-    eps = "—" if t.epsilon is None else f"{t.epsilon:g}"
 
-    # 1. training data -> model: (data exposed, status, what holds, advice)
-    every = "every training user's history"
-    first: tuple[str, Status, str, str]
-    if not private:
-        first = (every, "unmitigated", f"{t.model} is not differentially private",
-                 "train a private model (DPALS, DPEASE, DPPopularity) with ε ≤ your policy")  # fmt: skip
-    elif t.seeded_noise:
-        first = (every, "unmitigated", "seeded (predictable) noise: the stated ε does not hold",
-                 "train without a seed (CSPRNG noise)")  # fmt: skip
-    elif not user_level:
-        first = ("heavy users' histories", "partial",
-                 f"interaction-level DP (ε = {eps}): a user with n interactions gets about n·ε",
-                 "use unit = user")  # fmt: skip
-    elif t.delta is None:  # a Gaussian mechanism is never (ε, 0)-DP: the claim is incomplete
-        first = (every, "partial", f"user-level ε = {eps} {t.model}, but no δ is stated",
-                 "state the δ the model was trained with (training.delta)")  # fmt: skip
-    elif (t.epsilon or 0) > WEAK_EPSILON or t.delta >= WEAK_DELTA:
-        first = (every, "partial",
-                 f"user-level ({eps}, {t.delta:g})-DP {t.model} is a weak guarantee "
-                 f"(ε above {WEAK_EPSILON:g} or δ at or above {WEAK_DELTA:g})",
-                 "lower ε, and δ well below 1/(number of users)")  # fmt: skip
-    else:
-        first = (every, "mitigated",
-                 f"user-level ({eps}, {t.delta:g})-DP {t.model}; check with `privrec audit run`",
-                 "")  # fmt: skip
-    ch(Channel("training data → model", "model artifact", *first))
+    # 1. training data -> model: the guarantee itself
+    exposed = (
+        "heavy users' histories" if t.unit == "interaction" else "every training user's history"
+    )
+    ch(
+        Channel(
+            "training data → model",
+            "model artifact",
+            exposed,
+            g.status,
+            g.reason,
+            "; ".join(g.advice),
+        )
+    )
     # 2. model file contents
-    if private and t.include_user_data:
+    if g.dp and t.include_user_data:
         ch(
             Channel(
                 "model file contents",
@@ -309,14 +434,13 @@ def assess(cfg: PipelineConfig) -> RiskReport:
                 "save without include_user_data",
             )
         )
-    elif private:
+    elif g.dp:
         ch(
             Channel(
                 "model file contents",
                 "model artifact",
                 "training interactions",
-                "mitigated",
-                "the file holds only the released (DP) parameters",
+                *g.bound("mitigated", "the file holds only the released (DP) parameters"),
             )
         )
     else:
@@ -326,164 +450,80 @@ def assess(cfg: PipelineConfig) -> RiskReport:
                 "model artifact",
                 "training interactions",
                 "unmitigated",
-                "a non-private model's file stores what it memorised (and by default the interactions)",
+                f"a non-private model's file stores what it memorised (and by default the "
+                f"interactions): {g.problems[0]}",
                 "use a private model",
             )
         )
-    # 3. recommendations -> other users
+    # 3. recommendations -> other users: post-processing, so never better than the model
+    if g.dp:
+        others = g.bound(
+            "mitigated",
+            "lists are post-processing of the DP model and the requester's own history "
+            "(joint DP); `privrec audit mia` measures it",
+        )
+    else:
+        others = (
+            "unmitigated",
+            f"a memorising model's lists reveal members (MIA AUC well above 0.5): {g.problems[0]}",
+            "train a private model",
+        )
     ch(
         Channel(
             "recommendations → other users",
             "scoring",
             "members' histories (membership inference from lists)",
-            "mitigated" if private and not t.seeded_noise else "unmitigated",
-            "lists are post-processing of the DP model and the requester's own history (joint DP); "
-            "`privrec audit mia` measures it"
-            if private
-            else "a memorising model's lists reveal members (MIA AUC well above 0.5)",
-            "" if private else "train a private model",
+            *others,
         )
     )
-    # 4. recommendations -> the user (joint DP exception)
+    # 4. recommendations -> the user (joint DP exception): access control, not the guarantee
+    shown = cfg.serving.lists_shown_to_others
     ch(
         Channel(
             "recommendations → the user",
             "scoring",
             "the user's own history",
-            "partial" if cfg.serving.lists_shown_to_others else "mitigated",
+            "partial" if shown else "mitigated",
             "lists are shown to others too: joint DP does not cover someone seeing your own list"
-            if cfg.serving.lists_shown_to_others
+            if shown
             else "each list is shown only to its user (the joint-DP threat model)",
-            "do not expose one user's list to others" if cfg.serving.lists_shown_to_others else "",
+            "do not expose one user's list to others" if shown else "",
         )
     )
-    # 5. cumulative loss
+    # 5. cumulative loss: a composed budget is only as strong as what is charged to it
     ch(
         Channel(
             "cumulative loss across releases",
             "budget ledger",
             "everyone, across retrainings and queries",
-            "mitigated" if cfg.ledger.enabled else "unmitigated",
-            "every release is charged to a composed budget"
-            if cfg.ledger.enabled
-            else "no ledger: retrainings and queries compose unchecked",
-            "" if cfg.ledger.enabled else "enable the ledger (`privrec ledger init`)",
-        )
-    )
-    # 6. analytics
-    q = cfg.analytics.queries
-    ch(
-        Channel(
-            "analytics queries",
-            "analytics queries",
-            "aggregates over users",
-            "n/a"
-            if q == "none"
-            else (
-                "mitigated"
-                if q == "dp" and cfg.analytics.ledger
-                else ("partial" if q == "dp" else "unmitigated")
+            *(
+                g.bound("mitigated", "every release is charged to a composed budget")
+                if cfg.ledger.enabled
+                else (
+                    "unmitigated",
+                    "no ledger: retrainings and queries compose unchecked",
+                    "enable the ledger (`privrec ledger init`)",
+                )
             ),
-            {
-                "none": "no analytics queries",
-                "dp": "DP queries"
-                + (
-                    " charged to the ledger"
-                    if cfg.analytics.ledger
-                    else " (not charged to a ledger)"
-                ),
-                "raw": "exact aggregates can single out users (differencing attacks)",
-            }[q],
-            {
-                "none": "",
-                "dp": "" if cfg.analytics.ledger else "charge queries to the ledger",
-                "raw": "answer queries with DP and charge them",
-            }[q],
         )
     )
-    # 7. logs
-    lg = cfg.logs
-    log_status: Status = (
-        "mitigated"
-        if lg.user_ids == "none"
-        else (
-            "partial"
-            if lg.user_ids == "pseudonymised" and lg.retention_days is not None
-            else "unmitigated"
-        )
-    )
-    ch(
-        Channel(
-            "logs",
-            "logs",
-            "request histories, user ids",
-            log_status,
-            f"user ids: {lg.user_ids}; retention: {'unbounded' if lg.retention_days is None else f'{lg.retention_days:g} days'}",
-            ""
-            if log_status == "mitigated"
-            else "log no raw ids (keyed hashes) and bound retention",
-        )
-    )
-    # 8. monitoring
-    mk = cfg.monitoring.kind
-    ch(
-        Channel(
-            "monitoring / drift statistics",
-            "monitoring",
-            "per-window counts",
-            "n/a" if mk == "none" else ("mitigated" if mk == "dp" else "unmitigated"),
-            {
-                "none": "no monitoring",
-                "dp": "DP window histograms (`privrec monitor`)",
-                "raw": "exact per-window counts",
-            }[mk],
-            "use `privrec monitor` (DP histograms)" if mk == "raw" else "",
-        )
-    )
+    _side_channels(cfg, ch)
     # 9. federated updates / servers
     if fed:
-        f = cfg.federated or FederatedSection()
-        ok = f.clipping and f.secure_aggregation and private
-        ch(
-            Channel(
-                "federated updates",
-                "federated server",
-                "each device's model update",
-                "mitigated" if ok else "unmitigated",
-                (
-                    "clipped updates, DP noise, SecAgg+: the server sees only noisy sums"
-                    if ok
-                    else "the server sees individual updates (no secure aggregation, no clipping or no DP)"
-                ),
-                "" if ok else "enable clipping, DP and secure aggregation",
-            )
-        )
-        ch(
-            Channel(
-                "what the federated server sees",
-                "federated server",
-                "sums of updates",
-                "mitigated"
-                if f.aggregation == "distributed" and f.secure_aggregation
-                else "partial",
-                "distributed DP: noise added on devices, the server never sees a noiseless sum"
-                if f.aggregation == "distributed"
-                else "central DP: the server adds the noise (trusted for that)",
-                "" if f.aggregation == "distributed" else "use aggregation = distributed",
-            )
-        )
+        _federated(cfg.federated or FederatedSection(), g, ch)
     else:
         ch(Channel("federated updates", "devices", "—", "n/a", "not federated"))
     if silo:
         s = cfg.cross_silo or CrossSiloSection()
+        shares = s.non_collusion and s.servers >= 2
         ch(
             Channel(
                 "what each aggregation server sees",
                 "aggregation servers",
                 "silos' statistics",
-                "partial" if s.non_collusion and s.servers >= 2 else "unmitigated",
+                "partial" if shares else "unmitigated",
                 "uniformly random shares only — under the assumption that the servers do not collude"
-                if s.non_collusion and s.servers >= 2
+                if shares
                 else "a single or colluding server sees the silos' statistics",
                 "keep the two servers under separate control"
                 if s.non_collusion
@@ -531,3 +571,117 @@ def assess(cfg: PipelineConfig) -> RiskReport:
             )
         )
     return rep
+
+
+def _federated(f: FederatedSection, g: Guarantee, ch: Callable[[Channel], None]) -> None:
+    """The federated channels: secure aggregation hides single updates, the guarantee bounds
+    what the sums reveal, so both channels are capped by it."""
+    if f.secure_aggregation:
+        updates = g.bound(
+            "mitigated",
+            "secure aggregation: the server sees only sums of updates, not one device's",
+        )
+    else:
+        updates = (
+            "unmitigated",
+            "no secure aggregation: the server sees each device's update",
+            "enable secure aggregation",
+        )
+    ch(Channel("federated updates", "federated server", "each device's model update", *updates))
+    if f.aggregation == "distributed" and not f.secure_aggregation:
+        sees: tuple[Status, str, str] = (
+            "unmitigated",
+            "distributed DP without secure aggregation: the server sees each device's update "
+            "with only that device's share of the noise",
+            "enable secure aggregation",
+        )
+    elif f.aggregation == "distributed" and not g.dp:
+        sees = (
+            "unmitigated",
+            "no DP noise is added: the server sees exact sums of updates; " + "; ".join(g.problems),
+            "; ".join(g.advice),
+        )
+    elif f.aggregation == "distributed":
+        sees = g.bound(
+            "mitigated",
+            "distributed DP: noise added on devices, the server never sees a noiseless sum",
+        )
+    else:
+        sees = g.bound(
+            "partial",
+            "central DP: the server adds the noise (trusted for that)",
+            "use aggregation = distributed",
+        )
+    ch(Channel("what the federated server sees", "federated server", "sums of updates", *sees))
+
+
+def _side_channels(cfg: PipelineConfig, ch: Callable[[Channel], None]) -> None:
+    """Analytics, logs and monitoring: their own mechanisms, not the model's guarantee."""
+    # 6. analytics
+    q = cfg.analytics.queries
+    charged = cfg.analytics.ledger
+    ch(
+        Channel(
+            "analytics queries",
+            "analytics queries",
+            "aggregates over users",
+            "n/a"
+            if q == "none"
+            else (
+                "mitigated"
+                if q == "dp" and charged
+                else ("partial" if q == "dp" else "unmitigated")
+            ),
+            {
+                "none": "no analytics queries",
+                "dp": "DP queries"
+                + (" charged to the ledger" if charged else " (not charged to a ledger)"),
+                "raw": "exact aggregates can single out users (differencing attacks)",
+            }[q],
+            {
+                "none": "",
+                "dp": "" if charged else "charge queries to the ledger",
+                "raw": "answer queries with DP and charge them",
+            }[q],
+        )
+    )
+    # 7. logs
+    lg = cfg.logs
+    log_status: Status = (
+        "mitigated"
+        if lg.user_ids == "none"
+        else (
+            "partial"
+            if lg.user_ids == "pseudonymised" and lg.retention_days is not None
+            else "unmitigated"
+        )
+    )
+    kept = "unbounded" if lg.retention_days is None else f"{lg.retention_days:g} days"
+    ch(
+        Channel(
+            "logs",
+            "logs",
+            "request histories, user ids",
+            log_status,
+            f"user ids: {lg.user_ids}; retention: {kept}",
+            ""
+            if log_status == "mitigated"
+            else "log no raw ids (keyed hashes) and bound retention",
+        )
+    )
+    # 8. monitoring
+    mk = cfg.monitoring.kind
+    ch(
+        Channel(
+            "monitoring / drift statistics",
+            "monitoring",
+            "per-window counts",
+            "n/a" if mk == "none" else ("mitigated" if mk == "dp" else "unmitigated"),
+            {
+                "none": "no monitoring",
+                "dp": "DP window histograms (`privrec monitor`)",
+                "raw": "exact per-window counts",
+            }[mk],
+            "use `privrec monitor` (DP histograms)" if mk == "raw" else "",
+        )
+    )

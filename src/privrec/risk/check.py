@@ -3,7 +3,10 @@
 For every model file given:
 
 * its guarantee's ε is **re-derived from its recorded events** with dp-accounting and must
-  equal the stated ε (a file edited by hand, or written by a buggy accountant, fails);
+  equal the stated ε (a file edited by hand, or written by a buggy accountant, fails), and the
+  guarantee must pass everything else the loader verifies (well-formed events and tiers; δ,
+  unit, accountant, seed and ε agreeing with the model's parameters) — a relabelled
+  guarantee re-derives the same ε, and the policy checks below would otherwise trust it;
 * a file **marked for release** must not carry seeded noise (predictable noise is no
   noise), must be private, and must hold no training interactions unless the policy
   allows it;
@@ -153,14 +156,40 @@ def _read(path: Path, verify_key: Any = None) -> tuple[dict[str, Any], Any]:
     from privrec.models import load_model
 
     model = load_model(path, verify=False, verify_key=verify_key)
+    g = getattr(model, "guarantee_", None)
     facts = {
+        # the parameters the loader checks the guarantee against (see _loader_verdict)
+        "_params": model.config().model_dump(mode="json") if g is not None else {},
         "model": model.name,
         # any user data at all — a list of the training users' ids is one even with no
         # interactions beside it (as privacy verify and serve read it)
         "_stores_interactions": not bool(getattr(model, "_released_only", True)),
         "_signature": model.file_signature_,
     }
-    return facts, getattr(model, "guarantee_", None)
+    return facts, g
+
+
+def _loader_verdict(g: Any, params: dict[str, Any], epsilon_reported: bool) -> str | None:
+    """Why :func:`~privrec.models.load_model` would refuse this guarantee, or ``None``.
+
+    Re-deriving ε alone is not what the loader checks: it also validates the events and the
+    tiers and compares the guarantee with the model's own parameters (δ, unit, accountant,
+    seed, ε within the asked budget). A guarantee relabelled — say seeded noise marked as
+    unseeded, or an interaction-level model marked user-level — re-derives the same ε, so
+    without these checks ``privrec check`` would pass a file every loader refuses, and judge
+    the seeded-noise and unit policies on labels nobody verified. ``epsilon_reported``: an
+    ε mismatch is already a finding, so only the parameter comparison is added.
+    """
+    from privrec.errors import GuaranteeMismatchError
+    from privrec.privacy.verify import check_against_params, check_guarantee
+
+    try:
+        if not epsilon_reported:
+            check_guarantee(g)  # what PrivacyGuarantee.verify() runs on load
+        check_against_params(g, params)
+    except GuaranteeMismatchError as exc:
+        return str(exc)
+    return None
 
 
 def _check_file(
@@ -194,15 +223,27 @@ def _check_file(
         else:
             add(Finding("ok", name, f"{kind}: not private (not marked for release)"))
         return None
-    try:
-        eps = g.recompute_epsilon()
+    from privrec.errors import GuaranteeMismatchError
+    from privrec.privacy.verify import check_guarantee
+
+    refused = ""
+    try:  # the loader's rule: RDP files written at other orders are accepted as it accepts them
+        eps, agrees = check_guarantee(g), True
+    except GuaranteeMismatchError as exc:
+        eps, agrees, refused = math.nan, False, str(exc)
     except Exception as exc:
         add(Finding("violation", name, f"its events cannot be re-accounted ({exc})"))
         return g
-    if not (
-        math.isclose(eps, g.epsilon, rel_tol=_TOL, abs_tol=_TOL)
-        or (math.isinf(eps) and math.isinf(g.epsilon))
-    ):
+    if not agrees:
+        try:
+            eps = g.recompute_epsilon()
+        except Exception as exc:  # malformed events: the loader's refusal says why
+            add(Finding("violation", name, f"its events cannot be re-accounted ({exc})"))
+            return g
+        if math.isclose(eps, g.epsilon, rel_tol=_TOL, abs_tol=_TOL):  # refused for another field
+            add(Finding("violation", name, refused))
+            return g
+    if not agrees:
         add(
             Finding(
                 "violation",
@@ -218,6 +259,9 @@ def _check_file(
                 f"ε = {g.epsilon:.4g} re-derived from {len(g.events)} events ({g.accountant.value})",
             )
         )
+    verdict = _loader_verdict(g, meta["_params"], epsilon_reported=not agrees)
+    if verdict is not None:
+        add(Finding("violation", name, f"its guarantee fails verification as loaded: {verdict}"))
     if release and g.seeded_noise:
         add(
             Finding(

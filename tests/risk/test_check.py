@@ -34,13 +34,7 @@ def files(tmp_path_factory):  # type: ignore[no-untyped-def]
     big = DPPopularity(epsilon=8.0, delta=1e-5, unit="user").fit(data).save(d / "eps8.npz")
     ease = EASE().fit(data).save(d / "ease.npz")
     # a tampered file: its stated ε no longer matches its events
-    with np.load(good) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    meta = json.loads(arrays["__meta__"].tobytes().decode())
-    meta["extra"]["guarantee"]["epsilon"] = 0.1
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    tampered = d / "tampered.npz"
-    np.savez(tampered, **arrays)
+    tampered = _rewritten(good, d / "tampered.npz", {"epsilon": 0.1})
     return {
         "good": good,
         "seeded": seeded,
@@ -49,6 +43,20 @@ def files(tmp_path_factory):  # type: ignore[no-untyped-def]
         "tampered": tampered,
         "dir": d,
     }
+
+
+def _rewritten(
+    path: Path, out: Path, guarantee: dict[str, object], params: dict[str, object] | None = None
+) -> Path:
+    """A copy of a model file with some guarantee (and parameter) fields rewritten."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    meta = json.loads(arrays["__meta__"].tobytes().decode())
+    meta["extra"]["guarantee"].update(guarantee)
+    meta["params"].update(params or {})
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(out, **arrays)
+    return out
 
 
 def _lines(rep):  # type: ignore[no-untyped-def]
@@ -193,14 +201,9 @@ def test_a_relabelled_guarantee_fails_as_the_loader_refuses_it(tmp_path: Path): 
             .fit(data)
             .save(tmp_path / "seeded-interaction.npz")
         )
-    with np.load(path) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    meta = json.loads(arrays["__meta__"].tobytes().decode())
-    meta["extra"]["guarantee"]["seeded_noise"] = False
-    meta["extra"]["guarantee"]["unit"] = "user"
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    relabelled = tmp_path / "relabelled.npz"
-    np.savez(relabelled, **arrays)
+    relabelled = _rewritten(
+        path, tmp_path / "relabelled.npz", {"seeded_noise": False, "unit": "user"}
+    )
     with pytest.raises(GuaranteeMismatchError):
         load_model(relabelled)
     rep = run_check(CheckConfig(release=[str(relabelled)], policy={"unit": "user"}))  # type: ignore[arg-type]
@@ -226,19 +229,12 @@ def test_an_rdp_file_from_before_integer_orders_passes_as_the_loader_takes_it(tm
         .fit(data)
         .save(tmp_path / "rdp.npz")
     )
-    with np.load(path) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    meta = json.loads(arrays["__meta__"].tobytes().decode())
     g = load_model(path).privacy_guarantee
     acc = dp_accounting.rdp.RdpAccountant()  # the old, denser orders
     acc.compose(simplify(total_event(g.spent_events)))
     dense = float(acc.get_epsilon(g.delta))
     assert dense != pytest.approx(g.epsilon, rel=1e-6)  # the two order sets really differ here
-    meta["extra"]["guarantee"]["epsilon"] = dense
-    meta["params"]["epsilon"] = max(dense, meta["params"]["epsilon"])
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    old = tmp_path / "old.npz"
-    np.savez(old, **arrays)
+    old = _rewritten(path, tmp_path / "old.npz", {"epsilon": dense}, {"epsilon": max(dense, 3.0)})
     load_model(old)  # the loader accepts it
     rep = run_check(CheckConfig(release=[str(old)]))
     assert rep.passed, _lines(rep)

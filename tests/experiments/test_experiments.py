@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -11,11 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from privrec.cli.main import app
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, DataError
 from privrec.experiments import (
+    VarianceComponents,
     load_experiment,
     paired_comparison,
     power,
+    repeats_needed,
     run_experiment,
     users_needed,
     write_report,
@@ -63,18 +66,75 @@ def test_config_validation():
 def test_paired_comparison_detects_a_shift_and_not_noise():
     rng = np.random.default_rng(0)
     base = rng.random((3, 500))
-    same = paired_comparison(base + rng.normal(0, 0.01, base.shape), base, n_boot=300)
+    same = paired_comparison(base + rng.normal(0, 0.01, base.shape), base)
     assert same.ci_low < 0 < same.ci_high or abs(same.mean_diff) < 2e-3
-    shifted = paired_comparison(base + 0.05, base, n_boot=300)
-    assert shifted.ci_low > 0.04 and shifted.p_value < 1e-6 and shifted.p_bootstrap == 0
+    shifted = paired_comparison(base + 0.05, base)
+    assert shifted.ci_low > 0.04 and shifted.p_value < 1e-6
     with pytest.raises(ConfigError):
         paired_comparison(base, base[:, :10])
+    with pytest.raises(ConfigError):  # one draw: nothing measures the draws' variance
+        paired_comparison(base[:1], base[:1])
 
 
-def test_power_and_sample_size_agree():
-    n = users_needed(0.2, 0.02)
-    assert power(n, 0.2, 0.02) == pytest.approx(0.8, abs=0.01)
-    assert users_needed(0.2, 0.04) < n
+def _aa(draws: int, sims: int, seed: int) -> tuple[float, float, float]:
+    """A/A on data shaped like a DP experiment: each noise draw shifts every user's difference
+    by a common amount, users have their own spread, the true difference is 0. Returns the
+    95% interval's coverage, the rate of p < 0.05 and the share flagged "few draws"."""
+    rng = np.random.default_rng(seed)
+    n = 300
+    cover = fp = few = 0
+    for _ in range(sims):
+        users = rng.normal(0, 0.02, n)  # a user's own expected difference (population mean 0)
+        d = users + rng.normal(0, 0.02, (draws, 1)) + rng.normal(0, 0.1, (draws, n))
+        c = paired_comparison(d, np.zeros_like(d))
+        cover += c.ci_low <= 0 <= c.ci_high
+        fp += c.p_value < 0.05
+        few += c.few_draws
+        assert (c.p_value < 0.05) == (not c.ci_low <= 0 <= c.ci_high)  # one inference
+    return cover / sims, fp / sims, few / sims
+
+
+@pytest.mark.parametrize("draws", [2, 3, 5])
+def test_intervals_hold_their_level_when_each_draw_moves_every_user(draws: int):
+    # the former per-user t-test and draws x users bootstrap: 64-89% coverage here
+    cov, fpr, few = _aa(draws, sims=300, seed=draws)
+    assert 0.92 <= cov <= 0.99 and fpr <= 0.08
+    # with 2-3 draws the interval is wide and says so; with 5 it is not flagged
+    assert few > 0.9 if draws < 5 else few == 0
+
+
+def test_power_and_planning_count_the_draws():
+    # no draw variance: users are what matters, and power at users_needed is the target
+    users_only = VarianceComponents(draw=0.0, user=0.04, residual=0.01)
+    n = users_needed(users_only, 0.02, repeats=5)
+    assert n is not None and power(users_only, 0.02, repeats=5, users=n) >= 0.8
+    assert power(users_only, 0.02, repeats=5, users=n - 1) < 0.8
+    assert users_needed(users_only, 0.04, repeats=5) < n  # type: ignore[operator]
+    # a draw variance that hides the difference: no number of users helps, more draws do
+    noisy = VarianceComponents(draw=4e-4, user=0.04, residual=0.01)
+    assert users_needed(noisy, 0.02, repeats=3) is None
+    assert power(noisy, 0.02, repeats=3, users=10**8) < 0.8
+    r = repeats_needed(noisy, 0.02, users=100_000)
+    assert r is not None and r > 3 and power(noisy, 0.02, repeats=r, users=100_000) >= 0.8
+    # and the users' spread cannot be beaten with draws
+    assert repeats_needed(users_only, 0.02, users=50) is None
+    with pytest.raises(ConfigError):
+        users_needed(noisy, 0.0, repeats=3)
+
+
+def test_power_matches_the_test_it_plans_for():
+    comps = VarianceComponents(draw=0.005**2, user=0.05**2, residual=0.1**2)
+    rng = np.random.default_rng(7)
+    hits, sims = 0, 300
+    for _ in range(sims):
+        d = (
+            0.01
+            + rng.normal(0, 0.05, 400)
+            + rng.normal(0, 0.005, (3, 1))
+            + rng.normal(0, 0.1, (3, 400))
+        )
+        hits += paired_comparison(d, np.zeros_like(d)).p_value < 0.05
+    assert power(comps, 0.01, repeats=3, users=400) == pytest.approx(hits / sims, abs=0.08)
 
 
 def test_run_experiment_and_report(tmp_path: Path):
@@ -91,7 +151,47 @@ def test_run_experiment_and_report(tmp_path: Path):
     out = write_report(res, tmp_path / "r.html", json_path=tmp_path / "r.json")
     page = out.read_text()
     assert "data:image/png;base64," in page and "eps8" in page
-    assert json.loads((tmp_path / "r.json").read_text())["baseline"] == "eps1"
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["baseline"] == "eps1"
+    # 2 draws are too few for a useful interval, and every output says so up front
+    cmp = high.comparisons["recall@10"]
+    assert cmp.few_draws and all(c.few_draws for c in high.comparisons.values())
+    assert doc["notes"] and "only 2 noise draws" in doc["notes"][0]
+    assert doc["variants"][1]["comparisons"]["recall@10"]["few_draws"] is True
+    assert "only 2 noise draws" in doc["variants"][1]["comparisons"]["recall@10"]["note"]
+    assert "Warning: only 2 noise draws" in page and " †" in page
+    # with 5 draws nothing is flagged
+    five = run_experiment(load_experiment(TOML.replace("repeats = 2", "repeats = 5")))
+    assert not five.notes() and not five.variants[1].comparisons["recall@10"].few_draws
+
+
+def test_unseedable_baseline_and_missing_data(tmp_path: Path):
+    # a non-private baseline has no noise and no seed: seeded = true (the default) must not
+    # try to give it one
+    text = """
+[data]
+synthetic = "200x50"
+[experiment]
+k = [5]
+repeats = 2
+bootstrap = 50
+[[variant]]
+name = "a"
+model = "popularity"
+[[variant]]
+name = "b"
+model = "dppopularity"
+params = { epsilon = 1.0, delta = 1e-6, unit = "user", seed = 5 }
+"""
+    res = run_experiment(load_experiment(text))
+    pop, dp = res.variants
+    assert pop.epsilon is None and len(set(pop.draw_means["recall@5"])) == 1
+    assert dp.compared_to == "a" and "recall@5" in dp.comparisons
+    assert len(set(dp.draw_means["recall@5"])) == 2  # seeded: draw r uses seed + r
+    # a data path that does not exist is "not found", not a guess about its format
+    missing = TOML.replace('synthetic = "400x120"', f'path = "{tmp_path / "nope.csv"}"')
+    with pytest.raises(DataError, match="not found"):
+        run_experiment(load_experiment(missing))
 
 
 class FakeLedger:
@@ -246,3 +346,68 @@ def test_experiment_outputs_hide_exact_counts_and_the_heaviest_history(tmp_path:
     cmp = doc["variants"][1]["comparisons"]["recall@10"]
     assert cmp["users"].startswith("≈")
     assert "not differentially private" in outputs["e.html"]
+    # no exact count (all users, an activity group) can be solved for from the statistics
+    assert not _recoverable_counts(doc, set(secret))
+
+
+def _numbers(obj: object) -> list[float]:
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _numbers(v)]
+    return [float(obj)] if isinstance(obj, float) else []
+
+
+def _recoverable_counts(doc: dict, secrets: set[int]) -> list[str]:  # type: ignore[type-arg]
+    """Ways the reviewer found to get exact counts back from the experiment JSON.
+
+    1. ``(t · sd / mean)²`` — with the per-user standard deviation, the t statistic and the
+       mean difference at full precision, this was the exact number of evaluated users
+       (942.000 on ml-100k) or of an activity group. Every other published number of the
+       comparison is tried as the "sd".
+    2. Statistics at full precision (a power is a function of the number of users, a mean of
+       its denominator): every published statistic must carry at most 4 significant figures.
+    """
+    found = []
+    for v in doc["variants"]:
+        tables = [("all", v["comparisons"]), *v["group_comparisons"].items()]
+        for group, by_key in tables:
+            for key, c in by_key.items():
+                t, m = c.get("t_stat"), c.get("mean_diff")
+                if "sd_diff" in c:
+                    found.append(f"{group} {key}: publishes the per-user sd")
+                if not t or not m:
+                    continue
+                for name, x in c.items():
+                    if isinstance(x, float):
+                        n = (t * x / m) ** 2
+                        if any(abs(n - s) < 0.5 for s in secrets):
+                            found.append(f"{group} {key}: (t·{name}/mean)² = {n:.3f}")
+        stats = [v["means"], v["draw_means"], v["by_group"], v["comparisons"], v["power"]]
+        stats.append(v["group_comparisons"])
+        for x in _numbers(stats):
+            if float(f"{x:.4g}") != x:
+                found.append(f"{v['name']}: {x!r} at full precision")
+    return found
+
+
+def test_the_json_check_catches_the_old_leak():
+    """The check above on what the former JSON published (per-user sd, full precision)."""
+    n = 942
+    old = {"t_stat": 2.5, "sd_diff": 0.2, "mean_diff": 2.5 * 0.2 / math.sqrt(n)}
+    doc = {
+        "variants": [
+            {
+                "name": "v",
+                "means": {},
+                "draw_means": {},
+                "by_group": {},
+                "comparisons": {"recall@20": old},
+                "group_comparisons": {},
+                "power": {"recall@20": 0.8123456789},
+            }
+        ]
+    }
+    found = _recoverable_counts(doc, {n})
+    assert any("per-user sd" in f for f in found) and any("(t·sd_diff/mean)²" in f for f in found)
+    assert any("full precision" in f for f in found)

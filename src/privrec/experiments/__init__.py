@@ -1,4 +1,5 @@
-"""Offline A/B tests of privacy variants: one split, repeated noise draws, paired statistics.
+"""Offline A/B tests of privacy variants: one split, repeated noise draws, paired statistics
+with the noise draw as the unit of replication.
 
 See :mod:`privrec.experiments.config` for the TOML, :func:`run_experiment` to run it and
 :func:`write_report` for the HTML report.
@@ -13,7 +14,14 @@ from privrec.experiments.runner import (
     VariantResult,
     run_experiment,
 )
-from privrec.experiments.stats import PairedComparison, paired_comparison, power, users_needed
+from privrec.experiments.stats import (
+    PairedComparison,
+    VarianceComponents,
+    paired_comparison,
+    power,
+    repeats_needed,
+    users_needed,
+)
 
 __all__ = [
     "ChargeHook",
@@ -21,11 +29,13 @@ __all__ = [
     "ExperimentResult",
     "LedgerCharge",
     "PairedComparison",
+    "VarianceComponents",
     "VariantResult",
     "VariantSpec",
     "load_experiment",
     "paired_comparison",
     "power",
+    "repeats_needed",
     "run_experiment",
     "users_needed",
     "write_report",

@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from privrec.evaluation.protocol import approx_count
+from privrec.evaluation.protocol import approx_count, round_count
 from privrec.experiments.runner import ExperimentResult
+from privrec.experiments.stats import FEW_DRAWS_WIDENING, MIN_USEFUL_DRAWS, PairedComparison
 
 __all__ = ["to_markdown", "write_report"]
 
@@ -48,7 +49,7 @@ def _plots(res: ExperimentResult) -> list[tuple[str, str]]:
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     out.append(("Metric per variant", _png(fig)))
-    # 2. difference to the baseline per activity group, with paired bootstrap intervals
+    # 2. difference to the baseline per activity group, with the draw-level intervals
     others = [v for v in res.variants if v.comparisons]
     if others:
         fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), squeeze=False)
@@ -72,31 +73,47 @@ def _plots(res: ExperimentResult) -> list[tuple[str, str]]:
             ax.grid(axis="y", alpha=0.3)
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
+        conf = res.config.experiment.confidence
         out.append(
-            ("Difference to the baseline by user activity (95% paired bootstrap)", _png(fig))
+            (
+                f"Difference to the baseline by user activity ({conf:.0%} intervals, "
+                "noise draws as the unit)",
+                _png(fig),
+            )
         )
     return out
 
 
-def _cell(c: Any) -> str:
-    return f"{c.mean_diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]"
+def _cell(c: PairedComparison) -> str:
+    """``+0.0123 [-0.0040, +0.0286]``, marked ``†`` when too few draws make it wide."""
+    mark = " †" if c.few_draws else ""
+    return f"{c.mean_diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]{mark}"
 
 
-def _p(c: Any) -> str:
-    parts = [f"boot {c.p_bootstrap:.3g}"]
-    if c.p_value == c.p_value:  # not NaN
-        parts.append(f"t {c.p_value:.3g}")
-    return ", ".join(parts)
+def _p(c: PairedComparison) -> str:
+    return f"{c.p_value:.2g}"
+
+
+def _count(n: int | None, none: str) -> str:
+    return none if n is None else f"{round_count(n):,}"
 
 
 def to_markdown(res: ExperimentResult) -> str:
-    """Summary tables: metrics and ε per variant, paired comparisons, per-group comparisons."""
+    """Summary tables: metrics and ε per variant, paired comparisons, per-group comparisons.
+
+    A "too few noise draws" caveat comes first, before any number it qualifies.
+    """
     keys = list(res.variants[0].means)
+    spec = res.config.experiment
     lines = [
         f"Split: {res.split}; {approx_count(res.n_users)} evaluated users, "
         f"{approx_count(res.n_items)} items; "
-        f"{res.config.experiment.repeats} noise draws per variant; baseline: {res.baseline}.",
+        f"{spec.repeats} noise draws per variant; baseline: {res.baseline}.",
         "",
+    ]
+    for note in res.notes():
+        lines += [f"**Warning: {note}.**", ""]
+    lines += [
         "| variant | model | ε per model | ε of all draws | " + " | ".join(keys) + " |",
         "|---|---|---:|---:|" + "---:|" * len(keys),
     ]
@@ -113,23 +130,30 @@ def to_markdown(res: ExperimentResult) -> str:
         ckeys = list(comp[0].comparisons)
         lines += [
             "",
-            "Paired differences to the reference variant (mean [95% interval]; p-values: "
-            "bootstrap, paired t-test over users); users needed to detect "
-            f"{res.config.experiment.detect:g} at α = {res.config.experiment.alpha:g}, "
-            f"power {res.config.experiment.power:g}:",
+            f"Paired differences to the reference variant (mean [{spec.confidence:.0%} interval], "
+            "p-value). The noise draw is the unit of replication: one draw moves every user's "
+            "score at once, so the interval rests on the spread between draws (t with draws − 1 "
+            "degrees of freedom) plus the users' own spread. Planning, to detect "
+            f"{spec.detect:g} at α = {spec.alpha:g} with power {spec.power:g}: users needed at "
+            f"{spec.repeats} draws (∞: the draws' own variance hides it, add draws instead), "
+            "draws needed with these users (> 1000: add users), and the power now:",
             "",
-            "| variant | vs | metric | difference | p | users needed | power now |",
-            "|---|---|---|---|---|---:|---:|",
+            "| variant | vs | metric | difference | p | users needed | draws needed | power now |",
+            "|---|---|---|---|---|---:|---:|---:|",
         ]
         for v in comp:
             for k in ckeys:
                 c = v.comparisons[k]
-                need = v.users_needed.get(k)
-                pw = v.power.get(k)
+                planned = k in v.power
+                need = _count(v.users_needed.get(k), "∞") if planned else "—"
+                draws = v.repeats_needed.get(k)
+                more = ("> 1000" if draws is None else str(draws)) if planned else "—"
+                pw = f"{v.power[k]:.2f}" if planned else "—"
                 lines.append(
                     f"| {v.name} | {v.compared_to} | {k} | {_cell(c)} | {_p(c)} | "
-                    f"{'—' if need is None else f'{need:,}'} | {'—' if pw is None else f'{pw:.2f}'} |"
+                    f"{need} | {more} | {pw} |"
                 )
+
         lines += [
             "",
             "By user activity (training interactions), paired differences to the reference variant:",
@@ -151,6 +175,16 @@ def to_markdown(res: ExperimentResult) -> str:
                     )
                     + " |"
                 )
+        shown = [c for v in comp for c in v.comparisons.values()] + [
+            c for v in comp for g in v.group_comparisons.values() for c in g.values()
+        ]
+        if any(c.few_draws for c in shown):
+            lines += [
+                "",
+                f"† too few noise draws for a useful interval: fewer than {MIN_USEFUL_DRAWS}, or "
+                f"more than {FEW_DRAWS_WIDENING:g}× as wide as it would be with many draws (t at "
+                "draws − 1 degrees of freedom); run more repeats.",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -174,7 +208,10 @@ def _md_table_to_html(md: str) -> str:
             rows.append([c.strip().replace("**", "") for c in line.strip("|").split("|")])
         else:
             flush()
-            if line.strip():
+            if line.startswith("**Warning"):
+                text = html.escape(line.replace("**", ""))
+                out.append(f'<p style="color:#a00;font-weight:bold">{text}</p>')
+            elif line.strip():
                 out.append(f"<p>{html.escape(line.replace('**', ''))}</p>")
     flush()
     return "\n".join(out)
@@ -196,11 +233,14 @@ table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px s
 th{{background:#f3f3f3}}td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head>
 <body><h1>Privacy variants: offline A/B</h1>
 <p>Generated {datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")} in {res.seconds:.0f} s. Every variant was
-trained on the same split with the same noise-draw seeds; differences are paired by user and draw.
+trained on the same split with the same noise-draw seeds; differences are paired by user and draw,
+and the intervals treat the noise draw as the unit of replication (one draw moves every user at once),
+so they are wide when there are few draws.
 "ε of all draws" composes every model the experiment trained (what it would cost if all were released);
 the models were not released. Seeded noise is reproducible and not private: experiments only.
 Metrics are measured on held-out data and are not differentially private: user counts are rounded
-to two significant figures and activity groups are labelled by rounded quantile edges.</p>
+to two significant figures, statistics to a few, and activity groups are labelled by rounded
+quantile edges.</p>
 {_md_table_to_html(to_markdown(res))}
 {figures}
 </body></html>

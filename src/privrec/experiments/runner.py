@@ -11,17 +11,20 @@ from typing import Any, Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from privrec.errors import ConfigError, PrivacyWarning
+from privrec.errors import ConfigError, DataError, PrivacyWarning
 from privrec.evaluation.metrics import per_user_metrics
-from privrec.evaluation.protocol import activity_groups, approx_count
+from privrec.evaluation.protocol import activity_groups, approx_count, round_count
 from privrec.evaluation.splits import Split
 from privrec.experiments.config import DataSpec, ExperimentConfig
 from privrec.experiments.stats import (
+    FEW_DRAWS_WIDENING,
     PairedComparison,
     coverage,
     coverage_comparison,
     paired_comparison,
     power,
+    repeats_needed,
+    significant,
     users_needed,
 )
 from privrec.privacy.events import SpentEvent
@@ -51,9 +54,18 @@ class ChargeHook(Protocol):
     def commit(self, variant: str, draw: int, result: dict[str, float]) -> None: ...
 
 
+def _rounded(values: dict[str, float]) -> dict[str, float | None]:
+    return {k: significant(v, 4) for k, v in values.items()}
+
+
 @dataclass
 class VariantResult:
-    """One variant over its draws: mean metrics, ε, and the comparison with the baseline."""
+    """One variant over its draws: mean metrics, ε, and the comparison with the baseline.
+
+    ``users_needed`` (at this many draws) and ``repeats_needed`` (with this many users) are
+    ``None`` when no number of them reaches the power asked for: the draws' variance does not
+    shrink with users, nor the users' spread with draws.
+    """
 
     name: str
     model: str
@@ -67,11 +79,16 @@ class VariantResult:
     by_group: dict[str, dict[str, float]]
     comparisons: dict[str, PairedComparison] = field(default_factory=dict)
     group_comparisons: dict[str, dict[str, PairedComparison]] = field(default_factory=dict)
-    users_needed: dict[str, int] = field(default_factory=dict)
+    users_needed: dict[str, int | None] = field(default_factory=dict)
+    repeats_needed: dict[str, int | None] = field(default_factory=dict)
     power: dict[str, float] = field(default_factory=dict)
     compared_to: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly. Metric values are rounded to 4 significant figures and power to 2
+        decimals: at full precision a mean over users, or a power (a function of the number of
+        users), can be solved for the exact number of users, which the outputs only give as
+        ``"≈ 940"``; users needed are rounded like counts."""
         return {
             "name": self.name,
             "model": self.model,
@@ -80,16 +97,19 @@ class VariantResult:
             "delta": self.delta,
             "epsilon_all_draws": self.epsilon_all_draws,
             "seconds": self.seconds,
-            "means": self.means,
-            "draw_means": self.draw_means,
-            "by_group": self.by_group,
+            "means": _rounded(self.means),
+            "draw_means": {k: [significant(x, 4) for x in v] for k, v in self.draw_means.items()},
+            "by_group": {g: _rounded(m) for g, m in self.by_group.items()},
             "compared_to": self.compared_to,
             "comparisons": {k: v.to_dict() for k, v in self.comparisons.items()},
             "group_comparisons": {
                 g: {k: v.to_dict() for k, v in d.items()} for g, d in self.group_comparisons.items()
             },
-            "users_needed": self.users_needed,
-            "power": self.power,
+            "users_needed": {
+                k: None if n is None else round_count(n) for k, n in self.users_needed.items()
+            },
+            "repeats_needed": self.repeats_needed,
+            "power": {k: round(p, 2) for k, p in self.power.items()},
         }
 
 
@@ -100,7 +120,9 @@ class ExperimentResult:
     The counts here are exact, for in-process use. The experiment evaluates on held-out data
     and is not differentially private, so :meth:`to_dict` (the ``--json`` file), the Markdown
     and the HTML report round them (``"≈ 940"``), as ``privrec evaluate`` does, and label
-    activity groups by rounded quantile edges, never by one person's history length.
+    activity groups by rounded quantile edges, never by one person's history length. They also
+    round every statistic to a few significant figures and leave out the variance components:
+    published at full precision, some combinations of them give the exact counts back.
     """
 
     config: ExperimentConfig
@@ -116,6 +138,32 @@ class ExperimentResult:
     def baseline(self) -> str:
         return self.config.baseline
 
+    def notes(self) -> list[str]:
+        """Caveats a reader must see before the numbers: one "too few noise draws" sentence
+        when any comparison is flagged (each flagged comparison also carries its own note)."""
+        flagged = [
+            c
+            for v in self.variants
+            for c in [
+                *v.comparisons.values(),
+                *(c for g in v.group_comparisons.values() for c in g.values()),
+            ]
+            if c.few_draws
+        ]
+        if not flagged:
+            return []
+        r = flagged[0].draws
+        worst = max(c.widening for c in flagged)
+        how = (
+            f"intervals are up to {worst:.1f}× as wide as with many draws"
+            if worst > FEW_DRAWS_WIDENING
+            else "intervals may be too wide or too narrow (the draws may agree by chance)"
+        )
+        return [
+            f"only {r} noise draws per variant: the variance between draws rests on {r - 1} "
+            f"degree(s) of freedom, so {how} — run 5 or more repeats for useful intervals"
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.model_dump(mode="json"),
@@ -126,8 +174,23 @@ class ExperimentResult:
             "groups": self.groups,
             "group_sizes": [approx_count(n) for n in self.group_sizes],
             "seconds": self.seconds,
+            "notes": self.notes(),
             "variants": [v.to_dict() for v in self.variants],
         }
+
+
+def _existing(path: str) -> Any:
+    """``data.path`` resolved (a ``shared/data`` path works from any folder), or a clear
+    "not found": the loader would first try to guess the format from the name and report that
+    instead."""
+    from privrec.data.shared import resolve_shared_path
+
+    p = resolve_shared_path(path)
+    if not p.exists():
+        raise DataError(
+            "data file or folder not found", file=p, field="data.path", found="no such path"
+        )
+    return p
 
 
 def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = None) -> Split:
@@ -139,7 +202,6 @@ def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = Non
     """
     from privrec import evaluation as ev
     from privrec.data import load, synthetic
-    from privrec.data.shared import resolve_shared_path
 
     governed = ledger is not None and dataset is not None
     if governed and spec.protocol == "files":
@@ -150,7 +212,7 @@ def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = Non
     if spec.protocol == "files":
         if spec.path is None:
             raise ConfigError("protocol 'files' needs data.path (a folder of train/valid/test)")
-        return ev.load_split(resolve_shared_path(spec.path), merge_valid_into_train=True)
+        return ev.load_split(_existing(spec.path), merge_valid_into_train=True)
     if spec.synthetic is not None:
         try:
             users, items = (int(v) for v in spec.synthetic.lower().split("x"))
@@ -161,7 +223,7 @@ def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = Non
         data = synthetic(n_users=users, n_items=items, seed=spec.seed)
     else:
         assert spec.path is not None
-        data = load(resolve_shared_path(spec.path), format=spec.format)
+        data = load(_existing(spec.path), format=spec.format)
         if spec.binarize is not None:
             data = data.binarize(spec.binarize)
     if governed:
@@ -173,7 +235,7 @@ def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = Non
     return ev.strong_generalization(data, n_heldout_users=0.1, seed=spec.seed)
 
 
-def _build(name: str, params: dict[str, Any]) -> Any:
+def _model_class(name: str) -> Any:
     import privrec.models.all  # noqa: F401  (registers every model)
     from privrec.models import MODEL_REGISTRY
 
@@ -181,7 +243,17 @@ def _build(name: str, params: dict[str, Any]) -> Any:
         raise ConfigError(
             f"unknown model {name!r}; choose one of: {', '.join(sorted(MODEL_REGISTRY))}"
         )
-    return MODEL_REGISTRY[name].from_config(params)
+    return MODEL_REGISTRY[name]
+
+
+def _takes_seed(name: str) -> bool:
+    """Whether the model has a ``seed`` to set for common random numbers: a non-private
+    baseline such as ``popularity`` draws no noise and has none to seed."""
+    return "seed" in _model_class(name).Config.model_fields
+
+
+def _build(name: str, params: dict[str, Any]) -> Any:
+    return _model_class(name).from_config(params)
 
 
 def _top_lists(model: Any, split: Split, k: int) -> np.ndarray:
@@ -250,9 +322,10 @@ def run_experiment(
         per_draw: dict[str, list[np.ndarray]] = {}
         tops[v.name] = []
         guarantees = []
+        seedable = spec.seeded and _takes_seed(v.model)
         for r in range(spec.repeats):
             params = dict(v.params)
-            if spec.seeded:
+            if seedable:
                 params["seed"] = spec.seed + r
             model = _build(v.model, params)
             if progress is not None:
@@ -334,21 +407,24 @@ def run_experiment(
         vr.compared_to = base
         b = arrays[base]
         for key in keys:
-            cmp = paired_comparison(
-                a[key], b[key], confidence=spec.confidence, n_boot=spec.bootstrap, seed=spec.seed
-            )
+            cmp = paired_comparison(a[key], b[key], confidence=spec.confidence)
             vr.comparisons[key] = cmp
-            vr.users_needed[key] = users_needed(cmp.sd_diff, spec.detect, spec.alpha, spec.power)
-            vr.power[key] = power(cmp.users, cmp.sd_diff, spec.detect, spec.alpha)
+            comps = cmp.components
+            assert comps is not None
+            vr.users_needed[key] = users_needed(
+                comps, spec.detect, repeats=cmp.draws, alpha=spec.alpha, power_=spec.power
+            )
+            vr.repeats_needed[key] = repeats_needed(
+                comps, spec.detect, users=cmp.users, alpha=spec.alpha, power_=spec.power
+            )
+            vr.power[key] = power(
+                comps, spec.detect, repeats=cmp.draws, users=cmp.users, alpha=spec.alpha
+            )
             for g, lab in enumerate(labels):
                 sel = gidx == g
                 if sel.sum() >= 2:
                     vr.group_comparisons.setdefault(lab, {})[key] = paired_comparison(
-                        a[key][:, sel],
-                        b[key][:, sel],
-                        confidence=spec.confidence,
-                        n_boot=spec.bootstrap,
-                        seed=spec.seed,
+                        a[key][:, sel], b[key][:, sel], confidence=spec.confidence
                     )
         if "coverage" in spec.metrics:
             for kk in ks:

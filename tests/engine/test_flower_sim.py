@@ -31,3 +31,15 @@ def test_a_round_with_every_virtual_client_in_secagg() -> None:
 def test_a_bad_run_config_fails_before_anything_starts() -> None:
     with pytest.raises(ConfigError, match="unknown run config key"):
         simulation_apps({"no-such-key": 1})
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"n_clients": 1}, {"client_cpus": 0}, {"client_cpus": float("nan")}, {"round_timeout": -1}],
+)
+def test_bad_simulation_arguments_are_config_errors(bad: dict[str, float]) -> None:
+    """Checked before Flower starts its runtime (client_cpus=0 crashed it with a RuntimeError)."""
+    kw: dict[str, float] = {"n_clients": 4, **bad}
+    n = int(kw.pop("n_clients"))
+    with pytest.raises(ConfigError):
+        run_federated_simulation(n, **kw)  # type: ignore[arg-type]

@@ -19,11 +19,14 @@ virtual nodes their ``node.*`` data defaults (a node's own ``node_config`` still
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from privrec.errors import ConfigError
 
 __all__ = ["run_federated_simulation", "simulation_apps"]
 
@@ -103,6 +106,14 @@ def run_federated_simulation(
     catalogue is trained (no head selection round). Ray is started by Flower unless it is
     already initialised (then its resources are used).
     """
+    # checked before Flower starts Ray: a bad value crashed its simulation runtime, untyped
+    if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 2:
+        raise ConfigError(f"n_clients must be an integer >= 2, found {n_clients!r}")
+    for name, value in (("client_cpus", client_cpus), ("round_timeout", round_timeout)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ConfigError(f"{name} must be a number > 0, found {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be finite, found {value!r}")
     from flwr.simulation import run_simulation
 
     with tempfile.TemporaryDirectory(prefix="privrec-flwr-sim-") as tmp:

@@ -443,3 +443,43 @@ def test_a_party_with_another_partys_certificate_is_refused(
     client = json.loads((tmp_path / "result-0.json").read_text())
     assert client["error"] == "ProtocolAbort"
     assert "TLS with party 1" in client["message"]
+
+
+def test_a_peers_pickle_can_build_plain_data_only() -> None:
+    """MPyC reads peers' transfers and share arrays with pickle; a crafted pickle ran code in
+    the honest parties and copied the secret item matrix (hostile review, 2026-12-07). The
+    runtime now reads them with a loader that builds plain data only."""
+    import os
+    import pickle
+
+    import numpy as np
+
+    from privrec.errors import MessageRejected
+    from privrec.secure.mpc_wire import SAFE_PICKLE, install, safe_loads
+
+    for value in (
+        "digest",
+        [1, 2**200, -3],
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+        np.array([2**100, 5], dtype=object),
+        np.float64(1.5),
+    ):
+        got = safe_loads(pickle.dumps(value))
+        assert type(got) is type(value)
+        np.testing.assert_array_equal(
+            np.asarray(got, dtype=object), np.asarray(value, dtype=object)
+        )
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, ("echo pwned",))
+
+    with pytest.raises(MessageRejected, match="could run code"):
+        safe_loads(pickle.dumps(Evil()))
+    with pytest.raises(MessageRejected, match="malformed"):
+        safe_loads(pickle.dumps([1, 2, 3])[:-3])
+    import types
+
+    runtime = types.SimpleNamespace(pickle=pickle)  # stands in for mpyc.runtime
+    install(runtime)
+    assert runtime.pickle is SAFE_PICKLE  # what MPyC's input/output/transfer call

@@ -78,6 +78,7 @@ from privrec.errors import (
     ConfigError,
     InvalidInputError,
     PeerUnavailable,
+    PrivrecError,
     ProtocolAbort,
 )
 from privrec.secure.mpc_tls import N_PARTIES, TLSFiles, make_tls_material, tls_name
@@ -331,6 +332,10 @@ def _runtime(party_id: int, addresses: Sequence[tuple[str, int]], params: MPCPar
     try:
         sys.argv = list(base)
         import mpyc.runtime as mpyc_runtime  # first import runs MPyC's setup on ``base``
+
+        from privrec.secure.mpc_wire import install
+
+        install(mpyc_runtime)  # a peer's pickle can build plain data only, never run code
 
         sys.argv = [
             *base,
@@ -646,6 +651,16 @@ def run_party(
         raise PeerUnavailable(
             f"party {party_id} ({_ROLE[party_id]}): secure top-k did not finish within "
             f"{timeout:g} s (a peer is absent, dead or stuck)"
+        ) from None
+    except PrivrecError:
+        raise
+    except (RuntimeError, OSError, EOFError) as exc:
+        # MPyC stops its event loop when a peer disconnects mid-protocol or sends bytes this
+        # party refuses (mpc_wire): an abort, not an untyped crash
+        raise ProtocolAbort(
+            "protocol",
+            f"party {party_id} ({_ROLE[party_id]}): a peer disconnected or sent data this party "
+            f"refused ({type(exc).__name__}); nothing was output",
         ) from None
     return result
 

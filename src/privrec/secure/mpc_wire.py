@@ -1,0 +1,63 @@
+"""What a peer's bytes may become: MPyC's pickle, restricted to plain data.
+
+MPyC serialises ``transfer`` values and numpy share arrays with :mod:`pickle` and reads the
+peers' bytes back with ``pickle.loads`` — which runs whatever a crafted pickle names. A lying
+party (or, without TLS, anyone who reaches a listening port first) could run code in the honest
+parties' processes and copy the secret item matrix. :func:`install` replaces the ``pickle`` MPyC
+uses by one whose ``loads`` builds only numbers, strings, bytes, containers and numpy arrays of
+plain dtypes; anything else is refused with :class:`~privrec.errors.MessageRejected`, which the
+protocol turns into an abort. ``dumps`` is the standard one (what this party sends is its own).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from types import SimpleNamespace
+from typing import Any
+
+from privrec.errors import MessageRejected
+
+__all__ = ["SAFE_PICKLE", "install", "safe_loads"]
+
+#: The only globals a peer's pickle may name: what numpy needs to rebuild an array of plain
+#: numbers (and a numpy scalar). Object arrays hold Python ints, which need no global.
+_ALLOWED: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+)
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise MessageRejected(
+            "a peer sent a pickle naming a Python object other than plain numbers and arrays: "
+            "refused (it could run code in this process)"
+        )
+
+
+def safe_loads(data: bytes) -> Any:
+    """``pickle.loads`` for plain data only (numbers, strings, containers, numpy arrays)."""
+    try:
+        return _Unpickler(io.BytesIO(data)).load()
+    except MessageRejected:
+        raise
+    except Exception as exc:  # truncated or malformed bytes
+        raise MessageRejected(f"a peer sent malformed data ({type(exc).__name__})") from None
+
+
+#: Stands in for the :mod:`pickle` module inside ``mpyc.runtime``.
+SAFE_PICKLE = SimpleNamespace(dumps=pickle.dumps, loads=safe_loads)
+
+
+def install(runtime_module: Any) -> None:
+    """Make ``runtime_module`` (``mpyc.runtime``) read peers' pickles with :func:`safe_loads`."""
+    runtime_module.pickle = SAFE_PICKLE

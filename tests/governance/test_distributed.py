@@ -70,6 +70,27 @@ def test_rdp_only_charges_are_composed_with_rdp(setup: LedgerSetup) -> None:
     assert rdp_two > pld_two
 
 
+def test_private_tuning_is_charged_under_rdp_whatever_the_budget(setup: LedgerSetup) -> None:
+    """Private tuning's repeat-and-select event has no PLD: under the default PLD budget its
+    charge failed with dp-accounting's raw UnsupportedEventError; now it is composed with RDP,
+    and the ledger's ε is the tuned model's."""
+    from privrec.models import DPPopularity
+    from privrec.tuning import private_tune
+
+    data = setup.analyst.load("ratings", _data())
+    with ChargeSession(setup.analyst, "ratings", kind="tuning", data=data) as session:
+        res = private_tune(
+            DPPopularity, [{}, {"bound_quantile": 0.5}], data.interactions, epsilon=2.0,
+            delta=1e-6, release_gate=session.gate,
+        )  # fmt: skip
+        session.released()
+        session.commit()
+    status = _dataset_status(setup)
+    assert status.composed_epsilon == pytest.approx(  # type: ignore[attr-defined]
+        res.model.privacy_guarantee.epsilon, rel=1e-9
+    )
+
+
 # ------------------------------------------------------------------ FederatedMF through the ledger
 def test_federated_training_is_charged_before_round_one(setup: LedgerSetup) -> None:
     """The reservation is exactly what the run records: the ledger's ε is the model's."""

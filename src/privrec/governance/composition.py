@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import dp_accounting
+from dp_accounting import dp_event
 
 from privrec.errors import GovernanceError
 from privrec.privacy.accounting import INTEGER_RDP_ORDERS, epsilon_of, simplify
@@ -87,8 +88,10 @@ class ChargeEvents:
             raise ValueError("a charge needs at least one event")
         self.spent = items
         self.event = total_event(items)
-        #: whether the events are proven only in RDP (composed with RDP, never as Gaussians)
-        self.rdp_only = accountant == RDP_ONLY or marked
+        #: whether the events are proven only in RDP (composed with RDP, never as Gaussians):
+        #: marked so by the caller, or holding an event PLD cannot account (private tuning's
+        #: repeat-and-select — a PLD budget used to fail on it with dp-accounting's raw error)
+        self.rdp_only = accountant == RDP_ONLY or marked or _rdp_only_kind(self.event)
         extra = {"accountant": RDP_ONLY} if self.rdp_only else {}
         #: labelled events as canonical JSON: what the ledger stores and groups identical charges by
         self.json = json.dumps(
@@ -107,6 +110,17 @@ class ChargeEvents:
         if self.rdp_only:
             return _rdp_epsilon(self.event, delta, unit)
         return epsilon_of(self.event, delta, accountant, unit)
+
+
+def _rdp_only_kind(event: dp_accounting.DpEvent) -> bool:
+    """Whether ``event`` holds a kind only the RDP accountant composes (repeat-and-select)."""
+    if isinstance(event, dp_event.RepeatAndSelectDpEvent):
+        return True
+    if isinstance(event, dp_accounting.SelfComposedDpEvent | dp_accounting.PoissonSampledDpEvent):
+        return _rdp_only_kind(event.event)
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        return any(_rdp_only_kind(e) for e in event.events)
+    return False
 
 
 def _event_of_json(text: str) -> tuple[dp_accounting.DpEvent, bool]:

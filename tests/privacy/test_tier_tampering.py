@@ -95,3 +95,35 @@ def test_explain_says_the_headline_epsilon_is_the_loosest_tier(tiered_file: Path
     text = load_model(tiered_file).guarantee_.explain()
     first = text.splitlines()[0]
     assert "loosest protection tier" in first and "2 stricter tier(s)" in first
+
+
+def test_files_from_before_integer_orders(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Until 2026-12-07 RDP guarantees were converted at dp-accounting's denser default orders.
+    Central files (Gaussian events: valid at every order) still load — tiers included, which
+    were refused — while a distributed model's, whose discrete bound holds only at integer
+    orders, is refused with a reason that says so."""
+    import dp_accounting
+
+    import privrec.privacy.accounting as accounting
+    from privrec.errors import GuaranteeMismatchError
+    from privrec.federated.dpals import FederatedDPALS
+    from privrec.models import DPPopularity, load_model
+
+    def dense(kind="pld", unit=accounting.PrivacyUnit.USER):  # type: ignore[no-untyped-def]
+        if accounting.AccountantKind(kind) is accounting.AccountantKind.PLD:
+            return dp_accounting.pld.PLDAccountant(
+                neighboring_relation=unit.relation, value_discretization_interval=1e-4
+            )
+        return dp_accounting.rdp.RdpAccountant(neighboring_relation=unit.relation)
+
+    data = synthetic(n_users=600, n_items=150, seed=1)
+    with monkeypatch.context() as m:
+        m.setattr(accounting, "make_accountant", dense)
+        tiered = DPPopularity(8.0, 1e-6, "user", tiers=(4.0,), accountant="rdp")
+        tiered.fit(data, user_epsilons=np.resize([4.0, 8.0], 600)).save(tmp_path / "t.npz")
+        fed = FederatedDPALS(8.0, 1e-6, "user", factors=4, iterations=1)
+        fed.fit(data).save(tmp_path / "f.npz")
+    g = load_model(tmp_path / "t.npz").privacy_guarantee  # loads: the old orders are valid here
+    assert g.recompute_epsilon() > g.epsilon  # the integer orders give a little more
+    with pytest.raises(GuaranteeMismatchError, match="fractional orders"):
+        load_model(tmp_path / "f.npz")

@@ -113,10 +113,17 @@ def privacy_verify(
                 "which the guarantee does not cover"
             )
         verdict = "OK" if not not_private else "CONSISTENT but NOT A PRIVATE RELEASE"
+        older = (
+            " (the file states ε at dp-accounting's denser default orders, as files written "
+            "before 2026-12-07 do — a valid bound for its Gaussian events; privrec's integer "
+            "orders give the larger value shown)"
+            if recomputed > g.epsilon * (1 + 1e-6) + 1e-9
+            else ""
+        )
         console.print(
             f"{model_path}: {verdict} — ε = {g.epsilon:.6g} at δ = {g.delta:.1e} (per {g.unit.value}) "
             f"recomputed from {len(g.events)} stored event{'s' if len(g.events) != 1 else ''} "
-            f"with the {g.accountant.value.upper()} accountant: {recomputed:.6g}; δ, unit, "
+            f"with the {g.accountant.value.upper()} accountant: {recomputed:.6g}{older}; δ, unit, "
             "accountant and seeding agree with the model's parameters; events well formed.",
             highlight=False,
             markup=False,

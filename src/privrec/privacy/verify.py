@@ -23,11 +23,18 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from privrec.errors import GuaranteeMismatchError
+from privrec.privacy.accounting import AccountantKind
 
 if TYPE_CHECKING:
     from privrec.privacy.guarantee import PrivacyGuarantee
 
-__all__ = ["check_against_params", "check_event_dict", "check_guarantee", "quiet_accountant"]
+__all__ = [
+    "check_against_params",
+    "check_event_dict",
+    "check_guarantee",
+    "dense_orders_allowed",
+    "quiet_accountant",
+]
 
 #: Event nodes a stored guarantee may hold in total (a DPALS fit stores a few dozen).
 MAX_EVENT_NODES = 100_000
@@ -166,14 +173,22 @@ def check_guarantee(g: PrivacyGuarantee) -> float:
 
     recomputed = recompute(dense=False)
     same = agrees(recomputed)
-    if not same and g.epsilon < recomputed:  # computed at denser orders (fast path not used)?
+    if not same and g.epsilon < recomputed and dense_orders_allowed(g):
+        # written before 2026-12-07, at dp-accounting's denser default orders: valid for
+        # Gaussian events (their RDP holds at every order)
         dense = recompute(dense=True)
         if dense != recomputed:
             recomputed, same = dense, agrees(dense)
     if not same:
+        older = (
+            " (or, for a distributed-DP model saved before 2026-12-07, converted at fractional "
+            "orders its discrete bound does not cover: retrain it)"
+            if g.accountant is AccountantKind.RDP and g.epsilon < recomputed
+            else ""
+        )
         raise GuaranteeMismatchError(
             "the stored ε is not what the stored events give: the guarantee was altered or "
-            "corrupted, so no ε from this file can be trusted",
+            f"corrupted{older}, so no ε from this file can be trusted",
             field="guarantee.epsilon",
             expected=f"{recomputed:.6g} (recomputed with the {g.accountant.value.upper()} accountant)",
             found=g.epsilon,
@@ -189,6 +204,29 @@ def _agrees(stored: float, recomputed: float, accountant: str) -> bool:
     return (math.isinf(recomputed) and math.isinf(stored)) or (
         recomputed * (1 - EPSILON_RTOL) - 1e-9 <= stored <= recomputed * (1 + upper) + 1e-9
     )
+
+
+def dense_orders_allowed(g: PrivacyGuarantee) -> bool:
+    """Whether ``g`` may have been converted at dp-accounting's denser default orders.
+
+    Files written before 2026-12-07 were, and for central Gaussian events that is a valid bound
+    (their RDP holds at every order). Distributed DP's discrete bounds are proven only at integer
+    orders, so such a guarantee is held to them.
+    """
+    return g.accountant is AccountantKind.RDP and "distributed" not in g.mechanism.lower()
+
+
+def _tier_epsilon_dense(g: PrivacyGuarantee, weight: float) -> float:
+    """A tier's ε at dp-accounting's default orders (see :func:`dense_orders_allowed`)."""
+    import dp_accounting
+
+    from privrec.privacy.accounting import simplify
+    from privrec.privacy.events import total_event
+    from privrec.privacy.personalized import scale_event
+
+    acc = dp_accounting.rdp.RdpAccountant(neighboring_relation=g.unit.relation)
+    acc.compose(simplify(scale_event(total_event(g.spent_events), weight)))
+    return float(acc.get_epsilon(g.delta))
 
 
 def _check_tiers(g: PrivacyGuarantee) -> None:
@@ -215,6 +253,9 @@ def _check_tiers(g: PrivacyGuarantee) -> None:
                 expected = tier_epsilon(g.spent_events, w, g.delta, g.accountant, g.unit)
         except Exception as exc:
             raise _bad(f"the accountant cannot compose a tier's scaled events ({exc})") from None
+        if not _agrees(eps, expected, g.accountant.value) and dense_orders_allowed(g):
+            with quiet_accountant():
+                expected = _tier_epsilon_dense(g, w)  # a file from before integer orders
         if (
             not _agrees(eps, expected, g.accountant.value)
             or eps > asked * (1 + EPSILON_RTOL) + 1e-9

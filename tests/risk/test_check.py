@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,13 +25,7 @@ def files(tmp_path_factory):  # type: ignore[no-untyped-def]
     d = tmp_path_factory.mktemp("artifacts")
     data = synthetic(n_users=120, n_items=40, seed=0)
     good = DPPopularity(epsilon=1.0, delta=1e-5, unit="user").fit(data).save(d / "good.npz")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        seeded = (
-            DPPopularity(epsilon=1.0, delta=1e-5, unit="user", seed=0)
-            .fit(data)
-            .save(d / "seeded.npz")
-        )
+    seeded = _seeded_file(data, d / "seeded.npz", "user")
     big = DPPopularity(epsilon=8.0, delta=1e-5, unit="user").fit(data).save(d / "eps8.npz")
     ease = EASE().fit(data).save(d / "ease.npz")
     # a tampered file: its stated ε no longer matches its events
@@ -43,6 +38,15 @@ def files(tmp_path_factory):  # type: ignore[no-untyped-def]
         "tampered": tampered,
         "dir": d,
     }
+
+
+def _seeded_file(data: Any, out: Path, unit: str) -> Path:
+    """A DPPopularity file whose noise was drawn from a seed (not a private release)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = DPPopularity(epsilon=1.0, delta=1e-5, unit=unit, seed=0).fit(data)
+    saved: Path = model.save(out)
+    return saved
 
 
 def _rewritten(
@@ -194,13 +198,7 @@ def test_a_relabelled_guarantee_fails_as_the_loader_refuses_it(tmp_path: Path): 
     from privrec.models import load_model
 
     data = synthetic(n_users=120, n_items=40, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        path = (
-            DPPopularity(epsilon=1.0, delta=1e-5, unit="interaction", seed=0)
-            .fit(data)
-            .save(tmp_path / "seeded-interaction.npz")
-        )
+    path = _seeded_file(data, tmp_path / "seeded-interaction.npz", "interaction")
     relabelled = _rewritten(
         path, tmp_path / "relabelled.npz", {"seeded_noise": False, "unit": "user"}
     )

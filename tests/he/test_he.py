@@ -278,9 +278,10 @@ def test_security_bound_checked_on_real_parameters_at_load(
 
 
 def test_server_refuses_other_parameters(factors: tuple[np.ndarray, np.ndarray]) -> None:
+    """Other parameters are a bad client message (4xx over HTTP), refused before any key."""
     y, u = factors
     client = PrivateScoringClient(params=CKKSParams(16384, (60, 40, 60), 40))
-    with pytest.raises(InsecureParametersError, match="differ"):
+    with pytest.raises(MessageRejected, match="differ"):
         _server(y).score(client.encrypt_query(u))
 
 

@@ -52,10 +52,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
 
 import dp_accounting
 import numpy as np
@@ -68,12 +71,11 @@ from privrec.privacy.budget import Budget
 from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.randomness import secure_generator
 from privrec.secure.he_backend import (
-    DEFAULT_PACKING,
     HE_STANDARD_MAX_BITS,
     CKKSParams,
-    HEBackend,
-    Packing,
     TenSEALBackend,
+    _bool_field,
+    _int_field,
     _pack,
     _unpack,
     check_security,
@@ -95,10 +97,131 @@ __all__ = [
     "private_recommend",
 ]
 
+
+class Packing(StrEnum):
+    """How the user vector is laid out in ciphertexts (see the module docstring)."""
+
+    REPLICATED = "replicated"
+    COMPACT = "compact"
+
+
+#: Default: 64× smaller upload and ~60× less client work than the replicated packing at 64
+#: factors, for one 0.7 MB rotation key per session and a server compute still within the
+#: 0.3 s target at 10k items (measurements in ``docs/secure_scoring.md``).
+DEFAULT_PACKING = Packing.COMPACT
+
+
 _MAGIC_REQUEST = b"PRHEQ1"
 _MAGIC_RESPONSE = b"PRHER1"
+#: Most factors a request can carry: the slots of the largest standard ring (degree 32768)
+_MAX_FACTORS = 16384
+_CONTEXT_ID = re.compile(r"[0-9a-f]{64}")
 
 
+# --------------------------------------------------------------------------- backend
+@runtime_checkable
+class HEBackend(Protocol):
+    """What private scoring needs from a homomorphic-encryption library.
+
+    Contexts, ciphertexts and encoded plaintexts are opaque handles (``Any``)
+    owned by the backend. A *secret* context can encrypt and decrypt; a
+    *public* one (loaded from :meth:`context_bytes` without the secret key) can
+    only encrypt and compute. The ciphertext × plaintext-matrix product is
+    expressed by two primitives so a backend can share work across chunks:
+    :meth:`weighted_sum` (Σ_f ct_f ⊙ p_f, one rescale) and :meth:`rotations`.
+    """
+
+    name: str
+
+    def keygen(self, params: CKKSParams, *, rotations: bool) -> Any:
+        """A fresh secret context (keys included), after validating ``params``."""
+        ...
+
+    def context_bytes(
+        self, context: Any, *, include_secret_key: bool = False, include_public_key: bool = True
+    ) -> bytes:
+        """Serialise ``context``; the secret key only when explicitly asked (client backups).
+
+        ``include_public_key=False`` drops the public key (a context only for computing); a
+        scoring server refuses such a context, as it cannot re-randomise its responses.
+        """
+        ...
+
+    def load_context(self, data: bytes, *, expected: CKKSParams | None = None) -> Any:
+        """Deserialise a context, checking 128-bit security before and after parsing.
+
+        ``expected`` (a server's own parameters): anything else is refused with
+        :class:`~privrec.errors.MessageRejected` before a key is parsed. A context's primes
+        must be exactly those its parameters derive, so two contexts with equal parameters
+        are interchangeable (a server encodes its item matrix once, for all clients).
+        """
+        ...
+
+    def context_params(self, context: Any) -> CKKSParams: ...
+
+    def is_private(self, context: Any) -> bool:
+        """Whether the context holds a secret key."""
+        ...
+
+    def has_rotation_keys(self, context: Any) -> bool: ...
+
+    def has_public_key(self, context: Any) -> bool:
+        """Whether the context can encrypt (holds a public key): :meth:`rerandomise` needs it."""
+        ...
+
+    def encrypt(self, context: Any, values: npt.NDArray[np.float64]) -> Any: ...
+
+    def decrypt(self, context: Any, ciphertext: Any) -> npt.NDArray[np.float64]: ...
+
+    def serialize(self, ciphertext: Any) -> bytes: ...
+
+    def deserialize(self, context: Any, data: bytes) -> Any:
+        """A ciphertext from a peer; refused unless it fits ``context``'s parameters."""
+        ...
+
+    def check_fresh(self, context: Any, ciphertext: Any) -> None:
+        """Refuse (:class:`~privrec.errors.MessageRejected`) anything but a fresh encryption at
+        the agreed level and scale — what a server accepts as a request."""
+        ...
+
+    def encode(self, context: Any, values: npt.NDArray[np.float64]) -> Any:
+        """A plaintext at the level and scale of a fresh ciphertext (servers cache these)."""
+        ...
+
+    def weighted_sum(self, context: Any, ciphertexts: Sequence[Any], plains: Sequence[Any]) -> Any:
+        """``Σ_f ciphertexts[f] ⊙ plains[f]`` slot-wise, rescaled once; needs no rotation keys."""
+        ...
+
+    def rotations(self, context: Any, ciphertext: Any, n: int) -> list[Any]:
+        """``ciphertext`` rotated left by 0, 1, …, n-1 slots (needs rotation keys)."""
+        ...
+
+    def add_plain(
+        self,
+        context: Any,
+        ciphertext: Any,
+        values: npt.NDArray[np.float64] | npt.NDArray[np.complex128],
+    ) -> Any:
+        """``ciphertext + values``, encoded at the ciphertext's own level and scale.
+
+        Complex ``values`` fill the imaginary half of the slots too: noise meant to cover
+        everything a client can decrypt must be drawn there as well.
+        """
+        ...
+
+    def rerandomise(self, context: Any, ciphertext: Any) -> Any:
+        """``ciphertext`` plus a fresh encryption of zero under the context's public key.
+
+        Decrypts to the same values (up to the fresh encryption's own tiny error), but no
+        component is any longer a function of the request and the server's plaintexts alone:
+        without it, a product's second component is the client's own second component times
+        the server's plaintext, which the client can divide out. Raises
+        :class:`~privrec.errors.MessageRejected` when the context holds no public key.
+        """
+        ...
+
+
+# --------------------------------------------------------------------------- messages
 @dataclass(frozen=True)
 class ScoringRequest:
     """Client → server: the encrypted user vector and (first time) the public context.
@@ -133,14 +256,21 @@ class ScoringRequest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ScoringRequest:
+        """Parse a client's request; anything malformed is :class:`MessageRejected`.
+
+        Fields are typed strictly (a JSON int for ``n_factors``, not ``1e999`` or ``"8"``) and
+        nothing the client wrote is echoed back in the refusal.
+        """
         header, blobs = _unpack(_MAGIC_REQUEST, data)
-        try:
-            packing = Packing(header["packing"])
-            has_context = bool(header["has_context"])
-            n_factors = int(header["n_factors"])
-            context_id = str(header["context_id"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise MessageRejected(f"malformed request header: {exc}") from None
+        values = {p.value: p for p in Packing}
+        packing = values.get(header["packing"]) if isinstance(header.get("packing"), str) else None
+        if packing is None:
+            raise MessageRejected("malformed request header: unknown packing")
+        n_factors = _int_field(header, "n_factors", 1, _MAX_FACTORS)
+        has_context = _bool_field(header, "has_context")
+        context_id = header.get("context_id")
+        if not isinstance(context_id, str) or not _CONTEXT_ID.fullmatch(context_id):
+            raise MessageRejected("malformed request header: context_id must be a SHA-256 in hex")
         context = blobs.pop(0) if has_context and blobs else None
         if has_context and context is None:
             raise MessageRejected("request announces a context but carries none")
@@ -169,14 +299,15 @@ class ScoringResponse:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ScoringResponse:
+        """Parse a server's response (strictly, like :meth:`ScoringRequest.from_bytes`)."""
         header, blobs = _unpack(_MAGIC_RESPONSE, data)
-        try:
-            n_items, sigma = int(header["n_items"]), float(header["noise_sigma"])
-        except (KeyError, ValueError, TypeError) as exc:
-            raise MessageRejected(f"malformed response header: {exc}") from None
-        if n_items < 0 or not math.isfinite(sigma) or sigma < 0:
-            raise MessageRejected("malformed response header: negative or non-finite values")
-        return cls(n_items, tuple(blobs), sigma)
+        n_items = _int_field(header, "n_items", 0, 1 << 40)
+        sigma = header.get("noise_sigma")
+        if isinstance(sigma, bool) or not isinstance(sigma, int | float):
+            sigma = -1.0
+        if not (math.isfinite(sigma) and sigma >= 0):
+            raise MessageRejected("malformed response header: noise_sigma must be finite, >= 0")
+        return cls(n_items, tuple(blobs), float(sigma))
 
 
 # --------------------------------------------------------------------------- DP noise
@@ -293,7 +424,9 @@ class PrivateScoringServer:
         self._yt = np.ascontiguousarray(y.T)  # (k, n_items): one row per factor
         self._rng = rng
         self._sessions: OrderedDict[str, Any] = OrderedDict()
-        self._encoded: dict[Packing, list[list[Any]]] = {}
+        # the item matrix encoded under the server's own parameters, per packing: never under
+        # a client's context (a client's context only ever computes with it)
+        self._encoded: dict[tuple[CKKSParams, Packing], list[list[Any]]] = {}
         self.max_sessions = max_sessions
         self.queries_answered = 0
         self.last_timings: dict[str, float] = {}
@@ -324,25 +457,22 @@ class PrivateScoringServer:
         if request.context is None:
             ctx = self._sessions.get(request.context_id)
             if ctx is None:
-                raise MessageRejected(
-                    f"unknown context {request.context_id[:12]}…: send the public context again"
-                )
+                raise MessageRejected("unknown context: send the public context again")
             self._sessions.move_to_end(request.context_id)
             return ctx
         if hashlib.sha256(request.context).hexdigest() != request.context_id:
             raise MessageRejected("context bytes do not match the announced context id")
-        ctx = self.backend.load_context(request.context)
+        # expected=: the backend refuses any other parameters, primes included, before any key
+        ctx = self.backend.load_context(request.context, expected=self.params)
         if self.backend.is_private(ctx):
             del ctx
             raise InsecureParametersError(
                 "the client sent a context holding its secret key: refused (the server must only "
                 "ever receive public keys); send context_bytes(ctx), not include_secret_key=True"
             )
-        got = self.backend.context_params(ctx)
-        if got != self.params:
-            raise InsecureParametersError(
-                f"context parameters {got} differ from the parameters this server accepts "
-                f"{self.params}"
+        if self.backend.context_params(ctx) != self.params:  # a backend that ignored expected=
+            raise MessageRejected(
+                f"the context's parameters differ from the ones this server uses ({self.params})"
             )
         if not self.backend.has_public_key(ctx):
             raise MessageRejected(
@@ -356,16 +486,21 @@ class PrivateScoringServer:
             self._sessions.popitem(last=False)
         return ctx
 
-    def _blocks(self, packing: Packing, ctx: Any) -> list[list[Any]]:
+    def _blocks(self, packing: Packing) -> list[list[Any]]:
         """The item matrix encoded once per packing, one list of plaintexts per chunk.
 
         Encoding dominates a product's cost, and the item matrix is the same for
         every query, so it is done once (memory: k plaintexts of ~130 KB per
-        chunk of ``slot_count`` items at degree 8192).
+        chunk of ``slot_count`` items at degree 8192). It is encoded under a throwaway
+        context of the server's own parameters, never under a client's: a client's context
+        once decided the cache, and one with other primes broke every later query. A
+        client's context is accepted only with exactly these parameters (primes included).
         """
-        blocks = self._encoded.get(packing)
+        key = (self.params, packing)
+        blocks = self._encoded.get(key)
         if blocks is not None:
             return blocks
+        ctx = self.backend.keygen(self.params, rotations=False)
         slots, k = self.params.slot_count, self.n_factors
         blocks = []
         for lo, hi in _chunks(self.n_items, slots):
@@ -381,15 +516,14 @@ class PrivateScoringServer:
                 rows = np.zeros((period, slots))
                 rows[:, : hi - lo] = padded[(j[None, :] + np.arange(period)[:, None]) % period, j]
             blocks.append([self.backend.encode(ctx, r) for r in rows])
-        self._encoded[packing] = blocks
+        del ctx
+        self._encoded[key] = blocks
         return blocks
 
     def prepare(self, packing: Packing | str = DEFAULT_PACKING) -> float:
         """Encode the item matrix for ``packing`` ahead of the first query; returns seconds."""
         t0 = time.perf_counter()
-        ctx = self.backend.keygen(self.params, rotations=False)  # a throwaway encoding context
-        self._blocks(Packing(packing), ctx)
-        del ctx
+        self._blocks(Packing(packing))
         return time.perf_counter() - t0
 
     def score(self, request: ScoringRequest | bytes) -> ScoringResponse:
@@ -422,7 +556,7 @@ class PrivateScoringServer:
             self.backend.check_fresh(ctx, ct)
         t.add("load", time.perf_counter() - t0)
         t1 = time.perf_counter()
-        blocks = self._blocks(req.packing, ctx)
+        blocks = self._blocks(req.packing)
         t.add("encode", time.perf_counter() - t1)
         t1 = time.perf_counter()
         if req.packing is Packing.COMPACT:  # rotations once per query, shared by all chunks
@@ -543,11 +677,15 @@ class PrivateScoringClient:
         """All items' scores, in the server's item order."""
         t0 = time.perf_counter()
         resp = ScoringResponse.from_bytes(response) if isinstance(response, bytes) else response
+        slots = self.params.slot_count
+        if len(resp.ciphertexts) != -(-resp.n_items // slots):
+            raise MessageRejected(
+                f"response holds {len(resp.ciphertexts)} ciphertexts for {resp.n_items} items"
+            )
         parts = [
             self.backend.decrypt(self._context, self.backend.deserialize(self._context, c))
             for c in resp.ciphertexts
         ]
-        slots = self.params.slot_count
         scores = np.concatenate([p[:slots] for p in parts]) if parts else np.empty(0)
         if scores.size < resp.n_items:
             raise MessageRejected(

@@ -1,11 +1,18 @@
-"""The cryptographic back end of homomorphic scoring: CKKS parameters, their security check,
-the :class:`HEBackend` protocol and its TenSEAL/SEAL implementation (see :mod:`privrec.secure.he`).
+"""The cryptographic back end of homomorphic scoring: CKKS parameters, their security check and
+the TenSEAL/SEAL implementation of :mod:`privrec.secure.he`'s ``HEBackend`` protocol.
 
 SEAL's Python bindings serialise to files only. :class:`TenSEALBackend` passes objects through
 an anonymous in-memory file (``memfd_create``: nothing on any file system, freed by the kernel
 whenever the process ends, ``kill -9`` included); where that is unavailable, through a private
 folder in ``/dev/shm`` named after the process id, removed on exit and swept at the next start
 if a killed process left it behind (:func:`sweep_stale_scratch`). Secret keys pass through it.
+
+Nothing a peer sent reaches SEAL's parser as it came: SEAL inflates a compressed object whole
+before reading it, and objects nest further, possibly compressed, objects (a 709 kB rotation key
+inflated to 3 GB). :meth:`TenSEALBackend._uncompressed` inflates the outer object itself into a
+buffer no larger than an honest object of that kind needs under the agreed parameters, walks
+every nested header and count against the bytes present, and passes SEAL the walked,
+uncompressed bytes.
 """
 
 from __future__ import annotations
@@ -20,21 +27,30 @@ import tempfile
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from privrec.errors import ConfigError, InsecureParametersError, MessageRejected
+from privrec.secure.he_seal import (
+    COMPR_NONE,
+    COMPR_ZLIB,
+    COMPR_ZSTD,
+    MAX_EXPANSION,
+    SEAL_HEADER,
+    SEAL_MAGIC,
+    Kind,
+    inflate,
+    members_limit,
+    moduli,
+    walk,
+)
 
 __all__ = [
-    "DEFAULT_PACKING",
     "HE_STANDARD_MAX_BITS",
     "CKKSParams",
-    "HEBackend",
-    "Packing",
     "TenSEALBackend",
     "check_security",
     "sweep_stale_scratch",
@@ -75,19 +91,6 @@ def check_security(poly_modulus_degree: int, total_modulus_bits: int) -> None:
             f"coefficient modulus of {total_modulus_bits} bits exceeds the 128-bit security bound "
             f"of {bound} bits for poly_modulus_degree={poly_modulus_degree}"
         )
-
-
-class Packing(StrEnum):
-    """How the user vector is laid out in ciphertexts (see the module docstring)."""
-
-    REPLICATED = "replicated"
-    COMPACT = "compact"
-
-
-#: Default: 64× smaller upload and ~60× less client work than the replicated packing at 64
-#: factors, for one 0.7 MB rotation key per session and a server compute still within the
-#: 0.3 s target at 10k items (measurements in ``docs/secure_scoring.md``).
-DEFAULT_PACKING = Packing.COMPACT
 
 
 @dataclass(frozen=True)
@@ -133,101 +136,6 @@ class CKKSParams:
             )
 
 
-# --------------------------------------------------------------------------- backend
-@runtime_checkable
-class HEBackend(Protocol):
-    """What private scoring needs from a homomorphic-encryption library.
-
-    Contexts, ciphertexts and encoded plaintexts are opaque handles (``Any``)
-    owned by the backend. A *secret* context can encrypt and decrypt; a
-    *public* one (loaded from :meth:`context_bytes` without the secret key) can
-    only encrypt and compute. The ciphertext × plaintext-matrix product is
-    expressed by two primitives so a backend can share work across chunks:
-    :meth:`weighted_sum` (Σ_f ct_f ⊙ p_f, one rescale) and :meth:`rotations`.
-    """
-
-    name: str
-
-    def keygen(self, params: CKKSParams, *, rotations: bool) -> Any:
-        """A fresh secret context (keys included), after validating ``params``."""
-        ...
-
-    def context_bytes(
-        self, context: Any, *, include_secret_key: bool = False, include_public_key: bool = True
-    ) -> bytes:
-        """Serialise ``context``; the secret key only when explicitly asked (client backups).
-
-        ``include_public_key=False`` drops the public key (a context only for computing); a
-        scoring server refuses such a context, as it cannot re-randomise its responses.
-        """
-        ...
-
-    def load_context(self, data: bytes) -> Any:
-        """Deserialise a context, checking 128-bit security before and after parsing."""
-        ...
-
-    def context_params(self, context: Any) -> CKKSParams: ...
-
-    def is_private(self, context: Any) -> bool:
-        """Whether the context holds a secret key."""
-        ...
-
-    def has_rotation_keys(self, context: Any) -> bool: ...
-
-    def has_public_key(self, context: Any) -> bool:
-        """Whether the context can encrypt (holds a public key): :meth:`rerandomise` needs it."""
-        ...
-
-    def encrypt(self, context: Any, values: npt.NDArray[np.float64]) -> Any: ...
-
-    def decrypt(self, context: Any, ciphertext: Any) -> npt.NDArray[np.float64]: ...
-
-    def serialize(self, ciphertext: Any) -> bytes: ...
-
-    def deserialize(self, context: Any, data: bytes) -> Any: ...
-
-    def check_fresh(self, context: Any, ciphertext: Any) -> None:
-        """Refuse (:class:`~privrec.errors.MessageRejected`) anything but a fresh encryption at
-        the agreed level and scale — what a server accepts as a request."""
-        ...
-
-    def encode(self, context: Any, values: npt.NDArray[np.float64]) -> Any:
-        """A plaintext at the level and scale of a fresh ciphertext (servers cache these)."""
-        ...
-
-    def weighted_sum(self, context: Any, ciphertexts: Sequence[Any], plains: Sequence[Any]) -> Any:
-        """``Σ_f ciphertexts[f] ⊙ plains[f]`` slot-wise, rescaled once; needs no rotation keys."""
-        ...
-
-    def rotations(self, context: Any, ciphertext: Any, n: int) -> list[Any]:
-        """``ciphertext`` rotated left by 0, 1, …, n-1 slots (needs rotation keys)."""
-        ...
-
-    def add_plain(
-        self,
-        context: Any,
-        ciphertext: Any,
-        values: npt.NDArray[np.float64] | npt.NDArray[np.complex128],
-    ) -> Any:
-        """``ciphertext + values``, encoded at the ciphertext's own level and scale.
-
-        Complex ``values`` fill the imaginary half of the slots too: noise meant to cover
-        everything a client can decrypt must be drawn there as well.
-        """
-        ...
-
-    def rerandomise(self, context: Any, ciphertext: Any) -> Any:
-        """``ciphertext`` plus a fresh encryption of zero under the context's public key.
-
-        Decrypts to the same values (up to the fresh encryption's own tiny error), but no
-        component is any longer a function of the request and the server's plaintexts alone:
-        without it, a product's second component is the client's own second component times
-        the server's plaintext, which the client can divide out. Raises
-        :class:`~privrec.errors.MessageRejected` when the context holds no public key.
-        """
-        ...
-
-
 @dataclass
 class _SealContext:
     """A TenSEAL/SEAL context and the keys it holds (the secret key only on the client)."""
@@ -248,7 +156,7 @@ _MAGIC_CONTEXT = b"PRHEC1"
 
 
 class TenSEALBackend:
-    """:class:`HEBackend` on the SEAL bindings that ship with TenSEAL (``tenseal.sealapi``).
+    """``HEBackend`` (:mod:`privrec.secure.he`) on the SEAL bindings in TenSEAL (``sealapi``).
 
     Why the SEAL level rather than TenSEAL's ``CKKSVector``: scoring multiplies
     the same released item matrix for every query, and ``CKKSVector`` re-encodes
@@ -284,6 +192,9 @@ class TenSEALBackend:
         self._path, cleanup = _open_scratch(scratch)
         self.scratch = "memory" if self._path.startswith("/proc/self/fd/") else "directory"
         self._cleanup = weakref.finalize(self, cleanup)
+        self._canonical: dict[CKKSParams, tuple[Any, Any]] = {}
+        # the SEAL version this build writes: the only layout _uncompressed knows how to walk
+        self._version = self._dump(sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS))[3:5]
 
     def close(self) -> None:
         """Release the scratch file now (also done when the backend is collected or at exit)."""
@@ -299,14 +210,64 @@ class TenSEALBackend:
         obj.load(*args, self._path)
         return obj
 
-    def _seal_context(self, params: CKKSParams) -> tuple[Any, Any]:
-        s = self._s
-        parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
-        parms.set_poly_modulus_degree(params.poly_modulus_degree)
-        parms.set_coeff_modulus(
-            s.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+    def _load_checked(
+        self, obj: Any, data: bytes, kind: Kind, params: CKKSParams, *args: Any
+    ) -> Any:
+        raw = self._uncompressed(data, kind, params)
+        try:
+            return self._load_into(obj, raw, *args)
+        except Exception as exc:  # SEAL raises plain ValueError/RuntimeError
+            raise MessageRejected(f"{kind} not valid for these parameters: {exc}") from None
+
+    def _uncompressed(self, data: bytes, kind: Kind, params: CKKSParams) -> bytes:
+        """``data`` as an uncompressed SEAL object SEAL can only read as walked here.
+
+        Why not let SEAL load it: SEAL inflates a compressed object completely before it
+        checks anything, and its nested objects may be compressed again. So the outer object
+        is inflated here into at most what an honest ``kind`` needs under ``params`` (zstd's
+        one-shot decoder never writes past its buffer), every nested header must be
+        uncompressed and every count must match the bytes present (:func:`walk`); only then
+        is a header saying "uncompressed" put back in front. Raises MessageRejected.
+        """
+        if len(data) < SEAL_HEADER.size:
+            raise MessageRejected(f"{kind}: not a SEAL object")
+        magic, hsize, major, minor, compr, _, size = SEAL_HEADER.unpack_from(data)
+        if magic != SEAL_MAGIC or hsize != SEAL_HEADER.size or size != len(data):
+            raise MessageRejected(f"{kind}: not a SEAL object, or its size disagrees with it")
+        if bytes((major, minor)) != self._version:
+            raise MessageRejected(f"{kind}: written by another SEAL version than this server's")
+        limit, body = members_limit(kind, params), data[SEAL_HEADER.size :]
+        if compr == COMPR_NONE:
+            members = body
+        elif compr in (COMPR_ZLIB, COMPR_ZSTD):
+            members = inflate(compr, body, min(limit, MAX_EXPANSION * len(body) + 4096))
+        else:
+            raise MessageRejected(f"{kind}: unknown SEAL compression mode")
+        if len(members) > limit:
+            raise MessageRejected(f"{kind}: larger than these parameters need")
+        walk(kind, members, params, self._version)
+        return (
+            SEAL_HEADER.pack(magic, hsize, major, minor, COMPR_NONE, 0, hsize + len(members))
+            + members
         )
-        return parms, self._checked_context(parms)
+
+    def _seal_context(self, params: CKKSParams) -> tuple[Any, Any]:
+        """SEAL parameters and context for ``params``, built once per backend.
+
+        The primes are derived deterministically (``CoeffModulus.Create``: the largest NTT-friendly
+        primes of each size), so every party derives the same ones; a loaded context must hold
+        exactly these (:meth:`load_context`).
+        """
+        found = self._canonical.get(params)
+        if found is None:
+            s = self._s
+            parms = s.EncryptionParameters(s.SCHEME_TYPE.CKKS)
+            parms.set_poly_modulus_degree(params.poly_modulus_degree)
+            parms.set_coeff_modulus(
+                s.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+            )
+            found = self._canonical[params] = (parms, self._checked_context(parms))
+        return found
 
     def _checked_context(self, parms: Any) -> Any:
         s = self._s
@@ -363,50 +324,52 @@ class TenSEALBackend:
             blobs.append(self._dump(context.secret_key))
         return _pack(_MAGIC_CONTEXT, header, blobs)
 
-    def load_context(self, data: bytes) -> _SealContext:
+    def load_context(self, data: bytes, *, expected: CKKSParams | None = None) -> _SealContext:
         s = self._s
         header, blobs = _unpack(_MAGIC_CONTEXT, data)
-        try:
-            params = CKKSParams(
-                int(header["poly_modulus_degree"]),
-                tuple(int(b) for b in header["coeff_mod_bit_sizes"]),
-                int(header["scale_bits"]),
-            )
-            has_galois, has_secret = bool(header["galois_keys"]), bool(header["secret_key"])
-            # contexts written before the flag existed always carried their public key
-            has_public = bool(header.get("public_key", True))
-            scheme = header["scheme"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MessageRejected(f"malformed context header: {exc}") from None
-        if scheme != "ckks":
-            raise MessageRejected(f"expected a CKKS context, found {scheme!r}")
+        params = CKKSParams(
+            _int_field(header, "poly_modulus_degree", 1, 1 << 17),
+            tuple(_int_list(header, "coeff_mod_bit_sizes", 1, 64, 64)),
+            _int_field(header, "scale_bits", 1, 64),
+        )
+        has_galois = _bool_field(header, "galois_keys")
+        has_secret = _bool_field(header, "secret_key")
+        # contexts written before the flag existed always carried their public key
+        has_public = _bool_field(header, "public_key", default=True)
+        if header.get("scheme") != "ckks":
+            raise MessageRejected("expected a CKKS context")
         try:
             params.validate()  # refuse before parsing any key material
         except InsecureParametersError:
             raise
-        except ConfigError as exc:
-            raise MessageRejected(f"unusable context parameters: {exc}") from None
+        except ConfigError:
+            raise MessageRejected("unusable context parameters (see CKKSParams.validate)") from None
+        if expected is not None and params != expected:
+            raise MessageRejected(
+                f"the context's CKKS parameters differ from the ones this server uses ({expected})"
+            )
         if len(blobs) != 1 + has_public + has_galois + has_secret:
             raise MessageRejected("context payloads do not match its header")
-        try:
-            parms = self._load_into(s.EncryptionParameters(s.SCHEME_TYPE.CKKS), blobs[0])
-        except Exception as exc:  # SEAL raises plain ValueError/RuntimeError
-            raise MessageRejected(f"unreadable encryption parameters: {exc}") from None
-        ctx = self._checked_context(parms)
-        bits = tuple(int(m.bit_count()) for m in parms.coeff_modulus())
-        if int(parms.poly_modulus_degree()) != params.poly_modulus_degree or (
-            bits != params.coeff_mod_bit_sizes
-        ):
-            raise MessageRejected("context header disagrees with its encryption parameters")
-        try:
-            public_key = self._load_into(s.PublicKey(), blobs[1], ctx) if has_public else None
-            at = 1 + has_public
-            galois = self._load_into(s.GaloisKeys(), blobs[at], ctx) if has_galois else None
-            secret = self._load_into(s.SecretKey(), blobs[-1], ctx) if has_secret else None
-        except Exception as exc:
+        canonical, ctx = self._seal_context(params)
+        parms = self._load_checked(
+            s.EncryptionParameters(s.SCHEME_TYPE.CKKS), blobs[0], "parms", params
+        )
+        bits = [int(m.bit_count()) for m in parms.coeff_modulus()]
+        check_security(int(parms.poly_modulus_degree()), sum(bits))  # on what it really holds
+        if moduli(parms) != moduli(canonical):
+            # other primes of the same sizes pass every size check, but nothing the server
+            # encoded under its own primes is valid for them: refuse, keep using the canonical
             raise MessageRejected(
-                f"key material is not valid for these parameters: {exc}"
-            ) from None
+                "the context's primes are not the ones its parameters derive (CoeffModulus.Create)"
+            )
+        public_key = galois = secret = None
+        if has_public:
+            public_key = self._load_checked(s.PublicKey(), blobs[1], "public_key", params, ctx)
+        if has_galois:
+            at = 1 + has_public
+            galois = self._load_checked(s.GaloisKeys(), blobs[at], "galois_keys", params, ctx)
+        if has_secret:
+            secret = self._load_checked(s.SecretKey(), blobs[-1], "secret_key", params, ctx)
         return _SealContext(params, ctx, public_key, galois, secret)
 
     def context_params(self, context: _SealContext) -> CKKSParams:
@@ -465,10 +428,9 @@ class TenSEALBackend:
         return self._dump(ciphertext)
 
     def deserialize(self, context: _SealContext, data: bytes) -> Any:
-        try:
-            return self._load_into(self._s.Ciphertext(), data, context.seal)
-        except Exception as exc:
-            raise MessageRejected(f"not a valid CKKS ciphertext for this context: {exc}") from None
+        return self._load_checked(
+            self._s.Ciphertext(), data, "ciphertext", context.params, context.seal
+        )
 
     def check_fresh(self, context: _SealContext, ct: Any) -> None:
         # only a fresh encryption is a valid request: two components, NTT form, the top level,
@@ -612,29 +574,80 @@ def _close_fd(fd: int) -> None:
         os.close(fd)
 
 
+#: Headers are a few hundred bytes (plus ~7 per ciphertext of a replicated request) holding at
+#: most three arrays or objects: anything larger, or with more (hence deeper), is refused before
+#: the JSON parser recurses into it.
+_MAX_HEADER_BYTES = 64 * 1024
+_MAX_HEADER_CONTAINERS = 16
+
+
 def _pack(magic: bytes, header: dict[str, Any], blobs: Sequence[bytes]) -> bytes:
     head = json.dumps({**header, "lengths": [len(b) for b in blobs]}).encode()
     return b"".join([magic, struct.pack("<I", len(head)), head, *blobs])
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("non-finite number")
+    return value
+
+
 def _unpack(magic: bytes, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """Header and payloads of a message, or MessageRejected.
+
+    Why so strict: the header is a peer's JSON. It is bounded in size and nesting before it is
+    parsed (a 200,000-deep array overflowed the parser's recursion), floats must be finite
+    (``1e999`` became ``inf``) and each length a plain int within the message.
+    """
     if not data.startswith(magic) or len(data) < len(magic) + 4:
         raise MessageRejected(f"not a private-scoring message (expected magic {magic!r})")
     (n,) = struct.unpack_from("<I", data, len(magic))
     start = len(magic) + 4
-    try:
-        header = json.loads(data[start : start + n])
-        if not isinstance(header, dict):
-            raise TypeError("the header is not a JSON object")
-        lengths = [int(x) for x in header.pop("lengths")]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise MessageRejected(f"malformed message header: {exc}") from None
+    if n > _MAX_HEADER_BYTES or start + n > len(data):
+        raise MessageRejected("message header too large or truncated")
+    raw = data[start : start + n]
+    if raw.count(b"[") + raw.count(b"{") > _MAX_HEADER_CONTAINERS:
+        raise MessageRejected("message header nested too deeply")
+    try:  # NaN, Infinity and 1e999 are refused by _finite
+        header = json.loads(raw, parse_float=_finite, parse_constant=_finite)
+    except (ValueError, RecursionError, OverflowError):
+        raise MessageRejected("message header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise MessageRejected("message header is not a JSON object")
+    lengths = header.pop("lengths", None)
+    if not isinstance(lengths, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= len(data) for x in lengths
+    ):
+        raise MessageRejected("message header: lengths must be a list of byte counts")
     pos, blobs = start + n, []
     for length in lengths:
-        if length < 0 or pos + length > len(data):
+        if pos + length > len(data):
             raise MessageRejected("truncated message: a payload runs past the end")
         blobs.append(data[pos : pos + length])
         pos += length
     if pos != len(data):
         raise MessageRejected(f"{len(data) - pos} trailing bytes after the last payload")
     return header, blobs
+
+
+def _int_field(header: dict[str, Any], name: str, lo: int, hi: int) -> int:
+    """A header integer, strictly: a JSON int (not a bool, float or string) in ``lo..hi``."""
+    value = header.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise MessageRejected(f"message header: {name} must be an integer in {lo}..{hi}")
+    return value
+
+
+def _int_list(header: dict[str, Any], name: str, lo: int, hi: int, max_len: int) -> list[int]:
+    values = header.get(name)
+    if not isinstance(values, list) or not 0 < len(values) <= max_len:
+        raise MessageRejected(f"message header: {name} must be a list of 1..{max_len} integers")
+    return [_int_field({name: v}, name, lo, hi) for v in values]
+
+
+def _bool_field(header: dict[str, Any], name: str, default: bool | None = None) -> bool:
+    value = header.get(name, default)
+    if not isinstance(value, bool):
+        raise MessageRejected(f"message header: {name} must be true or false")
+    return value

@@ -7,11 +7,14 @@ the boundary, the user decides whether the attempt completes. The privacy events
 that bit; its effect is bounded by the probability of the boundary, a δ-like term
 (``docs/distributed_dp.md``, "Neighbouring relation"). It is negligible for cohorts of about a
 thousand and more (the floor is far below the expected count) and not for small ones, which is
-why :func:`warn_if_aborts_matter` checks it when a server is built.
+why :func:`warn_if_aborts_matter` checks it when a server is built. The upper boundary, the
+largest cohort a round accepts (:func:`cohort_bound`), is also the padding target of every
+released sum.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import TYPE_CHECKING
 
@@ -22,7 +25,19 @@ from privrec.errors import PrivacyWarning
 if TYPE_CHECKING:
     from privrec.federated.server import FederatedMFServer
 
-__all__ = ["abort_flip_probability", "warn_if_aborts_matter"]
+__all__ = ["COHORT_MARGIN", "abort_flip_probability", "cohort_bound", "warn_if_aborts_matter"]
+
+
+#: Standard deviations above the expected cohort a round still accepts. Every released sum is
+#: padded to that many noise shares (docs/distributed_dp.md, "Neighbouring relation"), so the
+#: margin is paid in noise: 6 (rather than the 8 used until 2026-12-07) keeps a too-large cohort
+#: below 1e-9 per round for every cohort size and pads 2,000 devices to 2,277 shares, not 2,366.
+COHORT_MARGIN = 6.0
+
+
+def cohort_bound(expected: float, floor: int) -> int:
+    """``⌈e + COHORT_MARGIN·√e + 8⌉``, at least ``floor``: P(Poisson(e) above it) < 1e-9."""
+    return max(int(floor), math.ceil(expected + COHORT_MARGIN * math.sqrt(expected) + 8))
 
 
 def abort_flip_probability(

@@ -16,7 +16,7 @@ import numpy as np
 
 from privrec.errors import ConfigError, DataError, InvalidInputError, PrivacyWarning
 from privrec.federated import server_checkpoint, server_counting
-from privrec.federated.aborts import warn_if_aborts_matter
+from privrec.federated.aborts import cohort_bound, warn_if_aborts_matter
 from privrec.federated.accounting import (
     calibrate_multiplier,
     count_epsilon_fraction,
@@ -419,9 +419,9 @@ class FederatedMFServer:
 
     @property
     def max_clients(self) -> int:
-        """Overflow bound of the secure sum: expected cohort + 8 standard deviations."""
-        e = self.expected_clients
-        return max(self.min_survivors, math.ceil(e + 8.0 * math.sqrt(e) + 8))
+        """Largest cohort a round accepts: expected cohort + :data:`COHORT_MARGIN` standard
+        deviations (+ 8); the overflow bound and the padding target of every released sum."""
+        return cohort_bound(self.expected_clients, self.min_survivors)
 
     @property
     def noise_shares(self) -> int:
@@ -437,7 +437,7 @@ class FederatedMFServer:
         """``(min survivors, noise shares, max clients)`` of the head-counting round."""
         e = max(1.0, self.q_head * self.population)
         m = max(2, math.floor(self.config.min_survivor_fraction * e))
-        top = max(m, math.ceil(e + 8.0 * math.sqrt(e) + 8))
+        top = cohort_bound(e, m)
         return m, max(1, m - self.corrupt_bound(top)), top
 
     def expected_epsilon(self) -> float:

@@ -340,6 +340,10 @@ def _runtime(party_id: int, addresses: Sequence[tuple[str, int]], params: MPCPar
         sys.argv = [
             *base,
             "--no-prss",
+            # share arrays travel as field elements (to_bytes/from_bytes), never as pickled
+            # numpy arrays: a forged numpy dtype in a peer's pickle crashed the honest parties
+            # and could read attacker-chosen addresses (mpc_wire)
+            "--mix32-64bit",
             "-I",
             str(party_id),
             "-L",
@@ -498,8 +502,8 @@ async def _protocol(
     await _start(rt, bind_host, tls)
     t0, c0 = time.perf_counter(), time.process_time()
     digests = await rt.transfer(digest)
-    if any(d != digest for d in digests):
-        bad = [i for i, d in enumerate(digests) if d != digest]
+    if any(not isinstance(d, str) or d != digest for d in digests):
+        bad = [i for i, d in enumerate(digests) if not isinstance(d, str) or d != digest]
         raise ProtocolAbort(
             "setup",
             f"parties {bad} disagree with party {party_id} on the public parameters "
@@ -654,7 +658,7 @@ def run_party(
         ) from None
     except PrivrecError:
         raise
-    except (RuntimeError, OSError, EOFError) as exc:
+    except (RuntimeError, OSError, EOFError, ValueError, MemoryError) as exc:
         # MPyC stops its event loop when a peer disconnects mid-protocol or sends bytes this
         # party refuses (mpc_wire): an abort, not an untyped crash
         raise ProtocolAbort(

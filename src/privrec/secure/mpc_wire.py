@@ -1,12 +1,16 @@
-"""What a peer's bytes may become: MPyC's pickle, restricted to plain data.
+"""What a peer's bytes may become: MPyC's pickle, restricted to plain Python data.
 
-MPyC serialises ``transfer`` values and numpy share arrays with :mod:`pickle` and reads the
-peers' bytes back with ``pickle.loads`` — which runs whatever a crafted pickle names. A lying
-party (or, without TLS, anyone who reaches a listening port first) could run code in the honest
-parties' processes and copy the secret item matrix. :func:`install` replaces the ``pickle`` MPyC
-uses by one whose ``loads`` builds only numbers, strings, bytes, containers and numpy arrays of
-plain dtypes; anything else is refused with :class:`~privrec.errors.MessageRejected`, which the
-protocol turns into an abort. ``dumps`` is the standard one (what this party sends is its own).
+MPyC serialises ``transfer`` values (and, by default, numpy share arrays) with :mod:`pickle` and
+reads the peers' bytes back with ``pickle.loads`` — which runs whatever a crafted pickle names. A
+lying party (or, without TLS, anyone who reaches a listening port first) could run code in the
+honest parties' processes and copy the secret item matrix. Allowing numpy's own array rebuilding
+was not enough either: a dtype state with forged flags made raw peer bytes into object pointers
+(SIGSEGV; a reviewer's bypass of the first fix). So share arrays travel as field elements
+(``--mix32-64bit``, set by :mod:`privrec.secure.mpc`), and :func:`install` replaces the
+``pickle`` MPyC uses by one whose ``loads`` builds only built-in values — numbers, strings,
+bytes and containers — naming no global at all; anything else is refused with
+:class:`~privrec.errors.MessageRejected`, which the protocol turns into an abort. ``dumps`` is
+the standard one (what this party sends is its own).
 """
 
 from __future__ import annotations
@@ -20,18 +24,8 @@ from privrec.errors import MessageRejected
 
 __all__ = ["SAFE_PICKLE", "install", "safe_loads"]
 
-#: The only globals a peer's pickle may name: what numpy needs to rebuild an array of plain
-#: numbers (and a numpy scalar). Object arrays hold Python ints, which need no global.
-_ALLOWED: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-    }
-)
+#: The globals a peer's pickle may name: none (built-in values need no global).
+_ALLOWED: frozenset[tuple[str, str]] = frozenset()
 
 
 class _Unpickler(pickle.Unpickler):
@@ -39,13 +33,13 @@ class _Unpickler(pickle.Unpickler):
         if (module, name) in _ALLOWED:
             return super().find_class(module, name)
         raise MessageRejected(
-            "a peer sent a pickle naming a Python object other than plain numbers and arrays: "
-            "refused (it could run code in this process)"
+            "a peer sent a pickle naming a Python object, not plain built-in data: refused "
+            "(it could run code in this process)"
         )
 
 
 def safe_loads(data: bytes) -> Any:
-    """``pickle.loads`` for plain data only (numbers, strings, containers, numpy arrays)."""
+    """``pickle.loads`` for built-in data only (numbers, strings, bytes, containers)."""
     try:
         return _Unpickler(io.BytesIO(data)).load()
     except MessageRejected:

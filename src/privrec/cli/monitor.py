@@ -94,6 +94,7 @@ def monitor_run(
 ) -> None:
     """Monitor a timestamped interaction file window by window."""
     from privrec.monitor import DriftMonitor, LedgerWindowCharge, time_windows
+    from privrec.monitor.core import check_model_catalogue
     from privrec.monitor.streams import check_windows
 
     with handle_errors():
@@ -120,7 +121,7 @@ def monitor_run(
             from privrec.models import load_model
 
             rec = load_model(model)
-            DriftMonitor(cfg, x.n_items, model=rec)  # a catalogue mismatch is refused here
+            check_model_catalogue(rec, x.n_items)  # refused before the ledger records anything
         charge = None
         if dataset is not None:
             from privrec.governance import Ledger

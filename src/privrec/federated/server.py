@@ -29,8 +29,12 @@ from privrec.federated.server_counting import HEAD_LABEL
 from privrec.models.dp_rules import LengthProfile
 from privrec.privacy.accounting import AccountantKind
 from privrec.privacy.budget import Budget
-from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
-from privrec.privacy.events import SpentEvent, total_event
+from privrec.privacy.distributed import (
+    DistributedDPConfig,
+    DistributedDPEncoder,
+    padding_generator,
+)
+from privrec.privacy.events import SpentEvent, total_event, unsampled
 from privrec.privacy.guarantee import PrivacyGuarantee
 
 __all__ = ["HEAD_LABEL", "FederatedMFServer"]
@@ -375,19 +379,21 @@ class FederatedMFServer:
         """
         if self.config.aggregation != "distributed" or not self.spent:
             return None
-
-        def strip(e: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
-            if isinstance(e, dp_accounting.PoissonSampledDpEvent):
-                return e.event
-            if isinstance(e, dp_accounting.SelfComposedDpEvent):
-                return dp_accounting.SelfComposedDpEvent(strip(e.event), e.count)
-            if isinstance(e, dp_accounting.ComposedDpEvent):
-                return dp_accounting.ComposedDpEvent([strip(x) for x in e.events])
-            return e
-
-        return fast_epsilon(strip(total_event(self.spent)), self.config.delta, AccountantKind.RDP)
+        event = unsampled(total_event(self.spent))
+        return fast_epsilon(event, self.config.delta, AccountantKind.RDP)
 
     # ------------------------------------------------------------------ distributed encoding
+    def released_sum(
+        self, enc: DistributedDPEncoder, sum_mod: np.ndarray, survivors: int, round_: int,
+        attempt: int, kind: str,
+    ) -> np.ndarray:  # fmt: skip
+        """A round's decoded sum as released: padded to ``max_clients`` noise shares, drawn per
+        (round, attempt, kind) so a simulation and a Flower run agree when seeded — unless the
+        noise is off (multiplier 0, no privacy claimed: no shares to pad with)."""
+        z = self.head_noise_multiplier if kind == "count" else self.noise_multiplier
+        rng = padding_generator(self.config.seed, "fedmf", round_, attempt, kind)
+        return enc.decode(sum_mod, survivors, pad=z > 0, rng=rng)
+
     def corrupt_bound(self, sampled: int) -> int:
         """Most devices of a round of ``sampled`` that may collude with the server (rounded up)."""
         return math.ceil(self.config.corrupt_fraction * int(sampled) - 1e-9)

@@ -40,7 +40,7 @@ from privrec.federated.mf import client_updates as _client_updates
 from privrec.federated.secure_round import secure_sum
 from privrec.federated.sim_reports import checkpoint_round, json_default, public_round
 from privrec.models.ranking import mask_seen, top_k
-from privrec.privacy.distributed import DistributedDPEncoder, padding_generator
+from privrec.privacy.distributed import DistributedDPEncoder
 from privrec.privacy.randomness import secure_generator, seeded_generator
 from privrec.secure.prg import word_dtype
 from privrec.secure.secagg import PHASES
@@ -252,20 +252,6 @@ class FederatedSimulation:
             return seeded_generator(seed * 1_000_003 + round_ * 101 + attempt, warn=False)
         return np.random.default_rng([seed, purpose, round_, attempt])
 
-    def _pad_rng(self, round_: int, attempt: int, kind: str) -> np.random.Generator:
-        """The server's phantom-share noise of one release (the Flower coordinator's too)."""
-        return padding_generator(self.config.seed, "fedmf", round_, attempt, kind)
-
-    def _decode(
-        self, enc: DistributedDPEncoder, total: np.ndarray, n: int, round_: int, attempt: int,
-        kind: str,
-    ) -> np.ndarray:  # fmt: skip
-        """The released sum: padded to ``max_clients`` noise shares unless the noise is off
-        (a noise multiplier of 0 — no privacy claimed — adds no shares at all)."""
-        srv = self.server
-        noisy = (srv.head_noise_multiplier if kind == "count" else srv.noise_multiplier) > 0
-        return enc.decode(total, n, pad=noisy, rng=self._pad_rng(round_, attempt, kind))
-
     def _fault_rng(self, round_: int, attempt: int) -> np.random.Generator:
         return np.random.default_rng([self.faults.seed, 7, round_, attempt])
 
@@ -370,7 +356,7 @@ class FederatedSimulation:
                         acc &= np.uint64((1 << enc.bits) - 1)
                     n_keep = int(keep_mask.sum())
                     srv.select_head(
-                        self._decode(enc, acc, n_keep, 0, attempt, "count"),
+                        srv.released_sum(enc, acc, n_keep, 0, attempt, "count"),
                         survivors=n_keep,
                         sampled=len(ids),
                     )
@@ -390,7 +376,7 @@ class FederatedSimulation:
                 )
                 n_surv = len(res.survivors)
                 srv.select_head(
-                    self._decode(enc, res.sum, n_surv, 0, attempt, "count"),
+                    srv.released_sum(enc, res.sum, n_surv, 0, attempt, "count"),
                     survivors=n_surv,
                     sampled=len(ids),
                 )
@@ -589,7 +575,7 @@ class FederatedSimulation:
                 if enc.bits < 64:
                     acc &= np.uint64((1 << enc.bits) - 1)
                 n_surv = int(ok.sum())
-                noisy = self._decode(enc, acc, n_surv, r, attempt, "train")
+                noisy = srv.released_sum(enc, acc, n_surv, r, attempt, "train")
                 up = n_surv * enc.encoded_dim * word_dtype(enc.bits).itemsize  # payloads only
                 down = n * srv.item_factors.size * 8
                 dropped = {p: sum(1 for v in crash.values() if v == p) for p in PHASES}
@@ -618,7 +604,7 @@ class FederatedSimulation:
                     threat_model=self.config.threat_model,
                 )
                 n_surv = len(res.survivors)
-                noisy = self._decode(enc, res.sum, n_surv, r, attempt, "train")
+                noisy = srv.released_sum(enc, res.sum, n_surv, r, attempt, "train")
                 up = int(res.bytes_up.sum())
                 # SecAgg+ messages plus the item factors every sampled device downloads
                 down = int(res.bytes_down.sum()) + n * srv.item_factors.size * 8

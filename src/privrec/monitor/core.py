@@ -62,6 +62,7 @@ __all__ = [
     "MonitorConfig",
     "WindowReport",
     "activity_buckets",
+    "check_model_catalogue",
     "drift_statistic",
 ]
 
@@ -179,15 +180,7 @@ class DriftMonitor:
     ) -> None:
         if n_items < 1:
             raise ConfigError(f"n_items must be >= 1, found {n_items}")
-        model_items = getattr(model, "n_items_", None)
-        if model is not None and model_items is not None and int(model_items) != int(n_items):
-            # refused here, before the first window is charged, not when it is scored
-            raise DataError(
-                "the model's catalogue differs from the monitored data's",
-                field="n_items",
-                expected=str(int(model_items)),
-                found=int(n_items),
-            )
+        check_model_catalogue(model, n_items)  # before the first window is charged
         self.config = config
         self.n_items = int(n_items)
         self.model = model
@@ -322,6 +315,22 @@ class DriftMonitor:
         n_hidden = np.bincount(row_of[hidden], minlength=rows.size)
         recall = hits / np.minimum(c.k, np.maximum(n_hidden, 1))
         return float(np.clip(recall, 0.0, 1.0).sum()), float(rows.size)
+
+
+def check_model_catalogue(model: Any, n_items: int) -> None:
+    """A :class:`DataError` when ``model`` scores another catalogue than the ``n_items`` monitored.
+
+    Checked before anything is charged: scoring a window would refuse it only after that
+    window's release was committed to the ledger.
+    """
+    model_items = getattr(model, "n_items_", None)
+    if model is not None and model_items is not None and int(model_items) != int(n_items):
+        raise DataError(
+            "the model's catalogue differs from the monitored data's",
+            field="n_items",
+            expected=str(int(model_items)),
+            found=int(n_items),
+        )
 
 
 class LedgerWindowCharge:

@@ -17,7 +17,14 @@ import dp_accounting
 
 from privrec.errors import DataError
 
-__all__ = ["SpentEvent", "describe_event", "event_from_dict", "event_to_dict", "total_event"]
+__all__ = [
+    "SpentEvent",
+    "describe_event",
+    "event_from_dict",
+    "event_to_dict",
+    "total_event",
+    "unsampled",
+]
 
 _ALLOWED = {
     "GaussianDpEvent",
@@ -107,6 +114,18 @@ def total_event(spent: Sequence[SpentEvent]) -> dp_accounting.DpEvent:
     if len(spent) == 1:
         return spent[0].event
     return dp_accounting.ComposedDpEvent([s.event for s in spent])
+
+
+def unsampled(event: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
+    """``event`` with every Poisson sampling removed: the release as seen by whoever knows the
+    sample (amplification by sampling needs it to be secret)."""
+    if isinstance(event, dp_accounting.PoissonSampledDpEvent):
+        return event.event
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        return dp_accounting.SelfComposedDpEvent(unsampled(event.event), event.count)
+    if isinstance(event, dp_accounting.ComposedDpEvent):
+        return dp_accounting.ComposedDpEvent([unsampled(e) for e in event.events])
+    return event
 
 
 def describe_event(event: dp_accounting.DpEvent) -> str:

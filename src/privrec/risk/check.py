@@ -169,23 +169,20 @@ def _read(path: Path, verify_key: Any = None) -> tuple[dict[str, Any], Any]:
     return facts, g
 
 
-def _loader_verdict(g: Any, params: dict[str, Any], epsilon_reported: bool) -> str | None:
-    """Why :func:`~privrec.models.load_model` would refuse this guarantee, or ``None``.
+def _loader_verdict(g: Any, params: dict[str, Any]) -> str | None:
+    """Why :func:`~privrec.models.load_model` would refuse this guarantee beyond its ε, or ``None``.
 
-    Re-deriving ε alone is not what the loader checks: it also validates the events and the
-    tiers and compares the guarantee with the model's own parameters (δ, unit, accountant,
-    seed, ε within the asked budget). A guarantee relabelled — say seeded noise marked as
-    unseeded, or an interaction-level model marked user-level — re-derives the same ε, so
-    without these checks ``privrec check`` would pass a file every loader refuses, and judge
-    the seeded-noise and unit policies on labels nobody verified. ``epsilon_reported``: an
-    ε mismatch is already a finding, so only the parameter comparison is added.
+    Re-deriving ε alone is not what the loader checks (:func:`_check_file` runs the loader's
+    ε, event and tier check first): it also compares the guarantee with the model's own
+    parameters (δ, unit, accountant, seed, ε within the asked budget). A guarantee relabelled —
+    say seeded noise marked as unseeded, or an interaction-level model marked user-level —
+    re-derives the same ε, so without this ``privrec check`` would pass a file every loader
+    refuses, and judge the seeded-noise and unit policies on labels nobody verified.
     """
     from privrec.errors import GuaranteeMismatchError
-    from privrec.privacy.verify import check_against_params, check_guarantee
+    from privrec.privacy.verify import check_against_params
 
     try:
-        if not epsilon_reported:
-            check_guarantee(g)  # what PrivacyGuarantee.verify() runs on load
         check_against_params(g, params)
     except GuaranteeMismatchError as exc:
         return str(exc)
@@ -259,7 +256,7 @@ def _check_file(
                 f"ε = {g.epsilon:.4g} re-derived from {len(g.events)} events ({g.accountant.value})",
             )
         )
-    verdict = _loader_verdict(g, meta["_params"], epsilon_reported=not agrees)
+    verdict = _loader_verdict(g, meta["_params"])
     if verdict is not None:
         add(Finding("violation", name, f"its guarantee fails verification as loaded: {verdict}"))
     if release and g.seeded_noise:

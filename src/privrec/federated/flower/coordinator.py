@@ -53,7 +53,7 @@ from privrec.federated.flower.rounds import (
     _Prefetch,
 )
 from privrec.federated.mf import FederatedMFConfig, FederatedMFServer
-from privrec.privacy.distributed import DistributedDPEncoder, padding_generator
+from privrec.privacy.distributed import DistributedDPEncoder
 from privrec.secure.secagg import RoundConfig
 
 __all__ = ["Coordinator", "DeploySettings", "RoundLog", "Transport", "parse_run_config"]
@@ -293,11 +293,7 @@ class Coordinator(SecureRounds):
         n_surv = len(result.survivors)
         entry.survivors = n_surv
         entry.dropped = {p: len(v) for p, v in result.dropped.items()}
-        pad_rng = padding_generator(
-            self.config.seed, "fedmf", entry.round, entry.attempt, entry.kind
-        )
-        z = srv.head_noise_multiplier if entry.kind == "count" else srv.noise_multiplier
-        noisy = enc.decode(result.sum, n_surv, pad=z > 0, rng=pad_rng)  # no noise: no padding
+        noisy = srv.released_sum(enc, result.sum, n_surv, entry.round, entry.attempt, entry.kind)
         if entry.kind == "count":
             srv.select_head(noisy, survivors=n_surv, sampled=int(ids.size))
             entry.epsilon = srv.epsilon()

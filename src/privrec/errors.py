@@ -43,6 +43,7 @@ __all__ = [
     "ProtocolError",
     "ServeConfigError",
     "SignatureError",
+    "StaleDataError",
     "UnknownDatasetError",
     "UnknownItemError",
     "UnknownModelError",
@@ -318,6 +319,11 @@ class PolicyError(ConfigError):
 
 class PolicyViolation(GovernanceError):  # noqa: N818  (a refusal, not a crash)
     """Data or a model that did not pass through the dataset's policy (or passed before a deletion)."""
+
+
+class StaleDataError(PolicyViolation):
+    """Data loaded through the policy that no longer reflects it: a deletion, consent or policy change
+    (or the passing of the retention window) since the load. Loading again applies the change."""
 
 
 class LedgerSchemaError(GovernanceError):

@@ -25,6 +25,7 @@ from privrec.errors import (
     BudgetExceededError,
     GovernanceError,
     PolicyViolation,
+    StaleDataError,
     UnknownDatasetError,
 )
 from privrec.governance import schema as tbl
@@ -179,7 +180,7 @@ class LedgerCharging(LedgerBase):
                 f"this data was not loaded through dataset {ds.name!r}'s policy (unknown version)"
             )
         if v.epoch != ds.epoch:
-            raise PolicyViolation(
+            raise StaleDataError(
                 f"dataset {ds.name!r} changed since this data was loaded (deletion requests, consents "
                 "or policy): load it again so the change applies"
             )
@@ -188,7 +189,7 @@ class LedgerCharging(LedgerBase):
             # consents kept in a file change outside the ledger: compare the file with the load's
             loaded = json.loads(v.report_json).get("consent_file_sha256")
             if loaded != consent_file_digest(policy.consent.source):
-                raise PolicyViolation(
+                raise StaleDataError(
                     f"the consent file of dataset {ds.name!r} changed since this data was loaded "
                     "(someone may have withdrawn): load it again so the change applies"
                 )

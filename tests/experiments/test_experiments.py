@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from privrec.cli.main import app
-from privrec.errors import ConfigError, DataError
+from privrec.errors import ConfigError, DataError, PrivacyWarning
 from privrec.experiments import (
     VarianceComponents,
     load_experiment,
@@ -225,8 +225,10 @@ def test_charge_hook_reserves_before_noise_and_stops_at_the_budget(monkeypatch):
         return orig(*args)
 
     monkeypatch.setattr(dp_popularity, "gaussian", noisy)
+    with pytest.warns(PrivacyWarning, match="not checked against a policy-checked load"):
+        hook = LedgerCharge(ledger, "ds")
     with pytest.raises(ConfigError, match="budget"):
-        run_experiment(load_experiment(TOML), charge=LedgerCharge(ledger, "ds"))
+        run_experiment(load_experiment(TOML), charge=hook)
     assert len(ledger.reserved) == 3 and len(ledger.committed) == 3
     assert drawn == [1, 2, 3]  # every noise draw came after its reservation; the 4th never ran
 
@@ -256,6 +258,7 @@ def test_experiment_charges_a_real_ledger(tmp_path: Path):
     """Wired to privrec.governance: each fit is a committed 'experiment' charge; the budget binds."""
     from privrec.errors import BudgetExceededError
     from privrec.experiments import LedgerCharge
+    from privrec.experiments.runner import load_governed_split
     from privrec.governance import Ledger
     from privrec.governance.db import dispose_engines
     from privrec.governance.policy import policy_from_dict
@@ -271,13 +274,57 @@ def test_experiment_charges_a_real_ledger(tmp_path: Path):
         )
         analyst = Ledger.connect(url, owner.create_key("ann", "analyst"))
         cfg = load_experiment(TOML.replace("epsilon = 8.0", "epsilon = 2.0"))
+        split, governed = load_governed_split(cfg.data, analyst, "ratings")
         with pytest.raises(BudgetExceededError):
-            run_experiment(cfg, charge=LedgerCharge(analyst, "ratings"))
+            run_experiment(cfg, split=split, charge=LedgerCharge(analyst, "ratings", data=governed))
         history = analyst.history("ratings")
         assert history and all(c.kind == "experiment" for c in history)
         assert all(c.status == "committed" for c in history)
         (status,) = [s for s in analyst.status("ratings") if s.scope == "dataset"]
         assert status.composed_epsilon <= 3.0 and status.committed == len(history) >= 2
+    finally:
+        dispose_engines()
+
+
+def test_a_deletion_during_an_experiment_stops_its_next_fit(tmp_path: Path):
+    """Fits are reserved against the load the split was cut from: once a deletion request
+    lands mid-run, the next reservation is refused (StaleDataError) before it draws noise."""
+    from privrec.errors import StaleDataError
+    from privrec.experiments import LedgerCharge
+    from privrec.experiments.runner import load_governed_split
+    from privrec.governance import Ledger
+    from privrec.governance.db import dispose_engines
+    from privrec.governance.policy import policy_from_dict
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    try:
+        owner, _ = Ledger.init(url, owner="olga")
+        owner.set_policy(
+            "ratings",
+            policy_from_dict(
+                {"purpose": "ab", "unit": "user", "budget": {"epsilon": 50.0, "delta": 1e-5}}
+            ),
+        )
+        analyst = Ledger.connect(url, owner.create_key("ann", "analyst"))
+        cfg = load_experiment(TOML)
+        split, governed = load_governed_split(cfg.data, analyst, "ratings")
+        victim = split.train.user_ids[0]
+        calls: list[str] = []
+
+        def progress(message: str) -> None:
+            calls.append(message)
+            if len(calls) == 1:
+                owner.forget("ratings", victim, reason="erasure request")
+
+        with pytest.raises(StaleDataError, match="load it again"):
+            run_experiment(
+                cfg,
+                split=split,
+                charge=LedgerCharge(analyst, "ratings", data=governed),
+                progress=progress,
+            )
+        # at most the fits reserved before the request went through; none after it
+        assert len(analyst.history("ratings")) <= 1
     finally:
         dispose_engines()
 

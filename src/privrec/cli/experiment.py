@@ -56,13 +56,13 @@ def experiment_run(
             )
         if dataset is not None:
             from privrec.experiments import LedgerCharge
-            from privrec.experiments.runner import load_split_for
+            from privrec.experiments.runner import load_governed_split
             from privrec.governance import Ledger
 
             ledger = Ledger.connect(db, key)
             # the dataset's policy first, as for training
-            split = load_split_for(cfg.data, ledger, dataset)
-            charge = LedgerCharge(ledger, dataset, purpose=purpose)
+            split, governed = load_governed_split(cfg.data, ledger, dataset)
+            charge = LedgerCharge(ledger, dataset, purpose=purpose, data=governed)
         with err_console.status("running the experiment…") as status:
             res = run_experiment(
                 cfg, charge=charge, split=split, progress=lambda m: status.update(m)

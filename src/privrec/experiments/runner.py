@@ -34,6 +34,7 @@ __all__ = [
     "ExperimentResult",
     "LedgerCharge",
     "VariantResult",
+    "load_governed_split",
     "load_split_for",
     "run_experiment",
 ]
@@ -198,21 +199,38 @@ def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = Non
 
     With a ``ledger`` and ``dataset``, the data first passes the dataset's policy (deletion
     requests, consent, retention, minimisation, columns) through ``ledger.load``, as training
-    does; a pre-split folder (``protocol = "files"``) cannot, and is refused.
+    does; a pre-split folder (``protocol = "files"``) cannot, and is refused. To charge the
+    fits to that load (so a deletion request landing mid-run stops the experiment), use
+    :func:`load_governed_split` and give its second value to :class:`LedgerCharge`.
     """
-    from privrec import evaluation as ev
-    from privrec.data import load, synthetic
+    if ledger is not None and dataset is not None:
+        return load_governed_split(spec, ledger, dataset)[0]
+    return _split(spec, _read(spec))
 
-    governed = ledger is not None and dataset is not None
-    if governed and spec.protocol == "files":
+
+def load_governed_split(spec: DataSpec, ledger: Any, dataset: str) -> tuple[Split, Any]:
+    """The split and the policy-checked load it was cut from (a ``GovernedData``).
+
+    Every fit charged with ``LedgerCharge(..., data=governed)`` is reserved against that
+    load: the ledger refuses it (``StaleDataError``) once a deletion request, a consent
+    change, a policy change or the retention window has made the load out of date, so no
+    noise is drawn from data that should no longer be used.
+    """
+    if spec.protocol == "files":
         raise ConfigError(
             "a pre-split folder (protocol 'files') cannot pass through a dataset's policy: give "
             "the interaction file as data.path with another protocol"
         )
+    governed = ledger.load(dataset, _read(spec))
+    return _split(spec, governed.interactions), governed
+
+
+def _read(spec: DataSpec) -> Any:
+    """The interactions ``spec`` names (``None`` for a pre-split folder)."""
+    from privrec.data import load, synthetic
+
     if spec.protocol == "files":
-        if spec.path is None:
-            raise ConfigError("protocol 'files' needs data.path (a folder of train/valid/test)")
-        return ev.load_split(_existing(spec.path), merge_valid_into_train=True)
+        return None
     if spec.synthetic is not None:
         try:
             users, items = (int(v) for v in spec.synthetic.lower().split("x"))
@@ -220,14 +238,21 @@ def load_split_for(spec: DataSpec, ledger: Any = None, dataset: str | None = Non
             raise ConfigError(
                 f"data.synthetic expects USERSxITEMS, found {spec.synthetic!r}"
             ) from None
-        data = synthetic(n_users=users, n_items=items, seed=spec.seed)
-    else:
-        assert spec.path is not None
-        data = load(_existing(spec.path), format=spec.format)
-        if spec.binarize is not None:
-            data = data.binarize(spec.binarize)
-    if governed:
-        data = ledger.load(dataset, data).interactions
+        return synthetic(n_users=users, n_items=items, seed=spec.seed)
+    assert spec.path is not None
+    data = load(_existing(spec.path), format=spec.format)
+    if spec.binarize is not None:
+        data = data.binarize(spec.binarize)
+    return data
+
+
+def _split(spec: DataSpec, data: Any) -> Split:
+    from privrec import evaluation as ev
+
+    if spec.protocol == "files":
+        if spec.path is None:
+            raise ConfigError("protocol 'files' needs data.path (a folder of train/valid/test)")
+        return ev.load_split(_existing(spec.path), merge_valid_into_train=True)
     if spec.protocol == "holdout":
         return ev.random_holdout(data, test_fraction=spec.test_fraction, seed=spec.seed)
     if spec.protocol == "leave-last-out":
@@ -456,17 +481,40 @@ class LedgerCharge:
     would pass a budget) and committed as a ``kind="experiment"`` charge with its recall:
     models trained for an experiment spend privacy like any other use of the data, even
     though none of them is released.
+
+    ``data`` is the ``GovernedData`` the experiment's split was cut from
+    (:func:`load_governed_split`); each reservation is checked against it, so a deletion
+    request, consent change or expired retention window stops the run before the next fit
+    draws noise. Without it the fits are charged but tied to no load — nothing stops a run
+    whose data went out of date — and a :class:`~privrec.errors.PrivacyWarning` says so.
     """
 
-    def __init__(self, ledger: Any, dataset: str, *, purpose: str | None = None) -> None:
+    def __init__(
+        self, ledger: Any, dataset: str, *, purpose: str | None = None, data: Any = None
+    ) -> None:
         self.ledger = ledger
         self.dataset = dataset
         self.purpose = purpose
+        self.data = data
         self._open: dict[tuple[str, int], Any] = {}
+        if data is None:
+            warnings.warn(
+                "LedgerCharge without data=: the experiment's fits are charged but not checked "
+                "against a policy-checked load, so a deletion request or consent withdrawal "
+                "during the run does not stop it (use load_governed_split)",
+                PrivacyWarning,
+                stacklevel=2,
+            )
 
     def reserve(self, variant: str, draw: int, events: list[SpentEvent], description: str) -> None:
+        kw: dict[str, Any] = {} if self.data is None else {"data": self.data}
         self._open[(variant, draw)] = self.ledger.reserve(
-            self.dataset, events, purpose=self.purpose, kind="experiment", description=description
+            self.dataset,
+            events,
+            purpose=self.purpose,
+            kind="experiment",
+            description=description,
+            **kw,
         )
 
     def commit(self, variant: str, draw: int, result: dict[str, float]) -> None:

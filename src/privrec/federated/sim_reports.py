@@ -3,8 +3,8 @@ checkpoint keeps.
 
 A :class:`~privrec.federated.training.RoundReport` holds exact counts of people — the
 Poisson-sampled cohort, its survivors, stragglers and rejected devices, and the bytes they
-uploaded — and the exact fraction of survivors whose update was unclipped. No guarantee covers
-any of them. In memory they serve the operator of the simulation; what is printed or written
+uploaded — and the protocol's counters (``extra``: seeds reconstructed, shares sent). No
+guarantee covers any of them. (Its unclipped fraction is the released, noised one.) In memory they serve the operator of the simulation; what is printed or written
 as output is rounded (:func:`public_round`), and what a checkpoint keeps carries none of them
 (:func:`checkpoint_round`): a resumed run needs only the round log's public part.
 """
@@ -67,6 +67,11 @@ def public_round(report: Any) -> dict[str, Any]:
     frac = d.get("unclipped_fraction")
     if isinstance(frac, float) and not math.isnan(frac):
         d["unclipped_fraction"] = round(frac, 2)
+    if isinstance(d.get("recall"), float):
+        d["recall"] = _metric(d["recall"])
+    if d.get("extra"):
+        # the protocol's counters count survivors and their neighbours: rounded as counts
+        d["extra"] = {k: _public_number(v) for k, v in dict(d["extra"]).items()}
     if d.get("aborted"):
         d["aborted"] = _INTEGER.sub(lambda m: approx_count(int(m[0])), str(d["aborted"]))
     return d
@@ -81,9 +86,26 @@ def checkpoint_round(report: Mapping[str, Any] | Any) -> dict[str, Any]:
     """
     d = _as_dict(report)
     out = {k: d[k] for k in CHECKPOINT_KEYS if k in d}
+    if isinstance(out.get("recall"), float):
+        out["recall"] = _metric(out["recall"])
     if out.get("aborted"):
         out["aborted"] = without_numbers(str(out["aborted"]))
     return out
+
+
+def _metric(v: float) -> float:
+    """A validation metric to 4 decimals, as evaluation outputs: at full precision a mean over
+    n users (0.2502848815959 …) gives n away."""
+    return v if not math.isfinite(v) else round(v, 4)
+
+
+def _public_number(v: Any) -> Any:
+    """A protocol counter rounded as a count (``"≈ 130"``), other numbers to 2 significant figures."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return v
+    if float(v).is_integer():
+        return approx_count(int(v))
+    return float(f"{v:.2g}")
 
 
 def json_default(o: object) -> object:

@@ -541,7 +541,7 @@ class FederatedSimulation:
             if ok.sum() < 1:
                 raise ProtocolAbort("masked_input", "no valid update arrived")
             s = np.zeros(srv.payload_dim)
-            _, bits, _ = self._payloads(ids, ok, None, None, s)
+            self._payloads(ids, ok, None, None, s)
             old = srv.rng
             srv.rng = noise_rng
             try:
@@ -571,7 +571,7 @@ class FederatedSimulation:
                         f"only {int(ok.sum())} masked inputs, at least {need} required",
                     )
                 acc = np.zeros(enc.encoded_dim, dtype=np.uint64)
-                _, bits, _ = self._payloads(ids, ok, enc, noise_rng, acc)
+                self._payloads(ids, ok, enc, noise_rng, acc)
                 if enc.bits < 64:
                     acc &= np.uint64((1 << enc.bits) - 1)
                 n_surv = int(ok.sum())
@@ -581,7 +581,7 @@ class FederatedSimulation:
                 dropped = {p: sum(1 for v in crash.values() if v == p) for p in PHASES}
                 dropped["rejected"] = len(garbage)
             else:
-                encoded, bits_sent, _ = self._payloads(ids, send, enc, noise_rng)
+                encoded, _, _ = self._payloads(ids, send, enc, noise_rng)
                 pos = np.cumsum(send) - 1  # participant -> row of encoded
                 zero = np.zeros(enc.encoded_dim, dtype=np.uint64)
 
@@ -610,7 +610,6 @@ class FederatedSimulation:
                 down = int(res.bytes_down.sum()) + n * srv.item_factors.size * 8
                 dropped = {p: len(v) for p, v in res.dropped.items()}
                 stats = dict(res.stats)
-                bits = bits_sent[pos[np.asarray(res.survivors, dtype=np.int64)]]
         update_sum, unclipped = srv.unpack(noisy, srv.expected_clients)
         srv.apply(update_sum, srv.expected_clients, unclipped, survivors=n_surv, sampled=n)
         recall = None
@@ -633,7 +632,8 @@ class FederatedSimulation:
             stragglers=n_late,
             rejected=len(garbage),
             clip_norm=clip,
-            unclipped_fraction=float(np.mean(bits)) if len(bits) else float("nan"),
+            # the released (noised) fraction the clip norm follows, never the survivors' exact bits
+            unclipped_fraction=float(srv.history[-1].get("unclipped_fraction", float("nan"))),
             epsilon=srv.epsilon(),
             recall=recall,
             bytes_up=up,

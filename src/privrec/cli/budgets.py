@@ -121,7 +121,10 @@ def train_tiers(
     With --dataset (and --ledger), the data goes through the dataset's policy (consent,
     retention, deletions) and the fit is charged to its budget like ``privrec train``: the
     dataset is charged the loosest tier's ε (the model's), the worst case over its users.
-    Users the policy removes are not trained on; their rows in --user-epsilons are ignored.
+    Every user of the data file needs a row, checked before the policy runs: users the policy
+    removes are not trained on and their rows are ignored, but the file is never checked against
+    the users it kept — a refusal naming who lacks a row would tell the analyst, for free, whom
+    the policy removed (a deletion or a withdrawn consent).
     """
     with handle_errors():
         signer = signing_key(sign_key)
@@ -148,10 +151,10 @@ def train_tiers(
         }
         model = build_model(model_name, params)
         data = load_data(data_path, fmt, binarize)
-        # every row checked against the whole file before anything is charged or fitted (through
-        # a ledger, users the policy removes need no row: checked on the users it keeps)
+        # every row checked against the whole file before anything is charged or fitted — before
+        # the policy too: what the check says may not depend on whom the policy removed
         ids = np.asarray(data.user_ids)
-        asks = read_user_epsilons(tiers_file, ids, every_user=dataset is None and ledger is None)
+        asks = read_user_epsilons(tiers_file, ids)
         if dataset is None and ledger is None:
             with err_console.status(f"fitting {model.name} with protection tiers…"):
                 model.fit(data, user_epsilons=asks)
@@ -166,7 +169,6 @@ def train_tiers(
             def fit(m: Any, governed: Any) -> None:  # the policy may have removed users
                 kept_ids = np.asarray(governed.user_ids)
                 kept = np.asarray([by_user[u] for u in kept_ids.tolist()], dtype=np.float64)
-                require_tiers(kept, kept_ids, str(tiers_file))  # before the fit: nothing charged
                 with err_console.status(f"fitting {m.name} with protection tiers…"):
                     m.fit(governed, user_epsilons=kept)
 
@@ -194,8 +196,7 @@ def read_user_epsilons(path: Path, user_ids: np.ndarray, *, every_user: bool = T
 
     Every row is checked (two columns, a known user, a finite number, no user twice — a repeat
     could silently move someone to a looser tier); errors name the file's own line numbers.
-    ``every_user``: every user of ``user_ids`` must have a row (through a ledger the check is
-    made after the policy, on the users it keeps: a forgotten user needs no row).
+    ``every_user``: every user of ``user_ids`` must have a row.
     """
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM (from Excel) is not a name

@@ -479,3 +479,46 @@ def test_a_peers_pickle_can_build_plain_data_only() -> None:
     runtime = types.SimpleNamespace(pickle=pickle)  # stands in for mpyc.runtime
     install(runtime)
     assert runtime.pickle is SAFE_PICKLE  # what MPyC's input/output/transfer call
+
+
+def test_a_peer_cannot_make_a_party_buffer_without_bound() -> None:
+    """MPyC keeps every byte a peer sends (up to 4 GiB a message, and any number of messages
+    for program counters nobody asked for); a connection now holds at most the cap, then is
+    closed and every pending and later receive fails with MessageRejected."""
+    import asyncio
+    import struct
+    import types
+
+    mpyc_asyncoro = pytest.importorskip("mpyc.asyncoro")
+    from privrec.errors import MessageRejected
+    from privrec.secure.mpc_wire import bounded_exchanger, buffer_cap
+
+    assert buffer_cap(10_000, 64) == (64 << 20) + 256 * 640_000  # 164 MiB at 10k × 64
+    loop = asyncio.new_event_loop()
+    try:
+        rt = types.SimpleNamespace(_loop=loop, options=types.SimpleNamespace(no_prss=True))
+        cls = bounded_exchanger(mpyc_asyncoro.MessageExchanger, cap=1000)
+        ex = cls(rt, 1)  # the peer is party 1 (no identity header expected)
+        aborted: list[bool] = []
+        ex.transport = types.SimpleNamespace(abort=lambda: aborted.append(True))
+
+        def packet(pc: int, size: int) -> bytes:
+            return struct.pack("<qI", pc, size) + b"\0" * size
+
+        waiting = ex.receive(7)  # a receive posted before its message arrives
+        ex.data_received(packet(1, 400))  # unsolicited, kept: 400 bytes held
+        ex.data_received(packet(7, 100))  # answers the waiting receive
+        assert waiting.result() == b"\0" * 100 and not aborted
+        pending = ex.receive(8)
+        ex.data_received(packet(2, 400)[:300])  # 700 held (a partial message counts)
+        assert not aborted
+        ex.data_received(b"\0" * 400)  # would hold 1,100 > 1,000: refused
+        assert aborted == [True] and ex.bytes == bytearray() and not ex.buffers
+        with pytest.raises(MessageRejected, match="memory"):
+            pending.result()
+        with pytest.raises(MessageRejected, match="memory"):
+            ex.receive(9).result()
+        ex.data_received(packet(3, 10))  # anything after the refusal is dropped
+        assert not ex.buffers
+    finally:
+        loop.close()

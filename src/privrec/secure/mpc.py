@@ -82,6 +82,7 @@ from privrec.errors import (
     ProtocolAbort,
 )
 from privrec.secure.mpc_tls import N_PARTIES, TLSFiles, make_tls_material, tls_name
+from privrec.secure.mpc_wire import buffer_cap
 
 __all__ = [
     "CLIENT",
@@ -359,7 +360,7 @@ def _runtime(party_id: int, addresses: Sequence[tuple[str, int]], params: MPCPar
         sys.argv = argv
 
 
-async def _start(rt: Any, bind_host: str, tls: TLSFiles | None) -> None:
+async def _start(rt: Any, bind_host: str, tls: TLSFiles | None, cap: int) -> None:
     """Connect the parties like ``Runtime.start`` does, but listen on ``bind_host`` only.
 
     MPyC's own ``start`` listens on every interface; party ``i`` listens for parties
@@ -369,6 +370,9 @@ async def _start(rt: Any, bind_host: str, tls: TLSFiles | None) -> None:
     """
     from mpyc import asyncoro
 
+    from privrec.secure.mpc_wire import bounded_exchanger
+
+    exchanger = bounded_exchanger(asyncoro.MessageExchanger, cap)
     server_ctx, client_ctx = tls.contexts() if tls is not None else (None, None)
     loop = rt._loop
     for peer in rt.parties:
@@ -376,7 +380,7 @@ async def _start(rt: Any, bind_host: str, tls: TLSFiles | None) -> None:
     server = None
     if rt.pid:
         server = await loop.create_server(
-            lambda: asyncoro.MessageExchanger(rt),
+            lambda: exchanger(rt),
             host=bind_host,
             port=rt.parties[rt.pid].port,
             ssl=server_ctx,
@@ -385,7 +389,7 @@ async def _start(rt: Any, bind_host: str, tls: TLSFiles | None) -> None:
         while True:
             try:
                 await loop.create_connection(
-                    lambda pid=peer.pid: asyncoro.MessageExchanger(rt, pid),
+                    lambda pid=peer.pid: exchanger(rt, pid),
                     peer.host,
                     peer.port,
                     ssl=client_ctx,
@@ -499,7 +503,7 @@ async def _protocol(
     bind_host: str,
     tls: TLSFiles | None,
 ) -> PartyResult:
-    await _start(rt, bind_host, tls)
+    await _start(rt, bind_host, tls, buffer_cap(n_items, n_factors))
     t0, c0 = time.perf_counter(), time.process_time()
     digests = await rt.transfer(digest)
     if any(not isinstance(d, str) or d != digest for d in digests):

@@ -258,6 +258,7 @@ def test_report_curve_with_error_bars(members: Path, tmp_path: Path, no_user_dat
     ):
         assert needle in text, needle
     doc = json.loads(js.read_text())
+    assert "not for release" in doc["not_private"]  # the HTML's caveat travels with the numbers
     rows = {r["model"]: r for r in doc["rows"]}
     assert rows["dpals (ε=1)"]["draws"] == 2 and "Recall@20" in rows["dpals (ε=1)"]["std"]
     assert set(rows["dpals (ε=4)"]["quartiles"]) == {"Q1", "Q2", "Q3", "Q4"}

@@ -102,6 +102,11 @@ def test_scanner_fails_on_a_file_with_user_data(
     assert any("user-data member" in p for p in problems)
     assert any("user id" in p for p in problems)
     assert any("dimension 437" in p for p in problems)
+    # whoever loads the file (e.g. `privrec recommend --history`) is told as well
+    from privrec.models import load_model
+
+    with pytest.warns(PrivacyWarning, match="outside the model's privacy guarantee"):
+        load_model(path)
 
 
 def test_scanner_flags_a_sampling_rate_that_reveals_the_count(tmp_path: Path, scan: Any) -> None:

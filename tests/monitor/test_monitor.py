@@ -267,6 +267,7 @@ def test_cli_monitor_through_a_ledger_applies_the_policy(tmp_path: Path):
         assert res.exit_code == 1 and "BudgetExceededError" in res.output  # 9 windows > ε = 2
         shown = json.loads(out.read_text())
         assert shown["stopped"] == "budget exceeded" and len(shown["windows"]) >= 2
+        assert "number of windows" in shown["assumed_public"]
         assert len(analyst.history("ts", limit=None)) == len(shown["windows"])
     finally:
         dispose_engines()

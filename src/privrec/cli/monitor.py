@@ -62,11 +62,26 @@ def _table(reports: list[Any]) -> Table:
     return t
 
 
+#: What a monitor's output takes as public besides its noisy statistics (time_windows' docstring).
+MONITOR_ASSUMED_PUBLIC = (
+    "the window grid (fixed calendar windows from the Unix epoch), the number of windows — the "
+    "span of the data at the grid's resolution — and the item catalogue the statistics are over"
+)
+
+
 def _write(path: Path | None, reports: list[Any], extra: dict[str, Any]) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)  # check_output allowed a new folder
         path.write_text(
-            json.dumps({**extra, "windows": [r.to_dict() for r in reports]}, indent=2) + "\n"
+            json.dumps(
+                {
+                    **extra,
+                    "assumed_public": MONITOR_ASSUMED_PUBLIC,
+                    "windows": [r.to_dict() for r in reports],
+                },
+                indent=2,
+            )
+            + "\n"
         )
 
 

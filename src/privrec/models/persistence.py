@@ -456,6 +456,14 @@ def load_model(
     model.user_items_ = um
     model._released_only = not has_user_data
     model._catalogue_source = "file"
+    if private and has_user_data:  # said on saving; said again to whoever loads and uses it
+        warnings.warn(
+            f"this private {cls.__name__} file also holds its training users' ids and "
+            "interactions (saved with include_user_data=True): that data is outside the model's "
+            "privacy guarantee — keep the file private; `privrec serve` refuses it",
+            PrivacyWarning,
+            stacklevel=3,
+        )
     model.file_signature_ = signature
     try:
         model._set_state(state)

@@ -237,6 +237,12 @@ def write_json_report(path: str | Path, rows: Sequence[ReportRow], *, dataset: s
         "privrec_version": __version__,
         "dataset": dataset,
         "k": k,
+        # as the HTML report says: the metrics are computed without noise on held-out data
+        "not_private": (
+            "metrics, standard deviations and per-quartile values are computed without noise on "
+            "held-out data: they are for the data holder, not for release; non-private rows "
+            "(epsilon null) are baselines with no guarantee at all"
+        ),
         "rows": [r.to_dict() for r in rows],
         "guarantees": {
             r.model: r.guarantee.model_dump(mode="json") for r in rows if r.guarantee is not None

@@ -315,3 +315,56 @@ def test_a_replacement_worker_reading_changed_files_stops_the_fit(
             engine.fit(seeded(DPALS, **kw), work)
     finally:
         engine.after_submit = None
+
+
+def test_a_ray_training_is_a_dataset_version_deletions_and_lineage_see(
+    engine: RayEngine, small_data: Any, shards: Path, tmp_path: Path
+) -> None:
+    """A hostile review found Ray-trained governed models registered no dataset version: a
+    deletion request landing while the workers loaded was not enforced, and lineage and
+    retraining duties never listed the artifact. Now the workers' result is a version (keyed
+    member hashes, merged report) and the charge is reserved against it."""
+    from privrec.engine.governed import train_on_ray
+    from privrec.errors import StaleDataError
+    from privrec.governance import Ledger
+    from privrec.governance.policy import policy_from_dict
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    owner, _ = Ledger.init(url, owner="olga")
+    owner.set_policy(
+        "ratings",
+        policy_from_dict({
+            "purpose": "recommendations", "unit": "user",
+            "budget": {"epsilon": 10.0, "delta": 1e-5}, "deletion": {"retrain_within_days": 30},
+        }),
+    )  # fmt: skip
+    ann = Ledger.connect(url, owner.create_key("ann", "analyst"))
+    victim, member = small_data.user_ids[5], small_data.user_ids[6]
+
+    def model() -> DPPopularity:
+        return DPPopularity(epsilon=1.0, delta=1e-6, unit="user")
+
+    fired: list[bool] = []
+
+    def forget_while_loading(n_users: int, nnz: int) -> None:
+        if not fired:
+            fired.append(True)
+            owner.forget("ratings", victim, reason="erasure request")
+
+    with pytest.raises(StaleDataError, match="load it again"):
+        train_on_ray(
+            ann, model(), engine, ParquetSource.open(shards), dataset="ratings",
+            output=tmp_path / "a.npz", on_loaded=forget_while_loading,
+        )  # fmt: skip
+    assert fired and ann.history("ratings") == [] and not (tmp_path / "a.npz").exists()
+    # filtered again: the victim is gone, the training is a version its members can trace
+    _, path, charge = train_on_ray(
+        ann, model(), engine, ParquetSource.open(shards), dataset="ratings",
+        output=tmp_path / "b.npz",
+    )  # fmt: skip
+    assert charge.status == "committed" and charge.version_id is not None
+    (entry,) = owner.lineage_of_user(member, "ratings")
+    assert entry.artifact.version_id == charge.version_id and entry.artifact.path == str(path)
+    assert owner.lineage_of_user(victim, "ratings") == []
+    owner.forget("ratings", member, reason="erasure request")
+    assert owner.retrains_due("ratings")

@@ -184,3 +184,31 @@ def test_cli_init_migrates_an_old_ledger(ledger_url: str) -> None:
     assert code == 0, out
     code, out = invoke("ledger", "init", "--db", ledger_url)  # at head: still refused
     assert code == 1 and "already initialised" in out
+
+
+def test_cli_damaged_databases_are_one_typed_line(ledger_url: str, tmp_path: Path) -> None:
+    """A file that is not a database, a dropped table: one typed line, never a traceback."""
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x00garbage" * 512)
+    code, out = invoke("ledger", "init", "--db", f"sqlite:///{garbage}")
+    assert code == 1 and "LedgerSchemaError" in out and "Traceback" not in out, out
+    assert garbage.read_bytes() == b"\x00garbage" * 512
+    code, out = invoke("ledger", "init", "--db", ledger_url)
+    owner = out.strip().splitlines()[-1]
+    (tmp_path / "policy.toml").write_text(POLICY)
+    code, out = invoke(
+        "policy", "set", str(tmp_path / "policy.toml"), "--dataset", "ml", "--db", ledger_url,
+        key=owner,
+    )  # fmt: skip
+    assert code == 0, out
+    with create_ledger_engine(ledger_url).begin() as c:  # a revision wound back by hand
+        c.exec_driver_sql("UPDATE alembic_version SET version_num = '0002'")
+    code, out = invoke("ledger", "init", "--db", ledger_url)
+    assert code == 1 and "LedgerSchemaError" in out and "migrated" not in out, out
+    with create_ledger_engine(ledger_url).begin() as c:
+        c.exec_driver_sql("UPDATE alembic_version SET version_num = '0003'")
+        c.exec_driver_sql("DROP TABLE charges")
+    for cmd in (("ledger", "status"), ("audit-log", "verify")):
+        code, out = invoke(*cmd, "--db", ledger_url, key=owner)
+        assert code == 1 and "LedgerSchemaError" in out and "charges" in out, out
+        assert len(out.strip().splitlines()) == 1

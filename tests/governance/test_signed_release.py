@@ -80,13 +80,17 @@ def test_a_bad_signing_key_spends_nothing(setup: LedgerSetup, tmp_path: Path) ->
     assert not (tmp_path / "m.npz").exists()
 
 
-def test_an_old_ledger_upgrades_and_still_verifies(setup: LedgerSetup, tmp_path: Path) -> None:
-    """A ledger written at revision 0001 (artifacts without a signer column) migrates to 0002:
+def test_an_old_ledger_upgrades_and_still_verifies(
+    setup: LedgerSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ledger written at revision 0001 (artifacts without a signer column) migrates to head:
     its audit log still verifies, its artifacts show no signer, signed releases then record one."""
     from alembic import command
     from alembic.config import Config
 
-    old = _train(setup, tmp_path / "old.npz")
+    with monkeypatch.context() as m:  # as privrec wrote it at 0001: no charges.released_at
+        m.setattr(Ledger, "mark_released", lambda self, charges: None)
+        old = _train(setup, tmp_path / "old.npz")
     engine = create_ledger_engine(setup.url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -101,7 +105,7 @@ def test_an_old_ledger_upgrades_and_still_verifies(setup: LedgerSetup, tmp_path:
         Ledger.connect(setup.url, setup.auditor_key)
     upgrade(engine)
     with engine.connect() as conn:
-        assert schema_revision(conn) == HEAD_REVISION == "0002"
+        assert schema_revision(conn) == HEAD_REVISION == "0003"
     auditor = Ledger.connect(setup.url, setup.auditor_key)
     assert auditor.verify_audit_log().ok
     assert auditor.artifact(old.artifact.id).signer is None

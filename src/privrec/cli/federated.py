@@ -383,10 +383,18 @@ def _run_and_report(
     interactive = err_console.is_terminal
     # cohort sizes are exact counts of people that no guarantee covers: printed and written
     # rounded (public_round), as evaluation outputs are
+
+    def released_line(report: Any) -> None:
+        if session is not None:  # a round's noisy output is about to leave: no abort after this
+            session.released()
+        line(report)
+
     reports = [
         public_round(r)
-        for r in sim.run(progress=interactive, on_round=None if interactive else line)
+        for r in sim.run(progress=interactive, on_round=None if interactive else released_line)
     ]
+    if session is not None:  # before anything computed from the noisy rounds is shown or written
+        session.released()
     table = Table(
         title="FederatedMF rounds",
         caption="counts rounded to two significant figures: cohort sizes are not covered by ε",
@@ -451,7 +459,6 @@ def _run_and_report(
         signed_note(signer, saved)
     if session is not None:
         if saved is None:
-            session.released()
             session.commit(result={"rounds": srv.round, "epsilon": g.epsilon})
         (status,) = [s for s in led.status(dataset) if s.scope == "dataset"]
         console.print(

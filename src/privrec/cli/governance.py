@@ -63,7 +63,7 @@ def ledger_init(
     On a ledger written by an older privrec, migrates its schema to this privrec's (keys,
     charges and the audit log are kept) and says so.
     """
-    from privrec.errors import GovernanceError
+    from privrec.errors import GovernanceError, LedgerSchemaError
     from privrec.governance import Ledger
     from privrec.governance.db import (
         HEAD_REVISION,
@@ -79,8 +79,9 @@ def ledger_init(
             before = schema_revision(conn)
         try:
             _, key = Ledger.init(db, owner=owner)
-        except GovernanceError:
-            if before is None or before == HEAD_REVISION:
+        except GovernanceError as exc:
+            # a schema the library refused (wound back, damaged) is not "already initialised"
+            if before is None or before == HEAD_REVISION or isinstance(exc, LedgerSchemaError):
                 raise
             console.print(
                 f"ledger migrated from schema {before} to {HEAD_REVISION} "

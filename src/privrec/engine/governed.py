@@ -6,8 +6,13 @@ reaches one process, so :func:`train_on_ray` does the same steps where the data 
 
 1. the dataset's policy inputs (:meth:`Ledger.policy_inputs <privrec.governance.Ledger.policy_inputs>`)
    go to the workers, which apply :func:`~privrec.governance.policy.apply_policy` to their users;
-2. the model announces its releases (``_plan``) and the ledger reserves their charge — once,
-   before any noise; a worker lost later is replaced without a second charge;
+2. the driver registers the workers' result as a dataset version (content hash, keyed member
+   hashes, merged policy report; :meth:`Ledger.register_version
+   <privrec.governance.Ledger.register_version>`), refused if the dataset changed since the
+   policy inputs were read; then the model announces its releases (``_plan``) and the ledger
+   reserves their charge against that version — once, before any noise (a deletion request
+   landing before the reservation refuses it); a worker lost later is replaced without a
+   second charge;
 3. the model file is written atomically, then the charge is committed with the artifact (its
    dataset hash is the SHA-256 of the workers' content hashes of their filtered users).
 """
@@ -75,17 +80,34 @@ def train_on_ray(
         description=f"{model.name} on Ray (ε={cfg.epsilon:g}, δ={cfg.delta:g})",  # type: ignore[attr-defined]
         accountant=model_accountant(model),
     )
+
+    def loaded(n_users: int, nnz: int) -> None:
+        # the workers hold their filtered users: register that version (refused if a deletion,
+        # consent or policy change landed since the policy inputs were read) and reserve the
+        # charge against it, so lineage and retraining duties cover this training too
+        assert engine.last_policy_report is not None and engine.last_members is not None
+        session.data = ledger.register_version(
+            dataset,
+            epoch=policy.epoch,
+            content_hash=engine.last_content_hash or "",
+            members=engine.last_members,
+            report=engine.last_policy_report,
+            n_items=engine.last_n_items,
+        )
+        if on_loaded is not None:
+            on_loaded(n_users, nnz)
+
     with session:
         model.release_gate = session.gate
         try:
             engine.fit(
                 model, data, item_ids=item_ids, policy=policy, progress=progress,
-                on_loaded=on_loaded,
+                on_loaded=loaded,
             )  # fmt: skip
         finally:
             model.release_gate = None
+        session.released()  # recorded before the file can exist: no abortable released output
         path = _atomic_save(model, claim.path, None, key, claim)
-        session.released()
         art = artifact_info(
             path,
             model_kind=model.name,

@@ -54,14 +54,27 @@ class PolicyFilter:
     deleted: np.ndarray
     consented: np.ndarray | None
     now: float
+    #: the dataset's epoch read *before* the inputs: the version the workers' result is
+    #: registered as (``Ledger.register_version``) is refused if anything changed since
+    epoch: int | None = None
+    #: SHA-256 of the consent file, read before its records (a policy whose consents live in a
+    #: file), recorded with the version as ``Ledger.load`` does
+    consent_file_sha256: str | None = None
 
     @classmethod
     def from_ledger(cls, ledger: Any, dataset: str) -> PolicyFilter:
         """The dataset's policy, deletions and consents as the ledger's ``load`` reads them."""
         import time
 
+        from privrec.governance.policy import consent_file_digest
+
+        epoch = ledger.dataset(dataset).epoch  # first: a change after it refuses the version
         policy, key, deleted, consented = ledger.policy_inputs(dataset)
-        return cls(policy, key, deleted, consented, time.time())
+        digest = None
+        if policy.consent.required and policy.consent.source != "ledger":
+            # read after the records: a withdrawal in between makes the version stale (safe)
+            digest = consent_file_digest(policy.consent.source)
+        return cls(policy, key, deleted, consented, time.time(), int(epoch), digest)
 
 
 def merge_policy_reports(reports: list[Any]) -> Any:
@@ -78,6 +91,7 @@ def merge_policy_reports(reports: list[Any]) -> Any:
         )
         for i, s in enumerate(first.steps)
     )
+    oldest = [r.oldest_kept_timestamp for r in reports if r.oldest_kept_timestamp is not None]
     return PolicyReport(
         policy_hash=first.policy_hash,
         users_in=sum(r.users_in for r in reports),
@@ -86,6 +100,8 @@ def merge_policy_reports(reports: list[Any]) -> Any:
         interactions_out=sum(r.interactions_out for r in reports),
         steps=steps,
         columns_dropped=first.columns_dropped,
+        consent_file_sha256=first.consent_file_sha256,
+        oldest_kept_timestamp=min(oldest) if oldest else None,
     )
 
 
@@ -177,19 +193,23 @@ class Partition:
             )
         )
         del parts
-        report = digest = None
+        report = digest = members = None
         if policy is not None:
             from privrec.governance.db import user_digests
             from privrec.governance.policy import apply_policy, content_hash
 
-            data, report = apply_policy(
+            digests = user_digests(policy.user_key, data.user_ids)
+            kept, report = apply_policy(
                 data,
                 policy.policy,
-                user_digests=user_digests(policy.user_key, data.user_ids),
+                user_digests=digests,
                 deleted=policy.deleted,
                 consented=policy.consented,
                 now=policy.now,
             )
+            # the keyed hashes of the users kept (as Ledger.load records a version's members)
+            members = np.sort(digests[np.isin(data.user_ids, kept.user_ids)])
+            data = kept
             digest = content_hash(data)
         self.data = data
         self._n_items = len(item_ids)
@@ -200,6 +220,7 @@ class Partition:
             "nnz": data.nnz,
             "report": report,
             "hash": digest,
+            "members": members,
             "fingerprint": fingerprint,
             "user_type": types.type,
             "user_type_file": None if types.file is None else str(types.file),

@@ -330,6 +330,8 @@ class RayEngine:
         #: the merged counts-only policy report of the last fit (``None`` without a policy)
         self.last_policy_report: Any = None
         self.last_content_hash: str | None = None
+        self.last_members: np.ndarray | None = None
+        self.last_n_items = 0
         #: (users, interactions) the workers held after the policy, in the last fit
         self.last_sizes: tuple[int, int] = (0, 0)
         #: fault-injection hook (tests): called with (call name, actors) right after a call's
@@ -426,6 +428,15 @@ class RayEngine:
         self.last_policy_report = (
             merge_policy_reports([r["report"] for r in loaded]) if policy is not None else None
         )
+        if policy is not None and policy.consent_file_sha256 is not None:
+            self.last_policy_report = self.last_policy_report.model_copy(
+                update={"consent_file_sha256": policy.consent_file_sha256}
+            )
+        #: the keyed hashes of every kept user (with a policy): the version's members
+        self.last_members = (
+            np.sort(np.concatenate([r["members"] for r in loaded])) if policy is not None else None
+        )
+        self.last_n_items = len(catalogue)
         #: SHA-256 over the workers' content hashes of their filtered partitions (with a policy)
         self.last_content_hash = (
             hashlib.sha256("".join(r["hash"] for r in loaded).encode()).hexdigest()

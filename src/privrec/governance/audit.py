@@ -36,8 +36,17 @@ from sqlalchemy.engine import Connection
 
 from privrec.errors import AuditLogError
 from privrec.governance import schema as tbl
+from privrec.governance.userkey import stored_key_fingerprint, user_key_fingerprint
 
-__all__ = ["GENESIS", "AuditVerification", "append", "canonical_json", "fingerprint", "verify"]
+__all__ = [
+    "GENESIS",
+    "AuditVerification",
+    "append",
+    "canonical_json",
+    "fingerprint",
+    "user_key_fingerprint",
+    "verify",
+]
 
 GENESIS = "0" * 64
 
@@ -70,11 +79,12 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
-#: Nullable columns added by a migration after the first (``artifacts.signer``, 0002). A row's
-#: fingerprint leaves such a column out while it is ``NULL``: rows written before the column
-#: existed keep the fingerprint the log recorded for them, so an upgraded ledger still verifies;
-#: setting or clearing the value later changes the fingerprint like any other edit.
-LATER_NULLABLE: frozenset[str] = frozenset({"signer"})
+#: Nullable columns added by a migration after the first (``artifacts.signer``, 0002;
+#: ``charges.released_at``, 0003). A row's fingerprint leaves such a column out while it is
+#: ``NULL``: rows written before the column existed keep the fingerprint the log recorded for
+#: them, so an upgraded ledger still verifies; setting or clearing the value later changes the
+#: fingerprint like any other edit.
+LATER_NULLABLE: frozenset[str] = frozenset({"signer", "released_at"})
 
 
 def fingerprint(row: Any) -> str:
@@ -109,17 +119,14 @@ def chain_hash(prev: str, at: float, actor: str, action: str, payload: str) -> s
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def user_key_fingerprint(user_key: str) -> str:
-    """SHA-256 of the ledger's user-hash key (logged at init; the key itself is never logged)."""
-    return hashlib.sha256(f"privrec user key\n{user_key}".encode()).hexdigest()
-
-
 def read_head(conn: Connection) -> tuple[int, str]:
     raw = conn.execute(
         sa.select(tbl.Meta.value).where(tbl.Meta.key == "audit_head")
     ).scalar_one_or_none()
     if raw is None:
-        return 0, GENESIS
+        # written at init, before the first row: without it an append would restart the chain
+        # at row 1 (a raw duplicate-key error) — the database was damaged or edited
+        raise AuditLogError("the audit log's stored head (ledger_meta 'audit_head') is missing")
     try:
         head = json.loads(raw)
         return int(head["seq"]), str(head["hash"])
@@ -303,7 +310,7 @@ def verify(conn: Connection, *, expect_head: str | None = None) -> AuditVerifica
         key = conn.execute(
             sa.select(tbl.Meta.value).where(tbl.Meta.key == "user_key")
         ).scalar_one_or_none()
-        if key is None or user_key_fingerprint(key) != init_key_print[0]:
+        if key is None or stored_key_fingerprint(key) != init_key_print[0]:
             return _bad(
                 n,
                 prev_hash,

@@ -31,10 +31,9 @@ from privrec.errors import (
 from privrec.governance import schema as tbl
 from privrec.governance.auth import require
 from privrec.governance.composition import ChargeEvents, composed_epsilon
-from privrec.governance.db import write_transaction
 from privrec.governance.policy import Policy, consent_file_digest
 from privrec.governance.reading import LedgerBase, _now
-from privrec.governance.records import ChargeInfo, GovernedData
+from privrec.governance.records import ChargeInfo, GovernedData, GovernedVersion, fmt_time
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.units import PrivacyUnit
 
@@ -53,7 +52,7 @@ class LedgerCharging(LedgerBase):
         purpose: str | None = None,
         kind: str = "query",
         description: str = "",
-        data: GovernedData | None = None,
+        data: GovernedData | GovernedVersion | None = None,
         idempotency_key: str | None = None,
         accountant: str | None = None,
     ) -> ChargeInfo:
@@ -78,7 +77,7 @@ class LedgerCharging(LedgerBase):
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
             raise GovernanceError("idempotency keys are 1-128 characters")
         now = _now()
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             ds = self._dataset(conn, dataset)
             policy = Policy.from_json(ds.policy_json)
             use = purpose if purpose is not None else policy.purpose
@@ -100,7 +99,7 @@ class LedgerCharging(LedgerBase):
                         )
                     return ChargeInfo.from_row(old, dataset, replayed=True)
             if data is not None:
-                self._check_version(conn, ds, data)
+                self._check_version(conn, ds, data, now)
             unit = PrivacyUnit(ds.unit)
             budgets = self._applicable_budgets(conn, ds.id, use)
             if use != policy.purpose and not any(b.scope == "purpose" for b in budgets):
@@ -167,8 +166,19 @@ class LedgerCharging(LedgerBase):
             row = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).one()
         return ChargeInfo.from_row(row, dataset)
 
-    def _check_version(self, conn: Connection, ds: Any, data: GovernedData) -> None:
-        if not isinstance(data, GovernedData):
+    def _check_version(
+        self, conn: Connection, ds: Any, data: GovernedData | GovernedVersion, now: float
+    ) -> None:
+        """Refuse a charge on ``data`` unless it is still what a load would give now.
+
+        :class:`~privrec.errors.StaleDataError` — "load again and the change applies", the one
+        refusal a service answers by reloading its cached view — for: a deletion request,
+        consent import or policy change since the load (the epoch moved); a changed consent
+        file; and the passing of the retention window over the oldest interaction the load
+        kept. Any other refusal (data that never went through the policy) is a plain
+        :class:`~privrec.errors.PolicyViolation`.
+        """
+        if not isinstance(data, GovernedData | GovernedVersion):
             raise PolicyViolation(
                 "this data did not pass through the dataset's policy (use ledger.load)"
             )
@@ -193,6 +203,32 @@ class LedgerCharging(LedgerBase):
                     f"the consent file of dataset {ds.name!r} changed since this data was loaded "
                     "(someone may have withdrawn): load it again so the change applies"
                 )
+        if policy.retention_days is not None:
+            self._check_retention(ds.name, policy.retention_days, v.report_json, now)
+
+    @staticmethod
+    def _check_retention(name: str, retention_days: float, report_json: str, now: float) -> None:
+        """Refuse a version holding an interaction the retention window has since passed.
+
+        Retention is applied when data is loaded; a version stays usable only while its oldest
+        kept interaction (``oldest_kept_timestamp``, recorded by the load) is within the window.
+        A version recorded before that field existed cannot show it is within the window, so it
+        is refused too (reloading once records it): refusing costs a reload, accepting could
+        train on interactions the policy says are gone.
+        """
+        report = json.loads(report_json)
+        if "oldest_kept_timestamp" not in report:
+            raise StaleDataError(
+                f"this version of dataset {name!r} was loaded by a privrec that did not record "
+                "its oldest interaction, so its retention window cannot be checked: load it "
+                "again so retention applies"
+            )
+        oldest = report["oldest_kept_timestamp"]
+        if oldest is not None and float(oldest) < now - retention_days * 86400.0:
+            raise StaleDataError(
+                f"this version of dataset {name!r} holds interactions older than its retention "
+                f"window ({retention_days:g} days) now: load it again so retention applies"
+            )
 
     def _applicable_budgets(self, conn: Connection, dataset_id: int, purpose: str) -> list[Any]:
         return list(
@@ -227,7 +263,7 @@ class LedgerCharging(LedgerBase):
         cid = charge if isinstance(charge, int) else charge.id
         now = _now()
         result_json = None if result is None else json.dumps(result, sort_keys=True, default=float)
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             row = self._own_charge(conn, cid)
             if row.status == "committed":
                 return ChargeInfo.from_row(row, self._dataset_name(conn, row.dataset_id))
@@ -291,11 +327,16 @@ class LedgerCharging(LedgerBase):
         require(self.principal, "spend", "aborting a charge")
         cid = charge if isinstance(charge, int) else charge.id
         now = _now()
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             row = self._own_charge(conn, cid)
             if row.status != "reserved":
                 raise GovernanceError(
                     f"charge {cid} is {row.status}; only a reserved charge can be aborted"
+                )
+            if row.released_at is not None:
+                raise GovernanceError(
+                    f"charge {cid}'s output was released (recorded {fmt_time(row.released_at)}): "
+                    "it can only be committed — aborting it would give back privacy already spent"
                 )
             conn.execute(
                 sa.update(tbl.Charge)
@@ -313,6 +354,37 @@ class LedgerCharging(LedgerBase):
             name = self._dataset_name(conn, out.dataset_id)
         return ChargeInfo.from_row(out, name)
 
+    def mark_released(self, charges: ChargeInfo | int | Sequence[ChargeInfo | int]) -> None:
+        """Record that the noisy output of one's own reserved charges has left the process.
+
+        From then on :meth:`abort` refuses them: the privacy was spent whatever happens next,
+        and an abort would give it back. :class:`~privrec.governance.training.ChargeSession`
+        calls this from ``released()``; before this existed, "output was released" was only a
+        free-text note that nothing checked. Committed charges are left as they are (already
+        final); aborted ones are refused (their output should never have been released).
+        """
+        require(self.principal, "spend", "marking a charge released")
+        items = [charges] if isinstance(charges, ChargeInfo | int) else list(charges)
+        ids = [c if isinstance(c, int) else c.id for c in items]
+        now = _now()
+        with self._write() as conn:
+            rows = [self._own_charge(conn, cid) for cid in ids]  # all checked before any write
+            for row in rows:
+                if row.status == "aborted":
+                    raise GovernanceError(
+                        f"charge {row.id} was aborted: output released under it is not covered "
+                        "by any charge (reserve a new one)"
+                    )
+            todo = [r.id for r in rows if r.status == "reserved" and r.released_at is None]
+            if not todo:
+                return
+            conn.execute(
+                sa.update(tbl.Charge)
+                .where(tbl.Charge.id.in_(todo))
+                .values(released_at=now, updated_at=now)
+            )
+            self._log(conn, "charge.release", {"charges": todo}, {"charges": todo}, now)
+
     def _own_charge(self, conn: Connection, cid: int) -> Any:
         row = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).first()
         if row is None:
@@ -326,7 +398,7 @@ class LedgerCharging(LedgerBase):
         require(self.principal, "spend", "annotating a charge")
         cid = charge if isinstance(charge, int) else charge.id
         now = _now()
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             self._own_charge(conn, cid)
             conn.execute(
                 sa.update(tbl.Charge)

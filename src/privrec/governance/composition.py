@@ -22,6 +22,16 @@ it never joins the Gaussian-rate sum, and a scope holding one is composed — al
 with the RDP accountant at :data:`~privrec.privacy.accounting.INTEGER_RDP_ORDERS` (a valid
 bound for every event, and the orders FederatedMF's own accountant uses), whatever the
 budget's accountant says.
+
+**Malformed events are refused, never composed.** dp-accounting does not validate the
+parameters of the events it is given, and some of its answers to malformed ones are silently
+wrong: the closed-form ε of a Gaussian with a NaN multiplier is ``0``, so one such charge used to
+make its scope's Gaussian-rate sum NaN and every later charge free; a ``SelfComposedDpEvent``
+with a negative or fractional count under-counts. :func:`check_event` therefore checks every
+event before the ledger reserves it (typed :class:`~privrec.errors.GovernanceError`, nothing
+written), :func:`composed_epsilon` checks the stored terms it composes again (a ledger written
+before the check may hold such a charge: it fails loudly rather than report ``0``), and every
+error dp-accounting raises on an event is reported as a ``GovernanceError``.
 """
 
 from __future__ import annotations
@@ -29,18 +39,25 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Sequence
-from typing import Any
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import dp_accounting
 from dp_accounting import dp_event
 
-from privrec.errors import GovernanceError
-from privrec.privacy.accounting import INTEGER_RDP_ORDERS, epsilon_of, simplify
+from privrec.errors import GovernanceError, PrivrecError
+from privrec.privacy.accounting import (
+    INTEGER_RDP_ORDERS,
+    _gaussian_rate,
+    epsilon_of,
+    simplify,
+)
 from privrec.privacy.events import SpentEvent, event_from_dict, total_event
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["RDP_ONLY", "ChargeEvents", "composed_epsilon", "event_key"]
+__all__ = ["RDP_ONLY", "ChargeEvents", "check_event", "composed_epsilon", "event_key"]
 
 #: The accountant value marking a charge whose events are proven only in RDP.
 RDP_ONLY = "rdp"
@@ -51,6 +68,132 @@ def event_key(event: dp_accounting.DpEvent) -> str:
     from privrec.privacy.events import event_to_dict
 
     return json.dumps(event_to_dict(event), sort_keys=True, separators=(",", ":"))
+
+
+_T = TypeVar("_T")
+
+#: What dp-accounting (and privrec's own event decoding) raise on an event they cannot use.
+_ACCOUNTING_ERRORS = (
+    ValueError,
+    TypeError,
+    ArithmeticError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    dp_accounting.UnsupportedEventError,
+)
+
+
+def _refuse(where: str, why: str) -> GovernanceError:
+    return GovernanceError(f"malformed privacy event at {where}: {why}; nothing was charged")
+
+
+def _real(value: Any, where: str, name: str) -> float:
+    """``value`` as a float if it is a real number (not a bool, not text), else refuse."""
+    if isinstance(value, bool | str) or not isinstance(value, numbers.Real):
+        raise _refuse(where, f"{name} must be a number, found {value!r}")
+    return float(value)
+
+
+def _count(value: Any, where: str, name: str) -> int:
+    """``value`` as an int if it is a whole number ≥ 1 (not a bool, not 2.5), else refuse."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
+        raise _refuse(where, f"{name} must be a whole number ≥ 1, found {value!r}")
+    return int(value)
+
+
+def check_event(event: Any, where: str = "event") -> None:
+    """Refuse (:class:`~privrec.errors.GovernanceError`) an event whose parameters are not ones
+    dp-accounting accounts correctly.
+
+    Why: dp-accounting trusts its inputs, and several malformed events come back as a *small*
+    ε rather than an error (a NaN Gaussian multiplier gives ε = 0; a negative or fractional
+    self-composition count under-counts). A ledger that composed them would let later charges
+    through for free. Checked here, recursively:
+
+    * Gaussian multiplier z: a number, not NaN, > 0. ``z = +inf`` (a release that adds no
+      information) is accepted; :class:`ChargeEvents` allows it only where it is accounted as
+      a zero rate.
+    * Laplace parameter: finite and > 0.
+    * self-composition count, sample and population sizes: whole numbers ≥ 1 (a sample no
+      larger than its population).
+    * Poisson sampling probability: in (0, 1].
+    * repeat-and-select: mean finite and > 0, shape ≥ 0 (``inf`` is the Poisson case).
+    * no other event types than those :mod:`privrec.privacy.events` serialises.
+    """
+    if isinstance(event, dp_accounting.GaussianDpEvent):
+        z = _real(event.noise_multiplier, where, "the Gaussian noise multiplier")
+        if math.isnan(z) or not z > 0 or (math.isfinite(z) and z * z == 0.0):
+            raise _refuse(where, f"the Gaussian noise multiplier must be > 0, found {z!r}")
+    elif isinstance(event, dp_accounting.LaplaceDpEvent):
+        b = _real(event.noise_multiplier, where, "the Laplace parameter")
+        if not (math.isfinite(b) and b > 0):
+            raise _refuse(where, f"the Laplace parameter must be finite and > 0, found {b!r}")
+    elif isinstance(event, dp_accounting.PoissonSampledDpEvent):
+        q = _real(event.sampling_probability, where, "the sampling probability")
+        if not 0.0 < q <= 1.0:
+            raise _refuse(where, f"the sampling probability must be in (0, 1], found {q!r}")
+        check_event(event.event, f"{where} > sampled")
+    elif isinstance(
+        event,
+        dp_accounting.SampledWithoutReplacementDpEvent
+        | dp_accounting.SampledWithReplacementDpEvent,
+    ):
+        n = _count(event.source_dataset_size, where, "the population size")
+        m = _count(event.sample_size, where, "the sample size")
+        if isinstance(event, dp_accounting.SampledWithoutReplacementDpEvent) and m > n:
+            raise _refuse(where, f"a sample of {m} drawn without replacement from {n}")
+        check_event(event.event, f"{where} > sampled")
+    elif isinstance(event, dp_accounting.SelfComposedDpEvent):
+        _count(event.count, where, "the self-composition count")
+        check_event(event.event, f"{where} > repeated")
+    elif isinstance(event, dp_accounting.ComposedDpEvent):
+        if not isinstance(event.events, list | tuple):
+            raise _refuse(where, "a composed event must hold a list of events")
+        for i, e in enumerate(event.events):
+            check_event(e, f"{where} > part {i + 1}")
+    elif isinstance(event, dp_event.RepeatAndSelectDpEvent):
+        mean = _real(event.mean, where, "the mean number of repetitions")
+        shape = _real(event.shape, where, "the shape of the number of repetitions")
+        if not (math.isfinite(mean) and mean > 0):
+            raise _refuse(where, f"the mean number of repetitions must be > 0, found {mean!r}")
+        if math.isnan(shape) or shape < 0:
+            raise _refuse(where, f"the repetition shape must be ≥ 0, found {shape!r}")
+        check_event(event.event, f"{where} > repeated")
+    elif not isinstance(event, dp_accounting.NoOpDpEvent | dp_accounting.NonPrivateDpEvent):
+        raise _refuse(where, f"unsupported event type {type(event).__name__}")
+
+
+def _has_infinite_gaussian(event: dp_accounting.DpEvent) -> bool:
+    if isinstance(event, dp_accounting.GaussianDpEvent):
+        return math.isinf(float(event.noise_multiplier))
+    inner = getattr(event, "event", None)
+    if isinstance(inner, dp_accounting.DpEvent) and _has_infinite_gaussian(inner):
+        return True
+    parts = getattr(event, "events", None)
+    return isinstance(parts, list | tuple) and any(_has_infinite_gaussian(e) for e in parts)
+
+
+def _accounted(what: str, compute: Callable[[], _T]) -> _T:
+    """``compute()``, with dp-accounting's errors on an event reported as a typed refusal."""
+    try:
+        return compute()
+    except GovernanceError:
+        raise
+    except (PrivrecError, *_ACCOUNTING_ERRORS) as exc:
+        raise GovernanceError(
+            f"dp-accounting cannot account {what}: {type(exc).__name__}: {exc}"[:500]
+        ) from None
+
+
+def _finite_epsilon(eps: float, what: str) -> float:
+    """``eps`` unless it is NaN or negative (``+inf`` is a valid, unaffordable ε)."""
+    if math.isnan(eps) or eps < 0:
+        raise GovernanceError(
+            f"the composed ε of {what} is {eps!r}, not a valid privacy loss: a stored charge is "
+            "malformed (see `privrec ledger history`); no charge is accepted until it is fixed"
+        )
+    return eps
 
 
 def _rdp_epsilon(event: dp_accounting.DpEvent, delta: float, unit: PrivacyUnit) -> float:
@@ -82,10 +225,14 @@ class ChargeEvents:
                 f"a charge's accountant is None (any) or {RDP_ONLY!r} (proven only in RDP), "
                 f"found {accountant!r}"
             )
+        if isinstance(spent, str | bytes) or not isinstance(spent, Sequence):
+            raise GovernanceError("a charge's events are a list of spent events")
         marked = any(isinstance(s, dict) and s.get("accountant") == RDP_ONLY for s in spent)
-        items = [s if isinstance(s, SpentEvent) else SpentEvent.from_dict(s) for s in spent]
+        items = [_spent(s, i) for i, s in enumerate(spent)]
         if not items:
-            raise ValueError("a charge needs at least one event")
+            raise GovernanceError("a charge needs at least one event")
+        for i, item in enumerate(items):
+            check_event(item.event, f"event {i + 1} ({item.label!r})")
         self.spent = items
         self.event = total_event(items)
         #: whether the events are proven only in RDP (composed with RDP, never as Gaussians):
@@ -94,22 +241,51 @@ class ChargeEvents:
         self.rdp_only = accountant == RDP_ONLY or marked or _rdp_only_kind(self.event)
         extra = {"accountant": RDP_ONLY} if self.rdp_only else {}
         #: labelled events as canonical JSON: what the ledger stores and groups identical charges by
-        self.json = json.dumps(
-            [{**s.to_dict(), **extra} for s in items], sort_keys=True, separators=(",", ":")
+        self.json = _accounted(
+            "these events",
+            lambda: json.dumps(
+                [{**s.to_dict(), **extra} for s in items], sort_keys=True, separators=(",", ":")
+            ),
         )
-        simple = simplify(self.event)
+        rate = _accounted("these events", lambda: _gaussian_rate(self.event))
+        if _has_infinite_gaussian(self.event) and rate is None:
+            # z = +inf is "no release" only where it is a zero rate; PLD cannot sample or
+            # compose an infinite Gaussian with other kinds (it fails, or returns NaN)
+            raise _refuse(
+                "a charge's events",
+                "an infinite Gaussian noise multiplier (a release without information) is only "
+                "accepted among unsampled Gaussian releases; record a NoOpDpEvent instead",
+            )
+        #: whether every release of the charge has z = +inf (or is a no-op): nothing released
+        self._free = rate == 0.0
+        #: Σ 1/z² of a charge made only of unsampled Gaussian releases (``None`` otherwise, and
+        #: for RDP-only charges); 0 for releases with z = +inf
         self.gaussian_rate: float | None = (
-            1.0 / simple.noise_multiplier**2
-            if isinstance(simple, dp_accounting.GaussianDpEvent)
-            and simple.noise_multiplier > 0
-            and not self.rdp_only
-            else None
+            float(rate) if rate is not None and math.isfinite(rate) and not self.rdp_only else None
         )
 
     def epsilon(self, delta: float, accountant: str, unit: PrivacyUnit) -> float:
+        """The charge's own ε at ``delta`` (a typed refusal if dp-accounting cannot give it)."""
+        if self._free:  # PLD cannot represent z = +inf unless it stands alone
+            return 0.0
         if self.rdp_only:
-            return _rdp_epsilon(self.event, delta, unit)
-        return epsilon_of(self.event, delta, accountant, unit)
+            eps = _accounted("these events", lambda: _rdp_epsilon(self.event, delta, unit))
+        else:
+            eps = _accounted(
+                "these events", lambda: epsilon_of(self.event, delta, accountant, unit)
+            )
+        return _finite_epsilon(eps, "this charge")
+
+
+def _spent(item: Any, i: int) -> SpentEvent:
+    """A :class:`SpentEvent` from one item of a charge (a ``SpentEvent`` or its dict form)."""
+    if isinstance(item, SpentEvent):
+        if not isinstance(item.event, dp_accounting.DpEvent):
+            raise _refuse(f"event {i + 1}", f"not a dp-accounting event: {item.event!r:.80}")
+        return item
+    if not isinstance(item, dict):
+        raise _refuse(f"event {i + 1}", f"expected a spent event, found {type(item).__name__}")
+    return _accounted(f"event {i + 1}", lambda: SpentEvent.from_dict(item))
 
 
 def _rdp_only_kind(event: dp_accounting.DpEvent) -> bool:
@@ -124,10 +300,17 @@ def _rdp_only_kind(event: dp_accounting.DpEvent) -> bool:
 
 
 def _event_of_json(text: str) -> tuple[dp_accounting.DpEvent, bool]:
-    """A stored charge's composed event, and whether it is RDP-only."""
-    items = json.loads(text)
-    event = total_event([SpentEvent("", event_from_dict(d["event"])) for d in items])
-    return event, any(d.get("accountant") == RDP_ONLY for d in items)
+    """A stored charge's composed event, and whether it is RDP-only (checked like a new one:
+    a charge stored before :func:`check_event` existed may be malformed)."""
+
+    def decode() -> tuple[dp_accounting.DpEvent, bool]:
+        items = json.loads(text)
+        event = total_event([SpentEvent("", event_from_dict(d["event"])) for d in items])
+        return event, any(d.get("accountant") == RDP_ONLY for d in items)
+
+    event, rdp_only = _accounted("a stored charge's events", decode)
+    check_event(event, "a stored charge")
+    return event, rdp_only
 
 
 def composed_epsilon(
@@ -141,12 +324,27 @@ def composed_epsilon(
 
     ``grouped`` holds ``(events JSON, number of charges with exactly these events)``. A scope
     holding an RDP-only charge is composed with RDP at the integer orders (module docstring).
+
+    Raises :class:`~privrec.errors.GovernanceError` rather than return a number it cannot
+    vouch for: a NaN or negative rate sum (a stored charge with a NaN or non-positive
+    multiplier), a malformed stored event, or a NaN ε. Returning ``0`` there would make every
+    later charge of the scope free.
     """
+    rate = float(gaussian_rate)
+    if math.isnan(rate) or rate < 0:
+        raise GovernanceError(
+            f"the scope's Gaussian rate sum Σ 1/z² is {rate!r}: a stored charge has a "
+            "non-finite or non-positive noise multiplier; no charge is accepted until it is fixed"
+        )
     if not grouped:
-        return _gaussian_epsilon(float(gaussian_rate), float(delta), str(accountant), unit)
+        eps = _accounted(
+            "the scope's Gaussian charges",
+            lambda: _gaussian_epsilon(rate, float(delta), str(accountant), unit),
+        )
+        return _finite_epsilon(eps, "the scope's charges")
     parts: list[dp_accounting.DpEvent] = []
-    if gaussian_rate > 0:
-        parts.append(dp_accounting.GaussianDpEvent(gaussian_rate**-0.5))
+    if rate > 0:
+        parts.append(dp_accounting.GaussianDpEvent(rate**-0.5))
     rdp_only = False
     for text, count in grouped:
         ev, marked = _event_of_json(text)
@@ -155,14 +353,21 @@ def composed_epsilon(
     if not parts:
         return 0.0
     if rdp_only:
-        return _rdp_epsilon(dp_accounting.ComposedDpEvent(parts), delta, unit)
-    return epsilon_of(parts, delta, accountant, unit)
+        eps = _accounted(
+            "the scope's charges",
+            lambda: _rdp_epsilon(dp_accounting.ComposedDpEvent(parts), delta, unit),
+        )
+    else:
+        eps = _accounted("the scope's charges", lambda: epsilon_of(parts, delta, accountant, unit))
+    return _finite_epsilon(eps, "the scope's charges")
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _gaussian_epsilon(rate: float, delta: float, accountant: str, unit: PrivacyUnit) -> float:
     """ε of Gaussian charges alone (their summed rate): memoised, since listings and the spend
     curves ask for the same exact rates again and again (dp-accounting's closed form costs ms)."""
-    if rate <= 0:
+    if rate == 0:
         return 0.0
+    if math.isinf(rate):  # a zero multiplier: no privacy at all
+        return math.inf
     return epsilon_of([dp_accounting.GaussianDpEvent(rate**-0.5)], delta, accountant, unit)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,11 +48,13 @@ __all__ = [
 ENV_VAR = "PRIVREC_DB"
 DEFAULT_URL = "sqlite:///privrec.db"
 #: Alembic revisions this privrec can read, oldest first (tests check it matches the scripts).
-KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002")
+KNOWN_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
 HEAD_REVISION = KNOWN_REVISIONS[-1]
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 _ENGINES: dict[str, Engine] = {}
+#: tables every ledger revision has (a database holding one is a ledger, whatever it says)
+_LEDGER_TABLES = frozenset({"ledger_meta", "audit_log", "charges", "principals", "api_keys"})
 
 
 def resolve_url(url: str | Path | None = None) -> str:
@@ -77,11 +80,21 @@ def create_ledger_engine(url: str | Path | None = None) -> Engine:
         def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.close()
+            try:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.execute("PRAGMA busy_timeout=60000")
+            except sqlite3.OperationalError:
+                raise  # locked, read-only…: SQLAlchemy reports it (and callers may retry)
+            except sqlite3.DatabaseError as exc:
+                # "file is not a database": the first statement on any connection finds it,
+                # so every caller (also a CLI that only asks for the revision) gets one line
+                raise LedgerSchemaError(
+                    f"cannot open a privrec ledger at {_safe(resolved)}: {exc}"
+                ) from None
+            finally:
+                cur.close()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
@@ -160,24 +173,70 @@ def check_schema(conn: Connection, url: str) -> None:
 
 
 def upgrade(engine: Engine) -> None:
-    """Create or migrate the schema to this privrec's head revision (Alembic, in one transaction)."""
+    """Create or migrate the schema to this privrec's head revision (Alembic, in one transaction).
+
+    Every failure is one :class:`~privrec.errors.LedgerSchemaError` and leaves the database as
+    it was (the migration is one transaction: SQLite and PostgreSQL both roll DDL back). Refused
+    before anything runs: a file that is not a database, a revision newer than this privrec, and
+    a database holding ledger tables but no revision (``alembic_version`` dropped) — migrating
+    that from scratch would fail half-way on the existing tables.
+    """
     from alembic import command
     from alembic.config import Config
 
-    with engine.connect() as conn:
-        rev = schema_revision(conn)
-        conn.rollback()
+    url = str(engine.url)
+    try:
+        with engine.connect() as conn:
+            rev = schema_revision(conn)
+            tables = set(sa.inspect(conn).get_table_names())
+            conn.rollback()
+    except sa.exc.DBAPIError as exc:
+        raise open_error(url, exc) from None
     if rev is not None and rev not in KNOWN_REVISIONS:
         raise LedgerSchemaError(
             f"the ledger has schema revision {rev!r}, newer than this privrec understands "
             f"(up to {HEAD_REVISION!r}); upgrade privrec before using it"
         )
+    if rev is None and tables & _LEDGER_TABLES:
+        raise LedgerSchemaError(
+            f"the database at {_safe(url)} holds privrec ledger tables "
+            f"({', '.join(sorted(tables & _LEDGER_TABLES)[:3])}…) but no schema revision "
+            "(alembic_version is missing): it was damaged or edited; restore it from a backup"
+        )
+    if rev == HEAD_REVISION:
+        return
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.connect().execution_options(privrec_write=True) as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-        conn.commit()
+    try:
+        with engine.connect().execution_options(privrec_write=True) as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            conn.commit()
+    except LedgerSchemaError:
+        raise
+    except Exception as exc:  # SQLAlchemy's, Alembic's, the driver's: all one typed line
+        why = str(getattr(exc, "orig", None) or exc).splitlines()[0][:200]
+        raise LedgerSchemaError(
+            f"cannot migrate the ledger at {_safe(url)} from schema {rev or 'none'} to "
+            f"{HEAD_REVISION}: {why} (the database does not match its recorded revision; "
+            "nothing was changed)"
+        ) from None
+
+
+def _schema_problem(exc: sa.exc.DBAPIError) -> bool:
+    """Whether a database error means a table or column of the ledger is missing."""
+    if getattr(exc.orig, "sqlstate", None) in ("42P01", "42703"):  # PostgreSQL: undefined …
+        return True
+    text = str(exc.orig).lower()
+    return "no such table" in text or "no such column" in text or "has no column named" in text
+
+
+def _schema_error(exc: sa.exc.DBAPIError) -> LedgerSchemaError:
+    why = str(exc.orig).splitlines()[0][:200]
+    return LedgerSchemaError(
+        f"the ledger database is missing part of its schema ({why}): it was damaged or "
+        "edited; restore it from a backup (nothing was written)"
+    )
 
 
 @contextmanager
@@ -186,21 +245,31 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
     Everything inside commits together or not at all — the action and its audit-log row alike.
     """
-    with engine.connect().execution_options(privrec_write=True) as conn, conn.begin():
-        if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql(
-                "SELECT value FROM ledger_meta WHERE key = 'audit_head' FOR UPDATE"
-            )
-        yield conn
+    try:
+        with engine.connect().execution_options(privrec_write=True) as conn, conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(
+                    "SELECT value FROM ledger_meta WHERE key = 'audit_head' FOR UPDATE"
+                )
+            yield conn
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+        if _schema_problem(exc):  # a dropped table: one typed line, after the rollback
+            raise _schema_error(exc) from None
+        raise
 
 
 @contextmanager
 def read_transaction(engine: Engine) -> Iterator[Connection]:
     """A read-only snapshot (one transaction, so a listing is consistent)."""
-    with engine.connect() as conn, conn.begin():
-        if engine.dialect.name == "postgresql":
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        yield conn
+    try:
+        with engine.connect() as conn, conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield conn
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+        if _schema_problem(exc):
+            raise _schema_error(exc) from None
+        raise
 
 
 def user_digests(key: bytes, user_ids: np.ndarray | list[Any]) -> np.ndarray:

@@ -23,17 +23,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from privrec.data.interactions import Interactions
-from privrec.errors import DataWarning, GovernanceError
+from privrec.errors import DataWarning, GovernanceError, StaleDataError
 from privrec.governance import audit
 from privrec.governance import schema as tbl
 from privrec.governance.auth import require
-from privrec.governance.db import (
-    digest_hex,
-    read_transaction,
-    user_digests,
-    write_transaction,
-)
+from privrec.governance.db import digest_hex, read_transaction, user_digests
 from privrec.governance.policy import (
+    _FALSE,
+    _TRUE,
     Policy,
     PolicyReport,
     apply_policy,
@@ -41,7 +38,7 @@ from privrec.governance.policy import (
     content_hash,
 )
 from privrec.governance.reading import LedgerBase, _now
-from privrec.governance.records import GovernedData
+from privrec.governance.records import GovernedData, GovernedVersion
 
 __all__ = ["LedgerIntake"]
 
@@ -53,13 +50,23 @@ class LedgerIntake(LedgerBase):
     def import_consents(
         self, dataset: str, records: Iterable[tuple[Any, bool]], *, source: str = ""
     ) -> dict[str, int]:
-        """Record consents (``(user id, granted)``; later records win). Returns counts."""
+        """Record consents (``(user id, granted)``; later records win). Returns counts.
+
+        ``granted`` is a bool (``numpy.bool_`` too) or one of the words a consent file may use
+        (``"true"``/``"false"``, ``"granted"``/``"revoked"``, … — :func:`read_consents`'s sets,
+        case-insensitive). Anything else — ``None``, a number, an unknown word — is refused with
+        a :class:`~privrec.errors.GovernanceError` before anything is written: ``bool("false")``
+        is ``True``, and a withdrawal recorded as a grant would put the person back in training.
+        """
         require(self.principal, "manage", "importing consents")
-        recs = list(records)
+        try:
+            recs = [(u, _consent_flag(g, u)) for u, g in records]
+        except (TypeError, ValueError) as exc:  # not pairs
+            raise GovernanceError(f"consent records are (user id, granted) pairs: {exc}") from None
         for u, _ in recs:  # all checked before anything is written
             _exact_id(u, "a consent record")
         now = _now()
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             ds = self._dataset(conn, dataset)
             key = self._user_key(conn)
             digests = user_digests(key, [u for u, _ in recs])
@@ -70,7 +77,7 @@ class LedgerIntake(LedgerBase):
                     {
                         "dataset_id": ds.id,
                         "user_hash": digest_hex(d),
-                        "granted": bool(g),
+                        "granted": g,
                         "recorded_at": now,
                         "source": source[:500],
                     }
@@ -104,7 +111,7 @@ class LedgerIntake(LedgerBase):
             raise GovernanceError("a deletion request needs a user id (found an empty one)")
         _exact_id(user, "a deletion request")
         now = _now()
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             ds = self._dataset(conn, dataset)
             d = user_digests(self._user_key(conn), [user])[0]
             h = digest_hex(d)
@@ -123,10 +130,13 @@ class LedgerIntake(LedgerBase):
             conn.execute(
                 sa.update(tbl.Dataset).where(tbl.Dataset.id == ds.id).values(epoch=ds.epoch + 1)
             )
+            # the person's hash is not repeated in the log: the deletions row's fingerprint is
+            # all verification needs, and each copy of the hash is one more place to test
+            # candidate ids against (see privrec.governance.userkey)
             self._log(
                 conn,
                 "deletion.request",
-                {"dataset": dataset, "user_hash": h, "reason": reason[:500]},
+                {"dataset": dataset, "reason": reason[:500]},
                 {"deletions": [did], "datasets": [ds.id]},
                 now,
             )
@@ -181,7 +191,7 @@ class LedgerIntake(LedgerBase):
                 else np.zeros(0, np.uint64)
             )
             now = _now()
-            with write_transaction(self.engine) as conn:
+            with self._write() as conn:
                 current = self._dataset(conn, dataset)
                 if current.epoch != ds.epoch:
                     continue  # a deletion, consent import or policy change landed meanwhile: redo
@@ -216,6 +226,81 @@ class LedgerIntake(LedgerBase):
                 )
             return GovernedData(dataset, int(vid), h, int(ds.epoch), out, report)
         raise GovernanceError(f"dataset {dataset!r} kept changing while loading; try again")
+
+    def register_version(
+        self,
+        dataset: str,
+        *,
+        epoch: int,
+        content_hash: str,
+        members: np.ndarray,
+        report: PolicyReport,
+        n_items: int,
+    ) -> GovernedVersion:
+        """Register a version whose policy was applied where the data lies (a cluster's workers).
+
+        ``epoch`` is the dataset's epoch read *before* the policy inputs the workers applied
+        (:meth:`policy_inputs`); a deletion request, consent import or policy change since then
+        refuses the registration (:class:`~privrec.errors.StaleDataError`: filter again).
+        ``members`` are the keyed hashes of the users the workers kept (as :meth:`load` records
+        them), so lineage and retraining duties cover the distributed training; ``report`` is
+        the workers' merged policy report. The returned :class:`GovernedVersion` is what the
+        training's charge is reserved with.
+        """
+        require(self.principal, "spend", "loading data for training")
+        m = np.asarray(members)
+        if m.ndim != 1 or m.dtype != np.uint64 or m.size != report.users_out:
+            raise GovernanceError(
+                "register_version needs one uint64 user hash per kept user "
+                f"(found {m.dtype}{list(m.shape)} for the report's kept users)"
+            )
+        if not (isinstance(n_items, int) and n_items >= 0):
+            raise GovernanceError(f"n_items must be a whole number ≥ 0, found {n_items!r}")
+        members_blob = np.sort(m).astype("<u8").tobytes()
+        now = _now()
+        with self._write() as conn:
+            ds = self._dataset(conn, dataset)
+            if int(ds.epoch) != int(epoch):
+                raise StaleDataError(
+                    f"dataset {dataset!r} changed while the workers filtered it (deletion "
+                    "requests, consents or policy): filter it again so the change applies"
+                )
+            if report.policy_hash != ds.policy_hash:
+                raise StaleDataError(
+                    f"the workers applied another policy than dataset {dataset!r}'s current one: "
+                    "filter it again"
+                )
+            vid = conn.execute(
+                sa.insert(tbl.DatasetVersion)
+                .values(
+                    dataset_id=ds.id,
+                    content_hash=content_hash,
+                    policy_hash=ds.policy_hash,
+                    epoch=ds.epoch,
+                    n_users=report.users_out,
+                    n_items=n_items,
+                    nnz=report.interactions_out,
+                    report_json=report.model_dump_json(),
+                    members=members_blob,
+                    created_at=now,
+                    created_by=self.actor,
+                )
+                .returning(tbl.DatasetVersion.id)
+            ).scalar_one()
+            self._log(
+                conn,
+                "dataset.load",
+                {
+                    "dataset": dataset,
+                    "version": vid,
+                    "content_hash": content_hash,
+                    "where": "workers",
+                    "report": report.model_dump(mode="json"),
+                },
+                {"dataset_versions": [vid]},
+                now,
+            )
+        return GovernedVersion(dataset, int(vid), content_hash, int(ds.epoch), report)
 
     def _consented(
         self, conn: Connection, dataset_id: int, policy: Policy, key: bytes
@@ -282,6 +367,22 @@ class LedgerIntake(LedgerBase):
                 self._consented(conn, ds.id, policy, key) if policy.consent.required else None
             )
         return policy, key, deleted, consented
+
+
+def _consent_flag(granted: Any, user: Any) -> bool:
+    """``granted`` as a bool, parsed strictly (see :meth:`LedgerIntake.import_consents`)."""
+    if isinstance(granted, bool | np.bool_):
+        return bool(granted)
+    if isinstance(granted, str):
+        word = granted.strip().lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+    raise GovernanceError(
+        f"the consent record of user {user!r} says {granted!r}: give True/False (or "
+        "true/false, granted/revoked); nothing was recorded"
+    )
 
 
 def _exact_id(user: Any, what: str) -> None:

@@ -63,6 +63,7 @@ from privrec.governance.intake import LedgerIntake
 from privrec.governance.policy import Policy
 from privrec.governance.reading import _now, file_sha256
 from privrec.governance.records import BudgetStatus, DatasetInfo, GovernedData
+from privrec.governance.userkey import new_user_key
 
 __all__ = ["API_KEY_ENV", "Ledger", "file_sha256"]
 
@@ -87,6 +88,7 @@ class Ledger(LedgerCharging, LedgerIntake):
         only as a scrypt hash). On an already initialised ledger raises :class:`GovernanceError`.
         """
         resolved = resolve_url(url)
+        stored_key, user_key = new_user_key()  # a malformed $PRIVREC_USER_KEY: before any write
         create_private_sqlite_file(resolved)  # a new file: mode 600 before SQLite creates it
         engine = create_ledger_engine(resolved)
         upgrade(engine)
@@ -100,11 +102,11 @@ class Ledger(LedgerCharging, LedgerIntake):
                     "this ledger is already initialised; ask its owner for a key "
                     "(`privrec keys create NAME --role ROLE`)"
                 )
-            user_key = secrets.token_hex(32)
             conn.execute(
                 sa.insert(tbl.Meta).values(
                     [
-                        {"key": "user_key", "value": user_key},
+                        # the key itself, or only its fingerprint when it is kept outside
+                        {"key": "user_key", "value": stored_key},
                         {
                             "key": "audit_head",
                             "value": audit.canonical_json({"seq": 0, "hash": audit.GENESIS}),
@@ -139,7 +141,7 @@ class Ledger(LedgerCharging, LedgerIntake):
                 },
                 rows={"principals": [pid], "api_keys": [kid]},
             )
-        return cls(engine, resolved, Principal(owner, Role.OWNER)), full
+        return cls(engine, resolved, Principal(owner, Role.OWNER), key_id=key_id), full
 
     @classmethod
     def connect(cls, url: str | Path | None = None, api_key: str | None = None) -> Ledger:
@@ -170,7 +172,7 @@ class Ledger(LedgerCharging, LedgerIntake):
             if not verify_secret(secret, row.salt, row.hash):
                 raise AuthenticationError("unknown or revoked API key")
             _VERIFIED[cache_key] = row.hash
-        return cls(engine, resolved, Principal(row.name, Role(row.role)))
+        return cls(engine, resolved, Principal(row.name, Role(row.role)), key_id=key_id)
 
     @staticmethod
     def _insert_key(
@@ -203,7 +205,7 @@ class Ledger(LedgerCharging, LedgerIntake):
         salt = secrets.token_bytes(16)
         hashed = hash_secret(secret, salt)
         now = _now()
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             row = conn.execute(sa.select(tbl.Principal).where(tbl.Principal.name == name)).first()
             touched: dict[str, list[int]] = {}
             if row is None:
@@ -237,7 +239,7 @@ class Ledger(LedgerCharging, LedgerIntake):
         """Revoke a key by its id (the part after ``prk_``); the principal keeps its history."""
         require(self.principal, "manage", "revoking keys")
         now = _now()
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             row = conn.execute(sa.select(tbl.ApiKey).where(tbl.ApiKey.key_id == key_id)).first()
             if row is None:
                 raise UnknownDatasetError(f"unknown key id {key_id!r}")
@@ -298,7 +300,7 @@ class Ledger(LedgerCharging, LedgerIntake):
                 f"invalid dataset name {dataset!r} (printable, no leading or trailing spaces)"
             )
         now = _now()
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             row = conn.execute(sa.select(tbl.Dataset).where(tbl.Dataset.name == dataset)).first()
             b = policy.budget
             self._warn_weak_cap(
@@ -427,7 +429,7 @@ class Ledger(LedgerCharging, LedgerIntake):
                 f"invalid budget: {'.'.join(map(str, err['loc']))}: {err['msg']} (found {err.get('input')!r})"
             ) from None
         now = _now()
-        with write_transaction(self.engine) as conn:
+        with self._write() as conn:
             ds = self._dataset(conn, dataset)
             self._warn_weak_cap(conn, ds.id, ds.unit, epsilon, delta)  # before writing
             old_period = conn.execute(

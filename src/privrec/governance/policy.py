@@ -42,7 +42,7 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import DataError, PolicyError, PolicyViolation
+from privrec.errors import DataError, LedgerSchemaError, PolicyError, PolicyViolation
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = [
@@ -124,7 +124,20 @@ class Policy(_Strict):
 
     @classmethod
     def from_json(cls, text: str) -> Policy:
-        return cls.model_validate_json(text)
+        """A policy as the ledger stores it (canonical JSON).
+
+        A stored policy that does not validate is a damaged or edited ledger, reported as
+        :class:`~privrec.errors.LedgerSchemaError` rather than pydantic's multi-line error.
+        """
+        try:
+            return cls.model_validate_json(text)
+        except pydantic.ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            raise LedgerSchemaError(
+                f"a policy stored in the ledger is not valid ({where}: {err['msg']}): the "
+                "database was damaged or edited; set the policy again or restore a backup"
+            ) from None
 
 
 #: Key of the minimisation order's hash (public: the order only has to ignore other users)
@@ -222,6 +235,10 @@ class PolicyReport(_Strict):
     #: SHA-256 of the consent file the load read (a policy whose consents live in a file): a
     #: charge on this version is refused once the file changed (e.g. someone withdrew)
     consent_file_sha256: str | None = None
+    #: under ``retention_days``: the timestamp of the oldest interaction kept (``None`` when
+    #: none was). Retention is applied at load; a charge on this version is refused once the
+    #: window has passed this interaction, so a version cannot outlive the policy's retention
+    oldest_kept_timestamp: float | None = None
 
     def step(self, name: str) -> PolicyStep:
         for s in self.steps:
@@ -366,6 +383,11 @@ def apply_policy(
         over &= keep
         steps.append(_step("minimisation", f"more than {cap} interactions per user", 0, over.sum()))
         keep &= ~over
+    oldest_kept = (
+        float(ts[keep].min())
+        if policy.retention_days is not None and ts is not None and keep.any()
+        else None
+    )
     kept_per_user = np.bincount(row_of[keep], minlength=n_users)
     empty = keep_user & (kept_per_user == 0)
     steps.append(_step("empty", "no interactions left after the steps above", empty.sum(), 0))
@@ -396,6 +418,7 @@ def apply_policy(
         interactions_out=out.nnz,
         steps=tuple(steps),
         columns_dropped=tuple(dropped_cols),
+        oldest_kept_timestamp=oldest_kept,
     )
     return out, report
 

@@ -12,6 +12,8 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,12 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from privrec.errors import UnknownDatasetError
+from privrec.errors import AuthenticationError, UnknownDatasetError
 from privrec.governance import audit
 from privrec.governance import schema as tbl
 from privrec.governance.auth import Principal, require
 from privrec.governance.composition import composed_epsilon
-from privrec.governance.db import digest_hex, read_transaction, user_digests
+from privrec.governance.db import digest_hex, read_transaction, user_digests, write_transaction
 from privrec.governance.policy import Policy
 from privrec.governance.records import (
     ArtifactRecord,
@@ -33,6 +35,7 @@ from privrec.governance.records import (
     DatasetInfo,
     UserLineage,
 )
+from privrec.governance.userkey import user_key_bytes
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["LIVE", "LedgerBase", "file_sha256"]
@@ -47,18 +50,59 @@ def _now() -> float:
 class LedgerBase:
     """Connection, principal and read-only queries shared by :class:`~privrec.governance.Ledger`."""
 
-    def __init__(self, engine: Engine, url: str, principal: Principal) -> None:
+    def __init__(
+        self, engine: Engine, url: str, principal: Principal, *, key_id: str | None = None
+    ) -> None:
         self.engine = engine
         self.url = url
         self.principal = principal
+        #: the id of the API key this connection was opened with (``None``: made without one,
+        #: e.g. by a service that verified the key itself — then the principal is checked)
+        self.key_id = key_id
 
     @property
     def actor(self) -> str:
         return self.principal.name
 
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A writing transaction (:func:`~privrec.governance.db.write_transaction`) that first
+        re-checks the caller's authority.
+
+        Why: a key is verified when the connection is opened, but a :class:`Ledger` may live for
+        hours (a service, a notebook); a key revoked — or a principal disabled — meanwhile must
+        stop working at once, not at the next connect. The check runs inside the serialised
+        transaction, so a revocation either committed before it (refused, nothing written) or
+        after the action (which was then still authorised).
+        """
+        with write_transaction(self.engine) as conn:
+            self._check_authority(conn)
+            yield conn
+
+    def _check_authority(self, conn: Connection) -> None:
+        q = (
+            sa.select(tbl.Principal.role, tbl.Principal.disabled, tbl.ApiKey.revoked_at)
+            .join(tbl.ApiKey, tbl.ApiKey.principal_id == tbl.Principal.id)
+            .where(tbl.Principal.name == self.actor)
+        )
+        if self.key_id is not None:
+            q = q.where(tbl.ApiKey.key_id == self.key_id)
+        if not any(
+            r.revoked_at is None and not r.disabled and r.role == self.principal.role.value
+            for r in conn.execute(q)
+        ):
+            raise AuthenticationError(
+                f"the API key of {self.actor} was revoked (or the principal disabled) after this "
+                "connection was opened: nothing was written"
+            )
+
     def _user_key(self, conn: Connection) -> bytes:
-        return bytes.fromhex(
-            conn.execute(sa.select(tbl.Meta.value).where(tbl.Meta.key == "user_key")).scalar_one()
+        """The user-hash key (typed errors for a missing or external one: see
+        :mod:`privrec.governance.userkey`)."""
+        return user_key_bytes(
+            conn.execute(
+                sa.select(tbl.Meta.value).where(tbl.Meta.key == "user_key")
+            ).scalar_one_or_none()
         )
 
     def _dataset(self, conn: Connection, name: str) -> Any:
@@ -476,7 +520,7 @@ class LedgerBase:
                         _artifact_record(r, ()),
                         int(r.version_id),
                         req,
-                        _due(r.created_at, policy, req, withdrawn),
+                        _due(policy, req, withdrawn),
                         withdrawn,
                     )
                 )
@@ -520,9 +564,9 @@ class LedgerBase:
                 del_keys, wd_keys = _keys(dels), _keys(wds)  # once per dataset
                 for a in arts:
                     members = np.frombuffer(a.members, dtype="<u8")
-                    first_del = _first_after(dels, del_keys, members, a.created_at)
-                    first_wd = _first_after(wds, wd_keys, members, a.created_at)
-                    due = _due(a.created_at, policy, first_del, first_wd)
+                    first_del = _first_of(dels, del_keys, members)
+                    first_wd = _first_of(wds, wd_keys, members)
+                    due = _due(policy, first_del, first_wd)
                     if due is not None:
                         out.append(
                             UserLineage(
@@ -576,25 +620,27 @@ def _keys(events: dict[int, float]) -> np.ndarray:
     return np.fromiter(events, dtype=np.uint64, count=len(events))
 
 
-def _first_after(
-    events: dict[int, float], keys: np.ndarray, members: np.ndarray, created_at: float
-) -> float | None:
-    """The earliest event at or after ``created_at`` of anyone in ``members`` (``keys``: the
-    events' people, as :func:`_keys` gives them)."""
+def _first_of(events: dict[int, float], keys: np.ndarray, members: np.ndarray) -> float | None:
+    """The earliest event of anyone in ``members`` (``keys``: the events' people, as
+    :func:`_keys` gives them).
+
+    Not filtered by time: a version's members were loaded before any request of theirs took
+    effect (a load drops everyone it sees deleted or withdrawn), so every request of a member
+    concerns data an artifact of that version was trained on — also one that landed while the
+    model was fitting, after its data was loaded but before its artifact was committed. (It
+    used to be compared with the artifact's commit time, which missed exactly those.)
+    """
     if not events:
         return None
     times = [events[int(k)] for k in keys[np.isin(keys, members)]]
-    times = [t for t in times if t >= created_at]
     return min(times) if times else None
 
 
-def _due(
-    created_at: float, policy: Policy, deleted: float | None, withdrawn: float | None
-) -> float | None:
-    """When an artifact must be replaced: ``retrain_within_days`` after the first deletion
-    request or consent withdrawal that came after it was trained (``None``: no retrain due)."""
+def _due(policy: Policy, deleted: float | None, withdrawn: float | None) -> float | None:
+    """When an artifact trained on a person must be replaced: ``retrain_within_days`` after
+    their first deletion request or consent withdrawal (``None``: no retrain due)."""
     within = policy.deletion.retrain_within_days
-    after = [t for t in (deleted, withdrawn) if t is not None and t >= created_at]
+    after = [t for t in (deleted, withdrawn) if t is not None]
     return None if within is None or not after else min(after) + within * 86400.0
 
 

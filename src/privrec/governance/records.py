@@ -16,6 +16,7 @@ __all__ = [
     "ChargeInfo",
     "DatasetInfo",
     "GovernedData",
+    "GovernedVersion",
     "UserLineage",
 ]
 
@@ -40,6 +41,24 @@ class GovernedData:
     content_hash: str
     epoch: int
     interactions: Interactions = field(repr=False)
+    report: PolicyReport = field(repr=False)
+
+
+@dataclass(frozen=True)
+class GovernedVersion:
+    """A dataset version whose policy was applied where the data lies (a cluster's workers).
+
+    Made by :meth:`Ledger.register_version <privrec.governance.Ledger.register_version>` from
+    the workers' content hash, member hashes and policy report; the data itself never reaches
+    the ledger's process. A charge reserved with it is checked like one on
+    :class:`GovernedData` (version, epoch, consent file, retention), and lineage and deletion
+    requests see its members, so a distributed training is as answerable as a local one.
+    """
+
+    dataset: str
+    version_id: int
+    content_hash: str
+    epoch: int
     report: PolicyReport = field(repr=False)
 
 
@@ -79,6 +98,9 @@ class ChargeInfo:
     result: Any = None
     #: ``True`` when an idempotency key matched an existing charge (no new charge was made)
     replayed: bool = False
+    #: when the charge's output was recorded as released (:meth:`Ledger.mark_released`);
+    #: a released charge can no longer be aborted
+    released_at: float | None = None
 
     @staticmethod
     def from_row(r: Any, dataset: str, replayed: bool = False) -> ChargeInfo:
@@ -100,6 +122,7 @@ class ChargeInfo:
             note=r.note,
             result=None if r.result_json is None else json.loads(r.result_json),
             replayed=replayed,
+            released_at=getattr(r, "released_at", None),
         )
 
 
@@ -158,8 +181,14 @@ class UserLineage:
     """An artifact trained on a dataset version that contained a given user.
 
     Two things can make a retrain due: a deletion request, and — where the policy requires
-    consent kept in the ledger — a consent withdrawn after the artifact was trained
-    (``consent_withdrawn_at``: when the person's current withdrawn state began).
+    consent kept in the ledger — a consent withdrawn (``consent_withdrawn_at``: when the
+    person's current withdrawn state began).
+
+    An entry exists only for versions that *held* the person, and every load drops a person
+    whose deletion request (or withdrawal) it sees. So any request by a member came after their
+    data was loaded — possibly while the model was fitting, before its artifact was committed —
+    and the artifact was trained on their data: the times are deliberately not compared with
+    the artifact's commit time (a request landing mid-fit used to be missed that way).
     """
 
     artifact: ArtifactRecord
@@ -170,17 +199,13 @@ class UserLineage:
 
     @property
     def trained_before_deletion(self) -> bool:
-        return (
-            self.deletion_requested_at is not None
-            and self.artifact.created_at <= self.deletion_requested_at
-        )
+        """The artifact was trained on the person's data and they have since asked to be deleted."""
+        return self.deletion_requested_at is not None
 
     @property
     def trained_before_withdrawal(self) -> bool:
-        return (
-            self.consent_withdrawn_at is not None
-            and self.artifact.created_at <= self.consent_withdrawn_at
-        )
+        """The artifact was trained on the person's data and their consent is now withdrawn."""
+        return self.consent_withdrawn_at is not None
 
     @property
     def reason(self) -> str:

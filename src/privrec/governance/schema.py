@@ -134,7 +134,8 @@ class Budget(Base):
 
 
 class Charge(Base):
-    """dp-accounting events charged to a dataset: reserved → committed (or aborted before any noise).
+    """dp-accounting events charged to a dataset: reserved → committed (or aborted before any noise;
+    never once ``released_at`` is set).
 
     ``gaussian_rate`` is Σ 1/z² when every event is an unsampled Gaussian release (else NULL):
     such charges compose exactly into one Gaussian (:func:`privrec.privacy.accounting.simplify`),
@@ -164,6 +165,10 @@ class Charge(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[float] = mapped_column(Float)
+    #: when the charge's noisy output was recorded as released (revision 0003): from then on
+    #: the charge can only be committed, never aborted; ``NULL`` until then (and for every
+    #: charge recorded before 0003)
+    released_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Artifact(Base):

@@ -44,7 +44,7 @@ import dp_accounting
 
 from privrec.errors import GovernanceError, PolicyViolation
 from privrec.governance.composition import RDP_ONLY, event_key
-from privrec.governance.records import ArtifactRecord, ChargeInfo, GovernedData
+from privrec.governance.records import ArtifactRecord, ChargeInfo, GovernedData, GovernedVersion
 from privrec.privacy.events import SpentEvent
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class ChargeSession:
         kind: str,
         purpose: str | None = None,
         description: str = "",
-        data: GovernedData | None = None,
+        data: GovernedData | GovernedVersion | None = None,
         accountant: str | None = None,
     ) -> None:
         self.ledger = ledger
@@ -202,17 +202,18 @@ class ChargeSession:
         if self._units[key] >= n:
             self._units[key] -= n
             return
-        self.top_ups.append(
-            self.ledger.reserve(
-                self.dataset,
-                [release],
-                purpose=self.purpose,
-                kind=self.kind,
-                description=f"{self.description}: {release.label}, beyond the reservation"[:2000],
-                data=self.data,
-                accountant=self.accountant,
-            )
+        top_up = self.ledger.reserve(
+            self.dataset,
+            [release],
+            purpose=self.purpose,
+            kind=self.kind,
+            description=f"{self.description}: {release.label}, beyond the reservation"[:2000],
+            data=self.data,
+            accountant=self.accountant,
         )
+        self.top_ups.append(top_up)
+        if self._released:  # output already leaves under this session: so will this release's
+            self.ledger.mark_released(top_up)
 
     def gate(self, planned: list[SpentEvent]) -> None:
         """A model's ``release_gate``: reserve the planned releases (raises to refuse), under
@@ -220,9 +221,17 @@ class ChargeSession:
         self.reserve(planned, accountant=self.accountant)
 
     def released(self) -> None:
-        """Noisy output has left the process: from now on the charge can only be committed."""
+        """Noisy output is leaving (or has left) the process: from now on the charge — and every
+        top-up — can only be committed.
+
+        Recorded in the ledger (:meth:`Ledger.mark_released`), not only in this object: a
+        process that fails before committing leaves the charge reserved, and the ledger then
+        refuses to abort it — the privacy was spent. Call it *before* writing or sending the
+        output, so a crash half-way cannot leave a released output under an abortable charge.
+        """
         if self.charge is None:
             raise GovernanceError("released before the charge was reserved (write-ahead violated)")
+        self.ledger.mark_released([self.charge, *self.top_ups])
         self._released = True
 
     def commit(self, *, artifact: dict[str, Any] | None = None, result: Any = None) -> ChargeInfo:
@@ -342,8 +351,8 @@ def release_model(
     :class:`ChargeSession` (FederatedMF, cross-silo); :func:`train` does the same for central
     models."""
     key, signer = signing_identity(signing_key)
+    session.released()  # recorded before the file can exist (see ChargeSession.released)
     path = _atomic_save(model, Path(output), None, key, claim)
-    session.released()
     g = model.guarantee_
     art = artifact_info(
         path,
@@ -478,8 +487,8 @@ def train(
             session.reserve(spent, accountant=session.accountant)
         elif [s.to_dict() for s in spent] != [s.to_dict() for s in session.planned]:
             raise GovernanceError(f"{model.name} released other events than it reserved")
+        session.released()  # recorded before the file can exist (see ChargeSession.released)
         path = _atomic_save(model, claim.path, include_user_data, key, claim)
-        session.released()
         art = artifact_info(
             path,
             model_kind=model.name,

@@ -10,6 +10,7 @@ backwards to find the smallest noise that meets a budget.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 
@@ -115,6 +116,12 @@ def simplify(event: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
     result tighter than the discretised convolution).
     """
     rate = _gaussian_rate(event)
+    if rate is not None and (math.isnan(rate) or rate < 0):
+        # a NaN multiplier would become GaussianDpEvent(nan), whose closed-form ε is 0
+        raise ConfigError(
+            f"a Gaussian release has a non-finite or negative rate Σ 1/z² = {rate!r}: "
+            "its noise multiplier is not a positive number"
+        )
     if rate is None or rate == 0.0:
         return event
     if rate == float("inf"):
@@ -140,10 +147,16 @@ def epsilon_of(
     if kind is AccountantKind.PLD and isinstance(event, dp_accounting.GaussianDpEvent):
         # The PLD of one Gaussian mechanism is known in closed form (Balle & Wang 2018);
         # dp-accounting evaluates it exactly instead of on a discretised grid.
-        return float(dp_accounting.get_epsilon_gaussian(event.noise_multiplier, delta))
-    acc = make_accountant(kind, unit)
-    acc.compose(event)
-    return float(acc.get_epsilon(delta))
+        eps = float(dp_accounting.get_epsilon_gaussian(event.noise_multiplier, delta))
+    else:
+        acc = make_accountant(kind, unit)
+        acc.compose(event)
+        eps = float(acc.get_epsilon(delta))
+    if math.isnan(eps):  # never let a NaN read as "no privacy spent" (NaN ≤ cap is False, 0 is not)
+        raise ConfigError(
+            f"the accountant returned ε = nan at δ = {delta!r}: an event is malformed"
+        )
+    return eps
 
 
 def calibrate(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -40,7 +41,14 @@ from privrec.errors import (
 from privrec.governance.db import resolve_url
 from privrec.serve.dashboard import ViewCache
 from privrec.serve.datasets import DatasetSpec, ServedDataset
-from privrec.serve.guard import AccessLog, BodyLimit, KeyCache, RateLimiter, error_body
+from privrec.serve.guard import (
+    AccessLog,
+    AuthThrottledError,
+    BodyLimit,
+    KeyCache,
+    RateLimiter,
+    error_body,
+)
 from privrec.serve.models import ModelStore
 
 __all__ = [
@@ -148,6 +156,7 @@ class ServeContext:
 def _status_of(exc: PrivrecError) -> tuple[int, str]:
     """The HTTP status and code of a library error (most specific class first)."""
     table: list[tuple[type[Exception], int, str]] = [
+        (AuthThrottledError, 429, "rate_limited"),
         (AuthenticationError, 401, "unauthenticated"),
         (BudgetExceededError, 403, "budget_exceeded"),
         (PermissionDeniedError, 403, "forbidden"),
@@ -183,6 +192,9 @@ def library_error_response(exc: PrivrecError) -> JSONResponse:
     status, code = _status_of(exc)
     extra: dict[str, Any] = {}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(exc, AuthThrottledError):
+        headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+        extra = {"retry_after_seconds": exc.retry_after}
     if isinstance(exc, BudgetExceededError):
         extra = {
             "scope": exc.scope,

@@ -20,7 +20,10 @@ public* (as in model files without ``train --items``): an item only one person i
 would otherwise be revealed by being answerable. With ``items`` (the format of ``train --items``:
 one external id per line, ``#`` comments and an ``item`` header skipped) the catalogue does not
 depend on the data; every item of the data must be in it, catalogue items nobody interacted
-with count zero.
+with count zero. Declare it: once the policy removes people (a deletion request recorded, consent
+required, a retention window), a catalogue taken from the raw file would still hold the items
+only they touched, so item-level queries are then refused until ``items`` is given
+(:meth:`ServedDataset.item_query_refusal`).
 
 The declared values of a segment column are its public domain: counts are released for exactly
 these values (others are never counted), so the answer never reveals which values occur.
@@ -28,8 +31,9 @@ these values (others are never counted), so the answer never reveals which value
 Every answer is computed on the data **after** the dataset's policy (deletions, consent,
 retention, minimisation): :meth:`ServedDataset.view` loads the file through
 :meth:`Ledger.load <privrec.governance.Ledger.load>` as the querying analyst, and the ledger
-refuses a charge against a version older than the latest deletion or consent change, so the view
-is reloaded then.
+refuses a charge against a version older than the latest deletion, consent or policy change, or
+whose oldest kept interaction the retention window has since passed
+(:class:`~privrec.errors.StaleDataError`), so the view is reloaded then — and only then.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
 from privrec.errors import ServeConfigError, UnknownItemError
+from privrec.governance.policy import Policy
 from privrec.governance.records import GovernedData
 
 __all__ = ["DatasetSpec", "SegmentSpec", "ServedDataset", "View", "load_dataset_specs"]
@@ -223,14 +228,52 @@ class ServedDataset:
     def n_items(self) -> int:
         return int(self.catalogue.shape[0])
 
+    @property
+    def declared_catalogue(self) -> bool:
+        """Whether the catalogue is an explicit file (``items``), not the data file's items."""
+        return self.spec.items is not None
+
+    def item_query_refusal(self, policy: Policy, deletions: int) -> str | None:
+        """Why item-level queries cannot be answered on this dataset now, or ``None``.
+
+        A catalogue taken from the raw data file is fixed before the policy runs: an item that
+        only a forgotten, non-consenting or expired person touched would stay in it, and being
+        answerable (or ranked by top-k, which may list the whole catalogue) would show that
+        someone had it. So once the policy removes people — a deletion request recorded, consent
+        required, or a retention window — item-level queries need a catalogue that does not
+        depend on the data (``items`` in the datasets file). Queries that name no item
+        (segment counts over all items) are still answered.
+        """
+        if self.declared_catalogue:
+            return None
+        removes = []
+        if deletions:
+            removes.append("deletion requests")
+        if policy.consent.required:
+            removes.append("consent")
+        if policy.retention_days is not None:
+            removes.append("a retention window")
+        if not removes:
+            return None
+        return (
+            f"dataset {self.name!r} has no declared item catalogue and its policy removes people "
+            f"({', '.join(removes)}): a catalogue taken from the data file could reveal their "
+            "items, so item-level queries need an explicit public catalogue (`items = FILE` in "
+            "the datasets file)"
+        )
+
     def item_positions(self, ids: list[Any]) -> np.ndarray:
-        """Catalogue positions of external item ids (:class:`UnknownItemError` for any other)."""
+        """Catalogue positions of external item ids (:class:`UnknownItemError` for any other).
+
+        The error names neither the item nor its place in the query: the caller learns only
+        that some listed item is not in the catalogue.
+        """
         out = np.empty(len(ids), dtype=np.int64)
         for j, v in enumerate(ids):
             pos = self._item_pos.get(str(v))
             if pos is None:
-                raise UnknownItemError(  # by position: the caller's input is not echoed
-                    f"item number {j + 1} of the query is not in dataset {self.name!r}'s catalogue"
+                raise UnknownItemError(
+                    f"an item of the query is not in dataset {self.name!r}'s catalogue"
                 )
             out[j] = pos
         return out
@@ -239,10 +282,20 @@ class ServedDataset:
         return [_plain(v) for v in self.catalogue[positions].tolist()]
 
     # ------------------------------------------------------------------ the policy view
-    def view(self, ledger: Any, *, refresh: bool = False) -> View:
-        """The data after the dataset's policy, loaded through the ledger (cached until stale)."""
+    @property
+    def loaded(self) -> bool:
+        """Whether a policy view is cached (a query then loads nothing unless it is stale)."""
+        return self._view is not None
+
+    def view(self, ledger: Any, *, stale: View | None = None) -> View:
+        """The data after the dataset's policy, loaded through the ledger (cached until stale).
+
+        ``stale`` is a view the ledger refused (:class:`~privrec.errors.StaleDataError`): it is
+        replaced by a fresh load unless another request already replaced it, so a burst of
+        requests that all met the same stale view loads the data once.
+        """
         with self._lock:
-            if self._view is None or refresh:
+            if self._view is None or (stale is not None and self._view is stale):
                 governed = ledger.load(self.name, self.raw)
                 self._view = self._index(governed)
             return self._view

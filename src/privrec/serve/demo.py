@@ -11,7 +11,8 @@
   lineage) on the training users, each evaluated on held-out users by fold-in (strong
   generalisation) with the per-activity-quartile breakdown written beside it;
 * an analyst budget per analyst, a few DP queries already answered, one deletion request;
-* ``DIR/datasets.toml`` telling ``privrec serve`` where the data is.
+* ``DIR/datasets.toml`` telling ``privrec serve`` where the data and its public item catalogue
+  (``data/items.txt``, every item id of the data set) are.
 
 The tests and the benchmark build their worlds with the same function on smaller data.
 """
@@ -150,6 +151,13 @@ def build_demo(
     split = strong_generalization(data, heldout_users, valid=False, seed=0)
     data_file = root / "data" / "ratings.tsv"
     _write_tsv(split.train, data_file)
+    # the public item catalogue, declared: the demo records a deletion request, and a catalogue
+    # taken from the data file would then stop item-level queries (docs/serve.md)
+    catalogue = root / "data" / "items.txt"
+    catalogue.write_text(
+        "item\n" + "".join(f"{i}\n" for i in np.asarray(data.item_ids).tolist()),
+        encoding="utf-8",
+    )
     toml = root / "datasets.toml"
     cols = ", ".join(f'{c} = [{", ".join(repr(v).replace(chr(39), chr(34)) for v in vals)}]'
                      for c, vals in columns.items())  # fmt: skip
@@ -158,6 +166,7 @@ def build_demo(
         "[datasets.ratings]\n"
         'file = "data/ratings.tsv"\n'
         'format = "tsv"\n'
+        'items = "data/items.txt"     # the public catalogue\n'
         "max_per_user = 32\n\n"
         "[datasets.ratings.segments]\n"
         'file = "data/users.csv"\n'

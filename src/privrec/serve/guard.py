@@ -5,10 +5,17 @@
   ``X-API-Key``). Reads and recommendations reuse a verified key for ``ttl`` seconds (so a
   revoked key stops working within that time); anything that spends budget re-opens the
   ledger with the key, so a revoked key never spends.
+* **Malformed keys** (anything but ``prk_`` + 12-character id + ``_`` + URL-safe secret, with
+  no surrounding whitespace) are refused with 401 first: they get no rate-limit bucket, no
+  database round trip and no scrypt.
 * **Rate limits**: a token bucket per presented key (``rate`` requests per second, bursts up
-  to ``burst``), checked before the key is verified. The bucket is the key id *and* a hash of
-  the whole key: someone who knows only a key's (non-secret) id cannot drain its owner's
-  bucket with wrong secrets.
+  to ``burst``), checked before the key is verified. The bucket is the parsed key id *and* a
+  hash of its secret: someone who knows only a key's (non-secret) id cannot drain its owner's
+  bucket with wrong secrets, and one key has exactly one bucket. The table is bounded and O(1)
+  per request (idle buckets are forgotten once full again; least recently used ones past the
+  cap).
+* **Failed verifications** are limited per key id (:class:`KeyCache`), so wrong secrets sprayed
+  at a known id cannot make the service compute scrypt hashes without end.
 * **Body limits**: a request whose body exceeds the route's limit is refused with 413 before
   it is read whole (by ``Content-Length``, and by counting when it is streamed).
 * **The access log** names the method, the route *template*, the status and the time — never
@@ -22,8 +29,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +42,17 @@ from privrec.governance import Ledger
 from privrec.governance.auth import Principal, parse_key
 from privrec.governance.db import create_ledger_engine
 
-__all__ = ["AccessLog", "BodyLimit", "KeyCache", "RateLimiter", "error_body"]
+__all__ = [
+    "AccessLog",
+    "AuthThrottledError",
+    "BodyLimit",
+    "KeyCache",
+    "RateLimiter",
+    "check_key",
+    "error_body",
+    "key_ident",
+    "well_formed",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -48,6 +67,51 @@ def error_body(status: int, code: str, message: str, **extra: Any) -> dict[str, 
     return {"error": {"status": status, "code": code, "message": message, **extra}}
 
 
+#: The shape of a key ``privrec keys create`` hands out: ``prk_``, a 12-character id, ``_``,
+#: a URL-safe secret. Checked before anything else, so junk costs no bucket, no database round
+#: trip and no scrypt; no whitespace is allowed (``str.strip`` in the ledger would otherwise make
+#: ``key\xa0`` the same key as ``key`` but a different rate-limit identity).
+_KEY_SHAPE = re.compile(r"prk_[0-9A-Za-z]{12}_[0-9A-Za-z_-]{1,256}")
+
+#: Failed verifications allowed per key id: a burst of this many, then one per
+#: ``1 / FAILURE_RATE`` seconds (each failure against a real key id costs one scrypt hash).
+FAILURE_BURST = 10
+FAILURE_RATE = 0.5
+
+
+def well_formed(key: str) -> bool:
+    """Whether ``key`` has exactly the shape of a ledger key (no surrounding whitespace)."""
+    return len(key) <= 300 and _KEY_SHAPE.fullmatch(key) is not None
+
+
+def check_key(key: str) -> tuple[str, str]:
+    """``(key id, secret)`` of a well-formed key, else :class:`AuthenticationError` (fixed text).
+
+    Runs before rate limiting: a malformed key gets no rate-limit bucket (so random junk cannot
+    fill the limiter's table) and never reaches the database.
+    """
+    if not well_formed(key):
+        raise AuthenticationError("malformed API key (expected prk_<id>_<secret>)")
+    return parse_key(key)
+
+
+class AuthThrottledError(AuthenticationError):
+    """Too many failed verifications for one key id: refused (429) without hashing the secret.
+
+    Parameters
+    ----------
+    retry_after
+        Seconds until the next attempt for that key id is allowed.
+    """
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__("too many failed attempts with this key id; try again later")
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.retry_after,))
+
+
 @dataclass
 class _Entry:
     principal: Principal
@@ -55,7 +119,15 @@ class _Entry:
 
 
 class KeyCache:
-    """Verified keys (by SHA-256 of the key, never the key itself) for ``ttl`` seconds."""
+    """Verified keys (by SHA-256 of the key, never the key itself) for ``ttl`` seconds.
+
+    Verifying a key whose id exists costs one scrypt hash (tens of milliseconds, by design).
+    Someone who knows a key's (non-secret) id could otherwise make the service hash random
+    secrets without end, so failed verifications are limited per key id
+    (:data:`FAILURE_BURST`, then :data:`FAILURE_RATE` per second) in a bounded table. A key that
+    verified before in this process (remembered by digest, bounded) is never throttled: an
+    attacker spraying wrong secrets at an id does not lock its holder out once they are known.
+    """
 
     def __init__(self, url: str, ttl: float = 5.0, max_entries: int = 4096) -> None:
         self.url = url
@@ -63,6 +135,9 @@ class KeyCache:
         self.max_entries = max_entries
         self._lock = threading.Lock()
         self._entries: dict[bytes, _Entry] = {}
+        #: digests of keys that verified at least once (LRU): exempt from the failure limit
+        self._good: OrderedDict[bytes, None] = OrderedDict()
+        self.failures = RateLimiter(FAILURE_RATE, FAILURE_BURST, max_entries=50_000)
 
     def cached(self, key: str) -> Principal | None:
         """The key's principal if it was verified less than ``ttl`` seconds ago, else ``None``."""
@@ -80,7 +155,7 @@ class KeyCache:
         spends budget uses ``ledger(key, fresh=True)``. A verification may hash the secret
         (scrypt): callers on the event loop check :meth:`cached` first and run this in a thread.
         """
-        parse_key(key)  # malformed keys: AuthenticationError without a database round trip
+        check_key(key)  # malformed keys: AuthenticationError without a database round trip
         hit = self.cached(key)
         if hit is not None:
             return hit
@@ -88,7 +163,7 @@ class KeyCache:
 
     def ledger(self, key: str, *, fresh: bool = False) -> Ledger:
         """The ledger acting as the key's principal; ``fresh`` re-checks the key in the database."""
-        parse_key(key)  # malformed keys: AuthenticationError without a database round trip
+        check_key(key)  # malformed keys: AuthenticationError without a database round trip
         digest = hashlib.sha256(key.encode()).digest()
         now = time.monotonic()
         if not fresh:
@@ -99,50 +174,108 @@ class KeyCache:
         return self._verify(key, digest)
 
     def _verify(self, key: str, digest: bytes) -> Ledger:
+        key_id = check_key(key)[0]
+        with self._lock:
+            known = digest in self._good
+        if not known:
+            # a token per attempt, given back on success: concurrent wrong secrets cannot all
+            # slip past a check made before any of them failed
+            wait = self.failures.allow(key_id)
+            if wait > 0:
+                raise AuthThrottledError(wait)
+        try:
+            led = Ledger.connect(self.url, key)
+        except AuthenticationError:  # the token stays taken: this was a failed attempt
+            with self._lock:
+                self._good.pop(digest, None)
+            raise
+        except BaseException:  # the ledger could not answer: not the caller's failure
+            if not known:
+                self.failures.refund(key_id)
+            raise
+        if not known:
+            self.failures.refund(key_id)
         now = time.monotonic()
-        led = Ledger.connect(self.url, key)
         with self._lock:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
             self._entries[digest] = _Entry(led.principal, now + self.ttl)
+            self._good[digest] = None
+            self._good.move_to_end(digest)
+            while len(self._good) > self.max_entries:
+                self._good.popitem(last=False)
         return led
 
 
 class RateLimiter:
-    """Token buckets per key id: ``rate`` per second, at most ``burst`` at once (0 disables)."""
+    """Token buckets per identity: ``rate`` per second, at most ``burst`` at once (0 disables).
 
-    def __init__(self, rate: float, burst: int) -> None:
+    The table stays small and every call is O(1): a bucket idle for ``burst / rate`` seconds is
+    full again, which is what a missing bucket means, so it is forgotten (buckets are kept in
+    least-recently-used order and the idle ones are popped from the front); past
+    ``max_entries`` the least recently used bucket is dropped even if not yet full (an attacker
+    would need ``max_entries`` other requests within ``burst / rate`` seconds to win back at
+    most ``burst`` requests that way).
+    """
+
+    def __init__(self, rate: float, burst: int, *, max_entries: int = 100_000) -> None:
         self.rate = float(rate)
         self.burst = max(int(burst), 1)
+        self.max_entries = max(int(max_entries), 1)
         self._lock = threading.Lock()
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    @property
+    def refill_seconds(self) -> float:
+        """How long an idle bucket takes to be full again (and then be forgotten)."""
+        return self.burst / self.rate if self.rate > 0 else 0.0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def allow(self, ident: str) -> float:
-        """0.0 if a request by ``ident`` may go now, else the seconds to wait."""
+        """0.0 if a request by ``ident`` may go now (a token is taken), else the seconds to wait."""
         if self.rate <= 0:
             return 0.0
         now = time.monotonic()
         with self._lock:
-            tokens, last = self._buckets.get(ident, (float(self.burst), now))
+            self._forget_idle(now)
+            tokens, last = self._buckets.pop(ident, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            wait = 0.0
             if tokens >= 1.0:
-                self._buckets[ident] = (tokens - 1.0, now)
-                if len(self._buckets) > 100_000:  # forget idle buckets (they refill anyway)
-                    self._buckets = {
-                        k: v for k, v in self._buckets.items() if now - v[1] < 60 * self.burst
-                    }
-                return 0.0
-            self._buckets[ident] = (tokens, now)
-            return (1.0 - tokens) / self.rate
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / self.rate
+            self._buckets[ident] = (tokens, now)  # re-inserted: now the most recently used
+            while len(self._buckets) > self.max_entries:
+                self._buckets.popitem(last=False)
+            return wait
+
+    def refund(self, ident: str) -> None:
+        """Give back the token :meth:`allow` took (the attempt turned out not to count)."""
+        if self.rate <= 0:
+            return
+        with self._lock:
+            found = self._buckets.get(ident)
+            if found is not None:
+                self._buckets[ident] = (min(float(self.burst), found[0] + 1.0), found[1])
+
+    def _forget_idle(self, now: float) -> None:
+        horizon = now - self.refill_seconds
+        while self._buckets:
+            ident, (_, last) = next(iter(self._buckets.items()))
+            if last > horizon:
+                return  # the front is the least recently used: nothing behind it is idle longer
+            del self._buckets[ident]
 
 
 def key_ident(key: str) -> str:
-    """The rate-limit identity of a presented key: its id and a hash of the whole key (a wrong
-    secret is another bucket, never the real key's), or a hash of a malformed one."""
-    try:
-        return "k:" + parse_key(key)[0] + ":" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    except AuthenticationError:
-        return "x:" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    """The rate-limit identity of a presented key: its id and a hash of its secret (a wrong
+    secret is another bucket, never the real key's). :class:`AuthenticationError` for a
+    malformed key, which gets no bucket at all."""
+    key_id, secret = check_key(key)
+    return "k:" + key_id + ":" + hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:

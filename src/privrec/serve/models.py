@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from privrec.errors import (
+    DataError,
     PrivacyWarning,
     PrivrecError,
     ServeConfigError,
@@ -49,7 +50,13 @@ from privrec.errors import (
 from privrec.governance.reading import file_sha256
 from privrec.serve.foldin import Kernel, kernel_for
 
-__all__ = ["ModelStore", "ServedModel", "record_evaluation", "sanitize_evaluation"]
+__all__ = [
+    "ModelStore",
+    "ServedModel",
+    "record_evaluation",
+    "rejection_reason",
+    "sanitize_evaluation",
+]
 
 log = logging.getLogger("privrec.serve")
 
@@ -282,13 +289,13 @@ class ModelStore:
                             + "); sign it with that key's signing.key (`privrec privacy sign`) "
                             "or move it out of the models directory"
                         ) from None
-                    self.rejected[path.name] = str(exc)
+                    self.rejected[path.name] = rejection_reason(exc)
                     kept = "; the model loaded before stays served" if current else ""
                     log.warning("model %s refused: signature check failed%s", path.name, kept)
                     continue
                 except PrivrecError as exc:
-                    self.rejected[path.name] = str(exc)
-                    log.warning("model %s not served: %s", path.name, type(exc).__name__)
+                    self.rejected[path.name] = rejection_reason(exc)
+                    log.warning("model %s not served: %s", path.name, rejection_reason(exc))
                     continue
                 sm = ServedModel(mid, path, model, digest, _guarantee(model), _read_eval(path))
                 if not sm.private and not self.allow_non_private:
@@ -322,6 +329,22 @@ class ModelStore:
 
     def servable(self, sm: ServedModel) -> bool:
         return sm.private or self.allow_non_private
+
+
+_PATHS = re.compile(r"(?:[A-Za-z]:)?[\\/](?:[^\\/\s'\"]*[\\/])+")
+
+
+def rejection_reason(exc: PrivrecError) -> str:
+    """Why a model file was refused, fit to show any key holder: the error's class and sentence.
+
+    Library errors name the file by its full path (``file '/srv/models/x.npz': …``) and may quote
+    an OS error: that is the server's layout, not the caller's business. The listing already
+    names the file, so the reason keeps the error class and, for data errors, their one-sentence
+    ``message`` (never ``found``) with any directory part cut off.
+    """
+    text = exc.message if isinstance(exc, DataError) else ""
+    text = _PATHS.sub("", text)[:300]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _read_eval(path: Path) -> dict[str, Any] | None:

@@ -2,13 +2,18 @@
 
 1. **Plan** (:func:`privrec.serve.analytics.plan_query`): validate the request, resolve item
    ids against the public catalogue and calibrate the noise. Nothing touches the data yet.
-2. **Reserve** the charge in the analyst's name (:meth:`Ledger.reserve`), inside the ledger's
+   Item-level queries are refused here when the catalogue comes from the data file and the
+   policy removes people (:meth:`ServedDataset.item_query_refusal`).
+2. **Load** the policy view if none is cached — after :func:`precheck` has refused what the
+   ledger would refuse anyway (undeclared purpose, no dataset budget), so a refused request
+   never reads the data nor writes a version.
+3. **Reserve** the charge in the analyst's name (:meth:`Ledger.reserve`), inside the ledger's
    serialised transaction that checks every applicable budget (dataset, analyst, purpose).
    A charge that would pass a cap raises :class:`~privrec.errors.BudgetExceededError`: nothing
    is written and no noise is drawn (the API answers 403 with the remaining ε).
-3. **Compute** the noisy answer (CSPRNG noise) on the policy-filtered data of the version the
+4. **Compute** the noisy answer (CSPRNG noise) on the policy-filtered data of the version the
    charge names.
-4. **Commit** the charge with the answer stored as its result. Only then does the answer leave.
+5. **Commit** the charge with the answer stored as its result. Only then does the answer leave.
 
 Idempotency: a request carrying an ``Idempotency-Key`` that the same analyst already used for
 the same request gets the *stored* answer and no second charge — re-sending a paid-for release
@@ -26,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from privrec.errors import ConfigError, GovernanceError, PolicyViolation
+from privrec.errors import ConfigError, GovernanceError, PolicyViolation, StaleDataError
 from privrec.governance import Ledger
 from privrec.governance.policy import Policy
 from privrec.privacy.randomness import resolve_generator
@@ -35,7 +40,7 @@ from privrec.serve import analytics
 from privrec.serve.analytics import QueryPlan
 from privrec.serve.datasets import ServedDataset, View
 
-__all__ = ["QueryOutcome", "QueryRequest", "run_query"]
+__all__ = ["QueryOutcome", "QueryRequest", "plan", "precheck", "run_query"]
 
 
 @dataclass(frozen=True)
@@ -74,13 +79,54 @@ class QueryOutcome:
     replayed: bool
 
 
-def _policy(ledger: Ledger, name: str) -> Policy:
-    return Policy.model_validate(ledger.dataset(name).policy)
+def _dataset(ledger: Ledger, name: str) -> tuple[Policy, int]:
+    """The dataset's policy and how many deletion requests the ledger holds for it."""
+    info = ledger.dataset(name)
+    return Policy.model_validate(info.policy), info.deletions
 
 
-def plan(ds: ServedDataset, req: QueryRequest, unit: PrivacyUnit, delta: float) -> QueryPlan:
-    """Validate ``req`` against the dataset and calibrate it (no data read)."""
+def precheck(ledger: Ledger, name: str, policy: Policy, purpose: str | None) -> None:
+    """Refuse, before any data is loaded, what the ledger's reservation would refuse anyway.
+
+    Loading data through the policy registers a dataset version (with its member hashes) and an
+    audit row, and reads the whole file: a request refused for an undeclared purpose or a
+    missing dataset budget must cost none of that. The rules are the ledger's
+    (:meth:`Ledger.reserve <privrec.governance.Ledger.reserve>` checks them again); this only
+    runs before a load, never on the cached path.
+    """
+    budgets = ledger.status(name)
+    if not any(b.scope == "dataset" for b in budgets):
+        raise PolicyViolation(f"dataset {name!r} has no budget; its owner must set one")
+    use = purpose if purpose is not None else policy.purpose
+    if use != policy.purpose and not any(
+        b.scope == "purpose" and b.scope_value == use for b in budgets
+    ):
+        raise PolicyViolation(  # the caller's purpose is not echoed
+            f"the purpose is not declared for dataset {name!r}: use its policy's purpose "
+            f"({policy.purpose!r}) or one its owner gave a purpose budget"
+        )
+
+
+def plan(
+    ds: ServedDataset,
+    req: QueryRequest,
+    unit: PrivacyUnit,
+    delta: float,
+    *,
+    item_refusal: str | None = None,
+) -> QueryPlan:
+    """Validate ``req`` against the dataset and calibrate it (no data read).
+
+    ``item_refusal`` (from :meth:`ServedDataset.item_query_refusal`) refuses every query that
+    names or ranks items, before any item id is looked up: whether an item is in the catalogue
+    must not be learnt from the refusal either.
+    """
     b = ds.spec.max_per_user
+    names_items = req.kind in ("item_counts", "cooccurrence", "top_k") or (
+        req.kind == "segment_counts" and req.items is not None
+    )
+    if item_refusal is not None and names_items:
+        raise PolicyViolation(item_refusal)
     if req.kind in ("item_counts", "cooccurrence"):
         if not req.items:
             raise ConfigError(f"a {req.kind} query needs a list of items")
@@ -172,12 +218,21 @@ def run_query(
     idempotency_key: str | None = None,
     seed: int | None = None,
 ) -> QueryOutcome:
-    """Plan, reserve (write-ahead), compute, commit; returns the released answer."""
-    policy = _policy(ledger, ds.name)
+    """Plan, reserve (write-ahead), compute, commit; returns the released answer.
+
+    The cached view is reloaded only when the ledger says it is out of date
+    (:class:`~privrec.errors.StaleDataError`: a deletion, consent or policy change, or the
+    retention window passing its oldest interaction). Any other refusal (an undeclared purpose,
+    no dataset budget, a budget exceeded) is answered as it is: reloading would not change it,
+    and would cost a full read of the data and a new version in the ledger per refused request.
+    """
+    policy, deletions = _dataset(ledger, ds.name)
     delta = req.delta if req.delta is not None else policy.budget.delta
-    qp = plan(ds, req, policy.unit, delta)
+    qp = plan(ds, req, policy.unit, delta, item_refusal=ds.item_query_refusal(policy, deletions))
     canonical = req.canonical()
     description = f"{req.kind} {hashlib.sha256(canonical.encode()).hexdigest()[:32]} {canonical}"
+    if not ds.loaded:
+        precheck(ledger, ds.name, policy, req.purpose)
     view = ds.view(ledger)
     for attempt in range(2):
         try:
@@ -191,11 +246,11 @@ def run_query(
                 idempotency_key=idempotency_key,
             )
             break
-        except PolicyViolation:
+        except StaleDataError:
             if attempt:
                 raise
-            # a deletion, consent import or policy change since the view was loaded: reload
-            view = ds.view(ledger, refresh=True)
+            precheck(ledger, ds.name, policy, req.purpose)
+            view = ds.view(ledger, stale=view)
     if charge.replayed:
         if charge.status == "committed" and charge.result is not None:
             return QueryOutcome(charge.result, charge.id, True)

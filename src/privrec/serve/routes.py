@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from privrec import __version__
 from privrec.errors import ConfigError, PermissionDeniedError, UnknownDatasetError
 from privrec.governance import Ledger
+from privrec.governance.policy import Policy
 from privrec.serve import dashboard
 from privrec.serve.app import ApiError, ServeContext
 from privrec.serve.fastpath import recommendation
@@ -93,6 +94,8 @@ async def _key(
             "no API key: send `Authorization: Bearer prk_…` or `X-API-Key`",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    # a malformed key (or one with whitespace around it) is refused here with 401, before it
+    # could take a rate-limit bucket: junk keys cannot grow the limiter's table
     wait = _state(request).limiter.allow(key_ident(key))
     if wait > 0:
         raise ApiError(
@@ -202,6 +205,7 @@ def list_models(ctx: Ctx, ledger: Reader) -> dict[str, Any]:
     return {
         "models": [model_entry(ctx, ledger, sm) for sm in ctx.models.list()],
         "required_signer": ctx.models.signer,
+        # reasons name the file and the error, never a server path (ModelStore.rejected)
         "rejected": [{"file": f, "reason": r} for f, r in sorted(ctx.models.rejected.items())],
     }
 
@@ -303,13 +307,22 @@ def list_datasets(ctx: Ctx, ledger: Reader) -> dict[str, Any]:
     out = []
     for name, ds in sorted(ctx.datasets.items()):
         info = known.get(name)
+        refusal = (
+            None
+            if info is None
+            else ds.item_query_refusal(Policy.model_validate(info.policy), info.deletions)
+        )
         out.append(
             {
                 "name": name,
                 "registered": info is not None,
                 "unit": None if info is None else info.unit,
                 "purpose": None if info is None else info.policy.get("purpose"),
-                "catalogue_size": ds.n_items,
+                "catalogue": "declared" if ds.declared_catalogue else "from the data file",
+                # a catalogue taken from the data while the policy removes people is not public
+                # any more: not even its size is shown then (nor item-level queries answered)
+                "catalogue_size": None if refusal is not None else ds.n_items,
+                "item_queries": refusal is None,
                 "segment_columns": {c: list(v) for c, v in ds.segments.items()},
                 "max_per_user": ds.spec.max_per_user,
                 "queries": ["item-counts", "top-k", "cooccurrence", "segment-counts"],

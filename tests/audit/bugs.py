@@ -98,9 +98,10 @@ BUGS: dict[str, dict[str, list[Patch]]] = {
 PARAMS: dict[str, dict[str, Any]] = {
     "dppopularity": {"max_per_user": 10},
     "dpease": {"max_contribution": 10.0, "pool_cap": 1500},
-    # lhs="full" (Chien et al.'s per-item left-hand sides, DPALS's default before issue 15): with
-    # the new default lhs="none" the heavy design catches the "uncapped" bug with every guess
-    # right but stops at 24 guesses (ε_LB 1.23 < 1.3, see the models engineer's report)
+    # lhs="full" (Chien et al.'s per-item left-hand sides, DPALS's default before issue 15): at
+    # the default lhs="none" the "uncapped" bug is still flagged but too close to the 1.3 × margin
+    # for a CI test (ε_LB 1.32 / 1.49 / 1.79 over seeds 0–2; docs/audit.md, section 2). The
+    # default-settings tests in test_planted_bugs.py cover lhs="none".
     "dpals": {"max_per_user": 10, "factors": 8, "lhs": "full"},
 }
 

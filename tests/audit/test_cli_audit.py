@@ -20,6 +20,7 @@ def test_audit_run_reports_and_gates(tmp_path: Path):
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "a.json").read_text())
     assert doc["one_run"][0]["flagged"] is False and len(doc["one_run"][0]["audits"]) == 2
+    assert doc["one_run"][0]["conclusive"] is True and doc["one_run"][0]["verdict"] == "ok"
     assert "| dppopularity | 1 | tight |" in (tmp_path / "a.md").read_text()
 
 
@@ -92,3 +93,26 @@ def test_audit_errors():
     assert res.exit_code == 1 and "exactly one of --data and --synthetic" in res.output
     res = runner.invoke(app, ["audit", "mia", "-m", "dpals", "--synthetic", "50x20"])
     assert res.exit_code == 1 and "give --epsilon" in res.output
+
+
+def test_uncapped_bug_fails_the_gate_at_default_settings(monkeypatch):  # type: ignore[no-untyped-def]
+    """The CI gate with DPPopularity left at its data-adaptive B: canaries outnumbering the real
+    users used to move B up to the heavy length and hide a missing cap (exit 0)."""
+    from tests.audit.bugs import plant_bug
+
+    plant_bug(monkeypatch, "dppopularity", "uncapped")
+    args = ["audit", "run", "-m", "dppopularity", "--epsilon", "1", "--synthetic", "150x200"]
+    res = runner.invoke(app, [*args, "--canaries", "500", "--fail-on-flag"])
+    assert res.exit_code == 1 and "FLAGGED" in res.output, res.output
+    assert "max_per_user=10 " in res.output  # the pinned bound is stated
+
+
+def test_interaction_unit_gate_passes_a_correct_model():
+    """One neighbour is one interaction: no 32-interaction canary flags a correct model."""
+    args = ["audit", "run", "-m", "dppopularity", "--epsilon", "1", "--synthetic", "300x200"]
+    res = runner.invoke(
+        app, [*args, "--unit", "interaction", "--canaries", "500", "--fail-on-flag"]
+    )
+    assert res.exit_code == 0 and "heavy" not in res.output, res.output
+    res = runner.invoke(app, [*args, "--unit", "interaction", "--design", "heavy"])
+    assert res.exit_code == 1 and "interaction unit" in res.output

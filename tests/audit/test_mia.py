@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from privrec.audit.mia import recommendation_mia, split_visible
+from privrec.audit.mia import MembershipResult, recommendation_mia, split_visible
+from privrec.audit.report import to_markdown
 from privrec.data import synthetic
 from privrec.errors import ConfigError
-from privrec.models import DPEASE, EASE
+from privrec.models import DPEASE, EASE, DPPopularity
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +47,28 @@ def test_mia_errors(data):  # type: ignore[no-untyped-def]
         recommendation_mia(EASE(), data, k=0)
     with pytest.raises(ConfigError):
         recommendation_mia(EASE(), data, min_items=10_000)
+
+
+def test_no_dp_auc_bound_for_an_interaction_level_guarantee(data):  # type: ignore[no-untyped-def]
+    """The attack asks about a whole user, many interaction-level neighbours apart: (ε, δ)
+    bounds nothing there, so no "DP bound on AUC" is shown (user level keeps it)."""
+    inter = recommendation_mia(
+        DPPopularity(epsilon=1.0, delta=1e-5, unit="interaction", seed=0), data
+    )
+    assert inter.unit == "interaction" and inter.epsilon is not None and inter.auc_bound is None
+    assert "no DP bound on AUC" in inter.summary()
+    user = recommendation_mia(DPPopularity(epsilon=1.0, delta=1e-5, unit="user", seed=0), data)
+    assert user.unit == "user" and user.auc_bound is not None
+
+
+def test_hit_rates_are_shown_to_two_decimals():
+    """As the JSON: more decimals of a rate over the members would give their count away."""
+    r = MembershipResult(
+        model="m", auc=0.5, auc_low=0.4, auc_high=0.6, members=101, non_members=99, k=20,
+        member_hit_rate=0.12345, non_member_hit_rate=0.06789, epsilon=1.0, auc_bound=0.731,
+        seconds=0.0, unit="user",
+    )  # fmt: skip
+    for text in (r.summary(), to_markdown([r])):
+        assert "0.12" in text and "0.07" in text
+        assert "0.123" not in text and "0.068" not in text
+    assert r.to_dict()["member_hit_rate"] == 0.12

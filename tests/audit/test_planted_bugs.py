@@ -54,3 +54,64 @@ def test_noise_free_canaries_are_perfectly_separated(base, monkeypatch):  # type
     bound = audit.audits[0].bound
     assert bound.correct == bound.guesses == 100
     assert bound.epsilon_lb == pytest.approx(bound.cap)
+
+
+@pytest.fixture(scope="module")
+def outnumbered():  # type: ignore[no-untyped-def]
+    """Fewer real users than included canaries (~250 of 500): the canaries set the length quantile."""
+    return synthetic(n_users=150, n_items=200, seed=0)
+
+
+def test_uncapped_bug_is_caught_at_default_settings(outnumbered, monkeypatch):  # type: ignore[no-untyped-def]
+    """DPPopularity left at its data-adaptive B (no max_per_user), as the CLI runs it.
+
+    Heavy canaries outnumbering the real users used to drag the private median length up
+    to their own length (B ≈ 3200), so a model that forgot the cap looked correct and the
+    gate passed; heavy fits now pin B (to 10; L = 320) and the bug is flagged (ε_LB
+    1.62–2.29 over five seeds).
+    """
+    target = make_target("dppopularity", epsilon=1.0, delta=1e-5, unit="user", seed=3)
+    correct = audit_model(target, outnumbered, n_canaries=500, seed=3)
+    assert correct.verdict == "ok", correct.summary()
+    plant_bug(monkeypatch, "dppopularity", "uncapped")
+    audit = audit_model(target, outnumbered, n_canaries=500, seed=3)
+    heavy = audit.audits[1]
+    assert heavy.design.label == "heavy" and heavy.released_bound == 10
+    assert heavy.design.items_per_canary == 320
+    assert any("max_per_user pinned to 10 " in n for n in heavy.notes)
+    assert audit.flagged and audit.epsilon_lb > 1.3, audit.summary()
+
+
+def test_dpals_uncapped_bug_is_caught_at_default_settings(outnumbered, monkeypatch):  # type: ignore[no-untyped-def]
+    """The same for DPALS at its defaults (data-adaptive B, lhs="none"), heavy design only
+    (ε_LB 1.52–1.81 over five seeds; 1.22–1.70 with all three designs)."""
+    plant_bug(monkeypatch, "dpals", "uncapped")
+    t = make_target("dpals", epsilon=1.0, delta=1e-5, unit="user", seed=0)
+    audit = audit_model(t, outnumbered, n_canaries=500, designs=("heavy",), seed=0)
+    assert audit.audits[0].released_bound == 10
+    assert audit.flagged and audit.epsilon_lb > 1.3, audit.summary()
+
+
+def test_heavy_canaries_not_above_the_released_bound_are_inconclusive(outnumbered, monkeypatch):  # type: ignore[no-untyped-def]
+    """Without the pinned bound (the audit before the fix) the canaries move the data-adaptive
+    B up to their own length: the heavy design cannot show a missing cap, and says so."""
+    from privrec.audit.targets import DPPopularityTarget
+
+    monkeypatch.setattr(DPPopularityTarget, "bound_override", lambda self, design: {})
+    target = make_target("dppopularity", epsilon=1.0, delta=1e-5, unit="user", seed=3)
+    audit = audit_model(target, outnumbered, n_canaries=500, designs=("heavy",), seed=3)
+    heavy = audit.audits[0]
+    assert heavy.released_bound is not None and heavy.released_bound > 300  # L = 320
+    assert not audit.flagged and not audit.conclusive and audit.verdict == "inconclusive"
+    assert "not well above the released per-user bound" in audit.summary()
+    assert audit.to_dict()["conclusive"] is False
+
+
+def test_interaction_unit_audit_does_not_flag_a_correct_model(base):  # type: ignore[no-untyped-def]
+    """Under the interaction unit one neighbour is one interaction: a 32-interaction "heavy"
+    canary legitimately leaks ~32ε, so it would flag every correct model. It is not run."""
+    target = make_target("dppopularity", epsilon=1.0, delta=1e-5, unit="interaction", seed=3)
+    audit = audit_model(target, base, n_canaries=500, seed=3)
+    assert [a.design.items_per_canary for a in audit.audits] == [1]
+    assert audit.verdict == "ok", audit.summary()
+    assert audit.audits[0].released_bound is None  # no per-user bound at this unit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -55,8 +56,34 @@ def test_design_and_target_errors(base):  # type: ignore[no-untyped-def]
 
 
 def test_interaction_unit_canaries_hold_one_item():
+    """One neighbour is one interaction: every canary holds one, and "heavy" is not run."""
     t = make_target("dppopularity", epsilon=1.0, delta=1e-5, unit="interaction")
     assert t.design("tight", 10, 5).items_per_canary == 1
+    assert t.default_designs() == ("tight",)
+    with pytest.raises(ConfigError, match="interaction unit"):
+        t.design("heavy", 10, 5)
+    als = make_target("dpals", epsilon=1.0, delta=1e-5, unit="interaction")
+    assert als.default_designs() == ("tight", "clip")
+    assert {als.design(k, 10, 5).items_per_canary for k in als.default_designs()} == {1}
+    user = make_target("dpals", epsilon=1.0, delta=1e-5, unit="user")
+    assert user.default_designs() == ("tight", "heavy", "clip")
+
+
+def test_heavy_fits_pin_a_data_adaptive_bound():
+    """Only heavy fits, only when the caller left the bound data-adaptive, only per user."""
+    t = make_target("dppopularity", epsilon=1.0, delta=1e-5, unit="user")
+    heavy, tight = t.design("heavy", 10, 5), t.design("tight", 10, 5)
+    assert heavy.items_per_canary == 320 and tight.items_per_canary == 100
+    assert t.bound_override(heavy) == {"max_per_user": 10}
+    assert t._model_params(heavy)["max_per_user"] == 10
+    assert t.bound_override(tight) == {} and "max_per_user" not in t._model_params(tight)
+    given = make_target("dppopularity", epsilon=1.0, delta=1e-5, unit="user", max_per_user=7)
+    assert given.bound_override(given.design("heavy", 10, 5)) == {}
+    assert given.design("heavy", 10, 5).items_per_canary == 32 * 7
+    ease = make_target("dpease", epsilon=1.0, delta=1e-5, unit="user")
+    assert ease.bound_override(ease.design("heavy", 10, 5)) == {"max_contribution": 10}
+    fed = make_target("federated_mf", epsilon=1.0, delta=1e-5)
+    assert fed.bound_override(fed.design("heavy", 10, 5)) == {}
 
 
 def test_record_item_steps_sees_every_step_and_restores(base):  # type: ignore[no-untyped-def]
@@ -151,7 +178,31 @@ def test_multi_run_audit_small(base):  # type: ignore[no-untyped-def]
     t = make_target("dppopularity", epsilon=1.0, delta=1e-5, unit="user", max_per_user=5, seed=0)
     r = multi_run_audit(t, small, runs=40)
     assert r.runs == 40 and not r.flagged
+    assert r.blind and not r.conclusive and r.verdict == "inconclusive"  # 40 runs: cap < 1
     assert r.bound.runs_in == r.bound.runs_out == 10
     assert t.params["seed"] == 0  # restored
     with pytest.raises(ConfigError):
         multi_run_audit(t, small, runs=10)
+
+
+def test_an_audit_that_cannot_flag_says_so_outside_the_cli(base, monkeypatch):  # type: ignore[no-untyped-def]
+    """A noise-free model audited with 40 canaries at ε = 4: every guess right, yet the cap
+    (1.24) is below the claim. The library result (not only the CLI) is "inconclusive"."""
+    from privrec.audit.report import to_json, to_markdown
+
+    monkeypatch.setattr(
+        "privrec.models.dp_popularity.gaussian", lambda value, z, sens, rng: value.astype(float)
+    )
+    t = make_target("dppopularity", epsilon=4.0, delta=1e-5, unit="user", max_per_user=5)
+    audit = audit_model(t, base, n_canaries=40, seed=0)
+    assert not audit.flagged and audit.blind and not audit.conclusive
+    assert audit.verdict == "inconclusive" and "cannot detect a violation" in audit.summary()
+    doc = json.loads(to_json([audit]))["one_run"][0]
+    assert doc["conclusive"] is False and doc["blind"] is True and doc["verdict"] == "inconclusive"
+    assert all(a["blind"] for a in doc["audits"])
+    assert "*inconclusive*" in to_markdown([audit]) and "ok |" not in to_markdown([audit])
+    small = synthetic(n_users=40, n_items=20, seed=1)
+    t = make_target("dppopularity", epsilon=4.0, delta=1e-5, unit="user", max_per_user=5, seed=0)
+    multi = multi_run_audit(t, small, runs=8)
+    assert multi.blind and not multi.conclusive and multi.verdict == "inconclusive"
+    assert multi.to_dict()["conclusive"] is False and "cannot detect" in multi.summary()

@@ -19,6 +19,9 @@ Attack (black box, top-k lists only):
 For user-level (ε, δ)-DP models whose lists are post-processing of the release and the
 querying history (every privrec private model serves new users this way), any attack
 has AUC at most :func:`dp_auc_bound` (ε, δ); the non-private models have no such bound.
+Neither have interaction-level models here: membership is that of a whole user, many
+neighbours apart (group privacy over a history of n interactions gives nε and a δ grown
+by ~n·e^{(n−1)ε}, vacuous for real histories), so no bound is shown for them.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import scipy.sparse as sp
 from privrec.audit.bounds import auc, auc_confidence_interval
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError, PrivacyWarning
+from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["MembershipResult", "dp_auc_bound", "recommendation_mia", "split_visible"]
 
@@ -97,6 +101,8 @@ class MembershipResult:
     epsilon: float | None
     auc_bound: float | None
     seconds: float
+    #: privacy unit of the model's guarantee (``None``: non-private); the AUC bound needs "user"
+    unit: str | None = None
 
     def to_dict(self, *, exact: bool = False) -> dict[str, Any]:
         """JSON-friendly dict. By default fit to leave the machine as the evaluation reports
@@ -117,11 +123,20 @@ class MembershipResult:
 
     def summary(self) -> str:
         eps = "non-private" if self.epsilon is None else f"ε={self.epsilon:.3g}"
-        bound = "" if self.auc_bound is None else f", DP bound {self.auc_bound:.3f}"
+        if self.unit is not None and self.unit != "user":
+            eps += f" per {self.unit}"
+        if self.auc_bound is not None:
+            bound = f", DP bound {self.auc_bound:.3f}"
+        elif self.epsilon is not None:
+            bound = (
+                f", no DP bound on AUC (a {self.unit}-level guarantee does not cover a whole user)"
+            )
+        else:
+            bound = ""
         return (
             f"{self.model} ({eps}): MIA AUC {self.auc:.3f} "
             f"[{self.auc_low:.3f}, {self.auc_high:.3f}]{bound}; hidden-item recall@{self.k} "
-            f"members {self.member_hit_rate:.3f} vs non-members {self.non_member_hit_rate:.3f}"
+            f"members {self.member_hit_rate:.2f} vs non-members {self.non_member_hit_rate:.2f}"
         )
 
 
@@ -177,6 +192,9 @@ def recommendation_mia(
     lo_, hi_ = auc_confidence_interval(pos, neg, confidence, seed=seed)
     g = getattr(model, "guarantee_", None)
     eps = None if g is None else float(g.epsilon)
+    unit = None if g is None else PrivacyUnit(g.unit).value
+    # (ε, δ) bounds an attack on one neighbour: here a whole user, so only a user-level guarantee
+    user_level = unit == PrivacyUnit.USER.value
     return MembershipResult(
         model=str(getattr(model, "name", type(model).__name__)),
         auc=auc(pos, neg),
@@ -188,6 +206,9 @@ def recommendation_mia(
         member_hit_rate=float(pos.mean()),
         non_member_hit_rate=float(neg.mean()),
         epsilon=eps,
-        auc_bound=None if g is None else dp_auc_bound(float(g.epsilon), float(g.delta)),
+        auc_bound=(
+            dp_auc_bound(float(g.epsilon), float(g.delta)) if g is not None and user_level else None
+        ),
         seconds=time.perf_counter() - t0,
+        unit=unit,
     )

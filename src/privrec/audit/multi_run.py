@@ -45,6 +45,30 @@ class MultiRunAudit:
     def flagged(self) -> bool:
         return self.bound.epsilon_lb > self.claimed_epsilon
 
+    @property
+    def blind(self) -> bool:
+        """The cap (no error at all at the test runs) is below the claimed ε: the audit could
+        never flag the claim, so "not flagged" means nothing."""
+        return self.bound.cap < self.claimed_epsilon
+
+    @property
+    def conclusive(self) -> bool:
+        return not self.blind
+
+    @property
+    def issues(self) -> tuple[str, ...]:
+        if not self.blind:
+            return ()
+        return (
+            f"cannot detect a violation — the largest ε lower bound {self.runs} runs can show is "
+            f"{self.bound.cap:.2f}, below the claimed ε = {self.claimed_epsilon:g}",
+        )
+
+    @property
+    def verdict(self) -> str:
+        """``"FLAGGED"``, ``"ok"`` (conclusive and not flagged) or ``"inconclusive"``."""
+        return "FLAGGED" if self.flagged else "ok" if self.conclusive else "inconclusive"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -52,17 +76,22 @@ class MultiRunAudit:
             "delta": self.delta,
             "runs": self.runs,
             "flagged": self.flagged,
+            "conclusive": self.conclusive,
+            "blind": self.blind,
+            "verdict": self.verdict,
+            "issues": list(self.issues),
             "seconds": self.seconds,
             "bound": self.bound.to_dict(),
         }
 
     def summary(self) -> str:
         b = self.bound
+        issues = "".join(f"; {i}" for i in self.issues)
         return (
             f"{self.model} claimed ε={self.claimed_epsilon:.3g}: "
-            f"{'FLAGGED' if self.flagged else 'ok'} — multi-run ε_LB {b.epsilon_lb:.2f} "
+            f"{self.verdict} — multi-run ε_LB {b.epsilon_lb:.2f} "
             f"({self.runs} runs; FPR {b.fpr:.3f}, FNR {b.fnr:.3f} at the threshold) "
-            f"at {b.confidence:.0%} confidence"
+            f"at {b.confidence:.0%} confidence{issues}"
         )
 
 

@@ -8,6 +8,13 @@ canary designs — the tight one (closest bound on a correct model) and the heav
 missing factor clipping) — each at confidence ``1 − β / n_designs``, so
 the largest bound holds at ``1 − β`` and a model whose bound exceeds its claimed ε is
 **flagged**: at that confidence, its implementation does not deliver the guarantee.
+
+"Not flagged" only means something when the audit *could* have flagged. A design is
+**inconclusive** when its cap (the bound with every guess right) is below the claimed ε —
+it is blind to any violation — or when its heavy canaries are not far longer than the
+per-user bound the model released (they would not show a missing cap). The verdict is
+then "inconclusive", never "ok"; ``conclusive`` and ``blind`` say so in the JSON too, and
+the CLI's CI gate fails on them.
 """
 
 from __future__ import annotations
@@ -38,11 +45,42 @@ class OneRunAudit:
     seeded_noise: bool
     seconds: float
     notes: tuple[str, ...] = ()
+    #: the per-user bound the fit released (B or C; ``None``: none)
+    released_bound: float | None = None
+    #: why a heavy design cannot show a missing cap (empty: it can)
+    design_issues: tuple[str, ...] = ()
 
     @property
     def flagged(self) -> bool:
         """ε lower bound above the claimed ε (at the bound's confidence)."""
         return self.bound.epsilon_lb > self.claimed_epsilon
+
+    @property
+    def blind(self) -> bool:
+        """The cap is below the claimed ε: this design could never flag the claim."""
+        return self.bound.cap < self.claimed_epsilon
+
+    @property
+    def issues(self) -> tuple[str, ...]:
+        """Why "not flagged" means nothing for this design (empty: conclusive)."""
+        blind = (
+            (
+                f"{self.design.label}: cannot detect a violation — the largest ε lower bound it "
+                f"can show is {self.bound.cap:.2f}, below the claimed ε = {self.claimed_epsilon:g}",
+            )
+            if self.blind
+            else ()
+        )
+        return blind + self.design_issues
+
+    @property
+    def conclusive(self) -> bool:
+        return not self.issues
+
+    @property
+    def verdict(self) -> str:
+        """``"FLAGGED"`` (a flag holds whatever else), else ``"ok"`` or ``"inconclusive"``."""
+        return "FLAGGED" if self.flagged else "ok" if self.conclusive else "inconclusive"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,11 +94,42 @@ class OneRunAudit:
             "claimed_epsilon": self.claimed_epsilon,
             "delta": self.delta,
             "flagged": self.flagged,
+            "conclusive": self.conclusive,
+            "blind": self.blind,
+            "verdict": self.verdict,
+            "issues": list(self.issues),
+            "released_bound": self.released_bound,
             "seeded_noise": self.seeded_noise,
             "seconds": self.seconds,
             "notes": list(self.notes),
             "bound": self.bound.to_dict(),
         }
+
+
+#: heavy canaries must hold at least this share of the heavy factor times the released bound
+HEAVY_MARGIN = 0.5
+
+
+def heavy_issues(
+    target: AuditTarget, design: CanaryDesign, released: float | None
+) -> tuple[str, ...]:
+    """Why a heavy design cannot show a missing cap, given the bound the fit released.
+
+    The heavy design works only if its canaries hold far more items than the model's
+    per-user bound (``heavy_factor`` times, by construction). A data-adaptive bound can
+    end up near the canaries' length (they move the length quantile it is read from);
+    the canaries are then barely capped by a correct model, a missing cap adds nothing
+    and "not flagged" says nothing. Required: ``L ≥ HEAVY_MARGIN · heavy_factor · bound``.
+    """
+    if design.label != "heavy" or released is None:
+        return ()
+    need = HEAVY_MARGIN * target.heavy_factor * released
+    if design.items_per_canary >= need:
+        return ()
+    return (
+        f"heavy: canaries hold L = {design.items_per_canary} items, not well above the released "
+        f"per-user bound {released:g} (need L ≥ {need:g}); a missing cap would not show",
+    )
 
 
 def one_run_audit(
@@ -92,6 +161,8 @@ def one_run_audit(
         seeded_noise=run.seeded_noise,
         seconds=time.perf_counter() - t0,
         notes=tuple(run.notes),
+        released_bound=run.released_bound,
+        design_issues=heavy_issues(target, design, run.released_bound),
     )
 
 
@@ -112,6 +183,25 @@ class ModelAudit:
     def flagged(self) -> bool:
         return any(a.flagged for a in self.audits)
 
+    @property
+    def blind(self) -> bool:
+        """Some design could never flag the claim (its cap is below the claimed ε)."""
+        return any(a.blind for a in self.audits)
+
+    @property
+    def issues(self) -> tuple[str, ...]:
+        return tuple(i for a in self.audits for i in a.issues)
+
+    @property
+    def conclusive(self) -> bool:
+        """Every design could have flagged a violation of the kind it tests."""
+        return all(a.conclusive for a in self.audits)
+
+    @property
+    def verdict(self) -> str:
+        """``"FLAGGED"``, ``"ok"`` (conclusive and not flagged) or ``"inconclusive"``."""
+        return "FLAGGED" if self.flagged else "ok" if self.conclusive else "inconclusive"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -119,18 +209,22 @@ class ModelAudit:
             "confidence": self.confidence,
             "epsilon_lb": self.epsilon_lb,
             "flagged": self.flagged,
+            "conclusive": self.conclusive,
+            "blind": self.blind,
+            "verdict": self.verdict,
+            "issues": list(self.issues),
             "audits": [a.to_dict() for a in self.audits],
         }
 
     def summary(self) -> str:
-        verdict = "FLAGGED" if self.flagged else "ok"
         parts = ", ".join(
             f"{a.design.label}: ε_LB {a.bound.epsilon_lb:.2f} ({a.bound.correct}/{a.bound.guesses})"
             for a in self.audits
         )
+        issues = "".join(f"; {i}" for i in self.issues)
         return (
-            f"{self.model} claimed ε={self.claimed_epsilon:.3g}: {verdict} — {parts} "
-            f"at {self.confidence:.0%} confidence"
+            f"{self.model} claimed ε={self.claimed_epsilon:.3g}: {self.verdict} — "
+            f"{parts} at {self.confidence:.0%} confidence{issues}"
         )
 
 
@@ -143,8 +237,11 @@ def audit_model(
     confidence: float = 0.95,
     seed: int | None = None,
 ) -> ModelAudit:
-    """Run each named design (default: the target's; Bonferroni over designs), collect the verdict."""
-    designs = target.designs if designs is None else tuple(designs)
+    """Run each named design (default: the target's for its unit; Bonferroni over designs).
+
+    The verdict is "FLAGGED", "ok" or "inconclusive" (:attr:`ModelAudit.verdict`).
+    """
+    designs = target.default_designs() if designs is None else tuple(designs)
     if not designs:
         raise ConfigError("give at least one canary design")
     if not 0.5 <= confidence < 1.0:  # a "lower bound" held with less than even odds says nothing

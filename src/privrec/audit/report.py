@@ -30,6 +30,10 @@ def to_json(results: Sequence[AnyResult]) -> str:
     return json.dumps(out, indent=2)
 
 
+def _verdict(verdict: str) -> str:
+    return {"FLAGGED": "**FLAGGED**", "inconclusive": "*inconclusive*"}.get(verdict, verdict)
+
+
 def to_markdown(results: Sequence[AnyResult]) -> str:
     """Tables of the one-run audits, multi-run audits and membership attacks given."""
     lines: list[str] = []
@@ -48,8 +52,16 @@ def to_markdown(results: Sequence[AnyResult]) -> str:
                 lines.append(
                     f"| {r.model} | {r.claimed_epsilon:.3g} | {d.label} | {d.n_canaries} ({d.items_per_canary}) "
                     f"| {b.guesses} | {b.correct} | {b.epsilon_lb:.2f} | {b.cap:.2f} "
-                    f"| {'**FLAGGED**' if a.flagged else 'ok'} |"
+                    f"| {_verdict(a.verdict)} |"
                 )
+        notes = [
+            f"- {r.model} {a.design.label}: {'; '.join(a.notes)}"
+            for r in one
+            for a in r.audits
+            if a.notes
+        ]
+        notes += [f"- caveat: {i}" for r in one for i in r.issues]
+        lines += ["", *notes] if notes else []
         lines.append("")
     if multi:
         lines += [
@@ -60,8 +72,10 @@ def to_markdown(results: Sequence[AnyResult]) -> str:
             mb = m.bound
             lines.append(
                 f"| {m.model} | {m.claimed_epsilon:.3g} | {m.runs} | {mb.fpr:.3f} | {mb.fnr:.3f} "
-                f"| {mb.epsilon_lb:.2f} | {mb.cap:.2f} | {'**FLAGGED**' if m.flagged else 'ok'} |"
+                f"| {mb.epsilon_lb:.2f} | {mb.cap:.2f} | {_verdict(m.verdict)} |"
             )
+        issues = [i for m in multi for i in m.issues]
+        lines += ["", *(f"- caveat: {i}" for i in issues)] if issues else []
         lines.append("")
     if mia:
         lines += [
@@ -73,7 +87,7 @@ def to_markdown(results: Sequence[AnyResult]) -> str:
             bound = "—" if x.auc_bound is None else f"{x.auc_bound:.3f}"
             lines.append(
                 f"| {x.model} | {eps} | {x.auc:.3f} | [{x.auc_low:.3f}, {x.auc_high:.3f}] | {bound} "
-                f"| {x.member_hit_rate:.3f} / {x.non_member_hit_rate:.3f} |"
+                f"| {x.member_hit_rate:.2f} / {x.non_member_hit_rate:.2f} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -13,6 +13,17 @@ Some model settings are overridden for the audit (listed in :attr:`AuditTarget.o
 the canary items must be trained on (DPALS ``head_fraction = 1``; DPEASE without head
 selection). The guarantee does not depend on these settings, so an audit with them
 tests the same accounting and the same mechanisms.
+
+The heavy design is measured against the model's per-user bound, so that bound must stay
+well below the heavy canaries' length. A data-adaptive bound (read from a private
+histogram of history lengths) does not: with about as many included canaries as real
+users, the quantile lands on the canaries' own length and a model that forgot the cap
+looks like a correct one. Heavy fits therefore **pin** the bound (to a small public value,
+:attr:`AuditTarget.heavy_pin`) when the caller left it data-adaptive
+(:meth:`AuditTarget.bound_override`, stated in the audit's notes): the claimed ε is the
+same, the fit only skips the length histogram. The
+bound each fit releases is read back (:attr:`TargetRun.released_bound`) and a heavy audit
+whose canaries are not far longer than it is reported inconclusive, not "ok".
 """
 
 from __future__ import annotations
@@ -58,6 +69,8 @@ class TargetRun:
     unit: str
     seeded_noise: bool
     notes: list[str] = field(default_factory=list)
+    #: the per-user bound the fit used (B or C), as the model releases it; ``None``: no such bound
+    released_bound: float | None = None
 
 
 class AuditTarget(ABC):
@@ -92,8 +105,28 @@ class AuditTarget(ABC):
     #: heavy canaries hold this many times the per-user bound
     heavy_factor: ClassVar[int] = 32
 
-    #: the designs an audit runs by default
+    #: the designs the target supports (all run by default under the user unit)
     designs: ClassVar[tuple[str, ...]] = ("tight", "heavy")
+
+    #: model parameter holding the per-user bound the heavy design is measured against
+    #: (``None``: the model has none); heavy fits pin it when the caller did not set it
+    bound_param: ClassVar[str | None] = None
+    #: the bound heavy fits pin: small, so that heavy canaries (L = heavy_factor × it) are
+    #: cheap and share few pool items (DPALS on ml-100k, m = 2000, "uncapped" bug: ε_LB
+    #: 1.84–1.89 pinned at 10, 0.76–1.13 pinned at 100)
+    heavy_pin: ClassVar[int] = 10
+
+    def default_designs(self) -> tuple[str, ...]:
+        """The designs an audit runs when none are named.
+
+        Under the interaction unit one neighbour is one interaction, so every canary holds
+        exactly one: the heavy design (many interactions) would measure group privacy —
+        a correct model may leak up to L·ε to an L-interaction canary — and flag correct
+        models. It is left out there (the clip design keeps its one-interaction canaries).
+        """
+        if self.unit is PrivacyUnit.INTERACTION:
+            return tuple(d for d in self.designs if d != "heavy")
+        return self.designs
 
     def design(self, kind: str, n_canaries: int, base_items: int) -> CanaryDesign:
         """The ``"tight"`` (L = bound), ``"heavy"`` (L = 32 × bound) or ``"clip"`` design.
@@ -104,14 +137,56 @@ class AuditTarget(ABC):
         cap releases in full (it grows like the square root of the excess or faster).
         ``"clip"`` (factor models) has tight canaries trained without the implicit-negative
         term, so their factors far exceed the clip norm (see :attr:`heavy_overrides`).
+        Under the interaction unit every canary is one interaction (one neighbour), and
+        the heavy design is refused (see :meth:`default_designs`).
         """
-        bound = 1 if self.unit is PrivacyUnit.INTERACTION else self.contribution_bound()
         if kind not in self.designs and kind not in ("tight", "heavy"):
             raise ConfigError(
                 f"unknown canary design {kind!r} for {self.name}; choose one of {', '.join(self.designs)}"
             )
-        length = self.heavy_factor * bound if kind == "heavy" else bound
+        if self.unit is PrivacyUnit.INTERACTION:
+            if kind == "heavy":
+                raise ConfigError(
+                    "the heavy design has no meaning under the interaction unit: one neighbour is "
+                    "one interaction, and a canary with L interactions may leak up to L·ε from a "
+                    "correct model; use the tight (or clip) design"
+                )
+            return CanaryDesign(n_canaries, 1, self.pool(n_canaries, 1, kind), kind)
+        if kind == "heavy":
+            pinned = self._pinned_bound()
+            bound = self.contribution_bound() if pinned is None else pinned
+            length = self.heavy_factor * bound
+        else:
+            length = self.contribution_bound()
         return CanaryDesign(n_canaries, length, self.pool(n_canaries, length, kind), kind)
+
+    def _pinned_bound(self) -> int | None:
+        """:attr:`heavy_pin` if the caller left the per-user bound data-adaptive, else ``None``."""
+        if (
+            self.bound_param is None
+            or self.params.get(self.bound_param) is not None
+            or self.unit is not PrivacyUnit.USER
+        ):
+            return None
+        return self.heavy_pin
+
+    def bound_override(self, design: CanaryDesign | None) -> dict[str, Any]:
+        """The per-user bound a fit of ``design`` pins (empty: the model's own setting).
+
+        Heavy canaries must hold far more items than the bound the model applies. A bound
+        the model reads from its private length histogram (the default of DPPopularity,
+        DPEASE's C and DPALS) moves with the canaries — ~1000 heavy canaries next to
+        ml-100k's 943 users put the median at their own length — and then a model that
+        forgot the cap is indistinguishable from a correct one. Heavy fits therefore use an
+        explicit bound (:attr:`heavy_pin`) when the caller left it data-adaptive: the same
+        mechanisms and the same claimed ε, without the length-histogram release. A bound
+        the caller set is kept (the heavy canaries then hold ``heavy_factor`` times it).
+        """
+        pinned = self._pinned_bound()
+        if design is None or design.label != "heavy" or pinned is None:
+            return {}
+        assert self.bound_param is not None  # _pinned_bound checked it
+        return {self.bound_param: pinned}
 
     #: largest canary-item pool per design (``None``: dedicated items); ``pool_cap`` overrides
     pool_caps: ClassVar[dict[str, int | None]] = {"tight": None, "heavy": None}
@@ -139,12 +214,24 @@ class AuditTarget(ABC):
     heavy_overrides: ClassVar[dict[str, Any]] = {}
 
     def _model_params(self, design: CanaryDesign | None = None) -> dict[str, Any]:
-        p = {**self.params, **self.overrides}
+        p = {**self.params, **self.overrides, **self.bound_override(design)}
         if design is not None and design.label in ("heavy", "clip"):
             p.update(self.heavy_overrides)
         for key in self.audit_params:
             p.pop(key, None)
         return p
+
+    def _bound_notes(self, design: CanaryDesign, released: float | None) -> list[str]:
+        """What a report should say about the per-user bound of one fit."""
+        notes = []
+        for key, value in self.bound_override(design).items():
+            notes.append(
+                f"{key} pinned to {value} for the heavy fit (default: read from a private length "
+                "histogram the canaries would move); claimed ε unchanged"
+            )
+        if released is not None:
+            notes.append(f"released per-user bound {released:g}")
+        return notes
 
 
 def _fit_quiet(model: Any, data: Any, **kwargs: Any) -> Any:
@@ -173,7 +260,10 @@ def combine_parts(parts: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _guarantee_run(
-    parts: dict[str, np.ndarray], guarantee: Any, notes: list[str] | None = None
+    parts: dict[str, np.ndarray],
+    guarantee: Any,
+    notes: list[str] | None = None,
+    released_bound: float | None = None,
 ) -> TargetRun:
     return TargetRun(
         scores=combine_parts(parts),
@@ -183,6 +273,7 @@ def _guarantee_run(
         unit=str(guarantee.unit.value),
         seeded_noise=bool(guarantee.seeded_noise),
         notes=list(notes or []),
+        released_bound=released_bound,
     )
 
 
@@ -195,16 +286,31 @@ class DPPopularityTarget(AuditTarget):
     """
 
     name = "dppopularity"
+    bound_param: ClassVar[str | None] = "max_per_user"
 
     def contribution_bound(self) -> int:
-        return int(self.params.get("max_per_user", 100))
+        return int(self.params.get("max_per_user") or 100)
 
     def run(self, canaries: Canaries) -> TargetRun:
         from privrec.models import DPPopularity
 
-        model = _fit_quiet(DPPopularity(**self._model_params()), canaries.data)
+        design = canaries.design
+        model = _fit_quiet(DPPopularity(**self._model_params(design)), canaries.data)
         counts = np.asarray(model.item_popularity_, dtype=np.float64)
-        return _guarantee_run({"counts": canaries.histories @ counts}, model.privacy_guarantee)
+        b = _user_bound(model, "max_per_user_", self.unit)
+        return _guarantee_run(
+            {"counts": canaries.histories @ counts},
+            model.privacy_guarantee,
+            self._bound_notes(design, b),
+            released_bound=b,
+        )
+
+
+def _user_bound(model: Any, attr: str, unit: PrivacyUnit) -> float | None:
+    """The per-user bound a fitted model used under the user unit (``None`` otherwise)."""
+    if unit is not PrivacyUnit.USER:
+        return None
+    return float(getattr(model, attr))
 
 
 # ------------------------------------------------------------------------------- DPEASE
@@ -244,14 +350,16 @@ class DPEASETarget(AuditTarget):
     heavy_factor: ClassVar[int] = 8  # the weight min(1, C/n) makes the bug grow like L itself
 
     pool_caps: ClassVar[dict[str, int | None]] = {"tight": 3000, "heavy": 3000}
+    bound_param: ClassVar[str | None] = "max_contribution"
 
     def contribution_bound(self) -> int:
-        return max(1, int(self.params.get("max_contribution", 10.0)))
+        return max(1, int(self.params.get("max_contribution") or 10.0))
 
     def run(self, canaries: Canaries) -> TargetRun:
         from privrec.models import DPEASE
 
-        params = self._model_params()
+        design = canaries.design
+        params = self._model_params(design)
         params["max_items"] = max(int(params.get("max_items", 5000)), canaries.data.n_items)
         model = _fit_quiet(DPEASE(**params), canaries.data)
         head = np.asarray(model.head_items_)
@@ -261,7 +369,13 @@ class DPEASETarget(AuditTarget):
         h = canaries.histories
         quad = np.asarray(h.multiply(h @ g).sum(axis=1)).ravel()  # x_iᵀ G̃ x_i per canary
         diag = h @ np.diag(g)
-        return _guarantee_run({"gram block": 0.5 * (quad + diag)}, model.privacy_guarantee)
+        c = _user_bound(model, "max_contribution_", self.unit)
+        return _guarantee_run(
+            {"gram block": 0.5 * (quad + diag)},
+            model.privacy_guarantee,
+            self._bound_notes(design, c),
+            released_bound=c,
+        )
 
 
 # -------------------------------------------------------------------------------- DPALS
@@ -334,9 +448,10 @@ class DPALSTarget(AuditTarget):
     # keeps canaries from interfering when a bug amplifies all of them
     pool_caps: ClassVar[dict[str, int | None]] = {"tight": 4000, "heavy": 20000, "clip": 20000}
     designs: ClassVar[tuple[str, ...]] = ("tight", "heavy", "clip")
+    bound_param: ClassVar[str | None] = "max_per_user"
 
     def contribution_bound(self) -> int:
-        return int(self.params.get("max_per_user", 100))
+        return int(self.params.get("max_per_user") or 100)
 
     def run(self, canaries: Canaries) -> TargetRun:
         from privrec.models import DPALS, dp_als
@@ -369,14 +484,18 @@ class DPALSTarget(AuditTarget):
                 bound=b,
                 count_sample=count_sample,
                 exponent=c.adaptive_exponent,
-                alpha0=c.alpha0,
+                alpha0=float(getattr(model, "alpha0_", c.alpha0)),  # α0 as the fit resolved it
                 user_regularization=c.user_regularization,
                 clip_norm=c.clip_norm,
                 rhs_std=rhs_std,
                 count_std=count_std,
             ),
             model.privacy_guarantee,
-            [f"{len(steps)} private steps observed"],
+            [
+                f"{len(steps)} private steps observed",
+                *self._bound_notes(canaries.design, _user_bound(model, "max_per_user_", c.unit)),
+            ],
+            released_bound=_user_bound(model, "max_per_user_", c.unit),
         )
 
 
@@ -447,8 +566,8 @@ class CrossSiloTarget(AuditTarget):
     pool_caps: ClassVar[dict[str, int | None]] = {"tight": 4000, "heavy": 20000, "clip": 20000}
     designs: ClassVar[tuple[str, ...]] = ("tight", "heavy", "clip")
 
-    def contribution_bound(self) -> int:
-        return int(self.params.get("max_per_user", 100))
+    def contribution_bound(self) -> int:  # a fixed bound (100 by default): nothing to pin
+        return int(self.params.get("max_per_user") or 100)
 
     def run(self, canaries: Canaries) -> TargetRun:
         from privrec.audit.recording import record_item_steps
@@ -492,6 +611,7 @@ class CrossSiloTarget(AuditTarget):
             ),
             result.guarantee,
             [f"{rec.steps} private steps observed at the driver", f"{n_silos} silos"],
+            released_bound=float(b),
         )
 
 

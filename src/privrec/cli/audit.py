@@ -1,8 +1,8 @@
 """``privrec audit …``: attack a private model to measure how private it is.
 
 ``run`` is the one-run audit (a CI gate: ``--fail-on-flag`` exits 1 when the ε lower
-bound exceeds the claimed ε), ``multi-run`` the many-trainings audit on small data,
-``mia`` the membership attack on recommendation lists.
+bound exceeds the claimed ε or the audit is inconclusive), ``multi-run`` the
+many-trainings audit on small data, ``mia`` the membership attack on recommendation lists.
 """
 
 from __future__ import annotations
@@ -91,12 +91,19 @@ def audit_run(
     canaries: Annotated[int, typer.Option(help="m, canary users.")] = 2000,
     design: Annotated[
         list[str] | None,
-        typer.Option(help="Canary designs: tight, heavy, clip (factor models); default all."),
+        typer.Option(
+            help="Canary designs: tight, heavy (user unit), clip (factor models); default all "
+            "the model's designs for the unit."
+        ),
     ] = None,
     confidence: Annotated[float, typer.Option(help="Confidence of the bound.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Seed of the canary inclusion bits.")] = 0,
     fail_on_flag: Annotated[
-        bool, typer.Option(help="Exit 1 when the bound exceeds the claimed ε (CI gate).")
+        bool,
+        typer.Option(
+            help="Exit 1 when the bound exceeds the claimed ε, or when the audit is "
+            "inconclusive (it could not have flagged): a CI gate."
+        ),
     ] = False,
     json_out: JsonOpt = None,
     md_out: MdOpt = None,
@@ -118,11 +125,18 @@ def audit_run(
             seed=seed,
         )
         console.print(result.summary(), highlight=False)
+        for a in result.audits:  # settings the audit chose for the model, said where seen
+            for key, value in target.bound_override(a.design).items():
+                err_console.print(
+                    f"note: the {a.design.label} fit used {key}={value} (the model's default reads "
+                    "it from a private length histogram the canaries would move); same claimed ε",
+                    highlight=False,
+                )
         if any(a.seeded_noise for a in result.audits):
             err_console.print("note: the model used seeded noise (reproducible, not private)")
         _write([result], json_out, md_out)
-        blind = _blind(min(a.bound.cap for a in result.audits), epsilon, "--canaries")
-    if fail_on_flag and (result.flagged or blind):
+        _warn(result.issues, result.blind, "--canaries")
+    if fail_on_flag and (result.flagged or not result.conclusive):
         raise typer.Exit(1)
 
 
@@ -139,7 +153,9 @@ def audit_multi_run(
     param: ParamOpt = None,
     runs: Annotated[int, typer.Option(help="Trainings (a multiple of 4).")] = 1000,
     confidence: Annotated[float, typer.Option(help="Confidence of the bound.")] = 0.95,
-    fail_on_flag: Annotated[bool, typer.Option(help="Exit 1 when flagged.")] = False,
+    fail_on_flag: Annotated[
+        bool, typer.Option(help="Exit 1 when flagged or inconclusive (CI gate).")
+    ] = False,
     json_out: JsonOpt = None,
     md_out: MdOpt = None,
 ) -> None:
@@ -154,22 +170,18 @@ def audit_multi_run(
         result = multi_run_audit(target, base, runs=runs, confidence=confidence)
         console.print(result.summary(), highlight=False)
         _write([result], json_out, md_out)
-        blind = _blind(result.bound.cap, epsilon, "--runs")
-    if fail_on_flag and (result.flagged or blind):
+        _warn(result.issues, result.blind, "--runs")
+    if fail_on_flag and (result.flagged or not result.conclusive):
         raise typer.Exit(1)
 
 
-def _blind(cap: float, claimed: float, more: str) -> bool:
-    """Say so when the audit could never flag the claim (its largest possible ε lower bound is
-    below the claimed ε): "ok" would then mean nothing, and a CI gate must not pass on it."""
-    if cap >= claimed:
-        return False
-    err_console.print(
-        f"warning: this audit cannot detect a violation — the largest ε lower bound it can show "
-        f"at this confidence is {cap:.2f}, below the claimed ε = {claimed:g}; raise {more}",
-        highlight=False,
-    )
-    return True
+def _warn(issues: tuple[str, ...], blind: bool, more: str) -> None:
+    """Say why an audit is inconclusive (it could not have flagged what it tests): "ok" would
+    then mean nothing, and a CI gate must not pass on it (the result's ``conclusive``)."""
+    for issue in issues:
+        err_console.print(f"warning: inconclusive — {issue}", highlight=False)
+    if blind:
+        err_console.print(f"raise {more} so that the audit can flag the claim", highlight=False)
 
 
 @audit_app.command("mia")

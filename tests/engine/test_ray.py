@@ -57,6 +57,8 @@ def engine() -> Iterator[RayEngine]:
     [
         ("adaptive", 1.0, {}),  # lhs="none" (default), fixed B and k
         ("adaptive", 1.0, {"max_per_user": None, "factors": None}),  # data-adaptive B, k
+        # α0 from the head's noisy density (post-processing of the same releases)
+        ("adaptive", 1.0, {"max_per_user": None, "factors": None, "alpha0": "density"}),
         ("adaptive", 1.0, {"lhs": "diagonal"}),
         ("adaptive", 1.0, {"lhs": "full"}),
         ("uniform", 1e6, {}),

@@ -121,6 +121,14 @@ def test_released_model_round_trips_save_load(tmp_path: object) -> None:
     )
 
 
+def test_alpha0_density_rule_resolves_as_central_dpals() -> None:
+    """``alpha0="density"``: the devices solve, and the released file folds in, with the α0
+    central DPALS's rule gives from this run's released counts and length histogram."""
+    data = synthetic(n_users=300, n_items=60, interactions_per_user=5, seed=2)
+    m = FederatedDPALS(epsilon=5.0, delta=1e-3, factors=4, seed=0, alpha0="density").fit(data)
+    assert 0.25 <= m.alpha0_ <= 2.0 and m._fit_alpha0 == m.alpha0_
+
+
 def test_one_round_rule_is_central_dpals_and_costs_nothing() -> None:
     """Below noisy n·ε = 1000 the devices solve every step from the same count-started factors
     and the model keeps the mean of the steps' solves; rounds, noise and events are unchanged."""

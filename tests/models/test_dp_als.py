@@ -561,7 +561,7 @@ def test_one_round_costs_nothing_and_averages_the_step_solves() -> None:
     assert len(grams) == len(rhs) == t == 3  # ε = 2: three steps
     assert not np.array_equal(rhs[0], rhs[1])  # fresh noise on the same statistic
     reg = np.full(len(one.head_items_), one.regularization_)
-    a0 = one.config().alpha0
+    a0 = one.alpha0_  # the resolved α0 (the density rule by default)
     y = sum(shared_solve(a0 * project_psd(g), r, reg) for g, r in zip(grams, rhs, strict=True)) / t
     np.testing.assert_allclose(one.item_factors_[one.head_items_], y, rtol=1e-4, atol=1e-6)
 

@@ -22,7 +22,7 @@ def _solves(m: DPALS, seen: list[Release]) -> list[np.ndarray]:
     grams = [r.value for r in seen if r.name == "gramian"]
     rhs = [r.value for r in seen if r.name == "rhs"]
     reg = np.full(len(m.head_items_), m.regularization_)
-    a0 = m.config().alpha0
+    a0 = m.alpha0_  # the resolved α0
     return [shared_solve(a0 * project_psd(g), r, reg) for g, r in zip(grams, rhs, strict=True)]
 
 

@@ -235,6 +235,7 @@ def _fit_dpals(
     n_head = len(head)
     reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)
     model.regularization_ = reg
+    alpha0 = model._resolve_alpha0(c, counts_h, profile)  # as DPALS._fit
 
     # 2. per-user weights on the workers (keyed samples salted by the driver's generator)
     if c.method not in ("uniform", "tail", "adaptive"):
@@ -259,13 +260,13 @@ def _fit_dpals(
             # the user solves cast the item factors to float32: broadcast them so
             history.append(ray.put(np.ascontiguousarray(y, dtype=np.float32)))
             parts = group.reduce(
-                "dpals_step", step, c.alpha0, c.user_regularization, c.clip_norm, c.lhs, *history
+                "dpals_step", step, alpha0, c.user_regularization, c.clip_norm, c.lhs, *history
             )
         # the same noise, releases (and hook calls) and item solve as DPALS._fit
         y = model._private_step(
             step + 1, parts[0], parts[2] if c.lhs != "none" else None, parts[1],
             y=y_start if model.one_round_ else y, head=head, reg_items=reg_items, sigma=sigma,
-            b_plan=b_plan, sens=sens, c=c, rng=rng,
+            b_plan=b_plan, sens=sens, c=c, rng=rng, alpha0=alpha0,
         )  # fmt: skip
         if model.one_round_:
             y_sum += y

@@ -342,6 +342,7 @@ class FederatedDPALS(DPALS):
         counts_h = noisy_counts[head]
         reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)
         self.regularization_ = reg
+        alpha0 = self._resolve_alpha0(c, counts_h, profile)  # as central DPALS
         reg_items = reg * (1.0 + np.maximum(counts_h, 0.0)) ** c.reg_exponent
         # central DPALS's one-round rule (post-processing of the released histogram): below a
         # noisy n·ε of 1000 every round's devices solve from the same count-started factors and
@@ -365,7 +366,7 @@ class FederatedDPALS(DPALS):
                 method=c.method,
                 bound=bound,
                 adaptive_exponent=c.adaptive_exponent,
-                alpha0=c.alpha0,
+                alpha0=alpha0,
                 user_regularization=c.user_regularization,
                 clip_norm=c.clip_norm,
                 lhs=c.lhs,
@@ -375,9 +376,9 @@ class FederatedDPALS(DPALS):
             g, rhs, diag = _unpack(decoded, k, len(head), scales, c.lhs)
             g = project_psd(g)
             if diag is not None:
-                y = diagonal_solve(c.alpha0 * g, diag, rhs, reg_items)
+                y = diagonal_solve(alpha0 * g, diag, rhs, reg_items)
             else:
-                y = shared_solve(c.alpha0 * g, rhs, reg_items)
+                y = shared_solve(alpha0 * g, rhs, reg_items)
             if one_round:
                 y_sum += y
                 y = y_sum / (t + 1)
@@ -392,7 +393,7 @@ class FederatedDPALS(DPALS):
         self.item_factors_[head] = y.astype(np.float32)
         self.head_items_ = head.astype(np.int64)
         self.noisy_counts_ = noisy_counts.astype(np.float32)
-        self._fit_alpha0, self._fit_user_reg = c.alpha0, c.user_regularization
+        self._fit_alpha0, self._fit_user_reg = alpha0, c.user_regularization
         self.popularity_blend_ = resolve_popularity_blend(c.popularity_blend, c.epsilon)
         self.popularity_shrinkage_ = resolve_shrinkage(
             c.popularity_shrinkage, c.popularity_blend, profile, DEFAULT_SHRINKAGE

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,7 @@ from privrec.models.dp_rules import (
     LengthProfile,
     dpals_head,
     head_threshold,
+    resolve_alpha0,
     resolve_bound,
     resolve_factors,
     resolve_iterations,
@@ -123,7 +124,9 @@ class DPALSConfig(PrivateConfig):
     regularization: float | None = pydantic.Field(default=None, gt=0, allow_inf_nan=False)
     reg_exponent: float = pydantic.Field(default=0.0, ge=0, le=2)
     user_regularization: float = pydantic.Field(default=0.1, gt=0, allow_inf_nan=False)
-    alpha0: float = pydantic.Field(default=2.0, ge=0, allow_inf_nan=False)
+    alpha0: Annotated[float, pydantic.Field(ge=0, allow_inf_nan=False)] | Literal["density"] = (
+        "density"
+    )
     head_fraction: float | None = pydantic.Field(default=None, gt=0, le=1)
     head_snr: float = pydantic.Field(default=7.0, ge=0, allow_inf_nan=False)
     head_min: int = pydantic.Field(default=300, ge=1)
@@ -213,6 +216,11 @@ class DPALS(ReleasedItemFactors):
     alpha0
         Weight of unobserved cells (iALS); it multiplies the noisy Gramian,
         whose signal-to-noise ratio is far higher than the per-item statistics'.
+        Default ``"density"``: from the noisy density of the trained head
+        (:func:`~privrec.models.dp_rules.resolve_alpha0`: 2 on dense heads such
+        as ml-1m's, down to 0.25 on sparse ones such as gowalla's, where a heavy
+        "not seen" term pulls every score to zero), resolved as ``alpha0_``; it
+        was a fixed 2 before 2026-12-07 (give ``alpha0=2`` for that).
     head_fraction
         Train on this fraction of the catalogue, the most popular by noisy
         counts; other items are never recommended. Default (``None``): an
@@ -340,6 +348,7 @@ class DPALS(ReleasedItemFactors):
     user_factors_: np.ndarray
     iterations_: int
     regularization_: float
+    alpha0_: float
     one_round_: bool
     step_averaging_: float
 
@@ -361,7 +370,7 @@ class DPALS(ReleasedItemFactors):
         regularization: float | None = None,
         reg_exponent: float = 0.0,
         user_regularization: float = 0.1,
-        alpha0: float = 2.0,
+        alpha0: float | Literal["density"] = "density",
         head_fraction: float | None = None,
         head_snr: float = 7.0,
         head_min: int = 300,
@@ -502,6 +511,13 @@ class DPALS(ReleasedItemFactors):
         self.effective_noise_scale_ = sigma_eff
         return bound, count_sample, k, sens, sigma_eff
 
+    def _resolve_alpha0(
+        self, c: DPALSConfig, counts_head: np.ndarray, profile: LengthProfile | None
+    ) -> float:
+        """α0 (given, or the density rule from released values), kept as ``alpha0_``."""
+        self.alpha0_ = resolve_alpha0(c.alpha0, counts_head, profile)
+        return self.alpha0_
+
     def _keep(
         self,
         c: DPALSConfig,
@@ -517,7 +533,7 @@ class DPALS(ReleasedItemFactors):
         self.item_factors_[head] = y.astype(np.float32)
         self.head_items_ = head.astype(np.int64)
         self.noisy_counts_ = noisy_counts.astype(np.float32)
-        self._fit_alpha0 = c.alpha0
+        self._fit_alpha0 = self.alpha0_
         self._fit_user_reg = c.user_regularization
         self.popularity_blend_ = resolve_popularity_blend(c.popularity_blend, c.epsilon)
         self.popularity_shrinkage_ = resolve_shrinkage(
@@ -568,6 +584,7 @@ class DPALS(ReleasedItemFactors):
         sens: DPALSSensitivity,
         c: DPALSConfig,
         rng: np.random.Generator,
+        alpha0: float,
     ) -> np.ndarray:
         """Private item step ``step`` (1..T) from its clean sums; returns the new item factors.
 
@@ -615,11 +632,11 @@ class DPALS(ReleasedItemFactors):
             )
         g = project_psd(g)
         if lhs is None:  # lhs="none"
-            return shared_solve(c.alpha0 * g, rhs, reg_items)
+            return shared_solve(alpha0 * g, rhs, reg_items)
         if c.lhs == "full":
-            y_new, _ = psd_solve(c.alpha0 * g, lhs, rhs, reg_items, _PROJECT)
+            y_new, _ = psd_solve(alpha0 * g, lhs, rhs, reg_items, _PROJECT)
             return y_new
-        return diagonal_solve(c.alpha0 * g, lhs, rhs, reg_items)
+        return diagonal_solve(alpha0 * g, lhs, rhs, reg_items)
 
     def _final_factors(
         self, c: DPALSConfig, y_prev: np.ndarray, y: np.ndarray, iterations: int
@@ -669,6 +686,7 @@ class DPALS(ReleasedItemFactors):
         n_head = len(head)
         reg = resolve_regularization(c.regularization, sigma_eff, c.clip_norm)
         self.regularization_ = reg
+        alpha0 = self._resolve_alpha0(c, counts_h, profile)
 
         # 2. bounded per-user weights c_uj (Σ_j c_uj² ≤ B)
         weights = user_weights(xh, counts_h, c.method, bound, c.adaptive_exponent, rng)
@@ -685,8 +703,8 @@ class DPALS(ReleasedItemFactors):
                 if self.one_round_:
                     y, xs = y_start, np.zeros_like(xs)
                 first = step == 0 or self.one_round_
-                xs = _user_cg(xh, y, c.alpha0, c.user_regularization, xs, 8 if first else 4)
-                u = clip_rows(xs / np.float32(1.0 + c.alpha0), c.clip_norm)
+                xs = _user_cg(xh, y, alpha0, c.user_regularization, xs, 8 if first else 4)
+                u = clip_rows(xs / np.float32(1.0 + alpha0), c.clip_norm)
                 if tier_w is not None:  # personalised budgets: user u enters with norm ≤ w_u·Γ
                     u *= tier_w.astype(np.float32)[:, None]
                 g = gramian(u.astype(np.float64))
@@ -705,7 +723,7 @@ class DPALS(ReleasedItemFactors):
             y_prev = y
             y = self._private_step(
                 step + 1, g, lhs, rhs, y=y, head=head, reg_items=reg_items, sigma=sigma,
-                b_plan=b_plan, sens=sens, c=c, rng=rng,
+                b_plan=b_plan, sens=sens, c=c, rng=rng, alpha0=alpha0,
             )  # fmt: skip
             if self.one_round_:  # the item factors: the mean of the steps' solves so far
                 y_sum += y

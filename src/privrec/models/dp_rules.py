@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from privrec.errors import ConfigError
 from privrec.privacy.bounds import quantile_from_histogram
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "head_floor",
     "head_threshold",
     "low_signal_blend",
+    "resolve_alpha0",
     "resolve_bound",
     "resolve_factors",
     "resolve_iterations",
@@ -159,6 +161,42 @@ def resolve_iterations(iterations: int | None, epsilon: float) -> int:
     if iterations is not None:
         return iterations
     return 2 if epsilon < 2.0 else 3
+
+
+#: α0 of the fixed default, and the head density (noisy counts per head item per user) at which
+#: the density rule gives it (:func:`resolve_alpha0`)
+ALPHA0_FIXED = 2.0
+_ALPHA0_DENSITY = 0.04
+_ALPHA0_FLOOR = 0.25
+
+
+def resolve_alpha0(
+    alpha0: float | str, counts_head: np.ndarray, profile: LengthProfile | None
+) -> float:
+    """α0, the weight of every user's unobserved cells (the noisy Gramian) in the solves.
+
+    ``alpha0`` a number: that value. ``"density"``: ``2·min(1, √(d / 0.04))``, at least 0.25,
+    from the head's density ``d = Σ_j ñ_j / (n·|head|)`` — the noisy (sampled) counts of the
+    head items over the noisy number of users times the head size. Why: on validation splits
+    the best α0 falls with the density of the trained head — ml-100k (d ≈ 0.08) and
+    ml-1m-implicit-r3 (0.05–0.07) want 2–4, movietweetings-100k (0.004–0.008) and gowalla
+    (0.002–0.004) 0.25–0.5 (``benchmarks/results/dpals_alpha0.md``): where few of a head
+    item's users saw it, a heavy "not seen" term pulls every item's score to zero and leaves
+    the noisy per-item statistics to decide the ranking. Dense heads keep the fixed 2.
+    Post-processing of released values (noisy counts, the noisy length histogram): it costs no
+    privacy. Without a length histogram (a fixed bound B) there is no private ``n``, and the
+    fixed value is used.
+    """
+    if not isinstance(alpha0, str):
+        return float(alpha0)
+    if alpha0 != "density":
+        raise ConfigError(f"alpha0 must be a number ≥ 0 or 'density', found {alpha0!r}")
+    if profile is None or counts_head.size == 0:
+        return ALPHA0_FIXED
+    d = float(np.maximum(counts_head, 0.0).sum()) / (profile.n_users * counts_head.size)
+    return float(
+        min(ALPHA0_FIXED, max(_ALPHA0_FLOOR, ALPHA0_FIXED * math.sqrt(d / _ALPHA0_DENSITY)))
+    )
 
 
 def resolve_regularization(regularization: float | None, sigma: float, clip_norm: float) -> float:

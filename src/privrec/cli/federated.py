@@ -385,14 +385,14 @@ def _run_and_report(
     # rounded (public_round), as evaluation outputs are
 
     def released_line(report: Any) -> None:
-        if session is not None:  # a round's noisy output is about to leave: no abort after this
+        # a round's noisy sum went to the devices: no abort from here on (with the progress bar
+        # too — a run failing at round r has sent rounds 1 … r − 1)
+        if session is not None:
             session.released()
-        line(report)
+        if not interactive:
+            line(report)
 
-    reports = [
-        public_round(r)
-        for r in sim.run(progress=interactive, on_round=None if interactive else released_line)
-    ]
+    reports = [public_round(r) for r in sim.run(progress=interactive, on_round=released_line)]
     if session is not None:  # before anything computed from the noisy rounds is shown or written
         session.released()
     table = Table(

@@ -388,7 +388,16 @@ def silo_train(
                     f"δ={config.delta:g}), {len(planned)} releases",
                 )
                 charge = session.reserve(planned, accountant=RDP_ONLY)
-                driver.ledger_hook = session.cover
+                opened = session
+
+                def cover_and_release(release: Any) -> None:
+                    # each release goes to the silos: from the first one on, the charge (and any
+                    # top-up) can no longer be aborted — a run failing at release r has sent
+                    # releases 1 … r − 1
+                    opened.cover(release)
+                    opened.released()
+
+                driver.ledger_hook = cover_and_release
                 err_console.print(
                     f"ledger: charge {charge.id} reserved on {dataset!r} before the first "
                     f"release (ε = {charge.epsilon:.4g})",

@@ -64,17 +64,21 @@ class PolicyFilter:
     @classmethod
     def from_ledger(cls, ledger: Any, dataset: str) -> PolicyFilter:
         """The dataset's policy, deletions and consents as the ledger's ``load`` reads them."""
+        import json
         import time
 
-        from privrec.governance.policy import consent_file_digest
+        from privrec.governance.policy import Policy, consent_file_digest
 
-        epoch = ledger.dataset(dataset).epoch  # first: a change after it refuses the version
-        policy, key, deleted, consented = ledger.policy_inputs(dataset)
+        # first the epoch and the consent file's digest, then the inputs (as Ledger.load): a
+        # deletion, policy change or withdrawal written in between makes the version stale —
+        # never a version holding the withdrawal that the ledger takes for current
+        info = ledger.dataset(dataset)
+        declared = Policy.from_json(json.dumps(info.policy))
         digest = None
-        if policy.consent.required and policy.consent.source != "ledger":
-            # read after the records: a withdrawal in between makes the version stale (safe)
-            digest = consent_file_digest(policy.consent.source)
-        return cls(policy, key, deleted, consented, time.time(), int(epoch), digest)
+        if declared.consent.required and declared.consent.source != "ledger":
+            digest = consent_file_digest(declared.consent.source)
+        policy, key, deleted, consented = ledger.policy_inputs(dataset)
+        return cls(policy, key, deleted, consented, time.time(), int(info.epoch), digest)
 
 
 def merge_policy_reports(reports: list[Any]) -> Any:

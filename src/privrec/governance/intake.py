@@ -12,6 +12,7 @@ checks the caller's role, validates, and writes in one serialised transaction wi
 
 from __future__ import annotations
 
+import math
 import unicodedata
 import warnings
 from collections.abc import Iterable
@@ -41,6 +42,12 @@ from privrec.governance.reading import LedgerBase, _now
 from privrec.governance.records import GovernedData, GovernedVersion
 
 __all__ = ["LedgerIntake"]
+
+
+#: Prefix of the content hash of a version registered from a cluster's workers
+#: (:meth:`LedgerIntake.register_version`): no data hashes to it, so ``Ledger.train`` — which
+#: hashes the data it is given — never accepts data claiming to be such a version.
+WORKERS_HASH = "workers:"
 
 
 class LedgerIntake(LedgerBase):
@@ -256,6 +263,11 @@ class LedgerIntake(LedgerBase):
             )
         if not (isinstance(n_items, int) and n_items >= 0):
             raise GovernanceError(f"n_items must be a whole number ≥ 0, found {n_items!r}")
+        # marked as the workers' hash: Ledger.train (which hashes the data it is given) can
+        # never accept a hand-built GovernedData naming this version
+        stored_hash = (
+            content_hash if content_hash.startswith(WORKERS_HASH) else (WORKERS_HASH + content_hash)
+        )
         members_blob = np.sort(m).astype("<u8").tobytes()
         now = _now()
         with self._write() as conn:
@@ -270,11 +282,12 @@ class LedgerIntake(LedgerBase):
                     f"the workers applied another policy than dataset {dataset!r}'s current one: "
                     "filter it again"
                 )
+            self._check_members(conn, ds, m, report, now)
             vid = conn.execute(
                 sa.insert(tbl.DatasetVersion)
                 .values(
                     dataset_id=ds.id,
-                    content_hash=content_hash,
+                    content_hash=stored_hash,
                     policy_hash=ds.policy_hash,
                     epoch=ds.epoch,
                     n_users=report.users_out,
@@ -293,14 +306,54 @@ class LedgerIntake(LedgerBase):
                 {
                     "dataset": dataset,
                     "version": vid,
-                    "content_hash": content_hash,
+                    "content_hash": stored_hash,
                     "where": "workers",
                     "report": report.model_dump(mode="json"),
                 },
                 {"dataset_versions": [vid]},
                 now,
             )
-        return GovernedVersion(dataset, int(vid), content_hash, int(ds.epoch), report)
+        return GovernedVersion(dataset, int(vid), stored_hash, int(ds.epoch), report)
+
+    def _check_members(
+        self, conn: Connection, ds: Any, members: np.ndarray, report: PolicyReport, now: float
+    ) -> None:
+        """What the ledger can check of a version filtered elsewhere: no member asked to be
+        deleted, every member consented (where the policy requires it), and the oldest kept
+        interaction inside the retention window. The workers are inside the training's trust
+        boundary (central DP) and their data never reaches the ledger, so this catches mistakes
+        (an old policy input, a misconfigured worker), not a forger — as everywhere in the
+        ledger, roles give accountability, not a security boundary (docs/governance.md)."""
+        deleted = np.array(
+            [
+                int(h, 16)
+                for h in conn.execute(
+                    sa.select(tbl.Deletion.user_hash).where(tbl.Deletion.dataset_id == ds.id)
+                ).scalars()
+            ],
+            dtype=np.uint64,
+        )
+        if members.size and np.isin(members, deleted).any():
+            raise StaleDataError(
+                f"the workers' data for dataset {ds.name!r} holds a person who asked to be "
+                "deleted: filter it again with the current policy inputs"
+            )
+        policy = Policy.from_json(ds.policy_json)
+        if policy.consent.required and members.size:
+            consented = self._consented(conn, ds.id, policy, self._user_key(conn))
+            if not np.isin(members, consented).all():
+                raise StaleDataError(
+                    f"the workers' data for dataset {ds.name!r} holds a person without a "
+                    "recorded consent: filter it again with the current policy inputs"
+                )
+        if policy.retention_days is not None and report.interactions_out > 0:
+            oldest = report.oldest_kept_timestamp
+            cutoff = now - policy.retention_days * 86400.0
+            if oldest is None or not (math.isfinite(oldest) and oldest >= cutoff):
+                raise StaleDataError(
+                    f"the workers' data for dataset {ds.name!r} does not show its oldest "
+                    "interaction inside the retention window: filter it again"
+                )
 
     def _consented(
         self, conn: Connection, dataset_id: int, policy: Policy, key: bytes

@@ -81,6 +81,22 @@ class Interactions:
                 expected=f"{m.nnz} timestamps",
                 found=len(self.timestamps),
             )
+        if self.timestamps is not None:
+            # as the builders refuse them: a NaN compares false with every retention cutoff,
+            # so it would be kept for ever (and make the oldest kept interaction NaN)
+            try:
+                finite = np.isfinite(np.asarray(self.timestamps, dtype=np.float64))
+            except (TypeError, ValueError):
+                raise DataError(
+                    "timestamps are not numeric", field="timestamp", expected="numbers"
+                ) from None
+            if not finite.all():
+                raise DataError(
+                    "timestamp is not finite",
+                    field="timestamp",
+                    expected="a finite number",
+                    found=f"{int((~finite).sum())} non-finite",
+                )
         # One person = one row, one item = one column, one (user, item) pair = one stored entry:
         # every sensitivity downstream counts a user's row entries, so a repeated id or a
         # stored duplicate would let one person contribute several times what is stated.

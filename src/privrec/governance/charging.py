@@ -8,6 +8,10 @@ charge as ``reserved`` — all before any noise is drawn. :meth:`LedgerCharging.
 one, so a process killed at any point after reserving never under-reports; only
 :meth:`LedgerCharging.abort` (before any noise was drawn) releases it.
 
+The composition (seconds for a large PLD) is computed on a read snapshot *before* the write
+lock is taken, and reused under the lock only if the stored charges are unchanged: one analyst's
+call never holds the ledger's writers (an owner's deletion request) while dp-accounting works.
+
 Mixed into :class:`~privrec.governance.ledger.Ledger`; like every ledger action, each method
 checks the caller's role, validates, and writes in one serialised transaction with its audit row.
 """
@@ -15,7 +19,8 @@ checks the caller's role, validates, and writes in one serialised transaction wi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +36,7 @@ from privrec.errors import (
 from privrec.governance import schema as tbl
 from privrec.governance.auth import require
 from privrec.governance.composition import ChargeEvents, composed_epsilon
+from privrec.governance.db import read_transaction
 from privrec.governance.policy import Policy, consent_file_digest
 from privrec.governance.reading import LedgerBase, _now
 from privrec.governance.records import ChargeInfo, GovernedData, GovernedVersion, fmt_time
@@ -38,6 +44,39 @@ from privrec.privacy.events import SpentEvent
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["LedgerCharging"]
+
+#: Write transactions a reservation tries before it composes under the lock (the stored charges
+#: changed between its accounting outside the lock and each attempt)
+_LOCKED_ATTEMPTS = 3
+
+
+class _RecomputeError(Exception):
+    """Raised under the write lock when an ε is not memoised yet: leave, compute, come back."""
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One :meth:`LedgerCharging.reserve` call's arguments, checked."""
+
+    dataset: str
+    ce: ChargeEvents
+    purpose: str | None
+    description: str
+    data: GovernedData | GovernedVersion | None
+    idempotency_key: str | None
+    now: float
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a reservation read from the ledger: the budgets and what each has spent."""
+
+    dataset_id: int
+    unit: PrivacyUnit
+    use: str
+    main: Any  # the dataset budget (the charge's own ε is stored at its δ)
+    budgets: list[Any]
+    terms: list[tuple[float, list[tuple[str, int]]]]
 
 
 class LedgerCharging(LedgerBase):
@@ -77,94 +116,162 @@ class LedgerCharging(LedgerBase):
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
             raise GovernanceError("idempotency keys are 1-128 characters")
         now = _now()
-        with self._write() as conn:
-            ds = self._dataset(conn, dataset)
-            policy = Policy.from_json(ds.policy_json)
-            use = purpose if purpose is not None else policy.purpose
-            if idempotency_key is not None:
-                old = conn.execute(
-                    sa.select(tbl.Charge).where(
-                        tbl.Charge.actor == self.actor,
-                        tbl.Charge.idempotency_key == idempotency_key,
-                    )
-                ).first()
-                if old is not None:
-                    if (
-                        old.events_json != ce.json
-                        or old.dataset_id != ds.id
-                        or old.description != description[:2000]
-                    ):
-                        raise GovernanceError(
-                            f"idempotency key {idempotency_key!r} was used for a different request"
-                        )
-                    return ChargeInfo.from_row(old, dataset, replayed=True)
-            if data is not None:
-                self._check_version(conn, ds, data, now)
-            unit = PrivacyUnit(ds.unit)
-            budgets = self._applicable_budgets(conn, ds.id, use)
-            if use != policy.purpose and not any(b.scope == "purpose" for b in budgets):
-                # purpose limitation: a free-text purpose would also slip past every purpose cap
-                raise PolicyViolation(
-                    f"purpose {use!r} is not declared for dataset {dataset!r}: use its policy's "
-                    f"purpose ({policy.purpose!r}) or one its owner gave a purpose budget"
+        req = _Request(dataset, ce, purpose, description[:2000], data, idempotency_key, now)
+        # Composing with dp-accounting can take seconds (a PLD of many non-Gaussian releases):
+        # it runs first on a read snapshot, outside the write lock, so one analyst's call never
+        # holds every other writer (an owner's deletion request) for that long. A refusal from
+        # the snapshot is final (it is what the ledger said a moment ago); an acceptance is
+        # decided again under the lock, where the memoised results are reused as long as the
+        # stored charges did not change meanwhile.
+        memo: dict[tuple[Any, ...], float] = {}
+        with read_transaction(self.engine) as conn:
+            self._check_authority(conn)
+            found = self._plan(conn, req)
+        if isinstance(found, ChargeInfo):
+            return found
+        plan = found
+        self._account(req, plan, memo, compute=True)
+        for attempt in range(_LOCKED_ATTEMPTS):
+            try:
+                with self._write() as conn:
+                    found = self._plan(conn, req)
+                    if isinstance(found, ChargeInfo):
+                        return found
+                    plan = found
+                    # the last attempt computes under the lock rather than retry for ever
+                    own = self._account(req, plan, memo, compute=attempt == _LOCKED_ATTEMPTS - 1)
+                    return self._insert(conn, req, plan, kind, own)
+            except _RecomputeError:  # nothing was written; compose the new state outside the lock
+                self._account(req, plan, memo, compute=True)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _plan(self, conn: Connection, req: _Request) -> _Plan | ChargeInfo:
+        """Everything a reservation checks on the ledger's rows, before any accounting: the
+        existing charge of a replayed idempotency key, or the budgets and their spent terms."""
+        ds = self._dataset(conn, req.dataset)
+        policy = Policy.from_json(ds.policy_json)
+        use = req.purpose if req.purpose is not None else policy.purpose
+        if req.idempotency_key is not None:
+            old = conn.execute(
+                sa.select(tbl.Charge).where(
+                    tbl.Charge.actor == self.actor,
+                    tbl.Charge.idempotency_key == req.idempotency_key,
                 )
-            dataset_budget = next((b for b in budgets if b.scope == "dataset"), None)
-            if dataset_budget is None:
-                raise PolicyViolation(f"dataset {dataset!r} has no budget; its owner must set one")
-            own = ce.epsilon(dataset_budget.delta, dataset_budget.accountant, unit)
-            for b in budgets:
-                rate, grouped = self._spent_terms(conn, ds.id, b, now)
-                new_grouped = list(grouped)
-                new_rate = rate
+            ).first()
+            if old is not None:
+                if (
+                    old.events_json != req.ce.json
+                    or old.dataset_id != ds.id
+                    or old.description != req.description
+                ):
+                    raise GovernanceError(
+                        f"idempotency key {req.idempotency_key!r} was used for a different request"
+                    )
+                return ChargeInfo.from_row(old, req.dataset, replayed=True)
+        if req.data is not None:
+            self._check_version(conn, ds, req.data, req.now)
+        budgets = self._applicable_budgets(conn, ds.id, use)
+        if use != policy.purpose and not any(b.scope == "purpose" for b in budgets):
+            # purpose limitation: a free-text purpose would also slip past every purpose cap
+            raise PolicyViolation(
+                f"purpose {use!r} is not declared for dataset {req.dataset!r}: use its policy's "
+                f"purpose ({policy.purpose!r}) or one its owner gave a purpose budget"
+            )
+        main = next((b for b in budgets if b.scope == "dataset"), None)
+        if main is None:
+            raise PolicyViolation(f"dataset {req.dataset!r} has no budget; its owner must set one")
+        terms = [self._spent_terms(conn, ds.id, b, req.now) for b in budgets]
+        return _Plan(int(ds.id), PrivacyUnit(ds.unit), use, main, budgets, terms)
+
+    def _account(
+        self, req: _Request, plan: _Plan, memo: dict[tuple[Any, ...], float], *, compute: bool
+    ) -> float:
+        """The charge's own ε at the dataset budget's δ, after checking every budget's cap.
+
+        Every ε comes from ``memo`` (keyed by exactly what it is computed from); a missing one
+        is computed when ``compute``, else :class:`_RecomputeError` is raised (under the lock: leave
+        it and compute outside). Raises :class:`~privrec.errors.BudgetExceededError`.
+        """
+        ce, unit = req.ce, plan.unit
+
+        def eps(key: tuple[Any, ...], fn: Callable[[], float]) -> float:
+            if key not in memo:
+                if not compute:
+                    raise _RecomputeError
+                memo[key] = fn()
+            return memo[key]
+
+        def composed(rate: float, grouped: tuple[tuple[str, int], ...], b: Any) -> float:
+            return eps(
+                ("composed", rate, grouped, b.delta, b.accountant),
+                lambda: composed_epsilon(rate, grouped, b.delta, b.accountant, unit),
+            )
+
+        def alone(b: Any) -> float:
+            return eps(
+                ("own", b.delta, b.accountant), lambda: ce.epsilon(b.delta, b.accountant, unit)
+            )
+
+        for b, (rate, grouped) in zip(plan.budgets, plan.terms, strict=True):
+            cap = b.epsilon * (1 + 1e-12)
+            own = alone(b)
+            if own <= cap:  # else doomed whatever was spent: no need to compose
+                new_rate, new_grouped = rate, tuple(grouped)
                 if ce.gaussian_rate is not None:
                     new_rate += ce.gaussian_rate
                 else:
-                    new_grouped.append((ce.json, 1))
-                after = composed_epsilon(new_rate, new_grouped, b.delta, b.accountant, unit)
-                if not after <= b.epsilon * (1 + 1e-12):
-                    before = composed_epsilon(rate, grouped, b.delta, b.accountant, unit)
-                    alone = (
-                        own
-                        if b.delta == dataset_budget.delta
-                        else ce.epsilon(b.delta, b.accountant, unit)
-                    )
-                    raise BudgetExceededError(
-                        self._scope_label(dataset, b),
-                        remaining=b.epsilon - before,
-                        requested=alone,
-                        cap=b.epsilon,
-                    )
-            cid = conn.execute(
-                sa.insert(tbl.Charge)
-                .values(
-                    dataset_id=ds.id,
-                    version_id=None if data is None else data.version_id,
-                    actor=self.actor,
-                    purpose=use,
-                    kind=kind[:32],
-                    description=description[:2000],
-                    events_json=ce.json,
-                    gaussian_rate=ce.gaussian_rate,
-                    epsilon=own,
-                    status="reserved",
-                    idempotency_key=idempotency_key,
-                    result_json=None,
-                    artifact_id=None,
-                    note="",
-                    created_at=now,
-                    updated_at=now,
-                )
-                .returning(tbl.Charge.id)
-            ).scalar_one()
-            self._log(
-                conn,
-                "charge.reserve",
-                {"dataset": dataset, "charge": cid, "purpose": use, "kind": kind, "epsilon": own},
-                {"charges": [cid]},
-                now,
+                    new_grouped += ((ce.json, 1),)
+                if composed(new_rate, new_grouped, b) <= cap:
+                    continue
+            raise BudgetExceededError(
+                self._scope_label(req.dataset, b),
+                remaining=b.epsilon - composed(rate, tuple(grouped), b),
+                requested=own,
+                cap=b.epsilon,
             )
-            row = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).one()
-        return ChargeInfo.from_row(row, dataset)
+        return alone(plan.main)
+
+    def _insert(
+        self, conn: Connection, req: _Request, plan: _Plan, kind: str, own: float
+    ) -> ChargeInfo:
+        ce, now = req.ce, req.now
+        cid = conn.execute(
+            sa.insert(tbl.Charge)
+            .values(
+                dataset_id=plan.dataset_id,
+                version_id=None if req.data is None else req.data.version_id,
+                actor=self.actor,
+                purpose=plan.use,
+                kind=kind[:32],
+                description=req.description,
+                events_json=ce.json,
+                gaussian_rate=ce.gaussian_rate,
+                epsilon=own,
+                status="reserved",
+                idempotency_key=req.idempotency_key,
+                result_json=None,
+                artifact_id=None,
+                note="",
+                created_at=now,
+                updated_at=now,
+            )
+            .returning(tbl.Charge.id)
+        ).scalar_one()
+        self._log(
+            conn,
+            "charge.reserve",
+            {
+                "dataset": req.dataset,
+                "charge": cid,
+                "purpose": plan.use,
+                "kind": kind,
+                "epsilon": own,
+            },
+            {"charges": [cid]},
+            now,
+        )
+        row = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).one()
+        return ChargeInfo.from_row(row, req.dataset)
 
     def _check_version(
         self, conn: Connection, ds: Any, data: GovernedData | GovernedVersion, now: float
@@ -224,7 +331,15 @@ class LedgerCharging(LedgerBase):
                 "again so retention applies"
             )
         oldest = report["oldest_kept_timestamp"]
-        if oldest is not None and float(oldest) < now - retention_days * 86400.0:
+        if oldest is None and not report.get("interactions_out"):
+            return  # the load kept nothing
+        # written so that a NaN, a missing value (NaN is stored as null) or text is stale too:
+        # `NaN < cutoff` is False, and such a version would never expire
+        if not (
+            isinstance(oldest, int | float)
+            and not isinstance(oldest, bool)
+            and oldest >= now - retention_days * 86400.0
+        ):
             raise StaleDataError(
                 f"this version of dataset {name!r} holds interactions older than its retention "
                 f"window ({retention_days:g} days) now: load it again so retention applies"

@@ -44,6 +44,7 @@ import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+import attrs
 import dp_accounting
 from dp_accounting import dp_event
 
@@ -57,7 +58,16 @@ from privrec.privacy.accounting import (
 from privrec.privacy.events import SpentEvent, event_from_dict, total_event
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["RDP_ONLY", "ChargeEvents", "check_event", "composed_epsilon", "event_key"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "MAX_RELEASES",
+    "RDP_ONLY",
+    "ChargeEvents",
+    "check_event",
+    "composed_epsilon",
+    "event_key",
+]
 
 #: The accountant value marking a charge whose events are proven only in RDP.
 RDP_ONLY = "rdp"
@@ -85,26 +95,64 @@ _ACCOUNTING_ERRORS = (
 
 
 def _refuse(where: str, why: str) -> GovernanceError:
+    if len(where) > 160:  # a deeply nested event: its start and end
+        where = f"{where[:100]} … {where[-50:]}"
     return GovernanceError(f"malformed privacy event at {where}: {why}; nothing was charged")
 
 
-def _real(value: Any, where: str, name: str) -> float:
-    """``value`` as a float if it is a real number (not a bool, not text), else refuse."""
+#: Limits on one charge's events. dp-accounting's cost grows with them (a PLD self-composed
+#: 10⁶ times takes ~30 s and ~1 GB; 10⁷ times, GBs; 10¹⁸, forever), and no real training
+#: comes near: they bound what one analyst's call can make the service compute.
+MAX_RELEASES = 10**6
+#: … nesting depth (privrec's own events nest a few levels; the check recurses)
+MAX_DEPTH = 32
+#: … and number of event records, over all of a charge's events
+MAX_NODES = 100_000
+
+
+def _real(value: Any, where: str, name: str) -> tuple[int | float, float]:
+    """``value`` as a plain Python number (``int`` stays ``int``; numpy scalars, ``Fraction``…
+    become ``float``) and as a float, if it is a real number (not a bool, not text), else refuse."""
     if isinstance(value, bool | str) or not isinstance(value, numbers.Real):
-        raise _refuse(where, f"{name} must be a number, found {value!r}")
-    return float(value)
+        raise _refuse(where, f"{name} must be a number, found {value!r:.80}")
+    try:
+        plain: int | float = int(value) if isinstance(value, numbers.Integral) else float(value)
+        return plain, float(plain)
+    except (OverflowError, ValueError, TypeError):
+        raise _refuse(where, f"{name} is not representable as a float") from None
 
 
-def _count(value: Any, where: str, name: str) -> int:
+def _size(value: Any, where: str, name: str) -> int:
     """``value`` as an int if it is a whole number ≥ 1 (not a bool, not 2.5), else refuse."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
-        raise _refuse(where, f"{name} must be a whole number ≥ 1, found {value!r}")
+        raise _refuse(where, f"{name} must be a whole number ≥ 1, found {value!r:.80}")
     return int(value)
 
 
-def check_event(event: Any, where: str = "event") -> None:
+def _count(value: Any, where: str, name: str) -> int:
+    """``value`` as an int if it is a whole number in [1, :data:`MAX_RELEASES`], else refuse."""
+    n = _size(value, where, name)
+    if n > MAX_RELEASES:
+        raise _refuse(where, f"{name} is above the limit of {MAX_RELEASES:,} (found {_big(n)})")
+    return n
+
+
+def _big(n: int) -> str:
+    """A whole number for a message, however large (``f"{10**400:g}"`` overflows)."""
+    return str(n) if n < 10**15 else f"about 10^{round((n.bit_length() - 1) * math.log10(2))}"
+
+
+class _Walk:
+    """What :func:`check_event` has seen so far (records, for :data:`MAX_NODES`)."""
+
+    def __init__(self, capped: bool) -> None:
+        self.capped = capped
+        self.nodes = 0
+
+
+def check_event(event: Any, where: str = "event", *, capped: bool = True) -> dp_accounting.DpEvent:
     """Refuse (:class:`~privrec.errors.GovernanceError`) an event whose parameters are not ones
-    dp-accounting accounts correctly.
+    dp-accounting accounts correctly; return it with plain Python numbers.
 
     Why: dp-accounting trusts its inputs, and several malformed events come back as a *small*
     ε rather than an error (a NaN Gaussian multiplier gives ε = 0; a negative or fractional
@@ -120,48 +168,82 @@ def check_event(event: Any, where: str = "event") -> None:
     * Poisson sampling probability: in (0, 1].
     * repeat-and-select: mean finite and > 0, shape ≥ 0 (``inf`` is the Poisson case).
     * no other event types than those :mod:`privrec.privacy.events` serialises.
+    * nesting at most :data:`MAX_DEPTH` deep; with ``capped`` (a new charge): at most
+      :data:`MAX_NODES` records and :data:`MAX_RELEASES` releases (self-composition counts
+      multiplied through the nesting) — a stored charge is composed again without them.
+
+    The returned event equals ``event`` with every parameter a plain ``int`` or ``float``
+    (numpy scalars and ``Fraction`` would fail later, when the charge is stored as JSON).
     """
+    out, releases = _check(event, where, 0, _Walk(capped))
+    if capped and releases > MAX_RELEASES:
+        raise _refuse(where, f"{_big(releases)} releases, above the limit of {MAX_RELEASES:,}")
+    return out
+
+
+def _check(event: Any, where: str, depth: int, walk: _Walk) -> tuple[dp_accounting.DpEvent, int]:
+    """:func:`check_event`'s recursion: the plain event and its number of releases."""
+    walk.nodes += 1
+    if walk.capped and walk.nodes > MAX_NODES:
+        raise _refuse(where, f"more than {MAX_NODES:,} event records")
+    if depth > MAX_DEPTH:
+        raise _refuse(where, f"events nested more than {MAX_DEPTH} deep")
+    evolve = attrs.evolve
     if isinstance(event, dp_accounting.GaussianDpEvent):
-        z = _real(event.noise_multiplier, where, "the Gaussian noise multiplier")
+        plain, z = _real(event.noise_multiplier, where, "the Gaussian noise multiplier")
         if math.isnan(z) or not z > 0 or (math.isfinite(z) and z * z == 0.0):
             raise _refuse(where, f"the Gaussian noise multiplier must be > 0, found {z!r}")
-    elif isinstance(event, dp_accounting.LaplaceDpEvent):
-        b = _real(event.noise_multiplier, where, "the Laplace parameter")
+        return evolve(event, noise_multiplier=plain), 1
+    if isinstance(event, dp_accounting.LaplaceDpEvent):
+        plain, b = _real(event.noise_multiplier, where, "the Laplace parameter")
         if not (math.isfinite(b) and b > 0):
             raise _refuse(where, f"the Laplace parameter must be finite and > 0, found {b!r}")
-    elif isinstance(event, dp_accounting.PoissonSampledDpEvent):
-        q = _real(event.sampling_probability, where, "the sampling probability")
+        return evolve(event, noise_multiplier=plain), 1
+    if isinstance(event, dp_accounting.PoissonSampledDpEvent):
+        plain, q = _real(event.sampling_probability, where, "the sampling probability")
         if not 0.0 < q <= 1.0:
             raise _refuse(where, f"the sampling probability must be in (0, 1], found {q!r}")
-        check_event(event.event, f"{where} > sampled")
-    elif isinstance(
+        inner, n = _check(event.event, f"{where} > sampled", depth + 1, walk)
+        return evolve(event, sampling_probability=plain, event=inner), n
+    if isinstance(
         event,
         dp_accounting.SampledWithoutReplacementDpEvent
         | dp_accounting.SampledWithReplacementDpEvent,
     ):
-        n = _count(event.source_dataset_size, where, "the population size")
-        m = _count(event.sample_size, where, "the sample size")
-        if isinstance(event, dp_accounting.SampledWithoutReplacementDpEvent) and m > n:
-            raise _refuse(where, f"a sample of {m} drawn without replacement from {n}")
-        check_event(event.event, f"{where} > sampled")
-    elif isinstance(event, dp_accounting.SelfComposedDpEvent):
-        _count(event.count, where, "the self-composition count")
-        check_event(event.event, f"{where} > repeated")
-    elif isinstance(event, dp_accounting.ComposedDpEvent):
+        pop = _size(event.source_dataset_size, where, "the population size")
+        m = _size(event.sample_size, where, "the sample size")
+        if isinstance(event, dp_accounting.SampledWithoutReplacementDpEvent) and m > pop:
+            raise _refuse(where, f"a sample of {m} drawn without replacement from {pop}")
+        inner, n = _check(event.event, f"{where} > sampled", depth + 1, walk)
+        return evolve(event, source_dataset_size=pop, sample_size=m, event=inner), n
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        count = _count(event.count, where, "the self-composition count")
+        inner, n = _check(event.event, f"{where} > repeated", depth + 1, walk)
+        total = count * n
+        if walk.capped and total > MAX_RELEASES:
+            raise _refuse(where, f"{_big(total)} releases, above the limit of {MAX_RELEASES:,}")
+        return evolve(event, event=inner, count=count), total
+    if isinstance(event, dp_accounting.ComposedDpEvent):
         if not isinstance(event.events, list | tuple):
             raise _refuse(where, "a composed event must hold a list of events")
+        parts, total = [], 0
         for i, e in enumerate(event.events):
-            check_event(e, f"{where} > part {i + 1}")
-    elif isinstance(event, dp_event.RepeatAndSelectDpEvent):
-        mean = _real(event.mean, where, "the mean number of repetitions")
-        shape = _real(event.shape, where, "the shape of the number of repetitions")
+            part, n = _check(e, f"{where} > part {i + 1}", depth + 1, walk)
+            parts.append(part)
+            total += n
+        return evolve(event, events=parts), total
+    if isinstance(event, dp_event.RepeatAndSelectDpEvent):
+        mean_plain, mean = _real(event.mean, where, "the mean number of repetitions")
+        shape_plain, shape = _real(event.shape, where, "the shape of the number of repetitions")
         if not (math.isfinite(mean) and mean > 0):
             raise _refuse(where, f"the mean number of repetitions must be > 0, found {mean!r}")
         if math.isnan(shape) or shape < 0:
             raise _refuse(where, f"the repetition shape must be ≥ 0, found {shape!r}")
-        check_event(event.event, f"{where} > repeated")
-    elif not isinstance(event, dp_accounting.NoOpDpEvent | dp_accounting.NonPrivateDpEvent):
-        raise _refuse(where, f"unsupported event type {type(event).__name__}")
+        inner, n = _check(event.event, f"{where} > repeated", depth + 1, walk)
+        return evolve(event, event=inner, mean=mean_plain, shape=shape_plain), n
+    if isinstance(event, dp_accounting.NoOpDpEvent | dp_accounting.NonPrivateDpEvent):
+        return event, 0
+    raise _refuse(where, f"unsupported event type {type(event).__name__}")
 
 
 def _has_infinite_gaussian(event: dp_accounting.DpEvent) -> bool:
@@ -180,6 +262,14 @@ def _accounted(what: str, compute: Callable[[], _T]) -> _T:
         return compute()
     except GovernanceError:
         raise
+    except MemoryError:
+        raise GovernanceError(
+            f"dp-accounting ran out of memory accounting {what}: nothing was charged"
+        ) from None
+    except RecursionError:
+        raise GovernanceError(
+            f"{what} are nested too deeply to account: nothing was charged"
+        ) from None
     except (PrivrecError, *_ACCOUNTING_ERRORS) as exc:
         raise GovernanceError(
             f"dp-accounting cannot account {what}: {type(exc).__name__}: {exc}"[:500]
@@ -228,11 +318,11 @@ class ChargeEvents:
         if isinstance(spent, str | bytes) or not isinstance(spent, Sequence):
             raise GovernanceError("a charge's events are a list of spent events")
         marked = any(isinstance(s, dict) and s.get("accountant") == RDP_ONLY for s in spent)
-        items = [_spent(s, i) for i, s in enumerate(spent)]
+        if len(spent) > MAX_NODES:
+            raise _refuse("a charge's events", f"more than {MAX_NODES:,} events")
+        items = _checked([_spent(s, i) for i, s in enumerate(spent)])
         if not items:
             raise GovernanceError("a charge needs at least one event")
-        for i, item in enumerate(items):
-            check_event(item.event, f"event {i + 1} ({item.label!r})")
         self.spent = items
         self.event = total_event(items)
         #: whether the events are proven only in RDP (composed with RDP, never as Gaussians):
@@ -277,6 +367,22 @@ class ChargeEvents:
         return _finite_epsilon(eps, "this charge")
 
 
+def _checked(items: list[SpentEvent]) -> list[SpentEvent]:
+    """``items`` checked by :func:`check_event` (limits counted over all of them), with plain
+    numbers and text labels."""
+    walk, total, out = _Walk(capped=True), 0, []
+    for i, item in enumerate(items):
+        label = str(item.label)
+        event, n = _check(item.event, f"event {i + 1} ({label[:80]!r})", 0, walk)
+        total += n
+        if total > MAX_RELEASES:
+            raise _refuse(
+                "a charge's events", f"more releases in all than the limit of {MAX_RELEASES:,}"
+            )
+        out.append(SpentEvent(label, event))
+    return out
+
+
 def _spent(item: Any, i: int) -> SpentEvent:
     """A :class:`SpentEvent` from one item of a charge (a ``SpentEvent`` or its dict form)."""
     if isinstance(item, SpentEvent):
@@ -309,8 +415,8 @@ def _event_of_json(text: str) -> tuple[dp_accounting.DpEvent, bool]:
         return event, any(d.get("accountant") == RDP_ONLY for d in items)
 
     event, rdp_only = _accounted("a stored charge's events", decode)
-    check_event(event, "a stored charge")
-    return event, rdp_only
+    # without the size limits: a charge stored before them must not block its whole dataset
+    return check_event(event, "a stored charge", capped=False), rdp_only
 
 
 def composed_epsilon(

@@ -236,8 +236,9 @@ class PolicyReport(_Strict):
     #: charge on this version is refused once the file changed (e.g. someone withdrew)
     consent_file_sha256: str | None = None
     #: under ``retention_days``: the timestamp of the oldest interaction kept (``None`` when
-    #: none was). Retention is applied at load; a charge on this version is refused once the
-    #: window has passed this interaction, so a version cannot outlive the policy's retention
+    #: none was). Retention is applied at load (with :func:`retention_grace` to spare); a
+    #: charge on this version is refused once the window has passed this interaction, so a
+    #: version cannot outlive the policy's retention
     oldest_kept_timestamp: float | None = None
 
     def step(self, name: str) -> PolicyStep:
@@ -256,17 +257,24 @@ def consent_file_digest(path: str | Path) -> str:
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError as exc:
-        raise PolicyViolation(f"the consent file {str(path)!r} cannot be read: {exc}") from None
+        # the file name only, and the reason without the path: the message reaches analysts
+        why = exc.strerror or type(exc).__name__
+        raise PolicyViolation(
+            f"the consent file {Path(path).name!r} cannot be read: {why}"
+        ) from None
 
 
 def read_consents(path: str | Path) -> list[tuple[str, bool]]:
     """Consent records from a CSV with columns ``user`` and ``consent`` (true/false, granted/revoked…).
 
-    Later lines win over earlier ones for the same user. Problems name the file and line.
+    Later lines win over earlier ones for the same user. Problems name the file (its name, not
+    its directory) and the line, never what the line holds (a person's id): the messages reach
+    analysts, through a load or a charge.
     """
     path = Path(path)
+    name = path.name
     if not path.is_file():
-        raise DataError("consent file not found", file=path)
+        raise DataError("consent file not found", file=name)
     out: list[tuple[str, bool]] = []
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -275,33 +283,61 @@ def read_consents(path: str | Path) -> list[tuple[str, bool]]:
             if "user" not in header or "consent" not in header:
                 raise DataError(
                     "missing column",
-                    file=path,
+                    file=name,
                     line=1,
                     expected="a header with 'user' and 'consent'",
-                    found=header,
                 )
             iu, ic = header.index("user"), header.index("consent")
             for lineno, row in enumerate(reader, start=2):
                 if not row or all(not c.strip() for c in row):
                     continue
                 if len(row) <= max(iu, ic) or not row[iu].strip():
-                    raise DataError(
-                        "missing field", file=path, line=lineno, field="user", found=row
-                    )
+                    raise DataError("missing field", file=name, line=lineno, field="user")
                 flag = row[ic].strip().lower()
                 if flag not in _TRUE | _FALSE:
                     raise DataError(
                         "unreadable consent value",
-                        file=path,
+                        file=name,
                         line=lineno,
                         field="consent",
                         expected="true/false (or granted/revoked)",
-                        found=row[ic],
                     )
                 out.append((row[iu].strip(), flag in _TRUE))
-    except UnicodeDecodeError as exc:
-        raise DataError("consent file is not UTF-8 text", file=path, found=str(exc)) from None
+    except UnicodeDecodeError:
+        raise DataError("consent file is not UTF-8 text", file=name) from None
     return out
+
+
+#: How far after the load a timestamp may lie (clocks differ) before the data are refused.
+FUTURE_SLACK = 86400.0
+
+
+def retention_grace(retention_days: float) -> float:
+    """Seconds a load under ``retention_days`` drops beyond the window: 1 % of it, at most an hour.
+
+    Why: retention is applied at load, and a version is refused (stale) once the window passes
+    its oldest kept interaction. Cut exactly at the window, data with a steady stream of
+    timestamps would have an interaction expire seconds after every load, so every charge would
+    be refused and reload. Dropping slightly more than the policy asks (privacy-conservative)
+    keeps a version valid for at least this long.
+    """
+    return min(3600.0, 0.01 * retention_days * 86400.0)
+
+
+def _refuse_future(ts: np.ndarray, now: float) -> None:
+    """Refuse timestamps more than :data:`FUTURE_SLACK` after ``now`` (a retention bypass:
+    milliseconds read as seconds lie far in the future, so a 400-day-old interaction is kept)."""
+    ahead = ts > now + FUTURE_SLACK
+    if ahead.any():
+        hint = (
+            " (they look like milliseconds: give Unix time in seconds)"
+            if float(ts[ahead].max()) > now * 100
+            else ""
+        )
+        raise DataError(
+            f"{int(ahead.sum())} interaction(s) have a timestamp more than a day in the future, "
+            f"which a retention window would never drop{hint}"
+        )
 
 
 def _step(step: str, reason: str, users: int, interactions: int) -> PolicyStep:
@@ -350,12 +386,21 @@ def apply_policy(
     row_of = np.repeat(np.arange(n_users), np.diff(m.indptr))
     keep = keep_user[row_of]
     ts = None if data.timestamps is None else np.asarray(data.timestamps, dtype=np.float64)
+    uses_ts = policy.retention_days is not None or policy.max_interactions_per_user is not None
+    if ts is not None and uses_ts and not np.isfinite(ts).all():
+        # NaN compares false with every cutoff: it would be kept and never expire
+        bad = int((~np.isfinite(ts)).sum())
+        raise DataError(f"{bad} interaction(s) have a timestamp that is not a finite number")
     if policy.retention_days is not None:
         if ts is None:
             raise PolicyViolation(
                 "the policy sets retention_days but the data have no timestamps to apply it to"
             )
-        old = keep & (ts < now - policy.retention_days * 86400.0)
+        _refuse_future(ts, now)
+        # drop `grace` seconds more than the window, so that the version stays valid (its
+        # oldest kept interaction inside the window) for at least that long after the load
+        cutoff = now - policy.retention_days * 86400.0 + retention_grace(policy.retention_days)
+        old = keep & ~(ts >= cutoff)
         steps.append(
             _step(
                 "retention",

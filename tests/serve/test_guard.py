@@ -4,14 +4,17 @@
   the table itself stays bounded and O(1) per request.
 * One key is one rate-limit bucket: whitespace around it (``\\xa0`` and ``\\x85`` pass HTTP as
   obs-text and ``str.strip`` removes them) is refused, not a fresh bucket.
-* Wrong secrets against a real key id cost at most a burst of scrypt hashes, and do not lock
-  out a holder already known to the process.
+* Wrong secrets cost a bounded amount of scrypt work for the whole process (a global budget,
+  at most two hashes at once), never a per-id lockout: spraying a real key id does not lock
+  its holder out. An unknown or revoked id costs the same hash as a real one (no timing oracle).
 * Refused model files are listed without the server's paths.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,19 @@ import pytest
 from fastapi.testclient import TestClient
 
 from privrec.errors import AuthenticationError
+from privrec.governance import Ledger
+from privrec.governance.auth import SCRYPT_N, SCRYPT_P, SCRYPT_R
 from privrec.serve import guard
 from privrec.serve.app import create_app
 from privrec.serve.demo import DemoWorld
-from privrec.serve.guard import FAILURE_BURST, RateLimiter, key_ident, well_formed
+from privrec.serve.guard import (
+    HASH_CONCURRENCY,
+    AuthThrottledError,
+    KeyCache,
+    RateLimiter,
+    key_ident,
+    well_formed,
+)
 
 from .conftest import Analyst, LiveServer, auth, settings_for
 
@@ -111,42 +123,138 @@ def test_one_key_is_one_bucket_whitespace_variants_are_refused(
             key_ident(key + pad)
 
 
-def test_wrong_secrets_against_a_real_key_id_cost_at_most_a_burst_of_scrypt(
-    world: DemoWorld, fresh_analyst: Analyst, monkeypatch: pytest.MonkeyPatch
+def _wrong(key_id: str) -> str:
+    return f"prk_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def test_wrong_secrets_sprayed_at_a_key_id_do_not_lock_its_holder_out(
+    world: DemoWorld, fresh_analyst: Analyst
 ) -> None:
-    import privrec.governance.ledger as ledger_module
-
-    hashed = []
-    real = ledger_module.verify_secret
-
-    def counting(*args: Any) -> bool:
-        hashed.append(1)
-        return bool(real(*args))
-
-    monkeypatch.setattr(ledger_module, "verify_secret", counting)
+    """A key id is not secret: spraying wrong secrets at it (well past what the old per-id limit
+    allowed, and on while the holder signs in) must not lock the real key out — not even for a
+    holder this process has never verified (after a restart, in another worker)."""
     key_id = fresh_analyst.key.split("_")[1]
     # key_ttl=0: every request verifies again, so the holder is checked during the attack too
     with TestClient(create_app(settings_for(world, rate_limit=0, key_ttl=0.0))) as c:
-        assert c.get("/v1/me", headers=fresh_analyst.headers).status_code == 200
-        hashed.clear()
-        codes = []
-        for _ in range(3 * FAILURE_BURST):
-            wrong = f"prk_{key_id}_{secrets.token_urlsafe(32)}"
-            codes.append(c.get("/v1/me", headers={"X-API-Key": wrong}).status_code)
-        assert codes[:FAILURE_BURST] == [401] * FAILURE_BURST
-        assert set(codes[FAILURE_BURST:]) == {429}
-        assert len(hashed) <= FAILURE_BURST + 1  # the throttled ones were never hashed
-        r = c.get("/v1/me", headers={"X-API-Key": f"prk_{key_id}_{secrets.token_urlsafe(32)}"})
-        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
-        assert r.json()["error"]["code"] == "rate_limited"
-        # the holder, known to this process, is not locked out by the attack on their id
-        assert c.get("/v1/me", headers=fresh_analyst.headers).status_code == 200
-        r = c.post(
-            "/v1/datasets/ratings/queries/top-k",
-            headers=fresh_analyst.headers,
-            json={"epsilon": 0.05, "k": 3, "purpose": "analytics"},
-        )
-        assert r.status_code == 200, r.text
+        keys = c.app.state.ctx.keys  # type: ignore[attr-defined]
+        codes = [
+            c.get("/v1/me", headers={"X-API-Key": _wrong(key_id)}).status_code for _ in range(30)
+        ]
+        assert set(codes) == {401}
+        stop = threading.Event()
+
+        def spray() -> None:  # the attacker keeps going, at 2 requests a second
+            while not stop.wait(0.5):
+                codes.append(c.get("/v1/me", headers={"X-API-Key": _wrong(key_id)}).status_code)
+
+        attacker = threading.Thread(target=spray, daemon=True)
+        attacker.start()
+        try:
+            for _ in range(4):
+                keys._good.clear()  # as in a fresh process: the holder is not known yet
+                r = c.get("/v1/me", headers=fresh_analyst.headers)
+                assert r.status_code == 200, r.text
+                time.sleep(0.6)
+            r = c.post(
+                "/v1/datasets/ratings/queries/top-k",
+                headers=fresh_analyst.headers,
+                json={"epsilon": 0.05, "k": 3, "purpose": "analytics"},
+            )
+            assert r.status_code == 200, r.text
+        finally:
+            stop.set()
+            attacker.join(10)
+        assert len(codes) > 32 and set(codes) == {401}
+
+
+class _Scrypt:
+    """Counts scrypt hashes (and their parameters, and how many ran at once)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, delay: float = 0.0) -> None:
+        self.calls: list[tuple[int, int, int]] = []
+        self.running = 0
+        self.most = 0
+        self._lock = threading.Lock()
+        self._real = hashlib.scrypt
+        self.delay = delay
+        monkeypatch.setattr(hashlib, "scrypt", self)
+
+    def __call__(self, password: bytes, *, salt: bytes, n: int, r: int, p: int, **kw: Any) -> bytes:
+        with self._lock:
+            self.calls.append((n, r, p))
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(self.delay)
+            return self._real(password, salt=salt, n=n, r=r, p=p, **kw)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_unknown_revoked_and_real_key_ids_cost_the_same_hash(
+    world: DemoWorld, fresh_analyst: Analyst, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether a key id exists must not show in the time of the 401: an unknown or revoked id
+    costs one scrypt hash of the ledger's parameters, as a wrong secret for a real id does."""
+    owner = Ledger.connect(world.url, world.keys["olga"])
+    revoked = owner.create_key(f"r{secrets.token_hex(4)}", "analyst")
+    owner.revoke_key(revoked.split("_")[1])
+    scrypt = _Scrypt(monkeypatch)
+    keys = KeyCache(world.url, ttl=0.0)
+    stored = (SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    for presented in (
+        _wrong(secrets.token_hex(6)),  # an id that does not exist
+        _wrong(fresh_analyst.key.split("_")[1]),  # a real id, a wrong secret
+        revoked,  # a revoked key, its right secret
+        _wrong(revoked.split("_")[1]),
+    ):
+        scrypt.calls.clear()
+        with pytest.raises(AuthenticationError) as info:
+            keys.principal(presented)
+        assert str(info.value) == "unknown or revoked API key"
+        assert scrypt.calls == [stored], presented
+    scrypt.calls.clear()
+    assert keys.principal(fresh_analyst.key).name == fresh_analyst.name
+    assert len(scrypt.calls) <= 1
+
+
+def test_failed_verifications_are_bounded_for_the_whole_process(
+    world: DemoWorld, fresh_analyst: Analyst, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wrong secrets (any id, known or not) draw on one budget and at most HASH_CONCURRENCY
+    hashes run at once; past the budget every id gets the same 429 without a hash, and a
+    holder this process already verified still gets in."""
+    keys = KeyCache(world.url, ttl=0.0)
+    assert keys.principal(fresh_analyst.key).name == fresh_analyst.name  # known from now on
+    keys.failures = RateLimiter(rate=1e-6, burst=6)  # no refill during the test
+    scrypt = _Scrypt(monkeypatch, delay=0.05)
+    ids = [fresh_analyst.key.split("_")[1], secrets.token_hex(6)]
+    outcomes: list[str] = []
+
+    def attack(i: int) -> None:
+        for j in range(6):
+            try:
+                keys.principal(_wrong(ids[(i + j) % 2]))
+            except AuthThrottledError:
+                outcomes.append("throttled")
+            except AuthenticationError:
+                outcomes.append("refused")
+
+    threads = [threading.Thread(target=attack, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == ["refused"] * 6 + ["throttled"] * 24
+    assert len(scrypt.calls) == 6  # the budget, not one hash per request
+    assert scrypt.most <= HASH_CONCURRENCY
+    for key_id in ids:  # once spent, the same answer whatever the id
+        with pytest.raises(AuthThrottledError):
+            keys.principal(_wrong(key_id))
+    scrypt.calls.clear()
+    assert keys.principal(fresh_analyst.key).name == fresh_analyst.name
+    assert scrypt.calls == []
 
 
 def test_refused_model_files_are_listed_without_server_paths(

@@ -181,7 +181,7 @@ def _governance_checks_retention() -> bool:
 def test_interactions_past_retention_leave_the_served_counts(tmp_path: Path) -> None:
     now = int(time.time())
     lines = [f"{u}\t1\t5\t{now}\n" for u in range(1, 61)]
-    lines += [f"{u}\t2\t5\t{now + 10**6}\n" for u in range(1, 4)]  # kept: in the future
+    lines += [f"{u}\t2\t5\t{now + 3600}\n" for u in range(1, 4)]  # kept: an hour ahead
     w = small_world(
         tmp_path,
         policy={"retention_days": 3 / 86400},

@@ -40,7 +40,15 @@ from privrec.errors import (
 )
 from privrec.governance.db import resolve_url
 from privrec.serve.dashboard import ViewCache
-from privrec.serve.datasets import DatasetSpec, ServedDataset
+from privrec.serve.datasets import (
+    UNAVAILABLE,
+    DatasetSpec,
+    DatasetUnavailableError,
+    ServedDataset,
+    log_detail,
+    names_server_files,
+    public_text,
+)
 from privrec.serve.guard import (
     AccessLog,
     AuthThrottledError,
@@ -188,7 +196,15 @@ def api_error_response(exc: ApiError) -> JSONResponse:
 
 
 def library_error_response(exc: PrivrecError) -> JSONResponse:
-    """The JSON answer to a library error: its status and code, and budget figures if refused."""
+    """The JSON answer to a library error: its status and code, and budget figures if refused.
+
+    No server path and no value found in a file reaches the caller: errors the server's own
+    configuration caused are a fixed 503 (detail in the service log), and every other message
+    keeps base names at most (:func:`~privrec.serve.datasets.public_text`).
+    """
+    unavailable = _server_side_response(exc)
+    if unavailable is not None:
+        return unavailable
     status, code = _status_of(exc)
     extra: dict[str, Any] = {}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -203,8 +219,24 @@ def library_error_response(exc: PrivrecError) -> JSONResponse:
             "cap_epsilon": exc.cap,
         }
     # names that were not found come from the caller: answered with a fixed text, not echoed
-    message = _NOT_FOUND.get(code, str(exc))
+    message = _NOT_FOUND.get(code, public_text(exc))
     return _json(status, error_body(status, code, message, **extra), headers)
+
+
+def _server_side_response(exc: PrivrecError) -> JSONResponse | None:
+    """A fixed 503 for an error the server's configuration caused (the ledger, the dataset's
+    files, anything naming a server file), with the detail in the service log only; ``None``
+    for an error about the request."""
+    if isinstance(exc, DatasetUnavailableError):
+        log.warning("dataset %r unavailable: %s", exc.dataset, log_detail(exc.cause))
+        return _json(503, error_body(503, "dataset_unavailable", UNAVAILABLE))
+    if isinstance(exc, LedgerSchemaError):
+        log.warning("ledger unavailable: %s", log_detail(exc))
+        return _json(503, error_body(503, "ledger_unavailable", _LEDGER_UNAVAILABLE))
+    if names_server_files(exc):
+        log.warning("unavailable: %s", log_detail(exc))
+        return _json(503, error_body(503, "server_unavailable", _SERVER_UNAVAILABLE))
+    return None
 
 
 def _where(error: Any) -> str:
@@ -215,6 +247,9 @@ def _where(error: Any) -> str:
         loc[-1] = "(an unknown field)"
     return ".".join(loc)
 
+
+_LEDGER_UNAVAILABLE = "the ledger is unavailable: the server's configuration needs attention"
+_SERVER_UNAVAILABLE = "unavailable: the server's configuration needs attention"
 
 _NOT_FOUND = {
     "unknown_model": "no model of that name is served here",

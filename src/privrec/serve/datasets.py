@@ -10,6 +10,7 @@ with ``--data NAME=FILE``::
     max_per_user = 32             # B: contribution bound of count queries (user unit)
     max_items_per_query = 1000
     items = "catalogue.txt"       # optional: the public item catalogue, one id per line
+    timestamp_column = "time"     # csv/tsv/parquet: the column of Unix times or ISO dates
 
     [datasets.ratings.segments]   # optional: a per-user table of declared segment columns
     file = "users.csv"            # CSV with a header; the user id column is "user"
@@ -34,11 +35,21 @@ retention, minimisation): :meth:`ServedDataset.view` loads the file through
 refuses a charge against a version older than the latest deletion, consent or policy change, or
 whose oldest kept interaction the retention window has since passed
 (:class:`~privrec.errors.StaleDataError`), so the view is reloaded then — and only then.
+
+A retention window needs timestamps: formats that carry them (MovieLens, MovieTweetings) keep
+them; a CSV, TSV or Parquet file has them only when ``timestamp_column`` names the column.
+
+Errors the server's own configuration causes — a consent file that is missing or malformed, a
+policy the data cannot satisfy (retention without timestamps), anything naming a server file —
+are not the analyst's to see: they become :class:`DatasetUnavailableError` (503, a fixed text),
+and the detail goes to the service log only, without values found in the files
+(:func:`log_detail`).
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import threading
 import tomllib
 from dataclasses import dataclass
@@ -50,11 +61,112 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ServeConfigError, UnknownItemError
+from privrec.errors import (
+    AuthenticationError,
+    BudgetExceededError,
+    ConfigError,
+    DataError,
+    LedgerSchemaError,
+    PermissionDeniedError,
+    PrivrecError,
+    ServeConfigError,
+    UnknownDatasetError,
+    UnknownItemError,
+)
 from privrec.governance.policy import Policy
 from privrec.governance.records import GovernedData
 
-__all__ = ["DatasetSpec", "SegmentSpec", "ServedDataset", "View", "load_dataset_specs"]
+__all__ = [
+    "UNAVAILABLE",
+    "DatasetSpec",
+    "DatasetUnavailableError",
+    "SegmentSpec",
+    "ServedDataset",
+    "View",
+    "load_dataset_specs",
+    "log_detail",
+    "names_server_files",
+    "public_text",
+]
+
+#: what a caller is told when the server's configuration keeps a dataset from being answered
+UNAVAILABLE = "dataset unavailable: the server's configuration needs attention"
+
+#: a quoted filesystem path in an error message (absolute, home- or dot-relative, Windows)
+_QUOTED_PATH = re.compile(r"""(['"])((?:/|~[/\\]|\.{1,2}[/\\]|[A-Za-z]:[/\\])[^'"]*)\1""")
+
+
+class DatasetUnavailableError(PrivrecError):
+    """A query the server cannot answer because of its own configuration (the policy's consent
+    file, the data file, a policy the data cannot satisfy): answered 503 with a fixed text; the
+    cause is logged for the operator (:func:`log_detail`), never sent to the caller.
+
+    Parameters
+    ----------
+    dataset
+        The dataset's name (as the caller asked for it).
+    cause
+        The library error behind it.
+    """
+
+    def __init__(self, dataset: str, cause: BaseException) -> None:
+        self.dataset = dataset
+        self.cause = cause
+        super().__init__(UNAVAILABLE)
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (type(self), (self.dataset, self.cause))
+
+
+#: refusals that concern the caller, not the server: passed on as they are
+_CALLERS = (
+    AuthenticationError,
+    PermissionDeniedError,
+    BudgetExceededError,
+    UnknownDatasetError,
+    LedgerSchemaError,
+)
+
+
+def names_server_files(exc: BaseException) -> bool:
+    """Whether an error is about a file on the server (a caller of the API names no file)."""
+    if isinstance(exc, DataError) and exc.file is not None:
+        return True
+    text = str(exc)
+    return "[Errno" in text or _QUOTED_PATH.search(text) is not None
+
+
+def server_side(dataset: str, exc: PrivrecError) -> PrivrecError:
+    """``exc`` as the caller may see it: a :class:`DatasetUnavailableError` if the server's
+    configuration caused it (it names a server file), else ``exc`` itself."""
+    if isinstance(exc, DatasetUnavailableError) or not names_server_files(exc):
+        return exc
+    return DatasetUnavailableError(dataset, exc)
+
+
+def _without_values(exc: DataError, file: str | None) -> str:
+    return str(
+        DataError(exc.message, file=file, line=exc.line, field=exc.field, expected=exc.expected)
+    )
+
+
+def log_detail(exc: BaseException) -> str:
+    """An error for the service log: type, file, line, field — never a value found in a file
+    (a malformed consent row is a person's id)."""
+    text = _without_values(exc, exc.file) if isinstance(exc, DataError) else str(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+def public_text(exc: BaseException) -> str:
+    """An error's message with no server path (base names at most) and no value found in a file."""
+    if isinstance(exc, DataError):
+        return _without_values(exc, None if exc.file is None else _base(exc.file))
+    return _QUOTED_PATH.sub(lambda m: m.group(1) + _base(m.group(2)) + m.group(1), str(exc))
+
+
+def _base(path: str) -> str:
+    """A path's last part, whichever separator it uses."""
+    return re.split(r"[\\/]+", path.rstrip("/\\"))[-1]
 
 
 class _Strict(pydantic.BaseModel):
@@ -83,6 +195,8 @@ class DatasetSpec(_Strict):
     max_per_user: int = pydantic.Field(default=32, ge=2, le=10_000)
     max_items_per_query: int = pydantic.Field(default=1000, ge=2, le=100_000)
     items: Path | None = None
+    #: CSV/TSV/Parquet: the column of Unix times or ISO 8601 dates (retention windows need it)
+    timestamp_column: str | None = pydantic.Field(default=None, min_length=1, max_length=256)
     segments: SegmentSpec | None = None
 
 
@@ -153,7 +267,16 @@ class ServedDataset:
         self.spec = spec
         if not spec.file.exists():
             raise ServeConfigError(f"dataset {name!r}: data file {str(spec.file)!r} not found")
-        self.raw: Interactions = load(spec.file, format=spec.format)
+        options = {} if spec.timestamp_column is None else {"timestamp_col": spec.timestamp_column}
+        try:
+            self.raw: Interactions = load(spec.file, format=spec.format, **options)
+        except ConfigError as exc:
+            if spec.timestamp_column is None or isinstance(exc, ServeConfigError):
+                raise
+            raise ServeConfigError(
+                f"dataset {name!r}: timestamp_column is for csv, tsv and parquet files (other "
+                "formats keep the timestamps they have)"
+            ) from None
         # The catalogue: the declared one, or the item ids of the file, assumed public then
         self.catalogue = (
             np.asarray(self.raw.item_ids)
@@ -296,7 +419,14 @@ class ServedDataset:
         """
         with self._lock:
             if self._view is None or (stale is not None and self._view is stale):
-                governed = ledger.load(self.name, self.raw)
+                try:
+                    governed = ledger.load(self.name, self.raw)
+                except _CALLERS:
+                    raise
+                except PrivrecError as exc:
+                    # the policy's files or the data (consent file missing or malformed, a
+                    # retention window on data without timestamps): the server's to fix
+                    raise DatasetUnavailableError(self.name, exc) from exc
                 self._view = self._index(governed)
             return self._view
 

@@ -14,8 +14,13 @@
   bucket with wrong secrets, and one key has exactly one bucket. The table is bounded and O(1)
   per request (idle buckets are forgotten once full again; least recently used ones past the
   cap).
-* **Failed verifications** are limited per key id (:class:`KeyCache`), so wrong secrets sprayed
-  at a known id cannot make the service compute scrypt hashes without end.
+* **Key verification** (:class:`KeyCache`) is bounded globally, never per key id: at most
+  :data:`HASH_CONCURRENCY` scrypt hashes at once, and failed verifications draw on one token
+  bucket for the whole process (:data:`FAILURE_BURST`, then :data:`FAILURE_RATE` per second), so
+  wrong secrets cannot make the service hash without end, yet an attacker who knows a key's id
+  cannot lock its holder out by spraying it. An unknown or revoked key id costs the same scrypt
+  hash as a wrong secret for a real one (a dummy of the same parameters), so whether an id
+  exists does not show in the time of the answer.
 * **Body limits**: a request whose body exceeds the route's limit is refused with 413 before
   it is read whole (by ``Content-Length``, and by counting when it is streamed).
 * **The access log** names the method, the route *template*, the status and the time — never
@@ -27,9 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import re
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -37,12 +44,19 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from privrec.errors import AuthenticationError
+import sqlalchemy as sa
+
+from privrec.errors import AuthenticationError, PrivrecError
 from privrec.governance import Ledger
+from privrec.governance import auth as _auth
+from privrec.governance import schema as _tbl
 from privrec.governance.auth import Principal, parse_key
-from privrec.governance.db import create_ledger_engine
+from privrec.governance.db import create_ledger_engine, read_transaction, require_existing
 
 __all__ = [
+    "FAILURE_BURST",
+    "FAILURE_RATE",
+    "HASH_CONCURRENCY",
     "AccessLog",
     "AuthThrottledError",
     "BodyLimit",
@@ -73,10 +87,14 @@ def error_body(status: int, code: str, message: str, **extra: Any) -> dict[str, 
 #: ``key\xa0`` the same key as ``key`` but a different rate-limit identity).
 _KEY_SHAPE = re.compile(r"prk_[0-9A-Za-z]{12}_[0-9A-Za-z_-]{1,256}")
 
-#: Failed verifications allowed per key id: a burst of this many, then one per
-#: ``1 / FAILURE_RATE`` seconds (each failure against a real key id costs one scrypt hash).
-FAILURE_BURST = 10
-FAILURE_RATE = 0.5
+#: Failed key verifications allowed per process, whatever the key id: a burst of this many, then
+#: ``FAILURE_RATE`` per second (each costs one scrypt hash, ~50 ms of one core). Past that, keys
+#: this process has not verified before are answered 429 without hashing, whatever their id.
+FAILURE_BURST = 40
+FAILURE_RATE = 4.0
+#: scrypt hashes computed at once (the rest wait up to ``HASH_WAIT`` seconds, then 429)
+HASH_CONCURRENCY = 2
+HASH_WAIT = 10.0
 
 
 def well_formed(key: str) -> bool:
@@ -96,17 +114,18 @@ def check_key(key: str) -> tuple[str, str]:
 
 
 class AuthThrottledError(AuthenticationError):
-    """Too many failed verifications for one key id: refused (429) without hashing the secret.
+    """The process's budget of failed key verifications is spent (or its scrypt slots stayed
+    busy): refused (429) without hashing the secret, whatever the key id.
 
     Parameters
     ----------
     retry_after
-        Seconds until the next attempt for that key id is allowed.
+        Seconds until the budget allows the next attempt.
     """
 
     def __init__(self, retry_after: float) -> None:
         self.retry_after = retry_after
-        super().__init__("too many failed attempts with this key id; try again later")
+        super().__init__("too many failed key verifications on this server; try again later")
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
         return (type(self), (self.retry_after,))
@@ -121,12 +140,25 @@ class _Entry:
 class KeyCache:
     """Verified keys (by SHA-256 of the key, never the key itself) for ``ttl`` seconds.
 
-    Verifying a key whose id exists costs one scrypt hash (tens of milliseconds, by design).
-    Someone who knows a key's (non-secret) id could otherwise make the service hash random
-    secrets without end, so failed verifications are limited per key id
-    (:data:`FAILURE_BURST`, then :data:`FAILURE_RATE` per second) in a bounded table. A key that
-    verified before in this process (remembered by digest, bounded) is never throttled: an
-    attacker spraying wrong secrets at an id does not lock its holder out once they are known.
+    Verifying a key costs one scrypt hash (tens of milliseconds, by design). The work is bounded
+    for the whole process, never per key id — a per-id limit lets anyone who knows an id (it is
+    not secret) lock its holder out by spraying wrong secrets at it:
+
+    * at most :data:`HASH_CONCURRENCY` hashes run at once;
+    * failed verifications draw on one token bucket (:data:`FAILURE_BURST`, then
+      :data:`FAILURE_RATE` per second; a success gives its token back). When it is empty, a key
+      this process has not verified before is refused (429) without hashing — the same answer
+      for every id, so it tells nothing about any key. Only a flood above that rate from the
+      whole internet does this, and it slows every new sign-in alike (a front proxy's job);
+    * a key that verified before in this process (remembered by digest, bounded) needs no
+      token and no hash (the ledger remembers it too), so holders already signed in pass even
+      then.
+
+    An unknown or revoked key id would answer without a hash, and so faster than a wrong secret
+    for a real id — a timing oracle for which ids exist. So before the ledger checks a key, a
+    cheap query asks whether its id is active; if not, a dummy scrypt hash of the same
+    parameters is computed (under the same budget), and the ledger then refuses the key as it
+    would have: both answers cost one hash and the same database reads.
     """
 
     def __init__(self, url: str, ttl: float = 5.0, max_entries: int = 4096) -> None:
@@ -135,9 +167,13 @@ class KeyCache:
         self.max_entries = max_entries
         self._lock = threading.Lock()
         self._entries: dict[bytes, _Entry] = {}
-        #: digests of keys that verified at least once (LRU): exempt from the failure limit
+        #: digests of keys that verified at least once (LRU): no failure token, no hash slot
         self._good: OrderedDict[bytes, None] = OrderedDict()
-        self.failures = RateLimiter(FAILURE_RATE, FAILURE_BURST, max_entries=50_000)
+        #: one bucket for the whole process (identity ``"*"``)
+        self.failures = RateLimiter(FAILURE_RATE, FAILURE_BURST, max_entries=1)
+        self.hashing = threading.BoundedSemaphore(HASH_CONCURRENCY)
+        self._dummy_salt = secrets.token_bytes(16)
+        self._dummy_hash = _auth.hash_secret(secrets.token_urlsafe(32), self._dummy_salt)
 
     def cached(self, key: str) -> Principal | None:
         """The key's principal if it was verified less than ``ttl`` seconds ago, else ``None``."""
@@ -173,28 +209,56 @@ class KeyCache:
                 return Ledger(create_ledger_engine(self.url), self.url, hit.principal)
         return self._verify(key, digest)
 
+    def _active(self, key_id: str) -> bool:
+        """Whether ``key_id`` names a key the ledger would check the secret of (one cheap read)."""
+        try:
+            require_existing(self.url)  # never create an empty SQLite file
+            with read_transaction(create_ledger_engine(self.url)) as conn:
+                row = conn.execute(
+                    sa.select(_tbl.ApiKey.id)
+                    .join(_tbl.Principal, _tbl.Principal.id == _tbl.ApiKey.principal_id)
+                    .where(
+                        _tbl.ApiKey.key_id == key_id,
+                        _tbl.ApiKey.revoked_at.is_(None),
+                        sa.not_(_tbl.Principal.disabled),
+                    )
+                ).first()
+        except (PrivrecError, sa.exc.SQLAlchemyError):
+            return True  # no dummy: the ledger's own opening reports what is wrong, as it would
+        return row is not None
+
+    def _dummy(self, secret: str) -> None:
+        """What checking ``secret`` against a stored hash costs (same scrypt parameters)."""
+        hmac.compare_digest(_auth.hash_secret(secret, self._dummy_salt), self._dummy_hash)
+
     def _verify(self, key: str, digest: bytes) -> Ledger:
-        key_id = check_key(key)[0]
+        key_id, secret = check_key(key)
         with self._lock:
             known = digest in self._good
-        if not known:
+        if known:  # verified before: the ledger's own cache answers it without a hash
+            led = self._connect(key, digest)
+        else:
             # a token per attempt, given back on success: concurrent wrong secrets cannot all
             # slip past a check made before any of them failed
-            wait = self.failures.allow(key_id)
+            wait = self.failures.allow("*")
             if wait > 0:
                 raise AuthThrottledError(wait)
-        try:
-            led = Ledger.connect(self.url, key)
-        except AuthenticationError:  # the token stays taken: this was a failed attempt
-            with self._lock:
-                self._good.pop(digest, None)
-            raise
-        except BaseException:  # the ledger could not answer: not the caller's failure
-            if not known:
-                self.failures.refund(key_id)
-            raise
-        if not known:
-            self.failures.refund(key_id)
+            if not self.hashing.acquire(timeout=HASH_WAIT):
+                self.failures.refund("*")
+                raise AuthThrottledError(1.0)
+            try:
+                try:
+                    if not self._active(key_id):
+                        self._dummy(secret)  # the ledger refuses it below, after a hash as ever
+                    led = self._connect(key, digest)
+                except AuthenticationError:  # the token stays taken: a failed attempt
+                    raise
+                except BaseException:  # the ledger could not answer: not the caller's failure
+                    self.failures.refund("*")
+                    raise
+            finally:
+                self.hashing.release()
+            self.failures.refund("*")
         now = time.monotonic()
         with self._lock:
             if len(self._entries) >= self.max_entries:
@@ -205,6 +269,14 @@ class KeyCache:
             while len(self._good) > self.max_entries:
                 self._good.popitem(last=False)
         return led
+
+    def _connect(self, key: str, digest: bytes) -> Ledger:
+        try:
+            return Ledger.connect(self.url, key)
+        except AuthenticationError:  # revoked since, or never valid: not remembered as good
+            with self._lock:
+                self._good.pop(digest, None)
+            raise
 
 
 class RateLimiter:

@@ -31,14 +31,20 @@ from typing import Any
 
 import numpy as np
 
-from privrec.errors import ConfigError, GovernanceError, PolicyViolation, StaleDataError
+from privrec.errors import (
+    ConfigError,
+    GovernanceError,
+    PolicyViolation,
+    PrivrecError,
+    StaleDataError,
+)
 from privrec.governance import Ledger
 from privrec.governance.policy import Policy
 from privrec.privacy.randomness import resolve_generator
 from privrec.privacy.units import PrivacyUnit
 from privrec.serve import analytics
 from privrec.serve.analytics import QueryPlan
-from privrec.serve.datasets import ServedDataset, View
+from privrec.serve.datasets import DatasetUnavailableError, ServedDataset, View, server_side
 
 __all__ = ["QueryOutcome", "QueryRequest", "plan", "precheck", "run_query"]
 
@@ -83,6 +89,18 @@ def _dataset(ledger: Ledger, name: str) -> tuple[Policy, int]:
     """The dataset's policy and how many deletion requests the ledger holds for it."""
     info = ledger.dataset(name)
     return Policy.model_validate(info.policy), info.deletions
+
+
+def _consent_file_unreadable(policy: Policy) -> bool:
+    """Whether the policy's consent file (if it keeps consents in one) cannot be read now."""
+    if not policy.consent.required or policy.consent.source == "ledger":
+        return False
+    try:
+        with open(policy.consent.source, "rb") as fh:
+            fh.read(1)
+    except OSError:
+        return True
+    return False
 
 
 def precheck(ledger: Ledger, name: str, policy: Policy, purpose: str | None) -> None:
@@ -226,6 +244,24 @@ def run_query(
     no dataset budget, a budget exceeded) is answered as it is: reloading would not change it,
     and would cost a full read of the data and a new version in the ledger per refused request.
     """
+    try:
+        return _run(ledger, ds, req, idempotency_key, seed)
+    except PrivrecError as exc:
+        # an error naming a server file (the consent file vanished before a charge, say) is the
+        # server's configuration, not the analyst's request: a fixed 503, detail in the log
+        found = server_side(ds.name, exc)
+        if found is exc:
+            raise
+        raise found from exc
+
+
+def _run(
+    ledger: Ledger,
+    ds: ServedDataset,
+    req: QueryRequest,
+    idempotency_key: str | None,
+    seed: int | None,
+) -> QueryOutcome:
     policy, deletions = _dataset(ledger, ds.name)
     delta = req.delta if req.delta is not None else policy.budget.delta
     qp = plan(ds, req, policy.unit, delta, item_refusal=ds.item_query_refusal(policy, deletions))
@@ -251,6 +287,10 @@ def run_query(
                 raise
             precheck(ledger, ds.name, policy, req.purpose)
             view = ds.view(ledger, stale=view)
+        except PolicyViolation as exc:
+            if _consent_file_unreadable(policy):  # the ledger compares the file before charging
+                raise DatasetUnavailableError(ds.name, exc) from exc
+            raise
     if charge.replayed:
         if charge.status == "committed" and charge.result is not None:
             return QueryOutcome(charge.result, charge.id, True)

@@ -56,6 +56,7 @@ __all__ = ["router"]
 _errors: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing, malformed, unknown or revoked key"},
     429: {"model": ErrorResponse, "description": "Rate limit of this key exceeded"},
+    503: {"model": ErrorResponse, "description": "The server's configuration needs attention"},
 }
 _write_errors: dict[int | str, dict[str, Any]] = {
     **_errors,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +12,16 @@ import pytest
 from privrec.data import synthetic
 from privrec.errors import PolicyViolation, StaleDataError
 from privrec.governance import Ledger
-from privrec.governance.db import dispose_engines, user_digests
-from privrec.governance.intake import WORKERS_HASH
+from privrec.governance.db import user_digests
+from privrec.governance.intake import workers_version_hash
 from privrec.governance.policy import apply_policy, content_hash, policy_from_dict
 from privrec.governance.records import GovernedData
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Any:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+def world(ledger_url: str) -> Any:
+    """On SQLite and PostgreSQL (whose column widths SQLite does not enforce)."""
+    url = ledger_url
     owner, _ = Ledger.init(url, owner="olga")
     owner.set_policy(
         "ratings",
@@ -29,7 +31,6 @@ def world(tmp_path: Path) -> Any:
     )
     ann = Ledger.connect(url, owner.create_key("ann", "analyst"))
     yield owner, ann, synthetic(n_users=80, n_items=30, seed=0)
-    dispose_engines()
 
 
 def _filtered(ann: Ledger, data: Any, *, stale_inputs: bool = False) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def _filtered(ann: Ledger, data: Any, *, stale_inputs: bool = False) -> dict[str
         deleted = np.zeros(0, dtype=np.uint64)  # a worker that missed the deletions
     digests = user_digests(key, data.user_ids)
     kept, report = apply_policy(
-        data, policy, user_digests=digests, deleted=deleted, consented=consented, now=1e9
+        data, policy, user_digests=digests, deleted=deleted, consented=consented, now=time.time()
     )
     members = np.sort(digests[np.isin(data.user_ids, kept.user_ids)])
     return {
@@ -65,7 +66,8 @@ def test_a_registered_version_is_marked_and_never_trains_locally(
     f.pop("kept")
     # the attack: the version claims the RAW data's hash, then raw data is trained "on it"
     v = ann.register_version("ratings", **{**f, "content_hash": content_hash(data)})
-    assert v.content_hash == WORKERS_HASH + content_hash(data)
+    assert v.content_hash == workers_version_hash(content_hash(data)) != content_hash(data)
+    assert len(v.content_hash) == 64  # the column's width (PostgreSQL enforces it)
     forged = GovernedData("ratings", v.version_id, v.content_hash, v.epoch, data, v.report)
     with pytest.raises(PolicyViolation):
         ann.train(

@@ -80,6 +80,6 @@ def test_density_is_resolved_from_released_values_and_saved(
 
 
 def test_alpha0_is_validated() -> None:
-    for bad in ("dense", -1.0, float("nan")):
+    for bad in ("dense", -1.0, float("nan"), 1e308):
         with pytest.raises((ConfigError, ValueError)):
             _fit(alpha0=bad)

@@ -520,5 +520,62 @@ def test_a_peer_cannot_make_a_party_buffer_without_bound() -> None:
             ex.receive(9).result()
         ex.data_received(packet(3, 10))  # anything after the refusal is dropped
         assert not ex.buffers
+
+        # empty messages are not free (a reviewer buffered 2M of them, 142 MiB, with a count
+        # of 0), the count is kept as it goes (no walk per message), and the runtime's
+        # refusal future fails, so the party aborts at once instead of waiting its timeout
+        from privrec.secure import mpc_wire
+
+        rt._privrec_refused = loop.create_future()
+        many = bounded_exchanger(mpyc_asyncoro.MessageExchanger, cap=1 << 30)(rt, 1)
+        many.transport = types.SimpleNamespace(abort=lambda: None)
+        burst = b"".join(packet(pc, 0) for pc in range(mpc_wire.MAX_PENDING + 1))
+        many.data_received(burst[: len(burst) // 2])
+        assert many.buffers.held == len(many.buffers) * mpc_wire.ENTRY_OVERHEAD > 0
+        many.data_received(burst[len(burst) // 2 :])
+        assert not many.buffers and many.buffers.held == 0
+        with pytest.raises(MessageRejected, match="messages"):
+            rt._privrec_refused.result()
     finally:
         loop.close()
+
+
+def test_a_refused_peer_aborts_the_protocol_at_once() -> None:
+    """until_refused: the protocol is cancelled and the refusal raised when a connection
+    refuses its peer, instead of the receives waiting out the timeout."""
+    import asyncio
+    import time
+    import types
+
+    from privrec.errors import MessageRejected
+    from privrec.secure.mpc_wire import until_refused
+
+    rt = types.SimpleNamespace()
+
+    async def protocol() -> str:
+        await asyncio.sleep(30)  # a receive that will never complete
+        return "done"
+
+    async def main() -> None:
+        async def refuse_soon() -> None:
+            await asyncio.sleep(0.05)
+            rt._privrec_refused.set_exception(MessageRejected("refused"))
+
+        pending = asyncio.ensure_future(refuse_soon())
+        try:
+            await until_refused(protocol(), rt)
+        finally:
+            await pending
+
+    t0 = time.perf_counter()
+    with pytest.raises(MessageRejected, match="refused"):
+        asyncio.run(main())
+    assert time.perf_counter() - t0 < 5
+
+    async def fine() -> str:
+        return "ok"
+
+    async def main_ok() -> str:
+        return str(await until_refused(fine(), rt))
+
+    assert asyncio.run(main_ok()) == "ok"

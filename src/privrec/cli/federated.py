@@ -392,7 +392,16 @@ def _run_and_report(
         if not interactive:
             line(report)
 
-    reports = [public_round(r) for r in sim.run(progress=interactive, on_round=released_line)]
+    start_round, had_counts = srv.round, srv.noisy_counts is not None
+    try:
+        reports = [public_round(r) for r in sim.run(progress=interactive, on_round=released_line)]
+    except BaseException:
+        # the counting round's noisy counts (or a round) already went out before the failure:
+        # this session's charge is no longer abortable
+        sent = srv.round > start_round or (not had_counts and srv.noisy_counts is not None)
+        if session is not None and sent:
+            session.released()
+        raise
     if session is not None:  # before anything computed from the noisy rounds is shown or written
         session.released()
     table = Table(

@@ -366,6 +366,7 @@ def silo_train(
             timeout=timeout,
         )
         session: Any = None
+        journalled = 0  # releases of earlier sessions (a resumed run), not this charge's
         claim: Any = None
         if led is not None:
             from privrec.governance.composition import RDP_ONLY
@@ -388,14 +389,15 @@ def silo_train(
                     f"δ={config.delta:g}), {len(planned)} releases",
                 )
                 charge = session.reserve(planned, accountant=RDP_ONLY)
-                opened = session
+                opened, journalled = session, len(driver.spent)
 
                 def cover_and_release(release: Any) -> None:
-                    # each release goes to the silos: from the first one on, the charge (and any
-                    # top-up) can no longer be aborted — a run failing at release r has sent
-                    # releases 1 … r − 1
+                    # a release of this session already went to the silos: from then on the
+                    # charge (and any top-up) can no longer be aborted; before that (a run
+                    # failing at its first release) it still can
+                    if len(driver.spent) > journalled:
+                        opened.released()
                     opened.cover(release)
-                    opened.released()
 
                 driver.ledger_hook = cover_and_release
                 err_console.print(
@@ -404,7 +406,12 @@ def silo_train(
                     highlight=False,
                 )
         with session if session is not None else contextlib.nullcontext():
-            result = driver.train()
+            try:
+                result = driver.train()
+            except BaseException:
+                if session is not None and len(driver.spent) > journalled:
+                    session.released()  # releases went out before the failure: not abortable
+                raise
             model = to_model(result, config, catalogue)
             if session is not None:
                 from privrec.governance.training import release_model

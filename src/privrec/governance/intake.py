@@ -12,6 +12,7 @@ checks the caller's role, validates, and writes in one serialised transaction wi
 
 from __future__ import annotations
 
+import hashlib
 import math
 import unicodedata
 import warnings
@@ -44,10 +45,15 @@ from privrec.governance.records import GovernedData, GovernedVersion
 __all__ = ["LedgerIntake"]
 
 
-#: Prefix of the content hash of a version registered from a cluster's workers
-#: (:meth:`LedgerIntake.register_version`): no data hashes to it, so ``Ledger.train`` — which
-#: hashes the data it is given — never accepts data claiming to be such a version.
-WORKERS_HASH = "workers:"
+def workers_version_hash(workers_hash: str) -> str:
+    """The content hash a version registered from a cluster's workers is stored under.
+
+    SHA-256 of a fixed label and the workers' combined hash (:meth:`LedgerIntake.register_version`):
+    64 hex digits like every stored hash (the column's width), and — unlike the workers' hash
+    itself — a value no data hashes to, so ``Ledger.train``, which hashes the data it is given,
+    never accepts local data claiming to be such a version.
+    """
+    return hashlib.sha256(b"privrec workers version\0" + workers_hash.encode()).hexdigest()
 
 
 class LedgerIntake(LedgerBase):
@@ -265,9 +271,7 @@ class LedgerIntake(LedgerBase):
             raise GovernanceError(f"n_items must be a whole number ≥ 0, found {n_items!r}")
         # marked as the workers' hash: Ledger.train (which hashes the data it is given) can
         # never accept a hand-built GovernedData naming this version
-        stored_hash = (
-            content_hash if content_hash.startswith(WORKERS_HASH) else (WORKERS_HASH + content_hash)
-        )
+        stored_hash = workers_version_hash(content_hash)
         members_blob = np.sort(m).astype("<u8").tobytes()
         now = _now()
         with self._write() as conn:

@@ -543,7 +543,18 @@ def federated_session(
         federated_events(server, remaining=remaining),
         accountant=RDP_ONLY if c.aggregation == "distributed" else None,
     )
-    server.ledger_hook = session.cover
+    covered: list[SpentEvent] = []
+
+    def cover(release: SpentEvent) -> None:
+        # the hook runs before each release: from the second on, an earlier one (the counting
+        # round's noisy counts, a round's noisy sum) has gone to the devices, so the charge can
+        # no longer be aborted — even if the run dies before any round report
+        if covered:
+            session.released()
+        session.cover(release)
+        covered.append(release)
+
+    server.ledger_hook = cover
     return session
 
 

@@ -82,7 +82,7 @@ from privrec.errors import (
     ProtocolAbort,
 )
 from privrec.secure.mpc_tls import N_PARTIES, TLSFiles, make_tls_material, tls_name
-from privrec.secure.mpc_wire import buffer_cap
+from privrec.secure.mpc_wire import buffer_cap, until_refused
 
 __all__ = [
     "CLIENT",
@@ -654,7 +654,7 @@ def run_party(
         tls,
     )
     try:
-        result: PartyResult = rt.run(asyncio.wait_for(coro, timeout))
+        result: PartyResult = rt.run(asyncio.wait_for(until_refused(coro, rt), timeout))
     except TimeoutError:
         raise PeerUnavailable(
             f"party {party_id} ({_ROLE[party_id]}): secure top-k did not finish within "

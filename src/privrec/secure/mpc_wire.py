@@ -29,7 +29,14 @@ from typing import Any
 
 from privrec.errors import MessageRejected
 
-__all__ = ["SAFE_PICKLE", "bounded_exchanger", "buffer_cap", "install", "safe_loads"]
+__all__ = [
+    "SAFE_PICKLE",
+    "bounded_exchanger",
+    "buffer_cap",
+    "install",
+    "safe_loads",
+    "until_refused",
+]
 
 
 class _Unpickler(pickle.Unpickler):
@@ -70,21 +77,70 @@ def buffer_cap(n_items: int, n_factors: int) -> int:
     return (64 << 20) + 256 * int(n_items) * int(n_factors)
 
 
-def bounded_exchanger(base: type, cap: int) -> type:
-    """A subclass of MPyC's ``MessageExchanger`` (``base``) that buffers at most ``cap`` bytes.
+#: Bytes charged per buffered message besides its payload (the dict entry and the object): a peer
+#: sending empty messages must not buffer for free.
+ENTRY_OVERHEAD = 128
+#: Messages one connection may have waiting for their receive (or receives waiting for their
+#: message) at once; an honest peer stays far below (a few rounds of a vectorised protocol).
+MAX_PENDING = 65_536
 
-    Counted: the unparsed bytes plus every complete payload waiting for its receive. A
-    connection past the cap is closed, the receives waiting on it fail, and so does every later
-    one, with :class:`~privrec.errors.MessageRejected`.
+
+class _CountingBuffers(dict[Any, Any]):
+    """MPyC's per-connection buffers (program counter → payload, or a receive's future) with
+    what they hold kept as a running count — O(1) per message, never a walk over the dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = 0
+
+    @staticmethod
+    def _size(value: Any) -> int:
+        return ENTRY_OVERHEAD + (len(value) if isinstance(value, bytes | bytearray) else 0)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if key in self:
+            self.held -= self._size(dict.__getitem__(self, key))
+        super().__setitem__(key, value)
+        self.held += self._size(value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.held -= self._size(dict.__getitem__(self, key))
+        super().__delitem__(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        if key in self:
+            value = super().pop(key)
+            self.held -= self._size(value)
+            return value
+        if default:
+            return default[0]
+        raise KeyError(key)
+
+    def clear(self) -> None:
+        super().clear()
+        self.held = 0
+
+
+def bounded_exchanger(base: type, cap: int) -> type:
+    """A subclass of MPyC's ``MessageExchanger`` (``base``) that holds at most ``cap`` bytes.
+
+    Counted: the unparsed bytes plus every buffered message's payload and
+    :data:`ENTRY_OVERHEAD`, and at most :data:`MAX_PENDING` messages at once. A connection past
+    either is closed; the receives waiting on it fail, and so does every later one, with
+    :class:`~privrec.errors.MessageRejected`; and the runtime's ``_privrec_refused`` future
+    (set by :mod:`privrec.secure.mpc` around the protocol) fails, so the party aborts at once
+    instead of waiting for its timeout — MPyC's own callbacks only log a failed receive.
     """
 
     class BoundedExchanger(base):  # type: ignore[misc]
         _rejected: MessageRejected | None = None
 
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            self.buffers = _CountingBuffers()
+
         def _held(self) -> int:
-            return len(self.bytes) + sum(
-                len(v) for v in self.buffers.values() if isinstance(v, bytes | bytearray)
-            )
+            return len(self.bytes) + int(self.buffers.held)
 
         def _reject(self, why: str) -> None:
             self._rejected = MessageRejected(why)
@@ -93,6 +149,9 @@ def bounded_exchanger(base: type, cap: int) -> type:
                     fut.set_exception(self._rejected)
             self.buffers.clear()
             self.bytes = bytearray()
+            refused = getattr(self.runtime, "_privrec_refused", None)
+            if refused is not None and not refused.done():
+                refused.set_exception(self._rejected)
             transport = getattr(self, "transport", None)
             if transport is not None:
                 transport.abort()
@@ -107,6 +166,11 @@ def bounded_exchanger(base: type, cap: int) -> type:
                 )
                 return
             super().data_received(data)
+            if self._held() > cap or len(self.buffers) > MAX_PENDING:
+                self._reject(
+                    f"a peer sent more than {MAX_PENDING:,} messages (or {cap >> 20} MiB) this "
+                    "party had not yet read: refused (it could exhaust this party's memory)"
+                )
 
         def receive(self, pc: int) -> Any:
             if self._rejected is not None:
@@ -116,3 +180,24 @@ def bounded_exchanger(base: type, cap: int) -> type:
             return super().receive(pc)
 
     return BoundedExchanger
+
+
+async def until_refused(coro: Any, runtime: Any) -> Any:
+    """Run ``coro`` until it finishes or a connection refuses its peer (whichever comes first).
+
+    Sets ``runtime._privrec_refused``, which :func:`bounded_exchanger`'s connections fail; the
+    protocol is then cancelled and the refusal raised, rather than the party waiting out its
+    timeout on receives that will never complete.
+    """
+    import asyncio
+
+    refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    runtime._privrec_refused = refused
+    task = asyncio.ensure_future(coro)
+    await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
+    if not task.done():
+        task.cancel()
+        exc = refused.exception()
+        assert exc is not None
+        raise exc
+    return task.result()

@@ -56,6 +56,14 @@ def workers_version_hash(workers_hash: str) -> str:
     return hashlib.sha256(b"privrec workers version\0" + workers_hash.encode()).hexdigest()
 
 
+def _deleted_hashes(conn: Connection, dataset_id: int) -> np.ndarray:
+    """The keyed hashes of everyone who asked ``dataset_id`` to delete them (``uint64``)."""
+    rows = conn.execute(
+        sa.select(tbl.Deletion.user_hash).where(tbl.Deletion.dataset_id == dataset_id)
+    ).scalars()
+    return np.array([int(h, 16) for h in rows], dtype=np.uint64)
+
+
 class LedgerIntake(LedgerBase):
     """Consents, deletion requests (owner) and loading data through the policy (analyst)."""
 
@@ -173,17 +181,7 @@ class LedgerIntake(LedgerBase):
             with read_transaction(self.engine) as conn:
                 ds = self._dataset(conn, dataset)
                 key = self._user_key(conn)
-                deleted = np.array(
-                    [
-                        int(h, 16)
-                        for h in conn.execute(
-                            sa.select(tbl.Deletion.user_hash).where(
-                                tbl.Deletion.dataset_id == ds.id
-                            )
-                        ).scalars()
-                    ],
-                    dtype=np.uint64,
-                )
+                deleted = _deleted_hashes(conn, ds.id)
                 policy = Policy.from_json(ds.policy_json)
                 consented = None
                 file_digest = None
@@ -208,34 +206,8 @@ class LedgerIntake(LedgerBase):
                 current = self._dataset(conn, dataset)
                 if current.epoch != ds.epoch:
                     continue  # a deletion, consent import or policy change landed meanwhile: redo
-                vid = conn.execute(
-                    sa.insert(tbl.DatasetVersion)
-                    .values(
-                        dataset_id=ds.id,
-                        content_hash=h,
-                        policy_hash=ds.policy_hash,
-                        epoch=ds.epoch,
-                        n_users=out.n_users,
-                        n_items=out.n_items,
-                        nnz=out.nnz,
-                        report_json=report.model_dump_json(),
-                        members=members.astype("<u8").tobytes(),
-                        created_at=now,
-                        created_by=self.actor,
-                    )
-                    .returning(tbl.DatasetVersion.id)
-                ).scalar_one()
-                self._log(
-                    conn,
-                    "dataset.load",
-                    {
-                        "dataset": dataset,
-                        "version": vid,
-                        "content_hash": h,
-                        "report": report.model_dump(mode="json"),
-                    },
-                    {"dataset_versions": [vid]},
-                    now,
+                vid = self._insert_version(
+                    conn, ds, h, report, members, n_items=out.n_items, now=now, where=None
                 )
             return GovernedData(dataset, int(vid), h, int(ds.epoch), out, report)
         raise GovernanceError(f"dataset {dataset!r} kept changing while loading; try again")
@@ -272,7 +244,6 @@ class LedgerIntake(LedgerBase):
         # marked as the workers' hash: Ledger.train (which hashes the data it is given) can
         # never accept a hand-built GovernedData naming this version
         stored_hash = workers_version_hash(content_hash)
-        members_blob = np.sort(m).astype("<u8").tobytes()
         now = _now()
         with self._write() as conn:
             ds = self._dataset(conn, dataset)
@@ -287,37 +258,50 @@ class LedgerIntake(LedgerBase):
                     "filter it again"
                 )
             self._check_members(conn, ds, m, report, now)
-            vid = conn.execute(
-                sa.insert(tbl.DatasetVersion)
-                .values(
-                    dataset_id=ds.id,
-                    content_hash=stored_hash,
-                    policy_hash=ds.policy_hash,
-                    epoch=ds.epoch,
-                    n_users=report.users_out,
-                    n_items=n_items,
-                    nnz=report.interactions_out,
-                    report_json=report.model_dump_json(),
-                    members=members_blob,
-                    created_at=now,
-                    created_by=self.actor,
-                )
-                .returning(tbl.DatasetVersion.id)
-            ).scalar_one()
-            self._log(
-                conn,
-                "dataset.load",
-                {
-                    "dataset": dataset,
-                    "version": vid,
-                    "content_hash": stored_hash,
-                    "where": "workers",
-                    "report": report.model_dump(mode="json"),
-                },
-                {"dataset_versions": [vid]},
-                now,
+            vid = self._insert_version(
+                conn, ds, stored_hash, report, m, n_items=n_items, now=now, where="workers"
             )
         return GovernedVersion(dataset, int(vid), stored_hash, int(ds.epoch), report)
+
+    def _insert_version(
+        self,
+        conn: Connection,
+        ds: Any,
+        content_hash: str,
+        report: PolicyReport,
+        members: np.ndarray,
+        *,
+        n_items: int,
+        now: float,
+        where: str | None,
+    ) -> int:
+        """Record a dataset version (and its audit row): the one place both kinds are written.
+
+        ``where="workers"`` marks one filtered on a cluster's workers (:meth:`register_version`).
+        """
+        vid = conn.execute(
+            sa.insert(tbl.DatasetVersion)
+            .values(
+                dataset_id=ds.id,
+                content_hash=content_hash,
+                policy_hash=ds.policy_hash,
+                epoch=ds.epoch,
+                n_users=report.users_out,
+                n_items=n_items,
+                nnz=report.interactions_out,
+                report_json=report.model_dump_json(),
+                members=np.sort(members).astype("<u8").tobytes(),
+                created_at=now,
+                created_by=self.actor,
+            )
+            .returning(tbl.DatasetVersion.id)
+        ).scalar_one()
+        payload: dict[str, Any] = {"dataset": ds.name, "version": vid, "content_hash": content_hash}
+        if where is not None:
+            payload["where"] = where
+        payload["report"] = report.model_dump(mode="json")
+        self._log(conn, "dataset.load", payload, {"dataset_versions": [vid]}, now)
+        return int(vid)
 
     def _check_members(
         self, conn: Connection, ds: Any, members: np.ndarray, report: PolicyReport, now: float
@@ -328,15 +312,7 @@ class LedgerIntake(LedgerBase):
         boundary (central DP) and their data never reaches the ledger, so this catches mistakes
         (an old policy input, a misconfigured worker), not a forger — as everywhere in the
         ledger, roles give accountability, not a security boundary (docs/governance.md)."""
-        deleted = np.array(
-            [
-                int(h, 16)
-                for h in conn.execute(
-                    sa.select(tbl.Deletion.user_hash).where(tbl.Deletion.dataset_id == ds.id)
-                ).scalars()
-            ],
-            dtype=np.uint64,
-        )
+        deleted = _deleted_hashes(conn, ds.id)
         if members.size and np.isin(members, deleted).any():
             raise StaleDataError(
                 f"the workers' data for dataset {ds.name!r} holds a person who asked to be "
@@ -410,15 +386,7 @@ class LedgerIntake(LedgerBase):
         with read_transaction(self.engine) as conn:
             ds = self._dataset(conn, dataset)
             key = self._user_key(conn)
-            deleted = np.array(
-                [
-                    int(h, 16)
-                    for h in conn.execute(
-                        sa.select(tbl.Deletion.user_hash).where(tbl.Deletion.dataset_id == ds.id)
-                    ).scalars()
-                ],
-                dtype=np.uint64,
-            )
+            deleted = _deleted_hashes(conn, ds.id)
             policy = Policy.from_json(ds.policy_json)
             consented = (
                 self._consented(conn, ds.id, policy, key) if policy.consent.required else None

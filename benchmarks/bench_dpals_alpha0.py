@@ -25,16 +25,15 @@ Results: ``benchmarks/results/dpals_alpha0.{json,md}`` (``-quick`` in quick mode
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from setting import DELTA, HERE, K, machine_info, machine_markdown
+import validation_table
+from setting import DELTA, K, machine_info, machine_markdown
+from validation_table import run_cells
 
 DATASETS = (
     "gowalla-lightgcn",
@@ -100,22 +99,13 @@ def _cell(split: Any, on: str, eps: float, alpha0: Any, seeds: tuple[int, ...]) 
 
 
 def run(datasets: list[str], epsilons: list[float], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
-    from bench_short_history import _validation_split
+    def cell(split: Any, on: str, eps: float, variant: str, s: tuple[int, ...]) -> dict[str, Any]:
+        return _cell(split, on, eps, VARIANTS[variant], s)
 
-    rows: list[dict[str, Any]] = []
-    for ds in datasets:
-        split, on = _validation_split(ds)
-        for eps in epsilons:
-            for variant, alpha0 in VARIANTS.items():
-                row = {"dataset": ds, "epsilon": eps, "variant": variant}
-                row |= _cell(split, on, eps, alpha0, seeds)
-                print(
-                    f"{ds} ε={eps:g} {variant}: {row['recall']:.4f} ± {row['recall_std']:.4f} "
-                    f"(α0 {row['alpha0']}, density {row['head_density']}, {row['seconds']} s)",
-                    flush=True,
-                )
-                rows.append(row)
-    return rows
+    return run_cells(
+        datasets, epsilons, list(VARIANTS), seeds, cell,
+        lambda r: f"α0 {r['alpha0']}, density {r['head_density']}",
+    )  # fmt: skip
 
 
 def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str:
@@ -148,23 +138,10 @@ def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--datasets", nargs="+", default=None)
-    ap.add_argument("--epsilons", nargs="+", type=float, default=None)
-    ap.add_argument("--seeds", nargs="+", type=int, default=None)
-    args = ap.parse_args()
-    datasets = args.datasets or (["gowalla-lightgcn"] if args.quick else list(DATASETS))
-    epsilons = args.epsilons or ([5.0] if args.quick else list(EPSILONS))
-    seeds = tuple(args.seeds) if args.seeds else ((0,) if args.quick else SEEDS)
-    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rows = run(datasets, epsilons, seeds)
-    name = "dpals_alpha0-quick" if args.quick else "dpals_alpha0"
-    out = Path(HERE) / "results"
-    payload = {"date": date, "seeds": list(seeds), "delta": DELTA, "rows": rows}
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (out / f"{name}.md").write_text(report(rows, seeds, date))
-    print(f"wrote {out / name}.md")
+    validation_table.main(
+        __doc__.splitlines()[0], "dpals_alpha0", datasets=DATASETS, epsilons=EPSILONS,
+        seeds=SEEDS, quick=(["gowalla-lightgcn"], [5.0]), run=run, report=report,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

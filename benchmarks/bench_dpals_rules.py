@@ -32,18 +32,17 @@ Results: ``benchmarks/results/dpals_rules.{json,md}`` (``-quick`` in quick mode)
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from setting import DELTA, HERE, K, machine_info, machine_markdown
+import validation_table
+from setting import DELTA, K, machine_info, machine_markdown
+from validation_table import run_cells
 
 SYNTHETIC = "synthetic-median5"
 DATASETS = (
@@ -240,22 +239,9 @@ def _cell(split: Any, on: str, eps: float, variant: str, seeds: tuple[int, ...])
 
 
 def run(datasets: list[str], epsilons: list[float], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
-    from bench_short_history import _validation_split
-
-    rows: list[dict[str, Any]] = []
-    for ds in datasets:
-        split, on = _validation_split(ds)
-        for eps in epsilons:
-            for variant in VARIANTS:
-                row = {"dataset": ds, "epsilon": eps, "variant": variant}
-                row |= _cell(split, on, eps, variant, seeds)
-                print(
-                    f"{ds} ε={eps:g} {variant}: {row['recall']:.4f} ± {row['recall_std']:.4f} "
-                    f"(head {row['head']}, k {row['k']}, {row['seconds']} s)",
-                    flush=True,
-                )
-                rows.append(row)
-    return rows
+    return run_cells(
+        datasets, epsilons, VARIANTS, seeds, _cell, lambda r: f"head {r['head']}, k {r['k']}"
+    )
 
 
 def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str:
@@ -292,23 +278,10 @@ def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--datasets", nargs="+", default=None)
-    ap.add_argument("--epsilons", nargs="+", type=float, default=None)
-    ap.add_argument("--seeds", nargs="+", type=int, default=None)
-    args = ap.parse_args()
-    datasets = args.datasets or (["gowalla-lightgcn"] if args.quick else list(DATASETS))
-    epsilons = args.epsilons or ([10.0, 20.0] if args.quick else list(EPSILONS))
-    seeds = tuple(args.seeds) if args.seeds else ((0,) if args.quick else SEEDS)
-    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    rows = run(datasets, epsilons, seeds)
-    name = "dpals_rules-quick" if args.quick else "dpals_rules"
-    out = Path(HERE) / "results"
-    payload = {"date": date, "seeds": list(seeds), "delta": DELTA, "rows": rows}
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (out / f"{name}.md").write_text(report(rows, seeds, date))
-    print(f"wrote {out / name}.md")
+    validation_table.main(
+        __doc__.splitlines()[0], "dpals_rules", datasets=DATASETS, epsilons=EPSILONS,
+        seeds=SEEDS, quick=(["gowalla-lightgcn"], [10.0, 20.0]), run=run, report=report,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""The scaffolding of a before/after table on validation splits (``bench_dpals_*`` scripts).
+
+A script names its variants and scores one cell (data set, ε, variant); this module runs every
+cell on :func:`bench_short_history._validation_split`'s splits — validation only, never test —
+prints each as it finishes, parses the common options and writes ``results/NAME.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from setting import DELTA, HERE
+
+Cell = Callable[[Any, str, float, str, tuple[int, ...]], dict[str, Any]]
+Report = Callable[[list[dict[str, Any]], tuple[int, ...], str], str]
+
+
+def run_cells(
+    datasets: Sequence[str],
+    epsilons: Sequence[float],
+    variants: Sequence[str],
+    seeds: tuple[int, ...],
+    cell: Cell,
+    describe: Callable[[dict[str, Any]], str],
+) -> list[dict[str, Any]]:
+    """Every (data set, ε, variant) cell, in that order; ``describe`` adds to the progress line."""
+    from bench_short_history import _validation_split
+
+    rows: list[dict[str, Any]] = []
+    for ds in datasets:
+        split, on = _validation_split(ds)
+        for eps in epsilons:
+            for variant in variants:
+                row = {"dataset": ds, "epsilon": eps, "variant": variant}
+                row |= cell(split, on, eps, variant, seeds)
+                print(
+                    f"{ds} ε={eps:g} {variant}: {row['recall']:.4f} ± {row['recall_std']:.4f} "
+                    f"({describe(row)}, {row['seconds']} s)",
+                    flush=True,
+                )
+                rows.append(row)
+    return rows
+
+
+def main(
+    description: str,
+    name: str,
+    *,
+    datasets: Sequence[str],
+    epsilons: Sequence[float],
+    seeds: tuple[int, ...],
+    quick: tuple[Sequence[str], Sequence[float]],
+    run: Callable[[list[str], list[float], tuple[int, ...]], list[dict[str, Any]]],
+    report: Report,
+) -> None:
+    """Parse ``--quick / --datasets / --epsilons / --seeds``, run, write the JSON and Markdown."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--datasets", nargs="+", default=None)
+    ap.add_argument("--epsilons", nargs="+", type=float, default=None)
+    ap.add_argument("--seeds", nargs="+", type=int, default=None)
+    args = ap.parse_args()
+    chosen_ds = args.datasets or list(quick[0] if args.quick else datasets)
+    chosen_eps = args.epsilons or list(quick[1] if args.quick else epsilons)
+    chosen_seeds = tuple(args.seeds) if args.seeds else ((0,) if args.quick else seeds)
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rows = run(chosen_ds, chosen_eps, chosen_seeds)
+    stem = f"{name}-quick" if args.quick else name
+    out = Path(HERE) / "results"
+    payload = {"date": date, "seeds": list(chosen_seeds), "delta": DELTA, "rows": rows}
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
+    (out / f"{stem}.md").write_text(report(rows, chosen_seeds, date))
+    print(f"wrote {out / stem}.md")

@@ -156,6 +156,24 @@ def test_messages_of_client_errors_stay_useful_and_lose_server_detail(tmp_path: 
     assert text == "the file 'c.csv' and \"e.csv\" differ"
 
 
+def test_a_caller_text_that_looks_like_a_path_keeps_its_4xx(
+    tmp_path: Path, service_log: _Log
+) -> None:
+    """A reviewer named a purpose '/team/ab-test' (and '[Errno 2]'): the budget refusal came back
+    as a 503 and the service logged a warning — the classification read the caller's own text.
+    Ledger refusals are the caller's, whatever their text says."""
+    w = _World(tmp_path, _tsv(tmp_path), {})
+    body = {"epsilon": 1, "k": 3}
+    with w.client() as c:
+        for purpose in ("/team/ab-test", "[Errno 2]"):
+            r = c.post(
+                "/v1/datasets/r/queries/top-k", headers=w.headers, json={**body, "purpose": purpose}
+            )
+            assert r.status_code in (403, 409), r.text  # an undeclared purpose: refused, not 503
+            assert r.json()["error"]["code"] != "dataset_unavailable"
+    assert "unavailable" not in service_log.text
+
+
 # ------------------------------------------------------------------ retention on CSV/TSV
 def _timed(root: Path, column: str | None) -> str:
     now = int(time.time())

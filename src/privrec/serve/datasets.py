@@ -66,6 +66,7 @@ from privrec.errors import (
     BudgetExceededError,
     ConfigError,
     DataError,
+    GovernanceError,
     LedgerSchemaError,
     PermissionDeniedError,
     PrivrecError,
@@ -129,9 +130,19 @@ _CALLERS = (
 
 
 def names_server_files(exc: BaseException) -> bool:
-    """Whether an error is about a file on the server (a caller of the API names no file)."""
+    """Whether an error is about a file on the server (a caller of the API names no file).
+
+    Decided by where the error comes from, not by what its text says, for every ledger refusal
+    (:class:`~privrec.errors.GovernanceError`: budgets, purposes, idempotency conflicts, stale
+    data): those messages repeat what the caller sent — a purpose named ``/team/ab-test`` or
+    ``[Errno 2]`` — and must stay the caller's 4xx, never become a 503 (a reviewer turned
+    budget refusals into 503s and wrote warnings into the service log that way). The ledger
+    names consent files by their base name only. Other errors are matched by their text too.
+    """
     if isinstance(exc, DataError) and exc.file is not None:
         return True
+    if isinstance(exc, GovernanceError):
+        return False
     text = str(exc)
     return "[Errno" in text or _QUOTED_PATH.search(text) is not None
 

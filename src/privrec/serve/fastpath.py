@@ -172,7 +172,8 @@ class RecommendFastPath:
                     retry_after_seconds=wait,
                 )
             if ctx.keys.cached(key) is None:  # verifying may hash the secret: not on the loop
-                await run_in_threadpool(ctx.keys.principal, key)
+                client = scope.get("client")
+                await run_in_threadpool(ctx.keys.principal, key, client[0] if client else None)
             answer = recommendation(ctx, *parsed)
         except ApiError as exc:
             await api_error_response(exc)(scope, receive, send)

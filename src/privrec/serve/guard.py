@@ -94,6 +94,11 @@ FAILURE_BURST = 40
 FAILURE_RATE = 4.0
 #: scrypt hashes computed at once (the rest wait up to ``HASH_WAIT`` seconds, then 429)
 HASH_CONCURRENCY = 2
+#: Failed verifications allowed per client address (a burst, then a rate per second), checked
+#: before the process-wide budget: one source spraying random keys exhausts its own allowance,
+#: not every other client's sign-in (a reviewer locked every new key out from one client).
+SOURCE_FAILURE_BURST = 10
+SOURCE_FAILURE_RATE = 0.5
 HASH_WAIT = 10.0
 
 
@@ -171,6 +176,10 @@ class KeyCache:
         self._good: OrderedDict[bytes, None] = OrderedDict()
         #: one bucket for the whole process (identity ``"*"``)
         self.failures = RateLimiter(FAILURE_RATE, FAILURE_BURST, max_entries=1)
+        #: per client address, in front of the process-wide bucket (bounded, LRU)
+        self.source_failures = RateLimiter(
+            SOURCE_FAILURE_RATE, SOURCE_FAILURE_BURST, max_entries=50_000
+        )
         self.hashing = threading.BoundedSemaphore(HASH_CONCURRENCY)
         self._dummy_salt = secrets.token_bytes(16)
         self._dummy_hash = _auth.hash_secret(secrets.token_urlsafe(32), self._dummy_salt)
@@ -184,7 +193,7 @@ class KeyCache:
             return hit.principal
         return None
 
-    def principal(self, key: str) -> Principal:
+    def principal(self, key: str, source: str | None = None) -> Principal:
         """The key's principal, verified in the database at most every ``ttl`` seconds.
 
         For routes that only read or recommend (no ledger object is needed); anything that
@@ -195,9 +204,9 @@ class KeyCache:
         hit = self.cached(key)
         if hit is not None:
             return hit
-        return self._verify(key, hashlib.sha256(key.encode()).digest()).principal
+        return self._verify(key, hashlib.sha256(key.encode()).digest(), source).principal
 
-    def ledger(self, key: str, *, fresh: bool = False) -> Ledger:
+    def ledger(self, key: str, *, fresh: bool = False, source: str | None = None) -> Ledger:
         """The ledger acting as the key's principal; ``fresh`` re-checks the key in the database."""
         check_key(key)  # malformed keys: AuthenticationError without a database round trip
         digest = hashlib.sha256(key.encode()).digest()
@@ -207,7 +216,7 @@ class KeyCache:
                 hit = self._entries.get(digest)
             if hit is not None and hit.expires > now:
                 return Ledger(create_ledger_engine(self.url), self.url, hit.principal)
-        return self._verify(key, digest)
+        return self._verify(key, digest, source)
 
     def _active(self, key_id: str) -> bool:
         """Whether ``key_id`` names a key the ledger would check the secret of (one cheap read)."""
@@ -231,7 +240,7 @@ class KeyCache:
         """What checking ``secret`` against a stored hash costs (same scrypt parameters)."""
         hmac.compare_digest(_auth.hash_secret(secret, self._dummy_salt), self._dummy_hash)
 
-    def _verify(self, key: str, digest: bytes) -> Ledger:
+    def _verify(self, key: str, digest: bytes, source: str | None = None) -> Ledger:
         key_id, secret = check_key(key)
         with self._lock:
             known = digest in self._good
@@ -239,12 +248,19 @@ class KeyCache:
             led = self._connect(key, digest)
         else:
             # a token per attempt, given back on success: concurrent wrong secrets cannot all
-            # slip past a check made before any of them failed
+            # slip past a check made before any of them failed; the caller's own address
+            # first, so one source cannot spend the process-wide budget alone
+            src = "?" if source is None else source
+            wait = self.source_failures.allow(src)
+            if wait > 0:
+                raise AuthThrottledError(wait)
             wait = self.failures.allow("*")
             if wait > 0:
+                self.source_failures.refund(src)
                 raise AuthThrottledError(wait)
             if not self.hashing.acquire(timeout=HASH_WAIT):
                 self.failures.refund("*")
+                self.source_failures.refund(src)
                 raise AuthThrottledError(1.0)
             try:
                 try:
@@ -255,10 +271,12 @@ class KeyCache:
                     raise
                 except BaseException:  # the ledger could not answer: not the caller's failure
                     self.failures.refund("*")
+                    self.source_failures.refund(src)
                     raise
             finally:
                 self.hashing.release()
             self.failures.refund("*")
+            self.source_failures.refund(src)
         now = time.monotonic()
         with self._lock:
             if len(self._entries) >= self.max_entries:

@@ -112,14 +112,16 @@ async def _key(
 async def reader(request: Request, key: Annotated[str, Depends(_key)]) -> Ledger:
     """The caller's ledger for reads (a verified key is reused for a few seconds)."""
     keys = _state(request).keys
+    source = request.client.host if request.client else None
     if keys.cached(key) is None:  # verifying may hash the secret (scrypt): not on the loop
-        return await run_in_threadpool(keys.ledger, key)
-    return keys.ledger(key)
+        return await run_in_threadpool(lambda: keys.ledger(key, source=source))
+    return keys.ledger(key, source=source)
 
 
 def spender(request: Request, key: Annotated[str, Depends(_key)]) -> Ledger:
     """The caller's ledger re-checked in the database (anything that spends budget)."""
-    return _state(request).keys.ledger(key, fresh=True)
+    source = request.client.host if request.client else None
+    return _state(request).keys.ledger(key, fresh=True, source=source)
 
 
 Reader = Annotated[Ledger, Depends(reader)]

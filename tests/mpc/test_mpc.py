@@ -579,3 +579,53 @@ def test_a_refused_peer_aborts_the_protocol_at_once() -> None:
         return str(await until_refused(fine(), rt))
 
     assert asyncio.run(main_ok()) == "ok"
+
+
+def test_a_repeated_message_or_a_lost_link_aborts_the_party() -> None:
+    """A reviewer found a repeated message number crashed MPyC's parser (the client then waited
+    its timeout) and a refusal on one link left the other honest party waiting: a repeat is
+    refused, and a link reset — or closed before this party's own shutdown — fails the party's
+    refusal future (the protocol aborts at once); MPyC's own shutdown closes are not aborts."""
+    import asyncio
+    import struct
+    import types
+
+    mpyc_asyncoro = pytest.importorskip("mpyc.asyncoro")
+    from privrec.errors import MessageRejected, ProtocolAbort
+    from privrec.secure.mpc_wire import bounded_exchanger
+
+    loop = asyncio.new_event_loop()
+    try:
+
+        def world(closing: bool) -> tuple[types.SimpleNamespace, object]:
+            rt = types.SimpleNamespace(
+                _loop=loop,
+                options=types.SimpleNamespace(no_prss=True),
+                parties=[],
+                _privrec_refused=loop.create_future(),
+                _privrec_closing=closing,
+                unset_protocol=lambda pid: None,
+            )
+            ex = bounded_exchanger(mpyc_asyncoro.MessageExchanger, cap=1 << 20)(rt, 1)
+            ex.transport = types.SimpleNamespace(abort=lambda: None)
+            return rt, ex
+
+        rt, ex = world(False)
+        packet = struct.pack("<qI", 5, 3) + b"abc"
+        ex.data_received(packet + packet)  # the same message number twice
+        with pytest.raises(MessageRejected, match="twice"):
+            rt._privrec_refused.result()
+        rt, ex = world(False)
+        with pytest.raises(ConnectionResetError):
+            ex.connection_lost(ConnectionResetError())  # MPyC re-raises it (logged by asyncio)
+        with pytest.raises(ProtocolAbort, match="reset"):
+            rt._privrec_refused.result()
+        rt, ex = world(False)
+        ex.connection_lost(None)  # closed mid-protocol
+        with pytest.raises(ProtocolAbort, match="closed"):
+            rt._privrec_refused.result()
+        rt, ex = world(True)
+        ex.connection_lost(None)  # MPyC's own shutdown
+        assert not rt._privrec_refused.done()
+    finally:
+        loop.close()

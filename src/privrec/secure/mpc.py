@@ -535,6 +535,7 @@ async def _protocol(
     opened = await rt.output(ids, receivers=[CLIENT])
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     sent = sum(p.protocol.nbytes_sent for p in rt.parties if p.pid != rt.pid and p.protocol)
+    rt._privrec_closing = True  # links closing from here on are MPyC's own shutdown
     await rt.shutdown()
     items = None
     if party_id == CLIENT:

@@ -27,7 +27,7 @@ import pickle
 from types import SimpleNamespace
 from typing import Any
 
-from privrec.errors import MessageRejected
+from privrec.errors import MessageRejected, ProtocolAbort
 
 __all__ = [
     "SAFE_PICKLE",
@@ -149,12 +149,31 @@ def bounded_exchanger(base: type, cap: int) -> type:
                     fut.set_exception(self._rejected)
             self.buffers.clear()
             self.bytes = bytearray()
-            refused = getattr(self.runtime, "_privrec_refused", None)
-            if refused is not None and not refused.done():
-                refused.set_exception(self._rejected)
+            _fail(self.runtime, self._rejected)
+            # reset every link, not only this one: the other honest party sees a reset (an
+            # abort, below) instead of waiting out its timeout for a party that stopped
+            for peer in getattr(self.runtime, "parties", ()):
+                transport = getattr(peer.protocol, "transport", None)
+                if transport is not None:
+                    transport.abort()
             transport = getattr(self, "transport", None)
             if transport is not None:
                 transport.abort()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            # a link lost with an error, or closed before this party began its shutdown, ends
+            # the protocol for this party too (MPyC alone would wait for its receives forever)
+            if exc is not None or not getattr(self.runtime, "_privrec_closing", False):
+                _fail(
+                    self.runtime,
+                    ProtocolAbort(
+                        "protocol",
+                        f"the link with party {self.peer_pid} was "
+                        + ("reset" if exc is not None else "closed")
+                        + " before the protocol ended; nothing was output",
+                    ),
+                )
+            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             if self._rejected is not None:
@@ -165,7 +184,13 @@ def bounded_exchanger(base: type, cap: int) -> type:
                     "refused (it could exhaust this party's memory)"
                 )
                 return
-            super().data_received(data)
+            try:
+                super().data_received(data)
+            except (AttributeError, TypeError):
+                # MPyC's parser met a message number it already holds a message for (a
+                # payload has no set_result): a peer repeating itself is refused
+                self._reject("a peer sent the same message number twice: refused")
+                return
             if self._held() > cap or len(self.buffers) > MAX_PENDING:
                 self._reject(
                     f"a peer sent more than {MAX_PENDING:,} messages (or {cap >> 20} MiB) this "
@@ -190,14 +215,31 @@ async def until_refused(coro: Any, runtime: Any) -> Any:
     timeout on receives that will never complete.
     """
     import asyncio
+    import contextlib
 
     refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     runtime._privrec_refused = refused
     task = asyncio.ensure_future(coro)
-    await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
-    if not task.done():
-        task.cancel()
-        exc = refused.exception()
-        assert exc is not None
-        raise exc
-    return task.result()
+    try:
+        await asyncio.wait({task, refused}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            exc = refused.exception()
+            assert exc is not None
+            raise exc
+        return task.result()
+    finally:
+        if not task.done():  # refused, or this wait was cancelled (a timeout): stop the protocol
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if refused.done() and not refused.cancelled():
+            refused.exception()  # retrieved: no "exception was never retrieved" at exit
+        else:
+            refused.cancel()
+
+
+def _fail(runtime: Any, exc: BaseException) -> None:
+    """Fail the runtime's ``_privrec_refused`` future (set by :func:`until_refused`) once."""
+    refused = getattr(runtime, "_privrec_refused", None)
+    if refused is not None and not refused.done():
+        refused.set_exception(exc)

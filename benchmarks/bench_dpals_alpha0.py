@@ -33,7 +33,7 @@ import numpy as np
 
 import validation_table
 from setting import DELTA, K, machine_info, machine_markdown
-from validation_table import run_cells
+from validation_table import cell_result, run_cells
 
 DATASETS = (
     "gowalla-lightgcn",
@@ -89,13 +89,7 @@ def _cell(split: Any, on: str, eps: float, alpha0: Any, seeds: tuple[int, ...]) 
                 "head_density": round(float(counts.sum() / (split.train.n_users * head.size)), 4),
                 "k": int(m.factors_),
             }
-    return {
-        "recall": float(np.mean(recalls)),
-        "recall_std": float(np.std(recalls)),
-        "recalls": recalls,
-        "seconds": round(time.perf_counter() - t0, 1),
-        **info,
-    }
+    return cell_result(recalls, t0, info)
 
 
 def run(datasets: list[str], epsilons: list[float], seeds: tuple[int, ...]) -> list[dict[str, Any]]:

@@ -38,11 +38,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
-
 import validation_table
 from setting import DELTA, K, machine_info, machine_markdown
-from validation_table import run_cells
+from validation_table import cell_result, run_cells
 
 SYNTHETIC = "synthetic-median5"
 DATASETS = (
@@ -229,13 +227,7 @@ def _cell(split: Any, on: str, eps: float, variant: str, seeds: tuple[int, ...])
             "regularization": round(float(m.regularization_), 2),
             "bound": int(m.max_per_user_),
         }
-    return {
-        "recall": float(np.mean(recalls)),
-        "recall_std": float(np.std(recalls)),
-        "recalls": recalls,
-        "seconds": round(time.perf_counter() - t0, 1),
-        **info,
-    }
+    return cell_result(recalls, t0, info)
 
 
 def run(datasets: list[str], epsilons: list[float], seeds: tuple[int, ...]) -> list[dict[str, Any]]:

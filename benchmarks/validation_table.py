@@ -20,6 +20,19 @@ Cell = Callable[[Any, str, float, str, tuple[int, ...]], dict[str, Any]]
 Report = Callable[[list[dict[str, Any]], tuple[int, ...], str], str]
 
 
+def cell_result(recalls: list[float], started: float, info: dict[str, Any]) -> dict[str, Any]:
+    """One cell's row: mean and sd of the seeds' Recall@K, each seed's, the seconds it took."""
+    import numpy as np
+
+    return {
+        "recall": float(np.mean(recalls)),
+        "recall_std": float(np.std(recalls)),
+        "recalls": recalls,
+        "seconds": round(time.perf_counter() - started, 1),
+        **info,
+    }
+
+
 def run_cells(
     datasets: Sequence[str],
     epsilons: Sequence[float],

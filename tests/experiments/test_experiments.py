@@ -6,6 +6,7 @@ import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -254,25 +255,31 @@ def test_cli_experiment(tmp_path: Path):
     assert bad.exit_code == 1 and "not found" in bad.output
 
 
+def _ledger(tmp_path: Path, *, epsilon: float) -> tuple[Any, Any]:
+    """A SQLite ledger with dataset 'ratings' (purpose 'ab', this budget): (owner, analyst)."""
+    from privrec.governance import Ledger
+    from privrec.governance.policy import policy_from_dict
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    owner, _ = Ledger.init(url, owner="olga")
+    owner.set_policy(
+        "ratings",
+        policy_from_dict(
+            {"purpose": "ab", "unit": "user", "budget": {"epsilon": epsilon, "delta": 1e-5}}
+        ),
+    )
+    return owner, Ledger.connect(url, owner.create_key("ann", "analyst"))
+
+
 def test_experiment_charges_a_real_ledger(tmp_path: Path):
     """Wired to privrec.governance: each fit is a committed 'experiment' charge; the budget binds."""
     from privrec.errors import BudgetExceededError
     from privrec.experiments import LedgerCharge
     from privrec.experiments.runner import load_governed_split
-    from privrec.governance import Ledger
     from privrec.governance.db import dispose_engines
-    from privrec.governance.policy import policy_from_dict
 
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
     try:
-        owner, _ = Ledger.init(url, owner="olga")
-        owner.set_policy(
-            "ratings",
-            policy_from_dict(
-                {"purpose": "ab", "unit": "user", "budget": {"epsilon": 3.0, "delta": 1e-5}}
-            ),
-        )
-        analyst = Ledger.connect(url, owner.create_key("ann", "analyst"))
+        _, analyst = _ledger(tmp_path, epsilon=3.0)
         cfg = load_experiment(TOML.replace("epsilon = 8.0", "epsilon = 2.0"))
         split, governed = load_governed_split(cfg.data, analyst, "ratings")
         with pytest.raises(BudgetExceededError):
@@ -292,20 +299,10 @@ def test_a_deletion_during_an_experiment_stops_its_next_fit(tmp_path: Path):
     from privrec.errors import StaleDataError
     from privrec.experiments import LedgerCharge
     from privrec.experiments.runner import load_governed_split
-    from privrec.governance import Ledger
     from privrec.governance.db import dispose_engines
-    from privrec.governance.policy import policy_from_dict
 
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
     try:
-        owner, _ = Ledger.init(url, owner="olga")
-        owner.set_policy(
-            "ratings",
-            policy_from_dict(
-                {"purpose": "ab", "unit": "user", "budget": {"epsilon": 50.0, "delta": 1e-5}}
-            ),
-        )
-        analyst = Ledger.connect(url, owner.create_key("ann", "analyst"))
+        owner, analyst = _ledger(tmp_path, epsilon=50.0)
         cfg = load_experiment(TOML)
         split, governed = load_governed_split(cfg.data, analyst, "ratings")
         victim = split.train.user_ids[0]

@@ -247,36 +247,36 @@ class KeyCache:
         if known:  # verified before: the ledger's own cache answers it without a hash
             led = self._connect(key, digest)
         else:
-            # a token per attempt, given back on success: concurrent wrong secrets cannot all
-            # slip past a check made before any of them failed; the caller's own address
-            # first, so one source cannot spend the process-wide budget alone
+            # the caller's own address first, so one source cannot spend the process-wide
+            # budget alone: checked here, charged only when the attempt fails (many honest
+            # first sign-ins from one address at once must not throttle each other); then a
+            # process-wide token per attempt, given back on success: concurrent wrong secrets
+            # cannot all slip past a check made before any of them failed
             src = "?" if source is None else source
             wait = self.source_failures.allow(src)
             if wait > 0:
                 raise AuthThrottledError(wait)
+            self.source_failures.refund(src)
             wait = self.failures.allow("*")
             if wait > 0:
-                self.source_failures.refund(src)
                 raise AuthThrottledError(wait)
             if not self.hashing.acquire(timeout=HASH_WAIT):
                 self.failures.refund("*")
-                self.source_failures.refund(src)
                 raise AuthThrottledError(1.0)
             try:
                 try:
                     if not self._active(key_id):
                         self._dummy(secret)  # the ledger refuses it below, after a hash as ever
                     led = self._connect(key, digest)
-                except AuthenticationError:  # the token stays taken: a failed attempt
+                except AuthenticationError:  # a failed attempt: the tokens stay taken
+                    self.source_failures.allow(src)
                     raise
                 except BaseException:  # the ledger could not answer: not the caller's failure
                     self.failures.refund("*")
-                    self.source_failures.refund(src)
                     raise
             finally:
                 self.hashing.release()
             self.failures.refund("*")
-            self.source_failures.refund(src)
         now = time.monotonic()
         with self._lock:
             if len(self._entries) >= self.max_entries:

@@ -29,10 +29,10 @@ from privrec.errors import (
 )
 from privrec.governance import Ledger, composition
 from privrec.governance import charging as charging_module
-from privrec.governance.charging import LedgerCharging
 from privrec.governance.composition import MAX_DEPTH, MAX_RELEASES, ChargeEvents
 from privrec.governance.db import create_ledger_engine
 from privrec.governance.policy import (
+    check_retention,
     consent_file_digest,
     policy_from_dict,
     read_consents,
@@ -128,10 +128,10 @@ def test_a_version_whose_oldest_interaction_is_not_a_number_is_stale(oldest: Any
     NaN as null, which read as "kept nothing")."""
     report = json.dumps({"oldest_kept_timestamp": oldest, "interactions_out": 5})
     with pytest.raises(StaleDataError, match="retention"):
-        LedgerCharging._check_retention("ratings", 30, report, time.time())
+        check_retention("ratings", 30, json.loads(report), time.time())
     # a load that kept nothing has nothing to expire
     empty = json.dumps({"oldest_kept_timestamp": None, "interactions_out": 0})
-    LedgerCharging._check_retention("ratings", 30, empty, time.time())
+    check_retention("ratings", 30, json.loads(empty), time.time())
 
 
 # ----------------------------------------------------------------- (8) consent-file messages

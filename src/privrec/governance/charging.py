@@ -37,7 +37,7 @@ from privrec.governance import schema as tbl
 from privrec.governance.auth import require
 from privrec.governance.composition import ChargeEvents, composed_epsilon
 from privrec.governance.db import read_transaction
-from privrec.governance.policy import Policy, consent_file_digest
+from privrec.governance.policy import Policy, check_retention, consent_file_digest
 from privrec.governance.reading import LedgerBase, _now
 from privrec.governance.records import ChargeInfo, GovernedData, GovernedVersion, fmt_time
 from privrec.privacy.events import SpentEvent
@@ -170,18 +170,41 @@ class LedgerCharging(LedgerBase):
                 return ChargeInfo.from_row(old, req.dataset, replayed=True)
         if req.data is not None:
             self._check_version(conn, ds, req.data, req.now)
+        budgets, main = self._usable_budgets(conn, ds, policy, use)
+        terms = [self._spent_terms(conn, ds.id, b, req.now) for b in budgets]
+        return _Plan(int(ds.id), PrivacyUnit(ds.unit), use, main, budgets, terms)
+
+    def check_use(self, dataset: str, purpose: str | None = None) -> None:
+        """Refuse now what :meth:`reserve` would refuse for ``purpose`` whatever the events: an
+        undeclared purpose, a dataset without a budget (:class:`~privrec.errors.PolicyViolation`).
+
+        For callers that must do costly work before they can reserve (a service loading a
+        dataset through its policy, which reads the whole file and records a version): a
+        request refused for these reasons then costs none of it. Reads only.
+        """
+        require(self.principal, "spend", "charging a dataset")
+        with read_transaction(self.engine) as conn:
+            ds = self._dataset(conn, dataset)
+            policy = Policy.from_json(ds.policy_json)
+            self._usable_budgets(conn, ds, policy, policy.purpose if purpose is None else purpose)
+
+    def _usable_budgets(
+        self, conn: Connection, ds: Any, policy: Policy, use: str
+    ) -> tuple[list[Any], Any]:
+        """The budgets a charge for ``use`` draws on and the dataset's own among them, or a
+        :class:`~privrec.errors.PolicyViolation` (the caller's purpose is not echoed: a service
+        passes this text on)."""
         budgets = self._applicable_budgets(conn, ds.id, use)
         if use != policy.purpose and not any(b.scope == "purpose" for b in budgets):
             # purpose limitation: a free-text purpose would also slip past every purpose cap
             raise PolicyViolation(
-                f"purpose {use!r} is not declared for dataset {req.dataset!r}: use its policy's "
-                f"purpose ({policy.purpose!r}) or one its owner gave a purpose budget"
+                f"the purpose is not declared for dataset {ds.name!r}: use its policy's purpose "
+                f"({policy.purpose!r}) or one its owner gave a purpose budget"
             )
         main = next((b for b in budgets if b.scope == "dataset"), None)
         if main is None:
-            raise PolicyViolation(f"dataset {req.dataset!r} has no budget; its owner must set one")
-        terms = [self._spent_terms(conn, ds.id, b, req.now) for b in budgets]
-        return _Plan(int(ds.id), PrivacyUnit(ds.unit), use, main, budgets, terms)
+            raise PolicyViolation(f"dataset {ds.name!r} has no budget; its owner must set one")
+        return budgets, main
 
     def _account(
         self, req: _Request, plan: _Plan, memo: dict[tuple[Any, ...], float], *, compute: bool
@@ -311,39 +334,7 @@ class LedgerCharging(LedgerBase):
                     "(someone may have withdrawn): load it again so the change applies"
                 )
         if policy.retention_days is not None:
-            self._check_retention(ds.name, policy.retention_days, v.report_json, now)
-
-    @staticmethod
-    def _check_retention(name: str, retention_days: float, report_json: str, now: float) -> None:
-        """Refuse a version holding an interaction the retention window has since passed.
-
-        Retention is applied when data is loaded; a version stays usable only while its oldest
-        kept interaction (``oldest_kept_timestamp``, recorded by the load) is within the window.
-        A version recorded before that field existed cannot show it is within the window, so it
-        is refused too (reloading once records it): refusing costs a reload, accepting could
-        train on interactions the policy says are gone.
-        """
-        report = json.loads(report_json)
-        if "oldest_kept_timestamp" not in report:
-            raise StaleDataError(
-                f"this version of dataset {name!r} was loaded by a privrec that did not record "
-                "its oldest interaction, so its retention window cannot be checked: load it "
-                "again so retention applies"
-            )
-        oldest = report["oldest_kept_timestamp"]
-        if oldest is None and not report.get("interactions_out"):
-            return  # the load kept nothing
-        # written so that a NaN, a missing value (NaN is stored as null) or text is stale too:
-        # `NaN < cutoff` is False, and such a version would never expire
-        if not (
-            isinstance(oldest, int | float)
-            and not isinstance(oldest, bool)
-            and oldest >= now - retention_days * 86400.0
-        ):
-            raise StaleDataError(
-                f"this version of dataset {name!r} holds interactions older than its retention "
-                f"window ({retention_days:g} days) now: load it again so retention applies"
-            )
+            check_retention(ds.name, policy.retention_days, json.loads(v.report_json), now)
 
     def _applicable_budgets(self, conn: Connection, dataset_id: int, purpose: str) -> list[Any]:
         return list(

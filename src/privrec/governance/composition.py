@@ -57,6 +57,7 @@ from privrec.privacy.accounting import (
 )
 from privrec.privacy.events import SpentEvent, event_from_dict, total_event
 from privrec.privacy.units import PrivacyUnit
+from privrec.privacy.verify import MAX_EVENT_DEPTH, MAX_EVENT_NODES
 
 __all__ = [
     "MAX_DEPTH",
@@ -104,10 +105,10 @@ def _refuse(where: str, why: str) -> GovernanceError:
 #: 10⁶ times takes ~30 s and ~1 GB; 10⁷ times, GBs; 10¹⁸, forever), and no real training
 #: comes near: they bound what one analyst's call can make the service compute.
 MAX_RELEASES = 10**6
-#: … nesting depth (privrec's own events nest a few levels; the check recurses)
-MAX_DEPTH = 32
-#: … and number of event records, over all of a charge's events
-MAX_NODES = 100_000
+#: … nesting depth and number of event records over all of a charge's events: the limits a
+#: stored guarantee is held to when a model file is verified (:mod:`privrec.privacy.verify`)
+MAX_DEPTH = MAX_EVENT_DEPTH
+MAX_NODES = MAX_EVENT_NODES
 
 
 def _real(value: Any, where: str, name: str) -> tuple[int | float, float]:

@@ -13,7 +13,6 @@ checks the caller's role, validates, and writes in one serialised transaction wi
 from __future__ import annotations
 
 import hashlib
-import math
 import unicodedata
 import warnings
 from collections.abc import Iterable
@@ -36,6 +35,7 @@ from privrec.governance.policy import (
     Policy,
     PolicyReport,
     apply_policy,
+    check_retention,
     consent_file_digest,
     content_hash,
 )
@@ -197,7 +197,7 @@ class LedgerIntake(LedgerBase):
                 report = report.model_copy(update={"consent_file_sha256": file_digest})
             h = content_hash(out)
             members = (
-                np.sort(digests[np.isin(data.user_ids, out.user_ids)])
+                digests[np.isin(data.user_ids, out.user_ids)]  # sorted when recorded
                 if out.n_users
                 else np.zeros(0, np.uint64)
             )
@@ -326,14 +326,8 @@ class LedgerIntake(LedgerBase):
                     f"the workers' data for dataset {ds.name!r} holds a person without a "
                     "recorded consent: filter it again with the current policy inputs"
                 )
-        if policy.retention_days is not None and report.interactions_out > 0:
-            oldest = report.oldest_kept_timestamp
-            cutoff = now - policy.retention_days * 86400.0
-            if oldest is None or not (math.isfinite(oldest) and oldest >= cutoff):
-                raise StaleDataError(
-                    f"the workers' data for dataset {ds.name!r} does not show its oldest "
-                    "interaction inside the retention window: filter it again"
-                )
+        if policy.retention_days is not None:
+            check_retention(ds.name, policy.retention_days, report.model_dump(mode="json"), now)
 
     def _consented(
         self, conn: Connection, dataset_id: int, policy: Policy, key: bytes

@@ -42,7 +42,13 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import DataError, LedgerSchemaError, PolicyError, PolicyViolation
+from privrec.errors import (
+    DataError,
+    LedgerSchemaError,
+    PolicyError,
+    PolicyViolation,
+    StaleDataError,
+)
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = [
@@ -52,6 +58,7 @@ __all__ = [
     "PolicyReport",
     "PolicyStep",
     "apply_policy",
+    "check_retention",
     "load_policy",
     "read_consents",
 ]
@@ -253,15 +260,17 @@ _FALSE = {"0", "false", "no", "n", "revoked", "withdrawn", "denied", "opt-out", 
 
 
 def consent_file_digest(path: str | Path) -> str:
-    """SHA-256 of a consent file's bytes (what a loaded version records)."""
+    """SHA-256 of a consent file's bytes (what a loaded version records).
+
+    An unreadable file is a :class:`~privrec.errors.DataError` naming the file (its name, not
+    its directory: the message reaches analysts), as :func:`read_consents` reports a missing
+    one — the server's configuration, not the caller's request.
+    """
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError as exc:
-        # the file name only, and the reason without the path: the message reaches analysts
         why = exc.strerror or type(exc).__name__
-        raise PolicyViolation(
-            f"the consent file {Path(path).name!r} cannot be read: {why}"
-        ) from None
+        raise DataError(f"consent file cannot be read ({why})", file=Path(path).name) from None
 
 
 def read_consents(path: str | Path) -> list[tuple[str, bool]]:
@@ -322,6 +331,39 @@ def retention_grace(retention_days: float) -> float:
     keeps a version valid for at least this long.
     """
     return min(3600.0, 0.01 * retention_days * 86400.0)
+
+
+def check_retention(name: str, retention_days: float, report: dict[str, Any], now: float) -> None:
+    """Refuse (:class:`~privrec.errors.StaleDataError`) a version holding an interaction the
+    retention window has since passed — for a charge on a loaded version and for a version
+    registered from a cluster's workers alike.
+
+    Retention is applied when data is loaded; a version stays usable only while its oldest kept
+    interaction (``report["oldest_kept_timestamp"]``, a :class:`PolicyReport` as JSON) is within
+    the window. A version recorded before that field existed cannot show it is within the
+    window, so it is refused too (reloading once records it): refusing costs a reload,
+    accepting could train on interactions the policy says are gone.
+    """
+    if "oldest_kept_timestamp" not in report:
+        raise StaleDataError(
+            f"this version of dataset {name!r} was loaded by a privrec that did not record "
+            "its oldest interaction, so its retention window cannot be checked: load it "
+            "again so retention applies"
+        )
+    oldest = report["oldest_kept_timestamp"]
+    if oldest is None and not report.get("interactions_out"):
+        return  # the load kept nothing
+    # written so that a NaN, a missing value (NaN is stored as null) or text is stale too:
+    # `NaN < cutoff` is False, and such a version would never expire
+    if not (
+        isinstance(oldest, int | float)
+        and not isinstance(oldest, bool)
+        and oldest >= now - retention_days * 86400.0
+    ):
+        raise StaleDataError(
+            f"this version of dataset {name!r} holds interactions older than its retention "
+            f"window ({retention_days:g} days) now: load it again so retention applies"
+        )
 
 
 def _refuse_future(ts: np.ndarray, now: float) -> None:

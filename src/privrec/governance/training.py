@@ -231,6 +231,8 @@ class ChargeSession:
         """
         if self.charge is None:
             raise GovernanceError("released before the charge was reserved (write-ahead violated)")
+        if self._released:  # already recorded; later top-ups are marked as cover adds them
+            return
         self.ledger.mark_released([self.charge, *self.top_ups])
         self._released = True
 

@@ -253,10 +253,9 @@ class KeyCache:
             # process-wide token per attempt, given back on success: concurrent wrong secrets
             # cannot all slip past a check made before any of them failed
             src = "?" if source is None else source
-            wait = self.source_failures.allow(src)
+            wait = self.source_failures.wait(src)
             if wait > 0:
                 raise AuthThrottledError(wait)
-            self.source_failures.refund(src)
             wait = self.failures.allow("*")
             if wait > 0:
                 raise AuthThrottledError(wait)
@@ -341,6 +340,22 @@ class RateLimiter:
             while len(self._buckets) > self.max_entries:
                 self._buckets.popitem(last=False)
             return wait
+
+    def wait(self, ident: str) -> float:
+        """The seconds a request by ``ident`` would wait now (0.0: it may go), taking nothing.
+
+        For a budget charged only after the fact (failed attempts): checked before the work,
+        charged with :meth:`allow` when the attempt fails.
+        """
+        if self.rate <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            found = self._buckets.get(ident)
+        if found is None:
+            return 0.0
+        tokens = min(float(self.burst), found[0] + (now - found[1]) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
     def refund(self, ident: str) -> None:
         """Give back the token :meth:`allow` took (the attempt turned out not to count)."""

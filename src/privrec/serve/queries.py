@@ -44,7 +44,7 @@ from privrec.privacy.randomness import resolve_generator
 from privrec.privacy.units import PrivacyUnit
 from privrec.serve import analytics
 from privrec.serve.analytics import QueryPlan
-from privrec.serve.datasets import DatasetUnavailableError, ServedDataset, View, server_side
+from privrec.serve.datasets import ServedDataset, View, server_side
 
 __all__ = ["QueryOutcome", "QueryRequest", "plan", "precheck", "run_query"]
 
@@ -91,38 +91,17 @@ def _dataset(ledger: Ledger, name: str) -> tuple[Policy, int]:
     return Policy.model_validate(info.policy), info.deletions
 
 
-def _consent_file_unreadable(policy: Policy) -> bool:
-    """Whether the policy's consent file (if it keeps consents in one) cannot be read now."""
-    if not policy.consent.required or policy.consent.source == "ledger":
-        return False
-    try:
-        with open(policy.consent.source, "rb") as fh:
-            fh.read(1)
-    except OSError:
-        return True
-    return False
-
-
-def precheck(ledger: Ledger, name: str, policy: Policy, purpose: str | None) -> None:
+def precheck(ledger: Ledger, name: str, purpose: str | None) -> None:
     """Refuse, before any data is loaded, what the ledger's reservation would refuse anyway.
 
     Loading data through the policy registers a dataset version (with its member hashes) and an
     audit row, and reads the whole file: a request refused for an undeclared purpose or a
-    missing dataset budget must cost none of that. The rules are the ledger's
-    (:meth:`Ledger.reserve <privrec.governance.Ledger.reserve>` checks them again); this only
-    runs before a load, never on the cached path.
+    missing dataset budget must cost none of that. The rules are the ledger's own
+    (:meth:`Ledger.check_use <privrec.governance.Ledger.check_use>`, which
+    :meth:`~privrec.governance.Ledger.reserve` applies too); this only runs before a load,
+    never on the cached path.
     """
-    budgets = ledger.status(name)
-    if not any(b.scope == "dataset" for b in budgets):
-        raise PolicyViolation(f"dataset {name!r} has no budget; its owner must set one")
-    use = purpose if purpose is not None else policy.purpose
-    if use != policy.purpose and not any(
-        b.scope == "purpose" and b.scope_value == use for b in budgets
-    ):
-        raise PolicyViolation(  # the caller's purpose is not echoed
-            f"the purpose is not declared for dataset {name!r}: use its policy's purpose "
-            f"({policy.purpose!r}) or one its owner gave a purpose budget"
-        )
+    ledger.check_use(name, purpose)
 
 
 def plan(
@@ -268,7 +247,7 @@ def _run(
     canonical = req.canonical()
     description = f"{req.kind} {hashlib.sha256(canonical.encode()).hexdigest()[:32]} {canonical}"
     if not ds.loaded:
-        precheck(ledger, ds.name, policy, req.purpose)
+        precheck(ledger, ds.name, req.purpose)
     view = ds.view(ledger)
     for attempt in range(2):
         try:
@@ -285,12 +264,8 @@ def _run(
         except StaleDataError:
             if attempt:
                 raise
-            precheck(ledger, ds.name, policy, req.purpose)
+            precheck(ledger, ds.name, req.purpose)
             view = ds.view(ledger, stale=view)
-        except PolicyViolation as exc:
-            if _consent_file_unreadable(policy):  # the ledger compares the file before charging
-                raise DatasetUnavailableError(ds.name, exc) from exc
-            raise
     if charge.replayed:
         if charge.status == "committed" and charge.result is not None:
             return QueryOutcome(charge.result, charge.id, True)

@@ -51,8 +51,8 @@ from dp_accounting import dp_event
 from privrec.errors import GovernanceError, PrivrecError
 from privrec.privacy.accounting import (
     INTEGER_RDP_ORDERS,
-    _gaussian_rate,
     epsilon_of,
+    gaussian_rate,
     simplify,
 )
 from privrec.privacy.events import SpentEvent, event_from_dict, total_event
@@ -338,7 +338,7 @@ class ChargeEvents:
                 [{**s.to_dict(), **extra} for s in items], sort_keys=True, separators=(",", ":")
             ),
         )
-        rate = _accounted("these events", lambda: _gaussian_rate(self.event))
+        rate = _accounted("these events", lambda: gaussian_rate(self.event))
         if _has_infinite_gaussian(self.event) and rate is None:
             # z = +inf is "no release" only where it is a zero rate; PLD cannot sample or
             # compose an infinite Gaussian with other kinds (it fails, or returns NaN)

@@ -28,6 +28,7 @@ __all__ = [
     "calibrate",
     "compose",
     "epsilon_of",
+    "gaussian_rate",
     "make_accountant",
     "simplify",
 ]
@@ -84,19 +85,24 @@ def compose(events: Sequence[dp_accounting.DpEvent]) -> dp_accounting.DpEvent:
     return dp_accounting.ComposedDpEvent(events)
 
 
-def _gaussian_rate(event: dp_accounting.DpEvent) -> float | None:
-    """Σ 1/z² over an event made only of Gaussian releases, else ``None``."""
+def gaussian_rate(event: dp_accounting.DpEvent) -> float | None:
+    """Σ 1/z² over an event made only of (unsampled) Gaussian releases, else ``None``.
+
+    The composition's "rate": m Gaussian releases with multipliers z_i are exactly one Gaussian
+    release with multiplier (Σ z_i⁻²)^(−1/2) (see :func:`simplify`). The ledger uses it to bound
+    how many releases a request may hold; anything sampled or non-Gaussian gives ``None``.
+    """
     if isinstance(event, dp_accounting.GaussianDpEvent):
         return float("inf") if event.noise_multiplier == 0 else 1.0 / event.noise_multiplier**2
     if isinstance(event, dp_accounting.NoOpDpEvent):
         return 0.0
     if isinstance(event, dp_accounting.SelfComposedDpEvent):
-        inner = _gaussian_rate(event.event)
+        inner = gaussian_rate(event.event)
         return None if inner is None else inner * event.count
     if isinstance(event, dp_accounting.ComposedDpEvent):
         total = 0.0
         for e in event.events:
-            r = _gaussian_rate(e)
+            r = gaussian_rate(e)
             if r is None:
                 return None
             total += r
@@ -115,7 +121,7 @@ def simplify(event: dp_accounting.DpEvent) -> dp_accounting.DpEvent:
     accountant from convolving many identical distributions (and makes the
     result tighter than the discretised convolution).
     """
-    rate = _gaussian_rate(event)
+    rate = gaussian_rate(event)
     if rate is not None and (math.isnan(rate) or rate < 0):
         # a NaN multiplier would become GaussianDpEvent(nan), whose closed-form ε is 0
         raise ConfigError(

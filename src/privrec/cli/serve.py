@@ -22,6 +22,33 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def _proxies(values: list[str]) -> list[str]:
+    """The trusted proxies as canonical addresses / networks; anything else is refused.
+
+    ``*`` is refused: trusting every peer's X-Forwarded-For lets any client choose the address
+    its failed sign-ins are charged to, which defeats the per-address budget.
+    """
+    from privrec.errors import ServeConfigError
+
+    out = []
+    for raw in values:
+        value = raw.strip()
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ServeConfigError(
+                f"--trusted-proxy expects an IP address or network (CIDR), found {raw!r}"
+            ) from None
+        if net.prefixlen == 0:
+            raise ServeConfigError(
+                f"--trusted-proxy {raw!r} trusts every address: any client could then choose the "
+                "address its failed sign-ins are charged to; name the proxy's address or network"
+            )
+        single = net.prefixlen == net.max_prefixlen
+        out.append(str(net.network_address) if single else str(net))
+    return out
+
+
 def serve(
     db: Annotated[
         str | None,
@@ -65,6 +92,14 @@ def serve(
         ),
     ] = 1,
     verify_key: VerifyKeyOpt = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            help="Address or network (CIDR) of a reverse proxy whose X-Forwarded-For names the "
+            "client (repeatable): per-address sign-in budgets then see the clients, not the proxy.",
+        ),
+    ] = None,
 ) -> None:
     """Serve recommendations, DP analytics queries and the privacy dashboard.
 
@@ -105,6 +140,7 @@ def serve(
                 PrivacyWarning,
                 stacklevel=1,
             )
+        proxies = _proxies(trusted_proxy or [])
         settings = ServeSettings(
             db_url=resolve_url(db),
             models_dir=models,
@@ -138,7 +174,10 @@ def serve(
             host=host,
             port=port,
             access_log=False,  # uvicorn's access log names client addresses; ours does not
-            proxy_headers=False,  # client addresses are never used, kept or logged
+            # the client address only feeds the in-memory sign-in budget (never kept or logged);
+            # X-Forwarded-For is believed only from the proxies named on the command line
+            proxy_headers=bool(proxies),
+            forwarded_allow_ips=proxies or None,
             log_level=log_level,
             server_header=False,
             ws="none",

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 import warnings
 from pathlib import Path
@@ -305,13 +306,27 @@ def _row(rows: list[dict[str, Any]], ds: str, model: str, eps: float | None) -> 
     )
 
 
-def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (data set, ε, model): does its mean Recall@20 beat DPPopularity's at that ε?"""
+def verdict(r: dict[str, Any], pop: dict[str, Any], n_seeds: int) -> str:
+    """``"yes"`` / ``"tie"`` / ``"no"``: the mean Recall@20 against DPPopularity's at that ε.
+
+    A difference within two standard errors of the difference of the means (the seeds' sd,
+    √((s₁² + s₂²)/n)) is a tie, not a win: with 3 noise draws a 0.0001 lead says nothing.
+    """
+    diff = r["recall"] - pop["recall"]
+    se = math.sqrt((r["recall_std"] ** 2 + pop["recall_std"] ** 2) / max(n_seeds, 1))
+    if abs(diff) <= 2.0 * se:
+        return "tie"
+    return "yes" if diff > 0 else "no"
+
+
+def verdicts(rows: list[dict[str, Any]], n_seeds: int) -> list[dict[str, Any]]:
+    """Per (data set, ε, model): :func:`verdict` against DPPopularity at that ε."""
     out = []
     for r in rows:
         if r["epsilon"] is None or r["model"] == "dppopularity":
             continue
         pop = _row(rows, r["dataset"], "dppopularity", r["epsilon"])
+        v = verdict(r, pop, n_seeds)
         out.append(
             {
                 "dataset": r["dataset"],
@@ -319,10 +334,14 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "model": r["model"],
                 "recall": r["recall"],
                 "dppopularity": pop["recall"],
-                "beats_dppopularity": bool(r["recall"] > pop["recall"]),
+                "verdict": v,
+                "beats_dppopularity": v == "yes",
             }
         )
     return out
+
+
+_VERDICT = {"yes": "✓ yes", "tie": "tie (within 2 s.e.)", "no": "**✗ no**"}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -360,13 +379,13 @@ def markdown(result: dict[str, Any]) -> str:
         ]
         for r in (r for r in rows if r["dataset"] == ds):
             eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:g}"
-            verdict = ""
+            cell = ""
             if r["epsilon"] is not None and r["model"] != "dppopularity":
                 pop = _row(rows, ds, "dppopularity", r["epsilon"])
-                verdict = "✓ yes" if r["recall"] > pop["recall"] else "**✗ no**"
+                cell = _VERDICT[verdict(r, pop, n_seeds)]
             lines.append(
                 f"| {r['model']} | {eps} | {r['recall']:.4f} ± {r['recall_std']:.4f} | "
-                f"{r['ndcg']:.4f} ± {r['ndcg_std']:.4f} | {r['fit_seconds']} | {verdict} |"
+                f"{r['ndcg']:.4f} ± {r['ndcg_std']:.4f} | {r['fit_seconds']} | {cell} |"
             )
         lines.append("")
     lines += ["## Machine", "", machine_markdown(result["machine"]), ""]
@@ -414,8 +433,18 @@ def main() -> None:
         default=None,
         help="only these rows of VALIDATION_MODELS (e.g. 'federatedmf'; DPPopularity always)",
     )
+    ap.add_argument(
+        "--render", action="store_true", help="run nothing: re-render the last full run's table"
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
+    if args.render:
+        path = Path(args.out) / "short_history.json"
+        last = json.loads(path.read_text())
+        last["verdicts"] = verdicts(last["rows"], len(last["seeds"]))
+        path.write_text(json.dumps(last, indent=2) + "\n")
+        (Path(args.out) / "short_history.md").write_text(markdown(last))
+        return
     aggregation = "distributed" if args.distributed else "central"
     if args.validation:
         val: dict[str, Any] = {
@@ -468,7 +497,7 @@ def main() -> None:
         "synthetic": SYNTHETIC_QUICK if args.quick else SYNTHETIC,
     }
     result["rows"] = run(args.quick, aggregation)
-    result["verdicts"] = verdicts(result["rows"])
+    result["verdicts"] = verdicts(result["rows"], len(result["seeds"]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "short_history-quick" if args.quick else "short_history"

@@ -16,10 +16,14 @@ from privrec.governance.training import federated_session
 from .conftest import make_setup
 
 
-def test_a_federated_run_failing_after_its_first_release_keeps_its_charge(ledger_url: str) -> None:
+@pytest.mark.parametrize("crash_in_round", [1, 2])
+def test_a_federated_run_failing_after_its_first_release_keeps_its_charge(
+    ledger_url: str, crash_in_round: int
+) -> None:
     """A reviewer aborted (refunded) a run that died in round 2 after the counting round and
-    round 1 had gone to the devices; the hook now marks the charge released from the second
-    release on, and abort refuses it."""
+    round 1 had gone to the devices. The hook now marks the charge released as soon as a release
+    is charged — the counting round's noisy counts are the first — so a run dying in round 1,
+    before any report, keeps its charge too, and abort refuses it."""
     s: Any = make_setup(ledger_url)
     data = s.analyst.load("ratings", synthetic(n_users=300, n_items=40, seed=1))
     cfg = FederatedMFConfig.create(
@@ -34,14 +38,16 @@ def test_a_federated_run_failing_after_its_first_release_keeps_its_charge(ledger
 
     def round_then_crash(*a: Any, **k: Any) -> Any:
         calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("operator pressed Ctrl-C during round 2")
+        if len(calls) == crash_in_round:
+            raise KeyboardInterrupt(f"operator pressed Ctrl-C during round {crash_in_round}")
         return real(*a, **k)
 
     sim._round = round_then_crash  # type: ignore[method-assign]
     with pytest.raises(KeyboardInterrupt), session, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sim.run()
+    assert sim.server.round == crash_in_round - 1 and sim.server.noisy_counts is not None
     (charge,) = s.analyst.history("ratings")
+    assert charge.status == "reserved"
     with pytest.raises(GovernanceError, match="released"):
         s.analyst.abort(charge.id, reason="it crashed")

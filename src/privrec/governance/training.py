@@ -545,16 +545,16 @@ def federated_session(
         federated_events(server, remaining=remaining),
         accountant=RDP_ONLY if c.aggregation == "distributed" else None,
     )
-    covered: list[SpentEvent] = []
 
     def cover(release: SpentEvent) -> None:
-        # the hook runs before each release: from the second on, an earlier one (the counting
-        # round's noisy counts, a round's noisy sum) has gone to the devices, so the charge can
-        # no longer be aborted — even if the run dies before any round report
-        if covered:
-            session.released()
+        # the hook runs when the server already holds the noisy sum (the counting round's noisy
+        # counts, a round's noisy update: the devices drew the noise, or the server did) and is
+        # about to apply it: once the release is charged, the charge can no longer be aborted —
+        # even if the run dies before the noisy counts or factors reach a device (until
+        # 2026-12-07 only from the second release on: a run dying between the counting round
+        # and round 1 left a charge that an owner could abort although its counts were drawn)
         session.cover(release)
-        covered.append(release)
+        session.released()
 
     server.ledger_hook = cover
     return session

@@ -151,6 +151,19 @@ def test_train_tiers_through_the_ledger(udata: Path, tmp_path: Path) -> None:
         assert code == 1 and "every training user needs a tier" in out
         refusals.append(" ".join(out.split()).replace("'6'", "'5'"))
     assert refusals[0] == refusals[1]
+    # the same for a row asking for an undeclared tier: the forgotten user's row (5) is refused
+    # as the kept user's (6) is, naming the file's line (it was checked on the kept users only)
+    refusals = []
+    for who in ("5,", "6,"):
+        odd = [r if not r.startswith(who) else f"{who}0.7" for r in rows]
+        asks.write_text("\n".join(odd) + "\n")
+        code, out = invoke(*args, key=analyst)
+        flat = " ".join(out.split())
+        assert code == 1 and "not a declared tier" in flat, out
+        line = 1 + next(i for i, r in enumerate(odd) if r.startswith(who))
+        assert f"asks.csv:{line}" in flat.replace(" ", "")
+        refusals.append(flat.replace(f"asks.csv:{line}", "asks.csv:N"))
+    assert refusals[0] == refusals[1]
     assert invoke("ledger", "status", "--dataset", "ml", "--db", url, key=owner)[0] == 0
     asks.write_text("\n".join(rows) + "\n")  # user 5's row is ignored: not trained on
     code, out = invoke(*args, key=analyst)

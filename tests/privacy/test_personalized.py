@@ -186,6 +186,32 @@ def test_bad_tiers_fail_before_any_release() -> None:
     with pytest.raises(ConfigError, match="user_epsilons"):
         m.fit(data)
     assert calls == []  # refused before the write-ahead charge, before any noise
+    # real numbers in a flat list only: a complex part, booleans or a 2-D table were accepted
+    for odd in (eps.astype(complex) + 1j, np.ones(len(eps), dtype=bool), eps.reshape(-1, 1)):
+        with pytest.raises(DataError, match="real numbers in a flat list"):
+            m.fit(data, user_epsilons=odd)
+    assert calls == []
+
+
+def test_a_failed_refit_leaves_the_fitted_model_as_it_was(tmp_path: Path) -> None:
+    """A reviewer's refit with a new ε, a new catalogue and invalid tiers raised, but had
+    already replaced the noise scale and the catalogue: the saved file paired the new σ with
+    the old guarantee, and the stale catalogue stuck for the next fit."""
+    data, eps = _tiered_data()
+    m = DPALS(epsilon=3.0, delta=1e-5, unit="user", tiers=(0.5, 1.0), factors=4, seed=0)
+    m.fit(data, user_epsilons=eps)
+    before = {k: v for k, v in m.__dict__.items()}
+    sigma, guarantee = m.noise_scale_, m.privacy_guarantee
+    m.set_params(epsilon=4.0)
+    with pytest.raises(DataError):
+        m.fit(data, user_epsilons=np.full(len(eps), 0.3), item_ids=np.arange(data.n_items + 5))
+    m.set_params(epsilon=3.0)
+    assert m.noise_scale_ == sigma and m.privacy_guarantee == guarantee
+    assert getattr(m, "_catalogue", None) is before.get("_catalogue")
+    assert set(m.__dict__) == set(before)
+    again = load_model(m.save(tmp_path / "m.npz"))
+    assert again.noise_scale_ == sigma
+    assert "tiers" not in m.privacy_guarantee.non_default_params  # a privacy parameter
 
 
 @settings(max_examples=20)  # ~0.1 s per example (the numba kernels' per-call overhead)

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from privrec.data import synthetic
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, DataError, NonFiniteResultError
 from privrec.evaluation import evaluate, random_holdout
 from privrec.evaluation.splits import Split
 from privrec.models import DPALS, DPPopularity
@@ -215,3 +215,67 @@ def test_repeated_candidates_do_not_raise_the_number_of_trials() -> None:
         delta=1e-5, seed=1,
     )  # fmt: skip
     assert once.guarantee.events == twice.guarantee.events
+
+
+def test_bad_arguments_and_unsplittable_data_are_refused_before_the_charge() -> None:
+    """A reviewer found bare TypeErrors / ValueErrors for these, and a charge recorded before a
+    DataError on data the split cannot hold out, or a ConfigError about ε = 0 at δ = 0.5."""
+    data = synthetic(n_users=60, n_items=20, seed=0)
+    bad: list[dict[str, Any]] = [
+        {"grid": [{1: 2, "max_per_user": 3}]},
+        {"grid": {"max_per_user": 3}},
+        {"mean_trials": "x"},
+        {"score_fraction": "0.5"},
+        {"unit": "bogus"},
+        {"base_params": [1]},
+        {"seed": "x"},
+        {"delta": 0.5},
+        {"data": "not data"},
+    ]
+    for kw in bad:
+        args: dict[str, Any] = {"grid": [{}], "data": data, "epsilon": 1.0, "delta": 1e-5, **kw}
+        gate: list[object] = []
+        with pytest.raises(ConfigError):
+            private_tune(DPPopularity, release_gate=gate.append, **args)
+        assert gate == [], kw
+    one_each = sp.csr_matrix(np.eye(30, 10, dtype=np.float32))  # every user has one item
+    gate = []
+    with pytest.raises(DataError):
+        private_tune(
+            DPPopularity, [{}], one_each, epsilon=1.0, delta=1e-5, release_gate=gate.append
+        )
+    assert gate == []
+    # a sparse matrix is data too
+    res = private_tune(DPPopularity, [{}], data.matrix, epsilon=1.0, delta=1e-5, seed=0)
+    assert res.params == {}
+
+
+def test_a_failing_trial_scores_minus_infinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A candidate whose fit fails on this data no longer stops the selection after the charge
+    (which showed that it was drawn): it is never chosen; when every trial fails the selection
+    says so, with its charge kept."""
+    data = synthetic(n_users=60, n_items=20, seed=0)
+    real = DPPopularity._fit
+
+    def fragile(self: DPPopularity, d: Any, config: Any) -> None:
+        if config.max_per_user == 7:
+            raise NonFiniteResultError("the solve overflowed")
+        real(self, d, config)
+
+    monkeypatch.setattr(DPPopularity, "_fit", fragile)
+    chosen = set()
+    for seed in range(8):
+        res = private_tune(
+            DPPopularity, [{"max_per_user": 7}, {"max_per_user": 3}], data, epsilon=1.0,
+            delta=1e-5, mean_trials=6.0, seed=seed,
+        )  # fmt: skip
+        chosen.add(res.params["max_per_user"])
+        assert res.model.get_params()["seed"] == seed  # the selection's seed, not the trial's
+    assert chosen == {3}
+    gate: list[object] = []
+    with pytest.raises(NonFiniteResultError, match="no trial"):
+        private_tune(
+            DPPopularity, [{"max_per_user": 7}], data, epsilon=1.0, delta=1e-5, seed=0,
+            release_gate=gate.append,
+        )  # fmt: skip
+    assert len(gate) == 1  # charged: the trials ran

@@ -8,6 +8,7 @@ protection tiers, each user's tier read from a CSV file (:mod:`privrec.privacy.p
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,6 +32,7 @@ from privrec.cli.common import (
     signing_key,
 )
 from privrec.errors import ConfigError, DataError
+from privrec.privacy.personalized import declared_tiers, resolve_tiers
 
 __all__ = ["train_tiers", "tune"]
 
@@ -154,7 +156,8 @@ def train_tiers(
         # every row checked against the whole file before anything is charged or fitted — before
         # the policy too: what the check says may not depend on whom the policy removed
         ids = np.asarray(data.user_ids)
-        asks = read_user_epsilons(tiers_file, ids)
+        declared = resolve_tiers(epsilon, offered)
+        asks = read_user_epsilons(tiers_file, ids, tiers=declared)
         if dataset is None and ledger is None:
             with err_console.status(f"fitting {model.name} with protection tiers…"):
                 model.fit(data, user_epsilons=asks)
@@ -191,12 +194,20 @@ def train_tiers(
         console.print(f"→ {saved}")
 
 
-def read_user_epsilons(path: Path, user_ids: np.ndarray, *, every_user: bool = True) -> np.ndarray:
+def read_user_epsilons(
+    path: Path,
+    user_ids: np.ndarray,
+    *,
+    every_user: bool = True,
+    tiers: Sequence[float] | None = None,
+) -> np.ndarray:
     """Each training user's requested ε from ``user,epsilon`` rows (NaN for a user without one).
 
     Every row is checked (two columns, a known user, a finite number, no user twice — a repeat
-    could silently move someone to a looser tier); errors name the file's own line numbers.
-    ``every_user``: every user of ``user_ids`` must have a row.
+    could silently move someone to a looser tier, and with ``tiers`` one of the declared
+    tiers); errors name the file's own line numbers. ``every_user``: every user of
+    ``user_ids`` must have a row. Run on the whole file before any policy: a refusal must not
+    depend on whom the policy removed.
     """
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:  # a BOM (from Excel) is not a name
@@ -225,6 +236,13 @@ def read_user_epsilons(path: Path, user_ids: np.ndarray, *, every_user: bool = T
             raise DataError("epsilon is not a number", field=where, found=raw) from None
         if not np.isfinite(value):
             raise DataError("epsilon is not a finite number", field=where, found=raw)
+        if tiers is not None and not declared_tiers(np.array([value]), tiers)[1][0]:
+            raise DataError(
+                "not a declared tier",
+                field=where,
+                expected="one of " + ", ".join(f"{t:g}" for t in tiers),
+                found=raw,
+            )
         out[index[u]] = value
     if every_user:
         require_tiers(out, user_ids, str(path))

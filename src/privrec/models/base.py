@@ -192,12 +192,32 @@ class Recommender(ABC):
         self._catalogue = ids
         return self
 
+    @contextlib.contextmanager
+    def _unchanged_on_failure(self) -> Any:
+        """A ``fit`` that raises leaves the model as it was: parameters' state, catalogue and
+        learned arrays (a reviewer's refit that failed validation had already replaced the
+        noise scale and the catalogue of a fitted model, whose file then paired them with the
+        old guarantee). Fits build new arrays rather than change the old ones in place, so the
+        attributes themselves are what must come back."""
+        before = dict(self.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
     def fit(self, interactions: Interactions | sp.spmatrix | sp.sparray) -> Self:
         """Learn from a users × items matrix; returns ``self``.
 
         The columns are the data's items unless a catalogue was fixed with
         :meth:`with_catalogue` (the private models also take it as ``fit(..., item_ids=...)``).
+        A fit that raises leaves the model as it was.
         """
+        with self._unchanged_on_failure():
+            return self._fit_all(interactions)
+
+    def _fit_all(self, interactions: Interactions | sp.spmatrix | sp.sparray) -> Self:
         cfg = self.config()
         data = as_interactions(interactions)
         catalogue = getattr(self, "_catalogue", None)

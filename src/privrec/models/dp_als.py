@@ -452,17 +452,18 @@ class DPALS(ReleasedItemFactors):
         read-only copies and cannot change the fit (the same seeded fit gives the same
         factors with or without it); an exception it raises aborts the fit.
         """
-        if item_ids is not None:
-            self.with_catalogue(item_ids)
-        self._progress = progress
-        self._user_epsilons = user_epsilons
-        self._on_release = on_release
-        try:
-            super().fit(interactions)
-        finally:
-            self._progress = None
-            self._user_epsilons = None
-            self._on_release = None
+        with self._unchanged_on_failure():  # the catalogue too
+            if item_ids is not None:
+                self.with_catalogue(item_ids)
+            self._progress = progress
+            self._user_epsilons = user_epsilons
+            self._on_release = on_release
+            try:
+                super().fit(interactions)
+            finally:
+                self._progress = None
+                self._user_epsilons = None
+                self._on_release = None
         return self
 
     def _ratios(self, c: DPALSConfig) -> tuple[float, float, float, float]:

@@ -277,9 +277,10 @@ class DPEASE(PrivateRecommender):
     ) -> Self:
         """Fit; ``item_ids`` fixes the item catalogue so that nothing about it is learned from
         the data (:meth:`~privrec.models.base.Recommender.with_catalogue`)."""
-        if item_ids is not None:
-            self.with_catalogue(item_ids)
-        return super().fit(interactions)
+        with self._unchanged_on_failure():  # the catalogue too
+            if item_ids is not None:
+                self.with_catalogue(item_ids)
+            return super().fit(interactions)
 
     def _fit(self, data: Interactions, config: DPEASEConfig) -> None:
         budget, rng = self._begin(data, config)

@@ -182,13 +182,14 @@ class DPPopularity(PopularityScores, PrivateRecommender):
         """Fit; ``item_ids`` fixes the item catalogue so that nothing about it is learned from
         the data (:meth:`~privrec.models.base.Recommender.with_catalogue`); ``user_epsilons``
         gives each user's protection tier (one of ``tiers`` or ε)."""
-        if item_ids is not None:
-            self.with_catalogue(item_ids)
-        self._user_epsilons = user_epsilons
-        try:
-            super().fit(interactions)
-        finally:
-            self._user_epsilons = None
+        with self._unchanged_on_failure():  # the catalogue too
+            if item_ids is not None:
+                self.with_catalogue(item_ids)
+            self._user_epsilons = user_epsilons
+            try:
+                super().fit(interactions)
+            finally:
+                self._user_epsilons = None
         return self
 
     def _fit(self, data: Interactions, config: DPPopularityConfig) -> None:

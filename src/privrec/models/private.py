@@ -42,7 +42,7 @@ __all__ = [
     "read_head_items",
 ]
 
-_PRIVACY_PARAMS = frozenset({"epsilon", "delta", "unit", "accountant", "seed"})
+_PRIVACY_PARAMS = frozenset({"epsilon", "delta", "unit", "accountant", "seed", "tiers"})
 
 
 class PrivateConfig(ModelConfig):

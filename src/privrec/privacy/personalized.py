@@ -40,6 +40,7 @@ from privrec.privacy.units import PrivacyUnit
 
 __all__ = [
     "PrivacyTier",
+    "declared_tiers",
     "resolve_tiers",
     "scale_event",
     "tier_epsilon",
@@ -121,6 +122,22 @@ def resolve_tiers(epsilon: float, tiers: Sequence[float] | None) -> tuple[float,
     return tuple(sorted(set(extra) | {float(epsilon)}))
 
 
+def declared_tiers(
+    eps: np.ndarray, tiers: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(index, ok)``: each requested ε's position in the sorted ``tiers`` and whether it is one.
+
+    Equal up to 1e-9 relative only: with a tiny tier (1e-9) an absolute tolerance would accept
+    ε = 0, and a value between two tiers is refused rather than rounded to either.
+    """
+    table = np.asarray(tiers, dtype=np.float64)
+    eps = np.asarray(eps, dtype=np.float64)
+    idx = np.searchsorted(table, eps)
+    near = np.isclose(table[np.minimum(idx, len(table) - 1)], eps, rtol=1e-9, atol=0.0)
+    ok = np.isfinite(eps) & (eps > 0) & (idx < len(table)) & near
+    return idx, ok
+
+
 def user_weights_for(
     user_epsilons: np.ndarray | Sequence[float],
     n_users: int,
@@ -140,10 +157,15 @@ def user_weights_for(
             found="a Series with its own index",
         )
     try:
-        eps = np.asarray(user_epsilons, dtype=np.float64).ravel()
+        raw = np.asarray(user_epsilons)
+        # real numbers in one flat list: a complex part, booleans or a 2-D table would be
+        # silently dropped, read as 1.0 or ravelled into another user order
+        if raw.ndim != 1 or raw.dtype.kind not in "iuf":
+            raise TypeError
+        eps = raw.astype(np.float64)
     except (TypeError, ValueError):
         raise DataError(
-            "requested epsilons must be numbers, one per user",
+            "requested epsilons must be real numbers in a flat list, one per user",
             field="user_epsilons",
             found=type(user_epsilons).__name__,
         ) from None
@@ -155,10 +177,7 @@ def user_weights_for(
             found=eps.shape[0],
         )
     table = np.asarray(tiers, dtype=np.float64)
-    idx = np.searchsorted(table, eps)
-    # relative tolerance only: with a tiny tier (1e-9) an absolute one would accept ε = 0
-    near = np.isclose(table[np.minimum(idx, len(table) - 1)], eps, rtol=1e-9, atol=0.0)
-    ok = np.isfinite(eps) & (eps > 0) & (idx < len(table)) & near
+    idx, ok = declared_tiers(eps, table)
     if not ok.all():
         bad = eps[~ok][0]
         raise DataError(
@@ -167,4 +186,5 @@ def user_weights_for(
             expected="one of " + ", ".join(f"{t:g}" for t in table),
             found=float(bad),
         )
-    return np.asarray(weights, dtype=np.float64)[idx]
+    out: np.ndarray = np.asarray(weights, dtype=np.float64)[idx]
+    return out

@@ -11,7 +11,12 @@ the grid, fit it (a DP model, calibrated to one Gaussian-equivalent multiplier `
 training part of a per-user random split, and score it on the held-out part with a DP score —
 the sum over validation users of their Recall@k (each in [0, 1], so sensitivity 1 per user, or
 per interaction) plus Gaussian noise of std ``z_s``. Keep the trial with the highest noisy
-score; release only its model, its candidate and its noisy score (never the other trials).
+score; release only its model, its candidate and its noisy score (never the other trials). A
+trial whose fit fails (a typed privrec error: solves that overflow on this data) scores −∞ —
+its failure is part of that trial's output, so the selection goes on rather than stop and show
+which candidate was drawn; if every trial fails, the output is "no model" (still charged).
+Every check that can run without the data's answers (arguments, candidates, δ, the split) runs
+before the charge.
 
 Guarantee
 ---------
@@ -42,8 +47,9 @@ import dp_accounting
 from dp_accounting import dp_event
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, NonFiniteResultError, PrivrecError
 from privrec.evaluation import evaluate, random_holdout
+from privrec.models.base import as_interactions
 from privrec.models.private import PrivateRecommender
 from privrec.privacy.accounting import calibrate, simplify
 from privrec.privacy.budget import Budget
@@ -128,25 +134,44 @@ def private_tune(
         model ε (a function of the budget only). Never the number of trials (see the module
         docstring).
     """
-    if not grid:
-        raise ConfigError("the grid needs at least one candidate")
+    if isinstance(grid, str | bytes | Mapping) or not isinstance(grid, Sequence) or not grid:
+        raise ConfigError("the grid must be a non-empty list of candidates (mappings)")
     if not (isinstance(model_cls, type) and issubclass(model_cls, PrivateRecommender)):
         raise ConfigError(f"{model_cls!r} is not a private model class")
-    if not 0 < score_fraction < 1:
-        raise ConfigError(f"score_fraction must be in (0, 1), found {score_fraction}")
+    if not (_is_number(score_fraction) and 0 < score_fraction < 1):
+        raise ConfigError(f"score_fraction must be in (0, 1), found {score_fraction!r}")
+    if mean_trials is not None and not _is_number(mean_trials):
+        raise ConfigError(f"mean_trials must be a number, found {mean_trials!r}")
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool)):
+        raise ConfigError(f"seed must be an integer or None, found {seed!r}")
+    if base_params is not None and not isinstance(base_params, Mapping):
+        raise ConfigError(f"base_params must be a mapping, found {type(base_params).__name__}")
+    if not isinstance(data, Interactions):
+        try:
+            data = as_interactions(data)
+        except (TypeError, ValueError, AttributeError):
+            raise ConfigError(
+                f"data must be Interactions or a sparse users × items matrix, found "
+                f"{type(data).__name__}"
+            ) from None
     # cheap checks before anything is charged (they used to fail after the charge, some after
     # a noisy model had been trained)
     if not (isinstance(valid_fraction, int | float) and 0 < valid_fraction < 1):
         raise ConfigError(f"valid_fraction must be in (0, 1), found {valid_fraction!r}")
     if not (isinstance(k, int) and not isinstance(k, bool) and k >= 1):
         raise ConfigError(f"k must be a positive integer, found {k!r}")
-    unit = PrivacyUnit(unit)
+    try:
+        unit = PrivacyUnit(unit)
+    except ValueError:
+        raise ConfigError(f"unknown privacy unit {unit!r}") from None
     if unit is not PrivacyUnit.USER:
         # one interaction more can move another of that user's items across the split, so the
         # training part would differ in two interactions: only the user unit is covered
         raise ConfigError("private_tune supports the user unit only")
-    if not all(isinstance(g, Mapping) for g in grid):
-        raise ConfigError("every grid candidate must be a mapping of constructor arguments")
+    if not all(isinstance(g, Mapping) and all(isinstance(n, str) for n in g) for g in grid):
+        raise ConfigError(
+            "every grid candidate must be a mapping of constructor arguments (names as strings)"
+        )
     # a repeated candidate would only raise the default number of trials (and their cost)
     grid = list({repr(sorted(g.items())): dict(g) for g in grid}.values())
     mean = float(mean_trials) if mean_trials is not None else 2.0 * len(grid)
@@ -166,12 +191,19 @@ def private_tune(
     z_model = z / math.sqrt(1.0 - score_fraction)
     z_score = z / math.sqrt(score_fraction)
     eps_model = float(dp_accounting.get_epsilon_gaussian(z_model, delta))
+    if not (math.isfinite(eps_model) and eps_model > 0):
+        raise ConfigError(
+            f"at delta={delta:g} each trial's model would get epsilon={eps_model:g}: "
+            "a delta that large leaves nothing to calibrate (use delta << 1 / users)"
+        )
     planned = [SpentEvent(SELECTION_LABEL, selection_event(z, mean))]
+    rng = resolve_generator(seed)
+    # the split is data-independent randomness; made before the charge, so data it cannot
+    # split (users too short to hold out) is refused before any budget is spent
+    split = random_holdout(data, valid_fraction, seed=int(rng.integers(2**31)))
     if release_gate is not None:
         release_gate(list(planned))
 
-    rng = resolve_generator(seed)
-    split = random_holdout(data, valid_fraction, seed=int(rng.integers(2**31)))
     trials = int(rng.geometric(1.0 / mean))
     best: tuple[float, int, PrivateRecommender, dict[str, Any]] | None = None
     said: list[warnings.WarningMessage] = []  # the chosen trial's warnings
@@ -190,14 +222,26 @@ def private_tune(
         # which must stay hidden. Only the chosen trial's are shown (it is released anyway).
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model.fit(split.train)
+            try:
+                model.fit(split.train)
+            except PrivrecError:
+                # a trial that fails (a candidate whose solves overflow on this data) scores
+                # −∞: it is never chosen, and the selection goes on — stopping here would show
+                # which candidate was drawn and that it failed, an output the bound does not
+                # cover. Its noise is drawn all the same, so the trials stay alike.
+                rng.normal(0.0, z_score)
+                continue
             _check_gaussian(model, z_model)
             per_user = evaluate(model, split, k=(k,), on="test", groups=None, metrics=("recall",))
         total = float(per_user.per_user[f"recall@{k}"].sum())
         noisy = total + float(rng.normal(0.0, z_score))  # sensitivity 1: each recall is in [0, 1]
         if best is None or noisy > best[0]:
             best, said = (noisy, t, model, params), list(caught)
-    assert best is not None  # K ≥ 1
+    if best is None:  # every trial failed: the selection's output is "no model" (charged)
+        raise NonFiniteResultError(
+            "private selection: no trial produced a model (every candidate drawn failed to fit "
+            "on this data); the selection's budget is spent — check the grid's candidates"
+        )
     for text, category in dict.fromkeys((str(w.message), w.category) for w in said):
         warnings.warn(text, category, stacklevel=2)
     noisy, _, chosen, params = best
@@ -225,10 +269,15 @@ def private_tune(
     )
     # the released model's parameters state the budget its guarantee meets (the selection's,
     # under RDP), so a loaded file checks out against them; its σ is the trial's
-    chosen.set_params(epsilon=float(epsilon), accountant="rdp")
+    # (seeded runs: the selection's seed, not the trial's — seed + 1 + t would tell K ≥ t + 1)
+    chosen.set_params(epsilon=float(epsilon), accountant="rdp", seed=seed)
     chosen.guarantee_ = guarantee
     _attach_histories(chosen, data)
     return TuningResult(chosen, params, noisy, eps_model, guarantee)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _check_candidate(

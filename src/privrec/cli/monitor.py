@@ -65,7 +65,9 @@ def _table(reports: list[Any]) -> Table:
 #: What a monitor's output takes as public besides its noisy statistics (time_windows' docstring).
 MONITOR_ASSUMED_PUBLIC = (
     "the window grid (fixed calendar windows from the Unix epoch), the number of windows — the "
-    "span of the data at the grid's resolution — and the item catalogue the statistics are over"
+    "span of the data at the grid's resolution, which any window length the caller picks "
+    "reveals, as does a request refused for spanning too many windows — and the item catalogue "
+    "the statistics are over"
 )
 
 
@@ -106,10 +108,22 @@ def monitor_run(
         str | None, typer.Option("--key", envvar="PRIVREC_API_KEY", show_default=False)
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="Ledger dataset to charge.")] = None,
+    model_trained_elsewhere: Annotated[
+        bool,
+        typer.Option(
+            help="Declare that a non-private --model was trained on data holding none of the "
+            "monitored users (else it is refused: its quality has no valid sensitivity).",
+        ),
+    ] = False,
 ) -> None:
-    """Monitor a timestamped interaction file window by window."""
+    """Monitor a timestamped interaction file window by window.
+
+    Without --db/--dataset nothing is charged: every run releases the windows again, and
+    nothing composes the runs (warned). The data's time span at the window grid's resolution
+    is assumed public (see the JSON's ``assumed_public``).
+    """
     from privrec.monitor import DriftMonitor, LedgerWindowCharge, time_windows
-    from privrec.monitor.core import check_model_catalogue
+    from privrec.monitor.core import check_model_catalogue, tracked_model_assumption
     from privrec.monitor.streams import check_windows
 
     with handle_errors():
@@ -120,9 +134,11 @@ def monitor_run(
             false_alarm=false_alarm,
             max_items_per_user=max_items,
         )
-        if db is not None and dataset is None:
+        if dataset is None:
             warnings.warn(
-                "--db (or $PRIVREC_DB) without --dataset: the windows are charged to no budget",
+                ("--db (or $PRIVREC_DB) without --dataset: " if db is not None else "")
+                + "the windows are charged to no budget — each run releases them again and "
+                "nothing composes the runs (record them with --db and --dataset)",
                 PrivacyWarning,
                 stacklevel=1,
             )
@@ -136,7 +152,10 @@ def monitor_run(
             from privrec.models import load_model
 
             rec = load_model(model)
-            check_model_catalogue(rec, x.n_items)  # refused before the ledger records anything
+            # refused before the ledger records anything: another catalogue, and a non-private
+            # model nobody declared trained elsewhere
+            check_model_catalogue(rec, x.n_items, x.item_ids)
+            tracked_model_assumption(rec, model_trained_elsewhere)
         charge = None
         if dataset is not None:
             from privrec.governance import Ledger
@@ -152,7 +171,15 @@ def monitor_run(
                 )
             charge = LedgerWindowCharge(ledger, dataset, data=governed)
         check_delta_for_data({"epsilon": epsilon, "delta": delta, "unit": "user"}, x, False)
-        mon = DriftMonitor(cfg, x.n_items, model=rec, charge=charge)
+        with warnings.catch_warnings():  # warned above, once
+            warnings.simplefilter("ignore", PrivacyWarning)
+            mon = DriftMonitor(
+                cfg,
+                x.n_items,
+                model=rec,
+                model_trained_elsewhere=model_trained_elsewhere,
+                charge=charge,
+            )
         reports: list[Any] = []
         try:
             for w in time_windows(x, days):
@@ -166,7 +193,10 @@ def monitor_run(
         g = mon.guarantee
         console.print(f"all windows together: ({g.epsilon:.3g}, {g.delta:.1e})-DP per user")
         warn_weak_budget(g.epsilon, what="all windows together: ", stacklevel=1)
-        _write(json_out, reports, {"epsilon_total": g.epsilon, "delta": g.delta})
+        extra: dict[str, Any] = {"epsilon_total": g.epsilon, "delta": g.delta}
+        if mon.model_assumption is not None:
+            extra["tracked_model"] = mon.model_assumption
+        _write(json_out, reports, extra)
 
 
 @monitor_app.command("simulate")
@@ -188,16 +218,13 @@ def monitor_simulate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Summary as JSON.")] = None,
 ) -> None:
     """Synthetic streams with an injected shift: detection delay and false-alarm rate."""
-    from privrec.monitor.evaluate import simulate
-    from privrec.monitor.streams import SHIFTS, Shift
+    from privrec.monitor.evaluate import check_simulation, simulate
+    from privrec.monitor.streams import Shift
 
     with handle_errors():
-        if shift not in SHIFTS:
-            raise ConfigError(f"unknown shift {shift!r}; choose one of: {', '.join(SHIFTS)}")
-        if not 0 <= shift_size <= 10:  # also NaN
-            raise ConfigError(f"--shift-size must be in [0, 10], found {shift_size}")
         if trials < 1 or windows < 2 or users < 1 or items < 2:
             raise ConfigError("--trials, --windows, --users and --items must be positive")
+        check_simulation(shift, None if shift == "none" else shift_at, shift_size, windows)
         check_output(json_out)
         monitor_config(epsilon_per_window=epsilon, delta=delta, false_alarm=false_alarm)
         res = simulate(

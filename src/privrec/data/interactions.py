@@ -69,6 +69,15 @@ class Interactions:
             raise DataError("matrix must be a scipy.sparse.csr_matrix", found=type(m).__name__)
         if m.dtype != np.float32:
             raise DataError("matrix values must be float32", expected="float32", found=str(m.dtype))
+        for name in ("user_ids", "item_ids", "timestamps"):
+            value = getattr(self, name)
+            if not (isinstance(value, np.ndarray) or (value is None and name == "timestamps")):
+                raise DataError(
+                    f"{name} must be a numpy array (Interactions.from_arrays builds one from "
+                    "lists)",
+                    field=name,
+                    found=type(value).__name__,
+                )
         if m.shape != (len(self.user_ids), len(self.item_ids)):
             raise DataError(
                 "matrix shape does not match the id maps",

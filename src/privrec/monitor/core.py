@@ -37,16 +37,17 @@ conservative sampling variance (≤ 1/(4n) for values in [0, 1]).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pydantic
 import scipy.sparse as sp
 import scipy.stats
 
-from privrec.errors import ConfigError, DataError
+from privrec.errors import ConfigError, DataError, PrivacyWarning
 from privrec.privacy.accounting import calibrate, epsilon_of
 from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import sample_per_user
@@ -64,6 +65,7 @@ __all__ = [
     "activity_buckets",
     "check_model_catalogue",
     "drift_statistic",
+    "tracked_model_assumption",
 ]
 
 #: ``charge(events, description)``: called with a window's releases before its noise is drawn
@@ -164,7 +166,17 @@ class DriftMonitor:
     n_items
         Catalogue size (windows are ``users × n_items`` matrices over one item space).
     model
-        Optional fitted recommender whose quality is tracked (``recommend_history``).
+        Optional fitted recommender whose quality is tracked (``recommend_history``). The
+        quality release's sensitivity (√2) holds for a model that does not move when one
+        monitored user is removed: a differentially private model (its own guarantee is
+        separate and composes with the monitor's — the pair is released under both), or one
+        trained on data that holds none of the monitored users. A non-private (or seeded)
+        model is refused unless ``model_trained_elsewhere``: trained on the monitored users,
+        it changes with each of them, and one user could then move the recall sum by more
+        than the noise is sized for (a reviewer measured 2.3 against √2 with EASE).
+    model_trained_elsewhere
+        Declare that a non-private ``model`` was trained on data holding none of the
+        monitored users (not checked: it is stated in the guarantee, and warned).
     charge
         Optional hook called with each window's planned releases **before** its noise is
         drawn (e.g. a ledger reservation); raising refuses the window.
@@ -176,11 +188,17 @@ class DriftMonitor:
         n_items: int,
         *,
         model: Any = None,
+        model_trained_elsewhere: bool = False,
         charge: MonitorCharge | None = None,
     ) -> None:
+        if not isinstance(config, MonitorConfig):
+            raise ConfigError(f"config must be a MonitorConfig, found {type(config).__name__}")
+        if not (isinstance(n_items, int | np.integer) and not isinstance(n_items, bool)):
+            raise ConfigError(f"n_items must be an integer, found {n_items!r}")
         if n_items < 1:
             raise ConfigError(f"n_items must be >= 1, found {n_items}")
         check_model_catalogue(model, n_items)  # before the first window is charged
+        self.model_assumption = tracked_model_assumption(model, model_trained_elsewhere)
         self.config = config
         self.n_items = int(n_items)
         self.model = model
@@ -215,7 +233,8 @@ class DriftMonitor:
             mechanism="DriftMonitor (noisy window histograms)",
             released=["per window: noisy item counts, noisy activity histogram, noisy quality"],
             not_released=["raw interactions", "which users were active"],
-            threat_model="anyone who sees the monitor's releases; the monitoring server is trusted",
+            threat_model="anyone who sees the monitor's releases; the monitoring server is trusted"
+            + ("" if self.model_assumption is None else f"; {self.model_assumption}"),
             seeded_noise=self.config.seed is not None,
         )
 
@@ -224,7 +243,13 @@ class DriftMonitor:
         """Release the window's noisy statistics, test for drift, return the report."""
         from privrec.models.base import as_user_items
 
-        x = as_user_items(window, self.n_items)
+        if not (sp.issparse(window) or isinstance(window, np.ndarray)):
+            raise DataError(
+                "a window must be a users × items matrix (scipy.sparse or numpy)",
+                field="window",
+                found=type(window).__name__,
+            )
+        x = as_user_items(cast(Any, window), self.n_items)
         x.data[:] = 1.0
         x.eliminate_zeros()
         c = self.config
@@ -317,11 +342,53 @@ class DriftMonitor:
         return float(np.clip(recall, 0.0, 1.0).sum()), float(rows.size)
 
 
-def check_model_catalogue(model: Any, n_items: int) -> None:
-    """A :class:`DataError` when ``model`` scores another catalogue than the ``n_items`` monitored.
+def tracked_model_assumption(model: Any, trained_elsewhere: bool) -> str | None:
+    """What the quality release assumes about ``model`` (``None`` without one), or a refusal.
 
-    Checked before anything is charged: scoring a window would refuse it only after that
-    window's release was committed to the ledger.
+    See :class:`DriftMonitor`'s ``model``: a private, unseeded model needs no assumption beyond
+    its own guarantee; any other needs ``trained_elsewhere`` (then warned).
+    """
+    if model is None:
+        return None
+    from privrec.models.private import PrivateRecommender
+
+    guarantee: Any = getattr(model, "privacy_guarantee", None)
+    private = isinstance(model, PrivateRecommender) and guarantee is not None
+    if private and not guarantee.seeded_noise:
+        return (
+            f"the tracked model's own guarantee ((ε = {guarantee.epsilon:.3g}, "
+            f"δ = {guarantee.delta:.1e}) per {getattr(guarantee.unit, 'value', guarantee.unit)}) "
+            "is separate and composes with "
+            "this one"
+        )
+    what = "seeded (not private)" if private else "not differentially private"
+    if not trained_elsewhere:
+        raise ConfigError(
+            f"the tracked model ({type(model).__name__}) is {what}: monitoring its quality on "
+            "the users it was trained on has no valid sensitivity (each of them moves the model "
+            "too). Track a private model, or declare that this one was trained on data holding "
+            "none of the monitored users (model_trained_elsewhere=True, "
+            "--model-trained-elsewhere)"
+        )
+    warnings.warn(
+        f"the tracked model is {what}: the quality release is private only if it was trained on "
+        "data holding none of the monitored users (declared, not checked)",
+        PrivacyWarning,
+        stacklevel=3,
+    )
+    return (
+        f"assumes the tracked model ({what}) was trained on data holding none of the monitored "
+        "users (declared, not checked)"
+    )
+
+
+def check_model_catalogue(model: Any, n_items: int, item_ids: Any = None) -> None:
+    """A :class:`DataError` when ``model`` scores another catalogue than the one monitored.
+
+    The size always; with ``item_ids`` (the monitored data's item ids, column order) also the
+    ids in order — a model over remapped ids scores the wrong items, and its quality would be
+    noise about nothing. Checked before anything is charged: scoring a window would refuse it
+    only after that window's release was committed to the ledger.
     """
     model_items = getattr(model, "n_items_", None)
     if model is not None and model_items is not None and int(model_items) != int(n_items):
@@ -331,6 +398,15 @@ def check_model_catalogue(model: Any, n_items: int) -> None:
             expected=str(int(model_items)),
             found=int(n_items),
         )
+    ids = getattr(model, "item_ids_", None) if model is not None else None
+    if ids is not None and item_ids is not None:
+        a, b = np.asarray(ids).astype(str), np.asarray(item_ids).astype(str)
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise DataError(
+                "the model's item ids differ from the monitored data's (another catalogue or "
+                "another order): its recommendations would name other items",
+                field="item_ids",
+            )
 
 
 class LedgerWindowCharge:

@@ -7,10 +7,11 @@ from typing import Any
 
 import scipy.sparse as sp
 
-from privrec.monitor.core import DriftMonitor, MonitorConfig, WindowReport
-from privrec.monitor.streams import Shift, synthetic_stream
+from privrec.errors import ConfigError
+from privrec.monitor.core import DriftMonitor, WindowReport, monitor_config
+from privrec.monitor.streams import SHIFTS, Shift, synthetic_stream
 
-__all__ = ["SimulationResult", "simulate"]
+__all__ = ["SimulationResult", "check_simulation", "simulate"]
 
 
 @dataclass
@@ -58,6 +59,40 @@ class SimulationResult:
         }
 
 
+def check_simulation(
+    shift: str,
+    shift_at: int | None,
+    shift_size: float,
+    n_windows: int,
+    track_quality: bool | None = None,
+) -> None:
+    """A :class:`~privrec.errors.ConfigError` for a simulation whose summary would mean nothing.
+
+    The shift must be a known one, of finite size, starting inside the monitored stream and
+    after the reference windows (with quality tracking, the first 3 windows train the model
+    and are not monitored), so that windows before it are tested for false alarms and windows
+    from it on for detection.
+    """
+    if shift not in SHIFTS:
+        raise ConfigError(f"unknown shift {shift!r}; choose one of: {', '.join(SHIFTS)}")
+    if not (isinstance(shift_size, int | float) and 0 <= shift_size <= 10):  # also NaN
+        raise ConfigError(f"shift_size must be in [0, 10], found {shift_size!r}")
+    if not (isinstance(n_windows, int) and n_windows >= 2):
+        raise ConfigError(f"n_windows must be an integer >= 2, found {n_windows!r}")
+    quality = shift == "quality" if track_quality is None else track_quality
+    first = 4 if quality else 1  # the first monitored window
+    reference = 3  # MonitorConfig.reference_windows' default: tests start after them
+    if shift == "none":
+        return
+    earliest = first + reference + 1  # at least one tested window before the shift
+    if not (isinstance(shift_at, int) and earliest <= shift_at <= n_windows):
+        raise ConfigError(
+            f"shift_at must be a window in [{earliest}, {n_windows}] (the monitor tests windows "
+            f"from {first + reference} on{'; windows 1–3 train the tracked model' if quality else ''}), "
+            f"found {shift_at!r}"
+        )
+
+
 def simulate(
     *,
     shift: Shift = "popularity",
@@ -80,6 +115,10 @@ def simulate(
     """
     from privrec.models import EASE
 
+    check_simulation(shift, shift_at, shift_size, n_windows, track_quality)
+    cfg = monitor_config(epsilon_per_window=epsilon, delta=delta, false_alarm=false_alarm)
+    if not (isinstance(trials, int) and trials >= 1):
+        raise ConfigError(f"trials must be a positive integer, found {trials!r}")
     quality = shift == "quality" if track_quality is None else track_quality
     delays: list[int | None] = []
     fa = tested = 0
@@ -97,14 +136,12 @@ def simulate(
         )
         model = EASE(regularization=50.0).fit(sp.vstack(stream[:3])) if quality else None
         mon = DriftMonitor(
-            MonitorConfig(
-                epsilon_per_window=epsilon,
-                delta=delta,
-                false_alarm=false_alarm,
-                seed=None if noise_seed is None else noise_seed + t,
-            ),
+            cfg.model_copy(update={"seed": None if noise_seed is None else noise_seed + t}),
             n_items,
             model=model,
+            # the stream draws fresh users every window: the model's training windows (1–3)
+            # hold none of the monitored users
+            model_trained_elsewhere=True,
         )
         delay: int | None = None
         start = 4 if quality else 1  # the model's training windows are not monitored

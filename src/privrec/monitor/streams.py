@@ -15,6 +15,7 @@ items with probability ∝ ``p_j · exp(⟨x_u, y_j⟩ / T)`` (Gumbel top-k). Fr
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -48,6 +49,21 @@ def synthetic_stream(
     """
     if n_windows < 1 or users_per_window < 1 or n_items < 2:
         raise ConfigError("need n_windows >= 1, users_per_window >= 1 and n_items >= 2")
+    if shift not in SHIFTS:
+        raise ConfigError(f"unknown shift {shift!r}; choose one of: {', '.join(SHIFTS)}")
+    positive = {"mean_activity": mean_activity, "temperature": temperature, "rank": rank}
+    for name, value in {
+        **positive,
+        "shift_size": shift_size,
+        "popularity_exponent": popularity_exponent,
+    }.items():
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0) or (
+            name in positive and value <= 0
+        ):
+            raise ConfigError(
+                f"{name} must be a finite number > 0 (≥ 0 for shift_size and "
+                f"popularity_exponent), found {value!r}"
+            )
     if shift != "none" and shift_at is None:
         raise ConfigError(f"shift={shift!r} needs shift_at")
     rng = np.random.default_rng(seed)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from enum import StrEnum
 
 import dp_accounting
+import numpy as np
 import scipy.optimize
 from dp_accounting import pld, rdp
 
@@ -189,13 +190,16 @@ def calibrate(
 
     # Bracket by doubling from 1: tiny multipliers make PLD grids enormous, so never probe them blindly.
     upper = 1.0
-    while eps(upper) > budget.epsilon:
-        upper *= 2.0
-        if upper > hi:
-            raise ConfigError(
-                f"no noise multiplier up to {hi:g} reaches epsilon={budget.epsilon:g} "
-                f"at delta={budget.delta:g}"
-            )
+    # (a huge multiplier makes dp-accounting's closed forms divide by zero on the way to a
+    # refusal: the typed error below says it, numpy's warning would only confuse)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        while eps(upper) > budget.epsilon:
+            upper *= 2.0
+            if upper > hi:
+                raise ConfigError(
+                    f"no noise multiplier up to {hi:g} reaches epsilon={budget.epsilon:g} "
+                    f"at delta={budget.delta:g}"
+                )
     lower = upper / 2.0
     while eps(lower) <= budget.epsilon:
         if lower / 2.0 < lo:

@@ -23,7 +23,7 @@ from privrec.evaluation import (
     split_from_interactions,
     strong_generalization,
 )
-from privrec.evaluation.protocol import round_count
+from privrec.evaluation.protocol import approx_count, round_count
 from privrec.models.ranking import mask_seen, top_k
 
 
@@ -124,7 +124,9 @@ def test_result_accessors_and_rendering(tiny: tuple[Any, FixedOrder]) -> None:
     assert list(r.table.columns) == [1, 2]
     text = str(r)
     assert "fixed-order" in text and "recall" in text and "@2" in text
-    assert "1 without targets" in text
+    assert "< 10 without targets" in text and "< 10 users" in text
+    # a group of fewer than 10 users: its metrics (one or two people's own) are withheld
+    assert text.splitlines()[-1].split()[:2] == ["Q1", "<"] and "—" in text.splitlines()[-1]
     assert "recall@2" in repr(r)
     d = r.to_dict(exact=True)
     again = json.loads(json.dumps(d))
@@ -133,8 +135,9 @@ def test_result_accessors_and_rendering(tiny: tuple[Any, FixedOrder]) -> None:
     assert sum(g["n_users"] for g in again["per_group"]) == 2
     # what leaves the machine (evaluate --json): no exact counts, no history lengths
     public = json.loads(json.dumps(r.to_dict()))
-    assert public["n_users"] == "≈ 2" and "n_users" not in public["per_group"][0]
+    assert public["n_users"] == "< 10" and "n_users" not in public["per_group"][0]
     assert public["per_group"][0]["group"] == "Q1" and "min_history" not in public["per_group"][0]
+    assert public["per_group"][0]["recall@2"] is None and "withheld" in public["per_group"][0]
 
 
 def test_to_dict_turns_nan_into_none() -> None:
@@ -397,3 +400,27 @@ def test_public_hit_rates_and_precision_do_not_pin_the_user_count() -> None:
         for k, v in public[name].items():
             assert v == round(exact[name][k], 2)
     assert all(v == round(exact["recall"][k], 4) for k, v in public["recall"].items())
+
+
+def test_counts_and_small_groups_leave_the_process_blurred() -> None:
+    """A reviewer found "≈ 1" users and one user's exact recall and history length in a group of
+    one, and "≈ 98" (exact) counts: below 10 a count prints as "< 10", below 100 to the nearest
+    ten, and a group of fewer than 10 users has its metrics and history range withheld."""
+    assert [approx_count(n) for n in (0, 1, 9, 10, 14, 98, 937)] == [
+        "0", "< 10", "< 10", "≈ 10", "≈ 10", "≈ 100", "≈ 940",
+    ]  # fmt: skip
+    from privrec.data import synthetic
+
+    data = synthetic(n_users=60, n_items=30, seed=0)
+    split = random_holdout(data, 0.2, seed=0)
+    r = evaluate(Popularity(split.train), split, k=(5,), groups=10)
+    small = r.per_group["n_users"].to_numpy() < 10
+    assert small.sum() >= 3 and not small.all()  # 60 users in up to 10 groups
+    table = r.groups_table()
+    metrics = table.drop(columns=["users"])
+    assert metrics[small].isna().all().all() and metrics[~small].notna().all().all()
+    labels = [str(label) for label in table.index]
+    assert all(" " not in lab for lab, s in zip(labels, small, strict=True) if s)  # no "(13–13)"
+    public = r.to_dict()
+    got = [g["recall@5"] is None for g in public["per_group"]]
+    assert got == small.tolist()

@@ -24,6 +24,7 @@ from privrec.evaluation.metrics import METRICS, PerUserMetrics, normalize_ks, pe
 from privrec.evaluation.splits import Split
 
 __all__ = [
+    "MIN_GROUP_USERS",
     "EvaluationResult",
     "SupportsRecommend",
     "activity_groups",
@@ -64,12 +65,29 @@ def round_count(n: int) -> int:
     return int(round(n, -digits))
 
 
+#: Fewest users a printed group's metrics may average over: below it a group's metrics and
+#: its history range are withheld from every output fit to leave the process (a group of one
+#: is one person's recall and history length).
+MIN_GROUP_USERS = 10
+
+
 def approx_count(n: int) -> str:
-    """A count to two significant figures, as text (``"≈ 940"``): reports and JSON files carry
-    no exact number of users."""
+    """A count as text fit for reports and JSON files, which carry no exact number of users:
+    ``"0"``, ``"< 10"``, to the nearest ten below 100 (``"≈ 100"`` for 98), else to two
+    significant figures (``"≈ 940"``)."""
+    n = int(n)
+    if n <= 0:
+        return "0" if n == 0 else f"≈ {round_count(n):,}"
     if n < 10:
-        return f"≈ {n}" if n else "0"
+        return "< 10"
+    if n < 100:
+        return f"≈ {int(round(n, -1)):,}"
     return f"≈ {round_count(n):,}"
+
+
+def _withheld(label: str, n_users: int) -> str:
+    """A group label without its history range when the group is too small to print."""
+    return label.split(" ")[0] if n_users < MIN_GROUP_USERS else label
 
 
 def _json_float(v: float) -> float | None:
@@ -150,12 +168,15 @@ class EvaluationResult:
         groups: list[dict[str, Any]] = []
         for label, row in self.per_group.iterrows():
             g: dict[str, Any] = {"group": str(label) if exact else str(label).split(" ")[0]}
+            small = int(cast(int, row["n_users"])) < MIN_GROUP_USERS
             for col, v in row.items():
                 if col in ("n_users", "min_history", "max_history"):
                     if exact:
                         g[str(col)] = int(cast(int, v))
-                else:
-                    g[str(col)] = num(float(cast(float, v)))
+                else:  # a group too small to print has its metrics withheld
+                    g[str(col)] = None if small and not exact else num(float(cast(float, v)))
+            if small and not exact:
+                g["withheld"] = f"fewer than {MIN_GROUP_USERS} users"
             groups.append(g)
         users: Any = self.n_users if exact else approx_count(self.n_users)
         skipped: Any = (
@@ -176,9 +197,13 @@ class EvaluationResult:
         """The per-activity-group breakdown as printed: users rounded by :func:`round_count`
         (text ``"≈ 940"``), no exact history bounds — the form fit to leave the process."""
         pg = self.per_group.drop(columns=["min_history", "max_history"]).copy()
-        pg["n_users"] = [approx_count(int(n)) for n in self.per_group["n_users"]]
+        sizes = [int(n) for n in self.per_group["n_users"]]
+        small = np.asarray(sizes) < MIN_GROUP_USERS
+        metric_cols = [c for c in pg.columns if c != "n_users"]
+        pg.loc[small, metric_cols] = np.nan  # withheld: one person's metrics otherwise
+        pg["n_users"] = [approx_count(n) for n in sizes]
         pg = pg.rename(columns={"n_users": "users"})
-        pg.index.name = None
+        pg.index = [_withheld(str(lab), n) for lab, n in zip(pg.index, sizes, strict=True)]
         return pg
 
     def __str__(self) -> str:
@@ -200,7 +225,7 @@ class EvaluationResult:
         tab.columns = [f"@{k}" for k in tab.columns]
         lines = [head, "", tab.to_string(float_format=lambda v: f"{v:.4f}")]
         if groups and len(self.per_group):
-            pg = self.groups_table().to_string(float_format=lambda v: f"{v:.4f}")
+            pg = self.groups_table().to_string(float_format=lambda v: f"{v:.4f}", na_rep="—")
             lines += ["", "by user activity:", pg]
         return "\n".join(lines)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from privrec.errors import ConfigError
 from privrec.evaluation import EvaluationResult, Split, evaluate
+from privrec.evaluation.protocol import MIN_GROUP_USERS
 from privrec.privacy.guarantee import PrivacyGuarantee
 
 __all__ = ["ModelSpec", "ReportRow", "run_comparison", "scoped_params"]
@@ -99,9 +100,12 @@ def _metrics(res: EvaluationResult, k: int) -> tuple[dict[str, float], dict[str,
     }
     quartiles: dict[str, dict[str, float]] = {}
     for label, row in res.per_group.iterrows():
+        # a group of fewer than MIN_GROUP_USERS is withheld (NaN, shown as "—"): its mean is
+        # a few people's own recall
+        small = int(row["n_users"]) < MIN_GROUP_USERS
         quartiles[_quartile(str(label))] = {
-            f"Recall@{k}": float(row.get(f"recall@{k}", float("nan"))),
-            f"NDCG@{k}": float(row.get(f"ndcg@{k}", float("nan"))),
+            f"Recall@{k}": float("nan") if small else float(row.get(f"recall@{k}", float("nan"))),
+            f"NDCG@{k}": float("nan") if small else float(row.get(f"ndcg@{k}", float("nan"))),
         }
     return metrics, quartiles
 

@@ -174,7 +174,7 @@ def write_html_report(
     for r in rows:
         cells = [
             r.model,
-            *(f"{r.quartiles.get(q, {}).get(plot_metric, float('nan')):.4f}" for q in quartiles),
+            *(_metric_text(r.quartiles.get(q, {}).get(plot_metric, math.nan)) for q in quartiles),
         ]
         q_rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     guarantees = []
@@ -250,3 +250,8 @@ def write_json_report(path: str | Path, rows: Sequence[ReportRow], *, dataset: s
     }
     out.write_text(json.dumps(doc, indent=2), encoding="utf-8")
     return out
+
+
+def _metric_text(v: float) -> str:
+    """A metric as printed; a withheld one (a group of too few users) as "—"."""
+    return "—" if math.isnan(v) else f"{v:.4f}"

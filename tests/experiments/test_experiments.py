@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from privrec.experiments import (
     users_needed,
     write_report,
 )
+from privrec.experiments.report import ReportWarning
 
 TOML = """
 [data]
@@ -182,7 +184,7 @@ model = "popularity"
 [[variant]]
 name = "b"
 model = "dppopularity"
-params = { epsilon = 1.0, delta = 1e-6, unit = "user", seed = 5 }
+params = { epsilon = 1.0, delta = 1e-6, unit = "user" }
 """
     res = run_experiment(load_experiment(text))
     pop, dp = res.variants
@@ -455,3 +457,282 @@ def test_the_json_check_catches_the_old_leak():
     found = _recoverable_counts(doc, {n})
     assert any("per-user sd" in f for f in found) and any("(t·sd_diff/mean)²" in f for f in found)
     assert any("full precision" in f for f in found)
+
+
+# --------------------------------------------------------------- hostile review: seeds, reports
+
+
+AA = """
+[data]
+synthetic = "300x100"
+[experiment]
+k = [10]
+repeats = 4
+seeded = false
+bootstrap = 50
+metrics = ["recall"]
+groups = 2
+[[variant]]
+name = "a"
+model = "dppopularity"
+params = { epsilon = 1.0, delta = 1e-5, unit = "user" }
+[[variant]]
+name = "b"
+model = "dppopularity"
+params = { epsilon = 1.0, delta = 1e-5, unit = "user" }
+"""
+
+
+@pytest.mark.parametrize("key", ["seed", "noise_seed", "random_state"])
+def test_a_variant_cannot_fix_its_noise(key: str):
+    """A seed in a variant's params gave every draw the same noise: draw variance 0, intervals
+    from the users alone (7 of 20 A/A intervals missed 0). Refused, seeded or not."""
+    for seeded in ("false", "true"):
+        text = AA.replace("seeded = false", f"seeded = {seeded}").replace(
+            'unit = "user" }\n[[variant]]\nname = "b"',
+            f'unit = "user", {key} = 1 }}\n[[variant]]\nname = "b"',
+        )
+        assert f"{key} = 1" in text
+        with pytest.raises(
+            ConfigError, match=rf"variant\.'a'\.params: params {key} .*seeded = true"
+        ):
+            load_experiment(text)
+
+
+def test_every_variant_is_checked_before_any_fit_is_charged():
+    """A bad second variant (or a seed slipped past the TOML) must not cost the first one's
+    budget: nothing is reserved."""
+    ledger = FakeLedger(limit=100)
+    from privrec.experiments import LedgerCharge
+
+    with pytest.warns(PrivacyWarning, match="not checked"):
+        hook = LedgerCharge(ledger, "ds")
+    head, tail = AA.split('name = "b"')
+    bad = load_experiment(head + 'name = "b"' + tail.replace('"user" }', '"user", bogus = 1 }'))
+    assert "bogus" in bad.variant[1].params and "bogus" not in bad.variant[0].params
+    with pytest.raises(ConfigError, match="bogus"):
+        run_experiment(bad, charge=hook)
+    assert ledger.reserved == []
+    # a config built without validation still cannot pin the noise
+    cfg = load_experiment(AA)
+    pinned = cfg.model_copy(
+        update={
+            "variant": [
+                cfg.variant[0].model_copy(update={"params": {**cfg.variant[0].params, "seed": 1}}),
+                cfg.variant[1],
+            ]
+        }
+    )
+    with pytest.raises(ConfigError, match="seed"):
+        run_experiment(pinned, charge=hook)
+    assert ledger.reserved == []
+
+
+def test_an_unseeded_run_does_not_hide_a_models_seeded_noise_warning(monkeypatch):  # type: ignore[no-untyped-def]
+    """The runner silenced every "seeded" PrivacyWarning from the models, also in runs with
+    seeded = false, where such a warning means the noise was fixed behind the run's back."""
+    from privrec.models import dp_popularity
+    from privrec.privacy.randomness import SEEDED_WARNING
+
+    orig = dp_popularity.gaussian
+
+    def seeded(*args):  # type: ignore[no-untyped-def]
+        warnings.warn(SEEDED_WARNING, PrivacyWarning, stacklevel=2)
+        return orig(*args)
+
+    monkeypatch.setattr(dp_popularity, "gaussian", seeded)
+    with pytest.warns(PrivacyWarning, match="seeded noise is reproducible"):
+        run_experiment(load_experiment(AA))
+
+
+def test_identical_draws_of_a_private_variant_give_no_interval(monkeypatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Draws of a private model that do not vary (here: the noise switched off) would give an
+    interval from the users alone. The run warns, the outputs give no interval and say why."""
+    from privrec.models import dp_popularity
+
+    monkeypatch.setattr(
+        dp_popularity, "gaussian", lambda counts, *rest: np.asarray(counts, dtype=np.float64)
+    )
+    # a fixed per-user bound above every history: no sampling, no noisy length histogram
+    text = AA.replace('metrics = ["recall"]', 'metrics = ["recall", "coverage"]')
+    cfg = load_experiment(text.replace('unit = "user" }', 'unit = "user", max_per_user = 100 }'))
+    with pytest.warns(PrivacyWarning, match="'a': all 4 noise draws .* same top-k lists"):
+        res = run_experiment(cfg)
+    a, b = res.variants
+    assert a.identical_draws and b.identical_draws
+    shown = [
+        *b.comparisons.values(),
+        *(c for g in b.group_comparisons.values() for c in g.values()),
+    ]
+    assert shown and all(c.identical_draws for c in shown)
+    assert "recall@10" in b.comparisons and "coverage@10" in b.comparisons
+    assert b.power == {} and b.users_needed == {}  # no planning from an unmeasured variance
+    doc = res.to_dict()
+    cmp = doc["variants"][1]["comparisons"]["recall@10"]
+    assert cmp["ci_low"] is None and cmp["ci_high"] is None and cmp["p_value"] is None
+    assert cmp["identical_draws"] is True and "none is given" in cmp["note"]
+    assert any("same top-k lists" in n for n in doc["notes"])
+    out = write_report(res, tmp_path / "r.html", markdown_path=tmp_path / "r.md")
+    md = (tmp_path / "r.md").read_text()
+    assert "[no interval ‡]" in md and "‡ no interval" in md
+    assert md.index("Warning: variant 'a'") < md.index("| variant |")
+    assert "[no interval ‡]" in out.read_text()
+
+
+def test_varying_draws_are_not_flagged():
+    res = run_experiment(load_experiment(AA))
+    assert not any(v.identical_draws for v in res.variants)
+    assert not res.variants[1].comparisons["recall@10"].identical_draws
+
+
+def test_the_report_draws_deterministic_baselines(tmp_path: Path):
+    """A deterministic baseline's draws are equal, and mean − max came out as −5.6e-17: the
+    error bars went negative and matplotlib refused the whole report."""
+    res = run_experiment(
+        load_experiment(
+            TOML.replace('model = "dppopularity"', 'model = "popularity"', 1).replace(
+                'params = { epsilon = 1.0, delta = 1e-5, unit = "user" }', "", 1
+            )
+        )
+    )
+    pop = res.variants[0]
+    key = "recall@10"
+    assert len(set(pop.draw_means[key])) == 1
+    pop.means[key] = pop.draw_means[key][0] + 5.6e-17  # as rounding left it on ml-like data
+    assert max(pop.draw_means[key]) - pop.means[key] < 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReportWarning)  # no fallback to a page without plots
+        page = write_report(res, tmp_path / "r.html").read_text()
+    assert "data:image/png;base64," in page
+
+
+def test_a_plot_failure_loses_no_results(tmp_path: Path, monkeypatch):  # type: ignore[no-untyped-def]
+    """The fits may be charged: the JSON and Markdown are written before any plot, and a
+    failing plot leaves an HTML page without figures and a typed warning, not a traceback."""
+    from privrec.experiments import report
+
+    def boom(res: Any) -> Any:
+        raise ValueError("'yerr' must not contain negative values")
+
+    monkeypatch.setattr(report, "_plots", boom)
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(AA)
+    files = [tmp_path / "out" / n for n in ("e.html", "e.json", "e.md")]  # folder made on write
+    run = CliRunner().invoke(
+        app,
+        [
+            "experiment",
+            "run",
+            str(cfg),
+            "-o",
+            str(files[0]),
+            "--json",
+            str(files[1]),
+            "--markdown",
+            str(files[2]),
+        ],
+    )
+    assert run.exit_code == 0, run.output
+    assert all(f.exists() for f in files)
+    assert "ReportWarning" in run.output and "plots could not be drawn" in run.output
+    assert json.loads(files[1].read_text())["baseline"] == "a"
+    assert "| b | a | recall@10 |" in files[2].read_text()
+    page = files[0].read_text()
+    assert "plots could not be drawn" in page and "data:image" not in page
+    assert not list((tmp_path / "out").glob(".*tmp"))  # no temporary file left behind
+    res = run_experiment(load_experiment(AA))
+    with pytest.warns(ReportWarning, match="results are in"):
+        write_report(res, tmp_path / "x.html", json_path=tmp_path / "x.json")
+    assert (tmp_path / "x.json").exists()
+
+
+def test_untyped_errors_become_config_errors(tmp_path: Path):
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(AA.replace('name = "a"', 'name = "caf\xe9"').encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.toml.*not UTF-8"):
+        load_experiment(latin1)
+    run = CliRunner().invoke(
+        app, ["experiment", "run", str(latin1), "-o", str(tmp_path / "e.html")]
+    )
+    assert run.exit_code == 1 and "not UTF-8" in run.output and "Traceback" not in run.output
+    for size, bound in [
+        ("99999999999x99999999999", "at most 10,000,000 users"),
+        ("100000x100000", "users × items at most"),
+        ("5000000x1000", "expected interactions"),
+    ]:
+        with pytest.raises(ConfigError, match=bound):
+            load_experiment(AA.replace('synthetic = "300x100"', f'synthetic = "{size}"'))
+    # within the bounds still parses
+    assert load_experiment(AA.replace('"300x100"', '"100000x1000"')).data.synthetic == "100000x1000"
+
+
+def _cells(row: str) -> int:
+    """Cells of a Markdown table row, counting only unescaped pipes."""
+    return len(re.findall(r"(?<!\\)(?:\\\\)*\|", row)) - 1
+
+
+def test_names_cannot_break_the_markdown(tmp_path: Path):
+    text = AA.replace('name = "a"', 'name = "x|y\\n# z \\\\|"').replace(
+        'name = "b"', 'name = "b<script>`*"'
+    )
+    res = run_experiment(load_experiment(text))
+    from privrec.experiments.report import to_markdown
+
+    md = to_markdown(res)
+    assert "\n# z" not in md and "x|y" not in md
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    tables: list[list[str]] = []
+    for line in md.splitlines():
+        if line.startswith("|"):
+            if not tables or not tables[-1]:
+                tables.append([])
+            tables[-1].append(line)
+        elif tables and tables[-1]:
+            tables.append([])
+    tables = [t for t in tables if t]
+    assert len(tables) == 3 and len(rows) > 6
+    for t in tables:
+        assert len({_cells(r) for r in t}) == 1, t
+    assert "| b\\<script\\>\\`\\* | x\\|y # z \\\\\\| |" in md
+    page = write_report(res, tmp_path / "r.html").read_text()
+    assert "<td>x|y # z \\|</td>" in page and "<td>b&lt;script&gt;`*</td>" in page
+    assert "<script>" not in page
+
+
+def test_small_activity_groups_are_withheld() -> None:
+    """A reviewer read one user's exact recall, NDCG and history length off a group of one
+    ("Q5 (13–13)", "≈ 1"): a group of fewer than MIN_GROUP_USERS keeps no metrics, no
+    comparison and no history range in the results."""
+    from privrec.evaluation.protocol import MIN_GROUP_USERS
+    from privrec.experiments import load_experiment as load
+
+    cfg = load(
+        """
+[data]
+synthetic = "60x40"
+seed = 3
+[experiment]
+k = [5]
+repeats = 2
+groups = 10
+metrics = ["recall"]
+[[variant]]
+name = "pop"
+model = "popularity"
+[[variant]]
+name = "dp"
+model = "dppopularity"
+params = { epsilon = 1.0, delta = 1e-5, unit = "user" }
+"""
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_experiment(cfg)
+    small = [g for g, n in zip(res.groups, res.group_sizes, strict=True) if n < MIN_GROUP_USERS]
+    assert small and len(small) < len(res.groups)
+    doc = json.dumps(res.to_dict())
+    for g in small:
+        assert " " not in g  # "Q3", never "Q3 (13–13)"
+        for v in res.variants:
+            assert g not in v.by_group and g not in v.group_comparisons
+    assert "≈ 1\"" not in doc and "< 10" in doc

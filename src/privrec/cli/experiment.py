@@ -67,9 +67,11 @@ def experiment_run(
             res = run_experiment(
                 cfg, charge=charge, split=split, progress=lambda m: status.update(m)
             )
-        md = to_markdown(res)
-        console.print(md, highlight=False, markup=False)
-        write_report(res, output, json_path=json_out)
-        if markdown is not None:
-            markdown.write_text(md)
+        console.print(to_markdown(res), highlight=False, markup=False)
+        # the JSON and Markdown are written before the HTML draws its plots (write_report):
+        # the fits may be charged already, and a failing plot must not lose their results
+        write_report(res, output, json_path=json_out, markdown_path=markdown)
+        for path in (json_out, markdown):
+            if path is not None:
+                console.print(f"results → {path}")
         console.print(f"report → {output}")

@@ -1,4 +1,9 @@
-"""The experiment as a self-contained HTML page (plots embedded) and as Markdown tables."""
+"""The experiment as a self-contained HTML page (plots embedded) and as Markdown tables.
+
+:func:`write_report` writes the JSON and Markdown results before it draws any plot: the fits
+behind them may have been charged to a budget, and a plotting failure must not lose what was
+paid for (it leaves an HTML page without figures and a :class:`ReportWarning`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,9 @@ import base64
 import html
 import io
 import json
+import os
+import re
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +22,51 @@ from privrec.evaluation.protocol import approx_count, round_count
 from privrec.experiments.runner import ExperimentResult
 from privrec.experiments.stats import FEW_DRAWS_WIDENING, MIN_USEFUL_DRAWS, PairedComparison
 
-__all__ = ["to_markdown", "write_report"]
+__all__ = ["ReportWarning", "to_markdown", "write_report"]
+
+
+class ReportWarning(UserWarning):
+    """Part of a report could not be produced (e.g. its plots); the results were written."""
+
+
+#: characters escaped with a backslash in Markdown text: ``|`` ends a table cell, ``\\``
+#: escapes, ``<``/``>`` start raw HTML, ``*`` and backticks start emphasis or code
+_MD_SPECIAL = re.compile(r"([\\|<>*`])")
+#: a Markdown backslash escape of an ASCII punctuation character
+_MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+#: an unescaped ``|`` (a table cell boundary)
+_MD_CELL = re.compile(r"(?<!\\)((?:\\\\)*)\|")
+
+
+#: characters that end a line somewhere (``str.splitlines``, Unicode): besides ASCII controls
+_BREAKS = frozenset("\x7f\x85\u2028\u2029")
+
+
+def _md(text: object) -> str:
+    """``text`` safe inside a Markdown table cell or paragraph: special characters escaped and
+    line breaks (and other control characters) made spaces. A variant named ``"a|b"`` or with
+    a newline would otherwise add a column or end the table."""
+    flat = "".join(" " if ord(c) < 32 or c in _BREAKS else c for c in str(text))
+    return _MD_SPECIAL.sub(r"\\\1", flat)
+
+
+def _md_unescape(text: str) -> str:
+    return _MD_ESCAPE.sub(r"\1", text)
+
+
+def _md_cells(line: str) -> list[str]:
+    """The cells of a Markdown table row, split at unescaped ``|`` only, unescaped."""
+    cells = _MD_CELL.sub(lambda m: m.group(1) + "\x00", line.strip()).split("\x00")
+    if cells and not cells[0].strip():
+        cells = cells[1:]  # before the leading "|"
+    if cells and not cells[-1].strip():
+        cells = cells[:-1]  # after the trailing "|"
+    return [_md_unescape(c.strip()) for c in cells]
+
+
+def _tex_safe(text: str) -> str:
+    """A label for matplotlib: ``$`` would start mathematics (and may fail to parse)."""
+    return text.replace("$", r"\$")
 
 
 def _png(fig: Any) -> str:
@@ -35,13 +87,15 @@ def _plots(res: ExperimentResult) -> list[tuple[str, str]]:
 
     out: list[tuple[str, str]] = []
     keys = [k for k in res.variants[0].means if not k.startswith("coverage")]
-    names = [v.name for v in res.variants]
+    names = [_tex_safe(v.name) for v in res.variants]
     # 1. mean metric per variant, the spread of the noise draws as error bars
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         means = [v.means[key] for v in res.variants]
-        lo = [v.means[key] - min(v.draw_means[key]) for v in res.variants]
-        hi = [max(v.draw_means[key]) - v.means[key] for v in res.variants]
+        # clipped at 0: with identical draws, mean − min can come out as −6e-17 by rounding,
+        # and matplotlib refuses negative error bars
+        lo = [max(0.0, v.means[key] - min(v.draw_means[key])) for v in res.variants]
+        hi = [max(0.0, max(v.draw_means[key]) - v.means[key]) for v in res.variants]
         ax.bar(range(len(names)), means, yerr=[lo, hi], capsize=4, color="#4c78a8")
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=25, ha="right", fontsize=8)
@@ -56,19 +110,30 @@ def _plots(res: ExperimentResult) -> list[tuple[str, str]]:
         width = 0.8 / len(others)
         for ax, key in zip(axes[0], keys, strict=True):
             for i, v in enumerate(others):
-                cells = [v.group_comparisons.get(g, {}).get(key) for g in res.groups]
+                # no bar where there is no honest interval (the draws did not vary)
+                cells = [
+                    c if c is not None and not c.identical_draws else None
+                    for c in (v.group_comparisons.get(g, {}).get(key) for g in res.groups)
+                ]
                 x = np.arange(len(res.groups)) + i * width
                 mean = [c.mean_diff if c else np.nan for c in cells]
                 err = [
-                    [c.mean_diff - c.ci_low if c else 0 for c in cells],
-                    [c.ci_high - c.mean_diff if c else 0 for c in cells],
+                    [max(0.0, c.mean_diff - c.ci_low) if c else 0.0 for c in cells],
+                    [max(0.0, c.ci_high - c.mean_diff) if c else 0.0 for c in cells],
                 ]
                 ax.bar(
-                    x, mean, width=width, yerr=err, capsize=3, label=f"{v.name} − {v.compared_to}"
+                    x,
+                    mean,
+                    width=width,
+                    yerr=err,
+                    capsize=3,
+                    label=_tex_safe(f"{v.name} − {v.compared_to}"),
                 )
             ax.axhline(0, color="black", linewidth=0.8)
             ax.set_xticks(np.arange(len(res.groups)) + width * (len(others) - 1) / 2)
-            ax.set_xticklabels(res.groups, rotation=20, ha="right", fontsize=8)
+            ax.set_xticklabels(
+                [_tex_safe(g) for g in res.groups], rotation=20, ha="right", fontsize=8
+            )
             ax.set_title(f"{key}: variant − its reference", fontsize=9)
             ax.grid(axis="y", alpha=0.3)
         axes[0][0].legend(fontsize=7)
@@ -85,13 +150,16 @@ def _plots(res: ExperimentResult) -> list[tuple[str, str]]:
 
 
 def _cell(c: PairedComparison) -> str:
-    """``+0.0123 [-0.0040, +0.0286]``, marked ``†`` when too few draws make it wide."""
+    """``+0.0123 [-0.0040, +0.0286]``, marked ``†`` when too few draws make it wide; no
+    interval (``‡``) when the draws did not vary: it would count only the users."""
+    if c.identical_draws:
+        return f"{c.mean_diff:+.4f} [no interval ‡]"
     mark = " †" if c.few_draws else ""
     return f"{c.mean_diff:+.4f} [{c.ci_low:+.4f}, {c.ci_high:+.4f}]{mark}"
 
 
 def _p(c: PairedComparison) -> str:
-    return f"{c.p_value:.2g}"
+    return "—" if c.identical_draws else f"{c.p_value:.2g}"
 
 
 def _count(n: int | None, none: str) -> str:
@@ -101,18 +169,20 @@ def _count(n: int | None, none: str) -> str:
 def to_markdown(res: ExperimentResult) -> str:
     """Summary tables: metrics and ε per variant, paired comparisons, per-group comparisons.
 
-    A "too few noise draws" caveat comes first, before any number it qualifies.
+    Caveats ("too few noise draws", "draws identical") come first, before any number they
+    qualify. Names from the experiment are escaped (:func:`_md`): a ``|`` or a line break in
+    a variant's name must not add a column or end a table.
     """
     keys = list(res.variants[0].means)
     spec = res.config.experiment
     lines = [
         f"Split: {res.split}; {approx_count(res.n_users)} evaluated users, "
         f"{approx_count(res.n_items)} items; "
-        f"{spec.repeats} noise draws per variant; baseline: {res.baseline}.",
+        f"{spec.repeats} noise draws per variant; baseline: {_md(res.baseline)}.",
         "",
     ]
     for note in res.notes():
-        lines += [f"**Warning: {note}.**", ""]
+        lines += [f"**Warning: {_md(note)}.**", ""]
     lines += [
         "| variant | model | ε per model | ε of all draws | " + " | ".join(keys) + " |",
         "|---|---|---:|---:|" + "---:|" * len(keys),
@@ -121,7 +191,7 @@ def to_markdown(res: ExperimentResult) -> str:
         eps = "—" if v.epsilon is None else f"{v.epsilon:.3g}"
         all_ = "—" if v.epsilon_all_draws is None else f"{v.epsilon_all_draws:.3g}"
         lines.append(
-            f"| {v.name} | {v.model} | {eps} | {all_} | "
+            f"| {_md(v.name)} | {_md(v.model)} | {eps} | {all_} | "
             + " | ".join(f"{v.means[k]:.4f}" for k in keys)
             + " |"
         )
@@ -150,7 +220,7 @@ def to_markdown(res: ExperimentResult) -> str:
                 more = ("> 1000" if draws is None else str(draws)) if planned else "—"
                 pw = f"{v.power[k]:.2f}" if planned else "—"
                 lines.append(
-                    f"| {v.name} | {v.compared_to} | {k} | {_cell(c)} | {_p(c)} | "
+                    f"| {_md(v.name)} | {_md(v.compared_to)} | {k} | {_cell(c)} | {_p(c)} | "
                     f"{need} | {more} | {pw} |"
                 )
 
@@ -167,7 +237,7 @@ def to_markdown(res: ExperimentResult) -> str:
             for g, n in zip(res.groups, res.group_sizes, strict=True):
                 cells = v.group_comparisons.get(g, {})
                 lines.append(
-                    f"| {v.name} | {g} ({approx_count(n)}) | "
+                    f"| {_md(v.name)} | {_md(g)} ({approx_count(n)}) | "
                     + " | ".join(
                         _cell(cells[k]) if k in cells else "—"
                         for k in ckeys
@@ -178,6 +248,13 @@ def to_markdown(res: ExperimentResult) -> str:
         shown = [c for v in comp for c in v.comparisons.values()] + [
             c for v in comp for g in v.group_comparisons.values() for c in g.values()
         ]
+        if any(c.identical_draws for c in shown):
+            lines += [
+                "",
+                "‡ no interval: the difference was the same in every noise draw although a side "
+                "is private, so the variance between draws is not measured and an interval would "
+                "count only the users.",
+            ]
         if any(c.few_draws for c in shown):
             lines += [
                 "",
@@ -205,27 +282,88 @@ def _md_table_to_html(md: str) -> str:
 
     for line in md.splitlines():
         if line.startswith("|"):
-            rows.append([c.strip().replace("**", "") for c in line.strip("|").split("|")])
+            rows.append(_md_cells(line))
         else:
             flush()
             if line.startswith("**Warning"):
-                text = html.escape(line.replace("**", ""))
+                text = html.escape(_md_unescape(line.replace("**", "")))
                 out.append(f'<p style="color:#a00;font-weight:bold">{text}</p>')
             elif line.strip():
-                out.append(f"<p>{html.escape(line.replace('**', ''))}</p>")
+                out.append(f"<p>{html.escape(_md_unescape(line.replace('**', '')))}</p>")
     flush()
     return "\n".join(out)
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all (a temporary file, then a rename), making
+    its folder first: an output that is half-written, or lost to a missing folder after the
+    fits were charged, is not a result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_report(
-    res: ExperimentResult, path: str | Path, *, json_path: str | Path | None = None
+    res: ExperimentResult,
+    path: str | Path,
+    *,
+    json_path: str | Path | None = None,
+    markdown_path: str | Path | None = None,
 ) -> Path:
-    """Write the HTML report (and, optionally, the full results as JSON)."""
+    """Write the HTML report and, optionally, the full results as JSON and the summary tables
+    as Markdown.
+
+    The JSON and Markdown are written first, and each file whole or not at all: the fits may
+    have been charged to a budget, so nothing that fails later (a plot) may lose them.
+
+    Parameters
+    ----------
+    res
+        The experiment's results.
+    path
+        The HTML page (plots embedded).
+    json_path, markdown_path
+        Optional further outputs.
+
+    Returns
+    -------
+    Path
+        The HTML page.
+
+    Warns
+    -----
+    ReportWarning
+        When the plots cannot be drawn: the page is then written without them, after the other
+        files, and says so.
+    """
     out = Path(path)
-    figures = "\n".join(
-        f'<h3>{html.escape(t)}</h3><img alt="{html.escape(t)}" src="data:image/png;base64,{b}">'
-        for t, b in _plots(res)
-    )
+    md = to_markdown(res)
+    if json_path is not None:
+        _write_atomic(Path(json_path), json.dumps(res.to_dict(), indent=2) + "\n")
+    if markdown_path is not None:
+        _write_atomic(Path(markdown_path), md)
+    try:
+        plots = _plots(res)
+    except Exception as exc:  # matplotlib raises many kinds; the results must still be written
+        written = [str(p) for p in (json_path, markdown_path) if p is not None]
+        warnings.warn(
+            f"the report's plots could not be drawn ({type(exc).__name__}: {exc}); {out} is "
+            "written without them"
+            + (f", the results are in {', '.join(written)}" if written else ""),
+            ReportWarning,
+            stacklevel=2,
+        )
+        missing = f"<p><b>The plots could not be drawn</b> ({html.escape(type(exc).__name__)}).</p>"
+        figures = missing
+    else:
+        figures = "\n".join(
+            f'<h3>{html.escape(t)}</h3><img alt="{html.escape(t)}" src="data:image/png;base64,{b}">'
+            for t, b in plots
+        )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>privrec experiment</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
@@ -241,11 +379,9 @@ the models were not released. Seeded noise is reproducible and not private: expe
 Metrics are measured on held-out data and are not differentially private: user counts are rounded
 to two significant figures, statistics to a few, and activity groups are labelled by rounded
 quantile edges.</p>
-{_md_table_to_html(to_markdown(res))}
+{_md_table_to_html(md)}
 {figures}
 </body></html>
 """
-    out.write_text(page, encoding="utf-8")
-    if json_path is not None:
-        Path(json_path).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+    _write_atomic(out, page)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
@@ -13,9 +14,19 @@ import scipy.sparse as sp
 
 from privrec.errors import ConfigError, DataError, PrivacyWarning
 from privrec.evaluation.metrics import per_user_metrics
-from privrec.evaluation.protocol import activity_groups, approx_count, round_count
+from privrec.evaluation.protocol import (
+    MIN_GROUP_USERS,
+    activity_groups,
+    approx_count,
+    round_count,
+)
 from privrec.evaluation.splits import Split
-from privrec.experiments.config import DataSpec, ExperimentConfig
+from privrec.experiments.config import (
+    DataSpec,
+    ExperimentConfig,
+    noise_fixing,
+    synthetic_size,
+)
 from privrec.experiments.stats import (
     FEW_DRAWS_WIDENING,
     PairedComparison,
@@ -84,6 +95,9 @@ class VariantResult:
     repeats_needed: dict[str, int | None] = field(default_factory=dict)
     power: dict[str, float] = field(default_factory=dict)
     compared_to: str | None = None
+    #: a private variant whose draws all gave the same top-k lists: its noise did not vary
+    #: between draws, so no interval involving it is given (see :meth:`ExperimentResult.notes`)
+    identical_draws: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly. Metric values are rounded to 4 significant figures and power to 2
@@ -102,6 +116,7 @@ class VariantResult:
             "draw_means": {k: [significant(x, 4) for x in v] for k, v in self.draw_means.items()},
             "by_group": {g: _rounded(m) for g, m in self.by_group.items()},
             "compared_to": self.compared_to,
+            "identical_draws": self.identical_draws,
             "comparisons": {k: v.to_dict() for k, v in self.comparisons.items()},
             "group_comparisons": {
                 g: {k: v.to_dict() for k, v in d.items()} for g, d in self.group_comparisons.items()
@@ -140,8 +155,35 @@ class ExperimentResult:
         return self.config.baseline
 
     def notes(self) -> list[str]:
-        """Caveats a reader must see before the numbers: one "too few noise draws" sentence
-        when any comparison is flagged (each flagged comparison also carries its own note)."""
+        """Caveats a reader must see before the numbers: one sentence per private variant whose
+        draws all came out identical, one "too few noise draws" sentence when any comparison
+        is flagged, and one when any difference was the same in every draw (no interval is
+        given for it); each flagged comparison also carries its own note."""
+        out = [
+            _identical_variant_note(v.name, self.config.experiment.repeats)
+            for v in self.variants
+            if v.identical_draws
+        ]
+        shown = [
+            c
+            for v in self.variants
+            for c in [
+                *v.comparisons.values(),
+                *(c for g in v.group_comparisons.values() for c in g.values()),
+            ]
+        ]
+        out += self._few_draws_notes()
+        if any(c.identical_draws for c in shown):
+            out.append(
+                "some differences (marked ‡) were the same in every noise draw although a side "
+                "is private (by chance, with few draws of a coarse metric, or because the noise "
+                "is fixed or too small to change a list): the variance between draws estimates "
+                "as zero there, so an interval would count only the users and be too narrow — "
+                "no interval or p-value is given for them"
+            )
+        return out
+
+    def _few_draws_notes(self) -> list[str]:
         flagged = [
             c
             for v in self.variants
@@ -232,12 +274,7 @@ def _read(spec: DataSpec) -> Any:
     if spec.protocol == "files":
         return None
     if spec.synthetic is not None:
-        try:
-            users, items = (int(v) for v in spec.synthetic.lower().split("x"))
-        except ValueError:
-            raise ConfigError(
-                f"data.synthetic expects USERSxITEMS, found {spec.synthetic!r}"
-            ) from None
+        users, items = synthetic_size(spec.synthetic)
         return synthetic(n_users=users, n_items=items, seed=spec.seed)
     assert spec.path is not None
     data = load(_existing(spec.path), format=spec.format)
@@ -279,6 +316,52 @@ def _takes_seed(name: str) -> bool:
 
 def _build(name: str, params: dict[str, Any]) -> Any:
     return _model_class(name).from_config(params)
+
+
+def _identical_variant_note(name: str, repeats: int) -> str:
+    return (
+        f"variant {name!r}: all {repeats} noise draws of this private model gave the same "
+        "top-k lists — its noise did not vary between draws (is it fixed, e.g. by a seed, or "
+        "too small to change any list?), so the variance between draws is not measured and no "
+        "interval involving it is given"
+    )
+
+
+def _same_every_draw(x: np.ndarray) -> bool:
+    """Whether every row (draw) of ``x`` equals the first, exactly: exact, because floating-
+    point noise in a variance estimate (e.g. 6e-39 for identical draws) must not pass as a
+    measured between-draw spread."""
+    return bool(x.shape[0] > 1 and np.array_equal(np.broadcast_to(x[:1], x.shape), x))
+
+
+def _flagged(
+    cmp: PairedComparison, diff: np.ndarray, variant: VariantResult, ref: VariantResult
+) -> PairedComparison:
+    """``cmp`` marked ``identical_draws`` when noise is expected (a side is private) but the
+    draws did not vary: a side gave the same lists in every draw, or the difference ``diff``
+    (draws × users) was the same in every draw. Its interval would then count only the users."""
+    noisy = variant.epsilon is not None or ref.epsilon is not None
+    if variant.identical_draws or ref.identical_draws or (noisy and _same_every_draw(diff)):
+        return dataclasses.replace(cmp, identical_draws=True)
+    return cmp
+
+
+def _preflight(config: ExperimentConfig) -> None:
+    """Everything about the variants that can be checked before the data is loaded or any fit
+    is charged: no noise seed in their params (the experiment owns the seeds), known models,
+    valid parameters. A bad second variant must not cost the first variant's budget."""
+    spec = config.experiment
+    for v in config.variant:
+        fixed = noise_fixing(v.params)
+        if fixed:
+            raise ConfigError(
+                f"variant {v.name!r}: params {', '.join(fixed)} would fix the noise of every "
+                "draw; the experiment owns the noise seeds (use [experiment] seeded = true)"
+            )
+        params = dict(v.params)
+        if spec.seeded and _takes_seed(v.model):
+            params["seed"] = spec.seed
+        _build(v.model, params)
 
 
 def _top_lists(model: Any, split: Split, k: int) -> np.ndarray:
@@ -325,6 +408,7 @@ def run_experiment(
     """
     t0 = time.perf_counter()
     spec = config.experiment
+    _preflight(config)
     if spec.seeded:
         warnings.warn(
             "experiment: every model is trained with seeded noise (common random numbers across "
@@ -371,7 +455,10 @@ def run_experiment(
 
                 model.release_gate = gate
             with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", category=PrivacyWarning, message=".*seeded")
+                if seedable:
+                    # the run-level warning above already says this run is seeded; a seeded
+                    # model of an unseeded run (none should exist) still warns
+                    warnings.filterwarnings("ignore", category=PrivacyWarning, message=".*seeded")
                 model.fit(split.train)
             g = getattr(model, "guarantee_", None)
             guarantees.append(g)
@@ -396,6 +483,12 @@ def run_experiment(
             tops[v.name].append(top[pum.users])
         arrays[v.name] = {key: np.vstack(vals) for key, vals in per_draw.items()}
         g0 = guarantees[0]
+        # a private model whose noise changed nothing: every draw gave the same lists
+        identical = g0 is not None and _same_every_draw(np.stack(tops[v.name]))
+        if identical:
+            warnings.warn(
+                _identical_variant_note(v.name, spec.repeats), PrivacyWarning, stacklevel=2
+            )
         means = {key: float(a.mean()) for key, a in arrays[v.name].items()}
         draw_means = {key: [float(x) for x in a.mean(axis=1)] for key, a in arrays[v.name].items()}
         if "coverage" in spec.metrics:
@@ -415,25 +508,41 @@ def run_experiment(
                 means=means,
                 draw_means=draw_means,
                 by_group={},
+                identical_draws=identical,
             )
         )
     assert users is not None
     gidx, labels = activity_groups(history[users], spec.groups)
+    sizes = [int((gidx == g).sum()) for g in range(len(labels))]
+    # a group of fewer than MIN_GROUP_USERS keeps no metrics, comparison or history range in
+    # any output: its means are a few people's own recall (a reviewer found one user's)
+    shown = [n >= MIN_GROUP_USERS for n in sizes]
+    labels = [lab if ok else lab.split(" ")[0] for lab, ok in zip(labels, shown, strict=True)]
+    by_name = {vr.name: vr for vr in out}
     keys = [f"{m}@{kk}" for m in ("recall", "ndcg") if m in spec.metrics for kk in ks]
     for vr in out:
         a = arrays[vr.name]
         vr.by_group = {
             lab: {key: float(a[key][:, gidx == g].mean()) for key in a}
             for g, lab in enumerate(labels)
+            if shown[g]
         }
         base = config.reference_of(vr.name)
         if base is None:
             continue
         vr.compared_to = base
         b = arrays[base]
+        ref = by_name[base]
         for key in keys:
-            cmp = paired_comparison(a[key], b[key], confidence=spec.confidence)
+            cmp = _flagged(
+                paired_comparison(a[key], b[key], confidence=spec.confidence),
+                a[key] - b[key],
+                vr,
+                ref,
+            )
             vr.comparisons[key] = cmp
+            if cmp.identical_draws:
+                continue  # no planning from a between-draw variance that was not measured
             comps = cmp.components
             assert comps is not None
             vr.users_needed[key] = users_needed(
@@ -445,22 +554,32 @@ def run_experiment(
             vr.power[key] = power(
                 comps, spec.detect, repeats=cmp.draws, users=cmp.users, alpha=spec.alpha
             )
+        for key in keys:
             for g, lab in enumerate(labels):
                 sel = gidx == g
-                if sel.sum() >= 2:
-                    vr.group_comparisons.setdefault(lab, {})[key] = paired_comparison(
-                        a[key][:, sel], b[key][:, sel], confidence=spec.confidence
+                if shown[g]:
+                    av, bv = a[key][:, sel], b[key][:, sel]
+                    vr.group_comparisons.setdefault(lab, {})[key] = _flagged(
+                        paired_comparison(av, bv, confidence=spec.confidence), av - bv, vr, ref
                     )
         if "coverage" in spec.metrics:
             for kk in ks:
-                vr.comparisons[f"coverage@{kk}"] = coverage_comparison(
-                    tops[vr.name],
-                    tops[base],
-                    split.train.n_items,
-                    kk,
-                    confidence=spec.confidence,
-                    n_boot=max(50, min(spec.bootstrap, 300)),
-                    seed=spec.seed,
+                cov_diff = np.subtract(
+                    vr.draw_means[f"coverage@{kk}"], ref.draw_means[f"coverage@{kk}"]
+                )
+                vr.comparisons[f"coverage@{kk}"] = _flagged(
+                    coverage_comparison(
+                        tops[vr.name],
+                        tops[base],
+                        split.train.n_items,
+                        kk,
+                        confidence=spec.confidence,
+                        n_boot=max(50, min(spec.bootstrap, 300)),
+                        seed=spec.seed,
+                    ),
+                    cov_diff[:, None],
+                    vr,
+                    ref,
                 )
     return ExperimentResult(
         config=config,
@@ -468,7 +587,7 @@ def run_experiment(
         n_users=int(users.size),
         n_items=int(split.train.n_items),
         groups=labels,
-        group_sizes=[int((gidx == g).sum()) for g in range(len(labels))],
+        group_sizes=sizes,
         variants=out,
         seconds=time.perf_counter() - t0,
     )

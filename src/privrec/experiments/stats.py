@@ -40,6 +40,7 @@ from privrec.evaluation.protocol import approx_count
 
 __all__ = [
     "FEW_DRAWS_WIDENING",
+    "IDENTICAL_DRAWS_NOTE",
     "MIN_USEFUL_DRAWS",
     "PairedComparison",
     "VarianceComponents",
@@ -59,6 +60,13 @@ FEW_DRAWS_WIDENING = 1.5
 #: from 1–2 degrees of freedom can come out near zero by chance (two draws of a discrete metric
 #: such as coverage often agree exactly), and then the widening looks harmless when it is not
 MIN_USEFUL_DRAWS = 4
+#: why a comparison whose draws did not vary has no interval (see ``identical_draws``)
+IDENTICAL_DRAWS_NOTE = (
+    "the difference was the same in every noise draw although a side is private (by chance, "
+    "with few draws of a coarse metric, or because the noise is fixed or too small to change a "
+    "list): the variance between draws estimates as zero, so an interval would count only the "
+    "users and be too narrow — none is given"
+)
 #: users and draws beyond which a planning search gives up (the answer is "not reachable")
 _MAX_USERS = 10**9
 _MAX_REPEATS = 1000
@@ -178,6 +186,11 @@ class PairedComparison:
         Of the interval.
     components
         Variance components for planning (``None`` for coverage); never published.
+    identical_draws
+        Set by the runner when a noisy side's draws did not vary (the difference was the same
+        in every draw, or a private variant gave the same lists in every draw): the draws'
+        term then estimates as zero where noise is expected, and ``ci_low``/``ci_high`` would
+        count only the users. Reports give no interval and no p-value then, only a warning.
     """
 
     mean_diff: float
@@ -192,6 +205,7 @@ class PairedComparison:
     draws: int
     confidence: float = 0.95
     components: VarianceComponents | None = None
+    identical_draws: bool = False
 
     @property
     def draw_share(self) -> float:
@@ -217,7 +231,10 @@ class PairedComparison:
         return self.draws < MIN_USEFUL_DRAWS or self.widening > FEW_DRAWS_WIDENING
 
     def note(self) -> str | None:
-        """One sentence for reports when :attr:`few_draws`, else ``None``."""
+        """One sentence for reports when :attr:`identical_draws` or :attr:`few_draws`, else
+        ``None``."""
+        if self.identical_draws:
+            return IDENTICAL_DRAWS_NOTE
         if not self.few_draws:
             return None
         head = (
@@ -233,19 +250,23 @@ class PairedComparison:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly, rounded: the number of users as ``"≈ 940"`` and every statistic to
         a few significant figures, so that no exact count (of all users or of an activity
-        group) can be solved for; the variance components are left out for the same reason."""
+        group) can be solved for; the variance components are left out for the same reason.
+        With :attr:`identical_draws` the interval and p-value are ``null``: they would count
+        only the users, and the ``note`` says so."""
+        honest = not self.identical_draws
         return {
             "mean_diff": significant(self.mean_diff, 4),
-            "ci_low": significant(self.ci_low, 4),
-            "ci_high": significant(self.ci_high, 4),
+            "ci_low": significant(self.ci_low, 4) if honest else None,
+            "ci_high": significant(self.ci_high, 4) if honest else None,
             "confidence": self.confidence,
-            "p_value": significant(self.p_value, 2),
+            "p_value": significant(self.p_value, 2) if honest else None,
             "t_stat": significant(self.t_stat, 3),
             "se": significant(self.se, 3),
             "draw_share": None if self.se <= 0 else round(self.draw_share, 2),
             "draws": self.draws,
             "users": approx_count(self.users),
             "few_draws": self.few_draws,
+            "identical_draws": self.identical_draws,
             "note": self.note(),
         }
 

@@ -43,6 +43,8 @@ def test_non_private_pipeline_is_flagged():
     text = text.replace('user_ids = "pseudonymised"', 'user_ids = "raw"').replace(
         "enabled = true", "enabled = false"
     )
+    # nothing can be charged to a disabled ledger (refused otherwise)
+    text = text.replace("ledger = true", "ledger = false")
     rep = assess(load_pipeline(text))
     bad = {c.name for c in rep.unmitigated}
     assert {
@@ -63,11 +65,14 @@ def test_seeded_and_interaction_level_and_federated():
     assert _status(seeded, "training data → model") == "unmitigated"
     inter = assess(load_pipeline(EXAMPLE.replace('unit = "user"', 'unit = "interaction"')))
     assert _status(inter, "training data → model") == "partial"
-    fed = EXAMPLE.replace('setting = "central"', 'setting = "federated"')
+    fed = EXAMPLE.replace('setting = "central"', 'setting = "federated"').replace(
+        'model = "dpals"', 'model = "federated_mf"'
+    )
     rep = assess(load_pipeline(fed + "\n[federated]\nsecure_aggregation = false\n"))
     assert _status(rep, "federated updates") == "unmitigated"
     assert "what the training server sees" not in {c.name for c in rep.channels}
-    silo = assess(load_pipeline(EXAMPLE.replace('setting = "central"', 'setting = "cross-silo"')))
+    silo_text = EXAMPLE.replace('setting = "central"', 'setting = "cross-silo"')
+    silo = assess(load_pipeline(silo_text.replace('model = "dpals"', 'model = "silo_dpals"')))
     assert _status(silo, "what each aggregation server sees") == "partial"
 
 
@@ -116,6 +121,7 @@ _COVERED = (
     "cumulative loss across releases",
     "federated updates",
     "what the federated server sees",
+    "monitoring / drift statistics",  # when it releases the quality of the model: _covered
 )
 _RANK = {"unmitigated": 0, "partial": 1, "mitigated": 2}
 
@@ -124,10 +130,16 @@ def _channel(rep, name):  # type: ignore[no-untyped-def]
     return next(c for c in rep.channels if c.name == name)
 
 
+def _covered(c) -> bool:  # type: ignore[no-untyped-def]
+    if c.name == "monitoring / drift statistics":  # only its quality release depends on the model
+        return "quality" in c.data
+    return c.name in _COVERED and c.status != "n/a"
+
+
 def _assert_bounded(rep) -> None:  # type: ignore[no-untyped-def]
     model = _channel(rep, "training data → model")
     for c in rep.channels:
-        if c.name in _COVERED and c.status != "n/a":
+        if _covered(c):
             assert _RANK[c.status] <= _RANK[model.status], (c, model)
 
 
@@ -234,7 +246,7 @@ def test_unstated_unit_is_not_assumed_user_level():
 def test_sound_user_level_federated_pipeline_stays_mitigated():
     """The cap must not cost a sound configuration anything."""
     text = EXAMPLE.replace('setting = "central"', 'setting = "federated"')
-    rep = assess(load_pipeline(text))
+    rep = assess(load_pipeline(text.replace('model = "dpals"', 'model = "federated_mf"')))
     for name in ("training data → model", "recommendations → other users", *_COVERED):
         assert _status(rep, name) == "mitigated", name
 
@@ -244,41 +256,41 @@ def test_no_report_contradicts_itself():
     better protected than the model, and every capped channel says why."""
     import itertools
 
+    # every model with the settings it belongs to ([federated] only where it applies)
     grid = itertools.product(
-        ("dpals", "als", "federated_mf"),
+        (("dpals", "central"), ("als", "central"), ("federated_mf", "federated")),
         (None, 1.0, 500.0),
         (None, 1e-6, 0.5),
         (None, "user", "interaction"),
         (False, True),  # seeded noise
-        ("central", "federated", "cross-silo"),
         (False, True),  # clipping
         (False, True),  # secure aggregation
         ("distributed", "central"),
         (False, True),  # ledger
+        (False, True),  # monitored quality (of the pipeline's model, on its training users)
     )
     n = 0
-    for model, eps, delta, unit, seeded, setting, clip, secagg, agg, ledger in grid:
+    for (model, setting), eps, delta, unit, seeded, clip, secagg, agg, ledger, quality in grid:
         training = {"model": model, "setting": setting, "seeded_noise": seeded}
         training |= {k: v for k, v in (("epsilon", eps), ("delta", delta), ("unit", unit)) if v}
-        rep = assess(
-            load_pipeline(
-                {
-                    "training": training,
-                    "federated": {
-                        "clipping": clip,
-                        "secure_aggregation": secagg,
-                        "aggregation": agg,
-                    },
-                    "ledger": {"enabled": ledger},
-                }
-            )
-        )
+        pipe: dict[str, object] = {
+            "training": training,
+            "ledger": {"enabled": ledger},
+            "monitoring": {"kind": "dp", "ledger": ledger, "quality": quality},
+        }
+        if setting == "federated":
+            pipe["federated"] = {
+                "clipping": clip,
+                "secure_aggregation": secagg,
+                "aggregation": agg,
+            }
+        rep = assess(load_pipeline(pipe))
         _assert_bounded(rep)
         model_ch = _channel(rep, "training data → model")
         if model_ch.status != "mitigated":
             assert model_ch.advice, model_ch
             for c in rep.channels:
-                if c.name in _COVERED and c.status != "n/a":
+                if _covered(c):
                     assert c.status != "mitigated"
         n += 1
-    assert n == 3 * 3 * 3 * 3 * 2 * 3 * 2 * 2 * 2 * 2
+    assert n == 3 * 3 * 3 * 3 * 2 * 2 * 2 * 2 * 2 * 2

@@ -2,12 +2,50 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from privrec.cli.common import VerifyKeyOpt, console, err_console, handle_errors
+from privrec.cli.common import VerifyKeyOpt, check_output, console, err_console, handle_errors
+
+
+def _check_outputs(outputs: list[Path | None], inputs: list[Path | None]) -> None:
+    """Refuse, before any work, an output that cannot be written, is given twice, or would
+    overwrite an input — so a run either writes every file or none."""
+    from privrec.errors import OutputPathError
+
+    seen: dict[Path, Path] = {p.resolve(): p for p in inputs if p is not None}
+    for path in outputs:
+        if path is None:
+            continue
+        check_output(path)
+        key = path.resolve()
+        if key in seen:
+            raise OutputPathError(
+                f"output {str(path)!r} is also {str(seen[key])!r}: give each file once"
+            )
+        seen[key] = path
+
+
+def _write_all(files: list[tuple[Path, str]]) -> None:
+    """Write every file atomically: each is staged in a temporary file beside its target and
+    renamed over it only once *all* are staged, so an error (a full disk) leaves no file
+    half-written and no output written while another failed."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, text in files:
+            path.parent.mkdir(parents=True, exist_ok=True)  # check_output: creatable
+            # a plain open (not mkstemp): the report gets the usual permissions, not 0600
+            tmp = path.with_name(f".{path.name.lstrip('.')}.{os.getpid()}.{len(staged)}.tmp")
+            staged.append((tmp, path))
+            tmp.write_text(text, encoding="utf-8")
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def risk(
@@ -32,13 +70,12 @@ def risk(
             from privrec.errors import ConfigError
 
             raise ConfigError("give a pipeline TOML (or --example to print one)")
+        _check_outputs([markdown, json_out], [config])  # before anything is written
         rep = assess(load_pipeline(config))
         md = rep.to_markdown()
+        outputs = [(markdown, md), (json_out, rep.to_json() + "\n")]
+        _write_all([(path, text) for path, text in outputs if path is not None])
         console.print(md, highlight=False, markup=False)
-        if markdown is not None:
-            markdown.write_text(md)
-        if json_out is not None:
-            json_out.write_text(rep.to_json() + "\n")
     if strict and rep.unmitigated:
         for c in rep.unmitigated:
             err_console.print(
@@ -77,6 +114,9 @@ def check(
     from privrec.risk import CheckConfig, load_check_config, run_check
 
     with handle_errors():
+        _check_outputs(
+            [json_out], [config, *(artifacts or []), *(release or [])]
+        )  # before any check
         cfg = load_check_config(config) if config is not None else CheckConfig()
         update: dict[str, object] = {}
         if artifacts:
@@ -104,7 +144,7 @@ def check(
         if json_out is not None:
             import json
 
-            json_out.write_text(json.dumps(rep.to_dict(), indent=2) + "\n")
+            _write_all([(json_out, json.dumps(rep.to_dict(), indent=2) + "\n")])
         n = len(rep.findings)
         console.print(
             f"{n - len(rep.violations)}/{n} checks passed"

@@ -13,183 +13,73 @@ training data → model         a stated user-level unit, finite ε and stated �
 model file contents           private models saved without training interactions
 recommendations → others      lists are post-processing of a DP model (joint DP)
 recommendations → the user    shown only to that user (joint DP's stated exception)
-cumulative loss (retraining)  every release charged to a composed budget (ledger)
+cumulative loss (retraining)  every releasing component (model, DP analytics, DP
+                              monitoring) charged to a composed budget (ledger)
 analytics queries             none, or DP queries charged to the ledger
 logs                          no raw user ids (or pseudonymised) and bounded retention
-monitoring / drift stats      DP histograms (``privrec monitor``) or none
+monitoring / drift stats      DP histograms (``privrec monitor``) or none; a tracked
+                              model's quality only if that model is DP or trained on
+                              users disjoint from the monitored ones
 federated updates             clipped, DP-noised and securely aggregated
 what the training server sees central DP trusts it (an assumption, reported as such);
                               federated/cross-silo remove the trust
 what each aggregation server  cross-silo: random shares only, under non-collusion
 sees
 what the scoring server sees  on-device, HE or MPC scoring; else the history is seen
+raw data retention            a finite retention period is stated
 ============================  =====================================================
 
 Each channel gets a status — ``mitigated``, ``partial`` (mitigated under a stated
 assumption or weakly), ``unmitigated`` or ``n/a`` — with the reason and what to change.
 
 One rule ties the channels to the model: every channel the model's guarantee covers (the
-model, its file, the lists it serves, the cumulative budget, the federated updates and sums)
-is at best as protected as that guarantee, decided once by :func:`model_guarantee`. A weak ε
+model, its file, the lists it serves, the cumulative budget, the federated updates and sums,
+and the monitored quality of a model trained on the monitored users) is at best as protected as that guarantee, decided once by :func:`model_guarantee`. A weak ε
 or δ, an interaction-level or unstated unit, or a missing δ make them at best ``partial``; no
 ε, seeded noise or unclipped federated updates (the stated ε does not hold) make them
 ``unmitigated`` — each with the reason, so a report never calls a list better protected
 than the model it is computed from.
+
+The description is validated first (:mod:`privrec.risk.pipeline`): inconsistent input — a
+central model in a federated setting, settings of a section that does not apply, queries
+charged to a disabled ledger, booleans for numbers — is refused, not assessed.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import pydantic
-
-from privrec.errors import ConfigError
 from privrec.privacy.budget import WEAK_DELTA, WEAK_EPSILON
+from privrec.risk.pipeline import (
+    EXAMPLE,
+    MODELS,
+    CrossSiloSection,
+    FederatedSection,
+    PipelineConfig,
+    load_pipeline,
+)
 
 __all__ = ["EXAMPLE", "Channel", "PipelineConfig", "RiskReport", "assess", "load_pipeline"]
 
 Status = Literal["mitigated", "partial", "unmitigated", "n/a"]
 
-EXAMPLE = """
-[pipeline]
-name = "movie recommendations"
-
-[data]
-types = ["ratings", "timestamps", "user ids"]
-retention_days = 365
-
-[training]
-model = "dpals"
-epsilon = 1.0
-delta = 1e-6
-unit = "user"
-setting = "central"          # central | federated | cross-silo
-seeded_noise = false
-include_user_data = false
-
-[serving]
-scoring = "server"           # server | on-device | he | mpc
-lists_shown_to_others = false
-
-[analytics]
-queries = "dp"               # none | dp | raw
-ledger = true
-
-[logs]
-user_ids = "pseudonymised"   # none | pseudonymised | raw
-retention_days = 30
-
-[monitoring]
-kind = "dp"                  # none | dp | raw
-
-[ledger]
-enabled = true
-"""
+# every line break str.splitlines knows (\r, \n, \v, \f, \x1c-\x1e, \x85, \u2028, \u2029)
+_BREAKS = str.maketrans(dict.fromkeys("\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029", " "))
 
 
-class _S(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+def _md(text: str) -> str:
+    """``text`` safe inside one Markdown table cell or heading line.
 
-
-class PipelineSection(_S):
-    name: str = "recommender pipeline"
-
-
-class DataSection(_S):
-    types: list[str] = pydantic.Field(default_factory=lambda: ["interactions", "user ids"])
-    retention_days: float | None = None
-
-
-class TrainingSection(_S):
-    model: str
-    epsilon: float | None = pydantic.Field(default=None, gt=0, allow_inf_nan=False)
-    delta: float | None = pydantic.Field(default=None, gt=0, lt=1)
-    unit: Literal["user", "interaction"] | None = None
-    setting: Literal["central", "federated", "cross-silo"] = "central"
-    seeded_noise: bool = False
-    include_user_data: bool = False
-
-
-class FederatedSection(_S):
-    secure_aggregation: bool = True
-    aggregation: Literal["central", "distributed"] = "distributed"
-    clipping: bool = True
-
-
-class CrossSiloSection(_S):
-    servers: int = 2
-    non_collusion: bool = True
-
-
-class ServingSection(_S):
-    scoring: Literal["server", "on-device", "he", "mpc"] = "server"
-    lists_shown_to_others: bool = False
-
-
-class AnalyticsSection(_S):
-    queries: Literal["none", "dp", "raw"] = "none"
-    ledger: bool = False
-
-
-class LogsSection(_S):
-    user_ids: Literal["none", "pseudonymised", "raw"] = "raw"
-    retention_days: float | None = None
-
-
-class MonitoringSection(_S):
-    kind: Literal["none", "dp", "raw"] = "none"
-
-
-class LedgerSection(_S):
-    enabled: bool = False
-
-
-class PipelineConfig(_S):
-    pipeline: PipelineSection = pydantic.Field(default_factory=PipelineSection)
-    data: DataSection = pydantic.Field(default_factory=DataSection)
-    training: TrainingSection
-    federated: FederatedSection | None = None
-    cross_silo: CrossSiloSection | None = None
-    serving: ServingSection = pydantic.Field(default_factory=ServingSection)
-    analytics: AnalyticsSection = pydantic.Field(default_factory=AnalyticsSection)
-    logs: LogsSection = pydantic.Field(default_factory=LogsSection)
-    monitoring: MonitoringSection = pydantic.Field(default_factory=MonitoringSection)
-    ledger: LedgerSection = pydantic.Field(default_factory=LedgerSection)
-
-
-PRIVATE_MODELS = {"dpals", "dpease", "dppopularity", "federated_mf", "silo_dpals", "silo_dpease"}
-
-
-def load_pipeline(source: str | Path | dict[str, Any]) -> PipelineConfig:
-    """Parse a pipeline description (TOML file, TOML text or dict); one-line errors."""
-    if isinstance(source, dict):
-        raw = source
-    else:
-        text = str(source)
-        if isinstance(source, Path) or "\n" not in text:
-            path = Path(source)
-            if not path.is_file():
-                raise ConfigError(f"pipeline file {str(path)!r} not found")
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                raise ConfigError(f"pipeline file {str(path)!r} is not UTF-8 text") from None
-        try:
-            raw = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"pipeline is not valid TOML: {exc}") from None
-    try:
-        return PipelineConfig.model_validate(raw)
-    except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "pipeline"
-        raise ConfigError(f"pipeline: {where}: {err['msg']}") from None
+    Names come from the pipeline description: a ``|`` would split a cell (shifting every
+    status after it into the wrong column) and a line break would end the row or heading and
+    start new Markdown (a forged row or heading). Pipes are escaped, line breaks become
+    spaces, and ``<`` is escaped so that no HTML is injected into a rendered report.
+    """
+    return text.translate(_BREAKS).replace("|", "\\|").replace("<", "&lt;")
 
 
 @dataclass(frozen=True)
@@ -237,19 +127,18 @@ class RiskReport:
             "n/a": "— n/a",
         }
         lines = [
-            f"# Privacy risk assessment: {self.pipeline}",
+            f"# Privacy risk assessment: {_md(self.pipeline)}",
             "",
-            f"**Data held:** {', '.join(self.data_types)}.",
+            f"**Data held:** {_md(', '.join(self.data_types))}.",
             "",
-            f"**Touchpoints:** {', '.join(self.touchpoints)}.",
+            f"**Touchpoints:** {_md(', '.join(self.touchpoints))}.",
             "",
             "| channel | touchpoint | data at risk | status | mitigation in this configuration | to do |",
             "|---|---|---|---|---|---|",
         ]
         for c in self.channels:
-            lines.append(
-                f"| {c.name} | {c.touchpoint} | {c.data} | {mark[c.status]} | {c.mitigation} | {c.advice} |"
-            )
+            cells = (c.name, c.touchpoint, c.data, mark[c.status], c.mitigation, c.advice)
+            lines.append("| " + " | ".join(_md(x) for x in cells) + " |")
         n = len(self.unmitigated)
         lines += [
             "",
@@ -310,11 +199,14 @@ def model_guarantee(cfg: PipelineConfig) -> Guarantee:
     """The status the training configuration's DP guarantee supports, and why (see :class:`Guarantee`)."""
     t = cfg.training
     fed = (cfg.federated or FederatedSection()) if t.setting == "federated" else None
-    if t.model not in PRIVATE_MODELS:
+    if not MODELS[t.model].private:
+        stated = (
+            "" if t.epsilon is None else f" (the stated ε = {t.epsilon:g} does not apply to it)"
+        )
         return Guarantee(
             "unmitigated",
             "",
-            (f"{t.model} is not differentially private",),
+            (f"{t.model} is not differentially private{stated}",),
             ("train a private model (DPALS, DPEASE, DPPopularity) with ε ≤ your policy",),
             dp=False,
         )
@@ -496,18 +388,10 @@ def assess(cfg: PipelineConfig) -> RiskReport:
             "cumulative loss across releases",
             "budget ledger",
             "everyone, across retrainings and queries",
-            *(
-                g.bound("mitigated", "every release is charged to a composed budget")
-                if cfg.ledger.enabled
-                else (
-                    "unmitigated",
-                    "no ledger: retrainings and queries compose unchecked",
-                    "enable the ledger (`privrec ledger init`)",
-                )
-            ),
+            *_cumulative(cfg, g),
         )
     )
-    _side_channels(cfg, ch)
+    _side_channels(cfg, g, ch)
     # 9. federated updates / servers
     if fed:
         _federated(cfg.federated or FederatedSection(), g, ch)
@@ -558,18 +442,25 @@ def assess(cfg: PipelineConfig) -> RiskReport:
             "score on device or with `privrec he` / `privrec mpc`" if sc == "server" else "",
         )
     )
-    # 11. retention
-    if cfg.data.retention_days is None:
-        ch(
-            Channel(
-                "raw data retention",
-                "data store",
-                ", ".join(cfg.data.types),
-                "partial",
-                "no retention limit stated",
-                "state a retention period in the data policy",
-            )
+    # 11. retention: always listed — a stated limit is the mitigation, none (or inf) the risk
+    days = cfg.data.retention_days
+    limited = days is not None and math.isfinite(days)
+    ch(
+        Channel(
+            "raw data retention",
+            "data store",
+            ", ".join(cfg.data.types),
+            "mitigated" if limited else "partial",
+            f"raw data is kept at most {days:g} days (stated retention limit)"
+            if limited
+            else (
+                "no retention limit stated"
+                if days is None
+                else "no retention limit (retention_days = inf): raw data is kept indefinitely"
+            ),
+            "" if limited else "state a finite retention period in the data policy",
         )
+    )
     return rep
 
 
@@ -615,8 +506,111 @@ def _federated(f: FederatedSection, g: Guarantee, ch: Callable[[Channel], None])
     ch(Channel("what the federated server sees", "federated server", "sums of updates", *sees))
 
 
-def _side_channels(cfg: PipelineConfig, ch: Callable[[Channel], None]) -> None:
-    """Analytics, logs and monitoring: their own mechanisms, not the model's guarantee."""
+def _uncharged(cfg: PipelineConfig, g: Guarantee) -> list[str]:
+    """Every releasing component whose privacy loss the ledger's composed budget does not
+    count (the model's releases are charged whenever the ledger is enabled)."""
+    a, m = cfg.analytics, cfg.monitoring
+    out: list[str] = []
+    if a.queries == "dp" and not a.ledger:
+        out.append("DP analytics queries (analytics.ledger = false)")
+    elif a.queries == "raw":
+        out.append("raw analytics queries (exact answers: no ε to charge)")
+    if m.kind == "dp" and not m.ledger:
+        out.append("DP monitoring windows (monitoring.ledger = false)")
+    elif m.kind == "raw":
+        out.append("raw monitoring counts (exact: no ε to charge)")
+    if m.kind == "dp" and _quality_invalid(cfg, g):
+        out.append(
+            "the monitored quality of a model without a DP guarantee trained on the monitored "
+            "users (the windows' ε does not cover it)"
+        )
+    return out
+
+
+def _cumulative(cfg: PipelineConfig, g: Guarantee) -> tuple[Status, str, str]:
+    """The cumulative-loss channel: ``mitigated`` only when *every* releasing component is
+    charged to the composed budget — a budget that leaves out the queries or the monitoring
+    understates what was spent, so it cannot be called a bound on the cumulative loss."""
+    if not cfg.ledger.enabled:
+        return (
+            "unmitigated",
+            "no ledger: retrainings, queries and monitoring windows compose unchecked",
+            "enable the ledger (`privrec ledger init`)",
+        )
+    missing = _uncharged(cfg, g)
+    if missing:
+        return g.bound(
+            "partial",
+            "model releases are charged to a composed budget, but not: " + "; ".join(missing),
+            "charge every release to the ledger (DP queries and monitoring windows included)",
+        )
+    releasing = ["model releases"]
+    if cfg.analytics.queries == "dp":
+        releasing.append("DP analytics queries")
+    if cfg.monitoring.kind == "dp":
+        releasing.append("DP monitoring windows")
+    return g.bound(
+        "mitigated",
+        "every release is charged to a composed budget (" + ", ".join(releasing) + ")",
+    )
+
+
+def _quality_invalid(cfg: PipelineConfig, g: Guarantee) -> bool:
+    """The monitor releases the quality of a model that depends on the monitored users and
+    has no DP guarantee: the release's per-user sensitivity (√2 for a fixed model) is void."""
+    m = cfg.monitoring
+    return m.quality and m.quality_training_users == "overlapping" and not g.dp
+
+
+def _monitoring(cfg: PipelineConfig, g: Guarantee) -> tuple[Status, str, str]:
+    """The monitoring channel.
+
+    The window histograms are DP on their own. A tracked model's quality is a DP release only
+    when the model is *fixed* with respect to the monitored users: trained on disjoint users,
+    or itself DP — then the quality release is DP by adaptive composition with the model's
+    guarantee, and so no better protected than that guarantee (capped by it). A non-private
+    model trained on the monitored users changes with each of them, and with it everyone's
+    recall, so the release has no valid sensitivity and its stated ε does not hold.
+    """
+    m = cfg.monitoring
+    model = cfg.training.model
+    if m.kind == "none":
+        return "n/a", "no monitoring", ""
+    if m.kind == "raw":
+        what = "exact per-window counts" + (
+            f" and the exact quality of {model}" if m.quality else ""
+        )
+        return "unmitigated", what, "use `privrec monitor` (DP histograms)"
+    hist = "DP window histograms (`privrec monitor`)"
+    if not m.quality:
+        return "mitigated", hist, ""
+    if m.quality_training_users == "disjoint":
+        return (
+            "mitigated",
+            f"{hist} and the DP quality of {model}, trained on users disjoint from the "
+            "monitored ones (the model is fixed for them, so the quality's sensitivity holds)",
+            "",
+        )
+    if g.dp:
+        return g.bound(
+            "mitigated",
+            f"{hist} and the quality of the DP {model}, which is trained on the monitored users: "
+            "DP by adaptive composition with the model's guarantee (the model's ε adds to the "
+            "windows')",
+        )
+    return (
+        "unmitigated",
+        f"{hist}, but the quality of {model} is released and it is trained on the monitored "
+        f"users without a DP guarantee ({g.problems[0]}): the model changes with each user, "
+        "so the quality release has no valid sensitivity and the windows' ε does not cover it",
+        "track a DP model, or one trained on users disjoint from the monitored ones "
+        '(monitoring.quality_training_users = "disjoint"), or set monitoring.quality = false',
+    )
+
+
+def _side_channels(cfg: PipelineConfig, g: Guarantee, ch: Callable[[Channel], None]) -> None:
+    """Analytics, logs and monitoring: their own mechanisms (the monitored quality of the
+    model is the exception: it is bounded by the model's guarantee, see :func:`_monitoring`)."""
     # 6. analytics
     q = cfg.analytics.queries
     charged = cfg.analytics.ledger
@@ -640,23 +634,24 @@ def _side_channels(cfg: PipelineConfig, ch: Callable[[Channel], None]) -> None:
             }[q],
             {
                 "none": "",
-                "dp": "" if charged else "charge queries to the ledger",
+                "dp": "" if charged else "charge queries to the ledger (analytics.ledger = true)",
                 "raw": "answer queries with DP and charge them",
             }[q],
         )
     )
-    # 7. logs
+    # 7. logs: a limit is a finite number of days (inf is no limit, NaN/negative are refused)
     lg = cfg.logs
+    days = lg.retention_days
+    bounded = days is not None and math.isfinite(days)
     log_status: Status = (
         "mitigated"
         if lg.user_ids == "none"
-        else (
-            "partial"
-            if lg.user_ids == "pseudonymised" and lg.retention_days is not None
-            else "unmitigated"
-        )
+        else ("partial" if lg.user_ids == "pseudonymised" and bounded else "unmitigated")
     )
-    kept = "unbounded" if lg.retention_days is None else f"{lg.retention_days:g} days"
+    if bounded:
+        kept = f"{days:g} days"
+    else:
+        kept = "no limit stated" if days is None else "no limit (retention_days = inf)"
     ch(
         Channel(
             "logs",
@@ -670,18 +665,12 @@ def _side_channels(cfg: PipelineConfig, ch: Callable[[Channel], None]) -> None:
         )
     )
     # 8. monitoring
-    mk = cfg.monitoring.kind
     ch(
         Channel(
             "monitoring / drift statistics",
             "monitoring",
-            "per-window counts",
-            "n/a" if mk == "none" else ("mitigated" if mk == "dp" else "unmitigated"),
-            {
-                "none": "no monitoring",
-                "dp": "DP window histograms (`privrec monitor`)",
-                "raw": "exact per-window counts",
-            }[mk],
-            "use `privrec monitor` (DP histograms)" if mk == "raw" else "",
+            "per-window counts"
+            + (", the tracked model's quality" if cfg.monitoring.quality else ""),
+            *_monitoring(cfg, g),
         )
     )

@@ -735,4 +735,4 @@ params = { epsilon = 1.0, delta = 1e-5, unit = "user" }
         assert " " not in g  # "Q3", never "Q3 (13–13)"
         for v in res.variants:
             assert g not in v.by_group and g not in v.group_comparisons
-    assert "≈ 1\"" not in doc and "< 10" in doc
+    assert '≈ 1"' not in doc and "< 10" in doc

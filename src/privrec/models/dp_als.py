@@ -176,8 +176,9 @@ class DPALS(ReleasedItemFactors):
         only their diagonals Σ_u c_uj x_u∘x_u; ``"full"`` the whole Σ_u c_uj x_u
         x_uᵀ per item (Chien et al.'s method, 41 G multiply-adds per step at 20M
         interactions). On validation (ml-100k, ml-1m, gowalla, movietweetings at
-        ε ∈ {1, 5, 10}) ``"none"`` matched or beat ``"full"`` everywhere but ml-1m
-        and gowalla at ε = 1 (−1%, within one seed's spread) — with a ridge
+        ε ∈ {1, 5, 10}; re-run with the α0 density rule at ε ∈ {1, 5}) ``"none"``
+        matched or beat ``"full"`` everywhere but ml-1m at ε = 1 and movietweetings at
+        ε = 5 (−1%, about one seed's spread) — with a ridge
         proportional to the noise, the noisy per-item second moments add noise
         rather than signal — and it makes a step as cheap as the user solves.
     max_per_user

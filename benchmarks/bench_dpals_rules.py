@@ -56,13 +56,16 @@ VARIANTS = ("before", "after")
 RULES = {"before": "capacity", "after": "sqrt"}
 #: other validation measurements behind the rules (explorations, same splits; see the report)
 NOTES: tuple[str, ...] = (
-    "Verdict (table above): the √σ rule keeps gowalla monotone in ε (0.0500 / 0.0663 / 0.0933 / "
-    "0.1106 / 0.1196) — ε = 10 +0.0057, ε = 20 −0.0006 (inside one sd), ε ≤ 5 unchanged — and "
-    "removes the capacity's cost on synthetic-median5 (ε = 10 / 20: +0.0112 / +0.0108, ε = 5 "
-    "+0.0018); ml-1m-implicit-r3 and ml-100k are unchanged at every ε (the noise threshold is "
-    "the larger one, the capacity never bound); movietweetings-100k gains at ε = 5 (+0.0020) "
-    "but loses at ε = 10 (−0.0015, inside one sd) and ε = 20 (−0.0045, beyond it). So the "
-    'default stays `HEAD_RULE = "capacity"`; the √σ rule is `dpals_head(rule="sqrt")`.',
+    "Verdict (table above, re-run 2026-12-07 with the α0 density rule, the default since): "
+    "with α0 = 0.25 on gowalla the capacity no longer costs anything there — ε = 10 −0.0002, "
+    "ε = 20 −0.0002 against the √σ rule, and the capacity rule is monotone in ε (0.0512 / "
+    "0.0706 / 0.0973 / 0.1161 / 0.1283); synthetic-median5 still gains from the √σ rule at "
+    "ε = 10 / 20 (+0.0138 / +0.0143); ml-1m-implicit-r3 and ml-100k are unchanged at every ε; "
+    "movietweetings-100k loses at ε = 10 / 20 (−0.0017 / −0.0033). The default stays "
+    '`HEAD_RULE = "capacity"`; the √σ rule is `dpals_head(rule="sqrt")`. (Before the α0 rule, '
+    "α0 = 2: gowalla 0.0500 / 0.0663 / 0.0933 / 0.1050 / 0.1202 with the capacity, the √σ "
+    "rule +0.0057 at ε = 10; synthetic +0.0112 / +0.0108; movietweetings +0.0020 / −0.0015 / "
+    "−0.0045 at ε = 5 / 10 / 20.)",
     "√σ rule (this table's `after`): the best fixed count threshold on gowalla (seed 0, no cap, "
     "floor kept) — ε = 20 (r2σ_eff 3.0): τ = 8 → 0.0944 (14,712 items), 12 → 0.1195 (7,214), "
     "16 → 0.1189 (4,324), 20 → 0.1101, 25 → 0.1011, 32 → 0.0939; ε = 10 (5.2): 8 → 0.0539, "

@@ -46,6 +46,7 @@ from privrec.models.dp_rules import (
     resolve_alpha0,
     resolve_bound,
     resolve_factors,
+    resolve_item_norm_exponent,
     resolve_iterations,
     resolve_one_round,
     resolve_popularity_blend,
@@ -143,6 +144,9 @@ class DPALSConfig(PrivateConfig):
         default=None, ge=0, le=1000, allow_inf_nan=False
     )
     neighbour_blend: float = pydantic.Field(default=0.0, ge=0, le=1, allow_inf_nan=False)
+    item_norm_exponent: (
+        Annotated[float, pydantic.Field(ge=0, le=2, allow_inf_nan=False)] | Literal["density"]
+    ) = "density"
     tiers: tuple[float, ...] | None = None
 
 
@@ -291,6 +295,15 @@ class DPALS(ReleasedItemFactors):
         only 0.0627 → 0.0633 and 0.0970 → 0.0971) and lost on ml-1m (ε = 1 0.1708 →
         0.1645) and movietweetings (ε = 1 0.2714 → 0.2583) — check it on your own
         validation data (privately: :func:`privrec.tuning.private.private_tune`).
+    item_norm_exponent
+        γ: a user's head scores are ``x_u · y_j / |y_j|^γ`` before the popularity blend — the
+        released item factors' norms divided out to the power γ (post-processing: no privacy
+        cost). Default ``"density"``: from the trained head's noisy density
+        (:func:`~privrec.models.dp_rules.resolve_item_norm_exponent`: 0 on dense heads such
+        as ml-1m's, ≈ 0.55–0.6 on sparse ones such as gowalla's, where a released factor's
+        norm mostly says how popular and how noisy the item is — popularity already enters
+        through the blend), resolved as ``item_norm_exponent_``; it was 0 before 2026-12-07
+        (give ``item_norm_exponent=0`` for that).
     tiers
         Personalised budgets: the stricter protection tiers on offer (public, each
         ≤ ε; ε is the loosest). Each user asks for one — ``fit(data,
@@ -350,6 +363,7 @@ class DPALS(ReleasedItemFactors):
     iterations_: int
     regularization_: float
     alpha0_: float
+    item_norm_exponent_: float
     one_round_: bool
     step_averaging_: float
 
@@ -386,6 +400,7 @@ class DPALS(ReleasedItemFactors):
         popularity_blend: float | None = None,
         popularity_shrinkage: float | None = None,
         neighbour_blend: float = 0.0,
+        item_norm_exponent: float | Literal["density"] = "density",
         tiers: tuple[float, ...] | None = None,
         accountant: Literal["pld", "rdp"] = "pld",
         seed: int | None = None,
@@ -421,6 +436,7 @@ class DPALS(ReleasedItemFactors):
         self.popularity_blend = popularity_blend
         self.popularity_shrinkage = popularity_shrinkage
         self.neighbour_blend = neighbour_blend
+        self.item_norm_exponent = item_norm_exponent
         self.tiers = tiers
         self.accountant = accountant
         self.seed = seed
@@ -516,8 +532,13 @@ class DPALS(ReleasedItemFactors):
     def _resolve_alpha0(
         self, c: DPALSConfig, counts_head: np.ndarray, profile: LengthProfile | None
     ) -> float:
-        """α0 (given, or the density rule from released values), kept as ``alpha0_``."""
+        """α0 (given, or the density rule from released values), kept as ``alpha0_``; the
+        scoring's γ (``item_norm_exponent_``) is resolved from the same density."""
         self.alpha0_ = resolve_alpha0(c.alpha0, counts_head, profile)
+        # the scoring's γ follows the same released density (post-processing)
+        self.item_norm_exponent_ = resolve_item_norm_exponent(
+            c.item_norm_exponent, counts_head, profile
+        )
         return self.alpha0_
 
     def _keep(

@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from privrec.errors import ModelFileError
 from privrec.models.base import check_array
 from privrec.models.dp_als_users import exact_user_solve
-from privrec.models.dp_rules import MAX_ADAPTIVE_FACTORS
+from privrec.models.dp_rules import MAX_ADAPTIVE_FACTORS, item_norm_scale
 from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.private import (
     PrivateRecommender,
@@ -68,6 +68,11 @@ class ReleasedItemFactors(PrivateRecommender):
         """The ranking half of the scoring, from raw head scores ``u·Vᵀ`` — also what a
         private-scoring client applies to its decrypted scores (``privrec he score``)."""
         shrink = getattr(self, "popularity_shrinkage_", 0.0)
+        scale = item_norm_scale(
+            self.item_factors_[self.head_items_], float(getattr(self, "item_norm_exponent_", 0.0))
+        )
+        if scale is not None:  # x_u·y_j / |y_j|^γ (item_norm_exponent; post-processing)
+            scores = np.asarray(scores) * scale[None, :].astype(np.asarray(scores).dtype)
         # the per-user blend only when both β and the shrinkage are on (β + s/n_u)
         per_user = lengths is not None and shrink > 0 and self.popularity_blend_ > 0
         return rank_head_scores(
@@ -114,6 +119,7 @@ class ReleasedItemFactors(PrivateRecommender):
                 "fold": ArraySpec((2,)),
                 "popularity_blend": ArraySpec((), optional=True),
                 "popularity_shrinkage": ArraySpec((), optional=True),
+                "item_norm_exponent": ArraySpec((), optional=True),
             },
             bounds={"h": n_items, "k": MAX_ADAPTIVE_FACTORS},
         )
@@ -128,6 +134,7 @@ class ReleasedItemFactors(PrivateRecommender):
             "fold": np.asarray([self._fit_alpha0, self._fit_user_reg]),
             "popularity_blend": np.asarray(self.popularity_blend_),
             "popularity_shrinkage": np.asarray(self.popularity_shrinkage_),
+            "item_norm_exponent": np.asarray(float(getattr(self, "item_norm_exponent_", 0.0))),
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
@@ -141,6 +148,12 @@ class ReleasedItemFactors(PrivateRecommender):
         self._fit_alpha0, self._fit_user_reg = read_fold(arrays)
         # files older than the blend read as 0: see read_blend_state
         self.popularity_blend_, self.popularity_shrinkage_ = read_blend_state(arrays)
+        # files older than the item-norm rule (2026-12-07) scored with γ = 0
+        self.item_norm_exponent_ = (
+            float(check_array(arrays, "item_norm_exponent", kind="f", shape=(), low=0, high=2))
+            if "item_norm_exponent" in arrays
+            else 0.0
+        )
         self.factors_ = int(self.item_factors_.shape[1])
 
     def _check_state(self) -> None:

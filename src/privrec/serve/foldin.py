@@ -29,6 +29,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.linalg.lapack import dpotrs
 
+from privrec.models.dp_rules import item_norm_scale
+
 __all__ = ["DPALSKernel", "GenericKernel", "Kernel", "kernel_for"]
 
 log = logging.getLogger("privrec.serve")
@@ -73,8 +75,11 @@ class DPALSKernel:
         k = self.y64.shape[1]
         self.gram = float(model._fit_alpha0) * (self.y64.T @ self.y64)
         self.ridge = float(model._fit_user_reg) * np.eye(k)
-        # scoring: u (float32) @ item_factors[head].T, as head_item_scores
+        # scoring: u (float32) @ item_factors[head].T, as head_item_scores, each item's column
+        # divided by |y_j|^γ (item_norm_exponent_, as ReleasedItemFactors._rank_head)
         self.y32 = factors[head]
+        scale = item_norm_scale(self.y32, float(getattr(model, "item_norm_exponent_", 0.0)))
+        self.scale32 = None if scale is None else scale.astype(np.float32)[None, :]
         self.pos = np.full(self.n_items, -1, dtype=np.int64)
         self.pos[head] = np.arange(head.shape[0])
         counts = np.asarray(model.noisy_counts_)[head]
@@ -105,6 +110,8 @@ class DPALSKernel:
         hp = hp[hp >= 0]  # sorted: known is sorted and the head is sorted
         u = self._fold(hp)
         s = u @ self.y32.T
+        if self.scale32 is not None:
+            s = s * self.scale32
         if self.beta > 0:
             s = np.asarray(s, dtype=np.float32)
             sd = s.std(axis=1, keepdims=True)

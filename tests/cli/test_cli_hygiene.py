@@ -251,3 +251,18 @@ def test_usage_errors_print_one_line_from_the_script() -> None:
         [sys.executable, "-m", "privrec", "--help"], capture_output=True, text=True, timeout=120
     )
     assert ok.returncode == 0 and "Usage" in ok.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "suggestion"),
+    [
+        (["trian"], "Did you mean 'train'?"),
+        (["privacy", "explian", "x"], "Did you mean 'explain'?"),
+        (["federated", "simulat"], "Did you mean 'simulate'?"),
+    ],
+)
+def test_a_mistyped_command_is_suggested_once(args: list[str], suggestion: str) -> None:
+    """click already names the close matches; typer used to append them a second time."""
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert res.output.count("Did you mean") == 1 and suggestion in res.output, res.output

@@ -330,6 +330,9 @@ def test_train_with_explicit_catalogue_and_tuning_declaration(
 
     m = load_model(model)
     assert list(m.item_ids_) == catalogue and m.guarantee_.catalogue == "given"
+    # the line names the given (public) catalogue's exact size, which the file holds — not
+    # the number of items in the data (learnt from it, and exact)
+    assert "users × 62 items" in " ".join(res.stdout.split()), res.stdout
     text = runner.invoke(app, ["privacy", "explain", str(model)]).output
     assert "passed explicitly" in text and "NOT charged" in text
     res = runner.invoke(
@@ -343,6 +346,38 @@ def test_train_with_explicit_catalogue_and_tuning_declaration(
          "-o", str(tmp_path / "x.npz")],
     )  # fmt: skip
     assert res.exit_code == 1 and "not in the given catalogue" in res.output
+
+
+def test_train_without_a_catalogue_rounds_the_data_item_count(
+    members: Path, tmp_path: Path
+) -> None:
+    """Without --items a private model's catalogue is the data's items: its size is learnt
+    from the data and prints rounded, like the users; a non-private model prints it exact."""
+    n_items = pd.read_csv(members)["item"].nunique()
+    res = runner.invoke(
+        app,
+        ["train", "-d", str(members), "-f", "csv", "-m", "dppopularity", *PRIVATE,
+         "-o", str(tmp_path / "pop.npz")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    line = " ".join(res.stdout.split())
+    assert f"× ≈ {round(n_items, -1)} items" in line and f"× {n_items} items" not in line, line
+    plain = runner.invoke(
+        app,
+        [
+            "train",
+            "-d",
+            str(members),
+            "-f",
+            "csv",
+            "-m",
+            "popularity",
+            "-o",
+            str(tmp_path / "p.npz"),
+        ],
+    )
+    assert plain.exit_code == 0, plain.output
+    assert f"× {n_items} items" in " ".join(plain.stdout.split()), plain.stdout
 
 
 def test_seeded_training_does_not_print_a_bare_privacy_claim(members: Path, tmp_path: Path) -> None:

@@ -191,6 +191,28 @@ def test_load_passes_options(tmp_path: Path) -> None:
     assert load(q, format="csv", user_col="a", item_col="b").nnz == 1
 
 
+def test_a_folder_is_refused_as_a_folder_naming_what_to_give(tmp_path: Path) -> None:
+    """A dataset's download folder where a file was expected: the error says it is a folder
+    (not "cannot tell the format") and names the interaction file inside it, if any."""
+    ml = tmp_path / "ml-100k"
+    ml.mkdir()
+    write(ml, "u.data", "1\t2\t3\t4\n")
+    write(ml, "u.item", "2|Toy Story\n")
+    for fmt in (None, "ml-100k"):
+        with pytest.raises(DataError, match="this is a folder, not a file") as e:
+            load(ml, format=fmt)
+        assert e.value.field is None and "'u.data'" in str(e.value)
+    empty = tmp_path / "other"
+    empty.mkdir()
+    with pytest.raises(DataError, match=r"folder.*no file in it is named u\.data"):
+        load(empty)
+    split = tmp_path / "split"
+    split.mkdir()
+    write(split, "train.txt", "0 1 2\n")
+    with pytest.raises(DataError, match=r"split folder.*load_split"):
+        load(split)
+
+
 def test_unknown_format_lists_known(tmp_path: Path) -> None:
     p = write(tmp_path, "x.txt", "1 2\n")
     with pytest.raises(DataError) as e:

@@ -736,3 +736,20 @@ params = { epsilon = 1.0, delta = 1e-5, unit = "user" }
         for v in res.variants:
             assert g not in v.by_group and g not in v.group_comparisons
     assert '≈ 1"' not in doc and "< 10" in doc
+
+
+def test_cli_experiment_markdown_rows_are_not_wrapped(tmp_path: Path):
+    """The summary tables on stdout are Markdown: on a narrow terminal (or a pipe, where rich
+    wraps at $COLUMNS) each row must still be one line, or the table no longer renders."""
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(TOML)
+    res = CliRunner().invoke(
+        app,
+        ["experiment", "run", str(cfg), "-o", str(tmp_path / "e.html")],
+        env={"COLUMNS": "40"},
+    )
+    assert res.exit_code == 0, res.output
+    rows = [line for line in res.stdout.splitlines() if line.startswith("|")]
+    assert any(line.startswith("| eps8 |") for line in rows)
+    assert all(line.endswith("|") for line in rows)
+    assert any(len(line) > 40 for line in rows)  # the width really was too narrow for them

@@ -170,7 +170,7 @@ def test_simulate_prints_and_writes_rounded_cohort_sizes(
     written = json.loads(out.read_text())["rounds"]
     for r in written:
         assert r["sampled"].startswith("≈") and r["survivors"].startswith("≈")
-        assert all(v.startswith("≈") or v == "0" for v in r["dropped"].values())
+        assert all(v.startswith("≈") or v in ("0", "< 10") for v in r["dropped"].values())
         assert r["bytes_up"] == round_count(r["bytes_up"])
     # the checkpoint: its files, opened; no count of people in either
     assert sorted(p.name for p in ck.iterdir()) == ["server.npz", _SIM_STATE]
@@ -237,3 +237,75 @@ def test_the_population_is_in_no_log_or_checkpoint(tmp_path: Path) -> None:
         assert re.search(r"(?<![\d.,])137(?!\d)", text) is None, (name, text[:2000])
     res = CliRunner().invoke(app, [*args[:-2], "--checkpoint-dir", str(ck), "--rounds", "2"])
     assert res.exit_code == 0, res.output  # resumes with the population read from the data
+
+
+def test_simulate_takes_an_explicit_catalogue(tmp_path: Path) -> None:
+    """``--items FILE`` as in ``privrec train``: the saved model's columns are the given
+    catalogue (items nobody holds included), its guarantee says the catalogue was passed
+    explicitly, and the log prints the catalogue's (public) size exactly — without it, the
+    data's item count is learnt from the data and prints rounded."""
+    from privrec.models import load_model
+
+    data = _split(tmp_path / "split", n_users=60)
+    catalogue = [str(i) for i in range(20)] + ["100", "101"]
+    items = tmp_path / "items.txt"
+    items.write_text("item\n" + "\n".join(catalogue) + "\n")
+    model = tmp_path / "fed.npz"
+    args = [
+        "federated", "simulate", "-d", str(data), "--noise-multiplier", "5.0", "--rounds", "1",
+        "--clients-per-round", "30", "--head-items", "10", "--factors", "2", "--seed", "0",
+        "--aggregation", "central", "--eval-every", "1", "-p", "clip_count_stddev=5.0",
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, [*args, "--items", str(items), "--out", str(model)])
+    assert res.exit_code == 0, res.output
+    flat = " ".join(res.output.split())
+    assert "clients, 22 items;" in flat and "passed explicitly" in flat, flat
+    assert "pass the catalogue explicitly" not in flat
+    loaded = load_model(model)
+    assert [str(i) for i in loaded.item_ids_] == catalogue
+    assert loaded.guarantee_.catalogue == "given"
+    plain = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "plain.npz")])
+    assert plain.exit_code == 0, plain.output
+    flat = " ".join(plain.output.split())
+    assert "clients, ≈ 20 items;" in flat and "--items FILE" in flat, flat
+    assert load_model(tmp_path / "plain.npz").guarantee_.catalogue == "data"
+    items.write_text("0\n1\n")
+    short = CliRunner().invoke(app, [*args, "--items", str(items)])
+    assert short.exit_code == 1 and "not in the given catalogue" in short.output
+
+
+def test_simulate_reads_a_shared_dataset_folder_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-d ml-100k`` (docs/federated.md): a shared dataset folder holding one interaction file
+    is read through that file, said on stderr; a folder without one is refused *as a folder*,
+    and a file whose name does not give its format away asks for ``--format``."""
+    rng = np.random.default_rng(0)
+    shared = tmp_path / "shared"
+    ml = shared / "mini-100k"
+    ml.mkdir(parents=True)
+    lines = [
+        f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + i}"
+        for u in range(1, 61)
+        for i in rng.choice(np.arange(1, 21), size=6, replace=False)
+    ]
+    (ml / "u.data").write_text("\n".join(lines) + "\n")
+    (ml / "u.item").write_text("1|A\n")
+    (shared / "no-ratings").mkdir()
+    (shared / "no-ratings" / "README").write_text("nothing here\n")
+    monkeypatch.setenv("PRIVREC_DATA", str(shared))
+    args = [
+        "--noise-multiplier", "5.0", "--rounds", "1", "--clients-per-round", "30",
+        "--head-items", "10", "--factors", "2", "--seed", "0", "--aggregation", "central",
+        "-p", "clip_count_stddev=5.0",
+    ]  # fmt: skip
+    res = CliRunner().invoke(app, ["federated", "simulate", "-d", "mini-100k", *args])
+    assert res.exit_code == 0, res.output
+    assert f"reading {ml / 'u.data'}" in " ".join(res.stderr.split())
+    assert "FederatedMF rounds" in res.stdout
+    bad = CliRunner().invoke(app, ["federated", "simulate", "-d", "no-ratings", *args])
+    assert bad.exit_code == 1 and "this is a folder, not a file" in bad.output, bad.output
+    assert "cannot tell the format" not in bad.output
+    odd = CliRunner().invoke(app, ["federated", "simulate", "-d", str(ml / "u.item"), *args])
+    assert odd.exit_code == 1 and "pass --format (-f)" in odd.output, odd.output
+    assert "format=" not in odd.output

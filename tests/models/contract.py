@@ -15,7 +15,13 @@ import pytest
 import scipy.sparse as sp
 
 from privrec.data import Interactions
-from privrec.errors import ConfigError, NotFittedError, UnknownUserError
+from privrec.errors import (
+    ConfigError,
+    DataError,
+    NotFittedError,
+    UnknownItemError,
+    UnknownUserError,
+)
 from privrec.models import Recommender, load_model
 
 
@@ -178,3 +184,25 @@ class RecommenderContract:
         assert reps.shape[0] == 2 and np.isfinite(reps).all()
         with pytest.raises(ValueError, match="catalogue"):
             fitted.recommend_history(np.zeros(fitted.n_items_ + 1), k=3)
+
+    def test_history_from_item_ids(
+        self, fitted: Recommender, data: tuple[Interactions, np.ndarray]
+    ) -> None:
+        """A list of item ids is not a history row: the error says what is expected and
+        how to build it; ``history_row`` builds it and serves the same as the matrix row."""
+        x, _ = data
+        ids = x.item_ids[x.matrix[3].indices]
+        with pytest.raises(DataError, match=r"users × items matrix.*history_row"):
+            fitted.recommend_history(ids[:3], k=3)  # the checkerboard's ids are strings
+        with pytest.raises(DataError, match=r"users × items matrix.*history_row") as e:
+            fitted.recommend_history([1, 2, 5], k=3)  # integer ids look like a short row
+        assert e.value.expected == f"{fitted.n_items_} columns" and e.value.found == 3
+        row = fitted.history_row(ids)
+        assert row.shape == (fitted.n_items_,) and row.sum() == len(ids)
+        by_ids, _ = fitted.recommend_history(row, k=3)
+        by_row, _ = fitted.recommend_history(x.matrix[3].toarray()[0], k=3)
+        assert by_ids.tolist() == by_row.tolist()
+        with pytest.raises(UnknownItemError):
+            fitted.history_row([ids[0], "no-such-item"])
+        both = fitted.history_row([ids[0], "no-such-item"], ignore_unknown=True)
+        assert both.sum() == 1.0

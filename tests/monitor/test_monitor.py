@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from typer.testing import CliRunner
 
 from privrec.cli.main import app
 from privrec.data import Interactions
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, PrivacyWarning
 from privrec.monitor import (
     DriftMonitor,
     MonitorConfig,
@@ -178,6 +179,33 @@ def test_cli_monitor(tmp_path: Path):
     assert json.loads(out.read_text())["shift"] == "activity"
     bad = CliRunner().invoke(app, ["monitor", "simulate", "--shift", "sideways"])
     assert bad.exit_code == 1 and "unknown shift" in bad.output
+
+
+def test_cli_monitor_run_checks_the_data_before_warning_about_the_budget(tmp_path: Path):
+    """A run that cannot start (no such file, no timestamps) fails with its one error; the
+    "charged to no budget" warning is for a run that goes ahead, and it still comes then."""
+    rng = np.random.default_rng(0)
+    lines = [
+        f"{u}\t{rng.integers(1, 30)}\t3\t{int(t)}"
+        for u in range(1, 201)
+        for t in rng.uniform(0, 21 * 86400, size=5)
+    ]
+    timed = tmp_path / "u.data"
+    timed.write_text("\n".join(lines) + "\n")
+    untimed = tmp_path / "clicks.csv"
+    untimed.write_text("user,item\n1,1\n2,1\n")
+    run = ["monitor", "run", "--epsilon", "1", "-d"]
+    with warnings.catch_warnings():  # this module ignores PrivacyWarning (pytestmark)
+        warnings.simplefilter("always", PrivacyWarning)
+        missing = CliRunner().invoke(app, [*run, str(tmp_path / "nope.data")])
+        no_time = CliRunner().invoke(app, [*run, str(untimed), "-f", "csv"])
+        ok = CliRunner().invoke(app, [*run, str(timed)])
+    assert missing.exit_code == 1 and "file not found" in missing.output
+    assert no_time.exit_code == 1 and "no timestamps" in no_time.output, no_time.output
+    for failed in (missing, no_time):
+        assert "charged to no budget" not in failed.output
+    assert ok.exit_code == 0, ok.output
+    assert "charged to no budget" in " ".join(ok.stderr.split())
 
 
 def test_monitor_windows_are_charged_to_a_real_ledger(tmp_path: Path):

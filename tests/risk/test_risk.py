@@ -294,3 +294,23 @@ def test_no_report_contradicts_itself():
                     assert c.status != "mitigated"
         n += 1
     assert n == 3 * 3 * 3 * 3 * 2 * 2 * 2 * 2 * 2 * 2
+
+
+def test_machine_readable_output_is_not_wrapped_on_a_narrow_terminal(tmp_path: Path):
+    """`privrec risk --example > pipeline.toml` must parse, and every row of the assessment's
+    Markdown tables must stay on one line, however narrow the terminal (rich wraps at $COLUMNS
+    when stdout is not a terminal)."""
+    import tomllib
+
+    narrow = {"COLUMNS": "40"}
+    example = runner.invoke(app, ["risk", "--example"], env=narrow)
+    assert example.exit_code == 0, example.output
+    assert tomllib.loads(example.stdout) == tomllib.loads(EXAMPLE)
+    cfg = tmp_path / "pipeline.toml"
+    cfg.write_text(example.stdout)
+    out = runner.invoke(app, ["risk", str(cfg), "--strict"], env=narrow)
+    assert out.exit_code == 0, out.output
+    assert out.stdout.strip() == assess(load_pipeline(cfg)).to_markdown().strip()
+    rows = [line for line in out.stdout.splitlines() if line.startswith("|")]
+    assert rows and all(line.endswith("|") for line in rows)
+    assert any(len(line) > 40 for line in rows)  # the width really was too narrow for them

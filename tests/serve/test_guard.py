@@ -123,6 +123,38 @@ def test_one_key_is_one_bucket_whitespace_variants_are_refused(
             key_ident(key + pad)
 
 
+def test_whitespace_after_bearer_is_the_same_key_in_the_same_bucket(
+    world: DemoWorld, model_id: str
+) -> None:
+    """``Authorization: Bearer  <key>`` (two spaces), or a bearer key padded with ``\xa0`` /
+    ``\x85``: HTTP's bearer parser strips whitespace around the credentials, so what reaches the
+    guard is exactly the key — the same principal and the same rate-limit bucket, never a fresh
+    one (docs/serve.md). Only the raw ``X-API-Key`` value is taken as sent, and refused when
+    padded (the test above)."""
+    import httpx
+
+    key = world.keys["ben"].encode("latin-1")
+    app = create_app(settings_for(world, rate_limit=0.01, burst=4))
+    padded = [b"Bearer  " + key, b"Bearer " + key + b"\xa0", b"Bearer \x85" + key]
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        plain = c.get("/v1/me", headers=[(b"x-api-key", key)])
+        assert plain.status_code == 200
+        for value in padded:
+            r = c.get("/v1/me", headers=[(b"authorization", value)])
+            assert r.status_code == 200 and r.json() == plain.json(), r.text
+        # the burst of 4 is spent: a fifth request is refused whichever way the key is sent,
+        # on the recommendation fast path too — every form counted against one bucket
+        body = b'{"model": "%s", "history": [], "k": 3}' % model_id.encode()
+        r = c.post(
+            "/v1/recommend",
+            headers=[(b"authorization", padded[0]), (b"content-type", b"application/json")],
+            content=body,
+        )
+        assert r.status_code == 429, r.text
+        assert c.get("/v1/me", headers=[(b"x-api-key", key)]).status_code == 429
+        assert len(app.state.ctx.limiter) == 1
+
+
 def _wrong(key_id: str) -> str:
     return f"prk_{key_id}_{secrets.token_urlsafe(32)}"
 

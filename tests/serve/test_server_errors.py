@@ -218,3 +218,47 @@ def test_a_timestamp_column_where_the_format_has_its_own_is_refused(tmp_path: Pa
     )
     with pytest.raises(ServeConfigError, match="timestamp_column is for csv, tsv and parquet"):
         create_app(settings)
+
+
+def test_serve_refuses_to_start_on_a_ledger_it_cannot_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``privrec serve --db`` with a typo'd path, a file that is not a database, a database that
+    is no privrec ledger, or a server that does not answer: refused at start with one
+    ServeConfigError (the password hidden), instead of a service answering every keyed request
+    503. A missing SQLite file is not created; a real ledger starts, and is left unchanged."""
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from privrec.cli.main import app
+    from privrec.governance.db import dispose_engines
+
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.append(kw))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "junk.db").write_text("not a database\n")
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "other.db") as con:
+        con.execute("CREATE TABLE notes (x)")
+    cases = {
+        f"sqlite:///{tmp_path / 'nope.db'}": "the file does not exist",
+        f"sqlite:///{tmp_path / 'models'}": "it is not a regular file",
+        f"sqlite:///{tmp_path / 'junk.db'}": "file is not a database",
+        f"sqlite:///{tmp_path / 'other.db'}": "run `privrec ledger init` first",
+        "sqlite://": "in-memory",
+        "postgresql://olga:hunter2@127.0.0.1:1/ledger": "cannot open a privrec ledger",
+    }
+    for url, why in cases.items():
+        res = CliRunner().invoke(app, ["serve", "--db", url, "--models", str(tmp_path / "models")])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 1 and "ServeConfigError: --db:" in out and why in out, out
+        assert "hunter2" not in out
+    assert not (tmp_path / "nope.db").exists() and not started
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    Ledger.init(url, owner="olga")
+    dispose_engines()
+    before = (tmp_path / "ledger.db").read_bytes()
+    res = CliRunner().invoke(app, ["serve", "--db", url, "--models", str(tmp_path / "models")])
+    assert res.exit_code == 0, res.output
+    assert len(started) == 1 and (tmp_path / "ledger.db").read_bytes() == before

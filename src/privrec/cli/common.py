@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import tomllib
 import warnings
@@ -265,6 +266,17 @@ def stderr_is_tty() -> bool:
     return err_console.is_terminal
 
 
+def print_plain(text: str) -> None:
+    """Write machine-readable text (TOML, Markdown, CSV) to stdout exactly as given.
+
+    Not through rich's :data:`console`: when stdout is not a terminal rich wraps at 80 columns
+    (or ``$COLUMNS``), which cuts a long TOML comment or a Markdown table row onto a second
+    line — the output would no longer parse. Ends with exactly one newline.
+    """
+    sys.stdout.write(text.rstrip("\n") + "\n")
+    sys.stdout.flush()
+
+
 def note(text: str) -> None:
     """One progress line on stderr (kept in logs; rich progress bars are for terminals)."""
     err_console.print(text, highlight=False, soft_wrap=True, markup=False)
@@ -308,12 +320,48 @@ def progress_bar() -> Progress:
     )
 
 
+def data_file(path: Path) -> Path:
+    """``-d PATH`` as a file: a dataset's download folder (``ml-100k/``, or the folder a shared
+    dataset's name found) becomes the one interaction file in it (:data:`u.data
+    <privrec.data.loaders.DATASET_FILES>`, ``ratings.dat`` …), said on stderr; any other folder
+    is refused naming what to give instead (:func:`~privrec.data.loaders.folder_error`)."""
+    from privrec.data.loaders import dataset_files, folder_error
+
+    if not path.is_dir():
+        return path
+    found = dataset_files(path)
+    if len(found) != 1:
+        raise folder_error(path)
+    note(f"reading {found[0]} (the interactions in the folder {path})")
+    return found[0]
+
+
+def _format_hint(exc: DataError) -> DataError:
+    """A loader's format error as the command line words it: every command reading data
+    through :func:`load_data` has ``--format`` (``-f``), while the library's message names the
+    Python argument ``format=``, which a shell user cannot pass."""
+    return DataError(
+        exc.message.replace("pass format=", "pass --format (-f)"),
+        file=exc.file,
+        line=exc.line,
+        field="--format",
+        expected=exc.expected,
+        found=exc.found,
+    )
+
+
 def load_data(path: Path, fmt: str | None, binarize: float | None = None) -> Any:
     from privrec.data import load
 
     if not path.exists():
         raise DataError("file not found", file=path)
-    data = load(path, format=fmt)
+    path = data_file(path)
+    try:
+        data = load(path, format=fmt)
+    except DataError as exc:
+        if type(exc) is DataError and exc.field == "format":
+            raise _format_hint(exc) from None
+        raise
     if binarize is not None:
         data = data.binarize(binarize)
         if data.nnz == 0:
@@ -482,6 +530,24 @@ def rounded(n: int) -> str:
     from privrec.evaluation.protocol import approx_count
 
     return approx_count(n)
+
+
+def items_count(n: int, *, public: bool) -> str:
+    """How a training line prints its number of items.
+
+    Parameters
+    ----------
+    n
+        The number of items: of the model's catalogue when one was given (``--items``), else
+        of the data the model was fitted on.
+    public
+        ``True`` when the count says nothing about the training data — an explicit catalogue
+        (``--items``; the saved file holds exactly these items) or a non-private model. A
+        private model's item count learnt from its data is rounded like its user count
+        (:func:`rounded`): the exact number could tell whether one rare
+        item, and so the one user who rated it, was in the data.
+    """
+    return f"{n:,}" if public else rounded(n)
 
 
 def coerce_ids(raw: list[str], known: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from privrec.cli.common import check_output, console, err_console, handle_errors
+from privrec.cli.common import check_output, console, err_console, handle_errors, print_plain
 from privrec.errors import PrivacyWarning
 
 experiment_app = typer.Typer(
@@ -67,7 +67,7 @@ def experiment_run(
             res = run_experiment(
                 cfg, charge=charge, split=split, progress=lambda m: status.update(m)
             )
-        console.print(to_markdown(res), highlight=False, markup=False)
+        print_plain(to_markdown(res))  # Markdown: unwrapped, each table row on one line
         # the JSON and Markdown are written before the HTML draws its plots (write_report):
         # the fits may be charged already, and a failing plot must not lose their results
         write_report(res, output, json_path=json_out, markdown_path=markdown)

@@ -9,7 +9,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,11 +19,16 @@ from privrec.cli.common import (
     console,
     err_console,
     handle_errors,
+    items_count,
+    load_data,
     parse_params,
     rounded,
     signed_note,
     signing_key,
 )
+
+if TYPE_CHECKING:
+    from privrec.privacy.guarantee import Catalogue
 
 federated_app = typer.Typer(
     help="Federated training (FederatedMF) simulated on one machine. Federated DPALS: "
@@ -33,7 +38,11 @@ federated_app = typer.Typer(
 
 
 def _data(
-    path: Path, fmt: str | None, seed: int, govern: Callable[[Any], Any] | None = None
+    path: Path,
+    fmt: str | None,
+    seed: int,
+    govern: Callable[[Any], Any] | None = None,
+    catalogue: list[str] | None = None,
 ) -> tuple[Any, Any, str, Any, Any]:
     """(training matrix, (history, targets) for validation, description, governed data or
     ``None``, item catalogue).
@@ -41,10 +50,13 @@ def _data(
     With ``govern`` (a ledger dataset's ``load``), the interactions — a file, or a split
     folder's train.txt — pass through the dataset's policy first, and validation is a random
     holdout of what the policy kept.
+
+    With ``catalogue`` (``--items FILE``) the columns are that catalogue's items, in its order
+    (every item of the data must be in it; the others get empty columns), so the run and the
+    saved model learn nothing about which items the data holds — as ``train --items`` does.
     """
     import scipy.sparse as sp
 
-    from privrec.data import load
     from privrec.data.shared import shared_dataset
     from privrec.errors import DataError
     from privrec.evaluation import load_split, random_holdout
@@ -60,7 +72,7 @@ def _data(
         split = load_split(path, merge_valid_into_train=False)
         label = f"{path.name}: train.txt, Recall@20 on valid.txt"
     else:
-        data = load_split(path).train if folder else load(path, format=fmt)
+        data = load_split(path).train if folder else load_data(path, fmt)
         if govern is not None:
             governed = govern(data)
             data = governed.interactions
@@ -71,9 +83,25 @@ def _data(
             "holdout per user, Recall@20 on the held-out part"
         )
     es = split.valid if split.valid is not None else split.test
-    x = split.train.matrix
     assert es.users is not None
-    return x, (sp.csr_matrix(x[es.users]), es.targets), label, governed, split.train.item_ids
+    if catalogue is None:
+        x = split.train.matrix
+        return x, (sp.csr_matrix(x[es.users]), es.targets), label, governed, split.train.item_ids
+    import numpy as np
+    import pandas as pd
+
+    from privrec.models.base import on_catalogue
+
+    train = on_catalogue(split.train, np.asarray(catalogue))  # refuses items not listed
+    x = train.matrix
+    # the targets are over the split's columns: move them to the catalogue's as well
+    pos = pd.Index(train.item_ids).get_indexer(pd.Index(np.asarray(split.train.item_ids)))
+    t = sp.csr_matrix(es.targets)
+    targets = sp.csr_matrix(
+        (t.data, pos[t.indices].astype(np.int32), t.indptr), shape=(t.shape[0], x.shape[1])
+    )
+    targets.sort_indices()
+    return x, (sp.csr_matrix(x[es.users]), targets), label, governed, train.item_ids
 
 
 @federated_app.command("simulate")
@@ -88,6 +116,15 @@ def simulate(
         ),
     ],
     fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
+    items: Annotated[
+        Path | None,
+        typer.Option(
+            "--items",
+            help="Item catalogue file (one id per line), as for `privrec train --items`: the "
+            "run and the saved model then learn nothing about the catalogue from the data; "
+            "without it, the catalogue is the data's items, assumed public.",
+        ),
+    ] = None,
     epsilon: Annotated[
         float | None, typer.Option(help="Target user-level ε (calibrates z).")
     ] = None,
@@ -214,8 +251,15 @@ def simulate(
             from privrec.governance.ledger import Ledger
 
             led = Ledger.connect(ledger, key)
+        from privrec.data.loaders import read_item_catalogue
+
+        catalogue = read_item_catalogue(items) if items is not None else None
         x, val, label, governed, item_ids = _data(
-            data, fmt, 0, None if led is None else lambda d: led.load(dataset, d)
+            data,
+            fmt,
+            0,
+            None if led is None else lambda d: led.load(dataset, d),
+            catalogue=catalogue,
         )
         fault_flags = ("dropout", "straggler", "timeout", "garbage", "fault_seed")
         faults = FaultModel(
@@ -298,7 +342,8 @@ def simulate(
             budget = f"noise multiplier z = {c.noise_multiplier:g} (no ε target; see the end)"
         err_console.print(budget, highlight=False)
         err_console.print(
-            f"{label}; {rounded(x.shape[0])} clients, {x.shape[1]:,} items; "
+            f"{label}; {rounded(x.shape[0])} clients, "
+            f"{items_count(x.shape[1], public=catalogue is not None)} items; "
             # q × the exact population would give the count away (q = 1: all of it)
             f"q = {srv.q:.4g} ({rounded(round(srv.expected_clients))} clients/round); "
             f"z = {srv.noise_multiplier:.4g}; aggregation {c.aggregation}"
@@ -356,8 +401,9 @@ def simulate(
                 )
         with session if session is not None else contextlib.nullcontext():
             _run_and_report(
-                sim, json_out, out, item_ids, session, governed, dataset, led, line, signer, claim
-            )
+                sim, json_out, out, item_ids, session, governed, dataset, led, line, signer, claim,
+                catalogue="given" if catalogue is not None else "data",
+            )  # fmt: skip
 
 
 def _run_and_report(
@@ -372,8 +418,13 @@ def _run_and_report(
     line: Callable[[Any], None],
     signer: Any = None,
     claim: Any = None,
+    catalogue: Catalogue = "data",
 ) -> None:
-    """Run the simulation, print its rounds and guarantee, save the model, commit the charge."""
+    """Run the simulation, print its rounds and guarantee, save the model, commit the charge.
+
+    ``catalogue`` is ``"given"`` when ``item_ids`` came from ``--items`` (the guarantee then
+    says nothing about the catalogue was learnt from the data), else ``"data"``.
+    """
     from rich.table import Table
 
     from privrec.federated.training import public_round
@@ -433,7 +484,7 @@ def _run_and_report(
             f"{r['seconds']:.2f}" if "seconds" in r else "",
         )
     console.print(table)
-    g = srv.guarantee()
+    g = srv.guarantee().with_disclosure(catalogue=catalogue)
     console.print(
         f"ε spent {g.epsilon:.4g}"
         + (f" of {c.epsilon:g} asked" if c.epsilon is not None else "")
@@ -449,7 +500,7 @@ def _run_and_report(
     if out is not None and srv.round > 0:
         from privrec.federated.model import FederatedMF
 
-        model = FederatedMF.from_server(srv, item_ids)
+        model = FederatedMF.from_server(srv, item_ids, catalogue=catalogue)
         if session is not None:
             from privrec.governance.training import release_model
 

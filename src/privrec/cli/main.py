@@ -83,6 +83,21 @@ app.command()(check)
 app.command()(serve)
 
 
+def _suggest_once(typer_app: typer.Typer) -> None:
+    """Turn off typer's own "Did you mean …?" on ``typer_app`` and every group below it.
+
+    click (8.2 and later) already ends its "No such command" error with the close matches;
+    typer appends them a second time, so ``privrec trian`` said "Did you mean 'train'?" twice.
+    """
+    typer_app.suggest_commands = False
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _suggest_once(group.typer_instance)
+
+
+_suggest_once(app)
+
+
 def run() -> None:  # pragma: no cover - console entry point helper
     app()
 

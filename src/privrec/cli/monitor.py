@@ -134,14 +134,6 @@ def monitor_run(
             false_alarm=false_alarm,
             max_items_per_user=max_items,
         )
-        if dataset is None:
-            warnings.warn(
-                ("--db (or $PRIVREC_DB) without --dataset: " if db is not None else "")
-                + "the windows are charged to no budget — each run releases them again and "
-                "nothing composes the runs (record them with --db and --dataset)",
-                PrivacyWarning,
-                stacklevel=1,
-            )
         x = load_data(data, fmt)
         # δ against the raw data's size before the ledger records an access (checked again on
         # what the policy keeps, which can only be fewer users)
@@ -156,6 +148,15 @@ def monitor_run(
             # model nobody declared trained elsewhere
             check_model_catalogue(rec, x.n_items, x.item_ids)
             tracked_model_assumption(rec, model_trained_elsewhere)
+        if dataset is None:  # after the data and model are checked: a run that cannot start
+            # (a missing file, no timestamps) must fail with its one error, not warn first
+            warnings.warn(
+                ("--db (or $PRIVREC_DB) without --dataset: " if db is not None else "")
+                + "the windows are charged to no budget — each run releases them again and "
+                "nothing composes the runs (record them with --db and --dataset)",
+                PrivacyWarning,
+                stacklevel=1,
+            )
         charge = None
         if dataset is not None:
             from privrec.governance import Ledger

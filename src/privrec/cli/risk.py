@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from privrec.cli.common import VerifyKeyOpt, check_output, console, err_console, handle_errors
+from privrec.cli.common import (
+    VerifyKeyOpt,
+    check_output,
+    console,
+    err_console,
+    handle_errors,
+    print_plain,
+)
 
 
 def _check_outputs(outputs: list[Path | None], inputs: list[Path | None]) -> None:
@@ -63,7 +70,7 @@ def risk(
     from privrec.risk import EXAMPLE, assess, load_pipeline
 
     if example:
-        console.print(EXAMPLE.strip(), highlight=False, markup=False)
+        print_plain(EXAMPLE.strip())  # TOML: never wrapped, or it no longer parses
         return
     with handle_errors():
         if config is None:
@@ -75,7 +82,7 @@ def risk(
         md = rep.to_markdown()
         outputs = [(markdown, md), (json_out, rep.to_json() + "\n")]
         _write_all([(path, text) for path, text in outputs if path is not None])
-        console.print(md, highlight=False, markup=False)
+        print_plain(md)  # a table row wrapped onto two lines is no longer a row
     if strict and rep.unmitigated:
         for c in rep.unmitigated:
             err_console.print(

@@ -49,6 +49,24 @@ def _proxies(values: list[str]) -> list[str]:
     return out
 
 
+def _check_ledger(db: str | None) -> None:
+    """Refuse to start on a ledger that is missing, unreadable or not privrec's.
+
+    The service opens the ledger per request: on a mistyped ``--db`` it would start and then
+    answer every keyed request 503 ``ledger_unavailable``. Checked read-only
+    (:func:`~privrec.governance.db.check_ledger`): no SQLite file is created.
+    """
+    from privrec.errors import LedgerSchemaError, ServeConfigError
+    from privrec.governance.db import check_ledger
+
+    try:
+        check_ledger(db)
+    except LedgerSchemaError as exc:
+        raise ServeConfigError(
+            f"--db: {exc}; the service would refuse every request that needs a key"
+        ) from None
+
+
 def serve(
     db: Annotated[
         str | None,
@@ -141,6 +159,7 @@ def serve(
                 stacklevel=1,
             )
         proxies = _proxies(trusted_proxy or [])
+        _check_ledger(db)
         settings = ServeSettings(
             db_url=resolve_url(db),
             models_dir=models,

@@ -14,7 +14,14 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from privrec.cli.common import SignKeyOpt, console, err_console, handle_errors, signing_key
+from privrec.cli.common import (
+    SignKeyOpt,
+    console,
+    err_console,
+    handle_errors,
+    load_data,
+    signing_key,
+)
 from privrec.errors import ConfigError
 
 silo_app = typer.Typer(
@@ -106,7 +113,6 @@ def silo_split(
     silo-local row numbers) and ``items.txt`` (the shared catalogue: external item ids in index
     order, assumed public), and prints the catalogue size the configuration needs.
     """
-    from privrec.data import load
     from privrec.data.shared import shared_dataset
     from privrec.errors import DataError
 
@@ -126,7 +132,7 @@ def silo_split(
 
             interactions = load_split(path, merge_valid_into_train=False).train
         else:
-            interactions = load(path, format=fmt)
+            interactions = load_data(path, fmt)
         x = interactions.matrix.tocsr()
         x.sort_indices()
         rng = np.random.default_rng(seed)

@@ -29,6 +29,7 @@ from privrec.cli.common import (
     fit_with_progress,
     handle_errors,
     is_private,
+    items_count,
     load_data,
     make_split,
     note,
@@ -214,8 +215,12 @@ def train(
             seen = data.matrix
         users = rounded(seen.shape[0]) if private else f"{seen.shape[0]:,}"
         inter = rounded(seen.nnz) if private else f"{seen.nnz:,}"
+        n_items = items_count(
+            len(model.item_ids_) if catalogue is not None else seen.shape[1],
+            public=catalogue is not None or not private,
+        )
         console.print(
-            f"fitted [bold]{model.name}[/] on {users} users × {seen.shape[1]:,} items "
+            f"fitted [bold]{model.name}[/] on {users} users × {n_items} items "
             f"({inter} interactions) in {time.perf_counter() - t0:.1f} s → {saved}",
             highlight=False,
         )
@@ -289,7 +294,8 @@ def _train_distributed(
         moved = engine.last_group.bytes_reduced if engine.last_group is not None else 0
     console.print(
         f"fitted [bold]{model.name}[/] on ray ({workers} workers) on {rounded(sizes['users'])} users × "
-        f"{len(model.item_ids_):,} items ({rounded(sizes['nnz'])} interactions) in "
+        f"{items_count(len(model.item_ids_), public=catalogue is not None)} items "
+        f"({rounded(sizes['nnz'])} interactions) in "
         f"{time.perf_counter() - t0:.1f} s, {moved / 1e6:.1f} MB reduced → {saved}",
         highlight=False,
     )

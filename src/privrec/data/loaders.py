@@ -49,7 +49,10 @@ from privrec.data.textspec import (
 from privrec.errors import ConfigError, DataError, DataWarning
 
 __all__ = [
+    "DATASET_FILES",
     "FORMATS",
+    "dataset_files",
+    "folder_error",
     "from_dataframe",
     "load",
     "load_csv",
@@ -522,6 +525,42 @@ def _infer_format(path: Path) -> str:
     )
 
 
+#: Names of the files that hold a whole dataset's interactions in its usual download folder
+#: (MovieLens 100K, MovieLens 1M / 10M, MovieLens latest, MovieTweetings, Last.fm): the
+#: names :func:`load` reads without ``format=``, except the 100K's per-fold ``u1.base`` ….
+DATASET_FILES = ("u.data", "ratings.dat", "ratings.csv", "user_artists.dat")
+
+
+def dataset_files(folder: PathLike) -> list[Path]:
+    """The files of :data:`DATASET_FILES` directly inside ``folder``, in that order.
+
+    A dataset's download folder holds its interactions beside other tables (items, users,
+    genres): exactly one of these files tells which one is the interactions, so a command
+    line given the folder can read it — more than one is ambiguous and none is not a dataset.
+    """
+    root = Path(folder)
+    return [root / name for name in DATASET_FILES if (root / name).is_file()]
+
+
+def folder_error(folder: PathLike) -> DataError:
+    """The error for a folder given where an interaction file was expected, saying what to give
+    instead: a LightGCN split folder is read by :func:`privrec.evaluation.load_split`, a dataset
+    folder through one of its files (named when there are any)."""
+    root = Path(folder)
+    if (root / "train.txt").is_file():
+        hint = "it is a split folder (train.txt): read it with privrec.evaluation.load_split"
+    else:
+        found = dataset_files(root)
+        hint = (
+            f"give the interaction file inside it: {' or '.join(repr(f.name) for f in found)}"
+            if found
+            else "give an interaction file (no file in it is named "
+            + ", ".join(DATASET_FILES)
+            + ")"
+        )
+    return DataError(f"this is a folder, not a file; {hint}", file=root)
+
+
 def load(path: PathLike, format: str | None = None, **kw: Any) -> Interactions:
     """Load ``path`` with the loader registered under ``format``.
 
@@ -548,6 +587,8 @@ def load(path: PathLike, format: str | None = None, **kw: Any) -> Interactions:
         An option the format's loader does not take (e.g. ``user_col`` for
         ``"ml-100k"``).
     """
+    if Path(path).is_dir():  # before the format: "cannot tell the format" would mislead
+        raise folder_error(path)
     fmt = _infer_format(Path(path)) if format is None else format
     loader = FORMATS.get(fmt)
     if loader is None:

@@ -31,6 +31,7 @@ from privrec.models.private import (
     read_fold,
     read_head_items,
 )
+from privrec.privacy.guarantee import Catalogue
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["FederatedMF"]
@@ -226,12 +227,19 @@ class FederatedMF(PrivateRecommender):
         self.guarantee_ = srv.guarantee()
 
     @classmethod
-    def from_server(cls, server: FederatedMFServer, item_ids: Any) -> FederatedMF:
+    def from_server(
+        cls, server: FederatedMFServer, item_ids: Any, *, catalogue: Catalogue = "data"
+    ) -> FederatedMF:
         """The released model of a finished (simulated or deployed) run: the server's item
         factors, head, noisy counts and guarantee over the catalogue ``item_ids`` — no users
         (:meth:`~privrec.models.private.PrivateRecommender.from_release`). Saving it gives a
         normal privrec model file (``privacy explain``, ``recommend --history``,
-        ``evaluate --model-file``)."""
+        ``evaluate --model-file``).
+
+        ``catalogue="given"`` records in the guarantee that ``item_ids`` was fixed by the
+        trainer (``federated simulate --items``), not taken from the items the devices held;
+        the default ``"data"`` makes the guarantee assume that set public, as ``fit`` does
+        without ``item_ids=``."""
         if server.head_items is None or server.round == 0:
             raise ConfigError("the federated run has released no model yet (no round completed)")
         c = server.config
@@ -251,7 +259,8 @@ class FederatedMF(PrivateRecommender):
             "popularity_blend": np.asarray(blend),
             "popularity_shrinkage": np.asarray(shrinkage),
         }
-        return cls.from_release(c, item_ids=item_ids, state=state, guarantee=server.guarantee())
+        guarantee = server.guarantee().with_disclosure(catalogue=catalogue)
+        return cls.from_release(c, item_ids=item_ids, state=state, guarantee=guarantee)
 
     def _fold(self, user_items_head: sp.csr_matrix) -> np.ndarray:
         y = self.item_factors_[self.head_items_].astype(np.float64)

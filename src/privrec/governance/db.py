@@ -37,6 +37,7 @@ __all__ = [
     "ENV_VAR",
     "HEAD_REVISION",
     "KNOWN_REVISIONS",
+    "check_ledger",
     "create_ledger_engine",
     "resolve_url",
     "schema_revision",
@@ -170,6 +171,57 @@ def check_schema(conn: Connection, url: str) -> None:
             f"the ledger at {_safe(url)} has schema revision {rev!r}; run `privrec ledger init` "
             f"to migrate it to {HEAD_REVISION!r}"
         )
+
+
+def check_ledger(url: str | Path | None = None) -> None:
+    """Refuse, without changing anything, a URL that does not lead to a usable privrec ledger.
+
+    For a long-running service (``privrec serve``): it opens the ledger per request, so a
+    mistyped ``--db`` would start quietly and answer every keyed request 503. Checked here: the
+    database exists, opens, and holds this privrec's schema revision (:func:`check_schema`).
+
+    Nothing is created or written: a SQLite file is opened read-only (``mode=ro``: a missing
+    file is not created, and the WAL settings the ledger's engine applies are not touched);
+    PostgreSQL is read in a read-only transaction. Messages show the URL without its password.
+
+    Raises
+    ------
+    LedgerSchemaError
+        No such file (or not a file), an in-memory SQLite URL (it holds no keys), a file that is
+        not a database, an unreachable server, a database never initialised, or a schema
+        revision other than this privrec's.
+    """
+    resolved = resolve_url(url)
+    if resolved.startswith("sqlite"):
+        db = sa.engine.make_url(resolved).database
+        if not db or db == ":memory:":
+            raise LedgerSchemaError(
+                "an in-memory SQLite database holds no ledger (no keys, no budgets): give the "
+                "ledger's file, e.g. sqlite:///privrec.db"
+            )
+        path = Path(db)
+        if not path.is_file():
+            what = "it is not a regular file" if path.exists() else "the file does not exist"
+            raise LedgerSchemaError(
+                f"no privrec ledger at {_safe(resolved)}: {what} (create a ledger with "
+                "`privrec ledger init`)"
+            )
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        engine = sa.create_engine(
+            "sqlite://",
+            creator=lambda: sqlite3.connect(uri, uri=True, timeout=60),
+            poolclass=sa.pool.NullPool,
+        )
+    else:
+        engine = create_ledger_engine(resolved)  # refuses unsupported URL schemes
+    try:
+        with read_transaction(engine) as conn:
+            check_schema(conn, resolved)
+    except sa.exc.DBAPIError as exc:
+        raise open_error(resolved, exc) from None
+    finally:
+        if resolved.startswith("sqlite"):
+            engine.dispose()
 
 
 def upgrade(engine: Engine) -> None:

@@ -79,6 +79,16 @@ def as_interactions(data: Interactions | sp.spmatrix | sp.sparray) -> Interactio
     )
 
 
+#: what ``recommend_history`` / ``fold_in`` take, said when given something else (most often a
+#: list of item ids, which is how a user's history usually arrives)
+_HISTORY_SHAPE = (
+    "user histories must be a users × items matrix over the model's catalogue: one row per "
+    "user, one column per item of model.item_ids_ (in that order), non-zero where the user "
+    "interacted; to give the ids of the items one user interacted with, build the row with "
+    "model.history_row(item_ids)"
+)
+
+
 def as_user_items(
     user_items: Interactions | sp.spmatrix | sp.sparray | npt.ArrayLike, n_items: int
 ) -> sp.csr_matrix:
@@ -88,16 +98,18 @@ def as_user_items(
     elif sp.issparse(user_items):
         m = sp.csr_matrix(user_items)  # type: ignore[arg-type]
     else:
-        arr = np.asarray(user_items, dtype=np.float32)
+        try:
+            arr = np.asarray(user_items, dtype=np.float32)
+        except (TypeError, ValueError):  # e.g. a list of string item ids
+            raise DataError(
+                _HISTORY_SHAPE, field="value", expected="numbers", found="non-numeric values"
+            ) from None
         if arr.ndim == 1:
             arr = arr[None, :]
         m = sp.csr_matrix(arr)
     if m.shape[1] != n_items:
         raise DataError(
-            "user histories must cover the model's catalogue",
-            field="n_items",
-            expected=str(n_items),
-            found=m.shape[1],
+            _HISTORY_SHAPE, field="n_items", expected=f"{n_items} columns", found=m.shape[1]
         )
     m = sp.csr_matrix(m, dtype=np.float32, copy=True)
     m.sum_duplicates()
@@ -379,8 +391,19 @@ class Recommender(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for users not seen in training, folded in from their histories.
 
-        ``user_items`` is a (n, n_items) matrix of histories (or one 1-D row);
-        the returned arrays have one row per history.
+        ``user_items`` is a (n, n_items) matrix of histories (or one 1-D row): one column
+        per item of :attr:`item_ids_`, in that order — not a list of item ids, which
+        :meth:`history_row` turns into such a row. The returned arrays have one row per
+        history (1-D for a 1-D row).
+
+        Examples
+        --------
+        >>> from privrec.data.synthetic import synthetic
+        >>> from privrec.models import Popularity
+        >>> m = Popularity().fit(synthetic(n_users=50, n_items=20, seed=0))
+        >>> items, scores = m.recommend_history(m.history_row(m.item_ids_[:3]), k=2)
+        >>> items.shape, bool(set(items) & set(range(3)))
+        ((2,), False)
         """
         self._check_fitted()
         single = (
@@ -397,6 +420,54 @@ class Recommender(ABC):
             exclude_seen,
         )
         return (items[0], scores[0]) if single else (items, scores)
+
+    def history_row(self, item_ids: npt.ArrayLike, *, ignore_unknown: bool = False) -> np.ndarray:
+        """One new user's history as the row :meth:`recommend_history` and :meth:`fold_in`
+        take, from the external ids of the items they interacted with.
+
+        Those methods take a users × items matrix — one column per item of
+        :attr:`item_ids_`, in that order — because that is what the models compute with
+        and it batches many users; a user's history usually comes as a list of item ids.
+
+        Parameters
+        ----------
+        item_ids
+            External item ids (as in :attr:`item_ids_`); repeats count once.
+        ignore_unknown
+            Leave out ids the model's catalogue does not hold (they cannot change the
+            recommendation) instead of raising.
+
+        Returns
+        -------
+        numpy.ndarray
+            A float32 row of length ``n_items_``: 1 at the given items, 0 elsewhere. Stack
+            rows (``np.vstack``) for several users.
+
+        Raises
+        ------
+        UnknownItemError
+            An id not in the catalogue (unless ``ignore_unknown``).
+        """
+        self._check_fitted()
+        ids = np.atleast_1d(np.asarray(item_ids))
+        if ids.ndim != 1:
+            raise DataError(
+                "history_row takes one user's item ids (a 1-D list)",
+                field="item_ids",
+                expected="1-D",
+                found=f"shape {ids.shape}",
+            )
+        row = np.zeros(self.n_items_, dtype=np.float32)
+        if ids.size == 0:
+            return row
+        if ignore_unknown:
+            import pandas as pd
+
+            pos = pd.Index(np.asarray(self.item_ids_)).get_indexer(pd.Index(ids))
+            row[pos[pos >= 0]] = 1.0
+            return row
+        row[Interactions(self.user_items_, self.user_ids_, self.item_ids_).item_index(ids)] = 1.0
+        return row
 
     def _recommend_blocks(
         self,

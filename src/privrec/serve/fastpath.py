@@ -12,8 +12,9 @@ middleware that answers a *well-formed* recommendation itself:
   accepts without coercion: ``model`` matching the model-id pattern, ``history`` a list of at
   most 10,000 strings (1–256 characters) or integers, ``k`` an integer in 1–1000, no other field;
 * the key is taken as the route's security dependencies take it (``Authorization: Bearer`` or
-  ``X-API-Key``), refused (401) if malformed or padded with whitespace before it could take a
-  rate-limit bucket, rate limited per key, and verified with the same
+  ``X-API-Key``; the bearer credentials stripped of surrounding whitespace as HTTPBearer does,
+  so they are the same key and bucket), refused (401) if malformed — an ``X-API-Key`` padded
+  with whitespace included — before it could take a rate-limit bucket, rate limited per key, and verified with the same
   :class:`~privrec.serve.guard.KeyCache` (a verified key is reused for ``key_ttl`` seconds, as
   for every read);
 * errors after that point (429, 401, 404, 403) are rendered by the app's own error handlers.

@@ -95,8 +95,9 @@ async def _key(
             "no API key: send `Authorization: Bearer prk_…` or `X-API-Key`",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    # a malformed key (or one with whitespace around it) is refused here with 401, before it
-    # could take a rate-limit bucket: junk keys cannot grow the limiter's table
+    # a malformed key (or an X-API-Key with whitespace around it; HTTPBearer strips the bearer
+    # credentials, so `Bearer  <key>` is that same key and bucket) is refused here with 401,
+    # before it could take a rate-limit bucket: junk keys cannot grow the limiter's table
     wait = _state(request).limiter.allow(key_ident(key))
     if wait > 0:
         raise ApiError(

@@ -274,7 +274,9 @@ def _score(
     }
 
 
-def run(quick: bool, aggregation: str) -> list[dict[str, Any]]:
+def run(quick: bool, aggregation: str, only: set[str] | None = None) -> list[dict[str, Any]]:
+    """Every (data set, model, ε) row; ``only``: just those models' rows (the rest kept by
+    the caller from the last run)."""
     datasets = [SYNTHETIC_NAME] if not DATA.exists() else [MOVIETWEETINGS, SYNTHETIC_NAME]
     if not DATA.exists():
         print(f"shared data not found at {DATA}; skipping {MOVIETWEETINGS}", flush=True)
@@ -287,6 +289,8 @@ def run(quick: bool, aggregation: str) -> list[dict[str, Any]]:
         print(f"[{ds}] train {split.train}, median train history {np.median(lengths)}", flush=True)
         cells: list[tuple[str, float | None]] = [("popularity", None)]
         cells += [(m, e) for e in epsilons for m in PRIVATE]
+        if only is not None:
+            cells = [(m, e) for m, e in cells if m in only]
         for model, eps in cells:
             res = _score(model, eps, split, seeds if eps is not None else (0,), aggregation)
             row = {"dataset": ds, "model": model, "epsilon": eps, **res}
@@ -347,10 +351,16 @@ _VERDICT = {"yes": "✓ yes", "tie": "tie (within 2 s.e.)", "no": "**✗ no**"}
 def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     n_seeds = len(result["seeds"])
+    kept = sorted({(r["model"], r["run"]) for r in rows if "run" in r})
+    kept_text = (
+        " Rows kept from an earlier run: " + ", ".join(f"{m} ({d})" for m, d in kept) + "."
+        if kept
+        else ""
+    )
     lines = [
         "# Short-history data: private recommenders against DPPopularity",
         "",
-        f"Run {result['date']} ({'quick' if result['quick'] else 'full'} mode). "
+        f"Run {result['date']} ({'quick' if result['quick'] else 'full'} mode).{kept_text} "
         f"User-level ε, δ = {DELTA:g}; defaults, no tuning; mean ± sd of {n_seeds} seeded "
         "noise draws (Popularity: deterministic). Users with ≥ 3 positives, per-user random "
         "20% test holdout (seed 0), training items excluded. FederatedMF aggregation: "
@@ -436,6 +446,12 @@ def main() -> None:
     ap.add_argument(
         "--render", action="store_true", help="run nothing: re-render the last full run's table"
     )
+    ap.add_argument(
+        "--rerun",
+        nargs="+",
+        default=None,
+        help="full mode: re-run only these models' rows, keep the others of the last run",
+    )
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
     if args.render:
@@ -496,7 +512,17 @@ def main() -> None:
         "aggregation": aggregation,
         "synthetic": SYNTHETIC_QUICK if args.quick else SYNTHETIC,
     }
-    result["rows"] = run(args.quick, aggregation)
+    only = set(args.rerun) if args.rerun else None
+    rows = run(args.quick, aggregation, only)
+    if only is not None:  # the other rows from the last full run, in their order
+        last = json.loads((Path(args.out) / "short_history.json").read_text())
+        redone = {(r["dataset"], r["model"], r["epsilon"]): r for r in rows}
+        for r in last["rows"]:
+            if r["model"] not in only:
+                r.setdefault("run", last["date"])
+        rows = [redone.get((r["dataset"], r["model"], r["epsilon"]), r) for r in last["rows"]]
+        result["seeds"] = last["seeds"]
+    result["rows"] = rows
     result["verdicts"] = verdicts(result["rows"], len(result["seeds"]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

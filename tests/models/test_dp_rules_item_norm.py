@@ -1,6 +1,6 @@
 """DPALS's scoring exponent γ (``item_norm_exponent``): head scores ``x_u·y_j / |y_j|^γ``.
 
-A number, or the head-density rule (``"density"``) from released values. Post-processing: it
+A number (default 0: off), or the head-density rule (``"density"``) from released values. Post-processing: it
 changes no released array and no ε, only the ranking — the same in every scoring path (the
 model, the service's fast kernel, a private-scoring client's ``_rank_head``).
 """
@@ -70,7 +70,8 @@ def _fit(**kw: object) -> DPALS:
 
 
 def test_post_processing_only_and_the_same_in_every_scoring_path(tmp_path: Path) -> None:
-    m = _fit()
+    assert _fit().item_norm_exponent_ == 0.0  # off by default
+    m = _fit(item_norm_exponent="density")
     assert 0.0 < m.item_norm_exponent_ < ITEM_NORM_SCALE
     plain = _fit(item_norm_exponent=0.0)
     # the same releases and guarantee: γ only reads them
@@ -104,7 +105,7 @@ def test_post_processing_only_and_the_same_in_every_scoring_path(tmp_path: Path)
     np.testing.assert_array_equal(again.recommend_history(hist, k=10)[0], ranked)
     state = m._state()
     state.pop("item_norm_exponent")
-    old = _fit()
+    old = _fit(item_norm_exponent="density")
     old._set_state(state)
     assert old.item_norm_exponent_ == 0.0
     bad = m._state()

@@ -63,9 +63,10 @@ NOTES: tuple[str, ...] = (
     "Why it is NOT the default: on gowalla's test split (train.txt + valid.txt → test.txt, "
     "the same fits scored both ways, seeds 0–1) the rule gives 0.0650 → 0.0654 at ε = 1, "
     "0.1015 → 0.1000 at ε = 5 and 0.1274 → 0.1232 at ε = 20 (γ = 0.25: +0.3 / +0.3 / 0.0%), "
-    "against +5 / +4 / +3% on validation. valid.txt's held-out items are less popular than "
-    "test.txt's (mean training count 66 vs 81), and dividing the norm out makes the factor "
-    "scores less popular: the gain belongs to the split (so did `neighbour_blend`'s). The "
+    "against +5 / +4 / +3% on validation. valid.txt is a random per-user holdout of the "
+    "training data (its items' mean count over train + valid 75.4, a random per-user sample of "
+    "the same sizes 74.2), but test.txt holds more popular items (91.1), and dividing the norm "
+    "out makes the factor scores less popular (`neighbour_blend` went the same way). The "
     "full privacy_utility re-run with the rule (2 seeds, test) agreed: gowalla dpals-default "
     "−1.5 / −2.1 / −3.3% at ε = 5 / 10 / 20, movietweetings −1.0 / −1.3% at ε = 10 / 20, ml-1m "
     "−0.3% at ε = 20, nothing gained beyond one seed's spread. Kept as an option.",

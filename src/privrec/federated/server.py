@@ -40,10 +40,6 @@ from privrec.privacy.guarantee import PrivacyGuarantee
 __all__ = ["HEAD_LABEL", "FederatedMFServer"]
 
 
-def _same_event(a: dp_accounting.DpEvent, b: dp_accounting.DpEvent) -> bool:
-    return bool(a == b)
-
-
 class FederatedMFServer:
     """Server state of federated MF: item factors, optimiser, clip norm, round, accountant.
 
@@ -343,7 +339,7 @@ class FederatedMFServer:
             and self.spent
             and self.spent[-1].label.startswith("round")
             and isinstance(self.spent[-1].event, dp_accounting.SelfComposedDpEvent)
-            and _same_event(self.spent[-1].event.event, event)
+            and bool(self.spent[-1].event.event == event)
         ):
             n = self._runs[-1] + 1
             first = self.round - n + 1

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 
@@ -25,12 +25,18 @@ def _loopback(host: str) -> bool:
 def _proxies(values: list[str]) -> list[str]:
     """The trusted proxies as canonical addresses / networks; anything else is refused.
 
-    ``*`` is refused: trusting every peer's X-Forwarded-For lets any client choose the address
-    its failed sign-ins are charged to, which defeats the per-address budget.
+    ``*`` is refused, and so is any set of networks that together hold every IPv4 or every IPv6
+    address (``0.0.0.0/0``, ``0.0.0.0/1`` with ``128.0.0.0/1``, ``::ffff:0:0/96`` …): trusting
+    every peer's X-Forwarded-For lets any client choose the address its failed sign-ins are
+    charged to, which defeats the per-address budget. An IPv4 proxy is also trusted in its
+    IPv4-mapped IPv6 form (``::ffff:10.0.0.5``), as a dual-stack socket reports it (and a
+    mapped one in its IPv4 form).
     """
     from privrec.errors import ServeConfigError
 
-    out = []
+    out: list[str] = []
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
     for raw in values:
         value = raw.strip()
         try:
@@ -39,14 +45,47 @@ def _proxies(values: list[str]) -> list[str]:
             raise ServeConfigError(
                 f"--trusted-proxy expects an IP address or network (CIDR), found {raw!r}"
             ) from None
-        if net.prefixlen == 0:
-            raise ServeConfigError(
-                f"--trusted-proxy {raw!r} trusts every address: any client could then choose the "
-                "address its failed sign-ins are charged to; name the proxy's address or network"
-            )
-        single = net.prefixlen == net.max_prefixlen
-        out.append(str(net.network_address) if single else str(net))
+        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [net]
+        if isinstance(net, ipaddress.IPv4Network):  # and as a dual-stack socket reports it
+            mapped = ipaddress.IPv6Address(f"::ffff:{net.network_address}")
+            nets.append(ipaddress.IPv6Network((int(mapped), 96 + net.prefixlen)))
+        else:  # an IPv4-mapped network is those IPv4 addresses too (and ::/8 holds them all)
+            v4_of = _mapped_v4(net)
+            if v4_of is not None:
+                nets.append(v4_of)
+        for n in nets:
+            if isinstance(n, ipaddress.IPv4Network):
+                v4.append(n)
+            else:
+                v6.append(n)
+            single = n.prefixlen == n.max_prefixlen
+            addr = n.network_address
+            v4_in = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
+            text = str(addr) if v4_in is None else f"::ffff:{v4_in}"  # dotted, as people write it
+            text = text if single else f"{text}/{n.prefixlen}"
+            if text not in out:
+                out.append(text)
+    merged = cast(
+        "list[ipaddress.IPv4Network | ipaddress.IPv6Network]",
+        [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)],
+    )
+    if any(n.prefixlen == 0 for n in merged):
+        raise ServeConfigError(
+            f"--trusted-proxy {' '.join(values)!r} trusts every address (all of IPv4 or of "
+            "IPv6, IPv4-mapped addresses included): any client could then choose the address "
+            "its failed sign-ins are charged to; name the proxy's address or network"
+        )
     return out
+
+
+def _mapped_v4(net: ipaddress.IPv6Network) -> ipaddress.IPv4Network | None:
+    """The IPv4 network an IPv4-mapped IPv6 network (inside ``::ffff:0:0/96``) stands for."""
+    if net.prefixlen < 96 or net.network_address.ipv4_mapped is None:
+        return None if not net.overlaps(_MAPPED) else ipaddress.IPv4Network("0.0.0.0/0")
+    return ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 def _check_ledger(db: str | None) -> None:

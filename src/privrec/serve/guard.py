@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import re
@@ -65,6 +66,7 @@ __all__ = [
     "check_key",
     "error_body",
     "key_ident",
+    "source_ident",
     "well_formed",
 ]
 
@@ -100,6 +102,33 @@ HASH_CONCURRENCY = 2
 SOURCE_FAILURE_BURST = 10
 SOURCE_FAILURE_RATE = 0.5
 HASH_WAIT = 10.0
+#: An IPv6 client is charged by its /64: one host is routinely given a whole /64, so per
+#: address it could take a fresh allowance for every attempt (and spend the process-wide one)
+SOURCE_IPV6_PREFIX = 64
+
+
+def source_ident(source: str | None) -> str:
+    """The identity a client address's failed sign-ins are charged to.
+
+    An IPv4 address as itself (an IPv4-mapped IPv6 address, as a dual-stack socket reports an
+    IPv4 peer, is that IPv4 address); an IPv6 address by its /64
+    (:data:`SOURCE_IPV6_PREFIX`), however it is written; anything that is not an IP address (no
+    peer, a Unix socket, a proxy's X-Forwarded-For entry that names no address) one shared
+    identity ``"?"`` — so no spelling of an address, and no made-up value, is a new allowance.
+    """
+    if not source:
+        return "?"
+    try:
+        ip = ipaddress.ip_address(source.strip())
+    except ValueError:
+        return "?"
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        if mapped is None:
+            net = ipaddress.IPv6Network((int(ip), SOURCE_IPV6_PREFIX), strict=False)
+            return str(net)
+        ip = mapped
+    return str(ip)
 
 
 def well_formed(key: str) -> bool:
@@ -252,7 +281,7 @@ class KeyCache:
             # first sign-ins from one address at once must not throttle each other); then a
             # process-wide token per attempt, given back on success: concurrent wrong secrets
             # cannot all slip past a check made before any of them failed
-            src = "?" if source is None else source
+            src = source_ident(source)
             wait = self.source_failures.wait(src)
             if wait > 0:
                 raise AuthThrottledError(wait)

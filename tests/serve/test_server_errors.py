@@ -262,3 +262,33 @@ def test_serve_refuses_to_start_on_a_ledger_it_cannot_use(
     res = CliRunner().invoke(app, ["serve", "--db", url, "--models", str(tmp_path / "models")])
     assert res.exit_code == 0, res.output
     assert len(started) == 1 and (tmp_path / "ledger.db").read_bytes() == before
+
+
+def test_serve_refuses_a_lookalike_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database whose ``alembic_version`` row names this privrec's revision but whose tables
+    are not (all) there — a lookalike, or a ledger damaged by hand — is refused at start too:
+    the revision alone let it through, and the service then failed on every keyed request."""
+    import sqlite3
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from privrec.cli.main import app
+    from privrec.governance.db import HEAD_REVISION, dispose_engines
+
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: started.append(kw))
+    (tmp_path / "models").mkdir()
+    with sqlite3.connect(tmp_path / "look.db") as con:
+        con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        con.execute("INSERT INTO alembic_version VALUES (?)", (HEAD_REVISION,))
+    Ledger.init(f"sqlite:///{tmp_path / 'cut.db'}", owner="olga")
+    dispose_engines()
+    with sqlite3.connect(tmp_path / "cut.db") as con:
+        con.execute("ALTER TABLE api_keys DROP COLUMN revoked_at")
+    for name, why in (("look.db", "has no table"), ("cut.db", "has no column 'revoked_at'")):
+        url = f"sqlite:///{tmp_path / name}"
+        res = CliRunner().invoke(app, ["serve", "--db", url, "--models", str(tmp_path / "models")])
+        out = " ".join(res.output.split())
+        assert res.exit_code == 1 and "not an intact privrec ledger" in out and why in out, out
+    assert not started

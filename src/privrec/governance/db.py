@@ -181,15 +181,17 @@ def check_ledger(url: str | Path | None = None) -> None:
     database exists, opens, and holds this privrec's schema revision (:func:`check_schema`).
 
     Nothing is created or written: a SQLite file is opened read-only (``mode=ro``: a missing
-    file is not created, and the WAL settings the ledger's engine applies are not touched);
-    PostgreSQL is read in a read-only transaction. Messages show the URL without its password.
+    file is not created, and the WAL settings the ledger's engine applies are not touched —
+    though SQLite, reading a ledger in WAL mode, may create the ``-wal`` / ``-shm`` files it
+    keeps beside it, as the service's first request would); PostgreSQL is read in a read-only
+    transaction. Messages show the URL without its password.
 
     Raises
     ------
     LedgerSchemaError
         No such file (or not a file), an in-memory SQLite URL (it holds no keys), a file that is
-        not a database, an unreachable server, a database never initialised, or a schema
-        revision other than this privrec's.
+        not a database, an unreachable server, a database never initialised, a schema
+        revision other than this privrec's, or one whose tables or columns are not all there.
     """
     resolved = resolve_url(url)
     if resolved.startswith("sqlite"):
@@ -217,11 +219,34 @@ def check_ledger(url: str | Path | None = None) -> None:
     try:
         with read_transaction(engine) as conn:
             check_schema(conn, resolved)
+            _check_tables(conn, resolved)
     except sa.exc.DBAPIError as exc:
         raise open_error(resolved, exc) from None
     finally:
         if resolved.startswith("sqlite"):
             engine.dispose()
+
+
+def _check_tables(conn: Connection, url: str) -> None:
+    """Refuse a database whose revision row says privrec's but whose tables are not all there
+    (a lookalike, or a ledger damaged by hand): the service would start and then fail on it."""
+    from privrec.governance.schema import Base
+
+    inspector = sa.inspect(conn)
+    present = set(inspector.get_table_names())
+    for name, table in Base.metadata.tables.items():
+        if name not in present:
+            lack = f"has no table {name!r}"
+        else:
+            have = {c["name"] for c in inspector.get_columns(name)}
+            missing = [repr(c.name) for c in table.columns if c.name not in have]
+            if not missing:
+                continue
+            lack = f"has no column {', '.join(missing[:3])} in table {name!r}"
+        raise LedgerSchemaError(
+            f"the ledger at {_safe(url)} says schema revision {HEAD_REVISION!r} but {lack}: "
+            "it is not an intact privrec ledger"
+        )
 
 
 def upgrade(engine: Engine) -> None:

@@ -432,7 +432,9 @@ class Recommender(ABC):
         Parameters
         ----------
         item_ids
-            External item ids (as in :attr:`item_ids_`); repeats count once.
+            External item ids (as in :attr:`item_ids_`); repeats count once. An id given as
+            text names the integer item it spells (``"17"``), an integer the text item it
+            prints as (``5`` → ``"5"``), as the service reads a history.
         ignore_unknown
             Leave out ids the model's catalogue does not hold (they cannot change the
             recommendation) instead of raising.
@@ -460,6 +462,17 @@ class Recommender(ABC):
         row = np.zeros(self.n_items_, dtype=np.float32)
         if ids.size == 0:
             return row
+        # ids as text (a CSV, JSON, a command line) name the items whose ids print as they do,
+        # as the service takes them: "17" is item 17 of an integer catalogue, 5 is item "5"
+        known = np.asarray(self.item_ids_)
+        if np.issubdtype(known.dtype, np.integer) and ids.dtype.kind in "US":
+            with contextlib.suppress(ValueError, OverflowError):
+                ids = ids.astype(known.dtype)
+        elif np.issubdtype(ids.dtype, np.integer) and (
+            known.dtype.kind in "US"
+            or (known.dtype == object and known.size > 0 and isinstance(known[0], str))
+        ):
+            ids = np.array([str(v) for v in ids.tolist()], dtype=object)  # never cut to width
         if ignore_unknown:
             import pandas as pd
 

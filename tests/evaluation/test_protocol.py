@@ -424,3 +424,77 @@ def test_counts_and_small_groups_leave_the_process_blurred() -> None:
     public = r.to_dict()
     got = [g["recall@5"] is None for g in public["per_group"]]
     assert got == small.tolist()
+
+
+def test_a_lone_small_group_cannot_be_recovered_from_the_overall_mean() -> None:
+    """A reviewer read a lone heavy user's recall (≈ 0.336 for 1/3) off the overall mean less
+    the one shown group's mean (~100 users): with withheld groups holding fewer than
+    MIN_GROUP_USERS users together, the smallest shown groups are withheld too."""
+    from privrec.evaluation.protocol import MIN_GROUP_USERS, shown_groups
+
+    assert shown_groups([96, 1]) == [False, False]
+    assert shown_groups([50, 30, 3]) == [True, False, False]
+    assert shown_groups([50, 30, 3, 8]) == [True, True, False, False]  # 11 withheld already
+    assert shown_groups([50, 30]) == [True, True] and shown_groups([]) == []
+    rng = np.random.default_rng(0)
+    n, n_items = 97, 50
+    tu: list[int] = []
+    ti: list[int] = []
+    su: list[int] = []
+    si: list[int] = []
+    for u in range(n):
+        h = 5 if u < n - 1 else 30  # one heavy user: a group of one
+        items = rng.choice(n_items, h + 3, replace=False)
+        tu += [u] * h
+        ti += list(items[:h])
+        su += [u] * 3
+        si += list(items[h:])
+    split = split_from_interactions(
+        Interactions.from_arrays(tu, ti, user_ids=np.arange(n), item_ids=np.arange(n_items)),
+        Interactions.from_arrays(su, si, user_ids=np.arange(n), item_ids=np.arange(n_items)),
+    )
+    r = evaluate(Popularity(split.train), split, k=(10,), groups=4)
+    assert sorted(r.per_group["n_users"].tolist()) == [1, n - 1]
+    public = r.to_dict()
+    assert all(g["recall@10"] is None for g in public["per_group"])
+    assert r.groups_table().drop(columns=["users"]).isna().all().all()
+    assert all(" " not in str(lab) for lab in r.groups_table().index)
+    from privrec.report.compare import _metrics  # the HTML report's quartile columns too
+
+    _, quartiles = _metrics(r, 10)
+    assert all(math.isnan(v) for q in quartiles.values() for v in q.values())
+    assert MIN_GROUP_USERS == 10
+
+
+def test_an_evaluation_of_fewer_than_ten_users_withholds_its_metrics() -> None:
+    """A reviewer read one user's exact recall off ``privrec evaluate`` of a one-user test set
+    (the count said "< 10", the metrics beside it were that person's own): the outward forms
+    withhold them; ``exact=True`` (in-process) keeps them."""
+    from privrec.evaluation.protocol import MIN_GROUP_USERS
+    from privrec.report.compare import _metrics
+
+    n, n_items = MIN_GROUP_USERS - 1, 30
+    rng = np.random.default_rng(1)
+    tu: list[int] = []
+    ti: list[int] = []
+    su: list[int] = []
+    si: list[int] = []
+    for u in range(n):
+        items = rng.choice(n_items, 8, replace=False)
+        tu += [u] * 6
+        ti += list(items[:6])
+        su += [u] * 2
+        si += list(items[6:])
+    split = split_from_interactions(
+        Interactions.from_arrays(tu, ti, user_ids=np.arange(n), item_ids=np.arange(n_items)),
+        Interactions.from_arrays(su, si, user_ids=np.arange(n), item_ids=np.arange(n_items)),
+    )
+    r = evaluate(Popularity(split.train), split, k=(5,), groups=None)
+    assert r.withheld
+    public = r.to_dict()
+    assert public["withheld"] == f"fewer than {MIN_GROUP_USERS} users"
+    assert all(v is None for m in public["metrics"].values() for v in m.values())
+    assert "metrics withheld" in r.format() and f"{r.metric('recall', 5):.4f}" not in r.format()
+    assert r.to_dict(exact=True)["metrics"]["recall"]["5"] == r.metric("recall", 5)
+    metrics, _ = _metrics(r, 5)
+    assert math.isnan(metrics["Recall@5"]) and math.isnan(metrics["NDCG@5"])

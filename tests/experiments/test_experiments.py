@@ -673,7 +673,7 @@ def _cells(row: str) -> int:
 
 def test_names_cannot_break_the_markdown(tmp_path: Path):
     text = AA.replace('name = "a"', 'name = "x|y\\n# z \\\\|"').replace(
-        'name = "b"', 'name = "b<script>`*"'
+        'name = "b"', 'name = "b<script>`*[l](h)_u_~~s~~"'
     )
     res = run_experiment(load_experiment(text))
     from privrec.experiments.report import to_markdown
@@ -693,9 +693,10 @@ def test_names_cannot_break_the_markdown(tmp_path: Path):
     assert len(tables) == 3 and len(rows) > 6
     for t in tables:
         assert len({_cells(r) for r in t}) == 1, t
-    assert "| b\\<script\\>\\`\\* | x\\|y # z \\\\\\| |" in md
+    # a link, emphasis or strike-through stays text (a reviewer named a variant "[x](https://e)")
+    assert "| b\\<script\\>\\`\\*\\[l\\](h)\\_u\\_\\~\\~s\\~\\~ | x\\|y # z \\\\\\| |" in md
     page = write_report(res, tmp_path / "r.html").read_text()
-    assert "<td>x|y # z \\|</td>" in page and "<td>b&lt;script&gt;`*</td>" in page
+    assert "<td>x|y # z \\|</td>" in page and "<td>b&lt;script&gt;`*[l](h)_u_~~s~~</td>" in page
     assert "<script>" not in page
 
 
@@ -753,3 +754,67 @@ def test_cli_experiment_markdown_rows_are_not_wrapped(tmp_path: Path):
     assert any(line.startswith("| eps8 |") for line in rows)
     assert all(line.endswith("|") for line in rows)
     assert any(len(line) > 40 for line in rows)  # the width really was too narrow for them
+
+
+def test_a_small_group_is_not_the_overall_mean_less_the_shown_groups() -> None:
+    """A reviewer recovered a lone user's recall from the overall mean less the one shown
+    group's (evaluation); the experiment's groups follow the same complementary rule: the
+    withheld groups always hold at least MIN_GROUP_USERS users together."""
+    from privrec.evaluation.protocol import MIN_GROUP_USERS
+    from privrec.experiments import load_experiment as load
+
+    cfg = load(
+        """
+[data]
+synthetic = "60x40"
+seed = 3
+[experiment]
+k = [5]
+repeats = 2
+groups = 10
+metrics = ["recall"]
+[[variant]]
+name = "pop"
+model = "popularity"
+[[variant]]
+name = "dp"
+model = "dppopularity"
+params = { epsilon = 1.0, delta = 1e-5, unit = "user" }
+"""
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = run_experiment(cfg)
+    for v in res.variants:
+        hidden = [
+            n for g, n in zip(res.groups, res.group_sizes, strict=True) if g not in v.by_group
+        ]
+        assert hidden and sum(hidden) >= MIN_GROUP_USERS
+        for g in res.groups:
+            if g not in v.by_group:
+                assert " " not in g and g not in v.group_comparisons
+
+
+def test_a_test_set_of_fewer_than_ten_users_is_refused_before_any_fit() -> None:
+    """Every metric of an experiment on a handful of test users is those people's own: it is
+    refused before a fit is charged."""
+    from privrec.errors import DataError
+    from privrec.evaluation import random_holdout
+    from privrec.experiments import load_experiment as load
+
+    cfg = load(AA)
+    charged: list[object] = []
+
+    class Hook:
+        def reserve(self, *args: object) -> None:
+            charged.append(args)
+
+        def commit(self, *args: object, **kwargs: object) -> None:
+            charged.append(args)
+
+    from privrec.data import synthetic
+
+    split = random_holdout(synthetic(n_users=8, n_items=20, seed=0), 0.3, seed=0)
+    with pytest.raises(DataError, match="fewer than 10 users"):
+        run_experiment(cfg, split=split, charge=Hook())  # type: ignore[arg-type]
+    assert charged == []

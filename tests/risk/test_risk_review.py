@@ -347,3 +347,37 @@ def test_names_cannot_break_the_markdown():
         assert len(_UNESCAPED_PIPE.findall(row)) == 7, row
     assert "x \\| y \\| z" in md and "<b>" not in md
     assert rep.to_dict()["pipeline"] == "a | b\n# injected\r\n| x | y |"  # JSON: unchanged
+
+
+def test_names_cannot_become_links_or_unescape_a_pipe():
+    """A name ``[x](https://…)`` rendered as a link, and a trailing backslash turned the
+    escaped ``\\|`` after it back into a cell boundary."""
+    text = EXAMPLE.replace(
+        'types = ["ratings", "timestamps", "user ids"]', 'types = ["[x](h)", "a\\\\"]'
+    )
+    md = _assess(text).to_markdown()
+    assert "\\[x\\](h)" in md and "[x](h)" not in md.replace("\\[x\\]", "")
+    assert "a\\\\" in md
+    for row in (line for line in md.splitlines() if line.startswith("|")):
+        assert len(_UNESCAPED_PIPE.findall(row)) == 7, row
+
+
+def test_deeply_nested_or_unreadable_toml_is_a_config_error(tmp_path: Path) -> None:
+    """A reviewer's ``types = [[[…]]]`` 3000 deep crashed ``privrec risk`` with a RecursionError
+    traceback (tomllib recurses per level), and a 5000-character name an OSError: both are
+    ConfigErrors, in the pipeline, the check config and the experiment loaders."""
+    from privrec.experiments import load_experiment
+    from privrec.risk import load_check_config
+
+    deep = "[training]\nmodel = 'dpals'\n[data]\ntypes = " + "[" * 3000 + "]" * 3000 + "\n"
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_pipeline(deep)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_experiment(deep)
+    (tmp_path / "check.toml").write_text(deep)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_check_config(tmp_path / "check.toml")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_pipeline("x" * 5000)
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_experiment("x" * 5000)

@@ -31,6 +31,7 @@ __all__ = [
     "approx_count",
     "evaluate",
     "round_count",
+    "shown_groups",
 ]
 
 _GROUP_METRICS = ("recall", "ndcg")
@@ -85,9 +86,30 @@ def approx_count(n: int) -> str:
     return f"≈ {round_count(n):,}"
 
 
-def _withheld(label: str, n_users: int) -> str:
-    """A group label without its history range when the group is too small to print."""
-    return label.split(" ")[0] if n_users < MIN_GROUP_USERS else label
+def shown_groups(sizes: Sequence[int]) -> list[bool]:
+    """Which groups (of these sizes) may have their metrics printed.
+
+    A group of fewer than :data:`MIN_GROUP_USERS` is withheld, and so — complementary
+    suppression — are the smallest other groups until the withheld ones hold at least
+    :data:`MIN_GROUP_USERS` users together: the overall mean is printed too, and the overall
+    mean less the shown groups' means recovers the withheld groups' mean (a reviewer read a
+    lone heavy user's recall, 0.336 for 1/3, off the overall and ``Q1`` means of ~100 users).
+    """
+    n = [int(v) for v in sizes]
+    shown = [v >= MIN_GROUP_USERS for v in n]
+    hidden = sum(v for v, ok in zip(n, shown, strict=True) if not ok)
+    if 0 < hidden < MIN_GROUP_USERS:
+        for g in sorted((g for g, ok in enumerate(shown) if ok), key=lambda g: n[g]):
+            shown[g] = False
+            hidden += n[g]
+            if hidden >= MIN_GROUP_USERS:
+                break
+    return shown
+
+
+def _withheld(label: str, shown: bool) -> str:
+    """A group label without its history range when the group's metrics are withheld."""
+    return label if shown else label.split(" ")[0]
 
 
 def _json_float(v: float) -> float | None:
@@ -158,17 +180,21 @@ class EvaluationResult:
 
         # a hit rate is (users with a hit) / n, and precision (hits) / (k·n): at 4 decimals a
         # few of them pin n exactly, so they are written to 2
+        few = self.withheld and not exact  # a handful of people's own metrics: not printed
         metrics = {
             str(name): {
-                str(k): num(float(self.table.loc[name, k]), 2 if name in _COUNT_RATIOS else 4)
+                str(k): None
+                if few
+                else num(float(self.table.loc[name, k]), 2 if name in _COUNT_RATIOS else 4)
                 for k in self.ks
             }
             for name in self.table.index
         }
         groups: list[dict[str, Any]] = []
-        for label, row in self.per_group.iterrows():
+        shown = shown_groups([int(cast(int, n)) for n in self.per_group["n_users"]])
+        for (label, row), ok in zip(self.per_group.iterrows(), shown, strict=True):
             g: dict[str, Any] = {"group": str(label) if exact else str(label).split(" ")[0]}
-            small = int(cast(int, row["n_users"])) < MIN_GROUP_USERS
+            small = not ok
             for col, v in row.items():
                 if col in ("n_users", "min_history", "max_history"):
                     if exact:
@@ -176,7 +202,11 @@ class EvaluationResult:
                 else:  # a group too small to print has its metrics withheld
                     g[str(col)] = None if small and not exact else num(float(cast(float, v)))
             if small and not exact:
-                g["withheld"] = f"fewer than {MIN_GROUP_USERS} users"
+                g["withheld"] = (
+                    f"fewer than {MIN_GROUP_USERS} users"
+                    if int(cast(int, row["n_users"])) < MIN_GROUP_USERS
+                    else f"would reveal the mean of groups of fewer than {MIN_GROUP_USERS} users"
+                )
             groups.append(g)
         users: Any = self.n_users if exact else approx_count(self.n_users)
         skipped: Any = (
@@ -190,20 +220,29 @@ class EvaluationResult:
             "n_users": users,
             "n_users_without_targets": skipped,
             "metrics": metrics,
+            **({"withheld": f"fewer than {MIN_GROUP_USERS} users"} if few else {}),
             "per_group": groups,
         }
+
+    @property
+    def withheld(self) -> bool:
+        """Whether the metrics are withheld from the outward forms (:meth:`to_dict`,
+        :meth:`format`): fewer than :data:`MIN_GROUP_USERS` users were evaluated, so the means
+        are a few people's own (one user's recall, for a set of one)."""
+        return self.n_users < MIN_GROUP_USERS
 
     def groups_table(self) -> pd.DataFrame:
         """The per-activity-group breakdown as printed: users rounded by :func:`round_count`
         (text ``"≈ 940"``), no exact history bounds — the form fit to leave the process."""
         pg = self.per_group.drop(columns=["min_history", "max_history"]).copy()
         sizes = [int(n) for n in self.per_group["n_users"]]
-        small = np.asarray(sizes) < MIN_GROUP_USERS
+        shown = shown_groups(sizes)
+        small = ~np.asarray(shown, dtype=bool)
         metric_cols = [c for c in pg.columns if c != "n_users"]
         pg.loc[small, metric_cols] = np.nan  # withheld: one person's metrics otherwise
         pg["n_users"] = [approx_count(n) for n in sizes]
         pg = pg.rename(columns={"n_users": "users"})
-        pg.index = [_withheld(str(lab), n) for lab, n in zip(pg.index, sizes, strict=True)]
+        pg.index = [_withheld(str(lab), ok) for lab, ok in zip(pg.index, shown, strict=True)]
         return pg
 
     def __str__(self) -> str:
@@ -223,7 +262,10 @@ class EvaluationResult:
         )
         tab = self.table.copy()
         tab.columns = [f"@{k}" for k in tab.columns]
-        lines = [head, "", tab.to_string(float_format=lambda v: f"{v:.4f}")]
+        if self.withheld:
+            tab.loc[:, :] = np.nan
+            head += f" — metrics withheld (fewer than {MIN_GROUP_USERS} users: their own)"
+        lines = [head, "", tab.to_string(float_format=lambda v: f"{v:.4f}", na_rep="—")]
         if groups and len(self.per_group):
             pg = self.groups_table().to_string(float_format=lambda v: f"{v:.4f}", na_rep="—")
             lines += ["", "by user activity:", pg]

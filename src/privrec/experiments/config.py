@@ -242,7 +242,13 @@ def load_experiment(source: str | Path | dict[str, Any]) -> ExperimentConfig:
         text = source
         if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source):
             path = Path(source)
-            if not path.is_file():
+            try:
+                is_file = path.is_file()
+            except OSError as exc:  # e.g. a name too long for the file system
+                raise ConfigError(
+                    f"experiment file {str(path)[:80]!r} cannot be read: {exc.strerror or exc}"
+                ) from None
+            if not is_file:
                 raise ConfigError(f"experiment file {str(path)!r} not found")
             try:
                 text = path.read_text(encoding="utf-8")
@@ -259,6 +265,8 @@ def load_experiment(source: str | Path | dict[str, Any]) -> ExperimentConfig:
             raw = tomllib.loads(str(text))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"experiment is not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib recurses once per nested array or inline table
+            raise ConfigError("experiment is nested too deeply to be an experiment") from None
     try:
         return ExperimentConfig.model_validate(raw)
     except pydantic.ValidationError as exc:

@@ -30,8 +30,9 @@ class ReportWarning(UserWarning):
 
 
 #: characters escaped with a backslash in Markdown text: ``|`` ends a table cell, ``\\``
-#: escapes, ``<``/``>`` start raw HTML, ``*`` and backticks start emphasis or code
-_MD_SPECIAL = re.compile(r"([\\|<>*`])")
+#: escapes, ``<``/``>`` start raw HTML, ``*``, ``_``, ``~`` and backticks start emphasis,
+#: strike-through or code, ``[``/``]`` a link or image (a variant named ``[x](https://…)``)
+_MD_SPECIAL = re.compile(r"([\\|<>*`\[\]_~])")
 #: a Markdown backslash escape of an ASCII punctuation character
 _MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 #: an unescaped ``|`` (a table cell boundary)

@@ -19,6 +19,7 @@ from privrec.evaluation.protocol import (
     activity_groups,
     approx_count,
     round_count,
+    shown_groups,
 )
 from privrec.evaluation.splits import Split
 from privrec.experiments.config import (
@@ -420,6 +421,13 @@ def run_experiment(
     ks = sorted(set(spec.k))
     kmax = ks[-1]
     es = split.test
+    evaluable = int((np.diff(sp.csr_matrix(es.targets).indptr) > 0).sum())
+    if evaluable < MIN_GROUP_USERS:  # refused before any fit (or charge)
+        raise DataError(
+            f"the test set holds fewer than {MIN_GROUP_USERS} users with held-out items: every "
+            "metric of the experiment would be those few people's own",
+            field="test users",
+        )
     history = es.history_counts(split.train)
     # metric arrays per variant: name -> metric key -> (draws, evaluated users)
     arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -516,7 +524,8 @@ def run_experiment(
     sizes = [int((gidx == g).sum()) for g in range(len(labels))]
     # a group of fewer than MIN_GROUP_USERS keeps no metrics, comparison or history range in
     # any output: its means are a few people's own recall (a reviewer found one user's)
-    shown = [n >= MIN_GROUP_USERS for n in sizes]
+    # (and complementary groups: the overall means less the shown groups' would recover theirs)
+    shown = shown_groups(sizes)
     labels = [lab if ok else lab.split(" ")[0] for lab, ok in zip(labels, shown, strict=True)]
     by_name = {vr.name: vr for vr in out}
     keys = [f"{m}@{kk}" for m in ("recall", "ndcg") if m in spec.metrics for kk in ks]

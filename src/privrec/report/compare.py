@@ -21,7 +21,7 @@ import numpy as np
 
 from privrec.errors import ConfigError
 from privrec.evaluation import EvaluationResult, Split, evaluate
-from privrec.evaluation.protocol import MIN_GROUP_USERS
+from privrec.evaluation.protocol import shown_groups
 from privrec.privacy.guarantee import PrivacyGuarantee
 
 __all__ = ["ModelSpec", "ReportRow", "run_comparison", "scoped_params"]
@@ -93,16 +93,17 @@ def _quartile(label: str) -> str:
 
 
 def _metrics(res: EvaluationResult, k: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    metrics = {
-        f"Recall@{k}": res.metric("recall", k),
-        f"NDCG@{k}": res.metric("ndcg", k),
-        f"Coverage@{k}": res.metric("coverage", k),
+    metrics = {  # fewer than MIN_GROUP_USERS users evaluated: their own metrics, withheld
+        name: float("nan") if res.withheld else res.metric(metric, k)
+        for name, metric in ((f"Recall@{k}", "recall"), (f"NDCG@{k}", "ndcg"))
     }
+    metrics[f"Coverage@{k}"] = res.metric("coverage", k)
     quartiles: dict[str, dict[str, float]] = {}
-    for label, row in res.per_group.iterrows():
-        # a group of fewer than MIN_GROUP_USERS is withheld (NaN, shown as "—"): its mean is
-        # a few people's own recall
-        small = int(row["n_users"]) < MIN_GROUP_USERS
+    # a group of fewer than MIN_GROUP_USERS is withheld (NaN, shown as "—"): its mean is a few
+    # people's own recall; so are the smallest others that would give it away by subtraction
+    shown = shown_groups([int(n) for n in res.per_group["n_users"]])
+    for (label, row), ok in zip(res.per_group.iterrows(), shown, strict=True):
+        small = not ok
         quartiles[_quartile(str(label))] = {
             f"Recall@{k}": float("nan") if small else float(row.get(f"recall@{k}", float("nan"))),
             f"NDCG@{k}": float("nan") if small else float(row.get(f"ndcg@{k}", float("nan"))),

@@ -77,9 +77,11 @@ def _md(text: str) -> str:
     Names come from the pipeline description: a ``|`` would split a cell (shifting every
     status after it into the wrong column) and a line break would end the row or heading and
     start new Markdown (a forged row or heading). Pipes are escaped, line breaks become
-    spaces, and ``<`` is escaped so that no HTML is injected into a rendered report.
+    spaces, ``<`` is escaped so that no HTML is injected into a rendered report, and ``[``/``]``
+    so that a name cannot become a link or image (``[x](https://…)``).
     """
-    return text.translate(_BREAKS).replace("|", "\\|").replace("<", "&lt;")
+    flat = text.translate(_BREAKS).replace("\\", "\\\\").replace("|", "\\|")
+    return flat.replace("<", "&lt;").replace("[", "\\[").replace("]", "\\]")
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,8 @@ def load_check_config(path: str | Path) -> CheckConfig:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"check config is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError("check config is nested too deeply to be a check config") from None
     try:
         cfg = CheckConfig.model_validate(raw)
     except pydantic.ValidationError as exc:

@@ -296,9 +296,15 @@ def load_pipeline(source: str | Path | dict[str, Any]) -> PipelineConfig:
         text = str(source)
         if isinstance(source, Path) or "\n" not in text:
             path = Path(source)
-            if path.is_dir():
+            try:
+                is_dir, is_file = path.is_dir(), path.is_file()
+            except OSError as exc:  # e.g. a name too long for the file system
+                raise ConfigError(
+                    f"pipeline file {str(path)[:80]!r} cannot be read: {exc.strerror or exc}"
+                ) from None
+            if is_dir:
                 raise ConfigError(f"pipeline file {str(path)!r} is a folder, not a file")
-            if not path.is_file():
+            if not is_file:
                 raise ConfigError(f"pipeline file {str(path)!r} not found")
             try:
                 text = path.read_text(encoding="utf-8")
@@ -312,6 +318,10 @@ def load_pipeline(source: str | Path | dict[str, Any]) -> PipelineConfig:
             raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"pipeline is not valid TOML: {exc}") from None
+        except RecursionError:  # tomllib recurses once per nested array or inline table
+            raise ConfigError(
+                "pipeline is nested too deeply to be a pipeline description"
+            ) from None
     else:
         raise ConfigError(
             f"a pipeline is a TOML file, TOML text or a dict, not {type(source).__name__}"

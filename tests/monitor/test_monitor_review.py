@@ -125,3 +125,37 @@ def test_bad_arguments_are_typed_errors() -> None:
             simulate(shift=shift, shift_at=at, n_windows=windows, trials=1)  # type: ignore[arg-type]
     res = CliRunner().invoke(app, ["monitor", "simulate", "--shift-at", "0", "--trials", "1"])
     assert res.exit_code == 1 and "shift_at" in res.output
+
+
+def test_non_finite_timestamps_are_a_typed_error() -> None:
+    """A reviewer's NaN timestamp failed as an untyped ``ValueError`` (cannot convert float NaN
+    to integer) in both ``check_windows`` and ``time_windows``."""
+    from types import SimpleNamespace
+
+    from privrec.monitor.streams import check_windows, time_windows
+
+    m = sp.csr_matrix(np.ones((3, 4)))
+    for bad in (np.nan, np.inf):
+        data = SimpleNamespace(timestamps=np.array([0.0] * 11 + [bad]), matrix=m)
+        for f in (check_windows, time_windows):
+            with pytest.raises(DataError, match="not finite"):
+                f(data, 7.0)
+
+
+def test_window_values_must_be_positive_and_stored_zeros_are_none() -> None:
+    """A reviewer's negative window values were counted as interactions, and so (binarised
+    before zeros were dropped) were explicitly stored zeros; negatives and NaN are refused
+    before anything is charged, stored zeros count as nothing."""
+    charged: list[object] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mon = DriftMonitor(CFG, 5, charge=lambda events, what: charged.append(what))
+    for bad in (-1.0, np.nan):
+        w = sp.csr_matrix(np.array([[1.0, bad, 0, 0, 0], [0, 0, 1.0, 0, 0]]))
+        with pytest.raises(DataError, match=r"positive|finite"):
+            mon.observe(w)
+    assert charged == [] and mon.reports == []
+    zeros = sp.csr_matrix((np.zeros(3), ([0, 1, 1], [0, 2, 3])), shape=(2, 5))
+    assert zeros.nnz == 3
+    rep = mon.observe(zeros)
+    assert charged and rep.window == 1

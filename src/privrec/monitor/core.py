@@ -250,8 +250,14 @@ class DriftMonitor:
                 found=type(window).__name__,
             )
         x = as_user_items(cast(Any, window), self.n_items)
+        x.eliminate_zeros()  # a stored zero is no interaction (before binarising, not after)
+        if x.nnz and not (x.data > 0).all():  # NaN fails this too
+            raise DataError(
+                "a window holds interactions as positive values; some are negative or not numbers",
+                field="window",
+                expected="values > 0 (an interaction) or 0 (none)",
+            )
         x.data[:] = 1.0
-        x.eliminate_zeros()
         c = self.config
         index = len(self.reports) + 1
         planned = self.window_events(index)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, DataError
 
 __all__ = ["check_windows", "synthetic_stream", "time_windows"]
 
@@ -114,9 +114,22 @@ def _window_index(data: Any, days: float) -> tuple[np.ndarray, float, float]:
     ts = getattr(data, "timestamps", None)
     if ts is None:
         raise ConfigError("the data has no timestamps: windows by time need them")
-    t = np.asarray(ts, dtype=np.float64)
+    try:
+        t = np.asarray(ts, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(
+            "timestamps must be numbers (seconds)", field="timestamps", found=type(ts).__name__
+        ) from None
     if t.size == 0:
         return t, 0.0, -1.0
+    bad = ~np.isfinite(t)
+    if bad.any():  # NaN slipped past every comparison and failed as an untyped ValueError
+        raise DataError(
+            "some timestamps are not finite numbers: no window holds them",
+            field="timestamps",
+            expected="finite seconds",
+            found=float(t[bad][0]),
+        )
     w = np.floor(t / (days * 86400.0))
     first, last = float(w.min()), float(w.max())
     if last - first + 1 > MAX_WINDOWS:

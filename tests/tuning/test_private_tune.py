@@ -279,3 +279,49 @@ def test_a_failing_trial_scores_minus_infinity(monkeypatch: pytest.MonkeyPatch) 
             release_gate=gate.append,
         )  # fmt: skip
     assert len(gate) == 1  # charged: the trials ran
+
+
+@pytest.mark.parametrize(("epsilon", "delta"), [(True, 1e-5), (1.0, "1e-5"), (1.0, None)])
+def test_budget_must_be_real_numbers_before_any_charge(epsilon: Any, delta: Any) -> None:
+    """A reviewer passed epsilon=True (accepted and charged as ε = 1) and delta="1e-5" (an
+    untyped TypeError): both are refused with a ConfigError before the gate is called."""
+    data = synthetic(n_users=100, n_items=20, interactions_per_user=8, seed=0)
+    gate: list[list[SpentEvent]] = []
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        private_tune(
+            DPPopularity, [{}], data, epsilon=epsilon, delta=delta, release_gate=gate.append
+        )
+    assert gate == []
+
+
+def test_a_trial_that_cannot_be_scored_scores_minus_infinity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reviewer's trial fitted and then failed in scoring, which stopped the selection after
+    the charge (showing which candidate was drawn): it scores −∞ like a failed fit. A model
+    whose releases are not what the selection accounted stops it, with a typed error."""
+    import privrec.tuning.private as tp
+
+    data = synthetic(n_users=60, n_items=20, seed=0)
+    real = tp.evaluate
+
+    def fragile(model: Any, *args: Any, **kwargs: Any) -> Any:
+        if model.get_params()["max_per_user"] == 7:
+            raise np.linalg.LinAlgError("scores could not be formed")
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(tp, "evaluate", fragile)
+    for seed in range(4):
+        res = private_tune(
+            DPPopularity, [{"max_per_user": 7}, {"max_per_user": 3}], data, epsilon=1.0,
+            delta=1e-5, mean_trials=6.0, seed=seed,
+        )  # fmt: skip
+        assert res.params["max_per_user"] == 3
+    monkeypatch.setattr(tp, "evaluate", real)
+
+    def spends_more(model: Any, z_model: float) -> None:
+        raise tp._CalibrationError("trial noise multiplier below the accounted")
+
+    monkeypatch.setattr(tp, "_check_gaussian", spends_more)
+    with pytest.raises(ConfigError, match="below the accounted"):
+        private_tune(DPPopularity, [{}], data, epsilon=1.0, delta=1e-5, seed=0)

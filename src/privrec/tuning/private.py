@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dp_accounting
+import numpy as np
 from dp_accounting import dp_event
 
 from privrec.data.interactions import Interactions
@@ -138,6 +139,9 @@ def private_tune(
         raise ConfigError("the grid must be a non-empty list of candidates (mappings)")
     if not (isinstance(model_cls, type) and issubclass(model_cls, PrivateRecommender)):
         raise ConfigError(f"{model_cls!r} is not a private model class")
+    for name, value in (("epsilon", epsilon), ("delta", delta)):
+        if not _is_number(value):  # True is not ε = 1, "1e-5" is not a δ (an untyped error)
+            raise ConfigError(f"{name} must be a finite number, found {value!r}")
     if not (_is_number(score_fraction) and 0 < score_fraction < 1):
         raise ConfigError(f"score_fraction must be in (0, 1), found {score_fraction!r}")
     if mean_trials is not None and not _is_number(mean_trials):
@@ -224,15 +228,20 @@ def private_tune(
             warnings.simplefilter("always")
             try:
                 model.fit(split.train)
-            except PrivrecError:
-                # a trial that fails (a candidate whose solves overflow on this data) scores
-                # −∞: it is never chosen, and the selection goes on — stopping here would show
-                # which candidate was drawn and that it failed, an output the bound does not
-                # cover. Its noise is drawn all the same, so the trials stay alike.
+                _check_gaussian(model, z_model)  # before scoring: a refusal here is a bug
+                per_user = evaluate(
+                    model, split, k=(k,), on="test", groups=None, metrics=("recall",)
+                )
+            except _CalibrationError:
+                raise
+            except (PrivrecError, ArithmeticError, np.linalg.LinAlgError):
+                # a trial that fails (a candidate whose solves overflow on this data, a model
+                # that cannot be scored) scores −∞: it is never chosen, and the selection goes
+                # on — stopping here would show which candidate was drawn and that it failed,
+                # an output the bound does not cover. Its noise is drawn all the same, so the
+                # trials stay alike.
                 rng.normal(0.0, z_score)
                 continue
-            _check_gaussian(model, z_model)
-            per_user = evaluate(model, split, k=(k,), on="test", groups=None, metrics=("recall",))
         total = float(per_user.per_user[f"recall@{k}"].sum())
         noisy = total + float(rng.normal(0.0, z_score))  # sensitivity 1: each recall is in [0, 1]
         if best is None or noisy > best[0]:
@@ -307,11 +316,17 @@ def _check_gaussian(model: PrivateRecommender, z_model: float) -> None:
     """The trial's model must be one Gaussian mechanism of multiplier ≥ z_model (as accounted)."""
     event = simplify(total_event(model.privacy_guarantee.spent_events))
     if not isinstance(event, dp_accounting.GaussianDpEvent):
-        raise ConfigError(
+        raise _CalibrationError(
             f"{type(model).__name__}'s releases are not all Gaussian: private selection cannot "
             "account for them"
         )
     if event.noise_multiplier < z_model * (1 - 1e-9):
-        raise RuntimeError(  # a calibration bug: the trial would spend more than accounted
-            f"trial multiplier {event.noise_multiplier} below the accounted {z_model}"
+        raise _CalibrationError(  # a calibration bug: the trial would spend more than accounted
+            f"{type(model).__name__}: trial noise multiplier {event.noise_multiplier} below the "
+            f"accounted {z_model}; private selection cannot account for this model class"
         )
+
+
+class _CalibrationError(ConfigError):
+    """A trial's releases are not the Gaussian mechanism the selection accounted for: the run
+    stops (its budget stays charged) rather than score a model that spent more than counted."""

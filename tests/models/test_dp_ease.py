@@ -217,3 +217,22 @@ def test_a_pair_stored_many_times_counts_once_in_the_bounded_gram() -> None:
     g0, sens = bounded_gram(base, PrivacyUnit.USER, 5.0, 10, None)
     g1, _ = bounded_gram(with_user, PrivacyUnit.USER, 5.0, 10, None)
     assert np.linalg.norm(g1 - g0) <= sens + 1e-9
+
+
+def test_no_items_is_a_typed_error_and_nothing_changes() -> None:
+    """A reviewer's 0 × 0 and 5 × 0 matrices failed as an untyped LinAlgError (and LAPACK wrote
+    'illegal value' lines to stderr); a fitted model stays as it was."""
+    import pickle
+
+    import scipy.sparse as sp
+
+    from privrec.errors import DataError
+
+    m = DPEASE(epsilon=1.0, delta=1e-5, unit="user", seed=0)
+    with pytest.warns(Warning):
+        m.fit(sp.random(40, 8, density=0.3, format="csr", random_state=0))
+    before = pickle.dumps(m.__dict__)
+    for shape in ((0, 0), (5, 0)):
+        with pytest.raises(DataError, match="at least one item"):
+            m.fit(sp.csr_matrix(shape, dtype=np.float32))
+    assert pickle.dumps(m.__dict__) == before

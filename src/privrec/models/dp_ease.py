@@ -11,7 +11,7 @@ import pydantic
 import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, DataError
 from privrec.models.base import check_array, register
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import (
@@ -283,6 +283,8 @@ class DPEASE(PrivateRecommender):
             return super().fit(interactions)
 
     def _fit(self, data: Interactions, config: DPEASEConfig) -> None:
+        if data.n_items == 0:  # else LAPACK refuses an empty Gram matrix (untyped, on stderr)
+            raise DataError("DPEASE needs at least one item", field="items", found=0)
         budget, rng = self._begin(data, config)
         restrict = data.n_items > config.max_items or config.head_snr > 0
         adaptive = config.max_per_user is None

@@ -200,7 +200,7 @@ def test_cli_monitor_run_checks_the_data_before_warning_about_the_budget(tmp_pat
         missing = CliRunner().invoke(app, [*run, str(tmp_path / "nope.data")])
         no_time = CliRunner().invoke(app, [*run, str(untimed), "-f", "csv"])
         ok = CliRunner().invoke(app, [*run, str(timed)])
-    assert missing.exit_code == 1 and "file not found" in missing.output
+    assert missing.exit_code == 1 and "not found" in missing.output
     assert no_time.exit_code == 1 and "no timestamps" in no_time.output, no_time.output
     for failed in (missing, no_time):
         assert "charged to no budget" not in failed.output

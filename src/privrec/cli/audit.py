@@ -28,7 +28,14 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 
-DataOpt = Annotated[Path | None, typer.Option("--data", "-d", help="Interaction file.")]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        "-d",
+        help="Interaction file, dataset folder, or a shared dataset's name (ml-100k).",
+    ),
+]
 SyntheticOpt = Annotated[
     str | None,
     typer.Option(help="Use synthetic data instead: USERSxITEMS, e.g. 300x200."),

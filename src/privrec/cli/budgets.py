@@ -38,7 +38,14 @@ __all__ = ["train_tiers", "tune"]
 
 
 def tune(
-    data_path: Annotated[Path, typer.Option("--data", "-d", help="Interaction file.")],
+    data_path: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Interaction file, dataset folder, or a shared dataset's name (ml-100k).",
+        ),
+    ],
     model_name: Annotated[
         str, typer.Option("--model", "-m", help="dpals, dpease or dppopularity.")
     ],
@@ -100,7 +107,14 @@ def tune(
 
 
 def train_tiers(
-    data_path: Annotated[Path, typer.Option("--data", "-d", help="Interaction file.")],
+    data_path: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Interaction file, dataset folder, or a shared dataset's name (ml-100k).",
+        ),
+    ],
     model_name: Annotated[str, typer.Option("--model", "-m", help="dpals or dppopularity.")],
     tiers_file: Annotated[
         Path, typer.Option("--user-epsilons", help="CSV: user,epsilon (one row per user).")

@@ -350,12 +350,23 @@ def _format_hint(exc: DataError) -> DataError:
     )
 
 
+def existing_data(path: Path) -> Path:
+    """``path`` if it exists, else the shared dataset of that name (``-d ml-100k``), else a
+    :class:`DataError` — every command reading ``--data`` finds the same things."""
+    from privrec.data.shared import shared_dataset
+
+    if path.exists():
+        return path
+    found = shared_dataset(str(path))
+    if found is None:
+        raise DataError("not found (no such file, folder or shared dataset)", file=path)
+    return found
+
+
 def load_data(path: Path, fmt: str | None, binarize: float | None = None) -> Any:
     from privrec.data import load
 
-    if not path.exists():
-        raise DataError("file not found", file=path)
-    path = data_file(path)
+    path = data_file(existing_data(path))
     try:
         data = load(path, format=fmt)
     except DataError as exc:
@@ -382,13 +393,8 @@ def make_split(
     test_fraction: float,
 ) -> Any:
     from privrec import evaluation as ev
-    from privrec.data.shared import shared_dataset
 
-    if not data_path.exists():
-        found = shared_dataset(str(data_path))  # a shared dataset's name (e.g. ml-100k)
-        if found is None:
-            raise DataError("file or folder not found", file=data_path)
-        data_path = found
+    data_path = existing_data(data_path)
     if protocol is Protocol.files:
         return ev.load_split(data_path, merge_valid_into_train=True)
     data = load_data(data_path, fmt, binarize)

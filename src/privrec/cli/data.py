@@ -16,7 +16,12 @@ data_app = typer.Typer(help="Inspect interaction data.", no_args_is_help=True)
 
 @data_app.command("stats")
 def data_stats(
-    path: Annotated[Path, typer.Argument(help="Interaction file.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Interaction file, dataset folder, or a shared dataset's name (ml-100k)."
+        ),
+    ],
     fmt: Annotated[
         str | None, typer.Option("--format", "-f", help="File format (inferred when omitted).")
     ] = None,

@@ -18,6 +18,7 @@ from privrec.cli.common import (
     check_output,
     console,
     err_console,
+    existing_data,
     handle_errors,
     items_count,
     load_data,
@@ -57,15 +58,9 @@ def _data(
     """
     import scipy.sparse as sp
 
-    from privrec.data.shared import shared_dataset
-    from privrec.errors import DataError
     from privrec.evaluation import load_split, random_holdout
 
-    if not path.exists():
-        found = shared_dataset(str(path))
-        if found is None:
-            raise DataError("no such file, folder or shared dataset", file=path)
-        path = found
+    path = existing_data(path)
     governed = None
     folder = path.is_dir() and (path / "train.txt").exists()
     if folder and govern is None:

@@ -18,6 +18,7 @@ from privrec.cli.common import (
     SignKeyOpt,
     console,
     err_console,
+    existing_data,
     handle_errors,
     load_data,
     signing_key,
@@ -113,16 +114,8 @@ def silo_split(
     silo-local row numbers) and ``items.txt`` (the shared catalogue: external item ids in index
     order, assumed public), and prints the catalogue size the configuration needs.
     """
-    from privrec.data.shared import shared_dataset
-    from privrec.errors import DataError
-
     with handle_errors():
-        path = data
-        if not path.exists():
-            found = shared_dataset(str(path))
-            if found is None:
-                raise DataError("no such file or shared dataset", file=path)
-            path = found
+        path = existing_data(data)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

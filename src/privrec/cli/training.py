@@ -76,7 +76,12 @@ ForceWeakDelta = Annotated[
 # -------------------------------------------------------------------- train
 def train(
     data_path: Annotated[
-        Path | None, typer.Option("--data", "-d", help="Interaction file.")
+        Path | None,
+        typer.Option(
+            "--data",
+            "-d",
+            help="Interaction file, dataset folder, or a shared dataset's name (ml-100k).",
+        ),
     ] = None,
     model_name: Annotated[
         str | None, typer.Option("--model", "-m", help="Model name, e.g. als, ease.")

@@ -63,6 +63,17 @@ NOTES: tuple[str, ...] = (
     "60-point random search over the existing knobs (best 0.0965, α0 = 0.5 alone). Non-private "
     "ALS restricted to the same noisy head scores 0.139 there: the head is not the limit, the "
     "noise on the item statistics is.",
+    "Also tried (2026-12-07, validation, 2 seeds), none adopted: a 40-point random search over "
+    "the existing knobs on ml-1m-implicit-r3 ε = 5 (defaults 0.2367; best 0.2379, bound_quantile "
+    "0.9 with count_noise_ratio 0.4, inside the spread; neighbour_blend 0.1 / 0.3 0.2377 / 0.2378; "
+    "head_snr 5 / 9 0.2318 / 0.2352) — the defaults sit at the knobs' optimum there, so the ml-1m "
+    "ε = 5 test gap (0.3289 vs 0.34) needs a new mechanism, not a setting. A per-step budget "
+    "schedule giving the last item step a larger share of the steps' Gaussian rate (same total): "
+    "ml-1m ε = 5 with the last step's share 0.45 / 0.6 / 0.75 of T = 3 → 0.2373 / 0.2360 / 0.2309 "
+    "(uniform 0.2367); gowalla ε = 1 (T = 2) 0.5 / 0.65 → 0.0512 / 0.0517 (0.0512); ε = 5 → "
+    "0.0969 / 0.0963 (0.0973): the early steps' user factors matter as much as the last release. "
+    "gowalla ε = 1: T = 1 / 3 → 0.0380 / 0.0507 (rule's T = 2: 0.0512); k = 16 / 24 / 48 → "
+    "0.0480 / 0.0505 / 0.0507 (rule's 32).",
 )
 
 

@@ -77,14 +77,25 @@ def main(
     ap.add_argument("--datasets", nargs="+", default=None)
     ap.add_argument("--epsilons", nargs="+", type=float, default=None)
     ap.add_argument("--seeds", nargs="+", type=int, default=None)
+    ap.add_argument(
+        "--render", action="store_true", help="re-write the Markdown from the stored JSON (notes)"
+    )
     args = ap.parse_args()
+    out = Path(HERE) / "results"
+    if args.render:
+        stem = f"{name}-quick" if args.quick else name
+        stored = json.loads((out / f"{stem}.json").read_text())
+        (out / f"{stem}.md").write_text(
+            report(stored["rows"], tuple(stored["seeds"]), stored["date"])
+        )
+        print(f"wrote {out / stem}.md")
+        return
     chosen_ds = args.datasets or list(quick[0] if args.quick else datasets)
     chosen_eps = args.epsilons or list(quick[1] if args.quick else epsilons)
     chosen_seeds = tuple(args.seeds) if args.seeds else ((0,) if args.quick else seeds)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rows = run(chosen_ds, chosen_eps, chosen_seeds)
     stem = f"{name}-quick" if args.quick else name
-    out = Path(HERE) / "results"
     payload = {"date": date, "seeds": list(chosen_seeds), "delta": DELTA, "rows": rows}
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1) + "\n")
     (out / f"{stem}.md").write_text(report(rows, chosen_seeds, date))

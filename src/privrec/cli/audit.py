@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from privrec.cli.common import (
+    OptionalDataOpt,
     check_output,
     console,
     err_console,
@@ -28,14 +29,6 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 
-DataOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data",
-        "-d",
-        help="Interaction file, dataset folder, or a shared dataset's name (ml-100k).",
-    ),
-]
 SyntheticOpt = Annotated[
     str | None,
     typer.Option(help="Use synthetic data instead: USERSxITEMS, e.g. 300x200."),
@@ -90,7 +83,7 @@ def audit_run(
     epsilon: Annotated[float, typer.Option(help="Claimed ε to audit.")],
     delta: Annotated[float, typer.Option(help="δ of the guarantee.")] = 1e-5,
     unit: Annotated[str, typer.Option(help="Privacy unit: user or interaction.")] = "user",
-    data: DataOpt = None,
+    data: OptionalDataOpt = None,
     synthetic: SyntheticOpt = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
     binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold.")] = None,
@@ -153,7 +146,7 @@ def audit_multi_run(
     epsilon: Annotated[float, typer.Option(help="Claimed ε to audit.")],
     delta: Annotated[float, typer.Option(help="δ of the guarantee.")] = 1e-5,
     unit: Annotated[str, typer.Option(help="Privacy unit: user or interaction.")] = "user",
-    data: DataOpt = None,
+    data: OptionalDataOpt = None,
     synthetic: SyntheticOpt = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
     binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold.")] = None,
@@ -199,7 +192,7 @@ def audit_mia(
     epsilon: Annotated[float | None, typer.Option(help="ε for the private models.")] = None,
     delta: Annotated[float, typer.Option(help="δ for the private models.")] = 1e-5,
     unit: Annotated[str, typer.Option(help="Privacy unit of the private models.")] = "user",
-    data: DataOpt = None,
+    data: OptionalDataOpt = None,
     synthetic: SyntheticOpt = None,
     fmt: Annotated[str | None, typer.Option("--format", "-f")] = None,
     binarize: Annotated[float | None, typer.Option(help="Keep values >= threshold.")] = None,

@@ -17,6 +17,7 @@ import typer
 
 from privrec.cli.common import (
     ApiKeyOpt,
+    DataOpt,
     DatasetOpt,
     LedgerOpt,
     PurposeOpt,
@@ -38,14 +39,7 @@ __all__ = ["train_tiers", "tune"]
 
 
 def tune(
-    data_path: Annotated[
-        Path,
-        typer.Option(
-            "--data",
-            "-d",
-            help="Interaction file, dataset folder, or a shared dataset's name (ml-100k).",
-        ),
-    ],
+    data_path: DataOpt,
     model_name: Annotated[
         str, typer.Option("--model", "-m", help="dpals, dpease or dppopularity.")
     ],
@@ -107,14 +101,7 @@ def tune(
 
 
 def train_tiers(
-    data_path: Annotated[
-        Path,
-        typer.Option(
-            "--data",
-            "-d",
-            help="Interaction file, dataset folder, or a shared dataset's name (ml-100k).",
-        ),
-    ],
+    data_path: DataOpt,
     model_name: Annotated[str, typer.Option("--model", "-m", help="dpals or dppopularity.")],
     tiers_file: Annotated[
         Path, typer.Option("--user-epsilons", help="CSV: user,epsilon (one row per user).")

@@ -31,6 +31,10 @@ err_console = Console(stderr=True)
 STATE: dict[str, bool] = {"debug": False}
 
 
+#: ``--data`` / ``-d``: every command that reads interactions finds them alike (existing_data)
+DATA_HELP = "Interaction file, dataset folder, or a shared dataset's name (ml-100k)."
+DataOpt = Annotated[Path, typer.Option("--data", "-d", help=DATA_HELP)]
+OptionalDataOpt = Annotated[Path | None, typer.Option("--data", "-d", help=DATA_HELP)]
 #: ``--sign-key``: every command that writes a model file can sign it
 SignKeyOpt = Annotated[
     Path | None,

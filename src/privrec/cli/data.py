@@ -9,7 +9,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from privrec.cli.common import console, handle_errors, load_data
+from privrec.cli.common import DATA_HELP, console, handle_errors, load_data
 
 data_app = typer.Typer(help="Inspect interaction data.", no_args_is_help=True)
 
@@ -18,9 +18,7 @@ data_app = typer.Typer(help="Inspect interaction data.", no_args_is_help=True)
 def data_stats(
     path: Annotated[
         Path,
-        typer.Argument(
-            help="Interaction file, dataset folder, or a shared dataset's name (ml-100k)."
-        ),
+        typer.Argument(help=DATA_HELP),
     ],
     fmt: Annotated[
         str | None, typer.Option("--format", "-f", help="File format (inferred when omitted).")

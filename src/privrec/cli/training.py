@@ -19,6 +19,7 @@ from privrec.cli.common import (
     ApiKeyOpt,
     DatasetOpt,
     LedgerOpt,
+    OptionalDataOpt,
     Protocol,
     PurposeOpt,
     SignKeyOpt,
@@ -75,14 +76,7 @@ ForceWeakDelta = Annotated[
 
 # -------------------------------------------------------------------- train
 def train(
-    data_path: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            "-d",
-            help="Interaction file, dataset folder, or a shared dataset's name (ml-100k).",
-        ),
-    ] = None,
+    data_path: OptionalDataOpt = None,
     model_name: Annotated[
         str | None, typer.Option("--model", "-m", help="Model name, e.g. als, ease.")
     ] = None,

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 import validation_table
-from setting import DELTA, K, machine_info, machine_markdown
-from validation_table import cell_result, run_cells
+from setting import DELTA, K
+from validation_table import before_after_rows, cell_result, closing, run_cells
 
 DATASETS = (
     "gowalla-lightgcn",
@@ -128,18 +128,10 @@ def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str
         "| data set | ε | k | head density | α0 after | before | after | Δ |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    cells = {(r["dataset"], r["epsilon"], r["variant"]): r for r in rows}
-    for ds, eps in dict.fromkeys((r["dataset"], r["epsilon"]) for r in rows):
-        b, a = cells.get((ds, eps, "before")), cells.get((ds, eps, "after"))
-        if b is None or a is None:
-            continue
-        lines.append(
-            f"| {ds} | {eps:g} | {a['k']} | {a['head_density']:.4f} | {a['alpha0']:.2f} | "
-            f"{b['recall']:.4f} ± {b['recall_std']:.4f} | {a['recall']:.4f} ± {a['recall_std']:.4f} "
-            f"| {a['recall'] - b['recall']:+.4f} |"
-        )
-    notes = "\n".join(f"- {n}" for n in NOTES)
-    return "\n".join(lines) + "\n\n" + notes + "\n\n" + machine_markdown(machine_info()) + "\n"
+    lines += before_after_rows(
+        rows, lambda a: f"{a['k']} | {a['head_density']:.4f} | {a['alpha0']:.2f}"
+    )
+    return closing(lines, NOTES)
 
 
 def main() -> None:

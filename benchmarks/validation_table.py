@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from setting import DELTA, HERE
+from setting import DELTA, HERE, machine_info, machine_markdown
 
 Cell = Callable[[Any, str, float, str, tuple[int, ...]], dict[str, Any]]
 Report = Callable[[list[dict[str, Any]], tuple[int, ...], str], str]
@@ -58,6 +58,30 @@ def run_cells(
                 )
                 rows.append(row)
     return rows
+
+
+def before_after_rows(
+    rows: list[dict[str, Any]], middle: Callable[[dict[str, Any]], str]
+) -> list[str]:
+    """One Markdown row per (data set, ε) holding both variants: ``| ds | ε | middle | before |
+    after | Δ |``, ``middle(after_row)`` the script's own columns; Δ = after − before."""
+    cells = {(r["dataset"], r["epsilon"], r["variant"]): r for r in rows}
+    lines = []
+    for ds, eps in dict.fromkeys((r["dataset"], r["epsilon"]) for r in rows):
+        b, a = cells.get((ds, eps, "before")), cells.get((ds, eps, "after"))
+        if b is None or a is None:
+            continue
+        lines.append(
+            f"| {ds} | {eps:g} | {middle(a)} | {b['recall']:.4f} ± {b['recall_std']:.4f} | "
+            f"{a['recall']:.4f} ± {a['recall_std']:.4f} | {a['recall'] - b['recall']:+.4f} |"
+        )
+    return lines
+
+
+def closing(lines: list[str], notes: Sequence[str]) -> str:
+    """The table, the notes as a list and the machine section: the whole Markdown."""
+    listed = "\n".join(f"- {n}" for n in notes)
+    return "\n".join(lines) + "\n\n" + listed + "\n\n" + machine_markdown(machine_info()) + "\n"
 
 
 def main(

@@ -33,17 +33,16 @@ import numpy as np
 
 import validation_table
 from setting import DELTA, K
-from validation_table import before_after_rows, cell_result, closing, run_cells
-
-DATASETS = (
-    "gowalla-lightgcn",
-    "ml-1m-implicit-r3",
-    "ml-100k",
-    "movietweetings-100k",
-    "synthetic-median5",
+from validation_table import (
+    DATASETS,
+    EPSILONS,
+    SEEDS,
+    before_after_rows,
+    cell_result,
+    closing,
+    run_cells,
 )
-EPSILONS = (1.0, 2.0, 5.0, 10.0, 20.0)
-SEEDS = (0, 1)
+
 VARIANTS = {"before": 2.0, "after": "density"}
 #: the fixed-α0 sweep behind the rule (validation splits, 2 seeds, defaults otherwise)
 NOTES: tuple[str, ...] = (

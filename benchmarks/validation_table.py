@@ -16,6 +16,17 @@ from typing import Any
 
 from setting import DELTA, HERE, machine_info, machine_markdown
 
+#: the validation sets and budgets every before/after table covers (two seeded draws each)
+DATASETS = (
+    "gowalla-lightgcn",
+    "ml-1m-implicit-r3",
+    "ml-100k",
+    "movietweetings-100k",
+    "synthetic-median5",
+)
+EPSILONS = (1.0, 2.0, 5.0, 10.0, 20.0)
+SEEDS = (0, 1)
+
 Cell = Callable[[Any, str, float, str, tuple[int, ...]], dict[str, Any]]
 Report = Callable[[list[dict[str, Any]], tuple[int, ...], str], str]
 

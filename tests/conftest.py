@@ -25,6 +25,28 @@ def require_dataset(name: str) -> Path:
     return path
 
 
+def write_ml100k_like(folder: Path, users: int, per_user: int, items: int = 20) -> Path:
+    """A tiny ``u.data`` (user, item, rating, time; tab-separated) in ``folder``, as a shared
+    dataset folder holds it — for tests that find data by name under ``$PRIVREC_DATA``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    lines = [
+        f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + i}"
+        for u in range(1, users + 1)
+        for i in rng.choice(np.arange(1, items + 1), size=per_user, replace=False)
+    ]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    return folder / "u.data"
+
+
+@pytest.fixture
+def ml100k_like():  # type: ignore[no-untyped-def]
+    """``ml100k_like(folder, users=…, per_user=…)`` -> the ``u.data`` written there."""
+    return write_ml100k_like
+
+
 @pytest.fixture
 def dataset():  # type: ignore[no-untyped-def]
     """``dataset("ml-100k")`` -> Path, skipping when the shared data are absent."""

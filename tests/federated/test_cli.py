@@ -275,21 +275,14 @@ def test_simulate_takes_an_explicit_catalogue(tmp_path: Path) -> None:
 
 
 def test_simulate_reads_a_shared_dataset_folder_by_name(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ml100k_like: Any
 ) -> None:
     """``-d ml-100k`` (docs/federated.md): a shared dataset folder holding one interaction file
     is read through that file, said on stderr; a folder without one is refused *as a folder*,
     and a file whose name does not give its format away asks for ``--format``."""
-    rng = np.random.default_rng(0)
     shared = tmp_path / "shared"
     ml = shared / "mini-100k"
-    ml.mkdir(parents=True)
-    lines = [
-        f"{u}\t{i}\t{rng.integers(1, 6)}\t{880000000 + i}"
-        for u in range(1, 61)
-        for i in rng.choice(np.arange(1, 21), size=6, replace=False)
-    ]
-    (ml / "u.data").write_text("\n".join(lines) + "\n")
+    ml100k_like(ml, users=60, per_user=6)
     (ml / "u.item").write_text("1|A\n")
     (shared / "no-ratings").mkdir()
     (shared / "no-ratings" / "README").write_text("nothing here\n")

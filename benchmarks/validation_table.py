@@ -120,9 +120,11 @@ def main(
     if args.render:
         stem = f"{name}-quick" if args.quick else name
         stored = json.loads((out / f"{stem}.json").read_text())
-        (out / f"{stem}.md").write_text(
-            report(stored["rows"], tuple(stored["seeds"]), stored["date"])
-        )
+        text = report(stored["rows"], tuple(stored["seeds"]), stored["date"])
+        md = out / f"{stem}.md"
+        if md.exists() and "\n- CPU:" in md.read_text():  # the machine of the run, not today's
+            text = text.split("\n- CPU:")[0] + "\n- CPU:" + md.read_text().split("\n- CPU:", 1)[1]
+        md.write_text(text)
         print(f"wrote {out / stem}.md")
         return
     chosen_ds = args.datasets or list(quick[0] if args.quick else datasets)

@@ -787,3 +787,24 @@ def test_a_test_set_of_fewer_than_ten_users_is_refused_before_any_fit() -> None:
     with pytest.raises(DataError, match="fewer than 10 users"):
         run_experiment(cfg, split=split, charge=Hook())  # type: ignore[arg-type]
     assert charged == []
+
+
+def test_stored_zero_targets_do_not_count_as_evaluable_users() -> None:
+    """A split whose test targets hold explicitly stored zeros (values of 0 kept by
+    ``Interactions.from_arrays``) passed the refusal — the check counted stored entries, the
+    metrics (which drop zeros) then averaged over 3 users."""
+    import dataclasses
+
+    import scipy.sparse as sp
+
+    from privrec.data import synthetic
+    from privrec.errors import DataError
+    from privrec.evaluation import random_holdout
+
+    split = random_holdout(synthetic(n_users=40, n_items=30, seed=0), 0.3, seed=0)
+    t = split.test.targets.tocoo()
+    zeros = sp.csr_matrix((np.where(t.row < 3, t.data, 0.0), (t.row, t.col)), shape=t.shape)
+    assert (np.diff(zeros.indptr) > 0).sum() > 10
+    split = dataclasses.replace(split, test=dataclasses.replace(split.test, targets=zeros))
+    with pytest.raises(DataError, match="fewer than 10 users"):
+        run_experiment(load_experiment(TOML), split=split)

@@ -381,3 +381,15 @@ def test_deeply_nested_or_unreadable_toml_is_a_config_error(tmp_path: Path) -> N
         load_pipeline("x" * 5000)
     with pytest.raises(ConfigError, match="cannot be read"):
         load_experiment("x" * 5000)
+
+
+def test_free_text_names_cannot_become_emphasis_or_code():
+    """A pipeline named ``**ALL MITIGATED**`` rendered bold (and ``_x_``, ``~~x~~``, backticks
+    as emphasis, strike-through, code): the pipeline's name and data types stay text."""
+    text = EXAMPLE.replace(
+        'name = "movie recommendations"', 'name = "**ALL MITIGATED** `c` ~~s~~"'
+    ).replace('types = ["ratings", "timestamps", "user ids"]', 'types = ["_it_"]')
+    md = _assess(text).to_markdown()
+    assert md.splitlines()[0].endswith("\\*\\*ALL MITIGATED\\*\\* \\`c\\` \\~\\~s\\~\\~")
+    assert "\\_it\\_" in md and "_it_" not in md.replace("\\_it\\_", "")
+    assert "`privrec" in md  # the report's own code spans are kept

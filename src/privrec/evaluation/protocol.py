@@ -272,8 +272,8 @@ class EvaluationResult:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        summary = ", ".join(
-            f"{m}@{k}={self.metric(m, k):.4f}"
+        summary = ", ".join(  # withheld as in format(): a handful of people's own metrics
+            f"{m}@{k}=" + ("withheld" if self.withheld else f"{self.metric(m, k):.4f}")
             for m in ("recall", "ndcg")
             for k in self.ks
             if m in self.table.index

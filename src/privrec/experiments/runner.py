@@ -421,7 +421,9 @@ def run_experiment(
     ks = sorted(set(spec.k))
     kmax = ks[-1]
     es = split.test
-    evaluable = int((np.diff(sp.csr_matrix(es.targets).indptr) > 0).sum())
+    targets = sp.csr_matrix(es.targets, copy=True)
+    targets.eliminate_zeros()  # a stored zero is no target: the metrics skip such users
+    evaluable = int((np.diff(targets.indptr) > 0).sum())
     if evaluable < MIN_GROUP_USERS:  # refused before any fit (or charge)
         raise DataError(
             f"the test set holds fewer than {MIN_GROUP_USERS} users with held-out items: every "

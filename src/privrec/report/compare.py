@@ -97,7 +97,8 @@ def _metrics(res: EvaluationResult, k: int) -> tuple[dict[str, float], dict[str,
         name: float("nan") if res.withheld else res.metric(metric, k)
         for name, metric in ((f"Recall@{k}", "recall"), (f"NDCG@{k}", "ndcg"))
     }
-    metrics[f"Coverage@{k}"] = res.metric("coverage", k)
+    # withheld too, as evaluate withholds it: the lists of those few people's own histories
+    metrics[f"Coverage@{k}"] = float("nan") if res.withheld else res.metric("coverage", k)
     quartiles: dict[str, dict[str, float]] = {}
     # a group of fewer than MIN_GROUP_USERS is withheld (NaN, shown as "—"): its mean is a few
     # people's own recall; so are the smallest others that would give it away by subtraction

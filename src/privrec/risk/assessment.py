@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -82,6 +83,13 @@ def _md(text: str) -> str:
     """
     flat = text.translate(_BREAKS).replace("\\", "\\\\").replace("|", "\\|")
     return flat.replace("<", "&lt;").replace("[", "\\[").replace("]", "\\]")
+
+
+def _md_name(text: str) -> str:
+    """A free-text name from the pipeline description (its name, its data types) as Markdown
+    text: :func:`_md`, and ``*``, ``_``, ``~`` and backticks escaped so that it cannot become
+    emphasis, strike-through or code either (the report's own texts keep their code spans)."""
+    return re.sub(r"([*_~`])", r"\\\1", _md(text))
 
 
 @dataclass(frozen=True)
@@ -129,18 +137,19 @@ class RiskReport:
             "n/a": "— n/a",
         }
         lines = [
-            f"# Privacy risk assessment: {_md(self.pipeline)}",
+            f"# Privacy risk assessment: {_md_name(self.pipeline)}",
             "",
-            f"**Data held:** {_md(', '.join(self.data_types))}.",
+            f"**Data held:** {', '.join(_md_name(t) for t in self.data_types)}.",
             "",
-            f"**Touchpoints:** {_md(', '.join(self.touchpoints))}.",
+            f"**Touchpoints:** {', '.join(_md_name(t) for t in self.touchpoints)}.",
             "",
             "| channel | touchpoint | data at risk | status | mitigation in this configuration | to do |",
             "|---|---|---|---|---|---|",
         ]
         for c in self.channels:
-            cells = (c.name, c.touchpoint, c.data, mark[c.status], c.mitigation, c.advice)
-            lines.append("| " + " | ".join(_md(x) for x in cells) + " |")
+            names = (_md_name(c.name), _md_name(c.touchpoint), _md_name(c.data))  # data: types
+            texts = (_md(x) for x in (mark[c.status], c.mitigation, c.advice))
+            lines.append("| " + " | ".join((*names, *texts)) + " |")
         n = len(self.unmitigated)
         lines += [
             "",

@@ -26,3 +26,14 @@ def test_train_reads_a_shared_dataset_by_name(
     missing = CliRunner().invoke(app, ["train", "-d", "nope", "-m", "popularity", "-o", str(out)])
     assert missing.exit_code == 1
     assert "no such file, folder or shared dataset" in " ".join(missing.output.split())
+    # only a plain name is looked up beside the shared folder: never ../../anything
+    (tmp_path / "outside.txt").write_text("1 2\n")
+    escape = CliRunner().invoke(
+        app, ["train", "-d", "../outside.txt", "-m", "popularity", "-o", str(out)]
+    )
+    assert escape.exit_code == 1 and "not found" in escape.output
+    # a path into a shared/data folder as the docs write it works from any working directory
+    docs_form = CliRunner().invoke(
+        app, ["train", "-d", "../shared/data/mini-100k", "-m", "popularity", "-o", str(out)]
+    )
+    assert docs_form.exit_code == 0, docs_form.output

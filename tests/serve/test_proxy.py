@@ -9,6 +9,7 @@ that talks to the service directly cannot pick the address its failures are char
 from __future__ import annotations
 
 import secrets
+import warnings
 from typing import Any
 
 import pytest
@@ -148,3 +149,16 @@ def test_networks_that_together_trust_everyone_are_refused() -> None:
         with pytest.raises(ServeConfigError, match="trusts every address"):
             _proxies(everyone)
     assert _proxies(["::ffff:10.9.0.1"]) == ["::ffff:10.9.0.1", "10.9.0.1"]
+
+
+def test_networks_of_clients_warn() -> None:
+    """A reviewer's 2000::/3 (every global IPv6 address) and 0.0.0.0/1 were accepted: not
+    everyone, so not refused, but every client in them could choose its charge address."""
+    from privrec.errors import PrivacyWarning
+
+    for broad in (["2000::/3"], ["0.0.0.0/1"], ["10.0.0.0/7"]):
+        with pytest.warns(PrivacyWarning, match="name the proxies"):
+            _proxies(broad)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _proxies(["10.0.0.0/8", "2001:db8::/32", "192.168.1.7"])

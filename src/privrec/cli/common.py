@@ -355,14 +355,19 @@ def _format_hint(exc: DataError) -> DataError:
 
 
 def existing_data(path: Path) -> Path:
-    """``path`` if it exists, else the shared dataset of that name (``-d ml-100k``), else a
-    :class:`DataError` — every command reading ``--data`` finds the same things."""
-    from privrec.data.shared import shared_dataset
+    """``path`` if it exists; else, for a plain name (``-d ml-100k``), the shared dataset of
+    that name, and for a path into a ``shared/data`` folder (``../shared/data/ml-100k``, as the
+    docs write it from a checkout) the same dataset under the shared data folder; else a
+    :class:`DataError` — every command reading ``--data`` finds the same things. Only a plain
+    name is looked up: ``../../x`` is never read from beside the shared folder."""
+    from privrec.data.shared import resolve_shared_path, shared_dataset
 
     if path.exists():
         return path
-    found = shared_dataset(str(path))
-    if found is None:
+    name = str(path)
+    plain = len(path.parts) == 1 and name not in (".", "..") and not path.is_absolute()
+    found = shared_dataset(name) if plain else resolve_shared_path(path)
+    if found is None or not found.exists():
         raise DataError("not found (no such file, folder or shared dataset)", file=path)
     return found
 

@@ -32,7 +32,7 @@ def _proxies(values: list[str]) -> list[str]:
     IPv4-mapped IPv6 form (``::ffff:10.0.0.5``), as a dual-stack socket reports it (and a
     mapped one in its IPv4 form).
     """
-    from privrec.errors import ServeConfigError
+    from privrec.errors import PrivacyWarning, ServeConfigError
 
     out: list[str] = []
     v4: list[ipaddress.IPv4Network] = []
@@ -75,6 +75,20 @@ def _proxies(values: list[str]) -> list[str]:
             "IPv6, IPv4-mapped addresses included): any client could then choose the address "
             "its failed sign-ins are charged to; name the proxy's address or network"
         )
+    broad = [
+        str(n)
+        for n in merged
+        if n.prefixlen < (_BROADEST_V4 if n.version == 4 else _BROADEST_V6)
+        and not (n.version == 6 and n.subnet_of(_MAPPED))  # an IPv4 network's mapped twin
+    ]
+    if broad:
+        warnings.warn(
+            f"--trusted-proxy trusts {', '.join(broad)}: every client in there may choose the "
+            "address its failed sign-ins are charged to — name the proxies, not whole networks "
+            "of clients",
+            PrivacyWarning,
+            stacklevel=2,
+        )
     return out
 
 
@@ -86,6 +100,8 @@ def _mapped_v4(net: ipaddress.IPv6Network) -> ipaddress.IPv4Network | None:
 
 
 _MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+#: networks broader than these (a /8 of IPv4, a /32 of IPv6: a whole provider) warn
+_BROADEST_V4, _BROADEST_V6 = 8, 32
 
 
 def _check_ledger(db: str | None) -> None:

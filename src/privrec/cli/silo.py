@@ -8,6 +8,7 @@ public run configuration every party checks, ``keys`` the roster and key files; 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +24,7 @@ from privrec.cli.common import (
     load_data,
     signing_key,
 )
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, PrivacyWarning
 
 silo_app = typer.Typer(
     help="Cross-silo DPALS or DPEASE over two non-colluding aggregation servers (docs/cross_silo.md).",
@@ -38,6 +39,25 @@ _ConfigOpt = Annotated[
         "--config", help="The run's public configuration (run.json from `privrec silo config`)."
     ),
 ]
+_ReleaseLogOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--release-log",
+        help="File counting the releases this party answered per run, kept across sessions "
+        "(without it a driver restarting the session is answered afresh: a PrivacyWarning).",
+    ),
+]
+
+
+def _unlogged(release_log: Path | None, who: str) -> None:
+    if release_log is None:
+        warnings.warn(
+            f"{who} without --release-log counts the releases it answers for this session only: "
+            "a driver that aborts and restarts the session is answered afresh and could average "
+            "the noise of repeated releases away — give every session of the run the same file",
+            PrivacyWarning,
+            stacklevel=2,
+        )
 
 
 def _check_timeout(timeout: float) -> None:
@@ -171,9 +191,20 @@ def silo_config(
     ] = "dpals",
     factors: Annotated[int, typer.Option("--factors", help="DPALS embedding size.")] = 32,
     iterations: Annotated[int | None, typer.Option("--iterations", help="DPALS steps.")] = None,
+    retries: Annotated[
+        int,
+        typer.Option(
+            "--retries",
+            min=0,
+            help="Releases of each kind the parties may answer beyond the plan (a resumed run "
+            "redoing a step); the noise pays for them.",
+        ),
+    ] = 0,
 ) -> None:
     """Write the run's public configuration (run.json): give the same file to both servers and
-    the driver."""
+    the driver. Each run gets its own random run id (release logs count per run)."""
+    import secrets
+
     import pydantic
 
     from privrec.secure.silo import SiloConfig, SiloEASEConfig
@@ -188,8 +219,9 @@ def silo_config(
             raise ConfigError(f"--model must be dpals or dpease, got {model!r}")
         cfg: Any
         try:
+            run = {"retries": retries, "run_id": secrets.token_hex(8)}
             if model == "dpease":
-                cfg = SiloEASEConfig(epsilon=epsilon, delta=delta, n_items=size)
+                cfg = SiloEASEConfig(epsilon=epsilon, delta=delta, n_items=size, **run)
             else:
                 cfg = SiloConfig(
                     epsilon=epsilon,
@@ -197,13 +229,17 @@ def silo_config(
                     n_items=size,
                     factors=factors,
                     iterations=iterations,
+                    **run,
                 )
         except pydantic.ValidationError as exc:  # out-of-range settings
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"])
             raise ConfigError(f"invalid configuration {where}: {err['msg']}") from None
         out.write_text(cfg.model_dump_json(indent=1), encoding="utf-8")
-        console.print(f"wrote {out}: {model}, ε = {epsilon:g}, δ = {delta:g}, {size} items")
+        console.print(
+            f"wrote {out}: {model}, ε = {epsilon:g}, δ = {delta:g}, {size} items, run "
+            f"{cfg.run_id}" + (f", {retries} retries paid for" if retries else "")
+        )
 
 
 @silo_app.command("serve")
@@ -212,11 +248,13 @@ def silo_serve(
     key: _KeyOpt,
     config: _ConfigOpt,
     timeout: _TimeoutOpt = 60.0,
+    release_log: _ReleaseLogOpt = None,
 ) -> None:
     """Run an aggregation server for one training session.
 
     The server checks every step's noise plan against its own copy of the configuration and
-    refuses one with less noise than it requires.
+    refuses one with less noise than it requires, or a release beyond the plan (counted
+    across sessions with --release-log).
     """
     from privrec.secure.channel import Identity, Roster
     from privrec.secure.silo import AggregationServer
@@ -224,9 +262,15 @@ def silo_serve(
     with handle_errors():
         _check_timeout(timeout)
         cfg = _read_config(config)
-        AggregationServer(
-            Identity.load(key), Roster.load(roster), timeout=timeout, config=cfg
-        ).run()
+        server = AggregationServer(
+            Identity.load(key),
+            Roster.load(roster),
+            timeout=timeout,
+            config=cfg,
+            release_log=release_log,
+        )
+        _unlogged(release_log, "an aggregation server")
+        server.run()
 
 
 @silo_app.command("join")
@@ -253,6 +297,7 @@ def silo_join(
         ),
     ] = None,
     timeout: _TimeoutOpt = 60.0,
+    release_log: _ReleaseLogOpt = None,
 ) -> None:
     """Join a training session as a silo with its own users' data (item ids < catalogue size)."""
     import scipy.sparse as sp
@@ -278,7 +323,16 @@ def silo_join(
             shape=(len(all_users), n_items or width),
             dtype=np.float64,
         )
-        Silo(Identity.load(key), Roster.load(roster), x, timeout=timeout, config=cfg).run()
+        silo = Silo(
+            Identity.load(key),
+            Roster.load(roster),
+            x,
+            timeout=timeout,
+            config=cfg,
+            release_log=release_log,
+        )
+        _unlogged(release_log, "a silo")
+        silo.run()
 
 
 @silo_app.command("train")

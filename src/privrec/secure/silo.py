@@ -224,6 +224,7 @@ def run_local(
     allow_no_noise: bool = ...,
     crash_server_at_round: int | None = ...,
     server_config: AnyConfig | None = ...,
+    release_logs: str | Path | None = ...,
 ) -> SiloResult: ...
 @overload
 def run_local(
@@ -236,6 +237,7 @@ def run_local(
     allow_no_noise: bool = ...,
     crash_server_at_round: int | None = ...,
     server_config: AnyConfig | None = ...,
+    release_logs: str | Path | None = ...,
 ) -> SiloEASEResult: ...
 def run_local(
     matrices: Sequence[Any],
@@ -247,14 +249,21 @@ def run_local(
     allow_no_noise: bool = False,
     crash_server_at_round: int | None = None,
     server_config: AnyConfig | None = None,
+    release_logs: str | Path | None = None,
 ) -> SiloResult | SiloEASEResult:
     """Whole protocol in one process: servers and silos in threads, real loopback TCP.
 
     For tests and benchmarks; ``allow_no_noise`` and ``crash_server_at_round`` are test hooks
     (see :class:`AggregationServer`). The servers check every noise plan against
-    ``server_config`` (default: ``config``). A :class:`SiloConfig` trains DPALS and returns a
-    :class:`SiloResult`; a :class:`SiloEASEConfig` trains DPEASE (:class:`SiloEASEResult`).
+    ``server_config`` (default: ``config``). ``release_logs`` is a folder where every server
+    and silo keeps its release log (``<party>.json``) across calls. A :class:`SiloConfig`
+    trains DPALS and returns a :class:`SiloResult`; a :class:`SiloEASEConfig` trains DPEASE
+    (:class:`SiloEASEResult`).
     """
+
+    def log(party: str) -> Path | None:
+        return None if release_logs is None else Path(release_logs) / f"{party}.json"
+
     with tempfile.TemporaryDirectory() as keys:
         roster, ids = setup_keys(keys, len(matrices))
         servers = [
@@ -265,11 +274,19 @@ def run_local(
                 allow_no_noise=allow_no_noise,
                 crash_at_round=crash_server_at_round if s == "server1" else None,
                 config=config if server_config is None else server_config,
+                release_log=log(s),
             )
             for s in ("server0", "server1")
         ]
         silos = [
-            Silo(ids[f"silo{i + 1}"], roster, m, timeout=timeout, config=config)
+            Silo(
+                ids[f"silo{i + 1}"],
+                roster,
+                m,
+                timeout=timeout,
+                config=config,
+                release_log=log(f"silo{i + 1}"),
+            )
             for i, m in enumerate(matrices)
         ]
         driver = make_driver(

@@ -3,10 +3,12 @@ and post-processing rules every party derives from it (see :mod:`privrec.secure.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any, Literal, TypeVar
 
+import dp_accounting
 import numpy as np
 import pydantic
 
@@ -33,6 +35,7 @@ from privrec.privacy.units import PrivacyUnit
 from privrec.secure.silo_wire import DEFAULT_FRAC_BITS, Segment, revealed_std
 
 __all__ = [
+    "MAX_RETRIES",
     "AnyConfig",
     "SiloConfig",
     "SiloEASEConfig",
@@ -45,6 +48,7 @@ __all__ = [
     "noise_scale",
     "release_limits",
     "revealed_sigma",
+    "run_fingerprint",
     "silo_head",
 ]
 
@@ -60,6 +64,12 @@ def _with_noise(config: _C) -> _C:
 
 
 # ----------------------------------------------------------------------------------- config
+#: at most this many extra releases of each kind (``retries``): each is paid for in the noise
+MAX_RETRIES = 10
+#: a run id (``privrec silo config`` draws one): letters, digits, ``.``, ``_``, ``-``
+RUN_ID_PATTERN = r"^[A-Za-z0-9._-]+$"
+
+
 class SiloConfig(pydantic.BaseModel):
     """Public training configuration (every field is known to all parties).
 
@@ -69,6 +79,13 @@ class SiloConfig(pydantic.BaseModel):
     (:func:`revealed_sigma`). ``frac_bits`` is the fixed-point precision. ``insecure_disable_noise`` is a **test-only**
     switch: the driver then asks for no noise, the guarantee says ε = ∞, and servers refuse
     such plans unless they were built with ``allow_no_noise=True`` (the CLI never does).
+
+    ``retries`` is how many releases of each kind a server or silo may answer beyond the plan —
+    what a resumed run needs to redo a step whose release a party had already answered
+    (counted across sessions with a release log, :mod:`privrec.secure.release_log`). The noise
+    pays for them: it is sized so that the plan **plus** ``retries`` more releases of each kind
+    meet ε (0, the default, changes nothing). ``run_id`` tells one run from another with
+    otherwise equal settings (a release log counts per configuration).
     """
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
@@ -99,6 +116,8 @@ class SiloConfig(pydantic.BaseModel):
     popularity_blend: float | None = pydantic.Field(default=None, ge=0, le=10, allow_inf_nan=False)
     seed: int | None = None
     frac_bits: int = pydantic.Field(default=DEFAULT_FRAC_BITS, ge=8, le=48)
+    retries: int = pydantic.Field(default=0, ge=0, le=MAX_RETRIES)
+    run_id: str | None = pydantic.Field(default=None, max_length=64, pattern=RUN_ID_PATTERN)
     insecure_disable_noise: bool = False
 
     @property
@@ -123,9 +142,19 @@ def noise_scale(config: SiloConfig) -> tuple[float, int]:
     independently.
     """
     iterations = resolve_iterations(config.iterations, config.epsilon)
+    r = config.retries
+
+    def event(s: float) -> Any:
+        # the plan (one counts release, T steps) and r more of each kind (answered retries)
+        planned = dpals_event(s, iterations + r, config.max_per_user, config.ratios)
+        if r == 0:
+            return planned
+        extra = dp_accounting.SelfComposedDpEvent(gaussian_event(config.ratios[3] * s), r)
+        return compose([planned, extra])
+
     sigma = calibrate(
         Budget(epsilon=config.epsilon, delta=config.delta),
-        lambda s: dpals_event(s, iterations, config.max_per_user, config.ratios),
+        event,
         kind="rdp",
         unit=PrivacyUnit.USER,
     )
@@ -226,8 +255,8 @@ class SiloEASEConfig(pydantic.BaseModel):
     blend, raised by central's low-signal fallback (``popularity_fallback``,
     :func:`~privrec.models.dp_rules.low_signal_blend`) when part of the head is below the
     noise. The noise-derived ones see the noise the silo path reveals (:func:`revealed_std`,
-    √2 × one server's σ). ``frac_bits`` and ``insecure_disable_noise`` are as in
-    :class:`SiloConfig`.
+    √2 × one server's σ). ``frac_bits``, ``retries``, ``run_id`` and ``insecure_disable_noise``
+    are as in :class:`SiloConfig`.
     """
 
     model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
@@ -247,6 +276,8 @@ class SiloEASEConfig(pydantic.BaseModel):
     popularity_blend: float | None = pydantic.Field(default=None, ge=0, le=10, allow_inf_nan=False)
     popularity_fallback: bool = True
     frac_bits: int = pydantic.Field(default=DEFAULT_FRAC_BITS, ge=8, le=48)
+    retries: int = pydantic.Field(default=0, ge=0, le=MAX_RETRIES)
+    run_id: str | None = pydantic.Field(default=None, max_length=64, pattern=RUN_ID_PATTERN)
     insecure_disable_noise: bool = False
 
     @pydantic.model_validator(mode="after")
@@ -288,13 +319,22 @@ def ease_noise(config: SiloEASEConfig) -> tuple[float, float | None]:
     function of the configuration only), so the driver and each server compute it.
     """
     budget = Budget(epsilon=config.epsilon, delta=config.delta)
+    times = 1 + config.retries  # each release and its answered retries (SiloConfig.retries)
+
+    def repeated(event: Any) -> Any:
+        return event if times == 1 else dp_accounting.SelfComposedDpEvent(event, times)
+
     if not config.restricted:
-        z = calibrate(budget, gaussian_event, kind="rdp", unit=PrivacyUnit.USER)
+        z = calibrate(
+            budget, lambda v: repeated(gaussian_event(v)), kind="rdp", unit=PrivacyUnit.USER
+        )
         return z, None
     f = config.count_budget_fraction
     z = calibrate(
         budget,
-        lambda v: compose([gaussian_event(v / math.sqrt(f)), gaussian_event(v / math.sqrt(1 - f))]),
+        lambda v: repeated(
+            compose([gaussian_event(v / math.sqrt(f)), gaussian_event(v / math.sqrt(1 - f))])
+        ),
         kind="rdp",
         unit=PrivacyUnit.USER,
     )
@@ -328,12 +368,21 @@ def ease_noise_plan(
 
 
 def release_limits(config: AnyConfig) -> dict[str, int]:
-    """How many releases of each kind one session of ``config`` makes (DPALS: one counts
-    release and T steps; DPEASE: at most one counts release and one Gramian). A server or silo
-    refuses more: answering a repeated release would let a driver average its noise away."""
+    """How many releases of each kind a run of ``config`` may be answered (DPALS: one counts
+    release and T steps; DPEASE: at most one counts release and one Gramian), each plus the
+    configuration's ``retries``, which its noise pays for. A server or silo refuses more:
+    answering a repeated release would let a driver average its noise away."""
+    r = config.retries
     if isinstance(config, SiloConfig):
-        return {"counts": 1, "stats": noise_scale(config)[1]}
-    return {"counts": 1, "gram": 1}
+        return {"counts": 1 + r, "stats": noise_scale(config)[1] + r}
+    return {"counts": 1 + r, "gram": 1 + r}
+
+
+def run_fingerprint(config: AnyConfig) -> str:
+    """SHA-256 of the configuration's canonical JSON: what a release log counts a run by (two
+    runs with equal settings are one run to it, unless their ``run_id`` differs)."""
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_job(config: AnyConfig, meta: dict[str, Any]) -> None:

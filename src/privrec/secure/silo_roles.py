@@ -8,9 +8,9 @@ import os
 import threading
 import time
 import warnings
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from privrec.secure.channel import (
     connect,
 )
 from privrec.secure.prg import add_mask
+from privrec.secure.release_log import ReleaseLog
 from privrec.secure.silo_config import (
     AnyConfig,
     SiloConfig,
@@ -46,7 +47,6 @@ from privrec.secure.silo_config import (
     ease_noise_plan,
     noise_plan,
     noise_scale,
-    release_limits,
 )
 from privrec.secure.silo_stats import binary, silo_counts, silo_gram, silo_statistics
 from privrec.secure.silo_wire import (
@@ -175,6 +175,11 @@ class AggregationServer:
         the server's own copy (CLI: ``--config``), **required**: the server recomputes each
         release's noise from it and refuses a plan with less, so a driver cannot lower the
         noise the server adds.
+    release_log
+        A file counting the releases this server answered for the run, across sessions
+        (:class:`~privrec.secure.release_log.ReleaseLog`; CLI: ``--release-log``). Without it
+        the limit on releases holds for this object only: a driver restarting the session
+        would be answered afresh.
     """
 
     def __init__(
@@ -186,6 +191,7 @@ class AggregationServer:
         timeout: float = 60.0,
         allow_no_noise: bool = False,
         crash_at_round: int | None = None,
+        release_log: Path | str | None = None,
     ) -> None:
         self.identity = identity
         if isinstance(config, SiloConfig):
@@ -207,8 +213,7 @@ class AggregationServer:
         self.timings: list[dict[str, float]] = []
         self._scratch = np.empty(0, dtype=np.uint64)
         self._sum = np.empty(0, dtype=np.uint64)
-        self._limits = release_limits(config)
-        self._served: Counter[str] = Counter()
+        self._log = ReleaseLog(release_log, config)
 
     def run(self) -> None:
         """Serve one training session (returns on BYE, raises if the session breaks)."""
@@ -291,13 +296,9 @@ class AggregationServer:
             raise ConfigError("noise plan does not cover the vector")
         if n_head > self.config.n_items:
             raise ConfigError(f"the plan's head ({n_head} items) exceeds the catalogue")
-        # never more releases of a kind than the configuration plans: answering repeats would
-        # let a driver average the noise away
-        if self._served[kind] >= self._limits.get(kind, 0):
-            raise ConfigError(
-                f"a {kind!r} release beyond the {self._limits.get(kind, 0)} the configuration plans"
-            )
-        self._served[kind] += 1
+        # never more releases of a kind than the configuration plans (and its retries):
+        # answering repeats would let a driver average the noise away
+        self._log.take(kind)
         if isinstance(self.config, SiloConfig):
             expected = noise_plan(self.config, self._z, kind, n_head)
         else:
@@ -414,6 +415,10 @@ class Silo:
     server as soon as the job arrives and the array share to the second once computed; the
     two sends run concurrently, so a server that stops reading can only stall its own share
     (and is the one the driver names).
+
+    With ``config`` the silo refuses jobs beyond the configuration's bounds and releases beyond
+    its plan (and ``retries``); ``release_log`` counts them across sessions, as for
+    :class:`AggregationServer`.
     """
 
     def __init__(
@@ -424,9 +429,12 @@ class Silo:
         *,
         timeout: float = 60.0,
         config: AnyConfig | None = None,
+        release_log: Path | str | None = None,
     ) -> None:
         self.identity = identity
         self.roster = roster
+        if config is None and release_log is not None:
+            raise ConfigError("a release log counts a run's releases: give the configuration too")
         if config is None:
             warnings.warn(
                 "a silo without its own copy of the run's configuration (CLI: --config) cannot "
@@ -437,8 +445,7 @@ class Silo:
                 stacklevel=2,
             )
         self.config = config
-        self._limits = release_limits(config) if config is not None else None
-        self._answered: Counter[str] = Counter()
+        self._log = None if config is None else ReleaseLog(release_log, config)
         self.x = binary(matrix)
         self.timeout = timeout
         self.n_silos = len(roster.names("silo"))
@@ -521,15 +528,10 @@ class Silo:
 
     def _check_job(self, meta: dict[str, Any]) -> None:
         """The job against the silo's own configuration: bounds, encoding, release count."""
-        if self.config is None or self._limits is None:
+        if self.config is None or self._log is None:
             return
         check_job(self.config, meta)
-        kind = str(meta["kind"])
-        if self._answered[kind] >= self._limits[kind]:
-            raise ConfigError(
-                f"a {kind!r} release beyond the {self._limits[kind]} the configuration plans"
-            )
-        self._answered[kind] += 1
+        self._log.take(str(meta["kind"]))
 
     def _buffer(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
         if dim not in self._buffers:

@@ -1,0 +1,146 @@
+"""Release counts kept across sessions (``--release-log``) and the retries the noise pays for.
+
+A server or silo refuses more releases of a kind than the run plans; counted in memory, a
+driver restarting the session was answered afresh (and could average repeated releases' noise
+away). A release log keeps the count across sessions; a resumed run that redoes a step needs
+``retries`` in the configuration, which the noise is sized for.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import dp_accounting
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from privrec.errors import ConfigError, PrivacyWarning, ProtocolAbort
+from privrec.models.dp_als import dpals_event, resolve_iterations
+from privrec.privacy.mechanisms import gaussian_event
+from privrec.secure.release_log import FORMAT, ReleaseLog
+from privrec.secure.silo import SiloConfig, SiloEASEConfig, run_local
+from privrec.secure.silo_config import ease_noise, noise_scale, release_limits, run_fingerprint
+
+N_ITEMS = 50
+CONFIG = SiloConfig(epsilon=4.0, delta=1e-6, n_items=N_ITEMS, factors=4, iterations=3)
+
+
+def test_counts_survive_a_new_session_and_runs_are_told_apart(tmp_path: Path) -> None:
+    path = tmp_path / "server0.json"
+    first = ReleaseLog(path, CONFIG)
+    first.take("counts")
+    first.take("stats")
+    again = ReleaseLog(path, CONFIG)  # a restarted session (a new process in real life)
+    assert again.answered("counts") == 1 and again.answered("stats") == 1
+    with pytest.raises(ConfigError, match=r"beyond the 1 .*kept across sessions"):
+        again.take("counts")
+    again.take("stats")
+    again.take("stats")
+    with pytest.raises(ConfigError, match="beyond the 3"):
+        again.take("stats")
+    assert again.answered("stats") == 3  # a refusal counts nothing
+    other = ReleaseLog(path, CONFIG.model_copy(update={"run_id": "second-run"}))
+    other.take("counts")  # another run: its own counts
+    doc = json.loads(path.read_text())
+    assert doc["format"] == FORMAT and len(doc["runs"]) == 2
+    assert doc["runs"][run_fingerprint(CONFIG)] == {"counts": 1, "stats": 3}
+    memory = ReleaseLog(None, CONFIG)  # no file: this object's life only
+    memory.take("counts")
+    with pytest.raises(ConfigError, match=r"beyond the 1 the configuration plans$"):
+        memory.take("counts")
+    assert ReleaseLog(None, CONFIG).answered("counts") == 0
+
+
+def test_a_file_that_is_not_a_release_log_is_refused_and_left_alone(tmp_path: Path) -> None:
+    for text in ('{"runs": {}}', "not json", '{"format": "privrec-release-log", "version": 1, '
+                 '"runs": {"x": {"stats": -1}}}', "[]"):  # fmt: skip
+        path = tmp_path / "log.json"
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=r"release log|not a privrec release log"):
+            ReleaseLog(path, CONFIG)
+        assert path.read_text() == text
+    with pytest.raises(ConfigError, match="folder does not exist"):
+        ReleaseLog(tmp_path / "nowhere" / "log.json", CONFIG)
+
+
+def test_retries_are_paid_for_in_the_noise() -> None:
+    """σ with r retries meets ε for the plan plus r more releases of each kind (RDP, as the
+    configuration is accounted); r = 0 is the plan alone, as before."""
+    sigma0, t = noise_scale(CONFIG)
+    assert t == resolve_iterations(3, 4.0) == 3
+    r = 2
+    c = CONFIG.model_copy(update={"retries": r})
+    sigma, _ = noise_scale(c)
+    assert sigma > sigma0
+    event = dp_accounting.ComposedDpEvent(
+        [
+            dpals_event(sigma, t + r, c.max_per_user, c.ratios),
+            dp_accounting.SelfComposedDpEvent(gaussian_event(c.ratios[3] * sigma), r),
+        ]
+    )
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(event)
+    assert acc.get_epsilon(c.delta) == pytest.approx(c.epsilon, rel=1e-3)
+    assert release_limits(c) == {"counts": 1 + r, "stats": t + r}
+    ease = SiloEASEConfig(epsilon=3.0, delta=1e-6, n_items=N_ITEMS, max_items=N_ITEMS)
+    z0, zc0 = ease_noise(ease)
+    z1, zc1 = ease_noise(ease.model_copy(update={"retries": 1}))
+    assert zc0 is not None and zc1 is not None and z1 > z0 and zc1 > zc0
+    assert release_limits(ease.model_copy(update={"retries": 1})) == {"counts": 2, "gram": 2}
+
+
+def _matrices() -> list[sp.csr_matrix]:
+    rng = np.random.default_rng(3)
+    x = sp.csr_matrix((rng.random((180, N_ITEMS)) < 0.12).astype(np.float64))
+    return [sp.csr_matrix(x[:90]), sp.csr_matrix(x[90:])]
+
+
+def test_a_resumed_run_redoing_a_step_needs_retries(tmp_path: Path) -> None:
+    """A server dies as step 2 starts, after the other server and the silos answered it: with
+    release logs, the resumed run that redoes step 2 is refused unless the configuration pays
+    for a retry — the restart no longer resets the count."""
+    base = dict(epsilon=4.0, delta=1e-6, n_items=N_ITEMS, factors=4, iterations=3,
+                head_min=20, count_sample=1000, insecure_disable_noise=True)  # fmt: skip
+    for retries, resumes in ((0, False), (1, True)):
+        c = SiloConfig(**base, retries=retries)  # type: ignore[arg-type]
+        ck, logs = tmp_path / f"ck{retries}", tmp_path / f"logs{retries}"
+        logs.mkdir()
+        kw = dict(checkpoint=ck, allow_no_noise=True, timeout=10, release_logs=logs)
+        with pytest.raises(ProtocolAbort):
+            run_local(_matrices(), c, crash_server_at_round=3, **kw)  # type: ignore[arg-type]
+        answered = json.loads((logs / "server0.json").read_text())["runs"]
+        assert answered[run_fingerprint(c)] == {"counts": 1, "stats": 2}
+        if resumes:
+            result = run_local(_matrices(), c, resume=True, **kw)  # type: ignore[arg-type]
+            assert len(result.guarantee.events) == 1 + 3 * 3
+        else:
+            with pytest.raises((ProtocolAbort, ConfigError), match="beyond the 3"):
+                run_local(_matrices(), c, resume=True, **kw)  # type: ignore[arg-type]
+
+
+def test_the_cli_warns_without_a_release_log_and_config_draws_a_run_id(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from privrec.cli.main import app
+    from privrec.cli.silo import _unlogged
+
+    with pytest.warns(PrivacyWarning, match="answered afresh"):
+        _unlogged(None, "an aggregation server")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _unlogged(tmp_path / "log.json", "a silo")
+    ids = set()
+    for name in ("a.json", "b.json"):
+        res = CliRunner().invoke(
+            app,
+            ["silo", "config", "--out", str(tmp_path / name), "--epsilon", "2", "--n-items",
+             "30", "--retries", "1"],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        doc = json.loads((tmp_path / name).read_text())
+        assert doc["retries"] == 1 and doc["run_id"]
+        ids.add(doc["run_id"])
+    assert len(ids) == 2  # each run its own id: release logs count them apart

@@ -199,7 +199,7 @@ class Partition:
         del parts
         report = digest = members = None
         if policy is not None:
-            from privrec.governance.db import user_digests
+            from privrec.governance.db import deletions_in, user_digests
             from privrec.governance.policy import apply_policy, content_hash
 
             digests = user_digests(policy.user_key, data.user_ids)
@@ -207,7 +207,7 @@ class Partition:
                 data,
                 policy.policy,
                 user_digests=digests,
-                deleted=policy.deleted,
+                deleted=deletions_in(policy.user_key, data.user_ids, digests, policy.deleted),
                 consented=policy.consented,
                 now=policy.now,
             )

@@ -191,6 +191,10 @@ def verify(conn: Connection, *, expect_head: str | None = None) -> AuditVerifica
     Names the first bad row: a missing ``seq`` (a deleted row), a row whose hash does not match
     its content (edited), or a row whose ``prev_hash`` is not its predecessor's hash (reordered,
     or inserted). Then every tracked table row must equal the fingerprint last logged for it.
+
+    ``expect_head`` is a head hash printed (and pinned elsewhere) earlier: it must still be the
+    hash of some row of the chain — the ledger may have moved on since — so a log rewritten up
+    to the pin, or cut back to before it, fails.
     """
     t = tbl.AuditRow.__table__
     prev_hash = GENESIS
@@ -199,6 +203,7 @@ def verify(conn: Connection, *, expect_head: str | None = None) -> AuditVerifica
     latest: dict[str, tuple[str, int]] = {}
     consent_batches: list[tuple[int, int, str, int]] = []
     init_key_print: tuple[str, int] | None = None
+    pinned_seq: int | None = None
     result = conn.execution_options(yield_per=2000).execute(sa.select(t).order_by(t.c.seq))
     for row in result:
         if row.seq != expected:
@@ -238,6 +243,8 @@ def verify(conn: Connection, *, expect_head: str | None = None) -> AuditVerifica
                 n, prev_hash, row.seq, f"audit log broken: row {row.seq}'s payload is malformed"
             )
         prev_hash = row.hash
+        if expect_head is not None and row.hash == expect_head:
+            pinned_seq = row.seq
         expected += 1
         n += 1
     try:
@@ -252,22 +259,48 @@ def verify(conn: Connection, *, expect_head: str | None = None) -> AuditVerifica
             f"audit log broken: the head records row {head_seq} but the log ends at row {n} "
             f"(row {n + 1} onwards was deleted)",
         )
-    if expect_head is not None and expect_head != prev_hash:
+    if expect_head is not None and pinned_seq is None:
+        # A pin is a head printed earlier: the ledger has usually moved on since, so the pinned
+        # hash must still be *in* the chain (at any row), not be its head. Comparing with the
+        # head failed after every later action, so a pin could only be checked before the next
+        # write — useless for the rewrite and cut-tail detection it exists for.
         return _bad(
             n,
             prev_hash,
             None,
-            f"audit log head {prev_hash[:16]}… differs from the pinned head {expect_head[:16]}…: "
-            "history was rewritten (or the pin is from another ledger)",
+            f"the pinned head {expect_head[:16]}… is not in the audit log (its head is now "
+            f"{prev_hash[:16]}…): history up to the pin was rewritten or the log was cut back "
+            "before it (or the pin is from another ledger)",
         )
     seen: set[str] = set()
     for name, table in TRACKED.items():
+        binary = [c.name for c in table.columns if isinstance(c.type, sa.LargeBinary)]
         for r in conn.execution_options(yield_per=2000).execute(
             sa.select(table).order_by(table.c.id)
         ):
             key = f"{name}/{r.id}"
             seen.add(key)
             logged = latest.get(key)
+            # a binary column is fingerprinted by its bytes' SHA-256 as the text "sha256:…";
+            # SQLite lets any column hold text, so that very text stored *instead* of the bytes
+            # (a dataset version's member list erased) would fingerprint the same
+            wrong_type = next(
+                (
+                    c
+                    for c in binary
+                    if r._mapping[c] is not None
+                    and not isinstance(r._mapping[c], bytes | bytearray | memoryview)
+                ),
+                None,
+            )
+            if wrong_type is not None:
+                return _bad(
+                    n,
+                    prev_hash,
+                    None if logged is None else logged[1],
+                    f"table {name} row {r.id} was edited: its {wrong_type} column holds "
+                    f"{type(r._mapping[wrong_type]).__name__}, not bytes",
+                )
             if logged is None:
                 return _bad(
                     n,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -360,6 +361,36 @@ def user_digests(key: bytes, user_ids: np.ndarray | list[Any]) -> np.ndarray:
         h = hashlib.blake2b(str(u).encode(), key=key, digest_size=8).digest()
         out[i] = int.from_bytes(h, "little")
     return out
+
+
+def deletions_in(
+    key: bytes, user_ids: np.ndarray, digests: np.ndarray, deleted: np.ndarray
+) -> np.ndarray:
+    """``deleted`` plus the hashes of the data's users whose id, in Unicode NFC or NFD form, was
+    asked to be deleted — what every place applying a policy (a load, a policy check, the
+    engine's workers) passes as ``deleted``.
+
+    Ids are hashed as given, and the same name can be written in two Unicode forms ("José" as
+    one code point é, or as e and a combining accent): a deletion request in one form matched
+    nobody in data holding the other, and the person stayed in every later load (only warned
+    about, and only once a version held them). Dropping them is the privacy-conservative side;
+    consents are left exact (a form mismatch there already drops the person).
+    """
+    if not deleted.size:
+        return deleted
+    extra: list[np.ndarray] = []
+    for form in ("NFC", "NFD"):
+        idx = [
+            i
+            for i, u in enumerate(user_ids)
+            if isinstance(u, str) and not unicodedata.is_normalized(form, u)
+        ]
+        if idx:
+            alt = user_digests(key, [unicodedata.normalize(form, user_ids[i]) for i in idx])
+            hit = np.isin(alt, deleted)
+            if hit.any():
+                extra.append(digests[np.asarray(idx)[hit]])
+    return np.concatenate([deleted, *extra]) if extra else deleted
 
 
 def digest_hex(value: int | np.integer[Any]) -> str:

@@ -28,7 +28,7 @@ from privrec.errors import DataWarning, GovernanceError, StaleDataError
 from privrec.governance import audit
 from privrec.governance import schema as tbl
 from privrec.governance.auth import require
-from privrec.governance.db import digest_hex, read_transaction, user_digests
+from privrec.governance.db import deletions_in, digest_hex, read_transaction, user_digests
 from privrec.governance.policy import (
     _FALSE,
     _TRUE,
@@ -191,7 +191,12 @@ class LedgerIntake(LedgerBase):
                     consented = self._consented(conn, ds.id, policy, key)
             digests = user_digests(key, data.user_ids)
             out, report = apply_policy(
-                data, policy, user_digests=digests, deleted=deleted, consented=consented, now=_now()
+                data,
+                policy,
+                user_digests=digests,
+                deleted=deletions_in(key, data.user_ids, digests, deleted),
+                consented=consented,
+                now=_now(),
             )
             if file_digest is not None:
                 report = report.model_copy(update={"consent_file_sha256": file_digest})
@@ -355,11 +360,12 @@ class LedgerIntake(LedgerBase):
         """What :meth:`load` would keep and drop (counts only), without registering anything."""
         require(self.principal, "read_own", "checking a policy")
         policy, key, deleted, consented = self._policy_inputs(dataset)
+        digests = user_digests(key, data.user_ids)
         _, report = apply_policy(
             data,
             policy,
-            user_digests=user_digests(key, data.user_ids),
-            deleted=deleted,
+            user_digests=digests,
+            deleted=deletions_in(key, data.user_ids, digests, deleted),
             consented=consented,
             now=_now(),
         )

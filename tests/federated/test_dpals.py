@@ -401,3 +401,32 @@ def test_noise_is_sized_for_the_honest_floor(monkeypatch: pytest.MonkeyPatch) ->
         FederatedDPALS(
             epsilon=5.0, delta=1e-3, factors=2, min_survivor_fraction=0.5, corrupt_fraction=0.6
         ).fit(data)
+
+
+def test_full_secagg_graph_is_sized_for_the_corrupt_fraction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The noise assumes up to ``corrupt_fraction`` of the devices collude with the server; the
+    SecAgg+ graph must assume as many, or colluders holding ``t`` shares of an honest
+    neighbour's secrets unmask its input alone (the rounds were built for the default 5%:
+    at n = 1000 and 30% corrupt, k = 29, t = 17 leaves ~0.8 honest devices per round exposed)."""
+    import privrec.federated.dpals as fd
+    from privrec.secure import choose_parameters
+
+    data = synthetic(n_users=120, n_items=30, interactions_per_user=8, seed=1)
+    seen: list[tuple[float, int, int]] = []
+    from privrec.federated import secure_sum as real
+
+    def spy(*args: object, **kw: object) -> object:
+        res = real(*args, **kw)  # type: ignore[arg-type]
+        seen.append((kw["corrupt_fraction"], res.neighbours, res.threshold))  # type: ignore[arg-type]
+        return res
+
+    monkeypatch.setattr(fd, "secure_sum", spy)
+    kw = {"epsilon": 5.0, "delta": 1e-3, "factors": 2, "iterations": 1, "seed": 2}
+    FederatedDPALS(**kw, secure="full", corrupt_fraction=0.2, dropout=0.02).fit(data)  # type: ignore[arg-type]
+    want = choose_parameters(120, dropout_rate=0.05, corrupt_fraction=0.2)
+    assert seen and all(cf == 0.2 for cf, _, _ in seen)
+    assert {(k, t) for _, k, t in seen} == {(want.neighbours, want.threshold)}
+    low = choose_parameters(120, dropout_rate=0.05, corrupt_fraction=0.05)
+    assert want.threshold > low.threshold  # the old graph's threshold was too low

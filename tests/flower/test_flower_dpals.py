@@ -148,3 +148,24 @@ def test_the_example_apps_run_config_parses_for_both_algorithms() -> None:
     params, settings = parse_dpals_run_config({**cfg, "algorithm": "dpals"})
     assert settings.algorithm == "dpals" and params["epsilon"] == 1.0 and params["factors"] is None
     assert mf.factors == 16
+
+
+def test_rounds_size_the_secagg_graph_for_the_corrupt_fraction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reviewer found Flower's DPALS rounds built their SecAgg+ graph for the default 5% of
+    colluding devices whatever ``corrupt_fraction`` the noise was sized for (the simulation had
+    the same bug): colluders beyond 5% could then unmask a device's input."""
+    import privrec.federated.flower.dpals as fd
+    from privrec.secure.round import RoundConfig
+
+    seen: list[float] = []
+    real = RoundConfig.create
+
+    def spy(*args: Any, **kw: Any) -> Any:
+        seen.append(kw.get("corrupt_fraction", 0.05))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(fd.RoundConfig, "create", spy)
+    _flower(tmp_path, LocalTransport(3), corrupt_fraction=0.2)
+    assert seen and set(seen) == {0.2}

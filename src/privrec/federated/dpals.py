@@ -208,7 +208,7 @@ class FederatedDPALS(DPALS):
         budget, rng = self._begin(data, c)
         fault_rng = np.random.default_rng(None if c.seed is None else c.seed + 7)
         salt = draw_salt(rng) if c.seed is None else c.seed
-        devices = SimulatedDevices(x, c.secure, c.dropout, rng, fault_rng, salt, c.seed)
+        devices = SimulatedDevices(x, c, rng, fault_rng, salt)
         self._train(devices, x.shape[0], x.shape[1], c, budget, rng)
         xh = sp.csr_matrix(x[:, self.head_items_])
         xh.sort_indices()
@@ -620,20 +620,18 @@ class SimulatedDevices:
     def __init__(
         self,
         x: sp.csr_matrix,
-        secure: Secure,
-        dropout: float,
+        c: FederatedDPALSConfig,
         rng: np.random.Generator,
         fault_rng: np.random.Generator,
         salt: int,
-        seed: int | None,
     ) -> None:
-        self.x, self.secure, self.dropout = x, secure, dropout
-        self.rng, self.fault_rng, self.salt, self.seed = rng, fault_rng, salt, seed
+        self.x, self.secure, self.dropout, self.corrupt = x, c.secure, c.dropout, c.corrupt_fraction
+        self.rng, self.fault_rng, self.salt, self.seed = rng, fault_rng, salt, c.seed
         self.keys = np.arange(x.shape[0], dtype=np.uint64)
         self.description = "Simulated rounds" + (
             " ('aggregate' mode: the noise of the decoded sums is drawn centrally)."
-            if secure == "aggregate"
-            else f" ('{secure}' SecAgg+ path)."
+            if c.secure == "aggregate"
+            else f" ('{c.secure}' SecAgg+ path)."
         )
 
     def secure_sum(self, task: DeviceTask, enc: DistributedDPEncoder, n_min: int) -> SumResult:
@@ -672,8 +670,9 @@ class SimulatedDevices:
         full = np.zeros((n, enc.encoded_dim), dtype=np.uint64)
         full[ids] = encoded
         res = secure_sum(
-            n, enc.encoded_dim, enc.bits, lambda i: full[i], crash=crash,
-            mode=self.secure, min_survivors=n_min,
+            n, enc.encoded_dim, enc.bits, lambda i: full[i], crash=crash, mode=self.secure,
+            min_survivors=n_min, corrupt_fraction=self.corrupt,
+            dropout_rate=max(self.dropout, 0.05),  # the graph for the colluders the noise assumes
         )  # fmt: skip
         pad_rng = padding_generator(self.seed, "dpals", task.label, 0)
         decoded = enc.decode(res.sum, len(res.survivors), rng=pad_rng)

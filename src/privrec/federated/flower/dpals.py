@@ -137,9 +137,12 @@ class FlowerDevices:
             entry = RoundLog(round=self.count, attempt=attempt, kind="dpals", sampled=int(ids.size))
             t0 = time.perf_counter()
             try:
+                # the neighbour graph is sized for the colluders the noise assumes, as in the
+                # simulation (5 % by default): a graph for fewer lets them unmask a device
                 rc = RoundConfig.create(
-                    ids.tolist(), enc.encoded_dim, enc.bits, min_survivors=n_min
-                )
+                    ids.tolist(), enc.encoded_dim, enc.bits, min_survivors=n_min,
+                    corrupt_fraction=r.model.corrupt_fraction,
+                )  # fmt: skip
                 result = r._secure_sum(entry, rc, extra)
             except ProtocolAbort as exc:
                 entry.aborted = f"{exc.phase}: {exc.reason}"

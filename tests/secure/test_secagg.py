@@ -261,6 +261,33 @@ def test_bad_revealed_share_aborts() -> None:
         run_round(config, x, to_server=corrupt)
 
 
+def test_one_lying_neighbour_among_more_than_t_does_not_abort_the_round() -> None:
+    """A reviewer's single neighbour revealing a wrong share aborted every round (the server
+    rebuilt from the first t shares only); with more than t shares the server tries other
+    t-subsets until the commitment checks, and the sum is exact. With only t shares a wrong one
+    still aborts (nothing else could rebuild the secret)."""
+    config = RoundConfig.create(6, 4, 16, neighbours=5, threshold=3, round_id=ROUND)
+    x = _inputs(config, 3)
+
+    def one_liar(phase: str, msgs: dict[int, Any]) -> dict[int, Any]:
+        if phase != "unmask":
+            return msgs
+        out = dict(msgs)
+        liar = min(out)
+        resp = out[liar]
+        shares = tuple(
+            RevealedShare(s.owner, bytes(b ^ 0x5A for b in s.share)) for s in resp.seed_shares
+        )
+        out[liar] = dataclasses.replace(resp, seed_shares=shares)
+        return out
+
+    result = run_round(config, x, to_server=one_liar)
+    np.testing.assert_array_equal(result.sum, plain_sum(config, x, set(range(6))))
+    exact = RoundConfig.create(4, 4, 16, neighbours=3, threshold=3, round_id=ROUND)
+    with pytest.raises(ProtocolAbort, match="bad share"):
+        run_round(exact, _inputs(exact, 4), to_server=one_liar)
+
+
 def test_server_rejects_duplicates_and_strangers() -> None:
     with pytest.raises(DuplicateClientError):
         RoundConfig.create([1, 2, 2, 3], 4)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hmac
+import itertools
+import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
@@ -428,17 +431,21 @@ class SecAggServer:
                 )
         acc = self._acc
         t0 = time.perf_counter()
-        seeds = {u: self._rebuild(u, seed_shares[u]) for u in sorted(self._u3)}
-        for u, seed in seeds.items():
-            if commit(cfg.round_id, u, seed) != self._keys[u].seed_commitment:
-                raise ProtocolAbort("unmask", f"bad share: client {u}'s seed fails its commitment")
+        seeds = {
+            u: self._rebuild(
+                u, seed_shares[u], partial(self._seed_ok, u), "seed fails its commitment"
+            )
+            for u in sorted(self._u3)
+        }
         t_seeds = time.perf_counter()
-        keys: dict[int, X25519PrivateKey] = {}
-        for u in gone:
-            key = X25519PrivateKey.from_private_bytes(self._rebuild(u, key_shares[u]))
-            if raw_public(key) != self._keys[u].mask_public_key:
-                raise ProtocolAbort("unmask", f"bad share: client {u}'s key fails its public key")
-            keys[u] = key
+        keys = {
+            u: X25519PrivateKey.from_private_bytes(
+                self._rebuild(
+                    u, key_shares[u], partial(self._key_ok, u), "key fails its public key"
+                )
+            )
+            for u in gone
+        }
         t1 = time.perf_counter()
         for seed in seeds.values():
             add_mask(acc, seed, subtract=True)
@@ -469,12 +476,58 @@ class SecAggServer:
             stats=stats,
         )
 
-    def _rebuild(self, owner: int, pool: list[tuple[int, bytes]]) -> bytes:
+    def _seed_ok(self, u: int, seed: bytes) -> bool:
+        return commit(self.config.round_id, u, seed) == self._keys[u].seed_commitment
+
+    def _key_ok(self, u: int, key: bytes) -> bool:
+        return _public_of(key) == self._keys[u].mask_public_key
+
+    def _rebuild(
+        self, owner: int, pool: list[tuple[int, bytes]], valid: Callable[[bytes], bool], what: str
+    ) -> bytes:
+        """``owner``'s secret from ``t`` of its shares, checked by ``valid`` (its commitment or
+        public key). A wrong share (a lying neighbour, or one damaged) fails the check: other
+        ``t``-subsets of the shares that arrived are tried (each leaving out one of the first
+        ``t + 1``, then random ones, :data:`REBUILD_TRIES` in all), so one liar among more than
+        ``t`` responders no longer aborts the round. The server holds all these shares anyway:
+        trying more subsets learns nothing more than the one committed secret."""
         t = self.config.threshold
-        chosen = sorted(pool)[:t]
-        try:
-            arr = np.stack([np.frombuffer(s, dtype="<u4") for _, s in chosen])
-            (secret,) = shamir.reconstruct([x for x, _ in chosen], arr, t)
-        except (MessageRejected, ValueError) as exc:
-            raise ProtocolAbort("unmask", f"bad share of client {owner}: {exc}") from exc
-        return secret
+        last = "no subset of the shares rebuilds it"
+        for chosen in itertools.islice(_share_subsets(sorted(pool), t, owner), REBUILD_TRIES):
+            try:
+                arr = np.stack([np.frombuffer(s, dtype="<u4") for _, s in chosen])
+                (secret,) = shamir.reconstruct([x for x, _ in chosen], arr, t)
+            except (MessageRejected, ValueError) as exc:
+                last = str(exc)
+                continue
+            if valid(secret):
+                return secret
+        raise ProtocolAbort("unmask", f"bad share: client {owner}'s {what} ({last})")
+
+
+#: how many t-subsets of a client's shares the server tries before it calls a share bad
+REBUILD_TRIES = 64
+
+
+def _share_subsets(
+    shares: list[tuple[int, bytes]], t: int, owner: int
+) -> Iterator[list[tuple[int, bytes]]]:
+    """The first ``t`` shares; then the ``t``-subsets of the first ``t + 1`` (any one of them
+    left out: one bad share among them is passed by); then random ``t``-subsets."""
+    yield shares[:t]
+    if len(shares) <= t:
+        return
+    head = shares[: t + 1]
+    for i in range(t + 1):
+        yield head[:i] + head[i + 1 :]
+    pick = random.Random(owner)  # which subsets to try: no secret, any generator will do
+    while True:
+        yield sorted(pick.sample(shares, t))
+
+
+def _public_of(secret: bytes) -> bytes | None:
+    """The X25519 public key of a rebuilt private key (``None`` if it is not one)."""
+    try:
+        return raw_public(X25519PrivateKey.from_private_bytes(secret))
+    except ValueError:
+        return None

@@ -474,6 +474,14 @@ def test_a_peers_pickle_can_build_plain_data_only() -> None:
         safe_loads(pickle.dumps(Evil()))
     with pytest.raises(MessageRejected, match="malformed"):
         safe_loads(pickle.dumps([1, 2, 3])[:-3])
+    # plain data amplifies (one DUP byte, one 8-byte list slot: 16 MiB took 397 MiB, past the
+    # buffer cap's bound): the only pickle, the parameter digest, is ~80 bytes; larger is refused
+    from privrec.secure.mpc_wire import MAX_PICKLE_BYTES
+
+    bomb = b"](N" + b"2" * MAX_PICKLE_BYTES + b"e."
+    with pytest.raises(MessageRejected, match="more than"):
+        safe_loads(bomb)
+    assert len(safe_loads(bomb[: MAX_PICKLE_BYTES - 8] + b"e.")) > 60_000
     import types
 
     runtime = types.SimpleNamespace(pickle=pickle)  # stands in for mpyc.runtime
@@ -626,6 +634,73 @@ def test_a_repeated_message_or_a_lost_link_aborts_the_party() -> None:
             rt._privrec_refused.result()
         rt, ex = world(True)
         ex.connection_lost(None)  # MPyC's own shutdown
+        assert not rt._privrec_refused.done()
+    finally:
+        loop.close()
+
+
+def test_a_connecting_peer_may_claim_only_its_own_id() -> None:
+    """MPyC believed the two id bytes a connecting peer sends: a party (with TLS, any holder of
+    a party certificate) could claim another's id — or one already connected — and receive the
+    messages meant for it, and a connection that closed before saying who it was aborted the
+    listening party. A claim is now accepted only for a lower, not yet connected party whose
+    certificate (over TLS) names it; any other connection is dropped alone."""
+    import asyncio
+    import struct
+    import types
+    from typing import Any
+
+    mpyc_asyncoro = pytest.importorskip("mpyc.asyncoro")
+    from privrec.secure.mpc_tls import tls_name
+    from privrec.secure.mpc_wire import bounded_exchanger
+
+    loop = asyncio.new_event_loop()
+    try:
+        parties = [types.SimpleNamespace(pid=i, protocol=None) for i in range(3)]
+        parties[2].protocol = loop.create_future()  # this party: 2, listening for 0 and 1
+        rt = types.SimpleNamespace(
+            _loop=loop,
+            pid=2,
+            parties=parties,
+            options=types.SimpleNamespace(no_prss=True),
+            _privrec_refused=loop.create_future(),
+            _privrec_closing=False,
+            set_protocol=lambda pid, proto: setattr(parties[pid], "protocol", proto),
+            unset_protocol=lambda pid: setattr(parties[pid], "protocol", None),
+        )
+        cls = bounded_exchanger(mpyc_asyncoro.MessageExchanger, cap=1 << 20)
+
+        def connect(claim: int, cert_name: str | None = None) -> tuple[Any, list[bool]]:
+            aborted: list[bool] = []
+            extra = {}
+            if cert_name is not None:
+                extra = {
+                    "ssl_object": object(),
+                    "peercert": {"subjectAltName": (("DNS", cert_name),)},
+                }
+            ex = cls(rt)  # the listening side: the peer's id comes in its first bytes
+            ex.transport = types.SimpleNamespace(
+                abort=lambda: aborted.append(True), get_extra_info=extra.get
+            )
+            ex.data_received(claim.to_bytes(2, "little") + struct.pack("<qI", 1, 0))
+            return ex, aborted
+
+        for bad in (2, 5, 65535):  # itself, no such party
+            ex, aborted = connect(bad)
+            assert aborted == [True] and all(p.protocol is None for p in parties[:2])
+            ex.connection_lost(None)  # dropping it does not abort this party
+        ex, aborted = connect(0, cert_name=tls_name(1))  # party 1's certificate claiming 0
+        assert aborted == [True] and parties[0].protocol is None
+        ex, aborted = connect(0, cert_name=tls_name(0))
+        assert not aborted and parties[0].protocol is ex
+        _, aborted = connect(0, cert_name=tls_name(0))  # party 0 twice
+        assert aborted == [True] and parties[0].protocol is ex
+        ex1, aborted = connect(1)  # plain TCP: the claim cannot be checked, but is in range
+        assert not aborted and parties[1].protocol is ex1
+        scan = cls(rt)
+        scan.transport = types.SimpleNamespace(abort=lambda: None, get_extra_info={}.get)
+        scan.data_received(b"\x00")  # half an id, then gone: a port scan
+        scan.connection_lost(None)
         assert not rt._privrec_refused.done()
     finally:
         loop.close()

@@ -186,3 +186,24 @@ def test_mpc_export_feeds_three_party_processes_that_print_external_ids(
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     expected = " ".join(str(i) for i in model.item_ids_[ref[0]])
     assert f"top-k items: {expected}" in outs[0]  # external ids, as `mpc topk` prints
+
+
+def test_secret_item_factors_are_written_for_their_holder_only(
+    model_file: Path, tmp_path: Path
+) -> None:
+    """A reviewer found ``party-1/item-factors.npy`` (the model holder's secret in
+    secret-items mode) written with the default mode 0644 while ``party-0/`` was 0600."""
+    from privrec.models import load_model
+    from privrec.secure.mpc import MPCParams
+    from privrec.secure.mpc_local import export_party_inputs
+
+    model = load_model(model_file)
+    row = model.user_items_[model.user_index([model.user_ids_[0]])].toarray().ravel()
+    bound = float(np.linalg.norm(model.item_factors_, axis=1).max()) * 1.01
+    params = MPCParams(user_norm_bound=100.0, item_norm_bound=bound)
+    export_party_inputs(model, row, tmp_path / "secret", k=3, public_items=False, params=params)
+    holder = tmp_path / "secret" / "party-1"
+    assert holder.stat().st_mode & 0o077 == 0
+    assert (holder / "item-factors.npy").stat().st_mode & 0o077 == 0
+    export_party_inputs(model, row, tmp_path / "open", k=3, public_items=True, params=params)
+    assert (tmp_path / "open" / "public" / "item-factors.npy").exists()

@@ -268,8 +268,8 @@ def export_party_inputs(
     """Write each party's own input files for ``privrec mpc party`` on separate machines.
 
     ``party-0/`` (the client's secrets, mode 0600: give it to party 0 only) holds the folded-in
-    user vector and the items to leave out; ``party-1/`` (or ``public/`` with
-    ``public_items``) the item factors; ``items.txt`` the catalogue's external ids and
+    user vector and the items to leave out; ``party-1/`` (the model holder's secret, mode 0600)
+    or ``public/`` with ``public_items`` the item factors; ``items.txt`` the catalogue's external ids and
     ``public.json`` the options every party must be given alike. Inputs are checked against
     the norm bounds first, as :func:`secure_top_k_local` does. Returns the public options.
     """
@@ -290,6 +290,8 @@ def export_party_inputs(
         for sub in (d / "party-0", holder):
             sub.mkdir(parents=True, exist_ok=True)
         os.chmod(d / "party-0", 0o700)
+        if not public_items:  # the model holder's secret item factors: its own eyes only
+            os.chmod(holder, 0o700)
     except OSError as exc:
         raise ConfigError(f"cannot create {str(d)!r}: {exc.strerror}") from None
 
@@ -302,7 +304,10 @@ def export_party_inputs(
 
     write_secret(d / "party-0" / "user-vector.npy", npy(u))
     write_secret(d / "party-0" / "exclude.npy", npy(np.asarray(exclude, dtype=np.int64)))
-    (holder / "item-factors.npy").write_bytes(npy(y))
+    if public_items:
+        (holder / "item-factors.npy").write_bytes(npy(y))
+    else:
+        write_secret(holder / "item-factors.npy", npy(y))
     ids = np.asarray(getattr(model, "item_ids_", np.arange(n_items)))
     (d / "items.txt").write_text("\n".join(str(v) for v in ids.tolist()) + "\n", encoding="utf-8")
     public = {

@@ -48,8 +48,20 @@ class _Unpickler(pickle.Unpickler):
         )
 
 
+#: Largest pickle a peer may send: the only one is the parameter digest (a 64-character string,
+#: ~80 bytes). Plain data still amplifies — one opcode byte becomes an 8-byte list slot, and a
+#: 16 MiB pickle of ``DUP`` s took 397 MiB — so the buffer cap alone did not bound the memory.
+MAX_PICKLE_BYTES = 64 * 1024
+
+
 def safe_loads(data: bytes) -> Any:
-    """``pickle.loads`` for built-in data only (numbers, strings, bytes, containers)."""
+    """``pickle.loads`` for built-in data only (numbers, strings, bytes, containers), of at most
+    :data:`MAX_PICKLE_BYTES`."""
+    if len(data) > MAX_PICKLE_BYTES:
+        raise MessageRejected(
+            f"a peer sent a pickle of more than {MAX_PICKLE_BYTES:,} bytes: refused (plain data "
+            "can still take many times its size in memory)"
+        )
     try:
         return _Unpickler(io.BytesIO(data)).load()
     except MessageRejected:
@@ -134,6 +146,7 @@ def bounded_exchanger(base: type, cap: int) -> type:
 
     class BoundedExchanger(base):  # type: ignore[misc]
         _rejected: MessageRejected | None = None
+        _refused_claim = False
 
         def __init__(self, *args: Any) -> None:
             super().__init__(*args)
@@ -161,6 +174,10 @@ def bounded_exchanger(base: type, cap: int) -> type:
                 transport.abort()
 
         def connection_lost(self, exc: Exception | None) -> None:
+            if self.peer_pid is None or self._refused_claim:
+                # never a party's link (a scan, or a connection refused for the id it claimed):
+                # MPyC would unset party ``None`` (a TypeError) and the party would abort
+                return
             # a link lost with an error, or closed before this party began its shutdown, ends
             # the protocol for this party too (MPyC alone would wait for its receives forever)
             if exc is not None or not getattr(self.runtime, "_privrec_closing", False):
@@ -176,8 +193,18 @@ def bounded_exchanger(base: type, cap: int) -> type:
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._rejected is not None:
+            if self._rejected is not None or self._refused_claim:
                 return
+            if self.peer_pid is None and len(self.bytes) + len(data) >= 2:
+                claimed = int.from_bytes((bytes(self.bytes[:2]) + data[:2])[:2], "little")
+                if not _may_claim(self.runtime, claimed, self.transport):
+                    # another party's id, one already connected, or one this party does not
+                    # listen for: drop this connection only (the real party may still connect)
+                    self._refused_claim = True
+                    self.bytes = bytearray()
+                    if self.transport is not None:
+                        self.transport.abort()
+                    return
             if self._held() + len(data) > cap:
                 self._reject(
                     f"a peer sent more than {cap >> 20} MiB this party had not yet read: "
@@ -205,6 +232,27 @@ def bounded_exchanger(base: type, cap: int) -> type:
             return super().receive(pc)
 
     return BoundedExchanger
+
+
+def _may_claim(runtime: Any, claimed: int, transport: Any) -> bool:
+    """Whether a connecting peer may be party ``claimed``: MPyC believes the first two bytes.
+
+    Only parties below this one connect to it, each once; over TLS the peer's certificate must
+    name ``claimed`` (:func:`~privrec.secure.mpc_tls.tls_name`) — before, any party certificate
+    could claim any id, and a party claiming another's received the messages meant for it.
+    """
+    from privrec.secure.mpc_tls import tls_name
+
+    parties = getattr(runtime, "parties", ())
+    if not 0 <= claimed < min(int(runtime.pid), len(parties)):
+        return False
+    if parties[claimed].protocol is not None:  # already connected
+        return False
+    if transport is None or transport.get_extra_info("ssl_object") is None:
+        return True  # plain TCP: nothing to check the claim against (loopback only)
+    cert = transport.get_extra_info("peercert") or {}
+    names = {value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"}
+    return tls_name(claimed) in names
 
 
 async def until_refused(coro: Any, runtime: Any) -> Any:

@@ -64,6 +64,27 @@ def _deleted_hashes(conn: Connection, dataset_id: int) -> np.ndarray:
     return np.array([int(h, 16) for h in rows], dtype=np.uint64)
 
 
+def _applied(
+    data: Interactions,
+    policy: Policy,
+    key: bytes,
+    deleted: np.ndarray,
+    consented: np.ndarray | None,
+) -> tuple[Interactions, PolicyReport, np.ndarray]:
+    """The data after ``policy``, its report and the data's user hashes (a load and a policy
+    check apply it alike)."""
+    digests = user_digests(key, data.user_ids)
+    out, report = apply_policy(
+        data,
+        policy,
+        user_digests=digests,
+        deleted=deletions_in(key, data.user_ids, digests, deleted),
+        consented=consented,
+        now=_now(),
+    )
+    return out, report, digests
+
+
 class LedgerIntake(LedgerBase):
     """Consents, deletion requests (owner) and loading data through the policy (analyst)."""
 
@@ -189,15 +210,7 @@ class LedgerIntake(LedgerBase):
                     if policy.consent.source != "ledger":  # read before the file's records
                         file_digest = consent_file_digest(policy.consent.source)
                     consented = self._consented(conn, ds.id, policy, key)
-            digests = user_digests(key, data.user_ids)
-            out, report = apply_policy(
-                data,
-                policy,
-                user_digests=digests,
-                deleted=deletions_in(key, data.user_ids, digests, deleted),
-                consented=consented,
-                now=_now(),
-            )
+            out, report, digests = _applied(data, policy, key, deleted, consented)
             if file_digest is not None:
                 report = report.model_copy(update={"consent_file_sha256": file_digest})
             h = content_hash(out)
@@ -360,16 +373,7 @@ class LedgerIntake(LedgerBase):
         """What :meth:`load` would keep and drop (counts only), without registering anything."""
         require(self.principal, "read_own", "checking a policy")
         policy, key, deleted, consented = self._policy_inputs(dataset)
-        digests = user_digests(key, data.user_ids)
-        _, report = apply_policy(
-            data,
-            policy,
-            user_digests=digests,
-            deleted=deletions_in(key, data.user_ids, digests, deleted),
-            consented=consented,
-            now=_now(),
-        )
-        return report
+        return _applied(data, policy, key, deleted, consented)[1]
 
     def policy_inputs(self, dataset: str) -> tuple[Policy, bytes, np.ndarray, np.ndarray | None]:
         """What :func:`apply_policy` needs besides the data: the policy, the user-hash key, and the

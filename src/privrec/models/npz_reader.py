@@ -29,7 +29,7 @@ import numpy as np
 from privrec.errors import DataError, ModelFileError, ModelFileTooLargeError
 from privrec.models.file_layout import check_ratio
 
-__all__ = ["ENV_MAX", "FORMAT", "KINDS", "READABLE", "ArchiveReader", "Header"]
+__all__ = ["ENV_MAX", "FORMAT", "KINDS", "READABLE", "ArchiveReader", "Check", "Header"]
 
 FORMAT = "privrec-model"
 READABLE = (1, 2)
@@ -77,19 +77,31 @@ class Header:
 
 
 #: Given the metadata and every member's header, check them and name the members to read,
-#: each with whether it is exempt from the ratio bound (``sparse``).
+#: each with whether it is exempt from the ratio bound (``sparse``), in the order to read them.
 Plan = Callable[[dict[str, Any], Mapping[str, Header]], Mapping[str, bool]]
+#: Called with each member right after it is inflated, before the next one is: a member whose
+#: contents make the rest pointless (a catalogue of duplicate ids, which pins the size of the
+#: ``sparse`` arrays) is refused before gigabytes of zeros are inflated for it.
+Check = Callable[[str, np.ndarray], None]
+#: Bytes inflated per read: a member is decompressed straight into its array, in blocks (a
+#: single ``read(n)`` would build an ``n``-byte ``bytes`` object beside the array: 2–3 × the
+#: declared size at peak).
+_READ_BLOCK = 1 << 20
 
 
 class ArchiveReader:
     """Reads one model archive with every size checked before decompression."""
 
-    def __init__(self, path: Path, max_bytes: int, data: bytes | None = None) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int, data: bytes | None = None, check: Check | None = None
+    ) -> None:
         self.path = path
         self.limit = max_bytes
         #: the file's bytes, when the caller already read (and checked) them: a signature
         #: verified over ``data`` then covers exactly what is parsed (no re-read of ``path``)
         self.data = data
+        #: sees each array as soon as it is inflated, in the plan's order
+        self.check = check
 
     def error(self, message: str, field: str | None = None, **kw: Any) -> ModelFileError:
         return ModelFileError(message, file=self.path, field=field, **kw)
@@ -103,7 +115,8 @@ class ArchiveReader:
         )
 
     def read(self, plan: Plan) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The metadata and the arrays ``plan`` asks for, after ``plan`` saw every header."""
+        """The metadata and the arrays ``plan`` asks for, after ``plan`` saw every header;
+        :attr:`check` sees each array as soon as it is inflated (in the plan's order)."""
         try:
             size = self.path.stat().st_size if self.data is None else len(self.data)
         except OSError as exc:
@@ -127,7 +140,11 @@ class ArchiveReader:
                 ) from None
 
     def _read_members(
-        self, zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], file_size: int, plan: Plan
+        self,
+        zf: zipfile.ZipFile,
+        infos: list[zipfile.ZipInfo],
+        file_size: int,
+        plan: Plan,
     ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if len(infos) > _MAX_MEMBERS:
             raise self.error("too many members", expected=f"<= {_MAX_MEMBERS}", found=len(infos))
@@ -164,7 +181,14 @@ class ArchiveReader:
                 "metadata must be a 1-D uint8 array", field="__meta__", found=str(raw.dtype)
             )
         try:
-            meta = json.loads(raw.tobytes().decode("utf-8"))
+            meta = json.loads(raw.tobytes().decode("utf-8"), object_pairs_hook=_unique_keys)
+        except _DuplicateKeyError as exc:
+            raise self.error(
+                "metadata repeats a key (JSON readers disagree on which value counts: the "
+                "guarantee checked here need not be the one another tool shows)",
+                field="__meta__",
+                found=str(exc),
+            ) from None
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise self.error("metadata is not JSON", field="__meta__", found=str(exc)) from None
         meta = self._check_meta(meta)
@@ -190,7 +214,12 @@ class ArchiveReader:
             check_ratio(
                 key, h.size, h.compressed, self.path, sparse=sparse, text=h.dtype.kind == "U"
             )
-        return meta, {key: self._data(zf, headers[key], key) for key in wanted}
+        out: dict[str, np.ndarray] = {}
+        for key in wanted:
+            out[key] = self._data(zf, headers[key], key)
+            if self.check is not None:
+                self.check(key, out[key])
+        return meta, out
 
     def _check_meta(self, meta: object) -> dict[str, Any]:
         if not isinstance(meta, dict):
@@ -291,16 +320,34 @@ class ArchiveReader:
             if len(fh.read(head.offset)) != head.offset:
                 raise self.error("array data is truncated", field=key)
             pos = 0
-            while pos < nbytes:
-                got = fh.readinto(view[pos:])  # type: ignore[attr-defined]
-                if not got:
+            while pos < nbytes:  # in blocks: never a second copy of the member in memory
+                block = fh.read(min(_READ_BLOCK, nbytes - pos))
+                if not block:
                     raise self.error("array data is truncated", field=key)
-                pos += got
+                view[pos : pos + len(block)] = block
+                pos += len(block)
         arr = np.frombuffer(buf, dtype=head.dtype)
         arr = arr.reshape(head.shape, order="F" if head.fortran else "C")
         if not head.dtype.isnative:
             arr = arr.astype(head.dtype.newbyteorder("="))
         return arr
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (Python keeps the last of repeated keys,
+    other readers the first: a repeated ``epsilon`` would show each reader another ε)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(key)
+            seen.add(key)
+    return out
 
 
 _MAGIC = b"\x93NUMPY"

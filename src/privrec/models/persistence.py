@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +62,7 @@ from privrec.errors import (
     DataError,
     ModelFileError,
     ModelFileTooLargeError,
+    OutputPathError,
     PrivacyWarning,
 )
 from privrec.models.file_layout import check_layout, generic_sparse
@@ -83,10 +84,26 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 #: Default cap on the decompressed size of a model file's arrays.
 DEFAULT_MAX_BYTES = 4 << 30
 #: Arrays that describe training users; never written for a private model by default.
 USER_DATA_KEYS = ("user_ids", "ui_data", "ui_indices", "ui_indptr", "ui_shape")
+#: The metadata fields :func:`save_model` writes; a private file with others carries data its
+#: guarantee does not cover (see :func:`_uncovered`).
+META_KEYS = frozenset(
+    {
+        "format",
+        "format_version",
+        "model",
+        "class",
+        "privrec_version",
+        "params",
+        "extra",
+        "has_user_data",
+        "arrays",
+    }
+)
 
 
 def max_model_bytes(explicit: int | None = None) -> int:
@@ -129,6 +146,15 @@ def atomic_output(path: Path) -> Iterator[Path]:
     succeeds — a full disk or an error never leaves a cut-off file or destroys the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name.lstrip('.')}.{os.getpid()}.tmp")
+    # the name is predictable: a stale temp file or a link planted there (a shared folder) is
+    # removed, never followed, and the temp file is created afresh before anyone writes to it
+    try:
+        tmp.unlink(missing_ok=True)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o666))
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot create a temporary file beside {str(path)!r}: {exc.strerror or exc}"
+        ) from None
     try:
         yield tmp
         os.replace(tmp, path)
@@ -327,6 +353,42 @@ def _plan_reads(
     return wanted | {f"state_{k}": k in sparse for k in keys}
 
 
+def _unread(headers: Mapping[str, Header], wanted: Mapping[str, bool]) -> list[str]:
+    """Members the model does not read: left packed, but still in the file."""
+    return sorted(k for k in headers if k not in wanted)
+
+
+def _check_member(path: Path) -> Callable[[str, np.ndarray], None]:
+    """Contents checks run as soon as a member is inflated, before the next one is."""
+
+    def check(key: str, arr: np.ndarray) -> None:
+        # the catalogue pins the size of the arrays exempt from the ratio bound (factors
+        # that are zero off the head): a catalogue of repeated ids — cheap to compress,
+        # text ids most of all — is refused before gigabytes of zeros are inflated for it
+        if key == "item_ids" and not _unique(arr):
+            raise ModelFileError("item ids must be unique", file=path, field="item_ids")
+
+    return check
+
+
+def _uncovered(cls: type[Recommender], meta: Mapping[str, Any], unread: list[str]) -> list[str]:
+    """What a private model's file holds beyond what its guarantee covers and the model reads.
+
+    A private file holds the catalogue, the released arrays and the guarantee. Anything else —
+    arrays the model does not read (a smuggled ``state_user_factors``), user arrays a version-1
+    file carries, metadata fields privrec does not write — is outside the guarantee; it is not
+    loaded, but whoever publishes the file publishes it.
+    """
+    from privrec.models.private import PrivateRecommender
+
+    out = [f"array {k!r}" for k in unread]
+    out += [f"metadata field {k!r}" for k in sorted(set(meta) - META_KEYS)]
+    extra = meta.get("extra", {})
+    if cls._extra_meta is PrivateRecommender._extra_meta and isinstance(extra, Mapping):
+        out += [f"metadata field 'extra.{k}'" for k in sorted(set(extra) - {"guarantee"})]
+    return out
+
+
 def _user_headers(headers: Mapping[str, Header], n_items: int, path: Path) -> dict[str, bool]:
     """The stored users' arrays must describe one CSR matrix over the catalogue."""
     missing = [k for k in USER_DATA_KEYS if k not in headers]
@@ -417,11 +479,13 @@ def load_model(
         # the class and strict parameters first: the layout the headers must fit follows
         found["cls"] = cls = _model_type(meta["model"], path)
         found["cfg"] = cfg = _strict_params(cls, meta["params"], path)
-        return _plan_reads(path, meta, headers, cls, cfg)
+        wanted = _plan_reads(path, meta, headers, cls, cfg)
+        found["unread"] = _unread(headers, wanted)
+        return wanted
 
     limit = max_model_bytes(max_bytes)
     data, signature = _signed_bytes(path, verify_key, limit)
-    meta, arrays = ArchiveReader(path, limit, data).read(plan)
+    meta, arrays = ArchiveReader(path, limit, data, _check_member(path)).read(plan)
     cls: type[Recommender] = found["cls"]
     cfg = found["cfg"]
     model = cls.from_config(cfg)
@@ -456,6 +520,19 @@ def load_model(
     model.user_items_ = um
     model._released_only = not has_user_data
     model._catalogue_source = "file"
+    uncovered = _uncovered(cls, meta, found["unread"]) if private else []
+    # what the file holds outside the guarantee (``privrec privacy verify`` fails on it); an
+    # attribute of loaded models only, so not declared on Recommender
+    setattr(model, "file_uncovered_", tuple(uncovered))  # noqa: B010
+    if uncovered:
+        warnings.warn(
+            f"this private {cls.__name__} file holds data its privacy guarantee does not cover "
+            f"({', '.join(uncovered)}; not loaded): privrec never writes it into a private "
+            "model — the file was edited or made by other software; do not publish it "
+            "(`privrec privacy verify` fails on it)",
+            PrivacyWarning,
+            stacklevel=3,
+        )
     if private and has_user_data:  # said on saving; said again to whoever loads and uses it
         warnings.warn(
             f"this private {cls.__name__} file also holds its training users' ids and "

@@ -131,6 +131,25 @@ def test_re_signing_replaces_the_signature(
     assert path.read_bytes() == signed_pop  # Ed25519 is deterministic
 
 
+def test_a_file_changed_after_its_check_is_not_signed(
+    tmp_path: Path, keys: tuple[Path, Path], signed_pop: bytes
+) -> None:
+    """``privacy sign`` checked the file, then signed whatever was at the path: the signed
+    bytes must be the checked bytes."""
+    import hashlib
+
+    path = tmp_path / "pop.npz"
+    path.write_bytes(signed_pop)
+    checked = hashlib.sha256(signed_pop).digest()
+    sign_file(path, keys[0], expect_sha256=checked)  # unchanged: signed
+    with path.open("ab") as fh:
+        fh.write(b"x")  # changed between check and signing
+    before = path.read_bytes()
+    with pytest.raises(ModelFileError, match="changed between its check and its signing"):
+        sign_file(path, keys[0], expect_sha256=checked)
+    assert path.read_bytes() == before
+
+
 # ---------------------------------------------------------------------------- tampering
 def test_every_single_flipped_byte_is_refused(keys: tuple[Path, Path], signed_pop: bytes) -> None:
     """Exhaustive: each byte of the file, data, headers, directory and signature block alike."""

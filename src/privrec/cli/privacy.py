@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from privrec.cli.common import VerifyKeyOpt, console, handle_errors, signature_line
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, DataError
 
 privacy_app = typer.Typer(
     help="Inspect and verify the privacy guarantee of a saved model.", no_args_is_help=True
@@ -64,6 +64,14 @@ def privacy_explain(
                 style="bold red",
                 highlight=False,
             )
+        uncovered = getattr(model, "file_uncovered_", ())
+        if uncovered:
+            console.print(
+                "WARNING: this file also holds data the guarantee does NOT cover (privrec never "
+                f"writes it into a private model): {', '.join(uncovered)}.",
+                style="bold red",
+                highlight=False,
+            )
         table = Table(
             "release", "accounting event", title="noisy releases (composed by the accountant)"
         )
@@ -111,6 +119,12 @@ def privacy_verify(
             not_private.append(
                 "it stores the training users and interactions (saved with include_user_data), "
                 "which the guarantee does not cover"
+            )
+        uncovered = getattr(model, "file_uncovered_", ())
+        if uncovered:
+            not_private.append(
+                "the file also holds data privrec never writes into a private model and the "
+                f"guarantee does not cover ({', '.join(uncovered)})"
             )
         verdict = "OK" if not not_private else "CONSISTENT but NOT A PRIVATE RELEASE"
         older = (
@@ -185,10 +199,15 @@ def privacy_sign(
     """Sign a model file in place (Ed25519 over all its bytes, stored in the zip comment).
 
     Only a file whose guarantee verifies is signed; a signed file is re-signed."""
-    from privrec.models.signing import load_signing_key, sign_file
+    from privrec.models.signing import file_sha256, load_signing_key, sign_file
 
     with handle_errors():
         signer = load_signing_key(key)
+        try:
+            with model_path.open("rb") as fh:
+                checked = file_sha256(fh)  # the bytes checked are the bytes signed
+        except OSError as exc:
+            raise DataError("model file cannot be read", file=model_path, found=str(exc)) from None
         _private_model(model_path)  # only a file whose guarantee verifies is worth signing
-        sig = sign_file(model_path, signer)
+        sig = sign_file(model_path, signer, expect_sha256=checked)
         console.print(f"signed {model_path} as {sig.fingerprint}", highlight=False, markup=False)

@@ -337,11 +337,23 @@ def verify_file(path: str | Path, key: VerifyKey) -> FileSignature:
     return _check(parsed, pub, digest, p)
 
 
-def sign_file(path: str | Path, key: SigningKey) -> FileSignature:
+def file_sha256(fh: BinaryIO) -> bytes:
+    """SHA-256 of an open file's whole content (read from the start, in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    fh.seek(0)
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        h.update(block)
+    return h.digest()
+
+
+def sign_file(
+    path: str | Path, key: SigningKey, *, expect_sha256: bytes | None = None
+) -> FileSignature:
     """Sign the model file at ``path`` in place (a signed one is re-signed); returns the block.
 
     The archive's end-of-central-directory record gets a comment of :data:`TRAILER_SIZE` bytes,
-    the signature block, over the SHA-256 of everything before it.
+    the signature block, over the SHA-256 of everything before it. ``expect_sha256`` (the
+    whole file's SHA-256 when it was checked) refuses to sign a file changed since its check.
 
     Raises
     ------
@@ -355,6 +367,12 @@ def sign_file(path: str | Path, key: SigningKey) -> FileSignature:
     try:
         with p.open("r+b") as fh:
             size = os.fstat(fh.fileno()).st_size
+            if expect_sha256 is not None and file_sha256(fh) != expect_sha256:
+                raise ModelFileError(
+                    "the file changed between its check and its signing: not signed",
+                    file=p,
+                    field="<file>",
+                )
             length = TRAILER_SIZE.to_bytes(2, "little")
             comment = b"\0\0"  # what numpy writes: no comment
             if _parse_tail(_read_tail(fh, size)) is not None:  # re-sign: drop the old block

@@ -72,7 +72,7 @@ def test_server_refuses_releases_beyond_the_plan(tmp_path: Path) -> None:
     def plan(kind: str, n_head: int) -> bytes:
         segs = noise_plan(CONFIG, z, kind, n_head)
         return _pack({
-            "dim": sum(s.length for s in segs), "kind": kind, "n_head": n_head,
+            "dim": sum(s.length for s in segs), "kind": kind, "n_head": n_head, "protocol": 2,
             "sigmas": [(s.length, fixed_sigma(s, CONFIG.frac_bits)) for s in segs],
         })  # fmt: skip
 

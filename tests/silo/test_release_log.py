@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import dp_accounting
 import numpy as np
@@ -102,23 +103,23 @@ def test_a_resumed_run_redoing_a_step_needs_retries(tmp_path: Path) -> None:
     """A server dies as step 2 starts, after the other server and the silos answered it: with
     release logs, the resumed run that redoes step 2 is refused unless the configuration pays
     for a retry — the restart no longer resets the count."""
-    base = dict(epsilon=4.0, delta=1e-6, n_items=N_ITEMS, factors=4, iterations=3,
+    base: dict[str, Any] = dict(epsilon=4.0, delta=1e-6, n_items=N_ITEMS, factors=4, iterations=3,
                 head_min=20, count_sample=1000, insecure_disable_noise=True)  # fmt: skip
     for retries, resumes in ((0, False), (1, True)):
-        c = SiloConfig(**base, retries=retries)  # type: ignore[arg-type]
+        c = SiloConfig(**base, retries=retries)
         ck, logs = tmp_path / f"ck{retries}", tmp_path / f"logs{retries}"
         logs.mkdir()
-        kw = dict(checkpoint=ck, allow_no_noise=True, timeout=10, release_logs=logs)
+        kw: dict[str, Any] = dict(checkpoint=ck, allow_no_noise=True, timeout=10, release_logs=logs)
         with pytest.raises(ProtocolAbort):
-            run_local(_matrices(), c, crash_server_at_round=3, **kw)  # type: ignore[arg-type]
+            run_local(_matrices(), c, crash_server_at_round=3, **kw)
         answered = json.loads((logs / "server0.json").read_text())["runs"]
         assert answered[run_fingerprint(c)] == {"counts": 1, "stats": 2}
         if resumes:
-            result = run_local(_matrices(), c, resume=True, **kw)  # type: ignore[arg-type]
+            result = run_local(_matrices(), c, resume=True, **kw)
             assert len(result.guarantee.events) == 1 + 3 * 3
         else:
             with pytest.raises((ProtocolAbort, ConfigError), match="beyond the 3"):
-                run_local(_matrices(), c, resume=True, **kw)  # type: ignore[arg-type]
+                run_local(_matrices(), c, resume=True, **kw)
 
 
 def test_the_cli_warns_without_a_release_log_and_config_draws_a_run_id(tmp_path: Path) -> None:
@@ -144,3 +145,67 @@ def test_the_cli_warns_without_a_release_log_and_config_draws_a_run_id(tmp_path:
         assert doc["retries"] == 1 and doc["run_id"]
         ids.add(doc["run_id"])
     assert len(ids) == 2  # each run its own id: release logs count them apart
+
+
+def test_a_release_the_servers_are_told_is_another_kind_is_noise_only(tmp_path: Path) -> None:
+    """A driver asks the silos for the noisy counts and tells the servers it is a Gramian of
+    the same length (10·11/2 = 55 items: less noise per coordinate, and counted as a Gramian):
+    the first server expands the silos' seeds under the release its plan names, so the sum is
+    uniformly random; told the truth, it decodes. A refused plan counts nothing."""
+    from privrec.secure.prg import add_mask
+    from privrec.secure.silo import AggregationServer, setup_keys
+    from privrec.secure.silo_config import ease_noise_plan
+    from privrec.secure.silo_roles import _bound_seed
+    from privrec.secure.silo_wire import _pack, fixed_sigma, seed_share
+
+    c = SiloEASEConfig(epsilon=3.0, delta=1e-6, n_items=55)
+    z = ease_noise(c)
+    assert _bound_seed(b"s" * 32, "counts", 0, 55) != _bound_seed(b"s" * 32, "gram", 10, 55)
+    roster, ids = setup_keys(tmp_path, 1)
+    server = AggregationServer(ids["server0"], roster, timeout=5, config=c)
+
+    def plan(kind: str, n_head: int, scale: float = 1.0) -> bytes:
+        segs = ease_noise_plan(c, z, kind, n_head)
+        sig = [(s.length, scale * fixed_sigma(s, c.frac_bits)) for s in segs]
+        return _pack({"dim": 55, "kind": kind, "n_head": n_head, "sigmas": sig, "protocol": 2})
+
+    with pytest.raises(ConfigError, match="less noise"):
+        server._check_plan(plan("gram", 10, 0.5))
+    assert server._log.answered("gram") == 0  # refused before it was counted
+    *_, lied = server._check_plan(plan("gram", 10))
+    *_, told = server._check_plan(plan("counts", 0))
+    assert lied == ("gram", 10, 55) and told == ("counts", 0, 55)
+    server.listener.close()
+    vec, seed = np.arange(55, dtype=np.uint64), b"\x07" * 32
+    share = seed_share(vec.copy(), _bound_seed(seed, "counts", 0, 55))  # the silo's (job)
+    for label, decodes in ((lied, False), (told, True)):
+        acc = share.copy()
+        add_mask(acc, _bound_seed(seed, *label))  # the first server's, under its plan
+        assert np.array_equal(acc, vec) is decodes
+
+
+def test_a_symlinked_log_counts_in_its_target_and_no_unpaid_counts(tmp_path: Path) -> None:
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    ReleaseLog(target, CONFIG).take("counts")
+    link.symlink_to(target)
+    ReleaseLog(link, CONFIG).take("stats")
+    assert link.is_symlink()
+    assert json.loads(target.read_text())["runs"][run_fingerprint(CONFIG)] == {
+        "counts": 1,
+        "stats": 1,
+    }
+    whole = SiloEASEConfig(epsilon=3.0, delta=1e-6, n_items=N_ITEMS, head_snr=0.0)
+    assert not whole.restricted and ease_noise(whole)[1] is None
+    assert release_limits(whole) == {"gram": 1}  # no noise is paid for a counts release
+
+
+def test_parties_of_another_protocol_version_refuse_instead_of_summing_garbage() -> None:
+    """Binding a share's mask to its release changed the wire protocol: a silo or server of
+    the old version would silently sum garbage with a new one, so jobs and plans carry the
+    version and a mismatch is refused."""
+    from privrec.secure.silo_wire import PROTOCOL_VERSION, check_protocol
+
+    check_protocol({"protocol": PROTOCOL_VERSION}, "server")
+    for meta in ({}, {"protocol": 1}, {"protocol": "2"}):
+        with pytest.raises(ConfigError, match="protocol version"):
+            check_protocol(meta, "silo")

@@ -55,7 +55,9 @@ class ReleaseLog:
     """
 
     def __init__(self, path: Path | str | None, config: AnyConfig) -> None:
-        self.path = None if path is None else Path(path)
+        # a symlinked log is kept where it points: replacing the link by a file would leave
+        # anyone using the target's own path counting apart
+        self.path = None if path is None else Path(os.path.realpath(path))
         self.run = run_fingerprint(config)
         self.limits = release_limits(config)
         self._memory: Counter[str] = Counter()
@@ -101,7 +103,8 @@ class ReleaseLog:
     def _locked(self) -> Iterator[None]:
         assert self.path is not None
         lock = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        # a link planted at the lock's name is not followed (it would create or lock its target)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

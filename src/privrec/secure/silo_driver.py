@@ -69,6 +69,7 @@ from privrec.secure.silo_wire import (
     JOB,
     PARTIAL,
     PLAN,
+    PROTOCOL_VERSION,
     Segment,
     _pack,
     decode_fixed,
@@ -198,9 +199,15 @@ class _DriverBase(ABC):
         if self.ledger_hook is not None:  # before anything is asked of the servers
             for e in events:
                 self.ledger_hook(e)
-        job = _pack({**meta, "frac_bits": c.frac_bits, "n_items": c.n_items, "dim": dim}, arrays)
+        v = PROTOCOL_VERSION
+        job = _pack(
+            {**meta, "frac_bits": c.frac_bits, "n_items": c.n_items, "dim": dim, "protocol": v},
+            arrays,
+        )
         n_head = int(arrays["head"].size) if "head" in arrays else 0
-        plan = _pack({"dim": dim, "sigmas": sigmas, "kind": meta["kind"], "n_head": n_head})
+        plan = _pack(
+            {"dim": dim, "sigmas": sigmas, "kind": meta["kind"], "n_head": n_head, "protocol": v}
+        )
         phase = "job"
         try:
             for ch in self._silos.values():

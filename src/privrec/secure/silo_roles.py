@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import threading
 import time
@@ -61,6 +63,7 @@ from privrec.secure.silo_wire import (
     SEED,
     SHARE,
     _unpack,
+    check_protocol,
     encode_fixed,
     fixed_sigma,
     seed_share,
@@ -246,13 +249,13 @@ class AggregationServer:
                 if self.crash_at_round is not None and step >= self.crash_at_round:
                     return  # the finally block drops every connection, like a killed process
                 try:
-                    segments, dim, repeats = self._check_plan(payload)
+                    segments, dim, repeats, label = self._check_plan(payload)
                     drawn_ahead = ahead is not None and ahead[0] == payload
                     if ahead is None or not drawn_ahead:  # draw it while the shares arrive
                         ahead = (payload, pool.submit(_draw_noise, segments, dim))
                     noise_future, ahead = ahead[1], None
                     partial, noise_s = self._aggregate(
-                        step, dim, noise_future, [chans[s] for s in silos]
+                        step, dim, noise_future, [chans[s] for s in silos], label
                     )
                 except ProtocolAbort as exc:  # a silo reported why it cannot take part
                     why = " ".join(exc.reason.split())[:_REASON_CHARS]
@@ -281,11 +284,15 @@ class AggregationServer:
                 ch.close()
             self.listener.close()
 
-    def _check_plan(self, payload: bytes) -> tuple[list[tuple[int, float]], int, bool]:
-        """The plan's segments ``(length, σ)`` and dimension, and whether the next release is
-        likely to repeat it (DPALS steps), after checking its noise against this server's own
-        copy of the configuration (a driver cannot lower it)."""
+    def _check_plan(
+        self, payload: bytes
+    ) -> tuple[list[tuple[int, float]], int, bool, tuple[str, int, int]]:
+        """The plan's segments ``(length, σ)`` and dimension, whether the next release is
+        likely to repeat it (DPALS steps), and the release it names (:func:`_bound_seed`), after
+        checking its noise against this server's own copy of the configuration (a driver
+        cannot lower it) and counting it (:class:`~privrec.secure.release_log.ReleaseLog`)."""
         meta, _ = _unpack(payload)
+        check_protocol(meta, "server")
         try:
             dim = int(meta["dim"])
             segments = [(int(n), float(s)) for n, s in meta["sigmas"]]
@@ -296,9 +303,6 @@ class AggregationServer:
             raise ConfigError("noise plan does not cover the vector")
         if n_head > self.config.n_items:
             raise ConfigError(f"the plan's head ({n_head} items) exceeds the catalogue")
-        # never more releases of a kind than the configuration plans (and its retries):
-        # answering repeats would let a driver average the noise away
-        self._log.take(kind)
         if isinstance(self.config, SiloConfig):
             expected = noise_plan(self.config, self._z, kind, n_head)
         else:
@@ -313,7 +317,11 @@ class AggregationServer:
                 raise ConfigError("refusing a plan without noise (test-only mode)")
             if not s <= _NOISE_LIMIT:
                 raise ConfigError(f"noise σ = {s:.3g} could overflow the 64-bit sum")
-        return segments, dim, kind == "stats"
+        # never more releases of a kind than the configuration plans (and its retries):
+        # answering repeats would let a driver average the noise away. Counted once the plan
+        # is found sound (a refused plan releases nothing) and before any share is summed.
+        self._log.take(kind)
+        return segments, dim, kind == "stats", (kind, n_head, dim)
 
     def _aggregate(
         self,
@@ -321,11 +329,14 @@ class AggregationServer:
         dim: int,
         noise: Future[tuple[np.ndarray, tuple[float, float]]],
         silos: list[Channel],
+        label: tuple[str, int, int],
     ) -> tuple[np.ndarray, tuple[float, float]]:
         """Every silo's share (seeds expanded, or arrays received) plus the noise, mod 2^64.
 
         The noise is drawn in another thread (or was drawn ahead) while the shares arrive;
         ``noise_wait`` in :attr:`timings` is how long the partial then still waited for it.
+        The seeds are expanded bound to the release the plan names (``label``,
+        :func:`_bound_seed`): a silo asked for another release masked its share otherwise.
         """
         got = np.zeros(2)  # receive wall, CPU
         summed = np.zeros(2)  # sum wall, CPU
@@ -339,7 +350,7 @@ class AggregationServer:
                 if len(seed) != 32:
                     raise MessageRejected(f"seed from {ch.peer!r} is not 32 bytes")
                 clock = _Clock()
-                add_mask(acc, seed)
+                add_mask(acc, _bound_seed(seed, *label))
                 summed += clock.read()
         else:
             if self._scratch.size != acc.size:
@@ -365,6 +376,20 @@ class AggregationServer:
             }
         )
         return partial, noise_s
+
+
+def _bound_seed(seed: bytes, kind: str, n_head: int, dim: int) -> bytes:
+    """The mask seed of a silo's share, bound to the release it was computed for.
+
+    The servers size the noise from the plan's kind and head size, the silos compute from the
+    job's; a lying driver could otherwise ask the silos for one release (the noisy counts) and
+    tell the servers it is another of the same length (a Gramian or a step's statistics, with
+    less noise per coordinate), or count it against the other kind's limit. Binding the mask
+    to ``(kind, n_head, dim)`` makes such a sum uniformly random: the first server expands the
+    seed under the plan's release, the silo masked it under the job's.
+    """
+    tag = json.dumps([kind, n_head, dim], separators=(",", ":")).encode()
+    return hashlib.sha256(b"privrec-silo-mask\0" + seed + b"\0" + tag).digest()
 
 
 def _draw_noise(
@@ -480,6 +505,7 @@ class Silo:
                 sent = [pool.submit(servers[0].send, step, SEED, seed)]  # before computing
                 clock = _Clock()
                 try:
+                    check_protocol(meta, "silo")
                     self._check_job(meta)
                     dim = int(meta["dim"])
                     vec = self._compute(meta, arrays)
@@ -489,11 +515,12 @@ class Silo:
                         raise ConfigError(f"statistics have {vec.size} values, the plan {dim}")
                     clock = _Clock()
                     out, scratch = self._buffer(dim)
+                    n_head = int(np.asarray(arrays["head"]).size) if "head" in arrays else 0
                     share = seed_share(
                         encode_fixed(
                             vec, int(meta["frac_bits"]), self.n_silos, out=out, scratch=scratch
                         ),
-                        seed,
+                        _bound_seed(seed, str(meta["kind"]), n_head, dim),
                     )
                 except (ConfigError, InvalidInputError, KeyError, TypeError, ValueError) as exc:
                     # Tell both servers why (they name this silo to the driver at once); the

@@ -23,7 +23,9 @@ from privrec.secure.prg import add_mask, expand
 
 __all__ = [
     "DEFAULT_FRAC_BITS",
+    "PROTOCOL_VERSION",
     "Segment",
+    "check_protocol",
     "decode_fixed",
     "encode_fixed",
     "fixed_sigma",
@@ -33,6 +35,23 @@ __all__ = [
 ]
 
 DEFAULT_FRAC_BITS = 32
+#: the wire protocol's version, in every job and plan: parties of another version would sum
+#: garbage (version 2 binds a share's mask to its release, 2026-12-07) — they refuse instead
+PROTOCOL_VERSION = 2
+
+
+def check_protocol(meta: dict[str, Any], who: str) -> None:
+    """Refuse a job or plan from a driver speaking another protocol version."""
+    from privrec.errors import ConfigError
+
+    found = meta.get("protocol")
+    if found != PROTOCOL_VERSION:
+        raise ConfigError(
+            f"the driver speaks protocol version {found!r}, this {who} version "
+            f"{PROTOCOL_VERSION}: every party must run the same privrec"
+        )
+
+
 # message types
 JOB, SHARE, PLAN, PARTIAL, ABORT, BYE, FAILED, SEED = 1, 2, 3, 4, 5, 6, 7, 8
 _IDLE = 3600.0  # how long silos and servers wait for the driver's next step

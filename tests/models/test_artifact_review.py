@@ -30,15 +30,6 @@ from privrec.models import DPALS, EASE, DPPopularity, load_model, npz_reader
 from privrec.models.persistence import atomic_output
 
 
-@pytest.fixture(scope="module")
-def dpals_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = synthetic(n_users=200, n_items=40, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PrivacyWarning)
-        model = DPALS(epsilon=2.0, delta=1e-6, unit="user", factors=4, seed=0).fit(data)
-    return model.save(tmp_path_factory.mktemp("m") / "dpals.npz")
-
-
 def _npy(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)

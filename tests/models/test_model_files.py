@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,18 +24,8 @@ from privrec.errors import (
     GuaranteeMismatchError,
     ModelFileError,
     ModelFileTooLargeError,
-    PrivacyWarning,
 )
-from privrec.models import DPALS, EASE, load_model
-
-
-@pytest.fixture(scope="module")
-def dpals_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = synthetic(n_users=200, n_items=40, seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PrivacyWarning)
-        model = DPALS(epsilon=2.0, delta=1e-6, unit="user", factors=4, seed=0).fit(data)
-    return model.save(tmp_path_factory.mktemp("m") / "dpals.npz")
+from privrec.models import EASE, load_model
 
 
 def read_members(path: Path) -> dict[str, bytes]:

@@ -32,6 +32,8 @@ from privrec.monitor import (
 from privrec.monitor.evaluate import simulate
 from privrec.privacy.accounting import epsilon_of
 
+from .files import timed_udata
+
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
 
 
@@ -251,14 +253,7 @@ def test_cli_monitor_through_a_ledger_applies_the_policy(tmp_path: Path):
     from privrec.governance.db import dispose_engines
     from privrec.governance.policy import policy_from_dict
 
-    rng = np.random.default_rng(0)
-    lines = [
-        f"{u}\t{int(i)}\t5\t{1_600_000_000 + d * 86400}"
-        for u in range(1, 201)
-        for d, i in zip(range(0, 60, 3), rng.integers(1, 40, size=20), strict=False)
-    ]
-    data = tmp_path / "u.data"
-    data.write_text("\n".join(lines) + "\n")
+    data = timed_udata(tmp_path)
     url = f"sqlite:///{tmp_path / 'l.db'}"
     try:
         owner, _ = Ledger.init(url, owner="olga")

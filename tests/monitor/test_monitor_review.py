@@ -29,6 +29,8 @@ from privrec.monitor import DriftMonitor, MonitorConfig, synthetic_stream
 from privrec.monitor.core import check_model_catalogue
 from privrec.monitor.evaluate import simulate
 
+from .files import timed_udata
+
 CFG = MonitorConfig(epsilon_per_window=1.0)
 
 
@@ -76,14 +78,7 @@ def test_the_catalogue_check_compares_item_ids_in_order() -> None:
 
 
 def test_cli_refuses_a_non_private_model_and_warns_without_a_ledger(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
-    lines = [
-        f"{u}\t{int(i)}\t5\t{1_600_000_000 + d * 86400}"
-        for u in range(1, 201)
-        for d, i in zip(range(0, 60, 3), rng.integers(1, 40, size=20), strict=False)
-    ]
-    data = tmp_path / "u.data"
-    data.write_text("\n".join(lines) + "\n")
+    data = timed_udata(tmp_path)
     model = tmp_path / "ease.npz"
     res = CliRunner().invoke(
         app, ["train", "-d", str(data), "-f", "ml-100k", "-m", "ease", "-o", str(model)]

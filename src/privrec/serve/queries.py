@@ -234,6 +234,13 @@ def run_query(
         raise found from exc
 
 
+def _plan_now(ledger: Ledger, ds: ServedDataset, req: QueryRequest) -> QueryPlan:
+    """:func:`plan` against the dataset's policy and deletions as the ledger holds them now."""
+    policy, deletions = _dataset(ledger, ds.name)
+    delta = req.delta if req.delta is not None else policy.budget.delta
+    return plan(ds, req, policy.unit, delta, item_refusal=ds.item_query_refusal(policy, deletions))
+
+
 def _run(
     ledger: Ledger,
     ds: ServedDataset,
@@ -241,9 +248,7 @@ def _run(
     idempotency_key: str | None,
     seed: int | None,
 ) -> QueryOutcome:
-    policy, deletions = _dataset(ledger, ds.name)
-    delta = req.delta if req.delta is not None else policy.budget.delta
-    qp = plan(ds, req, policy.unit, delta, item_refusal=ds.item_query_refusal(policy, deletions))
+    qp = _plan_now(ledger, ds, req)
     canonical = req.canonical()
     description = f"{req.kind} {hashlib.sha256(canonical.encode()).hexdigest()[:32]} {canonical}"
     if not ds.loaded:
@@ -266,6 +271,10 @@ def _run(
                 raise
             precheck(ledger, ds.name, req.purpose)
             view = ds.view(ledger, stale=view)
+            # the data changed because the policy or its deletions did: what may be asked, and
+            # how, is decided again on them (a deletion recorded since the plan above can make
+            # item-level queries over a catalogue taken from the data refused)
+            qp = _plan_now(ledger, ds, req)
     if charge.replayed:
         if charge.status == "committed" and charge.result is not None:
             return QueryOutcome(charge.result, charge.id, True)

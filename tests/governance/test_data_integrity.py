@@ -181,6 +181,22 @@ def test_other_refusals_of_a_version_are_not_stale(setup: LedgerSetup) -> None:
         setup.analyst.reserve("ratings", _q(), data=g)
 
 
+def test_a_repeat_of_an_unanswered_charge_is_checked_for_staleness(setup: LedgerSetup) -> None:
+    """A retry with the same idempotency key of a charge reserved but never committed returned
+    it before the data version was checked, so the retry could compute on a view from before a
+    deletion; a committed one is only replayed (its answer stored), so it stays free."""
+    g = setup.analyst.load("ratings", synthetic(n_users=50, n_items=20, seed=0))
+    pending = setup.analyst.reserve("ratings", _q(), data=g, idempotency_key="k-1")
+    answered = setup.analyst.reserve("ratings", _q(), data=g, idempotency_key="k-2")
+    setup.analyst.commit(answered, result={"answer": 1})
+    setup.owner.forget("ratings", g.interactions.user_ids[0])
+    with pytest.raises(StaleDataError):
+        setup.analyst.reserve("ratings", _q(), data=g, idempotency_key="k-1")
+    replay = setup.analyst.reserve("ratings", _q(), data=g, idempotency_key="k-2")
+    assert replay.replayed and replay.result == {"answer": 1}
+    assert pending.status == "reserved"
+
+
 # ----------------------------------------------------------------- consent given as text
 def test_consent_given_as_text_is_parsed_strictly(ledger_url: str) -> None:
     s = make_setup(ledger_url, {**POLICY, "consent": {"required": True}})

@@ -167,6 +167,10 @@ class LedgerCharging(LedgerBase):
                     raise GovernanceError(
                         f"idempotency key {req.idempotency_key!r} was used for a different request"
                     )
+                if old.status == "reserved" and req.data is not None:
+                    # not answered yet: the repeat will compute now, so on data still current
+                    # (a deletion since the first attempt must stop it, as it stops a new charge)
+                    self._check_version(conn, ds, req.data, req.now)
                 return ChargeInfo.from_row(old, req.dataset, replayed=True)
         if req.data is not None:
             self._check_version(conn, ds, req.data, req.now)

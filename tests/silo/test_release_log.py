@@ -209,3 +209,49 @@ def test_parties_of_another_protocol_version_refuse_instead_of_summing_garbage()
     for meta in ({}, {"protocol": 1}, {"protocol": "2"}):
         with pytest.raises(ConfigError, match="protocol version"):
             check_protocol(meta, "silo")
+
+
+def test_a_step_journalled_but_not_saved_is_redone_within_the_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver crashing between journalling a step and saving its state redoes the step on
+    resume: the journal holds it twice (the guarantee counts both), the configuration's
+    retries pay for it, and the checkpoint stays resumable; without retries the repeat is
+    refused with a reason."""
+    from privrec.errors import CheckpointMismatchError
+    from privrec.secure import silo_driver as sd
+
+    base = dict(epsilon=4.0, delta=1e-6, n_items=N_ITEMS, factors=4, iterations=3,
+                head_min=20, count_sample=1000)  # fmt: skip
+    real = sd.Driver._save_state
+    for retries in (1, 0):
+        c = SiloConfig(**base, retries=retries)  # type: ignore[arg-type]
+        ck, logs = tmp_path / f"ck{retries}", tmp_path / f"logs{retries}"
+        logs.mkdir()
+        saves = {"n": 0}
+
+        def crash_at_step_2(self: object, saves: dict[str, int] = saves, **arrays: Any) -> None:
+            saves["n"] += 1
+            if saves["n"] == 3:  # counts saved, step 1 saved, step 2 journalled: crash
+                raise KeyboardInterrupt("killed between the journal and the state")
+            real(self, **arrays)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(sd.Driver, "_save_state", crash_at_step_2)
+        with pytest.raises(KeyboardInterrupt):
+            run_local(_matrices(), c, checkpoint=ck, timeout=10, release_logs=logs)
+        monkeypatch.setattr(sd.Driver, "_save_state", real)
+        if retries:
+            first = run_local(_matrices(), c, checkpoint=ck, resume=True, timeout=10,
+                              release_logs=logs)  # fmt: skip
+            assert len(first.guarantee.events) == 1 + 4 * 3  # step 2 twice, both counted
+            assert first.guarantee.epsilon <= c.epsilon
+            again = run_local(_matrices(), c, checkpoint=ck, resume=True, timeout=10,
+                              release_logs=logs)  # fmt: skip
+            np.testing.assert_array_equal(again.item_factors, first.item_factors)
+        else:
+            with pytest.raises((ProtocolAbort, ConfigError), match="beyond the 3"):
+                run_local(_matrices(), c, checkpoint=ck, resume=True, timeout=10,
+                          release_logs=logs)  # fmt: skip
+            with pytest.raises(CheckpointMismatchError, match="more than the configuration's 0"):
+                run_local(_matrices(), c, checkpoint=ck, resume=True, timeout=10,
+                          release_logs=logs)  # fmt: skip

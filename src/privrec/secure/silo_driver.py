@@ -130,10 +130,50 @@ class _DriverBase(ABC):
         planned = self._planned()
         if not remaining:
             return planned
-        done = [e.to_dict() for e in self.spent]
-        if [e.to_dict() for e in planned[: len(done)]] != done:
+        return planned[self._covered(planned) :]
+
+    @abstractmethod
+    def _groups(self) -> list[tuple[int, str]]:
+        """The plan's releases in groups redone together — ``(number of events, kind)``, the
+        kind as the servers count it (DPALS: the counts, then one group per step)."""
+
+    def _covered(self, planned: list[SpentEvent] | None = None) -> int:
+        """How many of the plan's events the journal holds, each counted once.
+
+        The journal must be the plan's prefix, except that a group may follow itself again — a
+        resumed run redoing a step journalled but not saved before a crash, which the servers
+        answer only as one of the configuration's ``retries`` (and the journal counts, so the
+        guarantee does) — at most ``retries`` times per kind. Anything else is refused: an
+        edited journal would make the guarantee under-report.
+        """
+        plan = [e.to_dict() for e in (self._planned() if planned is None else planned)]
+        journal = [e.to_dict() for e in self.spent]
+        bounds, start = [], 0
+        for size, kind in self._groups():
+            bounds.append((start, start + size, kind))
+            start += size
+        i = g = 0
+        repeats: dict[str, int] = {}
+        while i < len(journal):
+            if g < len(bounds):
+                a, b, _ = bounds[g]
+                if journal[i : i + b - a] == plan[a:b]:
+                    i, g = i + b - a, g + 1
+                    continue
+            if g > 0:
+                a, b, kind = bounds[g - 1]
+                if journal[i : i + b - a] == plan[a:b]:
+                    repeats[kind] = repeats.get(kind, 0) + 1
+                    i += b - a
+                    continue
             raise ConfigError("the journalled releases are not this configuration's plan")
-        return planned[len(done) :]
+        over = {k: n for k, n in repeats.items() if n > self.config.retries}
+        if over:
+            raise ConfigError(
+                f"the journal repeats {over} releases, more than the configuration's "
+                f"{self.config.retries} retries pay for"
+            )
+        return bounds[g - 1][1] if g else 0
 
     # ------------------------------------------------------------------ session
     def _open(self) -> None:
@@ -428,11 +468,16 @@ class Driver(_DriverBase):
             ]
         return out
 
+    def _groups(self) -> list[tuple[int, str]]:
+        _, iterations = noise_scale(self.config)
+        per_step = len(noise_plan(self.config, 1.0, "stats", 0))
+        return [(1, "counts")] + [(per_step, "stats")] * iterations
+
     def _check_state(self, state: dict[str, np.ndarray]) -> None:
         c = self.config
         _, iterations = noise_scale(c)
         per_step = len(noise_plan(c, 1.0, "stats", 0))
-        n = len(self.spent)
+        n = self._covered()
         if "noisy_counts" not in state:
             if n > 1:  # at most the counts release, journalled before its state was saved
                 raise self._state_error(f"{n} releases journalled but no state saved")
@@ -580,8 +625,11 @@ class EASEDriver(_DriverBase):
         out.append(SpentEvent(gram.name, gaussian_event(gram.z)))
         return out
 
+    def _groups(self) -> list[tuple[int, str]]:
+        return [(1, "counts")] * self.config.restricted + [(1, "gram")]
+
     def _check_state(self, state: dict[str, np.ndarray]) -> None:
-        n = len(self.spent)
+        n = self._covered()
         if "noisy_counts" in state:
             self._finite(state, "noisy_counts", (self.config.n_items,))
             if not self.config.restricted or n < 1:

@@ -39,6 +39,11 @@ function fillTable(id, rows, render) {
 }
 
 function label(b) { return b.scope === "dataset" ? b.dataset : `${b.dataset} · ${b.scope} ${b.scope_value}`; }
+// plotly.js reads its text as pseudo-HTML (<a href>, <b>, <span style>, <br>): a name set in the
+// ledger or a model file would become a link or markup in the charts. Names reach plotly escaped
+// (it decodes &lt; &gt; &amp; back to the characters and shows them as text).
+const esc = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+const plotLabel = (b) => esc(label(b));
 
 // plotly.js (basic bundle, 1.2 MB) is compiled once the page has loaded, not before the page can be
 // used: signing in and the first API calls overlap with it; the charts are drawn when both are ready.
@@ -75,7 +80,7 @@ async function loadBudgets() {
     cell(tr, `${b.committed} committed, ${b.reserved} reserved`, "num");
   });
   await loadPlotly();
-  const names = bs.map(label);
+  const names = bs.map(plotLabel);
   const pct = (v, b) => (100 * v) / b.epsilon;
   Plotly.react("budget-chart", [
     { type: "bar", name: "spent ε (composed)", x: names, y: bs.map((b) => pct(b.composed_epsilon, b)),
@@ -100,8 +105,8 @@ async function loadBudgets() {
     if (!b.series || !b.series.length) return;
     const x = b.series.map((p) => new Date(p.t * 1000).toISOString());
     const color = colours[i % colours.length];
-    traces.push({ type: "scatter", mode: "lines+markers", name: `${label(b)}: composed`, x, y: b.series.map((p) => p.composed), line: { color } });
-    traces.push({ type: "scatter", mode: "lines", name: `${label(b)}: naive Σ`, x, y: b.series.map((p) => p.naive), line: { color, dash: "dot" } });
+    traces.push({ type: "scatter", mode: "lines+markers", name: `${plotLabel(b)}: composed`, x, y: b.series.map((p) => p.composed), line: { color } });
+    traces.push({ type: "scatter", mode: "lines", name: `${plotLabel(b)}: naive Σ`, x, y: b.series.map((p) => p.naive), line: { color, dash: "dot" } });
   });
   Plotly.react("budget-time", traces, { title: { text: "Spent ε over time: composed (solid) vs naive sum (dotted)" },
     margin: { t: 40, b: 60 }, yaxis: { title: { text: "ε" } }, legend: { orientation: "h", y: -0.25 } }, PLOT);
@@ -206,11 +211,11 @@ async function loadTradeoff() {
     const kinds = [...new Set(pts.map((p) => p.kind))];
     for (const kind of kinds) {
       const ps = pts.filter((p) => p.kind === kind).sort((a, b) => a.epsilon - b.epsilon);
-      traces.push({ type: "scatter", mode: "lines+markers", name: `${kind} all users`, line: { width: 3 },
+      traces.push({ type: "scatter", mode: "lines+markers", name: `${esc(kind)} all users`, line: { width: 3 },
         x: ps.map((p) => p.epsilon), y: ps.map((p) => (p.metrics[metric] || {})[String(k)]) });
       const groups = [...new Set(ps.flatMap((p) => p.per_group.map((g) => g.group)))].sort();
       for (const g of groups) {
-        traces.push({ type: "scatter", mode: "lines+markers", name: `${kind} ${g}${g === "Q1" ? " (lightest)" : ""}`,
+        traces.push({ type: "scatter", mode: "lines+markers", name: `${esc(kind)} ${esc(g)}${g === "Q1" ? " (lightest)" : ""}`,
           line: { dash: "dot" }, x: ps.map((p) => p.epsilon),
           y: ps.map((p) => { const r = p.per_group.find((x) => x.group === g); return r ? r[`${metric}@${k}`] : null; }) });
       }

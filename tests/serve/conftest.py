@@ -156,3 +156,40 @@ def any_ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     yield cluster.url(name)
     dispose_engines()
     cluster.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+#: Debian's chromium (``.ci/run`` installs it); Playwright never downloads a browser here
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    """A headless Chromium context (Playwright driving Debian's chromium by its path)."""
+    import os
+    import tempfile
+
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI must have Debian's chromium (.ci/run installs it)")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
+    with playwright_api.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        ctx = p.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), headless=True, args=FLAGS,
+            viewport={"width": 1280, "height": 1000},
+        )  # fmt: skip
+        try:
+            yield ctx
+        finally:
+            ctx.close()

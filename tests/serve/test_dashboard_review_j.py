@@ -11,11 +11,7 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,9 +22,6 @@ from privrec.serve.app import create_app
 from privrec.serve.demo import DemoWorld, build_demo
 
 from .conftest import LiveServer, auth, settings_for, tokenised
-
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 
 HOSTILE_ANALYST = '<img src=x onerror="window.__pwn=1">evil<a href="https://evil.example/a">A</a>'
 HOSTILE_PURPOSE = '<b>bold</b><a href="https://evil.example/p">P</a>'
@@ -79,23 +72,6 @@ def test_dashboard_files_send_security_headers(world: DemoWorld) -> None:
         r = c.get("/v1/me", headers={**auth(world, "olga"), "Origin": "https://evil.example"})
         assert r.headers["content-type"] == "application/json"
         assert "access-control-allow-origin" not in r.headers
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
-    with playwright_api.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-        ctx = p.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), headless=True, args=FLAGS,
-            viewport={"width": 1280, "height": 1000},
-        )  # fmt: skip
-        try:
-            yield ctx
-        finally:
-            ctx.close()
 
 
 @pytest.mark.slow

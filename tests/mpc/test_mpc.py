@@ -29,7 +29,7 @@ from privrec.errors import (
     PeerUnavailable,
     ProtocolAbort,
 )
-from privrec.secure import mpc, mpc_local
+from privrec.secure import mpc, mpc_local, mpc_select
 from privrec.secure.mpc import (
     CLIENT,
     HELPER,
@@ -342,7 +342,7 @@ def test_selection_network_returns_the_top_k_for_every_shape() -> None:
         for k in range(1, n + 1):
             scores = rng.permutation(n) / n * 2 * p.score_bound - p.score_bound
             scores[rng.random(n) < 0.3] -= p.exclusion_offset  # excluded items
-            ids = mpc._select_top(
+            ids = mpc_select._select_top(
                 _PlainRuntime(), _PlainFxp(), scores, k, p.padding_value, p.compare_bits
             )
             np.testing.assert_array_equal(ids, np.argsort(-scores)[:k], err_msg=f"{n=} {k=}")
@@ -353,7 +353,7 @@ def test_bitonic_stages_sort_any_input() -> None:
     for width in (1, 2, 4, 8, 16, 32):
         for _ in range(20):
             x = rng.normal(size=width)
-            for p, q in mpc._bitonic_stages(width, full_sort=True):
+            for p, q in mpc_select._bitonic_stages(width, full_sort=True):
                 hi, lo = np.maximum(x[p], x[q]), np.minimum(x[p], x[q])
                 x[p], x[q] = hi, lo
             assert np.all(np.diff(x) <= 0)

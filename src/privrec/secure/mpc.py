@@ -20,24 +20,29 @@ Protocol (all arithmetic on Shamir shares of fixed-point numbers, ``SecFxp(l, f)
     1. Inputs are secret-shared (``mpc.input``); the parties first check that they agree on
        the public parameters (a SHA-256 digest exchanged by every party), so a mismatch
        aborts instead of desynchronising.
-    2. ``s = Y u`` (one secure matrix-vector product and one truncation),
+    2. Input checks (:mod:`privrec.secure.mpc_checks`, unless ``check_inputs=False``): the
+       owners also share the bits of their entries; one opened random combination proves
+       every entry and mask value in range, then MPyC's comparison checks every norm bound;
+       a lying party aborts everybody before anything score-dependent is opened.
+    3. ``s = Y u`` (one secure matrix-vector product and one truncation),
        ``s ← s − C · mask`` with the public constant ``C = ⌈2S⌉ + 1``, ``S`` the public
        score bound (below): every excluded item falls below every other item, a linear
        operation (no interaction).
-    3. A bitonic selection network on the secret ``(score, id)`` pairs: rows of
+    4. A bitonic selection network on the secret ``(score, id)`` pairs: rows of
        ``w = 2^⌈log₂ k⌉`` items are sorted by Batcher's bitonic sorter, then merged
        pairwise (``max(A, reversed(B))`` keeps the top ``w`` of two sorted rows as a
        bitonic sequence, which one bitonic merge sorts) until one row is left. Every
        compare-exchange is one secure comparison and two multiplications, all pairs of a
        stage at once. Depth for n = 1000, k = 10: 40 comparison levels (k successive argmax
        tournaments would need 100).
-    4. The first ``k`` ids of that row are opened to party 0 only
+    5. The first ``k`` ids of that row are opened to party 0 only
        (``mpc.output(..., receivers=[0])``); parties 1 and 2 receive nothing.
 
 Fixed point and bounds
     ``S = user_norm_bound · item_norm_bound + 1`` bounds every score (Cauchy–Schwarz, plus
-    slack for rounding). Each party checks its own input: the client ``‖u‖₂ ≤
-    user_norm_bound``, the model holder ``max_i ‖y_i‖₂ ≤ item_norm_bound``. Excluded items
+    slack for rounding). Each party checks its own input first (the client ``‖u‖₂ ≤
+    user_norm_bound``, the model holder ``max_i ‖y_i‖₂ ≤ item_norm_bound``), and step 2
+    enforces the same bounds inside the MPC. Excluded items
     sit in ``[−S − C, S − C]`` and padding at ``−S − C − 1``, so a comparison needs only
     ``f + ⌈log₂(2S + C + 2)⌉ + 1`` bits (:attr:`MPCParams.compare_bits`, 24 with the
     defaults) instead of MPyC's default ``l`` — comparisons dominate the cost. Inputs are
@@ -50,8 +55,10 @@ Threat model
     for comparisons). The client learns the top-k ids and nothing else (no scores, no
     ranks below k), which still reveals something about ``Y`` per query (which items win
     for its ``u``). Two colluding parties can reconstruct every secret (threshold 1). A
-    malicious party can make the output wrong (no integrity); the norm bounds are checked
-    only by the party that owns the input. Traffic between parties is MPyC's plain TCP
+    party's **inputs** need not be trusted (step 2: an out-of-range input aborts the run
+    instead of reading the other side's secret off the openings); a party that deviates from
+    the protocol itself can make the output wrong (no integrity) and is outside MPyC's
+    passive security. Traffic between parties is MPyC's plain TCP
     unless ``tls`` is given (:func:`make_tls_material`): then every link is TLS with mutual
     certificate authentication — required across machines.
 """
@@ -66,6 +73,7 @@ import socket
 import ssl
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,9 +86,12 @@ from privrec.errors import (
     ConfigError,
     InvalidInputError,
     PeerUnavailable,
+    PrivacyWarning,
     PrivrecError,
     ProtocolAbort,
 )
+from privrec.secure.mpc_checks import Checked, check_fits, entry_bits, owner_bits, verify
+from privrec.secure.mpc_select import _select_top
 from privrec.secure.mpc_tls import N_PARTIES, TLSFiles, make_tls_material, tls_name
 from privrec.secure.mpc_wire import buffer_cap, until_refused
 
@@ -97,6 +108,7 @@ __all__ = [
     "make_tls_material",
     "run_party",
     "tls_name",
+    "warn_trusted_inputs",
 ]
 
 #: Party 0: holds the user vector and the exclusion mask, receives the top-k ids.
@@ -122,6 +134,11 @@ class MPCParams:
         and sets the comparison width. Each owner checks its own input against its bound.
     sec_param
         Statistical security parameter of MPyC's comparisons (leakage ``2^-sec_param``).
+    check_inputs
+        Enforce the norm bounds inside the MPC (:mod:`privrec.secure.mpc_checks`), so a party
+        that lies about its input aborts the run instead of reading the other side's secret
+        off the openings. ``False`` trusts every party's inputs (about half the secret mode's
+        bytes and time at 1k items) and warns: only for parties that trust each other.
     """
 
     bit_length: int = 32
@@ -129,6 +146,7 @@ class MPCParams:
     user_norm_bound: float = 4.0
     item_norm_bound: float = 4.0
     sec_param: int = 30
+    check_inputs: bool = True
 
     @property
     def score_bound(self) -> float:
@@ -167,6 +185,8 @@ class MPCParams:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"{name} must be positive and finite, found {v!r}")
+        if not isinstance(self.check_inputs, bool):
+            raise ConfigError(f"check_inputs must be True or False, found {self.check_inputs!r}")
         if not 20 <= self.sec_param <= 128:
             raise ConfigError(f"sec_param must be in 20..128, found {self.sec_param}")
         if self.compare_bits > self.bit_length:
@@ -218,6 +238,19 @@ class SecureTopKResult:
 
 
 # --------------------------------------------------------------------------- validation
+def warn_trusted_inputs(params: MPCParams) -> None:
+    """Warn loudly when the in-MPC input checks are off (a privacy-weakening setting)."""
+    if not params.check_inputs:
+        warnings.warn(
+            "MPCParams(check_inputs=False): every party's inputs are trusted. A party that "
+            "inputs out-of-range values (skipping its own norm check) reads the other side's "
+            "secret off the protocol's openings; use it only between parties that trust "
+            "each other's inputs.",
+            PrivacyWarning,
+            stacklevel=3,
+        )
+
+
 def _check_k(k: int, n_items: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= n_items:
         raise ConfigError(f"k must be an integer in 1..n_items={n_items}, found {k!r}")
@@ -337,6 +370,11 @@ def _runtime(party_id: int, addresses: Sequence[tuple[str, int]], params: MPCPar
         from privrec.secure.mpc_wire import install
 
         install(mpyc_runtime)  # a peer's pickle can build plain data only, never run code
+        from mpyc import thresha
+
+        from privrec.secure.mpc_shares import install as vectorise
+
+        vectorise(thresha)  # MPyC's per-element share loops, as numpy (same values)
 
         sys.argv = [
             *base,
@@ -408,84 +446,32 @@ async def _start(rt: Any, bind_host: str, tls: TLSFiles | None, cap: int) -> Non
     rt.start_time = time.time()
 
 
-_Stage = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]
+def _owned_input(
+    rt: Any,
+    secfxp: Any,
+    secint: Any,
+    own: npt.NDArray[np.float64] | None,
+    shape: tuple[int, ...],
+    bound: float,
+    owner: int,
+    party_id: int,
+    check_inputs: bool,
+) -> tuple[Any, Any]:
+    """Secret-share ``owner``'s fixed-point array and the bits that prove its range.
 
-
-def _bitonic_stages(width: int, *, full_sort: bool) -> list[_Stage]:
-    """Public compare-exchange stages ``(P, Q)`` of a bitonic network on ``width`` positions.
-
-    In each stage position ``P[j]`` receives the larger and ``Q[j]`` the smaller of the two.
-    ``full_sort``: Batcher's bitonic sorter (descending); otherwise only the final merge,
-    which sorts any bitonic sequence (log₂ width stages).
+    Without ``check_inputs`` no bits are shared (``None``).
     """
-    stages: list[_Stage] = []
-    sizes = [1 << e for e in range(1, width.bit_length())] if full_sort else [width]
-    for size in sizes:
-        stride = size // 2
-        while stride >= 1:
-            i = np.arange(width, dtype=np.int64)
-            j = i ^ stride
-            keep = j > i
-            i, j = i[keep], j[keep]
-            up = (i & size) != 0 if full_sort else np.zeros(i.size, dtype=bool)
-            stages.append((np.where(up, j, i), np.where(up, i, j)))  # ascending blocks swap
-            stride //= 2
-    return stages
-
-
-def _exchange(rt: Any, v: Any, ids: Any, p: Any, q: Any, bits: int) -> tuple[Any, Any]:
-    """One vectorised compare-exchange stage on every row of ``v`` (values) and ``ids``.
-
-    One secure comparison per pair, ``np_sgn(a − b, l=bits, LT=True)``: the values are
-    known to fit ``bits`` bits, which saves random bits (the main cost) against MPyC's
-    full-width comparison; then one multiplication each to move values and ids.
-    """
-    a, b = v[:, p], v[:, q]
-    c = rt.np_sgn(a - b, l=bits, LT=True)  # 1 where a < b: the pair swaps
-    dv = c * (b - a)
-    di = c * (ids[:, q] - ids[:, p])
-    perm = np.argsort(np.concatenate((p, q)))
-    v = rt.np_concatenate((a + dv, b - dv), axis=1)[:, perm]
-    ids = rt.np_concatenate((ids[:, p] + di, ids[:, q] - di), axis=1)[:, perm]
-    return v, ids
-
-
-def _select_top(rt: Any, secfxp: Any, scores: Any, k: int, low: float, bits: int) -> Any:
-    """Secret ids of the ``k`` largest ``scores`` (best first), by a bitonic selection network.
-
-    The scores (padded with ``low`` to rows of ``w = 2^⌈log₂ k⌉``) are sorted row-wise by
-    Batcher's bitonic sorter; rows are then merged pairwise: ``max(A, reversed(B))`` of two
-    descending rows holds their top ``w`` as a bitonic sequence, which one bitonic merge
-    sorts. Depth ``log w (log w + 1)/2 + ⌈log₂(n/w)⌉ (log w + 1)`` comparison levels — 40 for
-    n = 1000, k = 10 — instead of ``k ⌈log₂ n⌉`` (100) for k successive argmax tournaments,
-    and fewer comparisons (≈ 8k against 10k there).
-    """
-    n = scores.size
-    w = 1 << (k - 1).bit_length()
-    rows = -(-n // w)
-    pad = rows * w - n
-    v = scores
-    if pad:
-        v = rt.np_concatenate((v, secfxp.array(np.full(pad, low), integral=False)))
-    v = rt.np_reshape(v, (rows, w))
-    ids = secfxp.array(np.arange(rows * w).reshape(rows, w), integral=True)
-    for p, q in _bitonic_stages(w, full_sort=True):
-        v, ids = _exchange(rt, v, ids, p, q, bits)
-    merge = _bitonic_stages(w, full_sort=False)
-    while v.shape[0] > 1:
-        r = v.shape[0]
-        half = r // 2
-        a, b = v[: 2 * half : 2], v[1 : 2 * half : 2][:, ::-1]
-        ia, ib = ids[: 2 * half : 2], ids[1 : 2 * half : 2][:, ::-1]
-        c = rt.np_sgn(a - b, l=bits, LT=True)  # take b where a < b
-        nv, ni = a + c * (b - a), ia + c * (ib - ia)
-        for p, q in merge:
-            nv, ni = _exchange(rt, nv, ni, p, q, bits)
-        if r % 2:  # an odd row waits for the next level
-            nv = rt.np_concatenate((nv, v[r - 1 :]), axis=0)
-            ni = rt.np_concatenate((ni, ids[r - 1 :]), axis=0)
-        v, ids = nv, ni
-    return ids[0, :k]
+    encoded = secfxp.array(own if party_id == owner else np.zeros(shape), integral=False)
+    values = rt.input(encoded, senders=owner)
+    if not check_inputs:
+        return values, None
+    bits = entry_bits(bound, secfxp.frac_length)
+    size = math.prod(shape)
+    if party_id == owner:
+        own_bits = owner_bits(encoded.share, bits)
+    else:
+        own_bits = np.zeros((size, bits), dtype=np.int64)
+    return values, rt.input(secint.array(own_bits), senders=owner)
 
 
 async def _protocol(
@@ -503,7 +489,8 @@ async def _protocol(
     bind_host: str,
     tls: TLSFiles | None,
 ) -> PartyResult:
-    await _start(rt, bind_host, tls, buffer_cap(n_items, n_factors))
+    bits = entry_bits(max(params.user_norm_bound, params.item_norm_bound), params.frac_length)
+    await _start(rt, bind_host, tls, buffer_cap(n_items, n_factors, bits))
     t0, c0 = time.perf_counter(), time.process_time()
     digests = await rt.transfer(digest)
     if any(not isinstance(d, str) or d != digest for d in digests):
@@ -514,21 +501,43 @@ async def _protocol(
             "(n_items, n_factors, k, MPCParams, public item matrix)",
         )
     secfxp = rt.SecFxp(params.bit_length, params.frac_length)
-    zeros_u = np.zeros(n_factors)
-    su = rt.input(
-        secfxp.array(user_vector if party_id == CLIENT else zeros_u, integral=False),
-        senders=CLIENT,
+    # the raw fixed-point integers, read as integers of the same field for the input checks
+    secint = rt.SecInt(params.bit_length + params.frac_length, p=secfxp.field.modulus)
+    su, su_bits = _owned_input(
+        rt,
+        secfxp,
+        secint,
+        user_vector,
+        (n_factors,),
+        params.user_norm_bound,
+        CLIENT,
+        party_id,
+        params.check_inputs,
     )
     smask = rt.input(
         secfxp.array(mask if party_id == CLIENT else np.zeros(n_items, np.int64), integral=True),
         senders=CLIENT,
     )
+    checks = [Checked(CLIENT, su, su_bits, params.user_norm_bound, smask)]
+    if not public_items:
+        sy, sy_bits = _owned_input(
+            rt,
+            secfxp,
+            secint,
+            item_factors,
+            (n_items, n_factors),
+            params.item_norm_bound,
+            MODEL_HOLDER,
+            party_id,
+            params.check_inputs,
+        )
+        checks.append(Checked(MODEL_HOLDER, sy, sy_bits, params.item_norm_bound))
+    if params.check_inputs:  # every secret input in range before a score-dependent opening
+        await verify(rt, secint, checks)
     if public_items:
         assert item_factors is not None
         scores = item_factors @ su
     else:
-        local = item_factors if party_id == MODEL_HOLDER else np.zeros((n_items, n_factors))
-        sy = rt.input(secfxp.array(local, integral=False), senders=MODEL_HOLDER)
         scores = sy @ su
     scores = scores - smask * params.exclusion_offset
     ids = _select_top(rt, secfxp, scores, k, params.padding_value, params.compare_bits)
@@ -610,9 +619,17 @@ def run_party(
     """
     params = params or MPCParams()
     params.validate()
+    warn_trusted_inputs(params)
     addrs = _addresses(addresses)
     _check_shape(n_items, n_factors)
     k = _check_k(k, n_items)
+    check_fits(
+        params.bit_length,
+        params.frac_length,
+        params.user_norm_bound,
+        params.item_norm_bound,
+        int(n_factors),
+    )
     if party_id not in _ROLE:
         raise ConfigError(f"party_id must be 0, 1 or 2, found {party_id!r}")
     if not timeout > 0:

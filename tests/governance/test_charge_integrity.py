@@ -226,3 +226,39 @@ def test_a_0002_ledger_upgrades_to_0003_and_still_verifies(
     with pytest.raises(GovernanceError, match="released"):
         analyst.abort(old, reason="x")
     assert auditor.verify_audit_log().ok
+
+
+def test_an_artifact_trained_on_other_data_than_the_charges_version_is_refused(
+    setup: LedgerSetup, tmp_path: Path
+) -> None:
+    """Lineage follows the charge's version: a model fitted on the raw file (or another
+    version) and committed under a checked charge was recorded as holding only that version's
+    members, so deletion tracing missed it (``dataset_hash`` was stored, never compared)."""
+    from privrec.data import synthetic
+    from privrec.governance.training import artifact_info
+
+    a = setup.analyst
+    g = a.load("ratings", synthetic(n_users=200, n_items=40, seed=1))
+    model = tmp_path / "model.npz"
+    model.write_bytes(b"a released model")
+
+    def art(dataset_hash: str) -> dict[str, Any]:
+        return artifact_info(
+            model,
+            model_kind="dppop",
+            config={},
+            guarantee={},
+            seeded_noise=False,
+            dataset_hash=dataset_hash,
+        )
+
+    c = a.reserve("ratings", _ev(G(30.0)), data=g)
+    before = (_count(setup, "artifacts"), _count(setup, "audit_log"))
+    with pytest.raises(GovernanceError, match="trained on data"):
+        a.commit(c, artifact=art("0" * 64))
+    assert (_count(setup, "artifacts"), _count(setup, "audit_log")) == before
+    assert a.history("ratings")[0].status == "reserved"
+    assert a.commit(c, artifact=art(g.content_hash)).status == "committed"
+    # a charge reserved without a checked version has nothing to compare with
+    d = a.reserve("ratings", _ev(G(30.0)))
+    assert a.commit(d, artifact=art("")).status == "committed"

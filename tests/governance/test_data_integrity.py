@@ -26,7 +26,7 @@ from privrec.errors import (
     StaleDataError,
 )
 from privrec.governance import Ledger
-from privrec.governance import charging as charging_module
+from privrec.governance import reading as reading_module
 from privrec.governance.auth import Principal, Role
 from privrec.governance.db import create_ledger_engine, dispose_engines
 from privrec.governance.userkey import USER_KEY_ENV
@@ -139,12 +139,12 @@ def test_a_version_is_refused_once_retention_passes_its_oldest_interaction(
     assert g.report.oldest_kept_timestamp == pytest.approx(oldest)
     s.analyst.abort(s.analyst.reserve("ratings", _q(), data=g), reason="within the window")
     later = oldest + 30 * 86400 + 60  # the window has passed the oldest kept interaction
-    monkeypatch.setattr(charging_module, "_now", lambda: later)
+    monkeypatch.setattr(reading_module, "ledger_clock", lambda engine: later)
     before = _count(s.url, "charges")
     with pytest.raises(StaleDataError, match="retention"):
         s.analyst.reserve("ratings", _q(), data=g)
     assert _count(s.url, "charges") == before
-    monkeypatch.setattr("privrec.governance.intake._now", lambda: later)
+    monkeypatch.setattr(reading_module, "ledger_clock", lambda engine: later)
     fresh = s.analyst.load("ratings", raw)  # the reload applies retention
     assert fresh.report.step("retention").interactions_dropped > 0
     s.analyst.reserve("ratings", _q(), data=fresh)

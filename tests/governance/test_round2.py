@@ -29,6 +29,7 @@ from privrec.errors import (
 )
 from privrec.governance import Ledger, composition
 from privrec.governance import charging as charging_module
+from privrec.governance import reading as reading_module
 from privrec.governance.composition import MAX_DEPTH, MAX_RELEASES, ChargeEvents
 from privrec.governance.db import create_ledger_engine
 from privrec.governance.policy import (
@@ -84,13 +85,13 @@ def test_a_version_stays_valid_for_the_grace_then_goes_stale(
     t0 = time.time()
     grace = retention_grace(W_DAYS)
     raw = _timed([t0 - W_DAYS * DAY + 60 * k for k in range(120)])
-    monkeypatch.setattr("privrec.governance.intake._now", lambda: t0)
+    monkeypatch.setattr(reading_module, "ledger_clock", lambda engine: t0)
     g = s.analyst.load("ratings", raw)
     assert g.report.oldest_kept_timestamp == pytest.approx(t0 - W_DAYS * DAY + grace)
     assert g.report.step("retention").interactions_dropped == 60  # the first hour
-    monkeypatch.setattr(charging_module, "_now", lambda: t0 + grace - 1)
+    monkeypatch.setattr(reading_module, "ledger_clock", lambda engine: t0 + grace - 1)
     s.analyst.abort(s.analyst.reserve("ratings", _q(), data=g), reason="within the grace")
-    monkeypatch.setattr(charging_module, "_now", lambda: t0 + grace + 1)
+    monkeypatch.setattr(reading_module, "ledger_clock", lambda engine: t0 + grace + 1)
     with pytest.raises(StaleDataError, match="retention"):
         s.analyst.reserve("ratings", _q(), data=g)
 

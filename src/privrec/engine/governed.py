@@ -114,7 +114,8 @@ def train_on_ray(
             config=cfg.model_dump(mode="json"),
             guarantee=model.guarantee_.model_dump(mode="json"),
             seeded_noise=model.guarantee_.seeded_noise,
-            dataset_hash=engine.last_content_hash or "",
+            # the version's stored hash (the workers' hash, marked: ``workers_version_hash``)
+            dataset_hash=session.data.content_hash if session.data is not None else "",
             signer=signer,
         )
         charge = session.commit(artifact=art)

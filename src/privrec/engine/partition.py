@@ -65,7 +65,6 @@ class PolicyFilter:
     def from_ledger(cls, ledger: Any, dataset: str) -> PolicyFilter:
         """The dataset's policy, deletions and consents as the ledger's ``load`` reads them."""
         import json
-        import time
 
         from privrec.governance.policy import Policy, consent_file_digest
 
@@ -78,7 +77,7 @@ class PolicyFilter:
         if declared.consent.required and declared.consent.source != "ledger":
             digest = consent_file_digest(declared.consent.source)
         policy, key, deleted, consented = ledger.policy_inputs(dataset)
-        return cls(policy, key, deleted, consented, time.time(), int(info.epoch), digest)
+        return cls(policy, key, deleted, consented, ledger.clock(), int(info.epoch), digest)
 
 
 def merge_policy_reports(reports: list[Any]) -> Any:

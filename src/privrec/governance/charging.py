@@ -38,7 +38,7 @@ from privrec.governance.auth import require
 from privrec.governance.composition import ChargeEvents, composed_epsilon
 from privrec.governance.db import read_transaction
 from privrec.governance.policy import Policy, check_retention, consent_file_digest
-from privrec.governance.reading import LedgerBase, _now
+from privrec.governance.reading import LedgerBase
 from privrec.governance.records import ChargeInfo, GovernedData, GovernedVersion, fmt_time
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.units import PrivacyUnit
@@ -115,7 +115,7 @@ class LedgerCharging(LedgerBase):
         ce = ChargeEvents(events, accountant=accountant)
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 128):
             raise GovernanceError("idempotency keys are 1-128 characters")
-        now = _now()
+        now = self.clock()
         req = _Request(dataset, ce, purpose, description[:2000], data, idempotency_key, now)
         # Composing with dp-accounting can take seconds (a PLD of many non-Gaussian releases):
         # it runs first on a read snapshot, outside the write lock, so one analyst's call never
@@ -371,7 +371,7 @@ class LedgerCharging(LedgerBase):
         """
         require(self.principal, "spend", "committing a charge")
         cid = charge if isinstance(charge, int) else charge.id
-        now = _now()
+        now = self.clock()
         result_json = None if result is None else json.dumps(result, sort_keys=True, default=float)
         with self._write() as conn:
             row = self._own_charge(conn, cid)
@@ -384,6 +384,7 @@ class LedgerCharging(LedgerBase):
             touched: dict[str, list[int]] = {"charges": [cid]}
             art_id = None
             if artifact is not None:
+                _check_artifact_data(conn, row, artifact)
                 art_id = conn.execute(
                     sa.insert(tbl.Artifact)
                     .values(
@@ -436,7 +437,7 @@ class LedgerCharging(LedgerBase):
         """
         require(self.principal, "spend", "aborting a charge")
         cid = charge if isinstance(charge, int) else charge.id
-        now = _now()
+        now = self.clock()
         with self._write() as conn:
             row = self._own_charge(conn, cid)
             if row.status != "reserved":
@@ -476,7 +477,7 @@ class LedgerCharging(LedgerBase):
         require(self.principal, "spend", "marking a charge released")
         items = [charges] if isinstance(charges, ChargeInfo | int) else list(charges)
         ids = [c if isinstance(c, int) else c.id for c in items]
-        now = _now()
+        now = self.clock()
         with self._write() as conn:
             rows = [self._own_charge(conn, cid) for cid in ids]  # all checked before any write
             for row in rows:
@@ -507,7 +508,7 @@ class LedgerCharging(LedgerBase):
         """Attach a note to one's own reserved charge (e.g. why it stays reserved after a failure)."""
         require(self.principal, "spend", "annotating a charge")
         cid = charge if isinstance(charge, int) else charge.id
-        now = _now()
+        now = self.clock()
         with self._write() as conn:
             self._own_charge(conn, cid)
             conn.execute(
@@ -518,3 +519,25 @@ class LedgerCharging(LedgerBase):
             self._log(
                 conn, "charge.note", {"charge": cid, "note": text[:500]}, {"charges": [cid]}, now
             )
+
+
+def _check_artifact_data(conn: Any, row: Any, artifact: dict[str, Any]) -> None:
+    """Refuse an artifact that says it was trained on other data than the charge's version.
+
+    Why: lineage (which models held a deleted person, which are due for retraining) follows
+    the charge's dataset version. An artifact committed with another ``dataset_hash`` — a model
+    fitted on the raw file instead of the policy-checked load, or on another version — was
+    recorded as if it held only that version's members, and deletion tracing would miss it.
+    """
+    if row.version_id is None:
+        return  # a charge without a checked version (``data=`` not given): nothing to compare
+    version_hash = conn.execute(
+        sa.select(tbl.DatasetVersion.content_hash).where(tbl.DatasetVersion.id == row.version_id)
+    ).scalar_one()
+    claimed = artifact.get("dataset_hash")
+    if claimed != version_hash:
+        raise GovernanceError(
+            f"the artifact was trained on data with hash {str(claimed)[:16]}…, but charge "
+            f"{row.id} was reserved for dataset version {row.version_id} "
+            f"({version_hash[:16]}…): commit the model fitted on that version; nothing recorded"
+        )

@@ -39,7 +39,7 @@ from privrec.governance.policy import (
     consent_file_digest,
     content_hash,
 )
-from privrec.governance.reading import LedgerBase, _now
+from privrec.governance.reading import LedgerBase
 from privrec.governance.records import GovernedData, GovernedVersion
 
 __all__ = ["LedgerIntake"]
@@ -70,6 +70,7 @@ def _applied(
     key: bytes,
     deleted: np.ndarray,
     consented: np.ndarray | None,
+    now: float,
 ) -> tuple[Interactions, PolicyReport, np.ndarray]:
     """The data after ``policy``, its report and the data's user hashes (a load and a policy
     check apply it alike)."""
@@ -80,7 +81,7 @@ def _applied(
         user_digests=digests,
         deleted=deletions_in(key, data.user_ids, digests, deleted),
         consented=consented,
-        now=_now(),
+        now=now,
     )
     return out, report, digests
 
@@ -107,7 +108,7 @@ class LedgerIntake(LedgerBase):
             raise GovernanceError(f"consent records are (user id, granted) pairs: {exc}") from None
         for u, _ in recs:  # all checked before anything is written
             _exact_id(u, "a consent record")
-        now = _now()
+        now = self.clock()
         with self._write() as conn:
             ds = self._dataset(conn, dataset)
             key = self._user_key(conn)
@@ -152,7 +153,7 @@ class LedgerIntake(LedgerBase):
         if user is None or (isinstance(user, str) and not user.strip()):
             raise GovernanceError("a deletion request needs a user id (found an empty one)")
         _exact_id(user, "a deletion request")
-        now = _now()
+        now = self.clock()
         with self._write() as conn:
             ds = self._dataset(conn, dataset)
             d = user_digests(self._user_key(conn), [user])[0]
@@ -210,7 +211,7 @@ class LedgerIntake(LedgerBase):
                     if policy.consent.source != "ledger":  # read before the file's records
                         file_digest = consent_file_digest(policy.consent.source)
                     consented = self._consented(conn, ds.id, policy, key)
-            out, report, digests = _applied(data, policy, key, deleted, consented)
+            out, report, digests = _applied(data, policy, key, deleted, consented, self.clock())
             if file_digest is not None:
                 report = report.model_copy(update={"consent_file_sha256": file_digest})
             h = content_hash(out)
@@ -219,7 +220,7 @@ class LedgerIntake(LedgerBase):
                 if out.n_users
                 else np.zeros(0, np.uint64)
             )
-            now = _now()
+            now = self.clock()
             with self._write() as conn:
                 current = self._dataset(conn, dataset)
                 if current.epoch != ds.epoch:
@@ -262,7 +263,7 @@ class LedgerIntake(LedgerBase):
         # marked as the workers' hash: Ledger.train (which hashes the data it is given) can
         # never accept a hand-built GovernedData naming this version
         stored_hash = workers_version_hash(content_hash)
-        now = _now()
+        now = self.clock()
         with self._write() as conn:
             ds = self._dataset(conn, dataset)
             if int(ds.epoch) != int(epoch):
@@ -373,7 +374,7 @@ class LedgerIntake(LedgerBase):
         """What :meth:`load` would keep and drop (counts only), without registering anything."""
         require(self.principal, "read_own", "checking a policy")
         policy, key, deleted, consented = self._policy_inputs(dataset)
-        return _applied(data, policy, key, deleted, consented)[1]
+        return _applied(data, policy, key, deleted, consented, self.clock())[1]
 
     def policy_inputs(self, dataset: str) -> tuple[Policy, bytes, np.ndarray, np.ndarray | None]:
         """What :func:`apply_policy` needs besides the data: the policy, the user-hash key, and the

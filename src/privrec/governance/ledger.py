@@ -61,7 +61,7 @@ from privrec.governance.db import (
 )
 from privrec.governance.intake import LedgerIntake
 from privrec.governance.policy import Policy
-from privrec.governance.reading import _now, file_sha256
+from privrec.governance.reading import file_sha256, ledger_clock
 from privrec.governance.records import BudgetStatus, DatasetInfo, GovernedData
 from privrec.governance.userkey import new_user_key
 
@@ -95,7 +95,7 @@ class Ledger(LedgerCharging, LedgerIntake):
         full, key_id, secret = new_key()
         salt = secrets.token_bytes(16)
         hashed = hash_secret(secret, salt)
-        now = _now()
+        now = ledger_clock(engine)
         with write_transaction(engine) as conn:
             if conn.execute(sa.select(sa.func.count()).select_from(tbl.Principal)).scalar_one():
                 raise GovernanceError(
@@ -204,7 +204,7 @@ class Ledger(LedgerCharging, LedgerIntake):
         full, key_id, secret = new_key()
         salt = secrets.token_bytes(16)
         hashed = hash_secret(secret, salt)
-        now = _now()
+        now = self.clock()
         with self._write() as conn:
             row = conn.execute(sa.select(tbl.Principal).where(tbl.Principal.name == name)).first()
             touched: dict[str, list[int]] = {}
@@ -238,7 +238,7 @@ class Ledger(LedgerCharging, LedgerIntake):
     def revoke_key(self, key_id: str) -> None:
         """Revoke a key by its id (the part after ``prk_``); the principal keeps its history."""
         require(self.principal, "manage", "revoking keys")
-        now = _now()
+        now = self.clock()
         with self._write() as conn:
             row = conn.execute(sa.select(tbl.ApiKey).where(tbl.ApiKey.key_id == key_id)).first()
             if row is None:
@@ -299,7 +299,7 @@ class Ledger(LedgerCharging, LedgerIntake):
             raise GovernanceError(
                 f"invalid dataset name {dataset!r} (printable, no leading or trailing spaces)"
             )
-        now = _now()
+        now = self.clock()
         with self._write() as conn:
             row = conn.execute(sa.select(tbl.Dataset).where(tbl.Dataset.name == dataset)).first()
             b = policy.budget
@@ -428,7 +428,7 @@ class Ledger(LedgerCharging, LedgerIntake):
             raise GovernanceError(
                 f"invalid budget: {'.'.join(map(str, err['loc']))}: {err['msg']} (found {err.get('input')!r})"
             ) from None
-        now = _now()
+        now = self.clock()
         with self._write() as conn:
             ds = self._dataset(conn, dataset)
             self._warn_weak_cap(conn, ds.id, ds.unit, epsilon, delta)  # before writing

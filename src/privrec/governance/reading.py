@@ -43,7 +43,21 @@ __all__ = ["LIVE", "LedgerBase", "file_sha256"]
 LIVE = ("reserved", "committed")
 
 
-def _now() -> float:
+def ledger_clock(engine: Engine) -> float:
+    """Seconds since the epoch by the **ledger's** clock: the PostgreSQL server's, or this
+    machine's for SQLite (a file on this machine: every process writing it shares its clock).
+
+    Why: charges' times decide which of them a rolling (``period_days``) budget counts, and a
+    load's time decides what retention keeps. Taken from each client's own clock, an analyst
+    machine set back 40 days wrote charges that every 30-day window skipped (a budget spent
+    twice) and one set forward made the window skip everyone else's; the audit log could not
+    tell, since the row was written that way. Against a shared PostgreSQL ledger every process
+    now reads the server's ``clock_timestamp()``.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            value = conn.execute(sa.text("SELECT EXTRACT(EPOCH FROM clock_timestamp())"))
+            return float(value.scalar_one())
     return time.time()
 
 
@@ -63,6 +77,10 @@ class LedgerBase:
     @property
     def actor(self) -> str:
         return self.principal.name
+
+    def clock(self) -> float:
+        """Now, by the ledger's clock (:func:`ledger_clock`)."""
+        return ledger_clock(self.engine)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -129,7 +147,7 @@ class LedgerBase:
     ) -> int:
         return audit.append(
             conn,
-            at=_now() if at is None else at,
+            at=self.clock() if at is None else at,
             actor=self.actor,
             action=action,
             payload=payload,
@@ -238,7 +256,7 @@ class LedgerBase:
         Analysts see dataset and purpose budgets and their own analyst budget.
         """
         require(self.principal, "read_own", "reading budgets")
-        now = _now()
+        now = self.clock()
         out: list[BudgetStatus] = []
         with read_transaction(self.engine) as conn:
             q = sa.select(tbl.Budget, tbl.Dataset.name, tbl.Dataset.unit).join(

@@ -35,13 +35,11 @@ Results go to ``benchmarks/results/mpc.json`` and ``benchmarks/results/mpc.md``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
 import sys
 import time
-import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -51,7 +49,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from machine import machine_info, machine_markdown  # noqa: E402
-from privrec.errors import PrivacyWarning  # noqa: E402
 from privrec.secure.mpc import MPCParams  # noqa: E402
 from privrec.secure.mpc_local import secure_top_k_local  # noqa: E402
 
@@ -107,7 +104,6 @@ def bench_mpc(
         "k": K,
         "items": "public" if public_items else "secret",
         "tls": tls,
-        "inputs_checked": params.check_inputs,
         "reps": reps,
         "protocol_s": _median(proto),
         "wall_s": _median(wall),
@@ -121,16 +117,6 @@ def bench_mpc(
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
-
-
-def _variant(r: dict[str, Any]) -> str:
-    """``secret``, ``secret, inputs trusted``, ``public, TLS`` …: how a row ran."""
-    text = r["items"]
-    if r.get("tls"):
-        text += ", TLS"
-    if not r.get("inputs_checked", True):
-        text += ", inputs trusted"
-    return text
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -163,7 +149,7 @@ def markdown(result: dict[str, Any]) -> str:
             else ""
         )
         lines.append(
-            f"| {r['n_items']:,}{when} | {_variant(r)} "
+            f"| {r['n_items']:,}{when} | {r['items']}{', TLS' if r.get('tls') else ''} "
             f"| {r['protocol_s']:.2f} | {r['wall_s']:.2f} "
             f"| {r['busiest_party_cpu_s']:.2f} | {per} | {_mb(r['bytes_total'])} "
             f"| {'yes' if r['exact_top_k'] else 'NO'} |"
@@ -175,12 +161,6 @@ def markdown(result: dict[str, Any]) -> str:
         "share two cores with the rest of the machine) and on network rounds (a bitonic "
         "selection network of 40 comparison levels at 1k items, k = 10, several rounds each). "
         "Work and bytes grow linearly in the items, rounds in log n.",
-        "",
-        "Inputs checked (the default): every secret input's norm bound is enforced inside the "
-        "MPC before any score is opened (privrec.secure.mpc_checks); the model holder also "
-        "shares 20 bits per item-matrix entry, which is most of the difference to the "
-        "'inputs trusted' row at equal parameters. In public-items mode only the client's "
-        "vector and mask are checked (a few hundred extra elements).",
     ]
     he = result.get("he_reference")
     if he:
@@ -206,7 +186,7 @@ def markdown(result: dict[str, Any]) -> str:
             )
         for r in result["mpc"]:
             lines.append(
-                f"| MPyC top-k, {_variant(r)} "
+                f"| MPyC top-k, {r['items']} items{', TLS' if r.get('tls') else ''} "
                 f"| {r['n_items']:,} | {r['protocol_s']:.2f} "
                 f"| {_mb(r['client_bytes_sent'])} sent by party 0 | top-{K} ids only |"
             )
@@ -235,7 +215,6 @@ def add_large(out: Path) -> int:
 
 def _param_fields(params: dict[str, Any]) -> dict[str, Any]:
     names = ("bit_length", "frac_length", "user_norm_bound", "item_norm_bound", "sec_param")
-    # check_inputs is recorded per row; the large run keeps the default (checked)
     return {k: params[k] for k in names}
 
 
@@ -269,18 +248,9 @@ def main() -> int:
         "load_before": os.getloadavg()[0],
         "mpc": [],
     }
-    trusting = dataclasses.replace(params, check_inputs=False)
     for n, reps in SIZES_QUICK if args.quick else SIZES_FULL:
-        # secret items with and without the in-MPC input checks, at equal parameters
-        for public, tls, p in (
-            (False, False, params),
-            (False, False, trusting),
-            (True, False, params),
-            (True, True, params),
-        ):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", PrivacyWarning)  # the trusting row, on purpose
-                row = bench_mpc(n, public, reps, p, tls)
+        for public, tls in ((False, False), (True, False), (True, True)):
+            row = bench_mpc(n, public, reps, params, tls)
             print(json.dumps(row), flush=True)
             result["mpc"].append(row)
     result["load_after"] = os.getloadavg()[0]

@@ -207,23 +207,3 @@ def test_secret_item_factors_are_written_for_their_holder_only(
     assert (holder / "item-factors.npy").stat().st_mode & 0o077 == 0
     export_party_inputs(model, row, tmp_path / "open", k=3, public_items=True, params=params)
     assert (tmp_path / "open" / "public" / "item-factors.npy").exists()
-
-
-def test_trusting_inputs_travels_to_every_partys_command(model_file: Path, tmp_path: Path) -> None:
-    """``--trust-inputs`` turns the in-MPC range checks off (a public option: every party must
-    be given it, or the parties' parameter digests differ and the run aborts)."""
-    import json
-
-    from privrec.models import load_model
-
-    user = str(load_model(model_file).user_ids_[0])
-    for flag, checked in (([], True), (["--trust-inputs"], False)):
-        out = tmp_path / f"inputs-{checked}"
-        res = runner.invoke(
-            app, ["mpc", "export", str(model_file), "--user", user, "--out", str(out), *flag]
-        )
-        assert res.exit_code == 0, res.output
-        assert json.loads((out / "public.json").read_text())["check_inputs"] is checked
-        commands = [line for line in res.output.splitlines() if line.startswith("privrec mpc")]
-        assert len(commands) == 3
-        assert all(("--trust-inputs" in c) is not checked for c in commands)

@@ -21,16 +21,6 @@ _UserBoundOpt = Annotated[
     float, typer.Option("--user-norm-bound", help="Public bound on the user vector's L2 norm.")
 ]
 
-_TrustOpt = Annotated[
-    bool,
-    typer.Option(
-        "--trust-inputs",
-        help="Skip the in-MPC range checks of every party's inputs (faster; warns): a party "
-        "inputting out-of-range values could then read the other side's secret. Every party "
-        "must be given it alike.",
-    ),
-]
-
 
 @mpc_app.command("topk")
 def mpc_topk(
@@ -64,7 +54,6 @@ def mpc_topk(
         bool, typer.Option("--tls", help="Mutually authenticated TLS between the parties.")
     ] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds for the whole run.")] = 300.0,
-    trust_inputs: _TrustOpt = False,
 ) -> None:
     """Top-k for one user by three local MPyC processes on 127.0.0.1.
 
@@ -82,11 +71,7 @@ def mpc_topk(
         row, who = user_history(model, model_path, user, history)
         if item_norm_bound is None:
             item_norm_bound = float(np.linalg.norm(model.item_factors_, axis=1).max()) * 1.01
-        params = MPCParams(
-            user_norm_bound=user_norm_bound,
-            item_norm_bound=item_norm_bound,
-            check_inputs=not trust_inputs,
-        )
+        params = MPCParams(user_norm_bound=user_norm_bound, item_norm_bound=item_norm_bound)
         res = secure_recommend(
             model, row, k=k, public_items=public_items, params=params, tls=tls, timeout=timeout
         )
@@ -161,7 +146,6 @@ def mpc_party(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout")] = 300.0,
-    trust_inputs: _TrustOpt = False,
 ) -> None:
     """Run one party of secure top-k; every party must get the same public options."""
     from privrec.secure.mpc import MPCParams, TLSFiles, run_party
@@ -183,11 +167,7 @@ def mpc_party(
             exclude=None if exclude is None else np.load(exclude),
             item_factors=None if item_factors is None else np.load(item_factors),
             public_items=public_items,
-            params=MPCParams(
-                user_norm_bound=user_norm_bound,
-                item_norm_bound=item_norm_bound,
-                check_inputs=not trust_inputs,
-            ),
+            params=MPCParams(user_norm_bound=user_norm_bound, item_norm_bound=item_norm_bound),
             bind_host=bind,
             tls=None if tls_dir is None else TLSFiles.in_dir(tls_dir, party_id),
             timeout=timeout,
@@ -233,7 +213,6 @@ def mpc_export(
         float | None,
         typer.Option(help="Public bound on item-row norms (default: from the model's factors)."),
     ] = None,
-    trust_inputs: _TrustOpt = False,
 ) -> None:
     """Write each party's input files for `privrec mpc party` on separate machines.
 
@@ -252,11 +231,7 @@ def mpc_export(
         row, who = user_history(model, model_path, user, history)
         if item_norm_bound is None:
             item_norm_bound = float(np.linalg.norm(model.item_factors_, axis=1).max()) * 1.01
-        params = MPCParams(
-            user_norm_bound=user_norm_bound,
-            item_norm_bound=item_norm_bound,
-            check_inputs=not trust_inputs,
-        )
+        params = MPCParams(user_norm_bound=user_norm_bound, item_norm_bound=item_norm_bound)
         pub = export_party_inputs(model, row, out, k=k, public_items=public_items, params=params)
         y = "public" if public_items else "party-1"
         common = (
@@ -264,7 +239,6 @@ def mpc_export(
             f"--user-norm-bound {pub['user_norm_bound']:g} "
             f"--item-norm-bound {pub['item_norm_bound']:.6g}"
             + (" --public-items" if public_items else "")
-            + (" --trust-inputs" if trust_inputs else "")
             + " --party HOST0:PORT --party HOST1:PORT --party HOST2:PORT"
         )
         console.print(f"wrote the inputs of {who} to {out}/ (party-0/ is secret: client only)")

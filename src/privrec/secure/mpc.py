@@ -20,29 +20,24 @@ Protocol (all arithmetic on Shamir shares of fixed-point numbers, ``SecFxp(l, f)
     1. Inputs are secret-shared (``mpc.input``); the parties first check that they agree on
        the public parameters (a SHA-256 digest exchanged by every party), so a mismatch
        aborts instead of desynchronising.
-    2. Input checks (:mod:`privrec.secure.mpc_checks`, unless ``check_inputs=False``): the
-       owners also share the bits of their entries; one opened random combination proves
-       every entry and mask value in range, then MPyC's comparison checks every norm bound;
-       a lying party aborts everybody before anything score-dependent is opened.
-    3. ``s = Y u`` (one secure matrix-vector product and one truncation),
+    2. ``s = Y u`` (one secure matrix-vector product and one truncation),
        ``s ← s − C · mask`` with the public constant ``C = ⌈2S⌉ + 1``, ``S`` the public
        score bound (below): every excluded item falls below every other item, a linear
        operation (no interaction).
-    4. A bitonic selection network on the secret ``(score, id)`` pairs: rows of
+    3. A bitonic selection network on the secret ``(score, id)`` pairs: rows of
        ``w = 2^⌈log₂ k⌉`` items are sorted by Batcher's bitonic sorter, then merged
        pairwise (``max(A, reversed(B))`` keeps the top ``w`` of two sorted rows as a
        bitonic sequence, which one bitonic merge sorts) until one row is left. Every
        compare-exchange is one secure comparison and two multiplications, all pairs of a
        stage at once. Depth for n = 1000, k = 10: 40 comparison levels (k successive argmax
        tournaments would need 100).
-    5. The first ``k`` ids of that row are opened to party 0 only
+    4. The first ``k`` ids of that row are opened to party 0 only
        (``mpc.output(..., receivers=[0])``); parties 1 and 2 receive nothing.
 
 Fixed point and bounds
     ``S = user_norm_bound · item_norm_bound + 1`` bounds every score (Cauchy–Schwarz, plus
-    slack for rounding). Each party checks its own input first (the client ``‖u‖₂ ≤
-    user_norm_bound``, the model holder ``max_i ‖y_i‖₂ ≤ item_norm_bound``), and step 2
-    enforces the same bounds inside the MPC. Excluded items
+    slack for rounding). Each party checks its own input: the client ``‖u‖₂ ≤
+    user_norm_bound``, the model holder ``max_i ‖y_i‖₂ ≤ item_norm_bound``. Excluded items
     sit in ``[−S − C, S − C]`` and padding at ``−S − C − 1``, so a comparison needs only
     ``f + ⌈log₂(2S + C + 2)⌉ + 1`` bits (:attr:`MPCParams.compare_bits`, 24 with the
     defaults) instead of MPyC's default ``l`` — comparisons dominate the cost. Inputs are
@@ -55,10 +50,12 @@ Threat model
     for comparisons). The client learns the top-k ids and nothing else (no scores, no
     ranks below k), which still reveals something about ``Y`` per query (which items win
     for its ``u``). Two colluding parties can reconstruct every secret (threshold 1). A
-    party's **inputs** need not be trusted (step 2: an out-of-range input aborts the run
-    instead of reading the other side's secret off the openings); a party that deviates from
-    the protocol itself can make the output wrong (no integrity) and is outside MPyC's
-    passive security. Traffic between parties is MPyC's plain TCP
+    malicious party can make the output wrong (no integrity) and, worse, read the others'
+    secrets: an out-of-range input (rows like ``2^40 · e_f``) is read back off MPyC's masked
+    openings, and a party that deviates in MPyC's own steps (its random-bit inputs, its
+    reshares) makes those masks known. The norm bounds are checked by each input's owner;
+    every party must run this code unmodified (semi-honest). Traffic between parties is
+    MPyC's plain TCP
     unless ``tls`` is given (:func:`make_tls_material`): then every link is TLS with mutual
     certificate authentication — required across machines.
 """
@@ -73,7 +70,6 @@ import socket
 import ssl
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -86,11 +82,9 @@ from privrec.errors import (
     ConfigError,
     InvalidInputError,
     PeerUnavailable,
-    PrivacyWarning,
     PrivrecError,
     ProtocolAbort,
 )
-from privrec.secure.mpc_checks import Checked, check_fits, entry_bits, owner_bits, verify
 from privrec.secure.mpc_select import _select_top
 from privrec.secure.mpc_tls import N_PARTIES, TLSFiles, make_tls_material, tls_name
 from privrec.secure.mpc_wire import buffer_cap, until_refused
@@ -108,7 +102,6 @@ __all__ = [
     "make_tls_material",
     "run_party",
     "tls_name",
-    "warn_trusted_inputs",
 ]
 
 #: Party 0: holds the user vector and the exclusion mask, receives the top-k ids.
@@ -134,11 +127,6 @@ class MPCParams:
         and sets the comparison width. Each owner checks its own input against its bound.
     sec_param
         Statistical security parameter of MPyC's comparisons (leakage ``2^-sec_param``).
-    check_inputs
-        Enforce the norm bounds inside the MPC (:mod:`privrec.secure.mpc_checks`), so a party
-        that lies about its input aborts the run instead of reading the other side's secret
-        off the openings. ``False`` trusts every party's inputs (about half the secret mode's
-        bytes and time at 1k items) and warns: only for parties that trust each other.
     """
 
     bit_length: int = 32
@@ -146,7 +134,6 @@ class MPCParams:
     user_norm_bound: float = 4.0
     item_norm_bound: float = 4.0
     sec_param: int = 30
-    check_inputs: bool = True
 
     @property
     def score_bound(self) -> float:
@@ -185,8 +172,6 @@ class MPCParams:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ConfigError(f"{name} must be positive and finite, found {v!r}")
-        if not isinstance(self.check_inputs, bool):
-            raise ConfigError(f"check_inputs must be True or False, found {self.check_inputs!r}")
         if not 20 <= self.sec_param <= 128:
             raise ConfigError(f"sec_param must be in 20..128, found {self.sec_param}")
         if self.compare_bits > self.bit_length:
@@ -238,19 +223,6 @@ class SecureTopKResult:
 
 
 # --------------------------------------------------------------------------- validation
-def warn_trusted_inputs(params: MPCParams) -> None:
-    """Warn loudly when the in-MPC input checks are off (a privacy-weakening setting)."""
-    if not params.check_inputs:
-        warnings.warn(
-            "MPCParams(check_inputs=False): every party's inputs are trusted. A party that "
-            "inputs out-of-range values (skipping its own norm check) reads the other side's "
-            "secret off the protocol's openings; use it only between parties that trust "
-            "each other's inputs.",
-            PrivacyWarning,
-            stacklevel=3,
-        )
-
-
 def _check_k(k: int, n_items: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= n_items:
         raise ConfigError(f"k must be an integer in 1..n_items={n_items}, found {k!r}")
@@ -263,6 +235,11 @@ def _check_shape(n_items: int, n_factors: int) -> None:
             raise ConfigError(f"{name} must be a positive integer, found {v!r}")
 
 
+#: A vector scaled to exactly its bound can compute a norm one ulp above it; the score bound's
+#: unit of slack covers far more than this relative 1e-9.
+_NORM_SLACK = 1.0 + 1e-9
+
+
 def _user_vector(u: npt.ArrayLike, n_factors: int, params: MPCParams) -> npt.NDArray[np.float64]:
     arr = np.asarray(u, dtype=np.float64)
     if arr.ndim == 2 and arr.shape[0] == 1:
@@ -272,7 +249,7 @@ def _user_vector(u: npt.ArrayLike, n_factors: int, params: MPCParams) -> npt.NDA
     if not np.isfinite(arr).all():
         raise InvalidInputError("user vector holds NaN or infinite values")
     norm = float(np.linalg.norm(arr))
-    if norm > params.user_norm_bound:
+    if norm > params.user_norm_bound * _NORM_SLACK:
         raise InvalidInputError(
             f"‖u‖₂ = {norm:.4g} exceeds user_norm_bound = {params.user_norm_bound:g} "
             "(scores could overflow the fixed-point range): raise the bound for every party"
@@ -292,7 +269,7 @@ def _item_matrix(
         raise InvalidInputError("item factors hold NaN or infinite values")
     norms = np.linalg.norm(arr, axis=1)
     worst = int(np.argmax(norms))
-    if norms[worst] > params.item_norm_bound:
+    if norms[worst] > params.item_norm_bound * _NORM_SLACK:
         raise InvalidInputError(
             f"item {worst} has ‖y‖₂ = {norms[worst]:.4g} > item_norm_bound = "
             f"{params.item_norm_bound:g}: raise the bound for every party"
@@ -446,34 +423,6 @@ async def _start(rt: Any, bind_host: str, tls: TLSFiles | None, cap: int) -> Non
     rt.start_time = time.time()
 
 
-def _owned_input(
-    rt: Any,
-    secfxp: Any,
-    secint: Any,
-    own: npt.NDArray[np.float64] | None,
-    shape: tuple[int, ...],
-    bound: float,
-    owner: int,
-    party_id: int,
-    check_inputs: bool,
-) -> tuple[Any, Any]:
-    """Secret-share ``owner``'s fixed-point array and the bits that prove its range.
-
-    Without ``check_inputs`` no bits are shared (``None``).
-    """
-    encoded = secfxp.array(own if party_id == owner else np.zeros(shape), integral=False)
-    values = rt.input(encoded, senders=owner)
-    if not check_inputs:
-        return values, None
-    bits = entry_bits(bound, secfxp.frac_length)
-    size = math.prod(shape)
-    if party_id == owner:
-        own_bits = owner_bits(encoded.share, bits)
-    else:
-        own_bits = np.zeros((size, bits), dtype=np.int64)
-    return values, rt.input(secint.array(own_bits), senders=owner)
-
-
 async def _protocol(
     rt: Any,
     party_id: int,
@@ -489,8 +438,7 @@ async def _protocol(
     bind_host: str,
     tls: TLSFiles | None,
 ) -> PartyResult:
-    bits = entry_bits(max(params.user_norm_bound, params.item_norm_bound), params.frac_length)
-    await _start(rt, bind_host, tls, buffer_cap(n_items, n_factors, bits))
+    await _start(rt, bind_host, tls, buffer_cap(n_items, n_factors))
     t0, c0 = time.perf_counter(), time.process_time()
     digests = await rt.transfer(digest)
     if any(not isinstance(d, str) or d != digest for d in digests):
@@ -501,43 +449,21 @@ async def _protocol(
             "(n_items, n_factors, k, MPCParams, public item matrix)",
         )
     secfxp = rt.SecFxp(params.bit_length, params.frac_length)
-    # the raw fixed-point integers, read as integers of the same field for the input checks
-    secint = rt.SecInt(params.bit_length + params.frac_length, p=secfxp.field.modulus)
-    su, su_bits = _owned_input(
-        rt,
-        secfxp,
-        secint,
-        user_vector,
-        (n_factors,),
-        params.user_norm_bound,
-        CLIENT,
-        party_id,
-        params.check_inputs,
+    zeros_u = np.zeros(n_factors)
+    su = rt.input(
+        secfxp.array(user_vector if party_id == CLIENT else zeros_u, integral=False),
+        senders=CLIENT,
     )
     smask = rt.input(
         secfxp.array(mask if party_id == CLIENT else np.zeros(n_items, np.int64), integral=True),
         senders=CLIENT,
     )
-    checks = [Checked(CLIENT, su, su_bits, params.user_norm_bound, smask)]
-    if not public_items:
-        sy, sy_bits = _owned_input(
-            rt,
-            secfxp,
-            secint,
-            item_factors,
-            (n_items, n_factors),
-            params.item_norm_bound,
-            MODEL_HOLDER,
-            party_id,
-            params.check_inputs,
-        )
-        checks.append(Checked(MODEL_HOLDER, sy, sy_bits, params.item_norm_bound))
-    if params.check_inputs:  # every secret input in range before a score-dependent opening
-        await verify(rt, secint, checks)
     if public_items:
         assert item_factors is not None
         scores = item_factors @ su
     else:
+        local = item_factors if party_id == MODEL_HOLDER else np.zeros((n_items, n_factors))
+        sy = rt.input(secfxp.array(local, integral=False), senders=MODEL_HOLDER)
         scores = sy @ su
     scores = scores - smask * params.exclusion_offset
     ids = _select_top(rt, secfxp, scores, k, params.padding_value, params.compare_bits)
@@ -619,17 +545,9 @@ def run_party(
     """
     params = params or MPCParams()
     params.validate()
-    warn_trusted_inputs(params)
     addrs = _addresses(addresses)
     _check_shape(n_items, n_factors)
     k = _check_k(k, n_items)
-    check_fits(
-        params.bit_length,
-        params.frac_length,
-        params.user_norm_bound,
-        params.item_norm_bound,
-        int(n_factors),
-    )
     if party_id not in _ROLE:
         raise ConfigError(f"party_id must be 0, 1 or 2, found {party_id!r}")
     if not timeout > 0:

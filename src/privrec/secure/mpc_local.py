@@ -44,7 +44,6 @@ from privrec.secure.mpc import (
     _item_matrix,
     _user_vector,
     free_ports,
-    warn_trusted_inputs,
 )
 from privrec.secure.mpc_tls import make_tls_material
 
@@ -84,7 +83,6 @@ def secure_top_k_local(
     """
     params = params or MPCParams()
     params.validate()
-    warn_trusted_inputs(params)
     y = np.asarray(item_factors, dtype=np.float64)
     if y.ndim != 2:
         raise InvalidInputError(f"item factors must be a 2-D array, found shape {y.shape}")
@@ -279,7 +277,6 @@ def export_party_inputs(
 
     params = params or MPCParams()
     params.validate()
-    warn_trusted_inputs(params)
     y, u, exclude = _fold(model, user_items)
     n_items, n_factors = y.shape
     _check_shape(n_items, n_factors)
@@ -320,7 +317,6 @@ def export_party_inputs(
         "public_items": bool(public_items),
         "user_norm_bound": params.user_norm_bound,
         "item_norm_bound": params.item_norm_bound,
-        "check_inputs": params.check_inputs,
     }
     (d / "public.json").write_text(json.dumps(public, indent=1), encoding="utf-8")
     return public

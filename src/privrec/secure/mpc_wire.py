@@ -79,17 +79,14 @@ def install(runtime_module: Any) -> None:
     runtime_module.pickle = SAFE_PICKLE
 
 
-def buffer_cap(n_items: int, n_factors: int, entry_bits: int = 0) -> int:
-    """Bytes one connection may hold unread: 64 MiB plus ``256 + 16 · entry_bits`` bytes per
-    item-matrix entry.
+def buffer_cap(n_items: int, n_factors: int) -> int:
+    """Bytes one connection may hold unread: 64 MiB plus 256 bytes per item-matrix entry.
 
-    An honest peer's largest message is one share of the ``n_items × n_factors`` item matrix's
-    range-check bits (``entry_bits`` field elements per entry, :mod:`privrec.secure.mpc_checks`;
-    a field element is 10 bytes with the defaults) or of the matrix itself; the cap leaves
-    room for that and for the messages of several rounds arriving early, and stays bounded
-    (about 430 MB at 10k × 64 with 20-bit entries).
+    An honest peer's largest message is one share of the ``n_items × n_factors`` item matrix
+    (a few bytes per field element); the cap leaves far more room than that and than the
+    messages of several rounds arriving early, and stays bounded (164 MiB at 10k × 64).
     """
-    return (64 << 20) + (256 + 16 * int(entry_bits)) * int(n_items) * int(n_factors)
+    return (64 << 20) + 256 * int(n_items) * int(n_factors)
 
 
 #: Bytes charged per buffered message besides its payload (the dict entry and the object): a peer

@@ -259,6 +259,33 @@ def test_an_artifact_trained_on_other_data_than_the_charges_version_is_refused(
     assert (_count(setup, "artifacts"), _count(setup, "audit_log")) == before
     assert a.history("ratings")[0].status == "reserved"
     assert a.commit(c, artifact=art(g.content_hash)).status == "committed"
-    # a charge reserved without a checked version has nothing to compare with
+    # a charge reserved without a checked version records no dataset (cross-silo) — and
+    # its artifact may not claim one: a model fitted on the raw file escaped lineage that way
     d = a.reserve("ratings", _ev(G(30.0)))
+    with pytest.raises(GovernanceError, match="without a checked dataset version"):
+        a.commit(d, artifact=art(g.content_hash))
     assert a.commit(d, artifact=art("")).status == "committed"
+
+
+def test_release_model_checks_the_dataset_hash_before_anything_is_released(
+    setup: LedgerSetup, tmp_path: Path
+) -> None:
+    """The commit's refusal came after the file was saved and the charge marked released: an
+    unrecorded model on disk and a charge that could no longer be aborted."""
+    from privrec.data import synthetic
+    from privrec.governance.training import release_model
+    from privrec.models.dp_popularity import DPPopularity
+
+    a = setup.analyst
+    data = synthetic(n_users=200, n_items=40, seed=1)
+    g = a.load("ratings", data)
+    model = DPPopularity(epsilon=1.0, delta=1e-6, unit="user").fit(g.interactions)
+    out = tmp_path / "model.npz"
+    session = ChargeSession(a, "ratings", kind="training", data=g)
+    with pytest.raises(GovernanceError, match="not the hash"), session as s:
+        s.reserve(model.guarantee_.spent_events)
+        release_model(s, model, out, config={}, dataset_hash="0" * 64)
+    assert not out.exists()
+    (c,) = a.history("ratings")
+    assert c.released_at is None  # nothing left the process: the charge can still be aborted
+    assert a.abort(c.id, reason="the release was refused").status == "aborted"

@@ -55,3 +55,27 @@ def test_sqlite_ledgers_keep_the_machines_clock(
         pytest.skip("PostgreSQL ledgers use the server's clock (tested above)")
     monkeypatch.setattr(reading.time, "time", lambda: 1234.5)
     assert setup.analyst.clock() == 1234.5
+
+
+def test_a_reservation_counts_in_every_window_until_released_then_from_its_release(
+    setup: LedgerSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows hold charges by release: a reservation made before a window and committed (or
+    replayed by its idempotency key) after it had left used to release its ε in no window."""
+    setup.owner.set_budget("ratings", epsilon=1.0, delta=1e-6, period_days=1)
+    t0 = time.time()
+    clock = [t0]
+    monkeypatch.setattr(reading, "ledger_clock", lambda engine: clock[0])
+    a = setup.analyst
+    k1 = a.reserve("ratings", gauss(5.0), idempotency_key="k1")  # ε ≈ 0.83 of 1 per day
+    clock[0] = t0 + 2 * DAY  # its day has passed; nothing was released yet
+    with pytest.raises(BudgetExceededError):
+        a.reserve("ratings", gauss(5.0))  # it may still be released: it counts
+    assert a.reserve("ratings", gauss(5.0), idempotency_key="k1").id == k1.id  # the replay
+    a.commit(k1)  # released now, two days after its reservation
+    with pytest.raises(BudgetExceededError):
+        a.reserve("ratings", gauss(5.0))  # today's window holds it
+    clock[0] = t0 + 3.5 * DAY  # a day and a half after its release
+    a.reserve("ratings", gauss(5.0))
+    (status,) = [s for s in a.status("ratings") if s.scope == "dataset"]
+    assert status.composed_epsilon == pytest.approx(0.834, abs=0.01)  # only the new one

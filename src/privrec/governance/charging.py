@@ -529,12 +529,21 @@ def _check_artifact_data(conn: Any, row: Any, artifact: dict[str, Any]) -> None:
     fitted on the raw file instead of the policy-checked load, or on another version — was
     recorded as if it held only that version's members, and deletion tracing would miss it.
     """
+    claimed = artifact.get("dataset_hash")
     if row.version_id is None:
-        return  # a charge without a checked version (``data=`` not given): nothing to compare
+        # a charge reserved without a checked version: the artifact may not name one either
+        # (a model fitted on the raw file, recorded under a version's hash, escaped lineage);
+        # cross-silo runs, whose driver never sees the data, record none
+        if claimed:
+            raise GovernanceError(
+                f"charge {row.id} was reserved without a checked dataset version, so its "
+                "artifact cannot claim one: reserve with data= (the load it was fitted on); "
+                "nothing recorded"
+            )
+        return
     version_hash = conn.execute(
         sa.select(tbl.DatasetVersion.content_hash).where(tbl.DatasetVersion.id == row.version_id)
     ).scalar_one()
-    claimed = artifact.get("dataset_hash")
     if claimed != version_hash:
         raise GovernanceError(
             f"the artifact was trained on data with hash {str(claimed)[:16]}…, but charge "

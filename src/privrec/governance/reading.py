@@ -61,6 +61,24 @@ def ledger_clock(engine: Engine) -> float:
     return time.time()
 
 
+def _in_window(since: float) -> Any:
+    """Charges a rolling window starting at ``since`` holds: by when their output was released.
+
+    Why: a window is a cap on what was *released* in it. Counted by their reservation time,
+    a charge reserved before the window and committed — or replayed by its idempotency key —
+    after it had left released its ε in no window at all (the same budget spent twice; found
+    by review, 2026-12-07). So a charge still reserved and not marked released counts in every
+    window (it may be released at any moment); a released one counts from its ``released_at``,
+    a committed one without that mark (a direct ``commit``, older ledgers) from its commit.
+    """
+    released = sa.func.coalesce(
+        tbl.Charge.released_at,
+        sa.case((tbl.Charge.status == "committed", tbl.Charge.updated_at), else_=None),
+    )
+    pending = sa.and_(tbl.Charge.status == "reserved", tbl.Charge.released_at.is_(None))
+    return sa.or_(pending, released >= since)
+
+
 class LedgerBase:
     """Connection, principal and read-only queries shared by :class:`~privrec.governance.Ledger`."""
 
@@ -168,7 +186,7 @@ class LedgerBase:
         elif b.scope == "purpose":
             cond.append(tbl.Charge.purpose == b.scope_value)
         if b.period_days is not None:
-            cond.append(tbl.Charge.created_at >= now - b.period_days * 86400.0)
+            cond.append(_in_window(now - b.period_days * 86400.0))
         return cond
 
     def _spent_terms(

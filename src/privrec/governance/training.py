@@ -353,6 +353,15 @@ def release_model(
     :class:`ChargeSession` (FederatedMF, cross-silo); :func:`train` does the same for central
     models."""
     key, signer = signing_identity(signing_key)
+    # the commit refuses an artifact naming other data than the charge's version: checked here
+    # too, before anything is released (a refusal after the save left an unrecorded model
+    # file and a charge that could no longer be aborted)
+    expected = "" if session.data is None else session.data.content_hash
+    if dataset_hash != expected:
+        raise GovernanceError(
+            f"dataset_hash {dataset_hash[:16] or '(none)'}… is not the hash of the data this "
+            f"session was reserved for ({expected[:16] or 'no checked version'}): nothing released"
+        )
     session.released()  # recorded before the file can exist (see ChargeSession.released)
     path = _atomic_save(model, Path(output), None, key, claim)
     g = model.guarantee_

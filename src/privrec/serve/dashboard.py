@@ -229,6 +229,7 @@ def governance(ledger: Ledger) -> dict[str, Any]:
     """
     out = []
     due = ledger.retrains_due()
+    now = ledger.clock()  # the ledger's clock decides what is overdue, as it dates the duties
     for d in ledger.datasets():
         policy = d.policy
         latest = ledger.latest_version(d.name)
@@ -271,7 +272,7 @@ def governance(ledger: Ledger) -> dict[str, Any]:
                         "artifact_id": u.artifact.id,
                         "due": u.retrain_due,
                         "reason": u.reason,
-                        "overdue": u.retrain_due is not None and u.retrain_due < _now(),
+                        "overdue": u.retrain_due is not None and u.retrain_due < now,
                     }
                     for u in due
                     if u.artifact.dataset == d.name
@@ -298,12 +299,6 @@ def governance(ledger: Ledger) -> dict[str, Any]:
         if windows
         else "No drift monitor has charged a window to the ledger yet.",
     }
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 def finite(v: float | None) -> float | None:

@@ -127,3 +127,33 @@ def test_files_from_before_integer_orders(tmp_path, monkeypatch) -> None:  # typ
     assert g.recompute_epsilon() > g.epsilon  # the integer orders give a little more
     with pytest.raises(GuaranteeMismatchError, match="fractional orders"):
         load_model(tmp_path / "f.npz")
+
+
+def test_a_lowered_weight_with_its_own_matching_epsilon_is_refused(
+    tiered_file: Path, tmp_path: Path
+) -> None:
+    """Review, 2026-12-07: weight 0.05 and the ε the stored events give at 0.05 (0.11) for the
+    0.5 tier passed, and ``explain`` promised 0.11. The weight is fixed by the events and the
+    requested ε (the largest that meets it), so any other weight is an alteration."""
+    from privrec.privacy.personalized import tier_epsilon
+
+    def lower(meta: dict[str, Any]) -> object:
+        g = PrivacyGuarantee.model_validate(meta["extra"]["guarantee"])
+        eps = tier_epsilon(g.spent_events, 0.05, g.delta, g.accountant, g.unit)
+        meta["extra"]["guarantee"]["tiers"][0].update(weight=0.05, epsilon=eps)
+        return meta
+
+    bad = tamper(tiered_file, tmp_path / "bad.npz", edit_meta(lower))
+    with pytest.raises(GuaranteeMismatchError, match="weight"):
+        load_model(bad)
+    res = CliRunner().invoke(app, ["privacy", "explain", str(bad)])
+    assert res.exit_code == 1 and "-DP" not in res.output
+
+
+def test_more_tiers_than_the_cap_are_refused() -> None:
+    from privrec.errors import ConfigError
+    from privrec.privacy.personalized import MAX_TIERS, resolve_tiers
+
+    assert len(resolve_tiers(3.0, [i / 100 for i in range(1, MAX_TIERS)])) == MAX_TIERS
+    with pytest.raises(ConfigError, match="at most"):
+        resolve_tiers(3.0, [i / 100 for i in range(1, MAX_TIERS + 1)])

@@ -27,7 +27,7 @@ adds sampling variance.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dp_accounting
 import numpy as np
@@ -39,6 +39,7 @@ from privrec.privacy.events import SpentEvent, total_event
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = [
+    "MAX_TIERS",
     "PrivacyTier",
     "declared_tiers",
     "resolve_tiers",
@@ -46,6 +47,7 @@ __all__ = [
     "tier_epsilon",
     "tier_weight",
     "user_weights_for",
+    "weight_meeting",
 ]
 
 
@@ -99,23 +101,37 @@ def tier_weight(
     unit: PrivacyUnit = PrivacyUnit.USER,
 ) -> float:
     """The largest weight (at most 1) whose scaled releases meet ``epsilon`` (checked by the accountant)."""
-    if tier_epsilon(spent, 1.0, delta, kind, unit) <= epsilon:
+    return weight_meeting(lambda w: tier_epsilon(spent, w, delta, kind, unit), epsilon, delta)
+
+
+def weight_meeting(eps_at: Callable[[float], float], epsilon: float, delta: float) -> float:
+    """The largest weight in ``[1e-6, 1]`` with ``eps_at(weight) ≤ epsilon`` (bisection; ε grows
+    with the weight). Training picks each tier's weight this way, and a file's stored weight is
+    checked against it: the weight is determined by the events and the requested ε."""
+    if eps_at(1.0) <= epsilon:
         return 1.0
     lo, hi = 1e-6, 1.0
-    if tier_epsilon(spent, lo, delta, kind, unit) > epsilon:
+    if eps_at(lo) > epsilon:
         raise ConfigError(f"no contribution weight reaches epsilon={epsilon:g} at delta={delta:g}")
-    for _ in range(60):  # ε grows with the weight: bisection to ~1e-12 relative
+    for _ in range(60):  # bisection to ~1e-12 relative
         mid = (lo + hi) / 2
-        if tier_epsilon(spent, mid, delta, kind, unit) <= epsilon:
+        if eps_at(mid) <= epsilon:
             lo = mid
         else:
             hi = mid
     return lo
 
 
+#: At most this many protection tiers: each costs a weight search at training and at every load
+#: (a hostile file with hundreds of tiers took half a minute to load).
+MAX_TIERS = 64
+
+
 def resolve_tiers(epsilon: float, tiers: Sequence[float] | None) -> tuple[float, ...]:
     """The public tier list: the stricter tiers given, then the model's ε (the loosest), sorted."""
     extra = tuple(float(t) for t in (tiers or ()))
+    if len(set(extra) | {float(epsilon)}) > MAX_TIERS:
+        raise ConfigError(f"at most {MAX_TIERS} protection tiers, found {len(extra) + 1}")
     for t in extra:
         if not (0 < t <= epsilon and np.isfinite(t)):
             raise ConfigError(f"every tier must be in (0, epsilon={epsilon:g}], found {t}")

@@ -238,24 +238,34 @@ def _check_tiers(g: PrivacyGuarantee) -> None:
     or above what its users asked for, or a loosest tier that is not the model's ε, means the
     file was altered: nothing in it is explained.
     """
-    from privrec.privacy.personalized import tier_epsilon
+    from privrec.privacy.personalized import MAX_TIERS, tier_epsilon, weight_meeting
 
     keys = {"requested_epsilon", "epsilon", "weight"}
     requested: list[float] = []
+    if len(g.tiers) > MAX_TIERS:
+        raise _bad(f"at most {MAX_TIERS} protection tiers", len(g.tiers))
     for t in g.tiers:
         if not isinstance(t, Mapping) or set(t) != keys or not all(_real(t[k]) for k in keys):
             raise _bad("a protection tier must be {requested_epsilon, epsilon, weight}", t)
         w, eps, asked = float(t["weight"]), float(t["epsilon"]), float(t["requested_epsilon"])
         if not 0 < w <= 1 or asked <= 0:
             raise _bad("a tier's weight must be in (0, 1] and its requested ε > 0", t)
+
+        def eps_at(weight: float) -> float:
+            return tier_epsilon(g.spent_events, weight, g.delta, g.accountant, g.unit)
+
         try:
             with quiet_accountant():
-                expected = tier_epsilon(g.spent_events, w, g.delta, g.accountant, g.unit)
+                expected = eps_at(w)
         except Exception as exc:
             raise _bad(f"the accountant cannot compose a tier's scaled events ({exc})") from None
         if not _agrees(eps, expected, g.accountant.value) and dense_orders_allowed(g):
+
+            def eps_at(weight: float) -> float:  # a file from before integer orders
+                return _tier_epsilon_dense(g, weight)
+
             with quiet_accountant():
-                expected = _tier_epsilon_dense(g, w)  # a file from before integer orders
+                expected = eps_at(w)
         if (
             not _agrees(eps, expected, g.accountant.value)
             or eps > asked * (1 + EPSILON_RTOL) + 1e-9
@@ -266,6 +276,22 @@ def _check_tiers(g: PrivacyGuarantee) -> None:
                 field="guarantee.tiers",
                 expected=f"{expected:.6g} at weight {w:.6g}, at most {asked:g}",
                 found=eps,
+            )
+        # the weight is not the file's to choose: training takes the largest that meets the
+        # requested ε, so a smaller stored weight (with its smaller ε) claims protection the
+        # users never got (an edited file passed with weight 0.05 and ε 0.11 for a 0.5 tier)
+        try:
+            with quiet_accountant():
+                chosen = weight_meeting(eps_at, asked, g.delta)
+        except Exception as exc:
+            raise _bad(f"no weight meets a tier's requested ε ({exc})", t) from None
+        if abs(w - chosen) > 1e-6 * chosen:
+            raise GuaranteeMismatchError(
+                "a protection tier's weight is not the one its requested ε gives: the "
+                "guarantee was altered or corrupted",
+                field="guarantee.tiers",
+                expected=f"weight {chosen:.9g} for ε {asked:g}",
+                found=w,
             )
         requested.append(asked)
     loosest = max(g.tiers, key=lambda t: float(t["requested_epsilon"]))

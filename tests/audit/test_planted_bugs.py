@@ -115,3 +115,28 @@ def test_interaction_unit_audit_does_not_flag_a_correct_model(base):  # type: ig
     assert [a.design.items_per_canary for a in audit.audits] == [1]
     assert audit.verdict == "ok", audit.summary()
     assert audit.audits[0].released_bound is None  # no per-user bound at this unit
+
+
+def test_a_model_calibrated_to_the_wrong_epsilon_is_flagged_by_its_own_record(  # type: ignore[no-untyped-def]
+    base, monkeypatch
+):
+    """Review, 2026-12-07: a DPPopularity calibrated to 4ε that honestly recorded 4ε passed,
+    since the audit compared against the model's own guarantee. The claim is the request."""
+    from privrec.audit import multi_run_audit
+    from privrec.models import dp_popularity
+    from privrec.privacy.budget import Budget
+
+    orig = dp_popularity.calibrate
+    monkeypatch.setattr(
+        dp_popularity,
+        "calibrate",
+        lambda budget, *a, **k: orig(Budget(budget.epsilon * 4, budget.delta), *a, **k),
+    )
+    target = make_target("dppopularity", epsilon=1.0, delta=1e-5, unit="user", seed=3)
+    audit = audit_model(target, base, n_canaries=500, seed=3)
+    assert audit.claimed_epsilon == 1.0 and audit.flagged, audit.summary()
+    assert "more than the requested" in audit.summary()
+    d = audit.to_dict()["audits"][0]
+    assert d["overspent"] and d["reported_epsilon"] == pytest.approx(4.0, rel=1e-3)
+    multi = multi_run_audit(target, base, runs=20, seed=3)
+    assert multi.claimed_epsilon == 1.0 and multi.overspent and multi.flagged

@@ -23,6 +23,7 @@ import numpy as np
 
 from privrec.audit.bounds import MultiRunBound, best_threshold, multi_run_bound
 from privrec.audit.canaries import plant
+from privrec.audit.one_run import overspent
 from privrec.audit.targets import AuditTarget
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError
@@ -40,10 +41,19 @@ class MultiRunAudit:
     runs: int
     bound: MultiRunBound
     seconds: float
+    #: the largest (ε, δ) the trained models' own guarantees reported (the claim is the request)
+    reported_epsilon: float | None = None
+    reported_delta: float | None = None
+
+    @property
+    def overspent(self) -> bool:
+        return overspent(
+            self.claimed_epsilon, self.delta, self.reported_epsilon, self.reported_delta
+        )
 
     @property
     def flagged(self) -> bool:
-        return self.bound.epsilon_lb > self.claimed_epsilon
+        return self.bound.epsilon_lb > self.claimed_epsilon or self.overspent
 
     @property
     def blind(self) -> bool:
@@ -74,6 +84,9 @@ class MultiRunAudit:
             "model": self.model,
             "claimed_epsilon": self.claimed_epsilon,
             "delta": self.delta,
+            "reported_epsilon": self.reported_epsilon,
+            "reported_delta": self.reported_delta,
+            "overspent": self.overspent,
             "runs": self.runs,
             "flagged": self.flagged,
             "conclusive": self.conclusive,
@@ -115,14 +128,17 @@ def multi_run_audit(
     model_seed = target.params.get("seed")
     scores = np.empty(runs)
     member = np.arange(runs) % 2 == 0
-    claimed = delta = float("nan")
+    # the claim is the requested (ε, δ); what the models report is checked against it
+    claimed, delta = target.epsilon, target.delta
+    reported_eps = reported_delta = 0.0
     try:
         for r in range(runs):
             if model_seed is not None:
                 target.params["seed"] = int(model_seed) + r  # fresh (seeded) noise per run
             out = target.run(with_canary if member[r] else without)
             scores[r] = float(sum(float(v[0]) for v in out.parts.values()))
-            claimed, delta = out.epsilon, out.delta
+            reported_eps = max(reported_eps, out.epsilon)
+            reported_delta = max(reported_delta, out.delta)
     finally:
         if model_seed is not None:
             target.params["seed"] = model_seed
@@ -144,4 +160,6 @@ def multi_run_audit(
         runs=runs,
         bound=bound,
         seconds=time.perf_counter() - t0,
+        reported_epsilon=reported_eps,
+        reported_delta=reported_delta,
     )

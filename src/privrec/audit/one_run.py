@@ -30,7 +30,19 @@ from privrec.audit.targets import AuditTarget
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError
 
-__all__ = ["ModelAudit", "OneRunAudit", "audit_model", "one_run_audit"]
+__all__ = ["ModelAudit", "OneRunAudit", "audit_model", "one_run_audit", "overspent"]
+
+
+def overspent(
+    epsilon: float, delta: float, reported_epsilon: float | None, reported_delta: float | None
+) -> bool:
+    """Whether a model's reported (ε, δ) exceeds the requested one (relative tolerance 1e-6)."""
+    if reported_epsilon is None or reported_delta is None:
+        return False
+    return (
+        reported_epsilon > epsilon * (1 + 1e-6) + 1e-12
+        or reported_delta > delta * (1 + 1e-6) + 1e-300
+    )
 
 
 @dataclass(frozen=True)
@@ -49,11 +61,22 @@ class OneRunAudit:
     released_bound: float | None = None
     #: why a heavy design cannot show a missing cap (empty: it can)
     design_issues: tuple[str, ...] = ()
+    #: the (ε, δ) the trained model's own guarantee reports (the claim is the requested one)
+    reported_epsilon: float | None = None
+    reported_delta: float | None = None
+
+    @property
+    def overspent(self) -> bool:
+        """The model's own accounting reports more than was asked (see :func:`overspent`)."""
+        return overspent(
+            self.claimed_epsilon, self.delta, self.reported_epsilon, self.reported_delta
+        )
 
     @property
     def flagged(self) -> bool:
-        """ε lower bound above the claimed ε (at the bound's confidence)."""
-        return self.bound.epsilon_lb > self.claimed_epsilon
+        """ε lower bound above the claimed ε (at the bound's confidence), or a model whose own
+        guarantee reports more than the requested (ε, δ)."""
+        return self.bound.epsilon_lb > self.claimed_epsilon or self.overspent
 
     @property
     def blind(self) -> bool:
@@ -93,6 +116,9 @@ class OneRunAudit:
             },
             "claimed_epsilon": self.claimed_epsilon,
             "delta": self.delta,
+            "reported_epsilon": self.reported_epsilon,
+            "reported_delta": self.reported_delta,
+            "overspent": self.overspent,
             "flagged": self.flagged,
             "conclusive": self.conclusive,
             "blind": self.blind,
@@ -149,14 +175,18 @@ def one_run_audit(
     t0 = time.perf_counter()
     canaries = plant(base, design, seed=seed)
     run = target.run(canaries)
+    # the claim is what was asked for, not what the model reports: a model calibrated to the
+    # wrong ε that honestly records it passed against its own record (review, 2026-12-07)
     bound = one_run_bound(
-        run.scores, canaries.included, delta=run.delta, confidence=confidence, grid=grid
+        run.scores, canaries.included, delta=target.delta, confidence=confidence, grid=grid
     )
     return OneRunAudit(
         model=target.name,
         design=design,
-        claimed_epsilon=run.epsilon,
-        delta=run.delta,
+        claimed_epsilon=target.epsilon,
+        delta=target.delta,
+        reported_epsilon=run.epsilon,
+        reported_delta=run.delta,
         bound=bound,
         seeded_noise=run.seeded_noise,
         seconds=time.perf_counter() - t0,
@@ -222,6 +252,13 @@ class ModelAudit:
             for a in self.audits
         )
         issues = "".join(f"; {i}" for i in self.issues)
+        over = next((a for a in self.audits if a.overspent), None)
+        if over is not None:
+            issues += (
+                f"; the model's own guarantee reports ε={over.reported_epsilon:.4g}, "
+                f"δ={over.reported_delta:.3g} — more than the requested "
+                f"(ε={self.claimed_epsilon:.4g}, δ={over.delta:.3g})"
+            )
         return (
             f"{self.model} claimed ε={self.claimed_epsilon:.3g}: {self.verdict} — "
             f"{parts} at {self.confidence:.0%} confidence{issues}"

@@ -140,3 +140,32 @@ def test_a_model_calibrated_to_the_wrong_epsilon_is_flagged_by_its_own_record(  
     assert d["overspent"] and d["reported_epsilon"] == pytest.approx(4.0, rel=1e-3)
     multi = multi_run_audit(target, base, runs=20, seed=3)
     assert multi.claimed_epsilon == 1.0 and multi.overspent and multi.flagged
+
+
+@pytest.mark.parametrize("lhs", ["none", "full"])
+def test_a_fit_solving_from_other_statistics_than_it_reports_is_flagged(  # type: ignore[no-untyped-def]
+    base, monkeypatch, lhs
+):
+    """Review, 2026-12-07: a DPALS fit that reported its noisy right-hand sides but solved the
+    items from other ones passed (ε_LB 0.00): the canaries are scored on the reported
+    releases. The shipped factors must be the solves of those releases."""
+    from privrec.models import dp_als
+
+    shared, psd = dp_als.shared_solve, dp_als.psd_solve
+    monkeypatch.setattr(dp_als, "shared_solve", lambda g, rhs, reg: shared(g, rhs * 1.5, reg))
+    monkeypatch.setattr(
+        dp_als, "psd_solve", lambda g, lhs_, rhs, reg, p: psd(g, lhs_, rhs * 1.5, reg, p)
+    )
+    params = {**PARAMS["dpals"], "lhs": lhs}
+    target = make_target("dpals", epsilon=1.0, delta=1e-5, unit="user", seed=3, **params)
+    audit = audit_model(target, base, n_canaries=500, seed=3, designs=["tight"])
+    assert audit.flagged and audit.audits[0].mismatch, audit.summary()
+    assert "solve" in audit.summary()
+
+
+@pytest.mark.parametrize("lhs", ["none", "diagonal", "full"])
+def test_a_correct_fit_ships_the_solves_of_what_it_reports(base, lhs):  # type: ignore[no-untyped-def]
+    params = {**PARAMS["dpals"], "lhs": lhs}
+    target = make_target("dpals", epsilon=1.0, delta=1e-5, unit="user", seed=3, **params)
+    audit = audit_model(target, base, n_canaries=500, seed=3, designs=["tight"])
+    assert audit.audits[0].mismatch is None and not audit.flagged, audit.summary()

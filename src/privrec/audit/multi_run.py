@@ -44,6 +44,8 @@ class MultiRunAudit:
     #: the largest (ε, δ) the trained models' own guarantees reported (the claim is the request)
     reported_epsilon: float | None = None
     reported_delta: float | None = None
+    #: the first run's reason its shipped model is not what its reported releases give
+    mismatch: str | None = None
 
     @property
     def overspent(self) -> bool:
@@ -53,7 +55,7 @@ class MultiRunAudit:
 
     @property
     def flagged(self) -> bool:
-        return self.bound.epsilon_lb > self.claimed_epsilon or self.overspent
+        return self.bound.epsilon_lb > self.claimed_epsilon or self.overspent or bool(self.mismatch)
 
     @property
     def blind(self) -> bool:
@@ -87,6 +89,7 @@ class MultiRunAudit:
             "reported_epsilon": self.reported_epsilon,
             "reported_delta": self.reported_delta,
             "overspent": self.overspent,
+            "mismatch": self.mismatch,
             "runs": self.runs,
             "flagged": self.flagged,
             "conclusive": self.conclusive,
@@ -131,6 +134,7 @@ def multi_run_audit(
     # the claim is the requested (ε, δ); what the models report is checked against it
     claimed, delta = target.epsilon, target.delta
     reported_eps = reported_delta = 0.0
+    mismatch: str | None = None
     try:
         for r in range(runs):
             if model_seed is not None:
@@ -138,6 +142,7 @@ def multi_run_audit(
             out = target.run(with_canary if member[r] else without)
             scores[r] = float(sum(float(v[0]) for v in out.parts.values()))
             reported_eps = max(reported_eps, out.epsilon)
+            mismatch = mismatch or out.mismatch
             reported_delta = max(reported_delta, out.delta)
     finally:
         if model_seed is not None:
@@ -162,4 +167,5 @@ def multi_run_audit(
         seconds=time.perf_counter() - t0,
         reported_epsilon=reported_eps,
         reported_delta=reported_delta,
+        mismatch=mismatch,
     )

@@ -64,6 +64,8 @@ class OneRunAudit:
     #: the (ε, δ) the trained model's own guarantee reports (the claim is the requested one)
     reported_epsilon: float | None = None
     reported_delta: float | None = None
+    #: why the shipped model is not what its reported releases give (see audit.consistency)
+    mismatch: str | None = None
 
     @property
     def overspent(self) -> bool:
@@ -76,7 +78,7 @@ class OneRunAudit:
     def flagged(self) -> bool:
         """ε lower bound above the claimed ε (at the bound's confidence), or a model whose own
         guarantee reports more than the requested (ε, δ)."""
-        return self.bound.epsilon_lb > self.claimed_epsilon or self.overspent
+        return self.bound.epsilon_lb > self.claimed_epsilon or self.overspent or bool(self.mismatch)
 
     @property
     def blind(self) -> bool:
@@ -119,6 +121,7 @@ class OneRunAudit:
             "reported_epsilon": self.reported_epsilon,
             "reported_delta": self.reported_delta,
             "overspent": self.overspent,
+            "mismatch": self.mismatch,
             "flagged": self.flagged,
             "conclusive": self.conclusive,
             "blind": self.blind,
@@ -187,6 +190,7 @@ def one_run_audit(
         delta=target.delta,
         reported_epsilon=run.epsilon,
         reported_delta=run.delta,
+        mismatch=run.mismatch,
         bound=bound,
         seeded_noise=run.seeded_noise,
         seconds=time.perf_counter() - t0,
@@ -252,6 +256,9 @@ class ModelAudit:
             for a in self.audits
         )
         issues = "".join(f"; {i}" for i in self.issues)
+        odd = next((a.mismatch for a in self.audits if a.mismatch), None)
+        if odd is not None:
+            issues += f"; {odd}"
         over = next((a for a in self.audits if a.overspent), None)
         if over is not None:
             issues += (

@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from privrec.audit.canaries import Canaries, CanaryDesign
+from privrec.audit.consistency import dpals_solve_mismatch
 from privrec.errors import ConfigError, PrivacyWarning
 from privrec.privacy.units import PrivacyUnit
 
@@ -71,6 +72,8 @@ class TargetRun:
     notes: list[str] = field(default_factory=list)
     #: the per-user bound the fit used (B or C), as the model releases it; ``None``: no such bound
     released_bound: float | None = None
+    #: why the shipped model is not what its reported releases give (``None``: it is, or unchecked)
+    mismatch: str | None = None
 
 
 class AuditTarget(ABC):
@@ -264,6 +267,7 @@ def _guarantee_run(
     guarantee: Any,
     notes: list[str] | None = None,
     released_bound: float | None = None,
+    mismatch: str | None = None,
 ) -> TargetRun:
     return TargetRun(
         scores=combine_parts(parts),
@@ -274,6 +278,7 @@ def _guarantee_run(
         seeded_noise=bool(guarantee.seeded_noise),
         notes=list(notes or []),
         released_bound=released_bound,
+        mismatch=mismatch,
     )
 
 
@@ -496,6 +501,9 @@ class DPALSTarget(AuditTarget):
                 *self._bound_notes(canaries.design, _user_bound(model, "max_per_user_", c.unit)),
             ],
             released_bound=_user_bound(model, "max_per_user_", c.unit),
+            # the canaries are scored on the reported releases: the shipped factors must be
+            # their solves, or a fit solving from other statistics would pass unseen
+            mismatch=dpals_solve_mismatch(model, released, c),
         )
 
 

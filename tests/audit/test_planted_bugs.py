@@ -140,6 +140,7 @@ def test_a_model_calibrated_to_the_wrong_epsilon_is_flagged_by_its_own_record(  
     assert d["overspent"] and d["reported_epsilon"] == pytest.approx(4.0, rel=1e-3)
     multi = multi_run_audit(target, base, runs=20, seed=3)
     assert multi.claimed_epsilon == 1.0 and multi.overspent and multi.flagged
+    assert "more than the requested" in multi.summary()
 
 
 @pytest.mark.parametrize("lhs", ["none", "full"])

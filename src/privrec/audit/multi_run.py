@@ -103,6 +103,14 @@ class MultiRunAudit:
     def summary(self) -> str:
         b = self.bound
         issues = "".join(f"; {i}" for i in self.issues)
+        if self.mismatch:
+            issues += f"; {self.mismatch}"
+        if self.overspent:
+            issues += (
+                f"; the models' own guarantees report up to ε={self.reported_epsilon:.4g}, "
+                f"δ={self.reported_delta:.3g} — more than the requested "
+                f"(ε={self.claimed_epsilon:.4g}, δ={self.delta:.3g})"
+            )
         return (
             f"{self.model} claimed ε={self.claimed_epsilon:.3g}: "
             f"{self.verdict} — multi-run ε_LB {b.epsilon_lb:.2f} "

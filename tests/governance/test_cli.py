@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 from privrec.cli.main import app
 from privrec.governance.db import create_ledger_engine
 
+from .conftest import LedgerSetup
+
 runner = CliRunner()
 
 POLICY = """
@@ -212,3 +214,29 @@ def test_cli_damaged_databases_are_one_typed_line(ledger_url: str, tmp_path: Pat
         code, out = invoke(*cmd, "--db", ledger_url, key=owner)
         assert code == 1 and "LedgerSchemaError" in out and "charges" in out, out
         assert len(out.strip().splitlines()) == 1
+
+
+def test_ledger_abort_frees_a_stuck_reservation(setup: LedgerSetup) -> None:
+    """A reserved charge holds its ε in every rolling window until committed or aborted: the
+    CLI can abort one whose output never left (and refuses a released one)."""
+    from .test_ledger import gauss
+
+    a = setup.analyst
+    stuck = a.reserve("ratings", gauss(5.0))
+    released = a.reserve("ratings", gauss(50.0))
+    a.mark_released(released)
+    db = ["--db", setup.url]
+    code, out = invoke(
+        "ledger", "abort", str(stuck.id), "--reason", "the job died", *db, key=setup.analyst_key
+    )
+    assert code == 0 and f"charge {stuck.id} aborted" in out, out
+    code, out = invoke(
+        "ledger", "abort", str(released.id), "--reason", "x", *db, key=setup.analyst_key
+    )
+    assert code == 1 and "released" in out, out
+    assert {c.id: c.status for c in a.history("ratings")} == {
+        stuck.id: "aborted",
+        released.id: "reserved",
+    }
+    code, out = invoke("ledger", "abort", str(released.id), *db, key=setup.analyst_key)
+    assert code == 2  # --reason is required

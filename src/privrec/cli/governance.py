@@ -157,6 +157,27 @@ def ledger_history(
         console.print(table)
 
 
+@ledger_app.command("abort")
+def ledger_abort(
+    charge: Annotated[
+        int, typer.Argument(help="The id of your reserved charge (`ledger history`).")
+    ],
+    reason: Annotated[str, typer.Option("--reason", help="Why nothing was released (logged).")],
+    db: DbOpt = None,
+    key: KeyOpt = None,
+) -> None:
+    """Abort your own reserved charge whose output was never released.
+
+    A reserved charge holds its ε in every window of a rolling budget until it is committed or
+    aborted (it might still be released); a computation that died before releasing anything
+    leaves one behind. One whose output was released cannot be aborted.
+    """
+    with handle_errors():
+        ledger = _connect(db, key)
+        c = ledger.abort(charge, reason=reason)
+        console.print(f"charge {c.id} aborted: its ε ({_eps(c.epsilon)}) is no longer counted")
+
+
 @ledger_app.command("budget")
 def ledger_budget(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")],

@@ -5,6 +5,7 @@ Each test pins a finding of a hostile review (SQLite and PostgreSQL): it failed 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from privrec.errors import (
     ConfigError,
     GovernanceError,
     LedgerSchemaError,
+    PermissionDeniedError,
 )
 from privrec.governance import Ledger
 from privrec.governance.composition import composed_epsilon
@@ -289,3 +291,26 @@ def test_release_model_checks_the_dataset_hash_before_anything_is_released(
     (c,) = a.history("ratings")
     assert c.released_at is None  # nothing left the process: the charge can still be aborted
     assert a.abort(c.id, reason="the release was refused").status == "aborted"
+
+
+def test_an_owner_can_abort_any_analysts_unreleased_reservation(setup: LedgerSetup) -> None:
+    """A reservation left by a failed computation holds its ε in every rolling window until
+    aborted; if its analyst's key was revoked meanwhile (review, 2026-12-07), only an owner
+    can: any analyst's reserved, unreleased charge, logged with the reason and whose it was."""
+    a, o = setup.analyst, setup.owner
+    stuck = a.reserve("ratings", _ev(G(30.0)))
+    released = a.reserve("ratings", _ev(G(30.0)))
+    a.mark_released(released)
+    assert a.key_id is not None
+    o.revoke_key(a.key_id)
+    with pytest.raises(GovernanceError):
+        a.abort(stuck.id, reason="revoked keys write nothing")
+    done = o.abort(stuck.id, reason="the analyst's query died; key revoked")
+    assert done.status == "aborted"
+    with pytest.raises(GovernanceError, match="released"):
+        o.abort(released.id, reason="x")
+    last = setup.auditor.audit_log(limit=1)[0]
+    assert last["action"] == "charge.abort" and json.loads(last["payload"])["of"] == "ann"
+    with pytest.raises(PermissionDeniedError):
+        setup.auditor.abort(released.id, reason="auditors change nothing")
+    assert setup.auditor.verify_audit_log().ok

@@ -66,6 +66,7 @@ def test_a_reservation_counts_in_every_window_until_released_then_from_its_relea
     t0 = time.time()
     clock = [t0]
     monkeypatch.setattr(reading, "ledger_clock", lambda engine: clock[0])
+    monkeypatch.setattr(reading, "_server_clock", lambda conn: clock[0])  # inside transactions
     a = setup.analyst
     k1 = a.reserve("ratings", gauss(5.0), idempotency_key="k1")  # ε ≈ 0.83 of 1 per day
     clock[0] = t0 + 2 * DAY  # its day has passed; nothing was released yet

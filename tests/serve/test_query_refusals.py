@@ -251,3 +251,32 @@ def test_a_declared_catalogue_keeps_item_queries_after_a_deletion(small: Small) 
         assert (code, err) == (422, "unknown_item")
         listed = c.get("/v1/datasets", headers=small.headers).json()["datasets"][0]
         assert listed["catalogue"] == "declared" and listed["catalogue_size"] == 7
+
+
+# ------------------------------------------------------------------ failures after the reservation
+def test_a_query_failing_after_its_reservation_is_aborted_not_kept(
+    small: Small, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review, 2026-12-07: the charge of a query that failed after reserving stayed reserved,
+    and a reserved charge holds its ε in every window of a rolling budget — each failure shrank
+    the budget for good. Nothing leaves before the commit, so the charge is aborted."""
+    from privrec.serve import queries
+
+    real = queries.compute
+    failures = [MemoryError("a worker ran out")]
+
+    def compute(*args: Any, **kw: Any) -> Any:
+        if failures:
+            raise failures.pop(0)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(queries, "compute", compute)
+    q = {"epsilon": 0.5, "k": 1}
+    with small.client() as c:
+        r = c.post(TOP, headers=small.headers, json=q)
+        assert r.status_code == 500
+        (failed,) = small.owner.history("r")
+        assert failed.status == "aborted" and failed.released_at is None
+        assert "failed before its answer left" in failed.note
+        assert c.post(TOP, headers=small.headers, json=q).status_code == 200
+    assert sorted(ch.status for ch in small.owner.history("r")) == ["aborted", "committed"]

@@ -166,7 +166,8 @@ def ledger_abort(
     db: DbOpt = None,
     key: KeyOpt = None,
 ) -> None:
-    """Abort your own reserved charge whose output was never released.
+    """Abort a reserved charge whose output was never released (analysts: their own; owners:
+    any analyst's, e.g. one left by a revoked key).
 
     A reserved charge holds its ε in every window of a rolling budget until it is committed or
     aborted (it might still be released); a computation that died before releasing anything

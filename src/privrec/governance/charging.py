@@ -371,9 +371,11 @@ class LedgerCharging(LedgerBase):
         """
         require(self.principal, "spend", "committing a charge")
         cid = charge if isinstance(charge, int) else charge.id
-        now = self.clock()
         result_json = None if result is None else json.dumps(result, sort_keys=True, default=float)
         with self._write() as conn:
+            # after the write lock: a commit without a release mark counts in rolling windows
+            # from this time, so it must not be taken before a wait for the lock
+            now = self.clock(conn)
             row = self._own_charge(conn, cid)
             if row.status == "committed":
                 return ChargeInfo.from_row(row, self._dataset_name(conn, row.dataset_id))
@@ -430,16 +432,24 @@ class LedgerCharging(LedgerBase):
         return ChargeInfo.from_row(out, name)
 
     def abort(self, charge: ChargeInfo | int, *, reason: str) -> ChargeInfo:
-        """Release a reservation whose computation stopped **before any noise was drawn**.
+        """Release a reservation whose computation stopped **before its output left the process**.
 
         Aborting a charge whose noisy output may have left the process would under-report; the
-        training wrapper never does it once the write-ahead gate has opened.
+        training wrapper never does it once the write-ahead gate has opened, and a charge marked
+        released is refused. An analyst aborts their own charges; an owner may abort any
+        analyst's unreleased one (logged with the reason): a reservation left by a failed query
+        or a revoked key holds its ε in every window of a rolling budget until then.
         """
-        require(self.principal, "spend", "aborting a charge")
+        if not self.principal.can("manage"):
+            require(self.principal, "spend", "aborting a charge")
         cid = charge if isinstance(charge, int) else charge.id
-        now = self.clock()
         with self._write() as conn:
-            row = self._own_charge(conn, cid)
+            now = self.clock(conn)  # after the write lock: the time the abort takes effect
+            row = (
+                self._any_charge(conn, cid)
+                if self.principal.can("manage")
+                else self._own_charge(conn, cid)
+            )
             if row.status != "reserved":
                 raise GovernanceError(
                     f"charge {cid} is {row.status}; only a reserved charge can be aborted"
@@ -457,7 +467,7 @@ class LedgerCharging(LedgerBase):
             self._log(
                 conn,
                 "charge.abort",
-                {"charge": cid, "reason": reason[:500]},
+                {"charge": cid, "reason": reason[:500], "of": row.actor},
                 {"charges": [cid]},
                 now,
             )
@@ -477,8 +487,10 @@ class LedgerCharging(LedgerBase):
         require(self.principal, "spend", "marking a charge released")
         items = [charges] if isinstance(charges, ChargeInfo | int) else list(charges)
         ids = [c if isinstance(c, int) else c.id for c in items]
-        now = self.clock()
         with self._write() as conn:
+            # read after the write lock is held: a release is timed when it is recorded (timed
+            # before a long wait for the lock, it left later windows too early)
+            now = self.clock(conn)
             rows = [self._own_charge(conn, cid) for cid in ids]  # all checked before any write
             for row in rows:
                 if row.status == "aborted":
@@ -496,10 +508,14 @@ class LedgerCharging(LedgerBase):
             )
             self._log(conn, "charge.release", {"charges": todo}, {"charges": todo}, now)
 
-    def _own_charge(self, conn: Connection, cid: int) -> Any:
+    def _any_charge(self, conn: Connection, cid: int) -> Any:
         row = conn.execute(sa.select(tbl.Charge).where(tbl.Charge.id == cid)).first()
         if row is None:
             raise UnknownDatasetError(f"unknown charge {cid}")
+        return row
+
+    def _own_charge(self, conn: Connection, cid: int) -> Any:
+        row = self._any_charge(conn, cid)
         if row.actor != self.actor:
             raise GovernanceError(f"charge {cid} belongs to {row.actor}, not {self.actor}")
         return row

@@ -56,9 +56,13 @@ def ledger_clock(engine: Engine) -> float:
     """
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            value = conn.execute(sa.text("SELECT EXTRACT(EPOCH FROM clock_timestamp())"))
-            return float(value.scalar_one())
+            return _server_clock(conn)
     return time.time()
+
+
+def _server_clock(conn: Connection) -> float:
+    value = conn.execute(sa.text("SELECT EXTRACT(EPOCH FROM clock_timestamp())"))
+    return float(value.scalar_one())
 
 
 def _in_window(since: float) -> Any:
@@ -96,8 +100,12 @@ class LedgerBase:
     def actor(self) -> str:
         return self.principal.name
 
-    def clock(self) -> float:
-        """Now, by the ledger's clock (:func:`ledger_clock`)."""
+    def clock(self, conn: Connection | None = None) -> float:
+        """Now, by the ledger's clock (:func:`ledger_clock`); inside a transaction pass its
+        connection — a second connection per writer exhausted PostgreSQL's pool when 32
+        analysts raced one budget."""
+        if conn is not None and self.engine.dialect.name == "postgresql":
+            return _server_clock(conn)
         return ledger_clock(self.engine)
 
     @contextmanager
@@ -165,7 +173,7 @@ class LedgerBase:
     ) -> int:
         return audit.append(
             conn,
-            at=self.clock() if at is None else at,
+            at=self.clock(conn) if at is None else at,
             actor=self.actor,
             action=action,
             payload=payload,

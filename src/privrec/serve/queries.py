@@ -24,6 +24,7 @@ and both attempts return that one, so a charge never releases two different nois
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -285,9 +286,19 @@ def _run(
             )
     try:
         answer = compute(ds, view, req, qp, seed)
-    except Exception as exc:
-        # Noise may have been drawn: the charge stays reserved (never under-report).
-        ledger.note(charge, f"query failed after reserving ({type(exc).__name__}); kept")
+        done = ledger.commit(charge, result=answer)
+    except BaseException as exc:
+        # Nothing has left the process: the answer is sent only after its commit. Noise drawn
+        # and never released costs no privacy, and a reservation left behind would hold its ε
+        # in every window of a rolling budget for good (a review: each failed query shrank the
+        # shared budget permanently). So the charge is aborted; if even that fails (a key
+        # revoked mid-request), it stays reserved for an owner to abort (`ledger abort`).
+        try:
+            ledger.abort(
+                charge, reason=f"query failed before its answer left ({type(exc).__name__})"
+            )
+        except Exception:
+            with contextlib.suppress(Exception):
+                ledger.note(charge, f"query failed after reserving ({type(exc).__name__}); kept")
         raise
-    done = ledger.commit(charge, result=answer)
     return QueryOutcome(done.result, done.id, charge.replayed)

@@ -74,8 +74,9 @@ def test_post_processing_only_and_the_same_in_every_scoring_path(tmp_path: Path)
     m = _fit(item_norm_exponent="density")
     assert 0.0 < m.item_norm_exponent_ < ITEM_NORM_SCALE
     plain = _fit(item_norm_exponent=0.0)
-    # the same releases and guarantee: γ only reads them
-    np.testing.assert_array_equal(m.item_factors_, plain.item_factors_)
+    # the same releases and guarantee: γ only reads them (equal up to the last float32 bits: two
+    # seeded fits can differ there with threaded BLAS — 5.6e-9 apart once in a CI run)
+    np.testing.assert_allclose(m.item_factors_, plain.item_factors_, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(m.noisy_counts_, plain.noisy_counts_)
     assert m.privacy_guarantee.epsilon == plain.privacy_guarantee.epsilon
     hist = sp.csr_matrix(m.user_items_[:40])

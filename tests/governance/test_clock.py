@@ -80,3 +80,27 @@ def test_a_reservation_counts_in_every_window_until_released_then_from_its_relea
     a.reserve("ratings", gauss(5.0))
     (status,) = [s for s in a.status("ratings") if s.scope == "dataset"]
     assert status.composed_epsilon == pytest.approx(0.834, abs=0.01)  # only the new one
+
+
+def test_a_charge_releasing_over_days_counts_until_its_commit_and_a_period_after(
+    setup: LedgerSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A federated run releases every round under one charge, marked released at the first: a
+    window anchored at that first release let later rounds' releases fall in no window."""
+    setup.owner.set_budget("ratings", epsilon=1.0, delta=1e-6, period_days=1)
+    t0 = time.time()
+    clock = [t0]
+    monkeypatch.setattr(reading, "ledger_clock", lambda engine: clock[0])
+    monkeypatch.setattr(reading, "_server_clock", lambda conn: clock[0])
+    a = setup.analyst
+    run = a.reserve("ratings", gauss(5.0))
+    a.mark_released(run)  # round 1 went out
+    clock[0] = t0 + 3 * DAY  # rounds still going out three days later
+    with pytest.raises(BudgetExceededError):
+        a.reserve("ratings", gauss(5.0))
+    a.commit(run)  # the last round at t0 + 3 days
+    clock[0] = t0 + 3.5 * DAY
+    with pytest.raises(BudgetExceededError):
+        a.reserve("ratings", gauss(5.0))
+    clock[0] = t0 + 4.5 * DAY
+    a.reserve("ratings", gauss(5.0))

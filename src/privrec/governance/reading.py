@@ -71,16 +71,13 @@ def _in_window(since: float) -> Any:
     Why: a window is a cap on what was *released* in it. Counted by their reservation time,
     a charge reserved before the window and committed — or replayed by its idempotency key —
     after it had left released its ε in no window at all (the same budget spent twice; found
-    by review, 2026-12-07). So a charge still reserved and not marked released counts in every
-    window (it may be released at any moment); a released one counts from its ``released_at``,
-    a committed one without that mark (a direct ``commit``, older ledgers) from its commit.
+    by review, 2026-12-07). So a charge still reserved counts in every window — it may release
+    (more) at any moment: a federated run releases every round under one charge — and a
+    committed one from its commit, which comes after all its releases.
     """
-    released = sa.func.coalesce(
-        tbl.Charge.released_at,
-        sa.case((tbl.Charge.status == "committed", tbl.Charge.updated_at), else_=None),
-    )
-    pending = sa.and_(tbl.Charge.status == "reserved", tbl.Charge.released_at.is_(None))
-    return sa.or_(pending, released >= since)
+    pending = tbl.Charge.status == "reserved"
+    finished = sa.and_(tbl.Charge.status == "committed", tbl.Charge.updated_at >= since)
+    return sa.or_(pending, finished)
 
 
 class LedgerBase:

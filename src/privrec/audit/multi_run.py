@@ -23,7 +23,7 @@ import numpy as np
 
 from privrec.audit.bounds import MultiRunBound, best_threshold, multi_run_bound
 from privrec.audit.canaries import plant
-from privrec.audit.one_run import overspent
+from privrec.audit.one_run import SelfReport
 from privrec.audit.targets import AuditTarget
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError
@@ -32,26 +32,13 @@ __all__ = ["MultiRunAudit", "multi_run_audit"]
 
 
 @dataclass(frozen=True)
-class MultiRunAudit:
-    """Result of a multi-run audit of one model."""
+class MultiRunAudit(SelfReport):
+    """Result of a multi-run audit of one model (the reported guarantee is the runs' largest)."""
 
     model: str
-    claimed_epsilon: float
-    delta: float
     runs: int
     bound: MultiRunBound
     seconds: float
-    #: the largest (ε, δ) the trained models' own guarantees reported (the claim is the request)
-    reported_epsilon: float | None = None
-    reported_delta: float | None = None
-    #: the first run's reason its shipped model is not what its reported releases give
-    mismatch: str | None = None
-
-    @property
-    def overspent(self) -> bool:
-        return overspent(
-            self.claimed_epsilon, self.delta, self.reported_epsilon, self.reported_delta
-        )
 
     @property
     def flagged(self) -> bool:
@@ -86,10 +73,7 @@ class MultiRunAudit:
             "model": self.model,
             "claimed_epsilon": self.claimed_epsilon,
             "delta": self.delta,
-            "reported_epsilon": self.reported_epsilon,
-            "reported_delta": self.reported_delta,
-            "overspent": self.overspent,
-            "mismatch": self.mismatch,
+            **self.self_report(),
             "runs": self.runs,
             "flagged": self.flagged,
             "conclusive": self.conclusive,

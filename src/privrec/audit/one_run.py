@@ -30,7 +30,7 @@ from privrec.audit.targets import AuditTarget
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError
 
-__all__ = ["ModelAudit", "OneRunAudit", "audit_model", "one_run_audit", "overspent"]
+__all__ = ["ModelAudit", "OneRunAudit", "SelfReport", "audit_model", "one_run_audit", "overspent"]
 
 
 def overspent(
@@ -46,13 +46,42 @@ def overspent(
 
 
 @dataclass(frozen=True)
-class OneRunAudit:
+class SelfReport:
+    """What the audited models said about themselves, beside the claim (the request).
+
+    ``reported_epsilon``/``reported_delta``: the (largest) guarantee the trained models reported;
+    ``mismatch``: why a shipped model is not what its reported releases give
+    (:mod:`privrec.audit.consistency`). Keyword-only, after each audit's own fields.
+    """
+
+    claimed_epsilon: float
+    delta: float
+    reported_epsilon: float | None = field(default=None, kw_only=True)
+    reported_delta: float | None = field(default=None, kw_only=True)
+    mismatch: str | None = field(default=None, kw_only=True)
+
+    @property
+    def overspent(self) -> bool:
+        """The models' own accounting reports more than was asked (see :func:`overspent`)."""
+        return overspent(
+            self.claimed_epsilon, self.delta, self.reported_epsilon, self.reported_delta
+        )
+
+    def self_report(self) -> dict[str, Any]:
+        return {
+            "reported_epsilon": self.reported_epsilon,
+            "reported_delta": self.reported_delta,
+            "overspent": self.overspent,
+            "mismatch": self.mismatch,
+        }
+
+
+@dataclass(frozen=True)
+class OneRunAudit(SelfReport):
     """One design's one-run audit of one model."""
 
     model: str
     design: CanaryDesign
-    claimed_epsilon: float
-    delta: float
     bound: OneRunBound
     seeded_noise: bool
     seconds: float
@@ -61,18 +90,6 @@ class OneRunAudit:
     released_bound: float | None = None
     #: why a heavy design cannot show a missing cap (empty: it can)
     design_issues: tuple[str, ...] = ()
-    #: the (ε, δ) the trained model's own guarantee reports (the claim is the requested one)
-    reported_epsilon: float | None = None
-    reported_delta: float | None = None
-    #: why the shipped model is not what its reported releases give (see audit.consistency)
-    mismatch: str | None = None
-
-    @property
-    def overspent(self) -> bool:
-        """The model's own accounting reports more than was asked (see :func:`overspent`)."""
-        return overspent(
-            self.claimed_epsilon, self.delta, self.reported_epsilon, self.reported_delta
-        )
 
     @property
     def flagged(self) -> bool:
@@ -118,10 +135,7 @@ class OneRunAudit:
             },
             "claimed_epsilon": self.claimed_epsilon,
             "delta": self.delta,
-            "reported_epsilon": self.reported_epsilon,
-            "reported_delta": self.reported_delta,
-            "overspent": self.overspent,
-            "mismatch": self.mismatch,
+            **self.self_report(),
             "flagged": self.flagged,
             "conclusive": self.conclusive,
             "blind": self.blind,

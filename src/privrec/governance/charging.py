@@ -440,16 +440,13 @@ class LedgerCharging(LedgerBase):
         analyst's unreleased one (logged with the reason): a reservation left by a failed query
         or a revoked key holds its ε in every window of a rolling budget until then.
         """
-        if not self.principal.can("manage"):
+        owner = self.principal.can("manage")
+        if not owner:
             require(self.principal, "spend", "aborting a charge")
         cid = charge if isinstance(charge, int) else charge.id
         with self._write() as conn:
             now = self.clock(conn)  # after the write lock: the time the abort takes effect
-            row = (
-                self._any_charge(conn, cid)
-                if self.principal.can("manage")
-                else self._own_charge(conn, cid)
-            )
+            row = self._any_charge(conn, cid) if owner else self._own_charge(conn, cid)
             if row.status != "reserved":
                 raise GovernanceError(
                     f"charge {cid} is {row.status}; only a reserved charge can be aborted"

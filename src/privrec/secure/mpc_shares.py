@@ -56,14 +56,13 @@ def uniform_below(order: int, count: int) -> npt.NDArray[Any]:
     return out
 
 
-def _values(field: Any, s: Any) -> tuple[npt.NDArray[Any], bool]:
-    """The secrets as an object array of ints, and whether they came as field elements."""
-    if hasattr(s, "value") and isinstance(getattr(s, "value", None), np.ndarray):
-        return np.asarray(s.value, dtype=object).reshape(-1), False
-    first = s[0]
-    if isinstance(first, field):
-        return np.array([a.value for a in s], dtype=object), True
-    return np.asarray(s, dtype=object).reshape(-1), False
+def _values(field: Any, s: Any) -> npt.NDArray[Any]:
+    """The secrets as a flat object array of ints (from a field array, field elements or ints)."""
+    if isinstance(getattr(s, "value", None), np.ndarray):
+        return np.asarray(s.value, dtype=object).reshape(-1)
+    if isinstance(s[0], field):
+        return np.array([a.value for a in s], dtype=object)
+    return np.asarray(s, dtype=object).reshape(-1)
 
 
 def _split(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -71,7 +70,7 @@ def _split(original: Callable[..., Any]) -> Callable[..., Any]:
         p = field.modulus
         if not isinstance(p, int) or len(s) < _SMALL:
             return original(field, s, t, m)
-        vals, _ = _values(field, s)
+        vals = _values(field, s)
         n = vals.size
         coeffs = uniform_below(int(field.order), t * n).reshape(t, n) if t else None
         shares = []

@@ -185,8 +185,10 @@ def test_deterministic_for_a_seed(data: sp.csr_matrix) -> None:
     a = ImplicitALS(factors=8, iterations=3, seed=5, num_threads=1).fit(data)
     b = ImplicitALS(factors=8, iterations=3, seed=5, num_threads=1).fit(data)
     c = ImplicitALS(factors=8, iterations=3, seed=6, num_threads=1).fit(data)
-    np.testing.assert_array_equal(a.item_factors_, b.item_factors_)
-    assert not np.array_equal(a.item_factors_, c.item_factors_)
+    # equal up to float32 rounding: OpenBLAS's Gramian can differ in the last bits between runs
+    # (3.3e-7 apart once in a fresh-clone CI run, single-threaded)
+    np.testing.assert_allclose(a.item_factors_, b.item_factors_, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(a.item_factors_, c.item_factors_, rtol=1e-4, atol=1e-5)
 
 
 def test_progress_callback(data: sp.csr_matrix) -> None:

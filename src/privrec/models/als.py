@@ -138,7 +138,8 @@ class ImplicitALS(Recommender):
         Factors start as ``N(0, (init_scale / sqrt(factors))²)``.
     seed
         Seed of the initialisation. Every row is solved independently, so the
-        result is the same for any ``num_threads``.
+        result is the same for any ``num_threads`` (up to float rounding in the Gramian's BLAS
+        call, which is not bit-reproducible between runs).
     num_threads
         Numba threads during ``fit``/``fold_in``; 0 uses all cores.
     dtype

@@ -136,10 +136,12 @@ def test_importing_the_bottom_floors_loads_nothing_above_them() -> None:
     assert out.stdout.split() == []
 
 
-@pytest.mark.parametrize("module", ["errors", "keyfiles"])
+@pytest.mark.parametrize("module", ["errors", "keyfiles", "statefile"])
 def test_root_modules_below_the_floors_import_only_errors(module: str) -> None:
-    """:mod:`privrec.keyfiles` sits beside :mod:`privrec.errors`, under every floor (models/
-    signs files with it, secure/ writes channel keys with it): it may import nothing else."""
+    """:mod:`privrec.keyfiles` and :mod:`privrec.statefile` sit beside :mod:`privrec.errors`,
+    under every floor (models/ signs files with keyfiles, secure/ writes channel keys with it;
+    secure/ and federated/ keep release counts and device budgets in state files): they may
+    import nothing else."""
     offenders = [
         f"{module}.py:{line} imports {name}"
         for line, name in _imports(PACKAGE / f"{module}.py")

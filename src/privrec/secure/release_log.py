@@ -19,18 +19,12 @@ file that is not such a log is refused, never overwritten.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import json
-import os
-import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from privrec.errors import ConfigError
 from privrec.secure.silo_config import AnyConfig, release_limits, run_fingerprint
+from privrec.statefile import StateFile
 
 __all__ = ["FORMAT", "ReleaseLog"]
 
@@ -55,36 +49,37 @@ class ReleaseLog:
     """
 
     def __init__(self, path: Path | str | None, config: AnyConfig) -> None:
-        # a symlinked log is kept where it points: replacing the link by a file would leave
-        # anyone using the target's own path counting apart
-        self.path = None if path is None else Path(os.path.realpath(path))
+        self.file = (
+            None
+            if path is None
+            else StateFile(
+                path, format=FORMAT, version=_VERSION, what="release log", max_bytes=_MAX_BYTES
+            )
+        )
+        self.path = None if self.file is None else self.file.path
         self.run = run_fingerprint(config)
         self.limits = release_limits(config)
         self._memory: Counter[str] = Counter()
-        if self.path is not None:
-            parent = self.path.parent if str(self.path.parent) else Path(".")
-            if not parent.is_dir():
-                raise ConfigError(f"release log {str(self.path)!r}: its folder does not exist")
-            if self.path.exists():
-                self._read()  # a damaged or foreign file is refused now, not at the first release
+        if self.file is not None:
+            self._read()  # a damaged or foreign file is refused now, not at the first release
 
     def answered(self, kind: str) -> int:
         """Releases of ``kind`` answered for this run so far."""
-        if self.path is None:
+        if self.file is None:
             return self._memory[kind]
-        with self._locked():
+        with self.file.locked():
             return int(self._read().get(self.run, {}).get(kind, 0))
 
     def take(self, kind: str) -> None:
         """Count one more release of ``kind``, or raise :class:`~privrec.errors.ConfigError`
         if the run's limit is reached (nothing is counted then)."""
         limit = self.limits.get(kind, 0)
-        if self.path is None:
+        if self.file is None:
             if self._memory[kind] >= limit:
                 raise ConfigError(f"a {kind!r} release beyond the {limit} the configuration plans")
             self._memory[kind] += 1
             return
-        with self._locked():
+        with self.file.locked():
             runs = self._read()
             counts = runs.setdefault(self.run, {})
             done = int(counts.get(kind, 0))
@@ -99,71 +94,21 @@ class ReleaseLog:
             self._write(runs)
 
     # ------------------------------------------------------------------------------ file
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        assert self.path is not None
-        lock = self.path.with_name(self.path.name + ".lock")
-        # a link planted at the lock's name is not followed (it would create or lock its target)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
-
     def _read(self) -> dict[str, dict[str, int]]:
-        assert self.path is not None
-        if not self.path.exists():
+        assert self.file is not None
+        doc = self.file.read()
+        if doc is None:
             return {}
-        try:
-            with self.path.open("rb") as fh:
-                raw = fh.read(_MAX_BYTES + 1)
-            if len(raw) > _MAX_BYTES:
-                raise ValueError("too large")
-            doc: Any = json.loads(raw.decode("utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"release log {str(self.path)!r} cannot be read as one ({exc}); it is left as it "
-                "is — move it away only if you know no run it counts can be resumed"
-            ) from None
-        runs = doc.get("runs") if isinstance(doc, dict) else None
-        if (
-            not isinstance(doc, dict)
-            or doc.get("format") != FORMAT
-            or doc.get("version") != _VERSION
-            or not isinstance(runs, dict)
-            or not all(
-                isinstance(k, str)
-                and isinstance(v, dict)
-                and all(
-                    isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v.values()
-                )
-                for k, v in runs.items()
-            )
+        runs = doc.get("runs")
+        if not isinstance(runs, dict) or not all(
+            isinstance(k, str)
+            and isinstance(v, dict)
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v.values())
+            for k, v in runs.items()
         ):
-            raise ConfigError(
-                f"{str(self.path)!r} is not a privrec release log; it is left as it is"
-            )
+            raise self.file.foreign()
         return {k: {str(kind): int(n) for kind, n in v.items()} for k, v in runs.items()}
 
     def _write(self, runs: dict[str, dict[str, int]]) -> None:
-        assert self.path is not None
-        doc = {"format": FORMAT, "version": _VERSION, "runs": runs}
-        folder = self.path.parent if str(self.path.parent) else Path(".")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, sort_keys=True, indent=1)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        with contextlib.suppress(OSError):  # the rename itself, on disk
-            dfd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+        assert self.file is not None
+        self.file.write({"runs": runs})

@@ -46,7 +46,10 @@ protection off: a round without noise is refused, and a seed in the FederatedMF 
 ignored (fresh ChaCha20 randomness from the OS is used), unless the node's **own**
 ``node_config`` says ``test-mode = true`` — then both are honoured with a
 :class:`~privrec.errors.PrivacyWarning` (reproducible tests only; predictable noise is no noise).
-The noise *level* and the SecAgg+ parameters are the server's choice. Against a malicious
+The noise *level*, the number of rounds and the SecAgg+ parameters are the server's choice,
+unless the node's own ``node_config`` sets a device budget (``max-epsilon``, ``budget-file``):
+then each hosted user takes part only in rounds that keep its own ε within that cap
+(:mod:`privrec.federated.flower.budget`). Against a malicious
 server (``mf.threat-model = "malicious"``) each user signs with its long-term Ed25519 identity
 key (``node_config`` ``identity-keys``: this node's ``node-<p>.keys``, mode 0600), and the node
 checks every identity key the round lists against its own copy of the PKI (``pki``), so the
@@ -99,7 +102,7 @@ if TYPE_CHECKING:  # scipy is imported with the data (load_node_data): every mes
     import scipy.sparse as sp  # fresh ClientApp process, and most phases never read the data
 
     from privrec.federated.mf import FederatedMFConfig, RoundSpec
-    from privrec.privacy.distributed import DistributedDPConfig
+    from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
 
 __all__ = [
     "NodeData",
@@ -518,8 +521,19 @@ def _masked_input(content: RecordDict, context: Context) -> RecordDict:
             PrivacyWarning,
             stacklevel=2,
         )
-    users = [d.receiver for d in deliveries if d.receiver in clients]
-    if kind == "dpals":
+    encoder = DistributedDPEncoder(ddp)
+    if encoder.encoded_dim != config.dim or encoder.bits != config.bits:
+        raise ConfigError(
+            f"distributed-DP encoding ({encoder.encoded_dim} words of {encoder.bits} bits) does "
+            f"not match the SecAgg round ({config.dim} words of {config.bits} bits)"
+        )
+    users = _within_budget(
+        [d.receiver for d in deliveries if d.receiver in clients],
+        context, ddp, encoder, config, noise=add_noise,
+    )  # fmt: skip
+    if not users:  # nobody here takes part: nothing to compute
+        payloads: dict[int, np.ndarray] = {}
+    elif kind == "dpals":
         from privrec.federated.flower.dpals import dpals_payloads
 
         payloads, rng_of = dpals_payloads(content, task, data, users, context, test_mode)
@@ -529,16 +543,10 @@ def _masked_input(content: RecordDict, context: Context) -> RecordDict:
         payloads, rng_of = _mf_payloads(
             content, data, users, meta, test_mode, mf_config=mf_config, spec=spec
         )
-    encoder = DistributedDPEncoder(ddp)
-    if encoder.encoded_dim != config.dim or encoder.bits != config.bits:
-        raise ConfigError(
-            f"distributed-DP encoding ({encoder.encoded_dim} words of {encoder.bits} bits) does "
-            f"not match the SecAgg round ({config.dim} words of {config.bits} bits)"
-        )
     out = []
     for d in deliveries:
         client = clients.get(d.receiver)
-        if client is None:
+        if client is None or d.receiver not in payloads:
             continue
         payload = payloads[d.receiver]
         rng = rng_of(d.receiver)
@@ -552,6 +560,42 @@ def _masked_input(content: RecordDict, context: Context) -> RecordDict:
             log.warning("user %d leaves the round in masked_input: %s", d.receiver, exc)
     _save_clients(context, clients)
     return RecordDict({"msgs": messages_record(out)})
+
+
+def _within_budget(
+    users: list[int],
+    context: Context,
+    ddp: DistributedDPConfig,
+    encoder: DistributedDPEncoder,
+    config: RoundConfig,
+    *,
+    noise: bool,
+) -> list[int]:
+    """The users whose own budget admits the round (all of them on a node without one).
+
+    See :mod:`privrec.federated.flower.budget`: the admissions are on disk before any masked
+    input leaves; a user left out sits the round out, as one that went offline.
+    """
+    import dp_accounting
+
+    from privrec.federated.flower.budget import device_budget, round_event
+
+    # the node's own config only: run-config ``node.*`` defaults come from the server, which
+    # must neither loosen a device's cap nor choose where on the device a file is written
+    budget = device_budget(dict(context.node_config))
+    if budget is None:
+        return users
+    event = round_event(ddp, encoder.plan, config, budget.corrupt_fraction)
+    if not noise:
+        event = dp_accounting.NonPrivateDpEvent()
+    admitted = budget.admit(users, event, config.round_id)
+    if len(admitted) < len(users):
+        log.warning(
+            "%d of %d users sit this round out: it would take them past this node's "
+            "max-epsilon %g (delta %g)",
+            len(users) - len(admitted), len(users), budget.budget.epsilon, budget.budget.delta,
+        )  # fmt: skip
+    return admitted
 
 
 def warn_seeded(seed: int | None) -> None:

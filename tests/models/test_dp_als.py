@@ -141,7 +141,11 @@ def test_per_user_shrinkage_of_the_blend() -> None:
     flat = DPALS(**kw).fit(data)  # type: ignore[arg-type]
     zero = DPALS(**kw, popularity_shrinkage=0.0).fit(data)  # type: ignore[arg-type]
     users = np.arange(1, 80)
-    np.testing.assert_array_equal(flat.recommend(users, k=5)[1], zero.recommend(users, k=5)[1])
+    # two seeded fits agree up to float32 rounding (threaded user solves and BLAS are not
+    # bit-reproducible): compare the ranked scores (robust to near-tie swaps) with a tolerance
+    np.testing.assert_allclose(
+        flat.recommend(users, k=5)[1], zero.recommend(users, k=5)[1], rtol=1e-4, atol=1e-5
+    )
     big = DPALS(**kw, popularity_shrinkage=1e3).fit(data)  # type: ignore[arg-type]
     # the prior dominates: every user's list is the popularity order of the head (unseen part)
     order = big.head_items_[np.argsort(-big.noisy_counts_[big.head_items_], kind="stable")]

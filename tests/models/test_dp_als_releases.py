@@ -130,8 +130,14 @@ def test_hook_is_post_processing(data: Interactions) -> None:
 
     hooked = _fit(data, meddle, lhs="full", factors=4, max_per_user=10)
     assert writes and set(writes) == {"refused"}
-    for a in ("item_factors_", "noisy_counts_", "user_factors_", "head_items_"):
+    for a in ("noisy_counts_", "head_items_"):
         assert np.array_equal(getattr(plain, a), getattr(hooked, a)), a
+    # the factors up to float32 rounding: two seeded fits can differ in the last bits (threaded
+    # user solves and BLAS are not bit-reproducible); a write through the hook would move them O(1)
+    for a in ("item_factors_", "user_factors_"):
+        np.testing.assert_allclose(
+            getattr(plain, a), getattr(hooked, a), rtol=1e-4, atol=1e-6, err_msg=a
+        )
     assert plain.privacy_guarantee.epsilon == hooked.privacy_guarantee.epsilon
     # a fit argument, not a hyper-parameter: nothing of it is kept or saved
     assert "on_release" not in hooked.get_params()

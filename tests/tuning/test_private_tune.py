@@ -152,7 +152,9 @@ def test_one_candidate_is_a_plain_fit_at_the_trial_budget() -> None:
     assert m.noise_scale_ == plain.noise_scale_
     np.testing.assert_array_equal(m.head_items_, plain.head_items_)
     np.testing.assert_array_equal(m.noisy_counts_, plain.noisy_counts_)
-    np.testing.assert_array_equal(m.item_factors_, plain.item_factors_)
+    # equal up to float32 rounding: two seeded DPALS fits can differ in the last bits (the
+    # threaded user-solve kernel and BLAS are not bit-reproducible); another seed moves them O(1)
+    np.testing.assert_allclose(m.item_factors_, plain.item_factors_, rtol=1e-4, atol=1e-6)
 
 
 def test_every_candidate_is_checked_before_the_charge() -> None:

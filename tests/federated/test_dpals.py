@@ -410,7 +410,7 @@ def test_full_secagg_graph_is_sized_for_the_corrupt_fraction(
     SecAgg+ graph must assume as many, or colluders holding ``t`` shares of an honest
     neighbour's secrets unmask its input alone (the rounds were built for the default 5%:
     at n = 1000 and 30% corrupt, k = 29, t = 17 leaves ~0.8 honest devices per round exposed)."""
-    import privrec.federated.dpals as fd
+    import privrec.federated.dpals_devices as fd
     from privrec.secure import choose_parameters
 
     data = synthetic(n_users=120, n_items=30, interactions_per_user=8, seed=1)
@@ -430,3 +430,19 @@ def test_full_secagg_graph_is_sized_for_the_corrupt_fraction(
     assert {(k, t) for _, k, t in seen} == {(want.neighbours, want.threshold)}
     low = choose_parameters(120, dropout_rate=0.05, corrupt_fraction=0.05)
     assert want.threshold > low.threshold  # the old graph's threshold was too low
+
+
+def test_malicious_server_rounds_simulated_give_the_same_model() -> None:
+    """``threat_model="malicious"`` runs the full SecAgg+ with signed keys and the consistency
+    check; the sums, the model and ε are those of honest-but-curious rounds."""
+    data = synthetic(n_users=40, n_items=12, seed=1)
+    kw: dict[str, object] = dict(epsilon=5.0, delta=1e-3, factors=2, iterations=1, seed=3)
+    mal = FederatedDPALS(**kw, secure="full", threat_model="malicious").fit(data)
+    hbc = FederatedDPALS(**kw, secure="full").fit(data)
+    np.testing.assert_array_equal(mal.noisy_counts_, hbc.noisy_counts_)
+    np.testing.assert_allclose(mal.item_factors_, hbc.item_factors_, rtol=1e-6, atol=1e-7)
+    assert mal.privacy_guarantee.epsilon == hbc.privacy_guarantee.epsilon
+    assert "a malicious server" in mal.privacy_guarantee.threat_model
+    assert "honest-but-curious" in hbc.privacy_guarantee.threat_model
+    with pytest.raises(ConfigError):
+        FederatedDPALS(**kw, threat_model="lying").fit(data)

@@ -68,6 +68,23 @@ def run_config(checkpoint_dir: Path, **mf: Any) -> dict[str, Any]:
     return cfg
 
 
+def identities(tmp_path: Path, parts: int = 3) -> tuple[Path, Callable[[int], dict[str, Any]]]:
+    """A PKI for every user and each node's config naming its own keys (malicious-server rounds:
+    the nodes also *require* them)."""
+    from privrec.federated.flower.identity import create_identities
+
+    pki = create_identities(range(USERS), parts, tmp_path / "pki")
+
+    def extra(p: int) -> dict[str, Any]:
+        return {
+            "pki": str(pki),
+            "identity-keys": str(tmp_path / "pki" / f"node-{p}.keys"),
+            "threat-model": "malicious",
+        }
+
+    return pki, extra
+
+
 def _roundtrip(content: RecordDict) -> RecordDict:
     proto = ProtoRecordDict.FromString(recorddict_to_proto(content).SerializeToString())
     return recorddict_from_proto(proto)

@@ -24,7 +24,7 @@ from privrec.federated.flower.coordinator import parse_run_config
 from privrec.federated.flower.dpals import DPALSCoordinator, parse_dpals_run_config
 from privrec.models import load_model
 
-from .local import USERS, LocalTransport, full_matrix
+from .local import USERS, LocalTransport, full_matrix, identities
 
 PARAMS: dict[str, Any] = {"epsilon": 5.0, "delta": 1e-3, "factors": 3, "iterations": 2, "seed": 5}
 
@@ -48,8 +48,13 @@ def _run_config(ckpt: Path, **extra: Any) -> dict[str, Any]:
     return cfg
 
 
-def _flower(ckpt: Path, transport: LocalTransport, **extra: Any) -> DPALSCoordinator:
-    params, settings = parse_dpals_run_config(_run_config(ckpt, **extra))
+def _flower(
+    ckpt: Path, transport: LocalTransport, pki: Path | None = None, **extra: Any
+) -> DPALSCoordinator:
+    cfg = _run_config(ckpt, **extra)
+    if pki is not None:
+        cfg["pki"] = str(pki)
+    params, settings = parse_dpals_run_config(cfg)
     coordinator = DPALSCoordinator(transport, params, settings, say=lambda _: None)
     coordinator.run()
     return coordinator
@@ -169,3 +174,40 @@ def test_rounds_size_the_secagg_graph_for_the_corrupt_fraction(
     monkeypatch.setattr(fd.RoundConfig, "create", spy)
     _flower(tmp_path, LocalTransport(3), corrupt_fraction=0.2)
     assert seen and set(seen) == {0.2}
+
+
+def test_malicious_server_rounds_release_the_same_model(tmp_path: Path) -> None:
+    """``dpals.threat-model = malicious``: every round signs and cross-checks its survivor set
+    (one more phase), with the same sums, model and ε as honest-but-curious rounds."""
+    pki, extra = identities(tmp_path)
+    transport = LocalTransport(3, extra=extra)
+    coordinator = _flower(tmp_path / "ck", transport, pki, threat_model="malicious")
+    assert transport.errors == []
+    assert transport.calls.count("consistency_check") == len(coordinator.model.rounds_) == 4
+    hbc = _flower(tmp_path / "hbc", LocalTransport(3)).model
+    fl = coordinator.model
+    np.testing.assert_array_equal(fl.noisy_counts_, hbc.noisy_counts_)
+    np.testing.assert_allclose(fl.item_factors_, hbc.item_factors_, rtol=1e-6, atol=1e-7)
+    assert fl.privacy_guarantee.epsilon == hbc.privacy_guarantee.epsilon
+    assert "a malicious server" in fl.privacy_guarantee.threat_model
+
+
+def test_malicious_dpals_rounds_refuse_forged_keys_downgrades_and_a_missing_pki(
+    tmp_path: Path,
+) -> None:
+    from privrec.errors import ProtocolAbort
+    from privrec.federated.flower.identity import create_identities
+
+    _, extra = identities(tmp_path)
+    forged = create_identities(range(USERS), 3, tmp_path / "forged")  # the server's own keys
+    transport = LocalTransport(3, extra=extra)
+    with pytest.raises(ProtocolAbort):
+        _flower(tmp_path / "a", transport, forged, threat_model="malicious")
+    assert transport.errors and all("PKI" in e for e in transport.errors)
+    # nodes that require malicious-server rounds refuse honest-but-curious DPALS rounds
+    transport = LocalTransport(3, extra=extra)
+    with pytest.raises(ProtocolAbort):
+        _flower(tmp_path / "b", transport)
+    assert any("requires rounds secured against a malicious server" in e for e in transport.errors)
+    with pytest.raises(ConfigError, match="pki"):
+        _flower(tmp_path / "c", LocalTransport(3), threat_model="malicious")

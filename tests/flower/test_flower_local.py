@@ -37,6 +37,7 @@ from .local import (
     USERS,
     LocalTransport,
     full_matrix,
+    identities,
     reference_round,
     round_log,
     run_config,
@@ -168,23 +169,8 @@ def test_two_rounds_sum_exactly_and_improve_the_model(tmp_path: Path) -> None:
     assert losses[2] < losses[1] < losses[0]
 
 
-def _pki(tmp_path: Path, parts: int = 3) -> tuple[Path, Any]:
-    from privrec.federated.flower.identity import create_identities
-
-    pki = create_identities(range(USERS), parts, tmp_path / "pki")
-
-    def extra(p: int) -> dict[str, Any]:
-        return {
-            "pki": str(pki),
-            "identity-keys": str(tmp_path / "pki" / f"node-{p}.keys"),
-            "threat-model": "malicious",
-        }
-
-    return pki, extra
-
-
 def test_malicious_server_rounds_sign_and_cross_check_the_survivors(tmp_path: Path) -> None:
-    pki, extra = _pki(tmp_path)
+    pki, extra = identities(tmp_path)
     transport = LocalTransport(3, extra=extra)
     ckpt = tmp_path / "ck"
     config, settings = parse_run_config(
@@ -203,7 +189,7 @@ def test_malicious_server_rounds_sign_and_cross_check_the_survivors(tmp_path: Pa
 def test_nodes_refuse_forged_identity_keys_and_downgrades(tmp_path: Path) -> None:
     from privrec.federated.flower.identity import create_identities
 
-    pki, extra = _pki(tmp_path)
+    pki, extra = identities(tmp_path)
     forged = create_identities(range(USERS), 3, tmp_path / "forged")  # the server's own keys
     config, settings = parse_run_config(
         {**run_config(tmp_path / "a", rounds=1), "mf.threat-model": "malicious", "pki": str(forged)}

@@ -52,12 +52,10 @@ Simulation modes (``secure=``)
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import pydantic
@@ -65,16 +63,23 @@ import scipy.sparse as sp
 
 from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError, NonFiniteResultError, PrivacyWarning, ProtocolAbort
-from privrec.federated.secure_round import secure_sum
+from privrec.federated.dpals_devices import (
+    Devices,
+    DeviceTask,
+    SimulatedDevices,
+    SumResult,
+    device_rng,
+    device_salts,
+    device_vectors,
+    round_vectors,
+)
 from privrec.models.base import register
 from privrec.models.dp_als import (
     DEFAULT_SHRINKAGE,
     DPALS,
     DPALSConfig,
     dpals_event,
-    exact_user_solve,
     initial_item_factors,
-    user_weights,
 )
 from privrec.models.dp_rules import (
     LengthProfile,
@@ -89,10 +94,9 @@ from privrec.models.dp_rules import (
     resolve_shrinkage,
 )
 from privrec.privacy.accounting import calibrate, epsilon_of
-from privrec.privacy.bounds import LENGTH_EDGES, LENGTHS_LABEL, length_histogram
-from privrec.privacy.contribution import draw_salt, sample_per_user
+from privrec.privacy.bounds import LENGTHS_LABEL
+from privrec.privacy.contribution import draw_salt
 from privrec.privacy.distributed import NEIGHBOURING_NOTE, DistributedDPConfig, DistributedDPEncoder
-from privrec.privacy.distributed.encoder import padding_generator
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.postprocessing import diagonal_solve, project_psd, shared_solve
@@ -122,6 +126,7 @@ class FederatedDPALSConfig(DPALSConfig):
     corrupt_fraction: float = pydantic.Field(default=0.05, ge=0, lt=1)
     dropout: float = pydantic.Field(default=0.0, ge=0, lt=1)
     mechanism: Literal["dgauss", "skellam"] = "dgauss"
+    threat_model: Literal["honest-but-curious", "malicious"] = "honest-but-curious"
 
 
 @register
@@ -146,6 +151,10 @@ class FederatedDPALS(DPALS):
         Probability that a device drops out of a round (simulated fault).
     mechanism
         ``"dgauss"`` (distributed discrete Gaussian) or ``"skellam"``.
+    threat_model
+        The server SecAgg+ is secured against: ``"honest-but-curious"`` (default) or
+        ``"malicious"`` (Bell et al.'s threshold, signed keys and the survivor-set consistency
+        check, as FederatedMF: ``docs/secagg.md``). The noise, events and ε are the same.
 
     After ``fit``, ``rounds_`` lists every round: kind, vector length (padded), bits,
     bytes each device sends, survivors, and the measured device and server seconds.
@@ -184,6 +193,7 @@ class FederatedDPALS(DPALS):
         corrupt_fraction: float = 0.05,
         dropout: float = 0.0,
         mechanism: Literal["dgauss", "skellam"] = "dgauss",
+        threat_model: Literal["honest-but-curious", "malicious"] = "honest-but-curious",
         lhs: Literal["none", "diagonal"] = "none",
         accountant: Literal["rdp"] = "rdp",
         **dpals: Any,
@@ -194,10 +204,14 @@ class FederatedDPALS(DPALS):
         self.corrupt_fraction = corrupt_fraction
         self.dropout = dropout
         self.mechanism = mechanism
+        self.threat_model = threat_model
 
     @classmethod
     def _param_names(cls) -> list[str]:
-        extra = ["secure", "min_survivor_fraction", "corrupt_fraction", "dropout", "mechanism"]
+        extra = [
+            "secure", "min_survivor_fraction", "corrupt_fraction", "dropout", "mechanism",
+            "threat_model",
+        ]  # fmt: skip
         return [*DPALS._param_names(), *extra]
 
     # ----------------------------------------------------------------------------- training
@@ -415,7 +429,12 @@ class FederatedDPALS(DPALS):
                 f"{c.min_survivor_fraction:.0%} of the devices to survive, and the noise is sized "
                 f"for those survivors less {c.corrupt_fraction:.0%} of all devices colluding with "
                 "the server and removing their own noise shares); the released model is (ε, δ)-DP "
-                "per user without a trusted server."
+                "per user without a trusted server. SecAgg+ is secured against "
+                + (
+                    "a malicious server (Bell et al.'s threshold, signed keys, consistency check)."
+                    if c.threat_model == "malicious"
+                    else "an honest-but-curious server."
+                )
                 + NEIGHBOURING_NOTE
                 + " Joint DP for each user's own list. "
                 + devices.description
@@ -486,199 +505,6 @@ def _checked_sum(res: SumResult, label: str, dim: int, n_min: int, n_max: int) -
     return decoded
 
 
-# ------------------------------------------------------------------------------- devices
-@dataclass(frozen=True)
-class DeviceTask:
-    """What every device needs for one round: public settings and released state only.
-
-    ``kind`` is ``"lengths"``, ``"counts"`` or ``"step"``; ``label`` names the round
-    (``"step 2"``). Steps carry the head items, their noisy counts (for the weights), the
-    current item factors and the part scales.
-    """
-
-    kind: Literal["lengths", "counts", "step"]
-    label: str
-    n_items: int
-    count_sample: int = 0
-    head: np.ndarray | None = None
-    head_counts: np.ndarray | None = None
-    item_factors: np.ndarray | None = None
-    scales: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    method: str = "adaptive"
-    bound: int = 1
-    adaptive_exponent: float = 0.5
-    alpha0: float = 1.0
-    user_regularization: float = 0.1
-    clip_norm: float = 1.0
-    lhs: str = "none"
-
-    def dim(self, k: int) -> int:
-        """Length of one device's vector (``k``: the factors, for step rounds)."""
-        if self.kind == "lengths":
-            return len(length_histogram(np.zeros(0), self.n_items))
-        if self.kind == "counts":
-            return self.n_items
-        assert self.head is not None
-        parts = 2 if self.lhs == "diagonal" else 1
-        return k * (k + 1) // 2 + parts * len(self.head) * k
-
-    def settings(self) -> dict[str, Any]:
-        """The scalar fields (JSON-able), for the wire."""
-        return {
-            f: getattr(self, f)
-            for f in self.__dataclass_fields__
-            if f not in ("head", "head_counts", "item_factors")
-        }
-
-
-def device_salts(base: int) -> tuple[int, int]:
-    """The keys of a device's count sample and of its step weights (uniform/tail), from ``base``.
-
-    ``base`` is the device's secret (drawn from the CSPRNG) — or, in seeded test runs, the
-    seed, so that the simulation and a Flower run sample the same items.
-    """
-    out = []
-    for what in ("counts", "weights"):
-        digest = hashlib.sha256(f"privrec-dpals-salt/{base}/{what}".encode()).digest()
-        out.append(int.from_bytes(digest[:8], "little") >> 1)
-    return out[0], out[1]
-
-
-def device_rng(seed: int, label: str, attempt: int, user: int) -> np.random.Generator:
-    """Seeded (test-only) rounding and noise of one device's encoding in one round."""
-    from privrec.privacy.randomness import seeded_generator
-
-    digest = hashlib.sha256(f"privrec-dpals/{seed}/{label}/{attempt}/{user}".encode()).digest()
-    return seeded_generator(int.from_bytes(digest[:8], "little"), warn=False)
-
-
-def device_vectors(
-    task: DeviceTask, x: sp.csr_matrix, row_keys: np.ndarray, salt: int
-) -> sp.csr_matrix:
-    """Each device's contribution to one round, one row per device (what runs on the device).
-
-    ``x`` holds the devices' binary histories over the whole catalogue, ``row_keys`` their
-    global user ids (the keyed samples do not depend on which rows a caller holds) and
-    ``salt`` the devices' secret (:func:`device_salts`). Row ``u`` depends on user ``u``'s data,
-    the public task and the secret only. Shared by the simulation and the Flower nodes.
-    """
-    keys = np.asarray(row_keys, dtype=np.uint64)
-    count_salt, weight_salt = device_salts(salt)
-    if task.kind == "lengths":
-        return _onehot_lengths(np.diff(x.indptr), task.n_items)
-    if task.kind == "counts":
-        return sample_per_user(x, task.count_sample, None, salt=count_salt, row_keys=keys)
-    assert task.head is not None and task.head_counts is not None
-    assert task.item_factors is not None
-    xh = sp.csr_matrix(x[:, task.head])
-    xh.sort_indices()
-    if task.method == "adaptive":
-        weights = user_weights(
-            xh,
-            task.head_counts,
-            "adaptive",
-            task.bound,
-            task.adaptive_exponent,
-            None,  # type: ignore[arg-type]
-        )
-    else:  # central DPALS's uniform / tail samples, keyed per device
-        strategy: Literal["uniform", "least_popular"] = (
-            "uniform" if task.method == "uniform" else "least_popular"
-        )
-        weights = sample_per_user(
-            xh, task.bound, None, strategy, task.head_counts, salt=weight_salt, row_keys=keys
-        )
-    u = exact_user_solve(xh, task.item_factors, task.alpha0, task.user_regularization)
-    return round_vectors(_clip(u, task.clip_norm), weights, task.scales, task.lhs)
-
-
-@dataclass(frozen=True)
-class SumResult:
-    """A decoded secure sum and what the round's report records about it."""
-
-    decoded: np.ndarray
-    survivors: int
-    device_seconds: float = float("nan")
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Devices(Protocol):
-    """Where the rounds' secure sums run: simulated here, Flower SuperNodes in deployment."""
-
-    description: str
-
-    def secure_sum(self, task: DeviceTask, enc: DistributedDPEncoder, n_min: int) -> SumResult:
-        """Every device computes :func:`device_vectors` for ``task``, encodes it with ``enc``;
-        the decoded sum of the survivors (:class:`~privrec.errors.ProtocolAbort` below
-        ``n_min``)."""
-        ...
-
-
-class SimulatedDevices:
-    """All devices in one process (:class:`FederatedDPALS`'s ``secure`` modes)."""
-
-    def __init__(
-        self,
-        x: sp.csr_matrix,
-        c: FederatedDPALSConfig,
-        rng: np.random.Generator,
-        fault_rng: np.random.Generator,
-        salt: int,
-    ) -> None:
-        self.x, self.secure, self.dropout, self.corrupt = x, c.secure, c.dropout, c.corrupt_fraction
-        self.rng, self.fault_rng, self.salt, self.seed = rng, fault_rng, salt, c.seed
-        self.keys = np.arange(x.shape[0], dtype=np.uint64)
-        self.description = "Simulated rounds" + (
-            " ('aggregate' mode: the noise of the decoded sums is drawn centrally)."
-            if c.secure == "aggregate"
-            else f" ('{c.secure}' SecAgg+ path)."
-        )
-
-    def secure_sum(self, task: DeviceTask, enc: DistributedDPEncoder, n_min: int) -> SumResult:
-        vectors = device_vectors(task, self.x, self.keys, self.salt)
-        n = vectors.shape[0]
-        alive = self.fault_rng.random(n) >= self.dropout
-        survivors = int(alive.sum())
-        if survivors < n_min:
-            raise ProtocolAbort(
-                "masked_input", f"{task.label}: {survivors} survivors, {n_min} planned for"
-            )
-        if self.secure == "aggregate":
-            total = np.asarray(vectors[alive].sum(axis=0), dtype=np.float64).ravel()
-            plan = enc.plan
-            # max_clients noise shares after the server's padding, the survivors' rounding
-            std = plan.gamma * math.sqrt(plan.max_clients * plan.local_variance + survivors / 4)
-            return SumResult(total + self.rng.standard_normal(total.shape) * std, survivors)
-        dense = vectors.toarray()
-        ids = np.flatnonzero(alive)
-        d0 = time.perf_counter()
-        if self.seed is None:
-            encoded = enc.encode(dense[ids], self.rng)
-        else:  # seeded tests: each device's own stream, as a Flower node in test mode draws it
-            encoded = (
-                np.stack(
-                    [
-                        enc.encode(dense[i], device_rng(self.seed, task.label, 0, int(i)))
-                        for i in ids
-                    ]
-                )
-                if len(ids)
-                else np.zeros((0, enc.encoded_dim), dtype=np.uint64)
-            )
-        device_s = (time.perf_counter() - d0) / max(len(ids), 1)
-        crash = {int(i): "masked_input" for i in np.flatnonzero(~alive)}
-        full = np.zeros((n, enc.encoded_dim), dtype=np.uint64)
-        full[ids] = encoded
-        res = secure_sum(
-            n, enc.encoded_dim, enc.bits, lambda i: full[i], crash=crash, mode=self.secure,
-            min_survivors=n_min, corrupt_fraction=self.corrupt,
-            dropout_rate=max(self.dropout, 0.05),  # the graph for the colluders the noise assumes
-        )  # fmt: skip
-        pad_rng = padding_generator(self.seed, "dpals", task.label, 0)
-        decoded = enc.decode(res.sum, len(res.survivors), rng=pad_rng)
-        return SumResult(decoded, len(res.survivors), device_s)
-
-
 # ------------------------------------------------------------------------------- helpers
 def _label(kind: str) -> str:
     fixed = {"lengths": LENGTHS_LABEL, "counts": "noisy item counts"}
@@ -705,39 +531,6 @@ def _part_scales(
     return r0 * gamma**2, r2 * f * gamma, r1 * f * gamma**2
 
 
-def round_vectors(
-    u: np.ndarray, weights: sp.csr_matrix, scales: tuple[float, float, float], lhs: str
-) -> sp.csr_matrix:
-    """Every device's scaled step vector, one row each (sparse: a device touches its items only).
-
-    Layout: the upper triangle of ``x xᵀ`` (row-major), then ``c_uj x`` for every head item j
-    (k numbers each), then, with ``lhs="diagonal"``, ``c_uj x∘x``. Row u depends on user u's
-    data only (their factors, their items and the public weights' rule).
-    """
-    n, k = u.shape
-    n_head = weights.shape[1]
-    iu = np.triu_indices(k)
-    tri = (u[:, iu[0]] * u[:, iu[1]]) / scales[0]
-    rows = np.repeat(np.arange(n), np.diff(weights.indptr))
-    cols = weights.indices
-    c = weights.data
-    parts_data = [tri.ravel()]
-    parts_rows = [np.repeat(np.arange(n), tri.shape[1])]
-    parts_cols = [np.tile(np.arange(tri.shape[1]), n)]
-    offset = tri.shape[1]
-    blocks = [(u, scales[1])] + ([(u * u, scales[2])] if lhs == "diagonal" else [])
-    for base, scale in blocks:
-        vals = (c[:, None] * base[rows]) / scale
-        parts_data.append(vals.ravel())
-        parts_rows.append(np.repeat(rows, k))
-        parts_cols.append((offset + cols[:, None] * k + np.arange(k)).ravel())
-        offset += n_head * k
-    return sp.csr_matrix(
-        (np.concatenate(parts_data), (np.concatenate(parts_rows), np.concatenate(parts_cols))),
-        shape=(n, offset),
-    )
-
-
 def _unpack(
     decoded: np.ndarray, k: int, n_head: int, scales: tuple[float, float, float], lhs: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -751,23 +544,6 @@ def _unpack(
     if lhs == "diagonal":
         diag = decoded[n_tri + n_head * k :].reshape(n_head, k) * scales[2]
     return g, rhs, diag
-
-
-def _clip(u: np.ndarray, gamma: float) -> np.ndarray:
-    norms = np.linalg.norm(u, axis=1, keepdims=True)
-    out: np.ndarray = u * np.minimum(1.0, gamma / np.maximum(norms, 1e-30))
-    return out
-
-
-def _onehot_lengths(lengths: np.ndarray, n_items: int) -> sp.csr_matrix:
-    """Each device's histogram contribution: a one-hot of its length bin (empty when no items)."""
-    n = len(lengths)
-    n_bins = len(length_histogram(np.zeros(0), n_items))
-    present = lengths > 0
-    bins = np.minimum(np.searchsorted(LENGTH_EDGES, lengths, side="right") - 1, n_bins - 1)
-    return sp.csr_matrix(
-        (np.ones(int(present.sum())), (np.flatnonzero(present), bins[present])), shape=(n, n_bins)
-    )
 
 
 def _encoder(

@@ -124,16 +124,8 @@ class Coordinator(SecureRounds):
         super().__init__(transport, settings, say)
         self.config = config
         self.server: FederatedMFServer | None = None
-        self.pki: dict[int, bytes] = {}
         if config.threat_model == "malicious":
-            if not settings.pki:
-                raise ConfigError(
-                    "mf.threat-model = malicious needs the users' identity keys: set pki = "
-                    "<pki.json> (privrec.federated.flower.identity.create_identities)"
-                )
-            from privrec.federated.flower.identity import load_pki
-
-            self.pki = load_pki(settings.pki)
+            self.load_pki("mf.threat-model")
 
     # ------------------------------------------------------------------ discovery    # ------------------------------------------------------------------ setup
     def _start_server(self) -> FederatedMFServer:
@@ -238,16 +230,8 @@ class Coordinator(SecureRounds):
             min_survivors=m,
             corrupt_fraction=cfg.corrupt_fraction,
             threat_model=cfg.threat_model,
-            identity_keys=self._identity_keys(ids),
+            identity_keys=self.identity_keys(ids),
         )
-
-    def _identity_keys(self, ids: np.ndarray) -> dict[int, bytes]:
-        if self.config.threat_model != "malicious":
-            return {}
-        missing = [int(u) for u in ids.tolist() if int(u) not in self.pki]
-        if missing:
-            raise ConfigError(f"users {missing[:5]} have no identity key in the PKI")
-        return {int(u): self.pki[int(u)] for u in ids.tolist()}
 
     def _attempt(self, entry: RoundLog, ids: np.ndarray, pre: _Prefetch | None = None) -> None:
         srv = self.server

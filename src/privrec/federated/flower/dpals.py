@@ -4,12 +4,12 @@ The server side is :class:`~privrec.federated.dpals.FederatedDPALS` itself
 (:meth:`~privrec.federated.dpals.FederatedDPALS.fit_devices`): the same plan, calibration,
 accounting, item solves and guarantee as the simulation. Only where each round's secure sum
 runs differs: :class:`FlowerDevices` sends the round's public task
-(:class:`~privrec.federated.dpals.DeviceTask`: the round kind, count sample, head items, their
+(:class:`~privrec.federated.dpals_devices.DeviceTask`: the round kind, count sample, head items, their
 noisy counts and the current item factors) with the SecAgg+ masked-input message of
 :class:`~privrec.federated.flower.rounds.SecureRounds`, and every hosted user computes its own
 contribution on its node with the simulation's code
-(:func:`~privrec.federated.dpals.device_vectors`: length one-hot, count sample, or exact
-solve, clip and :func:`~privrec.federated.dpals.round_vectors`), encodes it with distributed
+(:func:`~privrec.federated.dpals_devices.device_vectors`: length one-hot, count sample, or exact
+solve, clip and :func:`~privrec.federated.dpals_devices.round_vectors`), encodes it with distributed
 DP and masks it. The server decodes the sum and solves the items.
 
 Privacy: as in :mod:`privrec.federated.dpals` — unit one user (one device, add/remove); every
@@ -35,13 +35,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from privrec.errors import ConfigError, MessageRejected, ProtocolAbort
-from privrec.federated.dpals import (
-    DeviceTask,
-    FederatedDPALS,
-    SumResult,
-    device_rng,
-    device_vectors,
-)
+from privrec.federated.dpals import FederatedDPALS
+from privrec.federated.dpals_devices import DeviceTask, SumResult, device_rng, device_vectors
 from privrec.federated.flower.codec import ddp_to_json, get_str
 from privrec.federated.flower.node import NodeData, warn_seeded
 from privrec.federated.flower.rounds import DeploySettings, RoundLog, SecureRounds, Transport
@@ -117,7 +112,7 @@ def task_records(task: DeviceTask, enc: DistributedDPEncoder, seed: int | None) 
 
 
 class FlowerDevices:
-    """:class:`~privrec.federated.dpals.Devices` on SuperNodes: each round one SecAgg+ sum."""
+    """:class:`~privrec.federated.dpals_devices.Devices` on SuperNodes: each round one SecAgg+ sum."""
 
     def __init__(self, rounds: DPALSCoordinator, seed: int | None) -> None:
         self.rounds = rounds
@@ -142,6 +137,7 @@ class FlowerDevices:
                 rc = RoundConfig.create(
                     ids.tolist(), enc.encoded_dim, enc.bits, min_survivors=n_min,
                     corrupt_fraction=r.model.corrupt_fraction,
+                    threat_model=r.model.threat_model, identity_keys=r.identity_keys(ids),
                 )  # fmt: skip
                 result = r._secure_sum(entry, rc, extra)
             except ProtocolAbort as exc:
@@ -189,6 +185,8 @@ class DPALSCoordinator(SecureRounds):
         super().__init__(transport, settings, say)
         self.model = FederatedDPALS(**{**params, "secure": "full"})
         self.model.config()
+        if self.model.threat_model == "malicious":
+            self.load_pki("dpals.threat-model")
 
     def run(self) -> FederatedDPALS:
         """Discover the nodes, run every round, save and return the released model."""

@@ -193,6 +193,28 @@ class SecureRounds:
         self.logs: list[RoundLog] = []
         self.ckpt = Path(settings.checkpoint_dir) if settings.checkpoint_dir else None
         self._prefetch: _Prefetch | None = None
+        self.pki: dict[int, bytes] | None = None  # malicious-server rounds: the users' keys
+
+    def load_pki(self, key: str) -> None:
+        """Malicious-server rounds need the users' identity keys (``pki`` in the run config);
+        ``key`` names the threat-model setting in the error."""
+        if not self.settings.pki:
+            raise ConfigError(
+                f"{key} = malicious needs the users' identity keys: set pki = <pki.json> "
+                "(privrec.federated.flower.identity.create_identities)"
+            )
+        from privrec.federated.flower.identity import load_pki
+
+        self.pki = load_pki(self.settings.pki)
+
+    def identity_keys(self, ids: np.ndarray) -> dict[int, bytes]:
+        """The invited users' public identity keys (empty for honest-but-curious rounds)."""
+        if self.pki is None:
+            return {}
+        missing = [int(u) for u in ids.tolist() if int(u) not in self.pki]
+        if missing:
+            raise ConfigError(f"users {missing[:5]} have no identity key in the PKI")
+        return {int(u): self.pki[int(u)] for u in ids.tolist()}
 
     # ------------------------------------------------------------------ discovery
     def discover(self) -> None:

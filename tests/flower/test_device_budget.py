@@ -25,11 +25,12 @@ pytest.importorskip("flwr", reason="flwr (the [federated] extra) is not installe
 from flwr.app import ConfigRecord, RecordDict
 
 from privrec.errors import ConfigError, ProtocolAbort
-from privrec.federated.flower.budget import device_budget
+from privrec.federated.flower.budget import RECENT, device_budget, fingerprint
 from privrec.federated.flower.coordinator import Coordinator, parse_run_config
 from privrec.federated.flower.dpals import DPALSCoordinator, parse_dpals_run_config
+from privrec.federated.flower.identity import load_pki
 
-from .local import USERS, LocalTransport, run_config
+from .local import USERS, LocalTransport, identities, run_config
 
 PARAMS: dict[str, Any] = {"epsilon": 5.0, "delta": 1e-3, "factors": 3, "iterations": 2, "seed": 5}
 
@@ -41,75 +42,94 @@ def _quiet() -> Any:
         yield
 
 
-def _budgets(folder: Path, cap: float, delta: float = 1e-3, **more: Any) -> Any:
-    return lambda p: {
-        "max-epsilon": cap,
-        "max-delta": delta,
-        "budget-file": str(folder / f"node-{p}.budget.json"),
-        **more,
-    }
+def _nodes(tmp_path: Path, cap: float, delta: float = 1e-3, **more: Any) -> tuple[Path, Any]:
+    """Each node's config: its own PKI and identity keys (malicious-server rounds, required with
+    a budget) and a budget file in ``tmp_path/devices``."""
+    folder = tmp_path / "devices"
+    folder.mkdir(exist_ok=True)
+    pki, keys = identities(tmp_path)
+
+    def extra(p: int) -> dict[str, Any]:
+        return {
+            **keys(p),
+            "max-epsilon": cap,
+            "max-delta": delta,
+            "budget-file": str(folder / f"node-{p}.budget.json"),
+            **more,
+        }
+
+    return pki, extra
 
 
-def _dpals(ckpt: Path, transport: LocalTransport) -> DPALSCoordinator:
+def _dpals(ckpt: Path, transport: LocalTransport, pki: Path) -> DPALSCoordinator:
     cfg: dict[str, Any] = {
         "algorithm": "dpals",
         "round-timeout": 60.0,
         "min-nodes": 3,
         "checkpoint-dir": str(ckpt),
         "max-retries": 1,
+        "pki": str(pki),
     }
     cfg.update({f"dpals.{k.replace('_', '-')}": v for k, v in PARAMS.items()})
+    cfg["dpals.threat-model"] = "malicious"
     params, settings = parse_dpals_run_config(cfg)
     coordinator = DPALSCoordinator(transport, params, settings, say=lambda _: None)
     coordinator.run()
     return coordinator
 
 
-def _spent(folder: Path, part: int, cap: float, delta: float = 1e-3) -> dict[int, float]:
-    settings = {
-        "max-epsilon": cap,
-        "max-delta": delta,
-        "budget-file": str(folder / f"node-{part}.budget.json"),
-    }
-    budget = device_budget(settings)
-    assert budget is not None
-    doc = json.loads((folder / f"node-{part}.budget.json").read_text())
-    return {int(u): budget.epsilon(int(u)) for u in doc["users"]}
+def _spent(tmp_path: Path, pki: Path, cap: float, delta: float = 1e-3) -> dict[int, float]:
+    """Every user's ε as its node's budget file says (users never recorded: absent)."""
+    out = {}
+    keys = load_pki(pki)
+    for p in range(3):
+        path = tmp_path / "devices" / f"node-{p}.budget.json"
+        if not path.exists():
+            continue
+        budget = device_budget(
+            {"max-epsilon": cap, "max-delta": delta, "budget-file": str(path),
+             "threat-model": "malicious", "pki": str(pki)}
+        )  # fmt: skip
+        assert budget is not None
+        recorded = set(json.loads(path.read_text())["users"])
+        for u, key in keys.items():
+            if fingerprint(key) in recorded:
+                out[u] = budget.epsilon(key)
+    return out
 
 
 def test_an_honest_dpals_run_spends_the_models_epsilon_and_a_second_run_is_refused(
     tmp_path: Path,
 ) -> None:
-    folder = tmp_path / "devices"
-    folder.mkdir()
     cap = PARAMS["epsilon"]
-    model = _dpals(tmp_path / "run1", LocalTransport(3, extra=_budgets(folder, cap))).model
+    pki, extra = _nodes(tmp_path, cap)
+    model = _dpals(tmp_path / "run1", LocalTransport(3, test_mode=False, extra=extra), pki).model
     eps = model.privacy_guarantee.epsilon
-    spent = {u: e for p in range(3) for u, e in _spent(folder, p, cap).items()}
+    spent = _spent(tmp_path, pki, cap)
     assert sorted(spent) == list(range(USERS))  # every user took part, as the server planned
     # each device composed the rounds' own events: the model's ε, never more (the server
     # charges each round a multiplier z; its discrete sum's bound, the node's event, is
     # raised in 0.5% steps until it reaches z, so it is slightly less)
     for e in spent.values():
         assert eps * 0.99 <= e <= eps * (1 + 1e-9)
-    mode = stat.S_IMODE(os.stat(folder / "node-0.budget.json").st_mode)
-    assert mode & 0o077 == 0  # the device's own record: not readable by others
+    path = tmp_path / "devices" / "node-0.budget.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0  # the device's own record
+    doc = json.loads(path.read_text())
+    assert {v["rounds"] for v in doc["users"].values()} == {4}  # compact: no per-round list
 
     # the same devices again (a new run, new checkpoint folder): nothing is left to spend
-    transport = LocalTransport(3, extra=_budgets(folder, cap))
+    transport = LocalTransport(3, test_mode=False, extra=extra)
     with pytest.raises(ProtocolAbort):
-        _dpals(tmp_path / "run2", transport)
-    after = {u: e for p in range(3) for u, e in _spent(folder, p, cap).items()}
-    assert after == spent  # refused rounds recorded nothing
+        _dpals(tmp_path / "run2", transport, pki)
+    assert _spent(tmp_path, pki, cap) == spent  # refused rounds recorded nothing
     assert not (tmp_path / "run2" / "model.npz").exists()
 
 
 def test_a_cap_below_the_plan_stops_the_run_midway(tmp_path: Path) -> None:
-    folder = tmp_path / "devices"
-    folder.mkdir()
+    pki, extra = _nodes(tmp_path, 3.0)
     with pytest.raises(ProtocolAbort):
-        _dpals(tmp_path / "run", LocalTransport(3, extra=_budgets(folder, 3.0)))
-    spent = {u: e for p in range(3) for u, e in _spent(folder, p, 3.0).items()}
+        _dpals(tmp_path / "run", LocalTransport(3, test_mode=False, extra=extra), pki)
+    spent = _spent(tmp_path, pki, 3.0)
     assert spent and all(0 < e <= 3.0 for e in spent.values())
     assert not (tmp_path / "run" / "model.npz").exists()
 
@@ -135,8 +155,11 @@ class _LowerNoise(LocalTransport):
         return super().exchange(action, contents, timeout=timeout, group=group)
 
 
-def _mf(ckpt: Path, transport: LocalTransport) -> Coordinator:
-    config, settings = parse_run_config(run_config(ckpt, rounds=1, noise_multiplier=1.0))
+def _mf(ckpt: Path, transport: LocalTransport, pki: Path | None) -> Coordinator:
+    cfg = run_config(ckpt, rounds=1, noise_multiplier=1.0)
+    if pki is not None:
+        cfg.update({"mf.threat-model": "malicious", "pki": str(pki)})
+    config, settings = parse_run_config(cfg)
     coordinator = Coordinator(transport, config, settings, say=lambda _: None)
     coordinator.run()
     return coordinator
@@ -144,97 +167,149 @@ def _mf(ckpt: Path, transport: LocalTransport) -> Coordinator:
 
 def test_a_server_lowering_the_noise_is_refused_by_devices_with_a_budget(tmp_path: Path) -> None:
     # without a device budget the nodes accept it: the noise level is the server's choice
-    _mf(tmp_path / "open", _LowerNoise(3))
+    _mf(tmp_path / "open", _LowerNoise(3, test_mode=False), None)
     # with one, every user sits the round out: the round aborts, nothing is released
-    folder = tmp_path / "devices"
-    folder.mkdir()
-    transport = _LowerNoise(3, extra=_budgets(folder, 20.0, 1e-5))
+    pki, extra = _nodes(tmp_path, 20.0, 1e-5)
+    transport = _LowerNoise(3, test_mode=False, extra=extra)
     with pytest.raises(ProtocolAbort):
-        _mf(tmp_path / "capped", transport)
+        _mf(tmp_path / "capped", transport, pki)
     # only the honest counting round was spent
-    for p in range(3):
-        assert all(e < 20.0 for e in _spent(folder, p, 20.0, 1e-5).values())
-    doc = json.loads((folder / "node-0.budget.json").read_text())
-    assert {len(v["rounds"]) for v in doc["users"].values()} == {1}
+    spent = _spent(tmp_path, pki, 20.0, 1e-5)
+    assert spent and all(e < 20.0 for e in spent.values())
+    doc = json.loads((tmp_path / "devices" / "node-0.budget.json").read_text())
+    assert {v["rounds"] for v in doc["users"].values()} == {1}
 
 
 def test_an_honest_mf_run_fits_the_unamplified_epsilon(tmp_path: Path) -> None:
-    folder = tmp_path / "devices"
-    folder.mkdir()
-    srv = _mf(tmp_path / "ref", LocalTransport(3)).server
+    pki, keys = identities(tmp_path / "ref")
+    srv = _mf(tmp_path / "ref", LocalTransport(3, test_mode=False, extra=keys), pki).server
     assert srv is not None
     cap = srv.epsilon_against_server()
     assert cap is not None
-    _mf(tmp_path / "run", LocalTransport(3, extra=_budgets(folder, cap * (1 + 1e-9), 1e-5)))
-    for p in range(3):
-        for e in _spent(folder, p, cap * (1 + 1e-9), 1e-5).values():
-            assert e == pytest.approx(cap, rel=1e-6)
+    pki, extra = _nodes(tmp_path, cap * (1 + 1e-6), 1e-5)
+    _mf(tmp_path / "run", LocalTransport(3, test_mode=False, extra=extra), pki)
+    spent = _spent(tmp_path, pki, cap * (1 + 1e-6), 1e-5)
+    assert sorted(spent) == list(range(USERS))
+    for e in spent.values():
+        assert e == pytest.approx(cap, rel=1e-6)
 
 
 def test_noise_sized_for_fewer_colluders_than_the_node_assumes_is_refused(tmp_path: Path) -> None:
-    folder = tmp_path / "devices"
-    folder.mkdir()
-    transport = LocalTransport(3, extra=_budgets(folder, 50.0, 1e-5, **{"corrupt-fraction": 0.5}))
+    pki, extra = _nodes(tmp_path, 50.0, 1e-5, **{"corrupt-fraction": 0.3})
+    transport = LocalTransport(3, test_mode=False, extra=extra)
     with pytest.raises(ProtocolAbort):
-        _mf(tmp_path / "run", transport)
-    assert any("honest noise shares" in e for e in transport.errors)
-    assert not list(folder.glob("*.budget.json"))  # refused before anything was admitted
+        _mf(tmp_path / "run", transport, pki)
+    assert transport.errors and all(
+        "colluding devices" in e for e in transport.errors if e.startswith("masked_input")
+    )
+    assert not list((tmp_path / "devices").glob("*.budget.json"))  # nothing admitted
+
+
+def test_nodes_with_a_budget_refuse_honest_but_curious_rounds(tmp_path: Path) -> None:
+    """In an honest-but-curious round the server could invite ids no device hosts, run them
+    itself and isolate one user's input (a reviewer recovered 8/8 users' history-length bins
+    that way while the node recorded ε 4.75): a budget needs the node's own PKI."""
+    _, extra = _nodes(tmp_path, 50.0, 1e-5)
+    transport = LocalTransport(3, test_mode=False, extra=extra)
+    with pytest.raises(ProtocolAbort):
+        _mf(tmp_path / "run", transport, None)
+    assert any("malicious server" in e for e in transport.errors)
+    with pytest.raises(ConfigError, match="malicious-server rounds"):
+        device_budget({"max-epsilon": 1.0, "budget-file": str(tmp_path / "b.json")})
+
+
+def _doc(users: dict[str, Any]) -> str:
+    return json.dumps({"format": "privrec-device-budget", "version": 1, "users": users})
+
+
+FP = "ab" * 16  # a well-formed record name
 
 
 def test_a_damaged_budget_file_is_refused_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "node.budget.json"
-    settings = {"max-epsilon": 5.0, "budget-file": str(path)}
+    settings = {
+        "max-epsilon": 5.0, "budget-file": str(path), "threat-model": "malicious", "pki": "p.json",
+    }  # fmt: skip
     for text in (
         "not json",
         json.dumps({"format": "privrec-release-log", "version": 1, "runs": {}}),
-        json.dumps(
-            {
-                "format": "privrec-device-budget",
-                "version": 1,
-                "users": {"3": {"multipliers": [-1.0], "rounds": ["ab"]}},
-            }
-        ),
-        json.dumps(
-            {
-                "format": "privrec-device-budget",
-                "version": 1,
-                "users": {"x": {"multipliers": [], "rounds": []}},
-            }
-        ),
+        _doc({FP: {"rate": -1.0, "rounds": 1, "recent": []}}),
+        _doc({FP: {"rate": 0.5, "rounds": 0, "recent": []}}),
+        _doc({FP: {"rate": float("nan"), "rounds": 1, "recent": []}}),
+        _doc({"x": {"rate": 0.5, "rounds": 1, "recent": []}}),
+        _doc({FP: {"rate": 0.5, "rounds": 1, "recent": ["a" * 32] * 33}}),
+        _doc({FP: {"rate": 0.5, "rounds": 1, "recent": [], "extra": 1}}),
     ):
         path.write_text(text)
         with pytest.raises(ConfigError):
             device_budget(settings)
         assert path.read_text() == text
     # a cap lowered below what was already spent: every round is refused, the file is kept
-    path.write_text(
-        json.dumps({"format": "privrec-device-budget", "version": 1,
-                    "users": {"3": {"multipliers": [1.0], "rounds": ["ab"]}}})
-    )  # fmt: skip
+    text = _doc({FP: {"rate": 1.0, "rounds": 1, "recent": []}})
+    path.write_text(text)
     budget = device_budget({**settings, "max-epsilon": 1.0})
     assert budget is not None
     with pytest.raises(ConfigError, match="above the filter's cap"):
-        budget.admit([3], dp_accounting.GaussianDpEvent(100.0), b"r" * 16)
+        budget.admit([(3, FP)], dp_accounting.GaussianDpEvent(100.0), b"r" * 16)
+    assert path.read_text() == text
+
+
+def test_a_replayed_round_is_charged_once_and_the_file_stays_small(tmp_path: Path) -> None:
+    path = tmp_path / "node.budget.json"
+    budget = device_budget(
+        {"max-epsilon": 50.0, "budget-file": str(path), "threat-model": "malicious", "pki": "p"}
+    )
+    assert budget is not None
+    event = dp_accounting.GaussianDpEvent(20.0)
+    assert budget.admit([(3, FP)], event, b"r" * 16) == [3]
+    assert budget.admit([(3, FP)], event, b"r" * 16) == []  # the same round again: not twice
+    for i in range(200):  # many rounds: the record stays one rate, one count, RECENT hashes
+        assert budget.admit([(3, FP)], event, i.to_bytes(16, "little")) == [3]
+    entry = json.loads(path.read_text())["users"][FP]
+    assert entry["rounds"] == 201 and len(entry["recent"]) == RECENT
+    assert entry["rate"] == pytest.approx(201 / 400)
 
 
 @pytest.mark.parametrize(
     ("settings", "match"),
     [
         ({"max-epsilon": 5.0}, "budget-file"),
-        ({"budget-file": "x.json"}, "needs max-epsilon"),
+        ({"budget-file": "/x.json"}, "needs max-epsilon"),
         ({"max-delta": 1e-6}, "needs max-epsilon"),
-        ({"max-epsilon": "five", "budget-file": "x.json"}, "number"),
-        ({"max-epsilon": float("inf"), "budget-file": "x.json"}, "finite"),
-        ({"max-epsilon": -1.0, "budget-file": "x.json"}, "epsilon"),
-        ({"max-epsilon": 1.0, "max-delta": 1.5, "budget-file": "x.json"}, "delta"),
-        ({"max-epsilon": 1.0, "budget-file": "x.json", "corrupt-fraction": 1.0}, "corrupt"),
-        ({"max-epsilon": 1.0, "budget-file": "/no/such/folder/x.json"}, "folder"),
+        ({"corrupt-fraction": 0.1}, "needs max-epsilon"),
+        ({"max_epsilon": 1.0, "budget_file": "/x.json"}, "did you mean"),
+        ({"Max-Epsilon": 1.0}, "did you mean"),
+        ({"max-epsilon": True, "budget-file": "/x.json"}, "number"),
+        ({"max-epsilon": "five", "budget-file": "/x.json"}, "number"),
+        ({"max-epsilon": float("inf"), "budget-file": "/x.json"}, "finite"),
+        ({"max-epsilon": -1.0, "budget-file": "/x.json"}, "epsilon"),
+        ({"max-epsilon": 1.0, "max-delta": 1.5, "budget-file": "/x.json"}, "delta"),
+        ({"max-epsilon": 1.0, "budget-file": "rel.json"}, "absolute"),
+        ({"max-epsilon": 1.0, "budget-file": "/x.json", "corrupt-fraction": 1.0}, "corrupt"),
+        ({"max-epsilon": 1.0, "budget-file": "/x.json"}, "malicious-server rounds"),
+        ({"max-epsilon": 1.0, "budget-file": "/x.json", "threat-model": "malicious"}, "PKI"),
+        (
+            {
+                "max-epsilon": 1.0,
+                "budget-file": "/x.json",
+                "threat-model": "malicious",
+                "pki": "p.json",
+                "test-mode": "true",
+            },
+            "test-mode",
+        ),
+        (
+            {
+                "max-epsilon": 1.0,
+                "budget-file": "/no/such/folder/x.json",
+                "threat-model": "malicious",
+                "pki": "p.json",
+            },
+            "folder",
+        ),
     ],
 )
-def test_node_budget_settings_are_checked(
-    settings: dict[str, Any], match: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.chdir(tmp_path)
+def test_node_budget_settings_are_checked(settings: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         device_budget(settings)
 
@@ -253,24 +328,68 @@ def test_the_server_cannot_set_a_device_budget_through_the_run_config(tmp_path: 
     from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
     from privrec.secure.round import RoundConfig
 
+    pki, keys = identities(tmp_path)
     enc = DistributedDPEncoder(
         DistributedDPConfig(
             clip=1.0, dim=8, min_survivors=30, rotation_seed=0, noise_multiplier=0.01,
             max_clients=USERS,
         )
     )  # fmt: skip
-    rc = RoundConfig.create(list(range(USERS)), enc.encoded_dim, enc.bits, min_survivors=34)
+    public = load_pki(pki)
+    rc = RoundConfig.create(
+        list(range(USERS)), enc.encoded_dim, enc.bits, min_survivors=34,
+        threat_model="malicious", identity_keys=public,
+    )  # fmt: skip
     planted = tmp_path / "planted.json"
+    server_says = {f"node.{k}": v for k, v in keys(0).items()}
     context = Context(
         run_id=1, node_id=100, node_config={}, state=RecordDict(),
-        run_config={"node.max-epsilon": 1.0, "node.budget-file": str(planted)},
+        run_config={**server_says, "node.max-epsilon": 1.0, "node.budget-file": str(planted)},
     )  # fmt: skip
     users = list(range(USERS))
     assert _within_budget(users, context, enc.config, enc, rc, noise=True) == users
     assert not planted.exists()
     # the same settings in the node's own config do apply: noise 0.01 does not fit ε = 1
     own = Context(
-        run_id=1, node_id=100, node_config={"max-epsilon": 1.0, "budget-file": str(planted)},
-        state=RecordDict(), run_config={},
+        run_id=1, node_id=100, state=RecordDict(), run_config={},
+        node_config={**keys(0), "max-epsilon": 1.0, "budget-file": str(planted)},
     )  # fmt: skip
     assert _within_budget(users, own, enc.config, enc, rc, noise=True) == []
+
+
+def test_a_graph_colluders_could_fill_or_a_huge_round_id_is_refused(tmp_path: Path) -> None:
+    """The server picks k, t and the round id that seeds the graph (it can grind it until a
+    device's neighbours are its colluders): a node with a budget needs 2t > k + min(k, C) for
+    its own colluder count C — a reviewer unmasked one input alone with k = t = 1."""
+    from privrec.errors import MessageRejected
+    from privrec.federated.flower.budget import round_event
+    from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
+    from privrec.secure.round import RoundConfig
+
+    public = load_pki(identities(tmp_path)[0])
+    enc = DistributedDPEncoder(
+        DistributedDPConfig(
+            clip=1.0, dim=8, min_survivors=30, rotation_seed=0, noise_multiplier=1.0,
+            max_clients=USERS,
+        )
+    )  # fmt: skip
+
+    def rc(**kw: Any) -> RoundConfig:
+        return RoundConfig.create(
+            list(range(USERS)), enc.encoded_dim, enc.bits, min_survivors=34,
+            threat_model="malicious", identity_keys=public, **kw,
+        )  # fmt: skip
+
+    ok = rc(neighbours=USERS - 1)
+    assert round_event(enc.config, enc.plan, ok, 0.05, USERS) is not None
+    with pytest.raises(MessageRejected, match="whatever the graph"):
+        round_event(enc.config, enc.plan, rc(neighbours=1, threshold=1), 0.05, USERS)
+    with pytest.raises(MessageRejected, match="whatever the graph"):  # 2·5 ≤ 6 + min(6, 5)
+        round_event(enc.config, enc.plan, rc(neighbours=6, threshold=5), 0.05, 100)
+    with pytest.raises(MessageRejected, match="round id"):
+        round_event(enc.config, enc.plan, rc(neighbours=USERS - 1, round_id=b"x" * 65), 0.05, USERS)
+    # honest noise shares counted against colluders from the whole enrolment, not the invited
+    with pytest.raises(MessageRejected, match="honest noise shares"):
+        round_event(  # 10 colluders of 200 enrolled: 34 − 10 < 30 shares; 2·23 > 35 + 10
+            enc.config, enc.plan, rc(neighbours=USERS - 1, threshold=23), 0.05, 200
+        )

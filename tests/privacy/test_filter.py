@@ -23,7 +23,7 @@ def test_pinned_epsilon_and_refusal() -> None:
     assert f.epsilon() == pytest.approx(1.158150595, rel=1e-6)  # RDP, integer orders
     assert f.epsilon_with(G(1.0)) == pytest.approx(4.952728337, rel=1e-6)
     assert not f.admit(G(1.0))
-    assert f.multipliers == [5.0, 5.0]  # a refused release records nothing
+    assert (f.count, f.rate) == (2, pytest.approx(2 / 25))  # a refused release records nothing
 
 
 def test_the_epsilon_is_dp_accountings_rdp_composition() -> None:
@@ -43,7 +43,7 @@ def test_the_epsilon_is_dp_accountings_rdp_composition() -> None:
 )
 def test_releases_without_noise_never_fit(event: dp_accounting.DpEvent) -> None:
     f = GaussianFilter(Budget(epsilon=50.0, delta=1e-5))
-    assert not f.admit(event) and f.multipliers == []
+    assert not f.admit(event) and (f.count, f.rate) == (0, 0.0)
     assert f.epsilon_with(event) == math.inf
 
 
@@ -59,10 +59,14 @@ def test_only_gaussian_releases_are_admissible() -> None:
 
 
 def test_a_stored_filter_is_checked() -> None:
-    with pytest.raises(ConfigError, match="finite and > 0"):
-        GaussianFilter(Budget(epsilon=5.0, delta=1e-5), [1.0, -2.0])
+    budget = Budget(epsilon=5.0, delta=1e-5)
+    for rate, count in ((-1.0, 1), (math.nan, 1), (math.inf, 1), (0.5, 0), (0.0, 2), (0.1, -1)):
+        with pytest.raises(ConfigError, match=r"rate|count"):
+            GaussianFilter(budget, rate, count)
     with pytest.raises(ConfigError, match="above the filter's cap"):
-        GaussianFilter(Budget(epsilon=1.0, delta=1e-5), [1.0])
+        GaussianFilter(Budget(epsilon=1.0, delta=1e-5), 1.0, 1)
+    restored = GaussianFilter(budget, 2 / 25, 2)
+    assert restored.epsilon() == pytest.approx(1.158150595, rel=1e-6)
 
 
 def test_an_adaptive_adversary_never_gets_past_the_cap() -> None:
@@ -73,8 +77,13 @@ def test_an_adaptive_adversary_never_gets_past_the_cap() -> None:
     for _ in range(20):
         f = GaussianFilter(budget)
         z = float(rng.uniform(2.0, 20.0))
+        admitted = []
         for _ in range(200):
-            z = z * (0.7 if f.admit(G(z)) else 1.3)  # push harder after every admission
-        assert f.epsilon() <= budget.epsilon
-        assert epsilon_of([G(z) for z in f.multipliers], 1e-5, AccountantKind.RDP) <= 3.0
+            if f.admit(G(z)):
+                admitted.append(z)
+                z *= 0.7  # push harder after every admission
+            else:
+                z *= 1.3
+        assert f.epsilon() <= budget.epsilon and f.count == len(admitted)
+        assert epsilon_of([G(z) for z in admitted], 1e-5, AccountantKind.RDP) <= 3.0
         assert f.epsilon() > 2.9  # small releases keep fitting until little is left

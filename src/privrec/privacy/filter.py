@@ -32,8 +32,7 @@ No sampling credit is taken: the party that samples is the one not trusted.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dp_accounting
 
@@ -56,16 +55,27 @@ def _multiplier(event: dp_accounting.DpEvent) -> float | None:
     return z if math.isfinite(z) and z > 0 else None
 
 
+#: admit only up to ``cap·(1 − _SLACK)``: the same releases summed in another order (by another
+#: party's accountant) may compose to a last-bit larger ε, which must still be within the cap
+_SLACK = 1e-9
+
+
 @dataclass
 class GaussianFilter:
     """Admit Gaussian releases while their fully adaptive composition stays within ``budget``.
+
+    The admitted releases are kept as their composition: ``m`` Gaussian releases with
+    multipliers ``z_i`` are exactly one with multiplier ``(Σ z_i⁻²)^(−1/2)``
+    (:func:`~privrec.privacy.accounting.simplify`), so the state is the rate ``Σ z_i⁻²`` and the
+    count — constant in size however many releases a party is asked for.
 
     Parameters
     ----------
     budget
         The owner's own (ε, δ) cap, in the unit and relation of the releases' events.
-    multipliers
-        Noise multipliers of the releases already admitted (a filter read back from storage).
+    rate, count
+        ``Σ 1/z²`` and the number of the releases already admitted (a filter read back from
+        storage).
 
     >>> import dp_accounting
     >>> f = GaussianFilter(Budget(epsilon=2.0, delta=1e-5))
@@ -73,36 +83,48 @@ class GaussianFilter:
     (True, True)
     >>> f.admit(dp_accounting.GaussianDpEvent(1.0))  # would compose to ε ≈ 4.95: refused
     False
-    >>> len(f.multipliers), round(f.epsilon(), 3)
+    >>> f.count, round(f.epsilon(), 3)
     (2, 1.158)
     """
 
     budget: Budget
-    multipliers: list[float] = field(default_factory=list)
+    rate: float = 0.0
+    count: int = 0
+
+    @staticmethod
+    def check_state(rate: object, count: object) -> None:
+        """Raise :class:`~privrec.errors.ConfigError` unless ``(rate, count)`` is a state some
+        sequence of admissions can reach (a finite rate ≥ 0, zero exactly when the count is)."""
+        if isinstance(rate, bool) or not isinstance(rate, float | int) or not math.isfinite(rate):
+            raise ConfigError(f"a filter's rate must be a finite number, found {rate!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"a filter's count must be a non-negative integer, found {count!r}")
+        if rate < 0 or (rate == 0) != (count == 0):
+            raise ConfigError(f"a filter's rate {rate!r} does not fit its count {count}")
 
     def __post_init__(self) -> None:
-        if any(_multiplier(dp_accounting.GaussianDpEvent(z)) is None for z in self.multipliers):
-            raise ConfigError("a filter's admitted noise multipliers must be finite and > 0")
+        self.check_state(self.rate, self.count)
+        self.rate = float(self.rate)
         if self.epsilon() > self.budget.epsilon:
             raise ConfigError(
                 f"the admitted releases already compose to ε = {self.epsilon():.6g}, above the "
                 f"filter's cap {self.budget.epsilon:g}"
             )
 
-    def _epsilon_of(self, zs: Iterable[float]) -> float:
-        events = [dp_accounting.GaussianDpEvent(z) for z in zs]
-        if not events:
+    def _epsilon_of(self, rate: float) -> float:
+        if rate == 0:
             return 0.0
-        return epsilon_of(events, self.budget.delta, AccountantKind.RDP)
+        event = dp_accounting.GaussianDpEvent(rate**-0.5)
+        return epsilon_of(event, self.budget.delta, AccountantKind.RDP)
 
     def epsilon(self) -> float:
         """ε (at the filter's δ) of everything admitted so far."""
-        return self._epsilon_of(self.multipliers)
+        return self._epsilon_of(self.rate)
 
     def epsilon_with(self, event: dp_accounting.DpEvent) -> float:
         """ε the admitted releases and ``event`` would compose to (``inf`` without noise)."""
         z = _multiplier(event)
-        return math.inf if z is None else self._epsilon_of([*self.multipliers, z])
+        return math.inf if z is None else self._epsilon_of(self.rate + z**-2)
 
     def admit(self, event: dp_accounting.DpEvent) -> bool:
         """Record ``event`` and return ``True`` if it fits the cap; else record nothing, ``False``.
@@ -111,9 +133,10 @@ class GaussianFilter:
         fits. Raises :class:`~privrec.errors.ConfigError` for an event that is not a Gaussian
         release (the soundness argument above needs one).
         """
-        if self.epsilon_with(event) > self.budget.epsilon:
+        if self.epsilon_with(event) > self.budget.epsilon * (1.0 - _SLACK):
             return False
         z = _multiplier(event)
         assert z is not None  # a release without noise composes to ε = inf
-        self.multipliers.append(z)
+        self.rate += z**-2
+        self.count += 1
         return True

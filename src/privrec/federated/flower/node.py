@@ -47,9 +47,10 @@ ignored (fresh ChaCha20 randomness from the OS is used), unless the node's **own
 ``node_config`` says ``test-mode = true`` — then both are honoured with a
 :class:`~privrec.errors.PrivacyWarning` (reproducible tests only; predictable noise is no noise).
 The noise *level*, the number of rounds and the SecAgg+ parameters are the server's choice,
-unless the node's own ``node_config`` sets a device budget (``max-epsilon``, ``budget-file``):
-then each hosted user takes part only in rounds that keep its own ε within that cap
-(:mod:`privrec.federated.flower.budget`). Against a malicious
+unless the node's own ``node_config`` sets a device budget (``max-epsilon``, ``budget-file``,
+with malicious-server rounds and its own PKI): then each hosted user takes part only in rounds
+whose SecAgg+ and noise plan hold against the node's own count of colluders and that keep its
+own ε within that cap (:mod:`privrec.federated.flower.budget`). Against a malicious
 server (``mf.threat-model = "malicious"``) each user signs with its long-term Ed25519 identity
 key (``node_config`` ``identity-keys``: this node's ``node-<p>.keys``, mode 0600), and the node
 checks every identity key the round lists against its own copy of the PKI (``pki``), so the
@@ -578,21 +579,25 @@ def _within_budget(
     """
     import dp_accounting
 
-    from privrec.federated.flower.budget import device_budget, round_event
+    from privrec.federated.flower.budget import device_budget, fingerprint, round_event
+    from privrec.federated.flower.identity import load_pki
 
     # the node's own config only: run-config ``node.*`` defaults come from the server, which
     # must neither loosen a device's cap nor choose where on the device a file is written
-    budget = device_budget(dict(context.node_config))
+    settings = dict(context.node_config)
+    budget = device_budget(settings)
     if budget is None:
         return users
-    event = round_event(ddp, encoder.plan, config, budget.corrupt_fraction)
+    enrolled = len(load_pki(str(settings["pki"])))
+    event = round_event(ddp, encoder.plan, config, budget.corrupt_fraction, enrolled)
     if not noise:
         event = dp_accounting.NonPrivateDpEvent()
-    admitted = budget.admit(users, event, config.round_id)
+    keys = dict(zip(config.client_ids, config.identity_keys, strict=True))
+    admitted = budget.admit([(u, fingerprint(keys[u])) for u in users], event, config.round_id)
     if len(admitted) < len(users):
         log.warning(
             "%d of %d users sit this round out: it would take them past this node's "
-            "max-epsilon %g (delta %g)",
+            "max-epsilon %g (delta %g), or they already sent their input in it",
             len(users) - len(admitted), len(users), budget.budget.epsilon, budget.budget.delta,
         )  # fmt: skip
     return admitted

@@ -9,7 +9,7 @@ Modules: :mod:`~privrec.engine.parquet` (the data layout, reader and writer; no 
 :mod:`~privrec.engine.partition` (one worker's users and partial sums),
 :mod:`~privrec.engine.ray_engine` (actors, tree reduce, failures),
 :mod:`~privrec.engine.fitting` (the driver's side of each model),
-:mod:`~privrec.engine.flower_sim` (FederatedMF on Flower's simulation engine).
+:mod:`~privrec.engine.flower_sim` (FederatedMF and federated DPALS on Flower's simulation engine).
 """
 
 from __future__ import annotations

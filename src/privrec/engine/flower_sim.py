@@ -1,4 +1,5 @@
-"""FederatedMF on Flower's simulation engine: thousands of virtual SecAgg+ clients on Ray.
+"""FederatedMF and federated DPALS on Flower's simulation engine: thousands of virtual SecAgg+
+clients on Ray.
 
 The deployment ServerApp logic (:class:`~privrec.federated.flower.coordinator.Coordinator`
 behind :class:`~privrec.federated.flower.server_app.GridTransport`) and the ClientApp handlers
@@ -24,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from privrec.errors import ConfigError
 
@@ -34,18 +35,18 @@ __all__ = ["run_federated_simulation", "simulation_apps"]
 def simulation_apps(
     run_config: Mapping[str, Any], say: Callable[[str], None] | None = None
 ) -> tuple[Any, Any]:
-    """A (ServerApp, ClientApp) pair running FederatedMF with ``run_config`` (flat ``mf.*``,
-    deployment and ``node.*`` keys, as in ``examples/flower/pyproject.toml``)."""
+    """A (ServerApp, ClientApp) pair running FederatedMF — or federated DPALS with
+    ``algorithm = "dpals"`` — with ``run_config`` (flat ``mf.*``/``dpals.*``, deployment and
+    ``node.*`` keys, as in ``examples/flower/pyproject.toml``)."""
     from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
 
     from privrec.federated.flower.codec import ACTIONS
-    from privrec.federated.flower.coordinator import Coordinator, parse_run_config
     from privrec.federated.flower.node import handle
-    from privrec.federated.flower.server_app import GridTransport
+    from privrec.federated.flower.server_app import GridTransport, training
 
-    config, settings = parse_run_config(run_config)  # errors before anything starts
+    plan = training(run_config)  # errors before anything starts
     node_defaults = {
         k[len("node.") :]: v
         for k, v in run_config.items()
@@ -56,9 +57,7 @@ def simulation_apps(
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
-        transport = GridTransport(grid)
-        transport.wait_for_nodes(settings.min_nodes, settings.node_wait)
-        Coordinator(transport, config, settings, say=say or (lambda s: None)).run()
+        plan.run(GridTransport(grid), say or (lambda s: None))
 
     client = ClientApp()
 
@@ -87,6 +86,7 @@ def simulation_apps(
 def run_federated_simulation(
     n_clients: int,
     *,
+    algorithm: Literal["mf", "dpals"] = "mf",
     rounds: int = 1,
     sampling_rate: float = 1.0,
     factors: int = 8,
@@ -99,13 +99,20 @@ def run_federated_simulation(
     checkpoint_dir: str | Path | None = None,
     say: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """FederatedMF with ``n_clients`` virtual SuperNodes (one synthetic user each); returns the
-    server's round log (one dict per round attempt: sampled, survivors, dropouts, ε, bytes, s).
+    """FederatedMF (or federated DPALS) with ``n_clients`` virtual SuperNodes (one synthetic
+    user each); returns the server's round log (one dict per round attempt: sampled,
+    survivors, dropouts, ε, bytes, s).
 
-    ``sampling_rate`` 1.0 puts every client in every round's SecAgg+ cohort. The whole
-    catalogue is trained (no head selection round). Ray is started by Flower unless it is
-    already initialised (then its resources are used).
+    FederatedMF: ``rounds`` training rounds; ``sampling_rate`` 1.0 puts every client in every
+    round's SecAgg+ cohort. ``algorithm="dpals"``: federated DPALS with ``rounds`` item steps
+    (``iterations``) after its counting round(s); every client takes part in every round, so
+    ``sampling_rate`` must stay 1.0. Ray is started by Flower unless it is already initialised
+    (then its resources are used).
     """
+    if algorithm not in ("mf", "dpals"):
+        raise ConfigError(f"algorithm must be 'mf' or 'dpals', found {algorithm!r}")
+    if algorithm == "dpals" and sampling_rate != 1.0:
+        raise ConfigError("federated DPALS has every device in every round: sampling_rate=1.0")
     # checked before Flower starts Ray: a bad value crashed its simulation runtime, untyped
     if isinstance(n_clients, bool) or not isinstance(n_clients, int) or n_clients < 2:
         raise ConfigError(f"n_clients must be an integer >= 2, found {n_clients!r}")
@@ -124,11 +131,23 @@ def run_federated_simulation(
             "node-wait": 600.0,
             "checkpoint-dir": str(ckpt),
             "resume": False,
-            "mf.factors": factors,
-            "mf.rounds": rounds,
-            "mf.sampling-rate": float(sampling_rate),
-            "mf.epsilon": float(epsilon),
-            "mf.delta": float(delta),
+            **(
+                {
+                    "algorithm": "dpals",
+                    "dpals.factors": factors,
+                    "dpals.iterations": rounds,
+                    "dpals.epsilon": float(epsilon),
+                    "dpals.delta": float(delta),
+                }
+                if algorithm == "dpals"
+                else {
+                    "mf.factors": factors,
+                    "mf.rounds": rounds,
+                    "mf.sampling-rate": float(sampling_rate),
+                    "mf.epsilon": float(epsilon),
+                    "mf.delta": float(delta),
+                }
+            ),
             "node.data": "synthetic",
             "node.synthetic-users": n_clients,
             "node.synthetic-items": n_items,

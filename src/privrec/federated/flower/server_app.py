@@ -11,8 +11,10 @@ are dropouts of that phase.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from logging import INFO, WARNING
+from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.common.logger import log
@@ -21,8 +23,9 @@ from flwr.serverapp import Grid, ServerApp
 from privrec.errors import ConfigError
 from privrec.federated.flower.codec import ACTIONS
 from privrec.federated.flower.coordinator import Coordinator, parse_run_config
+from privrec.federated.flower.rounds import DeploySettings, Transport
 
-__all__ = ["GridTransport", "app"]
+__all__ = ["GridTransport", "Training", "app", "training"]
 
 #: Seconds between two pulls of replies (Flower's own ``send_and_receive`` waits 3 s).
 POLL_SECONDS = 0.2
@@ -87,21 +90,41 @@ class GridTransport:
 app = ServerApp()
 
 
+@dataclass(frozen=True)
+class Training:
+    """A parsed run config: which coordinator to start, and the deployment settings.
+
+    :func:`training` parses (and validates) before any node is contacted; :meth:`run` waits for
+    the nodes and trains. Shared by the deployment ServerApp and the simulation engine
+    (:mod:`privrec.engine.flower_sim`).
+    """
+
+    algorithm: str
+    settings: DeploySettings
+    start: Callable[[Transport, Callable[[str], None]], object]
+
+    def run(self, transport: GridTransport, say: Callable[[str], None]) -> None:
+        nodes = transport.wait_for_nodes(self.settings.min_nodes, self.settings.node_wait)
+        name = "federated DPALS" if self.algorithm == "dpals" else "FederatedMF"
+        say(f"privrec {name} on {len(nodes)} SuperNodes")
+        self.start(transport, say)
+
+
+def training(run_config: Mapping[str, Any]) -> Training:
+    """FederatedMF, or federated DPALS with ``algorithm = "dpals"``, from a flat run config."""
+    if run_config.get("algorithm", "mf") == "dpals":
+        from privrec.federated.flower.dpals import DPALSCoordinator, parse_dpals_run_config
+
+        params, dep = parse_dpals_run_config(run_config)
+        return Training(
+            "dpals", dep, lambda t, say: DPALSCoordinator(t, params, dep, say=say).run()
+        )
+    config, settings = parse_run_config(run_config)
+    return Training("mf", settings, lambda t, say: Coordinator(t, config, settings, say=say).run())
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Train FederatedMF (or, with ``algorithm = "dpals"``, federated DPALS) over the connected
     SuperNodes with SecAgg+ and distributed DP."""
-    if context.run_config.get("algorithm", "mf") == "dpals":
-        from privrec.federated.flower.dpals import DPALSCoordinator, parse_dpals_run_config
-
-        params, dep = parse_dpals_run_config(context.run_config)
-        transport = GridTransport(grid)
-        nodes = transport.wait_for_nodes(dep.min_nodes, dep.node_wait)
-        log(INFO, "privrec federated DPALS on %d SuperNodes", len(nodes))
-        DPALSCoordinator(transport, params, dep, say=lambda s: log(INFO, "%s", s)).run()
-        return
-    config, settings = parse_run_config(context.run_config)
-    transport = GridTransport(grid)
-    nodes = transport.wait_for_nodes(settings.min_nodes, settings.node_wait)
-    log(INFO, "privrec FederatedMF on %d SuperNodes", len(nodes))
-    Coordinator(transport, config, settings, say=lambda s: log(INFO, "%s", s)).run()
+    training(context.run_config).run(GridTransport(grid), lambda s: log(INFO, "%s", s))

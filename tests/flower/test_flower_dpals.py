@@ -18,7 +18,7 @@ import pytest
 
 pytest.importorskip("flwr", reason="flwr (the [federated] extra) is not installed")
 
-from privrec.errors import ConfigError
+from privrec.errors import ConfigError, ProtocolAbort
 from privrec.federated.dpals import FederatedDPALS
 from privrec.federated.flower.coordinator import parse_run_config
 from privrec.federated.flower.dpals import DPALSCoordinator, parse_dpals_run_config
@@ -49,9 +49,13 @@ def _run_config(ckpt: Path, **extra: Any) -> dict[str, Any]:
 
 
 def _flower(
-    ckpt: Path, transport: LocalTransport, pki: Path | None = None, **extra: Any
+    ckpt: Path,
+    transport: LocalTransport,
+    pki: Path | None = None,
+    deploy: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> DPALSCoordinator:
-    cfg = _run_config(ckpt, **extra)
+    cfg = {**_run_config(ckpt, **extra), **(deploy or {})}
     if pki is not None:
         cfg["pki"] = str(pki)
     params, settings = parse_dpals_run_config(cfg)
@@ -195,7 +199,6 @@ def test_malicious_server_rounds_release_the_same_model(tmp_path: Path) -> None:
 def test_malicious_dpals_rounds_refuse_forged_keys_downgrades_and_a_missing_pki(
     tmp_path: Path,
 ) -> None:
-    from privrec.errors import ProtocolAbort
     from privrec.federated.flower.identity import create_identities
 
     _, extra = identities(tmp_path)
@@ -211,3 +214,66 @@ def test_malicious_dpals_rounds_refuse_forged_keys_downgrades_and_a_missing_pki(
     assert any("requires rounds secured against a malicious server" in e for e in transport.errors)
     with pytest.raises(ConfigError, match="pki"):
         _flower(tmp_path / "c", LocalTransport(3), threat_model="malicious")
+
+
+def _crash_at(round_: int) -> Any:
+    """A fault that makes every node miss the masked input of the ``round_``-th secure sum."""
+    seen: dict[str, int] = {"masked": 0}
+
+    def fault(action: str, node: int, reply: Any) -> Any:
+        if action == "masked_input" and node == 100:
+            seen["masked"] += 1
+        if action == "masked_input" and seen["masked"] >= round_:
+            return None
+        return reply
+
+    return fault
+
+
+@pytest.mark.parametrize("test_mode", [True, False], ids=["seeded", "csprng"])
+def test_a_crashed_training_resumes_without_asking_the_devices_again(
+    tmp_path: Path, test_mode: bool
+) -> None:
+    """Rounds 1–2 recorded, round 3 (step 1) lost: the resumed server replays 1–2 from the
+    checkpoint and asks the devices only for steps 1 and 2 — the same model and ε."""
+    ckpt = tmp_path / "ck"
+    extra: dict[str, Any] = {} if test_mode else {"seed": None}
+    with pytest.raises(ProtocolAbort):
+        _flower(ckpt, LocalTransport(3, fault=_crash_at(3), test_mode=test_mode), deploy={"max-retries": 0},
+                **extra)  # fmt: skip
+    recorded = sorted(p.name for p in (ckpt / "dpals-run").iterdir())
+    assert recorded == ["round-001.npz", "round-002.npz", "run.json"]  # the abort unmarked
+    transport = LocalTransport(3, test_mode=test_mode)
+    resumed = _flower(ckpt, transport, **extra).model
+    assert transport.calls.count("masked_input") == 2  # steps 1 and 2 only
+    assert [r["round"] for r in resumed.rounds_] == ["lengths", "counts", "step 1", "step 2"]
+    assert [bool(r.get("resumed")) for r in resumed.rounds_] == [True, True, False, False]
+    plain = _flower(tmp_path / "plain", LocalTransport(3, test_mode=test_mode), **extra).model
+    assert resumed.privacy_guarantee.epsilon == plain.privacy_guarantee.epsilon
+    if test_mode:  # seeded: the very same model as an uninterrupted run
+        np.testing.assert_array_equal(resumed.noisy_counts_, plain.noisy_counts_)
+        np.testing.assert_allclose(resumed.item_factors_, plain.item_factors_, rtol=1e-6, atol=1e-7)
+
+
+def test_a_checkpoint_of_another_run_or_an_unrecorded_round_is_refused(tmp_path: Path) -> None:
+    from privrec.federated.flower.dpals_checkpoint import RoundStore
+
+    ckpt = tmp_path / "ck"
+    with pytest.raises(ProtocolAbort):
+        _flower(ckpt, LocalTransport(3, fault=_crash_at(3)), deploy={"max-retries": 0})
+    with pytest.raises(ConfigError, match="another federated DPALS run"):
+        _flower(ckpt, LocalTransport(3), epsilon=4.0)
+    with pytest.raises(ConfigError, match="resume is off"):
+        params, settings = parse_dpals_run_config({**_run_config(ckpt), "resume": False})
+        DPALSCoordinator(LocalTransport(3), params, settings, say=lambda _: None).run()
+    # a round started and neither recorded nor aborted (a crash mid-round): never asked again
+    (ckpt / "dpals-run" / "round-003.started").write_text("")
+    transport = LocalTransport(3)
+    with pytest.raises(ConfigError, match="second release"):
+        _flower(ckpt, transport)
+    assert transport.calls.count("masked_input") == 0
+    # a recorded round whose task differs from what this run would now ask: refused
+    store = RoundStore(tmp_path / "other", {"a": 1}, resume=True)
+    with pytest.raises(ConfigError, match="not a recorded round"):
+        (tmp_path / "other" / "round-001.npz").write_bytes(b"junk")
+        store.replay(1, "x")

@@ -181,6 +181,9 @@ class FederatedDPALS(DPALS):
         return epsilon_of(events, self.delta, "rdp", PrivacyUnit.USER)
 
     rounds_: list[dict[str, Any]]
+    #: seed of the (data-independent) initial item factors when the model has no ``seed``: set
+    #: by a resumable deployment so that a replayed run starts from the same factors
+    init_seed: int | None = None
 
     def __init__(
         self,
@@ -363,7 +366,8 @@ class FederatedDPALS(DPALS):
         # the item factors are the mean of the rounds' solves (same rounds, noise and events)
         one_round = resolve_one_round(c.one_round, profile, c.epsilon, 1000.0)
         self.one_round_ = one_round
-        y = initial_item_factors((len(head), k), c.init_scale, c.seed, counts_h, one_round)
+        init_seed = c.seed if c.seed is not None else self.init_seed
+        y = initial_item_factors((len(head), k), c.init_scale, init_seed, counts_h, one_round)
         y_start, y_sum = y, np.zeros_like(y)
         y_prev = y
         scales = _part_scales(ratios, c.clip_norm, bound, b_plan)

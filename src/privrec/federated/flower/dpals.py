@@ -38,6 +38,7 @@ from privrec.errors import ConfigError, MessageRejected, ProtocolAbort
 from privrec.federated.dpals import FederatedDPALS
 from privrec.federated.dpals_devices import DeviceTask, SumResult, device_rng, device_vectors
 from privrec.federated.flower.codec import ddp_to_json, get_str
+from privrec.federated.flower.dpals_checkpoint import RoundStore, task_digest
 from privrec.federated.flower.node import NodeData, warn_seeded
 from privrec.federated.flower.rounds import DeploySettings, RoundLog, SecureRounds, Transport
 from privrec.privacy.distributed import DistributedDPEncoder, padding_generator
@@ -126,11 +127,20 @@ class FlowerDevices:
     def secure_sum(self, task: DeviceTask, enc: DistributedDPEncoder, n_min: int) -> SumResult:
         r = self.rounds
         self.count += 1
+        store = r.store
+        digest = task_digest(task, enc, n_min)
+        if store is not None:
+            replayed = store.replay(self.count, digest)
+            if replayed is not None:
+                r.say(f"round {self.count} ({task.label}): replayed from the checkpoint")
+                return replayed
         ids = np.asarray(sorted(r.user_node), dtype=np.int64)
         extra = task_records(task, enc, self.seed)
         for attempt in range(r.settings.max_retries + 1):
             entry = RoundLog(round=self.count, attempt=attempt, kind="dpals", sampled=int(ids.size))
             t0 = time.perf_counter()
+            if store is not None:
+                store.start(self.count)
             try:
                 # the neighbour graph is sized for the colluders the noise assumes, as in the
                 # simulation (5 % by default): a graph for fewer lets them unmask a device
@@ -141,6 +151,8 @@ class FlowerDevices:
                 )  # fmt: skip
                 result = r._secure_sum(entry, rc, extra)
             except ProtocolAbort as exc:
+                if store is not None:
+                    store.aborted(self.count)  # nothing decoded: the retry is free
                 entry.aborted = f"{exc.phase}: {exc.reason}"
                 entry.epsilon = r.model.epsilon_spent()  # an aborted attempt is not charged
                 entry.seconds = time.perf_counter() - t0
@@ -157,7 +169,7 @@ class FlowerDevices:
             entry.seconds = time.perf_counter() - t0
             r._log(entry)
             n = max(int(ids.size), 1)
-            return SumResult(
+            out = SumResult(
                 decoded,
                 n_surv,
                 extra={
@@ -168,6 +180,9 @@ class FlowerDevices:
                     "attempts": attempt + 1,
                 },
             )
+            if store is not None:
+                store.record(self.count, digest, out)  # before the server uses it
+            return out
         raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -185,6 +200,7 @@ class DPALSCoordinator(SecureRounds):
         super().__init__(transport, settings, say)
         self.model = FederatedDPALS(**{**params, "secure": "full"})
         self.model.config()
+        self.store: RoundStore | None = None
         if self.model.threat_model == "malicious":
             self.load_pki("dpals.threat-model")
 
@@ -192,6 +208,14 @@ class DPALSCoordinator(SecureRounds):
         """Discover the nodes, run every round, save and return the released model."""
         if not self.user_node:
             self.discover()
+        if self.ckpt is not None:
+            run = {
+                **self.model.get_params(),
+                "population": self.population,
+                "n_items": self.n_items,
+            }
+            self.store = RoundStore(self.ckpt / "dpals-run", run, resume=self.settings.resume)
+            self.model.init_seed = self.store.init_seed  # a replay starts from the same factors
         devices = FlowerDevices(self, self.model.seed)
         self.model.fit_devices(devices, self.population, self.n_items)
         g = self.model.privacy_guarantee

@@ -13,16 +13,8 @@ from hypothesis import strategies as st
 
 from privrec.data import synthetic
 from privrec.errors import ConfigError, NonFiniteResultError, PrivacyWarning, ProtocolAbort
-from privrec.federated.dpals import (
-    DeviceTask,
-    FederatedDPALS,
-    SumResult,
-    _part_scales,
-    _step_norm,
-    _unpack,
-    device_vectors,
-    round_vectors,
-)
+from privrec.federated.dpals import FederatedDPALS, _part_scales, _step_norm, _unpack
+from privrec.federated.dpals_devices import DeviceTask, SumResult, device_vectors, round_vectors
 from privrec.models.dp_als import DPALS, dpals_event
 from privrec.privacy.accounting import epsilon_of
 from privrec.privacy.contribution import adaptive_weights, clip_rows

@@ -26,6 +26,10 @@ from privrec.federated.mf import FederatedMFServer, client_update, pack_payload,
 from privrec.privacy.distributed import DistributedDPEncoder
 
 USERS, ITEMS, PER_USER, DATA_SEED = 36, 24, 6.0, 3
+#: the federated DPALS parameters of the Flower tests (seeded: honoured by nodes in test mode)
+DPALS_PARAMS: dict[str, Any] = {
+    "epsilon": 5.0, "delta": 1e-3, "factors": 3, "iterations": 2, "seed": 5,
+}  # fmt: skip
 
 
 def node_config(part: int, parts: int) -> dict[str, Any]:

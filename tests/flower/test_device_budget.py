@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,9 @@ from privrec.federated.flower.coordinator import Coordinator, parse_run_config
 from privrec.federated.flower.dpals import DPALSCoordinator, parse_dpals_run_config
 from privrec.federated.flower.identity import load_pki
 
-from .local import USERS, LocalTransport, identities, run_config
+from .local import DPALS_PARAMS, USERS, LocalTransport, identities, run_config
 
-PARAMS: dict[str, Any] = {"epsilon": 5.0, "delta": 1e-3, "factors": 3, "iterations": 2, "seed": 5}
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # seeded runs warn by design
-        yield
+PARAMS = DPALS_PARAMS
 
 
 def _nodes(tmp_path: Path, cap: float, delta: float = 1e-3, **more: Any) -> tuple[Path, Any]:

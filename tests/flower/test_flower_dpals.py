@@ -9,7 +9,6 @@ simulation's salts and noise streams — the two runs must then release the same
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,9 @@ from privrec.federated.flower.coordinator import parse_run_config
 from privrec.federated.flower.dpals import DPALSCoordinator, parse_dpals_run_config
 from privrec.models import load_model
 
-from .local import USERS, LocalTransport, full_matrix, identities
+from .local import DPALS_PARAMS, USERS, LocalTransport, full_matrix, identities
 
-PARAMS: dict[str, Any] = {"epsilon": 5.0, "delta": 1e-3, "factors": 3, "iterations": 2, "seed": 5}
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # seeded runs warn by design
-        yield
+PARAMS = DPALS_PARAMS
 
 
 def _run_config(ckpt: Path, **extra: Any) -> dict[str, Any]:

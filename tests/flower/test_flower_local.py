@@ -8,7 +8,6 @@ real deployment would see (a node missing a phase, garbage, impersonation, abort
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +44,6 @@ from .local import (
 )
 
 PHASES = ("advertise_keys", "share_keys", "masked_input", "unmask")
-
-
-@pytest.fixture(autouse=True)
-def _quiet() -> Any:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # seeded / noise-free runs warn by design
-        yield
 
 
 def _train(ckpt: Path, transport: LocalTransport, **mf: Any) -> Coordinator:

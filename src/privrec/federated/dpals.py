@@ -68,10 +68,6 @@ from privrec.federated.dpals_devices import (
     DeviceTask,
     SimulatedDevices,
     SumResult,
-    device_rng,
-    device_salts,
-    device_vectors,
-    round_vectors,
 )
 from privrec.models.base import register
 from privrec.models.dp_als import (
@@ -102,18 +98,7 @@ from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.postprocessing import diagonal_solve, project_psd, shared_solve
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = [
-    "DeviceTask",
-    "Devices",
-    "FederatedDPALS",
-    "FederatedDPALSConfig",
-    "SimulatedDevices",
-    "SumResult",
-    "device_rng",
-    "device_salts",
-    "device_vectors",
-    "round_vectors",
-]
+__all__ = ["FederatedDPALS", "FederatedDPALSConfig"]
 
 Secure = Literal["aggregate", "fast", "full"]
 

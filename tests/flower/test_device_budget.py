@@ -61,6 +61,7 @@ def _dpals(ckpt: Path, transport: LocalTransport, pki: Path) -> DPALSCoordinator
         "checkpoint-dir": str(ckpt),
         "max-retries": 1,
         "pki": str(pki),
+        "complete-graph": True,  # what devices with a budget require
     }
     cfg.update({f"dpals.{k.replace('_', '-')}": v for k, v in PARAMS.items()})
     cfg["dpals.threat-model"] = "malicious"
@@ -150,7 +151,7 @@ class _LowerNoise(LocalTransport):
 def _mf(ckpt: Path, transport: LocalTransport, pki: Path | None) -> Coordinator:
     cfg = run_config(ckpt, rounds=1, noise_multiplier=1.0)
     if pki is not None:
-        cfg.update({"mf.threat-model": "malicious", "pki": str(pki)})
+        cfg.update({"mf.threat-model": "malicious", "pki": str(pki), "complete-graph": True})
     config, settings = parse_run_config(cfg)
     coordinator = Coordinator(transport, config, settings, say=lambda _: None)
     coordinator.run()
@@ -329,7 +330,7 @@ def test_the_server_cannot_set_a_device_budget_through_the_run_config(tmp_path: 
     )  # fmt: skip
     public = load_pki(pki)
     rc = RoundConfig.create(
-        list(range(USERS)), enc.encoded_dim, enc.bits, min_survivors=34,
+        list(range(USERS)), enc.encoded_dim, enc.bits, min_survivors=34, neighbours=USERS - 1,
         threat_model="malicious", identity_keys=public,
     )  # fmt: skip
     planted = tmp_path / "planted.json"
@@ -349,10 +350,11 @@ def test_the_server_cannot_set_a_device_budget_through_the_run_config(tmp_path: 
     assert _within_budget(users, own, enc.config, enc, rc, noise=True) == []
 
 
-def test_a_graph_colluders_could_fill_or_a_huge_round_id_is_refused(tmp_path: Path) -> None:
-    """The server picks k, t and the round id that seeds the graph (it can grind it until a
-    device's neighbours are its colluders): a node with a budget needs 2t > k + min(k, C) for
-    its own colluder count C — a reviewer unmasked one input alone with k = t = 1."""
+def test_a_sparse_graph_a_low_threshold_or_a_huge_round_id_is_refused(tmp_path: Path) -> None:
+    """The server picks k, t and the round id that seeds a sparse graph: reviewers unmasked one
+    input alone with a ground k = t = 1 graph, and two inputs' sum with two survivor-set views
+    on a k = 6 ring. A node with a budget needs the complete graph and 2t > k + min(k, C) for
+    its own colluder count C."""
     from privrec.errors import MessageRejected
     from privrec.federated.flower.budget import round_event
     from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
@@ -374,10 +376,14 @@ def test_a_graph_colluders_could_fill_or_a_huge_round_id_is_refused(tmp_path: Pa
 
     ok = rc(neighbours=USERS - 1)
     assert round_event(enc.config, enc.plan, ok, 0.05, USERS) is not None
-    with pytest.raises(MessageRejected, match="whatever the graph"):
+    with pytest.raises(MessageRejected, match="sparse SecAgg"):
         round_event(enc.config, enc.plan, rc(neighbours=1, threshold=1), 0.05, USERS)
-    with pytest.raises(MessageRejected, match="whatever the graph"):  # 2·5 ≤ 6 + min(6, 5)
-        round_event(enc.config, enc.plan, rc(neighbours=6, threshold=5), 0.05, 100)
+    # the split-view attack of the second review: k = 6, t = 4 satisfied 2t > k + min(k, C),
+    # yet two survivor sets shown to two arcs of the ring unmasked two honest inputs' sum
+    with pytest.raises(MessageRejected, match="sparse SecAgg"):
+        round_event(enc.config, enc.plan, rc(neighbours=6, threshold=4), 0.05, 20)
+    with pytest.raises(MessageRejected, match="threshold t = 19"):  # 2·19 ≤ 35 + min(35, 5)
+        round_event(enc.config, enc.plan, rc(neighbours=USERS - 1, threshold=19), 0.05, 100)
     with pytest.raises(MessageRejected, match="round id"):
         round_event(enc.config, enc.plan, rc(neighbours=USERS - 1, round_id=b"x" * 65), 0.05, USERS)
     # honest noise shares counted against colluders from the whole enrolment, not the invited

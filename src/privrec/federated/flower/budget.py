@@ -16,12 +16,18 @@ Trust the node keeps, and checks (a round failing any is refused before anything
 - **Colluders are counted absolutely**: at most ``C = ⌈corrupt-fraction · enrolled⌉`` devices
   (``enrolled``: the users in the node's PKI; ``corrupt-fraction`` the node's own assumption,
   default 0.05) collude with the server — all of them may be invited to the same round.
-- **The SecAgg+ graph protects against C whatever its seed** (the server picks the round id
-  that seeds it, and can grind it): ``2t > k + min(k, C)`` — colluding neighbours alone never
-  reach the threshold, and a server lying about dropouts cannot collect ``t`` shares of both of
-  a device's secrets (Bell et al.'s condition with every colluder a neighbour).
+- **The complete graph** (classic SecAgg, ``k = n − 1``; the server's run config
+  ``complete-graph = true``) **with** ``2t > k + min(k, C)``: colluders alone never reach the
+  threshold, a server lying about dropouts cannot collect ``t`` shares of both of a device's
+  secrets, and two different survivor sets cannot both gather ``t`` signatures (their honest
+  signers would overlap) — so every client unmasks for one set. On a sparse SecAgg+ graph the
+  consistency check holds per neighbourhood only: a review showed a server splitting the ring
+  into two views and unmasking the sum of two honest inputs while the nodes charged the round
+  for 35 noise shares (ε 4.75 charged, 27.6 spent). The server also picks the round id that
+  seeds a sparse graph, and can grind it.
 - **Honest noise shares**: the round's noise must be sized for at most ``min_survivors − C``
-  shares (the consistency check stops the server from claiming survivors that never sent).
+  shares (with one survivor set signed by all, the server cannot claim survivors that never
+  sent, and at most C of them collude).
 - round ids of at most 64 bytes; no seeded noise (``test-mode`` with a budget is refused: the
   server could predict the noise).
 
@@ -253,13 +259,19 @@ def round_event(
     if len(config.round_id) > MAX_ROUND_ID:
         raise MessageRejected(f"round id of {len(config.round_id)} bytes (at most {MAX_ROUND_ID})")
     colluders = math.ceil(corrupt_fraction * enrolled - 1e-9)
-    k, t = config.neighbours, config.threshold
+    k, t, n = config.neighbours, config.threshold, len(config.client_ids)
+    if k != n - 1:
+        raise MessageRejected(
+            f"a sparse SecAgg+ graph (k = {k} of {n - 1} other clients): its consistency check "
+            "holds per neighbourhood, and a server showing different survivor sets to different "
+            "parts of the graph can unmask the sum of a few honest inputs — a node with a "
+            "device budget needs the complete graph (run config complete-graph = true)"
+        )
     if 2 * t <= k + min(k, colluders):
         raise MessageRejected(
-            f"SecAgg+ with k = {k} neighbours and threshold t = {t} does not protect a device "
+            f"SecAgg with threshold t = {t} of {k} neighbours does not protect a device "
             f"against {colluders} colluding devices (this node's corrupt-fraction "
-            f"{corrupt_fraction:g} of {enrolled} enrolled) whatever the graph: it needs "
-            f"2t > k + min(k, {colluders})"
+            f"{corrupt_fraction:g} of {enrolled} enrolled): it needs 2t > k + min(k, {colluders})"
         )
     honest = config.min_survivors - colluders
     if ddp.min_survivors > honest:

@@ -225,7 +225,7 @@ class Coordinator(SecureRounds):
             ids.tolist(),
             enc.encoded_dim,
             enc.bits,
-            neighbours=cfg.secagg_neighbours,
+            neighbours=self.neighbours(n, cfg.secagg_neighbours),
             threshold=cfg.secagg_threshold,
             min_survivors=m,
             corrupt_fraction=cfg.corrupt_fraction,

@@ -146,6 +146,7 @@ class FlowerDevices:
                 # simulation (5 % by default): a graph for fewer lets them unmask a device
                 rc = RoundConfig.create(
                     ids.tolist(), enc.encoded_dim, enc.bits, min_survivors=n_min,
+                    neighbours=r.neighbours(int(ids.size)),
                     corrupt_fraction=r.model.corrupt_fraction,
                     threat_model=r.model.threat_model, identity_keys=r.identity_keys(ids),
                 )  # fmt: skip

@@ -97,6 +97,10 @@ class DeploySettings:
         Path of the users' public identity keys (``pki.json``,
         :mod:`privrec.federated.flower.identity`); required with
         ``mf.threat-model = "malicious"``.
+    complete_graph
+        Run classic SecAgg — every invited client neighbours every other — instead of a sparse
+        SecAgg+ graph. What devices with a budget require (:mod:`privrec.federated.flower.budget`):
+        only on the complete graph does the consistency check force one survivor set on all.
     """
 
     round_timeout: float = 120.0
@@ -109,6 +113,7 @@ class DeploySettings:
     pipeline: bool = True
     pki: str = ""
     algorithm: str = "mf"
+    complete_graph: bool = False
 
     def __post_init__(self) -> None:
         if self.algorithm not in ("mf", "dpals"):
@@ -206,6 +211,11 @@ class SecureRounds:
         from privrec.federated.flower.identity import load_pki
 
         self.pki = load_pki(self.settings.pki)
+
+    def neighbours(self, n: int, configured: int | None = None) -> int | None:
+        """The neighbour count of a round of ``n`` clients: ``n − 1`` (classic SecAgg) with
+        ``complete-graph``, else ``configured`` (``None``: chosen by ``choose_parameters``)."""
+        return n - 1 if self.settings.complete_graph else configured
 
     def identity_keys(self, ids: np.ndarray) -> dict[int, bytes]:
         """The invited users' public identity keys (empty for honest-but-curious rounds)."""

@@ -128,7 +128,8 @@ def test_a_cap_below_the_plan_stops_the_run_midway(tmp_path: Path) -> None:
 
 
 class _LowerNoise(LocalTransport):
-    """A server that shrinks the training rounds' noise 100-fold (a well-formed round)."""
+    """A server that tells the nodes 100× less noise in the training rounds' tasks than the
+    SecAgg round was agreed on (a well-formed message)."""
 
     def exchange(self, action: str, contents: Any, *, timeout: float, group: str) -> Any:
         if action == "masked_input":
@@ -158,12 +159,33 @@ def _mf(ckpt: Path, transport: LocalTransport, pki: Path | None) -> Coordinator:
     return coordinator
 
 
-def test_a_server_lowering_the_noise_is_refused_by_devices_with_a_budget(tmp_path: Path) -> None:
+def _lower_noise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that plans its training rounds with 100× less noise — consistently: the noise
+    it tells every node is the one it binds into the SecAgg round."""
+    from privrec.federated.server import FederatedMFServer
+    from privrec.privacy.distributed import DistributedDPEncoder
+
+    real = FederatedMFServer.ddp_config
+
+    def lowered(self: Any, dim: int, noise_multiplier: float | None = None) -> Any:
+        cfg = real(self, dim, noise_multiplier)
+        if noise_multiplier is not None:  # the counting round: left honest
+            return cfg
+        return cfg.model_copy(update={"noise_multiplier": cfg.noise_multiplier / 100})
+
+    monkeypatch.setattr(FederatedMFServer, "ddp_config", lowered)
+    assert DistributedDPEncoder  # the encoder is built from the lowered settings
+
+
+def test_a_server_lowering_the_noise_is_refused_by_devices_with_a_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _lower_noise(monkeypatch)
     # without a device budget the nodes accept it: the noise level is the server's choice
-    _mf(tmp_path / "open", _LowerNoise(3, test_mode=False), None)
+    _mf(tmp_path / "open", LocalTransport(3, test_mode=False), None)
     # with one, every user sits the round out: the round aborts, nothing is released
     pki, extra = _nodes(tmp_path, 20.0, 1e-5)
-    transport = _LowerNoise(3, test_mode=False, extra=extra)
+    transport = LocalTransport(3, test_mode=False, extra=extra)
     with pytest.raises(ProtocolAbort):
         _mf(tmp_path / "capped", transport, pki)
     # only the honest counting round was spent
@@ -171,6 +193,20 @@ def test_a_server_lowering_the_noise_is_refused_by_devices_with_a_budget(tmp_pat
     assert spent and all(e < 20.0 for e in spent.values())
     doc = json.loads((tmp_path / "devices" / "node-0.budget.json").read_text())
     assert {v["rounds"] for v in doc["users"].values()} == {1}
+
+
+def test_nodes_refuse_noise_other_than_the_round_was_agreed_on(tmp_path: Path) -> None:
+    """The distributed-DP settings are bound into the SecAgg round (its context, part of what
+    every client signs): a server telling one node other noise than the round was agreed on —
+    a third review charged a budget node 9 noise shares while the other nodes, told 1e-4, added
+    none — is refused by every node, with or without a budget."""
+    for extra in (None, _nodes(tmp_path, 20.0, 1e-5)[1]):
+        transport = _LowerNoise(3, test_mode=False, extra=extra)
+        pki = None if extra is None else tmp_path / "pki" / "pki.json"
+        with pytest.raises(ProtocolAbort):
+            _mf(tmp_path / f"run-{extra is None}", transport, pki)
+        refused = [e for e in transport.errors if e.startswith("masked_input")]
+        assert refused and all("agreed on" in e for e in refused)
 
 
 def test_an_honest_mf_run_fits_the_unamplified_epsilon(tmp_path: Path) -> None:
@@ -317,6 +353,8 @@ def test_the_server_cannot_set_a_device_budget_through_the_run_config(tmp_path: 
     the server may neither loosen it nor choose where on the device a file is written."""
     from flwr.app import Context
 
+    from privrec.errors import MessageRejected
+    from privrec.federated.flower.codec import round_context
     from privrec.federated.flower.node import _within_budget
     from privrec.privacy.distributed import DistributedDPConfig, DistributedDPEncoder
     from privrec.secure.round import RoundConfig
@@ -331,7 +369,7 @@ def test_the_server_cannot_set_a_device_budget_through_the_run_config(tmp_path: 
     public = load_pki(pki)
     rc = RoundConfig.create(
         list(range(USERS)), enc.encoded_dim, enc.bits, min_survivors=34, neighbours=USERS - 1,
-        threat_model="malicious", identity_keys=public,
+        threat_model="malicious", identity_keys=public, context=round_context(enc.config, True),
     )  # fmt: skip
     planted = tmp_path / "planted.json"
     server_says = {f"node.{k}": v for k, v in keys(0).items()}
@@ -348,6 +386,13 @@ def test_the_server_cannot_set_a_device_budget_through_the_run_config(tmp_path: 
         node_config={**keys(0), "max-epsilon": 1.0, "budget-file": str(planted)},
     )  # fmt: skip
     assert _within_budget(users, own, enc.config, enc, rc, noise=True) == []
+    # a round that does not bind its noise settings (no context) is refused by a budget node
+    unbound = RoundConfig.create(
+        list(range(USERS)), enc.encoded_dim, enc.bits, min_survivors=34, neighbours=USERS - 1,
+        threat_model="malicious", identity_keys=public,
+    )  # fmt: skip
+    with pytest.raises(MessageRejected, match="bound into"):
+        _within_budget(users, own, enc.config, enc, unbound, noise=True)
 
 
 def test_a_sparse_graph_a_low_threshold_or_a_huge_round_id_is_refused(tmp_path: Path) -> None:

@@ -185,6 +185,26 @@ def test_malicious_round_refuses_too_few_signatures_and_being_left_out() -> None
         clients[0].consistency_check(ConsistencyRequest(config.round_id, 0, leave_out))
 
 
+def test_a_client_never_counts_its_own_signature() -> None:
+    """On the complete graph with 2t > n − 1 + c this is what stops two survivor sets, each
+    signed by t clients (colluders signing both), from both being unmasked: a client's own
+    signature never counts towards its threshold."""
+    import dataclasses
+
+    config, clients, server, (_, masked) = _round("malicious")
+    checks = server.masked_input_consistency(masked.values())
+    sigs = [clients[u].consistency_check(c) for u, c in checks.items() if u != 0]
+    requests = server.consistency_check(sigs)
+    v = 3
+    own = next(sg for sg in sigs if sg.sender == v)
+    padded = dataclasses.replace(
+        requests[v],
+        signatures=(Signature(v, own.signature), *requests[v].signatures[: config.threshold - 1]),
+    )
+    with pytest.raises(ProtocolAbort, match="not a surviving neighbour"):
+        clients[v].unmask(padded)
+
+
 def test_full_malicious_round_sums_exactly_and_server_checks_signatures() -> None:
     config, clients, server, (inputs, masked) = _round("malicious")
     checks = server.masked_input_consistency(masked.values())

@@ -167,6 +167,10 @@ class RoundConfig:
         the order of ``client_ids``. They must come from a source the server does not control
         (a PKI, a roster distributed at enrolment); a server that could choose them could
         impersonate every client. Empty for honest-but-curious rounds.
+    context
+        Up to 64 bytes the application binds to the round (e.g. a hash of the round's
+        distributed-DP settings): part of :attr:`digest`, so clients shown different contexts
+        sign and agree on different rounds and cannot complete one together. Empty: none.
     """
 
     round_id: bytes
@@ -178,6 +182,7 @@ class RoundConfig:
     min_survivors: int
     threat_model: ThreatModel = "honest-but-curious"
     identity_keys: tuple[bytes, ...] = ()
+    context: bytes = b""
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, bytes) or len(self.round_id) < 16:
@@ -205,6 +210,8 @@ class RoundConfig:
         if not 1 <= self.min_survivors <= n:
             raise ConfigError(f"min_survivors must be in [1, {n}], got {self.min_survivors}")
         check_threat_model(self.threat_model)
+        if not isinstance(self.context, bytes) or len(self.context) > 64:
+            raise ConfigError("a round's context must be at most 64 bytes")
         if self.malicious:
             if 2 * self.threshold <= self.neighbours:
                 raise ConfigError(
@@ -237,6 +244,7 @@ class RoundConfig:
         round_id: bytes | None = None,
         threat_model: ThreatModel = "honest-but-curious",
         identity_keys: Mapping[int, bytes] | Sequence[bytes] = (),
+        context: bytes = b"",
     ) -> RoundConfig:
         """A round configuration with parameters filled in.
 
@@ -264,6 +272,8 @@ class RoundConfig:
         identity_keys
             Malicious: the clients' Ed25519 public keys, as a mapping client id -> key, or a
             sequence in the order of the **sorted** ids.
+        context
+            Bytes bound to the round (see the class docstring).
         """
         threat = check_threat_model(threat_model)
         raw_ids = tuple(range(client_ids)) if isinstance(client_ids, int) else tuple(client_ids)
@@ -316,6 +326,7 @@ class RoundConfig:
             min_survivors=ms,
             threat_model=threat,
             identity_keys=keys,
+            context=context,
         )
 
     @property
@@ -353,6 +364,7 @@ class RoundConfig:
             + b"".join(U64.pack(v) for v in fields)
             + self.threat_model.encode()
             + b"".join(self.identity_keys)
+            + (b"context" + U32.pack(len(self.context)) + self.context if self.context else b"")
         ).digest()
 
     @cached_property

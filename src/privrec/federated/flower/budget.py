@@ -19,8 +19,17 @@ Trust the node keeps, and checks (a round failing any is refused before anything
 - **The complete graph** (classic SecAgg, ``k = n − 1``; the server's run config
   ``complete-graph = true``) **with** ``2t > k + min(k, C)``: colluders alone never reach the
   threshold, a server lying about dropouts cannot collect ``t`` shares of both of a device's
-  secrets, and two different survivor sets cannot both gather ``t`` signatures (their honest
-  signers would overlap) — so every client unmasks for one set. On a sparse SecAgg+ graph the
+  secrets, and no client's unmask check passes for two different survivor sets (a client
+  counts only *other* clients' signatures, and two sets each signed by ``t`` of them would need
+  honest signers in common) — so every client unmasks for one set.
+- **The noise is bound into the round**: the round's distributed-DP settings and noise flag are
+  hashed into the SecAgg round's ``context`` (:func:`~privrec.federated.flower.codec.round_context`),
+  which every advertisement and survivor-set signature covers; a node refuses a task whose
+  settings differ. So the honest survivors a device's unmask depends on were all told the same
+  noise — a review had the server tell the other nodes a multiplier of 1e-4 (no colluder
+  needed) while the budget node was charged for 9 full noise shares (ε 4.75 charged, 18.3
+  spent). Nodes in ``test-mode`` honour the server's seed (predictable noise): count them among
+  the colluders. On a sparse SecAgg+ graph the
   consistency check holds per neighbourhood only: a review showed a server splitting the ring
   into two views and unmasking the sum of two honest inputs while the nodes charged the round
   for 35 noise shares (ε 4.75 charged, 27.6 spent). The server also picks the round id that

@@ -23,6 +23,7 @@ lives between phases in ``Context.state`` on the node (:func:`export_client` /
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,12 +52,13 @@ __all__ = [
     "get_str",
     "messages_record",
     "restore_client",
+    "round_context",
     "round_from_record",
     "round_record",
 ]
 
 #: Protocol tag checked by both sides (a node refuses messages of another version).
-PROTOCOL = "privrec-flower/2"
+PROTOCOL = "privrec-flower/3"  # 3: rounds bind their noise settings (RoundConfig.context)
 
 #: Flower message types (``<category>.<action>``) of the discovery and the SecAgg+ phases
 #: (``consistency_check`` only in malicious-server rounds).
@@ -77,6 +79,14 @@ M = TypeVar("M", bound=Message)
 # ----------------------------------------------------------------------------------------------
 
 
+def round_context(ddp: DistributedDPConfig, noise: bool) -> bytes:
+    """What a round's :attr:`RoundConfig.context` binds: its distributed-DP settings and whether
+    noise is added — so that no two nodes can be shown different noise in one round."""
+    return hashlib.sha256(
+        b"privrec-flower/round-context/" + ddp_to_json(ddp).encode() + (b"1" if noise else b"0")
+    ).digest()
+
+
 def round_record(
     config: RoundConfig, *, round_: int, attempt: int, kind: str, users: Sequence[int]
 ) -> ConfigRecord:
@@ -93,6 +103,7 @@ def round_record(
             "min-survivors": int(config.min_survivors),
             "threat-model": config.threat_model,
             "identity-keys": list(config.identity_keys),
+            "context": config.context,
             "round": int(round_),
             "attempt": int(attempt),
             "kind": kind,
@@ -155,6 +166,7 @@ def round_from_record(record: ConfigRecord) -> tuple[RoundConfig, dict[str, Any]
         min_survivors=int(_get(record, "min-survivors", int)),
         threat_model=check_threat_model(_get(record, "threat-model", str)),
         identity_keys=_identity_keys(_get(record, "identity-keys", list)),
+        context=bytes(_get(record, "context", bytes)) if "context" in record else b"",
     )
     meta = {
         "round": int(_get(record, "round", int)),

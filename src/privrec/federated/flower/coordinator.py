@@ -43,7 +43,7 @@ import numpy as np
 from flwr.app import RecordDict
 
 from privrec.errors import ConfigError, ProtocolAbort
-from privrec.federated.flower.codec import ddp_to_json
+from privrec.federated.flower.codec import ddp_to_json, round_context
 from privrec.federated.flower.node import mf_config_json, model_record, task_record
 from privrec.federated.flower.rounds import (
     DeploySettings,
@@ -211,6 +211,8 @@ class Coordinator(SecureRounds):
         """A fresh SecAgg+ round for ``ids``, or an abort if the sample cannot carry the noise."""
         cfg = self.config
         assert self.server is not None
+        z = self.server.head_noise_multiplier if kind == "count" else self.server.noise_multiplier
+        noise = z > 0
         n = int(ids.size)
         m = self.server.round_min_survivors(n, kind)
         if n < max(2, m):
@@ -231,6 +233,9 @@ class Coordinator(SecureRounds):
             corrupt_fraction=cfg.corrupt_fraction,
             threat_model=cfg.threat_model,
             identity_keys=self.identity_keys(ids),
+            # the noise every node is told, bound into the round: nodes shown different
+            # settings cannot complete a round together
+            context=round_context(enc.config, noise),
         )
 
     def _attempt(self, entry: RoundLog, ids: np.ndarray, pre: _Prefetch | None = None) -> None:
@@ -264,7 +269,10 @@ class Coordinator(SecureRounds):
             extra = RecordDict(
                 {"task": task, "model": model_record(srv.item_factors, srv.head_items)}
             )
-        if pre is not None and (pre.config.dim, pre.config.bits) != (enc.encoded_dim, enc.bits):
+        noise_on = (
+            srv.head_noise_multiplier if entry.kind == "count" else srv.noise_multiplier
+        ) > 0
+        if pre is not None and pre.config.context != round_context(enc.config, noise_on):
             pre = None  # the encoding changed: advertise again for the same sample
         rc = pre.config if pre is not None else self._round_config(enc, ids, entry.kind)
         nxt = None

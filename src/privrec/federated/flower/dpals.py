@@ -37,7 +37,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 from privrec.errors import ConfigError, MessageRejected, ProtocolAbort
 from privrec.federated.dpals import FederatedDPALS
 from privrec.federated.dpals_devices import DeviceTask, SumResult, device_rng, device_vectors
-from privrec.federated.flower.codec import ddp_to_json, get_str
+from privrec.federated.flower.codec import ddp_to_json, get_str, round_context
 from privrec.federated.flower.dpals_checkpoint import RoundStore, task_digest
 from privrec.federated.flower.node import NodeData, warn_seeded
 from privrec.federated.flower.rounds import DeploySettings, RoundLog, SecureRounds, Transport
@@ -149,6 +149,7 @@ class FlowerDevices:
                     neighbours=r.neighbours(int(ids.size)),
                     corrupt_fraction=r.model.corrupt_fraction,
                     threat_model=r.model.threat_model, identity_keys=r.identity_keys(ids),
+                    context=round_context(enc.config, True),  # the noise all nodes are told
                 )  # fmt: skip
                 result = r._secure_sum(entry, rc, extra)
             except ProtocolAbort as exc:

@@ -93,6 +93,7 @@ from privrec.federated.flower.codec import (
     get_str,
     messages_record,
     restore_client,
+    round_context,
     round_from_record,
     round_record,
 )
@@ -510,6 +511,11 @@ def _masked_input(content: RecordDict, context: Context) -> RecordDict:
     else:  # every FederatedMF setting checked before anything is computed or allocated
         ddp, mf_config, spec = check_round_spec(task, config, kind, data.n_items)
     add_noise = bool(task.get("noise", True))
+    if config.context and config.context != round_context(ddp, add_noise):
+        raise MessageRejected(
+            "the round's distributed-DP settings are not those its SecAgg round was agreed on "
+            "(the server may be telling nodes different noise)"
+        )
     test_mode = _test_mode(context)
     if not add_noise:
         if not test_mode:
@@ -588,6 +594,11 @@ def _within_budget(
     budget = device_budget(settings)
     if budget is None:
         return users
+    if config.context != round_context(ddp, noise):
+        raise MessageRejected(
+            "a node with a device budget needs the round's distributed-DP settings bound into "
+            "the SecAgg round (its context), so that every node is told the same noise"
+        )
     enrolled = len(load_pki(str(settings["pki"])))
     event = round_event(ddp, encoder.plan, config, budget.corrupt_fraction, enrolled)
     if not noise:

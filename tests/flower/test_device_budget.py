@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dp_accounting
+import numpy as np
 import pytest
 
 pytest.importorskip("flwr", reason="flwr (the [federated] extra) is not installed")
@@ -436,3 +437,48 @@ def test_a_sparse_graph_a_low_threshold_or_a_huge_round_id_is_refused(tmp_path: 
         round_event(  # 10 colluders of 200 enrolled: 34 − 10 < 30 shares; 2·23 > 35 + 10
             enc.config, enc.plan, rc(neighbours=USERS - 1, threshold=23), 0.05, 200
         )
+
+
+class _OverflowingFactors(LocalTransport):
+    """A server sending training rounds one finite item-factor row that overflows the solve of
+    exactly the users holding that item (c² = 0.7e308)."""
+
+    def exchange(self, action: str, contents: Any, *, timeout: float, group: str) -> Any:
+        if action == "masked_input":
+            out = {}
+            for node, content in contents.items():
+                model = content.array_records.get("model")
+                if model is not None:
+                    from flwr.app import Array, ArrayRecord
+
+                    y = model["item_factors"].numpy().copy()
+                    y[0] = 0.0
+                    y[0, :2] = (0.7e308) ** 0.5
+                    content = RecordDict(
+                        {
+                            **content.config_records,
+                            "model": ArrayRecord(
+                                {"item_factors": Array(y), "head_items": model["head_items"]}
+                            ),
+                        }
+                    )
+                out[node] = content
+            contents = out
+        return super().exchange(action, contents, timeout=timeout, group=group)
+
+
+def test_a_users_reply_never_depends_on_its_data_except_through_the_noise(tmp_path: Path) -> None:
+    """A fourth review read a user's whole history from error replies — one crafted item
+    factor per round made the solve of users holding that item overflow, and their node
+    answered with an error instead of a masked input. Now a failed or non-finite contribution
+    is sent as zeros (within the sensitivity), encoded and noised like any other: every user
+    replies, the round completes."""
+    from privrec.federated.flower.node import guarded
+
+    transport = _OverflowingFactors(3, test_mode=False)
+    _mf(tmp_path / "run", transport, None)
+    assert not [e for e in transport.errors if e.startswith("masked_input")]
+    # the guard itself: failures and non-finite values become zeros of the payload's length
+    assert guarded(lambda: 1 / 0, 3).tolist() == [0.0, 0.0, 0.0]  # type: ignore[arg-type, return-value]
+    assert guarded(lambda: np.array([1.0, np.inf, 2.0]), 3).tolist() == [0.0, 0.0, 0.0]
+    assert guarded(lambda: np.array([1.0, 2.0, 3.0]), 3).tolist() == [1.0, 2.0, 3.0]

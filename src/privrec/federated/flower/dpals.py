@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from privrec.federated.dpals import FederatedDPALS
 from privrec.federated.dpals_devices import DeviceTask, SumResult, device_rng, device_vectors
 from privrec.federated.flower.codec import ddp_to_json, get_str, round_context
 from privrec.federated.flower.dpals_checkpoint import RoundStore, task_digest
-from privrec.federated.flower.node import NodeData, warn_seeded
+from privrec.federated.flower.node import NodeData, guarded, warn_seeded
 from privrec.federated.flower.rounds import DeploySettings, RoundLog, SecureRounds, Transport
 from privrec.privacy.distributed import DistributedDPEncoder, padding_generator
 from privrec.secure.secagg import RoundConfig
@@ -269,6 +270,11 @@ def _node_salt(context: Context) -> int:
     return salt
 
 
+def _row(dense: np.ndarray, i: int) -> np.ndarray:
+    out: np.ndarray = dense[i]
+    return out
+
+
 def dpals_payloads(
     content: RecordDict,
     task: ConfigRecord,
@@ -293,9 +299,20 @@ def dpals_payloads(
     rows = np.searchsorted(data.user_ids, np.asarray(users, dtype=np.int64))
     x = data.histories[rows]
     x.data[:] = 1.0
-    vectors = device_vectors(device_task, x, np.asarray(users, dtype=np.int64), salt)
-    dense = vectors.toarray()
-    payloads = {u: dense[i] for i, u in enumerate(users)}
+    keys = np.asarray(users, dtype=np.int64)
+    factors = device_task.item_factors
+    dim = device_task.dim(0 if factors is None else int(np.shape(factors)[1]))
+
+    def one(i: int) -> np.ndarray:
+        row: np.ndarray = device_vectors(device_task, x[i], keys[i : i + 1], salt).toarray()[0]
+        return row
+
+    try:  # all hosted users at once; any failure → each user alone, guarded (see `guarded`)
+        with np.errstate(all="ignore"):
+            dense = device_vectors(device_task, x, keys, salt).toarray()
+        payloads = {u: guarded(partial(_row, dense, i), dim) for i, u in enumerate(users)}
+    except Exception:
+        payloads = {u: guarded(partial(one, i), dim) for i, u in enumerate(users)}
     if seed is None:
         return payloads, lambda u: secure_generator()
     label = device_task.label

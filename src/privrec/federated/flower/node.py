@@ -77,6 +77,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -639,7 +640,7 @@ def _mf_payloads(
     ``mf_config`` and ``spec`` (``None`` for the counting round) are what
     :func:`check_round_spec` returned: the round's settings are checked before this runs.
     """
-    from privrec.federated.client import check_round_model
+    from privrec.federated.client import check_round_model, count_dim
     from privrec.federated.mf import client_count_vector, client_update, pack_payload
 
     seed = mf_config.seed if test_mode else None
@@ -668,21 +669,46 @@ def _mf_payloads(
             )
     elif kind != "count":
         raise ConfigError(f"unknown round kind {kind!r}")
-    payloads = {}
-    for user in users:
+
+    def payload(user: int) -> np.ndarray:
         items = data.items_of(user)
         if spec is not None:  # a training round
             pos = np.searchsorted(head, items)
             pos = np.minimum(pos, head.size - 1)
             update = client_update(item_factors, pos[head[pos] == items], mf_config, spec.clip_norm)
-            payloads[user] = pack_payload(update, spec)
-        else:
-            # the B-item sample is the device's own secret randomness (CSPRNG; seeded in tests)
-            sample_rng = None if seed is None else _user_rng(seed, -1, meta["attempt"], user)
-            payloads[user] = client_count_vector(
-                items, data.n_items, mf_config.count_bound, sample_rng, mf_config.count_weighting
-            )
+            return pack_payload(update, spec)
+        # the B-item sample is the device's own secret randomness (CSPRNG; seeded in tests)
+        sample_rng = None if seed is None else _user_rng(seed, -1, meta["attempt"], user)
+        return client_count_vector(
+            items, data.n_items, mf_config.count_bound, sample_rng, mf_config.count_weighting
+        )
+
+    dim = spec.dim if spec is not None else count_dim(data.n_items)
+    payloads = {user: guarded(partial(payload, user), dim) for user in users}
     return payloads, lambda u: _user_rng(seed, meta["round"], meta["attempt"], u)
+
+
+def guarded(compute: Callable[[], np.ndarray], dim: int) -> np.ndarray:
+    """One admitted user's payload — or the zero vector if computing it fails or is not finite.
+
+    Whether a user's computation fails can depend on its data: a server can send item factors
+    that overflow only in the solve of a user holding one chosen item, and an error reply would
+    tell it so, without noise (a review read a user's whole history that way, one item per
+    round, at 0.02 ε a round). So once a user takes part, its reply never depends on its data
+    except through the noised payload: a failure sends zeros — norm 0, within the sensitivity —
+    encoded and noised like any other payload.
+    """
+    try:
+        with np.errstate(all="ignore"):
+            out = np.asarray(compute(), dtype=np.float64)
+    except Exception as exc:  # any failure: the reply must not say which
+        log.warning(
+            "a user's contribution could not be computed (%s): zeros sent", type(exc).__name__
+        )
+        return np.zeros(dim)
+    if out.shape != (dim,) or not np.all(np.isfinite(out)):
+        return np.zeros(dim)
+    return out
 
 
 def _consistency_check(content: RecordDict, context: Context) -> RecordDict:

@@ -269,3 +269,36 @@ def test_a_checkpoint_of_another_run_or_an_unrecorded_round_is_refused(tmp_path:
     with pytest.raises(ConfigError, match="not a recorded round"):
         (tmp_path / "other" / "round-001.npz").write_bytes(b"junk")
         store.replay(1, "x")
+
+
+def test_nodes_check_a_dpals_task_before_reading_any_history() -> None:
+    """The node's user solve (numba) has no bounds checks: a review had item factors shorter
+    than the head read memory past the array for users holding the missing items. Tasks are
+    now checked first; a bad one is refused for every hosted user alike."""
+    from privrec.errors import MessageRejected
+    from privrec.federated.dpals_devices import DeviceTask
+    from privrec.federated.flower.dpals import check_task
+
+    head = np.array([1, 4, 7])
+    ok = DeviceTask("step", "step 1", 24, head=head, head_counts=np.ones(3),
+                    item_factors=np.ones((3, 2)), scales=(1.0, 1.0, 1.0))  # fmt: skip
+    check_task(ok, 24)
+    bad = [
+        ({"item_factors": np.ones((1, 2))}, "shape"),
+        ({"item_factors": np.full((3, 2), 1e154)}, "at most"),
+        ({"item_factors": np.full((3, 2), np.nan)}, "finite"),
+        ({"head": np.array([1, 1, 7])}, "distinct"),
+        ({"head": np.array([1, 4, 24])}, "outside"),
+        ({"head_counts": np.ones(2)}, "counts"),
+        ({"adaptive_exponent": -200.0}, "adaptive_exponent"),
+        ({"alpha0": float("inf")}, "alpha0"),
+        ({"user_regularization": 0.0}, "user_regularization"),
+        ({"scales": (1.0, -1.0, 1.0)}, "scale"),
+        ({"method": "lying"}, "method"),
+        ({"n_items": 25}, "catalogue"),
+    ]
+    import dataclasses
+
+    for change, match in bad:
+        with pytest.raises(MessageRejected, match=match):
+            check_task(dataclasses.replace(ok, **change), 24)

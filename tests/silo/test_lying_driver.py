@@ -26,7 +26,8 @@ CONFIG = SiloConfig(epsilon=4.0, delta=1e-6, n_items=20, factors=4, iterations=2
 def _job(**over: object) -> dict[str, object]:
     base: dict[str, object] = {
         "kind": "stats", "frac_bits": CONFIG.frac_bits, "n_items": 20, "max_per_user": 100,
-        "clip_norm": 0.3,
+        "clip_norm": 0.3, "method": CONFIG.method, "adaptive_exponent": CONFIG.adaptive_exponent,
+        "alpha0": CONFIG.alpha0, "user_regularization": CONFIG.user_regularization,
     }  # fmt: skip
     return {**base, **over}
 
@@ -41,6 +42,15 @@ def test_jobs_beyond_the_configuration_are_refused() -> None:
         _job(n_items=21),
         _job(kind="counts", count_sample=CONFIG.sampled + 1),
         _job(kind="gram", max_contribution=1.0),  # not a DPALS release
+        # a review turned these into noise-free bits: a silo's encoding failed only when one
+        # user held a chosen item (exponent −200), or a negative bound had a large one's size
+        _job(adaptive_exponent=-200.0),
+        _job(alpha0=1e300),
+        _job(user_regularization=0.0),
+        _job(method="tail"),
+        _job(max_per_user=-5),
+        _job(clip_norm=-0.3),
+        _job(kind="counts", count_sample=0),
     ]
     for job in lies:
         with pytest.raises(ConfigError):
@@ -48,6 +58,10 @@ def test_jobs_beyond_the_configuration_are_refused() -> None:
     ease = SiloEASEConfig(epsilon=3, delta=1e-6, n_items=20, max_items=20)
     check_job(ease, {"kind": "gram", "frac_bits": ease.frac_bits, "n_items": 20,
                      "max_contribution": ease.max_contribution, "max_per_user": ease.max_per_user})  # fmt: skip
+    for bound in (-1e20, -1e5, 0.0):  # |C| would size the weights, the noise is sized for C
+        with pytest.raises(ConfigError, match="max_contribution"):
+            check_job(ease, {"kind": "gram", "frac_bits": ease.frac_bits, "n_items": 20,
+                             "max_contribution": bound, "max_per_user": ease.max_per_user})  # fmt: skip
     assert release_limits(CONFIG) == {"counts": 1, "stats": 2}
     assert release_limits(ease) == {"counts": 1, "gram": 1}
 

@@ -127,7 +127,7 @@ def test_a_silo_with_items_outside_the_catalogue_is_named_at_once(tmp_path: Path
     driver = make_driver(ids["driver"], roster, config, timeout=60)
     t0 = time.monotonic()
     with pytest.raises(
-        ProtocolAbort, match="silo 'silo1' cannot take part: its data names item"
+        ProtocolAbort, match="silo 'silo1' cannot take part: its data names items outside"
     ) as info:
         driver.train()
     assert time.monotonic() - t0 < 20  # named at once, not after the 60 s timeout

@@ -390,12 +390,26 @@ def check_job(config: AnyConfig, meta: dict[str, Any]) -> None:
     """Refuse a job whose parameters would make the silo's statistics more sensitive (or its
     fixed-point encoding finer) than ``config`` — the noise the servers add is sized from
     ``config``, so a driver lying in the job could otherwise lower the noise relative to the
-    signal. Raises :class:`~privrec.errors.ConfigError` naming the field."""
+    signal — or whose settings differ from the configuration's where the silo's computation
+    could then fail depending on its data (bounds must be positive; the weighting and solve
+    settings must be the configuration's). Raises :class:`~privrec.errors.ConfigError` naming
+    the field."""
 
     def at_most(field: str, limit: float) -> None:
-        if not float(meta[field]) <= limit:
+        # positive too: a negative bound has the same size as a large one (min(1, C/n) with
+        # C < 0), and a review made a silo's encoding fail only when one user held an item
+        if not 0 < float(meta[field]) <= limit:
             raise ConfigError(
-                f"the job's {field} {meta[field]!r} exceeds the configuration's {limit:g}"
+                f"the job's {field} {meta[field]!r} is not in (0, {limit:g}], the configuration's"
+            )
+
+    def same(field: str, value: object) -> None:
+        # settings the noise plan takes from the configuration: a job may not change them (an
+        # adaptive exponent of −200 turned one user's weight into NaN — an error only when that
+        # user held a chosen item, a noise-free bit to the driver)
+        if meta.get(field) != value:
+            raise ConfigError(
+                f"the job's {field} {meta.get(field)!r} is not the configuration's {value!r}"
             )
 
     if int(meta["frac_bits"]) != config.frac_bits:
@@ -415,6 +429,8 @@ def check_job(config: AnyConfig, meta: dict[str, Any]) -> None:
         else:
             at_most("max_per_user", config.max_per_user)
             at_most("clip_norm", config.clip_norm)
+            for field in ("method", "adaptive_exponent", "alpha0", "user_regularization"):
+                same(field, getattr(config, field))
     elif kind == "counts":
         at_most("count_sample", config.max_per_user)
     else:

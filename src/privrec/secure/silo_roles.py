@@ -572,7 +572,7 @@ class Silo:
         used = self.x.indices.max(initial=-1) if self.x.nnz else -1
         if used >= n_items:
             raise ConfigError(
-                f"its data names item {int(used)}, but the shared catalogue has {n_items} items "
+                f"its data names items outside the shared catalogue of {n_items} items "
                 f"(ids 0..{n_items - 1}); the silo files and the configuration disagree"
             )
         x = self.x

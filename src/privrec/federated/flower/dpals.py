@@ -26,6 +26,7 @@ simulation's seeded samples and noise, for the equality tests — not private, a
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -256,6 +257,60 @@ def _task_from(content: RecordDict, task: ConfigRecord) -> tuple[DeviceTask, int
         raise MessageRejected(f"malformed federated DPALS task: {exc}") from None
 
 
+#: largest |item factor| a node accepts: far above any solve's (factors are clipped users'
+#: ridge solutions), far below what overflows a k×k Gramian in float64
+MAX_FACTOR = 1e6
+
+
+def check_task(task: DeviceTask, n_items: int) -> None:
+    """A federated DPALS task's settings and arrays, checked before any user's data is read.
+
+    The node's kernels trust their inputs (the numba user solve has no bounds checks: a review
+    had item factors shorter than the head read memory past the array for the users holding
+    the missing items). Every failure here is the task's, the same for every hosted user, and
+    refuses the whole message (:class:`~privrec.errors.MessageRejected`).
+    """
+
+    def bad(what: str) -> MessageRejected:
+        return MessageRejected(f"federated DPALS task refused: {what}")
+
+    def positive(name: str, value: float, *, zero: bool = False) -> None:
+        v = float(value)
+        if not math.isfinite(v) or v < 0 or (v == 0 and not zero):
+            raise bad(f"{name} must be finite and {'>= 0' if zero else '> 0'}, found {value!r}")
+
+    if task.n_items != n_items:
+        raise bad(f"catalogue of {task.n_items} items, this node's has {n_items}")
+    if task.method not in ("adaptive", "uniform", "tail") or task.lhs not in ("none", "diagonal"):
+        raise bad(f"unknown method {task.method!r} or lhs {task.lhs!r}")
+    for name in ("count_sample", "bound"):
+        v = getattr(task, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 1_000_000:
+            raise bad(f"{name} must be an integer in [0, 1e6], found {v!r}")
+    positive("alpha0", task.alpha0, zero=True)
+    positive("user_regularization", task.user_regularization)
+    positive("clip_norm", task.clip_norm)
+    if not (math.isfinite(task.adaptive_exponent) and 0 <= task.adaptive_exponent <= 2):
+        raise bad(f"adaptive_exponent must be in [0, 2], found {task.adaptive_exponent!r}")
+    for scale in task.scales:
+        positive("each scale", scale)
+    if task.kind != "step":
+        return
+    head, counts, y = task.head, task.head_counts, task.item_factors
+    if head is None or counts is None or y is None:
+        raise bad("a step round needs the head items, their counts and the item factors")
+    if head.ndim != 1 or head.size == 0 or np.unique(head).size != head.size:
+        raise bad("the head must be distinct item ids")
+    if head.min() < 0 or head.max() >= n_items:
+        raise bad(f"the head names items outside the catalogue of {n_items}")
+    if counts.shape != head.shape or not np.all(np.isfinite(counts)):
+        raise bad("the head counts must be one finite count per head item")
+    if y.ndim != 2 or y.shape[0] != head.size or not 1 <= y.shape[1] <= 512:
+        raise bad(f"item factors of shape {y.shape} for {head.size} head items")
+    if not np.all(np.isfinite(y)) or float(np.max(np.abs(y), initial=0.0)) > MAX_FACTOR:
+        raise bad(f"item factors must be finite and at most {MAX_FACTOR:g} in size")
+
+
 def _node_salt(context: Context) -> int:
     """This node's secret salt for the run (CSPRNG; kept in ``Context.state``, never sent)."""
     rec = context.state.config_records.get(_STATE_SALT)
@@ -293,6 +348,7 @@ def dpals_payloads(
     device_task, seed = _task_from(content, task)
     if device_task.kind not in ("lengths", "counts", "step"):
         raise ConfigError(f"unknown federated DPALS round {device_task.kind!r}")
+    check_task(device_task, data.n_items)
     seed = seed if test_mode else None
     warn_seeded(seed)
     salt = seed if seed is not None else _node_salt(context)

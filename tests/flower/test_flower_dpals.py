@@ -275,6 +275,8 @@ def test_nodes_check_a_dpals_task_before_reading_any_history() -> None:
     """The node's user solve (numba) has no bounds checks: a review had item factors shorter
     than the head read memory past the array for users holding the missing items. Tasks are
     now checked first; a bad one is refused for every hosted user alike."""
+    import dataclasses
+
     from privrec.errors import MessageRejected
     from privrec.federated.dpals_devices import DeviceTask
     from privrec.federated.flower.dpals import check_task
@@ -283,9 +285,13 @@ def test_nodes_check_a_dpals_task_before_reading_any_history() -> None:
     ok = DeviceTask("step", "step 1", 24, head=head, head_counts=np.ones(3),
                     item_factors=np.ones((3, 2)), scales=(1.0, 1.0, 1.0))  # fmt: skip
     check_task(ok, 24)
+    # what honest servers send: large ridge solves at a tiny λ, many factors, large bounds
+    check_task(dataclasses.replace(ok, item_factors=np.full((3, 2), 3.4e7)), 24)
+    check_task(dataclasses.replace(ok, item_factors=np.ones((3, 1024)), bound=5_000_000), 24)
     bad = [
         ({"item_factors": np.ones((1, 2))}, "shape"),
         ({"item_factors": np.full((3, 2), 1e154)}, "at most"),
+        ({"item_factors": np.ones((3, 1025))}, "shape"),
         ({"item_factors": np.full((3, 2), np.nan)}, "finite"),
         ({"head": np.array([1, 1, 7])}, "distinct"),
         ({"head": np.array([1, 4, 24])}, "outside"),
@@ -297,8 +303,6 @@ def test_nodes_check_a_dpals_task_before_reading_any_history() -> None:
         ({"method": "lying"}, "method"),
         ({"n_items": 25}, "catalogue"),
     ]
-    import dataclasses
-
     for change, match in bad:
         with pytest.raises(MessageRejected, match=match):
             check_task(dataclasses.replace(ok, **change), 24)

@@ -224,7 +224,13 @@ def test_a_node_silent_in_unmask_keeps_its_input_but_misses_the_next_round(
                 return None  # also loses its users' pipelined advertisements for round 2
         return reply
 
-    _train(tmp_path, LocalTransport(3, fault), min_survivor_fraction=0.5)
+    # the complete graph: on a sparse one (seeded by the random round id) a client left with
+    # fewer than t live neighbours after node 100's users are gone is excluded too — a
+    # fresh-clone run saw 21 survivors instead of 24
+    config, settings = parse_run_config(
+        {**run_config(tmp_path, min_survivor_fraction=0.5), "complete-graph": True}
+    )
+    Coordinator(LocalTransport(3, fault), config, settings, say=lambda _: None).run()
     first, second = round_log(tmp_path)
     assert first["survivors"] == USERS and first["dropped"]["unmask"] == USERS // 3
     assert second["survivors"] == USERS - USERS // 3
@@ -236,7 +242,10 @@ def test_a_node_missing_the_masked_input_deadline_drops_out(tmp_path: Path) -> N
     def fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
         return None if action == "masked_input" and node == 100 else reply
 
-    _train(tmp_path, LocalTransport(3, fault), rounds=1, min_survivor_fraction=0.5)
+    config, settings = parse_run_config(  # the complete graph: see the test above
+        {**run_config(tmp_path, rounds=1, min_survivor_fraction=0.5), "complete-graph": True}
+    )
+    Coordinator(LocalTransport(3, fault), config, settings, say=lambda _: None).run()
     (entry,) = round_log(tmp_path)
     assert entry["survivors"] == USERS - USERS // 3
     assert entry["dropped"]["masked_input"] == USERS // 3

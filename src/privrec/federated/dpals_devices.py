@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from privrec.federated.dpals import FederatedDPALSConfig
 
 __all__ = [
+    "ARRAY_FIELDS",
     "DeviceTask",
     "Devices",
     "SimulatedDevices",
@@ -44,6 +45,10 @@ __all__ = [
     "device_vectors",
     "round_vectors",
 ]
+
+
+#: the array fields of a :class:`DeviceTask` (sent as arrays, not in its JSON settings)
+ARRAY_FIELDS = ("head", "head_counts", "item_factors")
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,7 @@ class DeviceTask:
 
     def settings(self) -> dict[str, Any]:
         """The scalar fields (JSON-able), for the wire."""
-        return {
-            f: getattr(self, f)
-            for f in self.__dataclass_fields__
-            if f not in ("head", "head_counts", "item_factors")
-        }
+        return {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in ARRAY_FIELDS}
 
 
 def device_salts(base: int) -> tuple[int, int]:

@@ -65,6 +65,7 @@ so it is to be kept like the identity keys.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -83,7 +84,16 @@ if TYPE_CHECKING:
     from privrec.privacy.distributed import DistributedDPConfig, DistributedDPPlan
     from privrec.secure.secagg import RoundConfig
 
-__all__ = ["DEFAULT_CORRUPT_FRACTION", "RECENT", "DeviceBudget", "device_budget", "round_event"]
+__all__ = [
+    "DEFAULT_CORRUPT_FRACTION",
+    "RECENT",
+    "DeviceBudget",
+    "device_budget",
+    "round_event",
+    "within_budget",
+]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "privrec-device-budget"
 _VERSION = 1
@@ -291,3 +301,46 @@ def round_event(
             f"only {honest}: refusing the round"
         )
     return plan.dp_event(int(ddp.min_survivors))
+
+
+def within_budget(
+    users: list[int],
+    node_config: Mapping[str, Any],
+    ddp: DistributedDPConfig,
+    plan: DistributedDPPlan,
+    config: RoundConfig,
+    *,
+    noise: bool,
+) -> list[int]:
+    """The users whose own budget admits the round (all of them on a node without one).
+
+    ``node_config`` is the node's *own* config (never the run config's ``node.*`` defaults).
+    The admissions are on disk before any masked input leaves; a user left out sits the round
+    out, as one that went offline.
+    """
+    import dp_accounting
+
+    from privrec.federated.flower.codec import round_context
+    from privrec.federated.flower.identity import load_pki
+
+    budget = device_budget(node_config)
+    if budget is None:
+        return users
+    if config.context != round_context(ddp, noise):
+        raise MessageRejected(
+            "a node with a device budget needs the round's distributed-DP settings bound into "
+            "the SecAgg round (its context), so that every node is told the same noise"
+        )
+    enrolled = len(load_pki(str(node_config["pki"])))
+    event = round_event(ddp, plan, config, budget.corrupt_fraction, enrolled)
+    if not noise:
+        event = dp_accounting.NonPrivateDpEvent()
+    keys = dict(zip(config.client_ids, config.identity_keys, strict=True))
+    admitted = budget.admit([(u, fingerprint(keys[u])) for u in users], event, config.round_id)
+    if len(admitted) < len(users):
+        log.warning(
+            "%d of %d users sit this round out: it would take them past this node's "
+            "max-epsilon %g (delta %g), or they already sent their input in it",
+            len(users) - len(admitted), len(users), budget.budget.epsilon, budget.budget.delta,
+        )  # fmt: skip
+    return admitted

@@ -205,14 +205,20 @@ class Coordinator(SecureRounds):
             self._log(entry)
             return
 
+    def _noise(self, kind: str) -> bool:
+        """Whether a round of ``kind`` adds noise (a zero multiplier: noise-free test runs)."""
+        srv = self.server
+        assert srv is not None
+        z = srv.head_noise_multiplier if kind == "count" else srv.noise_multiplier
+        return z > 0
+
     def _round_config(
         self, enc: DistributedDPEncoder, ids: np.ndarray, kind: str = "train"
     ) -> RoundConfig:
         """A fresh SecAgg+ round for ``ids``, or an abort if the sample cannot carry the noise."""
         cfg = self.config
         assert self.server is not None
-        z = self.server.head_noise_multiplier if kind == "count" else self.server.noise_multiplier
-        noise = z > 0
+        noise = self._noise(kind)
         n = int(ids.size)
         m = self.server.round_min_survivors(n, kind)
         if n < max(2, m):
@@ -242,9 +248,9 @@ class Coordinator(SecureRounds):
         srv = self.server
         assert srv is not None
         cfg = self.config
+        noise = self._noise(entry.kind)  # what the task says and the round binds
         if entry.kind == "count":
             enc = srv.count_encoder()
-            noise = srv.head_noise_multiplier > 0
             task = task_record(
                 mf_config_json=mf_config_json(cfg),
                 ddp_json=ddp_to_json(enc.config),
@@ -259,7 +265,7 @@ class Coordinator(SecureRounds):
             task = task_record(
                 mf_config_json=mf_config_json(cfg),
                 ddp_json=ddp_to_json(enc.config),
-                noise=srv.noise_multiplier > 0,
+                noise=noise,
                 round_=spec.round,
                 clip_norm=spec.clip_norm,
                 value_scale=spec.value_scale,
@@ -269,10 +275,7 @@ class Coordinator(SecureRounds):
             extra = RecordDict(
                 {"task": task, "model": model_record(srv.item_factors, srv.head_items)}
             )
-        noise_on = (
-            srv.head_noise_multiplier if entry.kind == "count" else srv.noise_multiplier
-        ) > 0
-        if pre is not None and pre.config.context != round_context(enc.config, noise_on):
+        if pre is not None and pre.config.context != round_context(enc.config, noise):
             pre = None  # the encoding changed: advertise again for the same sample
         rc = pre.config if pre is not None else self._round_config(enc, ids, entry.kind)
         nxt = None

@@ -38,7 +38,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, RecordDict
 
 from privrec.errors import ConfigError, MessageRejected, ProtocolAbort
 from privrec.federated.dpals import FederatedDPALS
-from privrec.federated.dpals_devices import DeviceTask, SumResult, device_rng, device_vectors
+from privrec.federated.dpals_devices import (
+    ARRAY_FIELDS,
+    DeviceTask,
+    SumResult,
+    device_rng,
+    device_vectors,
+)
 from privrec.federated.flower.codec import ddp_to_json, get_str, round_context
 from privrec.federated.flower.dpals_checkpoint import RoundStore, task_digest
 from privrec.federated.flower.node import NodeData, guarded, warn_seeded
@@ -50,7 +56,6 @@ __all__ = ["DPALSCoordinator", "FlowerDevices", "dpals_payloads", "parse_dpals_r
 
 MODEL = "model.npz"
 _STATE_SALT = "privrec.dpals"
-_ARRAYS = ("head", "head_counts", "item_factors")
 
 
 def parse_dpals_run_config(
@@ -106,7 +111,7 @@ def task_records(task: DeviceTask, enc: DistributedDPEncoder, seed: int | None) 
     )
     arrays = {
         name: Array(np.ascontiguousarray(getattr(task, name)))
-        for name in _ARRAYS
+        for name in ARRAY_FIELDS
         if getattr(task, name) is not None
     }
     if arrays:
@@ -249,7 +254,7 @@ def _task_from(content: RecordDict, task: ConfigRecord) -> tuple[DeviceTask, int
         model = content.array_records.get("model")
         arrays: dict[str, Any] = {}
         if model is not None:
-            arrays = {n: model[n].numpy() for n in _ARRAYS if n in model}
+            arrays = {n: model[n].numpy() for n in ARRAY_FIELDS if n in model}
         if "head" in arrays:
             arrays["head"] = np.asarray(arrays["head"], dtype=np.int64)
         return DeviceTask(**raw, **arrays), None if seed is None else int(seed)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from privrec.errors import ConfigError
-from privrec.federated.dpals_devices import DeviceTask, SumResult
+from privrec.federated.dpals_devices import ARRAY_FIELDS, DeviceTask, SumResult
 from privrec.models.persistence import atomic_output
 
 if TYPE_CHECKING:
@@ -44,14 +44,12 @@ if TYPE_CHECKING:
 
 __all__ = ["RoundStore", "task_digest"]
 
-_ARRAYS = ("head", "head_counts", "item_factors")
-
 
 def task_digest(task: DeviceTask, enc: DistributedDPEncoder, n_min: int) -> str:
     """What a round asks of the devices, as a hash: the task, its arrays and the encoding."""
     h = hashlib.sha256()
     h.update(json.dumps(task.settings(), sort_keys=True, default=float).encode())
-    for name in _ARRAYS:
+    for name in ARRAY_FIELDS:
         arr = getattr(task, name)
         h.update(name.encode())
         if arr is not None:

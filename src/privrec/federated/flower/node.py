@@ -50,7 +50,7 @@ The noise *level*, the number of rounds and the SecAgg+ parameters are the serve
 unless the node's own ``node_config`` sets a device budget (``max-epsilon``, ``budget-file``,
 with malicious-server rounds and its own PKI): then each hosted user takes part only in rounds
 whose SecAgg+ and noise plan hold against the node's own count of colluders and that keep its
-own ε within that cap (:mod:`privrec.federated.flower.budget`). Against a malicious
+own ε within that cap (:func:`privrec.federated.flower.budget.within_budget`). Against a malicious
 server (``mf.threat-model = "malicious"``) each user signs with its long-term Ed25519 identity
 key (``node_config`` ``identity-keys``: this node's ``node-<p>.keys``, mode 0600), and the node
 checks every identity key the round lists against its own copy of the PKI (``pki``), so the
@@ -579,40 +579,12 @@ def _within_budget(
     *,
     noise: bool,
 ) -> list[int]:
-    """The users whose own budget admits the round (all of them on a node without one).
+    """:func:`~privrec.federated.flower.budget.within_budget` with the node's *own* config:
+    run-config ``node.*`` defaults come from the server, which must neither loosen a device's
+    cap nor choose where on the device a file is written."""
+    from privrec.federated.flower.budget import within_budget
 
-    See :mod:`privrec.federated.flower.budget`: the admissions are on disk before any masked
-    input leaves; a user left out sits the round out, as one that went offline.
-    """
-    import dp_accounting
-
-    from privrec.federated.flower.budget import device_budget, fingerprint, round_event
-    from privrec.federated.flower.identity import load_pki
-
-    # the node's own config only: run-config ``node.*`` defaults come from the server, which
-    # must neither loosen a device's cap nor choose where on the device a file is written
-    settings = dict(context.node_config)
-    budget = device_budget(settings)
-    if budget is None:
-        return users
-    if config.context != round_context(ddp, noise):
-        raise MessageRejected(
-            "a node with a device budget needs the round's distributed-DP settings bound into "
-            "the SecAgg round (its context), so that every node is told the same noise"
-        )
-    enrolled = len(load_pki(str(settings["pki"])))
-    event = round_event(ddp, encoder.plan, config, budget.corrupt_fraction, enrolled)
-    if not noise:
-        event = dp_accounting.NonPrivateDpEvent()
-    keys = dict(zip(config.client_ids, config.identity_keys, strict=True))
-    admitted = budget.admit([(u, fingerprint(keys[u])) for u in users], event, config.round_id)
-    if len(admitted) < len(users):
-        log.warning(
-            "%d of %d users sit this round out: it would take them past this node's "
-            "max-epsilon %g (delta %g), or they already sent their input in it",
-            len(users) - len(admitted), len(users), budget.budget.epsilon, budget.budget.delta,
-        )  # fmt: skip
-    return admitted
+    return within_budget(users, dict(context.node_config), ddp, encoder.plan, config, noise=noise)
 
 
 def warn_seeded(seed: int | None) -> None:

@@ -234,7 +234,7 @@ def test_a_crashed_training_resumes_without_asking_the_devices_again(
         _flower(ckpt, LocalTransport(3, fault=_crash_at(3), test_mode=test_mode), deploy={"max-retries": 0},
                 **extra)  # fmt: skip
     recorded = sorted(p.name for p in (ckpt / "dpals-run").iterdir())
-    assert recorded == ["round-001.npz", "round-002.npz", "run.json"]  # the abort unmarked
+    assert recorded == [".lock", "round-001.npz", "round-002.npz", "run.json"]  # abort: unmarked
     transport = LocalTransport(3, test_mode=test_mode)
     resumed = _flower(ckpt, transport, **extra).model
     assert transport.calls.count("masked_input") == 2  # steps 1 and 2 only
@@ -268,7 +268,59 @@ def test_a_checkpoint_of_another_run_or_an_unrecorded_round_is_refused(tmp_path:
     store = RoundStore(tmp_path / "other", {"a": 1}, resume=True)
     with pytest.raises(ConfigError, match="not a recorded round"):
         (tmp_path / "other" / "round-001.npz").write_bytes(b"junk")
-        store.replay(1, "x")
+        store.replay(1, "x", 4)
+    store.close()
+
+
+def _die_at(round_: int, action: str) -> Any:
+    """A fault that kills the server (an exception that is no protocol abort) when the
+    ``round_``-th secure sum reaches ``action``."""
+    seen = {"n": 0}
+
+    def fault(act: str, node: int, reply: Any) -> Any:
+        if act == action and node == 100:
+            seen["n"] += 1
+            if seen["n"] >= round_:
+                raise KeyboardInterrupt("server killed")
+        return reply
+
+    return fault
+
+
+def test_a_server_killed_before_unmask_resumes_and_after_unmask_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A review: the round marker was written before key advertisement, so a server killed in
+    any phase of a round could not resume — and the advice to start a new run re-released every
+    round. Nothing can be decoded before the unmask phase, so the marker is now written just
+    before it: killed earlier, the run resumes (the round is asked for again, at no cost);
+    killed during unmask, it is still refused."""
+    ckpt = tmp_path / "ck"
+    with pytest.raises(KeyboardInterrupt):
+        _flower(ckpt, LocalTransport(3, fault=_die_at(3, "masked_input")))
+    assert not (ckpt / "dpals-run" / "round-003.started").exists()
+    transport = LocalTransport(3)
+    resumed = _flower(ckpt, transport).model
+    assert [bool(r.get("resumed")) for r in resumed.rounds_] == [True, True, False, False]
+    ckpt = tmp_path / "ck2"
+    with pytest.raises(KeyboardInterrupt):
+        _flower(ckpt, LocalTransport(3, fault=_die_at(3, "unmask")))
+    assert (ckpt / "dpals-run" / "round-003.started").exists()
+    with pytest.raises(ConfigError, match="second release"):
+        _flower(ckpt, LocalTransport(3))
+
+
+def test_a_hole_in_the_record_is_refused(tmp_path: Path) -> None:
+    """A review: with round 1's file lost and round 2's kept, a resume asked the devices for
+    round 1 again (a second release, one charge)."""
+    ckpt = tmp_path / "ck"
+    with pytest.raises(ProtocolAbort):
+        _flower(ckpt, LocalTransport(3, fault=_crash_at(3)), deploy={"max-retries": 0})
+    (ckpt / "dpals-run" / "round-001.npz").unlink()
+    transport = LocalTransport(3)
+    with pytest.raises(ConfigError, match="not on record but round 2 is"):
+        _flower(ckpt, transport)
+    assert transport.calls.count("masked_input") == 0
 
 
 def test_nodes_check_a_dpals_task_before_reading_any_history() -> None:

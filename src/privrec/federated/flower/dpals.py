@@ -30,7 +30,6 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,6 +48,7 @@ from privrec.federated.flower.codec import ddp_to_json, get_str, round_context
 from privrec.federated.flower.dpals_checkpoint import RoundStore, task_digest
 from privrec.federated.flower.node import NodeData, guarded, warn_seeded
 from privrec.federated.flower.rounds import DeploySettings, RoundLog, SecureRounds, Transport
+from privrec.models.persistence import atomic_output
 from privrec.privacy.distributed import DistributedDPEncoder, padding_generator
 from privrec.secure.secagg import RoundConfig
 
@@ -137,7 +137,7 @@ class FlowerDevices:
         store = r.store
         digest = task_digest(task, enc, n_min)
         if store is not None:
-            replayed = store.replay(self.count, digest)
+            replayed = store.replay(self.count, digest, enc.config.dim)
             if replayed is not None:
                 r.say(f"round {self.count} ({task.label}): replayed from the checkpoint")
                 return replayed
@@ -146,8 +146,8 @@ class FlowerDevices:
         for attempt in range(r.settings.max_retries + 1):
             entry = RoundLog(round=self.count, attempt=attempt, kind="dpals", sampled=int(ids.size))
             t0 = time.perf_counter()
-            if store is not None:
-                store.start(self.count)
+            # marked just before the unmask phase: earlier the server cannot decode the sum
+            mark = None if store is None else partial(store.start, self.count)
             try:
                 # the neighbour graph is sized for the colluders the noise assumes, as in the
                 # simulation (5 % by default): a graph for fewer lets them unmask a device
@@ -158,7 +158,7 @@ class FlowerDevices:
                     threat_model=r.model.threat_model, identity_keys=r.identity_keys(ids),
                     context=round_context(enc.config, True),  # the noise all nodes are told
                 )  # fmt: skip
-                result = r._secure_sum(entry, rc, extra)
+                result = r._secure_sum(entry, rc, extra, before_unmask=mark)
             except ProtocolAbort as exc:
                 if store is not None:
                     store.aborted(self.count)  # nothing decoded: the retry is free
@@ -226,14 +226,19 @@ class DPALSCoordinator(SecureRounds):
             self.store = RoundStore(self.ckpt / "dpals-run", run, resume=self.settings.resume)
             self.model.init_seed = self.store.init_seed  # a replay starts from the same factors
         devices = FlowerDevices(self, self.model.seed)
-        self.model.fit_devices(devices, self.population, self.n_items)
+        try:
+            self.model.fit_devices(devices, self.population, self.n_items)
+        finally:
+            if self.store is not None:
+                self.store.close()
         g = self.model.privacy_guarantee
         if self.ckpt is not None:
             self.ckpt.mkdir(parents=True, exist_ok=True)
             self.model.save(self.ckpt / MODEL)
-            Path(self.ckpt / "dpals_rounds.json").write_text(
-                json.dumps(self.model.rounds_, indent=1, default=float), encoding="utf-8"
-            )
+            with atomic_output(self.ckpt / "dpals_rounds.json") as tmp:  # never through a link
+                tmp.write_text(
+                    json.dumps(self.model.rounds_, indent=1, default=float), encoding="utf-8"
+                )
         self.say(
             f"done: federated DPALS, {len(self.model.rounds_)} rounds, ε = {g.epsilon:.4g} at "
             f"δ = {g.delta:g} (user level, {g.accountant.value} accountant)"

@@ -16,20 +16,37 @@ with a digest of the task and encoding it answered. A replayed round must have t
 digest as the round the resumed server is about to run — otherwise the checkpoint belongs to
 another run or plan and is refused (:class:`~privrec.errors.ConfigError`).
 
-Never under-count: before a round's secure sum starts, ``round-NNN.started`` is written; it
-is removed when the round aborts before decoding (nothing was released: the retry is free) and
-superseded by ``round-NNN.npz`` once decoded. A resumed run finding a round started but
-neither aborted nor recorded refuses to go on: the server may have decoded that sum, and asking
-the devices again would be a second release its guarantee does not count. Accounting: a
-replayed round is the same release as the recorded one; the model charges it once, as in an
-uninterrupted run.
+Never under-count: before a round's unmask phase — the first moment the server could decode its
+sum — ``round-NNN.started`` is created (exclusively, never through a link); it is removed when
+the round aborts before decoding (nothing was released: the retry is free) and superseded by
+``round-NNN.npz`` once decoded. A server killed earlier in a round (key advertisement, shares,
+masked inputs) leaves no marker: it could not have decoded anything, so the resumed run asks
+again at no cost. A resumed run finding a round started but neither aborted nor recorded
+refuses to go on: the server may have decoded that sum, and asking the devices again would be a
+second release its guarantee does not count. Nor does it run a round while a *later* round is
+on record (a lost or deleted file: the hole would be asked for twice). One server at a time:
+the run holds an exclusive lock on ``dpals-run/.lock`` from start to end, and a second server
+pointed at the same folder is refused — two servers on one record would each ask the devices
+for the same round. Accounting: a replayed round is the same release as the recorded one; the
+model charges it once, as in an uninterrupted run. A new run (a new folder) after a refused
+resume releases every round again: its ε composes with the first run's.
+
+Every file is read as hostile: ``run.json`` must be a small object with a 64-hex fingerprint and
+an integer seed in [0, 2⁶²); a round file must hold exactly the three arrays, a finite float
+sum of the expected length and a non-negative integer survivor count, and its members' sizes are
+checked before anything is decompressed (:class:`~privrec.errors.ConfigError` otherwise).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
+import re
 import secrets
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,54 +97,93 @@ class RoundStore:
         self.folder = folder
         blob = json.dumps(params, sort_keys=True, default=str).encode()
         self.fingerprint = hashlib.sha256(blob).hexdigest()
-        folder.mkdir(parents=True, exist_ok=True)
-        run = folder / "run.json"
-        if run.exists():
-            try:
-                doc = json.loads(run.read_text(encoding="utf-8"))
-                seed, fp = int(doc["init_seed"]), str(doc["fingerprint"])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ConfigError(
-                    f"{str(run)!r} is not a federated DPALS run record: {exc}"
-                ) from None
-            if fp != self.fingerprint:
-                raise ConfigError(
-                    f"{str(folder)!r} holds the rounds of another federated DPALS run (other "
-                    "parameters, population or catalogue): use a new checkpoint-dir"
-                )
-            if not resume:
-                raise ConfigError(
-                    f"{str(folder)!r} holds recorded rounds and resume is off: use a new "
-                    "checkpoint-dir, or resume = true to continue that run"
-                )
-            self.init_seed = seed
-        else:
-            self.init_seed = secrets.randbits(62)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{str(folder)!r} cannot be a run folder: {exc}") from None
+        if folder.is_symlink() or not folder.is_dir():
+            raise ConfigError(f"{str(folder)!r} is not a folder (links are refused)")
+        self._lock: int | None = _lock(folder / ".lock")
+        try:
+            self.init_seed = self._open_run(folder / "run.json", resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_run(self, run: Path, resume: bool) -> int:
+        """The run's initial-factor seed: read from ``run.json``, else drawn and written."""
+        if not os.path.lexists(run):
+            fresh = secrets.randbits(62)
             with atomic_output(run) as tmp:
                 tmp.write_text(
-                    json.dumps({"fingerprint": self.fingerprint, "init_seed": self.init_seed}),
+                    json.dumps({"fingerprint": self.fingerprint, "init_seed": fresh}),
                     encoding="utf-8",
                 )
+            return fresh
+        try:
+            doc = json.loads(_read_small(run, _RUN_BYTES).decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            seed: Any = doc.get("init_seed")
+            fp: Any = doc.get("fingerprint")
+            if type(seed) is not int or not 0 <= seed < 2**62:
+                raise ValueError("init_seed must be an integer in [0, 2^62)")
+            if not isinstance(fp, str) or not _HEX64.fullmatch(fp):
+                raise ValueError("fingerprint must be 64 hexadecimal digits")
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ConfigError(f"{str(run)!r} is not a federated DPALS run record: {exc}") from None
+        if fp != self.fingerprint:
+            raise ConfigError(
+                f"{str(self.folder)!r} holds the rounds of another federated DPALS run (other "
+                "parameters, population or catalogue): use a new checkpoint-dir"
+            )
+        if not resume:
+            raise ConfigError(
+                f"{str(self.folder)!r} holds recorded rounds and resume is off: use a new "
+                "checkpoint-dir, or resume = true to continue that run"
+            )
+        return seed
+
+    def close(self) -> None:
+        """Release the run folder's lock (another server may then resume the run)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _path(self, index: int, suffix: str) -> Path:
         return self.folder / f"round-{index:03d}.{suffix}"
 
-    def replay(self, index: int, digest: str) -> SumResult | None:
-        """Round ``index``'s recorded sum, or ``None`` if it has not run (see the module doc)."""
+    def replay(self, index: int, digest: str, dim: int) -> SumResult | None:
+        """Round ``index``'s recorded sum (``dim`` long), or ``None`` if it has not run.
+
+        Refuses (see the module doc) a round started and never recorded or aborted, a round not
+        recorded while a later one is, and a round file that is not exactly what
+        :meth:`record` writes.
+        """
         done = self._path(index, "npz")
-        if not done.exists():
-            if self._path(index, "started").exists():
+        if not os.path.lexists(done):
+            if os.path.lexists(self._path(index, "started")):
                 raise ConfigError(
                     f"round {index} of this run was started and never recorded or aborted: the "
                     "server may have decoded it, and asking the devices again would be a second "
-                    "release its guarantee does not count — start a new run"
+                    "release its guarantee does not count — a new run (a new checkpoint-dir) "
+                    "releases every round again, and its ε composes with this run's"
+                )
+            later = [m for m in self._indices() if m > index]
+            if later:
+                raise ConfigError(
+                    f"round {index} is not on record but round {min(later)} is (a lost or "
+                    "deleted file): asking the devices for it again would release it a second "
+                    f"time — restore round-{index:03d}.npz, or start a new run (its ε composes "
+                    "with this run's)"
                 )
             return None
         try:
-            with np.load(done, allow_pickle=False) as z:
-                stored, decoded = str(z["digest"]), np.asarray(z["decoded"], dtype=np.float64)
-                survivors = int(z["survivors"])
-        except (OSError, ValueError, KeyError) as exc:
+            if done.is_symlink():
+                raise ValueError("a link")
+            stored, decoded, survivors = _read_round(done, dim)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, OverflowError,
+                zipfile.BadZipFile) as exc:  # fmt: skip
             raise ConfigError(f"{str(done)!r} is not a recorded round: {exc}") from None
         if stored != digest:
             raise ConfigError(
@@ -136,9 +192,27 @@ class RoundStore:
             )
         return SumResult(decoded, survivors, extra={"resumed": True})
 
+    def _indices(self) -> list[int]:
+        """The round numbers with a file (recorded or started) in the folder."""
+        out = []
+        for name in os.listdir(self.folder):
+            m = _ROUND_FILE.fullmatch(name)
+            if m is not None:
+                out.append(int(m.group(1)))
+        return out
+
     def start(self, index: int) -> None:
-        """Mark round ``index`` as started (before any device is asked)."""
-        self._path(index, "started").write_text("", encoding="utf-8")
+        """Mark round ``index`` as started (before its unmask phase: from then on the server
+        could decode it). Created exclusively and never through a link."""
+        path = self._path(index, "started")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            os.close(os.open(path, flags, 0o600))
+        except FileExistsError:
+            raise ConfigError(
+                f"{str(path)!r} already exists: another server is running this round, or the "
+                "folder was changed under this one"
+            ) from None
 
     def aborted(self, index: int) -> None:
         """Round ``index`` aborted before decoding: nothing was released."""
@@ -154,3 +228,62 @@ class RoundStore:
                 survivors=np.asarray(int(result.survivors)),
             )
         self._path(index, "started").unlink(missing_ok=True)
+
+
+#: largest ``run.json`` accepted (ours is about 120 bytes)
+_RUN_BYTES = 4096
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ROUND_FILE = re.compile(r"round-(\d{3,9})\.(?:npz|started)")
+#: the members :meth:`RoundStore.record` writes
+_MEMBERS = frozenset({"digest.npy", "decoded.npy", "survivors.npy"})
+
+
+def _lock(path: Path) -> int:
+    """An exclusive, non-blocking lock on ``path`` (created; never through a link)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        raise ConfigError(f"cannot lock the run folder ({str(path)!r}): {exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(
+            f"another server holds {str(path.parent)!r}: two servers on one run would each ask "
+            "the devices for the same rounds (two releases, one charge) — wait for it to end"
+        ) from None
+    return fd
+
+
+def _read_small(path: Path, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path`` (never through a link); larger files are refused."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with contextlib.closing(os.fdopen(fd, "rb")) as fh:
+        raw = fh.read(limit + 1)
+    if len(raw) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return raw
+
+
+def _read_round(path: Path, dim: int) -> tuple[str, np.ndarray, int]:
+    """Digest, decoded sum and survivor count of a round file, each checked before use."""
+    with zipfile.ZipFile(path) as zf:
+        infos = {i.filename: i for i in zf.infolist()}
+        if set(infos) != _MEMBERS:
+            raise ValueError(f"members {sorted(infos)}, expected {sorted(_MEMBERS)}")
+        # a float64 vector of dim entries, a short string and a scalar, each with its header
+        limits = {"decoded.npy": 8 * dim + 1024, "digest.npy": 4096, "survivors.npy": 1024}
+        for name, limit in limits.items():
+            if infos[name].file_size > limit:
+                raise ValueError(f"{name} is larger than a recorded round's")
+    with np.load(path, allow_pickle=False) as z:
+        digest, decoded, survivors = z["digest"], z["decoded"], z["survivors"]
+    if digest.dtype.kind != "U" or digest.ndim != 0:
+        raise ValueError("the digest is not a string")
+    if decoded.dtype != np.float64 or decoded.shape != (dim,):
+        raise ValueError(f"the sum is {decoded.dtype} {decoded.shape}, expected float64 ({dim},)")
+    if not np.all(np.isfinite(decoded)):
+        raise ValueError("the sum has non-finite entries")
+    if survivors.dtype.kind not in "iu" or survivors.ndim != 0 or int(survivors) < 0:
+        raise ValueError("the survivor count is not a non-negative integer")
+    return str(digest), np.array(decoded), int(survivors)

@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -288,7 +289,10 @@ class SecureRounds:
         )
         if self.ckpt is not None:
             self.ckpt.mkdir(parents=True, exist_ok=True)
-            with (self.ckpt / ROUND_LOG).open("a", encoding="utf-8") as fh:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(
+                os.open(self.ckpt / ROUND_LOG, flags, 0o600), "a", encoding="utf-8"
+            ) as fh:
                 # standard JSON: a value not measured in this round (NaN) is written as null
                 row = {k: None if isinstance(v, float) and not math.isfinite(v) else v
                        for k, v in asdict(entry).items()}  # fmt: skip
@@ -406,6 +410,7 @@ class SecureRounds:
         extra: RecordDict,
         pre: _Prefetch | None = None,
         nxt: tuple[int, np.ndarray, RoundConfig] | None = None,
+        before_unmask: Callable[[], None] | None = None,
     ) -> AggregateResult:
         server = SecAggServer(rc)
         meta = ConfigRecord({"round-id": rc.round_id})
@@ -471,6 +476,8 @@ class SecureRounds:
                     nxt[2], round_=nxt[0], attempt=0, kind="train", users=asked_next[node]
                 )
             contents[node] = content
+        if before_unmask is not None:  # from here on the server could decode the sum
+            before_unmask()
         replies = self._send(entry, "unmask", contents)
         responses = self._collect(entry, replies, "msgs", asked, UnmaskResponse)
         result: AggregateResult = self._run_phase(entry, server, "unmask", responses)

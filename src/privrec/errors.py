@@ -48,6 +48,7 @@ __all__ = [
     "UnknownItemError",
     "UnknownModelError",
     "UnknownUserError",
+    "UtilityWarning",
     "WorkerLostError",
 ]
 
@@ -202,6 +203,10 @@ class DataWarning(UserWarning):
 
 class PrivacyWarning(UserWarning):
     """A setting weakens privacy or is only fit for tests (e.g. seeded noise)."""
+
+
+class UtilityWarning(UserWarning):
+    """The data are too few for the budget: a simpler private model is expected to rank better."""
 
 
 class InsecureParametersError(ConfigError):

@@ -22,7 +22,11 @@ from privrec.errors import ConfigError
 from privrec.federated.mf import FederatedMFConfig, FederatedMFServer, user_vectors
 from privrec.federated.training import FaultModel, FederatedSimulation, SecureMode
 from privrec.models.base import as_user_items, check_array, register
-from privrec.models.dp_rules import resolve_popularity_blend, resolve_shrinkage
+from privrec.models.dp_rules import (
+    resolve_popularity_blend,
+    resolve_shrinkage,
+    small_data_warning,
+)
 from privrec.models.file_layout import ArraySpec, FileLayout
 from privrec.models.private import (
     PrivateRecommender,
@@ -206,6 +210,8 @@ class FederatedMF(PrivateRecommender):
         # write-ahead: a ledger attached as release_gate reserves every event a complete run
         # records (its worst case) before round 1 — and refuses before any noise is drawn
         self._plan(list(sim.server.planned_events()))
+        if c.epsilon is not None:  # the enrolled population is public to the server
+            small_data_warning("FederatedMF", sim.server.population, c.epsilon)
         sim.run(progress=getattr(self, "_progress", False))
         srv = sim.server
         assert srv.head_items is not None

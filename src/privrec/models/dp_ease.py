@@ -19,6 +19,7 @@ from privrec.models.dp_rules import (
     low_signal_blend,
     resolve_bound,
     resolve_shrinkage,
+    small_data_warning,
     user_blend,
 )
 from privrec.models.ease import check_ease_memory, ease_from_gram, item_gram
@@ -447,9 +448,12 @@ def set_popularity(
     items' released head-selection counts cleared the ``head_snr`` threshold (``None``
     without a head selection). With ``popularity_fallback`` the default β is raised as the
     fraction of the head above the noise drops (:func:`~privrec.models.dp_rules.low_signal_blend`).
-    Post-processing of accounted releases only. Shared by the single-machine fit and the
+    Warns (:func:`~privrec.models.dp_rules.small_data_warning`) when the noisy user count × ε
+    is small. Post-processing of accounted releases only. Shared by the single-machine fit and the
     engine's (:mod:`privrec.engine.fitting`), so both give the same model.
     """
+    if profile is not None and PrivacyUnit(config.unit) is PrivacyUnit.USER:
+        small_data_warning("DPEASE", profile.n_users, config.epsilon)
     n_head = len(gram_diagonal)
     beta = ease_blend(
         config.popularity_blend, config.epsilon, config.popularity_fallback, n_signal, n_head

@@ -249,13 +249,20 @@ def _make(model: str, eps: float | None, seed: int, aggregation: str) -> Any:
 
 
 def _score(
-    model: str, eps: float | None, split: Any, seeds: tuple[int, ...], aggregation: str
+    model: str,
+    eps: float | None,
+    split: Any,
+    seeds: tuple[int, ...],
+    aggregation: str,
+    make: Any = None,
 ) -> dict[str, Any]:
+    """Recall@20 / NDCG@20 (mean ± sd over ``seeds``) and the median fit time on ``split``'s test
+    set; ``make(model, eps, seed, aggregation)`` builds the model (default :func:`_make`)."""
     from privrec.evaluation import evaluate
 
     recalls, ndcgs, fits = [], [], []
     for seed in seeds:
-        m = _make(model, eps, seed, aggregation)
+        m = (make or _make)(model, eps, seed, aggregation)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -348,6 +355,15 @@ def verdicts(rows: list[dict[str, Any]], n_seeds: int) -> list[dict[str, Any]]:
 _VERDICT = {"yes": "✓ yes", "tie": "tie (within 2 s.e.)", "no": "**✗ no**"}
 
 
+def row_labels(rows: list[dict[str, Any]], r: dict[str, Any], n_seeds: int) -> tuple[str, str]:
+    """A table row's ε (``∞`` for a non-private model) and its verdict against DPPopularity."""
+    eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:g}"
+    if r["epsilon"] is None or r["model"] == "dppopularity":
+        return eps, ""
+    pop = _row(rows, r["dataset"], "dppopularity", r["epsilon"])
+    return eps, _VERDICT[verdict(r, pop, n_seeds)]
+
+
 def markdown(result: dict[str, Any]) -> str:
     rows = result["rows"]
     n_seeds = len(result["seeds"])
@@ -388,11 +404,7 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---|",
         ]
         for r in (r for r in rows if r["dataset"] == ds):
-            eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:g}"
-            cell = ""
-            if r["epsilon"] is not None and r["model"] != "dppopularity":
-                pop = _row(rows, ds, "dppopularity", r["epsilon"])
-                cell = _VERDICT[verdict(r, pop, n_seeds)]
+            eps, cell = row_labels(rows, r, n_seeds)
             lines.append(
                 f"| {r['model']} | {eps} | {r['recall']:.4f} ± {r['recall_std']:.4f} | "
                 f"{r['ndcg']:.4f} ± {r['ndcg_std']:.4f} | {r['fit_seconds']} | {cell} |"

@@ -34,14 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench_short_history import PRIVATE, _make, _row, verdict
-from setting import DATA, DELTA, HERE, K, machine_info, machine_markdown
+from bench_short_history import PRIVATE, _make, _score, row_labels
+from setting import DATA, DELTA, HERE, machine_info, machine_markdown
 
 EPSILONS = (1.0, 5.0)
 SEEDS = (0, 1, 2)
@@ -94,36 +93,12 @@ def split_of(name: str) -> Any:
     return random_holdout(data, 0.2, seed=0)
 
 
-def _model(name: str, eps: float | None, seed: int) -> Any:
+def _model(name: str, eps: float | None, seed: int, aggregation: str) -> Any:
     if name == "implicitals":
         from privrec.models.als import ImplicitALS
 
         return ImplicitALS(seed=0)
-    return _make(name, eps, seed, "central")
-
-
-def _score(name: str, eps: float | None, split: Any, seeds: tuple[int, ...]) -> dict[str, Any]:
-    from privrec.evaluation import evaluate
-
-    recalls, ndcgs, fits = [], [], []
-    for seed in seeds:
-        m = _model(name, eps, seed)
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            m.fit(split.train)
-        fits.append(time.perf_counter() - t0)
-        res = evaluate(m, split, k=(K,), on="test", metrics=("recall", "ndcg"))
-        recalls.append(res.metric("recall", K))
-        ndcgs.append(res.metric("ndcg", K))
-    return {
-        "recall": float(np.mean(recalls)),
-        "recall_std": float(np.std(recalls)),
-        "ndcg": float(np.mean(ndcgs)),
-        "ndcg_std": float(np.std(ndcgs)),
-        "recalls": [float(r) for r in recalls],
-        "fit_seconds": round(float(np.median(fits)), 2),
-    }
+    return _make(name, eps, seed, aggregation)
 
 
 def run(
@@ -137,7 +112,7 @@ def run(
         cells: list[tuple[str, float | None]] = [("popularity", None), ("implicitals", None)]
         cells += [(m, e) for e in epsilons for m in PRIVATE]
         for name, eps in cells:
-            res = _score(name, eps, split, seeds if eps is not None else (0,))
+            res = _score(name, eps, split, seeds if eps is not None else (0,), "central", _model)
             rows.append(
                 {
                     "dataset": ds,
@@ -155,9 +130,6 @@ def run(
                 flush=True,
             )
     return rows
-
-
-_VERDICT = {"yes": "✓ yes", "tie": "tie (within 2 s.e.)", "no": "**✗ no**"}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -185,10 +157,7 @@ def markdown(result: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|---:|---|",
         ]
         for r in (r for r in rows if r["dataset"] == ds):
-            eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:g}"
-            cell = ""
-            if r["epsilon"] is not None and r["model"] != "dppopularity":
-                cell = _VERDICT[verdict(r, _row(rows, ds, "dppopularity", r["epsilon"]), n_seeds)]
+            eps, cell = row_labels(rows, r, n_seeds)
             share = f"{r['recall'] / als['recall']:.0%}" if als and als["recall"] > 0 else ""
             lines.append(
                 f"| {r['model']} | {eps} | {r['recall']:.4f} ± {r['recall_std']:.4f} | "

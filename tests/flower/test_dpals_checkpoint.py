@@ -169,3 +169,54 @@ def test_nothing_is_written_by_a_refused_store(tmp_path: Path) -> None:
         _store(folder, resume=False)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert json.loads((folder / "run.json").read_text()) == doc
+
+
+def test_the_journal_catches_a_lost_last_round_and_a_replaced_lock(tmp_path: Path) -> None:
+    """A second review: losing the *last* round file went unnoticed (the hole check needs a
+    later file), and deleting ``.lock`` let a second server in. The journal remembers every
+    recorded round; a store whose lock file was replaced stops before asking the devices."""
+    folder = tmp_path / "run"
+    store = _recorded(folder)
+    assert (folder / "journal").read_text() == "record 1\n"
+    store.close()
+    (folder / "round-001.npz").unlink()
+    store = _store(folder)
+    with pytest.raises(ConfigError, match=r"was recorded and round-001\.npz is gone"):
+        store.replay(1, "d" * 64, DIM)
+    (folder / ".lock").unlink()
+    (folder / ".lock").write_text("")
+    with pytest.raises(ConfigError, match="removed or replaced"):
+        store.start(2)
+    assert not (folder / "round-002.started").exists()
+    store.close()
+
+
+def test_a_round_is_never_started_or_recorded_over_a_recorded_one(tmp_path: Path) -> None:
+    store = _recorded(tmp_path / "run")
+    with pytest.raises(ConfigError, match="already exists: another server recorded"):
+        store.record(1, "d" * 64, SumResult(np.ones(DIM), 12))
+    res = store.replay(1, "d" * 64, DIM)
+    assert res is not None and float(res.decoded.sum()) == float(np.arange(DIM).sum())
+    with pytest.raises(ConfigError, match="or a later one was recorded"):
+        store.start(1)
+    store.close()
+
+
+def test_a_started_round_in_the_journal_is_refused_without_its_marker(tmp_path: Path) -> None:
+    store = _store(tmp_path / "run")
+    store.start(1)
+    (tmp_path / "run" / "round-001.started").unlink()  # a marker lost: the journal remembers
+    with pytest.raises(ConfigError, match="second release"):
+        store.replay(1, "d" * 64, DIM)
+    store.aborted(1)  # an abort before unmask: free
+    assert store.replay(1, "d" * 64, DIM) is None
+    store.close()
+
+
+@pytest.mark.parametrize("text", ["start x\n", "record 1 2\n", "\x00" * 8, "started 1\n"])
+def test_a_tampered_journal_is_refused(tmp_path: Path, text: str) -> None:
+    store = _store(tmp_path / "run")
+    (tmp_path / "run" / "journal").write_text(text)
+    with pytest.raises(ConfigError, match="not a round journal"):
+        store.replay(1, "d" * 64, DIM)
+    store.close()

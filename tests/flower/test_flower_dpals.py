@@ -234,7 +234,8 @@ def test_a_crashed_training_resumes_without_asking_the_devices_again(
         _flower(ckpt, LocalTransport(3, fault=_crash_at(3), test_mode=test_mode), deploy={"max-retries": 0},
                 **extra)  # fmt: skip
     recorded = sorted(p.name for p in (ckpt / "dpals-run").iterdir())
-    assert recorded == [".lock", "round-001.npz", "round-002.npz", "run.json"]  # abort: unmarked
+    assert recorded == [".lock", "journal", "round-001.npz", "round-002.npz", "run.json"]
+    assert "start 3" not in (ckpt / "dpals-run" / "journal").read_text()  # aborted before unmask
     transport = LocalTransport(3, test_mode=test_mode)
     resumed = _flower(ckpt, transport, **extra).model
     assert transport.calls.count("masked_input") == 2  # steps 1 and 2 only
@@ -310,6 +311,25 @@ def test_a_server_killed_before_unmask_resumes_and_after_unmask_is_refused(
         _flower(ckpt, LocalTransport(3))
 
 
+def test_an_abort_after_the_unmask_request_is_not_retried(tmp_path: Path) -> None:
+    """A second review: an attempt aborted in the unmask phase (too few valid replies) was
+    retried for free, but the replies the server held decoded it offline — a second release.
+    Once the unmask request is out, an abort ends the run and the round stays marked."""
+
+    def drop_unmask(action: str, node: int, reply: Any) -> Any:
+        return None if action == "unmask" and node != 100 else reply
+
+    ckpt = tmp_path / "ck"
+    transport = LocalTransport(3, fault=drop_unmask)
+    with pytest.raises(ProtocolAbort, match="it is not retried"):
+        _flower(ckpt, transport, deploy={"max-retries": 3})
+    assert transport.calls.count("unmask") == 1
+    assert (ckpt / "dpals-run" / "round-001.started").exists()
+    assert (ckpt / "dpals-run" / "journal").read_text() == "start 1\n"
+    with pytest.raises(ConfigError, match="second release"):
+        _flower(ckpt, LocalTransport(3))
+
+
 def test_a_hole_in_the_record_is_refused(tmp_path: Path) -> None:
     """A review: with round 1's file lost and round 2's kept, a resume asked the devices for
     round 1 again (a second release, one charge)."""
@@ -318,8 +338,11 @@ def test_a_hole_in_the_record_is_refused(tmp_path: Path) -> None:
         _flower(ckpt, LocalTransport(3, fault=_crash_at(3)), deploy={"max-retries": 0})
     (ckpt / "dpals-run" / "round-001.npz").unlink()
     transport = LocalTransport(3)
+    with pytest.raises(ConfigError, match="was recorded and round-001"):
+        _flower(ckpt, transport)  # the journal remembers it
+    (ckpt / "dpals-run" / "journal").unlink()
     with pytest.raises(ConfigError, match="not on record but round 2 is"):
-        _flower(ckpt, transport)
+        _flower(ckpt, transport)  # without the journal, the later file still tells
     assert transport.calls.count("masked_input") == 0
 
 

@@ -8,6 +8,7 @@ real deployment would see (a node missing a phase, garbage, impersonation, abort
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,46 @@ def test_too_few_survivors_abort_and_retry_with_a_fresh_sample(tmp_path: Path) -
     assert [h.get("aborted", False) for h in srv.history] == [True, False]
     assert len(srv.spent) == 2  # counts and round 1: the abort was charged nothing
     _check_sums(tmp_path, [1])
+
+
+def test_an_abort_after_the_unmask_request_is_charged_not_retried(tmp_path: Path) -> None:
+    """A review (of federated DPALS, same coordinator code): an attempt that aborted in the
+    unmask phase was retried for free, but the replies the server held could decode it. A
+    training round is now charged as complete and its update discarded; a counting round stops
+    the run unretried."""
+    seen = {"n": 0}
+
+    def fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
+        if action == "unmask" and node == 100:
+            seen["n"] += 1
+        if action == "unmask" and node != 100 and seen["n"] == 2:  # round 1's unmask
+            return None
+        return reply
+
+    config, settings = parse_run_config(
+        {**run_config(tmp_path, noise_multiplier=1.0), "complete-graph": True}
+    )
+    coordinator = Coordinator(LocalTransport(3, fault), config, settings, say=lambda _: None)
+    coordinator.run()
+    srv = coordinator.server
+    assert srv is not None and srv.round == 2
+    assert [bool(h.get("discarded")) for h in srv.history] == [True, False]
+    plain = _train(tmp_path / "plain", LocalTransport(3), noise_multiplier=1.0).server
+    assert plain is not None and math.isfinite(plain.epsilon())
+    assert srv.epsilon() == plain.epsilon()  # the same charges
+    aborted = [e for e in round_log(tmp_path) if e["aborted"]]
+    assert len(aborted) == 1 and aborted[0]["round"] == 1
+    assert [e["attempt"] for e in round_log(tmp_path)].count(1) == 0  # never retried
+    from privrec.federated.mf import FederatedMFServer
+
+    resumed = FederatedMFServer.load(tmp_path / "server.npz", population=USERS)
+    assert resumed.round == 2 and resumed.epsilon() == srv.epsilon()  # the charge survives
+
+    def count_fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
+        return None if action == "unmask" and node != 100 else reply
+
+    with pytest.raises(ProtocolAbort, match="counting round is not retried"):
+        _train(tmp_path / "count", LocalTransport(3, count_fault), rounds=1)
 
 
 def test_retries_exhausted_stop_with_the_reason(tmp_path: Path) -> None:

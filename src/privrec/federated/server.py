@@ -743,6 +743,21 @@ class FederatedMFServer:
             }
         )
 
+    def discard_round(self, reason: str) -> None:
+        """Charge a training round whose update is never applied.
+
+        For an attempt that aborted *after* its unmask request went out: the replies the server
+        holds may decode that attempt's sum, so it is charged as the round it was (the planned
+        event, like :meth:`apply`) and the run moves on to the next round without its update —
+        the guarantee never counts fewer releases than were made, and the run stays within its
+        planned rounds.
+        """
+        event = self._charged_round_event(self.noise_multiplier)
+        self._announce(f"round {self.round + 1}", event)
+        self.round += 1
+        self._spend(f"round {self.round}", event)
+        self.history.append({"round": self.round, "discarded": True, "reason": reason})
+
     def record_abort(self, phase: str, reason: str) -> None:
         """A round that aborted released nothing about the data: logged, no privacy spend."""
         self.history.append(

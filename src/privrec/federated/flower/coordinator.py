@@ -25,9 +25,13 @@ One training round (``r``, attempt ``a``):
    a completed round may have, whatever the actual survivors), checkpoint, log.
 
 A :class:`~privrec.errors.ProtocolAbort` (too few survivors, a neighbourhood below the
-threshold, a bad share) releases nothing: it is recorded with no privacy spend and the round
-is retried with a fresh sample, at most ``max-retries`` times; then the run stops with the
-abort's phase and reason, and a later run resumes from the last checkpoint.
+threshold, a bad share) before the unmask request goes out releases nothing: it is recorded with
+no privacy spend and the round is retried with a fresh sample, at most ``max-retries`` times;
+then the run stops with the abort's phase and reason, and a later run resumes from the last
+checkpoint. An abort *after* the unmask request (too few valid replies) is not free — the
+replies the server holds may decode that attempt — so a training round is charged as complete
+and its update discarded (:meth:`~privrec.federated.server.FederatedMFServer.discard_round`),
+and a counting round stops the run unretried (a new run's ε composes with it).
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ class Coordinator(SecureRounds):
         super().__init__(transport, settings, say)
         self.config = config
         self.server: FederatedMFServer | None = None
+        self._unmasking = False  # whether the current attempt's unmask request went out
         if config.threat_model == "malicious":
             self.load_pki("mf.threat-model")
 
@@ -189,11 +194,15 @@ class Coordinator(SecureRounds):
                 pre = None  # stale: the nodes have moved on to another round
             ids = pre.ids if pre is not None else self._sample(q, round_, attempt)
             entry = RoundLog(round=round_, attempt=attempt, kind=kind, sampled=int(ids.size))
+            self._unmasking = False
             try:
                 self._attempt(entry, ids, pre)
             except ProtocolAbort as exc:
-                srv.record_abort(exc.phase, f"{kind} round: {exc.reason}")
                 entry.aborted = f"{exc.phase}: {exc.reason}"
+                if self._unmasking:  # the replies the server holds may decode it: not free
+                    self._abort_after_unmask(entry, exc, t0)
+                    return
+                srv.record_abort(exc.phase, f"{kind} round: {exc.reason}")
                 entry.epsilon = srv.epsilon()
                 entry.seconds = time.perf_counter() - t0
                 self._log(entry)
@@ -204,6 +213,31 @@ class Coordinator(SecureRounds):
             self._save()
             self._log(entry)
             return
+
+    def _abort_after_unmask(self, entry: RoundLog, exc: ProtocolAbort, t0: float) -> None:
+        """An attempt aborted after its unmask request: charge it, never retry it for free."""
+        srv = self.server
+        assert srv is not None
+        entry.seconds = time.perf_counter() - t0
+        note = (
+            f"{exc.reason} — after the unmask request went out, so the server may hold enough "
+            "shares to decode this attempt"
+        )
+        if entry.kind != "train":  # the counts are needed to go on: stop, unretried
+            entry.epsilon = srv.epsilon()
+            self._log(entry)
+            raise ProtocolAbort(
+                exc.phase,
+                f"{note}: the counting round is not retried (a retry would be a second release "
+                "no guarantee counts); a new run's ε composes with this attempt",
+            ) from exc
+        srv.discard_round(f"{entry.kind} round: {note}; charged, update discarded")
+        entry.epsilon = srv.epsilon()
+        self._save()
+        self._log(entry)
+
+    def _mark_unmasking(self) -> None:
+        self._unmasking = True
 
     def _noise(self, kind: str) -> bool:
         """Whether a round of ``kind`` adds noise (a zero multiplier: noise-free test runs)."""
@@ -284,7 +318,7 @@ class Coordinator(SecureRounds):
             with contextlib.suppress(ProtocolAbort):  # else the next round aborts as usual
                 nxt = (entry.round + 1, ids_next, self._round_config(enc, ids_next))
         clip_before = srv.clip_norm
-        result = self._secure_sum(entry, rc, extra, pre, nxt)
+        result = self._secure_sum(entry, rc, extra, pre, nxt, before_unmask=self._mark_unmasking)
         n_surv = len(result.survivors)
         entry.survivors = n_surv
         entry.dropped = {p: len(v) for p, v in result.dropped.items()}

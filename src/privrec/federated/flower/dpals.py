@@ -147,7 +147,8 @@ class FlowerDevices:
             entry = RoundLog(round=self.count, attempt=attempt, kind="dpals", sampled=int(ids.size))
             t0 = time.perf_counter()
             # marked just before the unmask phase: earlier the server cannot decode the sum
-            mark = None if store is None else partial(store.start, self.count)
+            unmasking: list[bool] = []
+            mark = partial(_unmask_begins, store, self.count, unmasking)
             try:
                 # the neighbour graph is sized for the colluders the noise assumes, as in the
                 # simulation (5 % by default): a graph for fewer lets them unmask a device
@@ -160,11 +161,20 @@ class FlowerDevices:
                 )  # fmt: skip
                 result = r._secure_sum(entry, rc, extra, before_unmask=mark)
             except ProtocolAbort as exc:
-                if store is not None:
-                    store.aborted(self.count)  # nothing decoded: the retry is free
                 entry.aborted = f"{exc.phase}: {exc.reason}"
-                entry.epsilon = r.model.epsilon_spent()  # an aborted attempt is not charged
                 entry.seconds = time.perf_counter() - t0
+                if unmasking:  # the replies the server holds may decode it: not free
+                    r._log(entry)
+                    raise ProtocolAbort(
+                        exc.phase,
+                        f"{exc.reason} — after the unmask request went out, so the server may "
+                        "hold enough shares to decode this attempt: it is not retried (a retry "
+                        "would be a second release its guarantee does not count) and the round "
+                        "stays marked as started",
+                    ) from exc
+                if store is not None:
+                    store.aborted(self.count)  # nothing decodable: the retry is free
+                entry.epsilon = r.model.epsilon_spent()  # an aborted attempt is not charged
                 r._log(entry)
                 if attempt == r.settings.max_retries:
                     raise
@@ -176,7 +186,6 @@ class FlowerDevices:
             pad_rng = padding_generator(self.seed, "dpals", task.label, attempt)
             decoded = enc.decode(result.sum, n_surv, rng=pad_rng)
             entry.seconds = time.perf_counter() - t0
-            r._log(entry)
             n = max(int(ids.size), 1)
             out = SumResult(
                 decoded,
@@ -190,9 +199,17 @@ class FlowerDevices:
                 },
             )
             if store is not None:
-                store.record(self.count, digest, out)  # before the server uses it
+                store.record(self.count, digest, out)  # before the server uses it, or logs
+            r._log(entry)
             return out
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _unmask_begins(store: RoundStore | None, index: int, flag: list[bool]) -> None:
+    """Round ``index`` reaches its unmask phase: mark it in the store, and remember it."""
+    if store is not None:
+        store.start(index)
+    flag.append(True)
 
 
 class DPALSCoordinator(SecureRounds):

@@ -17,17 +17,24 @@ digest as the round the resumed server is about to run — otherwise the checkpo
 another run or plan and is refused (:class:`~privrec.errors.ConfigError`).
 
 Never under-count: before a round's unmask phase — the first moment the server could decode its
-sum — ``round-NNN.started`` is created (exclusively, never through a link); it is removed when
-the round aborts before decoding (nothing was released: the retry is free) and superseded by
-``round-NNN.npz`` once decoded. A server killed earlier in a round (key advertisement, shares,
+sum — ``round-NNN.started`` is created (exclusively, never through a link) and ``start NNN`` is
+appended to the ``journal`` (fsynced, as is every file here: a power loss cannot lose a mark the
+devices acted on); a round aborted before that phase is journalled ``abort`` (nothing was
+released: the retry is free), a decoded one is written to ``round-NNN.npz`` (never replacing
+one) and journalled ``record``. An abort *after* the unmask request went out is not free — the
+replies the server holds may decode that attempt — so the coordinator does not retry it and the
+round stays marked. A server killed earlier in a round (key advertisement, shares,
 masked inputs) leaves no marker: it could not have decoded anything, so the resumed run asks
 again at no cost. A resumed run finding a round started but neither aborted nor recorded
 refuses to go on: the server may have decoded that sum, and asking the devices again would be a
-second release its guarantee does not count. Nor does it run a round while a *later* round is
-on record (a lost or deleted file: the hole would be asked for twice). One server at a time:
+second release its guarantee does not count. Nor does it run a round the journal says was
+recorded whose file is gone, or while a *later* round is on record (a lost or deleted file: the
+hole would be asked for twice). One server at a time:
 the run holds an exclusive lock on ``dpals-run/.lock`` from start to end, and a second server
 pointed at the same folder is refused — two servers on one record would each ask the devices
-for the same round. Accounting: a replayed round is the same release as the recorded one; the
+for the same round. As a second line, a round is not started if its lock file was removed or
+replaced, or if it or a later round appeared on record meanwhile. Local file systems only:
+``flock`` is not shared across hosts on NFS (``nolock``), sshfs or CIFS. Accounting: a replayed round is the same release as the recorded one; the
 model charges it once, as in an uninterrupted run. A new run (a new folder) after a refused
 resume releases every round again: its ε composes with the first run's.
 
@@ -135,12 +142,14 @@ class RoundStore:
         if fp != self.fingerprint:
             raise ConfigError(
                 f"{str(self.folder)!r} holds the rounds of another federated DPALS run (other "
-                "parameters, population or catalogue): use a new checkpoint-dir"
+                "parameters, population or catalogue): use a new checkpoint-dir — if that run's "
+                "devices are yours too, the new run's ε composes with the rounds it released"
             )
         if not resume:
             raise ConfigError(
-                f"{str(self.folder)!r} holds recorded rounds and resume is off: use a new "
-                "checkpoint-dir, or resume = true to continue that run"
+                f"{str(self.folder)!r} holds recorded rounds and resume is off: resume = true "
+                "continues that run; a new checkpoint-dir starts another, whose ε composes with "
+                "the rounds this one already released"
             )
         return seed
 
@@ -156,20 +165,28 @@ class RoundStore:
     def replay(self, index: int, digest: str, dim: int) -> SumResult | None:
         """Round ``index``'s recorded sum (``dim`` long), or ``None`` if it has not run.
 
-        Refuses (see the module doc) a round started and never recorded or aborted, a round not
-        recorded while a later one is, and a round file that is not exactly what
-        :meth:`record` writes.
+        Refuses (see the module doc) a round started and never recorded or aborted, a round the
+        journal says was recorded whose file is gone, a round not recorded while a later one
+        is, and a round file that is not exactly what :meth:`record` writes.
         """
         done = self._path(index, "npz")
+        journal = self._journal()
         if not os.path.lexists(done):
-            if os.path.lexists(self._path(index, "started")):
+            if os.path.lexists(self._path(index, "started")) or journal.get(index) == "start":
                 raise ConfigError(
                     f"round {index} of this run was started and never recorded or aborted: the "
                     "server may have decoded it, and asking the devices again would be a second "
                     "release its guarantee does not count — a new run (a new checkpoint-dir) "
                     "releases every round again, and its ε composes with this run's"
                 )
+            if journal.get(index) == "record":
+                raise ConfigError(
+                    f"round {index} was recorded and round-{index:03d}.npz is gone: asking the "
+                    "devices for it again would release it a second time — restore the file, "
+                    "or start a new run (its ε composes with this run's)"
+                )
             later = [m for m in self._indices() if m > index]
+            later += [m for m, state in journal.items() if m > index and state != "abort"]
             if later:
                 raise ConfigError(
                     f"round {index} is not on record but round {min(later)} is (a lost or "
@@ -184,7 +201,11 @@ class RoundStore:
             stored, decoded, survivors = _read_round(done, dim)
         except (OSError, ValueError, KeyError, TypeError, EOFError, OverflowError,
                 zipfile.BadZipFile) as exc:  # fmt: skip
-            raise ConfigError(f"{str(done)!r} is not a recorded round: {exc}") from None
+            raise ConfigError(
+                f"{str(done)!r} is not a recorded round ({exc}): do not delete it — asking the "
+                "devices for that round again would release it a second time; restore it from "
+                "a copy, or start a new run (its ε composes with this run's)"
+            ) from None
         if stored != digest:
             raise ConfigError(
                 f"round {index} recorded in {str(self.folder)!r} asked the devices something "
@@ -201,9 +222,53 @@ class RoundStore:
                 out.append(int(m.group(1)))
         return out
 
+    def _journal(self) -> dict[int, str]:
+        """Each round's last state in the append-only ``journal`` (start, abort, record)."""
+        path = self.folder / _JOURNAL
+        if not os.path.lexists(path):
+            return {}
+        try:
+            text = _read_small(path, _JOURNAL_BYTES).decode("ascii")
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{str(path)!r} is not a round journal: {exc}") from None
+        out: dict[int, str] = {}
+        for line in text.splitlines():
+            m = _JOURNAL_LINE.fullmatch(line)
+            if m is None:
+                raise ConfigError(f"{str(path)!r} is not a round journal: line {line[:40]!r}")
+            out[int(m.group(2))] = m.group(1)
+        return out
+
+    def _note(self, state: str, index: int) -> None:
+        """Append ``state index`` to the journal and make it durable (fsync file and folder)."""
+        path = self.folder / _JOURNAL
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            os.write(fd, f"{state} {index}\n".encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _sync_folder(self.folder)
+
+    def _check_lock(self) -> None:
+        """The lock this store holds is still the folder's ``.lock`` (not deleted or replaced)."""
+        lock = self.folder / ".lock"
+        try:
+            same = self._lock is not None and os.fstat(self._lock).st_ino == os.lstat(lock).st_ino
+        except OSError:
+            same = False
+        if not same:
+            raise ConfigError(
+                f"{str(lock)!r} was removed or replaced while this server ran: another server "
+                "may be running this record — stopping before asking the devices"
+            )
+
     def start(self, index: int) -> None:
         """Mark round ``index`` as started (before its unmask phase: from then on the server
-        could decode it). Created exclusively and never through a link."""
+        could decode it). Created exclusively, never through a link, and durable before the
+        devices are asked; refused if the round or a later one is already on record."""
+        self._check_lock()
         path = self._path(index, "started")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
@@ -213,20 +278,44 @@ class RoundStore:
                 f"{str(path)!r} already exists: another server is running this round, or the "
                 "folder was changed under this one"
             ) from None
+        if any(m > index for m in self._indices()) or os.path.lexists(self._path(index, "npz")):
+            raise ConfigError(
+                f"round {index} or a later one was recorded while this server ran it: another "
+                "server is running this record — stopping before asking the devices"
+            )
+        self._note("start", index)
 
     def aborted(self, index: int) -> None:
-        """Round ``index`` aborted before decoding: nothing was released."""
+        """Round ``index`` aborted before its unmask phase: nothing was released."""
+        self._note("abort", index)
         self._path(index, "started").unlink(missing_ok=True)
 
     def record(self, index: int, digest: str, result: SumResult) -> None:
-        """Keep round ``index``'s decoded sum (before the server uses it)."""
-        with atomic_output(self._path(index, "npz")) as tmp, tmp.open("wb") as fh:
-            np.savez(
-                fh,
-                digest=np.asarray(digest),
-                decoded=np.asarray(result.decoded, dtype=np.float64),
-                survivors=np.asarray(int(result.survivors)),
-            )
+        """Keep round ``index``'s decoded sum, durably (before the server uses it); never
+        replaces a recorded round."""
+        final = self._path(index, "npz")
+        tmp = self.folder / f".round-{index:03d}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            with os.fdopen(os.open(tmp, flags, 0o600), "wb") as fh:
+                np.savez(
+                    fh,
+                    digest=np.asarray(digest),
+                    decoded=np.asarray(result.decoded, dtype=np.float64),
+                    survivors=np.asarray(int(result.survivors)),
+                )
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, final)  # fails if the round is already recorded: never replaced
+        except FileExistsError:
+            raise ConfigError(
+                f"{str(final)!r} already exists: another server recorded this round"
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        _sync_folder(self.folder)
+        self._note("record", index)
         self._path(index, "started").unlink(missing_ok=True)
 
 
@@ -234,8 +323,21 @@ class RoundStore:
 _RUN_BYTES = 4096
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _ROUND_FILE = re.compile(r"round-(\d{3,9})\.(?:npz|started)")
+#: the append-only record of each round's state, and its largest accepted size
+_JOURNAL = "journal"
+_JOURNAL_BYTES = 1 << 20
+_JOURNAL_LINE = re.compile(r"(start|abort|record) (\d{1,9})")
 #: the members :meth:`RoundStore.record` writes
 _MEMBERS = frozenset({"digest.npy", "decoded.npy", "survivors.npy"})
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the folder's entries (a new or renamed file) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _lock(path: Path) -> int:

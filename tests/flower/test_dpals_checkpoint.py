@@ -27,6 +27,13 @@ def _store(folder: Path, resume: bool = True) -> RoundStore:
     return RoundStore(folder, PARAMS, resume=resume)
 
 
+def _planted(folder: Path) -> RoundStore:
+    """A store whose journal exists (empty): round files planted beside it are then read."""
+    store = _store(folder)
+    (folder / "journal").touch()
+    return store
+
+
 def _recorded(folder: Path) -> RoundStore:
     store = _store(folder)
     store.record(1, "d" * 64, SumResult(np.arange(DIM, dtype=np.float64), 12))
@@ -111,7 +118,7 @@ def _good() -> dict[str, np.ndarray]:
     ids=["complex", "long", "nan", "2d", "float-count", "negative", "vector", "digest", "extra"],
 )
 def test_a_tampered_round_file_is_refused(tmp_path: Path, change: dict[str, np.ndarray]) -> None:
-    store = _store(tmp_path / "run")
+    store = _planted(tmp_path / "run")
     _write_npz(tmp_path / "run" / "round-001.npz", **{**_good(), **change})
     with pytest.raises(ConfigError, match="not a recorded round"):
         store.replay(1, "d" * 64, DIM)
@@ -122,7 +129,7 @@ def test_a_tampered_round_file_is_refused(tmp_path: Path, change: dict[str, np.n
     "content", [b"", b"PK\x03\x04trunc", b"junk"], ids=["empty", "cut", "junk"]
 )
 def test_a_broken_round_file_is_refused(tmp_path: Path, content: bytes) -> None:
-    store = _store(tmp_path / "run")
+    store = _planted(tmp_path / "run")
     (tmp_path / "run" / "round-001.npz").write_bytes(content)
     with pytest.raises(ConfigError, match="not a recorded round"):
         store.replay(1, "d" * 64, DIM)
@@ -130,7 +137,7 @@ def test_a_broken_round_file_is_refused(tmp_path: Path, content: bytes) -> None:
 
 
 def test_a_compressed_bomb_is_refused_before_it_is_decompressed(tmp_path: Path) -> None:
-    store = _store(tmp_path / "run")
+    store = _planted(tmp_path / "run")
     path = tmp_path / "run" / "round-001.npz"
     _write_npz(path, **{**_good(), "decoded": np.zeros(5_000_000)})  # 40 MB, ~40 kB on disk
     assert path.stat().st_size < 200_000
@@ -142,7 +149,7 @@ def test_a_compressed_bomb_is_refused_before_it_is_decompressed(tmp_path: Path) 
 
 
 def test_planted_links_are_not_written_through(tmp_path: Path) -> None:
-    store = _store(tmp_path / "run")
+    store = _planted(tmp_path / "run")
     target = tmp_path / "outside"
     (tmp_path / "run" / "round-002.started").symlink_to(target)  # dangling
     with pytest.raises(ConfigError, match="second release"):
@@ -208,12 +215,23 @@ def test_a_started_round_in_the_journal_is_refused_without_its_marker(tmp_path: 
     (tmp_path / "run" / "round-001.started").unlink()  # a marker lost: the journal remembers
     with pytest.raises(ConfigError, match="second release"):
         store.replay(1, "d" * 64, DIM)
-    store.aborted(1)  # an abort before unmask: free
-    assert store.replay(1, "d" * 64, DIM) is None
+    store.aborted(1)  # a crafted line: an abort never undoes a start
+    with pytest.raises(ConfigError, match="second release"):
+        store.replay(1, "d" * 64, DIM)
+    store.aborted(2)  # an abort before the unmask request (no start): free
+    assert store.replay(2, "d" * 64, DIM) is None
     store.close()
 
 
-@pytest.mark.parametrize("text", ["start x\n", "record 1 2\n", "\x00" * 8, "started 1\n"])
+def test_a_torn_last_journal_line_was_never_acted_on(tmp_path: Path) -> None:
+    store = _recorded(tmp_path / "run")
+    with (tmp_path / "run" / "journal").open("a") as fh:
+        fh.write("sta")  # a write cut short (full disk): the start it began never happened
+    assert store.replay(2, "d" * 64, DIM) is None
+    store.close()
+
+
+@pytest.mark.parametrize("text", ["start x\n", "record 1 2\n", "\x00" * 8 + "\n", "started 1\n"])
 def test_a_tampered_journal_is_refused(tmp_path: Path, text: str) -> None:
     store = _store(tmp_path / "run")
     (tmp_path / "run" / "journal").write_text(text)

@@ -314,6 +314,42 @@ def test_an_abort_after_the_unmask_request_is_charged_not_retried(tmp_path: Path
         _train(tmp_path / "count", LocalTransport(3, count_fault), rounds=1)
 
 
+def test_a_crash_after_the_unmask_request_is_charged_on_resume(tmp_path: Path) -> None:
+    """A third review: a crash (no protocol abort) after round 1's unmask request left nothing
+    on disk, and the resumed run asked for round 1 again uncharged. A durable mark written
+    before the request makes the resumed run charge that round (update discarded); a counting
+    round that never completed refuses the run."""
+    seen = {"n": 0}
+
+    def crash(action: str, node: int, reply: RecordDict) -> RecordDict | None:
+        if action == "unmask" and node == 100:
+            seen["n"] += 1
+            if seen["n"] == 2:  # round 1 (the first unmask was the counting round's)
+                raise KeyboardInterrupt("server killed")
+        return reply
+
+    cfg = {**run_config(tmp_path, noise_multiplier=1.0), "pipeline": False}
+    config, settings = parse_run_config(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        Coordinator(LocalTransport(3, crash), config, settings, say=lambda _: None).run()
+    assert (tmp_path / "round-0001.unmasking").exists()
+    resumed = Coordinator(LocalTransport(3), config, settings, say=lambda _: None)
+    resumed.run()
+    srv = resumed.server
+    assert srv is not None and srv.round == 2 and not (tmp_path / "round-0001.unmasking").exists()
+    assert [bool(h.get("discarded")) for h in srv.history if "round" in h][-2:] == [True, False]
+    plain = _train(tmp_path / "plain", LocalTransport(3), noise_multiplier=1.0).server
+    assert plain is not None and srv.epsilon() == plain.epsilon()
+
+    seen["n"] = 1  # the next unmask (a counting round's) crashes
+    ckpt = tmp_path / "count"
+    config, settings = parse_run_config({**run_config(ckpt), "pipeline": False})
+    with pytest.raises(KeyboardInterrupt):
+        Coordinator(LocalTransport(3, crash), config, settings, say=lambda _: None).run()
+    with pytest.raises(ConfigError, match="counting round went past its unmask request"):
+        Coordinator(LocalTransport(3), config, settings, say=lambda _: None).run()
+
+
 def test_retries_exhausted_stop_with_the_reason(tmp_path: Path) -> None:
     def fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
         return None if action == "advertise_keys" and node != 100 else reply

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -336,13 +337,22 @@ def save(self: FederatedMFServer, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
+    tmp.unlink(missing_ok=True)  # a stale file or a planted link: never written through
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(tmp, flags, 0o600), "wb") as fh:
         np.savez(
             fh,
             __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             **arrays,  # type: ignore[arg-type]
         )
+        fh.flush()
+        os.fsync(fh.fileno())  # durable: the charges it records must survive a power loss
     tmp.replace(path)  # atomic: a crash mid-write never leaves a half checkpoint
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return path
 
 

@@ -41,6 +41,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -56,7 +57,9 @@ from privrec.federated.flower.rounds import (
     Transport,
     _Prefetch,
 )
+from privrec.federated.flower.unmask_marks import UnmaskMarks
 from privrec.federated.mf import FederatedMFConfig, FederatedMFServer
+from privrec.models.persistence import atomic_output
 from privrec.privacy.distributed import DistributedDPEncoder
 from privrec.secure.secagg import RoundConfig
 
@@ -129,6 +132,7 @@ class Coordinator(SecureRounds):
         self.config = config
         self.server: FederatedMFServer | None = None
         self._unmasking = False  # whether the current attempt's unmask request went out
+        self.marks = UnmaskMarks(self.ckpt)
         if config.threat_model == "malicious":
             self.load_pki("mf.threat-model")
 
@@ -170,6 +174,7 @@ class Coordinator(SecureRounds):
         if not self.user_node:
             self.discover()
         self.server = srv = self._start_server()
+        self._settle_marks(srv)
         if srv.needs_head:
             self._with_retries(0, "count")
         if srv.round == 0:
@@ -211,8 +216,41 @@ class Coordinator(SecureRounds):
                 continue
             entry.seconds = time.perf_counter() - t0
             self._save()
+            self.marks.clear(round_)  # its charge (or the counts) is saved
             self._log(entry)
             return
+
+    def _settle_marks(self, srv: FederatedMFServer) -> None:
+        """Charge what an earlier run sent an unmask request for and never saved (see
+        :mod:`~privrec.federated.flower.unmask_marks`), before anything else is asked."""
+        for round_ in self.marks.pending():
+            if round_ == 0 and srv.needs_head:
+                raise ConfigError(
+                    "an earlier run's counting round went past its unmask request and never "
+                    "completed: its replies may have been decoded, and counting again would be "
+                    "a second release no guarantee counts — start a new run in a new "
+                    "checkpoint-dir (its ε composes with that attempt)"
+                )
+            if round_ > 0 and srv.needs_head:
+                raise ConfigError(
+                    f"{str(self.ckpt)!r} holds an unsettled unmask mark of round {round_} and no "
+                    "checkpoint this run resumes: it belongs to another run — use a new "
+                    "checkpoint-dir (a new run's ε composes with that run's)"
+                )
+            if round_ == srv.round + 1 and round_ > 0:
+                srv.discard_round(
+                    f"train round: an earlier run went past round {round_}'s unmask request "
+                    "and stopped before saving it; charged, update discarded"
+                )
+                self._save()
+                self.say(f"round {round_}: charged from an earlier run's unmask mark, discarded")
+            elif round_ > srv.round:
+                raise ConfigError(
+                    f"round {round_} is marked as unmasked but the checkpoint is at round "
+                    f"{srv.round}: the checkpoint is older than the marks — restore it, or start "
+                    "a new run (its ε composes)"
+                )
+            self.marks.clear(round_)
 
     def _abort_after_unmask(self, entry: RoundLog, exc: ProtocolAbort, t0: float) -> None:
         """An attempt aborted after its unmask request: charge it, never retry it for free."""
@@ -234,9 +272,11 @@ class Coordinator(SecureRounds):
         srv.discard_round(f"{entry.kind} round: {note}; charged, update discarded")
         entry.epsilon = srv.epsilon()
         self._save()
+        self.marks.clear(entry.round)
         self._log(entry)
 
-    def _mark_unmasking(self) -> None:
+    def _mark_unmasking(self, round_: int) -> None:
+        self.marks.mark(round_)  # durable before the request goes out
         self._unmasking = True
 
     def _noise(self, kind: str) -> bool:
@@ -318,7 +358,9 @@ class Coordinator(SecureRounds):
             with contextlib.suppress(ProtocolAbort):  # else the next round aborts as usual
                 nxt = (entry.round + 1, ids_next, self._round_config(enc, ids_next))
         clip_before = srv.clip_norm
-        result = self._secure_sum(entry, rc, extra, pre, nxt, before_unmask=self._mark_unmasking)
+        result = self._secure_sum(
+            entry, rc, extra, pre, nxt, before_unmask=partial(self._mark_unmasking, entry.round)
+        )
         n_surv = len(result.survivors)
         entry.survivors = n_surv
         entry.dropped = {p: len(v) for p, v in result.dropped.items()}
@@ -330,15 +372,17 @@ class Coordinator(SecureRounds):
         update_sum, unclipped = srv.unpack(noisy, srv.expected_clients)
         if self.settings.save_aggregates and self.ckpt is not None:
             self.ckpt.mkdir(parents=True, exist_ok=True)
-            np.savez(
-                self.ckpt / f"aggregate-{entry.round:04d}.npz",
-                payload_sum=noisy,
-                update_sum=update_sum,
-                unclipped=np.float64(unclipped),
-                survivors=np.asarray(result.survivors, dtype=np.int64),
-                attempt=np.int64(entry.attempt),
-                sum_mod=result.sum,
-            )
+            path = self.ckpt / f"aggregate-{entry.round:04d}.npz"
+            with atomic_output(path) as tmp, tmp.open("wb") as fh:  # never through a link
+                np.savez(
+                    fh,
+                    payload_sum=noisy,
+                    update_sum=update_sum,
+                    unclipped=np.float64(unclipped),
+                    survivors=np.asarray(result.survivors, dtype=np.int64),
+                    attempt=np.int64(entry.attempt),
+                    sum_mod=result.sum,
+                )
         srv.apply(
             update_sum, srv.expected_clients, unclipped, survivors=n_surv, sampled=int(ids.size)
         )

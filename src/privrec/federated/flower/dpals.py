@@ -164,6 +164,7 @@ class FlowerDevices:
                 entry.aborted = f"{exc.phase}: {exc.reason}"
                 entry.seconds = time.perf_counter() - t0
                 if unmasking:  # the replies the server holds may decode it: not free
+                    entry.epsilon = r.model.epsilon_spent(with_next_round=True)
                     r._log(entry)
                     raise ProtocolAbort(
                         exc.phase,

@@ -120,6 +120,11 @@ class RoundStore:
     def _open_run(self, run: Path, resume: bool) -> int:
         """The run's initial-factor seed: read from ``run.json``, else drawn and written."""
         if not os.path.lexists(run):
+            if self._indices() or os.path.lexists(self.folder / _JOURNAL):
+                raise ConfigError(
+                    f"{str(run)!r} is missing but the folder holds rounds of a run: restore it, "
+                    "or start a new run in a new checkpoint-dir (its ε composes with that run's)"
+                )
             fresh = secrets.randbits(62)
             with atomic_output(run) as tmp:
                 tmp.write_text(
@@ -226,30 +231,56 @@ class RoundStore:
         """Each round's last state in the append-only ``journal`` (start, abort, record)."""
         path = self.folder / _JOURNAL
         if not os.path.lexists(path):
+            if self._indices():
+                raise ConfigError(
+                    f"{str(path)!r} is missing but the folder holds rounds: without it a lost "
+                    "round file cannot be told from a round never run — restore it, or start a "
+                    "new run in a new checkpoint-dir (its ε composes with this run's)"
+                )
             return {}
         try:
             text = _read_small(path, _JOURNAL_BYTES).decode("ascii")
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"{str(path)!r} is not a round journal: {exc}") from None
+            raise ConfigError(
+                f"{str(path)!r} is not a round journal ({exc}): do not delete it — restore it, "
+                "or start a new run in a new checkpoint-dir (its ε composes with this run's)"
+            ) from None
         out: dict[int, str] = {}
-        for line in text.splitlines():
+        for line in text.split("\n")[:-1]:  # a torn last line was never acted on
             m = _JOURNAL_LINE.fullmatch(line)
             if m is None:
-                raise ConfigError(f"{str(path)!r} is not a round journal: line {line[:40]!r}")
-            out[int(m.group(2))] = m.group(1)
+                raise ConfigError(
+                    f"{str(path)!r} is not a round journal (line {line[:40]!r}): do not delete "
+                    "it — restore it, or start a new run (its ε composes with this run's)"
+                )
+            index, state = int(m.group(2)), m.group(1)
+            # a start is only ever followed by its record: neither is undone by a later line
+            if _RANK[state] >= _RANK.get(out.get(index, ""), -1):
+                out[index] = state
         return out
 
     def _note(self, state: str, index: int) -> None:
         """Append ``state index`` to the journal and make it durable (fsync file and folder)."""
         path = self.folder / _JOURNAL
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(path, flags, 0o600)
+        line = f"{state} {index}\n".encode("ascii")
         try:
-            os.write(fd, f"{state} {index}\n".encode("ascii"))
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the round journal {str(path)!r}: {exc}") from None
+        size = os.fstat(fd).st_size
+        try:
+            done = 0
+            while done < len(line):
+                done += os.write(fd, line[done:])
             os.fsync(fd)
+            _sync_folder(self.folder)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no torn line left behind
+            raise ConfigError(f"cannot write the round journal {str(path)!r}: {exc}") from None
         finally:
             os.close(fd)
-        _sync_folder(self.folder)
 
     def _check_lock(self) -> None:
         """The lock this store holds is still the folder's ``.lock`` (not deleted or replaced)."""
@@ -278,12 +309,16 @@ class RoundStore:
                 f"{str(path)!r} already exists: another server is running this round, or the "
                 "folder was changed under this one"
             ) from None
-        if any(m > index for m in self._indices()) or os.path.lexists(self._path(index, "npz")):
-            raise ConfigError(
-                f"round {index} or a later one was recorded while this server ran it: another "
-                "server is running this record — stopping before asking the devices"
-            )
-        self._note("start", index)
+        try:
+            if any(m > index for m in self._indices()) or os.path.lexists(self._path(index, "npz")):
+                raise ConfigError(
+                    f"round {index} or a later one was recorded while this server ran it: "
+                    "another server is running this record — stopping before asking the devices"
+                )
+            self._note("start", index)
+        except BaseException:
+            path.unlink(missing_ok=True)  # the devices were not asked: no mark may stay
+            raise
 
     def aborted(self, index: int) -> None:
         """Round ``index`` aborted before its unmask phase: nothing was released."""
@@ -327,6 +362,8 @@ _ROUND_FILE = re.compile(r"round-(\d{3,9})\.(?:npz|started)")
 _JOURNAL = "journal"
 _JOURNAL_BYTES = 1 << 20
 _JOURNAL_LINE = re.compile(r"(start|abort|record) (\d{1,9})")
+#: a round's state is the strongest line about it (an abort never undoes a start)
+_RANK = {"abort": 0, "start": 1, "record": 2}
 #: the members :meth:`RoundStore.record` writes
 _MEMBERS = frozenset({"digest.npy", "decoded.npy", "survivors.npy"})
 

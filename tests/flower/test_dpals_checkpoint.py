@@ -238,3 +238,15 @@ def test_a_tampered_journal_is_refused(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError, match="not a round journal"):
         store.replay(1, "d" * 64, DIM)
     store.close()
+
+
+def test_a_new_run_folder_is_made_durable_with_its_parents(tmp_path: Path) -> None:
+    from privrec.federated.flower.run_lock import make_durable_dir
+
+    deep = tmp_path / "a" / "b" / "c"
+    make_durable_dir(deep)
+    assert deep.is_dir()
+    make_durable_dir(deep)  # existing: nothing to do
+    store = _store(tmp_path / "x" / "y" / "run")
+    assert (tmp_path / "x" / "y" / "run" / "run.json").exists()
+    store.close()

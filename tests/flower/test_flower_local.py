@@ -350,6 +350,35 @@ def test_a_crash_after_the_unmask_request_is_charged_on_resume(tmp_path: Path) -
         Coordinator(LocalTransport(3), config, settings, say=lambda _: None).run()
 
 
+def test_one_server_per_checkpoint_dir_and_no_silent_restart(tmp_path: Path) -> None:
+    """A fourth review: two MF servers on one checkpoint-dir each released round 2 (one
+    charge), and ``resume = false`` re-ran a finished run over its own checkpoint."""
+    from privrec.federated.flower.run_lock import RunLock
+
+    _train(tmp_path, LocalTransport(3), rounds=1)
+    config, settings = parse_run_config({**run_config(tmp_path, rounds=1), "resume": False})
+    transport = LocalTransport(3)
+    with pytest.raises(ConfigError, match="resume is off"):
+        Coordinator(transport, config, settings, say=lambda _: None).run()
+    assert transport.calls == ["describe"]  # refused before any round
+    held = RunLock(tmp_path)
+    config, settings = parse_run_config(run_config(tmp_path, rounds=2))
+    transport = LocalTransport(3)
+    with pytest.raises(ConfigError, match="another server holds"):
+        Coordinator(transport, config, settings, say=lambda _: None).run()
+    assert transport.calls == ["describe"]
+    held.close()
+    Coordinator(LocalTransport(3), config, settings, say=lambda _: None).run()  # resumes
+
+
+def test_a_run_without_checkpoint_dir_warns(tmp_path: Path) -> None:
+    from privrec.errors import PrivacyWarning
+
+    config, settings = parse_run_config({**run_config(tmp_path, rounds=1), "checkpoint-dir": ""})
+    with pytest.warns(PrivacyWarning, match="no checkpoint-dir"):
+        Coordinator(LocalTransport(3), config, settings, say=lambda _: None).run()
+
+
 def test_retries_exhausted_stop_with_the_reason(tmp_path: Path) -> None:
     def fault(action: str, node: int, reply: RecordDict) -> RecordDict | None:
         return None if action == "advertise_keys" and node != 100 else reply

@@ -28,10 +28,13 @@ A :class:`~privrec.errors.ProtocolAbort` (too few survivors, a neighbourhood bel
 threshold, a bad share) before the unmask request goes out releases nothing: it is recorded with
 no privacy spend and the round is retried with a fresh sample, at most ``max-retries`` times;
 then the run stops with the abort's phase and reason, and a later run resumes from the last
-checkpoint. An abort *after* the unmask request (too few valid replies) is not free — the
-replies the server holds may decode that attempt — so a training round is charged as complete
-and its update discarded (:meth:`~privrec.federated.server.FederatedMFServer.discard_round`),
-and a counting round stops the run unretried (a new run's ε composes with it).
+checkpoint (with a ``checkpoint-dir``; without one nothing is kept and the run warns). An abort
+*after* the unmask request (too few valid replies) is not free — the replies the server holds
+may decode that attempt — so a training round is charged as complete and its update discarded
+(:meth:`~privrec.federated.server.FederatedMFServer.discard_round`), and a counting round stops
+the run unretried (a new run's ε composes with it). One server per ``checkpoint-dir``
+(:class:`~privrec.federated.flower.run_lock.RunLock`), and durable unmask marks
+(:mod:`~privrec.federated.flower.unmask_marks`) carry these charges across crashes.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,12 +56,15 @@ from privrec.errors import ConfigError, ProtocolAbort
 from privrec.federated.flower.codec import ddp_to_json, round_context
 from privrec.federated.flower.node import mf_config_json, model_record, task_record
 from privrec.federated.flower.rounds import (
+    ROUND_LOG,
     DeploySettings,
     RoundLog,
     SecureRounds,
     Transport,
     _Prefetch,
+    warn_no_checkpoint,
 )
+from privrec.federated.flower.run_lock import RunLock
 from privrec.federated.flower.unmask_marks import UnmaskMarks
 from privrec.federated.mf import FederatedMFConfig, FederatedMFServer
 from privrec.models.persistence import atomic_output
@@ -133,11 +141,18 @@ class Coordinator(SecureRounds):
         self.server: FederatedMFServer | None = None
         self._unmasking = False  # whether the current attempt's unmask request went out
         self.marks = UnmaskMarks(self.ckpt)
+        self.lock: RunLock | None = None
         if config.threat_model == "malicious":
             self.load_pki("mf.threat-model")
 
     # ------------------------------------------------------------------ discovery    # ------------------------------------------------------------------ setup
     def _start_server(self) -> FederatedMFServer:
+        if self.ckpt is not None and not self.settings.resume and _holds_a_run(self.ckpt):
+            raise ConfigError(
+                f"{str(self.ckpt)!r} holds a run (its checkpoint, round log or marks) and resume "
+                "is off: resume = true continues it; a new checkpoint-dir starts another run, "
+                "whose ε composes with the rounds this one already released"
+            )
         if self.ckpt is not None and self.settings.resume and (self.ckpt / CHECKPOINT).exists():
             srv = FederatedMFServer.load(self.ckpt / CHECKPOINT, population=self.population)
             if srv.n_items != self.n_items:
@@ -173,14 +188,21 @@ class Coordinator(SecureRounds):
         """Discover the nodes, then train until ``config.rounds`` rounds are complete."""
         if not self.user_node:
             self.discover()
-        self.server = srv = self._start_server()
-        self._settle_marks(srv)
-        if srv.needs_head:
-            self._with_retries(0, "count")
-        if srv.round == 0:
-            self._save()
-        while srv.round < self.config.rounds:
-            self._with_retries(srv.round + 1, "train")
+        self.lock = None if self.ckpt is None else RunLock(self.ckpt)
+        if self.ckpt is None:
+            warn_no_checkpoint()
+        try:
+            self.server = srv = self._start_server()
+            self._settle_marks(srv)
+            if srv.needs_head:
+                self._with_retries(0, "count")
+            if srv.round == 0:
+                self._save()
+            while srv.round < self.config.rounds:
+                self._with_retries(srv.round + 1, "train")
+        finally:
+            if self.lock is not None:
+                self.lock.close()
         g = srv.guarantee()
         self.say(
             f"done: {srv.round} rounds, ε = {g.epsilon:.4g} at δ = {g.delta:g} "
@@ -276,6 +298,8 @@ class Coordinator(SecureRounds):
         self._log(entry)
 
     def _mark_unmasking(self, round_: int) -> None:
+        if self.lock is not None:
+            self.lock.check()  # still the only server on this folder
         self.marks.mark(round_)  # durable before the request goes out
         self._unmasking = True
 
@@ -389,3 +413,13 @@ class Coordinator(SecureRounds):
         entry.epsilon = srv.epsilon()
         entry.clip_norm = clip_before
         entry.unclipped_fraction = float(srv.history[-1].get("unclipped_fraction", math.nan))
+
+
+def _holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier run's checkpoint, round log, aggregates or marks."""
+    if not folder.is_dir():
+        return False
+    return any(
+        n in (CHECKPOINT, ROUND_LOG) or n.startswith("aggregate-") or n.endswith(".unmasking")
+        for n in os.listdir(folder)
+    )

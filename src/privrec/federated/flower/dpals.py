@@ -47,7 +47,13 @@ from privrec.federated.dpals_devices import (
 from privrec.federated.flower.codec import ddp_to_json, get_str, round_context
 from privrec.federated.flower.dpals_checkpoint import RoundStore, task_digest
 from privrec.federated.flower.node import NodeData, guarded, warn_seeded
-from privrec.federated.flower.rounds import DeploySettings, RoundLog, SecureRounds, Transport
+from privrec.federated.flower.rounds import (
+    DeploySettings,
+    RoundLog,
+    SecureRounds,
+    Transport,
+    warn_no_checkpoint,
+)
 from privrec.models.persistence import atomic_output
 from privrec.privacy.distributed import DistributedDPEncoder, padding_generator
 from privrec.secure.secagg import RoundConfig
@@ -235,7 +241,9 @@ class DPALSCoordinator(SecureRounds):
         """Discover the nodes, run every round, save and return the released model."""
         if not self.user_node:
             self.discover()
-        if self.ckpt is not None:
+        if self.ckpt is None:
+            warn_no_checkpoint()
+        else:
             run = {
                 **self.model.get_params(),
                 "population": self.population,

@@ -47,7 +47,6 @@ checked before anything is decompressed (:class:`~privrec.errors.ConfigError` ot
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -61,6 +60,7 @@ import numpy as np
 
 from privrec.errors import ConfigError
 from privrec.federated.dpals_devices import ARRAY_FIELDS, DeviceTask, SumResult
+from privrec.federated.flower.run_lock import RunLock
 from privrec.models.persistence import atomic_output
 
 if TYPE_CHECKING:
@@ -104,13 +104,7 @@ class RoundStore:
         self.folder = folder
         blob = json.dumps(params, sort_keys=True, default=str).encode()
         self.fingerprint = hashlib.sha256(blob).hexdigest()
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"{str(folder)!r} cannot be a run folder: {exc}") from None
-        if folder.is_symlink() or not folder.is_dir():
-            raise ConfigError(f"{str(folder)!r} is not a folder (links are refused)")
-        self._lock: int | None = _lock(folder / ".lock")
+        self._lock = RunLock(folder)
         try:
             self.init_seed = self._open_run(folder / "run.json", resume)
         except BaseException:
@@ -160,9 +154,7 @@ class RoundStore:
 
     def close(self) -> None:
         """Release the run folder's lock (another server may then resume the run)."""
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        self._lock.close()
 
     def _path(self, index: int, suffix: str) -> Path:
         return self.folder / f"round-{index:03d}.{suffix}"
@@ -282,24 +274,11 @@ class RoundStore:
         finally:
             os.close(fd)
 
-    def _check_lock(self) -> None:
-        """The lock this store holds is still the folder's ``.lock`` (not deleted or replaced)."""
-        lock = self.folder / ".lock"
-        try:
-            same = self._lock is not None and os.fstat(self._lock).st_ino == os.lstat(lock).st_ino
-        except OSError:
-            same = False
-        if not same:
-            raise ConfigError(
-                f"{str(lock)!r} was removed or replaced while this server ran: another server "
-                "may be running this record — stopping before asking the devices"
-            )
-
     def start(self, index: int) -> None:
         """Mark round ``index`` as started (before its unmask phase: from then on the server
         could decode it). Created exclusively, never through a link, and durable before the
         devices are asked; refused if the round or a later one is already on record."""
-        self._check_lock()
+        self._lock.check()
         path = self._path(index, "started")
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
@@ -375,23 +354,6 @@ def _sync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _lock(path: Path) -> int:
-    """An exclusive, non-blocking lock on ``path`` (created; never through a link)."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    except OSError as exc:
-        raise ConfigError(f"cannot lock the run folder ({str(path)!r}): {exc}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ConfigError(
-            f"another server holds {str(path.parent)!r}: two servers on one run would each ask "
-            "the devices for the same rounds (two releases, one charge) — wait for it to end"
-        ) from None
-    return fd
 
 
 def _read_small(path: Path, limit: int) -> bytes:

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 from flwr.app import ConfigRecord, RecordDict
 
-from privrec.errors import ConfigError, MessageRejected, ProtocolAbort
+from privrec.errors import ConfigError, MessageRejected, PrivacyWarning, ProtocolAbort
 from privrec.federated.flower.codec import (
     PROTOCOL,
     decode_messages,
@@ -64,6 +65,17 @@ class Transport(Protocol):
     ) -> dict[int, RecordDict]:
         """Send ``contents[node]`` to each node; return the replies that arrived in time."""
         ...
+
+
+def warn_no_checkpoint() -> None:
+    """A run without ``checkpoint-dir`` keeps nothing: a crashed run cannot resume, and running
+    it again asks the devices for every round again — its ε composes with the first run's."""
+    warnings.warn(
+        "no checkpoint-dir: nothing of this run is kept, so after a crash it cannot resume — "
+        "running it again releases every round again, and the two runs' ε compose",
+        PrivacyWarning,
+        stacklevel=3,
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from privrec.errors import ConfigError
+from privrec.federated.flower.run_lock import make_durable_dir
 
 __all__ = ["UnmaskMarks"]
 
@@ -38,7 +39,7 @@ class UnmaskMarks:
         """Round ``round_`` (0: the counting round) is about to send its unmask request."""
         if self.folder is None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_durable_dir(self.folder)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
             fd = os.open(self._path(round_), flags, 0o600)

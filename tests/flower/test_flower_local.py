@@ -362,13 +362,40 @@ def test_one_server_per_checkpoint_dir_and_no_silent_restart(tmp_path: Path) -> 
         Coordinator(transport, config, settings, say=lambda _: None).run()
     assert transport.calls == ["describe"]  # refused before any round
     held = RunLock(tmp_path)
-    config, settings = parse_run_config(run_config(tmp_path, rounds=2))
+    config, settings = parse_run_config(run_config(tmp_path, rounds=1))
     transport = LocalTransport(3)
     with pytest.raises(ConfigError, match="another server holds"):
         Coordinator(transport, config, settings, say=lambda _: None).run()
     assert transport.calls == ["describe"]
     held.close()
     Coordinator(LocalTransport(3), config, settings, say=lambda _: None).run()  # resumes
+
+
+def test_a_resume_with_other_settings_or_without_its_checkpoint_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A fifth review: resuming with more rounds ran past the ε the noise was calibrated for,
+    and a folder whose server.npz was lost started a fresh run over the old one's rounds."""
+    _train(tmp_path, LocalTransport(3), rounds=1, noise_multiplier="", epsilon=5.0)
+    config, settings = parse_run_config(
+        run_config(tmp_path, rounds=6, noise_multiplier="", epsilon=5.0)
+    )
+    transport = LocalTransport(3)
+    with pytest.raises(ConfigError, match=r"configured otherwise \(rounds\)"):
+        Coordinator(transport, config, settings, say=lambda _: None).run()
+    (tmp_path / "server.npz").unlink()
+    config, settings = parse_run_config(
+        run_config(tmp_path, rounds=1, noise_multiplier="", epsilon=5.0)
+    )
+    with pytest.raises(ConfigError, match=r"holds rounds of a run but no server\.npz"):
+        Coordinator(transport, config, settings, say=lambda _: None).run()
+    assert transport.calls == ["describe", "describe"]  # nothing asked of the devices
+
+
+@pytest.mark.parametrize("key", ["resume", "save-aggregates", "pipeline", "complete-graph"])
+def test_deploy_switches_must_be_booleans(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError, match="must be true or false"):
+        parse_run_config({**run_config(tmp_path), key: "false"})
 
 
 def test_a_run_without_checkpoint_dir_warns(tmp_path: Path) -> None:

@@ -108,6 +108,11 @@ def run_federated_simulation(
     (``iterations``) after its counting round(s); every client takes part in every round, so
     ``sampling_rate`` must stay 1.0. Ray is started by Flower unless it is already initialised
     (then its resources are used).
+
+    A simulation never resumes (``resume = false``): its checkpoints go to ``checkpoint_dir``
+    (which must not hold an earlier run) or to a temporary folder removed afterwards, so running
+    it again releases every round again — fine for the synthetic users it simulates, and the
+    reason a deployment keeps a ``checkpoint-dir`` (``docs/flower.md``).
     """
     if algorithm not in ("mf", "dpals"):
         raise ConfigError(f"algorithm must be 'mf' or 'dpals', found {algorithm!r}")

@@ -40,6 +40,7 @@ the run unretried (a new run's ε composes with it). One server per ``checkpoint
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -159,8 +160,26 @@ class Coordinator(SecureRounds):
                 raise ConfigError(
                     f"checkpoint has {srv.n_items} items, the federation has {self.n_items}"
                 )
+            stored, asked = srv.config.model_dump(), self.config.model_dump()
+            changed = sorted(k for k in asked if stored.get(k) != asked[k])
+            if asked.get("epsilon") is None and stored.get("epsilon") is None:
+                # a given noise multiplier: more rounds are charged as they run (ε grows and
+                # says so); with a target ε the noise was calibrated for the planned rounds
+                changed = [k for k in changed if k != "rounds"]
+            if changed:  # e.g. more rounds than the noise was calibrated for: ε overrun
+                raise ConfigError(
+                    f"the checkpoint's run was configured otherwise ({', '.join(changed)}): "
+                    "resume it with the same settings, or start a new run in a new "
+                    "checkpoint-dir (its ε composes with the rounds this one released)"
+                )
             self.say(f"resumed from {self.ckpt / CHECKPOINT} after round {srv.round}")
             return srv
+        if self.ckpt is not None and _released_before(self.ckpt):
+            raise ConfigError(
+                f"{str(self.ckpt)!r} holds rounds of a run but no {CHECKPOINT}: restore it, or "
+                "start a new run in a new checkpoint-dir (its ε composes with the rounds that "
+                "run released)"
+            )
         return FederatedMFServer(self.config, self.n_items, self.population)
 
     def _save(self) -> None:
@@ -423,3 +442,29 @@ def _holds_a_run(folder: Path) -> bool:
         n in (CHECKPOINT, ROUND_LOG) or n.startswith("aggregate-") or n.endswith(".unmasking")
         for n in os.listdir(folder)
     )
+
+
+def _released_before(folder: Path) -> bool:
+    """Whether ``folder`` shows a completed round: one in the log, or a server snapshot or
+    aggregate (an attempt aborted before its unmask request released nothing; unmask marks are
+    settled by :meth:`Coordinator._settle_marks`, which says more)."""
+    if not folder.is_dir():
+        return False
+    names = os.listdir(folder)
+    if any(n.startswith(("aggregate-", "round-")) and n.endswith(".npz") for n in names):
+        return True
+    log = folder / ROUND_LOG
+    if not log.is_file():
+        return False
+    try:
+        lines = log.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{str(log)!r} cannot be read: {exc}") from None
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a torn last line
+        if isinstance(row, dict) and "aborted" in row and row["aborted"] is None:
+            return True  # a completed round
+    return False

@@ -129,6 +129,20 @@ class DeploySettings:
     complete_graph: bool = False
 
     def __post_init__(self) -> None:
+        # a run config's 'false' (a string) would read as true: switches must be booleans
+        for name in ("save_aggregates", "resume", "pipeline", "complete_graph"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(
+                    f"{name.replace('_', '-')} must be true or false, found {getattr(self, name)!r}"
+                )
+        for name in ("min_nodes", "max_retries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name.replace('_', '-')} must be an integer, found {value!r}")
+        for name in ("round_timeout", "node_wait"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name.replace('_', '-')} must be a number, found {value!r}")
         if self.algorithm not in ("mf", "dpals"):
             raise ConfigError(f"algorithm must be 'mf' or 'dpals', found {self.algorithm!r}")
         if not (self.round_timeout > 0 and math.isfinite(self.round_timeout)):

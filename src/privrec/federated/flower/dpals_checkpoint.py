@@ -60,7 +60,7 @@ import numpy as np
 
 from privrec.errors import ConfigError
 from privrec.federated.dpals_devices import ARRAY_FIELDS, DeviceTask, SumResult
-from privrec.federated.flower.run_lock import RunLock
+from privrec.federated.flower.run_lock import RunLock, sync_folder
 from privrec.models.persistence import atomic_output
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ class RoundStore:
             while done < len(line):
                 done += os.write(fd, line[done:])
             os.fsync(fd)
-            _sync_folder(self.folder)
+            sync_folder(self.folder)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)  # no torn line left behind
@@ -328,7 +328,7 @@ class RoundStore:
             ) from None
         finally:
             tmp.unlink(missing_ok=True)
-        _sync_folder(self.folder)
+        sync_folder(self.folder)
         self._note("record", index)
         self._path(index, "started").unlink(missing_ok=True)
 
@@ -345,15 +345,6 @@ _JOURNAL_LINE = re.compile(r"(start|abort|record) (\d{1,9})")
 _RANK = {"abort": 0, "start": 1, "record": 2}
 #: the members :meth:`RoundStore.record` writes
 _MEMBERS = frozenset({"digest.npy", "decoded.npy", "survivors.npy"})
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make the folder's entries (a new or renamed file) durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_small(path: Path, limit: int) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from privrec.errors import ConfigError
 
-__all__ = ["RunLock", "make_durable_dir"]
+__all__ = ["RunLock", "make_durable_dir", "sync_folder"]
 
 
 class RunLock:
@@ -77,8 +77,13 @@ def make_durable_dir(folder: Path) -> None:
             pass
         except OSError as exc:
             raise ConfigError(f"{str(folder)!r} cannot be created: {exc}") from None
-        fd = os.open(d.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_folder(d.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the folder's entries (a new, renamed or removed file) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from privrec.errors import ConfigError
-from privrec.federated.flower.run_lock import make_durable_dir
+from privrec.federated.flower.run_lock import make_durable_dir, sync_folder
 
 __all__ = ["UnmaskMarks"]
 
@@ -52,14 +52,14 @@ class UnmaskMarks:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _sync(self.folder)
+        sync_folder(self.folder)
 
     def clear(self, round_: int) -> None:
         """Round ``round_``'s charge (or its counts) is saved: its mark can go."""
         if self.folder is None:
             return
         self._path(round_).unlink(missing_ok=True)
-        _sync(self.folder)
+        sync_folder(self.folder)
 
     def pending(self) -> list[int]:
         """The rounds marked and not cleared, in order."""
@@ -67,11 +67,3 @@ class UnmaskMarks:
             return []
         out = [int(m.group(1)) for n in os.listdir(self.folder) if (m := _MARK.fullmatch(n))]
         return sorted(out)
-
-
-def _sync(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,7 +15,7 @@ import dp_accounting
 import numpy as np
 
 from privrec.errors import ConfigError, DataError, InvalidInputError, PrivacyWarning
-from privrec.federated import server_checkpoint, server_counting
+from privrec.federated import server_checkpoint, server_counting, server_rounds
 from privrec.federated.aborts import cohort_bound, warn_if_aborts_matter
 from privrec.federated.accounting import (
     calibrate_multiplier,
@@ -680,83 +680,14 @@ class FederatedMFServer:
         ``b̄ = unclipped_sum / n_clients`` clamped to [0, 1]: too many unclipped updates
         (``b̄ > γ``) shrink ``C``, too few grow it. Validation happens before any state changes.
         """
-        if self.head_items is None:
-            raise ConfigError("the head items are not chosen yet: call select_head first")
-        g = np.asarray(update_sum, dtype=np.float64)
-        if g.shape != (self.item_factors.size,):
-            raise DataError(
-                "update sum has the wrong length",
-                field="update_sum",
-                expected=str(self.item_factors.size),
-                found=g.shape,
-            )
-        if not np.all(np.isfinite(g)):
-            raise DataError("update sum contains NaN or infinite values", field="update_sum")
-        if not (n_clients > 0 and math.isfinite(n_clients)):
-            raise DataError("n_clients must be > 0", field="n_clients", found=n_clients)
-        n_surv = round(n_clients) if survivors is None else int(survivors)
-        if n_surv < 1:
-            raise DataError("survivors must be >= 1", field="survivors", found=survivors)
-        honest = self.honest_survivors(n_surv, sampled)
-        if (
-            self.config.aggregation == "distributed"
-            and self.noise_multiplier > 0
-            and honest < self.noise_shares
-        ):
-            raise DataError(
-                f"only {honest} honest survivors' noise in the sum, planned for at least "
-                f"{self.noise_shares} (the rest may collude with the server); the secure sum "
-                "should have aborted",
-                field="survivors",
-                found=n_surv,
-            )
-        event = self._charged_round_event(self.noise_multiplier)
-        self._announce(f"round {self.round + 1}", event)
-
-        c = self.config
-        mean_update = g / n_clients  # descent direction
-        grad = -mean_update + 2.0 * c.item_regularization * self.item_factors.ravel()
-        if c.server_optimizer == "sgd":
-            step = c.server_lr * grad
-        else:
-            t = self.round + 1
-            self.adam_m = c.adam_beta1 * self.adam_m + (1 - c.adam_beta1) * grad
-            self.adam_v = c.adam_beta2 * self.adam_v + (1 - c.adam_beta2) * grad * grad
-            m_hat = self.adam_m / (1 - c.adam_beta1**t)
-            v_hat = self.adam_v / (1 - c.adam_beta2**t)
-            step = c.server_lr * m_hat / (np.sqrt(v_hat) + c.adam_eps)
-        self.item_factors = self.item_factors - step.reshape(self.item_factors.shape)
-        old_clip = self.clip_norm
-        b_bar = float("nan")
-        if c.adaptive_clipping and math.isfinite(unclipped_sum):
-            b_bar = min(1.0, max(0.0, unclipped_sum / n_clients))
-            self.clip_norm = old_clip * math.exp(-c.clip_lr * (b_bar - c.target_quantile))
-        self.round += 1
-        self._spend(f"round {self.round}", event)
-        self.history.append(
-            {
-                "round": self.round,
-                "clip_norm": old_clip,
-                "unclipped_fraction": b_bar,
-                "survivors": n_surv,
-                "honest_survivors": honest,
-            }
+        server_rounds.apply_update(
+            self, update_sum, n_clients, unclipped_sum, survivors=survivors, sampled=sampled
         )
 
     def discard_round(self, reason: str) -> None:
-        """Charge a training round whose update is never applied.
-
-        For an attempt that aborted *after* its unmask request went out: the replies the server
-        holds may decode that attempt's sum, so it is charged as the round it was (the planned
-        event, like :meth:`apply`) and the run moves on to the next round without its update —
-        the guarantee never counts fewer releases than were made, and the run stays within its
-        planned rounds.
-        """
-        event = self._charged_round_event(self.noise_multiplier)
-        self._announce(f"round {self.round + 1}", event)
-        self.round += 1
-        self._spend(f"round {self.round}", event)
-        self.history.append({"round": self.round, "discarded": True, "reason": reason})
+        """Charge a training round whose update is never applied (an attempt aborted after its
+        unmask request: :func:`privrec.federated.server_rounds.discard_round`)."""
+        server_rounds.discard_round(self, reason)
 
     def record_abort(self, phase: str, reason: str) -> None:
         """A round that aborted released nothing about the data: logged, no privacy spend."""

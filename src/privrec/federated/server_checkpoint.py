@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from privrec.federated.accounting import fast_epsilon
 from privrec.federated.config import FederatedMFConfig
 from privrec.federated.server_counting import HEAD_LABEL, ruled_head
 from privrec.federated.sim_reports import without_numbers
+from privrec.models.persistence import atomic_output
 from privrec.privacy.events import SpentEvent, total_event
 
 if TYPE_CHECKING:
@@ -335,24 +335,14 @@ def save(self: FederatedMFServer, path: str | Path) -> Path:
     """Checkpoint to ``path`` (``.npz`` with the metadata as a JSON byte array)."""
     arrays, meta = state_dict(self)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a stale file or a planted link: never written through
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    with os.fdopen(os.open(tmp, flags, 0o600), "wb") as fh:
+    # atomic (a crash mid-write never leaves a half checkpoint), never through a planted link,
+    # and durable: the charges it records must survive a power loss
+    with atomic_output(path, durable=True) as tmp, tmp.open("wb") as fh:
         np.savez(
             fh,
             __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
             **arrays,  # type: ignore[arg-type]
         )
-        fh.flush()
-        os.fsync(fh.fileno())  # durable: the charges it records must survive a power loss
-    tmp.replace(path)  # atomic: a crash mid-write never leaves a half checkpoint
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
     return path
 
 

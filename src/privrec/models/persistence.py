@@ -141,9 +141,13 @@ def npz_path(path: str | Path) -> Path:
 
 
 @contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
+def atomic_output(path: Path, *, durable: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed over ``path`` only when the block
-    succeeds — a full disk or an error never leaves a cut-off file or destroys the old one."""
+    succeeds — a full disk or an error never leaves a cut-off file or destroys the old one.
+
+    ``durable``: the written file and the rename are also fsynced (file, then folder), so a
+    power loss cannot undo a file whose content others already acted on (a charge on record).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name.lstrip('.')}.{os.getpid()}.tmp")
     # the name is predictable: a stale temp file or a link planted there (a shared folder) is
@@ -157,9 +161,26 @@ def atomic_output(path: Path) -> Iterator[Path]:
         ) from None
     try:
         yield tmp
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY | _NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
+        if durable:
+            sync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the folder's entries (a new, renamed or removed file) durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_model(

@@ -265,20 +265,18 @@ class Coordinator(SecureRounds):
         """Charge what an earlier run sent an unmask request for and never saved (see
         :mod:`~privrec.federated.flower.unmask_marks`), before anything else is asked."""
         for round_ in self.marks.pending():
-            if round_ == 0 and srv.needs_head:
+            if srv.needs_head:  # no counts saved: nothing this run could settle the mark on
                 raise ConfigError(
                     "an earlier run's counting round went past its unmask request and never "
                     "completed: its replies may have been decoded, and counting again would be "
                     "a second release no guarantee counts — start a new run in a new "
                     "checkpoint-dir (its ε composes with that attempt)"
-                )
-            if round_ > 0 and srv.needs_head:
-                raise ConfigError(
-                    f"{str(self.ckpt)!r} holds an unsettled unmask mark of round {round_} and no "
-                    "checkpoint this run resumes: it belongs to another run — use a new "
+                    if round_ == 0
+                    else f"{str(self.ckpt)!r} holds an unsettled unmask mark of round {round_} "
+                    "and no checkpoint this run resumes: it belongs to another run — use a new "
                     "checkpoint-dir (a new run's ε composes with that run's)"
                 )
-            if round_ == srv.round + 1 and round_ > 0:
+            if round_ > 0 and round_ == srv.round + 1:
                 srv.discard_round(
                     f"train round: an earlier run went past round {round_}'s unmask request "
                     "and stopped before saving it; charged, update discarded"

@@ -60,8 +60,8 @@ import numpy as np
 
 from privrec.errors import ConfigError
 from privrec.federated.dpals_devices import ARRAY_FIELDS, DeviceTask, SumResult
-from privrec.federated.flower.run_lock import RunLock, sync_folder
-from privrec.models.persistence import atomic_output
+from privrec.federated.flower.run_lock import RunLock
+from privrec.models.persistence import atomic_output, sync_folder
 
 if TYPE_CHECKING:
     from privrec.privacy.distributed import DistributedDPEncoder

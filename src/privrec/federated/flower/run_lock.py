@@ -15,8 +15,9 @@ import os
 from pathlib import Path
 
 from privrec.errors import ConfigError
+from privrec.models.persistence import sync_folder
 
-__all__ = ["RunLock", "make_durable_dir", "sync_folder"]
+__all__ = ["RunLock", "make_durable_dir"]
 
 
 class RunLock:
@@ -78,12 +79,3 @@ def make_durable_dir(folder: Path) -> None:
         except OSError as exc:
             raise ConfigError(f"{str(folder)!r} cannot be created: {exc}") from None
         sync_folder(d.parent)
-
-
-def sync_folder(folder: Path) -> None:
-    """Make the folder's entries (a new, renamed or removed file) durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

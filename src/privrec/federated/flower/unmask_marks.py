@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 
 from privrec.errors import ConfigError
-from privrec.federated.flower.run_lock import make_durable_dir, sync_folder
+from privrec.federated.flower.run_lock import make_durable_dir
+from privrec.models.persistence import sync_folder
 
 __all__ = ["UnmaskMarks"]
 

@@ -13,15 +13,27 @@ from hypothesis import strategies as st
 from privrec.models import load_model
 from privrec.models.dp_ease import (
     DPEASE,
+    GRAM_LABEL,
+    PAIR_LABEL,
+    NoisyCounts,
     bounded_gram,
     gram_sensitivity,
+    popularity_prior,
     resolve_ease_blend,
     resolve_ease_regularization,
 )
-from privrec.models.dp_rules import MAX_BLEND, low_signal_blend
-from privrec.privacy.accounting import epsilon_of
+from privrec.models.dp_rules import (
+    COUNT_SHARE,
+    COUNT_SHARE_MAX,
+    MAX_BLEND,
+    LengthProfile,
+    count_share,
+    low_signal_blend,
+)
+from privrec.privacy.accounting import compose, epsilon_of
 from privrec.privacy.bounds import LENGTHS_LABEL
 from privrec.privacy.events import total_event
+from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.randomness import seeded_generator
 from privrec.privacy.units import PrivacyUnit
 
@@ -79,10 +91,11 @@ def test_head_restriction_charges_counts_and_meets_budget() -> None:
     data, _ = checkerboard(n_users=60, n_items=30)
     m = DPEASE(epsilon=2.0, delta=1e-4, unit="user", max_items=10, seed=3).fit(data)
     labels = [s.label for s in m.guarantee_.spent_events]
-    assert labels == [LENGTHS_LABEL, "noisy item counts (head selection)", "noisy item Gram matrix"]
+    assert labels == [LENGTHS_LABEL, PAIR_LABEL]
     fixed = DPEASE(epsilon=2.0, delta=1e-4, unit="user", max_items=10, max_per_user=30, seed=3)
     labels = [s.label for s in fixed.fit(data).guarantee_.spent_events]
-    assert labels == ["noisy item counts (head selection)", "noisy item Gram matrix"]
+    assert labels == [PAIR_LABEL]
+    assert fixed.count_budget_fraction_ == COUNT_SHARE  # no histogram: the fixed share
     assert len(m.head_items_) == 10
     eps = epsilon_of(total_event(m.guarantee_.spent_events), 1e-4)
     assert 0.99 * 2.0 <= eps <= 2.0
@@ -111,7 +124,7 @@ def test_whole_catalogue_without_head_selection_spends_only_the_gram() -> None:
     data, _ = checkerboard(n_users=60, n_items=20)
     m = DPEASE(epsilon=2.0, delta=1e-4, unit="user", head_snr=0.0, max_per_user=30, seed=1)
     m.fit(data)
-    assert [s.label for s in m.guarantee_.spent_events] == ["noisy item Gram matrix"]
+    assert [s.label for s in m.guarantee_.spent_events] == [GRAM_LABEL]
     assert len(m.head_items_) == 20
     assert 0.99 * 2.0 <= m.privacy_guarantee.epsilon <= 2.0
 
@@ -236,3 +249,117 @@ def test_no_items_is_a_typed_error_and_nothing_changes() -> None:
         with pytest.raises(DataError, match="at least one item"):
             m.fit(sp.csr_matrix(shape, dtype=np.float32))
     assert pickle.dumps(m.__dict__) == before
+
+
+def _profile(n_users: int) -> LengthProfile:
+    return LengthProfile(np.array([0.0, float(n_users)]), 1.0, 10)
+
+
+def test_count_share_rule_is_pinned() -> None:
+    # the given share wins; no histogram: the fixed share; else 0.1 × 8000 / (n·ε) in [0.1, 0.75]
+    assert count_share(0.3, _profile(100), 1.0) == 0.3
+    assert count_share(None, None, 1.0) == COUNT_SHARE == 0.1
+    assert count_share(None, _profile(600), 1.0) == COUNT_SHARE_MAX == 0.75
+    assert count_share(None, _profile(3000), 1.0) == pytest.approx(0.8 / 3.0)
+    assert count_share(None, _profile(1000), 4.0) == pytest.approx(0.2)
+    assert count_share(None, _profile(8000), 1.0) == pytest.approx(0.1)
+    assert count_share(None, _profile(100_000), 5.0) == COUNT_SHARE
+
+
+def test_split_after_the_histogram_is_one_gaussian_within_the_budget() -> None:
+    """The pair's multipliers sum to the announced rate, and the three releases as separate
+    Gaussian events compose to the guarantee's ε (the single event is exact, not a bound)."""
+    data, _ = checkerboard(n_users=60, n_items=30)
+    m = DPEASE(epsilon=2.0, delta=1e-4, unit="user", max_items=10, seed=3).fit(data)
+    lengths, pair = m.guarantee_.spent_events
+    z_len, z_rest = lengths.event.noise_multiplier, pair.event.noise_multiplier
+    z_count, z_gram = m.count_noise_multiplier_, m.noise_multiplier_
+    assert m.count_budget_fraction_ == COUNT_SHARE_MAX  # 60 users × ε 2: the counts get most
+    assert 1 / z_count**2 + 1 / z_gram**2 == pytest.approx(1 / z_rest**2, rel=1e-12)
+    assert 1 / z_count**2 == pytest.approx(COUNT_SHARE_MAX / z_rest**2, rel=1e-12)
+    separate = compose([gaussian_event(z) for z in (z_len, z_count, z_gram)])
+    eps = epsilon_of(separate, 1e-4)
+    assert eps == pytest.approx(m.privacy_guarantee.epsilon, rel=1e-3)
+    assert 0.99 * 2.0 <= eps <= 2.0 * (1 + 1e-3)
+    # a given share is used as is, and the guarantee does not move
+    given = DPEASE(
+        epsilon=2.0, delta=1e-4, unit="user", max_items=10, count_budget_fraction=0.2, seed=3
+    ).fit(data)
+    assert given.count_budget_fraction_ == 0.2
+    assert [s.to_dict() for s in given.guarantee_.spent_events] == [
+        s.to_dict() for s in m.guarantee_.spent_events
+    ]
+
+
+def test_popularity_prior_weights_by_inverse_variance() -> None:
+    diag = NoisyCounts(np.array([4.0, 2.0, 0.0]), 1.0)
+    np.testing.assert_array_equal(popularity_prior(diag, None), diag.values)
+    # counts on twice the scale with twice the std: equal weights after rescaling
+    counts = NoisyCounts(np.array([4.0, 8.0, 0.0]), 2.0, 3)
+    np.testing.assert_allclose(popularity_prior(diag, counts), [3.0, 3.0, 0.0])
+    # far noisier counts barely move the diagonal; far cleaner ones take over
+    np.testing.assert_allclose(
+        popularity_prior(diag, NoisyCounts(counts.values, 1e6, 3)), diag.values, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        popularity_prior(diag, NoisyCounts(counts.values, 1e-6, 3)), [2.0, 4.0, 0.0], atol=1e-6
+    )
+    # totals swamped by noise (≤ 0): no scale, the diagonal alone
+    neg = NoisyCounts(np.array([-5.0, 1.0, 1.0]), 1.0, 0)
+    np.testing.assert_array_equal(popularity_prior(diag, neg), diag.values)
+
+
+def test_popularity_prior_is_finite_at_extreme_scales() -> None:
+    diag = NoisyCounts(np.array([1e300, 2e300]), 1e-300)
+    for counts in (
+        NoisyCounts(np.array([1e-300, 1e-300]), 1e300, 2),
+        NoisyCounts(np.array([1.0, 2.0]), 0.0, 2),
+        NoisyCounts(np.array([np.inf, 1.0]), 1.0, 2),
+    ):
+        out = popularity_prior(diag, counts)
+        assert np.all(np.isfinite(out))
+    assert np.all(
+        np.isfinite(popularity_prior(NoisyCounts(np.ones(2), 0.0), NoisyCounts(np.ones(2), 1.0)))
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "ok"),
+    [
+        ({"length_budget_fraction": 0.95}, False),
+        ({"count_budget_fraction": 0.9}, False),
+        ({"length_budget_fraction": 0.5, "count_budget_fraction": 0.8}, False),
+        ({"length_budget_fraction": 0.5}, True),  # 0.5 × (1 − 0.75) > 0.1
+        ({"count_budget_fraction": 0.85}, True),
+    ],
+)
+def test_splits_that_starve_the_gram_are_refused_before_any_charge(
+    kwargs: dict[str, float], ok: bool
+) -> None:
+    from privrec.errors import ConfigError
+
+    data, _ = checkerboard(n_users=60, n_items=30)
+    m = DPEASE(epsilon=2.0, delta=1e-4, unit="user", max_items=10, seed=3, **kwargs)
+    charged: list[object] = []
+    m.release_gate = charged.append
+    if ok:
+        m.fit(data)
+        assert charged
+    else:
+        with pytest.raises(ConfigError, match="Gram matrix"):
+            m.fit(data)
+        assert not charged and not hasattr(m, "weights_")
+
+
+def test_the_guarantee_says_when_the_counts_join_the_prior() -> None:
+    data, _ = checkerboard(n_users=60, n_items=30)
+    small = DPEASE(epsilon=2.0, delta=1e-4, unit="user", max_items=10, seed=3).fit(data)
+    assert small.count_prior_  # share 0.75 ≥ 0.5
+    released = " ".join(small.guarantee_.released)
+    assert "joined with the head's noisy counts" in released and "0.75 of the pair" in released
+    off = DPEASE(epsilon=2.0, delta=1e-4, unit="user", max_items=10, count_prior=False, seed=3).fit(
+        data
+    )
+    assert not off.count_prior_ and "joined" not in " ".join(off.guarantee_.released)
+    # the prior is the released diagonal alone without the counts, and differs with them
+    assert not np.allclose(small.item_popularity_, off.item_popularity_)

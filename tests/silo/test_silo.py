@@ -216,8 +216,17 @@ def test_defaults_match_central_dpals_and_dpease() -> None:
     silo = SiloConfig(epsilon=1.0, delta=1e-6, n_items=10)
     central = DPALS(epsilon=1.0, delta=1e-6, unit="user").get_params()
     # central reads these from its private length histogram (None) or, α0, from the head's noisy
-    # density ("density"); the silo path keeps fixed ones
-    adaptive = ("epsilon", "delta", "factors", "max_per_user", "max_contribution", "alpha0")
+    # density ("density"), and DPEASE its count share from the histogram's n·ε (None); the silo
+    # path keeps fixed ones (without a histogram central's share is the same fixed 0.1)
+    adaptive = (
+        "epsilon",
+        "delta",
+        "factors",
+        "max_per_user",
+        "max_contribution",
+        "alpha0",
+        "count_budget_fraction",
+    )
     for name, value in central.items():
         if name in SiloConfig.model_fields and name not in adaptive:
             assert getattr(silo, name) == value, name

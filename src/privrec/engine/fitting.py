@@ -297,6 +297,9 @@ def _fit_dpease(
     progress: Callable[[int, int], None] | None,
 ) -> None:  # fmt: skip
     from privrec.models.dp_ease import (
+        EaseBudget,
+        NoisyCounts,
+        ease_head,
         gram_sensitivity,
         resolve_contribution,
         resolve_ease_regularization,
@@ -304,49 +307,31 @@ def _fit_dpease(
     )
     from privrec.models.dp_rules import LengthProfile, resolve_bound
     from privrec.models.ease import check_ease_memory, ease_from_gram
-    from privrec.privacy.accounting import calibrate, compose
     from privrec.privacy.bounds import LENGTHS_LABEL
-    from privrec.privacy.events import SpentEvent
     from privrec.privacy.mechanisms import gaussian, gaussian_event, symmetric_gaussian
 
-    restrict = n_items > c.max_items or c.head_snr > 0
-    adaptive = c.max_per_user is None
-    f_len = c.length_budget_fraction if adaptive else 0.0
-    f_count = c.count_budget_fraction if restrict else 0.0
-    if f_len + f_count >= 0.9:
-        raise ConfigError("length_budget_fraction + count_budget_fraction must stay below 0.9")
-    shares = [f for f in (f_len, f_count) if f > 0] + [1.0 - f_len - f_count]
-    z_eff = calibrate(
-        budget,
-        lambda z: compose([gaussian_event(z / math.sqrt(f)) for f in shares]),
-        kind=c.accountant,
-        unit=c.unit,
-    )
-    z_len, z_count = (z_eff / math.sqrt(f) if f > 0 else 0.0 for f in (f_len, f_count))
-    z_gram = z_eff / math.sqrt(shares[-1])
-    model._plan(
-        ([SpentEvent(LENGTHS_LABEL, gaussian_event(z_len))] if adaptive else [])
-        + ([SpentEvent("noisy item counts (head selection)", gaussian_event(z_count))] if restrict else [])
-        + [SpentEvent("noisy item Gram matrix", gaussian_event(z_gram))]
-    )  # fmt: skip
+    plan = EaseBudget.calibrate(c, n_items, budget)
+    model._plan(plan.planned())
     profile = None
-    if adaptive:
-        hist, std = _length_profile(group, c.unit, z_len, rng, n_items)
-        model._spend(LENGTHS_LABEL, gaussian_event(z_len))
+    if plan.z_len > 0:
+        hist, std = _length_profile(group, c.unit, plan.z_len, rng, n_items)
+        model._spend(LENGTHS_LABEL, gaussian_event(plan.z_len))
         profile = LengthProfile(hist, std, n_items)
     bound = resolve_bound(c.max_per_user, profile, c.bound_quantile, floor=1)
     c_max = resolve_contribution(c.max_contribution, profile)
     model.max_per_user_, model.max_contribution_ = bound, c_max
     sens_g = gram_sensitivity(c.unit, c_max, bound)
-    if restrict:
+    split = plan.split(c, profile)
+    z_count, z_gram = split.z_count, split.z_gram
+    model.count_budget_fraction_, model.count_noise_multiplier_ = split.share, z_count
+    counts = None
+    if plan.restrict:
         salt = draw_salt(rng) if c.unit is PrivacyUnit.USER else None
-        (counts,) = group.reduce("bounded_counts", c.unit, bound, salt)
+        (raw,) = group.reduce("bounded_counts", c.unit, bound, salt)
         sens = math.sqrt(bound) if c.unit is PrivacyUnit.USER else 1.0
-        noisy = gaussian(counts, z_count, sens, rng)
-        model._spend("noisy item counts (head selection)", gaussian_event(z_count))
-        n_head = n_signal = int(np.count_nonzero(noisy >= c.head_snr * z_gram * sens_g))
-        n_head = min(max(n_head, c.head_min), c.max_items, n_items)
-        head = np.sort(np.argsort(-noisy, kind="stable")[:n_head])
+        noisy = gaussian(raw, z_count, sens, rng)
+        head, n_signal = ease_head(noisy, c.head_snr * z_gram * sens_g, c)
+        counts = NoisyCounts(noisy[head], z_count * sens, n_signal)
     else:
         head = np.arange(n_items)
     check_ease_memory(len(head), None, "DPEASE")
@@ -354,7 +339,7 @@ def _fit_dpease(
     (gram,) = group.reduce("ease_gram", head, c.unit, c_max, bound, salt_g)
     noisy_gram = symmetric_gaussian(gram, z_gram, sens_g, rng)
     del gram
-    model._spend("noisy item Gram matrix", gaussian_event(z_gram))
+    model._spend(*plan.spent_pair())
     reg = resolve_ease_regularization(
         c.regularization, float(z_gram * sens_g), len(head), c.reg_scale
     )
@@ -364,13 +349,13 @@ def _fit_dpease(
     model.head_items_ = head.astype(np.int64)
     model.noise_multiplier_ = float(z_gram)
     # the same prior, β and shrinkage as the single-machine fit (low-signal fallback included)
-    set_popularity(model, c, profile, prior, n_signal if restrict else None)
+    set_popularity(model, c, profile, NoisyCounts(prior, z_gram * sens_g), counts)
     if progress is not None:
         progress(1, 1)
     model._finish(
         c,
         released=["the noisy item Gram matrix", "EASE item-item weights derived from it"]
-        + (["the head item set chosen from noisy counts"] if restrict else []),
+        + (split.released(model.count_prior_) if plan.restrict else []),
         not_released=[
             "raw interactions",
             "each user's scores (computed from that user's own history, shown only to them)",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Self
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -15,7 +16,9 @@ from privrec.errors import ConfigError, DataError
 from privrec.models.base import check_array, register
 from privrec.models.dp_popularity import bounded_counts
 from privrec.models.dp_rules import (
+    COUNT_SHARE_MAX,
     LengthProfile,
+    count_share,
     low_signal_blend,
     resolve_bound,
     resolve_shrinkage,
@@ -38,7 +41,20 @@ from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event, symmetric_gaussian
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["DPEASE", "bounded_gram", "resolve_ease_regularization", "set_popularity"]
+__all__ = [
+    "DPEASE",
+    "EaseBudget",
+    "NoisyCounts",
+    "bounded_gram",
+    "ease_head",
+    "popularity_prior",
+    "resolve_ease_regularization",
+    "set_popularity",
+]
+
+#: the event of the head-selection counts and the Gram matrix, one Gaussian mechanism
+PAIR_LABEL = "noisy item counts (head selection) and noisy item Gram matrix"
+GRAM_LABEL = "noisy item Gram matrix"
 
 HEAD_SNR = 6.0
 REG_SCALE = 3.0
@@ -46,6 +62,10 @@ MAX_CONTRIBUTION = 10.0
 _MIN_CONTRIBUTION = 5.0
 # per-user shrinkage of the blend, in units of β (:func:`~privrec.models.dp_rules.resolve_shrinkage`)
 _SHRINKAGE = 32.0
+#: the counts' share of the pair's rate from which they join the popularity prior by default
+COUNT_PRIOR_SHARE = 0.5
+#: the least share of the rate Σ 1/z² the Gram matrix keeps (else a ConfigError before any charge)
+_MIN_GRAM_SHARE = 0.1
 
 
 def gram_sensitivity(unit: PrivacyUnit, max_contribution: float, max_per_user: int) -> float:
@@ -100,7 +120,8 @@ class DPEASEConfig(PrivateConfig):
     max_items: int = pydantic.Field(default=5000, ge=1)
     head_snr: float = pydantic.Field(default=HEAD_SNR, ge=0, allow_inf_nan=False)
     head_min: int = pydantic.Field(default=100, ge=1)
-    count_budget_fraction: float = pydantic.Field(default=0.1, gt=0, lt=1)
+    count_budget_fraction: float | None = pydantic.Field(default=None, gt=0, lt=1)
+    count_prior: bool | None = None
     popularity_blend: float | None = pydantic.Field(default=None, ge=0, le=10, allow_inf_nan=False)
     popularity_shrinkage: float | None = pydantic.Field(
         default=None, ge=0, le=1000, allow_inf_nan=False
@@ -173,7 +194,17 @@ class DPEASE(PrivateRecommender):
         never recommended. ``head_snr = 0`` with a catalogue of at most
         ``max_items`` items skips the selection (and its count release).
     count_budget_fraction
-        Share of the privacy "rate" (Σ 1/z²) spent on the head-selection counts.
+        Share of the counts-and-Gram rate (Σ 1/z² after the length histogram) spent on the
+        head-selection counts. Default (``None``): chosen after the histogram from its noisy
+        user count n̂, ``0.1 × 8000 / (n̂·ε)`` within [0.1, 0.75]
+        (:func:`~privrec.models.dp_rules.count_share`; 0.1 without a histogram): with few
+        users × ε the Gram's pair statistics stay below the noise and the counts carry the
+        ranking. Chosen on validation splits (``benchmarks/results/dpease_split.md``).
+    count_prior
+        Whether the head-selection counts join the Gram diagonal in the popularity prior
+        (:func:`popularity_prior`, inverse-variance weights). Default (``None``): when the
+        counts got at least half of the pair's rate — below that, the head's counts, selected
+        from the same noise, are biased upward enough to hurt (validation splits).
     popularity_blend
         β: scores are the row-standardised EASE scores plus β × the
         standardised log popularity from the released Gram diagonal
@@ -204,17 +235,22 @@ class DPEASE(PrivateRecommender):
     -------
     Mechanism: with the data-adaptive defaults, first a noisy history-length
     histogram (sensitivity 1 per user, √2 per interaction; event
-    ``GaussianDpEvent(z_l)``), from which B, C and the shrinkage are read
-    (post-processing); then symmetric Gaussian noise on the bounded Gram matrix
-    (sensitivity C under the user unit, √(2(2B−1)) under the interaction unit;
-    add/remove neighbouring), event ``GaussianDpEvent(z_g)``; plus, when a
-    head is selected, Gaussian noisy counts (sensitivity √B / 1), event
-    ``GaussianDpEvent(z_c)``. The multipliers are calibrated jointly so the
-    composed event meets (ε, δ). Released: the head set, the noisy Gram matrix
-    and the EASE weights computed from it. The head size, the default λ and β
-    depend only on the noisy counts, σ and ε (post-processing), and so does
-    the popularity prior (the diagonal of the released Gram matrix). A
-    user's scores ``x_u B`` use that user's own history only (joint DP).
+    ``GaussianDpEvent(z_l)``), from which B, C, the shrinkage and the count
+    share are read (post-processing); then, when a head is selected, Gaussian
+    noisy counts (sensitivity √B / 1, multiplier z_c) and symmetric Gaussian
+    noise on the bounded Gram matrix of the head (sensitivity C under the user
+    unit, √(2(2B−1)) under the interaction unit; add/remove neighbouring;
+    multiplier z_g), with ``1/z_c² + 1/z_g² = 1/z_r²``: for every histogram
+    output this adaptively composed pair is exactly the Gaussian mechanism of
+    multiplier z_r (Gaussian DP composition), one event
+    ``GaussianDpEvent(z_r)`` (:class:`EaseBudget`; without a head selection the
+    Gram matrix alone, z_g = z_r). z_l and z_r are calibrated jointly, before
+    any noise, so the composed event meets (ε, δ). Released: the head set, the
+    noisy Gram matrix and the EASE weights computed from it. The head size, the
+    default λ and β depend only on the noisy counts, σ and ε (post-processing),
+    and so does the popularity prior (the released Gram diagonal, joined by the
+    released counts). A user's scores ``x_u B`` use that user's own history
+    only (joint DP).
     """
 
     name = "dpease"
@@ -229,6 +265,9 @@ class DPEASE(PrivateRecommender):
     popularity_blend_: float
     popularity_shrinkage_: float
     signal_fraction_: float
+    count_budget_fraction_: float
+    count_noise_multiplier_: float
+    count_prior_: bool
 
     def __init__(
         self,
@@ -244,7 +283,8 @@ class DPEASE(PrivateRecommender):
         max_items: int = 5000,
         head_snr: float = HEAD_SNR,
         head_min: int = 100,
-        count_budget_fraction: float = 0.1,
+        count_budget_fraction: float | None = None,
+        count_prior: bool | None = None,
         popularity_blend: float | None = None,
         popularity_shrinkage: float | None = None,
         popularity_fallback: bool = True,
@@ -264,6 +304,7 @@ class DPEASE(PrivateRecommender):
         self.head_snr = head_snr
         self.head_min = head_min
         self.count_budget_fraction = count_budget_fraction
+        self.count_prior = count_prior
         self.popularity_blend = popularity_blend
         self.popularity_shrinkage = popularity_shrinkage
         self.popularity_fallback = popularity_fallback
@@ -287,59 +328,37 @@ class DPEASE(PrivateRecommender):
         if data.n_items == 0:  # else LAPACK refuses an empty Gram matrix (untyped, on stderr)
             raise DataError("DPEASE needs at least one item", field="items", found=0)
         budget, rng = self._begin(data, config)
-        restrict = data.n_items > config.max_items or config.head_snr > 0
-        adaptive = config.max_per_user is None
-        # shares of the privacy "rate" Σ 1/z² (a composition of Gaussians is one Gaussian)
-        f_len = config.length_budget_fraction if adaptive else 0.0
-        f_count = config.count_budget_fraction if restrict else 0.0
-        if f_len + f_count >= 0.9:
-            raise ConfigError("length_budget_fraction + count_budget_fraction must stay below 0.9")
-        shares = [f for f in (f_len, f_count) if f > 0] + [1.0 - f_len - f_count]
-
-        def events(z: float) -> list[Any]:
-            return [gaussian_event(z / math.sqrt(f)) for f in shares]
-
-        z_eff = calibrate(
-            budget, lambda z: compose(events(z)), kind=config.accountant, unit=config.unit
-        )
-        z_len, z_count = (z_eff / math.sqrt(f) if f > 0 else 0.0 for f in (f_len, f_count))
-        z_gram = z_eff / math.sqrt(shares[-1])
-        self._plan(
-            ([SpentEvent(LENGTHS_LABEL, gaussian_event(z_len))] if adaptive else [])
-            + (
-                [SpentEvent("noisy item counts (head selection)", gaussian_event(z_count))]
-                if restrict
-                else []
-            )
-            + [SpentEvent("noisy item Gram matrix", gaussian_event(z_gram))]
-        )
+        plan = EaseBudget.calibrate(config, data.n_items, budget)
+        self._plan(plan.planned())
         profile = None
-        if adaptive:
-            hist = noisy_length_histogram(data.matrix, config.unit, z_len, rng)
-            self._spend(LENGTHS_LABEL, gaussian_event(z_len))
-            profile = LengthProfile(hist, z_len * length_sensitivity(config.unit), data.n_items)
+        if plan.z_len > 0:
+            hist = noisy_length_histogram(data.matrix, config.unit, plan.z_len, rng)
+            self._spend(LENGTHS_LABEL, gaussian_event(plan.z_len))
+            profile = LengthProfile(
+                hist, plan.z_len * length_sensitivity(config.unit), data.n_items
+            )
         bound = resolve_bound(config.max_per_user, profile, config.bound_quantile, floor=1)
         c_max = resolve_contribution(config.max_contribution, profile)
         self.max_per_user_, self.max_contribution_ = bound, c_max
         sens_g = gram_sensitivity(config.unit, c_max, bound)
+        split = plan.split(config, profile)
+        z_count, z_gram = split.z_count, split.z_gram
+        self.count_budget_fraction_, self.count_noise_multiplier_ = split.share, z_count
         m = data.matrix
-        if restrict:
-            counts, sens = bounded_counts(m, config.unit, bound, rng)
-            noisy = gaussian(counts, z_count, sens, rng)
-            self._spend("noisy item counts (head selection)", gaussian_event(z_count))
-            n_head = int(np.count_nonzero(noisy >= config.head_snr * z_gram * sens_g))
-            n_signal = n_head
-            n_head = min(max(n_head, config.head_min), config.max_items, data.n_items)
-            head = np.sort(np.argsort(-noisy, kind="stable")[:n_head])
+        counts = None
+        if plan.restrict:
+            raw, sens = bounded_counts(m, config.unit, bound, rng)
+            noisy = gaussian(raw, z_count, sens, rng)
+            head, n_signal = ease_head(noisy, config.head_snr * z_gram * sens_g, config)
+            counts = NoisyCounts(noisy[head], z_count * sens, n_signal)
             m = sp.csr_matrix(m[:, head])
         else:
             head = np.arange(data.n_items)
-            n_signal = len(head)
         check_ease_memory(len(head), None, "DPEASE")
         gram, sens_g = bounded_gram(m, config.unit, c_max, bound, rng)
         noisy_gram = symmetric_gaussian(gram, z_gram, sens_g, rng)
         del gram
-        self._spend("noisy item Gram matrix", gaussian_event(z_gram))
+        self._spend(*plan.spent_pair())
         reg = resolve_ease_regularization(
             config.regularization, float(z_gram * sens_g), len(head), config.reg_scale
         )
@@ -350,17 +369,11 @@ class DPEASE(PrivateRecommender):
         self.weights_ = ease_from_gram(noisy_gram, reg, overwrite=True)
         self.head_items_ = head.astype(np.int64)
         self.noise_multiplier_ = float(z_gram)
-        set_popularity(
-            self,
-            config,
-            profile,
-            prior,
-            n_signal if restrict else None,
-        )
+        set_popularity(self, config, profile, NoisyCounts(prior, z_gram * sens_g), counts)
         self._finish(
             config,
             released=["the noisy item Gram matrix", "EASE item-item weights derived from it"]
-            + (["the head item set chosen from noisy counts"] if restrict else []),
+            + (split.released(self.count_prior_) if plan.restrict else []),
             not_released=[
                 "raw interactions",
                 "each user's scores (computed from that user's own history, shown only to them)",
@@ -435,31 +448,74 @@ class DPEASE(PrivateRecommender):
         self.popularity_blend_, self.popularity_shrinkage_ = read_blend_state(arrays)
 
 
+class NoisyCounts(NamedTuple):
+    """Released noisy per-item counts (a Gram diagonal or the head-selection counts) and their
+    noise std; ``n_signal``: how many cleared the head threshold (head-selection counts only)."""
+
+    values: np.ndarray
+    std: float
+    n_signal: int | None = None
+
+
+def popularity_prior(diagonal: NoisyCounts, counts: NoisyCounts | None) -> np.ndarray:
+    """The popularity prior over the head: the Gram diagonal, joined by the head counts if any.
+
+    Both are noisy item counts — the diagonal weighted by ``min(1, C / n_u)``, the counts by
+    the B-item sample — so the counts are put on the diagonal's scale (the ratio of their
+    sums) and the two are averaged with inverse-variance weights: the prior follows whichever
+    release got the larger share of the rate. Where no usable scale or weight comes out
+    (totals swamped by noise, a zero or non-finite std) it is the diagonal alone.
+    Post-processing of released values only.
+    """
+    d = np.asarray(diagonal.values, dtype=np.float64)
+    if counts is None:
+        return d
+    c = np.asarray(counts.values, dtype=np.float64)
+    total_c, total_d = float(np.sum(c)), float(np.sum(d))
+    with np.errstate(all="ignore"):
+        scale = total_d / total_c if total_c > 0 and total_d > 0 else math.nan
+        # the counts' weight relative to the diagonal's: var_d / (var_d + scale² var_c)
+        ratio = (scale * counts.std / diagonal.std) ** 2 if diagonal.std > 0 else math.nan
+        weight = 1.0 / (1.0 + ratio)
+        joined = weight * scale * c + (1.0 - weight) * d
+    if not (math.isfinite(weight) and counts.std > 0 and np.all(np.isfinite(joined))):
+        return d
+    return np.asarray(joined)
+
+
 def set_popularity(
     model: DPEASE,
     config: DPEASEConfig,
     profile: LengthProfile | None,
-    gram_diagonal: np.ndarray,
-    n_signal: int | None,
+    diagonal: NoisyCounts,
+    counts: NoisyCounts | None,
 ) -> None:
     """Set the popularity prior, β, the shrinkage and the head's signal fraction of ``model``.
 
-    ``gram_diagonal`` is the released Gram matrix's diagonal (the prior); ``n_signal`` how many
-    items' released head-selection counts cleared the ``head_snr`` threshold (``None``
-    without a head selection). With ``popularity_fallback`` the default β is raised as the
-    fraction of the head above the noise drops (:func:`~privrec.models.dp_rules.low_signal_blend`).
-    Warns (:func:`~privrec.models.dp_rules.small_data_warning`) when the noisy user count × ε
-    is small. Post-processing of accounted releases only. Shared by the single-machine fit and the
+    ``diagonal`` is the released Gram matrix's diagonal; ``counts`` the released head-selection
+    counts of the head items (``None`` without a head selection), joined into the prior by
+    :func:`popularity_prior` when ``config.count_prior`` says so (default: when the counts got
+    at least :data:`COUNT_PRIOR_SHARE` of the pair's rate, ``model.count_budget_fraction_``). With ``popularity_fallback``
+    the default β is raised as the fraction of the head above the noise drops
+    (:func:`~privrec.models.dp_rules.low_signal_blend`). Warns
+    (:func:`~privrec.models.dp_rules.small_data_warning`) when the noisy user count × ε is
+    small. Post-processing of accounted releases only. Shared by the single-machine fit and the
     engine's (:mod:`privrec.engine.fitting`), so both give the same model.
     """
     if profile is not None and PrivacyUnit(config.unit) is PrivacyUnit.USER:
         small_data_warning("DPEASE", profile.n_users, config.epsilon)
-    n_head = len(gram_diagonal)
+    n_head = len(diagonal.values)
+    n_signal = None if counts is None else counts.n_signal
     beta = ease_blend(
         config.popularity_blend, config.epsilon, config.popularity_fallback, n_signal, n_head
     )
+    join = config.count_prior
+    if join is None:  # the counts join when they got at least half of the pair's rate
+        join = model.count_budget_fraction_ >= COUNT_PRIOR_SHARE
+    model.count_prior_ = bool(join and counts is not None)
+    prior = popularity_prior(diagonal, counts if model.count_prior_ else None)
     model.signal_fraction_ = 1.0 if n_signal is None else min(1.0, n_signal / max(n_head, 1))
-    model.item_popularity_ = np.asarray(gram_diagonal).astype(np.float32)
+    model.item_popularity_ = prior.astype(np.float32)
     model.popularity_blend_ = beta
     model.popularity_shrinkage_ = resolve_shrinkage(
         config.popularity_shrinkage,
@@ -467,6 +523,101 @@ def set_popularity(
         profile,
         _SHRINKAGE * beta,  # DPEASE's fades with its β (chosen so)
     )
+
+
+def ease_head(noisy: np.ndarray, threshold: float, config: DPEASEConfig) -> tuple[np.ndarray, int]:
+    """The head (sorted item indices) read from noisy counts, and how many cleared ``threshold``.
+
+    The items whose noisy count reaches ``threshold`` (``head_snr`` × the Gram noise std), at
+    least ``head_min`` and at most ``max_items`` of them, by noisy count. Post-processing.
+    """
+    n_signal = int(np.count_nonzero(noisy >= threshold))
+    n_head = min(max(n_signal, config.head_min), config.max_items, len(noisy))
+    return np.sort(np.argsort(-noisy, kind="stable")[:n_head]), n_signal
+
+
+class PairSplit(NamedTuple):
+    """How the counts-and-Gram pair's rate was split (:meth:`EaseBudget.split`)."""
+
+    share: float
+    z_count: float
+    z_gram: float
+
+    def released(self, joined: bool) -> list[str]:
+        """What the head selection releases; ``joined``: the counts are in the prior."""
+        out = [
+            "the head item set chosen from noisy counts (count noise multiplier "
+            f"{self.z_count:.4g}, Gram {self.z_gram:.4g}: {self.share:.3g} of the pair's rate "
+            "to the counts)"
+        ]
+        if joined:
+            out.append(
+                "the popularity prior: the Gram diagonal joined with the head's noisy counts"
+            )
+        return out
+
+
+@dataclass(frozen=True)
+class EaseBudget:
+    """DPEASE's calibrated noise: the length histogram's multiplier, then the pair's.
+
+    The budget is met by at most two Gaussian events: the history-length histogram
+    (``z_len``, only with the data-adaptive bound) and one of multiplier ``z_rest`` that
+    covers the head-selection counts and the Gram matrix together. Their split is chosen
+    after the histogram (:meth:`split`, from its noisy user count), which is valid because
+    for every histogram output the two releases have multipliers with
+    ``1/z_count² + 1/z_gram² = 1/z_rest²``: adaptively composed Gaussian mechanisms whose
+    parameters are fixed given the earlier outputs are GDP with the summed μ² (Dong, Roth &
+    Su 2022), so the pair is (1/z_rest)-GDP — the privacy curve of the
+    ``GaussianDpEvent(z_rest)`` announced before any noise is drawn, tightly.
+    """
+
+    z_len: float
+    z_rest: float
+    restrict: bool
+
+    @classmethod
+    def calibrate(cls, config: DPEASEConfig, n_items: int, budget: Any) -> EaseBudget:
+        """Calibrate to ``budget``; ``n_items`` decides whether a head is selected."""
+        restrict = n_items > config.max_items or config.head_snr > 0
+        f_len = config.length_budget_fraction if config.max_per_user is None else 0.0
+        most = config.count_budget_fraction if config.count_budget_fraction else COUNT_SHARE_MAX
+        if (1.0 - f_len) * (1.0 - (most if restrict else 0.0)) <= _MIN_GRAM_SHARE:
+            raise ConfigError(  # before anything is charged: the split is known up to the rule
+                "length_budget_fraction and count_budget_fraction leave the Gram matrix at most "
+                f"{_MIN_GRAM_SHARE:.0%} of the privacy rate: lower them"
+            )
+        shares = ([f_len] if f_len > 0 else []) + [1.0 - f_len]
+        z_eff = calibrate(
+            budget,
+            lambda z: compose([gaussian_event(z / math.sqrt(f)) for f in shares]),
+            kind=config.accountant,
+            unit=config.unit,
+        )
+        z_len = z_eff / math.sqrt(f_len) if f_len > 0 else 0.0
+        return cls(z_len, z_eff / math.sqrt(1.0 - f_len), restrict)
+
+    def spent_pair(self) -> tuple[str, Any]:
+        """The pair's label and event, as :meth:`planned` announces it."""
+        return (PAIR_LABEL if self.restrict else GRAM_LABEL), gaussian_event(self.z_rest)
+
+    def planned(self) -> list[SpentEvent]:
+        lengths = [SpentEvent(LENGTHS_LABEL, gaussian_event(self.z_len))] if self.z_len else []
+        return [*lengths, SpentEvent(*self.spent_pair())]
+
+    def split(self, config: DPEASEConfig, profile: LengthProfile | None) -> PairSplit:
+        """The counts' share of the pair's rate and the two multipliers.
+
+        ``count_budget_fraction`` when given, else :func:`~privrec.models.dp_rules.count_share`
+        of the noisy n·ε (post-processing of the released histogram). Without a head
+        selection the Gram matrix gets the whole rate.
+        """
+        if not self.restrict:
+            return PairSplit(0.0, 0.0, self.z_rest)
+        share = count_share(config.count_budget_fraction, profile, config.epsilon)
+        return PairSplit(
+            share, self.z_rest / math.sqrt(share), self.z_rest / math.sqrt(1.0 - share)
+        )
 
 
 def ease_blend(

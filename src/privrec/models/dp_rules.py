@@ -20,6 +20,9 @@ from privrec.errors import ConfigError, UtilityWarning
 from privrec.privacy.bounds import quantile_from_histogram
 
 __all__ = [
+    "COUNT_SHARE",
+    "COUNT_SHARE_MAX",
+    "COUNT_SHARE_SCALE",
     "HEAD_RULE",
     "HEAD_SQRT_SCALE",
     "ITEM_NORM_SCALE",
@@ -27,6 +30,7 @@ __all__ = [
     "MAX_BLEND",
     "SMALL_DATA_SCALE",
     "LengthProfile",
+    "count_share",
     "dpals_head",
     "federated_head_size",
     "federated_head_threshold",
@@ -88,6 +92,33 @@ def resolve_bound(
     if profile is None:
         raise ValueError("a data-adaptive bound needs the released length profile")
     return max(floor, round(profile.quantile(quantile)))
+
+
+#: DPEASE's share of the counts-and-Gram rate spent on the counts (:func:`count_share`): the
+#: share without a length histogram, and the bounds of the n·ε rule.
+COUNT_SHARE = 0.1
+COUNT_SHARE_MAX = 0.75
+#: n·ε at and above which the counts get :data:`COUNT_SHARE`, and below which they get more.
+COUNT_SHARE_SCALE = 8000.0
+
+
+def count_share(share: float | None, profile: LengthProfile | None, epsilon: float) -> float:
+    """DPEASE's share of the counts-and-Gram rate (Σ 1/z²) spent on the head-selection counts.
+
+    The given share, else :data:`COUNT_SHARE` without a released length histogram, else a
+    rule of the noisy ``n·ε``: :data:`COUNT_SHARE` × ``COUNT_SHARE_SCALE / (n·ε)`` within
+    [:data:`COUNT_SHARE`, :data:`COUNT_SHARE_MAX`]. Why: the Gram's pair statistics need many
+    users to rise above the noise while the counts need few, so with few users × ε the counts
+    (which pick the head and, joined to the Gram diagonal, carry the popularity prior) are
+    where the budget buys ranking quality. Post-processing of the released histogram; the
+    split is valid after it (:class:`~privrec.models.dp_ease.EaseBudget`).
+    """
+    if share is not None:
+        return float(share)
+    if profile is None:
+        return COUNT_SHARE
+    scaled = COUNT_SHARE * COUNT_SHARE_SCALE / max(profile.n_users * epsilon, 1e-9)
+    return min(COUNT_SHARE_MAX, max(COUNT_SHARE, scaled))
 
 
 #: Largest data-adaptive factor count k (:func:`resolve_factors`).

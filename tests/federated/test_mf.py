@@ -268,3 +268,23 @@ def test_central_payload_validation() -> None:
         srv.validate_payload(ok * 1.01)
     with pytest.raises(InvalidInputError, match="NaN"):
         srv.validate_payload(np.full(srv.payload_dim, np.nan))
+
+
+def test_adam_counts_applied_steps_only() -> None:
+    """A discarded round (charged, update never applied) is not an Adam step: the bias
+    correction of the next applied round is that of the second step, not the third."""
+    cfg = _cfg(server_optimizer="adam", adaptive_clipping=False)
+    g = np.arange(12, dtype=float)
+    with_discard = FederatedMFServer(cfg, n_items=3, population=100, head_items=np.arange(3))
+    plain = FederatedMFServer(cfg, n_items=3, population=100, head_items=np.arange(3))
+    for srv in (with_discard, plain):
+        srv.apply(g, 4.0, float("nan"), survivors=srv.min_survivors)
+    with_discard.discard_round("aborted after the unmask request")
+    steps = []
+    for srv in (with_discard, plain):
+        before = srv.item_factors.copy()
+        srv.apply(2 * g + 1, 4.0, float("nan"), survivors=srv.min_survivors)
+        steps.append(srv.item_factors - before)
+    np.testing.assert_allclose(steps[0], steps[1], rtol=1e-12)
+    np.testing.assert_array_equal(with_discard.adam_v, plain.adam_v)
+    assert with_discard.round == 3 and plain.round == 2  # the discarded round is charged

@@ -20,7 +20,7 @@ from privrec.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from privrec.federated.server import FederatedMFServer
 
-__all__ = ["apply_update", "discard_round"]
+__all__ = ["applied_steps", "apply_update", "discard_round"]
 
 
 def apply_update(
@@ -71,7 +71,7 @@ def apply_update(
     if c.server_optimizer == "sgd":
         step = c.server_lr * grad
     else:
-        t = srv.round + 1
+        t = applied_steps(srv) + 1  # a discarded round moved no moment: not a step
         srv.adam_m = c.adam_beta1 * srv.adam_m + (1 - c.adam_beta1) * grad
         srv.adam_v = c.adam_beta2 * srv.adam_v + (1 - c.adam_beta2) * grad * grad
         m_hat = srv.adam_m / (1 - c.adam_beta1**t)
@@ -92,6 +92,15 @@ def apply_update(
             "survivors": n_surv,
             "honest_survivors": honest,
         },
+    )
+
+
+def applied_steps(srv: FederatedMFServer) -> int:
+    """Training rounds whose update was applied (Adam's step count): the logged rounds less the
+    discarded and aborted ones. From the history, which checkpoints keep, so a resumed run
+    counts alike."""
+    return sum(
+        1 for e in srv.history if "round" in e and not (e.get("discarded") or e.get("aborted"))
     )
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import validation_table
 from setting import DELTA, K
-from validation_table import DATASETS, cell_result, closing
+from validation_table import DATASETS, cell_result, closing, run_cells
 
 EPSILONS = (0.5, 1.0, 2.0, 5.0)
 SEEDS = (0, 1, 2)
@@ -106,23 +106,16 @@ def _cell(split: Any, on: str, eps: float, variant: str, seeds: tuple[int, ...])
 
 
 def run(datasets: list[str], epsilons: list[float], seeds: tuple[int, ...]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for ds in datasets:
-        split, on = _split(ds)
-        n = int(split.train.n_users)
-        for eps in epsilons:
-            if ds == "gowalla-lightgcn" and eps < 1:
-                continue
-            for variant in VARIANTS:
-                row = {"dataset": ds, "users": n, "epsilon": eps, "variant": variant}
-                row |= _cell(split, on, eps, variant, seeds)
-                print(
-                    f"{ds} ε={eps:g} {variant}: {row['recall']:.4f} ± {row['recall_std']:.4f} "
-                    f"(share {row['share']:.2f}, {row['seconds']} s)",
-                    flush=True,
-                )
-                rows.append(row)
-    return rows
+    return run_cells(
+        datasets,
+        epsilons,
+        list(VARIANTS),
+        seeds,
+        _cell,
+        lambda row: f"share {row['share']:.2f}",
+        split_of=_split,
+        skip=lambda ds, eps: ds == "gowalla-lightgcn" and eps < 1,
+    )
 
 
 def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str:

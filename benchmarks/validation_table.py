@@ -51,17 +51,26 @@ def run_cells(
     seeds: tuple[int, ...],
     cell: Cell,
     describe: Callable[[dict[str, Any]], str],
+    *,
+    split_of: Callable[[str], tuple[Any, str]] | None = None,
+    skip: Callable[[str, float], bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every (data set, ε, variant) cell, in that order; ``describe`` adds to the progress line."""
+    """Every (data set, ε, variant) cell, in that order; ``describe`` adds to the progress line.
+
+    ``split_of(ds)`` gives ``(split, set to score)`` (default: ``_validation_split``); cells
+    with ``skip(ds, ε)`` are left out. Each row records the training users.
+    """
     from bench_short_history import _validation_split
 
     rows: list[dict[str, Any]] = []
     for ds in datasets:
-        split, on = _validation_split(ds)
+        split, on = (split_of or _validation_split)(ds)
         for eps in epsilons:
+            if skip is not None and skip(ds, eps):
+                continue
             for variant in variants:
-                row = {"dataset": ds, "epsilon": eps, "variant": variant}
-                row |= cell(split, on, eps, variant, seeds)
+                row = {"dataset": ds, "users": int(split.train.n_users), "epsilon": eps}
+                row |= {"variant": variant} | cell(split, on, eps, variant, seeds)
                 print(
                     f"{ds} ε={eps:g} {variant}: {row['recall']:.4f} ± {row['recall_std']:.4f} "
                     f"({describe(row)}, {row['seconds']} s)",

@@ -69,7 +69,7 @@ def test_rule_fires_at_small_n_eps_only(epsilon: float, population: int) -> None
 def test_rule_counts_holders_not_length_weighted_counts() -> None:
     """``count_weighting="length"`` weighs an item of an m-item user √(B/m) in the counts; the
     rule divides them by the mean weight ω̄ read off the released histogram (post-processing)."""
-    srv = _server(1.0, 10_000)
+    srv = _server(1.0, 10_000, count_bound=10)  # B = 10 (the rule's 30 at ε = 1 is tested apart)
     bins = srv.count_dim - srv.n_items
     only = np.zeros(bins)
     only[0] = 10_000.0  # every user has one item: each counted item weighs √B
@@ -80,7 +80,7 @@ def test_rule_counts_holders_not_length_weighted_counts() -> None:
     long[6] = 10_000.0  # lengths 32-63 ≥ B: weight 1, as under "uniform"
     assert holder_weight(srv, long) == 1.0
     assert holder_weight(srv, None) == 1.0 and holder_weight(srv, np.zeros(bins)) == 1.0
-    uniform = _server(1.0, 10_000, count_weighting="uniform")
+    uniform = _server(1.0, 10_000, count_weighting="uniform", count_bound=10)
     assert holder_weight(uniform, only) == 1.0
     with pytest.raises(DataError):
         holder_weight(srv, np.ones(bins + 1))

@@ -344,7 +344,9 @@ def test_counting_round_default_share_and_epsilon_are_pinned() -> None:
         epsilon=5.0, aggregation="central", clients_per_round=1000, seed=0
     )
     srv = FederatedMFServer(cfg, n_items=2000, population=10_000)
-    assert srv.config.count_bound == 10 and srv.q_head == 1.0  # everyone counted once
+    # B by the ε rule: 10 at ε = 5, 30 below ε = 3; everyone counted once
+    assert srv.config.count_bound is None and srv.config.counted_items == 10
+    assert srv.q_head == 1.0
     share = srv.count_share()
     assert share == pytest.approx(0.11825, abs=5e-5)
     # count noise z_h·√(B + 1) = 0.2 % of the 10,000 counted users
@@ -358,6 +360,7 @@ def test_counting_round_default_share_and_epsilon_are_pinned() -> None:
     assert 4.95 <= fast_epsilon(total, 1e-5, AccountantKind.PLD) <= 5.0
     small = FederatedMFServer(cfg.model_copy(update={"epsilon": 1.0}), 2000, 10_000)
     assert small.count_share() == 0.5  # at ε = 1 the counts get the largest share
+    assert small.count_scale == pytest.approx(math.sqrt(31))  # and count 30 items per device
     # the rule: more of ε for the counts at small ε, population and large B; within [0.1, 0.5]
     assert count_epsilon_fraction(1.0, 1e-5, 10_000, 10, 1.0) > count_epsilon_fraction(
         5.0, 1e-5, 10_000, 10, 1.0
@@ -404,3 +407,18 @@ def test_abort_boundary_probability_is_pinned_and_warned_for_small_cohorts() -> 
         warnings.simplefilter("error", PrivacyWarning)
         large = server(6040, 2000, 30)  # the ml-1m benchmark's shape
     assert warn_if_aborts_matter(large) < 1e-12
+
+
+def test_count_bound_rule_is_pinned_and_shared_by_server_and_devices() -> None:
+    from privrec.federated.accounting import resolve_count_bound
+
+    assert resolve_count_bound(7, 1.0) == 7  # a given B is kept
+    assert resolve_count_bound(None, 0.5) == resolve_count_bound(None, 2.9) == 30
+    assert resolve_count_bound(None, 3.0) == resolve_count_bound(None, 20.0) == 10
+    assert resolve_count_bound(None, None) == 10  # a given noise multiplier: no ε to read
+    cfg = FederatedMFConfig.create(epsilon=1.0, aggregation="central")
+    # what a device is told (the config's JSON) resolves to the server's B
+    told = FederatedMFConfig.model_validate_json(cfg.model_dump_json())
+    assert told.count_bound is None and told.counted_items == cfg.counted_items == 30
+    fixed = FederatedMFConfig.create(noise_multiplier=1.0, aggregation="central")
+    assert fixed.counted_items == 10

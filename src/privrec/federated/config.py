@@ -75,7 +75,9 @@ class FederatedMFConfig(ModelConfig):
         B: items of each user's history counted in the counting round (a uniform sample of
         B items on the device when the history is longer). The released counts are the
         popularity prior of the ranking and choose the head; L2 sensitivity √B for the counts
-        (√(B + 1) with the history-length histogram released in the same sum).
+        (√(B + 1) with the history-length histogram released in the same sum). Default
+        (``None``): 30 below ε = 3, else 10 (:func:`~privrec.federated.accounting.resolve_count_bound`;
+        :attr:`counted_items` is the resolved B).
     count_weighting
         ``"length"`` (default): a device with ``m = min(n_u, B)`` counted items weighs each by
         ``√(B / ((B + 1)·m))`` (:func:`~privrec.federated.client.count_item_weights`), so every
@@ -143,7 +145,7 @@ class FederatedMFConfig(ModelConfig):
     item_regularization: float = pydantic.Field(default=0.0, ge=0, allow_inf_nan=False)
     head_items: int | None = pydantic.Field(default=1000, ge=1)
     head_snr: float | None = pydantic.Field(default=HEAD_SNR, ge=0, allow_inf_nan=False)
-    count_bound: int = pydantic.Field(default=10, ge=1, le=10_000)
+    count_bound: int | None = pydantic.Field(default=None, ge=1, le=10_000)
     count_weighting: CountWeighting = "length"
     head_epsilon_fraction: float | None = pydantic.Field(default=None, gt=0, lt=1)
     head_sampling_rate: float | None = pydantic.Field(default=None, gt=0, le=1)
@@ -198,6 +200,13 @@ class FederatedMFConfig(ModelConfig):
             err = exc.errors()[0]
             where = ".".join(str(p) for p in err["loc"]) or "config"
             raise ConfigError(f"invalid FederatedMF config {where}: {err['msg']}") from None
+
+    @property
+    def counted_items(self) -> int:
+        """B: ``count_bound``, else the ε rule (the same on the server and every device)."""
+        from privrec.federated.accounting import resolve_count_bound
+
+        return resolve_count_bound(self.count_bound, self.epsilon)
 
     @property
     def accountant(self) -> AccountantKind:

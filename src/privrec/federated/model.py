@@ -105,7 +105,7 @@ class FederatedMF(PrivateRecommender):
         item_regularization: float = 0.0,
         head_items: int | None = 1000,
         head_snr: float | None = 7.0,
-        count_bound: int = 10,
+        count_bound: int | None = None,
         count_weighting: Literal["length", "uniform"] = "length",
         head_epsilon_fraction: float | None = None,
         head_sampling_rate: float | None = None,

@@ -164,7 +164,7 @@ class FederatedMFServer:
     @property
     def count_scale(self) -> float:
         """√(B + 1): what the counting round's sum is multiplied by to give counts."""
-        return math.sqrt(self.config.count_bound + 1.0)
+        return math.sqrt(self.config.counted_items + 1.0)
 
     def count_share(self) -> float:
         """Share of ε spent on the counting round (the config's, else the default rule)."""
@@ -173,7 +173,7 @@ class FederatedMFServer:
             return float(c.head_epsilon_fraction)
         assert c.epsilon is not None
         return count_epsilon_fraction(
-            c.epsilon, c.delta, self.population, c.count_bound, self.q_head
+            c.epsilon, c.delta, self.population, c.counted_items, self.q_head
         )
 
     def length_profile(self) -> LengthProfile | None:

@@ -311,7 +311,10 @@ class FederatedSimulation:
             ids = self._participants(srv.q_head, rng)
             rows = self.user_items[ids]
             w = client_count_vectors(
-                rows, self.config.count_bound, self._rng(2, 0, attempt), self.config.count_weighting
+                rows,
+                self.config.counted_items,
+                self._rng(2, 0, attempt),
+                self.config.count_weighting,
             )
             noise_rng = self._rng(0, 0, attempt)
             crash, garbage, _ = self.faults.draw(len(ids), self._fault_rng(0, attempt))

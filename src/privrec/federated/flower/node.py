@@ -652,7 +652,7 @@ def _mf_payloads(
         # the B-item sample is the device's own secret randomness (CSPRNG; seeded in tests)
         sample_rng = None if seed is None else _user_rng(seed, -1, meta["attempt"], user)
         return client_count_vector(
-            items, data.n_items, mf_config.count_bound, sample_rng, mf_config.count_weighting
+            items, data.n_items, mf_config.counted_items, sample_rng, mf_config.count_weighting
         )
 
     dim = spec.dim if spec is not None else count_dim(data.n_items)

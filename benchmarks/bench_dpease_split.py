@@ -32,12 +32,11 @@ Results: ``benchmarks/results/dpease_split.{json,md}`` (``-quick`` in quick mode
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import validation_table
 from setting import DELTA, K
-from validation_table import DATASETS, cell_result, closing, run_cells
+from validation_table import DATASETS, cell_result, closing, fit_and_score, run_cells
 
 EPSILONS = (0.5, 1.0, 2.0, 5.0)
 SEEDS = (0, 1, 2)
@@ -85,7 +84,6 @@ def _split(ds: str) -> tuple[Any, str]:
 
 
 def _cell(split: Any, on: str, eps: float, variant: str, seeds: tuple[int, ...]) -> dict[str, Any]:
-    from privrec.evaluation import evaluate
     from privrec.models.dp_ease import DPEASE
     from privrec.models.dp_popularity import DPPopularity
 
@@ -96,12 +94,8 @@ def _cell(split: Any, on: str, eps: float, variant: str, seeds: tuple[int, ...])
             m: Any = DPPopularity(**priv)
         else:
             m = DPEASE(**priv, **VARIANTS[variant])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            m.fit(split.train)
+        recalls.append(fit_and_score(m, split, on))
         shares.append(float(getattr(m, "count_budget_fraction_", 0.0)))
-        res = evaluate(m, split, k=(K,), on=on, metrics=("recall",))
-        recalls.append(float(res.metric("recall", K)))
     return cell_result(recalls, started, {"share": float(sum(shares) / len(shares))})
 
 

@@ -18,10 +18,8 @@ default is now :func:`privrec.federated.accounting.resolve_count_bound`: 30 belo
 
 Variants (FederatedMF defaults otherwise, ``aggregation="central"``, user-level, δ = 1e-5):
 ``B = 10`` (the old default) and ``B = 30``; the *default* column is the one the rule picks.
-Splits: VALIDATION only — ``privacy_utility.py``'s selection splits, ``bench_short_history``'s
-synthetic-median5, and for ml-latest-small, lastfm-2k and book-crossing a second 20% holdout
-(seed 1) of their training part; their test holdouts are never scored here. Mean ± sd over
-:data:`SEEDS` seeded noise draws (reproducible and NOT private — fine for a benchmark).
+Splits and seeds as ``bench_dpease_split.py`` (validation holdouts only, its ``_split``), with
+:data:`SEEDS` noise draws.
 
 Results: ``benchmarks/results/federated_count_bound.{json,md}`` (``-quick`` in quick mode).
 """
@@ -29,14 +27,13 @@ Results: ``benchmarks/results/federated_count_bound.{json,md}`` (``-quick`` in q
 from __future__ import annotations
 
 import time
-import warnings
 from typing import Any
 
 import validation_table
 from bench_dpease_split import ALL_SETS
 from bench_dpease_split import _split as split_of
 from setting import DELTA, K
-from validation_table import cell_result, closing, run_cells
+from validation_table import cell_result, closing, fit_and_score, run_cells
 
 EPSILONS = (1.0, 2.0, 5.0)
 SEEDS = (0, 1)
@@ -61,7 +58,6 @@ NOTES: tuple[str, ...] = (
 
 
 def _cell(split: Any, on: str, eps: float, variant: str, seeds: tuple[int, ...]) -> dict[str, Any]:
-    from privrec.evaluation import evaluate
     from privrec.federated.model import FederatedMF
 
     started, recalls = time.perf_counter(), []
@@ -74,11 +70,7 @@ def _cell(split: Any, on: str, eps: float, variant: str, seeds: tuple[int, ...])
             aggregation="central",
             count_bound=VARIANTS[variant],
         )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            m.fit(split.train)
-        res = evaluate(m, split, k=(K,), on=on, metrics=("recall",))
-        recalls.append(float(res.metric("recall", K)))
+        recalls.append(fit_and_score(m, split, on))
     return cell_result(recalls, started, {})
 
 
@@ -125,12 +117,6 @@ def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str
 
 if __name__ == "__main__":
     validation_table.main(
-        __doc__ or "",
-        "federated_count_bound",
-        datasets=ALL_SETS,
-        epsilons=EPSILONS,
-        seeds=SEEDS,
-        quick=(("ml-latest-small",), (1.0,)),
-        run=run,
-        report=report,
-    )
+        __doc__ or "", "federated_count_bound", datasets=ALL_SETS, epsilons=EPSILONS,
+        seeds=SEEDS, quick=(("ml-latest-small",), (1.0,)), run=run, report=report,
+    )  # fmt: skip

@@ -44,6 +44,19 @@ def cell_result(recalls: list[float], started: float, info: dict[str, Any]) -> d
     }
 
 
+def fit_and_score(model: Any, split: Any, on: str) -> float:
+    """Fit ``model`` on ``split.train`` (warnings silenced) and return its Recall@K on ``on``."""
+    import warnings
+
+    from privrec.evaluation import evaluate
+    from setting import K
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(split.train)
+    return float(evaluate(model, split, k=(K,), on=on, metrics=("recall",)).metric("recall", K))
+
+
 def run_cells(
     datasets: Sequence[str],
     epsilons: Sequence[float],

@@ -323,7 +323,6 @@ def _fit_dpease(
     sens_g = gram_sensitivity(c.unit, c_max, bound)
     split = plan.split(c, profile)
     z_count, z_gram = split.z_count, split.z_gram
-    model.count_budget_fraction_, model.count_noise_multiplier_ = split.share, z_count
     counts = None
     if plan.restrict:
         salt = draw_salt(rng) if c.unit is PrivacyUnit.USER else None
@@ -349,7 +348,7 @@ def _fit_dpease(
     model.head_items_ = head.astype(np.int64)
     model.noise_multiplier_ = float(z_gram)
     # the same prior, β and shrinkage as the single-machine fit (low-signal fallback included)
-    set_popularity(model, c, profile, NoisyCounts(prior, z_gram * sens_g), counts)
+    set_popularity(model, c, profile, NoisyCounts(prior, z_gram * sens_g), counts, split)
     if progress is not None:
         progress(1, 1)
     model._finish(

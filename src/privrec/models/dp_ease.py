@@ -241,10 +241,10 @@ class DPEASE(PrivateRecommender):
     noise on the bounded Gram matrix of the head (sensitivity C under the user
     unit, √(2(2B−1)) under the interaction unit; add/remove neighbouring;
     multiplier z_g), with ``1/z_c² + 1/z_g² = 1/z_r²``: for every histogram
-    output this adaptively composed pair is exactly the Gaussian mechanism of
-    multiplier z_r (Gaussian DP composition), one event
-    ``GaussianDpEvent(z_r)`` (:class:`EaseBudget`; without a head selection the
-    Gram matrix alone, z_g = z_r). z_l and z_r are calibrated jointly, before
+    output this adaptively composed pair is (1/z_r)-GDP (Gaussian DP
+    composition), which one event ``GaussianDpEvent(z_r)`` accounts tightly
+    (:class:`EaseBudget`; without a head selection the Gram matrix alone,
+    z_g = z_r). z_l and z_r are calibrated jointly, before
     any noise, so the composed event meets (ε, δ). Released: the head set, the
     noisy Gram matrix and the EASE weights computed from it. The head size, the
     default λ and β depend only on the noisy counts, σ and ε (post-processing),
@@ -343,7 +343,6 @@ class DPEASE(PrivateRecommender):
         sens_g = gram_sensitivity(config.unit, c_max, bound)
         split = plan.split(config, profile)
         z_count, z_gram = split.z_count, split.z_gram
-        self.count_budget_fraction_, self.count_noise_multiplier_ = split.share, z_count
         m = data.matrix
         counts = None
         if plan.restrict:
@@ -369,7 +368,7 @@ class DPEASE(PrivateRecommender):
         self.weights_ = ease_from_gram(noisy_gram, reg, overwrite=True)
         self.head_items_ = head.astype(np.int64)
         self.noise_multiplier_ = float(z_gram)
-        set_popularity(self, config, profile, NoisyCounts(prior, z_gram * sens_g), counts)
+        set_popularity(self, config, profile, NoisyCounts(prior, z_gram * sens_g), counts, split)
         self._finish(
             config,
             released=["the noisy item Gram matrix", "EASE item-item weights derived from it"]
@@ -489,13 +488,15 @@ def set_popularity(
     profile: LengthProfile | None,
     diagonal: NoisyCounts,
     counts: NoisyCounts | None,
+    split: PairSplit,
 ) -> None:
-    """Set the popularity prior, β, the shrinkage and the head's signal fraction of ``model``.
+    """Set the popularity prior, β, the shrinkage, the head's signal fraction and the split of
+    ``model``.
 
     ``diagonal`` is the released Gram matrix's diagonal; ``counts`` the released head-selection
     counts of the head items (``None`` without a head selection), joined into the prior by
-    :func:`popularity_prior` when ``config.count_prior`` says so (default: when the counts got
-    at least :data:`COUNT_PRIOR_SHARE` of the pair's rate, ``model.count_budget_fraction_``). With ``popularity_fallback``
+    :func:`popularity_prior` when ``config.count_prior`` says so (default: when ``split`` gave
+    the counts at least :data:`COUNT_PRIOR_SHARE` of the pair's rate). With ``popularity_fallback``
     the default β is raised as the fraction of the head above the noise drops
     (:func:`~privrec.models.dp_rules.low_signal_blend`). Warns
     (:func:`~privrec.models.dp_rules.small_data_warning`) when the noisy user count × ε is
@@ -509,9 +510,10 @@ def set_popularity(
     beta = ease_blend(
         config.popularity_blend, config.epsilon, config.popularity_fallback, n_signal, n_head
     )
+    model.count_budget_fraction_, model.count_noise_multiplier_ = split.share, split.z_count
     join = config.count_prior
     if join is None:  # the counts join when they got at least half of the pair's rate
-        join = model.count_budget_fraction_ >= COUNT_PRIOR_SHARE
+        join = split.share >= COUNT_PRIOR_SHARE
     model.count_prior_ = bool(join and counts is not None)
     prior = popularity_prior(diagonal, counts if model.count_prior_ else None)
     model.signal_fraction_ = 1.0 if n_signal is None else min(1.0, n_signal / max(n_head, 1))
@@ -581,7 +583,8 @@ class EaseBudget:
         """Calibrate to ``budget``; ``n_items`` decides whether a head is selected."""
         restrict = n_items > config.max_items or config.head_snr > 0
         f_len = config.length_budget_fraction if config.max_per_user is None else 0.0
-        most = config.count_budget_fraction if config.count_budget_fraction else COUNT_SHARE_MAX
+        given = config.count_budget_fraction
+        most = COUNT_SHARE_MAX if given is None else given
         if (1.0 - f_len) * (1.0 - (most if restrict else 0.0)) <= _MIN_GRAM_SHARE:
             raise ConfigError(  # before anything is charged: the split is known up to the rule
                 "length_budget_fraction and count_budget_fraction leave the Gram matrix at most "

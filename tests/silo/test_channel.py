@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from privrec.errors import MessageRejected, PeerUnavailable
-from privrec.secure.channel import Channel, Identity, Listener, Roster, connect
+from privrec.secure.channel import Channel, Identity, Listener, Roster, connect, free_ports
 from privrec.secure.silo import setup_keys
 
 
@@ -187,3 +187,14 @@ class _Capture:
 
     def sendall(self, data: memoryview) -> None:
         self.frames.append(bytes(data))
+
+
+def test_picked_listening_ports_are_distinct(tmp_path: Path) -> None:
+    """Ports are picked while all are held open, so one call never returns a port twice (three
+    sequential single picks could, and the roster refused it: a CI flake)."""
+    for _ in range(20):
+        ports = free_ports(12)
+        assert len(set(ports)) == 12
+    roster, _ = setup_keys(tmp_path, 2)
+    listening = [p.port for p in roster.parties.values() if p.port]
+    assert len(set(listening)) == len(listening) == 3

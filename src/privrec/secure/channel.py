@@ -61,6 +61,7 @@ __all__ = [
     "Roster",
     "check_port",
     "connect",
+    "free_ports",
     "generate_keys",
 ]
 
@@ -172,6 +173,20 @@ class Identity:
             )
         except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
             raise KeyFileError(f"key file {str(path)!r} is malformed: {exc}") from None
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free on ``host`` right now (the OS picks them)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((host, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def check_port(port: object, what: str, *, allow_zero: bool = False) -> int:

@@ -66,7 +66,6 @@ import asyncio
 import hashlib
 import json
 import math
-import socket
 import ssl
 import sys
 import time
@@ -85,6 +84,7 @@ from privrec.errors import (
     PrivrecError,
     ProtocolAbort,
 )
+from privrec.secure.channel import free_ports
 from privrec.secure.mpc_select import _select_top
 from privrec.secure.mpc_tls import N_PARTIES, TLSFiles, make_tls_material, tls_name
 from privrec.secure.mpc_wire import buffer_cap, until_refused
@@ -610,20 +610,6 @@ def run_party(
 
 
 # --------------------------------------------------------------------------- processes
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct ports free on ``host`` right now (the OS picks them)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((host, 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _party_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of a party process spawned by :func:`secure_top_k_local`.
 

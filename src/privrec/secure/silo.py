@@ -72,7 +72,6 @@ released); this module gathers them and adds the set-up and the in-process runne
 
 from __future__ import annotations
 
-import socket
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -86,6 +85,7 @@ from privrec.secure.channel import (
     Identity,
     Roster,
     check_port,
+    free_ports,
     generate_keys,
 )
 from privrec.secure.silo_config import (
@@ -164,13 +164,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------- helpers
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def setup_keys(
     directory: str | Path, n_silos: int, *, host: str = "127.0.0.1", ports: Sequence[int] = ()
 ) -> tuple[Roster, dict[str, Identity]]:
@@ -181,7 +174,7 @@ def setup_keys(
     """
     if n_silos < 1:
         raise ConfigError("at least one silo is needed")
-    p = list(ports) or [_free_port() for _ in range(3)]
+    p = list(ports) or free_ports(3, host)  # distinct: held open together while picked
     if len(p) != 3:
         raise ConfigError(f"ports: three listening ports (driver, server0, server1), found {p}")
     for port in p:

@@ -14,6 +14,7 @@ from privrec.audit.targets import combine_parts, recover_gram
 from privrec.data import synthetic
 from privrec.errors import ConfigError
 from privrec.models import DPALS, DPEASE, dp_als, dp_ease
+from privrec.models.dp_als_accounting import REST_LABEL
 from privrec.models.releases import Release
 
 
@@ -129,7 +130,11 @@ def test_release_hook_shows_what_the_recorder_saw(base, lhs):  # type: ignore[no
         model.noise_scale_, model.iterations_, c.nominal_bound, model._ratios(c), 0.5, lhs
     )
     assert [r.label for r in seen] == [p.label for p in planned]
-    assert [e.label for e in model.privacy_guarantee.spent_events] == [r.label for r in seen]
+    # the guarantee: the histogram and the one event the counts and steps make up together
+    spent = model.privacy_guarantee.spent_events
+    assert [e.label for e in spent] == [seen[0].label, REST_LABEL]
+    rate = sum(1.0 / r.event.noise_multiplier**2 for r in seen[1:])
+    assert rate == pytest.approx(1.0 / spent[1].event.noise_multiplier ** 2, rel=1e-9)
 
 
 def test_recover_gram_returns_the_released_noisy_gram(base, monkeypatch):  # type: ignore[no-untyped-def]

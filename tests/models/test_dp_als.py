@@ -28,6 +28,7 @@ from privrec.models.dp_als import (
     resolve_regularization,
     select_head,
 )
+from privrec.models.dp_als_accounting import REST_LABEL
 from privrec.models.dp_rules import LengthProfile, head_capacity, head_floor, resolve_one_round
 from privrec.models.item_sums import item_sums
 from privrec.models.private import blend_popularity
@@ -78,9 +79,18 @@ def test_fit_meets_budget_and_records_events(eps: float) -> None:
     g = m.privacy_guarantee
     assert 0.99 * eps <= g.epsilon <= eps
     labels = [e.label for e in g.spent_events]
-    assert labels[:2] == [LENGTHS_LABEL, "noisy item counts"] and len(labels) == 2 + 2 * 2
+    # the histogram, then the counts and both steps as one event (their split read from it)
+    assert labels == [LENGTHS_LABEL, REST_LABEL]
     assert g.recompute_epsilon() == pytest.approx(g.epsilon, rel=1e-12)
     assert epsilon_of(total_event(g.spent_events), 1e-4) <= eps
+    # with the fixed split every release is its own event, at the same σ and ε
+    f = DPALS(
+        epsilon=eps, delta=1e-4, unit="user", factors=4, iterations=2, seed=1,
+        adaptive_count_share=False,
+    ).fit(data)  # fmt: skip
+    fixed = [e.label for e in f.privacy_guarantee.spent_events]
+    assert fixed[:2] == [LENGTHS_LABEL, "noisy item counts"] and len(fixed) == 2 + 2 * 2
+    assert f.privacy_guarantee.epsilon == pytest.approx(g.epsilon, rel=1e-9)
 
 
 def test_adaptive_event_pinned_by_hand() -> None:
@@ -507,6 +517,7 @@ def test_cheaper_lhs_releases_and_budget(lhs: str) -> None:
         iterations=2,
         lhs=lhs,
         seed=1,  # type: ignore[arg-type]
+        adaptive_count_share=False,  # every release its own event
     ).fit(data)
     labels = [e.label for e in m.privacy_guarantee.spent_events]
     per_step = 3 if lhs == "diagonal" else 2

@@ -11,7 +11,10 @@ from privrec.data import synthetic
 from privrec.data.interactions import Interactions
 from privrec.models import dp_als
 from privrec.models.dp_als import DPALS, dpals_releases
+from privrec.models.dp_als_accounting import REST_LABEL
 from privrec.models.releases import Release
+from privrec.privacy.events import SpentEvent
+from privrec.privacy.mechanisms import gaussian_event
 
 pytestmark = pytest.mark.filterwarnings("ignore::privrec.errors.PrivacyWarning")
 
@@ -25,6 +28,19 @@ def _fit(data: Interactions, hook: Any = None, **params: Any) -> DPALS:
     kw: dict[str, Any] = {"epsilon": 2.0, "delta": 1e-5, "unit": "user", "seed": 3}
     model = DPALS(**{**kw, **params})
     return model.fit(data) if hook is None else model.fit(data, on_release=hook)
+
+
+def made_releases(m: DPALS) -> list[SpentEvent]:
+    """The releases a fit made, each with its own event: the histogram (as the guarantee holds
+    it), the counts at the fit's count multiplier and every step at its steps' σ."""
+    c = m.config()
+    assert isinstance(c, dp_als.DPALSConfig)
+    b0 = c.nominal_bound if c.max_per_user is None else c.max_per_user
+    steps = dpals_releases(m.noise_scale_, m.iterations_, b0, m._ratios(c), None, c.lhs)[1:]
+    counts = SpentEvent("noisy item counts", gaussian_event(m.count_noise_multiplier_))
+    spent = m.privacy_guarantee.spent_events
+    lengths = spent[:1] if c.max_per_user is None or c.factors is None else []
+    return [*lengths, counts, *steps]
 
 
 CASES = [
@@ -42,18 +58,18 @@ def test_hook_reports_every_release_the_accounting_lists(
     m = _fit(data, seen.append, **params)
     c = m.config()
     assert isinstance(c, dp_als.DPALSConfig)
-    adaptive = c.max_per_user is None or c.factors is None
-    planned = dpals_releases(
-        m.noise_scale_,
-        m.iterations_,
-        c.nominal_bound if c.max_per_user is None else c.max_per_user,
-        m._ratios(c),
-        c.length_noise_ratio if adaptive else None,
-        c.lhs,
-    )
-    assert len(seen) == len(planned) == len(m.privacy_guarantee.spent_events)
+    planned = made_releases(m)
+    assert len(seen) == len(planned)
     assert [r.label for r in seen] == [p.label for p in planned]
     assert [r.event for r in seen] == [p.event for p in planned]
+    # the guarantee holds the histogram and one event the rest make up (an adaptive count
+    # share), or every release on its own (fixed B and k: no histogram to read a share from)
+    spent = m.privacy_guarantee.spent_events
+    if spent[-1].label == REST_LABEL:
+        rates = [1.0 / r.event.noise_multiplier**2 for r in seen[len(spent) - 1 :]]
+        assert sum(rates) == pytest.approx(1.0 / spent[-1].event.noise_multiplier ** 2, rel=1e-9)
+    else:
+        assert [s.to_dict() for s in spent] == [p.to_dict() for p in planned]
     for r in seen:  # noise std / sensitivity is the accounted multiplier
         assert r.noise_multiplier == pytest.approx(r.event.noise_multiplier, rel=1e-12)
         assert not r.value.flags.writeable

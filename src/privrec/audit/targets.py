@@ -470,14 +470,12 @@ class DPALSTarget(AuditTarget):
         y_prev = [np.asarray(r.item_factors, dtype=np.float64) for r in steps]
         rhs = [np.asarray(r.value, dtype=np.float64) for r in steps]
         c = cast(dp_als.DPALSConfig, model.config())
-        # the bounds the fit used (read from its private length histogram unless given), and
-        # the nominal bound B₀ its multipliers were calibrated with
+        # the bounds the fit used (read from its private length histogram unless given)
         b, count_sample = int(model.max_per_user_), int(model.count_sample_)
-        b_plan = c.nominal_bound if c.max_per_user is None else c.max_per_user
-        sens = dp_als.DPALSSensitivity.of(c.unit, c.clip_norm, b, count_sample)
-        sigma = float(model.noise_scale_)
-        rhs_std = c.rhs_noise_ratio * sigma / math.sqrt(b_plan) * sens.rhs
-        count_std = c.count_noise_ratio * sigma * sens.counts
+        # the stds the fit used, as its releases state them (the counts' share of the rate may
+        # have been read from the length histogram: DPALS.adaptive_count_share)
+        rhs_std = float(steps[0].noise_std)
+        count_std = float(next(r.noise_std for r in released if r.name == "counts"))
         return _guarantee_run(
             _als_scores(
                 canaries,

@@ -203,7 +203,8 @@ def _fit_dpals(
     from privrec.models.dp_rules import dpals_head, head_threshold, resolve_regularization
     from privrec.privacy.mechanisms import gaussian
 
-    ratios, iterations, length_ratio, b_plan, sigma, planned = model._calibrate(c, budget)
+    cal = model._calibrate(c, budget)
+    ratios, iterations, length_ratio, b_plan, sigma, planned = cal
     model._tiers = []
     model._plan(planned)
 
@@ -213,12 +214,12 @@ def _fit_dpals(
         z_len = length_ratio * sigma
         hist, _ = _length_profile(group, c.unit, z_len, rng, n_items)
         profile = model._release_lengths(hist, z_len, c.unit, n_items)
+    z_counts, sigma = model._split_counts(c, cal, profile, n_items)  # as DPALS._fit
     bound, count_sample, k, sens, sigma_eff = model._resolve_sizes(c, profile, sigma, b_plan)
 
     # 1. noisy counts (one release): head, sampling, weights, regularisation
     salt = draw_salt(rng) if c.unit is PrivacyUnit.USER else None
     (counts,) = group.reduce("bounded_counts", c.unit, count_sample, salt)
-    z_counts = ratios[3] * sigma
     noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
     model._release_counts(noisy_counts, z_counts, sens)
     threshold = head_threshold(c.head_snr, ratios[2] * sigma_eff, count_sample)
@@ -278,7 +279,7 @@ def _fit_dpals(
     model.user_factors_ = np.zeros((0, k), dtype=np.float32)
     model._finish(
         c,
-        released=released_outputs(c.lhs),
+        released=released_outputs(c.lhs, model._split),
         not_released=[
             "user factors (each solved on the worker holding the user, from the released item "
             "factors and that user's own data; dropped at the end)",

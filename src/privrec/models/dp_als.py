@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +33,7 @@ from privrec.models.dp_als_accounting import (
     released_outputs,
 )
 from privrec.models.dp_als_accounting import _step_releases as _step_releases
-from privrec.models.dp_als_released import ReleasedItemFactors
+from privrec.models.dp_als_stages import DPALSReleases, _Calibration
 from privrec.models.dp_als_users import _FEW_USERS as _FEW_USERS
 from privrec.models.dp_als_users import _user_cg as _user_cg
 from privrec.models.dp_als_users import exact_user_solve, initial_item_factors, user_weights
@@ -63,11 +63,10 @@ from privrec.models.private import (
 from privrec.models.releases import ReleaseHook
 from privrec.models.tiers import finish_tiers, plan_tiers
 from privrec.privacy.accounting import calibrate
-from privrec.privacy.bounds import LENGTHS_LABEL, length_sensitivity, noisy_length_histogram
+from privrec.privacy.bounds import noisy_length_histogram
 from privrec.privacy.budget import Budget
 from privrec.privacy.contribution import clip_rows
-from privrec.privacy.events import SpentEvent
-from privrec.privacy.mechanisms import gaussian, gaussian_event
+from privrec.privacy.mechanisms import gaussian
 from privrec.privacy.postprocessing import diagonal_solve, project_psd, psd_solve, shared_solve
 from privrec.privacy.units import PrivacyUnit
 
@@ -88,17 +87,6 @@ __all__ = [
 ]
 
 Method = Literal["uniform", "tail", "adaptive"]
-
-
-class _Calibration(NamedTuple):
-    """What :meth:`DPALS._calibrate` fixes before the data is read."""
-
-    ratios: tuple[float, float, float, float]
-    iterations: int
-    length_ratio: float | None
-    b_plan: int
-    sigma: float
-    planned: list[SpentEvent]
 
 
 # quantile of the history lengths that sets the count sample with a data-adaptive B (as
@@ -136,6 +124,7 @@ class DPALSConfig(PrivateConfig):
     lhs_noise_ratio: float = pydantic.Field(default=5.0, gt=0, allow_inf_nan=False)
     rhs_noise_ratio: float = pydantic.Field(default=1.0, gt=0, allow_inf_nan=False)
     count_noise_ratio: float = pydantic.Field(default=0.2, gt=0, allow_inf_nan=False)
+    adaptive_count_share: bool = True
     init_scale: float = pydantic.Field(default=0.1, gt=0, allow_inf_nan=False)
     one_round: bool | None = None
     step_averaging: float | None = pydantic.Field(default=None, ge=0, lt=1, allow_inf_nan=False)
@@ -151,7 +140,7 @@ class DPALSConfig(PrivateConfig):
 
 
 @register
-class DPALS(ReleasedItemFactors):
+class DPALS(DPALSReleases):
     """Differentially private ALS for implicit feedback, with per-item adaptive weights.
 
     Parameters
@@ -247,6 +236,13 @@ class DPALS(ReleasedItemFactors):
         left-hand sides matter least once λ is large, so they get little budget
         (more noise); the counts drive head selection and the adaptive weights,
         so they get more than a uniform split would give them.
+    adaptive_count_share
+        With a released length histogram (data-adaptive B or k), read the counts' share of the
+        rate after it from the histogram (default ``True``): ``count_noise_ratio``'s share
+        (0.29 at T = 2, 0.21 at T = 3), raised up to 0.5 where ε × users × median history per
+        catalogue item is below 10 (:func:`~privrec.models.dp_rules.dpals_count_share`); the
+        steps' σ rises so the rate, and ε, stay as announced
+        (:func:`~privrec.models.dp_als_accounting.split_rest`). ``False``: the fixed split.
     init_scale
         Scale of the initial item factors (random, data-independent; in one round the first
         column is the released log counts instead).
@@ -348,10 +344,17 @@ class DPALS(ReleasedItemFactors):
     x_uᵀ (+ symmetric noise, std r1·σ·Γ²) and right-hand sides Σ_u c_uj x_u
     (+ noise, std r2·σ·Γ) — with a data-adaptive B these stds are in units of
     σ_eff = σ·√(B/B₀); once, item counts over ≤ count_sample items per
-    user (+ noise, std r3·σ·√count_sample). Noise is drawn from the ChaCha20
-    generator in float32. Sensitivities and neighbouring relation:
+    user (+ noise, std r3·σ·√count_sample). With the histogram (and
+    ``adaptive_count_share``) the counts and all steps are announced as ONE
+    Gaussian event of their summed rate Σ 1/z², whose split is read from the
+    histogram: the counts' multiplier z_c and the steps' σ_s replace r3·σ and σ
+    with the same summed rate (:func:`~privrec.models.dp_als_accounting.split_rest`), so by
+    adaptive composition of
+    Gaussian DP the announced event is exact; each release keeps its own event
+    for the hook, and :meth:`_finish` checks they add up. Noise is drawn from the
+    ChaCha20 generator in float32. Sensitivities and neighbouring relation:
     :meth:`DPALSSensitivity.of`. Events: :func:`dpals_event`. Everything
-    downstream — B, the count sample, k and the one-round choice (from the noisy
+    downstream — the counts' share, B, the count sample, k and the one-round choice (from the noisy
     histogram: one round changes which clipped user factors a step sums, never
     its sensitivity or noise, so the events are the same), head selection (from
     the noisy counts, σ and k only), the default λ and T (from ε and σ only),
@@ -401,6 +404,7 @@ class DPALS(ReleasedItemFactors):
         lhs_noise_ratio: float = 5.0,
         rhs_noise_ratio: float = 1.0,
         count_noise_ratio: float = 0.2,
+        adaptive_count_share: bool = True,
         init_scale: float = 0.1,
         one_round: bool | None = None,
         step_averaging: float | None = None,
@@ -437,6 +441,7 @@ class DPALS(ReleasedItemFactors):
         self.lhs_noise_ratio = lhs_noise_ratio
         self.rhs_noise_ratio = rhs_noise_ratio
         self.count_noise_ratio = count_noise_ratio
+        self.adaptive_count_share = adaptive_count_share
         self.init_scale = init_scale
         self.one_round = one_round
         self.step_averaging = step_averaging
@@ -504,15 +509,17 @@ class DPALS(ReleasedItemFactors):
         length_ratio = c.length_noise_ratio if adaptive else None
         b_plan = c.nominal_bound if c.max_per_user is None else c.max_per_user
         # σ for the user unit; the interaction unit's doubled sensitivities are applied to the noise.
+        # with the histogram, the counts and steps are announced as one event and split after it
+        whole = c.adaptive_count_share and length_ratio is not None
         sigma = calibrate(
             budget,
-            lambda s: dpals_event(s, iterations, b_plan, ratios, length_ratio, c.lhs),
+            lambda s: dpals_event(s, iterations, b_plan, ratios, length_ratio, c.lhs, whole),
             kind=c.accountant,
             unit=c.unit,
         )
         self.noise_scale_ = sigma
         self.iterations_ = iterations
-        planned = dpals_releases(sigma, iterations, b_plan, ratios, length_ratio, c.lhs)
+        planned = dpals_releases(sigma, iterations, b_plan, ratios, length_ratio, c.lhs, whole)
         return _Calibration(ratios, iterations, length_ratio, b_plan, sigma, planned)
 
     def _resolve_sizes(
@@ -568,35 +575,6 @@ class DPALS(ReleasedItemFactors):
         self.popularity_blend_ = resolve_popularity_blend(c.popularity_blend, c.epsilon)
         self.popularity_shrinkage_ = resolve_shrinkage(
             c.popularity_shrinkage, c.popularity_blend, profile, DEFAULT_SHRINKAGE
-        )
-
-    # The releases, shared with the Ray engine's driver (privrec.engine.fitting), which passes
-    # the workers' reduced sums: both fits then add the same noise in the same order, report the
-    # same releases (labels, steps, stds, events) to the ``on_release`` hook, and solve alike.
-    def _release_lengths(
-        self, hist: np.ndarray, z_len: float, unit: PrivacyUnit, n_items: int
-    ) -> LengthProfile:
-        """Record the noisy length histogram (multiplier ``z_len``); its profile → B, k."""
-        len_sens = length_sensitivity(unit)
-        self._release(
-            SpentEvent(LENGTHS_LABEL, gaussian_event(z_len)),
-            hist,
-            name="lengths",
-            noise_std=z_len * len_sens,
-            sensitivity=len_sens,
-        )
-        return LengthProfile(hist, z_len * len_sens, n_items)
-
-    def _release_counts(
-        self, noisy_counts: np.ndarray, z_counts: float, sens: DPALSSensitivity
-    ) -> None:
-        """Record the noisy item counts (multiplier ``z_counts``)."""
-        self._release(
-            SpentEvent("noisy item counts", gaussian_event(z_counts)),
-            noisy_counts,
-            name="counts",
-            noise_std=z_counts * sens.counts,
-            sensitivity=sens.counts,
         )
 
     def _private_step(
@@ -686,7 +664,8 @@ class DPALS(ReleasedItemFactors):
     def _fit(self, data: Interactions, config: Any) -> None:
         c: DPALSConfig = config
         budget, rng = self._begin(data, c)
-        ratios, iterations, length_ratio, b_plan, sigma, planned = self._calibrate(c, budget)
+        cal = self._calibrate(c, budget)
+        ratios, iterations, length_ratio, b_plan, sigma, planned = cal
         tier_w = plan_tiers(self, c, planned, self._user_epsilons, data.n_users)
         self._plan(planned)
         x = sp.csr_matrix(data.matrix, copy=True)
@@ -699,11 +678,11 @@ class DPALS(ReleasedItemFactors):
             z_len = length_ratio * sigma
             hist = noisy_length_histogram(x, c.unit, z_len, rng, tier_w)
             profile = self._release_lengths(hist, z_len, c.unit, n_items)
+        z_counts, sigma = self._split_counts(c, cal, profile, n_items)
         bound, count_sample, k, sens, sigma_eff = self._resolve_sizes(c, profile, sigma, b_plan)
 
         # 1. noisy counts (one release), used for head selection, sampling, weights, regularisation
         counts, _ = bounded_counts(x, c.unit, count_sample, rng, tier_w)
-        z_counts = ratios[3] * sigma
         noisy_counts = gaussian(counts, z_counts, sens.counts, rng)
         self._release_counts(noisy_counts, z_counts, sens)
         rhs_std = ratios[2] * sigma_eff
@@ -766,7 +745,7 @@ class DPALS(ReleasedItemFactors):
         self.user_factors_ = self._fold(xh).astype(np.float32)
         self._finish(
             c,
-            released=released_outputs(c.lhs),
+            released=released_outputs(c.lhs, self._split),
             not_released=[
                 "user factors (each solved from the released item factors and that user's own data)",
                 "each user's recommendations (computed from their own data, shown only to them)",

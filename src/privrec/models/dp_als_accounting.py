@@ -10,23 +10,37 @@ central model, FederatedDPALS and the cross-silo driver all account through thes
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import dp_accounting
 import pydantic
 
-from privrec.privacy.accounting import compose
+from privrec.privacy.accounting import compose, gaussian_rate
 from privrec.privacy.bounds import LENGTHS_LABEL
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.units import PrivacyUnit
 
-__all__ = ["LHS", "DPALSSensitivity", "dpals_event", "dpals_releases", "released_outputs"]
+__all__ = [
+    "LHS",
+    "REST_LABEL",
+    "DPALSSensitivity",
+    "RestSplit",
+    "count_base_share",
+    "dpals_event",
+    "dpals_releases",
+    "released_outputs",
+    "split_rest",
+]
+
+#: The label of the counts and every step's statistics announced as one Gaussian event (a count
+#: share read from the noisy length histogram, :func:`split_rest`).
+REST_LABEL = "noisy item counts and every step's statistics (one Gaussian event)"
 
 LHS = Literal["full", "diagonal", "none"]
 
 
-def released_outputs(lhs: str) -> list[str]:
+def released_outputs(lhs: str, split: RestSplit | None = None) -> list[str]:
     """What a DPALS fit releases (central and Ray engine alike), as its guarantee states it.
 
     ``lhs="none"`` releases no per-item left-hand side and ``"diagonal"`` only their diagonals:
@@ -42,6 +56,7 @@ def released_outputs(lhs: str) -> list[str]:
         "item factors (all of them, after the last private step)",
         "noisy item counts and the head item set",
         f"the per-step noisy statistics (Gramian, {per_item})",
+        *([] if split is None else [split.released()]),
     ]
 
 
@@ -91,6 +106,7 @@ def dpals_event(
     ratios: tuple[float, float, float, float],
     length_ratio: float | None = None,
     lhs: LHS = "full",
+    composite: bool = False,
 ) -> dp_accounting.DpEvent:
     """The whole training's accounting event for noise scale σ.
 
@@ -104,9 +120,14 @@ def dpals_event(
     (sensitivity 1), and ``max_per_user`` is the nominal bound B₀ that fixes the
     split (see :class:`DPALS`). ``lhs="diagonal"`` releases only the diagonals of
     the left-hand sides (same multiplier: their sensitivity is at most the full
-    one's), ``"none"`` no left-hand side at all.
+    one's), ``"none"`` no left-hand side at all. ``composite``: everything after the
+    histogram as the one Gaussian event of :func:`split_rest` (the same ε: a composition of
+    Gaussian releases is exactly one Gaussian release with the summed rate).
     """
     first = [] if length_ratio is None else [gaussian_event(length_ratio * sigma)]
+    if composite:
+        rest = _rest_event(sigma, iterations, max_per_user, ratios, lhs)
+        return compose([*first, rest])
     return compose(
         [
             *first,
@@ -146,16 +167,91 @@ def dpals_releases(
     ratios: tuple[float, float, float, float],
     length_ratio: float | None = None,
     lhs: LHS = "full",
+    composite: bool = False,
 ) -> list[SpentEvent]:
     """The labelled releases of one training, in order (:func:`dpals_event` is their composition).
 
     Announced before any noise is drawn (the write-ahead charge of :mod:`privrec.governance`);
-    ``fit`` then records exactly these as it makes them.
+    ``fit`` then records exactly these as it makes them — with ``composite``, the histogram
+    and one :data:`REST_LABEL` event that the counts and the steps' releases make up together
+    (:func:`split_rest`).
     """
     out = []
     if length_ratio is not None:
         out.append(SpentEvent(LENGTHS_LABEL, gaussian_event(length_ratio * sigma)))
+    if composite:
+        return [
+            *out,
+            SpentEvent(REST_LABEL, _rest_event(sigma, iterations, max_per_user, ratios, lhs)),
+        ]
     out.append(SpentEvent("noisy item counts", gaussian_event(ratios[3] * sigma)))
     for step in range(iterations):
         out += _step_releases(step + 1, sigma, max_per_user, ratios, lhs)
     return out
+
+
+def _rest_event(
+    sigma: float,
+    iterations: int,
+    max_per_user: int,
+    ratios: tuple[float, float, float, float],
+    lhs: LHS,
+) -> dp_accounting.DpEvent:
+    """The counts and the T steps' releases at σ as ONE Gaussian event (the summed rate)."""
+    rest = dpals_releases(sigma, iterations, max_per_user, ratios, None, lhs)
+    rate = gaussian_rate(compose([r.event for r in rest]))
+    if rate is None or not rate > 0:
+        raise ValueError(f"DPALS's releases have no finite Gaussian rate: {rate!r}")
+    return gaussian_event(rate**-0.5)
+
+
+class RestSplit(NamedTuple):
+    """How the rate after the histogram was split between the counts and the steps."""
+
+    share: float
+    base_share: float
+    z_counts: float
+    sigma_steps: float
+
+    def released(self) -> str:
+        """The split, as the guarantee's list of released outputs states it."""
+        return (
+            f"the noisy item counts' share {self.share:.3g} of the rate after the length "
+            f"histogram (count noise multiplier {self.z_counts:.4g}, steps' noise scale "
+            f"{self.sigma_steps:.4g}), read from the noisy histogram"
+        )
+
+
+def count_base_share(
+    iterations: int, max_per_user: int, ratios: tuple[float, float, float, float], lhs: LHS
+) -> float:
+    """The counts' share of the rate after the histogram under the fixed ratios (σ cancels)."""
+    rest = _rest_event(1.0, iterations, max_per_user, ratios, lhs)
+    return float(rest.noise_multiplier**2 / ratios[3] ** 2)
+
+
+def split_rest(
+    sigma: float,
+    iterations: int,
+    max_per_user: int,
+    ratios: tuple[float, float, float, float],
+    lhs: LHS,
+    share: float,
+) -> RestSplit:
+    """Give the counts ``share`` of the rate R = 1/z_rest² of :data:`REST_LABEL`'s event.
+
+    At σ the counts' multiplier ``r3·σ`` takes the base share s₀ of R; the split keeps R and
+    gives the counts ``share`` instead: ``z_counts = z_rest/√share`` and every step's
+    multiplier scaled by ``√((1 − s₀)/(1 − share))``, i.e. the steps run at
+    ``σ_steps = σ·√((1 − s₀)/(1 − share))`` with the same ratios. Valid when ``share`` is read
+    from the released histogram: for every histogram output the rest are Gaussian mechanisms
+    whose rates sum to R, and adaptively composed Gaussian mechanisms are GDP with the summed
+    μ² (Dong, Roth & Su 2022) — exactly the ``GaussianDpEvent(z_rest)`` announced before any
+    noise was drawn.
+    """
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"the counts' share must be in (0, 1), found {share}")
+    rest = _rest_event(sigma, iterations, max_per_user, ratios, lhs)
+    base = count_base_share(iterations, max_per_user, ratios, lhs)
+    sigma_steps = sigma * math.sqrt((1.0 - base) / (1.0 - share))
+    return RestSplit(share, base, rest.noise_multiplier / math.sqrt(share), sigma_steps)

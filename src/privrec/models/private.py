@@ -12,6 +12,7 @@ warns that the result is not private.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, Self, get_args
 
@@ -24,7 +25,7 @@ from privrec.data.interactions import Interactions
 from privrec.errors import ConfigError, DataError, ModelFileError, NonFiniteResultError
 from privrec.models.base import ModelConfig, Recommender, _empty_csr, check_array
 from privrec.models.releases import Release, ReleaseHook, read_only
-from privrec.privacy.accounting import AccountantKind
+from privrec.privacy.accounting import AccountantKind, compose, gaussian_rate
 from privrec.privacy.budget import Budget
 from privrec.privacy.events import SpentEvent
 from privrec.privacy.guarantee import PrivacyGuarantee, Tuning
@@ -85,6 +86,7 @@ class PrivateRecommender(Recommender):
         budget.check_delta(n_units)
         self._spent: list[SpentEvent] = []
         self._planned: list[SpentEvent] | None = None
+        self._group: tuple[SpentEvent, list[SpentEvent]] | None = None
         return budget, resolve_generator(config.seed)
 
     def _plan(self, planned: list[SpentEvent]) -> None:
@@ -100,6 +102,34 @@ class PrivateRecommender(Recommender):
 
     def _spend(self, label: str, event: Any) -> None:
         self._spent.append(SpentEvent(label, event))
+
+    def _open_group(self, whole: SpentEvent) -> None:
+        """The releases from here to :meth:`_finish` make up ``whole``, one announced Gaussian event.
+
+        Each is still recorded with its own event for the ``on_release`` hook; the guarantee
+        and the write-ahead charge hold ``whole``, and :meth:`_finish` checks that their rates
+        Σ 1/z² add up to its own (a composition of Gaussian releases is exactly one Gaussian
+        release with the summed rate — and adaptively so, which lets a model split the rate
+        after an earlier release).
+        """
+        if getattr(self, "_group", None) is not None:
+            raise RuntimeError("a release group is already open")
+        self._group = (whole, [])
+
+    def _close_group(self) -> None:
+        group = getattr(self, "_group", None)
+        if group is None:
+            return
+        whole, parts = group
+        self._group = None
+        got = gaussian_rate(compose([p.event for p in parts])) if parts else None
+        want = gaussian_rate(whole.event)
+        if got is None or want is None or not math.isclose(got, want, rel_tol=1e-9):
+            raise RuntimeError(  # a bug in the model: its announced event would be wrong
+                f"{type(self).__name__}'s releases of {whole.label!r} do not add up to the "
+                f"announced event (rate {got!r} against {want!r})"
+            )
+        self._spent.append(whole)
 
     def _release(
         self,
@@ -117,8 +147,10 @@ class PrivateRecommender(Recommender):
 
         Call it only once ``value`` carries its noise. The hook gets read-only copies (made
         only when a hook is set), so it can neither see the clean statistic nor change the fit.
+        Inside a group (:meth:`_open_group`) the release counts towards the group's event.
         """
-        self._spent.append(spent)
+        group = getattr(self, "_group", None)
+        (self._spent if group is None else group[1]).append(spent)
         hook = self._on_release
         if hook is None:
             return
@@ -155,6 +187,7 @@ class PrivateRecommender(Recommender):
                 f"{type(self).__name__} produced non-finite {', '.join(bad)}: a setting is out of "
                 "its useful range (e.g. regularization 0 or an extreme clip_norm); nothing is released"
             )
+        self._close_group()
         planned = getattr(self, "_planned", None)
         if planned is not None and [p.to_dict() for p in planned] != [
             s.to_dict() for s in self._spent

@@ -61,16 +61,16 @@ SETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 NOTES: tuple[str, ...] = (
     "What travels: DPALS beats DPPopularity at ε = 5 on all three sets (57–69% of non-private "
-    "ALS) and at ε = 1 on lastfm-2k; DPEASE at ε = 5 on ml-latest-small and lastfm-2k and at "
+    "ALS) and at ε = 1 on ml-latest-small and lastfm-2k (level on book-crossing); DPEASE at ε = 5 on ml-latest-small and lastfm-2k and at "
     "ε = 1 on lastfm-2k; FederatedMF at ε = 5 on all three and at ε = 1 on lastfm-2k.",
-    "What does not: at ε = 1 on the two sets with the fewest users × ε (ml-latest-small, "
-    "n·ε ≈ 600; book-crossing, ≈ 2,900) DPALS is level (ml-latest-small) or 8% behind "
-    "(book-crossing), and DPEASE and FederatedMF trail (0.089 / 0.081 vs 0.106; 0.028 / 0.024 "
+    "What does not (first run): at ε = 1 on the two sets with the fewest users × ε "
+    "(ml-latest-small, n·ε ≈ 600; book-crossing, ≈ 2,900) DPALS was level (ml-latest-small) or "
+    "8% behind (book-crossing), and DPEASE and FederatedMF trail (0.089 / 0.081 vs 0.106; 0.028 / 0.024 "
     "vs 0.034); on book-crossing — 17k books, flat popularity — DPEASE also trails at ε = 5 "
     "(0.0358 vs 0.0379). Cause: with few users the item counts carry the ranking, and a split "
     "fixed before the data are read gives them a fixed share of the rate Σ 1/z² — DPALS 27% — "
     "whatever n.",
-    "Changed after the first run (2026-12-07 20:52), both rules read from validation holdouts "
+    "Changed after the first run (2026-12-07 20:52), each rule read from validation holdouts "
     "that include these three sets' training parts; their test holdouts, scored here, never "
     "informed a choice. (1) DPEASE's split follows n·ε: chosen after the noisy length "
     "histogram, the counts get 0.1 × 8000 / (n̂·ε) of the counts-and-Gram rate within "
@@ -82,8 +82,13 @@ NOTES: tuple[str, ...] = (
     "privrec.federated.accounting.resolve_count_bound; benchmarks/results/"
     "federated_count_bound.md). ε = 1: ml-latest-small 0.0562 → 0.0812, lastfm-2k 0.1092 → "
     "0.1212 (now above DPPopularity), book-crossing 0.0165 → 0.0243; ε = 5 unchanged (B = 10). "
-    "DPALS's split (many per-step events, each shown to the release hooks and the audit's "
-    "recorders) is still fixed before the data are read.",
+    "(3, 2026-12-08) DPALS's split follows the data too: the counts and every step are "
+    "announced as one Gaussian event and the counts get their base share × 10 / x within "
+    "[base, 0.5], x = ε × n̂ × median history / catalogue size (privrec.models.dp_rules."
+    "dpals_count_share; benchmarks/results/dpals_count_share.md). ε = 1: ml-latest-small "
+    "0.1193 → 0.1356 (tie → above DPPopularity), lastfm-2k 0.1395 → 0.1342 (−0.005, about one "
+    "sd; still above), book-crossing 0.0312 → 0.0347 (behind → level with 0.0340); ε = 5 "
+    "unchanged (x ≥ 10: the fixed share).",
     "DPEASE and FederatedMF raise a UtilityWarning when users × ε < 4000 "
     "(privrec.models.dp_rules.small_data_warning), pointing to DPALS or DPPopularity.",
 )

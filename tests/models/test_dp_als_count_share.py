@@ -178,3 +178,31 @@ def test_seeded_fit_is_reproducible_and_not_the_fixed_one(thin: Interactions) ->
     assert not math.isclose(
         a.count_noise_multiplier_, _fit(thin, adaptive_count_share=False).count_noise_multiplier_
     )
+
+
+def test_explain_says_which_event_stands_for_several_releases(thin: Interactions) -> None:
+    text = _fit(thin).privacy_guarantee.explain()
+    assert "2 noisy releases, 1 of them several releases announced as one" in text
+    fixed = _fit(thin, adaptive_count_share=False).privacy_guarantee.explain()
+    assert "announced as one" not in fixed
+
+
+def test_files_saved_before_the_option_load_with_the_fixed_split(tmp_path: Any) -> None:
+    """A file without ``adaptive_count_share`` was trained with the fixed split: it says so."""
+    from privrec.models.persistence import _strict_params
+
+    params = DPALS(epsilon=1.0, delta=1e-5, unit="user").config().model_dump(mode="json")
+    del params["adaptive_count_share"]
+    assert _strict_params(DPALS, params, tmp_path / "m.npz").adaptive_count_share is False
+    params["adaptive_count_share"] = True  # a newer file keeps what it states
+    assert _strict_params(DPALS, params, tmp_path / "m.npz").adaptive_count_share is True
+
+
+def test_federated_dpals_keeps_the_fixed_split() -> None:
+    """Its rounds are charged to a ledger one by one: no share read after the histogram."""
+    from privrec.errors import ConfigError
+    from privrec.federated.dpals import FederatedDPALS
+
+    assert FederatedDPALS(epsilon=1.0, delta=1e-5).config().adaptive_count_share is False
+    with pytest.raises(ConfigError):
+        FederatedDPALS(epsilon=1.0, delta=1e-5, adaptive_count_share=True).config()  # type: ignore[arg-type]

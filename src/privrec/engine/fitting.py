@@ -66,19 +66,22 @@ def fit_distributed(
     fit = check_distributable(model, on_release=on_release)
     if n_users == 0:
         raise ConfigError("no interactions left to train on (after the policy)")
-    config = model.config()
-    budget, rng = model._begin(cast(Interactions, _Sizes(n_users, nnz)), config)
-    model._on_release = on_release
-    try:
-        fit(model, config, budget, rng, group, len(catalogue), progress)
-    finally:
-        model._on_release = None
-    model.user_ids_ = np.zeros(0, dtype=catalogue.dtype)
-    model.item_ids_ = np.asarray(catalogue)
-    model.user_items_ = _empty_csr((0, len(catalogue)))
-    model._released_only = True
-    model._catalogue_source = "given" if given else "data"
-    model._after_fit()
+    # as Recommender.fit: a fit that raises (a worker lost mid-way) leaves the model as it was,
+    # never a fitted model's guarantee beside the failed run's noise scale or bounds
+    with model._unchanged_on_failure():
+        config = model.config()
+        budget, rng = model._begin(cast(Interactions, _Sizes(n_users, nnz)), config)
+        model._on_release = on_release
+        try:
+            fit(model, config, budget, rng, group, len(catalogue), progress)
+        finally:
+            model._on_release = None
+        model.user_ids_ = np.zeros(0, dtype=catalogue.dtype)
+        model.item_ids_ = np.asarray(catalogue)
+        model.user_items_ = _empty_csr((0, len(catalogue)))
+        model._released_only = True
+        model._catalogue_source = "given" if given else "data"
+        model._after_fit()
     return model
 
 

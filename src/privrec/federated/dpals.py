@@ -112,6 +112,9 @@ class FederatedDPALSConfig(DPALSConfig):
     dropout: float = pydantic.Field(default=0.0, ge=0, lt=1)
     mechanism: Literal["dgauss", "skellam"] = "dgauss"
     threat_model: Literal["honest-but-curious", "malicious"] = "honest-but-curious"
+    # the fixed split: every round's release is reserved and ticked off the ledger on its own
+    # (governance ``cover``), which a share read after the histogram would not match
+    adaptive_count_share: Literal[False] = False
 
 
 @register
@@ -140,6 +143,9 @@ class FederatedDPALS(DPALS):
         The server SecAgg+ is secured against: ``"honest-but-curious"`` (default) or
         ``"malicious"`` (Bell et al.'s threshold, signed keys and the survivor-set consistency
         check, as FederatedMF: ``docs/secagg.md``). The noise, events and ε are the same.
+    adaptive_count_share
+        Always ``False``: the counts keep the fixed share of the rate (central DPALS reads it
+        from the length histogram); each round's release is charged to a ledger on its own.
 
     After ``fit``, ``rounds_`` lists every round: kind, vector length (padded), bits,
     bytes each device sends, survivors, and the measured device and server seconds.
@@ -184,9 +190,13 @@ class FederatedDPALS(DPALS):
         threat_model: Literal["honest-but-curious", "malicious"] = "honest-but-curious",
         lhs: Literal["none", "diagonal"] = "none",
         accountant: Literal["rdp"] = "rdp",
+        adaptive_count_share: Literal[False] = False,
         **dpals: Any,
     ) -> None:
-        super().__init__(epsilon, delta, unit, lhs=lhs, accountant=accountant, **dpals)
+        super().__init__(
+            epsilon, delta, unit, lhs=lhs, accountant=accountant,
+            adaptive_count_share=adaptive_count_share, **dpals,
+        )  # fmt: skip
         self.secure = secure
         self.min_survivor_fraction = min_survivor_fraction
         self.corrupt_fraction = corrupt_fraction

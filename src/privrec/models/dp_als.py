@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -368,6 +368,8 @@ class DPALS(DPALSReleases):
     name = "dpals"
     Config = DPALSConfig
     mechanism_name = "DPALS (private item factors)"
+    #: what files saved before a parameter existed were trained with (read by ``load_model``)
+    params_before_added: ClassVar[dict[str, Any]] = {"adaptive_count_share": False}
 
     user_factors_: np.ndarray
     iterations_: int

@@ -17,7 +17,7 @@ import pydantic
 
 from privrec.privacy.accounting import compose, gaussian_rate
 from privrec.privacy.bounds import LENGTHS_LABEL
-from privrec.privacy.events import SpentEvent
+from privrec.privacy.events import JOINT_MARK, SpentEvent
 from privrec.privacy.mechanisms import gaussian_event
 from privrec.privacy.units import PrivacyUnit
 
@@ -35,7 +35,7 @@ __all__ = [
 
 #: The label of the counts and every step's statistics announced as one Gaussian event (a count
 #: share read from the noisy length histogram, :func:`split_rest`).
-REST_LABEL = "noisy item counts and every step's statistics (one Gaussian event)"
+REST_LABEL = f"noisy item counts and every step's statistics {JOINT_MARK}"
 
 LHS = Literal["full", "diagonal", "none"]
 

@@ -37,7 +37,7 @@ from privrec.models.private import (
 from privrec.privacy.accounting import calibrate, compose
 from privrec.privacy.bounds import LENGTHS_LABEL, length_sensitivity, noisy_length_histogram
 from privrec.privacy.contribution import sample_per_user
-from privrec.privacy.events import SpentEvent
+from privrec.privacy.events import JOINT_MARK, SpentEvent
 from privrec.privacy.mechanisms import gaussian, gaussian_event, symmetric_gaussian
 from privrec.privacy.units import PrivacyUnit
 
@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: the event of the head-selection counts and the Gram matrix, one Gaussian mechanism
-PAIR_LABEL = "noisy item counts (head selection) and noisy item Gram matrix"
+PAIR_LABEL = f"noisy item counts (head selection) and noisy item Gram matrix {JOINT_MARK}"
 GRAM_LABEL = "noisy item Gram matrix"
 
 HEAD_SNR = 6.0

@@ -265,6 +265,9 @@ def _strict_params(cls: type[Recommender], params: dict[str, Any], path: Path) -
     """The model's config from stored parameters, validated strictly (no str → number coercion)."""
     from privrec.models.base import _config_error
 
+    # a parameter added later: files saved before it were trained with the old behaviour, which
+    # its default may no longer be (e.g. DPALS.adaptive_count_share)
+    params = {**getattr(cls, "params_before_added", {}), **params}
     try:
         return cls.Config.model_validate_json(json.dumps(params), strict=True)
     except pydantic.ValidationError as exc:

@@ -18,6 +18,7 @@ import dp_accounting
 from privrec.errors import DataError
 
 __all__ = [
+    "JOINT_MARK",
     "SpentEvent",
     "describe_event",
     "event_from_dict",
@@ -46,6 +47,11 @@ def _event_class(name: str) -> type[dp_accounting.DpEvent]:
 
     cls = getattr(dp_accounting, name, None) or getattr(dp_event, name)
     return cls  # type: ignore[no-any-return]
+
+
+#: Ends the label of an event that stands for several releases announced together as ONE
+#: Gaussian event (their rates summed; the split between them read from an earlier release).
+JOINT_MARK = "(one Gaussian event)"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from privrec.privacy.accounting import (
     make_accountant,
     simplify,
 )
-from privrec.privacy.events import SpentEvent, total_event
+from privrec.privacy.events import JOINT_MARK, SpentEvent, total_event
 from privrec.privacy.units import PrivacyUnit
 
 __all__ = ["Catalogue", "PrivacyGuarantee", "Tuning", "distinguishing_accuracy"]
@@ -281,8 +281,12 @@ class PrivacyGuarantee(pydantic.BaseModel):
         lines.append(f"Hyper-parameters: {self._tuning_text()}.")
         lines.append(f"Threat model: {self.threat_model}")
         n = len(self.events)
+        # an event may stand for several releases announced as one Gaussian event (a split read
+        # from an earlier release: DPEASE's pair, DPALS's counts and steps)
+        joint = sum(str(e.get("label", "")).endswith(JOINT_MARK) for e in self.events)
+        of_which = f", {joint} of them several releases announced as one" if joint else ""
         lines.append(
-            f"Accounting: {n} noisy release{'s' if n != 1 else ''} composed with the "
+            f"Accounting: {n} noisy release{'s' if n != 1 else ''}{of_which} composed with the "
             f"{self.accountant.value.upper()} accountant of dp-accounting; ε recomputed from the "
             "stored events and checked. Computed by privrec "
             f"{self.privrec_version}."

@@ -41,7 +41,7 @@ import validation_table
 from bench_dpease_split import ALL_SETS
 from bench_dpease_split import _split as split_of
 from setting import DELTA, K
-from validation_table import cell_result, closing, fit_and_score, run_cells
+from validation_table import cell_result, closing, complete_cells, fit_and_score, mean_sd, run_cells
 
 EPSILONS = (0.5, 1.0, 2.0, 5.0)
 SEEDS = (0, 1, 2)
@@ -127,10 +127,9 @@ def run(datasets: list[str], epsilons: list[float], seeds: tuple[int, ...]) -> l
 
 
 def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str:
-    cells = {(r["dataset"], r["epsilon"], r["variant"]): r for r in rows}
     names = list(SHARES)
     lines = [
-        "# DPALS's count share: the fixed default against larger shares (validation splits)",
+        "# DPALS's count share: the fixed split, larger fixed shares and the rule (validation splits)",
         "",
         f"Run {date}. Recall@{K}, user-level ε, δ = {DELTA:g}, mean ± sd of {len(seeds)} seeded "
         "noise draws (seeds " + ", ".join(map(str, seeds)) + "). *share*: the counts' share of "
@@ -144,15 +143,12 @@ def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str
         + " | rule's share | best | Δ rule − fixed |",
         "|---|---:|---:|" + "---:|" * len(names) + "---:|---|---:|",
     ]
-    for ds, eps in dict.fromkeys((r["dataset"], r["epsilon"]) for r in rows):
-        got = [cells.get((ds, eps, v)) for v in names]
-        if any(g is None for g in got):
-            continue
-        fmt = [f"{g['recall']:.4f} ± {g['recall_std']:.4f}" for g in got]  # type: ignore[index]
-        best = max(names[1:-1], key=lambda v: cells[(ds, eps, v)]["recall"])
-        rule, fixed = cells[(ds, eps, "rule")], cells[(ds, eps, "fixed")]
+    for ds, eps, got in complete_cells(rows, names):
+        by = dict(zip(names, got, strict=True))
+        best = max(names[1:-1], key=lambda v: by[v]["recall"])
+        rule, fixed = by["rule"], by["fixed"]
         lines.append(
-            f"| {ds} | {rule['users']:,} | {eps:g} | " + " | ".join(fmt) + f" | "
+            f"| {ds} | {rule['users']:,} | {eps:g} | " + " | ".join(map(mean_sd, got)) + f" | "
             f"{rule['share']:.2f} | {best} | {rule['recall'] - fixed['recall']:+.4f} |"
         )
     return closing(lines, NOTES)

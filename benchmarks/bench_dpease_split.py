@@ -36,7 +36,15 @@ from typing import Any
 
 import validation_table
 from setting import DELTA, K
-from validation_table import DATASETS, cell_result, closing, fit_and_score, run_cells
+from validation_table import (
+    DATASETS,
+    cell_result,
+    closing,
+    complete_cells,
+    fit_and_score,
+    mean_sd,
+    run_cells,
+)
 
 EPSILONS = (0.5, 1.0, 2.0, 5.0)
 SEEDS = (0, 1, 2)
@@ -113,7 +121,6 @@ def run(datasets: list[str], epsilons: list[float], seeds: tuple[int, ...]) -> l
 
 
 def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str:
-    cells = {(r["dataset"], r["epsilon"], r["variant"]): r for r in rows}
     lines = [
         "# DPEASE's budget split: fixed count share vs the n·ε rule (validation splits)",
         "",
@@ -126,16 +133,12 @@ def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str
         "| data set | users | ε | n·ε | share | DPPopularity | fixed | rule | default | Δ default − fixed |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for ds, eps in dict.fromkeys((r["dataset"], r["epsilon"]) for r in rows):
-        got = [cells.get((ds, eps, v)) for v in VARIANTS]
-        if any(g is None for g in got):
-            continue
-        pop, fixed, rule, default = got  # type: ignore[misc]
-        fmt = [f"{g['recall']:.4f} ± {g['recall_std']:.4f}" for g in (pop, fixed, rule, default)]
+    for ds, eps, (pop, fixed, rule, default) in complete_cells(rows, list(VARIANTS)):
         lines.append(
             f"| {ds} | {default['users']:,} | {eps:g} | {default['users'] * eps:,.0f} | "
-            f"{default['share']:.2f} | " + " | ".join(fmt) + " | "
-            f"{default['recall'] - fixed['recall']:+.4f} |"
+            f"{default['share']:.2f} | "
+            + " | ".join(map(mean_sd, (pop, fixed, rule, default)))
+            + f" | {default['recall'] - fixed['recall']:+.4f} |"
         )
     return closing(lines, NOTES)
 

@@ -33,7 +33,7 @@ import validation_table
 from bench_dpease_split import ALL_SETS
 from bench_dpease_split import _split as split_of
 from setting import DELTA, K
-from validation_table import cell_result, closing, fit_and_score, run_cells
+from validation_table import cell_result, closing, complete_cells, fit_and_score, mean_sd, run_cells
 
 EPSILONS = (1.0, 2.0, 5.0)
 SEEDS = (0, 1)
@@ -89,7 +89,6 @@ def run(datasets: list[str], epsilons: list[float], seeds: tuple[int, ...]) -> l
 def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str:
     from privrec.federated.accounting import resolve_count_bound
 
-    cells = {(r["dataset"], r["epsilon"], r["variant"]): r for r in rows}
     lines = [
         "# FederatedMF's counting-round bound B (validation splits)",
         "",
@@ -101,15 +100,11 @@ def report(rows: list[dict[str, Any]], seeds: tuple[int, ...], date: str) -> str
         "| data set | users | ε | B = 10 | B = 30 | default B | Δ default − 10 |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for ds, eps in dict.fromkeys((r["dataset"], r["epsilon"]) for r in rows):
-        ten, thirty = cells.get((ds, eps, "B = 10")), cells.get((ds, eps, "B = 30"))
-        if ten is None or thirty is None:
-            continue
+    for ds, eps, (ten, thirty) in complete_cells(rows, ["B = 10", "B = 30"]):
         b = resolve_count_bound(None, eps)
         chosen = thirty if b == 30 else ten
         lines.append(
-            f"| {ds} | {ten['users']:,} | {eps:g} | {ten['recall']:.4f} ± {ten['recall_std']:.4f} | "
-            f"{thirty['recall']:.4f} ± {thirty['recall_std']:.4f} | {b} | "
+            f"| {ds} | {ten['users']:,} | {eps:g} | {mean_sd(ten)} | {mean_sd(thirty)} | {b} | "
             f"{chosen['recall'] - ten['recall']:+.4f} |"
         )
     return closing(lines, NOTES)

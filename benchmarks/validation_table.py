@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,23 @@ def run_cells(
                 )
                 rows.append(row)
     return rows
+
+
+def complete_cells(
+    rows: list[dict[str, Any]], variants: Sequence[str]
+) -> Iterator[tuple[str, float, list[dict[str, Any]]]]:
+    """``(data set, ε, [row of each variant])`` for every (data set, ε) holding all ``variants``,
+    in the order the rows were run."""
+    cells = {(r["dataset"], r["epsilon"], r["variant"]): r for r in rows}
+    for ds, eps in dict.fromkeys((r["dataset"], r["epsilon"]) for r in rows):
+        got = [cells.get((ds, eps, v)) for v in variants]
+        if all(g is not None for g in got):
+            yield ds, eps, [g for g in got if g is not None]
+
+
+def mean_sd(row: dict[str, Any]) -> str:
+    """A cell's Recall@K as ``mean ± sd``."""
+    return f"{row['recall']:.4f} ± {row['recall_std']:.4f}"
 
 
 def before_after_rows(

@@ -206,3 +206,47 @@ def test_federated_dpals_keeps_the_fixed_split() -> None:
     assert FederatedDPALS(epsilon=1.0, delta=1e-5).config().adaptive_count_share is False
     with pytest.raises(ConfigError):
         FederatedDPALS(epsilon=1.0, delta=1e-5, adaptive_count_share=True).config()  # type: ignore[arg-type]
+
+
+def test_noise_drawn_is_the_split_s(thin: Interactions, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statistical check: with a raised share the counts carry noise of std z_c·√count_sample
+    and every step's right-hand sides that of σ_steps — what the releases (and the events that
+    add up to the announced one) state, within sampling error."""
+    from privrec.models import dp_als
+
+    clean: dict[str, list[np.ndarray]] = {"counts": [], "rhs": []}
+    counts_fn, sums_fn = dp_als.bounded_counts, dp_als.item_sums
+
+    def counts_spy(*args: Any, **kwargs: Any) -> Any:
+        out = counts_fn(*args, **kwargs)
+        clean["counts"].append(np.array(out[0], dtype=np.float64, copy=True))
+        return out
+
+    def sums_spy(*args: Any, **kwargs: Any) -> Any:
+        out = sums_fn(*args, **kwargs)
+        clean["rhs"].append(np.array(out[0], dtype=np.float64, copy=True))
+        return out
+
+    monkeypatch.setattr(dp_als, "bounded_counts", counts_spy)
+    monkeypatch.setattr(dp_als, "item_sums", sums_spy)
+    seen: list[Release] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = DPALS(epsilon=1.0, delta=1e-5, unit="user", seed=4).fit(thin, on_release=seen.append)
+    assert m.count_budget_fraction_ > 0.3  # the rule raised the share
+    (counts,) = [r for r in seen if r.name == "counts"]
+    noise = np.asarray(counts.value, dtype=np.float64) - clean["counts"][0]
+    assert counts.noise_std == pytest.approx(
+        m.count_noise_multiplier_ * math.sqrt(m.count_sample_), rel=1e-12
+    )
+    assert noise.std() == pytest.approx(counts.noise_std, rel=0.1)  # 2,000 items
+    steps = [r for r in seen if r.name == "rhs"]
+    # one round (small n·ε): the clean sums are computed once, every step adds fresh noise
+    sums = clean["rhs"] * m.iterations_ if m.one_round_ else clean["rhs"]
+    assert len(steps) == len(sums) == m.iterations_
+    for r, v in zip(steps, sums, strict=True):
+        rhs_noise = np.asarray(r.value, dtype=np.float64) - v
+        assert rhs_noise.std() == pytest.approx(r.noise_std, rel=0.1), r.label
+        # σ_steps against the multiplier r2·σ_steps/√B₀ on sensitivity √B·Γ
+        want = m.rhs_noise_ratio * m.noise_scale_ * math.sqrt(m.max_per_user_ / 30) * m.clip_norm
+        assert r.noise_std == pytest.approx(want, rel=1e-9)

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from setting import DATA, DELTA, HERE, K, machine_info, machine_markdown
+from setting import DATA, DELTA, HERE, K, machine_info, machine_markdown, merge_parts, run_dates
 
 TIERS = (0.5, 1.0, 3.0)
 SEEDS = (0, 1)
@@ -111,7 +111,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Personalised budgets: protection tiers vs the strictest tier for everyone",
         "",
-        f"Run {result['date']}. User-level tiers ε ∈ {{0.5, 1, 3}}, δ = 1e-5, a third of the "
+        f"Run {result['date']}{run_dates(result['rows'], result['date'])}. User-level tiers ε ∈ {{0.5, 1, 3}}, δ = 1e-5, a third of the "
         "training users in each (random, seed 0). Recall@20 on the test split, mean of "
         f"{len(SEEDS)} seeded noise draws (seeds {list(SEEDS)}); defaults, nothing tuned. "
         "*tiers*: the model at ε = 3, each user contributing with their tier's weight and "
@@ -166,8 +166,8 @@ def main() -> None:
     if args.merge:
         parts = [json.loads((out / f"personalized-part-{p}.json").read_text()) for p in args.merge]
         result["date"] = max(p["date"] for p in parts)
-        for p in parts:
-            result["rows"] += p["rows"]
+        # a later part's row replaces an earlier one (re-run a data set and merge it last)
+        result["rows"] = merge_parts(parts, lambda r: (r["dataset"], r["model"], r["condition"]))
     else:
         for ds in args.datasets.split(",") if args.datasets else DATASETS:
             result["rows"] += run(ds)

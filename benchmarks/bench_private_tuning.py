@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from privacy_utility import GRIDS
-from setting import DATA, DELTA, HERE, K, machine_info, machine_markdown
+from setting import DATA, DELTA, HERE, K, machine_info, machine_markdown, merge_parts, run_dates
 
 EPSILONS = (1.0, 5.0)
 SEEDS = (0, 1)
@@ -117,7 +117,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         "# Private hyper-parameter selection vs the uncharged validation choice (DPALS)",
         "",
-        f"Run {result['date']}. User-level ε, δ = 1e-5; Recall@20 on the test split, mean of "
+        f"Run {result['date']}{run_dates(result['rows'], result['date'])}. User-level ε, δ = 1e-5; Recall@20 on the test split, mean of "
         f"seeds {list(SEEDS)}. Grid: {len(GRID)} candidates ({GRID}). *Uncharged*: picked "
         "on validation with exact scores, the selection not counted in ε (the usual practice). "
         "*Private*: `privrec.tuning.private_tune` — best of a geometric number of trials (mean "
@@ -161,8 +161,8 @@ def main() -> None:
             json.loads((out / f"private_tuning-part-{p}.json").read_text()) for p in args.merge
         ]
         result["date"] = max(p["date"] for p in parts)
-        for p in parts:
-            result["rows"] += p["rows"]
+        # a later part's row replaces an earlier one (re-run a data set and merge it last)
+        result["rows"] = merge_parts(parts, lambda r: (r["dataset"], r["epsilon"]))
     else:
         for ds in args.datasets.split(",") if args.datasets else DATASETS:
             result["rows"] += run(ds)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 # numba reads this once, when privrec first loads it: the scripts' medians are for 2 threads
 # unless the caller says otherwise
@@ -29,4 +31,34 @@ DELTA = 1e-5
 #: the cut-off of Recall@K / NDCG@K
 K = 20
 
-__all__ = ["DATA", "DELTA", "HERE", "K", "machine_info", "machine_markdown"]
+__all__ = [
+    "DATA",
+    "DELTA",
+    "HERE",
+    "K",
+    "machine_info",
+    "machine_markdown",
+    "merge_parts",
+    "run_dates",
+]
+
+
+def merge_parts(
+    parts: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], tuple[Any, ...]]
+) -> list[dict[str, Any]]:
+    """The rows of ``parts`` (``--part`` JSON files, oldest first) with a later part's row
+    replacing an earlier one of the same ``key``; each row keeps the date of its run."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for part in parts:
+        for row in part["rows"]:
+            merged[key(row)] = {**row, "run": row.get("run", part["date"])}
+    return list(merged.values())
+
+
+def run_dates(rows: Sequence[dict[str, Any]], date: str) -> str:
+    """`` (rows of … kept from the run of …)`` for data sets whose rows are older than ``date``."""
+    older = {r["dataset"]: r["run"] for r in rows if r.get("run", date) != date}
+    if not older:
+        return ""
+    kept = "; ".join(f"{ds}: {when}" for ds, when in older.items())
+    return f" (rows kept from an earlier run — {kept})"

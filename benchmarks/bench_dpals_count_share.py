@@ -70,29 +70,21 @@ NOTES: tuple[str, ...] = (
 )
 
 
-def _step_rate(epsilon: float, model: Any) -> float:
-    """Σ 1/z² of the T steps' releases per unit σ (:func:`dpals_releases` at σ = 1, the
-    nominal bound B₀ and the model's ratios) — everything after the histogram but the counts."""
-    from privrec.models.dp_als import dpals_releases
+def count_ratio_for_share(share: float, epsilon: float, model: Any) -> float:
+    """``count_noise_ratio`` that gives the counts ``share`` of DPALS's post-histogram rate.
+
+    With r3 = 1 the counts take the share b₁ = 1/(1 + S) of it
+    (:func:`~privrec.models.dp_als_accounting.count_base_share`), S the steps' rate per unit σ;
+    the counts' multiplier is ``r3·σ``, so ``1/r3² = share/(1 − share) · S``.
+    """
+    from privrec.models.dp_als_accounting import count_base_share
     from privrec.models.dp_rules import resolve_iterations
 
     iterations = resolve_iterations(model.iterations, epsilon)
     ratios = (model.gram_noise_ratio, model.lhs_noise_ratio, model.rhs_noise_ratio, 1.0)
     b0 = model.nominal_bound if model.max_per_user is None else model.max_per_user
-    steps = dpals_releases(1.0, iterations, b0, ratios, None, model.lhs)[1:]  # not the counts
-    return sum(1.0 / s.event.noise_multiplier**2 for s in steps)
-
-
-def count_ratio_for_share(share: float, epsilon: float, model: Any) -> float:
-    """``count_noise_ratio`` that gives the counts ``share`` of DPALS's post-histogram rate:
-    the counts' multiplier is ``r3·σ``, so ``1/r3² = share/(1 − share) · Σ_steps 1/z²``."""
-    return math.sqrt((1.0 - share) / (share * _step_rate(epsilon, model)))
-
-
-def default_share(epsilon: float, model: Any) -> float:
-    """The counts' share of the post-histogram rate under the model's own ``count_noise_ratio``."""
-    counts = 1.0 / model.count_noise_ratio**2
-    return counts / (counts + _step_rate(epsilon, model))
+    b1 = count_base_share(iterations, b0, ratios, model.lhs)
+    return math.sqrt((1.0 - share) * b1 / (share * (1.0 - b1)))
 
 
 def _cell(split: Any, on: str, eps: float, variant: str, seeds: tuple[int, ...]) -> dict[str, Any]:

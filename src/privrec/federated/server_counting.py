@@ -87,15 +87,14 @@ def holder_weight(self: FederatedMFServer, lengths: np.ndarray | None) -> float:
     lo = LENGTH_EDGES[:n_bins].astype(np.float64)
     hi = LENGTH_EDGES[1 : n_bins + 1].astype(np.float64) - 1.0
     hi[-1] = lo[-1]
-    m = np.minimum(np.sqrt(lo * hi), float(c.counted_items))
-    weight = count_item_weights(m, c.counted_items, c.count_weighting) * np.sqrt(
-        c.counted_items + 1.0
-    )
+    b = c.counted_items
+    m = np.minimum(np.sqrt(lo * hi), float(b))
+    weight = count_item_weights(m, b, c.count_weighting) * np.sqrt(b + 1.0)
     mass = np.maximum(h, 0.0) * m
     total = float(mass.sum())
     if not total > 0:
         return 1.0
-    return float(np.clip((mass * weight).sum() / total, 1.0, np.sqrt(c.counted_items)))
+    return float(np.clip((mass * weight).sum() / total, 1.0, np.sqrt(b)))
 
 
 def learnable_head_size(

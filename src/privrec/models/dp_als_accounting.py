@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple
 import dp_accounting
 import pydantic
 
-from privrec.privacy.accounting import compose, gaussian_rate
+from privrec.privacy.accounting import compose, simplify
 from privrec.privacy.bounds import LENGTHS_LABEL
 from privrec.privacy.events import JOINT_MARK, SpentEvent
 from privrec.privacy.mechanisms import gaussian_event
@@ -199,10 +199,10 @@ def _rest_event(
 ) -> dp_accounting.DpEvent:
     """The counts and the T steps' releases at σ as ONE Gaussian event (the summed rate)."""
     rest = dpals_releases(sigma, iterations, max_per_user, ratios, None, lhs)
-    rate = gaussian_rate(compose([r.event for r in rest]))
-    if rate is None or not rate > 0:
-        raise ValueError(f"DPALS's releases have no finite Gaussian rate: {rate!r}")
-    return gaussian_event(rate**-0.5)
+    whole = simplify(compose([r.event for r in rest]))
+    if not isinstance(whole, dp_accounting.GaussianDpEvent):
+        raise ValueError(f"DPALS's releases have no finite Gaussian rate: {whole!r}")
+    return whole
 
 
 class RestSplit(NamedTuple):
@@ -252,6 +252,6 @@ def split_rest(
     if not 0.0 < share < 1.0:
         raise ValueError(f"the counts' share must be in (0, 1), found {share}")
     rest = _rest_event(sigma, iterations, max_per_user, ratios, lhs)
-    base = count_base_share(iterations, max_per_user, ratios, lhs)
+    base = float(rest.noise_multiplier**2 / (ratios[3] * sigma) ** 2)  # = count_base_share
     sigma_steps = sigma * math.sqrt((1.0 - base) / (1.0 - share))
     return RestSplit(share, base, rest.noise_multiplier / math.sqrt(share), sigma_steps)
